@@ -1,0 +1,124 @@
+"""The one error hierarchy of the harness.
+
+Every error the harness raises on purpose is a `HarnessError`. Its `str()` is a single
+line meant for a person at a terminal: what went wrong, where it came from, how to fix
+it. Messages never carry secrets: callers pass URLs through `harness.redact` first, and
+`HarnessError.__init__` scrubs every registered secret as a last line of defence.
+"""
+
+from __future__ import annotations
+
+from harness.redact import scrub
+
+
+class HarnessError(Exception):
+    """Base class. `exit_code` is what the CLI exits with when this error ends a command."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = scrub(message)
+        self.hint = scrub(hint) if hint else None
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class ConfigError(HarnessError):
+    """A bad setting or argument. Names the key and where its value came from."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        source: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.key = key
+        self.source = source
+        prefix = ""
+        if key and source:
+            prefix = f"{key} (from {source}): "
+        elif key:
+            prefix = f"{key}: "
+        super().__init__(prefix + message, hint=hint)
+
+
+class NeonAPIError(HarnessError):
+    """The Neon API (or the local server) answered with an error, or could not be reached.
+
+    `status` is the HTTP status (0 when no answer arrived), `code` Neon's error code,
+    `request_id` the id Neon gives for support requests.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        code: str | None = None,
+        request_id: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        where = f"{method} {path}: " if method and path else ""
+        status_part = f"HTTP {status}" if status else "no answer"
+        extra = []
+        if code:
+            extra.append(f"code {code}")
+        if request_id:
+            extra.append(f"request id {request_id}")
+        tail = f" [{', '.join(extra)}]" if extra else ""
+        super().__init__(f"Neon API {where}{status_part}: {message}{tail}", hint=hint)
+
+    @property
+    def transient(self) -> bool:
+        """True for failures worth retrying: no answer, 423, 429 and 5xx."""
+        return self.status == 0 or self.status in (423, 429) or self.status >= 500
+
+
+class MigrationError(HarnessError):
+    """A service's migration failed. Names the service, the revision and the database error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str | None = None,
+        revision: str | None = None,
+        db_error: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.service = service
+        self.revision = revision
+        self.db_error = db_error
+        parts = []
+        if service:
+            parts.append(f"service {service}")
+        if revision:
+            parts.append(f"revision {revision}")
+        where = f"{', '.join(parts)}: " if parts else ""
+        detail = f": {db_error}" if db_error else ""
+        super().__init__(f"migration failed in {where}{message}{detail}", hint=hint)
+
+
+class SafetyError(HarnessError):
+    """The harness refused to act on a branch it did not create, a default or protected one."""
+
+    exit_code = 2
+
+
+class LocalServerError(HarnessError):
+    """The embedded default (local Neon server, PostgreSQL, PgBouncer) failed to start or run."""
