@@ -1,0 +1,214 @@
+"""The plugin's fixtures. Their names are part of the public interface.
+
+URL fixtures are plain strings from sync, session-scoped fixtures, so they work with
+pytest-asyncio, anyio or no async at all. `service_engine` and `db_session` are
+pytest-asyncio fixtures with function loop scope: asyncpg connections belong to the loop
+that opened them, and each test gets its own loop by default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import pytest_asyncio
+
+from harness.errors import HarnessError
+from harness.redact import redact_url
+from harness.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+    from harness.session import BranchSession
+
+
+@dataclass(frozen=True)
+class NeonBranch:
+    """The session's branch as handed to tests."""
+
+    id: str
+    name: str
+    parent_id: str | None
+    project_id: str
+    endpoint_id: str
+    backend: str
+    database_url: str  # pooled, postgresql+asyncpg://, for the services at runtime
+    migration_database_url: str  # direct, postgresql://, for migrations
+    pooled_url: str  # pooled, exactly as the API handed it out
+    direct_url: str  # direct, exactly as the API handed it out
+
+    def __repr__(self) -> str:
+        return (
+            f"NeonBranch(id={self.id!r}, name={self.name!r}, parent_id={self.parent_id!r}, "
+            f"backend={self.backend!r}, database_url={redact_url(self.database_url)!r})"
+        )
+
+
+def _state(config: pytest.Config) -> Any:
+    from conftest_plugin.plugin import state_key
+
+    return config.stash[state_key]
+
+
+@pytest.fixture(scope="session")
+def cathouse_settings(pytestconfig: pytest.Config) -> Settings:
+    state = _state(pytestconfig)
+    if state.settings is None:
+        raise pytest.UsageError(f"cathouse-harness: {state.settings_error}")
+    return state.settings
+
+
+def _keep_policy(settings: Settings, backend: str) -> str:
+    if settings.keep_branch:
+        return settings.keep_branch
+    if backend == "embedded" and not os.environ.get("CI"):
+        return "on-failure"
+    return "never"
+
+
+@pytest.fixture(scope="session")
+def cathouse_branch_session(
+    request: pytest.FixtureRequest, cathouse_settings: Settings
+) -> Iterator[BranchSession]:
+    from harness.session import BranchSession
+
+    state = _state(request.config)
+    session = BranchSession(cathouse_settings, run_id=state.run_id, worker=state.worker)
+    state.session = session
+    try:
+        session.start()
+    except HarnessError as exc:
+        session.finish()
+        pytest.exit(str(exc), returncode=3)
+    try:
+        yield session
+    finally:
+        failed = request.session.testsfailed > 0
+        policy = _keep_policy(cathouse_settings, session.report.backend)
+        keep = policy == "always" or (policy == "on-failure" and failed)
+        if keep and session.handle is not None:
+            session.kept_urls = {  # type: ignore[attr-defined]
+                "direct": str(session.handle.direct_url),
+                "pooled": str(session.handle.pooled_url),
+            }
+        session.finish(keep=keep)
+
+
+def _asyncpg_url(url: str) -> str:
+    from harness.engines import normalize_asyncpg_url
+
+    return normalize_asyncpg_url(url)
+
+
+@pytest.fixture(scope="session")
+def neon_branch(cathouse_branch_session: BranchSession) -> NeonBranch:
+    handle = cathouse_branch_session.handle
+    backend = cathouse_branch_session.backend
+    assert handle is not None and backend is not None
+    branch = NeonBranch(
+        id=handle.id,
+        name=handle.name,
+        parent_id=handle.parent_id,
+        project_id=handle.project_id,
+        endpoint_id=handle.endpoint_id,
+        backend=backend.kind,
+        database_url=_asyncpg_url(str(handle.pooled_url)),
+        migration_database_url=str(handle.direct_url),
+        pooled_url=str(handle.pooled_url),
+        direct_url=str(handle.direct_url),
+    )
+    # Application settings read these; they must name this branch, never a real database.
+    os.environ["DATABASE_URL"] = branch.database_url
+    os.environ["MIGRATION_DATABASE_URL"] = branch.migration_database_url
+    return branch
+
+
+@pytest.fixture(scope="session")
+def database_url(neon_branch: NeonBranch) -> str:
+    """Pooled URL for asyncpg (`postgresql+asyncpg://…`), as the services use at runtime."""
+    return neon_branch.database_url
+
+
+@pytest.fixture(scope="session")
+def migration_database_url(neon_branch: NeonBranch) -> str:
+    """Direct URL, as migrations use it."""
+    return neon_branch.migration_database_url
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def service_engine(
+    neon_branch: NeonBranch, cathouse_settings: Settings
+) -> AsyncIterator[Callable[[str], AsyncEngine]]:
+    """A factory: `service_engine("auth-service")` gives that service's async engine on the
+    pooled URL, with the seed's settings and its pool budget. Engines are disposed after
+    the test."""
+    from harness.engines import create_service_engine
+
+    engines: dict[str, AsyncEngine] = {}
+
+    def factory(name: str) -> AsyncEngine:
+        if name not in engines:
+            service = cathouse_settings.service(name)
+            engines[name] = create_service_engine(service, neon_branch.pooled_url, pgbouncer=True)
+        return engines[name]
+
+    try:
+        yield factory
+    finally:
+        for engine in engines.values():
+            await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def db_session(neon_branch: NeonBranch) -> AsyncIterator[AsyncSession]:
+    """An AsyncSession inside a transaction that is rolled back after the test, even when
+    the code under test commits (commits become savepoint releases)."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    engine = _session_engine(neon_branch.pooled_url)
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        session = AsyncSession(
+            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+        )
+        try:
+            yield session
+        finally:
+            await session.close()
+            if transaction.is_active:
+                await transaction.rollback()
+    await engine.dispose()
+
+
+def _session_engine(pooled_url: str) -> AsyncEngine:
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from harness.engines import pgbouncer_connect_args
+
+    return create_async_engine(
+        _asyncpg_url(pooled_url), poolclass=NullPool, connect_args=pgbouncer_connect_args()
+    )
+
+
+@pytest.fixture
+def reset_branch(cathouse_branch_session: BranchSession) -> Iterator[Callable[[], None]]:
+    """Call it to restore the session branch to its template at once; it also restores
+    after the test. The `cathouse_reset` marker does the latter without asking."""
+    yield cathouse_branch_session.reset
+    cathouse_branch_session.reset()
+
+
+@pytest.fixture(autouse=True)
+def _cathouse_reset_marker(request: pytest.FixtureRequest) -> Iterator[None]:
+    marker = request.node.get_closest_marker("cathouse_reset")
+    if marker is None:
+        yield
+        return
+    session = request.getfixturevalue("cathouse_branch_session")
+    yield
+    session.reset()

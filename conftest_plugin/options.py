@@ -1,0 +1,71 @@
+"""Command-line options and how they become `Settings`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.settings import Settings, load_settings
+
+GROUP = "cathouse-harness"
+ENV_ISOLATED = ("DATABASE_URL", "MIGRATION_DATABASE_URL")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup(GROUP, "Neon branch per test session (cathouse-harness)")
+    group.addoption(
+        "--cathouse-backend",
+        choices=("neon", "embedded"),
+        default=None,
+        help="force Neon (needs NEON_API_KEY) or the embedded default; default: neon when "
+        "NEON_API_KEY is set",
+    )
+    group.addoption("--cathouse-parent", default=None, help="parent branch (name or br- id)")
+    group.addoption("--cathouse-ttl", default=None, help="branch TTL, e.g. 15m (max 30d)")
+    group.addoption("--cathouse-project", default=None, help="Neon project id")
+    group.addoption(
+        "--cathouse-keep-branch",
+        choices=("never", "on-failure", "always"),
+        default=None,
+        help="keep the session branch after the run for inspection; default: on-failure for "
+        "the embedded default outside CI, never otherwise",
+    )
+    group.addoption(
+        "--cathouse-show-secrets",
+        action="store_true",
+        default=False,
+        help="print kept branches' URLs with their passwords",
+    )
+    group.addoption(
+        "--cathouse-no-template-reuse",
+        action="store_true",
+        default=False,
+        help="migrate each session branch instead of forking a reusable migrated template",
+    )
+
+
+def cli_options(config: pytest.Config) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "backend": config.getoption("cathouse_backend"),
+        "parent_branch": config.getoption("cathouse_parent"),
+        "branch_ttl": config.getoption("cathouse_ttl"),
+        "project_id": config.getoption("cathouse_project"),
+        "keep_branch": config.getoption("cathouse_keep_branch"),
+    }
+    if config.getoption("cathouse_no_template_reuse"):
+        options["template_reuse"] = False
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def project_configures_harness(root: Path) -> bool:
+    pyproject = root / "pyproject.toml"
+    try:
+        return "[tool.cathouse_harness" in pyproject.read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    return load_settings(config.rootpath, options=cli_options(config))

@@ -1,0 +1,196 @@
+"""Entry point of the plugin: hooks only. Fixtures live in `fixtures`, printing in `report`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from conftest_plugin import report
+from conftest_plugin.fixtures import (  # noqa: F401  (pytest finds fixtures by name here)
+    cathouse_branch_session,
+    cathouse_settings,
+    database_url,
+    db_session,
+    migration_database_url,
+    neon_branch,
+    reset_branch,
+    service_engine,
+)
+from conftest_plugin.options import (
+    ENV_ISOLATED,
+    add_options,
+    project_configures_harness,
+    read_settings,
+)
+from harness.errors import ConfigError
+from harness.settings import Settings
+
+# A URL on a host that can never resolve (RFC 6761): whatever reads it before the branch
+# exists fails loudly instead of reaching a real database named in a shell or .env.
+PLACEHOLDER_URL = "postgresql+asyncpg://cathouse-harness@branch-not-created-yet.invalid/cathouse"
+
+
+@dataclass
+class HarnessState:
+    settings: Settings | None
+    settings_error: ConfigError | None
+    run_id: str
+    worker: str
+    is_controller: bool
+    session: Any = None
+    worker_reports: list[dict[str, Any]] = field(default_factory=list)
+    swept: list[str] = field(default_factory=list)
+    saved_env: dict[str, str | None] = field(default_factory=dict)
+
+
+state_key = pytest.StashKey[HarnessState]()
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    add_options(parser)
+    parser.addini(
+        "cathouse_harness_isolate_env",
+        "replace DATABASE_URL / MIGRATION_DATABASE_URL for the whole test process",
+        type="bool",
+        default=True,
+    )
+    # With autoload off, `-p cathouse_harness` alone must still give working async
+    # fixtures, so bring pytest-asyncio along under its usual name.
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") and not pluginmanager.has_plugin("asyncio"):
+        try:
+            import pytest_asyncio.plugin as asyncio_plugin
+        except ImportError:
+            return
+        if not pluginmanager.is_registered(asyncio_plugin):
+            pluginmanager.register(asyncio_plugin, "asyncio")
+
+
+def _worker_id(config: pytest.Config) -> str:
+    workerinput = getattr(config, "workerinput", None)
+    return workerinput["workerid"] if workerinput else "main"
+
+
+def _run_id(config: pytest.Config) -> str:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput:
+        return str(workerinput["testrunuid"])[:12]
+    run_id = os.environ.get("CATHOUSE_RUN_ID") or uuid.uuid4().hex[:12]
+    # xdist hands this to every worker; all of a run's branches then share one prefix.
+    if hasattr(config.option, "testrunuid") and config.option.testrunuid is None:
+        config.option.testrunuid = run_id
+    elif getattr(config.option, "testrunuid", None):
+        run_id = str(config.option.testrunuid)[:12]
+    return run_id
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cathouse_reset: restore the session branch to its template after this test"
+    )
+    configured = project_configures_harness(config.rootpath) or any(
+        config.getoption(name) is not None
+        for name in ("cathouse_backend", "cathouse_parent", "cathouse_ttl", "cathouse_project")
+    )
+    settings: Settings | None = None
+    error: ConfigError | None = None
+    try:
+        settings = read_settings(config)
+    except ConfigError as exc:
+        if configured:
+            raise pytest.UsageError(f"cathouse-harness: {exc}") from None
+        error = exc
+    state = HarnessState(
+        settings=settings,
+        settings_error=error,
+        run_id=_run_id(config),
+        worker=_worker_id(config),
+        is_controller=not hasattr(config, "workerinput"),
+    )
+    config.stash[state_key] = state
+    if configured and config.getini("cathouse_harness_isolate_env"):
+        for name in ENV_ISOLATED:
+            state.saved_env[name] = os.environ.get(name)
+            os.environ[name] = PLACEHOLDER_URL
+    _terminate_as_interrupt()
+
+
+def _terminate_as_interrupt() -> None:
+    """Turn SIGTERM (CI cancelling a job) into KeyboardInterrupt so teardown runs."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        try:
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+        except ValueError:  # not the main thread
+            pass
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(state_key, None)
+    if state is None:
+        return
+    for name, value in state.saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    state = config.stash.get(state_key, None)
+    if state is None or state.settings is None:
+        return None
+    if not project_configures_harness(config.rootpath):
+        return None
+    return report.header_line(state.settings)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    state = config.stash.get(state_key, None)
+    if state is None:
+        return
+    if hasattr(config, "workeroutput") and state.session is not None:
+        config.workeroutput["cathouse_harness"] = state.session.report.as_dict()
+    if state.is_controller and state.settings is not None and _uses_xdist(config):
+        from harness.session import sweep_run
+
+        try:
+            state.swept = sweep_run(state.settings, state.run_id)
+        except Exception as exc:  # the summary names the run so a person can clean up
+            state.swept = [f"sweep failed: {exc}"]
+
+
+def _uses_xdist(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None) or getattr(config.option, "dist", "no") != "no")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    output = getattr(node, "workeroutput", {}) or {}
+    data = output.get("cathouse_harness")
+    if data is None:
+        return
+    state = node.config.stash.get(state_key, None)
+    if state is not None:
+        state.worker_reports.append(data)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(state_key, None)
+    if state is None:
+        return
+    reports = list(state.worker_reports)
+    if state.session is not None:
+        reports.append(state.session.report.as_dict())
+    if not reports and not state.swept:
+        return
+    show_secrets = bool(config.getoption("cathouse_show_secrets"))
+    kept_urls = getattr(state.session, "kept_urls", None) if state.session else None
+    for line in report.summary_lines(reports, state.run_id, state.swept, kept_urls, show_secrets):
+        terminalreporter.write_line(line)

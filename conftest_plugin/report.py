@@ -1,0 +1,72 @@
+"""What the plugin prints: one header line and a short terminal summary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from harness.redact import redact_url
+from harness.settings import Settings
+
+_STEPS = ("backend", "parent", "template", "migrate", "fork", "reset", "teardown")
+
+
+def header_line(settings: Settings) -> str:
+    if settings.backend == "neon":
+        where = f"Neon ({settings.api_host}), project {settings.project_id}"
+    else:
+        where = "embedded default (local Neon API, started on first use)"
+    return (
+        f"cathouse-harness: backend {where}, parent branch {settings.parent_branch}, "
+        f"ttl {int(settings.branch_ttl.total_seconds())} s"
+    )
+
+
+def _psql_command(url: str, show_secrets: bool) -> str:
+    shown = url if show_secrets else redact_url(url)
+    hint = "" if show_secrets else "   # password: cathouse-branch reveal or --cathouse-show-secrets"
+    return f"psql '{shown}'{hint}"
+
+
+def summary_lines(
+    reports: Iterable[Mapping[str, Any]],
+    run_id: str,
+    swept: list[str],
+    kept_urls: Mapping[str, str] | None,
+    show_secrets: bool,
+) -> list[str]:
+    reports = list(reports)
+    lines = ["", f"cathouse-harness summary (run {run_id})"]
+    first = reports[0] if reports else {}
+    if first:
+        lines.append(
+            f"  backend {first.get('backend') or '?'}, project {first.get('project_id') or '?'}, "
+            f"parent {first.get('parent') or '?'}"
+        )
+    templates = {r.get("template") for r in reports if r.get("template")}
+    for template in sorted(templates):
+        reused = [r.get("template_reused") for r in reports if r.get("template") == template]
+        how = "reused" if all(reused) else "built by this run"
+        lines.append(f"  template {template}: {how}")
+    for report in reports:
+        for branch in report.get("branches", []):
+            lines.append(f"  branch {branch}")
+    totals: dict[str, float] = {}
+    for report in reports:
+        for step, seconds in report.get("timings", {}).items():
+            totals[step] = max(totals.get(step, 0.0), seconds)
+    if totals:
+        shown = ", ".join(f"{s} {totals[s]:.2f}s" for s in _STEPS if s in totals)
+        lines.append(f"  timings (slowest worker): {shown}")
+    calls = sum(int(r.get("api_calls", 0)) for r in reports)
+    retries = sum(int(r.get("api_retries", 0)) for r in reports)
+    if reports:
+        lines.append(f"  API calls {calls}, retries {retries}")
+    kept = [k for r in reports for k in r.get("kept", [])]
+    for branch in kept:
+        lines.append(f"  kept for inspection: {branch} (delete: cathouse-branch down '{branch.split(' ')[0]}')")
+    if kept_urls:
+        lines.append(f"  connect: {_psql_command(kept_urls['direct'], show_secrets)}")
+    if swept:
+        lines.append(f"  removed {len(swept)} leftover branch(es) of this run: {', '.join(swept)}")
+    return lines

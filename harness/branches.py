@@ -1,0 +1,314 @@
+"""Branch lifecycle and the safety rules around it.
+
+Every branch the harness creates carries three marks: a name under `harness/`, the
+harness annotation (with the run id and the kind of branch) and an `expires_at`. The
+harness only ever mutates a branch that carries the annotation and is neither the
+project's default branch nor protected; `ensure_owned` is the single gate every
+mutating path goes through.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Literal
+
+from harness.errors import NeonAPIError, SafetyError
+from harness.log import get_logger
+from harness.redact import Secret, register_secret
+
+if TYPE_CHECKING:
+    from harness.neon.client import NeonClient
+    from harness.neon.models import Branch
+
+log = get_logger("branches")
+
+MARK = "cathouse-harness"
+MARK_RUN = "cathouse-harness.run"
+MARK_KIND = "cathouse-harness.kind"
+MARK_FINGERPRINT = "cathouse-harness.fingerprint"
+MARK_HOST = "cathouse-harness.host"
+MARK_PID = "cathouse-harness.pid"
+NAME_PREFIX = "harness/"
+
+Kind = Literal["session", "template", "dev"]
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-/]+")
+
+
+@dataclass(frozen=True)
+class BranchHandle:
+    """A branch the harness created, with the URLs handed out for it."""
+
+    project_id: str
+    id: str
+    name: str
+    parent_id: str | None
+    endpoint_id: str
+    direct_url: Secret
+    pooled_url: Secret
+    kind: Kind = "session"
+    created_seconds: float = 0.0
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"BranchHandle(id={self.id!r}, name={self.name!r}, parent_id={self.parent_id!r}, "
+            f"endpoint_id={self.endpoint_id!r}, kind={self.kind!r})"
+        )
+
+
+def clean_name_part(text: str) -> str:
+    cleaned = _SAFE_NAME.sub("-", text).strip("-/")
+    return cleaned[:60] or "x"
+
+
+def session_branch_name(run_id: str, worker: str) -> str:
+    return f"{NAME_PREFIX}{clean_name_part(run_id)}/{clean_name_part(worker)}"
+
+
+def run_prefix(run_id: str) -> str:
+    return f"{NAME_PREFIX}{clean_name_part(run_id)}/"
+
+
+def template_branch_name(fingerprint: str, parent: str, *, schema_only: bool = False) -> str:
+    flavour = "-schema" if schema_only else ""
+    return f"{NAME_PREFIX}template/{clean_name_part(parent)}/{fingerprint}{flavour}"
+
+
+def building_name(template_name: str) -> str:
+    return f"{template_name}.building"
+
+
+def dev_branch_name(user: str | None = None, git_branch: str | None = None) -> str:
+    user = user or _safe_user()
+    parts = [clean_name_part(user)]
+    if git_branch:
+        parts.append(clean_name_part(git_branch))
+    return f"{NAME_PREFIX}dev/{'-'.join(parts)}"
+
+
+def _safe_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "developer"
+
+
+def marks(kind: Kind, run_id: str, *, fingerprint: str | None = None) -> dict[str, str]:
+    annotation = {
+        MARK: "1",
+        MARK_RUN: run_id,
+        MARK_KIND: kind,
+        MARK_HOST: socket.gethostname()[:60],
+        MARK_PID: str(os.getpid()),
+    }
+    if fingerprint:
+        annotation[MARK_FINGERPRINT] = fingerprint
+    return annotation
+
+
+def is_harness_branch(branch: Branch) -> bool:
+    return (
+        branch.annotation.get(MARK) == "1"
+        and branch.name.startswith(NAME_PREFIX)
+        and not branch.default
+        and not branch.protected
+    )
+
+
+def ensure_owned(branch: Branch, action: str) -> None:
+    """Raise SafetyError unless the harness may `action` this branch."""
+    if branch.default:
+        raise SafetyError(
+            f"refusing to {action} {branch.name} ({branch.id}): it is the project's default branch"
+        )
+    if branch.protected:
+        raise SafetyError(f"refusing to {action} {branch.name} ({branch.id}): it is protected")
+    if branch.annotation.get(MARK) != "1" or not branch.name.startswith(NAME_PREFIX):
+        raise SafetyError(
+            f"refusing to {action} {branch.name} ({branch.id}): the harness did not create it",
+            hint="only branches named harness/... with the cathouse-harness annotation are touched",
+        )
+
+
+def expiry(ttl: timedelta, now: datetime | None = None) -> datetime:
+    now = now or datetime.now(UTC)
+    return (now + ttl).replace(microsecond=0)
+
+
+async def create_owned_branch(
+    client: NeonClient,
+    project_id: str,
+    *,
+    name: str,
+    parent_id: str,
+    ttl: timedelta,
+    kind: Kind,
+    run_id: str,
+    database: str,
+    role: str,
+    fingerprint: str | None = None,
+    schema_only: bool = False,
+) -> BranchHandle:
+    """Create a marked branch with a read-write endpoint and hand out its URLs."""
+    started = time.perf_counter()
+    created = await client.create_branch(
+        project_id,
+        name=name,
+        parent_id=parent_id,
+        expires_at=expiry(ttl),
+        annotation=marks(kind, run_id, fingerprint=fingerprint),
+        init_source="schema-only" if schema_only else None,
+        wait=True,
+    )
+    branch = created.branch
+    handle = await handle_for(
+        client, project_id, branch.id, database=database, role=role, kind=kind, name=branch.name,
+        parent_id=branch.parent_id,
+    )
+    handle = replace(handle, created_seconds=time.perf_counter() - started)
+    log.info("created branch %s (%s) from %s", handle.name, handle.id, parent_id)
+    return handle
+
+
+async def handle_for(
+    client: NeonClient,
+    project_id: str,
+    branch_id: str,
+    *,
+    database: str,
+    role: str,
+    kind: Kind = "session",
+    name: str | None = None,
+    parent_id: str | None = None,
+) -> BranchHandle:
+    """URLs for an existing branch, checked to point at that branch's own endpoint."""
+    endpoints = await client.list_branch_endpoints(project_id, branch_id)
+    writable = [e for e in endpoints if e.type == "read_write"] or list(endpoints)
+    if not writable:
+        raise NeonAPIError(f"branch {branch_id} has no endpoint", status=0)
+    endpoint = writable[0]
+    if endpoint.branch_id != branch_id:
+        raise SafetyError(
+            f"endpoint {endpoint.id} belongs to branch {endpoint.branch_id}, not {branch_id}"
+        )
+    await client.wait_for_endpoint(project_id, endpoint.id)
+    direct = await client.connection_uri(
+        project_id, branch_id=branch_id, endpoint_id=endpoint.id, database_name=database,
+        role_name=role, pooled=False,
+    )
+    pooled = await client.connection_uri(
+        project_id, branch_id=branch_id, endpoint_id=endpoint.id, database_name=database,
+        role_name=role, pooled=True,
+    )
+    verify_urls_point_at(endpoint_host=endpoint.host, direct=direct, pooled=pooled)
+    register_secret(str(direct))
+    register_secret(str(pooled))
+    if name is None or parent_id is None:
+        branch = await client.get_branch(project_id, branch_id)
+        name, parent_id = branch.name, branch.parent_id
+    return BranchHandle(
+        project_id=project_id,
+        id=branch_id,
+        name=name,
+        parent_id=parent_id,
+        endpoint_id=endpoint.id,
+        direct_url=Secret(str(direct)),
+        pooled_url=Secret(str(pooled)),
+        kind=kind,
+    )
+
+
+def verify_urls_point_at(*, endpoint_host: str | None, direct: str, pooled: str) -> None:
+    """The direct URL must name the endpoint's host; the pooled one must differ from it.
+
+    This is what stops a session from being handed the parent's URLs by a confused API
+    answer: tests would then write into the parent.
+    """
+    from urllib.parse import urlsplit
+
+    direct_parts, pooled_parts = urlsplit(direct), urlsplit(pooled)
+    if endpoint_host and direct_parts.hostname and endpoint_host not in (
+        direct_parts.hostname,
+        f"{direct_parts.hostname}:{direct_parts.port}",
+    ):
+        raise SafetyError(
+            f"the direct URL's host {direct_parts.hostname} is not the endpoint's {endpoint_host}"
+        )
+    if (direct_parts.hostname, direct_parts.port) == (pooled_parts.hostname, pooled_parts.port):
+        raise SafetyError("the pooled URL is the same address as the direct one")
+
+
+async def delete_owned_branch(client: NeonClient, project_id: str, branch_id: str) -> bool:
+    """Delete a harness branch; refuses anything else. True when it was deleted now."""
+    try:
+        branch = await client.get_branch(project_id, branch_id)
+    except NeonAPIError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    ensure_owned(branch, "delete")
+    deleted = await client.delete_branch(project_id, branch_id, wait=True, missing_ok=True)
+    log.info("deleted branch %s (%s)", branch.name, branch.id)
+    return bool(deleted)
+
+
+async def restore_owned_branch(
+    client: NeonClient, project_id: str, branch_id: str
+) -> None:
+    """Reset a harness branch to its parent's current state."""
+    branch = await client.get_branch(project_id, branch_id)
+    ensure_owned(branch, "reset")
+    if not branch.parent_id:
+        raise SafetyError(f"branch {branch.name} ({branch.id}) has no parent to reset to")
+    await client.restore_branch(project_id, branch_id, source_branch_id=branch.parent_id, wait=True)
+
+
+async def extend_expiry(
+    client: NeonClient, project_id: str, branch_ids: Iterable[str], ttl: timedelta
+) -> None:
+    """Push expires_at forward on the given harness branches (the heartbeat)."""
+    until = expiry(ttl)
+    for branch_id in branch_ids:
+        try:
+            await client.update_branch(project_id, branch_id, expires_at=until)
+        except NeonAPIError as exc:
+            if exc.status == 404:
+                continue
+            raise
+
+
+async def harness_branches(
+    client: NeonClient, project_id: str, *, run_id: str | None = None
+) -> list[Branch]:
+    """Every branch carrying the harness marks, optionally only those of one run."""
+    branches = await client.list_branches(project_id, search=NAME_PREFIX)
+    found = [b for b in branches if is_harness_branch(b)]
+    if run_id is not None:
+        found = [b for b in found if b.annotation.get(MARK_RUN) == run_id]
+    return found
+
+
+def is_expired(branch: Branch, now: datetime | None = None) -> bool:
+    now = now or datetime.now(UTC)
+    return branch.expires_at is not None and branch.expires_at <= now
+
+
+async def delete_run_branches(
+    client: NeonClient, project_id: str, run_id: str, *, keep: Iterable[str] = ()
+) -> list[str]:
+    """Delete every session branch of `run_id` except `keep`; returns the deleted ids."""
+    kept = set(keep)
+    deleted: list[str] = []
+    for branch in await harness_branches(client, project_id, run_id=run_id):
+        if branch.id in kept or branch.annotation.get(MARK_KIND) != "session":
+            continue
+        if await delete_owned_branch(client, project_id, branch.id):
+            deleted.append(branch.id)
+    return deleted

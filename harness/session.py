@@ -1,0 +1,301 @@
+"""One test session's branch, from backend to teardown. The pytest plugin is a thin layer
+over this; benchmarks and the reliability suite drive it directly.
+
+Flow: connect to the backend → resolve the parent branch → find or build the migrated
+template for the current migration fingerprint → fork this session's (or this xdist
+worker's) branch from it → hand out URLs → delete the branch at the end. A watchdog
+process deletes the branch if this process dies first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from harness.backend import BackendInfo, connect_backend, open_client
+from harness.branches import (
+    BranchHandle,
+    create_owned_branch,
+    delete_owned_branch,
+    delete_run_branches,
+    restore_owned_branch,
+    run_prefix,
+    session_branch_name,
+)
+from harness.errors import HarnessError
+from harness.log import get_logger
+from harness.settings import Settings
+from harness.sync import LoopThread
+from harness.watchdog import WatchdogHandle, start_watchdog
+
+log = get_logger("session")
+
+Step = Literal["backend", "parent", "template", "migrate", "fork", "teardown", "reset"]
+
+
+class SessionStepError(HarnessError):
+    """A step of session setup failed; names the step and how to clean up."""
+
+    def __init__(self, step: Step, cause: BaseException, *, cleanup: str | None = None) -> None:
+        self.step = step
+        detail = cause.message if isinstance(cause, HarnessError) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"cathouse-harness: {step} step failed: {detail}", hint=cleanup)
+
+
+@dataclass
+class SessionReport:
+    backend: str = ""
+    project_id: str = ""
+    parent: str = ""
+    template: str = ""
+    template_reused: bool | None = None
+    branches: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    api_calls: int = 0
+    api_retries: int = 0
+    migrated_services: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def runs_dir(settings: Settings) -> Path:
+    return settings.home / "runs"
+
+
+def marker_dir(settings: Settings, run_id: str, worker: str) -> Path:
+    return runs_dir(settings) / run_id / worker
+
+
+class BranchSession:
+    """Owns one branch for the life of a test session (or xdist worker)."""
+
+    def __init__(self, settings: Settings, *, run_id: str, worker: str = "main") -> None:
+        self.settings = settings
+        self.run_id = run_id
+        self.worker = worker
+        self.report = SessionReport(parent=settings.parent_branch)
+        self.backend: BackendInfo | None = None
+        self.handle: BranchHandle | None = None
+        self.template_id: str | None = None
+        self._loop: LoopThread | None = None
+        self._client = None
+        self._watchdog: WatchdogHandle | None = None
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _timed(self, step: str, started: float) -> None:
+        self.report.timings[step] = self.report.timings.get(step, 0.0) + time.perf_counter() - started
+
+    def _run(self, coro):  # type: ignore[no-untyped-def]
+        assert self._loop is not None
+        return self._loop.run(coro)
+
+    def start(self) -> BranchHandle:
+        if self.handle is not None:
+            return self.handle
+        settings = self.settings
+        started = time.perf_counter()
+        try:
+            self.backend = connect_backend(settings)
+        except HarnessError as exc:
+            raise SessionStepError("backend", exc) from None
+        self.report.backend = self.backend.kind
+        self.report.project_id = self.backend.project_id
+        self._loop = LoopThread()
+        self._client = self._run(self._open_client())
+        self._timed("backend", started)
+        project_id = self.backend.project_id
+
+        started = time.perf_counter()
+        try:
+            parent = self._run(self._client.resolve_branch(project_id, settings.parent_branch))
+        except HarnessError as exc:
+            raise SessionStepError(
+                "parent", exc, cleanup=f"check parent_branch ({settings.source_of('parent_branch')})"
+            ) from None
+        self._timed("parent", started)
+
+        fork_from = parent.id
+        if settings.migrating_services and settings.template_reuse:
+            fork_from = self._template(parent)
+
+        started = time.perf_counter()
+        name = session_branch_name(self.run_id, self.worker)
+        self._start_watchdog()
+        try:
+            handle = self._run(
+                create_owned_branch(
+                    self._client, project_id, name=name, parent_id=fork_from,
+                    ttl=settings.branch_ttl, kind="session", run_id=self.run_id,
+                    database=settings.database, role=settings.role,
+                    schema_only=settings.schema_only and fork_from == parent.id,
+                )
+            )
+        except BaseException as exc:
+            self._cleanup_after_failed_create(name)
+            raise SessionStepError(
+                "fork", exc, cleanup=f"cathouse-branch gc --run {self.run_id}"
+            ) from None
+        assert self._watchdog is not None
+        self._watchdog.record(project_id, handle.id, handle.name)
+        self._timed("fork", started)
+        self.report.branches.append(f"{handle.name} ({handle.id})")
+
+        if settings.migrating_services and not settings.template_reuse:
+            started = time.perf_counter()
+            try:
+                self._migrate(handle)
+            except BaseException as exc:
+                raise SessionStepError(
+                    "migrate", exc, cleanup="the branch is deleted at teardown"
+                ) from None
+            self._timed("migrate", started)
+        self.handle = handle
+        return handle
+
+    async def _open_client(self):  # type: ignore[no-untyped-def]
+        assert self.backend is not None
+        client = open_client(self.backend)
+        return await client.__aenter__()
+
+    def _template(self, parent) -> str:  # type: ignore[no-untyped-def]
+        from harness.migrations import migration_fingerprint
+        from harness.templates import find_or_build_template
+
+        assert self.backend is not None
+        started = time.perf_counter()
+        fingerprint = migration_fingerprint(self.settings)
+        try:
+            result = self._run(
+                find_or_build_template(
+                    self._client, self.backend.project_id, parent=parent,
+                    fingerprint=fingerprint, run_id=self.run_id,
+                    database=self.settings.database, role=self.settings.role,
+                    migrate=self._migrate, schema_only=self.settings.schema_only,
+                )
+            )
+        except HarnessError as exc:
+            raise SessionStepError(
+                "template", exc, cleanup="a half-built template is deleted automatically"
+            ) from None
+        self._timed("template", started)
+        if result.migrate_seconds:
+            self.report.timings["migrate"] = result.migrate_seconds
+        self.report.template = f"{result.name} ({result.branch_id})"
+        self.report.template_reused = result.reused
+        self.template_id = result.branch_id
+        return result.branch_id
+
+    def _migrate(self, handle: BranchHandle) -> float:
+        from harness.migrations import migrate_all
+
+        started = time.perf_counter()
+        results = migrate_all(self.settings, str(handle.direct_url))
+        self.report.migrated_services = len(results)
+        return time.perf_counter() - started
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is not None:
+            return
+        assert self.backend is not None
+        directory = marker_dir(self.settings, self.run_id, self.worker)
+        self._watchdog = start_watchdog(
+            directory,
+            api_host=self.backend.api_host,
+            api_key=str(self.backend.api_key),
+            ttl=self.settings.branch_ttl,
+            log_file=self.settings.home / "logs" / "watchdog.log",
+        )
+
+    def _cleanup_after_failed_create(self, name: str) -> None:
+        """A create that failed half-way may still have made the branch: find and remove it."""
+        assert self.backend is not None
+        try:
+            found = self._run(self._client.find_branch(self.backend.project_id, name))
+            if found is not None:
+                self._run(delete_owned_branch(self._client, self.backend.project_id, found.id))
+        except Exception as exc:
+            log.warning("could not check for a half-created branch %s: %s", name, exc)
+
+    # -- during the session ----------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Restore this session's branch to its parent (the template)."""
+        assert self.handle is not None and self.backend is not None
+        started = time.perf_counter()
+        self._run(restore_owned_branch(self._client, self.backend.project_id, self.handle.id))
+        self._timed("reset", started)
+
+    # -- teardown ------------------------------------------------------------------------
+
+    def finish(self, *, keep: bool = False) -> None:
+        started = time.perf_counter()
+        try:
+            if self.handle is not None and self.backend is not None:
+                if keep:
+                    assert self._watchdog is not None
+                    self._watchdog.forget(self.handle.id)
+                    kept_marker = runs_dir(self.settings) / self.run_id / f"kept-{self.handle.id}"
+                    kept_marker.write_text(self.handle.name)
+                    self.report.kept.append(f"{self.handle.name} ({self.handle.id})")
+                else:
+                    self._run(
+                        delete_owned_branch(self._client, self.backend.project_id, self.handle.id)
+                    )
+                    if self._watchdog is not None:
+                        self._watchdog.forget(self.handle.id)
+        finally:
+            self._collect_stats()
+            if self._watchdog is not None:
+                self._watchdog.stop()
+            if self._client is not None and self._loop is not None:
+                try:
+                    self._run(self._client.aclose())
+                except Exception:
+                    pass
+            if self._loop is not None:
+                self._loop.close()
+            self._timed("teardown", started)
+
+    def _collect_stats(self) -> None:
+        stats = getattr(self._client, "stats", None)
+        if stats is not None:
+            self.report.api_calls = int(getattr(stats, "calls", 0))
+            self.report.api_retries = int(getattr(stats, "retries", 0))
+
+
+def sweep_run(settings: Settings, run_id: str) -> list[str]:
+    """Delete every session branch of a run (the xdist controller's final sweep).
+
+    Only talks to the API when some process of this run recorded a branch, so a run that
+    used no harness fixture stays free of API calls.
+    """
+    directory = runs_dir(settings) / run_id
+    if not directory.exists():
+        return []
+    backend = connect_backend(settings)
+    loop = LoopThread()
+    try:
+
+        kept = [p.name.removeprefix("kept-") for p in directory.glob("kept-*")]
+
+        async def _sweep() -> list[str]:
+            async with open_client(backend) as client:
+                return await delete_run_branches(client, backend.project_id, run_id, keep=kept)
+
+        deleted = loop.run(_sweep())
+    finally:
+        loop.close()
+    _remove_tree(directory)
+    log.info("swept %d branch(es) of run %s (%s)", len(deleted), run_id, run_prefix(run_id))
+    return deleted
+
+
+def _remove_tree(directory: Path) -> None:
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)

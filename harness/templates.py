@@ -1,0 +1,153 @@
+"""The migrated template branch: built once per migration fingerprint, forked by sessions.
+
+Runs on different machines share nothing but the Neon project, so the protocol uses
+branch names only. A builder creates `<template>.building`; after creating it, it looks
+for other builders of the same name and the oldest one wins (the others delete their
+own and wait). The winner migrates and then renames its branch to the template name,
+which is the signal that the template is ready. A building branch whose builder died is
+recognised by its age and removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from harness.branches import (
+    BranchHandle,
+    building_name,
+    create_owned_branch,
+    delete_owned_branch,
+    extend_expiry,
+    handle_for,
+    harness_branches,
+    template_branch_name,
+)
+from harness.errors import HarnessError
+from harness.log import get_logger
+
+if TYPE_CHECKING:
+    from harness.neon.client import NeonClient
+    from harness.neon.models import Branch
+
+log = get_logger("templates")
+
+TEMPLATE_TTL = timedelta(days=7)
+STALE_BUILD = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class TemplateResult:
+    branch_id: str
+    name: str
+    reused: bool
+    build_seconds: float
+    migrate_seconds: float
+
+
+def _oldest(branches: list[Branch]) -> Branch:
+    return min(branches, key=lambda b: (b.created_at or datetime.max.replace(tzinfo=UTC), b.id))
+
+
+async def find_or_build_template(
+    client: NeonClient,
+    project_id: str,
+    *,
+    parent: Branch,
+    fingerprint: str,
+    run_id: str,
+    database: str,
+    role: str,
+    migrate: Callable[[BranchHandle], float],
+    schema_only: bool = False,
+    wait_timeout: float = 600.0,
+) -> TemplateResult:
+    """Return the ready template for `fingerprint`, building it if nobody has.
+
+    `migrate` runs in a worker thread with the building branch's handle and returns the
+    seconds it spent; it raises to abort the build (the building branch is then deleted).
+    """
+    name = template_branch_name(fingerprint, parent.name, schema_only=schema_only)
+    building = building_name(name)
+    started = time.perf_counter()
+    deadline = started + wait_timeout
+    pause = 0.05
+    while True:
+        candidates = [b for b in await harness_branches(client, project_id) if b.name in (name, building)]
+        ready = [b for b in candidates if b.name == name and b.parent_id == parent.id]
+        if ready:
+            template = _oldest(ready)
+            await extend_expiry(client, project_id, [template.id], TEMPLATE_TTL)
+            return TemplateResult(template.id, template.name, True, time.perf_counter() - started, 0.0)
+
+        builders = [b for b in candidates if b.name == building]
+        now = datetime.now(UTC)
+        stale = [b for b in builders if b.created_at and now - b.created_at > STALE_BUILD]
+        for branch in stale:
+            log.warning("removing abandoned template build %s (%s)", branch.name, branch.id)
+            await delete_owned_branch(client, project_id, branch.id)
+        builders = [b for b in builders if b not in stale]
+
+        if not builders:
+            result = await _build(
+                client, project_id, parent=parent, name=name, building=building,
+                fingerprint=fingerprint, run_id=run_id, database=database, role=role,
+                migrate=migrate, schema_only=schema_only, started=started,
+            )
+            if result is not None:
+                return result
+        if time.perf_counter() > deadline:
+            raise HarnessError(
+                f"timed out after {wait_timeout:.0f} s waiting for template {name} to be built",
+                hint=f"if no other run is building it, delete branch {building}",
+            )
+        await asyncio.sleep(pause)
+        pause = min(pause * 1.5, 1.0)
+
+
+async def _build(
+    client: NeonClient,
+    project_id: str,
+    *,
+    parent: Branch,
+    name: str,
+    building: str,
+    fingerprint: str,
+    run_id: str,
+    database: str,
+    role: str,
+    migrate: Callable[[BranchHandle], float],
+    schema_only: bool,
+    started: float,
+) -> TemplateResult | None:
+    """Build the template; None when another builder won the race."""
+    handle = await create_owned_branch(
+        client, project_id, name=building, parent_id=parent.id, ttl=TEMPLATE_TTL,
+        kind="template", run_id=run_id, database=database, role=role,
+        fingerprint=fingerprint, schema_only=schema_only,
+    )
+    rivals = [b for b in await harness_branches(client, project_id) if b.name == building]
+    if rivals and _oldest(rivals).id != handle.id:
+        log.info("another run is building %s; waiting for it", name)
+        await delete_owned_branch(client, project_id, handle.id)
+        return None
+    try:
+        migrate_seconds = await asyncio.to_thread(migrate, handle)
+    except BaseException:
+        await asyncio.shield(delete_owned_branch(client, project_id, handle.id))
+        raise
+    await client.update_branch(project_id, handle.id, name=name)
+    log.info("template %s (%s) is ready", name, handle.id)
+    return TemplateResult(handle.id, name, False, time.perf_counter() - started, migrate_seconds)
+
+
+async def template_handle(
+    client: NeonClient, project_id: str, template: TemplateResult, *, database: str, role: str
+) -> BranchHandle:
+    return await handle_for(
+        client, project_id, template.branch_id, database=database, role=role, kind="template"
+    )

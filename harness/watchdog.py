@@ -1,0 +1,174 @@
+"""A small process that outlives its owner and cleans up after it.
+
+The owner (a test process that created branches) starts the watchdog in its own session,
+writes the API key to the watchdog's stdin and keeps that pipe open. The kernel closes
+the pipe when the owner dies for any reason, SIGKILL included, so the watchdog learns of
+the death at once instead of polling. It then deletes every branch still recorded in the
+owner's marker directory. While the owner lives, the watchdog pushes those branches'
+`expires_at` forward (the heartbeat), so a leak is bounded by one TTL even if the
+watchdog itself is killed.
+
+Marker directory: one file per branch, named by branch id, holding the project id. The
+owner removes a marker after deleting the branch itself, or to keep a branch on purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from harness.log import get_logger
+
+log = get_logger("watchdog")
+
+
+@dataclass
+class WatchdogHandle:
+    process: subprocess.Popen[bytes]
+    marker_dir: Path
+
+    def record(self, project_id: str, branch_id: str, name: str) -> None:
+        path = self.marker_dir / branch_id
+        path.write_text(json.dumps({"project_id": project_id, "name": name}))
+
+    def forget(self, branch_id: str) -> None:
+        (self.marker_dir / branch_id).unlink(missing_ok=True)
+
+    def recorded(self) -> list[str]:
+        return sorted(p.name for p in self.marker_dir.iterdir() if p.name.startswith("br"))
+
+    def stop(self) -> None:
+        """Close the pipe: the watchdog deletes what is still recorded, then exits."""
+        if self.process.stdin and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_watchdog(
+    marker_dir: Path, *, api_host: str, api_key: str, ttl: timedelta, log_file: Path
+) -> WatchdogHandle:
+    marker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log_handle:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "harness.watchdog",
+                "--dir", str(marker_dir),
+                "--api-host", api_host,
+                "--ttl", str(int(ttl.total_seconds())),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=log_handle,
+            stderr=log_handle,
+            start_new_session=True,
+            close_fds=True,
+        )
+    assert process.stdin is not None
+    process.stdin.write(api_key.encode() + b"\n")
+    process.stdin.flush()
+    return WatchdogHandle(process, marker_dir)
+
+
+def _recorded(marker_dir: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    if not marker_dir.is_dir():
+        return found
+    for path in marker_dir.iterdir():
+        try:
+            found[path.name] = json.loads(path.read_text())["project_id"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return found
+
+
+async def _heartbeat(api_host: str, api_key: str, marker_dir: Path, ttl: timedelta) -> None:
+    from harness.branches import extend_expiry
+    from harness.neon.client import NeonClient
+
+    recorded = _recorded(marker_dir)
+    if not recorded:
+        return
+    async with NeonClient(api_key, api_host=api_host) as client:
+        by_project: dict[str, list[str]] = {}
+        for branch_id, project_id in recorded.items():
+            by_project.setdefault(project_id, []).append(branch_id)
+        for project_id, ids in by_project.items():
+            await extend_expiry(client, project_id, ids, ttl)
+
+
+async def _clean_up(api_host: str, api_key: str, marker_dir: Path) -> int:
+    from harness.branches import delete_owned_branch
+    from harness.neon.client import NeonClient
+
+    failures = 0
+    recorded = _recorded(marker_dir)
+    if not recorded:
+        return 0
+    async with NeonClient(api_key, api_host=api_host) as client:
+        for branch_id, project_id in recorded.items():
+            try:
+                await delete_owned_branch(client, project_id, branch_id)
+                (marker_dir / branch_id).unlink(missing_ok=True)
+                log.info("watchdog deleted branch %s", branch_id)
+            except Exception as exc:  # keep going: every other branch still deserves a try
+                failures += 1
+                log.error("watchdog could not delete branch %s: %s", branch_id, exc)
+    return failures
+
+
+def run(marker_dir: Path, api_host: str, ttl: timedelta) -> int:
+    api_key = sys.stdin.buffer.readline().decode().strip()
+    if not api_key:
+        return 2
+    interval = max(5.0, min(ttl.total_seconds() / 3, 300.0))
+    next_beat = time.monotonic() + interval
+    stdin = sys.stdin.buffer.fileno()
+    while True:
+        timeout = max(0.0, next_beat - time.monotonic())
+        readable, _, _ = select.select([stdin], [], [], timeout)
+        if readable:
+            if not os.read(stdin, 4096):
+                break  # the owner is gone (or stopped us on purpose)
+            continue
+        try:
+            asyncio.run(_heartbeat(api_host, api_key, marker_dir, ttl))
+        except Exception as exc:
+            log.warning("heartbeat failed: %s", exc)
+        next_beat = time.monotonic() + interval
+    failures = asyncio.run(_clean_up(api_host, api_key, marker_dir))
+    try:
+        marker_dir.rmdir()
+    except OSError:
+        pass
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.watchdog")
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--api-host", required=True)
+    parser.add_argument("--ttl", type=int, default=900)
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s watchdog %(message)s")
+    return run(args.dir, args.api_host, timedelta(seconds=args.ttl))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
