@@ -1,0 +1,842 @@
+"""The async Neon API v2 client the whole harness uses, for real Neon and the local server.
+
+One `NeonClient` wraps one `httpx.AsyncClient`. Every request goes through `_call`, which
+retries transient failures (see `retry.py`) within one deadline and turns every other
+answer into a `NeonAPIError`. Branch create is the one request that is not idempotent:
+after an attempt that may have reached the server, the client looks the branch up by its
+exact name before sending the create again, so a lost answer never makes two branches.
+
+Secrets: the API key and every password or connection URI received are registered with
+`harness.redact`, exceptions are built from scrubbed text and never chain httpx errors
+(which hold the request and its Authorization header).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from harness.errors import HarnessError, NeonAPIError
+from harness.log import get_logger
+from harness.neon.models import (
+    Branch,
+    BranchCreated,
+    ConnectionInfo,
+    Database,
+    Endpoint,
+    Operation,
+    Project,
+    Role,
+    format_time,
+    secret_uri,
+)
+from harness.neon.retry import (
+    RetryPolicy,
+    exception_is_retryable,
+    exception_may_have_reached,
+    parse_retry_after,
+    status_is_retryable,
+    status_may_have_acted,
+)
+from harness.neon.stats import ApiStats, route_of
+from harness.redact import Secret, register_secret, scrub
+
+DEFAULT_API_HOST = "https://console.neon.tech/api/v2"
+
+log = get_logger("neon")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+# Operation polling starts fast so a local server is not slowed down, then backs off.
+_POLL_FIRST = 0.02
+_POLL_MAX = 0.5
+_POLL_GROWTH = 1.5
+
+# A created branch found by name counts as ours only if Neon says it was made no earlier
+# than this before our first attempt (allows for clock skew between us and Neon).
+_CREATED_SKEW = timedelta(minutes=5)
+
+# The last-chance lookup after a create gave up gets at least this much time.
+_FINAL_LOOKUP_BUDGET = 10.0
+
+
+class _Unset:
+    """Marks "argument not given" where None is a meaningful value."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+
+
+class NeonOperationError(NeonAPIError):
+    """A Neon operation ended failed/error/cancelled, or did not finish in time.
+
+    A `NeonAPIError` (catch that); `operation` is the last state seen.
+    """
+
+    def __init__(self, operation: Operation, *, timeout: float | None = None) -> None:
+        self.operation = operation
+        self.timed_out = timeout is not None
+        where = f" on branch {operation.branch_id}" if operation.branch_id else ""
+        what = f"operation {operation.id} ({operation.action or 'unknown action'}){where}"
+        if timeout is not None:
+            text = f"{what} still {operation.status or 'pending'} after {timeout:g}s"
+        else:
+            reason = f": {operation.error}" if operation.error else ""
+            text = f"{what} ended {operation.status}{reason}"
+        # Not NeonAPIError.__init__: its "HTTP <status>" framing describes an HTTP answer,
+        # and the HTTP answers here were all fine.
+        HarnessError.__init__(self, f"Neon {text} in project {operation.project_id}")
+        self.status = 0
+        self.code = "OPERATION_TIMEOUT" if self.timed_out else "OPERATION_FAILED"
+        self.request_id = None
+        self.method = None
+        self.path = None
+
+    @property
+    def transient(self) -> bool:
+        return self.timed_out
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    data: Any
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """One failed attempt, kept as plain text so no httpx object outlives it."""
+
+    status: int  # 0: no answer
+    message: str
+    method: str
+    path: str
+    code: str | None = None
+    request_id: str | None = None
+    hint: str | None = None
+    retryable: bool = False
+    may_have_acted: bool = True
+    retry_after: float | None = None
+
+    def error(self, attempts: int = 1, seconds: float | None = None) -> NeonAPIError:
+        message = self.message
+        if self.retryable and attempts:
+            plural = "attempt" if attempts == 1 else "attempts"
+            spent = f" in {seconds:.1f}s" if seconds is not None else ""
+            message += f" (gave up after {attempts} {plural}{spent})"
+        return NeonAPIError(
+            message,
+            status=self.status,
+            code=self.code,
+            request_id=self.request_id,
+            method=self.method,
+            path=self.path,
+            hint=self.hint,
+        )
+
+
+class _Progress:
+    """What one logical request has been through so far."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.started = clock()
+        self.attempts = 0
+        self.may_have_acted = False
+
+
+def _q(segment: str) -> str:
+    return quote(str(segment), safe="")
+
+
+def _list(data: Any, key: str) -> list[Mapping[str, Any]]:
+    value = data.get(key) if isinstance(data, Mapping) else None
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def _obj(data: Any, key: str) -> Mapping[str, Any]:
+    value = data.get(key) if isinstance(data, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
+
+
+class NeonClient:
+    """Async client for the subset of Neon API v2 the harness needs (DESIGN.md section 4).
+
+    `sleep`, `clock` and `rng` exist so tests can run retries and polling without waiting.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_host: str = DEFAULT_API_HOST,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        user_agent: str = "cathouse-harness/0.1",
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not api_key:
+            raise NeonAPIError("no API key given", status=401, hint="check NEON_API_KEY")
+        register_secret(api_key)
+        self.api_host = api_host.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.stats = ApiStats()
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._http = httpx.AsyncClient(
+            base_url=self.api_host + "/",
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "Accept": "application/json",
+                "User-Agent": user_agent,
+            },
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"NeonClient(api_host={self.api_host!r}, api_key='***')"
+
+    async def __aenter__(self) -> NeonClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ---- transport ---------------------------------------------------------------
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None,
+        body: Any,
+        deadline_at: float,
+        progress: _Progress,
+    ) -> _Answer | _Failure:
+        """Send once. Never raises for HTTP or transport trouble; the caller decides."""
+        remaining = deadline_at - self._clock()
+        # A last attempt right at the deadline still gets a fair chance to answer.
+        per_attempt = max(min(self.timeout, remaining), min(self.timeout, 1.0))
+        started = time.perf_counter()
+        outcome: _Answer | _Failure
+        status: int | None = None
+        try:
+            response = await self._http.request(
+                method, path, params=params, json=body, timeout=per_attempt
+            )
+        except httpx.HTTPError as exc:
+            # Keep only scrubbed text; the exception holds the request and its headers.
+            detail = scrub(str(exc)).strip()
+            name = type(exc).__name__
+            outcome = _Failure(
+                status=0,
+                message=f"{name}: {detail}" if detail else name,
+                method=method,
+                path=path,
+                retryable=exception_is_retryable(exc),
+                may_have_acted=exception_may_have_reached(exc),
+            )
+        else:
+            status = response.status_code
+            outcome = self._read(response, method, path)
+        elapsed = time.perf_counter() - started
+        self.stats.record(
+            route_of(method, path), status, elapsed, retry=progress.attempts > 0
+        )
+        progress.attempts += 1
+        what = status if status is not None else getattr(outcome, "message", "no answer")
+        log.debug(
+            "%s %s -> %s in %.1f ms (attempt %d)",
+            method, path, what, elapsed * 1000, progress.attempts,
+        )
+        return outcome
+
+    def _read(self, response: httpx.Response, method: str, path: str) -> _Answer | _Failure:
+        status = response.status_code
+        try:
+            data = response.json() if response.content else {}
+        except ValueError:
+            data = None
+        if 200 <= status < 300:
+            if data is None:
+                return _Failure(
+                    status=status,
+                    message="the answer is not JSON",
+                    method=method,
+                    path=path,
+                    may_have_acted=True,
+                )
+            return _Answer(status, data)
+        body = data if isinstance(data, Mapping) else {}
+        message = body.get("message") or response.reason_phrase or "error"
+        if not body and response.text:
+            message = f"{message}: {response.text.strip()[:200]}"
+        request_id = (
+            body.get("request_id")
+            or response.headers.get("x-neon-ret-request-id")
+            or response.headers.get("x-request-id")
+        )
+        hint = None
+        if status == 401:
+            hint = "check NEON_API_KEY"
+        elif status == 403:
+            hint = "check NEON_API_KEY has access to this project"
+        retryable = status_is_retryable(status)
+        return _Failure(
+            status=status,
+            message=scrub(str(message)),
+            method=method,
+            path=path,
+            code=str(body["code"]) if body.get("code") else None,
+            request_id=str(request_id) if request_id else None,
+            hint=hint,
+            retryable=retryable,
+            may_have_acted=status_may_have_acted(status),
+            retry_after=parse_retry_after(response.headers.get("retry-after"))
+            if retryable
+            else None,
+        )
+
+    async def _pause(self, failure: _Failure, progress: _Progress, deadline_at: float) -> bool:
+        """Wait before the next attempt; False when no attempt is left."""
+        if not failure.retryable:
+            return False
+        delay = self.retry.next_delay(
+            progress.attempts,
+            remaining=deadline_at - self._clock(),
+            retry_after=failure.retry_after,
+            rng=self._rng,
+        )
+        if delay is None:
+            return False
+        what = failure.status or failure.message
+        log.debug(
+            "retrying %s %s after %s in %.3fs (attempt %d of %d)",
+            failure.method, failure.path, what, delay,
+            progress.attempts + 1, self.retry.max_attempts,
+        )
+        self.stats.waited += delay
+        await self._sleep(delay)
+        return True
+
+    def _give_up(self, failure: _Failure, progress: _Progress) -> NeonAPIError:
+        return failure.error(progress.attempts, self._clock() - progress.started)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        accept: frozenset[int] = frozenset(),
+        deadline_at: float | None = None,
+        progress: _Progress | None = None,
+    ) -> _Answer:
+        """One idempotent request with retries. Statuses in `accept` answer with data None."""
+        progress = progress or _Progress(self._clock)
+        if deadline_at is None:
+            deadline_at = progress.started + self.retry.deadline
+        while True:
+            outcome = await self._attempt(
+                method, path, params=params, body=body,
+                deadline_at=deadline_at, progress=progress,
+            )
+            if isinstance(outcome, _Answer):
+                return outcome
+            if outcome.status in accept:
+                return _Answer(outcome.status, None)
+            progress.may_have_acted |= outcome.may_have_acted
+            if not await self._pause(outcome, progress, deadline_at):
+                raise self._give_up(outcome, progress)
+
+    async def _get(self, path: str, *, params: Mapping[str, str] | None = None,
+                   deadline_at: float | None = None) -> Any:
+        return (await self._call("GET", path, params=params, deadline_at=deadline_at)).data
+
+    # ---- account and projects ----------------------------------------------------
+
+    async def check_auth(self) -> dict[str, Any]:
+        """`GET /auth`: proves the key works; Neon answers who it belongs to."""
+        data = await self._get("/auth")
+        return dict(data) if isinstance(data, Mapping) else {}
+
+    async def list_projects(self) -> list[Project]:
+        data = await self._get("/projects", params={"limit": "400"})
+        return [Project.from_api(p) for p in _list(data, "projects")]
+
+    async def get_project(self, project_id: str) -> Project:
+        data = await self._get(f"/projects/{_q(project_id)}")
+        return Project.from_api(_obj(data, "project"))
+
+    # ---- branches ----------------------------------------------------------------
+
+    async def list_branches(self, project_id: str, *, search: str | None = None) -> list[Branch]:
+        """Branches with their annotations (Neon sends those beside the list, by id)."""
+        return await self._list_branches(project_id, search=search)
+
+    async def _list_branches(
+        self, project_id: str, *, search: str | None = None, deadline_at: float | None = None
+    ) -> list[Branch]:
+        params = {"search": search} if search else None
+        data = await self._get(
+            f"/projects/{_q(project_id)}/branches", params=params, deadline_at=deadline_at
+        )
+        annotations = _obj(data, "annotations")
+        return [
+            Branch.from_api(b, annotations.get(str(b.get("id"))))
+            for b in _list(data, "branches")
+        ]
+
+    async def get_branch(self, project_id: str, branch_id: str) -> Branch:
+        data = await self._get(f"/projects/{_q(project_id)}/branches/{_q(branch_id)}")
+        return Branch.from_api(_obj(data, "branch"), _obj(data, "annotation"))
+
+    async def find_branch(self, project_id: str, name: str) -> Branch | None:
+        """The branch called exactly `name` (the newest if Neon holds several), or None."""
+        matches = [b for b in await self.list_branches(project_id, search=name) if b.name == name]
+        return _newest(matches)
+
+    async def resolve_branch(self, project_id: str, name_or_id: str) -> Branch:
+        """A branch by id (`br-…`) or exact name; NeonAPIError with status 404 if none."""
+        if name_or_id.startswith("br-"):
+            path = f"/projects/{_q(project_id)}/branches/{_q(name_or_id)}"
+            answer = await self._call("GET", path, accept=frozenset({404}))
+            if answer.data is not None:
+                return Branch.from_api(_obj(answer.data, "branch"), _obj(answer.data, "annotation"))
+        found = await self.find_branch(project_id, name_or_id)
+        if found is None:
+            raise NeonAPIError(
+                f"no branch with id or name {name_or_id!r} in project {project_id}",
+                status=404,
+                code="NOT_FOUND",
+                method="GET",
+                path=f"/projects/{project_id}/branches",
+            )
+        return found
+
+    async def create_branch(
+        self,
+        project_id: str,
+        *,
+        name: str,
+        parent_id: str | None = None,
+        parent_lsn: str | None = None,
+        parent_timestamp: datetime | None = None,
+        expires_at: datetime | None = None,
+        protected: bool = False,
+        annotation: Mapping[str, str] | None = None,
+        endpoint: bool = True,
+        init_source: str | None = None,
+        wait: bool = True,
+        wait_timeout: float = 120,
+    ) -> BranchCreated:
+        """Create a branch (with a read-write endpoint unless `endpoint=False`).
+
+        Never makes two: once an attempt may have reached Neon (timeout, dropped
+        connection, 5xx), every later attempt is preceded by a lookup by exact name, and
+        a branch found there is returned (`recovered=True`) instead of creating another.
+        With `wait`, returns once its operations finished and its endpoints accept
+        connections, with the branch and endpoints re-read in that state.
+        """
+        branch: dict[str, Any] = {"name": name}
+        if parent_id:
+            branch["parent_id"] = parent_id
+        if parent_lsn:
+            branch["parent_lsn"] = parent_lsn
+        if parent_timestamp is not None:
+            branch["parent_timestamp"] = format_time(parent_timestamp)
+        if expires_at is not None:
+            branch["expires_at"] = format_time(expires_at)
+        if protected:
+            branch["protected"] = True
+        if init_source:
+            branch["init_source"] = init_source
+        body: dict[str, Any] = {"branch": branch}
+        if endpoint:
+            body["endpoints"] = [{"type": "read_write"}]
+        if annotation:
+            body["annotation_value"] = dict(annotation)
+
+        path = f"/projects/{_q(project_id)}/branches"
+        progress = _Progress(self._clock)
+        deadline_at = progress.started + self.retry.deadline
+        lookup = _CreateLookup(name, parent_id, annotation, not_before=_utcnow() - _CREATED_SKEW)
+        conflict_checked = False
+        while True:
+            if progress.may_have_acted:
+                found = await self._find_created(project_id, lookup, deadline_at)
+                if found is not None:
+                    return await self._recovered(project_id, found, wait, wait_timeout)
+            outcome = await self._attempt(
+                "POST", path, params=None, body=body, deadline_at=deadline_at, progress=progress
+            )
+            if isinstance(outcome, _Answer):
+                created = BranchCreated.from_api(outcome.data)
+                if annotation and not created.branch.annotation:
+                    created = replace(created, branch=created.branch.with_annotation(annotation))
+                return await self._settle(project_id, created, wait, wait_timeout)
+            progress.may_have_acted |= outcome.may_have_acted
+            if outcome.status == 409 and progress.may_have_acted and not conflict_checked:
+                # The name is taken, most likely by our own earlier attempt: look it up.
+                conflict_checked = True
+                continue
+            if not await self._pause(outcome, progress, deadline_at):
+                error = self._give_up(outcome, progress)
+                if progress.may_have_acted:
+                    # Last chance to hand back a branch an attempt did make, so it is
+                    # not left behind without its id ever reaching the caller.
+                    budget = max(deadline_at, self._clock() + _FINAL_LOOKUP_BUDGET)
+                    try:
+                        found = await self._find_created(project_id, lookup, budget)
+                    except NeonAPIError:
+                        found = None
+                    if found is not None:
+                        return await self._recovered(project_id, found, wait, wait_timeout)
+                raise error
+
+    async def _find_created(
+        self, project_id: str, lookup: _CreateLookup, deadline_at: float
+    ) -> Branch | None:
+        branches = await self._list_branches(
+            project_id, search=lookup.name, deadline_at=deadline_at
+        )
+        found = _newest([b for b in branches if lookup.matches(b)])
+        if found is not None:
+            self.stats.recovered_creates += 1
+            log.debug("create of %r: found %s after a lost answer", lookup.name, found.id)
+        return found
+
+    async def _recovered(
+        self, project_id: str, branch: Branch, wait: bool, wait_timeout: float
+    ) -> BranchCreated:
+        """Rebuild what the create would have answered, from the branch found by name."""
+        endpoints = await self.list_branch_endpoints(project_id, branch.id)
+        roles = await self.list_roles(project_id, branch.id)
+        databases = await self.list_databases(project_id, branch.id)
+        operations = [
+            op for op in await self.list_operations(project_id) if op.branch_id == branch.id
+        ]
+        connections: list[ConnectionInfo] = []
+        primary = next((e for e in endpoints if e.type == "read_write"), None)
+        if primary is not None:
+            for db in databases:
+                direct = await self.connection_uri(
+                    project_id, branch_id=branch.id, database_name=db.name,
+                    role_name=db.owner_name, endpoint_id=primary.id,
+                )
+                pooled = await self.connection_uri(
+                    project_id, branch_id=branch.id, database_name=db.name,
+                    role_name=db.owner_name, endpoint_id=primary.id, pooled=True,
+                )
+                connections.append(_connection_info(direct, pooled, db))
+        created = BranchCreated(
+            branch=branch,
+            endpoints=tuple(endpoints),
+            operations=tuple(operations),
+            roles=tuple(roles),
+            databases=tuple(databases),
+            connection_uris=tuple(connections),
+            recovered=True,
+        )
+        return await self._settle(project_id, created, wait, wait_timeout)
+
+    async def _settle(
+        self, project_id: str, created: BranchCreated, wait: bool, wait_timeout: float
+    ) -> BranchCreated:
+        """With `wait`, wait for the create's operations and endpoints, then re-read."""
+        if not wait:
+            return created
+        until = self._clock() + wait_timeout
+        operations = await self.wait_for_operations(
+            project_id, created.operations, timeout=wait_timeout
+        )
+        branch = await self.get_branch(project_id, created.branch.id)
+        if not branch.annotation and created.branch.annotation:
+            branch = branch.with_annotation(created.branch.annotation)
+        endpoints = []
+        for ep in created.endpoints:
+            left = max(until - self._clock(), 1.0)
+            endpoints.append(await self.wait_for_endpoint(project_id, ep.id, timeout=left))
+        return replace(
+            created, branch=branch, endpoints=tuple(endpoints), operations=tuple(operations)
+        )
+
+    async def update_branch(
+        self,
+        project_id: str,
+        branch_id: str,
+        *,
+        name: str | None = None,
+        expires_at: datetime | None | _Unset = UNSET,
+    ) -> Branch:
+        """Rename and/or change `expires_at`; `expires_at=None` removes the expiry."""
+        patch: dict[str, Any] = {}
+        if name is not None:
+            patch["name"] = name
+        if not isinstance(expires_at, _Unset):
+            patch["expires_at"] = None if expires_at is None else format_time(expires_at)
+        if not patch:
+            return await self.get_branch(project_id, branch_id)
+        answer = await self._call(
+            "PATCH",
+            f"/projects/{_q(project_id)}/branches/{_q(branch_id)}",
+            body={"branch": patch},
+        )
+        return Branch.from_api(_obj(answer.data, "branch"), _obj(answer.data, "annotation"))
+
+    async def delete_branch(
+        self, project_id: str, branch_id: str, *, wait: bool = True, missing_ok: bool = True
+    ) -> bool:
+        """Delete a branch. True if this call deleted it, False if it was already gone.
+
+        A 404 after an earlier attempt that may have reached Neon counts as our delete.
+        """
+        path = f"/projects/{_q(project_id)}/branches/{_q(branch_id)}"
+        progress = _Progress(self._clock)
+        answer = await self._call("DELETE", path, accept=frozenset({404}), progress=progress)
+        if answer.status == 404:
+            if not missing_ok:
+                raise NeonAPIError(
+                    f"branch {branch_id} not found in project {project_id}",
+                    status=404, code="NOT_FOUND", method="DELETE", path=path,
+                )
+            return progress.may_have_acted
+        if wait:
+            await self.wait_for_operations(
+                project_id, [Operation.from_api(o) for o in _list(answer.data, "operations")]
+            )
+        return True
+
+    async def restore_branch(
+        self, project_id: str, branch_id: str, *, source_branch_id: str, wait: bool = True
+    ) -> Branch:
+        """Reset `branch_id` to the current state of `source_branch_id` (usually its parent).
+
+        Retried like the idempotent requests: restoring twice to the same source ends in
+        the same state.
+        """
+        answer = await self._call(
+            "POST",
+            f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/restore",
+            body={"source_branch_id": source_branch_id},
+        )
+        if not wait:
+            return Branch.from_api(_obj(answer.data, "branch"), _obj(answer.data, "annotation"))
+        await self.wait_for_operations(
+            project_id, [Operation.from_api(o) for o in _list(answer.data, "operations")]
+        )
+        return await self.get_branch(project_id, branch_id)
+
+    async def list_branch_endpoints(self, project_id: str, branch_id: str) -> list[Endpoint]:
+        data = await self._get(f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/endpoints")
+        return [Endpoint.from_api(e) for e in _list(data, "endpoints")]
+
+    async def list_databases(self, project_id: str, branch_id: str) -> list[Database]:
+        data = await self._get(f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/databases")
+        return [Database.from_api(d) for d in _list(data, "databases")]
+
+    async def list_roles(self, project_id: str, branch_id: str) -> list[Role]:
+        data = await self._get(f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/roles")
+        return [Role.from_api(r) for r in _list(data, "roles")]
+
+    async def reveal_password(self, project_id: str, branch_id: str, role: str) -> Secret:
+        data = await self._get(
+            f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/roles/{_q(role)}/reveal_password"
+        )
+        password = data.get("password") if isinstance(data, Mapping) else None
+        if not password:
+            raise NeonAPIError(
+                f"no password in the answer for role {role!r} on branch {branch_id}",
+                status=200, method="GET", path=f"/projects/{project_id}/branches/{branch_id}/roles",
+            )
+        return Secret(str(password))
+
+    # ---- endpoints, operations, connection URIs ----------------------------------
+
+    async def list_endpoints(self, project_id: str) -> list[Endpoint]:
+        data = await self._get(f"/projects/{_q(project_id)}/endpoints")
+        return [Endpoint.from_api(e) for e in _list(data, "endpoints")]
+
+    async def get_endpoint(self, project_id: str, endpoint_id: str) -> Endpoint:
+        data = await self._get(f"/projects/{_q(project_id)}/endpoints/{_q(endpoint_id)}")
+        return Endpoint.from_api(_obj(data, "endpoint"))
+
+    async def get_operation(self, project_id: str, operation_id: str) -> Operation:
+        data = await self._get(f"/projects/{_q(project_id)}/operations/{_q(operation_id)}")
+        return Operation.from_api(_obj(data, "operation"))
+
+    async def list_operations(self, project_id: str) -> list[Operation]:
+        """The project's recent operations (Neon's first page, newest first)."""
+        data = await self._get(f"/projects/{_q(project_id)}/operations")
+        return [Operation.from_api(o) for o in _list(data, "operations")]
+
+    async def wait_for_operations(
+        self,
+        project_id: str,
+        operations: Iterable[Operation | str],
+        *,
+        timeout: float = 120,
+    ) -> list[Operation]:
+        """Poll until every operation settled; their final states in the order given.
+
+        Raises NeonOperationError (a NeonAPIError) naming the operation, its action and
+        branch as soon as one fails, or when `timeout` seconds pass first.
+        """
+        order: list[str] = []
+        latest: dict[str, Operation] = {}
+        for item in operations:
+            op_id = item.id if isinstance(item, Operation) else str(item)
+            if op_id in latest or op_id in order:
+                continue
+            order.append(op_id)
+            if isinstance(item, Operation):
+                latest[op_id] = item
+                if item.failed:
+                    raise NeonOperationError(item)
+        pending = [i for i in order if i not in latest or latest[i].pending]
+        until = self._clock() + timeout
+        interval = _POLL_FIRST
+        while pending:
+            for op_id in list(pending):
+                op = await self.get_operation(project_id, op_id)
+                latest[op_id] = op
+                if op.failed:
+                    raise NeonOperationError(op)
+                if not op.pending:
+                    pending.remove(op_id)
+            if not pending:
+                break
+            left = until - self._clock()
+            if left <= 0:
+                raise NeonOperationError(latest[pending[0]], timeout=timeout)
+            await self._sleep(min(interval, left))
+            interval = min(_POLL_MAX, interval * _POLL_GROWTH)
+        return [latest[i] for i in order]
+
+    async def wait_for_endpoint(
+        self, project_id: str, endpoint_id: str, *, timeout: float = 60
+    ) -> Endpoint:
+        """Poll until the endpoint is `active` or `idle` (both accept connections)."""
+        until = self._clock() + timeout
+        interval = _POLL_FIRST
+        while True:
+            endpoint = await self.get_endpoint(project_id, endpoint_id)
+            if endpoint.usable:
+                return endpoint
+            left = until - self._clock()
+            if left <= 0:
+                raise NeonAPIError(
+                    f"endpoint {endpoint_id} still {endpoint.current_state or 'unknown'}"
+                    f" after {timeout:g}s",
+                    status=0,
+                    code="ENDPOINT_TIMEOUT",
+                    method="GET",
+                    path=f"/projects/{project_id}/endpoints/{endpoint_id}",
+                )
+            await self._sleep(min(interval, left))
+            interval = min(_POLL_MAX, interval * _POLL_GROWTH)
+
+    async def connection_uri(
+        self,
+        project_id: str,
+        *,
+        branch_id: str,
+        database_name: str,
+        role_name: str,
+        endpoint_id: str | None = None,
+        pooled: bool = False,
+    ) -> Secret:
+        """Neon's connection URI (with the password) for a role and database."""
+        params = {
+            "branch_id": branch_id,
+            "database_name": database_name,
+            "role_name": role_name,
+            "pooled": "true" if pooled else "false",
+        }
+        if endpoint_id:
+            params["endpoint_id"] = endpoint_id
+        data = await self._get(f"/projects/{_q(project_id)}/connection_uri", params=params)
+        uri = data.get("uri") if isinstance(data, Mapping) else None
+        if not uri:
+            raise NeonAPIError(
+                "no uri in the answer", status=200, method="GET",
+                path=f"/projects/{project_id}/connection_uri",
+            )
+        return secret_uri(str(uri))
+
+
+@dataclass(frozen=True)
+class _CreateLookup:
+    """How a create recognises its own branch when it finds one by name."""
+
+    name: str
+    parent_id: str | None
+    annotation: Mapping[str, str] | None
+    not_before: datetime
+
+    def matches(self, branch: Branch) -> bool:
+        if branch.name != self.name:
+            return False
+        if self.parent_id and branch.parent_id and branch.parent_id != self.parent_id:
+            return False
+        # A server that does not report annotations cannot contradict ours; one that
+        # reports different ones names somebody else's branch.
+        if self.annotation and branch.annotation and any(
+            branch.annotation.get(k) != v for k, v in self.annotation.items()
+        ):
+            return False
+        return branch.created_at is None or branch.created_at >= self.not_before
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _newest(branches: list[Branch]) -> Branch | None:
+    if not branches:
+        return None
+    floor = datetime.min.replace(tzinfo=UTC)
+    return max(branches, key=lambda b: b.created_at or floor)
+
+
+def _connection_info(direct: Secret, pooled: Secret, db: Database) -> ConnectionInfo:
+    """The entry a create answer would have listed for `db`, from Neon's two URIs."""
+    return ConnectionInfo.from_api(
+        {
+            "connection_uri": direct.reveal(),
+            "connection_parameters": {
+                "database": db.name,
+                "role": db.owner_name,
+                "pooler_host": urlsplit(pooled.reveal()).hostname,
+            },
+        }
+    )
