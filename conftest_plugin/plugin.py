@@ -76,15 +76,16 @@ def _worker_id(config: pytest.Config) -> str:
 
 
 def _run_id(config: pytest.Config) -> str:
+    """One id for the whole run: the controller picks it and xdist hands it to workers."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput:
-        return str(workerinput["testrunuid"])[:12]
+        return str(workerinput["testrunuid"])
+    given = getattr(config.option, "testrunuid", None)
+    if given:
+        return str(given)
     run_id = os.environ.get("CATHOUSE_RUN_ID") or uuid.uuid4().hex[:12]
-    # xdist hands this to every worker; all of a run's branches then share one prefix.
-    if hasattr(config.option, "testrunuid") and config.option.testrunuid is None:
+    if hasattr(config.option, "testrunuid"):
         config.option.testrunuid = run_id
-    elif getattr(config.option, "testrunuid", None):
-        run_id = str(config.option.testrunuid)[:12]
     return run_id
 
 

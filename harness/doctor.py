@@ -1,0 +1,158 @@
+"""`cathouse-branch doctor`: one line per check, with a fix for each that fails.
+
+The checks map the seed's troubleshooting list onto things a program can verify:
+"too many connections" → the pool budget; "SSL connection closed" / "password
+authentication failed" → the URLs' form and a live connection; "relation already exists"
+→ each service's revision against its head.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+from harness.errors import ConfigError, HarnessError
+from harness.settings import Settings, load_settings
+
+Status = Literal["ok", "warn", "fail", "config"]
+PGBOUNCER_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return {"ok": 0, "warn": 0, "fail": 1, "config": 2}[self.status]
+
+    def line(self) -> str:
+        mark = {"ok": "ok  ", "warn": "warn", "fail": "FAIL", "config": "FAIL"}[self.status]
+        fix = f" — fix: {self.fix}" if self.fix and self.status != "ok" else ""
+        return f"[{mark}] {self.name}: {self.detail}{fix}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+
+
+def find_pgbouncer() -> str | None:
+    found = shutil.which("pgbouncer")
+    if found:
+        return found
+    for directory in PGBOUNCER_DIRS:
+        candidate = Path(directory) / "pgbouncer"
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def check_urls(env: dict[str, str], settings: Settings) -> list[Check]:
+    pooled, direct = env.get("DATABASE_URL"), env.get("MIGRATION_DATABASE_URL")
+    if not pooled or not direct:
+        return [Check("urls", "warn", "no DATABASE_URL / MIGRATION_DATABASE_URL in .env",
+                      "run cathouse-branch up")]
+    checks = []
+    p, d = urlsplit(pooled), urlsplit(direct)
+    if not p.scheme.startswith("postgresql+asyncpg"):
+        checks.append(Check("DATABASE_URL", "fail", f"scheme {p.scheme} is not postgresql+asyncpg",
+                            "the services use asyncpg: postgresql+asyncpg://…"))
+    elif (p.hostname, p.port) == (d.hostname, d.port):
+        checks.append(Check("DATABASE_URL", "fail", "points at the same address as the direct URL",
+                            "use the pooled endpoint (host with -pooler) for DATABASE_URL"))
+    elif settings.backend == "neon" and "-pooler" not in (p.hostname or ""):
+        checks.append(Check("DATABASE_URL", "fail", "host has no -pooler: not Neon's pooled endpoint",
+                            "use the pooled connection string"))
+    else:
+        checks.append(Check("DATABASE_URL", "ok", f"pooled endpoint {p.hostname}:{p.port or 5432}"))
+    if settings.backend == "neon" and "-pooler" in (d.hostname or ""):
+        checks.append(Check("MIGRATION_DATABASE_URL", "fail", "points at the pooler",
+                            "migrations need the direct endpoint (host without -pooler)"))
+    else:
+        checks.append(Check("MIGRATION_DATABASE_URL", "ok", f"direct endpoint {d.hostname}:{d.port or 5432}"))
+    query = parse_qs(p.query)
+    if settings.backend == "neon" and not ({"ssl", "sslmode"} & set(query)):
+        checks.append(Check("tls", "warn", "DATABASE_URL asks for no TLS", "add ssl=require"))
+    return checks
+
+
+def check_revisions(settings: Settings, direct_url: str) -> Check:
+    from harness.migrations import current_revisions, head_revisions
+
+    try:
+        current = current_revisions(settings, direct_url)
+        heads = head_revisions(settings)
+    except HarnessError as exc:
+        return Check("revisions", "fail", exc.message, "check MIGRATION_DATABASE_URL and the branch")
+    except Exception as exc:  # a connection failure: say so in one line
+        return Check("revisions", "fail", f"{type(exc).__name__}: {exc}",
+                     "check MIGRATION_DATABASE_URL; password errors mean a stale .env (cathouse-branch up)")
+    behind = [f"{name} at {current.get(name) or 'base'} (head {', '.join(heads[name])})"
+              for name in heads if current.get(name) not in heads[name]]
+    if behind:
+        return Check("revisions", "fail", "behind: " + "; ".join(behind), "cathouse-branch migrate")
+    return Check("revisions", "ok", f"{len(heads)} service(s) at head")
+
+
+def run_checks(project_dir: Path, *, env_file: Path, backend: str | None = None) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        settings = load_settings(project_dir, options={"backend": backend})
+    except ConfigError as exc:
+        return [Check("configuration", "config", exc.message, exc.hint or "")]
+    names = ", ".join(s.name for s in settings.services) or "none"
+    checks.append(Check("configuration", "ok", f"{len(settings.services)} service(s): {names}"))
+    checks.append(Check("pool budget", "ok",
+                        f"{settings.pool_budget} of {settings.connection_limit} connections"))
+    checks.append(_check_backend(settings))
+    if settings.backend == "embedded":
+        path = find_pgbouncer()
+        checks.append(
+            Check("pgbouncer", "ok", f"found {path}: pooled URLs run through PgBouncer")
+            if path
+            else Check("pgbouncer", "warn",
+                       "not installed: pooled URLs reach PostgreSQL directly",
+                       "apt-get install pgbouncer (Debian/Ubuntu) to test the pooled path")
+        )
+    from harness.cli import read_env_file
+
+    try:
+        env = read_env_file(env_file)
+    except ConfigError as exc:
+        checks.append(Check(".env", "config", exc.message, "fix its permissions"))
+        return checks
+    checks.extend(check_urls(env, settings))
+    if env.get("MIGRATION_DATABASE_URL") and settings.migrating_services:
+        checks.append(check_revisions(settings, env["MIGRATION_DATABASE_URL"]))
+    return checks
+
+
+def _check_backend(settings: Settings) -> Check:
+    import asyncio
+
+    from harness.backend import connect_backend, open_client
+
+    if settings.backend == "embedded":
+        from harness.local.server import running_server
+
+        info = running_server(settings.home)
+        if info is None:
+            return Check("backend", "ok", "embedded default; not running (starts on first use)")
+        return Check("backend", "ok", f"embedded default answering at {info.api_host}")
+    try:
+        backend = connect_backend(settings)
+
+        async def probe() -> None:
+            async with open_client(backend) as client:
+                await client.check_auth()
+                await client.get_project(backend.project_id)
+
+        asyncio.run(probe())
+    except HarnessError as exc:
+        return Check("backend", "fail", exc.message, "check NEON_API_KEY and NEON_PROJECT_ID")
+    return Check("backend", "ok", f"Neon API answers; project {settings.project_id} found")
