@@ -1,0 +1,463 @@
+"""The data plane of the embedded default: databases as branches, endpoints as proxies.
+
+The control plane (the local Neon API) decides what exists; this module makes it real
+on one PostgreSQL cluster: a branch is a physical database copied from its parent's, an
+endpoint is a pair of loopback listeners (direct, pooled) that map the logical database
+name a client asks for to the branch's physical database.
+
+Copies are fenced (DESIGN.md section 8): PostgreSQL copies a template's files while its
+sessions may still write, and commit status is cluster-wide, so a transaction open
+during the copy would surface in the child once it commits. Before a copy we hold new
+connections to the template, let open transactions finish for a short while, end what
+remains, copy, then let the held connections through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import secrets
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from harness.errors import LocalServerError
+from harness.local.postgres import Cluster, OsUser, cluster_root, resolve_install, resolve_os_user
+from harness.local.proxy import EndpointProxy, Fences, Upstream
+from harness.log import get_logger
+
+log = get_logger("local.dataplane")
+
+# How long a fence lets open transactions on the template finish before ending them.
+DEFAULT_FENCE_TIMEOUT = 2.0
+_POLL = 0.01
+_SCRAM_ITERATIONS = 4096
+_OTHER_SESSIONS = (
+    "SELECT {what} FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
+)
+
+
+@dataclass(frozen=True)
+class EndpointAddress:
+    endpoint_id: str
+    host: str
+    direct_port: int
+    pooled_port: int
+    pooled_via_pgbouncer: bool
+    tls: bool
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def scram_verifier(
+    password: str, *, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS
+) -> str:
+    """A SCRAM-SHA-256 verifier as PostgreSQL stores it, so the password never travels as SQL."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    salt_b64, stored_b64, server_b64 = (
+        base64.b64encode(v).decode() for v in (salt, stored_key, server_key)
+    )
+    return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
+
+
+def verifier_matches(verifier: str | None, password: str) -> bool:
+    if not verifier or not verifier.startswith("SCRAM-SHA-256$"):
+        return False
+    try:
+        head = verifier.split("$")[1]
+        iterations_text, salt_text = head.split(":")
+        expected = scram_verifier(
+            password, salt=base64.b64decode(salt_text), iterations=int(iterations_text)
+        )
+    except (IndexError, ValueError):
+        return False
+    return hmac.compare_digest(expected, verifier)
+
+
+class DataPlane:
+    """Databases and endpoint listeners on the embedded (or an external) PostgreSQL."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        storage: Literal["memory", "disk"] = "memory",
+        external_pg_url: str | None = None,
+        fence_timeout: float = DEFAULT_FENCE_TIMEOUT,
+    ) -> None:
+        self.home = Path(home)
+        self.storage = storage
+        self.fence_timeout = fence_timeout
+        self._external_url = external_pg_url
+        self._cluster: Cluster | None = None
+        self._user: OsUser | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._server_version = ""
+        self._fences = Fences()
+        self._endpoints: dict[str, EndpointProxy] = {}
+        self._lock: asyncio.Lock | None = None
+        self._started = False
+        self._pg_host = "127.0.0.1"
+        self._pg_port = 0
+        self._tls: ssl.SSLContext | None = None
+        self._pgbouncer: Any = None
+        self.timings: dict[str, float] = {}
+
+    # --- life cycle ----------------------------------------------------------------
+
+    @property
+    def cluster_dir(self) -> Path | None:
+        """Where the embedded cluster lives (None with an external server)."""
+        return self._cluster.paths.root if self._cluster else None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._cluster.paths.log_file if self._cluster else None
+
+    def _where(self) -> str:
+        return f"see {self.log_path}" if self.log_path else "see the PostgreSQL server's log"
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._lock = asyncio.Lock()
+        started = time.perf_counter()
+        if self._external_url:
+            parts = urlsplit(self._external_url)
+            self._pg_host = parts.hostname or "127.0.0.1"
+            self._pg_port = parts.port or 5432
+            admin = self._external_url
+        else:
+            self._user = await asyncio.to_thread(resolve_os_user)
+            install = await asyncio.to_thread(resolve_install, self._user)
+            root = cluster_root(self.home, self.storage, self._user)
+            self._cluster = Cluster(root, storage=self.storage, user=self._user, install=install)
+            warm = await self._cluster.start()
+            self.timings["attach" if warm else "cold_start"] = time.perf_counter() - started
+            self.timings.update(self._cluster.timings)
+            self._pg_port = self._cluster.port
+            admin = self._cluster.superuser_dsn()
+        try:
+            self._pool = await asyncpg.create_pool(
+                admin, min_size=1, max_size=4, command_timeout=120
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise LocalServerError(
+                f"cannot connect to PostgreSQL as superuser ({type(exc).__name__})",
+                hint=self._where(),
+            ) from None
+        self._server_version = str(await self._pool.fetchval("SHOW server_version"))
+        await self._start_extras()
+        self._started = True
+        self.timings["start_total"] = time.perf_counter() - started
+
+    async def _start_extras(self) -> None:
+        """TLS and PgBouncer; both optional."""
+
+    async def stop(self, *, stop_postgres: bool = True) -> None:
+        for endpoint_id in list(self._endpoints):
+            await self.close_endpoint(endpoint_id)
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 10)
+            self._pool = None
+        if stop_postgres and self._cluster is not None:
+            await self._cluster.stop()
+        self._started = False
+
+    @property
+    def pgbouncer_available(self) -> bool:
+        return self._pgbouncer is not None
+
+    @property
+    def server_version(self) -> str:
+        return self._server_version
+
+    def admin_dsn(self, database: str = "postgres") -> str:
+        if self._cluster is not None:
+            return self._cluster.superuser_dsn(database)
+        if self._external_url:
+            parts = urlsplit(self._external_url)
+            return urlunsplit(
+                (parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment)
+            )
+        raise LocalServerError("the data plane is not started")
+
+    def _admin(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise LocalServerError("the data plane is not started")
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _serialised(self) -> AsyncIterator[None]:
+        assert self._lock is not None, "start() first"
+        async with self._lock:
+            yield
+
+    def _error(self, what: str, exc: BaseException) -> LocalServerError:
+        detail = (
+            exc.args[0]
+            if isinstance(exc, asyncpg.PostgresError) and exc.args
+            else type(exc).__name__
+        )
+        return LocalServerError(f"{what}: {detail}", hint=self._where())
+
+    # --- roles and databases ---------------------------------------------------------
+
+    async def ensure_role(self, role: str, password: str) -> None:
+        pool = self._admin()
+        try:
+            current = await pool.fetchval(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1", role
+            )
+            exists = await pool.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role)
+            if not exists:
+                verifier = scram_verifier(password)
+                await pool.execute(
+                    f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD {quote_literal(verifier)}"
+                )
+            elif not verifier_matches(current, password):
+                verifier = scram_verifier(password)
+                await pool.execute(
+                    f"ALTER ROLE {quote_ident(role)} LOGIN PASSWORD {quote_literal(verifier)}"
+                )
+            else:
+                verifier = str(current)
+        except asyncpg.PostgresError as exc:
+            raise self._error(f"cannot create role {role}", exc) from None
+        await self._role_changed(role, password, verifier)
+
+    async def _role_changed(self, role: str, password: str, verifier: str) -> None:
+        """PgBouncer keeps its own list of users."""
+
+    async def database_exists(self, physical: str) -> bool:
+        return bool(
+            await self._admin().fetchval(
+                "SELECT true FROM pg_database WHERE datname = $1", physical
+            )
+        )
+
+    async def list_databases(self) -> list[str]:
+        rows = await self._admin().fetch(
+            "SELECT datname FROM pg_database"
+            " WHERE datistemplate = false AND datname <> 'postgres' ORDER BY datname"
+        )
+        return [row["datname"] for row in rows]
+
+    async def create_database(
+        self, physical: str, *, owner: str, template: str | None = None, schema_only: bool = False
+    ) -> None:
+        async with self._serialised():
+            await self._create(physical, owner=owner, template=template)
+            if schema_only and template is not None:
+                await self._truncate_data(physical)
+            await self._databases_changed()
+
+    async def _create(self, physical: str, *, owner: str, template: str | None) -> None:
+        sql = f"CREATE DATABASE {quote_ident(physical)} OWNER {quote_ident(owner)}"
+        if template is None:
+            try:
+                await self._admin().execute(sql + " STRATEGY FILE_COPY")
+            except asyncpg.PostgresError as exc:
+                raise self._error(f"cannot create database {physical}", exc) from None
+            return
+        if template == physical:
+            raise LocalServerError(f"cannot copy database {physical} onto itself")
+        sql += f" TEMPLATE {quote_ident(template)} STRATEGY FILE_COPY"
+        async with self._fence(template):
+            # Someone may slip in over PostgreSQL's own port between our checks and the copy.
+            for attempt in range(3):
+                try:
+                    await self._admin().execute(sql)
+                    return
+                except asyncpg.ObjectInUseError as exc:
+                    if attempt == 2:
+                        raise self._error(f"cannot copy database {template}", exc) from None
+                    await self._end_sessions(template)
+                except asyncpg.PostgresError as exc:
+                    raise self._error(
+                        f"cannot copy database {template} to {physical}", exc
+                    ) from None
+
+    async def _truncate_data(self, physical: str) -> None:
+        """Keep the schema (and Alembic's version rows), drop every data row."""
+        conn = await asyncpg.connect(self.admin_dsn(physical))
+        try:
+            rows = await conn.fetch(
+                """
+                SELECT format('%I.%I', n.nspname, c.relname) AS name
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.relkind IN ('r', 'p')
+                  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                  AND n.nspname NOT LIKE 'pg\\_%'
+                  AND c.relname <> 'alembic_version'
+                  AND NOT EXISTS (
+                      SELECT 1 FROM pg_depend d
+                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                        AND d.deptype = 'e')
+                """
+            )
+            if rows:
+                await conn.execute(
+                    "TRUNCATE " + ", ".join(row["name"] for row in rows) + " RESTART IDENTITY"
+                )
+        except asyncpg.PostgresError as exc:
+            raise self._error(f"cannot empty database {physical}", exc) from None
+        finally:
+            await conn.close()
+
+    async def drop_database(self, physical: str) -> None:
+        async with self._serialised():
+            try:
+                await self._admin().execute(
+                    f"DROP DATABASE IF EXISTS {quote_ident(physical)} WITH (FORCE)"
+                )
+            except asyncpg.PostgresError as exc:
+                raise self._error(f"cannot drop database {physical}", exc) from None
+            await self._databases_changed()
+
+    async def replace_database(self, physical: str, *, template: str, owner: str) -> None:
+        """Restore: `physical` becomes a fresh copy of `template`; endpoints keep working."""
+        staging = f"{physical[:40]}_restore_{secrets.token_hex(4)}"
+        async with self._serialised():
+            await self._create(staging, owner=owner, template=template)
+            try:
+                async with self._fence(physical):
+                    await self._admin().execute(
+                        f"DROP DATABASE IF EXISTS {quote_ident(physical)} WITH (FORCE)"
+                    )
+                    await self._admin().execute(
+                        f"ALTER DATABASE {quote_ident(staging)} RENAME TO {quote_ident(physical)}"
+                    )
+            except asyncpg.PostgresError as exc:
+                with contextlib.suppress(asyncpg.PostgresError):
+                    await self._admin().execute(
+                        f"DROP DATABASE IF EXISTS {quote_ident(staging)} WITH (FORCE)"
+                    )
+                raise self._error(f"cannot restore database {physical}", exc) from None
+            await self._databases_changed()
+
+    async def _databases_changed(self) -> None:
+        """PgBouncer lists every database."""
+
+    # --- the fence -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _fence(self, database: str) -> AsyncIterator[None]:
+        self._fences.hold(database)
+        try:
+            await self._pause_pooler(database)
+            await self._drain(database)
+            await self._end_sessions(database)
+            yield
+        finally:
+            try:
+                await self._resume_pooler(database)
+            finally:
+                self._fences.release(database)
+
+    async def _drain(self, database: str) -> None:
+        """Wait (bounded) until no session on `database` is inside a transaction."""
+        deadline = time.monotonic() + self.fence_timeout
+        while time.monotonic() < deadline:
+            busy = await self._admin().fetchval(
+                _OTHER_SESSIONS.format(what="count(*)") + " AND xact_start IS NOT NULL",
+                database,
+            )
+            if not busy:
+                return
+            await asyncio.sleep(_POLL)
+
+    async def _end_sessions(self, database: str) -> None:
+        pool = self._admin()
+        await pool.execute(
+            _OTHER_SESSIONS.format(what="pg_terminate_backend(pid)"),
+            database,
+        )
+        # pg_terminate_backend only signals; wait until the backends are gone.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            left = await pool.fetchval(
+                _OTHER_SESSIONS.format(what="count(*)"),
+                database,
+            )
+            if not left:
+                return
+            await asyncio.sleep(_POLL)
+
+    async def _pause_pooler(self, database: str) -> None:
+        """With PgBouncer: stop handing out server connections to `database`."""
+
+    async def _resume_pooler(self, database: str) -> None:
+        """With PgBouncer: hand out server connections again."""
+
+    # --- endpoints -------------------------------------------------------------------
+
+    def _direct_upstream(self) -> Upstream:
+        return Upstream(self._pg_host, self._pg_port)
+
+    def _pooled_upstream(self) -> Upstream:
+        return self._direct_upstream()
+
+    async def open_endpoint(
+        self,
+        endpoint_id: str,
+        *,
+        databases: Mapping[str, str],
+        direct_port: int = 0,
+        pooled_port: int = 0,
+    ) -> EndpointAddress:
+        if not self._started:
+            raise LocalServerError("the data plane is not started")
+        if endpoint_id in self._endpoints:
+            await self.close_endpoint(endpoint_id)
+        proxy = EndpointProxy(endpoint_id, databases, fences=self._fences, tls=self._tls)
+        try:
+            direct = await proxy.listen("direct", direct_port, self._direct_upstream)
+            pooled = await proxy.listen("pooled", pooled_port, self._pooled_upstream)
+        except OSError as exc:
+            await proxy.close()
+            raise LocalServerError(
+                f"cannot listen for endpoint {endpoint_id}: {exc.strerror or exc}"
+            ) from None
+        self._endpoints[endpoint_id] = proxy
+        return EndpointAddress(
+            endpoint_id=endpoint_id,
+            host="127.0.0.1",
+            direct_port=direct,
+            pooled_port=pooled,
+            pooled_via_pgbouncer=self.pgbouncer_available,
+            tls=self._tls is not None,
+        )
+
+    async def update_endpoint_databases(
+        self, endpoint_id: str, databases: Mapping[str, str]
+    ) -> None:
+        proxy = self._endpoints.get(endpoint_id)
+        if proxy is None:
+            raise LocalServerError(f"endpoint {endpoint_id} is not open")
+        proxy.databases = dict(databases)
+
+    async def close_endpoint(self, endpoint_id: str) -> None:
+        proxy = self._endpoints.pop(endpoint_id, None)
+        if proxy is not None:
+            await proxy.close()

