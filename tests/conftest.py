@@ -1,0 +1,86 @@
+"""Shared fixtures: real PostgreSQL (and later the local Neon server) for the harness's tests.
+
+Everything runs under a throwaway CATHOUSE_HARNESS_HOME so a developer's own embedded
+default (and their branches) are never touched by the test suite. Each xdist worker gets
+its own home and so its own cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+
+from harness.local.dataplane import DataPlane
+from harness.sync import LoopThread
+
+TEST_ROLE = "harness_test"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def harness_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("harness-home")
+    saved = {k: os.environ.get(k) for k in ("CATHOUSE_HARNESS_HOME", "NEON_API_KEY")}
+    os.environ["CATHOUSE_HARNESS_HOME"] = str(home)
+    # The harness's own tests never reach real Neon by accident; `neon`-marked tests read
+    # the key from CATHOUSE_TEST_NEON_API_KEY instead.
+    os.environ.pop("NEON_API_KEY", None)
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def harness_loop() -> Iterator[LoopThread]:
+    loop = LoopThread("tests-loop")
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def dataplane(harness_home: Path, harness_loop: LoopThread) -> Iterator[DataPlane]:
+    """A started data plane (embedded PostgreSQL 18 in memory) for the whole session."""
+    plane = DataPlane(harness_home / "dataplane", storage="memory")
+    harness_loop.run(plane.start())
+    yield plane
+    harness_loop.run(plane.stop())
+    if plane.cluster_dir is not None:
+        shutil.rmtree(plane.cluster_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(dataplane: DataPlane) -> str:
+    """Superuser DSN (unix socket) of the session's PostgreSQL."""
+    return dataplane.admin_dsn()
+
+
+@pytest.fixture(scope="session")
+def test_role_password(dataplane: DataPlane, harness_loop: LoopThread) -> str:
+    password = "pw-" + secrets.token_urlsafe(12)
+    harness_loop.run(dataplane.ensure_role(TEST_ROLE, password))
+    return password
+
+
+def _tcp_port(dsn: str) -> int:
+    port = parse_qs(urlsplit(dsn).query).get("port", ["5432"])[0]
+    return int(port)
+
+
+@pytest.fixture
+def fresh_database_url(
+    dataplane: DataPlane, harness_loop: LoopThread, test_role_password: str
+) -> Iterator[str]:
+    """A new empty database owned by a password role: `postgresql://…@127.0.0.1:port/db`."""
+    name = f"t_{secrets.token_hex(6)}"
+    harness_loop.run(dataplane.create_database(name, owner=TEST_ROLE))
+    port = _tcp_port(dataplane.admin_dsn())
+    yield f"postgresql://{TEST_ROLE}:{quote(test_role_password, safe='')}@127.0.0.1:{port}/{name}"
+    harness_loop.run(dataplane.drop_database(name))
