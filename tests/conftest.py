@@ -21,6 +21,8 @@ from harness.sync import LoopThread
 
 TEST_ROLE = "harness_test"
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def harness_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

@@ -1,0 +1,40 @@
+"""Helpers for driving the plugin in pytester subprocesses against the embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from harness.backend import connect_backend, open_client
+from harness.branches import harness_branches
+from harness.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "cathouse"
+
+
+def copy_example(destination: Path) -> Path:
+    """The Cat House example's configuration and migrations (not its tests) in `destination`."""
+    for item in EXAMPLE.iterdir():
+        if item.name in ("tests", ".env", "__pycache__", ".pytest_cache"):
+            continue
+        target = destination / item.name
+        if item.is_dir():
+            shutil.copytree(item, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(item, target)
+    return destination
+
+
+def branches_of_run(project_dir: Path, run_id: str | None = None) -> list[str]:
+    """Names of the harness branches (of one run, or all) on the embedded default."""
+    settings = load_settings(project_dir)
+    backend = connect_backend(settings)
+
+    async def _list() -> list[str]:
+        async with open_client(backend) as client:
+            found = await harness_branches(client, backend.project_id, run_id=run_id)
+            return sorted(b.name for b in found)
+
+    return asyncio.run(_list())

@@ -1,0 +1,234 @@
+"""The plugin end to end, in pytester subprocesses, on the embedded default."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.plugin._support import branches_of_run, copy_example
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    copy_example(pytester.path)
+    monkeypatch.setenv("CI", "true")  # keep-branch default: never
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    return pytester
+
+
+def run(project: pytest.Pytester, run_id: str, *args: str) -> pytest.RunResult:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CATHOUSE_RUN_ID", run_id)
+        return project.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider", *args)
+
+
+BRANCH_TEST = """
+import os
+
+def test_branch(neon_branch, database_url, migration_database_url):
+    assert neon_branch.name.startswith("harness/")
+    assert database_url.startswith("postgresql+asyncpg://")
+    assert migration_database_url.startswith("postgresql://")
+    assert os.environ["DATABASE_URL"] == database_url
+    assert os.environ["MIGRATION_DATABASE_URL"] == migration_database_url
+"""
+
+
+def test_passing_session_leaves_no_branch(project: pytest.Pytester) -> None:
+    project.makepyfile(test_one=BRANCH_TEST)
+    result = run(project, "pass1")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*cathouse-harness summary (run pass1)*", "*API calls*"])
+    assert branches_of_run(project.path, "pass1") == []
+
+
+def test_failing_session_leaves_no_branch(project: pytest.Pytester) -> None:
+    project.makepyfile(test_fail=BRANCH_TEST + "\n\ndef test_fails(neon_branch):\n    assert False\n")
+    result = run(project, "fail1")
+    result.assert_outcomes(passed=1, failed=1)
+    assert branches_of_run(project.path, "fail1") == []
+
+
+def test_failed_session_branch_kept_on_request_without_password(project: pytest.Pytester) -> None:
+    project.makepyfile(test_fail="def test_fails(neon_branch):\n    assert False\n")
+    result = run(project, "keep1", "--cathouse-keep-branch", "on-failure")
+    result.assert_outcomes(failed=1)
+    assert branches_of_run(project.path, "keep1") == ["harness/keep1/main"]
+    text = result.stdout.str()
+    assert "kept for inspection: harness/keep1/main" in text
+    connect = [line for line in text.splitlines() if "connect: psql" in line]
+    assert connect and ":***@" in connect[0]
+    subprocess.run(
+        [sys.executable, "-m", "harness", "down", "harness/keep1/main", "--quiet"],
+        cwd=project.path, check=True, capture_output=True,
+    )
+    assert branches_of_run(project.path, "keep1") == []
+
+
+def test_plugin_is_inert_without_fixtures(
+    project: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "untouched-home"
+    project.makepyfile(test_plain="def test_plain():\n    assert 1 + 1 == 2\n")
+    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(home))
+    result = run(project, "inert1")
+    result.assert_outcomes(passed=1)
+    assert not home.exists(), "the plugin started something for a suite that used none of it"
+    assert "cathouse-harness summary" not in result.stdout.str()
+
+
+def test_config_error_is_one_line_without_traceback(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makepyfile(test_one=BRANCH_TEST)
+    monkeypatch.setenv("CATHOUSE_BRANCH_TTL", "forever")
+    result = run(project, "cfg1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if "cathouse-harness" in line]
+    assert errors == [
+        "ERROR: cathouse-harness: branch_ttl (from environment CATHOUSE_BRANCH_TTL): 'forever' is "
+        "not a duration (use a number with s, m, h or d, e.g. '15m')"
+    ]
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_shell_database_url_never_reaches_tests(
+    project: pytest.Pytester, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makepyfile(
+        test_env="""
+import os
+
+def test_sees_branch(neon_branch):
+    assert os.environ["DATABASE_URL"] == neon_branch.database_url
+    assert os.environ["MIGRATION_DATABASE_URL"] == neon_branch.migration_database_url
+"""
+    )
+    (project.path / ".env").write_text(f"DATABASE_URL={fresh_database_url}\n")
+    monkeypatch.setenv("DATABASE_URL", fresh_database_url)
+    monkeypatch.setenv("MIGRATION_DATABASE_URL", fresh_database_url)
+    result = run(project, "env1")
+    result.assert_outcomes(passed=1)
+
+
+def test_db_session_rolls_back_across_tests(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_rollback="""
+from sqlalchemy import text
+
+async def test_a_writes_and_commits(db_session):
+    await db_session.execute(text("INSERT INTO auth.users (email, hashed_password) VALUES ('a@x', 'h')"))
+    await db_session.commit()
+    assert (await db_session.execute(text("SELECT count(*) FROM auth.users"))).scalar() == 1
+
+async def test_b_sees_nothing(db_session):
+    assert (await db_session.execute(text("SELECT count(*) FROM auth.users"))).scalar() == 0
+"""
+    )
+    result = run(project, "rb1")
+    result.assert_outcomes(passed=2)
+
+
+def test_template_reused_then_rebuilt_after_a_migration_change(project: pytest.Pytester) -> None:
+    project.makepyfile(test_one=BRANCH_TEST)
+    run(project, "tpl1").assert_outcomes(passed=1)
+    second = run(project, "tpl2")
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines(["*template harness/template/*: reused*"])
+    versions = project.path / "auth-service" / "alembic" / "versions"
+    revision = sorted(versions.glob("*.py"))[-1]
+    revision.write_text(revision.read_text() + "\n# a change to a migration\n")
+    third = run(project, "tpl3")
+    third.assert_outcomes(passed=1)
+    third.stdout.fnmatch_lines(["*template harness/template/*: built by this run*"])
+
+
+def test_xdist_workers_get_their_own_branches_and_none_remain(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_workers="""
+import os, pathlib, pytest
+
+@pytest.mark.parametrize("n", range(8))
+def test_record(neon_branch, n):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    out = pathlib.Path(__file__).parent / "seen"
+    out.mkdir(exist_ok=True)
+    (out / f"{worker}-{n}").write_text(neon_branch.id)
+"""
+    )
+    result = run(project, "xd1", "-n", "2")
+    result.assert_outcomes(passed=8)
+    seen: dict[str, set[str]] = {}
+    for path in (project.path / "seen").iterdir():
+        seen.setdefault(path.name.split("-")[0], set()).add(path.read_text())
+    assert len(seen) == 2
+    ids = [next(iter(v)) for v in seen.values()]
+    assert all(len(v) == 1 for v in seen.values()) and len(set(ids)) == 2
+    assert branches_of_run(project.path, "xd1") == []
+
+
+def test_killed_xdist_worker_leaves_no_branch(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_crash="""
+import os, signal
+
+def test_ok(neon_branch):
+    pass
+
+def test_crash(neon_branch):
+    if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+    )
+    result = run(project, "crash1", "-n", "2", "--max-worker-restart", "0")
+    assert "crashed" in result.stdout.str() or "replacing crashed worker" in result.stdout.str() or result.ret != 0
+    deadline = time.time() + 15
+    while time.time() < deadline and branches_of_run(project.path, "crash1"):
+        time.sleep(0.2)
+    assert branches_of_run(project.path, "crash1") == []
+
+
+def _start_sleeping_run(project: pytest.Pytester, run_id: str) -> subprocess.Popen[bytes]:
+    project.makepyfile(
+        test_sleep="""
+import time
+
+def test_sleeps(neon_branch):
+    time.sleep(60)
+"""
+    )
+    env = {**os.environ, "CATHOUSE_RUN_ID": run_id}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "cathouse_harness", "-p", "no:cacheprovider", "-q"],
+        cwd=project.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not branches_of_run(project.path, run_id):
+        assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+        time.sleep(0.2)
+    assert branches_of_run(project.path, run_id) == [f"harness/{run_id}/main"]
+    return process
+
+
+def test_sigint_mid_session_leaves_no_branch(project: pytest.Pytester) -> None:
+    process = _start_sleeping_run(project, "int1")
+    process.send_signal(signal.SIGINT)
+    process.wait(30)
+    assert branches_of_run(project.path, "int1") == []
+
+
+def test_sigkill_of_the_run_is_cleaned_by_the_watchdog(project: pytest.Pytester) -> None:
+    process = _start_sleeping_run(project, "kill1")
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+    killed_at = time.time()
+    while time.time() - killed_at < 10 and branches_of_run(project.path, "kill1"):
+        time.sleep(0.2)
+    assert branches_of_run(project.path, "kill1") == []
