@@ -15,24 +15,31 @@ remains, copy, then let the held connections through.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
 import secrets
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from harness.errors import LocalServerError
-from harness.local.postgres import Cluster, OsUser, cluster_root, resolve_install, resolve_os_user
+from harness.local.pgbouncer import PgBouncer, find_pgbouncer
+from harness.local.postgres import (
+    Cluster,
+    OsUser,
+    cluster_root,
+    resolve_install,
+    resolve_os_user,
+    scram_verifier,
+    verifier_matches,
+)
 from harness.local.proxy import EndpointProxy, Fences, Upstream
+from harness.local.tls import server_context
 from harness.log import get_logger
 
 log = get_logger("local.dataplane")
@@ -40,7 +47,6 @@ log = get_logger("local.dataplane")
 # How long a fence lets open transactions on the template finish before ending them.
 DEFAULT_FENCE_TIMEOUT = 2.0
 _POLL = 0.01
-_SCRAM_ITERATIONS = 4096
 _OTHER_SESSIONS = (
     "SELECT {what} FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
 )
@@ -62,35 +68,6 @@ def quote_ident(name: str) -> str:
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def scram_verifier(
-    password: str, *, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS
-) -> str:
-    """A SCRAM-SHA-256 verifier as PostgreSQL stores it, so the password never travels as SQL."""
-    salt = salt if salt is not None else secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    salt_b64, stored_b64, server_b64 = (
-        base64.b64encode(v).decode() for v in (salt, stored_key, server_key)
-    )
-    return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
-
-
-def verifier_matches(verifier: str | None, password: str) -> bool:
-    if not verifier or not verifier.startswith("SCRAM-SHA-256$"):
-        return False
-    try:
-        head = verifier.split("$")[1]
-        iterations_text, salt_text = head.split(":")
-        expected = scram_verifier(
-            password, salt=base64.b64decode(salt_text), iterations=int(iterations_text)
-        )
-    except (IndexError, ValueError):
-        return False
-    return hmac.compare_digest(expected, verifier)
 
 
 class DataPlane:
@@ -119,7 +96,8 @@ class DataPlane:
         self._pg_host = "127.0.0.1"
         self._pg_port = 0
         self._tls: ssl.SSLContext | None = None
-        self._pgbouncer: Any = None
+        self._pgbouncer: PgBouncer | None = None
+        self.pgbouncer_problem: str | None = None
         self.timings: dict[str, float] = {}
 
     # --- life cycle ----------------------------------------------------------------
@@ -170,12 +148,47 @@ class DataPlane:
         self._started = True
         self.timings["start_total"] = time.perf_counter() - started
 
+    def _runtime_dir(self) -> Path:
+        if self._cluster is not None:
+            return self._cluster.paths.root
+        self._user = self._user or resolve_os_user()
+        root = cluster_root(self.home, self.storage, self._user)
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o755)
+        return root
+
     async def _start_extras(self) -> None:
-        """TLS and PgBouncer; both optional."""
+        """TLS and PgBouncer; both optional, both degrade to plain direct forwarding."""
+        runtime = await asyncio.to_thread(self._runtime_dir)
+        self._tls = await asyncio.to_thread(server_context, runtime / "tls")
+        binary = find_pgbouncer()
+        if binary is None:
+            self.pgbouncer_problem = "pgbouncer is not installed"
+            return
+        assert self._user is not None
+        bouncer = PgBouncer(
+            binary,
+            runtime / "pgbouncer",
+            user=self._user,
+            pg_host=self._pg_host,
+            pg_port=self._pg_port,
+        )
+        try:
+            await bouncer.start(await self.list_databases())
+        except LocalServerError as exc:
+            await bouncer.stop()
+            self.pgbouncer_problem = str(exc)
+            log.warning("pooled endpoints bypass PgBouncer: %s", exc)
+            return
+        self._pgbouncer = bouncer
+        self.pgbouncer_problem = None
 
     async def stop(self, *, stop_postgres: bool = True) -> None:
         for endpoint_id in list(self._endpoints):
             await self.close_endpoint(endpoint_id)
+        if self._pgbouncer is not None:
+            await self._pgbouncer.stop()
+            self._pgbouncer = None
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 10)
@@ -248,6 +261,8 @@ class DataPlane:
 
     async def _role_changed(self, role: str, password: str, verifier: str) -> None:
         """PgBouncer keeps its own list of users."""
+        if self._pgbouncer is not None:
+            await self._pgbouncer.set_user(role, verifier)
 
     async def database_exists(self, physical: str) -> bool:
         return bool(
@@ -358,26 +373,41 @@ class DataPlane:
 
     async def _databases_changed(self) -> None:
         """PgBouncer lists every database."""
+        if self._pgbouncer is not None:
+            await self._pgbouncer.set_databases(await self.list_databases())
 
     # --- the fence -------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _fence(self, database: str) -> AsyncIterator[None]:
         self._fences.hold(database)
+        pause: asyncio.Task[None] | None = None
         try:
-            await self._pause_pooler(database)
-            await self._drain(database)
+            if self._pgbouncer is not None:
+                pause = asyncio.create_task(self._pgbouncer.pause(database))
+            await self._drain(database, pause)
             await self._end_sessions(database)
+            if pause is not None:
+                # Ending the sessions releases PgBouncer's server connections, so the
+                # PAUSE completes now; if not, the copy still proceeds on a quiet database.
+                await asyncio.wait({pause}, timeout=5)
             yield
         finally:
             try:
-                await self._resume_pooler(database)
+                if pause is not None:
+                    pause.cancel()
+                    await asyncio.gather(pause, return_exceptions=True)
+                    assert self._pgbouncer is not None
+                    await self._pgbouncer.resume(database)
             finally:
                 self._fences.release(database)
 
-    async def _drain(self, database: str) -> None:
+    async def _drain(self, database: str, pause: asyncio.Task[None] | None) -> None:
         """Wait (bounded) until no session on `database` is inside a transaction."""
         deadline = time.monotonic() + self.fence_timeout
+        if pause is not None:
+            # PAUSE returns once PgBouncer's transactions on the database have finished.
+            await asyncio.wait({pause}, timeout=self.fence_timeout)
         while time.monotonic() < deadline:
             busy = await self._admin().fetchval(
                 _OTHER_SESSIONS.format(what="count(*)") + " AND xact_start IS NOT NULL",
@@ -404,18 +434,14 @@ class DataPlane:
                 return
             await asyncio.sleep(_POLL)
 
-    async def _pause_pooler(self, database: str) -> None:
-        """With PgBouncer: stop handing out server connections to `database`."""
-
-    async def _resume_pooler(self, database: str) -> None:
-        """With PgBouncer: hand out server connections again."""
-
     # --- endpoints -------------------------------------------------------------------
 
     def _direct_upstream(self) -> Upstream:
         return Upstream(self._pg_host, self._pg_port)
 
     def _pooled_upstream(self) -> Upstream:
+        if self._pgbouncer is not None:
+            return Upstream("127.0.0.1", self._pgbouncer.port)
         return self._direct_upstream()
 
     async def open_endpoint(

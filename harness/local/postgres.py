@@ -13,11 +13,14 @@ restarted server process finds the same cluster on the same port.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -40,6 +43,7 @@ Storage = Literal["memory", "disk"]
 
 # Unix socket paths are limited to 107 bytes; leave room for "/.s.PGSQL.65535".
 _MAX_SOCKET_DIR = 90
+_SCRAM_ITERATIONS = 4096
 
 
 @dataclass(frozen=True)
@@ -518,3 +522,32 @@ class Cluster:
 
     def superuser_dsn(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@/{database}?host={self.paths.socket_dir}&port={self.port}"
+
+
+def scram_verifier(
+    password: str, *, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS
+) -> str:
+    """A SCRAM-SHA-256 verifier as PostgreSQL stores it, so the password never travels as SQL."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    salt_b64, stored_b64, server_b64 = (
+        base64.b64encode(v).decode() for v in (salt, stored_key, server_key)
+    )
+    return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
+
+
+def verifier_matches(verifier: str | None, password: str) -> bool:
+    if not verifier or not verifier.startswith("SCRAM-SHA-256$"):
+        return False
+    try:
+        head = verifier.split("$")[1]
+        iterations_text, salt_text = head.split(":")
+        expected = scram_verifier(
+            password, salt=base64.b64decode(salt_text), iterations=int(iterations_text)
+        )
+    except (IndexError, ValueError):
+        return False
+    return hmac.compare_digest(expected, verifier)

@@ -1,0 +1,300 @@
+"""One PgBouncer in transaction mode behind every endpoint's pooled listener.
+
+It runs as the same unprivileged user as PostgreSQL, on its own loopback port, with a
+generated ini whose `[databases]` section lists every physical branch database and an
+auth file of SCRAM secrets (the same verifiers PostgreSQL stores, so PgBouncer can log
+in to PostgreSQL with the client's own proof and no password is kept anywhere).
+Changes are applied with `RELOAD` on its admin console; `PAUSE`/`RESUME` on one
+database are how a fence holds pooled traffic while its template is copied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import asyncpg
+
+from harness.errors import LocalServerError
+from harness.local.postgres import OsUser, chown_to, free_port, pid_alive, scram_verifier
+from harness.log import get_logger
+
+log = get_logger("local.pgbouncer")
+
+ADMIN_USER = "cathouse_pgbouncer_admin"
+_SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin")
+_START_TIMEOUT = 15.0
+_ADMIN_ITERATIONS = 16
+
+
+def find_pgbouncer() -> Path | None:
+    """The `pgbouncer` binary on PATH or in the usual sbin directories."""
+    found = shutil.which("pgbouncer")
+    if found:
+        return Path(found)
+    for directory in _SEARCH_DIRS:
+        candidate = Path(directory) / "pgbouncer"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _ini_quote(value: str) -> str:
+    return value if value.replace("_", "").replace("-", "").isalnum() else f'"{value}"'
+
+
+def _auth_line(user: str, secret: str) -> str:
+    def quote(text: str) -> str:
+        return '"' + text.replace('"', '""') + '"'
+
+    return f"{quote(user)} {quote(secret)}\n"
+
+
+class PgBouncer:
+    """The pooler process, its configuration files and its admin console."""
+
+    def __init__(
+        self, binary: Path, directory: Path, *, user: OsUser, pg_host: str, pg_port: int
+    ) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.user = user
+        self.pg_host = pg_host
+        self.pg_port = pg_port
+        self.port = 0
+        self._admin_secret = secrets.token_urlsafe(24)
+        self._users: dict[str, str] = {}
+        self._databases: set[str] = set()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._paused: set[str] = set()
+        self._console: asyncpg.Connection | None = None
+        self._console_lock = asyncio.Lock()
+
+    @property
+    def ini(self) -> Path:
+        return self.directory / "pgbouncer.ini"
+
+    @property
+    def auth_file(self) -> Path:
+        return self.directory / "userlist.txt"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "pgbouncer.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "pgbouncer.log"
+
+    def _fail(self, message: str) -> LocalServerError:
+        return LocalServerError(message, hint=f"see {self.log_file}")
+
+    # --- files -----------------------------------------------------------------------
+
+    def _load_users(self) -> None:
+        """Users of a previous server process, so pooled logins work before ensure_role."""
+        try:
+            text = self.auth_file.read_text()
+        except OSError:
+            return
+        for line in text.splitlines():
+            parts = line.strip().split('" "')
+            if len(parts) == 2:
+                user, secret = (p.strip('"').replace('""', '"') for p in parts)
+                if user != ADMIN_USER:
+                    self._users[user] = secret
+
+    def _write(self, path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        chown_to(tmp, self.user, 0o600)
+        tmp.replace(path)
+
+    def _write_files(self) -> None:
+        # A long random secret needs no key stretching; few rounds keep admin logins fast.
+        admin = scram_verifier(self._admin_secret, iterations=_ADMIN_ITERATIONS)
+        users = {**self._users, ADMIN_USER: admin}
+        self._write(self.auth_file, "".join(_auth_line(u, s) for u, s in sorted(users.items())))
+        databases = "".join(
+            f"{_ini_quote(name)} = host={self.pg_host} port={self.pg_port} "
+            f"dbname={_ini_quote(name)}\n"
+            for name in sorted(self._databases)
+        )
+        settings = {
+            "listen_addr": "127.0.0.1",
+            "listen_port": str(self.port),
+            "unix_socket_dir": "",
+            "auth_type": "scram-sha-256",
+            "auth_file": str(self.auth_file),
+            "admin_users": ADMIN_USER,
+            "pool_mode": "transaction",
+            "default_pool_size": "5",
+            "min_pool_size": "0",
+            "reserve_pool_size": "0",
+            "max_client_conn": "1000",
+            "server_login_retry": "1",
+            "server_idle_timeout": "60",
+            "server_connect_timeout": "5",
+            # asyncpg and the seed's engines send these; PgBouncer 1.18 would refuse them.
+            "ignore_startup_parameters": "extra_float_digits,jit",
+            "logfile": str(self.log_file),
+            "pidfile": str(self.pid_file),
+            "log_connections": "0",
+            "log_disconnections": "0",
+            "log_pooler_errors": "1",
+        }
+        body = "".join(f"{key} = {value}\n" for key, value in settings.items())
+        self._write(self.ini, f"[databases]\n{databases}\n[pgbouncer]\n{body}")
+
+    # --- process ---------------------------------------------------------------------
+
+    def _stop_stale(self) -> None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if b"pgbouncer" in cmdline and str(self.ini).encode() in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+    def _start_blocking(self, databases: Iterable[str]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        chown_to(self.directory, self.user, 0o700)
+        self._stop_stale()
+        self._load_users()
+        self._databases = set(databases)
+        self.port = free_port()
+        self._write_files()
+        self.log_file.touch(exist_ok=True)
+        chown_to(self.log_file, self.user, 0o600)
+        self._process = subprocess.Popen(  # type: ignore[call-overload]
+            [str(self.binary), "-q", str(self.ini)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=str(self.directory),
+            start_new_session=True,
+            **self.user.popen_kwargs(),
+        )
+
+    async def start(self, databases: Iterable[str]) -> None:
+        await asyncio.to_thread(self._start_blocking, databases)
+        deadline = time.monotonic() + _START_TIMEOUT
+        while True:
+            if self._process is not None and self._process.poll() is not None:
+                raise self._fail(f"PgBouncer exited at start (code {self._process.returncode})")
+            try:
+                conn = await self._admin()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                if time.monotonic() > deadline:
+                    raise self._fail("PgBouncer did not accept connections") from None
+                await asyncio.sleep(0.02)
+                continue
+            await conn.close()
+            return
+
+    async def stop(self) -> None:
+        for database in list(self._paused):
+            await self.resume(database)
+        if self._console is not None:
+            self._console.terminate()
+            self._console = None
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(process.wait, 5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait, 5)
+
+    # --- admin console ---------------------------------------------------------------
+
+    async def _admin(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=ADMIN_USER,
+            password=self._admin_secret,
+            database="pgbouncer",
+            statement_cache_size=0,
+            timeout=5,
+        )
+
+    async def _command(self, sql: str) -> None:
+        """Run an admin command on the kept console connection (reconnecting once)."""
+        async with self._console_lock:
+            for attempt in (1, 2):
+                if self._console is None or self._console.is_closed():
+                    self._console = await self._admin()
+                try:
+                    await self._console.execute(sql)
+                    return
+                except (OSError, asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError):
+                    self._console = None
+                    if attempt == 2:
+                        raise
+
+    async def _reload(self) -> None:
+        await asyncio.to_thread(self._write_files)
+        try:
+            await self._command("RELOAD")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self._fail(f"PgBouncer reload failed ({type(exc).__name__})") from None
+
+    async def set_user(self, user: str, verifier: str) -> None:
+        if self._users.get(user) == verifier:
+            return
+        self._users[user] = verifier
+        await self._reload()
+
+    async def set_databases(self, databases: Iterable[str]) -> None:
+        wanted = set(databases)
+        if wanted == self._databases:
+            return
+        self._databases = wanted
+        await self._reload()
+
+    async def pause(self, database: str) -> None:
+        """PAUSE one database: wait for its transactions, then close its server connections.
+
+        Returns when PgBouncer says the database is paused; callers bound the wait and end
+        stuck sessions in PostgreSQL, which lets the PAUSE complete. It runs on its own
+        connection because it blocks.
+        """
+        if database not in self._databases:
+            return
+        self._paused.add(database)
+        conn = await self._admin()
+        try:
+            await conn.execute(f"PAUSE {_ini_quote(database)}")
+        finally:
+            conn.terminate()
+
+    async def resume(self, database: str) -> None:
+        if database not in self._paused:
+            return
+        self._paused.discard(database)
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self._command(f"RESUME {_ini_quote(database)}")
+
+    def databases(self) -> Mapping[str, str]:
+        return {name: name for name in self._databases}
