@@ -268,14 +268,16 @@ class NeonClient:
             status = response.status_code
             outcome = self._read(response, method, path)
         elapsed = time.perf_counter() - started
-        self.stats.record(
-            route_of(method, path), status, elapsed, retry=progress.attempts > 0
-        )
+        self.stats.record(route_of(method, path), status, elapsed, retry=progress.attempts > 0)
         progress.attempts += 1
         what = status if status is not None else getattr(outcome, "message", "no answer")
         log.debug(
             "%s %s -> %s in %.1f ms (attempt %d)",
-            method, path, what, elapsed * 1000, progress.attempts,
+            method,
+            path,
+            what,
+            elapsed * 1000,
+            progress.attempts,
         )
         return outcome
 
@@ -340,8 +342,12 @@ class NeonClient:
         what = failure.status or failure.message
         log.debug(
             "retrying %s %s after %s in %.3fs (attempt %d of %d)",
-            failure.method, failure.path, what, delay,
-            progress.attempts + 1, self.retry.max_attempts,
+            failure.method,
+            failure.path,
+            what,
+            delay,
+            progress.attempts + 1,
+            self.retry.max_attempts,
         )
         self.stats.waited += delay
         await self._sleep(delay)
@@ -367,8 +373,12 @@ class NeonClient:
             deadline_at = progress.started + self.retry.deadline
         while True:
             outcome = await self._attempt(
-                method, path, params=params, body=body,
-                deadline_at=deadline_at, progress=progress,
+                method,
+                path,
+                params=params,
+                body=body,
+                deadline_at=deadline_at,
+                progress=progress,
             )
             if isinstance(outcome, _Answer):
                 return outcome
@@ -378,8 +388,13 @@ class NeonClient:
             if not await self._pause(outcome, progress, deadline_at):
                 raise self._give_up(outcome, progress)
 
-    async def _get(self, path: str, *, params: Mapping[str, str] | None = None,
-                   deadline_at: float | None = None) -> Any:
+    async def _get(
+        self,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        deadline_at: float | None = None,
+    ) -> Any:
         return (await self._call("GET", path, params=params, deadline_at=deadline_at)).data
 
     # ---- account and projects ----------------------------------------------------
@@ -412,8 +427,7 @@ class NeonClient:
         )
         annotations = _obj(data, "annotations")
         return [
-            Branch.from_api(b, annotations.get(str(b.get("id"))))
-            for b in _list(data, "branches")
+            Branch.from_api(b, annotations.get(str(b.get("id")))) for b in _list(data, "branches")
         ]
 
     async def get_branch(self, project_id: str, branch_id: str) -> Branch:
@@ -550,12 +564,19 @@ class NeonClient:
         if primary is not None:
             for db in databases:
                 direct = await self.connection_uri(
-                    project_id, branch_id=branch.id, database_name=db.name,
-                    role_name=db.owner_name, endpoint_id=primary.id,
+                    project_id,
+                    branch_id=branch.id,
+                    database_name=db.name,
+                    role_name=db.owner_name,
+                    endpoint_id=primary.id,
                 )
                 pooled = await self.connection_uri(
-                    project_id, branch_id=branch.id, database_name=db.name,
-                    role_name=db.owner_name, endpoint_id=primary.id, pooled=True,
+                    project_id,
+                    branch_id=branch.id,
+                    database_name=db.name,
+                    role_name=db.owner_name,
+                    endpoint_id=primary.id,
+                    pooled=True,
                 )
                 connections.append(_connection_info(direct, pooled, db))
         created = BranchCreated(
@@ -627,7 +648,10 @@ class NeonClient:
             if not missing_ok:
                 raise NeonAPIError(
                     f"branch {branch_id} not found in project {project_id}",
-                    status=404, code="NOT_FOUND", method="DELETE", path=path,
+                    status=404,
+                    code="NOT_FOUND",
+                    method="DELETE",
+                    path=path,
                 )
             return progress.may_have_acted
         if wait:
@@ -676,7 +700,9 @@ class NeonClient:
         if not password:
             raise NeonAPIError(
                 f"no password in the answer for role {role!r} on branch {branch_id}",
-                status=200, method="GET", path=f"/projects/{project_id}/branches/{branch_id}/roles",
+                status=200,
+                method="GET",
+                path=f"/projects/{project_id}/branches/{branch_id}/roles",
             )
         return Secret(str(password))
 
@@ -788,7 +814,9 @@ class NeonClient:
         uri = data.get("uri") if isinstance(data, Mapping) else None
         if not uri:
             raise NeonAPIError(
-                "no uri in the answer", status=200, method="GET",
+                "no uri in the answer",
+                status=200,
+                method="GET",
                 path=f"/projects/{project_id}/connection_uri",
             )
         return secret_uri(str(uri))
@@ -810,8 +838,10 @@ class _CreateLookup:
             return False
         # A server that does not report annotations cannot contradict ours; one that
         # reports different ones names somebody else's branch.
-        if self.annotation and branch.annotation and any(
-            branch.annotation.get(k) != v for k, v in self.annotation.items()
+        if (
+            self.annotation
+            and branch.annotation
+            and any(branch.annotation.get(k) != v for k, v in self.annotation.items())
         ):
             return False
         return branch.created_at is None or branch.created_at >= self.not_before

@@ -21,6 +21,11 @@ from harness.redact import Secret, register_secret
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
+
+def _empty() -> Mapping[str, Any]:
+    return _EMPTY
+
+
 # Neon operation statuses. Pending ones may still change; "skipped" means Neon decided
 # the work was unnecessary, which for a waiter is as good as finished.
 OPERATION_PENDING = frozenset({"scheduling", "running", "cancelling"})
@@ -112,7 +117,7 @@ class Project:
     pg_version: int | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    raw: Mapping[str, Any] = field(default=_EMPTY, repr=False, compare=False)
+    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Project:
@@ -143,8 +148,8 @@ class Branch:
     expires_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    annotation: Mapping[str, str] = field(default=_EMPTY)
-    raw: Mapping[str, Any] = field(default=_EMPTY, repr=False, compare=False)
+    annotation: Mapping[str, str] = field(default_factory=_empty, hash=False)
+    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any], annotation: Any = None) -> Branch:
@@ -191,7 +196,7 @@ class Endpoint:
     region_id: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    raw: Mapping[str, Any] = field(default=_EMPTY, repr=False, compare=False)
+    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Endpoint:
@@ -229,7 +234,7 @@ class Operation:
     error: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    raw: Mapping[str, Any] = field(default=_EMPTY, repr=False, compare=False)
+    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Operation:
