@@ -48,9 +48,11 @@ def _now() -> str:
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.Response(status, content=json.dumps(body).encode(), headers={
-        "content-type": "application/json", **(headers or {})
-    })
+    return httpx.Response(
+        status,
+        content=json.dumps(body).encode(),
+        headers={"content-type": "application/json", **(headers or {})},
+    )
 
 
 def _error(status: int, code: str, message: str) -> httpx.Response:
@@ -82,18 +84,30 @@ class FakeNeon:
 
     def _branch_obj(self, bid: str, name: str, parent: str | None, default: bool) -> dict:
         return {
-            "id": bid, "project_id": PROJECT, "parent_id": parent, "name": name,
+            "id": bid,
+            "project_id": PROJECT,
+            "parent_id": parent,
+            "name": name,
             "parent_lsn": "0/1E887C8" if parent else None,
-            "current_state": "init", "pending_state": None, "default": default,
-            "protected": False, "created_at": _now(), "updated_at": _now(),
+            "current_state": "init",
+            "pending_state": None,
+            "default": default,
+            "protected": False,
+            "created_at": _now(),
+            "updated_at": _now(),
             "creation_source": "console",
         }
 
     def _op(self, action: str, branch_id: str, endpoint_id: str | None = None) -> dict:
-        op = {
-            "id": self._next("op"), "project_id": PROJECT, "branch_id": branch_id,
-            "endpoint_id": endpoint_id, "action": action, "status": "running",
-            "failures_count": 0, "created_at": "2025-01-01T00:00:00Z",
+        op: dict[str, Any] = {
+            "id": self._next("op"),
+            "project_id": PROJECT,
+            "branch_id": branch_id,
+            "endpoint_id": endpoint_id,
+            "action": action,
+            "status": "running",
+            "failures_count": 0,
+            "created_at": "2025-01-01T00:00:00Z",
         }
         self.operations[op["id"]] = op
         self.polls[op["id"]] = 0
@@ -138,9 +152,14 @@ class FakeNeon:
         for _ in body.get("endpoints") or []:
             eid = self._next("ep")
             self.endpoints[eid] = {
-                "id": eid, "branch_id": bid, "project_id": PROJECT, "type": "read_write",
-                "host": f"{eid}.fake.neon.test", "current_state": "init",
-                "pending_state": "active", "pooler_enabled": False,
+                "id": eid,
+                "branch_id": bid,
+                "project_id": PROJECT,
+                "type": "read_write",
+                "host": f"{eid}.fake.neon.test",
+                "current_state": "init",
+                "pending_state": "active",
+                "pooler_enabled": False,
             }
             endpoints.append(self.endpoints[eid])
             ops.append(self._op("start_compute", bid, eid))
@@ -152,21 +171,35 @@ class FakeNeon:
             {
                 "connection_uri": self._uri(e["id"], False),
                 "connection_parameters": {
-                    "database": "cathouse", "password": PASSWORD, "role": "cathouse_owner",
+                    "database": "cathouse",
+                    "password": PASSWORD,
+                    "role": "cathouse_owner",
                     "host": f"{e['id']}.fake.neon.test",
                     "pooler_host": f"{e['id']}-pooler.fake.neon.test",
                 },
             }
             for e in endpoints
         ]
-        return _json(201, {
-            "branch": branch, "endpoints": endpoints, "operations": ops,
-            "roles": [{"branch_id": bid, "name": "cathouse_owner", "password": PASSWORD,
-                       "protected": False}],
-            "databases": [{"id": 1, "branch_id": bid, "name": "cathouse",
-                           "owner_name": "cathouse_owner"}],
-            "connection_uris": uris,
-        })
+        return _json(
+            201,
+            {
+                "branch": branch,
+                "endpoints": endpoints,
+                "operations": ops,
+                "roles": [
+                    {
+                        "branch_id": bid,
+                        "name": "cathouse_owner",
+                        "password": PASSWORD,
+                        "protected": False,
+                    }
+                ],
+                "databases": [
+                    {"id": 1, "branch_id": bid, "name": "cathouse", "owner_name": "cathouse_owner"}
+                ],
+                "connection_uris": uris,
+            },
+        )
 
     def delete(self, bid: str) -> httpx.Response:
         if bid not in self.branches:
@@ -203,15 +236,21 @@ class FakeNeon:
         body = json.loads(request.content) if request.content else {}
         if rest == ["branches"] and method == "GET":
             search = request.url.params.get("search")
-            listed = [self._branch_view(b) for b in self.branches
-                      if not search or search in self.branches[b]["name"]]
-            return _json(200, {
-                "branches": listed,
-                "annotations": {
-                    bid: {"object": {"type": "console/branch", "id": bid}, "value": value}
-                    for bid, value in self.annotations.items()
+            listed = [
+                self._branch_view(b)
+                for b in self.branches
+                if not search or search in self.branches[b]["name"]
+            ]
+            return _json(
+                200,
+                {
+                    "branches": listed,
+                    "annotations": {
+                        bid: {"object": {"type": "console/branch", "id": bid}, "value": value}
+                        for bid, value in self.annotations.items()
+                    },
                 },
-            })
+            )
         if rest == ["branches"] and method == "POST":
             return self.create(body)
         if len(rest) >= 2 and rest[0] == "branches":
@@ -227,23 +266,45 @@ class FakeNeon:
                 self.branches[bid].update(body.get("branch") or {})
                 return _json(200, {"branch": self._branch_view(bid), "operations": []})
             if tail == ["endpoints"]:
-                return _json(200, {"endpoints": [
-                    self._endpoint_view(e) for e, ep in self.endpoints.items()
-                    if ep["branch_id"] == bid
-                ]})
+                return _json(
+                    200,
+                    {
+                        "endpoints": [
+                            self._endpoint_view(e)
+                            for e, ep in self.endpoints.items()
+                            if ep["branch_id"] == bid
+                        ]
+                    },
+                )
             if tail == ["roles"]:
-                return _json(200, {"roles": [
-                    {"branch_id": bid, "name": "cathouse_owner", "protected": False}
-                ]})
+                return _json(
+                    200,
+                    {"roles": [{"branch_id": bid, "name": "cathouse_owner", "protected": False}]},
+                )
             if tail == ["databases"]:
-                return _json(200, {"databases": [
-                    {"id": 1, "branch_id": bid, "name": "cathouse", "owner_name": "cathouse_owner"}
-                ]})
+                return _json(
+                    200,
+                    {
+                        "databases": [
+                            {
+                                "id": 1,
+                                "branch_id": bid,
+                                "name": "cathouse",
+                                "owner_name": "cathouse_owner",
+                            }
+                        ]
+                    },
+                )
             if len(tail) == 3 and tail[0] == "roles" and tail[2] == "reveal_password":
                 return _json(200, {"password": PASSWORD})
             if tail == ["restore"] and method == "POST":
-                return _json(200, {"branch": self._branch_view(bid),
-                                   "operations": [self._op("restore_branch", bid)]})
+                return _json(
+                    200,
+                    {
+                        "branch": self._branch_view(bid),
+                        "operations": [self._op("restore_branch", bid)],
+                    },
+                )
         if rest == ["endpoints"]:
             return _json(200, {"endpoints": [self._endpoint_view(e) for e in self.endpoints]})
         if len(rest) == 2 and rest[0] == "endpoints":
@@ -251,15 +312,21 @@ class FakeNeon:
                 return _error(404, "", "endpoint not found")
             return _json(200, {"endpoint": self._endpoint_view(rest[1])})
         if rest == ["operations"]:
-            return _json(200, {"operations": [
-                {k: v for k, v in o.items() if k != "fail"}
-                for o in reversed(self.operations.values())
-            ]})
+            return _json(
+                200,
+                {
+                    "operations": [
+                        {k: v for k, v in o.items() if k != "fail"}
+                        for o in reversed(self.operations.values())
+                    ]
+                },
+            )
         if len(rest) == 2 and rest[0] == "operations":
             return self.get_operation(rest[1])
         if rest == ["connection_uri"]:
             eid = request.url.params.get("endpoint_id") or next(
-                e for e, ep in self.endpoints.items()
+                e
+                for e, ep in self.endpoints.items()
                 if ep["branch_id"] == request.url.params["branch_id"]
             )
             return _json(200, {"uri": self._uri(eid, request.url.params.get("pooled") == "true")})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -212,7 +213,7 @@ def test_primary_is_the_old_name_of_default():
 
 
 def test_list_answer_annotations_are_merged_by_branch_id():
-    answer = {
+    answer: dict[str, Any] = {
         "branches": [
             {"id": "br-main", "name": "main", "project_id": "p", "default": True},
             {"id": "br-h1", "name": "harness/r/gw0", "project_id": "p", "parent_id": "br-main"},
@@ -227,9 +228,7 @@ def test_list_answer_annotations_are_merged_by_branch_id():
         },
         "pagination": {"sort_by": "updated_at", "sort_order": "DESC"},
     }
-    branches = [
-        Branch.from_api(b, answer["annotations"].get(b["id"])) for b in answer["branches"]
-    ]
+    branches = [Branch.from_api(b, answer["annotations"].get(b["id"])) for b in answer["branches"]]
     assert branches[0].annotation == {} and branches[0].default is True
     assert dict(branches[1].annotation) == {"cathouse-harness": "run-1", "owner": "ci"}
     with pytest.raises(TypeError):

@@ -232,7 +232,7 @@ async def test_create_after_a_rejection_is_resent_without_lookup(make):
 
 
 async def test_create_after_a_5xx_looks_up_before_resending(make):
-    listing = {"branches": [], "annotations": {}}
+    listing: dict[str, object] = {"branches": [], "annotations": {}}
     created = {"branch": {"id": "br-new-1", "name": "b", "project_id": PROJECT}}
     script = Script(
         status(502),
