@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from harness.errors import HarnessError, NeonAPIError
+from harness.errors import ConfigError, HarnessError, NeonAPIError
 from harness.log import get_logger
 from harness.neon.models import (
     Branch,
@@ -95,7 +95,10 @@ class NeonOperationError(NeonAPIError):
         self.operation = operation
         self.timed_out = timeout is not None
         where = f" on branch {operation.branch_id}" if operation.branch_id else ""
-        what = f"operation {operation.id} ({operation.action or 'unknown action'}){where}"
+        what = (
+            f"Neon operation {operation.id} ({operation.action or 'unknown action'}){where}"
+            f" in project {operation.project_id}"
+        )
         if timeout is not None:
             text = f"{what} still {operation.status or 'pending'} after {timeout:g}s"
         else:
@@ -103,7 +106,7 @@ class NeonOperationError(NeonAPIError):
             text = f"{what} ended {operation.status}{reason}"
         # Not NeonAPIError.__init__: its "HTTP <status>" framing describes an HTTP answer,
         # and the HTTP answers here were all fine.
-        HarnessError.__init__(self, f"Neon {text} in project {operation.project_id}")
+        HarnessError.__init__(self, text)
         self.status = 0
         self.code = "OPERATION_TIMEOUT" if self.timed_out else "OPERATION_FAILED"
         self.request_id = None
@@ -196,7 +199,7 @@ class NeonClient:
         rng: random.Random | None = None,
     ) -> None:
         if not api_key:
-            raise NeonAPIError("no API key given", status=401, hint="check NEON_API_KEY")
+            raise ConfigError("is empty", key="NEON_API_KEY", hint="set it to a Neon API key")
         register_secret(api_key)
         self.api_host = api_host.rstrip("/")
         self.retry = retry or RetryPolicy()

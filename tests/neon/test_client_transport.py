@@ -4,6 +4,7 @@ and secrecy of the key and passwords."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from harness.errors import NeonAPIError
+from harness.errors import ConfigError, NeonAPIError
 from harness.neon import NeonClient, NeonOperationError, Operation, RetryPolicy
 
 from .fake_api import API_HOST, API_KEY, PASSWORD, PROJECT, FakeClock, FakeNeon, Faulty
@@ -100,8 +101,6 @@ async def test_create_sends_neon_body_and_waits_until_usable():
             annotation={"cathouse-harness": "dev"},
             init_source="schema-only",
         )
-    import json
-
     (body,) = [json.loads(b) for b in bodies]
     assert body == {
         "branch": {
@@ -119,12 +118,13 @@ async def test_create_sends_neon_body_and_waits_until_usable():
     assert not created.recovered
 
 
-async def test_faulty_server_never_leaks_or_doubles_branches():
+@pytest.mark.parametrize("seed", [20240601, 7, 99])
+async def test_faulty_server_never_leaks_or_doubles_branches(seed):
     server = FakeNeon()
-    faulty = Faulty(server, rate=0.3, seed=20240601)
+    faulty = Faulty(server, rate=0.3, seed=seed)
     clock = FakeClock()
     ids: list[str] = []
-    async with client_for(faulty, clock, max_attempts=12) as client:
+    async with client_for(faulty, clock) as client:
         for i in range(50):
             name = f"harness/storm/{i}"
             created = await client.create_branch(
@@ -262,6 +262,12 @@ async def test_branch_lookups_and_updates():
         assert "-pooler." in pooled.reveal()
     patches = [p for m, p in server.requests if m == "PATCH"]
     assert len(patches) == 3
+
+
+async def test_an_empty_key_is_a_config_error():
+    with pytest.raises(ConfigError) as caught:
+        NeonClient("")
+    assert "NEON_API_KEY" in str(caught.value)
 
 
 async def test_secrets_never_surface(caplog):
