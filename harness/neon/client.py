@@ -870,6 +870,7 @@ def _connection_info(direct: Secret, pooled: Secret, db: Database) -> Connection
                 "database": db.name,
                 "role": db.owner_name,
                 "pooler_host": urlsplit(pooled.reveal()).hostname,
+                "pooler_port": urlsplit(pooled.reveal()).port,
             },
         }
     )

@@ -89,6 +89,14 @@ def _int(data: Mapping[str, Any], key: str, default: int = 0) -> int:
         return default
 
 
+def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    try:
+        return int(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _frozen(data: Any) -> Mapping[str, Any]:
     return MappingProxyType(dict(data)) if isinstance(data, Mapping) else _EMPTY
 
@@ -324,14 +332,15 @@ def secret_uri(uri: str) -> Secret:
     return Secret(uri)
 
 
-def replace_host(uri: str, host: str) -> str:
-    """`uri` with its host swapped for `host`, keeping user, password, port and query."""
+def replace_host(uri: str, host: str, port: int | None = None) -> str:
+    """`uri` with its host (and port, when given) swapped, keeping user, password, query."""
     parts = urlsplit(uri)
     userinfo, _, _ = parts.netloc.rpartition("@")
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    netloc = f"{userinfo}@{host}{port}" if userinfo else f"{host}{port}"
+    port = port if port is not None else parts.port
+    port_part = f":{port}" if port is not None else ""
+    netloc = f"{userinfo}@{host}{port_part}" if userinfo else f"{host}{port_part}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -345,6 +354,9 @@ class ConnectionInfo:
     host: str
     pooler_host: str | None = None
     password: Secret | None = field(default=None, repr=False, compare=False)
+    # Neon serves both on 5432 and omits these; the local server uses its own ports.
+    port: int | None = None
+    pooler_port: int | None = None
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> ConnectionInfo:
@@ -359,6 +371,7 @@ class ConnectionInfo:
                 "role": unquote(parts.username or ""),
                 "host": parts.hostname or "",
                 "password": unquote(parts.password) if parts.password else None,
+                "port": parts.port,
             }
         except ValueError:
             from_uri = {}
@@ -370,6 +383,8 @@ class ConnectionInfo:
             host=_str(params, "host") or str(from_uri.get("host") or ""),
             pooler_host=_opt_str(params, "pooler_host"),
             password=Secret(str(password)) if password else None,
+            port=_opt_int(params, "port") or _opt_int(from_uri, "port"),
+            pooler_port=_opt_int(params, "pooler_port"),
         )
 
     @property
@@ -377,7 +392,7 @@ class ConnectionInfo:
         """The same URI through the pooler host; None when Neon named no pooler host."""
         if not self.pooler_host:
             return None
-        return Secret(replace_host(self.uri.reveal(), self.pooler_host))
+        return Secret(replace_host(self.uri.reveal(), self.pooler_host, self.pooler_port))
 
 
 @dataclass(frozen=True)

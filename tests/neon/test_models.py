@@ -307,3 +307,25 @@ def test_models_are_hashable_so_they_fit_in_sets():
     created = BranchCreated.from_api(CREATE_ANSWER)
     assert len({created.branch, created.branch}) == 1
     assert len(set(created.operations)) == 2
+
+
+def test_connection_info_with_local_ports():
+    # the local server lists its own ports beside the hosts
+    pw = "local-Pw-77aa11"
+    info = ConnectionInfo.from_api(
+        {
+            "connection_uri": f"postgresql://cathouse:{pw}@127.0.0.1:54011/cathouse",
+            "connection_parameters": {
+                "database": "cathouse",
+                "password": pw,
+                "role": "cathouse",
+                "host": "127.0.0.1",
+                "pooler_host": "127.0.0.1",
+                "port": 54011,
+                "pooler_port": 54012,
+            },
+        }
+    )
+    assert (info.port, info.pooler_port) == (54011, 54012)
+    assert info.pooled_uri is not None
+    assert info.pooled_uri.reveal() == f"postgresql://cathouse:{pw}@127.0.0.1:54012/cathouse"
