@@ -146,6 +146,10 @@ class EndpointProxy:
                 OSError,
             ):
                 pass
+            except asyncio.CancelledError:
+                # Closing the endpoint cancels its connections; the stream machinery would
+                # log a cancelled handler as an error, and nobody is left to tell.
+                pass
             finally:
                 listener.connections.discard(task)
                 _close(writer)
