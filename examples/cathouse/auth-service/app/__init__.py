@@ -1,0 +1,1 @@
+"""auth-service: users of Cat House (schema `auth`)."""

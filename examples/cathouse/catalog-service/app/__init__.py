@@ -1,0 +1,1 @@
+"""catalog-service: cats and the permissions each cat asks for (schema `catalog`)."""

@@ -1,0 +1,2 @@
+"""installation-service: which user installed which cat, with which permissions
+(schema `installation`)."""

@@ -1,0 +1,1 @@
+"""proxy-service: reads across every schema, writes nothing, owns no schema."""

@@ -1,0 +1,195 @@
+"""Connection URLs and service engines with the seed's settings.
+
+Neon hands out libpq-style URLs (`postgresql://…?sslmode=require&channel_binding=require`).
+asyncpg takes neither `sslmode` nor `channel_binding` as SQLAlchemy passes them, so
+`normalize_asyncpg_url` rewrites the scheme and the query and leaves the rest of the URL
+byte for byte as it was: a password that is URL-encoded stays encoded exactly the way the
+user wrote it (SQLAlchemy decodes it once, when it connects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from uuid import uuid4
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from harness.errors import ConfigError
+from harness.settings import ServiceConfig, Settings, check_pool_budget
+
+ASYNCPG_SCHEME = "postgresql+asyncpg"
+
+# Schemes we accept as "a PostgreSQL URL"; anything else is a user mistake we name.
+_POSTGRES_SCHEMES = {
+    "postgres",
+    "postgresql",
+    "postgresql+asyncpg",
+    "postgresql+psycopg",
+    "postgresql+psycopg2",
+    "postgresql+pg8000",
+}
+
+# libpq sslmode -> asyncpg `ssl`. asyncpg understands the same mode names itself.
+_SSLMODE_TO_ASYNCPG = {
+    "disable": "disable",
+    "allow": "allow",
+    "prefer": "prefer",
+    "require": "require",
+    "verify-ca": "verify-ca",
+    "verify-full": "verify-full",
+}
+
+# libpq-only parameters asyncpg does not accept as keyword arguments.
+_DROPPED_PARAMS = {"channel_binding", "sslmode", "connect_timeout_ms", "gssencmode"}
+
+POOL_RECYCLE = 3600
+POOL_TIMEOUT = 30
+COMMAND_TIMEOUT = 60
+
+
+def _split_scheme(url: str) -> tuple[str, str]:
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep or scheme.lower() not in _POSTGRES_SCHEMES:
+        shown = scheme if sep else "(none)"
+        raise ConfigError(
+            f"not a PostgreSQL URL (scheme {shown!r})",
+            key="database URL",
+            hint="expected postgresql://user:password@host/dbname",
+        )
+    return scheme.lower(), rest
+
+
+def normalize_asyncpg_url(url: str) -> str:
+    """`url` rewritten for SQLAlchemy's asyncpg dialect.
+
+    `postgres://`, `postgresql://` and driver-qualified schemes become
+    `postgresql+asyncpg://`; `sslmode=X` becomes `ssl=X`; `channel_binding` is dropped
+    (asyncpg negotiates SCRAM channel binding on its own). The user, password, host,
+    path and every other query parameter are kept exactly as written.
+    """
+    _, rest = _split_scheme(url)
+    base, hash_sep, fragment = rest.partition("#")
+    base, query_sep, query = base.partition("?")
+    kept: list[str] = []
+    ssl_value: str | None = None
+    explicit_ssl = False
+    for part in query.split("&") if query_sep else []:
+        if not part:
+            continue
+        raw_key, _, raw_value = part.partition("=")
+        key = unquote(raw_key)
+        if key == "sslmode":
+            mode = unquote(raw_value).strip().lower()
+            if mode not in _SSLMODE_TO_ASYNCPG:
+                raise ConfigError(
+                    f"sslmode {mode!r} is not one of {', '.join(_SSLMODE_TO_ASYNCPG)}",
+                    key="database URL",
+                )
+            ssl_value = _SSLMODE_TO_ASYNCPG[mode]
+            continue
+        if key == "ssl":
+            explicit_ssl = True
+        if key in _DROPPED_PARAMS:
+            continue
+        kept.append(part)
+    if ssl_value is not None and not explicit_ssl:
+        kept.append(f"ssl={ssl_value}")
+    out = f"{ASYNCPG_SCHEME}://{base}"
+    if kept:
+        out += "?" + "&".join(kept)
+    if hash_sep:
+        out += "#" + fragment
+    return out
+
+
+def is_pooled_url(url: str) -> bool:
+    """True for Neon's pooled endpoint (PgBouncer in transaction mode): host has `-pooler`."""
+    _, rest = _split_scheme(url)
+    host = urlsplit("//" + rest).hostname or ""
+    return "-pooler" in host
+
+
+def application_name(service: ServiceConfig) -> str:
+    """`cat-house-<service name>`, as in the seed (e.g. cat-house-auth-service)."""
+    return f"cat-house-{service.name}"
+
+
+def _unique_statement_name() -> str:
+    # PgBouncer in transaction mode may hand a later statement to a different server
+    # connection; asyncpg's sequential names would then collide there.
+    return f"__asyncpg_{uuid4().hex}__"
+
+
+def engine_kwargs(
+    service: ServiceConfig, *, echo: bool = False, pgbouncer: bool = False
+) -> dict[str, Any]:
+    """Keyword arguments for `create_async_engine` with the seed's settings for `service`."""
+    server_settings = {"application_name": application_name(service), "jit": "off"}
+    if service.read_only:
+        server_settings["default_transaction_read_only"] = "on"
+    connect_args: dict[str, Any] = {
+        "server_settings": server_settings,
+        "command_timeout": COMMAND_TIMEOUT,
+    }
+    if pgbouncer:
+        # PgBouncer 1.18 in transaction mode does not track prepared statements:
+        # no statement caches on either layer, and unique names for the ones asyncpg
+        # must still prepare.
+        connect_args["statement_cache_size"] = 0
+        connect_args["prepared_statement_cache_size"] = 0
+        connect_args["prepared_statement_name_func"] = _unique_statement_name
+    return {
+        "pool_size": service.pool_size,
+        "max_overflow": service.max_overflow,
+        "pool_recycle": POOL_RECYCLE,
+        "pool_pre_ping": True,
+        "pool_timeout": POOL_TIMEOUT,
+        "echo": echo,
+        "connect_args": connect_args,
+    }
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if key == "connect_args" and isinstance(value, Mapping):
+            args = dict(merged.get("connect_args", {}))
+            for arg, arg_value in value.items():
+                if arg == "server_settings" and isinstance(arg_value, Mapping):
+                    args["server_settings"] = {**args.get("server_settings", {}), **arg_value}
+                else:
+                    args[arg] = arg_value
+            merged["connect_args"] = args
+        else:
+            merged[key] = value
+    return merged
+
+
+def create_service_engine(
+    service: ServiceConfig,
+    url: str,
+    *,
+    pgbouncer: bool | None = None,
+    **overrides: Any,
+) -> AsyncEngine:
+    """An async engine for `service` on `url` with the seed's pool and server settings.
+
+    `pgbouncer=None` turns the PgBouncer-safe settings on for Neon pooled URLs (host
+    contains `-pooler`); pass True for any other transaction-mode pooler (the embedded
+    default's PgBouncer). `overrides` win over the defaults; `connect_args` and its
+    `server_settings` are merged key by key.
+    """
+    normalized = normalize_asyncpg_url(url)
+    if pgbouncer is None:
+        pgbouncer = is_pooled_url(normalized)
+    echo = bool(overrides.pop("echo", False))
+    kwargs = _merge(engine_kwargs(service, echo=echo, pgbouncer=pgbouncer), overrides)
+    return create_async_engine(normalized, **kwargs)
+
+
+def check_budget(settings: Settings) -> int:
+    """Raise ConfigError when the services' pools exceed `connection_limit`; else the total."""
+    check_pool_budget(settings.services, settings.connection_limit, settings.source_of("services"))
+    return settings.pool_budget

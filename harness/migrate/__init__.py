@@ -1,0 +1,2 @@
+"""Internals of the ordered multi-service migration runner; `harness.migrations` is the
+public entry point."""
