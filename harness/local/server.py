@@ -1,0 +1,520 @@
+"""Running the local Neon server: in the foreground, as a shared daemon, or as `emulator`.
+
+One server per home and storage kind (`memory` keeps PostgreSQL's data in /dev/shm for
+throwaway test branches, `disk` keeps it under the home for developers' long-lived
+branches; each has its own cluster and so its own project and state file). A running
+server is found through `<home>/local-server.json` (`local-server-disk.json` for disk
+storage; 0600, no secrets: the key stays in `<home>/local-api-key`) and is trusted only
+when its pid is alive and it answers on its port with that key.
+
+`ensure_local_server` reuses such a server or starts a detached daemon
+(`python -m harness.local.server`), under an exclusive `flock` so that two processes
+starting at once get one server. The daemon exits, stopping PostgreSQL, after
+`idle_timeout` seconds without an API request. The server binds loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import uvicorn
+
+from harness.errors import LocalServerError
+from harness.local.app import create_app
+from harness.local.control import LocalNeon
+from harness.local.faults import ENV_VAR as FAULTS_ENV
+from harness.local.faults import FaultConfig, FaultInjector, parse_faults
+from harness.local.state import load_or_create_api_key, write_private
+from harness.log import get_logger
+from harness.redact import Secret
+
+log = get_logger("local.server")
+
+STORAGES = ("memory", "disk")
+START_TIMEOUT = 60.0
+_POLL = 0.02
+
+
+@dataclass(frozen=True)
+class LocalServerInfo:
+    """How to reach a running local server. The repr never shows the key."""
+
+    api_host: str
+    api_key: Secret = field(repr=False)
+    project_id: str
+    pid: int
+    port: int
+    home: Path
+
+
+# ---------------------------------------------------------------------- paths
+
+
+def resolve_home(home: Path | None) -> Path:
+    if home is None:
+        from harness.settings import default_home
+
+        env = os.environ.get("CATHOUSE_HARNESS_HOME")
+        home = Path(env) if env else default_home()
+    home = Path(home).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return home
+
+
+def _suffix(storage: str) -> str:
+    return "" if storage == "memory" else f"-{storage}"
+
+
+def discovery_path(home: Path, storage: str = "memory") -> Path:
+    return home / f"local-server{_suffix(storage)}.json"
+
+
+def lock_path(home: Path, storage: str = "memory") -> Path:
+    return home / f"local-server{_suffix(storage)}.lock"
+
+
+def log_path(home: Path, storage: str = "memory") -> Path:
+    return home / f"local-server{_suffix(storage)}.log"
+
+
+def _check_storage(storage: str) -> None:
+    if storage not in STORAGES:
+        raise LocalServerError(f"storage must be memory or disk, got {storage!r}")
+
+
+def check_loopback(host: str) -> None:
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise LocalServerError(
+            f"the local Neon server binds loopback only, not {host!r}",
+            hint="use 127.0.0.1",
+        )
+
+
+# ---------------------------------------------------------------------- serving
+
+
+class _Server(uvicorn.Server):
+    # We install our own signal handlers: uvicorn's re-raise the signal after shutting
+    # down, which would kill the daemon before it removes its discovery file.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class ServerHandle:
+    """A server being run by `serve`; `stop()` asks it to shut down (from any thread)."""
+
+    server: _Server | None = None
+    info: LocalServerInfo | None = None
+    neon: LocalNeon | None = None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    check_loopback(host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise LocalServerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _make_dataplane(home: Path, storage: str) -> Any:
+    from harness.local.dataplane import DataPlane
+
+    return DataPlane(home, storage=storage,  # type: ignore[arg-type]
+                     external_pg_url=os.environ.get("CATHOUSE_PG_URL") or None)
+
+
+async def serve(
+    home: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    storage: str = "memory",
+    faults: FaultConfig | None = None,
+    idle_timeout: float | None = None,
+    ready: Callable[[LocalServerInfo], None] | None = None,
+    handle: ServerHandle | None = None,
+    stop_postgres: bool = True,
+    dataplane: Any = None,
+) -> None:
+    """Start the data plane and the API, call `ready`, serve until stopped, shut down."""
+    _check_storage(storage)
+    sock = bind_socket(host, port)
+    bound_port = sock.getsockname()[1]
+    handle = handle or ServerHandle()
+    api_key = Secret(load_or_create_api_key(home))
+    injector = FaultInjector(faults)
+    neon = LocalNeon(home, dataplane or _make_dataplane(home, storage), storage=storage,
+                     faults=injector)
+    handle.neon = neon
+    try:
+        await neon.start()
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(Exception):
+            await neon.stop(stop_postgres=stop_postgres)
+        raise
+    try:
+        config = uvicorn.Config(
+            create_app(neon, api_key, injector), log_level="warning", access_log=False,
+            lifespan="off", http="h11", timeout_graceful_shutdown=5,
+        )
+        server = _Server(config)
+        handle.server = server
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.005)
+        if serving.done():
+            serving.result()
+            raise LocalServerError("the local Neon server stopped while starting")
+        url_host = f"[{host}]" if ":" in host else host
+        info = LocalServerInfo(
+            api_host=f"http://{url_host}:{bound_port}/api/v2", api_key=api_key,
+            project_id=neon.state.project_id, pid=os.getpid(), port=bound_port, home=home,
+        )
+        handle.info = info
+        if ready is not None:
+            ready(info)
+        while not serving.done():
+            await asyncio.wait({serving}, timeout=0.25)
+            if idle_timeout and time.monotonic() - neon.last_activity > idle_timeout:
+                log.info("no API request for %.0f s; shutting down", idle_timeout)
+                server.should_exit = True
+        serving.result()
+    finally:
+        sock.close()
+        await neon.stop(stop_postgres=stop_postgres)
+
+
+def run_server(
+    home: Path,
+    *,
+    port: int = 0,
+    storage: str = "memory",
+    host: str = "127.0.0.1",
+    ready: Callable[[LocalServerInfo], None] | None = None,
+    idle_timeout: float | None = None,
+    faults: FaultConfig | None = None,
+) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM (or idle), then stop everything,
+    PostgreSQL included. Faults default to `CATHOUSE_LOCAL_FAULTS`."""
+    check_loopback(host)
+    _check_storage(storage)
+    home = resolve_home(home)
+    if faults is None:
+        faults = parse_faults(os.environ.get(FAULTS_ENV))
+    handle = ServerHandle()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, handle.stop)
+        await serve(home, host=host, port=port, storage=storage, faults=faults,
+                    idle_timeout=idle_timeout, ready=ready, handle=handle)
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------------- discovery
+
+
+def _read_discovery(home: Path, storage: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(discovery_path(home, storage).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _probe(api_host: str, api_key: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The server's `/_local/info`, or None when nothing (of ours) answers."""
+    request = urllib.request.Request(
+        api_host + "/_local/info", headers={"Authorization": f"Bearer {api_key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
+            data = json.loads(answer.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _info_from(home: Path, data: dict[str, Any], api_key: str) -> LocalServerInfo:
+    return LocalServerInfo(
+        api_host=str(data["api_host"]), api_key=Secret(api_key),
+        project_id=str(data["project_id"]), pid=int(data["pid"]), port=int(data["port"]),
+        home=home,
+    )
+
+
+def _live_server(home: Path, storage: str) -> LocalServerInfo | None:
+    data = _read_discovery(home, storage)
+    if not data:
+        return None
+    try:
+        pid = int(data["pid"])
+        api_host = str(data["api_host"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not _pid_alive(pid):
+        return None
+    try:
+        api_key = load_or_create_api_key(home)
+    except OSError:
+        return None
+    answer = _probe(api_host, api_key)
+    if not answer or answer.get("pid") != pid:
+        return None
+    return _info_from(home, {**data, "project_id": answer.get("project_id")}, api_key)
+
+
+def running_server(home: Path | None = None, storage: str | None = None
+                   ) -> LocalServerInfo | None:
+    """The local server answering for this home (memory storage first), or None."""
+    home = resolve_home(home)
+    for kind in (storage,) if storage else STORAGES:
+        info = _live_server(home, kind)
+        if info is not None:
+            return info
+    return None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _daemon_command(home: Path, storage: str, idle_timeout: float) -> list[str]:
+    return [sys.executable, "-m", "harness.local.server", "--home", str(home),
+            "--storage", storage, "--idle-timeout", repr(float(idle_timeout)), "--daemon"]
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+def ensure_local_server(
+    home: Path | None = None, *, storage: str = "memory", idle_timeout: float = 900
+) -> LocalServerInfo:
+    """A running local server for `home`: the one already answering, or a new daemon."""
+    _check_storage(storage)
+    home = resolve_home(home)
+    info = _live_server(home, storage)
+    if info is not None:
+        return info
+    with _file_lock(lock_path(home, storage)):
+        info = _live_server(home, storage)
+        if info is not None:
+            return info
+        discovery_path(home, storage).unlink(missing_ok=True)
+        logfile = log_path(home, storage)
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, env.get("PYTHONPATH")) if p
+        )
+        with open(logfile, "ab") as out:
+            os.chmod(logfile, 0o600)
+            process = subprocess.Popen(
+                _daemon_command(home, storage, idle_timeout), stdin=subprocess.DEVNULL,
+                stdout=out, stderr=out, start_new_session=True, env=env, cwd=str(home),
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise LocalServerError(
+                    f"the local Neon server exited with code {process.returncode} while "
+                    f"starting; see {logfile}", hint=_tail(logfile) or None,
+                )
+            data = _read_discovery(home, storage)
+            if data and data.get("pid") == process.pid:
+                info = _live_server(home, storage)
+                if info is not None:
+                    return info
+            time.sleep(_POLL)
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        raise LocalServerError(
+            f"the local Neon server did not answer within {START_TIMEOUT:.0f} s; "
+            f"see {logfile}"
+        )
+
+
+def stop_local_server(home: Path | None = None, *, storage: str | None = None,
+                      timeout: float = 30.0) -> bool:
+    """Stop this home's local server(s); True when one was running."""
+    home = resolve_home(home)
+    stopped = False
+    for kind in (storage,) if storage else STORAGES:
+        data = _read_discovery(home, kind)
+        if not data:
+            continue
+        try:
+            pid = int(data["pid"])
+        except (KeyError, TypeError, ValueError):
+            discovery_path(home, kind).unlink(missing_ok=True)
+            continue
+        if _live_server(home, kind) is None:
+            discovery_path(home, kind).unlink(missing_ok=True)
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(_POLL)
+        if _pid_alive(pid):
+            raise LocalServerError(f"the local Neon server (pid {pid}) did not stop in "
+                                   f"{timeout:.0f} s")
+        discovery_path(home, kind).unlink(missing_ok=True)
+        stopped = True
+    return stopped
+
+
+def _publish(info: LocalServerInfo, storage: str) -> None:
+    write_private(discovery_path(info.home, storage), json.dumps({
+        "api_host": info.api_host, "project_id": info.project_id, "pid": info.pid,
+        "port": info.port, "storage": storage, "started_at": time.time(),
+    }))
+
+
+def _unpublish(home: Path, storage: str) -> None:
+    data = _read_discovery(home, storage)
+    if data and data.get("pid") == os.getpid():
+        discovery_path(home, storage).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- emulator
+
+
+def run_emulator(port: int, home: Path, storage: str, out: TextIO) -> int:
+    """Foreground server for `cathouse-branch emulator`.
+
+    Prints `NEON_API_HOST=…`, `NEON_API_KEY=…` and `NEON_PROJECT_ID=…` to `out` as soon
+    as it answers (shell-ready lines), logs on stderr, and exits 0 on Ctrl-C.
+    """
+    import logging
+
+    home = resolve_home(home)
+    _check_storage(storage)
+    if running_server(home, storage) is not None:
+        raise LocalServerError(
+            f"a local Neon server with {storage} storage already runs for {home}",
+            hint="stop it first, or use another --home",
+        )
+    logger = logging.getLogger("cathouse_harness")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    started = time.monotonic()
+
+    def ready(info: LocalServerInfo) -> None:
+        out.write(f"NEON_API_HOST={info.api_host}\n")
+        out.write(f"NEON_API_KEY={info.api_key.reveal()}\n")
+        out.write(f"NEON_PROJECT_ID={info.project_id}\n")
+        out.flush()
+        _publish(info, storage)
+        print(f"local Neon server ready in {time.monotonic() - started:.2f} s "
+              f"({storage} storage, home {home}); Ctrl-C stops it", file=sys.stderr,
+              flush=True)
+
+    try:
+        run_server(home, port=port, storage=storage, ready=ready)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _unpublish(home, storage)
+    print("local Neon server stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------- daemon entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.local.server")
+    parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument("--storage", choices=STORAGES, default="memory")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--idle-timeout", type=float, default=900.0)
+    parser.add_argument("--daemon", action="store_true",
+                        help="publish the discovery file and exit when idle")
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(process)d %(name)s: %(message)s")
+    home = resolve_home(args.home)
+    started = time.monotonic()
+
+    def ready(info: LocalServerInfo) -> None:
+        if args.daemon:
+            _publish(info, args.storage)
+        log.info("local Neon server answering at %s after %.2f s", info.api_host,
+                 time.monotonic() - started)
+
+    try:
+        run_server(home, port=args.port, storage=args.storage, host=args.host, ready=ready,
+                   idle_timeout=args.idle_timeout if args.daemon else None)
+    finally:
+        _unpublish(home, args.storage)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

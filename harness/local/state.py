@@ -1,0 +1,249 @@
+"""The local Neon server's state: one project, its branches, endpoints and operations.
+
+Everything lives in one JSON document under the home directory, written atomically
+(temporary file + rename, mode 0600) after every change, so a restarted server finds
+the branches it had. The records are plain mutable dataclasses owned by the control
+plane (`harness.local.control`); the JSON shapes Neon clients see are built in
+`harness.local.app`, not here.
+
+The API key lives in its own file (`<home>/local-api-key`, 0600), generated once per
+home, so that it is never part of a state dump.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from harness.errors import LocalServerError
+from harness.local import ids
+
+STATE_FILE = "local-state.json"  # memory storage; disk storage uses local-state-disk.json
+API_KEY_FILE = "local-api-key"
+STATE_VERSION = 1
+# Finished operations kept for `GET /operations`; older ones are forgotten.
+MAX_OPERATIONS = 2000
+
+UNFINISHED = ("scheduling", "running", "cancelling")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """RFC 3339 in UTC with a `Z`, to the second, as Neon writes timestamps."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str) -> datetime:
+    """An RFC 3339 timestamp with an explicit offset; ValueError otherwise."""
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError("timestamp has no time zone")
+    return moment
+
+
+@dataclass
+class BranchRecord:
+    id: str
+    name: str
+    physical: str
+    parent_id: str | None
+    created_at: str
+    updated_at: str
+    current_state: str = "init"
+    pending_state: str | None = "ready"
+    state_changed_at: str = ""
+    parent_lsn: str | None = None
+    parent_timestamp: str | None = None
+    expires_at: str | None = None
+    protected: bool = False
+    default: bool = False
+    init_source: str = "parent-data"
+    # Set when a delete was accepted: hidden from clients until the database is dropped.
+    deleting: bool = False
+    last_reset_at: str | None = None
+    annotation: dict[str, str] | None = None
+    annotation_created_at: str | None = None
+    annotation_updated_at: str | None = None
+
+
+@dataclass
+class EndpointRecord:
+    id: str
+    branch_id: str
+    created_at: str
+    updated_at: str
+    current_state: str = "init"
+    pending_state: str | None = "active"
+    direct_port: int = 0
+    pooled_port: int = 0
+    pooled_via_pgbouncer: bool = False
+    tls: bool = False
+
+
+@dataclass
+class OperationRecord:
+    id: str
+    action: str
+    branch_id: str | None
+    endpoint_id: str | None
+    created_at: str
+    updated_at: str
+    status: str = "scheduling"
+    failures_count: int = 0
+    error: str | None = None
+    total_duration_ms: int = 0
+    # Epoch seconds at creation: timestamps are whole seconds, durations need better.
+    started: float = 0.0
+
+    @property
+    def unfinished(self) -> bool:
+        return self.status in UNFINISHED
+
+
+@dataclass
+class LocalState:
+    project_id: str
+    project_name: str
+    created_at: str
+    role_name: str
+    role_password: str
+    database_name: str
+    default_branch_id: str
+    storage: str
+    branches: dict[str, BranchRecord] = field(default_factory=dict)
+    endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
+    # Insertion order is creation order; `prune_operations` keeps the newest.
+    operations: dict[str, OperationRecord] = field(default_factory=dict)
+    version: int = STATE_VERSION
+
+    def __repr__(self) -> str:  # the dataclass repr would show the role password
+        return (
+            f"LocalState(project_id={self.project_id!r}, branches={len(self.branches)}, "
+            f"endpoints={len(self.endpoints)}, operations={len(self.operations)})"
+        )
+
+    def prune_operations(self) -> None:
+        excess = len(self.operations) - MAX_OPERATIONS
+        if excess <= 0:
+            return
+        for op_id in [k for k, op in self.operations.items() if not op.unfinished][:excess]:
+            del self.operations[op_id]
+
+
+def new_state(
+    *, storage: str, role_name: str = "cathouse_owner", database_name: str = "cathouse"
+) -> LocalState:
+    """A fresh project with its default branch `main` (its database is made by the caller)."""
+    stamp = iso(now())
+    main_id = ids.branch_id()
+    state = LocalState(
+        project_id=ids.project_id(),
+        project_name="cathouse-local",
+        created_at=stamp,
+        role_name=role_name,
+        role_password=ids.role_password(),
+        database_name=database_name,
+        default_branch_id=main_id,
+        storage=storage,
+    )
+    state.branches[main_id] = BranchRecord(
+        id=main_id,
+        name="main",
+        physical=ids.physical_name(main_id),
+        parent_id=None,
+        created_at=stamp,
+        updated_at=stamp,
+        state_changed_at=stamp,
+        default=True,
+    )
+    return state
+
+
+def _records(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: cls(**{n: v for n, v in item.items() if n in names}) for k, item in raw.items()}
+
+
+def state_path(home: Path, storage: str) -> Path:
+    """Each storage kind has its own cluster, so its own project and state file."""
+    return home / (STATE_FILE if storage == "memory" else f"local-state-{storage}.json")
+
+
+def load_state(home: Path, storage: str = "memory") -> LocalState | None:
+    """The persisted state, or None when this home has none yet."""
+    path = state_path(home, storage)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise LocalServerError(
+            f"cannot read the local server state {path}: {exc.__class__.__name__}",
+            hint="move the file away to start with a fresh project",
+        ) from exc
+    if raw.get("version") != STATE_VERSION:
+        raise LocalServerError(
+            f"local server state {path} has version {raw.get('version')!r}, "
+            f"expected {STATE_VERSION}",
+            hint="move the file away to start with a fresh project",
+        )
+    scalars = {f.name: raw[f.name] for f in fields(LocalState) if f.name in raw}
+    scalars["branches"] = _records(BranchRecord, raw.get("branches", {}))
+    scalars["endpoints"] = _records(EndpointRecord, raw.get("endpoints", {}))
+    scalars["operations"] = _records(OperationRecord, raw.get("operations", {}))
+    return LocalState(**scalars)
+
+
+def save_state(state: LocalState, home: Path) -> None:
+    """Write the state atomically with mode 0600."""
+    state.prune_operations()
+    text = json.dumps(asdict(state), indent=1, sort_keys=True)
+    write_private(state_path(home, state.storage), text)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Atomically replace `path` with `text`, readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_or_create_api_key(home: Path) -> str:
+    """This home's Bearer key, generated on first use and kept in a 0600 file.
+
+    Two processes racing to create it agree: the key is written to a temporary file
+    and hard-linked into place, so the first link wins and the loser reads its key.
+    """
+    path = home / API_KEY_FILE
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    home.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{API_KEY_FILE}.", dir=home)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(ids.api_key() + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+    return path.read_text(encoding="utf-8").strip()

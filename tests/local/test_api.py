@@ -1,0 +1,379 @@
+"""The local Neon API v2 over plain HTTP, against real PostgreSQL through the real DataPlane."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from harness.local.server import LocalServerInfo
+from tests.local._server import (
+    api_client,
+    connection_uri,
+    create_branch,
+    create_ready_branch,
+    delete_branch,
+    sql,
+    start_test_server,
+    wait_operations,
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServerInfo]:
+    with start_test_server(tmp_path_factory.mktemp("api-home")) as info:
+        yield info
+
+
+@pytest.fixture
+def client(server: LocalServerInfo) -> Iterator[httpx.Client]:
+    with api_client(server) as c:
+        yield c
+
+
+@pytest.fixture
+def project(server: LocalServerInfo) -> str:
+    return server.project_id
+
+
+def _main(client: httpx.Client, project: str) -> dict[str, Any]:
+    branches = client.get(f"/projects/{project}/branches").json()["branches"]
+    return next(b for b in branches if b["default"])
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def _in(delta: timedelta) -> str:
+    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _assert_error(answer: httpx.Response, status: int) -> dict[str, Any]:
+    assert answer.status_code == status, answer.text
+    body = answer.json()
+    assert set(body) == {"code", "message", "request_id"}
+    assert body["message"]
+    assert answer.headers["x-neon-ret-request-id"] == body["request_id"]
+    return dict(body)
+
+
+# ---------------------------------------------------------------------- account, project
+
+
+def test_auth_and_project(client: httpx.Client, project: str) -> None:
+    auth = client.get("/auth")
+    assert auth.status_code == 200
+    assert auth.headers["x-neon-ret-request-id"]
+    projects = client.get("/projects").json()["projects"]
+    assert [p["id"] for p in projects] == [project]
+    body = client.get(f"/projects/{project}").json()["project"]
+    main = _main(client, project)
+    assert body["default_branch_id"] == main["id"]
+    assert main["name"] == "main" and main["protected"] is False
+    assert main["current_state"] == "ready" and "parent_id" not in main
+
+
+def test_missing_or_wrong_key_is_401(server: LocalServerInfo, project: str) -> None:
+    with httpx.Client(base_url=server.api_host) as anonymous:
+        _assert_error(anonymous.get(f"/projects/{project}/branches"), 401)
+    with api_client(server, key="napi_local_wrong") as wrong:
+        body = _assert_error(wrong.get("/auth"), 401)
+    assert server.api_key.reveal() not in body["message"]
+    with api_client(server, key=server.api_key.reveal() + "x") as longer:
+        _assert_error(longer.get("/auth"), 401)
+
+
+def test_key_file_is_private_and_info_hides_key(server: LocalServerInfo) -> None:
+    mode = (server.home / "local-api-key").stat().st_mode & 0o777
+    assert mode == 0o600
+    assert (server.home / "local-state.json").stat().st_mode & 0o777 == 0o600
+    assert server.api_key.reveal() not in repr(server)
+    assert server.api_key.reveal().startswith("napi_local_")
+
+
+def test_unknown_ids_are_404(client: httpx.Client, project: str) -> None:
+    _assert_error(client.get("/projects/no-such-project/branches"), 404)
+    _assert_error(client.get(f"/projects/{project}/branches/br-none-none-00000000"), 404)
+    _assert_error(client.delete(f"/projects/{project}/branches/br-none-none-00000000"), 404)
+    _assert_error(client.get(f"/projects/{project}/endpoints/ep-none-none-00000000"), 404)
+    _assert_error(client.get(f"/projects/{project}/operations/{'0' * 8}-0000-0000-0000-"
+                             f"{'0' * 12}"), 404)
+    _assert_error(client.get("/nothing-here"), 404)
+
+
+# ---------------------------------------------------------------------- branch lifecycle
+
+
+def test_branch_lifecycle_data_isolation_restore_delete(client: httpx.Client,
+                                                        project: str) -> None:
+    main = _main(client, project)
+    main_uri = connection_uri(client, project, main["id"], pooled=False)
+    table = f"t_{secrets.token_hex(4)}"
+    sql(main_uri, f"CREATE TABLE {table} (v text)")
+    sql(main_uri, f"INSERT INTO {table} VALUES ('before-fork')")
+
+    created = create_branch(client, project, name=_name("life"), parent_id=main["id"])
+    branch = created["branch"]
+    assert branch["id"].startswith("br-") and branch["parent_id"] == main["id"]
+    assert branch["current_state"] == "init"
+    assert [op["action"] for op in created["operations"]] == ["create_branch", "start_compute"]
+    assert {op["status"] for op in created["operations"]} <= {"scheduling", "running"}
+    [endpoint] = created["endpoints"]
+    assert endpoint["id"].startswith("ep-") and endpoint["type"] == "read_write"
+    assert endpoint["branch_id"] == branch["id"]
+    [role] = created["roles"]
+    [database] = created["databases"]
+    assert (role["name"], database["name"]) == ("cathouse_owner", "cathouse")
+    [conn] = created["connection_uris"]
+    params = conn["connection_parameters"]
+    assert params["database"] == "cathouse" and params["role"] == "cathouse_owner"
+    assert params["password"] == role["password"]
+
+    finals = wait_operations(client, project, created["operations"])
+    assert [op["status"] for op in finals] == ["finished", "finished"]
+    got = client.get(f"/projects/{project}/branches/{branch['id']}").json()["branch"]
+    assert got["current_state"] == "ready"
+    ep = client.get(f"/projects/{project}/endpoints/{endpoint['id']}").json()["endpoint"]
+    assert ep["current_state"] in ("active", "idle")
+
+    direct = connection_uri(client, project, branch["id"], pooled=False)
+    pooled = connection_uri(client, project, branch["id"], pooled=True)
+    assert direct == conn["connection_uri"]
+    assert direct != pooled and direct != main_uri
+    assert direct.startswith("postgresql://cathouse_owner:")
+    assert ("sslmode=require" in direct) == ("sslmode=require" in pooled)
+
+    # The child sees the parent as of creation, and each side's later writes stay put.
+    sql(main_uri, f"INSERT INTO {table} VALUES ('after-fork')")
+    sql(direct, f"INSERT INTO {table} VALUES ('child-only')")
+    child_rows = {r["v"] for r in sql(pooled, f"SELECT v FROM {table}")}
+    assert child_rows == {"before-fork", "child-only"}
+    assert {r["v"] for r in sql(main_uri, f"SELECT v FROM {table}")} == {"before-fork",
+                                                                         "after-fork"}
+
+    # Restore: the child becomes a copy of the parent's current data.
+    restore = client.post(f"/projects/{project}/branches/{branch['id']}/restore",
+                          json={"source_branch_id": main["id"]})
+    assert restore.status_code == 200, restore.text
+    assert all(op["status"] == "finished"
+               for op in wait_operations(client, project, restore.json()["operations"]))
+    assert {r["v"] for r in sql(direct, f"SELECT v FROM {table}")} == {"before-fork",
+                                                                       "after-fork"}
+    assert client.get(f"/projects/{project}/branches/{branch['id']}"
+                      ).json()["branch"]["current_state"] == "ready"
+
+    delete_branch(client, project, branch["id"])
+    _assert_error(client.get(f"/projects/{project}/branches/{branch['id']}"), 404)
+    listed = client.get(f"/projects/{project}/branches").json()["branches"]
+    assert branch["id"] not in {b["id"] for b in listed}
+    with pytest.raises((OSError, asyncpg.PostgresError)):
+        sql(direct, "SELECT 1")
+    sql(main_uri, f"DROP TABLE {table}")
+
+
+def test_schema_only_child_has_tables_but_no_rows(client: httpx.Client, project: str) -> None:
+    main = _main(client, project)
+    main_uri = connection_uri(client, project, main["id"], pooled=False)
+    table = f"s_{secrets.token_hex(4)}"
+    sql(main_uri, f"CREATE TABLE {table} AS SELECT 1 AS v")
+    created = create_ready_branch(client, project, name=_name("schema"),
+                                  init_source="schema-only")
+    uri = connection_uri(client, project, created["branch"]["id"], pooled=False)
+    assert sql(uri, f"SELECT count(*) AS n FROM {table}")[0]["n"] == 0
+    delete_branch(client, project, created["branch"]["id"])
+    sql(main_uri, f"DROP TABLE {table}")
+
+
+def test_annotations_list_and_search(client: httpx.Client, project: str) -> None:
+    tag = secrets.token_hex(3)
+    first = create_ready_branch(client, project, name=f"harness/{tag}/gw0",
+                                annotation={"cathouse-harness": tag, "worker": "gw0"})
+    second = create_ready_branch(client, project, name=f"other-{tag}")
+    ids = {first["branch"]["id"], second["branch"]["id"]}
+
+    listing = client.get(f"/projects/{project}/branches").json()
+    assert ids <= {b["id"] for b in listing["branches"]}
+    note = listing["annotations"][first["branch"]["id"]]
+    assert note["value"] == {"cathouse-harness": tag, "worker": "gw0"}
+    assert second["branch"]["id"] not in listing["annotations"]
+
+    found = client.get(f"/projects/{project}/branches", params={"search": f"harness/{tag}"})
+    assert [b["id"] for b in found.json()["branches"]] == [first["branch"]["id"]]
+    by_id = client.get(f"/projects/{project}/branches",
+                       params={"search": second["branch"]["id"]})
+    assert [b["id"] for b in by_id.json()["branches"]] == [second["branch"]["id"]]
+    single = client.get(f"/projects/{project}/branches/{first['branch']['id']}").json()
+    assert single["annotation"]["value"]["worker"] == "gw0"
+
+    for branch_id in ids:
+        delete_branch(client, project, branch_id)
+
+
+def test_duplicate_name_is_refused(client: httpx.Client, project: str) -> None:
+    name = _name("dup")
+    created = create_ready_branch(client, project, name=name)
+    answer = client.post(f"/projects/{project}/branches", json={"branch": {"name": name}})
+    _assert_error(answer, 409)
+    delete_branch(client, project, created["branch"]["id"])
+
+
+def test_roles_databases_endpoints_and_password(client: httpx.Client, project: str) -> None:
+    created = create_ready_branch(client, project, name=_name("meta"))
+    branch_id = created["branch"]["id"]
+    base = f"/projects/{project}/branches/{branch_id}"
+    roles = client.get(base + "/roles").json()["roles"]
+    assert [r["name"] for r in roles] == ["cathouse_owner"]
+    assert "password" not in roles[0]
+    databases = client.get(base + "/databases").json()["databases"]
+    assert [(d["name"], d["owner_name"]) for d in databases] == [("cathouse", "cathouse_owner")]
+    endpoints = client.get(base + "/endpoints").json()["endpoints"]
+    assert [e["id"] for e in endpoints] == [created["endpoints"][0]["id"]]
+    everything = client.get(f"/projects/{project}/endpoints").json()["endpoints"]
+    assert endpoints[0]["id"] in {e["id"] for e in everything}
+
+    password = client.get(base + "/roles/cathouse_owner/reveal_password").json()["password"]
+    assert password == created["roles"][0]["password"]
+    direct = connection_uri(client, project, branch_id, pooled=False)
+    port = endpoints[0]["port"]
+    assert port == created["endpoints"][0]["port"]
+    rows = asyncio.run(_connect_with_parts("cathouse_owner", password, port))
+    assert rows == "cathouse_owner"
+    assert f":{endpoints[0]['port']}/" in direct
+    _assert_error(client.get(base + "/roles/nobody/reveal_password"), 404)
+    delete_branch(client, project, branch_id)
+
+
+async def _connect_with_parts(user: str, password: str, port: int) -> str:
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user=user, password=password,
+                                 database="cathouse", ssl="prefer")
+    try:
+        return str(await conn.fetchval("SELECT current_user"))
+    finally:
+        await conn.close()
+
+
+# ---------------------------------------------------------------------- rules and refusals
+
+
+def test_expires_at_rules(client: httpx.Client, project: str) -> None:
+    main = _main(client, project)
+    base = f"/projects/{project}/branches"
+    for bad in (_in(timedelta(seconds=-5)), _in(timedelta(days=31)), "2030-01-01T00:00:00",
+                "tomorrow"):
+        body = {"branch": {"name": _name("exp"), "expires_at": bad}}
+        _assert_error(client.post(base, json=body), 400)
+    _assert_error(client.patch(f"{base}/{main['id']}",
+                               json={"branch": {"expires_at": _in(timedelta(hours=1))}}), 400)
+    _assert_error(client.post(base, json={"branch": {
+        "name": _name("prot"), "protected": True, "expires_at": _in(timedelta(hours=1))}}), 400)
+
+    expires = _in(timedelta(days=29))
+    created = create_ready_branch(client, project, name=_name("exp"), expires_at=expires)
+    branch_id = created["branch"]["id"]
+    assert created["branch"]["expires_at"] == expires
+    later = _in(timedelta(days=2))
+    patched = client.patch(f"{base}/{branch_id}", json={"branch": {"expires_at": later}})
+    assert patched.status_code == 200 and patched.json()["branch"]["expires_at"] == later
+    cleared = client.patch(f"{base}/{branch_id}", json={"branch": {"expires_at": None}})
+    assert cleared.status_code == 200 and "expires_at" not in cleared.json()["branch"]
+    renamed = client.patch(f"{base}/{branch_id}", json={"branch": {"name": _name("renamed")}})
+    assert renamed.json()["branch"]["name"].startswith("renamed-")
+    delete_branch(client, project, branch_id)
+
+
+def test_delete_refusals(client: httpx.Client, project: str) -> None:
+    main = _main(client, project)
+    base = f"/projects/{project}/branches"
+    _assert_error(client.delete(f"{base}/{main['id']}"), 400)
+
+    parent = create_ready_branch(client, project, name=_name("parent"))
+    child = create_ready_branch(client, project, name=_name("child"),
+                                parent_id=parent["branch"]["id"])
+    body = _assert_error(client.delete(f"{base}/{parent['branch']['id']}"), 422)
+    assert child["branch"]["id"] in body["message"]
+    # Restore only from the parent, never on the default branch.
+    _assert_error(client.post(f"{base}/{child['branch']['id']}/restore",
+                              json={"source_branch_id": main["id"]}), 400)
+    _assert_error(client.post(f"{base}/{main['id']}/restore",
+                              json={"source_branch_id": main["id"]}), 400)
+    delete_branch(client, project, child["branch"]["id"])
+    delete_branch(client, project, parent["branch"]["id"])
+
+    guarded = create_ready_branch(client, project, name=_name("guarded"), protected=True)
+    _assert_error(client.delete(f"{base}/{guarded['branch']['id']}"), 400)
+    client.patch(f"{base}/{guarded['branch']['id']}", json={"branch": {"protected": False}})
+    delete_branch(client, project, guarded["branch"]["id"])
+
+
+def test_overlapping_mutations_answer_423_until_done(server: LocalServerInfo,
+                                                     client: httpx.Client,
+                                                     project: str) -> None:
+    base = f"/projects/{project}/branches"
+    assert client.put("/_local/faults", json={"spec": "op_delay=1"}).status_code == 200
+    try:
+        created = create_branch(client, project, name=_name("slow"))
+    finally:
+        client.put("/_local/faults", json={"spec": ""})
+    branch_id = created["branch"]["id"]
+    running = created["operations"][0]["id"]
+    body = _assert_error(client.patch(f"{base}/{branch_id}",
+                                      json={"branch": {"name": _name("x")}}), 423)
+    assert running in body["message"] and "retry" in body["message"]
+    _assert_error(client.delete(f"{base}/{branch_id}"), 423)
+    _assert_error(client.post(base, json={"branch": {"parent_id": branch_id}}), 423)
+
+    wait_operations(client, project, created["operations"])
+    ok = client.patch(f"{base}/{branch_id}", json={"branch": {"name": _name("fast")}})
+    assert ok.status_code == 200, ok.text
+    delete_branch(client, project, branch_id)
+
+
+def test_expired_branch_is_reaped(client: httpx.Client, project: str) -> None:
+    created = create_ready_branch(client, project, name=_name("ttl"),
+                                  expires_at=_in(timedelta(seconds=2)))
+    branch_id = created["branch"]["id"]
+    assert client.get(f"/projects/{project}/branches/{branch_id}").status_code == 200
+    deadline = time.monotonic() + 20
+    while client.get(f"/projects/{project}/branches/{branch_id}").status_code != 404:
+        assert time.monotonic() < deadline, "expired branch was not reaped"
+        time.sleep(0.1)
+    actions = [(op["action"], op["status"])
+               for op in client.get(f"/projects/{project}/operations").json()["operations"]
+               if op["branch_id"] == branch_id]
+    assert ("delete_timeline", "finished") in actions or ("delete_timeline", "running") in actions
+
+
+# ---------------------------------------------------------------------- restart
+
+
+def test_state_survives_restart(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    table = f"r_{secrets.token_hex(4)}"
+    with start_test_server(home, keep_data=True) as info, api_client(info) as client:
+        created = create_ready_branch(client, info.project_id, name="survivor",
+                                      annotation={"k": "v"})
+        branch_id = created["branch"]["id"]
+        uri = connection_uri(client, info.project_id, branch_id, pooled=False)
+        sql(uri, f"CREATE TABLE {table} AS SELECT 42 AS answer")
+        first_project = info.project_id
+        first_key = info.api_key.reveal()
+    with start_test_server(home) as info, api_client(info) as client:
+        assert info.project_id == first_project
+        assert info.api_key.reveal() == first_key
+        listing = client.get(f"/projects/{info.project_id}/branches").json()
+        assert branch_id in {b["id"] for b in listing["branches"]}
+        assert listing["annotations"][branch_id]["value"] == {"k": "v"}
+        got = client.get(f"/projects/{info.project_id}/branches/{branch_id}").json()["branch"]
+        assert got["current_state"] == "ready"
+        for pooled in (False, True):
+            again = connection_uri(client, info.project_id, branch_id, pooled=pooled)
+            assert sql(again, f"SELECT answer FROM {table}")[0]["answer"] == 42
