@@ -631,11 +631,13 @@ class LocalNeon:
 
     async def _run_delete(self, branch: BranchRecord, eps: list[EndpointRecord],
                           ops: list[OperationRecord], fail: bool) -> None:
+        closed: list[EndpointRecord] = []
         try:
             for op in ops:
                 self._begin_op(op)
             await self._op_preamble(fail)
             for ep, op in zip(eps, ops, strict=False):
+                closed.append(ep)
                 await self.dataplane.close_endpoint(ep.id)
                 self._end_op(op, "finished")
             await self.dataplane.drop_database(branch.physical)
@@ -645,7 +647,7 @@ class LocalNeon:
             log.warning("delete of branch %s failed: %s", branch.id, scrub(str(exc)))
             branch.deleting = False
             branch.pending_state = None
-            for ep in eps:
+            for ep in closed:
                 with contextlib.suppress(Exception):
                     await self._open(ep, reuse_ports=True)
             for op in ops:
