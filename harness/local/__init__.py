@@ -1,1 +1,55 @@
-""""""
+"""The embedded default: a local Neon-API-v2-compatible server over embedded PostgreSQL.
+
+Control plane: `app` (HTTP routes and Neon's JSON shapes), `control` (branches,
+endpoints, operations, locks, the reaper), `state` (persisted JSON), `faults` (fault
+injection), `server` (foreground server, shared daemon, `emulator`). Data plane:
+`dataplane` over `postgres`, `proxy`, `pgbouncer` and `tls`.
+
+Names are imported lazily so that importing one submodule (say, the data plane) does
+not pull in the web server.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.local.faults import FaultConfig, parse_faults
+    from harness.local.server import (
+        LocalServerInfo,
+        ensure_local_server,
+        run_emulator,
+        run_server,
+        running_server,
+        stop_local_server,
+    )
+
+_EXPORTS = {
+    "FaultConfig": "harness.local.faults",
+    "parse_faults": "harness.local.faults",
+    "LocalServerInfo": "harness.local.server",
+    "ensure_local_server": "harness.local.server",
+    "run_emulator": "harness.local.server",
+    "run_server": "harness.local.server",
+    "running_server": "harness.local.server",
+    "stop_local_server": "harness.local.server",
+}
+
+__all__ = [
+    "FaultConfig",
+    "LocalServerInfo",
+    "ensure_local_server",
+    "parse_faults",
+    "run_emulator",
+    "run_server",
+    "running_server",
+    "stop_local_server",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'harness.local' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
