@@ -127,7 +127,9 @@ def engine_kwargs(
 ) -> dict[str, Any]:
     """Keyword arguments for `create_async_engine` with the seed's settings for `service`."""
     server_settings = {"application_name": application_name(service), "jit": "off"}
-    if service.read_only:
+    if service.read_only and not pgbouncer:
+        # PgBouncer refuses startup parameters it does not know; over a pooler the
+        # per-transaction BEGIN READ ONLY below is what keeps the service read-only.
         server_settings["default_transaction_read_only"] = "on"
     connect_args: dict[str, Any] = {
         "server_settings": server_settings,
@@ -140,7 +142,7 @@ def engine_kwargs(
         connect_args["statement_cache_size"] = 0
         connect_args["prepared_statement_cache_size"] = 0
         connect_args["prepared_statement_name_func"] = _unique_statement_name
-    return {
+    kwargs: dict[str, Any] = {
         "pool_size": service.pool_size,
         "max_overflow": service.max_overflow,
         "pool_recycle": POOL_RECYCLE,
@@ -149,6 +151,11 @@ def engine_kwargs(
         "echo": echo,
         "connect_args": connect_args,
     }
+    if service.read_only:
+        # every transaction starts as BEGIN READ ONLY (asyncpg does it in the BEGIN itself,
+        # so it costs no round trip and survives transaction pooling)
+        kwargs["execution_options"] = {"postgresql_readonly": True}
+    return kwargs
 
 
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
