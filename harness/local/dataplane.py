@@ -46,7 +46,7 @@ log = get_logger("local.dataplane")
 
 # How long a fence lets open transactions on the template finish before ending them.
 DEFAULT_FENCE_TIMEOUT = 2.0
-_POLL = 0.01
+_POLL = 0.005
 _OTHER_SESSIONS = (
     "SELECT {what} FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
 )
@@ -403,26 +403,35 @@ class DataPlane:
                 self._fences.release(database)
 
     async def _drain(self, database: str, pause: asyncio.Task[None] | None) -> None:
-        """Wait (bounded) until no session on `database` is inside a transaction."""
+        """Wait (bounded) until the transactions open on `database` at fence time ended.
+
+        Only those: a busy client may start new ones all the time, and those are ended
+        with their sessions anyway, so waiting for a quiet moment could take forever.
+        """
         deadline = time.monotonic() + self.fence_timeout
+        query = _OTHER_SESSIONS.format(what="pid, xact_start") + " AND xact_start IS NOT NULL"
+
+        async def open_transactions() -> set[tuple[int, object]]:
+            rows = await self._admin().fetch(query, database)
+            return {(row["pid"], row["xact_start"]) for row in rows}
+
+        waiting = await open_transactions()
         if pause is not None:
             # PAUSE returns once PgBouncer's transactions on the database have finished.
             await asyncio.wait({pause}, timeout=self.fence_timeout)
-        while time.monotonic() < deadline:
-            busy = await self._admin().fetchval(
-                _OTHER_SESSIONS.format(what="count(*)") + " AND xact_start IS NOT NULL",
-                database,
-            )
-            if not busy:
-                return
-            await asyncio.sleep(_POLL)
+        while waiting and time.monotonic() < deadline:
+            waiting &= await open_transactions()
+            if waiting:
+                await asyncio.sleep(_POLL)
 
     async def _end_sessions(self, database: str) -> None:
         pool = self._admin()
-        await pool.execute(
-            _OTHER_SESSIONS.format(what="pg_terminate_backend(pid)"),
+        ended = await pool.fetchval(
+            _OTHER_SESSIONS.format(what="count(pg_terminate_backend(pid))"),
             database,
         )
+        if not ended:
+            return
         # pg_terminate_backend only signals; wait until the backends are gone.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -77,6 +77,7 @@ class PgBouncer:
         self._paused: set[str] = set()
         self._console: asyncpg.Connection | None = None
         self._console_lock = asyncio.Lock()
+        self._spare: list[asyncpg.Connection] = []
 
     @property
     def ini(self) -> Path:
@@ -213,9 +214,11 @@ class PgBouncer:
     async def stop(self) -> None:
         for database in list(self._paused):
             await self.resume(database)
-        if self._console is not None:
-            self._console.terminate()
-            self._console = None
+        for conn in [self._console, *self._spare]:
+            if conn is not None:
+                conn.terminate()
+        self._console = None
+        self._spare.clear()
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
@@ -283,11 +286,15 @@ class PgBouncer:
         if database not in self._databases:
             return
         self._paused.add(database)
-        conn = await self._admin()
+        conn = self._spare.pop() if self._spare else None
+        if conn is None or conn.is_closed():
+            conn = await self._admin()
         try:
             await conn.execute(f"PAUSE {_ini_quote(database)}")
-        finally:
-            conn.terminate()
+        except BaseException:
+            conn.terminate()  # cancelled mid-PAUSE: the connection's state is unknown
+            raise
+        self._spare.append(conn)
 
     async def resume(self, database: str) -> None:
         if database not in self._paused:
