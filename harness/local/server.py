@@ -154,8 +154,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def _make_dataplane(home: Path, storage: str) -> Any:
     from harness.local.dataplane import DataPlane
 
-    return DataPlane(home, storage=storage,  # type: ignore[arg-type]
-                     external_pg_url=os.environ.get("CATHOUSE_PG_URL") or None)
+    return DataPlane(
+        home,
+        storage=storage,  # type: ignore[arg-type]
+        external_pg_url=os.environ.get("CATHOUSE_PG_URL") or None,
+    )
 
 
 async def serve(
@@ -178,8 +181,9 @@ async def serve(
     handle = handle or ServerHandle()
     api_key = Secret(load_or_create_api_key(home))
     injector = FaultInjector(faults)
-    neon = LocalNeon(home, dataplane or _make_dataplane(home, storage), storage=storage,
-                     faults=injector)
+    neon = LocalNeon(
+        home, dataplane or _make_dataplane(home, storage), storage=storage, faults=injector
+    )
     handle.neon = neon
     try:
         await neon.start()
@@ -190,8 +194,12 @@ async def serve(
         raise
     try:
         config = uvicorn.Config(
-            create_app(neon, api_key, injector), log_level="warning", access_log=False,
-            lifespan="off", http="h11", timeout_graceful_shutdown=5,
+            create_app(neon, api_key, injector),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            http="h11",
+            timeout_graceful_shutdown=5,
         )
         server = _Server(config)
         handle.server = server
@@ -203,8 +211,12 @@ async def serve(
             raise LocalServerError("the local Neon server stopped while starting")
         url_host = f"[{host}]" if ":" in host else host
         info = LocalServerInfo(
-            api_host=f"http://{url_host}:{bound_port}/api/v2", api_key=api_key,
-            project_id=neon.state.project_id, pid=os.getpid(), port=bound_port, home=home,
+            api_host=f"http://{url_host}:{bound_port}/api/v2",
+            api_key=api_key,
+            project_id=neon.state.project_id,
+            pid=os.getpid(),
+            port=bound_port,
+            home=home,
         )
         handle.info = info
         if ready is not None:
@@ -244,8 +256,16 @@ def run_server(
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, handle.stop)
-        await serve(home, host=host, port=port, storage=storage, faults=faults,
-                    idle_timeout=idle_timeout, ready=ready, handle=handle)
+        await serve(
+            home,
+            host=host,
+            port=port,
+            storage=storage,
+            faults=faults,
+            idle_timeout=idle_timeout,
+            ready=ready,
+            handle=handle,
+        )
 
     asyncio.run(main())
 
@@ -262,6 +282,13 @@ def _read_discovery(home: Path, storage: str) -> dict[str, Any] | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    # A daemon we started is our child until it is reaped: a zombie still "exists".
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return False
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -286,8 +313,11 @@ def _probe(api_host: str, api_key: str, timeout: float = 2.0) -> dict[str, Any] 
 
 def _info_from(home: Path, data: dict[str, Any], api_key: str) -> LocalServerInfo:
     return LocalServerInfo(
-        api_host=str(data["api_host"]), api_key=Secret(api_key),
-        project_id=str(data["project_id"]), pid=int(data["pid"]), port=int(data["port"]),
+        api_host=str(data["api_host"]),
+        api_key=Secret(api_key),
+        project_id=str(data["project_id"]),
+        pid=int(data["pid"]),
+        port=int(data["port"]),
         home=home,
     )
 
@@ -313,8 +343,7 @@ def _live_server(home: Path, storage: str) -> LocalServerInfo | None:
     return _info_from(home, {**data, "project_id": answer.get("project_id")}, api_key)
 
 
-def running_server(home: Path | None = None, storage: str | None = None
-                   ) -> LocalServerInfo | None:
+def running_server(home: Path | None = None, storage: str | None = None) -> LocalServerInfo | None:
     """The local server answering for this home (memory storage first), or None."""
     home = resolve_home(home)
     for kind in (storage,) if storage else STORAGES:
@@ -335,8 +364,18 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _daemon_command(home: Path, storage: str, idle_timeout: float) -> list[str]:
-    return [sys.executable, "-m", "harness.local.server", "--home", str(home),
-            "--storage", storage, "--idle-timeout", repr(float(idle_timeout)), "--daemon"]
+    return [
+        sys.executable,
+        "-m",
+        "harness.local.server",
+        "--home",
+        str(home),
+        "--storage",
+        storage,
+        "--idle-timeout",
+        repr(float(idle_timeout)),
+        "--daemon",
+    ]
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -364,21 +403,25 @@ def ensure_local_server(
         logfile = log_path(home, storage)
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_root, env.get("PYTHONPATH")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         with open(logfile, "ab") as out:
             os.chmod(logfile, 0o600)
             process = subprocess.Popen(
-                _daemon_command(home, storage, idle_timeout), stdin=subprocess.DEVNULL,
-                stdout=out, stderr=out, start_new_session=True, env=env, cwd=str(home),
+                _daemon_command(home, storage, idle_timeout),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                env=env,
+                cwd=str(home),
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise LocalServerError(
                     f"the local Neon server exited with code {process.returncode} while "
-                    f"starting; see {logfile}", hint=_tail(logfile) or None,
+                    f"starting; see {logfile}",
+                    hint=_tail(logfile) or None,
                 )
             data = _read_discovery(home, storage)
             if data and data.get("pid") == process.pid:
@@ -389,13 +432,13 @@ def ensure_local_server(
         with contextlib.suppress(ProcessLookupError):
             process.terminate()
         raise LocalServerError(
-            f"the local Neon server did not answer within {START_TIMEOUT:.0f} s; "
-            f"see {logfile}"
+            f"the local Neon server did not answer within {START_TIMEOUT:.0f} s; see {logfile}"
         )
 
 
-def stop_local_server(home: Path | None = None, *, storage: str | None = None,
-                      timeout: float = 30.0) -> bool:
+def stop_local_server(
+    home: Path | None = None, *, storage: str | None = None, timeout: float = 30.0
+) -> bool:
     """Stop this home's local server(s); True when one was running."""
     home = resolve_home(home)
     stopped = False
@@ -416,18 +459,28 @@ def stop_local_server(home: Path | None = None, *, storage: str | None = None,
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(_POLL)
         if _pid_alive(pid):
-            raise LocalServerError(f"the local Neon server (pid {pid}) did not stop in "
-                                   f"{timeout:.0f} s")
+            raise LocalServerError(
+                f"the local Neon server (pid {pid}) did not stop in {timeout:.0f} s"
+            )
         discovery_path(home, kind).unlink(missing_ok=True)
         stopped = True
     return stopped
 
 
 def _publish(info: LocalServerInfo, storage: str) -> None:
-    write_private(discovery_path(info.home, storage), json.dumps({
-        "api_host": info.api_host, "project_id": info.project_id, "pid": info.pid,
-        "port": info.port, "storage": storage, "started_at": time.time(),
-    }))
+    write_private(
+        discovery_path(info.home, storage),
+        json.dumps(
+            {
+                "api_host": info.api_host,
+                "project_id": info.project_id,
+                "pid": info.pid,
+                "port": info.port,
+                "storage": storage,
+                "started_at": time.time(),
+            }
+        ),
+    )
 
 
 def _unpublish(home: Path, storage: str) -> None:
@@ -468,9 +521,12 @@ def run_emulator(port: int, home: Path, storage: str, out: TextIO) -> int:
         out.write(f"NEON_PROJECT_ID={info.project_id}\n")
         out.flush()
         _publish(info, storage)
-        print(f"local Neon server ready in {time.monotonic() - started:.2f} s "
-              f"({storage} storage, home {home}); Ctrl-C stops it", file=sys.stderr,
-              flush=True)
+        print(
+            f"local Neon server ready in {time.monotonic() - started:.2f} s "
+            f"({storage} storage, home {home}); Ctrl-C stops it",
+            file=sys.stderr,
+            flush=True,
+        )
 
     try:
         run_server(home, port=port, storage=storage, ready=ready)
@@ -492,25 +548,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--idle-timeout", type=float, default=900.0)
-    parser.add_argument("--daemon", action="store_true",
-                        help="publish the discovery file and exit when idle")
+    parser.add_argument(
+        "--daemon", action="store_true", help="publish the discovery file and exit when idle"
+    )
     args = parser.parse_args(argv)
     import logging
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(process)d %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(process)d %(name)s: %(message)s",
+    )
     home = resolve_home(args.home)
     started = time.monotonic()
 
     def ready(info: LocalServerInfo) -> None:
         if args.daemon:
             _publish(info, args.storage)
-        log.info("local Neon server answering at %s after %.2f s", info.api_host,
-                 time.monotonic() - started)
+        log.info(
+            "local Neon server answering at %s after %.2f s",
+            info.api_host,
+            time.monotonic() - started,
+        )
 
     try:
-        run_server(home, port=args.port, storage=args.storage, host=args.host, ready=ready,
-                   idle_timeout=args.idle_timeout if args.daemon else None)
+        run_server(
+            home,
+            port=args.port,
+            storage=args.storage,
+            host=args.host,
+            ready=ready,
+            idle_timeout=args.idle_timeout if args.daemon else None,
+        )
     finally:
         _unpublish(home, args.storage)
     return 0

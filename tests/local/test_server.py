@@ -1,0 +1,143 @@
+"""The local server as a process: shared daemon, one server under concurrent starts, idle
+exit, `stop_local_server`, the `emulator` output, loopback only, no secrets in logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.errors import LocalServerError
+from harness.local.server import (
+    LocalServerInfo,
+    bind_socket,
+    discovery_path,
+    ensure_local_server,
+    log_path,
+    running_server,
+    stop_local_server,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child, now reaped
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_dead(pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"pid {pid} still alive"
+        time.sleep(0.05)
+
+
+def _get(info: LocalServerInfo, path: str) -> dict[str, object]:
+    request = urllib.request.Request(info.api_host + path, headers={
+        "Authorization": f"Bearer {info.api_key.reveal()}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return dict(json.loads(answer.read()))
+
+
+def _cluster_dirs() -> set[Path]:
+    base = Path(f"/dev/shm/cathouse-harness-{os.geteuid()}")
+    return set(base.iterdir()) if base.is_dir() else set()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    before = _cluster_dirs()
+    path = tmp_path / "home"
+    yield path
+    stop_local_server(path)
+    for leftover in _cluster_dirs() - before:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def test_daemon_is_shared_and_stops(home: Path) -> None:
+    # Two processes starting at once get one server.
+    code = ("import sys; from pathlib import Path; from harness.local.server import "
+            "ensure_local_server as e; print(e(Path(sys.argv[1])).pid)")
+    starters = [subprocess.Popen([sys.executable, "-c", code, str(home)], cwd=ROOT,
+                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    pids = {int(p.communicate(timeout=120)[0].strip()) for p in starters}
+    assert len(pids) == 1
+    info = ensure_local_server(home)
+    assert {info.pid} == pids and info.pid != os.getpid()
+    assert info.api_key.reveal() not in repr(info)
+    assert _get(info, "/auth")
+    assert discovery_path(home).stat().st_mode & 0o777 == 0o600
+    assert info.api_key.reveal() not in discovery_path(home).read_text()
+    assert running_server(home) == info
+
+    branches = _get(info, f"/projects/{info.project_id}/branches")
+    assert branches["branches"]
+    log_text = log_path(home).read_text()
+    assert info.api_key.reveal() not in log_text
+
+    assert stop_local_server(home) is True
+    _wait_dead(info.pid)
+    assert not discovery_path(home).exists()
+    assert running_server(home) is None
+    assert stop_local_server(home) is False
+
+
+def test_daemon_exits_when_idle(home: Path) -> None:
+    info = ensure_local_server(home, idle_timeout=0.5)
+    _wait_dead(info.pid)
+    assert not discovery_path(home).exists()
+    # A stale discovery file (dead pid) is ignored and replaced by a new server.
+    discovery_path(home).write_text(json.dumps({"pid": info.pid, "api_host": info.api_host,
+                                                "port": info.port, "project_id": "x"}))
+    again = ensure_local_server(home)
+    assert again.pid != info.pid and again.project_id == info.project_id
+
+
+def test_emulator_prints_shell_lines_and_stops_on_ctrl_c(home: Path) -> None:
+    code = ("import sys; from pathlib import Path; from harness.local.server import "
+            "run_emulator; sys.exit(run_emulator(0, Path(sys.argv[1]), 'memory', sys.stdout))")
+    process = subprocess.Popen([sys.executable, "-c", code, str(home)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline().rstrip("\n") for _ in range(3)]
+        keys = [line.partition("=")[0] for line in lines]
+        assert keys == ["NEON_API_HOST", "NEON_API_KEY", "NEON_PROJECT_ID"]
+        env = dict(line.split("=", 1) for line in lines)
+        assert env["NEON_API_HOST"].startswith("http://127.0.0.1:")
+        assert env["NEON_API_HOST"].endswith("/api/v2")
+        request = urllib.request.Request(env["NEON_API_HOST"] + "/projects", headers={
+            "Authorization": f"Bearer {env['NEON_API_KEY']}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            projects = json.loads(answer.read())["projects"]
+        assert [p["id"] for p in projects] == [env["NEON_PROJECT_ID"]]
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert env["NEON_API_KEY"] not in err
+
+
+def test_refuses_non_loopback_host() -> None:
+    with pytest.raises(LocalServerError):
+        bind_socket("0.0.0.0", 0)
