@@ -86,6 +86,7 @@ class DataPlane:
         self.fence_timeout = fence_timeout
         self._external_url = external_pg_url
         self._cluster: Cluster | None = None
+        self._runtime: Path | None = None
         self._user: OsUser | None = None
         self._pool: asyncpg.Pool | None = None
         self._server_version = ""
@@ -104,8 +105,12 @@ class DataPlane:
 
     @property
     def cluster_dir(self) -> Path | None:
-        """Where the embedded cluster lives (None with an external server)."""
-        return self._cluster.paths.root if self._cluster else None
+        """Where this data plane keeps its files (cluster, certificate, PgBouncer).
+
+        With an external server only the certificate and PgBouncer live there. None
+        before start().
+        """
+        return self._runtime
 
     @property
     def log_path(self) -> Path | None:
@@ -150,11 +155,13 @@ class DataPlane:
 
     def _runtime_dir(self) -> Path:
         if self._cluster is not None:
-            return self._cluster.paths.root
+            self._runtime = self._cluster.paths.root
+            return self._runtime
         self._user = self._user or resolve_os_user()
         root = cluster_root(self.home, self.storage, self._user)
         root.mkdir(parents=True, exist_ok=True)
         root.chmod(0o755)
+        self._runtime = root
         return root
 
     async def _start_extras(self) -> None:

@@ -202,7 +202,11 @@ def _short_hash(text: str) -> str:
 
 
 def cluster_root(home: Path, storage: Storage, user: OsUser) -> Path:
-    """Where a cluster for `home` lives: in memory (/dev/shm) or durable under home."""
+    """Where the files for `home` live: in memory (/dev/shm) or durable under home.
+
+    Never loosens the permissions of the user's own directories: when our unprivileged
+    user cannot reach `home`, the data goes to /var/tmp instead.
+    """
     home = home.expanduser().resolve()
     tag = _short_hash(str(home))
     if storage == "memory":
@@ -211,15 +215,12 @@ def cluster_root(home: Path, storage: Storage, user: OsUser) -> Path:
             base = shm / f"cathouse-harness-{os.geteuid()}"
             base.mkdir(mode=0o755, exist_ok=True)
             return base / tag
-        return home / "pg-memory"
-    candidate = home / "pg"
     home.mkdir(parents=True, exist_ok=True)
     if can_reach(home, user):
-        return candidate
-    # Never loosen the user's own directories; keep durable data in a place both can reach.
+        return home / ("pg" if storage == "disk" else "pg-memory")
     base = Path("/var/tmp") / f"cathouse-harness-{os.geteuid()}"
     base.mkdir(mode=0o755, exist_ok=True)
-    return base / tag
+    return base / (tag if storage == "disk" else f"{tag}-memory")
 
 
 def free_port(preferred: int = 0) -> int:
