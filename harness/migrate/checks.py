@@ -140,8 +140,23 @@ def _name(obj: Object) -> str:
     return f"{kind} {name}" if kind == "schema" else f"{kind} {schema}.{name}"
 
 
+_KIND_ORDER = ("schema", "table", "view", "materialized view", "foreign table", "sequence",
+               "type", "function", "column", "constraint", "trigger", "index")
+
+
 def _listing(objects: Iterable[Object], limit: int = 5) -> str:
-    names = sorted(_name(o) for o in objects)
+    """The most telling objects first; a new table's own columns and constraints go
+    without saying."""
+    objects = set(objects)
+    tables = {(o[1], o[2]) for o in objects if o[0] in ("table", "view", "materialized view")}
+    shown = [
+        o for o in objects
+        if not (o[0] in ("column", "constraint", "trigger")
+                and (o[1], o[2].split(".", 1)[0]) in tables)
+    ]
+    rank = {kind: i for i, kind in enumerate(_KIND_ORDER)}
+    shown.sort(key=lambda o: (rank.get(o[0], len(rank)), o[1], o[2]))
+    names = [_name(o) for o in shown]
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 

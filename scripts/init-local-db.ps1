@@ -1,0 +1,45 @@
+# Migrate every service of the project in the current directory, in configured order
+# (auth-service -> catalog-service -> installation-service for Cat House).
+#
+#   cd examples\cathouse; ..\..\scripts\init-local-db.ps1 [--target head] [--url URL]
+#
+# The database URL is MIGRATION_DATABASE_URL (the direct, non-pooled endpoint), from the
+# environment or from .\.env. Extra arguments go to `python -m harness.migrations`.
+$ErrorActionPreference = 'Stop'
+
+$repoRoot = Split-Path -Parent $PSScriptRoot
+
+# Which python: $env:PYTHON, else the active virtualenv's, else python.
+if ($env:PYTHON) {
+    $python = $env:PYTHON
+} elseif ($env:VIRTUAL_ENV -and (Test-Path (Join-Path $env:VIRTUAL_ENV 'Scripts\python.exe'))) {
+    $python = Join-Path $env:VIRTUAL_ENV 'Scripts\python.exe'
+} else {
+    $python = 'python'
+}
+if (-not (Get-Command $python -ErrorAction SilentlyContinue)) {
+    [Console]::Error.WriteLine("init-local-db: no python found (tried '$python'); set PYTHON or activate a venv")
+    exit 2
+}
+
+$hasUrlArgument = $false
+foreach ($argument in $args) {
+    if ($argument -eq '--url' -or "$argument".StartsWith('--url=')) { $hasUrlArgument = $true }
+}
+if (-not $hasUrlArgument -and -not $env:MIGRATION_DATABASE_URL) {
+    $inDotenv = (Test-Path '.env') -and
+        (Select-String -Path '.env' -Pattern '^\s*(export\s+)?MIGRATION_DATABASE_URL\s*=\s*\S' -Quiet)
+    if (-not $inDotenv) {
+        [Console]::Error.WriteLine("init-local-db: MIGRATION_DATABASE_URL is not set (not in the environment, not in $((Get-Location).Path)\.env); set it to the direct database URL")
+        exit 2
+    }
+}
+
+# Use the installed harness; from a source checkout, the checkout's.
+& $python -c "import importlib.util as u, sys; sys.exit(u.find_spec('harness.migrations') is None)" 2>$null | Out-Null
+if ($LASTEXITCODE -ne 0) {
+    $env:PYTHONPATH = if ($env:PYTHONPATH) { "$repoRoot;$env:PYTHONPATH" } else { $repoRoot }
+}
+
+& $python -m harness.migrations --project . @args
+exit $LASTEXITCODE
