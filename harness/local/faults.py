@@ -16,7 +16,8 @@ Spec: comma-separated `key=value`, for example
     drop_after=P    share that is carried out and then dropped before the answer: a create
                     happens but the client never hears of it (the double-create trap)
     op_delay=S      every operation stays `running` for S seconds before it does its work
-    op_fail=P       share of operations that end `failed` (see below)
+    op_fail=P       share of mutations (create, delete, restore) whose operations all end
+                    `failed` (see below)
     seed=N          seed of the random generator, for reproducible runs
     limit=N         inject at most N request faults (429/423/5xx/drop/drop_after), then none
     methods=M/M     request faults only for these HTTP methods, e.g. `methods=POST/DELETE`
