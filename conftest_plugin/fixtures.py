@@ -188,10 +188,13 @@ def _session_engine(pooled_url: str) -> AsyncEngine:
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
-    from harness.engines import pgbouncer_connect_args
+    from harness.engines import engine_kwargs
+    from harness.settings import ServiceConfig
 
+    # The pooled URL may be PgBouncer in transaction mode: use its safe asyncpg settings.
+    kwargs = engine_kwargs(ServiceConfig(name="db-session"), pgbouncer=True)
     return create_async_engine(
-        _asyncpg_url(pooled_url), poolclass=NullPool, connect_args=pgbouncer_connect_args()
+        _asyncpg_url(pooled_url), poolclass=NullPool, connect_args=kwargs["connect_args"]
     )
 
 

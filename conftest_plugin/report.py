@@ -64,7 +64,8 @@ def summary_lines(
         lines.append(f"  API calls {calls}, retries {retries}")
     kept = [k for r in reports for k in r.get("kept", [])]
     for branch in kept:
-        lines.append(f"  kept for inspection: {branch} (delete: cathouse-branch down '{branch.split(' ')[0]}')")
+        name = branch.split(" ")[0]
+        lines.append(f"  kept for inspection: {branch} (delete: cathouse-branch down '{name}')")
     if kept_urls:
         lines.append(f"  connect: {_psql_command(kept_urls['direct'], show_secrets)}")
     if swept:

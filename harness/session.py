@@ -119,6 +119,7 @@ class BranchSession:
             ) from None
         self._timed("parent", started)
 
+        self._start_watchdog()
         fork_from = parent.id
         if settings.migrating_services and settings.template_reuse:
             fork_from = self._template(parent)
@@ -126,6 +127,8 @@ class BranchSession:
         started = time.perf_counter()
         name = session_branch_name(self.run_id, self.worker)
         self._start_watchdog()
+        assert self._watchdog is not None
+        self._watchdog.record_name(project_id, name)
         try:
             handle = self._run(
                 create_owned_branch(
@@ -137,6 +140,7 @@ class BranchSession:
             )
         except BaseException as exc:
             self._cleanup_after_failed_create(name)
+            self._watchdog.forget_name(name)
             raise SessionStepError(
                 "fork", exc, cleanup=f"cathouse-branch gc --run {self.run_id}"
             ) from None
@@ -176,6 +180,7 @@ class BranchSession:
                     fingerprint=fingerprint, run_id=self.run_id,
                     database=self.settings.database, role=self.settings.role,
                     migrate=self._migrate, schema_only=self.settings.schema_only,
+                    tracker=self._watchdog,
                 )
             )
         except HarnessError as exc:

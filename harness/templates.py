@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from harness.branches import (
     BranchHandle,
@@ -38,6 +38,18 @@ log = get_logger("templates")
 
 TEMPLATE_TTL = timedelta(days=7)
 STALE_BUILD = timedelta(minutes=10)
+
+
+class Tracker(Protocol):
+    """Records branches for the watchdog while they are being built (WatchdogHandle)."""
+
+    def record_name(self, project_id: str, name: str) -> None: ...
+
+    def record(self, project_id: str, branch_id: str, name: str) -> None: ...
+
+    def forget(self, branch_id: str) -> None: ...
+
+    def forget_name(self, name: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ async def find_or_build_template(
     migrate: Callable[[BranchHandle], float],
     schema_only: bool = False,
     wait_timeout: float = 600.0,
+    tracker: Tracker | None = None,
 ) -> TemplateResult:
     """Return the ready template for `fingerprint`, building it if nobody has.
 
@@ -96,7 +109,7 @@ async def find_or_build_template(
             result = await _build(
                 client, project_id, parent=parent, name=name, building=building,
                 fingerprint=fingerprint, run_id=run_id, database=database, role=role,
-                migrate=migrate, schema_only=schema_only, started=started,
+                migrate=migrate, schema_only=schema_only, started=started, tracker=tracker,
             )
             if result is not None:
                 return result
@@ -123,24 +136,39 @@ async def _build(
     migrate: Callable[[BranchHandle], float],
     schema_only: bool,
     started: float,
+    tracker: Tracker | None,
 ) -> TemplateResult | None:
-    """Build the template; None when another builder won the race."""
+    """Build the template; None when another builder won the race.
+
+    While it is being built the branch is tracked by the watchdog, so a run killed
+    mid-build leaves no half-migrated template behind.
+    """
+    if tracker:
+        tracker.record_name(project_id, building)
     handle = await create_owned_branch(
         client, project_id, name=building, parent_id=parent.id, ttl=TEMPLATE_TTL,
         kind="template", run_id=run_id, database=database, role=role,
         fingerprint=fingerprint, schema_only=schema_only,
     )
+    if tracker:
+        tracker.record(project_id, handle.id, building)
     rivals = [b for b in await harness_branches(client, project_id) if b.name == building]
     if rivals and _oldest(rivals).id != handle.id:
         log.info("another run is building %s; waiting for it", name)
         await delete_owned_branch(client, project_id, handle.id)
+        if tracker:
+            tracker.forget(handle.id)
         return None
     try:
         migrate_seconds = await asyncio.to_thread(migrate, handle)
     except BaseException:
         await asyncio.shield(delete_owned_branch(client, project_id, handle.id))
+        if tracker:
+            tracker.forget(handle.id)
         raise
     await client.update_branch(project_id, handle.id, name=name)
+    if tracker:
+        tracker.forget(handle.id)
     log.info("template %s (%s) is ready", name, handle.id)
     return TemplateResult(handle.id, name, False, time.perf_counter() - started, migrate_seconds)
 

@@ -10,12 +10,15 @@ watchdog itself is killed.
 
 Marker directory: one file per branch, named by branch id, holding the project id. The
 owner removes a marker after deleting the branch itself, or to keep a branch on purpose.
+Before a create, the owner records the branch's *name* (`name-…` files): a run killed
+while the create is in flight still has its branch found by name and deleted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import select
@@ -39,12 +42,21 @@ class WatchdogHandle:
     def record(self, project_id: str, branch_id: str, name: str) -> None:
         path = self.marker_dir / branch_id
         path.write_text(json.dumps({"project_id": project_id, "name": name}))
+        self.forget_name(name)
+
+    def record_name(self, project_id: str, name: str) -> None:
+        """Before a create: the branch may exist before we ever learn its id."""
+        path = self.marker_dir / name_marker(name)
+        path.write_text(json.dumps({"project_id": project_id, "name": name}))
+
+    def forget_name(self, name: str) -> None:
+        (self.marker_dir / name_marker(name)).unlink(missing_ok=True)
 
     def forget(self, branch_id: str) -> None:
         (self.marker_dir / branch_id).unlink(missing_ok=True)
 
     def recorded(self) -> list[str]:
-        return sorted(p.name for p in self.marker_dir.iterdir() if p.name.startswith("br"))
+        return sorted(p.name for p in self.marker_dir.iterdir() if p.name.startswith("br-"))
 
     def stop(self) -> None:
         """Close the pipe: the watchdog deletes what is still recorded, then exits."""
@@ -84,16 +96,37 @@ def start_watchdog(
     return WatchdogHandle(process, marker_dir)
 
 
-def _recorded(marker_dir: Path) -> dict[str, str]:
-    found: dict[str, str] = {}
+def name_marker(name: str) -> str:
+    return "name-" + base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def _markers(marker_dir: Path) -> list[tuple[Path, dict[str, str]]]:
+    found = []
     if not marker_dir.is_dir():
         return found
     for path in marker_dir.iterdir():
         try:
-            found[path.name] = json.loads(path.read_text())["project_id"]
-        except (OSError, ValueError, KeyError):
+            found.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError):
             continue
     return found
+
+
+def _recorded(marker_dir: Path) -> dict[str, str]:
+    """branch id -> project id, for branches whose id is known."""
+    return {
+        path.name: data["project_id"]
+        for path, data in _markers(marker_dir)
+        if path.name.startswith("br-") and "project_id" in data
+    }
+
+
+def _pending_names(marker_dir: Path) -> list[tuple[Path, str, str]]:
+    return [
+        (path, data["project_id"], data["name"])
+        for path, data in _markers(marker_dir)
+        if path.name.startswith("name-") and "project_id" in data and "name" in data
+    ]
 
 
 async def _heartbeat(api_host: str, api_key: str, marker_dir: Path, ttl: timedelta) -> None:
@@ -117,9 +150,23 @@ async def _clean_up(api_host: str, api_key: str, marker_dir: Path) -> int:
 
     failures = 0
     recorded = _recorded(marker_dir)
-    if not recorded:
+    pending = _pending_names(marker_dir)
+    if not recorded and not pending:
         return 0
     async with NeonClient(api_key, api_host=api_host) as client:
+        for attempt in range(3):
+            # A create still in flight when the owner died lands a moment later.
+            for path, project_id, name in list(pending):
+                branch = await client.find_branch(project_id, name)
+                if branch is not None:
+                    recorded[branch.id] = project_id
+                    pending.remove((path, project_id, name))
+                    path.unlink(missing_ok=True)
+            if not pending or attempt == 2:
+                break
+            await asyncio.sleep(1.0)
+        for path, _project_id, _name in pending:
+            path.unlink(missing_ok=True)
         for branch_id, project_id in recorded.items():
             try:
                 await delete_owned_branch(client, project_id, branch_id)
@@ -167,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s watchdog %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return run(args.dir, args.api_host, timedelta(seconds=args.ttl))
 
 

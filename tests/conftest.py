@@ -33,6 +33,13 @@ def harness_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     # the key from CATHOUSE_TEST_NEON_API_KEY instead.
     os.environ.pop("NEON_API_KEY", None)
     yield home
+    # pytester runs start the embedded default as a daemon under this home; stop it.
+    from harness.local.server import stop_local_server
+
+    try:
+        stop_local_server(home)
+    except Exception as exc:  # a stuck server must not hide the test results
+        print(f"could not stop the test suite's local server: {exc}")
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from harness.backend import connect_backend, open_client
-from harness.branches import harness_branches
+from harness.branches import MARK_KIND, harness_branches
 from harness.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +35,7 @@ def branches_of_run(project_dir: Path, run_id: str | None = None) -> list[str]:
     async def _list() -> list[str]:
         async with open_client(backend) as client:
             found = await harness_branches(client, backend.project_id, run_id=run_id)
-            return sorted(b.name for b in found)
+            # a template is built by some run but belongs to every later run too
+            return sorted(b.name for b in found if b.annotation.get(MARK_KIND) != "template")
 
     return asyncio.run(_list())

@@ -13,6 +13,7 @@ import pytest
 
 from tests.plugin._support import branches_of_run, copy_example
 
+
 @pytest.fixture
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     copy_example(pytester.path)
@@ -123,7 +124,7 @@ def test_db_session_rolls_back_across_tests(project: pytest.Pytester) -> None:
 from sqlalchemy import text
 
 async def test_a_writes_and_commits(db_session):
-    await db_session.execute(text("INSERT INTO auth.users (email, hashed_password) VALUES ('a@x', 'h')"))
+    await db_session.execute(text("INSERT INTO auth.users (email) VALUES ('a@x')"))
     await db_session.commit()
     assert (await db_session.execute(text("SELECT count(*) FROM auth.users"))).scalar() == 1
 
@@ -187,7 +188,7 @@ def test_crash(neon_branch):
 """
     )
     result = run(project, "crash1", "-n", "2", "--max-worker-restart", "0")
-    assert "crashed" in result.stdout.str() or "replacing crashed worker" in result.stdout.str() or result.ret != 0
+    assert result.ret != 0 and "crashed" in result.stdout.str()
     deadline = time.time() + 15
     while time.time() < deadline and branches_of_run(project.path, "crash1"):
         time.sleep(0.2)
