@@ -49,32 +49,34 @@ def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def branch_json(neon: LocalNeon, b: BranchRecord) -> dict[str, Any]:
-    return _drop_none({
-        "id": b.id,
-        "project_id": neon.state.project_id,
-        "parent_id": b.parent_id,
-        "parent_lsn": "0/0" if b.parent_id else None,
-        "parent_timestamp": b.parent_timestamp,
-        "name": b.name,
-        "current_state": b.current_state,
-        "pending_state": b.pending_state,
-        "state_changed_at": b.state_changed_at or b.updated_at,
-        "logical_size": 0,
-        "creation_source": "cathouse-local",
-        "primary": b.default,
-        "default": b.default,
-        "protected": b.protected,
-        "cpu_used_sec": 0,
-        "compute_time_seconds": 0,
-        "active_time_seconds": 0,
-        "written_data_bytes": 0,
-        "data_transfer_bytes": 0,
-        "created_at": b.created_at,
-        "updated_at": b.updated_at,
-        "expires_at": b.expires_at,
-        "last_reset_at": b.last_reset_at,
-        "init_source": b.init_source if b.parent_id else None,
-    })
+    return _drop_none(
+        {
+            "id": b.id,
+            "project_id": neon.state.project_id,
+            "parent_id": b.parent_id,
+            "parent_lsn": "0/0" if b.parent_id else None,
+            "parent_timestamp": b.parent_timestamp,
+            "name": b.name,
+            "current_state": b.current_state,
+            "pending_state": b.pending_state,
+            "state_changed_at": b.state_changed_at or b.updated_at,
+            "logical_size": 0,
+            "creation_source": "cathouse-local",
+            "primary": b.default,
+            "default": b.default,
+            "protected": b.protected,
+            "cpu_used_sec": 0,
+            "compute_time_seconds": 0,
+            "active_time_seconds": 0,
+            "written_data_bytes": 0,
+            "data_transfer_bytes": 0,
+            "created_at": b.created_at,
+            "updated_at": b.updated_at,
+            "expires_at": b.expires_at,
+            "last_reset_at": b.last_reset_at,
+            "init_source": b.init_source if b.parent_id else None,
+        }
+    )
 
 
 def annotation_json(b: BranchRecord) -> dict[str, Any] | None:
@@ -89,52 +91,55 @@ def annotation_json(b: BranchRecord) -> dict[str, Any] | None:
 
 
 def endpoint_json(neon: LocalNeon, ep: EndpointRecord) -> dict[str, Any]:
-    return _drop_none({
-        "id": ep.id,
-        "host": neon.endpoint_host(ep),
-        "port": ep.direct_port,
-        "pooler_host": neon.endpoint_host(ep, pooled=True),
-        "pooler_port": ep.pooled_port,
-        "project_id": neon.state.project_id,
-        "branch_id": ep.branch_id,
-        "region_id": "local",
-        "type": "read_write",
-        "current_state": ep.current_state,
-        "pending_state": ep.pending_state,
-        "settings": {},
-        "autoscaling_limit_min_cu": 0.25,
-        "autoscaling_limit_max_cu": 0.25,
-        "pooler_enabled": True,
-        "pooler_mode": "transaction",
-        "disabled": False,
-        "passwordless_access": False,
-        "creation_source": "cathouse-local",
-        "created_at": ep.created_at,
-        "updated_at": ep.updated_at,
-        "proxy_host": "localhost",
-        "suspend_timeout_seconds": 0,
-        "provisioner": "k8s-pod",
-    })
+    return _drop_none(
+        {
+            "id": ep.id,
+            "host": neon.endpoint_host(ep),
+            "port": ep.direct_port,
+            "pooler_host": neon.endpoint_host(ep, pooled=True),
+            "pooler_port": ep.pooled_port,
+            "project_id": neon.state.project_id,
+            "branch_id": ep.branch_id,
+            "region_id": "local",
+            "type": "read_write",
+            "current_state": ep.current_state,
+            "pending_state": ep.pending_state,
+            "settings": {},
+            "autoscaling_limit_min_cu": 0.25,
+            "autoscaling_limit_max_cu": 0.25,
+            "pooler_enabled": True,
+            "pooler_mode": "transaction",
+            "disabled": False,
+            "passwordless_access": False,
+            "creation_source": "cathouse-local",
+            "created_at": ep.created_at,
+            "updated_at": ep.updated_at,
+            "proxy_host": "localhost",
+            "suspend_timeout_seconds": 0,
+            "provisioner": "k8s-pod",
+        }
+    )
 
 
 def operation_json(neon: LocalNeon, op: OperationRecord) -> dict[str, Any]:
-    return _drop_none({
-        "id": op.id,
-        "project_id": neon.state.project_id,
-        "branch_id": op.branch_id,
-        "endpoint_id": op.endpoint_id,
-        "action": op.action,
-        "status": op.status,
-        "error": op.error,
-        "failures_count": op.failures_count,
-        "created_at": op.created_at,
-        "updated_at": op.updated_at,
-        "total_duration_ms": op.total_duration_ms,
-    })
+    return _drop_none(
+        {
+            "id": op.id,
+            "project_id": neon.state.project_id,
+            "branch_id": op.branch_id,
+            "endpoint_id": op.endpoint_id,
+            "action": op.action,
+            "status": op.status,
+            "error": op.error,
+            "failures_count": op.failures_count,
+            "created_at": op.created_at,
+            "updated_at": op.updated_at,
+            "total_duration_ms": op.total_duration_ms,
+        }
+    )
 
 
-def role_json(neon: LocalNeon, b: BranchRecord, *, with_password: bool = False
-              ) -> dict[str, Any]:
+def role_json(neon: LocalNeon, b: BranchRecord, *, with_password: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {
         "branch_id": b.id,
         "name": neon.state.role_name,
@@ -207,10 +212,14 @@ def connection_uris(neon: LocalNeon, eps: list[EndpointRecord]) -> list[dict[str
 # ---------------------------------------------------------------------- plumbing
 
 
-def error_response(status: int, code: str, message: str, request_id: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message, "request_id": request_id},
-                        status_code=status, headers=headers)
+def error_response(
+    status: int, code: str, message: str, request_id: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"code": code, "message": message, "request_id": request_id},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def _request_id(request: Request) -> str:
@@ -227,8 +236,9 @@ def api(handler: Handler) -> Handler:
             return error_response(exc.status, exc.code, exc.message, _request_id(request))
         except Exception:
             log.exception("%s %s failed", request.method, request.url.path)
-            return error_response(500, "INTERNAL_ERROR", "internal error in the local server",
-                                  _request_id(request))
+            return error_response(
+                500, "INTERNAL_ERROR", "internal error in the local server", _request_id(request)
+            )
 
     return wrapped
 
@@ -262,15 +272,22 @@ def _project(request: Request) -> LocalNeon:
 
 @api
 async def get_auth(request: Request) -> Response:
-    return JSONResponse({"account_id": "local", "auth_method": "api_key_user",
-                         "provider": "cathouse-local"})
+    return JSONResponse({"account_id": "local", "auth_method": "api_key_user", "provider": "cathouse-local"})
 
 
 @api
 async def get_me(request: Request) -> Response:
-    return JSONResponse({"id": "local", "email": "local@localhost", "login": "local",
-                         "name": "Local developer", "projects_limit": 1,
-                         "branches_limit": 5000, "billing_account": {}})
+    return JSONResponse(
+        {
+            "id": "local",
+            "email": "local@localhost",
+            "login": "local",
+            "name": "Local developer",
+            "projects_limit": 1,
+            "branches_limit": 5000,
+            "billing_account": {},
+        }
+    )
 
 
 @api
@@ -302,11 +319,13 @@ async def list_branches(request: Request) -> Response:
             raise bad_request("limit must be a positive integer")
         branches = branches[: int(limit)]
     annotations = {b.id: a for b in branches if (a := annotation_json(b)) is not None}
-    return JSONResponse({
-        "branches": [branch_json(neon, b) for b in branches],
-        "annotations": annotations,
-        "pagination": {"sort_by": sort_by, "sort_order": "desc" if descending else "asc"},
-    })
+    return JSONResponse(
+        {
+            "branches": [branch_json(neon, b) for b in branches],
+            "annotations": annotations,
+            "pagination": {"sort_by": sort_by, "sort_order": "desc" if descending else "asc"},
+        }
+    )
 
 
 @api
@@ -314,14 +333,17 @@ async def create_branch(request: Request) -> Response:
     neon = _project(request)
     body = await _json_body(request)
     branch, eps, ops = await neon.create_branch(body)
-    return JSONResponse({
-        "branch": branch_json(neon, branch),
-        "endpoints": [endpoint_json(neon, ep) for ep in eps],
-        "operations": [operation_json(neon, op) for op in ops],
-        "roles": [role_json(neon, branch, with_password=True)],
-        "databases": [database_json(neon, branch)],
-        "connection_uris": connection_uris(neon, eps),
-    }, status_code=201)
+    return JSONResponse(
+        {
+            "branch": branch_json(neon, branch),
+            "endpoints": [endpoint_json(neon, ep) for ep in eps],
+            "operations": [operation_json(neon, op) for op in ops],
+            "roles": [role_json(neon, branch, with_password=True)],
+            "databases": [database_json(neon, branch)],
+            "connection_uris": connection_uris(neon, eps),
+        },
+        status_code=201,
+    )
 
 
 @api
@@ -347,8 +369,12 @@ async def update_branch(request: Request) -> Response:
 async def delete_branch(request: Request) -> Response:
     neon = _project(request)
     branch, ops = neon.delete_branch(request.path_params["branch_id"])
-    return JSONResponse({"branch": branch_json(neon, branch),
-                         "operations": [operation_json(neon, op) for op in ops]})
+    return JSONResponse(
+        {
+            "branch": branch_json(neon, branch),
+            "operations": [operation_json(neon, op) for op in ops],
+        }
+    )
 
 
 @api
@@ -356,16 +382,19 @@ async def restore_branch(request: Request) -> Response:
     neon = _project(request)
     body = await _json_body(request)
     branch, ops = neon.restore_branch(request.path_params["branch_id"], body)
-    return JSONResponse({"branch": branch_json(neon, branch),
-                         "operations": [operation_json(neon, op) for op in ops]})
+    return JSONResponse(
+        {
+            "branch": branch_json(neon, branch),
+            "operations": [operation_json(neon, op) for op in ops],
+        }
+    )
 
 
 @api
 async def branch_endpoints(request: Request) -> Response:
     neon = _project(request)
     branch = neon.branch(request.path_params["branch_id"])
-    return JSONResponse({"endpoints": [endpoint_json(neon, ep)
-                                       for ep in neon.branch_endpoints(branch.id)]})
+    return JSONResponse({"endpoints": [endpoint_json(neon, ep) for ep in neon.branch_endpoints(branch.id)]})
 
 
 @api
@@ -417,16 +446,19 @@ async def reveal_password(request: Request) -> Response:
 async def list_endpoints(request: Request) -> Response:
     neon = _project(request)
     live = {b.id for b in neon.live_branches()}
-    return JSONResponse({"endpoints": [endpoint_json(neon, ep)
-                                       for ep in neon.state.endpoints.values()
-                                       if ep.branch_id in live]})
+    return JSONResponse(
+        {
+            "endpoints": [
+                endpoint_json(neon, ep) for ep in neon.state.endpoints.values() if ep.branch_id in live
+            ]
+        }
+    )
 
 
 @api
 async def get_endpoint(request: Request) -> Response:
     neon = _project(request)
-    return JSONResponse({"endpoint": endpoint_json(neon,
-                                                   neon.endpoint(request.path_params["endpoint_id"]))})
+    return JSONResponse({"endpoint": endpoint_json(neon, neon.endpoint(request.path_params["endpoint_id"]))})
 
 
 @api
@@ -437,15 +469,15 @@ async def list_operations(request: Request) -> Response:
     limit = request.query_params.get("limit")
     if limit and limit.isdigit():
         ops = ops[: int(limit)]
-    return JSONResponse({"operations": [operation_json(neon, op) for op in ops],
-                         "pagination": {}})
+    return JSONResponse({"operations": [operation_json(neon, op) for op in ops], "pagination": {}})
 
 
 @api
 async def get_operation(request: Request) -> Response:
     neon = _project(request)
-    return JSONResponse({"operation": operation_json(
-        neon, neon.operation(request.path_params["operation_id"]))})
+    return JSONResponse(
+        {"operation": operation_json(neon, neon.operation(request.path_params["operation_id"]))}
+    )
 
 
 @api
@@ -486,14 +518,16 @@ async def get_info(request: Request) -> Response:
     import os
 
     neon = _neon(request)
-    return JSONResponse({
-        "project_id": neon.state.project_id,
-        "pid": os.getpid(),
-        "home": str(neon.home),
-        "storage": neon.storage,
-        "pgbouncer": bool(getattr(neon.dataplane, "pgbouncer_available", False)),
-        "server_version": str(getattr(neon.dataplane, "server_version", "") or ""),
-    })
+    return JSONResponse(
+        {
+            "project_id": neon.state.project_id,
+            "pid": os.getpid(),
+            "home": str(neon.home),
+            "storage": neon.storage,
+            "pgbouncer": bool(getattr(neon.dataplane, "pgbouncer_available", False)),
+            "server_version": str(getattr(neon.dataplane, "server_version", "") or ""),
+        }
+    )
 
 
 P = PREFIX + "/projects/{project_id}"
@@ -533,8 +567,7 @@ ROUTES = [
 class NeonFront:
     """Request ids, Bearer auth, activity tracking and fault injection around the routes."""
 
-    def __init__(self, app: ASGIApp, *, neon: LocalNeon, api_key: str,
-                 faults: FaultInjector) -> None:
+    def __init__(self, app: ASGIApp, *, neon: LocalNeon, api_key: str, faults: FaultInjector) -> None:
         self.app = app
         self.neon = neon
         self._key = api_key.encode()
@@ -563,9 +596,14 @@ class NeonFront:
             await answer(error_response(404, "NOT_FOUND", "not found", request_id))
             return
         if not self._authorized(scope):
-            await answer(error_response(
-                401, "UNAUTHORIZED", "authentication required: send Authorization: Bearer "
-                "<key> with this server's key", request_id))
+            await answer(
+                error_response(
+                    401,
+                    "UNAUTHORIZED",
+                    "authentication required: send Authorization: Bearer <key> with this server's key",
+                    request_id,
+                )
+            )
             return
         self.neon.touch()
         if path.startswith(PREFIX + "/_local/") or not self.faults.config.active:
@@ -596,25 +634,30 @@ class NeonFront:
         for name, value in scope.get("headers", []):
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(),
-                                                                           self._key)
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key)
         return False
 
     def _fault_response(self, status: int, request_id: str) -> Response:
         if status == 429:
-            return error_response(429, "TOO_MANY_REQUESTS",
-                                  "rate limit exceeded (injected fault); retry later",
-                                  request_id,
-                                  headers={"Retry-After": self.faults.retry_after_header})
+            return error_response(
+                429,
+                "TOO_MANY_REQUESTS",
+                "rate limit exceeded (injected fault); retry later",
+                request_id,
+                headers={"Retry-After": self.faults.retry_after_header},
+            )
         if status == 423:
-            return error_response(423, "LOCKED",
-                                  "project already has running operations (injected fault); "
-                                  "please retry later", request_id)
+            return error_response(
+                423,
+                "LOCKED",
+                "project already has running operations (injected fault); please retry later",
+                request_id,
+            )
         if status == 503:
-            return error_response(503, "SERVICE_UNAVAILABLE",
-                                  "service unavailable (injected fault)", request_id)
-        return error_response(500, "INTERNAL_ERROR", "internal error (injected fault)",
-                              request_id)
+            return error_response(
+                503, "SERVICE_UNAVAILABLE", "service unavailable (injected fault)", request_id
+            )
+        return error_response(500, "INTERNAL_ERROR", "internal error (injected fault)", request_id)
 
 
 async def drop_connection(send: Send, receive: Receive) -> None:
@@ -635,8 +678,7 @@ async def drop_connection(send: Send, receive: Receive) -> None:
         except TimeoutError:
             pass
         return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", b"1000")]})
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
     raise ConnectionAbortedError("connection dropped (injected fault)")
 
 

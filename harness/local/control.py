@@ -201,8 +201,7 @@ class LocalNeon:
             if branch.default:
                 pass
             elif branch.physical not in existing:
-                log.warning("branch %s (%s) lost its database; forgetting it", branch.id,
-                            branch.name)
+                log.warning("branch %s (%s) lost its database; forgetting it", branch.id, branch.name)
                 self._forget_branch(branch.id)
                 continue
             if branch.current_state != "ready":
@@ -212,8 +211,7 @@ class LocalNeon:
                 self._end_op(op, "cancelled", "the local server restarted")
         if not any(ep.branch_id == main.id for ep in state.endpoints.values()):
             stamp = iso(now())
-            ep = EndpointRecord(id=ids.endpoint_id(), branch_id=main.id, created_at=stamp,
-                                updated_at=stamp)
+            ep = EndpointRecord(id=ids.endpoint_id(), branch_id=main.id, created_at=stamp, updated_at=stamp)
             state.endpoints[ep.id] = ep
         for ep in list(state.endpoints.values()):
             await self._open(ep, reuse_ports=True)
@@ -233,12 +231,18 @@ class LocalNeon:
         if reuse_ports and ep.direct_port:
             try:
                 address = await self.dataplane.open_endpoint(
-                    ep.id, databases=databases, direct_port=ep.direct_port,
+                    ep.id,
+                    databases=databases,
+                    direct_port=ep.direct_port,
                     pooled_port=ep.pooled_port,
                 )
             except Exception as exc:  # the old port may be taken by now
-                log.warning("endpoint %s cannot reopen on port %s (%s); using a new port",
-                            ep.id, ep.direct_port, exc.__class__.__name__)
+                log.warning(
+                    "endpoint %s cannot reopen on port %s (%s); using a new port",
+                    ep.id,
+                    ep.direct_port,
+                    exc.__class__.__name__,
+                )
         if address is None:
             address = await self.dataplane.open_endpoint(ep.id, databases=databases)
         self._addresses[ep.id] = address
@@ -299,13 +303,15 @@ class LocalNeon:
         blocking = self._blocking_op(branch.id)
         if blocking is not None:
             raise ApiError(
-                423, "LOCKED",
+                423,
+                "LOCKED",
                 f"branch {branch.id} already has running operations, blocking operation id: "
                 f"{blocking.id}; please retry later",
             )
         if copies_block and self._copying[branch.id]:
             raise ApiError(
-                423, "LOCKED",
+                423,
+                "LOCKED",
                 f"branch {branch.id} is being copied to a new branch; please retry later",
             )
 
@@ -350,12 +356,17 @@ class LocalNeon:
 
     # ------------------------------------------------------------------ operations
 
-    def _new_op(self, action: str, branch_id: str, endpoint_id: str | None = None
-                ) -> OperationRecord:
+    def _new_op(self, action: str, branch_id: str, endpoint_id: str | None = None) -> OperationRecord:
         stamp = iso(now())
-        op = OperationRecord(id=ids.operation_id(), action=action, branch_id=branch_id,
-                             endpoint_id=endpoint_id, created_at=stamp, updated_at=stamp,
-                             started=time.time())
+        op = OperationRecord(
+            id=ids.operation_id(),
+            action=action,
+            branch_id=branch_id,
+            endpoint_id=endpoint_id,
+            created_at=stamp,
+            updated_at=stamp,
+            started=time.time(),
+        )
         self.state.operations[op.id] = op
         return op
 
@@ -374,8 +385,7 @@ class LocalNeon:
         started = op.started or parse_time(op.created_at).timestamp()
         op.total_duration_ms = max(0, int((moment.timestamp() - started) * 1000))
 
-    def _set_branch_state(self, branch: BranchRecord, current: str,
-                          pending: str | None = None) -> None:
+    def _set_branch_state(self, branch: BranchRecord, current: str, pending: str | None = None) -> None:
         stamp = iso(now())
         branch.current_state = current
         branch.pending_state = pending
@@ -418,8 +428,7 @@ class LocalNeon:
             moment = parse_time(raw)
         except ValueError:
             raise bad_request(
-                "expires_at must be an RFC 3339 timestamp with a time zone, "
-                "e.g. 2030-01-01T00:00:00Z"
+                "expires_at must be an RFC 3339 timestamp with a time zone, e.g. 2030-01-01T00:00:00Z"
             ) from None
         current = now()
         if moment <= current:
@@ -465,8 +474,10 @@ class LocalNeon:
                 raise bad_request("the local server supports only read_write endpoints")
         for unsupported in ("parent_lsn", "parent_timestamp"):
             if spec.get(unsupported):
-                raise bad_request(f"{unsupported} is not supported by the local server: "
-                                  "a child always starts from its parent's current data")
+                raise bad_request(
+                    f"{unsupported} is not supported by the local server: "
+                    "a child always starts from its parent's current data"
+                )
         annotation = self._check_annotation(body.get("annotation_value"))
         init_source = spec.get("init_source") or "parent-data"
         if init_source not in ("parent-data", "schema-only"):
@@ -477,8 +488,7 @@ class LocalNeon:
 
         parent = self.branch(spec.get("parent_id") or state.default_branch_id)
         if parent.current_state != "ready":
-            raise ApiError(423, "LOCKED",
-                           f"parent branch {parent.id} is not ready yet; please retry later")
+            raise ApiError(423, "LOCKED", f"parent branch {parent.id} is not ready yet; please retry later")
         self._check_unlocked(parent, copies_block=False)
         new_id = ids.branch_id()
         name = self._check_name(spec.get("name") or new_id)
@@ -486,10 +496,18 @@ class LocalNeon:
 
         stamp = iso(now())
         branch = BranchRecord(
-            id=new_id, name=name, physical=ids.physical_name(new_id), parent_id=parent.id,
-            created_at=stamp, updated_at=stamp, state_changed_at=stamp,
-            parent_timestamp=stamp, expires_at=expires_at, protected=protected,
-            init_source=init_source, annotation=annotation,
+            id=new_id,
+            name=name,
+            physical=ids.physical_name(new_id),
+            parent_id=parent.id,
+            created_at=stamp,
+            updated_at=stamp,
+            state_changed_at=stamp,
+            parent_timestamp=stamp,
+            expires_at=expires_at,
+            protected=protected,
+            init_source=init_source,
+            annotation=annotation,
             annotation_created_at=stamp if annotation is not None else None,
             annotation_updated_at=stamp if annotation is not None else None,
         )
@@ -497,8 +515,7 @@ class LocalNeon:
         ops = [self._new_op("create_branch", branch.id)]
         endpoints: list[EndpointRecord] = []
         if wanted:
-            ep = EndpointRecord(id=ids.endpoint_id(), branch_id=branch.id, created_at=stamp,
-                                updated_at=stamp)
+            ep = EndpointRecord(id=ids.endpoint_id(), branch_id=branch.id, created_at=stamp, updated_at=stamp)
             state.endpoints[ep.id] = ep
             endpoints.append(ep)
             ops.append(self._new_op("start_compute", branch.id, ep.id))
@@ -516,19 +533,25 @@ class LocalNeon:
             raise
         self.save()
         fail = self.faults.operation_fails()
-        self._spawn(lambda: self._run_create(branch, parent, endpoints, ops, fail),
-                    f"create {branch.id}")
+        self._spawn(lambda: self._run_create(branch, parent, endpoints, ops, fail), f"create {branch.id}")
         return branch, endpoints, ops
 
-    async def _run_create(self, branch: BranchRecord, parent: BranchRecord,
-                          endpoints: list[EndpointRecord], ops: list[OperationRecord],
-                          fail: bool) -> None:
+    async def _run_create(
+        self,
+        branch: BranchRecord,
+        parent: BranchRecord,
+        endpoints: list[EndpointRecord],
+        ops: list[OperationRecord],
+        fail: bool,
+    ) -> None:
         op_branch, op_computes = ops[0], ops[1:]
         try:
             self._begin_op(op_branch)
             await self._op_preamble(fail)
             await self.dataplane.create_database(
-                branch.physical, owner=self.state.role_name, template=parent.physical,
+                branch.physical,
+                owner=self.state.role_name,
+                template=parent.physical,
                 schema_only=branch.init_source == "schema-only",
             )
         except Exception as exc:
@@ -549,10 +572,14 @@ class LocalNeon:
                 self._end_op(op, "finished")
                 self.save()
 
-    async def _abandon_create(self, branch: BranchRecord, endpoints: list[EndpointRecord],
-                              ops: list[OperationRecord], exc: Exception) -> None:
-        reason = str(exc) if isinstance(exc, _InjectedFailure) else (
-            f"copy failed: {exc.__class__.__name__}")
+    async def _abandon_create(
+        self,
+        branch: BranchRecord,
+        endpoints: list[EndpointRecord],
+        ops: list[OperationRecord],
+        exc: Exception,
+    ) -> None:
+        reason = str(exc) if isinstance(exc, _InjectedFailure) else (f"copy failed: {exc.__class__.__name__}")
         log.warning("create of branch %s failed: %s", branch.id, scrub(str(exc)))
         for ep in endpoints:
             with contextlib.suppress(Exception):
@@ -582,8 +609,7 @@ class LocalNeon:
             protected = spec["protected"]
         expires_at = branch.expires_at
         if "expires_at" in spec:
-            expires_at = self._expires_at(spec["expires_at"], protected=protected,
-                                          default=branch.default)
+            expires_at = self._expires_at(spec["expires_at"], protected=protected, default=branch.default)
         elif protected and expires_at:
             raise bad_request("a protected branch cannot have an expiration time")
         annotation = self._check_annotation(body.get("annotation_value"))
@@ -611,9 +637,9 @@ class LocalNeon:
         kids = self.children(branch.id)
         if kids:
             raise ApiError(
-                422, "BRANCH_HAS_CHILDREN",
-                f"branch {branch.id} has {len(kids)} child branch(es), e.g. {kids[0].id}; "
-                "delete them first",
+                422,
+                "BRANCH_HAS_CHILDREN",
+                f"branch {branch.id} has {len(kids)} child branch(es), e.g. {kids[0].id}; delete them first",
             )
         self._check_unlocked(branch, copies_block=True)
         return branch, self._start_delete(branch)
@@ -629,8 +655,13 @@ class LocalNeon:
         self._spawn(lambda: self._run_delete(branch, eps, ops, fail), f"delete {branch.id}")
         return ops
 
-    async def _run_delete(self, branch: BranchRecord, eps: list[EndpointRecord],
-                          ops: list[OperationRecord], fail: bool) -> None:
+    async def _run_delete(
+        self,
+        branch: BranchRecord,
+        eps: list[EndpointRecord],
+        ops: list[OperationRecord],
+        fail: bool,
+    ) -> None:
         closed: list[EndpointRecord] = []
         try:
             for op in ops:
@@ -642,8 +673,11 @@ class LocalNeon:
                 self._end_op(op, "finished")
             await self.dataplane.drop_database(branch.physical)
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, _InjectedFailure) else (
-                f"delete failed: {exc.__class__.__name__}")
+            reason = (
+                str(exc)
+                if isinstance(exc, _InjectedFailure)
+                else (f"delete failed: {exc.__class__.__name__}")
+            )
             log.warning("delete of branch %s failed: %s", branch.id, scrub(str(exc)))
             branch.deleting = False
             branch.pending_state = None
@@ -661,8 +695,9 @@ class LocalNeon:
 
     # ------------------------------------------------------------------ restore
 
-    def restore_branch(self, branch_id: str, body: Mapping[str, Any]
-                       ) -> tuple[BranchRecord, list[OperationRecord]]:
+    def restore_branch(
+        self, branch_id: str, body: Mapping[str, Any]
+    ) -> tuple[BranchRecord, list[OperationRecord]]:
         branch = self.branch(branch_id)
         source = body.get("source_branch_id")
         for unsupported in ("source_lsn", "source_timestamp", "preserve_under_name"):
@@ -673,9 +708,7 @@ class LocalNeon:
         if branch.default or branch.parent_id is None:
             raise bad_request(f"branch {branch.id} has no parent to restore from")
         if source != branch.parent_id:
-            raise bad_request(
-                f"the local server restores a branch only from its parent ({branch.parent_id})"
-            )
+            raise bad_request(f"the local server restores a branch only from its parent ({branch.parent_id})")
         parent = self.branch(source)
         self._check_unlocked(branch, copies_block=True)
         self._check_unlocked(parent, copies_block=False)
@@ -688,13 +721,17 @@ class LocalNeon:
         self._copying[parent.id] += 1
         self.save()
         fail = self.faults.operation_fails()
-        self._spawn(lambda: self._run_restore(branch, parent, eps, ops, fail),
-                    f"restore {branch.id}")
+        self._spawn(lambda: self._run_restore(branch, parent, eps, ops, fail), f"restore {branch.id}")
         return branch, ops
 
-    async def _run_restore(self, branch: BranchRecord, parent: BranchRecord,
-                           eps: list[EndpointRecord], ops: list[OperationRecord],
-                           fail: bool) -> None:
+    async def _run_restore(
+        self,
+        branch: BranchRecord,
+        parent: BranchRecord,
+        eps: list[EndpointRecord],
+        ops: list[OperationRecord],
+        fail: bool,
+    ) -> None:
         try:
             self._begin_op(ops[0])
             await self._op_preamble(fail)
@@ -702,8 +739,11 @@ class LocalNeon:
                 branch.physical, template=parent.physical, owner=self.state.role_name
             )
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, _InjectedFailure) else (
-                f"restore failed: {exc.__class__.__name__}")
+            reason = (
+                str(exc)
+                if isinstance(exc, _InjectedFailure)
+                else (f"restore failed: {exc.__class__.__name__}")
+            )
             log.warning("restore of branch %s failed: %s", branch.id, scrub(str(exc)))
             for op in ops:
                 self._end_op(op, "failed", reason)
@@ -738,8 +778,12 @@ class LocalNeon:
     def reap_once(self) -> list[str]:
         reaped = []
         for branch in list(self.expired()):
-            log.info("branch %s (%s) expired at %s; deleting it", branch.id, branch.name,
-                     branch.expires_at)
+            log.info(
+                "branch %s (%s) expired at %s; deleting it",
+                branch.id,
+                branch.name,
+                branch.expires_at,
+            )
             self._start_delete(branch)
             reaped.append(branch.id)
         return reaped

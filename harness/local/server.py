@@ -181,9 +181,7 @@ async def serve(
     handle = handle or ServerHandle()
     api_key = Secret(load_or_create_api_key(home))
     injector = FaultInjector(faults)
-    neon = LocalNeon(
-        home, dataplane or _make_dataplane(home, storage), storage=storage, faults=injector
-    )
+    neon = LocalNeon(home, dataplane or _make_dataplane(home, storage), storage=storage, faults=injector)
     handle.neon = neon
     try:
         await neon.start()
@@ -436,9 +434,7 @@ def ensure_local_server(
         )
 
 
-def stop_local_server(
-    home: Path | None = None, *, storage: str | None = None, timeout: float = 30.0
-) -> bool:
+def stop_local_server(home: Path | None = None, *, storage: str | None = None, timeout: float = 30.0) -> bool:
     """Stop this home's local server(s); True when one was running."""
     home = resolve_home(home)
     stopped = False
@@ -459,9 +455,7 @@ def stop_local_server(
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(_POLL)
         if _pid_alive(pid):
-            raise LocalServerError(
-                f"the local Neon server (pid {pid}) did not stop in {timeout:.0f} s"
-            )
+            raise LocalServerError(f"the local Neon server (pid {pid}) did not stop in {timeout:.0f} s")
         discovery_path(home, kind).unlink(missing_ok=True)
         stopped = True
     return stopped
@@ -548,9 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--idle-timeout", type=float, default=900.0)
-    parser.add_argument(
-        "--daemon", action="store_true", help="publish the discovery file and exit when idle"
-    )
+    parser.add_argument("--daemon", action="store_true", help="publish the discovery file and exit when idle")
     args = parser.parse_args(argv)
     import logging
 

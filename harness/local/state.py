@@ -192,8 +192,7 @@ def load_state(home: Path, storage: str = "memory") -> LocalState | None:
         ) from exc
     if raw.get("version") != STATE_VERSION:
         raise LocalServerError(
-            f"local server state {path} has version {raw.get('version')!r}, "
-            f"expected {STATE_VERSION}",
+            f"local server state {path} has version {raw.get('version')!r}, expected {STATE_VERSION}",
             hint="move the file away to start with a fresh project",
         )
     scalars = {f.name: raw[f.name] for f in fields(LocalState) if f.name in raw}

@@ -36,8 +36,15 @@ def start_test_server(
 
     def run() -> None:
         try:
-            asyncio.run(serve(home, storage=storage, faults=parse_faults(faults),
-                              ready=lambda _info: ready.set(), handle=handle))
+            asyncio.run(
+                serve(
+                    home,
+                    storage=storage,
+                    faults=parse_faults(faults),
+                    ready=lambda _info: ready.set(),
+                    handle=handle,
+                )
+            )
         except BaseException as exc:  # reported to the waiting test thread
             failure.append(exc)
         finally:
@@ -65,12 +72,12 @@ def start_test_server(
 
 def api_client(info: LocalServerInfo, *, key: str | None = None) -> httpx.Client:
     token = info.api_key.reveal() if key is None else key
-    return httpx.Client(base_url=info.api_host, headers={"Authorization": f"Bearer {token}"},
-                        timeout=30)
+    return httpx.Client(base_url=info.api_host, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
-def wait_operations(client: httpx.Client, project: str, ops: list[dict[str, Any]],
-                    timeout: float = 60.0) -> list[dict[str, Any]]:
+def wait_operations(
+    client: httpx.Client, project: str, ops: list[dict[str, Any]], timeout: float = 60.0
+) -> list[dict[str, Any]]:
     """Poll each operation until it reaches a final status; return the final objects."""
     deadline = time.monotonic() + timeout
     done: list[dict[str, Any]] = []
@@ -112,9 +119,15 @@ def delete_branch(client: httpx.Client, project: str, branch_id: str) -> None:
 
 
 def connection_uri(client: httpx.Client, project: str, branch_id: str, *, pooled: bool) -> str:
-    answer = client.get(f"/projects/{project}/connection_uri", params={
-        "branch_id": branch_id, "database_name": "cathouse", "role_name": "cathouse_owner",
-        "pooled": "true" if pooled else "false"})
+    answer = client.get(
+        f"/projects/{project}/connection_uri",
+        params={
+            "branch_id": branch_id,
+            "database_name": "cathouse",
+            "role_name": "cathouse_owner",
+            "pooled": "true" if pooled else "false",
+        },
+    )
     assert answer.status_code == 200, answer.text
     return str(answer.json()["uri"])
 

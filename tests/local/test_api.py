@@ -105,16 +105,14 @@ def test_unknown_ids_are_404(client: httpx.Client, project: str) -> None:
     _assert_error(client.get(f"/projects/{project}/branches/br-none-none-00000000"), 404)
     _assert_error(client.delete(f"/projects/{project}/branches/br-none-none-00000000"), 404)
     _assert_error(client.get(f"/projects/{project}/endpoints/ep-none-none-00000000"), 404)
-    _assert_error(client.get(f"/projects/{project}/operations/{'0' * 8}-0000-0000-0000-"
-                             f"{'0' * 12}"), 404)
+    _assert_error(client.get(f"/projects/{project}/operations/{'0' * 8}-0000-0000-0000-{'0' * 12}"), 404)
     _assert_error(client.get("/nothing-here"), 404)
 
 
 # ---------------------------------------------------------------------- branch lifecycle
 
 
-def test_branch_lifecycle_data_isolation_restore_delete(client: httpx.Client,
-                                                        project: str) -> None:
+def test_branch_lifecycle_data_isolation_restore_delete(client: httpx.Client, project: str) -> None:
     main = _main(client, project)
     main_uri = connection_uri(client, project, main["id"], pooled=False)
     table = f"t_{secrets.token_hex(4)}"
@@ -157,19 +155,21 @@ def test_branch_lifecycle_data_isolation_restore_delete(client: httpx.Client,
     sql(direct, f"INSERT INTO {table} VALUES ('child-only')")
     child_rows = {r["v"] for r in sql(pooled, f"SELECT v FROM {table}")}
     assert child_rows == {"before-fork", "child-only"}
-    assert {r["v"] for r in sql(main_uri, f"SELECT v FROM {table}")} == {"before-fork",
-                                                                         "after-fork"}
+    assert {r["v"] for r in sql(main_uri, f"SELECT v FROM {table}")} == {"before-fork", "after-fork"}
 
     # Restore: the child becomes a copy of the parent's current data.
-    restore = client.post(f"/projects/{project}/branches/{branch['id']}/restore",
-                          json={"source_branch_id": main["id"]})
+    restore = client.post(
+        f"/projects/{project}/branches/{branch['id']}/restore", json={"source_branch_id": main["id"]}
+    )
     assert restore.status_code == 200, restore.text
-    assert all(op["status"] == "finished"
-               for op in wait_operations(client, project, restore.json()["operations"]))
-    assert {r["v"] for r in sql(direct, f"SELECT v FROM {table}")} == {"before-fork",
-                                                                       "after-fork"}
-    assert client.get(f"/projects/{project}/branches/{branch['id']}"
-                      ).json()["branch"]["current_state"] == "ready"
+    assert all(
+        op["status"] == "finished" for op in wait_operations(client, project, restore.json()["operations"])
+    )
+    assert {r["v"] for r in sql(direct, f"SELECT v FROM {table}")} == {"before-fork", "after-fork"}
+    assert (
+        client.get(f"/projects/{project}/branches/{branch['id']}").json()["branch"]["current_state"]
+        == "ready"
+    )
 
     delete_branch(client, project, branch["id"])
     _assert_error(client.get(f"/projects/{project}/branches/{branch['id']}"), 404)
@@ -185,8 +185,7 @@ def test_schema_only_child_has_tables_but_no_rows(client: httpx.Client, project:
     main_uri = connection_uri(client, project, main["id"], pooled=False)
     table = f"s_{secrets.token_hex(4)}"
     sql(main_uri, f"CREATE TABLE {table} AS SELECT 1 AS v")
-    created = create_ready_branch(client, project, name=_name("schema"),
-                                  init_source="schema-only")
+    created = create_ready_branch(client, project, name=_name("schema"), init_source="schema-only")
     uri = connection_uri(client, project, created["branch"]["id"], pooled=False)
     assert sql(uri, f"SELECT count(*) AS n FROM {table}")[0]["n"] == 0
     delete_branch(client, project, created["branch"]["id"])
@@ -195,8 +194,9 @@ def test_schema_only_child_has_tables_but_no_rows(client: httpx.Client, project:
 
 def test_annotations_list_and_search(client: httpx.Client, project: str) -> None:
     tag = secrets.token_hex(3)
-    first = create_ready_branch(client, project, name=f"harness/{tag}/gw0",
-                                annotation={"cathouse-harness": tag, "worker": "gw0"})
+    first = create_ready_branch(
+        client, project, name=f"harness/{tag}/gw0", annotation={"cathouse-harness": tag, "worker": "gw0"}
+    )
     second = create_ready_branch(client, project, name=f"other-{tag}")
     ids = {first["branch"]["id"], second["branch"]["id"]}
 
@@ -208,8 +208,7 @@ def test_annotations_list_and_search(client: httpx.Client, project: str) -> None
 
     found = client.get(f"/projects/{project}/branches", params={"search": f"harness/{tag}"})
     assert [b["id"] for b in found.json()["branches"]] == [first["branch"]["id"]]
-    by_id = client.get(f"/projects/{project}/branches",
-                       params={"search": second["branch"]["id"]})
+    by_id = client.get(f"/projects/{project}/branches", params={"search": second["branch"]["id"]})
     assert [b["id"] for b in by_id.json()["branches"]] == [second["branch"]["id"]]
     single = client.get(f"/projects/{project}/branches/{first['branch']['id']}").json()
     assert single["annotation"]["value"]["worker"] == "gw0"
@@ -253,8 +252,9 @@ def test_roles_databases_endpoints_and_password(client: httpx.Client, project: s
 
 
 async def _connect_with_parts(user: str, password: str, port: int) -> str:
-    conn = await asyncpg.connect(host="127.0.0.1", port=port, user=user, password=password,
-                                 database="cathouse", ssl="prefer")
+    conn = await asyncpg.connect(
+        host="127.0.0.1", port=port, user=user, password=password, database="cathouse", ssl="prefer"
+    )
     try:
         return str(await conn.fetchval("SELECT current_user"))
     finally:
@@ -267,14 +267,21 @@ async def _connect_with_parts(user: str, password: str, port: int) -> str:
 def test_expires_at_rules(client: httpx.Client, project: str) -> None:
     main = _main(client, project)
     base = f"/projects/{project}/branches"
-    for bad in (_in(timedelta(seconds=-5)), _in(timedelta(days=31)), "2030-01-01T00:00:00",
-                "tomorrow"):
+    for bad in (_in(timedelta(seconds=-5)), _in(timedelta(days=31)), "2030-01-01T00:00:00", "tomorrow"):
         body = {"branch": {"name": _name("exp"), "expires_at": bad}}
         _assert_error(client.post(base, json=body), 400)
-    _assert_error(client.patch(f"{base}/{main['id']}",
-                               json={"branch": {"expires_at": _in(timedelta(hours=1))}}), 400)
-    _assert_error(client.post(base, json={"branch": {
-        "name": _name("prot"), "protected": True, "expires_at": _in(timedelta(hours=1))}}), 400)
+    _assert_error(
+        client.patch(f"{base}/{main['id']}", json={"branch": {"expires_at": _in(timedelta(hours=1))}}), 400
+    )
+    _assert_error(
+        client.post(
+            base,
+            json={
+                "branch": {"name": _name("prot"), "protected": True, "expires_at": _in(timedelta(hours=1))}
+            },
+        ),
+        400,
+    )
 
     expires = _in(timedelta(days=29))
     created = create_ready_branch(client, project, name=_name("exp"), expires_at=expires)
@@ -296,15 +303,14 @@ def test_delete_refusals(client: httpx.Client, project: str) -> None:
     _assert_error(client.delete(f"{base}/{main['id']}"), 400)
 
     parent = create_ready_branch(client, project, name=_name("parent"))
-    child = create_ready_branch(client, project, name=_name("child"),
-                                parent_id=parent["branch"]["id"])
+    child = create_ready_branch(client, project, name=_name("child"), parent_id=parent["branch"]["id"])
     body = _assert_error(client.delete(f"{base}/{parent['branch']['id']}"), 422)
     assert child["branch"]["id"] in body["message"]
     # Restore only from the parent, never on the default branch.
-    _assert_error(client.post(f"{base}/{child['branch']['id']}/restore",
-                              json={"source_branch_id": main["id"]}), 400)
-    _assert_error(client.post(f"{base}/{main['id']}/restore",
-                              json={"source_branch_id": main["id"]}), 400)
+    _assert_error(
+        client.post(f"{base}/{child['branch']['id']}/restore", json={"source_branch_id": main["id"]}), 400
+    )
+    _assert_error(client.post(f"{base}/{main['id']}/restore", json={"source_branch_id": main["id"]}), 400)
     delete_branch(client, project, child["branch"]["id"])
     delete_branch(client, project, parent["branch"]["id"])
 
@@ -314,9 +320,9 @@ def test_delete_refusals(client: httpx.Client, project: str) -> None:
     delete_branch(client, project, guarded["branch"]["id"])
 
 
-def test_overlapping_mutations_answer_423_until_done(server: LocalServerInfo,
-                                                     client: httpx.Client,
-                                                     project: str) -> None:
+def test_overlapping_mutations_answer_423_until_done(
+    server: LocalServerInfo, client: httpx.Client, project: str
+) -> None:
     base = f"/projects/{project}/branches"
     assert client.put("/_local/faults", json={"spec": "op_delay=1"}).status_code == 200
     try:
@@ -325,8 +331,7 @@ def test_overlapping_mutations_answer_423_until_done(server: LocalServerInfo,
         client.put("/_local/faults", json={"spec": ""})
     branch_id = created["branch"]["id"]
     running = created["operations"][0]["id"]
-    body = _assert_error(client.patch(f"{base}/{branch_id}",
-                                      json={"branch": {"name": _name("x")}}), 423)
+    body = _assert_error(client.patch(f"{base}/{branch_id}", json={"branch": {"name": _name("x")}}), 423)
     assert running in body["message"] and "retry" in body["message"]
     _assert_error(client.delete(f"{base}/{branch_id}"), 423)
     _assert_error(client.post(base, json={"branch": {"parent_id": branch_id}}), 423)
@@ -338,17 +343,18 @@ def test_overlapping_mutations_answer_423_until_done(server: LocalServerInfo,
 
 
 def test_expired_branch_is_reaped(client: httpx.Client, project: str) -> None:
-    created = create_ready_branch(client, project, name=_name("ttl"),
-                                  expires_at=_in(timedelta(seconds=2)))
+    created = create_ready_branch(client, project, name=_name("ttl"), expires_at=_in(timedelta(seconds=2)))
     branch_id = created["branch"]["id"]
     assert client.get(f"/projects/{project}/branches/{branch_id}").status_code == 200
     deadline = time.monotonic() + 20
     while client.get(f"/projects/{project}/branches/{branch_id}").status_code != 404:
         assert time.monotonic() < deadline, "expired branch was not reaped"
         time.sleep(0.1)
-    actions = [(op["action"], op["status"])
-               for op in client.get(f"/projects/{project}/operations").json()["operations"]
-               if op["branch_id"] == branch_id]
+    actions = [
+        (op["action"], op["status"])
+        for op in client.get(f"/projects/{project}/operations").json()["operations"]
+        if op["branch_id"] == branch_id
+    ]
     assert ("delete_timeline", "finished") in actions or ("delete_timeline", "running") in actions
 
 
@@ -359,8 +365,7 @@ def test_state_survives_restart(tmp_path: Path) -> None:
     home = tmp_path / "home"
     table = f"r_{secrets.token_hex(4)}"
     with start_test_server(home, keep_data=True) as info, api_client(info) as client:
-        created = create_ready_branch(client, info.project_id, name="survivor",
-                                      annotation={"k": "v"})
+        created = create_ready_branch(client, info.project_id, name="survivor", annotation={"k": "v"})
         branch_id = created["branch"]["id"]
         uri = connection_uri(client, info.project_id, branch_id, pooled=False)
         sql(uri, f"CREATE TABLE {table} AS SELECT 42 AS answer")

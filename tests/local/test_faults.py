@@ -46,19 +46,30 @@ def _create_body(name: str) -> dict[str, object]:
 
 
 def test_parse_full_spec_round_trips() -> None:
-    spec = ("latency=0.05,rate429=0.3,retry_after=2,rate423=0.1,rate5xx=0.1,drop=0.1,"
-            "drop_after=0.05,op_delay=2,op_fail=0.2,seed=42,limit=7,methods=POST/delete")
+    spec = (
+        "latency=0.05,rate429=0.3,retry_after=2,rate423=0.1,rate5xx=0.1,drop=0.1,"
+        "drop_after=0.05,op_delay=2,op_fail=0.2,seed=42,limit=7,methods=POST/delete"
+    )
     config = parse_faults(spec)
-    assert config == FaultConfig(latency=0.05, rate429=0.3, retry_after=2, rate423=0.1,
-                                 rate5xx=0.1, drop=0.1, drop_after=0.05, op_delay=2,
-                                 op_fail=0.2, seed=42, limit=7,
-                                 methods=frozenset({"POST", "DELETE"}))
+    assert config == FaultConfig(
+        latency=0.05,
+        rate429=0.3,
+        retry_after=2,
+        rate423=0.1,
+        rate5xx=0.1,
+        drop=0.1,
+        drop_after=0.05,
+        op_delay=2,
+        op_fail=0.2,
+        seed=42,
+        limit=7,
+        methods=frozenset({"POST", "DELETE"}),
+    )
     assert parse_faults(config.to_spec()) == config
     assert parse_faults("") == FaultConfig() and not FaultConfig().active
 
 
-@pytest.mark.parametrize("spec", ["rate429=2", "drop=-0.1", "latency=abc", "bogus=1",
-                                  "rate429", "seed=x"])
+@pytest.mark.parametrize("spec", ["rate429=2", "drop=-0.1", "latency=abc", "bogus=1", "rate429", "seed=x"])
 def test_parse_rejects_bad_specs(spec: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_faults(spec)
@@ -76,8 +87,7 @@ def test_seeded_injector_is_reproducible_and_limited() -> None:
 # ---------------------------------------------------------------------- over HTTP
 
 
-def test_429_carries_retry_after_and_creates_nothing(client: httpx.Client,
-                                                     server: LocalServerInfo) -> None:
+def test_429_carries_retry_after_and_creates_nothing(client: httpx.Client, server: LocalServerInfo) -> None:
     project = server.project_id
     _set(client, "rate429=1,retry_after=3,limit=1")
     name = f"rl-{secrets.token_hex(3)}"
@@ -105,8 +115,9 @@ def test_admin_route_is_never_faulted(client: httpx.Client) -> None:
     assert client.get("/auth").status_code == 200
 
 
-def test_drop_closes_without_answer_and_creates_nothing(client: httpx.Client,
-                                                        server: LocalServerInfo) -> None:
+def test_drop_closes_without_answer_and_creates_nothing(
+    client: httpx.Client, server: LocalServerInfo
+) -> None:
     project = server.project_id
     _set(client, "drop=1,methods=POST,limit=1")
     name = f"drop-{secrets.token_hex(3)}"
@@ -124,15 +135,17 @@ def test_drop_after_creates_then_drops(client: httpx.Client, server: LocalServer
     listing = client.get(f"/projects/{project}/branches", params={"search": name}).json()
     [branch] = listing["branches"]
     assert branch["name"] == name
-    ops = [op for op in client.get(f"/projects/{project}/operations").json()["operations"]
-           if op["branch_id"] == branch["id"]]
+    ops = [
+        op
+        for op in client.get(f"/projects/{project}/operations").json()["operations"]
+        if op["branch_id"] == branch["id"]
+    ]
     wait_operations(client, project, ops)
     deleted = client.delete(f"/projects/{project}/branches/{branch['id']}")
     wait_operations(client, project, deleted.json()["operations"])
 
 
-def test_op_fail_ends_failed_and_removes_the_branch(client: httpx.Client,
-                                                    server: LocalServerInfo) -> None:
+def test_op_fail_ends_failed_and_removes_the_branch(client: httpx.Client, server: LocalServerInfo) -> None:
     project = server.project_id
     _set(client, "op_fail=1")
     name = f"doomed-{secrets.token_hex(3)}"
@@ -146,8 +159,7 @@ def test_op_fail_ends_failed_and_removes_the_branch(client: httpx.Client,
     assert name not in _names(client, project)
 
 
-def test_op_fail_on_delete_keeps_the_branch(client: httpx.Client,
-                                            server: LocalServerInfo) -> None:
+def test_op_fail_on_delete_keeps_the_branch(client: httpx.Client, server: LocalServerInfo) -> None:
     project = server.project_id
     created = create_ready_branch(client, project, name=f"keep-{secrets.token_hex(3)}")
     branch_id = created["branch"]["id"]
@@ -158,13 +170,13 @@ def test_op_fail_on_delete_keeps_the_branch(client: httpx.Client,
     assert client.get(f"/projects/{project}/branches/{branch_id}").status_code == 200
     _set(client, "")
     answer = client.delete(f"/projects/{project}/branches/{branch_id}")
-    assert {op["status"] for op in wait_operations(client, project,
-                                                   answer.json()["operations"])} == {"finished"}
+    assert {op["status"] for op in wait_operations(client, project, answer.json()["operations"])} == {
+        "finished"
+    }
 
 
 def test_faults_from_start_configuration(tmp_path: Path) -> None:
-    with start_test_server(tmp_path / "home", faults="rate429=1,limit=1") as info, \
-            api_client(info) as client:
+    with start_test_server(tmp_path / "home", faults="rate429=1,limit=1") as info, api_client(info) as client:
         first = client.get("/auth")
         assert first.status_code == 429 and first.headers["retry-after"] == "1"
         assert client.get("/auth").status_code == 200

@@ -36,9 +36,14 @@ class PlainNeon:
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            self.host + path, data=data, method=method,
-            headers={"Authorization": f"Bearer {self.key}", "Accept": "application/json",
-                     "Content-Type": "application/json"},
+            self.host + path,
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {self.key}",
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+            },
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
@@ -56,8 +61,9 @@ class PlainNeon:
         deadline = time.monotonic() + 60
         for op in operations:
             while True:
-                status = self.ok("GET", f"/projects/{self.project}/operations/{op['id']}"
-                                 )["operation"]["status"]
+                status = self.ok("GET", f"/projects/{self.project}/operations/{op['id']}")["operation"][
+                    "status"
+                ]
                 if status not in ("scheduling", "running"):
                     assert status == "finished", status
                     break
@@ -74,9 +80,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServerInfo
 @pytest.fixture
 def neon(server: LocalServerInfo) -> PlainNeon:
     # What `cathouse-branch emulator` prints, and what Neon's own tools read.
-    return PlainNeon({"NEON_API_HOST": server.api_host,
-                      "NEON_API_KEY": server.api_key.reveal(),
-                      "NEON_PROJECT_ID": server.project_id})
+    return PlainNeon(
+        {
+            "NEON_API_HOST": server.api_host,
+            "NEON_API_KEY": server.api_key.reveal(),
+            "NEON_PROJECT_ID": server.project_id,
+        }
+    )
 
 
 async def _roundtrip(uri: str, marker: str) -> tuple[str, list[str]]:
@@ -97,10 +107,14 @@ def test_plain_client_branch_round_trip(neon: PlainNeon) -> None:
     default = next(b for b in listed["branches"] if b["default"])
 
     name = f"plain-{secrets.token_hex(3)}"
-    created = neon.ok("POST", f"/projects/{project}/branches", {
-        "branch": {"name": name, "parent_id": default["id"]},
-        "endpoints": [{"type": "read_write"}],
-    })
+    created = neon.ok(
+        "POST",
+        f"/projects/{project}/branches",
+        {
+            "branch": {"name": name, "parent_id": default["id"]},
+            "endpoints": [{"type": "read_write"}],
+        },
+    )
     branch, endpoint = created["branch"], created["endpoints"][0]
     neon.wait(created["operations"])
 
@@ -114,14 +128,17 @@ def test_plain_client_branch_round_trip(neon: PlainNeon) -> None:
     assert [e["id"] for e in endpoints["endpoints"]] == [endpoint["id"]]
     assert endpoint["type"] == "read_write" and endpoint["host"]
 
-    query = (f"/projects/{project}/connection_uri?branch_id={branch['id']}"
-             f"&endpoint_id={endpoint['id']}&database_name=cathouse&role_name=cathouse_owner")
+    query = (
+        f"/projects/{project}/connection_uri?branch_id={branch['id']}"
+        f"&endpoint_id={endpoint['id']}&database_name=cathouse&role_name=cathouse_owner"
+    )
     direct = neon.ok("GET", query)["uri"]
     pooled = neon.ok("GET", query + "&pooled=true")["uri"]
     assert direct == created["connection_uris"][0]["connection_uri"]
     assert pooled != direct
-    password = neon.ok("GET", f"/projects/{project}/branches/{branch['id']}/roles/"
-                              "cathouse_owner/reveal_password")["password"]
+    password = neon.ok(
+        "GET", f"/projects/{project}/branches/{branch['id']}/roles/cathouse_owner/reveal_password"
+    )["password"]
     assert password == created["connection_uris"][0]["connection_parameters"]["password"]
 
     user, rows = asyncio.run(_roundtrip(direct, "direct"))
@@ -136,8 +153,9 @@ def test_plain_client_branch_round_trip(neon: PlainNeon) -> None:
 
 
 def test_plain_client_sees_errors_in_neon_shape(neon: PlainNeon) -> None:
-    stranger = PlainNeon({"NEON_API_HOST": neon.host, "NEON_API_KEY": "napi_wrong",
-                          "NEON_PROJECT_ID": neon.project})
+    stranger = PlainNeon(
+        {"NEON_API_HOST": neon.host, "NEON_API_KEY": "napi_wrong", "NEON_PROJECT_ID": neon.project}
+    )
     status, body = stranger.call("GET", f"/projects/{neon.project}/branches")
     assert status == 401 and set(body) == {"code", "message", "request_id"}
     status, body = neon.call("GET", "/projects/not-a-project")

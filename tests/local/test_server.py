@@ -51,8 +51,9 @@ def _wait_dead(pid: int, timeout: float = 30) -> None:
 
 
 def _get(info: LocalServerInfo, path: str) -> dict[str, object]:
-    request = urllib.request.Request(info.api_host + path, headers={
-        "Authorization": f"Bearer {info.api_key.reveal()}"})
+    request = urllib.request.Request(
+        info.api_host + path, headers={"Authorization": f"Bearer {info.api_key.reveal()}"}
+    )
     with urllib.request.urlopen(request, timeout=10) as answer:
         return dict(json.loads(answer.read()))
 
@@ -74,10 +75,14 @@ def home(tmp_path: Path) -> Iterator[Path]:
 
 def test_daemon_is_shared_and_stops(home: Path) -> None:
     # Two processes starting at once get one server.
-    code = ("import sys; from pathlib import Path; from harness.local.server import "
-            "ensure_local_server as e; print(e(Path(sys.argv[1])).pid)")
-    starters = [subprocess.Popen([sys.executable, "-c", code, str(home)], cwd=ROOT,
-                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    code = (
+        "import sys; from pathlib import Path; from harness.local.server import "
+        "ensure_local_server as e; print(e(Path(sys.argv[1])).pid)"
+    )
+    starters = [
+        subprocess.Popen([sys.executable, "-c", code, str(home)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     pids = {int(p.communicate(timeout=120)[0].strip()) for p in starters}
     assert len(pids) == 1
     info = ensure_local_server(home)
@@ -105,17 +110,25 @@ def test_daemon_exits_when_idle(home: Path) -> None:
     _wait_dead(info.pid)
     assert not discovery_path(home).exists()
     # A stale discovery file (dead pid) is ignored and replaced by a new server.
-    discovery_path(home).write_text(json.dumps({"pid": info.pid, "api_host": info.api_host,
-                                                "port": info.port, "project_id": "x"}))
+    discovery_path(home).write_text(
+        json.dumps({"pid": info.pid, "api_host": info.api_host, "port": info.port, "project_id": "x"})
+    )
     again = ensure_local_server(home)
     assert again.pid != info.pid and again.project_id == info.project_id
 
 
 def test_emulator_prints_shell_lines_and_stops_on_ctrl_c(home: Path) -> None:
-    code = ("import sys; from pathlib import Path; from harness.local.server import "
-            "run_emulator; sys.exit(run_emulator(0, Path(sys.argv[1]), 'memory', sys.stdout))")
-    process = subprocess.Popen([sys.executable, "-c", code, str(home)], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code = (
+        "import sys; from pathlib import Path; from harness.local.server import "
+        "run_emulator; sys.exit(run_emulator(0, Path(sys.argv[1]), 'memory', sys.stdout))"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(home)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         lines = [process.stdout.readline().rstrip("\n") for _ in range(3)]
@@ -124,8 +137,9 @@ def test_emulator_prints_shell_lines_and_stops_on_ctrl_c(home: Path) -> None:
         env = dict(line.split("=", 1) for line in lines)
         assert env["NEON_API_HOST"].startswith("http://127.0.0.1:")
         assert env["NEON_API_HOST"].endswith("/api/v2")
-        request = urllib.request.Request(env["NEON_API_HOST"] + "/projects", headers={
-            "Authorization": f"Bearer {env['NEON_API_KEY']}"})
+        request = urllib.request.Request(
+            env["NEON_API_HOST"] + "/projects", headers={"Authorization": f"Bearer {env['NEON_API_KEY']}"}
+        )
         with urllib.request.urlopen(request, timeout=10) as answer:
             projects = json.loads(answer.read())["projects"]
         assert [p["id"] for p in projects] == [env["NEON_PROJECT_ID"]]
