@@ -1,50 +1,16 @@
-"""TEMPORARY: stand-ins for the shared fixtures tests/conftest.py will provide.
+"""Fixtures of the migration tests: private copies of the example project to break.
 
-Delete once tests/conftest.py defines pg_admin_dsn and fresh_database_url.
+PostgreSQL itself (pg_admin_dsn, fresh_database_url) comes from tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import Iterator
+import shutil
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
 
-import asyncpg
 import pytest
-
-SCRATCH = "postgresql://postgres@127.0.0.1:55502/postgres"
-
-
-def _admin(sql: str) -> None:
-    async def run() -> None:
-        connection = await asyncpg.connect(SCRATCH)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(run())
-
-
-@pytest.fixture(scope="session")
-def pg_admin_dsn() -> str:
-    return SCRATCH
-
-
-@pytest.fixture
-def fresh_database_url(pg_admin_dsn: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    _admin(f'CREATE DATABASE "{name}"')
-    yield pg_admin_dsn.rsplit("/", 1)[0] + f"/{name}"
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-# --- fixtures of tests/migrations (these stay) -------------------------------------------
-
-import shutil  # noqa: E402
-import textwrap  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cathouse"

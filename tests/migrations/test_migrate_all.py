@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -34,6 +36,18 @@ def fetch(url: str, sql: str) -> list[tuple]:
             await connection.close()
 
     return asyncio.run(run())
+
+
+def run_admin(dsn: str, *statements: str) -> None:
+    async def run() -> None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
 
 
 def tables(url: str) -> set[str]:
@@ -258,22 +272,39 @@ def test_works_from_inside_a_running_event_loop(fresh_database_url):
     assert [r.after for r in results] == list(HEADS.values())
 
 
-def test_encoded_password_url_works_and_never_shows(fresh_database_url, example_copy,
-                                                    add_revision):
-    # trust auth ignores the password; the URL must still parse and connect, and the
-    # password must not reach the error text
-    password = "p%40ss%3Aw%2Frd%25%20%2Bx"
-    url = fresh_database_url.replace("postgresql://postgres@", f"postgres://postgres:{password}@")
-    url += "?sslmode=disable&channel_binding=prefer"
-    add_revision(example_copy, "auth-service", "ab0000000002", HEADS["auth-service"],
-                 'op.execute("SELECT * FROM nowhere")')
-    settings = load_settings(example_copy, environ={})
-    with pytest.raises(MigrationError) as caught:
-        migrate_all(settings, url)
-    assert caught.value.revision == "ab0000000002"
-    text = str(caught.value)
-    assert "p@ss" not in text and password not in text and "w/rd" not in text
-    assert current_revisions(settings, url)["auth-service"] == HEADS["auth-service"]
+def test_encoded_password_url_works_and_never_shows(fresh_database_url, pg_admin_dsn,
+                                                    example_copy, add_revision):
+    """A role whose password needs URL-encoding logs in, and its password never shows."""
+    password = "p@ss:w/rd% +x?#&="
+    role = f"nasty_{uuid.uuid4().hex[:8]}"
+    database = urlsplit(fresh_database_url).path.lstrip("/")
+    run_admin(pg_admin_dsn, f"CREATE ROLE {role} LOGIN PASSWORD '{password}'",
+              f'GRANT ALL ON DATABASE "{database}" TO {role}')
+    try:
+        parts = urlsplit(fresh_database_url)
+        url = (f"postgres://{role}:{quote(password, safe='')}@{parts.hostname}:{parts.port}"
+               f"/{database}?sslmode=disable&channel_binding=prefer")
+        add_revision(example_copy, "auth-service", "ab0000000002", HEADS["auth-service"],
+                     'op.execute("SELECT * FROM nowhere")')
+        settings = load_settings(example_copy, environ={})
+        with pytest.raises(MigrationError) as caught:
+            migrate_all(settings, url)
+        assert caught.value.revision == "ab0000000002"
+        assert caught.value.db_error == (
+            'UndefinedTableError [42P01]: relation "nowhere" does not exist'
+        )
+        text = str(caught.value)
+        assert password not in text and quote(password, safe="") not in text
+        assert current_revisions(settings, url)["auth-service"] == HEADS["auth-service"]
+        # a wrong password is refused: the password really was checked above
+        wrong = url.replace(quote(password, safe=""), "wrong")
+        with pytest.raises(MigrationError, match="cannot connect"):
+            current_revisions(settings, wrong)
+    finally:
+        admin = urlsplit(pg_admin_dsn)
+        in_database = urlunsplit(admin._replace(path=f"/{database}"))
+        run_admin(in_database, f"DROP OWNED BY {role}")
+        run_admin(pg_admin_dsn, f"DROP ROLE {role}")
 
 
 def test_unreachable_database_is_one_line_without_password():
