@@ -47,9 +47,7 @@ log = get_logger("local.dataplane")
 # How long a fence lets open transactions on the template finish before ending them.
 DEFAULT_FENCE_TIMEOUT = 2.0
 _POLL = 0.005
-_OTHER_SESSIONS = (
-    "SELECT {what} FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
-)
+_OTHER_SESSIONS = "SELECT {what} FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
 
 
 @dataclass(frozen=True)
@@ -140,9 +138,7 @@ class DataPlane:
             self._pg_port = self._cluster.port
             admin = self._cluster.superuser_dsn()
         try:
-            self._pool = await asyncpg.create_pool(
-                admin, min_size=1, max_size=4, command_timeout=120
-            )
+            self._pool = await asyncpg.create_pool(admin, min_size=1, max_size=4, command_timeout=120)
         except (OSError, asyncpg.PostgresError) as exc:
             raise LocalServerError(
                 f"cannot connect to PostgreSQL as superuser ({type(exc).__name__})",
@@ -217,9 +213,7 @@ class DataPlane:
             return self._cluster.superuser_dsn(database)
         if self._external_url:
             parts = urlsplit(self._external_url)
-            return urlunsplit(
-                (parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment)
-            )
+            return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
         raise LocalServerError("the data plane is not started")
 
     def _admin(self) -> asyncpg.Pool:
@@ -234,11 +228,7 @@ class DataPlane:
             yield
 
     def _error(self, what: str, exc: BaseException) -> LocalServerError:
-        detail = (
-            exc.args[0]
-            if isinstance(exc, asyncpg.PostgresError) and exc.args
-            else type(exc).__name__
-        )
+        detail = exc.args[0] if isinstance(exc, asyncpg.PostgresError) and exc.args else type(exc).__name__
         return LocalServerError(f"{what}: {detail}", hint=self._where())
 
     # --- roles and databases ---------------------------------------------------------
@@ -246,9 +236,7 @@ class DataPlane:
     async def ensure_role(self, role: str, password: str) -> None:
         pool = self._admin()
         try:
-            current = await pool.fetchval(
-                "SELECT rolpassword FROM pg_authid WHERE rolname = $1", role
-            )
+            current = await pool.fetchval("SELECT rolpassword FROM pg_authid WHERE rolname = $1", role)
             exists = await pool.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role)
             if not exists:
                 verifier = scram_verifier(password)
@@ -257,9 +245,7 @@ class DataPlane:
                 )
             elif not verifier_matches(current, password):
                 verifier = scram_verifier(password)
-                await pool.execute(
-                    f"ALTER ROLE {quote_ident(role)} LOGIN PASSWORD {quote_literal(verifier)}"
-                )
+                await pool.execute(f"ALTER ROLE {quote_ident(role)} LOGIN PASSWORD {quote_literal(verifier)}")
             else:
                 verifier = str(current)
         except asyncpg.PostgresError as exc:
@@ -272,11 +258,7 @@ class DataPlane:
             await self._pgbouncer.set_user(role, verifier)
 
     async def database_exists(self, physical: str) -> bool:
-        return bool(
-            await self._admin().fetchval(
-                "SELECT true FROM pg_database WHERE datname = $1", physical
-            )
-        )
+        return bool(await self._admin().fetchval("SELECT true FROM pg_database WHERE datname = $1", physical))
 
     async def list_databases(self) -> list[str]:
         rows = await self._admin().fetch(
@@ -316,9 +298,7 @@ class DataPlane:
                         raise self._error(f"cannot copy database {template}", exc) from None
                     await self._end_sessions(template)
                 except asyncpg.PostgresError as exc:
-                    raise self._error(
-                        f"cannot copy database {template} to {physical}", exc
-                    ) from None
+                    raise self._error(f"cannot copy database {template} to {physical}", exc) from None
 
     async def _truncate_data(self, physical: str) -> None:
         """Keep the schema (and Alembic's version rows), drop every data row."""
@@ -339,9 +319,7 @@ class DataPlane:
                 """
             )
             if rows:
-                await conn.execute(
-                    "TRUNCATE " + ", ".join(row["name"] for row in rows) + " RESTART IDENTITY"
-                )
+                await conn.execute("TRUNCATE " + ", ".join(row["name"] for row in rows) + " RESTART IDENTITY")
         except asyncpg.PostgresError as exc:
             raise self._error(f"cannot empty database {physical}", exc) from None
         finally:
@@ -350,9 +328,7 @@ class DataPlane:
     async def drop_database(self, physical: str) -> None:
         async with self._serialised():
             try:
-                await self._admin().execute(
-                    f"DROP DATABASE IF EXISTS {quote_ident(physical)} WITH (FORCE)"
-                )
+                await self._admin().execute(f"DROP DATABASE IF EXISTS {quote_ident(physical)} WITH (FORCE)")
             except asyncpg.PostgresError as exc:
                 raise self._error(f"cannot drop database {physical}", exc) from None
             await self._databases_changed()
@@ -491,9 +467,7 @@ class DataPlane:
             tls=self._tls is not None,
         )
 
-    async def update_endpoint_databases(
-        self, endpoint_id: str, databases: Mapping[str, str]
-    ) -> None:
+    async def update_endpoint_databases(self, endpoint_id: str, databases: Mapping[str, str]) -> None:
         proxy = self._endpoints.get(endpoint_id)
         if proxy is None:
             raise LocalServerError(f"endpoint {endpoint_id} is not open")

@@ -61,9 +61,7 @@ def _auth_line(user: str, secret: str) -> str:
 class PgBouncer:
     """The pooler process, its configuration files and its admin console."""
 
-    def __init__(
-        self, binary: Path, directory: Path, *, user: OsUser, pg_host: str, pg_port: int
-    ) -> None:
+    def __init__(self, binary: Path, directory: Path, *, user: OsUser, pg_host: str, pg_port: int) -> None:
         self.binary = binary
         self.directory = directory
         self.user = user
@@ -127,8 +125,7 @@ class PgBouncer:
         users = {**self._users, ADMIN_USER: admin}
         self._write(self.auth_file, "".join(_auth_line(u, s) for u, s in sorted(users.items())))
         databases = "".join(
-            f"{_ini_quote(name)} = host={self.pg_host} port={self.pg_port} "
-            f"dbname={_ini_quote(name)}\n"
+            f"{_ini_quote(name)} = host={self.pg_host} port={self.pg_port} dbname={_ini_quote(name)}\n"
             for name in sorted(self._databases)
         )
         settings = {

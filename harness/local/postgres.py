@@ -26,6 +26,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -83,8 +84,8 @@ def _user_entry(name: str) -> pwd.struct_passwd | None:
 def resolve_os_user() -> OsUser:
     """The current user, or as root an unprivileged system user (created when missing)."""
     if os.geteuid() != 0:
-        entry = pwd.getpwuid(os.geteuid())
-        return OsUser(entry.pw_name, entry.pw_uid, entry.pw_gid, switch=False)
+        me = pwd.getpwuid(os.geteuid())
+        return OsUser(me.pw_name, me.pw_uid, me.pw_gid, switch=False)
     entry = _user_entry(PG_SYSTEM_USER)
     if entry is None:
         useradd = shutil.which("useradd") or "/usr/sbin/useradd"
@@ -172,9 +173,7 @@ def _pg_version(install: Path) -> str:
 def resolve_install(user: OsUser) -> Path:
     """The `pginstall` tree our OS user can execute; copied once to /var/tmp if needed."""
     install = wheel_install_dir()
-    if can_reach(install / "bin" / "postgres", user, need_read=True) and can_reach(
-        install / "lib", user
-    ):
+    if can_reach(install / "bin" / "postgres", user, need_read=True) and can_reach(install / "lib", user):
         return install
     target = Path("/var/tmp") / f"cathouse-harness-pginstall-{_pg_version(install)}"
     if (target / "bin" / "postgres").exists():
@@ -332,9 +331,7 @@ class Cluster:
             "HOME": str(self.paths.root),
         }
 
-    def _run(
-        self, args: Sequence[str], *, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
+    def _run(self, args: Sequence[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = self._env()
         return subprocess.run(  # type: ignore[call-overload, no-any-return]
             list(args),
@@ -348,19 +345,13 @@ class Cluster:
             **self.user.popen_kwargs(),
         )
 
-    def _fail(
-        self, what: str, result: subprocess.CompletedProcess[str] | None = None
-    ) -> LocalServerError:
+    def _fail(self, what: str, result: subprocess.CompletedProcess[str] | None = None) -> LocalServerError:
         detail = ""
         if result is not None:
-            lines = [
-                line for line in (result.stderr or result.stdout or "").splitlines() if line.strip()
-            ]
+            lines = [line for line in (result.stderr or result.stdout or "").splitlines() if line.strip()]
             if lines:
                 detail = f": {lines[-1].strip()}"
-        return LocalServerError(
-            f"PostgreSQL {what} failed{detail}", hint=f"see {self.paths.log_file}"
-        )
+        return LocalServerError(f"PostgreSQL {what} failed{detail}", hint=f"see {self.paths.log_file}")
 
     # --- layout ------------------------------------------------------------------
 
@@ -422,17 +413,31 @@ class Cluster:
         self._configure_new_cluster()
 
     def _save_skeleton(self, skeleton: Path) -> None:
+        """Make the skeleton for next time in the background: copying our fresh data
+        directory to /var/tmp can take a second on a busy disk, and it must not delay
+        this start (the copy must be taken before the postmaster runs, so a second
+        initdb makes it instead)."""
+        for stale in skeleton.parent.glob(f"{skeleton.name}.tmp-*"):
+            with contextlib.suppress(ValueError):
+                if not pid_alive(int(stale.name.rsplit("-", 1)[1])):
+                    shutil.rmtree(stale, ignore_errors=True)
         staging = skeleton.with_name(f"{skeleton.name}.tmp-{os.getpid()}")
-        try:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(mode=0o700)
-            chown_to(staging, self.user, 0o700)
-            if self._copy_tree(self.paths.data, staging):
-                staging.rename(skeleton)
-        except OSError:
-            pass  # another process saved one first, or /var/tmp is full: initdb next time
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        if staging.exists():
+            return  # this process is already making one
+
+        def make() -> None:
+            try:
+                staging.mkdir(mode=0o700)
+                chown_to(staging, self.user, 0o700)
+                result = self._run([self._bin("initdb"), "-D", str(staging), *_INITDB_ARGS])
+                if result.returncode == 0:
+                    staging.rename(skeleton)
+            except OSError:
+                pass  # another process saved one first, or /var/tmp is full
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+        threading.Thread(target=make, name="cathouse-initdb-skeleton", daemon=True).start()
 
     def _configure_new_cluster(self) -> None:
         data = self.paths.data
@@ -578,18 +583,14 @@ class Cluster:
         return f"postgresql://{SUPERUSER}@/{database}?host={self.paths.socket_dir}&port={self.port}"
 
 
-def scram_verifier(
-    password: str, *, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS
-) -> str:
+def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS) -> str:
     """A SCRAM-SHA-256 verifier as PostgreSQL stores it, so the password never travels as SQL."""
     salt = salt if salt is not None else secrets.token_bytes(16)
     salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     stored_key = hashlib.sha256(client_key).digest()
     server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    salt_b64, stored_b64, server_b64 = (
-        base64.b64encode(v).decode() for v in (salt, stored_key, server_key)
-    )
+    salt_b64, stored_b64, server_b64 = (base64.b64encode(v).decode() for v in (salt, stored_key, server_key))
     return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
 
 
@@ -599,9 +600,7 @@ def verifier_matches(verifier: str | None, password: str) -> bool:
     try:
         head = verifier.split("$")[1]
         iterations_text, salt_text = head.split(":")
-        expected = scram_verifier(
-            password, salt=base64.b64decode(salt_text), iterations=int(iterations_text)
-        )
+        expected = scram_verifier(password, salt=base64.b64decode(salt_text), iterations=int(iterations_text))
     except (IndexError, ValueError):
         return False
     return hmac.compare_digest(expected, verifier)

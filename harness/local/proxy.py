@@ -157,9 +157,7 @@ class EndpointProxy:
         server = None
         for candidate in ([port] if port else []) + [0]:
             try:
-                server = await asyncio.start_server(
-                    on_client, "127.0.0.1", candidate, reuse_address=True
-                )
+                server = await asyncio.start_server(on_client, "127.0.0.1", candidate, reuse_address=True)
                 break
             except OSError:
                 continue

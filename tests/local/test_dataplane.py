@@ -162,9 +162,7 @@ async def test_ensure_role_is_idempotent_and_changes_password(dp: DataPlane) -> 
     assert await scalar(dp, "postgres", query) == verifier
     await dp.ensure_role(role, "second-Password-2")
     assert await scalar(dp, "postgres", query) != verifier
-    assert await scalar(
-        dp, "postgres", f"SELECT rolcanlogin FROM pg_roles WHERE rolname = '{role}'"
-    )
+    assert await scalar(dp, "postgres", f"SELECT rolcanlogin FROM pg_roles WHERE rolname = '{role}'")
 
 
 async def test_child_is_a_snapshot_of_its_parent(dp: DataPlane) -> None:
@@ -409,9 +407,7 @@ async def test_pooled_path_goes_through_pgbouncer(dp: DataPlane) -> None:
 
 
 async def test_pooled_path_without_pgbouncer_still_differs(dp: DataPlane) -> None:
-    address = await dp.open_endpoint(
-        fresh("ep"), databases={"cathouse": await parent_with_rows(dp)}
-    )
+    address = await dp.open_endpoint(fresh("ep"), databases={"cathouse": await parent_with_rows(dp)})
     try:
         assert address.pooled_port != address.direct_port
         assert address.pooled_via_pgbouncer == dp.pgbouncer_available
@@ -422,9 +418,7 @@ async def test_pooled_path_without_pgbouncer_still_differs(dp: DataPlane) -> Non
 # --- the fence -----------------------------------------------------------------------
 
 
-async def _writer(
-    address: EndpointAddress, pooled: bool, stop: asyncio.Event, done: list[int]
-) -> None:
+async def _writer(address: EndpointAddress, pooled: bool, stop: asyncio.Event, done: list[int]) -> None:
     """Insert 100 rows per transaction until told to stop, reconnecting when cut off."""
     conn: asyncpg.Connection | None = None
     while not stop.is_set():
@@ -449,9 +443,7 @@ async def test_forks_under_a_writer_are_consistent_snapshots(dp: DataPlane) -> N
     address = await dp.open_endpoint(fresh("ep"), databases={"cathouse": parent})
     stop = asyncio.Event()
     committed: list[int] = []
-    writers = [
-        asyncio.create_task(_writer(address, pooled, stop, committed)) for pooled in (False, True)
-    ]
+    writers = [asyncio.create_task(_writer(address, pooled, stop, committed)) for pooled in (False, True)]
     children = []
     try:
         while len(committed) < 2:
@@ -479,9 +471,7 @@ async def test_open_transaction_during_copy_never_reaches_the_child(dp: DataPlan
         conn = await client(address)
         tx = conn.transaction()
         await tx.start()
-        await conn.execute(
-            "INSERT INTO app.items (note) SELECT 'open' FROM generate_series(1, 1000)"
-        )
+        await conn.execute("INSERT INTO app.items (note) SELECT 'open' FROM generate_series(1, 1000)")
         child = fresh("fork")
         await dp.create_database(child, owner=ROLE, template=parent)
         # The fence ended the session that kept its transaction open past the timeout.
