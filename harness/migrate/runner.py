@@ -147,6 +147,8 @@ def failing_revision(service: ServiceConfig, exc: BaseException, target: str,
         chain = chain.__cause__ or chain.__context__
     if found is not None:
         return found
+    if sqlstate_of(exc) is None:
+        return None  # env.py or the configuration failed, not a revision
     try:
         if downgrade:
             start = current[0] if current else None
@@ -233,6 +235,8 @@ def upgrade_service(connection: Connection, settings: Settings, service: Service
         raise migration_error(settings, service, exc, revision, f"upgrade to {target}") from exc
     end_transaction(connection)
     after = read_heads(connection, service.schema)
+    if after == before and target in ("head", "heads"):
+        _verify_at_head(service, after)
     return ServiceResult(
         service=service.name,
         schema=service.schema,
@@ -240,6 +244,19 @@ def upgrade_service(connection: Connection, settings: Settings, service: Service
         after=join_heads(after),
         seconds=perf_counter() - started,
     )
+
+
+def _verify_at_head(service: ServiceConfig, current: tuple[str, ...]) -> None:
+    """Nothing changed: make sure that is because we are at head, and not because env.py
+    ran the migrations over a connection of its own (to whatever database its URL names)."""
+    heads = tuple(sorted(script_directory(service).get_heads()))
+    if current != heads:
+        raise MigrationError(
+            f"upgrade to head left it at {join_heads(current) or 'base'} but head is "
+            f"{join_heads(heads) or 'base'}",
+            service=service.name,
+            hint="its env.py must run on config.attributes['connection'] when given one",
+        )
 
 
 def downgrade_service(connection: Connection, settings: Settings, service: ServiceConfig,

@@ -314,3 +314,31 @@ def test_unreachable_database_is_one_line_without_password():
     text = str(caught.value)
     assert "S3cretPassw0rd" not in text and "\n" not in text
     assert "cannot connect to postgresql://someone:***@127.0.0.1:9/cathouse" in text
+
+
+def test_env_py_that_ignores_the_shared_connection_is_caught(fresh_database_url, example_copy):
+    env_py = example_copy / "catalog-service" / "alembic" / "env.py"
+    text = env_py.read_text()
+    assert "        do_run_migrations(connection)\n" in text
+    env_py.write_text(text.replace("        do_run_migrations(connection)\n", "        pass\n"))
+    settings = load_settings(example_copy, environ={})
+    with pytest.raises(MigrationError) as caught:
+        migrate_all(settings, fresh_database_url)
+    assert caught.value.service == "catalog-service"
+    assert "left it at base but head is 9e7f3b6c1d42" in str(caught.value)
+    assert "config.attributes['connection']" in str(caught.value)
+
+
+def test_broken_env_names_no_revision(fresh_database_url, example_copy):
+    models = example_copy / "installation-service" / "app" / "models.py"
+    models.write_text(models.read_text() + "\ndef broken(:\n")
+    settings = load_settings(example_copy, environ={})
+    with pytest.raises(MigrationError) as caught:
+        migrate_all(settings, fresh_database_url)
+    assert caught.value.service == "installation-service"
+    assert caught.value.revision is None
+    assert caught.value.db_error is not None
+    assert caught.value.db_error.startswith("SyntaxError: ")
+    assert current_revisions(settings, fresh_database_url)["catalog-service"] == (
+        HEADS["catalog-service"]
+    )
