@@ -246,12 +246,17 @@ class EndpointProxy:
 
 
 async def _forward_cancel(target: Upstream, packet: bytes) -> None:
+    up_writer = None
     with contextlib.suppress(OSError, TimeoutError):
         async with asyncio.timeout(5):
-            _, up_writer = await asyncio.open_connection(target.host, target.port)
+            up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
             up_writer.write(packet)
             await up_writer.drain()
-            _close(up_writer)
+            # Wait for the server to hang up, as libpq does: PgBouncer 1.18 crashes
+            # ("bad client state") when a cancel connection closes before it is done.
+            await up_reader.read()
+    if up_writer is not None:
+        _close(up_writer)
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -349,6 +349,22 @@ async def test_update_endpoint_databases_redirects_new_connections(dp: DataPlane
         await dp.close_endpoint(address.endpoint_id)
 
 
+async def test_cancel_requests_are_forwarded(dp: DataPlane) -> None:
+    name = await parent_with_rows(dp)
+    address = await dp.open_endpoint(fresh("ep"), databases={"cathouse": name})
+    try:
+        for pooled in (False, True):
+            conn = await client(address, pooled=pooled)
+            # asyncpg sends a CancelRequest on a new connection when the timeout hits; if
+            # the proxy dropped it the sleep would run on and the next query would wait.
+            with pytest.raises(TimeoutError):
+                await conn.execute("SELECT pg_sleep(30)", timeout=0.2)
+            assert await conn.fetchval("SELECT 1", timeout=5) == 1
+            await conn.close()
+    finally:
+        await dp.close_endpoint(address.endpoint_id)
+
+
 async def test_given_ports_are_rebound_or_replaced(dp: DataPlane) -> None:
     name = await parent_with_rows(dp)
     endpoint = fresh("ep")
