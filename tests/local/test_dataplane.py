@@ -500,26 +500,31 @@ async def test_open_transaction_during_copy_never_reaches_the_child(dp: DataPlan
         await dp.close_endpoint(address.endpoint_id)
 
 
-async def test_connections_arriving_during_a_fence_wait(dp: DataPlane) -> None:
+async def test_fence_lets_open_transactions_finish_and_holds_new_connections(dp: DataPlane) -> None:
     parent = await parent_with_rows(dp, rows=2)
     address = await dp.open_endpoint(fresh("ep"), databases={"cathouse": parent})
+    dp.fence_timeout = 30.0  # the test, not the clock, ends the open transaction
     try:
         blocker = await client(address)
         tx = blocker.transaction()
         await tx.start()
-        await blocker.execute("INSERT INTO app.items (note) VALUES ('held')")
-        fork = asyncio.create_task(dp.create_database(fresh("fork"), owner=ROLE, template=parent))
-        await asyncio.sleep(FENCE_TIMEOUT / 5)  # the fence is now up, waiting on `blocker`
-        assert not fork.done()
-        late = asyncio.create_task(client(address, pooled=True))
-        await asyncio.sleep(FENCE_TIMEOUT / 5)
-        assert not late.done()  # held, not refused
+        await blocker.execute("INSERT INTO app.items (note) VALUES ('committed during the fence')")
+        child = fresh("fork")
+        fork = asyncio.create_task(dp.create_database(child, owner=ROLE, template=parent))
+        late = [asyncio.create_task(client(address, pooled=pooled)) for pooled in (False, True)]
+        await asyncio.sleep(0.2)
+        assert not fork.done()  # waiting for `blocker` to finish its transaction
+        assert not any(task.done() for task in late)  # held, not refused
+        await tx.commit()  # an open transaction may finish: it belongs to the snapshot
         await fork
-        conn = await late
-        assert await conn.fetchval("SELECT count(*) FROM app.items") == 2
-        await conn.close()
+        for task in late:
+            conn = await task
+            assert await conn.fetchval("SELECT count(*) FROM app.items") == 3
+            await conn.close()
+        assert await scalar(dp, child, "SELECT count(*) FROM app.items") == 3
         blocker.terminate()
     finally:
+        dp.fence_timeout = FENCE_TIMEOUT
         await dp.close_endpoint(address.endpoint_id)
 
 
