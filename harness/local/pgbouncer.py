@@ -136,7 +136,7 @@ class PgBouncer:
             "auth_file": str(self.auth_file),
             "admin_users": ADMIN_USER,
             "pool_mode": "transaction",
-            "default_pool_size": "5",
+            "default_pool_size": "20",  # the services' whole budget (10) fits in one branch's pool
             "min_pool_size": "0",
             "reserve_pool_size": "0",
             "max_client_conn": "1000",

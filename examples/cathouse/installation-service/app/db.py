@@ -32,7 +32,9 @@ def get_engine() -> AsyncEngine:
     url = os.environ.get("DATABASE_URL")
     if not url:
         raise DatabaseNotConfigured("DATABASE_URL is not set")
-    return create_service_engine(SERVICE, url, echo=os.environ.get("DEBUG") == "1")
+    # DATABASE_URL is the pooled endpoint by contract (PgBouncer in transaction mode, on
+    # Neon and on the embedded default), whatever its host looks like.
+    return create_service_engine(SERVICE, url, pgbouncer=True, echo=os.environ.get("DEBUG") == "1")
 
 
 @lru_cache(maxsize=1)
