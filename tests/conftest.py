@@ -34,12 +34,15 @@ def harness_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     os.environ.pop("NEON_API_KEY", None)
     yield home
     # pytester runs start the embedded default as a daemon under this home; stop it.
+    from harness.local.postgres import memory_cluster_dirs
     from harness.local.server import stop_local_server
 
     try:
         stop_local_server(home)
     except Exception as exc:  # a stuck server must not hide the test results
         print(f"could not stop the test suite's local server: {exc}")
+    for directory in memory_cluster_dirs(home):
+        shutil.rmtree(directory, ignore_errors=True)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -222,6 +222,16 @@ def cluster_root(home: Path, storage: Storage, user: OsUser) -> Path:
     return base / (tag if storage == "disk" else f"{tag}-memory")
 
 
+def memory_cluster_dirs(home: Path) -> list[Path]:
+    """The in-memory cluster directories a home may own (for cleaning up after tests)."""
+    tag = _short_hash(str(home.expanduser().resolve()))
+    candidates = [
+        Path("/dev/shm") / f"cathouse-harness-{os.geteuid()}" / tag,
+        Path("/var/tmp") / f"cathouse-harness-{os.geteuid()}" / f"{tag}-memory",
+    ]
+    return [path for path in candidates if path.exists()]
+
+
 def free_port(preferred: int = 0) -> int:
     """`preferred` when it can be bound on 127.0.0.1, else a port the kernel picks."""
     for port in ([preferred] if preferred else []) + [0]:

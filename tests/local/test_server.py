@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import LocalServerError
+from harness.local.postgres import memory_cluster_dirs
 from harness.local.server import (
     LocalServerInfo,
     bind_socket,
@@ -58,18 +59,13 @@ def _get(info: LocalServerInfo, path: str) -> dict[str, object]:
         return dict(json.loads(answer.read()))
 
 
-def _cluster_dirs() -> set[Path]:
-    base = Path(f"/dev/shm/cathouse-harness-{os.geteuid()}")
-    return set(base.iterdir()) if base.is_dir() else set()
-
-
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Path]:
-    before = _cluster_dirs()
     path = tmp_path / "home"
     yield path
     stop_local_server(path)
-    for leftover in _cluster_dirs() - before:
+    # only this home's clusters: other processes' live clusters share the parent directory
+    for leftover in memory_cluster_dirs(path):
         shutil.rmtree(leftover, ignore_errors=True)
 
 
