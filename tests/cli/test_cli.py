@@ -1,0 +1,207 @@
+"""cathouse-branch as a user runs it, on the embedded default."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from harness.cli import gc_candidates, main
+from harness.migrations import current_revisions, head_revisions
+from harness.settings import load_settings
+from tests.plugin._support import copy_example
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("cathouse-branch:")]
+
+
+def cli(*args: str, cwd: Path) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main([*args, "--project-dir", str(cwd)], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return copy_example(tmp_path)
+
+
+def test_up_json_env_file_and_down(project: Path) -> None:
+    code, out, err = cli("up", "--json", "--name", "cli-up", cwd=project)
+    assert code == 0, err
+    result = json.loads(out)
+    assert set(result) >= {"branch_id", "name", "database_url", "migration_database_url"}
+    assert result["name"] == "harness/dev/cli-up"
+    assert result["database_url"].startswith("postgresql+asyncpg://") and ":***@" in result["database_url"]
+    env_file = project / ".env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    lines = env_file.read_text().splitlines()
+    values = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    assert values["CATHOUSE_BRANCH_ID"] == result["branch_id"]
+    settings = load_settings(project)
+    heads = head_revisions(settings)
+    current = current_revisions(settings, values["MIGRATION_DATABASE_URL"])
+    assert {name: (rev,) for name, rev in current.items()} == heads
+    password = re.search(r"://[^:]+:([^@]+)@", values["MIGRATION_DATABASE_URL"])
+    assert password and password.group(1) not in out + err
+
+    code, out, err = cli("list", "--json", cwd=project)
+    assert code == 0
+    assert result["branch_id"] in {b["id"] for b in json.loads(out)["branches"]}
+
+    code, out, err = cli("up", "--json", "--name", "cli-up", cwd=project)
+    assert code == 0 and json.loads(out)["created"] is False, err
+
+    code, out, err = cli("down", cwd=project)
+    assert code == 0, err
+    assert not env_file.exists()
+    code, out, _ = cli("list", "--json", cwd=project)
+    assert result["branch_id"] not in {b["id"] for b in json.loads(out)["branches"]}
+
+
+def test_up_refuses_a_foreign_env_file(project: Path) -> None:
+    (project / ".env").write_text("DATABASE_URL=postgresql://me:secret@prod.example/db\n")
+    code, out, err = cli("up", "--name", "cli-foreign", cwd=project)
+    assert code == 2
+    assert err.count("\n") == 1 and "was not written by cathouse-branch" in err and "--force" in err
+    assert "secret" not in err
+    code, out, _ = cli("list", "--json", cwd=project)
+    assert "harness/dev/cli-foreign" not in {b["name"] for b in json.loads(out)["branches"]}
+
+
+def test_doctor_good_config_exits_0(project: Path) -> None:
+    code, out, err = cli("doctor", cwd=project)
+    assert code == 0, out + err
+    assert "[ok  ] pool budget: 10 of 10 connections" in out
+
+
+def test_doctor_pools_over_the_limit_exit_2_with_one_line(project: Path) -> None:
+    pyproject = project / "pyproject.toml"
+    text = pyproject.read_text()
+    proxy = 'name = "proxy-service"\nread_only = true\npool_size = '
+    text = text.replace(proxy + "1", proxy + "2")
+    pyproject.write_text(text)
+    code, out, err = cli("doctor", cwd=project)
+    assert code == 2
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "pools need 11 connections" in lines[0] and "connection_limit is 10" in lines[0]
+    for service in ("auth-service 3", "catalog-service 3", "installation-service 3", "proxy-service 2"):
+        assert service in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("frobnicate",), ("up", "--ttl", "forever"), ("up", "--ttl", "40d"), ("gc", "--run")],
+)
+def test_bad_usage_is_one_line_exit_2(project: Path, args: tuple[str, ...]) -> None:
+    code, out, err = cli(*args, cwd=project)
+    assert code == 2
+    assert len(error_lines(err)) == 1 and err.startswith("cathouse-branch: error:")
+    assert "Traceback" not in err
+
+
+def test_down_refuses_the_default_branch(project: Path) -> None:
+    code, out, err = cli("down", "main", cwd=project)
+    assert code == 2
+    assert len(error_lines(err)) == 1 and "default branch" in error_lines(err)[0]
+
+
+def test_migrate_without_url_is_one_line(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MIGRATION_DATABASE_URL", raising=False)
+    code, out, err = cli("migrate", cwd=project)
+    assert code == 2 and len(error_lines(err)) == 1 and "MIGRATION_DATABASE_URL" in err
+
+
+def test_gc_dry_run_lists_and_touches_nothing(project: Path) -> None:
+    code, out, err = cli("up", "--json", "--name", "cli-gc", "--ttl", "1h", cwd=project)
+    assert code == 0, err
+    branch_id = json.loads(out)["branch_id"]
+    code, out, err = cli("gc", "--dry-run", "--json", cwd=project)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["dry_run"] is True and report["deleted"] == []
+    assert branch_id not in {c["id"] for c in report["candidates"]}  # alive and not expired
+    code, out, err = cli("down", cwd=project)
+    assert code == 0, err
+
+
+class _Branch:
+    def __init__(self, name: str, annotation: dict[str, str], expires_at=None, created_at=None) -> None:
+        self.id = "br-" + name.replace("/", "-")
+        self.name = name
+        self.annotation = annotation
+        self.expires_at = expires_at
+        self.created_at = created_at
+        self.parent_id = None
+        self.current_state = "ready"
+
+
+def test_gc_candidates_rules() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from harness import branches as b
+
+    now = datetime.now(UTC)
+    host = __import__("socket").gethostname()[:60]
+    dead_pid = "999999999"
+    mine = {b.MARK: "1", b.MARK_HOST: host}
+    found = [
+        _Branch("harness/r1/main", {**mine, b.MARK_KIND: "session", b.MARK_RUN: "r1", b.MARK_PID: dead_pid}),
+        _Branch(
+            "harness/r2/main",
+            {**mine, b.MARK_KIND: "session", b.MARK_RUN: "r2", b.MARK_PID: str(os.getpid())},
+        ),
+        _Branch("harness/dev/x", {**mine, b.MARK_KIND: "dev"}, expires_at=now - timedelta(seconds=1)),
+        _Branch("harness/template/main/old", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "old"}),
+        _Branch("harness/template/main/new", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "new"}),
+        _Branch("harness/template/main/new.building", {**mine, b.MARK_KIND: "template",
+                b.MARK_FINGERPRINT: "new"}, created_at=now - timedelta(hours=1)),
+    ]
+    chosen = {branch.name: why for branch, why in gc_candidates(found, current_fingerprint="new", run=None)}
+    assert chosen == {
+        "harness/r1/main": "its test process is gone",
+        "harness/dev/x": "expired",
+        "harness/template/main/old": "template of outdated migrations",
+        "harness/template/main/new.building": "abandoned template build",
+    }
+    only_run = gc_candidates(found, current_fingerprint="new", run="r2")
+    assert [branch.name for branch, _ in only_run] == ["harness/r2/main"]
+
+
+def test_emulator_prints_shell_lines_and_serves_a_plain_client(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harness", "emulator", "--home", str(tmp_path / "emu")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline().strip() for _ in range(3)]
+        values = dict(line.split("=", 1) for line in lines)
+        assert set(values) == {"NEON_API_HOST", "NEON_API_KEY", "NEON_PROJECT_ID"}
+        assert values["NEON_API_HOST"].startswith("http://127.0.0.1:")
+        request = urllib.request.Request(
+            f"{values['NEON_API_HOST']}/projects/{values['NEON_PROJECT_ID']}/branches",
+            headers={"Authorization": f"Bearer {values['NEON_API_KEY']}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            names = [b["name"] for b in json.load(response)["branches"]]
+        assert names == ["main"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(30)
+    assert code == 0
+    from harness.local.postgres import memory_cluster_dirs
+
+    for directory in memory_cluster_dirs(tmp_path / "emu"):
+        __import__("shutil").rmtree(directory, ignore_errors=True)
