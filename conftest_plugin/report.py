@@ -43,7 +43,7 @@ def summary_lines(
             f"  backend {first.get('backend') or '?'}, project {first.get('project_id') or '?'}, "
             f"parent {first.get('parent') or '?'}"
         )
-    templates = {r.get("template") for r in reports if r.get("template")}
+    templates = {str(r.get("template")) for r in reports if r.get("template")}
     for template in sorted(templates):
         reused = [r.get("template_reused") for r in reports if r.get("template") == template]
         how = "reused" if all(reused) else "built by this run"

@@ -69,7 +69,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--project-dir", type=Path, default=None, help="project to use (default: .)")
     common.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     common.add_argument("--show-secrets", action="store_true", help="print passwords in URLs")

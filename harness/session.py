@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from harness.backend import BackendInfo, connect_backend, open_client
 from harness.branches import (
@@ -29,6 +29,9 @@ from harness.log import get_logger
 from harness.settings import Settings
 from harness.sync import LoopThread
 from harness.watchdog import WatchdogHandle, start_watchdog
+
+if TYPE_CHECKING:
+    from harness.neon.client import NeonClient
 
 log = get_logger("session")
 
@@ -82,7 +85,7 @@ class BranchSession:
         self.handle: BranchHandle | None = None
         self.template_id: str | None = None
         self._loop: LoopThread | None = None
-        self._client = None
+        self._client: NeonClient | None = None
         self._watchdog: WatchdogHandle | None = None
 
     # -- setup ---------------------------------------------------------------------------
@@ -93,6 +96,11 @@ class BranchSession:
     def _run(self, coro):  # type: ignore[no-untyped-def]
         assert self._loop is not None
         return self._loop.run(coro)
+
+    @property
+    def client(self) -> NeonClient:
+        assert self._client is not None, "the session has not started"
+        return self._client
 
     def start(self) -> BranchHandle:
         if self.handle is not None:
@@ -112,7 +120,7 @@ class BranchSession:
 
         started = time.perf_counter()
         try:
-            parent = self._run(self._client.resolve_branch(project_id, settings.parent_branch))
+            parent = self._run(self.client.resolve_branch(project_id, settings.parent_branch))
         except HarnessError as exc:
             raise SessionStepError(
                 "parent", exc, cleanup=f"check parent_branch ({settings.source_of('parent_branch')})"
@@ -131,8 +139,7 @@ class BranchSession:
         self._watchdog.record_name(project_id, name)
         try:
             handle = self._run(
-                create_owned_branch(
-                    self._client, project_id, name=name, parent_id=fork_from,
+                create_owned_branch(self.client, project_id, name=name, parent_id=fork_from,
                     ttl=settings.branch_ttl, kind="session", run_id=self.run_id,
                     database=settings.database, role=settings.role,
                     schema_only=settings.schema_only and fork_from == parent.id,
@@ -175,8 +182,7 @@ class BranchSession:
         fingerprint = migration_fingerprint(self.settings)
         try:
             result = self._run(
-                find_or_build_template(
-                    self._client, self.backend.project_id, parent=parent,
+                find_or_build_template(self.client, self.backend.project_id, parent=parent,
                     fingerprint=fingerprint, run_id=self.run_id,
                     database=self.settings.database, role=self.settings.role,
                     migrate=self._migrate, schema_only=self.settings.schema_only,
@@ -220,9 +226,9 @@ class BranchSession:
         """A create that failed half-way may still have made the branch: find and remove it."""
         assert self.backend is not None
         try:
-            found = self._run(self._client.find_branch(self.backend.project_id, name))
+            found = self._run(self.client.find_branch(self.backend.project_id, name))
             if found is not None:
-                self._run(delete_owned_branch(self._client, self.backend.project_id, found.id))
+                self._run(delete_owned_branch(self.client, self.backend.project_id, found.id))
         except Exception as exc:
             log.warning("could not check for a half-created branch %s: %s", name, exc)
 
@@ -232,7 +238,7 @@ class BranchSession:
         """Restore this session's branch to its parent (the template)."""
         assert self.handle is not None and self.backend is not None
         started = time.perf_counter()
-        self._run(restore_owned_branch(self._client, self.backend.project_id, self.handle.id))
+        self._run(restore_owned_branch(self.client, self.backend.project_id, self.handle.id))
         self._timed("reset", started)
 
     # -- teardown ------------------------------------------------------------------------
@@ -249,7 +255,7 @@ class BranchSession:
                     self.report.kept.append(f"{self.handle.name} ({self.handle.id})")
                 else:
                     self._run(
-                        delete_owned_branch(self._client, self.backend.project_id, self.handle.id)
+                        delete_owned_branch(self.client, self.backend.project_id, self.handle.id)
                     )
                     if self._watchdog is not None:
                         self._watchdog.forget(self.handle.id)
@@ -259,7 +265,7 @@ class BranchSession:
                 self._watchdog.stop()
             if self._client is not None and self._loop is not None:
                 try:
-                    self._run(self._client.aclose())
+                    self._run(self.client.aclose())
                 except Exception:
                     pass
             if self._loop is not None:
@@ -267,7 +273,7 @@ class BranchSession:
             self._timed("teardown", started)
 
     def _collect_stats(self) -> None:
-        stats = getattr(self._client, "stats", None)
+        stats = getattr(self.client, "stats", None)
         if stats is not None:
             self.report.api_calls = int(getattr(stats, "calls", 0))
             self.report.api_retries = int(getattr(stats, "retries", 0))

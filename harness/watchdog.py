@@ -101,7 +101,7 @@ def name_marker(name: str) -> str:
 
 
 def _markers(marker_dir: Path) -> list[tuple[Path, dict[str, str]]]:
-    found = []
+    found: list[tuple[Path, dict[str, str]]] = []
     if not marker_dir.is_dir():
         return found
     for path in marker_dir.iterdir():
