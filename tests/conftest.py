@@ -21,6 +21,10 @@ from harness.sync import LoopThread
 
 TEST_ROLE = "harness_test"
 
+# Read before the session fixture hides it: only tests marked `neon` may use real Neon.
+REAL_NEON_API_KEY = os.environ.get("NEON_API_KEY") or None
+REAL_NEON_PROJECT_ID = os.environ.get("NEON_PROJECT_ID") or None
+
 pytest_plugins = ["pytester"]
 
 

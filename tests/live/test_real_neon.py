@@ -1,0 +1,82 @@
+"""Against real Neon: runs only with NEON_API_KEY and NEON_PROJECT_ID (`tox -e neon`).
+
+Everything here creates its own harness branches and deletes them; nothing else in the
+project is touched (the safety gate refuses it anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from harness.engines import normalize_asyncpg_url
+from harness.session import BranchSession
+from harness.settings import load_settings
+from tests.conftest import REAL_NEON_API_KEY, REAL_NEON_PROJECT_ID
+from tests.plugin._support import copy_example
+
+pytestmark = [
+    pytest.mark.neon,
+    pytest.mark.skipif(
+        not (REAL_NEON_API_KEY and REAL_NEON_PROJECT_ID),
+        reason="real Neon needs NEON_API_KEY and NEON_PROJECT_ID",
+    ),
+]
+
+
+@pytest.fixture
+def neon_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    assert REAL_NEON_API_KEY and REAL_NEON_PROJECT_ID
+    monkeypatch.setenv("NEON_API_KEY", REAL_NEON_API_KEY)
+    monkeypatch.setenv("NEON_PROJECT_ID", REAL_NEON_PROJECT_ID)
+    return copy_example(tmp_path)
+
+
+def test_session_branch_on_real_neon(neon_project: Path) -> None:
+    settings = load_settings(neon_project, options={"branch_ttl": "10m"})
+    assert settings.backend == "neon"
+    session = BranchSession(settings, run_id=f"live-{uuid.uuid4().hex[:8]}")
+    try:
+        handle = session.start()
+
+        async def check() -> list[str]:
+            schemas = []
+            for url in (str(handle.direct_url), normalize_asyncpg_url(str(handle.pooled_url))):
+                dsn = url.replace("postgresql+asyncpg://", "postgresql://").replace("ssl=", "sslmode=")
+                connection = await asyncpg.connect(dsn, statement_cache_size=0)
+                try:
+                    rows = await connection.fetch(
+                        "SELECT table_schema FROM information_schema.tables "
+                        "WHERE table_name = 'alembic_version' ORDER BY 1"
+                    )
+                    schemas.append(",".join(r[0] for r in rows))
+                finally:
+                    await connection.close()
+            return schemas
+
+        assert asyncio.run(check()) == ["auth,catalog,installation"] * 2
+        assert "-pooler" in str(handle.pooled_url)
+    finally:
+        session.finish()
+    assert session.handle is not None
+
+
+def test_plugin_on_real_neon(neon_project: Path, pytester: pytest.Pytester) -> None:
+    for item in neon_project.iterdir():
+        target = pytester.path / item.name
+        if not target.exists():
+            item.rename(target)
+    pytester.makepyfile(
+        test_live="""
+def test_branch(neon_branch):
+    assert "-pooler" in neon_branch.pooled_url
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "cathouse_harness", "--cathouse-ttl", "10m")
+    result.assert_outcomes(passed=1)
+    assert os.environ.get("NEON_API_KEY", "") not in result.stdout.str()
