@@ -95,7 +95,11 @@ def cathouse_branch_session(
                 "direct": str(session.handle.direct_url),
                 "pooled": str(session.handle.pooled_url),
             }
-        session.finish(keep=keep)
+        try:
+            session.finish(keep=keep)
+        except HarnessError as exc:
+            # One line naming the branch and its cleanup command, not a traceback.
+            pytest.fail(str(exc), pytrace=False)
 
 
 def _asyncpg_url(url: str) -> str:

@@ -68,6 +68,11 @@ def summary_lines(
         lines.append(f"  kept for inspection: {branch} (delete: cathouse-branch down '{name}')")
     if kept_urls:
         lines.append(f"  connect: {_psql_command(kept_urls['direct'], show_secrets)}")
+    for branch in (b for r in reports for b in r.get("delete_failed", [])):
+        name = branch.split(" ")[0]
+        lines.append(
+            f"  DELETE FAILED, branch left: {branch} (remove it: cathouse-branch down '{name}')"
+        )
     if swept:
         lines.append(f"  removed {len(swept)} leftover branch(es) of this run: {', '.join(swept)}")
     return lines

@@ -56,6 +56,7 @@ class SessionReport:
     template_reused: bool | None = None
     branches: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    delete_failed: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     api_calls: int = 0
     api_retries: int = 0
@@ -254,9 +255,20 @@ class BranchSession:
                     kept_marker.write_text(self.handle.name)
                     self.report.kept.append(f"{self.handle.name} ({self.handle.id})")
                 else:
-                    self._run(
-                        delete_owned_branch(self.client, self.backend.project_id, self.handle.id)
-                    )
+                    try:
+                        self._run(
+                            delete_owned_branch(self.client, self.backend.project_id, self.handle.id)
+                        )
+                    except HarnessError as exc:
+                        # The marker stays, so the watchdog tries once more; the person
+                        # still gets the branch and the command that removes it.
+                        name, branch_id = self.handle.name, self.handle.id
+                        self.report.delete_failed.append(f"{name} ({branch_id})")
+                        raise SessionStepError(
+                            "teardown", exc,
+                            cleanup=f"branch {name} ({branch_id}) is left; remove it with: "
+                            f"cathouse-branch down '{name}'",
+                        ) from None
                     if self._watchdog is not None:
                         self._watchdog.forget(self.handle.id)
         finally:
