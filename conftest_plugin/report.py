@@ -22,10 +22,9 @@ def header_line(settings: Settings) -> str:
     )
 
 
-def _psql_command(url: str, show_secrets: bool) -> str:
-    shown = url if show_secrets else redact_url(url)
-    hint = "" if show_secrets else "   # password: cathouse-branch reveal or --cathouse-show-secrets"
-    return f"psql '{shown}'{hint}"
+def connect_command(name: str) -> str:
+    """A command that connects to a branch and never puts its password on the screen."""
+    return f"psql \"$(cathouse-branch url '{name}')\""
 
 
 def summary_lines(
@@ -66,8 +65,12 @@ def summary_lines(
     for branch in kept:
         name = branch.split(" ")[0]
         lines.append(f"  kept for inspection: {branch} (delete: cathouse-branch down '{name}')")
-    if kept_urls:
-        lines.append(f"  connect: {_psql_command(kept_urls['direct'], show_secrets)}")
+        lines.append(f"  connect: {connect_command(name)}")
+    if kept_urls and show_secrets:
+        lines.append(f"  direct URL: {kept_urls['direct']}")
+        lines.append(f"  pooled URL: {kept_urls['pooled']}")
+    elif kept_urls:
+        lines.append(f"  direct URL: {redact_url(kept_urls['direct'])} (--cathouse-show-secrets shows it)")
     for branch in (b for r in reports for b in r.get("delete_failed", [])):
         name = branch.split(" ")[0]
         lines.append(

@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", parents=[common], help="list the branches the harness made")
 
+    url = sub.add_parser(
+        "url", parents=[common],
+        help="print a branch's connection URL with its password, for psql \"$(…)\"",
+    )
+    url.add_argument("name", nargs="?", default=None, help="name or id (default: the one in .env)")
+    url.add_argument("--pooled", action="store_true", help="the pooled URL instead of the direct one")
+    url.add_argument("--asyncpg", action="store_true", help="as postgresql+asyncpg:// for SQLAlchemy")
+    url.add_argument("--env-file", type=Path, default=None)
+
     reset = sub.add_parser("reset", parents=[common], help="restore a branch to its parent, migrate")
     reset.add_argument("name", nargs="?", default=None)
     reset.add_argument("--env-file", type=Path, default=None)
@@ -391,6 +400,33 @@ def cmd_list(ctx: Context) -> int:
     return 0
 
 
+def cmd_url(ctx: Context) -> int:
+    """The one command that prints a password on purpose: its output feeds psql or a tool."""
+    from harness import branches
+    from harness.engines import normalize_asyncpg_url
+
+    target = _branch_from_env(ctx, ctx.args.name)
+    settings = ctx.settings
+
+    async def work(client: Any, project_id: str) -> Any:
+        branch = await client.resolve_branch(project_id, target)
+        return await branches.handle_for(
+            client, project_id, branch.id, database=settings.database, role=settings.role
+        )
+
+    with ctx.progress.step(f"look up {target}"):
+        handle = _with_client(ctx, work)
+    url = str(handle.pooled_url if ctx.args.pooled else handle.direct_url)
+    if ctx.args.asyncpg:
+        url = normalize_asyncpg_url(url)
+    if ctx.args.json:
+        shown = url if ctx.args.show_secrets else redact_url(url)
+        print(json.dumps({"branch_id": handle.id, "name": handle.name, "url": shown}), file=ctx.out)
+    else:
+        print(url, file=ctx.out)
+    return 0
+
+
 def cmd_reset(ctx: Context) -> int:
     from harness import branches
 
@@ -541,6 +577,7 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "up": cmd_up,
     "down": cmd_down,
     "list": cmd_list,
+    "url": cmd_url,
     "reset": cmd_reset,
     "gc": cmd_gc,
     "migrate": cmd_migrate,

@@ -64,7 +64,13 @@ def test_failed_session_branch_kept_on_request_without_password(project: pytest.
     text = result.stdout.str()
     assert "kept for inspection: harness/keep1/main" in text
     connect = [line for line in text.splitlines() if "connect: psql" in line]
-    assert connect and ":***@" in connect[0]
+    assert connect == ['  connect: psql "$(cathouse-branch url \'harness/keep1/main\')"']
+    assert ":***@" in text  # the URL shown beside it is redacted
+    url = subprocess.run(
+        [sys.executable, "-m", "harness", "url", "harness/keep1/main", "--quiet"],
+        cwd=project.path, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    assert url.startswith("postgresql://") and url.split("@")[0].split(":")[-1] not in text
     subprocess.run(
         [sys.executable, "-m", "harness", "down", "harness/keep1/main", "--quiet"],
         cwd=project.path, check=True, capture_output=True,
