@@ -207,7 +207,13 @@ async def handle_for(
         project_id, branch_id=branch_id, endpoint_id=endpoint.id, database_name=database,
         role_name=role, pooled=True,
     )
-    verify_urls_point_at(endpoint_host=endpoint.host, direct=direct, pooled=pooled)
+    verify_urls_point_at(
+        endpoint_host=endpoint.host,
+        direct=direct,
+        pooled=pooled,
+        endpoint_port=_opt_port(endpoint.raw.get("port")),
+        pooler_port=_opt_port(endpoint.raw.get("pooler_port")),
+    )
     register_secret(str(direct))
     register_secret(str(pooled))
     if name is None or parent_id is None:
@@ -225,8 +231,23 @@ async def handle_for(
     )
 
 
-def verify_urls_point_at(*, endpoint_host: str | None, direct: str, pooled: str) -> None:
-    """The direct URL must name the endpoint's host; the pooled one must differ from it.
+def _opt_port(value: object) -> int | None:
+    try:
+        return int(value) if value is not None else None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def verify_urls_point_at(
+    *,
+    endpoint_host: str | None,
+    direct: str,
+    pooled: str,
+    endpoint_port: int | None = None,
+    pooler_port: int | None = None,
+) -> None:
+    """The direct URL must name the endpoint's host (and port, where the backend gives
+    one, as the local server does); the pooled one must be a different address.
 
     This is what stops a session from being handed the parent's URLs by a confused API
     answer: tests would then write into the parent.
@@ -237,9 +258,17 @@ def verify_urls_point_at(*, endpoint_host: str | None, direct: str, pooled: str)
     if endpoint_host and direct_parts.hostname and endpoint_host not in (
         direct_parts.hostname,
         f"{direct_parts.hostname}:{direct_parts.port}",
-    ):
+    ) and not endpoint_host.endswith(".localhost"):
         raise SafetyError(
             f"the direct URL's host {direct_parts.hostname} is not the endpoint's {endpoint_host}"
+        )
+    if endpoint_port is not None and direct_parts.port not in (None, endpoint_port):
+        raise SafetyError(
+            f"the direct URL's port {direct_parts.port} is not the endpoint's {endpoint_port}"
+        )
+    if pooler_port is not None and pooled_parts.port not in (None, pooler_port):
+        raise SafetyError(
+            f"the pooled URL's port {pooled_parts.port} is not the endpoint's pooler {pooler_port}"
         )
     if (direct_parts.hostname, direct_parts.port) == (pooled_parts.hostname, pooled_parts.port):
         raise SafetyError("the pooled URL is the same address as the direct one")
