@@ -1,30 +1,8 @@
-"""`GET /health/db`, as the seed asks for, without the seed's leak.
+"""`GET /health/db` of installation-service (cathouse_common.health): 503 and the error's class
+name only, never the URL."""
 
-The seed answered `{"error": str(e)}`; a driver's message can carry a host, a user or a
-whole URL. We answer with the exception's class name only, and 503 so that load
-balancers and orchestrators see the failure.
-"""
+from cathouse_common.health import health_router
 
-from __future__ import annotations
+from .db import database
 
-import logging
-
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
-from sqlalchemy import text
-
-from .db import get_sessionmaker
-
-router = APIRouter()
-log = logging.getLogger(__name__)
-
-
-@router.get("/health/db")
-async def db_health() -> JSONResponse:
-    try:
-        async with get_sessionmaker()() as db:
-            await db.execute(text("SELECT 1"))
-    except Exception as exc:
-        log.warning("database health check failed: %s", type(exc).__name__)
-        return JSONResponse({"status": "unhealthy", "error": type(exc).__name__}, status_code=503)
-    return JSONResponse({"status": "healthy"})
+router = health_router(database)
