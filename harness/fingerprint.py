@@ -2,7 +2,8 @@
 
 It covers, in configured order, every migrating service's name and schema and the bytes
 of its alembic.ini, env.py, script template and every file under its version
-directories. Anything that could change the migrated schema changes it; so does the
+directories, plus the files `migration_sources` names (code that env.py loads from
+outside the service's tree). Anything that could change the migrated schema changes it; so does the
 order of the services. Files are read, never imported, so computing it is cheap.
 """
 
@@ -94,4 +95,9 @@ def migration_fingerprint(settings: Settings) -> str:
         add("schema", (service.schema or "").encode())
         for label, path in service_sources(service).files():
             add(label, path.read_bytes())
+    for path in settings.migration_sources:
+        label = path.relative_to(settings.project_root).as_posix() if path.is_relative_to(
+            settings.project_root
+        ) else path.name
+        add(f"extra/{label}", path.read_bytes())
     return digest.hexdigest()[:FINGERPRINT_LENGTH]

@@ -56,6 +56,7 @@ _TOML_KEYS = {
     "api_host",
     "template_reuse",
     "keep_branch",
+    "migration_sources",
 }
 _SERVICE_KEYS = {"name", "schema", "alembic_ini", "pool_size", "max_overflow", "read_only"}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -100,6 +101,8 @@ class Settings:
     home: Path = field(default_factory=lambda: default_home())
     template_reuse: bool = True
     keep_branch: KeepPolicy | None = None
+    # files outside the services' alembic trees that migrations load (shared env code)
+    migration_sources: tuple[Path, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
@@ -347,6 +350,25 @@ def _parse_services(raw: Any, root: Path, source: str) -> tuple[ServiceConfig, .
     return tuple(services)
 
 
+def _parse_sources(raw: Any, root: Path, source: str) -> tuple[Path, ...]:
+    """Glob patterns relative to the project root; each must match at least one file."""
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        raise ConfigError("must be a list of glob patterns", key="migration_sources", source=source)
+    found: set[Path] = set()
+    for pattern in raw:
+        matches = [
+            p.resolve() for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts
+        ]
+        if not matches:
+            raise ConfigError(
+                f"{pattern!r} matches no file under {root}",
+                key="migration_sources",
+                source=source,
+            )
+        found.update(matches)
+    return tuple(sorted(found))
+
+
 def check_pool_budget(services: tuple[ServiceConfig, ...], limit: int, source: str) -> None:
     total = sum(s.max_connections for s in services)
     if total > limit:
@@ -434,6 +456,10 @@ def load_settings(
         values["keep_branch"] = keep
     if "services" in raw:
         values["services"] = _parse_services(raw["services"], root, src("services"))
+    if "migration_sources" in raw:
+        values["migration_sources"] = _parse_sources(
+            raw["migration_sources"], root, src("migration_sources")
+        )
 
     backend = str(raw.get("backend", "")).strip().lower()
     if backend not in ("", "neon", "embedded"):

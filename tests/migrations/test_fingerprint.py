@@ -70,3 +70,21 @@ def test_bytecode_and_runtime_settings_do_not_change_it(example_copy):
     pyproject.write_text(pyproject.read_text().replace('branch_ttl = "15m"', 'branch_ttl = "1h"'))
     (example_copy / "auth-service/app/main.py").write_text("# app code is not a migration\n")
     assert fingerprint(example_copy) == before
+
+
+def test_shared_env_code_named_in_migration_sources_is_covered(example_copy):
+    before = fingerprint(example_copy)
+    shared = example_copy / "cathouse_common" / "alembic_env.py"
+    shared.write_text(shared.read_text() + "\n# shared migration code changed\n")
+    assert fingerprint(example_copy) != before
+
+
+def test_a_migration_source_that_matches_nothing_is_a_config_error(example_copy):
+    import pytest
+
+    from harness.errors import ConfigError
+
+    pyproject = example_copy / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("cathouse_common/alembic_env.py", "nowhere/*.py"))
+    with pytest.raises(ConfigError, match="'nowhere/\\*.py' matches no file"):
+        load_settings(example_copy, environ={})
