@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.redact import redact_url
 from harness.settings import Settings
 
@@ -81,6 +81,9 @@ def cathouse_branch_session(
     state.session = session
     try:
         session.start()
+    except ConfigError as exc:
+        session.finish()
+        pytest.exit(f"cathouse-harness: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     except HarnessError as exc:
         session.finish()
         pytest.exit(str(exc), returncode=3)

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
-from harness.errors import NeonAPIError, SafetyError
+from harness.errors import ConfigError, NeonAPIError, SafetyError
 from harness.log import get_logger
 from harness.redact import Secret, register_secret
 
 if TYPE_CHECKING:
     from harness.neon.client import NeonClient
     from harness.neon.models import Branch
+    from harness.settings import Settings
 
 log = get_logger("branches")
 
@@ -135,6 +136,44 @@ def ensure_owned(branch: Branch, action: str) -> None:
             f"refusing to {action} {branch.name} ({branch.id}): the harness did not create it",
             hint="only branches named harness/... with the cathouse-harness annotation are touched",
         )
+
+
+def refused_key(exc: NeonAPIError, settings: Settings) -> ConfigError | None:
+    """A 401/403 means a bad (or revoked) key: a configuration error, named as such."""
+    if exc.status not in (401, 403):
+        return None
+    return ConfigError(
+        f"the API refused the key (HTTP {exc.status})",
+        key="NEON_API_KEY",
+        source=settings.source_of("api_key"),
+        hint="check the key, or unset it to use the embedded default",
+    )
+
+
+async def resolve_parent(client: NeonClient, project_id: str, settings: Settings) -> Branch:
+    """The configured parent branch; a missing project, a refused key or an unknown parent
+    is a ConfigError naming the setting and where its value came from."""
+    try:
+        await client.get_project(project_id)
+    except NeonAPIError as exc:
+        refused = refused_key(exc, settings)
+        if refused is not None:
+            raise refused from None
+        if exc.status == 404:
+            raise ConfigError(
+                f"project {project_id!r} not found", key="project_id",
+                source=settings.source_of("project_id"),
+            ) from None
+        raise
+    try:
+        return await client.resolve_branch(project_id, settings.parent_branch)
+    except NeonAPIError as exc:
+        if exc.status == 404:
+            raise ConfigError(
+                f"branch {settings.parent_branch!r} not found in project {project_id}",
+                key="parent_branch", source=settings.source_of("parent_branch"),
+            ) from None
+        raise
 
 
 def expiry(ttl: timedelta, now: datetime | None = None) -> datetime:

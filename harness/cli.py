@@ -172,7 +172,16 @@ def _with_client(ctx: Context, work: Callable[[Any, str], Any]) -> Any:
         async with open_client(backend) as client:
             return await work(client, backend.project_id)
 
-    return asyncio.run(_main())
+    from harness.branches import refused_key
+    from harness.errors import NeonAPIError
+
+    try:
+        return asyncio.run(_main())
+    except NeonAPIError as exc:
+        refused = refused_key(exc, ctx.settings)
+        if refused is not None:
+            raise refused from None
+        raise
 
 
 def _git_branch(directory: Path) -> str | None:
@@ -297,6 +306,8 @@ def cmd_up(ctx: Context) -> int:
         write_env_file(ctx.env_file, {}, force=False)  # raises the one-line refusal
 
     async def work(client: Any, project_id: str) -> tuple[Any, bool]:
+        # first: a wrong project, key or parent is a one-line config error, before anything
+        parent = await branches.resolve_parent(client, project_id, settings)
         existing = await client.find_branch(project_id, name)
         if existing is not None:
             branches.ensure_owned(existing, "reuse")
@@ -306,7 +317,6 @@ def cmd_up(ctx: Context) -> int:
             )
             await branches.extend_expiry(client, project_id, [existing.id], ttl)
             return handle, False
-        parent = await client.resolve_branch(project_id, settings.parent_branch)
         handle = await branches.create_owned_branch(
             client, project_id, name=name, parent_id=parent.id, ttl=ttl, kind="dev",
             run_id=f"dev-{branches.clean_name_part(name)}", database=settings.database,
@@ -531,6 +541,20 @@ def cmd_gc(ctx: Context) -> int:
     return 0
 
 
+def _check_url(url: str, key: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError as exc:
+        raise ConfigError(f"{redact_url(url)!r} is not a valid URL ({exc})", key=key) from None
+    if not parts.scheme.startswith("postgres") or not parts.hostname:
+        raise ConfigError(
+            f"{redact_url(url)!r} is not a postgresql:// URL with a host", key=key
+        )
+
+
 def cmd_migrate(ctx: Context) -> int:
     url = ctx.args.url or os.environ.get("MIGRATION_DATABASE_URL") or read_env_file(ctx.env_file).get(
         "MIGRATION_DATABASE_URL"
@@ -542,6 +566,7 @@ def cmd_migrate(ctx: Context) -> int:
             source=f"environment and {ctx.env_file}",
             hint=f"pass --url or run {PROG} up",
         )
+    _check_url(url, "--url" if ctx.args.url else "MIGRATION_DATABASE_URL")
     migrations = _migrate(ctx, url)
     changed = any(m["before"] != m["after"] for m in migrations)
     ctx.emit(

@@ -20,11 +20,12 @@ from harness.branches import (
     create_owned_branch,
     delete_owned_branch,
     delete_run_branches,
+    resolve_parent,
     restore_owned_branch,
     run_prefix,
     session_branch_name,
 )
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.log import get_logger
 from harness.settings import Settings
 from harness.sync import LoopThread
@@ -121,7 +122,9 @@ class BranchSession:
 
         started = time.perf_counter()
         try:
-            parent = self._run(self.client.resolve_branch(project_id, settings.parent_branch))
+            parent = self._run(resolve_parent(self.client, project_id, settings))
+        except ConfigError:
+            raise  # names the setting and its source already
         except HarnessError as exc:
             raise SessionStepError(
                 "parent", exc, cleanup=f"check parent_branch ({settings.source_of('parent_branch')})"
