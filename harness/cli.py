@@ -326,7 +326,16 @@ def cmd_up(ctx: Context) -> int:
 
     with ctx.progress.step(f"branch {name}"):
         handle, created = _with_client(ctx, work)
-    migrations = _migrate(ctx, str(handle.direct_url))
+    try:
+        migrations = _migrate(ctx, str(handle.direct_url))
+    except HarnessError:
+        if created:  # a branch that never got its migrations is of no use: leave nothing
+
+            async def remove(client: Any, project_id: str) -> None:
+                await branches.delete_owned_branch(client, project_id, handle.id)
+
+            _with_client(ctx, remove)
+        raise
     database_url = normalize_asyncpg_url(str(handle.pooled_url))
     migration_url = str(handle.direct_url)
     write_env_file(
