@@ -196,3 +196,42 @@ def test_plugin_rejects(case: Bad, api: LocalNeon, tmp_path: Path) -> None:
     assert {b["id"] for b in api.branches()} == before, "a branch was created"
     if os.environ.get("RELIABILITY_SHOW"):
         print(case.id, "->", errors[0])
+
+
+def _services_reordered(project: Path) -> None:
+    """installation-service first: its foreign keys point at schemas not made yet."""
+    path = project / "pyproject.toml"
+    text = path.read_text()
+    marker = "[[tool.cathouse_harness.services]]"
+    first = text.index(marker)
+    third = text.index(marker, text.index(marker, first + 1) + 1)
+    tail = text.index("# Reads every")
+    path.write_text(text[:first] + text[third:tail] + text[first:third] + text[tail:])
+
+
+def test_order_that_breaks_a_foreign_key(api: LocalNeon, tmp_path: Path) -> None:
+    """Found only when the migration runs, so it is a migration error (exit 1 from the CLI,
+    a stopped session from the plugin), still one line that says how to fix the order,
+    and nothing is left behind."""
+    from harness.errors import MigrationError
+
+    before = {b["id"] for b in api.branches()}
+    project = make_project(tmp_path / "project", {"test_app.py": TEST_FILE})
+    _services_reordered(project)
+    env = plugin_env(api.home, "order")
+    cli = subprocess.run(
+        [sys.executable, "-m", "harness", "up", "--quiet"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=120,
+    )
+    plugin = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "cathouse_harness", "-p", "no:cacheprovider", "-q"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert cli.returncode == MigrationError.exit_code, cli.stderr
+    lines = [line for line in (cli.stdout + cli.stderr).splitlines() if line.strip()]
+    _check_one_line(cli.stderr, lines, ("installation-service", "put auth-service before"), [api.key])
+    assert plugin.returncode not in (0, 1), plugin.stdout
+    text = plugin.stdout + plugin.stderr
+    lines = [line for line in text.splitlines() if "_pytest.outcomes.Exit" in line]
+    _check_one_line(text, lines, ("installation-service", "put auth-service before"), [api.key])
+    assert {b["id"] for b in api.branches()} == before, "a branch was left behind"
