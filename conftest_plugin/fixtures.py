@@ -86,7 +86,8 @@ def cathouse_branch_session(
         pytest.exit(f"cathouse-harness: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     except HarnessError as exc:
         session.finish()
-        pytest.exit(str(exc), returncode=3)
+        code = pytest.ExitCode.USAGE_ERROR if exc.exit_code == 2 else 3
+        pytest.exit(str(exc), returncode=code)
     try:
         yield session
     finally:

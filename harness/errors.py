@@ -114,6 +114,13 @@ class MigrationError(HarnessError):
         super().__init__(f"migration failed in {where}{message}{detail}", hint=hint)
 
 
+class MigrationOrderError(MigrationError):
+    """A service's migration needs another service's objects that migrate later: the
+    configured order is wrong, which is a configuration fix (exit code 2)."""
+
+    exit_code = 2
+
+
 class SafetyError(HarnessError):
     """The harness refused to act on a branch it did not create, a default or protected one."""
 

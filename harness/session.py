@@ -44,6 +44,9 @@ class SessionStepError(HarnessError):
 
     def __init__(self, step: Step, cause: BaseException, *, cleanup: str | None = None) -> None:
         self.step = step
+        # a configuration problem found during setup (a refused key, a wrong service
+        # order) keeps its exit code 2 through the wrapping
+        self.exit_code = cause.exit_code if isinstance(cause, HarnessError) else 1
         detail = cause.message if isinstance(cause, HarnessError) else f"{type(cause).__name__}: {cause}"
         super().__init__(f"cathouse-harness: {step} step failed: {detail}", hint=cleanup)
 
@@ -152,6 +155,8 @@ class BranchSession:
         except BaseException as exc:
             self._cleanup_after_failed_create(name)
             self._watchdog.forget_name(name)
+            if not isinstance(exc, Exception):
+                raise  # Ctrl-C stays an interruption (pytest's exit code 2), after cleanup
             raise SessionStepError(
                 "fork", exc, cleanup=f"cathouse-branch gc --run {self.run_id}"
             ) from None
@@ -164,7 +169,7 @@ class BranchSession:
             started = time.perf_counter()
             try:
                 self._migrate(handle)
-            except BaseException as exc:
+            except Exception as exc:
                 raise SessionStepError(
                     "migrate", exc, cleanup="the branch is deleted at teardown"
                 ) from None

@@ -29,7 +29,7 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from harness.errors import MigrationError
+from harness.errors import MigrationError, MigrationOrderError
 from harness.fingerprint import script_directory
 from harness.migrate.connection import describe_exception, sqlstate_of
 from harness.settings import ServiceConfig, Settings
@@ -210,8 +210,9 @@ def migration_error(settings: Settings, service: ServiceConfig, exc: BaseExcepti
                     revision: str | None, action: str) -> MigrationError:
     db_error = describe_exception(exc)
     hint = dependency_message(settings, service, revision, exc)
-    return MigrationError(hint or f"{action} failed", service=service.name,
-                          revision=revision, db_error=db_error)
+    error_type = MigrationOrderError if hint and " before " in hint else MigrationError
+    return error_type(hint or f"{action} failed", service=service.name,
+                      revision=revision, db_error=db_error)
 
 
 def upgrade_service(connection: Connection, settings: Settings, service: ServiceConfig,

@@ -210,10 +210,10 @@ def _services_reordered(project: Path) -> None:
 
 
 def test_order_that_breaks_a_foreign_key(api: LocalNeon, tmp_path: Path) -> None:
-    """Found only when the migration runs, so it is a migration error (exit 1 from the CLI,
-    a stopped session from the plugin), still one line that says how to fix the order,
-    and nothing is left behind."""
-    from harness.errors import MigrationError
+    """Found only when the migration runs, but it is a configuration fix: exit 2 from the
+    CLI and a usage error from the plugin, one line that says how to fix the order, and
+    nothing is left behind."""
+    from harness.errors import MigrationOrderError
 
     before = {b["id"] for b in api.branches()}
     project = make_project(tmp_path / "project", {"test_app.py": TEST_FILE})
@@ -227,10 +227,10 @@ def test_order_that_breaks_a_foreign_key(api: LocalNeon, tmp_path: Path) -> None
         [sys.executable, "-m", "pytest", "-p", "cathouse_harness", "-p", "no:cacheprovider", "-q"],
         cwd=project, env=env, capture_output=True, text=True, timeout=120,
     )
-    assert cli.returncode == MigrationError.exit_code, cli.stderr
+    assert cli.returncode == MigrationOrderError.exit_code == 2, cli.stderr
     lines = [line for line in (cli.stdout + cli.stderr).splitlines() if line.strip()]
     _check_one_line(cli.stderr, lines, ("installation-service", "put auth-service before"), [api.key])
-    assert plugin.returncode not in (0, 1), plugin.stdout
+    assert plugin.returncode == pytest.ExitCode.USAGE_ERROR, plugin.stdout
     text = plugin.stdout + plugin.stderr
     lines = [line for line in text.splitlines() if "_pytest.outcomes.Exit" in line]
     _check_one_line(text, lines, ("installation-service", "put auth-service before"), [api.key])
