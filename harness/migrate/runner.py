@@ -215,6 +215,31 @@ def migration_error(settings: Settings, service: ServiceConfig, exc: BaseExcepti
                       revision=revision, db_error=db_error)
 
 
+def _run_command(connection: Connection, settings: Settings, service: ServiceConfig,
+                 target: str, *, downgrade: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """One Alembic upgrade or downgrade of one service; (heads before, heads after).
+
+    A failure becomes a MigrationError naming the revision that was being applied."""
+    assert service.schema is not None
+    end_transaction(connection)
+    before = read_heads(connection, service.schema)
+    run = command.downgrade if downgrade else command.upgrade
+    try:
+        with preserved_logging():
+            run(alembic_config(service, connection), target)
+    except Exception as exc:
+        with suppress(Exception):
+            end_transaction(connection)
+        now: tuple[str, ...] = ()
+        with suppress(Exception):
+            now = read_heads(connection, service.schema)
+        revision = failing_revision(service, exc, target, now, downgrade=downgrade)
+        action = f"{'downgrade' if downgrade else 'upgrade'} to {target}"
+        raise migration_error(settings, service, exc, revision, action) from exc
+    end_transaction(connection)
+    return before, read_heads(connection, service.schema)
+
+
 def upgrade_service(connection: Connection, settings: Settings, service: ServiceConfig,
                     target: str = "head") -> ServiceResult:
     """Create the schema if missing and upgrade one service to `target`."""
@@ -222,20 +247,7 @@ def upgrade_service(connection: Connection, settings: Settings, service: Service
     started = perf_counter()
     end_transaction(connection)
     ensure_schema(connection, service.schema)
-    before = read_heads(connection, service.schema)
-    try:
-        with preserved_logging():
-            command.upgrade(alembic_config(service, connection), target)
-    except Exception as exc:
-        with suppress(Exception):
-            end_transaction(connection)
-        now: tuple[str, ...] = ()
-        with suppress(Exception):
-            now = read_heads(connection, service.schema)
-        revision = failing_revision(service, exc, target, now)
-        raise migration_error(settings, service, exc, revision, f"upgrade to {target}") from exc
-    end_transaction(connection)
-    after = read_heads(connection, service.schema)
+    before, after = _run_command(connection, settings, service, target, downgrade=False)
     if after == before and target in ("head", "heads"):
         _verify_at_head(service, after)
     return ServiceResult(
@@ -264,21 +276,7 @@ def downgrade_service(connection: Connection, settings: Settings, service: Servi
                       target: str = "base") -> ServiceResult:
     assert service.schema is not None
     started = perf_counter()
-    end_transaction(connection)
-    before = read_heads(connection, service.schema)
-    try:
-        with preserved_logging():
-            command.downgrade(alembic_config(service, connection), target)
-    except Exception as exc:
-        with suppress(Exception):
-            end_transaction(connection)
-        now: tuple[str, ...] = ()
-        with suppress(Exception):
-            now = read_heads(connection, service.schema)
-        revision = failing_revision(service, exc, target, now, downgrade=True)
-        raise migration_error(settings, service, exc, revision, f"downgrade to {target}") from exc
-    end_transaction(connection)
-    after = read_heads(connection, service.schema)
+    before, after = _run_command(connection, settings, service, target, downgrade=True)
     return ServiceResult(service.name, service.schema, join_heads(before), join_heads(after),
                          perf_counter() - started)
 
