@@ -42,7 +42,7 @@ def connect_backend(settings: Settings) -> BackendInfo:
         return BackendInfo("neon", settings.api_host, settings.api_key, settings.project_id)
     from harness.local.server import ensure_local_server
 
-    info = ensure_local_server(settings.home)
+    info = ensure_local_server(settings.home, storage=settings.local_storage)
     return BackendInfo("embedded", info.api_host, Secret(str(info.api_key)), info.project_id)
 
 

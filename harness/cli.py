@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     common.add_argument("--show-secrets", action="store_true", help="print passwords in URLs")
     common.add_argument("--backend", choices=("neon", "embedded"), default=None)
+    common.add_argument(
+        "--storage", choices=("memory", "disk"), default=None,
+        help="embedded default only: memory (fast, the default) or disk (survives reboots)",
+    )
     common.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
@@ -118,7 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     emulator = sub.add_parser("emulator", parents=[common], help="run the local Neon API server")
     emulator.add_argument("--port", type=int, default=0)
-    emulator.add_argument("--storage", choices=("memory", "disk"), default="memory")
     emulator.add_argument("--home", type=Path, default=None)
     return parser
 
@@ -138,6 +141,8 @@ class Context:
     def settings(self) -> Settings:
         if self._settings is None:
             options: dict[str, Any] = {"backend": self.args.backend}
+            if getattr(self.args, "storage", None) and self.args.command != "emulator":
+                options["local_storage"] = self.args.storage
             if getattr(self.args, "parent", None):
                 options["parent_branch"] = self.args.parent
             self._settings = load_settings(self.project_dir, options=options)
@@ -588,7 +593,9 @@ def cmd_migrate(ctx: Context) -> int:
 def cmd_doctor(ctx: Context) -> int:
     from harness.doctor import run_checks
 
-    checks = run_checks(ctx.project_dir, env_file=ctx.env_file, backend=ctx.args.backend)
+    checks = run_checks(
+        ctx.project_dir, env_file=ctx.env_file, backend=ctx.args.backend, storage=ctx.args.storage
+    )
     worst = 0
     for check in checks:
         worst = max(worst, check.exit_code)
@@ -604,7 +611,7 @@ def cmd_emulator(ctx: Context) -> int:
     from harness.settings import default_home
 
     home = ctx.args.home or Path(os.environ.get("CATHOUSE_HARNESS_HOME") or default_home())
-    return run_emulator(ctx.args.port, home, ctx.args.storage, ctx.out)
+    return run_emulator(ctx.args.port, home, ctx.args.storage or "memory", ctx.out)
 
 
 COMMANDS: dict[str, Callable[[Context], int]] = {

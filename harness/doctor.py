@@ -99,10 +99,12 @@ def check_revisions(settings: Settings, direct_url: str) -> Check:
     return Check("revisions", "ok", f"{len(heads)} service(s) at head")
 
 
-def run_checks(project_dir: Path, *, env_file: Path, backend: str | None = None) -> list[Check]:
+def run_checks(
+    project_dir: Path, *, env_file: Path, backend: str | None = None, storage: str | None = None
+) -> list[Check]:
     checks: list[Check] = []
     try:
-        settings = load_settings(project_dir, options={"backend": backend})
+        settings = load_settings(project_dir, options={"backend": backend, "local_storage": storage})
     except ConfigError as exc:
         return [Check("configuration", "config", exc.message, exc.hint or "")]
     names = ", ".join(s.name for s in settings.services) or "none"
@@ -140,7 +142,7 @@ def _check_backend(settings: Settings) -> Check:
     if settings.backend == "embedded":
         from harness.local.server import running_server
 
-        info = running_server(settings.home)
+        info = running_server(settings.home, settings.local_storage)
         if info is None:
             return Check("backend", "ok", "embedded default; not running (starts on first use)")
         return Check("backend", "ok", f"embedded default answering at {info.api_host}")

@@ -42,6 +42,7 @@ ENV_NAMES: dict[str, str] = {
     "home": "CATHOUSE_HARNESS_HOME",
     "template_reuse": "CATHOUSE_TEMPLATE_REUSE",
     "keep_branch": "CATHOUSE_KEEP_BRANCH",
+    "local_storage": "CATHOUSE_LOCAL_STORAGE",
 }
 
 _TOML_KEYS = {
@@ -57,6 +58,7 @@ _TOML_KEYS = {
     "template_reuse",
     "keep_branch",
     "migration_sources",
+    "local_storage",
 }
 _SERVICE_KEYS = {"name", "schema", "alembic_ini", "pool_size", "max_overflow", "read_only"}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -103,6 +105,9 @@ class Settings:
     keep_branch: KeepPolicy | None = None
     # files outside the services' alembic trees that migrations load (shared env code)
     migration_sources: tuple[Path, ...] = ()
+    # where the embedded default keeps its PostgreSQL: "memory" (fast, gone at reboot) or
+    # "disk" (durable); each storage is its own local server and project
+    local_storage: Literal["memory", "disk"] = "memory"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
@@ -456,6 +461,15 @@ def load_settings(
         values["keep_branch"] = keep
     if "services" in raw:
         values["services"] = _parse_services(raw["services"], root, src("services"))
+    if "local_storage" in raw:
+        storage = str(raw["local_storage"]).strip().lower()
+        if storage not in ("memory", "disk"):
+            raise ConfigError(
+                f"{raw['local_storage']!r} is not 'memory' or 'disk'",
+                key="local_storage",
+                source=src("local_storage"),
+            )
+        values["local_storage"] = storage
     if "migration_sources" in raw:
         values["migration_sources"] = _parse_sources(
             raw["migration_sources"], root, src("migration_sources")

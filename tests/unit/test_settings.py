@@ -148,3 +148,11 @@ def test_unknown_service_lookup(tmp_path: Path) -> None:
 def test_parse_ttl(text: object, seconds: int) -> None:
     assert parse_ttl(text) == timedelta(seconds=seconds)
     assert parse_ttl(format_ttl(parse_ttl(text))) == timedelta(seconds=seconds)
+
+
+def test_local_storage(tmp_path: Path) -> None:
+    root = project(tmp_path)
+    assert load_settings(root, environ={}).local_storage == "memory"
+    assert load_settings(root, environ={"CATHOUSE_LOCAL_STORAGE": "disk"}).local_storage == "disk"
+    with pytest.raises(ConfigError, match="local_storage \\(from environment CATHOUSE_LOCAL_STORAGE\\)"):
+        load_settings(root, environ={"CATHOUSE_LOCAL_STORAGE": "tape"})
