@@ -25,7 +25,7 @@ from harness.redact import Secret, register_secret
 
 if TYPE_CHECKING:
     from harness.neon.client import NeonClient
-    from harness.neon.models import Branch
+    from harness.neon.models import Branch, BranchCreated
     from harness.settings import Settings
 
 log = get_logger("branches")
@@ -207,13 +207,62 @@ async def create_owned_branch(
         wait=True,
     )
     branch = created.branch
-    handle = await handle_for(
-        client, project_id, branch.id, database=database, role=role, kind=kind, name=branch.name,
-        parent_id=branch.parent_id,
+    # The create answer (re-read once its operations finished) already names the
+    # endpoint and its URIs; ask the API again only when it does not.
+    handle = _handle_from_created(
+        created, project_id=project_id, database=database, role=role, kind=kind
     )
+    if handle is None:
+        handle = await handle_for(
+            client, project_id, branch.id, database=database, role=role, kind=kind,
+            name=branch.name, parent_id=branch.parent_id,
+        )
     handle = replace(handle, created_seconds=time.perf_counter() - started)
     log.info("created branch %s (%s) from %s", handle.name, handle.id, parent_id)
     return handle
+
+
+def _handle_from_created(
+    created: BranchCreated, *, project_id: str, database: str, role: str, kind: Kind
+) -> BranchHandle | None:
+    """The handle from a finished create's own answer, with the same URL checks as
+    `handle_for`; None when the answer lacks a usable endpoint or the URIs for
+    `database` and `role` (then the caller asks the API)."""
+    branch = created.branch
+    endpoints = [e for e in created.endpoints if e.type == "read_write"] or list(created.endpoints)
+    if not endpoints or not endpoints[0].usable:
+        return None
+    endpoint = endpoints[0]
+    info = next(
+        (c for c in created.connection_uris if c.database == database and c.role == role), None
+    )
+    pooled = info.pooled_uri if info is not None else None
+    if info is None or pooled is None:
+        return None
+    if endpoint.branch_id != branch.id:
+        raise SafetyError(
+            f"endpoint {endpoint.id} belongs to branch {endpoint.branch_id}, not {branch.id}"
+        )
+    direct = str(info.uri)
+    verify_urls_point_at(
+        endpoint_host=endpoint.host,
+        direct=direct,
+        pooled=str(pooled),
+        endpoint_port=_opt_port(endpoint.raw.get("port")),
+        pooler_port=_opt_port(endpoint.raw.get("pooler_port")),
+    )
+    register_secret(direct)
+    register_secret(str(pooled))
+    return BranchHandle(
+        project_id=project_id,
+        id=branch.id,
+        name=branch.name,
+        parent_id=branch.parent_id,
+        endpoint_id=endpoint.id,
+        direct_url=Secret(direct),
+        pooled_url=Secret(str(pooled)),
+        kind=kind,
+    )
 
 
 async def handle_for(

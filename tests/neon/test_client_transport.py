@@ -187,7 +187,9 @@ async def test_wait_for_operations_polls_running_until_finished():
     assert [op.id for op in ops] == [op.id for op in created.operations]
     assert all(op.status == "finished" for op in ops)
     # polling starts short and grows
-    assert clock.sleeps[0] == pytest.approx(0.02)
+    from harness.neon.client import _POLL_FIRST
+
+    assert clock.sleeps[0] == pytest.approx(_POLL_FIRST)
     assert clock.sleeps == sorted(clock.sleeps)
 
 
