@@ -282,7 +282,7 @@ class BranchSession:
         finally:
             self._collect_stats()
             if self._watchdog is not None:
-                self._watchdog.stop()
+                _stop_watchdog(self._watchdog)
             if self._client is not None and self._loop is not None:
                 try:
                     self._run(self.client.aclose())
@@ -297,6 +297,30 @@ class BranchSession:
         if stats is not None:
             self.report.api_calls = int(getattr(stats, "calls", 0))
             self.report.api_retries = int(getattr(stats, "retries", 0))
+
+
+def _stop_watchdog(watchdog: WatchdogHandle) -> None:
+    """Release the watchdog; wait for it only when it still has branches to delete.
+
+    With nothing recorded it just exits, which takes it a few hundred ms (it imports the
+    client first), so teardown closes the pipe and lets a thread reap it.
+    """
+    try:
+        idle = not any(watchdog.marker_dir.iterdir())
+    except OSError:
+        idle = True
+    if not idle:
+        watchdog.stop()
+        return
+    import threading
+
+    stdin = watchdog.process.stdin
+    if stdin is not None and not stdin.closed:
+        try:
+            stdin.close()
+        except OSError:
+            pass
+    threading.Thread(target=watchdog.process.wait, name="cathouse-watchdog-reaper", daemon=True).start()
 
 
 def sweep_run(settings: Settings, run_id: str) -> list[str]:
