@@ -141,6 +141,7 @@ class LocalNeon:
         self._reaper: asyncio.Task[None] | None = None
         self._named_hosts = False
         self._addresses: dict[str, Any] = {}
+        self._save_pending = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -163,7 +164,7 @@ class LocalNeon:
         self._state = state
         await self.dataplane.ensure_role(state.role_name, state.role_password)
         await self._reconcile(fresh=fresh)
-        self.save()
+        self.flush()
         self._reaper = asyncio.create_task(self._reap_forever(), name="cathouse-reaper")
 
     async def stop(self, *, stop_postgres: bool = True) -> None:
@@ -174,10 +175,29 @@ class LocalNeon:
             with contextlib.suppress(BaseException):
                 await task
         if self._state is not None:
-            self.save()
+            self.flush()
         await self.dataplane.stop(stop_postgres=stop_postgres)
 
     def save(self) -> None:
+        """Persist the state: at the end of the current event-loop step.
+
+        Every operation step calls this, often several times in one step (an operation
+        ends and the next begins); one write per step is enough, and writing later in
+        the step keeps the file write off the path between a copy and its answer.
+        """
+        if self._save_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._save_pending = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the state now."""
+        self._save_pending = False
         save_state(self.state, self.home)
 
     def touch(self) -> None:
@@ -531,9 +551,10 @@ class LocalNeon:
             for op in ops:
                 state.operations.pop(op.id, None)
             raise
-        self.save()
         fail = self.faults.operation_fails()
+        # Spawned before the save, so the copy starts ahead of the state file's write.
         self._spawn(lambda: self._run_create(branch, parent, endpoints, ops, fail), f"create {branch.id}")
+        self.save()
         return branch, endpoints, ops
 
     async def _run_create(

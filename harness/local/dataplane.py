@@ -271,10 +271,20 @@ class DataPlane:
         self, physical: str, *, owner: str, template: str | None = None, schema_only: bool = False
     ) -> None:
         async with self._serialised():
-            await self._create(physical, owner=owner, template=template)
-            if schema_only and template is not None:
-                await self._truncate_data(physical)
-            await self._databases_changed()
+            # PgBouncer learns the name while the copy runs (it connects to a database
+            # only when a client asks, and no client is let through before the copy
+            # ended), so its reload costs no time of its own.
+            announce = asyncio.create_task(self._databases_changed(added=physical))
+            try:
+                await self._create(physical, owner=owner, template=template)
+                if schema_only and template is not None:
+                    await self._truncate_data(physical)
+            except BaseException:
+                await asyncio.gather(announce, return_exceptions=True)
+                with contextlib.suppress(Exception):
+                    await self._databases_changed(removed=physical)
+                raise
+            await announce
 
     async def _create(self, physical: str, *, owner: str, template: str | None) -> None:
         sql = f"CREATE DATABASE {quote_ident(physical)} OWNER {quote_ident(owner)}"
@@ -331,7 +341,7 @@ class DataPlane:
                 await self._admin().execute(f"DROP DATABASE IF EXISTS {quote_ident(physical)} WITH (FORCE)")
             except asyncpg.PostgresError as exc:
                 raise self._error(f"cannot drop database {physical}", exc) from None
-            await self._databases_changed()
+            await self._databases_changed(removed=physical)
 
     async def replace_database(self, physical: str, *, template: str, owner: str) -> None:
         """Restore: `physical` becomes a fresh copy of `template`; endpoints keep working."""
@@ -352,12 +362,18 @@ class DataPlane:
                         f"DROP DATABASE IF EXISTS {quote_ident(staging)} WITH (FORCE)"
                     )
                 raise self._error(f"cannot restore database {physical}", exc) from None
-            await self._databases_changed()
 
-    async def _databases_changed(self) -> None:
-        """PgBouncer lists every database."""
-        if self._pgbouncer is not None:
-            await self._pgbouncer.set_databases(await self.list_databases())
+    async def _databases_changed(self, *, added: str | None = None, removed: str | None = None) -> None:
+        """PgBouncer lists every database: tell it about one that appeared or went away
+        (a restore renames its copy onto the old name, so the list stays the same)."""
+        if self._pgbouncer is None:
+            return
+        wanted = set(self._pgbouncer.databases())
+        if added is not None:
+            wanted.add(added)
+        if removed is not None:
+            wanted.discard(removed)
+        await self._pgbouncer.set_databases(wanted)
 
     # --- the fence -------------------------------------------------------------------
 
@@ -368,8 +384,8 @@ class DataPlane:
         try:
             if self._pgbouncer is not None:
                 pause = asyncio.create_task(self._pgbouncer.pause(database))
-            await self._drain(database, pause)
-            await self._end_sessions(database)
+            if await self._drain(database, pause):
+                await self._end_sessions(database)
             if pause is not None:
                 # Ending the sessions releases PgBouncer's server connections, so the
                 # PAUSE completes now; if not, the copy still proceeds on a quiet database.
@@ -385,11 +401,12 @@ class DataPlane:
             finally:
                 self._fences.release(database)
 
-    async def _drain(self, database: str, pause: asyncio.Task[None] | None) -> None:
+    async def _drain(self, database: str, pause: asyncio.Task[None] | None) -> bool:
         """Wait (bounded) until the transactions open on `database` at fence time ended.
 
         Only those: a busy client may start new ones all the time, and those are ended
         with their sessions anyway, so waiting for a quiet moment could take forever.
+        Returns False when no other session was connected at all (nothing to end).
         """
         deadline = time.monotonic() + self.fence_timeout
         query = _OTHER_SESSIONS.format(what="pid, xact_start") + " AND xact_start IS NOT NULL"
@@ -398,7 +415,14 @@ class DataPlane:
             rows = await self._admin().fetch(query, database)
             return {(row["pid"], row["xact_start"]) for row in rows}
 
-        waiting = await open_transactions()
+        # The common case, an idle template, is settled by this one query.
+        rows = await self._admin().fetch(_OTHER_SESSIONS.format(what="pid, xact_start"), database)
+        if not rows:
+            # No server connection of PgBouncer's either, so its PAUSE returns at once.
+            if pause is not None:
+                await asyncio.wait({pause}, timeout=self.fence_timeout)
+            return False
+        waiting = {(row["pid"], row["xact_start"]) for row in rows if row["xact_start"] is not None}
         if pause is not None:
             # PAUSE returns once PgBouncer's transactions on the database have finished.
             await asyncio.wait({pause}, timeout=self.fence_timeout)
@@ -406,6 +430,7 @@ class DataPlane:
             waiting &= await open_transactions()
             if waiting:
                 await asyncio.sleep(_POLL)
+        return True
 
     async def _end_sessions(self, database: str) -> None:
         pool = self._admin()
