@@ -1,0 +1,106 @@
+"""Shared pieces of the benchmarks: statistics, homes, the local cluster's superuser.
+
+Every benchmark runs on the embedded default with its own `CATHOUSE_HARNESS_HOME` under
+a temporary directory (never the user's cache), and stops the servers it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+EXAMPLE = REPO / "examples" / "cathouse"
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    """min / median / max and the raw runs, in seconds."""
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "min": min(values),
+        "median": statistics.median(values),
+        "max": max(values),
+        "runs": [round(v, 6) for v in values],
+    }
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def home_env(home: Path) -> Iterator[None]:
+    """Point this process at `home` (and at the embedded default) for the block."""
+    saved = {k: os.environ.get(k) for k in ("CATHOUSE_HARNESS_HOME", "NEON_API_KEY", "CATHOUSE_BACKEND")}
+    os.environ["CATHOUSE_HARNESS_HOME"] = str(home)
+    os.environ.pop("NEON_API_KEY", None)
+    os.environ["CATHOUSE_BACKEND"] = "embedded"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def child_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NEON_API_KEY", "PYTEST_XDIST_WORKER")}
+    env["CATHOUSE_HARNESS_HOME"] = str(home)
+    env["CATHOUSE_BACKEND"] = "embedded"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+def stop_home(home: Path) -> None:
+    """Stop the home's local server and remove its in-memory cluster."""
+    from harness.local.postgres import memory_cluster_dirs
+    from harness.local.server import stop_local_server
+
+    with contextlib.suppress(Exception):
+        stop_local_server(home)
+    for path in memory_cluster_dirs(home):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def superuser_dsn(home: Path) -> str:
+    """The superuser DSN (unix socket, trust) of the home's in-memory cluster."""
+    from harness.local.postgres import ClusterPaths, cluster_root, resolve_os_user
+
+    root = cluster_root(home, "memory", resolve_os_user())
+    paths = ClusterPaths.under(root)
+    port = paths.port_file.read_text().strip()
+    return f"postgresql://postgres@/postgres?host={paths.socket_dir}&port={port}"
+
+
+def cluster_port(home: Path) -> int:
+    from harness.local.postgres import ClusterPaths, cluster_root, resolve_os_user
+
+    root = cluster_root(home, "memory", resolve_os_user())
+    return int(ClusterPaths.under(root).port_file.read_text().strip())
+
+
+def run_async(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def fmt(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"

@@ -1,0 +1,150 @@
+"""Create-to-ready and delete latency through the local Neon API, next to the raw copy.
+
+    python benchmarks/api_latency.py [--reps 10]
+
+Each repetition, on one running local server (own temporary home): a raw
+`CREATE DATABASE … TEMPLATE … STRATEGY FILE_COPY` of the template's database as
+superuser (the physical floor, data directory in memory) and its `DROP DATABASE`; then
+the same through the API: `create_branch` until its operations finished and the
+endpoint is usable, the harness's whole per-worker fork (`create_owned_branch`: the
+same plus the URL checks), and `delete_branch` until its operations finished.
+Issue 3's target: create-to-ready within 2x of the raw copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from _common import EXAMPLE, fmt, home_env, stop_home, summary, superuser_dsn
+
+
+async def _measure(home: Path, template_id: str | None, reps: int) -> dict[str, Any]:
+    import asyncpg
+
+    from harness.backend import connect_backend, open_client
+    from harness.branches import create_owned_branch, delete_owned_branch
+    from harness.local.ids import physical_name
+    from harness.settings import load_settings
+
+    settings = load_settings(EXAMPLE)
+    backend = connect_backend(settings)
+    project = backend.project_id
+    raw_create: list[float] = []
+    raw_drop: list[float] = []
+    api_create: list[float] = []
+    api_delete: list[float] = []
+    fork: list[float] = []
+    fork_delete: list[float] = []
+    calls_per_fork: list[int] = []
+    admin = await asyncpg.connect(superuser_dsn(home))
+    async with open_client(backend) as client:
+        parent_id = template_id or (await client.resolve_branch(project, settings.parent_branch)).id
+        source = physical_name(parent_id)
+        for i in range(reps):
+            name = f"bench_raw_{uuid.uuid4().hex[:8]}"
+            started = time.perf_counter()
+            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}" STRATEGY FILE_COPY')
+            raw_create.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await admin.execute(f'DROP DATABASE "{name}"')
+            raw_drop.append(time.perf_counter() - started)
+
+            started = time.perf_counter()
+            created = await client.create_branch(
+                project,
+                name=f"harness/bench-api/{i}-{uuid.uuid4().hex[:6]}",
+                parent_id=parent_id,
+                annotation={
+                    "cathouse-harness": "1",
+                    "cathouse-harness.kind": "session",
+                    "cathouse-harness.run": "bench-api",
+                },
+                wait=True,
+            )
+            api_create.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await client.delete_branch(project, created.branch.id, wait=True)
+            api_delete.append(time.perf_counter() - started)
+
+            before = client.stats.calls
+            started = time.perf_counter()
+            handle = await create_owned_branch(
+                client,
+                project,
+                name=f"harness/bench-fork/{i}-{uuid.uuid4().hex[:6]}",
+                parent_id=parent_id,
+                ttl=timedelta(minutes=15),
+                kind="session",
+                run_id="bench-fork",
+                database=settings.database,
+                role=settings.role,
+            )
+            fork.append(time.perf_counter() - started)
+            calls_per_fork.append(client.stats.calls - before)
+            started = time.perf_counter()
+            await delete_owned_branch(client, project, handle.id)
+            fork_delete.append(time.perf_counter() - started)
+    await admin.close()
+    raw = summary(raw_create)
+    result = {
+        "raw_copy": raw,
+        "raw_drop": summary(raw_drop),
+        "api_create_to_ready": summary(api_create),
+        "api_delete": summary(api_delete),
+        "fork": summary(fork),
+        "fork_delete": summary(fork_delete),
+        "api_calls_per_fork": max(calls_per_fork) if calls_per_fork else 0,
+    }
+    result["create_vs_raw"] = result["api_create_to_ready"]["median"] / raw["median"]
+    result["fork_vs_floor"] = result["fork"]["median"] / raw["median"]
+    result["delete_vs_raw_drop"] = result["api_delete"]["median"] / result["raw_drop"]["median"]
+    return result
+
+
+def measure(home: Path, reps: int, template_id: str | None = None) -> dict[str, Any]:
+    """Needs the home's server up (it is started when missing)."""
+    with home_env(home):
+        return asyncio.run(_measure(home, template_id, reps))
+
+
+def print_result(result: dict[str, Any]) -> None:
+    rows = [
+        ("raw CREATE DATABASE … TEMPLATE (floor)", result["raw_copy"]),
+        ("API create → ready", result["api_create_to_ready"]),
+        ("per-worker fork (create_owned_branch)", result["fork"]),
+        ("raw DROP DATABASE", result["raw_drop"]),
+        ("API delete → finished", result["api_delete"]),
+    ]
+    print("issue 3 / 5: API latency against the raw copy (medians; min)")
+    for label, stats in rows:
+        print(f"  {label:<42} {fmt(stats['median']):>10}  (min {fmt(stats['min'])})")
+    print(f"  create-to-ready / raw copy   {result['create_vs_raw']:.2f}x  (target <= 2)")
+    print(f"  fork / raw copy              {result['fork_vs_floor']:.2f}x  (targets <= 1.5, <= 2)")
+    print(f"  delete / raw drop            {result['delete_vs_raw_drop']:.2f}x")
+    print(f"  API calls per fork           {result['api_calls_per_fork']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-home-api-"))
+    try:
+        result = measure(home, args.reps)
+    finally:
+        stop_home(home)
+    print_result(result)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,527 @@
+"""What a test session costs, measured against the alternatives, in one run.
+
+    python benchmarks/run.py [--quick] [--out benchmarks/results/latest.json] [--no-plot]
+
+Everything runs on the embedded default with temporary homes (never ~/.cache), and in
+one process (subprocesses where a fresh process is the thing measured), so the ratios
+hold on a noisy machine. Sections:
+
+- cold session: fresh home, no server, no template; a fresh process (`_probe.py`) until
+  the branch is usable, then teardown;
+- warm session: template reused, server up; a fresh process, timed from before the
+  harness is imported (`import_to_ready`) and from spawn (`spawn_to_ready`);
+- hot session: `BranchSession` repeated in this process (server up, template reused);
+- API latency: per-worker fork and create/delete through the API next to a raw
+  `CREATE DATABASE … TEMPLATE … STRATEGY FILE_COPY` on the same in-memory cluster;
+- per-test isolation: db_session's work vs reset branch vs fresh branch per test;
+- scaling: real `pytest -p cathouse_harness -n N` subprocesses (N = 1, 2, 4) on a copy
+  of examples/cathouse whose tests are 8 trivial tests using `neon_branch`, next to the
+  same tests without the fixture; API calls read from the plugin's summary;
+- synthetic projects: 3/6/12 services x 10/100 revisions: template build (cold
+  migration, fresh process, no bytecode) and the next session (template reused);
+- naive baseline: a fresh database per session and each service's
+  `alembic upgrade head` as its own process, in order.
+
+Output: a table on stdout, every figure in the JSON file, a PNG next to it when
+matplotlib is importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import api_latency
+import session_overhead
+from _common import EXAMPLE, REPO, child_env, cluster_port, fmt, home_env, stop_home, summary, superuser_dsn
+
+RESULTS = REPO / "benchmarks" / "results"
+PROBE = REPO / "benchmarks" / "_probe.py"
+
+
+# ---------------------------------------------------------------------- sessions in a fresh process
+
+
+def probe(home: Path, project: Path, run_id: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, str(PROBE), str(project), run_id],
+        env=child_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(project),
+    )
+    assert process.stdout is not None
+    ready = None
+    result: dict[str, Any] = {}
+    for line in process.stdout:
+        if line.startswith("READY") and ready is None:
+            ready = time.perf_counter() - started
+        elif line.startswith("{"):
+            result = json.loads(line)
+    stderr = process.stderr.read() if process.stderr else ""
+    if process.wait() != 0 or ready is None:
+        raise RuntimeError(f"probe failed in {project}: {stderr.strip()[-2000:]}")
+    result["spawn_to_ready"] = ready
+    return result
+
+
+def sessions(probes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "spawn_to_ready": summary([p["spawn_to_ready"] for p in probes]),
+        "import_to_ready": summary([p["import_to_ready"] for p in probes]),
+        "teardown": summary([p["teardown"] for p in probes]),
+        "migrate": summary([p["timings"].get("migrate", 0.0) for p in probes]),
+        "api_calls": max(p["api_calls"] for p in probes),
+        "template_reused": [p["template_reused"] for p in probes],
+    }
+
+
+# ---------------------------------------------------------------------- the naive baseline
+
+
+def naive(home: Path, project: Path, reps: int) -> dict[str, Any]:
+    """Fresh database + one `alembic upgrade head` process per service, in order."""
+    import asyncpg
+
+    from harness.backend import connect_backend, open_client
+    from harness.settings import load_settings
+
+    with home_env(home):
+        settings = load_settings(project)
+        backend = connect_backend(settings)
+
+        async def password() -> str:
+            async with open_client(backend) as client:
+                main = await client.resolve_branch(backend.project_id, settings.parent_branch)
+                return (await client.reveal_password(backend.project_id, main.id, settings.role)).reveal()
+
+        secret = asyncio.run(password())
+    port = cluster_port(home)
+    setups: list[float] = []
+    drops: list[float] = []
+    for _ in range(reps):
+        name = f"naive_{uuid.uuid4().hex[:8]}"
+
+        async def admin(sql: str) -> None:
+            conn = await asyncpg.connect(superuser_dsn(home))
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        started = time.perf_counter()
+        asyncio.run(admin(f'CREATE DATABASE "{name}" OWNER "{settings.role}"'))
+        url = f"postgresql://{settings.role}:{secret}@127.0.0.1:{port}/{name}"
+        for service in settings.migrating_services:
+            assert service.alembic_ini is not None
+            subprocess.run(
+                [sys.executable, "-m", "alembic", "upgrade", "head"],
+                cwd=service.alembic_ini.parent,
+                check=True,
+                capture_output=True,
+                env=child_env(home, MIGRATION_DATABASE_URL=url),
+            )
+        setups.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        drops.append(time.perf_counter() - started)
+    return {"setup": summary(setups), "teardown": summary(drops)}
+
+
+# ---------------------------------------------------------------------- xdist scaling
+
+
+TRIVIAL = """
+import pytest
+
+@pytest.mark.parametrize("n", range(8))
+def test_branch(n, {fixture}):
+    pass
+"""
+
+
+def scaling(home: Path, root: Path, workers: list[int], reps: int) -> dict[str, Any]:
+    project = root / "xdist-project"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", ".env", "tests"))
+    (project / "tests").mkdir()
+    rows: dict[str, Any] = {}
+    for n in workers:
+        walls: dict[str, list[float]] = {"harness": [], "plain": []}
+        calls: list[int] = []
+        for kind in ("plain", "harness"):
+            (project / "tests" / "test_trivial.py").write_text(
+                TRIVIAL.format(fixture="neon_branch" if kind == "harness" else "tmp_path")
+            )
+            for _ in range(reps):
+                started = time.perf_counter()
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pytest",
+                        "-p",
+                        "cathouse_harness",
+                        "-p",
+                        "no:cacheprovider",
+                        "-q",
+                        "-n",
+                        str(n),
+                    ],
+                    cwd=project,
+                    env=child_env(home, CATHOUSE_RUN_ID=f"bench-x{n}-{uuid.uuid4().hex[:6]}"),
+                    capture_output=True,
+                    text=True,
+                )
+                walls[kind].append(time.perf_counter() - started)
+                if done.returncode != 0:
+                    raise RuntimeError(f"pytest -n {n} failed: {done.stdout[-2000:]}")
+                if kind == "harness":
+                    found = re.search(r"API calls (\d+)", done.stdout)
+                    calls.append(int(found.group(1)) if found else -1)
+        harness, plain = summary(walls["harness"]), summary(walls["plain"])
+        rows[str(n)] = {
+            "wall_with_harness": harness,
+            "wall_without": plain,
+            "overhead": harness["median"] - plain["median"],
+            "api_calls": max(calls),
+            "api_calls_per_worker": max(calls) / n,
+        }
+    return rows
+
+
+# ---------------------------------------------------------------------- synthetic projects
+
+
+MODELS = """\
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    pass
+"""
+
+
+def synthetic_project(root: Path, services: int, revisions: int) -> Path:
+    """`services` services, each a linear Alembic history of `revisions` revisions
+    (a table, then alternately a column and an index), on the example's shared env."""
+    project = root / f"synthetic-{services}x{revisions}-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(
+        EXAMPLE / "cathouse_common", project / "cathouse_common", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    lines = [
+        "[tool.cathouse_harness]",
+        'parent_branch = "main"',
+        'database = "cathouse"',
+        'role = "cathouse_owner"',
+        "connection_limit = 100",
+        'migration_sources = ["cathouse_common/alembic_env.py"]',
+        "",
+    ]
+    for index in range(services):
+        schema = f"svc{index}"
+        service = project / f"{schema}-service"
+        (service / "app").mkdir(parents=True)
+        (service / "app" / "models.py").write_text(MODELS)
+        shutil.copy(EXAMPLE / "auth-service" / "alembic.ini", service / "alembic.ini")
+        versions = service / "alembic" / "versions"
+        versions.mkdir(parents=True)
+        shutil.copy(EXAMPLE / "auth-service" / "alembic" / "script.py.mako", service / "alembic")
+        (service / "alembic" / "env.py").write_text(
+            textwrap.dedent(f'''\
+            import runpy
+            from pathlib import Path
+
+            SERVICE_DIR = Path(__file__).resolve().parents[1]
+            shared = runpy.run_path(str(SERVICE_DIR.parent / "cathouse_common" / "alembic_env.py"))
+            shared["run_migrations"](schema="{schema}", models=SERVICE_DIR / "app" / "models.py")
+            ''')
+        )
+        down = None
+        for n in range(revisions):
+            rev = f"{schema}r{n:04d}"
+            if n == 0:
+                body = (
+                    f'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True), schema="{schema}")'
+                )
+                undo = f'op.drop_table("t", schema="{schema}")'
+            elif n % 2:
+                body = f'op.add_column("t", sa.Column("c{n}", sa.Integer), schema="{schema}")'
+                undo = f'op.drop_column("t", "c{n}", schema="{schema}")'
+            else:
+                body = f'op.create_index("ix_t_c{n - 1}", "t", ["c{n - 1}"], schema="{schema}")'
+                undo = f'op.drop_index("ix_t_c{n - 1}", table_name="t", schema="{schema}")'
+            (versions / f"{rev}_step.py").write_text(
+                f'"""step {n}"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+                f"revision = {rev!r}\ndown_revision = {down!r}\nbranch_labels = None\n"
+                f"depends_on = None\n\n\ndef upgrade():\n    {body}\n\n\ndef downgrade():\n    {undo}\n"
+            )
+            down = rev
+        lines += [
+            "[[tool.cathouse_harness.services]]",
+            f'name = "{schema}-service"',
+            f'schema = "{schema}"',
+            f'alembic_ini = "{schema}-service/alembic.ini"',
+            "pool_size = 1",
+            "max_overflow = 0",
+            "",
+        ]
+    (project / "pyproject.toml").write_text("\n".join(lines))
+    return project
+
+
+def synthetic(home: Path, root: Path, shapes: list[tuple[int, int]]) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for services, revisions in shapes:
+        project = synthetic_project(root, services, revisions)
+        build = probe(home, project, f"bench-syn-{uuid.uuid4().hex[:6]}")
+        reuse = probe(home, project, f"bench-syn-{uuid.uuid4().hex[:6]}")
+        rows[f"{services}x{revisions}"] = {
+            "services": services,
+            "revisions": revisions,
+            "cold_setup": build["import_to_ready"],
+            "cold_spawn_to_ready": build["spawn_to_ready"],
+            "migrate": build["timings"].get("migrate", 0.0),
+            "warm_setup": reuse["import_to_ready"],
+            "warm_migrate": reuse["timings"].get("migrate", 0.0),
+            "warm_template_reused": reuse["template_reused"],
+        }
+    return rows
+
+
+# ---------------------------------------------------------------------- report
+
+
+def row(label: str, value: float | None, target: str = "", note: str = "") -> str:
+    return f"| {label} | {fmt(value)} | {target} | {note} |"
+
+
+def table(r: dict[str, Any]) -> str:
+    med = lambda section: section["median"]  # noqa: E731
+    lines = ["| measure | median | target | note |", "|---|---|---|---|"]
+    lines.append(
+        row(
+            "cold session → first test (fresh process)",
+            med(r["cold"]["spawn_to_ready"]),
+            "< 4 s",
+            f"import→ready {fmt(med(r['cold']['import_to_ready']))}, "
+            f"migrate {fmt(med(r['cold']['migrate']))}",
+        )
+    )
+    lines.append(
+        row(
+            "warm session → first test (imports included)",
+            med(r["warm"]["import_to_ready"]),
+            "< 1 s",
+            f"spawn→ready {fmt(med(r['warm']['spawn_to_ready']))}",
+        )
+    )
+    lines.append(
+        row(
+            "hot session start (same process)",
+            med(r["hot"]["start"]),
+            "",
+            f"{r['hot']['api_calls']} API calls per session",
+        )
+    )
+    lines.append(
+        row(
+            "session teardown (warm / hot)",
+            med(r["warm"]["teardown"]),
+            "",
+            f"hot {fmt(med(r['hot']['teardown']))}",
+        )
+    )
+    a = r["api"]
+    lines.append(row("raw CREATE DATABASE … TEMPLATE (floor)", med(a["raw_copy"])))
+    lines.append(
+        row(
+            "per-worker fork through the API",
+            med(a["fork"]),
+            "≤ 1.5x / 2x floor",
+            f"{r['ratios']['fork_vs_floor']:.2f}x floor, {a['api_calls_per_fork']} calls",
+        )
+    )
+    lines.append(
+        row("API create → ready", med(a["api_create_to_ready"]), "≤ 2x floor", f"{a['create_vs_raw']:.2f}x")
+    )
+    lines.append(
+        row("API delete → finished", med(a["api_delete"]), "", f"raw DROP {fmt(med(a['raw_drop']))}")
+    )
+    i = r["isolation"]
+    lines.append(
+        row(
+            "per test: db_session (rollback)",
+            med(i["db_session"]),
+            "< 5 ms",
+            "new loop + engine + connection per test",
+        )
+    )
+    lines.append(row("per test: reset branch", med(i["reset_branch"])))
+    lines.append(row("per test: fresh branch (fork + delete)", r["fresh_branch_per_test"]))
+    for n, s in r["scaling"].items():
+        lines.append(
+            row(
+                f"pytest -n {n}: harness overhead (8 trivial tests)",
+                s["overhead"],
+                "",
+                f"wall {fmt(med(s['wall_with_harness']))} vs {fmt(med(s['wall_without']))}; "
+                f"{s['api_calls']} API calls ({s['api_calls_per_worker']:.1f}/worker)",
+            )
+        )
+    for key, s in r["synthetic"].items():
+        lines.append(
+            row(
+                f"{key} (services x revisions): template build",
+                s["cold_setup"],
+                "< 5 s (3x100)" if key == "3x100" else "",
+                f"migrate {fmt(s['migrate'])}; next session {fmt(s['warm_setup'])}, "
+                f"migrate {fmt(s['warm_migrate'])}",
+            )
+        )
+    lines.append(
+        row(
+            "naive: fresh database + alembic per service",
+            med(r["naive"]["setup"]),
+            "",
+            f"warm_vs_naive {r['ratios']['warm_vs_naive']:.1f}x (target ≥ 10), "
+            f"hot {r['ratios']['hot_vs_naive']:.1f}x",
+        )
+    )
+    return "\n".join(lines)
+
+
+def plot(r: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    ns = sorted(int(n) for n in r["scaling"])
+    left.plot(ns, [r["scaling"][str(n)]["overhead"] for n in ns], marker="o")
+    left.set_xlabel("xdist workers")
+    left.set_ylabel("harness overhead (s)")
+    for services in sorted({s["services"] for s in r["synthetic"].values()}):
+        points = sorted(
+            (s["revisions"], s["cold_setup"]) for s in r["synthetic"].values() if s["services"] == services
+        )
+        right.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{services} services")
+    right.set_xlabel("revisions per service")
+    right.set_ylabel("template build (s)")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and shapes (< 3 min)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args()
+    quick = args.quick
+    reps = 3 if quick else 7
+    root = Path(tempfile.mkdtemp(prefix="cathouse-bench-"))
+    homes: list[Path] = []
+    r: dict[str, Any] = {
+        "quick": quick,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    began = time.perf_counter()
+    try:
+        print("cold sessions …", file=sys.stderr)
+        cold = []
+        for i in range(1 if quick else 3):
+            home = root / f"cold-{i}"
+            homes.append(home)
+            cold.append(probe(home, EXAMPLE, f"bench-cold-{i}"))
+            stop_home(home)
+        r["cold"] = sessions(cold)
+
+        warm_home = root / "warm"
+        homes.append(warm_home)
+        probe(warm_home, EXAMPLE, "bench-prime")  # server up, template built
+        print("warm and hot sessions …", file=sys.stderr)
+        r["warm"] = sessions([probe(warm_home, EXAMPLE, f"bench-warm-{i}") for i in range(reps)])
+        r["hot"] = session_overhead.hot_sessions(warm_home, reps * 2)
+        print("API latency …", file=sys.stderr)
+        r["api"] = api_latency.measure(warm_home, 10 if quick else 25, template_id=r["hot"]["template_id"])
+        print("per-test isolation …", file=sys.stderr)
+        r["isolation"] = session_overhead.isolation(warm_home, 20 if quick else 50, reps)
+        r["fresh_branch_per_test"] = r["api"]["fork"]["median"] + r["api"]["fork_delete"]["median"]
+        print("xdist scaling …", file=sys.stderr)
+        r["scaling"] = scaling(warm_home, root, [1, 2, 4], 1 if quick else 3)
+        print("synthetic projects …", file=sys.stderr)
+        shapes = (
+            [(3, 10), (6, 10), (12, 10), (3, 100)]
+            if quick
+            else [(3, 10), (6, 10), (12, 10), (3, 100), (6, 100), (12, 100)]
+        )
+        r["synthetic"] = synthetic(warm_home, root, shapes)
+        print("naive baseline …", file=sys.stderr)
+        r["naive"] = naive(warm_home, EXAMPLE, 2 if quick else 3)
+    finally:
+        for home in homes:
+            stop_home(home)
+        shutil.rmtree(root, ignore_errors=True)
+
+    naive_setup = r["naive"]["setup"]["median"]
+    calls = {int(n): s["api_calls"] for n, s in r["scaling"].items()}
+    ns = sorted(calls)
+    slope = (calls[ns[-1]] - calls[ns[0]]) / (ns[-1] - ns[0]) if len(ns) > 1 else 0.0
+    r["ratios"] = {
+        "warm_vs_naive": naive_setup / r["warm"]["import_to_ready"]["median"],
+        "warm_spawn_vs_naive": naive_setup / r["warm"]["spawn_to_ready"]["median"],
+        "hot_vs_naive": naive_setup / r["hot"]["start"]["median"],
+        "fork_vs_floor": r["api"]["fork_vs_floor"],
+        "create_vs_raw": r["api"]["create_vs_raw"],
+        "api_calls_per_worker": {str(n): calls[n] / n for n in ns},
+        "api_calls_per_added_worker": slope,
+        "api_calls_constant": calls[ns[0]] - slope * ns[0],
+    }
+    r["seconds"] = time.perf_counter() - began
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(r, indent=1, sort_keys=True) + "\n")
+    print(table(r))
+    ratios = r["ratios"]
+    print(
+        f"\nratios: warm_vs_naive {ratios['warm_vs_naive']:.1f} (≥ 10), fork_vs_floor "
+        f"{ratios['fork_vs_floor']:.2f} (≤ 2; issue 5: ≤ 1.5), "
+        f"create_vs_raw {ratios['create_vs_raw']:.2f} (≤ 2), "
+        f"API calls = {ratios['api_calls_constant']:.0f} "
+        f"+ {ratios['api_calls_per_added_worker']:.1f} x workers"
+    )
+    print()
+    api_latency.print_result(r["api"])
+    session_overhead.print_result(r["hot"], r["isolation"], r["fresh_branch_per_test"])
+    if not args.no_plot and plot(r, args.out.with_suffix(".png")):
+        print(f"plot: {args.out.with_suffix('.png')}")
+    print(f"results: {args.out} ({r['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
