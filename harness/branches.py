@@ -37,6 +37,8 @@ MARK_FINGERPRINT = "cathouse-harness.fingerprint"
 MARK_HOST = "cathouse-harness.host"
 MARK_PID = "cathouse-harness.pid"
 NAME_PREFIX = "harness/"
+# a create or delete whose operation fails (not times out) is asked for again
+CREATE_ATTEMPTS = 3
 
 Kind = Literal["session", "template", "dev"]
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-/]+")
@@ -196,16 +198,30 @@ async def create_owned_branch(
     schema_only: bool = False,
 ) -> BranchHandle:
     """Create a marked branch with a read-write endpoint and hand out its URLs."""
+    from harness.neon.client import NeonOperationError
+
     started = time.perf_counter()
-    created = await client.create_branch(
-        project_id,
-        name=name,
-        parent_id=parent_id,
-        expires_at=expiry(ttl),
-        annotation=marks(kind, run_id, fingerprint=fingerprint),
-        init_source="schema-only" if schema_only else None,
-        wait=True,
-    )
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            created = await client.create_branch(
+                project_id,
+                name=name,
+                parent_id=parent_id,
+                expires_at=expiry(ttl),
+                annotation=marks(kind, run_id, fingerprint=fingerprint),
+                init_source="schema-only" if schema_only else None,
+                wait=True,
+            )
+            break
+        except NeonOperationError as exc:
+            # The API accepted the create but its operation failed (a platform hiccup):
+            # remove whatever is left of the branch and ask again, a bounded number of times.
+            if exc.timed_out or attempt == CREATE_ATTEMPTS:
+                raise
+            log.warning("creating %s failed (%s); trying again", name, exc.message)
+            leftover = await client.find_branch(project_id, name)
+            if leftover is not None:
+                await delete_owned_branch(client, project_id, leftover.id)
     branch = created.branch
     # The create answer (re-read once its operations finished) already names the
     # endpoint and its URIs; ask the API again only when it does not.
@@ -371,7 +387,17 @@ async def delete_owned_branch(client: NeonClient, project_id: str, branch_id: st
             return False
         raise
     ensure_owned(branch, "delete")
-    deleted = await client.delete_branch(project_id, branch_id, wait=True, missing_ok=True)
+    from harness.neon.client import NeonOperationError
+
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            deleted = await client.delete_branch(project_id, branch_id, wait=True, missing_ok=True)
+            break
+        except NeonOperationError as exc:
+            # the delete was accepted but its operation failed: the branch is still there
+            if exc.timed_out or attempt == CREATE_ATTEMPTS:
+                raise
+            log.warning("deleting %s failed (%s); trying again", branch.name, exc.message)
     log.info("deleted branch %s (%s)", branch.name, branch.id)
     return bool(deleted)
 

@@ -181,9 +181,9 @@ def slow_ops(lab: Lab) -> str:
     return "passed"
 
 
-@case("operations end failed (50%)")
+@case("operations end failed (30%, retried)")
 def failing_ops(lab: Lab) -> str:
-    code, out, _ = _faulted_run(lab, "op_fail=0.5,seed=1")
+    code, out, _ = _faulted_run(lab, "op_fail=0.3,seed=1")
     if code == 0:
         _passed(code, out)
         return "passed"
@@ -191,6 +191,14 @@ def failing_ops(lab: Lab) -> str:
     assert "Traceback" not in out
     line = next(li for li in out.splitlines() if "step failed" in li)
     return f"stopped cleanly (exit 3): {line.split('step failed')[0].split(':')[-1].strip()} step"
+
+
+@case("create operations always fail")
+def always_failing_ops(lab: Lab) -> str:
+    code, out, _ = _faulted_run(lab, "op_fail=1")
+    assert code == 3 and "step failed" in out, f"exit {code}:\n{out}"
+    assert "Traceback" not in out
+    return "stopped cleanly (exit 3), nothing left"
 
 
 @case("delete operation fails at teardown")
