@@ -71,8 +71,19 @@ class WatchdogHandle:
             self.process.kill()
 
 
+def heartbeat_interval(ttl: timedelta) -> float:
+    """A third of the TTL: two missed beats still leave the branch alive."""
+    return max(5.0, min(ttl.total_seconds() / 3, 300.0))
+
+
 def start_watchdog(
-    marker_dir: Path, *, api_host: str, api_key: str, ttl: timedelta, log_file: Path
+    marker_dir: Path,
+    *,
+    api_host: str,
+    api_key: str,
+    ttl: timedelta,
+    log_file: Path,
+    interval: float | None = None,
 ) -> WatchdogHandle:
     marker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +94,7 @@ def start_watchdog(
                 "--dir", str(marker_dir),
                 "--api-host", api_host,
                 "--ttl", str(int(ttl.total_seconds())),
+                "--interval", str(interval if interval is not None else heartbeat_interval(ttl)),
             ],
             stdin=subprocess.PIPE,
             stdout=log_handle,
@@ -178,11 +190,11 @@ async def _clean_up(api_host: str, api_key: str, marker_dir: Path) -> int:
     return failures
 
 
-def run(marker_dir: Path, api_host: str, ttl: timedelta) -> int:
+def run(marker_dir: Path, api_host: str, ttl: timedelta, interval: float | None = None) -> int:
     api_key = sys.stdin.buffer.readline().decode().strip()
     if not api_key:
         return 2
-    interval = max(5.0, min(ttl.total_seconds() / 3, 300.0))
+    interval = interval if interval is not None else heartbeat_interval(ttl)
     next_beat = time.monotonic() + interval
     stdin = sys.stdin.buffer.fileno()
     while True:
@@ -210,12 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument("--api-host", required=True)
     parser.add_argument("--ttl", type=int, default=900)
+    parser.add_argument("--interval", type=float, default=None, help="seconds between heartbeats")
     args = parser.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s watchdog %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    return run(args.dir, args.api_host, timedelta(seconds=args.ttl))
+    return run(args.dir, args.api_host, timedelta(seconds=args.ttl), args.interval)
 
 
 if __name__ == "__main__":
