@@ -240,3 +240,21 @@ def test_sigkill_of_the_run_is_cleaned_by_the_watchdog(project: pytest.Pytester)
     while time.time() - killed_at < 10 and branches_of_run(project.path, "kill1"):
         time.sleep(0.2)
     assert branches_of_run(project.path, "kill1") == []
+
+
+def test_works_by_name_with_plugin_autoload_disabled(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makepyfile(
+        test_autoload_off="""
+from sqlalchemy import text
+
+async def test_async_fixture(db_session, database_url):
+    assert database_url.startswith("postgresql+asyncpg://")
+    assert (await db_session.execute(text("SELECT 1"))).scalar() == 1
+"""
+    )
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    result = run(project, "noauto1")
+    result.assert_outcomes(passed=1)
+    assert branches_of_run(project.path, "noauto1") == []
