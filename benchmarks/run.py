@@ -365,10 +365,19 @@ def table(r: dict[str, Any]) -> str:
     i = r["isolation"]
     lines.append(
         row(
-            "per test: db_session (rollback)",
-            med(i["db_session"]),
+            "per test: db_session, session loop (rollback)",
+            med(i["db_session_shared_loop"]),
             "< 5 ms",
-            "new loop + engine + connection per test",
+            "one connection reused, a transaction per test; incl. the test's SELECT 1 "
+            f"({fmt(med(i['bare_select_1']))} without db_session)",
+        )
+    )
+    lines.append(
+        row(
+            "per test: db_session, loop per test (rollback)",
+            med(i["db_session"]),
+            "",
+            "pytest-asyncio default: a connection per test (TLS + SCRAM); engine shared",
         )
     )
     lines.append(row("per test: reset branch", med(i["reset_branch"])))

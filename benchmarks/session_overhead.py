@@ -4,10 +4,13 @@
 
 - hot session: `BranchSession.start()` / `finish()` repeated in this process (imports
   done, server up, template reused): the plugin's own overhead per session or worker;
-- per-test isolation, three ways: the `db_session` fixture's work (engine, connection,
-  outer transaction, savepoint session, one query, rollback), resetting the branch to
+- per-test isolation, three ways: the `db_session` fixture's work (connection, outer
+  transaction, savepoint session, one query, rollback; with a loop per test, pytest-asyncio's
+  default, and with one loop for all tests, where a connection is reused), resetting the branch to
   its template (`reset_branch`), and a fresh branch per test (fork + delete).
-Issue 5's targets: warm overhead under 1 s, `db_session` under 5 ms a test.
+Issue 5's targets: warm overhead under 1 s, `db_session` under 5 ms a test (checked on the
+reused connection: a fresh TLS + SCRAM connection through the proxy and PgBouncer alone
+costs more).
 """
 
 from __future__ import annotations
@@ -55,26 +58,46 @@ def hot_sessions(home: Path, reps: int, project: Path = EXAMPLE) -> dict[str, An
     }
 
 
-async def _db_session_once(pooled_url: str) -> None:
-    # The same work as conftest_plugin.fixtures.db_session around one test.
+async def _db_session_tests(pooled_url: str, tests: int, keep: bool) -> list[float]:
+    """`tests` tests on this loop, each timed around exactly the db_session fixture's work
+    (`rolled_back_session`) plus one `SELECT 1` through the session (so the connection,
+    transaction and savepoint are really used)."""
     from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from conftest_plugin.fixtures import rolled_back_session
+
+    times: list[float] = []
+    for _ in range(tests):
+        started = time.perf_counter()
+        async with rolled_back_session(pooled_url, keep=keep) as session:
+            await session.execute(text("SELECT 1"))
+        times.append(time.perf_counter() - started)
+    return times
+
+
+async def _bare_queries(pooled_url: str, tests: int) -> list[float]:
+    """The same `SELECT 1` without db_session, on one open connection (its own
+    transaction, ended after the query): what the fixture's figure is compared with."""
+    from sqlalchemy import text
 
     from conftest_plugin.fixtures import _session_engine
 
     engine = _session_engine(pooled_url)
+    times: list[float] = []
     async with engine.connect() as connection:
-        transaction = await connection.begin()
-        session = AsyncSession(
-            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
-        )
-        try:
-            await session.execute(text("SELECT 1"))
-        finally:
-            await session.close()
-            if transaction.is_active:
-                await transaction.rollback()
+        for _ in range(tests):
+            started = time.perf_counter()
+            await connection.execute(text("SELECT 1"))
+            await connection.rollback()
+            times.append(time.perf_counter() - started)
     await engine.dispose()
+    return times
+
+
+def _close_kept() -> None:
+    from conftest_plugin.fixtures import close_kept_connections
+
+    close_kept_connections()
 
 
 def isolation(home: Path, tests: int, resets: int) -> dict[str, Any]:
@@ -85,12 +108,21 @@ def isolation(home: Path, tests: int, resets: int) -> dict[str, Any]:
         session = BranchSession(load_settings(EXAMPLE), run_id=f"bench-iso-{time.time_ns() % 10**6}")
         handle = session.start()
         try:
+            url = str(handle.pooled_url)
+            # pytest-asyncio's default: a loop per test, so a connection per test (the
+            # engine and its dialect set-up are shared by the process).
             per_test: list[float] = []
             for _ in range(tests):
-                # Each test has its own event loop by default (function loop scope).
-                started = time.perf_counter()
-                asyncio.run(_db_session_once(str(handle.pooled_url)))
-                per_test.append(time.perf_counter() - started)
+                per_test.extend(asyncio.run(_db_session_tests(url, 1, keep=False)))
+            # Tests on one long-lived loop (loop scope session/module): one connection, a
+            # transaction per test. The first test connects; the median is the steady state.
+            loop = asyncio.new_event_loop()
+            try:
+                shared = loop.run_until_complete(_db_session_tests(url, tests, keep=True))
+                bare = loop.run_until_complete(_bare_queries(url, tests))
+            finally:
+                _close_kept()  # the loop is not running here, so this closes it cleanly
+                loop.close()
             reset: list[float] = []
             for _ in range(resets):
                 started = time.perf_counter()
@@ -98,14 +130,23 @@ def isolation(home: Path, tests: int, resets: int) -> dict[str, Any]:
                 reset.append(time.perf_counter() - started)
         finally:
             session.finish()
-    return {"db_session": summary(per_test), "reset_branch": summary(reset)}
+    return {
+        "db_session": summary(per_test),
+        "db_session_shared_loop": summary(shared),
+        "bare_select_1": summary(bare),
+        "reset_branch": summary(reset),
+    }
 
 
 def print_result(hot: dict[str, Any], iso: dict[str, Any], fresh: float | None) -> None:
     print("issue 5: session and per-test overhead (medians)")
     print(f"  hot session start (template reused)   {fmt(hot['start']['median'])}")
     print(f"  hot session teardown                  {fmt(hot['teardown']['median'])}")
-    print(f"  db_session per test                   {fmt(iso['db_session']['median'])}  (target < 5 ms)")
+    print(f"  db_session per test, loop per test    {fmt(iso['db_session']['median'])}  (connects each test)")
+    shared = iso["db_session_shared_loop"]["median"]
+    print(f"  db_session per test, session loop     {fmt(shared)}  (target < 5 ms: one connection reused)")
+    bare = iso["bare_select_1"]["median"]
+    print(f"  the same SELECT 1 without db_session  {fmt(bare)}  (fixture adds {fmt(shared - bare)})")
     print(f"  reset branch per test                 {fmt(iso['reset_branch']['median'])}")
     if fresh is not None:
         print(f"  fresh branch per test (fork+delete)   {fmt(fresh)}")

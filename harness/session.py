@@ -89,6 +89,9 @@ class BranchSession:
         self.backend: BackendInfo | None = None
         self.handle: BranchHandle | None = None
         self.template_id: str | None = None
+        # Bumped by reset(): a restore ends the branch's open connections, so anything
+        # that keeps one (db_session on a long-lived loop) reconnects when it changes.
+        self.resets = 0
         self._loop: LoopThread | None = None
         self._client: NeonClient | None = None
         self._watchdog: WatchdogHandle | None = None
@@ -249,6 +252,7 @@ class BranchSession:
         """Restore this session's branch to its parent (the template)."""
         assert self.handle is not None and self.backend is not None
         started = time.perf_counter()
+        self.resets += 1
         self._run(restore_owned_branch(self.client, self.backend.project_id, self.handle.id))
         self._timed("reset", started)
 
