@@ -37,6 +37,9 @@ log = get_logger("local.app")
 
 PREFIX = "/api/v2"
 REQUEST_ID_HEADERS = (b"x-neon-ret-request-id", b"x-request-id")
+# How long a GET of a running operation may wait for it to finish before answering
+# (it then says `running`, as Neon does, and the client polls again).
+OPERATION_LONG_POLL = 0.1
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -475,9 +478,11 @@ async def list_operations(request: Request) -> Response:
 @api
 async def get_operation(request: Request) -> Response:
     neon = _project(request)
-    return JSONResponse(
-        {"operation": operation_json(neon, neon.operation(request.path_params["operation_id"]))}
-    )
+    op_id = request.path_params["operation_id"]
+    # A short, bounded wait for a running operation to finish: the poll that would have
+    # found it finished a few milliseconds later is answered as it finishes.
+    await neon.wait_settled(neon.operation(op_id), OPERATION_LONG_POLL)
+    return JSONResponse({"operation": operation_json(neon, neon.operation(op_id))})
 
 
 @api

@@ -142,6 +142,8 @@ class LocalNeon:
         self._named_hosts = False
         self._addresses: dict[str, Any] = {}
         self._save_pending = False
+        # Requests waiting for an operation to settle (see wait_settled), by operation id.
+        self._op_settled: dict[str, asyncio.Event] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -297,6 +299,17 @@ class LocalNeon:
             raise not_found("operation", op_id)
         return found
 
+    async def wait_settled(self, op: OperationRecord, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a scheduled or running operation to settle.
+
+        Lets a GET of an operation answer the moment it finishes instead of the client
+        sleeping between polls; the answer may still say `running`, as Neon's may."""
+        if op.status not in ("scheduling", "running") or timeout <= 0:
+            return
+        event = self._op_settled.setdefault(op.id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
     def check_project(self, project_id: str) -> None:
         if project_id != self.state.project_id:
             raise not_found("project", project_id)
@@ -404,6 +417,9 @@ class LocalNeon:
             op.failures_count += 1
         started = op.started or parse_time(op.created_at).timestamp()
         op.total_duration_ms = max(0, int((moment.timestamp() - started) * 1000))
+        event = self._op_settled.pop(op.id, None)
+        if event is not None:
+            event.set()  # waiters run after this step, so they see the work that follows
 
     def _set_branch_state(self, branch: BranchRecord, current: str, pending: str | None = None) -> None:
         stamp = iso(now())

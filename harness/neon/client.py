@@ -601,20 +601,33 @@ class NeonClient:
         if not wait:
             return created
         until = self._clock() + wait_timeout
-        operations = await self.wait_for_operations(
-            project_id, created.operations, timeout=wait_timeout
-        )
-        left = max(until - self._clock(), 1.0)
-        branch, endpoints = await asyncio.gather(
+        ops = list(created.operations)
+        # The last operation (the endpoint's start) is waited for in the same round as the
+        # re-read of the branch and its endpoints, once the ones before it (the branch's
+        # own) finished: one round fewer. A read that raced the last operation is checked
+        # and repeated (the endpoint is polled until usable anyway).
+        fold = len(ops) > 1 and bool(created.endpoints) and ops[-1].endpoint_id is not None
+        head, tail = (ops[:-1], ops[-1:]) if fold else (ops, [])
+        operations = await self.wait_for_operations(project_id, head, timeout=wait_timeout)
+
+        def left() -> float:
+            return max(until - self._clock(), 1.0)
+
+        last, branch, endpoints = await asyncio.gather(
+            self.wait_for_operations(project_id, tail, timeout=left()),
             self.get_branch(project_id, created.branch.id),
-            asyncio.gather(
-                *(self.wait_for_endpoint(project_id, ep.id, timeout=left) for ep in created.endpoints)
-            ),
+            asyncio.gather(*(self.get_endpoint(project_id, ep.id) for ep in created.endpoints)),
         )
+        if fold and (branch.pending_state or branch.current_state != "ready"):
+            branch = await self.get_branch(project_id, created.branch.id)
+        endpoints = [
+            ep if ep.usable else await self.wait_for_endpoint(project_id, ep.id, timeout=left())
+            for ep in endpoints
+        ]
         if not branch.annotation and created.branch.annotation:
             branch = branch.with_annotation(created.branch.annotation)
         return replace(
-            created, branch=branch, endpoints=tuple(endpoints), operations=tuple(operations)
+            created, branch=branch, endpoints=tuple(endpoints), operations=tuple(operations + last)
         )
 
     async def update_branch(
