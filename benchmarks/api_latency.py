@@ -94,7 +94,7 @@ async def _measure(home: Path, template_id: str | None, reps: int) -> dict[str, 
             fork_delete.append(time.perf_counter() - started)
     await admin.close()
     raw = summary(raw_create)
-    result = {
+    result: dict[str, Any] = {
         "raw_copy": raw,
         "raw_drop": summary(raw_drop),
         "api_create_to_ready": summary(api_create),
