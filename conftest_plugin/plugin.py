@@ -12,6 +12,7 @@ import pytest
 
 from conftest_plugin import report
 from conftest_plugin.fixtures import (  # noqa: F401  (pytest finds fixtures by name here)
+    _cathouse_reset_marker,
     cathouse_branch_session,
     cathouse_settings,
     database_url,

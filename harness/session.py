@@ -157,7 +157,10 @@ class BranchSession:
             )
         except BaseException as exc:
             self._cleanup_after_failed_create(name)
-            self._watchdog.forget_name(name)
+            if isinstance(exc, Exception):
+                self._watchdog.forget_name(name)
+            # after Ctrl-C the create may still land on the server: the name marker stays,
+            # and the watchdog looks the name up again once this process is gone
             if not isinstance(exc, Exception):
                 raise  # Ctrl-C stays an interruption (pytest's exit code 2), after cleanup
             raise SessionStepError(

@@ -258,3 +258,65 @@ async def test_async_fixture(db_session, database_url):
     result = run(project, "noauto1")
     result.assert_outcomes(passed=1)
     assert branches_of_run(project.path, "noauto1") == []
+
+
+def test_reset_marker_restores_the_branch_after_the_test(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_marker="""
+import asyncio
+
+import asyncpg
+import pytest
+
+COUNT = "SELECT count(*) FROM auth.users WHERE email = 'marker@cathouse.test'"
+
+
+def run(url, sql):
+    async def go():
+        connection = await asyncpg.connect(url)
+        try:
+            return await connection.fetchval(sql)
+        finally:
+            await connection.close()
+    return asyncio.run(go())
+
+
+@pytest.mark.cathouse_reset
+def test_a_commits(migration_database_url):
+    run(migration_database_url, "INSERT INTO auth.users (email) VALUES ('marker@cathouse.test')")
+    assert run(migration_database_url, COUNT) == 1
+
+
+def test_b_sees_the_template_again(migration_database_url):
+    assert run(migration_database_url, COUNT) == 0
+"""
+    )
+    result = run(project, "mark1", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+
+
+def test_db_session_on_a_session_loop_reuses_one_connection(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_session_loop="""
+import pytest
+from sqlalchemy import text
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+PIDS = []
+
+async def test_a(db_session):
+    PIDS.append((await db_session.execute(text("SELECT pg_backend_pid()"))).scalar())
+    await db_session.execute(text("INSERT INTO auth.users (email) VALUES ('loop@cathouse.test')"))
+    await db_session.commit()
+
+async def test_b(db_session):
+    PIDS.append((await db_session.execute(text("SELECT pg_backend_pid()"))).scalar())
+    count = "SELECT count(*) FROM auth.users WHERE email = 'loop@cathouse.test'"
+    assert (await db_session.execute(text(count))).scalar() == 0
+
+def test_c_one_connection():
+    assert len(PIDS) == 2 and PIDS[0] == PIDS[1]
+"""
+    )
+    result = run(project, "loop1", "-o", "asyncio_default_fixture_loop_scope=session")
+    result.assert_outcomes(passed=3)
