@@ -62,7 +62,8 @@ import pytest
 
 @pytest.mark.parametrize("n", range(4))
 def test_worker(neon_branch, n):
-    if n == 3 and os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+    # whichever worker gets this one dies (xdist hands tests to the first free worker)
+    if n == 3 and os.environ.get("PYTEST_XDIST_WORKER"):
         os.kill(os.getpid(), signal.SIGKILL)
 '''
 
