@@ -563,8 +563,10 @@ class NeonClient:
         endpoints = await self.list_branch_endpoints(project_id, branch.id)
         roles = await self.list_roles(project_id, branch.id)
         databases = await self.list_databases(project_id, branch.id)
+        # Neon lists operations newest first; a create's run oldest first.
         operations = [
-            op for op in await self.list_operations(project_id) if op.branch_id == branch.id
+            op for op in reversed(await self.list_operations(project_id))
+            if op.branch_id == branch.id
         ]
         connections: list[ConnectionInfo] = []
         primary = next((e for e in endpoints if e.type == "read_write"), None)
@@ -604,33 +606,48 @@ class NeonClient:
         if not wait:
             return created
         until = self._clock() + wait_timeout
-        ops = list(created.operations)
-        # The last operation (the endpoint's start) is waited for in the same round as the
-        # re-read of the branch and its endpoints, once the ones before it (the branch's
-        # own) finished: one round fewer. A read that raced the last operation is checked
-        # and repeated (the endpoint is polled until usable anyway).
-        fold = len(ops) > 1 and bool(created.endpoints) and ops[-1].endpoint_id is not None
-        head, tail = (ops[:-1], ops[-1:]) if fold else (ops, [])
-        operations = await self.wait_for_operations(project_id, head, timeout=wait_timeout)
 
         def left() -> float:
             return max(until - self._clock(), 1.0)
 
-        last, branch, endpoints = await asyncio.gather(
-            self.wait_for_operations(project_id, tail, timeout=left()),
-            self.get_branch(project_id, created.branch.id),
-            asyncio.gather(*(self.get_endpoint(project_id, ep.id) for ep in created.endpoints)),
-        )
-        if fold and (branch.pending_state or branch.current_state != "ready"):
+        ops = list(created.operations)
+        # Neon runs a mutation's operations one after another (an endpoint starts on the
+        # branch the first one made), so the last one finishing means all did: wait for
+        # it alone, one poll round instead of one per operation. A last one that failed
+        # or was skipped sends us through all of them in order, so that an error names
+        # the operation that really failed.
+        operations: list[Operation] = []
+        if ops:
+            try:
+                operations = await self.wait_for_operations(
+                    project_id, ops[-1:], timeout=wait_timeout
+                )
+            except NeonOperationError as exc:
+                if exc.timed_out:
+                    raise
+                await self.wait_for_operations(project_id, ops, timeout=left())
+                raise
+            if operations[0].status == "finished":
+                earlier = [replace(op, status="finished") for op in ops[:-1]]
+                operations = earlier + operations
+            else:
+                operations = await self.wait_for_operations(project_id, ops, timeout=left())
+        started = {op.endpoint_id for op in operations if op.endpoint_id and op.status == "finished"}
+        branch = await self.get_branch(project_id, created.branch.id)
+        if branch.pending_state or branch.current_state != "ready":
             branch = await self.get_branch(project_id, created.branch.id)
+        # An endpoint whose start operation finished is running (Neon's meaning of the
+        # operation); only the others are read again and waited for.
         endpoints = [
-            ep if ep.usable else await self.wait_for_endpoint(project_id, ep.id, timeout=left())
-            for ep in endpoints
+            replace(ep, current_state="active", pending_state=None)
+            if ep.id in started
+            else await self.wait_for_endpoint(project_id, ep.id, timeout=left())
+            for ep in created.endpoints
         ]
         if not branch.annotation and created.branch.annotation:
             branch = branch.with_annotation(created.branch.annotation)
         return replace(
-            created, branch=branch, endpoints=tuple(endpoints), operations=tuple(operations + last)
+            created, branch=branch, endpoints=tuple(endpoints), operations=tuple(operations)
         )
 
     async def update_branch(

@@ -216,10 +216,28 @@ class FakeNeon:
             return _error(404, "", "operation not found")
         self.polls[op_id] += 1
         if op["status"] == "running" and self.polls[op_id] >= self.op_polls:
-            op["status"] = "failed" if op.get("fail") else "finished"
-            if op.get("fail"):
-                op["error"] = "compute failed to start"
+            # As on Neon, a branch's operations run in order: one cannot end before
+            # those started ahead of it; after a failure the rest are cancelled.
+            ahead_failed = False
+            for earlier in self.operations.values():
+                if earlier is op:
+                    break
+                if earlier["branch_id"] != op["branch_id"]:
+                    continue
+                if earlier["status"] == "running":
+                    self._settle(earlier)
+                ahead_failed |= earlier["status"] == "failed"
+            if ahead_failed:
+                op["status"], op["error"] = "cancelled", "an earlier operation failed"
+            else:
+                self._settle(op)
         return _json(200, {"operation": {k: v for k, v in op.items() if k != "fail"}})
+
+    @staticmethod
+    def _settle(op: dict) -> None:
+        op["status"] = "failed" if op.get("fail") else "finished"
+        if op.get("fail"):
+            op["error"] = "compute failed to start"
 
     # ---- routing -----------------------------------------------------------------
 

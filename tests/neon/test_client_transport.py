@@ -207,6 +207,34 @@ async def test_wait_for_operations_raises_on_failed_operation():
     assert not err.transient
 
 
+async def test_a_failed_branch_operation_is_named_not_the_cancelled_compute_start():
+    server = FakeNeon(op_polls=2, fail_action="create_branch")
+    async with client_for(server, FakeClock()) as client:
+        with pytest.raises(NeonOperationError) as caught:
+            await client.create_branch(PROJECT, name="doomed")
+    assert caught.value.operation.action == "create_branch"
+    assert "compute failed to start" in str(caught.value)
+
+
+async def test_a_create_waits_on_its_last_operation_only():
+    """Operations run in order, so the create polls only the last one, then re-reads
+    the branch once: the earlier operations and the endpoint cost no request."""
+    server = FakeNeon(op_polls=3)
+    async with client_for(server, FakeClock()) as client:
+        created = await client.create_branch(PROJECT, name="quick")
+    assert created.branch.current_state == "ready"
+    assert [op.status for op in created.operations] == ["finished", "finished"]
+    assert all(e.usable for e in created.endpoints)
+    last_op = created.operations[-1].id
+    branch = created.branch.id
+    seen = [(m, p.rsplit("/", 2)[-2:]) for m, p in server.requests]
+    assert seen == (
+        [("POST", [PROJECT, "branches"])]
+        + [("GET", ["operations", last_op])] * 3
+        + [("GET", ["branches", branch])]
+    )
+
+
 async def test_wait_for_operations_times_out_by_the_clock():
     server = FakeNeon(op_polls=10_000)
     async with client_for(server, FakeClock()) as client:
