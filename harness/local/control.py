@@ -28,6 +28,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,7 +46,8 @@ from harness.local.state import (
     new_state,
     now,
     parse_time,
-    save_state,
+    state_snapshot,
+    write_private,
 )
 from harness.log import get_logger
 from harness.redact import register_secret, scrub
@@ -119,6 +121,12 @@ def _localhost_names_resolve() -> bool:
     return bool(infos) and all(info[4][0] == "127.0.0.1" for info in infos)
 
 
+def _report_failed_write(written: Future[None]) -> None:
+    error = written.exception()
+    if error is not None:
+        log.error("cannot write the local server's state: %s", error)
+
+
 class LocalNeon:
     def __init__(
         self,
@@ -142,6 +150,8 @@ class LocalNeon:
         self._named_hosts = False
         self._addresses: dict[str, Any] = {}
         self._save_pending = False
+        # Writes the state file while started (see save); one thread keeps them in order.
+        self._writer: ThreadPoolExecutor | None = None
         # Requests waiting for an operation to settle (see wait_settled), by operation id.
         self._op_settled: dict[str, asyncio.Event] = {}
 
@@ -155,6 +165,7 @@ class LocalNeon:
 
     async def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cathouse-state")
         self._named_hosts = _localhost_names_resolve()
         await self.dataplane.start()
         state = load_state(self.home, self.storage)
@@ -178,14 +189,19 @@ class LocalNeon:
                 await task
         if self._state is not None:
             self.flush()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         await self.dataplane.stop(stop_postgres=stop_postgres)
 
     def save(self) -> None:
-        """Persist the state: at the end of the current event-loop step.
+        """Persist the state: taken at the end of the current event-loop step, written
+        by the writer thread.
 
         Every operation step calls this, often several times in one step (an operation
-        ends and the next begins); one write per step is enough, and writing later in
-        the step keeps the file write off the path between a copy and its answer.
+        ends and the next begins); one snapshot per step is enough. The file write (about
+        a millisecond) happens off the loop, so it never sits between a finished copy and
+        the answer that reports it.
         """
         if self._save_pending:
             return
@@ -195,12 +211,23 @@ class LocalNeon:
             self.flush()
             return
         self._save_pending = True
-        loop.call_soon(self.flush)
+        loop.call_soon(self._save_now)
+
+    def _save_now(self, *, wait: bool = False) -> None:
+        self._save_pending = False
+        path, text = state_snapshot(self.state, self.home)
+        if self._writer is None:
+            write_private(path, text)
+            return
+        written = self._writer.submit(write_private, path, text)
+        if wait:
+            written.result()
+        else:
+            written.add_done_callback(_report_failed_write)
 
     def flush(self) -> None:
-        """Write the state now."""
-        self._save_pending = False
-        save_state(self.state, self.home)
+        """Write the state now, after any write still queued."""
+        self._save_now(wait=True)
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()

@@ -215,8 +215,14 @@ def save_state(state: LocalState, home: Path) -> None:
     A finished operation no longer changes, so its JSON is encoded once and reused (the
     operations were most of every write: ~2.5 ms of each fork's path at 200 of them).
     """
+    path, text = state_snapshot(state, home)
+    write_private(path, text)
+
+
+def state_snapshot(state: LocalState, home: Path) -> tuple[Path, str]:
+    """Where the state goes and its text now; writing it may happen elsewhere (a thread)."""
     state.prune_operations()
-    write_private(state_path(home, state.storage), _state_text(state))
+    return state_path(home, state.storage), _state_text(state)
 
 
 # Each operation's last JSON text and the values it was made from, by operation id.

@@ -633,11 +633,19 @@ class NeonClient:
             else:
                 operations = await self.wait_for_operations(project_id, ops, timeout=left())
         started = {op.endpoint_id for op in operations if op.endpoint_id and op.status == "finished"}
-        branch = await self.get_branch(project_id, created.branch.id)
-        if branch.pending_state or branch.current_state != "ready":
+        # A branch whose own operation finished is ready, and an endpoint whose start
+        # finished is running: that is what the operations mean on Neon, so neither is
+        # read again (a request saved on every create). Anything else is asked for.
+        made = any(
+            op.action == "create_branch" and op.status == "finished" and op.endpoint_id is None
+            for op in operations
+        )
+        if made:
+            branch = replace(created.branch, current_state="ready", pending_state=None)
+        else:
             branch = await self.get_branch(project_id, created.branch.id)
-        # An endpoint whose start operation finished is running (Neon's meaning of the
-        # operation); only the others are read again and waited for.
+            if not branch.ready:
+                branch = await self.get_branch(project_id, created.branch.id)
         endpoints = [
             replace(ep, current_state="active", pending_state=None)
             if ep.id in started

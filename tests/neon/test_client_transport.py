@@ -217,8 +217,8 @@ async def test_a_failed_branch_operation_is_named_not_the_cancelled_compute_star
 
 
 async def test_a_create_waits_on_its_last_operation_only():
-    """Operations run in order, so the create polls only the last one, then re-reads
-    the branch once: the earlier operations and the endpoint cost no request."""
+    """Operations run in order, so the create polls only the last one; once it finished
+    the branch is ready and the endpoint running, and neither costs a request."""
     server = FakeNeon(op_polls=3)
     async with client_for(server, FakeClock()) as client:
         created = await client.create_branch(PROJECT, name="quick")
@@ -228,11 +228,8 @@ async def test_a_create_waits_on_its_last_operation_only():
     last_op = created.operations[-1].id
     branch = created.branch.id
     seen = [(m, p.rsplit("/", 2)[-2:]) for m, p in server.requests]
-    assert seen == (
-        [("POST", [PROJECT, "branches"])]
-        + [("GET", ["operations", last_op])] * 3
-        + [("GET", ["branches", branch])]
-    )
+    assert seen == [("POST", [PROJECT, "branches"])] + [("GET", ["operations", last_op])] * 3
+    assert server._branch_view(branch)["current_state"] == "ready"
 
 
 async def test_wait_for_operations_times_out_by_the_clock():
