@@ -106,7 +106,11 @@ class LocalNeon:
         assert answer.status_code == 201, answer.text
         created = answer.json()
         self.wait_operations(created["operations"])
-        return dict(created["branch"])
+        # Read again: the create's answer shows the branch before it became ready (its
+        # updated_at moves then), and tests compare later reads with this one.
+        again = self.http.get(f"/projects/{self.project}/branches/{created['branch']['id']}")
+        assert again.status_code == 200, again.text
+        return dict(again.json()["branch"])
 
     def delete_branch(self, branch_id: str) -> None:
         answer = self.http.delete(f"/projects/{self.project}/branches/{branch_id}")
