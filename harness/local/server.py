@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -214,7 +214,7 @@ async def serve(
             log_level="warning",
             access_log=False,
             lifespan="off",
-            http="h11",
+            http=_http_parser(),
             timeout_graceful_shutdown=5,
         )
         server = _server_class()(config)
@@ -283,7 +283,28 @@ def run_server(
             handle=handle,
         )
 
-    asyncio.run(main())
+    _run_loop(main)
+
+
+def _http_parser() -> str:
+    """httptools (a C parser) when installed: it halves uvicorn's share of each request."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"
+
+
+def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run the server on uvloop where it is installed (not on Windows): the endpoint
+    proxy copies every byte of every test's queries, and on uvloop a round trip through
+    it and PgBouncer takes about a third less time."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+        return
+    uvloop.run(main())
 
 
 # ---------------------------------------------------------------------- discovery
