@@ -22,7 +22,7 @@ from harness.neon.models import (
 )
 from harness.redact import scrub
 
-PASSWORD = "npg_Xz9Qw3RtY7uV"
+PASSWORD = "pw-models-test-only-4c2d"
 
 CREATE_ANSWER = {
     "branch": {
