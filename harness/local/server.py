@@ -214,7 +214,7 @@ async def serve(
             log_level="warning",
             access_log=False,
             lifespan="off",
-            http=_http_parser(),
+            http="auto",  # uvicorn's choice: httptools (C) when installed, else h11
             timeout_graceful_shutdown=5,
         )
         server = _server_class()(config)
@@ -284,15 +284,6 @@ def run_server(
         )
 
     _run_loop(main)
-
-
-def _http_parser() -> str:
-    """httptools (a C parser) when installed: it halves uvicorn's share of each request."""
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return "h11"
-    return "httptools"
 
 
 def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

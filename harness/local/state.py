@@ -204,23 +204,18 @@ def load_state(home: Path, storage: str = "memory") -> LocalState | None:
     return LocalState(**scalars)
 
 
-def save_state(state: LocalState, home: Path) -> None:
-    """Write the state atomically with mode 0600.
-
-    The control plane saves after every step of every operation, on its event loop, so
-    this must stay cheap however long the server has lived: records are flat, so shallow
-    dicts replace `asdict`'s deep copies, the C JSON encoder is used (no indent), and
-    only the newest finished operations are written (a restart cancels unfinished ones
-    and clients only ever ask for recent ones). With 2000 operations this took 127 ms.
-    A finished operation no longer changes, so its JSON is encoded once and reused (the
-    operations were most of every write: ~2.5 ms of each fork's path at 200 of them).
-    """
-    path, text = state_snapshot(state, home)
-    write_private(path, text)
-
-
 def state_snapshot(state: LocalState, home: Path) -> tuple[Path, str]:
-    """Where the state goes and its text now; writing it may happen elsewhere (a thread)."""
+    """Where the state goes and its text now; the caller writes it (`write_private`,
+    atomic, mode 0600), possibly from another thread.
+
+    The control plane snapshots after every step of every operation, on its event loop,
+    so this must stay cheap however long the server has lived: records are flat, so
+    shallow dicts replace `asdict`'s deep copies, the C JSON encoder is used (no indent),
+    and only the newest finished operations are written (a restart cancels unfinished
+    ones and clients only ever ask for recent ones). With 2000 operations this took
+    127 ms. A finished operation no longer changes, so its JSON is encoded once and reused
+    (the operations were most of every write: ~2.5 ms of each fork's path at 200 of them).
+    """
     state.prune_operations()
     return state_path(home, state.storage), _state_text(state)
 

@@ -644,8 +644,6 @@ class NeonClient:
             branch = replace(created.branch, current_state="ready", pending_state=None)
         else:
             branch = await self.get_branch(project_id, created.branch.id)
-            if not branch.ready:
-                branch = await self.get_branch(project_id, created.branch.id)
         endpoints = [
             replace(ep, current_state="active", pending_state=None)
             if ep.id in started
