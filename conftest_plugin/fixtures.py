@@ -109,7 +109,7 @@ def cathouse_branch_session(
 
 
 def _asyncpg_url(url: str) -> str:
-    from harness.engines import normalize_asyncpg_url
+    from harness.urls import normalize_asyncpg_url
 
     return normalize_asyncpg_url(url)
 

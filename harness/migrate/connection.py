@@ -20,9 +20,9 @@ from sqlalchemy import NullPool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from harness.engines import normalize_asyncpg_url
 from harness.errors import HarnessError, MigrationError
 from harness.redact import redact_url, register_secret, scrub
+from harness.urls import normalize_asyncpg_url
 
 T = TypeVar("T")
 

@@ -10,15 +10,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from harness.engines import (
-    check_budget,
-    create_service_engine,
-    engine_kwargs,
-    is_pooled_url,
-    normalize_asyncpg_url,
-)
+from harness.engines import check_budget, create_service_engine, engine_kwargs
 from harness.errors import ConfigError
 from harness.settings import ServiceConfig, Settings
+from harness.urls import is_pooled_url, normalize_asyncpg_url
 
 AUTH = ServiceConfig(name="auth-service", schema="auth", pool_size=2, max_overflow=1)
 PROXY = ServiceConfig(name="proxy-service", pool_size=1, max_overflow=0, read_only=True)

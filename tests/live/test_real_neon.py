@@ -14,9 +14,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from harness.engines import normalize_asyncpg_url
 from harness.session import BranchSession
 from harness.settings import load_settings
+from harness.urls import normalize_asyncpg_url
 from tests.conftest import REAL_NEON_API_KEY, REAL_NEON_PROJECT_ID
 from tests.plugin._support import copy_example
 

@@ -77,7 +77,7 @@ def database_url() -> str:
         raise RuntimeError(
             "MIGRATION_DATABASE_URL is not set (the direct, non-pooled database URL)"
         )
-    from harness.engines import normalize_asyncpg_url
+    from harness.urls import normalize_asyncpg_url
 
     return normalize_asyncpg_url(url)
 

@@ -1,0 +1,104 @@
+"""Connection URLs as asyncpg and SQLAlchemy take them.
+
+Neon hands out libpq-style URLs (`postgresql://…?sslmode=require&channel_binding=require`).
+asyncpg takes neither `sslmode` nor `channel_binding` as SQLAlchemy passes them, so
+`normalize_asyncpg_url` rewrites the scheme and the query and leaves the rest of the URL
+byte for byte as it was: a password that is URL-encoded stays encoded exactly the way the
+user wrote it (SQLAlchemy decodes it once, when it connects).
+
+Plain string work, apart from `harness.engines`: handing out a branch's URLs must not
+import SQLAlchemy (half a second of every test session that never builds an engine).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+from harness.errors import ConfigError
+
+ASYNCPG_SCHEME = "postgresql+asyncpg"
+
+# Schemes we accept as "a PostgreSQL URL"; anything else is a user mistake we name.
+_POSTGRES_SCHEMES = {
+    "postgres",
+    "postgresql",
+    "postgresql+asyncpg",
+    "postgresql+psycopg",
+    "postgresql+psycopg2",
+    "postgresql+pg8000",
+}
+
+# libpq sslmode -> asyncpg `ssl`. asyncpg understands the same mode names itself.
+_SSLMODE_TO_ASYNCPG = {
+    "disable": "disable",
+    "allow": "allow",
+    "prefer": "prefer",
+    "require": "require",
+    "verify-ca": "verify-ca",
+    "verify-full": "verify-full",
+}
+
+# libpq-only parameters asyncpg does not accept as keyword arguments.
+_DROPPED_PARAMS = {"channel_binding", "sslmode", "connect_timeout_ms", "gssencmode"}
+
+
+def _split_scheme(url: str) -> tuple[str, str]:
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep or scheme.lower() not in _POSTGRES_SCHEMES:
+        shown = scheme if sep else "(none)"
+        raise ConfigError(
+            f"not a PostgreSQL URL (scheme {shown!r})",
+            key="database URL",
+            hint="expected postgresql://user:password@host/dbname",
+        )
+    return scheme.lower(), rest
+
+
+def normalize_asyncpg_url(url: str) -> str:
+    """`url` rewritten for SQLAlchemy's asyncpg dialect.
+
+    `postgres://`, `postgresql://` and driver-qualified schemes become
+    `postgresql+asyncpg://`; `sslmode=X` becomes `ssl=X`; `channel_binding` is dropped
+    (asyncpg negotiates SCRAM channel binding on its own). The user, password, host,
+    path and every other query parameter are kept exactly as written.
+    """
+    _, rest = _split_scheme(url)
+    base, hash_sep, fragment = rest.partition("#")
+    base, query_sep, query = base.partition("?")
+    kept: list[str] = []
+    ssl_value: str | None = None
+    explicit_ssl = False
+    for part in query.split("&") if query_sep else []:
+        if not part:
+            continue
+        raw_key, _, raw_value = part.partition("=")
+        key = unquote(raw_key)
+        if key == "sslmode":
+            mode = unquote(raw_value).strip().lower()
+            if mode not in _SSLMODE_TO_ASYNCPG:
+                raise ConfigError(
+                    f"sslmode {mode!r} is not one of {', '.join(_SSLMODE_TO_ASYNCPG)}",
+                    key="database URL",
+                )
+            ssl_value = _SSLMODE_TO_ASYNCPG[mode]
+            continue
+        if key == "ssl":
+            explicit_ssl = True
+        if key in _DROPPED_PARAMS:
+            continue
+        kept.append(part)
+    if ssl_value is not None and not explicit_ssl:
+        kept.append(f"ssl={ssl_value}")
+    out = f"{ASYNCPG_SCHEME}://{base}"
+    if kept:
+        out += "?" + "&".join(kept)
+    if hash_sep:
+        out += "#" + fragment
+    return out
+
+
+def is_pooled_url(url: str) -> bool:
+    """True for Neon's pooled endpoint (PgBouncer in transaction mode): host has `-pooler`."""
+    _, rest = _split_scheme(url)
+    host = urlsplit("//" + rest).hostname or ""
+    return "-pooler" in host
