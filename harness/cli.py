@@ -300,7 +300,7 @@ def _migrate(ctx: Context, direct_url: str) -> list[dict[str, Any]]:
 
 def cmd_up(ctx: Context) -> int:
     from harness import branches
-    from harness.engines import normalize_asyncpg_url
+    from harness.urls import normalize_asyncpg_url
 
     settings = ctx.settings
     ttl = parse_ttl(ctx.args.ttl, key="--ttl", source="command line") if ctx.args.ttl else DEV_TTL
@@ -427,7 +427,7 @@ def cmd_list(ctx: Context) -> int:
 def cmd_url(ctx: Context) -> int:
     """The one command that prints a password on purpose: its output feeds psql or a tool."""
     from harness import branches
-    from harness.engines import normalize_asyncpg_url
+    from harness.urls import normalize_asyncpg_url
 
     target = _branch_from_env(ctx, ctx.args.name)
     settings = ctx.settings
@@ -515,13 +515,9 @@ def gc_candidates(found: Sequence[Any], *, current_fingerprint: str | None, run:
 def _pid_alive(pid: str | None) -> bool:
     if not pid or not pid.isdigit():
         return True  # unknown: leave it to expires_at
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from harness.local.discovery import pid_alive
+
+    return pid_alive(int(pid))
 
 
 def cmd_gc(ctx: Context) -> int:

@@ -140,7 +140,7 @@ def _check_backend(settings: Settings) -> Check:
     from harness.backend import connect_backend, open_client
 
     if settings.backend == "embedded":
-        from harness.local.server import running_server
+        from harness.local.discovery import running_server
 
         info = running_server(settings.home, settings.local_storage)
         if info is None:

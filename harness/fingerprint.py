@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +81,8 @@ def _read_alembic_section(ini: Path) -> configparser.ConfigParser:
 def _to_path(location: str) -> Path:
     # Like Alembic: a relative name with a colon is a package resource (`pkg:dir/sub`).
     if not os.path.isabs(location) and ":" in location:
+        from importlib import resources  # rare, and ~5 ms of imports
+
         package, *parts = location.split(":")
         ref = resources.files(package)
         for part in parts:

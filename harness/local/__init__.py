@@ -15,24 +15,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from harness.local.discovery import LocalServerInfo, running_server
     from harness.local.faults import FaultConfig, parse_faults
     from harness.local.server import (
-        LocalServerInfo,
         ensure_local_server,
         run_emulator,
         run_server,
-        running_server,
         stop_local_server,
     )
 
 _EXPORTS = {
     "FaultConfig": "harness.local.faults",
     "parse_faults": "harness.local.faults",
-    "LocalServerInfo": "harness.local.server",
+    "LocalServerInfo": "harness.local.discovery",
     "ensure_local_server": "harness.local.server",
     "run_emulator": "harness.local.server",
     "run_server": "harness.local.server",
-    "running_server": "harness.local.server",
+    "running_server": "harness.local.discovery",
     "stop_local_server": "harness.local.server",
 }
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import asyncpg
 
 from harness.errors import LocalServerError
-from harness.local.postgres import OsUser, chown_to, free_port, pid_alive, scram_verifier
+from harness.local.discovery import pid_alive
+from harness.local.postgres import OsUser, chown_to, free_port, scram_verifier
 from harness.log import get_logger
 
 log = get_logger("local.pgbouncer")

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.errors import LocalServerError
+from harness.local.discovery import pid_alive
 from harness.log import get_logger
 
 log = get_logger("local.postgres")
@@ -259,21 +260,6 @@ def free_port(preferred: int = 0) -> int:
                 continue
             return int(sock.getsockname()[1])
     raise LocalServerError("no free TCP port on 127.0.0.1")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` runs; a zombie (exited, not yet reaped by its parent) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat_line.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 @contextlib.contextmanager

@@ -7,7 +7,8 @@ server is found through `<home>/local-server.json` (`local-server-disk.json` for
 storage; 0600, no secrets: the key stays in `<home>/local-api-key`) and is trusted only
 when its pid is alive and it answers on its port with that key.
 
-`ensure_local_server` reuses such a server or starts a detached daemon
+Finding such a server is `harness.local.discovery`'s job (light, for every session
+start). `ensure_local_server` reuses one or starts a detached daemon
 (`python -m harness.local.server`), under an exclusive `flock` so that two processes
 starting at once get one server. The daemon exits, stopping PostgreSQL, after
 `idle_timeout` seconds without an API request. The server binds loopback only.
@@ -28,14 +29,24 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from harness.errors import LocalServerError
+from harness.local.discovery import (
+    STORAGES,
+    LocalServerInfo,
+    discovery_path,
+    live_server,
+    lock_path,
+    log_path,
+    pid_alive,
+    read_discovery,
+    resolve_home,
+    running_server,
+)
 from harness.local.faults import ENV_VAR as FAULTS_ENV
 from harness.local.faults import FaultConfig, FaultInjector, parse_faults
 from harness.local.state import load_or_create_api_key, write_private
@@ -52,51 +63,11 @@ if TYPE_CHECKING:
 
 log = get_logger("local.server")
 
-STORAGES = ("memory", "disk")
 START_TIMEOUT = 60.0
 _POLL = 0.02
 
 
-@dataclass(frozen=True)
-class LocalServerInfo:
-    """How to reach a running local server. The repr never shows the key."""
-
-    api_host: str
-    api_key: Secret = field(repr=False)
-    project_id: str
-    pid: int
-    port: int
-    home: Path
-
-
 # ---------------------------------------------------------------------- paths
-
-
-def resolve_home(home: Path | None) -> Path:
-    if home is None:
-        from harness.settings import default_home
-
-        env = os.environ.get("CATHOUSE_HARNESS_HOME")
-        home = Path(env) if env else default_home()
-    home = Path(home).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return home
-
-
-def _suffix(storage: str) -> str:
-    return "" if storage == "memory" else f"-{storage}"
-
-
-def discovery_path(home: Path, storage: str = "memory") -> Path:
-    return home / f"local-server{_suffix(storage)}.json"
-
-
-def lock_path(home: Path, storage: str = "memory") -> Path:
-    return home / f"local-server{_suffix(storage)}.lock"
-
-
-def log_path(home: Path, storage: str = "memory") -> Path:
-    return home / f"local-server{_suffix(storage)}.log"
 
 
 def _check_storage(storage: str) -> None:
@@ -301,86 +272,6 @@ def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 # ---------------------------------------------------------------------- discovery
 
 
-def _read_discovery(home: Path, storage: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(discovery_path(home, storage).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _pid_alive(pid: int) -> bool:
-    # A daemon we started is our child until it is reaped: a zombie still "exists".
-    try:
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
-        if reaped == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _probe(api_host: str, api_key: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The server's `/_local/info`, or None when nothing (of ours) answers."""
-    request = urllib.request.Request(
-        api_host + "/_local/info", headers={"Authorization": f"Bearer {api_key}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
-            data = json.loads(answer.read())
-    except (OSError, ValueError, urllib.error.URLError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _info_from(home: Path, data: dict[str, Any], api_key: str) -> LocalServerInfo:
-    return LocalServerInfo(
-        api_host=str(data["api_host"]),
-        api_key=Secret(api_key),
-        project_id=str(data["project_id"]),
-        pid=int(data["pid"]),
-        port=int(data["port"]),
-        home=home,
-    )
-
-
-def _live_server(home: Path, storage: str) -> LocalServerInfo | None:
-    data = _read_discovery(home, storage)
-    if not data:
-        return None
-    try:
-        pid = int(data["pid"])
-        api_host = str(data["api_host"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    if not _pid_alive(pid):
-        return None
-    try:
-        api_key = load_or_create_api_key(home)
-    except OSError:
-        return None
-    answer = _probe(api_host, api_key)
-    if not answer or answer.get("pid") != pid:
-        return None
-    return _info_from(home, {**data, "project_id": answer.get("project_id")}, api_key)
-
-
-def running_server(home: Path | None = None, storage: str | None = None) -> LocalServerInfo | None:
-    """The local server answering for this home (memory storage first), or None."""
-    home = resolve_home(home)
-    for kind in (storage,) if storage else STORAGES:
-        info = _live_server(home, kind)
-        if info is not None:
-            return info
-    return None
-
-
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -420,11 +311,11 @@ def ensure_local_server(
     """A running local server for `home`: the one already answering, or a new daemon."""
     _check_storage(storage)
     home = resolve_home(home)
-    info = _live_server(home, storage)
+    info = live_server(home, storage)
     if info is not None:
         return info
     with _file_lock(lock_path(home, storage)):
-        info = _live_server(home, storage)
+        info = live_server(home, storage)
         if info is not None:
             return info
         discovery_path(home, storage).unlink(missing_ok=True)
@@ -451,9 +342,9 @@ def ensure_local_server(
                     f"starting; see {logfile}",
                     hint=_tail(logfile) or None,
                 )
-            data = _read_discovery(home, storage)
+            data = read_discovery(home, storage)
             if data and data.get("pid") == process.pid:
-                info = _live_server(home, storage)
+                info = live_server(home, storage)
                 if info is not None:
                     return info
             time.sleep(_POLL)
@@ -469,7 +360,7 @@ def stop_local_server(home: Path | None = None, *, storage: str | None = None, t
     home = resolve_home(home)
     stopped = False
     for kind in (storage,) if storage else STORAGES:
-        data = _read_discovery(home, kind)
+        data = read_discovery(home, kind)
         if not data:
             continue
         try:
@@ -477,14 +368,14 @@ def stop_local_server(home: Path | None = None, *, storage: str | None = None, t
         except (KeyError, TypeError, ValueError):
             discovery_path(home, kind).unlink(missing_ok=True)
             continue
-        if _live_server(home, kind) is None:
+        if live_server(home, kind) is None:
             discovery_path(home, kind).unlink(missing_ok=True)
             continue
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(_POLL)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             raise LocalServerError(f"the local Neon server (pid {pid}) did not stop in {timeout:.0f} s")
         discovery_path(home, kind).unlink(missing_ok=True)
         stopped = True
@@ -508,7 +399,7 @@ def _publish(info: LocalServerInfo, storage: str) -> None:
 
 
 def _unpublish(home: Path, storage: str) -> None:
-    data = _read_discovery(home, storage)
+    data = read_discovery(home, storage)
     if data and data.get("pid") == os.getpid():
         discovery_path(home, storage).unlink(missing_ok=True)
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from harness.errors import LocalServerError
 from harness.local import ids
+from harness.local.discovery import API_KEY_FILE
 
 STATE_FILE = "local-state.json"  # memory storage; disk storage uses local-state-disk.json
-API_KEY_FILE = "local-api-key"
 STATE_VERSION = 1
 # Finished operations kept for `GET /operations`; older ones are forgotten.
 MAX_OPERATIONS = 2000

@@ -3,9 +3,27 @@
 The same client talks to real Neon and to the embedded local server (`harness.local`).
 """
 
-from harness.errors import NeonAPIError
-from harness.neon.client import DEFAULT_API_HOST, UNSET, NeonClient, NeonOperationError
-from harness.neon.models import (
+import sys
+
+
+def _skip_httpx_cli() -> None:
+    """httpx imports its command-line tool when it is imported (click, pygments, rich).
+    Without rich that import fails, but only after ~20 ms spent loading click and
+    pygments, at every session start. Where it would fail anyway, say so up front: httpx
+    then takes its own fallback at once. Nothing changes where rich is installed."""
+    if "httpx" in sys.modules or "httpx._main" in sys.modules:
+        return
+    from importlib.util import find_spec
+
+    if find_spec("rich") is None:
+        sys.modules["httpx._main"] = None  # type: ignore[assignment]
+
+
+_skip_httpx_cli()
+
+from harness.errors import NeonAPIError  # noqa: E402
+from harness.neon.client import DEFAULT_API_HOST, UNSET, NeonClient, NeonOperationError  # noqa: E402
+from harness.neon.models import (  # noqa: E402
     Branch,
     BranchCreated,
     ConnectionInfo,
@@ -15,8 +33,8 @@ from harness.neon.models import (
     Project,
     Role,
 )
-from harness.neon.retry import RetryPolicy
-from harness.neon.stats import ApiStats
+from harness.neon.retry import RetryPolicy  # noqa: E402
+from harness.neon.stats import ApiStats  # noqa: E402
 
 __all__ = [
     "DEFAULT_API_HOST",

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import LocalServerError
+from harness.local.discovery import probe
 from harness.local.postgres import memory_cluster_dirs
 from harness.local.server import (
     LocalServerInfo,
@@ -88,6 +89,10 @@ def test_daemon_is_shared_and_stops(home: Path) -> None:
     assert discovery_path(home).stat().st_mode & 0o777 == 0o600
     assert info.api_key.reveal() not in discovery_path(home).read_text()
     assert running_server(home) == info
+    # discovery trusts a server only when it answers with this home's key
+    answer = probe(info.api_host, info.api_key.reveal())
+    assert answer is not None and answer["pid"] == info.pid
+    assert probe(info.api_host, "not-the-key") is None
 
     branches = _get(info, f"/projects/{info.project_id}/branches")
     assert branches["branches"]
@@ -98,6 +103,7 @@ def test_daemon_is_shared_and_stops(home: Path) -> None:
     _wait_dead(info.pid)
     assert not discovery_path(home).exists()
     assert running_server(home) is None
+    assert probe(info.api_host, info.api_key.reveal()) is None  # nothing listens now
     assert stop_local_server(home) is False
 
 

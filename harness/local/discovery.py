@@ -1,0 +1,174 @@
+"""Finding a running local server, as every test session does before its first API call.
+
+This is the client's half of `harness.local.server`, kept apart so that a process which
+only looks for a server it can reuse imports nothing of the server (or of urllib's HTTP
+stack): a warm session start is a few tens of milliseconds, and imports were a third of
+it. A server is trusted only when its discovery file names a live pid and that pid
+answers `/_local/info` on the published port with this home's key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from harness.redact import Secret
+
+STORAGES = ("memory", "disk")
+API_KEY_FILE = "local-api-key"
+# /_local/info is a few hundred bytes; anything much longer is not our server.
+_MAX_ANSWER = 1 << 20
+
+
+@dataclass(frozen=True)
+class LocalServerInfo:
+    """How to reach a running local server. The repr never shows the key."""
+
+    api_host: str
+    api_key: Secret = field(repr=False)
+    project_id: str
+    pid: int
+    port: int
+    home: Path
+
+
+def resolve_home(home: Path | None) -> Path:
+    if home is None:
+        from harness.settings import default_home
+
+        env = os.environ.get("CATHOUSE_HARNESS_HOME")
+        home = Path(env) if env else default_home()
+    home = Path(home).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return home
+
+
+def _suffix(storage: str) -> str:
+    return "" if storage == "memory" else f"-{storage}"
+
+
+def discovery_path(home: Path, storage: str = "memory") -> Path:
+    return home / f"local-server{_suffix(storage)}.json"
+
+
+def lock_path(home: Path, storage: str = "memory") -> Path:
+    return home / f"local-server{_suffix(storage)}.lock"
+
+
+def log_path(home: Path, storage: str = "memory") -> Path:
+    return home / f"local-server{_suffix(storage)}.log"
+
+
+def read_discovery(home: Path, storage: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(discovery_path(home, storage).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (exited, not yet reaped by its parent) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat_line.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def probe(api_host: str, api_key: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The server's `/_local/info`, or None when nothing (of ours) answers.
+
+    One HTTP/1.0 request on a plain socket: the server closes the connection after the
+    answer, so the body is whatever follows the headers.
+    """
+    parts = urlsplit(api_host)
+    if parts.scheme != "http" or not parts.hostname or parts.port is None:
+        return None
+    request = (
+        f"GET {parts.path.rstrip('/')}/_local/info HTTP/1.0\r\n"
+        f"Host: {parts.netloc}\r\n"
+        f"Authorization: Bearer {api_key}\r\n"
+        "Accept: application/json\r\n\r\n"
+    ).encode("latin-1")
+    received = bytearray()
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+            sock.sendall(request)
+            while len(received) <= _MAX_ANSWER:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+    except (OSError, UnicodeError):
+        return None
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    status = head.split(b" ", 2)
+    if len(status) < 2 or status[1] != b"200":
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_api_key(home: Path) -> str | None:
+    """This home's Bearer key; None before any server has made one."""
+    try:
+        return (home / API_KEY_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def info_from(home: Path, data: dict[str, Any], api_key: str) -> LocalServerInfo:
+    return LocalServerInfo(
+        api_host=str(data["api_host"]),
+        api_key=Secret(api_key),
+        project_id=str(data["project_id"]),
+        pid=int(data["pid"]),
+        port=int(data["port"]),
+        home=home,
+    )
+
+
+def live_server(home: Path, storage: str) -> LocalServerInfo | None:
+    """The server published for this home and storage, if it is alive and answers."""
+    data = read_discovery(home, storage)
+    if not data:
+        return None
+    try:
+        pid = int(data["pid"])
+        api_host = str(data["api_host"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not pid_alive(pid):
+        return None
+    api_key = read_api_key(home)
+    if api_key is None:
+        return None
+    answer = probe(api_host, api_key)
+    if not answer or answer.get("pid") != pid:
+        return None
+    return info_from(home, {**data, "project_id": answer.get("project_id")}, api_key)
+
+
+def running_server(home: Path | None = None, storage: str | None = None) -> LocalServerInfo | None:
+    """The local server answering for this home (memory storage first), or None."""
+    home = resolve_home(home)
+    for kind in (storage,) if storage else STORAGES:
+        info = live_server(home, kind)
+        if info is not None:
+            return info
+    return None
