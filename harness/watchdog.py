@@ -17,7 +17,6 @@ while the create is in flight still has its branch found by name and deleted.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import os
@@ -157,6 +156,8 @@ async def _heartbeat(api_host: str, api_key: str, marker_dir: Path, ttl: timedel
 
 
 async def _clean_up(api_host: str, api_key: str, marker_dir: Path) -> int:
+    import asyncio
+
     from harness.branches import delete_owned_branch
     from harness.neon.client import NeonClient
 
@@ -191,6 +192,11 @@ async def _clean_up(api_host: str, api_key: str, marker_dir: Path) -> int:
 
 
 def run(marker_dir: Path, api_host: str, ttl: timedelta, interval: float | None = None) -> int:
+    # asyncio (and the client, imported where it is used) load only once there is work:
+    # the watchdog starts beside every session start, and on a two-core CI machine its
+    # imports would compete with the session's own for the CPU.
+    import asyncio
+
     api_key = sys.stdin.buffer.readline().decode().strip()
     if not api_key:
         return 2

@@ -121,6 +121,11 @@ def _localhost_names_resolve() -> bool:
     return bool(infos) and all(info[4][0] == "127.0.0.1" for info in infos)
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def _report_failed_write(written: Future[None]) -> None:
     error = written.exception()
     if error is not None:
@@ -152,8 +157,9 @@ class LocalNeon:
         self._save_pending = False
         # Writes the state file while started (see save); one thread keeps them in order.
         self._writer: ThreadPoolExecutor | None = None
-        # Requests waiting for an operation to settle (see wait_settled), by operation id.
-        self._op_settled: dict[str, asyncio.Event] = {}
+        # GETs waiting for an operation to settle (see wait_settled): a future each, by
+        # operation id.
+        self._op_settled: dict[str, list[asyncio.Future[None]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -195,8 +201,8 @@ class LocalNeon:
         await self.dataplane.stop(stop_postgres=stop_postgres)
 
     def save(self) -> None:
-        """Persist the state: taken at the end of the current event-loop step, written
-        by the writer thread.
+        """Persist the state: taken two event-loop steps from now, written by the writer
+        thread.
 
         Every operation step calls this, often several times in one step (an operation
         ends and the next begins); one snapshot per step is enough. The file write (about
@@ -211,7 +217,9 @@ class LocalNeon:
             self.flush()
             return
         self._save_pending = True
-        loop.call_soon(self._save_now)
+        # Two hops: a GET waiting on an operation that just ended resumes, and answers,
+        # in the next loop step; the snapshot (~0.5 ms) comes the step after that.
+        loop.call_soon(loop.call_soon, self._save_now)
 
     def _save_now(self, *, wait: bool = False) -> None:
         self._save_pending = False
@@ -333,9 +341,22 @@ class LocalNeon:
         sleeping between polls; the answer may still say `running`, as Neon's may."""
         if op.status not in ("scheduling", "running") or timeout <= 0:
             return
-        event = self._op_settled.setdefault(op.id, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+        # A bare future, not Event + wait_for (which runs event.wait() as a task of its
+        # own): the GET resumes in the very next loop step after the operation ends. One
+        # future per waiter, because a GET cancelled (client gone) cancels what it awaits.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        waiters = self._op_settled.setdefault(op.id, [])
+        waiters.append(waiter)
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters and self._op_settled.get(op.id) is waiters:
+                del self._op_settled[op.id]
 
     def check_project(self, project_id: str) -> None:
         if project_id != self.state.project_id:
@@ -444,9 +465,8 @@ class LocalNeon:
             op.failures_count += 1
         started = op.started or parse_time(op.created_at).timestamp()
         op.total_duration_ms = max(0, int((moment.timestamp() - started) * 1000))
-        event = self._op_settled.pop(op.id, None)
-        if event is not None:
-            event.set()  # waiters run after this step, so they see the work that follows
+        for waiter in self._op_settled.pop(op.id, ()):
+            _wake(waiter)  # waiters run after this step, so they see the work that follows
 
     def _set_branch_state(self, branch: BranchRecord, current: str, pending: str | None = None) -> None:
         stamp = iso(now())
@@ -598,6 +618,9 @@ class LocalNeon:
         # Spawned before the save, so the copy starts ahead of the state file's write.
         self._spawn(lambda: self._run_create(branch, parent, endpoints, ops, fail), f"create {branch.id}")
         self.save()
+        # One loop step for the copy to send its first query before this answer is built
+        # and sent: PostgreSQL works on it meanwhile.
+        await asyncio.sleep(0)
         return branch, endpoints, ops
 
     async def _run_create(
