@@ -219,7 +219,7 @@ class LocalNeon:
         self._save_pending = True
         # Two hops: a GET waiting on an operation that just ended resumes, and answers,
         # in the next loop step; the snapshot (~0.5 ms) comes the step after that.
-        loop.call_soon(loop.call_soon, self._save_now)
+        loop.call_soon(lambda: loop.call_soon(self._save_now))
 
     def _save_now(self, *, wait: bool = False) -> None:
         self._save_pending = False
