@@ -46,6 +46,10 @@ class HarnessState:
     session: Any = None
     worker_reports: list[dict[str, Any]] = field(default_factory=list)
     swept: list[str] = field(default_factory=list)
+    # xdist workers that came up, and those that finished normally (their own teardown
+    # ran); the controller's sweep asks the API only when the two differ.
+    workers_up: int = 0
+    workers_finished: int = 0
     saved_env: dict[str, str | None] = field(default_factory=dict)
 
 
@@ -160,10 +164,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if hasattr(config, "workeroutput") and state.session is not None:
         config.workeroutput["cathouse_harness"] = state.session.report.as_dict()
     if state.is_controller and state.settings is not None and _uses_xdist(config):
-        from harness.session import sweep_run
+        from harness.runs import sweep_run
 
+        all_finished = (
+            state.workers_up == state.workers_finished
+            and exitstatus not in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
+            and not any(report.get("delete_failed") for report in state.worker_reports)
+        )
         try:
-            state.swept = sweep_run(state.settings, state.run_id)
+            state.swept = sweep_run(state.settings, state.run_id, all_finished=all_finished)
         except Exception as exc:  # the summary names the run so a person can clean up
             state.swept = [f"sweep failed: {exc}"]
 
@@ -173,13 +182,22 @@ def _uses_xdist(config: pytest.Config) -> bool:
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    output = getattr(node, "workeroutput", {}) or {}
-    data = output.get("cathouse_harness")
-    if data is None:
-        return
+def pytest_testnodeready(node: Any) -> None:
     state = node.config.stash.get(state_key, None)
     if state is not None:
+        state.workers_up += 1
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    state = node.config.stash.get(state_key, None)
+    if state is None:
+        return
+    if error is None:
+        state.workers_finished += 1
+    output = getattr(node, "workeroutput", {}) or {}
+    data = output.get("cathouse_harness")
+    if data is not None:
         state.worker_reports.append(data)
 
 

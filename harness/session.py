@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from harness.backend import BackendInfo, connect_backend, open_client
@@ -19,14 +18,13 @@ from harness.branches import (
     BranchHandle,
     create_owned_branch,
     delete_owned_branch,
-    delete_run_branches,
     resolve_parent,
     restore_owned_branch,
-    run_prefix,
     session_branch_name,
 )
 from harness.errors import ConfigError, HarnessError
 from harness.log import get_logger
+from harness.runs import marker_dir, runs_dir
 from harness.settings import Settings
 from harness.sync import LoopThread
 from harness.watchdog import WatchdogHandle, start_watchdog
@@ -68,14 +66,6 @@ class SessionReport:
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
-
-
-def runs_dir(settings: Settings) -> Path:
-    return settings.home / "runs"
-
-
-def marker_dir(settings: Settings, run_id: str, worker: str) -> Path:
-    return runs_dir(settings) / run_id / worker
 
 
 class BranchSession:
@@ -330,36 +320,10 @@ def _stop_watchdog(watchdog: WatchdogHandle) -> None:
         except OSError:
             pass
     threading.Thread(target=watchdog.process.wait, name="cathouse-watchdog-reaper", daemon=True).start()
-
-
-def sweep_run(settings: Settings, run_id: str) -> list[str]:
-    """Delete every session branch of a run (the xdist controller's final sweep).
-
-    Only talks to the API when some process of this run recorded a branch, so a run that
-    used no harness fixture stays free of API calls.
-    """
-    directory = runs_dir(settings) / run_id
-    if not directory.exists():
-        return []
-    backend = connect_backend(settings)
-    loop = LoopThread()
-    try:
-
-        kept = [p.name.removeprefix("kept-") for p in directory.glob("kept-*")]
-
-        async def _sweep() -> list[str]:
-            async with open_client(backend) as client:
-                return await delete_run_branches(client, backend.project_id, run_id, keep=kept)
-
-        deleted = loop.run(_sweep())
-    finally:
-        loop.close()
-    _remove_tree(directory)
-    log.info("swept %d branch(es) of run %s (%s)", len(deleted), run_id, run_prefix(run_id))
-    return deleted
-
-
-def _remove_tree(directory: Path) -> None:
-    import shutil
-
-    shutil.rmtree(directory, ignore_errors=True)
+    # The empty marker directory, and the run's directory once no other worker (or kept
+    # branch) uses it: a run that ended cleanly leaves nothing under the home.
+    for directory in (watchdog.marker_dir, watchdog.marker_dir.parent):
+        try:
+            directory.rmdir()
+        except OSError:
+            break

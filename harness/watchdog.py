@@ -215,7 +215,10 @@ def run(marker_dir: Path, api_host: str, ttl: timedelta, interval: float | None 
         except Exception as exc:
             log.warning("heartbeat failed: %s", exc)
         next_beat = time.monotonic() + interval
-    failures = asyncio.run(_clean_up(api_host, api_key, marker_dir))
+    # A clean owner leaves nothing recorded: then the client is never even imported.
+    failures = 0
+    if _recorded(marker_dir) or _pending_names(marker_dir):
+        failures = asyncio.run(_clean_up(api_host, api_key, marker_dir))
     try:
         marker_dir.rmdir()
     except OSError:

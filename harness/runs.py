@@ -1,0 +1,76 @@
+"""A run's files under the harness home, and the end-of-run sweep.
+
+`<home>/runs/<run id>/<worker>/` is each process's watchdog marker directory (one file per
+branch it still owns, see `harness.watchdog`); `kept-<branch id>` files beside them name
+branches kept on purpose. The xdist controller sweeps the run when every worker is done.
+
+Kept apart from `harness.session` so that the controller, which never starts a session
+of its own, does not import the client (or asyncio) to find that there is nothing to do.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from harness.log import get_logger
+from harness.settings import Settings
+
+log = get_logger("runs")
+
+_OWNED_PREFIXES = ("br-", "name-")
+
+
+def runs_dir(settings: Settings) -> Path:
+    return settings.home / "runs"
+
+
+def marker_dir(settings: Settings, run_id: str, worker: str) -> Path:
+    return runs_dir(settings) / run_id / worker
+
+
+def owned_markers(directory: Path) -> list[Path]:
+    """Marker files of branches some process of the run still owns (or may own: a
+    create whose answer never came)."""
+    return [
+        path
+        for worker in directory.iterdir()
+        if worker.is_dir()
+        for path in worker.iterdir()
+        if path.name.startswith(_OWNED_PREFIXES)
+    ]
+
+
+def sweep_run(settings: Settings, run_id: str, *, all_finished: bool = False) -> list[str]:
+    """Delete every session branch of a run (the xdist controller's final sweep).
+
+    Only talks to the API when some process of this run recorded a branch, so a run that
+    used no harness fixture stays free of API calls. With `all_finished` (every worker
+    reported its own teardown) and no branch still recorded, there is nothing the API
+    could find either, and the sweep only removes the run's files.
+    """
+    directory = runs_dir(settings) / run_id
+    if not directory.exists():
+        return []
+    if all_finished and not owned_markers(directory):
+        shutil.rmtree(directory, ignore_errors=True)
+        return []
+    from harness.backend import connect_backend, open_client
+    from harness.branches import delete_run_branches, run_prefix
+    from harness.sync import LoopThread
+
+    backend = connect_backend(settings)
+    loop = LoopThread()
+    try:
+        kept = [p.name.removeprefix("kept-") for p in directory.glob("kept-*")]
+
+        async def _sweep() -> list[str]:
+            async with open_client(backend) as client:
+                return await delete_run_branches(client, backend.project_id, run_id, keep=kept)
+
+        deleted = loop.run(_sweep())
+    finally:
+        loop.close()
+    shutil.rmtree(directory, ignore_errors=True)
+    log.info("swept %d branch(es) of run %s (%s)", len(deleted), run_id, run_prefix(run_id))
+    return deleted

@@ -1,0 +1,60 @@
+"""The xdist controller's end-of-run sweep (`harness.runs.sweep_run`): it deletes what a
+run left behind, and asks the API nothing when every worker cleaned up after itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+
+from harness.backend import connect_backend, open_client
+from harness.branches import create_owned_branch, harness_branches
+from harness.local.discovery import running_server
+from harness.runs import marker_dir, sweep_run
+from harness.settings import load_settings
+from tests.plugin._support import copy_example
+
+
+def test_clean_run_is_swept_without_the_api(tmp_path: Path, monkeypatch) -> None:
+    # A home of its own with no server: any API use would have to start one.
+    home = tmp_path / "home"
+    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(home))
+    settings = load_settings(copy_example(tmp_path / "project"))
+    for worker in ("gw0", "gw1"):
+        marker_dir(settings, "clean1", worker).mkdir(parents=True)
+    (settings.home / "runs" / "clean1" / "kept-br-kept-on-purpose").write_text("harness/clean1/gw0")
+
+    assert sweep_run(settings, "clean1", all_finished=True) == []
+    assert not (settings.home / "runs" / "clean1").exists()
+    assert running_server(home) is None
+
+
+def test_recorded_branch_is_swept_even_when_workers_say_they_finished(tmp_path: Path) -> None:
+    settings = load_settings(copy_example(tmp_path / "project"))
+    backend = connect_backend(settings)
+
+    async def leave_one() -> str:
+        async with open_client(backend) as client:
+            main = await client.resolve_branch(backend.project_id, "main")
+            left = await create_owned_branch(
+                client, backend.project_id, name="harness/sweep1/gw0", parent_id=main.id,
+                ttl=timedelta(minutes=5), kind="session", run_id="sweep1",
+                database=settings.database, role=settings.role,
+            )
+            return left.id
+
+    left = asyncio.run(leave_one())
+    # what a worker that died before its teardown leaves: the marker of its branch
+    directory = marker_dir(settings, "sweep1", "gw0")
+    directory.mkdir(parents=True)
+    (directory / left).write_text(json.dumps({"project_id": backend.project_id}))
+
+    assert sweep_run(settings, "sweep1", all_finished=True) == [left]
+
+    async def remaining() -> list[str]:
+        async with open_client(backend) as client:
+            return [b.id for b in await harness_branches(client, backend.project_id, run_id="sweep1")]
+
+    assert asyncio.run(remaining()) == []
+    assert not (settings.home / "runs" / "sweep1").exists()
