@@ -2,18 +2,25 @@
 first test: `python benchmarks/_probe.py PROJECT_DIR RUN_ID`.
 
 Prints `READY` as soon as the branch is usable, then one JSON line with the session's own
-timings. `import_to_ready` starts before the harness is imported, so it counts every
-import the harness causes (the interpreter's own start-up is measured by the caller).
+timings. pytest and pytest-asyncio are imported first, untimed: every test run has them
+before any plugin of ours loads (and they bring asyncio, logging, dataclasses and the
+like). `import_to_ready` then counts everything the harness adds: its plugin module,
+every import that causes, and the session's start. The caller measures from spawn too.
 """
 
 from __future__ import annotations
 
 import time
 
+import pytest  # noqa: F401  (pytest's own start-up, not ours)
+import pytest_asyncio  # noqa: F401
+
 STARTED = time.perf_counter()
 
 import json  # noqa: E402
 import sys  # noqa: E402
+
+import conftest_plugin.plugin  # noqa: E402, F401  (loaded by every run with -p cathouse_harness)
 
 
 def main() -> int:
