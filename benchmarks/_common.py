@@ -93,12 +93,9 @@ def stop_home(home: Path) -> None:
 
 def superuser_dsn(home: Path) -> str:
     """The superuser DSN (unix socket, trust) of the home's in-memory cluster."""
-    from harness.local.postgres import ClusterPaths, cluster_root, resolve_os_user
+    from harness.local.postgres import home_superuser_dsn
 
-    root = cluster_root(home, "memory", resolve_os_user())
-    paths = ClusterPaths.under(root)
-    port = paths.port_file.read_text().strip()
-    return f"postgresql://postgres@/postgres?host={paths.socket_dir}&port={port}"
+    return home_superuser_dsn(home)
 
 
 def cluster_port(home: Path) -> int:

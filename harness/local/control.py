@@ -121,6 +121,14 @@ def _localhost_names_resolve() -> bool:
     return bool(infos) and all(info[4][0] == "127.0.0.1" for info in infos)
 
 
+# How long a state change waits for its snapshot (~0.5 ms of the loop). Taken at once,
+# it ran between a finished operation and the GET waiting for it, and between a copy's
+# first query and its reply: both on every fork's path. A few milliseconds later the
+# loop is idle (a copy is running in PostgreSQL, or the answer is out), and the changes
+# of those milliseconds share one snapshot. `flush` and `stop` still write at once.
+SAVE_DELAY = 0.004
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -154,7 +162,7 @@ class LocalNeon:
         self._reaper: asyncio.Task[None] | None = None
         self._named_hosts = False
         self._addresses: dict[str, Any] = {}
-        self._save_pending = False
+        self._save_timer: asyncio.TimerHandle | None = None
         # Writes the state file while started (see save); one thread keeps them in order.
         self._writer: ThreadPoolExecutor | None = None
         # GETs waiting for an operation to settle (see wait_settled): a future each, by
@@ -201,28 +209,26 @@ class LocalNeon:
         await self.dataplane.stop(stop_postgres=stop_postgres)
 
     def save(self) -> None:
-        """Persist the state: taken two event-loop steps from now, written by the writer
-        thread.
+        """Persist the state: taken SAVE_DELAY from now, written by the writer thread.
 
         Every operation step calls this, often several times in one step (an operation
-        ends and the next begins); one snapshot per step is enough. The file write (about
+        ends and the next begins); one snapshot for all of them is enough. The file write (about
         a millisecond) happens off the loop, so it never sits between a finished copy and
         the answer that reports it.
         """
-        if self._save_pending:
+        if self._save_timer is not None:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
-        self._save_pending = True
-        # Two hops: a GET waiting on an operation that just ended resumes, and answers,
-        # in the next loop step; the snapshot (~0.5 ms) comes the step after that.
-        loop.call_soon(lambda: loop.call_soon(self._save_now))
+        self._save_timer = loop.call_later(SAVE_DELAY, self._save_now)
 
     def _save_now(self, *, wait: bool = False) -> None:
-        self._save_pending = False
+        if self._save_timer is not None:
+            self._save_timer.cancel()  # when flush() comes first
+            self._save_timer = None
         path, text = state_snapshot(self.state, self.home)
         if self._writer is None:
             write_private(path, text)
@@ -602,25 +608,28 @@ class LocalNeon:
             state.endpoints[ep.id] = ep
             endpoints.append(ep)
             ops.append(self._new_op("start_compute", branch.id, ep.id))
-        self._copying[parent.id] += 1
+        self._copying[parent.id] += 1  # the copy task gives it back
+        fail = self.faults.operation_fails()
+        # The copy starts first: PostgreSQL works on it while the listeners open and this
+        # answer is built. It completes only once `opened` says how opening went.
+        opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._spawn(
+            lambda: self._run_create(branch, parent, endpoints, ops, fail, opened), f"create {branch.id}"
+        )
+        await asyncio.sleep(0)  # one step: the copy's first query goes out
         try:
             # Listeners open now so the answer carries their ports; connections made
             # before the copy ends find no database, as on a compute still starting.
             for ep in endpoints:
                 await self._open(ep)
         except BaseException:
-            self._copying[parent.id] -= 1
+            opened.set_result(False)
             self._forget_branch(branch.id)
             for op in ops:
                 state.operations.pop(op.id, None)
             raise
-        fail = self.faults.operation_fails()
-        # Spawned before the save, so the copy starts ahead of the state file's write.
-        self._spawn(lambda: self._run_create(branch, parent, endpoints, ops, fail), f"create {branch.id}")
+        opened.set_result(True)
         self.save()
-        # One loop step for the copy to send its first query before this answer is built
-        # and sent: PostgreSQL works on it meanwhile.
-        await asyncio.sleep(0)
         return branch, endpoints, ops
 
     async def _run_create(
@@ -630,6 +639,7 @@ class LocalNeon:
         endpoints: list[EndpointRecord],
         ops: list[OperationRecord],
         fail: bool,
+        opened: asyncio.Future[bool],
     ) -> None:
         op_branch, op_computes = ops[0], ops[1:]
         try:
@@ -642,10 +652,17 @@ class LocalNeon:
                 schema_only=branch.init_source == "schema-only",
             )
         except Exception as exc:
-            await self._abandon_create(branch, endpoints, ops, exc)
+            if await opened:
+                await self._abandon_create(branch, endpoints, ops, exc)
+            else:
+                await self._drop_if_made(branch.physical)
             return
         finally:
             self._copying[parent.id] -= 1
+        if not await opened:
+            # The create was refused after all (no listener): nobody ever saw this copy.
+            await self._drop_if_made(branch.physical)
+            return
         self._end_op(op_branch, "finished")
         self._set_branch_state(branch, "ready")
         self.save()
@@ -672,13 +689,16 @@ class LocalNeon:
             with contextlib.suppress(Exception):
                 await self.dataplane.close_endpoint(ep.id)
         if not isinstance(exc, _InjectedFailure):
-            with contextlib.suppress(Exception):
-                if branch.physical in await self.dataplane.list_databases():
-                    await self.dataplane.drop_database(branch.physical)
+            await self._drop_if_made(branch.physical)
         self._forget_branch(branch.id)
         for op in ops:
             self._end_op(op, "failed", reason)
         self.save()
+
+    async def _drop_if_made(self, physical: str) -> None:
+        with contextlib.suppress(Exception):
+            if physical in await self.dataplane.list_databases():
+                await self.dataplane.drop_database(physical)
 
     # ------------------------------------------------------------------ update
 

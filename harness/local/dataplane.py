@@ -50,6 +50,15 @@ _POLL = 0.005
 _OTHER_SESSIONS = "SELECT {what} FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
 
 
+async def _rollback_only(connection: asyncpg.Connection) -> None:
+    """The admin pool's reset. asyncpg's own sends RESET ALL, UNLISTEN and the like on
+    every release: a round trip after each query, which the next query on that connection
+    waits for. Admin queries change no session state; a transaction an error left open is
+    still rolled back."""
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
 @dataclass(frozen=True)
 class EndpointAddress:
     endpoint_id: str
@@ -138,7 +147,9 @@ class DataPlane:
             self._pg_port = self._cluster.port
             admin = self._cluster.superuser_dsn()
         try:
-            self._pool = await asyncpg.create_pool(admin, min_size=1, max_size=4, command_timeout=120)
+            self._pool = await asyncpg.create_pool(
+                admin, min_size=1, max_size=4, command_timeout=120, reset=_rollback_only
+            )
         except (OSError, asyncpg.PostgresError) as exc:
             raise LocalServerError(
                 f"cannot connect to PostgreSQL as superuser ({type(exc).__name__})",

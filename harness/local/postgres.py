@@ -596,6 +596,14 @@ class Cluster:
         return f"postgresql://{SUPERUSER}@/{database}?host={self.paths.socket_dir}&port={self.port}"
 
 
+def home_superuser_dsn(home: Path, storage: Storage = "memory") -> str:
+    """The superuser DSN (unix socket, trust) of the cluster under a home, as its server
+    left it: for benchmarks and tests that look at PostgreSQL behind the API's back."""
+    paths = ClusterPaths.under(cluster_root(home, storage, resolve_os_user()))
+    port = paths.port_file.read_text().strip()
+    return f"postgresql://{SUPERUSER}@/postgres?host={paths.socket_dir}&port={port}"
+
+
 def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS) -> str:
     """A SCRAM-SHA-256 verifier as PostgreSQL stores it, so the password never travels as SQL."""
     salt = salt if salt is not None else secrets.token_bytes(16)

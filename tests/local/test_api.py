@@ -342,6 +342,49 @@ def test_overlapping_mutations_answer_423_until_done(
     delete_branch(client, project, branch_id)
 
 
+def test_create_refused_after_its_copy_began_leaves_nothing(
+    server: LocalServerInfo, client: httpx.Client, project: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The copy starts before the endpoint's listeners open; when they cannot open, the
+    # create is refused and the copy, once done, is dropped: no branch, no database.
+    from harness.errors import LocalServerError
+    from harness.local.dataplane import DataPlane
+    from harness.local.postgres import home_superuser_dsn
+
+    copies: list[tuple[str, bool]] = []
+
+    async def no_listener(self: DataPlane, endpoint_id: str, *, databases: dict[str, str], **_: Any) -> None:
+        # Refuse only once the copy has landed, so its clean-up is what this test sees.
+        physical = next(iter(databases.values()))
+        landed = False
+        for _attempt in range(600):
+            landed = physical in await self.list_databases()
+            if landed:
+                break
+            await asyncio.sleep(0.05)
+        copies.append((physical, landed))
+        raise LocalServerError("cannot listen (test)")
+
+    def exists(physical: str) -> bool:
+        found = sql(home_superuser_dsn(server.home), "SELECT 1 FROM pg_database WHERE datname = $1", physical)
+        return bool(found)
+
+    base = f"/projects/{project}/branches"
+    before = {b["id"] for b in client.get(base).json()["branches"]}
+    monkeypatch.setattr(DataPlane, "open_endpoint", no_listener)
+    body = {"branch": {"name": _name("refused")}, "endpoints": [{"type": "read_write"}]}
+    answer = client.post(base, json=body)
+    monkeypatch.undo()
+    _assert_error(answer, 500)
+    assert {b["id"] for b in client.get(base).json()["branches"]} == before
+    [(physical, landed)] = copies
+    assert landed, "the copy had not started before the listeners were asked for"
+    deadline = time.monotonic() + 30
+    while exists(physical) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not exists(physical)
+
+
 def test_expired_branch_is_reaped(client: httpx.Client, project: str) -> None:
     created = create_ready_branch(client, project, name=_name("ttl"), expires_at=_in(timedelta(seconds=2)))
     branch_id = created["branch"]["id"]
