@@ -74,7 +74,13 @@ class DataPlaneLike(Protocol):
     async def stop(self, *, stop_postgres: bool = True) -> None: ...
     async def ensure_role(self, role: str, password: str) -> None: ...
     async def create_database(
-        self, physical: str, *, owner: str, template: str | None = None, schema_only: bool = False
+        self,
+        physical: str,
+        *,
+        owner: str,
+        template: str | None = None,
+        schema_only: bool = False,
+        issued: Callable[[], None] | None = None,
     ) -> None: ...
     async def drop_database(self, physical: str) -> None: ...
     async def replace_database(self, physical: str, *, template: str, owner: str) -> None: ...
@@ -127,9 +133,11 @@ def _localhost_names_resolve() -> bool:
 # loop is idle (a copy is running in PostgreSQL, or the answer is out), and the changes
 # of those milliseconds share one snapshot. `flush` and `stop` still write at once.
 SAVE_DELAY = 0.004
+# At most this long a create's answer waits for its copy to be sent to PostgreSQL.
+COPY_ISSUE_WAIT = 0.05
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
+def _wake(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 
@@ -612,11 +620,17 @@ class LocalNeon:
         fail = self.faults.operation_fails()
         # The copy starts first: PostgreSQL works on it while the listeners open and this
         # answer is built. It completes only once `opened` says how opening went.
-        opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[bool] = loop.create_future()
+        issued: asyncio.Future[None] = loop.create_future()
         self._spawn(
-            lambda: self._run_create(branch, parent, endpoints, ops, fail, opened), f"create {branch.id}"
+            lambda: self._run_create(branch, parent, endpoints, ops, fail, opened, issued),
+            f"create {branch.id}",
         )
-        await asyncio.sleep(0)  # one step: the copy's first query goes out
+        # Until the CREATE DATABASE itself is sent (bounded: an injected delay or a busy
+        # template must not hold the answer): the copy's idle check then has the loop to
+        # itself, and the listeners and the answer are made while PostgreSQL copies.
+        await asyncio.wait({issued}, timeout=COPY_ISSUE_WAIT)
         try:
             # Listeners open now so the answer carries their ports; connections made
             # before the copy ends find no database, as on a compute still starting.
@@ -640,6 +654,7 @@ class LocalNeon:
         ops: list[OperationRecord],
         fail: bool,
         opened: asyncio.Future[bool],
+        issued: asyncio.Future[None],
     ) -> None:
         op_branch, op_computes = ops[0], ops[1:]
         try:
@@ -650,8 +665,10 @@ class LocalNeon:
                 owner=self.state.role_name,
                 template=parent.physical,
                 schema_only=branch.init_source == "schema-only",
+                issued=lambda: _wake(issued),
             )
         except Exception as exc:
+            _wake(issued)  # the create's answer waits for this, and this for its answer
             if await opened:
                 await self._abandon_create(branch, endpoints, ops, exc)
             else:

@@ -279,14 +279,22 @@ class DataPlane:
         return [row["datname"] for row in rows]
 
     async def create_database(
-        self, physical: str, *, owner: str, template: str | None = None, schema_only: bool = False
+        self,
+        physical: str,
+        *,
+        owner: str,
+        template: str | None = None,
+        schema_only: bool = False,
+        issued: Callable[[], None] | None = None,
     ) -> None:
+        """Create `physical` (a copy of `template`); `issued()` is called as the CREATE
+        DATABASE goes to PostgreSQL, after the checks that precede it."""
         async with self._serialised():
             # PgBouncer's list of databases is updated while the copy runs (no reload:
             # its fallback entry reaches a new database the moment a client asks).
             announce = asyncio.create_task(self._databases_changed(added=physical))
             try:
-                await self._create(physical, owner=owner, template=template)
+                await self._create(physical, owner=owner, template=template, issued=issued)
                 if schema_only and template is not None:
                     await self._truncate_data(physical)
             except BaseException:
@@ -296,9 +304,13 @@ class DataPlane:
                 raise
             await announce
 
-    async def _create(self, physical: str, *, owner: str, template: str | None) -> None:
+    async def _create(
+        self, physical: str, *, owner: str, template: str | None, issued: Callable[[], None] | None = None
+    ) -> None:
         sql = f"CREATE DATABASE {quote_ident(physical)} OWNER {quote_ident(owner)}"
         if template is None:
+            if issued is not None:
+                issued()
             try:
                 await self._admin().execute(sql + " STRATEGY FILE_COPY")
             except asyncpg.PostgresError as exc:
@@ -310,6 +322,8 @@ class DataPlane:
         async with self._fence(template, idle_shortcut=True) as tighten:
             # Someone may slip in over PostgreSQL's own port between our checks and the copy.
             for attempt in range(3):
+                if issued is not None and attempt == 0:
+                    issued()
                 try:
                     await self._admin().execute(sql)
                     return
