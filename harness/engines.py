@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from uuid import uuid4
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -21,12 +20,6 @@ def application_name(service: ServiceConfig) -> str:
     return f"cat-house-{service.name}"
 
 
-def _unique_statement_name() -> str:
-    # PgBouncer in transaction mode may hand a later statement to a different server
-    # connection; asyncpg's sequential names would then collide there.
-    return f"__asyncpg_{uuid4().hex}__"
-
-
 def engine_kwargs(
     service: ServiceConfig, *, echo: bool = False, pgbouncer: bool = False
 ) -> dict[str, Any]:
@@ -41,12 +34,12 @@ def engine_kwargs(
         "command_timeout": COMMAND_TIMEOUT,
     }
     if pgbouncer:
-        # PgBouncer 1.18 in transaction mode does not track prepared statements:
-        # no statement caches on either layer, and unique names for the ones asyncpg
-        # must still prepare.
+        # PgBouncer 1.18 in transaction mode does not track prepared statements: no
+        # statement caches on either layer. asyncpg (>= 0.31) then prepares each statement
+        # unnamed, which nothing can collide with and nothing has to close; a unique name
+        # per statement would cost a Close round trip for every statement sent.
         connect_args["statement_cache_size"] = 0
         connect_args["prepared_statement_cache_size"] = 0
-        connect_args["prepared_statement_name_func"] = _unique_statement_name
     kwargs: dict[str, Any] = {
         "pool_size": service.pool_size,
         "max_overflow": service.max_overflow,
