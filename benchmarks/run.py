@@ -440,6 +440,8 @@ def plot(r: dict[str, Any], path: Path) -> bool:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     ns = sorted(int(n) for n in r["scaling"])
     left.plot(ns, [r["scaling"][str(n)]["overhead"] for n in ns], marker="o")
+    left.set_xticks(ns)
+    left.set_title("pytest run: wall with the harness minus without")
     left.set_xlabel("xdist workers")
     left.set_ylabel("harness overhead (s)")
     for services in sorted({s["services"] for s in r["synthetic"].values()}):
@@ -447,6 +449,7 @@ def plot(r: dict[str, Any], path: Path) -> bool:
             (s["revisions"], s["cold_setup"]) for s in r["synthetic"].values() if s["services"] == services
         )
         right.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{services} services")
+    right.set_title("cold template build (migrations included)")
     right.set_xlabel("revisions per service")
     right.set_ylabel("template build (s)")
     right.legend()
