@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.log import get_logger
-from harness.settings import Settings
+
+if TYPE_CHECKING:
+    from harness.settings import Settings
 
 log = get_logger("runs")
 
@@ -29,16 +32,17 @@ def marker_dir(settings: Settings, run_id: str, worker: str) -> Path:
     return runs_dir(settings) / run_id / worker
 
 
+def owned_files(worker_dir: Path) -> list[Path]:
+    """One process's marker files of branches it still owns (or may own: a create whose
+    answer never came)."""
+    if not worker_dir.is_dir():
+        return []
+    return [path for path in worker_dir.iterdir() if path.name.startswith(_OWNED_PREFIXES)]
+
+
 def owned_markers(directory: Path) -> list[Path]:
-    """Marker files of branches some process of the run still owns (or may own: a
-    create whose answer never came)."""
-    return [
-        path
-        for worker in directory.iterdir()
-        if worker.is_dir()
-        for path in worker.iterdir()
-        if path.name.startswith(_OWNED_PREFIXES)
-    ]
+    """The owned marker files of every process of the run under `directory`."""
+    return [path for worker in directory.iterdir() for path in owned_files(worker)]
 
 
 def sweep_run(settings: Settings, run_id: str, *, all_finished: bool = False) -> list[str]:

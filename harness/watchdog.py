@@ -24,13 +24,18 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 from harness.log import get_logger
+from harness.runs import owned_files
 
 log = get_logger("watchdog")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -191,12 +196,16 @@ async def _clean_up(api_host: str, api_key: str, marker_dir: Path) -> int:
     return failures
 
 
-def run(marker_dir: Path, api_host: str, ttl: timedelta, interval: float | None = None) -> int:
+def _run_async(main: Coroutine[Any, Any, T]) -> T:
     # asyncio (and the client, imported where it is used) load only once there is work:
     # the watchdog starts beside every session start, and on a two-core CI machine its
     # imports would compete with the session's own for the CPU.
     import asyncio
 
+    return asyncio.run(main)
+
+
+def run(marker_dir: Path, api_host: str, ttl: timedelta, interval: float | None = None) -> int:
     api_key = sys.stdin.buffer.readline().decode().strip()
     if not api_key:
         return 2
@@ -211,14 +220,14 @@ def run(marker_dir: Path, api_host: str, ttl: timedelta, interval: float | None 
                 break  # the owner is gone (or stopped us on purpose)
             continue
         try:
-            asyncio.run(_heartbeat(api_host, api_key, marker_dir, ttl))
+            _run_async(_heartbeat(api_host, api_key, marker_dir, ttl))
         except Exception as exc:
             log.warning("heartbeat failed: %s", exc)
         next_beat = time.monotonic() + interval
     # A clean owner leaves nothing recorded: then the client is never even imported.
     failures = 0
-    if _recorded(marker_dir) or _pending_names(marker_dir):
-        failures = asyncio.run(_clean_up(api_host, api_key, marker_dir))
+    if owned_files(marker_dir):
+        failures = _run_async(_clean_up(api_host, api_key, marker_dir))
     try:
         marker_dir.rmdir()
     except OSError:

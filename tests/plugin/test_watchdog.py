@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -11,7 +13,7 @@ from harness.backend import connect_backend, open_client
 from harness.branches import create_owned_branch, harness_branches
 from harness.settings import load_settings
 from harness.watchdog import start_watchdog
-from tests.plugin._support import copy_example
+from tests.plugin._support import REPO, copy_example
 
 
 def test_heartbeat_then_cleanup_and_never_a_foreign_branch(tmp_path: Path) -> None:
@@ -63,3 +65,24 @@ def test_heartbeat_then_cleanup_and_never_a_foreign_branch(tmp_path: Path) -> No
     assert harness == []
     assert decoy in everything, "the watchdog deleted a branch the harness did not create"
     assert "refusing to delete decoy/wd1" in (tmp_path / "watchdog.log").read_text()
+
+
+def test_owner_that_cleaned_up_costs_no_async_imports(tmp_path: Path) -> None:
+    # The watchdog starts beside every session; when its owner recorded nothing (or
+    # forgot all it recorded), it exits without loading asyncio or the client.
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    script = (
+        "import sys\n"
+        "from datetime import timedelta\n"
+        "from pathlib import Path\n"
+        "from harness.watchdog import run\n"
+        f"rc = run(Path({str(markers)!r}), 'http://127.0.0.1:9', timedelta(minutes=15))\n"
+        "print(rc, 'asyncio' in sys.modules, 'harness.neon.client' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=b"key\n", capture_output=True, timeout=60,
+        cwd=REPO, check=False,
+    )
+    assert done.stdout.decode().split() == ["0", "False", "False"], done.stderr.decode()
+    assert not markers.exists()
