@@ -320,10 +320,10 @@ class DataPlane:
             raise LocalServerError(f"cannot copy database {physical} onto itself")
         sql += f" TEMPLATE {quote_ident(template)} STRATEGY FILE_COPY"
         async with self._fence(template, idle_shortcut=True) as tighten:
+            if issued is not None:
+                issued()
             # Someone may slip in over PostgreSQL's own port between our checks and the copy.
             for attempt in range(3):
-                if issued is not None and attempt == 0:
-                    issued()
                 try:
                     await self._admin().execute(sql)
                     return

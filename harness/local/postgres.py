@@ -593,15 +593,18 @@ class Cluster:
         await asyncio.to_thread(self.stop_blocking)
 
     def superuser_dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}@/{database}?host={self.paths.socket_dir}&port={self.port}"
+        return _superuser_dsn(self.paths.socket_dir, self.port, database)
+
+
+def _superuser_dsn(socket_dir: Path, port: int | str, database: str = "postgres") -> str:
+    return f"postgresql://{SUPERUSER}@/{database}?host={socket_dir}&port={port}"
 
 
 def home_superuser_dsn(home: Path, storage: Storage = "memory") -> str:
     """The superuser DSN (unix socket, trust) of the cluster under a home, as its server
     left it: for benchmarks and tests that look at PostgreSQL behind the API's back."""
     paths = ClusterPaths.under(cluster_root(home, storage, resolve_os_user()))
-    port = paths.port_file.read_text().strip()
-    return f"postgresql://{SUPERUSER}@/postgres?host={paths.socket_dir}&port={port}"
+    return _superuser_dsn(paths.socket_dir, paths.port_file.read_text().strip())
 
 
 def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS) -> str:
