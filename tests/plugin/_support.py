@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from harness.backend import connect_backend, open_client
-from harness.branches import MARK_KIND, harness_branches
-from harness.settings import load_settings
+from harness.branches import MARK_KIND, BranchHandle, create_owned_branch, harness_branches
+from harness.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cathouse"
@@ -39,3 +41,14 @@ def branches_of_run(project_dir: Path, run_id: str | None = None) -> list[str]:
             return sorted(b.name for b in found if b.annotation.get(MARK_KIND) != "template")
 
     return asyncio.run(_list())
+
+
+async def session_branch_of_run(
+    client: Any, project_id: str, settings: Settings, *, name: str, run_id: str, ttl: timedelta
+) -> BranchHandle:
+    """A session branch of `run_id` forked from main, marked as the plugin marks its own."""
+    main = await client.resolve_branch(project_id, "main")
+    return await create_owned_branch(
+        client, project_id, name=name, parent_id=main.id, ttl=ttl, kind="session",
+        run_id=run_id, database=settings.database, role=settings.role,
+    )

@@ -9,11 +9,11 @@ from datetime import timedelta
 from pathlib import Path
 
 from harness.backend import connect_backend, open_client
-from harness.branches import create_owned_branch, harness_branches
+from harness.branches import harness_branches
 from harness.local.discovery import running_server
 from harness.runs import marker_dir, sweep_run
 from harness.settings import load_settings
-from tests.plugin._support import copy_example
+from tests.plugin._support import copy_example, session_branch_of_run
 
 
 def test_clean_run_is_swept_without_the_api(tmp_path: Path, monkeypatch) -> None:
@@ -36,11 +36,9 @@ def test_recorded_branch_is_swept_even_when_workers_say_they_finished(tmp_path: 
 
     async def leave_one() -> str:
         async with open_client(backend) as client:
-            main = await client.resolve_branch(backend.project_id, "main")
-            left = await create_owned_branch(
-                client, backend.project_id, name="harness/sweep1/gw0", parent_id=main.id,
-                ttl=timedelta(minutes=5), kind="session", run_id="sweep1",
-                database=settings.database, role=settings.role,
+            left = await session_branch_of_run(
+                client, backend.project_id, settings, name="harness/sweep1/gw0", run_id="sweep1",
+                ttl=timedelta(minutes=5),
             )
             return left.id
 

@@ -10,10 +10,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from harness.backend import connect_backend, open_client
-from harness.branches import create_owned_branch, harness_branches
+from harness.branches import harness_branches
 from harness.settings import load_settings
 from harness.watchdog import start_watchdog
-from tests.plugin._support import REPO, copy_example
+from tests.plugin._support import REPO, copy_example, session_branch_of_run
 
 
 def test_heartbeat_then_cleanup_and_never_a_foreign_branch(tmp_path: Path) -> None:
@@ -23,13 +23,11 @@ def test_heartbeat_then_cleanup_and_never_a_foreign_branch(tmp_path: Path) -> No
 
     async def setup() -> tuple[str, str, str]:
         async with open_client(backend) as client:
-            main = await client.resolve_branch(backend.project_id, "main")
-            ours = await create_owned_branch(
-                client, backend.project_id, name="harness/wd1/main", parent_id=main.id,
-                ttl=timedelta(minutes=2), kind="session", run_id="wd1",
-                database=settings.database, role=settings.role,
+            ours = await session_branch_of_run(
+                client, backend.project_id, settings, name="harness/wd1/main", run_id="wd1",
+                ttl=timedelta(minutes=2),
             )
-            decoy = await client.create_branch(backend.project_id, name="decoy/wd1", parent_id=main.id)
+            decoy = await client.create_branch(backend.project_id, name="decoy/wd1", parent_id=ours.parent_id)
             expires = (await client.get_branch(backend.project_id, ours.id)).expires_at
             return ours.id, decoy.branch.id, expires.isoformat() if expires else ""
 
