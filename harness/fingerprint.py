@@ -16,13 +16,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from harness.errors import ConfigError
 from harness.settings import ServiceConfig, Settings
-
-if TYPE_CHECKING:
-    from alembic.script import ScriptDirectory
 
 FINGERPRINT_LENGTH = 16
 _SKIPPED_DIRS = {"__pycache__"}
@@ -31,15 +27,31 @@ _SKIPPED_SUFFIXES = {".pyc", ".pyo"}
 
 @dataclass(frozen=True)
 class ServiceSources:
-    """Where one service's migration sources live."""
+    """Where one service's Alembic configuration and migration sources live.
 
-    ini: Path
+    `ini` is None for a project configured by pyproject.toml alone; `toml` is the
+    pyproject.toml whose `[tool.alembic]` table Alembic reads (as the `alembic` command
+    does when run from the service's directory), `toml_table` that table's content.
+    """
+
+    ini: Path | None
+    toml: Path | None
+    toml_table: str
     script_dir: Path
     version_dirs: tuple[Path, ...]
 
+    @property
+    def directory(self) -> Path:
+        """Where a user runs `alembic` for this service: relative paths start here."""
+        return (self.ini or self.toml or self.script_dir).parent
+
+    @property
+    def env_py(self) -> Path:
+        return self.script_dir / "env.py"
+
     def files(self) -> list[tuple[str, Path]]:
         """(label, path) of every source file, in a stable order."""
-        found: list[tuple[str, Path]] = [("alembic.ini", self.ini)]
+        found: list[tuple[str, Path]] = [("alembic.ini", self.ini)] if self.ini else []
         for name in ("env.py", "script.py.mako"):
             path = self.script_dir / name
             if path.is_file():
@@ -69,17 +81,55 @@ class _AlembicIniError(Exception):
     pass
 
 
-def _read_alembic_section(ini: Path) -> configparser.ConfigParser:
+def _read_alembic_section(ini: Path | None) -> configparser.ConfigParser:
     # The same parser Alembic builds for `Config(ini)`: `%(here)s` is the ini's directory,
     # basic interpolation, the locale's encoding. Reading it here (instead of importing
     # Alembic, ~0.5 s with SQLAlchemy) keeps a session that reuses its template import-light.
+    if ini is None:
+        return configparser.ConfigParser()
     parser = configparser.ConfigParser({"here": ini.absolute().parent.as_posix()})
     parser.read([ini], encoding="locale")
     return parser
 
 
-def _to_path(location: str) -> Path:
+def _toml_table(toml: Path | None) -> dict[str, object]:
+    """`[tool.alembic]` of `toml`, with `%(here)s` expanded as Alembic expands it."""
+    if toml is None or not toml.is_file():
+        return {}
+    import tomllib
+
+    with toml.open("rb") as handle:
+        table = tomllib.load(handle).get("tool", {}).get("alembic", {})
+    if not isinstance(table, dict):
+        raise _AlembicIniError("[tool.alembic] is not a table")
+    here = toml.absolute().parent.as_posix()
+
+    def expand(value: object) -> object:
+        if isinstance(value, str):
+            return value.replace("%(here)s", here)
+        if isinstance(value, list):
+            return [expand(v) for v in value]
+        return value
+
+    return {key: expand(value) for key, value in table.items()}
+
+
+def alembic_toml_for(config_file: Path) -> Path | None:
+    """The pyproject.toml Alembic reads beside `config_file` (or `config_file` itself),
+    when it has a `[tool.alembic]` table."""
+    candidate = config_file if config_file.suffix == ".toml" else config_file.parent / "pyproject.toml"
+    if not candidate.is_file():
+        return None
+    try:
+        return candidate if _toml_table(candidate) else None
+    except (OSError, ValueError, _AlembicIniError):
+        return None
+
+
+def _to_path(location: str, base: Path) -> Path:
     # Like Alembic: a relative name with a colon is a package resource (`pkg:dir/sub`).
+    # A plain relative path is taken from the service's directory, where its users run
+    # `alembic` (Alembic itself takes it from the current directory).
     if not os.path.isabs(location) and ":" in location:
         from importlib import resources  # rare, and ~5 ms of imports
 
@@ -88,13 +138,14 @@ def _to_path(location: str) -> Path:
         for part in parts:
             ref = ref / part
         return Path(_RESOURCE_FILES.enter_context(resources.as_file(ref)))
-    return Path(location)
+    return (base / location).resolve()
 
 
-def _version_locations(parser: configparser.ConfigParser) -> list[str] | None:
+def _version_locations(parser: configparser.ConfigParser, table: dict[str, object]) -> list[str] | None:
     value = parser.get("alembic", "version_locations", fallback=None)
     if not value:
-        return None
+        listed = table.get("version_locations")
+        return [str(v) for v in listed] if isinstance(listed, list) and listed else None
     for name in ("path_separator", "version_path_separator"):
         separator = parser.get("alembic", name, fallback=None)
         if separator is not None:
@@ -107,32 +158,29 @@ def _version_locations(parser: configparser.ConfigParser) -> list[str] | None:
 def service_sources(service: ServiceConfig) -> ServiceSources:
     if service.alembic_ini is None:
         raise ConfigError("has no alembic_ini", key=f"services[{service.name}]")
+    config_file = service.alembic_ini
+    ini = None if config_file.suffix == ".toml" else config_file
     try:
-        parser = _read_alembic_section(service.alembic_ini)
-        location = parser.get("alembic", "script_location", fallback=None)
-        if location is None:
-            raise _AlembicIniError("no script_location")
-        script_dir = _to_path(location).resolve()
-        configured = _version_locations(parser)
+        toml = alembic_toml_for(config_file)
+        table = _toml_table(toml)
+        parser = _read_alembic_section(ini)
+        location = parser.get("alembic", "script_location", fallback=None) \
+            or table.get("script_location")
+        if not location:
+            where = "its [alembic] section" + (f" nor [tool.alembic] of {toml}" if toml else "")
+            raise _AlembicIniError(f"no script_location in {where}")
+        base = config_file.parent
+        script_dir = _to_path(str(location), base)
+        configured = _version_locations(parser, table)
     except (_AlembicIniError, configparser.Error, OSError, ValueError, KeyError, ImportError) as exc:
         raise ConfigError(
             f"cannot read its Alembic configuration ({exc})",
             key=f"services[{service.name}].alembic_ini",
             source=str(service.alembic_ini),
         ) from None
-    if configured:
-        version_dirs = tuple(_to_path(v).resolve() for v in configured)
-    else:
-        version_dirs = (script_dir / "versions",)
-    return ServiceSources(service.alembic_ini, script_dir, version_dirs)
-
-
-def script_directory(service: ServiceConfig) -> ScriptDirectory:
-    """Alembic's view of the service's revisions (parsed lazily, on first use)."""
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(Config(str(service.alembic_ini)))
+    version_dirs = tuple(_to_path(v, base) for v in configured) if configured else (script_dir / "versions",)
+    toml_text = repr(sorted(table.items())) if table else ""
+    return ServiceSources(ini, toml, toml_text, script_dir, version_dirs)
 
 
 def migration_fingerprint(settings: Settings) -> str:
@@ -147,7 +195,10 @@ def migration_fingerprint(settings: Settings) -> str:
     for service in settings.migrating_services:
         add("service", service.name.encode())
         add("schema", (service.schema or "").encode())
-        for label, path in service_sources(service).files():
+        sources = service_sources(service)
+        if sources.toml_table:
+            add("tool.alembic", sources.toml_table.encode())
+        for label, path in sources.files():
             add(label, path.read_bytes())
     for path in settings.migration_sources:
         label = path.relative_to(settings.project_root).as_posix() if path.is_relative_to(

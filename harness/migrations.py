@@ -21,7 +21,7 @@ from time import perf_counter
 from sqlalchemy.engine import Connection
 
 from harness.errors import ConfigError, HarnessError, MigrationError
-from harness.fingerprint import migration_fingerprint, script_directory
+from harness.fingerprint import migration_fingerprint
 from harness.migrate.checks import (
     check_order,
     check_round_trip,
@@ -29,11 +29,12 @@ from harness.migrate.checks import (
     check_single_head,
 )
 from harness.migrate.connection import run_with_connection
+from harness.migrate.environment import script_directory
 from harness.migrate.runner import (
     ServiceResult,
+    current_heads,
     describe_result,
     join_heads,
-    read_heads,
     upgrade_service,
 )
 from harness.redact import scrub
@@ -105,7 +106,7 @@ def current_revisions(settings: Settings, direct_url: str) -> dict[str, str | No
 
     def read(connection: Connection) -> dict[str, str | None]:
         return {
-            s.name: join_heads(read_heads(connection, s.schema or ""))
+            s.name: join_heads(current_heads(connection, s))
             for s in settings.migrating_services
         }
 

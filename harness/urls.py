@@ -12,6 +12,7 @@ import SQLAlchemy (half a second of every test session that never builds an engi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from harness.errors import ConfigError
@@ -102,3 +103,62 @@ def is_pooled_url(url: str) -> bool:
     _, rest = _split_scheme(url)
     host = urlsplit("//" + rest).hostname or ""
     return "-pooler" in host
+
+
+def libpq_url(url: str, scheme: str = "postgresql") -> str:
+    """`url` with its scheme set to `scheme` (a libpq-based driver: psycopg, psycopg2) and
+    its query in libpq's words: an asyncpg `ssl=X` becomes `sslmode=X`. Everything else is
+    kept byte for byte, as `normalize_asyncpg_url` does."""
+    _, rest = _split_scheme(url)
+    base, hash_sep, fragment = rest.partition("#")
+    base, query_sep, query = base.partition("?")
+    parts = [p for p in query.split("&") if p] if query_sep else []
+    keys = {unquote(p.partition("=")[0]) for p in parts}
+    kept = []
+    for part in parts:
+        raw_key, _, raw_value = part.partition("=")
+        if unquote(raw_key) == "ssl":
+            if "sslmode" in keys:
+                continue
+            part = f"sslmode={raw_value}"
+        kept.append(part)
+    out = f"{scheme}://{base}"
+    if kept:
+        out += "?" + "&".join(kept)
+    if hash_sep:
+        out += "#" + fragment
+    return out
+
+
+def url_for_driver(url: str, scheme: str) -> str:
+    """`url` in the form SQLAlchemy's dialect `scheme` takes (`postgresql+asyncpg`,
+    `postgresql+psycopg`, `postgresql`, ...): asyncpg gets `ssl=`, the rest libpq's `sslmode=`."""
+    if scheme.lower() == ASYNCPG_SCHEME:
+        return normalize_asyncpg_url(url)
+    return libpq_url(url, scheme)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a connection goes: host, port and database name (the user does not matter:
+    any role reaching this database reaches the same data)."""
+
+    host: str
+    port: int
+    database: str
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}/{self.database}"
+
+
+def endpoint_of(url: str) -> Endpoint:
+    """The endpoint a PostgreSQL URL connects to (libpq's defaults for what it leaves out)."""
+    _, rest = _split_scheme(url)
+    parts = urlsplit("//" + rest)
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        raise ConfigError("has a port that is not a number", key="database URL") from None
+    database = unquote(parts.path.lstrip("/")) or unquote(parts.username or "")
+    return Endpoint((parts.hostname or "").lower(), port, database)

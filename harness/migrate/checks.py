@@ -9,22 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import suppress
+from functools import partial
 
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from harness.errors import MigrationError
-from harness.fingerprint import script_directory
 from harness.migrate.connection import run_with_connection
+from harness.migrate.environment import script_directory
 from harness.migrate.runner import (
     VERSION_TABLE,
-    alembic_config,
+    current_heads,
     downgrade_service,
     end_transaction,
     ensure_schema,
-    preserved_logging,
-    read_heads,
+    run_alembic,
     upgrade_service,
 )
 from harness.settings import ServiceConfig, Settings
@@ -163,7 +163,7 @@ def _listing(objects: Iterable[Object], limit: int = 5) -> str:
 
 def _require_unmigrated(connection: Connection, settings: Settings, check: str) -> None:
     for service in settings.migrating_services:
-        heads = read_heads(connection, service.schema or "")
+        heads = current_heads(connection, service)
         if heads:
             raise MigrationError(
                 f"{check} needs a database where no service has migrated yet, "
@@ -245,9 +245,7 @@ def _attribute_revision(connection: Connection, settings: Settings,
         script = script_directory(service)
         for revision in reversed(list(script.walk_revisions())):
             before = _objects(connection)
-            end_transaction(connection)
-            with preserved_logging():
-                command.upgrade(alembic_config(service, connection), revision.revision)
+            run_alembic(connection, service, partial(command.upgrade, revision=revision.revision))
             end_transaction(connection)
             if any(o[1] != schema for o in _objects(connection) - before):
                 return revision.revision

@@ -1,28 +1,27 @@
-"""One synchronous SQLAlchemy connection over asyncpg, for Alembic.
+"""One synchronous SQLAlchemy connection to the branch, for Alembic.
 
-We have no sync PostgreSQL driver, so Alembic gets the sync face of an asyncpg
-connection through `AsyncConnection.run_sync`. The event loop that drives it lives in a
-thread of its own: callers may be plain synchronous code, or code running inside an
-event loop (a pytest-asyncio test, the plugin's worker), and neither may be disturbed.
-Running the whole job in that one thread also means every service shares one
-connection, so there is one connect (TLS + auth on Neon) per run, not one per service.
+Alembic is synchronous and so are most env.py files; an async one calls `asyncio.run()`,
+which fails inside a running event loop. So the work runs in a plain thread of its own
+(callers may be sync code, a worker thread, or code inside an event loop: none is
+disturbed) over psycopg, a synchronous driver. Every service shares that one
+connection when its env.py takes it (one connect, TLS and auth, per run); an env.py
+that opens its own finds the branch's URL left on the connection (`DIRECT_URL_KEY`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import NullPool
+from sqlalchemy import NullPool, create_engine
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from harness.errors import HarnessError, MigrationError
+from harness.migrate.environment import DIRECT_URL_KEY
 from harness.redact import redact_url, register_secret, scrub
-from harness.urls import normalize_asyncpg_url
+from harness.urls import libpq_url
 
 T = TypeVar("T")
 
@@ -43,35 +42,32 @@ def remember_password(url: str) -> None:
 def run_with_connection(direct_url: str, work: Callable[[Connection], T]) -> T:
     """Connect to `direct_url`, call `work(connection)` with a sync Connection, close.
 
-    Runs in a fresh thread with its own event loop and returns what `work` returns (or
+    Runs in a fresh thread with no event loop and returns what `work` returns (or
     raises what it raises).
     """
     remember_password(direct_url)
-    url = normalize_asyncpg_url(direct_url)
+    url = libpq_url(direct_url, "postgresql+psycopg")
 
-    async def main() -> T:
-        engine = create_async_engine(
-            url,
-            poolclass=NullPool,
-            connect_args={"server_settings": {"application_name": APPLICATION_NAME}},
+    def main() -> T:
+        engine = create_engine(
+            url, poolclass=NullPool, connect_args={"application_name": APPLICATION_NAME}
         )
         try:
             try:
-                connection = await engine.connect()
-            except Exception as exc:  # asyncpg/OSError: name the class, never the URL
+                connection = engine.connect()
+            except Exception as exc:  # the driver's text may hold the URL: name the class
                 raise MigrationError(
                     f"cannot connect to {redact_url(direct_url)}",
                     db_error=describe_exception(exc),
                 ) from None
-            try:
-                return await connection.run_sync(work)
-            finally:
-                await connection.close()
+            connection.info[DIRECT_URL_KEY] = direct_url
+            with connection:
+                return work(connection)
         finally:
-            await engine.dispose()
+            engine.dispose()
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cathouse-migrate") as pool:
-        return pool.submit(asyncio.run, main()).result()
+        return pool.submit(main).result()
 
 
 def _root_cause(exc: BaseException) -> BaseException:

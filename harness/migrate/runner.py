@@ -1,4 +1,4 @@
-"""Running one service's Alembic commands on a shared connection, and explaining failures.
+"""Running one service's Alembic commands on a branch, and explaining failures.
 
 Transactions: every service's env.py is asked (config.attributes
 ["transaction_per_migration"] = True) to run each revision in its own transaction.
@@ -9,18 +9,20 @@ in one transaction (Alembic's default), which is just as atomic per service. Eit
 no revision is ever half applied.
 
 Connection sharing (Alembic cookbook): the connection goes to env.py through
-config.attributes["connection"], already outside any transaction, so Alembic manages
-the transactions itself.
+config.attributes["connection"], outside any transaction. An env.py that runs SQL
+before `context.begin_transaction()` makes the transaction its caller's (SQLAlchemy
+autobegins, and Alembic then leaves it alone): as the cookbook has the caller do, we
+commit it once the command succeeded and roll it back when it failed. What the env.py
+sees otherwise (URLs, directory, guard) is `harness.migrate.environment`'s job.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from time import perf_counter
 
@@ -29,9 +31,19 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from harness.errors import MigrationError, MigrationOrderError
-from harness.fingerprint import script_directory
+from harness.errors import HarnessError, MigrationError, MigrationOrderError
+from harness.fingerprint import service_sources
 from harness.migrate.connection import describe_exception, sqlstate_of
+from harness.migrate.environment import (
+    DIRECT_URL_KEY,
+    VersionRecord,
+    alembic_config,
+    multidb_names,
+    script_directory,
+    service_command,
+    version_locations,
+)
+from harness.migrate.guard import README_SECTION, refused_in
 from harness.settings import ServiceConfig, Settings
 
 VERSION_TABLE = "alembic_version"
@@ -61,18 +73,6 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def alembic_config(service: ServiceConfig, connection: Connection | None = None) -> Config:
-    config = Config(str(service.alembic_ini))
-    # env.py conventions the harness relies on (the example's env.py honours all three)
-    config.attributes["configure_logger"] = False
-    config.attributes["transaction_per_migration"] = True
-    config.attributes["service"] = service.name
-    config.attributes["schema"] = service.schema
-    if connection is not None:
-        config.attributes["connection"] = connection
-    return config
-
-
 def end_transaction(connection: Connection) -> None:
     """Leave the connection outside any transaction (Alembic must own the next one)."""
     if connection.in_transaction():
@@ -84,8 +84,23 @@ def ensure_schema(connection: Connection, schema: str) -> None:
         connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
 
 
-def read_heads(connection: Connection, schema: str) -> tuple[str, ...]:
-    """The revisions recorded in `<schema>.alembic_version` (empty when it does not exist)."""
+def _heads_of(records: list[VersionRecord], which: str) -> tuple[str, ...]:
+    return tuple(sorted({head for record in records for head in getattr(record, which)}))
+
+
+def current_heads(connection: Connection, service: ServiceConfig) -> tuple[str, ...]:
+    """The service's revisions in the database, read where its env.py keeps its version
+    table (Alembic's `current`, which runs env.py without migrating). An env.py that
+    cannot run leaves us `<schema>.alembic_version`, where most keep it."""
+    try:
+        records = run_alembic(connection, service, lambda config: command.current(config),
+                              read_only=True)
+    except Exception:
+        return _read_version_table(connection, service.schema or "public")
+    return _heads_of(records, "after")
+
+
+def _read_version_table(connection: Connection, schema: str) -> tuple[str, ...]:
     end_transaction(connection)
     try:
         qualified = f"{quote_ident(schema)}.{VERSION_TABLE}"
@@ -100,27 +115,6 @@ def read_heads(connection: Connection, schema: str) -> tuple[str, ...]:
 
 def join_heads(heads: tuple[str, ...]) -> str | None:
     return ",".join(heads) if heads else None
-
-
-@contextmanager
-def preserved_logging() -> Iterator[None]:
-    """Undo what an env.py's `fileConfig` would do to the process's logging (levels,
-    root handlers, disabled loggers). Our env.py skips fileConfig when asked; others may not."""
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    disabled = {
-        name: logger.disabled
-        for name, logger in logging.Logger.manager.loggerDict.items()
-        if isinstance(logger, logging.Logger)
-    }
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-        root.handlers[:] = handlers
-        for name, logger in logging.Logger.manager.loggerDict.items():
-            if isinstance(logger, logging.Logger):
-                logger.disabled = disabled.get(name, False)
 
 
 def failing_revision(service: ServiceConfig, exc: BaseException, target: str,
@@ -215,29 +209,88 @@ def migration_error(settings: Settings, service: ServiceConfig, exc: BaseExcepti
                       revision=revision, db_error=db_error)
 
 
-def _run_command(connection: Connection, settings: Settings, service: ServiceConfig,
-                 target: str, *, downgrade: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """One Alembic upgrade or downgrade of one service; (heads before, heads after).
+def run_alembic(connection: Connection, service: ServiceConfig,
+                action: Callable[[Config], object], *, read_only: bool = False) -> list[VersionRecord]:
+    """Run one Alembic command (`action(config)`) of `service` on the shared connection's
+    branch; return what each `context.run_migrations()` found and left.
 
-    A failure becomes a MigrationError naming the revision that was being applied."""
-    assert service.schema is not None
+    A transaction the env.py left open on the shared connection is committed after
+    success and rolled back after a failure. `read_only` runs the env.py inside a
+    transaction of ours that is rolled back (what it creates on the shared connection
+    on its way, a schema say, does not stay). A refused connection comes out as the
+    guard's own error."""
     end_transaction(connection)
-    before = read_heads(connection, service.schema)
-    run = command.downgrade if downgrade else command.upgrade
+    if read_only:
+        connection.begin()
+    config = alembic_config(service, connection)
     try:
-        with preserved_logging():
-            run(alembic_config(service, connection), target)
-    except Exception as exc:
+        with service_command(service, connection.info[DIRECT_URL_KEY]) as records:
+            action(config)
+    except BaseException as exc:
         with suppress(Exception):
             end_transaction(connection)
+        refusal = refused_in(exc)
+        if refusal is not None:
+            raise MigrationError(refusal.message, service=service.name, hint=refusal.hint) from None
+        raise
+    if read_only:
+        end_transaction(connection)
+    elif connection.in_transaction():
+        connection.commit()
+    return records
+
+
+def _env_py_error(service: ServiceConfig, exc: BaseException) -> MigrationError | None:
+    """For an env.py that failed by itself (no database error, no revision file in the
+    traceback): one line naming the file and line, and the smallest edit."""
+    if sqlstate_of(exc) is not None or isinstance(exc, HarnessError):
+        return None
+    env_py = os.path.realpath(service_sources(service).env_py)
+    line = None
+    chain: BaseException | None = exc
+    while chain is not None:
+        for frame in traceback.extract_tb(chain.__traceback__):
+            if os.path.realpath(frame.filename) == env_py:
+                line = frame.lineno
+        chain = chain.__cause__ or chain.__context__
+    if line is None:
+        return None
+    first = (str(exc).strip().splitlines() or [""])[0]
+    detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return MigrationError(
+        f"{env_py}, line {line}, failed before migrating",
+        service=service.name,
+        db_error=detail,
+        hint="the harness gives env.py the branch through sqlalchemy.url, "
+        "MIGRATION_DATABASE_URL, DATABASE_URL, PG* and config.attributes['connection']; "
+        "the smallest edit is to use config.attributes.get('connection') when it is set "
+        f"({README_SECTION})",
+    )
+
+
+def _run_command(connection: Connection, settings: Settings, service: ServiceConfig,
+                 target: str, *, downgrade: bool) -> list[VersionRecord]:
+    """One Alembic upgrade or downgrade of one service; each run's version records.
+
+    A failure becomes a MigrationError naming the revision that was being applied."""
+    run = command.downgrade if downgrade else command.upgrade
+    records: list[VersionRecord] = []
+
+    try:
+        records = run_alembic(connection, service, lambda config: run(config, target))
+    except MigrationError:
+        raise
+    except Exception as exc:
         now: tuple[str, ...] = ()
         with suppress(Exception):
-            now = read_heads(connection, service.schema)
+            now = current_heads(connection, service)
         revision = failing_revision(service, exc, target, now, downgrade=downgrade)
-        action = f"{'downgrade' if downgrade else 'upgrade'} to {target}"
-        raise migration_error(settings, service, exc, revision, action) from exc
-    end_transaction(connection)
-    return before, read_heads(connection, service.schema)
+        env_error = _env_py_error(service, exc) if revision is None else None
+        if env_error is not None:
+            raise env_error from None
+        action_name = f"{'downgrade' if downgrade else 'upgrade'} to {target}"
+        raise migration_error(settings, service, exc, revision, action_name) from exc
+    return records
 
 
 def upgrade_service(connection: Connection, settings: Settings, service: ServiceConfig,
@@ -247,28 +300,36 @@ def upgrade_service(connection: Connection, settings: Settings, service: Service
     started = perf_counter()
     end_transaction(connection)
     ensure_schema(connection, service.schema)
-    before, after = _run_command(connection, settings, service, target, downgrade=False)
-    if after == before and target in ("head", "heads"):
-        _verify_at_head(service, after)
+    for name in multidb_names(service_sources(service)):
+        ensure_schema(connection, name)
+    records = _run_command(connection, settings, service, target, downgrade=False)
+    if target in ("head", "heads"):
+        _verify_at_head(service, records)
     return ServiceResult(
         service=service.name,
         schema=service.schema,
-        before=join_heads(before),
-        after=join_heads(after),
+        before=join_heads(_heads_of(records, "before")),
+        after=join_heads(_heads_of(records, "after")),
         seconds=perf_counter() - started,
     )
 
 
-def _verify_at_head(service: ServiceConfig, current: tuple[str, ...]) -> None:
-    """Nothing changed: make sure that is because we are at head, and not because env.py
-    ran the migrations over a connection of its own (to whatever database its URL names)."""
+def _verify_at_head(service: ServiceConfig, records: list[VersionRecord]) -> None:
+    """Make sure the env.py really ran the migrations, into the branch, up to head."""
     heads = tuple(sorted(script_directory(service).get_heads()))
-    if current != heads:
+    if not records:
         raise MigrationError(
-            f"upgrade to head left it at {join_heads(current) or 'base'} but head is "
-            f"{join_heads(heads) or 'base'}",
+            "its env.py never called context.run_migrations()",
             service=service.name,
-            hint="its env.py must run on config.attributes['connection'] when given one",
+            hint=f"{service_sources(service).env_py} must configure Alembic on "
+            "config.attributes['connection'] or on a connection of its own to sqlalchemy.url",
+        )
+    behind = [r for r in records if r.after != heads]
+    if behind:
+        raise MigrationError(
+            f"upgrade to head left {version_locations(behind)} at "
+            f"{join_heads(behind[0].after) or 'base'} but head is {join_heads(heads) or 'base'}",
+            service=service.name,
         )
 
 
@@ -276,9 +337,9 @@ def downgrade_service(connection: Connection, settings: Settings, service: Servi
                       target: str = "base") -> ServiceResult:
     assert service.schema is not None
     started = perf_counter()
-    before, after = _run_command(connection, settings, service, target, downgrade=True)
-    return ServiceResult(service.name, service.schema, join_heads(before), join_heads(after),
-                         perf_counter() - started)
+    records = _run_command(connection, settings, service, target, downgrade=True)
+    return ServiceResult(service.name, service.schema, join_heads(_heads_of(records, "before")),
+                         join_heads(_heads_of(records, "after")), perf_counter() - started)
 
 
 def describe_result(result: ServiceResult, heads: tuple[str, ...] | None = None) -> str:

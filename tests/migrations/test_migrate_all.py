@@ -188,7 +188,7 @@ def test_failing_revision_stops_the_run_and_rolls_back(
     assert error.service == "catalog-service"
     assert error.revision == "c0ffee000002"
     assert error.db_error is not None and "division by zero" in error.db_error
-    assert "DivisionByZeroError" in error.db_error and "\n" not in str(error)
+    assert "DivisionByZero" in error.db_error and "\n" not in str(error)
     assert "catalog-service" in str(error) and "c0ffee000002" in str(error)
 
     # auth at head; catalog at the last revision that fully applied; installation untouched
@@ -291,7 +291,7 @@ def test_encoded_password_url_works_and_never_shows(fresh_database_url, pg_admin
             migrate_all(settings, url)
         assert caught.value.revision == "ab0000000002"
         assert caught.value.db_error == (
-            'UndefinedTableError [42P01]: relation "nowhere" does not exist'
+            'UndefinedTable [42P01]: relation "nowhere" does not exist'
         )
         text = str(caught.value)
         assert password not in text and quote(password, safe="") not in text
@@ -330,7 +330,7 @@ def test_env_py_that_ignores_the_shared_connection_is_caught(fresh_database_url,
     with pytest.raises(MigrationError) as caught:
         migrate_all(settings, fresh_database_url)
     assert caught.value.service == "catalog-service"
-    assert "left it at base but head is 9e7f3b6c1d42" in str(caught.value)
+    assert "never called context.run_migrations()" in str(caught.value)
     assert "config.attributes['connection']" in str(caught.value)
 
 
