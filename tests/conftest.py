@@ -85,7 +85,7 @@ def test_role_password(dataplane: DataPlane, harness_loop: LoopThread) -> str:
     return password
 
 
-def _tcp_port(dsn: str) -> int:
+def tcp_port(dsn: str) -> int:
     port = parse_qs(urlsplit(dsn).query).get("port", ["5432"])[0]
     return int(port)
 
@@ -97,6 +97,6 @@ def fresh_database_url(
     """A new empty database owned by a password role: `postgresql://…@127.0.0.1:port/db`."""
     name = f"t_{secrets.token_hex(6)}"
     harness_loop.run(dataplane.create_database(name, owner=TEST_ROLE))
-    port = _tcp_port(dataplane.admin_dsn())
+    port = tcp_port(dataplane.admin_dsn())
     yield f"postgresql://{TEST_ROLE}:{quote(test_role_password, safe='')}@127.0.0.1:{port}/{name}"
     harness_loop.run(dataplane.drop_database(name))

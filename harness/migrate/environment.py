@@ -290,7 +290,7 @@ def service_command(service: ServiceConfig, url: str) -> Iterator[list[VersionRe
         stack.enter_context(_isolated_imports(sources.directory))
         stack.enter_context(_in_directory(sources.directory))
         stack.enter_context(_environment(_branch_variables(url, driver_scheme(sources))))
-        stack.enter_context(only_connections_to(endpoint_of(url), sources.env_py))
+        stack.enter_context(only_connections_to(endpoint_of(url), sources.env_py, service.name))
         stack.enter_context(_recording_heads(records))
         yield records
 

@@ -35,11 +35,13 @@ README_SECTION = "README 'Using it on your project'"
 class ForeignDatabaseRefused(SafetyError):
     """An env.py tried to connect to something other than the branch being migrated."""
 
-    def __init__(self, env_py: Path | None, attempted: str, allowed: Endpoint) -> None:
+    def __init__(self, env_py: Path | None, attempted: str, allowed: Endpoint,
+                 service: str | None = None) -> None:
         self.attempted = attempted
         where = str(env_py) if env_py else "a migration"
+        prefix = f"service {service}: " if service else ""
         super().__init__(
-            f"{where} tried to connect to {attempted}, not the branch's direct endpoint "
+            f"{prefix}{where} tried to connect to {attempted}, not the branch's direct endpoint "
             f"{allowed}; refused before any statement",
             hint="take the URL from sqlalchemy.url, MIGRATION_DATABASE_URL or "
             f"config.attributes['connection'] ({README_SECTION})",
@@ -47,7 +49,7 @@ class ForeignDatabaseRefused(SafetyError):
 
 
 _lock = threading.RLock()
-_active: tuple[Endpoint, Path | None] | None = None
+_active: tuple[Endpoint, Path | None, str | None] | None = None
 
 
 def _describe(host: str, port: Any, database: str, dsn: str | None) -> str:
@@ -60,7 +62,7 @@ def _check(host: Any, port: Any, database: Any, dsn: str | None = None) -> None:
     state = _active
     if state is None:
         return
-    allowed, env_py = state
+    allowed, env_py, service = state
     if isinstance(host, list | tuple):  # asyncpg and libpq accept several hosts
         host = ",".join(str(h) for h in host)
     if isinstance(port, list | tuple):
@@ -72,7 +74,7 @@ def _check(host: Any, port: Any, database: Any, dsn: str | None = None) -> None:
         port_i = -1
     database_s = str(database or "")
     if (host_s, port_i, database_s) != (allowed.host, allowed.port, allowed.database):
-        raise ForeignDatabaseRefused(env_py, _describe(host_s, port, database_s, dsn), allowed)
+        raise ForeignDatabaseRefused(env_py, _describe(host_s, port, database_s, dsn), allowed, service)
 
 
 def _check_url_or_params(dsn: str | None, params: dict[str, Any], *, db_key: str) -> None:
@@ -182,7 +184,8 @@ def _driver_hooks() -> Iterator[None]:
 
 
 @contextmanager
-def only_connections_to(allowed: Endpoint, env_py: Path | None) -> Iterator[None]:
+def only_connections_to(allowed: Endpoint, env_py: Path | None,
+                        service: str | None = None) -> Iterator[None]:
     """For the length of the block, refuse every new connection that is not to `allowed`.
 
     Connections opened before the block (the runner's shared one) are not affected.
@@ -193,7 +196,7 @@ def only_connections_to(allowed: Endpoint, env_py: Path | None) -> Iterator[None
 
     with _lock:
         outer = _active
-        _active = (allowed, env_py)
+        _active = (allowed, env_py, service)
         if outer is None:
             event.listen(Engine, "do_connect", _sqlalchemy_listener)
         try:

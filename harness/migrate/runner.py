@@ -31,7 +31,7 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from harness.errors import HarnessError, MigrationError, MigrationOrderError
+from harness.errors import HarnessError, MigrationError, MigrationOrderError, SafetyError
 from harness.fingerprint import service_sources
 from harness.migrate.connection import describe_exception, sqlstate_of
 from harness.migrate.environment import (
@@ -231,7 +231,7 @@ def run_alembic(connection: Connection, service: ServiceConfig,
             end_transaction(connection)
         refusal = refused_in(exc)
         if refusal is not None:
-            raise MigrationError(refusal.message, service=service.name, hint=refusal.hint) from None
+            raise refusal from None
         raise
     if read_only:
         end_transaction(connection)
@@ -278,7 +278,7 @@ def _run_command(connection: Connection, settings: Settings, service: ServiceCon
 
     try:
         records = run_alembic(connection, service, lambda config: run(config, target))
-    except MigrationError:
+    except (MigrationError, SafetyError):
         raise
     except Exception as exc:
         now: tuple[str, ...] = ()

@@ -1,0 +1,56 @@
+"""Fixtures of the adoption tests: a database the project's own configuration names."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import secrets
+from urllib.parse import quote
+
+import asyncpg
+import pytest
+
+from harness.local.dataplane import DataPlane
+from harness.sync import LoopThread
+from tests.conftest import TEST_ROLE, tcp_port
+
+
+def tables_of(url: str) -> set[str]:
+    """`schema.table` of every table and of the version tables in the database at `url`."""
+
+    async def read() -> set[str]:
+        connection = await asyncpg.connect(url)
+        try:
+            rows = await connection.fetch(
+                "SELECT table_schema || '.' || table_name FROM information_schema.tables"
+                " WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+            )
+        finally:
+            await connection.close()
+        return {row[0] for row in rows}
+
+    return asyncio.run(read())
+
+
+@pytest.fixture
+def foreign_database_url(
+    dataplane: DataPlane, harness_loop: LoopThread, test_role_password: str
+) -> Iterator[str]:
+    """A real database that is not the branch, holding one table of its own: the
+    "production" a project's alembic.ini, .env or env.py names."""
+    name = f"prod_{secrets.token_hex(6)}"
+    harness_loop.run(dataplane.create_database(name, owner=TEST_ROLE))
+    port = tcp_port(dataplane.admin_dsn())
+    url = f"postgresql://{TEST_ROLE}:{quote(test_role_password, safe='')}@127.0.0.1:{port}/{name}"
+
+    async def seed() -> None:
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute("CREATE TABLE precious (id int PRIMARY KEY)")
+        finally:
+            await connection.close()
+
+    asyncio.run(seed())
+    yield url
+    harness_loop.run(dataplane.drop_database(name))
