@@ -96,6 +96,9 @@ def synthetic_project(root: Path, services: int, revisions: int) -> Path:
     history of `revisions` revisions (a table, then columns and indexes on it)."""
     schemas = [f"svc{i}" for i in range(services)]
     lines = ["[tool.cathouse_harness]", 'database = "cathouse"', ""]
+    # the services' env.py files run the example's shared Alembic environment by path
+    shutil.copytree(EXAMPLE / "cathouse_common", root / "cathouse_common",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     for schema in schemas:
         service_dir = root / f"{schema}-service"
         shutil.copytree(EXAMPLE / "auth-service", service_dir,

@@ -45,7 +45,8 @@ class SessionStepError(HarnessError):
         # a configuration problem found during setup (a refused key, a wrong service
         # order) keeps its exit code 2 through the wrapping
         self.exit_code = cause.exit_code if isinstance(cause, HarnessError) else 1
-        detail = cause.message if isinstance(cause, HarnessError) else f"{type(cause).__name__}: {cause}"
+        # one_line(), not message: the cause's hint says how to fix it
+        detail = cause.one_line() if isinstance(cause, HarnessError) else f"{type(cause).__name__}: {cause}"
         super().__init__(f"cathouse-harness: {step} step failed: {detail}", hint=cleanup)
 
 

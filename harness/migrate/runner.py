@@ -261,10 +261,10 @@ def _env_py_error(service: ServiceConfig, exc: BaseException) -> MigrationError 
         f"{env_py}, line {line}, failed before migrating",
         service=service.name,
         db_error=detail,
-        hint="the harness gives env.py the branch through sqlalchemy.url, "
-        "MIGRATION_DATABASE_URL, DATABASE_URL, PG* and config.attributes['connection']; "
-        "the smallest edit is to use config.attributes.get('connection') when it is set "
-        f"({README_SECTION})",
+        hint="if it was looking for its database: the harness hands env.py the branch as "
+        "sqlalchemy.url, MIGRATION_DATABASE_URL, DATABASE_URL, PG* and "
+        "config.attributes['connection'], and the smallest edit is to use that connection "
+        f"when it is set ({README_SECTION})",
     )
 
 

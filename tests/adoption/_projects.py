@@ -95,6 +95,10 @@ def _set_ini(ini: Path, key: str, value: str) -> None:
     ini.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _create_table(table: str, schema: str) -> str:
+    return f'op.create_table("{table}", sa.Column("id", sa.Integer, primary_key=True), schema="{schema}")'
+
+
 THINGS_UP = 'op.create_table("things", sa.Column("id", sa.Integer, primary_key=True))'
 THINGS_DOWN = 'op.drop_table("things")'
 
@@ -326,7 +330,7 @@ _SETTINGS = """
 def settings_object_async(root: Path, foreign_url: str) -> Project:
     ini = _service(root, "users-service", "users", _SETTINGS_ASYNC_ENV,
                    models=_MODELS.format(cls="Profile", table="profiles", schema="users", extra=""),
-                   upgrade='op.create_table("profiles", sa.Column("id", sa.Integer, primary_key=True), schema="users")',
+                   upgrade=_create_table("profiles", "users"),
                    downgrade='op.drop_table("profiles", schema="users")')
     _write(ini.parent / "app" / "config.py", _SETTINGS)
     _write(ini.parent / ".env", f"DATABASE_URL={foreign_url}\n")
@@ -370,7 +374,7 @@ _OWN_VERSION_SCHEMA_ENV = """
 
 def version_table_in_its_own_schema(root: Path, foreign_url: str) -> Project:
     _service(root, "billing-service", "billing", _OWN_VERSION_SCHEMA_ENV, models="",
-             upgrade='op.create_table("invoices", sa.Column("id", sa.Integer, primary_key=True), schema="billing")',
+             upgrade=_create_table("invoices", "billing"),
              downgrade='op.drop_table("invoices", schema="billing")')
     services = [("billing-service", "billing", "billing-service/alembic.ini")]
     _configure(root, services)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
 import secrets
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import asyncpg
