@@ -122,3 +122,27 @@ def test_cli_up_migrates_the_project(shape: str, tmp_path: Path, foreign_databas
         assert_untouched(project)
     finally:
         assert cli_main(["down", *args], out=io.StringIO(), err=err) == 0, err.getvalue()
+
+
+def test_refused_env_py_through_plugin_and_cli_is_one_line_and_exit_2(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, foreign_database_url: str
+) -> None:
+    project = own_variable(pytester.path, foreign_database_url)
+    pytester.makepyfile(test_adopted=PLUGIN_TEST.format(expected=[]))
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("CATHOUSE_RUN_ID", "adopt-refused")
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    result = pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    password = urlsplit(foreign_database_url).password or ""
+    output = "\n".join(result.outlines + result.errlines)
+    assert password not in output
+    refused = [line for line in output.splitlines() if "refused before any statement" in line]
+    assert refused and "env.py" in refused[0] and "billing-service" in refused[0]
+
+    out, err = io.StringIO(), io.StringIO()
+    code = cli_main(["up", "--project-dir", str(project.root)], out=out, err=err)
+    assert code == 2
+    lines = [line for line in err.getvalue().splitlines() if "refused" in line]
+    assert len(lines) == 1 and password not in err.getvalue() + out.getvalue()
+    assert_untouched(project)
