@@ -25,6 +25,10 @@ from harness.settings import Settings, load_settings, parse_ttl
 PROG = "cathouse-branch"
 ENV_MARK = "# written by cathouse-branch"
 DEV_TTL = timedelta(days=7)
+NAME_HELP = (
+    "the name given to up (X for harness/dev/X), the full name or the br- id "
+    "(default: the one in .env)"
+)
 
 
 class Progress:
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--force", action="store_true", help="overwrite a .env not written by us")
 
     down = sub.add_parser("down", parents=[common], help="delete a branch made by the harness")
-    down.add_argument("name", nargs="?", default=None, help="name or id (default: the one in .env)")
+    down.add_argument("name", nargs="?", default=None, help=NAME_HELP)
     down.add_argument("--env-file", type=Path, default=None)
 
     sub.add_parser("list", parents=[common], help="list the branches the harness made")
@@ -100,13 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         "url", parents=[common],
         help="print a branch's connection URL with its password, for psql \"$(…)\"",
     )
-    url.add_argument("name", nargs="?", default=None, help="name or id (default: the one in .env)")
+    url.add_argument("name", nargs="?", default=None, help=NAME_HELP)
     url.add_argument("--pooled", action="store_true", help="the pooled URL instead of the direct one")
     url.add_argument("--asyncpg", action="store_true", help="as postgresql+asyncpg:// for SQLAlchemy")
     url.add_argument("--env-file", type=Path, default=None)
 
     reset = sub.add_parser("reset", parents=[common], help="restore a branch to its parent, migrate")
-    reset.add_argument("name", nargs="?", default=None)
+    reset.add_argument("name", nargs="?", default=None, help=NAME_HELP)
     reset.add_argument("--env-file", type=Path, default=None)
 
     gc = sub.add_parser("gc", parents=[common], help="remove expired or orphaned harness branches")
@@ -304,9 +308,9 @@ def cmd_up(ctx: Context) -> int:
 
     settings = ctx.settings
     ttl = parse_ttl(ctx.args.ttl, key="--ttl", source="command line") if ctx.args.ttl else DEV_TTL
-    name = ctx.args.name or branches.dev_branch_name(git_branch=_git_branch(ctx.project_dir))
-    if not name.startswith(branches.NAME_PREFIX):
-        name = branches.NAME_PREFIX + "dev/" + branches.clean_name_part(name)
+    name = branches.dev_name_for(
+        ctx.args.name or branches.dev_branch_name(git_branch=_git_branch(ctx.project_dir))
+    )
     if ctx.env_file.exists() and not written_by_us(ctx.env_file) and not ctx.args.force:
         write_env_file(ctx.env_file, {}, force=False)  # raises the one-line refusal
 
@@ -381,7 +385,7 @@ def cmd_down(ctx: Context) -> int:
     target = _branch_from_env(ctx, ctx.args.name)
 
     async def work(client: Any, project_id: str) -> Any:
-        branch = await client.resolve_branch(project_id, target)
+        branch = await branches.resolve_given_branch(client, project_id, target)
         branches.ensure_owned(branch, "delete")
         await branches.delete_owned_branch(client, project_id, branch.id)
         return branch
@@ -433,7 +437,7 @@ def cmd_url(ctx: Context) -> int:
     settings = ctx.settings
 
     async def work(client: Any, project_id: str) -> Any:
-        branch = await client.resolve_branch(project_id, target)
+        branch = await branches.resolve_given_branch(client, project_id, target)
         return await branches.handle_for(
             client, project_id, branch.id, database=settings.database, role=settings.role
         )
@@ -458,7 +462,7 @@ def cmd_reset(ctx: Context) -> int:
     settings = ctx.settings
 
     async def work(client: Any, project_id: str) -> Any:
-        branch = await client.resolve_branch(project_id, target)
+        branch = await branches.resolve_given_branch(client, project_id, target)
         await branches.restore_owned_branch(client, project_id, branch.id)
         return await branches.handle_for(
             client, project_id, branch.id, database=settings.database, role=settings.role,

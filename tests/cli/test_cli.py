@@ -69,6 +69,34 @@ def test_up_json_env_file_and_down(project: Path) -> None:
     assert result["branch_id"] not in {b["id"] for b in json.loads(out)["branches"]}
 
 
+def test_commands_take_the_name_given_to_up(project: Path) -> None:
+    """`up --name "cli short"` makes harness/dev/cli-short; every command that takes a
+    branch accepts what the user typed, the full name and the id (issue 13 item 7)."""
+    code, out, err = cli("up", "--json", "--name", "cli short", cwd=project)
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["name"] == "harness/dev/cli-short"
+    branch_id = made["branch_id"]
+
+    code, out, err = cli("reset", "--json", "cli short", cwd=project)
+    assert code == 0, err
+    assert json.loads(out)["branch_id"] == branch_id
+    for given in ("cli short", "cli-short", "harness/dev/cli-short", branch_id):
+        code, out, err = cli("url", "--json", given, cwd=project)
+        assert code == 0, f"{given}: {err}"
+        assert json.loads(out)["branch_id"] == branch_id, given
+
+    code, out, err = cli("down", "--json", "cli short", cwd=project)
+    assert code == 0, err
+    assert json.loads(out)["deleted"] == branch_id
+    assert not (project / ".env").exists()  # it named the branch just deleted
+
+    code, out, err = cli("down", "cli short", cwd=project)
+    assert code == 2, err
+    assert len(error_lines(err)) == 1
+    assert "'harness/dev/cli-short' or 'cli short'" in err and "cathouse-branch list" in err
+
+
 def test_up_refuses_a_foreign_env_file(project: Path) -> None:
     (project / ".env").write_text("DATABASE_URL=postgresql://me:secret@prod.example/db\n")
     code, out, err = cli("up", "--name", "cli-foreign", cwd=project)
