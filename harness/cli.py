@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from harness.errors import ConfigError, HarnessError
 from harness.redact import redact_url, scrub
-from harness.settings import Settings, load_settings, parse_ttl
+from harness.settings import INIT_HINT, Settings, load_settings, parse_ttl
 
 PROG = "cathouse-branch"
 ENV_MARK = "# written by cathouse-branch"
@@ -123,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", parents=[common], help="check configuration and setup")
     doctor.add_argument("--env-file", type=Path, default=None)
+
+    init = sub.add_parser(
+        "init", parents=[common],
+        help="propose [tool.cathouse_harness] from the project's alembic.ini files",
+    )
+    init.add_argument("--yes", action="store_true", help="write it into the project's pyproject.toml")
+    init.add_argument(
+        "--force", action="store_true", help="with --yes: replace an existing [tool.cathouse_harness]"
+    )
 
     emulator = sub.add_parser("emulator", parents=[common], help="run the local Neon API server")
     emulator.add_argument("--port", type=int, default=0)
@@ -293,6 +302,7 @@ def _migrate(ctx: Context, direct_url: str) -> list[dict[str, Any]]:
     from harness.migrations import migrate_all
 
     if not ctx.settings.migrating_services:
+        ctx.progress.say(f"no service has migrations: nothing to migrate ({INIT_HINT})")
         return []
     with ctx.progress.step(f"migrate {len(ctx.settings.migrating_services)} service(s)"):
         results = migrate_all(ctx.settings, direct_url)
@@ -606,6 +616,41 @@ def cmd_doctor(ctx: Context) -> int:
     return worst
 
 
+def cmd_init(ctx: Context) -> int:
+    """The proposal on stdout (TOML, or JSON), where each value came from on stderr."""
+    from harness.project_init import check_proposal, propose, write_proposal
+
+    if ctx.args.force and not ctx.args.yes:
+        raise UsageFailure("--force only applies with --yes", hint="add --yes to write the table")
+    proposal = propose(ctx.project_dir)
+    for service in proposal.services:
+        ctx.progress.say(f"{service.name} ({service.alembic_ini})")
+        for note in service.notes:
+            ctx.progress.say(f"  {note}")
+    for note in proposal.notes:
+        ctx.progress.say(note)
+    problem: HarnessError | None = None
+    written: tuple[Path, str] | None = None
+    try:
+        check_proposal(proposal)
+        if ctx.args.yes:
+            written = write_proposal(proposal, force=ctx.args.force)
+    except HarnessError as exc:  # the proposal is still worth printing: it is what to edit
+        problem = exc
+    if ctx.args.json:
+        payload = {**proposal.as_dict(), "toml": proposal.toml(), "written": written and str(written[0])}
+        print(json.dumps(payload, indent=2), file=ctx.out)
+    else:
+        print(proposal.toml(), end="", file=ctx.out)
+    if problem is not None:
+        raise problem
+    if written is not None:
+        ctx.progress.say(f"✓ {written[1]} [tool.cathouse_harness] in {written[0]}")
+    else:
+        ctx.progress.say(f"nothing written: {PROG} init --yes adds it to pyproject.toml")
+    return 0
+
+
 def cmd_emulator(ctx: Context) -> int:
     from harness.local.server import run_emulator
     from harness.settings import default_home
@@ -623,6 +668,7 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "gc": cmd_gc,
     "migrate": cmd_migrate,
     "doctor": cmd_doctor,
+    "init": cmd_init,
     "emulator": cmd_emulator,
 }
 

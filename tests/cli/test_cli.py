@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -15,20 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import gc_candidates, main
+from harness.cli import gc_candidates
 from harness.migrations import current_revisions, head_revisions
 from harness.settings import load_settings
+from tests.cli._support import cli, error_lines
 from tests.plugin._support import copy_example
-
-
-def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("cathouse-branch:")]
-
-
-def cli(*args: str, cwd: Path) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main([*args, "--project-dir", str(cwd)], out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture
