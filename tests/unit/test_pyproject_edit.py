@@ -45,25 +45,27 @@ def test_replaces_scattered_parts_of_the_table_and_nothing_else(tmp_path: Path) 
     assert tomllib.loads(path.read_text())["tool"]["cathouse_harness"]["services"] == [{"name": "a"}]
 
 
-def test_refuses_an_inline_table(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "error", "match"),
+    [
+        ('[tool]\ncathouse_harness = { connection_limit = 4 }\n', ConfigError, "inline"),
+        # a header-like line inside a multi-line string fools the line scan; the parse
+        # check after the edit catches it
+        (
+            '[tool.cathouse_harness]\nconnection_limit = 4\n'
+            '[tool.x]\ndoc = """\n[tool.cathouse_harness.services]\nkeep me\n"""\n',
+            HarnessError,
+            "nothing was written",
+        ),
+    ],
+    ids=["inline-table", "header-in-a-string"],
+)
+def test_refuses_and_leaves_the_file_as_it_was(
+    tmp_path: Path, text: str, error: type[Exception], match: str
+) -> None:
     path = tmp_path / "pyproject.toml"
-    text = '[tool]\ncathouse_harness = { connection_limit = 4 }\n'
     path.write_text(text)
-    with pytest.raises(ConfigError, match="inline"):
-        put_table(path, TABLE, BLOCK, force=True)
-    assert path.read_text() == text
-
-
-def test_writes_nothing_when_the_edit_would_change_other_content(tmp_path: Path) -> None:
-    # a header-like line inside a multi-line string fools the line scan; the parse check
-    # after the edit catches it
-    path = tmp_path / "pyproject.toml"
-    text = (
-        '[tool.cathouse_harness]\nconnection_limit = 4\n'
-        '[tool.x]\ndoc = """\n[tool.cathouse_harness.services]\nkeep me\n"""\n'
-    )
-    path.write_text(text)
-    with pytest.raises(HarnessError, match="nothing was written"):
+    with pytest.raises(error, match=match):
         put_table(path, TABLE, BLOCK, force=True)
     assert path.read_text() == text
 
