@@ -186,11 +186,16 @@ def _schema_of(setup: AlembicSetup, project_dir: Path) -> tuple[str, list[str], 
     values = {f.value for f in env.version_table_schemas} if env else set()
     if env is not None and env_py is not None and len(values) == 1:
         found = env.version_table_schemas[0]
-        schema = found.value
-        notes.append(f"schema {schema!r}: {found.how} in {_relative(env_py, project_dir)}")
-        if from_tables and from_tables != schema:
-            notes.append(f"its op.create_table calls use schema {from_tables!r}; the version table's wins")
-        return schema, notes, references
+        where = f"{found.how} in {_relative(env_py, project_dir)}"
+        if not from_tables or from_tables == found.value:
+            notes.append(f"schema {found.value!r}: {where}")
+            return found.value, notes, references
+        # a version table kept apart (a shared `meta` schema, say): the service owns the
+        # schema its tables are in
+        count = len(revisions.table_schemas)
+        notes.append(f"schema {from_tables!r}: schema= of its {count} op.create_table call(s); "
+                     f"its version table is kept apart ({where})")
+        return from_tables, notes, references
     if len(values) > 1:
         notes.append(f"env.py sets version_table_schema to {' and '.join(sorted(values))}; not used")
     for expression in env.unresolved if env else ():

@@ -14,7 +14,9 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.settings import load_settings
+from tests.adoption._projects import SHAPES
 from tests.cli._support import cli, error_lines
+from tests.plugin._support import copy_example
 
 ALEMBIC = Path(sys.executable).parent / "alembic"
 PLAIN_INI = "[alembic]\nscript_location = %(here)s/alembic\npath_separator = os\n"
@@ -150,7 +152,10 @@ ENV_EXPRESSION = """
 
 def test_schema_from_env_py_literal_constant_or_revisions(tmp_path: Path) -> None:
     hand_written(tmp_path / "accounts", ENV_LITERAL, {
-        "a1": 'op.create_table("users", sa.Column("id", sa.Integer), schema="accounts_data")',
+        "a1": 'op.create_table("users", sa.Column("id", sa.Integer))',  # search_path does it
+    })
+    hand_written(tmp_path / "billing", env_with_schema("meta"), {
+        "b1": 'op.create_table("invoices", sa.Column("id", sa.Integer), schema="billing")',
     })
     hand_written(tmp_path / "inventory", ENV_CONSTANT)
     hand_written(tmp_path / "shipping", ENV_EXPRESSION, {
@@ -160,10 +165,11 @@ def test_schema_from_env_py_literal_constant_or_revisions(tmp_path: Path) -> Non
     code, out, err = cli("init", cwd=tmp_path)
     assert code == 0, err
     assert {s["name"]: s["schema"] for s in proposed(out)} == {
-        "accounts": "accounts", "inventory": "inventory", "shipping": "shipping",
+        "accounts": "accounts", "billing": "billing", "inventory": "inventory", "shipping": "shipping",
     }
     assert "schema 'accounts': version_table_schema='accounts' in accounts/alembic/env.py" in err
-    assert "its op.create_table calls use schema 'accounts_data'" in err
+    assert ("schema 'billing': schema= of its 1 op.create_table call(s); its version table is kept "
+            "apart (version_table_schema='meta' in billing/alembic/env.py)") in err
     assert "schema 'inventory': version_table_schema=SCHEMA (= 'inventory') in inventory/alembic/" in err
     assert "version_table_schema=settings.db_schema, which init cannot evaluate" in err
     assert "schema 'shipping': schema= of its 2 op.create_table call(s)" in err
@@ -333,3 +339,40 @@ def test_plugin_summary_points_at_init_without_services(pytester: pytest.Pyteste
     result.assert_outcomes(passed=1)
     expected = "*no service has migrations, so the branch has none: `cathouse-branch init` proposes*"
     result.stdout.fnmatch_lines([expected])
+
+
+# init against projects written by others ------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_agrees_with_the_tables_written_by_hand_for_tests_adoption(tmp_path: Path, shape: str) -> None:
+    project = SHAPES[shape](tmp_path, "postgresql://someone:secret@127.0.0.1:9/theirs")
+    code, out, err = cli("init", "--json", cwd=tmp_path)
+    assert code == 0, err
+    got = [
+        # a root-level service is named after the project, which these projects leave generic
+        ("app" if s["alembic_ini"] == "alembic.ini" else s["name"], s["schema"], s["alembic_ini"])
+        for s in json.loads(out)["services"]
+    ]
+    assert got == project.services
+
+
+def test_the_written_table_migrates_the_example(tmp_path: Path) -> None:
+    """The Cat House example without its table: init --yes, then up migrates all three."""
+    copy_example(tmp_path)
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().split("\n[tool.cathouse_harness]")[0])
+    code, out, err = cli("init", "--yes", cwd=tmp_path)
+    assert code == 0, err
+    assert [(s["name"], s["schema"]) for s in proposed(out)] == [
+        ("auth-service", "auth"), ("catalog-service", "catalog"), ("installation-service", "installation"),
+    ]
+    code, out, err = cli("up", "--json", "--name", "init-example", cwd=tmp_path)
+    assert code == 0, err
+    migrated = json.loads(out)["migrations"]
+    assert [(m["service"], m["before"]) for m in migrated] == [
+        ("auth-service", None), ("catalog-service", None), ("installation-service", None),
+    ]
+    assert all(m["after"] for m in migrated)
+    code, out, err = cli("down", "init-example", cwd=tmp_path)
+    assert code == 0, err
