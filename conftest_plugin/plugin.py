@@ -29,7 +29,7 @@ from conftest_plugin.options import (
     read_settings,
 )
 from harness.errors import ConfigError
-from harness.settings import Settings
+from harness.settings import INIT_HINT, Settings
 
 # A URL on a host that can never resolve (RFC 6761): whatever reads it before the branch
 # exists fails loudly instead of reaching a real database named in a shell or .env.
@@ -214,3 +214,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     kept_urls = getattr(state.session, "kept_urls", None) if state.session else None
     for line in report.summary_lines(reports, state.run_id, state.swept, kept_urls, show_secrets):
         terminalreporter.write_line(line)
+    if state.settings is not None and not state.settings.migrating_services:
+        terminalreporter.write_line(f"  no service has migrations, so the branch has none: {INIT_HINT}")

@@ -96,6 +96,41 @@ def dev_branch_name(user: str | None = None, git_branch: str | None = None) -> s
     return f"{NAME_PREFIX}dev/{'-'.join(parts)}"
 
 
+def dev_name_for(given: str) -> str:
+    """The name `cathouse-branch up --name <given>` gives its branch: `harness/dev/<given>`,
+    or `given` itself when it already carries the harness prefix."""
+    if given.startswith(NAME_PREFIX):
+        return given
+    return f"{NAME_PREFIX}dev/{clean_name_part(given)}"
+
+
+def _given_name_candidates(given: str) -> tuple[str, ...]:
+    if given.startswith(NAME_PREFIX):
+        return (given,)
+    if given.startswith("br-"):  # an id first; `up --name br-x` is unusual but allowed
+        return (given, dev_name_for(given))
+    # the short name first: a branch literally called `given` outside harness/ is one the
+    # harness would refuse to touch anyway, so the short form is what a person means
+    return (dev_name_for(given), given)
+
+
+async def resolve_given_branch(client: NeonClient, project_id: str, given: str) -> Branch:
+    """A branch as a person names it on the command line: its `br-` id, its full name, or
+    the name they gave to `up` (X for harness/dev/X). ConfigError if none matches."""
+    candidates = _given_name_candidates(given)
+    for candidate in candidates:
+        try:
+            return await client.resolve_branch(project_id, candidate)
+        except NeonAPIError as exc:
+            if exc.status != 404:
+                raise
+    tried = " or ".join(repr(c) for c in candidates)
+    raise ConfigError(
+        f"no branch with id or name {tried} in project {project_id}",
+        hint="cathouse-branch list shows the branches the harness made",
+    )
+
+
 def _safe_user() -> str:
     try:
         return getpass.getuser()

@@ -20,11 +20,15 @@ from typing import Any, TextIO
 
 from harness.errors import ConfigError, HarnessError
 from harness.redact import redact_url, scrub
-from harness.settings import Settings, load_settings, parse_ttl
+from harness.settings import INIT_HINT, Settings, load_settings, parse_ttl
 
 PROG = "cathouse-branch"
 ENV_MARK = "# written by cathouse-branch"
 DEV_TTL = timedelta(days=7)
+NAME_HELP = (
+    "the name given to up (X for harness/dev/X), the full name or the br- id "
+    "(default: the one in .env)"
+)
 
 
 class Progress:
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--force", action="store_true", help="overwrite a .env not written by us")
 
     down = sub.add_parser("down", parents=[common], help="delete a branch made by the harness")
-    down.add_argument("name", nargs="?", default=None, help="name or id (default: the one in .env)")
+    down.add_argument("name", nargs="?", default=None, help=NAME_HELP)
     down.add_argument("--env-file", type=Path, default=None)
 
     sub.add_parser("list", parents=[common], help="list the branches the harness made")
@@ -100,13 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         "url", parents=[common],
         help="print a branch's connection URL with its password, for psql \"$(…)\"",
     )
-    url.add_argument("name", nargs="?", default=None, help="name or id (default: the one in .env)")
+    url.add_argument("name", nargs="?", default=None, help=NAME_HELP)
     url.add_argument("--pooled", action="store_true", help="the pooled URL instead of the direct one")
     url.add_argument("--asyncpg", action="store_true", help="as postgresql+asyncpg:// for SQLAlchemy")
     url.add_argument("--env-file", type=Path, default=None)
 
     reset = sub.add_parser("reset", parents=[common], help="restore a branch to its parent, migrate")
-    reset.add_argument("name", nargs="?", default=None)
+    reset.add_argument("name", nargs="?", default=None, help=NAME_HELP)
     reset.add_argument("--env-file", type=Path, default=None)
 
     gc = sub.add_parser("gc", parents=[common], help="remove expired or orphaned harness branches")
@@ -119,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", parents=[common], help="check configuration and setup")
     doctor.add_argument("--env-file", type=Path, default=None)
+
+    init = sub.add_parser(
+        "init", parents=[common],
+        help="propose [tool.cathouse_harness] from the project's alembic.ini files",
+    )
+    init.add_argument("--yes", action="store_true", help="write it into the project's pyproject.toml")
+    init.add_argument(
+        "--force", action="store_true", help="with --yes: replace an existing [tool.cathouse_harness]"
+    )
 
     emulator = sub.add_parser("emulator", parents=[common], help="run the local Neon API server")
     emulator.add_argument("--port", type=int, default=0)
@@ -289,6 +302,7 @@ def _migrate(ctx: Context, direct_url: str) -> list[dict[str, Any]]:
     from harness.migrations import migrate_all
 
     if not ctx.settings.migrating_services:
+        ctx.progress.say(f"no service has migrations: nothing to migrate ({INIT_HINT})")
         return []
     with ctx.progress.step(f"migrate {len(ctx.settings.migrating_services)} service(s)"):
         results = migrate_all(ctx.settings, direct_url)
@@ -304,9 +318,9 @@ def cmd_up(ctx: Context) -> int:
 
     settings = ctx.settings
     ttl = parse_ttl(ctx.args.ttl, key="--ttl", source="command line") if ctx.args.ttl else DEV_TTL
-    name = ctx.args.name or branches.dev_branch_name(git_branch=_git_branch(ctx.project_dir))
-    if not name.startswith(branches.NAME_PREFIX):
-        name = branches.NAME_PREFIX + "dev/" + branches.clean_name_part(name)
+    name = branches.dev_name_for(
+        ctx.args.name or branches.dev_branch_name(git_branch=_git_branch(ctx.project_dir))
+    )
     if ctx.env_file.exists() and not written_by_us(ctx.env_file) and not ctx.args.force:
         write_env_file(ctx.env_file, {}, force=False)  # raises the one-line refusal
 
@@ -381,7 +395,7 @@ def cmd_down(ctx: Context) -> int:
     target = _branch_from_env(ctx, ctx.args.name)
 
     async def work(client: Any, project_id: str) -> Any:
-        branch = await client.resolve_branch(project_id, target)
+        branch = await branches.resolve_given_branch(client, project_id, target)
         branches.ensure_owned(branch, "delete")
         await branches.delete_owned_branch(client, project_id, branch.id)
         return branch
@@ -433,7 +447,7 @@ def cmd_url(ctx: Context) -> int:
     settings = ctx.settings
 
     async def work(client: Any, project_id: str) -> Any:
-        branch = await client.resolve_branch(project_id, target)
+        branch = await branches.resolve_given_branch(client, project_id, target)
         return await branches.handle_for(
             client, project_id, branch.id, database=settings.database, role=settings.role
         )
@@ -458,7 +472,7 @@ def cmd_reset(ctx: Context) -> int:
     settings = ctx.settings
 
     async def work(client: Any, project_id: str) -> Any:
-        branch = await client.resolve_branch(project_id, target)
+        branch = await branches.resolve_given_branch(client, project_id, target)
         await branches.restore_owned_branch(client, project_id, branch.id)
         return await branches.handle_for(
             client, project_id, branch.id, database=settings.database, role=settings.role,
@@ -602,6 +616,41 @@ def cmd_doctor(ctx: Context) -> int:
     return worst
 
 
+def cmd_init(ctx: Context) -> int:
+    """The proposal on stdout (TOML, or JSON), where each value came from on stderr."""
+    from harness.project_init import check_proposal, propose, write_proposal
+
+    if ctx.args.force and not ctx.args.yes:
+        raise UsageFailure("--force only applies with --yes", hint="add --yes to write the table")
+    proposal = propose(ctx.project_dir)
+    for service in proposal.services:
+        ctx.progress.say(f"{service.name} ({service.alembic_ini})")
+        for note in service.notes:
+            ctx.progress.say(f"  {note}")
+    for note in proposal.notes:
+        ctx.progress.say(note)
+    problem: HarnessError | None = None
+    written: tuple[Path, str] | None = None
+    try:
+        check_proposal(proposal)
+        if ctx.args.yes:
+            written = write_proposal(proposal, force=ctx.args.force)
+    except HarnessError as exc:  # the proposal is still worth printing: it is what to edit
+        problem = exc
+    if ctx.args.json:
+        payload = {**proposal.as_dict(), "toml": proposal.toml(), "written": written and str(written[0])}
+        print(json.dumps(payload, indent=2), file=ctx.out)
+    else:
+        print(proposal.toml(), end="", file=ctx.out)
+    if problem is not None:
+        raise problem
+    if written is not None:
+        ctx.progress.say(f"✓ {written[1]} [tool.cathouse_harness] in {written[0]}")
+    else:
+        ctx.progress.say(f"nothing written: {PROG} init --yes adds it to pyproject.toml")
+    return 0
+
+
 def cmd_emulator(ctx: Context) -> int:
     from harness.local.server import run_emulator
     from harness.settings import default_home
@@ -619,6 +668,7 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "gc": cmd_gc,
     "migrate": cmd_migrate,
     "doctor": cmd_doctor,
+    "init": cmd_init,
     "emulator": cmd_emulator,
 }
 

@@ -15,7 +15,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from harness.errors import ConfigError, HarnessError
-from harness.settings import Settings, load_settings
+from harness.settings import INIT_HINT, TOOL_TABLE, Settings, load_settings
 
 Status = Literal["ok", "warn", "fail", "config"]
 PGBOUNCER_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin")
@@ -107,8 +107,11 @@ def run_checks(
         settings = load_settings(project_dir, options={"backend": backend, "local_storage": storage})
     except ConfigError as exc:
         return [Check("configuration", "config", exc.message, exc.hint or "")]
-    names = ", ".join(s.name for s in settings.services) or "none"
-    checks.append(Check("configuration", "ok", f"{len(settings.services)} service(s): {names}"))
+    if settings.services:
+        names = ", ".join(s.name for s in settings.services)
+        checks.append(Check("configuration", "ok", f"{len(settings.services)} service(s): {names}"))
+    else:
+        checks.append(Check("configuration", "warn", f"no services in [{TOOL_TABLE}]", INIT_HINT))
     checks.append(Check("pool budget", "ok",
                         f"{settings.pool_budget} of {settings.connection_limit} connections"))
     checks.append(_check_backend(settings))

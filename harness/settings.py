@@ -23,6 +23,8 @@ from harness.redact import Secret
 DEFAULT_API_HOST = "https://console.neon.tech/api/v2"
 MAX_TTL = timedelta(days=30)
 TOOL_TABLE = "tool.cathouse_harness"
+# what every "nothing configured" message points at
+INIT_HINT = f"`cathouse-branch init` proposes [{TOOL_TABLE}] from the project's alembic.ini files"
 
 Backend = Literal["neon", "embedded"]
 KeepPolicy = Literal["never", "on-failure", "always"]
@@ -126,7 +128,14 @@ class Settings:
         for service in self.services:
             if service.name == name:
                 return service
-        known = ", ".join(s.name for s in self.services) or "none configured"
+        if not self.services:
+            raise ConfigError(
+                f"unknown service {name!r}: no services configured in {self.project_root / 'pyproject.toml'}",
+                key="services",
+                source=self.source_of("services"),
+                hint=INIT_HINT,
+            )
+        known = ", ".join(s.name for s in self.services)
         raise ConfigError(
             f"unknown service {name!r} (known: {known})",
             key="services",
@@ -273,7 +282,7 @@ def _read_dotenv(path: Path) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _parse_services(raw: Any, root: Path, source: str) -> tuple[ServiceConfig, ...]:
+def parse_services(raw: Any, root: Path, source: str) -> tuple[ServiceConfig, ...]:
     if not isinstance(raw, list):
         raise ConfigError("must be an array of tables", key="services", source=source)
     services: list[ServiceConfig] = []
@@ -460,7 +469,7 @@ def load_settings(
             )
         values["keep_branch"] = keep
     if "services" in raw:
-        values["services"] = _parse_services(raw["services"], root, src("services"))
+        values["services"] = parse_services(raw["services"], root, src("services"))
     if "local_storage" in raw:
         storage = str(raw["local_storage"]).strip().lower()
         if storage not in ("memory", "disk"):

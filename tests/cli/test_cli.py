@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -15,20 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import gc_candidates, main
+from harness.cli import gc_candidates
 from harness.migrations import current_revisions, head_revisions
 from harness.settings import load_settings
+from tests.cli._support import cli, error_lines
 from tests.plugin._support import copy_example
-
-
-def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("cathouse-branch:")]
-
-
-def cli(*args: str, cwd: Path) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main([*args, "--project-dir", str(cwd)], out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture
@@ -67,6 +57,34 @@ def test_up_json_env_file_and_down(project: Path) -> None:
     assert not env_file.exists()
     code, out, _ = cli("list", "--json", cwd=project)
     assert result["branch_id"] not in {b["id"] for b in json.loads(out)["branches"]}
+
+
+def test_commands_take_the_name_given_to_up(project: Path) -> None:
+    """`up --name "cli short"` makes harness/dev/cli-short; every command that takes a
+    branch accepts what the user typed, the full name and the id (issue 13 item 7)."""
+    code, out, err = cli("up", "--json", "--name", "cli short", cwd=project)
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["name"] == "harness/dev/cli-short"
+    branch_id = made["branch_id"]
+
+    code, out, err = cli("reset", "--json", "cli short", cwd=project)
+    assert code == 0, err
+    assert json.loads(out)["branch_id"] == branch_id
+    for given in ("cli short", "cli-short", "harness/dev/cli-short", branch_id):
+        code, out, err = cli("url", "--json", given, cwd=project)
+        assert code == 0, f"{given}: {err}"
+        assert json.loads(out)["branch_id"] == branch_id, given
+
+    code, out, err = cli("down", "--json", "cli short", cwd=project)
+    assert code == 0, err
+    assert json.loads(out)["deleted"] == branch_id
+    assert not (project / ".env").exists()  # it named the branch just deleted
+
+    code, out, err = cli("down", "cli short", cwd=project)
+    assert code == 2, err
+    assert len(error_lines(err)) == 1
+    assert "'harness/dev/cli-short' or 'cli short'" in err and "cathouse-branch list" in err
 
 
 def test_up_refuses_a_foreign_env_file(project: Path) -> None:
