@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from harness.errors import ConfigError, HarnessError
 from harness.redact import redact_url, scrub
 from harness.settings import INIT_HINT, Settings, load_settings, parse_ttl
+from harness.urls import url_from_argument
 
 PROG = "cathouse-branch"
 ENV_MARK = "# written by cathouse-branch"
@@ -118,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--run", default=None, help="only the branches of this test run id")
 
     migrate = sub.add_parser("migrate", parents=[common], help="migrate the branch named by .env")
-    migrate.add_argument("--url", default=None, help="direct URL (default: MIGRATION_DATABASE_URL)")
+    migrate.add_argument("--url", default=None, help="direct URL without a password, or - to read "
+                         "it from stdin (default: MIGRATION_DATABASE_URL)")
     migrate.add_argument("--env-file", type=Path, default=None)
 
     doctor = sub.add_parser("doctor", parents=[common], help="check configuration and setup")
@@ -580,7 +582,8 @@ def _check_url(url: str, key: str) -> None:
 
 
 def cmd_migrate(ctx: Context) -> int:
-    url = ctx.args.url or os.environ.get("MIGRATION_DATABASE_URL") or read_env_file(ctx.env_file).get(
+    url = (url_from_argument(ctx.args.url) if ctx.args.url else None) \
+        or os.environ.get("MIGRATION_DATABASE_URL") or read_env_file(ctx.env_file).get(
         "MIGRATION_DATABASE_URL"
     )
     if not url:

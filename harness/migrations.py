@@ -39,6 +39,7 @@ from harness.migrate.runner import (
 )
 from harness.redact import scrub
 from harness.settings import Settings, load_settings
+from harness.urls import url_from_argument
 
 __all__ = [
     "ServiceResult",
@@ -121,7 +122,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m harness.migrations",
         description="Migrate every service of the project, in configured order.",
     )
-    parser.add_argument("--url", help=f"direct database URL (default: ${ENV_URL}, then .env)")
+    parser.add_argument(
+        "--url", help=f"direct database URL without a password, or - to read it from stdin "
+        f"(default: ${ENV_URL}, then .env)")
     parser.add_argument("--project", default=".", help="project directory (default: .)")
     parser.add_argument("--target", default="head", help="revision to upgrade to (default: head)")
     return parser
@@ -129,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _resolve_url(argument: str | None, project_root: Path) -> str:
     if argument:
-        return argument
+        return url_from_argument(argument)
     from_env = os.environ.get(ENV_URL)
     if from_env:
         return from_env

@@ -162,3 +162,27 @@ def endpoint_of(url: str) -> Endpoint:
         raise ConfigError("has a port that is not a number", key="database URL") from None
     database = unquote(parts.path.lstrip("/")) or unquote(parts.username or "")
     return Endpoint((parts.hostname or "").lower(), port, database)
+
+
+def url_from_argument(value: str, key: str = "--url") -> str:
+    """A URL given on the command line: `-` reads it from standard input. One with a
+    password is refused: every local user can read a process's arguments (ps, /proc)."""
+    if value == "-":
+        import sys
+
+        line = sys.stdin.readline().strip()
+        if not line:
+            raise ConfigError("got nothing on standard input", key=key,
+                              hint="pipe the URL in: printf '%s\\n' \"$URL\" | ... --url -")
+        return line
+    try:
+        has_password = urlsplit(value).password is not None
+    except ValueError:
+        has_password = ":" in value.partition("@")[0].partition("://")[2] and "@" in value
+    if has_password:
+        raise ConfigError(
+            "holds a password, which other local users can read in the process list",
+            key=key,
+            hint="set MIGRATION_DATABASE_URL instead, or pass --url - and pipe the URL in",
+        )
+    return value

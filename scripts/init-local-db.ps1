@@ -1,7 +1,7 @@
 # Migrate every service of the project in the current directory, in configured order
 # (auth-service -> catalog-service -> installation-service for Cat House).
 #
-#   cd examples\cathouse; ..\..\scripts\init-local-db.ps1 [--target head] [--url URL]
+#   cd examples\cathouse; ..\..\scripts\init-local-db.ps1 [--target head] [--url -]   (URL on stdin; a password never goes in argv)
 #
 # The database URL is MIGRATION_DATABASE_URL (the direct, non-pooled endpoint), from the
 # environment or from .\.env. Extra arguments go to `python -m harness.migrations`.

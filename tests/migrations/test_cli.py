@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -29,15 +30,17 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], cwd: Path, stdin: str | None = None,
+        **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        args, cwd=cwd, env=environment(**extra), capture_output=True, text=True, timeout=120
+        args, cwd=cwd, env=environment(**extra), capture_output=True, text=True, timeout=120,
+        input=stdin,
     )
 
 
 def test_module_migrates_then_says_nothing_changed(fresh_database_url, example_copy):
-    first = run([sys.executable, "-m", "harness.migrations", "--url", fresh_database_url],
-                example_copy)
+    first = run([sys.executable, "-m", "harness.migrations", "--url", "-"], example_copy,
+                stdin=fresh_database_url + "\n")
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert len(lines) == 4
@@ -60,8 +63,8 @@ def test_failing_migration_exits_1_with_one_line(fresh_database_url, example_cop
                  'op.execute("SELECT 1 / 0")')
     password = urlsplit(fresh_database_url).password
     assert password  # the shared fixture's role logs in with a password
-    done = run([sys.executable, "-m", "harness.migrations", "--url", fresh_database_url],
-               example_copy)
+    done = run([sys.executable, "-m", "harness.migrations"], example_copy,
+               MIGRATION_DATABASE_URL=fresh_database_url)
     assert done.returncode == 1
     error_lines = done.stderr.strip().splitlines()
     assert len(error_lines) == 1
@@ -87,9 +90,10 @@ def test_url_precedence_argument_environment_dotenv(fresh_database_url, example_
     monkeypatch.setenv("MIGRATION_DATABASE_URL", fresh_database_url)
     assert main(["--project", str(example_copy)]) == 0
     capsys.readouterr()
-    # argument beats environment
+    # argument beats environment (a URL with a password only through stdin)
     monkeypatch.setenv("MIGRATION_DATABASE_URL", broken)
-    assert main(["--project", str(example_copy), "--url", fresh_database_url]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(fresh_database_url + "\n"))
+    assert main(["--project", str(example_copy), "--url", "-"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "all services at head; nothing changed"
 
 
@@ -97,7 +101,8 @@ def test_url_precedence_argument_environment_dotenv(fresh_database_url, example_
     ("args", "expected"),
     [
         ([], "MIGRATION_DATABASE_URL"),
-        (["--url", "mysql://u:TopSecretPw@h/db"], "not a PostgreSQL URL"),
+        (["--url", "mysql://u@h/db"], "not a PostgreSQL URL"),
+        (["--url", "postgresql://u:TopSecretPw@h/db"], "other local users can read"),
         (["--project", "/nonexistent/dir"], "is not a directory"),
     ],
 )
@@ -112,11 +117,12 @@ def test_bad_input_exits_2_with_one_line(example_copy, args, expected, monkeypat
     assert "TopSecretPw" not in captured.err and "Traceback" not in captured.err
 
 
-def test_bad_config_exits_2(example_copy, fresh_database_url, capsys):
+def test_bad_config_exits_2(example_copy, fresh_database_url, capsys, monkeypatch):
     pyproject = example_copy / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace('"auth-service/alembic.ini"',
                                                        '"auth-service/missing.ini"'))
-    assert main(["--project", str(example_copy), "--url", fresh_database_url]) == 2
+    monkeypatch.setenv("MIGRATION_DATABASE_URL", fresh_database_url)
+    assert main(["--project", str(example_copy)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing.ini" in err
 
@@ -141,8 +147,8 @@ def test_init_local_db_script_twice(fresh_database_url, example_copy):
 
 
 def test_init_local_db_script_passes_arguments(fresh_database_url, example_copy):
-    done = run(["bash", str(SCRIPT), "--url", fresh_database_url, "--target", "heads"],
-               example_copy, PYTHON=sys.executable)
+    done = run(["bash", str(SCRIPT), "--url", "-", "--target", "heads"],
+               example_copy, stdin=fresh_database_url + "\n", PYTHON=sys.executable)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1].startswith("all services at head; migrated 3 of 3")
 
