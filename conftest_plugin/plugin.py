@@ -29,6 +29,7 @@ from conftest_plugin.options import (
     read_settings,
 )
 from harness.errors import ConfigError
+from harness.runs import check_run_id
 from harness.settings import INIT_HINT, Settings
 
 # A URL on a host that can never resolve (RFC 6761): whatever reads it before the branch
@@ -81,14 +82,19 @@ def _worker_id(config: pytest.Config) -> str:
 
 
 def _run_id(config: pytest.Config) -> str:
-    """One id for the whole run: the controller picks it and xdist hands it to workers."""
+    """One id for the whole run: the controller picks it and xdist hands it to workers.
+
+    It names directories under the home, so a value that is not one plain name is a
+    ConfigError (`CATHOUSE_RUN_ID=..` once meant the home itself).
+    """
     workerinput = getattr(config, "workerinput", None)
     if workerinput:
-        return str(workerinput["testrunuid"])
+        return check_run_id(str(workerinput["testrunuid"]), key="testrunuid", source="xdist")
     given = getattr(config.option, "testrunuid", None)
     if given:
-        return str(given)
-    run_id = os.environ.get("CATHOUSE_RUN_ID") or uuid.uuid4().hex[:12]
+        return check_run_id(str(given), key="--testrunuid", source="command line")
+    from_env = os.environ.get("CATHOUSE_RUN_ID")
+    run_id = check_run_id(from_env, source="environment") if from_env else uuid.uuid4().hex[:12]
     if hasattr(config.option, "testrunuid"):
         config.option.testrunuid = run_id
     return run_id
@@ -105,16 +111,18 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     settings: Settings | None = None
     error: ConfigError | None = None
+    run_id = uuid.uuid4().hex[:12]  # stands in while a bad setting keeps the plugin idle
     try:
         settings = read_settings(config)
+        run_id = _run_id(config)
     except ConfigError as exc:
         if configured:
             raise pytest.UsageError(f"cathouse-harness: {exc}") from None
-        error = exc
+        settings, error = None, exc
     state = HarnessState(
         settings=settings,
         settings_error=error,
-        run_id=_run_id(config),
+        run_id=run_id,
         worker=_worker_id(config),
         is_controller=not hasattr(config, "workerinput"),
     )

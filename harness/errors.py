@@ -129,3 +129,10 @@ class SafetyError(HarnessError):
 
 class LocalServerError(HarnessError):
     """The embedded default (local Neon server, PostgreSQL, PgBouncer) failed to start or run."""
+
+
+class UnsafePathError(HarnessError):
+    """A file or directory the harness would use is not safely ours: another user made
+    it, it is a link, or others may write to it. A setup problem to fix (exit code 2)."""
+
+    exit_code = 2

@@ -10,10 +10,12 @@ of its own, does not import the client (or asyncio) to find that there is nothin
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.errors import ConfigError, SafetyError
 from harness.log import get_logger
 
 if TYPE_CHECKING:
@@ -22,6 +24,30 @@ if TYPE_CHECKING:
 log = get_logger("runs")
 
 _OWNED_PREFIXES = ("br-", "name-")
+# Run ids and worker names become directory names under runs/: no separators, no dot-dirs.
+_RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Branch ids become marker file names.
+_BRANCH_ID = re.compile(r"br-[a-z0-9-]+")
+
+
+def check_run_id(value: str, *, key: str = "CATHOUSE_RUN_ID", source: str | None = None) -> str:
+    """`value` when it is safe as one directory name under runs/; else a ConfigError."""
+    if _RUN_ID.fullmatch(value) is None or value in (".", ".."):
+        raise ConfigError(
+            f"{value[:80]!r} is not a usable run id", key=key, source=source,
+            hint="use 1 to 64 of the characters A-Z a-z 0-9 . _ - (not . or ..)",
+        )
+    return value
+
+
+def branch_file_name(branch_id: str) -> str:
+    """`branch_id` when it is safe as a file name (br-…); a SafetyError otherwise."""
+    if _BRANCH_ID.fullmatch(branch_id) is None:
+        raise SafetyError(
+            f"refusing to use branch id {branch_id[:80]!r} as a file name",
+            hint="branch ids look like br-<lowercase letters, digits and dashes>",
+        )
+    return branch_id
 
 
 def runs_dir(settings: Settings) -> Path:
@@ -29,7 +55,15 @@ def runs_dir(settings: Settings) -> Path:
 
 
 def marker_dir(settings: Settings, run_id: str, worker: str) -> Path:
+    check_run_id(run_id, key="run id")
+    check_run_id(worker, key="worker")
     return runs_dir(settings) / run_id / worker
+
+
+def kept_marker(settings: Settings, run_id: str, branch_id: str) -> Path:
+    """The file that names a branch kept on purpose, so the run's sweep leaves it."""
+    check_run_id(run_id, key="run id")
+    return runs_dir(settings) / run_id / f"kept-{branch_file_name(branch_id)}"
 
 
 def owned_files(worker_dir: Path) -> list[Path]:
@@ -53,7 +87,7 @@ def sweep_run(settings: Settings, run_id: str, *, all_finished: bool = False) ->
     reported its own teardown) and no branch still recorded, there is nothing the API
     could find either, and the sweep only removes the run's files.
     """
-    directory = runs_dir(settings) / run_id
+    directory = runs_dir(settings) / check_run_id(run_id, key="run id")
     if not directory.exists():
         return []
     if all_finished and not owned_markers(directory):

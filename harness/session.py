@@ -24,7 +24,7 @@ from harness.branches import (
 )
 from harness.errors import ConfigError, HarnessError
 from harness.log import get_logger
-from harness.runs import marker_dir, runs_dir
+from harness.runs import kept_marker, marker_dir
 from harness.settings import Settings
 from harness.sync import LoopThread
 from harness.watchdog import WatchdogHandle, start_watchdog
@@ -259,8 +259,7 @@ class BranchSession:
                 if keep:
                     assert self._watchdog is not None
                     self._watchdog.forget(self.handle.id)
-                    kept_marker = runs_dir(self.settings) / self.run_id / f"kept-{self.handle.id}"
-                    kept_marker.write_text(self.handle.name)
+                    kept_marker(self.settings, self.run_id, self.handle.id).write_text(self.handle.name)
                     self.report.kept.append(f"{self.handle.name} ({self.handle.id})")
                 else:
                     try:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.log import get_logger
-from harness.runs import owned_files
+from harness.runs import branch_file_name, owned_files
 
 log = get_logger("watchdog")
 
@@ -44,7 +44,7 @@ class WatchdogHandle:
     marker_dir: Path
 
     def record(self, project_id: str, branch_id: str, name: str) -> None:
-        path = self.marker_dir / branch_id
+        path = self.marker_dir / branch_file_name(branch_id)
         path.write_text(json.dumps({"project_id": project_id, "name": name}))
         self.forget_name(name)
 
@@ -57,7 +57,7 @@ class WatchdogHandle:
         (self.marker_dir / name_marker(name)).unlink(missing_ok=True)
 
     def forget(self, branch_id: str) -> None:
-        (self.marker_dir / branch_id).unlink(missing_ok=True)
+        (self.marker_dir / branch_file_name(branch_id)).unlink(missing_ok=True)
 
     def recorded(self) -> list[str]:
         return sorted(p.name for p in self.marker_dir.iterdir() if p.name.startswith("br-"))

@@ -1,0 +1,25 @@
+"""A home of its own for tests that must not share the session's local server."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def own_home(tmp_path: Path) -> Iterator[Path]:
+    from harness.local.postgres import memory_cluster_dirs
+    from harness.local.server import stop_local_server
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    yield home
+    try:
+        stop_local_server(home)
+    except Exception as exc:  # the test's own outcome matters more than this cleanup
+        print(f"could not stop the local server of {home}: {exc}")
+    for directory in memory_cluster_dirs(home):
+        shutil.rmtree(directory, ignore_errors=True)
