@@ -29,7 +29,7 @@ from conftest_plugin.options import (
     read_settings,
 )
 from harness.errors import ConfigError
-from harness.runs import check_run_id
+from harness.runs import adopt_owner_token, check_run_id, owner_token
 from harness.settings import INIT_HINT, Settings
 
 # A URL on a host that can never resolve (RFC 6761): whatever reads it before the branch
@@ -100,6 +100,20 @@ def _run_id(config: pytest.Config) -> str:
     return run_id
 
 
+def _adopt_controller_owner(config: pytest.Config) -> None:
+    """Workers carry their controller's owner token in their branches' annotation, so the
+    controller's sweep removes this run's branches and never those of another run that
+    was given the same run id."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput and workerinput.get("cathouse_owner"):
+        adopt_owner_token(str(workerinput["cathouse_owner"]))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    node.workerinput["cathouse_owner"] = owner_token()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
@@ -115,6 +129,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         settings = read_settings(config)
         run_id = _run_id(config)
+        _adopt_controller_owner(config)
     except ConfigError as exc:
         if configured:
             raise pytest.UsageError(f"cathouse-harness: {exc}") from None

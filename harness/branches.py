@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 from harness.errors import ConfigError, NeonAPIError, SafetyError
 from harness.log import get_logger
 from harness.redact import Secret, register_secret
+from harness.runs import owner_token
 
 if TYPE_CHECKING:
     from harness.neon.client import NeonClient
@@ -36,6 +37,9 @@ MARK_KIND = "cathouse-harness.kind"
 MARK_FINGERPRINT = "cathouse-harness.fingerprint"
 MARK_HOST = "cathouse-harness.host"
 MARK_PID = "cathouse-harness.pid"
+# Who may delete the branch by looking it up: the process (an xdist run: its controller
+# and workers) that created it. Two runs given the same run id have different tokens.
+MARK_OWNER = "cathouse-harness.owner"
 NAME_PREFIX = "harness/"
 # a create or delete whose operation fails (not times out) is asked for again
 CREATE_ATTEMPTS = 3
@@ -138,6 +142,23 @@ def _safe_user() -> str:
         return "developer"
 
 
+def owned_here(branch: Branch, run_id: str, owner: str | None = None) -> bool:
+    """Whether `branch` carries this run's id and this process's (or `owner`'s) token."""
+    return (
+        branch.annotation.get(MARK_RUN) == run_id
+        and branch.annotation.get(MARK_OWNER) == (owner or owner_token())
+    )
+
+
+async def find_own_branch(
+    client: NeonClient, project_id: str, name: str, *, run_id: str, owner: str | None = None
+) -> Branch | None:
+    """The branch named `name` when this run and process created it; None otherwise (a
+    failed create's name may belong to another run given the same run id)."""
+    found = await client.find_branch(project_id, name)
+    return found if found is not None and owned_here(found, run_id, owner) else None
+
+
 def marks(kind: Kind, run_id: str, *, fingerprint: str | None = None) -> dict[str, str]:
     annotation = {
         MARK: "1",
@@ -145,6 +166,7 @@ def marks(kind: Kind, run_id: str, *, fingerprint: str | None = None) -> dict[st
         MARK_KIND: kind,
         MARK_HOST: socket.gethostname()[:60],
         MARK_PID: str(os.getpid()),
+        MARK_OWNER: owner_token(),
     }
     if fingerprint:
         annotation[MARK_FINGERPRINT] = fingerprint
@@ -254,7 +276,7 @@ async def create_owned_branch(
             if exc.timed_out or attempt == CREATE_ATTEMPTS:
                 raise
             log.warning("creating %s failed (%s); trying again", name, exc.message)
-            leftover = await client.find_branch(project_id, name)
+            leftover = await find_own_branch(client, project_id, name, run_id=run_id)
             if leftover is not None:
                 await delete_owned_branch(client, project_id, leftover.id)
     branch = created.branch
@@ -479,13 +501,17 @@ def is_expired(branch: Branch, now: datetime | None = None) -> bool:
 
 
 async def delete_run_branches(
-    client: NeonClient, project_id: str, run_id: str, *, keep: Iterable[str] = ()
+    client: NeonClient, project_id: str, run_id: str, *, keep: Iterable[str] = (),
+    owner: str | None = None,
 ) -> list[str]:
-    """Delete every session branch of `run_id` except `keep`; returns the deleted ids."""
+    """Delete every session branch of `run_id` except `keep` (only `owner`'s, when
+    given); returns the deleted ids."""
     kept = set(keep)
     deleted: list[str] = []
     for branch in await harness_branches(client, project_id, run_id=run_id):
         if branch.id in kept or branch.annotation.get(MARK_KIND) != "session":
+            continue
+        if owner is not None and not owned_here(branch, run_id, owner):
             continue
         if await delete_owned_branch(client, project_id, branch.id):
             deleted.append(branch.id)

@@ -1,8 +1,11 @@
-"""A run's files under the harness home, and the end-of-run sweep.
+"""A run's files under the harness home, the owner token, and the end-of-run sweep.
 
-`<home>/runs/<run id>/<worker>/` is each process's watchdog marker directory (one file per
-branch it still owns, see `harness.watchdog`); `kept-<branch id>` files beside them name
-branches kept on purpose. The xdist controller sweeps the run when every worker is done.
+`<home>/runs/<run id>/<owner>/<worker>/` is each process's watchdog marker directory (one
+file per branch it still owns, see `harness.watchdog`); `kept-<branch id>` files in
+`<home>/runs/<run id>/<owner>/` name branches kept on purpose. `<owner>` is the token of
+the pytest process that started the run (`<pid>-<random>`; xdist workers take their
+controller's), so two runs given the same run id never share a directory, and the xdist
+controller's sweep removes its own run's branches and files only.
 
 Kept apart from `harness.session` so that the controller, which never starts a session
 of its own, does not import the client (or asyncio) to find that there is nothing to do.
@@ -10,7 +13,9 @@ of its own, does not import the client (or asyncio) to find that there is nothin
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +34,29 @@ _OWNED_PREFIXES = ("br-", "name-")
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Branch ids become marker file names.
 _BRANCH_ID = re.compile(r"br-[a-z0-9-]+")
+_OWNER = re.compile(r"(\d+)-[0-9a-f]{12}")
+
+_owner = f"{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def owner_token() -> str:
+    """This process's owner token, carried in its branches' annotation."""
+    return _owner
+
+
+def adopt_owner_token(token: str) -> None:
+    """An xdist worker takes its controller's token: the controller's sweep then deletes
+    the workers' branches, and only those."""
+    global _owner
+    if _OWNER.fullmatch(token) is None:
+        raise ConfigError(f"{token[:80]!r} is not an owner token", key="cathouse_owner", source="xdist")
+    _owner = token
+
+
+def owner_pid(token: str) -> int | None:
+    """The pid of the process that made `token` (None for what is not a token)."""
+    match = _OWNER.fullmatch(token)
+    return int(match[1]) if match else None
 
 
 def check_run_id(value: str, *, key: str = "CATHOUSE_RUN_ID", source: str | None = None) -> str:
@@ -55,16 +83,33 @@ def runs_dir(settings: Settings) -> Path:
     return private_home(settings.home.expanduser().resolve()) / "runs"
 
 
+def run_dir(settings: Settings, run_id: str) -> Path:
+    """This process's (this xdist run's) own directory for `run_id`."""
+    return runs_dir(settings) / check_run_id(run_id, key="run id") / _owner
+
+
 def marker_dir(settings: Settings, run_id: str, worker: str) -> Path:
-    check_run_id(run_id, key="run id")
-    check_run_id(worker, key="worker")
-    return runs_dir(settings) / run_id / worker
+    return run_dir(settings, run_id) / check_run_id(worker, key="worker")
 
 
 def kept_marker(settings: Settings, run_id: str, branch_id: str) -> Path:
     """The file that names a branch kept on purpose, so the run's sweep leaves it."""
-    check_run_id(run_id, key="run id")
-    return runs_dir(settings) / run_id / f"kept-{branch_file_name(branch_id)}"
+    return run_dir(settings, run_id) / f"kept-{branch_file_name(branch_id)}"
+
+
+def prune(marker_directory: Path) -> None:
+    """Remove a marker directory and then its owner's and its run's directories, each
+    only if empty (another worker or run may still use them)."""
+    chain = [marker_directory, marker_directory.parent, marker_directory.parent.parent]
+    if chain[2].parent.name != "runs":  # not a run's marker directory: leave its parents be
+        chain = chain[:1]
+    for directory in chain:
+        try:
+            directory.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
 
 
 def owned_files(worker_dir: Path) -> list[Path]:
@@ -88,11 +133,11 @@ def sweep_run(settings: Settings, run_id: str, *, all_finished: bool = False) ->
     reported its own teardown) and no branch still recorded, there is nothing the API
     could find either, and the sweep only removes the run's files.
     """
-    directory = runs_dir(settings) / check_run_id(run_id, key="run id")
+    directory = run_dir(settings, run_id)
     if not directory.exists():
         return []
     if all_finished and not owned_markers(directory):
-        shutil.rmtree(directory, ignore_errors=True)
+        _remove_run_dir(directory)
         return []
     from harness.backend import connect_backend, open_client
     from harness.branches import delete_run_branches, run_prefix
@@ -105,11 +150,21 @@ def sweep_run(settings: Settings, run_id: str, *, all_finished: bool = False) ->
 
         async def _sweep() -> list[str]:
             async with open_client(backend) as client:
-                return await delete_run_branches(client, backend.project_id, run_id, keep=kept)
+                return await delete_run_branches(
+                    client, backend.project_id, run_id, keep=kept, owner=_owner
+                )
 
         deleted = loop.run(_sweep())
     finally:
         loop.close()
-    shutil.rmtree(directory, ignore_errors=True)
+    _remove_run_dir(directory)
     log.info("swept %d branch(es) of run %s (%s)", len(deleted), run_id, run_prefix(run_id))
     return deleted
+
+
+def _remove_run_dir(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        directory.parent.rmdir()  # the run id's directory, unless another run uses it
+    except OSError:
+        pass

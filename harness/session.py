@@ -18,13 +18,14 @@ from harness.branches import (
     BranchHandle,
     create_owned_branch,
     delete_owned_branch,
+    find_own_branch,
     resolve_parent,
     restore_owned_branch,
     session_branch_name,
 )
 from harness.errors import ConfigError, HarnessError
 from harness.log import get_logger
-from harness.runs import kept_marker, marker_dir
+from harness.runs import kept_marker, marker_dir, prune
 from harness.settings import Settings
 from harness.sync import LoopThread
 from harness.watchdog import WatchdogHandle, start_watchdog
@@ -228,13 +229,17 @@ class BranchSession:
             api_key=str(self.backend.api_key),
             ttl=self.settings.branch_ttl,
             log_file=self.settings.home / "logs" / "watchdog.log",
+            run_id=self.run_id,
         )
 
     def _cleanup_after_failed_create(self, name: str) -> None:
-        """A create that failed half-way may still have made the branch: find and remove it."""
+        """A create that failed half-way may still have made the branch: find and remove it,
+        if it is ours (a run given the same run id may own a branch of that name)."""
         assert self.backend is not None
         try:
-            found = self._run(self.client.find_branch(self.backend.project_id, name))
+            found = self._run(
+                find_own_branch(self.client, self.backend.project_id, name, run_id=self.run_id)
+            )
             if found is not None:
                 self._run(delete_owned_branch(self.client, self.backend.project_id, found.id))
         except Exception as exc:
@@ -310,6 +315,7 @@ def _stop_watchdog(watchdog: WatchdogHandle) -> None:
         idle = True
     if not idle:
         watchdog.stop()
+        prune(watchdog.marker_dir)
         return
     import threading
 
@@ -320,10 +326,6 @@ def _stop_watchdog(watchdog: WatchdogHandle) -> None:
         except OSError:
             pass
     threading.Thread(target=watchdog.process.wait, name="cathouse-watchdog-reaper", daemon=True).start()
-    # The empty marker directory, and the run's directory once no other worker (or kept
-    # branch) uses it: a run that ended cleanly leaves nothing under the home.
-    for directory in (watchdog.marker_dir, watchdog.marker_dir.parent):
-        try:
-            directory.rmdir()
-        except OSError:
-            break
+    # The empty marker directory, and the run's directories once no other worker (or kept
+    # branch) uses them: a run that ended cleanly leaves nothing under the home.
+    prune(watchdog.marker_dir)

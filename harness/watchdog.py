@@ -10,8 +10,10 @@ watchdog itself is killed.
 
 Marker directory: one file per branch, named by branch id, holding the project id. The
 owner removes a marker after deleting the branch itself, or to keep a branch on purpose.
-Before a create, the owner records the branch's *name* (`name-…` files): a run killed
-while the create is in flight still has its branch found by name and deleted.
+Before a create, the owner records the branch's *name* (`name-…` files) with its run id
+and owner token: a run killed while the create is in flight still has its branch found
+by name and deleted, but only when the branch found carries that run id and token (the
+name may be another run's, given the same run id).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.log import get_logger
-from harness.runs import branch_file_name, owned_files
+from harness.runs import branch_file_name, owned_files, owner_token, prune
 
 log = get_logger("watchdog")
 
@@ -42,6 +44,7 @@ T = TypeVar("T")
 class WatchdogHandle:
     process: subprocess.Popen[bytes]
     marker_dir: Path
+    run_id: str | None = None
 
     def record(self, project_id: str, branch_id: str, name: str) -> None:
         path = self.marker_dir / branch_file_name(branch_id)
@@ -51,7 +54,9 @@ class WatchdogHandle:
     def record_name(self, project_id: str, name: str) -> None:
         """Before a create: the branch may exist before we ever learn its id."""
         path = self.marker_dir / name_marker(name)
-        path.write_text(json.dumps({"project_id": project_id, "name": name}))
+        path.write_text(json.dumps(
+            {"project_id": project_id, "name": name, "run_id": self.run_id, "owner": owner_token()}
+        ))
 
     def forget_name(self, name: str) -> None:
         (self.marker_dir / name_marker(name)).unlink(missing_ok=True)
@@ -88,8 +93,14 @@ def start_watchdog(
     ttl: timedelta,
     log_file: Path,
     interval: float | None = None,
+    run_id: str | None = None,
 ) -> WatchdogHandle:
-    marker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for _attempt in range(3):  # a finishing worker may prune the run's directory meanwhile
+        try:
+            marker_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            break
+        except FileNotFoundError:
+            continue
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log_handle:
         process = subprocess.Popen(
@@ -109,7 +120,7 @@ def start_watchdog(
     assert process.stdin is not None
     process.stdin.write(api_key.encode() + b"\n")
     process.stdin.flush()
-    return WatchdogHandle(process, marker_dir)
+    return WatchdogHandle(process, marker_dir, run_id)
 
 
 def name_marker(name: str) -> str:
@@ -137,11 +148,24 @@ def _recorded(marker_dir: Path) -> dict[str, str]:
     }
 
 
-def _pending_names(marker_dir: Path) -> list[tuple[Path, str, str]]:
+@dataclass(frozen=True)
+class _Pending:
+    """A create whose answer the owner never saw: the branch is its own only if it
+    carries the owner's run id and token."""
+
+    path: Path
+    project_id: str
+    name: str
+    run_id: str
+    owner: str
+
+
+def _pending_names(marker_dir: Path) -> list[_Pending]:
     return [
-        (path, data["project_id"], data["name"])
+        _Pending(path, data["project_id"], data["name"], data["run_id"], data["owner"])
         for path, data in _markers(marker_dir)
-        if path.name.startswith("name-") and "project_id" in data and "name" in data
+        if path.name.startswith("name-")
+        and all(isinstance(data.get(k), str) for k in ("project_id", "name", "run_id", "owner"))
     ]
 
 
@@ -163,7 +187,7 @@ async def _heartbeat(api_host: str, api_key: str, marker_dir: Path, ttl: timedel
 async def _clean_up(api_host: str, api_key: str, marker_dir: Path) -> int:
     import asyncio
 
-    from harness.branches import delete_owned_branch
+    from harness.branches import delete_owned_branch, find_own_branch
     from harness.neon.client import NeonClient
 
     failures = 0
@@ -174,17 +198,19 @@ async def _clean_up(api_host: str, api_key: str, marker_dir: Path) -> int:
     async with NeonClient(api_key, api_host=api_host) as client:
         for attempt in range(3):
             # A create still in flight when the owner died lands a moment later.
-            for path, project_id, name in list(pending):
-                branch = await client.find_branch(project_id, name)
+            for item in list(pending):
+                branch = await find_own_branch(
+                    client, item.project_id, item.name, run_id=item.run_id, owner=item.owner
+                )
                 if branch is not None:
-                    recorded[branch.id] = project_id
-                    pending.remove((path, project_id, name))
-                    path.unlink(missing_ok=True)
+                    recorded[branch.id] = item.project_id
+                    pending.remove(item)
+                    item.path.unlink(missing_ok=True)
             if not pending or attempt == 2:
                 break
             await asyncio.sleep(1.0)
-        for path, _project_id, _name in pending:
-            path.unlink(missing_ok=True)
+        for item in pending:
+            item.path.unlink(missing_ok=True)
         for branch_id, project_id in recorded.items():
             try:
                 await delete_owned_branch(client, project_id, branch_id)
@@ -228,10 +254,7 @@ def run(marker_dir: Path, api_host: str, ttl: timedelta, interval: float | None 
     failures = 0
     if owned_files(marker_dir):
         failures = _run_async(_clean_up(api_host, api_key, marker_dir))
-    try:
-        marker_dir.rmdir()
-    except OSError:
-        pass
+    prune(marker_dir)
     return 1 if failures else 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from harness.backend import connect_backend, open_client
 from harness.branches import harness_branches
 from harness.local.discovery import running_server
-from harness.runs import marker_dir, sweep_run
+from harness.runs import kept_marker, marker_dir, sweep_run
 from harness.settings import load_settings
 from tests.plugin._support import copy_example, session_branch_of_run
 
@@ -23,7 +23,7 @@ def test_clean_run_is_swept_without_the_api(tmp_path: Path, monkeypatch) -> None
     settings = load_settings(copy_example(tmp_path / "project"))
     for worker in ("gw0", "gw1"):
         marker_dir(settings, "clean1", worker).mkdir(parents=True)
-    (settings.home / "runs" / "clean1" / "kept-br-kept-on-purpose").write_text("harness/clean1/gw0")
+    kept_marker(settings, "clean1", "br-kept-on-purpose").write_text("harness/clean1/gw0")
 
     assert sweep_run(settings, "clean1", all_finished=True) == []
     assert not (settings.home / "runs" / "clean1").exists()
