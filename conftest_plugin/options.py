@@ -36,7 +36,8 @@ def add_options(parser: pytest.Parser) -> None:
         "--cathouse-show-secrets",
         action="store_true",
         default=False,
-        help="print kept branches' URLs with their passwords",
+        help="show passwords: in kept branches' URLs, and in test reports (failure text, "
+        "-l locals, captured output, JUnit XML), which are scrubbed otherwise",
     )
     group.addoption(
         "--cathouse-no-template-reuse",

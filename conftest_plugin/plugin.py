@@ -28,6 +28,7 @@ from conftest_plugin.options import (
     project_configures_harness,
     read_settings,
 )
+from conftest_plugin.scrub import scrub_report
 from harness.errors import ConfigError
 from harness.runs import adopt_owner_token, check_run_id, owner_token
 from harness.settings import INIT_HINT, Settings
@@ -147,6 +148,22 @@ def pytest_configure(config: pytest.Config) -> None:
             state.saved_env[name] = os.environ.get(name)
             os.environ[name] = PLACEHOLDER_URL
     _terminate_as_interrupt()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if not item.config.getoption("cathouse_show_secrets"):
+        scrub_report(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    report = yield
+    if not collector.config.getoption("cathouse_show_secrets"):
+        scrub_report(report)
+    return report
 
 
 def _terminate_as_interrupt() -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from harness.errors import ConfigError, NeonAPIError, SafetyError
 from harness.log import get_logger
-from harness.redact import Secret, register_secret
+from harness.redact import Secret, register_url
 from harness.runs import owner_token
 
 if TYPE_CHECKING:
@@ -324,8 +324,8 @@ def _handle_from_created(
         endpoint_port=_opt_port(endpoint.raw.get("port")),
         pooler_port=_opt_port(endpoint.raw.get("pooler_port")),
     )
-    register_secret(direct)
-    register_secret(str(pooled))
+    register_url(direct)
+    register_url(str(pooled))
     return BranchHandle(
         project_id=project_id,
         id=branch.id,
@@ -375,8 +375,8 @@ async def handle_for(
         endpoint_port=_opt_port(endpoint.raw.get("port")),
         pooler_port=_opt_port(endpoint.raw.get("pooler_port")),
     )
-    register_secret(str(direct))
-    register_secret(str(pooled))
+    register_url(str(direct))
+    register_url(str(pooled))
     if name is None or parent_id is None:
         branch = await client.get_branch(project_id, branch_id)
         name, parent_id = branch.name, branch.parent_id

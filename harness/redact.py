@@ -22,6 +22,12 @@ _secrets: set[str] = set()
 # Values shorter than this are too likely to occur by chance in ordinary text.
 _MIN_SECRET_LEN = 6
 
+# A secret cut short where a long value is shown abbreviated ('abc...xyz', as pytest's
+# assertion and -l output do): the part beside the dots is masked when it is at least
+# this long a piece of a secret's start or end.
+_MIN_FRAGMENT = 4
+_TRUNCATED = re.compile(r"(?P<before>[^\s'\"]*)\.\.\.(?P<after>[^\s'\"]*)")
+
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s/]*)@")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-~+/=]+")
 
@@ -37,6 +43,17 @@ def register_secret(value: str | None) -> None:
             _secrets.add(encoded)
 
 
+def register_url(url: str) -> None:
+    """Remember a connection URL and the password inside it, which tests may show alone."""
+    register_secret(url)
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return
+    if password:
+        register_secret(unquote(password))
+
+
 def scrub(text: str) -> str:
     """Remove every registered secret, URL password and bearer token from `text`."""
     if not text:
@@ -48,7 +65,26 @@ def scrub(text: str) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
+    if "..." in text:
+        # URLs are left out: their start is a scheme and a user name, not a secret
+        atomic = [secret for secret in secrets if "://" not in secret]
+        text = _TRUNCATED.sub(lambda m: _mask_cut(m["before"], m["after"], atomic), text)
     return text
+
+
+def _mask_cut(before: str, after: str, secrets: list[str]) -> str:
+    """`before...after` with a secret's start at the end of `before`, or its end at the
+    start of `after`, masked."""
+    for secret in secrets:
+        for size in range(min(len(before), len(secret)), _MIN_FRAGMENT - 1, -1):
+            if before.endswith(secret[:size]):
+                before = before[:-size] + MASK
+                break
+        for size in range(min(len(after), len(secret)), _MIN_FRAGMENT - 1, -1):
+            if after.startswith(secret[-size:]):
+                after = MASK + after[size:]
+                break
+    return f"{before}...{after}"
 
 
 def redact_url(url: str) -> str:

@@ -59,3 +59,11 @@ def test_log_records_are_scrubbed(caplog: pytest.LogCaptureFixture) -> None:
         logger.info("using %s for postgresql://u:pw123@h/db", "log-secret-value")
     assert "log-secret-value" not in caplog.text
     assert "pw123" not in caplog.text
+
+
+def test_scrub_masks_a_secret_cut_short_beside_dots() -> None:
+    register_secret("Zq8wX1J60avrsjHHzd")
+    text = "assert 'postgresql:/...lmode=require' == 'postgresql:/...1J60avrsjHHzd' and 'Zq8w...'"
+    assert scrub(text) == (
+        "assert 'postgresql:/...lmode=require' == 'postgresql:/...***' and '***...'"
+    )
