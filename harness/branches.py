@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.errors import ConfigError, NeonAPIError, SafetyError
 from harness.log import get_logger
@@ -26,7 +26,7 @@ from harness.runs import owner_token
 
 if TYPE_CHECKING:
     from harness.neon.client import NeonClient
-    from harness.neon.models import Branch, BranchCreated
+    from harness.neon.models import Branch, BranchCreated, Endpoint
     from harness.settings import Settings
 
 log = get_logger("branches")
@@ -321,8 +321,7 @@ def _handle_from_created(
         endpoint_host=endpoint.host,
         direct=direct,
         pooled=str(pooled),
-        endpoint_port=_opt_port(endpoint.raw.get("port")),
-        pooler_port=_opt_port(endpoint.raw.get("pooler_port")),
+        **_endpoint_facts(endpoint),
     )
     register_url(direct)
     register_url(str(pooled))
@@ -372,8 +371,7 @@ async def handle_for(
         endpoint_host=endpoint.host,
         direct=direct,
         pooled=pooled,
-        endpoint_port=_opt_port(endpoint.raw.get("port")),
-        pooler_port=_opt_port(endpoint.raw.get("pooler_port")),
+        **_endpoint_facts(endpoint),
     )
     register_url(str(direct))
     register_url(str(pooled))
@@ -392,6 +390,17 @@ async def handle_for(
     )
 
 
+def _endpoint_facts(endpoint: Endpoint) -> dict[str, Any]:
+    """What an endpoint object says about its addresses, for `verify_urls_point_at`."""
+    pooler_host = endpoint.raw.get("pooler_host")
+    return {
+        "endpoint_id": endpoint.id,
+        "pooler_host": pooler_host if isinstance(pooler_host, str) else None,
+        "endpoint_port": _opt_port(endpoint.raw.get("port")),
+        "pooler_port": _opt_port(endpoint.raw.get("pooler_port")),
+    }
+
+
 def _opt_port(value: object) -> int | None:
     try:
         return int(value) if value is not None else None  # type: ignore[call-overload]
@@ -404,35 +413,68 @@ def verify_urls_point_at(
     endpoint_host: str | None,
     direct: str,
     pooled: str,
+    endpoint_id: str | None = None,
+    pooler_host: str | None = None,
     endpoint_port: int | None = None,
     pooler_port: int | None = None,
 ) -> None:
-    """The direct URL must name the endpoint's host (and port, where the backend gives
-    one, as the local server does); the pooled one must be a different address.
+    """The direct URL must name the endpoint's host and the pooled URL the endpoint's
+    pooled host (and each its port, where the backend gives one, as the local server does).
 
-    This is what stops a session from being handed the parent's URLs by a confused API
-    answer: tests would then write into the parent.
+    The pooled host is Neon's rule, the endpoint host with `-pooler` after the endpoint
+    id, or else the `pooler_host` the endpoint object names (the local server's). A
+    loopback URL stands for a `*.localhost` or loopback endpoint host only on the
+    endpoint's own port. This is what stops a session from being handed the parent's,
+    or another endpoint's, URLs by a confused API answer: tests would then write there.
     """
     from urllib.parse import urlsplit
 
+    if not endpoint_host:
+        raise SafetyError("the endpoint has no host to check the URLs against")
+    pooled_host = _pooled_host(endpoint_host, endpoint_id) or pooler_host
+    if not pooled_host:
+        raise SafetyError(f"cannot tell the pooled host of endpoint {endpoint_id or endpoint_host}")
     direct_parts, pooled_parts = urlsplit(direct), urlsplit(pooled)
-    if endpoint_host and direct_parts.hostname and endpoint_host not in (
-        direct_parts.hostname,
-        f"{direct_parts.hostname}:{direct_parts.port}",
-    ) and not endpoint_host.endswith(".localhost"):
-        raise SafetyError(
-            f"the direct URL's host {direct_parts.hostname} is not the endpoint's {endpoint_host}"
-        )
-    if endpoint_port is not None and direct_parts.port not in (None, endpoint_port):
-        raise SafetyError(
-            f"the direct URL's port {direct_parts.port} is not the endpoint's {endpoint_port}"
-        )
-    if pooler_port is not None and pooled_parts.port not in (None, pooler_port):
-        raise SafetyError(
-            f"the pooled URL's port {pooled_parts.port} is not the endpoint's pooler {pooler_port}"
-        )
+    for what, parts, host, port in (
+        ("direct", direct_parts, endpoint_host, endpoint_port),
+        ("pooled", pooled_parts, pooled_host, pooler_port),
+    ):
+        _check_address(what, parts.hostname, parts.port, host, port)
     if (direct_parts.hostname, direct_parts.port) == (pooled_parts.hostname, pooled_parts.port):
         raise SafetyError("the pooled URL is the same address as the direct one")
+
+
+def _pooled_host(endpoint_host: str, endpoint_id: str | None) -> str | None:
+    """Neon's pooled host: `-pooler` inserted after the endpoint id that starts the host."""
+    if endpoint_id and endpoint_host.startswith(endpoint_id + "."):
+        return endpoint_id + "-pooler" + endpoint_host[len(endpoint_id):]
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")
+
+
+def _check_address(what: str, host: str | None, port: int | None, want_host: str,
+                   want_port: int | None) -> None:
+    host = (host or "").lower()
+    want_host = want_host.lower()
+    if host == want_host:
+        if want_port is not None and port not in (None, want_port):
+            raise SafetyError(f"the {what} URL's port {port} is not the endpoint's {want_port}")
+        return
+    # the local server's URLs say 127.0.0.1 where its endpoint says ep-….localhost;
+    # then only the endpoint's own port tells the endpoints apart
+    if _is_loopback(host) and _is_loopback(want_host) and want_port is not None:
+        if port != want_port:
+            raise SafetyError(f"the {what} URL's port {port} is not the endpoint's {want_port}")
+        return
+    raise SafetyError(f"the {what} URL's host {host or '(none)'} is not the endpoint's {want_host}")
 
 
 async def delete_owned_branch(client: NeonClient, project_id: str, branch_id: str) -> bool:

@@ -48,28 +48,41 @@ DIRECT = "postgresql://u:p@127.0.0.1:6001/cathouse"
 POOLED = "postgresql://u:p@127.0.0.1:6002/cathouse"
 
 
+LOCAL = {"endpoint_host": "127.0.0.1", "pooler_host": "127.0.0.1", "direct": DIRECT, "pooled": POOLED}
+NEON = {
+    "endpoint_host": "ep-a-1.eu.aws.neon.tech",
+    "endpoint_id": "ep-a-1",
+    "direct": "postgresql://u:p@ep-a-1.eu.aws.neon.tech/db",
+    "pooled": "postgresql://u:p@ep-a-1-pooler.eu.aws.neon.tech/db",
+}
+
+
 def test_urls_pointing_at_the_endpoint_pass() -> None:
+    branches.verify_urls_point_at(**LOCAL, endpoint_port=6001, pooler_port=6002)  # type: ignore[arg-type]
+    branches.verify_urls_point_at(**NEON)  # type: ignore[arg-type]
+    # the local server with resolvable *.localhost names: loopback URLs on the endpoint's ports
     branches.verify_urls_point_at(
-        endpoint_host="127.0.0.1", direct=DIRECT, pooled=POOLED, endpoint_port=6001, pooler_port=6002
-    )
-    branches.verify_urls_point_at(
-        endpoint_host="ep-a-1.eu.aws.neon.tech",
-        direct="postgresql://u:p@ep-a-1.eu.aws.neon.tech/db",
-        pooled="postgresql://u:p@ep-a-1-pooler.eu.aws.neon.tech/db",
+        endpoint_host="ep-a-1.localhost", endpoint_id="ep-a-1", direct=DIRECT, pooled=POOLED,
+        endpoint_port=6001, pooler_port=6002,
     )
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "reason"),
+    ("base", "kwargs", "reason"),
     [
-        ({"endpoint_port": 7001}, "port 6001 is not the endpoint's 7001"),
-        ({"pooler_port": 7002}, "pooled URL's port 6002"),
-        ({"endpoint_host": "ep-parent.neon.tech"}, "not the endpoint's ep-parent"),
-        ({"pooled": DIRECT}, "same address"),
+        (LOCAL, {"endpoint_port": 7001}, "port 6001 is not the endpoint's 7001"),
+        (LOCAL, {"pooler_port": 7002}, "pooled URL's port 6002"),
+        (LOCAL, {"endpoint_host": "ep-parent.neon.tech"}, "not the endpoint's ep-parent"),
+        (LOCAL, {"pooled": DIRECT}, "same address"),
+        (NEON, {"pooled": "postgresql://u:p@ep-b-2-pooler.eu.aws.neon.tech/db"}, "ep-b-2-pooler"),
+        (NEON, {"endpoint_id": None}, "cannot tell the pooled host"),
+        # a .localhost endpoint no longer waives the host check, and needs its ports
+        ({**NEON, "endpoint_host": "ep-a-1.localhost"}, {}, "direct URL's host ep-a-1.eu"),
+        ({**LOCAL, "endpoint_host": "ep-a-1.localhost", "endpoint_id": "ep-a-1"}, {}, "direct URL's host"),
     ],
 )
-def test_urls_pointing_elsewhere_are_refused(kwargs: dict[str, object], reason: str) -> None:
-    arguments: dict[str, object] = {"endpoint_host": "127.0.0.1", "direct": DIRECT, "pooled": POOLED}
-    arguments.update(kwargs)
+def test_urls_pointing_elsewhere_are_refused(
+    base: dict[str, object], kwargs: dict[str, object], reason: str
+) -> None:
     with pytest.raises(SafetyError, match=reason):
-        branches.verify_urls_point_at(**arguments)  # type: ignore[arg-type]
+        branches.verify_urls_point_at(**{**base, **kwargs})  # type: ignore[arg-type]
