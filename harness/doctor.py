@@ -15,6 +15,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from harness.errors import ConfigError, HarnessError
+from harness.redact import redact_url
 from harness.settings import INIT_HINT, TOOL_TABLE, Settings, load_settings
 
 Status = Literal["ok", "warn", "fail", "config"]
@@ -58,6 +59,10 @@ def check_urls(env: dict[str, str], settings: Settings) -> list[Check]:
         return [Check("urls", "warn", "no DATABASE_URL / MIGRATION_DATABASE_URL in .env",
                       "run cathouse-branch up")]
     checks = []
+    found = (_malformed(pooled, "DATABASE_URL"), _malformed(direct, "MIGRATION_DATABASE_URL"))
+    malformed = [check for check in found if check is not None]
+    if malformed:
+        return malformed
     p, d = urlsplit(pooled), urlsplit(direct)
     if not p.scheme.startswith("postgresql+asyncpg"):
         checks.append(Check("DATABASE_URL", "fail", f"scheme {p.scheme} is not postgresql+asyncpg",
@@ -79,6 +84,16 @@ def check_urls(env: dict[str, str], settings: Settings) -> list[Check]:
     if settings.backend == "neon" and not ({"ssl", "sslmode"} & set(query)):
         checks.append(Check("tls", "warn", "DATABASE_URL asks for no TLS", "add ssl=require"))
     return checks
+
+
+def _malformed(url: str, key: str) -> Check | None:
+    """A URL the checks below cannot even take apart (a port that is not a number, say)."""
+    try:
+        urlsplit(url).port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError as exc:
+        return Check(key, "config", f"{redact_url(url)!r} is not a valid URL ({exc})",
+                     "fix it in .env, or run cathouse-branch up to write it again")
+    return None
 
 
 def check_revisions(settings: Settings, direct_url: str) -> Check:
@@ -131,8 +146,10 @@ def run_checks(
     except ConfigError as exc:
         checks.append(Check(".env", "config", exc.message, "fix its permissions"))
         return checks
-    checks.extend(check_urls(env, settings))
-    if env.get("MIGRATION_DATABASE_URL") and settings.migrating_services:
+    url_checks = check_urls(env, settings)
+    checks.extend(url_checks)
+    unusable = any(check.status == "config" for check in url_checks)
+    if env.get("MIGRATION_DATABASE_URL") and settings.migrating_services and not unusable:
         checks.append(check_revisions(settings, env["MIGRATION_DATABASE_URL"]))
     return checks
 

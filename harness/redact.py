@@ -91,7 +91,8 @@ def redact_url(url: str) -> str:
     """The URL with its password replaced by `***`; everything else unchanged."""
     try:
         parts = urlsplit(url)
-    except ValueError:
+        port = parts.port
+    except ValueError:  # not a URL, or a port that is not a number
         return scrub(url)
     if parts.password is None:
         return url
@@ -100,8 +101,8 @@ def redact_url(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = f"{quote(unquote(user), safe='')}:{MASK}@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    if port is not None:
+        netloc += f":{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

@@ -26,7 +26,7 @@ import asyncpg
 
 from harness.errors import LocalServerError
 from harness.local.discovery import pid_alive
-from harness.local.postgres import OsUser, chown_to, free_port, scram_verifier
+from harness.local.postgres import OsUser, chown_to, free_port, minimal_env, scram_verifier
 from harness.log import get_logger
 from harness.safe_paths import ensure_dir, write_private
 
@@ -187,6 +187,7 @@ class PgBouncer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=str(self.directory),
+            env=minimal_env(self.directory),
             start_new_session=True,
             **self.user.popen_kwargs(),
         )

@@ -304,6 +304,17 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def minimal_env(home: Path) -> dict[str, str]:
+    """The whole environment of a process we start as PostgreSQL's user: none of ours
+    (which may hold NEON_API_KEY, CATHOUSE_PG_URL or a DATABASE_URL) passes to it."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C",
+        "LC_ALL": "C",
+        "HOME": str(home),
+    }
+
+
 def chown_to(path: Path, user: OsUser, mode: int, *, create: bool = False) -> None:
     """Hand `path` to PostgreSQL's user with `mode`, never through a link (a link in a
     directory of that user's would otherwise hand a file of root's to it)."""
@@ -368,12 +379,7 @@ class Cluster:
         return str(self.install / "bin" / name)
 
     def _env(self) -> dict[str, str]:
-        return {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C",
-            "LC_ALL": "C",
-            "HOME": str(self.paths.root),
-        }
+        return minimal_env(self.paths.root)
 
     def _run(self, args: Sequence[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = self._env()

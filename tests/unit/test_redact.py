@@ -19,6 +19,8 @@ from harness.redact import Secret, redact_url, register_secret, scrub
         ("postgresql+asyncpg://cathouse_owner:x@127.0.0.1:6001/cathouse",
          "postgresql+asyncpg://cathouse_owner:***@127.0.0.1:6001/cathouse"),
         ("postgresql://u@h/db", "postgresql://u@h/db"),
+        # a port that is not a number: still redacted, not an exception
+        ("postgresql://u:secret-pw@h:12ab/db", "postgresql://u:***@h:12ab/db"),
     ],
 )
 def test_redact_url(url: str, expected: str) -> None:
