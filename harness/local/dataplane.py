@@ -141,7 +141,9 @@ class DataPlane:
             self._user = await asyncio.to_thread(resolve_os_user)
             install = await asyncio.to_thread(resolve_install, self._user)
             root = cluster_root(self.home, self.storage, self._user)
-            self._cluster = Cluster(root, storage=self.storage, user=self._user, install=install)
+            self._cluster = Cluster(
+                root, storage=self.storage, user=self._user, install=install, home=self.home
+            )
             warm = await self._cluster.start()
             self.timings["attach" if warm else "cold_start"] = time.perf_counter() - started
             self.timings.update(self._cluster.timings)
@@ -207,6 +209,8 @@ class DataPlane:
             self._pool = None
         if stop_postgres and self._cluster is not None:
             await self._cluster.stop()
+        if self._cluster is not None:
+            self._cluster.release()
         self._started = False
 
     @property

@@ -61,6 +61,23 @@ def _auth_line(user: str, secret: str) -> str:
     return f"{quote(user)} {quote(secret)}\n"
 
 
+def stop_stale(directory: Path) -> int | None:
+    """Stop the PgBouncer a previous server left running on `directory`'s ini; its pid."""
+    try:
+        pid = int((directory / "pgbouncer.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    if b"pgbouncer" not in cmdline or str(directory / "pgbouncer.ini").encode() not in cmdline:
+        return None
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return pid
+
+
 class PgBouncer:
     """The pooler process, its configuration files and its admin console."""
 
@@ -157,20 +174,7 @@ class PgBouncer:
     # --- process ---------------------------------------------------------------------
 
     def _stop_stale(self) -> None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return
-        if b"pgbouncer" in cmdline and str(self.ini).encode() in cmdline:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
+        stop_stale(self.directory)
 
     def _start_blocking(self, databases: Iterable[str]) -> None:
         ensure_dir(self.directory, mode=0o700, owners={os.geteuid(), self.user.uid})

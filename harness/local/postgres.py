@@ -45,6 +45,7 @@ from harness.safe_paths import (
     remove_tree,
     set_mode,
     tree_digest,
+    write_private,
 )
 
 log = get_logger("local.postgres")
@@ -57,6 +58,8 @@ Storage = Literal["memory", "disk"]
 _MAX_SOCKET_DIR = 90
 _SCRAM_ITERATIONS = 4096
 _START_TIMEOUT = 60.0
+# the lease is never a link, and never passes to the postmaster (it would hold it forever)
+_LEASE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 _INITDB_ARGS = (
     "-U",
     SUPERUSER,
@@ -329,6 +332,10 @@ class ClusterPaths:
     log_file: Path
     port_file: Path
     lock_file: Path
+    # held (shared) by every process using the cluster; see Cluster._hold_lease
+    lease_file: Path
+    # the home this cluster serves, so that harness.leftovers can tell when it is gone
+    home_file: Path
 
     @classmethod
     def under(cls, root: Path) -> ClusterPaths:
@@ -342,6 +349,8 @@ class ClusterPaths:
             log_file=root / "log" / "postgresql.log",
             port_file=root / "port",
             lock_file=root / "lock",
+            lease_file=root / "lease",
+            home_file=root / "home",
         )
 
 
@@ -364,14 +373,18 @@ def _conf_value(value: str | int) -> str:
 class Cluster:
     """One PostgreSQL cluster under a root directory, run by `user` from `install`."""
 
-    def __init__(self, root: Path, *, storage: Storage, user: OsUser, install: Path) -> None:
+    def __init__(
+        self, root: Path, *, storage: Storage, user: OsUser, install: Path, home: Path | None = None
+    ) -> None:
         self.paths = ClusterPaths.under(root)
         self.storage = storage
         self.user = user
         self.install = install
+        self.home = home
         self.port = 0
         self.timings: dict[str, float] = {}
         self._process: subprocess.Popen[bytes] | None = None
+        self._lease: int | None = None
 
     # --- running binaries --------------------------------------------------------
 
@@ -413,6 +426,38 @@ class Cluster:
             ensure_dir(directory, mode=0o700, owners=self._owners)
             chown_to(directory, self.user, 0o700)
         chown_to(self.paths.log_file, self.user, 0o600, create=True)
+        if self.home is not None:
+            write_private(self.paths.home_file, str(self.home.expanduser().resolve()))
+
+    def _hold_lease(self) -> None:
+        """A shared lock on the lease file for as long as this process uses the cluster:
+        a cleaner (harness.leftovers) that can lock it exclusively knows that no server
+        uses the cluster, so a postmaster still running there is an orphan. The lock must
+        be on the file that is there now: a cleaner may have removed the directory."""
+        for _attempt in range(3):
+            try:
+                fd = os.open(self.paths.lease_file, _LEASE_FLAGS | os.O_CREAT, 0o600)
+            except FileNotFoundError:
+                self._prepare_dirs()
+                continue
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                current = os.stat(self.paths.lease_file).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                self._lease = fd
+                return
+            os.close(fd)
+            self._prepare_dirs()
+        raise LocalServerError(f"{self.paths.root} was removed while PostgreSQL was starting",
+                               hint="start again")
+
+    def release(self) -> None:
+        """Let go of the lease (the process no longer uses the cluster)."""
+        if self._lease is not None:
+            os.close(self._lease)
+            self._lease = None
 
     @property
     def _owners(self) -> frozenset[int]:
@@ -564,6 +609,8 @@ class Cluster:
         Returns True when a postmaster was already running (a warm attach).
         """
         self._prepare_dirs()
+        if self._lease is None:
+            self._hold_lease()
         with file_lock(self.paths.lock_file):
             if self.running_pid() is not None:
                 self.port = self._attach_port()

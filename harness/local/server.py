@@ -238,6 +238,13 @@ def run_server(
         faults = parse_faults(os.environ.get(FAULTS_ENV))
     handle = ServerHandle()
 
+    def started(info: LocalServerInfo) -> None:
+        # once this server holds its own cluster: what earlier ones left, off the start's path
+        threading.Thread(target=_clean_leftovers, args=(home,), name="cathouse-leftovers",
+                         daemon=True).start()
+        if ready is not None:
+            ready(info)
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         if threading.current_thread() is threading.main_thread():
@@ -250,11 +257,20 @@ def run_server(
             storage=storage,
             faults=faults,
             idle_timeout=idle_timeout,
-            ready=ready,
+            ready=started,
             handle=handle,
         )
 
     _run_loop(main)
+
+
+def _clean_leftovers(home: Path) -> None:
+    from harness.leftovers import clean_leftovers
+
+    try:
+        clean_leftovers(home)
+    except Exception as exc:  # housekeeping must never take the server down
+        log.warning("cleaning up after earlier servers failed: %s", exc)
 
 
 def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
