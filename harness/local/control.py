@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+# the harness's own annotation: a dev branch keeps the server up (see idle_seconds)
+from harness.branches import MARK_KIND
 from harness.local import ids
 from harness.local.faults import FaultInjector
 from harness.local.state import (
@@ -189,6 +191,8 @@ class LocalNeon:
         self.home.mkdir(parents=True, exist_ok=True)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cathouse-state")
         self._named_hosts = _localhost_names_resolve()
+        if hasattr(self.dataplane, "on_activity"):
+            self.dataplane.on_activity = self.touch
         await self.dataplane.start()
         state = load_state(self.home, self.storage)
         fresh = state is None
@@ -253,6 +257,23 @@ class LocalNeon:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    def idle_seconds(self) -> float:
+        """How long nothing has used this server. API requests and client connections
+        to endpoints count; while a connection is open or an unexpired dev branch exists
+        (a developer's `.env` points at it) the server is never idle."""
+        connections = getattr(self.dataplane, "open_connections", None)
+        if (connections is not None and connections()) or self._dev_branch_alive():
+            self.touch()
+        return time.monotonic() - self.last_activity
+
+    def _dev_branch_alive(self) -> bool:
+        current = now()
+        return any(
+            (branch.annotation or {}).get(MARK_KIND) == "dev"
+            and (not branch.expires_at or parse_time(branch.expires_at) > current)
+            for branch in self.live_branches()
+        )
 
     async def _reconcile(self, *, fresh: bool) -> None:
         """Make the state agree with the databases that exist, and reopen endpoints."""

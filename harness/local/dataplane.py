@@ -108,6 +108,8 @@ class DataPlane:
         self._pgbouncer: PgBouncer | None = None
         self.pgbouncer_problem: str | None = None
         self.timings: dict[str, float] = {}
+        # called when a client connects to or leaves an endpoint (the control plane's touch)
+        self.on_activity: Callable[[], None] | None = None
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -523,7 +525,9 @@ class DataPlane:
             raise LocalServerError("the data plane is not started")
         if endpoint_id in self._endpoints:
             await self.close_endpoint(endpoint_id)
-        proxy = EndpointProxy(endpoint_id, databases, fences=self._fences, tls=self._tls)
+        proxy = EndpointProxy(
+            endpoint_id, databases, fences=self._fences, tls=self._tls, on_activity=self.on_activity
+        )
         try:
             direct = await proxy.listen("direct", direct_port, self._direct_upstream)
             pooled = await proxy.listen("pooled", pooled_port, self._pooled_upstream)
@@ -541,6 +545,10 @@ class DataPlane:
             pooled_via_pgbouncer=self.pgbouncer_available,
             tls=self._tls is not None,
         )
+
+    def open_connections(self) -> int:
+        """Client connections open on any endpoint now."""
+        return sum(proxy.open_connections for proxy in self._endpoints.values())
 
     async def update_endpoint_databases(self, endpoint_id: str, databases: Mapping[str, str]) -> None:
         proxy = self._endpoints.get(endpoint_id)

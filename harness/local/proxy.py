@@ -117,15 +117,27 @@ class EndpointProxy:
         *,
         fences: Fences,
         tls: ssl.SSLContext | None,
+        on_activity: Callable[[], None] | None = None,
     ) -> None:
         self.endpoint_id = endpoint_id
         self.databases = dict(databases)
         self.fences = fences
         self.tls = tls
+        # told when a client connects or leaves: an app using its branch keeps the
+        # local server from idling out just as API requests do
+        self.on_activity = on_activity
         self._listeners: dict[str, _Listener] = {}
 
     def port(self, kind: str) -> int:
         return self._listeners[kind].port
+
+    @property
+    def open_connections(self) -> int:
+        return sum(len(listener.connections) for listener in self._listeners.values())
+
+    def _active(self) -> None:
+        if self.on_activity is not None:
+            self.on_activity()
 
     async def listen(self, kind: str, port: int, upstream: Callable[[], Upstream]) -> int:
         """Start a listener on `port` if free, else on a port the kernel picks."""
@@ -136,6 +148,7 @@ class EndpointProxy:
             task = asyncio.current_task()
             assert task is not None
             listener.connections.add(task)
+            self._active()
             try:
                 await self._serve(listener, reader, writer)
             except (
@@ -152,6 +165,7 @@ class EndpointProxy:
                 pass
             finally:
                 listener.connections.discard(task)
+                self._active()
                 _close(writer)
 
         server = None

@@ -11,7 +11,8 @@ Finding such a server is `harness.local.discovery`'s job (light, for every sessi
 start). `ensure_local_server` reuses one or starts a detached daemon
 (`python -m harness.local.server`), under an exclusive `flock` so that two processes
 starting at once get one server. The daemon exits, stopping PostgreSQL, after
-`idle_timeout` seconds without an API request. The server binds loopback only.
+`idle_timeout` seconds without an API request or a client connection to an endpoint, and
+never while an unexpired dev branch exists. The server binds loopback only.
 """
 
 from __future__ import annotations
@@ -210,8 +211,8 @@ async def serve(
             ready(info)
         while not serving.done():
             await asyncio.wait({serving}, timeout=0.25)
-            if idle_timeout and time.monotonic() - neon.last_activity > idle_timeout:
-                log.info("no API request for %.0f s; shutting down", idle_timeout)
+            if idle_timeout and neon.idle_seconds() > idle_timeout:
+                log.info("nothing used the server for %.0f s; shutting down", idle_timeout)
                 server.should_exit = True
         serving.result()
     finally:

@@ -1,0 +1,92 @@
+"""Item 3 (in part): the local server does not idle out under an app that uses its branch.
+
+Only API requests used to count: an app holding a connection, or a developer's `.env`
+branch from `cathouse-branch up`, went away with the server once the idle timeout passed
+(and its port was free for anyone to take). Now an open client connection and an
+unexpired dev branch keep the server up; with neither, it still idles out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from harness.branches import MARK, MARK_KIND, MARK_RUN
+from harness.local.postgres import memory_cluster_dirs
+from harness.local.server import LocalServerInfo, ServerHandle, serve
+from harness.sync import LoopThread
+from tests.local._server import api_client, connection_uri, create_ready_branch, delete_branch
+
+IDLE_TIMEOUT = 0.5
+
+
+@pytest.fixture
+def idling_server(tmp_path: Path) -> Iterator[tuple[LocalServerInfo, threading.Thread]]:
+    """A local server with a short idle timeout, on a thread that ends when it stops."""
+    handle = ServerHandle()
+    ready = threading.Event()
+
+    def run() -> None:
+        try:
+            asyncio.run(serve(tmp_path / "home", idle_timeout=IDLE_TIMEOUT, handle=handle,
+                              ready=lambda _info: ready.set()))
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, name="idling-server", daemon=True)
+    thread.start()
+    ready.wait(90)
+    assert handle.info is not None, "the server did not start"
+    yield handle.info, thread
+    handle.stop()
+    thread.join(60)
+    for directory in memory_cluster_dirs(tmp_path / "home"):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def stays_up(thread: threading.Thread) -> bool:
+    """Whether the server is still serving after several idle timeouts have passed."""
+    until = time.monotonic() + 6 * IDLE_TIMEOUT
+    while time.monotonic() < until:
+        if not thread.is_alive():
+            return False
+        time.sleep(0.05)
+    return thread.is_alive()
+
+
+def test_connections_and_dev_branches_keep_the_server_up(
+    idling_server: tuple[LocalServerInfo, threading.Thread]
+) -> None:
+    info, thread = idling_server
+    with api_client(info) as api:
+        main = next(b for b in api.get(f"/projects/{info.project_id}/branches").json()["branches"]
+                    if b["default"])
+        uri = connection_uri(api, info.project_id, main["id"], pooled=False)
+    loop = LoopThread("idle-test")
+    try:
+        connection = loop.run(asyncpg.connect(uri))
+        assert stays_up(thread), "the server idled out under an open client connection"
+        loop.run(connection.close())
+    finally:
+        loop.close()
+
+    with api_client(info) as api:
+        until = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        dev = create_ready_branch(
+            api, info.project_id, name="harness/dev/someone", expires_at=until,
+            annotation={MARK: "1", MARK_RUN: "dev-someone", MARK_KIND: "dev"},
+        )
+    assert stays_up(thread), "the server idled out while a developer's branch lived"
+
+    with api_client(info) as api:
+        delete_branch(api, info.project_id, dev["branch"]["id"])
+    thread.join(60)
+    assert not thread.is_alive(), "with nothing using it, the server should still idle out"
