@@ -535,20 +535,27 @@ class Cluster:
 
         threading.Thread(target=make, name="cathouse-initdb-skeleton", daemon=True).start()
 
+    def _write_data_file(self, name: str, text: str) -> None:
+        """Replace a file in the data directory, which belongs to PostgreSQL's user: as a
+        new file (never through a link that user may have put there), owned by it."""
+        owner = (self.user.uid, self.user.gid) if self.user.switch else None
+        write_private(self.paths.data / name, text, owner=owner)
+
     def _configure_new_cluster(self) -> None:
-        data = self.paths.data
-        with open(data / "postgresql.conf", "a") as conf:
-            conf.write(
-                "\n# cathouse-harness settings, rewritten at every start\n"
-                "include_if_exists = 'cathouse.conf'\n"
-            )
-        hba = data / "pg_hba.conf"
-        hba.write_text(
+        fd = os.open(self.paths.data / "postgresql.conf", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            conf = handle.read()
+        self._write_data_file(
+            "postgresql.conf",
+            conf + "\n# cathouse-harness settings, rewritten at every start\n"
+            "include_if_exists = 'cathouse.conf'\n",
+        )
+        self._write_data_file(
+            "pg_hba.conf",
             "# cathouse-harness: the superuser only over the private socket, roles over loopback\n"
             f"local   all  {SUPERUSER}  trust\n"
-            "host    all  all  127.0.0.1/32  scram-sha-256\n"
+            "host    all  all  127.0.0.1/32  scram-sha-256\n",
         )
-        chown_to(hba, self.user, 0o600)
 
     def _write_settings(self, port: int) -> None:
         settings: dict[str, str | int] = {
@@ -571,9 +578,7 @@ class Cluster:
         if self.storage == "memory":
             settings.update(_MEMORY_SETTINGS)
         text = "".join(f"{key} = {_conf_value(value)}\n" for key, value in settings.items())
-        conf = self.paths.data / "cathouse.conf"
-        conf.write_text(text)
-        chown_to(conf, self.user, 0o600)
+        self._write_data_file("cathouse.conf", text)
 
     # --- life cycle --------------------------------------------------------------
 

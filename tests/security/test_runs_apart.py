@@ -13,13 +13,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 from harness.backend import connect_backend, open_client
 from harness.branches import MARK, MARK_KIND, MARK_RUN
 from harness.runs import marker_dir, sweep_run
-from harness.settings import load_settings
+from harness.settings import Settings, load_settings
 from tests.security._support import minimal_project, plugin_env, run_pytest
 
 WAITING_TEST = """
@@ -86,45 +88,10 @@ def test_second_run_with_the_same_run_id_leaves_the_first_runs_branch(tmp_path: 
     assert _branch_ids(project_a, run_id) == []
 
 
-def test_sweep_leaves_the_same_run_ids_branch_of_another_owner(tmp_path: Path) -> None:
-    run_id = f"sweep-{os.getpid()}"
-    settings = load_settings(minimal_project(tmp_path / "p", {}))
+@contextmanager
+def foreign_branch(settings: Settings, name: str, run_id: str) -> Iterator[str]:
+    """A session branch of `run_id` made by another process (another owner token)."""
     backend = connect_backend(settings)
-    annotation = {
-        MARK: "1", MARK_RUN: run_id, MARK_KIND: "session", "cathouse-harness.owner": FOREIGN_OWNER,
-    }
-
-    async def create() -> str:
-        async with open_client(backend) as client:
-            main = await client.resolve_branch(backend.project_id, "main")
-            created = await client.create_branch(
-                backend.project_id, name=f"harness/{run_id}/gw7", parent_id=main.id,
-                annotation=annotation, wait=True,
-            )
-            return created.branch.id
-
-    theirs = asyncio.run(create())
-    marker_dir(settings, run_id, "gw0").mkdir(parents=True)  # this run's own (empty) record
-
-    try:
-        sweep_run(settings, run_id)
-        assert theirs in _branch_ids(tmp_path / "p", run_id)
-    finally:
-        async def delete() -> None:
-            async with open_client(backend) as client:
-                await client.delete_branch(backend.project_id, theirs, wait=True, missing_ok=True)
-
-        asyncio.run(delete())
-
-
-def test_watchdog_looks_up_a_name_but_deletes_only_its_own_run_and_owner(tmp_path: Path) -> None:
-    from harness.watchdog import start_watchdog
-
-    run_id = f"wd-{os.getpid()}"
-    project = minimal_project(tmp_path / "p", {})
-    settings = load_settings(project)
-    backend = connect_backend(settings)
-    name = f"harness/{run_id}/main"
     annotation = {
         MARK: "1", MARK_RUN: run_id, MARK_KIND: "session", "cathouse-harness.owner": FOREIGN_OWNER,
     }
@@ -137,18 +104,43 @@ def test_watchdog_looks_up_a_name_but_deletes_only_its_own_run_and_owner(tmp_pat
             )
             return created.branch.id
 
-    theirs = asyncio.run(create())
-    watchdog = start_watchdog(
-        marker_dir(settings, run_id, "main"), api_host=backend.api_host,
-        api_key=str(backend.api_key), ttl=timedelta(minutes=5),
-        log_file=tmp_path / "watchdog.log", run_id=run_id,
-    )
-    watchdog.record_name(backend.project_id, name)  # our create of that name "lost its answer"
-    watchdog.stop()
-
-    assert theirs in _branch_ids(project, run_id)
-    async def delete() -> None:
+    async def delete(branch_id: str) -> None:
         async with open_client(backend) as client:
-            await client.delete_branch(backend.project_id, theirs, wait=True, missing_ok=True)
+            await client.delete_branch(backend.project_id, branch_id, wait=True, missing_ok=True)
 
-    asyncio.run(delete())
+    theirs = asyncio.run(create())
+    try:
+        yield theirs
+    finally:
+        asyncio.run(delete(theirs))
+
+
+def test_sweep_leaves_the_same_run_ids_branch_of_another_owner(tmp_path: Path) -> None:
+    run_id = f"sweep-{os.getpid()}"
+    project = minimal_project(tmp_path / "p", {})
+    settings = load_settings(project)
+
+    with foreign_branch(settings, f"harness/{run_id}/gw7", run_id) as theirs:
+        marker_dir(settings, run_id, "gw0").mkdir(parents=True)  # this run's own (empty) record
+        sweep_run(settings, run_id)
+        assert theirs in _branch_ids(project, run_id)
+
+
+def test_watchdog_looks_up_a_name_but_deletes_only_its_own_run_and_owner(tmp_path: Path) -> None:
+    from harness.watchdog import start_watchdog
+
+    run_id = f"wd-{os.getpid()}"
+    project = minimal_project(tmp_path / "p", {})
+    settings = load_settings(project)
+    backend = connect_backend(settings)
+    name = f"harness/{run_id}/main"
+
+    with foreign_branch(settings, name, run_id) as theirs:
+        watchdog = start_watchdog(
+            marker_dir(settings, run_id, "main"), api_host=backend.api_host,
+            api_key=str(backend.api_key), ttl=timedelta(minutes=5),
+            log_file=tmp_path / "watchdog.log", run_id=run_id,
+        )
+        watchdog.record_name(backend.project_id, name)  # our create of that name "lost its answer"
+        watchdog.stop()
+        assert theirs in _branch_ids(project, run_id)
