@@ -13,11 +13,12 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
 
+from conftest_plugin.state import HarnessState, state_key
 from harness.errors import ConfigError, HarnessError
 from harness.redact import redact_url
 from harness.settings import Settings
@@ -50,9 +51,7 @@ class NeonBranch:
         )
 
 
-def _state(config: pytest.Config) -> Any:
-    from conftest_plugin.plugin import state_key
-
+def _state(config: pytest.Config) -> HarnessState:
     return config.stash[state_key]
 
 

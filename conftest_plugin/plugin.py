@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -29,6 +28,7 @@ from conftest_plugin.options import (
     read_settings,
 )
 from conftest_plugin.scrub import scrub_report
+from conftest_plugin.state import HarnessState, state_key
 from harness.errors import ConfigError
 from harness.runs import adopt_owner_token, check_run_id, owner_token
 from harness.settings import INIT_HINT, Settings
@@ -36,26 +36,6 @@ from harness.settings import INIT_HINT, Settings
 # A URL on a host that can never resolve (RFC 6761): whatever reads it before the branch
 # exists fails loudly instead of reaching a real database named in a shell or .env.
 PLACEHOLDER_URL = "postgresql+asyncpg://cathouse-harness@branch-not-created-yet.invalid/cathouse"
-
-
-@dataclass
-class HarnessState:
-    settings: Settings | None
-    settings_error: ConfigError | None
-    run_id: str
-    worker: str
-    is_controller: bool
-    session: Any = None
-    worker_reports: list[dict[str, Any]] = field(default_factory=list)
-    swept: list[str] = field(default_factory=list)
-    # xdist workers that came up, and those that finished normally (their own teardown
-    # ran); the controller's sweep asks the API only when the two differ.
-    workers_up: int = 0
-    workers_finished: int = 0
-    saved_env: dict[str, str | None] = field(default_factory=dict)
-
-
-state_key = pytest.StashKey[HarnessState]()
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
@@ -204,7 +184,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if hasattr(config, "workeroutput") and state.session is not None:
         config.workeroutput["cathouse_harness"] = state.session.report.as_dict()
     if state.is_controller and state.settings is not None and _uses_xdist(config):
-        from harness.runs import sweep_run
+        from harness.sweep import sweep_run
 
         all_finished = (
             state.workers_up == state.workers_finished

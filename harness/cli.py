@@ -18,13 +18,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness.envfile import read_env_file, write_env_file, written_by_us
 from harness.errors import ConfigError, HarnessError
 from harness.redact import redact_url, scrub
 from harness.settings import INIT_HINT, Settings, load_settings, parse_ttl
 from harness.urls import url_from_argument
 
 PROG = "cathouse-branch"
-ENV_MARK = "# written by cathouse-branch"
 DEV_TTL = timedelta(days=7)
 NAME_HELP = (
     "the name given to up (X for harness/dev/X), the full name or the br- id "
@@ -214,62 +214,6 @@ def _git_branch(directory: Path) -> str | None:
         return None
     name = result.stdout.strip()
     return name if result.returncode == 0 and name and name != "HEAD" else None
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    from dotenv import dotenv_values
-
-    if not path.exists():
-        return {}
-    try:
-        values = dotenv_values(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot be read ({type(exc).__name__})", key=str(path)) from None
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def written_by_us(path: Path) -> bool:
-    try:
-        return path.read_text(encoding="utf-8").startswith(ENV_MARK)
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
-def write_env_file(path: Path, values: dict[str, str], *, force: bool) -> None:
-    if path.exists() and not written_by_us(path) and not force:
-        raise ConfigError(
-            "exists and was not written by cathouse-branch",
-            key=str(path),
-            hint="use --force to overwrite it, or --env-file to write elsewhere",
-        )
-    lines = [ENV_MARK + " — holds passwords; keep it out of git", *(f"{k}={v}" for k, v in values.items())]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    _ensure_gitignored(path)
-
-
-def _ensure_gitignored(path: Path) -> None:
-    try:
-        inside = subprocess.run(
-            ["git", "rev-parse", "--is-inside-work-tree"], cwd=path.parent, capture_output=True,
-            text=True, timeout=5,
-        )
-        if inside.returncode != 0:
-            return
-        ignored = subprocess.run(
-            ["git", "check-ignore", "-q", path.name], cwd=path.parent, capture_output=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return
-    if ignored.returncode == 0:
-        return
-    gitignore = path.parent / ".gitignore"
-    with gitignore.open("a", encoding="utf-8") as handle:
-        handle.write(f"\n{path.name}\n")
 
 
 def _branch_from_env(ctx: Context, name: str | None) -> str:
@@ -557,11 +501,18 @@ def cmd_gc(ctx: Context) -> int:
 
     with ctx.progress.step("collect garbage" + (" (dry run)" if ctx.args.dry_run else "")):
         chosen, done = _with_client(ctx, work)
+    cleaned: list[str] = []
+    if not ctx.args.dry_run:
+        from harness.leftovers import clean_leftovers
+
+        # what finished runs and stopped servers left on this machine (files, processes)
+        cleaned = clean_leftovers(ctx.settings.home)
     verb = "would remove" if ctx.args.dry_run else "removed"
     rows = [{**_branch_row(b), "reason": why} for b, why in chosen]
     human = [f"{verb} {r['name']} ({r['id']}): {r['reason']}" for r in rows]
+    human += [f"cleaned {line}" for line in cleaned]
     ctx.emit(
-        {"dry_run": ctx.args.dry_run, "candidates": rows, "deleted": done},
+        {"dry_run": ctx.args.dry_run, "candidates": rows, "deleted": done, "cleaned": cleaned},
         human or ["nothing to remove"],
     )
     return 0

@@ -139,7 +139,7 @@ def run_checks(
                        "not installed: pooled URLs reach PostgreSQL directly",
                        "apt-get install pgbouncer (Debian/Ubuntu) to test the pooled path")
         )
-    from harness.cli import read_env_file
+    from harness.envfile import read_env_file
 
     try:
         env = read_env_file(env_file)

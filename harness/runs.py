@@ -1,4 +1,5 @@
-"""A run's files under the harness home, the owner token, and the end-of-run sweep.
+"""A run's files under the harness home and the owner token (the end-of-run sweep that
+deletes a run's branches is `harness.sweep`).
 
 `<home>/runs/<run id>/<owner>/<worker>/` is each process's watchdog marker directory (one
 file per branch it still owns, see `harness.watchdog`); `kept-<branch id>` files in
@@ -7,8 +8,8 @@ the pytest process that started the run (`<pid>-<random>`; xdist workers take th
 controller's), so two runs given the same run id never share a directory, and the xdist
 controller's sweep removes its own run's branches and files only.
 
-Kept apart from `harness.session` so that the controller, which never starts a session
-of its own, does not import the client (or asyncio) to find that there is nothing to do.
+Nothing here talks to the API: the branch code, the watchdog and the local server's
+cleaner all read these paths, so this module imports none of them.
 """
 
 from __future__ import annotations
@@ -125,44 +126,7 @@ def owned_markers(directory: Path) -> list[Path]:
     return [path for worker in directory.iterdir() for path in owned_files(worker)]
 
 
-def sweep_run(settings: Settings, run_id: str, *, all_finished: bool = False) -> list[str]:
-    """Delete every session branch of a run (the xdist controller's final sweep).
-
-    Only talks to the API when some process of this run recorded a branch, so a run that
-    used no harness fixture stays free of API calls. With `all_finished` (every worker
-    reported its own teardown) and no branch still recorded, there is nothing the API
-    could find either, and the sweep only removes the run's files.
-    """
-    directory = run_dir(settings, run_id)
-    if not directory.exists():
-        return []
-    if all_finished and not owned_markers(directory):
-        _remove_run_dir(directory)
-        return []
-    from harness.backend import connect_backend, open_client
-    from harness.branches import delete_run_branches, run_prefix
-    from harness.sync import LoopThread
-
-    backend = connect_backend(settings)
-    loop = LoopThread()
-    try:
-        kept = [p.name.removeprefix("kept-") for p in directory.glob("kept-*")]
-
-        async def _sweep() -> list[str]:
-            async with open_client(backend) as client:
-                return await delete_run_branches(
-                    client, backend.project_id, run_id, keep=kept, owner=_owner
-                )
-
-        deleted = loop.run(_sweep())
-    finally:
-        loop.close()
-    _remove_run_dir(directory)
-    log.info("swept %d branch(es) of run %s (%s)", len(deleted), run_id, run_prefix(run_id))
-    return deleted
-
-
-def _remove_run_dir(directory: Path) -> None:
+def remove_run_dir(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
     try:
         directory.parent.rmdir()  # the run id's directory, unless another run uses it

@@ -1,4 +1,4 @@
-"""The xdist controller's end-of-run sweep (`harness.runs.sweep_run`): it deletes what a
+"""The xdist controller's end-of-run sweep (`harness.sweep.sweep_run`): it deletes what a
 run left behind, and asks the API nothing when every worker cleaned up after itself."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 from harness.backend import connect_backend, open_client
 from harness.branches import harness_branches
 from harness.local.discovery import running_server
-from harness.runs import kept_marker, marker_dir, sweep_run
+from harness.runs import kept_marker, marker_dir
 from harness.settings import load_settings
+from harness.sweep import sweep_run
 from tests.plugin._support import copy_example, session_branch_of_run
 
 

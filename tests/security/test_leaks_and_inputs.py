@@ -59,18 +59,13 @@ def test_private_write_never_follows_a_planted_link(tmp_path: Path) -> None:
     assert target.stat().st_mode & 0o777 == 0o600
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="harness/cli.py write_env_file opens its temporary file with O_CREAT|O_TRUNC; "
-    "it should write through harness.safe_paths.write_private (cli.py is another engineer's)",
-)
 def test_env_file_write_does_not_follow_a_planted_temporary_link(tmp_path: Path) -> None:
-    from harness.cli import write_env_file
+    from harness.envfile import write_env_file
 
     victim = tmp_path / "victim"
     victim.write_text("the victim's file\n")
     env_file = tmp_path / ".env"
-    (tmp_path / f"..env.tmp-{os.getpid()}").symlink_to(victim)  # cli.py names it so
+    (tmp_path / f"..env.tmp-{os.getpid()}").symlink_to(victim)  # the name it used to take
 
     write_env_file(env_file, {"DATABASE_URL": "postgresql://u:pw@h/db"}, force=True)
 

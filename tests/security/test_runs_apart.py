@@ -20,8 +20,9 @@ from pathlib import Path
 
 from harness.backend import connect_backend, open_client
 from harness.branches import MARK, MARK_KIND, MARK_RUN
-from harness.runs import marker_dir, sweep_run
+from harness.runs import marker_dir
 from harness.settings import Settings, load_settings
+from harness.sweep import sweep_run
 from tests.security._support import minimal_project, plugin_env, run_pytest
 
 WAITING_TEST = """

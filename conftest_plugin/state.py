@@ -1,0 +1,34 @@
+"""What the plugin keeps for the length of a pytest run, in the config's stash: one
+object, reached by the hooks (plugin) and the fixtures alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from harness.errors import ConfigError
+    from harness.session import BranchSession
+    from harness.settings import Settings
+
+
+@dataclass
+class HarnessState:
+    settings: Settings | None
+    settings_error: ConfigError | None
+    run_id: str
+    worker: str
+    is_controller: bool
+    session: BranchSession | None = None
+    worker_reports: list[dict[str, Any]] = field(default_factory=list)
+    swept: list[str] = field(default_factory=list)
+    # xdist workers that came up, and those that finished normally (their own teardown
+    # ran); the controller's sweep asks the API only when the two differ.
+    workers_up: int = 0
+    workers_finished: int = 0
+    saved_env: dict[str, str | None] = field(default_factory=dict)
+
+
+state_key = pytest.StashKey[HarnessState]()

@@ -1,0 +1,56 @@
+"""The xdist controller's end-of-run sweep: every branch a run left, and its files.
+
+Kept apart from `harness.session` so that the controller, which never starts a session
+of its own, does not import the client (or asyncio) to find that there is nothing to do.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from harness.log import get_logger
+from harness.runs import owned_markers, owner_token, remove_run_dir, run_dir
+
+if TYPE_CHECKING:
+    from harness.settings import Settings
+
+log = get_logger("runs")
+
+
+def sweep_run(settings: Settings, run_id: str, *, all_finished: bool = False) -> list[str]:
+    """Delete every session branch of a run (the xdist controller's final sweep).
+
+    Only talks to the API when some process of this run recorded a branch, so a run that
+    used no harness fixture stays free of API calls. With `all_finished` (every worker
+    reported its own teardown) and no branch still recorded, there is nothing the API
+    could find either, and the sweep only removes the run's files.
+    """
+    directory = run_dir(settings, run_id)
+    if not directory.exists():
+        return []
+    if all_finished and not owned_markers(directory):
+        remove_run_dir(directory)
+        return []
+    from harness.backend import connect_backend, open_client
+    from harness.branches import delete_run_branches, run_prefix
+    from harness.sync import LoopThread
+
+    backend = connect_backend(settings)
+    loop = LoopThread()
+    try:
+        kept = [p.name.removeprefix("kept-") for p in directory.glob("kept-*")]
+
+        async def _sweep() -> list[str]:
+            async with open_client(backend) as client:
+                return await delete_run_branches(
+                    client, backend.project_id, run_id, keep=kept, owner=owner_token()
+                )
+
+        deleted = loop.run(_sweep())
+    finally:
+        loop.close()
+    remove_run_dir(directory)
+    log.info("swept %d branch(es) of run %s (%s)", len(deleted), run_id, run_prefix(run_id))
+    return deleted
+
+
