@@ -103,8 +103,13 @@ def dev_branch_name(user: str | None = None, git_branch: str | None = None) -> s
 def dev_name_for(given: str) -> str:
     """The name `cathouse-branch up --name <given>` gives its branch: `harness/dev/<given>`,
     or `given` itself when it already carries the harness prefix."""
-    if given.startswith(NAME_PREFIX):
+    if given.startswith(f"{NAME_PREFIX}dev/"):
         return given
+    if given.startswith(NAME_PREFIX):
+        raise ConfigError(
+            f"{given!r} names a branch the harness keeps for itself (templates, test sessions)",
+            key="--name", hint=f"give a plain name; the branch becomes {NAME_PREFIX}dev/<name>",
+        )
     return f"{NAME_PREFIX}dev/{clean_name_part(given)}"
 
 
@@ -197,6 +202,19 @@ def ensure_owned(branch: Branch, action: str) -> None:
         )
 
 
+def ensure_dev(branch: Branch, action: str) -> None:
+    """Raise SafetyError unless `branch` is a developer's branch (`cathouse-branch up`):
+    a template or a test session's branch belongs to every run, or to one that is live."""
+    ensure_owned(branch, action)
+    kind = branch.annotation.get(MARK_KIND)
+    if kind != "dev":
+        raise SafetyError(
+            f"refusing to {action} {branch.name} ({branch.id}): it is a {kind or 'harness'} branch, "
+            "not one of cathouse-branch up",
+            hint="up, reset and down act on developers' branches only",
+        )
+
+
 def refused_key(exc: NeonAPIError, settings: Settings) -> ConfigError | None:
     """A 401/403 means a bad (or revoked) key: a configuration error, named as such."""
     if exc.status not in (401, 403):
@@ -225,7 +243,7 @@ async def resolve_parent(client: NeonClient, project_id: str, settings: Settings
             ) from None
         raise
     try:
-        return await client.resolve_branch(project_id, settings.parent_branch)
+        parent = await client.resolve_branch(project_id, settings.parent_branch)
     except NeonAPIError as exc:
         if exc.status == 404:
             raise ConfigError(
@@ -233,6 +251,14 @@ async def resolve_parent(client: NeonClient, project_id: str, settings: Settings
                 key="parent_branch", source=settings.source_of("parent_branch"),
             ) from None
         raise
+    if is_harness_branch(parent):
+        # another run's branch goes away with that run, taking its children's parent with it
+        raise ConfigError(
+            f"{parent.name} ({parent.id}) is a branch of the harness, which is never a parent",
+            key="parent_branch", source=settings.source_of("parent_branch"),
+            hint="fork from a branch of your own (main, a staging branch)",
+        )
+    return parent
 
 
 def expiry(ttl: timedelta, now: datetime | None = None) -> datetime:

@@ -275,7 +275,7 @@ def cmd_up(ctx: Context) -> int:
         parent = await branches.resolve_parent(client, project_id, settings)
         existing = await client.find_branch(project_id, name)
         if existing is not None:
-            branches.ensure_owned(existing, "reuse")
+            branches.ensure_dev(existing, "reuse")
             handle = await branches.handle_for(
                 client, project_id, existing.id, database=settings.database, role=settings.role,
                 kind="dev",
@@ -342,7 +342,7 @@ def cmd_down(ctx: Context) -> int:
 
     async def work(client: Any, project_id: str) -> Any:
         branch = await branches.resolve_given_branch(client, project_id, target)
-        branches.ensure_owned(branch, "delete")
+        branches.ensure_dev(branch, "delete")
         await branches.delete_owned_branch(client, project_id, branch.id)
         return branch
 
@@ -419,6 +419,7 @@ def cmd_reset(ctx: Context) -> int:
 
     async def work(client: Any, project_id: str) -> Any:
         branch = await branches.resolve_given_branch(client, project_id, target)
+        branches.ensure_dev(branch, "reset")
         await branches.restore_owned_branch(client, project_id, branch.id)
         return await branches.handle_for(
             client, project_id, branch.id, database=settings.database, role=settings.role,
@@ -437,22 +438,32 @@ def cmd_reset(ctx: Context) -> int:
 
 def gc_candidates(found: Sequence[Any], *, current_fingerprint: str | None, run: str | None,
                   now: datetime | None = None) -> list[tuple[Any, str]]:
-    """Which harness branches gc removes, and why. Pure, so it is easy to test."""
+    """Which harness branches gc removes, and why. Pure, so it is easy to test.
+
+    A branch with children is never chosen (a template that sessions still fork from,
+    a parent a delete would fail on). A template is outdated when no session has used
+    it for TEMPLATE_IDLE, not when its fingerprint differs from this checkout's: other
+    checkouts (main, other CI refs) use theirs.
+    """
     import socket
 
     from harness import branches
-    from harness.templates import STALE_BUILD
+    from harness.templates import STALE_BUILD, TEMPLATE_IDLE, last_used
 
     now = now or datetime.now(UTC)
     host = socket.gethostname()[:60]
+    parents = {b.parent_id for b in found if b.parent_id}
     chosen: list[tuple[Any, str]] = []
     for branch in found:
+        if branch.id in parents:
+            continue
         marks = branch.annotation
         if run is not None:
             if marks.get(branches.MARK_RUN) == run and marks.get(branches.MARK_KIND) == "session":
                 chosen.append((branch, f"belongs to run {run}"))
             continue
         kind = marks.get(branches.MARK_KIND)
+        used = last_used(branch) if kind == "template" else None
         if branches.is_expired(branch, now):
             chosen.append((branch, "expired"))
         elif kind == "session" and marks.get(branches.MARK_HOST) == host and not _pid_alive(
@@ -465,10 +476,11 @@ def gc_candidates(found: Sequence[Any], *, current_fingerprint: str | None, run:
             chosen.append((branch, "abandoned template build"))
         elif (
             kind == "template"
-            and current_fingerprint
-            and marks.get(branches.MARK_FINGERPRINT) not in (None, current_fingerprint)
+            and used is not None
+            and now - used > TEMPLATE_IDLE
+            and marks.get(branches.MARK_FINGERPRINT) != current_fingerprint
         ):
-            chosen.append((branch, "template of outdated migrations"))
+            chosen.append((branch, f"template unused since {used:%Y-%m-%d %H:%M} UTC"))
     return chosen
 
 
@@ -489,14 +501,19 @@ def cmd_gc(ctx: Context) -> int:
 
         fingerprint = migration_fingerprint(ctx.settings)
 
+    failed: list[str] = []
+
     async def work(client: Any, project_id: str) -> tuple[list[tuple[Any, str]], list[str]]:
         found = await branches.harness_branches(client, project_id)
         chosen = gc_candidates(found, current_fingerprint=fingerprint, run=ctx.args.run)
         done: list[str] = []
         if not ctx.args.dry_run:
             for branch, _why in chosen:
-                if await branches.delete_owned_branch(client, project_id, branch.id):
-                    done.append(branch.id)
+                try:
+                    if await branches.delete_owned_branch(client, project_id, branch.id):
+                        done.append(branch.id)
+                except HarnessError as exc:  # one refusal must not keep the rest
+                    failed.append(f"could not remove {branch.name} ({branch.id}): {exc}")
         return chosen, done
 
     with ctx.progress.step("collect garbage" + (" (dry run)" if ctx.args.dry_run else "")):
@@ -511,11 +528,14 @@ def cmd_gc(ctx: Context) -> int:
     rows = [{**_branch_row(b), "reason": why} for b, why in chosen]
     human = [f"{verb} {r['name']} ({r['id']}): {r['reason']}" for r in rows]
     human += [f"cleaned {line}" for line in cleaned]
+    for line in failed:
+        ctx.progress.say(f"✗ {line}")
     ctx.emit(
-        {"dry_run": ctx.args.dry_run, "candidates": rows, "deleted": done, "cleaned": cleaned},
+        {"dry_run": ctx.args.dry_run, "candidates": rows, "deleted": done, "cleaned": cleaned,
+         "failed": failed},
         human or ["nothing to remove"],
     )
-    return 0
+    return 1 if failed else 0
 
 
 def _check_url(url: str, key: str) -> None:

@@ -38,6 +38,16 @@ log = get_logger("templates")
 
 TEMPLATE_TTL = timedelta(days=7)
 STALE_BUILD = timedelta(minutes=10)
+# `gc` removes a template of other migrations once no session has forked it for this long
+TEMPLATE_IDLE = timedelta(days=1)
+
+
+def last_used(template: Branch) -> datetime | None:
+    """When a session last reused `template`: every reuse pushes its expiry to
+    now + TEMPLATE_TTL, so the expiry records the last use without another API field."""
+    if template.expires_at is None:
+        return template.created_at
+    return template.expires_at - TEMPLATE_TTL
 
 
 class Tracker(Protocol):

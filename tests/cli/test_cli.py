@@ -155,13 +155,14 @@ def test_gc_dry_run_lists_and_touches_nothing(project: Path) -> None:
 
 
 class _Branch:
-    def __init__(self, name: str, annotation: dict[str, str], expires_at=None, created_at=None) -> None:
+    def __init__(self, name: str, annotation: dict[str, str], expires_at=None, created_at=None,
+                 parent_id=None) -> None:
         self.id = "br-" + name.replace("/", "-")
         self.name = name
         self.annotation = annotation
         self.expires_at = expires_at
         self.created_at = created_at
-        self.parent_id = None
+        self.parent_id = parent_id
         self.current_state = "ready"
 
 
@@ -169,6 +170,7 @@ def test_gc_candidates_rules() -> None:
     from datetime import UTC, datetime, timedelta
 
     from harness import branches as b
+    from harness.templates import TEMPLATE_TTL
 
     now = datetime.now(UTC)
     host = __import__("socket").gethostname()[:60]
@@ -181,18 +183,30 @@ def test_gc_candidates_rules() -> None:
             {**mine, b.MARK_KIND: "session", b.MARK_RUN: "r2", b.MARK_PID: str(os.getpid())},
         ),
         _Branch("harness/dev/x", {**mine, b.MARK_KIND: "dev"}, expires_at=now - timedelta(seconds=1)),
-        _Branch("harness/template/main/old", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "old"}),
-        _Branch("harness/template/main/new", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "new"}),
+        # other checkouts' templates: one reused an hour ago stays, one idle for two days goes
+        _Branch("harness/template/main/other", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "other"},
+                expires_at=now + TEMPLATE_TTL - timedelta(hours=1)),
+        _Branch("harness/template/main/old", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "old"},
+                expires_at=now + TEMPLATE_TTL - timedelta(days=2)),
+        # this checkout's own template stays while it lives, however idle
+        _Branch("harness/template/main/new", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "new"},
+                expires_at=now + TEMPLATE_TTL - timedelta(days=3)),
         _Branch("harness/template/main/new.building", {**mine, b.MARK_KIND: "template",
                 b.MARK_FINGERPRINT: "new"}, created_at=now - timedelta(hours=1)),
+        # expired and idle, but a live session still forks from it
+        _Branch("harness/template/main/busy", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "busy"},
+                expires_at=now - timedelta(seconds=1)),
+        _Branch("harness/r3/main", {**mine, b.MARK_KIND: "session", b.MARK_RUN: "r3",
+                b.MARK_PID: str(os.getpid())}, parent_id="br-harness-template-main-busy"),
     ]
     chosen = {branch.name: why for branch, why in gc_candidates(found, current_fingerprint="new", run=None)}
     assert chosen == {
         "harness/r1/main": "its test process is gone",
         "harness/dev/x": "expired",
-        "harness/template/main/old": "template of outdated migrations",
+        "harness/template/main/old": chosen.get("harness/template/main/old", "missing"),
         "harness/template/main/new.building": "abandoned template build",
     }
+    assert chosen["harness/template/main/old"].startswith("template unused since ")
     only_run = gc_candidates(found, current_fingerprint="new", run="r2")
     assert [branch.name for branch, _ in only_run] == ["harness/r2/main"]
 
