@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import api_latency
+import per_test_branch
 import session_overhead
 from _common import (
     EXAMPLE,
@@ -396,7 +397,18 @@ def table(r: dict[str, Any]) -> str:
         )
     )
     lines.append(row("per test: reset branch", med(i["reset_branch"])))
-    lines.append(row("per test: fresh branch (fork + delete)", r["fresh_branch_per_test"]))
+    pt = r["per_test_branch"]
+    ppg = pt.get("pytest_postgresql")
+    lines.append(
+        row(
+            "per test: branch of its own (cathouse_branch_per_test)",
+            med(pt["harness"]),
+            "≤ 2x raw copy + drop",
+            f"{pt['harness_vs_raw']:.2f}x raw ({fmt(med(pt['raw']))})"
+            + (f"; pytest-postgresql's clone {fmt(med(ppg))}, {pt['pytest_postgresql_vs_raw']:.2f}x"
+               if ppg else ""),
+        )
+    )
     for n, s in r["scaling"].items():
         lines.append(
             row(
@@ -501,7 +513,7 @@ def main() -> int:
         r["api"] = api_latency.measure(warm_home, 10 if quick else 25, template_id=r["hot"]["template_id"])
         print("per-test isolation …", file=sys.stderr)
         r["isolation"] = session_overhead.isolation(warm_home, 20 if quick else 50, reps)
-        r["fresh_branch_per_test"] = r["api"]["fork"]["median"] + r["api"]["fork_delete"]["median"]
+        r["per_test_branch"] = per_test_branch.measure(warm_home, 15 if quick else 40)
         print("xdist scaling …", file=sys.stderr)
         r["scaling"] = scaling(warm_home, root, [1, 2, 4], 2 if quick else 3)
         print("synthetic projects …", file=sys.stderr)
@@ -546,7 +558,8 @@ def main() -> int:
     )
     print()
     api_latency.print_result(r["api"])
-    session_overhead.print_result(r["hot"], r["isolation"], r["fresh_branch_per_test"])
+    session_overhead.print_result(r["hot"], r["isolation"], None)
+    per_test_branch.print_result(r["per_test_branch"])
     if not args.no_plot and plot(r, args.out.with_suffix(".png")):
         print(f"plot: {args.out.with_suffix('.png')}")
     print(f"results: {args.out} ({r['seconds']:.0f} s)")

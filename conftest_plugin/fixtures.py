@@ -26,6 +26,7 @@ from harness.settings import Settings
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+    from harness.branches import BranchHandle
     from harness.session import BranchSession
 
 
@@ -113,27 +114,73 @@ def _asyncpg_url(url: str) -> str:
     return normalize_asyncpg_url(url)
 
 
-@pytest.fixture(scope="session")
-def neon_branch(cathouse_branch_session: BranchSession) -> NeonBranch:
-    handle = cathouse_branch_session.handle
-    backend = cathouse_branch_session.backend
-    assert handle is not None and backend is not None
-    branch = NeonBranch(
+def _neon_branch(handle: BranchHandle, backend: str) -> NeonBranch:
+    return NeonBranch(
         id=handle.id,
         name=handle.name,
         parent_id=handle.parent_id,
         project_id=handle.project_id,
         endpoint_id=handle.endpoint_id,
-        backend=backend.kind,
+        backend=backend,
         database_url=_asyncpg_url(str(handle.pooled_url)),
         migration_database_url=str(handle.direct_url),
         pooled_url=str(handle.pooled_url),
         direct_url=str(handle.direct_url),
     )
+
+
+def _point_env_at(branch: NeonBranch) -> None:
     # Application settings read these; they must name this branch, never a real database.
     os.environ["DATABASE_URL"] = branch.database_url
     os.environ["MIGRATION_DATABASE_URL"] = branch.migration_database_url
+
+
+@pytest.fixture(scope="session")
+def neon_branch(cathouse_branch_session: BranchSession) -> NeonBranch:
+    handle = cathouse_branch_session.handle
+    backend = cathouse_branch_session.backend
+    assert handle is not None and backend is not None
+    branch = _neon_branch(handle, backend.kind)
+    _point_env_at(branch)
     return branch
+
+
+@pytest.fixture
+def branch_per_test(
+    neon_branch: NeonBranch, cathouse_branch_session: BranchSession
+) -> Iterator[NeonBranch]:
+    """A branch of this test's own, forked from the migrated template and deleted after
+    it: for code that commits across connections, where db_session's rollback cannot
+    undo what it did. DATABASE_URL / MIGRATION_DATABASE_URL name it during the test, and
+    `service_engine` and `db_session` use it. The `cathouse_branch_per_test` marker does
+    the same without asking for the fixture."""
+    session = cathouse_branch_session
+    assert session.backend is not None
+    handle = session.fork_for_test()
+    branch = _neon_branch(handle, session.backend.kind)
+    _point_env_at(branch)
+    try:
+        yield branch
+    finally:
+        _point_env_at(neon_branch)
+        session.drop_test_branch(handle)
+
+
+@pytest.fixture
+def cathouse_test_branch(request: pytest.FixtureRequest, neon_branch: NeonBranch) -> NeonBranch:
+    """The branch this test runs on: its own (branch_per_test, the marker) or the session's."""
+    if "branch_per_test" in request.fixturenames or request.node.get_closest_marker(
+        "cathouse_branch_per_test"
+    ):
+        branch: NeonBranch = request.getfixturevalue("branch_per_test")
+        return branch
+    return neon_branch
+
+
+@pytest.fixture(autouse=True)
+def _cathouse_branch_per_test_marker(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("cathouse_branch_per_test") is not None:
+        request.getfixturevalue("branch_per_test")
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +197,7 @@ def migration_database_url(neon_branch: NeonBranch) -> str:
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def service_engine(
-    neon_branch: NeonBranch, cathouse_settings: Settings
+    cathouse_test_branch: NeonBranch, cathouse_settings: Settings
 ) -> AsyncIterator[Callable[[str], AsyncEngine]]:
     """A factory: `service_engine("auth-service")` gives that service's async engine on the
     pooled URL, with the seed's settings and its pool budget. Engines are disposed after
@@ -162,7 +209,9 @@ async def service_engine(
     def factory(name: str) -> AsyncEngine:
         if name not in engines:
             service = cathouse_settings.service(name)
-            engines[name] = create_service_engine(service, neon_branch.pooled_url, pgbouncer=True)
+            engines[name] = create_service_engine(
+                service, cathouse_test_branch.pooled_url, pgbouncer=True
+            )
         return engines[name]
 
     try:
@@ -280,7 +329,7 @@ async def rolled_back_session(
 
 @pytest_asyncio.fixture
 async def db_session(
-    request: pytest.FixtureRequest, neon_branch: NeonBranch,
+    request: pytest.FixtureRequest, cathouse_test_branch: NeonBranch,
     cathouse_branch_session: BranchSession,
 ) -> AsyncIterator[AsyncSession]:
     """An AsyncSession inside a transaction that is rolled back after the test, even when
@@ -294,8 +343,10 @@ async def db_session(
         # Runs before the session fixtures set up earlier (the branch, the session's loop)
         # are torn down: kept connections close while their loop and branch still exist.
         request.session.addfinalizer(close_kept_connections)
+    # a branch of the test's own goes away after it: no connection to it is kept
+    keep = keep and cathouse_test_branch.id == (cathouse_branch_session.handle or cathouse_test_branch).id
     async with rolled_back_session(
-        neon_branch.pooled_url, keep=keep, resets=lambda: cathouse_branch_session.resets
+        cathouse_test_branch.pooled_url, keep=keep, resets=lambda: cathouse_branch_session.resets
     ) as session:
         yield session
 

@@ -11,9 +11,12 @@ import pytest
 
 from conftest_plugin import report
 from conftest_plugin.fixtures import (  # noqa: F401  (pytest finds fixtures by name here)
+    _cathouse_branch_per_test_marker,
     _cathouse_reset_marker,
+    branch_per_test,
     cathouse_branch_session,
     cathouse_settings,
+    cathouse_test_branch,
     database_url,
     db_session,
     migration_database_url,
@@ -99,6 +102,10 @@ def pytest_configure_node(node: Any) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "cathouse_reset: restore the session branch to its template after this test"
+    )
+    config.addinivalue_line(
+        "markers", "cathouse_branch_per_test: run this test on a branch of its own (forked "
+        "from the migrated template, deleted after it)"
     )
     configured = project_configures_harness(config.rootpath) or any(
         config.getoption(name) is not None

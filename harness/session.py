@@ -19,6 +19,7 @@ from harness.branches import (
     create_owned_branch,
     delete_owned_branch,
     find_own_branch,
+    harness_branches,
     resolve_parent,
     restore_owned_branch,
     session_branch_name,
@@ -84,6 +85,8 @@ class BranchSession:
         # Bumped by reset(): a restore ends the branch's open connections, so anything
         # that keeps one (db_session on a long-lived loop) reconnects when it changes.
         self.resets = 0
+        self._per_test = 0  # branches forked for single tests (fork_for_test)
+        self._dropped: list[str] = []  # their ids, deleted without waiting
         self._loop: LoopThread | None = None
         self._client: NeonClient | None = None
         self._watchdog: WatchdogHandle | None = None
@@ -255,11 +258,57 @@ class BranchSession:
         self._run(restore_owned_branch(self.client, self.backend.project_id, self.handle.id))
         self._timed("reset", started)
 
+    def fork_for_test(self) -> BranchHandle:
+        """A branch of its own for one test, forked from what this session's branch was
+        forked from (the migrated template), for code that commits across connections."""
+        assert self.handle is not None and self.backend is not None and self._watchdog is not None
+        project_id = self.backend.project_id
+        self._per_test += 1
+        name = f"{self.handle.name}/t{self._per_test}"
+        started = time.perf_counter()
+        self._watchdog.record_name(project_id, name)
+        try:
+            handle = self._run(
+                create_owned_branch(self.client, project_id, name=name,
+                    parent_id=self.handle.parent_id or self.handle.id, ttl=self.settings.branch_ttl,
+                    kind="session", run_id=self.run_id, database=self.settings.database,
+                    role=self.settings.role,
+                )
+            )
+        except Exception:
+            self._cleanup_after_failed_create(name)
+            self._watchdog.forget_name(name)
+            raise
+        self._watchdog.record(project_id, handle.id, handle.name)
+        self._timed("per-test fork", started)
+        return handle
+
+    def drop_test_branch(self, handle: BranchHandle) -> None:
+        """Delete a branch of `fork_for_test` without waiting for the delete to finish:
+        the next test need not wait for it. `finish` makes sure none is left."""
+        assert self.backend is not None
+        started = time.perf_counter()
+        self._run(self.client.delete_branch(self.backend.project_id, handle.id, wait=False))
+        self._dropped.append(handle.id)
+        self._timed("per-test drop", started)
+
+    async def _confirm_dropped(self) -> None:
+        assert self.backend is not None
+        project_id = self.backend.project_id
+        left = {b.id for b in await harness_branches(self.client, project_id, run_id=self.run_id)}
+        for branch_id in self._dropped:
+            if branch_id in left:  # its delete failed after it was accepted: ask again
+                await delete_owned_branch(self.client, project_id, branch_id)
+
     # -- teardown ------------------------------------------------------------------------
 
     def finish(self, *, keep: bool = False) -> None:
         started = time.perf_counter()
         try:
+            if self._dropped and self._watchdog is not None:
+                self._run(self._confirm_dropped())
+                for branch_id in self._dropped:
+                    self._watchdog.forget(branch_id)
             if self.handle is not None and self.backend is not None:
                 if keep:
                     assert self._watchdog is not None

@@ -320,3 +320,50 @@ def test_c_one_connection():
     )
     result = run(project, "loop1", "-o", "asyncio_default_fixture_loop_scope=session")
     result.assert_outcomes(passed=3)
+
+
+PER_TEST = """
+import os
+
+import psycopg
+import pytest
+
+SEEN = set()
+
+
+def commit_a_table(url):
+    with psycopg.connect(url) as connection:
+        present = connection.execute("SELECT to_regclass('public.marks')").fetchone()[0]
+        connection.execute("CREATE TABLE public.marks (x int)")
+    return present
+
+
+@pytest.mark.cathouse_branch_per_test
+@pytest.mark.parametrize("n", range(3))
+def test_marked(n, neon_branch):
+    url = os.environ["MIGRATION_DATABASE_URL"]
+    assert url != neon_branch.migration_database_url
+    assert commit_a_table(url) is None  # nothing of the earlier tests' commits
+    SEEN.add(url)
+
+
+def test_fixture(branch_per_test, neon_branch, migration_database_url):
+    assert branch_per_test.id != neon_branch.id and branch_per_test.parent_id == neon_branch.parent_id
+    assert os.environ["MIGRATION_DATABASE_URL"] == branch_per_test.migration_database_url
+    assert commit_a_table(branch_per_test.migration_database_url) is None
+    assert migration_database_url == neon_branch.migration_database_url
+
+
+def test_session_branch_untouched(neon_branch):
+    assert len(SEEN) == 3
+    assert os.environ["MIGRATION_DATABASE_URL"] == neon_branch.migration_database_url
+    with psycopg.connect(neon_branch.migration_database_url) as connection:
+        assert connection.execute("SELECT to_regclass('public.marks')").fetchone()[0] is None
+"""
+
+
+def test_branch_per_test_marker_and_fixture(project: pytest.Pytester) -> None:
+    project.makepyfile(test_per_test=PER_TEST)
+    result = run(project, "pertest1")
+    result.assert_outcomes(passed=5)
+    assert branches_of_run(project.path, "pertest1") == []
