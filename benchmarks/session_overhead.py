@@ -25,6 +25,11 @@ from typing import Any
 
 from _common import EXAMPLE, fmt, home_env, stop_home, summary
 
+from harness.rollback_session import KeptConnections
+
+# db_session's engines and kept connections, as the plugin holds them for a run
+CONNECTIONS = KeptConnections()
+
 
 def hot_sessions(home: Path, reps: int, project: Path = EXAMPLE) -> dict[str, Any]:
     from harness.session import BranchSession
@@ -64,12 +69,10 @@ async def _db_session_tests(pooled_url: str, tests: int, keep: bool) -> list[flo
     transaction and savepoint are really used)."""
     from sqlalchemy import text
 
-    from conftest_plugin.fixtures import rolled_back_session
-
     times: list[float] = []
     for _ in range(tests):
         started = time.perf_counter()
-        async with rolled_back_session(pooled_url, keep=keep) as session:
+        async with CONNECTIONS.rolled_back_session(pooled_url, keep=keep) as session:
             await session.execute(text("SELECT 1"))
         times.append(time.perf_counter() - started)
     return times
@@ -80,9 +83,9 @@ async def _bare_queries(pooled_url: str, tests: int) -> list[float]:
     transaction, ended after the query): what the fixture's figure is compared with."""
     from sqlalchemy import text
 
-    from conftest_plugin.fixtures import _session_engine
+    from harness.rollback_session import session_engine
 
-    engine = _session_engine(pooled_url)
+    engine = session_engine(pooled_url)
     times: list[float] = []
     async with engine.connect() as connection:
         for _ in range(tests):
@@ -95,9 +98,7 @@ async def _bare_queries(pooled_url: str, tests: int) -> list[float]:
 
 
 def _close_kept() -> None:
-    from conftest_plugin.fixtures import close_kept_connections
-
-    close_kept_connections()
+    CONNECTIONS.close_all()
 
 
 def isolation(home: Path, tests: int, resets: int) -> dict[str, Any]:

@@ -8,8 +8,6 @@ test gets its own loop by default.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -21,10 +19,11 @@ import pytest_asyncio
 from conftest_plugin.state import HarnessState, state_key
 from harness.errors import ConfigError, HarnessError
 from harness.redact import redact_url
+from harness.rollback_session import KeptConnections
 from harness.settings import Settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
     from harness.branches import BranchHandle
     from harness.session import BranchSession
@@ -221,24 +220,6 @@ async def service_engine(
             await engine.dispose()
 
 
-@dataclass
-class _HeldConnection:
-    """A connection kept open across tests that run on the same event loop."""
-
-    loop: asyncio.AbstractEventLoop
-    connection: AsyncConnection
-    resets: int  # the branch session's reset count when it connected
-
-
-# One engine per pooled URL for the whole process: SQLAlchemy initialises its dialect on
-# an engine's first connect (several queries), so a new engine per test paid that every
-# time. NullPool: no pooled connection outlives the loop that opened it.
-_engines: dict[str, AsyncEngine] = {}
-# Connections kept between tests when the fixture's loop outlives a test (pytest-asyncio's
-# loop scope module/package/session), keyed by pooled URL.
-_held: dict[str, _HeldConnection] = {}
-
-
 def _fixture_loop_scope(config: pytest.Config) -> str:
     # db_session names no loop scope, so pytest-asyncio runs it on the loop of
     # `asyncio_default_fixture_loop_scope`, or a loop of its own (function) when unset.
@@ -246,91 +227,17 @@ def _fixture_loop_scope(config: pytest.Config) -> str:
     return str(scope) if scope and scope != "function" else "function"
 
 
-def _drop_held(url: str) -> None:
-    """Close a kept connection. It holds no transaction (each test's is rolled back), so
-    when its loop cannot run here any more, aborting its socket loses nothing."""
-    held = _held.pop(url, None)
-    if held is None:
-        return
-    loop = held.loop
-    if not loop.is_closed() and asyncio._get_running_loop() is None:
-        with contextlib.suppress(Exception):
-            loop.run_until_complete(held.connection.close())
-            return
-    with contextlib.suppress(Exception):
-        # Closes the socket without the loop and tells SQLAlchemy the connection is gone.
-        held.connection.sync_connection.invalidate()  # type: ignore[union-attr]
-
-
-def close_kept_connections() -> None:
-    for url in list(_held):
-        _drop_held(url)
-
-
-async def _test_connection(url: str, keep: bool, resets: int) -> AsyncConnection:
-    loop = asyncio.get_running_loop()
-    held = _held.get(url)
-    if held is not None:
-        connection = held.connection
-        if (held.loop is loop and held.resets == resets and not connection.closed
-                and not connection.invalidated):
-            return connection
-        _drop_held(url)
-    engine = _engines.get(url)
-    if engine is None:
-        engine = _engines[url] = _session_engine(url)
-    connection = await engine.connect()
-    if keep:
-        _held[url] = _HeldConnection(loop, connection, resets)
-    return connection
-
-
-@contextlib.asynccontextmanager
-async def rolled_back_session(
-    url: str, *, keep: bool, resets: Callable[[], int] = lambda: 0
-) -> AsyncIterator[AsyncSession]:
-    """db_session's work around one test (the benchmarks time exactly this): a session in
-    a transaction on `url` that is rolled back afterwards. `keep` leaves the connection
-    open for the next test on this loop; `resets` counts branch restores."""
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-    resets_at_start = resets()
-    connection = await _test_connection(url, keep, resets_at_start)
-    try:
-        transaction = await connection.begin()
-        session = AsyncSession(
-            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
-        )
-        try:
-            yield session
-        finally:
-            if resets() != resets_at_start:
-                # The test restored the branch: that ended this connection and discarded
-                # its work; there is nothing to roll back and nothing to send.
-                await connection.invalidate()
-                await session.close()
-            else:
-                try:
-                    # One ROLLBACK ends the savepoints with the outer transaction; closing
-                    # the session afterwards has nothing left to send.
-                    if transaction.is_active:
-                        await transaction.rollback()
-                finally:
-                    await session.close()
-    except BaseException:
-        if keep:
-            _held.pop(url, None)
-        await connection.close()
-        raise
-    if not keep or connection.invalidated:
-        _held.pop(url, None)
-        await connection.close()
+@pytest.fixture(scope="session")
+def cathouse_connections(pytestconfig: pytest.Config) -> KeptConnections:
+    """The connections db_session keeps between tests on a long-lived loop (one object for
+    the run, in the plugin's state), closed at the end of the session."""
+    return _state(pytestconfig).connections
 
 
 @pytest_asyncio.fixture
 async def db_session(
     request: pytest.FixtureRequest, cathouse_test_branch: NeonBranch,
-    cathouse_branch_session: BranchSession,
+    cathouse_branch_session: BranchSession, cathouse_connections: KeptConnections,
 ) -> AsyncIterator[AsyncSession]:
     """An AsyncSession inside a transaction that is rolled back after the test, even when
     the code under test commits (commits become savepoint releases).
@@ -339,30 +246,17 @@ async def db_session(
     unset). With a loop that outlives the test (module/session), one connection serves
     every test on that loop, a transaction per test; otherwise each test connects."""
     keep = _fixture_loop_scope(request.config) != "function"
-    if keep and not _held:
+    if keep and not cathouse_connections.holding:
         # Runs before the session fixtures set up earlier (the branch, the session's loop)
         # are torn down: kept connections close while their loop and branch still exist.
-        request.session.addfinalizer(close_kept_connections)
+        request.session.addfinalizer(cathouse_connections.close_all)
     # a branch of the test's own goes away after it: no connection to it is kept
-    keep = keep and cathouse_test_branch.id == (cathouse_branch_session.handle or cathouse_test_branch).id
-    async with rolled_back_session(
+    session_branch = cathouse_branch_session.handle
+    keep = keep and session_branch is not None and cathouse_test_branch.id == session_branch.id
+    async with cathouse_connections.rolled_back_session(
         cathouse_test_branch.pooled_url, keep=keep, resets=lambda: cathouse_branch_session.resets
     ) as session:
         yield session
-
-
-def _session_engine(pooled_url: str) -> AsyncEngine:
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
-
-    from harness.engines import engine_kwargs
-    from harness.settings import ServiceConfig
-
-    # The pooled URL may be PgBouncer in transaction mode: use its safe asyncpg settings.
-    kwargs = engine_kwargs(ServiceConfig(name="db-session"), pgbouncer=True)
-    return create_async_engine(
-        _asyncpg_url(pooled_url), poolclass=NullPool, connect_args=kwargs["connect_args"]
-    )
 
 
 @pytest.fixture

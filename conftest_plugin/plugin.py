@@ -15,6 +15,7 @@ from conftest_plugin.fixtures import (  # noqa: F401  (pytest finds fixtures by 
     _cathouse_reset_marker,
     branch_per_test,
     cathouse_branch_session,
+    cathouse_connections,
     cathouse_settings,
     cathouse_test_branch,
     database_url,

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from harness.rollback_session import KeptConnections
+
 if TYPE_CHECKING:
     from harness.errors import ConfigError
     from harness.session import BranchSession
@@ -29,6 +31,8 @@ class HarnessState:
     workers_up: int = 0
     workers_finished: int = 0
     saved_env: dict[str, str | None] = field(default_factory=dict)
+    # db_session's engines and the connections it keeps between tests
+    connections: KeptConnections = field(default_factory=KeptConnections)
 
 
 state_key = pytest.StashKey[HarnessState]()

@@ -202,17 +202,29 @@ def ensure_owned(branch: Branch, action: str) -> None:
         )
 
 
-def ensure_dev(branch: Branch, action: str) -> None:
+def ensure_dev(branch: Branch, action: str, *, finished_sessions: bool = False) -> None:
     """Raise SafetyError unless `branch` is a developer's branch (`cathouse-branch up`):
-    a template or a test session's branch belongs to every run, or to one that is live."""
+    a template belongs to every run, a test session's branch to a run that may be live.
+    With `finished_sessions`, a session branch whose test process on this machine is gone
+    (kept on failure, or left by a failed delete) passes too."""
     ensure_owned(branch, action)
     kind = branch.annotation.get(MARK_KIND)
-    if kind != "dev":
-        raise SafetyError(
-            f"refusing to {action} {branch.name} ({branch.id}): it is a {kind or 'harness'} branch, "
-            "not one of cathouse-branch up",
-            hint="up, reset and down act on developers' branches only",
-        )
+    if kind == "dev" or (finished_sessions and kind == "session" and _process_gone(branch)):
+        return
+    raise SafetyError(
+        f"refusing to {action} {branch.name} ({branch.id}): it is a {kind or 'harness'} branch, "
+        "not one of cathouse-branch up" + (" (its run may still be going)" if kind == "session" else ""),
+        hint="developers' commands act on developers' branches; gc removes the rest",
+    )
+
+
+def _process_gone(branch: Branch) -> bool:
+    """The test process that made `branch` ran on this machine and has ended."""
+    from harness.local.discovery import pid_alive
+
+    pid = branch.annotation.get(MARK_PID, "")
+    same_host = branch.annotation.get(MARK_HOST) == socket.gethostname()[:60]
+    return same_host and pid.isdigit() and not pid_alive(int(pid))
 
 
 def refused_key(exc: NeonAPIError, settings: Settings) -> ConfigError | None:

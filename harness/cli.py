@@ -342,7 +342,7 @@ def cmd_down(ctx: Context) -> int:
 
     async def work(client: Any, project_id: str) -> Any:
         branch = await branches.resolve_given_branch(client, project_id, target)
-        branches.ensure_dev(branch, "delete")
+        branches.ensure_dev(branch, "delete", finished_sessions=True)
         await branches.delete_owned_branch(client, project_id, branch.id)
         return branch
 

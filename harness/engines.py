@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from harness.settings import ServiceConfig, Settings, check_pool_budget
+from harness.settings import ServiceConfig
 from harness.urls import is_pooled_url, normalize_asyncpg_url
 
 POOL_RECYCLE = 3600
@@ -93,8 +93,3 @@ def create_service_engine(
     kwargs = _merge(engine_kwargs(service, echo=echo, pgbouncer=pgbouncer), overrides)
     return create_async_engine(normalized, **kwargs)
 
-
-def check_budget(settings: Settings) -> int:
-    """Raise ConfigError when the services' pools exceed `connection_limit`; else the total."""
-    check_pool_budget(settings.services, settings.connection_limit, settings.source_of("services"))
-    return settings.pool_budget

@@ -139,7 +139,6 @@ class BranchSession:
 
         started = time.perf_counter()
         name = session_branch_name(self.run_id, self.worker)
-        self._start_watchdog()
         assert self._watchdog is not None
         self._watchdog.record_name(project_id, name)
         try:

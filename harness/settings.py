@@ -206,14 +206,6 @@ def parse_ttl(value: Any, *, key: str = "branch_ttl", source: str = "default") -
     return ttl
 
 
-def format_ttl(ttl: timedelta) -> str:
-    seconds = int(ttl.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
 def _parse_bool(value: Any, key: str, source: str) -> bool:
     if isinstance(value, bool):
         return value

@@ -23,7 +23,6 @@ from harness.branches import (
     create_owned_branch,
     delete_owned_branch,
     extend_expiry,
-    handle_for,
     harness_branches,
     template_branch_name,
 )
@@ -192,10 +191,3 @@ async def _build(
     log.info("template %s (%s) is ready", name, handle.id)
     return TemplateResult(handle.id, name, False, time.perf_counter() - started, migrate_seconds)
 
-
-async def template_handle(
-    client: NeonClient, project_id: str, template: TemplateResult, *, database: str, role: str
-) -> BranchHandle:
-    return await handle_for(
-        client, project_id, template.branch_id, database=database, role=role, kind="template"
-    )

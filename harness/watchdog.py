@@ -64,9 +64,6 @@ class WatchdogHandle:
     def forget(self, branch_id: str) -> None:
         (self.marker_dir / branch_file_name(branch_id)).unlink(missing_ok=True)
 
-    def recorded(self) -> list[str]:
-        return sorted(p.name for p in self.marker_dir.iterdir() if p.name.startswith("br-"))
-
     def stop(self) -> None:
         """Close the pipe: the watchdog deletes what is still recorded, then exits."""
         if self.process.stdin and not self.process.stdin.closed:

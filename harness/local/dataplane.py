@@ -5,7 +5,7 @@ on one PostgreSQL cluster: a branch is a physical database copied from its paren
 endpoint is a pair of loopback listeners (direct, pooled) that map the logical database
 name a client asks for to the branch's physical database.
 
-Copies are fenced (DESIGN.md section 8): PostgreSQL copies a template's files while its
+Copies are fenced: PostgreSQL copies a template's files while its
 sessions may still write, and commit status is cluster-wide, so a transaction open
 during the copy would surface in the child once it commits. Before a copy we hold new
 connections to the template, let open transactions finish for a short while, end what
@@ -42,6 +42,7 @@ from harness.local.postgres import (
 from harness.local.proxy import EndpointProxy, Fences, Upstream
 from harness.local.tls import server_context
 from harness.log import get_logger
+from harness.sql import quote_ident, quote_literal
 
 log = get_logger("local.dataplane")
 
@@ -68,14 +69,6 @@ class EndpointAddress:
     pooled_port: int
     pooled_via_pgbouncer: bool
     tls: bool
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 class DataPlane:

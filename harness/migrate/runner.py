@@ -45,6 +45,7 @@ from harness.migrate.environment import (
 )
 from harness.migrate.guard import README_SECTION, refused_in
 from harness.settings import ServiceConfig, Settings
+from harness.sql import quote_ident
 
 VERSION_TABLE = "alembic_version"
 UNDEFINED_TABLE = "42P01"
@@ -67,10 +68,6 @@ class ServiceResult:
     @property
     def changed(self) -> bool:
         return self.before != self.after
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def end_transaction(connection: Connection) -> None:

@@ -48,8 +48,7 @@ from harness.neon.retry import (
 )
 from harness.neon.stats import ApiStats, route_of
 from harness.redact import Secret, register_secret, scrub
-
-DEFAULT_API_HOST = "https://console.neon.tech/api/v2"
+from harness.settings import DEFAULT_API_HOST
 
 log = get_logger("neon")
 
@@ -181,7 +180,7 @@ def _obj(data: Any, key: str) -> Mapping[str, Any]:
 
 
 class NeonClient:
-    """Async client for the subset of Neon API v2 the harness needs (DESIGN.md section 4).
+    """Async client for the subset of Neon API v2 the harness needs.
 
     `sleep`, `clock` and `rng` exist so tests can run retries and polling without waiting.
     """

@@ -10,9 +10,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from harness.engines import check_budget, create_service_engine, engine_kwargs
+from harness.engines import create_service_engine, engine_kwargs
 from harness.errors import ConfigError
-from harness.settings import ServiceConfig, Settings
+from harness.settings import ServiceConfig, Settings, check_pool_budget
 from harness.urls import is_pooled_url, normalize_asyncpg_url
 
 AUTH = ServiceConfig(name="auth-service", schema="auth", pool_size=2, max_overflow=1)
@@ -111,11 +111,12 @@ def test_engine_kwargs_for_pgbouncer():
     assert proxy["execution_options"] == {"postgresql_readonly": True}
 
 
-def test_check_budget(tmp_path: Path):
+def test_pool_budget(tmp_path: Path):
     services = (AUTH, ServiceConfig(name="b", pool_size=5, max_overflow=3))
-    assert check_budget(Settings(project_root=tmp_path, services=(AUTH, PROXY))) == 4
+    assert Settings(project_root=tmp_path, services=(AUTH, PROXY)).pool_budget == 4
+    check_pool_budget((AUTH, PROXY), 4, "test")
     with pytest.raises(ConfigError, match="pools need 11 connections"):
-        check_budget(Settings(project_root=tmp_path, services=services, connection_limit=10))
+        check_pool_budget(services, 10, "test")
 
 
 async def test_live_engine_has_the_seed_settings(fresh_database_url):
