@@ -12,133 +12,19 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness.cli_args import PROG, Progress, UsageFailure, build_parser
 from harness.envfile import read_env_file, write_env_file, written_by_us
 from harness.errors import ConfigError, HarnessError
 from harness.redact import redact_url, scrub
 from harness.settings import INIT_HINT, Settings, load_settings, parse_ttl
 from harness.urls import url_from_argument
 
-PROG = "cathouse-branch"
 DEV_TTL = timedelta(days=7)
-NAME_HELP = (
-    "the name given to up (X for harness/dev/X), the full name or the br- id "
-    "(default: the one in .env)"
-)
-
-
-class Progress:
-    """Steps with timings on stderr; a person sees what is happening and how long it took."""
-
-    def __init__(self, stream: TextIO, quiet: bool = False) -> None:
-        self.stream = stream
-        self.quiet = quiet
-
-    def step(self, label: str) -> _Step:
-        return _Step(self, label)
-
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            print(scrub(text), file=self.stream, flush=True)
-
-
-class _Step:
-    def __init__(self, progress: Progress, label: str) -> None:
-        self.progress = progress
-        self.label = label
-
-    def __enter__(self) -> _Step:
-        self.started = time.perf_counter()
-        if self.progress.stream.isatty() and not self.progress.quiet:
-            print(f"… {self.label}", end="\r", file=self.progress.stream, flush=True)
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        seconds = time.perf_counter() - self.started
-        mark = "✗" if exc_type else "✓"
-        self.progress.say(f"{mark} {self.label} ({seconds:.2f} s)")
-
-
-class UsageFailure(ConfigError):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse would print usage and a traceback-free line
-        raise UsageFailure(message, hint=f"see {PROG} --help")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument("--project-dir", type=Path, default=None, help="project to use (default: .)")
-    common.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    common.add_argument("--show-secrets", action="store_true", help="print passwords in URLs")
-    common.add_argument("--backend", choices=("neon", "embedded"), default=None)
-    common.add_argument(
-        "--storage", choices=("memory", "disk"), default=None,
-        help="embedded default only: memory (fast, the default) or disk (survives reboots)",
-    )
-    common.add_argument("--quiet", action="store_true", help="no progress on stderr")
-
-    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    up = sub.add_parser("up", parents=[common], help="create a migrated branch and write .env")
-    up.add_argument("--name", default=None, help="branch name (default: harness/dev/<user>-<git branch>)")
-    up.add_argument("--ttl", default=None, help="time to live, e.g. 8h or 7d (default 7d)")
-    up.add_argument("--parent", default=None, help="parent branch (default from config)")
-    up.add_argument("--env-file", type=Path, default=None, help="where to write (default ./.env)")
-    up.add_argument("--force", action="store_true", help="overwrite a .env not written by us")
-
-    down = sub.add_parser("down", parents=[common], help="delete a branch made by the harness")
-    down.add_argument("name", nargs="?", default=None, help=NAME_HELP)
-    down.add_argument("--env-file", type=Path, default=None)
-
-    sub.add_parser("list", parents=[common], help="list the branches the harness made")
-
-    url = sub.add_parser(
-        "url", parents=[common],
-        help="print a branch's connection URL with its password, for psql \"$(…)\"",
-    )
-    url.add_argument("name", nargs="?", default=None, help=NAME_HELP)
-    url.add_argument("--pooled", action="store_true", help="the pooled URL instead of the direct one")
-    url.add_argument("--asyncpg", action="store_true", help="as postgresql+asyncpg:// for SQLAlchemy")
-    url.add_argument("--env-file", type=Path, default=None)
-
-    reset = sub.add_parser("reset", parents=[common], help="restore a branch to its parent, migrate")
-    reset.add_argument("name", nargs="?", default=None, help=NAME_HELP)
-    reset.add_argument("--env-file", type=Path, default=None)
-
-    gc = sub.add_parser("gc", parents=[common], help="remove expired or orphaned harness branches")
-    gc.add_argument("--dry-run", action="store_true", help="only show what would be removed")
-    gc.add_argument("--run", default=None, help="only the branches of this test run id")
-
-    migrate = sub.add_parser("migrate", parents=[common], help="migrate the branch named by .env")
-    migrate.add_argument("--url", default=None, help="direct URL without a password, or - to read "
-                         "it from stdin (default: MIGRATION_DATABASE_URL)")
-    migrate.add_argument("--env-file", type=Path, default=None)
-
-    doctor = sub.add_parser("doctor", parents=[common], help="check configuration and setup")
-    doctor.add_argument("--env-file", type=Path, default=None)
-
-    init = sub.add_parser(
-        "init", parents=[common],
-        help="propose [tool.cathouse_harness] from the project's alembic.ini files",
-    )
-    init.add_argument("--yes", action="store_true", help="write it into the project's pyproject.toml")
-    init.add_argument(
-        "--force", action="store_true", help="with --yes: replace an existing [tool.cathouse_harness]"
-    )
-
-    emulator = sub.add_parser("emulator", parents=[common], help="run the local Neon API server")
-    emulator.add_argument("--port", type=int, default=0)
-    emulator.add_argument("--home", type=Path, default=None)
-    return parser
 
 
 # -- shared plumbing ---------------------------------------------------------------------
@@ -260,6 +146,7 @@ def _migrate(ctx: Context, direct_url: str) -> list[dict[str, Any]]:
 
 def cmd_up(ctx: Context) -> int:
     from harness import branches
+    from harness.devbranch import dev_branch
     from harness.urls import normalize_asyncpg_url
 
     settings = ctx.settings
@@ -271,23 +158,7 @@ def cmd_up(ctx: Context) -> int:
         write_env_file(ctx.env_file, {}, force=False)  # raises the one-line refusal
 
     async def work(client: Any, project_id: str) -> tuple[Any, bool]:
-        # first: a wrong project, key or parent is a one-line config error, before anything
-        parent = await branches.resolve_parent(client, project_id, settings)
-        existing = await client.find_branch(project_id, name)
-        if existing is not None:
-            branches.ensure_dev(existing, "reuse")
-            handle = await branches.handle_for(
-                client, project_id, existing.id, database=settings.database, role=settings.role,
-                kind="dev",
-            )
-            await branches.extend_expiry(client, project_id, [existing.id], ttl)
-            return handle, False
-        handle = await branches.create_owned_branch(
-            client, project_id, name=name, parent_id=parent.id, ttl=ttl, kind="dev",
-            run_id=f"dev-{branches.clean_name_part(name)}", database=settings.database,
-            role=settings.role, schema_only=settings.schema_only,
-        )
-        return handle, True
+        return await dev_branch(client, project_id, settings, name=name, ttl=ttl)
 
     with ctx.progress.step(f"branch {name}"):
         handle, created = _with_client(ctx, work)
@@ -436,64 +307,8 @@ def cmd_reset(ctx: Context) -> int:
     return 0
 
 
-def gc_candidates(found: Sequence[Any], *, current_fingerprint: str | None, run: str | None,
-                  now: datetime | None = None) -> list[tuple[Any, str]]:
-    """Which harness branches gc removes, and why. Pure, so it is easy to test.
-
-    A branch with children is never chosen (a template that sessions still fork from,
-    a parent a delete would fail on). A template is outdated when no session has used
-    it for TEMPLATE_IDLE, not when its fingerprint differs from this checkout's: other
-    checkouts (main, other CI refs) use theirs.
-    """
-    import socket
-
-    from harness import branches
-    from harness.templates import STALE_BUILD, TEMPLATE_IDLE, last_used
-
-    now = now or datetime.now(UTC)
-    host = socket.gethostname()[:60]
-    parents = {b.parent_id for b in found if b.parent_id}
-    chosen: list[tuple[Any, str]] = []
-    for branch in found:
-        if branch.id in parents:
-            continue
-        marks = branch.annotation
-        if run is not None:
-            if marks.get(branches.MARK_RUN) == run and marks.get(branches.MARK_KIND) == "session":
-                chosen.append((branch, f"belongs to run {run}"))
-            continue
-        kind = marks.get(branches.MARK_KIND)
-        used = last_used(branch) if kind == "template" else None
-        if branches.is_expired(branch, now):
-            chosen.append((branch, "expired"))
-        elif kind == "session" and marks.get(branches.MARK_HOST) == host and not _pid_alive(
-            marks.get(branches.MARK_PID)
-        ):
-            chosen.append((branch, "its test process is gone"))
-        elif kind == "template" and branch.name.endswith(".building") and branch.created_at and (
-            now - branch.created_at > STALE_BUILD
-        ):
-            chosen.append((branch, "abandoned template build"))
-        elif (
-            kind == "template"
-            and used is not None
-            and now - used > TEMPLATE_IDLE
-            and marks.get(branches.MARK_FINGERPRINT) != current_fingerprint
-        ):
-            chosen.append((branch, f"template unused since {used:%Y-%m-%d %H:%M} UTC"))
-    return chosen
-
-
-def _pid_alive(pid: str | None) -> bool:
-    if not pid or not pid.isdigit():
-        return True  # unknown: leave it to expires_at
-    from harness.local.discovery import pid_alive
-
-    return pid_alive(int(pid))
-
-
 def cmd_gc(ctx: Context) -> int:
-    from harness import branches
+    from harness import branches, gc
 
     fingerprint = None
     if ctx.settings.migrating_services:
@@ -505,7 +320,7 @@ def cmd_gc(ctx: Context) -> int:
 
     async def work(client: Any, project_id: str) -> tuple[list[tuple[Any, str]], list[str]]:
         found = await branches.harness_branches(client, project_id)
-        chosen = gc_candidates(found, current_fingerprint=fingerprint, run=ctx.args.run)
+        chosen = gc.candidates(found, current_fingerprint=fingerprint, run=ctx.args.run)
         done: list[str] = []
         if not ctx.args.dry_run:
             for branch, _why in chosen:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import gc_candidates
+from harness.gc import candidates as gc_candidates
 from harness.migrations import current_revisions, head_revisions
 from harness.settings import load_settings
 from tests.cli._support import cli, error_lines
