@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from conftest_plugin.state import HarnessState, state_key
+from harness import env
 from harness.errors import ConfigError, HarnessError
 from harness.redact import redact_url
 from harness.rollback_session import KeptConnections
@@ -66,7 +67,7 @@ def cathouse_settings(pytestconfig: pytest.Config) -> Settings:
 def _keep_policy(settings: Settings, backend: str) -> str:
     if settings.keep_branch:
         return settings.keep_branch
-    if backend == "embedded" and not os.environ.get("CI"):
+    if backend == "embedded" and not env.read("CI"):
         return "on-failure"
     return "never"
 

@@ -33,6 +33,7 @@ from conftest_plugin.options import (
 )
 from conftest_plugin.scrub import scrub_report
 from conftest_plugin.state import HarnessState, state_key
+from harness import env
 from harness.errors import ConfigError
 from harness.runs import adopt_owner_token, check_run_id, owner_token
 from harness.settings import INIT_HINT, Settings
@@ -52,7 +53,7 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     )
     # With autoload off, `-p cathouse_harness` alone must still give working async
     # fixtures, so bring pytest-asyncio along under its usual name.
-    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") and not pluginmanager.has_plugin("asyncio"):
+    if env.read("PYTEST_DISABLE_PLUGIN_AUTOLOAD") and not pluginmanager.has_plugin("asyncio"):
         try:
             import pytest_asyncio.plugin as asyncio_plugin
         except ImportError:
@@ -78,7 +79,7 @@ def _run_id(config: pytest.Config) -> str:
     given = getattr(config.option, "testrunuid", None)
     if given:
         return check_run_id(str(given), key="--testrunuid", source="command line")
-    from_env = os.environ.get("CATHOUSE_RUN_ID")
+    from_env = env.read("CATHOUSE_RUN_ID")
     run_id = check_run_id(from_env, source="environment") if from_env else uuid.uuid4().hex[:12]
     if hasattr(config.option, "testrunuid"):
         config.option.testrunuid = run_id

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness import env
 from harness.cli_args import PROG, Progress, UsageFailure, build_parser
 from harness.envfile import read_env_file, write_env_file, written_by_us
 from harness.errors import ConfigError, HarnessError
@@ -369,7 +369,7 @@ def _check_url(url: str, key: str) -> None:
 
 def cmd_migrate(ctx: Context) -> int:
     url = (url_from_argument(ctx.args.url) if ctx.args.url else None) \
-        or os.environ.get("MIGRATION_DATABASE_URL") or read_env_file(ctx.env_file).get(
+        or env.read("MIGRATION_DATABASE_URL") or read_env_file(ctx.env_file).get(
         "MIGRATION_DATABASE_URL"
     )
     if not url:
@@ -444,7 +444,7 @@ def cmd_emulator(ctx: Context) -> int:
     from harness.local.server import run_emulator
     from harness.settings import default_home
 
-    home = ctx.args.home or Path(os.environ.get("CATHOUSE_HARNESS_HOME") or default_home())
+    home = ctx.args.home or Path(env.read("CATHOUSE_HARNESS_HOME") or default_home())
     return run_emulator(ctx.args.port, home, ctx.args.storage or "memory", ctx.out)
 
 
@@ -478,7 +478,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except Exception as exc:  # a bug: still one line, still no secret
-        if os.environ.get("CATHOUSE_DEBUG"):
+        if env.read("CATHOUSE_DEBUG"):
             raise
         print(f"{PROG}: unexpected error: {scrub(f'{type(exc).__name__}: {exc}')} "
               "(set CATHOUSE_DEBUG=1 for a traceback)", file=err)

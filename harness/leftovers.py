@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from harness import env
 from harness.errors import UnsafePathError
 from harness.local import locations
 from harness.local.discovery import pid_alive
@@ -92,7 +93,7 @@ def _bases() -> list[Path]:
         locations.SHM_DIR / f"{locations.PREFIX}{os.geteuid()}",
         locations.VAR_TMP_DIR / f"{locations.PREFIX}{os.geteuid()}",
     ]
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    runtime = env.read("XDG_RUNTIME_DIR")
     if runtime:
         found.append(Path(runtime) / "cathouse-harness")
     safe = []

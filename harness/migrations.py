@@ -12,7 +12,6 @@ connection: no interpreter start-up, no connect per service. See
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from time import perf_counter
 
 from sqlalchemy.engine import Connection
 
+from harness import env
 from harness.errors import ConfigError, HarnessError, MigrationError
 from harness.fingerprint import migration_fingerprint
 from harness.migrate.checks import (
@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
 def _resolve_url(argument: str | None, project_root: Path) -> str:
     if argument:
         return url_from_argument(argument)
-    from_env = os.environ.get(ENV_URL)
+    from_env = env.read(ENV_URL)
     if from_env:
         return from_env
     dotenv_path = project_root / ".env"

@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from harness import env
 from harness.errors import ConfigError
 from harness.redact import Secret
 
@@ -154,7 +155,7 @@ class Settings:
 
 def default_home() -> Path:
     """Per-user cache directory for the embedded default's state and data."""
-    xdg = os.environ.get("XDG_CACHE_HOME")
+    xdg = env.read("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "cathouse-harness"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from harness import env
 from harness.redact import Secret
 from harness.safe_paths import private_home
 
@@ -42,8 +43,8 @@ def resolve_home(home: Path | None) -> Path:
     if home is None:
         from harness.settings import default_home
 
-        env = os.environ.get("CATHOUSE_HARNESS_HOME")
-        home = Path(env) if env else default_home()
+        given = env.read("CATHOUSE_HARNESS_HOME")
+        home = Path(given) if given else default_home()
     return private_home(Path(home).expanduser().resolve())
 
 

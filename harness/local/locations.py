@@ -17,6 +17,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from harness import env
 from harness.errors import UnsafePathError
 from harness.safe_paths import check_dir, ensure_dir
 
@@ -44,7 +45,7 @@ def per_user_dir(parent: Path, *, switch: bool) -> Path:
 def runtime_base(*, switch: bool) -> Path | None:
     """`$XDG_RUNTIME_DIR/cathouse-harness` when it is ours and PostgreSQL runs as us (its
     own user could not enter a 0700 runtime directory)."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    runtime = env.read("XDG_RUNTIME_DIR")
     if switch or not runtime:
         return None
     try:
@@ -71,7 +72,7 @@ def memory_candidates(home: Path) -> list[Path]:
         SHM_DIR / f"{PREFIX}{os.geteuid()}" / tag,
         VAR_TMP_DIR / f"{PREFIX}{os.geteuid()}" / f"{tag}-memory",
     ]
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    runtime = env.read("XDG_RUNTIME_DIR")
     if runtime:
         candidates.append(Path(runtime) / "cathouse-harness" / tag)
     return candidates

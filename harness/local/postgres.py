@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from harness import env
 from harness.errors import LocalServerError, UnsafePathError
 from harness.local import locations
 from harness.local.discovery import pid_alive
@@ -311,7 +312,7 @@ def minimal_env(home: Path) -> dict[str, str]:
     """The whole environment of a process we start as PostgreSQL's user: none of ours
     (which may hold NEON_API_KEY, CATHOUSE_PG_URL or a DATABASE_URL) passes to it."""
     return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PATH": env.read("PATH") or "/usr/bin:/bin",
         "LANG": "C",
         "LC_ALL": "C",
         "HOME": str(home),

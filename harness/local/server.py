@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from harness import env
 from harness.errors import LocalServerError
 from harness.local.discovery import (
     STORAGES,
@@ -142,7 +143,7 @@ def _make_dataplane(home: Path, storage: str) -> Any:
     return DataPlane(
         home,
         storage=storage,  # type: ignore[arg-type]
-        external_pg_url=os.environ.get("CATHOUSE_PG_URL") or None,
+        external_pg_url=env.read("CATHOUSE_PG_URL"),
     )
 
 
@@ -236,7 +237,7 @@ def run_server(
     _check_storage(storage)
     home = resolve_home(home)
     if faults is None:
-        faults = parse_faults(os.environ.get(FAULTS_ENV))
+        faults = parse_faults(env.read(FAULTS_ENV))
     handle = ServerHandle()
 
     def started(info: LocalServerInfo) -> None:
