@@ -11,6 +11,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +37,8 @@ class Context:
         self.out = out
         self.progress = Progress(err, quiet=getattr(args, "quiet", False) or False)
         self.project_dir: Path = (args.project_dir or Path.cwd()).resolve()
+        if not self.project_dir.is_dir():
+            raise ConfigError(f"{str(self.project_dir)!r} is not a directory", key="--project-dir")
         self._settings: Settings | None = None
 
     @property
@@ -117,28 +120,28 @@ def _branch_from_env(ctx: Context, name: str | None) -> str:
     return branch
 
 
-def _print_migrations(ctx: Context, results: Sequence[Any]) -> list[dict[str, Any]]:
-    rows = []
-    for r in results:
-        rows.append(
-            {"service": r.service, "before": r.before, "after": r.after, "seconds": round(r.seconds, 3)}
-        )
-        if r.before == r.after:
-            ctx.progress.say(f"  {r.service}: at head {r.after}, nothing to do")
-        else:
-            ctx.progress.say(f"  {r.service}: {r.before or 'base'} -> {r.after} ({r.seconds:.2f} s)")
-    return rows
+def _migration_rows(results: Sequence[Any]) -> list[dict[str, Any]]:
+    return [
+        {"service": r.service, "before": r.before, "after": r.after, "seconds": round(r.seconds, 3)}
+        for r in results
+    ]
 
 
-def _migrate(ctx: Context, direct_url: str) -> list[dict[str, Any]]:
+def _run_migrations(ctx: Context, direct_url: str, report: Callable[[str], None],
+                    target: str = "head") -> list[Any]:
+    """Migrate every service; `report` gets each service's line as soon as it is done."""
     from harness.migrations import migrate_all
 
     if not ctx.settings.migrating_services:
         ctx.progress.say(f"no service has migrations: nothing to migrate ({INIT_HINT})")
         return []
     with ctx.progress.step(f"migrate {len(ctx.settings.migrating_services)} service(s)"):
-        results = migrate_all(ctx.settings, direct_url)
-    return _print_migrations(ctx, results)
+        return migrate_all(ctx.settings, direct_url, target=target, reporter=report)
+
+
+def _migrate(ctx: Context, direct_url: str) -> list[dict[str, Any]]:
+    """Migrate as part of up/reset: each service's line on stderr, the rows for --json."""
+    return _migration_rows(_run_migrations(ctx, direct_url, lambda line: ctx.progress.say(f"  {line}")))
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -380,11 +383,18 @@ def cmd_migrate(ctx: Context) -> int:
             hint=f"pass --url or run {PROG} up",
         )
     _check_url(url, "--url" if ctx.args.url else "MIGRATION_DATABASE_URL")
-    migrations = _migrate(ctx, url)
-    changed = any(m["before"] != m["after"] for m in migrations)
+    from harness.migrations import summary_line
+
+    started = time.perf_counter()
+
+    def report(line: str) -> None:  # results on stdout as they come (not mixed into --json)
+        if not ctx.args.json:
+            print(line, file=ctx.out, flush=True)
+
+    results = _run_migrations(ctx, url, report, ctx.args.target)
     ctx.emit(
-        {"migrations": migrations, "changed": changed},
-        ["migrated" if changed else "all services at head; nothing changed"],
+        {"migrations": _migration_rows(results), "changed": any(r.changed for r in results)},
+        [summary_line(results, ctx.args.target, time.perf_counter() - started)],
     )
     return 0
 

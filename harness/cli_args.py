@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--url", default=None, help="direct URL without a password, or - to read "
                          "it from stdin (default: MIGRATION_DATABASE_URL)")
     migrate.add_argument("--env-file", type=Path, default=None)
+    migrate.add_argument("--target", default="head", help="revision to upgrade to (default: head)")
 
     doctor = sub.add_parser("doctor", parents=[common], help="check configuration and setup")
     doctor.add_argument("--env-file", type=Path, default=None)

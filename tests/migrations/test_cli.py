@@ -1,4 +1,5 @@
-"""`python -m harness.migrations` and scripts/init-local-db.sh, as subprocesses."""
+"""`python -m harness.migrations` (the same command as `cathouse-branch migrate`) and
+scripts/init-local-db.sh, as subprocesses."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def test_failing_migration_exits_1_with_one_line(fresh_database_url, example_cop
     done = run([sys.executable, "-m", "harness.migrations"], example_copy,
                MIGRATION_DATABASE_URL=fresh_database_url)
     assert done.returncode == 1
-    error_lines = done.stderr.strip().splitlines()
+    error_lines = [line for line in done.stderr.splitlines() if line.startswith("cathouse-branch:")]
     assert len(error_lines) == 1
     line = error_lines[0]
     assert "catalog-service" in line and "c0ffee000009" in line and "division by zero" in line
@@ -101,7 +102,7 @@ def test_url_precedence_argument_environment_dotenv(fresh_database_url, example_
     ("args", "expected"),
     [
         ([], "MIGRATION_DATABASE_URL"),
-        (["--url", "mysql://u@h/db"], "not a PostgreSQL URL"),
+        (["--url", "mysql://u@h/db"], "is not a postgresql:// URL"),
         (["--url", "postgresql://u:TopSecretPw@h/db"], "other local users can read"),
         (["--project", "/nonexistent/dir"], "is not a directory"),
     ],
