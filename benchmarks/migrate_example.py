@@ -7,7 +7,7 @@ Measures, each on a fresh empty database:
 
 1. the Cat House example, in process (`migrate_all`), against the baseline of one
    `alembic upgrade head` subprocess per service (what the seed's init-local-db did);
-2. the same through `python -m harness.migrations` (interpreter start-up included);
+2. the same through `python -m harness migrate` (interpreter start-up included);
 3. a synthetic project of 3 services x 100 revisions, cold (fresh copy, no bytecode).
 """
 
@@ -86,7 +86,7 @@ def in_process(project: Path, url: str) -> float:
 
 def module_run(project: Path, url: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "harness.migrations", "--project", str(project)],
+    subprocess.run([sys.executable, "-m", "harness", "migrate", "--project-dir", str(project)],
                    env=env_with(url), check=True, capture_output=True)
     return time.perf_counter() - started
 
@@ -169,7 +169,7 @@ def main() -> int:
         with scratch as url:
             runs_module.append(module_run(EXAMPLE, url))
     print(f"cat house example, in process (migrate_all): {best(runs_in)}")
-    print(f"cat house example, python -m harness.migrations: {best(runs_module)}")
+    print(f"cat house example, python -m harness migrate: {best(runs_module)}")
     print(f"baseline, alembic upgrade head per service: {best(runs_base)}")
     print(f"ratio baseline / in process: {min(runs_base) / min(runs_in):.1f}x; "
           f"baseline / module: {min(runs_base) / min(runs_module):.1f}x")
@@ -182,7 +182,7 @@ def main() -> int:
     print(f"3 services x 100 revisions, cold, in process: {best(runs_cold)}")
     with tempfile.TemporaryDirectory() as tmp, scratch as url:
         project = synthetic_project(Path(tmp), services=3, revisions=100)
-        print(f"3 services x 100 revisions, cold, python -m harness.migrations: "
+        print(f"3 services x 100 revisions, cold, python -m harness migrate: "
               f"{module_run(project, url):.3f} s")
     return 0
 

@@ -1,6 +1,5 @@
-"""Ordered multi-service Alembic migrations: runner, fingerprint, checks and command line.
-
-    python -m harness.migrations [--url URL] [--project DIR] [--target head]
+"""Ordered multi-service Alembic migrations: the API (its command line is
+`cathouse-branch migrate`, also `python -m harness migrate`).
 
 Services migrate in the order `[tool.cathouse_harness].services` lists them, each with
 Alembic's command API and its version table in its own schema, over the direct
@@ -11,7 +10,6 @@ connection: no interpreter start-up, no connect per service. See
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 
 from sqlalchemy.engine import Connection
@@ -43,7 +41,6 @@ __all__ = [
     "check_single_head",
     "current_revisions",
     "head_revisions",
-    "main",
     "migrate_all",
     "migration_fingerprint",
 ]
@@ -108,7 +105,7 @@ def current_revisions(settings: Settings, direct_url: str) -> dict[str, str | No
     return run_with_connection(direct_url, read)
 
 
-# --- the command line is cathouse-branch migrate -------------------------------------
+# --- the command line is `cathouse-branch migrate` (also `python -m harness migrate`) ---
 
 
 def summary_line(results: Sequence[ServiceResult], target: str, seconds: float) -> str:
@@ -120,15 +117,3 @@ def summary_line(results: Sequence[ServiceResult], target: str, seconds: float) 
     return f"all services {where}; nothing changed"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m harness.migrations [--project DIR] …`: the same command as
-    `cathouse-branch migrate [--project-dir DIR] …`, kept for scripts that call it."""
-    from harness.cli import main as cli_main
-
-    args = ["--project-dir" if a == "--project" else a for a in (sys.argv[1:] if argv is None else argv)]
-    args = [a.replace("--project=", "--project-dir=", 1) if a.startswith("--project=") else a for a in args]
-    return cli_main(["migrate", *args])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -55,6 +55,24 @@ def _split_scheme(url: str) -> tuple[str, str]:
     return scheme.lower(), rest
 
 
+def _split_query(url: str) -> tuple[str, list[str], str | None]:
+    """(everything between `://` and `?`, the query's `k=v` parts as written, fragment)."""
+    _, rest = _split_scheme(url)
+    base, hash_sep, fragment = rest.partition("#")
+    base, query_sep, query = base.partition("?")
+    parts = [p for p in query.split("&") if p] if query_sep else []
+    return base, parts, fragment if hash_sep else None
+
+
+def _join_query(scheme: str, base: str, parts: list[str], fragment: str | None) -> str:
+    out = f"{scheme}://{base}"
+    if parts:
+        out += "?" + "&".join(parts)
+    if fragment is not None:
+        out += "#" + fragment
+    return out
+
+
 def normalize_asyncpg_url(url: str) -> str:
     """`url` rewritten for SQLAlchemy's asyncpg dialect.
 
@@ -63,15 +81,11 @@ def normalize_asyncpg_url(url: str) -> str:
     (asyncpg negotiates SCRAM channel binding on its own). The user, password, host,
     path and every other query parameter are kept exactly as written.
     """
-    _, rest = _split_scheme(url)
-    base, hash_sep, fragment = rest.partition("#")
-    base, query_sep, query = base.partition("?")
+    base, parts, fragment = _split_query(url)
     kept: list[str] = []
     ssl_value: str | None = None
     explicit_ssl = False
-    for part in query.split("&") if query_sep else []:
-        if not part:
-            continue
+    for part in parts:
         raw_key, _, raw_value = part.partition("=")
         key = unquote(raw_key)
         if key == "sslmode":
@@ -90,12 +104,7 @@ def normalize_asyncpg_url(url: str) -> str:
         kept.append(part)
     if ssl_value is not None and not explicit_ssl:
         kept.append(f"ssl={ssl_value}")
-    out = f"{ASYNCPG_SCHEME}://{base}"
-    if kept:
-        out += "?" + "&".join(kept)
-    if hash_sep:
-        out += "#" + fragment
-    return out
+    return _join_query(ASYNCPG_SCHEME, base, kept, fragment)
 
 
 def is_pooled_url(url: str) -> bool:
@@ -109,10 +118,7 @@ def libpq_url(url: str, scheme: str = "postgresql") -> str:
     """`url` with its scheme set to `scheme` (a libpq-based driver: psycopg, psycopg2) and
     its query in libpq's words: an asyncpg `ssl=X` becomes `sslmode=X`. Everything else is
     kept byte for byte, as `normalize_asyncpg_url` does."""
-    _, rest = _split_scheme(url)
-    base, hash_sep, fragment = rest.partition("#")
-    base, query_sep, query = base.partition("?")
-    parts = [p for p in query.split("&") if p] if query_sep else []
+    base, parts, fragment = _split_query(url)
     keys = {unquote(p.partition("=")[0]) for p in parts}
     kept = []
     for part in parts:
@@ -122,12 +128,7 @@ def libpq_url(url: str, scheme: str = "postgresql") -> str:
                 continue
             part = f"sslmode={raw_value}"
         kept.append(part)
-    out = f"{scheme}://{base}"
-    if kept:
-        out += "?" + "&".join(kept)
-    if hash_sep:
-        out += "#" + fragment
-    return out
+    return _join_query(scheme, base, kept, fragment)
 
 
 def url_for_driver(url: str, scheme: str) -> str:

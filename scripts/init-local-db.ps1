@@ -4,7 +4,7 @@
 #   cd examples\cathouse; ..\..\scripts\init-local-db.ps1 [--target head] [--url -]   (URL on stdin; a password never goes in argv)
 #
 # The database URL is MIGRATION_DATABASE_URL (the direct, non-pooled endpoint), from the
-# environment or from .\.env. Extra arguments go to `python -m harness.migrations`.
+# environment or from .\.env. Extra arguments go to `python -m harness migrate` (cathouse-branch migrate).
 $ErrorActionPreference = 'Stop'
 
 $repoRoot = Split-Path -Parent $PSScriptRoot
@@ -36,10 +36,10 @@ if (-not $hasUrlArgument -and -not $env:MIGRATION_DATABASE_URL) {
 }
 
 # Use the installed harness; from a source checkout, the checkout's.
-& $python -c "import importlib.util as u, sys; sys.exit(u.find_spec('harness.migrations') is None)" 2>$null | Out-Null
+& $python -c "import importlib.util as u, sys; sys.exit(u.find_spec('harness.cli') is None)" 2>$null | Out-Null
 if ($LASTEXITCODE -ne 0) {
     $env:PYTHONPATH = if ($env:PYTHONPATH) { "$repoRoot;$env:PYTHONPATH" } else { $repoRoot }
 }
 
-& $python -m harness.migrations --project . @args
+& $python -m harness migrate --project-dir . @args
 exit $LASTEXITCODE

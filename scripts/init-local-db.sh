@@ -5,7 +5,7 @@
 #   cd examples/cathouse && ../../scripts/init-local-db.sh [--target head] [--url -]   (URL on stdin; a password never goes in argv)
 #
 # The database URL is MIGRATION_DATABASE_URL (the direct, non-pooled endpoint), from the
-# environment or from ./.env. Extra arguments go to `python -m harness.migrations`.
+# environment or from ./.env. Extra arguments go to `python -m harness migrate` (cathouse-branch migrate).
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,8 +39,8 @@ if [[ "$has_url_argument" == false && -z "${MIGRATION_DATABASE_URL:-}" ]]; then
 fi
 
 # Use the installed harness; from a source checkout, the checkout's.
-if ! "$python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('harness.migrations') is None)" >/dev/null 2>&1; then
+if ! "$python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('harness.cli') is None)" >/dev/null 2>&1; then
     export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-exec "$python" -m harness.migrations --project . "$@"
+exec "$python" -m harness migrate --project-dir . "$@"

@@ -1,5 +1,5 @@
-"""`python -m harness.migrations` (the same command as `cathouse-branch migrate`) and
-scripts/init-local-db.sh, as subprocesses."""
+"""`cathouse-branch migrate` (as `python -m harness migrate` and in process) and
+scripts/init-local-db.sh."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from harness.migrations import current_revisions, main
+from harness.cli import main as cli_main
+from harness.migrations import current_revisions
 from harness.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +41,7 @@ def run(args: list[str], cwd: Path, stdin: str | None = None,
 
 
 def test_module_migrates_then_says_nothing_changed(fresh_database_url, example_copy):
-    first = run([sys.executable, "-m", "harness.migrations", "--url", "-"], example_copy,
+    first = run([sys.executable, "-m", "harness", "migrate", "--url", "-"], example_copy,
                 stdin=fresh_database_url + "\n")
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
@@ -49,7 +50,7 @@ def test_module_migrates_then_says_nothing_changed(fresh_database_url, example_c
         assert line.startswith(f"{name}: base -> {head} (") and line.endswith(" s)")
     assert lines[3].startswith("all services at head; migrated 3 of 3 services in ")
 
-    second = run([sys.executable, "-m", "harness.migrations", "--project", str(example_copy)],
+    second = run([sys.executable, "-m", "harness", "migrate", "--project-dir", str(example_copy)],
                  REPO, MIGRATION_DATABASE_URL=fresh_database_url)
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines() == [
@@ -64,7 +65,7 @@ def test_failing_migration_exits_1_with_one_line(fresh_database_url, example_cop
                  'op.execute("SELECT 1 / 0")')
     password = urlsplit(fresh_database_url).password
     assert password  # the shared fixture's role logs in with a password
-    done = run([sys.executable, "-m", "harness.migrations"], example_copy,
+    done = run([sys.executable, "-m", "harness", "migrate"], example_copy,
                MIGRATION_DATABASE_URL=fresh_database_url)
     assert done.returncode == 1
     error_lines = [line for line in done.stderr.splitlines() if line.startswith("cathouse-branch:")]
@@ -85,16 +86,16 @@ def test_url_precedence_argument_environment_dotenv(fresh_database_url, example_
     broken = "postgresql://nobody@127.0.0.1:9/none"
     (example_copy / ".env").write_text(f"MIGRATION_DATABASE_URL={broken}\n")
     # .env alone: used (and fails to connect, proving it was read)
-    assert main(["--project", str(example_copy)]) == 1
+    assert cli_main(["migrate", "--project-dir", str(example_copy)]) == 1
     assert "127.0.0.1:9" in capsys.readouterr().err
     # environment beats .env
     monkeypatch.setenv("MIGRATION_DATABASE_URL", fresh_database_url)
-    assert main(["--project", str(example_copy)]) == 0
+    assert cli_main(["migrate", "--project-dir", str(example_copy)]) == 0
     capsys.readouterr()
     # argument beats environment (a URL with a password only through stdin)
     monkeypatch.setenv("MIGRATION_DATABASE_URL", broken)
     monkeypatch.setattr("sys.stdin", io.StringIO(fresh_database_url + "\n"))
-    assert main(["--project", str(example_copy), "--url", "-"]) == 0
+    assert cli_main(["migrate", "--project-dir", str(example_copy), "--url", "-"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "all services at head; nothing changed"
 
 
@@ -104,12 +105,12 @@ def test_url_precedence_argument_environment_dotenv(fresh_database_url, example_
         ([], "MIGRATION_DATABASE_URL"),
         (["--url", "mysql://u@h/db"], "is not a postgresql:// URL"),
         (["--url", "postgresql://u:TopSecretPw@h/db"], "other local users can read"),
-        (["--project", "/nonexistent/dir"], "is not a directory"),
+        (["--project-dir", "/nonexistent/dir"], "is not a directory"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(example_copy, args, expected, monkeypatch, capsys):
     monkeypatch.delenv("MIGRATION_DATABASE_URL", raising=False)
-    code = main(["--project", str(example_copy), *args])
+    code = cli_main(["migrate", "--project-dir", str(example_copy), *args])
     captured = capsys.readouterr()
     assert code == 2
     assert captured.out == ""
@@ -123,13 +124,13 @@ def test_bad_config_exits_2(example_copy, fresh_database_url, capsys, monkeypatc
     pyproject.write_text(pyproject.read_text().replace('"auth-service/alembic.ini"',
                                                        '"auth-service/missing.ini"'))
     monkeypatch.setenv("MIGRATION_DATABASE_URL", fresh_database_url)
-    assert main(["--project", str(example_copy)]) == 2
+    assert cli_main(["migrate", "--project-dir", str(example_copy)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing.ini" in err
 
 
 def test_missing_url_exits_2_as_a_subprocess(example_copy):
-    done = run([sys.executable, "-m", "harness.migrations"], example_copy)
+    done = run([sys.executable, "-m", "harness", "migrate"], example_copy)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
     assert "MIGRATION_DATABASE_URL" in done.stderr and "Traceback" not in done.stderr
