@@ -19,11 +19,16 @@ from typing import Any
 import asyncpg
 import httpx
 
+from harness.local.app import PREFIX
 from harness.local.faults import parse_faults
 from harness.local.server import LocalServerInfo, ServerHandle, serve
+from tests.local.neon_schema import answer_problems
 
 START_TIMEOUT = 90.0
 FINAL = ("finished", "failed", "error", "cancelled", "skipped")
+# Fields the local server adds that Neon's reference lacks, each a divergence in the
+# README: endpoints name their own ports until URLs built from `host` connect.
+TOLERATED = frozenset({("Endpoint", "port"), ("Endpoint", "pooler_port")})
 
 
 @contextmanager
@@ -70,9 +75,27 @@ def start_test_server(
             raise failure[0]
 
 
+def conforms(response: httpx.Response) -> None:
+    """An httpx response hook: fail on any answer that is not as Neon's reference has it."""
+    path = response.request.url.path.removeprefix(PREFIX)
+    if path.startswith("/_local/"):
+        return
+    response.read()
+    body = response.json() if response.content else None
+    found = answer_problems(response.request.method, path, response.status_code, body, tolerate=TOLERATED)
+    assert not found, "\n".join(found)
+
+
 def api_client(info: LocalServerInfo, *, key: str | None = None) -> httpx.Client:
+    """A plain httpx client on the local server; every answer is checked against
+    Neon's reference (`conforms`)."""
     token = info.api_key.reveal() if key is None else key
-    return httpx.Client(base_url=info.api_host, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    return httpx.Client(
+        base_url=info.api_host,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+        event_hooks={"response": [conforms]},
+    )
 
 
 def wait_operations(
