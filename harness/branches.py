@@ -347,6 +347,10 @@ def _handle_from_created(
     info = next(
         (c for c in created.connection_uris if c.database == database and c.role == role), None
     )
+    pooler_port = _opt_port(endpoint.raw.get("pooler_port"))
+    if info is not None and pooler_port is not None:
+        # The local server names its pooled port on the endpoint (Neon serves 5432).
+        info = replace(info, pooler_port=pooler_port)
     pooled = info.pooled_uri if info is not None else None
     if info is None or pooled is None:
         return None

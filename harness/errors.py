@@ -136,3 +136,13 @@ class UnsafePathError(HarnessError):
     it, it is a link, or others may write to it. A setup problem to fix (exit code 2)."""
 
     exit_code = 2
+
+
+class ApiError(HarnessError):
+    """The local Neon server refuses a request: an HTTP status, a Neon-style error code
+    and a message safe to show (it becomes the answer's `{"code", "message"}` body)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message)

@@ -22,7 +22,6 @@ from harness.branches import (
     building_name,
     create_owned_branch,
     delete_owned_branch,
-    extend_expiry,
     harness_branches,
     template_branch_name,
 )
@@ -35,17 +34,20 @@ if TYPE_CHECKING:
 
 log = get_logger("templates")
 
-TEMPLATE_TTL = timedelta(days=7)
+TEMPLATE_TTL = timedelta(days=7)  # a build's expiry
 STALE_BUILD = timedelta(minutes=10)
 # `gc` removes a template of other migrations once no session has forked it for this long
 TEMPLATE_IDLE = timedelta(days=1)
 
 
 def last_used(template: Branch) -> datetime | None:
-    """When a session last reused `template`: every reuse pushes its expiry to
-    now + TEMPLATE_TTL, so the expiry records the last use without another API field."""
+    """When `template` was last known in use. A ready template has no expiry (Neon
+    refuses children of a branch that expires, and sessions are its children), so no
+    reuse can be recorded on it: it counts from becoming ready (its last update, the
+    rename). One built by an older harness still has an expiry, which each reuse pushed
+    to now + TEMPLATE_TTL."""
     if template.expires_at is None:
-        return template.created_at
+        return template.updated_at or template.created_at
     return template.expires_at - TEMPLATE_TTL
 
 
@@ -103,7 +105,8 @@ async def find_or_build_template(
         ready = [b for b in candidates if b.name == name and b.parent_id == parent.id]
         if ready:
             template = _oldest(ready)
-            await extend_expiry(client, project_id, [template.id], TEMPLATE_TTL)
+            if template.expires_at is not None:
+                await _keep(client, project_id, template)
             return TemplateResult(template.id, template.name, True, time.perf_counter() - started, 0.0)
 
         builders = [b for b in candidates if b.name == building]
@@ -185,9 +188,22 @@ async def _build(
         if tracker:
             tracker.forget(handle.id)
         raise
-    await client.update_branch(project_id, handle.id, name=name)
+    # Ready: its expiry goes, as Neon refuses children of a branch that expires (and
+    # sessions are its children). `gc` removes templates nobody uses any more.
+    await client.update_branch(project_id, handle.id, name=name, expires_at=None)
     if tracker:
         tracker.forget(handle.id)
     log.info("template %s (%s) is ready", name, handle.id)
     return TemplateResult(handle.id, name, False, time.perf_counter() - started, migrate_seconds)
+
+
+async def _keep(client: NeonClient, project_id: str, template: Branch) -> None:
+    """Remove the expiry of a template made by an older harness, which set one (Neon
+    refuses to branch from a branch that expires)."""
+    try:
+        await client.update_branch(project_id, template.id, expires_at=None)
+    except NeonAPIError as exc:
+        if exc.status not in (400, 404, 409, 422):
+            raise
+        log.warning("cannot remove the expiry of template %s: %s", template.name, exc.message)
 

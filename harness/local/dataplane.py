@@ -39,7 +39,7 @@ from harness.local.postgres import (
     scram_verifier,
     verifier_matches,
 )
-from harness.local.proxy import EndpointProxy, Fences, Upstream
+from harness.local.proxy import EndpointProxy, Fences, Gate, Upstream
 from harness.local.tls import server_context
 from harness.log import get_logger
 from harness.sql import quote_ident, quote_literal
@@ -357,6 +357,13 @@ class DataPlane:
         finally:
             await conn.close()
 
+    async def set_database_owner(self, physical: str, owner: str) -> None:
+        try:
+            sql = f"ALTER DATABASE {quote_ident(physical)} OWNER TO {quote_ident(owner)}"
+            await self._admin().execute(sql)
+        except asyncpg.PostgresError as exc:
+            raise self._error(f"cannot change the owner of database {physical}", exc) from None
+
     async def drop_database(self, physical: str) -> None:
         async with self._serialised():
             try:
@@ -513,13 +520,21 @@ class DataPlane:
         databases: Mapping[str, str],
         direct_port: int = 0,
         pooled_port: int = 0,
+        gate: Gate | None = None,
     ) -> EndpointAddress:
+        """Listeners for an endpoint; `gate` (when given) admits each connection by its
+        user and logical database, else `databases` maps logical to physical names."""
         if not self._started:
             raise LocalServerError("the data plane is not started")
         if endpoint_id in self._endpoints:
             await self.close_endpoint(endpoint_id)
         proxy = EndpointProxy(
-            endpoint_id, databases, fences=self._fences, tls=self._tls, on_activity=self.on_activity
+            endpoint_id,
+            databases,
+            fences=self._fences,
+            tls=self._tls,
+            on_activity=self.on_activity,
+            gate=gate,
         )
         try:
             direct = await proxy.listen("direct", direct_port, self._direct_upstream)
@@ -548,6 +563,12 @@ class DataPlane:
         if proxy is None:
             raise LocalServerError(f"endpoint {endpoint_id} is not open")
         proxy.databases = dict(databases)
+
+    def drop_connections(self, endpoint_id: str) -> None:
+        """End the endpoint's client connections; it keeps listening."""
+        proxy = self._endpoints.get(endpoint_id)
+        if proxy is not None:
+            proxy.disconnect_all()
 
     async def close_endpoint(self, endpoint_id: str) -> None:
         proxy = self._endpoints.pop(endpoint_id, None)

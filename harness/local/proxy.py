@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import ssl
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from harness.log import get_logger
@@ -98,6 +98,28 @@ class Upstream:
     port: int
 
 
+class Refusal(Exception):
+    """A gate's refusal of a connection: sent to the client as a FATAL error."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Where an admitted connection goes, and startup parameters to add on the way."""
+
+    physical: str
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+# Decides each new connection from its user and logical database: an Admission, or a
+# Refusal raised. Without a gate, the endpoint's `databases` mapping decides alone.
+Gate = Callable[[str, str], Awaitable[Admission]]
+
+
 @dataclass
 class _Listener:
     kind: str
@@ -118,6 +140,7 @@ class EndpointProxy:
         fences: Fences,
         tls: ssl.SSLContext | None,
         on_activity: Callable[[], None] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.endpoint_id = endpoint_id
         self.databases = dict(databases)
@@ -126,7 +149,15 @@ class EndpointProxy:
         # told when a client connects or leaves: an app using its branch keeps the
         # local server from idling out just as API requests do
         self.on_activity = on_activity
+        self.gate = gate
         self._listeners: dict[str, _Listener] = {}
+
+    def disconnect_all(self) -> None:
+        """End every client connection (a suspended or restarted compute); the
+        listeners stay, so the next connection is served as before."""
+        for listener in self._listeners.values():
+            for task in list(listener.connections):
+                task.cancel()
 
     def port(self, kind: str) -> int:
         return self._listeners[kind].port
@@ -203,13 +234,15 @@ class EndpointProxy:
         if startup is None:
             return
         version, params = startup
-        logical = params.get("database") or params.get("user", "")
-        physical = self.databases.get(logical)
-        if physical is None:
-            writer.write(error_response("3D000", f'database "{logical}" does not exist'))
+        try:
+            admission = await self._admit(params)
+        except Refusal as refusal:
+            writer.write(error_response(refusal.sqlstate, refusal.message))
             await writer.drain()
             return
+        physical = admission.physical
         params["database"] = physical
+        params.update(admission.extra)
         await self.fences.wait(physical)
         target = listener.upstream()
         try:
@@ -224,6 +257,16 @@ class EndpointProxy:
             await _pipe_both(reader, writer, up_reader, up_writer)
         finally:
             _close(up_writer)
+
+    async def _admit(self, params: Mapping[str, str]) -> Admission:
+        user = params.get("user", "")
+        logical = params.get("database") or user
+        if self.gate is not None:
+            return await self.gate(user, logical)
+        physical = self.databases.get(logical)
+        if physical is None:
+            raise Refusal("3D000", f'database "{logical}" does not exist')
+        return Admission(physical)
 
     async def _read_startup(
         self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

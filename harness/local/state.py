@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from harness.local.discovery import API_KEY_FILE
 from harness.safe_paths import write_private as write_private  # control and server use it
 
 STATE_FILE = "local-state.json"  # memory storage; disk storage uses local-state-disk.json
-STATE_VERSION = 1
+STATE_VERSION = 2
 # Finished operations kept for `GET /operations`; older ones are forgotten.
 MAX_OPERATIONS = 2000
 # Finished operations written to the state file (the newest); the rest live in memory only.
@@ -54,9 +55,36 @@ def parse_time(value: str) -> datetime:
 
 
 @dataclass
+class DatabaseRecord:
+    """A database of one branch. `physical` is the PostgreSQL database holding it, or
+    None while it is as created (empty) and nobody has connected: such a database costs
+    nothing to create or fork and is made on its first connection."""
+
+    id: int
+    name: str
+    owner_name: str
+    created_at: str
+    updated_at: str
+    physical: str | None = None
+
+
+@dataclass
+class RoleRecord:
+    """A role of one branch. PostgreSQL roles are cluster-wide, so the password lives in
+    `LocalState.passwords` by name; the record says the branch has the role."""
+
+    name: str
+    created_at: str
+    updated_at: str
+    protected: bool = False
+
+
+@dataclass
 class BranchRecord:
     id: str
     name: str
+    # The stem of this branch's physical database names (`ids.physical_name(id)`); the
+    # databases themselves are in `databases`.
     physical: str
     parent_id: str | None
     created_at: str
@@ -67,6 +95,8 @@ class BranchRecord:
     parent_lsn: str | None = None
     parent_timestamp: str | None = None
     expires_at: str | None = None
+    # What expires_at was set as, from the moment it was set: a reset starts it again.
+    ttl_interval_seconds: int | None = None
     protected: bool = False
     default: bool = False
     init_source: str = "parent-data"
@@ -76,6 +106,8 @@ class BranchRecord:
     annotation: dict[str, str] | None = None
     annotation_created_at: str | None = None
     annotation_updated_at: str | None = None
+    databases: dict[str, DatabaseRecord] = field(default_factory=dict)
+    roles: dict[str, RoleRecord] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +118,13 @@ class EndpointRecord:
     updated_at: str
     current_state: str = "init"
     pending_state: str | None = "active"
+    type: str = "read_write"
+    disabled: bool = False
+    suspend_timeout_seconds: int = 0
+    autoscaling_limit_min_cu: float = 0.25
+    autoscaling_limit_max_cu: float = 0.25
+    started_at: str | None = None
+    suspended_at: str | None = None
     direct_port: int = 0
     pooled_port: int = 0
     pooled_via_pgbouncer: bool = False
@@ -117,22 +156,28 @@ class LocalState:
     project_id: str
     project_name: str
     created_at: str
+    # The project's first role and database (the harness's, configured), which every
+    # branch starts with, beside Neon's own `neondb` / `neondb_owner`.
     role_name: str
-    role_password: str
     database_name: str
-    default_branch_id: str
     storage: str
+    # Role passwords by role name: one PostgreSQL role serves every branch that has it.
+    passwords: dict[str, str] = field(default_factory=dict)
     branches: dict[str, BranchRecord] = field(default_factory=dict)
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
     # Insertion order is creation order; `prune_operations` keeps the newest.
     operations: dict[str, OperationRecord] = field(default_factory=dict)
     version: int = STATE_VERSION
 
-    def __repr__(self) -> str:  # the dataclass repr would show the role password
+    def __repr__(self) -> str:  # the dataclass repr would show the role passwords
         return (
             f"LocalState(project_id={self.project_id!r}, branches={len(self.branches)}, "
             f"endpoints={len(self.endpoints)}, operations={len(self.operations)})"
         )
+
+    @property
+    def default_branch(self) -> BranchRecord:
+        return next(b for b in self.branches.values() if b.default)
 
     def prune_operations(self) -> None:
         excess = len(self.operations) - MAX_OPERATIONS
@@ -142,38 +187,92 @@ class LocalState:
             del self.operations[op_id]
 
 
+def database_id(branch_id: str, name: str) -> int:
+    """A stable positive int64 for a branch's database (Neon's database ids are ints)."""
+    return zlib.crc32(f"{branch_id}/{name}".encode()) & 0x7FFFFFFF
+
+
+NEON_DATABASE = "neondb"
+NEON_ROLE = "neondb_owner"
+
+
 def new_state(
     *, storage: str, role_name: str = "cathouse_owner", database_name: str = "cathouse"
 ) -> LocalState:
-    """A fresh project with its default branch `main` (its database is made by the caller)."""
+    """A fresh project with its default branch `main`: the configured role and database
+    (whose PostgreSQL database the caller makes), and `neondb` owned by `neondb_owner`,
+    as Neon makes every project."""
     stamp = iso(now())
     main_id = ids.branch_id()
+    physical = ids.physical_name(main_id)
     state = LocalState(
         project_id=ids.project_id(),
         project_name="cathouse-local",
         created_at=stamp,
         role_name=role_name,
-        role_password=ids.role_password(),
         database_name=database_name,
-        default_branch_id=main_id,
         storage=storage,
     )
-    state.branches[main_id] = BranchRecord(
+    main = BranchRecord(
         id=main_id,
         name="main",
-        physical=ids.physical_name(main_id),
+        physical=physical,
         parent_id=None,
         created_at=stamp,
         updated_at=stamp,
         state_changed_at=stamp,
         default=True,
     )
+    for role in dict.fromkeys((role_name, NEON_ROLE)):
+        state.passwords[role] = ids.role_password()
+        main.roles[role] = RoleRecord(name=role, created_at=stamp, updated_at=stamp)
+    main.databases[database_name] = DatabaseRecord(
+        database_id(main_id, database_name), database_name, role_name, stamp, stamp, physical
+    )
+    neondb = DatabaseRecord(database_id(main_id, NEON_DATABASE), NEON_DATABASE, NEON_ROLE, stamp, stamp)
+    main.databases.setdefault(NEON_DATABASE, neondb)
+    state.branches[main_id] = main
     return state
 
 
-def _records(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+def _record(cls: type, item: dict[str, Any]) -> Any:
     names = {f.name for f in fields(cls)}
-    return {k: cls(**{n: v for n, v in item.items() if n in names}) for k, item in raw.items()}
+    return cls(**{n: v for n, v in item.items() if n in names})
+
+
+def _records(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _record(cls, item) for k, item in raw.items()}
+
+
+def _branch(item: dict[str, Any]) -> BranchRecord:
+    branch: BranchRecord = _record(BranchRecord, item)
+    branch.databases = _records(DatabaseRecord, item.get("databases") or {})
+    branch.roles = _records(RoleRecord, item.get("roles") or {})
+    return branch
+
+
+def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 had one role and one database for the whole project, and a
+    `default_branch_id`; every branch gets them as its catalog."""
+    role, database = raw["role_name"], raw["database_name"]
+    raw["passwords"] = {role: raw.pop("role_password")}
+    default_id = raw.pop("default_branch_id", None)
+    for branch_id, branch in raw.get("branches", {}).items():
+        branch["default"] = branch.get("default") or branch_id == default_id
+        stamp = branch["created_at"]
+        branch["roles"] = {role: {"name": role, "created_at": stamp, "updated_at": stamp}}
+        branch["databases"] = {
+            database: {
+                "id": database_id(branch_id, database),
+                "name": database,
+                "owner_name": role,
+                "created_at": stamp,
+                "updated_at": stamp,
+                "physical": branch["physical"],
+            }
+        }
+    raw["version"] = STATE_VERSION
+    return raw
 
 
 def state_path(home: Path, storage: str) -> Path:
@@ -193,13 +292,15 @@ def load_state(home: Path, storage: str = "memory") -> LocalState | None:
             f"cannot read the local server state {path}: {exc.__class__.__name__}",
             hint="move the file away to start with a fresh project",
         ) from exc
+    if raw.get("version") == 1:
+        raw = _upgrade_v1(raw)
     if raw.get("version") != STATE_VERSION:
         raise LocalServerError(
             f"local server state {path} has version {raw.get('version')!r}, expected {STATE_VERSION}",
             hint="move the file away to start with a fresh project",
         )
     scalars = {f.name: raw[f.name] for f in fields(LocalState) if f.name in raw}
-    scalars["branches"] = _records(BranchRecord, raw.get("branches", {}))
+    scalars["branches"] = {k: _branch(v) for k, v in raw.get("branches", {}).items()}
     scalars["endpoints"] = _records(EndpointRecord, raw.get("endpoints", {}))
     scalars["operations"] = _records(OperationRecord, raw.get("operations", {}))
     return LocalState(**scalars)
@@ -243,6 +344,13 @@ def _op_text(op: OperationRecord, cache: dict[str, tuple[tuple[Any, ...], str]])
     return text
 
 
+def _branch_data(branch: BranchRecord) -> dict[str, Any]:
+    data = dict(vars(branch))
+    data["databases"] = {k: dict(vars(v)) for k, v in branch.databases.items()}
+    data["roles"] = {k: dict(vars(v)) for k, v in branch.roles.items()}
+    return data
+
+
 def _state_text(state: LocalState) -> str:
     """The same text as `json.dumps(<state as dicts>, sort_keys=True)` (compact)."""
     global _op_texts
@@ -251,7 +359,7 @@ def _state_text(state: LocalState) -> str:
         for f in fields(LocalState)
         if f.name not in ("branches", "endpoints", "operations")
     }
-    data["branches"] = _dump({k: dict(vars(v)) for k, v in state.branches.items()})
+    data["branches"] = _dump({k: _branch_data(v) for k, v in state.branches.items()})
     data["endpoints"] = _dump({k: dict(vars(v)) for k, v in state.endpoints.items()})
     finished = [k for k, op in state.operations.items() if not op.unfinished]
     dropped = set(finished[: max(0, len(finished) - PERSISTED_OPERATIONS)])

@@ -683,12 +683,14 @@ class NeonClient:
     ) -> bool:
         """Delete a branch. True if this call deleted it, False if it was already gone.
 
-        A 404 after an earlier attempt that may have reached Neon counts as our delete.
+        Neon answers 204 for a branch that does not exist (or no longer does); a 404 is
+        taken the same way. Either, after an earlier attempt that may have reached Neon,
+        counts as our delete.
         """
         path = f"/projects/{_q(project_id)}/branches/{_q(branch_id)}"
         progress = _Progress(self._clock)
         answer = await self._call("DELETE", path, accept=frozenset({404}), progress=progress)
-        if answer.status == 404:
+        if answer.status in (204, 404):
             if not missing_ok:
                 raise NeonAPIError(
                     f"branch {branch_id} not found in project {project_id}",

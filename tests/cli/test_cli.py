@@ -156,12 +156,13 @@ def test_gc_dry_run_lists_and_touches_nothing(project: Path) -> None:
 
 class _Branch:
     def __init__(self, name: str, annotation: dict[str, str], expires_at=None, created_at=None,
-                 parent_id=None) -> None:
+                 parent_id=None, updated_at=None) -> None:
         self.id = "br-" + name.replace("/", "-")
         self.name = name
         self.annotation = annotation
         self.expires_at = expires_at
         self.created_at = created_at
+        self.updated_at = updated_at
         self.parent_id = parent_id
         self.current_state = "ready"
 
@@ -193,6 +194,12 @@ def test_gc_candidates_rules() -> None:
                 expires_at=now + TEMPLATE_TTL - timedelta(days=3)),
         _Branch("harness/template/main/new.building", {**mine, b.MARK_KIND: "template",
                 b.MARK_FINGERPRINT: "new"}, created_at=now - timedelta(hours=1)),
+        # ready templates carry no expiry (Neon refuses children of an expiring branch):
+        # they count from becoming ready (their last update)
+        _Branch("harness/template/ready/fresh", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "x"},
+                updated_at=now - timedelta(hours=1)),
+        _Branch("harness/template/ready/stale", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "x"},
+                updated_at=now - timedelta(days=2)),
         # expired and idle, but a live session still forks from it
         _Branch("harness/template/main/busy", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "busy"},
                 expires_at=now - timedelta(seconds=1)),
@@ -205,8 +212,10 @@ def test_gc_candidates_rules() -> None:
         "harness/dev/x": "expired",
         "harness/template/main/old": chosen.get("harness/template/main/old", "missing"),
         "harness/template/main/new.building": "abandoned template build",
+        "harness/template/ready/stale": chosen.get("harness/template/ready/stale", "missing"),
     }
     assert chosen["harness/template/main/old"].startswith("template unused since ")
+    assert chosen["harness/template/ready/stale"].startswith("template unused since ")
     only_run = gc_candidates(found, current_fingerprint="new", run="r2")
     assert [branch.name for branch, _ in only_run] == ["harness/r2/main"]
 

@@ -71,13 +71,34 @@ OPERATION_STATUS = enum(
     "scheduling", "running", "finished", "failed", "error", "cancelling", "cancelled", "skipped"
 )
 OPERATION_ACTION = enum(
-    "create_compute", "create_timeline", "start_compute", "suspend_compute", "apply_config",
-    "check_availability", "delete_timeline", "create_branch", "import_data", "tenant_ignore",
-    "tenant_attach", "tenant_detach", "tenant_reattach", "replace_safekeeper",
-    "disable_maintenance", "apply_storage_config", "prepare_secondary_pageserver",
-    "switch_pageserver", "detach_parent_branch", "timeline_archive", "timeline_unarchive",
-    "start_reserved_compute", "sync_dbs_and_roles_from_compute", "apply_schema_from_branch",
-    "timeline_mark_invisible", "prewarm_replica", "promote_replica", "set_storage_non_dirty",
+    "create_compute",
+    "create_timeline",
+    "start_compute",
+    "suspend_compute",
+    "apply_config",
+    "check_availability",
+    "delete_timeline",
+    "create_branch",
+    "import_data",
+    "tenant_ignore",
+    "tenant_attach",
+    "tenant_detach",
+    "tenant_reattach",
+    "replace_safekeeper",
+    "disable_maintenance",
+    "apply_storage_config",
+    "prepare_secondary_pageserver",
+    "switch_pageserver",
+    "detach_parent_branch",
+    "timeline_archive",
+    "timeline_unarchive",
+    "start_reserved_compute",
+    "sync_dbs_and_roles_from_compute",
+    "apply_schema_from_branch",
+    "timeline_mark_invisible",
+    "prewarm_replica",
+    "promote_replica",
+    "set_storage_non_dirty",
 )
 
 PROJECT_COMMON: dict[str, Spec] = {
@@ -393,9 +414,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("DELETE", B): Route(200, BRANCH_OPERATIONS, gone_204=True),
     ("POST", B + "/restore"): Route(200, BRANCH_OPERATIONS),
     ("POST", B + "/set_as_default"): Route(200, BRANCH_OPERATIONS),
-    ("GET", B + "/schema"): Route(
-        200, answer("BranchSchemaResponse", {"sql": STR, "json": ANY_OBJECT})
-    ),
+    ("GET", B + "/schema"): Route(200, answer("BranchSchemaResponse", {"sql": STR, "json": ANY_OBJECT})),
     ("GET", B + "/compare_schema"): Route(200, answer("BranchSchemaCompareResponse", {"diff": STR})),
     ("GET", B + "/endpoints"): Route(200, answer("EndpointsResponse", endpoints=ListOf(ENDPOINT))),
     ("GET", B + "/databases"): Route(200, answer("DatabasesResponse", databases=ListOf(DATABASE))),
@@ -441,9 +460,7 @@ ROLE_NAME_MAX_BYTES = 63
 
 # ---------------------------------------------------------------------- checking
 
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$", re.IGNORECASE
-)
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$", re.IGNORECASE)
 
 
 def _is(kind: str, value: Any) -> bool:
@@ -477,13 +494,17 @@ def problems(
         if not isinstance(value, list):
             return [f"{where}: expected an array, got {type(value).__name__}"]
         return [
-            p for i, item in enumerate(value) for p in problems(item, spec.item, f"{where}[{i}]", tolerate=tolerate)
+            p
+            for i, item in enumerate(value)
+            for p in problems(item, spec.item, f"{where}[{i}]", tolerate=tolerate)
         ]
     if isinstance(spec, MapOf):
         if not isinstance(value, dict):
             return [f"{where}: expected an object, got {type(value).__name__}"]
         return [
-            p for k, item in value.items() for p in problems(item, spec.value, f"{where}.{k}", tolerate=tolerate)
+            p
+            for k, item in value.items()
+            for p in problems(item, spec.value, f"{where}.{k}", tolerate=tolerate)
         ]
     return _object_problems(value, spec, where, tolerate)
 

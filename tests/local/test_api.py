@@ -76,8 +76,8 @@ def test_auth_and_project(client: httpx.Client, project: str) -> None:
     projects = client.get("/projects").json()["projects"]
     assert [p["id"] for p in projects] == [project]
     body = client.get(f"/projects/{project}").json()["project"]
-    main = _main(client, project)
-    assert body["default_branch_id"] == main["id"]
+    assert body["id"] == project and "default_branch_id" not in body
+    main = _main(client, project)  # Neon's way: the branch with `default: true`
     assert main["name"] == "main" and main["protected"] is False
     assert main["current_state"] == "ready" and "parent_id" not in main
 
@@ -103,7 +103,9 @@ def test_key_file_is_private_and_info_hides_key(server: LocalServerInfo) -> None
 def test_unknown_ids_are_404(client: httpx.Client, project: str) -> None:
     _assert_error(client.get("/projects/no-such-project/branches"), 404)
     _assert_error(client.get(f"/projects/{project}/branches/br-none-none-00000000"), 404)
-    _assert_error(client.delete(f"/projects/{project}/branches/br-none-none-00000000"), 404)
+    # Deleting what is not there is not an error on Neon: 204, no body.
+    gone = client.delete(f"/projects/{project}/branches/br-none-none-00000000")
+    assert gone.status_code == 204 and not gone.content
     _assert_error(client.get(f"/projects/{project}/endpoints/ep-none-none-00000000"), 404)
     _assert_error(client.get(f"/projects/{project}/operations/{'0' * 8}-0000-0000-0000-{'0' * 12}"), 404)
     _assert_error(client.get("/nothing-here"), 404)
@@ -128,10 +130,12 @@ def test_branch_lifecycle_data_isolation_restore_delete(client: httpx.Client, pr
     [endpoint] = created["endpoints"]
     assert endpoint["id"].startswith("ep-") and endpoint["type"] == "read_write"
     assert endpoint["branch_id"] == branch["id"]
-    [role] = created["roles"]
-    [database] = created["databases"]
+    role, _ = created["roles"]
+    database, _ = created["databases"]
     assert (role["name"], database["name"]) == ("cathouse_owner", "cathouse")
-    [conn] = created["connection_uris"]
+    # One per database (with its owner); the configured database comes first.
+    conn, neondb = created["connection_uris"]
+    assert neondb["connection_parameters"]["database"] == "neondb"
     params = conn["connection_parameters"]
     assert params["database"] == "cathouse" and params["role"] == "cathouse_owner"
     assert params["password"] == role["password"]
@@ -230,10 +234,14 @@ def test_roles_databases_endpoints_and_password(client: httpx.Client, project: s
     branch_id = created["branch"]["id"]
     base = f"/projects/{project}/branches/{branch_id}"
     roles = client.get(base + "/roles").json()["roles"]
-    assert [r["name"] for r in roles] == ["cathouse_owner"]
-    assert "password" not in roles[0]
+    # The configured role and database, beside the ones Neon makes in every project.
+    assert [r["name"] for r in roles] == ["cathouse_owner", "neondb_owner"]
+    assert all("password" not in r for r in roles)
     databases = client.get(base + "/databases").json()["databases"]
-    assert [(d["name"], d["owner_name"]) for d in databases] == [("cathouse", "cathouse_owner")]
+    assert [(d["name"], d["owner_name"]) for d in databases] == [
+        ("cathouse", "cathouse_owner"),
+        ("neondb", "neondb_owner"),
+    ]
     endpoints = client.get(base + "/endpoints").json()["endpoints"]
     assert [e["id"] for e in endpoints] == [created["endpoints"][0]["id"]]
     everything = client.get(f"/projects/{project}/endpoints").json()["endpoints"]
@@ -306,11 +314,12 @@ def test_delete_refusals(client: httpx.Client, project: str) -> None:
     child = create_ready_branch(client, project, name=_name("child"), parent_id=parent["branch"]["id"])
     body = _assert_error(client.delete(f"{base}/{parent['branch']['id']}"), 422)
     assert child["branch"]["id"] in body["message"]
-    # Restore only from the parent, never on the default branch.
-    _assert_error(
-        client.post(f"{base}/{child['branch']['id']}/restore", json={"source_branch_id": main["id"]}), 400
-    )
+    # A branch is not restored onto its own history (none is kept), nor a parent
+    # without preserve_under_name.
     _assert_error(client.post(f"{base}/{main['id']}/restore", json={"source_branch_id": main["id"]}), 400)
+    _assert_error(
+        client.post(f"{base}/{parent['branch']['id']}/restore", json={"source_branch_id": main["id"]}), 400
+    )
     delete_branch(client, project, child["branch"]["id"])
     delete_branch(client, project, parent["branch"]["id"])
 
@@ -353,21 +362,25 @@ def test_create_refused_after_its_copy_began_leaves_nothing(
 
     copies: list[tuple[str, bool]] = []
 
-    async def no_listener(self: DataPlane, endpoint_id: str, *, databases: dict[str, str], **_: Any) -> None:
+    def databases() -> set[str]:
+        return {r["datname"] for r in sql(home_superuser_dsn(server.home), "SELECT datname FROM pg_database")}
+
+    existing = databases()
+
+    async def no_listener(self: DataPlane, endpoint_id: str, **_: Any) -> None:
         # Refuse only once the copy has landed, so its clean-up is what this test sees.
-        physical = next(iter(databases.values()))
-        landed = False
+        new: set[str] = set()
         for _attempt in range(600):
-            landed = physical in await self.list_databases()
-            if landed:
+            new = set(await self.list_databases()) - existing
+            if new:
                 break
             await asyncio.sleep(0.05)
-        copies.append((physical, landed))
+        copies.extend((physical, True) for physical in new)
+        copies.extend([] if new else [("", False)])
         raise LocalServerError("cannot listen (test)")
 
     def exists(physical: str) -> bool:
-        found = sql(home_superuser_dsn(server.home), "SELECT 1 FROM pg_database WHERE datname = $1", physical)
-        return bool(found)
+        return physical in databases()
 
     base = f"/projects/{project}/branches"
     before = {b["id"] for b in client.get(base).json()["branches"]}

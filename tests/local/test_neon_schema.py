@@ -152,7 +152,9 @@ def _walk(c: httpx.Client, project: str) -> None:
     base = f"{p}/branches/{child}"
     _ok(c.get(f"{base}/roles"))
     role = f"r_{tag}"
-    wait_operations(c, project, _ok(c.post(f"{base}/roles", json={"role": {"name": role}}), 201)["operations"])
+    wait_operations(
+        c, project, _ok(c.post(f"{base}/roles", json={"role": {"name": role}}), 201)["operations"]
+    )
     _ok(c.get(f"{base}/roles/{role}"))
     _ok(c.get(f"{base}/roles/{role}/reveal_password"))
     wait_operations(c, project, _ok(c.post(f"{base}/roles/{role}/reset_password"))["operations"])

@@ -1,0 +1,153 @@
+"""Branch routes of the local Neon API: list (paged), count, create, get, update,
+delete, restore, set as default, schema and schema comparison."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from harness.local import api_validation as check
+from harness.local.api_http import api, gone, json_body, ok, project_of
+from harness.local.api_shapes import annotation_json, branch_json, created_branch_json, operations_json
+from harness.local.control import LocalNeon
+from harness.local.schema import branch_schema, compare_schema
+from harness.local.state import BranchRecord, OperationRecord
+
+MAX_LIMIT = 10000
+
+
+def _matching(neon: LocalNeon, search: str | None) -> list[BranchRecord]:
+    branches = neon.live_branches()
+    if search:
+        needle = search.lower()
+        branches = [b for b in branches if needle in b.name.lower() or needle in b.id.lower()]
+    return branches
+
+
+@api
+async def list_branches(request: Request) -> Response:
+    """Sorted by `sort_by` (`updated_at`) in `sort_order` (`desc`); with `limit`, a page
+    and `pagination.next`, a cursor that carries the order and where the page ended."""
+    neon = project_of(request)
+    query = request.query_params
+    cursor = query.get("cursor")
+    position: dict[str, Any] = check.decode_cursor(cursor) if cursor else {}
+    if position:
+        sort_by, order, search = position.get("sort_by"), position.get("sort_order"), position.get("search")
+        if sort_by not in check.BRANCH_SORT_KEYS or order not in check.SORT_ORDERS:
+            raise check.bad_request("cursor is not one this server gave")
+    else:
+        sort_by = check.choice(query, "sort_by", check.BRANCH_SORT_KEYS, "updated_at")
+        order = check.choice(query, "sort_order", check.SORT_ORDERS, "desc")
+        search = query.get("search")
+    limit = check.limit(query, MAX_LIMIT, position.get("limit"))
+    descending = order == "desc"
+
+    def key(b: BranchRecord) -> list[str]:
+        return [getattr(b, sort_by), b.id]
+
+    branches = sorted(_matching(neon, search), key=key, reverse=descending)
+    after = position.get("after")
+    if isinstance(after, list):
+        branches = [b for b in branches if (key(b) < after if descending else key(b) > after)]
+    pagination: dict[str, Any] = {"sort_by": sort_by, "sort_order": order}
+    if limit is not None and len(branches) > limit:
+        branches = branches[:limit]
+        pagination["next"] = check.encode_cursor(
+            {
+                "sort_by": sort_by,
+                "sort_order": order,
+                "search": search,
+                "limit": limit,
+                "after": key(branches[-1]),
+            }
+        )
+    annotations = {b.id: annotation_json(b) for b in branches if b.annotation is not None}
+    return ok(
+        {
+            "branches": [branch_json(neon, b) for b in branches],
+            "annotations": annotations,
+            "pagination": pagination,
+        }
+    )
+
+
+@api
+async def count_branches(request: Request) -> Response:
+    neon = project_of(request)
+    return ok({"count": len(_matching(neon, request.query_params.get("search")))})
+
+
+@api
+async def create_branch(request: Request) -> Response:
+    neon = project_of(request)
+    spec = check.branch_create(await json_body(request))
+    branch, eps, ops = await neon.branching.create(spec)
+    return ok(created_branch_json(neon, branch, eps, ops), 201)
+
+
+@api
+async def get_branch(request: Request) -> Response:
+    neon = project_of(request)
+    branch = neon.branch(request.path_params["branch_id"])
+    return ok({"branch": branch_json(neon, branch), "annotation": annotation_json(branch)})
+
+
+def _branch_operations(neon: LocalNeon, branch: BranchRecord, ops: list[OperationRecord]) -> Response:
+    return ok({"branch": branch_json(neon, branch), "operations": operations_json(neon, ops)})
+
+
+@api
+async def update_branch(request: Request) -> Response:
+    neon = project_of(request)
+    spec = check.branch_update(await json_body(request))
+    return _branch_operations(neon, neon.branching.update(request.path_params["branch_id"], spec), [])
+
+
+@api
+async def delete_branch(request: Request) -> Response:
+    neon = project_of(request)
+    deleted = neon.branching.delete(request.path_params["branch_id"])
+    return gone() if deleted is None else _branch_operations(neon, *deleted)
+
+
+@api
+async def restore_branch(request: Request) -> Response:
+    neon = project_of(request)
+    spec = check.restore(await json_body(request))
+    return _branch_operations(neon, *neon.branching.restore(request.path_params["branch_id"], spec))
+
+
+@api
+async def set_default_branch(request: Request) -> Response:
+    neon = project_of(request)
+    return _branch_operations(neon, neon.branching.set_default(request.path_params["branch_id"]), [])
+
+
+def _db_name(request: Request, *unsupported: str) -> str:
+    query = request.query_params
+    for key in unsupported:
+        if query.get(key):
+            raise check.bad_request(f"{key} is not supported by the local server: it keeps no history")
+    name = query.get("db_name")
+    if not name:
+        raise check.bad_request("db_name is required")
+    return name
+
+
+@api
+async def get_schema(request: Request) -> Response:
+    neon = project_of(request)
+    db_name = _db_name(request, "lsn", "timestamp")
+    form = check.choice(request.query_params, "format", ("sql", "json"), "sql")
+    return ok(await branch_schema(neon, request.path_params["branch_id"], db_name, form))
+
+
+@api
+async def get_schema_comparison(request: Request) -> Response:
+    neon = project_of(request)
+    db_name = _db_name(request, "lsn", "timestamp", "base_lsn", "base_timestamp")
+    base = request.query_params.get("base_branch_id") or None
+    return ok(await compare_schema(neon, request.path_params["branch_id"], base, db_name))

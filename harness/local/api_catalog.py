@@ -1,0 +1,117 @@
+"""Role, database and connection URI routes of the local Neon API."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from harness.local import api_validation as check
+from harness.local.api_http import api, gone, json_body, ok, project_of
+from harness.local.api_shapes import database_json, operations_json, role_json
+from harness.local.control import LocalNeon
+from harness.local.state import BranchRecord
+
+
+def _branch(request: Request) -> tuple[LocalNeon, BranchRecord]:
+    neon = project_of(request)
+    return neon, neon.branch(request.path_params["branch_id"])
+
+
+@api
+async def list_roles(request: Request) -> Response:
+    _, branch = _branch(request)
+    return ok({"roles": [role_json(branch, role) for role in branch.roles.values()]})
+
+
+@api
+async def get_role(request: Request) -> Response:
+    neon, branch = _branch(request)
+    return ok({"role": role_json(branch, neon.catalog.role(branch, request.path_params["role_name"]))})
+
+
+@api
+async def create_role(request: Request) -> Response:
+    neon, branch = _branch(request)
+    name = check.role_create(await json_body(request))
+    role, ops = neon.catalog.create_role(branch.id, name)
+    body = {
+        "role": role_json(branch, role, password=neon.catalog.password(name)),
+        "operations": operations_json(neon, ops),
+    }
+    return ok(body, 201)
+
+
+@api
+async def delete_role(request: Request) -> Response:
+    neon, branch = _branch(request)
+    deleted = neon.catalog.delete_role(branch.id, request.path_params["role_name"])
+    if deleted is None:
+        return gone()
+    role, ops = deleted
+    return ok({"role": role_json(branch, role), "operations": operations_json(neon, ops)})
+
+
+@api
+async def reveal_password(request: Request) -> Response:
+    neon, branch = _branch(request)
+    role = neon.catalog.role(branch, request.path_params["role_name"])
+    return ok({"password": neon.catalog.password(role.name)})
+
+
+@api
+async def reset_password(request: Request) -> Response:
+    neon, branch = _branch(request)
+    role, password, ops = neon.catalog.reset_password(branch.id, request.path_params["role_name"])
+    return ok({"role": role_json(branch, role, password=password), "operations": operations_json(neon, ops)})
+
+
+@api
+async def list_databases(request: Request) -> Response:
+    _, branch = _branch(request)
+    return ok({"databases": [database_json(branch, db) for db in branch.databases.values()]})
+
+
+@api
+async def get_database(request: Request) -> Response:
+    neon, branch = _branch(request)
+    db = neon.catalog.database(branch, request.path_params["database_name"])
+    return ok({"database": database_json(branch, db)})
+
+
+@api
+async def create_database(request: Request) -> Response:
+    neon, branch = _branch(request)
+    db, ops = neon.catalog.create_database(branch.id, check.database_create(await json_body(request)))
+    return ok({"database": database_json(branch, db), "operations": operations_json(neon, ops)}, 201)
+
+
+@api
+async def update_database(request: Request) -> Response:
+    neon, branch = _branch(request)
+    change = check.database_update(await json_body(request))
+    db, ops = neon.catalog.update_database(branch.id, request.path_params["database_name"], change)
+    return ok({"database": database_json(branch, db), "operations": operations_json(neon, ops)})
+
+
+@api
+async def delete_database(request: Request) -> Response:
+    neon, branch = _branch(request)
+    deleted = neon.catalog.delete_database(branch.id, request.path_params["database_name"])
+    if deleted is None:
+        return gone()
+    db, ops = deleted
+    return ok({"database": database_json(branch, db), "operations": operations_json(neon, ops)})
+
+
+@api
+async def get_connection_uri(request: Request) -> Response:
+    neon = project_of(request)
+    q = request.query_params
+    uri = neon.connection_uri(
+        branch_id=q.get("branch_id"),
+        endpoint_id=q.get("endpoint_id"),
+        database_name=q.get("database_name"),
+        role_name=q.get("role_name"),
+        pooled=q.get("pooled", "false").lower() in ("true", "1", "yes"),
+    )
+    return ok({"uri": uri})

@@ -1,0 +1,77 @@
+"""Endpoint routes of the local Neon API: list, get, create, update, delete, start,
+suspend, restart."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from harness.local import api_validation as check
+from harness.local.api_http import api, gone, json_body, ok, project_of
+from harness.local.api_shapes import endpoint_json, operations_json
+from harness.local.control import LocalNeon
+from harness.local.state import EndpointRecord, OperationRecord
+
+
+def _endpoint_operations(
+    neon: LocalNeon, ep: EndpointRecord, ops: list[OperationRecord], status: int = 200
+) -> Response:
+    return ok({"endpoint": endpoint_json(neon, ep), "operations": operations_json(neon, ops)}, status)
+
+
+@api
+async def list_endpoints(request: Request) -> Response:
+    neon = project_of(request)
+    return ok({"endpoints": [endpoint_json(neon, ep) for ep in neon.live_endpoints()]})
+
+
+@api
+async def branch_endpoints(request: Request) -> Response:
+    neon = project_of(request)
+    branch = neon.branch(request.path_params["branch_id"])
+    return ok({"endpoints": [endpoint_json(neon, ep) for ep in neon.branch_endpoints(branch.id)]})
+
+
+@api
+async def get_endpoint(request: Request) -> Response:
+    neon = project_of(request)
+    return ok({"endpoint": endpoint_json(neon, neon.endpoint(request.path_params["endpoint_id"]))})
+
+
+@api
+async def create_endpoint(request: Request) -> Response:
+    neon = project_of(request)
+    spec = check.endpoint_create(await json_body(request))
+    return _endpoint_operations(neon, *await neon.computes.create(spec), status=201)
+
+
+@api
+async def update_endpoint(request: Request) -> Response:
+    neon = project_of(request)
+    spec = check.endpoint_update(await json_body(request))
+    return _endpoint_operations(neon, *neon.computes.update(request.path_params["endpoint_id"], spec))
+
+
+@api
+async def delete_endpoint(request: Request) -> Response:
+    neon = project_of(request)
+    deleted = neon.computes.delete(request.path_params["endpoint_id"])
+    return gone() if deleted is None else _endpoint_operations(neon, *deleted)
+
+
+@api
+async def start_endpoint(request: Request) -> Response:
+    neon = project_of(request)
+    return _endpoint_operations(neon, *neon.computes.start(request.path_params["endpoint_id"]))
+
+
+@api
+async def suspend_endpoint(request: Request) -> Response:
+    neon = project_of(request)
+    return _endpoint_operations(neon, *neon.computes.suspend(request.path_params["endpoint_id"]))
+
+
+@api
+async def restart_endpoint(request: Request) -> Response:
+    neon = project_of(request)
+    return _endpoint_operations(neon, *neon.computes.restart(request.path_params["endpoint_id"]))

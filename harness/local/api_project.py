@@ -1,0 +1,127 @@
+"""Account, project and operation routes of the local Neon API, and the admin routes
+under `/_local/` (faults, server info)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from harness.local import api_validation as check
+from harness.local.api_http import api, json_body, log, neon_of, ok, project_of
+from harness.local.api_shapes import operation_json, project_item_json, project_json, regions_json, user_json
+from harness.local.faults import FaultInjector, faults_from_json
+
+# How long a GET of a running operation may wait for it to finish before answering
+# (it then says `running`, as Neon does, and the client polls again).
+OPERATION_LONG_POLL = 0.1
+MAX_PROJECTS = 400
+MAX_OPERATIONS = 1000
+
+
+@api
+async def get_auth(request: Request) -> Response:
+    return ok({"account_id": "local", "auth_method": "api_key_user"})
+
+
+@api
+async def get_me(request: Request) -> Response:
+    return ok(user_json(neon_of(request)))
+
+
+@api
+async def get_organizations(request: Request) -> Response:
+    # A personal account: its projects belong to no organization.
+    return ok({"organizations": []})
+
+
+@api
+async def get_regions(request: Request) -> Response:
+    return ok(regions_json())
+
+
+@api
+async def list_projects(request: Request) -> Response:
+    """The one project, paged as Neon pages projects (`limit` 1-400, default 10)."""
+    neon = neon_of(request)
+    query = request.query_params
+    check.limit(query, MAX_PROJECTS, 10)
+    cursor = query.get("cursor")
+    done = cursor is not None and check.decode_cursor(cursor).get("after") == neon.state.project_id
+    projects = [] if done else [project_item_json(neon)]
+    body: dict[str, Any] = {"projects": projects, "applications": {}, "integrations": {}}
+    if projects:
+        body["pagination"] = {"cursor": check.encode_cursor({"after": neon.state.project_id})}
+    return ok(body)
+
+
+@api
+async def get_project(request: Request) -> Response:
+    return ok({"project": project_json(project_of(request))})
+
+
+@api
+async def list_operations(request: Request) -> Response:
+    """Newest first; with `limit` (1-1000) a page, and `pagination.cursor` for the next."""
+    neon = project_of(request)
+    query = request.query_params
+    limit = check.limit(query, MAX_OPERATIONS)
+    ops = sorted(neon.state.operations.values(), key=lambda op: (op.started, op.id), reverse=True)
+    cursor = query.get("cursor")
+    if cursor:
+        before = check.decode_cursor(cursor).get("before")
+        if not isinstance(before, list):
+            raise check.bad_request("cursor is not one this server gave")
+        ops = [op for op in ops if [op.started, op.id] < before]
+    if limit is not None:
+        ops = ops[:limit]
+    body: dict[str, Any] = {"operations": [operation_json(neon, op) for op in ops]}
+    if ops:
+        body["pagination"] = {"cursor": check.encode_cursor({"before": [ops[-1].started, ops[-1].id]})}
+    return ok(body)
+
+
+@api
+async def get_operation(request: Request) -> Response:
+    neon = project_of(request)
+    op = neon.ops.get(request.path_params["operation_id"])
+    # A short, bounded wait for a running operation to finish: the poll that would have
+    # found it finished a few milliseconds later is answered as it finishes.
+    await neon.ops.wait_settled(op, OPERATION_LONG_POLL)
+    return ok({"operation": operation_json(neon, op)})
+
+
+@api
+async def get_faults(request: Request) -> Response:
+    injector: FaultInjector = request.app.state.faults
+    return ok({"faults": injector.config.as_json(), "injected": injector.injected})
+
+
+@api
+async def put_faults(request: Request) -> Response:
+    injector: FaultInjector = request.app.state.faults
+    body = await json_body(request)
+    try:
+        config = faults_from_json(body)
+    except Exception as exc:  # ConfigError: a one-line message without secrets
+        raise check.bad_request(str(exc)) from None
+    injector.configure(config)
+    log.info("faults set to %r", config.to_spec() or "none")
+    return ok({"faults": config.as_json(), "injected": 0})
+
+
+@api
+async def get_info(request: Request) -> Response:
+    neon = neon_of(request)
+    return ok(
+        {
+            "project_id": neon.state.project_id,
+            "pid": os.getpid(),
+            "home": str(neon.home),
+            "storage": neon.storage,
+            "pgbouncer": bool(getattr(neon.dataplane, "pgbouncer_available", False)),
+            "server_version": str(getattr(neon.dataplane, "server_version", "") or ""),
+        }
+    )

@@ -1,0 +1,269 @@
+"""Roles and databases of the local server's branches, and the gate of every connection.
+
+On Neon, roles and databases belong to a branch and are copied to its children. Here a
+branch's catalog is a record per role and per database; a database is a PostgreSQL
+database (`DatabaseRecord.physical`) once anybody connects to it or it holds data, and
+just a record before that: `neondb`, which Neon gives every project, or a database made
+through the API, costs no copy on every fork while nobody uses it. PostgreSQL roles are
+cluster-wide, so one role (and its password) serves every branch that has it; the gate
+turns away a user the branch does not have.
+
+Like Neon's `apply_config`, a change of roles or databases ends the connections of the
+branch's endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+from harness.errors import ApiError
+from harness.local import ids
+from harness.local.api_validation import DatabaseChange
+from harness.local.proxy import Admission, Gate, Refusal
+from harness.local.state import (
+    BranchRecord,
+    DatabaseRecord,
+    OperationRecord,
+    RoleRecord,
+    database_id,
+    iso,
+    now,
+)
+from harness.redact import register_secret
+
+if TYPE_CHECKING:
+    from harness.local.control import LocalNeon
+
+# What a connection to a read-only endpoint gets: PostgreSQL refuses writes in it.
+READ_ONLY = {"default_transaction_read_only": "on"}
+
+
+class Copy(NamedTuple):
+    """One database to copy: the new PostgreSQL database, its template, its owner."""
+
+    target: str
+    template: str
+    owner: str
+
+
+def conflict(message: str) -> ApiError:
+    return ApiError(409, "CONFLICT", message)
+
+
+class Catalog:
+    def __init__(self, neon: LocalNeon) -> None:
+        self.neon = neon
+        # Databases being made on first use, so two first connections make one.
+        self._making: dict[tuple[str, str], asyncio.Future[str]] = {}
+
+    # ------------------------------------------------------------------ lookups
+
+    def role(self, branch: BranchRecord, name: str) -> RoleRecord:
+        found = branch.roles.get(name)
+        if found is None:
+            raise ApiError(404, "NOT_FOUND", f"role {name} not found on branch {branch.id}")
+        return found
+
+    def database(self, branch: BranchRecord, name: str) -> DatabaseRecord:
+        found = branch.databases.get(name)
+        if found is None:
+            raise ApiError(404, "NOT_FOUND", f"database {name} not found on branch {branch.id}")
+        return found
+
+    def password(self, name: str) -> str:
+        return self.neon.state.passwords[name]
+
+    def new_physical(self) -> str:
+        """A fresh PostgreSQL database name (short, safe, unused)."""
+        return "db_" + secrets.token_hex(8)
+
+    def copy_for(self, parent: BranchRecord, child: BranchRecord, stamp: str) -> list[Copy]:
+        """Give `child` the roles and databases of `parent`; the PostgreSQL databases to
+        copy for it. The configured database comes first and takes the child's
+        own name (`ids.physical_name`), so the first copy is the one a fork waits for."""
+        child.roles = {n: RoleRecord(n, stamp, stamp, r.protected) for n, r in parent.roles.items()}
+        first = self.neon.state.database_name
+        copies: list[Copy] = []
+        child.databases = {}
+        for db in sorted(parent.databases.values(), key=lambda d: d.name != first):
+            physical = None
+            if db.physical is not None:
+                physical = child.physical if not copies else self.new_physical()
+                copies.append(Copy(physical, db.physical, db.owner_name))
+            child.databases[db.name] = DatabaseRecord(
+                database_id(child.id, db.name), db.name, db.owner_name, stamp, stamp, physical
+            )
+        return copies
+
+    # ------------------------------------------------------------------ the gate
+
+    def gate(self, endpoint_id: str) -> Gate:
+        async def admit(user: str, logical: str) -> Admission:
+            state = self.neon.state
+            ep = state.endpoints.get(endpoint_id)
+            branch = state.branches.get(ep.branch_id) if ep is not None else None
+            if ep is None or branch is None or branch.deleting:
+                raise Refusal("08006", f"endpoint {endpoint_id} does not exist")
+            if ep.disabled:
+                raise Refusal("08006", f"endpoint {endpoint_id} is disabled")
+            if user not in branch.roles:
+                raise Refusal("28000", f'role "{user}" does not exist')
+            db = branch.databases.get(logical)
+            if db is None:
+                raise Refusal("3D000", f'database "{logical}" does not exist')
+            physical = db.physical or await self.materialize(branch, db)
+            if ep.current_state == "idle":  # a suspended compute wakes on a connection
+                ep.current_state, ep.started_at = "active", iso(now())
+            return Admission(physical, READ_ONLY if ep.type == "read_only" else {})
+
+        return admit
+
+    async def materialize(self, branch: BranchRecord, db: DatabaseRecord) -> str:
+        key = (branch.id, db.name)
+        making = self._making.get(key)
+        if making is None:
+            making = asyncio.ensure_future(self._make(db))
+            self._making[key] = making
+            making.add_done_callback(lambda _: self._making.pop(key, None))
+        return await asyncio.shield(making)
+
+    async def _make(self, db: DatabaseRecord) -> str:
+        physical = self.new_physical()
+        await self.neon.dataplane.create_database(physical, owner=db.owner_name)
+        db.physical = physical
+        self.neon.save()
+        return physical
+
+    # ------------------------------------------------------------------ mutations
+
+    def _config_ops(self, branch: BranchRecord) -> list[OperationRecord]:
+        eps = self.neon.branch_endpoints(branch.id)
+        return [self.neon.ops.new("apply_config", branch.id, ep.id) for ep in eps] or [
+            self.neon.ops.new("apply_config", branch.id)
+        ]
+
+    def _apply(
+        self, branch: BranchRecord, work: Callable[[], Awaitable[None]] | None, name: str
+    ) -> list[OperationRecord]:
+        """Operations for a catalog change on `branch`; `work` runs in them, then the
+        branch's connections end, as a Neon compute's do when its config is applied."""
+        ops = self._config_ops(branch)
+
+        async def run() -> None:
+            if work is not None:
+                await work()
+            for ep in self.neon.branch_endpoints(branch.id):
+                self.neon.dataplane.drop_connections(ep.id)
+
+        self.neon.ops.run_quick(ops, run, name)
+        self.neon.save()
+        return ops
+
+    def _mutable(self, branch_id: str) -> BranchRecord:
+        branch = self.neon.branch(branch_id)
+        self.neon.ops.check_unlocked()
+        return branch
+
+    def create_role(self, branch_id: str, name: str) -> tuple[RoleRecord, list[OperationRecord]]:
+        branch = self._mutable(branch_id)
+        if name in branch.roles:
+            raise conflict(f"role {name} already exists on branch {branch.id}")
+        stamp = iso(now())
+        role = RoleRecord(name, stamp, stamp)
+        passwords = self.neon.state.passwords
+        # A role another branch has keeps its password: the PostgreSQL role is shared.
+        password = passwords.setdefault(name, ids.role_password())
+        register_secret(password)
+        branch.roles[name] = role
+
+        async def make() -> None:
+            await self.neon.dataplane.ensure_role(name, password)
+
+        return role, self._apply(branch, make, f"create role {name}")
+
+    def delete_role(self, branch_id: str, name: str) -> tuple[RoleRecord, list[OperationRecord]] | None:
+        branch = self.neon.branch(branch_id)
+        role = branch.roles.get(name)
+        if role is None:
+            return None
+        owned = sorted(db.name for db in branch.databases.values() if db.owner_name == name)
+        if owned:
+            raise ApiError(
+                422,
+                "ROLE_OWNS_DATABASES",
+                f"role {name} owns database(s) {', '.join(owned)}; delete them first",
+            )
+        self.neon.ops.check_unlocked()
+        del branch.roles[name]
+        return role, self._apply(branch, None, f"delete role {name}")
+
+    def reset_password(self, branch_id: str, name: str) -> tuple[RoleRecord, str, list[OperationRecord]]:
+        branch = self._mutable(branch_id)
+        role = self.role(branch, name)
+        password = ids.role_password()
+        register_secret(password)
+        self.neon.state.passwords[name] = password
+        role.updated_at = iso(now())
+
+        async def change() -> None:
+            await self.neon.dataplane.ensure_role(name, password)
+
+        return role, password, self._apply(branch, change, f"reset password of {name}")
+
+    def create_database(
+        self, branch_id: str, change: DatabaseChange
+    ) -> tuple[DatabaseRecord, list[OperationRecord]]:
+        branch = self._mutable(branch_id)
+        assert change.name is not None and change.owner_name is not None
+        if change.name in branch.databases:
+            raise conflict(f"database {change.name} already exists on branch {branch.id}")
+        self.role(branch, change.owner_name)
+        stamp = iso(now())
+        db = DatabaseRecord(database_id(branch.id, change.name), change.name, change.owner_name, stamp, stamp)
+        branch.databases[db.name] = db
+        # Nothing to make yet: the database is made on its first connection.
+        return db, self._apply(branch, None, f"create database {db.name}")
+
+    def update_database(
+        self, branch_id: str, name: str, change: DatabaseChange
+    ) -> tuple[DatabaseRecord, list[OperationRecord]]:
+        branch = self._mutable(branch_id)
+        db = self.database(branch, name)
+        if change.name and change.name != name and change.name in branch.databases:
+            raise conflict(f"database {change.name} already exists on branch {branch.id}")
+        owner = change.owner_name
+        if owner is not None:
+            self.role(branch, owner)
+        if change.name and change.name != name:
+            # Only the name a client asks for changes; the PostgreSQL database stays.
+            del branch.databases[name]
+            db.name = change.name
+            branch.databases[db.name] = db
+        db.updated_at = iso(now())
+
+        async def change_owner() -> None:
+            if owner is not None and owner != db.owner_name:
+                if db.physical is not None:
+                    await self.neon.dataplane.set_database_owner(db.physical, owner)
+                db.owner_name = owner
+
+        return db, self._apply(branch, change_owner, f"update database {name}")
+
+    def delete_database(
+        self, branch_id: str, name: str
+    ) -> tuple[DatabaseRecord, list[OperationRecord]] | None:
+        branch = self.neon.branch(branch_id)
+        db = branch.databases.get(name)
+        if db is None:
+            return None
+        self.neon.ops.check_unlocked()
+        del branch.databases[name]
+
+        async def drop() -> None:
+            if db.physical is not None:
+                await self.neon.dataplane.drop_database(db.physical)
+
+        return db, self._apply(branch, drop, f"delete database {name}")
