@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from harness.errors import ApiError
@@ -50,10 +50,12 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "BAD_REQUEST", message)
 
 
-def _ttl(expires_at: str | None) -> int | None:
+def _ttl(expires_at: str | None, stamp: str) -> int | None:
+    """`ttl_interval_seconds`: from the change at `stamp` to the expiry, in whole seconds
+    as both are written."""
     if expires_at is None:
         return None
-    return max(1, int((parse_time(expires_at) - datetime.now(UTC)).total_seconds()))
+    return max(1, int((parse_time(expires_at) - parse_time(stamp)).total_seconds()))
 
 
 class Branching:
@@ -102,7 +104,7 @@ class Branching:
         neon.ops.check_unlocked()
         stamp = iso(now())
         branch = self._new_record(request.name, parent.id, stamp)
-        branch.expires_at, branch.ttl_interval_seconds = request.expires_at, _ttl(request.expires_at)
+        branch.expires_at, branch.ttl_interval_seconds = request.expires_at, _ttl(request.expires_at, stamp)
         branch.protected, branch.init_source = request.protected, request.init_source
         if request.annotation is not None:
             branch.annotation = request.annotation
@@ -253,10 +255,10 @@ class Branching:
         if name is not None:
             branch.name = name
         branch.protected = protected
+        branch.updated_at = iso(now())
         if changed:
             branch.expires_at = expires_at
-            branch.ttl_interval_seconds = _ttl(expires_at)
-        branch.updated_at = iso(now())
+            branch.ttl_interval_seconds = _ttl(expires_at, branch.updated_at)
         neon.save()
         return branch
 
@@ -448,9 +450,10 @@ class Branching:
         for ep in eps:
             neon.dataplane.drop_connections(ep.id)  # sessions on the old data end, as on Neon
         neon.ops.end(ops[0], "finished")
-        branch.last_reset_at = iso(now())
+        moment = now()
+        branch.last_reset_at = iso(moment)
         if branch.ttl_interval_seconds:  # a reset starts the countdown again
-            branch.expires_at = iso(now() + timedelta(seconds=branch.ttl_interval_seconds))
+            branch.expires_at = iso(moment + timedelta(seconds=branch.ttl_interval_seconds))
         neon.set_branch_state(branch, "ready")
         for op in ops[1:]:
             neon.ops.end(op, "finished")

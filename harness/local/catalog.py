@@ -243,12 +243,13 @@ class Catalog:
             db.name = change.name
             branch.databases[db.name] = db
         db.updated_at = iso(now())
+        new_owner = owner is not None and owner != db.owner_name
+        if owner is not None:
+            db.owner_name = owner
 
         async def change_owner() -> None:
-            if owner is not None and owner != db.owner_name:
-                if db.physical is not None:
-                    await self.neon.dataplane.set_database_owner(db.physical, owner)
-                db.owner_name = owner
+            if new_owner and db.physical is not None:
+                await self.neon.dataplane.set_database_owner(db.physical, db.owner_name)
 
         return db, self._apply(branch, change_owner, f"update database {name}")
 

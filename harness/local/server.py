@@ -159,8 +159,10 @@ async def serve(
     handle: ServerHandle | None = None,
     stop_postgres: bool = True,
     dataplane: Any = None,
+    branches_limit: int | None = None,
 ) -> None:
-    """Start the data plane and the API, call `ready`, serve until stopped, shut down."""
+    """Start the data plane and the API, call `ready`, serve until stopped, shut down.
+    `branches_limit` overrides what /users/me advertises and creates are held to."""
     import uvicorn
 
     from harness.local.app import create_app
@@ -172,7 +174,10 @@ async def serve(
     handle = handle or ServerHandle()
     api_key = Secret(load_or_create_api_key(home))
     injector = FaultInjector(faults)
-    neon = LocalNeon(home, dataplane or _make_dataplane(home, storage), storage=storage, faults=injector)
+    limits = {"branches_limit": branches_limit} if branches_limit else {}
+    neon = LocalNeon(
+        home, dataplane or _make_dataplane(home, storage), storage=storage, faults=injector, **limits
+    )
     handle.neon = neon
     try:
         await neon.start()

@@ -33,7 +33,12 @@ TOLERATED = frozenset({("Endpoint", "port"), ("Endpoint", "pooler_port")})
 
 @contextmanager
 def start_test_server(
-    home: Path, *, faults: str | None = None, storage: str = "memory", keep_data: bool = False
+    home: Path,
+    *,
+    faults: str | None = None,
+    storage: str = "memory",
+    keep_data: bool = False,
+    branches_limit: int | None = None,
 ) -> Iterator[LocalServerInfo]:
     handle = ServerHandle()
     ready = threading.Event()
@@ -48,6 +53,7 @@ def start_test_server(
                     faults=parse_faults(faults),
                     ready=lambda _info: ready.set(),
                     handle=handle,
+                    branches_limit=branches_limit,
                 )
             )
         except BaseException as exc:  # reported to the waiting test thread

@@ -1,0 +1,217 @@
+"""Rules Neon enforces, enforced by the local server too, so what passes locally does
+not fail on Neon: the project lock (423 while operations run, retried for real by the
+harness's client), expiry, protection, restore with `preserve_under_name`, the branch
+limit `/users/me` advertises."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness.local.server import LocalServerInfo
+from harness.neon.client import NeonClient
+from harness.neon.models import parse_time
+from tests.local._server import (
+    api_client,
+    connection_uri,
+    create_branch,
+    create_ready_branch,
+    delete_branch,
+    sql,
+    start_test_server,
+    wait_operations,
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServerInfo]:
+    with start_test_server(tmp_path_factory.mktemp("rules-home")) as info:
+        yield info
+
+
+@pytest.fixture
+def client(server: LocalServerInfo) -> Iterator[httpx.Client]:
+    with api_client(server) as c:
+        yield c
+
+
+@pytest.fixture
+def project(server: LocalServerInfo) -> str:
+    return server.project_id
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def _in(delta: timedelta) -> str:
+    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _main(client: httpx.Client, project: str) -> dict[str, Any]:
+    return next(b for b in client.get(f"/projects/{project}/branches").json()["branches"] if b["default"])
+
+
+def _error(answer: httpx.Response, status: int) -> str:
+    assert answer.status_code == status, answer.text
+    return str(answer.json()["message"])
+
+
+# ---------------------------------------------------------------------- the lock
+
+
+def test_mutations_answer_423_while_the_project_has_running_operations(
+    client: httpx.Client, project: str
+) -> None:
+    base = f"/projects/{project}/branches"
+    other = create_ready_branch(client, project, name=_name("other"))["branch"]
+    assert client.put("/_local/faults", json={"spec": "op_delay=1"}).status_code == 200
+    try:
+        slow = create_branch(client, project, name=_name("slow"))
+    finally:
+        client.put("/_local/faults", json={"spec": ""})
+    # Project scope: a mutation of any other branch or endpoint waits too.
+    message = _error(client.patch(f"{base}/{other['id']}", json={"branch": {"name": _name("x")}}), 423)
+    assert slow["operations"][0]["id"] in message and "retry" in message
+    _error(client.delete(f"{base}/{other['id']}"), 423)
+    _error(client.post(base, json={"branch": {"name": _name("third")}}), 423)
+    _error(
+        client.post(
+            f"/projects/{project}/endpoints",
+            json={"endpoint": {"branch_id": other["id"], "type": "read_only"}},
+        ),
+        423,
+    )
+    # Reads are never locked.
+    assert client.get(f"{base}/{other['id']}").status_code == 200
+    wait_operations(client, project, slow["operations"])
+    for branch_id in (slow["branch"]["id"], other["id"]):
+        delete_branch(client, project, branch_id)
+
+
+def test_the_harness_client_retries_the_lock_for_real(
+    server: LocalServerInfo, client: httpx.Client, project: str
+) -> None:
+    assert client.put("/_local/faults", json={"spec": "op_delay=0.5"}).status_code == 200
+    try:
+        slow = create_branch(client, project, name=_name("holder"))
+    finally:
+        client.put("/_local/faults", json={"spec": ""})
+
+    async def create_while_locked() -> tuple[str, int]:
+        async with NeonClient(server.api_key.reveal(), api_host=server.api_host) as neon:
+            made = await neon.create_branch(project, name=_name("waiter"))
+            return made.branch.id, neon.stats.retries
+
+    branch_id, retries = asyncio.run(create_while_locked())
+    assert retries >= 1, "the create never met the lock"
+    wait_operations(client, project, slow["operations"])
+    for made in (branch_id, slow["branch"]["id"]):
+        delete_branch(client, project, made)
+
+
+# ---------------------------------------------------------------------- expiry
+
+
+def test_expiry_rules(client: httpx.Client, project: str) -> None:
+    base = f"/projects/{project}/branches"
+    expiring = create_ready_branch(client, project, name=_name("exp"), expires_at=_in(timedelta(hours=1)))
+    exp_id = expiring["branch"]["id"]
+    made = expiring["branch"]
+    ttl = made["ttl_interval_seconds"]
+    assert timedelta(seconds=ttl) == parse_time(made["expires_at"]) - parse_time(made["created_at"])
+    assert "children" in _error(client.post(base, json={"branch": {"parent_id": exp_id}}), 400)
+    assert "default" in _error(client.post(f"{base}/{exp_id}/set_as_default"), 400)
+    assert "protected" in _error(client.patch(f"{base}/{exp_id}", json={"branch": {"protected": True}}), 400)
+
+    parent = create_ready_branch(client, project, name=_name("parent"))["branch"]
+    child = create_ready_branch(client, project, name=_name("child"), parent_id=parent["id"])["branch"]
+    later = {"branch": {"expires_at": _in(timedelta(hours=1))}}
+    assert "children" in _error(client.patch(f"{base}/{parent['id']}", json=later), 400)
+    # A child may expire; clearing an expiry is always allowed.
+    assert client.patch(f"{base}/{child['id']}", json=later).status_code == 200
+    assert client.patch(f"{base}/{child['id']}", json={"branch": {"expires_at": None}}).status_code == 200
+
+    # A reset starts the countdown again: expires_at is the reset plus the same interval.
+    restored = client.post(
+        f"{base}/{exp_id}/restore", json={"source_branch_id": _main(client, project)["id"]}
+    )
+    assert restored.status_code == 200, restored.text
+    wait_operations(client, project, restored.json()["operations"])
+    after = client.get(f"{base}/{exp_id}").json()["branch"]
+    assert after["ttl_interval_seconds"] == ttl
+    assert parse_time(after["expires_at"]) - parse_time(after["last_reset_at"]) == timedelta(seconds=ttl)
+    for branch_id in (child["id"], parent["id"], exp_id):
+        delete_branch(client, project, branch_id)
+
+
+# ---------------------------------------------------------------------- protection, roots
+
+
+def test_protected_branch_is_neither_reset_nor_deleted(client: httpx.Client, project: str) -> None:
+    base = f"/projects/{project}/branches"
+    guarded = create_ready_branch(client, project, name=_name("guarded"), protected=True)["branch"]
+    source = {"source_branch_id": _main(client, project)["id"]}
+    assert "protected" in _error(client.post(f"{base}/{guarded['id']}/restore", json=source), 400)
+    assert "protected" in _error(client.delete(f"{base}/{guarded['id']}"), 400)
+    client.patch(f"{base}/{guarded['id']}", json={"branch": {"protected": False}})
+    delete_branch(client, project, guarded["id"])
+
+
+# ---------------------------------------------------------------------- restore
+
+
+def test_restore_from_another_branch_and_preserve_under_name(client: httpx.Client, project: str) -> None:
+    base = f"/projects/{project}/branches"
+    target = create_ready_branch(client, project, name=_name("target"))["branch"]
+    donor = create_ready_branch(client, project, name=_name("donor"))["branch"]
+    target_uri = connection_uri(client, project, target["id"], pooled=False)
+    sql(target_uri, "CREATE TABLE origin AS SELECT 'target' AS who")
+    sql(
+        connection_uri(client, project, donor["id"], pooled=False),
+        "CREATE TABLE origin AS SELECT 'donor' AS who",
+    )
+    child = create_ready_branch(client, project, name=_name("kid"), parent_id=target["id"])["branch"]
+
+    source = {"source_branch_id": donor["id"]}
+    assert "preserve_under_name" in _error(client.post(f"{base}/{target['id']}/restore", json=source), 400)
+    kept = _name("target-old")
+    answer = client.post(f"{base}/{target['id']}/restore", json={**source, "preserve_under_name": kept})
+    assert answer.status_code == 200, answer.text
+    wait_operations(client, project, answer.json()["operations"])
+
+    # The target now holds the donor's data, through the same endpoint and URL.
+    assert sql(target_uri, "SELECT who FROM origin")[0]["who"] == "donor"
+    # Its previous state lives on under the new name, with the children it had.
+    [saved] = [b for b in client.get(base, params={"search": kept}).json()["branches"] if b["name"] == kept]
+    assert client.get(f"{base}/{child['id']}").json()["branch"]["parent_id"] == saved["id"]
+    made = client.post(
+        f"/projects/{project}/endpoints", json={"endpoint": {"branch_id": saved["id"], "type": "read_write"}}
+    )
+    assert made.status_code == 201, made.text
+    wait_operations(client, project, made.json()["operations"])
+    saved_uri = connection_uri(client, project, saved["id"], pooled=False)
+    assert sql(saved_uri, "SELECT who FROM origin")[0]["who"] == "target"
+    for branch_id in (child["id"], saved["id"], target["id"], donor["id"]):
+        delete_branch(client, project, branch_id)
+
+
+# ---------------------------------------------------------------------- limits
+
+
+def test_creates_stop_at_the_advertised_branch_limit(tmp_path: Path) -> None:
+    with start_test_server(tmp_path / "limited", branches_limit=2) as info, api_client(info) as client:
+        project = info.project_id
+        assert client.get("/users/me").json()["branches_limit"] == 2
+        made = create_ready_branch(client, project, name="second")
+        answer = client.post(f"/projects/{project}/branches", json={"branch": {"name": "third"}})
+        assert answer.status_code == 422 and "limit of 2" in answer.json()["message"]
+        delete_branch(client, project, made["branch"]["id"])
+        assert create_ready_branch(client, project, name="third")["branch"]["name"] == "third"
