@@ -67,19 +67,22 @@ async def list_operations(request: Request) -> Response:
     """Newest first; with `limit` (1-1000) a page, and `pagination.cursor` for the next."""
     neon = project_of(request)
     query = request.query_params
-    limit = check.limit(query, MAX_OPERATIONS)
-    ops = sorted(neon.state.operations.values(), key=lambda op: (op.started, op.id), reverse=True)
     cursor = query.get("cursor")
+    position = check.decode_cursor(cursor) if cursor else {}
+    limit = check.limit(query, MAX_OPERATIONS, position.get("limit"))
+    ops = list(neon.state.operations.values())
+    ops.reverse()  # the operations are kept in creation order
     if cursor:
-        before = check.decode_cursor(cursor).get("before")
-        if not isinstance(before, list):
-            raise check.bad_request("cursor is not one this server gave")
-        ops = [op for op in ops if [op.started, op.id] < before]
+        after = position.get("after")
+        ids = [op.id for op in ops]
+        if after not in ids:
+            raise check.bad_request("cursor is not one this server gave, or too old")
+        ops = ops[ids.index(after) + 1 :]
     if limit is not None:
         ops = ops[:limit]
     body: dict[str, Any] = {"operations": [operation_json(neon, op) for op in ops]}
     if ops:
-        body["pagination"] = {"cursor": check.encode_cursor({"before": [ops[-1].started, ops[-1].id]})}
+        body["pagination"] = {"cursor": check.encode_cursor({"after": ops[-1].id, "limit": limit})}
     return ok(body)
 
 

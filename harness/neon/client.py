@@ -14,13 +14,14 @@ Secrets: the API key and every password or connection URI received are registere
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
@@ -337,6 +338,12 @@ class NeonClient:
         """Wait before the next attempt; False when no attempt is left."""
         if not failure.retryable:
             return False
+        if (
+            failure.status == 423
+            and failure.method != "GET"  # Neon locks mutations only
+            and await self._wait_for_project(failure.path, deadline_at)
+        ):
+            return True
         delay = self.retry.next_delay(
             progress.attempts,
             remaining=deadline_at - self._clock(),
@@ -357,6 +364,35 @@ class NeonClient:
         )
         self.stats.waited += delay
         await self._sleep(delay)
+        return True
+
+    async def _wait_for_project(self, path: str, deadline_at: float) -> bool:
+        """After a 423 (the project has running operations): wait for those operations,
+        as Neon's guidance has clients poll them, so the next attempt goes out as the lock
+        clears rather than after a blind backoff. False when none is seen running (a
+        lock on something else, or a 423 from a proxy): the caller backs off instead.
+
+        Not counted against `max_attempts`: each such wait sees an operation end, and
+        the deadline still bounds the whole request."""
+        parts = path.split("/")
+        if len(parts) < 3 or parts[1] != "projects" or deadline_at - self._clock() <= 0:
+            return False
+        project_id = unquote(parts[2])
+        try:
+            # Running operations are the newest; one short page finds them.
+            data = await self._get(
+                f"/projects/{_q(project_id)}/operations", params={"limit": "20"}, deadline_at=deadline_at
+            )
+        except NeonAPIError:
+            return False
+        running = [op for op in map(Operation.from_api, _list(data, "operations")) if op.pending]
+        if not running:
+            return False
+        self.stats.lock_waits += 1
+        with contextlib.suppress(NeonAPIError):  # another's operation failed, or time ran out
+            await self.wait_for_operations(
+                project_id, running, timeout=max(deadline_at - self._clock(), 0.001)
+            )
         return True
 
     def _give_up(self, failure: _Failure, progress: _Progress) -> NeonAPIError:

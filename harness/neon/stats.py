@@ -38,7 +38,8 @@ class ApiStats:
     failures: attempts that got no answer or a non-2xx answer; seconds: time spent in
     HTTP attempts (not in backoff pauses or operation polling pauses); waited: seconds
     spent in backoff pauses; recovered_creates: creates answered by finding the branch
-    by name after an attempt whose answer was lost.
+    by name after an attempt whose answer was lost; lock_waits: 423s answered by waiting
+    for the project's running operations.
     """
 
     calls: int = 0
@@ -47,6 +48,7 @@ class ApiStats:
     seconds: float = 0.0
     waited: float = 0.0
     recovered_creates: int = 0
+    lock_waits: int = 0
     routes: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
 
@@ -67,6 +69,7 @@ class ApiStats:
             "seconds": round(self.seconds, 6),
             "waited": round(self.waited, 6),
             "recovered_creates": self.recovered_creates,
+            "lock_waits": self.lock_waits,
             "routes": dict(sorted(self.routes.items())),
             "statuses": dict(sorted(self.statuses.items())),
         }

@@ -335,3 +335,55 @@ def test_connection_uri_checks_the_catalog(client: httpx.Client, p: str, project
     params = {"branch_id": main["id"], "database_name": "cathouse", "role_name": "nobody"}
     assert client.get(f"{p}/connection_uri", params=params).status_code == 404
     assert connection_uri(client, project, main["id"], pooled=True) != _uri(client, p, main["id"])
+
+
+# ---------------------------------------------------------------------- lists
+
+
+def _pages(client: httpx.Client, path: str, key: str, cursor_of: Any, **params: Any) -> list[list[str]]:
+    pages = []
+    answer = client.get(path, params=params).json()
+    while answer[key]:
+        pages.append([item["id"] for item in answer[key]])
+        cursor = cursor_of(answer)
+        if cursor is None:
+            break
+        answer = client.get(path, params={"cursor": cursor}).json()
+    return pages
+
+
+def test_lists_page_with_cursors_that_work(client: httpx.Client, p: str, project: str) -> None:
+    tag = _tag()
+    made = [create_ready_branch(client, project, name=f"page-{tag}-{i}")["branch"]["id"] for i in range(3)]
+    everything = [
+        b["id"]
+        for b in client.get(f"{p}/branches", params={"sort_by": "name", "sort_order": "asc"}).json()[
+            "branches"
+        ]
+    ]
+    pages = _pages(
+        client,
+        f"{p}/branches",
+        "branches",
+        lambda a: a["pagination"].get("next"),
+        limit=2,
+        sort_by="name",
+        sort_order="asc",
+    )
+    assert all(len(page) <= 2 for page in pages) and sum(pages, []) == everything
+    names = [
+        b["name"]
+        for b in client.get(f"{p}/branches", params={"sort_by": "name", "sort_order": "asc"}).json()[
+            "branches"
+        ]
+    ]
+    assert names == sorted(names)
+
+    all_ops = [op["id"] for op in client.get(f"{p}/operations").json()["operations"]]
+    op_pages = _pages(
+        client, f"{p}/operations", "operations", lambda a: a.get("pagination", {}).get("cursor"), limit=5
+    )
+    assert sum(op_pages, []) == all_ops and all(len(page) <= 5 for page in op_pages)
+    assert client.get(f"{p}/operations", params={"cursor": "bm90LWEtY3Vyc29y"}).status_code == 400
+    for branch_id in made:
+        delete_branch(client, project, branch_id)

@@ -227,8 +227,28 @@ async def test_create_after_a_rejection_is_resent_without_lookup(make):
     async with make(script) as client:
         result = await client.create_branch(PROJECT, name="b", endpoint=False, wait=False)
     assert result.branch.id == "br-new-1" and not result.recovered
-    # 429 and 423 mean the server refused before acting: no lookup was needed
-    assert [m for m, _ in script.seen] == ["POST", "POST", "POST"]
+    # 429 and 423 mean the server refused before acting: no lookup was needed (the 423
+    # only had the client look for running operations, and it found none)
+    assert [m for m, _ in script.seen if m == "POST"] == ["POST", "POST", "POST"]
+    assert [path for m, path in script.seen if m == "GET"] == [f"/api/v2/projects/{PROJECT}/operations"]
+
+
+async def test_a_locked_mutation_waits_for_the_running_operation_then_goes_again(make, clock):
+    running = {"id": "op-1", "project_id": PROJECT, "action": "create_branch", "status": "running"}
+    created = {"branch": {"id": "br-new-1", "name": "b", "project_id": PROJECT}, "operations": []}
+    script = Script(
+        status(423),
+        lambda request: httpx.Response(200, json={"operations": [running]}),
+        lambda request: httpx.Response(200, json={"operation": {**running, "status": "finished"}}),
+        lambda request: httpx.Response(201, json=created),
+    )
+    async with make(script) as client:
+        result = await client.create_branch(PROJECT, name="b", endpoint=False, wait=False)
+    assert result.branch.id == "br-new-1"
+    assert [m for m, _ in script.seen] == ["POST", "GET", "GET", "POST"]
+    assert script.seen[2][1].endswith("/operations/op-1")
+    # No blind backoff: the next attempt went out as the lock's operation ended.
+    assert clock.sleeps == [] and client.stats.lock_waits == 1
 
 
 async def test_create_after_a_5xx_looks_up_before_resending(make):

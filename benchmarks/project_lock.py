@@ -1,0 +1,144 @@
+"""What Neon's project lock costs an xdist session: 4 workers forking at once.
+
+    python benchmarks/project_lock.py [--reps 15] [--workers 4]
+
+Neon answers 423 to a mutation while the project has running operations, and the local
+server does too, so workers that fork at the same moment queue up through retries.
+Each repetition, on one local server (own temporary home): one fork alone
+(`create_owned_branch`, what a worker's session start does), then `--workers` forks
+started together, each from its own client as xdist workers' are, then their deletes
+together (teardown). Printed: the fork alone, each concurrent fork (median and the
+slowest of each round), the round's wall time, and the 423s met (retries) per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from _common import EXAMPLE, fmt, home_env, stop_home, summary
+
+
+async def _fork(client: Any, project: str, parent_id: str, settings: Any, label: str) -> tuple[str, float]:
+    import time
+
+    from harness.branches import create_owned_branch
+
+    started = time.perf_counter()
+    handle = await create_owned_branch(
+        client,
+        project,
+        name=f"harness/bench-lock/{label}-{uuid.uuid4().hex[:6]}",
+        parent_id=parent_id,
+        ttl=timedelta(minutes=15),
+        kind="session",
+        run_id="bench-lock",
+        database=settings.database,
+        role=settings.role,
+    )
+    return handle.id, time.perf_counter() - started
+
+
+async def _timed_delete(client: Any, project: str, branch_id: str) -> float:
+    import time
+
+    from harness.branches import delete_owned_branch
+
+    started = time.perf_counter()
+    await delete_owned_branch(client, project, branch_id)
+    return time.perf_counter() - started
+
+
+async def _measure(reps: int, workers: int) -> dict[str, Any]:
+    import time
+
+    from harness.backend import connect_backend, open_client
+    from harness.settings import load_settings
+
+    settings = load_settings(EXAMPLE)
+    backend = connect_backend(settings)
+    project = backend.project_id
+    alone: list[float] = []
+    together: list[float] = []
+    slowest: list[float] = []
+    walls: list[float] = []
+    teardown: list[float] = []
+    retries: list[int] = []
+    clients = [open_client(backend) for _ in range(workers)]
+    try:
+        parent_id = (await clients[0].resolve_branch(project, settings.parent_branch)).id
+        for i in range(reps):
+            branch_id, seconds = await _fork(clients[0], project, parent_id, settings, f"alone-{i}")
+            alone.append(seconds)
+            await _timed_delete(clients[0], project, branch_id)
+
+            before = sum(c.stats.retries for c in clients)
+            started = time.perf_counter()
+            forks = await asyncio.gather(
+                *(_fork(c, project, parent_id, settings, f"gw{n}-{i}") for n, c in enumerate(clients))
+            )
+            walls.append(time.perf_counter() - started)
+            together.extend(seconds for _, seconds in forks)
+            slowest.append(max(seconds for _, seconds in forks))
+            started = time.perf_counter()
+            pairs = zip(clients, forks, strict=True)
+            await asyncio.gather(*(_timed_delete(c, project, branch) for c, (branch, _) in pairs))
+            teardown.append(time.perf_counter() - started)
+            retries.append(sum(c.stats.retries for c in clients) - before)
+    finally:
+        for client in clients:
+            await client.aclose()
+    result: dict[str, Any] = {
+        "workers": workers,
+        "fork_alone": summary(alone),
+        "fork_concurrent": summary(together),
+        "fork_slowest_of_round": summary(slowest),
+        "round_wall": summary(walls),
+        "teardown_wall": summary(teardown),
+        "retries_per_round": statistics.median(retries) if retries else 0,
+    }
+    result["slowest_vs_alone"] = result["fork_slowest_of_round"]["median"] / result["fork_alone"]["median"]
+    return result
+
+
+def print_result(result: dict[str, Any]) -> None:
+    n = result["workers"]
+    print(f"project lock: {n} workers forking at once (medians; min)")
+    rows = [
+        ("fork alone", result["fork_alone"]),
+        (f"each of {n} concurrent forks", result["fork_concurrent"]),
+        (f"slowest of the {n}", result["fork_slowest_of_round"]),
+        (f"all {n} forked (wall)", result["round_wall"]),
+        (f"all {n} deleted (wall)", result["teardown_wall"]),
+    ]
+    for label, stats in rows:
+        print(f"  {label:<32} {fmt(stats['median']):>10}  (min {fmt(stats['min'])})")
+    print(f"  slowest / alone                  {result['slowest_vs_alone']:.2f}x")
+    print(f"  423s retried per round           {result['retries_per_round']:g}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--workers", type=int, default=4)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-home-lock-"))
+    try:
+        with home_env(home):
+            result = asyncio.run(_measure(args.reps, args.workers))
+    finally:
+        stop_home(home)
+    print_result(result)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
