@@ -1,9 +1,12 @@
 """The embedded default: a local Neon-API-v2-compatible server over embedded PostgreSQL.
 
-Control plane: `app` (HTTP routes and Neon's JSON shapes), `control` (branches,
-endpoints, operations, locks, the reaper), `state` (persisted JSON), `faults` (fault
-injection), `server` (foreground server, shared daemon, `emulator`). Data plane:
-`dataplane` over `postgres`, `proxy`, `pgbouncer` and `tls`.
+Control plane: `app` (HTTP routes and the front door) with `api_*` (route modules,
+request validation, Neon's JSON shapes); `control` (state, lookups, endpoints) with
+`operations` (operation records, the project lock), `persist` (state writes),
+`branching`, `computes`, `catalog` (roles, databases, the connection gate), `reaper`,
+`schema`; `state` (persisted JSON), `faults` (fault injection), `server` (foreground
+server, shared daemon, `emulator`). Data plane: `dataplane` over `postgres`, `proxy`,
+`pgbouncer`, `tls` and `introspect` (pg_dump).
 
 Names are imported lazily so that importing one submodule (say, the data plane) does
 not pull in the web server.

@@ -1,0 +1,209 @@
+"""Where the local server knowingly differs from Neon: one test per row of the README's
+divergence table, so a row cannot go stale unnoticed (a fix makes its test fail, and
+the row and the test go together)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from harness.local.server import LocalServerInfo
+from tests.local._server import (
+    api_client,
+    connection_uri,
+    create_ready_branch,
+    delete_branch,
+    sql,
+    start_test_server,
+    wait_operations,
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServerInfo]:
+    with start_test_server(tmp_path_factory.mktemp("divergence-home")) as info:
+        yield info
+
+
+@pytest.fixture
+def client(server: LocalServerInfo) -> Iterator[httpx.Client]:
+    with api_client(server) as c:
+        yield c
+
+
+@pytest.fixture
+def project(server: LocalServerInfo) -> str:
+    return server.project_id
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+async def _script(uri: str, *statements: str) -> None:
+    """Statements one after another on one connection (a SET holds for the next)."""
+    conn = await asyncpg.connect(uri)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def _main(client: httpx.Client, project: str) -> dict[str, Any]:
+    return next(b for b in client.get(f"/projects/{project}/branches").json()["branches"] if b["default"])
+
+
+def test_endpoints_name_their_own_ports(client: httpx.Client, project: str) -> None:
+    """Until URLs built from `host` connect: `port` / `pooler_port` beside a loopback host."""
+    made = create_ready_branch(client, project, name=_name("ports"))
+    [ep] = made["endpoints"]
+    assert isinstance(ep["port"], int) and isinstance(ep["pooler_port"], int)
+    assert ep["host"] in ("127.0.0.1", f"{ep['id']}.localhost")
+    assert f":{ep['port']}/" in made["connection_uris"][0]["connection_uri"]
+    delete_branch(client, project, made["branch"]["id"])
+
+
+def test_no_history_so_no_point_in_time(client: httpx.Client, project: str) -> None:
+    """No WAL history: branching, restoring and schemas at an LSN or a timestamp are refused."""
+    main = _main(client, project)
+    base = f"/projects/{project}/branches"
+    past = {"branch": {"parent_id": main["id"], "parent_timestamp": "2024-01-01T00:00:00Z"}}
+    assert client.post(base, json=past).status_code == 400
+    assert client.post(base, json={"branch": {"parent_lsn": "0/1"}}).status_code == 400
+    restore = {"source_branch_id": main["id"], "source_timestamp": "2024-01-01T00:00:00Z"}
+    assert client.post(f"{base}/{main['id']}/restore", json=restore).status_code == 400
+    params = {"db_name": "cathouse", "timestamp": "2024-01-01T00:00:00Z"}
+    assert client.get(f"{base}/{main['id']}/schema", params=params).status_code == 400
+
+
+def test_schema_only_branches_keep_their_parent(client: httpx.Client, project: str) -> None:
+    """Neon makes a schema-only branch a root (no parent, no reset from parent, counted
+    against a root-branch allowance); here it is a child of its source."""
+    main = _main(client, project)
+    made = create_ready_branch(client, project, name=_name("schema-only"), init_source="schema-only")
+    assert made["branch"]["parent_id"] == main["id"]
+    delete_branch(client, project, made["branch"]["id"])
+
+
+def test_role_passwords_are_shared_by_branches(client: httpx.Client, project: str) -> None:
+    """One PostgreSQL role serves every branch that has it: a reset changes the password
+    on all of them, and children of a protected branch keep the parent's passwords."""
+    base = f"/projects/{project}/branches"
+    guarded = create_ready_branch(client, project, name=_name("guarded"), protected=True)
+    child = create_ready_branch(client, project, name=_name("child"), parent_id=guarded["branch"]["id"])
+    [parent_pw, child_pw] = [
+        client.get(f"{base}/{b['branch']['id']}/roles/cathouse_owner/reveal_password").json()["password"]
+        for b in (guarded, child)
+    ]
+    assert parent_pw == child_pw
+    reset = client.post(f"{base}/{child['branch']['id']}/roles/cathouse_owner/reset_password")
+    wait_operations(client, project, reset.json()["operations"])
+    after = client.get(f"{base}/{guarded['branch']['id']}/roles/cathouse_owner/reveal_password").json()
+    assert after["password"] == reset.json()["role"]["password"]
+    delete_branch(client, project, child["branch"]["id"])
+    client.patch(f"{base}/{guarded['branch']['id']}", json={"branch": {"protected": False}})
+    delete_branch(client, project, guarded["branch"]["id"])
+
+
+def test_usage_figures_read_zero(client: httpx.Client, project: str) -> None:
+    """Nothing is metered: CPU, time, bytes and sizes read 0, and parent_lsn is 0/0."""
+    made = create_ready_branch(client, project, name=_name("usage"))
+    branch = made["branch"]
+    usage = (
+        "cpu_used_sec",
+        "active_time_seconds",
+        "compute_time_seconds",
+        "written_data_bytes",
+        "logical_size",
+    )
+    assert [branch[k] for k in usage] == [0] * len(usage) and branch["parent_lsn"] == "0/0"
+    assert client.get(f"/projects/{project}").json()["project"]["data_storage_bytes_hour"] == 0
+    delete_branch(client, project, branch["id"])
+
+
+def test_computes_do_not_suspend_or_scale_by_themselves(client: httpx.Client, project: str) -> None:
+    """An endpoint has no compute: suspend_timeout_seconds and autoscaling limits are
+    kept, never acted on; only the API suspends it."""
+    made = create_ready_branch(client, project, name=_name("compute"))
+    [ep] = made["endpoints"]
+    body = {"endpoint": {"suspend_timeout_seconds": 60, "autoscaling_limit_max_cu": 2}}
+    patched = client.patch(f"/projects/{project}/endpoints/{ep['id']}", json=body)
+    wait_operations(client, project, patched.json()["operations"])
+    got = client.get(f"/projects/{project}/endpoints/{ep['id']}").json()["endpoint"]
+    assert (got["suspend_timeout_seconds"], got["autoscaling_limit_max_cu"]) == (60, 2)
+    assert got["current_state"] == "active"
+    delete_branch(client, project, made["branch"]["id"])
+
+
+def test_read_only_endpoints_are_read_only_by_default_only(client: httpx.Client, project: str) -> None:
+    """A read_only endpoint's sessions start with default_transaction_read_only, which a
+    session may turn off; Neon's read replicas cannot write at all."""
+    made = create_ready_branch(client, project, name=_name("reader"))
+    branch_id = made["branch"]["id"]
+    answer = client.post(
+        f"/projects/{project}/endpoints", json={"endpoint": {"branch_id": branch_id, "type": "read_only"}}
+    )
+    wait_operations(client, project, answer.json()["operations"])
+    reader = answer.json()["endpoint"]["id"]
+    params = {
+        "branch_id": branch_id,
+        "endpoint_id": reader,
+        "database_name": "cathouse",
+        "role_name": "cathouse_owner",
+    }
+    uri = client.get(f"/projects/{project}/connection_uri", params=params).json()["uri"]
+    asyncio.run(_script(uri, "SET default_transaction_read_only = off", "CREATE TABLE written (v int)"))
+    assert (
+        sql(connection_uri(client, project, branch_id, pooled=False), "SELECT count(*) AS n FROM written")[0][
+            "n"
+        ]
+        == 0
+    )
+    delete_branch(client, project, branch_id)
+
+
+def test_one_project_one_region_no_organizations(client: httpx.Client, project: str) -> None:
+    """A local server is one project: no project create or delete, one region, no orgs."""
+    assert [p["id"] for p in client.get("/projects").json()["projects"]] == [project]
+    assert client.post("/projects", json={"project": {}}).status_code == 405
+    assert [r["region_id"] for r in client.get("/regions").json()["regions"]] == ["local"]
+    assert client.get("/users/me/organizations").json()["organizations"] == []
+
+
+def test_refusals_have_our_codes(client: httpx.Client, project: str) -> None:
+    """Neon's reference gives error bodies a code but lists no codes, and no status for
+    these refusals: ours are 409 CONFLICT (names, a second read_write endpoint) and
+    422 (a parent's delete, a role owning databases, the branch limit)."""
+    base = f"/projects/{project}/branches"
+    name = _name("dup")
+    made = create_ready_branch(client, project, name=name)
+    dup = client.post(base, json={"branch": {"name": name}})
+    assert (dup.status_code, dup.json()["code"]) == (409, "CONFLICT")
+    child = create_ready_branch(client, project, name=_name("kid"), parent_id=made["branch"]["id"])
+    refused = client.delete(f"{base}/{made['branch']['id']}")
+    assert (refused.status_code, refused.json()["code"]) == (422, "BRANCH_HAS_CHILDREN")
+    for branch_id in (child["branch"]["id"], made["branch"]["id"]):
+        delete_branch(client, project, branch_id)
+
+
+def test_no_rate_limit(client: httpx.Client, project: str) -> None:
+    """Neon allows about 11 requests a second (bursts of 40 a route) and answers 429
+    beyond; the local server only does so when faults are injected."""
+    statuses = {client.get(f"/projects/{project}").status_code for _ in range(60)}
+    assert statuses == {200}
+
+
+def test_deleted_branches_are_gone_at_once(client: httpx.Client, project: str) -> None:
+    """Neon keeps a deleted branch recoverable for 7 days; here its databases are dropped."""
+    made = create_ready_branch(client, project, name=_name("gone"))
+    uri = connection_uri(client, project, made["branch"]["id"], pooled=False)
+    delete_branch(client, project, made["branch"]["id"])
+    with pytest.raises(Exception):  # noqa: B017 - no listener, or no database: both mean gone
+        sql(uri, "SELECT 1")
