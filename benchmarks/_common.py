@@ -113,3 +113,24 @@ def fmt(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+async def fork_session(
+    client: Any, project: str, parent_id: str, settings: Any, name: str, run_id: str
+) -> Any:
+    """A worker's session fork, as the plugin makes it (`create_owned_branch`)."""
+    from datetime import timedelta
+
+    from harness.branches import create_owned_branch
+
+    return await create_owned_branch(
+        client,
+        project,
+        name=name,
+        parent_id=parent_id,
+        ttl=timedelta(minutes=15),
+        kind="session",
+        run_id=run_id,
+        database=settings.database,
+        role=settings.role,
+    )

@@ -19,18 +19,17 @@ import json
 import tempfile
 import time
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import EXAMPLE, fmt, home_env, stop_home, summary, superuser_dsn
+from _common import EXAMPLE, fmt, fork_session, home_env, stop_home, summary, superuser_dsn
 
 
 async def _measure(home: Path, template_id: str | None, reps: int) -> dict[str, Any]:
     import asyncpg
 
     from harness.backend import connect_backend, open_client
-    from harness.branches import create_owned_branch, delete_owned_branch
+    from harness.branches import delete_owned_branch
     from harness.local.ids import physical_name
     from harness.settings import load_settings
 
@@ -76,17 +75,8 @@ async def _measure(home: Path, template_id: str | None, reps: int) -> dict[str, 
 
             before = client.stats.calls
             started = time.perf_counter()
-            handle = await create_owned_branch(
-                client,
-                project,
-                name=f"harness/bench-fork/{i}-{uuid.uuid4().hex[:6]}",
-                parent_id=parent_id,
-                ttl=timedelta(minutes=15),
-                kind="session",
-                run_id="bench-fork",
-                database=settings.database,
-                role=settings.role,
-            )
+            name = f"harness/bench-fork/{i}-{uuid.uuid4().hex[:6]}"
+            handle = await fork_session(client, project, parent_id, settings, name, "bench-fork")
             fork.append(time.perf_counter() - started)
             calls_per_fork.append(client.stats.calls - before)
             started = time.perf_counter()

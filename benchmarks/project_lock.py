@@ -19,30 +19,18 @@ import json
 import statistics
 import tempfile
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import EXAMPLE, fmt, home_env, stop_home, summary
+from _common import EXAMPLE, fmt, fork_session, home_env, stop_home, summary
 
 
 async def _fork(client: Any, project: str, parent_id: str, settings: Any, label: str) -> tuple[str, float]:
     import time
 
-    from harness.branches import create_owned_branch
-
     started = time.perf_counter()
-    handle = await create_owned_branch(
-        client,
-        project,
-        name=f"harness/bench-lock/{label}-{uuid.uuid4().hex[:6]}",
-        parent_id=parent_id,
-        ttl=timedelta(minutes=15),
-        kind="session",
-        run_id="bench-lock",
-        database=settings.database,
-        role=settings.role,
-    )
+    name = f"harness/bench-lock/{label}-{uuid.uuid4().hex[:6]}"
+    handle = await fork_session(client, project, parent_id, settings, name, "bench-lock")
     return handle.id, time.perf_counter() - started
 
 

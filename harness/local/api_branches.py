@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from harness.local import api_validation as check
-from harness.local.api_http import api, gone, json_body, ok, project_of
-from harness.local.api_shapes import annotation_json, branch_json, created_branch_json, operations_json
+from harness.local.api_http import api, gone, json_body, ok, project_of, with_operations
+from harness.local.api_shapes import annotation_json, branch_json, created_branch_json
 from harness.local.control import LocalNeon
 from harness.local.schema import branch_schema, compare_schema
 from harness.local.state import BranchRecord, OperationRecord
@@ -96,7 +96,7 @@ async def get_branch(request: Request) -> Response:
 
 
 def _branch_operations(neon: LocalNeon, branch: BranchRecord, ops: list[OperationRecord]) -> Response:
-    return ok({"branch": branch_json(neon, branch), "operations": operations_json(neon, ops)})
+    return with_operations(neon, "branch", branch_json(neon, branch), ops)
 
 
 @api

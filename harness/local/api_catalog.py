@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from harness.local import api_validation as check
-from harness.local.api_http import api, gone, json_body, ok, project_of
-from harness.local.api_shapes import database_json, operations_json, role_json
+from harness.local.api_http import api, gone, json_body, ok, project_of, with_operations
+from harness.local.api_shapes import database_json, role_json
 from harness.local.control import LocalNeon
 from harness.local.state import BranchRecord
 
@@ -34,11 +34,9 @@ async def create_role(request: Request) -> Response:
     neon, branch = _branch(request)
     name = check.role_create(await json_body(request))
     role, ops = neon.catalog.create_role(branch.id, name)
-    body = {
-        "role": role_json(branch, role, password=neon.catalog.password(name)),
-        "operations": operations_json(neon, ops),
-    }
-    return ok(body, 201)
+    return with_operations(
+        neon, "role", role_json(branch, role, password=neon.catalog.password(name)), ops, 201
+    )
 
 
 @api
@@ -48,7 +46,7 @@ async def delete_role(request: Request) -> Response:
     if deleted is None:
         return gone()
     role, ops = deleted
-    return ok({"role": role_json(branch, role), "operations": operations_json(neon, ops)})
+    return with_operations(neon, "role", role_json(branch, role), ops)
 
 
 @api
@@ -62,7 +60,7 @@ async def reveal_password(request: Request) -> Response:
 async def reset_password(request: Request) -> Response:
     neon, branch = _branch(request)
     role, password, ops = neon.catalog.reset_password(branch.id, request.path_params["role_name"])
-    return ok({"role": role_json(branch, role, password=password), "operations": operations_json(neon, ops)})
+    return with_operations(neon, "role", role_json(branch, role, password=password), ops)
 
 
 @api
@@ -82,7 +80,7 @@ async def get_database(request: Request) -> Response:
 async def create_database(request: Request) -> Response:
     neon, branch = _branch(request)
     db, ops = neon.catalog.create_database(branch.id, check.database_create(await json_body(request)))
-    return ok({"database": database_json(branch, db), "operations": operations_json(neon, ops)}, 201)
+    return with_operations(neon, "database", database_json(branch, db), ops, 201)
 
 
 @api
@@ -90,7 +88,7 @@ async def update_database(request: Request) -> Response:
     neon, branch = _branch(request)
     change = check.database_update(await json_body(request))
     db, ops = neon.catalog.update_database(branch.id, request.path_params["database_name"], change)
-    return ok({"database": database_json(branch, db), "operations": operations_json(neon, ops)})
+    return with_operations(neon, "database", database_json(branch, db), ops)
 
 
 @api
@@ -100,7 +98,7 @@ async def delete_database(request: Request) -> Response:
     if deleted is None:
         return gone()
     db, ops = deleted
-    return ok({"database": database_json(branch, db), "operations": operations_json(neon, ops)})
+    return with_operations(neon, "database", database_json(branch, db), ops)
 
 
 @api

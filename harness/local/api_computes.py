@@ -7,8 +7,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from harness.local import api_validation as check
-from harness.local.api_http import api, gone, json_body, ok, project_of
-from harness.local.api_shapes import endpoint_json, operations_json
+from harness.local.api_http import api, gone, json_body, ok, project_of, with_operations
+from harness.local.api_shapes import endpoint_json
 from harness.local.control import LocalNeon
 from harness.local.state import EndpointRecord, OperationRecord
 
@@ -16,7 +16,7 @@ from harness.local.state import EndpointRecord, OperationRecord
 def _endpoint_operations(
     neon: LocalNeon, ep: EndpointRecord, ops: list[OperationRecord], status: int = 200
 ) -> Response:
-    return ok({"endpoint": endpoint_json(neon, ep), "operations": operations_json(neon, ops)}, status)
+    return with_operations(neon, "endpoint", endpoint_json(neon, ep), ops, status)
 
 
 @api

@@ -16,8 +16,10 @@ from starlette.responses import JSONResponse, Response
 
 from harness.errors import ApiError
 from harness.local import ids
+from harness.local.api_shapes import operations_json
 from harness.local.api_validation import bad_request
 from harness.local.control import LocalNeon
+from harness.local.state import OperationRecord
 from harness.log import get_logger
 
 log = get_logger("local.app")
@@ -83,6 +85,13 @@ def project_of(request: Request) -> LocalNeon:
 
 def ok(data: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status)
+
+
+def with_operations(
+    neon: LocalNeon, key: str, data: dict[str, Any], ops: list[OperationRecord], status: int = 200
+) -> JSONResponse:
+    """A mutation's answer: the object changed, under `key`, and its operations."""
+    return ok({key: data, "operations": operations_json(neon, ops)}, status)
 
 
 def gone() -> Response:

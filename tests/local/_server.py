@@ -8,11 +8,13 @@ context stops it and, unless `keep_data`, removes the cluster's data directory.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,21 @@ def wait_operations(
                 raise AssertionError(f"operation {op['id']} still {body['status']}")
             time.sleep(0.02)
     return done
+
+
+def default_branch(client: httpx.Client, project: str) -> dict[str, Any]:
+    """The project's default branch, found as Neon clients find it (`default: true`)."""
+    branches = client.get(f"/projects/{project}/branches").json()["branches"]
+    return next(b for b in branches if b["default"])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def in_future(delta: timedelta) -> str:
+    """An RFC 3339 timestamp `delta` from now, to the second (as `expires_at` takes it)."""
+    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def create_branch(client: httpx.Client, project: str, **branch: Any) -> dict[str, Any]:

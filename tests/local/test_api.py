@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +19,14 @@ from tests.local._server import (
     connection_uri,
     create_branch,
     create_ready_branch,
+    default_branch,
     delete_branch,
+    in_future,
     sql,
     start_test_server,
+    unique,
     wait_operations,
 )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServerInfo]:
-    with start_test_server(tmp_path_factory.mktemp("api-home")) as info:
-        yield info
-
-
-@pytest.fixture
-def client(server: LocalServerInfo) -> Iterator[httpx.Client]:
-    with api_client(server) as c:
-        yield c
-
-
-@pytest.fixture
-def project(server: LocalServerInfo) -> str:
-    return server.project_id
-
-
-def _main(client: httpx.Client, project: str) -> dict[str, Any]:
-    branches = client.get(f"/projects/{project}/branches").json()["branches"]
-    return next(b for b in branches if b["default"])
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
-def _in(delta: timedelta) -> str:
-    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _assert_error(answer: httpx.Response, status: int) -> dict[str, Any]:
@@ -77,7 +49,7 @@ def test_auth_and_project(client: httpx.Client, project: str) -> None:
     assert [p["id"] for p in projects] == [project]
     body = client.get(f"/projects/{project}").json()["project"]
     assert body["id"] == project and "default_branch_id" not in body
-    main = _main(client, project)  # Neon's way: the branch with `default: true`
+    main = default_branch(client, project)  # Neon's way: the branch with `default: true`
     assert main["name"] == "main" and main["protected"] is False
     assert main["current_state"] == "ready" and "parent_id" not in main
 
@@ -115,13 +87,13 @@ def test_unknown_ids_are_404(client: httpx.Client, project: str) -> None:
 
 
 def test_branch_lifecycle_data_isolation_restore_delete(client: httpx.Client, project: str) -> None:
-    main = _main(client, project)
+    main = default_branch(client, project)
     main_uri = connection_uri(client, project, main["id"], pooled=False)
     table = f"t_{secrets.token_hex(4)}"
     sql(main_uri, f"CREATE TABLE {table} (v text)")
     sql(main_uri, f"INSERT INTO {table} VALUES ('before-fork')")
 
-    created = create_branch(client, project, name=_name("life"), parent_id=main["id"])
+    created = create_branch(client, project, name=unique("life"), parent_id=main["id"])
     branch = created["branch"]
     assert branch["id"].startswith("br-") and branch["parent_id"] == main["id"]
     assert branch["current_state"] == "init"
@@ -185,11 +157,11 @@ def test_branch_lifecycle_data_isolation_restore_delete(client: httpx.Client, pr
 
 
 def test_schema_only_child_has_tables_but_no_rows(client: httpx.Client, project: str) -> None:
-    main = _main(client, project)
+    main = default_branch(client, project)
     main_uri = connection_uri(client, project, main["id"], pooled=False)
     table = f"s_{secrets.token_hex(4)}"
     sql(main_uri, f"CREATE TABLE {table} AS SELECT 1 AS v")
-    created = create_ready_branch(client, project, name=_name("schema"), init_source="schema-only")
+    created = create_ready_branch(client, project, name=unique("schema"), init_source="schema-only")
     uri = connection_uri(client, project, created["branch"]["id"], pooled=False)
     assert sql(uri, f"SELECT count(*) AS n FROM {table}")[0]["n"] == 0
     delete_branch(client, project, created["branch"]["id"])
@@ -222,7 +194,7 @@ def test_annotations_list_and_search(client: httpx.Client, project: str) -> None
 
 
 def test_duplicate_name_is_refused(client: httpx.Client, project: str) -> None:
-    name = _name("dup")
+    name = unique("dup")
     created = create_ready_branch(client, project, name=name)
     answer = client.post(f"/projects/{project}/branches", json={"branch": {"name": name}})
     _assert_error(answer, 409)
@@ -230,7 +202,7 @@ def test_duplicate_name_is_refused(client: httpx.Client, project: str) -> None:
 
 
 def test_roles_databases_endpoints_and_password(client: httpx.Client, project: str) -> None:
-    created = create_ready_branch(client, project, name=_name("meta"))
+    created = create_ready_branch(client, project, name=unique("meta"))
     branch_id = created["branch"]["id"]
     base = f"/projects/{project}/branches/{branch_id}"
     roles = client.get(base + "/roles").json()["roles"]
@@ -273,45 +245,55 @@ async def _connect_with_parts(user: str, password: str, port: int) -> str:
 
 
 def test_expires_at_rules(client: httpx.Client, project: str) -> None:
-    main = _main(client, project)
+    main = default_branch(client, project)
     base = f"/projects/{project}/branches"
-    for bad in (_in(timedelta(seconds=-5)), _in(timedelta(days=31)), "2030-01-01T00:00:00", "tomorrow"):
-        body = {"branch": {"name": _name("exp"), "expires_at": bad}}
+    for bad in (
+        in_future(timedelta(seconds=-5)),
+        in_future(timedelta(days=31)),
+        "2030-01-01T00:00:00",
+        "tomorrow",
+    ):
+        body = {"branch": {"name": unique("exp"), "expires_at": bad}}
         _assert_error(client.post(base, json=body), 400)
     _assert_error(
-        client.patch(f"{base}/{main['id']}", json={"branch": {"expires_at": _in(timedelta(hours=1))}}), 400
+        client.patch(f"{base}/{main['id']}", json={"branch": {"expires_at": in_future(timedelta(hours=1))}}),
+        400,
     )
     _assert_error(
         client.post(
             base,
             json={
-                "branch": {"name": _name("prot"), "protected": True, "expires_at": _in(timedelta(hours=1))}
+                "branch": {
+                    "name": unique("prot"),
+                    "protected": True,
+                    "expires_at": in_future(timedelta(hours=1)),
+                }
             },
         ),
         400,
     )
 
-    expires = _in(timedelta(days=29))
-    created = create_ready_branch(client, project, name=_name("exp"), expires_at=expires)
+    expires = in_future(timedelta(days=29))
+    created = create_ready_branch(client, project, name=unique("exp"), expires_at=expires)
     branch_id = created["branch"]["id"]
     assert created["branch"]["expires_at"] == expires
-    later = _in(timedelta(days=2))
+    later = in_future(timedelta(days=2))
     patched = client.patch(f"{base}/{branch_id}", json={"branch": {"expires_at": later}})
     assert patched.status_code == 200 and patched.json()["branch"]["expires_at"] == later
     cleared = client.patch(f"{base}/{branch_id}", json={"branch": {"expires_at": None}})
     assert cleared.status_code == 200 and "expires_at" not in cleared.json()["branch"]
-    renamed = client.patch(f"{base}/{branch_id}", json={"branch": {"name": _name("renamed")}})
+    renamed = client.patch(f"{base}/{branch_id}", json={"branch": {"name": unique("renamed")}})
     assert renamed.json()["branch"]["name"].startswith("renamed-")
     delete_branch(client, project, branch_id)
 
 
 def test_delete_refusals(client: httpx.Client, project: str) -> None:
-    main = _main(client, project)
+    main = default_branch(client, project)
     base = f"/projects/{project}/branches"
     _assert_error(client.delete(f"{base}/{main['id']}"), 400)
 
-    parent = create_ready_branch(client, project, name=_name("parent"))
-    child = create_ready_branch(client, project, name=_name("child"), parent_id=parent["branch"]["id"])
+    parent = create_ready_branch(client, project, name=unique("parent"))
+    child = create_ready_branch(client, project, name=unique("child"), parent_id=parent["branch"]["id"])
     body = _assert_error(client.delete(f"{base}/{parent['branch']['id']}"), 422)
     assert child["branch"]["id"] in body["message"]
     # A branch is not restored onto its own history (none is kept), nor a parent
@@ -323,7 +305,7 @@ def test_delete_refusals(client: httpx.Client, project: str) -> None:
     delete_branch(client, project, child["branch"]["id"])
     delete_branch(client, project, parent["branch"]["id"])
 
-    guarded = create_ready_branch(client, project, name=_name("guarded"), protected=True)
+    guarded = create_ready_branch(client, project, name=unique("guarded"), protected=True)
     _assert_error(client.delete(f"{base}/{guarded['branch']['id']}"), 400)
     client.patch(f"{base}/{guarded['branch']['id']}", json={"branch": {"protected": False}})
     delete_branch(client, project, guarded["branch"]["id"])
@@ -335,18 +317,18 @@ def test_overlapping_mutations_answer_423_until_done(
     base = f"/projects/{project}/branches"
     assert client.put("/_local/faults", json={"spec": "op_delay=1"}).status_code == 200
     try:
-        created = create_branch(client, project, name=_name("slow"))
+        created = create_branch(client, project, name=unique("slow"))
     finally:
         client.put("/_local/faults", json={"spec": ""})
     branch_id = created["branch"]["id"]
     running = created["operations"][0]["id"]
-    body = _assert_error(client.patch(f"{base}/{branch_id}", json={"branch": {"name": _name("x")}}), 423)
+    body = _assert_error(client.patch(f"{base}/{branch_id}", json={"branch": {"name": unique("x")}}), 423)
     assert running in body["message"] and "retry" in body["message"]
     _assert_error(client.delete(f"{base}/{branch_id}"), 423)
     _assert_error(client.post(base, json={"branch": {"parent_id": branch_id}}), 423)
 
     wait_operations(client, project, created["operations"])
-    ok = client.patch(f"{base}/{branch_id}", json={"branch": {"name": _name("fast")}})
+    ok = client.patch(f"{base}/{branch_id}", json={"branch": {"name": unique("fast")}})
     assert ok.status_code == 200, ok.text
     delete_branch(client, project, branch_id)
 
@@ -385,7 +367,7 @@ def test_create_refused_after_its_copy_began_leaves_nothing(
     base = f"/projects/{project}/branches"
     before = {b["id"] for b in client.get(base).json()["branches"]}
     monkeypatch.setattr(DataPlane, "open_endpoint", no_listener)
-    body = {"branch": {"name": _name("refused")}, "endpoints": [{"type": "read_write"}]}
+    body = {"branch": {"name": unique("refused")}, "endpoints": [{"type": "read_write"}]}
     answer = client.post(base, json=body)
     monkeypatch.undo()
     _assert_error(answer, 500)
@@ -399,7 +381,9 @@ def test_create_refused_after_its_copy_began_leaves_nothing(
 
 
 def test_expired_branch_is_reaped(client: httpx.Client, project: str) -> None:
-    created = create_ready_branch(client, project, name=_name("ttl"), expires_at=_in(timedelta(seconds=2)))
+    created = create_ready_branch(
+        client, project, name=unique("ttl"), expires_at=in_future(timedelta(seconds=2))
+    )
     branch_id = created["branch"]["id"]
     assert client.get(f"/projects/{project}/branches/{branch_id}").status_code == 200
     deadline = time.monotonic() + 20

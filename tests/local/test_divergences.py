@@ -5,45 +5,20 @@ the row and the test go together)."""
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import Iterator
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
-from harness.local.server import LocalServerInfo
 from tests.local._server import (
-    api_client,
     connection_uri,
     create_ready_branch,
+    default_branch,
     delete_branch,
     sql,
-    start_test_server,
+    unique,
     wait_operations,
 )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServerInfo]:
-    with start_test_server(tmp_path_factory.mktemp("divergence-home")) as info:
-        yield info
-
-
-@pytest.fixture
-def client(server: LocalServerInfo) -> Iterator[httpx.Client]:
-    with api_client(server) as c:
-        yield c
-
-
-@pytest.fixture
-def project(server: LocalServerInfo) -> str:
-    return server.project_id
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 async def _script(uri: str, *statements: str) -> None:
@@ -56,13 +31,9 @@ async def _script(uri: str, *statements: str) -> None:
         await conn.close()
 
 
-def _main(client: httpx.Client, project: str) -> dict[str, Any]:
-    return next(b for b in client.get(f"/projects/{project}/branches").json()["branches"] if b["default"])
-
-
 def test_endpoints_name_their_own_ports(client: httpx.Client, project: str) -> None:
     """Until URLs built from `host` connect: `port` / `pooler_port` beside a loopback host."""
-    made = create_ready_branch(client, project, name=_name("ports"))
+    made = create_ready_branch(client, project, name=unique("ports"))
     [ep] = made["endpoints"]
     assert isinstance(ep["port"], int) and isinstance(ep["pooler_port"], int)
     assert ep["host"] in ("127.0.0.1", f"{ep['id']}.localhost")
@@ -72,7 +43,7 @@ def test_endpoints_name_their_own_ports(client: httpx.Client, project: str) -> N
 
 def test_no_history_so_no_point_in_time(client: httpx.Client, project: str) -> None:
     """No WAL history: branching, restoring and schemas at an LSN or a timestamp are refused."""
-    main = _main(client, project)
+    main = default_branch(client, project)
     base = f"/projects/{project}/branches"
     past = {"branch": {"parent_id": main["id"], "parent_timestamp": "2024-01-01T00:00:00Z"}}
     assert client.post(base, json=past).status_code == 400
@@ -86,8 +57,8 @@ def test_no_history_so_no_point_in_time(client: httpx.Client, project: str) -> N
 def test_schema_only_branches_keep_their_parent(client: httpx.Client, project: str) -> None:
     """Neon makes a schema-only branch a root (no parent, no reset from parent, counted
     against a root-branch allowance); here it is a child of its source."""
-    main = _main(client, project)
-    made = create_ready_branch(client, project, name=_name("schema-only"), init_source="schema-only")
+    main = default_branch(client, project)
+    made = create_ready_branch(client, project, name=unique("schema-only"), init_source="schema-only")
     assert made["branch"]["parent_id"] == main["id"]
     delete_branch(client, project, made["branch"]["id"])
 
@@ -96,8 +67,8 @@ def test_role_passwords_are_shared_by_branches(client: httpx.Client, project: st
     """One PostgreSQL role serves every branch that has it: a reset changes the password
     on all of them, and children of a protected branch keep the parent's passwords."""
     base = f"/projects/{project}/branches"
-    guarded = create_ready_branch(client, project, name=_name("guarded"), protected=True)
-    child = create_ready_branch(client, project, name=_name("child"), parent_id=guarded["branch"]["id"])
+    guarded = create_ready_branch(client, project, name=unique("guarded"), protected=True)
+    child = create_ready_branch(client, project, name=unique("child"), parent_id=guarded["branch"]["id"])
     [parent_pw, child_pw] = [
         client.get(f"{base}/{b['branch']['id']}/roles/cathouse_owner/reveal_password").json()["password"]
         for b in (guarded, child)
@@ -114,7 +85,7 @@ def test_role_passwords_are_shared_by_branches(client: httpx.Client, project: st
 
 def test_usage_figures_read_zero(client: httpx.Client, project: str) -> None:
     """Nothing is metered: CPU, time, bytes and sizes read 0, and parent_lsn is 0/0."""
-    made = create_ready_branch(client, project, name=_name("usage"))
+    made = create_ready_branch(client, project, name=unique("usage"))
     branch = made["branch"]
     usage = (
         "cpu_used_sec",
@@ -131,7 +102,7 @@ def test_usage_figures_read_zero(client: httpx.Client, project: str) -> None:
 def test_computes_do_not_suspend_or_scale_by_themselves(client: httpx.Client, project: str) -> None:
     """An endpoint has no compute: suspend_timeout_seconds and autoscaling limits are
     kept, never acted on; only the API suspends it."""
-    made = create_ready_branch(client, project, name=_name("compute"))
+    made = create_ready_branch(client, project, name=unique("compute"))
     [ep] = made["endpoints"]
     body = {"endpoint": {"suspend_timeout_seconds": 60, "autoscaling_limit_max_cu": 2}}
     patched = client.patch(f"/projects/{project}/endpoints/{ep['id']}", json=body)
@@ -145,7 +116,7 @@ def test_computes_do_not_suspend_or_scale_by_themselves(client: httpx.Client, pr
 def test_read_only_endpoints_are_read_only_by_default_only(client: httpx.Client, project: str) -> None:
     """A read_only endpoint's sessions start with default_transaction_read_only, which a
     session may turn off; Neon's read replicas cannot write at all."""
-    made = create_ready_branch(client, project, name=_name("reader"))
+    made = create_ready_branch(client, project, name=unique("reader"))
     branch_id = made["branch"]["id"]
     answer = client.post(
         f"/projects/{project}/endpoints", json={"endpoint": {"branch_id": branch_id, "type": "read_only"}}
@@ -182,11 +153,11 @@ def test_refusals_have_our_codes(client: httpx.Client, project: str) -> None:
     these refusals: ours are 409 CONFLICT (names, a second read_write endpoint) and
     422 (a parent's delete, a role owning databases, the branch limit)."""
     base = f"/projects/{project}/branches"
-    name = _name("dup")
+    name = unique("dup")
     made = create_ready_branch(client, project, name=name)
     dup = client.post(base, json={"branch": {"name": name}})
     assert (dup.status_code, dup.json()["code"]) == (409, "CONFLICT")
-    child = create_ready_branch(client, project, name=_name("kid"), parent_id=made["branch"]["id"])
+    child = create_ready_branch(client, project, name=unique("kid"), parent_id=made["branch"]["id"])
     refused = client.delete(f"{base}/{made['branch']['id']}")
     assert (refused.status_code, refused.json()["code"]) == (422, "BRANCH_HAS_CHILDREN")
     for branch_id in (child["branch"]["id"], made["branch"]["id"]):
@@ -202,7 +173,7 @@ def test_no_rate_limit(client: httpx.Client, project: str) -> None:
 
 def test_deleted_branches_are_gone_at_once(client: httpx.Client, project: str) -> None:
     """Neon keeps a deleted branch recoverable for 7 days; here its databases are dropped."""
-    made = create_ready_branch(client, project, name=_name("gone"))
+    made = create_ready_branch(client, project, name=unique("gone"))
     uri = connection_uri(client, project, made["branch"]["id"], pooled=False)
     delete_branch(client, project, made["branch"]["id"])
     with pytest.raises(Exception):  # noqa: B017 - no listener, or no database: both mean gone

@@ -15,14 +15,12 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import pytest
 
 from harness.local.server import LocalServerInfo
-from tests.local._server import start_test_server
 
 
 class PlainNeon:
@@ -70,11 +68,6 @@ class PlainNeon:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServerInfo]:
-    with start_test_server(tmp_path_factory.mktemp("independent-home")) as info:
-        yield info
 
 
 @pytest.fixture

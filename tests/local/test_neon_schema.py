@@ -10,16 +10,14 @@ route in `harness.local.app.ROUTES`, and every such route must be one of Neon's.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
 from harness.local.app import PREFIX
 from harness.local.app import ROUTES as SERVER_ROUTES
 from harness.local.server import LocalServerInfo
-from tests.local._server import TOLERATED, start_test_server, wait_operations
+from tests.local._server import TOLERATED, wait_operations
 from tests.local.neon_schema import (
     ANNOTATION_MAX_PROPERTIES,
     ROUTES,
@@ -45,11 +43,6 @@ class Recorder:
         body = response.json() if response.content else None
         self.problems += answer_problems(method, path, response.status_code, body, tolerate=TOLERATED)
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServerInfo]:
-    with start_test_server(tmp_path_factory.mktemp("schema-home")) as info:
-        yield info
 
 
 def _server_routes() -> set[tuple[str, str]]:

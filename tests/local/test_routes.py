@@ -6,7 +6,6 @@ organizations."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -15,44 +14,18 @@ import pytest
 
 from harness.local.server import LocalServerInfo
 from tests.local._server import (
-    api_client,
     connection_uri,
     create_ready_branch,
+    default_branch,
     delete_branch,
     sql,
-    start_test_server,
     wait_operations,
 )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServerInfo]:
-    with start_test_server(tmp_path_factory.mktemp("routes-home")) as info:
-        yield info
-
-
-@pytest.fixture
-def client(server: LocalServerInfo) -> Iterator[httpx.Client]:
-    with api_client(server) as c:
-        yield c
-
-
-@pytest.fixture
-def project(server: LocalServerInfo) -> str:
-    return server.project_id
 
 
 @pytest.fixture
 def p(project: str) -> str:
     return f"/projects/{project}"
-
-
-def _tag() -> str:
-    return secrets.token_hex(3)
-
-
-def _main(client: httpx.Client, p: str) -> dict[str, Any]:
-    return next(b for b in client.get(f"{p}/branches").json()["branches"] if b["default"])
 
 
 def _done(client: httpx.Client, p: str, answer: httpx.Response, status: int = 200) -> dict[str, Any]:
@@ -102,7 +75,7 @@ def test_regions_and_organizations(client: httpx.Client) -> None:
 
 
 def test_count_is_a_route_of_its_own(client: httpx.Client, p: str, project: str) -> None:
-    tag = _tag()
+    tag = secrets.token_hex(3)
     made = create_ready_branch(client, project, name=f"count-{tag}")
     listed = client.get(f"{p}/branches").json()["branches"]
     assert client.get(f"{p}/branches/count").json() == {"count": len(listed)}
@@ -111,14 +84,14 @@ def test_count_is_a_route_of_its_own(client: httpx.Client, p: str, project: str)
 
 
 def test_set_as_default_moves_the_default(client: httpx.Client, p: str, project: str) -> None:
-    main = _main(client, p)
-    child = create_ready_branch(client, project, name=f"next-default-{_tag()}")["branch"]
+    main = default_branch(client, project)
+    child = create_ready_branch(client, project, name=f"next-default-{secrets.token_hex(3)}")["branch"]
     body = _done(client, p, client.post(f"{p}/branches/{child['id']}/set_as_default"))
     assert body["branch"]["default"] is True
-    assert _main(client, p)["id"] == child["id"]
+    assert default_branch(client, project)["id"] == child["id"]
     assert client.get(f"{p}/branches/{main['id']}").json()["branch"]["default"] is False
     # A branch made now forks from the new default.
-    grandchild = create_ready_branch(client, project, name=f"g-{_tag()}")["branch"]
+    grandchild = create_ready_branch(client, project, name=f"g-{secrets.token_hex(3)}")["branch"]
     assert grandchild["parent_id"] == child["id"]
     delete_branch(client, project, grandchild["id"])
     # main is no longer the default, but still a root branch: it stays.
@@ -128,10 +101,10 @@ def test_set_as_default_moves_the_default(client: httpx.Client, p: str, project:
 
 
 def test_schema_and_schema_comparison(client: httpx.Client, p: str, project: str) -> None:
-    main = _main(client, p)
-    table = f"s_{_tag()}"
+    main = default_branch(client, project)
+    table = f"s_{secrets.token_hex(3)}"
     sql(_uri(client, p, main["id"]), f"CREATE TABLE {table} (id int PRIMARY KEY)")
-    child = create_ready_branch(client, project, name=f"schema-{_tag()}")["branch"]
+    child = create_ready_branch(client, project, name=f"schema-{secrets.token_hex(3)}")["branch"]
     sql(_uri(client, p, child["id"]), f"ALTER TABLE {table} ADD COLUMN note text")
     base = f"{p}/branches/{child['id']}"
 
@@ -161,7 +134,7 @@ def test_schema_and_schema_comparison(client: httpx.Client, p: str, project: str
 
 
 def test_endpoint_create_suspend_restart_disable_delete(client: httpx.Client, p: str, project: str) -> None:
-    answer = client.post(f"{p}/branches", json={"branch": {"name": f"ep-{_tag()}"}})
+    answer = client.post(f"{p}/branches", json={"branch": {"name": f"ep-{secrets.token_hex(3)}"}})
     branch = _done(client, p, answer, 201)["branch"]
     assert client.get(f"{p}/branches/{branch['id']}/endpoints").json()["endpoints"] == []
     assert client.post(f"{p}/endpoints", json={"endpoint": {"branch_id": branch["id"]}}).status_code == 400
@@ -221,7 +194,7 @@ def test_endpoint_create_suspend_restart_disable_delete(client: httpx.Client, p:
 
 
 def test_protected_branch_keeps_its_endpoint(client: httpx.Client, p: str, project: str) -> None:
-    branch = create_ready_branch(client, project, name=f"guard-{_tag()}", protected=True)
+    branch = create_ready_branch(client, project, name=f"guard-{secrets.token_hex(3)}", protected=True)
     [ep] = branch["endpoints"]
     assert client.delete(f"{p}/endpoints/{ep['id']}").status_code == 400
     client.patch(f"{p}/branches/{branch['branch']['id']}", json={"branch": {"protected": False}})
@@ -232,10 +205,10 @@ def test_protected_branch_keeps_its_endpoint(client: httpx.Client, p: str, proje
 
 
 def test_role_create_connect_reset_delete(client: httpx.Client, p: str, project: str) -> None:
-    branch = create_ready_branch(client, project, name=f"roles-{_tag()}")["branch"]
-    sibling = create_ready_branch(client, project, name=f"sibling-{_tag()}")["branch"]
+    branch = create_ready_branch(client, project, name=f"roles-{secrets.token_hex(3)}")["branch"]
+    sibling = create_ready_branch(client, project, name=f"sibling-{secrets.token_hex(3)}")["branch"]
     base = f"{p}/branches/{branch['id']}"
-    role = f"r_{_tag()}"
+    role = f"r_{secrets.token_hex(3)}"
 
     made = _done(client, p, client.post(f"{base}/roles", json={"role": {"name": role}}), 201)
     first = made["role"]["password"]
@@ -255,7 +228,7 @@ def test_role_create_connect_reset_delete(client: httpx.Client, p: str, project:
     _refused(uri, "28P01")
     assert sql(_uri(client, p, branch["id"], role=role), "SELECT 1 AS one")[0]["one"] == 1
 
-    body = {"database": {"name": f"owned_{_tag()}", "owner_name": role}}
+    body = {"database": {"name": f"owned_{secrets.token_hex(3)}", "owner_name": role}}
     db = _done(client, p, client.post(f"{base}/databases", json=body), 201)["database"]
     assert client.delete(f"{base}/roles/{role}").status_code == 422  # it owns a database
     _done(client, p, client.delete(f"{base}/databases/{db['name']}"))
@@ -271,19 +244,21 @@ def test_role_create_connect_reset_delete(client: httpx.Client, p: str, project:
 
 
 def test_database_create_fork_rename_delete(client: httpx.Client, p: str, project: str) -> None:
-    branch = create_ready_branch(client, project, name=f"dbs-{_tag()}")["branch"]
+    branch = create_ready_branch(client, project, name=f"dbs-{secrets.token_hex(3)}")["branch"]
     base = f"{p}/branches/{branch['id']}"
-    name = f"d_{_tag()}"
+    name = f"d_{secrets.token_hex(3)}"
     body = {"database": {"name": name, "owner_name": "cathouse_owner"}}
     made = _done(client, p, client.post(f"{base}/databases", json=body), 201)["database"]
     assert (made["name"], made["owner_name"]) == (name, "cathouse_owner")
     assert client.post(f"{base}/databases", json=body).status_code == 409
-    missing_owner = {"database": {"name": f"x_{_tag()}", "owner_name": "nobody"}}
+    missing_owner = {"database": {"name": f"x_{secrets.token_hex(3)}", "owner_name": "nobody"}}
     assert client.post(f"{base}/databases", json=missing_owner).status_code == 404
 
     uri = _uri(client, p, branch["id"], database=name)
     sql(uri, "CREATE TABLE kept AS SELECT 7 AS v")
-    child = create_ready_branch(client, project, name=f"dbs-child-{_tag()}", parent_id=branch["id"])["branch"]
+    child = create_ready_branch(
+        client, project, name=f"dbs-child-{secrets.token_hex(3)}", parent_id=branch["id"]
+    )["branch"]
     assert sql(_uri(client, p, child["id"], database=name), "SELECT v FROM kept")[0]["v"] == 7
 
     renamed = f"{name}_new"
@@ -309,20 +284,20 @@ def test_database_create_fork_rename_delete(client: httpx.Client, p: str, projec
 def test_neondb_is_there_and_made_on_first_use(
     server: LocalServerInfo, client: httpx.Client, p: str, project: str
 ) -> None:
-    main = _main(client, p)
+    main = default_branch(client, project)
     names = {
         d["name"]: d["owner_name"]
         for d in client.get(f"{p}/branches/{main['id']}/databases").json()["databases"]
     }
     assert names["neondb"] == "neondb_owner" and names["cathouse"] == "cathouse_owner"
-    branch = create_ready_branch(client, project, name=f"neondb-{_tag()}")
+    branch = create_ready_branch(client, project, name=f"neondb-{secrets.token_hex(3)}")
     uris = {c["connection_parameters"]["database"]: c["connection_uri"] for c in branch["connection_uris"]}
     assert set(uris) == {"cathouse", "neondb"}
     assert sql(uris["neondb"], "SELECT current_user AS u")[0]["u"] == "neondb_owner"
     sql(uris["neondb"], "CREATE TABLE hello AS SELECT 1 AS v")
     # Once used, the database is copied to children like any other.
     child = create_ready_branch(
-        client, project, name=f"neondb-child-{_tag()}", parent_id=branch["branch"]["id"]
+        client, project, name=f"neondb-child-{secrets.token_hex(3)}", parent_id=branch["branch"]["id"]
     )
     child_uri = _uri(client, p, child["branch"]["id"], database="neondb", role="neondb_owner")
     assert sql(child_uri, "SELECT v FROM hello")[0]["v"] == 1
@@ -331,7 +306,7 @@ def test_neondb_is_there_and_made_on_first_use(
 
 
 def test_connection_uri_checks_the_catalog(client: httpx.Client, p: str, project: str) -> None:
-    main = _main(client, p)
+    main = default_branch(client, project)
     params = {"branch_id": main["id"], "database_name": "cathouse", "role_name": "nobody"}
     assert client.get(f"{p}/connection_uri", params=params).status_code == 404
     assert connection_uri(client, project, main["id"], pooled=True) != _uri(client, p, main["id"])
@@ -353,7 +328,7 @@ def _pages(client: httpx.Client, path: str, key: str, cursor_of: Any, **params: 
 
 
 def test_lists_page_with_cursors_that_work(client: httpx.Client, p: str, project: str) -> None:
-    tag = _tag()
+    tag = secrets.token_hex(3)
     made = [create_ready_branch(client, project, name=f"page-{tag}-{i}")["branch"]["id"] for i in range(3)]
     everything = [
         b["id"]

@@ -6,14 +6,10 @@ limit `/users/me` advertises."""
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 
 from harness.local.server import LocalServerInfo
 from harness.neon.client import NeonClient
@@ -23,40 +19,14 @@ from tests.local._server import (
     connection_uri,
     create_branch,
     create_ready_branch,
+    default_branch,
     delete_branch,
+    in_future,
     sql,
     start_test_server,
+    unique,
     wait_operations,
 )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServerInfo]:
-    with start_test_server(tmp_path_factory.mktemp("rules-home")) as info:
-        yield info
-
-
-@pytest.fixture
-def client(server: LocalServerInfo) -> Iterator[httpx.Client]:
-    with api_client(server) as c:
-        yield c
-
-
-@pytest.fixture
-def project(server: LocalServerInfo) -> str:
-    return server.project_id
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
-def _in(delta: timedelta) -> str:
-    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _main(client: httpx.Client, project: str) -> dict[str, Any]:
-    return next(b for b in client.get(f"/projects/{project}/branches").json()["branches"] if b["default"])
 
 
 def _error(answer: httpx.Response, status: int) -> str:
@@ -71,17 +41,17 @@ def test_mutations_answer_423_while_the_project_has_running_operations(
     client: httpx.Client, project: str
 ) -> None:
     base = f"/projects/{project}/branches"
-    other = create_ready_branch(client, project, name=_name("other"))["branch"]
+    other = create_ready_branch(client, project, name=unique("other"))["branch"]
     assert client.put("/_local/faults", json={"spec": "op_delay=1"}).status_code == 200
     try:
-        slow = create_branch(client, project, name=_name("slow"))
+        slow = create_branch(client, project, name=unique("slow"))
     finally:
         client.put("/_local/faults", json={"spec": ""})
     # Project scope: a mutation of any other branch or endpoint waits too.
-    message = _error(client.patch(f"{base}/{other['id']}", json={"branch": {"name": _name("x")}}), 423)
+    message = _error(client.patch(f"{base}/{other['id']}", json={"branch": {"name": unique("x")}}), 423)
     assert slow["operations"][0]["id"] in message and "retry" in message
     _error(client.delete(f"{base}/{other['id']}"), 423)
-    _error(client.post(base, json={"branch": {"name": _name("third")}}), 423)
+    _error(client.post(base, json={"branch": {"name": unique("third")}}), 423)
     _error(
         client.post(
             f"/projects/{project}/endpoints",
@@ -101,13 +71,13 @@ def test_the_harness_client_retries_the_lock_for_real(
 ) -> None:
     assert client.put("/_local/faults", json={"spec": "op_delay=0.5"}).status_code == 200
     try:
-        slow = create_branch(client, project, name=_name("holder"))
+        slow = create_branch(client, project, name=unique("holder"))
     finally:
         client.put("/_local/faults", json={"spec": ""})
 
     async def create_while_locked() -> tuple[str, int]:
         async with NeonClient(server.api_key.reveal(), api_host=server.api_host) as neon:
-            made = await neon.create_branch(project, name=_name("waiter"))
+            made = await neon.create_branch(project, name=unique("waiter"))
             return made.branch.id, neon.stats.retries
 
     branch_id, retries = asyncio.run(create_while_locked())
@@ -122,7 +92,9 @@ def test_the_harness_client_retries_the_lock_for_real(
 
 def test_expiry_rules(client: httpx.Client, project: str) -> None:
     base = f"/projects/{project}/branches"
-    expiring = create_ready_branch(client, project, name=_name("exp"), expires_at=_in(timedelta(hours=1)))
+    expiring = create_ready_branch(
+        client, project, name=unique("exp"), expires_at=in_future(timedelta(hours=1))
+    )
     exp_id = expiring["branch"]["id"]
     made = expiring["branch"]
     ttl = made["ttl_interval_seconds"]
@@ -131,9 +103,9 @@ def test_expiry_rules(client: httpx.Client, project: str) -> None:
     assert "default" in _error(client.post(f"{base}/{exp_id}/set_as_default"), 400)
     assert "protected" in _error(client.patch(f"{base}/{exp_id}", json={"branch": {"protected": True}}), 400)
 
-    parent = create_ready_branch(client, project, name=_name("parent"))["branch"]
-    child = create_ready_branch(client, project, name=_name("child"), parent_id=parent["id"])["branch"]
-    later = {"branch": {"expires_at": _in(timedelta(hours=1))}}
+    parent = create_ready_branch(client, project, name=unique("parent"))["branch"]
+    child = create_ready_branch(client, project, name=unique("child"), parent_id=parent["id"])["branch"]
+    later = {"branch": {"expires_at": in_future(timedelta(hours=1))}}
     assert "children" in _error(client.patch(f"{base}/{parent['id']}", json=later), 400)
     # A child may expire; clearing an expiry is always allowed.
     assert client.patch(f"{base}/{child['id']}", json=later).status_code == 200
@@ -141,7 +113,7 @@ def test_expiry_rules(client: httpx.Client, project: str) -> None:
 
     # A reset starts the countdown again: expires_at is the reset plus the same interval.
     restored = client.post(
-        f"{base}/{exp_id}/restore", json={"source_branch_id": _main(client, project)["id"]}
+        f"{base}/{exp_id}/restore", json={"source_branch_id": default_branch(client, project)["id"]}
     )
     assert restored.status_code == 200, restored.text
     wait_operations(client, project, restored.json()["operations"])
@@ -157,8 +129,8 @@ def test_expiry_rules(client: httpx.Client, project: str) -> None:
 
 def test_protected_branch_is_neither_reset_nor_deleted(client: httpx.Client, project: str) -> None:
     base = f"/projects/{project}/branches"
-    guarded = create_ready_branch(client, project, name=_name("guarded"), protected=True)["branch"]
-    source = {"source_branch_id": _main(client, project)["id"]}
+    guarded = create_ready_branch(client, project, name=unique("guarded"), protected=True)["branch"]
+    source = {"source_branch_id": default_branch(client, project)["id"]}
     assert "protected" in _error(client.post(f"{base}/{guarded['id']}/restore", json=source), 400)
     assert "protected" in _error(client.delete(f"{base}/{guarded['id']}"), 400)
     client.patch(f"{base}/{guarded['id']}", json={"branch": {"protected": False}})
@@ -170,19 +142,19 @@ def test_protected_branch_is_neither_reset_nor_deleted(client: httpx.Client, pro
 
 def test_restore_from_another_branch_and_preserve_under_name(client: httpx.Client, project: str) -> None:
     base = f"/projects/{project}/branches"
-    target = create_ready_branch(client, project, name=_name("target"))["branch"]
-    donor = create_ready_branch(client, project, name=_name("donor"))["branch"]
+    target = create_ready_branch(client, project, name=unique("target"))["branch"]
+    donor = create_ready_branch(client, project, name=unique("donor"))["branch"]
     target_uri = connection_uri(client, project, target["id"], pooled=False)
     sql(target_uri, "CREATE TABLE origin AS SELECT 'target' AS who")
     sql(
         connection_uri(client, project, donor["id"], pooled=False),
         "CREATE TABLE origin AS SELECT 'donor' AS who",
     )
-    child = create_ready_branch(client, project, name=_name("kid"), parent_id=target["id"])["branch"]
+    child = create_ready_branch(client, project, name=unique("kid"), parent_id=target["id"])["branch"]
 
     source = {"source_branch_id": donor["id"]}
     assert "preserve_under_name" in _error(client.post(f"{base}/{target['id']}/restore", json=source), 400)
-    kept = _name("target-old")
+    kept = unique("target-old")
     answer = client.post(f"{base}/{target['id']}/restore", json={**source, "preserve_under_name": kept})
     assert answer.status_code == 200, answer.text
     wait_operations(client, project, answer.json()["operations"])
