@@ -464,7 +464,8 @@ def verify_urls_point_at(
     pooled host (and each its port, where the backend gives one, as the local server does).
 
     The pooled host is Neon's rule, the endpoint host with `-pooler` after the endpoint
-    id, or else the `pooler_host` the endpoint object names (the local server's). A
+    id, or else a `pooler_host` the endpoint object names, or for a loopback endpoint
+    with a `pooler_port` (the local server's) the same host on that port. A
     loopback URL stands for a `*.localhost` or loopback endpoint host only on the
     endpoint's own port. This is what stops a session from being handed the parent's,
     or another endpoint's, URLs by a confused API answer: tests would then write there.
@@ -474,6 +475,10 @@ def verify_urls_point_at(
     if not endpoint_host:
         raise SafetyError("the endpoint has no host to check the URLs against")
     pooled_host = _pooled_host(endpoint_host, endpoint_id) or pooler_host
+    if not pooled_host and _is_loopback(endpoint_host) and pooler_port is not None:
+        # The local server: both listeners on loopback, told apart by their ports (its
+        # endpoints name no pooler host, a field Neon's endpoints do not have).
+        pooled_host = endpoint_host
     if not pooled_host:
         raise SafetyError(f"cannot tell the pooled host of endpoint {endpoint_id or endpoint_host}")
     direct_parts, pooled_parts = urlsplit(direct), urlsplit(pooled)

@@ -60,6 +60,11 @@ NEON = {
 def test_urls_pointing_at_the_endpoint_pass() -> None:
     branches.verify_urls_point_at(**LOCAL, endpoint_port=6001, pooler_port=6002)  # type: ignore[arg-type]
     branches.verify_urls_point_at(**NEON)  # type: ignore[arg-type]
+    # the local server names no pooler host (not a Neon field): loopback, told by port
+    branches.verify_urls_point_at(
+        endpoint_host="127.0.0.1", endpoint_id="ep-a-1", direct=DIRECT, pooled=POOLED,
+        endpoint_port=6001, pooler_port=6002,
+    )
     # the local server with resolvable *.localhost names: loopback URLs on the endpoint's ports
     branches.verify_urls_point_at(
         endpoint_host="ep-a-1.localhost", endpoint_id="ep-a-1", direct=DIRECT, pooled=POOLED,
@@ -76,6 +81,9 @@ def test_urls_pointing_at_the_endpoint_pass() -> None:
         (LOCAL, {"pooled": DIRECT}, "same address"),
         (NEON, {"pooled": "postgresql://u:p@ep-b-2-pooler.eu.aws.neon.tech/db"}, "ep-b-2-pooler"),
         (NEON, {"endpoint_id": None}, "cannot tell the pooled host"),
+        # loopback without a pooler host: only the pooler port tells the pooled listener
+        ({**LOCAL, "pooler_host": None}, {"pooler_port": 6003}, "pooled URL's port 6002"),
+        ({**LOCAL, "pooler_host": None}, {}, "cannot tell the pooled host"),
         # a .localhost endpoint no longer waives the host check, and needs its ports
         ({**NEON, "endpoint_host": "ep-a-1.localhost"}, {}, "direct URL's host ep-a-1.eu"),
         ({**LOCAL, "endpoint_host": "ep-a-1.localhost", "endpoint_id": "ep-a-1"}, {}, "direct URL's host"),
