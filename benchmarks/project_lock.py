@@ -19,6 +19,7 @@ import json
 import statistics
 import tempfile
 import uuid
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +53,17 @@ async def _measure(reps: int, workers: int) -> dict[str, Any]:
 
     settings = load_settings(EXAMPLE)
     backend = connect_backend(settings)
-    project = backend.project_id
-    alone: list[float] = []
-    together: list[float] = []
-    slowest: list[float] = []
-    walls: list[float] = []
-    teardown: list[float] = []
+    # seconds per measure: the fork alone, each concurrent fork, the slowest of a round,
+    # a round's wall time, its teardown; and the 423s each round retried
+    runs: dict[str, list[float]] = defaultdict(list)
     retries: list[int] = []
     clients = [open_client(backend) for _ in range(workers)]
     try:
+        project = backend.project_id
         parent_id = (await clients[0].resolve_branch(project, settings.parent_branch)).id
         for i in range(reps):
             branch_id, seconds = await _fork(clients[0], project, parent_id, settings, f"alone-{i}")
-            alone.append(seconds)
+            runs["fork_alone"].append(seconds)
             await _timed_delete(clients[0], project, branch_id)
 
             before = sum(c.stats.retries for c in clients)
@@ -72,26 +71,19 @@ async def _measure(reps: int, workers: int) -> dict[str, Any]:
             forks = await asyncio.gather(
                 *(_fork(c, project, parent_id, settings, f"gw{n}-{i}") for n, c in enumerate(clients))
             )
-            walls.append(time.perf_counter() - started)
-            together.extend(seconds for _, seconds in forks)
-            slowest.append(max(seconds for _, seconds in forks))
+            runs["round_wall"].append(time.perf_counter() - started)
+            runs["fork_concurrent"].extend(seconds for _, seconds in forks)
+            runs["fork_slowest_of_round"].append(max(seconds for _, seconds in forks))
             started = time.perf_counter()
             pairs = zip(clients, forks, strict=True)
             await asyncio.gather(*(_timed_delete(c, project, branch) for c, (branch, _) in pairs))
-            teardown.append(time.perf_counter() - started)
+            runs["teardown_wall"].append(time.perf_counter() - started)
             retries.append(sum(c.stats.retries for c in clients) - before)
     finally:
         for client in clients:
             await client.aclose()
-    result: dict[str, Any] = {
-        "workers": workers,
-        "fork_alone": summary(alone),
-        "fork_concurrent": summary(together),
-        "fork_slowest_of_round": summary(slowest),
-        "round_wall": summary(walls),
-        "teardown_wall": summary(teardown),
-        "retries_per_round": statistics.median(retries) if retries else 0,
-    }
+    result: dict[str, Any] = {"workers": workers, **{key: summary(values) for key, values in runs.items()}}
+    result["retries_per_round"] = statistics.median(retries) if retries else 0
     result["slowest_vs_alone"] = result["fork_slowest_of_round"]["median"] / result["fork_alone"]["median"]
     return result
 
