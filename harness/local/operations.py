@@ -53,6 +53,10 @@ class Operations:
         self._tasks: set[asyncio.Task[None]] = set()
         # GETs waiting for an operation to settle (see wait_settled), by operation id.
         self._settled: dict[str, list[asyncio.Future[None]]] = {}
+        # The unfinished operations this server started (the lock asks on every
+        # mutation; the state keeps up to 2000 operations). Ones loaded from a state
+        # file are ended at start, by `end`.
+        self._unfinished: dict[str, OperationRecord] = {}
 
     # ------------------------------------------------------------------ records
 
@@ -74,6 +78,7 @@ class Operations:
             started=time.time(),
         )
         self._state().operations[op.id] = op
+        self._unfinished[op.id] = op
         return op
 
     def begin(self, op: OperationRecord) -> None:
@@ -90,6 +95,8 @@ class Operations:
             op.failures_count += 1
         started = op.started or parse_time(op.created_at).timestamp()
         op.total_duration_ms = max(0, int((moment.timestamp() - started) * 1000))
+        if not op.unfinished:
+            self._unfinished.pop(op.id, None)
         for waiter in self._settled.pop(op.id, ()):
             wake(waiter)  # waiters run after this step, so they see the work that follows
 
@@ -101,12 +108,13 @@ class Operations:
     def forget(self, ops: list[OperationRecord]) -> None:
         for op in ops:
             self._state().operations.pop(op.id, None)
+            self._unfinished.pop(op.id, None)
 
     # ------------------------------------------------------------------ the lock
 
     def blocking(self) -> OperationRecord | None:
         """The oldest unfinished operation of the project, if any."""
-        return next((op for op in self._state().operations.values() if op.unfinished), None)
+        return next(iter(self._unfinished.values()), None)
 
     def check_unlocked(self) -> None:
         """423 while the project has running operations, as Neon answers."""
