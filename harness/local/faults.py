@@ -16,8 +16,8 @@ Spec: comma-separated `key=value`, for example
     drop_after=P    share that is carried out and then dropped before the answer: a create
                     happens but the client never hears of it (the double-create trap)
     op_delay=S      every operation stays `running` for S seconds before it does its work
-    op_fail=P       share of mutations (create, delete, restore) whose operations all end
-                    `failed` (see below)
+    op_fail=P       share of mutations (branch create, delete, restore; endpoint, role and
+                    database changes) whose operations all end `failed` (see below)
     seed=N          seed of the random generator, for reproducible runs
     limit=N         inject at most N request faults (429/423/5xx/drop/drop_after), then none
     methods=M/M     request faults only for these HTTP methods, e.g. `methods=POST/DELETE`
@@ -30,7 +30,8 @@ earlier ones); `drop_after` is a separate draw. Admin routes (`/_local/…`) nev
 A failed operation has no effect: a failed branch create removes the branch and its
 endpoint (the client sees the operation `failed` and the branch gone, and may create it
 again); a failed delete leaves the branch in place and usable; a failed restore leaves
-the branch's data as it was.
+the branch's data as it was. A failed endpoint, role or database change stays in the
+API's records as its answer showed it, but PostgreSQL is left as it was.
 """
 
 from __future__ import annotations
