@@ -38,7 +38,7 @@ from harness.log import get_logger
 from harness.redact import scrub
 
 if TYPE_CHECKING:
-    from harness.local.control import LocalNeon
+    from harness.local.core import NeonCore
 
 log = get_logger("local.branching")
 
@@ -59,7 +59,7 @@ def _ttl(expires_at: str | None, stamp: str) -> int | None:
 
 
 class Branching:
-    def __init__(self, neon: LocalNeon) -> None:
+    def __init__(self, neon: NeonCore) -> None:
         self.neon = neon
 
     def _check_name(self, name: str, *, exclude: str | None = None) -> str:

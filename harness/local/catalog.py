@@ -35,7 +35,7 @@ from harness.local.state import (
 from harness.redact import register_secret
 
 if TYPE_CHECKING:
-    from harness.local.control import LocalNeon
+    from harness.local.core import NeonCore
 
 # What a connection to a read-only endpoint gets: PostgreSQL refuses writes in it.
 READ_ONLY = {"default_transaction_read_only": "on"}
@@ -54,7 +54,7 @@ def conflict(message: str) -> ApiError:
 
 
 class Catalog:
-    def __init__(self, neon: LocalNeon) -> None:
+    def __init__(self, neon: NeonCore) -> None:
         self.neon = neon
         # Databases being made on first use, so two first connections make one.
         self._making: dict[tuple[str, str], asyncio.Future[str]] = {}

@@ -19,7 +19,7 @@ from harness.local.api_validation import EndpointCreate, EndpointSettings, Endpo
 from harness.local.state import EndpointRecord, OperationRecord, iso, now
 
 if TYPE_CHECKING:
-    from harness.local.control import LocalNeon
+    from harness.local.core import NeonCore
 
 
 def _apply_settings(ep: EndpointRecord, settings: EndpointSettings) -> None:
@@ -38,7 +38,7 @@ def _apply_settings(ep: EndpointRecord, settings: EndpointSettings) -> None:
 
 
 class Computes:
-    def __init__(self, neon: LocalNeon) -> None:
+    def __init__(self, neon: NeonCore) -> None:
         self.neon = neon
 
     def _has_read_write(self, branch_id: str, besides: str | None = None) -> bool:

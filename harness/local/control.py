@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 # the harness's own annotation: a dev branch keeps the server up (see idle_seconds)
 from harness.branches import MARK_KIND
 from harness.errors import ApiError
 from harness.local import ids
+from harness.local.core import DataPlaneLike
 from harness.local.faults import FaultInjector
 from harness.local.operations import Operations
 from harness.local.persist import StateWriter
-from harness.local.proxy import Gate
 from harness.local.state import (
     BranchRecord,
     DatabaseRecord,
@@ -51,39 +50,6 @@ log = get_logger("local.control")
 
 # What /users/me advertises and creates are held to.
 DEFAULT_BRANCHES_LIMIT = 5000
-
-
-class DataPlaneLike(Protocol):
-    """What the control plane needs from `harness.local.dataplane.DataPlane`."""
-
-    async def start(self) -> None: ...
-    async def stop(self, *, stop_postgres: bool = True) -> None: ...
-    async def ensure_role(self, role: str, password: str) -> None: ...
-    async def create_database(
-        self,
-        physical: str,
-        *,
-        owner: str,
-        template: str | None = None,
-        schema_only: bool = False,
-        issued: Callable[[], None] | None = None,
-    ) -> None: ...
-    async def drop_database(self, physical: str) -> None: ...
-    async def replace_database(self, physical: str, *, template: str, owner: str) -> None: ...
-    async def set_database_owner(self, physical: str, owner: str) -> None: ...
-    def admin_dsn(self, database: str = "postgres") -> str: ...
-    async def list_databases(self) -> list[str]: ...
-    async def open_endpoint(
-        self,
-        endpoint_id: str,
-        *,
-        databases: Mapping[str, str],
-        direct_port: int = 0,
-        pooled_port: int = 0,
-        gate: Gate | None = None,
-    ) -> Any: ...
-    def drop_connections(self, endpoint_id: str) -> None: ...
-    async def close_endpoint(self, endpoint_id: str) -> None: ...
 
 
 def not_found(what: str, ident: str) -> ApiError:

@@ -19,13 +19,13 @@ from harness.local.state import BranchRecord, now, parse_time
 from harness.log import get_logger
 
 if TYPE_CHECKING:
-    from harness.local.control import LocalNeon
+    from harness.local.core import NeonCore
 
 log = get_logger("local.reaper")
 
 
 class Reaper:
-    def __init__(self, neon: LocalNeon, interval: float) -> None:
+    def __init__(self, neon: NeonCore, interval: float) -> None:
         self.neon = neon
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
