@@ -30,6 +30,7 @@ VARIABLES: dict[str, str] = {
     "CATHOUSE_RUN_ID": "names a run's branches (CI jobs)",
     "CATHOUSE_PG_URL": "an existing PostgreSQL (superuser URL) for the embedded default",
     "CATHOUSE_LOCAL_FAULTS": "fault injection for the local server",
+    "CATHOUSE_LOCAL_LATENCY": "the local server's latency profile: `neon` or rtt=S,<operation>=S",
     "CATHOUSE_DEBUG": "tracebacks from the CLI",
     "MIGRATION_DATABASE_URL": "direct URL for `migrate` when none is given",
     "CI": "set by CI systems: branches are never kept by default",

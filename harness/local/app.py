@@ -105,12 +105,14 @@ class NeonFront:
         scope.setdefault("state", {})["request_id"] = request_id
         raw_send = send
 
-        async def send_with_id(message: Message) -> None:
+        async def with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers += [(name, request_id.encode()) for name in REQUEST_ID_HEADERS]
                 message = {**message, "headers": headers}
             await raw_send(message)
+
+        send_with_id: Send = with_id
 
         async def answer(response: Response) -> None:
             await response(scope, receive, send_with_id)
@@ -130,7 +132,14 @@ class NeonFront:
             )
             return
         self.neon.touch()
-        if path.startswith(PREFIX + "/_local/") or not self.faults.config.active:
+        if path.startswith(PREFIX + "/_local/"):
+            await self.app(scope, receive, send_with_id)
+            return
+        rtt = self.neon.latency.rtt
+        if rtt:
+            send_with_id = _delayed(with_id, rtt / 2)  # `answer` sends through it too
+            await asyncio.sleep(rtt / 2)  # the request's way there; _delayed adds the way back
+        if not self.faults.config.active:
             await self.app(scope, receive, send_with_id)
             return
 
@@ -182,6 +191,17 @@ class NeonFront:
                 503, "SERVICE_UNAVAILABLE", "service unavailable (injected fault)", request_id
             )
         return error_response(500, "INTERNAL_ERROR", "internal error (injected fault)", request_id)
+
+
+def _delayed(send: Send, seconds: float) -> Send:
+    """`send` that holds the answer's first message `seconds` (the profile's way back)."""
+
+    async def delayed(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            await asyncio.sleep(seconds)
+        await send(message)
+
+    return delayed
 
 
 async def drop_connection(send: Send, receive: Receive) -> None:

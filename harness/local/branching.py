@@ -206,13 +206,17 @@ class Branching:
             # The create was refused after all (no listener): nobody ever saw these copies.
             await self._drop_all(made)
             return
+        # Neon's create time is waited after the copy, not before: the answer waits for
+        # the copy to be issued (COPY_ISSUE_WAIT), and the child is the parent as of the
+        # create, as on Neon.
+        await neon.ops.latency.operation([op_branch.action])
         neon.ops.end(op_branch, "finished")
         neon.set_branch_state(branch, "ready")
         neon.save()
         for op, ep in zip(op_computes, endpoints, strict=True):
             neon.ops.begin(op)
             try:
-                await neon.ops.preamble(False)
+                await neon.ops.preamble(False, [op.action])
             finally:
                 ep.current_state, ep.pending_state = "active", None
                 ep.updated_at = ep.started_at = iso(now())
@@ -320,7 +324,7 @@ class Branching:
         try:
             for op in ops:
                 neon.ops.begin(op)
-            await neon.ops.preamble(fail)
+            await neon.ops.preamble(fail, [op.action for op in ops])
             for ep, op in zip(eps, ops, strict=False):
                 closed.append(ep)
                 await neon.close_endpoint(ep)
@@ -429,7 +433,7 @@ class Branching:
         roles = {n: RoleRecord(n, stamp, stamp, r.protected) for n, r in source.roles.items()}
         try:
             neon.ops.begin(ops[0])
-            await neon.ops.preamble(fail)
+            await neon.ops.preamble(fail, [op.action for op in ops])
             made = await self._copy(copies)
             try:
                 for target, template, owner in replace:

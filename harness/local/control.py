@@ -30,6 +30,7 @@ from harness.errors import ApiError
 from harness.local import ids
 from harness.local.core import DataPlaneLike
 from harness.local.faults import FaultInjector
+from harness.local.latency import NO_LATENCY, LatencyProfile
 from harness.local.operations import Operations
 from harness.local.persist import StateWriter
 from harness.local.state import (
@@ -73,6 +74,7 @@ class LocalNeon:
         *,
         storage: str = "memory",
         faults: FaultInjector | None = None,
+        latency: LatencyProfile = NO_LATENCY,
         reap_interval: float = 1.0,
         branches_limit: int = DEFAULT_BRANCHES_LIMIT,
     ) -> None:
@@ -85,13 +87,14 @@ class LocalNeon:
         self.dataplane = dataplane
         self.storage = storage
         self.faults = faults or FaultInjector()
+        self.latency = latency
         self.branches_limit = branches_limit
         self.last_activity = time.monotonic()
         self._state: LocalState | None = None
         self._named_hosts = False
         self._addresses: dict[str, Any] = {}
         self.writer = StateWriter(home, lambda: self.state)
-        self.ops = Operations(lambda: self.state, self.save, self.faults)
+        self.ops = Operations(lambda: self.state, self.save, self.faults, latency)
         self.catalog = Catalog(self)
         self.computes = Computes(self)
         self.branching = Branching(self)

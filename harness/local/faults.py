@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -93,12 +94,7 @@ def _bad(message: str, source: str) -> ConfigError:
 
 
 def _number(key: str, raw: Any, source: str) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise _bad(f"{key} must be a number, got {raw!r}", source) from None
-    if not math.isfinite(value) or value < 0:
-        raise _bad(f"{key} must be a finite number >= 0, got {raw!r}", source)
+    value = seconds_value(key, raw, lambda message: _bad(message, source))
     if key in _RATES and value > 1:
         raise _bad(f"{key} is a share between 0 and 1, got {raw!r}", source)
     return value
@@ -124,8 +120,9 @@ def _build(values: dict[str, Any], source: str) -> FaultConfig:
     return FaultConfig(**kwargs)
 
 
-def parse_faults(spec: str | None, *, source: str = "environment") -> FaultConfig:
-    """Parse a fault spec (format in the module docstring); ConfigError on a bad one."""
+def split_spec(spec: str | None, bad: Callable[[str], ConfigError]) -> dict[str, str]:
+    """`a=1,b=2` -> {"a": "1", "b": "2"}; `bad(message)` makes the error for a part that
+    is not key=value. The latency profile's spec (`harness.local.latency`) shares it."""
     values: dict[str, str] = {}
     for part in (spec or "").split(","):
         part = part.strip()
@@ -133,9 +130,25 @@ def parse_faults(spec: str | None, *, source: str = "environment") -> FaultConfi
             continue
         key, sep, value = part.partition("=")
         if not sep:
-            raise _bad(f"expected key=value, got {part!r}", source)
+            raise bad(f"expected key=value, got {part!r}")
         values[key.strip()] = value.strip()
-    return _build(values, source)
+    return values
+
+
+def seconds_value(key: str, raw: Any, bad: Callable[[str], ConfigError]) -> float:
+    """A duration in seconds: a finite number >= 0, else `bad(message)`."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise bad(f"{key} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise bad(f"{key} must be a finite number >= 0, got {raw!r}")
+    return value
+
+
+def parse_faults(spec: str | None, *, source: str = "environment") -> FaultConfig:
+    """Parse a fault spec (format in the module docstring); ConfigError on a bad one."""
+    return _build(split_spec(spec, lambda message: _bad(message, source)), source)
 
 
 def faults_from_json(body: Any) -> FaultConfig:

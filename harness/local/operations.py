@@ -20,6 +20,7 @@ from typing import Any
 from harness.errors import ApiError
 from harness.local import ids
 from harness.local.faults import FaultInjector
+from harness.local.latency import NO_LATENCY, LatencyProfile
 from harness.local.state import LocalState, OperationRecord, iso, now, parse_time
 from harness.log import get_logger
 
@@ -45,11 +46,16 @@ class Operations:
     """The project's operations: records, their transitions, waiters, background tasks."""
 
     def __init__(
-        self, state: Callable[[], LocalState], save: Callable[[], None], faults: FaultInjector
+        self,
+        state: Callable[[], LocalState],
+        save: Callable[[], None],
+        faults: FaultInjector,
+        latency: LatencyProfile = NO_LATENCY,
     ) -> None:
         self._state = state
         self._save = save
         self.faults = faults
+        self.latency = latency
         self._tasks: set[asyncio.Task[None]] = set()
         # GETs waiting for an operation to settle (see wait_settled), by operation id.
         self._settled: dict[str, list[asyncio.Future[None]]] = {}
@@ -176,11 +182,13 @@ class Operations:
             with contextlib.suppress(BaseException):
                 await task
 
-    async def preamble(self, fail: bool) -> None:
-        """Delay and injected failure, before an operation does any work."""
+    async def preamble(self, fail: bool, actions: list[str] | None = None) -> None:
+        """Delay and injected failure, before an operation does any work: the fault's
+        `op_delay`, then what the latency profile gives `actions` (all `running` by now)."""
         delay = self.faults.config.op_delay
         if delay:
             await asyncio.sleep(delay)
+        await self.latency.operation(actions or [])
         if fail:
             raise InjectedFailure("operation failed (injected fault)")
 
@@ -193,7 +201,7 @@ class Operations:
             for op in ops:
                 self.begin(op)
             try:
-                await self.preamble(fail)
+                await self.preamble(fail, [op.action for op in ops])
                 await work()
             except Exception as exc:
                 log.warning("%s failed: %s", name, exc.__class__.__name__)

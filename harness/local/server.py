@@ -51,6 +51,8 @@ from harness.local.discovery import (
 )
 from harness.local.faults import ENV_VAR as FAULTS_ENV
 from harness.local.faults import FaultConfig, FaultInjector, parse_faults
+from harness.local.latency import ENV_VAR as LATENCY_ENV
+from harness.local.latency import LatencyProfile, parse_latency
 from harness.local.state import load_or_create_api_key, write_private
 from harness.log import get_logger
 from harness.redact import Secret
@@ -154,6 +156,7 @@ async def serve(
     port: int = 0,
     storage: str = "memory",
     faults: FaultConfig | None = None,
+    latency: LatencyProfile | None = None,
     idle_timeout: float | None = None,
     ready: Callable[[LocalServerInfo], None] | None = None,
     handle: ServerHandle | None = None,
@@ -174,10 +177,14 @@ async def serve(
     handle = handle or ServerHandle()
     api_key = Secret(load_or_create_api_key(home))
     injector = FaultInjector(faults)
-    limits = {"branches_limit": branches_limit} if branches_limit else {}
+    limits: dict[str, Any] = {"branches_limit": branches_limit} if branches_limit else {}
+    if latency is not None:
+        limits["latency"] = latency
     neon = LocalNeon(
         home, dataplane or _make_dataplane(home, storage), storage=storage, faults=injector, **limits
     )
+    if neon.latency.active:
+        log.info("latency profile %s: %s", neon.latency.name or "custom", neon.latency.to_spec())
     handle.neon = neon
     try:
         await neon.start()
@@ -235,14 +242,18 @@ def run_server(
     ready: Callable[[LocalServerInfo], None] | None = None,
     idle_timeout: float | None = None,
     faults: FaultConfig | None = None,
+    latency: LatencyProfile | None = None,
 ) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (or idle), then stop everything,
-    PostgreSQL included. Faults default to `CATHOUSE_LOCAL_FAULTS`."""
+    PostgreSQL included. Faults default to `CATHOUSE_LOCAL_FAULTS`, the latency profile
+    to `CATHOUSE_LOCAL_LATENCY`."""
     check_loopback(host)
     _check_storage(storage)
     home = resolve_home(home)
     if faults is None:
         faults = parse_faults(env.read(FAULTS_ENV))
+    if latency is None:
+        latency = parse_latency(env.read(LATENCY_ENV))
     handle = ServerHandle()
 
     def started(info: LocalServerInfo) -> None:
@@ -263,6 +274,7 @@ def run_server(
             port=port,
             storage=storage,
             faults=faults,
+            latency=latency,
             idle_timeout=idle_timeout,
             ready=started,
             handle=handle,
@@ -331,8 +343,12 @@ def _tail(path: Path, lines: int = 5) -> str:
 def ensure_local_server(
     home: Path | None = None, *, storage: str = "memory", idle_timeout: float = 900
 ) -> LocalServerInfo:
-    """A running local server for `home`: the one already answering, or a new daemon."""
+    """A running local server for `home`: the one already answering, or a new daemon.
+    The daemon reads `CATHOUSE_LOCAL_LATENCY` itself; it is checked here too, so a bad
+    value is the caller's one-line error rather than a daemon that exits while starting.
+    (A server already running keeps the profile it started with.)"""
     _check_storage(storage)
+    parse_latency(env.read(LATENCY_ENV))
     home = resolve_home(home)
     info = live_server(home, storage)
     if info is not None:
@@ -343,9 +359,11 @@ def ensure_local_server(
             return info
         discovery_path(home, storage).unlink(missing_ok=True)
         logfile = log_path(home, storage)
-        env = dict(os.environ)
+        child_env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        child_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, child_env.get("PYTHONPATH")) if p
+        )
         with open(logfile, "ab") as out:
             os.chmod(logfile, 0o600)
             process = subprocess.Popen(
@@ -354,7 +372,7 @@ def ensure_local_server(
                 stdout=out,
                 stderr=out,
                 start_new_session=True,
-                env=env,
+                env=child_env,
                 cwd=str(home),
             )
         deadline = time.monotonic() + START_TIMEOUT
