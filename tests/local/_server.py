@@ -23,6 +23,7 @@ import httpx
 
 from harness.local.app import PREFIX
 from harness.local.faults import parse_faults
+from harness.local.latency import parse_latency
 from harness.local.server import LocalServerInfo, ServerHandle, serve
 from tests.local.neon_schema import answer_problems
 
@@ -38,6 +39,7 @@ def start_test_server(
     home: Path,
     *,
     faults: str | None = None,
+    latency: str | None = None,
     storage: str = "memory",
     keep_data: bool = False,
     branches_limit: int | None = None,
@@ -53,6 +55,7 @@ def start_test_server(
                     home,
                     storage=storage,
                     faults=parse_faults(faults),
+                    latency=parse_latency(latency),
                     ready=lambda _info: ready.set(),
                     handle=handle,
                     branches_limit=branches_limit,
