@@ -13,6 +13,7 @@ from harness.local import api_validation as check
 from harness.local.api_http import api, json_body, log, neon_of, ok, project_of
 from harness.local.api_shapes import operation_json, project_item_json, project_json, regions_json, user_json
 from harness.local.faults import FaultInjector, faults_from_json
+from harness.local.journal import RequestJournal
 
 # How long a GET of a running operation may wait for it to finish before answering
 # (it then says `running`, as Neon does, and the client polls again).
@@ -113,6 +114,17 @@ async def put_faults(request: Request) -> Response:
     injector.configure(config)
     log.info("faults set to %r", config.to_spec() or "none")
     return ok({"faults": config.as_json(), "injected": 0})
+
+
+@api
+async def get_requests(request: Request) -> Response:
+    """The journal's requests received at or after `since` (time.time(), default 0)."""
+    journal: RequestJournal = request.app.state.journal
+    try:
+        since = float(request.query_params.get("since", "0"))
+    except ValueError:
+        raise check.bad_request("since must be a number (seconds since the epoch)") from None
+    return ok({"requests": [e.as_json() for e in journal.since(since)]})
 
 
 @api

@@ -6,14 +6,15 @@ All routes live under `/api/v2` and need `Authorization: Bearer <key>`; errors a
 request id in `X-Neon-Ret-Request-Id` (and `X-Request-Id`). The routes are Neon's (see
 tests/local/neon_schema.py), in modules by object: `api_project`, `api_branches`,
 `api_computes`, `api_catalog`; their JSON is `api_shapes`, their request checks
-`api_validation`. Admin routes under `/api/v2/_local/` (faults, server info) take the
-same Bearer key and are never subject to injected faults.
+`api_validation`. Admin routes under `/api/v2/_local/` (faults, server info, the request
+journal) take the same Bearer key and are never subject to injected faults or latency.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -30,6 +31,7 @@ from harness.local import ids
 from harness.local.api_http import error_response, log, request_id_of
 from harness.local.control import LocalNeon
 from harness.local.faults import FaultInjector
+from harness.local.journal import JournalEntry, RequestJournal
 
 PREFIX = "/api/v2"
 REQUEST_ID_HEADERS = (b"x-neon-ret-request-id", b"x-request-id")
@@ -82,6 +84,7 @@ ROUTES = [
     Route(PREFIX + "/_local/faults", project.get_faults, methods=["GET"]),
     Route(PREFIX + "/_local/faults", project.put_faults, methods=["PUT"]),
     Route(PREFIX + "/_local/info", project.get_info, methods=["GET"]),
+    Route(PREFIX + "/_local/requests", project.get_requests, methods=["GET"]),
 ]
 
 
@@ -91,11 +94,20 @@ ROUTES = [
 class NeonFront:
     """Request ids, Bearer auth, activity tracking and fault injection around the routes."""
 
-    def __init__(self, app: ASGIApp, *, neon: LocalNeon, api_key: str, faults: FaultInjector) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        neon: LocalNeon,
+        api_key: str,
+        faults: FaultInjector,
+        journal: RequestJournal | None = None,
+    ) -> None:
         self.app = app
         self.neon = neon
         self._key = api_key.encode()
         self.faults = faults
+        self.journal = journal or RequestJournal()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,6 +150,8 @@ class NeonFront:
         rtt = self.neon.latency.rtt
         if rtt:
             send_with_id = _delayed(with_id, rtt / 2)  # `answer` sends through it too
+        send_with_id = self._journaled(scope, send_with_id)
+        if rtt:
             await asyncio.sleep(rtt / 2)  # the request's way there; _delayed adds the way back
         if not self.faults.config.active:
             await self.app(scope, receive, send_with_id)
@@ -162,6 +176,19 @@ class NeonFront:
             await drop_connection(raw_send, receive)
         else:
             await answer(self._fault_response(fault.status, request_id))
+
+    def _journaled(self, scope: Scope, send: Send) -> Send:
+        received = time.time()
+        client = scope.get("client") or ("", 0)
+
+        async def journaled(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                entry = JournalEntry(scope["method"], scope["path"], status, received, time.time(), client[1])
+                self.journal.add(entry)
+
+        return journaled
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope.get("headers", []):
@@ -240,4 +267,5 @@ def create_app(neon: LocalNeon, api_key: str, faults: FaultInjector | None = Non
     inner = Starlette(routes=ROUTES, exception_handlers={HTTPException: _http_error})
     inner.state.neon = neon
     inner.state.faults = injector
-    return NeonFront(inner, neon=neon, api_key=api_key, faults=injector)
+    inner.state.journal = RequestJournal()
+    return NeonFront(inner, neon=neon, api_key=api_key, faults=injector, journal=inner.state.journal)

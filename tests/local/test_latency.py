@@ -132,3 +132,13 @@ def test_client_sees_httpx_timeout_shorter_than_rtt(slow_server: LocalServerInfo
         timeout=RTT / 10,
     ) as client:
         client.get(f"/projects/{slow_server.project_id}")
+
+
+def test_the_journal_times_each_request(slow_server: LocalServerInfo) -> None:
+    with api_client(slow_server) as client:
+        since = time.time()
+        client.get(f"/projects/{slow_server.project_id}")
+        entries = client.get("/_local/requests", params={"since": since}).json()["requests"]
+    mine = [e for e in entries if e["path"].endswith(slow_server.project_id)]
+    assert len(mine) == 1 and mine[0]["status"] == 200
+    assert mine[0]["answered"] - mine[0]["received"] >= RTT * SLACK
