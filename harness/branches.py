@@ -9,6 +9,7 @@ mutating path goes through.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
 import re
@@ -242,27 +243,37 @@ def refused_key(exc: NeonAPIError, settings: Settings) -> ConfigError | None:
 async def resolve_parent(client: NeonClient, project_id: str, settings: Settings) -> Branch:
     """The configured parent branch; a missing project, a refused key or an unknown parent
     is a ConfigError naming the setting and where its value came from."""
-    try:
-        await client.get_project(project_id)
-    except NeonAPIError as exc:
-        refused = refused_key(exc, settings)
+    # Two independent reads, sent together: one round trip on every session's critical
+    # path instead of two (on Neon, 0.1 s or more each). The project's answer is read
+    # first, so a missing project or a refused key is named as such, not as a missing
+    # branch.
+    checked, resolved = await asyncio.gather(
+        client.get_project(project_id),
+        client.resolve_branch(project_id, settings.parent_branch),
+        return_exceptions=True,
+    )
+    for outcome in (checked, resolved):  # Ctrl-C, cancellation, a bug: as they came
+        if isinstance(outcome, BaseException) and not isinstance(outcome, NeonAPIError):
+            raise outcome
+    if isinstance(checked, NeonAPIError):
+        refused = refused_key(checked, settings)
         if refused is not None:
             raise refused from None
-        if exc.status == 404:
+        if checked.status == 404:
             raise ConfigError(
                 f"project {project_id!r} not found", key="project_id",
                 source=settings.source_of("project_id"),
             ) from None
-        raise
-    try:
-        parent = await client.resolve_branch(project_id, settings.parent_branch)
-    except NeonAPIError as exc:
-        if exc.status == 404:
-            raise ConfigError(
-                f"branch {settings.parent_branch!r} not found in project {project_id}",
-                key="parent_branch", source=settings.source_of("parent_branch"),
-            ) from None
-        raise
+    if isinstance(checked, BaseException):
+        raise checked
+    if isinstance(resolved, NeonAPIError) and resolved.status == 404:
+        raise ConfigError(
+            f"branch {settings.parent_branch!r} not found in project {project_id}",
+            key="parent_branch", source=settings.source_of("parent_branch"),
+        ) from None
+    if isinstance(resolved, BaseException):
+        raise resolved
+    parent = resolved
     if is_harness_branch(parent):
         # another run's branch goes away with that run, taking its children's parent with it
         raise ConfigError(

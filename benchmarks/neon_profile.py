@@ -1,0 +1,333 @@
+"""Sessions at Neon's latencies: what sits on the critical path, measured for real.
+
+    python benchmarks/neon_profile.py [--profile neon] [--reps 3] [--out FILE]
+
+The local server runs with `CATHOUSE_LOCAL_LATENCY` (default: the `neon` preset), so
+every API round trip and every operation really takes Neon's time and the harness's own
+waiting and overlapping are what is measured. Each case is timed to its first test and
+read back from the server's request journal (`GET /_local/requests`), which gives the
+sequential round trips and operation waits on its critical path:
+
+- cold: fresh home, no server, no template (`_probe.py` in a fresh process);
+- warm: server up, template reused (`_probe.py` again);
+- xdist: `pytest -n 1` and `-n 4` on a copy of examples/cathouse with 8 trivial tests,
+  time until every worker has started its first test;
+- naive: a fresh branch per session through the API (`create_branch`, waited), then each
+  service's `alembic upgrade head` as its own process, in order.
+
+Critical path: the longest chain of requests each received after the previous one's
+answer (for one process, its sequential calls; across xdist workers an upper bound).
+In it, a run of polls (GET of an operation or an endpoint) is one operation wait; every
+other request is a round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _common import EXAMPLE, REPO, child_env, compile_bytecode, fmt, home_env, stop_home, summary
+
+PROBE = REPO / "benchmarks" / "_probe.py"
+LATENCY_ENV = "CATHOUSE_LOCAL_LATENCY"
+STAMPS_ENV = "CATHOUSE_BENCH_STAMPS"
+POLLS = ("operations/{operation_id}", "endpoints/{endpoint_id}")
+
+TRIVIAL = """
+import os
+import time
+
+import pytest
+
+
+@pytest.mark.parametrize("n", range(8))
+def test_branch(n, neon_branch):
+    with open(os.environ["CATHOUSE_BENCH_STAMPS"], "a") as out:
+        out.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {time.time()}\\n")
+"""
+
+
+# ---------------------------------------------------------------------- the journal
+
+
+def journal(home: Path, since: float) -> list[dict[str, Any]]:
+    from harness.local.discovery import live_server
+
+    info = live_server(home, "memory")
+    assert info is not None, "no local server answers for the benchmark's home"
+    answer = httpx.get(
+        f"{info.api_host}/_local/requests",
+        params={"since": since},
+        headers={"Authorization": f"Bearer {info.api_key.reveal()}"},
+        timeout=30,
+    )
+    answer.raise_for_status()
+    return list(answer.json()["requests"])
+
+
+def critical_path(entries: list[dict[str, Any]], start: float, end: float) -> dict[str, Any]:
+    """The longest chain of requests in [start, end], each received after the previous
+    one's answer (earliest-answer-first is the longest such chain)."""
+    from harness.neon.stats import route_of
+
+    inside = [e for e in entries if e["received"] >= start and e["answered"] <= end]
+    chain: list[dict[str, Any]] = []
+    last = float("-inf")
+    for entry in sorted(inside, key=lambda e: e["answered"]):
+        if entry["received"] >= last:
+            chain.append(entry)
+            last = entry["answered"]
+    steps: list[str] = []
+    for entry in chain:
+        route = route_of(entry["method"], entry["path"].removeprefix("/api/v2"))
+        poll = entry["method"] == "GET" and route.endswith(POLLS)
+        if poll and steps and steps[-1].startswith("wait "):
+            continue  # one wait, however many polls it took
+        steps.append(f"wait ({route})" if poll else route)
+    waits = sum(s.startswith("wait ") for s in steps)
+    return {
+        "requests": len(inside),
+        "chain": len(chain),
+        "round_trips": len(steps) - waits,
+        "op_waits": waits,
+        "steps": steps,
+    }
+
+
+# ---------------------------------------------------------------------- sessions
+
+
+def probe(home: Path, run_id: str, env: dict[str, str]) -> dict[str, Any]:
+    started, wall = time.perf_counter(), time.time()
+    process = subprocess.Popen(
+        [sys.executable, str(PROBE), str(EXAMPLE), run_id],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(EXAMPLE),
+    )
+    assert process.stdout is not None
+    ready_wall = None
+    result: dict[str, Any] = {}
+    for line in process.stdout:
+        if line.startswith("READY") and ready_wall is None:
+            ready_wall = time.time()
+            result["spawn_to_ready"] = time.perf_counter() - started
+        elif line.startswith("{"):
+            result = {**result, **json.loads(line)}
+    stderr = process.stderr.read() if process.stderr else ""
+    if process.wait() != 0 or ready_wall is None:
+        raise RuntimeError(f"probe failed: {stderr.strip()[-2000:]}")
+    result["path"] = critical_path(journal(home, wall), wall, ready_wall)
+    return result
+
+
+def xdist(home: Path, root: Path, workers: int, env: dict[str, str]) -> dict[str, Any]:
+    project = root / "xdist-project"
+    if not project.exists():
+        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", ".env", "tests"))
+        (project / "tests").mkdir()
+        (project / "tests" / "test_trivial.py").write_text(TRIVIAL)
+    stamps = root / f"stamps-{uuid.uuid4().hex[:6]}"
+    started, wall = time.perf_counter(), time.time()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "cathouse_harness", "-p", "no:cacheprovider", "-q",
+         "-n", str(workers)],
+        cwd=project,
+        env={**env, STAMPS_ENV: str(stamps), "CATHOUSE_RUN_ID": f"bench-n{workers}-{uuid.uuid4().hex[:6]}"},
+        capture_output=True,
+        text=True,
+    )
+    total = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"pytest -n {workers} failed: {done.stdout[-2000:]}")
+    firsts: dict[str, float] = {}
+    for line in stamps.read_text().splitlines():
+        worker, moment = line.split()
+        firsts[worker] = min(firsts.get(worker, float("inf")), float(moment))
+    all_started = max(firsts.values())
+    return {
+        "first_test": min(firsts.values()) - wall,
+        "every_worker_started": all_started - wall,
+        "wall": total,
+        "workers_seen": len(firsts),
+        "path": critical_path(journal(home, wall), wall, all_started),
+    }
+
+
+def naive(home: Path, env: dict[str, str]) -> dict[str, Any]:
+    """A fresh branch per session (through the API, waited), then `alembic upgrade head`
+    per service, each its own process, in order."""
+    from harness.backend import connect_backend, open_client
+    from harness.settings import load_settings
+
+    with home_env(home):
+        settings = load_settings(EXAMPLE)
+        backend = connect_backend(settings)
+
+    async def fresh() -> tuple[str, str]:
+        async with open_client(backend) as client:
+            main = await client.resolve_branch(backend.project_id, settings.parent_branch)
+            created = await client.create_branch(
+                backend.project_id, name=f"naive-{uuid.uuid4().hex[:8]}", parent_id=main.id
+            )
+            uri = next(c.uri for c in created.connection_uris if c.database == settings.database)
+            return created.branch.id, uri.reveal()
+
+    async def drop(branch_id: str) -> None:
+        async with open_client(backend) as client:
+            await client.delete_branch(backend.project_id, branch_id)
+
+    started, wall = time.perf_counter(), time.time()
+    branch_id, url = asyncio.run(fresh())
+    for service in settings.migrating_services:
+        assert service.alembic_ini is not None
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=service.alembic_ini.parent,
+            check=True,
+            capture_output=True,
+            env={**env, "MIGRATION_DATABASE_URL": url},
+        )
+    setup, ready_wall = time.perf_counter() - started, time.time()
+    path = critical_path(journal(home, wall), wall, ready_wall)
+    asyncio.run(drop(branch_id))
+    return {"setup": setup, "path": path}
+
+
+# ---------------------------------------------------------------------- report
+
+
+def _median_path(paths: list[dict[str, Any]]) -> dict[str, Any]:
+    """The path of the run with the median chain (they rarely differ)."""
+    ordered = sorted(paths, key=lambda p: p["chain"])
+    return ordered[len(ordered) // 2]
+
+
+def measure(profile: str, reps: int) -> dict[str, Any]:
+    from harness.local.latency import parse_latency
+
+    compile_bytecode()
+    root = Path(tempfile.mkdtemp(prefix="cathouse-neon-profile-"))
+    saved = os.environ.get(LATENCY_ENV)
+    os.environ[LATENCY_ENV] = profile  # for the servers this process starts, too
+    r: dict[str, Any] = {"profile": profile, "figures": parse_latency(profile).to_spec(), "reps": reps}
+    try:
+        colds: list[dict[str, Any]] = []
+        warms: list[dict[str, Any]] = []
+        for rep in range(reps):
+            home = root / f"home-{rep}"
+            home.mkdir(mode=0o700)
+            env = child_env(home, **{LATENCY_ENV: profile})
+            print(f"cold session {rep + 1}/{reps} …", file=sys.stderr)
+            colds.append(probe(home, f"cold-{rep}", env))
+            if rep < reps - 1:
+                stop_home(home)
+        print("warm sessions …", file=sys.stderr)
+        for rep in range(reps):
+            warms.append(probe(home, f"warm-{rep}", env))
+        naives = []
+        for rep in range(reps):
+            print(f"naive {rep + 1}/{reps} …", file=sys.stderr)
+            naives.append(naive(home, env))
+        runs: dict[int, list[dict[str, Any]]] = {1: [], 4: []}
+        for rep in range(reps):
+            for n in (1, 4):
+                print(f"pytest -n {n} ({rep + 1}/{reps}) …", file=sys.stderr)
+                runs[n].append(xdist(home, root, n, env))
+        r["cold"] = {
+            "spawn_to_ready": summary([c["spawn_to_ready"] for c in colds]),
+            "path": _median_path([c["path"] for c in colds]),
+        }
+        r["warm"] = {
+            "spawn_to_ready": summary([w["spawn_to_ready"] for w in warms]),
+            "import_to_ready": summary([w["import_to_ready"] for w in warms]),
+            "api_calls": max(w["api_calls"] for w in warms),
+            "template_reused": all(w["template_reused"] for w in warms),
+            "path": _median_path([w["path"] for w in warms]),
+        }
+        r["naive"] = {
+            "setup": summary([n["setup"] for n in naives]),
+            "path": _median_path([n["path"] for n in naives]),
+        }
+        for n, found in runs.items():
+            r[f"xdist_{n}"] = {
+                "every_worker_started": summary([x["every_worker_started"] for x in found]),
+                "first_test": summary([x["first_test"] for x in found]),
+                "wall": summary([x["wall"] for x in found]),
+                "path": _median_path([x["path"] for x in found]),
+            }
+        r["ratios"] = {
+            "warm_vs_naive": r["naive"]["setup"]["median"] / r["warm"]["spawn_to_ready"]["median"],
+            "n4_vs_n1": r["xdist_4"]["every_worker_started"]["median"]
+            / r["xdist_1"]["every_worker_started"]["median"],
+        }
+        return r
+    finally:
+        for home in root.glob("home-*"):
+            stop_home(home)
+        shutil.rmtree(root, ignore_errors=True)
+        if saved is None:
+            os.environ.pop(LATENCY_ENV, None)
+        else:
+            os.environ[LATENCY_ENV] = saved
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, float, dict[str, Any]]]:
+    return [
+        ("cold session → first test (fresh process, server start, template build)",
+         r["cold"]["spawn_to_ready"]["median"], r["cold"]["path"]),
+        ("warm session → first test (fresh process, template reused)",
+         r["warm"]["spawn_to_ready"]["median"], r["warm"]["path"]),
+        ("pytest -n 1: until its worker's first test", r["xdist_1"]["every_worker_started"]["median"],
+         r["xdist_1"]["path"]),
+        ("pytest -n 4: until every worker's first test", r["xdist_4"]["every_worker_started"]["median"],
+         r["xdist_4"]["path"]),
+        ("naive: fresh branch + alembic upgrade head per service", r["naive"]["setup"]["median"],
+         r["naive"]["path"]),
+    ]
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = [
+        f"latency profile {r['profile']} ({r['figures']}), {r['reps']} runs each, medians",
+        "| case | time | sequential round trips | operation waits |",
+        "|---|---|---|---|",
+    ]
+    for label, seconds, path in rows(r):
+        lines.append(f"| {label} | {fmt(seconds)} | {path['round_trips']} | {path['op_waits']} |")
+    ratios = r["ratios"]
+    lines.append(f"\nwarm_vs_naive {ratios['warm_vs_naive']:.1f}x, -n 4 / -n 1 {ratios['n4_vs_n1']:.2f}")
+    for label, _, path in rows(r):
+        lines.append(f"\n{label}:\n  " + "\n  ".join(path["steps"]))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="neon")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "neon_profile.json")
+    args = parser.parse_args()
+    r = measure(args.profile, args.reps)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(r, indent=2) + "\n")
+    print(table(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
