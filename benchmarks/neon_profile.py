@@ -18,7 +18,8 @@ sequential round trips and operation waits on its critical path:
 Critical path: the longest chain of requests each received after the previous one's
 answer (for one process, its sequential calls; across xdist workers an upper bound).
 In it, a run of polls (GET of an operation or an endpoint) is one operation wait; every
-other request is a round trip.
+other request is a round trip (the fork's POST among them; a refused one, e.g. a 423
+from the project lock, is marked with its status).
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def critical_path(entries: list[dict[str, Any]], start: float, end: float) -> di
         poll = entry["method"] == "GET" and route.endswith(POLLS)
         if poll and steps and steps[-1].startswith("wait "):
             continue  # one wait, however many polls it took
-        steps.append(f"wait ({route})" if poll else route)
+        refused = "" if 200 <= entry["status"] < 300 else f" → {entry['status']}"
+        steps.append(f"wait ({route})" if poll else route + refused)
     waits = sum(s.startswith("wait ") for s in steps)
     return {
         "requests": len(inside),
@@ -249,11 +251,14 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
                 runs[n].append(xdist(home, root, n, env))
         r["cold"] = {
             "spawn_to_ready": summary([c["spawn_to_ready"] for c in colds]),
+            "import_to_ready": summary([c["import_to_ready"] for c in colds]),
+            "timings": [c["timings"] for c in colds],
             "path": _median_path([c["path"] for c in colds]),
         }
         r["warm"] = {
             "spawn_to_ready": summary([w["spawn_to_ready"] for w in warms]),
             "import_to_ready": summary([w["import_to_ready"] for w in warms]),
+            "timings": [w["timings"] for w in warms],
             "api_calls": max(w["api_calls"] for w in warms),
             "template_reused": all(w["template_reused"] for w in warms),
             "path": _median_path([w["path"] for w in warms]),
@@ -285,38 +290,39 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
             os.environ[LATENCY_ENV] = saved
 
 
-def rows(r: dict[str, Any]) -> list[tuple[str, float, dict[str, Any]]]:
+def rows(r: dict[str, Any]) -> list[tuple[str, float, str, dict[str, Any]]]:
+    """(label, seconds, target, critical path) per case, for this table and run.py's."""
     return [
         ("cold session → first test (fresh process, server start, template build)",
-         r["cold"]["spawn_to_ready"]["median"], r["cold"]["path"]),
+         r["cold"]["spawn_to_ready"]["median"], "overlap what can", r["cold"]["path"]),
         ("warm session → first test (fresh process, template reused)",
-         r["warm"]["spawn_to_ready"]["median"], r["warm"]["path"]),
+         r["warm"]["spawn_to_ready"]["median"], "fork + ≤ 2 round trips", r["warm"]["path"]),
         ("pytest -n 1: until its worker's first test", r["xdist_1"]["every_worker_started"]["median"],
-         r["xdist_1"]["path"]),
+         "", r["xdist_1"]["path"]),
         ("pytest -n 4: until every worker's first test", r["xdist_4"]["every_worker_started"]["median"],
-         r["xdist_4"]["path"]),
+         "≤ -n 1", r["xdist_4"]["path"]),
         ("naive: fresh branch + alembic upgrade head per service", r["naive"]["setup"]["median"],
-         r["naive"]["path"]),
+         "", r["naive"]["path"]),
     ]
 
 
 def table(r: dict[str, Any]) -> str:
     lines = [
         f"latency profile {r['profile']} ({r['figures']}), {r['reps']} runs each, medians",
-        "| case | time | sequential round trips | operation waits |",
-        "|---|---|---|---|",
+        "| case | time | target | sequential round trips (a fork's POST included) | operation waits |",
+        "|---|---|---|---|---|",
     ]
-    for label, seconds, path in rows(r):
-        lines.append(f"| {label} | {fmt(seconds)} | {path['round_trips']} | {path['op_waits']} |")
+    for label, seconds, target, path in rows(r):
+        lines.append(f"| {label} | {fmt(seconds)} | {target} | {path['round_trips']} | {path['op_waits']} |")
     ratios = r["ratios"]
     lines.append(f"\nwarm_vs_naive {ratios['warm_vs_naive']:.1f}x, -n 4 / -n 1 {ratios['n4_vs_n1']:.2f}")
-    for label, _, path in rows(r):
+    for label, _, _, path in rows(r):
         lines.append(f"\n{label}:\n  " + "\n  ".join(path["steps"]))
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="neon")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "neon_profile.json")

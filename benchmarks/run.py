@@ -21,7 +21,9 @@ hold on a noisy machine. Sections:
 - synthetic projects: 3/6/12 services x 10/100 revisions: template build (cold
   migration, fresh process, no bytecode) and the next session (template reused);
 - naive baseline: a fresh database per session and each service's
-  `alembic upgrade head` as its own process, in order.
+  `alembic upgrade head` as its own process, in order;
+- at Neon's latencies: `neon_profile.measure` (cold, warm, -n 1/-n 4, naive) with the
+  local server under `CATHOUSE_LOCAL_LATENCY=neon`.
 
 The package's and the example's bytecode is written first (see `compile_bytecode`), as
 an installed package has it, even where PYTHONDONTWRITEBYTECODE is set.
@@ -49,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import api_latency
+import neon_profile
 import per_test_branch
 import session_overhead
 from _common import (
@@ -438,6 +441,17 @@ def table(r: dict[str, Any]) -> str:
             f"hot {r['ratios']['hot_vs_naive']:.1f}x",
         )
     )
+    if "neon_profile" in r:
+        for label, seconds, target, path in neon_profile.rows(r["neon_profile"]):
+            lines.append(
+                row(
+                    f"neon preset: {label}",
+                    seconds,
+                    target,
+                    f"{path['round_trips']} round trips, {path['op_waits']} operation waits "
+                    "on the critical path",
+                )
+            )
     return "\n".join(lines)
 
 
@@ -525,6 +539,8 @@ def main() -> int:
         r["synthetic"] = synthetic(warm_home, root, shapes)
         print("naive baseline …", file=sys.stderr)
         r["naive"] = naive(warm_home, EXAMPLE, 3 if quick else 5)
+        print("at Neon's latencies (CATHOUSE_LOCAL_LATENCY=neon) …", file=sys.stderr)
+        r["neon_profile"] = neon_profile.measure("neon", 1 if quick else 2)
     finally:
         for home in homes:
             stop_home(home)
@@ -543,6 +559,7 @@ def main() -> int:
         "api_calls_per_worker": {str(n): calls[n] / n for n in ns},
         "api_calls_per_added_worker": slope,
         "api_calls_constant": calls[ns[0]] - slope * ns[0],
+        **{f"neon_{k}": v for k, v in r["neon_profile"]["ratios"].items()},
     }
     r["seconds"] = time.perf_counter() - began
     args.out.parent.mkdir(parents=True, exist_ok=True)
