@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 EXAMPLE = REPO / "examples" / "cathouse"
+PROBE = REPO / "benchmarks" / "_probe.py"
 
 
 def compile_bytecode() -> None:
@@ -134,3 +137,45 @@ async def fork_session(
         database=settings.database,
         role=settings.role,
     )
+
+
+def probe(home: Path, project: Path, run_id: str) -> dict[str, Any]:
+    """One session in a fresh process (`_probe.py`): its report, `spawn_to_ready`, and the
+    wall-clock moments it was spawned and ready (`spawned_at`, `ready_at`, time.time())."""
+    spawned_at, started = time.time(), time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, str(PROBE), str(project), run_id],
+        env=child_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(project),
+    )
+    assert process.stdout is not None
+    ready = None
+    result: dict[str, Any] = {}
+    for line in process.stdout:
+        if line.startswith("READY") and ready is None:
+            ready = time.perf_counter() - started
+        elif line.startswith("{"):
+            result = json.loads(line)
+    stderr = process.stderr.read() if process.stderr else ""
+    if process.wait() != 0 or ready is None:
+        raise RuntimeError(f"probe failed in {project}: {stderr.strip()[-2000:]}")
+    result["spawn_to_ready"] = ready
+    result["spawned_at"], result["ready_at"] = spawned_at, spawned_at + ready
+    return result
+
+
+def alembic_each(home: Path, settings: Any, url: str) -> None:
+    """The naive way to migrate: each service's `alembic upgrade head`, its own process,
+    in order, on `url`."""
+    for service in settings.migrating_services:
+        assert service.alembic_ini is not None
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=service.alembic_ini.parent,
+            check=True,
+            capture_output=True,
+            env=child_env(home, MIGRATION_DATABASE_URL=url),
+        )

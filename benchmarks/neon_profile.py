@@ -38,9 +38,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import EXAMPLE, REPO, child_env, compile_bytecode, fmt, home_env, stop_home, summary
+from _common import (
+    EXAMPLE,
+    REPO,
+    alembic_each,
+    child_env,
+    compile_bytecode,
+    fmt,
+    home_env,
+    probe,
+    stop_home,
+    summary,
+)
 
-PROBE = REPO / "benchmarks" / "_probe.py"
 LATENCY_ENV = "CATHOUSE_LOCAL_LATENCY"
 STAMPS_ENV = "CATHOUSE_BENCH_STAMPS"
 POLLS = ("operations/{operation_id}", "endpoints/{endpoint_id}")
@@ -110,33 +120,16 @@ def critical_path(entries: list[dict[str, Any]], start: float, end: float) -> di
 # ---------------------------------------------------------------------- sessions
 
 
-def probe(home: Path, run_id: str, env: dict[str, str]) -> dict[str, Any]:
-    started, wall = time.perf_counter(), time.time()
-    process = subprocess.Popen(
-        [sys.executable, str(PROBE), str(EXAMPLE), run_id],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=str(EXAMPLE),
-    )
-    assert process.stdout is not None
-    ready_wall = None
-    result: dict[str, Any] = {}
-    for line in process.stdout:
-        if line.startswith("READY") and ready_wall is None:
-            ready_wall = time.time()
-            result["spawn_to_ready"] = time.perf_counter() - started
-        elif line.startswith("{"):
-            result = {**result, **json.loads(line)}
-    stderr = process.stderr.read() if process.stderr else ""
-    if process.wait() != 0 or ready_wall is None:
-        raise RuntimeError(f"probe failed: {stderr.strip()[-2000:]}")
-    result["path"] = critical_path(journal(home, wall), wall, ready_wall)
+def session(home: Path, run_id: str) -> dict[str, Any]:
+    """A session in a fresh process (the server it starts inherits the profile from this
+    process's environment, set by `measure`), with its critical path."""
+    result = probe(home, EXAMPLE, run_id)
+    start, end = result["spawned_at"], result["ready_at"]
+    result["path"] = critical_path(journal(home, start), start, end)
     return result
 
 
-def xdist(home: Path, root: Path, workers: int, env: dict[str, str]) -> dict[str, Any]:
+def xdist(home: Path, root: Path, workers: int) -> dict[str, Any]:
     project = root / "xdist-project"
     if not project.exists():
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", ".env", "tests"))
@@ -148,7 +141,7 @@ def xdist(home: Path, root: Path, workers: int, env: dict[str, str]) -> dict[str
         [sys.executable, "-m", "pytest", "-p", "cathouse_harness", "-p", "no:cacheprovider", "-q",
          "-n", str(workers)],
         cwd=project,
-        env={**env, STAMPS_ENV: str(stamps), "CATHOUSE_RUN_ID": f"bench-n{workers}-{uuid.uuid4().hex[:6]}"},
+        env=child_env(home, **{STAMPS_ENV: str(stamps), "CATHOUSE_RUN_ID": f"bench-{stamps.name}"}),
         capture_output=True,
         text=True,
     )
@@ -169,7 +162,7 @@ def xdist(home: Path, root: Path, workers: int, env: dict[str, str]) -> dict[str
     }
 
 
-def naive(home: Path, env: dict[str, str]) -> dict[str, Any]:
+def naive(home: Path) -> dict[str, Any]:
     """A fresh branch per session (through the API, waited), then `alembic upgrade head`
     per service, each its own process, in order."""
     from harness.backend import connect_backend, open_client
@@ -194,15 +187,7 @@ def naive(home: Path, env: dict[str, str]) -> dict[str, Any]:
 
     started, wall = time.perf_counter(), time.time()
     branch_id, url = asyncio.run(fresh())
-    for service in settings.migrating_services:
-        assert service.alembic_ini is not None
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=service.alembic_ini.parent,
-            check=True,
-            capture_output=True,
-            env={**env, "MIGRATION_DATABASE_URL": url},
-        )
+    alembic_each(home, settings, url)
     setup, ready_wall = time.perf_counter() - started, time.time()
     path = critical_path(journal(home, wall), wall, ready_wall)
     asyncio.run(drop(branch_id))
@@ -232,23 +217,22 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
         for rep in range(reps):
             home = root / f"home-{rep}"
             home.mkdir(mode=0o700)
-            env = child_env(home, **{LATENCY_ENV: profile})
             print(f"cold session {rep + 1}/{reps} …", file=sys.stderr)
-            colds.append(probe(home, f"cold-{rep}", env))
+            colds.append(session(home, f"cold-{rep}"))
             if rep < reps - 1:
                 stop_home(home)
         print("warm sessions …", file=sys.stderr)
         for rep in range(reps):
-            warms.append(probe(home, f"warm-{rep}", env))
+            warms.append(session(home, f"warm-{rep}"))
         naives = []
         for rep in range(reps):
             print(f"naive {rep + 1}/{reps} …", file=sys.stderr)
-            naives.append(naive(home, env))
+            naives.append(naive(home))
         runs: dict[int, list[dict[str, Any]]] = {1: [], 4: []}
         for rep in range(reps):
             for n in (1, 4):
                 print(f"pytest -n {n} ({rep + 1}/{reps}) …", file=sys.stderr)
-                runs[n].append(xdist(home, root, n, env))
+                runs[n].append(xdist(home, root, n))
         r["cold"] = {
             "spawn_to_ready": summary([c["spawn_to_ready"] for c in colds]),
             "import_to_ready": summary([c["import_to_ready"] for c in colds]),

@@ -57,46 +57,22 @@ import session_overhead
 from _common import (
     EXAMPLE,
     REPO,
+    alembic_each,
     child_env,
     cluster_port,
     compile_bytecode,
     fmt,
     home_env,
+    probe,
     stop_home,
     summary,
     superuser_dsn,
 )
 
 RESULTS = REPO / "benchmarks" / "results"
-PROBE = REPO / "benchmarks" / "_probe.py"
 
 
 # ---------------------------------------------------------------------- sessions in a fresh process
-
-
-def probe(home: Path, project: Path, run_id: str) -> dict[str, Any]:
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, str(PROBE), str(project), run_id],
-        env=child_env(home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=str(project),
-    )
-    assert process.stdout is not None
-    ready = None
-    result: dict[str, Any] = {}
-    for line in process.stdout:
-        if line.startswith("READY") and ready is None:
-            ready = time.perf_counter() - started
-        elif line.startswith("{"):
-            result = json.loads(line)
-    stderr = process.stderr.read() if process.stderr else ""
-    if process.wait() != 0 or ready is None:
-        raise RuntimeError(f"probe failed in {project}: {stderr.strip()[-2000:]}")
-    result["spawn_to_ready"] = ready
-    return result
 
 
 def sessions(probes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -146,15 +122,7 @@ def naive(home: Path, project: Path, reps: int) -> dict[str, Any]:
         started = time.perf_counter()
         asyncio.run(admin(f'CREATE DATABASE "{name}" OWNER "{settings.role}"'))
         url = f"postgresql://{settings.role}:{secret}@127.0.0.1:{port}/{name}"
-        for service in settings.migrating_services:
-            assert service.alembic_ini is not None
-            subprocess.run(
-                [sys.executable, "-m", "alembic", "upgrade", "head"],
-                cwd=service.alembic_ini.parent,
-                check=True,
-                capture_output=True,
-                env=child_env(home, MIGRATION_DATABASE_URL=url),
-            )
+        alembic_each(home, settings, url)
         setups.append(time.perf_counter() - started)
         started = time.perf_counter()
         asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
