@@ -8,7 +8,6 @@ authentication failed" → the URLs' form and a live connection; "relation alrea
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,7 +18,6 @@ from harness.redact import redact_url
 from harness.settings import INIT_HINT, TOOL_TABLE, Settings, load_settings
 
 Status = Literal["ok", "warn", "fail", "config"]
-PGBOUNCER_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin")
 
 
 @dataclass(frozen=True)
@@ -40,17 +38,6 @@ class Check:
 
     def as_dict(self) -> dict[str, str]:
         return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
-
-
-def find_pgbouncer() -> str | None:
-    found = shutil.which("pgbouncer")
-    if found:
-        return found
-    for directory in PGBOUNCER_DIRS:
-        candidate = Path(directory) / "pgbouncer"
-        if candidate.is_file():
-            return str(candidate)
-    return None
 
 
 def check_urls(env: dict[str, str], settings: Settings) -> list[Check]:
@@ -131,6 +118,9 @@ def run_checks(
                         f"{settings.pool_budget} of {settings.connection_limit} connections"))
     checks.append(_check_backend(settings))
     if settings.backend == "embedded":
+        # the server's own search, so doctor never says "not installed" for one it would use
+        from harness.local.pgbouncer import find_pgbouncer
+
         path = find_pgbouncer()
         checks.append(
             Check("pgbouncer", "ok", f"found {path}: pooled URLs run through PgBouncer")
