@@ -1,8 +1,8 @@
 """The async Neon API v2 client the whole harness uses, for real Neon and the local server.
 
-One `NeonClient` wraps one `httpx.AsyncClient`. Every request goes through `_call`, which
-retries transient failures (see `retry.py`) within one deadline and turns every other
-answer into a `NeonAPIError`. Branch create is the one request that is not idempotent:
+One `NeonClient` holds one `Transport` (transport.py: httpx, retries within one deadline,
+every other answer a `NeonAPIError`) and speaks the API's resources over it. Branch
+create is the one request that is not idempotent:
 after an attempt that may have reached the server, the client looks the branch up by its
 exact name before sending the create again, so a lost answer never makes two branches.
 
@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from harness.errors import ConfigError, HarnessError, NeonAPIError
+from harness.errors import HarnessError, NeonAPIError
 from harness.log import get_logger
 from harness.neon.models import (
     Branch,
@@ -39,21 +39,12 @@ from harness.neon.models import (
     format_time,
     secret_uri,
 )
-from harness.neon.retry import (
-    RetryPolicy,
-    exception_is_retryable,
-    exception_may_have_reached,
-    parse_retry_after,
-    status_is_retryable,
-    status_may_have_acted,
-)
-from harness.neon.stats import ApiStats, route_of
-from harness.redact import Secret, register_secret, scrub
+from harness.neon.retry import RetryPolicy
+from harness.neon.transport import Answer, Progress, Sleep, Transport
+from harness.redact import Secret
 from harness.settings import DEFAULT_API_HOST
 
 log = get_logger("neon")
-
-Sleep = Callable[[float], Awaitable[None]]
 
 # Operation polling starts fast so a local server is not slowed down (a branch copy
 # there takes ~20 ms), then backs off; on Neon this costs a few extra GETs per create.
@@ -119,53 +110,6 @@ class NeonOperationError(NeonAPIError):
         return self.timed_out
 
 
-@dataclass(frozen=True)
-class _Answer:
-    status: int
-    data: Any
-
-
-@dataclass(frozen=True)
-class _Failure:
-    """One failed attempt, kept as plain text so no httpx object outlives it."""
-
-    status: int  # 0: no answer
-    message: str
-    method: str
-    path: str
-    code: str | None = None
-    request_id: str | None = None
-    hint: str | None = None
-    retryable: bool = False
-    may_have_acted: bool = True
-    retry_after: float | None = None
-
-    def error(self, attempts: int = 1, seconds: float | None = None) -> NeonAPIError:
-        message = self.message
-        if self.retryable and attempts:
-            plural = "attempt" if attempts == 1 else "attempts"
-            spent = f" in {seconds:.1f}s" if seconds is not None else ""
-            message += f" (gave up after {attempts} {plural}{spent})"
-        return NeonAPIError(
-            message,
-            status=self.status,
-            code=self.code,
-            request_id=self.request_id,
-            method=self.method,
-            path=self.path,
-            hint=self.hint,
-        )
-
-
-class _Progress:
-    """What one logical request has been through so far."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.started = clock()
-        self.attempts = 0
-        self.may_have_acted = False
-
-
 def _q(segment: str) -> str:
     return quote(str(segment), safe="")
 
@@ -199,30 +143,16 @@ class NeonClient:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        if not api_key:
-            raise ConfigError("is empty", key="NEON_API_KEY", hint="set it to a Neon API key")
-        register_secret(api_key)
-        self.api_host = api_host.rstrip("/")
-        self.retry = retry or RetryPolicy()
-        self.timeout = timeout
-        self.stats = ApiStats()
-        self._sleep = sleep
-        self._clock = clock
-        self._rng = rng or random.Random()
-        self._http = httpx.AsyncClient(
-            base_url=self.api_host + "/",
-            # Plain http (the local server on loopback) has no TLS to verify; httpx would
-            # still load the CA bundle for it, 50-100 ms of every session's start.
-            verify=not self.api_host.startswith("http://"),
-            headers={
-                "Authorization": f"Bearer {api_key}",
-                "Accept": "application/json",
-                "User-Agent": user_agent,
-            },
-            timeout=timeout,
-            transport=transport,
-            follow_redirects=False,
+        self._transport = Transport(
+            api_key, api_host=api_host, retry=retry, timeout=timeout, transport=transport,
+            user_agent=user_agent, sleep=sleep, clock=clock, rng=rng,
+            on_locked=self._wait_for_project,
         )
+        self.api_host = self._transport.api_host
+        self.retry = self._transport.retry
+        self.stats = self._transport.stats
+        self._clock = clock
+        self._sleep = sleep
 
     def __repr__(self) -> str:
         return f"NeonClient(api_host={self.api_host!r}, api_key='***')"
@@ -234,137 +164,7 @@ class NeonClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
-
-    # ---- transport ---------------------------------------------------------------
-
-    async def _attempt(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None,
-        body: Any,
-        deadline_at: float,
-        progress: _Progress,
-    ) -> _Answer | _Failure:
-        """Send once. Never raises for HTTP or transport trouble; the caller decides."""
-        remaining = deadline_at - self._clock()
-        # A last attempt right at the deadline still gets a fair chance to answer.
-        per_attempt = max(min(self.timeout, remaining), min(self.timeout, 1.0))
-        started = time.perf_counter()
-        outcome: _Answer | _Failure
-        status: int | None = None
-        try:
-            response = await self._http.request(
-                method, path, params=params, json=body, timeout=per_attempt
-            )
-        except httpx.HTTPError as exc:
-            # Keep only scrubbed text; the exception holds the request and its headers.
-            detail = scrub(str(exc)).strip()
-            name = type(exc).__name__
-            outcome = _Failure(
-                status=0,
-                message=f"{name}: {detail}" if detail else name,
-                method=method,
-                path=path,
-                retryable=exception_is_retryable(exc),
-                may_have_acted=exception_may_have_reached(exc),
-            )
-        else:
-            status = response.status_code
-            outcome = self._read(response, method, path)
-        elapsed = time.perf_counter() - started
-        self.stats.record(route_of(method, path), status, elapsed, retry=progress.attempts > 0)
-        progress.attempts += 1
-        what = status if status is not None else getattr(outcome, "message", "no answer")
-        log.debug(
-            "%s %s -> %s in %.1f ms (attempt %d)",
-            method,
-            path,
-            what,
-            elapsed * 1000,
-            progress.attempts,
-        )
-        return outcome
-
-    def _read(self, response: httpx.Response, method: str, path: str) -> _Answer | _Failure:
-        status = response.status_code
-        try:
-            data = response.json() if response.content else {}
-        except ValueError:
-            data = None
-        if 200 <= status < 300:
-            if data is None:
-                return _Failure(
-                    status=status,
-                    message="the answer is not JSON",
-                    method=method,
-                    path=path,
-                    may_have_acted=True,
-                )
-            return _Answer(status, data)
-        body = data if isinstance(data, Mapping) else {}
-        message = body.get("message") or response.reason_phrase or "error"
-        if not body and response.text:
-            message = f"{message}: {response.text.strip()[:200]}"
-        request_id = (
-            body.get("request_id")
-            or response.headers.get("x-neon-ret-request-id")
-            or response.headers.get("x-request-id")
-        )
-        hint = None
-        if status == 401:
-            hint = "check NEON_API_KEY"
-        elif status == 403:
-            hint = "check NEON_API_KEY has access to this project"
-        retryable = status_is_retryable(status)
-        return _Failure(
-            status=status,
-            message=scrub(str(message)),
-            method=method,
-            path=path,
-            code=str(body["code"]) if body.get("code") else None,
-            request_id=str(request_id) if request_id else None,
-            hint=hint,
-            retryable=retryable,
-            may_have_acted=status_may_have_acted(status),
-            retry_after=parse_retry_after(response.headers.get("retry-after"))
-            if retryable
-            else None,
-        )
-
-    async def _pause(self, failure: _Failure, progress: _Progress, deadline_at: float) -> bool:
-        """Wait before the next attempt; False when no attempt is left."""
-        if not failure.retryable:
-            return False
-        if (
-            failure.status == 423
-            and failure.method != "GET"  # Neon locks mutations only
-            and await self._wait_for_project(failure.path, deadline_at)
-        ):
-            return True
-        delay = self.retry.next_delay(
-            progress.attempts,
-            remaining=deadline_at - self._clock(),
-            retry_after=failure.retry_after,
-            rng=self._rng,
-        )
-        if delay is None:
-            return False
-        what = failure.status or failure.message
-        log.debug(
-            "retrying %s %s after %s in %.3fs (attempt %d of %d)",
-            failure.method,
-            failure.path,
-            what,
-            delay,
-            progress.attempts + 1,
-            self.retry.max_attempts,
-        )
-        self.stats.waited += delay
-        await self._sleep(delay)
-        return True
+        await self._transport.aclose()
 
     async def _wait_for_project(self, path: str, deadline_at: float) -> bool:
         """After a 423 (the project has running operations): wait for those operations,
@@ -380,7 +180,7 @@ class NeonClient:
         project_id = unquote(parts[2])
         try:
             # Running operations are the newest; one short page finds them.
-            data = await self._get(
+            data = await self._transport.get(
                 f"/projects/{_q(project_id)}/operations", params={"limit": "20"}, deadline_at=deadline_at
             )
         except NeonAPIError:
@@ -395,63 +195,19 @@ class NeonClient:
             )
         return True
 
-    def _give_up(self, failure: _Failure, progress: _Progress) -> NeonAPIError:
-        return failure.error(progress.attempts, self._clock() - progress.started)
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: Any = None,
-        accept: frozenset[int] = frozenset(),
-        deadline_at: float | None = None,
-        progress: _Progress | None = None,
-    ) -> _Answer:
-        """One idempotent request with retries. Statuses in `accept` answer with data None."""
-        progress = progress or _Progress(self._clock)
-        if deadline_at is None:
-            deadline_at = progress.started + self.retry.deadline
-        while True:
-            outcome = await self._attempt(
-                method,
-                path,
-                params=params,
-                body=body,
-                deadline_at=deadline_at,
-                progress=progress,
-            )
-            if isinstance(outcome, _Answer):
-                return outcome
-            if outcome.status in accept:
-                return _Answer(outcome.status, None)
-            progress.may_have_acted |= outcome.may_have_acted
-            if not await self._pause(outcome, progress, deadline_at):
-                raise self._give_up(outcome, progress)
-
-    async def _get(
-        self,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        deadline_at: float | None = None,
-    ) -> Any:
-        return (await self._call("GET", path, params=params, deadline_at=deadline_at)).data
-
     # ---- account and projects ----------------------------------------------------
 
     async def check_auth(self) -> dict[str, Any]:
         """`GET /auth`: proves the key works; Neon answers who it belongs to."""
-        data = await self._get("/auth")
+        data = await self._transport.get("/auth")
         return dict(data) if isinstance(data, Mapping) else {}
 
     async def list_projects(self) -> list[Project]:
-        data = await self._get("/projects", params={"limit": "400"})
+        data = await self._transport.get("/projects", params={"limit": "400"})
         return [Project.from_api(p) for p in _list(data, "projects")]
 
     async def get_project(self, project_id: str) -> Project:
-        data = await self._get(f"/projects/{_q(project_id)}")
+        data = await self._transport.get(f"/projects/{_q(project_id)}")
         return Project.from_api(_obj(data, "project"))
 
     # ---- branches ----------------------------------------------------------------
@@ -464,7 +220,7 @@ class NeonClient:
         self, project_id: str, *, search: str | None = None, deadline_at: float | None = None
     ) -> list[Branch]:
         params = {"search": search} if search else None
-        data = await self._get(
+        data = await self._transport.get(
             f"/projects/{_q(project_id)}/branches", params=params, deadline_at=deadline_at
         )
         annotations = _obj(data, "annotations")
@@ -473,7 +229,7 @@ class NeonClient:
         ]
 
     async def get_branch(self, project_id: str, branch_id: str) -> Branch:
-        data = await self._get(f"/projects/{_q(project_id)}/branches/{_q(branch_id)}")
+        data = await self._transport.get(f"/projects/{_q(project_id)}/branches/{_q(branch_id)}")
         return Branch.from_api(_obj(data, "branch"), _obj(data, "annotation"))
 
     async def find_branch(self, project_id: str, name: str) -> Branch | None:
@@ -485,7 +241,7 @@ class NeonClient:
         """A branch by id (`br-…`) or exact name; NeonAPIError with status 404 if none."""
         if name_or_id.startswith("br-"):
             path = f"/projects/{_q(project_id)}/branches/{_q(name_or_id)}"
-            answer = await self._call("GET", path, accept=frozenset({404}))
+            answer = await self._transport.call("GET", path, accept=frozenset({404}))
             if answer.data is not None:
                 return Branch.from_api(_obj(answer.data, "branch"), _obj(answer.data, "annotation"))
         found = await self.find_branch(project_id, name_or_id)
@@ -543,7 +299,7 @@ class NeonClient:
             body["annotation_value"] = dict(annotation)
 
         path = f"/projects/{_q(project_id)}/branches"
-        progress = _Progress(self._clock)
+        progress = Progress(self._clock)
         deadline_at = progress.started + self.retry.deadline
         lookup = _CreateLookup(name, parent_id, annotation, not_before=_utcnow() - _CREATED_SKEW)
         conflict_checked = False
@@ -552,10 +308,10 @@ class NeonClient:
                 found = await self._find_created(project_id, lookup, deadline_at)
                 if found is not None:
                     return await self._recovered(project_id, found, wait, wait_timeout)
-            outcome = await self._attempt(
+            outcome = await self._transport.attempt(
                 "POST", path, params=None, body=body, deadline_at=deadline_at, progress=progress
             )
-            if isinstance(outcome, _Answer):
+            if isinstance(outcome, Answer):
                 created = BranchCreated.from_api(outcome.data)
                 if annotation and not created.branch.annotation:
                     created = replace(created, branch=created.branch.with_annotation(annotation))
@@ -565,8 +321,8 @@ class NeonClient:
                 # The name is taken, most likely by our own earlier attempt: look it up.
                 conflict_checked = True
                 continue
-            if not await self._pause(outcome, progress, deadline_at):
-                error = self._give_up(outcome, progress)
+            if not await self._transport.pause(outcome, progress, deadline_at):
+                error = self._transport.give_up(outcome, progress)
                 if progress.may_have_acted:
                     # Last chance to hand back a branch an attempt did make, so it is
                     # not left behind without its id ever reaching the caller.
@@ -707,7 +463,7 @@ class NeonClient:
             patch["expires_at"] = None if expires_at is None else format_time(expires_at)
         if not patch:
             return await self.get_branch(project_id, branch_id)
-        answer = await self._call(
+        answer = await self._transport.call(
             "PATCH",
             f"/projects/{_q(project_id)}/branches/{_q(branch_id)}",
             body={"branch": patch},
@@ -724,8 +480,8 @@ class NeonClient:
         counts as our delete.
         """
         path = f"/projects/{_q(project_id)}/branches/{_q(branch_id)}"
-        progress = _Progress(self._clock)
-        answer = await self._call("DELETE", path, accept=frozenset({404}), progress=progress)
+        progress = Progress(self._clock)
+        answer = await self._transport.call("DELETE", path, accept=frozenset({404}), progress=progress)
         if answer.status in (204, 404):
             if not missing_ok:
                 raise NeonAPIError(
@@ -750,7 +506,7 @@ class NeonClient:
         Retried like the idempotent requests: restoring twice to the same source ends in
         the same state.
         """
-        answer = await self._call(
+        answer = await self._transport.call(
             "POST",
             f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/restore",
             body={"source_branch_id": source_branch_id},
@@ -763,19 +519,19 @@ class NeonClient:
         return await self.get_branch(project_id, branch_id)
 
     async def list_branch_endpoints(self, project_id: str, branch_id: str) -> list[Endpoint]:
-        data = await self._get(f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/endpoints")
+        data = await self._transport.get(f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/endpoints")
         return [Endpoint.from_api(e) for e in _list(data, "endpoints")]
 
     async def list_databases(self, project_id: str, branch_id: str) -> list[Database]:
-        data = await self._get(f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/databases")
+        data = await self._transport.get(f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/databases")
         return [Database.from_api(d) for d in _list(data, "databases")]
 
     async def list_roles(self, project_id: str, branch_id: str) -> list[Role]:
-        data = await self._get(f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/roles")
+        data = await self._transport.get(f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/roles")
         return [Role.from_api(r) for r in _list(data, "roles")]
 
     async def reveal_password(self, project_id: str, branch_id: str, role: str) -> Secret:
-        data = await self._get(
+        data = await self._transport.get(
             f"/projects/{_q(project_id)}/branches/{_q(branch_id)}/roles/{_q(role)}/reveal_password"
         )
         password = data.get("password") if isinstance(data, Mapping) else None
@@ -791,20 +547,20 @@ class NeonClient:
     # ---- endpoints, operations, connection URIs ----------------------------------
 
     async def list_endpoints(self, project_id: str) -> list[Endpoint]:
-        data = await self._get(f"/projects/{_q(project_id)}/endpoints")
+        data = await self._transport.get(f"/projects/{_q(project_id)}/endpoints")
         return [Endpoint.from_api(e) for e in _list(data, "endpoints")]
 
     async def get_endpoint(self, project_id: str, endpoint_id: str) -> Endpoint:
-        data = await self._get(f"/projects/{_q(project_id)}/endpoints/{_q(endpoint_id)}")
+        data = await self._transport.get(f"/projects/{_q(project_id)}/endpoints/{_q(endpoint_id)}")
         return Endpoint.from_api(_obj(data, "endpoint"))
 
     async def get_operation(self, project_id: str, operation_id: str) -> Operation:
-        data = await self._get(f"/projects/{_q(project_id)}/operations/{_q(operation_id)}")
+        data = await self._transport.get(f"/projects/{_q(project_id)}/operations/{_q(operation_id)}")
         return Operation.from_api(_obj(data, "operation"))
 
     async def list_operations(self, project_id: str) -> list[Operation]:
         """The project's recent operations (Neon's first page, newest first)."""
-        data = await self._get(f"/projects/{_q(project_id)}/operations")
+        data = await self._transport.get(f"/projects/{_q(project_id)}/operations")
         return [Operation.from_api(o) for o in _list(data, "operations")]
 
     async def wait_for_operations(
@@ -897,7 +653,7 @@ class NeonClient:
         }
         if endpoint_id:
             params["endpoint_id"] = endpoint_id
-        data = await self._get(f"/projects/{_q(project_id)}/connection_uri", params=params)
+        data = await self._transport.get(f"/projects/{_q(project_id)}/connection_uri", params=params)
         uri = data.get("uri") if isinstance(data, Mapping) else None
         if not uri:
             raise NeonAPIError(
