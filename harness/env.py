@@ -36,6 +36,9 @@ VARIABLES: dict[str, str] = {
     "CI": "set by CI systems: branches are never kept by default",
     "XDG_CACHE_HOME": "where the default home lives",
     "XDG_RUNTIME_DIR": "where in-memory clusters go when PostgreSQL runs as us",
+    "PGHOST": "libpq's default host: what a migration's connect without one reaches",
+    "PGPORT": "libpq's default port, likewise",
+    "PGDATABASE": "libpq's default database, likewise",
     "PATH": "handed on to PostgreSQL's and PgBouncer's processes (their only inherited variable)",
     "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "pytest's own: then the plugin brings pytest-asyncio along",
 }

@@ -228,6 +228,7 @@ def _isolated_imports(directory: Path) -> Iterator[None]:
     (or from a directory its `prepend_sys_path` added), as a process of its own would."""
     path_before = list(sys.path)
     modules_before = set(sys.modules)
+    _forget_relative_finders()  # one cached for `.` elsewhere would look in that directory
     try:
         yield
     finally:
@@ -243,9 +244,13 @@ def _isolated_imports(directory: Path) -> Iterator[None]:
             ):
                 del sys.modules[name]
         sys.path[:] = path_before
-        # `.` and other relative entries are cached per string, not per directory
-        for key in [k for k in sys.path_importer_cache if not os.path.isabs(k)]:
-            del sys.path_importer_cache[key]
+        _forget_relative_finders()
+
+
+def _forget_relative_finders() -> None:
+    # `.` and other relative sys.path entries are cached per string, not per directory
+    for key in [k for k in sys.path_importer_cache if not os.path.isabs(k)]:
+        del sys.path_importer_cache[key]
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from harness import env
 from harness.errors import SafetyError
 from harness.redact import redact_url
 from harness.urls import Endpoint
@@ -63,6 +64,11 @@ def _check(host: Any, port: Any, database: Any, dsn: str | None = None) -> None:
     if state is None:
         return
     allowed, env_py, service = state
+    # what the driver falls back to for what the call leaves out: libpq's variables (set
+    # to the branch for the command), as asyncpg and libpq both read them
+    host = host or env.read("PGHOST")
+    port = port or env.read("PGPORT")
+    database = database or env.read("PGDATABASE")
     if isinstance(host, list | tuple):  # asyncpg and libpq accept several hosts
         host = ",".join(str(h) for h in host)
     if isinstance(port, list | tuple):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Iterator
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import psycopg
@@ -116,6 +117,23 @@ def test_every_way_to_another_database_is_refused_before_it_connects(
     assert str(env_py) in text and "billing-service" in text
     assert f"{listener.getsockname()[1]}/production" in text
     assert refusal.exit_code == 2
+
+
+def test_a_connect_that_leaves_everything_to_libpq_variables_is_judged_by_them(
+    listener: socket.socket, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    branch = urlsplit(fresh_database_url)
+    for key, value in (("PGHOST", branch.hostname), ("PGPORT", str(branch.port)),
+                       ("PGDATABASE", branch.path.lstrip("/")), ("PGUSER", branch.username),
+                       ("PGPASSWORD", unquote(branch.password or ""))):
+        monkeypatch.setenv(key, value or "")
+    with only_connections_to(endpoint_of(fresh_database_url), None):
+        with psycopg.connect() as connection:  # everything from PG*: the branch
+            assert connection.execute("SELECT 1").fetchone() == (1,)
+        monkeypatch.setenv("PGPORT", str(listener.getsockname()[1]))
+        with pytest.raises(ForeignDatabaseRefused):
+            psycopg.connect()
+    assert not accepted(listener)
 
 
 def test_the_branch_itself_and_anything_after_the_block_connect(
