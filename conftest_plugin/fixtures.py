@@ -79,7 +79,9 @@ def cathouse_branch_session(
     from harness.session import BranchSession
 
     state = _state(request.config)
-    session = BranchSession(cathouse_settings, run_id=state.run_id, worker=state.worker)
+    session = BranchSession(
+        cathouse_settings, run_id=state.run_id, worker=state.worker, prepared=state.prepared
+    )
     state.session = session
     try:
         session.start()
@@ -138,9 +140,8 @@ def _point_env_at(branch: NeonBranch) -> None:
 @pytest.fixture(scope="session")
 def neon_branch(cathouse_branch_session: BranchSession) -> NeonBranch:
     handle = cathouse_branch_session.handle
-    backend = cathouse_branch_session.backend
-    assert handle is not None and backend is not None
-    branch = _neon_branch(handle, backend.kind)
+    assert handle is not None
+    branch = _neon_branch(handle, cathouse_branch_session.report.backend)
     _point_env_at(branch)
     return branch
 
@@ -155,9 +156,8 @@ def branch_per_test(
     `service_engine` and `db_session` use it. The `cathouse_branch_per_test` marker does
     the same without asking for the fixture."""
     session = cathouse_branch_session
-    assert session.backend is not None
     handle = session.fork_for_test()
-    branch = _neon_branch(handle, session.backend.kind)
+    branch = _neon_branch(handle, session.report.backend)
     _point_env_at(branch)
     try:
         yield branch

@@ -98,6 +98,16 @@ def _adopt_controller_owner(config: pytest.Config) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     node.workerinput["cathouse_owner"] = owner_token()
+    state = node.config.stash.get(state_key, None)
+    if state is None or state.settings is None:
+        return
+    if state.broker is None:
+        # started with the first worker, idle until one asks for its branch
+        from harness.broker import BranchBroker
+
+        state.broker = BranchBroker(state.settings, state.run_id)
+        state.broker.start()
+    node.workerinput["cathouse_broker"] = True
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -130,6 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
         run_id=run_id,
         worker=_worker_id(config),
         is_controller=not hasattr(config, "workerinput"),
+        prepared=bool(getattr(config, "workerinput", {}).get("cathouse_broker")),
     )
     config.stash[state_key] = state
     if configured and config.getini("cathouse_harness_isolate_env"):
@@ -168,6 +179,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(state_key, None)
     if state is None:
         return
+    _close_broker(state)  # when the session never finished (an internal error)
     for name, value in state.saved_env.items():
         if value is None:
             os.environ.pop(name, None)
@@ -192,18 +204,39 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if hasattr(config, "workeroutput") and state.session is not None:
         config.workeroutput["cathouse_harness"] = state.session.report.as_dict()
+    _close_broker(state)
     if state.is_controller and state.settings is not None and _uses_xdist(config):
         from harness.sweep import sweep_run
 
         all_finished = (
             state.workers_up == state.workers_finished
             and exitstatus not in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
-            and not any(report.get("delete_failed") for report in state.worker_reports)
+            and not any(report.get("delete_failed") for report in _reports(state))
         )
         try:
             state.swept = sweep_run(state.settings, state.run_id, all_finished=all_finished)
         except Exception as exc:  # the summary names the run so a person can clean up
             state.swept = [f"sweep failed: {exc}"]
+
+
+def _close_broker(state: HarnessState) -> None:
+    """Delete the workers' branches (those they did not keep); once, at the end of the run."""
+    broker, state.broker = state.broker, None
+    if broker is None:
+        return
+    report = broker.close()
+    if report is not None:
+        state.broker_report = report.as_dict()
+
+
+def _reports(state: HarnessState) -> list[dict[str, Any]]:
+    """Every report of the run: the controller's broker first (it names the backend and
+    the template), then the workers', then this process's own session."""
+    reports = [state.broker_report] if state.broker_report else []
+    reports.extend(state.worker_reports)
+    if state.session is not None:
+        reports.append(state.session.report.as_dict())
+    return reports
 
 
 def _uses_xdist(config: pytest.Config) -> bool:
@@ -234,9 +267,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     state = config.stash.get(state_key, None)
     if state is None:
         return
-    reports = list(state.worker_reports)
-    if state.session is not None:
-        reports.append(state.session.report.as_dict())
+    reports = _reports(state)
     if not reports and not state.swept:
         return
     show_secrets = bool(config.getoption("cathouse_show_secrets"))

@@ -8,7 +8,8 @@ from typing import Any
 from harness.redact import redact_url
 from harness.settings import Settings
 
-_STEPS = ("backend", "parent", "template", "migrate", "fork", "reset", "teardown")
+# "handoff": an xdist worker waiting for the branch its controller prepares
+_STEPS = ("backend", "parent", "template", "migrate", "fork", "handoff", "reset", "teardown")
 
 
 def header_line(settings: Settings) -> str:

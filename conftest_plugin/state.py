@@ -11,6 +11,7 @@ import pytest
 from harness.rollback_session import KeptConnections
 
 if TYPE_CHECKING:
+    from harness.broker import BranchBroker
     from harness.errors import ConfigError
     from harness.session import BranchSession
     from harness.settings import Settings
@@ -24,7 +25,12 @@ class HarnessState:
     worker: str
     is_controller: bool
     session: BranchSession | None = None
+    # xdist: the controller's broker sets up every worker's branch; a worker whose
+    # controller runs one receives its branch from it (`prepared`)
+    broker: BranchBroker | None = None
+    prepared: bool = False
     worker_reports: list[dict[str, Any]] = field(default_factory=list)
+    broker_report: dict[str, Any] | None = None
     swept: list[str] = field(default_factory=list)
     # xdist workers that came up, and those that finished normally (their own teardown
     # ran); the controller's sweep asks the API only when the two differ.

@@ -27,6 +27,15 @@ class HarnessError(Exception):
         return self.message
 
 
+class RelayedError(HarnessError):
+    """An error another process of the run met and passed on (the xdist controller sets
+    up every worker's branch): its line and exit code, as that process had them."""
+
+    def __init__(self, line: str, *, exit_code: int = 1) -> None:
+        self.exit_code = exit_code
+        super().__init__(line)
+
+
 class ConfigError(HarnessError):
     """A bad setting or argument. Names the key and where its value came from."""
 

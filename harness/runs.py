@@ -89,6 +89,11 @@ def run_dir(settings: Settings, run_id: str) -> Path:
     return runs_dir(settings) / check_run_id(run_id, key="run id") / _owner
 
 
+def unchecked_run_dir(settings: Settings, run_id: str) -> Path:
+    """Where `run_dir` is, without making or checking the home: for looking only."""
+    return settings.home.expanduser().resolve() / "runs" / check_run_id(run_id, key="run id") / _owner
+
+
 def marker_dir(settings: Settings, run_id: str, worker: str) -> Path:
     return run_dir(settings, run_id) / check_run_id(worker, key="worker")
 
@@ -96,6 +101,11 @@ def marker_dir(settings: Settings, run_id: str, worker: str) -> Path:
 def kept_marker(settings: Settings, run_id: str, branch_id: str) -> Path:
     """The file that names a branch kept on purpose, so the run's sweep leaves it."""
     return run_dir(settings, run_id) / f"kept-{branch_file_name(branch_id)}"
+
+
+def kept_ids(directory: Path) -> set[str]:
+    """The ids of the branches kept on purpose, from the `kept-` files in a run's directory."""
+    return {path.name.removeprefix("kept-") for path in directory.glob("kept-*")}
 
 
 def prune(marker_directory: Path) -> None:

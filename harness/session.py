@@ -5,10 +5,16 @@ Flow: connect to the backend → resolve the parent branch → find or build the
 template for the current migration fingerprint → fork this session's (or this xdist
 worker's) branch from it → hand out URLs → delete the branch at the end. A watchdog
 process deletes the branch if this process dies first.
+
+Under xdist the controller's session does the setup once and forks every worker's
+branch (`fork_worker`), and a worker's session is *prepared*: it receives its branch
+through `harness.handoff` and opens the API only for resets and per-test branches.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -26,7 +32,7 @@ from harness.branches import (
 )
 from harness.errors import ConfigError, HarnessError
 from harness.log import get_logger
-from harness.runs import kept_marker, marker_dir, prune
+from harness.runs import kept_ids, kept_marker, marker_dir, prune, run_dir
 from harness.settings import Settings
 from harness.sync import LoopThread
 from harness.watchdog import WatchdogHandle, start_watchdog
@@ -72,9 +78,13 @@ class SessionReport:
 
 
 class BranchSession:
-    """Owns one branch for the life of a test session (or xdist worker)."""
+    """Owns the branches of one test session: its own or, in an xdist controller, every
+    worker's (`fork_worker`). A `prepared` session (an xdist worker's) receives its branch
+    from the controller, which deletes it at the end of the run."""
 
-    def __init__(self, settings: Settings, *, run_id: str, worker: str = "main") -> None:
+    def __init__(
+        self, settings: Settings, *, run_id: str, worker: str = "main", prepared: bool = False
+    ) -> None:
         self.settings = settings
         self.run_id = run_id
         self.worker = worker
@@ -82,19 +92,29 @@ class BranchSession:
         self.backend: BackendInfo | None = None
         self.handle: BranchHandle | None = None
         self.template_id: str | None = None
+        # the xdist workers' branches this (controller's) session forked, by worker
+        self.worker_branches: dict[str, BranchHandle] = {}
         # Bumped by reset(): a restore ends the branch's open connections, so anything
         # that keeps one (db_session on a long-lived loop) reconnects when it changes.
         self.resets = 0
+        self.prepared = prepared
+        self._fork_from: str | None = None  # set by setup(): what session branches fork from
+        self._schema_only = False
         self._per_test = 0  # branches forked for single tests (fork_for_test)
         self._dropped: list[str] = []  # their ids, deleted without waiting
         self._loop: LoopThread | None = None
         self._client: NeonClient | None = None
         self._watchdog: WatchdogHandle | None = None
+        self._lock = threading.Lock()  # a controller forks from several threads at once
 
     # -- setup ---------------------------------------------------------------------------
 
-    def _timed(self, step: str, started: float) -> None:
-        self.report.timings[step] = self.report.timings.get(step, 0.0) + time.perf_counter() - started
+    def _timed(self, step: str, started: float, *, slowest: bool = False) -> None:
+        took = time.perf_counter() - started
+        with self._lock:
+            before = self.report.timings.get(step, 0.0)
+            # concurrent forks overlap: their sum would be no time anyone waited
+            self.report.timings[step] = max(before, took) if slowest else before + took
 
     def _run(self, coro):  # type: ignore[no-untyped-def]
         assert self._loop is not None
@@ -109,21 +129,34 @@ class BranchSession:
         if self.handle is not None:
             return self.handle
         settings = self.settings
-        started = time.perf_counter()
-        try:
-            self.backend = connect_backend(settings)
-        except HarnessError as exc:
-            raise SessionStepError("backend", exc) from None
-        self.report.backend = self.backend.kind
-        self.report.project_id = self.backend.project_id
-        self._loop = LoopThread()
-        self._client = self._run(self._open_client())
-        self._timed("backend", started)
-        project_id = self.backend.project_id
+        if self.prepared:
+            handle = self._receive()
+        else:
+            self.setup()
+            handle = self._fork_session_branch(self.worker)
+        if settings.migrating_services and not settings.template_reuse:
+            started = time.perf_counter()
+            try:
+                self._migrate(handle)
+            except Exception as exc:
+                raise SessionStepError(
+                    "migrate", exc, cleanup="the branch is deleted at teardown"
+                ) from None
+            self._timed("migrate", started)
+        self.handle = handle
+        return handle
 
+    def setup(self) -> None:
+        """What every fork needs, once: the backend, the parent, the watchdog and the
+        template (built when missing)."""
+        if self._fork_from is not None:
+            return
+        settings = self.settings
+        self._connect()
+        assert self.backend is not None
         started = time.perf_counter()
         try:
-            parent = self._run(resolve_parent(self.client, project_id, settings))
+            parent = self._run(resolve_parent(self.client, self.backend.project_id, settings))
         except ConfigError:
             raise  # names the setting and its source already
         except HarnessError as exc:
@@ -136,17 +169,55 @@ class BranchSession:
         fork_from = parent.id
         if settings.migrating_services and settings.template_reuse:
             fork_from = self._template(parent)
+        self._schema_only = settings.schema_only and fork_from == parent.id
+        self._fork_from = fork_from
+
+    def _connect(self) -> None:
+        """The backend and its client, once (a prepared worker only when it needs the API)."""
+        if self._client is not None:
+            return
+        started = time.perf_counter()
+        try:
+            self.backend = connect_backend(self.settings)
+        except HarnessError as exc:
+            raise SessionStepError("backend", exc) from None
+        self.report.backend = self.backend.kind
+        self.report.project_id = self.backend.project_id
+        self._loop = LoopThread()
+        self._client = self._run(self._open_client())
+        self._timed("backend", started)
+
+    def _receive(self) -> BranchHandle:
+        from harness.handoff import handoff_dir, wait_for_branch
 
         started = time.perf_counter()
-        name = session_branch_name(self.run_id, self.worker)
-        assert self._watchdog is not None
+        prepared = wait_for_branch(handoff_dir(self.settings, self.run_id), self.worker)
+        self.report.backend = prepared.backend
+        self.report.project_id = prepared.handle.project_id
+        self._timed("handoff", started)
+        return prepared.handle
+
+    def fork_worker(self, worker: str) -> BranchHandle:
+        """In an xdist controller, after `setup`: fork `worker`'s branch. Several threads
+        may call it at once; their creates run concurrently on the one client."""
+        handle = self._fork_session_branch(worker)
+        with self._lock:
+            self.worker_branches[worker] = handle
+        return handle
+
+    def _fork_session_branch(self, worker: str) -> BranchHandle:
+        assert self.backend is not None and self._watchdog is not None
+        assert self._fork_from is not None, "setup() comes first"
+        project_id = self.backend.project_id
+        started = time.perf_counter()
+        name = session_branch_name(self.run_id, worker)
         self._watchdog.record_name(project_id, name)
         try:
             handle = self._run(
-                create_owned_branch(self.client, project_id, name=name, parent_id=fork_from,
-                    ttl=settings.branch_ttl, kind="session", run_id=self.run_id,
-                    database=settings.database, role=settings.role,
-                    schema_only=settings.schema_only and fork_from == parent.id,
+                create_owned_branch(self.client, project_id, name=name, parent_id=self._fork_from,
+                    ttl=self.settings.branch_ttl, kind="session", run_id=self.run_id,
+                    database=self.settings.database, role=self.settings.role,
+                    schema_only=self._schema_only,
                 )
             )
         except BaseException as exc:
@@ -160,21 +231,9 @@ class BranchSession:
             raise SessionStepError(
                 "fork", exc, cleanup=f"cathouse-branch gc --run {self.run_id}"
             ) from None
-        assert self._watchdog is not None
         self._watchdog.record(project_id, handle.id, handle.name)
-        self._timed("fork", started)
+        self._timed("fork", started, slowest=True)
         self.report.branches.append(f"{handle.name} ({handle.id})")
-
-        if settings.migrating_services and not settings.template_reuse:
-            started = time.perf_counter()
-            try:
-                self._migrate(handle)
-            except Exception as exc:
-                raise SessionStepError(
-                    "migrate", exc, cleanup="the branch is deleted at teardown"
-                ) from None
-            self._timed("migrate", started)
-        self.handle = handle
         return handle
 
     async def _open_client(self):  # type: ignore[no-untyped-def]
@@ -251,7 +310,9 @@ class BranchSession:
 
     def reset(self) -> None:
         """Restore this session's branch to its parent (the template)."""
-        assert self.handle is not None and self.backend is not None
+        assert self.handle is not None
+        self._connect()
+        assert self.backend is not None
         started = time.perf_counter()
         self.resets += 1
         self._run(restore_owned_branch(self.client, self.backend.project_id, self.handle.id))
@@ -260,7 +321,10 @@ class BranchSession:
     def fork_for_test(self) -> BranchHandle:
         """A branch of its own for one test, forked from what this session's branch was
         forked from (the migrated template), for code that commits across connections."""
-        assert self.handle is not None and self.backend is not None and self._watchdog is not None
+        assert self.handle is not None
+        self._connect()
+        self._start_watchdog()
+        assert self.backend is not None and self._watchdog is not None
         project_id = self.backend.project_id
         self._per_test += 1
         name = f"{self.handle.name}/t{self._per_test}"
@@ -302,35 +366,28 @@ class BranchSession:
     # -- teardown ------------------------------------------------------------------------
 
     def finish(self, *, keep: bool = False) -> None:
+        """Delete what this session owns: its branch unless `keep` (a prepared one is the
+        controller's to delete), and every worker's branch that its worker did not keep."""
         started = time.perf_counter()
         try:
             if self._dropped and self._watchdog is not None:
                 self._run(self._confirm_dropped())
                 for branch_id in self._dropped:
                     self._watchdog.forget(branch_id)
-            if self.handle is not None and self.backend is not None:
-                if keep:
-                    assert self._watchdog is not None
-                    self._watchdog.forget(self.handle.id)
-                    kept_marker(self.settings, self.run_id, self.handle.id).write_text(self.handle.name)
-                    self.report.kept.append(f"{self.handle.name} ({self.handle.id})")
-                else:
-                    try:
-                        self._run(
-                            delete_owned_branch(self.client, self.backend.project_id, self.handle.id)
-                        )
-                    except HarnessError as exc:
-                        # The marker stays, so the watchdog tries once more; the person
-                        # still gets the branch and the command that removes it.
-                        name, branch_id = self.handle.name, self.handle.id
-                        self.report.delete_failed.append(f"{name} ({branch_id})")
-                        raise SessionStepError(
-                            "teardown", exc,
-                            cleanup=f"branch {name} ({branch_id}) is left; remove it with: "
-                            f"cathouse-branch down '{name}'",
-                        ) from None
-                    if self._watchdog is not None:
-                        self._watchdog.forget(self.handle.id)
+            doomed: list[BranchHandle] = []
+            if self.handle is not None and keep:
+                self._keep(self.handle)
+            elif self.handle is not None and not self.prepared and self.backend is not None:
+                doomed.append(self.handle)
+            if self.worker_branches:
+                kept = kept_ids(run_dir(self.settings, self.run_id))
+                for handle in self.worker_branches.values():
+                    if handle.id not in kept:
+                        doomed.append(handle)
+                    elif self._watchdog is not None:  # its worker keeps it on purpose
+                        self._watchdog.forget(handle.id)
+            if doomed:
+                self._delete(doomed)
         finally:
             self._collect_stats()
             if self._watchdog is not None:
@@ -344,8 +401,44 @@ class BranchSession:
                 self._loop.close()
             self._timed("teardown", started)
 
+    def _keep(self, handle: BranchHandle) -> None:
+        if self._watchdog is not None:
+            self._watchdog.forget(handle.id)
+        kept_marker(self.settings, self.run_id, handle.id).write_text(handle.name)
+        self.report.kept.append(f"{handle.name} ({handle.id})")
+
+    def _delete(self, handles: list[BranchHandle]) -> None:
+        """Delete `handles` concurrently; a failure names every branch left and the command
+        that removes it (their markers stay, so the watchdog tries once more)."""
+        assert self.backend is not None
+        project_id = self.backend.project_id
+
+        async def delete_all() -> list[bool | BaseException]:
+            return await asyncio.gather(
+                *(delete_owned_branch(self.client, project_id, h.id) for h in handles),
+                return_exceptions=True,
+            )
+
+        failed: list[tuple[BranchHandle, BaseException]] = []
+        for handle, outcome in zip(handles, self._run(delete_all()), strict=True):
+            if isinstance(outcome, BaseException):
+                failed.append((handle, outcome))
+                self.report.delete_failed.append(f"{handle.name} ({handle.id})")
+            elif self._watchdog is not None:
+                self._watchdog.forget(handle.id)
+        if not failed:
+            return
+        handle, exc = failed[0]
+        if len(failed) == 1:
+            cleanup = (f"branch {handle.name} ({handle.id}) is left; remove it with: "
+                       f"cathouse-branch down '{handle.name}'")
+        else:
+            left = ", ".join(f"{h.name} ({h.id})" for h, _ in failed)
+            cleanup = f"branches {left} are left; remove each with: cathouse-branch down '<name>'"
+        raise SessionStepError("teardown", exc, cleanup=cleanup) from None
+
     def _collect_stats(self) -> None:
-        stats = getattr(self.client, "stats", None)
+        stats = getattr(self._client, "stats", None)
         if stats is not None:
             self.report.api_calls = int(getattr(stats, "calls", 0))
             self.report.api_retries = int(getattr(stats, "retries", 0))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from harness.log import get_logger
-from harness.runs import owned_markers, owner_token, remove_run_dir, run_dir
+from harness.runs import kept_ids, owned_markers, owner_token, remove_run_dir, run_dir
 
 if TYPE_CHECKING:
     from harness.settings import Settings
@@ -38,7 +38,7 @@ def sweep_run(settings: Settings, run_id: str, *, all_finished: bool = False) ->
     backend = connect_backend(settings)
     loop = LoopThread()
     try:
-        kept = [p.name.removeprefix("kept-") for p in directory.glob("kept-*")]
+        kept = kept_ids(directory)
 
         async def _sweep() -> list[str]:
             async with open_client(backend) as client:

@@ -1,0 +1,122 @@
+"""The xdist controller's branch broker: every worker's session setup, done once.
+
+Each worker doing its own setup paid, per worker, the client's imports, a watchdog
+process, the parent and template look-ups and their API calls; on a two-core machine
+four workers paid it in contention. Here a thread of the controller does that work for
+all of them: it idles (looking at one directory) until a worker asks for its branch
+through `harness.handoff`, then sets up once (`BranchSession.setup`: backend, parent,
+template, one watchdog) and forks each worker's branch as its request arrives, the
+creates running concurrently on one client. At the end it deletes every branch it
+forked that its worker did not keep; the controller's sweep (`harness.sweep`) remains the
+net for Ctrl-C, crashed workers and failed deletes.
+
+A run that asks for no branch makes no API call and starts no server.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.errors import HarnessError
+from harness.handoff import answer, answer_error, handoff_dir, handoff_path, requests
+from harness.log import get_logger
+from harness.runs import check_run_id
+
+if TYPE_CHECKING:
+    from harness.session import BranchSession, SessionReport
+    from harness.settings import Settings
+
+log = get_logger("broker")
+
+# How often the idle broker looks for requests: a worker's first test waits at most this.
+POLL = 0.01
+# How long the end of the run waits for setups and forks still in flight; what they
+# leave is the watchdog's and the sweep's.
+JOIN_TIMEOUT = 30.0
+
+
+class BranchBroker:
+    def __init__(self, settings: Settings, run_id: str, *, poll: float = POLL) -> None:
+        self.settings = settings
+        self.run_id = run_id
+        self.session: BranchSession | None = None
+        self._watched = handoff_path(settings, run_id)
+        self._poll = poll
+        self._stop = threading.Event()
+        self._served: set[str] = set()
+        self._forks: list[threading.Thread] = []
+        self._setup_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="cathouse-broker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _main(self) -> None:
+        while not self._stop.wait(self._poll):
+            for worker in requests(self._watched):
+                if worker in self._served:
+                    continue
+                self._served.add(worker)
+                try:
+                    self._serve(worker)
+                except Exception as exc:  # the worker must hear of it, not wait for ever
+                    log.error("could not serve %s's request: %s", worker, exc)
+                    self._answer_error(worker, exc)
+
+    def _serve(self, worker: str) -> None:
+        check_run_id(worker, key="worker")
+        if self._setup_error is None and self.session is None:
+            from harness.session import BranchSession
+
+            self.session = BranchSession(self.settings, run_id=self.run_id, worker="controller")
+        if self._setup_error is None:
+            assert self.session is not None
+            try:
+                self.session.setup()  # once: later calls return at once
+            except BaseException as exc:  # every later request gets the same answer
+                self._setup_error = exc
+        if self._setup_error is not None:
+            self._answer_error(worker, self._setup_error)
+            return
+        fork = threading.Thread(
+            target=self._fork, args=(worker,), name=f"cathouse-fork-{worker}", daemon=True
+        )
+        fork.start()
+        self._forks.append(fork)
+
+    def _fork(self, worker: str) -> None:
+        assert self.session is not None
+        try:
+            handle = self.session.fork_worker(worker)
+        except BaseException as exc:
+            self._answer_error(worker, exc)
+            return
+        answer(self._directory(), worker, handle, backend=self.session.report.backend)
+
+    def _directory(self) -> Path:
+        # checks the home before anything is written into it
+        return handoff_dir(self.settings, self.run_id)
+
+    def _answer_error(self, worker: str, exc: BaseException) -> None:
+        try:
+            answer_error(self._directory(), worker, exc)
+        except (OSError, HarnessError) as failed:
+            log.error("could not answer %s: %s", worker, failed)
+
+    def close(self) -> SessionReport | None:
+        """Stop serving and delete every forked branch its worker did not keep; the
+        session's report (None when no worker asked). A failed delete is in its
+        `delete_failed`, for the summary and the sweep."""
+        self._stop.set()
+        self._thread.join(JOIN_TIMEOUT)
+        for fork in self._forks:
+            fork.join(JOIN_TIMEOUT)
+        if self.session is None:
+            return None
+        try:
+            self.session.finish()
+        except HarnessError as exc:
+            log.error("%s", exc)
+        return self.session.report
