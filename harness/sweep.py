@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from harness.log import get_logger
-from harness.runs import kept_ids, owned_markers, owner_token, remove_run_dir, run_dir
+from harness.runs import (
+    kept_ids,
+    owned_markers,
+    owner_token,
+    remove_run_dir,
+    run_dir,
+    unchecked_run_dir,
+)
 
 if TYPE_CHECKING:
     from harness.settings import Settings
@@ -25,9 +32,10 @@ def sweep_run(settings: Settings, run_id: str, *, all_finished: bool = False) ->
     reported its own teardown) and no branch still recorded, there is nothing the API
     could find either, and the sweep only removes the run's files.
     """
-    directory = run_dir(settings, run_id)
-    if not directory.exists():
+    # looked for before the home is made: a run that used no branch leaves no home
+    if not unchecked_run_dir(settings, run_id).exists():
         return []
+    directory = run_dir(settings, run_id)
     if all_finished and not owned_markers(directory):
         remove_run_dir(directory)
         return []

@@ -8,6 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from harness.backend import connect_backend, open_client
 from harness.branches import MARK_KIND, BranchHandle, create_owned_branch, harness_branches
 from harness.settings import Settings, load_settings
@@ -52,3 +54,10 @@ async def session_branch_of_run(
         client, project_id, name=name, parent_id=main.id, ttl=ttl, kind="session",
         run_id=run_id, database=settings.database, role=settings.role,
     )
+
+
+def run(project: pytest.Pytester, run_id: str, *args: str) -> pytest.RunResult:
+    """`pytest -p cathouse_harness` on `project` in a subprocess, as run `run_id`."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CATHOUSE_RUN_ID", run_id)
+        return project.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider", *args)

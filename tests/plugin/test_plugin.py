@@ -11,23 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugin._support import branches_of_run, copy_example
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    copy_example(pytester.path)
-    monkeypatch.setenv("CI", "true")  # keep-branch default: never
-    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
-    return pytester
-
-
-def run(project: pytest.Pytester, run_id: str, *args: str) -> pytest.RunResult:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CATHOUSE_RUN_ID", run_id)
-        return project.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider", *args)
-
+from tests.plugin._support import branches_of_run, run
 
 BRANCH_TEST = """
 import os

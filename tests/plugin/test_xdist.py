@@ -1,0 +1,153 @@
+"""Under xdist the controller prepares every worker's branch (`harness.broker`) and
+deletes them at the end; workers receive theirs through `harness.handoff`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.broker import BranchBroker
+from harness.errors import ConfigError
+from harness.handoff import handoff_dir, wait_for_branch
+from harness.local.discovery import running_server
+from harness.settings import load_settings
+from tests.plugin._support import branches_of_run, copy_example, run
+
+RECORDING = """
+import os, pathlib, sys, pytest
+
+@pytest.mark.parametrize("n", range(8))
+def test_record(neon_branch, n):
+    out = pathlib.Path(__file__).parent / "seen"
+    out.mkdir(exist_ok=True)
+    client = "harness.neon.client" in sys.modules  # a worker needs no API client of its own
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    (out / f"{worker}-{n}").write_text(f"{neon_branch.id} {neon_branch.name} {client}")
+"""
+
+
+def test_each_worker_gets_a_branch_from_the_controller_and_none_remain(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(test_workers=RECORDING)
+    result = run(project, "xdb1", "-n", "2")
+    result.assert_outcomes(passed=8)
+    seen: dict[str, set[tuple[str, ...]]] = {}
+    for path in (project.path / "seen").iterdir():
+        seen.setdefault(path.name.split("-")[0], set()).add(tuple(path.read_text().split()))
+    assert sorted(seen) == ["gw0", "gw1"]
+    (gw0,), (gw1,) = seen["gw0"], seen["gw1"]  # one branch per worker, for all its tests
+    assert gw0[1:] == ("harness/xdb1/gw0", "False") and gw1[1:] == ("harness/xdb1/gw1", "False")
+    assert gw0[0] != gw1[0]
+    result.stdout.fnmatch_lines(["*branch harness/xdb1/gw0 (br-*", "*handoff*", "*API calls *"])
+    assert branches_of_run(project.path, "xdb1") == []
+
+
+def test_a_worker_killed_mid_run_leaves_no_branch(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_crash="""
+import os, signal
+
+def test_crash(neon_branch, worker_id):
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    )
+    result = run(project, "xdb2", "-n", "2", "--max-worker-restart", "0")
+    assert result.ret != 0 and "crashed" in result.stdout.str()
+    # the controller deleted it before it ended: no watchdog needs to, no waiting here
+    assert branches_of_run(project.path, "xdb2") == []
+
+
+def test_no_fixture_under_xdist_makes_no_api_call(
+    project: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "untouched-home"
+    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(home))
+    project.makepyfile(test_plain="import pytest\n\n@pytest.mark.parametrize('n', range(4))\n"
+                       "def test_plain(n):\n    assert n >= 0\n")
+    result = run(project, "xdb3", "-n", "2")
+    result.assert_outcomes(passed=4)
+    assert "cathouse-harness summary" not in result.stdout.str()
+    # the embedded default's API is a server in this home: no home, no server, no call
+    assert not home.exists() and running_server(home) is None
+
+
+def test_a_failing_worker_keeps_its_branch_and_the_other_does_not(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_keep="""
+import pytest
+
+@pytest.mark.parametrize("n", range(8))
+def test_fails_on_gw0(neon_branch, n, worker_id):
+    assert worker_id != "gw0"
+"""
+    )
+    result = run(project, "xdb4", "-n", "2", "--cathouse-keep-branch", "on-failure")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert branches_of_run(project.path, "xdb4") == ["harness/xdb4/gw0"]
+    result.stdout.fnmatch_lines(["*kept for inspection: harness/xdb4/gw0 (br-*"])
+    subprocess.run(
+        [sys.executable, "-m", "harness", "down", "harness/xdb4/gw0", "--quiet"],
+        cwd=project.path, check=True, capture_output=True,
+    )
+    assert branches_of_run(project.path, "xdb4") == []
+
+
+def test_resets_and_per_test_branches_open_the_api_in_the_worker(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_lazy="""
+import psycopg, pytest
+
+def commit_a_table(url):
+    with psycopg.connect(url) as connection:
+        present = connection.execute("SELECT to_regclass('public.marks')").fetchone()[0]
+        connection.execute("CREATE TABLE IF NOT EXISTS public.marks (x int)")
+    return present
+
+@pytest.mark.cathouse_reset
+@pytest.mark.parametrize("n", range(4))
+def test_reset(n, migration_database_url):
+    assert commit_a_table(migration_database_url) is None
+
+@pytest.mark.parametrize("n", range(4))
+def test_own_branch(n, branch_per_test):
+    assert commit_a_table(branch_per_test.migration_database_url) is None
+"""
+    )
+    result = run(project, "xdb5", "-n", "2")
+    result.assert_outcomes(passed=8)
+    assert branches_of_run(project.path, "xdb5") == []
+
+
+def test_without_template_reuse_each_worker_migrates_its_own_branch(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(
+        test_migrated="""
+import psycopg, pytest
+
+@pytest.mark.parametrize("n", range(4))
+def test_migrated(n, migration_database_url):
+    with psycopg.connect(migration_database_url) as connection:
+        assert connection.execute("SELECT to_regclass('auth.users')").fetchone()[0] is not None
+"""
+    )
+    result = run(project, "xdb7", "-n", "2", "--cathouse-no-template-reuse")
+    result.assert_outcomes(passed=4)
+    assert branches_of_run(project.path, "xdb7") == []
+
+
+def test_a_setup_error_reaches_the_worker_as_it_was(tmp_path: Path) -> None:
+    settings = load_settings(copy_example(tmp_path / "project"), options={"parent_branch": "no-such"})
+    broker = BranchBroker(settings, "xdb6")
+    broker.start()
+    try:
+        with pytest.raises(ConfigError) as raised:
+            wait_for_branch(handoff_dir(settings, "xdb6"), "gw0")
+    finally:
+        report = broker.close()
+    assert "parent_branch" in str(raised.value) and "no-such" in str(raised.value)
+    assert report is not None and report.branches == []
