@@ -143,33 +143,26 @@ def test_branch(n, {fixture}):
 
 
 def scaling(home: Path, root: Path, workers: list[int], reps: int) -> dict[str, Any]:
-    project = root / "xdist-project"
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", ".env", "tests"))
-    (project / "tests").mkdir()
+    """Wall of `pytest -n N` with and without the harness's fixture. The two kinds run
+    in turn (plain, harness, harness, plain, …), each on a project of its own, so a
+    machine whose load drifts (a shared CI runner) weighs on both alike."""
+    projects: dict[str, Path] = {}
+    for kind, fixture in (("plain", "tmp_path"), ("harness", "neon_branch")):
+        project = projects[kind] = root / f"xdist-{kind}"
+        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", ".env", "tests"))
+        (project / "tests").mkdir()
+        (project / "tests" / "test_trivial.py").write_text(TRIVIAL.format(fixture=fixture))
     rows: dict[str, Any] = {}
     for n in workers:
         walls: dict[str, list[float]] = {"harness": [], "plain": []}
         calls: list[int] = []
-        for kind in ("plain", "harness"):
-            (project / "tests" / "test_trivial.py").write_text(
-                TRIVIAL.format(fixture="neon_branch" if kind == "harness" else "tmp_path")
-            )
-            for _ in range(reps):
+        for rep in range(reps):
+            for kind in ("plain", "harness") if rep % 2 == 0 else ("harness", "plain"):
                 started = time.perf_counter()
                 done = subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "pytest",
-                        "-p",
-                        "cathouse_harness",
-                        "-p",
-                        "no:cacheprovider",
-                        "-q",
-                        "-n",
-                        str(n),
-                    ],
-                    cwd=project,
+                    [sys.executable, "-m", "pytest", "-p", "cathouse_harness",
+                     "-p", "no:cacheprovider", "-q", "-n", str(n)],
+                    cwd=projects[kind],
                     env=child_env(home, CATHOUSE_RUN_ID=f"bench-x{n}-{uuid.uuid4().hex[:6]}"),
                     capture_output=True,
                     text=True,

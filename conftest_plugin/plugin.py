@@ -257,6 +257,8 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         return
     if error is None:
         state.workers_finished += 1
+    if state.broker is not None:  # its branch goes now, while xdist stops the others
+        state.broker.release(str(node.workerinput["workerid"]))
     output = getattr(node, "workeroutput", {}) or {}
     data = output.get("cathouse_harness")
     if data is not None:

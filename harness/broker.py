@@ -7,8 +7,9 @@ all of them: it idles (looking at one directory) until a worker asks for its bra
 through `harness.handoff`, then sets up once (`BranchSession.setup`: backend, parent,
 template, one watchdog) and forks each worker's branch as its request arrives, the
 creates running concurrently on one client. At the end it deletes every branch it
-forked that its worker did not keep; the controller's sweep (`harness.sweep`) remains the
-net for Ctrl-C, crashed workers and failed deletes.
+forked that its worker did not keep, most of them as soon as their worker is done
+(`release`), while xdist still shuts the others down; the controller's sweep
+(`harness.sweep`) remains the net for Ctrl-C, crashed workers and failed deletes.
 
 A run that asks for no branch makes no API call and starts no server.
 """
@@ -16,6 +17,7 @@ A run that asks for no branch makes no API call and starts no server.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,8 +34,8 @@ log = get_logger("broker")
 
 # How often the idle broker looks for requests: a worker's first test waits at most this.
 POLL = 0.01
-# How long the end of the run waits for setups and forks still in flight; what they
-# leave is the watchdog's and the sweep's.
+# How long the end of the run waits for setups, forks and deletes still in flight; what
+# they leave is the watchdog's and the sweep's.
 JOIN_TIMEOUT = 30.0
 
 
@@ -46,7 +48,7 @@ class BranchBroker:
         self._poll = poll
         self._stop = threading.Event()
         self._served: set[str] = set()
-        self._forks: list[threading.Thread] = []
+        self._jobs: list[threading.Thread] = []  # forks and deletes in flight
         self._setup_error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="cathouse-broker", daemon=True)
 
@@ -80,11 +82,14 @@ class BranchBroker:
         if self._setup_error is not None:
             self._answer_error(worker, self._setup_error)
             return
-        fork = threading.Thread(
-            target=self._fork, args=(worker,), name=f"cathouse-fork-{worker}", daemon=True
-        )
-        fork.start()
-        self._forks.append(fork)
+        self._in_background(self._fork, worker)
+
+    def _in_background(self, job: Callable[[str], None], worker: str) -> None:
+        # a thread each, so the creates (and deletes) of several workers overlap on the
+        # session's one loop, and neither this thread nor xdist's waits for them
+        thread = threading.Thread(target=job, args=(worker,), name=f"cathouse-{worker}", daemon=True)
+        thread.start()
+        self._jobs.append(thread)
 
     def _fork(self, worker: str) -> None:
         assert self.session is not None
@@ -94,6 +99,18 @@ class BranchBroker:
             self._answer_error(worker, exc)
             return
         answer(self._directory(), worker, handle, backend=self.session.report.backend)
+
+    def release(self, worker: str) -> None:
+        """`worker` is done (or dead): delete its branch now, unless it kept it."""
+        if self.session is not None and self._setup_error is None:
+            self._in_background(self._release, worker)
+
+    def _release(self, worker: str) -> None:
+        assert self.session is not None
+        try:
+            self.session.release_worker(worker)
+        except Exception as exc:  # close() deletes what is left, and reports it
+            log.warning("could not delete %s's branch yet: %s", worker, exc)
 
     def _directory(self) -> Path:
         # checks the home before anything is written into it
@@ -111,8 +128,8 @@ class BranchBroker:
         `delete_failed`, for the summary and the sweep."""
         self._stop.set()
         self._thread.join(JOIN_TIMEOUT)
-        for fork in self._forks:
-            fork.join(JOIN_TIMEOUT)
+        for job in list(self._jobs):
+            job.join(JOIN_TIMEOUT)
         if self.session is None:
             return None
         try:

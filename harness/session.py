@@ -379,15 +379,14 @@ class BranchSession:
                 self._keep(self.handle)
             elif self.handle is not None and not self.prepared and self.backend is not None:
                 doomed.append(self.handle)
-            if self.worker_branches:
-                kept = kept_ids(run_dir(self.settings, self.run_id))
-                for handle in self.worker_branches.values():
-                    if handle.id not in kept:
-                        doomed.append(handle)
-                    elif self._watchdog is not None:  # its worker keeps it on purpose
-                        self._watchdog.forget(handle.id)
-            if doomed:
-                self._delete(doomed)
+            with self._lock:
+                left, self.worker_branches = list(self.worker_branches.values()), {}
+            doomed.extend(self._not_kept(left))
+            failed = self._delete(doomed) if doomed else []
+            for handle, _ in failed:
+                self.report.delete_failed.append(f"{handle.name} ({handle.id})")
+            if failed:
+                raise _teardown_error(failed)
         finally:
             self._collect_stats()
             if self._watchdog is not None:
@@ -407,9 +406,31 @@ class BranchSession:
         kept_marker(self.settings, self.run_id, handle.id).write_text(handle.name)
         self.report.kept.append(f"{handle.name} ({handle.id})")
 
-    def _delete(self, handles: list[BranchHandle]) -> None:
-        """Delete `handles` concurrently; a failure names every branch left and the command
-        that removes it (their markers stay, so the watchdog tries once more)."""
+    def release_worker(self, worker: str) -> None:
+        """In an xdist controller: `worker` is done, so delete its branch now, unless it
+        kept it. A failed delete is tried again, and reported, by `finish`."""
+        with self._lock:
+            handle = self.worker_branches.pop(worker, None)
+        if handle is None:  # not forked yet (its worker died waiting): finish deletes it
+            return
+        if self._delete(self._not_kept([handle])):
+            with self._lock:
+                self.worker_branches[worker] = handle
+
+    def _not_kept(self, handles: list[BranchHandle]) -> list[BranchHandle]:
+        """`handles` but those their workers keep (`runs.kept_marker`), which the
+        watchdog forgets so that it leaves them too."""
+        if not handles:
+            return []
+        kept = kept_ids(run_dir(self.settings, self.run_id))
+        for handle in handles:
+            if handle.id in kept and self._watchdog is not None:
+                self._watchdog.forget(handle.id)
+        return [handle for handle in handles if handle.id not in kept]
+
+    def _delete(self, handles: list[BranchHandle]) -> list[tuple[BranchHandle, BaseException]]:
+        """Delete `handles` concurrently; those that failed, each with its error (their
+        markers stay, so the watchdog tries once more)."""
         assert self.backend is not None
         project_id = self.backend.project_id
 
@@ -423,25 +444,27 @@ class BranchSession:
         for handle, outcome in zip(handles, self._run(delete_all()), strict=True):
             if isinstance(outcome, BaseException):
                 failed.append((handle, outcome))
-                self.report.delete_failed.append(f"{handle.name} ({handle.id})")
             elif self._watchdog is not None:
                 self._watchdog.forget(handle.id)
-        if not failed:
-            return
-        handle, exc = failed[0]
-        if len(failed) == 1:
-            cleanup = (f"branch {handle.name} ({handle.id}) is left; remove it with: "
-                       f"cathouse-branch down '{handle.name}'")
-        else:
-            left = ", ".join(f"{h.name} ({h.id})" for h, _ in failed)
-            cleanup = f"branches {left} are left; remove each with: cathouse-branch down '<name>'"
-        raise SessionStepError("teardown", exc, cleanup=cleanup) from None
+        return failed
 
     def _collect_stats(self) -> None:
         stats = getattr(self._client, "stats", None)
         if stats is not None:
             self.report.api_calls = int(getattr(stats, "calls", 0))
             self.report.api_retries = int(getattr(stats, "retries", 0))
+
+
+def _teardown_error(failed: list[tuple[BranchHandle, BaseException]]) -> SessionStepError:
+    """One line naming every branch left and the command that removes it."""
+    handle, exc = failed[0]
+    if len(failed) == 1:
+        cleanup = (f"branch {handle.name} ({handle.id}) is left; remove it with: "
+                   f"cathouse-branch down '{handle.name}'")
+    else:
+        left = ", ".join(f"{h.name} ({h.id})" for h, _ in failed)
+        cleanup = f"branches {left} are left; remove each with: cathouse-branch down '<name>'"
+    return SessionStepError("teardown", exc, cleanup=cleanup)
 
 
 def _stop_watchdog(watchdog: WatchdogHandle) -> None:

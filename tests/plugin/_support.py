@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from harness.backend import connect_backend, open_client
-from harness.branches import MARK_KIND, BranchHandle, create_owned_branch, harness_branches
+from harness.branches import (
+    MARK_KIND,
+    BranchHandle,
+    create_owned_branch,
+    delete_owned_branch,
+    harness_branches,
+)
 from harness.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +49,17 @@ def branches_of_run(project_dir: Path, run_id: str | None = None) -> list[str]:
             return sorted(b.name for b in found if b.annotation.get(MARK_KIND) != "template")
 
     return asyncio.run(_list())
+
+
+def delete_branch(project_dir: Path, branch_id: str) -> None:
+    """Delete one harness branch on the embedded default."""
+    backend = connect_backend(load_settings(project_dir))
+
+    async def _delete() -> None:
+        async with open_client(backend) as client:
+            await delete_owned_branch(client, backend.project_id, branch_id)
+
+    asyncio.run(_delete())
 
 
 async def session_branch_of_run(

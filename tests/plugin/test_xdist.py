@@ -13,8 +13,10 @@ from harness.broker import BranchBroker
 from harness.errors import ConfigError
 from harness.handoff import handoff_dir, wait_for_branch
 from harness.local.discovery import running_server
+from harness.runs import kept_marker
+from harness.session import BranchSession
 from harness.settings import load_settings
-from tests.plugin._support import branches_of_run, copy_example, run
+from tests.plugin._support import branches_of_run, copy_example, delete_branch, run
 
 RECORDING = """
 import os, pathlib, sys, pytest
@@ -151,3 +153,21 @@ def test_a_setup_error_reaches_the_worker_as_it_was(tmp_path: Path) -> None:
         report = broker.close()
     assert "parent_branch" in str(raised.value) and "no-such" in str(raised.value)
     assert report is not None and report.branches == []
+
+
+def test_the_controller_deletes_a_branch_when_its_worker_is_done_and_leaves_a_kept_one(
+    tmp_path: Path,
+) -> None:
+    project = copy_example(tmp_path / "project")
+    session = BranchSession(load_settings(project), run_id="xdb8", worker="controller")
+    try:
+        session.setup()
+        done, keeper, last = (session.fork_worker(w) for w in ("gw0", "gw1", "gw2"))
+        session.release_worker("gw0")
+        assert branches_of_run(project, "xdb8") == ["harness/xdb8/gw1", "harness/xdb8/gw2"]
+        kept_marker(session.settings, "xdb8", keeper.id).write_text(keeper.name)
+    finally:
+        session.finish()
+    assert branches_of_run(project, "xdb8") == ["harness/xdb8/gw1"]
+    assert session.report.branches == [f"{h.name} ({h.id})" for h in (done, keeper, last)]
+    delete_branch(project, keeper.id)  # `down` takes a kept branch once its process is gone
