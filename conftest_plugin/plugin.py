@@ -34,7 +34,7 @@ from conftest_plugin.options import (
 from conftest_plugin.scrub import scrub_report
 from conftest_plugin.state import HarnessState, state_key
 from harness import env
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 from harness.runs import adopt_owner_token, check_run_id, owner_token
 from harness.settings import INIT_HINT, Settings
 
@@ -148,6 +148,35 @@ def pytest_configure(config: pytest.Config) -> None:
             state.saved_env[name] = os.environ.get(name)
             os.environ[name] = PLACEHOLDER_URL
     _terminate_as_interrupt()
+
+
+# What a test asks for when it needs the session's branch: every branch fixture depends
+# on the first; the markers ask for it when the test runs.
+_BRANCH_FIXTURE = "cathouse_branch_session"
+_BRANCH_MARKERS = ("cathouse_reset", "cathouse_branch_per_test")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """An xdist worker whose tests use a branch tells the controller now, so the setup
+    (client, parent, template) runs while xdist still waits for the other workers."""
+    state = session.config.stash.get(state_key, None)
+    if state is None or not state.prepared or state.settings is None:
+        return
+    if session.config.option.collectonly or not any(_uses_branch(i) for i in session.items):
+        return
+    from harness.handoff import expect_branch, handoff_dir
+
+    try:
+        expect_branch(handoff_dir(state.settings, state.run_id), state.worker)
+    except (OSError, HarnessError):
+        pass  # the first test asks again, and reports what is wrong
+
+
+def _uses_branch(item: pytest.Item) -> bool:
+    if item.get_closest_marker("skip") is not None:
+        return False
+    names = getattr(item, "fixturenames", ())
+    return _BRANCH_FIXTURE in names or any(item.get_closest_marker(m) for m in _BRANCH_MARKERS)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

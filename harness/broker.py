@@ -3,15 +3,16 @@
 Each worker doing its own setup paid, per worker, the client's imports, a watchdog
 process, the parent and template look-ups and their API calls; on a two-core machine
 four workers paid it in contention. Here a thread of the controller does that work for
-all of them: it idles (looking at one directory) until a worker asks for its branch
-through `harness.handoff`, then sets up once (`BranchSession.setup`: backend, parent,
-template, one watchdog) and forks each worker's branch as its request arrives, the
-creates running concurrently on one client. At the end it deletes every branch it
+all of them: it idles (looking at one directory) until a worker, through
+`harness.handoff`, says that its collected tests use a branch; it then sets up once
+(`BranchSession.setup`: backend, parent, template, one watchdog) while xdist still
+hands out the tests, and forks each worker's branch when its first test asks for it,
+the creates running concurrently on one client. At the end it deletes every branch it
 forked that its worker did not keep, most of them as soon as their worker is done
 (`release`), while xdist still shuts the others down; the controller's sweep
 (`harness.sweep`) remains the net for Ctrl-C, crashed workers and failed deletes.
 
-A run that asks for no branch makes no API call and starts no server.
+A run whose tests use no branch makes no API call and starts no server.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
-from harness.handoff import answer, answer_error, handoff_dir, handoff_path, requests
+from harness.handoff import answer, answer_error, handoff_dir, handoff_path, scan
 from harness.log import get_logger
 from harness.runs import check_run_id
 
@@ -57,9 +58,10 @@ class BranchBroker:
 
     def _main(self) -> None:
         while not self._stop.wait(self._poll):
-            for worker in requests(self._watched):
-                if worker in self._served:
-                    continue
+            expecting, requesting = scan(self._watched)
+            if expecting or requesting:
+                self._setup()
+            for worker in requesting - self._served:
                 self._served.add(worker)
                 try:
                     self._serve(worker)
@@ -67,18 +69,21 @@ class BranchBroker:
                     log.error("could not serve %s's request: %s", worker, exc)
                     self._answer_error(worker, exc)
 
+    def _setup(self) -> None:
+        """Once, as soon as a worker expects to need a branch: its tests are still being
+        handed out (xdist waits for every worker to collect), so its fork comes sooner."""
+        if self.session is not None:
+            return
+        from harness.session import BranchSession
+
+        self.session = BranchSession(self.settings, run_id=self.run_id, worker="controller")
+        try:
+            self.session.setup()
+        except BaseException as exc:  # every request gets the same answer
+            self._setup_error = exc
+
     def _serve(self, worker: str) -> None:
         check_run_id(worker, key="worker")
-        if self._setup_error is None and self.session is None:
-            from harness.session import BranchSession
-
-            self.session = BranchSession(self.settings, run_id=self.run_id, worker="controller")
-        if self._setup_error is None:
-            assert self.session is not None
-            try:
-                self.session.setup()  # once: later calls return at once
-            except BaseException as exc:  # every later request gets the same answer
-                self._setup_error = exc
         if self._setup_error is not None:
             self._answer_error(worker, self._setup_error)
             return

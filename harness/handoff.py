@@ -5,7 +5,8 @@ a worker that needs its branch asks for it here and waits for the answer, so it 
 imports the client or starts a watchdog of its own. Everything lives in the run's own
 directory inside the 0700 home (`runs/<run id>/<owner>/handoff/`):
 
-    request-<worker>   the worker asks (empty)
+    expect-<worker>    the worker's collected tests use a branch: set up now (empty)
+    request-<worker>   its first such test asks for the branch (empty)
     branch-<worker>    the answer: the branch's ids, names and URLs, as JSON (0600)
     error-<worker>     or the line and exit code of the error that stopped the setup
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from harness.branches import BranchHandle
     from harness.settings import Settings
 
-REQUEST, BRANCH, ERROR = "request-", "branch-", "error-"
+EXPECT, REQUEST, BRANCH, ERROR = "expect-", "request-", "branch-", "error-"
 # A template build migrates, and may wait up to 10 minutes for another run's build
 # first; past this the controller is stuck, and a worker says so instead of hanging.
 ANSWER_TIMEOUT = 1800.0
@@ -62,9 +63,17 @@ class Prepared:
 # ---------------------------------------------------------------------- the worker's side
 
 
+def expect_branch(directory: Path, worker: str) -> None:
+    _touch(directory, f"{EXPECT}{check_run_id(worker, key='worker')}")
+
+
 def request_branch(directory: Path, worker: str) -> None:
+    _touch(directory, f"{REQUEST}{check_run_id(worker, key='worker')}")
+
+
+def _touch(directory: Path, name: str) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_private(directory / f"{REQUEST}{check_run_id(worker, key='worker')}", "")
+    write_private(directory / name, "")
 
 
 def wait_for_branch(
@@ -130,13 +139,14 @@ def _read_error(path: Path) -> HarnessError:
 # ---------------------------------------------------------------------- the controller's side
 
 
-def requests(directory: Path) -> list[str]:
-    """Workers that asked for a branch, in no particular order."""
+def scan(directory: Path) -> tuple[set[str], set[str]]:
+    """The workers that expect to need a branch, and those that asked for theirs."""
     try:
         names = [entry.name for entry in directory.iterdir()]
     except FileNotFoundError:
-        return []
-    return [name.removeprefix(REQUEST) for name in names if name.startswith(REQUEST)]
+        return set(), set()
+    expecting = {name.removeprefix(EXPECT) for name in names if name.startswith(EXPECT)}
+    return expecting, {name.removeprefix(REQUEST) for name in names if name.startswith(REQUEST)}
 
 
 def answer(directory: Path, worker: str, handle: BranchHandle, *, backend: str) -> None:

@@ -68,10 +68,21 @@ def test_no_fixture_under_xdist_makes_no_api_call(
 ) -> None:
     home = tmp_path / "untouched-home"
     monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(home))
-    project.makepyfile(test_plain="import pytest\n\n@pytest.mark.parametrize('n', range(4))\n"
-                       "def test_plain(n):\n    assert n >= 0\n")
+    project.makepyfile(
+        test_plain="""
+import pytest
+
+@pytest.mark.parametrize("n", range(4))
+def test_plain(n):
+    assert n >= 0
+
+@pytest.mark.skip(reason="a branch test that does not run asks for no branch")
+def test_skipped(neon_branch):
+    pass
+"""
+    )
     result = run(project, "xdb3", "-n", "2")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=4, skipped=1)
     assert "cathouse-harness summary" not in result.stdout.str()
     # the embedded default's API is a server in this home: no home, no server, no call
     assert not home.exists() and running_server(home) is None
