@@ -57,11 +57,15 @@ class BranchBroker:
         self._thread.start()
 
     def _main(self) -> None:
-        while not self._stop.wait(self._poll):
+        busy = False
+        # after work, look again at once: requests arrive while the setup runs
+        while not self._stop.wait(0 if busy else self._poll):
             expecting, requesting = scan(self._watched)
+            fresh = requesting - self._served
+            busy = bool(fresh) or (bool(expecting) and self.session is None)
             if expecting or requesting:
                 self._setup()
-            for worker in requesting - self._served:
+            for worker in fresh:
                 self._served.add(worker)
                 try:
                     self._serve(worker)
