@@ -157,8 +157,9 @@ _BRANCH_MARKERS = ("cathouse_reset", "cathouse_branch_per_test")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """An xdist worker whose tests use a branch tells the controller now, so the setup
-    (client, parent, template) runs while xdist still waits for the other workers."""
+    """An xdist worker whose tests use a branch tells the controller now, so that the
+    setup (client, parent, template) and this worker's fork run while xdist still waits
+    for the other workers to collect."""
     state = session.config.stash.get(state_key, None)
     if state is None or not state.prepared or state.settings is None:
         return

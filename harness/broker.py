@@ -4,10 +4,13 @@ Each worker doing its own setup paid, per worker, the client's imports, a watchd
 process, the parent and template look-ups and their API calls; on a two-core machine
 four workers paid it in contention. Here a thread of the controller does that work for
 all of them: it idles (looking at one directory) until a worker, through
-`harness.handoff`, says that its collected tests use a branch; it then sets up once
-(`BranchSession.setup`: backend, parent, template, one watchdog) while xdist still
-hands out the tests, and forks each worker's branch when its first test asks for it,
-the creates running concurrently on one client. At the end it deletes every branch it
+`harness.handoff`, says that its collected tests use a branch (or, for a test that asks
+for a fixture by name, that it needs one now). It then sets up once
+(`BranchSession.setup`: backend, parent, template, one watchdog) and forks that
+worker's branch, the creates of several workers running concurrently on one client.
+xdist hands out the first test only once every worker has collected, so most of this
+happens before any test waits for it; a worker that then gets no test using a branch
+has its branch deleted when it is done, like any other. At the end it deletes every branch it
 forked that its worker did not keep, most of them as soon as their worker is done
 (`release`), while xdist still shuts the others down; the controller's sweep
 (`harness.sweep`) remains the net for Ctrl-C, crashed workers and failed deletes.
@@ -58,12 +61,12 @@ class BranchBroker:
 
     def _main(self) -> None:
         busy = False
-        # after work, look again at once: requests arrive while the setup runs
+        # after work, look again at once: more workers say so while the setup runs
         while not self._stop.wait(0 if busy else self._poll):
             expecting, requesting = scan(self._watched)
-            fresh = requesting - self._served
-            busy = bool(fresh) or (bool(expecting) and self.session is None)
-            if expecting or requesting:
+            fresh = (expecting | requesting) - self._served
+            busy = bool(fresh)
+            if fresh:
                 self._setup()
             for worker in fresh:
                 self._served.add(worker)
@@ -74,8 +77,7 @@ class BranchBroker:
                     self._answer_error(worker, exc)
 
     def _setup(self) -> None:
-        """Once, as soon as a worker expects to need a branch: its tests are still being
-        handed out (xdist waits for every worker to collect), so its fork comes sooner."""
+        """Once, as soon as a worker expects to need a branch."""
         if self.session is not None:
             return
         from harness.session import BranchSession

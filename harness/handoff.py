@@ -5,8 +5,8 @@ a worker that needs its branch asks for it here and waits for the answer, so it 
 imports the client or starts a watchdog of its own. Everything lives in the run's own
 directory inside the 0700 home (`runs/<run id>/<owner>/handoff/`):
 
-    expect-<worker>    the worker's collected tests use a branch: set up now (empty)
-    request-<worker>   its first such test asks for the branch (empty)
+    expect-<worker>    the worker's collected tests use a branch: fork it now (empty)
+    request-<worker>   a test needs the branch now (also one that asked by name) (empty)
     branch-<worker>    the answer: the branch's ids, names and URLs, as JSON (0600)
     error-<worker>     or the line and exit code of the error that stopped the setup
 

@@ -48,6 +48,22 @@ def test_each_worker_gets_a_branch_from_the_controller_and_none_remain(
     assert branches_of_run(project.path, "xdb1") == []
 
 
+def test_a_branch_asked_for_by_name_is_forked_when_asked(project: pytest.Pytester) -> None:
+    # nothing at collection says this test needs a branch: its worker asks at run time
+    project.makepyfile(
+        test_by_name="""
+import pytest
+
+@pytest.mark.parametrize("n", range(4))
+def test_by_name(request, n):
+    assert request.getfixturevalue("neon_branch").name.startswith("harness/xdb9/gw")
+"""
+    )
+    result = run(project, "xdb9", "-n", "2")
+    result.assert_outcomes(passed=4)
+    assert branches_of_run(project.path, "xdb9") == []
+
+
 def test_a_worker_killed_mid_run_leaves_no_branch(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_crash="""
