@@ -21,6 +21,19 @@ from harness.branches import (
 from harness.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
+
+# For test files written into a pytester project: a table committed on the branch at
+# `url`, and whether one was there already (None: the branch had none).
+COMMIT_A_TABLE = """
+import psycopg
+
+
+def commit_a_table(url):
+    with psycopg.connect(url) as connection:
+        present = connection.execute("SELECT to_regclass('public.marks')").fetchone()[0]
+        connection.execute("CREATE TABLE public.marks (x int)")
+    return present
+"""
 EXAMPLE = REPO / "examples" / "cathouse"
 
 

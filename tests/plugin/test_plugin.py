@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugin._support import branches_of_run, run
+from tests.plugin._support import COMMIT_A_TABLE, branches_of_run, run
 
 BRANCH_TEST = """
 import os
@@ -306,20 +306,12 @@ def test_c_one_connection():
     result.assert_outcomes(passed=3)
 
 
-PER_TEST = """
+PER_TEST = COMMIT_A_TABLE + """
 import os
 
-import psycopg
 import pytest
 
 SEEN = set()
-
-
-def commit_a_table(url):
-    with psycopg.connect(url) as connection:
-        present = connection.execute("SELECT to_regclass('public.marks')").fetchone()[0]
-        connection.execute("CREATE TABLE public.marks (x int)")
-    return present
 
 
 @pytest.mark.cathouse_branch_per_test

@@ -16,7 +16,13 @@ from harness.local.discovery import running_server
 from harness.runs import kept_marker
 from harness.session import BranchSession
 from harness.settings import load_settings
-from tests.plugin._support import branches_of_run, copy_example, delete_branch, run
+from tests.plugin._support import (
+    COMMIT_A_TABLE,
+    branches_of_run,
+    copy_example,
+    delete_branch,
+    run,
+)
 
 RECORDING = """
 import os, pathlib, sys, pytest
@@ -127,14 +133,8 @@ def test_fails_on_gw0(neon_branch, n, worker_id):
 
 def test_resets_and_per_test_branches_open_the_api_in_the_worker(project: pytest.Pytester) -> None:
     project.makepyfile(
-        test_lazy="""
-import psycopg, pytest
-
-def commit_a_table(url):
-    with psycopg.connect(url) as connection:
-        present = connection.execute("SELECT to_regclass('public.marks')").fetchone()[0]
-        connection.execute("CREATE TABLE IF NOT EXISTS public.marks (x int)")
-    return present
+        test_lazy=COMMIT_A_TABLE + """
+import pytest
 
 @pytest.mark.cathouse_reset
 @pytest.mark.parametrize("n", range(4))
