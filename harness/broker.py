@@ -52,7 +52,8 @@ class BranchBroker:
         self._poll = poll
         self._stop = threading.Event()
         self._served: set[str] = set()
-        self._jobs: list[threading.Thread] = []  # forks and deletes in flight
+        self._forks: list[threading.Thread] = []
+        self._deletes: list[threading.Thread] = []
         self._setup_error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="cathouse-broker", daemon=True)
 
@@ -93,14 +94,7 @@ class BranchBroker:
         if self._setup_error is not None:
             self._answer_error(worker, self._setup_error)
             return
-        self._in_background(self._fork, worker)
-
-    def _in_background(self, job: Callable[[str], None], worker: str) -> None:
-        # a thread each, so the creates (and deletes) of several workers overlap on the
-        # session's one loop, and neither this thread nor xdist's waits for them
-        thread = threading.Thread(target=job, args=(worker,), name=f"cathouse-{worker}", daemon=True)
-        thread.start()
-        self._jobs.append(thread)
+        self._forks.append(_in_background(self._fork, worker))
 
     def _fork(self, worker: str) -> None:
         assert self.session is not None
@@ -114,10 +108,14 @@ class BranchBroker:
     def release(self, worker: str) -> None:
         """`worker` is done (or dead): delete its branch now, unless it kept it."""
         if self.session is not None and self._setup_error is None:
-            self._in_background(self._release, worker)
+            self._deletes.append(_in_background(self._release, worker))
 
     def _release(self, worker: str) -> None:
         assert self.session is not None
+        # Neon runs one operation of a project at a time: a delete sent now would hold up
+        # the forks other workers still wait for, so it waits for them instead
+        for fork in list(self._forks):
+            fork.join(JOIN_TIMEOUT)
         try:
             self.session.release_worker(worker)
         except Exception as exc:  # close() deletes what is left, and reports it
@@ -139,7 +137,7 @@ class BranchBroker:
         `delete_failed`, for the summary and the sweep."""
         self._stop.set()
         self._thread.join(JOIN_TIMEOUT)
-        for job in list(self._jobs):
+        for job in [*self._forks, *self._deletes]:
             job.join(JOIN_TIMEOUT)
         if self.session is None:
             return None
@@ -148,3 +146,11 @@ class BranchBroker:
         except HarnessError as exc:
             log.error("%s", exc)
         return self.session.report
+
+
+def _in_background(job: Callable[[str], None], worker: str) -> threading.Thread:
+    # a thread each, so that the creates (and deletes) of several workers overlap on the
+    # session's one loop, and neither the broker's thread nor xdist's waits for them
+    thread = threading.Thread(target=job, args=(worker,), name=f"cathouse-{worker}", daemon=True)
+    thread.start()
+    return thread
