@@ -3,8 +3,11 @@ deletes them at the end; workers receive theirs through `harness.handoff`."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +86,34 @@ def test_crash(neon_branch, worker_id):
     assert result.ret != 0 and "crashed" in result.stdout.str()
     # the controller deleted it before it ended: no watchdog needs to, no waiting here
     assert branches_of_run(project.path, "xdb2") == []
+
+
+def test_sigint_under_xdist_leaves_no_branch(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_sleep="""
+import time, pytest
+
+@pytest.mark.parametrize("n", range(2))
+def test_sleeps(n, neon_branch):
+    time.sleep(60)
+"""
+    )
+    env = {**os.environ, "CATHOUSE_RUN_ID": "xdb10"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "cathouse_harness", "-p", "no:cacheprovider", "-q",
+         "-n", "2"],
+        cwd=project.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and len(branches_of_run(project.path, "xdb10")) < 2:
+        assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+        time.sleep(0.2)
+    assert branches_of_run(project.path, "xdb10") == ["harness/xdb10/gw0", "harness/xdb10/gw1"]
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the controller and its workers
+    process.communicate(timeout=60)
+    assert process.returncode == pytest.ExitCode.INTERRUPTED
+    assert branches_of_run(project.path, "xdb10") == []
 
 
 def test_no_fixture_under_xdist_makes_no_api_call(
