@@ -382,7 +382,7 @@ class BranchSession:
             with self._lock:
                 left, self.worker_branches = list(self.worker_branches.values()), {}
             doomed.extend(self._not_kept(left))
-            failed = self._delete(doomed) if doomed else []
+            failed = self._delete(doomed)
             for handle, _ in failed:
                 self.report.delete_failed.append(f"{handle.name} ({handle.id})")
             if failed:
@@ -431,6 +431,8 @@ class BranchSession:
     def _delete(self, handles: list[BranchHandle]) -> list[tuple[BranchHandle, BaseException]]:
         """Delete `handles` concurrently; those that failed, each with its error (their
         markers stay, so the watchdog tries once more)."""
+        if not handles:
+            return []
         assert self.backend is not None
         project_id = self.backend.project_id
 
