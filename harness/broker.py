@@ -51,7 +51,10 @@ class BranchBroker:
         self._watched = handoff_path(settings, run_id)
         self._poll = poll
         self._stop = threading.Event()
-        self._served: set[str] = set()
+        self._served: set[str] = set()  # workers whose branch was forked (or refused)
+        self._workers: set[str] = set()  # every worker xdist started
+        self._down: set[str] = set()  # those it reported down
+        self._changed = threading.Condition()  # over the three sets above
         self._forks: list[threading.Thread] = []
         self._deletes: list[threading.Thread] = []
         self._setup_error: BaseException | None = None
@@ -59,6 +62,10 @@ class BranchBroker:
 
     def start(self) -> None:
         self._thread.start()
+
+    def add_worker(self, worker: str) -> None:
+        with self._changed:
+            self._workers.add(worker)
 
     def _main(self) -> None:
         busy = False
@@ -70,12 +77,14 @@ class BranchBroker:
             if fresh:
                 self._setup()
             for worker in fresh:
-                self._served.add(worker)
                 try:
                     self._serve(worker)
                 except Exception as exc:  # the worker must hear of it, not wait for ever
                     log.error("could not serve %s's request: %s", worker, exc)
                     self._answer_error(worker, exc)
+                with self._changed:  # its fork's thread is in self._forks by now
+                    self._served.add(worker)
+                    self._changed.notify_all()
 
     def _setup(self) -> None:
         """Once, as soon as a worker expects to need a branch."""
@@ -106,14 +115,24 @@ class BranchBroker:
         answer(self._directory(), worker, handle, backend=self.session.report.backend)
 
     def release(self, worker: str) -> None:
-        """`worker` is done (or dead): delete its branch now, unless it kept it."""
+        """`worker` is done (or dead): delete its branch, unless it kept it, once every
+        other worker has had its fork."""
+        with self._changed:
+            self._down.add(worker)
+            self._changed.notify_all()
         if self.session is not None and self._setup_error is None:
             self._deletes.append(_in_background(self._release, worker))
 
     def _release(self, worker: str) -> None:
         assert self.session is not None
         # Neon runs one operation of a project at a time: a delete sent now would hold up
-        # the forks other workers still wait for, so it waits for them instead
+        # forks other workers still wait for, so it waits for them (a worker that asks
+        # for no branch holds it up until that worker is done too; the end of the run
+        # deletes what is left anyway)
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._stop.is_set() or self._workers <= self._served | self._down
+            )
         for fork in list(self._forks):
             fork.join(JOIN_TIMEOUT)
         try:
@@ -136,6 +155,8 @@ class BranchBroker:
         session's report (None when no worker asked). A failed delete is in its
         `delete_failed`, for the summary and the sweep."""
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
         self._thread.join(JOIN_TIMEOUT)
         for job in [*self._forks, *self._deletes]:
             job.join(JOIN_TIMEOUT)
