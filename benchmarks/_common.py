@@ -60,18 +60,11 @@ def timed(fn: Callable[[], Any]) -> float:
 @contextlib.contextmanager
 def home_env(home: Path) -> Iterator[None]:
     """Point this process at `home` (and at the embedded default) for the block."""
-    saved = {k: os.environ.get(k) for k in ("CATHOUSE_HARNESS_HOME", "NEON_API_KEY", "CATHOUSE_BACKEND")}
-    os.environ["CATHOUSE_HARNESS_HOME"] = str(home)
-    os.environ.pop("NEON_API_KEY", None)
-    os.environ["CATHOUSE_BACKEND"] = "embedded"
-    try:
+    from harness.env import overridden
+
+    with overridden({"CATHOUSE_HARNESS_HOME": str(home), "NEON_API_KEY": None,
+                     "CATHOUSE_BACKEND": "embedded"}):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def child_env(home: Path, **extra: str) -> dict[str, str]:

@@ -8,7 +8,8 @@ by the code that needs them. README's configuration table lists the same names.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 VARIABLES: dict[str, str] = {
     # settings (harness.settings.ENV_NAMES maps each to its setting)
@@ -50,3 +51,23 @@ def read(name: str, environ: Mapping[str, str] | None = None) -> str | None:
         raise KeyError(f"{name} is not in harness.env.VARIABLES")
     value = (os.environ if environ is None else environ).get(name)
     return value or None
+
+
+@contextmanager
+def overridden(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, unset) these variables for the block; put back what was there."""
+    saved = {key: os.environ.get(key) for key in values}
+    for key, value in values.items():
+        _put(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            _put(key, value)
+
+
+def _put(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value

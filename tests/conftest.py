@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
+from harness.env import overridden
 from harness.local.dataplane import DataPlane
 from harness.sync import LoopThread
 
@@ -31,27 +32,20 @@ pytest_plugins = ["pytester"]
 @pytest.fixture(scope="session", autouse=True)
 def harness_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("harness-home")
-    saved = {k: os.environ.get(k) for k in ("CATHOUSE_HARNESS_HOME", "NEON_API_KEY")}
-    os.environ["CATHOUSE_HARNESS_HOME"] = str(home)
     # The harness's own tests never reach real Neon by accident; `neon`-marked tests read
     # the key from CATHOUSE_TEST_NEON_API_KEY instead.
-    os.environ.pop("NEON_API_KEY", None)
-    yield home
-    # pytester runs start the embedded default as a daemon under this home; stop it.
-    from harness.local.postgres import memory_cluster_dirs
-    from harness.local.server import stop_local_server
+    with overridden({"CATHOUSE_HARNESS_HOME": str(home), "NEON_API_KEY": None}):
+        yield home
+        # pytester runs start the embedded default as a daemon under this home; stop it.
+        from harness.local.postgres import memory_cluster_dirs
+        from harness.local.server import stop_local_server
 
-    try:
-        stop_local_server(home)
-    except Exception as exc:  # a stuck server must not hide the test results
-        print(f"could not stop the test suite's local server: {exc}")
-    for directory in memory_cluster_dirs(home):
-        shutil.rmtree(directory, ignore_errors=True)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+        try:
+            stop_local_server(home)
+        except Exception as exc:  # a stuck server must not hide the test results
+            print(f"could not stop the test suite's local server: {exc}")
+        for directory in memory_cluster_dirs(home):
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

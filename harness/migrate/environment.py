@@ -28,12 +28,13 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from harness import env
 from harness.fingerprint import ServiceSources, service_sources
 from harness.migrate.guard import only_connections_to
 from harness.settings import ServiceConfig
@@ -199,23 +200,11 @@ def _branch_variables(url: str, scheme: str) -> dict[str, str]:
     return {key: value for key, value in found.items() if value}
 
 
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def _environment(values: dict[str, str]) -> AbstractContextManager[None]:
     # Every PG* variable goes, not just the ones we set: a PGSERVICE or PGOPTIONS of the
     # shell must not steer the env.py elsewhere.
-    cleared = [k for k in os.environ if k.startswith("PG")]
-    saved = {key: os.environ.get(key) for key in {*values, *cleared}}
-    for key in cleared:
-        os.environ.pop(key, None)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    cleared: dict[str, str | None] = {k: None for k in os.environ if k.startswith("PG")}
+    return env.overridden({**cleared, **values})
 
 
 def _is_installed_code(path: str) -> bool:
