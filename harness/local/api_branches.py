@@ -84,7 +84,8 @@ async def count_branches(request: Request) -> Response:
 async def create_branch(request: Request) -> Response:
     neon = project_of(request)
     spec = check.branch_create(await json_body(request))
-    branch, eps, ops = await neon.branching.create(spec)
+    current = await neon.history.sample() if spec.at and spec.at.lsn else None
+    branch, eps, ops = await neon.branching.create(spec, current)
     return ok(created_branch_json(neon, branch, eps, ops), 201)
 
 
@@ -117,7 +118,8 @@ async def delete_branch(request: Request) -> Response:
 async def restore_branch(request: Request) -> Response:
     neon = project_of(request)
     spec = check.restore(await json_body(request))
-    return _branch_operations(neon, *neon.branching.restore(request.path_params["branch_id"], spec))
+    current = await neon.history.sample() if spec.at and spec.at.lsn else None
+    return _branch_operations(neon, *neon.branching.restore(request.path_params["branch_id"], spec, current))
 
 
 @api

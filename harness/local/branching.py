@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,16 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "BAD_REQUEST", message)
 
 
+@dataclass(frozen=True)
+class Copied:
+    """What a restore makes its branch a copy of: branch `of` at moment `at` (epoch
+    seconds), named by `lsn` when the request named one."""
+
+    of: str
+    at: float
+    lsn: str | None
+
+
 def _ttl(expires_at: str | None, stamp: str) -> int | None:
     """`ttl_interval_seconds`: from the change at `stamp` to the expiry, in whole seconds
     as both are written."""
@@ -83,13 +93,18 @@ class Branching:
 
     # ------------------------------------------------------------------ create
 
-    async def create(
-        self, request: BranchCreate
-    ) -> tuple[BranchRecord, list[EndpointRecord], list[OperationRecord]]:
+    def _check_limits(self, request: BranchCreate, parent: BranchRecord) -> None:
         neon = self.neon
-        state = neon.state
-        parent = neon.branch(request.parent_id) if request.parent_id else state.default_branch
-        if parent.expires_at:
+        if request.init_source == "schema-only":
+            roots = [b for b in neon.live_branches() if b.parent_id is None]
+            if len(roots) >= neon.root_branches_limit:
+                raise ApiError(
+                    422,
+                    "ROOT_BRANCHES_LIMIT_EXCEEDED",
+                    f"the project has reached its limit of {neon.root_branches_limit} root branches "
+                    "(a schema-only branch is a root branch); delete one first",
+                )
+        elif parent.expires_at:
             raise bad_request(
                 f"branch {parent.id} expires: a branch with an expiration time cannot have children"
             )
@@ -101,16 +116,34 @@ class Branching:
                 "BRANCHES_LIMIT_EXCEEDED",
                 f"the project has reached its limit of {neon.branches_limit} branches",
             )
+
+    async def create(
+        self, request: BranchCreate, current_lsn: int | None = None
+    ) -> tuple[BranchRecord, list[EndpointRecord], list[OperationRecord]]:
+        """A child of `parent_id` (the default branch) as of now, or of the point
+        `request.at` names where the history has it; a schema-only branch is a root
+        with the parent's schema and no rows. `current_lsn`: PostgreSQL's WAL position,
+        when the request names an LSN."""
+        neon = self.neon
+        state = neon.state
+        parent = neon.branch(request.parent_id) if request.parent_id else state.default_branch
+        self._check_limits(request, parent)
         neon.ops.check_unlocked()
+        located = neon.history.locate(parent, request.at, current_lsn) if request.at else None
+        schema_only = request.init_source == "schema-only"
         stamp = iso(now())
-        branch = self._new_record(request.name, parent.id, stamp)
+        branch = self._new_record(request.name, None if schema_only else parent.id, stamp)
+        if located is not None:
+            branch.parent_timestamp = located.timestamp or stamp
+            branch.parent_lsn = located.lsn
         branch.expires_at, branch.ttl_interval_seconds = request.expires_at, _ttl(request.expires_at, stamp)
         branch.protected, branch.init_source = request.protected, request.init_source
         if request.annotation is not None:
             branch.annotation = request.annotation
             branch.annotation_created_at = branch.annotation_updated_at = stamp
-        copies = neon.catalog.copy_for(parent, branch, stamp)
+        copies = neon.catalog.copy_for(located.source if located else parent, branch, stamp)
         state.branches[branch.id] = branch
+        neon.history.begin(branch.id, None if schema_only else parent.id, located.moment if located else None)
         ops = [neon.ops.new("create_branch", branch.id)]
         endpoints: list[EndpointRecord] = []
         for spec in request.endpoints:
@@ -209,6 +242,7 @@ class Branching:
         # Neon's create time is waited after the copy, not before: the answer waits for
         # the copy to be issued (COPY_ISSUE_WAIT), and the child is the parent as of the
         # create, as on Neon.
+        neon.history.copied(branch.id, branch.parent_lsn, named=lambda lsn: self._named(branch, lsn))
         await neon.ops.latency.operation([op_branch.action])
         neon.ops.end(op_branch, "finished")
         neon.set_branch_state(branch, "ready")
@@ -222,6 +256,12 @@ class Branching:
                 ep.updated_at = ep.started_at = iso(now())
                 neon.ops.end(op, "finished")
                 neon.save()
+
+    def _named(self, branch: BranchRecord, lsn: str) -> None:
+        """The WAL position read after `branch`'s copy names the parent's state it copied."""
+        if branch.parent_id is not None and branch.parent_lsn is None:
+            branch.parent_lsn = lsn
+            self.neon.save()
 
     async def _abandon_create(
         self,
@@ -290,8 +330,8 @@ class Branching:
             return None
         if branch.default:
             raise bad_request(f"branch {branch.id} is the default branch and cannot be deleted")
-        if branch.parent_id is None:
-            raise bad_request(f"branch {branch.id} is a root branch and cannot be deleted")
+        if branch.parent_id is None and branch.init_source != "schema-only":
+            raise bad_request(f"branch {branch.id} is the project's root branch and cannot be deleted")
         if branch.protected:
             raise bad_request(f"branch {branch.id} is protected and cannot be deleted")
         kids = neon.children(branch.id)
@@ -348,15 +388,35 @@ class Branching:
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, branch_id: str, request: Restore) -> tuple[BranchRecord, list[OperationRecord]]:
+    def _check_restore(self, branch: BranchRecord, source: BranchRecord, request: Restore) -> None:
+        """Neon's rules for a restore source: a branch's own history needs a point and
+        keeps the current state under `preserve_under_name`; a schema-only branch has no
+        parent to be reset from."""
+        if source.id == branch.id:
+            if request.at is None:
+                raise bad_request(
+                    "restoring a branch to its own history needs source_lsn or source_timestamp"
+                )
+            if not request.preserve_under_name:
+                raise bad_request(
+                    f"restoring branch {branch.id} to its own history needs preserve_under_name, "
+                    "the name its current state is kept under"
+                )
+        elif branch.parent_id is None and branch.init_source == "schema-only":
+            raise bad_request(
+                f"branch {branch.id} is a schema-only branch, a root branch without a parent: "
+                "it can be restored only to its own history"
+            )
+
+    def restore(
+        self, branch_id: str, request: Restore, current_lsn: int | None = None
+    ) -> tuple[BranchRecord, list[OperationRecord]]:
+        """`branch_id` becomes a copy of the source's head, or of the source at the point
+        `request.at` names where the history has it (`current_lsn` as for `create`)."""
         neon = self.neon
         branch = neon.branch(branch_id)
         source = neon.branch(request.source_branch_id)
-        if source.id == branch.id:
-            raise bad_request(
-                "restoring a branch to its own history needs source_lsn or source_timestamp, "
-                "and the local server keeps no history"
-            )
+        self._check_restore(branch, source, request)
         if branch.protected:
             raise bad_request(f"branch {branch.id} is protected and cannot be reset")
         kids = neon.children(branch.id)
@@ -365,6 +425,7 @@ class Branching:
         if request.preserve_under_name:
             self._check_name(request.preserve_under_name)
         neon.ops.check_unlocked()
+        located = neon.history.locate(source, request.at, current_lsn) if request.at else None
         stamp = iso(now())
         preserved = (
             self._preserve(branch, request.preserve_under_name, stamp)
@@ -377,8 +438,11 @@ class Branching:
         ops += [neon.ops.new("start_compute", branch.id, ep.id) for ep in eps]
         neon.save()
         fail = neon.faults.operation_fails()
+        moment = located.moment if located else neon.history.clock()
+        copy = Copied(source.id, moment, located.lsn if located else None)
+        data = located.source if located else source
         neon.ops.spawn(
-            lambda: self._run_restore(branch, source, preserved, eps, ops, fail), f"restore {branch.id}"
+            lambda: self._run_restore(branch, data, copy, preserved, eps, ops, fail), f"restore {branch.id}"
         )
         return branch, ops
 
@@ -393,6 +457,7 @@ class Branching:
         for child in neon.children(branch.id):
             child.parent_id = saved.id
         neon.state.branches[saved.id] = saved
+        neon.history.move(branch.id, saved.id)
         return saved
 
     def _restore_plan(
@@ -422,6 +487,7 @@ class Branching:
         self,
         branch: BranchRecord,
         source: BranchRecord,
+        copy: Copied,
         preserved: BranchRecord | None,
         eps: list[EndpointRecord],
         ops: list[OperationRecord],
@@ -459,6 +525,8 @@ class Branching:
         if branch.ttl_interval_seconds:  # a reset starts the countdown again
             branch.expires_at = iso(moment + timedelta(seconds=branch.ttl_interval_seconds))
         neon.set_branch_state(branch, "ready")
+        neon.history.begin(branch.id, copy.of, copy.at)
+        neon.history.copied(branch.id, copy.lsn)
         for op in ops[1:]:
             neon.ops.end(op, "finished")
         neon.save()
@@ -467,3 +535,4 @@ class Branching:
         for child in self.neon.children(preserved.id):
             child.parent_id = branch.id
         self.neon.state.branches.pop(preserved.id, None)
+        self.neon.history.move(preserved.id, branch.id)

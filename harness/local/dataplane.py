@@ -554,6 +554,16 @@ class DataPlane:
             tls=self._tls is not None,
         )
 
+    def endpoint_connections(self) -> dict[str, int]:
+        """Open client connections by endpoint (the history asks on every connect and
+        disconnect, so this is a dict walk, no I/O)."""
+        return {ep_id: proxy.open_connections for ep_id, proxy in self._endpoints.items()}
+
+    async def current_lsn(self) -> str:
+        """PostgreSQL's WAL position now (where the next record goes: with asynchronous
+        commit the write position lags), written as Neon writes LSNs (`0/16B3748`)."""
+        return str(await self._admin().fetchval("SELECT pg_current_wal_insert_lsn()::text"))
+
     def open_connections(self) -> int:
         """Client connections open on any endpoint now."""
         return sum(proxy.open_connections for proxy in self._endpoints.values())
