@@ -555,9 +555,9 @@ class DataPlane:
         )
 
     def endpoint_connections(self) -> dict[str, int]:
-        """Open client connections by endpoint (the history asks on every connect and
-        disconnect, so this is a dict walk, no I/O)."""
-        return {ep_id: proxy.open_connections for ep_id, proxy in self._endpoints.items()}
+        """The endpoints with open client connections, and how many (the history asks
+        on every connect and leave, so this is a dict walk, no I/O)."""
+        return {ep_id: count for ep_id, proxy in self._endpoints.items() if (count := proxy.open_connections)}
 
     async def current_lsn(self) -> str:
         """PostgreSQL's WAL position now (where the next record goes: with asynchronous

@@ -110,6 +110,8 @@ class History:
         self.clock = clock
         self.started = clock()
         self.marks: dict[str, Mark] = {}
+        # Branches with a client connected, as last observed.
+        self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ recording
@@ -145,30 +147,31 @@ class History:
 
     def forget(self, branch_id: str) -> None:
         self.marks.pop(branch_id, None)
+        self._busy.discard(branch_id)
 
     def observe(self, connections: dict[str, int]) -> None:
-        """A client connected or left: open or close the branches' busy intervals."""
+        """A client connected or left (`connections`: the endpoints that have open
+        client connections, with their counts): open or close busy intervals."""
         moment = self.clock()
         endpoints = self.neon.state.endpoints
-        open_by_branch: dict[str, int] = {}
+        connected: set[str] = set()
         for endpoint_id, count in connections.items():
             ep = endpoints.get(endpoint_id)
-            if ep is not None:
-                open_by_branch[ep.branch_id] = open_by_branch.get(ep.branch_id, 0) + count
-        for branch_id, mark in self.marks.items():  # an endpoint closed under its clients
-            if branch_id not in open_by_branch and mark.busy and mark.busy[-1][1] == math.inf:
-                open_by_branch[branch_id] = 0
-        for branch_id, count in open_by_branch.items():
+            if ep is not None and count:
+                connected.add(ep.branch_id)
+        for branch_id in connected - self._busy:
             mark = self.mark(branch_id)
-            busy = bool(mark.busy) and mark.busy[-1][1] == math.inf
-            if count and not busy:
-                mark.busy.append([moment, math.inf])
-                mark.settled_lsn, mark.settled_at = None, math.inf
-                mark.generation += 1
-                self._prune(mark, moment)
-            elif not count and busy:
+            mark.busy.append([moment, math.inf])
+            mark.settled_lsn, mark.settled_at = None, math.inf
+            mark.generation += 1
+            self._prune(mark, moment)
+        # the last client left (or its endpoint closed under it)
+        for branch_id in self._busy - connected:
+            mark = self.mark(branch_id)
+            if mark.busy and mark.busy[-1][1] == math.inf:
                 mark.busy[-1][1] = moment
                 self._settle(branch_id, mark)
+        self._busy = connected
 
     def _prune(self, mark: Mark, moment: float) -> None:
         horizon = moment - HISTORY_RETENTION_SECONDS
