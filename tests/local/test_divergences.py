@@ -43,8 +43,8 @@ def test_endpoints_name_their_own_ports(client: httpx.Client, project: str) -> N
 
 def test_history_only_where_the_server_kept_it(client: httpx.Client, project: str) -> None:
     """No WAL history: a moment at which a branch was being written, with no unchanged
-    copy made since, is refused (Neon has every moment of its retention window); so are
-    schemas at an LSN or a timestamp."""
+    copy made since, is refused (Neon has every moment of its retention window), for a
+    branch as for its schema."""
     base = f"/projects/{project}/branches"
     made = create_ready_branch(client, project, name=unique("written"))["branch"]
     uri = connection_uri(client, project, made["id"], pooled=False)

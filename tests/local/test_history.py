@@ -1,6 +1,7 @@
 """Points in time on the local server, driven with plain httpx requests built from Neon's
 reference: `parent_timestamp` / `parent_lsn` on a create, `source_timestamp` /
-`source_lsn` on a restore, checked in real PostgreSQL (the rows at the point).
+`source_lsn` on a restore, `timestamp` / `lsn` (and `base_…`) on the schema routes,
+checked in real PostgreSQL (the rows and tables at the point).
 
 The server knows a branch's past through the connections to its endpoints
 (`harness.local.history`); it learns that a client left a moment after the client did,
@@ -126,10 +127,20 @@ def test_branch_and_restore_to_a_kept_past_state(client: httpx.Client, project: 
     lsn = parent_lsn(client, project, kept["id"])
     assert LSN.match(lsn) and lsn != "0/0", lsn
     write(client, project, base["id"], f"INSERT INTO {table} VALUES ('second')")
+    write(client, project, base["id"], f"CREATE TABLE {table}_late ()")
 
     at_time, _ = create_at(client, project, base["id"], parent_timestamp=then)
     assert at_time["parent_timestamp"] == then[:19] + "Z"
     assert rows(client, project, at_time["id"], table) == ["first"]
+    schema = f"/projects/{project}/branches/{base['id']}/schema"
+    assert f"{table}_late" in client.get(schema, params={"db_name": "cathouse"}).json()["sql"]
+    past = client.get(schema, params={"db_name": "cathouse", "timestamp": then}).json()["sql"]
+    assert table in past and f"{table}_late" not in past
+    diff = client.get(
+        f"/projects/{project}/branches/{base['id']}/compare_schema",
+        params={"db_name": "cathouse", "base_branch_id": base["id"], "base_lsn": lsn},
+    ).json()["diff"]
+    assert f"+CREATE TABLE public.{table}_late" in diff
     at_lsn, _ = create_at(client, project, base["id"], parent_lsn=lsn)
     assert at_lsn["parent_lsn"] == lsn
     assert rows(client, project, at_lsn["id"], table) == ["first"]
