@@ -138,7 +138,7 @@ class History:
         mark = self.mark(branch_id)
         mark.copied = self.clock()
         mark.copy_lsn = copy_lsn
-        self._settle(branch_id, mark, named=named if copy_lsn is None else None)
+        self._settle(branch_id, mark, name_copy=copy_lsn is None, named=named)
 
     def move(self, old_id: str, new_id: str) -> None:
         """A restore's `preserve_under_name`: the data and what is known of it move."""
@@ -180,7 +180,14 @@ class History:
             merged = [mark.busy[0][0], mark.busy[-MAX_INTERVALS][1]]
             mark.busy = [merged, *mark.busy[-MAX_INTERVALS + 1 :]]
 
-    def _settle(self, branch_id: str, mark: Mark, *, named: Callable[[str], None] | None = None) -> None:
+    def _settle(
+        self,
+        branch_id: str,
+        mark: Mark,
+        *,
+        name_copy: bool = False,
+        named: Callable[[str], None] | None = None,
+    ) -> None:
         """Read the WAL position after a change, in the background."""
         generation = mark.generation
 
@@ -195,9 +202,10 @@ class History:
                 return
             mark.settled_lsn, mark.settled_at = lsn, sent
             source = self.neon.state.branches.get(mark.copy_of or "")
-            if named is not None and source is not None and self.quiet(source, mark.copy_at, self.clock()):
+            if name_copy and source is not None and self.quiet(source, mark.copy_at, self.clock()):
                 mark.copy_lsn = lsn
-                named(lsn)
+                if named is not None:
+                    named(lsn)
 
         task = asyncio.get_running_loop().create_task(read())
         self._tasks.add(task)
