@@ -68,6 +68,15 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def connected(clock: Clock, history: History, endpoint: str, start: float, end: float) -> None:
+    """A client on `endpoint` from `start` to `end` (seconds after START)."""
+    clock.now = START + start
+    history.observe({endpoint: 1})
+    clock.now = START + end
+    history.observe({})
+    await settle()
+
+
 def setup() -> tuple[Clock, Project, History, BranchRecord]:
     clock, project = Clock(), Project()
     history = History(project, clock=clock)  # type: ignore[arg-type]
@@ -80,90 +89,64 @@ def refused(history: History, branch: BranchRecord, point: PointInTime, words: s
     assert caught.value.status == 400 and words in str(caught.value), str(caught.value)
 
 
-def test_a_branch_is_its_current_state_back_to_its_last_change() -> None:
-    async def scenario() -> None:
-        clock, project, history, base = setup()
-        clock.now = START + 10
-        history.observe({"ep-base": 1})
-        clock.now = START + 20
-        history.observe({})
-        await settle()
-        clock.now = START + 30
-        assert history.locate(base, at(START + 25)).source is base
-        refused(history, base, at(START + 15), "no kept state")
-        refused(history, base, at(START + 5), "no kept state")
-        # while a client is connected, not even a moment ago is known
-        history.observe({"ep-base": 1})
-        refused(history, base, at(START + 29), "a client is connected")
-
-    asyncio.run(scenario())
+async def test_a_branch_is_its_current_state_back_to_its_last_change() -> None:
+    clock, project, history, base = setup()
+    await connected(clock, history, "ep-base", 10, 20)
+    clock.now = START + 30
+    assert history.locate(base, at(START + 25)).source is base
+    refused(history, base, at(START + 15), "no kept state")
+    refused(history, base, at(START + 5), "no kept state")
+    # while a client is connected, not even a moment ago is known
+    history.observe({"ep-base": 1})
+    refused(history, base, at(START + 29), "a client is connected")
 
 
-def test_an_unchanged_copy_keeps_its_source_as_it_was() -> None:
-    async def scenario() -> None:
-        clock, project, history, base = setup()
-        clock.now = START + 10
-        copy = project.add("copy", stamp=clock.now)
-        history.begin("copy", "base")
-        clock.now = START + 11
-        history.copied("copy")
-        await settle()
-        clock.now = START + 20  # the source is written after the copy
-        history.observe({"ep-base": 1})
-        clock.now = START + 21
-        history.observe({})
-        await settle()
-        assert history.locate(base, at(START + 5)).source is copy
-        lsn = history.marks["copy"].copy_lsn
-        assert lsn is not None and history.locate(base, PointInTime(lsn=lsn)).source is copy
-        refused(history, base, at(START + 15), "no kept state")  # after the copy, before the write
-        # once the copy is used, it no longer holds the source's past
-        clock.now = START + 30
-        history.observe({"ep-copy": 1})
-        refused(history, base, at(START + 5), "no kept state")
-
-    asyncio.run(scenario())
+async def test_an_unchanged_copy_keeps_its_source_as_it_was() -> None:
+    clock, project, history, base = setup()
+    clock.now = START + 10
+    copy = project.add("copy", stamp=clock.now)
+    history.begin("copy", "base")
+    clock.now = START + 11
+    history.copied("copy")
+    await settle()
+    await connected(clock, history, "ep-base", 20, 21)  # the source is written after the copy
+    assert history.locate(base, at(START + 5)).source is copy
+    lsn = history.marks["copy"].copy_lsn
+    assert lsn is not None and history.locate(base, PointInTime(lsn=lsn)).source is copy
+    refused(history, base, at(START + 15), "no kept state")  # after the copy, before the write
+    # once the copy is used, it no longer holds the source's past
+    clock.now = START + 30
+    history.observe({"ep-copy": 1})
+    refused(history, base, at(START + 5), "no kept state")
 
 
-def test_a_copy_does_not_cover_a_change_of_its_source_before_it_was_made() -> None:
-    async def scenario() -> None:
-        clock, project, history, base = setup()
-        clock.now = START + 5
-        history.observe({"ep-base": 1})
-        clock.now = START + 6
-        history.observe({})
-        clock.now = START + 10
-        project.add("copy", stamp=clock.now)
-        history.begin("copy", "base")
-        history.copied("copy")
-        await settle()
-        clock.now = START + 20
-        history.observe({"ep-base": 1})
-        refused(history, base, at(START + 3), "no kept state")
-        assert history.locate(base, at(START + 7)).source.id == "copy"
-
-    asyncio.run(scenario())
+async def test_a_copy_does_not_cover_a_change_of_its_source_before_it_was_made() -> None:
+    clock, project, history, base = setup()
+    await connected(clock, history, "ep-base", 5, 6)
+    clock.now = START + 10
+    project.add("copy", stamp=clock.now)
+    history.begin("copy", "base")
+    history.copied("copy")
+    await settle()
+    clock.now = START + 20
+    history.observe({"ep-base": 1})
+    refused(history, base, at(START + 3), "no kept state")
+    assert history.locate(base, at(START + 7)).source.id == "copy"
 
 
-def test_catalog_changes_count_as_changes() -> None:
-    async def scenario() -> None:
-        clock, project, history, base = setup()
-        clock.now = START + 40
-        base.databases["db"].updated_at = iso(datetime.fromtimestamp(START + 30, UTC))
-        refused(history, base, at(START + 20), "no kept state")
-        assert history.locate(base, at(START + 35)).source is base
-
-    asyncio.run(scenario())
+async def test_catalog_changes_count_as_changes() -> None:
+    clock, project, history, base = setup()
+    clock.now = START + 40
+    base.databases["db"].updated_at = iso(datetime.fromtimestamp(START + 30, UTC))
+    refused(history, base, at(START + 20), "no kept state")
+    assert history.locate(base, at(START + 35)).source is base
 
 
-def test_moments_outside_the_window_or_in_the_future_are_refused() -> None:
-    async def scenario() -> None:
-        clock, project, history, base = setup()
-        clock.now = START + HISTORY_RETENTION_SECONDS + 100
-        refused(history, base, at(START + 50), "retention")
-        refused(history, base, at(clock.now + 60), "future")
-        refused(history, base, PointInTime(lsn="FFFF/0"), "no kept state")
-        with pytest.raises(ApiError, match="future"):
-            history.locate(base, PointInTime(lsn="FFFF/0"), current_lsn=0x2000)
-
-    asyncio.run(scenario())
+async def test_moments_outside_the_window_or_in_the_future_are_refused() -> None:
+    clock, project, history, base = setup()
+    clock.now = START + HISTORY_RETENTION_SECONDS + 100
+    refused(history, base, at(START + 50), "retention")
+    refused(history, base, at(clock.now + 60), "future")
+    refused(history, base, PointInTime(lsn="FFFF/0"), "no kept state")
+    with pytest.raises(ApiError, match="future"):
+        history.locate(base, PointInTime(lsn="FFFF/0"), current_lsn=0x2000)
