@@ -15,15 +15,16 @@ stamps). So it can still produce a branch's state at a moment T when
   the template a session branch came from): that copy's current state.
 
 Any other moment is refused with one line saying which moments the server still has.
-LSNs are PostgreSQL's own (`pg_current_wal_lsn()`, read just after each change above):
+LSNs are PostgreSQL's own (`pg_current_wal_insert_lsn()`, read after each change above):
 an LSN at or after the one read after a branch's last change names its current state,
 and a copy's `parent_lsn` names the state it was copied as. Moments before the server
 started and older than HISTORY_RETENTION_SECONDS (the project's advertised
 `history_retention_seconds`) are outside the history.
 
-Cost: a dict walk over the endpoints on each client connect and leave, and one
-`pg_current_wal_lsn()` query in a background task after a branch goes quiet or is
-copied; nothing on a request's path unless the request names an LSN.
+Cost: a walk over the endpoints with clients on each client connect and leave, and one
+`pg_current_wal_insert_lsn()` query in a background task once a branch has been quiet
+for SETTLE_DELAY or after a copy; nothing on a request's path unless the request names
+an LSN (`benchmarks/history_cost.py` measures a client's connection with and without).
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ HISTORY_RETENTION_SECONDS = 86400
 MAX_INTERVALS = 256
 # A client's "now" may be sent a moment after the server's clock passed it.
 CLOCK_SLACK = 1.0
+# The LSN after a branch's last client left is read once it has been quiet this long: a
+# read per leave cost a client ~1.3 ms a connection (benchmarks/history_cost.py) when
+# tests connect back to back; reading later only makes the LSN more conservative.
+SETTLE_DELAY = 0.2
 LSN_PATTERN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 
 
@@ -112,6 +117,8 @@ class History:
         self.marks: dict[str, Mark] = {}
         # Branches with a client connected, as last observed.
         self._busy: set[str] = set()
+        # The pending LSN reads of branches whose last client left (SETTLE_DELAY).
+        self._pending: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ recording
@@ -148,6 +155,9 @@ class History:
     def forget(self, branch_id: str) -> None:
         self.marks.pop(branch_id, None)
         self._busy.discard(branch_id)
+        pending = self._pending.pop(branch_id, None)
+        if pending is not None:
+            pending.cancel()
 
     def observe(self, connections: dict[str, int]) -> None:
         """A client connected or left (`connections`: the endpoints that have open
@@ -160,6 +170,9 @@ class History:
             if ep is not None and count:
                 connected.add(ep.branch_id)
         for branch_id in connected - self._busy:
+            pending = self._pending.pop(branch_id, None)
+            if pending is not None:
+                pending.cancel()
             mark = self.mark(branch_id)
             mark.busy.append([moment, math.inf])
             mark.settled_lsn, mark.settled_at = None, math.inf
@@ -170,8 +183,14 @@ class History:
             mark = self.mark(branch_id)
             if mark.busy and mark.busy[-1][1] == math.inf:
                 mark.busy[-1][1] = moment
-                self._settle(branch_id, mark)
+                self._pending[branch_id] = asyncio.get_running_loop().call_later(
+                    SETTLE_DELAY, self._settle_later, branch_id, mark
+                )
         self._busy = connected
+
+    def _settle_later(self, branch_id: str, mark: Mark) -> None:
+        self._pending.pop(branch_id, None)
+        self._settle(branch_id, mark)
 
     def _prune(self, mark: Mark, moment: float) -> None:
         horizon = moment - HISTORY_RETENTION_SECONDS
@@ -310,6 +329,9 @@ class History:
         )
 
     async def stop(self) -> None:
+        for pending in self._pending.values():
+            pending.cancel()
+        self._pending.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
