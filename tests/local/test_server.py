@@ -17,17 +17,10 @@ from pathlib import Path
 import pytest
 
 from harness.errors import LocalServerError
-from harness.local.discovery import probe
+from harness.local.discovery import LocalServerInfo, discovery_path, log_path, probe, running_server
+from harness.local.launch import ensure_local_server, stop_local_server
 from harness.local.postgres import memory_cluster_dirs
-from harness.local.server import (
-    LocalServerInfo,
-    bind_socket,
-    discovery_path,
-    ensure_local_server,
-    log_path,
-    running_server,
-    stop_local_server,
-)
+from harness.local.server import bind_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,7 +66,7 @@ def home(tmp_path: Path) -> Iterator[Path]:
 def test_daemon_is_shared_and_stops(home: Path) -> None:
     # Two processes starting at once get one server.
     code = (
-        "import sys; from pathlib import Path; from harness.local.server import "
+        "import sys; from pathlib import Path; from harness.local.launch import "
         "ensure_local_server as e; print(e(Path(sys.argv[1])).pid)"
     )
     starters = [
