@@ -66,43 +66,9 @@ def parse_services(raw: Any, root: Path, source: str) -> tuple[ServiceConfig, ..
         read_only = parse_bool(entry.get("read_only", False), f"{where}.read_only", source)
         schema = entry.get("schema")
         if schema is not None:
-            if not isinstance(schema, str) or not _IDENT.match(schema):
-                raise ConfigError(
-                    f"schema {schema!r} is not a plain SQL identifier",
-                    key=f"{where}.schema",
-                    source=source,
-                )
-            if schema in seen_schemas:
-                raise ConfigError(
-                    f"schema {schema!r} is already owned by {seen_schemas[schema]}",
-                    key=f"{where}.schema",
-                    source=source,
-                    hint="each service owns its own schema",
-                )
+            _check_schema(schema, f"{where}.schema", source, seen_schemas)
             seen_schemas[schema] = name
-        alembic_ini: Path | None = None
-        if entry.get("alembic_ini") is not None:
-            if read_only:
-                raise ConfigError(
-                    "a read_only service has no migrations",
-                    key=f"{where}.alembic_ini",
-                    source=source,
-                    hint="remove alembic_ini or read_only",
-                )
-            alembic_ini = (root / str(entry["alembic_ini"])).resolve()
-            if not alembic_ini.is_file():
-                raise ConfigError(
-                    f"{entry['alembic_ini']!r} does not exist (looked at {alembic_ini})",
-                    key=f"{where}.alembic_ini",
-                    source=source,
-                    hint="paths are relative to the pyproject.toml that configures them",
-                )
-            if schema is None:
-                raise ConfigError(
-                    "a service with migrations needs a schema",
-                    key=f"{where}.schema",
-                    source=source,
-                )
+        alembic_ini = _alembic_ini(entry, where, root, source, read_only=read_only, schema=schema)
         pool_size = parse_int(entry.get("pool_size", 2), f"{where}.pool_size", source, minimum=1)
         max_overflow = parse_int(
             entry.get("max_overflow", 1), f"{where}.max_overflow", source, minimum=0
@@ -118,6 +84,47 @@ def parse_services(raw: Any, root: Path, source: str) -> tuple[ServiceConfig, ..
             )
         )
     return tuple(services)
+
+
+def _check_schema(schema: Any, key: str, source: str, owners: dict[str, str]) -> None:
+    """A plain SQL identifier no other service already claimed (`owners`: schema -> service)."""
+    if not isinstance(schema, str) or not _IDENT.match(schema):
+        raise ConfigError(f"schema {schema!r} is not a plain SQL identifier", key=key, source=source)
+    if schema in owners:
+        raise ConfigError(
+            f"schema {schema!r} is already owned by {owners[schema]}",
+            key=key,
+            source=source,
+            hint="each service owns its own schema",
+        )
+
+
+def _alembic_ini(
+    entry: dict[str, Any], where: str, root: Path, source: str, *, read_only: bool, schema: Any
+) -> Path | None:
+    """The service's alembic.ini resolved against `root`; None for a service without one."""
+    if entry.get("alembic_ini") is None:
+        return None
+    if read_only:
+        raise ConfigError(
+            "a read_only service has no migrations",
+            key=f"{where}.alembic_ini",
+            source=source,
+            hint="remove alembic_ini or read_only",
+        )
+    alembic_ini = (root / str(entry["alembic_ini"])).resolve()
+    if not alembic_ini.is_file():
+        raise ConfigError(
+            f"{entry['alembic_ini']!r} does not exist (looked at {alembic_ini})",
+            key=f"{where}.alembic_ini",
+            source=source,
+            hint="paths are relative to the pyproject.toml that configures them",
+        )
+    if schema is None:
+        raise ConfigError(
+            "a service with migrations needs a schema", key=f"{where}.schema", source=source
+        )
+    return alembic_ini
 
 
 def parse_sources(raw: Any, root: Path, source: str) -> tuple[Path, ...]:
