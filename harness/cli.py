@@ -148,14 +148,14 @@ def _migrate(ctx: Context, direct_url: str) -> list[dict[str, Any]]:
 
 
 def cmd_up(ctx: Context) -> int:
-    from harness import branches
+    from harness import branch_names, branches
     from harness.devbranch import dev_branch
     from harness.urls import normalize_asyncpg_url
 
     settings = ctx.settings
     ttl = parse_ttl(ctx.args.ttl, key="--ttl", source="command line") if ctx.args.ttl else DEV_TTL
-    name = branches.dev_name_for(
-        ctx.args.name or branches.dev_branch_name(git_branch=_git_branch(ctx.project_dir))
+    name = branch_names.dev_name_for(
+        ctx.args.name or branch_names.dev_branch_name(git_branch=_git_branch(ctx.project_dir))
     )
     if ctx.env_file.exists() and not written_by_us(ctx.env_file) and not ctx.args.force:
         write_env_file(ctx.env_file, {}, force=False)  # raises the one-line refusal
