@@ -70,9 +70,8 @@ class Context:
 
 def _with_client(ctx: Context, work: Callable[[Any, str], Any]) -> Any:
     """Run `work(client, project_id)` on the backend with a fresh client."""
-    import asyncio
-
     from harness.backend import connect_backend, open_client
+    from harness.sync import run_sync
 
     with ctx.progress.step("connect to backend"):
         backend = connect_backend(ctx.settings)
@@ -85,7 +84,7 @@ def _with_client(ctx: Context, work: Callable[[Any, str], Any]) -> Any:
     from harness.errors import NeonAPIError
 
     try:
-        return asyncio.run(_main())
+        return run_sync(_main())
     except NeonAPIError as exc:
         refused = refused_key(exc, ctx.settings)
         if refused is not None:

@@ -246,3 +246,16 @@ def test_emulator_prints_shell_lines_and_serves_a_plain_client(tmp_path: Path) -
 
     for directory in memory_cluster_dirs(tmp_path / "emu"):
         __import__("shutil").rmtree(directory, ignore_errors=True)
+
+
+def test_a_command_runs_from_inside_a_running_event_loop(project: Path) -> None:
+    """An async test may drive the CLI in process: its commands must not need the
+    calling thread to be free of an event loop (asyncio.run is refused there)."""
+    import asyncio
+
+    async def from_a_loop() -> tuple[int, str, str]:
+        return cli("list", "--json", cwd=project)
+
+    code, out, err = asyncio.run(from_a_loop())
+    assert code == 0, err
+    assert "branches" in json.loads(out)
