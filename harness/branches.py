@@ -330,13 +330,9 @@ async def handle_for(
         raise NeonAPIError(f"branch {branch_id} has no endpoint", status=0)
     _check_endpoint_branch(endpoint, branch_id)
     await client.wait_for_endpoint(project_id, endpoint.id)
-    direct = await client.connection_uri(
+    direct, pooled = await client.connection_uris(
         project_id, branch_id=branch_id, endpoint_id=endpoint.id, database_name=database,
-        role_name=role, pooled=False,
-    )
-    pooled = await client.connection_uri(
-        project_id, branch_id=branch_id, endpoint_id=endpoint.id, database_name=database,
-        role_name=role, pooled=True,
+        role_name=role,
     )
     if name is None or parent_id is None:
         branch = await client.get_branch(project_id, branch_id)

@@ -215,20 +215,9 @@ class CreateMixin(BranchesMixin, EndpointsMixin, RolesMixin):
         primary = next((e for e in endpoints if e.type == "read_write"), None)
         if primary is not None:
             for db in databases:
-                direct = await self.connection_uri(
-                    project_id,
-                    branch_id=branch.id,
-                    database_name=db.name,
-                    role_name=db.owner_name,
-                    endpoint_id=primary.id,
-                )
-                pooled = await self.connection_uri(
-                    project_id,
-                    branch_id=branch.id,
-                    database_name=db.name,
-                    role_name=db.owner_name,
-                    endpoint_id=primary.id,
-                    pooled=True,
+                direct, pooled = await self.connection_uris(
+                    project_id, branch_id=branch.id, database_name=db.name,
+                    role_name=db.owner_name, endpoint_id=primary.id,
                 )
                 connections.append(_connection_info(direct, pooled, db))
         created = BranchCreated(

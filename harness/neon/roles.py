@@ -62,3 +62,18 @@ class RolesMixin(ClientBase):
                 path=f"/projects/{project_id}/connection_uri",
             )
         return secret_uri(str(uri))
+
+    async def connection_uris(
+        self, project_id: str, *, branch_id: str, database_name: str, role_name: str,
+        endpoint_id: str | None = None,
+    ) -> tuple[Secret, Secret]:
+        """The direct and the pooled connection URI, in that order."""
+        direct = await self.connection_uri(
+            project_id, branch_id=branch_id, database_name=database_name, role_name=role_name,
+            endpoint_id=endpoint_id,
+        )
+        pooled = await self.connection_uri(
+            project_id, branch_id=branch_id, database_name=database_name, role_name=role_name,
+            endpoint_id=endpoint_id, pooled=True,
+        )
+        return direct, pooled
