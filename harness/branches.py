@@ -13,10 +13,10 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from harness.branch_names import NAME_PREFIX, given_name_candidates
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from harness.settings import Settings
 
 log = get_logger("branches")
+T = TypeVar("T")
 
 MARK = "cathouse-harness"
 MARK_RUN = "cathouse-harness.run"
@@ -122,27 +123,33 @@ def marks(kind: Kind, run_id: str, *, fingerprint: str | None = None) -> dict[st
     return annotation
 
 
+_NOT_CREATED = "the harness did not create it"
+
+
+def _why_not_ours(branch: Branch) -> str | None:
+    """Why the harness may not change `branch`; None when it may (the one ownership rule)."""
+    if branch.default:
+        return "it is the project's default branch"
+    if branch.protected:
+        return "it is protected"
+    if branch.annotation.get(MARK) != "1" or not branch.name.startswith(NAME_PREFIX):
+        return _NOT_CREATED
+    return None
+
+
 def is_harness_branch(branch: Branch) -> bool:
-    return (
-        branch.annotation.get(MARK) == "1"
-        and branch.name.startswith(NAME_PREFIX)
-        and not branch.default
-        and not branch.protected
-    )
+    return _why_not_ours(branch) is None
 
 
 def ensure_owned(branch: Branch, action: str) -> None:
     """Raise SafetyError unless the harness may `action` this branch."""
-    if branch.default:
+    reason = _why_not_ours(branch)
+    if reason is not None:
         raise SafetyError(
-            f"refusing to {action} {branch.name} ({branch.id}): it is the project's default branch"
-        )
-    if branch.protected:
-        raise SafetyError(f"refusing to {action} {branch.name} ({branch.id}): it is protected")
-    if branch.annotation.get(MARK) != "1" or not branch.name.startswith(NAME_PREFIX):
-        raise SafetyError(
-            f"refusing to {action} {branch.name} ({branch.id}): the harness did not create it",
-            hint="only branches named harness/... with the cathouse-harness annotation are touched",
+            f"refusing to {action} {branch.name} ({branch.id}): {reason}",
+            hint="only branches named harness/... with the cathouse-harness annotation are touched"
+            if reason == _NOT_CREATED
+            else None,
         )
 
 
@@ -247,30 +254,25 @@ async def create_owned_branch(
     schema_only: bool = False,
 ) -> BranchHandle:
     """Create a marked branch with a read-write endpoint and hand out its URLs."""
-    from harness.neon.client import NeonOperationError
-
     started = time.perf_counter()
-    for attempt in range(1, CREATE_ATTEMPTS + 1):
-        try:
-            created = await client.create_branch(
-                project_id,
-                name=name,
-                parent_id=parent_id,
-                expires_at=expiry(ttl),
-                annotation=marks(kind, run_id, fingerprint=fingerprint),
-                init_source="schema-only" if schema_only else None,
-                wait=True,
-            )
-            break
-        except NeonOperationError as exc:
-            # The API accepted the create but its operation failed (a platform hiccup):
-            # remove whatever is left of the branch and ask again, a bounded number of times.
-            if exc.timed_out or attempt == CREATE_ATTEMPTS:
-                raise
-            log.warning("creating %s failed (%s); trying again", name, exc.message)
-            leftover = await find_own_branch(client, project_id, name, run_id=run_id)
-            if leftover is not None:
-                await delete_owned_branch(client, project_id, leftover.id)
+
+    async def create() -> BranchCreated:
+        return await client.create_branch(
+            project_id,
+            name=name,
+            parent_id=parent_id,
+            expires_at=expiry(ttl),
+            annotation=marks(kind, run_id, fingerprint=fingerprint),
+            init_source="schema-only" if schema_only else None,
+            wait=True,
+        )
+
+    async def remove_leftover() -> None:
+        leftover = await find_own_branch(client, project_id, name, run_id=run_id)
+        if leftover is not None:
+            await delete_owned_branch(client, project_id, leftover.id)
+
+    created = await _until_its_operation_holds(f"creating {name}", create, remove_leftover)
     branch = created.branch
     # The create answer (re-read once its operations finished) already names the
     # endpoint and its URIs; ask the API again only when it does not.
@@ -394,19 +396,33 @@ async def delete_owned_branch(client: NeonClient, project_id: str, branch_id: st
             return False
         raise
     ensure_owned(branch, "delete")
+
+    async def delete() -> bool:
+        return await client.delete_branch(project_id, branch_id, wait=True, missing_ok=True)
+
+    deleted = await _until_its_operation_holds(f"deleting {branch.name}", delete)
+    log.info("deleted branch %s (%s)", branch.name, branch.id)
+    return bool(deleted)
+
+
+async def _until_its_operation_holds(
+    what: str, act: Callable[[], Awaitable[T]], before_again: Callable[[], Awaitable[None]] | None = None
+) -> T:
+    """`act()`, asked again when the API accepted it but its operation failed (a platform
+    hiccup), at most CREATE_ATTEMPTS times in all; `before_again` clears what a failed
+    one left. An operation that timed out is not asked again: it may still finish."""
     from harness.neon.client import NeonOperationError
 
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         try:
-            deleted = await client.delete_branch(project_id, branch_id, wait=True, missing_ok=True)
-            break
+            return await act()
         except NeonOperationError as exc:
-            # the delete was accepted but its operation failed: the branch is still there
             if exc.timed_out or attempt == CREATE_ATTEMPTS:
                 raise
-            log.warning("deleting %s failed (%s); trying again", branch.name, exc.message)
-    log.info("deleted branch %s (%s)", branch.name, branch.id)
-    return bool(deleted)
+            log.warning("%s failed (%s); trying again", what, exc.message)
+            if before_again is not None:
+                await before_again()
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 async def restore_owned_branch(
