@@ -53,18 +53,19 @@ from harness.local.launch import (  # noqa: F401  (re-exported: callers import t
     ensure_local_server,
     stop_local_server,
 )
-from harness.local.state import load_or_create_api_key, write_private
+from harness.local.state import load_or_create_api_key
 from harness.log import get_logger
 from harness.polling import Backoff, wait_until_async
 from harness.redact import Secret
+from harness.safe_paths import write_private
 
 if TYPE_CHECKING:
     import uvicorn
 
     from harness.local.control import LocalNeon
 
-# uvicorn, the ASGI app and the control plane are imported only where the server runs:
-# a test process that merely finds a running server (ensure_local_server) saves ~0.1 s.
+# uvicorn, the ASGI app and the control plane are imported only where the server runs;
+# a process that only needs a server running uses launch.py and never imports them.
 
 log = get_logger("local.server")
 
