@@ -57,6 +57,7 @@ def _migrate(ctx: Context, direct_url: str) -> list[dict[str, Any]]:
 def cmd_up(ctx: Context) -> int:
     from harness import branch_names
 
+    ctx.settings  # noqa: B018  (first: a bad configuration or .env is the error to report)
     ttl = parse_ttl(ctx.args.ttl, key="--ttl", source="command line") if ctx.args.ttl else DEV_TTL
     name = branch_names.dev_name_for(
         ctx.args.name or branch_names.dev_branch_name(git_branch=git_branch(ctx.project_dir))
