@@ -32,7 +32,7 @@ from harness.branches import (
 )
 from harness.errors import ConfigError, HarnessError
 from harness.log import get_logger
-from harness.runs import kept_ids, kept_marker, marker_dir, prune, run_dir
+from harness.runs import kept_ids, kept_marker, marker_dir, owned_files, prune, run_dir
 from harness.settings import Settings
 from harness.sync import LoopThread
 from harness.watchdog import WatchdogHandle, start_watchdog
@@ -429,8 +429,12 @@ class BranchSession:
         return [handle for handle in handles if handle.id not in kept]
 
     def _delete(self, handles: list[BranchHandle]) -> list[tuple[BranchHandle, BaseException]]:
-        """Delete `handles` concurrently; those that failed, each with its error (their
-        markers stay, so the watchdog tries once more)."""
+        """Ask for the deletion of `handles` (branches this session created) concurrently,
+        without waiting for their operations: on Neon that is a second or more that no
+        test and no user waits for. The watchdog confirms each delete once this process is
+        gone (`WatchdogHandle.deleting`) and asks again if one failed; the branch's TTL is
+        the last net. Returns those whose request failed, each with its error (their
+        markers stay, so the watchdog deletes them)."""
         if not handles:
             return []
         assert self.backend is not None
@@ -438,7 +442,7 @@ class BranchSession:
 
         async def delete_all() -> list[bool | BaseException]:
             return await asyncio.gather(
-                *(delete_owned_branch(self.client, project_id, h.id) for h in handles),
+                *(self.client.delete_branch(project_id, h.id, wait=False) for h in handles),
                 return_exceptions=True,
             )
 
@@ -447,7 +451,7 @@ class BranchSession:
             if isinstance(outcome, BaseException):
                 failed.append((handle, outcome))
             elif self._watchdog is not None:
-                self._watchdog.forget(handle.id)
+                self._watchdog.deleting(handle.id)
         return failed
 
     def _collect_stats(self) -> None:
@@ -473,13 +477,10 @@ def _stop_watchdog(watchdog: WatchdogHandle) -> None:
     """Release the watchdog; wait for it only when it still has branches to delete.
 
     With nothing recorded it just exits, which takes it a few hundred ms (it imports the
-    client first), so teardown closes the pipe and lets a thread reap it.
+    client first), and with deletes to confirm (`deleting-` markers) it outlives us to do
+    that: either way teardown closes the pipe and lets a thread reap it.
     """
-    try:
-        idle = not any(watchdog.marker_dir.iterdir())
-    except OSError:
-        idle = True
-    if not idle:
+    if owned_files(watchdog.marker_dir):
         watchdog.stop()
         prune(watchdog.marker_dir)
         return

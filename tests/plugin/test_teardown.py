@@ -1,0 +1,58 @@
+"""A session's end asks for its branch's deletion and does not wait for the operation
+(on Neon about a second); the watchdog follows the delete once the session is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.backend import connect_backend, open_client
+from harness.local.postgres import memory_cluster_dirs
+from harness.local.server import stop_local_server
+from harness.session import BranchSession
+from harness.settings import load_settings
+from tests.plugin._support import branches_of_run, copy_example
+
+
+@pytest.fixture
+def slow_deletes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A home and server of their own whose branch deletes stay running for 5 s."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(home))
+    monkeypatch.setenv("CATHOUSE_LOCAL_LATENCY", "delete_timeline=5")
+    yield home
+    with contextlib.suppress(Exception):
+        stop_local_server(home)
+    for path in memory_cluster_dirs(home):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_teardown_leaves_the_delete_running_and_the_watchdog_confirms_it(
+    tmp_path: Path, slow_deletes: Path
+) -> None:
+    project = copy_example(tmp_path / "project")
+    settings = load_settings(project)
+    session = BranchSession(settings, run_id="td1")
+    handle = session.start()
+    session.finish()
+    assert session.report.delete_failed == []
+
+    async def delete_operations() -> list[str]:
+        backend = connect_backend(settings)
+        async with open_client(backend) as client:
+            return [
+                op.status for op in await client.list_operations(backend.project_id)
+                if op.branch_id == handle.id and op.action == "delete_timeline"
+            ]
+
+    # finish() returned while the delete's operation still runs: it did not wait for it
+    statuses = asyncio.run(delete_operations())
+    assert statuses and all(status in ("scheduling", "running") for status in statuses), statuses
+    # the watchdog outlived the session and saw the delete through
+    assert branches_of_run(project, "td1") == []
+    assert asyncio.run(delete_operations()) == ["finished"]
