@@ -32,7 +32,7 @@ from harness.branches import (
 )
 from harness.errors import ConfigError, HarnessError
 from harness.log import get_logger
-from harness.runs import kept_ids, kept_marker, marker_dir, owned_files, prune, run_dir
+from harness.runs import kept_ids, kept_marker, marker_dir, run_dir
 from harness.settings import Settings
 from harness.sync import LoopThread
 from harness.watchdog import WatchdogHandle, start_watchdog
@@ -155,8 +155,9 @@ class BranchSession:
         self._connect()
         assert self.backend is not None
         started = time.perf_counter()
+        with_template = bool(settings.migrating_services and settings.template_reuse)
         try:
-            parent = self._run(resolve_parent(self.client, self.backend.project_id, settings))
+            parent, listed = self._run(self._parent_and_listing(with_template))
         except ConfigError:
             raise  # names the setting and its source already
         except HarnessError as exc:
@@ -167,10 +168,26 @@ class BranchSession:
 
         self._start_watchdog()
         fork_from = parent.id
-        if settings.migrating_services and settings.template_reuse:
-            fork_from = self._template(parent)
+        if with_template:
+            fork_from = self._template(parent, listed)
         self._schema_only = settings.schema_only and fork_from == parent.id
         self._fork_from = fork_from
+
+    async def _parent_and_listing(self, with_template: bool):  # type: ignore[no-untyped-def]
+        """The parent and, when a template is to be found, the project's harness branches:
+        independent reads, sent together (on Neon one round trip instead of two). The
+        parent's error comes first: it names the setting to fix."""
+        assert self.backend is not None
+        parent = resolve_parent(self.client, self.backend.project_id, self.settings)
+        if not with_template:
+            return await parent, None
+        found, listed = await asyncio.gather(
+            parent, harness_branches(self.client, self.backend.project_id), return_exceptions=True
+        )
+        for outcome in (found, listed):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return found, listed
 
     def _connect(self) -> None:
         """The backend and its client, once (a prepared worker only when it needs the API)."""
@@ -241,7 +258,7 @@ class BranchSession:
         client = open_client(self.backend)
         return await client.__aenter__()
 
-    def _template(self, parent) -> str:  # type: ignore[no-untyped-def]
+    def _template(self, parent, listed) -> str:  # type: ignore[no-untyped-def]
         # harness.fingerprint, not harness.migrations: a reused template needs no Alembic
         # or SQLAlchemy (~0.9 s of imports).
         from harness.fingerprint import migration_fingerprint
@@ -256,7 +273,7 @@ class BranchSession:
                     fingerprint=fingerprint, run_id=self.run_id,
                     database=self.settings.database, role=self.settings.role,
                     migrate=self._migrate, schema_only=self.settings.schema_only,
-                    tracker=self._watchdog,
+                    tracker=self._watchdog, listed=listed, prepare=_import_migrations,
                 )
             )
         except HarnessError as exc:
@@ -390,7 +407,7 @@ class BranchSession:
         finally:
             self._collect_stats()
             if self._watchdog is not None:
-                _stop_watchdog(self._watchdog)
+                self._watchdog.release()
             if self._client is not None and self._loop is not None:
                 try:
                     self._run(self.client.aclose())
@@ -461,6 +478,12 @@ class BranchSession:
             self.report.api_retries = int(getattr(stats, "retries", 0))
 
 
+def _import_migrations() -> None:
+    # Alembic and SQLAlchemy, about 0.5 s of imports: a build does them while its branch
+    # is being created instead of after
+    import harness.migrations  # noqa: F401
+
+
 def _teardown_error(failed: list[tuple[BranchHandle, BaseException]]) -> SessionStepError:
     """One line naming every branch left and the command that removes it."""
     handle, exc = failed[0]
@@ -471,28 +494,3 @@ def _teardown_error(failed: list[tuple[BranchHandle, BaseException]]) -> Session
         left = ", ".join(f"{h.name} ({h.id})" for h, _ in failed)
         cleanup = f"branches {left} are left; remove each with: cathouse-branch down '<name>'"
     return SessionStepError("teardown", exc, cleanup=cleanup)
-
-
-def _stop_watchdog(watchdog: WatchdogHandle) -> None:
-    """Release the watchdog; wait for it only when it still has branches to delete.
-
-    With nothing recorded it just exits, which takes it a few hundred ms (it imports the
-    client first), and with deletes to confirm (`deleting-` markers) it outlives us to do
-    that: either way teardown closes the pipe and lets a thread reap it.
-    """
-    if owned_files(watchdog.marker_dir):
-        watchdog.stop()
-        prune(watchdog.marker_dir)
-        return
-    import threading
-
-    stdin = watchdog.process.stdin
-    if stdin is not None and not stdin.closed:
-        try:
-            stdin.close()
-        except OSError:
-            pass
-    threading.Thread(target=watchdog.process.wait, name="cathouse-watchdog-reaper", daemon=True).start()
-    # The empty marker directory, and the run's directories once no other worker (or kept
-    # branch) uses them: a run that ended cleanly leaves nothing under the home.
-    prune(watchdog.marker_dir)

@@ -28,6 +28,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -79,13 +80,31 @@ class WatchdogHandle:
         """Whether deletes wait for this watchdog's confirmation (`deleting`)."""
         return bool(_deleting(self.marker_dir))
 
-    def stop(self) -> None:
-        """Close the pipe: the watchdog deletes what is still recorded, then exits."""
+    def release(self) -> None:
+        """At the owner's end: wait for the watchdog only when it still has branches to
+        delete. With nothing recorded it just exits, which takes it a few hundred ms (it
+        imports the client first), and with deletes to confirm (`deleting-` markers) it
+        outlives the owner to do that: either way the pipe closes and a thread reaps it."""
+        if owned_files(self.marker_dir):
+            self.stop()
+            prune(self.marker_dir)
+            return
+        self._close_pipe()
+        threading.Thread(target=self.process.wait, name="cathouse-watchdog-reaper", daemon=True).start()
+        # The empty marker directory, and the run's directories once no other worker (or
+        # kept branch) uses them: a run that ended cleanly leaves nothing under the home.
+        prune(self.marker_dir)
+
+    def _close_pipe(self) -> None:
         if self.process.stdin and not self.process.stdin.closed:
             try:
                 self.process.stdin.close()
             except OSError:
                 pass
+
+    def stop(self) -> None:
+        """Close the pipe: the watchdog deletes what is still recorded, then exits."""
+        self._close_pipe()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
