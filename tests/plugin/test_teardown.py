@@ -16,11 +16,12 @@ import httpx
 import pytest
 
 from harness.backend import connect_backend, open_client
+from harness.branches import BranchHandle
 from harness.local.discovery import live_server
 from harness.local.postgres import memory_cluster_dirs
 from harness.local.server import stop_local_server
 from harness.session import BranchSession
-from harness.settings import load_settings
+from harness.settings import Settings, load_settings
 from tests.plugin._support import branches_of_run, copy_example
 
 
@@ -39,15 +40,20 @@ def slow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignor
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _one_session(settings: Settings, run_id: str) -> tuple[BranchSession, BranchHandle]:
+    session = BranchSession(settings, run_id=run_id)
+    handle = session.start()
+    session.finish()
+    assert session.report.delete_failed == []
+    return session, handle
+
+
 def test_teardown_leaves_the_delete_running_and_the_watchdog_confirms_it(
     tmp_path: Path, slow_server: Path
 ) -> None:
     project = copy_example(tmp_path / "project")
     settings = load_settings(project)
-    session = BranchSession(settings, run_id="td1")
-    handle = session.start()
-    session.finish()
-    assert session.report.delete_failed == []
+    _, handle = _one_session(settings, "td1")
 
     async def delete_operations() -> list[str]:
         backend = connect_backend(settings)
@@ -68,15 +74,10 @@ def test_teardown_leaves_the_delete_running_and_the_watchdog_confirms_it(
 def test_a_warm_start_asks_for_the_parent_and_the_template_in_one_round_trip(
     tmp_path: Path, slow_server: Path
 ) -> None:
-    project = copy_example(tmp_path / "project")
-    settings = load_settings(project)
-    first = BranchSession(settings, run_id="td2")
-    first.start()  # builds the template
-    first.finish()
+    settings = load_settings(copy_example(tmp_path / "project"))
+    _one_session(settings, "td2")  # builds the template
     since = time.time()
-    warm = BranchSession(settings, run_id="td3")
-    warm.start()
-    warm.finish()
+    warm, _ = _one_session(settings, "td3")
     assert warm.report.template_reused
 
     info = live_server(slow_server, "memory")
