@@ -184,9 +184,12 @@ class BranchSession:
         found, listed = await asyncio.gather(
             parent, harness_branches(self.client, self.backend.project_id), return_exceptions=True
         )
-        for outcome in (found, listed):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        if isinstance(found, BaseException):
+            raise found
+        if isinstance(listed, HarnessError):
+            return found, None  # the template step lists again, and names its own error
+        if isinstance(listed, BaseException):
+            raise listed
         return found, listed
 
     def _connect(self) -> None:
