@@ -47,6 +47,9 @@ MARK_PID = "cathouse-harness.pid"
 # Who may delete the branch by looking it up: the process (an xdist run: its controller
 # and workers) that created it. Two runs given the same run id have different tokens.
 MARK_OWNER = "cathouse-harness.owner"
+# The branch a schema-only branch was made from: as on Neon, it is a root branch and its
+# `parent_id` is empty, so the link the harness needs (whose template it is) lives here.
+MARK_PARENT = "cathouse-harness.parent"
 # a create or delete whose operation fails (not times out) is asked for again
 CREATE_ATTEMPTS = 3
 
@@ -109,7 +112,9 @@ async def find_own_branch(
     return found if found is not None and owned_here(found, run_id, owner) else None
 
 
-def marks(kind: Kind, run_id: str, *, fingerprint: str | None = None) -> dict[str, str]:
+def marks(
+    kind: Kind, run_id: str, *, fingerprint: str | None = None, parent: str | None = None
+) -> dict[str, str]:
     annotation = {
         MARK: "1",
         MARK_RUN: run_id,
@@ -120,7 +125,15 @@ def marks(kind: Kind, run_id: str, *, fingerprint: str | None = None) -> dict[st
     }
     if fingerprint:
         annotation[MARK_FINGERPRINT] = fingerprint
+    if parent:
+        annotation[MARK_PARENT] = parent
     return annotation
+
+
+def made_from(branch: Branch) -> str | None:
+    """The id of the branch `branch` was made from: its parent, or for a schema-only
+    branch (a root, without one) the parent its harness annotation names."""
+    return branch.parent_id or branch.annotation.get(MARK_PARENT)
 
 
 _NOT_CREATED = "the harness did not create it"
@@ -262,7 +275,9 @@ async def create_owned_branch(
             name=name,
             parent_id=parent_id,
             expires_at=expiry(ttl),
-            annotation=marks(kind, run_id, fingerprint=fingerprint),
+            annotation=marks(
+                kind, run_id, fingerprint=fingerprint, parent=parent_id if schema_only else None
+            ),
             init_source="schema-only" if schema_only else None,
             wait=True,
         )

@@ -33,7 +33,7 @@ from harness.branches import (
 from harness.errors import ConfigError, HarnessError
 from harness.log import get_logger
 from harness.runs import kept_ids, kept_marker, marker_dir, run_dir
-from harness.settings import Settings
+from harness.settings import ENV_NAMES, Settings
 from harness.sync import LoopThread
 from harness.watchdog import WatchdogHandle, start_watchdog
 
@@ -331,6 +331,7 @@ class BranchSession:
     def reset(self) -> None:
         """Restore this session's branch to its parent (the template)."""
         assert self.handle is not None
+        self._refuse_without_parent("reset")
         self._connect()
         assert self.backend is not None
         started = time.perf_counter()
@@ -342,6 +343,7 @@ class BranchSession:
         """A branch of its own for one test, forked from what this session's branch was
         forked from (the migrated template), for code that commits across connections."""
         assert self.handle is not None
+        self._refuse_without_parent("fork a branch per test from")
         self._connect()
         self._start_watchdog()
         assert self.backend is not None and self._watchdog is not None
@@ -365,6 +367,22 @@ class BranchSession:
         self._watchdog.record(project_id, handle.id, handle.name)
         self._timed("per-test fork", started)
         return handle
+
+    def _refuse_without_parent(self, action: str) -> None:
+        """A schema-only session branch (no template) is a root branch, as on Neon: there
+        is no parent to restore it from (Neon restores a root only to its own history,
+        keeping the current state as a new branch), and forking it would copy this
+        session's data. One line naming the settings that avoid it."""
+        assert self.handle is not None
+        if self.handle.parent_id is not None:
+            return
+        raise ConfigError(
+            f"cannot {action} {self.handle.name}: a schema-only branch is a root branch, "
+            "with no parent",
+            key=ENV_NAMES["schema_only"], source=self.settings.source_of("schema_only"),
+            hint="keep template_reuse on: schema-only sessions then fork from a schema-only "
+            "template, which resets and per-test branches use",
+        )
 
     def drop_test_branch(self, handle: BranchHandle) -> None:
         """Delete a branch of `fork_for_test` without waiting for the delete to finish:

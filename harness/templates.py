@@ -23,6 +23,7 @@ from harness.branches import (
     create_owned_branch,
     delete_owned_branch,
     harness_branches,
+    made_from,
     template_branch_name,
 )
 from harness.errors import HarnessError, NeonAPIError
@@ -110,7 +111,8 @@ async def find_or_build_template(
             listed = await harness_branches(client, project_id)
         candidates = [b for b in listed if b.name in (name, building)]
         listed = None  # the next look asks again
-        ready = [b for b in candidates if b.name == name and b.parent_id == parent.id]
+        # a schema-only template is a root branch: its parent is in its annotation
+        ready = [b for b in candidates if b.name == name and made_from(b) == parent.id]
         if ready:
             template = _oldest(ready)
             if template.expires_at is not None:
