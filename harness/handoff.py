@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError, HarnessError, RelayedError
+from harness.polling import Backoff, wait_until
 from harness.redact import Secret, register_url
 from harness.runs import check_run_id, owner_pid, owner_token, run_dir, unchecked_run_dir
 from harness.safe_paths import write_private
@@ -88,15 +89,14 @@ def wait_for_branch(
     met, or a HarnessError when it is gone or never answers."""
     request_branch(directory, worker)
     alive = controller_alive or _controller_alive
-    started = time.monotonic()
-    checked = started
-    # plain strings and os.path: this loop runs every POLL, and Path costs more than the wait
+    checked = time.monotonic()
+    # plain strings and os.path: this check runs every POLL, and Path costs more than the wait
     branch, error = str(directory / f"{BRANCH}{worker}"), str(directory / f"{ERROR}{worker}")
-    while True:
-        if os.path.exists(branch):
-            return _read_branch(Path(branch))
-        if os.path.exists(error):
-            raise _read_error(Path(error))
+
+    def answered() -> bool:
+        nonlocal checked
+        if os.path.exists(branch) or os.path.exists(error):
+            return True
         now = time.monotonic()
         if now - checked > ALIVE_EVERY:
             checked = now
@@ -104,12 +104,16 @@ def wait_for_branch(
                 raise HarnessError(
                     "the xdist controller ended before it handed out this worker's branch"
                 )
-            if now - started > timeout:
-                raise HarnessError(
-                    f"the xdist controller gave no branch within {timeout:.0f} s",
-                    hint="a run without -n shows what the setup is waiting for",
-                )
-        time.sleep(POLL)
+        return False
+
+    if not wait_until(answered, timeout=timeout, backoff=Backoff(POLL)):
+        raise HarnessError(
+            f"the xdist controller gave no branch within {timeout:.0f} s",
+            hint="a run without -n shows what the setup is waiting for",
+        )
+    if os.path.exists(branch):
+        return _read_branch(Path(branch))
+    raise _read_error(Path(error))
 
 
 def _controller_alive() -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +28,7 @@ from harness.branches import (
 )
 from harness.errors import HarnessError, NeonAPIError
 from harness.log import get_logger
+from harness.polling import Backoff, wait_until_async
 
 if TYPE_CHECKING:
     from harness.neon.client import NeonClient
@@ -77,6 +78,10 @@ def _oldest(branches: list[Branch]) -> Branch:
     return min(branches, key=lambda b: (b.created_at or datetime.max.replace(tzinfo=UTC), b.id))
 
 
+# between looks at a build in progress: 0.05 s, then half as long again each time, at most 1 s
+LOOK_AGAIN = Backoff(0.05, most=1.0, growth=1.5)
+
+
 async def find_or_build_template(
     client: NeonClient,
     project_id: str,
@@ -102,124 +107,151 @@ async def find_or_build_template(
     a build waits for its branch (e.g. the migrations' imports).
     """
     name = template_branch_name(fingerprint, parent.name, schema_only=schema_only)
-    building = building_name(name)
-    started = time.perf_counter()
-    deadline = started + wait_timeout
-    pause = 0.05
-    while True:
-        if listed is None:
-            listed = await harness_branches(client, project_id)
-        candidates = [b for b in listed if b.name in (name, building)]
+    builder = _Builder(
+        client, project_id, parent=parent, name=name, fingerprint=fingerprint, run_id=run_id,
+        database=database, role=role, migrate=migrate, schema_only=schema_only,
+        tracker=tracker, prepare=prepare,
+    )
+    found: list[TemplateResult] = []
+
+    async def look() -> bool:
+        nonlocal listed
+        branches = listed if listed is not None else await harness_branches(client, project_id)
         listed = None  # the next look asks again
+        result = await builder.look(branches)
+        if result is not None:
+            found.append(result)
+        return result is not None
+
+    if not await wait_until_async(look, timeout=wait_timeout, backoff=LOOK_AGAIN):
+        raise HarnessError(
+            f"timed out after {wait_timeout:.0f} s waiting for template {name} to be built",
+            hint=f"if no other run is building it, delete branch {builder.building}",
+        )
+    return found[0]
+
+
+@dataclass
+class _Builder:
+    """One session's search for its template, and its build when nobody else builds it.
+
+    `migrate` and `prepare` are blocking calls, run in threads (`asyncio.to_thread`):
+    that is not a second sync-to-async bridge (`harness.sync` is the one) but the other
+    direction, the loop handing blocking work off so that it keeps serving the API calls
+    that overlap it (the look for rival builders, the branch's create).
+    """
+
+    client: NeonClient
+    project_id: str
+    parent: Branch
+    name: str
+    fingerprint: str
+    run_id: str
+    database: str
+    role: str
+    migrate: Callable[[BranchHandle], float]
+    schema_only: bool
+    tracker: Tracker | None
+    prepare: Callable[[], object] | None
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def building(self) -> str:
+        return building_name(self.name)
+
+    async def look(self, listed: list[Branch]) -> TemplateResult | None:
+        """One look at `listed`: the ready template, or the one this session built; None
+        while another run builds it (or won the race to)."""
+        candidates = [b for b in listed if b.name in (self.name, self.building)]
         # a schema-only template is a root branch: its parent is in its annotation
-        ready = [b for b in candidates if b.name == name and made_from(b) == parent.id]
+        ready = [b for b in candidates if b.name == self.name and made_from(b) == self.parent.id]
         if ready:
             template = _oldest(ready)
             if template.expires_at is not None:
-                await _keep(client, project_id, template)
-            return TemplateResult(template.id, template.name, True, time.perf_counter() - started, 0.0)
-
-        builders = [b for b in candidates if b.name == building]
+                await _keep(self.client, self.project_id, template)
+            return TemplateResult(
+                template.id, template.name, True, time.perf_counter() - self.started, 0.0
+            )
+        builders = [b for b in candidates if b.name == self.building]
         now = datetime.now(UTC)
         stale = [b for b in builders if b.created_at and now - b.created_at > STALE_BUILD]
         for branch in stale:
             log.warning("removing abandoned template build %s (%s)", branch.name, branch.id)
-            await delete_owned_branch(client, project_id, branch.id)
-        builders = [b for b in builders if b not in stale]
+            await delete_owned_branch(self.client, self.project_id, branch.id)
+        if any(b not in stale for b in builders):
+            return None
+        return await self.build()
 
-        if not builders:
-            result = await _build(
-                client, project_id, parent=parent, name=name, building=building,
-                fingerprint=fingerprint, run_id=run_id, database=database, role=role,
-                migrate=migrate, schema_only=schema_only, started=started, tracker=tracker,
-                prepare=prepare,
+    async def build(self) -> TemplateResult | None:
+        """Build the template; None when another builder won the race.
+
+        While it is being built the branch is tracked by the watchdog, so a run killed
+        mid-build leaves no half-migrated template behind. What can overlap does:
+        `prepare` with the create (on Neon a second or more), the look for rival builders
+        with the migration.
+        """
+        tracker = self.tracker
+        if tracker:
+            tracker.record_name(self.project_id, self.building)
+        prepared = asyncio.create_task(_quietly(self.prepare)) if self.prepare else None
+        try:
+            handle = await create_owned_branch(
+                self.client, self.project_id, name=self.building, parent_id=self.parent.id,
+                ttl=TEMPLATE_TTL, kind="template", run_id=self.run_id, database=self.database,
+                role=self.role, fingerprint=self.fingerprint, schema_only=self.schema_only,
             )
-            if result is not None:
-                return result
-        if time.perf_counter() > deadline:
-            raise HarnessError(
-                f"timed out after {wait_timeout:.0f} s waiting for template {name} to be built",
-                hint=f"if no other run is building it, delete branch {building}",
-            )
-        await asyncio.sleep(pause)
-        pause = min(pause * 1.5, 1.0)
-
-
-async def _build(
-    client: NeonClient,
-    project_id: str,
-    *,
-    parent: Branch,
-    name: str,
-    building: str,
-    fingerprint: str,
-    run_id: str,
-    database: str,
-    role: str,
-    migrate: Callable[[BranchHandle], float],
-    schema_only: bool,
-    started: float,
-    tracker: Tracker | None,
-    prepare: Callable[[], object] | None = None,
-) -> TemplateResult | None:
-    """Build the template; None when another builder won the race.
-
-    While it is being built the branch is tracked by the watchdog, so a run killed
-    mid-build leaves no half-migrated template behind. What can overlap does: `prepare`
-    with the create (on Neon a second or more), the look for rival builders with the
-    migration.
-    """
-    if tracker:
-        tracker.record_name(project_id, building)
-    prepared = asyncio.create_task(_quietly(prepare)) if prepare else None
-    try:
-        handle = await create_owned_branch(
-            client, project_id, name=building, parent_id=parent.id, ttl=TEMPLATE_TTL,
-            kind="template", run_id=run_id, database=database, role=role,
-            fingerprint=fingerprint, schema_only=schema_only,
+        except NeonAPIError as exc:
+            if exc.status != 409:
+                raise
+            # A backend that refuses duplicate names (the local server) tells us here that
+            # another run started building first: wait for it like any other loser.
+            if tracker:
+                tracker.forget_name(self.building)
+            log.info("another run is building %s; waiting for it", self.name)
+            return None
+        if tracker:
+            tracker.record(self.project_id, handle.id, self.building)
+        if prepared is not None:
+            await prepared
+        migrate_seconds = await self._migrate_unless_beaten(handle)
+        if migrate_seconds is None:
+            return None
+        # Ready: its expiry goes, as Neon refuses children of a branch that expires (and
+        # sessions are its children). `gc` removes templates nobody uses any more.
+        await self.client.update_branch(self.project_id, handle.id, name=self.name, expires_at=None)
+        if tracker:
+            tracker.forget(handle.id)
+        log.info("template %s (%s) is ready", self.name, handle.id)
+        return TemplateResult(
+            handle.id, self.name, False, time.perf_counter() - self.started, migrate_seconds
         )
-    except NeonAPIError as exc:
-        if exc.status != 409:
+
+    async def _migrate_unless_beaten(self, handle: BranchHandle) -> float | None:
+        """Migrate the building branch, asking meanwhile (a round trip off the critical
+        path) whether another builder came first; the seconds migrating, or None when one
+        did (this branch, migrated or not, is then deleted)."""
+        migration = asyncio.create_task(asyncio.to_thread(self.migrate, handle))
+        try:
+            listed = await harness_branches(self.client, self.project_id)
+            rivals = [b for b in listed if b.name == self.building]
+            lost = bool(rivals) and _oldest(rivals).id != handle.id
+            if lost:
+                log.info("another run is building %s; waiting for it", self.name)
+                await asyncio.gather(migration, return_exceptions=True)
+            migrate_seconds = None if lost else await migration
+        except BaseException:
+            migration.cancel()  # as before: the branch goes, whatever its thread still does
+            await asyncio.shield(delete_owned_branch(self.client, self.project_id, handle.id))
+            self._forget(handle)
             raise
-        # A backend that refuses duplicate names (the local server) tells us here that
-        # another run started building first: wait for it like any other loser.
-        if tracker:
-            tracker.forget_name(building)
-        log.info("another run is building %s; waiting for it", name)
-        return None
-    if tracker:
-        tracker.record(project_id, handle.id, building)
-    if prepared is not None:
-        await prepared
-    # The migration starts now; whether another builder came first is asked meanwhile
-    # (a round trip off the critical path). A loser's migration ran on its own branch,
-    # which it deletes.
-    migration = asyncio.create_task(asyncio.to_thread(migrate, handle))
-    try:
-        rivals = [b for b in await harness_branches(client, project_id) if b.name == building]
-        lost = bool(rivals) and _oldest(rivals).id != handle.id
-        if lost:
-            log.info("another run is building %s; waiting for it", name)
-            await asyncio.gather(migration, return_exceptions=True)
-        migrate_seconds = 0.0 if lost else await migration
-    except BaseException:
-        migration.cancel()  # as before: the branch goes, whatever its thread still does
-        await asyncio.shield(delete_owned_branch(client, project_id, handle.id))
-        if tracker:
-            tracker.forget(handle.id)
-        raise
-    if lost:
-        await delete_owned_branch(client, project_id, handle.id)
-        if tracker:
-            tracker.forget(handle.id)
-        return None
-    # Ready: its expiry goes, as Neon refuses children of a branch that expires (and
-    # sessions are its children). `gc` removes templates nobody uses any more.
-    await client.update_branch(project_id, handle.id, name=name, expires_at=None)
-    if tracker:
-        tracker.forget(handle.id)
-    log.info("template %s (%s) is ready", name, handle.id)
-    return TemplateResult(handle.id, name, False, time.perf_counter() - started, migrate_seconds)
+        if migrate_seconds is None:
+            await delete_owned_branch(self.client, self.project_id, handle.id)
+            self._forget(handle)
+        return migrate_seconds
+
+    def _forget(self, handle: BranchHandle) -> None:
+        if self.tracker:
+            self.tracker.forget(handle.id)
 
 
 async def _quietly(prepare: Callable[[], object]) -> None:
