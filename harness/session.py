@@ -14,10 +14,10 @@ through `harness.handoff` and opens the API only for resets and per-test branche
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from harness.backend import BackendInfo, connect_backend, open_client
 from harness.branches import (
@@ -32,7 +32,11 @@ from harness.branches import (
 )
 from harness.errors import ConfigError, HarnessError
 from harness.log import get_logger
+from harness.run_memo import once_per_run
 from harness.runs import kept_ids, kept_marker, marker_dir, run_dir
+from harness.session_report import SessionReport as SessionReport
+from harness.session_report import SessionStepError as SessionStepError
+from harness.session_report import teardown_error
 from harness.settings import ENV_NAMES, Settings
 from harness.sync import LoopThread
 from harness.watchdog import WatchdogHandle, start_watchdog
@@ -41,41 +45,6 @@ if TYPE_CHECKING:
     from harness.neon.client import NeonClient
 
 log = get_logger("session")
-
-Step = Literal["backend", "parent", "template", "migrate", "fork", "teardown", "reset"]
-
-
-class SessionStepError(HarnessError):
-    """A step of session setup failed; names the step and how to clean up."""
-
-    def __init__(self, step: Step, cause: BaseException, *, cleanup: str | None = None) -> None:
-        self.step = step
-        # a configuration problem found during setup (a refused key, a wrong service
-        # order) keeps its exit code 2 through the wrapping
-        self.exit_code = cause.exit_code if isinstance(cause, HarnessError) else 1
-        # one_line(), not message: the cause's hint says how to fix it
-        detail = cause.one_line() if isinstance(cause, HarnessError) else f"{type(cause).__name__}: {cause}"
-        super().__init__(f"cathouse-harness: {step} step failed: {detail}", hint=cleanup)
-
-
-@dataclass
-class SessionReport:
-    backend: str = ""
-    project_id: str = ""
-    parent: str = ""
-    template: str = ""
-    template_reused: bool | None = None
-    branches: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)
-    delete_failed: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    api_calls: int = 0
-    api_retries: int = 0
-    migrated_services: int = 0
-
-    def as_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
-
 
 class BranchSession:
     """Owns the branches of one test session: its own or, in an xdist controller, every
@@ -148,9 +117,14 @@ class BranchSession:
 
     def setup(self) -> None:
         """What every fork needs, once: the backend, the parent, the watchdog and the
-        template (built when missing)."""
+        template (built when missing). The fingerprint and the template's migration read
+        each service's Alembic setup once between them (`harness.run_memo`)."""
         if self._fork_from is not None:
             return
+        with once_per_run():
+            self._setup()
+
+    def _setup(self) -> None:
         settings = self.settings
         self._connect()
         assert self.backend is not None
@@ -166,7 +140,6 @@ class BranchSession:
             ) from None
         self._timed("parent", started)
 
-        self._start_watchdog()
         fork_from = parent.id
         if with_template:
             fork_from = self._template(parent, listed)
@@ -226,12 +199,13 @@ class BranchSession:
         return handle
 
     def _fork_session_branch(self, worker: str) -> BranchHandle:
-        assert self.backend is not None and self._watchdog is not None
+        assert self.backend is not None
         assert self._fork_from is not None, "setup() comes first"
         project_id = self.backend.project_id
         started = time.perf_counter()
         name = session_branch_name(self.run_id, worker)
-        self._watchdog.record_name(project_id, name)
+        watchdog = self._watching()
+        watchdog.record_name(project_id, name)
         try:
             handle = self._run(
                 create_owned_branch(self.client, project_id, name=name, parent_id=self._fork_from,
@@ -243,7 +217,7 @@ class BranchSession:
         except BaseException as exc:
             self._cleanup_after_failed_create(name)
             if isinstance(exc, Exception):
-                self._watchdog.forget_name(name)
+                watchdog.forget_name(name)
             # after Ctrl-C the create may still land on the server: the name marker stays,
             # and the watchdog looks the name up again once this process is gone
             if not isinstance(exc, Exception):
@@ -251,7 +225,7 @@ class BranchSession:
             raise SessionStepError(
                 "fork", exc, cleanup=f"cathouse-branch gc --run {self.run_id}"
             ) from None
-        self._watchdog.record(project_id, handle.id, handle.name)
+        watchdog.record(project_id, handle.id, handle.name)
         self._timed("fork", started, slowest=True)
         self.report.branches.append(f"{handle.name} ({handle.id})")
         return handle
@@ -270,13 +244,18 @@ class BranchSession:
         assert self.backend is not None
         started = time.perf_counter()
         fingerprint = migration_fingerprint(self.settings)
+        # the migration runs in a thread of the loop's; it sees this run's memo through
+        # this context (a task's context is the loop thread's, not the caller's)
+        context = contextvars.copy_context()
+        tracker = self._watching()
         try:
             result = self._run(
                 find_or_build_template(self.client, self.backend.project_id, parent=parent,
                     fingerprint=fingerprint, run_id=self.run_id,
                     database=self.settings.database, role=self.settings.role,
-                    migrate=self._migrate, schema_only=self.settings.schema_only,
-                    tracker=self._watchdog, listed=listed, prepare=_import_migrations,
+                    migrate=lambda handle: context.run(self._migrate, handle),
+                    schema_only=self.settings.schema_only, tracker=tracker, listed=listed,
+                    prepare=_import_migrations,
                 )
             )
         except HarnessError as exc:
@@ -299,19 +278,21 @@ class BranchSession:
         self.report.migrated_services = len(results)
         return time.perf_counter() - started
 
-    def _start_watchdog(self) -> None:
-        if self._watchdog is not None:
-            return
+    def _watching(self) -> WatchdogHandle:
+        """The watchdog, started by whatever first creates a branch (the template's build,
+        a session's or a single test's fork): the one place it starts."""
         assert self.backend is not None
-        directory = marker_dir(self.settings, self.run_id, self.worker)
-        self._watchdog = start_watchdog(
-            directory,
-            api_host=self.backend.api_host,
-            api_key=str(self.backend.api_key),
-            ttl=self.settings.branch_ttl,
-            log_file=self.settings.home / "logs" / "watchdog.log",
-            run_id=self.run_id,
-        )
+        with self._lock:  # a controller's first forks may come from several threads at once
+            if self._watchdog is None:
+                self._watchdog = start_watchdog(
+                    marker_dir(self.settings, self.run_id, self.worker),
+                    api_host=self.backend.api_host,
+                    api_key=str(self.backend.api_key),
+                    ttl=self.settings.branch_ttl,
+                    log_file=self.settings.home / "logs" / "watchdog.log",
+                    run_id=self.run_id,
+                )
+            return self._watchdog
 
     def _cleanup_after_failed_create(self, name: str) -> None:
         """A create that failed half-way may still have made the branch: find and remove it,
@@ -345,13 +326,13 @@ class BranchSession:
         assert self.handle is not None
         self._refuse_without_parent("fork a branch per test from")
         self._connect()
-        self._start_watchdog()
-        assert self.backend is not None and self._watchdog is not None
+        assert self.backend is not None
+        watchdog = self._watching()
         project_id = self.backend.project_id
         self._per_test += 1
         name = f"{self.handle.name}/t{self._per_test}"
         started = time.perf_counter()
-        self._watchdog.record_name(project_id, name)
+        watchdog.record_name(project_id, name)
         try:
             handle = self._run(
                 create_owned_branch(self.client, project_id, name=name,
@@ -362,9 +343,9 @@ class BranchSession:
             )
         except Exception:
             self._cleanup_after_failed_create(name)
-            self._watchdog.forget_name(name)
+            watchdog.forget_name(name)
             raise
-        self._watchdog.record(project_id, handle.id, handle.name)
+        watchdog.record(project_id, handle.id, handle.name)
         self._timed("per-test fork", started)
         return handle
 
@@ -424,7 +405,7 @@ class BranchSession:
             for handle, _ in failed:
                 self.report.delete_failed.append(f"{handle.name} ({handle.id})")
             if failed:
-                raise _teardown_error(failed)
+                raise teardown_error(failed)
         finally:
             self._collect_stats()
             if self._watchdog is not None:
@@ -503,15 +484,3 @@ def _import_migrations() -> None:
     # Alembic and SQLAlchemy, about 0.5 s of imports: a build does them while its branch
     # is being created instead of after
     import harness.migrations  # noqa: F401
-
-
-def _teardown_error(failed: list[tuple[BranchHandle, BaseException]]) -> SessionStepError:
-    """One line naming every branch left and the command that removes it."""
-    handle, exc = failed[0]
-    if len(failed) == 1:
-        cleanup = (f"branch {handle.name} ({handle.id}) is left; remove it with: "
-                   f"cathouse-branch down '{handle.name}'")
-    else:
-        left = ", ".join(f"{h.name} ({h.id})" for h, _ in failed)
-        cleanup = f"branches {left} are left; remove each with: cathouse-branch down '<name>'"
-    return SessionStepError("teardown", exc, cleanup=cleanup)

@@ -134,18 +134,7 @@ class Branching:
         state.branches[branch.id] = branch
         neon.history.begin(branch.id, None if schema_only else parent.id, located.moment if located else None)
         ops = [neon.ops.new("create_branch", branch.id)]
-        endpoints: list[EndpointRecord] = []
-        for spec in request.endpoints:
-            ep = EndpointRecord(
-                id=ids.endpoint_id(),
-                branch_id=branch.id,
-                created_at=stamp,
-                updated_at=stamp,
-                type=spec.type or "read_write",
-            )
-            state.endpoints[ep.id] = ep
-            endpoints.append(ep)
-            ops.append(neon.ops.new("start_compute", branch.id, ep.id))
+        endpoints = self._new_endpoints(branch, request, stamp, ops)
         fail = neon.faults.operation_fails()
         # The copy starts first: PostgreSQL works on it while the listeners open and this
         # answer is built. It completes only once `opened` says how opening went.
@@ -173,6 +162,25 @@ class Branching:
         opened.set_result(True)
         neon.save()
         return branch, endpoints, ops
+
+    def _new_endpoints(
+        self, branch: BranchRecord, request: BranchCreate, stamp: str, ops: list[OperationRecord]
+    ) -> list[EndpointRecord]:
+        """The endpoints `request` asks for, recorded, each with its start_compute
+        operation added to `ops`."""
+        endpoints: list[EndpointRecord] = []
+        for spec in request.endpoints:
+            ep = EndpointRecord(
+                id=ids.endpoint_id(),
+                branch_id=branch.id,
+                created_at=stamp,
+                updated_at=stamp,
+                type=spec.type or "read_write",
+            )
+            self.neon.state.endpoints[ep.id] = ep
+            endpoints.append(ep)
+            ops.append(self.neon.ops.new("start_compute", branch.id, ep.id))
+        return endpoints
 
     async def copy(
         self, copies: list[Copy], issued: asyncio.Future[None] | None = None, *, schema_only: bool = False

@@ -18,7 +18,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from harness.errors import LocalServerError
 from harness.local.discovery import pid_alive
 from harness.local.postgres import OsUser, chown_to, free_port, minimal_env, scram_verifier
 from harness.log import get_logger
+from harness.polling import Backoff, wait_until, wait_until_async
 from harness.safe_paths import ensure_dir, write_private
 
 log = get_logger("local.pgbouncer")
@@ -35,6 +35,8 @@ log = get_logger("local.pgbouncer")
 ADMIN_USER = "cathouse_pgbouncer_admin"
 _SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin")
 _START_TIMEOUT = 15.0
+# how often a start tries the admin console, and a stop looks for the process's exit
+_POLL = Backoff(0.02)
 _ADMIN_ITERATIONS = 16
 
 
@@ -72,9 +74,7 @@ def stop_stale(directory: Path) -> int | None:
         return None
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not pid_alive(pid), timeout=5, backoff=_POLL)
     return pid
 
 
@@ -198,19 +198,19 @@ class PgBouncer:
 
     async def start(self, databases: Iterable[str]) -> None:
         await asyncio.to_thread(self._start_blocking, databases)
-        deadline = time.monotonic() + _START_TIMEOUT
-        while True:
+
+        async def accepting() -> bool:
             if self._process is not None and self._process.poll() is not None:
                 raise self._fail(f"PgBouncer exited at start (code {self._process.returncode})")
             try:
                 conn = await self._admin()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                if time.monotonic() > deadline:
-                    raise self._fail("PgBouncer did not accept connections") from None
-                await asyncio.sleep(0.02)
-                continue
+                return False
             await conn.close()
-            return
+            return True
+
+        if not await wait_until_async(accepting, timeout=_START_TIMEOUT, backoff=_POLL):
+            raise self._fail("PgBouncer did not accept connections")
 
     async def stop(self) -> None:
         for database in list(self._paused):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -105,3 +107,24 @@ def run(project: pytest.Pytester, run_id: str, *args: str) -> pytest.RunResult:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CATHOUSE_RUN_ID", run_id)
         return project.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider", *args)
+
+
+@contextlib.contextmanager
+def home_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **environ: str) -> Iterator[Path]:
+    """A fresh home (no template, no server yet) with `environ` set; its server is
+    stopped and its in-memory cluster removed at the end."""
+    from harness.local.postgres import memory_cluster_dirs
+    from harness.local.server import stop_local_server
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(home))
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield home
+    finally:
+        with contextlib.suppress(Exception):
+            stop_local_server(home)
+        for path in memory_cluster_dirs(home):
+            shutil.rmtree(path, ignore_errors=True)

@@ -5,8 +5,6 @@ from its name and its annotation, never from `parent_id`."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,26 +12,17 @@ import pytest
 from harness.backend import connect_backend, open_client
 from harness.branches import MARK_KIND, harness_branches
 from harness.errors import ConfigError
-from harness.local.postgres import memory_cluster_dirs
-from harness.local.server import stop_local_server
 from harness.neon.models import Branch
 from harness.session import BranchSession
 from harness.settings import Settings, load_settings
-from tests.plugin._support import copy_example
+from tests.plugin._support import copy_example, home_of_its_own
 
 
 @pytest.fixture
 def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """A fresh home (so no template exists yet) and its own server, in schema-only mode."""
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(home))
-    monkeypatch.setenv("CATHOUSE_SCHEMA_ONLY", "1")
-    yield home
-    with contextlib.suppress(Exception):
-        stop_local_server(home)
-    for path in memory_cluster_dirs(home):
-        shutil.rmtree(path, ignore_errors=True)
+    with home_of_its_own(tmp_path, monkeypatch, CATHOUSE_SCHEMA_ONLY="1") as home:
+        yield home
 
 
 def _templates(settings: Settings) -> list[Branch]:
@@ -89,3 +78,27 @@ def test_a_schema_only_session_branch_refuses_a_reset_in_one_line(
     line = caught.value.one_line()
     assert "\n" not in line and caught.value.exit_code == 2
     assert "CATHOUSE_SCHEMA_ONLY" in line and "template_reuse" in line
+
+
+def test_a_template_build_reads_each_service_s_setup_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fingerprint and the template's migration share one read of each service's
+    Alembic setup (`harness.run_memo`): the migration runs in a thread of the session's
+    loop, which sees the setup's memo through the context the session hands it."""
+    import harness.fingerprint as fingerprint
+
+    reads: list[Path | None] = []
+    read_section = fingerprint._read_alembic_section
+
+    def counting(ini: Path | None):  # type: ignore[no-untyped-def]
+        reads.append(ini)
+        return read_section(ini)
+
+    monkeypatch.setattr(fingerprint, "_read_alembic_section", counting)
+    with home_of_its_own(tmp_path, monkeypatch):
+        settings = load_settings(copy_example(tmp_path / "project"))
+        session = _session(settings, "rd1")
+    assert session.report.template_reused is False  # built: fingerprint and migration
+    assert session.report.migrated_services == len(settings.migrating_services)
+    assert sorted(map(str, reads)) == sorted(str(s.alembic_ini) for s in settings.migrating_services)

