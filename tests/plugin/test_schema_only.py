@@ -34,10 +34,12 @@ def _templates(settings: Settings) -> list[Branch]:
     return [b for b in asyncio.run(listed()) if b.annotation.get(MARK_KIND) == "template"]
 
 
-def _session(settings: Settings, run_id: str) -> BranchSession:
+def _session(settings: Settings, run_id: str, *, reset: bool = False) -> BranchSession:
     session = BranchSession(settings, run_id=run_id)
     try:
         session.start()
+        if reset:
+            session.reset()
     finally:
         session.finish()
     assert session.report.delete_failed == []
@@ -49,7 +51,7 @@ def test_a_second_schema_only_session_reuses_the_root_template(tmp_path: Path, o
     assert settings.schema_only and settings.template_reuse
 
     first = _session(settings, "so1")
-    second = _session(settings, "so2")
+    second = _session(settings, "so2", reset=True)  # its branch is the template's child
 
     assert first.report.template_reused is False
     assert second.report.template_reused is True
