@@ -131,8 +131,7 @@ def marks(
 
 
 def made_from(branch: Branch) -> str | None:
-    """The id of the branch `branch` was made from: its parent, or for a schema-only
-    branch (a root, without one) the parent its harness annotation names."""
+    """The branch `branch` was made from: its parent, or for a schema-only root its annotation's."""
     return branch.parent_id or branch.annotation.get(MARK_PARENT)
 
 
@@ -447,7 +446,9 @@ async def restore_owned_branch(
     branch = await client.get_branch(project_id, branch_id)
     ensure_owned(branch, "reset")
     if not branch.parent_id:
-        raise SafetyError(f"branch {branch.name} ({branch.id}) has no parent to reset to")
+        root = ": a schema-only branch is a root branch" if MARK_PARENT in branch.annotation else ""
+        raise SafetyError(f"branch {branch.name} ({branch.id}) has no parent to reset to{root}",
+                          hint="delete it and create it again" if root else None)
     await client.restore_branch(project_id, branch_id, source_branch_id=branch.parent_id, wait=True)
 
 

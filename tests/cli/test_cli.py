@@ -279,3 +279,20 @@ def test_up_whose_migrations_fail_leaves_no_branch(project: Path) -> None:
     code, out, _ = cli("list", "--json", cwd=project)
     assert "harness/dev/cli-broken" not in {b["name"] for b in json.loads(out)["branches"]}
     assert not (project / ".env").exists()
+
+
+def test_reset_of_a_schema_only_branch_says_why_in_one_line(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schema-only branch is a root branch, as on Neon: `reset` (from its parent) names
+    that, instead of only 'no parent'."""
+    monkeypatch.setenv("CATHOUSE_SCHEMA_ONLY", "1")
+    code, out, err = cli("up", "--json", "--name", "cli-schema", cwd=project)
+    assert code == 0, err
+    try:
+        code, out, err = cli("reset", "cli-schema", cwd=project)
+        assert code == 2
+        [line] = error_lines(err)
+        assert "schema-only branch is a root branch" in line and "Traceback" not in err
+    finally:
+        assert cli("down", cwd=project)[0] == 0
