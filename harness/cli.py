@@ -150,6 +150,7 @@ def _migrate(ctx: Context, direct_url: str) -> list[dict[str, Any]]:
 def cmd_up(ctx: Context) -> int:
     from harness import branches
     from harness.devbranch import dev_branch
+    from harness.envfile import ssl_root_env
     from harness.urls import normalize_asyncpg_url
 
     settings = ctx.settings
@@ -184,6 +185,7 @@ def cmd_up(ctx: Context) -> int:
             "MIGRATION_DATABASE_URL": migration_url,
             "CATHOUSE_BRANCH_ID": handle.id,
             "CATHOUSE_BRANCH_NAME": handle.name,
+            **ssl_root_env(migration_url),
         },
         force=ctx.args.force,
     )

@@ -313,7 +313,15 @@ class LocalNeon:
 
     def build_uri(self, ep: EndpointRecord, database: str, role: str, *, pooled: bool) -> str:
         port = ep.pooled_port if pooled else ep.direct_port
-        query = "?sslmode=require" if ep.tls else ""
+        address = self._addresses.get(ep.id)
+        ca_file = address.ca_file if address is not None else None
+        query = ""
+        if ep.tls and ca_file:
+            # verify-full against the home's CA: whoever takes the port once this server
+            # is gone cannot complete the handshake, so never sees a password (#14 item 3)
+            query = f"?sslmode=verify-full&sslrootcert={quote(ca_file, safe='/')}"
+        elif ep.tls:
+            query = "?sslmode=require"
         password = self.state.passwords[role]
         return (
             f"postgresql://{quote(role, safe='')}:{quote(password, safe='')}"

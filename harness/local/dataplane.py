@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from harness.local.postgres import (
     verifier_matches,
 )
 from harness.local.proxy import EndpointProxy, Fences, Gate, Upstream
-from harness.local.tls import server_context
+from harness.local.tls import TlsMaterial, server_material
 from harness.log import get_logger
 from harness.sql import quote_ident, quote_literal
 
@@ -69,6 +68,8 @@ class EndpointAddress:
     pooled_port: int
     pooled_via_pgbouncer: bool
     tls: bool
+    # the CA a client verifies the endpoint with (`sslrootcert`); None without TLS
+    ca_file: str | None = None
 
 
 class DataPlane:
@@ -97,7 +98,7 @@ class DataPlane:
         self._started = False
         self._pg_host = "127.0.0.1"
         self._pg_port = 0
-        self._tls: ssl.SSLContext | None = None
+        self._tls: TlsMaterial | None = None
         self._pgbouncer: PgBouncer | None = None
         self.pgbouncer_problem: str | None = None
         self.timings: dict[str, float] = {}
@@ -169,7 +170,8 @@ class DataPlane:
     async def _start_extras(self) -> None:
         """TLS and PgBouncer; both optional, both degrade to plain direct forwarding."""
         runtime = await asyncio.to_thread(self._runtime_dir)
-        self._tls = await asyncio.to_thread(server_context, runtime / "tls")
+        # in the home, not beside the cluster: the CA's key must stay in the 0700 home
+        self._tls = await asyncio.to_thread(server_material, self.home / "tls")
         binary = find_pgbouncer()
         if binary is None:
             self.pgbouncer_problem = "pgbouncer is not installed"
@@ -207,6 +209,11 @@ class DataPlane:
         if self._cluster is not None:
             self._cluster.release()
         self._started = False
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA certificate clients verify the endpoints with; None without TLS."""
+        return self._tls.ca_file if self._tls is not None else None
 
     @property
     def pgbouncer_available(self) -> bool:
@@ -552,6 +559,7 @@ class DataPlane:
             pooled_port=pooled,
             pooled_via_pgbouncer=self.pgbouncer_available,
             tls=self._tls is not None,
+            ca_file=str(self._tls.ca_file) if self._tls is not None else None,
         )
 
     def open_connections(self) -> int:

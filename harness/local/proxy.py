@@ -19,6 +19,7 @@ import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from harness.local.tls import TlsMaterial
 from harness.log import get_logger
 
 log = get_logger("local.proxy")
@@ -138,7 +139,7 @@ class EndpointProxy:
         databases: Mapping[str, str],
         *,
         fences: Fences,
-        tls: ssl.SSLContext | None,
+        tls: TlsMaterial | None,
         on_activity: Callable[[], None] | None = None,
         gate: Gate | None = None,
     ) -> None:
@@ -285,7 +286,7 @@ class EndpointProxy:
                     continue
                 writer.write(b"S")
                 await writer.drain()
-                await writer.start_tls(self.tls)
+                await writer.start_tls(self.tls.context)
                 tls_done = True
                 continue
             if code == GSSENC_REQUEST:
