@@ -5,8 +5,9 @@ request validation, Neon's JSON shapes); `control` (state, lookups, endpoints) w
 `operations` (operation records, the project lock), `persist` (state writes),
 `branching`, `computes`, `catalog` (roles, databases, the connection gate), `reaper`,
 `schema`; `state` (persisted JSON), `faults` (fault injection), `server` (foreground
-server, shared daemon, `emulator`). Data plane: `dataplane` over `postgres`, `proxy`,
-`pgbouncer`, `tls` and `introspect` (pg_dump).
+server, shared daemon, `emulator`). Data plane: `dataplane` over `postgres`, `proxy`
+(with `proxy_auth` and `scram`: each branch's passwords checked at the proxy),
+`pgbouncer`, `tls` (the home's CA) and `introspect` (pg_dump).
 
 Names are imported lazily so that importing one submodule (say, the data plane) does
 not pull in the web server.

@@ -121,6 +121,8 @@ class LocalNeon:
             state = new_state(storage=self.storage)
             log.info("new local project %s in %s", state.project_id, self.home)
         self._state = state
+        if self.catalog.adopt_passwords():
+            log.info("branches' roles have passwords of their own now; internal passwords replaced")
         for role, password in state.passwords.items():
             register_secret(password)
             await self.dataplane.ensure_role(role, password)
@@ -322,7 +324,7 @@ class LocalNeon:
             query = f"?sslmode=verify-full&sslrootcert={quote(ca_file, safe='/')}"
         elif ep.tls:
             query = "?sslmode=require"
-        password = self.state.passwords[role]
+        password = self.state.branches[ep.branch_id].roles[role].password
         return (
             f"postgresql://{quote(role, safe='')}:{quote(password, safe='')}"
             f"@{self._address_host(ep)}:{port}/{quote(database, safe='')}{query}"

@@ -19,6 +19,8 @@ import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from harness.local.proxy_auth import AuthFailed, Credential, authenticate_client, login_upstream
+from harness.local.scram import ScramError
 from harness.local.tls import TlsMaterial
 from harness.log import get_logger
 
@@ -110,10 +112,20 @@ class Refusal(Exception):
 
 @dataclass(frozen=True)
 class Admission:
-    """Where an admitted connection goes, and startup parameters to add on the way."""
+    """Where an admitted connection goes, and startup parameters to add on the way.
+    With a `credential` the proxy authenticates the client itself (`proxy_auth`);
+    without, PostgreSQL does, through the bytes the proxy copies."""
 
     physical: str
     extra: Mapping[str, str] = field(default_factory=dict)
+    credential: Credential | None = None
+
+
+@dataclass(frozen=True)
+class Startup:
+    version: int
+    params: dict[str, str]
+    tls: bool
 
 
 # Decides each new connection from its user and logical database: an Admission, or a
@@ -234,7 +246,7 @@ class EndpointProxy:
             startup = await self._read_startup(listener, reader, writer)
         if startup is None:
             return
-        version, params = startup
+        params = startup.params
         try:
             admission = await self._admit(params)
         except Refusal as refusal:
@@ -253,11 +265,47 @@ class EndpointProxy:
             await writer.drain()
             return
         try:
-            up_writer.write(build_startup(version, params))
+            up_writer.write(build_startup(startup.version, params))
             await up_writer.drain()
+            if admission.credential is not None and not await self._authenticate(
+                startup, admission.credential, (reader, writer), (up_reader, up_writer)
+            ):
+                return
             await _pipe_both(reader, writer, up_reader, up_writer)
         finally:
             _close(up_writer)
+
+    async def _authenticate(
+        self,
+        startup: Startup,
+        credential: Credential,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> bool:
+        """The client's SCRAM against its branch's verifier while the proxy logs in
+        upstream; True once both succeeded and the client has its AuthenticationOk."""
+        user = startup.params.get("user", "")
+        writer = client[1]
+        login = asyncio.ensure_future(login_upstream(*upstream, user, credential.upstream_password))
+        end_point = self.tls.end_point if startup.tls and self.tls is not None else None
+        failure = error_response("28P01", f'password authentication failed for user "{user}"')
+        try:
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                await authenticate_client(*client, credential.verifier, end_point=end_point, failure=failure)
+                writer.write(await login)
+        except AuthFailed as failed:
+            writer.write(failed.reply)
+            await writer.drain()
+            return False
+        except ScramError as exc:
+            log.warning("the proxy could not log in upstream for %s: %s", self.endpoint_id, exc)
+            writer.write(error_response("08006", "the local database server refused the proxy's login"))
+            await writer.drain()
+            return False
+        finally:
+            login.cancel()
+            await asyncio.gather(login, return_exceptions=True)
+        return True
 
     async def _admit(self, params: Mapping[str, str]) -> Admission:
         user = params.get("user", "")
@@ -271,7 +319,7 @@ class EndpointProxy:
 
     async def _read_startup(
         self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[int, dict[str, str]] | None:
+    ) -> Startup | None:
         tls_done = False
         while True:
             (length,) = struct.unpack("!I", await reader.readexactly(4))
@@ -300,7 +348,8 @@ class EndpointProxy:
                 writer.write(error_response("08P01", "unsupported frontend protocol"))
                 await writer.drain()
                 return None
-            return parse_startup(body)
+            version, params = parse_startup(body)
+            return Startup(version, params, tls_done)
 
 
 async def _forward_cancel(target: Upstream, packet: bytes) -> None:

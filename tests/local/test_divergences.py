@@ -63,24 +63,25 @@ def test_schema_only_branches_keep_their_parent(client: httpx.Client, project: s
     delete_branch(client, project, made["branch"]["id"])
 
 
-def test_role_passwords_are_shared_by_branches(client: httpx.Client, project: str) -> None:
-    """One PostgreSQL role serves every branch that has it: a reset changes the password
-    on all of them, and children of a protected branch keep the parent's passwords."""
+def test_every_branch_gets_passwords_of_its_own(client: httpx.Client, project: str) -> None:
+    """Neon copies a parent's role passwords to its child (unless the parent is
+    protected); here every new branch gets its own, so that a password opens one branch
+    only (#14), and a reset changes the one branch's."""
     base = f"/projects/{project}/branches"
-    guarded = create_ready_branch(client, project, name=unique("guarded"), protected=True)
-    child = create_ready_branch(client, project, name=unique("child"), parent_id=guarded["branch"]["id"])
-    [parent_pw, child_pw] = [
-        client.get(f"{base}/{b['branch']['id']}/roles/cathouse_owner/reveal_password").json()["password"]
-        for b in (guarded, child)
-    ]
-    assert parent_pw == child_pw
+    parent = create_ready_branch(client, project, name=unique("parent"))
+    child = create_ready_branch(client, project, name=unique("child"), parent_id=parent["branch"]["id"])
+
+    def password(made: dict[str, object]) -> str:
+        branch_id = made["branch"]["id"]  # type: ignore[index]
+        return str(client.get(f"{base}/{branch_id}/roles/cathouse_owner/reveal_password").json()["password"])
+
+    before = password(parent)
+    assert password(child) != before
     reset = client.post(f"{base}/{child['branch']['id']}/roles/cathouse_owner/reset_password")
     wait_operations(client, project, reset.json()["operations"])
-    after = client.get(f"{base}/{guarded['branch']['id']}/roles/cathouse_owner/reveal_password").json()
-    assert after["password"] == reset.json()["role"]["password"]
+    assert password(child) == reset.json()["role"]["password"] and password(parent) == before
     delete_branch(client, project, child["branch"]["id"])
-    client.patch(f"{base}/{guarded['branch']['id']}", json={"branch": {"protected": False}})
-    delete_branch(client, project, guarded["branch"]["id"])
+    delete_branch(client, project, parent["branch"]["id"])
 
 
 def test_usage_figures_read_zero(client: httpx.Client, project: str) -> None:
