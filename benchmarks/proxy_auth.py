@@ -9,7 +9,7 @@ own; the client runs in the main thread. Three endpoints on the same database:
   copies bytes and PostgreSQL runs SCRAM with the client;
 - `ca`: the same pass-through with `sslmode=verify-full` and the home's CA;
 - `new`: verify-full, and the proxy runs SCRAM with the client against the branch's own
-  verifier while it logs in upstream with the internal password.
+  verifier (as the catalog makes it) while it logs in upstream with the internal password.
 
 Connect (asyncpg and psycopg, direct; asyncpg pooled through PgBouncer when installed)
 and per-query latency (`SELECT 1` on an open connection), medians, interleaved so the
@@ -35,6 +35,7 @@ ROLE = "bench_owner"
 
 
 def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
+    from harness.local.catalog import BRANCH_SCRAM_ITERATIONS
     from harness.local.dataplane import DataPlane
     from harness.local.postgres import scram_verifier
     from harness.local.proxy import Admission
@@ -47,7 +48,7 @@ def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
     internal, branch_pw = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
     loop.run(plane.ensure_role(ROLE, internal))
     loop.run(plane.create_database("bench", owner=ROLE))
-    credential = Credential(scram_verifier(branch_pw), internal)
+    credential = Credential(scram_verifier(branch_pw, iterations=BRANCH_SCRAM_ITERATIONS), internal)
 
     async def gate(user: str, logical: str) -> Admission:
         return Admission("bench", {}, credential)
@@ -123,24 +124,21 @@ def main() -> int:
         home.mkdir(mode=0o700)
         loop, plane, urls = _setup(home)
         sides = list(urls)
+        kinds = ["direct", "pooled"] if plane.pgbouncer_available else ["direct"]
+        results: dict[str, dict[str, float]] = {}
         try:
-            results: dict[str, dict[str, float]] = {
-                "asyncpg connect, direct": _interleaved(
-                    sides, args.reps, lambda s: asyncio.run(_asyncpg_connect(urls[s]["direct"]))
-                ),
-                "psycopg connect, direct": _interleaved(
-                    sides, args.reps, lambda s: _psycopg_connect(urls[s]["direct"])
-                ),
-                "query latency, direct": _interleaved(
-                    sides, args.query_reps, lambda s: asyncio.run(_query_latency(urls[s]["direct"], args.queries))
-                ),
-            }
-            if plane.pgbouncer_available:
-                results["asyncpg connect, pooled"] = _interleaved(
-                    sides, args.reps, lambda s: asyncio.run(_asyncpg_connect(urls[s]["pooled"]))
+            for kind in kinds:
+                results[f"asyncpg connect, {kind}"] = _interleaved(
+                    sides, args.reps, lambda s, k=kind: asyncio.run(_asyncpg_connect(urls[s][k]))
                 )
-                results["query latency, pooled"] = _interleaved(
-                    sides, args.query_reps, lambda s: asyncio.run(_query_latency(urls[s]["pooled"], args.queries))
+                if kind == "direct":
+                    results["psycopg connect, direct"] = _interleaved(
+                        sides, args.reps, lambda s: _psycopg_connect(urls[s]["direct"])
+                    )
+                results[f"query latency, {kind}"] = _interleaved(
+                    sides,
+                    args.query_reps,
+                    lambda s, k=kind: asyncio.run(_query_latency(urls[s][k], args.queries)),
                 )
         finally:
             loop.run(plane.stop())
