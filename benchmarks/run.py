@@ -97,12 +97,14 @@ def naive(home: Path, project: Path, reps: int) -> dict[str, Any]:
 
     import asyncpg
 
+    from harness.backend import connect_backend
     from harness.local.postgres import scram_verifier
     from harness.settings import load_settings
     from harness.sql import quote_ident, quote_literal
 
     with home_env(home):
         settings = load_settings(project)
+        connect_backend(settings)  # the home's server (and its PostgreSQL) runs
     role, secret = "naive_bench", secrets.token_urlsafe(18)
 
     async def make_role() -> None:
