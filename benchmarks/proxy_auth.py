@@ -13,7 +13,9 @@ own; the client runs in the main thread. Three endpoints on the same database:
 
 Connect (asyncpg and psycopg, direct; asyncpg pooled through PgBouncer when installed)
 and per-query latency (`SELECT 1` on an open connection), medians, interleaved so the
-machine's noise falls on every side alike; ratios against `old`.
+machine's noise falls on every side alike; ratios against `old`. Last, what opening
+an endpoint costs with its own loopback address on 5432 (`harness.local.hosts`) beside
+its two port listeners.
 """
 
 from __future__ import annotations
@@ -104,6 +106,28 @@ async def _query_latency(url: str, queries: int) -> float:
         await conn.close()
 
 
+def _endpoint_open(loop: Any, plane: Any, with_host: bool) -> float:
+    """Opening (and closing) an endpoint, with or without its own address on 5432."""
+    original = plane._listen_on_host
+
+    async def no_host(*_args: Any) -> None:
+        return None
+
+    async def cycle() -> float:
+        started = time.perf_counter()
+        await plane.open_endpoint("ep-open", databases={"bench": "bench"})
+        took = time.perf_counter() - started
+        await plane.close_endpoint("ep-open")
+        return took
+
+    if not with_host:
+        plane._listen_on_host = no_host
+    try:
+        return float(loop.run(cycle()))
+    finally:
+        plane._listen_on_host = original
+
+
 def _interleaved(sides: list[str], reps: int, measure: Callable[[str], float]) -> dict[str, float]:
     runs: dict[str, list[float]] = {side: [] for side in sides}
     for rep in range(reps):
@@ -140,6 +164,10 @@ def main() -> int:
                     args.query_reps,
                     lambda s, k=kind: asyncio.run(_query_latency(urls[s][k], args.queries)),
                 )
+            opened = _interleaved(
+                ["two listeners", "with host"], args.reps,
+                lambda side: _endpoint_open(loop, plane, side == "with host"),
+            )
         finally:
             loop.run(plane.stop())
             loop.close()
@@ -147,8 +175,11 @@ def main() -> int:
     for name, row in results.items():
         cells = " ".join(f"{fmt(row[s]) if row[s] >= 1e-3 else f'{row[s] * 1e6:.0f} µs':>10}" for s in sides)
         print(f"{name:<26} {cells}   {row['ca'] / row['old']:6.2f}  {row['new'] / row['old']:6.2f}")
+    ratio = opened["with host"] / opened["two listeners"]
+    print(f"endpoint open: {fmt(opened['two listeners'])} with two listeners, "
+          f"{fmt(opened['with host'])} with its own address on 5432 too ({ratio:.2f})")
     print(json.dumps({"reps": args.reps, "queries": args.queries, "query_reps": args.query_reps,
-                      "medians_s": results}))
+                      "medians_s": results, "endpoint_open_s": opened}))
     return 0
 
 

@@ -8,12 +8,14 @@ front of them. The mutations live beside it, one module per kind of object:
 gate that admits each connection), `reaper` (expired branches); `operations` runs them
 and holds the project's lock, `persist` writes the state.
 
-Hosts: URLs always use the data plane's address (`127.0.0.1`) with the endpoint's own
-port, because a local machine cannot route `ep-…` host names. An endpoint object's
-`host` carries the endpoint id (`ep-….localhost`) only when such names resolve to
-127.0.0.1 on this machine; otherwise it is `127.0.0.1`, and the ports are given beside
-it (`port`, `pooler_port`). Clients that build the pooled host by inserting `-pooler`
-cannot reach the pooled port that way; they should ask `connection_uri?pooled=true`.
+Hosts: URLs handed out use the data plane's address (`127.0.0.1`) with the endpoint's
+own ports, and name the home's CA (verify-full). An endpoint object's `host` is the
+endpoint's own loopback address, listening on 5432 (`harness.local.hosts`), so a URL
+built from `host` alone reaches the branch directly; where the machine cannot bind one,
+it is `ep-….localhost` when such names resolve, else `127.0.0.1`, and the ports are
+given beside it (`port`, `pooler_port`). Clients that build the pooled host by inserting
+`-pooler` cannot reach the pooled port that way (an address has no endpoint id to
+extend; they reach the direct listener); they should ask `connection_uri?pooled=true`.
 """
 
 from __future__ import annotations
@@ -278,6 +280,13 @@ class LocalNeon:
     # ------------------------------------------------------------------ URLs
 
     def endpoint_host(self, ep: EndpointRecord, *, pooled: bool = False) -> str:
+        """The endpoint's `host`: its own loopback address where it has one (a URL built
+        from it alone connects, `harness.local.hosts`), else a name or 127.0.0.1."""
+        address = self._addresses.get(ep.id)
+        if address is not None and address.host_address:
+            # the pooled listener is not on that address (`-pooler` cannot go into an
+            # address anyway): a pooled host stays where the pooled port listens
+            return self._address_host(ep) if pooled else str(address.host_address)
         if self._named_hosts:
             return f"{ep.id}-pooler.localhost" if pooled else f"{ep.id}.localhost"
         return self._address_host(ep)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from harness.errors import LocalServerError
+from harness.local.hosts import DEFAULT_PORT, loopback_addresses
 from harness.local.pgbouncer import PgBouncer, find_pgbouncer
 from harness.local.postgres import (
     Cluster,
@@ -70,6 +72,8 @@ class EndpointAddress:
     tls: bool
     # the CA a client verifies the endpoint with (`sslrootcert`); None without TLS
     ca_file: str | None = None
+    # the endpoint's own loopback address, listening on 5432 (`harness.local.hosts`)
+    host_address: str | None = None
 
 
 class DataPlane:
@@ -101,6 +105,8 @@ class DataPlane:
         self._tls: TlsMaterial | None = None
         self._pgbouncer: PgBouncer | None = None
         self.pgbouncer_problem: str | None = None
+        # why endpoints have no loopback address of their own on 5432, if they have not
+        self.host_problem: str | None = None
         self.timings: dict[str, float] = {}
         # called when a client connects to or leaves an endpoint (the control plane's touch)
         self.on_activity: Callable[[], None] | None = None
@@ -546,6 +552,7 @@ class DataPlane:
         try:
             direct = await proxy.listen("direct", direct_port, self._direct_upstream)
             pooled = await proxy.listen("pooled", pooled_port, self._pooled_upstream)
+            host_address = await self._listen_on_host(proxy, endpoint_id)
         except OSError as exc:
             await proxy.close()
             raise LocalServerError(
@@ -560,7 +567,26 @@ class DataPlane:
             pooled_via_pgbouncer=self.pgbouncer_available,
             tls=self._tls is not None,
             ca_file=str(self._tls.ca_file) if self._tls is not None else None,
+            host_address=host_address,
         )
+
+    async def _listen_on_host(self, proxy: EndpointProxy, endpoint_id: str) -> str | None:
+        """The endpoint's own loopback address with a listener on 5432, so a URL built
+        from its `host` connects; None (said once) where this machine cannot."""
+        problem = ""
+        for address in loopback_addresses(endpoint_id):
+            try:
+                await proxy.listen("host", DEFAULT_PORT, self._direct_upstream, host=address, exact=True)
+                return address
+            except OSError as exc:
+                problem = f"cannot listen on {address}:{DEFAULT_PORT} ({exc.strerror or exc})"
+                if exc.errno == errno.EADDRNOTAVAIL:  # no loopback addresses beyond 127.0.0.1
+                    break
+        if self.host_problem is None:
+            self.host_problem = problem
+            log.warning("URLs built from an endpoint's host will not connect: %s; use connection_uri",
+                        problem)
+        return None
 
     def open_connections(self) -> int:
         """Client connections open on any endpoint now."""

@@ -183,8 +183,17 @@ class EndpointProxy:
         if self.on_activity is not None:
             self.on_activity()
 
-    async def listen(self, kind: str, port: int, upstream: Callable[[], Upstream]) -> int:
-        """Start a listener on `port` if free, else on a port the kernel picks."""
+    async def listen(
+        self,
+        kind: str,
+        port: int,
+        upstream: Callable[[], Upstream],
+        *,
+        host: str = "127.0.0.1",
+        exact: bool = False,
+    ) -> int:
+        """Start a listener on `host`:`port` if free, else (unless `exact`, which raises
+        OSError) on a port the kernel picks."""
         holder: dict[str, _Listener] = {}
 
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -213,14 +222,15 @@ class EndpointProxy:
                 _close(writer)
 
         server = None
-        for candidate in ([port] if port else []) + [0]:
+        for candidate in ([port] if port else []) + ([] if exact else [0]):
             try:
-                server = await asyncio.start_server(on_client, "127.0.0.1", candidate, reuse_address=True)
+                server = await asyncio.start_server(on_client, host, candidate, reuse_address=True)
                 break
             except OSError:
-                continue
+                if exact:
+                    raise
         if server is None:
-            raise OSError("no free port on 127.0.0.1")
+            raise OSError(f"no free port on {host}")
         bound = int(server.sockets[0].getsockname()[1])
         listener = _Listener(kind, server, bound, upstream)
         holder["listener"] = listener
