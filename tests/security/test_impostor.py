@@ -87,6 +87,12 @@ def _engine(url: str) -> None:
     _open_engine(create_service_engine(ServiceConfig(name="impostor-probe"), url))
 
 
+def _db_session_engine(url: str) -> None:
+    from harness.rollback_session import session_engine
+
+    _open_engine(session_engine(url))
+
+
 def _sqlalchemy_plain(url: str) -> None:
     """An app's own engine on DATABASE_URL, as written to `.env` (no help from us)."""
     from sqlalchemy.ext.asyncio import create_async_engine
@@ -105,7 +111,11 @@ def _refused_without_the_password(
 
 
 @pytest.mark.parametrize("kind", ["direct", "pooled"])
-@pytest.mark.parametrize("connect", [_psycopg, _asyncpg, _engine], ids=["psycopg", "asyncpg", "engine"])
+@pytest.mark.parametrize(
+    "connect",
+    [_psycopg, _asyncpg, _engine, _db_session_engine],
+    ids=["psycopg", "asyncpg", "engine", "db_session"],
+)
 def test_a_handed_out_url_never_gives_its_password_to_the_ports_next_owner(
     gone_endpoint: dict[str, str], kind: str, connect: Callable[[str], None], tmp_path: Path
 ) -> None:
