@@ -42,11 +42,11 @@ def connect_backend(settings: Settings) -> BackendInfo:
         return BackendInfo("neon", settings.api_host, settings.api_key, settings.project_id)
     from harness.local.discovery import live_server, resolve_home
 
-    # Reusing a running server needs only the light discovery module; the server's own
-    # module (and its imports) loads only when one has to be started.
+    # Reusing a running server needs only the light discovery module; the
+    # launcher loads only when one has to be started.
     info = live_server(resolve_home(settings.home), settings.local_storage)
     if info is None:
-        from harness.local.server import ensure_local_server
+        from harness.local.launch import ensure_local_server
 
         info = ensure_local_server(settings.home, storage=settings.local_storage)
     return BackendInfo("embedded", info.api_host, Secret(str(info.api_key)), info.project_id)

@@ -10,16 +10,21 @@ mutating path goes through.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import os
-import re
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
+from harness.branch_names import NAME_PREFIX, given_name_candidates
+
+# session.py and templates.py name these through this module
+from harness.branch_names import building_name as building_name
+from harness.branch_names import session_branch_name as session_branch_name
+from harness.branch_names import template_branch_name as template_branch_name
+from harness.endpoint_urls import endpoint_facts, opt_port, verify_urls_point_at
 from harness.errors import ConfigError, NeonAPIError, SafetyError
 from harness.log import get_logger
 from harness.redact import Secret, register_url
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
     from harness.settings import Settings
 
 log = get_logger("branches")
+T = TypeVar("T")
 
 MARK = "cathouse-harness"
 MARK_RUN = "cathouse-harness.run"
@@ -41,12 +47,10 @@ MARK_PID = "cathouse-harness.pid"
 # Who may delete the branch by looking it up: the process (an xdist run: its controller
 # and workers) that created it. Two runs given the same run id have different tokens.
 MARK_OWNER = "cathouse-harness.owner"
-NAME_PREFIX = "harness/"
 # a create or delete whose operation fails (not times out) is asked for again
 CREATE_ATTEMPTS = 3
 
 Kind = Literal["session", "template", "dev"]
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-/]+")
 
 
 @dataclass(frozen=True)
@@ -71,63 +75,10 @@ class BranchHandle:
         )
 
 
-def clean_name_part(text: str) -> str:
-    cleaned = _SAFE_NAME.sub("-", text).strip("-/")
-    return cleaned[:60] or "x"
-
-
-def session_branch_name(run_id: str, worker: str) -> str:
-    return f"{NAME_PREFIX}{clean_name_part(run_id)}/{clean_name_part(worker)}"
-
-
-def run_prefix(run_id: str) -> str:
-    return f"{NAME_PREFIX}{clean_name_part(run_id)}/"
-
-
-def template_branch_name(fingerprint: str, parent: str, *, schema_only: bool = False) -> str:
-    flavour = "-schema" if schema_only else ""
-    return f"{NAME_PREFIX}template/{clean_name_part(parent)}/{fingerprint}{flavour}"
-
-
-def building_name(template_name: str) -> str:
-    return f"{template_name}.building"
-
-
-def dev_branch_name(user: str | None = None, git_branch: str | None = None) -> str:
-    user = user or _safe_user()
-    parts = [clean_name_part(user)]
-    if git_branch:
-        parts.append(clean_name_part(git_branch))
-    return f"{NAME_PREFIX}dev/{'-'.join(parts)}"
-
-
-def dev_name_for(given: str) -> str:
-    """The name `cathouse-branch up --name <given>` gives its branch: `harness/dev/<given>`,
-    or `given` itself when it already carries the harness prefix."""
-    if given.startswith(f"{NAME_PREFIX}dev/"):
-        return given
-    if given.startswith(NAME_PREFIX):
-        raise ConfigError(
-            f"{given!r} names a branch the harness keeps for itself (templates, test sessions)",
-            key="--name", hint=f"give a plain name; the branch becomes {NAME_PREFIX}dev/<name>",
-        )
-    return f"{NAME_PREFIX}dev/{clean_name_part(given)}"
-
-
-def _given_name_candidates(given: str) -> tuple[str, ...]:
-    if given.startswith(NAME_PREFIX):
-        return (given,)
-    if given.startswith("br-"):  # an id first; `up --name br-x` is unusual but allowed
-        return (given, dev_name_for(given))
-    # the short name first: a branch literally called `given` outside harness/ is one the
-    # harness would refuse to touch anyway, so the short form is what a person means
-    return (dev_name_for(given), given)
-
-
 async def resolve_given_branch(client: NeonClient, project_id: str, given: str) -> Branch:
     """A branch as a person names it on the command line: its `br-` id, its full name, or
     the name they gave to `up` (X for harness/dev/X). ConfigError if none matches."""
-    candidates = _given_name_candidates(given)
+    candidates = given_name_candidates(given)
     for candidate in candidates:
         try:
             return await client.resolve_branch(project_id, candidate)
@@ -139,13 +90,6 @@ async def resolve_given_branch(client: NeonClient, project_id: str, given: str) 
         f"no branch with id or name {tried} in project {project_id}",
         hint="cathouse-branch list shows the branches the harness made",
     )
-
-
-def _safe_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "developer"
 
 
 def owned_here(branch: Branch, run_id: str, owner: str | None = None) -> bool:
@@ -179,27 +123,33 @@ def marks(kind: Kind, run_id: str, *, fingerprint: str | None = None) -> dict[st
     return annotation
 
 
+_NOT_CREATED = "the harness did not create it"
+
+
+def _why_not_ours(branch: Branch) -> str | None:
+    """Why the harness may not change `branch`; None when it may (the one ownership rule)."""
+    if branch.default:
+        return "it is the project's default branch"
+    if branch.protected:
+        return "it is protected"
+    if branch.annotation.get(MARK) != "1" or not branch.name.startswith(NAME_PREFIX):
+        return _NOT_CREATED
+    return None
+
+
 def is_harness_branch(branch: Branch) -> bool:
-    return (
-        branch.annotation.get(MARK) == "1"
-        and branch.name.startswith(NAME_PREFIX)
-        and not branch.default
-        and not branch.protected
-    )
+    return _why_not_ours(branch) is None
 
 
 def ensure_owned(branch: Branch, action: str) -> None:
     """Raise SafetyError unless the harness may `action` this branch."""
-    if branch.default:
+    reason = _why_not_ours(branch)
+    if reason is not None:
         raise SafetyError(
-            f"refusing to {action} {branch.name} ({branch.id}): it is the project's default branch"
-        )
-    if branch.protected:
-        raise SafetyError(f"refusing to {action} {branch.name} ({branch.id}): it is protected")
-    if branch.annotation.get(MARK) != "1" or not branch.name.startswith(NAME_PREFIX):
-        raise SafetyError(
-            f"refusing to {action} {branch.name} ({branch.id}): the harness did not create it",
-            hint="only branches named harness/... with the cathouse-harness annotation are touched",
+            f"refusing to {action} {branch.name} ({branch.id}): {reason}",
+            hint="only branches named harness/... with the cathouse-harness annotation are touched"
+            if reason == _NOT_CREATED
+            else None,
         )
 
 
@@ -304,30 +254,25 @@ async def create_owned_branch(
     schema_only: bool = False,
 ) -> BranchHandle:
     """Create a marked branch with a read-write endpoint and hand out its URLs."""
-    from harness.neon.client import NeonOperationError
-
     started = time.perf_counter()
-    for attempt in range(1, CREATE_ATTEMPTS + 1):
-        try:
-            created = await client.create_branch(
-                project_id,
-                name=name,
-                parent_id=parent_id,
-                expires_at=expiry(ttl),
-                annotation=marks(kind, run_id, fingerprint=fingerprint),
-                init_source="schema-only" if schema_only else None,
-                wait=True,
-            )
-            break
-        except NeonOperationError as exc:
-            # The API accepted the create but its operation failed (a platform hiccup):
-            # remove whatever is left of the branch and ask again, a bounded number of times.
-            if exc.timed_out or attempt == CREATE_ATTEMPTS:
-                raise
-            log.warning("creating %s failed (%s); trying again", name, exc.message)
-            leftover = await find_own_branch(client, project_id, name, run_id=run_id)
-            if leftover is not None:
-                await delete_owned_branch(client, project_id, leftover.id)
+
+    async def create() -> BranchCreated:
+        return await client.create_branch(
+            project_id,
+            name=name,
+            parent_id=parent_id,
+            expires_at=expiry(ttl),
+            annotation=marks(kind, run_id, fingerprint=fingerprint),
+            init_source="schema-only" if schema_only else None,
+            wait=True,
+        )
+
+    async def remove_leftover() -> None:
+        leftover = await find_own_branch(client, project_id, name, run_id=run_id)
+        if leftover is not None:
+            await delete_owned_branch(client, project_id, leftover.id)
+
+    created = await _until_its_operation_holds(f"creating {name}", create, remove_leftover)
     branch = created.branch
     # The create answer (re-read once its operations finished) already names the
     # endpoint and its URIs; ask the API again only when it does not.
@@ -351,42 +296,22 @@ def _handle_from_created(
     `handle_for`; None when the answer lacks a usable endpoint or the URIs for
     `database` and `role` (then the caller asks the API)."""
     branch = created.branch
-    endpoints = [e for e in created.endpoints if e.type == "read_write"] or list(created.endpoints)
-    if not endpoints or not endpoints[0].usable:
+    endpoint = _writable(created.endpoints)
+    if endpoint is None or not endpoint.usable:
         return None
-    endpoint = endpoints[0]
     info = next(
         (c for c in created.connection_uris if c.database == database and c.role == role), None
     )
-    pooler_port = _opt_port(endpoint.raw.get("pooler_port"))
+    pooler_port = opt_port(endpoint.raw.get("pooler_port"))
     if info is not None and pooler_port is not None:
         # The local server names its pooled port on the endpoint (Neon serves 5432).
         info = replace(info, pooler_port=pooler_port)
     pooled = info.pooled_uri if info is not None else None
     if info is None or pooled is None:
         return None
-    if endpoint.branch_id != branch.id:
-        raise SafetyError(
-            f"endpoint {endpoint.id} belongs to branch {endpoint.branch_id}, not {branch.id}"
-        )
-    direct = str(info.uri)
-    verify_urls_point_at(
-        endpoint_host=endpoint.host,
-        direct=direct,
-        pooled=str(pooled),
-        **_endpoint_facts(endpoint),
-    )
-    register_url(direct)
-    register_url(str(pooled))
-    return BranchHandle(
-        project_id=project_id,
-        id=branch.id,
-        name=branch.name,
-        parent_id=branch.parent_id,
-        endpoint_id=endpoint.id,
-        direct_url=Secret(direct),
-        pooled_url=Secret(str(pooled)),
-        kind=kind,
+    return _checked_handle(
+        project_id, branch.id, branch.name, branch.parent_id, endpoint, str(info.uri), str(pooled),
+        kind,
     )
 
 
@@ -402,137 +327,64 @@ async def handle_for(
     parent_id: str | None = None,
 ) -> BranchHandle:
     """URLs for an existing branch, checked to point at that branch's own endpoint."""
-    endpoints = await client.list_branch_endpoints(project_id, branch_id)
-    writable = [e for e in endpoints if e.type == "read_write"] or list(endpoints)
-    if not writable:
+    endpoint = _writable(await client.list_branch_endpoints(project_id, branch_id))
+    if endpoint is None:
         raise NeonAPIError(f"branch {branch_id} has no endpoint", status=0)
-    endpoint = writable[0]
+    _check_endpoint_branch(endpoint, branch_id)
+    await client.wait_for_endpoint(project_id, endpoint.id)
+    direct, pooled = await client.connection_uris(
+        project_id, branch_id=branch_id, endpoint_id=endpoint.id, database_name=database,
+        role_name=role,
+    )
+    if name is None or parent_id is None:
+        branch = await client.get_branch(project_id, branch_id)
+        name, parent_id = branch.name, branch.parent_id
+    return _checked_handle(
+        project_id, branch_id, name, parent_id, endpoint, str(direct), str(pooled), kind
+    )
+
+
+def _writable(endpoints: Iterable[Endpoint]) -> Endpoint | None:
+    """The branch's read-write endpoint (any endpoint when it has none)."""
+    listed = list(endpoints)
+    return next((e for e in listed if e.type == "read_write"), listed[0] if listed else None)
+
+
+def _check_endpoint_branch(endpoint: Endpoint, branch_id: str) -> None:
     if endpoint.branch_id != branch_id:
         raise SafetyError(
             f"endpoint {endpoint.id} belongs to branch {endpoint.branch_id}, not {branch_id}"
         )
-    await client.wait_for_endpoint(project_id, endpoint.id)
-    direct = await client.connection_uri(
-        project_id, branch_id=branch_id, endpoint_id=endpoint.id, database_name=database,
-        role_name=role, pooled=False,
-    )
-    pooled = await client.connection_uri(
-        project_id, branch_id=branch_id, endpoint_id=endpoint.id, database_name=database,
-        role_name=role, pooled=True,
-    )
+
+
+def _checked_handle(
+    project_id: str,
+    branch_id: str,
+    name: str,
+    parent_id: str | None,
+    endpoint: Endpoint,
+    direct: str,
+    pooled: str,
+    kind: Kind,
+) -> BranchHandle:
+    """The handle for URLs that name `endpoint`, which must be the branch's own; both
+    URLs registered for scrubbing before anything can print them."""
+    _check_endpoint_branch(endpoint, branch_id)
     verify_urls_point_at(
-        endpoint_host=endpoint.host,
-        direct=direct,
-        pooled=pooled,
-        **_endpoint_facts(endpoint),
+        endpoint_host=endpoint.host, direct=direct, pooled=pooled, **endpoint_facts(endpoint)
     )
-    register_url(str(direct))
-    register_url(str(pooled))
-    if name is None or parent_id is None:
-        branch = await client.get_branch(project_id, branch_id)
-        name, parent_id = branch.name, branch.parent_id
+    register_url(direct)
+    register_url(pooled)
     return BranchHandle(
         project_id=project_id,
         id=branch_id,
         name=name,
         parent_id=parent_id,
         endpoint_id=endpoint.id,
-        direct_url=Secret(str(direct)),
-        pooled_url=Secret(str(pooled)),
+        direct_url=Secret(direct),
+        pooled_url=Secret(pooled),
         kind=kind,
     )
-
-
-def _endpoint_facts(endpoint: Endpoint) -> dict[str, Any]:
-    """What an endpoint object says about its addresses, for `verify_urls_point_at`."""
-    pooler_host = endpoint.raw.get("pooler_host")
-    return {
-        "endpoint_id": endpoint.id,
-        "pooler_host": pooler_host if isinstance(pooler_host, str) else None,
-        "endpoint_port": _opt_port(endpoint.raw.get("port")),
-        "pooler_port": _opt_port(endpoint.raw.get("pooler_port")),
-    }
-
-
-def _opt_port(value: object) -> int | None:
-    try:
-        return int(value) if value is not None else None  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return None
-
-
-def verify_urls_point_at(
-    *,
-    endpoint_host: str | None,
-    direct: str,
-    pooled: str,
-    endpoint_id: str | None = None,
-    pooler_host: str | None = None,
-    endpoint_port: int | None = None,
-    pooler_port: int | None = None,
-) -> None:
-    """The direct URL must name the endpoint's host and the pooled URL the endpoint's
-    pooled host (and each its port, where the backend gives one, as the local server does).
-
-    The pooled host is Neon's rule, the endpoint host with `-pooler` after the endpoint
-    id, or else a `pooler_host` the endpoint object names, or for a loopback endpoint
-    with a `pooler_port` (the local server's) the same host on that port. A
-    loopback URL stands for a `*.localhost` or loopback endpoint host only on the
-    endpoint's own port. This is what stops a session from being handed the parent's,
-    or another endpoint's, URLs by a confused API answer: tests would then write there.
-    """
-    from urllib.parse import urlsplit
-
-    if not endpoint_host:
-        raise SafetyError("the endpoint has no host to check the URLs against")
-    pooled_host = _pooled_host(endpoint_host, endpoint_id) or pooler_host
-    if not pooled_host and _is_loopback(endpoint_host) and pooler_port is not None:
-        # The local server: both listeners on loopback, told apart by their ports (its
-        # endpoints name no pooler host, a field Neon's endpoints do not have).
-        pooled_host = endpoint_host
-    if not pooled_host:
-        raise SafetyError(f"cannot tell the pooled host of endpoint {endpoint_id or endpoint_host}")
-    direct_parts, pooled_parts = urlsplit(direct), urlsplit(pooled)
-    for what, parts, host, port in (
-        ("direct", direct_parts, endpoint_host, endpoint_port),
-        ("pooled", pooled_parts, pooled_host, pooler_port),
-    ):
-        _check_address(what, parts.hostname, parts.port, host, port)
-    if (direct_parts.hostname, direct_parts.port) == (pooled_parts.hostname, pooled_parts.port):
-        raise SafetyError("the pooled URL is the same address as the direct one")
-
-
-def _pooled_host(endpoint_host: str, endpoint_id: str | None) -> str | None:
-    """Neon's pooled host: `-pooler` inserted after the endpoint id that starts the host."""
-    if endpoint_id and endpoint_host.startswith(endpoint_id + "."):
-        return endpoint_id + "-pooler" + endpoint_host[len(endpoint_id):]
-    return None
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost" or host.endswith(".localhost")
-
-
-def _check_address(what: str, host: str | None, port: int | None, want_host: str,
-                   want_port: int | None) -> None:
-    host = (host or "").lower()
-    want_host = want_host.lower()
-    if host == want_host:
-        if want_port is not None and port not in (None, want_port):
-            raise SafetyError(f"the {what} URL's port {port} is not the endpoint's {want_port}")
-        return
-    # the local server's URLs say 127.0.0.1 where its endpoint says ep-….localhost;
-    # then only the endpoint's own port tells the endpoints apart
-    if _is_loopback(host) and _is_loopback(want_host) and want_port is not None:
-        if port != want_port:
-            raise SafetyError(f"the {what} URL's port {port} is not the endpoint's {want_port}")
-        return
-    raise SafetyError(f"the {what} URL's host {host or '(none)'} is not the endpoint's {want_host}")
 
 
 async def delete_owned_branch(client: NeonClient, project_id: str, branch_id: str) -> bool:
@@ -544,19 +396,33 @@ async def delete_owned_branch(client: NeonClient, project_id: str, branch_id: st
             return False
         raise
     ensure_owned(branch, "delete")
+
+    async def delete() -> bool:
+        return await client.delete_branch(project_id, branch_id, wait=True, missing_ok=True)
+
+    deleted = await _until_its_operation_holds(f"deleting {branch.name}", delete)
+    log.info("deleted branch %s (%s)", branch.name, branch.id)
+    return bool(deleted)
+
+
+async def _until_its_operation_holds(
+    what: str, act: Callable[[], Awaitable[T]], before_again: Callable[[], Awaitable[None]] | None = None
+) -> T:
+    """`act()`, asked again when the API accepted it but its operation failed (a platform
+    hiccup), at most CREATE_ATTEMPTS times in all; `before_again` clears what a failed
+    one left. An operation that timed out is not asked again: it may still finish."""
     from harness.neon.client import NeonOperationError
 
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         try:
-            deleted = await client.delete_branch(project_id, branch_id, wait=True, missing_ok=True)
-            break
+            return await act()
         except NeonOperationError as exc:
-            # the delete was accepted but its operation failed: the branch is still there
             if exc.timed_out or attempt == CREATE_ATTEMPTS:
                 raise
-            log.warning("deleting %s failed (%s); trying again", branch.name, exc.message)
-    log.info("deleted branch %s (%s)", branch.name, branch.id)
-    return bool(deleted)
+            log.warning("%s failed (%s); trying again", what, exc.message)
+            if before_again is not None:
+                await before_again()
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 async def restore_owned_branch(

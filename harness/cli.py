@@ -7,9 +7,7 @@ unless `--show-secrets` is given.
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,106 +16,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness import env
-from harness.cli_args import PROG, Progress, UsageFailure, build_parser
+from harness.cli_args import PROG, UsageFailure, build_parser
+from harness.cli_context import Context, branch_from_env, git_branch, with_client
 from harness.envfile import read_env_file, write_env_file, written_by_us
 from harness.errors import ConfigError, HarnessError
 from harness.redact import redact_url, scrub
-from harness.settings import INIT_HINT, Settings, load_settings, parse_ttl
+from harness.settings import INIT_HINT, parse_ttl
 from harness.urls import url_from_argument
 
 DEV_TTL = timedelta(days=7)
-
-
-# -- shared plumbing ---------------------------------------------------------------------
-
-
-class Context:
-    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
-        self.args = args
-        self.out = out
-        self.progress = Progress(err, quiet=getattr(args, "quiet", False) or False)
-        self.project_dir: Path = (args.project_dir or Path.cwd()).resolve()
-        if not self.project_dir.is_dir():
-            raise ConfigError(f"{str(self.project_dir)!r} is not a directory", key="--project-dir")
-        self._settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            options: dict[str, Any] = {"backend": self.args.backend}
-            if getattr(self.args, "storage", None) and self.args.command != "emulator":
-                options["local_storage"] = self.args.storage
-            if getattr(self.args, "parent", None):
-                options["parent_branch"] = self.args.parent
-            self._settings = load_settings(self.project_dir, options=options)
-        return self._settings
-
-    @property
-    def env_file(self) -> Path:
-        given = getattr(self.args, "env_file", None)
-        return (given or self.project_dir / ".env").resolve()
-
-    def url(self, url: str) -> str:
-        return url if self.args.show_secrets else redact_url(url)
-
-    def emit(self, payload: dict[str, Any], human: Sequence[str]) -> None:
-        if self.args.json:
-            print(json.dumps(payload, indent=2, default=str), file=self.out)
-        else:
-            for line in human:
-                print(line, file=self.out)
-
-
-def _with_client(ctx: Context, work: Callable[[Any, str], Any]) -> Any:
-    """Run `work(client, project_id)` on the backend with a fresh client."""
-    import asyncio
-
-    from harness.backend import connect_backend, open_client
-
-    with ctx.progress.step("connect to backend"):
-        backend = connect_backend(ctx.settings)
-
-    async def _main() -> Any:
-        async with open_client(backend) as client:
-            return await work(client, backend.project_id)
-
-    from harness.branches import refused_key
-    from harness.errors import NeonAPIError
-
-    try:
-        return asyncio.run(_main())
-    except NeonAPIError as exc:
-        refused = refused_key(exc, ctx.settings)
-        if refused is not None:
-            raise refused from None
-        raise
-
-
-def _git_branch(directory: Path) -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=directory, capture_output=True,
-            text=True, timeout=5,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    name = result.stdout.strip()
-    return name if result.returncode == 0 and name and name != "HEAD" else None
-
-
-def _branch_from_env(ctx: Context, name: str | None) -> str:
-    if name:
-        return name
-    values = read_env_file(ctx.env_file)
-    branch = values.get("CATHOUSE_BRANCH_ID")
-    if not branch:
-        raise ConfigError(
-            "no branch given and none recorded",
-            key="CATHOUSE_BRANCH_ID",
-            source=str(ctx.env_file),
-            hint=f"name the branch, or run {PROG} up first",
-        )
-    return branch
 
 
 def _migration_rows(results: Sequence[Any]) -> list[dict[str, Any]]:
@@ -148,48 +55,17 @@ def _migrate(ctx: Context, direct_url: str) -> list[dict[str, Any]]:
 
 
 def cmd_up(ctx: Context) -> int:
-    from harness import branches
-    from harness.devbranch import dev_branch
-    from harness.envfile import ssl_root_env
-    from harness.urls import normalize_asyncpg_url
+    from harness import branch_names
 
-    settings = ctx.settings
+    ctx.settings  # noqa: B018  (first: a bad configuration or .env is the error to report)
     ttl = parse_ttl(ctx.args.ttl, key="--ttl", source="command line") if ctx.args.ttl else DEV_TTL
-    name = branches.dev_name_for(
-        ctx.args.name or branches.dev_branch_name(git_branch=_git_branch(ctx.project_dir))
+    name = branch_names.dev_name_for(
+        ctx.args.name or branch_names.dev_branch_name(git_branch=git_branch(ctx.project_dir))
     )
     if ctx.env_file.exists() and not written_by_us(ctx.env_file) and not ctx.args.force:
         write_env_file(ctx.env_file, {}, force=False)  # raises the one-line refusal
-
-    async def work(client: Any, project_id: str) -> tuple[Any, bool]:
-        return await dev_branch(client, project_id, settings, name=name, ttl=ttl)
-
-    with ctx.progress.step(f"branch {name}"):
-        handle, created = _with_client(ctx, work)
-    try:
-        migrations = _migrate(ctx, str(handle.direct_url))
-    except HarnessError:
-        if created:  # a branch that never got its migrations is of no use: leave nothing
-
-            async def remove(client: Any, project_id: str) -> None:
-                await branches.delete_owned_branch(client, project_id, handle.id)
-
-            _with_client(ctx, remove)
-        raise
-    database_url = normalize_asyncpg_url(str(handle.pooled_url))
-    migration_url = str(handle.direct_url)
-    write_env_file(
-        ctx.env_file,
-        {
-            "DATABASE_URL": database_url,
-            "MIGRATION_DATABASE_URL": migration_url,
-            "CATHOUSE_BRANCH_ID": handle.id,
-            "CATHOUSE_BRANCH_NAME": handle.name,
-            **ssl_root_env(migration_url),
-        },
-        force=ctx.args.force,
-    )
-    ctx.progress.say(f"✓ wrote {ctx.env_file} (mode 0600)")
+    handle, created, migrations = _migrated_dev_branch(ctx, name, ttl)
+    database_url, migration_url = _write_dev_env(ctx, handle)
     payload = {
         "branch_id": handle.id,
         "name": handle.name,
@@ -211,10 +87,56 @@ def cmd_up(ctx: Context) -> int:
     return 0
 
 
+def _migrated_dev_branch(ctx: Context, name: str, ttl: timedelta) -> tuple[Any, bool, list[dict[str, Any]]]:
+    """The developer's branch `name` (reused or created) migrated to head: its handle,
+    whether it was created, and the migration rows. A branch created here whose
+    migrations fail is deleted again: without them it is of no use."""
+    from harness import branches
+    from harness.devbranch import dev_branch
+
+    async def work(client: Any, project_id: str) -> tuple[Any, bool]:
+        return await dev_branch(client, project_id, ctx.settings, name=name, ttl=ttl)
+
+    with ctx.progress.step(f"branch {name}"):
+        handle, created = with_client(ctx, work)
+    try:
+        return handle, created, _migrate(ctx, str(handle.direct_url))
+    except HarnessError:
+        if created:
+
+            async def remove(client: Any, project_id: str) -> None:
+                await branches.delete_owned_branch(client, project_id, handle.id)
+
+            with_client(ctx, remove)
+        raise
+
+
+def _write_dev_env(ctx: Context, handle: Any) -> tuple[str, str]:
+    """Write the branch's URLs into the .env file; (DATABASE_URL, MIGRATION_DATABASE_URL)."""
+    from harness.envfile import ssl_root_env
+    from harness.urls import normalize_asyncpg_url
+
+    database_url = normalize_asyncpg_url(str(handle.pooled_url))
+    migration_url = str(handle.direct_url)
+    write_env_file(
+        ctx.env_file,
+        {
+            "DATABASE_URL": database_url,
+            "MIGRATION_DATABASE_URL": migration_url,
+            "CATHOUSE_BRANCH_ID": handle.id,
+            "CATHOUSE_BRANCH_NAME": handle.name,
+            **ssl_root_env(migration_url),
+        },
+        force=ctx.args.force,
+    )
+    ctx.progress.say(f"✓ wrote {ctx.env_file} (mode 0600)")
+    return database_url, migration_url
+
+
 def cmd_down(ctx: Context) -> int:
     from harness import branches
 
-    target = _branch_from_env(ctx, ctx.args.name)
+    target = branch_from_env(ctx, ctx.args.name)
 
     async def work(client: Any, project_id: str) -> Any:
         branch = await branches.resolve_given_branch(client, project_id, target)
@@ -223,7 +145,7 @@ def cmd_down(ctx: Context) -> int:
         return branch
 
     with ctx.progress.step(f"delete {target}"):
-        branch = _with_client(ctx, work)
+        branch = with_client(ctx, work)
     env_values = read_env_file(ctx.env_file) if written_by_us(ctx.env_file) else {}
     if env_values.get("CATHOUSE_BRANCH_ID") == branch.id:
         ctx.env_file.unlink()
@@ -253,7 +175,7 @@ def cmd_list(ctx: Context) -> int:
         return await branches.harness_branches(client, project_id)
 
     with ctx.progress.step("list harness branches"):
-        found = _with_client(ctx, work)
+        found = with_client(ctx, work)
     rows = [_branch_row(b) for b in found]
     human = [f"{r['id']:<28} {r['kind']:<9} {r['expires_at'] or '-':<26} {r['name']}" for r in rows]
     ctx.emit({"branches": rows}, human or ["no harness branches"])
@@ -265,7 +187,7 @@ def cmd_url(ctx: Context) -> int:
     from harness import branches
     from harness.urls import normalize_asyncpg_url
 
-    target = _branch_from_env(ctx, ctx.args.name)
+    target = branch_from_env(ctx, ctx.args.name)
     settings = ctx.settings
 
     async def work(client: Any, project_id: str) -> Any:
@@ -275,7 +197,7 @@ def cmd_url(ctx: Context) -> int:
         )
 
     with ctx.progress.step(f"look up {target}"):
-        handle = _with_client(ctx, work)
+        handle = with_client(ctx, work)
     url = str(handle.pooled_url if ctx.args.pooled else handle.direct_url)
     if ctx.args.asyncpg:
         url = normalize_asyncpg_url(url)
@@ -290,7 +212,7 @@ def cmd_url(ctx: Context) -> int:
 def cmd_reset(ctx: Context) -> int:
     from harness import branches
 
-    target = _branch_from_env(ctx, ctx.args.name)
+    target = branch_from_env(ctx, ctx.args.name)
     settings = ctx.settings
 
     async def work(client: Any, project_id: str) -> Any:
@@ -303,7 +225,7 @@ def cmd_reset(ctx: Context) -> int:
         )
 
     with ctx.progress.step(f"restore {target} to its parent"):
-        handle = _with_client(ctx, work)
+        handle = with_client(ctx, work)
     migrations = _migrate(ctx, str(handle.direct_url))
     ctx.emit(
         {"branch_id": handle.id, "name": handle.name, "migrations": migrations},
@@ -337,7 +259,7 @@ def cmd_gc(ctx: Context) -> int:
         return chosen, done
 
     with ctx.progress.step("collect garbage" + (" (dry run)" if ctx.args.dry_run else "")):
-        chosen, done = _with_client(ctx, work)
+        chosen, done = with_client(ctx, work)
     cleaned: list[str] = []
     if not ctx.args.dry_run:
         from harness.leftovers import clean_leftovers

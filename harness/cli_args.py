@@ -61,6 +61,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = _Parser(prog=PROG, description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_branch_commands(sub, common)
+    _add_project_commands(sub, common)
+    return parser
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """The options every command takes."""
     common = _Parser(add_help=False)
     common.add_argument("--project-dir", type=Path, default=None, help="project to use (default: .)")
     common.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -71,10 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded default only: memory (fast, the default) or disk (survives reboots)",
     )
     common.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return common
 
-    parser = _Parser(prog=PROG, description=DESCRIPTION)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+def _add_branch_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """up, down, list, url, reset, gc: the commands on developers' and harness branches."""
     up = sub.add_parser("up", parents=[common], help="create a migrated branch and write .env")
     up.add_argument("--name", default=None, help="branch name (default: harness/dev/<user>-<git branch>)")
     up.add_argument("--ttl", default=None, help="time to live, e.g. 8h or 7d (default 7d)")
@@ -105,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="only show what would be removed")
     gc.add_argument("--run", default=None, help="only the branches of this test run id")
 
+
+def _add_project_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """migrate, doctor, init, emulator: the commands on the project and its setup."""
     migrate = sub.add_parser("migrate", parents=[common], help="migrate the branch named by .env")
     migrate.add_argument("--url", default=None, help="direct URL without a password, or - to read "
                          "it from stdin (default: MIGRATION_DATABASE_URL)")
@@ -126,4 +140,3 @@ def build_parser() -> argparse.ArgumentParser:
     emulator = sub.add_parser("emulator", parents=[common], help="run the local Neon API server")
     emulator.add_argument("--port", type=int, default=0)
     emulator.add_argument("--home", type=Path, default=None)
-    return parser

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from harness import branches
+from harness import branch_names, branches
 
 if TYPE_CHECKING:
     from harness.neon.client import NeonClient
@@ -29,7 +29,7 @@ async def dev_branch(client: NeonClient, project_id: str, settings: Settings, *,
         return handle, False
     handle = await branches.create_owned_branch(
         client, project_id, name=name, parent_id=parent.id, ttl=ttl, kind="dev",
-        run_id=f"dev-{branches.clean_name_part(name)}", database=settings.database,
+        run_id=f"dev-{branch_names.clean_name_part(name)}", database=settings.database,
         role=settings.role, schema_only=settings.schema_only,
     )
     return handle, True

@@ -145,9 +145,8 @@ def run_checks(
 
 
 def _check_backend(settings: Settings) -> Check:
-    import asyncio
-
     from harness.backend import connect_backend, open_client
+    from harness.sync import run_sync
 
     if settings.backend == "embedded":
         from harness.local.discovery import running_server
@@ -164,7 +163,7 @@ def _check_backend(settings: Settings) -> Check:
                 await client.check_auth()
                 await client.get_project(backend.project_id)
 
-        asyncio.run(probe())
+        run_sync(probe())
     except HarnessError as exc:
         return Check("backend", "fail", exc.message, "check NEON_API_KEY and NEON_PROJECT_ID")
     return Check("backend", "ok", f"Neon API answers; project {settings.project_id} found")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import ConfigError
+from harness.run_memo import remembered
 from harness.settings import ServiceConfig, Settings
 
 FINGERPRINT_LENGTH = 16
@@ -156,6 +157,12 @@ def _version_locations(parser: configparser.ConfigParser, table: dict[str, objec
 
 
 def service_sources(service: ServiceConfig) -> ServiceSources:
+    """Where `service`'s Alembic setup lives, read from its files (once per migration run,
+    see `harness.run_memo`)."""
+    return remembered(("service_sources", service), lambda: _read_service_sources(service))
+
+
+def _read_service_sources(service: ServiceConfig) -> ServiceSources:
     if service.alembic_ini is None:
         raise ConfigError("has no alembic_ini", key=f"services[{service.name}]")
     config_file = service.alembic_ini

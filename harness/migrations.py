@@ -31,6 +31,7 @@ from harness.migrate.runner import (
     join_heads,
     upgrade_service,
 )
+from harness.run_memo import once_per_run
 from harness.settings import Settings
 
 __all__ = [
@@ -86,11 +87,12 @@ def migrate_all(
     db_error=). Safe to call from synchronous code, from a worker thread, or from a
     thread that runs an event loop (the work runs in a thread of its own).
     """
-    heads = head_revisions(settings) if reporter is not None and target in ("head", "heads") \
-        else None
-    return run_with_connection(
-        direct_url, lambda connection: _migrate_on(connection, settings, target, reporter, heads)
-    )
+    with once_per_run():
+        heads = head_revisions(settings) if reporter is not None and target in ("head", "heads") \
+            else None
+        return run_with_connection(
+            direct_url, lambda connection: _migrate_on(connection, settings, target, reporter, heads)
+        )
 
 
 def current_revisions(settings: Settings, direct_url: str) -> dict[str, str | None]:

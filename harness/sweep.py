@@ -40,7 +40,8 @@ def sweep_run(settings: Settings, run_id: str, *, all_finished: bool = False) ->
         remove_run_dir(directory)
         return []
     from harness.backend import connect_backend, open_client
-    from harness.branches import delete_run_branches, run_prefix
+    from harness.branch_names import run_prefix
+    from harness.branches import delete_run_branches
     from harness.sync import LoopThread
 
     backend = connect_backend(settings)

@@ -3,7 +3,9 @@
 The pytest plugin and the CLI are synchronous, and a test may already own an event loop
 (pytest-asyncio, anyio). The harness therefore keeps its own loop on a private daemon
 thread: the Neon client's connections live there for the whole run, and no caller's loop
-is ever borrowed or blocked by ours.
+is ever borrowed or blocked by ours. `run_sync` is the same bridge for one coroutine (the
+CLI's commands, doctor's probe, the watchdog's cleanup): a loop thread for the call, closed
+after it.
 """
 
 from __future__ import annotations
@@ -67,3 +69,13 @@ class LoopThread:
         self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+def run_sync(coro: Coroutine[Any, Any, T], *, name: str = "cathouse-harness-call") -> T:
+    """Run `coro` to completion from synchronous code and return its result (or raise its
+    exception). Works whether or not the calling thread already runs an event loop."""
+    loop = LoopThread(name)
+    try:
+        return loop.run(coro)
+    finally:
+        loop.close()

@@ -223,9 +223,9 @@ def _run_async(main: Coroutine[Any, Any, T]) -> T:
     # asyncio (and the client, imported where it is used) load only once there is work:
     # the watchdog starts beside every session start, and on a two-core CI machine its
     # imports would compete with the session's own for the CPU.
-    import asyncio
+    from harness.sync import run_sync
 
-    return asyncio.run(main)
+    return run_sync(main, name="cathouse-watchdog")
 
 
 def run(marker_dir: Path, api_host: str, ttl: timedelta, interval: float | None = None) -> int:

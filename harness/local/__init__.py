@@ -5,9 +5,10 @@ request validation, Neon's JSON shapes); `control` (state, lookups, endpoints) w
 `operations` (operation records, the project lock), `persist` (state writes),
 `branching`, `computes`, `catalog` (roles, databases, the connection gate), `reaper`,
 `schema`; `state` (persisted JSON), `faults` (fault injection), `server` (foreground
-server, shared daemon, `emulator`). Data plane: `dataplane` over `postgres`, `proxy`
-(with `proxy_auth` and `scram`: each branch's passwords checked at the proxy),
-`pgbouncer`, `tls` (the home's CA) and `introspect` (pg_dump).
+server, shared daemon, `emulator`), `launch` (finding or starting that daemon). Data
+plane: `dataplane` over `postgres`, `proxy` (with `proxy_auth` and `scram`: each
+branch's passwords checked at the proxy), `pgbouncer`, `tls` (the home's CA), `hosts`
+(an endpoint's own loopback address) and `introspect` (pg_dump).
 
 Names are imported lazily so that importing one submodule (say, the data plane) does
 not pull in the web server.
@@ -21,22 +22,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from harness.local.discovery import LocalServerInfo, running_server
     from harness.local.faults import FaultConfig, parse_faults
-    from harness.local.server import (
-        ensure_local_server,
-        run_emulator,
-        run_server,
-        stop_local_server,
-    )
+    from harness.local.launch import ensure_local_server, stop_local_server
+    from harness.local.server import run_emulator, run_server
 
 _EXPORTS = {
     "FaultConfig": "harness.local.faults",
     "parse_faults": "harness.local.faults",
     "LocalServerInfo": "harness.local.discovery",
-    "ensure_local_server": "harness.local.server",
+    "ensure_local_server": "harness.local.launch",
     "run_emulator": "harness.local.server",
     "run_server": "harness.local.server",
     "running_server": "harness.local.discovery",
-    "stop_local_server": "harness.local.server",
+    "stop_local_server": "harness.local.launch",
 }
 
 __all__ = [

@@ -84,7 +84,8 @@ async def count_branches(request: Request) -> Response:
 async def create_branch(request: Request) -> Response:
     neon = project_of(request)
     spec = check.branch_create(await json_body(request))
-    branch, eps, ops = await neon.branching.create(spec)
+    current = await neon.history.sample() if spec.at and spec.at.lsn else None
+    branch, eps, ops = await neon.branching.create(spec, current)
     return ok(created_branch_json(neon, branch, eps, ops), 201)
 
 
@@ -117,7 +118,8 @@ async def delete_branch(request: Request) -> Response:
 async def restore_branch(request: Request) -> Response:
     neon = project_of(request)
     spec = check.restore(await json_body(request))
-    return _branch_operations(neon, *neon.branching.restore(request.path_params["branch_id"], spec))
+    current = await neon.history.sample() if spec.at and spec.at.lsn else None
+    return _branch_operations(neon, *neon.branching.restore(request.path_params["branch_id"], spec, current))
 
 
 @api
@@ -126,28 +128,39 @@ async def set_default_branch(request: Request) -> Response:
     return _branch_operations(neon, neon.branching.set_default(request.path_params["branch_id"]), [])
 
 
-def _db_name(request: Request, *unsupported: str) -> str:
-    query = request.query_params
-    for key in unsupported:
-        if query.get(key):
-            raise check.bad_request(f"{key} is not supported by the local server: it keeps no history")
-    name = query.get("db_name")
+def _db_name(request: Request) -> str:
+    name = request.query_params.get("db_name")
     if not name:
         raise check.bad_request("db_name is required")
     return name
 
 
+async def _as_of(request: Request, neon: LocalNeon, branch_id: str, lsn_key: str, time_key: str) -> str:
+    """The branch whose current state is `branch_id`'s at the point the query names
+    (itself when it names none), as the local history has it."""
+    point = check.point_in_time(request.query_params, lsn_key, time_key)
+    if point is None:
+        return branch_id
+    current = await neon.history.sample() if point.lsn else None
+    return str(neon.history.locate(neon.branch(branch_id), point, current).source.id)
+
+
 @api
 async def get_schema(request: Request) -> Response:
     neon = project_of(request)
-    db_name = _db_name(request, "lsn", "timestamp")
+    db_name = _db_name(request)
     form = check.choice(request.query_params, "format", ("sql", "json"), "sql")
-    return ok(await branch_schema(neon, request.path_params["branch_id"], db_name, form))
+    branch_id = await _as_of(request, neon, request.path_params["branch_id"], "lsn", "timestamp")
+    return ok(await branch_schema(neon, branch_id, db_name, form))
 
 
 @api
 async def get_schema_comparison(request: Request) -> Response:
     neon = project_of(request)
-    db_name = _db_name(request, "lsn", "timestamp", "base_lsn", "base_timestamp")
-    base = request.query_params.get("base_branch_id") or None
-    return ok(await compare_schema(neon, request.path_params["branch_id"], base, db_name))
+    db_name = _db_name(request)
+    branch_id = request.path_params["branch_id"]
+    base = request.query_params.get("base_branch_id") or neon.branch(branch_id).parent_id
+    if base is not None:
+        base = await _as_of(request, neon, base, "base_lsn", "base_timestamp")
+    branch_id = await _as_of(request, neon, branch_id, "lsn", "timestamp")
+    return ok(await compare_schema(neon, branch_id, base, db_name))

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from harness.local.control import LocalNeon
+from harness.local.history import HISTORY_RETENTION_SECONDS
 from harness.local.state import (
     BranchRecord,
     DatabaseRecord,
@@ -76,7 +77,7 @@ def _project_base(neon: LocalNeon) -> dict[str, Any]:
         "store_passwords": True,
         "cpu_used_sec": 0,
         "creation_source": CREATION_SOURCE,
-        "history_retention_seconds": 0,
+        "history_retention_seconds": HISTORY_RETENTION_SECONDS,
         "created_at": state.created_at,
         "updated_at": state.created_at,
         "owner_id": ACCOUNT["id"],
@@ -108,7 +109,7 @@ def branch_json(neon: LocalNeon, b: BranchRecord) -> dict[str, Any]:
             "id": b.id,
             "project_id": neon.state.project_id,
             "parent_id": b.parent_id,
-            "parent_lsn": "0/0" if b.parent_id else None,
+            "parent_lsn": b.parent_lsn if b.parent_id else None,
             "parent_timestamp": b.parent_timestamp if b.parent_id else None,
             "name": b.name,
             "current_state": b.current_state,
@@ -125,7 +126,8 @@ def branch_json(neon: LocalNeon, b: BranchRecord) -> dict[str, Any]:
             "expires_at": b.expires_at,
             "ttl_interval_seconds": b.ttl_interval_seconds if b.expires_at else None,
             "last_reset_at": b.last_reset_at,
-            "init_source": b.init_source if b.parent_id else None,
+            # the project's own root has none; a schema-only root says what it is
+            "init_source": b.init_source if b.parent_id or b.init_source == "schema-only" else None,
         }
     )
 

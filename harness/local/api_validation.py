@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any, Final
 
 from harness.errors import ApiError
+from harness.local.history import LSN_PATTERN, PointInTime
 from harness.local.state import iso, now, parse_time
 
 MAX_EXPIRY = timedelta(days=30)
@@ -185,6 +186,8 @@ class BranchCreate:
     init_source: str
     annotation: dict[str, str] | None
     endpoints: tuple[EndpointSettings, ...]
+    # parent_lsn / parent_timestamp: the parent's state at that point (None: now).
+    at: PointInTime | None = None
 
 
 def branch_create(body: Mapping[str, Any]) -> BranchCreate:
@@ -195,15 +198,14 @@ def branch_create(body: Mapping[str, Any]) -> BranchCreate:
     endpoints = tuple(endpoint_settings(e, type_required=True) for e in wanted)
     if sum(e.type == "read_write" for e in endpoints) > 1:
         raise bad_request("a branch can have at most one read_write endpoint")
-    for unsupported in ("parent_lsn", "parent_timestamp"):
-        if spec.get(unsupported):
-            raise bad_request(
-                f"{unsupported} is not supported by the local server: "
-                "a child always starts from its parent's current data"
-            )
     init_source = _string(spec, "init_source") or "parent-data"
     if init_source not in INIT_SOURCES:
         raise bad_request("init_source must be parent-data or schema-only")
+    at = point_in_time(spec, "parent_lsn", "parent_timestamp")
+    if at is not None and init_source == "schema-only":
+        raise bad_request(
+            "a schema-only branch copies its source's current schema: leave out parent_lsn, parent_timestamp"
+        )
     return BranchCreate(
         name=branch_name(_string(spec, "name")),
         parent_id=_string(spec, "parent_id"),
@@ -212,7 +214,28 @@ def branch_create(body: Mapping[str, Any]) -> BranchCreate:
         init_source=init_source,
         annotation=annotation(body.get("annotation_value")),
         endpoints=endpoints,
+        at=at,
     )
+
+
+def point_in_time(spec: Mapping[str, Any], lsn_key: str, time_key: str) -> PointInTime | None:
+    """An LSN (`0/16B3748`) or an RFC 3339 timestamp with a time zone, not both."""
+    lsn, timestamp = _string(spec, lsn_key), _string(spec, time_key)
+    if lsn is not None and timestamp is not None:
+        raise bad_request(f"give one of {lsn_key} and {time_key}, not both")
+    if lsn is not None:
+        if not LSN_PATTERN.match(lsn):
+            raise bad_request(f"{lsn_key} must be an LSN such as 0/16B3748")
+        return PointInTime(lsn=lsn.upper())
+    if timestamp is not None:
+        try:
+            parse_time(timestamp)
+        except ValueError:
+            raise bad_request(
+                f"{time_key} must be an RFC 3339 timestamp with a time zone, e.g. 2030-01-01T00:00:00Z"
+            ) from None
+        return PointInTime(timestamp=timestamp)
+    return None
 
 
 @dataclass(frozen=True)
@@ -238,18 +261,15 @@ def branch_update(body: Mapping[str, Any]) -> BranchUpdate:
 class Restore:
     source_branch_id: str
     preserve_under_name: str | None
+    # source_lsn / source_timestamp: the source's state at that point (None: its head).
+    at: PointInTime | None = None
 
 
 def restore(body: Mapping[str, Any]) -> Restore:
-    for unsupported in ("source_lsn", "source_timestamp"):
-        if body.get(unsupported):
-            raise bad_request(
-                f"{unsupported} is not supported by the local server: it keeps no history, "
-                "a branch is restored from another branch's current data"
-            )
     source = _string(body, "source_branch_id", required=True)
     assert source is not None
-    return Restore(source, branch_name(_string(body, "preserve_under_name")))
+    at = point_in_time(body, "source_lsn", "source_timestamp")
+    return Restore(source, branch_name(_string(body, "preserve_under_name")), at)
 
 
 @dataclass(frozen=True)

@@ -157,17 +157,24 @@ class NeonFront:
             await self.app(scope, receive, send_with_id)
             return
 
+        await self._faulty(scope, receive, send_with_id, raw_send, request_id)
+
+    async def _faulty(
+        self, scope: Scope, receive: Receive, send: Send, raw_send: Send, request_id: str
+    ) -> None:
+        """Serve the request through the fault injector: after its extra latency, as is,
+        with the connection dropped before or after the work, or with an error answer."""
         config = self.faults.config
         if config.latency:
             await asyncio.sleep(config.latency)
         fault = self.faults.before_request(scope["method"])
         if fault is None:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send)
         elif fault.kind == "drop":
-            log.info("fault: dropping %s %s", scope["method"], path)
+            log.info("fault: dropping %s %s", scope["method"], scope["path"])
             await drop_connection(raw_send, receive)
         elif fault.kind == "drop_after":
-            log.info("fault: serving %s %s, then dropping it", scope["method"], path)
+            log.info("fault: serving %s %s, then dropping it", scope["method"], scope["path"])
 
             async def swallow(message: Message) -> None:
                 return None
@@ -175,7 +182,7 @@ class NeonFront:
             await self.app(scope, receive, swallow)
             await drop_connection(raw_send, receive)
         else:
-            await answer(self._fault_response(fault.status, request_id))
+            await self._fault_response(fault.status, request_id)(scope, receive, send)
 
     def _journaled(self, scope: Scope, send: Send) -> Send:
         received = time.time()

@@ -1,21 +1,20 @@
-"""Branches of the local server: create, update, delete, restore, set as default.
+"""Branches of the local server: create, update, delete, set as default; restores are
+in `harness.local.restoring`.
 
 A child's databases are copies of its parent's (`CREATE DATABASE … TEMPLATE`, fenced by
-the data plane), made by the create's background operation. The rules are Neon's: a
-branch name is unique; no `expires_at` on the default or a protected branch, on a
-branch with children, or as the parent of a new branch; the default, a root and a
-protected branch cannot be deleted, nor a branch with children; a protected branch
-cannot be reset; a branch with children is restored only with `preserve_under_name`;
-a reset starts an expiring branch's countdown again; creates stop at the branch limit
-`/users/me` advertises.
+the data plane), made by the create's background operation, from the parent's current
+state or from the state the history (`harness.local.history`) has at `parent_lsn` /
+`parent_timestamp`. The rules are Neon's: a branch name is unique; no `expires_at` on
+the default or a protected branch, on a branch with children, or as the parent of a new
+branch; a schema-only branch is a root (no parent) and counts against the root-branch
+limit; the default, the project's root and a protected branch cannot be deleted, nor a
+branch with children; creates stop at the branch limit `/users/me` advertises.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import replace
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from harness.errors import ApiError
@@ -25,10 +24,8 @@ from harness.local.catalog import Copy
 from harness.local.operations import failure_reason, wake
 from harness.local.state import (
     BranchRecord,
-    DatabaseRecord,
     EndpointRecord,
     OperationRecord,
-    database_id,
     iso,
     now,
     parse_time,
@@ -59,19 +56,22 @@ def _ttl(expires_at: str | None, stamp: str) -> int | None:
 
 class Branching:
     def __init__(self, neon: NeonCore) -> None:
-        self.neon = neon
+        from harness.local.restoring import Restoring
 
-    def _check_name(self, name: str, *, exclude: str | None = None) -> str:
+        self.neon = neon
+        self.restoring = Restoring(neon)
+
+    def check_name(self, name: str, *, exclude: str | None = None) -> str:
         for other in self.neon.live_branches():
             if other.name == name and other.id != exclude:
                 raise ApiError(409, "CONFLICT", f"branch with name {name!r} already exists")
         return name
 
-    def _new_record(self, name: str | None, parent_id: str | None, stamp: str) -> BranchRecord:
+    def new_record(self, name: str | None, parent_id: str | None, stamp: str) -> BranchRecord:
         branch_id = ids.branch_id()
         return BranchRecord(
             id=branch_id,
-            name=self._check_name(name or branch_id),
+            name=self.check_name(name or branch_id),
             physical=ids.physical_name(branch_id),
             parent_id=parent_id,
             created_at=stamp,
@@ -82,13 +82,18 @@ class Branching:
 
     # ------------------------------------------------------------------ create
 
-    async def create(
-        self, request: BranchCreate
-    ) -> tuple[BranchRecord, list[EndpointRecord], list[OperationRecord]]:
+    def _check_limits(self, request: BranchCreate, parent: BranchRecord) -> None:
         neon = self.neon
-        state = neon.state
-        parent = neon.branch(request.parent_id) if request.parent_id else state.default_branch
-        if parent.expires_at:
+        if request.init_source == "schema-only":
+            roots = [b for b in neon.live_branches() if b.parent_id is None]
+            if len(roots) >= neon.root_branches_limit:
+                raise ApiError(
+                    422,
+                    "ROOT_BRANCHES_LIMIT_EXCEEDED",
+                    f"the project has reached its limit of {neon.root_branches_limit} root branches "
+                    "(a schema-only branch is a root branch); delete one first",
+                )
+        elif parent.expires_at:
             raise bad_request(
                 f"branch {parent.id} expires: a branch with an expiration time cannot have children"
             )
@@ -100,16 +105,34 @@ class Branching:
                 "BRANCHES_LIMIT_EXCEEDED",
                 f"the project has reached its limit of {neon.branches_limit} branches",
             )
+
+    async def create(
+        self, request: BranchCreate, current_lsn: int | None = None
+    ) -> tuple[BranchRecord, list[EndpointRecord], list[OperationRecord]]:
+        """A child of `parent_id` (the default branch) as of now, or of the point
+        `request.at` names where the history has it; a schema-only branch is a root
+        with the parent's schema and no rows. `current_lsn`: PostgreSQL's WAL position,
+        when the request names an LSN."""
+        neon = self.neon
+        state = neon.state
+        parent = neon.branch(request.parent_id) if request.parent_id else state.default_branch
+        self._check_limits(request, parent)
         neon.ops.check_unlocked()
+        located = neon.history.locate(parent, request.at, current_lsn) if request.at else None
+        schema_only = request.init_source == "schema-only"
         stamp = iso(now())
-        branch = self._new_record(request.name, parent.id, stamp)
+        branch = self.new_record(request.name, None if schema_only else parent.id, stamp)
+        if located is not None:
+            branch.parent_timestamp = located.timestamp or stamp
+            branch.parent_lsn = located.lsn
         branch.expires_at, branch.ttl_interval_seconds = request.expires_at, _ttl(request.expires_at, stamp)
         branch.protected, branch.init_source = request.protected, request.init_source
         if request.annotation is not None:
             branch.annotation = request.annotation
             branch.annotation_created_at = branch.annotation_updated_at = stamp
-        copies = neon.catalog.copy_for(parent, branch, stamp)
+        copies = neon.catalog.copy_for(located.source if located else parent, branch, stamp)
         state.branches[branch.id] = branch
+        neon.history.begin(branch.id, None if schema_only else parent.id, located.moment if located else None)
         ops = [neon.ops.new("create_branch", branch.id)]
         endpoints: list[EndpointRecord] = []
         for spec in request.endpoints:
@@ -151,7 +174,7 @@ class Branching:
         neon.save()
         return branch, endpoints, ops
 
-    async def _copy(
+    async def copy(
         self, copies: list[Copy], issued: asyncio.Future[None] | None = None, *, schema_only: bool = False
     ) -> list[str]:
         """Make `copies` one after another; the databases made. On a failure, what was
@@ -168,11 +191,11 @@ class Branching:
                 )
                 made.append(target)
         except BaseException:
-            await self._drop_all(made)
+            await self.drop_all(made)
             raise
         return made
 
-    async def _drop_all(self, physicals: list[str]) -> None:
+    async def drop_all(self, physicals: list[str]) -> None:
         for physical in physicals:
             with contextlib.suppress(Exception):
                 if physical in await self.neon.dataplane.list_databases():
@@ -195,7 +218,7 @@ class Branching:
             await neon.ops.preamble(fail)
             if not copies:
                 wake(issued)
-            made = await self._copy(copies, issued, schema_only=branch.init_source == "schema-only")
+            made = await self.copy(copies, issued, schema_only=branch.init_source == "schema-only")
         except Exception as exc:
             wake(issued)  # the create's answer waits for this, and this for its answer
             if await opened:
@@ -203,11 +226,12 @@ class Branching:
             return
         if not await opened:
             # The create was refused after all (no listener): nobody ever saw these copies.
-            await self._drop_all(made)
+            await self.drop_all(made)
             return
         # Neon's create time is waited after the copy, not before: the answer waits for
         # the copy to be issued (COPY_ISSUE_WAIT), and the child is the parent as of the
         # create, as on Neon.
+        neon.history.copied(branch.id, branch.parent_lsn, named=lambda lsn: self._named(branch, lsn))
         await neon.ops.latency.operation([op_branch.action])
         neon.ops.end(op_branch, "finished")
         neon.set_branch_state(branch, "ready")
@@ -221,6 +245,12 @@ class Branching:
                 ep.updated_at = ep.started_at = iso(now())
                 neon.ops.end(op, "finished")
                 neon.save()
+
+    def _named(self, branch: BranchRecord, lsn: str) -> None:
+        """The WAL position read after `branch`'s copy names the parent's state it copied."""
+        if branch.parent_id is not None and branch.parent_lsn is None:
+            branch.parent_lsn = lsn
+            self.neon.save()
 
     async def _abandon_create(
         self,
@@ -243,7 +273,7 @@ class Branching:
     def update(self, branch_id: str, request: BranchUpdate) -> BranchRecord:
         neon = self.neon
         branch = neon.branch(branch_id)
-        name = self._check_name(request.name, exclude=branch.id) if request.name is not None else None
+        name = self.check_name(request.name, exclude=branch.id) if request.name is not None else None
         protected = branch.protected if request.protected is None else request.protected
         changed = not isinstance(request.expires_at, _Unset)
         expires_at = request.expires_at if not isinstance(request.expires_at, _Unset) else branch.expires_at
@@ -289,8 +319,8 @@ class Branching:
             return None
         if branch.default:
             raise bad_request(f"branch {branch.id} is the default branch and cannot be deleted")
-        if branch.parent_id is None:
-            raise bad_request(f"branch {branch.id} is a root branch and cannot be deleted")
+        if branch.parent_id is None and branch.init_source != "schema-only":
+            raise bad_request(f"branch {branch.id} is the project's root branch and cannot be deleted")
         if branch.protected:
             raise bad_request(f"branch {branch.id} is protected and cannot be deleted")
         kids = neon.children(branch.id)
@@ -347,123 +377,7 @@ class Branching:
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, branch_id: str, request: Restore) -> tuple[BranchRecord, list[OperationRecord]]:
-        neon = self.neon
-        branch = neon.branch(branch_id)
-        source = neon.branch(request.source_branch_id)
-        if source.id == branch.id:
-            raise bad_request(
-                "restoring a branch to its own history needs source_lsn or source_timestamp, "
-                "and the local server keeps no history"
-            )
-        if branch.protected:
-            raise bad_request(f"branch {branch.id} is protected and cannot be reset")
-        kids = neon.children(branch.id)
-        if kids and not request.preserve_under_name:
-            raise bad_request(f"branch {branch.id} has children: restoring it needs preserve_under_name")
-        if request.preserve_under_name:
-            self._check_name(request.preserve_under_name)
-        neon.ops.check_unlocked()
-        stamp = iso(now())
-        preserved = (
-            self._preserve(branch, request.preserve_under_name, stamp)
-            if request.preserve_under_name
-            else None
-        )
-        neon.set_branch_state(branch, "init", "ready")
-        eps = neon.branch_endpoints(branch.id)
-        ops = [neon.ops.new("create_timeline", branch.id)]
-        ops += [neon.ops.new("start_compute", branch.id, ep.id) for ep in eps]
-        neon.save()
-        fail = neon.faults.operation_fails()
-        neon.ops.spawn(
-            lambda: self._run_restore(branch, source, preserved, eps, ops, fail), f"restore {branch.id}"
-        )
-        return branch, ops
-
-    def _preserve(self, branch: BranchRecord, name: str, stamp: str) -> BranchRecord:
-        """The branch as it is now, under `name`: it takes the branch's databases (no
-        copy) and its children; the branch gets new copies of the source's."""
-        neon = self.neon
-        saved = self._new_record(name, branch.parent_id, stamp)
-        saved.current_state, saved.pending_state = "ready", None
-        # the branch keeps its passwords (its endpoints, its URLs); the saved state gets its own
-        saved.roles = neon.catalog.roles_like(branch, stamp)
-        saved.databases = {n: replace(db, id=database_id(saved.id, n)) for n, db in branch.databases.items()}
-        for child in neon.children(branch.id):
-            child.parent_id = saved.id
-        neon.state.branches[saved.id] = saved
-        return saved
-
-    def _restore_plan(
-        self, branch: BranchRecord, source: BranchRecord, preserved: bool, stamp: str
-    ) -> tuple[dict[str, DatabaseRecord], list[Copy], list[Copy], list[str]]:
-        """The branch's databases after the restore, the databases replaced in place (a
-        client reconnects to the same name), the new copies, and what to drop after."""
-        old = {} if preserved else {n: db.physical for n, db in branch.databases.items() if db.physical}
-        replace: list[Copy] = []
-        copies: list[Copy] = []
-        catalog: dict[str, DatabaseRecord] = {}
-        for db in source.databases.values():
-            physical = None
-            if db.physical is not None:
-                physical = old.pop(db.name, None)
-                if physical is not None:
-                    replace.append(Copy(physical, db.physical, db.owner_name))
-                else:
-                    physical = self.neon.catalog.new_physical()
-                    copies.append(Copy(physical, db.physical, db.owner_name))
-            catalog[db.name] = DatabaseRecord(
-                database_id(branch.id, db.name), db.name, db.owner_name, stamp, stamp, physical
-            )
-        return catalog, replace, copies, list(old.values())
-
-    async def _run_restore(
-        self,
-        branch: BranchRecord,
-        source: BranchRecord,
-        preserved: BranchRecord | None,
-        eps: list[EndpointRecord],
-        ops: list[OperationRecord],
-        fail: bool,
-    ) -> None:
-        neon = self.neon
-        stamp = iso(now())
-        catalog, replace, copies, drop = self._restore_plan(branch, source, preserved is not None, stamp)
-        roles = neon.catalog.roles_like(source, stamp, keep=branch)
-        try:
-            neon.ops.begin(ops[0])
-            await neon.ops.preamble(fail, [op.action for op in ops])
-            made = await self._copy(copies)
-            try:
-                for target, template, owner in replace:
-                    await neon.dataplane.replace_database(target, template=template, owner=owner)
-            except BaseException:
-                await self._drop_all(made)
-                raise
-        except Exception as exc:
-            log.warning("restore of branch %s failed: %s", branch.id, scrub(str(exc)))
-            neon.ops.fail_all(ops, failure_reason(exc, "restore"))
-            if preserved is not None:  # give the branch its children back
-                self._unpreserve(branch, preserved)
-            neon.set_branch_state(branch, "ready")
-            neon.save()
-            return
-        branch.databases, branch.roles = catalog, roles
-        await self._drop_all(drop)
-        for ep in eps:
-            neon.dataplane.drop_connections(ep.id)  # sessions on the old data end, as on Neon
-        neon.ops.end(ops[0], "finished")
-        moment = now()
-        branch.last_reset_at = iso(moment)
-        if branch.ttl_interval_seconds:  # a reset starts the countdown again
-            branch.expires_at = iso(moment + timedelta(seconds=branch.ttl_interval_seconds))
-        neon.set_branch_state(branch, "ready")
-        for op in ops[1:]:
-            neon.ops.end(op, "finished")
-        neon.save()
-
-    def _unpreserve(self, branch: BranchRecord, preserved: BranchRecord) -> None:
-        for child in self.neon.children(preserved.id):
-            child.parent_id = branch.id
-        self.neon.state.branches.pop(preserved.id, None)
+    def restore(
+        self, branch_id: str, request: Restore, current_lsn: int | None = None
+    ) -> tuple[BranchRecord, list[OperationRecord]]:
+        return self.restoring.restore(branch_id, request, current_lsn)

@@ -53,6 +53,10 @@ log = get_logger("local.control")
 
 # What /users/me advertises and creates are held to.
 DEFAULT_BRANCHES_LIMIT = 5000
+# Root branches (the project's own and schema-only ones). Neon's reference names the
+# limit (`max_root_branches` in its Limits object) but not its value, and no route that
+# answers it; this figure is ours (README, divergences).
+DEFAULT_ROOT_BRANCHES_LIMIT = 10
 
 
 def not_found(what: str, ident: str) -> ApiError:
@@ -79,10 +83,12 @@ class LocalNeon:
         latency: LatencyProfile = NO_LATENCY,
         reap_interval: float = 1.0,
         branches_limit: int = DEFAULT_BRANCHES_LIMIT,
+        root_branches_limit: int = DEFAULT_ROOT_BRANCHES_LIMIT,
     ) -> None:
         from harness.local.branching import Branching
         from harness.local.catalog import Catalog
         from harness.local.computes import Computes
+        from harness.local.history import History
         from harness.local.reaper import Reaper
 
         self.home = home
@@ -91,6 +97,7 @@ class LocalNeon:
         self.faults = faults or FaultInjector()
         self.latency = latency
         self.branches_limit = branches_limit
+        self.root_branches_limit = root_branches_limit
         self.last_activity = time.monotonic()
         self._state: LocalState | None = None
         self._named_hosts = False
@@ -100,6 +107,7 @@ class LocalNeon:
         self.catalog = Catalog(self)
         self.computes = Computes(self)
         self.branching = Branching(self)
+        self.history = History(self)
         self.reaper = Reaper(self, reap_interval)
 
     # ------------------------------------------------------------------ lifecycle
@@ -115,7 +123,7 @@ class LocalNeon:
         self.writer.open()
         self._named_hosts = _localhost_names_resolve()
         if hasattr(self.dataplane, "on_activity"):
-            self.dataplane.on_activity = self.touch
+            self.dataplane.on_activity = self._on_connection
         await self.dataplane.start()
         state = load_state(self.home, self.storage)
         fresh = state is None
@@ -134,6 +142,7 @@ class LocalNeon:
 
     async def stop(self, *, stop_postgres: bool = True) -> None:
         await self.reaper.stop()
+        await self.history.stop()
         await self.ops.cancel_tasks()
         if self._state is not None:
             self.flush()
@@ -148,6 +157,13 @@ class LocalNeon:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    def _on_connection(self) -> None:
+        """A client connected to or left an endpoint: the server is in use, and the
+        branch's data may change while one is connected (`harness.local.history`)."""
+        self.touch()
+        if self._state is not None:
+            self.history.observe(self.dataplane.endpoint_connections())
 
     def idle_seconds(self) -> float:
         """How long nothing has used this server. API requests and client connections
@@ -206,6 +222,7 @@ class LocalNeon:
     def forget_branch(self, branch_id: str) -> None:
         state = self.state
         state.branches.pop(branch_id, None)
+        self.history.forget(branch_id)
         for ep_id in [e.id for e in state.endpoints.values() if e.branch_id == branch_id]:
             del state.endpoints[ep_id]
             self._addresses.pop(ep_id, None)

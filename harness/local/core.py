@@ -44,6 +44,8 @@ class DataPlaneLike(Protocol):
         gate: Gate | None = None,
     ) -> Any: ...
     def drop_connections(self, endpoint_id: str) -> None: ...
+    def endpoint_connections(self) -> dict[str, int]: ...
+    async def current_lsn(self) -> str: ...
     async def close_endpoint(self, endpoint_id: str) -> None: ...
 
 
@@ -54,10 +56,12 @@ class NeonCore(Protocol):
     ops: Operations
     faults: FaultInjector
     branches_limit: int
+    root_branches_limit: int
     # the sibling parts, typed where they are built (control.py) to keep this module
     # free of imports of them
     catalog: Any
     branching: Any
+    history: Any
 
     @property
     def state(self) -> LocalState: ...

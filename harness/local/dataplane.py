@@ -588,6 +588,16 @@ class DataPlane:
                         problem)
         return None
 
+    def endpoint_connections(self) -> dict[str, int]:
+        """The endpoints with open client connections, and how many (the history asks
+        on every connect and leave, so this is a dict walk, no I/O)."""
+        return {ep_id: count for ep_id, proxy in self._endpoints.items() if (count := proxy.open_connections)}
+
+    async def current_lsn(self) -> str:
+        """PostgreSQL's WAL position now (where the next record goes: with asynchronous
+        commit the write position lags), written as Neon writes LSNs (`0/16B3748`)."""
+        return str(await self._admin().fetchval("SELECT pg_current_wal_insert_lsn()::text"))
+
     def open_connections(self) -> int:
         """Client connections open on any endpoint now."""
         return sum(proxy.open_connections for proxy in self._endpoints.values())

@@ -8,7 +8,7 @@ storage; 0600, no secrets: the key stays in `<home>/local-api-key`) and is trust
 when its pid is alive and it answers on its port with that key.
 
 Finding such a server is `harness.local.discovery`'s job (light, for every session
-start). `ensure_local_server` reuses one or starts a detached daemon
+start). `ensure_local_server` (launch.py) reuses one or starts a detached daemon
 (`python -m harness.local.server`), under an exclusive `flock` so that two processes
 starting at once get one server. The daemon exits, stopping PostgreSQL, after
 `idle_timeout` seconds without an API request or a client connection to an endpoint, and
@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -41,10 +39,6 @@ from harness.local.discovery import (
     STORAGES,
     LocalServerInfo,
     discovery_path,
-    live_server,
-    lock_path,
-    log_path,
-    pid_alive,
     read_discovery,
     resolve_home,
     running_server,
@@ -53,30 +47,32 @@ from harness.local.faults import ENV_VAR as FAULTS_ENV
 from harness.local.faults import FaultConfig, FaultInjector, parse_faults
 from harness.local.latency import ENV_VAR as LATENCY_ENV
 from harness.local.latency import LatencyProfile, parse_latency
-from harness.local.state import load_or_create_api_key, write_private
+from harness.local.launch import (  # noqa: F401  (re-exported: callers import them from here)
+    START_TIMEOUT,
+    check_storage,
+    ensure_local_server,
+    stop_local_server,
+)
+from harness.local.state import load_or_create_api_key
 from harness.log import get_logger
+from harness.polling import Backoff, wait_until_async
 from harness.redact import Secret
+from harness.safe_paths import write_private
 
 if TYPE_CHECKING:
     import uvicorn
 
     from harness.local.control import LocalNeon
 
-# uvicorn, the ASGI app and the control plane are imported only where the server runs:
-# a test process that merely finds a running server (ensure_local_server) saves ~0.1 s.
+# uvicorn, the ASGI app and the control plane are imported only where the server runs;
+# a process that only needs a server running uses launch.py and never imports them.
 
 log = get_logger("local.server")
 
-START_TIMEOUT = 60.0
-_POLL = 0.02
+_STARTED_POLL = Backoff(0.005)
 
 
 # ---------------------------------------------------------------------- paths
-
-
-def _check_storage(storage: str) -> None:
-    if storage not in STORAGES:
-        raise LocalServerError(f"storage must be memory or disk, got {storage!r}")
 
 
 def check_loopback(host: str) -> None:
@@ -166,14 +162,10 @@ async def serve(
 ) -> None:
     """Start the data plane and the API, call `ready`, serve until stopped, shut down.
     `branches_limit` overrides what /users/me advertises and creates are held to."""
-    import uvicorn
-
-    from harness.local.app import create_app
     from harness.local.control import LocalNeon
 
-    _check_storage(storage)
+    check_storage(storage)
     sock = bind_socket(host, port)
-    bound_port = sock.getsockname()[1]
     handle = handle or ServerHandle()
     api_key = Secret(load_or_create_api_key(home))
     injector = FaultInjector(faults)
@@ -194,43 +186,64 @@ async def serve(
             await neon.stop(stop_postgres=stop_postgres)
         raise
     try:
-        config = uvicorn.Config(
-            create_app(neon, api_key, injector),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            http="auto",  # uvicorn's choice: httptools (C) when installed, else h11
-            timeout_graceful_shutdown=5,
-        )
-        server = _server_class()(config)
-        handle.server = server
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.005)
-        if serving.done():
-            serving.result()
-            raise LocalServerError("the local Neon server stopped while starting")
-        url_host = f"[{host}]" if ":" in host else host
-        info = LocalServerInfo(
-            api_host=f"http://{url_host}:{bound_port}/api/v2",
-            api_key=api_key,
-            project_id=neon.state.project_id,
-            pid=os.getpid(),
-            port=bound_port,
-            home=home,
-        )
-        handle.info = info
-        if ready is not None:
-            ready(info)
-        while not serving.done():
-            await asyncio.wait({serving}, timeout=0.25)
-            if idle_timeout and neon.idle_seconds() > idle_timeout:
-                log.info("nothing used the server for %.0f s; shutting down", idle_timeout)
-                server.should_exit = True
-        serving.result()
+        await _serve_api(neon, api_key, injector, sock, host, home, handle, ready, idle_timeout)
     finally:
         sock.close()
         await neon.stop(stop_postgres=stop_postgres)
+
+
+async def _serve_api(
+    neon: LocalNeon,
+    api_key: Secret,
+    injector: FaultInjector,
+    sock: socket.socket,
+    host: str,
+    home: Path,
+    handle: ServerHandle,
+    ready: Callable[[LocalServerInfo], None] | None,
+    idle_timeout: float | None,
+) -> None:
+    """Serve the HTTP API on `sock` until asked to stop or idle for `idle_timeout` s."""
+    import uvicorn
+
+    from harness.local.app import create_app
+
+    config = uvicorn.Config(
+        create_app(neon, api_key, injector),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http="auto",  # uvicorn's choice: httptools (C) when installed, else h11
+        timeout_graceful_shutdown=5,
+    )
+    server = _server_class()(config)
+    handle.server = server
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    await wait_until_async(
+        lambda: server.started or serving.done(), timeout=None, backoff=_STARTED_POLL
+    )
+    if serving.done():
+        serving.result()
+        raise LocalServerError("the local Neon server stopped while starting")
+    bound_port = sock.getsockname()[1]
+    url_host = f"[{host}]" if ":" in host else host
+    info = LocalServerInfo(
+        api_host=f"http://{url_host}:{bound_port}/api/v2",
+        api_key=api_key,
+        project_id=neon.state.project_id,
+        pid=os.getpid(),
+        port=bound_port,
+        home=home,
+    )
+    handle.info = info
+    if ready is not None:
+        ready(info)
+    while not serving.done():
+        await asyncio.wait({serving}, timeout=0.25)
+        if idle_timeout and neon.idle_seconds() > idle_timeout:
+            log.info("nothing used the server for %.0f s; shutting down", idle_timeout)
+            server.should_exit = True
+    serving.result()
 
 
 def run_server(
@@ -248,7 +261,7 @@ def run_server(
     PostgreSQL included. Faults default to `CATHOUSE_LOCAL_FAULTS`, the latency profile
     to `CATHOUSE_LOCAL_LATENCY`."""
     check_loopback(host)
-    _check_storage(storage)
+    check_storage(storage)
     home = resolve_home(home)
     if faults is None:
         faults = parse_faults(env.read(FAULTS_ENV))
@@ -304,125 +317,6 @@ def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     uvloop.run(main())
 
 
-# ---------------------------------------------------------------------- discovery
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _daemon_command(home: Path, storage: str, idle_timeout: float) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "harness.local.server",
-        "--home",
-        str(home),
-        "--storage",
-        storage,
-        "--idle-timeout",
-        repr(float(idle_timeout)),
-        "--daemon",
-    ]
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
-
-
-def ensure_local_server(
-    home: Path | None = None, *, storage: str = "memory", idle_timeout: float = 900
-) -> LocalServerInfo:
-    """A running local server for `home`: the one already answering, or a new daemon.
-    The daemon reads `CATHOUSE_LOCAL_LATENCY` itself; it is checked here too, so a bad
-    value is the caller's one-line error rather than a daemon that exits while starting.
-    (A server already running keeps the profile it started with.)"""
-    _check_storage(storage)
-    parse_latency(env.read(LATENCY_ENV))
-    home = resolve_home(home)
-    info = live_server(home, storage)
-    if info is not None:
-        return info
-    with _file_lock(lock_path(home, storage)):
-        info = live_server(home, storage)
-        if info is not None:
-            return info
-        discovery_path(home, storage).unlink(missing_ok=True)
-        logfile = log_path(home, storage)
-        child_env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[2])
-        child_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_root, child_env.get("PYTHONPATH")) if p
-        )
-        with open(logfile, "ab") as out:
-            os.chmod(logfile, 0o600)
-            process = subprocess.Popen(
-                _daemon_command(home, storage, idle_timeout),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-                env=child_env,
-                cwd=str(home),
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise LocalServerError(
-                    f"the local Neon server exited with code {process.returncode} while "
-                    f"starting; see {logfile}",
-                    hint=_tail(logfile) or None,
-                )
-            data = read_discovery(home, storage)
-            if data and data.get("pid") == process.pid:
-                info = live_server(home, storage)
-                if info is not None:
-                    return info
-            time.sleep(_POLL)
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        raise LocalServerError(
-            f"the local Neon server did not answer within {START_TIMEOUT:.0f} s; see {logfile}"
-        )
-
-
-def stop_local_server(home: Path | None = None, *, storage: str | None = None, timeout: float = 30.0) -> bool:
-    """Stop this home's local server(s); True when one was running."""
-    home = resolve_home(home)
-    stopped = False
-    for kind in (storage,) if storage else STORAGES:
-        data = read_discovery(home, kind)
-        if not data:
-            continue
-        try:
-            pid = int(data["pid"])
-        except (KeyError, TypeError, ValueError):
-            discovery_path(home, kind).unlink(missing_ok=True)
-            continue
-        if live_server(home, kind) is None:
-            discovery_path(home, kind).unlink(missing_ok=True)
-            continue
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(_POLL)
-        if pid_alive(pid):
-            raise LocalServerError(f"the local Neon server (pid {pid}) did not stop in {timeout:.0f} s")
-        discovery_path(home, kind).unlink(missing_ok=True)
-        stopped = True
-    return stopped
-
-
 def _publish(info: LocalServerInfo, storage: str) -> None:
     write_private(
         discovery_path(info.home, storage),
@@ -457,7 +351,7 @@ def run_emulator(port: int, home: Path, storage: str, out: TextIO) -> int:
     import logging
 
     home = resolve_home(home)
-    _check_storage(storage)
+    check_storage(storage)
     if running_server(home, storage) is not None:
         raise LocalServerError(
             f"a local Neon server with {storage} storage already runs for {home}",

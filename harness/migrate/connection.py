@@ -11,6 +11,7 @@ that opens its own finds the branch's URL left on the connection (`DIRECT_URL_KE
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
@@ -67,7 +68,8 @@ def run_with_connection(direct_url: str, work: Callable[[Connection], T]) -> T:
             engine.dispose()
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cathouse-migrate") as pool:
-        return pool.submit(main).result()
+        # in the caller's context: a migration run's memo (harness.run_memo) reaches it
+        return pool.submit(contextvars.copy_context().run, main).result()
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 from harness import env
 from harness.fingerprint import ServiceSources, service_sources
 from harness.migrate.guard import only_connections_to
+from harness.run_memo import remembered
 from harness.settings import ServiceConfig
 from harness.urls import endpoint_of, url_for_driver
 
@@ -90,7 +91,12 @@ def driver_scheme(sources: ServiceSources, section: str = "alembic") -> str:
 
     alembic.ini names it when it holds a real PostgreSQL URL; templates hold a placeholder
     (`driver://…`), and then env.py tells: an async one needs asyncpg, a sync one the
-    libpq driver that is installed (psycopg 3, else psycopg2)."""
+    libpq driver that is installed (psycopg 3, else psycopg2). Read once per migration
+    run (`harness.run_memo`)."""
+    return remembered(("driver_scheme", sources, section), lambda: _driver_scheme(sources, section))
+
+
+def _driver_scheme(sources: ServiceSources, section: str) -> str:
     raw = (_raw_ini_url(sources, section) or "").strip()
     scheme = raw.partition("://")[0].lower() if "://" in raw else ""
     if scheme in _KNOWN_SCHEMES:
@@ -108,6 +114,10 @@ def driver_scheme(sources: ServiceSources, section: str = "alembic") -> str:
 
 def multidb_names(sources: ServiceSources) -> list[str]:
     """The `databases = a, b` of a multidb alembic.ini (Alembic's `multidb` template)."""
+    return list(remembered(("multidb_names", sources), lambda: tuple(_multidb_names(sources))))
+
+
+def _multidb_names(sources: ServiceSources) -> list[str]:
     if sources.ini is None:
         return []
     import configparser
@@ -155,10 +165,13 @@ def alembic_config(service: ServiceConfig, connection: Connection | None = None,
 
 
 def script_directory(service: ServiceConfig) -> ScriptDirectory:
-    """Alembic's view of the service's revisions (parsed lazily, on first use)."""
+    """Alembic's view of the service's revisions (parsed lazily, on first use; one per
+    migration run, see `harness.run_memo`)."""
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config(service))
+    return remembered(
+        ("script_directory", service), lambda: ScriptDirectory.from_config(alembic_config(service))
+    )
 
 
 @contextmanager

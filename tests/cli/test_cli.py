@@ -246,3 +246,36 @@ def test_emulator_prints_shell_lines_and_serves_a_plain_client(tmp_path: Path) -
 
     for directory in memory_cluster_dirs(tmp_path / "emu"):
         __import__("shutil").rmtree(directory, ignore_errors=True)
+
+
+def test_a_command_runs_from_inside_a_running_event_loop(project: Path) -> None:
+    """An async test may drive the CLI in process: its commands must not need the
+    calling thread to be free of an event loop (asyncio.run is refused there)."""
+    import asyncio
+
+    async def from_a_loop() -> tuple[int, str, str]:
+        return cli("list", "--json", cwd=project)
+
+    code, out, err = asyncio.run(from_a_loop())
+    assert code == 0, err
+    assert "branches" in json.loads(out)
+
+
+def test_up_whose_migrations_fail_leaves_no_branch(project: Path) -> None:
+    """A branch `up` created is deleted again when its migrations fail: without them it
+    is of no use, and nobody holds its id."""
+    versions = project / "auth-service" / "alembic" / "versions"
+    (versions / "ffff00000001_broken.py").write_text(
+        "from alembic import op\n\n"
+        "revision = 'ffff00000001'\ndown_revision = '8b4e6d0a5c21'\n"
+        "branch_labels = None\ndepends_on = None\n\n\n"
+        "def upgrade():\n    op.execute('SELECT no_such_function()')\n\n\n"
+        "def downgrade():\n    pass\n",
+        encoding="utf-8",
+    )
+    code, out, err = cli("up", "--json", "--name", "cli-broken", cwd=project)
+    assert code != 0 and len(error_lines(err)) == 1, err
+    assert "ffff00000001" in err
+    code, out, _ = cli("list", "--json", cwd=project)
+    assert "harness/dev/cli-broken" not in {b["name"] for b in json.loads(out)["branches"]}
+    assert not (project / ".env").exists()

@@ -5,6 +5,7 @@ the row and the test go together)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import asyncpg
 import httpx
@@ -13,7 +14,6 @@ import pytest
 from tests.local._server import (
     connection_uri,
     create_ready_branch,
-    default_branch,
     delete_branch,
     sql,
     unique,
@@ -41,26 +41,21 @@ def test_endpoints_name_their_own_ports(client: httpx.Client, project: str) -> N
     delete_branch(client, project, made["branch"]["id"])
 
 
-def test_no_history_so_no_point_in_time(client: httpx.Client, project: str) -> None:
-    """No WAL history: branching, restoring and schemas at an LSN or a timestamp are refused."""
-    main = default_branch(client, project)
+def test_history_only_where_the_server_kept_it(client: httpx.Client, project: str) -> None:
+    """No WAL history: a moment at which a branch was being written, with no unchanged
+    copy made since, is refused (Neon has every moment of its retention window), for a
+    branch as for its schema."""
     base = f"/projects/{project}/branches"
-    past = {"branch": {"parent_id": main["id"], "parent_timestamp": "2024-01-01T00:00:00Z"}}
-    assert client.post(base, json=past).status_code == 400
-    assert client.post(base, json={"branch": {"parent_lsn": "0/1"}}).status_code == 400
-    restore = {"source_branch_id": main["id"], "source_timestamp": "2024-01-01T00:00:00Z"}
-    assert client.post(f"{base}/{main['id']}/restore", json=restore).status_code == 400
-    params = {"db_name": "cathouse", "timestamp": "2024-01-01T00:00:00Z"}
-    assert client.get(f"{base}/{main['id']}/schema", params=params).status_code == 400
-
-
-def test_schema_only_branches_keep_their_parent(client: httpx.Client, project: str) -> None:
-    """Neon makes a schema-only branch a root (no parent, no reset from parent, counted
-    against a root-branch allowance); here it is a child of its source."""
-    main = default_branch(client, project)
-    made = create_ready_branch(client, project, name=unique("schema-only"), init_source="schema-only")
-    assert made["branch"]["parent_id"] == main["id"]
-    delete_branch(client, project, made["branch"]["id"])
+    made = create_ready_branch(client, project, name=unique("written"))["branch"]
+    uri = connection_uri(client, project, made["id"], pooled=False)
+    sql(uri, "CREATE TABLE t AS SELECT 1 AS v")
+    between = datetime.now(UTC).isoformat()
+    sql(uri, "INSERT INTO t VALUES (2)")
+    answer = client.post(base, json={"branch": {"parent_id": made["id"], "parent_timestamp": between}})
+    assert answer.status_code == 400 and "no kept state" in answer.json()["message"]
+    params = {"db_name": "cathouse", "timestamp": between}
+    assert client.get(f"{base}/{made['id']}/schema", params=params).status_code == 400
+    delete_branch(client, project, made["id"])
 
 
 def test_every_branch_gets_passwords_of_its_own(client: httpx.Client, project: str) -> None:
@@ -85,7 +80,7 @@ def test_every_branch_gets_passwords_of_its_own(client: httpx.Client, project: s
 
 
 def test_usage_figures_read_zero(client: httpx.Client, project: str) -> None:
-    """Nothing is metered: CPU, time, bytes and sizes read 0, and parent_lsn is 0/0."""
+    """Nothing is metered: CPU, time, bytes and sizes read 0."""
     made = create_ready_branch(client, project, name=unique("usage"))
     branch = made["branch"]
     usage = (
@@ -95,7 +90,7 @@ def test_usage_figures_read_zero(client: httpx.Client, project: str) -> None:
         "written_data_bytes",
         "logical_size",
     )
-    assert [branch[k] for k in usage] == [0] * len(usage) and branch["parent_lsn"] == "0/0"
+    assert [branch[k] for k in usage] == [0] * len(usage)
     assert client.get(f"/projects/{project}").json()["project"]["data_storage_bytes_hour"] == 0
     delete_branch(client, project, branch["id"])
 

@@ -1,7 +1,7 @@
 """Rules Neon enforces, enforced by the local server too, so what passes locally does
 not fail on Neon: the project lock (423 while operations run, retried for real by the
 harness's client), expiry, protection, restore with `preserve_under_name`, the branch
-limit `/users/me` advertises."""
+limit `/users/me` advertises, schema-only branches as root branches."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from harness.local.control import DEFAULT_ROOT_BRANCHES_LIMIT
 from harness.local.server import LocalServerInfo
 from harness.neon.client import NeonClient
 from harness.neon.models import parse_time
@@ -187,3 +188,49 @@ def test_creates_stop_at_the_advertised_branch_limit(tmp_path: Path) -> None:
         assert answer.status_code == 422 and "limit of 2" in answer.json()["message"]
         delete_branch(client, project, made["branch"]["id"])
         assert create_ready_branch(client, project, name="third")["branch"]["name"] == "third"
+
+
+# ---------------------------------------------------------------------- schema-only
+
+
+def test_schema_only_branches_are_root_branches(client: httpx.Client, project: str) -> None:
+    """No parent, the source's tables without their rows, no reset from a parent, and
+    (unlike the project's own root) deletable."""
+    main = default_branch(client, project)
+    main_uri = connection_uri(client, project, main["id"], pooled=False)
+    table = f"so_{unique('t').replace('-', '_')}"
+    sql(main_uri, f"CREATE TABLE {table} AS SELECT 1 AS v")
+    made = create_ready_branch(
+        client, project, name=unique("schema"), parent_id=main["id"], init_source="schema-only"
+    )["branch"]
+    fetched = client.get(f"/projects/{project}/branches/{made['id']}").json()["branch"]
+    assert "parent_id" not in fetched and fetched["init_source"] == "schema-only"
+    uri = connection_uri(client, project, made["id"], pooled=False)
+    assert sql(uri, f"SELECT count(*) AS n FROM {table}")[0]["n"] == 0
+
+    reset = {"source_branch_id": main["id"]}
+    message = _error(client.post(f"/projects/{project}/branches/{made['id']}/restore", json=reset), 400)
+    assert "schema-only" in message and "root" in message
+    # the project's own root stays undeletable when it is no longer the default
+    base = f"/projects/{project}/branches"
+    assert client.post(f"{base}/{made['id']}/set_as_default").status_code == 200
+    assert "root branch" in _error(client.delete(f"{base}/{main['id']}"), 400)
+    assert client.post(f"{base}/{main['id']}/set_as_default").status_code == 200
+    delete_branch(client, project, made["id"])
+    sql(main_uri, f"DROP TABLE {table}")
+
+
+def test_schema_only_branches_count_against_the_root_branch_limit(client: httpx.Client, project: str) -> None:
+    listing = client.get(f"/projects/{project}/branches").json()["branches"]
+    roots = [b for b in listing if "parent_id" not in b]
+    made = [
+        create_ready_branch(client, project, name=unique("root"), init_source="schema-only")["branch"]
+        for _ in range(DEFAULT_ROOT_BRANCHES_LIMIT - len(roots))
+    ]
+    over = {"branch": {"name": unique("root"), "init_source": "schema-only"}}
+    message = _error(client.post(f"/projects/{project}/branches", json=over), 422)
+    assert f"limit of {DEFAULT_ROOT_BRANCHES_LIMIT} root branches" in message
+    # a child is not a root: the limit does not stop it
+    child = create_ready_branch(client, project, name=unique("child"))["branch"]
+    for branch in [child, *made]:
+        delete_branch(client, project, branch["id"])

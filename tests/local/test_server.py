@@ -17,17 +17,10 @@ from pathlib import Path
 import pytest
 
 from harness.errors import LocalServerError
-from harness.local.discovery import probe
+from harness.local.discovery import LocalServerInfo, discovery_path, log_path, probe, running_server
+from harness.local.launch import ensure_local_server, stop_local_server
 from harness.local.postgres import memory_cluster_dirs
-from harness.local.server import (
-    LocalServerInfo,
-    bind_socket,
-    discovery_path,
-    ensure_local_server,
-    log_path,
-    running_server,
-    stop_local_server,
-)
+from harness.local.server import bind_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,7 +66,7 @@ def home(tmp_path: Path) -> Iterator[Path]:
 def test_daemon_is_shared_and_stops(home: Path) -> None:
     # Two processes starting at once get one server.
     code = (
-        "import sys; from pathlib import Path; from harness.local.server import "
+        "import sys; from pathlib import Path; from harness.local.launch import "
         "ensure_local_server as e; print(e(Path(sys.argv[1])).pid)"
     )
     starters = [
@@ -157,3 +150,36 @@ def test_emulator_prints_shell_lines_and_stops_on_ctrl_c(home: Path) -> None:
 def test_refuses_non_loopback_host() -> None:
     with pytest.raises(LocalServerError):
         bind_socket("0.0.0.0", 0)
+
+
+def test_a_daemon_that_exits_while_starting_is_one_error_with_its_log(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness.local.launch as launch
+
+    monkeypatch.setattr(
+        launch, "_daemon_command",
+        lambda *args: [sys.executable, "-c", "import sys; print('cannot bind'); sys.exit(3)"],
+    )
+    with pytest.raises(LocalServerError) as caught:
+        ensure_local_server(home)
+    assert "exited with code 3 while starting" in caught.value.message
+    assert "cannot bind" in str(caught.value)  # the log's tail, as the hint
+
+
+def test_a_daemon_that_never_answers_is_stopped_and_named(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness.local.launch as launch
+
+    pid_file = home / "silent.pid"
+    monkeypatch.setattr(
+        launch, "_daemon_command",
+        lambda *args: [sys.executable, "-c",
+                       f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+                       "time.sleep(60)"],
+    )
+    monkeypatch.setattr(launch, "START_TIMEOUT", 2.0)
+    with pytest.raises(LocalServerError, match="did not answer within"):
+        ensure_local_server(home)
+    _wait_dead(int(pid_file.read_text()))

@@ -347,3 +347,31 @@ def test_broken_env_names_no_revision(fresh_database_url, example_copy):
     assert current_revisions(settings, fresh_database_url)["catalog-service"] == (
         HEADS["catalog-service"]
     )
+
+
+def test_a_run_reads_each_service_s_setup_once_and_the_next_run_reads_it_again(
+    fresh_database_url, example_copy, add_revision: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+):
+    """service_sources, driver_scheme and the revisions are read once per service within
+    one migrate_all (they were read three to five times); nothing is kept across runs,
+    so a revision added between two runs in one process is applied by the second."""
+    import harness.fingerprint as fingerprint
+
+    reads: list[Path] = []
+    read_section = fingerprint._read_alembic_section
+
+    def counting(ini: Path | None):  # type: ignore[no-untyped-def]
+        reads.append(ini)  # type: ignore[arg-type]
+        return read_section(ini)
+
+    monkeypatch.setattr(fingerprint, "_read_alembic_section", counting)
+    settings = load_settings(example_copy, environ={})
+    migrate_all(settings, fresh_database_url, reporter=lambda line: None)
+    assert sorted(map(str, reads)) == sorted(str(s.alembic_ini) for s in settings.migrating_services)
+
+    add_revision(example_copy, "auth-service", "aa11bb22cc33", HEADS["auth-service"],
+                 "op.create_table('memo_probe', sa.Column('id', sa.Integer, primary_key=True), "
+                 "schema='auth')")
+    results = migrate_all(settings, fresh_database_url)
+    assert [r.after for r in results if r.service == "auth-service"] == ["aa11bb22cc33"]
+    assert "auth.memo_probe" in tables(fresh_database_url)

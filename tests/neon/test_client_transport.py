@@ -187,9 +187,9 @@ async def test_wait_for_operations_polls_running_until_finished():
     assert [op.id for op in ops] == [op.id for op in created.operations]
     assert all(op.status == "finished" for op in ops)
     # polling starts short and grows
-    from harness.neon.client import _POLL_FIRST
+    from harness.neon.operations import POLL
 
-    assert clock.sleeps[0] == pytest.approx(_POLL_FIRST)
+    assert clock.sleeps[0] == pytest.approx(POLL.first)
     assert clock.sleeps == sorted(clock.sleeps)
 
 

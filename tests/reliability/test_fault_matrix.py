@@ -402,7 +402,8 @@ def template_race(lab: Lab) -> str:
 def _restart_with_new_key(lab: Lab) -> None:
     """Revoke the key: stop the local server, drop its key file and start it again on the
     same port, so the running session's key is refused with 401."""
-    from harness.local.server import discovery_path, stop_local_server
+    from harness.local.discovery import discovery_path
+    from harness.local.launch import stop_local_server
 
     port = lab.neon.info.port
     stop_local_server(lab.home)

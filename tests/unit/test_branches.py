@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import branches
+from harness import branch_names, branches, endpoint_urls
 from harness.errors import SafetyError
 from harness.neon.models import Branch
 
@@ -38,10 +38,11 @@ def test_ensure_owned_accepts_a_marked_harness_branch() -> None:
 
 
 def test_names() -> None:
-    assert branches.session_branch_name("abc", "gw1") == "harness/abc/gw1"
-    assert branches.template_branch_name("f00d", "main") == "harness/template/main/f00d"
-    assert branches.building_name("harness/template/main/f00d").endswith(".building")
-    assert branches.dev_branch_name("ann", "feat/login page").startswith("harness/dev/ann-feat/login-page")
+    assert branch_names.session_branch_name("abc", "gw1") == "harness/abc/gw1"
+    assert branch_names.template_branch_name("f00d", "main") == "harness/template/main/f00d"
+    assert branch_names.building_name("harness/template/main/f00d").endswith(".building")
+    dev = branch_names.dev_branch_name("ann", "feat/login page")
+    assert dev.startswith("harness/dev/ann-feat/login-page")
 
 
 DIRECT = "postgresql://u:p@127.0.0.1:6001/cathouse"
@@ -58,15 +59,15 @@ NEON = {
 
 
 def test_urls_pointing_at_the_endpoint_pass() -> None:
-    branches.verify_urls_point_at(**LOCAL, endpoint_port=6001, pooler_port=6002)  # type: ignore[arg-type]
-    branches.verify_urls_point_at(**NEON)  # type: ignore[arg-type]
+    endpoint_urls.verify_urls_point_at(**LOCAL, endpoint_port=6001, pooler_port=6002)  # type: ignore[arg-type]
+    endpoint_urls.verify_urls_point_at(**NEON)  # type: ignore[arg-type]
     # the local server names no pooler host (not a Neon field): loopback, told by port
-    branches.verify_urls_point_at(
+    endpoint_urls.verify_urls_point_at(
         endpoint_host="127.0.0.1", endpoint_id="ep-a-1", direct=DIRECT, pooled=POOLED,
         endpoint_port=6001, pooler_port=6002,
     )
     # the local server with resolvable *.localhost names: loopback URLs on the endpoint's ports
-    branches.verify_urls_point_at(
+    endpoint_urls.verify_urls_point_at(
         endpoint_host="ep-a-1.localhost", endpoint_id="ep-a-1", direct=DIRECT, pooled=POOLED,
         endpoint_port=6001, pooler_port=6002,
     )
@@ -93,4 +94,4 @@ def test_urls_pointing_elsewhere_are_refused(
     base: dict[str, object], kwargs: dict[str, object], reason: str
 ) -> None:
     with pytest.raises(SafetyError, match=reason):
-        branches.verify_urls_point_at(**{**base, **kwargs})  # type: ignore[arg-type]
+        endpoint_urls.verify_urls_point_at(**{**base, **kwargs})  # type: ignore[arg-type]

@@ -1,0 +1,158 @@
+"""Finding or starting the shared local server from a client process, and stopping it.
+
+`ensure_local_server` reuses the server that answers for a home and storage, or starts a
+detached daemon (`python -m harness.local.server`, see server.py) under an exclusive
+`flock`, so that two processes starting at once get one server. This half is kept apart
+from the serving code so that a test process that only needs a server never imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+from harness import env
+from harness.errors import LocalServerError
+from harness.local.discovery import (
+    STORAGES,
+    LocalServerInfo,
+    discovery_path,
+    live_server,
+    lock_path,
+    log_path,
+    pid_alive,
+    read_discovery,
+    resolve_home,
+)
+from harness.local.latency import ENV_VAR as LATENCY_ENV
+from harness.local.latency import parse_latency
+from harness.locking import file_lock
+from harness.polling import Backoff, wait_until
+
+START_TIMEOUT = 60.0
+_POLL = Backoff(0.02)
+
+
+def check_storage(storage: str) -> None:
+    if storage not in STORAGES:
+        raise LocalServerError(f"storage must be memory or disk, got {storage!r}")
+
+
+
+def _daemon_command(home: Path, storage: str, idle_timeout: float) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "harness.local.server",
+        "--home",
+        str(home),
+        "--storage",
+        storage,
+        "--idle-timeout",
+        repr(float(idle_timeout)),
+        "--daemon",
+    ]
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+def ensure_local_server(
+    home: Path | None = None, *, storage: str = "memory", idle_timeout: float = 900
+) -> LocalServerInfo:
+    """A running local server for `home`: the one already answering, or a new daemon.
+    The daemon reads `CATHOUSE_LOCAL_LATENCY` itself; it is checked here too, so a bad
+    value is the caller's one-line error rather than a daemon that exits while starting.
+    (A server already running keeps the profile it started with.)"""
+    check_storage(storage)
+    parse_latency(env.read(LATENCY_ENV))
+    home = resolve_home(home)
+    info = live_server(home, storage)
+    if info is not None:
+        return info
+    with file_lock(lock_path(home, storage)):
+        info = live_server(home, storage)
+        if info is not None:
+            return info
+        discovery_path(home, storage).unlink(missing_ok=True)
+        logfile = log_path(home, storage)
+        process = _spawn_daemon(home, storage, idle_timeout, logfile)
+        found: list[LocalServerInfo] = []
+
+        def answering() -> bool:
+            if process.poll() is not None:
+                raise LocalServerError(
+                    f"the local Neon server exited with code {process.returncode} while "
+                    f"starting; see {logfile}",
+                    hint=_tail(logfile) or None,
+                )
+            data = read_discovery(home, storage)
+            if data and data.get("pid") == process.pid:
+                found.extend(filter(None, [live_server(home, storage)]))
+            return bool(found)
+
+        if wait_until(answering, timeout=START_TIMEOUT, backoff=_POLL):
+            return found[0]
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        raise LocalServerError(
+            f"the local Neon server did not answer within {START_TIMEOUT:.0f} s; see {logfile}"
+        )
+
+
+def _spawn_daemon(home: Path, storage: str, idle_timeout: float, logfile: Path) -> subprocess.Popen[bytes]:
+    """Start `python -m harness.local.server --daemon` detached, logging to `logfile`."""
+    child_env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_root, child_env.get("PYTHONPATH")) if p
+    )
+    with open(logfile, "ab") as out:
+        os.chmod(logfile, 0o600)
+        return subprocess.Popen(
+            _daemon_command(home, storage, idle_timeout),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            env=child_env,
+            cwd=str(home),
+        )
+
+
+def stop_local_server(home: Path | None = None, *, storage: str | None = None, timeout: float = 30.0) -> bool:
+    """Stop this home's local server(s); True when one was running."""
+    home = resolve_home(home)
+    stopped = False
+    for kind in (storage,) if storage else STORAGES:
+        data = read_discovery(home, kind)
+        if not data:
+            continue
+        try:
+            pid = int(data["pid"])
+        except (KeyError, TypeError, ValueError):
+            discovery_path(home, kind).unlink(missing_ok=True)
+            continue
+        if live_server(home, kind) is None:
+            discovery_path(home, kind).unlink(missing_ok=True)
+            continue
+        os.kill(pid, signal.SIGTERM)
+        if not wait_until(partial(_gone, pid), timeout=timeout, backoff=_POLL):
+            raise LocalServerError(f"the local Neon server (pid {pid}) did not stop in {timeout:.0f} s")
+        discovery_path(home, kind).unlink(missing_ok=True)
+        stopped = True
+    return stopped
+
+
+def _gone(pid: int) -> bool:
+    return not pid_alive(pid)
