@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -189,3 +189,25 @@ def test_a_home_from_before_keeps_its_urls_and_closes_the_door_they_opened(tmp_p
         assert _password(url) == shared and _opens(url)
         pg_port = int(urlsplit(home_superuser_dsn(home)).query.rpartition("port=")[2])
         assert not _opens(f"postgresql://cathouse_owner:{shared}@127.0.0.1:{pg_port}/postgres", ssl=False)
+
+
+def test_a_restored_branch_keeps_its_password_and_its_preserved_copy_gets_its_own(
+    client: httpx.Client, server: LocalServerInfo
+) -> None:
+    project = server.project_id
+    made = create_ready_branch(client, project, name="restored")
+    branch_id, parent_id = made["branch"]["id"], made["branch"]["parent_id"]
+    url = _urls(client, project, made)["direct"]
+    answer = client.post(
+        f"/projects/{project}/branches/{branch_id}/restore",
+        json={"source_branch_id": parent_id, "preserve_under_name": "restored-before"},
+    )
+    assert answer.status_code == 200, answer.text
+    wait_operations(client, project, answer.json()["operations"])
+    assert _opens(url), "the restored branch's URL stopped working"
+    branches = client.get(f"/projects/{project}/branches").json()["branches"]
+    saved = next(b for b in branches if b["name"] == "restored-before")
+    revealed = client.get(f"/projects/{project}/branches/{saved['id']}/roles/cathouse_owner/reveal_password")
+    assert revealed.json()["password"] != unquote(_password(url))
+    for target in (branch_id, saved["id"]):
+        delete_branch(client, project, target)
