@@ -87,6 +87,31 @@ def journal(home: Path, since: float) -> list[dict[str, Any]]:
     return list(answer.json()["requests"])
 
 
+def settle(home: Path, timeout: float = 60.0) -> None:
+    """Wait until the project runs no operation: a case measures a session started on an
+    idle project, not one queued behind the deletes the previous case asked for (a
+    session's end does not wait for them; see README, "At Neon's latencies")."""
+    from harness.local.discovery import live_server
+
+    info = live_server(home, "memory")
+    if info is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = httpx.get(
+            f"{info.api_host}/projects/{info.project_id}/operations",
+            headers={"Authorization": f"Bearer {info.api_key.reveal()}"},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        idle = all(op["status"] in ("finished", "failed", "skipped", "cancelled")
+                   for op in answer.json()["operations"])
+        # and the watchdogs that confirm those deletes are done asking
+        if idle and not any((home / "runs").glob("*/*/*/deleting-*")):
+            return
+        time.sleep(0.1)
+
+
 def critical_path(entries: list[dict[str, Any]], start: float, end: float) -> dict[str, Any]:
     """The longest chain of requests in [start, end], each received after the previous
     one's answer (earliest-answer-first is the longest such chain)."""
@@ -123,6 +148,7 @@ def critical_path(entries: list[dict[str, Any]], start: float, end: float) -> di
 def session(home: Path, run_id: str) -> dict[str, Any]:
     """A session in a fresh process (the server it starts inherits the profile from this
     process's environment, set by `measure`), with its critical path."""
+    settle(home)
     result = probe(home, EXAMPLE, run_id)
     start, end = result["spawned_at"], result["ready_at"]
     result["path"] = critical_path(journal(home, start), start, end)
@@ -135,6 +161,7 @@ def xdist(home: Path, root: Path, workers: int) -> dict[str, Any]:
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", ".env", "tests"))
         (project / "tests").mkdir()
         (project / "tests" / "test_trivial.py").write_text(TRIVIAL)
+    settle(home)
     stamps = root / f"stamps-{uuid.uuid4().hex[:6]}"
     started, wall = time.perf_counter(), time.time()
     done = subprocess.run(
@@ -185,6 +212,7 @@ def naive(home: Path) -> dict[str, Any]:
         async with open_client(backend) as client:
             await client.delete_branch(backend.project_id, branch_id)
 
+    settle(home)
     started, wall = time.perf_counter(), time.time()
     branch_id, url = asyncio.run(fresh())
     alembic_each(home, settings, url)
@@ -244,6 +272,8 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
             "import_to_ready": summary([w["import_to_ready"] for w in warms]),
             "timings": [w["timings"] for w in warms],
             "api_calls": max(w["api_calls"] for w in warms),
+            # the probe's finish(): what the end of a session waits for
+            "teardown": summary([w["teardown"] for w in warms]),
             "template_reused": all(w["template_reused"] for w in warms),
             "path": _median_path([w["path"] for w in warms]),
         }
@@ -298,6 +328,7 @@ def table(r: dict[str, Any]) -> str:
     ]
     for label, seconds, target, path in rows(r):
         lines.append(f"| {label} | {fmt(seconds)} | {target} | {path['round_trips']} | {path['op_waits']} |")
+    lines.append(f"| session teardown (warm) | {fmt(r['warm']['teardown']['median'])} | | | |")
     ratios = r["ratios"]
     lines.append(f"\nwarm_vs_naive {ratios['warm_vs_naive']:.1f}x, -n 4 / -n 1 {ratios['n4_vs_n1']:.2f}")
     for label, _, _, path in rows(r):

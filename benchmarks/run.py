@@ -425,6 +425,8 @@ def table(r: dict[str, Any]) -> str:
                     "on the critical path",
                 )
             )
+        lines.append(row("neon preset: session teardown (warm)",
+                         r["neon_profile"]["warm"]["teardown"]["median"], "", ""))
     return "\n".join(lines)
 
 

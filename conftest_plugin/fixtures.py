@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 import pytest_asyncio
@@ -84,15 +84,14 @@ def cathouse_branch_session(
         cathouse_settings, run_id=state.run_id, worker=state.worker, prepared=state.prepared
     )
     state.session = session
+    error: HarnessError | None = None
     try:
         session.start()
-    except ConfigError as exc:
-        session.finish()
-        pytest.exit(f"cathouse-harness: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     except HarnessError as exc:
+        error = exc
+    if error is not None:  # outside the except: its report is the one line, no chain
         session.finish()
-        code = pytest.ExitCode.USAGE_ERROR if exc.exit_code == 2 else 3
-        pytest.exit(str(exc), returncode=code)
+        _stop_for_setup_error(request, state, error)
     try:
         yield session
     finally:
@@ -109,6 +108,22 @@ def cathouse_branch_session(
         except HarnessError as exc:
             # One line naming the branch and its cleanup command, not a traceback.
             pytest.fail(str(exc), pytrace=False)
+
+
+def _stop_for_setup_error(request: pytest.FixtureRequest, state: HarnessState, exc: HarnessError) -> NoReturn:
+    """End the run on a setup error with its one line and a usage-error or failure code.
+
+    An xdist worker must not `pytest.exit`: xdist takes a worker that ends mid-test for a
+    crash and stops with an INTERNALERROR traceback. It errors this test (one line),
+    asks to stop (xdist's controller then ends the run, "Interrupted: <line>") and hands
+    the exit code to the controller through its output."""
+    line = f"cathouse-harness: {exc}" if isinstance(exc, ConfigError) else str(exc)
+    code = pytest.ExitCode.USAGE_ERROR if isinstance(exc, ConfigError) or exc.exit_code == 2 else 3
+    if not hasattr(request.config, "workerinput"):
+        pytest.exit(line, returncode=code)
+    state.setup_exit = int(code)
+    request.session.shouldstop = line
+    pytest.fail(line, pytrace=False)
 
 
 def _asyncpg_url(url: str) -> str:

@@ -235,6 +235,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if hasattr(config, "workeroutput") and state.session is not None:
         config.workeroutput["cathouse_harness"] = state.session.report.as_dict()
+        config.workeroutput["cathouse_setup_exit"] = state.setup_exit
+    if state.is_controller and state.setup_exit is not None:
+        # a worker's setup error: xdist ended the run as interrupted, this says why
+        session.exitstatus = state.setup_exit
     _close_broker(state)
     if state.is_controller and state.settings is not None and _uses_xdist(config):
         from harness.sweep import sweep_run
@@ -291,6 +295,8 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     if state.broker is not None:  # its branch goes now, while xdist stops the others
         state.broker.release(str(node.workerinput["workerid"]))
     output = getattr(node, "workeroutput", {}) or {}
+    if output.get("cathouse_setup_exit") is not None and state.setup_exit is None:
+        state.setup_exit = int(output["cathouse_setup_exit"])
     data = output.get("cathouse_harness")
     if data is not None:
         state.worker_reports.append(data)

@@ -36,6 +36,9 @@ class HarnessState:
     # ran); the controller's sweep asks the API only when the two differ.
     workers_up: int = 0
     workers_finished: int = 0
+    # the exit code a setup error stops the run with: under xdist a worker cannot
+    # pytest.exit (xdist takes it for a crash), so the controller exits with it instead
+    setup_exit: int | None = None
     saved_env: dict[str, str | None] = field(default_factory=dict)
     # db_session's engines and the connections it keeps between tests
     connections: KeptConnections = field(default_factory=KeptConnections)

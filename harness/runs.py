@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 log = get_logger("runs")
 
 _OWNED_PREFIXES = ("br-", "name-")
+# A marker of a branch whose delete its owner asked for without waiting: the owner's
+# watchdog confirms it (harness.watchdog); not owned any more, so no sweep asks the API.
+DELETING = "deleting-"
 # Run ids and worker names become directory names under runs/: no separators, no dot-dirs.
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Branch ids become marker file names.
@@ -137,6 +140,18 @@ def owned_markers(directory: Path) -> list[Path]:
 
 
 def remove_run_dir(directory: Path) -> None:
+    """Remove a run's directory, but for the marker directories of deletes a watchdog
+    still confirms (`deleting-` files): that watchdog prunes them when done."""
+    confirming = {path.parent for path in directory.glob(f"*/{DELETING}*")}
+    if confirming:
+        for entry in directory.iterdir():
+            if entry in confirming:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        return
     shutil.rmtree(directory, ignore_errors=True)
     try:
         directory.parent.rmdir()  # the run id's directory, unless another run uses it

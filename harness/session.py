@@ -32,7 +32,7 @@ from harness.branches import (
 )
 from harness.errors import ConfigError, HarnessError
 from harness.log import get_logger
-from harness.runs import kept_ids, kept_marker, marker_dir, prune, run_dir
+from harness.runs import kept_ids, kept_marker, marker_dir, run_dir
 from harness.settings import Settings
 from harness.sync import LoopThread
 from harness.watchdog import WatchdogHandle, start_watchdog
@@ -155,8 +155,9 @@ class BranchSession:
         self._connect()
         assert self.backend is not None
         started = time.perf_counter()
+        with_template = bool(settings.migrating_services and settings.template_reuse)
         try:
-            parent = self._run(resolve_parent(self.client, self.backend.project_id, settings))
+            parent, listed = self._run(self._parent_and_listing(with_template))
         except ConfigError:
             raise  # names the setting and its source already
         except HarnessError as exc:
@@ -167,10 +168,29 @@ class BranchSession:
 
         self._start_watchdog()
         fork_from = parent.id
-        if settings.migrating_services and settings.template_reuse:
-            fork_from = self._template(parent)
+        if with_template:
+            fork_from = self._template(parent, listed)
         self._schema_only = settings.schema_only and fork_from == parent.id
         self._fork_from = fork_from
+
+    async def _parent_and_listing(self, with_template: bool):  # type: ignore[no-untyped-def]
+        """The parent and, when a template is to be found, the project's harness branches:
+        independent reads, sent together (on Neon one round trip instead of two). The
+        parent's error comes first: it names the setting to fix."""
+        assert self.backend is not None
+        parent = resolve_parent(self.client, self.backend.project_id, self.settings)
+        if not with_template:
+            return await parent, None
+        found, listed = await asyncio.gather(
+            parent, harness_branches(self.client, self.backend.project_id), return_exceptions=True
+        )
+        if isinstance(found, BaseException):
+            raise found
+        if isinstance(listed, HarnessError):
+            return found, None  # the template step lists again, and names its own error
+        if isinstance(listed, BaseException):
+            raise listed
+        return found, listed
 
     def _connect(self) -> None:
         """The backend and its client, once (a prepared worker only when it needs the API)."""
@@ -241,7 +261,7 @@ class BranchSession:
         client = open_client(self.backend)
         return await client.__aenter__()
 
-    def _template(self, parent) -> str:  # type: ignore[no-untyped-def]
+    def _template(self, parent, listed) -> str:  # type: ignore[no-untyped-def]
         # harness.fingerprint, not harness.migrations: a reused template needs no Alembic
         # or SQLAlchemy (~0.9 s of imports).
         from harness.fingerprint import migration_fingerprint
@@ -256,7 +276,7 @@ class BranchSession:
                     fingerprint=fingerprint, run_id=self.run_id,
                     database=self.settings.database, role=self.settings.role,
                     migrate=self._migrate, schema_only=self.settings.schema_only,
-                    tracker=self._watchdog,
+                    tracker=self._watchdog, listed=listed, prepare=_import_migrations,
                 )
             )
         except HarnessError as exc:
@@ -390,7 +410,7 @@ class BranchSession:
         finally:
             self._collect_stats()
             if self._watchdog is not None:
-                _stop_watchdog(self._watchdog)
+                self._watchdog.release()
             if self._client is not None and self._loop is not None:
                 try:
                     self._run(self.client.aclose())
@@ -429,8 +449,12 @@ class BranchSession:
         return [handle for handle in handles if handle.id not in kept]
 
     def _delete(self, handles: list[BranchHandle]) -> list[tuple[BranchHandle, BaseException]]:
-        """Delete `handles` concurrently; those that failed, each with its error (their
-        markers stay, so the watchdog tries once more)."""
+        """Ask for the deletion of `handles` (branches this session created) concurrently,
+        without waiting for their operations: on Neon that is a second or more that no
+        test and no user waits for. The watchdog confirms each delete once this process is
+        gone (`WatchdogHandle.deleting`) and asks again if one failed; the branch's TTL is
+        the last net. Returns those whose request failed, each with its error (their
+        markers stay, so the watchdog deletes them)."""
         if not handles:
             return []
         assert self.backend is not None
@@ -438,7 +462,7 @@ class BranchSession:
 
         async def delete_all() -> list[bool | BaseException]:
             return await asyncio.gather(
-                *(delete_owned_branch(self.client, project_id, h.id) for h in handles),
+                *(self.client.delete_branch(project_id, h.id, wait=False) for h in handles),
                 return_exceptions=True,
             )
 
@@ -447,7 +471,7 @@ class BranchSession:
             if isinstance(outcome, BaseException):
                 failed.append((handle, outcome))
             elif self._watchdog is not None:
-                self._watchdog.forget(handle.id)
+                self._watchdog.deleting(handle.id)
         return failed
 
     def _collect_stats(self) -> None:
@@ -455,6 +479,12 @@ class BranchSession:
         if stats is not None:
             self.report.api_calls = int(getattr(stats, "calls", 0))
             self.report.api_retries = int(getattr(stats, "retries", 0))
+
+
+def _import_migrations() -> None:
+    # Alembic and SQLAlchemy, about 0.5 s of imports: a build does them while its branch
+    # is being created instead of after
+    import harness.migrations  # noqa: F401
 
 
 def _teardown_error(failed: list[tuple[BranchHandle, BaseException]]) -> SessionStepError:
@@ -467,31 +497,3 @@ def _teardown_error(failed: list[tuple[BranchHandle, BaseException]]) -> Session
         left = ", ".join(f"{h.name} ({h.id})" for h, _ in failed)
         cleanup = f"branches {left} are left; remove each with: cathouse-branch down '<name>'"
     return SessionStepError("teardown", exc, cleanup=cleanup)
-
-
-def _stop_watchdog(watchdog: WatchdogHandle) -> None:
-    """Release the watchdog; wait for it only when it still has branches to delete.
-
-    With nothing recorded it just exits, which takes it a few hundred ms (it imports the
-    client first), so teardown closes the pipe and lets a thread reap it.
-    """
-    try:
-        idle = not any(watchdog.marker_dir.iterdir())
-    except OSError:
-        idle = True
-    if not idle:
-        watchdog.stop()
-        prune(watchdog.marker_dir)
-        return
-    import threading
-
-    stdin = watchdog.process.stdin
-    if stdin is not None and not stdin.closed:
-        try:
-            stdin.close()
-        except OSError:
-            pass
-    threading.Thread(target=watchdog.process.wait, name="cathouse-watchdog-reaper", daemon=True).start()
-    # The empty marker directory, and the run's directories once no other worker (or kept
-    # branch) uses them: a run that ended cleanly leaves nothing under the home.
-    prune(watchdog.marker_dir)

@@ -89,11 +89,16 @@ async def find_or_build_template(
     schema_only: bool = False,
     wait_timeout: float = 600.0,
     tracker: Tracker | None = None,
+    listed: list[Branch] | None = None,
+    prepare: Callable[[], object] | None = None,
 ) -> TemplateResult:
     """Return the ready template for `fingerprint`, building it if nobody has.
 
     `migrate` runs in a worker thread with the building branch's handle and returns the
     seconds it spent; it raises to abort the build (the building branch is then deleted).
+    `listed`: the project's harness branches, when the caller already asked for them
+    (with the parent's lookup: one round trip for both). `prepare` runs in a thread while
+    a build waits for its branch (e.g. the migrations' imports).
     """
     name = template_branch_name(fingerprint, parent.name, schema_only=schema_only)
     building = building_name(name)
@@ -101,7 +106,10 @@ async def find_or_build_template(
     deadline = started + wait_timeout
     pause = 0.05
     while True:
-        candidates = [b for b in await harness_branches(client, project_id) if b.name in (name, building)]
+        if listed is None:
+            listed = await harness_branches(client, project_id)
+        candidates = [b for b in listed if b.name in (name, building)]
+        listed = None  # the next look asks again
         ready = [b for b in candidates if b.name == name and b.parent_id == parent.id]
         if ready:
             template = _oldest(ready)
@@ -122,6 +130,7 @@ async def find_or_build_template(
                 client, project_id, parent=parent, name=name, building=building,
                 fingerprint=fingerprint, run_id=run_id, database=database, role=role,
                 migrate=migrate, schema_only=schema_only, started=started, tracker=tracker,
+                prepare=prepare,
             )
             if result is not None:
                 return result
@@ -149,14 +158,18 @@ async def _build(
     schema_only: bool,
     started: float,
     tracker: Tracker | None,
+    prepare: Callable[[], object] | None = None,
 ) -> TemplateResult | None:
     """Build the template; None when another builder won the race.
 
     While it is being built the branch is tracked by the watchdog, so a run killed
-    mid-build leaves no half-migrated template behind.
+    mid-build leaves no half-migrated template behind. What can overlap does: `prepare`
+    with the create (on Neon a second or more), the look for rival builders with the
+    migration.
     """
     if tracker:
         tracker.record_name(project_id, building)
+    prepared = asyncio.create_task(_quietly(prepare)) if prepare else None
     try:
         handle = await create_owned_branch(
             client, project_id, name=building, parent_id=parent.id, ttl=TEMPLATE_TTL,
@@ -174,20 +187,30 @@ async def _build(
         return None
     if tracker:
         tracker.record(project_id, handle.id, building)
-    rivals = [b for b in await harness_branches(client, project_id) if b.name == building]
-    if rivals and _oldest(rivals).id != handle.id:
-        log.info("another run is building %s; waiting for it", name)
-        await delete_owned_branch(client, project_id, handle.id)
-        if tracker:
-            tracker.forget(handle.id)
-        return None
+    if prepared is not None:
+        await prepared
+    # The migration starts now; whether another builder came first is asked meanwhile
+    # (a round trip off the critical path). A loser's migration ran on its own branch,
+    # which it deletes.
+    migration = asyncio.create_task(asyncio.to_thread(migrate, handle))
     try:
-        migrate_seconds = await asyncio.to_thread(migrate, handle)
+        rivals = [b for b in await harness_branches(client, project_id) if b.name == building]
+        lost = bool(rivals) and _oldest(rivals).id != handle.id
+        if lost:
+            log.info("another run is building %s; waiting for it", name)
+            await asyncio.gather(migration, return_exceptions=True)
+        migrate_seconds = 0.0 if lost else await migration
     except BaseException:
+        migration.cancel()  # as before: the branch goes, whatever its thread still does
         await asyncio.shield(delete_owned_branch(client, project_id, handle.id))
         if tracker:
             tracker.forget(handle.id)
         raise
+    if lost:
+        await delete_owned_branch(client, project_id, handle.id)
+        if tracker:
+            tracker.forget(handle.id)
+        return None
     # Ready: its expiry goes, as Neon refuses children of a branch that expires (and
     # sessions are its children). `gc` removes templates nobody uses any more.
     await client.update_branch(project_id, handle.id, name=name, expires_at=None)
@@ -195,6 +218,14 @@ async def _build(
         tracker.forget(handle.id)
     log.info("template %s (%s) is ready", name, handle.id)
     return TemplateResult(handle.id, name, False, time.perf_counter() - started, migrate_seconds)
+
+
+async def _quietly(prepare: Callable[[], object]) -> None:
+    """`prepare` in a thread; what it raises is left for the step that needs it to meet."""
+    try:
+        await asyncio.to_thread(prepare)
+    except Exception as exc:
+        log.debug("preparing for the migration failed: %s", exc)
 
 
 async def _keep(client: NeonClient, project_id: str, template: Branch) -> None:

@@ -10,6 +10,9 @@ watchdog itself is killed.
 
 Marker directory: one file per branch, named by branch id, holding the project id. The
 owner removes a marker after deleting the branch itself, or to keep a branch on purpose.
+At its end the owner asks for its deletes without waiting for their operations (about a
+second each on Neon) and renames each marker `deleting-<id>`: once the owner is gone the
+watchdog confirms those deletes (asking again if one failed), without holding the owner up.
 Before a create, the owner records the branch's *name* (`name-…` files) with its run id
 and owner token: a run killed while the create is in flight still has its branch found
 by name and deleted, but only when the branch found carries that run id and token (the
@@ -25,6 +28,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -33,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.log import get_logger
-from harness.runs import branch_file_name, owned_files, owner_token, prune
+from harness.runs import DELETING, branch_file_name, owned_files, owner_token, prune
 
 log = get_logger("watchdog")
 
@@ -64,13 +68,43 @@ class WatchdogHandle:
     def forget(self, branch_id: str) -> None:
         (self.marker_dir / branch_file_name(branch_id)).unlink(missing_ok=True)
 
-    def stop(self) -> None:
-        """Close the pipe: the watchdog deletes what is still recorded, then exits."""
+    def deleting(self, branch_id: str) -> None:
+        """The branch's delete was accepted: confirm it once the owner is gone."""
+        name = branch_file_name(branch_id)
+        try:
+            os.replace(self.marker_dir / name, self.marker_dir / f"{DELETING}{name}")
+        except FileNotFoundError:
+            pass
+
+    def confirming(self) -> bool:
+        """Whether deletes wait for this watchdog's confirmation (`deleting`)."""
+        return bool(_deleting(self.marker_dir))
+
+    def release(self) -> None:
+        """At the owner's end: wait for the watchdog only when it still has branches to
+        delete. With nothing recorded it just exits, which takes it a few hundred ms (it
+        imports the client first), and with deletes to confirm (`deleting-` markers) it
+        outlives the owner to do that: either way the pipe closes and a thread reaps it."""
+        if owned_files(self.marker_dir):
+            self.stop()
+            prune(self.marker_dir)
+            return
+        self._close_pipe()
+        threading.Thread(target=self.process.wait, name="cathouse-watchdog-reaper", daemon=True).start()
+        # The empty marker directory, and the run's directories once no other worker (or
+        # kept branch) uses them: a run that ended cleanly leaves nothing under the home.
+        prune(self.marker_dir)
+
+    def _close_pipe(self) -> None:
         if self.process.stdin and not self.process.stdin.closed:
             try:
                 self.process.stdin.close()
             except OSError:
                 pass
+
+    def stop(self) -> None:
+        """Close the pipe: the watchdog deletes what is still recorded, then exits."""
+        self._close_pipe()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -136,13 +170,22 @@ def _markers(marker_dir: Path) -> list[tuple[Path, dict[str, str]]]:
     return found
 
 
-def _recorded(marker_dir: Path) -> dict[str, str]:
-    """branch id -> project id, for branches whose id is known."""
+def _recorded(marker_dir: Path, *, deleting: bool = False) -> dict[str, str]:
+    """branch id -> project id, for branches whose id is known (with `deleting`, also
+    those whose delete was asked for and is to be confirmed)."""
+    prefixes = ("br-", f"{DELETING}br-") if deleting else ("br-",)
     return {
-        path.name: data["project_id"]
+        path.name.removeprefix(DELETING): data["project_id"]
         for path, data in _markers(marker_dir)
-        if path.name.startswith("br-") and "project_id" in data
+        if path.name.startswith(prefixes) and "project_id" in data
     }
+
+
+def _deleting(marker_dir: Path) -> list[Path]:
+    try:
+        return [path for path in marker_dir.iterdir() if path.name.startswith(DELETING)]
+    except OSError:
+        return []
 
 
 @dataclass(frozen=True)
@@ -188,7 +231,7 @@ async def _clean_up(api_host: str, api_key: str, marker_dir: Path) -> int:
     from harness.neon.client import NeonClient
 
     failures = 0
-    recorded = _recorded(marker_dir)
+    recorded = _recorded(marker_dir, deleting=True)
     pending = _pending_names(marker_dir)
     if not recorded and not pending:
         return 0
@@ -208,15 +251,40 @@ async def _clean_up(api_host: str, api_key: str, marker_dir: Path) -> int:
             await asyncio.sleep(1.0)
         for item in pending:
             item.path.unlink(missing_ok=True)
+        await _settle_deletes(client, marker_dir)
         for branch_id, project_id in recorded.items():
             try:
                 await delete_owned_branch(client, project_id, branch_id)
                 (marker_dir / branch_id).unlink(missing_ok=True)
+                (marker_dir / f"{DELETING}{branch_id}").unlink(missing_ok=True)
                 log.info("watchdog deleted branch %s", branch_id)
             except Exception as exc:  # keep going: every other branch still deserves a try
                 failures += 1
                 log.error("watchdog could not delete branch %s: %s", branch_id, exc)
     return failures
+
+
+async def _settle_deletes(client: Any, marker_dir: Path) -> None:
+    """Wait for the operations of the deletes the owner asked for (`deleting-` markers):
+    a finished one leaves nothing to do (the branch is gone, which the delete below finds
+    in one GET), a failed one leaves the branch there to be deleted again."""
+    from harness.neon.client import NeonOperationError
+
+    asked: dict[str, set[str]] = {}
+    for branch_id, project_id in _recorded(marker_dir, deleting=True).items():
+        if (marker_dir / f"{DELETING}{branch_id}").exists():
+            asked.setdefault(project_id, set()).add(branch_id)
+    for project_id, branch_ids in asked.items():
+        try:
+            running = [
+                op for op in await client.list_operations(project_id)
+                if op.branch_id in branch_ids and op.pending
+            ]
+            await client.wait_for_operations(project_id, running)
+        except NeonOperationError as exc:
+            log.warning("a delete the owner asked for failed (%s); asking again", exc.message)
+        except Exception as exc:  # the delete below still looks at each branch itself
+            log.warning("could not follow the owner's deletes: %s", exc)
 
 
 def _run_async(main: Coroutine[Any, Any, T]) -> T:
@@ -249,7 +317,7 @@ def run(marker_dir: Path, api_host: str, ttl: timedelta, interval: float | None 
         next_beat = time.monotonic() + interval
     # A clean owner leaves nothing recorded: then the client is never even imported.
     failures = 0
-    if owned_files(marker_dir):
+    if owned_files(marker_dir) or _deleting(marker_dir):
         failures = _run_async(_clean_up(api_host, api_key, marker_dir))
     prune(marker_dir)
     return 1 if failures else 0

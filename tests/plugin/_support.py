@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from harness.branches import (
     delete_owned_branch,
     harness_branches,
 )
+from harness.runs import DELETING
 from harness.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,9 +52,21 @@ def copy_example(destination: Path) -> Path:
     return destination
 
 
+def confirmed_deletes(settings: Settings, run_id: str | None = None, timeout: float = 60.0) -> None:
+    """Wait until the watchdogs have confirmed every delete a session asked for without
+    waiting (`deleting-` markers, of one run or all): what is listed next is what is left."""
+    runs = settings.home.expanduser().resolve() / "runs"
+    pattern = f"{run_id or '*'}/*/*/{DELETING}*"
+    deadline = time.monotonic() + timeout
+    while any(runs.glob(pattern)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def branches_of_run(project_dir: Path, run_id: str | None = None) -> list[str]:
-    """Names of the harness branches (of one run, or all) on the embedded default."""
+    """Names of the harness branches (of one run, or all) on the embedded default, once
+    the deletes asked for at the end of a session are confirmed."""
     settings = load_settings(project_dir)
+    confirmed_deletes(settings, run_id)
     backend = connect_backend(settings)
 
     async def _list() -> list[str]:

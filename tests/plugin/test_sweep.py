@@ -11,7 +11,7 @@ from pathlib import Path
 from harness.backend import connect_backend, open_client
 from harness.branches import harness_branches
 from harness.local.discovery import running_server
-from harness.runs import kept_marker, marker_dir
+from harness.runs import DELETING, kept_marker, marker_dir
 from harness.settings import load_settings
 from harness.sweep import sweep_run
 from tests.plugin._support import copy_example, session_branch_of_run
@@ -57,3 +57,18 @@ def test_recorded_branch_is_swept_even_when_workers_say_they_finished(tmp_path: 
 
     assert asyncio.run(remaining()) == []
     assert not (settings.home / "runs" / "sweep1").exists()
+
+
+def test_a_clean_run_keeps_only_the_deletes_its_watchdog_still_confirms(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(tmp_path / "home"))
+    settings = load_settings(copy_example(tmp_path / "project"))
+    confirming, done = marker_dir(settings, "clean2", "controller"), marker_dir(settings, "clean2", "gw0")
+    confirming.mkdir(parents=True)
+    done.mkdir(parents=True)
+    (confirming / f"{DELETING}br-being-deleted").write_text(json.dumps({"project_id": "p"}))
+
+    # nothing owned: no API call, and the controller's watchdog finds its marker still there
+    assert sweep_run(settings, "clean2", all_finished=True) == []
+    assert [p.name for p in confirming.iterdir()] == [f"{DELETING}br-being-deleted"]
+    assert not done.exists()
+    assert running_server(settings.home) is None

@@ -213,6 +213,28 @@ def test_a_setup_error_reaches_the_worker_as_it_was(tmp_path: Path) -> None:
     assert report is not None and report.branches == []
 
 
+def test_a_setup_error_under_xdist_ends_the_run_with_its_line_and_no_internal_error(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makepyfile(
+        test_parent="""
+import pytest
+
+@pytest.mark.parametrize("n", range(4))
+def test_needs_a_branch(n, neon_branch):
+    pass
+"""
+    )
+    monkeypatch.setenv("CATHOUSE_PARENT_BRANCH", "no-such")
+    result = run(project, "xdb11", "-n", "2")
+    output = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in output and "Traceback" not in output
+    # a configuration problem: the usage error's code, as without -n
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "Interrupted: cathouse-harness: parent_branch" in output and "'no-such'" in output
+    assert branches_of_run(project.path, "xdb11") == []
+
+
 def test_the_controller_deletes_a_branch_when_its_worker_is_done_and_leaves_a_kept_one(
     tmp_path: Path,
 ) -> None:

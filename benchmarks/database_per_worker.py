@@ -1,0 +1,86 @@
+"""What a database per xdist worker on one branch would cost, for issue 17's `-n 4` row.
+
+    python benchmarks/database_per_worker.py [--workers 4] [--reps 5]
+
+Forks one session branch of the Cat House example on a home of its own (the embedded
+default, no latency profile), then times `CREATE DATABASE … TEMPLATE <that branch's
+database>` for every worker at once and one after another, on the cluster directly (the
+embedded default cannot serve a database made over SQL through its endpoints; see
+README, "At Neon's latencies"). Against it stand `workers - 1` more forks, 1.6 s each
+under the `neon` preset, one after another under Neon's project lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+from _common import EXAMPLE, home_env, stop_home, superuser_dsn
+from neon_profile import settle
+
+
+def measure(workers: int, reps: int) -> dict[str, float]:
+    from harness.session import BranchSession
+    from harness.settings import load_settings
+
+    home = Path(tempfile.mkdtemp(prefix="cathouse-db-per-worker-"))
+    home.chmod(0o700)
+    with home_env(home):
+        session = BranchSession(load_settings(EXAMPLE), run_id="db-per-worker")
+        try:
+            handle = session.start()
+            with psycopg.connect(str(handle.direct_url)) as connection:
+                physical = connection.execute("SELECT current_database()").fetchone()[0]
+            dsn = superuser_dsn(home)
+
+            def copy(name: str) -> None:
+                with psycopg.connect(dsn, autocommit=True) as connection:
+                    connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{physical}"')
+
+            def drop(names: list[str]) -> None:
+                with psycopg.connect(dsn, autocommit=True) as connection:
+                    for name in names:
+                        connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+            together, in_turn = [], []
+            for rep in range(reps):
+                names = [f"gw{i}_{rep}" for i in range(workers)]
+                started = time.perf_counter()
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(copy, names))
+                together.append(time.perf_counter() - started)
+                drop(names)
+                started = time.perf_counter()
+                for name in names:
+                    copy(name)
+                in_turn.append(time.perf_counter() - started)
+                drop(names)
+        finally:
+            session.finish()
+            settle(home)  # its watchdog confirms the delete before the server stops
+            stop_home(home)
+            shutil.rmtree(home, ignore_errors=True)
+    return {"together": statistics.median(together), "in_turn": statistics.median(in_turn)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    r = measure(args.workers, args.reps)
+    print(f"{args.workers} copies at once: {r['together'] * 1000:.1f} ms; one after another: "
+          f"{r['in_turn'] * 1000:.1f} ms ({r['in_turn'] * 1000 / args.workers:.1f} ms each); "
+          f"medians of {args.reps}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
