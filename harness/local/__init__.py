@@ -6,7 +6,7 @@ request validation, Neon's JSON shapes); `control` (state, lookups, endpoints) w
 `branching`, `computes`, `catalog` (roles, databases, the connection gate), `reaper`,
 `schema`; `state` (persisted JSON), `faults` (fault injection), `server` (foreground
 server, shared daemon, `emulator`), `launch` (finding or starting that daemon). Data
-plane: `dataplane` over `postgres`, `proxy` (with `proxy_auth` and `scram`: each
+plane: `dataplane` (with `databases`, `fencing`, `listeners`) over `postgres`, `proxy` (with `proxy_auth` and `scram`: each
 branch's passwords checked at the proxy), `pgbouncer`, `tls` (the home's CA), `hosts`
 (an endpoint's own loopback address) and `introspect` (pg_dump).
 
