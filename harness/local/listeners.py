@@ -5,6 +5,7 @@ branch's physical one."""
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -98,7 +99,9 @@ class Listeners:
                 await proxy.listen("host", DEFAULT_PORT, self._direct_upstream, host=address, exact=True)
                 return address
             except OSError as exc:
-                problem = f"cannot listen on {address}:{DEFAULT_PORT} ({exc.strerror or exc})"
+                # asyncio's strerror repeats the address: the errno's own words are enough
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                problem = f"cannot listen on {address}:{DEFAULT_PORT} ({reason})"
                 if exc.errno == errno.EADDRNOTAVAIL:  # no loopback addresses beyond 127.0.0.1
                     break
         if self.host_problem is None:
