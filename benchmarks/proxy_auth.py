@@ -108,7 +108,8 @@ async def _query_latency(url: str, queries: int) -> float:
 
 def _endpoint_open(loop: Any, plane: Any, with_host: bool) -> float:
     """Opening (and closing) an endpoint, with or without its own address on 5432."""
-    original = plane._listen_on_host
+    listeners = plane.listeners
+    original = listeners.listen_on_host
 
     async def no_host(*_args: Any) -> None:
         return None
@@ -121,11 +122,11 @@ def _endpoint_open(loop: Any, plane: Any, with_host: bool) -> float:
         return took
 
     if not with_host:
-        plane._listen_on_host = no_host
+        listeners.listen_on_host = no_host
     try:
         return float(loop.run(cycle()))
     finally:
-        plane._listen_on_host = original
+        listeners.listen_on_host = original
 
 
 def _interleaved(sides: list[str], reps: int, measure: Callable[[str], float]) -> dict[str, float]:
