@@ -328,9 +328,6 @@ class DataPlane:
         """Client connections open on any endpoint now."""
         return self._listeners.open_connections() if self._listeners is not None else 0
 
-    async def update_endpoint_databases(self, endpoint_id: str, databases: Mapping[str, str]) -> None:
-        self.listeners.set_databases(endpoint_id, databases)
-
     def drop_connections(self, endpoint_id: str) -> None:
         """End the endpoint's client connections; it keeps listening."""
         if self._listeners is not None:

@@ -120,12 +120,6 @@ class Listeners:
         """Client connections open on any endpoint now."""
         return sum(proxy.open_connections for proxy in self.proxies.values())
 
-    def set_databases(self, endpoint_id: str, databases: Mapping[str, str]) -> None:
-        proxy = self.proxies.get(endpoint_id)
-        if proxy is None:
-            raise LocalServerError(f"endpoint {endpoint_id} is not open")
-        proxy.databases = dict(databases)
-
     def drop_connections(self, endpoint_id: str) -> None:
         """End the endpoint's client connections; it keeps listening."""
         proxy = self.proxies.get(endpoint_id)

@@ -338,18 +338,6 @@ async def test_unknown_logical_database_and_bad_password(dp: DataPlane) -> None:
         await dp.close_endpoint(address.endpoint_id)
 
 
-async def test_update_endpoint_databases_redirects_new_connections(dp: DataPlane) -> None:
-    first, second = await parent_with_rows(dp), await parent_with_rows(dp)
-    address = await dp.open_endpoint(fresh("ep"), databases={"cathouse": first})
-    try:
-        await dp.update_endpoint_databases(address.endpoint_id, {"cathouse": second})
-        conn = await client(address)
-        assert await conn.fetchval("SELECT current_database()") == second
-        await conn.close()
-    finally:
-        await dp.close_endpoint(address.endpoint_id)
-
-
 async def test_cancel_requests_are_forwarded(dp: DataPlane) -> None:
     name = await parent_with_rows(dp)
     address = await dp.open_endpoint(fresh("ep"), databases={"cathouse": name})
