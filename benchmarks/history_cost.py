@@ -65,7 +65,7 @@ def _hook(handle: ServerHandle, history: bool) -> None:
     neon = handle.neon
     assert neon is not None
     callback = neon._on_connection if history else neon.touch  # noqa: SLF001 - what is measured
-    for proxy in neon.dataplane._endpoints.values():  # type: ignore[attr-defined]  # noqa: SLF001
+    for proxy in neon.dataplane.listeners.proxies.values():  # type: ignore[attr-defined]
         proxy.on_activity = callback
 
 

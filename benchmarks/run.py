@@ -90,22 +90,34 @@ def sessions(probes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def naive(home: Path, project: Path, reps: int) -> dict[str, Any]:
-    """Fresh database + one `alembic upgrade head` process per service, in order."""
+    """Fresh database + one `alembic upgrade head` process per service, in order, straight
+    on PostgreSQL's port as a password role of its own (a branch's passwords open only
+    its endpoints, not PostgreSQL)."""
+    import secrets
+
     import asyncpg
 
-    from harness.backend import connect_backend, open_client
+    from harness.backend import connect_backend
+    from harness.local.postgres import scram_verifier
     from harness.settings import load_settings
+    from harness.sql import quote_ident, quote_literal
 
     with home_env(home):
         settings = load_settings(project)
-        backend = connect_backend(settings)
+        connect_backend(settings)  # the home's server (and its PostgreSQL) runs
+    role, secret = "naive_bench", secrets.token_urlsafe(18)
 
-        async def password() -> str:
-            async with open_client(backend) as client:
-                main = await client.resolve_branch(backend.project_id, settings.parent_branch)
-                return (await client.reveal_password(backend.project_id, main.id, settings.role)).reveal()
+    async def make_role() -> None:
+        conn = await asyncpg.connect(superuser_dsn(home))
+        try:
+            verifier = quote_literal(scram_verifier(secret))
+            exists = await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role)
+            verb = "ALTER" if exists else "CREATE"
+            await conn.execute(f"{verb} ROLE {quote_ident(role)} LOGIN PASSWORD {verifier}")
+        finally:
+            await conn.close()
 
-        secret = asyncio.run(password())
+    asyncio.run(make_role())
     port = cluster_port(home)
     setups: list[float] = []
     drops: list[float] = []
@@ -120,8 +132,8 @@ def naive(home: Path, project: Path, reps: int) -> dict[str, Any]:
                 await conn.close()
 
         started = time.perf_counter()
-        asyncio.run(admin(f'CREATE DATABASE "{name}" OWNER "{settings.role}"'))
-        url = f"postgresql://{settings.role}:{secret}@127.0.0.1:{port}/{name}"
+        asyncio.run(admin(f'CREATE DATABASE "{name}" OWNER "{role}"'))
+        url = f"postgresql://{role}:{secret}@127.0.0.1:{port}/{name}"
         alembic_each(home, settings, url)
         setups.append(time.perf_counter() - started)
         started = time.perf_counter()

@@ -18,6 +18,7 @@ import pytest_asyncio
 
 from conftest_plugin.state import HarnessState, state_key
 from harness import env
+from harness.envfile import ssl_root_env
 from harness.errors import ConfigError, HarnessError
 from harness.redact import redact_url
 from harness.rollback_session import KeptConnections
@@ -150,6 +151,8 @@ def _point_env_at(branch: NeonBranch) -> None:
     # Application settings read these; they must name this branch, never a real database.
     os.environ["DATABASE_URL"] = branch.database_url
     os.environ["MIGRATION_DATABASE_URL"] = branch.migration_database_url
+    # the embedded default's CA, which DATABASE_URL (asyncpg's form) cannot carry
+    os.environ.update(ssl_root_env(branch.migration_database_url))
 
 
 @pytest.fixture(scope="session")

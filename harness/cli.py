@@ -113,6 +113,7 @@ def _migrated_dev_branch(ctx: Context, name: str, ttl: timedelta) -> tuple[Any, 
 
 def _write_dev_env(ctx: Context, handle: Any) -> tuple[str, str]:
     """Write the branch's URLs into the .env file; (DATABASE_URL, MIGRATION_DATABASE_URL)."""
+    from harness.envfile import ssl_root_env
     from harness.urls import normalize_asyncpg_url
 
     database_url = normalize_asyncpg_url(str(handle.pooled_url))
@@ -124,6 +125,7 @@ def _write_dev_env(ctx: Context, handle: Any) -> tuple[str, str]:
             "MIGRATION_DATABASE_URL": migration_url,
             "CATHOUSE_BRANCH_ID": handle.id,
             "CATHOUSE_BRANCH_NAME": handle.name,
+            **ssl_root_env(migration_url),
         },
         force=ctx.args.force,
     )
@@ -183,6 +185,7 @@ def cmd_list(ctx: Context) -> int:
 def cmd_url(ctx: Context) -> int:
     """The one command that prints a password on purpose: its output feeds psql or a tool."""
     from harness import branches
+    from harness.envfile import ssl_root_env
     from harness.urls import normalize_asyncpg_url
 
     target = branch_from_env(ctx, ctx.args.name)
@@ -197,13 +200,19 @@ def cmd_url(ctx: Context) -> int:
     with ctx.progress.step(f"look up {target}"):
         handle = with_client(ctx, work)
     url = str(handle.pooled_url if ctx.args.pooled else handle.direct_url)
+    # The asyncpg form cannot carry the CA that verify-full checks against; asyncpg reads
+    # it from PGSSLROOTCERT, so say where it is rather than print a URL that only fails.
+    ca_env = ssl_root_env(url) if ctx.args.asyncpg else {}
     if ctx.args.asyncpg:
         url = normalize_asyncpg_url(url)
     if ctx.args.json:
         shown = url if ctx.args.show_secrets else redact_url(url)
-        print(json.dumps({"branch_id": handle.id, "name": handle.name, "url": shown}), file=ctx.out)
+        payload = {"branch_id": handle.id, "name": handle.name, "url": shown}
+        print(json.dumps(payload | {"env": ca_env} if ca_env else payload), file=ctx.out)
     else:
         print(url, file=ctx.out)
+        for key, value in ca_env.items():
+            ctx.progress.say(f"asyncpg checks this URL's server against {key}: export {key}={value}")
     return 0
 
 

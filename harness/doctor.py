@@ -116,7 +116,7 @@ def run_checks(
         checks.append(Check("configuration", "warn", f"no services in [{TOOL_TABLE}]", INIT_HINT))
     checks.append(Check("pool budget", "ok",
                         f"{settings.pool_budget} of {settings.connection_limit} connections"))
-    checks.append(_check_backend(settings))
+    checks.extend(_check_backend(settings))
     if settings.backend == "embedded":
         # the server's own search, so doctor never says "not installed" for one it would use
         from harness.local.pgbouncer import find_pgbouncer
@@ -144,17 +144,43 @@ def run_checks(
     return checks
 
 
-def _check_backend(settings: Settings) -> Check:
+def _check_backend(settings: Settings) -> list[Check]:
+    if settings.backend == "embedded":
+        return _check_embedded(settings)
+    return [_check_neon(settings)]
+
+
+def _check_embedded(settings: Settings) -> list[Check]:
+    from harness.local.discovery import probe, running_server
+
+    info = running_server(settings.home, settings.local_storage)
+    if info is None:
+        return [Check("backend", "ok", "embedded default; not running (starts on first use)")]
+    checks = [Check("backend", "ok", f"embedded default answering at {info.api_host}")]
+    answer = probe(info.api_host, info.api_key.reveal())
+    if answer is not None and "host_problem" in answer:
+        checks.append(check_endpoint_hosts(answer["host_problem"]))
+    return checks
+
+
+def check_endpoint_hosts(problem: object) -> Check:
+    """Whether a URL built from an endpoint's `host` alone (port 5432) connects, as the
+    running server found when it opened its endpoints (`harness.local.hosts`)."""
+    if not problem:
+        return Check("endpoint hosts", "ok", "each endpoint listens on its own loopback address on 5432")
+    return Check(
+        "endpoint hosts",
+        "warn",
+        f"URLs built from an endpoint's host alone do not connect on this machine ({problem});"
+        " connection_uri (and the URLs cathouse-branch writes) keep working",
+        "use connection_uri, or free port 5432 on 127.0.0.0/8 and restart the local server",
+    )
+
+
+def _check_neon(settings: Settings) -> Check:
     from harness.backend import connect_backend, open_client
     from harness.sync import run_sync
 
-    if settings.backend == "embedded":
-        from harness.local.discovery import running_server
-
-        info = running_server(settings.home, settings.local_storage)
-        if info is None:
-            return Check("backend", "ok", "embedded default; not running (starts on first use)")
-        return Check("backend", "ok", f"embedded default answering at {info.api_host}")
     try:
         backend = connect_backend(settings)
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from harness.settings import ServiceConfig
-from harness.urls import is_pooled_url, normalize_asyncpg_url
+from harness.urls import is_pooled_url, normalize_asyncpg_url, verification_of
 
 POOL_RECYCLE = 3600
 POOL_TIMEOUT = 30
@@ -56,6 +56,20 @@ def engine_kwargs(
     return kwargs
 
 
+def tls_connect_args(url: str) -> dict[str, Any]:
+    """`{"ssl": SSLContext}` when `url` names a root certificate (`sslrootcert`, which
+    SQLAlchemy cannot pass to asyncpg), else nothing: asyncpg then reads `ssl=` from the
+    URL and finds a CA through PGSSLROOTCERT or ~/.postgresql/root.crt."""
+    verification = verification_of(url)
+    if verification is None:
+        return {}
+    import ssl
+
+    context = ssl.create_default_context(cafile=verification.ca_file)
+    context.check_hostname = verification.check_hostname
+    return {"ssl": context}
+
+
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():
@@ -90,6 +104,8 @@ def create_service_engine(
     if pgbouncer is None:
         pgbouncer = is_pooled_url(normalized)
     echo = bool(overrides.pop("echo", False))
-    kwargs = _merge(engine_kwargs(service, echo=echo, pgbouncer=pgbouncer), overrides)
+    base = engine_kwargs(service, echo=echo, pgbouncer=pgbouncer)
+    base["connect_args"].update(tls_connect_args(url))
+    kwargs = _merge(base, overrides)
     return create_async_engine(normalized, **kwargs)
 

@@ -12,6 +12,16 @@ from harness.safe_paths import write_private
 ENV_MARK = "# written by cathouse-branch"
 
 
+def ssl_root_env(url: str) -> dict[str, str]:
+    """`PGSSLROOTCERT` for a URL that names a root certificate: the asyncpg form of the
+    URL (DATABASE_URL) cannot carry it, and asyncpg, like libpq, reads it from the
+    environment once the `.env` is loaded."""
+    from harness.urls import query_value
+
+    ca_file = query_value(url, "sslrootcert")
+    return {"PGSSLROOTCERT": ca_file} if ca_file else {}
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     from dotenv import dotenv_values
 

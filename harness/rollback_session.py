@@ -29,12 +29,13 @@ def session_engine(pooled_url: str) -> AsyncEngine:
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
-    from harness.engines import engine_kwargs
+    from harness.engines import engine_kwargs, tls_connect_args
     from harness.settings import ServiceConfig
 
     kwargs = engine_kwargs(ServiceConfig(name="db-session"), pgbouncer=True)
+    connect_args = {**kwargs["connect_args"], **tls_connect_args(pooled_url)}
     return create_async_engine(
-        normalize_asyncpg_url(pooled_url), poolclass=NullPool, connect_args=kwargs["connect_args"]
+        normalize_asyncpg_url(pooled_url), poolclass=NullPool, connect_args=connect_args
     )
 
 

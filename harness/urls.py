@@ -39,8 +39,11 @@ _SSLMODE_TO_ASYNCPG = {
     "verify-full": "verify-full",
 }
 
-# libpq-only parameters asyncpg does not accept as keyword arguments.
-_DROPPED_PARAMS = {"channel_binding", "sslmode", "connect_timeout_ms", "gssencmode"}
+# libpq-only parameters asyncpg does not accept as keyword arguments. `sslrootcert`
+# among them: SQLAlchemy would pass it to asyncpg.connect, which has no such argument;
+# `harness.engines` turns it into an SSLContext instead, and elsewhere asyncpg finds the
+# CA through PGSSLROOTCERT (the `.env` we write and the migrations' environment set it).
+_DROPPED_PARAMS = {"channel_binding", "sslmode", "sslrootcert", "connect_timeout_ms", "gssencmode"}
 
 
 def _split_scheme(url: str) -> tuple[str, str]:
@@ -105,6 +108,36 @@ def normalize_asyncpg_url(url: str) -> str:
     if ssl_value is not None and not explicit_ssl:
         kept.append(f"ssl={ssl_value}")
     return _join_query(ASYNCPG_SCHEME, base, kept, fragment)
+
+
+def query_value(url: str, key: str) -> str | None:
+    """The decoded value of query parameter `key` in a PostgreSQL URL, or None."""
+    _, parts, _ = _split_query(url)
+    for part in parts:
+        raw_key, _, raw_value = part.partition("=")
+        if unquote(raw_key) == key:
+            return unquote(raw_value)
+    return None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How a URL asks its server's certificate to be checked: against `ca_file`, and
+    the host name too when `check_hostname` (libpq's verify-full)."""
+
+    ca_file: str
+    check_hostname: bool
+
+
+def verification_of(url: str) -> Verification | None:
+    """The certificate check a URL asks for with `sslrootcert`, as libpq reads it: with a
+    root certificate, `require` and `verify-ca` verify the chain, `verify-full` the host
+    too; None when the URL names no root certificate or turns TLS off."""
+    ca_file = query_value(url, "sslrootcert")
+    mode = (query_value(url, "sslmode") or query_value(url, "ssl") or "prefer").strip().lower()
+    if not ca_file or ca_file == "system" or mode not in ("require", "verify-ca", "verify-full"):
+        return None
+    return Verification(ca_file, mode == "verify-full")
 
 
 def is_pooled_url(url: str) -> bool:

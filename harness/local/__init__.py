@@ -6,8 +6,10 @@ request validation, Neon's JSON shapes); `control` (state, lookups, endpoints) w
 `branching`, `computes`, `catalog` (roles, databases, the connection gate), `reaper`,
 `schema`; `state` (persisted JSON), `faults` (fault injection), `server` (foreground
 server, shared daemon, `emulator`), `launch` (finding or starting that daemon). Data
-plane: `dataplane` over `postgres`, `proxy`, `pgbouncer`, `tls` and `introspect`
-(pg_dump).
+plane: `dataplane` (with `databases`, `fencing`, `listeners`) over `postgres`, `proxy`
+(with `proxy_auth` and `scram`: each branch's passwords checked at the proxy),
+`pgbouncer`, `tls` (the home's CA), `hosts` (an endpoint's own loopback address) and
+`introspect` (pg_dump).
 
 Names are imported lazily so that importing one submodule (say, the data plane) does
 not pull in the web server.

@@ -35,7 +35,7 @@ async def create_role(request: Request) -> Response:
     name = check.role_create(await json_body(request))
     role, ops = neon.catalog.create_role(branch.id, name)
     return with_operations(
-        neon, "role", role_json(branch, role, password=neon.catalog.password(name)), ops, 201
+        neon, "role", role_json(branch, role, password=role.password), ops, 201
     )
 
 
@@ -53,7 +53,7 @@ async def delete_role(request: Request) -> Response:
 async def reveal_password(request: Request) -> Response:
     neon, branch = _branch(request)
     role = neon.catalog.role(branch, request.path_params["role_name"])
-    return ok({"password": neon.catalog.password(role.name)})
+    return ok({"password": role.password})
 
 
 @api

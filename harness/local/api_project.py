@@ -138,5 +138,7 @@ async def get_info(request: Request) -> Response:
             "storage": neon.storage,
             "pgbouncer": bool(getattr(neon.dataplane, "pgbouncer_available", False)),
             "server_version": str(getattr(neon.dataplane, "server_version", "") or ""),
+            # why a URL built from an endpoint's `host` alone does not connect here, if not
+            "host_problem": getattr(neon.dataplane, "host_problem", None),
         }
     )

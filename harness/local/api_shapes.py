@@ -228,20 +228,19 @@ def created_branch_json(
     neon: LocalNeon, branch: BranchRecord, eps: list[EndpointRecord], ops: list[OperationRecord]
 ) -> dict[str, Any]:
     """A create's answer: the branch with its endpoints, operations, roles (with their
-    passwords), databases and a connection URI per database."""
-    passwords = neon.state.passwords
+    passwords, this branch's own), databases and a connection URI per database."""
     return {
         "branch": branch_json(neon, branch),
         "endpoints": [endpoint_json(neon, ep) for ep in eps],
         "operations": operations_json(neon, ops),
-        "roles": [role_json(branch, r, password=passwords.get(r.name)) for r in branch.roles.values()],
+        "roles": [role_json(branch, r, password=r.password) for r in branch.roles.values()],
         "databases": [database_json(branch, db) for db in branch.databases.values()],
         "connection_uris": [
             {
                 "connection_uri": neon.build_uri(ep, db.name, db.owner_name, pooled=False),
                 "connection_parameters": {
                     "database": db.name,
-                    "password": passwords[db.owner_name],
+                    "password": branch.roles[db.owner_name].password,
                     "role": db.owner_name,
                     "host": neon.endpoint_host(ep),
                     "pooler_host": neon.endpoint_host(ep, pooled=True),

@@ -4,9 +4,14 @@ On Neon, roles and databases belong to a branch and are copied to its children. 
 branch's catalog is a record per role and per database; a database is a PostgreSQL
 database (`DatabaseRecord.physical`) once anybody connects to it or it holds data, and
 just a record before that: `neondb`, which Neon gives every project, or a database made
-through the API, costs no copy on every fork while nobody uses it. PostgreSQL roles are
-cluster-wide, so one role (and its password) serves every branch that has it; the gate
-turns away a user the branch does not have.
+through the API, costs no copy on every fork while nobody uses it.
+
+Passwords: each branch's roles have their own (`RoleRecord.password`), new for every
+branch, where Neon copies a parent's to its children (except under a protected parent):
+a password handed out for one branch then opens that branch only. The gate gives the
+proxy the branch's SCRAM verifier to check the client with, and the role's internal
+password (`LocalState.passwords`, never handed out) to log in to PostgreSQL with, whose
+roles are cluster-wide. The gate turns away a user the branch does not have.
 
 Like Neon's `apply_config`, a change of roles or databases ends the connections of the
 branch's endpoints.
@@ -22,7 +27,9 @@ from typing import TYPE_CHECKING, NamedTuple
 from harness.errors import ApiError
 from harness.local import ids
 from harness.local.api_validation import DatabaseChange
+from harness.local.postgres import scram_verifier
 from harness.local.proxy import Admission, Gate, Refusal
+from harness.local.proxy_auth import Credential
 from harness.local.state import (
     BranchRecord,
     DatabaseRecord,
@@ -39,6 +46,11 @@ if TYPE_CHECKING:
 
 # What a connection to a read-only endpoint gets: PostgreSQL refuses writes in it.
 READ_ONLY = {"default_transaction_read_only": "on"}
+# SCRAM iterations of a branch's verifier. Its passwords are 24 random letters and
+# digits (~143 bits), which no key stretching makes stronger; every client pays the
+# iterations on every connect (4096, PostgreSQL's default, cost ~2-4 ms of an ~9 ms
+# connect here), so a few do, as for PgBouncer's admin user.
+BRANCH_SCRAM_ITERATIONS = 16
 
 
 class Copy(NamedTuple):
@@ -58,6 +70,8 @@ class Catalog:
         self.neon = neon
         # Databases being made on first use, so two first connections make one.
         self._making: dict[tuple[str, str], asyncio.Future[str]] = {}
+        # (password, its verifier) by (branch, role): key stretching once, not per connection
+        self._verifiers: dict[tuple[str, str], tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ lookups
 
@@ -73,8 +87,51 @@ class Catalog:
             raise ApiError(404, "NOT_FOUND", f"database {name} not found on branch {branch.id}")
         return found
 
-    def password(self, name: str) -> str:
-        return self.neon.state.passwords[name]
+    def password(self, branch: BranchRecord, name: str) -> str:
+        return self.role(branch, name).password
+
+    def new_role(self, name: str, stamp: str, *, protected: bool = False) -> RoleRecord:
+        """A role record with a password of its own, registered for scrubbing."""
+        password = ids.role_password()
+        register_secret(password)
+        return RoleRecord(name, stamp, stamp, protected, password=password)
+
+    def roles_like(
+        self, source: BranchRecord, stamp: str, *, keep: BranchRecord | None = None
+    ) -> dict[str, RoleRecord]:
+        """The roles of `source` for another branch: new passwords, except for the roles
+        `keep` (the branch being restored) already has, whose URLs must keep working."""
+        kept = keep.roles if keep is not None else {}
+        return {
+            n: RoleRecord(n, stamp, stamp, r.protected, password=kept[n].password)
+            if n in kept
+            else self.new_role(n, stamp, protected=r.protected)
+            for n, r in source.roles.items()
+        }
+
+    def adopt_passwords(self) -> bool:
+        """Roles of a state written before branches had passwords of their own keep the
+        shared one (URLs handed out stay valid); the internal passwords, which those URLs
+        carried, are then replaced. True when anything changed."""
+        state = self.neon.state
+        legacy = False
+        for branch in state.branches.values():
+            for role in branch.roles.values():
+                if not role.password:
+                    role.password = state.passwords.setdefault(role.name, ids.role_password())
+                    legacy = True
+                register_secret(role.password)
+        if legacy:
+            state.passwords = {name: ids.role_password() for name in state.passwords}
+        return legacy
+
+    def credential(self, branch: BranchRecord, role: RoleRecord) -> Credential:
+        key = (branch.id, role.name)
+        cached = self._verifiers.get(key)
+        if cached is None or cached[0] != role.password:
+            cached = (role.password, scram_verifier(role.password, iterations=BRANCH_SCRAM_ITERATIONS))
+            self._verifiers[key] = cached
+        return Credential(cached[1], self.neon.state.passwords[role.name])
 
     def new_physical(self) -> str:
         """A fresh PostgreSQL database name (short, safe, unused)."""
@@ -84,7 +141,7 @@ class Catalog:
         """Give `child` the roles and databases of `parent`; the PostgreSQL databases to
         copy for it. The configured database comes first and takes the child's
         own name (`ids.physical_name`), so the first copy is the one a fork waits for."""
-        child.roles = {n: RoleRecord(n, stamp, stamp, r.protected) for n, r in parent.roles.items()}
+        child.roles = self.roles_like(parent, stamp)
         first = self.neon.state.database_name
         copies: list[Copy] = []
         child.databases = {}
@@ -109,7 +166,8 @@ class Catalog:
                 raise Refusal("08006", f"endpoint {endpoint_id} does not exist")
             if ep.disabled:
                 raise Refusal("08006", f"endpoint {endpoint_id} is disabled")
-            if user not in branch.roles:
+            role = branch.roles.get(user)
+            if role is None:
                 raise Refusal("28000", f'role "{user}" does not exist')
             db = branch.databases.get(logical)
             if db is None:
@@ -117,7 +175,8 @@ class Catalog:
             physical = db.physical or await self.materialize(branch, db)
             if ep.current_state == "idle":  # a suspended compute wakes on a connection
                 ep.current_state, ep.started_at = "active", iso(now())
-            return Admission(physical, READ_ONLY if ep.type == "read_only" else {})
+            extra = READ_ONLY if ep.type == "read_only" else {}
+            return Admission(physical, extra, self.credential(branch, role))
 
         return admit
 
@@ -171,11 +230,9 @@ class Catalog:
         branch = self._mutable(branch_id)
         if name in branch.roles:
             raise conflict(f"role {name} already exists on branch {branch.id}")
-        stamp = iso(now())
-        role = RoleRecord(name, stamp, stamp)
-        passwords = self.neon.state.passwords
-        # A role another branch has keeps its password: the PostgreSQL role is shared.
-        password = passwords.setdefault(name, ids.role_password())
+        role = self.new_role(name, iso(now()))
+        # A role another branch has keeps its internal password: the PostgreSQL role is shared.
+        password = self.neon.state.passwords.setdefault(name, ids.role_password())
         register_secret(password)
         branch.roles[name] = role
 
@@ -203,15 +260,10 @@ class Catalog:
     def reset_password(self, branch_id: str, name: str) -> tuple[RoleRecord, str, list[OperationRecord]]:
         branch = self._mutable(branch_id)
         role = self.role(branch, name)
-        password = ids.role_password()
-        register_secret(password)
-        self.neon.state.passwords[name] = password
+        # this branch's password only: other branches with the role keep theirs
+        role.password = self.new_role(name, "").password
         role.updated_at = iso(now())
-
-        async def change() -> None:
-            await self.neon.dataplane.ensure_role(name, password)
-
-        return role, password, self._apply(branch, change, f"reset password of {name}")
+        return role, role.password, self._apply(branch, None, f"reset password of {name}")
 
     def create_database(
         self, branch_id: str, change: DatabaseChange

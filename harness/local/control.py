@@ -8,12 +8,14 @@ front of them. The mutations live beside it, one module per kind of object:
 gate that admits each connection), `reaper` (expired branches); `operations` runs them
 and holds the project's lock, `persist` writes the state.
 
-Hosts: URLs always use the data plane's address (`127.0.0.1`) with the endpoint's own
-port, because a local machine cannot route `ep-…` host names. An endpoint object's
-`host` carries the endpoint id (`ep-….localhost`) only when such names resolve to
-127.0.0.1 on this machine; otherwise it is `127.0.0.1`, and the ports are given beside
-it (`port`, `pooler_port`). Clients that build the pooled host by inserting `-pooler`
-cannot reach the pooled port that way; they should ask `connection_uri?pooled=true`.
+Hosts: URLs handed out use the data plane's address (`127.0.0.1`) with the endpoint's
+own ports, and name the home's CA (verify-full). An endpoint object's `host` is the
+endpoint's own loopback address, listening on 5432 (`harness.local.hosts`), so a URL
+built from `host` alone reaches the branch directly; where the machine cannot bind one,
+it is `ep-….localhost` when such names resolve, else `127.0.0.1`, and the ports are
+given beside it (`port`, `pooler_port`). Clients that build the pooled host by inserting
+`-pooler` cannot reach the pooled port that way (an address has no endpoint id to
+extend; they reach the direct listener); they should ask `connection_uri?pooled=true`.
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ class LocalNeon:
             state = new_state(storage=self.storage)
             log.info("new local project %s in %s", state.project_id, self.home)
         self._state = state
+        if self.catalog.adopt_passwords():
+            log.info("branches' roles have passwords of their own now; internal passwords replaced")
         for role, password in state.passwords.items():
             register_secret(password)
             await self.dataplane.ensure_role(role, password)
@@ -293,6 +297,14 @@ class LocalNeon:
     # ------------------------------------------------------------------ URLs
 
     def endpoint_host(self, ep: EndpointRecord, *, pooled: bool = False) -> str:
+        """The endpoint's `host`: its own loopback address where it has one (a URL built
+        from it alone connects, `harness.local.hosts`), else a name or 127.0.0.1."""
+        address = self._addresses.get(ep.id)
+        own = None if address is None else (address.pooled_host_address if pooled else address.host_address)
+        if own:
+            # `-pooler` cannot go into an address: the pooled one is a second address,
+            # answered as `pooler_host`
+            return str(own)
         if self._named_hosts:
             return f"{ep.id}-pooler.localhost" if pooled else f"{ep.id}.localhost"
         return self._address_host(ep)
@@ -330,8 +342,16 @@ class LocalNeon:
 
     def build_uri(self, ep: EndpointRecord, database: str, role: str, *, pooled: bool) -> str:
         port = ep.pooled_port if pooled else ep.direct_port
-        query = "?sslmode=require" if ep.tls else ""
-        password = self.state.passwords[role]
+        address = self._addresses.get(ep.id)
+        ca_file = address.ca_file if address is not None else None
+        query = ""
+        if ep.tls and ca_file:
+            # verify-full against the home's CA: whoever takes the port once this server
+            # is gone cannot complete the handshake, so never sees a password (#14 item 3)
+            query = f"?sslmode=verify-full&sslrootcert={quote(ca_file, safe='/')}"
+        elif ep.tls:
+            query = "?sslmode=require"
+        password = self.state.branches[ep.branch_id].roles[role].password
         return (
             f"postgresql://{quote(role, safe='')}:{quote(password, safe='')}"
             f"@{self._address_host(ep)}:{port}/{quote(database, safe='')}{query}"

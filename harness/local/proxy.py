@@ -19,6 +19,9 @@ import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from harness.local.proxy_auth import AuthFailed, Credential, authenticate_client, login_upstream
+from harness.local.scram import ScramError
+from harness.local.tls import TlsMaterial
 from harness.log import get_logger
 
 log = get_logger("local.proxy")
@@ -109,10 +112,20 @@ class Refusal(Exception):
 
 @dataclass(frozen=True)
 class Admission:
-    """Where an admitted connection goes, and startup parameters to add on the way."""
+    """Where an admitted connection goes, and startup parameters to add on the way.
+    With a `credential` the proxy authenticates the client itself (`proxy_auth`);
+    without, PostgreSQL does, through the bytes the proxy copies."""
 
     physical: str
     extra: Mapping[str, str] = field(default_factory=dict)
+    credential: Credential | None = None
+
+
+@dataclass(frozen=True)
+class Startup:
+    version: int
+    params: dict[str, str]
+    tls: bool
 
 
 # Decides each new connection from its user and logical database: an Admission, or a
@@ -138,7 +151,7 @@ class EndpointProxy:
         databases: Mapping[str, str],
         *,
         fences: Fences,
-        tls: ssl.SSLContext | None,
+        tls: TlsMaterial | None,
         on_activity: Callable[[], None] | None = None,
         gate: Gate | None = None,
     ) -> None:
@@ -170,8 +183,17 @@ class EndpointProxy:
         if self.on_activity is not None:
             self.on_activity()
 
-    async def listen(self, kind: str, port: int, upstream: Callable[[], Upstream]) -> int:
-        """Start a listener on `port` if free, else on a port the kernel picks."""
+    async def listen(
+        self,
+        kind: str,
+        port: int,
+        upstream: Callable[[], Upstream],
+        *,
+        host: str = "127.0.0.1",
+        exact: bool = False,
+    ) -> int:
+        """Start a listener on `host`:`port` if free, else (unless `exact`, which raises
+        OSError) on a port the kernel picks."""
         holder: dict[str, _Listener] = {}
 
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -200,14 +222,15 @@ class EndpointProxy:
                 _close(writer)
 
         server = None
-        for candidate in ([port] if port else []) + [0]:
+        for candidate in ([port] if port else []) + ([] if exact else [0]):
             try:
-                server = await asyncio.start_server(on_client, "127.0.0.1", candidate, reuse_address=True)
+                server = await asyncio.start_server(on_client, host, candidate, reuse_address=True)
                 break
             except OSError:
-                continue
+                if exact:
+                    raise
         if server is None:
-            raise OSError("no free port on 127.0.0.1")
+            raise OSError(f"no free port on {host}")
         bound = int(server.sockets[0].getsockname()[1])
         listener = _Listener(kind, server, bound, upstream)
         holder["listener"] = listener
@@ -233,7 +256,7 @@ class EndpointProxy:
             startup = await self._read_startup(listener, reader, writer)
         if startup is None:
             return
-        version, params = startup
+        params = startup.params
         try:
             admission = await self._admit(params)
         except Refusal as refusal:
@@ -252,11 +275,47 @@ class EndpointProxy:
             await writer.drain()
             return
         try:
-            up_writer.write(build_startup(version, params))
+            up_writer.write(build_startup(startup.version, params))
             await up_writer.drain()
+            if admission.credential is not None and not await self._authenticate(
+                startup, admission.credential, (reader, writer), (up_reader, up_writer)
+            ):
+                return
             await _pipe_both(reader, writer, up_reader, up_writer)
         finally:
             _close(up_writer)
+
+    async def _authenticate(
+        self,
+        startup: Startup,
+        credential: Credential,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> bool:
+        """The client's SCRAM against its branch's verifier while the proxy logs in
+        upstream; True once both succeeded and the client has its AuthenticationOk."""
+        user = startup.params.get("user", "")
+        writer = client[1]
+        login = asyncio.ensure_future(login_upstream(*upstream, user, credential.upstream_password))
+        end_point = self.tls.end_point if startup.tls and self.tls is not None else None
+        failure = error_response("28P01", f'password authentication failed for user "{user}"')
+        try:
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                await authenticate_client(*client, credential.verifier, end_point=end_point, failure=failure)
+                writer.write(await login)
+        except AuthFailed as failed:
+            writer.write(failed.reply)
+            await writer.drain()
+            return False
+        except ScramError as exc:
+            log.warning("the proxy could not log in upstream for %s: %s", self.endpoint_id, exc)
+            writer.write(error_response("08006", "the local database server refused the proxy's login"))
+            await writer.drain()
+            return False
+        finally:
+            login.cancel()
+            await asyncio.gather(login, return_exceptions=True)
+        return True
 
     async def _admit(self, params: Mapping[str, str]) -> Admission:
         user = params.get("user", "")
@@ -270,7 +329,7 @@ class EndpointProxy:
 
     async def _read_startup(
         self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[int, dict[str, str]] | None:
+    ) -> Startup | None:
         tls_done = False
         while True:
             (length,) = struct.unpack("!I", await reader.readexactly(4))
@@ -285,7 +344,7 @@ class EndpointProxy:
                     continue
                 writer.write(b"S")
                 await writer.drain()
-                await writer.start_tls(self.tls)
+                await writer.start_tls(self.tls.context)
                 tls_done = True
                 continue
             if code == GSSENC_REQUEST:
@@ -299,7 +358,8 @@ class EndpointProxy:
                 writer.write(error_response("08P01", "unsupported frontend protocol"))
                 await writer.drain()
                 return None
-            return parse_startup(body)
+            version, params = parse_startup(body)
+            return Startup(version, params, tls_done)
 
 
 async def _forward_cancel(target: Upstream, packet: bytes) -> None:

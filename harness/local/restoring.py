@@ -22,7 +22,6 @@ from harness.local.state import (
     DatabaseRecord,
     EndpointRecord,
     OperationRecord,
-    RoleRecord,
     database_id,
     iso,
     now,
@@ -117,7 +116,8 @@ class Restoring:
         neon = self.neon
         saved = self.neon.branching.new_record(name, branch.parent_id, stamp)
         saved.current_state, saved.pending_state = "ready", None
-        saved.roles = dict(branch.roles)
+        # the branch keeps its passwords (its endpoints, its URLs); the saved state gets its own
+        saved.roles = neon.catalog.roles_like(branch, stamp)
         saved.databases = {n: replace(db, id=database_id(saved.id, n)) for n, db in branch.databases.items()}
         for child in neon.children(branch.id):
             child.parent_id = saved.id
@@ -161,7 +161,7 @@ class Restoring:
         neon = self.neon
         stamp = iso(now())
         catalog, replace, copies, drop = self._restore_plan(branch, source, preserved is not None, stamp)
-        roles = {n: RoleRecord(n, stamp, stamp, r.protected) for n, r in source.roles.items()}
+        roles = neon.catalog.roles_like(source, stamp, keep=branch)
         try:
             neon.ops.begin(ops[0])
             await neon.ops.preamble(fail, [op.action for op in ops])

@@ -317,7 +317,8 @@ def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     uvloop.run(main())
 
 
-def _publish(info: LocalServerInfo, storage: str) -> None:
+def publish(info: LocalServerInfo, storage: str) -> None:
+    """Write the discovery file through which other processes find this server."""
     write_private(
         discovery_path(info.home, storage),
         json.dumps(
@@ -370,7 +371,7 @@ def run_emulator(port: int, home: Path, storage: str, out: TextIO) -> int:
         out.write(f"NEON_API_KEY={info.api_key.reveal()}\n")
         out.write(f"NEON_PROJECT_ID={info.project_id}\n")
         out.flush()
-        _publish(info, storage)
+        publish(info, storage)
         print(
             f"local Neon server ready in {time.monotonic() - started:.2f} s "
             f"({storage} storage, home {home}); Ctrl-C stops it",
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def ready(info: LocalServerInfo) -> None:
         if args.daemon:
-            _publish(info, args.storage)
+            publish(info, args.storage)
         log.info(
             "local Neon server answering at %s after %.2f s",
             info.api_host,

@@ -70,13 +70,15 @@ class DatabaseRecord:
 
 @dataclass
 class RoleRecord:
-    """A role of one branch. PostgreSQL roles are cluster-wide, so the password lives in
-    `LocalState.passwords` by name; the record says the branch has the role."""
+    """A role of one branch, with this branch's own password: the endpoint proxy checks
+    it (`harness.local.proxy_auth`), so it opens this branch only. The PostgreSQL role
+    behind it is cluster-wide and logs in with `LocalState.passwords` (internal)."""
 
     name: str
     created_at: str
     updated_at: str
     protected: bool = False
+    password: str = field(default="", repr=False)
 
 
 @dataclass
@@ -161,7 +163,8 @@ class LocalState:
     role_name: str
     database_name: str
     storage: str
-    # Role passwords by role name: one PostgreSQL role serves every branch that has it.
+    # The internal password of each PostgreSQL role (cluster-wide), with which the proxy
+    # logs in upstream; never handed out. Branches' passwords are on their RoleRecords.
     passwords: dict[str, str] = field(default_factory=dict)
     branches: dict[str, BranchRecord] = field(default_factory=dict)
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
@@ -225,7 +228,7 @@ def new_state(
     )
     for role in dict.fromkeys((role_name, NEON_ROLE)):
         state.passwords[role] = ids.role_password()
-        main.roles[role] = RoleRecord(name=role, created_at=stamp, updated_at=stamp)
+        main.roles[role] = RoleRecord(role, stamp, stamp, password=ids.role_password())
     main.databases[database_name] = DatabaseRecord(
         database_id(main_id, database_name), database_name, role_name, stamp, stamp, physical
     )

@@ -1,41 +1,82 @@
-"""A self-signed certificate for the local endpoints, so Neon-style URLs
-(`sslmode=require`) connect unchanged.
+"""TLS for the local endpoints: a certificate authority per home, and the endpoints'
+certificate signed by it.
 
-Made once per cluster directory with the `cryptography` package when it is importable,
-else with the `openssl` command; without either the endpoints speak plain TCP and the
-caller hands out URLs without `sslmode`.
+Neon-style URLs (`sslmode=require`) connect unchanged, but `require` checks no
+certificate: whoever holds an endpoint's port once the server is gone (another local
+user) could answer TLS with any certificate and ask for the password in clear. So the
+URLs we hand out say `sslmode=verify-full` and name our CA (`sslrootcert`); an impostor
+without the CA's key fails the handshake before any authentication message.
+
+The CA's key (0600) never leaves the 0700 home. The endpoint certificate is issued anew
+at every start (an EC key and a signature cost about a millisecond) for every host we
+hand out: `localhost`, `*.localhost`, 127.0.0.1 and ::1.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
+import hashlib
 import ipaddress
-import shutil
+import secrets
 import ssl
-import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from harness.errors import UnsafePathError
 from harness.log import get_logger
-from harness.safe_paths import ensure_dir, write_private
+from harness.safe_paths import ensure_dir, private_home, write_private
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+    from cryptography.x509 import Certificate
 
 log = get_logger("local.tls")
 
+CA_CERT_NAME = "ca.crt"
+CA_KEY_NAME = "ca.key"
 CERT_NAME = "server.crt"
 KEY_NAME = "server.key"
-_VALID_DAYS = 3650
+_CA_DAYS = 3650
+_CERT_DAYS = 825
+_DNS_NAMES = ("localhost", "*.localhost")
+_IP_ADDRESSES = ("127.0.0.1", "::1")
 
 
-def _with_cryptography(cert: Path, key: Path) -> bool:
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        return False
+@dataclass(frozen=True)
+class TlsMaterial:
+    """What the endpoints serve and what clients are told to trust."""
+
+    context: ssl.SSLContext
+    ca_file: Path
+    # SHA-256 of the endpoint certificate (DER): SCRAM's tls-server-end-point binding
+    # for a certificate signed with ECDSA-SHA256 (RFC 5929 section 4.1)
+    end_point: bytes
+
+
+def _pem_key(private: EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _load_or_make_ca(directory: Path) -> tuple[Certificate, EllipticCurvePrivateKey]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cert_path, key_path = directory / CA_CERT_NAME, directory / CA_KEY_NAME
+    if cert_path.exists() and key_path.exists():
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        private = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if isinstance(private, ec.EllipticCurvePrivateKey):
+            return certificate, private
     private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    label = f"cathouse-harness local CA {secrets.token_hex(4)}"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, label)])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
@@ -44,91 +85,72 @@ def _with_cryptography(cert: Path, key: Path) -> bool:
         .public_key(private.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=_VALID_DAYS))
+        .not_valid_after(now + datetime.timedelta(days=_CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
             ),
-            critical=False,
+            critical=True,
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(private.public_key()), critical=False)
         .sign(private, hashes.SHA256())
     )
-    write_private(
-        key,
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+    write_private(key_path, _pem_key(private))
+    write_private(cert_path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    return certificate, private
+
+
+def _issue(directory: Path, ca: Certificate, ca_key: EllipticCurvePrivateKey) -> bytes:
+    """Write the endpoint certificate and key; the certificate's DER."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in _DNS_NAMES]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in _IP_ADDRESSES]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca.subject)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=_CERT_DAYS))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
     )
-    write_private(cert, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
-    return True
+    write_private(directory / KEY_NAME, _pem_key(private))
+    write_private(directory / CERT_NAME, certificate.public_bytes(serialization.Encoding.PEM))
+    return certificate.public_bytes(serialization.Encoding.DER)
 
 
-def _with_openssl(cert: Path, key: Path) -> bool:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        return False
-    result = subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            str(_VALID_DAYS),
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        capture_output=True,
-        check=False,
-        timeout=60,
-    )
-    if result.returncode != 0:
-        return False
-    key.chmod(0o600)
-    return True
-
-
-def ensure_certificate(directory: Path) -> tuple[Path, Path] | None:
-    """The certificate and key under `directory`, made on first use; None if we cannot."""
-    cert, key = directory / CERT_NAME, directory / KEY_NAME
-    if cert.exists() and key.exists():
-        return cert, key
-    ensure_dir(directory, mode=0o700)
-    for maker in (_with_cryptography, _with_openssl):
-        try:
-            if maker(cert, key):
-                return cert, key
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            log.debug("certificate generation with %s failed: %s", maker.__name__, exc)
-        for path in (cert, key):
-            with contextlib.suppress(OSError):
-                path.unlink()
-    log.warning("no TLS for local endpoints: neither `cryptography` nor `openssl` is available")
-    return None
-
-
-def server_context(directory: Path) -> ssl.SSLContext | None:
-    """A TLS server context for the endpoint proxy, or None when TLS is unavailable."""
-    pair = ensure_certificate(directory)
-    if pair is None:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+def server_material(directory: Path) -> TlsMaterial | None:
+    """The endpoints' TLS under `directory` (a folder of the 0700 home, checked): the CA made on first
+    use, a fresh endpoint certificate; None when TLS cannot be set up (the endpoints then
+    speak plain TCP and URLs carry no `sslmode`)."""
     try:
-        context.load_cert_chain(str(pair[0]), str(pair[1]))
-    except (ssl.SSLError, OSError) as exc:
-        log.warning("no TLS for local endpoints: the certificate does not load (%s)", exc)
+        private_home(directory.parent)
+        ensure_dir(directory, mode=0o700)
+        ca, ca_key = _load_or_make_ca(directory)
+        der = _issue(directory, ca, ca_key)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(directory / CERT_NAME), str(directory / KEY_NAME))
+    except ImportError:
+        log.warning("no TLS for local endpoints: the `cryptography` package is not importable")
         return None
-    return context
+    except (OSError, ValueError, ssl.SSLError, UnsafePathError) as exc:
+        log.warning("no TLS for local endpoints: %s", exc)
+        return None
+    return TlsMaterial(context, directory / CA_CERT_NAME, hashlib.sha256(der).digest())

@@ -209,6 +209,8 @@ def _branch_variables(url: str, scheme: str) -> dict[str, str]:
         "PGUSER": unquote(parts.username or ""),
         "PGPASSWORD": unquote(parts.password or ""),
         "PGSSLMODE": unquote(query.get("sslmode") or query.get("ssl") or ""),
+        # asyncpg's env.py gets the URL without it (SQLAlchemy cannot pass it on)
+        "PGSSLROOTCERT": unquote(query.get("sslrootcert") or ""),
     }
     return {key: value for key, value in found.items() if value}
 

@@ -87,6 +87,43 @@ def test_commands_take_the_name_given_to_up(project: Path) -> None:
     assert "'harness/dev/cli-short' or 'cli short'" in err and "cathouse-branch list" in err
 
 
+def test_url_asyncpg_says_where_its_ca_is(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The asyncpg form cannot carry `sslrootcert`: `url --asyncpg` names PGSSLROOTCERT on
+    stderr (and in --json), and with it set the printed URL connects; without it asyncpg
+    refuses the server rather than trusting it."""
+    import asyncio
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    code, out, err = cli("up", "--json", "--name", "cli-asyncpg", cwd=project)
+    assert code == 0, err
+    code, out, err = cli("url", "--asyncpg", "cli-asyncpg", cwd=project)
+    assert code == 0, err
+    url = out.strip()
+    assert url.startswith("postgresql+asyncpg://") and "sslrootcert" not in url
+    found = re.search(r"export PGSSLROOTCERT=(\S+)", err)
+    assert found, err
+    code, out, err = cli("url", "--asyncpg", "--json", "cli-asyncpg", cwd=project)
+    assert code == 0 and json.loads(out)["env"] == {"PGSSLROOTCERT": found.group(1)}, err
+
+    async def select_one() -> int:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return int((await conn.execute(text("select 1"))).scalar_one())
+        finally:
+            await engine.dispose()
+
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
+    monkeypatch.setenv("HOME", str(project))  # no ~/.postgresql/root.crt to fall back on
+    with pytest.raises(Exception, match="(?i)certificate|ssl"):
+        asyncio.run(select_one())
+    monkeypatch.setenv("PGSSLROOTCERT", found.group(1))
+    assert asyncio.run(select_one()) == 1
+    assert cli("down", "cli-asyncpg", cwd=project)[0] == 0
+
+
 def test_up_refuses_a_foreign_env_file(project: Path) -> None:
     (project / ".env").write_text("DATABASE_URL=postgresql://me:secret@prod.example/db\n")
     code, out, err = cli("up", "--name", "cli-foreign", cwd=project)

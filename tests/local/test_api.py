@@ -124,7 +124,7 @@ def test_branch_lifecycle_data_isolation_restore_delete(client: httpx.Client, pr
     assert direct == conn["connection_uri"]
     assert direct != pooled and direct != main_uri
     assert direct.startswith("postgresql://cathouse_owner:")
-    assert ("sslmode=require" in direct) == ("sslmode=require" in pooled)
+    assert ("sslmode=verify-full" in direct) == ("sslmode=verify-full" in pooled)
 
     # The child sees the parent as of creation, and each side's later writes stay put.
     sql(main_uri, f"INSERT INTO {table} VALUES ('after-fork')")

@@ -69,7 +69,7 @@ def load_models(path: Path, schema: str) -> ModuleType:
     return module
 
 
-def database_url() -> str:
+def _given_url() -> str:
     url = os.environ.get("MIGRATION_DATABASE_URL") or context.config.get_main_option(
         "sqlalchemy.url"
     )
@@ -77,9 +77,13 @@ def database_url() -> str:
         raise RuntimeError(
             "MIGRATION_DATABASE_URL is not set (the direct, non-pooled database URL)"
         )
+    return url
+
+
+def database_url() -> str:
     from harness.urls import normalize_asyncpg_url
 
-    return normalize_asyncpg_url(url)
+    return normalize_asyncpg_url(_given_url())
 
 
 def _configurer(schema: str, metadata: MetaData) -> Callable[..., None]:
@@ -130,7 +134,12 @@ def _run_on(connection: Connection, schema: str, configure: Callable[..., None])
 
 
 async def _run_async(schema: str, configure: Callable[..., None]) -> None:
-    engine = create_async_engine(database_url(), poolclass=pool.NullPool)
+    from harness.engines import tls_connect_args
+
+    # the URL's sslrootcert as an SSLContext: SQLAlchemy cannot hand it to asyncpg
+    engine = create_async_engine(
+        database_url(), poolclass=pool.NullPool, connect_args=tls_connect_args(_given_url())
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_on, schema, configure)

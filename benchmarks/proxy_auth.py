@@ -1,0 +1,188 @@
+"""What verifying the endpoint (CA, verify-full) and authenticating at the proxy cost.
+
+    python benchmarks/proxy_auth.py [--reps 60] [--queries 500] [--query-reps 9]
+
+One embedded PostgreSQL (own temporary home) and its data plane on a thread of their
+own; the client runs in the main thread. Three endpoints on the same database:
+
+- `old`: the path before #14 item 3: `sslmode=require` (no certificate check), the proxy
+  copies bytes and PostgreSQL runs SCRAM with the client;
+- `ca`: the same pass-through with `sslmode=verify-full` and the home's CA;
+- `new`: verify-full, and the proxy runs SCRAM with the client against the branch's own
+  verifier (as the catalog makes it) while it logs in upstream with the internal password.
+
+Connect (asyncpg and psycopg, direct; asyncpg pooled through PgBouncer when installed)
+and per-query latency (`SELECT 1` on an open connection), medians, interleaved so the
+machine's noise falls on every side alike; ratios against `old`. Last, what opening
+an endpoint costs with its own loopback address on 5432 (`harness.local.hosts`) beside
+its two port listeners.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _common import fmt
+
+ROLE = "bench_owner"
+
+
+def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
+    from harness.local.catalog import BRANCH_SCRAM_ITERATIONS
+    from harness.local.dataplane import DataPlane
+    from harness.local.postgres import scram_verifier
+    from harness.local.proxy import Admission
+    from harness.local.proxy_auth import Credential
+    from harness.sync import LoopThread
+
+    loop = LoopThread("bench-dataplane")
+    plane = DataPlane(home, storage="memory")
+    loop.run(plane.start())
+    internal, branch_pw = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
+    loop.run(plane.ensure_role(ROLE, internal))
+    loop.run(plane.create_database("bench", owner=ROLE))
+    credential = Credential(scram_verifier(branch_pw, iterations=BRANCH_SCRAM_ITERATIONS), internal)
+
+    async def gate(user: str, logical: str) -> Admission:
+        return Admission("bench", {}, credential)
+
+    ca = f"sslmode=verify-full&sslrootcert={plane.ca_file}"
+    urls: dict[str, dict[str, str]] = {}
+    for name, password, query, with_gate in (
+        ("old", internal, "sslmode=require", False),
+        ("ca", internal, ca, False),
+        ("new", branch_pw, ca, True),
+    ):
+        address = loop.run(
+            plane.open_endpoint(f"ep-{name}", databases={"bench": "bench"}, gate=gate if with_gate else None)
+        )
+        urls[name] = {
+            kind: f"postgresql://{ROLE}:{password}@127.0.0.1:{port}/bench?{query}"
+            for kind, port in (("direct", address.direct_port), ("pooled", address.pooled_port))
+        }
+    return loop, plane, urls
+
+
+async def _asyncpg_connect(url: str) -> float:
+    import asyncpg
+
+    started = time.perf_counter()
+    conn = await asyncpg.connect(url, statement_cache_size=0)
+    took = time.perf_counter() - started
+    await conn.close()
+    return took
+
+
+def _psycopg_connect(url: str) -> float:
+    import psycopg
+
+    started = time.perf_counter()
+    conn = psycopg.connect(url)
+    took = time.perf_counter() - started
+    conn.close()
+    return took
+
+
+async def _query_latency(url: str, queries: int) -> float:
+    import asyncpg
+
+    conn = await asyncpg.connect(url, statement_cache_size=0)
+    try:
+        await conn.fetchval("SELECT 1")
+        started = time.perf_counter()
+        for _ in range(queries):
+            await conn.fetchval("SELECT 1")
+        return (time.perf_counter() - started) / queries
+    finally:
+        await conn.close()
+
+
+def _endpoint_open(loop: Any, plane: Any, with_host: bool) -> float:
+    """Opening (and closing) an endpoint, with or without its own address on 5432."""
+    listeners = plane.listeners
+    original = listeners.listen_on_host
+
+    async def no_host(*_args: Any) -> None:
+        return None
+
+    async def cycle() -> float:
+        started = time.perf_counter()
+        await plane.open_endpoint("ep-open", databases={"bench": "bench"})
+        took = time.perf_counter() - started
+        await plane.close_endpoint("ep-open")
+        return took
+
+    if not with_host:
+        listeners.listen_on_host = no_host
+    try:
+        return float(loop.run(cycle()))
+    finally:
+        listeners.listen_on_host = original
+
+
+def _interleaved(sides: list[str], reps: int, measure: Callable[[str], float]) -> dict[str, float]:
+    runs: dict[str, list[float]] = {side: [] for side in sides}
+    for rep in range(reps):
+        shift = rep % len(sides)  # each side goes first as often: no order effect
+        for side in sides[shift:] + sides[:shift]:
+            runs[side].append(measure(side))
+    return {side: statistics.median(values) for side, values in runs.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=60)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--query-reps", type=int, default=9)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cathouse-bench-proxy-") as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir(mode=0o700)
+        loop, plane, urls = _setup(home)
+        sides = list(urls)
+        kinds = ["direct", "pooled"] if plane.pgbouncer_available else ["direct"]
+        results: dict[str, dict[str, float]] = {}
+        try:
+            for kind in kinds:
+                results[f"asyncpg connect, {kind}"] = _interleaved(
+                    sides, args.reps, lambda s, k=kind: asyncio.run(_asyncpg_connect(urls[s][k]))
+                )
+                if kind == "direct":
+                    results["psycopg connect, direct"] = _interleaved(
+                        sides, args.reps, lambda s: _psycopg_connect(urls[s]["direct"])
+                    )
+                results[f"query latency, {kind}"] = _interleaved(
+                    sides,
+                    args.query_reps,
+                    lambda s, k=kind: asyncio.run(_query_latency(urls[s][k], args.queries)),
+                )
+            opened = _interleaved(
+                ["two listeners", "with host"], args.reps,
+                lambda side: _endpoint_open(loop, plane, side == "with host"),
+            )
+        finally:
+            loop.run(plane.stop())
+            loop.close()
+    print(f"{'measure':<26} " + " ".join(f"{s:>10}" for s in sides) + "   ca/old  new/old")
+    for name, row in results.items():
+        cells = " ".join(f"{fmt(row[s]) if row[s] >= 1e-3 else f'{row[s] * 1e6:.0f} µs':>10}" for s in sides)
+        print(f"{name:<26} {cells}   {row['ca'] / row['old']:6.2f}  {row['new'] / row['old']:6.2f}")
+    ratio = opened["with host"] / opened["two listeners"]
+    print(f"endpoint open: {fmt(opened['two listeners'])} with two listeners, "
+          f"{fmt(opened['with host'])} with its own address on 5432 too ({ratio:.2f})")
+    print(json.dumps({"reps": args.reps, "queries": args.queries, "query_reps": args.query_reps,
+                      "medians_s": results, "endpoint_open_s": opened}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Endpoints on the data plane: each a set of loopback listeners (direct, pooled, and its
+own address on 5432) whose proxy maps the logical database a client asks for to the
+branch's physical one."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from harness.errors import LocalServerError
+from harness.local.hosts import DEFAULT_PORT, loopback_addresses
+from harness.local.proxy import EndpointProxy, Fences, Gate, Upstream
+from harness.local.tls import TlsMaterial
+from harness.log import get_logger
+
+log = get_logger("local.dataplane")
+
+
+@dataclass(frozen=True)
+class EndpointAddress:
+    endpoint_id: str
+    host: str
+    direct_port: int
+    pooled_port: int
+    pooled_via_pgbouncer: bool
+    tls: bool
+    # the CA a client verifies the endpoint with (`sslrootcert`); None without TLS
+    ca_file: str | None = None
+    # the endpoint's own loopback address, listening on 5432 (`harness.local.hosts`)
+    host_address: str | None = None
+    # a second one whose 5432 is the pooled listener: the `pooler_host` Neon answers
+    pooled_host_address: str | None = None
+
+
+@dataclass
+class Listeners:
+    """The open endpoints' proxies, by endpoint id."""
+
+    fences: Fences
+    tls: TlsMaterial | None
+    direct: Upstream
+    # PgBouncer's address, or the direct one where PgBouncer is not running
+    pooled: Upstream
+    pooled_via_pgbouncer: bool
+    proxies: dict[str, EndpointProxy] = field(default_factory=dict)
+    # why endpoints have no loopback address of their own on 5432, if they have not
+    host_problem: str | None = None
+
+    def _direct_upstream(self) -> Upstream:
+        return self.direct
+
+    def _pooled_upstream(self) -> Upstream:
+        return self.pooled
+
+    async def open(
+        self,
+        endpoint_id: str,
+        *,
+        databases: Mapping[str, str],
+        direct_port: int = 0,
+        pooled_port: int = 0,
+        gate: Gate | None = None,
+        on_activity: Callable[[], None] | None = None,
+    ) -> EndpointAddress:
+        """Listeners for an endpoint; `gate` (when given) admits each connection by its
+        user and logical database, else `databases` maps logical to physical names."""
+        if endpoint_id in self.proxies:
+            await self.close(endpoint_id)
+        proxy = EndpointProxy(
+            endpoint_id, databases, fences=self.fences, tls=self.tls, on_activity=on_activity, gate=gate
+        )
+        try:
+            direct = await proxy.listen("direct", direct_port, self._direct_upstream)
+            pooled = await proxy.listen("pooled", pooled_port, self._pooled_upstream)
+            host_address = await self.listen_on_host(proxy, endpoint_id)
+            pooled_host_address = (
+                await self.listen_on_host(proxy, endpoint_id, pooled=True) if host_address else None
+            )
+        except OSError as exc:
+            await proxy.close()
+            raise LocalServerError(
+                f"cannot listen for endpoint {endpoint_id}: {exc.strerror or exc}"
+            ) from None
+        self.proxies[endpoint_id] = proxy
+        return EndpointAddress(
+            endpoint_id=endpoint_id,
+            host="127.0.0.1",
+            direct_port=direct,
+            pooled_port=pooled,
+            pooled_via_pgbouncer=self.pooled_via_pgbouncer,
+            tls=self.tls is not None,
+            ca_file=str(self.tls.ca_file) if self.tls is not None else None,
+            host_address=host_address,
+            pooled_host_address=pooled_host_address,
+        )
+
+    async def listen_on_host(
+        self, proxy: EndpointProxy, endpoint_id: str, *, pooled: bool = False
+    ) -> str | None:
+        """The endpoint's own loopback address with a listener on 5432, so a URL built
+        from its `host` connects (`pooled`: a second address for its pooled listener,
+        answered as `pooler_host`); None (said once) where this machine cannot."""
+        problem = ""
+        kind, seed = ("pooled-host", f"{endpoint_id}-pooler") if pooled else ("host", endpoint_id)
+        upstream = self._pooled_upstream if pooled else self._direct_upstream
+        for address in loopback_addresses(seed):
+            try:
+                await proxy.listen(kind, DEFAULT_PORT, upstream, host=address, exact=True)
+                return address
+            except OSError as exc:
+                # asyncio's strerror repeats the address: the errno's own words are enough
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                problem = f"cannot listen on {address}:{DEFAULT_PORT} ({reason})"
+                if exc.errno == errno.EADDRNOTAVAIL:  # no loopback addresses beyond 127.0.0.1
+                    break
+        if self.host_problem is None:
+            self.host_problem = problem
+            log.warning(
+                "URLs built from an endpoint's host will not connect: %s; use connection_uri", problem
+            )
+        return None
+
+    def connections(self) -> dict[str, int]:
+        """The endpoints with open client connections, and how many (the history asks
+        on every connect and leave, so this is a dict walk, no I/O)."""
+        return {ep_id: count for ep_id, proxy in self.proxies.items() if (count := proxy.open_connections)}
+
+    def open_connections(self) -> int:
+        """Client connections open on any endpoint now."""
+        return sum(proxy.open_connections for proxy in self.proxies.values())
+
+    def drop_connections(self, endpoint_id: str) -> None:
+        """End the endpoint's client connections; it keeps listening."""
+        proxy = self.proxies.get(endpoint_id)
+        if proxy is not None:
+            proxy.disconnect_all()
+
+    async def close(self, endpoint_id: str) -> None:
+        proxy = self.proxies.pop(endpoint_id, None)
+        if proxy is not None:
+            await proxy.close()
+
+    async def close_all(self) -> None:
+        for endpoint_id in list(self.proxies):
+            await self.close(endpoint_id)

@@ -1,0 +1,136 @@
+"""Authentication at the endpoint proxy: the client against its branch, the proxy upstream.
+
+Each branch has its own role passwords. PostgreSQL roles are cluster-wide, so PostgreSQL
+cannot tell branches apart; the proxy checks the client's SCRAM proof against the
+branch's verifier itself, then logs in to PostgreSQL (or PgBouncer) as the same role
+with the role's internal password, which is never handed out. A password given for one
+branch therefore opens that branch's endpoints only, and no handed-out password opens
+PostgreSQL's or PgBouncer's own port.
+
+Both exchanges run at once: the upstream login (two round trips on loopback) is under
+way while the client computes its proof.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from harness.local.scram import ClientExchange, ScramError, ServerExchange, Verifier
+
+AUTH_OK = 0
+AUTH_CLEARTEXT = 3
+AUTH_MD5 = 5
+AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+_MAX_AUTH_MESSAGE = 10_000
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What the proxy checks a client against and what it logs in upstream with."""
+
+    verifier: str
+    upstream_password: str
+
+
+class AuthFailed(Exception):
+    """Authentication did not succeed; `reply` is the ErrorResponse for the client."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__("authentication failed")
+        self.reply = reply
+
+
+def message(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def _auth(code: int, data: bytes = b"") -> bytes:
+    return message(b"R", struct.pack("!I", code) + data)
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One typed protocol message: (its type byte, its body)."""
+    head = await reader.readexactly(5)
+    kind, length = head[:1], struct.unpack("!I", head[1:])[0]
+    if length < 4 or length > _MAX_AUTH_MESSAGE:
+        raise ScramError("protocol message of a bad length during authentication")
+    return kind, await reader.readexactly(length - 4)
+
+
+def _sasl_initial(body: bytes) -> tuple[str, str]:
+    mechanism, _, rest = body.partition(b"\0")
+    (size,) = struct.unpack("!i", rest[:4])
+    data = rest[4 : 4 + size] if size >= 0 else b""
+    return mechanism.decode("ascii", "replace"), data.decode("utf-8", "replace")
+
+
+async def authenticate_client(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    verifier: str,
+    *,
+    end_point: bytes | None,
+    failure: bytes,
+) -> None:
+    """Run SCRAM with the client up to the server-final message; AuthFailed (carrying
+    `failure`, the ErrorResponse to send) when its proof is wrong or malformed."""
+    exchange = ServerExchange(Verifier.parse(verifier), end_point=end_point)
+    names = b"".join(m.encode() + b"\0" for m in exchange.mechanisms) + b"\0"
+    writer.write(_auth(AUTH_SASL, names))
+    await writer.drain()
+    try:
+        kind, body = await read_message(reader)
+        if kind != b"p":
+            raise ScramError("expected a SASL initial response")
+        server_first = exchange.first(*_sasl_initial(body))
+        writer.write(_auth(AUTH_SASL_CONTINUE, server_first.encode()))
+        await writer.drain()
+        kind, body = await read_message(reader)
+        if kind != b"p":
+            raise ScramError("expected a SASL response")
+        server_final = exchange.final(body.decode("utf-8", "replace"))
+    except ScramError:
+        raise AuthFailed(failure) from None
+    writer.write(_auth(AUTH_SASL_FINAL, server_final.encode()))
+
+
+async def login_upstream(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, user: str, password: str
+) -> bytes:
+    """Answer the upstream's authentication requests (the startup is already sent); the
+    AuthenticationOk to pass on to the client. AuthFailed carries an ErrorResponse the
+    upstream sent, ScramError a request we could not answer."""
+    scram: ClientExchange | None = None
+    while True:
+        kind, body = await read_message(reader)
+        if kind == b"E":
+            raise AuthFailed(message(kind, body))
+        if kind != b"R":
+            raise ScramError("the upstream sent a message before authenticating")
+        (code,) = struct.unpack("!I", body[:4])
+        data = body[4:]
+        if code == AUTH_OK:
+            return message(kind, body)
+        if code == AUTH_SASL:
+            scram = ClientExchange(password)
+            first = scram.first().encode()
+            writer.write(message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
+        elif code == AUTH_SASL_CONTINUE and scram is not None:
+            writer.write(message(b"p", scram.final(data.decode()).encode()))
+        elif code == AUTH_SASL_FINAL and scram is not None:
+            scram.check(data.decode())
+            continue
+        elif code == AUTH_CLEARTEXT:  # an external server configured so: ours, on loopback
+            writer.write(message(b"p", password.encode() + b"\0"))
+        elif code == AUTH_MD5:
+            inner = hashlib.md5((password + user).encode()).hexdigest()  # noqa: S324 - the protocol's
+            outer = hashlib.md5(inner.encode() + data[:4]).hexdigest()  # noqa: S324
+            writer.write(message(b"p", b"md5" + outer.encode() + b"\0"))
+        else:
+            raise ScramError(f"the upstream asked for authentication method {code}")
+        await writer.drain()
