@@ -300,11 +300,10 @@ class LocalNeon:
         """The endpoint's `host`: its own loopback address where it has one (a URL built
         from it alone connects, `harness.local.hosts`), else a name or 127.0.0.1."""
         address = self._addresses.get(ep.id)
-        own = None if address is None else (address.pooled_host_address if pooled else address.host_address)
-        if own:
-            # `-pooler` cannot go into an address: the pooled one is a second address,
-            # answered as `pooler_host`
-            return str(own)
+        if address is not None and address.host_address:
+            # the pooled listener is not on that address (`-pooler` cannot go into an
+            # address anyway): a pooled host stays where the pooled port listens
+            return self._address_host(ep) if pooled else str(address.host_address)
         if self._named_hosts:
             return f"{ep.id}-pooler.localhost" if pooled else f"{ep.id}.localhost"
         return self._address_host(ep)

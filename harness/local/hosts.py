@@ -5,10 +5,9 @@ endpoint) insert `-pooler` after the endpoint id. On Linux the whole of 127.0.0.
 loopback and binding any of it needs no root, so each endpoint gets an address of its
 own there (derived from its id, so the same after a restart) with a listener on 5432:
 its `host` is that address, and `postgresql://role:pw@<host>/db?sslmode=require`
-reaches the branch directly. A second address (from `<id>-pooler`) listens on 5432 for
-the pooled listener and is answered as `pooler_host`. What does not hold on such a host:
-`-pooler` cannot be inserted into an address, so a pooled URL built from `host` also
-reaches the direct listener (connected, not pooled); and where the address cannot be bound (macOS has only
+reaches the branch directly. What does not hold on such a host: `-pooler` cannot be
+inserted into an address, so a pooled URL built from it also reaches the direct
+listener (connected, not pooled); and where the address cannot be bound (macOS has only
 127.0.0.1, or 5432 is taken) `host` stays 127.0.0.1 and the server says so once at
 start. `connection_uri` works everywhere.
 """

@@ -30,8 +30,6 @@ class EndpointAddress:
     ca_file: str | None = None
     # the endpoint's own loopback address, listening on 5432 (`harness.local.hosts`)
     host_address: str | None = None
-    # a second one whose 5432 is the pooled listener: the `pooler_host` Neon answers
-    pooled_host_address: str | None = None
 
 
 @dataclass
@@ -75,9 +73,6 @@ class Listeners:
             direct = await proxy.listen("direct", direct_port, self._direct_upstream)
             pooled = await proxy.listen("pooled", pooled_port, self._pooled_upstream)
             host_address = await self.listen_on_host(proxy, endpoint_id)
-            pooled_host_address = (
-                await self.listen_on_host(proxy, endpoint_id, pooled=True) if host_address else None
-            )
         except OSError as exc:
             await proxy.close()
             raise LocalServerError(
@@ -93,21 +88,15 @@ class Listeners:
             tls=self.tls is not None,
             ca_file=str(self.tls.ca_file) if self.tls is not None else None,
             host_address=host_address,
-            pooled_host_address=pooled_host_address,
         )
 
-    async def listen_on_host(
-        self, proxy: EndpointProxy, endpoint_id: str, *, pooled: bool = False
-    ) -> str | None:
+    async def listen_on_host(self, proxy: EndpointProxy, endpoint_id: str) -> str | None:
         """The endpoint's own loopback address with a listener on 5432, so a URL built
-        from its `host` connects (`pooled`: a second address for its pooled listener,
-        answered as `pooler_host`); None (said once) where this machine cannot."""
+        from its `host` connects; None (said once) where this machine cannot."""
         problem = ""
-        kind, seed = ("pooled-host", f"{endpoint_id}-pooler") if pooled else ("host", endpoint_id)
-        upstream = self._pooled_upstream if pooled else self._direct_upstream
-        for address in loopback_addresses(seed):
+        for address in loopback_addresses(endpoint_id):
             try:
-                await proxy.listen(kind, DEFAULT_PORT, upstream, host=address, exact=True)
+                await proxy.listen("host", DEFAULT_PORT, self._direct_upstream, host=address, exact=True)
                 return address
             except OSError as exc:
                 # asyncio's strerror repeats the address: the errno's own words are enough

@@ -1,5 +1,4 @@
-"""#15 part 1: a URL built from an endpoint's `host` alone connects, and one built from
-`pooler_host` is pooled.
+"""#15 part 1 (direct half): a URL built from an endpoint's `host` alone connects.
 
 Neon's clients take `host`, the default port 5432 and `sslmode=require`; each endpoint
 here has its own loopback address (127.0.0.0/8) listening on 5432, so that URL reaches
@@ -59,35 +58,4 @@ def test_a_url_built_from_host_alone_reaches_that_branch(client: httpx.Client, p
         assert via_host == via_uri
     assert hosts[0] != hosts[1]
     for branch in made:
-        delete_branch(client, project, branch["branch"]["id"])
-
-
-def test_a_url_built_from_pooler_host_goes_through_pgbouncer(client: httpx.Client, project: str) -> None:
-    """Neon answers `pooler_host` beside `host`; a client building the pooled URL from it
-    (default port) reaches that endpoint's PgBouncer: consecutive clients share one
-    server connection, where direct clients each get their own backend."""
-    from harness.local.pgbouncer import find_pgbouncer
-
-    if not _machine_can():
-        pytest.skip("no loopback address beyond 127.0.0.1 can listen on 5432 here")
-    if find_pgbouncer() is None:
-        pytest.skip("pgbouncer is not installed: the pooled listener is PostgreSQL itself")
-    branch = create_ready_branch(client, project, name=unique("pooler-host"))
-    try:
-        [endpoint] = branch["endpoints"]
-        params = branch["connection_uris"][0]["connection_parameters"]
-        pooler_host = params["pooler_host"]
-        assert pooler_host not in (_own_host(endpoint), "127.0.0.1"), pooler_host
-        assert ipaddress.ip_address(pooler_host).is_loopback
-        credentials = f"{params['role']}:{params['password']}"
-        pooled = f"postgresql://{credentials}@{pooler_host}/{params['database']}?sslmode=require"
-        direct = f"postgresql://{credentials}@{endpoint['host']}/{params['database']}?sslmode=require"
-        pooled_pids = {sql(pooled, "SELECT pg_backend_pid()")[0][0] for _ in range(3)}
-        direct_pids = {sql(direct, "SELECT pg_backend_pid()")[0][0] for _ in range(2)}
-        assert len(pooled_pids) == 1, pooled_pids
-        assert len(direct_pids) == 2, direct_pids
-        [[database]] = sql(pooled, "SELECT current_database()")
-        [[expected]] = sql(direct, "SELECT current_database()")
-        assert database == expected
-    finally:
         delete_branch(client, project, branch["branch"]["id"])
