@@ -142,8 +142,8 @@ class PgBouncer:
         users = {**self._users, ADMIN_USER: admin}
         self._write(self.auth_file, "".join(_auth_line(u, s) for u, s in sorted(users.items())))
         # One fallback entry serves every database under its own name, so a new branch
-        # needs no RELOAD: PgBouncer adds a pool when the first client asks for it. (A
-        # reload per create ran alongside each template copy and slowed it by ~5 ms.)
+        # needs no RELOAD (which would run beside every fork's copy): PgBouncer adds a
+        # pool when the first client asks for it.
         databases = f"* = host={self.pg_host} port={self.pg_port}\n"
         settings = {
             "listen_addr": "127.0.0.1",
