@@ -183,7 +183,7 @@ def ensure_dev(branch: Branch, action: str, *, finished_sessions: bool = False) 
 
 def _process_gone(branch: Branch) -> bool:
     """The test process that made `branch` ran on this machine and has ended."""
-    from harness.local.discovery import pid_alive
+    from harness.processes import pid_alive
 
     pid = branch.annotation.get(MARK_PID, "")
     same_host = branch.annotation.get(MARK_HOST) == socket.gethostname()[:60]

@@ -57,6 +57,6 @@ def candidates(found: Sequence[Any], *, current_fingerprint: str | None, run: st
 def _pid_alive(pid: str | None) -> bool:
     if not pid or not pid.isdigit():
         return True  # unknown: leave it to expires_at
-    from harness.local.discovery import pid_alive
+    from harness.processes import pid_alive
 
     return pid_alive(int(pid))

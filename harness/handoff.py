@@ -118,7 +118,7 @@ def wait_for_branch(
 
 def _controller_alive() -> bool:
     # A worker carries its controller's owner token, which starts with the controller's pid.
-    from harness.local.discovery import pid_alive
+    from harness.processes import pid_alive
 
     pid = owner_pid(owner_token())
     return pid is None or pid_alive(pid)

@@ -28,8 +28,8 @@ from pathlib import Path
 from harness import env
 from harness.errors import UnsafePathError
 from harness.local import locations
-from harness.local.discovery import pid_alive
 from harness.log import get_logger
+from harness.processes import pid_alive
 from harness.runs import owned_files, owner_pid
 from harness.safe_paths import check_dir, remove_tree
 

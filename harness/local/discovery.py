@@ -10,7 +10,6 @@ answers `/_local/info` on the published port with this home's key.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from harness import env
+from harness.processes import pid_alive
 from harness.redact import Secret
 from harness.safe_paths import private_home
 
@@ -70,21 +70,6 @@ def read_discovery(home: Path, storage: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` runs; a zombie (exited, not yet reaped by its parent) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat_line.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def probe(api_host: str, api_key: str, timeout: float = 2.0) -> dict[str, Any] | None:

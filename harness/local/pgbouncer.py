@@ -24,10 +24,10 @@ from pathlib import Path
 import asyncpg
 
 from harness.errors import LocalServerError
-from harness.local.discovery import pid_alive
 from harness.local.postgres import OsUser, chown_to, free_port, minimal_env, scram_verifier
 from harness.log import get_logger
 from harness.polling import Backoff, wait_until, wait_until_async
+from harness.processes import pid_alive
 from harness.safe_paths import ensure_dir, write_private
 
 log = get_logger("local.pgbouncer")

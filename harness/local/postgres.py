@@ -28,7 +28,6 @@ from pathlib import Path
 
 from harness.errors import LocalServerError
 from harness.local import locations
-from harness.local.discovery import pid_alive
 
 # the names below are imported from here by the data plane, the cleaners and the tests
 from harness.local.pg_binaries import PG_SYSTEM_USER as PG_SYSTEM_USER
@@ -49,6 +48,7 @@ from harness.local.pg_layout import prepare_root as prepare_root
 from harness.locking import file_lock
 from harness.log import get_logger
 from harness.polling import Backoff, wait_until
+from harness.processes import pid_alive
 from harness.safe_paths import check_dir, ensure_dir, remove_tree, write_private
 
 log = get_logger("local.postgres")

@@ -20,9 +20,9 @@ import pytest
 
 from harness.leftovers import clean_leftovers
 from harness.local import locations
-from harness.local.discovery import pid_alive
 from harness.local.postgres import memory_cluster_dirs
 from harness.local.server import ensure_local_server
+from harness.processes import pid_alive
 from harness.runs import owner_token
 
 
