@@ -26,6 +26,7 @@ from harness.errors import LocalServerError
 from harness.local import ids
 from harness.local.discovery import API_KEY_FILE
 from harness.safe_paths import write_private as write_private  # control and server use it
+from harness.timestamps import format_time, parse_strict
 
 STATE_FILE = "local-state.json"  # memory storage; disk storage uses local-state-disk.json
 STATE_VERSION = 2
@@ -43,15 +44,11 @@ def now() -> datetime:
 
 def iso(moment: datetime) -> str:
     """RFC 3339 in UTC with a `Z`, to the second, as Neon writes timestamps."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(moment, whole_seconds=True)
 
 
-def parse_time(value: str) -> datetime:
-    """An RFC 3339 timestamp with an explicit offset; ValueError otherwise."""
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        raise ValueError("timestamp has no time zone")
-    return moment
+# Request bodies and the state file are read strictly (see harness.timestamps).
+parse_time = parse_strict
 
 
 @dataclass

@@ -10,9 +10,10 @@ from typing import Any, Final
 
 from harness.errors import NeonAPIError
 from harness.neon.base import items, obj, q
-from harness.neon.models import Branch, Operation, format_time
+from harness.neon.models import Branch, Operation
 from harness.neon.operations import OperationsMixin
 from harness.neon.transport import Progress
+from harness.timestamps import format_time
 
 
 class _Unset:

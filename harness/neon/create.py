@@ -20,11 +20,12 @@ from harness.log import get_logger
 from harness.neon.base import q
 from harness.neon.branches import BranchesMixin, newest
 from harness.neon.endpoints import EndpointsMixin
-from harness.neon.models import Branch, BranchCreated, ConnectionInfo, Database, Operation, format_time
+from harness.neon.models import Branch, BranchCreated, ConnectionInfo, Database, Operation
 from harness.neon.operations import NeonOperationError
 from harness.neon.roles import RolesMixin
 from harness.neon.transport import Answer, Progress
 from harness.redact import Secret
+from harness.timestamps import format_time
 
 log = get_logger("neon")
 

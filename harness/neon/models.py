@@ -9,15 +9,15 @@ soon as it is parsed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from harness.redact import Secret, register_secret
+from harness.timestamps import parse_time
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -34,37 +34,6 @@ OPERATION_FAILED = frozenset({"failed", "error", "cancelled"})
 
 # An endpoint accepts connections in these states (idle ones wake on connect).
 ENDPOINT_USABLE = frozenset({"active", "idle"})
-
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 timestamp as an aware datetime; None when absent or unreadable."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.strip()
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
-    # fromisoformat takes at most microseconds; some servers send nanoseconds.
-    text = _FRACTION.sub(r"\1", text)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def format_time(value: datetime) -> str:
-    """RFC 3339 in UTC with a trailing "Z", as Neon expects. Naive datetimes count as UTC."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    value = value.astimezone(UTC)
-    if value.microsecond:
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def _str(data: Mapping[str, Any], key: str, default: str = "") -> str:
     value = data.get(key)

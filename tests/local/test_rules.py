@@ -14,7 +14,7 @@ import httpx
 from harness.local.control import DEFAULT_ROOT_BRANCHES_LIMIT
 from harness.local.server import LocalServerInfo
 from harness.neon.client import NeonClient
-from harness.neon.models import parse_time
+from harness.timestamps import parse_time
 from tests.local._server import (
     api_client,
     connection_uri,

@@ -17,10 +17,9 @@ from harness.neon.models import (
     Project,
     Role,
     annotation_values,
-    format_time,
-    parse_time,
 )
 from harness.redact import scrub
+from harness.timestamps import format_time, parse_time
 
 PASSWORD = "pw-models-test-only-4c2d"
 
