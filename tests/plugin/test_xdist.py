@@ -251,3 +251,36 @@ def test_the_controller_deletes_a_branch_when_its_worker_is_done_and_leaves_a_ke
     assert branches_of_run(project, "xdb8") == ["harness/xdb8/gw1"]
     assert session.report.branches == [f"{h.name} ({h.id})" for h in (done, keeper, last)]
     delete_branch(project, keeper.id)  # `down` takes a kept branch once its process is gone
+
+
+ENV_ONLY = """
+import asyncio, os, pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+@pytest.mark.parametrize("n", range(4))
+def test_app_reads_database_url(n):
+    # what an app does at import: its own engine from DATABASE_URL, no harness fixture
+    async def count_users():
+        engine = create_async_engine(os.environ["DATABASE_URL"])
+        try:
+            async with engine.connect() as conn:
+                return (await conn.execute(text("select count(*) from auth.users"))).scalar_one()
+        finally:
+            await engine.dispose()
+    assert asyncio.run(count_users()) == 0
+"""
+
+
+def test_usefixtures_neon_branch_gives_env_only_tests_their_branch(project: pytest.Pytester) -> None:
+    """Tests that use no harness fixture and only read DATABASE_URL (an app configured from
+    the environment) get the worker's branch when the project lists `neon_branch` in
+    pytest's `usefixtures` ini option (README "The pytest plugin"); without it they see
+    the placeholder address."""
+    project.makepyfile(test_env_only=ENV_ONLY)
+    result = run(project, "xdb11", "-n", "2", "-o", "usefixtures=neon_branch")
+    result.assert_outcomes(passed=4)
+    assert branches_of_run(project.path, "xdb11") == []
+    result = run(project, "xdb12", "-n", "2")
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines(["*branch-not-created-yet.invalid*"])
