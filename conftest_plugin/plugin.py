@@ -40,7 +40,16 @@ from harness.settings import INIT_HINT, Settings
 
 # A URL on a host that can never resolve (RFC 6761): whatever reads it before the branch
 # exists fails loudly instead of reaching a real database named in a shell or .env.
-PLACEHOLDER_URL = "postgresql+asyncpg://cathouse-harness@branch-not-created-yet.invalid/cathouse"
+PLACEHOLDER_HOST = "branch-not-created-yet.invalid"
+PLACEHOLDER_URL = f"postgresql+asyncpg://cathouse-harness@{PLACEHOLDER_HOST}/cathouse"
+# Said under a failure that reached the placeholder: the resolver's own error names only
+# the host, not why a test's DATABASE_URL holds it or how to give it the branch.
+PLACEHOLDER_HINT = (
+    f"DATABASE_URL / MIGRATION_DATABASE_URL still name {PLACEHOLDER_HOST}: no test in this "
+    "process had asked for a harness fixture, so it had no branch yet. For code that reads "
+    'them itself, add usefixtures = ["neon_branch"] to [tool.pytest.ini_options] '
+    '(README, "The pytest plugin").'
+)
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
@@ -186,6 +195,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if not item.config.getoption("cathouse_show_secrets"):
         scrub_report(report)
+    if report.failed and PLACEHOLDER_HOST in report.longreprtext:
+        report.sections.append(("cathouse-harness", PLACEHOLDER_HINT))
     return report
 
 
