@@ -207,8 +207,10 @@ def cmd_url(ctx: Context) -> int:
         url = normalize_asyncpg_url(url)
     if ctx.args.json:
         shown = url if ctx.args.show_secrets else redact_url(url)
-        payload = {"branch_id": handle.id, "name": handle.name, "url": shown}
-        print(json.dumps(payload | {"env": ca_env} if ca_env else payload), file=ctx.out)
+        payload: dict[str, Any] = {"branch_id": handle.id, "name": handle.name, "url": shown}
+        if ca_env:
+            payload["env"] = ca_env
+        print(json.dumps(payload), file=ctx.out)
     else:
         print(url, file=ctx.out)
         for key, value in ca_env.items():
