@@ -24,7 +24,7 @@ from harness.branch_names import NAME_PREFIX, given_name_candidates
 from harness.branch_names import building_name as building_name
 from harness.branch_names import session_branch_name as session_branch_name
 from harness.branch_names import template_branch_name as template_branch_name
-from harness.endpoint_urls import endpoint_facts, opt_port, verify_urls_point_at
+from harness.endpoint_urls import verify_urls_point_at
 from harness.errors import ConfigError, NeonAPIError, SafetyError
 from harness.log import get_logger
 from harness.redact import Secret, register_url
@@ -316,10 +316,6 @@ def _handle_from_created(
     info = next(
         (c for c in created.connection_uris if c.database == database and c.role == role), None
     )
-    pooler_port = opt_port(endpoint.raw.get("pooler_port"))
-    if info is not None and pooler_port is not None:
-        # The local server names its pooled port on the endpoint (Neon serves 5432).
-        info = replace(info, pooler_port=pooler_port)
     pooled = info.pooled_uri if info is not None else None
     if info is None or pooled is None:
         return None
@@ -385,7 +381,7 @@ def _checked_handle(
     URLs registered for scrubbing before anything can print them."""
     _check_endpoint_branch(endpoint, branch_id)
     verify_urls_point_at(
-        endpoint_host=endpoint.host, direct=direct, pooled=pooled, **endpoint_facts(endpoint)
+        endpoint_host=endpoint.host, endpoint_id=endpoint.id, direct=direct, pooled=pooled
     )
     register_url(direct)
     register_url(pooled)

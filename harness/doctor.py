@@ -164,15 +164,19 @@ def _check_embedded(settings: Settings) -> list[Check]:
 
 
 def check_endpoint_hosts(problem: object) -> Check:
-    """Whether a URL built from an endpoint's `host` alone (port 5432) connects, as the
-    running server found when it opened its endpoints (`harness.local.hosts`)."""
+    """Whether a URL built from an endpoint's `host` or `pooler_host` alone (port 5432)
+    connects, as the running server found when it opened its endpoints
+    (`harness.local.hosts`)."""
     if not problem:
-        return Check("endpoint hosts", "ok", "each endpoint listens on its own loopback address on 5432")
+        return Check(
+            "endpoint hosts", "ok", "each endpoint listens on 5432 at loopback addresses of its own"
+        )
     return Check(
         "endpoint hosts",
         "warn",
         f"URLs built from an endpoint's host alone do not connect on this machine ({problem});"
-        " connection_uri (and the URLs cathouse-branch writes) keep working",
+        " connection_uri (127.0.0.1 with the endpoint's ports, and the URLs cathouse-branch"
+        " writes) keeps working",
         "use connection_uri, or free port 5432 on 127.0.0.0/8 and restart the local server",
     )
 

@@ -1,8 +1,7 @@
 """The JSON the local Neon API answers with, shaped as Neon's API v2 reference has it.
 
-Every object carries the fields the reference marks required and only fields it lists,
-with one exception until URLs built from an endpoint's `host` connect: endpoints name
-their own `port` and `pooler_port` (the README's divergence table). Optional fields
+Every object carries the fields the reference marks required and only fields it lists
+(an endpoint names no ports: `host` and `pooler_host` listen on 5432). Optional fields
 Neon leaves out when empty (`expires_at`, `pending_state`, a root branch's `parent_id`)
 are left out. Usage figures (CPU seconds, bytes written, sizes) are not measured
 locally and read 0.
@@ -150,9 +149,6 @@ def endpoint_json(neon: LocalNeon, ep: EndpointRecord) -> dict[str, Any]:
         {
             "id": ep.id,
             "host": neon.endpoint_host(ep),
-            # Not Neon's: how a client reaches a local endpoint until `host` alone does.
-            "port": ep.direct_port,
-            "pooler_port": ep.pooled_port,
             "project_id": neon.state.project_id,
             "branch_id": ep.branch_id,
             "region_id": REGION,

@@ -8,19 +8,18 @@ front of them. The mutations live beside it, one module per kind of object:
 gate that admits each connection), `reaper` (expired branches); `operations` runs them
 and holds the project's lock, `persist` writes the state.
 
-Hosts: URLs handed out use the data plane's address (`127.0.0.1`) with the endpoint's
-own ports, and name the home's CA (verify-full). An endpoint object's `host` is the
-endpoint's own loopback address, listening on 5432 (`harness.local.hosts`), so a URL
-built from `host` alone reaches the branch directly; where the machine cannot bind one,
-it is `ep-….localhost` when such names resolve, else `127.0.0.1`, and the ports are
-given beside it (`port`, `pooler_port`). Clients that build the pooled host by inserting
-`-pooler` cannot reach the pooled port that way (an address has no endpoint id to
-extend; they reach the direct listener); they should ask `connection_uri?pooled=true`.
+Hosts: an endpoint's `host` and `pooler_host` are two loopback addresses of its own,
+each listening on 5432 (`harness.local.hosts`), and the URLs handed out say them with no
+port, as Neon's do, naming the home's CA (verify-full): a URL built from `host` alone
+reaches the branch directly, one built from `pooler_host` goes through PgBouncer. Where
+the machine cannot bind them, both are `127.0.0.1` and only `connection_uri` reaches the
+endpoint (it carries the endpoint's kernel-picked ports). Clients that build the pooled
+host by inserting `-pooler` into `host` cannot (an address has no endpoint id to
+extend): they reach the direct listener.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -63,15 +62,6 @@ def not_found(what: str, ident: str) -> ApiError:
     return ApiError(404, "NOT_FOUND", f"{what} {ident} not found")
 
 
-def _localhost_names_resolve() -> bool:
-    """True when `<anything>.localhost` resolves to 127.0.0.1 only (systemd-resolved does)."""
-    try:
-        infos = socket.getaddrinfo("ep-probe-cathouse.localhost", None, type=socket.SOCK_STREAM)
-    except OSError:
-        return False
-    return bool(infos) and all(info[4][0] == "127.0.0.1" for info in infos)
-
-
 class LocalNeon:
     def __init__(
         self,
@@ -100,7 +90,6 @@ class LocalNeon:
         self.root_branches_limit = root_branches_limit
         self.last_activity = time.monotonic()
         self._state: LocalState | None = None
-        self._named_hosts = False
         self._addresses: dict[str, Any] = {}
         self.writer = StateWriter(home, lambda: self.state)
         self.ops = Operations(lambda: self.state, self.save, self.faults, latency)
@@ -121,7 +110,6 @@ class LocalNeon:
     async def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.writer.open()
-        self._named_hosts = _localhost_names_resolve()
         if hasattr(self.dataplane, "on_activity"):
             self.dataplane.on_activity = self._on_connection
         await self.dataplane.start()
@@ -297,19 +285,12 @@ class LocalNeon:
     # ------------------------------------------------------------------ URLs
 
     def endpoint_host(self, ep: EndpointRecord, *, pooled: bool = False) -> str:
-        """The endpoint's `host`: its own loopback address where it has one (a URL built
-        from it alone connects, `harness.local.hosts`), else a name or 127.0.0.1."""
+        """The endpoint's `host` (or `pooler_host`): its own loopback address where it has
+        them (a URL built from it alone connects, `harness.local.hosts`), else 127.0.0.1."""
         address = self._addresses.get(ep.id)
-        if address is not None and address.host_address:
-            # the pooled listener is not on that address (`-pooler` cannot go into an
-            # address anyway): a pooled host stays where the pooled port listens
-            return self._address_host(ep) if pooled else str(address.host_address)
-        if self._named_hosts:
-            return f"{ep.id}-pooler.localhost" if pooled else f"{ep.id}.localhost"
-        return self._address_host(ep)
-
-    def _address_host(self, ep: EndpointRecord) -> str:
-        address = self._addresses.get(ep.id)
+        own = address.own_hosts if address is not None else None
+        if own is not None:
+            return own[1] if pooled else own[0]
         return address.host if address is not None else "127.0.0.1"
 
     def connection_uri(
@@ -340,9 +321,12 @@ class LocalNeon:
         return self.build_uri(ep, database_name, role_name, pooled=pooled)
 
     def build_uri(self, ep: EndpointRecord, database: str, role: str, *, pooled: bool) -> str:
-        port = ep.pooled_port if pooled else ep.direct_port
         address = self._addresses.get(ep.id)
         ca_file = address.ca_file if address is not None else None
+        host = self.endpoint_host(ep, pooled=pooled)
+        if address is None or address.own_hosts is None:
+            # no addresses of its own: 127.0.0.1, told apart by the kernel-picked ports
+            host = f"{host}:{ep.pooled_port if pooled else ep.direct_port}"
         query = ""
         if ep.tls and ca_file:
             # verify-full against the home's CA: whoever takes the port once this server
@@ -353,7 +337,7 @@ class LocalNeon:
         password = self.state.branches[ep.branch_id].roles[role].password
         return (
             f"postgresql://{quote(role, safe='')}:{quote(password, safe='')}"
-            f"@{self._address_host(ep)}:{port}/{quote(database, safe='')}{query}"
+            f"@{host}/{quote(database, safe='')}{query}"
         )
 
     def connections(

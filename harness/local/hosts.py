@@ -5,11 +5,14 @@ endpoint) insert `-pooler` after the endpoint id. On Linux the whole of 127.0.0.
 loopback and binding any of it needs no root, so each endpoint gets an address of its
 own there (derived from its id, so the same after a restart) with a listener on 5432:
 its `host` is that address, and `postgresql://role:pw@<host>/db?sslmode=require`
-reaches the branch directly. What does not hold on such a host: `-pooler` cannot be
-inserted into an address, so a pooled URL built from it also reaches the direct
-listener (connected, not pooled); and where the address cannot be bound (macOS has only
-127.0.0.1, or 5432 is taken) `host` stays 127.0.0.1 and the server says so once at
-start. `connection_uri` works everywhere.
+reaches the branch directly. A second address (derived from `<id>-pooler`) listens on
+5432 for the pooled listener and is answered as `pooler_host`, so a pooled URL built
+from `pooler_host` goes through PgBouncer. What does not hold: `-pooler` cannot be
+inserted into an address, so a pooled URL built from `host` by Neon's naming rule
+reaches the direct listener (connected, not pooled); and where the addresses cannot be
+bound (macOS has only 127.0.0.1, or 5432 is taken) `host` and `pooler_host` are
+127.0.0.1, `connection_uri` carries the kernel-picked ports, and the server says so once
+at start. `connection_uri` works everywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from collections.abc import Iterator
 
 DEFAULT_PORT = 5432
 _CANDIDATES = 4
+
+
+def pooled_seed(endpoint_id: str) -> str:
+    """What the pooled address is derived from: the name Neon gives the pooled host."""
+    return f"{endpoint_id}-pooler"
 
 
 def loopback_addresses(endpoint_id: str) -> Iterator[str]:

@@ -1,6 +1,7 @@
-"""Endpoints on the data plane: each a set of loopback listeners (direct, pooled, and its
-own address on 5432) whose proxy maps the logical database a client asks for to the
-branch's physical one."""
+"""Endpoints on the data plane: each a set of loopback listeners (direct and pooled on
+127.0.0.1's kernel-picked ports, and 5432 on two addresses of its own, direct and
+pooled) whose proxy maps the logical database a client asks for to the branch's
+physical one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from harness.errors import LocalServerError
-from harness.local.hosts import DEFAULT_PORT, loopback_addresses
+from harness.local.hosts import DEFAULT_PORT, loopback_addresses, pooled_seed
 from harness.local.proxy import EndpointProxy, Fences, Gate, Upstream
 from harness.local.tls import TlsMaterial
 from harness.log import get_logger
@@ -30,6 +31,16 @@ class EndpointAddress:
     ca_file: str | None = None
     # the endpoint's own loopback address, listening on 5432 (`harness.local.hosts`)
     host_address: str | None = None
+    # a second one whose 5432 is the pooled listener (`pooler_host`)
+    pooled_host_address: str | None = None
+
+    @property
+    def own_hosts(self) -> tuple[str, str] | None:
+        """(direct, pooled) addresses of its own on 5432, or None where the machine
+        could not bind both (then URLs say 127.0.0.1 and the ports)."""
+        if self.host_address and self.pooled_host_address:
+            return self.host_address, self.pooled_host_address
+        return None
 
 
 @dataclass
@@ -73,11 +84,17 @@ class Listeners:
             direct = await proxy.listen("direct", direct_port, self._direct_upstream)
             pooled = await proxy.listen("pooled", pooled_port, self._pooled_upstream)
             host_address = await self.listen_on_host(proxy, endpoint_id)
+            pooled_host_address = (
+                await self.listen_on_host(proxy, endpoint_id, pooled=True) if host_address else None
+            )
         except OSError as exc:
             await proxy.close()
             raise LocalServerError(
                 f"cannot listen for endpoint {endpoint_id}: {exc.strerror or exc}"
             ) from None
+        if self.tls is not None:
+            # verify-full checks the dialled address against the certificate's names
+            proxy.tls = self.tls.for_hosts([a for a in (host_address, pooled_host_address) if a])
         self.proxies[endpoint_id] = proxy
         return EndpointAddress(
             endpoint_id=endpoint_id,
@@ -88,15 +105,20 @@ class Listeners:
             tls=self.tls is not None,
             ca_file=str(self.tls.ca_file) if self.tls is not None else None,
             host_address=host_address,
+            pooled_host_address=pooled_host_address,
         )
 
-    async def listen_on_host(self, proxy: EndpointProxy, endpoint_id: str) -> str | None:
+    async def listen_on_host(
+        self, proxy: EndpointProxy, endpoint_id: str, *, pooled: bool = False
+    ) -> str | None:
         """The endpoint's own loopback address with a listener on 5432, so a URL built
-        from its `host` connects; None (said once) where this machine cannot."""
+        from its `host` connects (`pooled`: a second address for its pooled listener,
+        answered as `pooler_host`); None (said once) where this machine cannot."""
         problem = ""
-        for address in loopback_addresses(endpoint_id):
+        kind, upstream = ("pooled-host", self._pooled_upstream) if pooled else ("host", self._direct_upstream)
+        for address in loopback_addresses(pooled_seed(endpoint_id) if pooled else endpoint_id):
             try:
-                await proxy.listen("host", DEFAULT_PORT, self._direct_upstream, host=address, exact=True)
+                await proxy.listen(kind, DEFAULT_PORT, upstream, host=address, exact=True)
                 return address
             except OSError as exc:
                 # asyncio's strerror repeats the address: the errno's own words are enough
@@ -107,7 +129,9 @@ class Listeners:
         if self.host_problem is None:
             self.host_problem = problem
             log.warning(
-                "URLs built from an endpoint's host will not connect: %s; use connection_uri", problem
+                "URLs built from an endpoint's host will not connect: %s; endpoints are on"
+                " 127.0.0.1 with ports of their own, given in connection_uri",
+                problem,
             )
         return None
 

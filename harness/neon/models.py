@@ -301,13 +301,13 @@ def secret_uri(uri: str) -> Secret:
     return Secret(uri)
 
 
-def replace_host(uri: str, host: str, port: int | None = None) -> str:
-    """`uri` with its host (and port, when given) swapped, keeping user, password, query."""
+def replace_host(uri: str, host: str, port: int | None) -> str:
+    """`uri` with its host and port swapped (no port: the default, 5432), keeping user,
+    password, database and query."""
     parts = urlsplit(uri)
     userinfo, _, _ = parts.netloc.rpartition("@")
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    port = port if port is not None else parts.port
     port_part = f":{port}" if port is not None else ""
     netloc = f"{userinfo}@{host}{port_part}" if userinfo else f"{host}{port_part}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
@@ -323,8 +323,8 @@ class ConnectionInfo:
     host: str
     pooler_host: str | None = None
     password: Secret | None = field(default=None, repr=False, compare=False)
-    # Neon serves both on 5432 and omits these; the local server uses its own ports.
-    port: int | None = None
+    # Neon serves both hosts on 5432 and names no port; ours is set where the pooled
+    # URL is known to carry one (`create`'s entry made from two URIs)
     pooler_port: int | None = None
 
     @classmethod
@@ -340,7 +340,6 @@ class ConnectionInfo:
                 "role": unquote(parts.username or ""),
                 "host": parts.hostname or "",
                 "password": unquote(parts.password) if parts.password else None,
-                "port": parts.port,
             }
         except ValueError:
             from_uri = {}
@@ -352,14 +351,18 @@ class ConnectionInfo:
             host=_str(params, "host") or str(from_uri.get("host") or ""),
             pooler_host=_opt_str(params, "pooler_host"),
             password=Secret(str(password)) if password else None,
-            port=_opt_int(params, "port") or _opt_int(from_uri, "port"),
             pooler_port=_opt_int(params, "pooler_port"),
         )
 
     @property
     def pooled_uri(self) -> Secret | None:
-        """The same URI through the pooler host; None when Neon named no pooler host."""
+        """The same URI through the pooler host, on the pooler's port (5432, left out,
+        unless one is known: the connection URI's own port is the direct listener's).
+        None when no pooler host is named, or when it is the direct host with no port
+        to tell them apart (then ask the API for the pooled URI)."""
         if not self.pooler_host:
+            return None
+        if self.pooler_port is None and self.pooler_host.lower() == self.host.lower():
             return None
         return Secret(replace_host(self.uri.reveal(), self.pooler_host, self.pooler_port))
 

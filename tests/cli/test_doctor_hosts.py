@@ -10,14 +10,15 @@ import socket
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from harness.local import ids
 from harness.local.hosts import DEFAULT_PORT, loopback_addresses
-from harness.local.server import publish
+from harness.local.server import LocalServerInfo, publish
 from tests.cli._support import cli
-from tests.local._server import start_test_server
+from tests.local._server import api_client, connection_uri, sql, start_test_server
 from tests.plugin._support import copy_example
 
 
@@ -34,6 +35,17 @@ def _occupy(addresses: Iterable[str], stack: ExitStack) -> None:
                 return
             raise
         sock.listen(1)
+
+
+def _fallback_uri(info: LocalServerInfo) -> tuple[str, str]:
+    """The default endpoint's `host` and a connection_uri that connected."""
+    with api_client(info) as client:
+        [project] = client.get("/projects").json()["projects"]
+        [endpoint] = client.get(f"/projects/{project['id']}/endpoints").json()["endpoints"]
+        assert not {"port", "pooler_port"} & set(endpoint)
+        uri = connection_uri(client, project["id"], endpoint["branch_id"], pooled=True)
+    assert sql(uri, "SELECT 1") == [(1,)]
+    return str(endpoint["host"]), uri
 
 
 def _made(path: Path) -> Path:
@@ -55,10 +67,16 @@ def test_doctor_says_why_urls_built_from_host_do_not_connect(
         info = stack.enter_context(start_test_server(home))
         publish(info, "memory")
         code, out, err = cli("doctor", cwd=project)
+        fallback = _fallback_uri(info)
     assert code == 0, out + err
     lines = [line for line in out.splitlines() if "endpoint hosts" in line]
     assert len(lines) == 1, out
     line = lines[0]
     assert line.startswith("[warn] endpoint hosts: URLs built from an endpoint's host alone do not connect")
     assert f":{DEFAULT_PORT} (" in line  # why: which address could not be listened on
-    assert "connection_uri (and the URLs cathouse-branch writes) keep working" in line
+    assert "connection_uri (127.0.0.1 with the endpoint's ports" in line
+    # the fallback itself: host 127.0.0.1, no port fields, connection_uri with its port connects
+    host, uri = fallback
+    assert host == "127.0.0.1"
+    parts = urlsplit(uri)
+    assert parts.hostname == "127.0.0.1" and parts.port not in (None, DEFAULT_PORT)

@@ -477,13 +477,8 @@ def _is(kind: str, value: Any) -> bool:
     raise ValueError(f"unknown kind {kind!r}")
 
 
-def problems(
-    value: Any, spec: Spec, where: str = "$", *, tolerate: frozenset[tuple[str, str]] = frozenset()
-) -> list[str]:
-    """Every way `value` differs from `spec`, one line each (empty: it conforms).
-
-    `tolerate` names extra fields (object name, field) not to report: a known
-    divergence, each listed in the README with the test that pins it."""
+def problems(value: Any, spec: Spec, where: str = "$") -> list[str]:
+    """Every way `value` differs from `spec`, one line each (empty: it conforms)."""
     if isinstance(spec, str):
         return [] if _is(spec, value) else [f"{where}: expected {spec}, got {value!r}"]
     if isinstance(spec, Enum):
@@ -496,7 +491,7 @@ def problems(
         return [
             p
             for i, item in enumerate(value)
-            for p in problems(item, spec.item, f"{where}[{i}]", tolerate=tolerate)
+            for p in problems(item, spec.item, f"{where}[{i}]")
         ]
     if isinstance(spec, MapOf):
         if not isinstance(value, dict):
@@ -504,22 +499,22 @@ def problems(
         return [
             p
             for k, item in value.items()
-            for p in problems(item, spec.value, f"{where}.{k}", tolerate=tolerate)
+            for p in problems(item, spec.value, f"{where}.{k}")
         ]
-    return _object_problems(value, spec, where, tolerate)
+    return _object_problems(value, spec, where)
 
 
-def _object_problems(value: Any, spec: Obj, where: str, tolerate: frozenset[tuple[str, str]]) -> list[str]:
+def _object_problems(value: Any, spec: Obj, where: str) -> list[str]:
     if not isinstance(value, dict):
         return [f"{where}: expected {spec.name} (an object), got {type(value).__name__}"]
     found = [f"{where}: {spec.name} lacks required {key!r}" for key in spec.required if key not in value]
     for key, item in value.items():
         inner = spec.required.get(key) or spec.optional.get(key)
         if inner is None:
-            if not spec.open and (spec.name, key) not in tolerate:
+            if not spec.open:
                 found.append(f"{where}: {spec.name} has {key!r}, which Neon's reference does not list")
             continue
-        found += problems(item, inner, f"{where}.{key}", tolerate=tolerate)
+        found += problems(item, inner, f"{where}.{key}")
     return found
 
 
@@ -545,19 +540,12 @@ def route_of(method: str, path: str) -> tuple[str, str] | None:
     return None
 
 
-def answer_problems(
-    method: str,
-    path: str,
-    status: int,
-    body: Any,
-    *,
-    tolerate: frozenset[tuple[str, str]] = frozenset(),
-) -> list[str]:
+def answer_problems(method: str, path: str, status: int, body: Any) -> list[str]:
     """How one answer differs from the reference: its status for the route, and its body
     against the route's object (errors: against GeneralError)."""
     where = f"{method} {path} -> {status}"
     if status >= 400:
-        return [f"{where}: {p}" for p in problems(body, GENERAL_ERROR, tolerate=tolerate)]
+        return [f"{where}: {p}" for p in problems(body, GENERAL_ERROR)]
     route = route_of(method, path)
     if route is None:
         return [f"{where}: not a route of Neon's reference"]
@@ -566,4 +554,4 @@ def answer_problems(
         return [] if body in (None, b"", "") else [f"{where}: a 204 carries no body"]
     if status != expected.status:
         return [f"{where}: the reference answers {expected.status}"]
-    return [f"{where}: {p}" for p in problems(body, expected.body, tolerate=tolerate)]
+    return [f"{where}: {p}" for p in problems(body, expected.body)]

@@ -31,16 +31,6 @@ async def _script(uri: str, *statements: str) -> None:
         await conn.close()
 
 
-def test_endpoints_name_their_own_ports(client: httpx.Client, project: str) -> None:
-    """Until URLs built from `host` connect: `port` / `pooler_port` beside a loopback host."""
-    made = create_ready_branch(client, project, name=unique("ports"))
-    [ep] = made["endpoints"]
-    assert isinstance(ep["port"], int) and isinstance(ep["pooler_port"], int)
-    assert ep["host"] in ("127.0.0.1", f"{ep['id']}.localhost") or ep["host"].startswith("127.")
-    assert f":{ep['port']}/" in made["connection_uris"][0]["connection_uri"]
-    delete_branch(client, project, made["branch"]["id"])
-
-
 def test_history_only_where_the_server_kept_it(client: httpx.Client, project: str) -> None:
     """No WAL history: a moment at which a branch was being written, with no unchanged
     copy made since, is refused (Neon has every moment of its retention window), for a

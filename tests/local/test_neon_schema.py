@@ -17,7 +17,7 @@ import httpx
 from harness.local.app import PREFIX
 from harness.local.app import ROUTES as SERVER_ROUTES
 from harness.local.server import LocalServerInfo
-from tests.local._server import TOLERATED, wait_operations
+from tests.local._server import wait_operations
 from tests.local.neon_schema import (
     ANNOTATION_MAX_PROPERTIES,
     ROUTES,
@@ -41,7 +41,7 @@ class Recorder:
         if route is not None:
             self.seen.add(route)
         body = response.json() if response.content else None
-        self.problems += answer_problems(method, path, response.status_code, body, tolerate=TOLERATED)
+        self.problems += answer_problems(method, path, response.status_code, body)
 
 
 

@@ -308,23 +308,31 @@ def test_models_are_hashable_so_they_fit_in_sets():
     assert len(set(created.operations)) == 2
 
 
-def test_connection_info_with_local_ports():
-    # the local server lists its own ports beside the hosts
+def _info(uri: str, **params: object) -> ConnectionInfo:
+    return ConnectionInfo.from_api({"connection_uri": uri, "connection_parameters": params})
+
+
+def test_pooled_uri_is_built_from_pooler_host_on_its_default_port():
+    # Neon names no ports: the pooled URL is the pooler host on 5432, whatever port the
+    # direct URI carried (the local server's fallback listeners have kernel-picked ones)
     pw = "local-Pw-77aa11"
-    info = ConnectionInfo.from_api(
-        {
-            "connection_uri": f"postgresql://cathouse:{pw}@127.0.0.1:54011/cathouse",
-            "connection_parameters": {
-                "database": "cathouse",
-                "password": pw,
-                "role": "cathouse",
-                "host": "127.0.0.1",
-                "pooler_host": "127.0.0.1",
-                "port": 54011,
-                "pooler_port": 54012,
-            },
-        }
+    info = _info(
+        f"postgresql://cathouse:{pw}@127.0.0.1:54011/cathouse?sslmode=require",
+        database="cathouse", role="cathouse", password=pw, host="127.4.5.6", pooler_host="127.7.8.9",
     )
-    assert (info.port, info.pooler_port) == (54011, 54012)
     assert info.pooled_uri is not None
-    assert info.pooled_uri.reveal() == f"postgresql://cathouse:{pw}@127.0.0.1:54012/cathouse"
+    assert info.pooled_uri.reveal() == f"postgresql://cathouse:{pw}@127.7.8.9/cathouse?sslmode=require"
+    neon = _info("postgresql://u:p@ep-a-1.eu.aws.neon.tech/db", pooler_host="ep-a-1-pooler.eu.aws.neon.tech")
+    assert neon.pooled_uri is not None
+    assert neon.pooled_uri.reveal() == "postgresql://u:p@ep-a-1-pooler.eu.aws.neon.tech/db"
+
+
+def test_pooled_uri_needs_a_pooler_host_other_than_the_direct_one_or_a_port():
+    # the local server without addresses of its own: both hosts 127.0.0.1, no ports
+    # named, so the pooled URL cannot be built (the API's pooled connection_uri can)
+    same = _info("postgresql://u:p@127.0.0.1:54011/db", host="127.0.0.1", pooler_host="127.0.0.1")
+    assert same.pooled_uri is None
+    # our own entry from two URIs carries the pooled one's port
+    ported = _info("postgresql://u:p@127.0.0.1:54011/db", pooler_host="127.0.0.1", pooler_port=54012)
+    assert ported.pooled_uri is not None
+    assert ported.pooled_uri.reveal() == "postgresql://u:p@127.0.0.1:54012/db"

@@ -22,7 +22,7 @@ SSL_REQUEST = 80877103
 CLEARTEXT_PASSWORD = b"R" + struct.pack("!II", 8, 3)
 
 
-def _own_certificate(directory: Path) -> tuple[Path, Path]:
+def _own_certificate(directory: Path, host: str) -> tuple[Path, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -37,7 +37,8 @@ def _own_certificate(directory: Path) -> tuple[Path, Path]:
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            *([x509.IPAddress(ipaddress.ip_address(host))] if host != "127.0.0.1" else [])]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "impostor.crt", directory / "impostor.key"
@@ -48,15 +49,16 @@ def _own_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 class Impostor:
-    """Listens on 127.0.0.1:`port` until closed; `received` is all it was sent."""
+    """Listens on `host`:`port` until closed (its certificate names `host` too);
+    `received` is all it was sent."""
 
-    def __init__(self, port: int, directory: Path) -> None:
-        cert, key = _own_certificate(directory)
+    def __init__(self, port: int, directory: Path, host: str = "127.0.0.1") -> None:
+        cert, key = _own_certificate(directory, host)
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(str(cert), str(key))
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
+        self.sock.bind((host, port))
         self.sock.listen(16)
         self.received = bytearray()
         self.connections = 0

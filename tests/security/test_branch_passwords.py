@@ -53,7 +53,8 @@ def client(server: LocalServerInfo) -> Iterator[httpx.Client]:
 
 def _with_password(url: str, password: str) -> str:
     parts = urlsplit(url)
-    netloc = f"{parts.username}:{quote(password, safe='')}@{parts.hostname}:{parts.port}"
+    port = f":{parts.port}" if parts.port is not None else ""
+    netloc = f"{parts.username}:{quote(password, safe='')}@{parts.hostname}{port}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 

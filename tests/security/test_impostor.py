@@ -48,10 +48,11 @@ def gone_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         yield urls
 
 
-def _port(url: str) -> int:
-    port = urlsplit(url).port
-    assert port is not None
-    return port
+def _address(url: str) -> tuple[str, int]:
+    """Where the URL connects: the endpoint's own address on 5432, or 127.0.0.1 and a port."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    return parts.hostname, parts.port or 5432
 
 
 def _password(url: str) -> bytes:
@@ -101,10 +102,11 @@ def _sqlalchemy_plain(url: str) -> None:
 
 
 def _refused_without_the_password(
-    connect: Callable[[str], None], url: str, port: int, password: bytes, directory: Path
+    connect: Callable[[str], None], url: str, password: bytes, directory: Path
 ) -> None:
     # each driver fails with its own exception type; what matters is what the impostor got
-    with Impostor(port, directory) as impostor, pytest.raises(Exception) as raised:  # noqa: PT011
+    host, port = _address(url)
+    with Impostor(port, directory, host) as impostor, pytest.raises(Exception) as raised:  # noqa: PT011
         connect(url)
     assert impostor.connections >= 1, "the client never reached the impostor: the test proves nothing"
     assert password not in bytes(impostor.received), f"the password reached the impostor ({raised.value!r})"
@@ -120,7 +122,7 @@ def test_a_handed_out_url_never_gives_its_password_to_the_ports_next_owner(
     gone_endpoint: dict[str, str], kind: str, connect: Callable[[str], None], tmp_path: Path
 ) -> None:
     url = gone_endpoint[kind]
-    _refused_without_the_password(connect, url, _port(url), _password(url), tmp_path)
+    _refused_without_the_password(connect, url, _password(url), tmp_path)
 
 
 def test_the_env_file_of_up_never_gives_its_password_to_the_ports_next_owner(tmp_path: Path) -> None:
@@ -136,8 +138,8 @@ def test_the_env_file_of_up_never_gives_its_password_to_the_ports_next_owner(tmp
     # the app loads the `.env` into its environment (python-dotenv's load_dotenv)
     with overridden(values):
         _refused_without_the_password(
-            _sqlalchemy_plain, database_url, _port(database_url), _password(database_url), tmp_path
+            _sqlalchemy_plain, database_url, _password(database_url), tmp_path
         )
         _refused_without_the_password(
-            _psycopg, migration_url, _port(migration_url), _password(migration_url), tmp_path
+            _psycopg, migration_url, _password(migration_url), tmp_path
         )

@@ -6,6 +6,7 @@ import pytest
 
 from harness import branch_names, branches, endpoint_urls
 from harness.errors import SafetyError
+from harness.local.hosts import loopback_addresses, pooled_seed
 from harness.neon.models import Branch
 
 
@@ -48,8 +49,17 @@ def test_names() -> None:
 DIRECT = "postgresql://u:p@127.0.0.1:6001/cathouse"
 POOLED = "postgresql://u:p@127.0.0.1:6002/cathouse"
 
-
-LOCAL = {"endpoint_host": "127.0.0.1", "pooler_host": "127.0.0.1", "direct": DIRECT, "pooled": POOLED}
+# the local server's endpoint without addresses of its own: 127.0.0.1, ports in the URLs
+SHARED = {"endpoint_host": "127.0.0.1", "endpoint_id": "ep-a-1", "direct": DIRECT, "pooled": POOLED}
+# with them: `host` and the pooled address both derived from the endpoint id, on 5432
+OWN, OWN_POOLED = next(loopback_addresses("ep-a-1")), next(loopback_addresses(pooled_seed("ep-a-1")))
+OTHER_POOLED = next(loopback_addresses(pooled_seed("ep-b-2")))
+LOCAL = {
+    "endpoint_host": OWN,
+    "endpoint_id": "ep-a-1",
+    "direct": f"postgresql://u:p@{OWN}/cathouse?sslmode=verify-full",
+    "pooled": f"postgresql://u:p@{OWN_POOLED}/cathouse?sslmode=verify-full",
+}
 NEON = {
     "endpoint_host": "ep-a-1.eu.aws.neon.tech",
     "endpoint_id": "ep-a-1",
@@ -59,35 +69,35 @@ NEON = {
 
 
 def test_urls_pointing_at_the_endpoint_pass() -> None:
-    endpoint_urls.verify_urls_point_at(**LOCAL, endpoint_port=6001, pooler_port=6002)  # type: ignore[arg-type]
+    endpoint_urls.verify_urls_point_at(**LOCAL)  # type: ignore[arg-type]
     endpoint_urls.verify_urls_point_at(**NEON)  # type: ignore[arg-type]
-    # the local server names no pooler host (not a Neon field): loopback, told by port
-    endpoint_urls.verify_urls_point_at(
-        endpoint_host="127.0.0.1", endpoint_id="ep-a-1", direct=DIRECT, pooled=POOLED,
-        endpoint_port=6001, pooler_port=6002,
+    endpoint_urls.verify_urls_point_at(**SHARED)  # type: ignore[arg-type]
+    # 5432 said out loud is the same address
+    endpoint_urls.verify_urls_point_at(  # type: ignore[arg-type]
+        **{**LOCAL, "pooled": f"postgresql://u:p@{OWN_POOLED}:5432/cathouse"}
     )
-    # the local server with resolvable *.localhost names: loopback URLs on the endpoint's ports
-    endpoint_urls.verify_urls_point_at(
-        endpoint_host="ep-a-1.localhost", endpoint_id="ep-a-1", direct=DIRECT, pooled=POOLED,
-        endpoint_port=6001, pooler_port=6002,
-    )
+    # the pooled address may be a later candidate (the first was taken)
+    later = list(loopback_addresses(pooled_seed("ep-a-1")))[2]
+    endpoint_urls.verify_urls_point_at(**{**LOCAL, "pooled": f"postgresql://u:p@{later}/cathouse"})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("base", "kwargs", "reason"),
     [
-        (LOCAL, {"endpoint_port": 7001}, "port 6001 is not the endpoint's 7001"),
-        (LOCAL, {"pooler_port": 7002}, "pooled URL's port 6002"),
-        (LOCAL, {"endpoint_host": "ep-parent.neon.tech"}, "not the endpoint's ep-parent"),
-        (LOCAL, {"pooled": DIRECT}, "same address"),
+        # another endpoint's pooled address, or the right address on another port
+        (LOCAL, {"pooled": f"postgresql://u:p@{OTHER_POOLED}/c"}, "pooled URL's host"),
+        (LOCAL, {"pooled": f"postgresql://u:p@{OWN_POOLED}:6002/c"}, "port 6002 is not the endpoint's 5432"),
+        (LOCAL, {"direct": DIRECT}, "direct URL's host 127.0.0.1"),
+        (LOCAL, {"pooled": LOCAL["direct"]}, "pooled URL's host"),
+        # an address the endpoint id does not derive: no way to tell its pooled address
+        ({**LOCAL, "endpoint_host": "127.9.9.9"}, {}, "cannot tell the pooled host"),
+        (LOCAL, {"endpoint_host": "ep-parent.neon.tech"}, "cannot tell the pooled host"),
+        (SHARED, {"pooled": DIRECT}, "same address"),
+        (SHARED, {"pooled": "postgresql://u:p@127.0.0.1/cathouse"}, "with a port of its own"),
+        (SHARED, {"direct": "postgresql://u:p@db.example.com:6001/cathouse"}, "direct URL's host db.example"),
         (NEON, {"pooled": "postgresql://u:p@ep-b-2-pooler.eu.aws.neon.tech/db"}, "ep-b-2-pooler"),
         (NEON, {"endpoint_id": None}, "cannot tell the pooled host"),
-        # loopback without a pooler host: only the pooler port tells the pooled listener
-        ({**LOCAL, "pooler_host": None}, {"pooler_port": 6003}, "pooled URL's port 6002"),
-        ({**LOCAL, "pooler_host": None}, {}, "cannot tell the pooled host"),
-        # a .localhost endpoint no longer waives the host check, and needs its ports
         ({**NEON, "endpoint_host": "ep-a-1.localhost"}, {}, "direct URL's host ep-a-1.eu"),
-        ({**LOCAL, "endpoint_host": "ep-a-1.localhost", "endpoint_id": "ep-a-1"}, {}, "direct URL's host"),
     ],
 )
 def test_urls_pointing_elsewhere_are_refused(
