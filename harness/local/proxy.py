@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from harness.local.proxy_auth import AuthFailed, Credential, authenticate_client, login_upstream
 from harness.local.scram import ScramError
+from harness.local.startup_options import EndpointOptionError, take_endpoint_option
 from harness.local.tls import TlsMaterial
 from harness.log import get_logger
 
@@ -359,6 +360,13 @@ class EndpointProxy:
                 await writer.drain()
                 return None
             version, params = parse_startup(body)
+            try:
+                # Neon's route for clients without SNI; PostgreSQL would refuse the word
+                params = take_endpoint_option(params, self.endpoint_id)
+            except EndpointOptionError as refused:
+                writer.write(error_response("08004", str(refused)))
+                await writer.drain()
+                return None
             return Startup(version, params, tls_done)
 
 
