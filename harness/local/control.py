@@ -8,9 +8,10 @@ front of them. The mutations live beside it, one module per kind of object:
 gate that admits each connection), `reaper` (expired branches); `operations` runs them
 and holds the project's lock, `persist` writes the state.
 
-Hosts: an endpoint's `host` and `pooler_host` are two loopback addresses of its own,
-each listening on 5432 (`harness.local.hosts`), and the URLs handed out say them with no
-port, as Neon's do, naming the home's CA (verify-full): a URL built from `host` alone
+Hosts: an endpoint's `host` and `pooler_host` are its names served by one router on
+5432 (names mode, `harness.local.names`, where `*.localhost` resolves), or two loopback
+addresses of its own, each listening on 5432 (`harness.local.hosts`); the URLs handed
+out say them with no port, as Neon's do, naming the home's CA (verify-full): a URL built from `host` alone
 reaches the branch directly, one built from `pooler_host` goes through PgBouncer. Where
 the machine cannot bind them, both are `127.0.0.1` and only `connection_uri` reaches the
 endpoint (it carries the endpoint's kernel-picked ports). Clients that build the pooled

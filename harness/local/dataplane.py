@@ -24,6 +24,7 @@ from harness.errors import LocalServerError
 from harness.local.databases import Databases, list_databases
 from harness.local.fencing import DEFAULT_FENCE_TIMEOUT, Fencer
 from harness.local.listeners import EndpointAddress, Listeners
+from harness.local.names import host_mode
 from harness.local.pgbouncer import PgBouncer, find_pgbouncer
 from harness.local.postgres import (
     Cluster,
@@ -109,6 +110,8 @@ class DataPlane:
         if self._started:
             return
         started = time.perf_counter()
+        # names or addresses for endpoint hosts: a bad setting fails before anything starts
+        mode = await asyncio.to_thread(host_mode)
         if self._external_url:
             parts = urlsplit(self._external_url)
             self._pg_host = parts.hostname or "127.0.0.1"
@@ -138,6 +141,8 @@ class DataPlane:
         self._server_version = str(await self._pool.fetchval("SHOW server_version"))
         await self._start_extras()
         self._build_parts(self._pool)
+        assert self._listeners is not None
+        await self._listeners.start_router(mode)
         self._started = True
         self.timings["start_total"] = time.perf_counter() - started
 

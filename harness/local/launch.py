@@ -31,6 +31,7 @@ from harness.local.discovery import (
 )
 from harness.local.latency import ENV_VAR as LATENCY_ENV
 from harness.local.latency import parse_latency
+from harness.local.names import host_mode
 from harness.locking import file_lock
 from harness.polling import Backoff, wait_until
 
@@ -71,11 +72,13 @@ def ensure_local_server(
     home: Path | None = None, *, storage: str = "memory", idle_timeout: float = 900
 ) -> LocalServerInfo:
     """A running local server for `home`: the one already answering, or a new daemon.
-    The daemon reads `CATHOUSE_LOCAL_LATENCY` itself; it is checked here too, so a bad
-    value is the caller's one-line error rather than a daemon that exits while starting.
-    (A server already running keeps the profile it started with.)"""
+    The daemon reads `CATHOUSE_LOCAL_LATENCY` and `CATHOUSE_LOCAL_HOSTS` /
+    `CATHOUSE_LOCAL_ROUTER` itself; they are checked here too, so a bad value is the
+    caller's one-line error rather than a daemon that exits while starting. (A server
+    already running keeps the settings it started with.)"""
     check_storage(storage)
     parse_latency(env.read(LATENCY_ENV))
+    host_mode(resolve=lambda: False)
     home = resolve_home(home)
     info = live_server(home, storage)
     if info is not None:

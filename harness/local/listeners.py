@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 from harness.errors import LocalServerError
 from harness.local.hosts import DEFAULT_PORT, loopback_addresses, pooled_seed
+from harness.local.names import NAME_DOMAIN, HostMode, endpoint_names
 from harness.local.proxy import EndpointProxy, Fences, Gate, Upstream
+from harness.local.router import SniRouter
 from harness.local.tls import TlsMaterial
 from harness.log import get_logger
 
@@ -34,10 +36,16 @@ class EndpointAddress:
     # a second one whose 5432 is the pooled listener (`pooler_host`)
     pooled_host_address: str | None = None
 
+    # names mode: (direct, pooled) names the router serves (`harness.local.names`)
+    host_names: tuple[str, str] | None = None
+
     @property
     def own_hosts(self) -> tuple[str, str] | None:
-        """(direct, pooled) addresses of its own on 5432, or None where the machine
-        could not bind both (then URLs say 127.0.0.1 and the ports)."""
+        """(direct, pooled) hosts of its own on 5432: names through the router, or
+        addresses; None where the machine could not bind both addresses (then URLs say
+        127.0.0.1 and the ports)."""
+        if self.host_names is not None:
+            return self.host_names
         if self.host_address and self.pooled_host_address:
             return self.host_address, self.pooled_host_address
         return None
@@ -56,6 +64,38 @@ class Listeners:
     proxies: dict[str, EndpointProxy] = field(default_factory=dict)
     # why endpoints have no loopback address of their own on 5432, if they have not
     host_problem: str | None = None
+    # names mode: the one listener on 5432 for every endpoint (`start_router`)
+    router: SniRouter | None = None
+
+    async def start_router(self, mode: HostMode) -> None:
+        """In names mode, the router on the mode's address (and [::1] beside 127.0.0.1);
+        where it cannot listen (another server holds 5432) endpoints get addresses of
+        their own instead, said once."""
+        if not mode.names:
+            return
+        problem = None
+        if self.tls is None:
+            problem = "endpoints serve no TLS, and the router routes by its server name"
+        else:
+            router = SniRouter(self.tls, self.proxies.get, self._upstreams)
+            optional = ("::1",) if mode.router_address == "127.0.0.1" else ()
+            try:
+                await router.start(mode.router_address, optional=optional)
+                self.router = router
+                log.info("endpoints are named <id>.%s, routed by %s:%s", NAME_DOMAIN,
+                         mode.router_address, DEFAULT_PORT)
+                return
+            except OSError as exc:
+                await router.close()
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                problem = f"cannot listen on {mode.router_address}:{DEFAULT_PORT} ({reason})"
+        log.warning(
+            "endpoint host names (<id>.%s) are not served: %s; endpoints get loopback"
+            " addresses of their own instead", NAME_DOMAIN, problem,
+        )
+
+    def _upstreams(self) -> list[Upstream]:
+        return list(dict.fromkeys((self.direct, self.pooled)))
 
     def _direct_upstream(self) -> Upstream:
         return self.direct
@@ -83,10 +123,11 @@ class Listeners:
         try:
             direct = await proxy.listen("direct", direct_port, self._direct_upstream)
             pooled = await proxy.listen("pooled", pooled_port, self._pooled_upstream)
-            host_address = await self.listen_on_host(proxy, endpoint_id)
-            pooled_host_address = (
-                await self.listen_on_host(proxy, endpoint_id, pooled=True) if host_address else None
-            )
+            host_address = pooled_host_address = None
+            if self.router is None:  # names mode needs no addresses: the router serves it
+                host_address = await self.listen_on_host(proxy, endpoint_id)
+                if host_address:
+                    pooled_host_address = await self.listen_on_host(proxy, endpoint_id, pooled=True)
         except OSError as exc:
             await proxy.close()
             raise LocalServerError(
@@ -106,6 +147,7 @@ class Listeners:
             ca_file=str(self.tls.ca_file) if self.tls is not None else None,
             host_address=host_address,
             pooled_host_address=pooled_host_address,
+            host_names=endpoint_names(endpoint_id) if self.router is not None else None,
         )
 
     async def listen_on_host(
@@ -156,5 +198,8 @@ class Listeners:
             await proxy.close()
 
     async def close_all(self) -> None:
+        if self.router is not None:
+            await self.router.close()
+            self.router = None
         for endpoint_id in list(self.proxies):
             await self.close(endpoint_id)

@@ -198,29 +198,7 @@ class EndpointProxy:
         holder: dict[str, _Listener] = {}
 
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            listener = holder["listener"]
-            task = asyncio.current_task()
-            assert task is not None
-            listener.connections.add(task)
-            self._active()
-            try:
-                await self._serve(listener, reader, writer)
-            except (
-                ConnectionError,
-                asyncio.IncompleteReadError,
-                ssl.SSLError,
-                TimeoutError,
-                OSError,
-            ):
-                pass
-            except asyncio.CancelledError:
-                # Closing the endpoint cancels its connections; the stream machinery would
-                # log a cancelled handler as an error, and nobody is left to tell.
-                pass
-            finally:
-                listener.connections.discard(task)
-                self._active()
-                _close(writer)
+            await self._handle(holder["listener"], reader, writer)
 
         server = None
         for candidate in ([port] if port else []) + ([] if exact else [0]):
@@ -237,6 +215,39 @@ class EndpointProxy:
         holder["listener"] = listener
         self._listeners[kind] = listener
         return bound
+
+    async def serve_routed(
+        self, kind: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Serve a connection another listener accepted (the names-mode router, after TLS
+        told it the endpoint) as if it had come to this endpoint's `kind` listener."""
+        await self._handle(self._listeners[kind], reader, writer)
+
+    async def _handle(
+        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        listener.connections.add(task)
+        self._active()
+        try:
+            await self._serve(listener, reader, writer)
+        except (
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            ssl.SSLError,
+            TimeoutError,
+            OSError,
+        ):
+            pass
+        except asyncio.CancelledError:
+            # Closing the endpoint cancels its connections; the stream machinery would
+            # log a cancelled handler as an error, and nobody is left to tell.
+            pass
+        finally:
+            listener.connections.discard(task)
+            self._active()
+            _close(writer)
 
     async def close(self) -> None:
         for listener in self._listeners.values():
@@ -331,7 +342,8 @@ class EndpointProxy:
     async def _read_startup(
         self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> Startup | None:
-        tls_done = False
+        # a routed connection arrives with TLS done (the router read the server name)
+        tls_done = writer.get_extra_info("ssl_object") is not None
         while True:
             (length,) = struct.unpack("!I", await reader.readexactly(4))
             if length < 8 or length > _MAX_STARTUP:
@@ -353,7 +365,7 @@ class EndpointProxy:
                 await writer.drain()
                 continue
             if code == CANCEL_REQUEST:
-                await _forward_cancel(listener.upstream(), struct.pack("!I", length) + body)
+                await forward_cancel(listener.upstream(), struct.pack("!I", length) + body)
                 return None
             if code >> 16 != PROTOCOL_MAJOR_3:
                 writer.write(error_response("08P01", "unsupported frontend protocol"))
@@ -370,7 +382,7 @@ class EndpointProxy:
             return Startup(version, params, tls_done)
 
 
-async def _forward_cancel(target: Upstream, packet: bytes) -> None:
+async def forward_cancel(target: Upstream, packet: bytes) -> None:
     up_writer = None
     with contextlib.suppress(OSError, TimeoutError):
         async with asyncio.timeout(5):

@@ -23,12 +23,13 @@ import hashlib
 import ipaddress
 import secrets
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import UnsafePathError
+from harness.local.names import WILDCARD
 from harness.log import get_logger
 from harness.safe_paths import ensure_dir, private_home, write_private
 
@@ -44,7 +45,8 @@ CERT_NAME = "server.crt"
 KEY_NAME = "server.key"
 _CA_DAYS = 3650
 _CERT_DAYS = 825
-_DNS_NAMES = ("localhost", "*.localhost")
+# `*.local.localhost`: the names mode's hosts (`harness.local.names`)
+_DNS_NAMES = ("localhost", "*.localhost", WILDCARD)
 _IP_ADDRESSES = ("127.0.0.1", "::1")
 # an endpoint's own certificate, written only to be loaded into its context
 _LEAF_NAME = "endpoint.crt"
@@ -86,6 +88,15 @@ class TlsMaterial:
             # loaded: the context holds it, nothing reads the file again
             path.unlink(missing_ok=True)
         return TlsMaterial(context, self.ca_file, hashlib.sha256(der).digest(), issuer)
+
+    def server_context(self, *, sni_callback: Callable[..., None]) -> ssl.SSLContext:
+        """A context of its own serving the shared certificate (so the same
+        `end_point`), telling `sni_callback` the server name of each handshake."""
+        if self.issuer is None:
+            raise ValueError("this TLS material has no certificate files to serve")
+        context = _context(self.issuer.directory / CERT_NAME, self.issuer.directory / KEY_NAME)
+        context.sni_callback = sni_callback
+        return context
 
 
 def _pem_key(private: EllipticCurvePrivateKey) -> bytes:

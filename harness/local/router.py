@@ -1,0 +1,141 @@
+"""The names-mode router: one listener on 5432 for every endpoint, routed by TLS SNI.
+
+A client asks for TLS (SSLRequest), the handshake tells the server name it dialled
+(`SSLContext.sni_callback`), and the name's first label picks the endpoint and its path
+(`<id>` direct, `<id>-pooler` pooled, `harness.local.names`); from then on the
+endpoint's own proxy serves the connection as if it had come to its listener. A client
+without TLS or SNI, or naming no endpoint of this server, gets one FATAL line. Cancel
+requests come in plain TCP and name no endpoint: they go to PostgreSQL and PgBouncer
+both (each ignores a key it did not issue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import struct
+import weakref
+from collections.abc import Callable, Sequence
+
+from harness.local.hosts import DEFAULT_PORT
+from harness.local.names import NAME_DOMAIN, route_of
+from harness.local.proxy import (
+    CANCEL_REQUEST,
+    GSSENC_REQUEST,
+    SSL_REQUEST,
+    EndpointProxy,
+    Upstream,
+    error_response,
+    forward_cancel,
+)
+from harness.local.tls import TlsMaterial
+from harness.log import get_logger
+
+log = get_logger("local.router")
+
+_HANDSHAKE_TIMEOUT = 30.0
+_MAX_PREAMBLE = 10_000
+
+
+class SniRouter:
+    """Listens on `addresses`:5432; `find` gives the open endpoint's proxy by id."""
+
+    def __init__(
+        self,
+        tls: TlsMaterial,
+        find: Callable[[str], EndpointProxy | None],
+        upstreams: Callable[[], Sequence[Upstream]],
+    ) -> None:
+        self._find = find
+        self._upstreams = upstreams
+        # the server name each handshake asked for, by its TLS object
+        self._names: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+        self._context = tls.server_context(sni_callback=self._on_sni)
+        self._servers: list[asyncio.Server] = []
+        self._connections: set[asyncio.Task[None]] = set()
+
+    def _on_sni(self, tls_object: object, server_name: str | None, _context: ssl.SSLContext) -> None:
+        if server_name:
+            self._names[tls_object] = server_name
+
+    async def start(self, address: str, *, optional: Sequence[str] = ()) -> None:
+        """Listen on `address` (OSError when it cannot), and on each of `optional`
+        where it can (::1 beside 127.0.0.1: a name may resolve to either)."""
+        self._servers.append(await self._listen(address))
+        for extra in optional:
+            try:
+                self._servers.append(await self._listen(extra))
+            except OSError as exc:
+                log.info("the endpoint router does not listen on [%s]:%s: %s", extra, DEFAULT_PORT, exc)
+
+    async def _listen(self, address: str) -> asyncio.Server:
+        return await asyncio.start_server(self._on_client, address, DEFAULT_PORT, reuse_address=True)
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self._connections):
+            task.cancel()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+        self._servers.clear()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                routed = await self._route(reader, writer)
+            if routed is not None:
+                proxy, kind = routed
+                await proxy.serve_routed(kind, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError, OSError):
+            pass
+        except asyncio.CancelledError:  # closing: nobody is left to tell
+            pass
+        finally:
+            self._connections.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _route(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[EndpointProxy, str] | None:
+        """Read up to the TLS handshake; the endpoint's proxy and listener kind, or None
+        once the client has been answered (refused, or its cancel forwarded)."""
+        while True:
+            (length,) = struct.unpack("!I", await reader.readexactly(4))
+            if length < 8 or length > _MAX_PREAMBLE:
+                return None
+            body = await reader.readexactly(length - 4)
+            (code,) = struct.unpack("!I", body[:4])
+            if code == GSSENC_REQUEST:
+                writer.write(b"N")
+                await writer.drain()
+                continue
+            if code == CANCEL_REQUEST:
+                packet = struct.pack("!I", length) + body
+                await asyncio.gather(*(forward_cancel(target, packet) for target in self._upstreams()))
+                return None
+            if code != SSL_REQUEST:
+                await _refuse(writer, f"connect with TLS to the endpoint's host name (ep-….{NAME_DOMAIN})")
+                return None
+            writer.write(b"S")
+            await writer.drain()
+            await writer.start_tls(self._context)
+            name = self._names.get(writer.get_extra_info("ssl_object"))
+            route = route_of(name)
+            proxy = self._find(route[0]) if route is not None else None
+            if route is None or proxy is None:
+                await _refuse(writer, f"no endpoint of this server is named '{name or '(no server name)'}'")
+                return None
+            return proxy, "pooled" if route[1] else "direct"
+
+
+async def _refuse(writer: asyncio.StreamWriter, message: str) -> None:
+    writer.write(error_response("08004", message))
+    await writer.drain()
+

@@ -1,0 +1,164 @@
+"""#15 part 1, names mode: `host` is `<endpoint-id>.local.localhost` as Neon's hosts are
+shaped, and a URL built from it, with `-pooler` inserted after the endpoint id for the
+pooled one, reaches the branch through one router on 5432 that routes by TLS SNI.
+
+`*.localhost` does not resolve on every machine (not here: nsswitch `files dns`), so the
+tests force names mode and put the router on a loopback address of its own; libpq's
+`hostaddr` dials it while `host` is the name it sends as SNI and verifies against the
+certificate (verify-full with the home's CA).
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import psycopg
+import pytest
+
+from harness.errors import ConfigError
+from harness.local.names import HOSTS_VAR, ROUTER_VAR, host_mode, route_of
+from tests.local._server import (
+    api_client,
+    connection_uri,
+    create_ready_branch,
+    delete_branch,
+    start_test_server,
+    unique,
+)
+
+
+def _free_router_address() -> str:
+    for _ in range(20):
+        address = f"127.{secrets.randbelow(200) + 30}.{secrets.randbelow(250)}.{secrets.randbelow(250) + 2}"
+        with socket.socket() as probe:
+            try:
+                probe.bind((address, 5432))
+            except OSError:
+                continue
+        return address
+    pytest.skip("no loopback address beyond 127.0.0.1 can listen on 5432 here")
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, str, str]]:
+    router = _free_router_address()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(HOSTS_VAR, "names")
+        patch.setenv(ROUTER_VAR, router)
+        with start_test_server(tmp_path_factory.mktemp("names-home")) as info, api_client(info) as client:
+            yield client, info.project_id, router
+
+
+def _connect(host: str, router: str, params: dict[str, Any], ca: str, **extra: str) -> psycopg.Connection:
+    return psycopg.connect(
+        host=host, hostaddr=router, port=5432, user=params["role"], password=params["password"],
+        dbname=params["database"], sslmode="verify-full", sslrootcert=ca, autocommit=True,
+        connect_timeout=10, **extra,
+    )
+
+
+def _pids(host: str, router: str, params: dict[str, Any], ca: str, times: int) -> set[int]:
+    found = set()
+    for _ in range(times):
+        with _connect(host, router, params, ca) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            found.add(int(row[0]))
+    return found
+
+
+def test_urls_built_from_a_named_host_reach_the_branch_and_its_pooler(
+    named: tuple[httpx.Client, str, str],
+) -> None:
+    client, project, router = named
+    made = create_ready_branch(client, project, name=unique("named"))
+    try:
+        [endpoint] = made["endpoints"]
+        ep = endpoint["id"]
+        assert not {"port", "pooler_port"} & set(endpoint)
+        entry = made["connection_uris"][0]
+        params = entry["connection_parameters"]
+        host = endpoint["host"]
+        assert host == params["host"] == f"{ep}.local.localhost"
+        # Neon's rule, as clients apply it: `-pooler` after the endpoint id
+        pooled_host = host.replace(ep, f"{ep}-pooler", 1)
+        assert params["pooler_host"] == pooled_host
+        handed_out = urlsplit(entry["connection_uri"])
+        assert (handed_out.hostname, handed_out.port) == (host, None)
+        [ca] = parse_qs(handed_out.query)["sslrootcert"]
+        assert len(_pids(host, router, params, ca, 2)) == 2  # a backend per client
+        assert len(_pids(pooled_host, router, params, ca, 3)) == 1  # PgBouncer's one
+        # SCRAM bound to the certificate the router served
+        with _connect(host, router, params, ca, channel_binding="require") as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (params["role"],)
+        pooled = connection_uri(client, project, made["branch"]["id"], pooled=True)
+        assert urlsplit(pooled).hostname == pooled_host
+    finally:
+        delete_branch(client, project, made["branch"]["id"])
+
+
+def test_the_router_refuses_what_names_no_endpoint_in_one_line(
+    named: tuple[httpx.Client, str, str],
+) -> None:
+    client, project, router = named
+    made = create_ready_branch(client, project, name=unique("named-refusals"))
+    try:
+        [endpoint] = made["endpoints"]
+        params = made["connection_uris"][0]["connection_parameters"]
+        [ca] = parse_qs(urlsplit(made["connection_uris"][0]["connection_uri"]).query)["sslrootcert"]
+        for host, extra, said in (
+            ("ep-nobody-00000000.local.localhost", {}, "no endpoint of this server is named"),
+            (endpoint["host"], {"sslmode": "disable"}, "connect with TLS"),
+            # the option and the server name disagree: refused, as Neon's proxy does
+            (endpoint["host"], {"options": "endpoint=ep-other-1"}, "serves endpoint"),
+        ):
+            with pytest.raises(psycopg.OperationalError) as refused:
+                kwargs = {"sslmode": "verify-full", **extra}
+                psycopg.connect(
+                    host=host, hostaddr=router, port=5432, user=params["role"],
+                    password=params["password"], dbname=params["database"], sslrootcert=ca,
+                    connect_timeout=10, **kwargs,
+                ).close()
+            assert said in str(refused.value), str(refused.value)
+    finally:
+        delete_branch(client, project, made["branch"]["id"])
+
+
+def test_names_mode_falls_back_to_addresses_where_the_router_cannot_listen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    router = _free_router_address()
+    monkeypatch.setenv(HOSTS_VAR, "names")
+    monkeypatch.setenv(ROUTER_VAR, router)
+    with socket.socket() as taken:  # another home's server holds the router's 5432
+        taken.bind((router, 5432))
+        taken.listen(1)
+        with start_test_server(tmp_path / "home") as info, api_client(info) as client:
+            [ep] = client.get(f"/projects/{info.project_id}/endpoints").json()["endpoints"]
+    assert not ep["host"].endswith(".localhost")
+    socket.inet_aton(ep["host"])  # an address, its own or 127.0.0.1
+
+
+def test_host_settings_are_checked() -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(HOSTS_VAR, "dns")
+        with pytest.raises(ConfigError, match=f"{HOSTS_VAR}.*'dns' is not one of auto, addresses, names"):
+            host_mode()
+        patch.setenv(HOSTS_VAR, "names")
+        patch.setenv(ROUTER_VAR, "10.1.2.3")
+        with pytest.raises(ConfigError, match="not a loopback address"):
+            host_mode()
+        patch.setenv(ROUTER_VAR, "127.9.9.9")
+        assert host_mode().router_address == "127.9.9.9"
+        patch.setenv(HOSTS_VAR, "auto")
+        assert not host_mode(resolve=lambda: False).names
+    assert route_of("EP-A-1-pooler.local.localhost") == ("ep-a-1", True)
+    assert route_of("ep-a-1.local.localhost") == ("ep-a-1", False)
+    assert route_of("ep-a-1.localhost") is None
+    assert route_of(None) is None
