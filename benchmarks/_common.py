@@ -105,6 +105,17 @@ def run_async(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def interleaved(sides: list[str], reps: int, measure: Callable[[str], float]) -> dict[str, float]:
+    """The median of `reps` measures per side, the sides taking turns in rotating order
+    so each goes first as often (no order effect) and the machine's noise falls on all."""
+    runs: dict[str, list[float]] = {side: [] for side in sides}
+    for rep in range(reps):
+        shift = rep % len(sides)
+        for side in sides[shift:] + sides[:shift]:
+            runs[side].append(measure(side))
+    return {side: statistics.median(values) for side, values in runs.items()}
+
+
 def fmt(seconds: float | None) -> str:
     if seconds is None:
         return "-"

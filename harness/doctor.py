@@ -169,7 +169,7 @@ def check_endpoint_hosts(problem: object) -> Check:
     (`harness.local.hosts`)."""
     if not problem:
         return Check(
-            "endpoint hosts", "ok", "each endpoint listens on 5432 at loopback addresses of its own"
+            "endpoint hosts", "ok", "URLs built from an endpoint's host connect (port 5432)"
         )
     return Check(
         "endpoint hosts",

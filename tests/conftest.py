@@ -34,7 +34,12 @@ def harness_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("harness-home")
     # The harness's own tests never reach real Neon by accident; `neon`-marked tests read
     # the key from CATHOUSE_TEST_NEON_API_KEY instead.
-    with overridden({"CATHOUSE_HARNESS_HOME": str(home), "NEON_API_KEY": None}):
+    # Endpoints by addresses of their own wherever the suite runs: names mode (where
+    # `*.localhost` resolves) would let one of the parallel servers take 127.0.0.1:5432;
+    # tests/local/test_names_mode.py forces names on a router address of its own.
+    hosts = os.environ.get("CATHOUSE_LOCAL_HOSTS") or "addresses"
+    isolated = {"CATHOUSE_HARNESS_HOME": str(home), "NEON_API_KEY": None, "CATHOUSE_LOCAL_HOSTS": hosts}
+    with overridden(isolated):
         yield home
         # pytester runs start the embedded default as a daemon under this home; stop it.
         from harness.local.postgres import memory_cluster_dirs

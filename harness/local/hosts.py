@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import secrets
+import socket
 from collections.abc import Iterator
 
 DEFAULT_PORT = 5432
@@ -40,3 +42,18 @@ def loopback_addresses(endpoint_id: str) -> Iterator[str]:
         if (second, third) == (0, 0):
             second = 1
         yield str(ipaddress.IPv4Address(bytes([127, second, third, last])))
+
+
+def free_loopback_address(port: int = DEFAULT_PORT, tries: int = 50) -> str | None:
+    """A random address of 127.0.0.0/8 (not 127.0.0.1) where `port` is free now; None
+    where none is (only 127.0.0.1 is loopback, as on macOS). For tests and benchmarks
+    that put a listener of their own on 5432."""
+    for _ in range(tries):
+        address = f"127.{secrets.randbelow(200) + 30}.{secrets.randbelow(250)}.{secrets.randbelow(250) + 2}"
+        with socket.socket() as probe:
+            try:
+                probe.bind((address, port))
+            except OSError:
+                continue
+        return address
+    return None

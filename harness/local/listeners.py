@@ -133,9 +133,8 @@ class Listeners:
             raise LocalServerError(
                 f"cannot listen for endpoint {endpoint_id}: {exc.strerror or exc}"
             ) from None
-        if self.tls is not None:
-            # verify-full checks the dialled address against the certificate's names
-            proxy.tls = self.tls.for_hosts([a for a in (host_address, pooled_host_address) if a])
+        # verify-full checks the dialled address against the certificate's names
+        proxy.tls_hosts = tuple(a for a in (host_address, pooled_host_address) if a)
         self.proxies[endpoint_id] = proxy
         return EndpointAddress(
             endpoint_id=endpoint_id,

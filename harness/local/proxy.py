@@ -160,6 +160,10 @@ class EndpointProxy:
         self.databases = dict(databases)
         self.fences = fences
         self.tls = tls
+        # hosts of the endpoint's own its certificate must name too (`TlsMaterial.for_hosts`),
+        # signed at the first handshake, not when the endpoint opens: a fork's endpoint is
+        # answered before any client comes, and many never see one
+        self.tls_hosts: tuple[str, ...] = ()
         # told when a client connects or leaves: an app using its branch keeps the
         # local server from idling out just as API requests do
         self.on_activity = on_activity
@@ -351,6 +355,8 @@ class EndpointProxy:
             body = await reader.readexactly(length - 4)
             (code,) = struct.unpack("!I", body[:4])
             if code == SSL_REQUEST and not tls_done:
+                if self.tls is not None and self.tls_hosts:
+                    self.tls, self.tls_hosts = self.tls.for_hosts(self.tls_hosts), ()
                 if self.tls is None:
                     writer.write(b"N")
                     await writer.drain()

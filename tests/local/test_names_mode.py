@@ -10,7 +10,6 @@ certificate (verify-full with the home's CA).
 
 from __future__ import annotations
 
-import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import psycopg
 import pytest
 
 from harness.errors import ConfigError
+from harness.local.hosts import free_loopback_address
 from harness.local.names import HOSTS_VAR, ROUTER_VAR, host_mode, route_of
 from tests.local._server import (
     api_client,
@@ -34,15 +34,18 @@ from tests.local._server import (
 
 
 def _free_router_address() -> str:
-    for _ in range(20):
-        address = f"127.{secrets.randbelow(200) + 30}.{secrets.randbelow(250)}.{secrets.randbelow(250) + 2}"
-        with socket.socket() as probe:
-            try:
-                probe.bind((address, 5432))
-            except OSError:
-                continue
-        return address
-    pytest.skip("no loopback address beyond 127.0.0.1 can listen on 5432 here")
+    address = free_loopback_address()
+    if address is None:
+        pytest.skip("no loopback address beyond 127.0.0.1 can listen on 5432 here")
+    return address
+
+
+def _endpoint_of(made: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A created branch's endpoint, its connection parameters and the CA its URLs name."""
+    [endpoint] = made["endpoints"]
+    entry = made["connection_uris"][0]
+    [ca] = parse_qs(urlsplit(entry["connection_uri"]).query)["sslrootcert"]
+    return endpoint, entry["connection_parameters"], ca
 
 
 @pytest.fixture(scope="module")
@@ -79,19 +82,16 @@ def test_urls_built_from_a_named_host_reach_the_branch_and_its_pooler(
     client, project, router = named
     made = create_ready_branch(client, project, name=unique("named"))
     try:
-        [endpoint] = made["endpoints"]
+        endpoint, params, ca = _endpoint_of(made)
         ep = endpoint["id"]
         assert not {"port", "pooler_port"} & set(endpoint)
-        entry = made["connection_uris"][0]
-        params = entry["connection_parameters"]
         host = endpoint["host"]
         assert host == params["host"] == f"{ep}.local.localhost"
         # Neon's rule, as clients apply it: `-pooler` after the endpoint id
         pooled_host = host.replace(ep, f"{ep}-pooler", 1)
         assert params["pooler_host"] == pooled_host
-        handed_out = urlsplit(entry["connection_uri"])
+        handed_out = urlsplit(made["connection_uris"][0]["connection_uri"])
         assert (handed_out.hostname, handed_out.port) == (host, None)
-        [ca] = parse_qs(handed_out.query)["sslrootcert"]
         assert len(_pids(host, router, params, ca, 2)) == 2  # a backend per client
         assert len(_pids(pooled_host, router, params, ca, 3)) == 1  # PgBouncer's one
         # SCRAM bound to the certificate the router served
@@ -109,9 +109,7 @@ def test_the_router_refuses_what_names_no_endpoint_in_one_line(
     client, project, router = named
     made = create_ready_branch(client, project, name=unique("named-refusals"))
     try:
-        [endpoint] = made["endpoints"]
-        params = made["connection_uris"][0]["connection_parameters"]
-        [ca] = parse_qs(urlsplit(made["connection_uris"][0]["connection_uri"]).query)["sslrootcert"]
+        endpoint, params, ca = _endpoint_of(made)
         for host, extra, said in (
             ("ep-nobody-00000000.local.localhost", {}, "no endpoint of this server is named"),
             (endpoint["host"], {"sslmode": "disable"}, "connect with TLS"),

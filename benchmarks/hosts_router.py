@@ -1,0 +1,131 @@
+"""What the names-mode router costs against an endpoint's own listener (#15 part 1).
+
+    python benchmarks/hosts_router.py [--reps 60] [--queries 500] [--query-reps 9]
+
+One embedded PostgreSQL (own temporary home) and its data plane in names mode
+(`CATHOUSE_LOCAL_HOSTS=names`, the router on a loopback address of its own) on a thread
+of their own; the client (psycopg, libpq) in the main thread. One endpoint, reached two
+ways with verify-full and the home's CA:
+
+- `listener`: the endpoint's own listener (127.0.0.1 and its port), where the proxy
+  does the TLS handshake itself, as with an endpoint's own address on 5432;
+- `router`: `host=<endpoint-id>.local.localhost hostaddr=<router>` on 5432: the router
+  does the handshake, reads the server name (SNI) and hands the connection to the same
+  proxy.
+
+Connect time (direct, and pooled through PgBouncer when installed) and per-query
+latency (`SELECT 1` on an open connection), medians, interleaved so the machine's noise
+falls on both sides alike; ratio router / listener.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import fmt, interleaved
+
+ROLE = "bench_owner"
+ENDPOINT = "ep-bench-router-1"
+
+
+def _setup(home: Path, router: str) -> tuple[Any, Any, dict[str, dict[str, dict[str, Any]]]]:
+    from harness.local.dataplane import DataPlane
+    from harness.local.names import HOSTS_VAR, ROUTER_VAR, endpoint_names
+    from harness.sync import LoopThread
+
+    os.environ[HOSTS_VAR], os.environ[ROUTER_VAR] = "names", router
+    loop = LoopThread("bench-dataplane")
+    plane = DataPlane(home, storage="memory")
+    loop.run(plane.start())
+    if plane.listeners.router is None:
+        raise SystemExit("the router did not start (see the log above)")
+    password = secrets.token_urlsafe(18)
+    loop.run(plane.ensure_role(ROLE, password))
+    loop.run(plane.create_database("bench", owner=ROLE))
+    address = loop.run(plane.open_endpoint(ENDPOINT, databases={"bench": "bench"}))
+    common = {"user": ROLE, "password": password, "dbname": "bench", "sslmode": "verify-full",
+              "sslrootcert": str(plane.ca_file), "autocommit": True,
+              # PgBouncer in transaction mode: no server-side prepared statements
+              "prepare_threshold": None}
+    names = dict(zip(("direct", "pooled"), endpoint_names(ENDPOINT), strict=True))
+    ports = {"direct": address.direct_port, "pooled": address.pooled_port}
+    targets = {
+        kind: {
+            "listener": {**common, "host": "127.0.0.1", "port": ports[kind]},
+            "router": {**common, "host": names[kind], "hostaddr": router, "port": 5432},
+        }
+        for kind in ("direct", "pooled")
+    }
+    return loop, plane, targets
+
+
+def _connect(params: dict[str, Any]) -> float:
+    import psycopg
+
+    started = time.perf_counter()
+    conn = psycopg.connect(**params)
+    took = time.perf_counter() - started
+    conn.close()
+    return took
+
+
+def _query_latency(params: dict[str, Any], queries: int) -> float:
+    import psycopg
+
+    with psycopg.connect(**params) as conn:
+        conn.execute("SELECT 1")
+        started = time.perf_counter()
+        for _ in range(queries):
+            conn.execute("SELECT 1")
+        return (time.perf_counter() - started) / queries
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=60)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--query-reps", type=int, default=9)
+    args = parser.parse_args()
+    sides = ["listener", "router"]
+    with tempfile.TemporaryDirectory(prefix="cathouse-bench-router-") as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir(mode=0o700)
+        from harness.local.hosts import free_loopback_address
+
+        router = free_loopback_address()
+        if router is None:
+            raise SystemExit("no loopback address beyond 127.0.0.1 can listen on 5432 here")
+        loop, plane, targets = _setup(home, router)
+        kinds = ["direct", "pooled"] if plane.pgbouncer_available else ["direct"]
+        results: dict[str, dict[str, float]] = {}
+        try:
+            for kind in kinds:
+                results[f"psycopg connect, {kind}"] = interleaved(
+                    sides, args.reps, lambda s, k=kind: _connect(targets[k][s])
+                )
+                results[f"query latency, {kind}"] = interleaved(
+                    sides, args.query_reps, lambda s, k=kind: _query_latency(targets[k][s], args.queries)
+                )
+        finally:
+            loop.run(plane.stop())
+            loop.close()
+    print(f"{'measure':<26} {'listener':>10} {'router':>10}   router/listener")
+    for name, row in results.items():
+        cells = " ".join(
+            f"{fmt(row[s]) if row[s] >= 1e-3 else f'{row[s] * 1e6:.0f} µs':>10}" for s in sides
+        )
+        print(f"{name:<26} {cells}   {row['router'] / row['listener']:6.2f}")
+    print(json.dumps({"reps": args.reps, "queries": args.queries, "query_reps": args.query_reps,
+                      "medians_s": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
