@@ -8,8 +8,8 @@ request validation, Neon's JSON shapes); `control` (state, lookups, endpoints) w
 server, shared daemon, `emulator`), `launch` (finding or starting that daemon). Data
 plane: `dataplane` (with `databases`, `fencing`, `listeners`) over `postgres`, `proxy`
 (with `proxy_auth` and `scram`: each branch's passwords checked at the proxy),
-`pgbouncer`, `tls` (the home's CA), `hosts` (an endpoint's own loopback addresses) and
-`introspect` (pg_dump).
+`pgbouncer`, `tls` (the home's CA), `hosts` (an endpoint's own loopback addresses),
+`names` and `router` (names mode) and `introspect` (pg_dump).
 
 Names are imported lazily so that importing one submodule (say, the data plane) does
 not pull in the web server.
