@@ -105,6 +105,16 @@ def run_async(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def interleaved(sides: list[str], reps: int, measure: Callable[[str], float]) -> dict[str, float]:
+    """The median of `reps` runs of `measure(side)` per side, the sides taking turns."""
+    runs: dict[str, list[float]] = {side: [] for side in sides}
+    for rep in range(reps):
+        shift = rep % len(sides)  # each side goes first as often: no order effect
+        for side in sides[shift:] + sides[:shift]:
+            runs[side].append(measure(side))
+    return {side: statistics.median(values) for side, values in runs.items()}
+
+
 def fmt(seconds: float | None) -> str:
     if seconds is None:
         return "-"
