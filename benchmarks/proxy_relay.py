@@ -18,14 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import fmt, interleaved
+from _common import bench_plane, fmt, interleaved
+from proxy_auth import _query_latency
 
 ROLE = "bench_owner"
 
@@ -44,20 +44,9 @@ class _Unused:
 
 
 def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
-    from harness.local.catalog import BRANCH_SCRAM_ITERATIONS
-    from harness.local.dataplane import DataPlane
-    from harness.local.postgres import scram_verifier
     from harness.local.proxy import Admission
-    from harness.local.proxy_auth import Credential
-    from harness.sync import LoopThread
 
-    loop = LoopThread("bench-relay")
-    plane = DataPlane(home, storage="memory")
-    loop.run(plane.start())
-    internal, branch_pw = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-    loop.run(plane.ensure_role(ROLE, internal))
-    loop.run(plane.create_database("bench", owner=ROLE))
-    credential = Credential(scram_verifier(branch_pw, iterations=BRANCH_SCRAM_ITERATIONS), internal)
+    loop, plane, _internal, branch_pw, credential = bench_plane(home, ROLE)
 
     def gate_for(side: str) -> Any:
         async def gate(user: str, logical: str) -> Admission:
@@ -74,20 +63,6 @@ def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
             for kind, port in (("direct", address.direct_port), ("pooled", address.pooled_port))
         }
     return loop, plane, urls
-
-
-async def _asyncpg_latency(url: str, queries: int) -> float:
-    import asyncpg
-
-    conn = await asyncpg.connect(url, statement_cache_size=0)
-    try:
-        await conn.fetchval("SELECT 1")
-        started = time.perf_counter()
-        for _ in range(queries):
-            await conn.fetchval("SELECT 1")
-        return (time.perf_counter() - started) / queries
-    finally:
-        await conn.close()
 
 
 def _psycopg_latency(url: str, queries: int, pooled: bool) -> float:
@@ -132,7 +107,7 @@ def main() -> int:
                 results[f"asyncpg SELECT 1, {kind}"] = interleaved(
                     sides,
                     args.reps,
-                    lambda s, k=kind: asyncio.run(_asyncpg_latency(urls[s][k], args.queries)),
+                    lambda s, k=kind: asyncio.run(_query_latency(urls[s][k], args.queries)),
                 )
                 results[f"psycopg SELECT 1, {kind}"] = interleaved(
                     sides,
