@@ -23,34 +23,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import fmt
+from _common import bench_plane, fmt, interleaved
 
 ROLE = "bench_owner"
 
 
 def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
-    from harness.local.catalog import BRANCH_SCRAM_ITERATIONS
-    from harness.local.dataplane import DataPlane
-    from harness.local.postgres import scram_verifier
     from harness.local.proxy import Admission
-    from harness.local.proxy_auth import Credential
-    from harness.sync import LoopThread
 
-    loop = LoopThread("bench-dataplane")
-    plane = DataPlane(home, storage="memory")
-    loop.run(plane.start())
-    internal, branch_pw = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-    loop.run(plane.ensure_role(ROLE, internal))
-    loop.run(plane.create_database("bench", owner=ROLE))
-    credential = Credential(scram_verifier(branch_pw, iterations=BRANCH_SCRAM_ITERATIONS), internal)
+    loop, plane, internal, branch_pw, credential = bench_plane(home, ROLE)
 
     async def gate(user: str, logical: str) -> Admission:
         return Admission("bench", {}, credential)
@@ -129,15 +115,6 @@ def _endpoint_open(loop: Any, plane: Any, with_host: bool) -> float:
         listeners.listen_on_host = original
 
 
-def _interleaved(sides: list[str], reps: int, measure: Callable[[str], float]) -> dict[str, float]:
-    runs: dict[str, list[float]] = {side: [] for side in sides}
-    for rep in range(reps):
-        shift = rep % len(sides)  # each side goes first as often: no order effect
-        for side in sides[shift:] + sides[:shift]:
-            runs[side].append(measure(side))
-    return {side: statistics.median(values) for side, values in runs.items()}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=60)
@@ -153,19 +130,19 @@ def main() -> int:
         results: dict[str, dict[str, float]] = {}
         try:
             for kind in kinds:
-                results[f"asyncpg connect, {kind}"] = _interleaved(
+                results[f"asyncpg connect, {kind}"] = interleaved(
                     sides, args.reps, lambda s, k=kind: asyncio.run(_asyncpg_connect(urls[s][k]))
                 )
                 if kind == "direct":
-                    results["psycopg connect, direct"] = _interleaved(
+                    results["psycopg connect, direct"] = interleaved(
                         sides, args.reps, lambda s: _psycopg_connect(urls[s]["direct"])
                     )
-                results[f"query latency, {kind}"] = _interleaved(
+                results[f"query latency, {kind}"] = interleaved(
                     sides,
                     args.query_reps,
                     lambda s, k=kind: asyncio.run(_query_latency(urls[s][k], args.queries)),
                 )
-            opened = _interleaved(
+            opened = interleaved(
                 ["two listeners", "with host"], args.reps,
                 lambda side: _endpoint_open(loop, plane, side == "with host"),
             )
