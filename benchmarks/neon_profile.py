@@ -70,6 +70,10 @@ def test_branch(n, neon_branch):
 """
 
 
+# the same tests without a branch: what xdist itself takes to start N workers here
+PLAIN = TRIVIAL.replace("def test_branch(n, neon_branch):", "def test_plain(n):")
+
+
 # ---------------------------------------------------------------------- the journal
 
 
@@ -156,18 +160,24 @@ def session(home: Path, run_id: str) -> dict[str, Any]:
     return result
 
 
-def xdist(home: Path, root: Path, workers: int, isolation: str = "database") -> dict[str, Any]:
+def xdist(
+    home: Path, root: Path, workers: int, isolation: str = "database", *, tests: str = "tests"
+) -> dict[str, Any]:
+    """`pytest -n workers` on the 8 trivial tests of `tests` ("tests": with a branch,
+    "plain": without, so the harness does nothing)."""
     project = root / "xdist-project"
     if not project.exists():
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", ".env", "tests"))
         (project / "tests").mkdir()
         (project / "tests" / "test_trivial.py").write_text(TRIVIAL)
+        (project / "plain").mkdir()
+        (project / "plain" / "test_plain.py").write_text(PLAIN)
     settle(home)
     stamps = root / f"stamps-{uuid.uuid4().hex[:6]}"
     started, wall = time.perf_counter(), time.time()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "cathouse_harness", "-p", "no:cacheprovider", "-q",
-         "-n", str(workers)],
+         "-n", str(workers), tests],
         cwd=project,
         env=child_env(home, **{STAMPS_ENV: str(stamps), "CATHOUSE_RUN_ID": f"bench-{stamps.name}",
                                "CATHOUSE_WORKER_ISOLATION": isolation}),
@@ -260,12 +270,19 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
             naives.append(naive(home))
         # the third: a branch per worker (`worker_isolation = "branch"`), as before a
         # database per worker, for the ratio in the same run
-        cases = {"1": (1, "database"), "4": (4, "database"), "4_branch": (4, "branch")}
+        # and the same tests without a branch, so that what xdist itself takes to start
+        # N workers on this machine can be told from what the harness adds
+        cases = {
+            "1": (1, "database", "tests"), "4": (4, "database", "tests"),
+            "4_branch": (4, "branch", "tests"), "1_plain": (1, "database", "plain"),
+            "4_plain": (4, "database", "plain"),
+        }
         runs: dict[str, list[dict[str, Any]]] = {key: [] for key in cases}
         for rep in range(reps):
-            for key, (n, isolation) in cases.items():
-                print(f"pytest -n {n}, {isolation} per worker ({rep + 1}/{reps}) …", file=sys.stderr)
-                runs[key].append(xdist(home, root, n, isolation))
+            for key, (n, isolation, tests) in cases.items():
+                print(f"pytest -n {n}, {tests}, {isolation} per worker ({rep + 1}/{reps}) …",
+                      file=sys.stderr)
+                runs[key].append(xdist(home, root, n, isolation, tests=tests))
         r["cold"] = {
             "spawn_to_ready": summary([c["spawn_to_ready"] for c in colds]),
             "import_to_ready": summary([c["import_to_ready"] for c in colds]),
@@ -299,6 +316,8 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
             / r["xdist_1"]["every_worker_started"]["median"],
             "n4_branch_vs_n1": r["xdist_4_branch"]["every_worker_started"]["median"]
             / r["xdist_1"]["every_worker_started"]["median"],
+            # what the harness adds to xdist's own start, at 4 workers against 1
+            "overhead_n4_vs_n1": _overhead(r, "4") / _overhead(r, "1"),
         }
         return r
     finally:
@@ -309,6 +328,11 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
             os.environ.pop(LATENCY_ENV, None)
         else:
             os.environ[LATENCY_ENV] = saved
+
+
+def _overhead(r: dict[str, Any], workers: str) -> float:
+    started = r[f"xdist_{workers}"]["every_worker_started"]["median"]
+    return float(started - r[f"xdist_{workers}_plain"]["every_worker_started"]["median"])
 
 
 def rows(r: dict[str, Any]) -> list[tuple[str, float, str, dict[str, Any]]]:
@@ -324,6 +348,10 @@ def rows(r: dict[str, Any]) -> list[tuple[str, float, str, dict[str, Any]]]:
          "≤ -n 1", r["xdist_4"]["path"]),
         ("pytest -n 4, a branch per worker (worker_isolation = branch)",
          r["xdist_4_branch"]["every_worker_started"]["median"], "", r["xdist_4_branch"]["path"]),
+        ("pytest -n 1 without a branch (xdist alone)",
+         r["xdist_1_plain"]["every_worker_started"]["median"], "", r["xdist_1_plain"]["path"]),
+        ("pytest -n 4 without a branch (xdist alone)",
+         r["xdist_4_plain"]["every_worker_started"]["median"], "", r["xdist_4_plain"]["path"]),
         ("naive: fresh branch + alembic upgrade head per service", r["naive"]["setup"]["median"],
          "", r["naive"]["path"]),
     ]
@@ -341,7 +369,9 @@ def table(r: dict[str, Any]) -> str:
     ratios = r["ratios"]
     lines.append(
         f"\nwarm_vs_naive {ratios['warm_vs_naive']:.1f}x, -n 4 / -n 1 {ratios['n4_vs_n1']:.2f}, "
-        f"-n 4 with a branch per worker / -n 1 {ratios['n4_branch_vs_n1']:.2f}"
+        f"-n 4 with a branch per worker / -n 1 {ratios['n4_branch_vs_n1']:.2f}; the harness's "
+        f"part (time minus xdist alone): -n 1 {fmt(_overhead(r, '1'))}, -n 4 {fmt(_overhead(r, '4'))}, "
+        f"-n 4 / -n 1 {ratios['overhead_n4_vs_n1']:.2f}"
     )
     for label, _, _, path in rows(r):
         lines.append(f"\n{label}:\n  " + "\n  ".join(path["steps"]))

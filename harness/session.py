@@ -218,6 +218,8 @@ class BranchSession:
     def _shared_branch(self) -> BranchHandle:
         with self._shared_lock:
             if self._shared is None and self._shared_error is None:
+                # the copies' driver (~80 ms of imports) loads while the fork runs
+                threading.Thread(target=_import_copy_driver, daemon=True).start()
                 try:
                     self._shared = self._fork_session_branch("workers")
                 except BaseException as exc:  # every worker hears of it, not only the first
@@ -530,3 +532,7 @@ def _import_migrations() -> None:
     # Alembic and SQLAlchemy, about 0.5 s of imports: a build does them while its branch
     # is being created instead of after
     import harness.migrations  # noqa: F401
+
+
+def _import_copy_driver() -> None:
+    import psycopg  # noqa: F401
