@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from _common import bench_plane, fmt, interleaved
-from proxy_auth import _query_latency
 
 ROLE = "bench_owner"
+# `same` is a second endpoint exactly like `old`: same/old is this machine's noise floor
+SIDES = ("old", "same", "new")
 
 
 class _Unused:
@@ -55,7 +57,7 @@ def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
         return gate
 
     urls: dict[str, dict[str, str]] = {}
-    for side in ("old", "new"):
+    for side in SIDES:
         address = loop.run(plane.open_endpoint(f"ep-{side}", databases={}, gate=gate_for(side)))
         query = f"sslmode=verify-full&sslrootcert={plane.ca_file}"
         urls[side] = {
@@ -65,66 +67,152 @@ def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
     return loop, plane, urls
 
 
-def _psycopg_latency(url: str, queries: int, pooled: bool) -> float:
+def _psycopg_rows(url: str, queries: int, pooled: bool) -> Iterator[Callable[[], float]]:
+    """A measure of `queries` SELECT 1 on one open psycopg connection."""
     import psycopg
 
     # PgBouncer in transaction mode keeps no prepared statement for a client
     with psycopg.connect(url, autocommit=True, prepare_threshold=None if pooled else 5) as conn:
         conn.execute("SELECT 1").fetchone()
-        started = time.perf_counter()
-        for _ in range(queries):
-            conn.execute("SELECT 1").fetchone()
-        return (time.perf_counter() - started) / queries
+
+        def batch() -> float:
+            started = time.perf_counter()
+            for _ in range(queries):
+                conn.execute("SELECT 1").fetchone()
+            return (time.perf_counter() - started) / queries
+
+        yield batch
 
 
-async def _bulk_read(url: str, rows: int) -> float:
+def _asyncpg_rows(runner: asyncio.Runner, url: str, sql: str, times: int) -> Iterator[Callable[[], float]]:
+    """A measure of `times` runs of `sql` on one open asyncpg connection."""
     import asyncpg
 
-    conn = await asyncpg.connect(url)
+    conn = runner.run(asyncpg.connect(url, statement_cache_size=0))
     try:
-        started = time.perf_counter()
-        await conn.fetch("SELECT generate_series(1, $1) AS n", rows)
-        return time.perf_counter() - started
+
+        async def batch() -> float:
+            started = time.perf_counter()
+            for _ in range(times):
+                await conn.fetch(sql)
+            return (time.perf_counter() - started) / times
+
+        yield lambda: runner.run(batch())
     finally:
-        await conn.close()
+        runner.run(conn.close())
+
+
+Opener = Callable[[str], Iterator[Callable[[], float]]]
+
+
+def _measure(sides: list[str], reps: int, open_side: Opener) -> dict[str, float]:
+    """Both sides' connections open at once, their batches taking turns."""
+    with contextlib.ExitStack() as stack:
+        batches = {side: stack.enter_context(contextlib.contextmanager(open_side)(side)) for side in sides}
+        return interleaved(sides, reps, lambda side: batches[side]())
+
+
+def _framing_cost(rounds: int) -> dict[str, float]:
+    """What the relay adds per query in CPU, without sockets: psycopg's unprepared
+    SELECT 1 (Parse/Bind/Describe/Execute/Sync in one chunk) through the client-side
+    framing, and its answer (one chunk) through the server-side count."""
+    from harness.local.proxy_auth import message
+    from harness.local.sql_relay import Relay
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            del data
+
+        async def drain(self) -> None:
+            pass
+
+    class Source:
+        def __init__(self, chunk: bytes, times: int) -> None:
+            self.chunk, self.left = chunk, times
+
+        async def read(self, size: int) -> bytes:
+            del size
+            self.left -= 1
+            return self.chunk if self.left >= 0 else b""
+
+    query = (
+        message(b"P", b"\0SELECT 1\0\0\0")
+        + message(b"B", b"\0\0\0\0\0\0\0\0")
+        + message(b"D", b"P\0")
+        + message(b"E", b"\0\0\0\0\0")
+        + message(b"S", b"")
+    )
+    answer = (
+        message(b"1", b"")
+        + message(b"2", b"")
+        + message(b"T", b"\0\x01?column?\0" + bytes(18))
+        + message(b"D", b"\0\x01\0\0\0\x011")
+        + message(b"C", b"SELECT 1\0")
+        + message(b"Z", b"I")
+    )
+    costs: dict[str, float] = {}
+    for name, chunk in (("client chunk", query), ("server chunk", answer)):
+        source = Source(chunk, rounds)
+        relay: Any = Relay((source, Sink()), (source, Sink()), _Unused())  # type: ignore[arg-type]
+        copy = relay._copy_up if name == "client chunk" else relay._copy_down
+        started = time.perf_counter()
+        asyncio.run(copy())
+        costs[name] = (time.perf_counter() - started) / rounds
+    return costs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=2000)
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--rows", type=int, default=100_000)
     args = parser.parse_args()
-    sides = ["old", "new"]
+    sides = list(SIDES)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="cathouse-bench-relay-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir(mode=0o700)
         loop, plane, urls = _setup(home)
         kinds = ["direct", "pooled"] if plane.pgbouncer_available else ["direct"]
+        runner = asyncio.Runner()
         try:
             for kind in kinds:
-                results[f"asyncpg SELECT 1, {kind}"] = interleaved(
+                results[f"asyncpg SELECT 1, {kind}"] = _measure(
                     sides,
                     args.reps,
-                    lambda s, k=kind: asyncio.run(_query_latency(urls[s][k], args.queries)),
+                    lambda s, k=kind: _asyncpg_rows(runner, urls[s][k], "SELECT 1", args.queries),
                 )
-                results[f"psycopg SELECT 1, {kind}"] = interleaved(
-                    sides,
-                    args.reps,
-                    lambda s, k=kind: _psycopg_latency(urls[s][k], args.queries, k == "pooled"),
+                results[f"psycopg SELECT 1, {kind}"] = _measure(
+                    sides, args.reps, lambda s, k=kind: _psycopg_rows(urls[s][k], args.queries, k == "pooled")
                 )
-            results[f"bulk read {args.rows} rows, direct"] = interleaved(
-                sides, args.reps, lambda s: asyncio.run(_bulk_read(urls[s]["direct"], args.rows))
+            bulk = f"SELECT generate_series(1, {args.rows}) AS n"
+            results[f"bulk read {args.rows} rows, direct"] = _measure(
+                sides, args.reps, lambda s: _asyncpg_rows(runner, urls[s]["direct"], bulk, 1)
             )
         finally:
+            runner.close()
             loop.run(plane.stop())
             loop.close()
-    print(f"{'measure':<32} {'old':>10} {'new':>10}  new/old")
+    framing = _framing_cost(args.queries * 50)
+    print(f"{'measure':<32} " + " ".join(f"{s:>10}" for s in sides) + "  same/old  new/old")
     for name, row in results.items():
         cells = " ".join(f"{fmt(row[s]) if row[s] >= 1e-3 else f'{row[s] * 1e6:.0f} µs':>10}" for s in sides)
-        print(f"{name:<32} {cells}  {row['new'] / row['old']:7.3f}")
-    print(json.dumps({"queries": args.queries, "reps": args.reps, "rows": args.rows, "medians_s": results}))
+        print(f"{name:<32} {cells}  {row['same'] / row['old']:8.3f}  {row['new'] / row['old']:7.3f}")
+    print(
+        "the relay's own work, in process: "
+        + ", ".join(f"{name} {seconds * 1e6:.1f} µs" for name, seconds in framing.items())
+    )
+    print(
+        json.dumps(
+            {
+                "queries": args.queries,
+                "reps": args.reps,
+                "rows": args.rows,
+                "medians_s": results,
+                "framing_s": framing,
+            }
+        )
+    )
     return 0
 
 

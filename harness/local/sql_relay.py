@@ -32,7 +32,10 @@ from harness.local.sql_databases import (
     classify,
     might_be_ours,
 )
+from harness.log import get_logger
 from harness.sql import quote_literal
+
+log = get_logger("local.sql_relay")
 
 _CHUNK = 256 * 1024
 _RFQ_HEAD = b"Z\x00\x00\x00\x05"
@@ -300,6 +303,11 @@ class Relay:
             await self.session.perform(statement, self.borrow)
         except SqlRefusal as refusal:
             return error_message(refusal.sqlstate, refusal.message, detail=refusal.detail)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            raise  # the connection is gone: nobody to answer
+        except Exception:  # a fault of ours: the client gets an error, the log the rest
+            log.exception("%s over SQL failed", statement.tag)
+            return error_message("XX000", f"{statement.tag} failed in the local server; see its log")
         return message(b"C", statement.tag.encode() + b"\0")
 
     def _answer(self, data: bytes) -> None:

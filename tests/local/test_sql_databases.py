@@ -266,3 +266,28 @@ def test_pipelined_behind_other_statements_is_refused_in_order(
         assert first.fetchall() == [("tom",)]
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert _cluster_databases(server) == before
+
+
+def test_two_creates_of_one_name_make_one_database(
+    server: LocalServerInfo, client: httpx.Client, project: str, branch: dict[str, Any]
+) -> None:
+    """Sent at once from two connections (on another database than the template, so
+    that neither is in the other's way): one succeeds, the other finds it exists."""
+    before = _cluster_databases(server)
+
+    async def script() -> list[object]:
+        conns = [await asyncpg.connect(_on(branch["direct"], "neondb")) for _ in range(2)]
+        try:
+            return await asyncio.gather(
+                *(conn.execute("CREATE DATABASE gw11 TEMPLATE cathouse") for conn in conns),
+                return_exceptions=True,
+            )
+        finally:
+            for conn in conns:
+                await conn.close()
+
+    outcomes = asyncio.run(script())
+    assert sorted(type(o).__name__ for o in outcomes) == ["DuplicateDatabaseError", "str"], outcomes
+    assert "gw11" in _listed(client, project, branch["id"])
+    made = _cluster_databases(server) - before
+    assert len(made) == 2 and "gw11" not in made, made  # neondb, made on first connection, and gw11
