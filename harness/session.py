@@ -373,7 +373,8 @@ class BranchSession:
         watchdog = self._watching()
         project_id = self.backend.project_id
         self._per_test += 1
-        name = f"{self.handle.name}/t{self._per_test}"
+        # named after this process's session, not its branch: xdist workers share one
+        name = f"{session_branch_name(self.run_id, self.worker)}/t{self._per_test}"
         started = time.perf_counter()
         watchdog.record_name(project_id, name)
         try:
