@@ -76,8 +76,9 @@ def copy_template(
             detail = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             raise WorkerDatabaseError(
                 f"could not copy database {template} to {target}: {detail}",
-                hint="another connection to the branch's own database holds the copy up; "
-                "tests connect to their worker's database, not to it",
+                hint="PostgreSQL copies a database only while nobody else is on it: connect to "
+                "the worker's database (DATABASE_URL, the fixtures), not to the branch's own, or "
+                "set worker_isolation = \"branch\" for a branch per worker",
             ) from None
 
 
