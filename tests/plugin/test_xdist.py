@@ -332,3 +332,26 @@ def test_usefixtures_neon_branch_gives_env_only_tests_their_branch(project: pyte
     result = run(project, "xdb12", "-n", "2")
     result.assert_outcomes(failed=4)
     assert result.stdout.str().count('add usefixtures = ["neon_branch"]') == 4  # under each failure
+
+
+def test_a_copy_held_up_by_a_connection_to_the_template_fails_in_one_line(tmp_path: Path) -> None:
+    import psycopg
+
+    from harness.errors import WorkerDatabaseError
+
+    project = copy_example(tmp_path / "project")
+    session = BranchSession(load_settings(project), run_id="xdb15", worker="controller")
+    try:
+        session.setup()
+        first = session.fork_worker("gw0")
+        template_url = str(first.direct_url).replace("/cathouse_gw0?", "/cathouse?")
+        # someone on the branch's own database
+        with psycopg.connect(template_url), pytest.raises(WorkerDatabaseError) as raised:
+            session.fork_worker("gw1")
+        line = str(raised.value)
+        assert "\n" not in line and "cathouse_gw1" in line and 'worker_isolation = "branch"' in line
+        assert first.direct_url.reveal().split("@")[0].split(":")[-1] not in line  # no password
+        assert session.fork_worker("gw2").database == "cathouse_gw2"  # once it is gone, it works
+    finally:
+        session.finish()
+    assert branches_of_run(project, "xdb15") == []
