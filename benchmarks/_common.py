@@ -62,8 +62,9 @@ def home_env(home: Path) -> Iterator[None]:
     """Point this process at `home` (and at the embedded default) for the block."""
     from harness.env import overridden
 
-    with overridden({"CATHOUSE_HARNESS_HOME": str(home), "NEON_API_KEY": None,
-                     "CATHOUSE_BACKEND": "embedded"}):
+    with overridden(
+        {"CATHOUSE_HARNESS_HOME": str(home), "NEON_API_KEY": None, "CATHOUSE_BACKEND": "embedded"}
+    ):
         yield
 
 
@@ -105,12 +106,33 @@ def run_async(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def bench_plane(home: Path, role: str) -> tuple[Any, Any, str, str, Any]:
+    """A data plane on `home` on a loop thread of its own, with `role` owning database
+    `bench`: (loop, plane, the role's internal password, a branch password, the
+    `Credential` the catalog's gate would give for it)."""
+    import secrets
+
+    from harness.local.catalog import BRANCH_SCRAM_ITERATIONS
+    from harness.local.dataplane import DataPlane
+    from harness.local.postgres import scram_verifier
+    from harness.local.proxy_auth import Credential
+    from harness.sync import LoopThread
+
+    loop = LoopThread("bench-dataplane")
+    plane = DataPlane(home, storage="memory")
+    loop.run(plane.start())
+    internal, branch_pw = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
+    loop.run(plane.ensure_role(role, internal))
+    loop.run(plane.create_database("bench", owner=role))
+    credential = Credential(scram_verifier(branch_pw, iterations=BRANCH_SCRAM_ITERATIONS), internal)
+    return loop, plane, internal, branch_pw, credential
+
+
 def interleaved(sides: list[str], reps: int, measure: Callable[[str], float]) -> dict[str, float]:
-    """The median of `reps` measures per side, the sides taking turns in rotating order
-    so each goes first as often (no order effect) and the machine's noise falls on all."""
+    """The median of `reps` runs of `measure(side)` per side, the sides taking turns."""
     runs: dict[str, list[float]] = {side: [] for side in sides}
     for rep in range(reps):
-        shift = rep % len(sides)
+        shift = rep % len(sides)  # each side goes first as often: no order effect
         for side in sides[shift:] + sides[:shift]:
             runs[side].append(measure(side))
     return {side: statistics.median(values) for side, values in runs.items()}

@@ -1,13 +1,14 @@
-"""What a database per xdist worker on one branch would cost, for issue 17's `-n 4` row.
+"""What a database per xdist worker on one branch costs (issue 17's `-n 4` row).
 
     python benchmarks/database_per_worker.py [--workers 4] [--reps 5]
 
 Forks one session branch of the Cat House example on a home of its own (the embedded
-default, no latency profile), then times `CREATE DATABASE … TEMPLATE <that branch's
-database>` for every worker at once and one after another, on the cluster directly (the
-embedded default cannot serve a database made over SQL through its endpoints; see
-README, "At Neon's latencies"). Against it stand `workers - 1` more forks, 1.6 s each
-under the `neon` preset, one after another under Neon's project lock.
+default, no latency profile), then times the workers' copies of its database three ways:
+as the harness makes them (`harness.worker_databases.copy_template`: through the
+branch's endpoint, one after another, each on its own connection to the template), and
+as the floor, `CREATE DATABASE … TEMPLATE` on the cluster directly, one after another and
+all at once. Against it stand `workers - 1` more forks, 1.6 s each under the `neon`
+preset, one after another under Neon's project lock.
 """
 
 from __future__ import annotations
@@ -49,8 +50,15 @@ def measure(workers: int, reps: int) -> dict[str, float]:
                     for name in names:
                         connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
-            together, in_turn = [], []
+            from harness.worker_databases import copy_template
+
+            together, in_turn, harness = [], [], []
             for rep in range(reps):
+                names = [f"cathouse_h{i}_{rep}" for i in range(workers)]
+                started = time.perf_counter()
+                for name in names:
+                    copy_template(handle.direct_url, "cathouse", name, home / "copies.lock")
+                harness.append(time.perf_counter() - started)
                 names = [f"gw{i}_{rep}" for i in range(workers)]
                 started = time.perf_counter()
                 with ThreadPoolExecutor(workers) as pool:
@@ -67,7 +75,11 @@ def measure(workers: int, reps: int) -> dict[str, float]:
             settle(home)  # its watchdog confirms the delete before the server stops
             stop_home(home)
             shutil.rmtree(home, ignore_errors=True)
-    return {"together": statistics.median(together), "in_turn": statistics.median(in_turn)}
+    return {
+        "together": statistics.median(together),
+        "in_turn": statistics.median(in_turn),
+        "harness": statistics.median(harness),
+    }
 
 
 def main() -> int:
@@ -78,6 +90,8 @@ def main() -> int:
     r = measure(args.workers, args.reps)
     print(f"{args.workers} copies at once: {r['together'] * 1000:.1f} ms; one after another: "
           f"{r['in_turn'] * 1000:.1f} ms ({r['in_turn'] * 1000 / args.workers:.1f} ms each); "
+          f"as the harness makes them, through the endpoint: {r['harness'] * 1000:.1f} ms "
+          f"({r['harness'] / r['in_turn']:.2f}x one after another on the cluster); "
           f"medians of {args.reps}")
     return 0
 

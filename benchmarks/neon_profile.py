@@ -11,7 +11,8 @@ sequential round trips and operation waits on its critical path:
 - cold: fresh home, no server, no template (`_probe.py` in a fresh process);
 - warm: server up, template reused (`_probe.py` again);
 - xdist: `pytest -n 1` and `-n 4` on a copy of examples/cathouse with 8 trivial tests,
-  time until every worker has started its first test;
+  time until every worker has started its first test; `-n 4` twice: a database per worker
+  on one branch (the default) and a branch per worker (`worker_isolation = "branch"`);
 - naive: a fresh branch per session through the API (`create_branch`, waited), then each
   service's `alembic upgrade head` as its own process, in order.
 
@@ -67,6 +68,10 @@ def test_branch(n, neon_branch):
     with open(os.environ["CATHOUSE_BENCH_STAMPS"], "a") as out:
         out.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {time.time()}\\n")
 """
+
+
+# the same tests without a branch: what xdist itself takes to start N workers here
+PLAIN = TRIVIAL.replace("def test_branch(n, neon_branch):", "def test_plain(n):")
 
 
 # ---------------------------------------------------------------------- the journal
@@ -155,20 +160,27 @@ def session(home: Path, run_id: str) -> dict[str, Any]:
     return result
 
 
-def xdist(home: Path, root: Path, workers: int) -> dict[str, Any]:
+def xdist(
+    home: Path, root: Path, workers: int, isolation: str = "database", *, tests: str = "tests"
+) -> dict[str, Any]:
+    """`pytest -n workers` on the 8 trivial tests of `tests` ("tests": with a branch,
+    "plain": without, so the harness does nothing)."""
     project = root / "xdist-project"
     if not project.exists():
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", ".env", "tests"))
         (project / "tests").mkdir()
         (project / "tests" / "test_trivial.py").write_text(TRIVIAL)
+        (project / "plain").mkdir()
+        (project / "plain" / "test_plain.py").write_text(PLAIN)
     settle(home)
     stamps = root / f"stamps-{uuid.uuid4().hex[:6]}"
     started, wall = time.perf_counter(), time.time()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "cathouse_harness", "-p", "no:cacheprovider", "-q",
-         "-n", str(workers)],
+         "-n", str(workers), tests],
         cwd=project,
-        env=child_env(home, **{STAMPS_ENV: str(stamps), "CATHOUSE_RUN_ID": f"bench-{stamps.name}"}),
+        env=child_env(home, **{STAMPS_ENV: str(stamps), "CATHOUSE_RUN_ID": f"bench-{stamps.name}",
+                               "CATHOUSE_WORKER_ISOLATION": isolation}),
         capture_output=True,
         text=True,
     )
@@ -256,11 +268,21 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
         for rep in range(reps):
             print(f"naive {rep + 1}/{reps} …", file=sys.stderr)
             naives.append(naive(home))
-        runs: dict[int, list[dict[str, Any]]] = {1: [], 4: []}
+        # the third: a branch per worker (`worker_isolation = "branch"`), as before a
+        # database per worker, for the ratio in the same run
+        # and the same tests without a branch, so that what xdist itself takes to start
+        # N workers on this machine can be told from what the harness adds
+        cases = {
+            "1": (1, "database", "tests"), "4": (4, "database", "tests"),
+            "4_branch": (4, "branch", "tests"), "1_plain": (1, "database", "plain"),
+            "4_plain": (4, "database", "plain"),
+        }
+        runs: dict[str, list[dict[str, Any]]] = {key: [] for key in cases}
         for rep in range(reps):
-            for n in (1, 4):
-                print(f"pytest -n {n} ({rep + 1}/{reps}) …", file=sys.stderr)
-                runs[n].append(xdist(home, root, n))
+            for key, (n, isolation, tests) in cases.items():
+                print(f"pytest -n {n}, {tests}, {isolation} per worker ({rep + 1}/{reps}) …",
+                      file=sys.stderr)
+                runs[key].append(xdist(home, root, n, isolation, tests=tests))
         r["cold"] = {
             "spawn_to_ready": summary([c["spawn_to_ready"] for c in colds]),
             "import_to_ready": summary([c["import_to_ready"] for c in colds]),
@@ -292,6 +314,10 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
             "warm_vs_naive": r["naive"]["setup"]["median"] / r["warm"]["spawn_to_ready"]["median"],
             "n4_vs_n1": r["xdist_4"]["every_worker_started"]["median"]
             / r["xdist_1"]["every_worker_started"]["median"],
+            "n4_branch_vs_n1": r["xdist_4_branch"]["every_worker_started"]["median"]
+            / r["xdist_1"]["every_worker_started"]["median"],
+            # what the harness adds to xdist's own start, at 4 workers against 1
+            "overhead_n4_vs_n1": _overhead(r, "4") / _overhead(r, "1"),
         }
         return r
     finally:
@@ -302,6 +328,11 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
             os.environ.pop(LATENCY_ENV, None)
         else:
             os.environ[LATENCY_ENV] = saved
+
+
+def _overhead(r: dict[str, Any], workers: str) -> float:
+    started = r[f"xdist_{workers}"]["every_worker_started"]["median"]
+    return float(started - r[f"xdist_{workers}_plain"]["every_worker_started"]["median"])
 
 
 def rows(r: dict[str, Any]) -> list[tuple[str, float, str, dict[str, Any]]]:
@@ -315,6 +346,12 @@ def rows(r: dict[str, Any]) -> list[tuple[str, float, str, dict[str, Any]]]:
          "", r["xdist_1"]["path"]),
         ("pytest -n 4: until every worker's first test", r["xdist_4"]["every_worker_started"]["median"],
          "≤ -n 1", r["xdist_4"]["path"]),
+        ("pytest -n 4, a branch per worker (worker_isolation = branch)",
+         r["xdist_4_branch"]["every_worker_started"]["median"], "", r["xdist_4_branch"]["path"]),
+        ("pytest -n 1 without a branch (xdist alone)",
+         r["xdist_1_plain"]["every_worker_started"]["median"], "", r["xdist_1_plain"]["path"]),
+        ("pytest -n 4 without a branch (xdist alone)",
+         r["xdist_4_plain"]["every_worker_started"]["median"], "", r["xdist_4_plain"]["path"]),
         ("naive: fresh branch + alembic upgrade head per service", r["naive"]["setup"]["median"],
          "", r["naive"]["path"]),
     ]
@@ -330,7 +367,12 @@ def table(r: dict[str, Any]) -> str:
         lines.append(f"| {label} | {fmt(seconds)} | {target} | {path['round_trips']} | {path['op_waits']} |")
     lines.append(f"| session teardown (warm) | {fmt(r['warm']['teardown']['median'])} | | | |")
     ratios = r["ratios"]
-    lines.append(f"\nwarm_vs_naive {ratios['warm_vs_naive']:.1f}x, -n 4 / -n 1 {ratios['n4_vs_n1']:.2f}")
+    lines.append(
+        f"\nwarm_vs_naive {ratios['warm_vs_naive']:.1f}x, -n 4 / -n 1 {ratios['n4_vs_n1']:.2f}, "
+        f"-n 4 with a branch per worker / -n 1 {ratios['n4_branch_vs_n1']:.2f}; the harness's "
+        f"part (time minus xdist alone): -n 1 {fmt(_overhead(r, '1'))}, -n 4 {fmt(_overhead(r, '4'))}, "
+        f"-n 4 / -n 1 {ratios['overhead_n4_vs_n1']:.2f}"
+    )
     for label, _, _, path in rows(r):
         lines.append(f"\n{label}:\n  " + "\n  ".join(path["steps"]))
     return "\n".join(lines)

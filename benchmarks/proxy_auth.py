@@ -23,32 +23,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import fmt, interleaved
+from _common import bench_plane, fmt, interleaved
 
 ROLE = "bench_owner"
 
 
 def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
-    from harness.local.catalog import BRANCH_SCRAM_ITERATIONS
-    from harness.local.dataplane import DataPlane
-    from harness.local.postgres import scram_verifier
     from harness.local.proxy import Admission
-    from harness.local.proxy_auth import Credential
-    from harness.sync import LoopThread
 
-    loop = LoopThread("bench-dataplane")
-    plane = DataPlane(home, storage="memory")
-    loop.run(plane.start())
-    internal, branch_pw = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-    loop.run(plane.ensure_role(ROLE, internal))
-    loop.run(plane.create_database("bench", owner=ROLE))
-    credential = Credential(scram_verifier(branch_pw, iterations=BRANCH_SCRAM_ITERATIONS), internal)
+    loop, plane, internal, branch_pw, credential = bench_plane(home, ROLE)
 
     async def gate(user: str, logical: str) -> Admission:
         return Admission("bench", {}, credential)

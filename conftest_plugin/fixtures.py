@@ -23,6 +23,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.redact import redact_url
 from harness.rollback_session import KeptConnections
 from harness.settings import Settings
+from harness.urls import endpoint_of
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -45,11 +46,15 @@ class NeonBranch:
     migration_database_url: str  # direct, postgresql://, for migrations
     pooled_url: str  # pooled, exactly as the API handed it out
     direct_url: str  # direct, exactly as the API handed it out
+    # the database the URLs name: under xdist each worker's own (`cathouse_gw0`, see
+    # `harness.worker_databases`), else the configured one
+    database: str
 
     def __repr__(self) -> str:
         return (
             f"NeonBranch(id={self.id!r}, name={self.name!r}, parent_id={self.parent_id!r}, "
-            f"backend={self.backend!r}, database_url={redact_url(self.database_url)!r})"
+            f"backend={self.backend!r}, database={self.database!r}, "
+            f"database_url={redact_url(self.database_url)!r})"
         )
 
 
@@ -144,6 +149,7 @@ def _neon_branch(handle: BranchHandle, backend: str) -> NeonBranch:
         migration_database_url=str(handle.direct_url),
         pooled_url=str(handle.pooled_url),
         direct_url=str(handle.direct_url),
+        database=endpoint_of(str(handle.direct_url)).database,
     )
 
 

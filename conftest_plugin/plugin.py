@@ -116,7 +116,6 @@ def pytest_configure_node(node: Any) -> None:
 
         state.broker = BranchBroker(state.settings, state.run_id)
         state.broker.start()
-    state.broker.add_worker(str(node.workerinput["workerid"]))
     node.workerinput["cathouse_broker"] = True
 
 

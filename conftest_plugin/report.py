@@ -9,7 +9,10 @@ from harness.redact import redact_url
 from harness.settings import Settings
 
 # "handoff": an xdist worker waiting for the branch its controller prepares
-_STEPS = ("backend", "parent", "template", "migrate", "fork", "handoff", "reset", "teardown")
+_STEPS = (
+    "backend", "parent", "template", "migrate", "fork", "worker database", "handoff", "reset",
+    "teardown",
+)
 
 
 def header_line(settings: Settings) -> str:
@@ -23,9 +26,11 @@ def header_line(settings: Settings) -> str:
     )
 
 
-def connect_command(name: str) -> str:
-    """A command that connects to a branch and never puts its password on the screen."""
-    return f"psql \"$(cathouse-branch url '{name}')\""
+def connect_command(name: str, database: str | None = None) -> str:
+    """A command that connects to a branch (to `database` on it, an xdist worker's) and
+    never puts its password on the screen."""
+    other = f" --database '{database}'" if database else ""
+    return f"psql \"$(cathouse-branch url '{name}'{other})\""
 
 
 def summary_lines(
@@ -65,8 +70,9 @@ def summary_lines(
     kept = [k for r in reports for k in r.get("kept", [])]
     for branch in kept:
         name = branch.split(" ")[0]
+        database = branch.partition(" database ")[2] or None
         lines.append(f"  kept for inspection: {branch} (delete: cathouse-branch down '{name}')")
-        lines.append(f"  connect: {connect_command(name)}")
+        lines.append(f"  connect: {connect_command(name, database)}")
     if kept_urls and show_secrets:
         lines.append(f"  direct URL: {kept_urls['direct']}")
         lines.append(f"  pooled URL: {kept_urls['pooled']}")

@@ -70,11 +70,14 @@ class BranchHandle:
     kind: Kind = "session"
     created_seconds: float = 0.0
     extra: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # An xdist worker's own database on a branch the run's workers share
+    # (`harness.worker_databases`), which its URLs name; None: the branch's own database.
+    database: str | None = None
 
     def __repr__(self) -> str:
         return (
             f"BranchHandle(id={self.id!r}, name={self.name!r}, parent_id={self.parent_id!r}, "
-            f"endpoint_id={self.endpoint_id!r}, kind={self.kind!r})"
+            f"endpoint_id={self.endpoint_id!r}, kind={self.kind!r}, database={self.database!r})"
         )
 
 

@@ -6,14 +6,14 @@ four workers paid it in contention. Here a thread of the controller does that wo
 all of them: it idles (looking at one directory) until a worker, through
 `harness.handoff`, says that its collected tests use a branch (or, for a test that asks
 for a fixture by name, that it needs one now). It then sets up once
-(`BranchSession.setup`: backend, parent, template, one watchdog) and forks that
-worker's branch, the creates of several workers running concurrently on one client.
-xdist hands out the first test only once every worker has collected, so most of this
-happens before any test waits for it; a worker that then gets no test using a branch
-has its branch deleted when it is done, like any other. At the end it deletes every branch it
-forked that its worker did not keep, most of them as soon as their worker is done
-(`release`), while xdist still shuts the others down; the controller's sweep
-(`harness.sweep`) remains the net for Ctrl-C, crashed workers and failed deletes.
+(`BranchSession.setup`: backend, parent, template, one watchdog), forks one branch for
+the run's workers and gives each worker a database of its own on it
+(`harness.worker_databases`): Neon runs one operation of a project at a time, so a fork
+per worker would make the workers wait for each other's forks. xdist hands out the
+first test only once every worker has collected, so most of this happens before any
+test waits for it. At the end it deletes the shared branch unless a worker kept its
+database; the controller's sweep (`harness.sweep`) remains the net for Ctrl-C, crashed
+workers and failed deletes.
 
 A run whose tests use no branch makes no API call and starts no server.
 """
@@ -51,21 +51,13 @@ class BranchBroker:
         self._watched = handoff_path(settings, run_id)
         self._poll = poll
         self._stop = threading.Event()
-        self._served: set[str] = set()  # workers whose branch was forked (or refused)
-        self._workers: set[str] = set()  # every worker xdist started
-        self._down: set[str] = set()  # those it reported down
-        self._changed = threading.Condition()  # over the three sets above
-        self._forks: list[threading.Thread] = []
-        self._deletes: list[threading.Thread] = []
+        self._served: set[str] = set()  # workers whose database was made (or refused)
+        self._jobs: list[threading.Thread] = []  # forks and releases in flight
         self._setup_error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="cathouse-broker", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
-
-    def add_worker(self, worker: str) -> None:
-        with self._changed:
-            self._workers.add(worker)
 
     def _main(self) -> None:
         busy = False
@@ -82,9 +74,7 @@ class BranchBroker:
                 except Exception as exc:  # the worker must hear of it, not wait for ever
                     log.error("could not serve %s's request: %s", worker, exc)
                     self._answer_error(worker, exc)
-                with self._changed:  # its fork's thread is in self._forks by now
-                    self._served.add(worker)
-                    self._changed.notify_all()
+                self._served.add(worker)
 
     def _setup(self) -> None:
         """Once, as soon as a worker expects to need a branch."""
@@ -103,7 +93,7 @@ class BranchBroker:
         if self._setup_error is not None:
             self._answer_error(worker, self._setup_error)
             return
-        self._forks.append(_in_background(self._fork, worker))
+        self._jobs.append(_in_background(self._fork, worker))
 
     def _fork(self, worker: str) -> None:
         assert self.session is not None
@@ -115,30 +105,10 @@ class BranchBroker:
         answer(self._directory(), worker, handle, backend=self.session.report.backend)
 
     def release(self, worker: str) -> None:
-        """`worker` is done (or dead): delete its branch, unless it kept it, once every
-        other worker has had its fork."""
-        with self._changed:
-            self._down.add(worker)
-            self._changed.notify_all()
+        """`worker` is done (or dead): its own branch, if it has one, is deleted now (its
+        database goes with the shared branch at the end)."""
         if self.session is not None and self._setup_error is None:
-            self._deletes.append(_in_background(self._release, worker))
-
-    def _release(self, worker: str) -> None:
-        assert self.session is not None
-        # Neon runs one operation of a project at a time: a delete sent now would hold up
-        # forks other workers still wait for, so it waits for them (a worker that asks
-        # for no branch holds it up until that worker is done too; the end of the run
-        # deletes what is left anyway)
-        with self._changed:
-            self._changed.wait_for(
-                lambda: self._stop.is_set() or self._workers <= self._served | self._down
-            )
-        for fork in list(self._forks):
-            fork.join(JOIN_TIMEOUT)
-        try:
-            self.session.release_worker(worker)
-        except Exception as exc:  # close() deletes what is left, and reports it
-            log.warning("could not delete %s's branch yet: %s", worker, exc)
+            self._jobs.append(_in_background(self.session.release_worker, worker))
 
     def _directory(self) -> Path:
         # checks the home before anything is written into it
@@ -151,14 +121,12 @@ class BranchBroker:
             log.error("could not answer %s: %s", worker, failed)
 
     def close(self) -> SessionReport | None:
-        """Stop serving and delete every forked branch its worker did not keep; the
+        """Stop serving and delete the shared branch unless a worker kept it; the
         session's report (None when no worker asked). A failed delete is in its
         `delete_failed`, for the summary and the sweep."""
         self._stop.set()
-        with self._changed:
-            self._changed.notify_all()
         self._thread.join(JOIN_TIMEOUT)
-        for job in [*self._forks, *self._deletes]:
+        for job in self._jobs:
             job.join(JOIN_TIMEOUT)
         if self.session is None:
             return None
@@ -170,8 +138,8 @@ class BranchBroker:
 
 
 def _in_background(job: Callable[[str], None], worker: str) -> threading.Thread:
-    # a thread each, so that the creates (and deletes) of several workers overlap on the
-    # session's one loop, and neither the broker's thread nor xdist's waits for them
+    # a thread each: the first forks the shared branch, the others wait for it and then
+    # copy their databases, and neither the broker's thread nor xdist's waits for them
     thread = threading.Thread(target=job, args=(worker,), name=f"cathouse-{worker}", daemon=True)
     thread.start()
     return thread

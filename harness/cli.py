@@ -194,7 +194,8 @@ def cmd_url(ctx: Context) -> int:
     async def work(client: Any, project_id: str) -> Any:
         branch = await branches.resolve_given_branch(client, project_id, target)
         return await branches.handle_for(
-            client, project_id, branch.id, database=settings.database, role=settings.role
+            client, project_id, branch.id, database=ctx.args.database or settings.database,
+            role=settings.role,
         )
 
     with ctx.progress.step(f"look up {target}"):

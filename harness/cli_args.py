@@ -106,6 +106,10 @@ def _add_branch_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     url.add_argument("name", nargs="?", default=None, help=NAME_HELP)
     url.add_argument("--pooled", action="store_true", help="the pooled URL instead of the direct one")
     url.add_argument("--asyncpg", action="store_true", help="as postgresql+asyncpg:// for SQLAlchemy")
+    url.add_argument(
+        "--database", default=None,
+        help="another database of the branch (an xdist worker's, e.g. cathouse_gw0)",
+    )
     url.add_argument("--env-file", type=Path, default=None)
 
     reset = sub.add_parser("reset", parents=[common], help="restore a branch to its parent, migrate")

@@ -27,6 +27,7 @@ VARIABLES: dict[str, str] = {
     "CATHOUSE_TEMPLATE_REUSE": "fork from a migrated template branch",
     "CATHOUSE_KEEP_BRANCH": "keep a session's branch: never, on-failure, always",
     "CATHOUSE_LOCAL_STORAGE": "embedded default's storage: memory or disk",
+    "CATHOUSE_WORKER_ISOLATION": "an xdist worker's own: database (one fork per run) or branch",
     # process-level switches
     "CATHOUSE_RUN_ID": "names a run's branches (CI jobs)",
     "CATHOUSE_PG_URL": "an existing PostgreSQL (superuser URL) for the embedded default",

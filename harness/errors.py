@@ -136,6 +136,10 @@ class SafetyError(HarnessError):
     exit_code = 2
 
 
+class WorkerDatabaseError(HarnessError):
+    """An xdist worker's database (a copy of its branch's) could not be made or made again."""
+
+
 class LocalServerError(HarnessError):
     """The embedded default (local Neon server, PostgreSQL, PgBouncer) failed to start or run."""
 

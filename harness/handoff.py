@@ -136,7 +136,7 @@ def _read_branch(path: Path) -> Prepared:
         project_id=str(data["project_id"]), id=str(data["id"]), name=str(data["name"]),
         parent_id=data.get("parent_id"), endpoint_id=str(data["endpoint_id"]),
         direct_url=Secret(direct), pooled_url=Secret(pooled),
-        created_seconds=float(data.get("created_seconds", 0.0)),
+        created_seconds=float(data.get("created_seconds", 0.0)), database=data.get("database"),
     )
     return Prepared(handle, str(data["backend"]))
 
@@ -167,7 +167,7 @@ def answer(directory: Path, worker: str, handle: BranchHandle, *, backend: str) 
         "project_id": handle.project_id, "id": handle.id, "name": handle.name,
         "parent_id": handle.parent_id, "endpoint_id": handle.endpoint_id,
         "direct_url": str(handle.direct_url), "pooled_url": str(handle.pooled_url),
-        "created_seconds": handle.created_seconds, "backend": backend,
+        "created_seconds": handle.created_seconds, "database": handle.database, "backend": backend,
     }
     write_private(directory / f"{BRANCH}{check_run_id(worker, key='worker')}", json.dumps(data))
 

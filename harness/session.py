@@ -6,9 +6,10 @@ template for the current migration fingerprint → fork this session's (or this 
 worker's) branch from it → hand out URLs → delete the branch at the end. A watchdog
 process deletes the branch if this process dies first.
 
-Under xdist the controller's session does the setup once and forks every worker's
-branch (`fork_worker`), and a worker's session is *prepared*: it receives its branch
-through `harness.handoff` and opens the API only for resets and per-test branches.
+Under xdist the controller's session does the setup once, forks one branch for the
+run's workers and copies a database of its own for each (`fork_worker`,
+`harness.worker_databases`); a worker's session is *prepared*: it receives its branch
+and database through `harness.handoff` and opens the API only for per-test branches.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import contextvars
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.backend import BackendInfo, connect_backend, open_client
@@ -40,6 +42,7 @@ from harness.session_report import teardown_error
 from harness.settings import ENV_NAMES, Settings
 from harness.sync import LoopThread
 from harness.watchdog import WatchdogHandle, start_watchdog
+from harness.worker_databases import copy_template, worker_database_name, worker_handle
 
 if TYPE_CHECKING:
     from harness.neon.client import NeonClient
@@ -61,8 +64,12 @@ class BranchSession:
         self.backend: BackendInfo | None = None
         self.handle: BranchHandle | None = None
         self.template_id: str | None = None
-        # the xdist workers' branches this (controller's) session forked, by worker
+        # the xdist workers' databases this (controller's) session made, by worker, all
+        # on `_shared`: one branch for the run's workers (`harness.worker_databases`)
         self.worker_branches: dict[str, BranchHandle] = {}
+        self._shared: BranchHandle | None = None
+        self._shared_error: BaseException | None = None
+        self._shared_lock = threading.Lock()  # the first worker forks it, the rest wait
         # Bumped by reset(): a restore ends the branch's open connections, so anything
         # that keeps one (db_session on a long-lived loop) reconnects when it changes.
         self.resets = 0
@@ -191,12 +198,39 @@ class BranchSession:
         return prepared.handle
 
     def fork_worker(self, worker: str) -> BranchHandle:
-        """In an xdist controller, after `setup`: fork `worker`'s branch. Several threads
-        may call it at once; their creates run concurrently on the one client."""
-        handle = self._fork_session_branch(worker)
+        """In an xdist controller, after `setup`: `worker`'s own database, a copy of the
+        migrated one on the branch the run's workers share (forked by the first call),
+        or with `worker_isolation = "branch"` a branch of its own. Several threads may
+        call it at once."""
+        if self.settings.worker_isolation == "branch":
+            handle = self._fork_session_branch(worker)
+        else:
+            shared = self._shared_branch()
+            started = time.perf_counter()
+            database = worker_database_name(self.settings.database, worker)
+            copy_template(shared.direct_url, self.settings.database, database, self._copy_lock())
+            handle = worker_handle(shared, database)
+            self._timed("worker database", started, slowest=True)
         with self._lock:
             self.worker_branches[worker] = handle
         return handle
+
+    def _shared_branch(self) -> BranchHandle:
+        with self._shared_lock:
+            if self._shared is None and self._shared_error is None:
+                # the copies' driver (~80 ms of imports) loads while the fork runs
+                threading.Thread(target=_import_copy_driver, daemon=True).start()
+                try:
+                    self._shared = self._fork_session_branch("workers")
+                except BaseException as exc:  # every worker hears of it, not only the first
+                    self._shared_error = exc
+            if self._shared_error is not None:
+                raise self._shared_error
+            assert self._shared is not None
+            return self._shared
+
+    def _copy_lock(self) -> Path:
+        return run_dir(self.settings, self.run_id) / "worker-databases.lock"
 
     def _fork_session_branch(self, worker: str) -> BranchHandle:
         assert self.backend is not None
@@ -310,9 +344,18 @@ class BranchSession:
     # -- during the session ----------------------------------------------------------------
 
     def reset(self) -> None:
-        """Restore this session's branch to its parent (the template)."""
+        """Restore this session's branch to its parent (the template); an xdist worker's
+        database, to a new copy of its branch's own."""
         assert self.handle is not None
         self._refuse_without_parent("reset")
+        if self.handle.database is not None:
+            started = time.perf_counter()
+            self.resets += 1
+            copy_template(self.handle.direct_url, self.settings.database, self.handle.database,
+                self._copy_lock(), replace=True,
+            )
+            self._timed("reset", started)
+            return
         self._connect()
         assert self.backend is not None
         started = time.perf_counter()
@@ -330,7 +373,8 @@ class BranchSession:
         watchdog = self._watching()
         project_id = self.backend.project_id
         self._per_test += 1
-        name = f"{self.handle.name}/t{self._per_test}"
+        # named after this process's session, not its branch: xdist workers share one
+        name = f"{session_branch_name(self.run_id, self.worker)}/t{self._per_test}"
         started = time.perf_counter()
         watchdog.record_name(project_id, name)
         try:
@@ -399,8 +443,11 @@ class BranchSession:
             elif self.handle is not None and not self.prepared and self.backend is not None:
                 doomed.append(self.handle)
             with self._lock:
-                left, self.worker_branches = list(self.worker_branches.values()), {}
-            doomed.extend(self._not_kept(left))
+                own = [h for h in self.worker_branches.values() if h.database is None]
+                self.worker_branches = {}
+            if self._shared is not None:  # unless a worker kept its database on it
+                own.append(self._shared)
+            doomed.extend(self._not_kept(own))
             failed = self._delete(doomed)
             for handle, _ in failed:
                 self.report.delete_failed.append(f"{handle.name} ({handle.id})")
@@ -423,14 +470,16 @@ class BranchSession:
         if self._watchdog is not None:
             self._watchdog.forget(handle.id)
         kept_marker(self.settings, self.run_id, handle.id).write_text(handle.name)
-        self.report.kept.append(f"{handle.name} ({handle.id})")
+        where = f" database {handle.database}" if handle.database else ""
+        self.report.kept.append(f"{handle.name} ({handle.id}){where}")
 
     def release_worker(self, worker: str) -> None:
-        """In an xdist controller: `worker` is done, so delete its branch now, unless it
-        kept it. A failed delete is tried again, and reported, by `finish`."""
+        """In an xdist controller: `worker` is done. A branch of its own is deleted now,
+        unless it kept it (a failed delete is tried again, and reported, by `finish`); a
+        database of its own goes with the shared branch, which `finish` deletes."""
         with self._lock:
             handle = self.worker_branches.pop(worker, None)
-        if handle is None:  # not forked yet (its worker died waiting): finish deletes it
+        if handle is None or handle.database is not None:
             return
         if self._delete(self._not_kept([handle])):
             with self._lock:
@@ -484,3 +533,7 @@ def _import_migrations() -> None:
     # Alembic and SQLAlchemy, about 0.5 s of imports: a build does them while its branch
     # is being created instead of after
     import harness.migrations  # noqa: F401
+
+
+def _import_copy_driver() -> None:
+    import psycopg  # noqa: F401

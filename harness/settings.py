@@ -30,6 +30,7 @@ INIT_HINT = f"`cathouse-branch init` proposes [{TOOL_TABLE}] from the project's 
 
 Backend = Literal["neon", "embedded"]
 KeepPolicy = Literal["never", "on-failure", "always"]
+WorkerIsolation = Literal["database", "branch"]
 
 # setting name -> environment variable that can set it
 ENV_NAMES: dict[str, str] = {
@@ -47,6 +48,7 @@ ENV_NAMES: dict[str, str] = {
     "template_reuse": "CATHOUSE_TEMPLATE_REUSE",
     "keep_branch": "CATHOUSE_KEEP_BRANCH",
     "local_storage": "CATHOUSE_LOCAL_STORAGE",
+    "worker_isolation": "CATHOUSE_WORKER_ISOLATION",
 }
 
 _TOML_KEYS = {
@@ -63,6 +65,7 @@ _TOML_KEYS = {
     "keep_branch",
     "migration_sources",
     "local_storage",
+    "worker_isolation",
 }
 
 
@@ -88,6 +91,9 @@ class Settings:
     # where the embedded default keeps its PostgreSQL: "memory" (fast, gone at reboot) or
     # "disk" (durable); each storage is its own local server and project
     local_storage: Literal["memory", "disk"] = "memory"
+    # what an xdist worker gets of its own: a database on one branch the run's workers
+    # share (one fork for the run), or a branch (a fork per worker)
+    worker_isolation: WorkerIsolation = "database"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
@@ -321,6 +327,10 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
         values["services"] = parse_services(raw["services"], root, raw.src("services"))
     if "local_storage" in raw:
         values["local_storage"] = raw.choice("local_storage", ("memory", "disk"), "'memory' or 'disk'")
+    if "worker_isolation" in raw:
+        values["worker_isolation"] = raw.choice(
+            "worker_isolation", ("database", "branch"), "'database' or 'branch'"
+        )
     if "migration_sources" in raw:
         values["migration_sources"] = parse_sources(
             raw["migration_sources"], root, raw.src("migration_sources")

@@ -13,7 +13,7 @@ import SQLAlchemy (half a second of every test session that never builds an engi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from harness.errors import ConfigError
 
@@ -108,6 +108,14 @@ def normalize_asyncpg_url(url: str) -> str:
     if ssl_value is not None and not explicit_ssl:
         kept.append(f"ssl={ssl_value}")
     return _join_query(ASYNCPG_SCHEME, base, kept, fragment)
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` naming `database` instead of the one it names; the rest kept as written."""
+    base, parts, fragment = _split_query(url)
+    netloc = base.partition("/")[0]
+    scheme, _ = _split_scheme(url)
+    return _join_query(scheme, f"{netloc}/{quote(database, safe='')}", parts, fragment)
 
 
 def query_value(url: str, key: str) -> str | None:

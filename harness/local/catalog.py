@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from harness.errors import ApiError
 from harness.local import ids
 from harness.local.api_validation import DatabaseChange
+from harness.local.branch_sql import BranchSql
 from harness.local.postgres import scram_verifier
 from harness.local.proxy import Admission, Gate, Refusal
 from harness.local.proxy_auth import Credential
@@ -72,6 +73,8 @@ class Catalog:
         self._making: dict[tuple[str, str], asyncio.Future[str]] = {}
         # (password, its verifier) by (branch, role): key stretching once, not per connection
         self._verifiers: dict[tuple[str, str], tuple[str, str]] = {}
+        # CREATE / DROP DATABASE sent by the branches' clients
+        self.sql = BranchSql(neon)
 
     # ------------------------------------------------------------------ lookups
 
@@ -176,7 +179,8 @@ class Catalog:
             if ep.current_state == "idle":  # a suspended compute wakes on a connection
                 ep.current_state, ep.started_at = "active", iso(now())
             extra = READ_ONLY if ep.type == "read_only" else {}
-            return Admission(physical, extra, self.credential(branch, role))
+            sql = self.sql.connection(endpoint_id, branch.id, user, physical)
+            return Admission(physical, extra, self.credential(branch, role), sql)
 
         return admit
 

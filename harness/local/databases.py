@@ -58,18 +58,23 @@ class Databases:
     async def ensure_role(self, role: str, password: str) -> None:
         pool = self.pool
         try:
-            current = await pool.fetchval("SELECT rolpassword FROM pg_authid WHERE rolname = $1", role)
-            exists = await pool.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role)
-            if not exists:
+            row = await pool.fetchrow(
+                "SELECT rolpassword, rolcreatedb FROM pg_authid WHERE rolname = $1", role
+            )
+            # CREATEDB as Neon's roles have it: a client copies the database it is on
+            # over SQL from its own session (`harness.local.branch_sql`)
+            if row is None:
                 verifier = scram_verifier(password)
                 await pool.execute(
-                    f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD {quote_literal(verifier)}"
+                    f"CREATE ROLE {quote_ident(role)} LOGIN CREATEDB PASSWORD {quote_literal(verifier)}"
                 )
-            elif not verifier_matches(current, password):
+            elif not verifier_matches(row["rolpassword"], password) or not row["rolcreatedb"]:
                 verifier = scram_verifier(password)
-                await pool.execute(f"ALTER ROLE {quote_ident(role)} LOGIN PASSWORD {quote_literal(verifier)}")
+                await pool.execute(
+                    f"ALTER ROLE {quote_ident(role)} LOGIN CREATEDB PASSWORD {quote_literal(verifier)}"
+                )
             else:
-                verifier = str(current)
+                verifier = str(row["rolpassword"])
         except asyncpg.PostgresError as exc:
             raise self.error(f"cannot create role {role}", exc) from None
         if self.pgbouncer is not None:  # PgBouncer keeps its own list of users
@@ -161,6 +166,17 @@ class Databases:
             raise self.error(f"cannot empty database {physical}", exc) from None
         finally:
             await conn.close()
+
+    async def end_sessions(self, physical: str, *, keep: int) -> None:
+        """End every session on `physical` but backend `keep` (and wait until they are gone)."""
+        try:
+            await self.fencer.end_sessions(physical, keep=keep)
+        except asyncpg.PostgresError as exc:
+            raise self.error(f"cannot end the sessions on database {physical}", exc) from None
+
+    async def announce(self, physical: str) -> None:
+        """A database made outside `create` (over a client's own session) exists now."""
+        await self._changed(added=physical)
 
     async def set_owner(self, physical: str, owner: str) -> None:
         try:

@@ -288,6 +288,14 @@ class DataPlane:
             physical, owner=owner, template=template, schema_only=schema_only, issued=issued
         )
 
+    async def end_sessions(self, physical: str, *, keep: int) -> None:
+        """End every session on `physical` but backend `keep`."""
+        await self._db().end_sessions(physical, keep=keep)
+
+    async def database_added(self, physical: str) -> None:
+        """A client made `physical` over its own session: PgBouncer hears of it."""
+        await self._db().announce(physical)
+
     async def set_database_owner(self, physical: str, owner: str) -> None:
         await self._db().set_owner(physical, owner)
 

@@ -118,14 +118,16 @@ class Fencer:
             await wait_until_async(finished, timeout=left, backoff=_POLL)
         return True
 
-    async def end_sessions(self, database: str) -> None:
+    async def end_sessions(self, database: str, *, keep: int = 0) -> None:
+        """End the sessions on `database` (but the pool's own and backend `keep`)."""
+        others = OTHER_SESSIONS + " AND pid <> $2"
         ended = await self.pool.fetchval(
-            OTHER_SESSIONS.format(what="count(pg_terminate_backend(pid))"), database
+            others.format(what="count(pg_terminate_backend(pid))"), database, keep
         )
         if not ended:
             return
 
         async def gone() -> bool:
-            return not await self.pool.fetchval(OTHER_SESSIONS.format(what="count(*)"), database)
+            return not await self.pool.fetchval(others.format(what="count(*)"), database, keep)
 
         await wait_until_async(gone, timeout=_END_TIMEOUT, backoff=_POLL)

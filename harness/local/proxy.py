@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from harness.local.proxy_auth import AuthFailed, Credential, authenticate_client, login_upstream
 from harness.local.scram import ScramError
+from harness.local.sql_relay import Relay, SqlSession, error_message
 from harness.local.startup_options import EndpointOptionError, take_endpoint_option
 from harness.local.tls import TlsMaterial
 from harness.log import get_logger
@@ -70,12 +71,7 @@ class Fences:
 
 
 def error_response(sqlstate: str, message: str) -> bytes:
-    fields = b"".join(
-        code + value.encode() + b"\0"
-        for code, value in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate), (b"M", message))
-    )
-    body = fields + b"\0"
-    return b"E" + struct.pack("!I", len(body) + 4) + body
+    return error_message(sqlstate, message, severity="FATAL")
 
 
 def parse_startup(body: bytes) -> tuple[int, dict[str, str]]:
@@ -115,11 +111,14 @@ class Refusal(Exception):
 class Admission:
     """Where an admitted connection goes, and startup parameters to add on the way.
     With a `credential` the proxy authenticates the client itself (`proxy_auth`);
-    without, PostgreSQL does, through the bytes the proxy copies."""
+    without, PostgreSQL does, through the bytes the proxy copies. With `sql`, CREATE
+    and DROP DATABASE are taken over (`harness.local.sql_relay`); without, every byte
+    after the startup is copied."""
 
     physical: str
     extra: Mapping[str, str] = field(default_factory=dict)
     credential: Credential | None = None
+    sql: SqlSession | None = None
 
 
 @dataclass(frozen=True)
@@ -297,7 +296,10 @@ class EndpointProxy:
                 startup, admission.credential, (reader, writer), (up_reader, up_writer)
             ):
                 return
-            await _pipe_both(reader, writer, up_reader, up_writer)
+            if admission.sql is None:
+                await _pipe_both(reader, writer, up_reader, up_writer)
+            else:
+                await _relay(admission, (reader, writer), (up_reader, up_writer))
         finally:
             _close(up_writer)
 
@@ -400,6 +402,27 @@ async def forward_cancel(target: Upstream, packet: bytes) -> None:
             await up_reader.read()
     if up_writer is not None:
         _close(up_writer)
+
+
+async def _relay(
+    admission: Admission,
+    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    """The admitted connection's bytes, with CREATE/DROP DATABASE taken over; the
+    connection counts as on its database meanwhile (another's DROP ... FORCE ends it)."""
+    session = admission.sql
+    task = asyncio.current_task()
+    assert session is not None and task is not None
+
+    def end() -> None:
+        task.cancel()
+
+    session.attach(end)
+    try:
+        await Relay(client, upstream, session).run()
+    finally:
+        session.detach()
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -80,3 +80,27 @@ def test_branch(neon_branch):
     result = pytester.runpytest_subprocess("-p", "cathouse_harness", "--cathouse-ttl", "10m")
     result.assert_outcomes(passed=1)
     assert os.environ.get("NEON_API_KEY", "") not in result.stdout.str()
+
+
+def test_worker_databases_on_real_neon(neon_project: Path) -> None:
+    """An xdist controller's worker databases (`CREATE DATABASE … TEMPLATE` over SQL) and a
+    worker's reset (drop + copy again) on Neon's compute, not only on the embedded default."""
+    import psycopg
+
+    settings = load_settings(neon_project, options={"branch_ttl": "10m"})
+    session = BranchSession(settings, run_id=f"live-{uuid.uuid4().hex[:8]}", worker="controller")
+    try:
+        session.setup()
+        first, second = session.fork_worker("gw0"), session.fork_worker("gw1")
+        assert first.id == second.id and (first.database, second.database) == ("cathouse_gw0", "cathouse_gw1")
+        with psycopg.connect(str(first.direct_url), autocommit=True) as connection:
+            connection.execute("INSERT INTO auth.users (email) VALUES ('gw0@example.org')")
+        with psycopg.connect(str(second.direct_url)) as connection:
+            assert connection.execute("SELECT count(*) FROM auth.users").fetchone() == (0,)
+        worker = BranchSession(settings, run_id=session.run_id, worker="gw0", prepared=True)
+        worker.handle = first
+        worker.reset()
+        with psycopg.connect(str(first.pooled_url)) as connection:
+            assert connection.execute("SELECT count(*) FROM auth.users").fetchone() == (0,)
+    finally:
+        session.finish()

@@ -140,7 +140,7 @@ def test_template_reused_then_rebuilt_after_a_migration_change(project: pytest.P
     third.stdout.fnmatch_lines(["*template harness/template/*: built by this run*"])
 
 
-def test_xdist_workers_get_their_own_branches_and_none_remain(project: pytest.Pytester) -> None:
+def test_xdist_workers_get_their_own_databases_and_none_remain(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_workers="""
 import os, pathlib, pytest
@@ -150,7 +150,7 @@ def test_record(neon_branch, n):
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     out = pathlib.Path(__file__).parent / "seen"
     out.mkdir(exist_ok=True)
-    (out / f"{worker}-{n}").write_text(neon_branch.id)
+    (out / f"{worker}-{n}").write_text(f"{neon_branch.id} {neon_branch.database}")
 """
     )
     result = run(project, "xd1", "-n", "2")
@@ -159,8 +159,10 @@ def test_record(neon_branch, n):
     for path in (project.path / "seen").iterdir():
         seen.setdefault(path.name.split("-")[0], set()).add(path.read_text())
     assert len(seen) == 2
-    ids = [next(iter(v)) for v in seen.values()]
-    assert all(len(v) == 1 for v in seen.values()) and len(set(ids)) == 2
+    seen_by_worker = [next(iter(v)).split() for v in seen.values()]
+    assert all(len(v) == 1 for v in seen.values())
+    assert len({branch for branch, _ in seen_by_worker}) == 1  # one branch, a database each
+    assert sorted(database for _, database in seen_by_worker) == ["cathouse_gw0", "cathouse_gw1"]
     assert branches_of_run(project.path, "xd1") == []
 
 

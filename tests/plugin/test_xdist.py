@@ -1,5 +1,6 @@
-"""Under xdist the controller prepares every worker's branch (`harness.broker`) and
-deletes them at the end; workers receive theirs through `harness.handoff`."""
+"""Under xdist the controller forks one branch for the run's workers and gives each a
+database of its own on it (`harness.broker`, `harness.worker_databases`), and deletes the
+branch at the end; workers receive theirs through `harness.handoff`."""
 
 from __future__ import annotations
 
@@ -28,19 +29,29 @@ from tests.plugin._support import (
 )
 
 RECORDING = """
-import os, pathlib, sys, pytest
+import os, pathlib, sys, psycopg, pytest
 
 @pytest.mark.parametrize("n", range(8))
-def test_record(neon_branch, n):
+def test_record(neon_branch, migration_database_url, n):
     out = pathlib.Path(__file__).parent / "seen"
     out.mkdir(exist_ok=True)
     client = "harness.neon.client" in sys.modules  # a worker needs no API client of its own
     worker = os.environ["PYTEST_XDIST_WORKER"]
-    (out / f"{worker}-{n}").write_text(f"{neon_branch.id} {neon_branch.name} {client}")
+    with psycopg.connect(migration_database_url, autocommit=True) as connection:
+        # what a worker commits, only that worker sees: 1 row per test of its own
+        connection.execute("INSERT INTO auth.users (email) VALUES (%s)", (f"{worker}-{n}@x",))
+        mine = connection.execute("SELECT count(*) FROM auth.users").fetchone()[0]
+        others = connection.execute(
+            "SELECT count(*) FROM auth.users WHERE email NOT LIKE %s", (f"{worker}-%",)
+        ).fetchone()[0]
+    (out / f"{worker}-{n}").write_text(
+        f"{neon_branch.id} {neon_branch.name} {client} {neon_branch.database} {others}"
+    )
+    assert mine >= 1
 """
 
 
-def test_each_worker_gets_a_branch_from_the_controller_and_none_remain(
+def test_each_worker_gets_a_database_of_its_own_on_one_branch_and_none_remain(
     project: pytest.Pytester,
 ) -> None:
     project.makepyfile(test_workers=RECORDING)
@@ -50,11 +61,25 @@ def test_each_worker_gets_a_branch_from_the_controller_and_none_remain(
     for path in (project.path / "seen").iterdir():
         seen.setdefault(path.name.split("-")[0], set()).add(tuple(path.read_text().split()))
     assert sorted(seen) == ["gw0", "gw1"]
-    (gw0,), (gw1,) = seen["gw0"], seen["gw1"]  # one branch per worker, for all its tests
-    assert gw0[1:] == ("harness/xdb1/gw0", "False") and gw1[1:] == ("harness/xdb1/gw1", "False")
-    assert gw0[0] != gw1[0]
-    result.stdout.fnmatch_lines(["*branch harness/xdb1/gw0 (br-*", "*handoff*", "*API calls *"])
+    (gw0,), (gw1,) = seen["gw0"], seen["gw1"]  # one database per worker, for all its tests
+    assert gw0[0] == gw1[0] and gw0[1] == gw1[1] == "harness/xdb1/workers"
+    assert gw0[2:] == ("False", "cathouse_gw0", "0") and gw1[2:] == ("False", "cathouse_gw1", "0")
+    result.stdout.fnmatch_lines(["*branch harness/xdb1/workers (br-*", "*handoff*", "*API calls *"])
     assert branches_of_run(project.path, "xdb1") == []
+
+
+def test_worker_isolation_branch_gives_each_worker_a_branch_of_its_own(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makepyfile(test_workers=RECORDING)
+    monkeypatch.setenv("CATHOUSE_WORKER_ISOLATION", "branch")
+    result = run(project, "xdb14", "-n", "2")
+    result.assert_outcomes(passed=8)
+    seen = {p.name.split("-")[0]: tuple(p.read_text().split()) for p in (project.path / "seen").iterdir()}
+    assert seen["gw0"][1:] == ("harness/xdb14/gw0", "False", "cathouse", "0")
+    assert seen["gw1"][1:] == ("harness/xdb14/gw1", "False", "cathouse", "0")
+    assert seen["gw0"][0] != seen["gw1"][0]
+    assert branches_of_run(project.path, "xdb14") == []
 
 
 def test_a_branch_asked_for_by_name_is_forked_when_asked(project: pytest.Pytester) -> None:
@@ -65,7 +90,7 @@ import pytest
 
 @pytest.mark.parametrize("n", range(4))
 def test_by_name(request, n):
-    assert request.getfixturevalue("neon_branch").name.startswith("harness/xdb9/gw")
+    assert request.getfixturevalue("neon_branch").database.startswith("cathouse_gw")
 """
     )
     result = run(project, "xdb9", "-n", "2")
@@ -106,10 +131,10 @@ def test_sleeps(n, neon_branch):
         start_new_session=True,
     )
     deadline = time.time() + 60
-    while time.time() < deadline and len(branches_of_run(project.path, "xdb10")) < 2:
+    while time.time() < deadline and not branches_of_run(project.path, "xdb10"):
         assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
         time.sleep(0.2)
-    assert branches_of_run(project.path, "xdb10") == ["harness/xdb10/gw0", "harness/xdb10/gw1"]
+    assert branches_of_run(project.path, "xdb10") == ["harness/xdb10/workers"]
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the controller and its workers
     process.communicate(timeout=60)
     assert process.returncode == pytest.ExitCode.INTERRUPTED
@@ -141,7 +166,7 @@ def test_skipped(neon_branch):
     assert not home.exists() and running_server(home) is None
 
 
-def test_a_failing_worker_keeps_its_branch_and_the_other_does_not(project: pytest.Pytester) -> None:
+def test_a_failing_worker_keeps_the_branch_with_its_database(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_keep="""
 import pytest
@@ -153,16 +178,24 @@ def test_fails_on_gw0(neon_branch, n, worker_id):
     )
     result = run(project, "xdb4", "-n", "2", "--cathouse-keep-branch", "on-failure")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    assert branches_of_run(project.path, "xdb4") == ["harness/xdb4/gw0"]
-    result.stdout.fnmatch_lines(["*kept for inspection: harness/xdb4/gw0 (br-*"])
+    assert branches_of_run(project.path, "xdb4") == ["harness/xdb4/workers"]
+    result.stdout.fnmatch_lines([
+        "*kept for inspection: harness/xdb4/workers (br-*) database cathouse_gw0 *",
+        "*connect: psql \"$(cathouse-branch url 'harness/xdb4/workers' --database 'cathouse_gw0')\"",
+    ])
+    shown = subprocess.run(
+        [sys.executable, "-m", "harness", "url", "harness/xdb4/workers", "--database", "cathouse_gw0"],
+        cwd=project.path, check=True, capture_output=True, text=True,
+    )
+    assert shown.stdout.split("?")[0].endswith("/cathouse_gw0")
     subprocess.run(
-        [sys.executable, "-m", "harness", "down", "harness/xdb4/gw0", "--quiet"],
+        [sys.executable, "-m", "harness", "down", "harness/xdb4/workers", "--quiet"],
         cwd=project.path, check=True, capture_output=True,
     )
     assert branches_of_run(project.path, "xdb4") == []
 
 
-def test_resets_and_per_test_branches_open_the_api_in_the_worker(project: pytest.Pytester) -> None:
+def test_resets_and_per_test_branches_in_the_workers(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_lazy=COMMIT_A_TABLE + """
 import pytest
@@ -235,22 +268,37 @@ def test_needs_a_branch(n, neon_branch):
     assert branches_of_run(project.path, "xdb11") == []
 
 
-def test_the_controller_deletes_a_branch_when_its_worker_is_done_and_leaves_a_kept_one(
+def test_the_controller_forks_once_for_its_workers_and_keeps_the_branch_a_worker_kept(
     tmp_path: Path,
 ) -> None:
     project = copy_example(tmp_path / "project")
     session = BranchSession(load_settings(project), run_id="xdb8", worker="controller")
     try:
         session.setup()
-        done, keeper, last = (session.fork_worker(w) for w in ("gw0", "gw1", "gw2"))
-        session.release_worker("gw0")
-        assert branches_of_run(project, "xdb8") == ["harness/xdb8/gw1", "harness/xdb8/gw2"]
-        kept_marker(session.settings, "xdb8", keeper.id).write_text(keeper.name)
+        handles = [session.fork_worker(w) for w in ("gw0", "gw1", "gw2")]
+        assert {h.id for h in handles} == {handles[0].id}
+        assert [h.database for h in handles] == ["cathouse_gw0", "cathouse_gw1", "cathouse_gw2"]
+        session.release_worker("gw0")  # its database goes with the branch, at the end
+        assert branches_of_run(project, "xdb8") == ["harness/xdb8/workers"]
+        kept_marker(session.settings, "xdb8", handles[1].id).write_text(handles[1].name)
     finally:
         session.finish()
-    assert branches_of_run(project, "xdb8") == ["harness/xdb8/gw1"]
-    assert session.report.branches == [f"{h.name} ({h.id})" for h in (done, keeper, last)]
-    delete_branch(project, keeper.id)  # `down` takes a kept branch once its process is gone
+    assert branches_of_run(project, "xdb8") == ["harness/xdb8/workers"]
+    assert session.report.branches == [f"harness/xdb8/workers ({handles[0].id})"]
+    delete_branch(project, handles[0].id)  # `down` takes a kept branch once its process is gone
+
+
+def test_the_controller_deletes_the_workers_branch_when_nobody_kept_it(tmp_path: Path) -> None:
+    project = copy_example(tmp_path / "project")
+    session = BranchSession(load_settings(project), run_id="xdb13", worker="controller")
+    try:
+        session.setup()
+        for worker in ("gw0", "gw1"):
+            session.fork_worker(worker)
+            session.release_worker(worker)
+    finally:
+        session.finish()
+    assert branches_of_run(project, "xdb13") == []
 
 
 ENV_ONLY = """
@@ -284,3 +332,26 @@ def test_usefixtures_neon_branch_gives_env_only_tests_their_branch(project: pyte
     result = run(project, "xdb12", "-n", "2")
     result.assert_outcomes(failed=4)
     assert result.stdout.str().count('add usefixtures = ["neon_branch"]') == 4  # under each failure
+
+
+def test_a_copy_held_up_by_a_connection_to_the_template_fails_in_one_line(tmp_path: Path) -> None:
+    import psycopg
+
+    from harness.errors import WorkerDatabaseError
+
+    project = copy_example(tmp_path / "project")
+    session = BranchSession(load_settings(project), run_id="xdb15", worker="controller")
+    try:
+        session.setup()
+        first = session.fork_worker("gw0")
+        template_url = str(first.direct_url).replace("/cathouse_gw0?", "/cathouse?")
+        # someone on the branch's own database
+        with psycopg.connect(template_url), pytest.raises(WorkerDatabaseError) as raised:
+            session.fork_worker("gw1")
+        line = str(raised.value)
+        assert "\n" not in line and "cathouse_gw1" in line and 'worker_isolation = "branch"' in line
+        assert first.direct_url.reveal().split("@")[0].split(":")[-1] not in line  # no password
+        assert session.fork_worker("gw2").database == "cathouse_gw2"  # once it is gone, it works
+    finally:
+        session.finish()
+    assert branches_of_run(project, "xdb15") == []

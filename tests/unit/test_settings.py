@@ -80,6 +80,8 @@ def test_neon_backend_needs_key_and_project(tmp_path: Path) -> None:
         ({"NEON_API_HOST": "console.neon.tech"}, "is not an http(s) URL"),
         ({"CATHOUSE_KEEP_BRANCH": "sometimes"}, "never, on-failure, always"),
         ({"CATHOUSE_SCHEMA_ONLY": "maybe"}, "not true or false"),
+        ({"CATHOUSE_WORKER_ISOLATION": "schema"}, "worker_isolation (from environment "
+         "CATHOUSE_WORKER_ISOLATION): 'schema' is not 'database' or 'branch'"),
     ],
 )
 def test_bad_values_name_key_and_source(tmp_path: Path, env: dict[str, str], needle: str) -> None:
