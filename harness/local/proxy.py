@@ -220,21 +220,30 @@ class EndpointProxy:
         return bound
 
     async def serve_routed(
-        self, kind: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        kind: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        startup: Startup | None = None,
     ) -> None:
         """Serve a connection another listener accepted (the names-mode router, after TLS
-        told it the endpoint) as if it had come to this endpoint's `kind` listener."""
-        await self._handle(self._listeners[kind], reader, writer)
+        told it the endpoint, or after the startup's options did: then with `startup`
+        already read) as if it had come to this endpoint's `kind` listener."""
+        await self._handle(self._listeners[kind], reader, writer, startup)
 
     async def _handle(
-        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        listener: _Listener,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        startup: Startup | None = None,
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
         listener.connections.add(task)
         self._active()
         try:
-            await self._serve(listener, reader, writer)
+            await self._serve(listener, reader, writer, startup)
         except (
             ConnectionError,
             asyncio.IncompleteReadError,
@@ -265,10 +274,17 @@ class EndpointProxy:
         self._listeners.clear()
 
     async def _serve(
-        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        listener: _Listener,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        startup: Startup | None = None,
     ) -> None:
-        async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
-            startup = await self._read_startup(listener, reader, writer)
+        if startup is None:
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                startup = await self._read_startup(listener, reader, writer)
+        if startup is not None:
+            startup = await self._without_endpoint_option(startup, writer)
         if startup is None:
             return
         params = startup.params
@@ -380,14 +396,21 @@ class EndpointProxy:
                 await writer.drain()
                 return None
             version, params = parse_startup(body)
-            try:
-                # Neon's route for clients without SNI; PostgreSQL would refuse the word
-                params = take_endpoint_option(params, self.endpoint_id)
-            except EndpointOptionError as refused:
-                writer.write(error_response("08004", str(refused)))
-                await writer.drain()
-                return None
             return Startup(version, params, tls_done)
+
+    async def _without_endpoint_option(
+        self, startup: Startup, writer: asyncio.StreamWriter
+    ) -> Startup | None:
+        """`startup` once its endpoint option, if any, names this endpoint (None once a
+        refusal is sent): Neon's route for clients without SNI, which PostgreSQL would
+        take for a command-line word of its own and refuse."""
+        try:
+            params = take_endpoint_option(startup.params, self.endpoint_id)
+        except EndpointOptionError as refused:
+            writer.write(error_response("08004", str(refused)))
+            await writer.drain()
+            return None
+        return Startup(startup.version, params, startup.tls)
 
 
 async def forward_cancel(target: Upstream, packet: bytes) -> None:

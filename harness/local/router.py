@@ -4,7 +4,10 @@ A client asks for TLS (SSLRequest), the handshake tells the server name it diall
 (`SSLContext.sni_callback`), and the name's first label picks the endpoint and its path
 (`<id>` direct, `<id>-pooler` pooled, `harness.local.names`); from then on the
 endpoint's own proxy serves the connection as if it had come to its listener. A client
-without TLS or SNI, or naming no endpoint of this server, gets one FATAL line. Cancel
+that sends no server name (an address dialled, an old libpq) may name the endpoint as on
+Neon, `options=endpoint%3D<id>` (or `<id>-pooler`) in its startup packet, which the
+router reads for it. A client without TLS, or naming no endpoint of this server, gets
+one FATAL line. Cancel
 requests come in plain TCP and name no endpoint: they go to PostgreSQL and PgBouncer
 both (each ignores a key it did not issue).
 """
@@ -19,16 +22,20 @@ import weakref
 from collections.abc import Callable, Sequence
 
 from harness.local.hosts import DEFAULT_PORT
-from harness.local.names import NAME_DOMAIN, route_of
+from harness.local.names import NAME_DOMAIN, POOLER_SUFFIX, route_of
 from harness.local.proxy import (
     CANCEL_REQUEST,
     GSSENC_REQUEST,
+    PROTOCOL_MAJOR_3,
     SSL_REQUEST,
     EndpointProxy,
+    Startup,
     Upstream,
     error_response,
     forward_cancel,
+    parse_startup,
 )
+from harness.local.startup_options import EndpointOptionError, endpoint_named
 from harness.local.tls import TlsMaterial
 from harness.log import get_logger
 
@@ -90,8 +97,8 @@ class SniRouter:
             async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
                 routed = await self._route(reader, writer)
             if routed is not None:
-                proxy, kind = routed
-                await proxy.serve_routed(kind, reader, writer)
+                proxy, kind, startup = routed
+                await proxy.serve_routed(kind, reader, writer, startup)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError, OSError):
             pass
         except asyncio.CancelledError:  # closing: nobody is left to tell
@@ -103,8 +110,9 @@ class SniRouter:
 
     async def _route(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[EndpointProxy, str] | None:
-        """Read up to the TLS handshake; the endpoint's proxy and listener kind, or None
+    ) -> tuple[EndpointProxy, str, Startup | None] | None:
+        """Read up to the TLS handshake (and the startup, when the handshake named no
+        server); the endpoint's proxy, listener kind and the startup if read, or None
         once the client has been answered (refused, or its cancel forwarded)."""
         while True:
             (length,) = struct.unpack("!I", await reader.readexactly(4))
@@ -127,12 +135,47 @@ class SniRouter:
             await writer.drain()
             await writer.start_tls(self._context)
             name = self._names.get(writer.get_extra_info("ssl_object"))
+            if name is None:
+                return await self._route_by_options(reader, writer)
             route = route_of(name)
             proxy = self._find(route[0]) if route is not None else None
             if route is None or proxy is None:
-                await _refuse(writer, f"no endpoint of this server is named '{name or '(no server name)'}'")
+                await _refuse(writer, f"no endpoint of this server is named '{name}'")
                 return None
-            return proxy, "pooled" if route[1] else "direct"
+            return proxy, "pooled" if route[1] else "direct", None
+
+    async def _route_by_options(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[EndpointProxy, str, Startup | None] | None:
+        """After a handshake that named no server: the endpoint the startup's options name."""
+        (length,) = struct.unpack("!I", await reader.readexactly(4))
+        if length < 8 or length > _MAX_PREAMBLE:
+            return None
+        body = await reader.readexactly(length - 4)
+        (code,) = struct.unpack("!I", body[:4])
+        if code == CANCEL_REQUEST:
+            packet = struct.pack("!I", length) + body
+            await asyncio.gather(*(forward_cancel(target, packet) for target in self._upstreams()))
+            return None
+        if code >> 16 != PROTOCOL_MAJOR_3:
+            await _refuse(writer, "unsupported frontend protocol")
+            return None
+        version, params = parse_startup(body)
+        try:
+            named = endpoint_named(params)
+        except EndpointOptionError as refused:
+            await _refuse(writer, str(refused))
+            return None
+        proxy = self._find(named.removesuffix(POOLER_SUFFIX)) if named else None
+        if proxy is None:
+            await _refuse(
+                writer,
+                "no server name in the TLS handshake and no endpoint of this server in the "
+                f"options: connect to ep-….{NAME_DOMAIN} or add options=endpoint%3D<endpoint id>",
+            )
+            return None
+        kind = "pooled" if named and named.endswith(POOLER_SUFFIX) else "direct"
+        return proxy, kind, Startup(version, params, tls=True)
 
 
 async def _refuse(writer: asyncio.StreamWriter, message: str) -> None:

@@ -52,17 +52,12 @@ def _join(words: list[str]) -> str:
     return " ".join(w.replace("\\", "\\\\").replace(" ", "\\ ") for w in words)
 
 
-def take_endpoint_option(params: Mapping[str, str], endpoint_id: str) -> dict[str, str]:
-    """`params` without the endpoint option, once it names `endpoint_id` (or its
-    `-pooler` name); unchanged when there is none. Raises EndpointOptionError for
-    another endpoint, a malformed name, or more than one such word."""
-    options = params.get("options")
-    if options is None:
-        return dict(params)
-    words = split_options(options)
-    named = [w.split("=", 1)[1] for w in words if w.startswith(_KEYS)]
+def endpoint_named(params: Mapping[str, str]) -> str | None:
+    """The endpoint name the startup's options give (`<id>` or `<id>-pooler`), or None.
+    Raises EndpointOptionError for a malformed name or more than one such word."""
+    named = [w.split("=", 1)[1] for w in split_options(params.get("options", "")) if w.startswith(_KEYS)]
     if not named:
-        return dict(params)
+        return None
     if len(named) > 1:
         raise EndpointOptionError("the options name more than one endpoint; give endpoint=<id> once")
     [name] = named
@@ -70,11 +65,21 @@ def take_endpoint_option(params: Mapping[str, str], endpoint_id: str) -> dict[st
         raise EndpointOptionError(
             f"endpoint name '{name}' in the options may hold only letters, digits and hyphens"
         )
+    return name
+
+
+def take_endpoint_option(params: Mapping[str, str], endpoint_id: str) -> dict[str, str]:
+    """`params` without the endpoint option, once it names `endpoint_id` (or its
+    `-pooler` name); unchanged when there is none. Raises EndpointOptionError for
+    another endpoint, a malformed name, or more than one such word."""
+    name = endpoint_named(params)
+    if name is None:
+        return dict(params)
     if name.removesuffix(_POOLER) != endpoint_id:
         raise EndpointOptionError(
             f"the options name endpoint '{name}', but this address serves endpoint '{endpoint_id}'"
         )
-    rest = [w for w in words if not w.startswith(_KEYS)]
+    rest = [w for w in split_options(params["options"]) if not w.startswith(_KEYS)]
     kept = {k: v for k, v in params.items() if k != "options"}
     if rest:
         kept["options"] = _join(rest)

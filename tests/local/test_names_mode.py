@@ -128,6 +128,50 @@ def test_the_router_refuses_what_names_no_endpoint_in_one_line(
         delete_branch(client, project, made["branch"]["id"])
 
 
+def test_without_a_server_name_the_router_routes_by_the_endpoint_option(
+    named: tuple[httpx.Client, str, str],
+) -> None:
+    """Neon's route for a client that sends no SNI (libpq sends none for an address):
+    `options=endpoint%3D<id>`, `<id>-pooler` for the pooled path; without it, one line."""
+    client, project, router = named
+    made = create_ready_branch(client, project, name=unique("named-options"))
+    try:
+        endpoint, params, ca = _endpoint_of(made)
+        ep = endpoint["id"]
+
+        def connect(**extra: str) -> psycopg.Connection:
+            # verify-ca: the chain is checked, the address is no name of the certificate's
+            return psycopg.connect(
+                host=router, port=5432, user=params["role"], password=params["password"],
+                dbname=params["database"], sslmode="verify-ca", sslrootcert=ca, autocommit=True,
+                connect_timeout=10, **extra,
+            )
+
+        def pids(option: str, times: int, search_path: str) -> set[int]:
+            found = set()
+            for _ in range(times):
+                with connect(options=option) as conn:
+                    row = conn.execute("SELECT pg_backend_pid(), current_setting('search_path')").fetchone()
+                    assert row is not None and row[1] == search_path
+                    found.add(int(row[0]))
+            return found
+
+        # direct: a backend each, the other options kept
+        assert len(pids(f"endpoint={ep} -c search_path=auth", 2, "auth")) == 2
+        # pooled: PgBouncer's one backend (PgBouncer itself takes no other options)
+        assert len(pids(f"endpoint={ep}-pooler", 3, '"$user", public')) == 1
+        for extra, said in (
+            ({}, "options=endpoint%3D<endpoint id>"),
+            ({"options": "endpoint=ep-nobody-00000000"}, "options=endpoint%3D<endpoint id>"),
+            ({"options": "endpoint=bad_name!"}, "only letters, digits and hyphens"),
+        ):
+            with pytest.raises(psycopg.OperationalError) as refused:
+                connect(**extra).close()
+            assert said in str(refused.value), str(refused.value)
+    finally:
+        delete_branch(client, project, made["branch"]["id"])
+
+
 def test_names_mode_falls_back_to_addresses_where_the_router_cannot_listen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
