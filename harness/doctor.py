@@ -159,14 +159,23 @@ def _check_embedded(settings: Settings) -> list[Check]:
     checks = [Check("backend", "ok", f"embedded default answering at {info.api_host}")]
     answer = probe(info.api_host, info.api_key.reveal())
     if answer is not None and "host_problem" in answer:
-        checks.append(check_endpoint_hosts(answer["host_problem"]))
+        checks.append(check_endpoint_hosts(answer["host_problem"], answer.get("names_problem")))
     return checks
 
 
-def check_endpoint_hosts(problem: object) -> Check:
+def check_endpoint_hosts(problem: object, names_problem: object = None) -> Check:
     """Whether a URL built from an endpoint's `host` or `pooler_host` alone (port 5432)
     connects, as the running server found when it opened its endpoints
-    (`harness.local.hosts`)."""
+    (`harness.local.hosts`), and whether a pooled host can be made from `host` by
+    inserting `-pooler` (names mode, `harness.local.names`)."""
+    if not problem and names_problem:
+        return Check(
+            "endpoint hosts", "ok",
+            "URLs built from an endpoint's host or pooler_host connect (port 5432); a pooled"
+            f" host made by inserting -pooler into host does not ({names_problem})",
+            "where *.localhost resolves (systemd's nss-myhostname or resolved) endpoints are"
+            " named <id>.local.localhost and -pooler works",
+        )
     if not problem:
         return Check(
             "endpoint hosts", "ok", "URLs built from an endpoint's host connect (port 5432)"

@@ -140,5 +140,7 @@ async def get_info(request: Request) -> Response:
             "server_version": str(getattr(neon.dataplane, "server_version", "") or ""),
             # why a URL built from an endpoint's `host` alone does not connect here, if not
             "host_problem": getattr(neon.dataplane, "host_problem", None),
+            # why endpoints are addresses, not <id>.local.localhost names, if they are
+            "names_problem": getattr(neon.dataplane, "names_problem", None),
         }
     )

@@ -262,6 +262,11 @@ class DataPlane:
         (known once an endpoint has been opened)."""
         return self._listeners.host_problem if self._listeners is not None else None
 
+    @property
+    def names_problem(self) -> str | None:
+        """Why endpoints are not named as Neon's are (`harness.local.names`), if not."""
+        return self._listeners.names_problem if self._listeners is not None else None
+
     # --- roles and databases (`harness.local.databases`) ------------------------------
 
     async def ensure_role(self, role: str, password: str) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from harness.errors import LocalServerError
 from harness.local.hosts import DEFAULT_PORT, loopback_addresses, pooled_seed
-from harness.local.names import NAME_DOMAIN, HostMode, endpoint_names
+from harness.local.names import HOSTS_VAR, NAME_DOMAIN, HostMode, endpoint_names
 from harness.local.proxy import EndpointProxy, Fences, Gate, Upstream
 from harness.local.router import SniRouter
 from harness.local.tls import TlsMaterial
@@ -66,12 +66,24 @@ class Listeners:
     host_problem: str | None = None
     # names mode: the one listener on 5432 for every endpoint (`start_router`)
     router: SniRouter | None = None
+    # why endpoints are not named <id>.local.localhost (then a pooled host cannot be
+    # made from `host` by inserting `-pooler`: `pooler_host` is the way), if they are not
+    names_problem: str | None = None
 
     async def start_router(self, mode: HostMode) -> None:
         """In names mode, the router on the mode's address (and [::1] beside 127.0.0.1);
         where it cannot listen (another server holds 5432) endpoints get addresses of
         their own instead, said once."""
         if not mode.names:
+            self.names_problem = (
+                f"{HOSTS_VAR}=addresses" if mode.addresses_asked
+                else "*.localhost names do not resolve on this machine"
+            )
+            log.info(
+                "endpoint hosts are loopback addresses (%s): a pooled host made by inserting"
+                " -pooler into host cannot be; pooler_host and connection_uri give the pooled"
+                " one", self.names_problem,
+            )
             return
         problem = None
         if self.tls is None:
@@ -89,6 +101,7 @@ class Listeners:
                 await router.close()
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 problem = f"cannot listen on {mode.router_address}:{DEFAULT_PORT} ({reason})"
+        self.names_problem = problem
         log.warning(
             "endpoint host names (<id>.%s) are not served: %s; endpoints get loopback"
             " addresses of their own instead", NAME_DOMAIN, problem,

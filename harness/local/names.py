@@ -41,6 +41,8 @@ class HostMode:
     router_address: str = "127.0.0.1"
     # names were asked for by the setting, not found to resolve
     forced: bool = False
+    # addresses were asked for by the setting (names may resolve)
+    addresses_asked: bool = False
 
 
 def endpoint_names(endpoint_id: str) -> tuple[str, str]:
@@ -88,4 +90,6 @@ def host_mode(resolve: Callable[[], bool] = names_resolve) -> HostMode:
         )
     if mode == "names":
         return HostMode(names=True, router_address=router, forced=True)
-    return HostMode(names=mode == "auto" and resolve(), router_address=router)
+    if mode == "addresses":
+        return HostMode(names=False, router_address=router, addresses_asked=True)
+    return HostMode(names=resolve(), router_address=router)

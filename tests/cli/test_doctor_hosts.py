@@ -80,3 +80,27 @@ def test_doctor_says_why_urls_built_from_host_do_not_connect(
     assert host == "127.0.0.1"
     parts = urlsplit(uri)
     assert parts.hostname == "127.0.0.1" and parts.port not in (None, DEFAULT_PORT)
+
+
+def test_doctor_says_a_pooled_host_cannot_be_made_from_an_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Addresses mode (forced here; chosen where `*.localhost` does not resolve): `host`
+    and `pooler_host` connect, but `-pooler` inserted into an address makes no host, and
+    doctor says so in its one line, with why."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(home))
+    monkeypatch.setenv("CATHOUSE_LOCAL_HOSTS", "addresses")
+    project = copy_example(_made(tmp_path / "project"))
+    with start_test_server(home) as info:
+        publish(info, "memory")
+        code, out, err = cli("doctor", cwd=project)
+        with api_client(info) as client:
+            [project_row] = client.get("/projects").json()["projects"]
+            [endpoint] = client.get(f"/projects/{project_row['id']}/endpoints").json()["endpoints"]
+    assert code == 0, out + err
+    [line] = [line for line in out.splitlines() if "endpoint hosts" in line]
+    if endpoint["host"] == "127.0.0.1":
+        pytest.skip("no loopback address of its own on 5432 here: the other line applies")
+    assert line.startswith("[ok  ] endpoint hosts: URLs built from an endpoint's host or pooler_host connect")
+    assert "inserting -pooler into host does not (CATHOUSE_LOCAL_HOSTS=addresses)" in line
