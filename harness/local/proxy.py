@@ -86,6 +86,18 @@ def parse_startup(body: bytes) -> tuple[int, dict[str, str]]:
     return version, params
 
 
+async def read_preamble(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, int] | None:
+    """One packet of what a client sends before its startup is done (an SSL, GSS or
+    cancel request, or the startup message): the whole packet and its code, or None when
+    its length is out of bounds."""
+    (length,) = struct.unpack("!I", await reader.readexactly(4))
+    if length < 8 or length > limit:
+        return None
+    body = await reader.readexactly(length - 4)
+    (code,) = struct.unpack("!I", body[:4])
+    return struct.pack("!I", length) + body, code
+
+
 def build_startup(version: int, params: Mapping[str, str]) -> bytes:
     body = struct.pack("!I", version)
     body += b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
@@ -367,11 +379,10 @@ class EndpointProxy:
         # a routed connection arrives with TLS done (the router read the server name)
         tls_done = writer.get_extra_info("ssl_object") is not None
         while True:
-            (length,) = struct.unpack("!I", await reader.readexactly(4))
-            if length < 8 or length > _MAX_STARTUP:
+            read = await read_preamble(reader, _MAX_STARTUP)
+            if read is None:
                 return None
-            body = await reader.readexactly(length - 4)
-            (code,) = struct.unpack("!I", body[:4])
+            packet, code = read
             if code == SSL_REQUEST and not tls_done:
                 if self.tls is not None and self.tls_hosts:
                     self.tls, self.tls_hosts = self.tls.for_hosts(self.tls_hosts), ()
@@ -389,13 +400,13 @@ class EndpointProxy:
                 await writer.drain()
                 continue
             if code == CANCEL_REQUEST:
-                await forward_cancel(listener.upstream(), struct.pack("!I", length) + body)
+                await forward_cancel(listener.upstream(), packet)
                 return None
             if code >> 16 != PROTOCOL_MAJOR_3:
                 writer.write(error_response("08P01", "unsupported frontend protocol"))
                 await writer.drain()
                 return None
-            version, params = parse_startup(body)
+            version, params = parse_startup(packet[4:])
             return Startup(version, params, tls_done)
 
     async def _without_endpoint_option(

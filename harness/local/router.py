@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import struct
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -34,6 +33,7 @@ from harness.local.proxy import (
     error_response,
     forward_cancel,
     parse_startup,
+    read_preamble,
 )
 from harness.local.startup_options import EndpointOptionError, endpoint_named
 from harness.local.tls import TlsMaterial
@@ -115,18 +115,16 @@ class SniRouter:
         server); the endpoint's proxy, listener kind and the startup if read, or None
         once the client has been answered (refused, or its cancel forwarded)."""
         while True:
-            (length,) = struct.unpack("!I", await reader.readexactly(4))
-            if length < 8 or length > _MAX_PREAMBLE:
+            read = await read_preamble(reader, _MAX_PREAMBLE)
+            if read is None:
                 return None
-            body = await reader.readexactly(length - 4)
-            (code,) = struct.unpack("!I", body[:4])
+            packet, code = read
             if code == GSSENC_REQUEST:
                 writer.write(b"N")
                 await writer.drain()
                 continue
             if code == CANCEL_REQUEST:
-                packet = struct.pack("!I", length) + body
-                await asyncio.gather(*(forward_cancel(target, packet) for target in self._upstreams()))
+                await self._forward_cancel(packet)
                 return None
             if code != SSL_REQUEST:
                 await _refuse(writer, f"connect with TLS to the endpoint's host name (ep-….{NAME_DOMAIN})")
@@ -144,23 +142,25 @@ class SniRouter:
                 return None
             return proxy, "pooled" if route[1] else "direct", None
 
+    async def _forward_cancel(self, packet: bytes) -> None:
+        # a cancel names no endpoint: PostgreSQL and PgBouncer each ignore a key not theirs
+        await asyncio.gather(*(forward_cancel(target, packet) for target in self._upstreams()))
+
     async def _route_by_options(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> tuple[EndpointProxy, str, Startup | None] | None:
         """After a handshake that named no server: the endpoint the startup's options name."""
-        (length,) = struct.unpack("!I", await reader.readexactly(4))
-        if length < 8 or length > _MAX_PREAMBLE:
+        read = await read_preamble(reader, _MAX_PREAMBLE)
+        if read is None:
             return None
-        body = await reader.readexactly(length - 4)
-        (code,) = struct.unpack("!I", body[:4])
+        packet, code = read
         if code == CANCEL_REQUEST:
-            packet = struct.pack("!I", length) + body
-            await asyncio.gather(*(forward_cancel(target, packet) for target in self._upstreams()))
+            await self._forward_cancel(packet)
             return None
         if code >> 16 != PROTOCOL_MAJOR_3:
             await _refuse(writer, "unsupported frontend protocol")
             return None
-        version, params = parse_startup(body)
+        version, params = parse_startup(packet[4:])
         try:
             named = endpoint_named(params)
         except EndpointOptionError as refused:
