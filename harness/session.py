@@ -18,7 +18,6 @@ import asyncio
 import contextvars
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.backend import BackendInfo, connect_backend, open_client
@@ -38,11 +37,17 @@ from harness.run_memo import once_per_run
 from harness.runs import kept_ids, kept_marker, marker_dir, run_dir
 from harness.session_report import SessionReport as SessionReport
 from harness.session_report import SessionStepError as SessionStepError
-from harness.session_report import teardown_error
-from harness.settings import ENV_NAMES, Settings
+from harness.session_report import root_branch_refusal, teardown_error
+from harness.settings import Settings
 from harness.sync import LoopThread
 from harness.watchdog import WatchdogHandle, start_watchdog
-from harness.worker_databases import copy_template, worker_database_name, worker_handle
+from harness.worker_databases import (
+    SharedBranch,
+    copy_lock,
+    copy_template,
+    worker_database_name,
+    worker_handle,
+)
 
 if TYPE_CHECKING:
     from harness.neon.client import NeonClient
@@ -65,11 +70,9 @@ class BranchSession:
         self.handle: BranchHandle | None = None
         self.template_id: str | None = None
         # the xdist workers' databases this (controller's) session made, by worker, all
-        # on `_shared`: one branch for the run's workers (`harness.worker_databases`)
+        # on one branch for the run's workers (`harness.worker_databases`)
         self.worker_branches: dict[str, BranchHandle] = {}
-        self._shared: BranchHandle | None = None
-        self._shared_error: BaseException | None = None
-        self._shared_lock = threading.Lock()  # the first worker forks it, the rest wait
+        self._shared = SharedBranch(lambda: self._fork_session_branch("workers"))
         # Bumped by reset(): a restore ends the branch's open connections, so anything
         # that keeps one (db_session on a long-lived loop) reconnects when it changes.
         self.resets = 0
@@ -205,32 +208,17 @@ class BranchSession:
         if self.settings.worker_isolation == "branch":
             handle = self._fork_session_branch(worker)
         else:
-            shared = self._shared_branch()
+            shared = self._shared.get()
             started = time.perf_counter()
             database = worker_database_name(self.settings.database, worker)
-            copy_template(shared.direct_url, self.settings.database, database, self._copy_lock())
+            copy_template(shared.direct_url, self.settings.database, database,
+                copy_lock(self.settings, self.run_id),
+            )
             handle = worker_handle(shared, database)
             self._timed("worker database", started, slowest=True)
         with self._lock:
             self.worker_branches[worker] = handle
         return handle
-
-    def _shared_branch(self) -> BranchHandle:
-        with self._shared_lock:
-            if self._shared is None and self._shared_error is None:
-                # the copies' driver (~80 ms of imports) loads while the fork runs
-                threading.Thread(target=_import_copy_driver, daemon=True).start()
-                try:
-                    self._shared = self._fork_session_branch("workers")
-                except BaseException as exc:  # every worker hears of it, not only the first
-                    self._shared_error = exc
-            if self._shared_error is not None:
-                raise self._shared_error
-            assert self._shared is not None
-            return self._shared
-
-    def _copy_lock(self) -> Path:
-        return run_dir(self.settings, self.run_id) / "worker-databases.lock"
 
     def _fork_session_branch(self, worker: str) -> BranchHandle:
         assert self.backend is not None
@@ -352,7 +340,7 @@ class BranchSession:
             started = time.perf_counter()
             self.resets += 1
             copy_template(self.handle.direct_url, self.settings.database, self.handle.database,
-                self._copy_lock(), replace=True,
+                copy_lock(self.settings, self.run_id), replace=True,
             )
             self._timed("reset", started)
             return
@@ -394,20 +382,9 @@ class BranchSession:
         return handle
 
     def _refuse_without_parent(self, action: str) -> None:
-        """A schema-only session branch (no template) is a root branch, as on Neon: there
-        is no parent to restore it from (Neon restores a root only to its own history,
-        keeping the current state as a new branch), and forking it would copy this
-        session's data. One line naming the settings that avoid it."""
         assert self.handle is not None
-        if self.handle.parent_id is not None:
-            return
-        raise ConfigError(
-            f"cannot {action} {self.handle.name}: a schema-only branch is a root branch, "
-            "with no parent",
-            key=ENV_NAMES["schema_only"], source=self.settings.source_of("schema_only"),
-            hint="keep template_reuse on: schema-only sessions then fork from a schema-only "
-            "template, which resets and per-test branches use",
-        )
+        if self.handle.parent_id is None:
+            raise root_branch_refusal(action, self.handle.name, self.settings)
 
     def drop_test_branch(self, handle: BranchHandle) -> None:
         """Delete a branch of `fork_for_test` without waiting for the delete to finish:
@@ -445,8 +422,8 @@ class BranchSession:
             with self._lock:
                 own = [h for h in self.worker_branches.values() if h.database is None]
                 self.worker_branches = {}
-            if self._shared is not None:  # unless a worker kept its database on it
-                own.append(self._shared)
+            if self._shared.handle is not None:  # unless a worker kept its database on it
+                own.append(self._shared.handle)
             doomed.extend(self._not_kept(own))
             failed = self._delete(doomed)
             for handle, _ in failed:
@@ -454,7 +431,7 @@ class BranchSession:
             if failed:
                 raise teardown_error(failed)
         finally:
-            self._collect_stats()
+            self.report.count_calls(self._client)
             if self._watchdog is not None:
                 self._watchdog.release()
             if self._client is not None and self._loop is not None:
@@ -522,18 +499,9 @@ class BranchSession:
                 self._watchdog.deleting(handle.id)
         return failed
 
-    def _collect_stats(self) -> None:
-        stats = getattr(self._client, "stats", None)
-        if stats is not None:
-            self.report.api_calls = int(getattr(stats, "calls", 0))
-            self.report.api_retries = int(getattr(stats, "retries", 0))
 
 
 def _import_migrations() -> None:
     # Alembic and SQLAlchemy, about 0.5 s of imports: a build does them while its branch
     # is being created instead of after
     import harness.migrations  # noqa: F401
-
-
-def _import_copy_driver() -> None:
-    import psycopg  # noqa: F401

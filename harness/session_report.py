@@ -7,12 +7,13 @@ the cause's exit code and names the command that cleans up.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 
 if TYPE_CHECKING:
     from harness.branches import BranchHandle
+    from harness.settings import Settings
 
 Step = Literal["backend", "parent", "template", "migrate", "fork", "teardown", "reset"]
 
@@ -47,6 +48,28 @@ class SessionReport:
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
+
+    def count_calls(self, client: Any) -> None:
+        """The API calls and retries of `client` (a NeonClient, or None before one)."""
+        stats = getattr(client, "stats", None)
+        if stats is not None:
+            self.api_calls = int(getattr(stats, "calls", 0))
+            self.api_retries = int(getattr(stats, "retries", 0))
+
+
+def root_branch_refusal(action: str, branch: str, settings: Settings) -> ConfigError:
+    """A schema-only session branch (no template) is a root branch, as on Neon: there is
+    no parent to restore it from (Neon restores a root only to its own history, keeping
+    the current state as a new branch), and forking it would copy the session's data.
+    One line naming the settings that avoid it."""
+    from harness.settings import ENV_NAMES
+
+    return ConfigError(
+        f"cannot {action} {branch}: a schema-only branch is a root branch, with no parent",
+        key=ENV_NAMES["schema_only"], source=settings.source_of("schema_only"),
+        hint="keep template_reuse on: schema-only sessions then fork from a schema-only "
+        "template, which resets and per-test branches use",
+    )
 
 
 def teardown_error(failed: list[tuple[BranchHandle, BaseException]]) -> SessionStepError:

@@ -18,18 +18,22 @@ itself (the copying session does not count against it).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import WorkerDatabaseError
 from harness.locking import file_lock
 from harness.redact import Secret, register_url, scrub
+from harness.runs import run_dir
 from harness.sql import quote_ident
 from harness.urls import libpq_url, with_database
 
 if TYPE_CHECKING:
     from harness.branches import BranchHandle
+    from harness.settings import Settings
 
 # PostgreSQL keeps the first 63 bytes of a name; a worker id is short ("gw12")
 _MAX_NAME = 63
@@ -38,6 +42,41 @@ _MAX_NAME = 63
 _IN_USE_ATTEMPTS = 20
 _IN_USE_PAUSE = 0.05
 _OBJECT_IN_USE = "55006"
+
+
+class SharedBranch:
+    """The one branch of a run's workers, forked by whichever asks first (`fork`); the
+    others wait for it, and every one of them hears of a failed fork."""
+
+    def __init__(self, fork: Callable[[], BranchHandle]) -> None:
+        self._fork = fork
+        self.handle: BranchHandle | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> BranchHandle:
+        with self._lock:
+            if self.handle is None and self._error is None:
+                # the copies' driver (~80 ms of imports) loads while the fork runs
+                threading.Thread(target=_import_driver, daemon=True).start()
+                try:
+                    self.handle = self._fork()
+                except BaseException as exc:
+                    self._error = exc
+            if self._error is not None:
+                raise self._error
+            assert self.handle is not None
+            return self.handle
+
+
+def _import_driver() -> None:
+    import psycopg  # noqa: F401
+
+
+def copy_lock(settings: Settings, run_id: str) -> Path:
+    """The run's lock around every copy of its workers' databases, the controller's and
+    the workers' resets alike."""
+    return run_dir(settings, run_id) / "worker-databases.lock"
 
 
 def worker_database_name(database: str, worker: str) -> str:
