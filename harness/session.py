@@ -336,19 +336,17 @@ class BranchSession:
         database, to a new copy of its branch's own."""
         assert self.handle is not None
         self._refuse_without_parent("reset")
+        if self.handle.database is None:
+            self._connect()
+        started = time.perf_counter()
+        self.resets += 1
         if self.handle.database is not None:
-            started = time.perf_counter()
-            self.resets += 1
             copy_template(self.handle.direct_url, self.settings.database, self.handle.database,
                 copy_lock(self.settings, self.run_id), replace=True,
             )
-            self._timed("reset", started)
-            return
-        self._connect()
-        assert self.backend is not None
-        started = time.perf_counter()
-        self.resets += 1
-        self._run(restore_owned_branch(self.client, self.backend.project_id, self.handle.id))
+        else:
+            assert self.backend is not None
+            self._run(restore_owned_branch(self.client, self.backend.project_id, self.handle.id))
         self._timed("reset", started)
 
     def fork_for_test(self) -> BranchHandle:

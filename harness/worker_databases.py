@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import WorkerDatabaseError
 from harness.locking import file_lock
-from harness.redact import Secret, register_url, scrub
+from harness.polling import Backoff, wait_until
+from harness.redact import Secret, register_url
 from harness.runs import run_dir
 from harness.sql import quote_ident
 from harness.urls import libpq_url, with_database
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 _MAX_NAME = 63
 # Someone else on the template (a stray pooled connection ending) holds a copy up:
 # PostgreSQL says so at once, and a moment later it is usually gone.
-_IN_USE_ATTEMPTS = 20
-_IN_USE_PAUSE = 0.05
+_IN_USE_WAIT = 1.0
+_IN_USE_PAUSE = Backoff(0.05)
 _OBJECT_IN_USE = "55006"
 
 
@@ -112,9 +112,12 @@ def copy_template(
                 for statement in statements:
                     _execute_when_free(conn, statement)
         except psycopg.Error as exc:
-            detail = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            # the migrations' one-line account of a driver error (SQLAlchemy comes with
+            # that module: imported on this failing path only)
+            from harness.migrate.connection import describe_exception
+
             raise WorkerDatabaseError(
-                f"could not copy database {template} to {target}: {detail}",
+                f"could not copy database {template} to {target}: {describe_exception(exc)}",
                 hint="PostgreSQL copies a database only while nobody else is on it: connect to "
                 "the worker's database (DATABASE_URL, the fixtures), not to the branch's own, or "
                 "set worker_isolation = \"branch\" for a branch per worker",
@@ -122,13 +125,21 @@ def copy_template(
 
 
 def _execute_when_free(conn, statement: str) -> None:  # type: ignore[no-untyped-def]
+    """`statement`, again while PostgreSQL answers that the database is in use (55006),
+    for at most `_IN_USE_WAIT`; then that refusal is raised."""
     import psycopg
 
-    for attempt in range(_IN_USE_ATTEMPTS):
+    refused: list[psycopg.Error] = []
+
+    def done() -> bool:
         try:
             conn.execute(statement)
-            return
         except psycopg.Error as exc:
-            if exc.sqlstate != _OBJECT_IN_USE or attempt == _IN_USE_ATTEMPTS - 1:
+            if exc.sqlstate != _OBJECT_IN_USE:
                 raise
-            time.sleep(_IN_USE_PAUSE)
+            refused.append(exc)
+            return False
+        return True
+
+    if not wait_until(done, timeout=_IN_USE_WAIT, backoff=_IN_USE_PAUSE):
+        raise refused[-1]
