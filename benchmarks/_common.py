@@ -6,6 +6,7 @@ a temporary directory (never the user's cache), and stops the servers it started
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -136,6 +137,16 @@ def interleaved(sides: list[str], reps: int, measure: Callable[[str], float]) ->
         for side in sides[shift:] + sides[:shift]:
             runs[side].append(measure(side))
     return {side: statistics.median(values) for side, values in runs.items()}
+
+
+def connect_query_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments of the benchmarks that interleave connects and query loops on two
+    sides: connects per side, queries a loop, loops per side."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=60)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--query-reps", type=int, default=9)
+    return parser
 
 
 def fmt(seconds: float | None) -> str:

@@ -20,7 +20,6 @@ falls on both sides alike; ratio router / listener.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import fmt, interleaved
+from _common import connect_query_parser, fmt, interleaved
 
 ROLE = "bench_owner"
 ENDPOINT = "ep-bench-router-1"
@@ -88,11 +87,7 @@ def _query_latency(params: dict[str, Any], queries: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=60)
-    parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--query-reps", type=int, default=9)
-    args = parser.parse_args()
+    args = connect_query_parser(__doc__).parse_args()
     sides = ["listener", "router"]
     with tempfile.TemporaryDirectory(prefix="cathouse-bench-router-") as tmp:
         home = Path(tmp) / "home"

@@ -20,7 +20,6 @@ its two port listeners.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import tempfile
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import bench_plane, fmt, interleaved
+from _common import bench_plane, connect_query_parser, fmt, interleaved
 
 ROLE = "bench_owner"
 
@@ -116,11 +115,7 @@ def _endpoint_open(loop: Any, plane: Any, with_host: bool) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=60)
-    parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--query-reps", type=int, default=9)
-    args = parser.parse_args()
+    args = connect_query_parser(__doc__).parse_args()
     with tempfile.TemporaryDirectory(prefix="cathouse-bench-proxy-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir(mode=0o700)

@@ -59,10 +59,11 @@ def named(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Clie
 
 
 def _connect(host: str, router: str, params: dict[str, Any], ca: str, **extra: str) -> psycopg.Connection:
+    """libpq dials `router` and sends `host` as the server name (none for an address)."""
+    options: dict[str, Any] = {"sslmode": "verify-full", **extra}
     return psycopg.connect(
         host=host, hostaddr=router, port=5432, user=params["role"], password=params["password"],
-        dbname=params["database"], sslmode="verify-full", sslrootcert=ca, autocommit=True,
-        connect_timeout=10, **extra,
+        dbname=params["database"], sslrootcert=ca, autocommit=True, connect_timeout=10, **options,
     )
 
 
@@ -117,12 +118,7 @@ def test_the_router_refuses_what_names_no_endpoint_in_one_line(
             (endpoint["host"], {"options": "endpoint=ep-other-1"}, "serves endpoint"),
         ):
             with pytest.raises(psycopg.OperationalError) as refused:
-                kwargs = {"sslmode": "verify-full", **extra}
-                psycopg.connect(
-                    host=host, hostaddr=router, port=5432, user=params["role"],
-                    password=params["password"], dbname=params["database"], sslrootcert=ca,
-                    connect_timeout=10, **kwargs,
-                ).close()
+                _connect(host, router, params, ca, **extra).close()
             assert said in str(refused.value), str(refused.value)
     finally:
         delete_branch(client, project, made["branch"]["id"])
@@ -141,11 +137,7 @@ def test_without_a_server_name_the_router_routes_by_the_endpoint_option(
 
         def connect(**extra: str) -> psycopg.Connection:
             # verify-ca: the chain is checked, the address is no name of the certificate's
-            return psycopg.connect(
-                host=router, port=5432, user=params["role"], password=params["password"],
-                dbname=params["database"], sslmode="verify-ca", sslrootcert=ca, autocommit=True,
-                connect_timeout=10, **extra,
-            )
+            return _connect(router, router, params, ca, sslmode="verify-ca", **extra)
 
         def pids(option: str, times: int, search_path: str) -> set[int]:
             found = set()
