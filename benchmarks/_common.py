@@ -61,7 +61,7 @@ def timed(fn: Callable[[], Any]) -> float:
 @contextlib.contextmanager
 def home_env(home: Path) -> Iterator[None]:
     """Point this process at `home` (and at the embedded default) for the block."""
-    from harness.env import overridden
+    from cathouse_harness.support.env import overridden
 
     with overridden(
         {"CATHOUSE_HARNESS_HOME": str(home), "NEON_API_KEY": None, "CATHOUSE_BACKEND": "embedded"}
@@ -80,8 +80,8 @@ def child_env(home: Path, **extra: str) -> dict[str, str]:
 
 def stop_home(home: Path) -> None:
     """Stop the home's local server and remove its in-memory cluster."""
-    from harness.local.postgres import memory_cluster_dirs
-    from harness.local.server import stop_local_server
+    from cathouse_harness.local.postgres import memory_cluster_dirs
+    from cathouse_harness.local.server import stop_local_server
 
     with contextlib.suppress(Exception):
         stop_local_server(home)
@@ -91,13 +91,13 @@ def stop_home(home: Path) -> None:
 
 def superuser_dsn(home: Path) -> str:
     """The superuser DSN (unix socket, trust) of the home's in-memory cluster."""
-    from harness.local.postgres import home_superuser_dsn
+    from cathouse_harness.local.postgres import home_superuser_dsn
 
     return home_superuser_dsn(home)
 
 
 def cluster_port(home: Path) -> int:
-    from harness.local.postgres import ClusterPaths, cluster_root, resolve_os_user
+    from cathouse_harness.local.postgres import ClusterPaths, cluster_root, resolve_os_user
 
     root = cluster_root(home, "memory", resolve_os_user())
     return int(ClusterPaths.under(root).port_file.read_text().strip())
@@ -113,11 +113,11 @@ def bench_plane(home: Path, role: str) -> tuple[Any, Any, str, str, Any]:
     `Credential` the catalog's gate would give for it)."""
     import secrets
 
-    from harness.local.catalog import BRANCH_SCRAM_ITERATIONS
-    from harness.local.dataplane import DataPlane
-    from harness.local.postgres import scram_verifier
-    from harness.local.proxy_auth import Credential
-    from harness.sync import LoopThread
+    from cathouse_harness.local.catalog import BRANCH_SCRAM_ITERATIONS
+    from cathouse_harness.local.dataplane import DataPlane
+    from cathouse_harness.local.postgres import scram_verifier
+    from cathouse_harness.local.proxy_auth import Credential
+    from cathouse_harness.support.sync import LoopThread
 
     loop = LoopThread("bench-dataplane")
     plane = DataPlane(home, storage="memory")
@@ -161,7 +161,7 @@ async def fork_session(
     """A worker's session fork, as the plugin makes it (`create_owned_branch`)."""
     from datetime import timedelta
 
-    from harness.branches import create_owned_branch
+    from cathouse_harness.branching.lifecycle import create_owned_branch
 
     return await create_owned_branch(
         client,

@@ -20,13 +20,13 @@ STARTED = time.perf_counter()
 import json  # noqa: E402
 import sys  # noqa: E402
 
-import conftest_plugin.plugin  # noqa: E402, F401  (loaded by every run with -p cathouse_harness)
+import pytest_cathouse_harness.plugin  # noqa: E402, F401  (loaded by every run with -p cathouse_harness)
 
 
 def main() -> int:
     project, run_id = sys.argv[1], sys.argv[2]
-    from harness.session import BranchSession
-    from harness.settings import load_settings
+    from cathouse_harness.config.settings import load_settings
+    from cathouse_harness.session.branch_session import BranchSession
 
     session = BranchSession(load_settings(project), run_id=run_id)
     session.start()

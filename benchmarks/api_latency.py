@@ -27,11 +27,10 @@ from _common import EXAMPLE, fmt, fork_session, home_env, stop_home, summary, su
 
 async def _measure(home: Path, template_id: str | None, reps: int) -> dict[str, Any]:
     import asyncpg
-
-    from harness.backend import connect_backend, open_client
-    from harness.branches import delete_owned_branch
-    from harness.local.ids import physical_name
-    from harness.settings import load_settings
+    from cathouse_harness.branching.lifecycle import delete_owned_branch
+    from cathouse_harness.config.settings import load_settings
+    from cathouse_harness.local.ids import physical_name
+    from cathouse_harness.neon.backend import connect_backend, open_client
 
     settings = load_settings(EXAMPLE)
     backend = connect_backend(settings)

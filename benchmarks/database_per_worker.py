@@ -4,7 +4,7 @@
 
 Forks one session branch of the Cat House example on a home of its own (the embedded
 default, no latency profile), then times the workers' copies of its database three ways:
-as the harness makes them (`harness.worker_databases.copy_template`: through the
+as the harness makes them (`cathouse_harness.xdist.worker_databases.copy_template`: through the
 branch's endpoint, one after another, each on its own connection to the template), and
 as the floor, `CREATE DATABASE … TEMPLATE` on the cluster directly, one after another and
 all at once. Against it stand `workers - 1` more forks, 1.6 s each under the `neon`
@@ -28,8 +28,8 @@ from neon_profile import settle
 
 
 def measure(workers: int, reps: int) -> dict[str, float]:
-    from harness.session import BranchSession
-    from harness.settings import load_settings
+    from cathouse_harness.config.settings import load_settings
+    from cathouse_harness.session.branch_session import BranchSession
 
     home = Path(tempfile.mkdtemp(prefix="cathouse-db-per-worker-"))
     home.chmod(0o700)
@@ -50,7 +50,7 @@ def measure(workers: int, reps: int) -> dict[str, float]:
                     for name in names:
                         connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
-            from harness.worker_databases import copy_template
+            from cathouse_harness.xdist.worker_databases import copy_template
 
             together, in_turn, harness = [], [], []
             for rep in range(reps):

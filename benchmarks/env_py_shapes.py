@@ -23,11 +23,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from _common import REPO, timed  # noqa: F401  (puts the repository on sys.path)
-
-from harness.local.dataplane import DataPlane
-from harness.migrations import migrate_all
-from harness.settings import load_settings
-from harness.sync import LoopThread
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.local.dataplane import DataPlane
+from cathouse_harness.migrate.all_services import migrate_all
+from cathouse_harness.support.sync import LoopThread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from migrate_example import synthetic_project  # noqa: E402

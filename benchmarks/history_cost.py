@@ -1,4 +1,4 @@
-"""What the local history (`harness.local.history`) costs a client's connection.
+"""What the local history (`cathouse_harness.local.history`) costs a client's connection.
 
     python benchmarks/history_cost.py [--reps 300]
 
@@ -25,8 +25,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-
-from harness.local.server import ServerHandle, serve
+from cathouse_harness.local.server import ServerHandle, serve
 
 BLOCK = 10
 

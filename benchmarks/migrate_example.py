@@ -1,4 +1,4 @@
-"""How fast does harness.migrations migrate? Run by hand; prints timings and ratios.
+"""How fast does cathouse_harness.migrate.all_services migrate? Run by hand; prints timings and ratios.
 
     python benchmarks/migrate_example.py --dsn postgresql://postgres@127.0.0.1:5432/postgres
 
@@ -30,8 +30,8 @@ import asyncpg
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.migrations import migrate_all  # noqa: E402
-from harness.settings import load_settings  # noqa: E402
+from cathouse_harness.config.settings import load_settings  # noqa: E402
+from cathouse_harness.migrate.all_services import migrate_all  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "cathouse"
 
@@ -86,7 +86,7 @@ def in_process(project: Path, url: str) -> float:
 
 def module_run(project: Path, url: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "harness", "migrate", "--project-dir", str(project)],
+    subprocess.run([sys.executable, "-m", "cathouse_harness", "migrate", "--project-dir", str(project)],
                    env=env_with(url), check=True, capture_output=True)
     return time.perf_counter() - started
 

@@ -78,7 +78,7 @@ PLAIN = TRIVIAL.replace("def test_branch(n, neon_branch):", "def test_plain(n):"
 
 
 def journal(home: Path, since: float) -> list[dict[str, Any]]:
-    from harness.local.discovery import live_server
+    from cathouse_harness.local.discovery import live_server
 
     info = live_server(home, "memory")
     assert info is not None, "no local server answers for the benchmark's home"
@@ -96,7 +96,7 @@ def settle(home: Path, timeout: float = 60.0) -> None:
     """Wait until the project runs no operation: a case measures a session started on an
     idle project, not one queued behind the deletes the previous case asked for (a
     session's end does not wait for them; see README, "At Neon's latencies")."""
-    from harness.local.discovery import live_server
+    from cathouse_harness.local.discovery import live_server
 
     info = live_server(home, "memory")
     if info is None:
@@ -120,7 +120,7 @@ def settle(home: Path, timeout: float = 60.0) -> None:
 def critical_path(entries: list[dict[str, Any]], start: float, end: float) -> dict[str, Any]:
     """The longest chain of requests in [start, end], each received after the previous
     one's answer (earliest-answer-first is the longest such chain)."""
-    from harness.neon.stats import route_of
+    from cathouse_harness.neon.stats import route_of
 
     inside = [e for e in entries if e["received"] >= start and e["answered"] <= end]
     chain: list[dict[str, Any]] = []
@@ -204,8 +204,8 @@ def xdist(
 def naive(home: Path) -> dict[str, Any]:
     """A fresh branch per session (through the API, waited), then `alembic upgrade head`
     per service, each its own process, in order."""
-    from harness.backend import connect_backend, open_client
-    from harness.settings import load_settings
+    from cathouse_harness.config.settings import load_settings
+    from cathouse_harness.neon.backend import connect_backend, open_client
 
     with home_env(home):
         settings = load_settings(EXAMPLE)
@@ -244,7 +244,7 @@ def _median_path(paths: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(profile: str, reps: int) -> dict[str, Any]:
-    from harness.local.latency import parse_latency
+    from cathouse_harness.local.latency import parse_latency
 
     compile_bytecode()
     root = Path(tempfile.mkdtemp(prefix="cathouse-neon-profile-"))

@@ -68,10 +68,9 @@ def _janitor(dsn: str) -> Any:
 def measure(home: Path, reps: int) -> dict[str, Any]:
     """Per-test cost of the three ways (see the module's text), `reps` times each."""
     import asyncpg
-
-    from harness.local.ids import physical_name
-    from harness.session import BranchSession
-    from harness.settings import load_settings
+    from cathouse_harness.config.settings import load_settings
+    from cathouse_harness.local.ids import physical_name
+    from cathouse_harness.session.branch_session import BranchSession
 
     with home_env(home):
         session = BranchSession(load_settings(EXAMPLE), run_id=f"bench-pt-{time.time_ns() % 10**6}")

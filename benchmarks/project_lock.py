@@ -38,7 +38,7 @@ async def _fork(client: Any, project: str, parent_id: str, settings: Any, label:
 async def _timed_delete(client: Any, project: str, branch_id: str) -> float:
     import time
 
-    from harness.branches import delete_owned_branch
+    from cathouse_harness.branching.lifecycle import delete_owned_branch
 
     started = time.perf_counter()
     await delete_owned_branch(client, project, branch_id)
@@ -48,8 +48,8 @@ async def _timed_delete(client: Any, project: str, branch_id: str) -> float:
 async def _measure(reps: int, workers: int) -> dict[str, Any]:
     import time
 
-    from harness.backend import connect_backend, open_client
-    from harness.settings import load_settings
+    from cathouse_harness.config.settings import load_settings
+    from cathouse_harness.neon.backend import connect_backend, open_client
 
     settings = load_settings(EXAMPLE)
     backend = connect_backend(settings)

@@ -14,7 +14,7 @@ own; the client runs in the main thread. Three endpoints on the same database:
 Connect (asyncpg and psycopg, direct; asyncpg pooled through PgBouncer when installed)
 and per-query latency (`SELECT 1` on an open connection), medians, interleaved so the
 machine's noise falls on every side alike; ratios against `old`. Last, what opening
-an endpoint costs with its own loopback address on 5432 (`harness.local.hosts`) beside
+an endpoint costs with its own loopback address on 5432 (`cathouse_harness.local.hosts`) beside
 its two port listeners.
 """
 
@@ -33,7 +33,7 @@ ROLE = "bench_owner"
 
 
 def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
-    from harness.local.proxy import Admission
+    from cathouse_harness.local.proxy import Admission
 
     loop, plane, internal, branch_pw, credential = bench_plane(home, ROLE)
 

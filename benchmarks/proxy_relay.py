@@ -6,7 +6,7 @@ One embedded PostgreSQL (own temporary home) and its data plane on a thread of t
 own. Two endpoints on the same database, both authenticating at the proxy as the
 catalog's gate does: `old` copies bytes after the startup (an Admission without `sql`,
 the relay before this change), `new` frames the client's stream and watches the
-server's (`harness.local.sql_relay`). Per-query latency of `SELECT 1` on an open
+server's (`cathouse_harness.local.sql_relay`). Per-query latency of `SELECT 1` on an open
 connection over asyncpg (extended protocol, as `fetchval` sends it) and psycopg
 (extended, prepared after five runs), direct and pooled, and one bulk read
 (`generate_series`, asyncpg, direct) for the server-to-client side; medians of
@@ -46,7 +46,7 @@ class _Unused:
 
 
 def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
-    from harness.local.proxy import Admission
+    from cathouse_harness.local.proxy import Admission
 
     loop, plane, _internal, branch_pw, credential = bench_plane(home, ROLE)
 
@@ -116,8 +116,8 @@ def _framing_cost(rounds: int) -> dict[str, float]:
     """What the relay adds per query in CPU, without sockets: psycopg's unprepared
     SELECT 1 (Parse/Bind/Describe/Execute/Sync in one chunk) through the client-side
     framing, and its answer (one chunk) through the server-side count."""
-    from harness.local.proxy_auth import message
-    from harness.local.sql_relay import Relay
+    from cathouse_harness.local.proxy_auth import message
+    from cathouse_harness.local.sql_relay import Relay
 
     class Sink:
         def write(self, data: bytes) -> None:

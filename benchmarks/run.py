@@ -96,11 +96,10 @@ def naive(home: Path, project: Path, reps: int) -> dict[str, Any]:
     import secrets
 
     import asyncpg
-
-    from harness.backend import connect_backend
-    from harness.local.postgres import scram_verifier
-    from harness.settings import load_settings
-    from harness.sql import quote_ident, quote_literal
+    from cathouse_harness.config.settings import load_settings
+    from cathouse_harness.db.quoting import quote_ident, quote_literal
+    from cathouse_harness.local.postgres import scram_verifier
+    from cathouse_harness.neon.backend import connect_backend
 
     with home_env(home):
         settings = load_settings(project)

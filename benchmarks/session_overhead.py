@@ -24,16 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from _common import EXAMPLE, fmt, home_env, stop_home, summary
-
-from harness.rollback_session import KeptConnections
+from cathouse_harness.db.rollback import KeptConnections
 
 # db_session's engines and kept connections, as the plugin holds them for a run
 CONNECTIONS = KeptConnections()
 
 
 def hot_sessions(home: Path, reps: int, project: Path = EXAMPLE) -> dict[str, Any]:
-    from harness.session import BranchSession
-    from harness.settings import load_settings
+    from cathouse_harness.config.settings import load_settings
+    from cathouse_harness.session.branch_session import BranchSession
 
     start: list[float] = []
     finish: list[float] = []
@@ -81,9 +80,8 @@ async def _db_session_tests(pooled_url: str, tests: int, keep: bool) -> list[flo
 async def _bare_queries(pooled_url: str, tests: int) -> list[float]:
     """The same `SELECT 1` without db_session, on one open connection (its own
     transaction, ended after the query): what the fixture's figure is compared with."""
+    from cathouse_harness.db.rollback import session_engine
     from sqlalchemy import text
-
-    from harness.rollback_session import session_engine
 
     engine = session_engine(pooled_url)
     times: list[float] = []
@@ -102,8 +100,8 @@ def _close_kept() -> None:
 
 
 def isolation(home: Path, tests: int, resets: int) -> dict[str, Any]:
-    from harness.session import BranchSession
-    from harness.settings import load_settings
+    from cathouse_harness.config.settings import load_settings
+    from cathouse_harness.session.branch_session import BranchSession
 
     with home_env(home):
         session = BranchSession(load_settings(EXAMPLE), run_id=f"bench-iso-{time.time_ns() % 10**6}")

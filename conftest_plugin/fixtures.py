@@ -15,21 +15,19 @@ from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 import pytest_asyncio
-
-from conftest_plugin.state import HarnessState, state_key
-from harness import env
-from harness.envfile import ssl_root_env
-from harness.errors import ConfigError, HarnessError
-from harness.redact import redact_url
-from harness.rollback_session import KeptConnections
-from harness.settings import Settings
-from harness.urls import endpoint_of
+from cathouse_harness.config.envfile import ssl_root_env
+from cathouse_harness.config.settings import Settings
+from cathouse_harness.db.rollback import KeptConnections
+from cathouse_harness.db.urls import endpoint_of
+from cathouse_harness.errors import ConfigError, HarnessError
+from cathouse_harness.support import env
+from cathouse_harness.support.redact import redact_url
+from pytest_cathouse_harness.state import HarnessState, state_key
 
 if TYPE_CHECKING:
+    from cathouse_harness.branching.lifecycle import BranchHandle
+    from cathouse_harness.session.branch_session import BranchSession
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-
-    from harness.branches import BranchHandle
-    from harness.session import BranchSession
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ class NeonBranch:
     pooled_url: str  # pooled, exactly as the API handed it out
     direct_url: str  # direct, exactly as the API handed it out
     # the database the URLs name: under xdist each worker's own (`cathouse_gw0`, see
-    # `harness.worker_databases`), else the configured one
+    # `cathouse_harness.xdist.worker_databases`), else the configured one
     database: str
 
     def __repr__(self) -> str:
@@ -82,7 +80,7 @@ def _keep_policy(settings: Settings, backend: str) -> str:
 def cathouse_branch_session(
     request: pytest.FixtureRequest, cathouse_settings: Settings
 ) -> Iterator[BranchSession]:
-    from harness.session import BranchSession
+    from cathouse_harness.session.branch_session import BranchSession
 
     state = _state(request.config)
     session = BranchSession(
@@ -132,7 +130,7 @@ def _stop_for_setup_error(request: pytest.FixtureRequest, state: HarnessState, e
 
 
 def _asyncpg_url(url: str) -> str:
-    from harness.urls import normalize_asyncpg_url
+    from cathouse_harness.db.urls import normalize_asyncpg_url
 
     return normalize_asyncpg_url(url)
 
@@ -226,7 +224,7 @@ async def service_engine(
     """A factory: `service_engine("auth-service")` gives that service's async engine on the
     pooled URL, with the seed's settings and its pool budget. Engines are disposed after
     the test."""
-    from harness.engines import create_service_engine
+    from cathouse_harness.db.engines import create_service_engine
 
     engines: dict[str, AsyncEngine] = {}
 

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from harness.settings import Settings, load_settings
+from cathouse_harness.config.settings import Settings, load_settings
 
 GROUP = "cathouse-harness"
 ENV_ISOLATED = ("DATABASE_URL", "MIGRATION_DATABASE_URL")

@@ -8,9 +8,12 @@ import uuid
 from typing import Any
 
 import pytest
-
-from conftest_plugin import report
-from conftest_plugin.fixtures import (  # noqa: F401  (pytest finds fixtures by name here)
+from cathouse_harness.cleanup.runs import adopt_owner_token, check_run_id, owner_token
+from cathouse_harness.config.settings import INIT_HINT, Settings
+from cathouse_harness.errors import ConfigError, HarnessError
+from cathouse_harness.support import env
+from pytest_cathouse_harness import report
+from pytest_cathouse_harness.fixtures import (  # noqa: F401  (pytest finds fixtures by name here)
     _cathouse_branch_per_test_marker,
     _cathouse_reset_marker,
     branch_per_test,
@@ -25,18 +28,14 @@ from conftest_plugin.fixtures import (  # noqa: F401  (pytest finds fixtures by 
     reset_branch,
     service_engine,
 )
-from conftest_plugin.options import (
+from pytest_cathouse_harness.options import (
     ENV_ISOLATED,
     add_options,
     project_configures_harness,
     read_settings,
 )
-from conftest_plugin.scrub import scrub_report
-from conftest_plugin.state import HarnessState, state_key
-from harness import env
-from harness.errors import ConfigError, HarnessError
-from harness.runs import adopt_owner_token, check_run_id, owner_token
-from harness.settings import INIT_HINT, Settings
+from pytest_cathouse_harness.scrub import scrub_report
+from pytest_cathouse_harness.state import HarnessState, state_key
 
 # A URL on a host that can never resolve (RFC 6761): whatever reads it before the branch
 # exists fails loudly instead of reaching a real database named in a shell or .env.
@@ -112,7 +111,7 @@ def pytest_configure_node(node: Any) -> None:
         return
     if state.broker is None:
         # started with the first worker, idle until one asks for its branch
-        from harness.broker import BranchBroker
+        from cathouse_harness.xdist.broker import BranchBroker
 
         state.broker = BranchBroker(state.settings, state.run_id)
         state.broker.start()
@@ -174,7 +173,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if session.config.option.collectonly or not any(_uses_branch(i) for i in session.items):
         return
-    from harness.handoff import expect_branch, handoff_dir
+    from cathouse_harness.xdist.handoff import expect_branch, handoff_dir
 
     try:
         expect_branch(handoff_dir(state.settings, state.run_id), state.worker)
@@ -251,7 +250,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = state.setup_exit
     _close_broker(state)
     if state.is_controller and state.settings is not None and _uses_xdist(config):
-        from harness.sweep import sweep_run
+        from cathouse_harness.cleanup.sweep import sweep_run
 
         all_finished = (
             state.workers_up == state.workers_finished

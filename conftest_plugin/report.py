@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from harness.redact import redact_url
-from harness.settings import Settings
+from cathouse_harness.config.settings import Settings
+from cathouse_harness.support.redact import redact_url
 
 # "handoff": an xdist worker waiting for the branch its controller prepares
 _STEPS = (

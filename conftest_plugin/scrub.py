@@ -5,7 +5,7 @@ which shows every local) puts the role password into the terminal, into JUnit XM
 into whatever CI keeps of both. Every report is scrubbed where it is made, in the
 process that ran the test (so an xdist worker sends its controller a clean report):
 each string in its long representation and in its captured sections goes through
-`harness.redact.scrub`, which removes every secret the harness registered and any
+`cathouse_harness.support.redact.scrub`, which removes every secret the harness registered and any
 password inside a URL. `--cathouse-show-secrets` turns this off.
 """
 
@@ -15,8 +15,7 @@ import dataclasses
 from typing import Any
 
 import pytest
-
-from harness.redact import scrub
+from cathouse_harness.support.redact import scrub
 
 
 def _scrubbed(value: Any) -> Any:

@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
-
-from harness.rollback_session import KeptConnections
+from cathouse_harness.db.rollback import KeptConnections
 
 if TYPE_CHECKING:
-    from harness.broker import BranchBroker
-    from harness.errors import ConfigError
-    from harness.session import BranchSession
-    from harness.settings import Settings
+    from cathouse_harness.config.settings import Settings
+    from cathouse_harness.errors import ConfigError
+    from cathouse_harness.session.branch_session import BranchSession
+    from cathouse_harness.xdist.broker import BranchBroker
 
 
 @dataclass

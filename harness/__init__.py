@@ -1,10 +1,11 @@
 """cathouse-harness: Neon branch-aware tooling and a pytest harness for multi-service backends.
 
-`harness` is the engine. It never imports pytest; the plugin lives in `conftest_plugin`
-and the command line in `harness.cli`.
+The engine, imported as `cathouse_harness` from the repository folder `harness/`. It
+never imports pytest; the plugin is `pytest_cathouse_harness` (folder `conftest_plugin/`)
+and the command line `cathouse_harness.cli`.
 """
 
-from harness.errors import (
+from cathouse_harness.errors import (
     ConfigError,
     HarnessError,
     LocalServerError,

@@ -2,13 +2,13 @@
 
 Every error the harness raises on purpose is a `HarnessError`. Its `str()` is a single
 line meant for a person at a terminal: what went wrong, where it came from, how to fix
-it. Messages never carry secrets: callers pass URLs through `harness.redact` first, and
+it. Messages never carry secrets: callers pass URLs through `cathouse_harness.support.redact` first, and
 `HarnessError.__init__` scrubs every registered secret as a last line of defence.
 """
 
 from __future__ import annotations
 
-from harness.redact import scrub
+from cathouse_harness.support.redact import scrub
 
 
 class HarnessError(Exception):

@@ -9,7 +9,7 @@ if ($cli) {
     exit $LASTEXITCODE
 }
 $python = if ($env:PYTHON) { $env:PYTHON } elseif ($env:VIRTUAL_ENV) { Join-Path $env:VIRTUAL_ENV "Scripts/python.exe" } else { "python" }
-& $python -c "import harness.cli" 2>$null
+& $python -c "import cathouse_harness.cli.commands" 2>$null
 if ($LASTEXITCODE -ne 0) {
     Write-Error "branch-up: cathouse-harness is not installed for $python (pip install cathouse-harness)"
     exit 2

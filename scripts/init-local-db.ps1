@@ -36,7 +36,7 @@ if (-not $hasUrlArgument -and -not $env:MIGRATION_DATABASE_URL) {
 }
 
 # Use the installed harness; from a source checkout, the checkout's.
-& $python -c "import importlib.util as u, sys; sys.exit(u.find_spec('harness.cli') is None)" 2>$null | Out-Null
+& $python -c "import importlib.util as u, sys; sys.exit(u.find_spec('cathouse_harness.cli.commands') is None)" 2>$null | Out-Null
 if ($LASTEXITCODE -ne 0) {
     $env:PYTHONPATH = if ($env:PYTHONPATH) { "$repoRoot;$env:PYTHONPATH" } else { $repoRoot }
 }

@@ -39,7 +39,7 @@ if [[ "$has_url_argument" == false && -z "${MIGRATION_DATABASE_URL:-}" ]]; then
 fi
 
 # Use the installed harness; from a source checkout, the checkout's.
-if ! "$python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('harness.cli') is None)" >/dev/null 2>&1; then
+if ! "$python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('cathouse_harness.cli.commands') is None)" >/dev/null 2>&1; then
     export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
 fi
 

@@ -15,10 +15,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
-
-from harness.env import overridden
-from harness.local.dataplane import DataPlane
-from harness.sync import LoopThread
+from cathouse_harness.local.dataplane import DataPlane
+from cathouse_harness.support.env import overridden
+from cathouse_harness.support.sync import LoopThread
 
 TEST_ROLE = "harness_test"
 
@@ -42,8 +41,8 @@ def harness_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with overridden(isolated):
         yield home
         # pytester runs start the embedded default as a daemon under this home; stop it.
-        from harness.local.postgres import memory_cluster_dirs
-        from harness.local.server import stop_local_server
+        from cathouse_harness.local.postgres import memory_cluster_dirs
+        from cathouse_harness.local.server import stop_local_server
 
         try:
             stop_local_server(home)

@@ -21,20 +21,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harness.local.discovery import LocalServerInfo, running_server
-    from harness.local.faults import FaultConfig, parse_faults
-    from harness.local.launch import ensure_local_server, stop_local_server
-    from harness.local.server import run_emulator, run_server
+    from cathouse_harness.local.discovery import LocalServerInfo, running_server
+    from cathouse_harness.local.faults import FaultConfig, parse_faults
+    from cathouse_harness.local.launch import ensure_local_server, stop_local_server
+    from cathouse_harness.local.server import run_emulator, run_server
 
 _EXPORTS = {
-    "FaultConfig": "harness.local.faults",
-    "parse_faults": "harness.local.faults",
-    "LocalServerInfo": "harness.local.discovery",
-    "ensure_local_server": "harness.local.launch",
-    "run_emulator": "harness.local.server",
-    "run_server": "harness.local.server",
-    "running_server": "harness.local.discovery",
-    "stop_local_server": "harness.local.launch",
+    "FaultConfig": "cathouse_harness.local.faults",
+    "parse_faults": "cathouse_harness.local.faults",
+    "LocalServerInfo": "cathouse_harness.local.discovery",
+    "ensure_local_server": "cathouse_harness.local.launch",
+    "run_emulator": "cathouse_harness.local.server",
+    "run_server": "cathouse_harness.local.server",
+    "running_server": "cathouse_harness.local.discovery",
+    "stop_local_server": "cathouse_harness.local.launch",
 }
 
 __all__ = [
@@ -52,5 +52,5 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'harness.local' has no attribute {name!r}")
+        raise AttributeError(f"module 'cathouse_harness.local' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)

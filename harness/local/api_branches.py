@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from cathouse_harness.local import api_validation as check
+from cathouse_harness.local.api_http import api, gone, json_body, ok, project_of, with_operations
+from cathouse_harness.local.api_shapes import annotation_json, branch_json, created_branch_json
+from cathouse_harness.local.control import LocalNeon
+from cathouse_harness.local.schema import branch_schema, compare_schema
+from cathouse_harness.local.state import BranchRecord, OperationRecord
 from starlette.requests import Request
 from starlette.responses import Response
-
-from harness.local import api_validation as check
-from harness.local.api_http import api, gone, json_body, ok, project_of, with_operations
-from harness.local.api_shapes import annotation_json, branch_json, created_branch_json
-from harness.local.control import LocalNeon
-from harness.local.schema import branch_schema, compare_schema
-from harness.local.state import BranchRecord, OperationRecord
 
 MAX_LIMIT = 10000
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from cathouse_harness.local import api_validation as check
+from cathouse_harness.local.api_http import api, gone, json_body, ok, project_of, with_operations
+from cathouse_harness.local.api_shapes import database_json, role_json
+from cathouse_harness.local.control import LocalNeon
+from cathouse_harness.local.state import BranchRecord
 from starlette.requests import Request
 from starlette.responses import Response
-
-from harness.local import api_validation as check
-from harness.local.api_http import api, gone, json_body, ok, project_of, with_operations
-from harness.local.api_shapes import database_json, role_json
-from harness.local.control import LocalNeon
-from harness.local.state import BranchRecord
 
 
 def _branch(request: Request) -> tuple[LocalNeon, BranchRecord]:

@@ -11,16 +11,15 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cathouse_harness.errors import ApiError
+from cathouse_harness.local import ids
+from cathouse_harness.local.api_shapes import operations_json
+from cathouse_harness.local.api_validation import bad_request
+from cathouse_harness.local.control import LocalNeon
+from cathouse_harness.local.state import OperationRecord
+from cathouse_harness.support.log import get_logger
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-
-from harness.errors import ApiError
-from harness.local import ids
-from harness.local.api_shapes import operations_json
-from harness.local.api_validation import bad_request
-from harness.local.control import LocalNeon
-from harness.local.state import OperationRecord
-from harness.log import get_logger
 
 log = get_logger("local.app")
 

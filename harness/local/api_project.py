@@ -6,14 +6,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from cathouse_harness.local import api_validation as check
+from cathouse_harness.local.api_http import api, json_body, log, neon_of, ok, project_of
+from cathouse_harness.local.api_shapes import (
+    operation_json,
+    project_item_json,
+    project_json,
+    regions_json,
+    user_json,
+)
+from cathouse_harness.local.faults import FaultInjector, faults_from_json
+from cathouse_harness.local.journal import RequestJournal
 from starlette.requests import Request
 from starlette.responses import Response
-
-from harness.local import api_validation as check
-from harness.local.api_http import api, json_body, log, neon_of, ok, project_of
-from harness.local.api_shapes import operation_json, project_item_json, project_json, regions_json, user_json
-from harness.local.faults import FaultInjector, faults_from_json
-from harness.local.journal import RequestJournal
 
 # How long a GET of a running operation may wait for it to finish before answering
 # (it then says `running`, as Neon does, and the client polls again).

@@ -12,9 +12,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from harness.local.control import LocalNeon
-from harness.local.history import HISTORY_RETENTION_SECONDS
-from harness.local.state import (
+from cathouse_harness.local.control import LocalNeon
+from cathouse_harness.local.history import HISTORY_RETENTION_SECONDS
+from cathouse_harness.local.state import (
     BranchRecord,
     DatabaseRecord,
     EndpointRecord,

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
-from harness.errors import ApiError
-from harness.local.history import LSN_PATTERN, PointInTime
-from harness.local.state import iso, now, parse_time
+from cathouse_harness.errors import ApiError
+from cathouse_harness.local.history import LSN_PATTERN, PointInTime
+from cathouse_harness.local.state import iso, now, parse_time
 
 MAX_EXPIRY = timedelta(days=30)
 MAX_BRANCH_NAME = 256

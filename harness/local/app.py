@@ -16,22 +16,21 @@ import asyncio
 import hmac
 import time
 
+from cathouse_harness.local import api_branches as branches
+from cathouse_harness.local import api_catalog as catalog
+from cathouse_harness.local import api_computes as computes
+from cathouse_harness.local import api_project as project
+from cathouse_harness.local import ids
+from cathouse_harness.local.api_http import error_response, log, request_id_of
+from cathouse_harness.local.control import LocalNeon
+from cathouse_harness.local.faults import FaultInjector
+from cathouse_harness.local.journal import JournalEntry, RequestJournal
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from harness.local import api_branches as branches
-from harness.local import api_catalog as catalog
-from harness.local import api_computes as computes
-from harness.local import api_project as project
-from harness.local import ids
-from harness.local.api_http import error_response, log, request_id_of
-from harness.local.control import LocalNeon
-from harness.local.faults import FaultInjector
-from harness.local.journal import JournalEntry, RequestJournal
 
 PREFIX = "/api/v2"
 REQUEST_ID_HEADERS = (b"x-neon-ret-request-id", b"x-request-id")

@@ -25,15 +25,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from harness.errors import LocalServerError
-from harness.local.sql_databases import CreateDatabase, DropDatabase, SqlRefusal
-from harness.local.sql_relay import Borrow
-from harness.local.state import BranchRecord, DatabaseRecord, database_id, iso, now
-from harness.log import get_logger
-from harness.sql import quote_ident
+from cathouse_harness.db.quoting import quote_ident
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.sql_databases import CreateDatabase, DropDatabase, SqlRefusal
+from cathouse_harness.local.sql_relay import Borrow
+from cathouse_harness.local.state import BranchRecord, DatabaseRecord, database_id, iso, now
+from cathouse_harness.support.log import get_logger
 
 if TYPE_CHECKING:
-    from harness.local.core import NeonCore
+    from cathouse_harness.local.core import NeonCore
 
 log = get_logger("local.branch_sql")
 

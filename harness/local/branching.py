@@ -1,9 +1,9 @@
 """Branches of the local server: create, update, delete, set as default; restores are
-in `harness.local.restoring`.
+in `cathouse_harness.local.restoring`.
 
 A child's databases are copies of its parent's (`CREATE DATABASE … TEMPLATE`, fenced by
 the data plane), made by the create's background operation, from the parent's current
-state or from the state the history (`harness.local.history`) has at `parent_lsn` /
+state or from the state the history (`cathouse_harness.local.history`) has at `parent_lsn` /
 `parent_timestamp`. The rules are Neon's: a branch name is unique; no `expires_at` on
 the default or a protected branch, on a branch with children, or as the parent of a new
 branch; a schema-only branch is a root (no parent) and counts against the root-branch
@@ -17,12 +17,12 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
-from harness.errors import ApiError
-from harness.local import ids
-from harness.local.api_validation import BranchCreate, BranchUpdate, Restore, _Unset
-from harness.local.catalog import Copy
-from harness.local.operations import failure_reason, wake
-from harness.local.state import (
+from cathouse_harness.errors import ApiError
+from cathouse_harness.local import ids
+from cathouse_harness.local.api_validation import BranchCreate, BranchUpdate, Restore, _Unset
+from cathouse_harness.local.catalog import Copy
+from cathouse_harness.local.operations import failure_reason, wake
+from cathouse_harness.local.state import (
     BranchRecord,
     EndpointRecord,
     OperationRecord,
@@ -30,11 +30,11 @@ from harness.local.state import (
     now,
     parse_time,
 )
-from harness.log import get_logger
-from harness.redact import scrub
+from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.redact import scrub
 
 if TYPE_CHECKING:
-    from harness.local.core import NeonCore
+    from cathouse_harness.local.core import NeonCore
 
 log = get_logger("local.branching")
 
@@ -56,7 +56,7 @@ def _ttl(expires_at: str | None, stamp: str) -> int | None:
 
 class Branching:
     def __init__(self, neon: NeonCore) -> None:
-        from harness.local.restoring import Restoring
+        from cathouse_harness.local.restoring import Restoring
 
         self.neon = neon
         self.restoring = Restoring(neon)

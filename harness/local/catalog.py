@@ -24,14 +24,14 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from harness.errors import ApiError
-from harness.local import ids
-from harness.local.api_validation import DatabaseChange
-from harness.local.branch_sql import BranchSql
-from harness.local.postgres import scram_verifier
-from harness.local.proxy import Admission, Gate, Refusal
-from harness.local.proxy_auth import Credential
-from harness.local.state import (
+from cathouse_harness.errors import ApiError
+from cathouse_harness.local import ids
+from cathouse_harness.local.api_validation import DatabaseChange
+from cathouse_harness.local.branch_sql import BranchSql
+from cathouse_harness.local.postgres import scram_verifier
+from cathouse_harness.local.proxy import Admission, Gate, Refusal
+from cathouse_harness.local.proxy_auth import Credential
+from cathouse_harness.local.state import (
     BranchRecord,
     DatabaseRecord,
     OperationRecord,
@@ -40,10 +40,10 @@ from harness.local.state import (
     iso,
     now,
 )
-from harness.redact import register_secret
+from cathouse_harness.support.redact import register_secret
 
 if TYPE_CHECKING:
-    from harness.local.core import NeonCore
+    from cathouse_harness.local.core import NeonCore
 
 # What a connection to a read-only endpoint gets: PostgreSQL refuses writes in it.
 READ_ONLY = {"default_transaction_read_only": "on"}

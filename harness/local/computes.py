@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.errors import ApiError
-from harness.local import ids
-from harness.local.api_validation import EndpointCreate, EndpointSettings, EndpointUpdate
-from harness.local.state import EndpointRecord, OperationRecord, iso, now
+from cathouse_harness.errors import ApiError
+from cathouse_harness.local import ids
+from cathouse_harness.local.api_validation import EndpointCreate, EndpointSettings, EndpointUpdate
+from cathouse_harness.local.state import EndpointRecord, OperationRecord, iso, now
 
 if TYPE_CHECKING:
-    from harness.local.core import NeonCore
+    from cathouse_harness.local.core import NeonCore
 
 
 def _apply_settings(ep: EndpointRecord, settings: EndpointSettings) -> None:

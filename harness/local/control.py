@@ -1,7 +1,7 @@
 """The control plane of the local Neon server: its state, lookups and endpoints.
 
-`LocalNeon` owns the state (`harness.local.state`) and drives the data plane
-(`harness.local.dataplane.DataPlane`): a branch's databases are PostgreSQL databases
+`LocalNeon` owns the state (`cathouse_harness.local.state`) and drives the data plane
+(`cathouse_harness.local.dataplane.DataPlane`): a branch's databases are PostgreSQL databases
 copied from its parent's, an endpoint is a pair of TCP listeners (direct and pooled) in
 front of them. The mutations live beside it, one module per kind of object:
 `branching` (branches), `computes` (endpoints), `catalog` (roles and databases, and the
@@ -9,8 +9,8 @@ gate that admits each connection), `reaper` (expired branches); `operations` run
 and holds the project's lock, `persist` writes the state.
 
 Hosts: an endpoint's `host` and `pooler_host` are its names served by one router on
-5432 (names mode, `harness.local.names`, where `*.localhost` resolves), or two loopback
-addresses of its own, each listening on 5432 (`harness.local.hosts`); the URLs handed
+5432 (names mode, `cathouse_harness.local.names`, where `*.localhost` resolves), or two loopback
+addresses of its own, each listening on 5432 (`cathouse_harness.local.hosts`); the URLs handed
 out say them with no port, as Neon's do, naming the home's CA (verify-full): a URL built from `host` alone
 reaches the branch directly, one built from `pooler_host` goes through PgBouncer. Where
 the machine cannot bind them, both are `127.0.0.1` and only `connection_uri` reaches the
@@ -27,15 +27,15 @@ from typing import Any
 from urllib.parse import quote
 
 # the harness's own annotation: a dev branch keeps the server up (see idle_seconds)
-from harness.branches import MARK_KIND
-from harness.errors import ApiError
-from harness.local import ids
-from harness.local.core import DataPlaneLike
-from harness.local.faults import FaultInjector
-from harness.local.latency import NO_LATENCY, LatencyProfile
-from harness.local.operations import Operations
-from harness.local.persist import StateWriter
-from harness.local.state import (
+from cathouse_harness.branching.lifecycle import MARK_KIND
+from cathouse_harness.errors import ApiError
+from cathouse_harness.local import ids
+from cathouse_harness.local.core import DataPlaneLike
+from cathouse_harness.local.faults import FaultInjector
+from cathouse_harness.local.latency import NO_LATENCY, LatencyProfile
+from cathouse_harness.local.operations import Operations
+from cathouse_harness.local.persist import StateWriter
+from cathouse_harness.local.state import (
     BranchRecord,
     DatabaseRecord,
     EndpointRecord,
@@ -46,8 +46,8 @@ from harness.local.state import (
     now,
     parse_time,
 )
-from harness.log import get_logger
-from harness.redact import register_secret
+from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.redact import register_secret
 
 log = get_logger("local.control")
 
@@ -76,11 +76,11 @@ class LocalNeon:
         branches_limit: int = DEFAULT_BRANCHES_LIMIT,
         root_branches_limit: int = DEFAULT_ROOT_BRANCHES_LIMIT,
     ) -> None:
-        from harness.local.branching import Branching
-        from harness.local.catalog import Catalog
-        from harness.local.computes import Computes
-        from harness.local.history import History
-        from harness.local.reaper import Reaper
+        from cathouse_harness.local.branching import Branching
+        from cathouse_harness.local.catalog import Catalog
+        from cathouse_harness.local.computes import Computes
+        from cathouse_harness.local.history import History
+        from cathouse_harness.local.reaper import Reaper
 
         self.home = home
         self.dataplane = dataplane
@@ -149,7 +149,7 @@ class LocalNeon:
 
     def _on_connection(self) -> None:
         """A client connected to or left an endpoint: the server is in use, and the
-        branch's data may change while one is connected (`harness.local.history`)."""
+        branch's data may change while one is connected (`cathouse_harness.local.history`)."""
         self.touch()
         if self._state is not None:
             self.history.observe(self.dataplane.endpoint_connections())
@@ -287,7 +287,7 @@ class LocalNeon:
 
     def endpoint_host(self, ep: EndpointRecord, *, pooled: bool = False) -> str:
         """The endpoint's `host` (or `pooler_host`): its own loopback address where it has
-        them (a URL built from it alone connects, `harness.local.hosts`), else 127.0.0.1."""
+        them (a URL built from it alone connects, `cathouse_harness.local.hosts`), else 127.0.0.1."""
         address = self._addresses.get(ep.id)
         own = address.own_hosts if address is not None else None
         if own is not None:

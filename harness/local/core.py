@@ -1,6 +1,6 @@
 """What the control plane's parts (branching, catalog, computes, reaper) need from each
 other and from the data plane, as protocols: the parts depend on these, not on
-`harness.local.control.LocalNeon`, which builds them."""
+`cathouse_harness.local.control.LocalNeon`, which builds them."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from harness.local.faults import FaultInjector
-    from harness.local.operations import Operations
-    from harness.local.proxy import Gate
-    from harness.local.state import BranchRecord, EndpointRecord, LocalState
+    from cathouse_harness.local.faults import FaultInjector
+    from cathouse_harness.local.operations import Operations
+    from cathouse_harness.local.proxy import Gate
+    from cathouse_harness.local.state import BranchRecord, EndpointRecord, LocalState
 
 
 class DataPlaneLike(Protocol):
-    """What the control plane needs from `harness.local.dataplane.DataPlane`."""
+    """What the control plane needs from `cathouse_harness.local.dataplane.DataPlane`."""
 
     async def start(self) -> None: ...
     async def stop(self, *, stop_postgres: bool = True) -> None: ...

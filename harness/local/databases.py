@@ -1,5 +1,5 @@
 """Roles and databases on the data plane's cluster: a branch is a physical database
-copied from its parent's (fenced, `harness.local.fencing`), and PgBouncer is told about
+copied from its parent's (fenced, `cathouse_harness.local.fencing`), and PgBouncer is told about
 every role and database that appears or goes away."""
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
-
-from harness.errors import LocalServerError
-from harness.local.fencing import Fencer
-from harness.local.pgbouncer import PgBouncer
-from harness.local.postgres import scram_verifier, verifier_matches
-from harness.sql import quote_ident, quote_literal
+from cathouse_harness.db.quoting import quote_ident, quote_literal
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.fencing import Fencer
+from cathouse_harness.local.pgbouncer import PgBouncer
+from cathouse_harness.local.postgres import scram_verifier, verifier_matches
 
 # how often a copy is tried when a session slips onto the template just before it
 _COPY_ATTEMPTS = 3
@@ -62,7 +61,7 @@ class Databases:
                 "SELECT rolpassword, rolcreatedb FROM pg_authid WHERE rolname = $1", role
             )
             # CREATEDB as Neon's roles have it: a client copies the database it is on
-            # over SQL from its own session (`harness.local.branch_sql`)
+            # over SQL from its own session (`cathouse_harness.local.branch_sql`)
             if row is None:
                 verifier = scram_verifier(password)
                 await pool.execute(

@@ -5,7 +5,7 @@ on one PostgreSQL cluster: a branch is a physical database copied from its paren
 (`databases`, fenced by `fencing`), an endpoint is a set of loopback listeners
 (`listeners`) that map the logical database name a client asks for to the branch's
 physical database. This module starts and stops the cluster, TLS and PgBouncer, and is
-the one face the control plane talks to (`harness.local.core.DataPlaneLike`).
+the one face the control plane talks to (`cathouse_harness.local.core.DataPlaneLike`).
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-
-from harness.errors import LocalServerError
-from harness.local.databases import Databases, list_databases
-from harness.local.fencing import DEFAULT_FENCE_TIMEOUT, Fencer
-from harness.local.listeners import EndpointAddress, Listeners
-from harness.local.names import host_mode
-from harness.local.pgbouncer import PgBouncer, find_pgbouncer
-from harness.local.postgres import (
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.databases import Databases, list_databases
+from cathouse_harness.local.fencing import DEFAULT_FENCE_TIMEOUT, Fencer
+from cathouse_harness.local.listeners import EndpointAddress, Listeners
+from cathouse_harness.local.names import host_mode
+from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
+from cathouse_harness.local.postgres import (
     Cluster,
     OsUser,
     cluster_root,
@@ -34,9 +33,9 @@ from harness.local.postgres import (
     resolve_install,
     resolve_os_user,
 )
-from harness.local.proxy import Fences, Gate, Upstream
-from harness.local.tls import TlsMaterial, server_material
-from harness.log import get_logger
+from cathouse_harness.local.proxy import Fences, Gate, Upstream
+from cathouse_harness.local.tls import TlsMaterial, server_material
+from cathouse_harness.support.log import get_logger
 
 # re-exported: tests, benchmarks and the server import them from here
 __all__ = ["DEFAULT_FENCE_TIMEOUT", "DataPlane", "EndpointAddress"]
@@ -264,10 +263,10 @@ class DataPlane:
 
     @property
     def names_problem(self) -> str | None:
-        """Why endpoints are not named as Neon's are (`harness.local.names`), if not."""
+        """Why endpoints are not named as Neon's are (`cathouse_harness.local.names`), if not."""
         return self._listeners.names_problem if self._listeners is not None else None
 
-    # --- roles and databases (`harness.local.databases`) ------------------------------
+    # --- roles and databases (`cathouse_harness.local.databases`) ------------------------------
 
     async def ensure_role(self, role: str, password: str) -> None:
         await self._db().ensure_role(role, password)
@@ -316,7 +315,7 @@ class DataPlane:
         commit the write position lags), written as Neon writes LSNs (`0/16B3748`)."""
         return str(await self._admin().fetchval("SELECT pg_current_wal_insert_lsn()::text"))
 
-    # --- endpoints (`harness.local.listeners`) ----------------------------------------
+    # --- endpoints (`cathouse_harness.local.listeners`) ----------------------------------------
 
     async def open_endpoint(
         self,

@@ -1,6 +1,6 @@
 """Finding a running local server, as every test session does before its first API call.
 
-This is the client's half of `harness.local.server`, kept apart so that a process which
+This is the client's half of `cathouse_harness.local.server`, kept apart so that a process which
 only looks for a server it can reuse imports nothing of the server (or of urllib's HTTP
 stack): a warm session start is a few tens of milliseconds, and imports were a third of
 it. A server is trusted only when its discovery file names a live pid and that pid
@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness import env
-from harness.processes import pid_alive
-from harness.redact import Secret
-from harness.safe_paths import private_home
+from cathouse_harness.support import env
+from cathouse_harness.support.processes import pid_alive
+from cathouse_harness.support.redact import Secret
+from cathouse_harness.support.safe_paths import private_home
 
 STORAGES = ("memory", "disk")
 API_KEY_FILE = "local-api-key"
@@ -41,7 +41,7 @@ class LocalServerInfo:
 
 def resolve_home(home: Path | None) -> Path:
     if home is None:
-        from harness.settings import default_home
+        from cathouse_harness.config.settings import default_home
 
         given = env.read("CATHOUSE_HARNESS_HOME")
         home = Path(given) if given else default_home()

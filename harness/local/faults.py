@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harness.errors import ConfigError
+from cathouse_harness.errors import ConfigError
 
 ENV_VAR = "CATHOUSE_LOCAL_FAULTS"
 
@@ -122,7 +122,7 @@ def _build(values: dict[str, Any], source: str) -> FaultConfig:
 
 def split_spec(spec: str | None, bad: Callable[[str], ConfigError]) -> dict[str, str]:
     """`a=1,b=2` -> {"a": "1", "b": "2"}; `bad(message)` makes the error for a part that
-    is not key=value. The latency profile's spec (`harness.local.latency`) shares it."""
+    is not key=value. The latency profile's spec (`cathouse_harness.local.latency`) shares it."""
     values: dict[str, str] = {}
     for part in (spec or "").split(","):
         part = part.strip()

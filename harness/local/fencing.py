@@ -16,10 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
-
-from harness.local.pgbouncer import PgBouncer
-from harness.local.proxy import Fences
-from harness.polling import Backoff, wait_until_async
+from cathouse_harness.local.pgbouncer import PgBouncer
+from cathouse_harness.local.proxy import Fences
+from cathouse_harness.support.polling import Backoff, wait_until_async
 
 # How long a fence lets open transactions on the template finish before ending them.
 DEFAULT_FENCE_TIMEOUT = 2.0

@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from harness.errors import ApiError
-from harness.local.state import BranchRecord, iso, parse_time
-from harness.log import get_logger
+from cathouse_harness.errors import ApiError
+from cathouse_harness.local.state import BranchRecord, iso, parse_time
+from cathouse_harness.support.log import get_logger
 
 if TYPE_CHECKING:
-    from harness.local.core import NeonCore
+    from cathouse_harness.local.core import NeonCore
 
 log = get_logger("local.history")
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-
-from harness.errors import LocalServerError
-from harness.local.postgres import wheel_install_dir
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.postgres import wheel_install_dir
 
 
 async def dump_schema(dsn: str) -> str:

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from harness.errors import ConfigError
-from harness.local.faults import seconds_value, split_spec
+from cathouse_harness.errors import ConfigError
+from cathouse_harness.local.faults import seconds_value, split_spec
 
 ENV_VAR = "CATHOUSE_LOCAL_LATENCY"
 

@@ -1,7 +1,7 @@
 """Finding or starting the shared local server from a client process, and stopping it.
 
 `ensure_local_server` reuses the server that answers for a home and storage, or starts a
-detached daemon (`python -m harness.local.server`, see server.py) under an exclusive
+detached daemon (`python -m cathouse_harness.local.server`, see server.py) under an exclusive
 `flock`, so that two processes starting at once get one server. This half is kept apart
 from the serving code so that a test process that only needs a server never imports it.
 """
@@ -16,9 +16,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from harness import env
-from harness.errors import LocalServerError
-from harness.local.discovery import (
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.discovery import (
     STORAGES,
     LocalServerInfo,
     discovery_path,
@@ -29,11 +28,12 @@ from harness.local.discovery import (
     read_discovery,
     resolve_home,
 )
-from harness.local.latency import ENV_VAR as LATENCY_ENV
-from harness.local.latency import parse_latency
-from harness.local.names import host_mode
-from harness.locking import file_lock
-from harness.polling import Backoff, wait_until
+from cathouse_harness.local.latency import ENV_VAR as LATENCY_ENV
+from cathouse_harness.local.latency import parse_latency
+from cathouse_harness.local.names import host_mode
+from cathouse_harness.support import env
+from cathouse_harness.support.locking import file_lock
+from cathouse_harness.support.polling import Backoff, wait_until
 
 START_TIMEOUT = 60.0
 _POLL = Backoff(0.02)
@@ -49,7 +49,7 @@ def _daemon_command(home: Path, storage: str, idle_timeout: float) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "harness.local.server",
+        "cathouse_harness.local.server",
         "--home",
         str(home),
         "--storage",
@@ -114,7 +114,7 @@ def ensure_local_server(
 
 
 def _spawn_daemon(home: Path, storage: str, idle_timeout: float, logfile: Path) -> subprocess.Popen[bytes]:
-    """Start `python -m harness.local.server --daemon` detached, logging to `logfile`."""
+    """Start `python -m cathouse_harness.local.server --daemon` detached, logging to `logfile`."""
     child_env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])
     child_env["PYTHONPATH"] = os.pathsep.join(

@@ -10,13 +10,13 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from harness.errors import LocalServerError
-from harness.local.hosts import DEFAULT_PORT, loopback_addresses, pooled_seed
-from harness.local.names import HOSTS_VAR, NAME_DOMAIN, HostMode, endpoint_names
-from harness.local.proxy import EndpointProxy, Fences, Gate, Upstream
-from harness.local.router import SniRouter
-from harness.local.tls import TlsMaterial
-from harness.log import get_logger
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.hosts import DEFAULT_PORT, loopback_addresses, pooled_seed
+from cathouse_harness.local.names import HOSTS_VAR, NAME_DOMAIN, HostMode, endpoint_names
+from cathouse_harness.local.proxy import EndpointProxy, Fences, Gate, Upstream
+from cathouse_harness.local.router import SniRouter
+from cathouse_harness.local.tls import TlsMaterial
+from cathouse_harness.support.log import get_logger
 
 log = get_logger("local.dataplane")
 
@@ -31,12 +31,12 @@ class EndpointAddress:
     tls: bool
     # the CA a client verifies the endpoint with (`sslrootcert`); None without TLS
     ca_file: str | None = None
-    # the endpoint's own loopback address, listening on 5432 (`harness.local.hosts`)
+    # the endpoint's own loopback address, listening on 5432 (`cathouse_harness.local.hosts`)
     host_address: str | None = None
     # a second one whose 5432 is the pooled listener (`pooler_host`)
     pooled_host_address: str | None = None
 
-    # names mode: (direct, pooled) names the router serves (`harness.local.names`)
+    # names mode: (direct, pooled) names the router serves (`cathouse_harness.local.names`)
     host_names: tuple[str, str] | None = None
 
     @property

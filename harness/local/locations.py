@@ -3,7 +3,7 @@
 /dev/shm (clusters in memory), /var/tmp (a copy of PostgreSQL's binaries, initdb results,
 clusters PostgreSQL's user cannot reach in the home) and /tmp are shared with every local
 user. We use each only through one directory per user, `cathouse-harness-<uid>`, that we
-made or that `harness.safe_paths` verified is ours and closed to others; everything
+made or that `cathouse_harness.support.safe_paths` verified is ours and closed to others; everything
 below it is then ours too. A user's own `$XDG_RUNTIME_DIR` (memory, private) is preferred
 when PostgreSQL runs as that user.
 
@@ -17,9 +17,9 @@ import hashlib
 import os
 from pathlib import Path
 
-from harness import env
-from harness.errors import UnsafePathError
-from harness.safe_paths import check_dir, ensure_dir
+from cathouse_harness.errors import UnsafePathError
+from cathouse_harness.support import env
+from cathouse_harness.support.safe_paths import check_dir, ensure_dir
 
 SHM_DIR = Path("/dev/shm")
 VAR_TMP_DIR = Path("/var/tmp")

@@ -4,13 +4,13 @@ Neon's endpoint host is `<endpoint-id>.<region>.<domain>`, and clients build the
 host by inserting `-pooler` after the endpoint id; its proxy routes one port by the TLS
 server name (SNI). Where `*.localhost` resolves to loopback (systemd's nss-myhostname or
 resolved; not with nsswitch `files dns` alone), names of that shape reach this machine,
-so one router on 127.0.0.1:5432 (`harness.local.router`) serves every endpoint, direct
+so one router on 127.0.0.1:5432 (`cathouse_harness.local.router`) serves every endpoint, direct
 and pooled, by the name the client dialled, and a URL built from `host` by Neon's rule
 reaches PgBouncer. The middle label keeps two labels after the certificate's wildcard
 (`*.local.localhost`), which OpenSSL requires of a wildcard.
 
 `CATHOUSE_LOCAL_HOSTS` chooses: `auto` (names where they resolve, else addresses of
-each endpoint's own, `harness.local.hosts`), `addresses`, or `names` (forced: tests, and
+each endpoint's own, `cathouse_harness.local.hosts`), `addresses`, or `names` (forced: tests, and
 clients that dial the router with libpq's `hostaddr`). `CATHOUSE_LOCAL_ROUTER` puts the
 router on another loopback address (parallel servers, tests).
 """
@@ -22,8 +22,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness import env
-from harness.errors import ConfigError
+from cathouse_harness.errors import ConfigError
+from cathouse_harness.support import env
 
 NAME_DOMAIN = "local.localhost"
 WILDCARD = f"*.{NAME_DOMAIN}"

@@ -17,12 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from harness.errors import ApiError
-from harness.local import ids
-from harness.local.faults import FaultInjector
-from harness.local.latency import NO_LATENCY, LatencyProfile
-from harness.local.state import LocalState, OperationRecord, iso, now, parse_time
-from harness.log import get_logger
+from cathouse_harness.errors import ApiError
+from cathouse_harness.local import ids
+from cathouse_harness.local.faults import FaultInjector
+from cathouse_harness.local.latency import NO_LATENCY, LatencyProfile
+from cathouse_harness.local.state import LocalState, OperationRecord, iso, now, parse_time
+from cathouse_harness.support.log import get_logger
 
 log = get_logger("local.operations")
 

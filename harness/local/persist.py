@@ -13,8 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from harness.local.state import LocalState, state_snapshot, write_private
-from harness.log import get_logger
+from cathouse_harness.local.state import LocalState, state_snapshot, write_private
+from cathouse_harness.support.log import get_logger
 
 log = get_logger("local.persist")
 

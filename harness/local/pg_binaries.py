@@ -20,11 +20,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import env
-from harness.errors import LocalServerError
-from harness.local import locations
-from harness.log import get_logger
-from harness.safe_paths import check_tree, remove_tree, set_mode, tree_digest
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local import locations
+from cathouse_harness.support import env
+from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.safe_paths import check_tree, remove_tree, set_mode, tree_digest
 
 log = get_logger("local.postgres")
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from harness.errors import UnsafePathError
-from harness.local import locations
-from harness.local.pg_binaries import OsUser, can_reach
-from harness.safe_paths import check_dir, ensure_dir, private_home
+from cathouse_harness.errors import UnsafePathError
+from cathouse_harness.local import locations
+from cathouse_harness.local.pg_binaries import OsUser, can_reach
+from cathouse_harness.support.safe_paths import check_dir, ensure_dir, private_home
 
 SUPERUSER = "postgres"
 Storage = Literal["memory", "disk"]
@@ -83,7 +83,7 @@ class ClusterPaths:
     lock_file: Path
     # held (shared) by every process using the cluster; see Cluster._hold_lease
     lease_file: Path
-    # the home this cluster serves, so that harness.leftovers can tell when it is gone
+    # the home this cluster serves, so that cathouse_harness.cleanup.leftovers can tell when it is gone
     home_file: Path
 
     @classmethod

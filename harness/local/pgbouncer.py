@@ -22,13 +22,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import asyncpg
-
-from harness.errors import LocalServerError
-from harness.local.postgres import OsUser, chown_to, free_port, minimal_env, scram_verifier
-from harness.log import get_logger
-from harness.polling import Backoff, wait_until, wait_until_async
-from harness.processes import pid_alive
-from harness.safe_paths import ensure_dir, write_private
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.postgres import OsUser, chown_to, free_port, minimal_env, scram_verifier
+from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.polling import Backoff, wait_until, wait_until_async
+from cathouse_harness.support.processes import pid_alive
+from cathouse_harness.support.safe_paths import ensure_dir, write_private
 
 log = get_logger("local.pgbouncer")
 

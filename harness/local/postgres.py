@@ -26,30 +26,30 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.errors import LocalServerError
-from harness.local import locations
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local import locations
 
 # the names below are imported from here by the data plane, the cleaners and the tests
-from harness.local.pg_binaries import PG_SYSTEM_USER as PG_SYSTEM_USER
-from harness.local.pg_binaries import OsUser as OsUser
-from harness.local.pg_binaries import can_reach as can_reach
-from harness.local.pg_binaries import chown_to as chown_to
-from harness.local.pg_binaries import minimal_env as minimal_env
-from harness.local.pg_binaries import resolve_install as resolve_install
-from harness.local.pg_binaries import resolve_os_user as resolve_os_user
-from harness.local.pg_binaries import wheel_install_dir as wheel_install_dir
-from harness.local.pg_layout import HBA_CONF, INCLUDE_OURS, INITDB_ARGS, settings_text
-from harness.local.pg_layout import SUPERUSER as SUPERUSER
-from harness.local.pg_layout import ClusterPaths as ClusterPaths
-from harness.local.pg_layout import Storage as Storage
-from harness.local.pg_layout import cluster_root as cluster_root
-from harness.local.pg_layout import memory_cluster_dirs as memory_cluster_dirs
-from harness.local.pg_layout import prepare_root as prepare_root
-from harness.locking import file_lock
-from harness.log import get_logger
-from harness.polling import Backoff, wait_until
-from harness.processes import pid_alive
-from harness.safe_paths import check_dir, ensure_dir, remove_tree, write_private
+from cathouse_harness.local.pg_binaries import PG_SYSTEM_USER as PG_SYSTEM_USER
+from cathouse_harness.local.pg_binaries import OsUser as OsUser
+from cathouse_harness.local.pg_binaries import can_reach as can_reach
+from cathouse_harness.local.pg_binaries import chown_to as chown_to
+from cathouse_harness.local.pg_binaries import minimal_env as minimal_env
+from cathouse_harness.local.pg_binaries import resolve_install as resolve_install
+from cathouse_harness.local.pg_binaries import resolve_os_user as resolve_os_user
+from cathouse_harness.local.pg_binaries import wheel_install_dir as wheel_install_dir
+from cathouse_harness.local.pg_layout import HBA_CONF, INCLUDE_OURS, INITDB_ARGS, settings_text
+from cathouse_harness.local.pg_layout import SUPERUSER as SUPERUSER
+from cathouse_harness.local.pg_layout import ClusterPaths as ClusterPaths
+from cathouse_harness.local.pg_layout import Storage as Storage
+from cathouse_harness.local.pg_layout import cluster_root as cluster_root
+from cathouse_harness.local.pg_layout import memory_cluster_dirs as memory_cluster_dirs
+from cathouse_harness.local.pg_layout import prepare_root as prepare_root
+from cathouse_harness.support.locking import file_lock
+from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.polling import Backoff, wait_until
+from cathouse_harness.support.processes import pid_alive
+from cathouse_harness.support.safe_paths import check_dir, ensure_dir, remove_tree, write_private
 
 log = get_logger("local.postgres")
 
@@ -135,7 +135,7 @@ class Cluster:
 
     def _hold_lease(self) -> None:
         """A shared lock on the lease file for as long as this process uses the cluster:
-        a cleaner (harness.leftovers) that can lock it exclusively knows that no server
+        a cleaner (cathouse_harness.cleanup.leftovers) that can lock it exclusively knows that no server
         uses the cluster, so a postmaster still running there is an orphan. The lock must
         be on the file that is there now: a cleaner may have removed the directory."""
         for _attempt in range(3):

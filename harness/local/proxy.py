@@ -19,12 +19,12 @@ import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from harness.local.proxy_auth import AuthFailed, Credential, authenticate_client, login_upstream
-from harness.local.scram import ScramError
-from harness.local.sql_relay import Relay, SqlSession, error_message
-from harness.local.startup_options import EndpointOptionError, take_endpoint_option
-from harness.local.tls import TlsMaterial
-from harness.log import get_logger
+from cathouse_harness.local.proxy_auth import AuthFailed, Credential, authenticate_client, login_upstream
+from cathouse_harness.local.scram import ScramError
+from cathouse_harness.local.sql_relay import Relay, SqlSession, error_message
+from cathouse_harness.local.startup_options import EndpointOptionError, take_endpoint_option
+from cathouse_harness.local.tls import TlsMaterial
+from cathouse_harness.support.log import get_logger
 
 log = get_logger("local.proxy")
 
@@ -124,7 +124,7 @@ class Admission:
     """Where an admitted connection goes, and startup parameters to add on the way.
     With a `credential` the proxy authenticates the client itself (`proxy_auth`);
     without, PostgreSQL does, through the bytes the proxy copies. With `sql`, CREATE
-    and DROP DATABASE are taken over (`harness.local.sql_relay`); without, every byte
+    and DROP DATABASE are taken over (`cathouse_harness.local.sql_relay`); without, every byte
     after the startup is copied."""
 
     physical: str

@@ -18,7 +18,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from harness.local.scram import ClientExchange, ScramError, ServerExchange, Verifier
+from cathouse_harness.local.scram import ClientExchange, ScramError, ServerExchange, Verifier
 
 AUTH_OK = 0
 AUTH_CLEARTEXT = 3

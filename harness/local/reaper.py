@@ -15,11 +15,11 @@ import contextlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from harness.local.state import BranchRecord, now, parse_time
-from harness.log import get_logger
+from cathouse_harness.local.state import BranchRecord, now, parse_time
+from cathouse_harness.support.log import get_logger
 
 if TYPE_CHECKING:
-    from harness.local.core import NeonCore
+    from cathouse_harness.local.core import NeonCore
 
 log = get_logger("local.reaper")
 

@@ -1,6 +1,6 @@
 """Restores of the local server's branches: a branch becomes a copy of another's (or
 its own) state, at its head or at a point in time the history has
-(`harness.local.history`), its current state kept under `preserve_under_name` when
+(`cathouse_harness.local.history`), its current state kept under `preserve_under_name` when
 asked (and required when it has children or is restored to its own history).
 
 The branch keeps its endpoints and URLs: its databases are replaced in place by the
@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from harness.local.api_validation import Restore, bad_request
-from harness.local.catalog import Copy
-from harness.local.operations import failure_reason
-from harness.local.state import (
+from cathouse_harness.local.api_validation import Restore, bad_request
+from cathouse_harness.local.catalog import Copy
+from cathouse_harness.local.operations import failure_reason
+from cathouse_harness.local.state import (
     BranchRecord,
     DatabaseRecord,
     EndpointRecord,
@@ -26,11 +26,11 @@ from harness.local.state import (
     iso,
     now,
 )
-from harness.log import get_logger
-from harness.redact import scrub
+from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.redact import scrub
 
 if TYPE_CHECKING:
-    from harness.local.core import NeonCore
+    from cathouse_harness.local.core import NeonCore
 
 log = get_logger("local.restoring")
 
@@ -46,7 +46,7 @@ class Copied:
 
 
 class Restoring:
-    """Built by `harness.local.branching.Branching`, whose names, records and copies it
+    """Built by `cathouse_harness.local.branching.Branching`, whose names, records and copies it
     uses (through `neon.branching`)."""
 
     def __init__(self, neon: NeonCore) -> None:

@@ -2,7 +2,7 @@
 
 A client asks for TLS (SSLRequest), the handshake tells the server name it dialled
 (`SSLContext.sni_callback`), and the name's first label picks the endpoint and its path
-(`<id>` direct, `<id>-pooler` pooled, `harness.local.names`); from then on the
+(`<id>` direct, `<id>-pooler` pooled, `cathouse_harness.local.names`); from then on the
 endpoint's own proxy serves the connection as if it had come to its listener. A client
 that sends no server name (an address dialled, an old libpq) may name the endpoint as on
 Neon, `options=endpoint%3D<id>` (or `<id>-pooler`) in its startup packet, which the
@@ -20,9 +20,9 @@ import ssl
 import weakref
 from collections.abc import Callable, Sequence
 
-from harness.local.hosts import DEFAULT_PORT
-from harness.local.names import NAME_DOMAIN, POOLER_SUFFIX, route_of
-from harness.local.proxy import (
+from cathouse_harness.local.hosts import DEFAULT_PORT
+from cathouse_harness.local.names import NAME_DOMAIN, POOLER_SUFFIX, route_of
+from cathouse_harness.local.proxy import (
     CANCEL_REQUEST,
     GSSENC_REQUEST,
     PROTOCOL_MAJOR_3,
@@ -35,9 +35,9 @@ from harness.local.proxy import (
     parse_startup,
     read_preamble,
 )
-from harness.local.startup_options import EndpointOptionError, endpoint_named
-from harness.local.tls import TlsMaterial
-from harness.log import get_logger
+from cathouse_harness.local.startup_options import EndpointOptionError, endpoint_named
+from cathouse_harness.local.tls import TlsMaterial
+from cathouse_harness.support.log import get_logger
 
 log = get_logger("local.router")
 

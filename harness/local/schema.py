@@ -11,12 +11,12 @@ from __future__ import annotations
 import difflib
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import ApiError
-from harness.local.introspect import describe_tables, dump_schema
-from harness.local.state import BranchRecord
+from cathouse_harness.errors import ApiError
+from cathouse_harness.local.introspect import describe_tables, dump_schema
+from cathouse_harness.local.state import BranchRecord
 
 if TYPE_CHECKING:
-    from harness.local.control import LocalNeon
+    from cathouse_harness.local.control import LocalNeon
 
 
 async def _dsn(neon: LocalNeon, branch: BranchRecord, db_name: str) -> str:

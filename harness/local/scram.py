@@ -16,7 +16,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from harness.errors import HarnessError
+from cathouse_harness.errors import HarnessError
 
 SCRAM = "SCRAM-SHA-256"
 SCRAM_PLUS = "SCRAM-SHA-256-PLUS"

@@ -7,9 +7,9 @@ server is found through `<home>/local-server.json` (`local-server-disk.json` for
 storage; 0600, no secrets: the key stays in `<home>/local-api-key`) and is trusted only
 when its pid is alive and it answers on its port with that key.
 
-Finding such a server is `harness.local.discovery`'s job (light, for every session
+Finding such a server is `cathouse_harness.local.discovery`'s job (light, for every session
 start). `ensure_local_server` (launch.py) reuses one or starts a detached daemon
-(`python -m harness.local.server`), under an exclusive `flock` so that two processes
+(`python -m cathouse_harness.local.server`), under an exclusive `flock` so that two processes
 starting at once get one server. The daemon exits, stopping PostgreSQL, after
 `idle_timeout` seconds without an API request or a client connection to an endpoint, and
 never while an unexpired dev branch exists. The server binds loopback only.
@@ -33,9 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from harness import env
-from harness.errors import LocalServerError
-from harness.local.discovery import (
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.discovery import (
     STORAGES,
     LocalServerInfo,
     discovery_path,
@@ -43,26 +42,26 @@ from harness.local.discovery import (
     resolve_home,
     running_server,
 )
-from harness.local.faults import ENV_VAR as FAULTS_ENV
-from harness.local.faults import FaultConfig, FaultInjector, parse_faults
-from harness.local.latency import ENV_VAR as LATENCY_ENV
-from harness.local.latency import LatencyProfile, parse_latency
-from harness.local.launch import (  # noqa: F401  (re-exported: callers import them from here)
+from cathouse_harness.local.faults import ENV_VAR as FAULTS_ENV
+from cathouse_harness.local.faults import FaultConfig, FaultInjector, parse_faults
+from cathouse_harness.local.latency import ENV_VAR as LATENCY_ENV
+from cathouse_harness.local.latency import LatencyProfile, parse_latency
+from cathouse_harness.local.launch import (  # noqa: F401  (re-exported: callers import them from here)
     START_TIMEOUT,
     check_storage,
     ensure_local_server,
     stop_local_server,
 )
-from harness.local.state import load_or_create_api_key
-from harness.log import get_logger
-from harness.polling import Backoff, wait_until_async
-from harness.redact import Secret
-from harness.safe_paths import write_private
+from cathouse_harness.local.state import load_or_create_api_key
+from cathouse_harness.support import env
+from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.polling import Backoff, wait_until_async
+from cathouse_harness.support.redact import Secret
+from cathouse_harness.support.safe_paths import write_private
 
 if TYPE_CHECKING:
     import uvicorn
-
-    from harness.local.control import LocalNeon
+    from cathouse_harness.local.control import LocalNeon
 
 # uvicorn, the ASGI app and the control plane are imported only where the server runs;
 # a process that only needs a server running uses launch.py and never imports them.
@@ -136,7 +135,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def _make_dataplane(home: Path, storage: str) -> Any:
-    from harness.local.dataplane import DataPlane
+    from cathouse_harness.local.dataplane import DataPlane
 
     return DataPlane(
         home,
@@ -162,7 +161,7 @@ async def serve(
 ) -> None:
     """Start the data plane and the API, call `ready`, serve until stopped, shut down.
     `branches_limit` overrides what /users/me advertises and creates are held to."""
-    from harness.local.control import LocalNeon
+    from cathouse_harness.local.control import LocalNeon
 
     check_storage(storage)
     sock = bind_socket(host, port)
@@ -205,8 +204,7 @@ async def _serve_api(
 ) -> None:
     """Serve the HTTP API on `sock` until asked to stop or idle for `idle_timeout` s."""
     import uvicorn
-
-    from harness.local.app import create_app
+    from cathouse_harness.local.app import create_app
 
     config = uvicorn.Config(
         create_app(neon, api_key, injector),
@@ -297,7 +295,7 @@ def run_server(
 
 
 def _clean_leftovers(home: Path) -> None:
-    from harness.leftovers import clean_leftovers
+    from cathouse_harness.cleanup.leftovers import clean_leftovers
 
     try:
         clean_leftovers(home)
@@ -393,7 +391,7 @@ def run_emulator(port: int, home: Path, storage: str, out: TextIO) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.local.server")
+    parser = argparse.ArgumentParser(prog="python -m cathouse_harness.local.server")
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--storage", choices=STORAGES, default="memory")
     parser.add_argument("--port", type=int, default=0)

@@ -3,7 +3,7 @@
 On Neon a branch's compute is a whole PostgreSQL, so a client may create and drop
 databases over SQL. Here every branch shares one cluster, so the endpoint proxy must not
 forward such a statement (it would make an unprefixed database no branch sees); it hands
-it to the catalog instead (`harness.local.branch_sql`). This module only reads text:
+it to the catalog instead (`cathouse_harness.local.branch_sql`). This module only reads text:
 `classify` says whether a query is one of ours and what it asks, cheaply for the common
 case (`might_be_ours`, one C-level search per query) since it runs on every query.
 """

@@ -1,5 +1,5 @@
 """The endpoint proxy's relay once a connection is admitted, with CREATE / DROP DATABASE
-taken over (`harness.local.sql_databases` reads them, a `SqlSession` runs them).
+taken over (`cathouse_harness.local.sql_databases` reads them, a `SqlSession` runs them).
 
 Client to server, the relay frames the stream into messages: the type byte and length
 of each, and the text of simple queries ('Q') and Parses ('P') only, which one C-level
@@ -23,8 +23,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from harness.local.proxy_auth import message, read_message
-from harness.local.sql_databases import (
+from cathouse_harness.db.quoting import quote_literal
+from cathouse_harness.local.proxy_auth import message, read_message
+from cathouse_harness.local.sql_databases import (
     CreateDatabase,
     DropDatabase,
     Refused,
@@ -32,8 +33,7 @@ from harness.local.sql_databases import (
     classify,
     might_be_ours,
 )
-from harness.log import get_logger
-from harness.sql import quote_literal
+from cathouse_harness.support.log import get_logger
 
 log = get_logger("local.sql_relay")
 

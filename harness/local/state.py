@@ -3,8 +3,8 @@
 Everything lives in one JSON document under the home directory, written atomically
 (temporary file + rename, mode 0600) after every change, so a restarted server finds
 the branches it had. The records are plain mutable dataclasses owned by the control
-plane (`harness.local.control`); the JSON shapes Neon clients see are built in
-`harness.local.app`, not here.
+plane (`cathouse_harness.local.control`); the JSON shapes Neon clients see are built in
+`cathouse_harness.local.app`, not here.
 
 The API key lives in its own file (`<home>/local-api-key`, 0600), generated once per
 home, so that it is never part of a state dump.
@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.errors import LocalServerError
-from harness.local import ids
-from harness.local.discovery import API_KEY_FILE
-from harness.safe_paths import write_private as write_private  # control and server use it
-from harness.timestamps import format_time, parse_strict
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local import ids
+from cathouse_harness.local.discovery import API_KEY_FILE
+from cathouse_harness.support.safe_paths import write_private as write_private  # control and server use it
+from cathouse_harness.support.timestamps import format_time, parse_strict
 
 STATE_FILE = "local-state.json"  # memory storage; disk storage uses local-state-disk.json
 STATE_VERSION = 2
@@ -47,7 +47,7 @@ def iso(moment: datetime) -> str:
     return format_time(moment, whole_seconds=True)
 
 
-# Request bodies and the state file are read strictly (see harness.timestamps).
+# Request bodies and the state file are read strictly (see cathouse_harness.support.timestamps).
 parse_time = parse_strict
 
 
@@ -68,7 +68,7 @@ class DatabaseRecord:
 @dataclass
 class RoleRecord:
     """A role of one branch, with this branch's own password: the endpoint proxy checks
-    it (`harness.local.proxy_auth`), so it opens this branch only. The PostgreSQL role
+    it (`cathouse_harness.local.proxy_auth`), so it opens this branch only. The PostgreSQL role
     behind it is cluster-wide and logs in with `LocalState.passwords` (internal)."""
 
     name: str

@@ -10,7 +10,7 @@ without the CA's key fails the handshake before any authentication message.
 The CA's key (0600) never leaves the 0700 home. The endpoint certificate is issued anew
 at every start (an EC key and a signature cost about a millisecond) for `localhost`,
 `*.localhost`, 127.0.0.1 and ::1. An endpoint with addresses of its own (its `host` and
-`pooler_host`, `harness.local.hosts`) gets a certificate of its own naming them too
+`pooler_host`, `cathouse_harness.local.hosts`) gets a certificate of its own naming them too
 (`TlsMaterial.for_hosts`): the same key, a new signature, a new context; verify-full
 checks the address a client dialled against the certificate's names, and no one
 certificate can name every address of 127.0.0.0/8.
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.errors import UnsafePathError
-from harness.local.names import WILDCARD
-from harness.log import get_logger
-from harness.safe_paths import ensure_dir, private_home, write_private
+from cathouse_harness.errors import UnsafePathError
+from cathouse_harness.local.names import WILDCARD
+from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.safe_paths import ensure_dir, private_home, write_private
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
@@ -45,7 +45,7 @@ CERT_NAME = "server.crt"
 KEY_NAME = "server.key"
 _CA_DAYS = 3650
 _CERT_DAYS = 825
-# `*.local.localhost`: the names mode's hosts (`harness.local.names`)
+# `*.local.localhost`: the names mode's hosts (`cathouse_harness.local.names`)
 _DNS_NAMES = ("localhost", "*.localhost", WILDCARD)
 _IP_ADDRESSES = ("127.0.0.1", "::1")
 # an endpoint's own certificate, written only to be loaded into its context

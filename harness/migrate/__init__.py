@@ -1,2 +1,2 @@
-"""Internals of the ordered multi-service migration runner; `harness.migrations` is the
+"""Internals of the ordered multi-service migration runner; `cathouse_harness.migrate.all_services` is the
 public entry point."""

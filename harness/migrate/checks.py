@@ -12,13 +12,11 @@ from contextlib import suppress
 from functools import partial
 
 from alembic import command
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
-
-from harness.errors import MigrationError
-from harness.migrate.connection import run_with_connection
-from harness.migrate.environment import script_directory
-from harness.migrate.runner import (
+from cathouse_harness.config.settings import ServiceConfig, Settings
+from cathouse_harness.errors import MigrationError
+from cathouse_harness.migrate.connection import run_with_connection
+from cathouse_harness.migrate.environment import script_directory
+from cathouse_harness.migrate.runner import (
     VERSION_TABLE,
     current_heads,
     downgrade_service,
@@ -27,7 +25,8 @@ from harness.migrate.runner import (
     run_alembic,
     upgrade_service,
 )
-from harness.settings import ServiceConfig, Settings
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
 

@@ -16,13 +16,12 @@ from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
+from cathouse_harness.db.urls import libpq_url
+from cathouse_harness.errors import HarnessError, MigrationError
+from cathouse_harness.migrate.environment import DIRECT_URL_KEY
+from cathouse_harness.support.redact import redact_url, register_secret, scrub
 from sqlalchemy import NullPool, create_engine
 from sqlalchemy.engine import Connection
-
-from harness.errors import HarnessError, MigrationError
-from harness.migrate.environment import DIRECT_URL_KEY
-from harness.redact import redact_url, register_secret, scrub
-from harness.urls import libpq_url
 
 T = TypeVar("T")
 
@@ -68,7 +67,7 @@ def run_with_connection(direct_url: str, work: Callable[[Connection], T]) -> T:
             engine.dispose()
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cathouse-migrate") as pool:
-        # in the caller's context: a migration run's memo (harness.run_memo) reaches it
+        # in the caller's context: a migration run's memo (cathouse_harness.migrate.run_memo) reaches it
         return pool.submit(contextvars.copy_context().run, main).result()
 
 

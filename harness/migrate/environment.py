@@ -13,7 +13,7 @@ it where it is instead of asking for edits:
 - modules the command imported from the service's tree are forgotten afterwards: every
   service may have its own package called `app`, and the next service must not get this
   one's;
-- no connection can go anywhere but the branch (`harness.migrate.guard`);
+- no connection can go anywhere but the branch (`cathouse_harness.migrate.guard`);
 - the version table is read where the env.py put it: the heads are taken from Alembic's
   own migration context, before and after it runs.
 
@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from harness import env
-from harness.fingerprint import ServiceSources, service_sources
-from harness.migrate.guard import only_connections_to
-from harness.run_memo import remembered
-from harness.settings import ServiceConfig
-from harness.urls import endpoint_of, url_for_driver
+from cathouse_harness.branching.fingerprint import ServiceSources, service_sources
+from cathouse_harness.config.settings import ServiceConfig
+from cathouse_harness.db.urls import endpoint_of, url_for_driver
+from cathouse_harness.migrate.guard import only_connections_to
+from cathouse_harness.migrate.run_memo import remembered
+from cathouse_harness.support import env
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -92,7 +92,7 @@ def driver_scheme(sources: ServiceSources, section: str = "alembic") -> str:
     alembic.ini names it when it holds a real PostgreSQL URL; templates hold a placeholder
     (`driver://…`), and then env.py tells: an async one needs asyncpg, a sync one the
     libpq driver that is installed (psycopg 3, else psycopg2). Read once per migration
-    run (`harness.run_memo`)."""
+    run (`cathouse_harness.migrate.run_memo`)."""
     return remembered(("driver_scheme", sources, section), lambda: _driver_scheme(sources, section))
 
 
@@ -166,7 +166,7 @@ def alembic_config(service: ServiceConfig, connection: Connection | None = None,
 
 def script_directory(service: ServiceConfig) -> ScriptDirectory:
     """Alembic's view of the service's revisions (parsed lazily, on first use; one per
-    migration run, see `harness.run_memo`)."""
+    migration run, see `cathouse_harness.migrate.run_memo`)."""
     from alembic.script import ScriptDirectory
 
     return remembered(

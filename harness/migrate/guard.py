@@ -1,7 +1,7 @@
 """While a service migrates, connections may go to the branch and nowhere else.
 
 A user's env.py decides where it connects. We hand it the branch in every way we know
-(see `harness.migrate.environment`), but an env.py that builds its URL from a variable
+(see `cathouse_harness.migrate.environment`), but an env.py that builds its URL from a variable
 of its own, or loads a `.env` over ours, would migrate whatever database that names.
 So for the length of each Alembic command every way of opening a PostgreSQL connection
 that we know of is checked before it reaches the network: SQLAlchemy's `do_connect`
@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from harness import env
-from harness.errors import SafetyError
-from harness.redact import redact_url
-from harness.urls import Endpoint
+from cathouse_harness.db.urls import Endpoint
+from cathouse_harness.errors import SafetyError
+from cathouse_harness.support import env
+from cathouse_harness.support.redact import redact_url
 
 README_SECTION = "README 'Using it on your project'"
 

@@ -13,7 +13,7 @@ config.attributes["connection"], outside any transaction. An env.py that runs SQ
 before `context.begin_transaction()` makes the transaction its caller's (SQLAlchemy
 autobegins, and Alembic then leaves it alone): as the cookbook has the caller do, we
 commit it once the command succeeded and roll it back when it failed. What the env.py
-sees otherwise (URLs, directory, guard) is `harness.migrate.environment`'s job.
+sees otherwise (URLs, directory, guard) is `cathouse_harness.migrate.environment`'s job.
 """
 
 from __future__ import annotations
@@ -28,13 +28,12 @@ from time import perf_counter
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
-
-from harness.errors import HarnessError, MigrationError, MigrationOrderError, SafetyError
-from harness.fingerprint import service_sources
-from harness.migrate.connection import describe_exception, sqlstate_of
-from harness.migrate.environment import (
+from cathouse_harness.branching.fingerprint import service_sources
+from cathouse_harness.config.settings import ServiceConfig, Settings
+from cathouse_harness.db.quoting import quote_ident
+from cathouse_harness.errors import HarnessError, MigrationError, MigrationOrderError, SafetyError
+from cathouse_harness.migrate.connection import describe_exception, sqlstate_of
+from cathouse_harness.migrate.environment import (
     DIRECT_URL_KEY,
     VersionRecord,
     alembic_config,
@@ -43,9 +42,9 @@ from harness.migrate.environment import (
     service_command,
     version_locations,
 )
-from harness.migrate.guard import README_SECTION, refused_in
-from harness.settings import ServiceConfig, Settings
-from harness.sql import quote_ident
+from cathouse_harness.migrate.guard import README_SECTION, refused_in
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 VERSION_TABLE = "alembic_version"
 UNDEFINED_TABLE = "42P01"

@@ -1,6 +1,6 @@
 """Async Neon API v2 client: models, retries, operation waiting, call statistics.
 
-The same client talks to real Neon and to the embedded local server (`harness.local`).
+The same client talks to real Neon and to the embedded local server (`cathouse_harness.local`).
 """
 
 import sys
@@ -21,9 +21,9 @@ def _skip_httpx_cli() -> None:
 
 _skip_httpx_cli()
 
-from harness.errors import NeonAPIError  # noqa: E402
-from harness.neon.client import DEFAULT_API_HOST, UNSET, NeonClient, NeonOperationError  # noqa: E402
-from harness.neon.models import (  # noqa: E402
+from cathouse_harness.errors import NeonAPIError  # noqa: E402
+from cathouse_harness.neon.client import DEFAULT_API_HOST, UNSET, NeonClient, NeonOperationError  # noqa: E402
+from cathouse_harness.neon.models import (  # noqa: E402
     Branch,
     BranchCreated,
     ConnectionInfo,
@@ -33,8 +33,8 @@ from harness.neon.models import (  # noqa: E402
     Project,
     Role,
 )
-from harness.neon.retry import RetryPolicy  # noqa: E402
-from harness.neon.stats import ApiStats  # noqa: E402
+from cathouse_harness.neon.retry import RetryPolicy  # noqa: E402
+from cathouse_harness.neon.stats import ApiStats  # noqa: E402
 
 __all__ = [
     "DEFAULT_API_HOST",

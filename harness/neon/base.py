@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from harness.neon.retry import RetryPolicy
-from harness.neon.stats import ApiStats
-from harness.neon.transport import Sleep, Transport
+from cathouse_harness.neon.retry import RetryPolicy
+from cathouse_harness.neon.stats import ApiStats
+from cathouse_harness.neon.transport import Sleep, Transport
 
 
 class ClientBase:

@@ -8,12 +8,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from harness.errors import NeonAPIError
-from harness.neon.base import items, obj, q
-from harness.neon.models import Branch, Operation
-from harness.neon.operations import OperationsMixin
-from harness.neon.transport import Progress
-from harness.timestamps import format_time
+from cathouse_harness.errors import NeonAPIError
+from cathouse_harness.neon.base import items, obj, q
+from cathouse_harness.neon.models import Branch, Operation
+from cathouse_harness.neon.operations import OperationsMixin
+from cathouse_harness.neon.transport import Progress
+from cathouse_harness.support.timestamps import format_time
 
 
 class _Unset:

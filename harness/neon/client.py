@@ -8,7 +8,7 @@ This module adds the account and project calls and wires the transport's 423 han
 to the operation waiting.
 
 Secrets: the API key and every password or connection URI received are registered with
-`harness.redact`, exceptions are built from scrubbed text and never chain httpx errors
+`cathouse_harness.support.redact`, exceptions are built from scrubbed text and never chain httpx errors
 (which hold the request and its Authorization header).
 """
 
@@ -21,15 +21,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
-
-from harness.neon.base import items, obj, q
-from harness.neon.branches import UNSET
-from harness.neon.create import CreateMixin
-from harness.neon.models import Project
-from harness.neon.operations import NeonOperationError
-from harness.neon.retry import RetryPolicy
-from harness.neon.transport import Sleep, Transport
-from harness.settings import DEFAULT_API_HOST
+from cathouse_harness.config.settings import DEFAULT_API_HOST
+from cathouse_harness.neon.base import items, obj, q
+from cathouse_harness.neon.branches import UNSET
+from cathouse_harness.neon.create import CreateMixin
+from cathouse_harness.neon.models import Project
+from cathouse_harness.neon.operations import NeonOperationError
+from cathouse_harness.neon.retry import RetryPolicy
+from cathouse_harness.neon.transport import Sleep, Transport
 
 __all__ = ["DEFAULT_API_HOST", "UNSET", "NeonClient", "NeonOperationError"]
 

@@ -15,17 +15,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness.errors import NeonAPIError
-from harness.log import get_logger
-from harness.neon.base import q
-from harness.neon.branches import BranchesMixin, newest
-from harness.neon.endpoints import EndpointsMixin
-from harness.neon.models import Branch, BranchCreated, ConnectionInfo, Database, Operation
-from harness.neon.operations import NeonOperationError
-from harness.neon.roles import RolesMixin
-from harness.neon.transport import Answer, Progress
-from harness.redact import Secret
-from harness.timestamps import format_time
+from cathouse_harness.errors import NeonAPIError
+from cathouse_harness.neon.base import q
+from cathouse_harness.neon.branches import BranchesMixin, newest
+from cathouse_harness.neon.endpoints import EndpointsMixin
+from cathouse_harness.neon.models import Branch, BranchCreated, ConnectionInfo, Database, Operation
+from cathouse_harness.neon.operations import NeonOperationError
+from cathouse_harness.neon.roles import RolesMixin
+from cathouse_harness.neon.transport import Answer, Progress
+from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.redact import Secret
+from cathouse_harness.support.timestamps import format_time
 
 log = get_logger("neon")
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from harness.errors import NeonAPIError
-from harness.neon.base import ClientBase, items, obj, q
-from harness.neon.models import Endpoint
-from harness.neon.operations import POLL
-from harness.polling import wait_until_async
+from cathouse_harness.errors import NeonAPIError
+from cathouse_harness.neon.base import ClientBase, items, obj, q
+from cathouse_harness.neon.models import Endpoint
+from cathouse_harness.neon.operations import POLL
+from cathouse_harness.support.polling import wait_until_async
 
 
 class EndpointsMixin(ClientBase):

@@ -16,8 +16,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from harness.redact import Secret, register_secret
-from harness.timestamps import parse_time
+from cathouse_harness.support.redact import Secret, register_secret
+from cathouse_harness.support.timestamps import parse_time
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 

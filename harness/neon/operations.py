@@ -6,10 +6,10 @@ import contextlib
 from collections.abc import Iterable
 from urllib.parse import unquote
 
-from harness.errors import HarnessError, NeonAPIError
-from harness.neon.base import ClientBase, items, obj, q
-from harness.neon.models import Operation
-from harness.polling import Backoff, wait_until_async
+from cathouse_harness.errors import HarnessError, NeonAPIError
+from cathouse_harness.neon.base import ClientBase, items, obj, q
+from cathouse_harness.neon.models import Operation
+from cathouse_harness.support.polling import Backoff, wait_until_async
 
 # Polling starts fast so a local server is not slowed down (a branch copy there is
 # quicker than a first pause of Neon's scale), then backs off; on Neon this costs a few

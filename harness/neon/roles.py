@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from harness.errors import NeonAPIError
-from harness.neon.base import ClientBase, items, q
-from harness.neon.models import Database, Role, secret_uri
-from harness.redact import Secret
+from cathouse_harness.errors import NeonAPIError
+from cathouse_harness.neon.base import ClientBase, items, q
+from cathouse_harness.neon.models import Database, Role, secret_uri
+from cathouse_harness.support.redact import Secret
 
 
 class RolesMixin(ClientBase):

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-
-from harness.errors import ConfigError, NeonAPIError
-from harness.log import get_logger
-from harness.neon.retry import (
+from cathouse_harness.config.settings import DEFAULT_API_HOST
+from cathouse_harness.errors import ConfigError, NeonAPIError
+from cathouse_harness.neon.retry import (
     RetryPolicy,
     exception_is_retryable,
     exception_may_have_reached,
@@ -28,9 +27,9 @@ from harness.neon.retry import (
     status_is_retryable,
     status_may_have_acted,
 )
-from harness.neon.stats import ApiStats, route_of
-from harness.redact import register_secret, scrub
-from harness.settings import DEFAULT_API_HOST
+from cathouse_harness.neon.stats import ApiStats, route_of
+from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.redact import register_secret, scrub
 
 log = get_logger("neon")
 

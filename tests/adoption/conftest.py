@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 import asyncpg
 import pytest
+from cathouse_harness.local.dataplane import DataPlane
+from cathouse_harness.support.sync import LoopThread
 
-from harness.local.dataplane import DataPlane
-from harness.sync import LoopThread
 from tests.conftest import TEST_ROLE, tcp_port
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from cathouse_harness.cli.commands import main as cli_main
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.errors import SafetyError
+from cathouse_harness.migrate.all_services import migrate_all
 
-from harness.cli import main as cli_main
-from harness.errors import SafetyError
-from harness.migrations import migrate_all
-from harness.settings import load_settings
 from tests.adoption._projects import SHAPES, Project, own_variable
 from tests.adoption.conftest import tables_of
 

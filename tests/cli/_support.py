@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from harness.cli import main
+from cathouse_harness.cli.commands import main
 
 
 def error_lines(err: str) -> list[str]:

@@ -13,10 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cathouse_harness.cleanup.gc import candidates as gc_candidates
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.migrate.all_services import current_revisions, head_revisions
 
-from harness.gc import candidates as gc_candidates
-from harness.migrations import current_revisions, head_revisions
-from harness.settings import load_settings
 from tests.cli._support import cli, error_lines
 from tests.plugin._support import copy_example
 
@@ -207,8 +207,8 @@ class _Branch:
 def test_gc_candidates_rules() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from harness import branches as b
-    from harness.templates import TEMPLATE_TTL
+    from cathouse_harness.branching import lifecycle as b
+    from cathouse_harness.branching.templates import TEMPLATE_TTL
 
     now = datetime.now(UTC)
     host = __import__("socket").gethostname()[:60]
@@ -259,7 +259,7 @@ def test_gc_candidates_rules() -> None:
 
 def test_emulator_prints_shell_lines_and_serves_a_plain_client(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "harness", "emulator", "--home", str(tmp_path / "emu")],
+        [sys.executable, "-m", "cathouse_harness", "emulator", "--home", str(tmp_path / "emu")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
@@ -279,7 +279,7 @@ def test_emulator_prints_shell_lines_and_serves_a_plain_client(tmp_path: Path) -
         process.send_signal(signal.SIGINT)
         code = process.wait(30)
     assert code == 0
-    from harness.local.postgres import memory_cluster_dirs
+    from cathouse_harness.local.postgres import memory_cluster_dirs
 
     for directory in memory_cluster_dirs(tmp_path / "emu"):
         __import__("shutil").rmtree(directory, ignore_errors=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from cathouse_harness.local import ids
+from cathouse_harness.local.hosts import DEFAULT_PORT, loopback_addresses
+from cathouse_harness.local.server import LocalServerInfo, publish
 
-from harness.local import ids
-from harness.local.hosts import DEFAULT_PORT, loopback_addresses
-from harness.local.server import LocalServerInfo, publish
 from tests.cli._support import cli
 from tests.local._server import api_client, connection_uri, sql, start_test_server
 from tests.plugin._support import copy_example

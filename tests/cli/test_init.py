@@ -11,9 +11,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.errors import ConfigError
 
-from harness.errors import ConfigError
-from harness.settings import load_settings
 from tests.adoption._projects import SHAPES
 from tests.cli._support import cli, error_lines
 from tests.plugin._support import copy_example

@@ -6,14 +6,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cathouse_harness.config.settings import ServiceConfig, Settings, check_pool_budget
+from cathouse_harness.db.engines import create_service_engine, engine_kwargs
+from cathouse_harness.db.urls import is_pooled_url, normalize_asyncpg_url
+from cathouse_harness.errors import ConfigError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-
-from harness.engines import create_service_engine, engine_kwargs
-from harness.errors import ConfigError
-from harness.settings import ServiceConfig, Settings, check_pool_budget
-from harness.urls import is_pooled_url, normalize_asyncpg_url
 
 AUTH = ServiceConfig(name="auth-service", schema="auth", pool_size=2, max_overflow=1)
 PROXY = ServiceConfig(name="proxy-service", pool_size=1, max_overflow=0, read_only=True)

@@ -11,9 +11,8 @@ from types import ModuleType
 
 import httpx
 import pytest
-
-from harness.migrations import migrate_all
-from harness.settings import load_settings
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.migrate.all_services import migrate_all
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cathouse"
 SERVICES = ("auth-service", "catalog-service", "installation-service", "proxy-service")

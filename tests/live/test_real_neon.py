@@ -13,10 +13,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.db.urls import normalize_asyncpg_url
+from cathouse_harness.session.branch_session import BranchSession
 
-from harness.session import BranchSession
-from harness.settings import load_settings
-from harness.urls import normalize_asyncpg_url
 from tests.conftest import REAL_NEON_API_KEY, REAL_NEON_PROJECT_ID
 from tests.plugin._support import copy_example
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import asyncpg
 import httpx
+from cathouse_harness.local.app import PREFIX
+from cathouse_harness.local.faults import parse_faults
+from cathouse_harness.local.latency import parse_latency
+from cathouse_harness.local.server import LocalServerInfo, ServerHandle, serve
 
-from harness.local.app import PREFIX
-from harness.local.faults import parse_faults
-from harness.local.latency import parse_latency
-from harness.local.server import LocalServerInfo, ServerHandle, serve
 from tests.local.neon_schema import answer_problems
 
 START_TIMEOUT = 90.0

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from cathouse_harness.local.server import LocalServerInfo
 
-from harness.local.server import LocalServerInfo
 from tests.local._server import api_client, start_test_server
 
 

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 import pytest
+from cathouse_harness.local.server import LocalServerInfo
 
-from harness.local.server import LocalServerInfo
 from tests.local._server import (
     api_client,
     connection_uri,
@@ -342,9 +342,9 @@ def test_create_refused_after_its_copy_began_leaves_nothing(
 ) -> None:
     # The copy starts before the endpoint's listeners open; when they cannot open, the
     # create is refused and the copy, once done, is dropped: no branch, no database.
-    from harness.errors import LocalServerError
-    from harness.local.dataplane import DataPlane
-    from harness.local.postgres import home_superuser_dsn
+    from cathouse_harness.errors import LocalServerError
+    from cathouse_harness.local.dataplane import DataPlane
+    from cathouse_harness.local.postgres import home_superuser_dsn
 
     copies: list[tuple[str, bool]] = []
 

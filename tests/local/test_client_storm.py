@@ -12,10 +12,10 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from cathouse_harness.local.server import LocalServerInfo
+from cathouse_harness.neon.client import NeonClient
+from cathouse_harness.neon.retry import RetryPolicy
 
-from harness.local.server import LocalServerInfo
-from harness.neon.client import NeonClient
-from harness.neon.retry import RetryPolicy
 from tests.local._server import start_test_server
 
 # 30% of requests in all: every kind a real Neon (or the network to it) produces

@@ -12,10 +12,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
-
-from harness.errors import LocalServerError
-from harness.local.dataplane import DataPlane, EndpointAddress
-from harness.local.pgbouncer import find_pgbouncer
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.dataplane import DataPlane, EndpointAddress
+from cathouse_harness.local.pgbouncer import find_pgbouncer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -21,8 +21,8 @@ import asyncpg
 import httpx
 import psycopg
 import pytest
+from cathouse_harness.neon.models import ConnectionInfo
 
-from harness.neon.models import ConnectionInfo
 from tests.local._server import connection_uri, create_ready_branch, delete_branch, sql, unique
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cathouse_harness.errors import ConfigError
+from cathouse_harness.local.faults import FaultConfig, FaultInjector, parse_faults
+from cathouse_harness.local.server import LocalServerInfo
 
-from harness.errors import ConfigError
-from harness.local.faults import FaultConfig, FaultInjector, parse_faults
-from harness.local.server import LocalServerInfo
 from tests.local._server import api_client, create_ready_branch, start_test_server, wait_operations
 
 # A dropped connection reaches the client as a close without an answer or, when part of

@@ -19,8 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-
-from harness.local.server import LocalServerInfo
+from cathouse_harness.local.server import LocalServerInfo
 
 
 class PlainNeon:

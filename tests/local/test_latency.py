@@ -14,11 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cathouse_harness.errors import ConfigError
+from cathouse_harness.local import latency as latency_module
+from cathouse_harness.local.latency import ENV_VAR, NO_LATENCY, PRESETS, LatencyProfile, parse_latency
+from cathouse_harness.local.server import LocalServerInfo
 
-from harness.errors import ConfigError
-from harness.local import latency as latency_module
-from harness.local.latency import ENV_VAR, NO_LATENCY, PRESETS, LatencyProfile, parse_latency
-from harness.local.server import LocalServerInfo
 from tests.local._server import api_client, create_branch, start_test_server, wait_operations
 
 RTT = 0.2
@@ -65,7 +65,7 @@ def test_bad_value_from_the_cli_exits_2_with_one_line(tmp_path: Path) -> None:
     env = {**os.environ, ENV_VAR: "rtt=-1", "CATHOUSE_HARNESS_HOME": str(tmp_path / "home")}
     env.pop("NEON_API_KEY", None)
     done = subprocess.run(
-        [sys.executable, "-m", "harness", "emulator", "--home", str(tmp_path / "home")],
+        [sys.executable, "-m", "cathouse_harness", "emulator", "--home", str(tmp_path / "home")],
         env=env,
         capture_output=True,
         text=True,

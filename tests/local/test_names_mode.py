@@ -19,10 +19,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import psycopg
 import pytest
+from cathouse_harness.errors import ConfigError
+from cathouse_harness.local.hosts import free_loopback_address
+from cathouse_harness.local.names import HOSTS_VAR, ROUTER_VAR, host_mode, route_of
 
-from harness.errors import ConfigError
-from harness.local.hosts import free_loopback_address
-from harness.local.names import HOSTS_VAR, ROUTER_VAR, host_mode, route_of
 from tests.local._server import (
     api_client,
     connection_uri,

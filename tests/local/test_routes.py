@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from cathouse_harness.local.server import LocalServerInfo
 
-from harness.local.server import LocalServerInfo
 from tests.local._server import (
     connection_uri,
     create_ready_branch,

@@ -10,11 +10,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
+from cathouse_harness.local.control import DEFAULT_ROOT_BRANCHES_LIMIT
+from cathouse_harness.local.server import LocalServerInfo
+from cathouse_harness.neon.client import NeonClient
+from cathouse_harness.support.timestamps import parse_time
 
-from harness.local.control import DEFAULT_ROOT_BRANCHES_LIMIT
-from harness.local.server import LocalServerInfo
-from harness.neon.client import NeonClient
-from harness.timestamps import parse_time
 from tests.local._server import (
     api_client,
     connection_uri,

@@ -15,12 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from harness.errors import LocalServerError
-from harness.local.discovery import LocalServerInfo, discovery_path, log_path, probe, running_server
-from harness.local.launch import ensure_local_server, stop_local_server
-from harness.local.postgres import memory_cluster_dirs
-from harness.local.server import bind_socket
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.discovery import LocalServerInfo, discovery_path, log_path, probe, running_server
+from cathouse_harness.local.launch import ensure_local_server, stop_local_server
+from cathouse_harness.local.postgres import memory_cluster_dirs
+from cathouse_harness.local.server import bind_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +65,7 @@ def home(tmp_path: Path) -> Iterator[Path]:
 def test_daemon_is_shared_and_stops(home: Path) -> None:
     # Two processes starting at once get one server.
     code = (
-        "import sys; from pathlib import Path; from harness.local.launch import "
+        "import sys; from pathlib import Path; from cathouse_harness.local.launch import "
         "ensure_local_server as e; print(e(Path(sys.argv[1])).pid)"
     )
     starters = [
@@ -114,7 +113,7 @@ def test_daemon_exits_when_idle(home: Path) -> None:
 
 def test_emulator_prints_shell_lines_and_stops_on_ctrl_c(home: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from harness.local.server import "
+        "import sys; from pathlib import Path; from cathouse_harness.local.server import "
         "run_emulator; sys.exit(run_emulator(0, Path(sys.argv[1]), 'memory', sys.stdout))"
     )
     process = subprocess.Popen(
@@ -155,7 +154,7 @@ def test_refuses_non_loopback_host() -> None:
 def test_a_daemon_that_exits_while_starting_is_one_error_with_its_log(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import harness.local.launch as launch
+    import cathouse_harness.local.launch as launch
 
     monkeypatch.setattr(
         launch, "_daemon_command",
@@ -170,7 +169,7 @@ def test_a_daemon_that_exits_while_starting_is_one_error_with_its_log(
 def test_a_daemon_that_never_answers_is_stopped_and_named(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import harness.local.launch as launch
+    import cathouse_harness.local.launch as launch
 
     pid_file = home / "silent.pid"
     monkeypatch.setattr(

@@ -14,8 +14,8 @@ import asyncpg
 import httpx
 import psycopg
 import pytest
+from cathouse_harness.local.server import LocalServerInfo
 
-from harness.local.server import LocalServerInfo
 from tests.local._server import (
     connection_uri,
     create_ready_branch,
@@ -32,7 +32,7 @@ def _on(uri: str, database: str) -> str:
 
 
 def _cluster_databases(server: LocalServerInfo) -> set[str]:
-    from harness.local.postgres import home_superuser_dsn
+    from cathouse_harness.local.postgres import home_superuser_dsn
 
     return {r["datname"] for r in sql(home_superuser_dsn(server.home), "SELECT datname FROM pg_database")}
 
@@ -111,11 +111,10 @@ def test_create_and_drop_over_psycopg_extended_protocol(
 def test_create_and_drop_over_sqlalchemy_asyncpg(
     client: httpx.Client, project: str, branch: dict[str, Any]
 ) -> None:
+    from cathouse_harness.db.engines import tls_connect_args
+    from cathouse_harness.db.urls import ASYNCPG_SCHEME, url_for_driver
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
-
-    from harness.engines import tls_connect_args
-    from harness.urls import ASYNCPG_SCHEME, url_for_driver
 
     async def script() -> list[str]:
         engine = create_async_engine(

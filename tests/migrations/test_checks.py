@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from harness.errors import MigrationError
-from harness.migrations import (
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.errors import MigrationError
+from cathouse_harness.migrate.all_services import (
     check_order,
     check_round_trip,
     check_schema_isolation,
@@ -15,7 +15,6 @@ from harness.migrations import (
     current_revisions,
     migrate_all,
 )
-from harness.settings import load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cathouse"
 HEADS = {

@@ -11,10 +11,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
-from harness.cli import main as cli_main
-from harness.migrations import current_revisions
-from harness.settings import load_settings
+from cathouse_harness.cli.commands import main as cli_main
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.migrate.all_services import current_revisions
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "init-local-db.sh"
@@ -41,7 +40,7 @@ def run(args: list[str], cwd: Path, stdin: str | None = None,
 
 
 def test_module_migrates_then_says_nothing_changed(fresh_database_url, example_copy):
-    first = run([sys.executable, "-m", "harness", "migrate", "--url", "-"], example_copy,
+    first = run([sys.executable, "-m", "cathouse_harness", "migrate", "--url", "-"], example_copy,
                 stdin=fresh_database_url + "\n")
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
@@ -50,7 +49,7 @@ def test_module_migrates_then_says_nothing_changed(fresh_database_url, example_c
         assert line.startswith(f"{name}: base -> {head} (") and line.endswith(" s)")
     assert lines[3].startswith("all services at head; migrated 3 of 3 services in ")
 
-    second = run([sys.executable, "-m", "harness", "migrate", "--project-dir", str(example_copy)],
+    second = run([sys.executable, "-m", "cathouse_harness", "migrate", "--project-dir", str(example_copy)],
                  REPO, MIGRATION_DATABASE_URL=fresh_database_url)
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines() == [
@@ -65,7 +64,7 @@ def test_failing_migration_exits_1_with_one_line(fresh_database_url, example_cop
                  'op.execute("SELECT 1 / 0")')
     password = urlsplit(fresh_database_url).password
     assert password  # the shared fixture's role logs in with a password
-    done = run([sys.executable, "-m", "harness", "migrate"], example_copy,
+    done = run([sys.executable, "-m", "cathouse_harness", "migrate"], example_copy,
                MIGRATION_DATABASE_URL=fresh_database_url)
     assert done.returncode == 1
     error_lines = [line for line in done.stderr.splitlines() if line.startswith("cathouse-branch:")]
@@ -130,7 +129,7 @@ def test_bad_config_exits_2(example_copy, fresh_database_url, capsys, monkeypatc
 
 
 def test_missing_url_exits_2_as_a_subprocess(example_copy):
-    done = run([sys.executable, "-m", "harness", "migrate"], example_copy)
+    done = run([sys.executable, "-m", "cathouse_harness", "migrate"], example_copy)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
     assert "MIGRATION_DATABASE_URL" in done.stderr and "Traceback" not in done.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.migrations import migration_fingerprint
-from harness.settings import load_settings
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.migrate.all_services import migration_fingerprint
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cathouse"
 
@@ -81,8 +81,7 @@ def test_shared_env_code_named_in_migration_sources_is_covered(example_copy):
 
 def test_a_migration_source_that_matches_nothing_is_a_config_error(example_copy):
     import pytest
-
-    from harness.errors import ConfigError
+    from cathouse_harness.errors import ConfigError
 
     pyproject = example_copy / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace("cathouse_common/alembic_env.py", "nowhere/*.py"))

@@ -15,11 +15,10 @@ import asyncpg
 import psycopg
 import psycopg2
 import pytest
+from cathouse_harness.db.urls import endpoint_of
+from cathouse_harness.migrate.guard import ForeignDatabaseRefused, only_connections_to, refused_in
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
-
-from harness.migrate.guard import ForeignDatabaseRefused, only_connections_to, refused_in
-from harness.urls import endpoint_of
 
 
 @pytest.fixture

@@ -11,12 +11,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 import pytest
 from alembic import command
-
-from harness.errors import MigrationError
-from harness.migrate.connection import run_with_connection
-from harness.migrate.runner import alembic_config
-from harness.migrations import current_revisions, head_revisions, migrate_all
-from harness.settings import load_settings
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.errors import MigrationError
+from cathouse_harness.migrate.all_services import current_revisions, head_revisions, migrate_all
+from cathouse_harness.migrate.connection import run_with_connection
+from cathouse_harness.migrate.runner import alembic_config
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cathouse"
@@ -355,7 +354,7 @@ def test_a_run_reads_each_service_s_setup_once_and_the_next_run_reads_it_again(
     """service_sources, driver_scheme and the revisions are read once per service within
     one migrate_all (they were read three to five times); nothing is kept across runs,
     so a revision added between two runs in one process is applied by the second."""
-    import harness.fingerprint as fingerprint
+    import cathouse_harness.branching.fingerprint as fingerprint
 
     reads: list[Path] = []
     read_section = fingerprint._read_alembic_section

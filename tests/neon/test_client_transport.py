@@ -12,9 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-
-from harness.errors import ConfigError, NeonAPIError
-from harness.neon import NeonClient, NeonOperationError, Operation, RetryPolicy
+from cathouse_harness.errors import ConfigError, NeonAPIError
+from cathouse_harness.neon import NeonClient, NeonOperationError, Operation, RetryPolicy
 
 from .fake_api import API_HOST, API_KEY, PASSWORD, PROJECT, FakeClock, FakeNeon, Faulty
 
@@ -187,7 +186,7 @@ async def test_wait_for_operations_polls_running_until_finished():
     assert [op.id for op in ops] == [op.id for op in created.operations]
     assert all(op.status == "finished" for op in ops)
     # polling starts short and grows
-    from harness.neon.operations import POLL
+    from cathouse_harness.neon.operations import POLL
 
     assert clock.sleeps[0] == pytest.approx(POLL.first)
     assert clock.sleeps == sorted(clock.sleeps)

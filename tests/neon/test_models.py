@@ -7,8 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-
-from harness.neon.models import (
+from cathouse_harness.neon.models import (
     Branch,
     BranchCreated,
     ConnectionInfo,
@@ -18,8 +17,8 @@ from harness.neon.models import (
     Role,
     annotation_values,
 )
-from harness.redact import scrub
-from harness.timestamps import format_time, parse_time
+from cathouse_harness.support.redact import scrub
+from cathouse_harness.support.timestamps import format_time, parse_time
 
 PASSWORD = "pw-models-test-only-4c2d"
 

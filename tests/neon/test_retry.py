@@ -13,10 +13,9 @@ from email.utils import formatdate
 
 import httpx
 import pytest
-
-from harness.errors import NeonAPIError
-from harness.neon import NeonClient, RetryPolicy
-from harness.neon.retry import parse_retry_after
+from cathouse_harness.errors import NeonAPIError
+from cathouse_harness.neon import NeonClient, RetryPolicy
+from cathouse_harness.neon.retry import parse_retry_after
 
 from .fake_api import API_HOST, API_KEY, PROJECT, FakeClock
 

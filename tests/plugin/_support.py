@@ -12,17 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from harness.backend import connect_backend, open_client
-from harness.branches import (
+from cathouse_harness.branching.lifecycle import (
     MARK_KIND,
     BranchHandle,
     create_owned_branch,
     delete_owned_branch,
     harness_branches,
 )
-from harness.runs import DELETING
-from harness.settings import Settings, load_settings
+from cathouse_harness.cleanup.runs import DELETING
+from cathouse_harness.config.settings import Settings, load_settings
+from cathouse_harness.neon.backend import connect_backend, open_client
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,8 +112,8 @@ def run(project: pytest.Pytester, run_id: str, *args: str) -> pytest.RunResult:
 def home_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **environ: str) -> Iterator[Path]:
     """A fresh home (no template, no server yet) with `environ` set; its server is
     stopped and its in-memory cluster removed at the end."""
-    from harness.local.postgres import memory_cluster_dirs
-    from harness.local.server import stop_local_server
+    from cathouse_harness.local.postgres import memory_cluster_dirs
+    from cathouse_harness.local.server import stop_local_server
 
     home = tmp_path / "home"
     home.mkdir(mode=0o700)

@@ -51,12 +51,12 @@ def test_failed_session_branch_kept_on_request_without_password(project: pytest.
     assert connect == ['  connect: psql "$(cathouse-branch url \'harness/keep1/main\')"']
     assert ":***@" in text  # the URL shown beside it is redacted
     url = subprocess.run(
-        [sys.executable, "-m", "harness", "url", "harness/keep1/main", "--quiet"],
+        [sys.executable, "-m", "cathouse_harness", "url", "harness/keep1/main", "--quiet"],
         cwd=project.path, check=True, capture_output=True, text=True,
     ).stdout.strip()
     assert url.startswith("postgresql://") and url.split("@")[0].split(":")[-1] not in text
     subprocess.run(
-        [sys.executable, "-m", "harness", "down", "harness/keep1/main", "--quiet"],
+        [sys.executable, "-m", "cathouse_harness", "down", "harness/keep1/main", "--quiet"],
         cwd=project.path, check=True, capture_output=True,
     )
     assert branches_of_run(project.path, "keep1") == []

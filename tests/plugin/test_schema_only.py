@@ -8,13 +8,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from cathouse_harness.branching.lifecycle import MARK_KIND, harness_branches
+from cathouse_harness.config.settings import Settings, load_settings
+from cathouse_harness.errors import ConfigError
+from cathouse_harness.neon.backend import connect_backend, open_client
+from cathouse_harness.neon.models import Branch
+from cathouse_harness.session.branch_session import BranchSession
 
-from harness.backend import connect_backend, open_client
-from harness.branches import MARK_KIND, harness_branches
-from harness.errors import ConfigError
-from harness.neon.models import Branch
-from harness.session import BranchSession
-from harness.settings import Settings, load_settings
 from tests.plugin._support import copy_example, home_of_its_own
 
 
@@ -86,9 +86,9 @@ def test_a_template_build_reads_each_service_s_setup_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fingerprint and the template's migration share one read of each service's
-    Alembic setup (`harness.run_memo`): the migration runs in a thread of the session's
+    Alembic setup (`cathouse_harness.migrate.run_memo`): the migration runs in a thread of the session's
     loop, which sees the setup's memo through the context the session hands it."""
-    import harness.fingerprint as fingerprint
+    import cathouse_harness.branching.fingerprint as fingerprint
 
     reads: list[Path | None] = []
     read_section = fingerprint._read_alembic_section

@@ -1,4 +1,4 @@
-"""The xdist controller's end-of-run sweep (`harness.sweep.sweep_run`): it deletes what a
+"""The xdist controller's end-of-run sweep (`cathouse_harness.cleanup.sweep.sweep_run`): it deletes what a
 run left behind, and asks the API nothing when every worker cleaned up after itself."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from harness.backend import connect_backend, open_client
-from harness.branches import harness_branches
-from harness.local.discovery import running_server
-from harness.runs import DELETING, kept_marker, marker_dir
-from harness.settings import load_settings
-from harness.sweep import sweep_run
+from cathouse_harness.branching.lifecycle import harness_branches
+from cathouse_harness.cleanup.runs import DELETING, kept_marker, marker_dir
+from cathouse_harness.cleanup.sweep import sweep_run
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.local.discovery import running_server
+from cathouse_harness.neon.backend import connect_backend, open_client
+
 from tests.plugin._support import copy_example, session_branch_of_run
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cathouse_harness.branching.lifecycle import BranchHandle
+from cathouse_harness.config.settings import Settings, load_settings
+from cathouse_harness.local.discovery import live_server
+from cathouse_harness.neon.backend import connect_backend, open_client
+from cathouse_harness.session.branch_session import BranchSession
 
-from harness.backend import connect_backend, open_client
-from harness.branches import BranchHandle
-from harness.local.discovery import live_server
-from harness.session import BranchSession
-from harness.settings import Settings, load_settings
 from tests.plugin._support import branches_of_run, confirmed_deletes, copy_example, home_of_its_own
 
 

@@ -9,10 +9,11 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from harness.backend import connect_backend, open_client
-from harness.branches import harness_branches
-from harness.settings import load_settings
-from harness.watchdog import start_watchdog
+from cathouse_harness.branching.lifecycle import harness_branches
+from cathouse_harness.cleanup.watchdog import start_watchdog
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.neon.backend import connect_backend, open_client
+
 from tests.plugin._support import REPO, copy_example, session_branch_of_run
 
 
@@ -74,9 +75,9 @@ def test_owner_that_cleaned_up_costs_no_async_imports(tmp_path: Path) -> None:
         "import sys\n"
         "from datetime import timedelta\n"
         "from pathlib import Path\n"
-        "from harness.watchdog import run\n"
+        "from cathouse_harness.cleanup.watchdog import run\n"
         f"rc = run(Path({str(markers)!r}), 'http://127.0.0.1:9', timedelta(minutes=15))\n"
-        "print(rc, 'asyncio' in sys.modules, 'harness.neon.client' in sys.modules)\n"
+        "print(rc, 'asyncio' in sys.modules, 'cathouse_harness.neon.client' in sys.modules)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], input=b"key\n", capture_output=True, timeout=60,

@@ -1,6 +1,7 @@
 """Under xdist the controller forks one branch for the run's workers and gives each a
-database of its own on it (`harness.broker`, `harness.worker_databases`), and deletes the
-branch at the end; workers receive theirs through `harness.handoff`."""
+database of its own on it (`cathouse_harness.xdist.broker`,
+`cathouse_harness.xdist.worker_databases`), and deletes the branch at the end;
+workers receive theirs through `cathouse_harness.xdist.handoff`."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from cathouse_harness.cleanup.runs import kept_marker
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.errors import ConfigError
+from cathouse_harness.local.discovery import running_server
+from cathouse_harness.session.branch_session import BranchSession
+from cathouse_harness.xdist.broker import BranchBroker
+from cathouse_harness.xdist.handoff import handoff_dir, wait_for_branch
 
-from harness.broker import BranchBroker
-from harness.errors import ConfigError
-from harness.handoff import handoff_dir, wait_for_branch
-from harness.local.discovery import running_server
-from harness.runs import kept_marker
-from harness.session import BranchSession
-from harness.settings import load_settings
 from tests.plugin._support import (
     COMMIT_A_TABLE,
     branches_of_run,
@@ -35,7 +36,7 @@ import os, pathlib, sys, psycopg, pytest
 def test_record(neon_branch, migration_database_url, n):
     out = pathlib.Path(__file__).parent / "seen"
     out.mkdir(exist_ok=True)
-    client = "harness.neon.client" in sys.modules  # a worker needs no API client of its own
+    client = "cathouse_harness.neon.client" in sys.modules  # a worker needs no API client of its own
     worker = os.environ["PYTEST_XDIST_WORKER"]
     with psycopg.connect(migration_database_url, autocommit=True) as connection:
         # what a worker commits, only that worker sees: 1 row per test of its own
@@ -184,12 +185,13 @@ def test_fails_on_gw0(neon_branch, n, worker_id):
         "*connect: psql \"$(cathouse-branch url 'harness/xdb4/workers' --database 'cathouse_gw0')\"",
     ])
     shown = subprocess.run(
-        [sys.executable, "-m", "harness", "url", "harness/xdb4/workers", "--database", "cathouse_gw0"],
+        [sys.executable, "-m", "cathouse_harness", "url", "harness/xdb4/workers",
+         "--database", "cathouse_gw0"],
         cwd=project.path, check=True, capture_output=True, text=True,
     )
     assert shown.stdout.split("?")[0].endswith("/cathouse_gw0")
     subprocess.run(
-        [sys.executable, "-m", "harness", "down", "harness/xdb4/workers", "--quiet"],
+        [sys.executable, "-m", "cathouse_harness", "down", "harness/xdb4/workers", "--quiet"],
         cwd=project.path, check=True, capture_output=True,
     )
     assert branches_of_run(project.path, "xdb4") == []
@@ -336,8 +338,7 @@ def test_usefixtures_neon_branch_gives_env_only_tests_their_branch(project: pyte
 
 def test_a_copy_held_up_by_a_connection_to_the_template_fails_in_one_line(tmp_path: Path) -> None:
     import psycopg
-
-    from harness.errors import WorkerDatabaseError
+    from cathouse_harness.errors import WorkerDatabaseError
 
     project = copy_example(tmp_path / "project")
     session = BranchSession(load_settings(project), run_id="xdb15", worker="controller")

@@ -17,9 +17,9 @@ from typing import Any
 
 import asyncpg
 import httpx
+from cathouse_harness.branching.lifecycle import MARK, MARK_KIND, NAME_PREFIX
+from cathouse_harness.local.server import LocalServerInfo, ensure_local_server
 
-from harness.branches import MARK, MARK_KIND, NAME_PREFIX
-from harness.local.server import LocalServerInfo, ensure_local_server
 from tests.plugin._support import copy_example
 
 REPO = Path(__file__).resolve().parents[2]

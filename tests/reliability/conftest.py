@@ -20,8 +20,8 @@ MATRIX_FILE = "fault-matrix.json"
 @pytest.fixture(scope="module")
 def neon_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A home (and so a local server, cluster and project) for one test module."""
-    from harness.local.postgres import memory_cluster_dirs
-    from harness.local.server import stop_local_server
+    from cathouse_harness.local.postgres import memory_cluster_dirs
+    from cathouse_harness.local.server import stop_local_server
 
     home = tmp_path_factory.mktemp("neon-home")
     yield home

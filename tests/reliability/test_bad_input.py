@@ -167,7 +167,7 @@ def test_cli_rejects(case: Bad, api: LocalNeon, tmp_path: Path) -> None:
     before = {b["id"] for b in api.branches()}
     project, env, args = _plant(case, api, tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "harness", *case.cli_command, *args, "--quiet"],
+        [sys.executable, "-m", "cathouse_harness", *case.cli_command, *args, "--quiet"],
         cwd=project, env=env, capture_output=True, text=True, timeout=120,
     )
     text = result.stdout + result.stderr
@@ -213,14 +213,14 @@ def test_order_that_breaks_a_foreign_key(api: LocalNeon, tmp_path: Path) -> None
     """Found only when the migration runs, but it is a configuration fix: exit 2 from the
     CLI and a usage error from the plugin, one line that says how to fix the order, and
     nothing is left behind."""
-    from harness.errors import MigrationOrderError
+    from cathouse_harness.errors import MigrationOrderError
 
     before = {b["id"] for b in api.branches()}
     project = make_project(tmp_path / "project", {"test_app.py": TEST_FILE})
     _services_reordered(project)
     env = plugin_env(api.home, "order")
     cli = subprocess.run(
-        [sys.executable, "-m", "harness", "up", "--quiet"],
+        [sys.executable, "-m", "cathouse_harness", "up", "--quiet"],
         cwd=project, env=env, capture_output=True, text=True, timeout=120,
     )
     plugin = subprocess.run(

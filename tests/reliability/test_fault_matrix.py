@@ -24,8 +24,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from cathouse_harness.branching.lifecycle import MARK, MARK_KIND, MARK_RUN
 
-from harness.branches import MARK, MARK_KIND, MARK_RUN
 from tests.reliability._cases import CRASH_FILE, TEST_FILE, add_revision
 from tests.reliability._support import (
     LocalNeon,
@@ -220,7 +220,7 @@ def failed_delete(lab: Lab) -> str:
     except AssertionError:
         pass  # every try of the watchdog met the fault: what is left is gc's
     gc = subprocess.run(
-        [sys.executable, "-m", "harness", "gc", "--run", lab.run_id, "--quiet"],
+        [sys.executable, "-m", "cathouse_harness", "gc", "--run", lab.run_id, "--quiet"],
         cwd=lab.project, env=plugin_env(lab.home, lab.run_id), capture_output=True, text=True,
     )
     assert gc.returncode == 0, gc.stderr
@@ -234,7 +234,7 @@ def _restart_postgres(home: Path) -> None:
     """`pg_ctl restart -m fast` on the local server's cluster, as its OS user: every
     session is ended and the server comes back on the same port, as after a crash-restart
     or a maintenance restart of a real server."""
-    from harness.local.postgres import Cluster, cluster_root, resolve_install, resolve_os_user
+    from cathouse_harness.local.postgres import Cluster, cluster_root, resolve_install, resolve_os_user
 
     user = resolve_os_user()
     install = resolve_install(user)
@@ -406,15 +406,15 @@ def template_race(lab: Lab) -> str:
 def _restart_with_new_key(lab: Lab) -> None:
     """Revoke the key: stop the local server, drop its key file and start it again on the
     same port, so the running session's key is refused with 401."""
-    from harness.local.discovery import discovery_path
-    from harness.local.launch import stop_local_server
+    from cathouse_harness.local.discovery import discovery_path
+    from cathouse_harness.local.launch import stop_local_server
 
     port = lab.neon.info.port
     stop_local_server(lab.home)
     (lab.home / "local-api-key").unlink()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CATHOUSE_")}
     subprocess.Popen(
-        [sys.executable, "-m", "harness.local.server", "--home", str(lab.home), "--port", str(port),
+        [sys.executable, "-m", "cathouse_harness.local.server", "--home", str(lab.home), "--port", str(port),
          "--daemon", "--idle-timeout", "900"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, env=env, cwd=lab.home,
@@ -435,7 +435,7 @@ def key_revoked(lab: Lab) -> str:
     assert all(str(b["id"]) in out for b in left), f"the leftover branch is not named:\n{out}"
     assert "cathouse-branch" in out, f"no command to remove the branch:\n{out}"
     gc = subprocess.run(
-        [sys.executable, "-m", "harness", "gc", "--run", lab.run_id, "--quiet"],
+        [sys.executable, "-m", "cathouse_harness", "gc", "--run", lab.run_id, "--quiet"],
         cwd=lab.project, env=plugin_env(lab.home, lab.run_id), capture_output=True, text=True,
     )
     assert gc.returncode == 0, gc.stderr

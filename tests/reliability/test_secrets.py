@@ -22,17 +22,17 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from cathouse_harness.branching.lifecycle import MARK, MARK_KIND, MARK_RUN
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.server import check_loopback, ensure_local_server
 
-from harness.branches import MARK, MARK_KIND, MARK_RUN
-from harness.errors import LocalServerError
-from harness.local.server import check_loopback, ensure_local_server
 from tests.reliability._cases import TEST_FILE
 from tests.reliability._support import LocalNeon, make_project, plugin_env
 
 KNOWN_KEY = "napi_reliability_" + secrets.token_hex(20)
 CLI_WITH_DEBUG_LOGS = (
     "import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stderr); "
-    "from harness.cli import main; sys.exit(main())"
+    "from cathouse_harness.cli.commands import main; sys.exit(main())"
 )
 
 

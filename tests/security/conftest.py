@@ -11,8 +11,8 @@ import pytest
 
 @pytest.fixture
 def own_home(tmp_path: Path) -> Iterator[Path]:
-    from harness.local.postgres import memory_cluster_dirs
-    from harness.local.server import stop_local_server
+    from cathouse_harness.local.postgres import memory_cluster_dirs
+    from cathouse_harness.local.server import stop_local_server
 
     home = tmp_path / "home"
     home.mkdir(mode=0o700)

@@ -21,9 +21,9 @@ import asyncpg
 import httpx
 import psycopg
 import pytest
+from cathouse_harness.local.postgres import home_superuser_dsn, memory_cluster_dirs
+from cathouse_harness.local.server import LocalServerInfo
 
-from harness.local.postgres import home_superuser_dsn, memory_cluster_dirs
-from harness.local.server import LocalServerInfo
 from tests.local._server import (
     api_client,
     connection_uri,
@@ -172,7 +172,7 @@ def test_channel_binding_require_connects(client: httpx.Client, server: LocalSer
 def test_a_home_from_before_keeps_its_urls_and_closes_the_door_they_opened(tmp_path: Path) -> None:
     """A state written when one password per role served every branch: its URLs keep
     working through the endpoints, and that password no longer opens PostgreSQL."""
-    from harness.local.state import STATE_FILE
+    from cathouse_harness.local.state import STATE_FILE
 
     home = tmp_path / "legacy-home"
     home.mkdir(mode=0o700)

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cathouse_harness.branching import lifecycle as branches
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.errors import NeonAPIError
+from cathouse_harness.neon.backend import connect_backend, open_client
 
-from harness import branches
-from harness.backend import connect_backend, open_client
-from harness.errors import NeonAPIError
-from harness.settings import load_settings
 from tests.cli._support import cli, error_lines
 from tests.plugin._support import copy_example
 

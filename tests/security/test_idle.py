@@ -18,11 +18,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from cathouse_harness.branching.lifecycle import MARK, MARK_KIND, MARK_RUN
+from cathouse_harness.local.postgres import memory_cluster_dirs
+from cathouse_harness.local.server import LocalServerInfo, ServerHandle, serve
+from cathouse_harness.support.sync import LoopThread
 
-from harness.branches import MARK, MARK_KIND, MARK_RUN
-from harness.local.postgres import memory_cluster_dirs
-from harness.local.server import LocalServerInfo, ServerHandle, serve
-from harness.sync import LoopThread
 from tests.local._server import api_client, connection_uri, create_ready_branch, delete_branch
 
 IDLE_TIMEOUT = 0.5

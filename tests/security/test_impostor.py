@@ -18,10 +18,10 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import psycopg
 import pytest
+from cathouse_harness.config.settings import ServiceConfig
+from cathouse_harness.db.engines import create_service_engine
+from cathouse_harness.support.env import overridden
 
-from harness.engines import create_service_engine
-from harness.env import overridden
-from harness.settings import ServiceConfig
 from tests.cli._support import cli
 from tests.local._server import (
     api_client,
@@ -89,7 +89,7 @@ def _engine(url: str) -> None:
 
 
 def _db_session_engine(url: str) -> None:
-    from harness.rollback_session import session_engine
+    from cathouse_harness.db.rollback import session_engine
 
     _open_engine(session_engine(url))
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cathouse_harness.local.dataplane import DataPlane
+from cathouse_harness.support.safe_paths import write_private
 
-from harness.local.dataplane import DataPlane
-from harness.safe_paths import write_private
 from tests.security._support import minimal_project, plugin_env
 
 SECRET_PASSWORD = "pw-doctor-SECRET-1f2e3d"
@@ -20,8 +20,8 @@ SECRET_PASSWORD = "pw-doctor-SECRET-1f2e3d"
 def test_pgbouncer_gets_none_of_the_servers_environment(
     dataplane: DataPlane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harness.local.pgbouncer import PgBouncer, find_pgbouncer
-    from harness.local.postgres import resolve_os_user
+    from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
+    from cathouse_harness.local.postgres import resolve_os_user
 
     binary = find_pgbouncer()
     if binary is None or dataplane.cluster_dir is None:
@@ -60,7 +60,7 @@ def test_private_write_never_follows_a_planted_link(tmp_path: Path) -> None:
 
 
 def test_env_file_write_does_not_follow_a_planted_temporary_link(tmp_path: Path) -> None:
-    from harness.envfile import write_env_file
+    from cathouse_harness.config.envfile import write_env_file
 
     victim = tmp_path / "victim"
     victim.write_text("the victim's file\n")
@@ -81,7 +81,7 @@ def test_doctor_on_a_malformed_port_is_one_line_and_exit_2(tmp_path: Path) -> No
     )
 
     done = subprocess.run(
-        [sys.executable, "-m", "harness", "doctor", "--quiet"], cwd=project,
+        [sys.executable, "-m", "cathouse_harness", "doctor", "--quiet"], cwd=project,
         env=plugin_env(Path(os.environ["CATHOUSE_HARNESS_HOME"])), capture_output=True, text=True,
         timeout=120,
     )

@@ -1,5 +1,5 @@
 """Item 11: what runs and servers leave behind is cleaned when a server starts (and by
-`harness.leftovers.clean_leftovers`, which `cathouse-branch gc` is to call).
+`cathouse_harness.cleanup.leftovers.clean_leftovers`, which `cathouse-branch gc` is to call).
 
 Left behind before: run directories and `kept-*` markers of finished runs, a PostgreSQL
 (and PgBouncer) still running after its server was SIGKILLed, the /dev/shm cluster of a
@@ -17,13 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from harness.leftovers import clean_leftovers
-from harness.local import locations
-from harness.local.postgres import memory_cluster_dirs
-from harness.local.server import ensure_local_server
-from harness.processes import pid_alive
-from harness.runs import owner_token
+from cathouse_harness.cleanup.leftovers import clean_leftovers
+from cathouse_harness.cleanup.runs import owner_token
+from cathouse_harness.local import locations
+from cathouse_harness.local.postgres import memory_cluster_dirs
+from cathouse_harness.local.server import ensure_local_server
+from cathouse_harness.support.processes import pid_alive
 
 
 def _dead_pid() -> int:
@@ -113,7 +112,7 @@ def test_server_start_runs_the_cleaner(tmp_path: Path) -> None:
         ensure_local_server(home)
         _wait_until(lambda: not (home / "runs" / "finished").exists(), "the server's start cleaned runs/")
     finally:
-        from harness.local.server import stop_local_server
+        from cathouse_harness.local.server import stop_local_server
 
         stop_local_server(home)
         for directory in memory_cluster_dirs(home):

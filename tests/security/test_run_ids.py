@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cathouse_harness.cleanup.runs import branch_file_name, check_run_id, marker_dir
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.errors import ConfigError, SafetyError
 
-from harness.errors import ConfigError, SafetyError
-from harness.runs import branch_file_name, check_run_id, marker_dir
-from harness.settings import load_settings
 from tests.security._support import minimal_project, run_pytest
 
 SESSION_TEST = "def test_branch(neon_branch):\n    assert neon_branch.id\n"

@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
-from harness.backend import connect_backend, open_client
-from harness.branches import MARK, MARK_KIND, MARK_RUN
-from harness.runs import marker_dir
-from harness.settings import Settings, load_settings
-from harness.sweep import sweep_run
+from cathouse_harness.branching.lifecycle import MARK, MARK_KIND, MARK_RUN
+from cathouse_harness.cleanup.runs import marker_dir
+from cathouse_harness.cleanup.sweep import sweep_run
+from cathouse_harness.config.settings import Settings, load_settings
+from cathouse_harness.neon.backend import connect_backend, open_client
+
 from tests.security._support import minimal_project, plugin_env, run_pytest
 
 WAITING_TEST = """
@@ -128,7 +129,7 @@ def test_sweep_leaves_the_same_run_ids_branch_of_another_owner(tmp_path: Path) -
 
 
 def test_watchdog_looks_up_a_name_but_deletes_only_its_own_run_and_owner(tmp_path: Path) -> None:
-    from harness.watchdog import start_watchdog
+    from cathouse_harness.cleanup.watchdog import start_watchdog
 
     run_id = f"wd-{os.getpid()}"
     project = minimal_project(tmp_path / "p", {})

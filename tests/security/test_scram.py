@@ -7,9 +7,15 @@ from __future__ import annotations
 import base64
 
 import pytest
-
-from harness.local.postgres import scram_verifier
-from harness.local.scram import SCRAM, SCRAM_PLUS, ClientExchange, ScramError, ServerExchange, Verifier
+from cathouse_harness.local.postgres import scram_verifier
+from cathouse_harness.local.scram import (
+    SCRAM,
+    SCRAM_PLUS,
+    ClientExchange,
+    ScramError,
+    ServerExchange,
+    Verifier,
+)
 
 END_POINT = bytes(range(32))
 

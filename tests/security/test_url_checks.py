@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from cathouse_harness.branching.lifecycle import create_owned_branch
+from cathouse_harness.errors import SafetyError
+from cathouse_harness.neon.client import NeonClient
 
-from harness.branches import create_owned_branch
-from harness.errors import SafetyError
-from harness.neon.client import NeonClient
 from tests.neon.fake_api import API_HOST, API_KEY, PROJECT, FakeNeon
 
 Edit = Callable[[dict[str, Any]], None]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from harness import branch_names, branches, endpoint_urls
-from harness.errors import SafetyError
-from harness.local.hosts import loopback_addresses, pooled_seed
-from harness.neon.models import Branch
+from cathouse_harness.branching import endpoint_check as endpoint_urls
+from cathouse_harness.branching import lifecycle as branches
+from cathouse_harness.branching import names as branch_names
+from cathouse_harness.errors import SafetyError
+from cathouse_harness.local.hosts import loopback_addresses, pooled_seed
+from cathouse_harness.neon.models import Branch
 
 
 def branch(name: str, *, default: bool = False, protected: bool = False, marked: bool = True) -> Branch:

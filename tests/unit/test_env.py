@@ -1,4 +1,4 @@
-"""Every environment variable is read in one place (harness.env), from one table."""
+"""Every environment variable is read in one place (cathouse_harness.support.env), from one table."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-
-from harness import env
-from harness.settings import ENV_NAMES
+from cathouse_harness.config.settings import ENV_NAMES
+from cathouse_harness.support import env
 
 REPO = Path(__file__).resolve().parents[2]
 # a read of the process environment: os.environ.get / os.environ[...] / os.getenv

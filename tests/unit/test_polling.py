@@ -1,12 +1,11 @@
-"""harness.polling: the one wait-until loop, on a fake clock (no real waiting)."""
+"""cathouse_harness.support.polling: the one wait-until loop, on a fake clock (no real waiting)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-
-from harness.polling import Backoff, wait_until, wait_until_async
+from cathouse_harness.support.polling import Backoff, wait_until, wait_until_async
 
 
 class FakeTime:

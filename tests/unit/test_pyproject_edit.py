@@ -6,9 +6,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
-from harness.errors import ConfigError, HarnessError
-from harness.pyproject_edit import put_table
+from cathouse_harness.cli.pyproject_edit import put_table
+from cathouse_harness.errors import ConfigError, HarnessError
 
 TABLE = "tool.cathouse_harness"
 BLOCK = '[tool.cathouse_harness]\nconnection_limit = 10\n\n[[tool.cathouse_harness.services]]\nname = "a"\n'

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-
-from harness.errors import ConfigError, HarnessError, NeonAPIError
-from harness.log import get_logger
-from harness.redact import Secret, redact_url, register_secret, scrub
+from cathouse_harness.errors import ConfigError, HarnessError, NeonAPIError
+from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.redact import Secret, redact_url, register_secret, scrub
 
 
 @pytest.mark.parametrize(

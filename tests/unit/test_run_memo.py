@@ -1,8 +1,8 @@
-"""harness.run_memo: one read per key inside a run, a fresh read outside any run."""
+"""cathouse_harness.migrate.run_memo: one read per key inside a run, a fresh read outside any run."""
 
 from __future__ import annotations
 
-from harness.run_memo import once_per_run, remembered
+from cathouse_harness.migrate.run_memo import once_per_run, remembered
 
 
 def test_outside_a_run_every_call_computes() -> None:

@@ -6,9 +6,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
-from harness.errors import ConfigError
-from harness.settings import load_settings, parse_ttl
+from cathouse_harness.config.settings import load_settings, parse_ttl
+from cathouse_harness.errors import ConfigError
 
 SERVICES = """
 [[tool.cathouse_harness.services]]

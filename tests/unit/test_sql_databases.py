@@ -1,11 +1,16 @@
-"""Reading CREATE / DROP DATABASE out of a query string (harness.local.sql_databases):
+"""Reading CREATE / DROP DATABASE out of a query string (cathouse_harness.local.sql_databases):
 the grammar the endpoint proxy takes over, and everything it leaves alone."""
 
 from __future__ import annotations
 
 import pytest
-
-from harness.local.sql_databases import CreateDatabase, DropDatabase, Refused, classify, might_be_ours
+from cathouse_harness.local.sql_databases import (
+    CreateDatabase,
+    DropDatabase,
+    Refused,
+    classify,
+    might_be_ours,
+)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""harness.sync.run_sync: the one bridge from synchronous code to the async engine."""
+"""cathouse_harness.support.sync.run_sync: the one bridge from synchronous code to the async engine."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import asyncio
 import threading
 
 import pytest
-
-from harness.sync import run_sync
+from cathouse_harness.support.sync import run_sync
 
 
 def test_returns_the_result_and_runs_on_its_own_thread() -> None:

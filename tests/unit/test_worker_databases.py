@@ -1,12 +1,12 @@
-"""Names and URLs of xdist workers' databases (`harness.worker_databases`); the copies
+"""Names and URLs of xdist workers' databases (`cathouse_harness.xdist.worker_databases`); the copies
 themselves are exercised through the plugin in tests/plugin/test_xdist.py."""
 
 from __future__ import annotations
 
-from harness.branches import BranchHandle
-from harness.redact import Secret, scrub
-from harness.urls import endpoint_of
-from harness.worker_databases import worker_database_name, worker_handle
+from cathouse_harness.branching.lifecycle import BranchHandle
+from cathouse_harness.db.urls import endpoint_of
+from cathouse_harness.support.redact import Secret, scrub
+from cathouse_harness.xdist.worker_databases import worker_database_name, worker_handle
 
 
 def test_a_worker_database_is_the_configured_name_and_the_worker_within_postgres_limit() -> None:

@@ -81,7 +81,7 @@ def _given_url() -> str:
 
 
 def database_url() -> str:
-    from harness.urls import normalize_asyncpg_url
+    from cathouse_harness.db.urls import normalize_asyncpg_url
 
     return normalize_asyncpg_url(_given_url())
 
@@ -134,7 +134,7 @@ def _run_on(connection: Connection, schema: str, configure: Callable[..., None])
 
 
 async def _run_async(schema: str, configure: Callable[..., None]) -> None:
-    from harness.engines import tls_connect_args
+    from cathouse_harness.db.engines import tls_connect_args
 
     # the URL's sslrootcert as an SSLContext: SQLAlchemy cannot hand it to asyncpg
     engine = create_async_engine(

@@ -12,10 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from cathouse_harness.config.settings import ServiceConfig
+from cathouse_harness.db.engines import create_service_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-
-from harness.engines import create_service_engine
-from harness.settings import ServiceConfig
 
 
 class DatabaseNotConfigured(RuntimeError):

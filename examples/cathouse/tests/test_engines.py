@@ -6,11 +6,10 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from cathouse_harness.config.settings import Settings
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
-
-from harness.settings import Settings
 
 SERVICES = ("auth-service", "catalog-service", "installation-service", "proxy-service")
 

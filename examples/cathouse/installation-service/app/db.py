@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from cathouse_common.db import service_database
+from cathouse_harness.config.settings import ServiceConfig
 from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from harness.settings import ServiceConfig
 
 # Must agree with [tool.cathouse_harness] in the project's pyproject.toml (a test checks).
 SERVICE = ServiceConfig(

@@ -1,0 +1,62 @@
+"""What `cathouse-branch gc` removes, and why: a pure policy over the harness's branches."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from cathouse_harness.branching import lifecycle as branches
+from cathouse_harness.branching.templates import STALE_BUILD, TEMPLATE_IDLE, last_used
+
+
+def candidates(found: Sequence[Any], *, current_fingerprint: str | None, run: str | None,
+                  now: datetime | None = None) -> list[tuple[Any, str]]:
+    """Which harness branches gc removes, and why. Pure, so it is easy to test.
+
+    A branch with children is never chosen (a template that sessions still fork from,
+    a parent a delete would fail on). A template is outdated when no session has used
+    it for TEMPLATE_IDLE, not when its fingerprint differs from this checkout's: other
+    checkouts (main, other CI refs) use theirs.
+    """
+    now = now or datetime.now(UTC)
+    host = socket.gethostname()[:60]
+    parents = {b.parent_id for b in found if b.parent_id}
+    chosen: list[tuple[Any, str]] = []
+    for branch in found:
+        if branch.id in parents:
+            continue
+        marks = branch.annotation
+        if run is not None:
+            if marks.get(branches.MARK_RUN) == run and marks.get(branches.MARK_KIND) == "session":
+                chosen.append((branch, f"belongs to run {run}"))
+            continue
+        kind = marks.get(branches.MARK_KIND)
+        used = last_used(branch) if kind == "template" else None
+        if branches.is_expired(branch, now):
+            chosen.append((branch, "expired"))
+        elif kind == "session" and marks.get(branches.MARK_HOST) == host and not _pid_alive(
+            marks.get(branches.MARK_PID)
+        ):
+            chosen.append((branch, "its test process is gone"))
+        elif kind == "template" and branch.name.endswith(".building") and branch.created_at and (
+            now - branch.created_at > STALE_BUILD
+        ):
+            chosen.append((branch, "abandoned template build"))
+        elif (
+            kind == "template"
+            and used is not None
+            and now - used > TEMPLATE_IDLE
+            and marks.get(branches.MARK_FINGERPRINT) != current_fingerprint
+        ):
+            chosen.append((branch, f"template unused since {used:%Y-%m-%d %H:%M} UTC"))
+    return chosen
+
+
+def _pid_alive(pid: str | None) -> bool:
+    if not pid or not pid.isdigit():
+        return True  # unknown: leave it to expires_at
+    from cathouse_harness.support.processes import pid_alive
+
+    return pid_alive(int(pid))

@@ -1,0 +1,1 @@
+"""cathouse-branch: commands, arguments, context, doctor, init."""

@@ -1,0 +1,146 @@
+"""cathouse-branch's command line: its arguments, and the progress lines it prints on
+stderr (a step, its mark and how long it took)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from cathouse_harness.errors import ConfigError
+from cathouse_harness.support.redact import scrub
+
+PROG = "cathouse-branch"
+DESCRIPTION = "cathouse-branch: a developer's own migrated branch, and the housekeeping around it."
+NAME_HELP = (
+    "the name given to up (X for harness/dev/X), the full name or the br- id "
+    "(default: the one in .env)"
+)
+
+
+class Progress:
+    """Steps with timings on stderr; a person sees what is happening and how long it took."""
+
+    def __init__(self, stream: TextIO, quiet: bool = False) -> None:
+        self.stream = stream
+        self.quiet = quiet
+
+    def step(self, label: str) -> _Step:
+        return _Step(self, label)
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(scrub(text), file=self.stream, flush=True)
+
+
+class _Step:
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress = progress
+        self.label = label
+
+    def __enter__(self) -> _Step:
+        self.started = time.perf_counter()
+        if self.progress.stream.isatty() and not self.progress.quiet:
+            print(f"… {self.label}", end="\r", file=self.progress.stream, flush=True)
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        seconds = time.perf_counter() - self.started
+        mark = "✗" if exc_type else "✓"
+        self.progress.say(f"{mark} {self.label} ({seconds:.2f} s)")
+
+
+class UsageFailure(ConfigError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would print usage and a traceback-free line
+        raise UsageFailure(message, hint=f"see {PROG} --help")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = _Parser(prog=PROG, description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_branch_commands(sub, common)
+    _add_project_commands(sub, common)
+    return parser
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """The options every command takes."""
+    common = _Parser(add_help=False)
+    common.add_argument("--project-dir", type=Path, default=None, help="project to use (default: .)")
+    common.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    common.add_argument("--show-secrets", action="store_true", help="print passwords in URLs")
+    common.add_argument("--backend", choices=("neon", "embedded"), default=None)
+    common.add_argument(
+        "--storage", choices=("memory", "disk"), default=None,
+        help="embedded default only: memory (fast, the default) or disk (survives reboots)",
+    )
+    common.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return common
+
+
+def _add_branch_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """up, down, list, url, reset, gc: the commands on developers' and harness branches."""
+    up = sub.add_parser("up", parents=[common], help="create a migrated branch and write .env")
+    up.add_argument("--name", default=None, help="branch name (default: harness/dev/<user>-<git branch>)")
+    up.add_argument("--ttl", default=None, help="time to live, e.g. 8h or 7d (default 7d)")
+    up.add_argument("--parent", default=None, help="parent branch (default from config)")
+    up.add_argument("--env-file", type=Path, default=None, help="where to write (default ./.env)")
+    up.add_argument("--force", action="store_true", help="overwrite a .env not written by us")
+
+    down = sub.add_parser("down", parents=[common], help="delete a branch made by the harness")
+    down.add_argument("name", nargs="?", default=None, help=NAME_HELP)
+    down.add_argument("--env-file", type=Path, default=None)
+
+    sub.add_parser("list", parents=[common], help="list the branches the harness made")
+
+    url = sub.add_parser(
+        "url", parents=[common],
+        help="print a branch's connection URL with its password, for psql \"$(…)\"",
+    )
+    url.add_argument("name", nargs="?", default=None, help=NAME_HELP)
+    url.add_argument("--pooled", action="store_true", help="the pooled URL instead of the direct one")
+    url.add_argument("--asyncpg", action="store_true", help="as postgresql+asyncpg:// for SQLAlchemy")
+    url.add_argument(
+        "--database", default=None,
+        help="another database of the branch (an xdist worker's, e.g. cathouse_gw0)",
+    )
+    url.add_argument("--env-file", type=Path, default=None)
+
+    reset = sub.add_parser("reset", parents=[common], help="restore a branch to its parent, migrate")
+    reset.add_argument("name", nargs="?", default=None, help=NAME_HELP)
+    reset.add_argument("--env-file", type=Path, default=None)
+
+    gc = sub.add_parser("gc", parents=[common], help="remove expired or orphaned harness branches")
+    gc.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+    gc.add_argument("--run", default=None, help="only the branches of this test run id")
+
+
+def _add_project_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """migrate, doctor, init, emulator: the commands on the project and its setup."""
+    migrate = sub.add_parser("migrate", parents=[common], help="migrate the branch named by .env")
+    migrate.add_argument("--url", default=None, help="direct URL without a password, or - to read "
+                         "it from stdin (default: MIGRATION_DATABASE_URL)")
+    migrate.add_argument("--env-file", type=Path, default=None)
+    migrate.add_argument("--target", default="head", help="revision to upgrade to (default: head)")
+
+    doctor = sub.add_parser("doctor", parents=[common], help="check configuration and setup")
+    doctor.add_argument("--env-file", type=Path, default=None)
+
+    init = sub.add_parser(
+        "init", parents=[common],
+        help="propose [tool.cathouse_harness] from the project's alembic.ini files",
+    )
+    init.add_argument("--yes", action="store_true", help="write it into the project's pyproject.toml")
+    init.add_argument(
+        "--force", action="store_true", help="with --yes: replace an existing [tool.cathouse_harness]"
+    )
+
+    emulator = sub.add_parser("emulator", parents=[common], help="run the local Neon API server")
+    emulator.add_argument("--port", type=int, default=0)
+    emulator.add_argument("--home", type=Path, default=None)

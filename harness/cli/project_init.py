@@ -1,0 +1,366 @@
+"""`cathouse-branch init`: propose `[tool.cathouse_harness]` for a project that has
+Alembic setups but no harness configuration yet.
+
+Each alembic.ini under the project becomes a service: named after its directory, in the
+schema its env.py keeps the version table in (else the one its revision files create
+tables in, else public), ordered so that a service whose revisions hold a foreign key into
+another service's schema migrates after it. Every value carries a note saying where it
+came from, because a guess the user cannot check is worse than none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cathouse_harness.cli.pyproject_edit import Outcome, lookup, put_table
+from cathouse_harness.config.settings import TOOL_TABLE, check_pool_budget, parse_services
+from cathouse_harness.errors import ConfigError
+from cathouse_harness.migrate.scan import AlembicSetup, Skipped, env_facts, read_setup, revision_facts
+
+DEFAULT_CONNECTION_LIMIT = 10
+DEFAULT_SCHEMA = "public"
+# what a pool gets, best first: the seed's 2+1, then smaller while the budget is short
+POOL_TIERS = ((2, 1), (1, 1), (1, 0))
+SKIP_DIRS = frozenset({"venv", "env", "node_modules", "site-packages", "build", "dist", "__pycache__"})
+# directories that name what they hold, not whose it is: the service is the one above
+GENERIC_DIRS = frozenset({"alembic", "migrations", "migration", "db", "database"})
+
+
+@dataclass(frozen=True)
+class ServiceProposal:
+    name: str
+    schema: str
+    alembic_ini: str  # relative to the project directory, with forward slashes
+    pool_size: int
+    max_overflow: int
+    after: tuple[str, ...]  # services it references, which therefore migrate first
+    notes: tuple[str, ...]  # where each value came from
+
+
+@dataclass(frozen=True)
+class Proposal:
+    project_dir: Path
+    connection_limit: int
+    services: tuple[ServiceProposal, ...]
+    notes: tuple[str, ...]  # about the project as a whole: skipped files, order, pools
+
+    def toml(self) -> str:
+        lines = [
+            f"[{TOOL_TABLE}]",
+            "# proposed by `cathouse-branch init`: services migrate in the order listed",
+            f"connection_limit = {self.connection_limit}",
+        ]
+        for service in self.services:
+            lines += [
+                "",
+                f"[[{TOOL_TABLE}.services]]",
+                f"name = {_toml_string(service.name)}",
+                f"schema = {_toml_string(service.schema)}",
+                f"alembic_ini = {_toml_string(service.alembic_ini)}",
+                f"pool_size = {service.pool_size}",
+                f"max_overflow = {service.max_overflow}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "project_dir": str(self.project_dir),
+            "connection_limit": self.connection_limit,
+            "services": [
+                {
+                    "name": s.name, "schema": s.schema, "alembic_ini": s.alembic_ini,
+                    "pool_size": s.pool_size, "max_overflow": s.max_overflow,
+                    "after": list(s.after), "notes": list(s.notes),
+                }
+                for s in self.services
+            ],
+            "notes": list(self.notes),
+        }
+
+
+def _toml_string(value: str) -> str:
+    # JSON's escapes (\" \\ \n \uXXXX) are all valid in a TOML basic string
+    return json.dumps(value)
+
+
+# -- discovery ------------------------------------------------------------------------------
+
+
+def _skipped_dir(directory: Path, name: str) -> bool:
+    return (
+        name.startswith(".")
+        or name in SKIP_DIRS
+        or name.endswith(".egg-info")
+        or (directory / name / "pyvenv.cfg").exists()  # a virtualenv by any name
+    )
+
+
+def find_alembic_inis(project_dir: Path) -> tuple[list[Path], list[str]]:
+    """Every alembic.ini under `project_dir`, sorted by directory (the root first), and
+    notes on pyproject.toml files that configure Alembic without an alembic.ini beside."""
+    inis: list[Path] = []
+    notes: list[str] = []
+    for root, dirs, files in os.walk(project_dir):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs if not _skipped_dir(here, d))
+        if "alembic.ini" in files:
+            inis.append(here / "alembic.ini")
+        elif "pyproject.toml" in files and _has_tool_alembic(here / "pyproject.toml"):
+            notes.append(
+                f"{_relative(here / 'pyproject.toml', project_dir)} has [tool.alembic] but no "
+                "alembic.ini beside it; the harness needs one (alembic init -t pyproject writes both)"
+            )
+    inis.sort(key=lambda p: p.parent.relative_to(project_dir).parts)
+    return inis, notes
+
+
+def _has_tool_alembic(pyproject: Path) -> bool:
+    try:
+        return lookup(tomllib.loads(pyproject.read_text(encoding="utf-8")), "tool.alembic") is not None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+
+
+def _relative(path: Path, project_dir: Path) -> str:
+    return path.relative_to(project_dir).as_posix()
+
+
+def _shown(path: Path, project_dir: Path) -> str:
+    return _relative(path, project_dir) if path.is_relative_to(project_dir) else str(path)
+
+
+def _project_name(project_dir: Path) -> tuple[str, str]:
+    try:
+        data = tomllib.loads((project_dir / "pyproject.toml").read_text(encoding="utf-8"))
+        name = lookup(data, "project.name")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        name = None
+    if isinstance(name, str) and name.strip():
+        return name.strip(), "[project].name in pyproject.toml"
+    return project_dir.name, "the project directory's name"
+
+
+def _service_name(ini: Path, project_dir: Path) -> tuple[str, str]:
+    directory = ini.parent
+    while directory.name in GENERIC_DIRS and directory != project_dir:
+        directory = directory.parent
+    if directory == project_dir:
+        return _project_name(project_dir)
+    return directory.name, f"the directory name {_relative(directory, project_dir)}/"
+
+
+# -- one service ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    name: str
+    schema: str
+    alembic_ini: str
+    references: Mapping[str, str]  # schema -> "auth.users.id in versions/0002_x.py", first seen
+    notes: tuple[str, ...]
+
+
+def _schema_of(setup: AlembicSetup, project_dir: Path) -> tuple[str, list[str], dict[str, str]]:
+    """The service's schema, the notes that explain it, and the schemas its FKs point at."""
+    notes: list[str] = []
+    env_py = setup.env_py
+    env = env_facts(env_py) if env_py else None
+    revisions = revision_facts(setup.version_dirs)
+    references: dict[str, str] = {}
+    for ref in revisions.references:
+        references.setdefault(ref.schema, f"{ref.target} in {_relative(ref.file, project_dir)}")
+    for path in revisions.unreadable:
+        notes.append(f"could not parse {_relative(path, project_dir)}; its schemas are not counted")
+
+    created = set(revisions.table_schemas)
+    from_tables = next(iter(created)) if len(created) == 1 else None
+    if env is not None and env.error:
+        notes.append(f"{env.error}: no version_table_schema read")
+    values = {f.value for f in env.version_table_schemas} if env else set()
+    if env is not None and env_py is not None and len(values) == 1:
+        found = env.version_table_schemas[0]
+        where = f"{found.how} in {_relative(env_py, project_dir)}"
+        if not from_tables or from_tables == found.value:
+            notes.append(f"schema {found.value!r}: {where}")
+            return found.value, notes, references
+        # a version table kept apart (a shared `meta` schema, say): the service owns the
+        # schema its tables are in
+        count = len(revisions.table_schemas)
+        notes.append(f"schema {from_tables!r}: schema= of its {count} op.create_table call(s); "
+                     f"its version table is kept apart ({where})")
+        return from_tables, notes, references
+    if len(values) > 1:
+        notes.append(f"env.py sets version_table_schema to {' and '.join(sorted(values))}; not used")
+    for expression in env.unresolved if env else ():
+        notes.append(f"env.py sets version_table_schema={expression}, which init cannot evaluate")
+    if from_tables:
+        count = len(revisions.table_schemas)
+        notes.append(f"schema {from_tables!r}: schema= of its {count} op.create_table call(s)")
+        return from_tables, notes, references
+    if len(created) > 1:
+        shown = ", ".join(sorted(s or "none" for s in created))
+        notes.append(f"its op.create_table calls disagree on schema= ({shown})")
+    elif not revisions.files:
+        notes.append("no revision files yet")
+    notes.append(f"schema {DEFAULT_SCHEMA!r}: nothing else to go by; check it")
+    return DEFAULT_SCHEMA, notes, references
+
+
+def _candidate(setup: AlembicSetup, project_dir: Path) -> _Candidate:
+    name, name_from = _service_name(setup.ini, project_dir)
+    alembic_ini = _relative(setup.ini, project_dir)
+    location = _shown(setup.script_dir, project_dir) if setup.script_dir else setup.script_location
+    notes = [f"name {name!r}: {name_from}", f"script_location {location} (from {setup.config_from})"]
+    if setup.script_dir is None:
+        notes.append("script_location is a package resource: env.py and revisions not read")
+    elif not setup.script_dir.is_dir():
+        notes.append(f"script_location {setup.script_dir} does not exist")
+    schema, schema_notes, references = _schema_of(setup, project_dir)
+    return _Candidate(name, schema, alembic_ini, references, tuple(notes + schema_notes))
+
+
+# -- the project -----------------------------------------------------------------------------
+
+
+def _unique_names(candidates: list[_Candidate]) -> list[_Candidate]:
+    """Two directories with the same name: use their relative paths instead."""
+    counts: dict[str, int] = {}
+    for c in candidates:
+        counts[c.name] = counts.get(c.name, 0) + 1
+    fixed = []
+    for c in candidates:
+        if counts[c.name] > 1:
+            path = str(Path(c.alembic_ini).parent).replace("/", "-")
+            name = path if path != "." else c.name
+            why = f"name {name!r}: another service is also called {c.name!r}"
+            c = replace(c, name=name, notes=(*c.notes, why))
+        fixed.append(c)
+    return fixed
+
+
+def _dependencies(candidates: list[_Candidate]) -> tuple[dict[str, list[str]], list[str]]:
+    owner = {c.schema: c.name for c in candidates}
+    depends: dict[str, list[str]] = {}
+    notes: list[str] = []
+    for c in candidates:
+        depends[c.name] = []
+        for schema, where in c.references.items():
+            if schema == c.schema:
+                continue
+            if schema in owner:
+                depends[c.name].append(owner[schema])
+            else:
+                notes.append(f"{c.name}: foreign key into schema {schema!r} ({where}), which no service owns")
+    return depends, notes
+
+
+def migration_order(names: Sequence[str], depends: dict[str, list[str]]) -> tuple[list[str], str | None]:
+    """Services after the ones they depend on; ties keep `names`' order. On a cycle:
+    `names` unchanged and the cycle as `a -> b -> a`."""
+    placed: list[str] = []
+    remaining = list(names)
+    while remaining:
+        ready = next((n for n in remaining if all(d in placed for d in depends.get(n, ()))), None)
+        if ready is None:
+            return list(names), _cycle(remaining, depends)
+        placed.append(ready)
+        remaining.remove(ready)
+    return placed, None
+
+
+def _cycle(remaining: list[str], depends: dict[str, list[str]]) -> str:
+    path = [remaining[0]]
+    while True:  # every remaining service waits on another remaining one: follow until a repeat
+        nxt = next(d for d in depends[path[-1]] if d in remaining)
+        if nxt in path:
+            loop = path[path.index(nxt):] + [nxt]
+            return " -> ".join(loop)
+        path.append(nxt)
+
+
+def _pools(count: int, limit: int) -> tuple[int, int, int, str]:
+    """(pool_size, max_overflow, connection_limit, note) giving every service the same pool."""
+    for size, overflow in POOL_TIERS:
+        if count * (size + overflow) <= limit:
+            total = count * (size + overflow)
+            return size, overflow, limit, f"pools {size}+{overflow} each: {total} of connection_limit {limit}"
+    note = (
+        f"pools 1+0 each need {count} connections, more than {limit}: connection_limit raised "
+        f"to {count}; check your Neon compute's limit"
+    )
+    return 1, 0, count, note
+
+
+def propose(project_dir: Path) -> Proposal:
+    project_dir = project_dir.resolve()
+    if not project_dir.is_dir():
+        raise ConfigError(f"{project_dir} is not a directory", key="--project-dir")
+    inis, notes = find_alembic_inis(project_dir)
+    candidates = []
+    for ini in inis:
+        setup = read_setup(ini)
+        if isinstance(setup, Skipped):
+            notes.append(f"skipped {_relative(ini, project_dir)}: it {setup.reason}")
+            continue
+        candidates.append(_candidate(setup, project_dir))
+    if not candidates:
+        found = f" ({notes[0]})" if notes else ""
+        raise ConfigError(
+            f"no Alembic configuration (alembic.ini with a script_location) under {project_dir}{found}",
+            key="--project-dir",
+            hint="point --project-dir at the project, or run `alembic init` in each service first",
+        )
+    candidates = _unique_names(candidates)
+    depends, dependency_notes = _dependencies(candidates)
+    notes += dependency_notes
+    order, cycle = migration_order([c.name for c in candidates], depends)
+    if cycle:
+        notes.append(f"foreign keys form a cycle ({cycle}): kept the directory order; check the revisions")
+    limit = _existing_limit(project_dir)
+    size, overflow, limit, pool_note = _pools(len(candidates), limit)
+    notes.append(pool_note)
+    by_name = {c.name: c for c in candidates}
+    services = []
+    for name in order:
+        c = by_name[name]
+        after = tuple(d for d in order if d in depends[name])
+        why = [f"after {d} ({c.references[by_name[d].schema]})" for d in after]
+        order_note = "order: " + ("; ".join(why) if why else "no foreign key into another service's schema")
+        services.append(ServiceProposal(
+            name=name, schema=c.schema, alembic_ini=c.alembic_ini, pool_size=size,
+            max_overflow=overflow, after=after, notes=(*c.notes, order_note),
+        ))
+    return Proposal(project_dir, limit, tuple(services), tuple(notes))
+
+
+def _existing_limit(project_dir: Path) -> int:
+    """A connection_limit the project already chose is the budget to fit."""
+    try:
+        data = tomllib.loads((project_dir / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return DEFAULT_CONNECTION_LIMIT
+    limit = lookup(data, f"{TOOL_TABLE}.connection_limit")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else (
+        DEFAULT_CONNECTION_LIMIT
+    )
+
+
+def check_proposal(proposal: Proposal) -> None:
+    """Raise the ConfigError the harness would raise on loading the proposed table."""
+    source = "the proposed table"
+    table = lookup(tomllib.loads(proposal.toml()), TOOL_TABLE)
+    services = parse_services(table["services"], proposal.project_dir, source)
+    check_pool_budget(services, table["connection_limit"], source)
+
+
+def write_proposal(proposal: Proposal, *, force: bool) -> tuple[Path, Outcome]:
+    check_proposal(proposal)
+    path = proposal.project_dir / "pyproject.toml"
+    return path, put_table(path, TOOL_TABLE, proposal.toml(), force=force)

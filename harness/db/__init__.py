@@ -1,0 +1,1 @@
+"""Talking to a branch's databases: URL forms, quoting, service engines, rolled-back sessions."""

@@ -1,0 +1,120 @@
+"""Ordered multi-service Alembic migrations: the API (its command line is
+`cathouse-branch migrate`, also `python -m harness migrate`).
+
+Services migrate in the order `[tool.cathouse_harness].services` lists them, each with
+Alembic's command API and its version table in its own schema, over the direct
+(non-pooled) URL. Alembic runs in this process, and every service shares one database
+connection: no interpreter start-up, no connect per service. See
+`cathouse_harness.migrate.runner` for the transaction rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from cathouse_harness.branching.fingerprint import migration_fingerprint
+from cathouse_harness.config.settings import Settings
+from cathouse_harness.errors import MigrationError
+from cathouse_harness.migrate.checks import (
+    check_order,
+    check_round_trip,
+    check_schema_isolation,
+    check_single_head,
+)
+from cathouse_harness.migrate.connection import run_with_connection
+from cathouse_harness.migrate.environment import script_directory
+from cathouse_harness.migrate.run_memo import once_per_run
+from cathouse_harness.migrate.runner import (
+    ServiceResult,
+    current_heads,
+    describe_result,
+    join_heads,
+    upgrade_service,
+)
+from sqlalchemy.engine import Connection
+
+__all__ = [
+    "ServiceResult",
+    "check_order",
+    "check_round_trip",
+    "check_schema_isolation",
+    "check_single_head",
+    "current_revisions",
+    "head_revisions",
+    "migrate_all",
+    "migration_fingerprint",
+]
+
+ENV_URL = "MIGRATION_DATABASE_URL"
+
+
+def head_revisions(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """Each migrating service's head revision(s), read from its scripts."""
+    heads: dict[str, tuple[str, ...]] = {}
+    for service in settings.migrating_services:
+        try:
+            heads[service.name] = tuple(sorted(script_directory(service).get_heads()))
+        except Exception as exc:
+            raise MigrationError(
+                f"cannot read its revisions ({type(exc).__name__}: {exc})", service=service.name
+            ) from exc
+    return heads
+
+
+def _migrate_on(connection: Connection, settings: Settings, target: str,
+                reporter: Callable[[str], None] | None,
+                heads: dict[str, tuple[str, ...]] | None) -> list[ServiceResult]:
+    results = []
+    for service in settings.migrating_services:
+        result = upgrade_service(connection, settings, service, target)
+        results.append(result)
+        if reporter is not None:
+            reporter(describe_result(result, heads.get(service.name) if heads else None))
+    return results
+
+
+def migrate_all(
+    settings: Settings,
+    direct_url: str,
+    *,
+    target: str = "head",
+    reporter: Callable[[str], None] | None = None,
+) -> list[ServiceResult]:
+    """Upgrade every migrating service to `target`, in configured order, on one connection.
+
+    Stops at the first failing service with MigrationError(service=, revision=,
+    db_error=). Safe to call from synchronous code, from a worker thread, or from a
+    thread that runs an event loop (the work runs in a thread of its own).
+    """
+    with once_per_run():
+        heads = head_revisions(settings) if reporter is not None and target in ("head", "heads") \
+            else None
+        return run_with_connection(
+            direct_url, lambda connection: _migrate_on(connection, settings, target, reporter, heads)
+        )
+
+
+def current_revisions(settings: Settings, direct_url: str) -> dict[str, str | None]:
+    """Each migrating service's revision in the database (None: not migrated)."""
+
+    def read(connection: Connection) -> dict[str, str | None]:
+        return {
+            s.name: join_heads(current_heads(connection, s))
+            for s in settings.migrating_services
+        }
+
+    return run_with_connection(direct_url, read)
+
+
+# --- the command line is `cathouse-branch migrate` (also `python -m harness migrate`) ---
+
+
+def summary_line(results: Sequence[ServiceResult], target: str, seconds: float) -> str:
+    """`all services at head; migrated 2 of 3 services in 0.41 s` (or `…; nothing changed`)."""
+    changed = sum(r.changed for r in results)
+    where = "at head" if target in ("head", "heads") else f"at {target}"
+    if changed:
+        return f"all services {where}; migrated {changed} of {len(results)} services in {seconds:.2f} s"
+    return f"all services {where}; nothing changed"
+
+

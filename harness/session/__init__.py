@@ -1,0 +1,1 @@
+"""One test session's branch from backend to teardown, and its report."""

@@ -1,0 +1,2 @@
+"""The small pieces the rest stands on: environment, logging, secrets, waiting, threads,
+locks, processes, paths, timestamps."""

@@ -1,0 +1,76 @@
+"""Every environment variable the harness reads, in one table, and the one way to read them.
+
+Settings that a variable can set (NEON_API_KEY, CATHOUSE_PARENT_BRANCH, ...) are read by
+`cathouse_harness.config.settings.load_settings` with its precedence and sources; the rest are read here
+by the code that needs them. README's configuration table lists the same names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+VARIABLES: dict[str, str] = {
+    # settings (cathouse_harness.config.settings.ENV_NAMES maps each to its setting)
+    "NEON_API_KEY": "Neon API key; without it the embedded default is used",
+    "NEON_API_HOST": "Neon API base URL",
+    "NEON_PROJECT_ID": "Neon project",
+    "CATHOUSE_PARENT_BRANCH": "branch every session forks from",
+    "CATHOUSE_DATABASE": "database name on the branch",
+    "CATHOUSE_ROLE": "role name on the branch",
+    "CATHOUSE_BRANCH_TTL": "expiry of session branches",
+    "CATHOUSE_SCHEMA_ONLY": "fork without the parent's data",
+    "CATHOUSE_CONNECTION_LIMIT": "connections all services' pools must fit",
+    "CATHOUSE_BACKEND": "neon or embedded",
+    "CATHOUSE_HARNESS_HOME": "the harness's home (state, markers, the embedded default)",
+    "CATHOUSE_TEMPLATE_REUSE": "fork from a migrated template branch",
+    "CATHOUSE_KEEP_BRANCH": "keep a session's branch: never, on-failure, always",
+    "CATHOUSE_LOCAL_STORAGE": "embedded default's storage: memory or disk",
+    "CATHOUSE_WORKER_ISOLATION": "an xdist worker's own: database (one fork per run) or branch",
+    # process-level switches
+    "CATHOUSE_RUN_ID": "names a run's branches (CI jobs)",
+    "CATHOUSE_PG_URL": "an existing PostgreSQL (superuser URL) for the embedded default",
+    "CATHOUSE_LOCAL_FAULTS": "fault injection for the local server",
+    "CATHOUSE_LOCAL_LATENCY": "the local server's latency profile: `neon` or rtt=S,<operation>=S",
+    "CATHOUSE_LOCAL_HOSTS": "endpoint hosts: auto, addresses (127.x.y.z) or names (ep-….local.localhost)",
+    "CATHOUSE_LOCAL_ROUTER": "the loopback address of the names-mode router (default 127.0.0.1)",
+    "CATHOUSE_DEBUG": "tracebacks from the CLI",
+    "MIGRATION_DATABASE_URL": "direct URL for `migrate` when none is given",
+    "CI": "set by CI systems: branches are never kept by default",
+    "XDG_CACHE_HOME": "where the default home lives",
+    "XDG_RUNTIME_DIR": "where in-memory clusters go when PostgreSQL runs as us",
+    "PGHOST": "libpq's default host: what a migration's connect without one reaches",
+    "PGPORT": "libpq's default port, likewise",
+    "PGDATABASE": "libpq's default database, likewise",
+    "PATH": "handed on to PostgreSQL's and PgBouncer's processes (their only inherited variable)",
+    "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "pytest's own: then the plugin brings pytest-asyncio along",
+}
+
+
+def read(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The variable's value, None when unset or empty. Only names in VARIABLES."""
+    if name not in VARIABLES:
+        raise KeyError(f"{name} is not in cathouse_harness.support.env.VARIABLES")
+    value = (os.environ if environ is None else environ).get(name)
+    return value or None
+
+
+@contextmanager
+def overridden(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, unset) these variables for the block; put back what was there."""
+    saved = {key: os.environ.get(key) for key in values}
+    for key, value in values.items():
+        _put(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            _put(key, value)
+
+
+def _put(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
