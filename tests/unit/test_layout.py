@@ -13,7 +13,9 @@ FOLDERS = {"cathouse_harness": "harness", "pytest_cathouse_harness": "conftest_p
 # local/ is the embedded default, rebuilt as a whole by its own issue; the top package
 # carries the error types and the version, neon/ a guard that must run before httpx loads
 LARGE_OR_EXPORTING = {"cathouse_harness.local"}
-INIT_WITH_CODE = {"cathouse_harness", "cathouse_harness.local", "cathouse_harness.neon", "pytest_cathouse_harness"}
+INIT_WITH_CODE = {
+    "cathouse_harness", "cathouse_harness.local", "cathouse_harness.neon", "pytest_cathouse_harness",
+}
 
 
 def _packages_on_disk() -> dict[str, Path]:
