@@ -22,7 +22,13 @@ def _skip_httpx_cli() -> None:
 _skip_httpx_cli()
 
 from cathouse_harness.errors import NeonAPIError  # noqa: E402
-from cathouse_harness.neon.client import DEFAULT_API_HOST, UNSET, NeonClient, NeonOperationError  # noqa: E402
+from cathouse_harness.neon.client import (  # noqa: E402
+    DEFAULT_API_HOST,
+    UNSET,
+    NeonClient,
+    NeonOperationError,
+    TransportOptions,
+)
 from cathouse_harness.neon.models import (  # noqa: E402
     Branch,
     BranchCreated,
@@ -52,4 +58,5 @@ __all__ = [
     "Project",
     "RetryPolicy",
     "Role",
+    "TransportOptions",
 ]
