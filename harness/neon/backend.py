@@ -53,6 +53,6 @@ def connect_backend(settings: Settings) -> BackendInfo:
 
 
 def open_client(backend: BackendInfo, **kwargs: Any) -> NeonClient:
-    from cathouse_harness.neon.client import NeonClient
+    from cathouse_harness.neon.client import NeonClient, TransportOptions
 
-    return NeonClient(str(backend.api_key), api_host=backend.api_host, **kwargs)
+    return NeonClient(str(backend.api_key), TransportOptions(api_host=backend.api_host, **kwargs))
