@@ -68,10 +68,10 @@ class MaskedPasswordRefused(SafetyError):
 
 
 def _check_password(password: Any) -> None:
-    """Refuse SQLAlchemy's mask as a password (before the server says "password
-    authentication failed"), unless the branch's password really is that."""
+    """Refuse SQLAlchemy's mask as a password, before the server answers with "password
+    authentication failed" (a branch's password, generated, is never the mask)."""
     state = _active
-    if state is None or password != MASKED_PASSWORD or env.read("PGPASSWORD") == MASKED_PASSWORD:
+    if state is None or password != MASKED_PASSWORD:
         return
     raise MaskedPasswordRefused(state[1], state[2])
 

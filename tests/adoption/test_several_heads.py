@@ -161,3 +161,50 @@ def test_diverged_and_revisions_no_file_has(
     lines = [line for line in err.getvalue().splitlines() if "b2b2b2b2b2b2" in line]
     assert code == 1 and len(lines) == 1, err.getvalue()
     assert "which none of its revision files has" in lines[0] and "ahead" in lines[0]
+
+
+PLUGIN_TEST = '''
+import psycopg
+
+
+def test_every_history_migrated(migration_database_url):
+    with psycopg.connect(migration_database_url) as connection:
+        rows = connection.execute(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables"
+        ).fetchall()
+        versions = connection.execute("SELECT version_num FROM app.alembic_version").fetchall()
+    assert {tables!r} <= {{row[0] for row in rows}}
+    assert sorted(row[0] for row in versions) == {heads!r}
+'''
+
+
+def test_plugin_migrates_to_heads(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    host.build(pytester.path, target='"heads"')
+    pytester.makepyfile(test_plugin_host=PLUGIN_TEST.format(tables=host.TABLES,
+                                                             heads=list(host.HEADS)))
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("CATHOUSE_RUN_ID", "several-heads")
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    result = pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
+                                           "-n", "0")
+    result.assert_outcomes(passed=1)
+
+
+def test_plugin_with_several_heads_and_no_target_is_one_line(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host.build(pytester.path)
+    pytester.makepyfile(test_plugin_host=PLUGIN_TEST.format(tables=host.TABLES,
+                                                             heads=list(host.HEADS)))
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("CATHOUSE_RUN_ID", "several-heads-default")
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    result = pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
+                                           "-n", "0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.outlines + result.errlines
+    lines = [line for line in output if "3 heads" in line]
+    assert len(lines) == 1, "\n".join(output)
+    assert 'set target = "heads"' in lines[0] and "Multiple head revisions" in lines[0]
+    assert not any("env.py" in line for line in output), "\n".join(output)
