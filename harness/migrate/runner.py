@@ -32,7 +32,13 @@ from alembic.config import Config
 from cathouse_harness.branching.fingerprint import service_sources
 from cathouse_harness.config.settings import ServiceConfig, Settings
 from cathouse_harness.db.quoting import quote_ident
-from cathouse_harness.errors import HarnessError, MigrationError, MigrationOrderError, SafetyError
+from cathouse_harness.errors import (
+    ConfigError,
+    HarnessError,
+    MigrationError,
+    MigrationOrderError,
+    SafetyError,
+)
 from cathouse_harness.migrate.connection import describe_exception, sqlstate_of
 from cathouse_harness.migrate.environment import (
     DIRECT_URL_KEY,
@@ -369,12 +375,39 @@ def upgrade_targets(settings: Settings, service: ServiceConfig,
     return service_target(settings, service, script)
 
 
+def _check_script_dir(settings: Settings, service: ServiceConfig) -> None:
+    """A script_location that does not exist from where the service's Alembic runs, but
+    does from a directory above it (an ini written for `alembic -c svc/alembic.ini` run
+    from the repository root): one line naming the `directory` to set."""
+    sources = service_sources(service)
+    if sources.script_dir.is_dir() or sources.ini is None or service.directory is not None:
+        return
+    try:
+        written = sources.script_dir.relative_to(sources.directory)
+    except ValueError:
+        return  # an absolute script_location: nothing another directory would change
+    root = settings.project_root.resolve()
+    for above in sources.directory.parents:
+        if not above.is_relative_to(root):
+            break
+        if (above / written).is_dir():
+            directory = above.relative_to(root).as_posix()
+            raise ConfigError(
+                f"script_location {written.as_posix()} does not exist from {sources.directory} "
+                f"but does from {above}",
+                key=f"services[{service.name}].directory",
+                source=settings.source_of("services"),
+                hint=f'set directory = "{directory}" in its [[tool.cathouse_harness.services]] entry',
+            )
+
+
 def upgrade_service(connection: Connection, settings: Settings, service: ServiceConfig,
                     target: str | Sequence[str] | None = None) -> ServiceResult:
     """Create the schema if missing and upgrade one service to `target` (each of them,
     in order; None: the service's configured target)."""
     assert service.schema is not None
     started = perf_counter()
+    _check_script_dir(settings, service)
     targets = upgrade_targets(settings, service, target)
     end_transaction(connection)
     ensure_schema(connection, service.schema)

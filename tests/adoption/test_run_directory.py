@@ -50,10 +50,17 @@ def test_directory_runs_alembic_where_its_paths_start(tmp_path: Path, fresh_data
     assert "app.svc_items" in tables_of(fresh_database_url)
 
 
-def test_without_directory_the_ini_s_directory_is_used(tmp_path: Path, fresh_database_url: str) -> None:
+def test_without_directory_one_line_names_the_directory_to_set(
+    tmp_path: Path, fresh_database_url: str
+) -> None:
     root = root_relative(tmp_path / "mono", None)
-    with pytest.raises(Exception, match="svc/svc/migrations"):
+    with pytest.raises(ConfigError) as caught:
         migrate_all(load_settings(root, environ={}), fresh_database_url)
+    assert str(caught.value) == (
+        f"services[svc].directory (from {root / 'pyproject.toml'} [tool.cathouse_harness]): "
+        f"script_location svc/migrations does not exist from {root / 'svc'} but does from {root} "
+        '(set directory = "." in its [[tool.cathouse_harness.services]] entry)'
+    )
 
 
 def test_init_writes_the_directory_where_script_location_resolves(

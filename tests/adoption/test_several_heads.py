@@ -51,6 +51,17 @@ def test_default_target_with_several_heads_is_one_line(tmp_path: Path, fresh_dat
     assert not any(t.startswith(f"{host.SCHEMA}.") for t in tables_of(fresh_database_url))
 
 
+def test_target_head_set_on_purpose_gets_the_same_line_from_alembic_s_refusal(
+    tmp_path: Path, fresh_database_url: str
+) -> None:
+    root = host.build(tmp_path / "server", target='"head"')
+    with pytest.raises(ConfigError) as caught:
+        migrate_all(settings_of(root), fresh_database_url)
+    line = str(caught.value)
+    assert line.startswith("services[server].target (from ") and "\n" not in line
+    assert "3 heads (a1a1a1a1a1a1, b1b1b1b1b1b1, c2c2c2c2c2c2)" in line and "env.py" not in line
+
+
 def test_default_target_follows_the_project_s_own_upgrade_heads(
     tmp_path: Path, fresh_database_url: str
 ) -> None:
