@@ -67,7 +67,9 @@ class Standing:
 
     def note(self) -> str:
         """`ahead of its target c3: past it with b2`, beside a migration's own line."""
-        return f"{self.state} of its target {', '.join(self.target) or 'base'}: {self._details()}"
+        relation = {"behind": "behind", "ahead": "ahead of", "diverged": "diverged from"}
+        target = ", ".join(self.target) or "base"
+        return f"{relation.get(self.state, 'at')} its target {target}: {self._details()}"
 
     def _details(self) -> str:
         parts = []
