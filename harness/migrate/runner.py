@@ -287,7 +287,7 @@ def _env_py_error(service: ServiceConfig, exc: BaseException) -> MigrationError 
 
 
 def _revision_error(settings: Settings, service: ServiceConfig, exc: BaseException,
-                    target: str, connection: Connection) -> HarnessError | None:
+                    target: str, current: tuple[str, ...]) -> HarnessError | None:
     """Alembic refusing the revisions themselves (several heads for `head`, a revision
     nobody has): one line that says so, instead of a guess about env.py."""
     from alembic.script.revision import MultipleHeads, ResolutionError
@@ -300,16 +300,13 @@ def _revision_error(settings: Settings, service: ServiceConfig, exc: BaseExcepti
                 heads = script_directory(service).get_heads()
             return several_heads_error(service, heads, settings.source_of("services"))
         if isinstance(chain, ResolutionError) or "Can't locate revision" in str(chain):
-            return _unknown_revision_error(service, target, connection)
+            return _unknown_revision_error(service, target, current)
         chain = chain.__cause__ or chain.__context__
     return None
 
 
 def _unknown_revision_error(service: ServiceConfig, target: str,
-                            connection: Connection) -> MigrationError:
-    database: tuple[str, ...] = ()
-    with suppress(Exception):
-        database = _read_version_table(connection, service.schema or "public")
+                            database: tuple[str, ...]) -> MigrationError:
     try:
         script = script_directory(service)
         known = {r.revision for r in script.walk_revisions()}
@@ -347,7 +344,7 @@ def _run_command(connection: Connection, settings: Settings, service: ServiceCon
             now = current_heads(connection, service)
         revision = failing_revision(service, exc, target, now, downgrade=downgrade)
         if revision is None:
-            refused = _revision_error(settings, service, exc, target, connection)
+            refused = _revision_error(settings, service, exc, target, now)
             if refused is not None:
                 raise refused from None
         env_error = _env_py_error(service, exc) if revision is None else None
