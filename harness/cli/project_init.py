@@ -233,7 +233,7 @@ def _candidate(setup: AlembicSetup, project_dir: Path) -> _Candidate:
         notes.append(f"script_location {setup.script_dir} does not exist")
     directory = None
     if setup.directory is not None and setup.directory != setup.ini.parent:
-        directory = _relative(setup.directory, project_dir) if setup.directory != project_dir else "."
+        directory = _relative(setup.directory, project_dir)  # "." for the root itself
         notes.append(f"directory {directory!r}: script_location {setup.script_location} "
                      f"resolves from there, not from {_relative(setup.ini.parent, project_dir)}/")
     schema, schema_notes, references = _schema_of(setup, project_dir)
