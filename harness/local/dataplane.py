@@ -26,7 +26,7 @@ from cathouse_harness.local.listeners import EndpointAddress, Listeners
 from cathouse_harness.local.names import host_mode
 from cathouse_harness.local.neon_features import ServerFeatures
 from cathouse_harness.local.pg_choice import ENV_VAR as POSTGRES_BIN_ENV
-from cathouse_harness.local.pg_choice import PgInstall, choose_install
+from cathouse_harness.local.pg_choice import PgInstall, check_choice, choose_install, system_alternative
 from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
 from cathouse_harness.local.postgres import (
     Cluster,
@@ -133,9 +133,10 @@ class DataPlane:
         else:
             self._user = await asyncio.to_thread(resolve_os_user)
             root = cluster_root(self.home, self.storage, self._user)
+            self._postgres_bin = self._postgres_bin or env.read(POSTGRES_BIN_ENV)
             self.install = await asyncio.to_thread(
                 choose_install,
-                self._postgres_bin or env.read(POSTGRES_BIN_ENV),
+                self._postgres_bin,
                 data_dir=ClusterPaths.under(root).data,
                 user=self._user,
             )
@@ -181,11 +182,19 @@ class DataPlane:
                 icu = True
             except asyncpg.PostgresError:
                 icu = False
+        aside = ""
         if self.install is not None:
             postgres = self.install.describe()
+            # auto chose another: only an existing cluster's major keeps a home from it
+            other = None if check_choice(self._postgres_bin) else system_alternative(self.install)
+            if other is not None and self._cluster is not None:
+                aside = (
+                    f" ({other} is installed, but this home's cluster {self._cluster.paths.root} "
+                    f"stays on the PostgreSQL {self.install.major} that made it unless removed)"
+                )
         else:
             postgres = f"PostgreSQL {self._server_version} at CATHOUSE_PG_URL"
-        return ServerFeatures(frozenset(names), icu, postgres)
+        return ServerFeatures(frozenset(names), icu, postgres, aside)
 
     def _runtime_dir(self) -> Path:
         if self._cluster is not None:

