@@ -24,7 +24,8 @@ def _fake_major(root: Path, major: str, minor: str = "3") -> Path:
     bin_dir.mkdir(parents=True)
     for name in ("postgres", "initdb"):
         script = bin_dir / name
-        script.write_text(f"#!/bin/sh\necho 'postgres (PostgreSQL) {major}.{minor} (Debian {major}.{minor}-1)'\n")
+        said = f"postgres (PostgreSQL) {major}.{minor} (Debian {major}.{minor}-1)"
+        script.write_text(f"#!/bin/sh\necho '{said}'\n")
         script.chmod(0o755)
     return bin_dir
 
@@ -89,7 +90,8 @@ def test_choices_are_checked_where_they_come_from(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[tool.cathouse_harness]\npostgres_bin = "pg/15/bin"\n')
     assert load_settings(tmp_path, environ={}).postgres_bin == str(bin_dir)
     named = load_settings(tmp_path, environ={"CATHOUSE_POSTGRES_BIN": "wheel"})
-    assert named.postgres_bin == "wheel" and named.source_of("postgres_bin") == "environment CATHOUSE_POSTGRES_BIN"
+    assert named.postgres_bin == "wheel"
+    assert named.source_of("postgres_bin") == "environment CATHOUSE_POSTGRES_BIN"
     (tmp_path / "pyproject.toml").write_text('[tool.cathouse_harness]\npostgres_bin = "nowhere"\n')
     with pytest.raises(ConfigError, match="'.*nowhere' is not a PostgreSQL bin directory"):
         load_settings(tmp_path, environ={})
