@@ -94,6 +94,7 @@ def ensure_local_server(
         if info is not None:
             return info
         discovery_path(home, storage).unlink(missing_ok=True)
+        _check_binaries(home, storage, postgres_bin)
         logfile = log_path(home, storage)
         process = _spawn_daemon(home, storage, idle_timeout, logfile, postgres_bin)
         found: list[LocalServerInfo] = []
@@ -117,6 +118,18 @@ def ensure_local_server(
         raise LocalServerError(
             f"the local Neon server did not answer within {START_TIMEOUT:.0f} s; see {logfile}"
         )
+
+
+def _check_binaries(home: Path, storage: str, postgres_bin: str | None) -> None:
+    """A named PostgreSQL that cannot open the home's cluster is the caller's one line,
+    not a daemon's exit (`cathouse_harness.local.pg_choice`). Not with an external server."""
+    if env.read("CATHOUSE_PG_URL"):
+        return
+    from cathouse_harness.local.pg_choice import ENV_VAR, preflight
+    from cathouse_harness.local.postgres import ClusterPaths, cluster_root, resolve_os_user
+
+    root = cluster_root(home, storage, resolve_os_user())  # type: ignore[arg-type]
+    preflight(postgres_bin or env.read(ENV_VAR), ClusterPaths.under(root).data)
 
 
 def _spawn_daemon(

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Literal
 
 from cathouse_harness.errors import ConfigError, LocalServerError
-from cathouse_harness.local.pg_binaries import OsUser, can_reach, pg_version, resolve_install
+from cathouse_harness.local.pg_binaries import (
+    OsUser,
+    can_reach,
+    pg_version,
+    resolve_install,
+    wheel_install_dir,
+)
 from cathouse_harness.support.log import get_logger
 
 log = get_logger("local.postgres")
@@ -139,15 +145,41 @@ def choose_install(
             hint="make the directory readable by others, or set postgres_bin = 'wheel'",
         )
     if existing is not None and existing != install.major:
-        raise LocalServerError(
-            f"this home's PostgreSQL cluster ({data_dir}) was made by PostgreSQL {existing} and "
-            f"{install.describe()} cannot open it",
-            hint=(
-                f"name binaries of PostgreSQL {existing} in {_NAMED_BY}, or remove "
-                f"{data_dir.parent} (the local server's branches go with it) to start a new cluster"
-            ),
-        )
+        raise _cannot_open(data_dir, existing, install.describe())
     return install
+
+
+def _cannot_open(data_dir: Path, existing: str, binaries: str) -> LocalServerError:
+    return LocalServerError(
+        f"this home's PostgreSQL cluster ({data_dir}) was made by PostgreSQL {existing} and "
+        f"{binaries} cannot open it",
+        hint=(
+            f"name binaries of PostgreSQL {existing} in {_NAMED_BY}, or remove "
+            f"{data_dir.parent} (the local server's branches go with it) to start a new cluster"
+        ),
+    )
+
+
+def preflight(choice: str | None, data_dir: Path) -> None:
+    """In the process about to start a server: the one line `choose_install` would end
+    the new daemon with when a named choice cannot open the home's cluster (auto adapts)."""
+    existing = data_major(data_dir)
+    choice = check_choice(choice)
+    if existing is None or choice is None:
+        return
+    if choice == "wheel":
+        root = wheel_install_dir()
+    elif choice == "system":
+        dirs = system_bin_dirs()
+        if not dirs:
+            return  # the daemon's own line says there is none
+        root = dirs[0].parent
+    else:
+        root = Path(choice).parent
+    version = pg_version(root)
+    if version.split(".")[0] != existing:
+        origin: Origin = "wheel" if choice == "wheel" else "named"
+        raise _cannot_open(data_dir, existing, PgInstall(root, version, origin).describe())
 
 
 def _auto(existing: str | None, user: OsUser, system_root: Path) -> PgInstall:

