@@ -8,6 +8,12 @@ one line instead of PostgreSQL's: an extension Neon does not offer is refused he
 Neon would refuse it, and one Neon offers that this PostgreSQL lacks says how to get a
 PostgreSQL that has it.
 
+Why the relay, not the migration runner or an event trigger: every statement of a
+migration and of a test passes through it, it already rewrites a statement it refuses
+into PostgreSQL's own error (in order, in the transaction's state), and it adds nothing
+to the user's databases; the runner sees migrations only, and an event trigger would be
+an object in every branch's schema that Neon's databases do not have.
+
 NEON_EXTENSIONS is Neon's list as of NEON_EXTENSIONS_AS_OF (the names CREATE EXTENSION
 takes, which differ from the table's for pgvector, pgx_ulid, pg_roaringbitmap and
 pgrag). Neon adds extensions over time: a newer one refused here can be allowed with
