@@ -19,8 +19,17 @@ from cathouse_harness.cli.doctor import check_neon_features
 from cathouse_harness.config.settings import load_settings
 from cathouse_harness.local.discovery import probe
 from cathouse_harness.local.server import LocalServerInfo
+from cathouse_harness.support.env import overridden
 
-from tests.local._server import api_client, connection_uri, create_ready_branch, delete_branch, sql, unique
+from tests.local._server import (
+    api_client,
+    connection_uri,
+    create_ready_branch,
+    delete_branch,
+    sql,
+    start_test_server,
+    unique,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cathouse"
 
@@ -36,6 +45,16 @@ def run(uri: str, *statements: str) -> list[str]:
             await conn.close()
 
     return asyncio.run(script())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServerInfo]:
+    """A server on the wheel's PostgreSQL whatever the suite runs on (these tests are
+    about what the wheel lacks)."""
+    with overridden({"CATHOUSE_POSTGRES_BIN": "wheel"}):
+        home = tmp_path_factory.mktemp("neon-features-home")
+        with start_test_server(home) as info:
+            yield info
 
 
 @pytest.fixture(scope="module")
