@@ -48,7 +48,13 @@ def connect_backend(settings: Settings) -> BackendInfo:
     if info is None:
         from cathouse_harness.local.launch import ensure_local_server
 
-        info = ensure_local_server(settings.home, storage=settings.local_storage)
+        info = ensure_local_server(
+            settings.home, storage=settings.local_storage, postgres_bin=settings.postgres_bin
+        )
+    if settings.postgres_bin is not None:
+        from cathouse_harness.local.pg_choice import check_serves
+
+        check_serves(settings.postgres_bin, info.postgres_bin, info.postgres_origin, info.pid)
     return BackendInfo("embedded", info.api_host, Secret(str(info.api_key)), info.project_id)
 
 
