@@ -39,6 +39,7 @@ def test_zz_record(request):
             {
                 "loaded": request.config.pluginmanager.has_plugin("cathouse_harness"),
                 "modules": sorted(sys.modules),
+                "fixtures": request.fixturenames,
             },
             out,
         )
@@ -183,9 +184,92 @@ def test_an_unconfigured_project_finds_the_plugin_idle(
     )
     assert foreign == [], f"the idle plugin imported third-party modules {foreign}"
 
+    # no fixture of ours set up and torn down around every test (what the markers need
+    # joins the marked tests only)
+    assert [name for name in enabled["fixtures"] if "cathouse" in name] == []
     assert not home.exists(), f"the idle plugin wrote into the home: {sorted(home.rglob('*'))}"
     assert api_listener.close() == 0, "the idle plugin connected to the Neon API host"
     # pytest's own list of plugins names the distribution; nothing else of ours is printed
     ours = [line for line in result.outlines if "cathouse" in line.lower()]
     assert len(ours) == 1 and ours[0].startswith("plugins:"), ours
     assert not [line for line in result.errlines if "cathouse" in line.lower()]
+
+
+# The harness's fixtures the markers ask for, replaced by the project's own (a conftest's
+# fixture overrides a plugin's of the same name): they record when they are set up, so
+# no branch is made.
+MARKED_CONFTEST = """
+import pytest
+
+EVENTS = []
+
+
+class Session:
+    def reset(self):
+        EVENTS.append("reset")
+
+
+@pytest.fixture(scope="session")
+def cathouse_branch_session():
+    EVENTS.append("session")
+    return Session()
+
+
+@pytest.fixture
+def branch_per_test(request):
+    EVENTS.append(f"own branch {request.node.name}")
+
+
+@pytest.fixture(scope="module")
+def module_thing():
+    EVENTS.append("module")
+
+
+@pytest.fixture
+def function_thing(request):
+    EVENTS.append(f"up {request.node.name}")
+    yield
+    EVENTS.append(f"down {request.node.name}")
+"""
+MARKED_TESTS = """
+import pytest
+
+from conftest import EVENTS
+
+
+@pytest.mark.cathouse_reset
+def test_reset(module_thing, function_thing):
+    EVENTS.append("test_reset")
+
+
+@pytest.mark.parametrize("n", [1, pytest.param(2, marks=pytest.mark.cathouse_branch_per_test)])
+def test_param(n, function_thing):
+    pass
+
+
+@pytest.mark.cathouse_reset
+class TestMarkedClass:
+    def test_in_class(self):
+        pass
+
+
+def test_zz_events():
+    assert EVENTS == [
+        "module", "session", "up test_reset", "test_reset", "down test_reset", "reset",
+        "up test_param[1]", "down test_param[1]",
+        "own branch test_param[2]", "up test_param[2]", "down test_param[2]",
+        "reset",
+    ]
+"""
+
+
+def test_the_markers_bring_their_fixtures_to_the_marked_tests_alone(plain_project: pytest.Pytester) -> None:
+    """A marker's fixture runs where its autouse form ran: after the broader scopes, first
+    of the test's own fixtures (so the reset comes after their teardown); only for the
+    tests marked, a class's or one parameter's mark included."""
+    plain_project.makeconftest(MARKED_CONFTEST)
+    plain_project.makepyfile(test_marked=MARKED_TESTS)
+    result = plain_project.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:randomly", "test_marked.py"
+    )
+    result.assert_outcomes(passed=5)
