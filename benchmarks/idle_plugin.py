@@ -9,7 +9,10 @@ blocked (`-p no:cathouse_harness`, so not one module of ours is imported). The m
 the two walls, their difference and their ratio (enabled / disabled) are printed, and the
 same for the processes' CPU time (user + system), which a machine shared with other work
 disturbs less than the wall; the difference is the plugin's whole cost there (its
-imports, options, hooks on every test).
+imports, options, hooks on every test). A third side runs the disabled command again:
+its ratio to the first is the noise floor, what a ratio of two identical commands looks
+like on this machine today. Then the part of it that does not depend on the tests: the
+CPU time of importing the plugin in a fresh process that has pytest loaded already.
 Each side must say whether it loaded the plugin, so a ratio of 1 cannot come from a
 plugin that was never found.
 """
@@ -30,7 +33,7 @@ from typing import Any
 
 from _common import compile_bytecode, fmt, interleaved, summary
 
-SIDES = ("enabled", "disabled")
+SIDES = ("enabled", "disabled", "disabled again")
 
 # Not a word of the harness: what any project's tests look like to the plugin.
 TESTS = '''
@@ -95,7 +98,7 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 def _command(side: str) -> list[str]:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    return command + (["-p", "no:cathouse_harness"] if side == "disabled" else [])
+    return command + (["-p", "no:cathouse_harness"] if side.startswith("disabled") else [])
 
 
 def _cpu_of_children() -> float:
@@ -123,12 +126,34 @@ def check_sides(project: Path, home: Path, root: Path) -> dict[str, bool]:
         report = root / f"which-{side}.json"
         _run(project, home, side, IDLE_BENCH_REPORT=str(report))
         loaded[side] = bool(json.loads(report.read_text())["loaded"])
-    if loaded != {"enabled": True, "disabled": False}:
+    if loaded != {"enabled": True, "disabled": False, "disabled again": False}:
         raise RuntimeError(
             f"the sides are not what they say (plugin loaded: {loaded}); is cathouse-harness "
             "installed in this interpreter (pip install -e .)?"
         )
     return loaded
+
+
+# pytest and the plugins it loads anyway come first: what is timed is ours alone
+IMPORT_PLUGIN = """
+import time
+import pytest, pytest_asyncio.plugin, xdist.plugin
+started = time.process_time()
+import pytest_cathouse_harness.plugin
+print(time.process_time() - started)
+"""
+
+
+def import_cost(reps: int) -> dict[str, Any]:
+    """CPU time of importing the plugin (and the engine modules it needs) in a fresh
+    process, `reps` times."""
+    times = []
+    for _ in range(reps):
+        done = subprocess.run(
+            [sys.executable, "-c", IMPORT_PLUGIN], capture_output=True, text=True, check=True
+        )
+        times.append(float(done.stdout.strip()))
+    return summary(times)
 
 
 def measure(root: Path, reps: int, tests: int = 40) -> dict[str, Any]:
@@ -156,6 +181,9 @@ def measure(root: Path, reps: int, tests: int = 40) -> dict[str, Any]:
         "ratio_wall": walls["enabled"] / walls["disabled"],
         "added_cpu": cpu["enabled"] - cpu["disabled"],
         "ratio_cpu": cpu["enabled"] / cpu["disabled"],
+        "floor_wall": walls["disabled again"] / walls["disabled"],
+        "floor_cpu": cpu["disabled again"] / cpu["disabled"],
+        "import_cpu": import_cost(reps),
         # anything here means the plugin touched the home of a project that never asked
         "home_left": left,
     }
@@ -164,10 +192,15 @@ def measure(root: Path, reps: int, tests: int = 40) -> dict[str, Any]:
 def print_result(result: dict[str, Any]) -> None:
     print(f"idle plugin: `python -m pytest`, {result['tests']} plain tests, no [tool.cathouse_harness]")
     print("  median of each side                wall         CPU (user + system)")
-    for side, label in (("enabled", "enabled (autoload)"), ("disabled", "disabled (-p no:…)")):
+    labels = {
+        "enabled": "enabled (autoload)", "disabled": "disabled (-p no:…)", "disabled again": "disabled, again"
+    }
+    for side, label in labels.items():
         print(f"  plugin {label:<27} {fmt(result['wall'][side]):<12} {fmt(result['cpu'][side])}")
     print(f"  added by the plugin                {fmt(result['added_wall']):<12} {fmt(result['added_cpu'])}")
     print(f"  ratio enabled / disabled           {result['ratio_wall']:<12.3f} {result['ratio_cpu']:.3f}")
+    print(f"  noise floor (disabled again / disabled) {result['floor_wall']:<7.3f} {result['floor_cpu']:.3f}")
+    print(f"  importing the plugin, fresh process              {fmt(result['import_cpu']['median'])}")
     print(f"  files left in the home             {len(result['home_left'])} {result['home_left'] or ''}")
 
 

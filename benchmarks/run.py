@@ -424,7 +424,8 @@ def table(r: dict[str, Any]) -> str:
                 idle["added_wall"],
                 "not measurable",
                 f"ratio enabled/disabled {idle['ratio_wall']:.3f} wall, {idle['ratio_cpu']:.3f} CPU "
-                f"(CPU added {fmt(idle['added_cpu'])})",
+                f"(noise floor {idle['floor_wall']:.3f} / {idle['floor_cpu']:.3f}); importing it "
+                f"{fmt(idle['import_cpu']['median'])} CPU",
             )
         )
     if "neon_profile" in r:
