@@ -319,6 +319,8 @@ def join_marker_fixtures(item: pytest.Item) -> None:
         return
     names = item.fixturenames
     wanted = [f for m, f in MARKER_FIXTURES.items() if m in marked and f not in names]
+    if not wanted:
+        return
     # where pytest put an autouse fixture of ours: first of the function-scoped ones,
     # after the broader scopes it sets up before them (and tears down after them)
     at = next((i for i, name in enumerate(names) if _scope(item, name) == "function"), len(names))
