@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cathouse_harness.config.services import ServiceConfig, check_pool_budget, parse_services, parse_sources
-from cathouse_harness.config.values import parse_bool, parse_int, parse_ttl
+from cathouse_harness.config.values import check_postgres_bin, parse_bool, parse_int, parse_ttl
 from cathouse_harness.errors import ConfigError
 from cathouse_harness.support import env
 from cathouse_harness.support.redact import Secret
@@ -337,9 +337,7 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
             "worker_isolation", ("database", "branch"), "'database' or 'branch'"
         )
     if "postgres_bin" in raw:
-        from cathouse_harness.local.pg_choice import check_choice
-
-        values["postgres_bin"] = check_choice(
+        values["postgres_bin"] = check_postgres_bin(
             str(raw["postgres_bin"]), source=raw.src("postgres_bin"), base=root
         )
     if "migration_sources" in raw:
