@@ -14,7 +14,7 @@ from typing import Any
 from cathouse_harness.config.values import parse_bool, parse_int
 from cathouse_harness.errors import ConfigError
 
-_SERVICE_KEYS = {"name", "schema", "alembic_ini", "pool_size", "max_overflow", "read_only"}
+_SERVICE_KEYS = {"name", "schema", "alembic_ini", "pool_size", "max_overflow", "read_only", "target"}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -28,6 +28,7 @@ class ServiceConfig:
     pool_size: int = 2
     max_overflow: int = 1
     read_only: bool = False
+    target: tuple[str, ...] = ("head",)  # what `alembic upgrade` is given (#28; heads28 owns it)
 
     @property
     def max_connections(self) -> int:
@@ -81,9 +82,17 @@ def parse_services(raw: Any, root: Path, source: str) -> tuple[ServiceConfig, ..
                 pool_size=pool_size,
                 max_overflow=max_overflow,
                 read_only=read_only,
+                target=_target(entry.get("target", "head"), f"{where}.target", source),
             )
         )
     return tuple(services)
+
+
+def _target(raw: Any, key: str, source: str) -> tuple[str, ...]:
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) and i.strip() for i in items):
+        raise ConfigError(f"{raw!r} is not a revision or a list of revisions", key=key, source=source)
+    return tuple(items)
 
 
 def _check_schema(schema: Any, key: str, source: str, owners: dict[str, str]) -> None:
