@@ -58,6 +58,7 @@ _DRIVER_DEPENDENCY = (
 _ASYNC_ENV = re.compile(r"\basync_engine_from_config\b|\bcreate_async_engine\b|\bAsyncEngine\b")
 _ENV_FILE = re.compile(r"^\.env(\..+)?$|^.+\.env$|^env\.(example|sample|template)$")
 _ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PYTHON_HINTS = ("environ", "getenv", "Settings", "BaseModel")
 MAX_PYTHON_FILES = 3000
 
@@ -429,7 +430,10 @@ def _driver(
                 if pattern.search(lowered):
                     found.setdefault(driver, _shown(path, project_dir))
     async_env = next((p for p in env_pys if _ASYNC_ENV.search(_read_text(p))), None)
-    schemes = {r.scheme_driver: r for r in reads if r.scheme_driver and r.scheme_driver != "libpq"}
+    schemes: dict[str, _Read] = {}  # driver -> the first name whose .env value uses it
+    for read in reads:
+        if read.scheme_driver and read.scheme_driver != "libpq":
+            schemes.setdefault(read.scheme_driver, read)
     notes: list[str] = []
     if len(found) > 1:
         notes.append(f"the dependencies name {', '.join(sorted(found))}")
@@ -489,7 +493,7 @@ def _lines(reads: Sequence[_Read], driver: str | None) -> tuple[EnvLine, ...]:
     drivers: dict[str, str] = {}
     for read in reads:
         role = read.role or role_of(read.name)
-        if role is None:
+        if role is None or not _ENV_NAME.match(read.name):  # not a name a mapping can set
             continue
         if role == "url" and any(t in _DIRECT_TOKENS for t in _tokens(read.name)):
             role = "direct_url"
