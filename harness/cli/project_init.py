@@ -24,6 +24,7 @@ from typing import Any
 
 from cathouse_harness.cli.project_env import EnvProposal, propose_env
 from cathouse_harness.cli.pyproject_edit import Outcome, lookup, put_table
+from cathouse_harness.config.services import plain_identifier
 from cathouse_harness.config.settings import TOOL_TABLE, load_settings
 from cathouse_harness.errors import ConfigError
 from cathouse_harness.migrate.scan import (
@@ -468,10 +469,17 @@ def _one_per_version_table(candidates: list[_Candidate], notes: list[str]) -> li
 
 
 def _one_per_schema(candidates: list[_Candidate], notes: list[str]) -> list[_Candidate]:
-    """The harness gives each service a schema of its own; a second claim is left out."""
+    """The harness gives each service a plain-named schema of its own; a second claim is
+    left out, as is a name it would have to quote."""
     owner: dict[str, _Candidate] = {}
     kept = []
     for c in candidates:
+        if not plain_identifier(c.schema):
+            notes.append(
+                f"{c.alembic_ini} left out: its schema {c.schema!r} is not a plain SQL identifier "
+                "(letters, digits, _), which the harness needs; rename it, then run init again"
+            )
+            continue
         if c.schema in owner:
             notes.append(
                 f"{c.alembic_ini} left out: schema {c.schema!r} is already {owner[c.schema].alembic_ini}'s "

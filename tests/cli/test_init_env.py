@@ -78,8 +78,12 @@ EXPECTED = {
 }
 
 
-def fastapi_project(root: Path, dependencies: str = '"fastapi", "sqlalchemy>=2", "psycopg[binary]>=3.1"') -> None:
-    write(root / "pyproject.toml", f'[project]\nname = "app"\nversion = "1"\ndependencies = [{dependencies}]\n')
+PSYCOPG = '"fastapi", "sqlalchemy>=2", "psycopg[binary]>=3.1"'
+
+
+def fastapi_project(root: Path, dependencies: str = PSYCOPG) -> None:
+    project = f'[project]\nname = "app"\nversion = "1"\ndependencies = [{dependencies}]\n'
+    write(root / "pyproject.toml", project)
     write(root / "alembic.ini", "[alembic]\nscript_location = %(here)s/alembic\n")
     write(root / "alembic" / "env.py", ENV_PY)
     write(root / "app" / "__init__.py", EXPLODES)
@@ -105,7 +109,8 @@ def test_the_mapping_names_what_the_project_reads_and_yes_writes_it(tmp_path: Pa
     settings = load_settings(tmp_path, environ={})
     assert dict(settings.env) == EXPECTED
     assert settings.url_driver == "psycopg"
-    assert 'APP_DATABASE__HOSTNAME = "{host}"  # found in app/core/settings.py:6' in (tmp_path / "pyproject.toml").read_text()
+    written = (tmp_path / "pyproject.toml").read_text()
+    assert 'APP_DATABASE__HOSTNAME = "{host}"  # found in app/core/settings.py:6' in written
 
 
 def test_json_says_where_each_name_was_found(tmp_path: Path) -> None:

@@ -46,8 +46,11 @@ def core_with_plugins(root: Path) -> None:
     write(root / "alembic.ini", """\
         [alembic]
         script_location = %(here)s/migrations
-        path_separator = space
-        version_locations = %(here)s/migrations/versions hub_plugins.alpha:migrations/versions %(here)s/hub_plugins/beta/migrations/versions
+        path_separator = newline
+        version_locations =
+            %(here)s/migrations/versions
+            hub_plugins.alpha:migrations/versions
+            %(here)s/hub_plugins/beta/migrations/versions
     """)
     write(root / "migrations" / "env.py", PLAIN_ENV)
     labelled(root / "migrations" / "versions", "c1", None, "core")
@@ -102,9 +105,11 @@ def test_pyproject_tool_alembic_without_an_alembic_ini(tmp_path: Path) -> None:
         [tool.alembic]
         script_location = "%(here)s/db"
     """)
-    write(tmp_path / "db" / "env.py", 'from alembic import context\ncontext.configure(version_table_schema="shop")\n')
-    revision(tmp_path / "db" / "versions", "s1", 'op.create_table("orders", sa.Column("id", sa.Integer))')
-    revision(tmp_path / "db" / "versions", "s2", 'op.create_table("items", sa.Column("id", sa.Integer))', "s1")
+    write(tmp_path / "db" / "env.py",
+          'from alembic import context\ncontext.configure(version_table_schema="shop")\n')
+    versions = tmp_path / "db" / "versions"
+    revision(versions, "s1", 'op.create_table("orders", sa.Column("id", sa.Integer))')
+    revision(versions, "s2", 'op.create_table("items", sa.Column("id", sa.Integer))', "s1")
     code, out, err = cli("init", "--yes", cwd=tmp_path)
     assert code == 0, err
     assert proposed(out) == [
@@ -140,3 +145,16 @@ def test_a_second_claim_on_a_schema_is_left_out_not_written_and_refused(tmp_path
     assert code == 0 and not error_lines(err), err
     assert [s["name"] for s in proposed(out)] == ["one"]
     assert "two/alembic.ini left out: schema 'public' is already one/alembic.ini's" in err
+
+
+def test_a_schema_the_harness_would_refuse_is_not_proposed(tmp_path: Path) -> None:
+    write(tmp_path / "alembic.ini", "[alembic]\nscript_location = %(here)s/alembic\n")
+    write(tmp_path / "alembic" / "env.py",
+          'from alembic import context\ncontext.configure(version_table_schema="shop-data")\n')
+    write(tmp_path / "audit" / "alembic.ini", "[alembic]\nscript_location = %(here)s/alembic\n")
+    write(tmp_path / "audit" / "alembic" / "env.py",
+          'from alembic import context\ncontext.configure(version_table_schema="audit")\n')
+    code, out, err = cli("init", "--yes", cwd=tmp_path)
+    assert code == 0 and not error_lines(err), err
+    assert [s["schema"] for s in proposed(out)] == ["audit"]
+    assert "alembic.ini left out: its schema 'shop-data' is not a plain SQL identifier" in err
