@@ -1,8 +1,8 @@
 """What the project reads to find its database, proposed as `[tool.cathouse_harness.env]`
 lines that point those names at the branch, and the URL driver it uses (issue #23).
 
-The names come from where the project itself gets them: `os.environ[...]` and
-`os.getenv(...)` in its Python files (env.py and settings modules), pydantic
+The names come from where the project itself gets them: subscripts of `os.environ`, its
+`get`, and `getenv` calls in its Python files (env.py and settings modules), pydantic
 `BaseSettings` fields with their `env_prefix` and `env_nested_delimiter`, and the keys of
 its `.env` files. Python files are parsed with `ast`, never imported: importing a settings
 module runs it, and that may connect somewhere. A name is proposed only when it says what
@@ -192,7 +192,7 @@ def _string(node: ast.expr | None) -> str | None:
 
 
 def environ_reads(tree: ast.Module, shown: str) -> Iterator[_Read]:
-    """`os.environ["X"]`, `os.environ.get("X")`, `os.getenv("X")` and their kin."""
+    """Names read off `environ` (a subscript, `.get`, `.setdefault`, `.pop`) or by `getenv`."""
     for node in ast.walk(tree):
         name = None
         if not isinstance(node, ast.expr):
