@@ -101,9 +101,10 @@ class Settings:
     # what an xdist worker gets of its own: a database on one branch the run's workers
     # share (one fork for the run), or a branch (a fork per worker)
     worker_isolation: WorkerIsolation = "database"
-    # the project's own variable names -> templates over the branch ({host}, {url:psycopg}…)
+    # the project's own variable names -> templates over the branch ({host}, {url:psycopg}…);
+    # read here so that init's proposals load (the "appenv" branch gives them their meaning)
     env: Mapping[str, str] = field(default_factory=dict)
-    url_driver: str = "asyncpg"
+    url_driver: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
