@@ -131,10 +131,19 @@ def read_setup(config_file: Path, project_dir: Path | None = None) -> AlembicSet
             versions = config.get_version_locations_list()
             recursive = config.get_alembic_boolean_option("recursive_version_locations")
             prepend = config.get_prepend_sys_paths_list()
+            sections = [] if config_file.suffix == ".toml" else config.file_config.sections()
+            named = [name for name in sections if name != config.config_ini_section
+                     and config.file_config.has_option(name, "script_location")]
     except (configparser.Error, tomllib.TOMLDecodeError, CommandError, OSError, UnicodeDecodeError,
             ValueError) as exc:
         return Skipped(ini, f"cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]})")
     if not isinstance(location, str) or not location.strip():
+        if named:  # `alembic --name core`: one ini, a history per section
+            return Skipped(ini, (
+                f"has no [alembic] script_location, but sections {', '.join(named)} have one "
+                "(`alembic --name …`); the harness runs an ini's [alembic] section: give each "
+                "history an ini (or a [tool.alembic] table) of its own"
+            ))
         return Skipped(
             ini, "has no script_location (in [alembic] or a pyproject.toml [tool.alembic] beside it)"
         )

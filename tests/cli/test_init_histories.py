@@ -158,3 +158,18 @@ def test_a_schema_the_harness_would_refuse_is_not_proposed(tmp_path: Path) -> No
     assert code == 0 and not error_lines(err), err
     assert [s["schema"] for s in proposed(out)] == ["audit"]
     assert "alembic.ini left out: its schema 'shop-data' is not a plain SQL identifier" in err
+
+
+def test_histories_in_named_sections_of_one_ini_are_named(tmp_path: Path) -> None:
+    """`alembic --name core` reads [core]; the harness runs [alembic], so init says so."""
+    write(tmp_path / "alembic.ini", """\
+        [core]
+        script_location = %(here)s/revisions/core
+
+        [tenant]
+        script_location = %(here)s/revisions/tenant
+    """)
+    code, out, err = cli("init", cwd=tmp_path)
+    assert code == 2 and out == "" and len(error_lines(err)) == 1
+    assert ("skipped alembic.ini: it has no [alembic] script_location, but sections core, tenant have one "
+            "(`alembic --name …`)") in err
