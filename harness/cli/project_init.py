@@ -374,7 +374,8 @@ def propose(project_dir: Path) -> Proposal:
     if not candidates:
         found = f" ({notes[0]})" if notes else ""
         raise ConfigError(
-            f"no Alembic configuration (alembic.ini with a script_location) under {project_dir}{found}",
+            f"no Alembic configuration (an alembic.ini or [tool.alembic] with a script_location) "
+            f"under {project_dir}{found}",
             key="--project-dir",
             hint="point --project-dir at the project, or run `alembic init` in each service first",
         )

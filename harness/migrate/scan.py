@@ -24,8 +24,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-# `package.module:path` — a script directory inside an importable package; finding it
-# would mean importing the user's package, which init does not do
+# `package.module:path` — a directory inside a package; Alembic imports the package to
+# find it, init looks where Python would and never imports it (_resource_dir)
 _RESOURCE = re.compile(r"^[A-Za-z_][\w.]*:")
 
 

@@ -96,6 +96,21 @@ def test_a_plugin_package_that_cannot_be_found_is_named(tmp_path: Path) -> None:
     assert "4 revision(s), 2 histories, branch labels beta, core" in err
 
 
+# what `alembic init` writes, cut down: the harness's branch comes in as sqlalchemy.url
+SHOP_ENV = """\
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+config = context.config
+engine = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
+                            poolclass=pool.NullPool)
+with engine.connect() as connection:
+    context.configure(connection=connection, version_table_schema="shop")
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+
 def test_pyproject_tool_alembic_without_an_alembic_ini(tmp_path: Path) -> None:
     pyproject = write(tmp_path / "pyproject.toml", """\
         [project]
@@ -105,8 +120,7 @@ def test_pyproject_tool_alembic_without_an_alembic_ini(tmp_path: Path) -> None:
         [tool.alembic]
         script_location = "%(here)s/db"
     """)
-    write(tmp_path / "db" / "env.py",
-          'from alembic import context\ncontext.configure(version_table_schema="shop")\n')
+    write(tmp_path / "db" / "env.py", SHOP_ENV)
     versions = tmp_path / "db" / "versions"
     revision(versions, "s1", 'op.create_table("orders", sa.Column("id", sa.Integer))')
     revision(versions, "s2", 'op.create_table("items", sa.Column("id", sa.Integer))', "s1")
@@ -120,6 +134,14 @@ def test_pyproject_tool_alembic_without_an_alembic_ini(tmp_path: Path) -> None:
     assert "[tool.alembic]" in pyproject.read_text()  # the table went in beside it
     [service] = load_settings(tmp_path, environ={}).services
     assert service.alembic_ini == pyproject.resolve()
+    # and the harness migrates it from there
+    code, out, err = cli("up", "--json", "--name", "init-pyproject", cwd=tmp_path)
+    assert code == 0, err
+    assert [(m["service"], m["before"], m["after"]) for m in json.loads(out)["migrations"]] == [
+        ("shop", None, "s2")
+    ]
+    code, out, err = cli("down", "init-pyproject", cwd=tmp_path)
+    assert code == 0, err
 
 
 def test_histories_sharing_a_version_table_are_not_two_services(tmp_path: Path) -> None:
