@@ -351,7 +351,9 @@ class _Settings:
             field_name = item.target.id
             where = f"{cls.shown}:{item.lineno} ({path}.{field_name})"
             types = _annotation_names(item.annotation)
-            inner = next((t for t in types if t in self.classes and t != name), None)
+            # a model with fields of its own (an Enum has none: it is a value, not a model)
+            inner = next((t for t in types if t in self.classes and t != name
+                          and any(_fields(self.classes[t].node))), None)
             if inner is not None and isinstance(delimiter, str) and delimiter and depth < 4:
                 inner_prefix = f"{prefix}{field_name}{delimiter}"
                 yield from self._names(inner, config, inner_prefix, f"{path}.{field_name}", depth + 1)

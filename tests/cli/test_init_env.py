@@ -16,8 +16,15 @@ from tests.cli._support import cli
 from tests.cli.test_init_histories import EXPLODES, write
 
 SETTINGS = '''\
+from enum import Enum
+
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SSLMode(str, Enum):
+    DISABLE = "disable"
+    REQUIRE = "require"
 
 
 class DatabaseSettings(BaseModel):
@@ -26,6 +33,7 @@ class DatabaseSettings(BaseModel):
     username: str = "app"
     password: str = ""
     db: str = "app"
+    sslmode: SSLMode = SSLMode.DISABLE
     echo: bool = False
 
 
@@ -62,6 +70,10 @@ MIGRATION_DATABASE_URL=postgresql+psycopg://app:app@localhost:5432/app
 REDIS_URL=redis://localhost:6379/0
 """
 
+def line_of(text: str, start: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if line.strip().startswith(start))
+
+
 EXPECTED = {
     "POSTGRES_SERVER": "{host}",
     "POSTGRES_PORT": "{port}",
@@ -75,6 +87,7 @@ EXPECTED = {
     "APP_DATABASE__USERNAME": "{user}",
     "APP_DATABASE__PASSWORD": "{password}",
     "APP_DATABASE__DB": "{database}",
+    "APP_DATABASE__SSLMODE": "{sslmode}",
 }
 
 
@@ -98,17 +111,19 @@ def test_the_mapping_names_what_the_project_reads_and_yes_writes_it(tmp_path: Pa
     table = tomllib.loads(out)["tool"]["cathouse_harness"]
     assert table["env"] == EXPECTED
     assert table["url_driver"] == "psycopg"
-    assert "env POSTGRES_SERVER = {host}: found in alembic/env.py:5" in err
-    assert "env POSTGRES_PORT = {port}: found in alembic/env.py:6" in err
+    assert f"env POSTGRES_SERVER = {{host}}: found in alembic/env.py:{line_of(ENV_PY, 'host =')}" in err
+    assert f"env POSTGRES_PORT = {{port}}: found in alembic/env.py:{line_of(ENV_PY, 'port =')}" in err
     assert "env DATABASE_URL = {url:psycopg}: found in .env.example:3" in err
-    assert ("env APP_DATABASE__HOSTNAME = {host}: found in app/core/settings.py:6 "
-            "(Settings.database.hostname)") in err
-    assert "env APP_DATABASE__DB = {database}: found in app/core/settings.py:10 (Settings.database.db)" in err
+    hostname, db = line_of(SETTINGS, "hostname:"), line_of(SETTINGS, "db:")
+    assert ("env APP_DATABASE__HOSTNAME = {host}: found in "
+            f"app/core/settings.py:{hostname} (Settings.database.hostname)") in err
+    assert ("env APP_DATABASE__DB = {database}: found in "
+            f"app/core/settings.py:{db} (Settings.database.db)") in err
     assert "url_driver psycopg: the URL scheme of DATABASE_URL in .env.example:3" in err
     # the written table is the one printed, and one the harness loads
     written = (tmp_path / "pyproject.toml").read_text()
     assert tomllib.loads(written)["tool"]["cathouse_harness"]["env"] == EXPECTED
-    assert 'APP_DATABASE__HOSTNAME = "{host}"  # found in app/core/settings.py:6' in written
+    assert f'APP_DATABASE__HOSTNAME = "{{host}}"  # found in app/core/settings.py:{hostname}' in written
     settings = load_settings(tmp_path, environ={})
     assert settings.env and settings.url_driver == "psycopg"
 
