@@ -185,3 +185,42 @@ def test_nothing_read_proposes_no_env_table(tmp_path: Path) -> None:
 ])
 def test_which_names_are_database_settings(name: str, role: str | None) -> None:
     assert role_of(name) == role
+
+
+def test_own_prefixes_aliases_and_pydantic_v1_config(tmp_path: Path) -> None:
+    write(tmp_path / "alembic.ini", "[alembic]\nscript_location = %(here)s/alembic\n")
+    write(tmp_path / "alembic" / "env.py", "from alembic import context\n")
+    write(tmp_path / "src" / "svc" / "config.py", '''\
+        from pydantic import Field
+        from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+        class AppSettings(BaseSettings):
+            model_config = SettingsConfigDict(env_prefix="SVC_")
+
+
+        class PostgresSettings(AppSettings):
+            model_config = SettingsConfigDict(env_prefix="POSTGRES_")
+
+            host: str = "localhost"
+            port: int = 5432
+            password: str = Field("", validation_alias="PGPASSWORD")
+            pool_size: int = 5
+
+
+        class Legacy(BaseSettings):
+            db_url: str = ""
+            database_name: str = "app"
+
+            class Config:
+                env_prefix = "OLD_"
+    ''')
+    code, out, err = cli("init", "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["env"] == {
+        "OLD_DB_URL": "{url}",
+        "OLD_DATABASE_NAME": "{database}",
+        "POSTGRES_HOST": "{host}",
+        "POSTGRES_PORT": "{port}",
+        "PGPASSWORD": "{password}",
+    }
