@@ -39,6 +39,9 @@ class AlembicSetup:
     recursive: bool = False  # recursive_version_locations
     # version_locations entries that name no directory init can find, as written
     missing_versions: tuple[str, ...] = ()
+    # where relative paths resolve, i.e. where its users run `alembic`: the ini's directory,
+    # or the project root for an ini whose script_location is written from there
+    directory: Path | None = None
 
     @property
     def env_py(self) -> Path | None:
@@ -109,9 +112,13 @@ class RevisionFacts:
     unreadable: tuple[Path, ...]
 
 
-def read_setup(config_file: Path, project_dir: Path | None = None) -> AlembicSetup | Skipped:
+def read_setup(config_file: Path, root: Path | None = None) -> AlembicSetup | Skipped:
     """The setup `config_file` configures: an alembic.ini (with `[tool.alembic]` of a
-    pyproject.toml beside it), or a pyproject.toml alone."""
+    pyproject.toml beside it), or a pyproject.toml alone.
+
+    Relative paths are taken from the file's directory, or from the project `root` when
+    script_location exists only from there (a project that runs `alembic -c svc/alembic.ini`
+    from its root)."""
     from alembic.config import Config
     from alembic.util import CommandError
 
@@ -148,13 +155,14 @@ def read_setup(config_file: Path, project_dir: Path | None = None) -> AlembicSet
             ini, "has no script_location (in [alembic] or a pyproject.toml [tool.alembic] beside it)"
         )
     location = location.strip()
-    bases = _search_bases(ini.parent, project_dir, prepend or ())
-    script_dir = _resolve(location, bases)
+    directory = _run_directory(ini.parent, location, root)
+    packages = _package_bases(directory, root, prepend or ())
+    script_dir = _resolve(location, directory, packages)
     missing: list[str] = []
     if versions:
         version_dirs: list[Path] = []
         for entry in (v.strip() for v in versions if v.strip()):
-            found = _resolve(entry, bases)
+            found = _resolve(entry, directory, packages)
             if found is None or not found.is_dir():
                 missing.append(entry)
             else:
@@ -169,32 +177,36 @@ def read_setup(config_file: Path, project_dir: Path | None = None) -> AlembicSet
         version_dirs=tuple(version_dirs),
         recursive=recursive,
         missing_versions=tuple(missing),
+        directory=directory,
     )
 
 
-def _search_bases(ini_dir: Path, project_dir: Path | None, prepend: Sequence[str]) -> tuple[Path, ...]:
-    """Where a relative location or a package may be: the ini's directory (where its users
-    run `alembic`), the project root (where others do), `src/`, and prepend_sys_path."""
-    bases = [ini_dir]
-    if project_dir is not None:
-        bases += [project_dir, project_dir / "src"]
-    bases += [Path(p) if Path(p).is_absolute() else ini_dir / p for p in prepend if p]
+def _run_directory(ini_dir: Path, location: str, root: Path | None) -> Path:
+    """Where the setup's users run `alembic`: the ini's directory, unless a relative
+    script_location exists only when taken from the project root."""
+    path = Path(location)
+    if root is None or path.is_absolute() or (ini_dir / path).is_dir() or _RESOURCE.match(location):
+        return ini_dir
+    return root if (root / path).is_dir() else ini_dir
+
+
+def _package_bases(directory: Path, root: Path | None, prepend: Sequence[str]) -> tuple[Path, ...]:
+    """Where a package named by a resource may be: the run directory (on sys.path when
+    `alembic` runs), prepend_sys_path, the project root and its `src/`."""
+    bases = [directory, *(Path(p) if Path(p).is_absolute() else directory / p for p in prepend if p)]
+    if root is not None:
+        bases += [root, root / "src"]
     return tuple(dict.fromkeys(b.resolve() for b in bases))
 
 
-def _resolve(location: str, bases: Sequence[Path]) -> Path | None:
-    """The directory `location` names: a path (relative ones tried against each base, the
-    first that exists wins, else the first base), or a package resource `pkg.sub:dir`
+def _resolve(location: str, directory: Path, packages: Sequence[Path]) -> Path | None:
+    """The directory `location` names: a path (a relative one taken from `directory`, as
+    Alembic takes it from the working directory), or a package resource `pkg.sub:dir`
     found without importing the package."""
     path = Path(location)
-    if path.is_absolute():
-        return path.resolve()
-    if _RESOURCE.match(location) and not (bases[0] / path).exists():
-        return _resource_dir(location, bases)
-    for base in bases:
-        if (base / path).exists():
-            return (base / path).resolve()
-    return (bases[0] / path).resolve()
+    if _RESOURCE.match(location) and not (directory / path).exists():
+        return _resource_dir(location, packages)
+    return (path if path.is_absolute() else directory / path).resolve()
 
 
 def _resource_dir(resource: str, bases: Sequence[Path]) -> Path | None:
