@@ -84,21 +84,31 @@ def _malformed(url: str, key: str) -> Check | None:
 
 
 def check_revisions(settings: Settings, direct_url: str) -> Check:
-    from cathouse_harness.migrate.all_services import current_revisions, head_revisions
+    """Each service's revisions in the database against its target's (every head for a
+    history with several): at, behind, ahead or diverged, each with its own fix."""
+    from cathouse_harness.migrate.all_services import standings
 
     try:
-        current = current_revisions(settings, direct_url)
-        heads = head_revisions(settings)
+        found = standings(settings, direct_url)
     except HarnessError as exc:
-        return Check("revisions", "fail", exc.message, "check MIGRATION_DATABASE_URL and the branch")
+        return Check("revisions", "fail", exc.message,
+                     exc.hint or "check MIGRATION_DATABASE_URL and the branch")
     except Exception as exc:  # a connection failure: say so in one line
         return Check("revisions", "fail", f"{type(exc).__name__}: {exc}",
                      "check MIGRATION_DATABASE_URL; password errors mean a stale .env (cathouse-branch up)")
-    behind = [f"{name} at {current.get(name) or 'base'} (head {', '.join(heads[name])})"
-              for name in heads if current.get(name) not in heads[name]]
-    if behind:
-        return Check("revisions", "fail", "behind: " + "; ".join(behind), "cathouse-branch migrate")
-    return Check("revisions", "ok", f"{len(heads)} service(s) at head")
+    off = {name: s for name, s in found.items() if s.state != "at"}
+    if not off:
+        return Check("revisions", "ok", f"{len(found)} service(s) at their target")
+    detail = "; ".join(f"{name} {s.describe()}" for name, s in off.items())
+    states = {s.state for s in off.values()}
+    if states == {"behind"}:
+        fix = "cathouse-branch migrate"
+    elif states == {"ahead"}:
+        fix = ("the branch was migrated past these scripts or this target: check out that code, "
+               "set the service's target, or cathouse-branch reset")
+    else:
+        fix = "cathouse-branch reset makes the branch again from its parent and migrates it"
+    return Check("revisions", "fail", detail, fix)
 
 
 def run_checks(

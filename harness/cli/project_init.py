@@ -57,6 +57,9 @@ class ServiceProposal:
     after: tuple[str, ...]  # services it references, which therefore migrate first
     notes: tuple[str, ...]  # where each value came from
     target: str = "head"  # "heads" where several histories share the version table
+    # where its Alembic runs from, relative to the project ("." for the root); None: the
+    # ini's own directory, the default
+    directory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ class Proposal:
                 f"name = {_toml_string(service.name)}",
                 f"schema = {_toml_string(service.schema)}",
                 f"alembic_ini = {_toml_string(service.alembic_ini)}",
+            ]
+            if service.directory is not None:
+                lines.append(f"directory = {_toml_string(service.directory)}")
+            lines += [
                 f"pool_size = {service.pool_size}",
                 f"max_overflow = {service.max_overflow}",
                 *_target_lines(service),
@@ -95,6 +102,7 @@ class Proposal:
             "services": [
                 {
                     "name": s.name, "schema": s.schema, "alembic_ini": s.alembic_ini,
+                    "directory": s.directory,
                     "pool_size": s.pool_size, "max_overflow": s.max_overflow,
                     "target": s.target, "after": list(s.after), "notes": list(s.notes),
                 }
@@ -192,6 +200,7 @@ class _Candidate:
     # None when init cannot tell
     version_table: tuple[str | None, str] | None = None
     target: str = "head"
+    directory: str | None = None
 
 
 def _schema_of(
@@ -250,6 +259,11 @@ def _candidate(setup: AlembicSetup, project_dir: Path) -> _Candidate:
         notes.append("script_location is a package resource init cannot find: env.py and revisions not read")
     elif not setup.script_dir.is_dir():
         notes.append(f"script_location {setup.script_dir} does not exist")
+    directory = None
+    if setup.directory is not None and setup.directory != setup.ini.parent:
+        directory = _relative(setup.directory, project_dir)  # "." for the root itself
+        notes.append(f"directory {directory!r}: script_location {setup.script_location} "
+                     f"resolves from there, not from {_relative(setup.ini.parent, project_dir)}/")
     env = env_facts(setup.env_py) if setup.env_py else None
     history = read_history(setup)
     target, history_notes = _history_notes(setup, history, project_dir)
@@ -257,6 +271,7 @@ def _candidate(setup: AlembicSetup, project_dir: Path) -> _Candidate:
     return _Candidate(
         name, schema, alembic_ini, references, tuple(notes + history_notes + schema_notes),
         version_table=env.version_table() if env else None, target=target,
+        directory=directory,
     )
 
 
@@ -398,6 +413,7 @@ def propose(project_dir: Path) -> Proposal:
         services.append(ServiceProposal(
             name=name, schema=c.schema, alembic_ini=c.alembic_ini, pool_size=size,
             max_overflow=overflow, after=after, notes=(*c.notes, order_note), target=c.target,
+            directory=c.directory,
         ))
     env = propose_env(project_dir, [s.env_py for s in setups if s.env_py is not None], _skipped_dir)
     return Proposal(project_dir, limit, tuple(services), tuple(notes), env)
