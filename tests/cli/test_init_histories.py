@@ -46,6 +46,7 @@ def core_with_plugins(root: Path) -> None:
     write(root / "alembic.ini", """\
         [alembic]
         script_location = %(here)s/migrations
+        prepend_sys_path = .
         path_separator = newline
         version_locations =
             %(here)s/migrations/versions
