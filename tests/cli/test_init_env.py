@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cathouse_harness.cli.project_env import role_of
+from cathouse_harness.cli.project_env import EnvLine, role_of
+from cathouse_harness.cli.project_init import check_proposal, propose
 from cathouse_harness.config.settings import load_settings
+from cathouse_harness.errors import ConfigError
 
 from tests.cli._support import cli
 from tests.cli.test_init_histories import EXPLODES, write
@@ -224,3 +227,19 @@ def test_own_prefixes_aliases_and_pydantic_v1_config(tmp_path: Path) -> None:
         "POSTGRES_PORT": "{port}",
         "PGPASSWORD": "{password}",
     }
+
+
+def test_the_proposal_is_checked_by_the_settings_loader(tmp_path: Path) -> None:
+    """What init would write goes through load_settings: a name or a driver the loader
+    refuses is refused before anything is written."""
+    fastapi_project(tmp_path)
+    proposal = propose(tmp_path)
+    check_proposal(proposal)  # as proposed: loads
+    bad_name = replace(proposal, env=replace(proposal.env, lines=(EnvLine("9LIVES", "{host}", ("x.py:1",)),)))
+    with pytest.raises(ConfigError, match="'9LIVES' is not an environment variable name"):
+        check_proposal(bad_name)
+    bad_driver = replace(proposal, env=replace(proposal.env, url_driver="pg8000"))
+    with pytest.raises(ConfigError, match="pg8000"):
+        check_proposal(bad_driver)
+    code, out, err = cli("init", "--yes", cwd=tmp_path)  # the real one still writes
+    assert code == 0, err
