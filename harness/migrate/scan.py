@@ -156,13 +156,13 @@ def read_setup(config_file: Path, root: Path | None = None) -> AlembicSetup | Sk
         )
     location = location.strip()
     directory = _run_directory(ini.parent, location, root)
-    packages = _package_bases(directory, root, prepend or ())
-    script_dir = _resolve(location, directory, packages)
+    packages = package_bases(directory, root, prepend or ())
+    script_dir = resolve_location(location, directory, packages)
     missing: list[str] = []
     if versions:
         version_dirs: list[Path] = []
         for entry in (v.strip() for v in versions if v.strip()):
-            found = _resolve(entry, directory, packages)
+            found = resolve_location(entry, directory, packages)
             if found is None or not found.is_dir():
                 missing.append(entry)
             else:
@@ -190,7 +190,7 @@ def _run_directory(ini_dir: Path, location: str, root: Path | None) -> Path:
     return root if (root / path).is_dir() else ini_dir
 
 
-def _package_bases(directory: Path, root: Path | None, prepend: Sequence[str]) -> tuple[Path, ...]:
+def package_bases(directory: Path, root: Path | None, prepend: Sequence[str]) -> tuple[Path, ...]:
     """Where a package named by a resource may be: the run directory (on sys.path when
     `alembic` runs), prepend_sys_path, the project root and its `src/`."""
     bases = [directory, *(Path(p) if Path(p).is_absolute() else directory / p for p in prepend if p)]
@@ -199,7 +199,7 @@ def _package_bases(directory: Path, root: Path | None, prepend: Sequence[str]) -
     return tuple(dict.fromkeys(b.resolve() for b in bases))
 
 
-def _resolve(location: str, directory: Path, packages: Sequence[Path]) -> Path | None:
+def resolve_location(location: str, directory: Path, packages: Sequence[Path]) -> Path | None:
     """The directory `location` names: a path (a relative one taken from `directory`, as
     Alembic takes it from the working directory), or a package resource `pkg.sub:dir`
     found without importing the package."""
