@@ -36,6 +36,7 @@ from pytest_cathouse_harness.options import (
     read_settings,
 )
 from pytest_cathouse_harness.scrub import scrub_report
+from pytest_cathouse_harness.shadowing import shadowed_lines
 from pytest_cathouse_harness.state import HarnessState, state_key
 
 # A URL on a host that can never resolve (RFC 6761): whatever reads it before the branch
@@ -240,6 +241,12 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if not project_configures_harness(config.rootpath):
         return None
     return report.header_line(state.settings)
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    if not project_configures_harness(config.rootpath):
+        return []
+    return shadowed_lines(items, config.rootpath)
 
 
 @pytest.hookimpl(trylast=True)

@@ -1,0 +1,66 @@
+"""Our fixtures that a project's own shadow: said once, after collection.
+
+A project often has a `database_url` or `db_session` fixture of its own. pytest then
+gives its tests theirs (as it should) and nothing says that the branch no longer reaches
+them; `neon_branch` is the name to feed theirs from.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The public fixtures of fixtures.py; neon_branch is the one we ask projects to leave alone.
+PUBLIC_FIXTURES = (
+    "neon_branch",
+    "database_url",
+    "migration_database_url",
+    "service_engine",
+    "db_session",
+    "reset_branch",
+    "branch_per_test",
+)
+_OURS = "pytest_cathouse_harness.fixtures"
+_FEED = {
+    "database_url": "neon_branch.database_url",
+    "migration_database_url": "neon_branch.migration_database_url",
+}
+
+
+def _where(func: Any, root: Path) -> str:
+    try:
+        path = Path(inspect.getsourcefile(func) or "?")
+        line = inspect.getsourcelines(func)[1]
+    except (OSError, TypeError):
+        return getattr(func, "__module__", "?")
+    try:
+        shown = os.path.relpath(path, root)
+    except ValueError:
+        shown = str(path)
+    return f"{shown}:{line}"
+
+
+def shadowed_lines(items: list[pytest.Item], root: Path) -> list[str]:
+    """One line per fixture of ours that a fixture of the project's shadows for some
+    collected test (the definition pytest gives that test is the project's)."""
+    found: dict[str, list[str]] = {}
+    for item in items:
+        # what pytest resolved for this test, last definition winning (no public accessor)
+        info = getattr(item, "_fixtureinfo", None)
+        definitions = getattr(info, "name2fixturedefs", None) or {}
+        for name in PUBLIC_FIXTURES:
+            defs = definitions.get(name) or ()
+            if name in found or not defs or getattr(defs[-1].func, "__module__", "") == _OURS:
+                continue
+            if any(getattr(d.func, "__module__", "") == _OURS for d in defs):
+                found[name] = [_where(defs[-1].func, root)]
+    return [
+        f"cathouse-harness: your fixture `{name}` ({', '.join(where)}) shadows the harness's; "
+        f"to give it the branch, take `neon_branch` ({_FEED.get(name, 'neon_branch')}), the "
+        "name the harness keeps stable"
+        for name, where in found.items()
+    ]

@@ -1,0 +1,35 @@
+"""A project's own fixture that shadows one of ours is named once in the header, with the
+way to feed it the branch (`neon_branch`, the name we keep stable)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.plugin._support import run
+
+OWN_FIXTURE = '''
+import pytest
+
+@pytest.fixture(scope="session")
+def database_url():
+    return "postgresql://someone@elsewhere/db"
+'''
+
+
+def test_a_shadowed_fixture_is_named_with_its_place(project: pytest.Pytester) -> None:
+    conftest = project.path / "conftest.py"
+    conftest.write_text(OWN_FIXTURE)
+    line = conftest.read_text().splitlines().index("def database_url():")  # 0-based: decorator above
+    project.makepyfile(test_own="def test_own(database_url):\n    assert 'elsewhere' in database_url\n")
+    result = run(project, "shadow1", "--collect-only", "test_own.py")
+    shadowed = [x for x in result.outlines if "shadows the harness's" in x]
+    assert len(shadowed) == 1, result.outlines
+    assert f"`database_url` (conftest.py:{line})" in shadowed[0]
+    assert "neon_branch.database_url" in shadowed[0]
+
+
+def test_nothing_is_said_without_a_shadow(project: pytest.Pytester) -> None:
+    project.makepyfile(test_ours="def test_ours(database_url):\n    pass\n")
+    result = run(project, "shadow2", "--collect-only", "test_ours.py")
+    assert not [x for x in result.outlines if "shadows" in x]
+    assert any(x.startswith("cathouse-harness:") for x in result.outlines)
