@@ -95,6 +95,7 @@ def cathouse_branch_session(
     if error is not None:  # outside the except: its report is the one line, no chain
         session.finish()
         _stop_for_setup_error(request, state, error)
+    _guard_connections(state, cathouse_settings, session)
     try:
         yield session
     finally:
@@ -111,6 +112,39 @@ def cathouse_branch_session(
         except HarnessError as exc:
             # One line naming the branch and its cleanup command, not a traceback.
             pytest.fail(str(exc), pytrace=False)
+        finally:
+            _unguard_connections(state)
+
+
+def _guard_connections(state: HarnessState, settings: Settings, session: BranchSession) -> None:
+    """From now until the session ends, tests reach this branch (its direct and pooled
+    endpoints, any database on them) and `allow_connections`, nothing else
+    (`cathouse_harness.db.guard`)."""
+    from cathouse_harness.db.guard import BranchOnly, install
+
+    assert session.handle is not None
+    state.guard = BranchOnly(
+        _endpoints(session.handle), settings.allow_connections,
+        who=lambda: state.current_test or "outside any test",
+        env_file=settings.project_root / ".env",
+    )
+    install(state.guard)
+
+
+def _unguard_connections(state: HarnessState) -> None:
+    from cathouse_harness.db.guard import uninstall
+
+    guard, state.guard = state.guard, None
+    if guard is not None:
+        uninstall(guard)
+
+
+def _endpoints(handle: BranchHandle) -> list[tuple[str, int]]:
+    found = []
+    for url in (str(handle.direct_url), str(handle.pooled_url)):
+        endpoint = endpoint_of(url)
+        found.append((endpoint.host, endpoint.port))
+    return found
 
 
 def _stop_for_setup_error(request: pytest.FixtureRequest, state: HarnessState, exc: HarnessError) -> NoReturn:
@@ -170,7 +204,7 @@ def neon_branch(cathouse_branch_session: BranchSession) -> NeonBranch:
 
 @pytest.fixture
 def branch_per_test(
-    neon_branch: NeonBranch, cathouse_branch_session: BranchSession
+    request: pytest.FixtureRequest, neon_branch: NeonBranch, cathouse_branch_session: BranchSession
 ) -> Iterator[NeonBranch]:
     """A branch of this test's own, forked from the migrated template and deleted after
     it: for code that commits across connections, where db_session's rollback cannot
@@ -181,9 +215,15 @@ def branch_per_test(
     handle = session.fork_for_test()
     branch = _neon_branch(handle, session.report.backend)
     _point_env_at(branch)
+    guard = _state(request.config).guard
+    endpoints = _endpoints(handle)
+    for endpoint in endpoints if guard is not None else ():
+        guard.add_endpoint(endpoint)  # type: ignore[union-attr]
     try:
         yield branch
     finally:
+        for endpoint in endpoints if guard is not None else ():
+            guard.remove_endpoint(endpoint)  # type: ignore[union-attr]
         _point_env_at(neon_branch)
         session.drop_test_branch(handle)
 
