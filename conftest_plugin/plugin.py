@@ -205,12 +205,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     state = item.config.stash.get(state_key, None)
     refusals = state.guard.take_refusals() if state is not None and state.guard is not None else []
-    if refusals and not report.skipped:
-        # the refusal's one line, not the driver's traceback around it; failed even when
-        # the test caught the error (a silently green run is what the guard exists against)
+    if refusals:
+        # the refusal's one line, not the driver's traceback around it; failed whatever the
+        # test did with the error (caught it, skipped, xfail): a silently green run is what
+        # the guard exists against
         more = f" (and {len(refusals) - 1} more refused)" if len(refusals) > 1 else ""
         report.outcome = "failed"
         report.longrepr = f"{refusals[0]}{more}"
+        if hasattr(report, "wasxfail"):
+            del report.wasxfail
     if not item.config.getoption("cathouse_show_secrets"):
         scrub_report(report)
     if report.failed and PLACEHOLDER_HOST in report.longreprtext:
