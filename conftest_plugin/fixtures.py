@@ -119,10 +119,12 @@ def cathouse_branch_session(
 def _guard_connections(state: HarnessState, settings: Settings, session: BranchSession) -> None:
     """From now until the session ends, tests reach this branch (its direct and pooled
     endpoints, any database on them) and `allow_connections`, nothing else
-    (`cathouse_harness.db.guard`)."""
+    (`cathouse_harness.db.guard`). Once per session: whatever makes the branch first
+    (this fixture, or a hook that makes it before conftests load) calls it."""
     from cathouse_harness.db.guard import BranchOnly, install
 
-    assert session.handle is not None
+    if state.guard is not None or session.handle is None:
+        return
     state.guard = BranchOnly(
         _endpoints(session.handle), settings.allow_connections,
         who=lambda: state.current_test or "outside any test",

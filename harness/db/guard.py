@@ -19,20 +19,24 @@ The guard is process-wide, not per thread: code may connect from a thread or an 
 loop of its own. Policies stack: the innermost decides (a migration run while a session's
 policy is installed checks the migration's stricter one). The hooks are in place while at
 least one policy is and are removed with the last, so a process that never installs one
-pays nothing; one that does pays a dictionary lookup and a tuple compare per connect.
+pays nothing; one that does pays a few microseconds per connect (reading the call's
+parameters, a set lookup; benchmarks/connection_guard.py) and no import: a driver is
+patched when it is imported, not imported to be patched.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import importlib.abc
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -292,61 +296,120 @@ def _wrap_async(check: Callable[..., None], original: Callable[..., Any]) -> Cal
     return guarded
 
 
-# Per driver, where to hook: the first (module, attribute) present of each row. The deep
-# points come first: a name imported before the hooks went in (`from asyncpg import
-# connect`) still reaches them. The public ones serve driver versions without them.
-_HOOKS: tuple[tuple[str, tuple[tuple[str, str, Callable[..., None], bool], ...]], ...] = (
-    ("asyncpg", (("asyncpg.connect_utils", "_connect", _asyncpg_inner_check, True),
-                 ("asyncpg.connection", "connect", _asyncpg_check, True))),
-    ("psycopg", (("psycopg.connection", "conninfo_attempts", _attempts_check, False),
-                 ("psycopg", "connect", _libpq_check, False))),
-    ("psycopg", (("psycopg.connection_async", "conninfo_attempts_async", _attempts_check, True),)),
-    ("psycopg2", (("psycopg2", "_connect", _psycopg2_inner_check, False),
-                  ("psycopg2", "connect", _libpq_check, False))),
+# Where to hook, per driver: the first (module, attribute, check, is async) of each group
+# whose module is loaded and has the attribute. The deep points come first: a name
+# imported before the hooks went in (`from asyncpg import connect`) still reaches them.
+# The public ones serve driver versions without them.
+_Hook = tuple[str, str, Callable[..., None], bool]
+_HOOKS: tuple[tuple[_Hook, ...], ...] = (
+    (("asyncpg.connect_utils", "_connect", _asyncpg_inner_check, True),
+     ("asyncpg.connection", "connect", _asyncpg_check, True)),
+    (("psycopg.connection", "conninfo_attempts", _attempts_check, False),
+     ("psycopg", "connect", _libpq_check, False)),
+    (("psycopg.connection_async", "conninfo_attempts_async", _attempts_check, True),),
+    (("psycopg2", "_connect", _psycopg2_inner_check, False),
+     ("psycopg2", "connect", _libpq_check, False)),
 )
+_SQLALCHEMY = "sqlalchemy"
+
+
+class _Hooks(importlib.abc.MetaPathFinder):
+    """The patches in force. A driver already imported is patched at once; one imported
+    later, the moment its module has loaded (this finder hands the import system a loader
+    that patches after executing it). Importing the drivers to patch them would cost a
+    session that uses none of them about a second (asyncpg, psycopg, psycopg2 and
+    SQLAlchemy, measured with `python -X importtime`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._patched: list[tuple[Any, str, Any]] = []
+        self._done: set[int] = set()  # indexes of _HOOKS' groups in force
+        self._listening = False
+        self._watched = {hook[0] for group in _HOOKS for hook in group} | {_SQLALCHEMY}
+
+    def start(self) -> None:
+        self.patch_loaded()
+        sys.meta_path.insert(0, self)
+
+    def stop(self) -> None:
+        with self._lock:
+            with suppress(ValueError):
+                sys.meta_path.remove(self)
+            for owner, attribute, original in reversed(self._patched):
+                setattr(owner, attribute, original)
+            self._patched.clear()
+            if self._listening:
+                from sqlalchemy import event
+                from sqlalchemy.engine import Engine
+
+                event.remove(Engine, "do_connect", _sqlalchemy_listener)
+                self._listening = False
+
+    def patch_loaded(self) -> None:
+        """Patch what is loaded and not yet patched."""
+        with self._lock:
+            for index, group in enumerate(_HOOKS):
+                if index in self._done:
+                    continue
+                for module_name, attribute, check, is_async in group:
+                    module = sys.modules.get(module_name)
+                    original = getattr(module, attribute, None) if module is not None else None
+                    if original is None:
+                        continue
+                    wrapper = _wrap_async if is_async else _wrap
+                    setattr(module, attribute, wrapper(check, original))
+                    self._patched.append((module, attribute, original))
+                    self._done.add(index)
+                    break
+            if not self._listening and _SQLALCHEMY in sys.modules:
+                from sqlalchemy import event
+                from sqlalchemy.engine import Engine
+
+                event.listen(Engine, "do_connect", _sqlalchemy_listener)
+                self._listening = True
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> ModuleSpec | None:
+        if fullname not in self._watched:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _PatchAfterLoading(spec.loader, self)
+        return spec
+
+
+class _PatchAfterLoading(importlib.abc.Loader):
+    """A module's own loader, then the patches."""
+
+    def __init__(self, inner: Any, hooks: _Hooks) -> None:
+        self._inner = inner
+        self._hooks = hooks
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        created: ModuleType | None = self._inner.create_module(spec)
+        return created
+
+    def exec_module(self, module: ModuleType) -> None:
+        # the module keeps its real loader (resources, reload), as if we had not been here
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._inner
+        module.__loader__ = self._inner
+        self._inner.exec_module(module)
+        self._hooks.patch_loaded()
 
 
 def _install_hooks() -> Callable[[], None]:
-    """Hook every driver that is installed (importing it: the cost falls on the first
-    install, not on a connect) and SQLAlchemy; returns what undoes it."""
-    patched: list[tuple[Any, str, Any]] = []
-    listening = False
-    try:
-        for package, candidates in _HOOKS:
-            if importlib.util.find_spec(package) is None:
-                continue
-            for module_name, attribute, check, is_async in candidates:
-                try:
-                    module = importlib.import_module(module_name)
-                except ImportError:
-                    continue
-                original = getattr(module, attribute, None)
-                if original is None:
-                    continue
-                wrapper = _wrap_async if is_async else _wrap
-                setattr(module, attribute, wrapper(check, original))
-                patched.append((module, attribute, original))
-                break
-        if importlib.util.find_spec("sqlalchemy") is not None:
-            from sqlalchemy import event
-            from sqlalchemy.engine import Engine
-
-            event.listen(Engine, "do_connect", _sqlalchemy_listener)
-            listening = True
-    except BaseException:
-        _restore(patched, listening)
-        raise
-    return lambda: _restore(patched, listening)
-
-
-def _restore(patched: list[tuple[Any, str, Any]], listening: bool) -> None:
-    for owner, attribute, original in reversed(patched):
-        setattr(owner, attribute, original)
-    if listening:
-        from sqlalchemy import event
-        from sqlalchemy.engine import Engine
-
-        event.remove(Engine, "do_connect", _sqlalchemy_listener)
+    """Hook the drivers and SQLAlchemy (now or when imported); returns what undoes it."""
+    hooks = _Hooks()
+    hooks.start()
+    return hooks.stop
 
 
 # -- the test session's policy ------------------------------------------------------------
@@ -470,6 +533,8 @@ def where_named(target: Target, env_file: Path | None = None) -> str | None:
     if not pairs:
         return None
     host, port = pairs[0]
+    # every variable, not names of ours: which of the project's own holds the target is
+    # what we are looking for (so not through support.env's table)
     places: list[tuple[str, dict[str, str]]] = [("environment", dict(os.environ))]
     if env_file is not None and env_file.is_file():
         try:

@@ -281,3 +281,50 @@ def test_allow_connections_reads_urls_and_short_forms(tmp_path: Path) -> None:
     assert "pw" not in first.text
     assert (second.host, second.port, second.database) == ("localhost", None, None)
     assert second.permits("localhost", 6543, "anything")
+
+
+LATE_IMPORT = """
+import socket, sys
+from cathouse_harness.db.guard import BranchOnly, NotTheBranch, install, uninstall
+
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(4)
+server.setblocking(False)
+url = f"postgresql://dev:pw@127.0.0.1:{server.getsockname()[1]}/app_dev"
+policy = BranchOnly([("127.0.0.2", 1)])
+install(policy)
+assert not {"asyncpg", "psycopg", "psycopg2", "sqlalchemy"} & set(sys.modules), "imported early"
+import asyncio, asyncpg, psycopg, psycopg2, sqlalchemy
+from importlib.machinery import SourceFileLoader
+assert isinstance(psycopg2.__loader__, SourceFileLoader), psycopg2.__loader__
+assert isinstance(psycopg2.__spec__.loader, SourceFileLoader)
+refused = 0
+engine = sqlalchemy.create_engine(url.replace("postgresql:", "postgresql+psycopg:"))
+for connect in (lambda: psycopg2.connect(url), lambda: psycopg.connect(url),
+                lambda: asyncio.run(asyncpg.connect(url)), lambda: engine.connect()):
+    try:
+        connect()
+    except NotTheBranch:
+        refused += 1
+try:
+    server.accept()
+    print("a connection reached the listener")
+except BlockingIOError:
+    pass
+uninstall(policy)
+print(f"refused {refused}")
+"""
+
+
+def test_a_driver_is_not_imported_to_be_guarded_and_is_guarded_once_imported() -> None:
+    """Installing the policy imports no driver (about a second of imports for a session
+    that uses none); a driver imported after it is patched as it loads, its module keeping
+    its own loader."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LATE_IMPORT], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "refused 4"
