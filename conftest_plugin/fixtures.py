@@ -22,6 +22,7 @@ from cathouse_harness.db.urls import endpoint_of
 from cathouse_harness.errors import ConfigError, HarnessError
 from cathouse_harness.support import env
 from cathouse_harness.support.redact import redact_url
+from pytest_cathouse_harness.guard import also_allowed, guard_branch, unguard
 from pytest_cathouse_harness.state import HarnessState, state_key
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def cathouse_branch_session(
     if error is not None:  # outside the except: its report is the one line, no chain
         session.finish()
         _stop_for_setup_error(request, state, error)
-    _guard_connections(state, cathouse_settings, session)
+    guard_branch(state, cathouse_settings, session.handle)
     try:
         yield session
     finally:
@@ -113,40 +114,7 @@ def cathouse_branch_session(
             # One line naming the branch and its cleanup command, not a traceback.
             pytest.fail(str(exc), pytrace=False)
         finally:
-            _unguard_connections(state)
-
-
-def _guard_connections(state: HarnessState, settings: Settings, session: BranchSession) -> None:
-    """From now until the session ends, tests reach this branch (its direct and pooled
-    endpoints, any database on them) and `allow_connections`, nothing else
-    (`cathouse_harness.db.guard`). Once per session: whatever makes the branch first
-    (this fixture, or a hook that makes it before conftests load) calls it."""
-    from cathouse_harness.db.guard import BranchOnly, install
-
-    if state.guard is not None or session.handle is None:
-        return
-    state.guard = BranchOnly(
-        _endpoints(session.handle), settings.allow_connections,
-        who=lambda: state.current_test or "outside any test",
-        env_file=settings.project_root / ".env",
-    )
-    install(state.guard)
-
-
-def _unguard_connections(state: HarnessState) -> None:
-    from cathouse_harness.db.guard import uninstall
-
-    guard, state.guard = state.guard, None
-    if guard is not None:
-        uninstall(guard)
-
-
-def _endpoints(handle: BranchHandle) -> list[tuple[str, int]]:
-    found = []
-    for url in (str(handle.direct_url), str(handle.pooled_url)):
-        endpoint = endpoint_of(url)
-        found.append((endpoint.host, endpoint.port))
-    return found
+            unguard(state)
 
 
 def _stop_for_setup_error(request: pytest.FixtureRequest, state: HarnessState, exc: HarnessError) -> NoReturn:
@@ -217,15 +185,10 @@ def branch_per_test(
     handle = session.fork_for_test()
     branch = _neon_branch(handle, session.report.backend)
     _point_env_at(branch)
-    guard = _state(request.config).guard
-    endpoints = _endpoints(handle)
-    for endpoint in endpoints if guard is not None else ():
-        guard.add_endpoint(endpoint)  # type: ignore[union-attr]
     try:
-        yield branch
+        with also_allowed(_state(request.config), handle):
+            yield branch
     finally:
-        for endpoint in endpoints if guard is not None else ():
-            guard.remove_endpoint(endpoint)  # type: ignore[union-attr]
         _point_env_at(neon_branch)
         session.drop_test_branch(handle)
 

@@ -28,6 +28,7 @@ from pytest_cathouse_harness.fixtures import (  # noqa: F401  (pytest finds fixt
     reset_branch,
     service_engine,
 )
+from pytest_cathouse_harness.guard import fail_on_refusal, unguard
 from pytest_cathouse_harness.options import (
     ENV_ISOLATED,
     add_options,
@@ -203,17 +204,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    state = item.config.stash.get(state_key, None)
-    refusals = state.guard.take_refusals() if state is not None and state.guard is not None else []
-    if refusals:
-        # the refusal's one line, not the driver's traceback around it; failed whatever the
-        # test did with the error (caught it, skipped, xfail): a silently green run is what
-        # the guard exists against
-        more = f" (and {len(refusals) - 1} more refused)" if len(refusals) > 1 else ""
-        report.outcome = "failed"
-        report.longrepr = f"{refusals[0]}{more}"
-        if hasattr(report, "wasxfail"):
-            del report.wasxfail
+    fail_on_refusal(item.config.stash.get(state_key, None), report)
     if not item.config.getoption("cathouse_show_secrets"):
         scrub_report(report)
     if report.failed and PLACEHOLDER_HOST in report.longreprtext:
@@ -243,6 +234,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if state is None:
         return
     _close_broker(state)  # when the session never finished (an internal error)
+    unguard(state)  # likewise: this process's drivers go back as they were
     for name, value in state.saved_env.items():
         if value is None:
             os.environ.pop(name, None)
