@@ -40,11 +40,12 @@ class ServiceSources:
     toml_table: str
     script_dir: Path
     version_dirs: tuple[Path, ...]
+    workdir: Path | None = None  # the service's configured `directory`
 
     @property
     def directory(self) -> Path:
         """Where a user runs `alembic` for this service: relative paths start here."""
-        return (self.ini or self.toml or self.script_dir).parent
+        return self.workdir or (self.ini or self.toml or self.script_dir).parent
 
     @property
     def env_py(self) -> Path:
@@ -176,7 +177,9 @@ def _read_service_sources(service: ServiceConfig) -> ServiceSources:
         if not location:
             where = "its [alembic] section" + (f" nor [tool.alembic] of {toml}" if toml else "")
             raise _AlembicIniError(f"no script_location in {where}")
-        base = config_file.parent
+        # Relative paths are taken from where the service's Alembic runs (Alembic takes
+        # them from the working directory): its configured directory, else the ini's.
+        base = service.directory or config_file.parent
         script_dir = _to_path(str(location), base)
         configured = _version_locations(parser, table)
     except (_AlembicIniError, configparser.Error, OSError, ValueError, KeyError, ImportError) as exc:
@@ -187,7 +190,7 @@ def _read_service_sources(service: ServiceConfig) -> ServiceSources:
         ) from None
     version_dirs = tuple(_to_path(v, base) for v in configured) if configured else (script_dir / "versions",)
     toml_text = repr(sorted(table.items())) if table else ""
-    return ServiceSources(ini, toml, toml_text, script_dir, version_dirs)
+    return ServiceSources(ini, toml, toml_text, script_dir, version_dirs, service.directory)
 
 
 def migration_fingerprint(settings: Settings) -> str:
@@ -202,6 +205,8 @@ def migration_fingerprint(settings: Settings) -> str:
     for service in settings.migrating_services:
         add("service", service.name.encode())
         add("schema", (service.schema or "").encode())
+        if service.target is not None:  # a subset of the heads is another schema
+            add("target", "\0".join(service.target).encode())
         sources = service_sources(service)
         if sources.toml_table:
             add("tool.alembic", sources.toml_table.encode())

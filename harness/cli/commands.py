@@ -35,7 +35,7 @@ def _migration_rows(results: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def _run_migrations(ctx: Context, direct_url: str, report: Callable[[str], None],
-                    target: str = "head") -> list[Any]:
+                    target: str | None = None) -> list[Any]:
     """Migrate every service; `report` gets each service's line as soon as it is done."""
     from cathouse_harness.migrate.all_services import migrate_all
 
@@ -329,7 +329,7 @@ def cmd_migrate(ctx: Context) -> int:
     results = _run_migrations(ctx, url, report, ctx.args.target)
     ctx.emit(
         {"migrations": _migration_rows(results), "changed": any(r.changed for r in results)},
-        [summary_line(results, ctx.args.target, time.perf_counter() - started)],
+        [summary_line(results, time.perf_counter() - started)],
     )
     return 0
 

@@ -41,6 +41,9 @@ class ServiceProposal:
     max_overflow: int
     after: tuple[str, ...]  # services it references, which therefore migrate first
     notes: tuple[str, ...]  # where each value came from
+    # where its Alembic runs from, relative to the project ("." for the root); None: the
+    # ini's own directory, the default
+    directory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,10 @@ class Proposal:
                 f"name = {_toml_string(service.name)}",
                 f"schema = {_toml_string(service.schema)}",
                 f"alembic_ini = {_toml_string(service.alembic_ini)}",
+            ]
+            if service.directory is not None:
+                lines.append(f"directory = {_toml_string(service.directory)}")
+            lines += [
                 f"pool_size = {service.pool_size}",
                 f"max_overflow = {service.max_overflow}",
             ]
@@ -75,6 +82,7 @@ class Proposal:
             "services": [
                 {
                     "name": s.name, "schema": s.schema, "alembic_ini": s.alembic_ini,
+                    "directory": s.directory,
                     "pool_size": s.pool_size, "max_overflow": s.max_overflow,
                     "after": list(s.after), "notes": list(s.notes),
                 }
@@ -165,6 +173,7 @@ class _Candidate:
     alembic_ini: str
     references: Mapping[str, str]  # schema -> "auth.users.id in versions/0002_x.py", first seen
     notes: tuple[str, ...]
+    directory: str | None = None
 
 
 def _schema_of(setup: AlembicSetup, project_dir: Path) -> tuple[str, list[str], dict[str, str]]:
@@ -222,8 +231,13 @@ def _candidate(setup: AlembicSetup, project_dir: Path) -> _Candidate:
         notes.append("script_location is a package resource: env.py and revisions not read")
     elif not setup.script_dir.is_dir():
         notes.append(f"script_location {setup.script_dir} does not exist")
+    directory = None
+    if setup.directory is not None and setup.directory != setup.ini.parent:
+        directory = _relative(setup.directory, project_dir)  # "." for the root itself
+        notes.append(f"directory {directory!r}: script_location {setup.script_location} "
+                     f"resolves from there, not from {_relative(setup.ini.parent, project_dir)}/")
     schema, schema_notes, references = _schema_of(setup, project_dir)
-    return _Candidate(name, schema, alembic_ini, references, tuple(notes + schema_notes))
+    return _Candidate(name, schema, alembic_ini, references, tuple(notes + schema_notes), directory)
 
 
 # -- the project -----------------------------------------------------------------------------
@@ -305,7 +319,7 @@ def propose(project_dir: Path) -> Proposal:
     inis, notes = find_alembic_inis(project_dir)
     candidates = []
     for ini in inis:
-        setup = read_setup(ini)
+        setup = read_setup(ini, project_dir)
         if isinstance(setup, Skipped):
             notes.append(f"skipped {_relative(ini, project_dir)}: it {setup.reason}")
             continue
@@ -335,7 +349,7 @@ def propose(project_dir: Path) -> Proposal:
         order_note = "order: " + ("; ".join(why) if why else "no foreign key into another service's schema")
         services.append(ServiceProposal(
             name=name, schema=c.schema, alembic_ini=c.alembic_ini, pool_size=size,
-            max_overflow=overflow, after=after, notes=(*c.notes, order_note),
+            max_overflow=overflow, after=after, notes=(*c.notes, order_note), directory=c.directory,
         ))
     return Proposal(project_dir, limit, tuple(services), tuple(notes))
 

@@ -14,7 +14,9 @@ from typing import Any
 from cathouse_harness.config.values import parse_bool, parse_int
 from cathouse_harness.errors import ConfigError
 
-_SERVICE_KEYS = {"name", "schema", "alembic_ini", "pool_size", "max_overflow", "read_only"}
+_SERVICE_KEYS = {
+    "name", "schema", "alembic_ini", "pool_size", "max_overflow", "read_only", "target", "directory",
+}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -28,6 +30,13 @@ class ServiceConfig:
     pool_size: int = 2
     max_overflow: int = 1
     read_only: bool = False
+    # What `alembic upgrade` is given: None is the default (`head`, or what a history with
+    # several heads needs, see `cathouse_harness.migrate.heads`); else one or more
+    # revisions, branch labels or `heads`, upgraded to in order.
+    target: tuple[str, ...] | None = None
+    # Where the service's Alembic runs from (its users' `alembic -c …` directory); None:
+    # the directory of its alembic.ini.
+    directory: Path | None = None
 
     @property
     def max_connections(self) -> int:
@@ -81,9 +90,44 @@ def parse_services(raw: Any, root: Path, source: str) -> tuple[ServiceConfig, ..
                 pool_size=pool_size,
                 max_overflow=max_overflow,
                 read_only=read_only,
+                target=_target(entry.get("target"), f"{where}.target", source),
+                directory=_directory(entry.get("directory"), f"{where}.directory", root, source),
             )
         )
     return tuple(services)
+
+
+def _target(raw: Any, key: str, source: str) -> tuple[str, ...] | None:
+    """`"heads"`, `"core@head"` or a list of such; None when the key is absent."""
+    if raw is None:
+        return None
+    items = [raw] if isinstance(raw, str) else raw
+    if (
+        not isinstance(items, list)
+        or not items
+        or not all(isinstance(item, str) and item.strip() and item == item.strip() for item in items)
+    ):
+        raise ConfigError(
+            f"{raw!r} is not a revision or a list of revisions",
+            key=key,
+            source=source,
+            hint='use "head", "heads", a branch label such as "core@head", or a list of them',
+        )
+    return tuple(items)
+
+
+def _directory(raw: Any, key: str, root: Path, source: str) -> Path | None:
+    if raw is None:
+        return None
+    directory = (root / raw).resolve() if isinstance(raw, str) and raw.strip() else None
+    if directory is None or not directory.is_dir():
+        raise ConfigError(
+            f"{raw!r} is not a directory (looked at {directory or root})",
+            key=key,
+            source=source,
+            hint="the directory Alembic runs from, relative to the pyproject.toml",
+        )
+    return directory
 
 
 def _check_schema(schema: Any, key: str, source: str, owners: dict[str, str]) -> None:

@@ -50,6 +50,7 @@ ENV_NAMES: dict[str, str] = {
     "keep_branch": "CATHOUSE_KEEP_BRANCH",
     "local_storage": "CATHOUSE_LOCAL_STORAGE",
     "worker_isolation": "CATHOUSE_WORKER_ISOLATION",
+    "postgres_bin": "CATHOUSE_POSTGRES_BIN",
 }
 
 _TOML_KEYS = {
@@ -68,6 +69,7 @@ _TOML_KEYS = {
     "local_storage",
     "worker_isolation",
     "allow_connections",
+    "postgres_bin",
 }
 
 
@@ -99,6 +101,9 @@ class Settings:
     # PostgreSQL servers other than the branch that tests may reach on purpose
     # (`cathouse_harness.db.guard` refuses every other one while a session holds a branch)
     allow_connections: tuple[AllowedTarget, ...] = ()
+    # which PostgreSQL the embedded default runs (cathouse_harness.local.pg_choice): a bin
+    # directory, "wheel" or "system"; None is auto (a system one when installed)
+    postgres_bin: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
@@ -335,6 +340,12 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
     if "worker_isolation" in raw:
         values["worker_isolation"] = raw.choice(
             "worker_isolation", ("database", "branch"), "'database' or 'branch'"
+        )
+    if "postgres_bin" in raw:
+        from cathouse_harness.local.pg_choice import check_choice
+
+        values["postgres_bin"] = check_choice(
+            str(raw["postgres_bin"]), source=raw.src("postgres_bin"), base=root
         )
     if "migration_sources" in raw:
         values["migration_sources"] = parse_sources(

@@ -33,7 +33,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
@@ -55,6 +55,9 @@ class Target:
     port: str  # as given ("5432" when none); several joined by ","
     database: str
     dsn: str | None = None  # the URL or conninfo as given, for the message
+    # what the call gives as password: a policy may judge it (a migration refuses
+    # SQLAlchemy's mask); never shown
+    password: str | None = field(default=None, repr=False, compare=False)
 
     def endpoints(self) -> list[tuple[str, int]]:
         """Every (host, port) the call may try; a port that is no number is -1."""
@@ -157,7 +160,8 @@ def refused_in(exc: BaseException) -> GuardRefusal | None:
 # -- reading a connect call ---------------------------------------------------------------
 
 
-def _check(host: Any, port: Any, database: Any, dsn: str | None = None) -> None:
+def _check(host: Any, port: Any, database: Any, dsn: str | None = None,
+           password: Any = None) -> None:
     policy = _current
     if policy is None:
         return
@@ -171,14 +175,16 @@ def _check(host: Any, port: Any, database: Any, dsn: str | None = None) -> None:
     if isinstance(port, list | tuple):
         port = ",".join(str(p) for p in port)
     policy.check(Target(str(host or "").lower(), str(port or ""), str(database or ""),
-                        str(dsn) if dsn else None))
+                        str(dsn) if dsn else None, str(password) if password else None))
 
 
 def _check_url_or_params(dsn: str | None, params: dict[str, Any], *, db_key: str) -> None:
     """asyncpg-style call: a URL and/or keyword arguments (keywords win, as in asyncpg)."""
     host, port, database = params.get("host"), params.get("port"), params.get(db_key)
+    password: Any = params.get("password")
     if dsn and "://" in dsn:
         parts = urlsplit(dsn)
+        password = password or (unquote(parts.password) if parts.password else None)
         url_hosts, url_ports = _netloc_hosts(parts.netloc.rpartition("@")[2])
         host = host or url_hosts
         port = port or url_ports
@@ -188,7 +194,8 @@ def _check_url_or_params(dsn: str | None, params: dict[str, Any], *, db_key: str
             host = (query.get("host") or query.get("hostaddr") or [host])[-1]
             port = (query.get("port") or [port])[-1]
             database = (query.get("dbname") or query.get("database") or [database])[-1]
-    _check(host, port, database, dsn)
+            password = (query.get("password") or [password])[-1]
+    _check(host, port, database, dsn, password)
 
 
 def _netloc_hosts(netloc: str) -> tuple[str, str]:
@@ -224,7 +231,8 @@ def _check_conninfo(conninfo: str, params: dict[str, Any]) -> None:
 def _check_libpq_params(params: dict[str, Any], conninfo: str | None = None) -> None:
     # the socket goes to hostaddr when one is given, whatever host says
     host = params.get("hostaddr") or params.get("host")
-    _check(host, params.get("port"), params.get("dbname") or params.get("database"), conninfo)
+    _check(host, params.get("port"), params.get("dbname") or params.get("database"), conninfo,
+           params.get("password"))
 
 
 _KEYWORD = re.compile(r"\s*(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")

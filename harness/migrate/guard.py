@@ -6,7 +6,9 @@ of its own, or loads a `.env` over ours, would migrate whatever database that na
 So for the length of each Alembic command a policy of the connection guard
 (`cathouse_harness.db.guard`, the one that also keeps a test session on its branch) allows
 the branch's direct endpoint and database only: a connection to anything else raises
-`ForeignDatabaseRefused` before a socket opens, so no statement is ever sent there.
+`ForeignDatabaseRefused` before a socket opens, so no statement is ever sent there. A
+connection to the branch with SQLAlchemy's password mask (`str(url)` handed on) raises
+`MaskedPasswordRefused` instead of the server's "password authentication failed".
 
 The guard is process-wide, not per thread: an env.py may connect from a thread or an
 event loop of its own. So commands in one process take turns (a lock held for the
@@ -43,6 +45,24 @@ class ForeignDatabaseRefused(GuardRefusal):
         )
 
 
+# What SQLAlchemy's str(url) and repr(url) put where the password was.
+MASKED_PASSWORD = "***"
+
+
+class MaskedPasswordRefused(GuardRefusal):
+    """An env.py handed on a URL whose password is SQLAlchemy's mask, not the password."""
+
+    def __init__(self, env_py: Path | None, service: str | None = None) -> None:
+        where = str(env_py) if env_py else "a migration"
+        prefix = f"service {service}: " if service else ""
+        super().__init__(
+            f"{prefix}{where} connects with the password '{MASKED_PASSWORD}': str(url) of a "
+            "SQLAlchemy URL hides the password, so the server would refuse it",
+            hint="pass the URL object itself, or url.render_as_string(hide_password=False), "
+            "or read MIGRATION_DATABASE_URL",
+        )
+
+
 class _MigrationOnly:
     """The branch's direct endpoint and the database being migrated, nothing else."""
 
@@ -53,9 +73,12 @@ class _MigrationOnly:
 
     def check(self, target: Target) -> None:
         wanted = (self.allowed.host, self.allowed.port)
-        if target.database == self.allowed.database and target.endpoints() == [wanted]:
-            return
-        raise ForeignDatabaseRefused(self.env_py, target.describe(), self.allowed, self.service)
+        if target.database != self.allowed.database or target.endpoints() != [wanted]:
+            raise ForeignDatabaseRefused(self.env_py, target.describe(), self.allowed, self.service)
+        # before the server answers "password authentication failed" (a branch's
+        # password, generated, is never the mask)
+        if target.password == MASKED_PASSWORD:
+            raise MaskedPasswordRefused(self.env_py, self.service)
 
 
 _lock = threading.RLock()

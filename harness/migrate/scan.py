@@ -31,6 +31,9 @@ class AlembicSetup:
     script_location: str  # as written, %(here)s substituted
     script_dir: Path | None  # None for a package resource
     version_dirs: tuple[Path, ...]
+    # where relative paths resolve, i.e. where its users run `alembic`: the ini's directory,
+    # or the project root for an ini whose script_location is written from there
+    directory: Path | None = None
 
     @property
     def env_py(self) -> Path | None:
@@ -75,8 +78,11 @@ class RevisionFacts:
     unreadable: tuple[Path, ...]
 
 
-def read_setup(ini: Path) -> AlembicSetup | Skipped:
-    """The setup `ini` configures, with `[tool.alembic]` of a pyproject.toml beside it."""
+def read_setup(ini: Path, root: Path | None = None) -> AlembicSetup | Skipped:
+    """The setup `ini` configures, with `[tool.alembic]` of a pyproject.toml beside it.
+
+    A relative script_location is looked for from the ini's directory, then from `root`
+    (a project that runs `alembic -c svc/alembic.ini` from its root)."""
     from alembic.config import Config
     from alembic.util import CommandError
 
@@ -96,11 +102,14 @@ def read_setup(ini: Path) -> AlembicSetup | Skipped:
             ini, "has no script_location (in [alembic] or a pyproject.toml [tool.alembic] beside it)"
         )
     location = location.strip()
-    script_dir = _resolve(ini, location)
+    directory = _run_directory(ini, location, root)
+    script_dir = _resolve(directory, location)
     if script_dir is None:
         version_dirs: tuple[Path, ...] = ()
     elif versions:
-        version_dirs = tuple(d for d in (_resolve(ini, v.strip()) for v in versions if v.strip()) if d)
+        version_dirs = tuple(
+            d for d in (_resolve(directory, v.strip()) for v in versions if v.strip()) if d
+        )
     else:
         version_dirs = (script_dir / "versions",)
     return AlembicSetup(
@@ -109,16 +118,26 @@ def read_setup(ini: Path) -> AlembicSetup | Skipped:
         script_location=location,
         script_dir=script_dir,
         version_dirs=version_dirs,
+        directory=directory,
     )
 
 
-def _resolve(ini: Path, location: str) -> Path | None:
-    # A relative path is taken from the ini's directory: what a user running `alembic`
-    # from the service's own directory gets (Alembic itself uses the working directory).
+def _run_directory(ini: Path, location: str, root: Path | None) -> Path:
+    """The ini's directory, unless script_location only exists taken from `root`."""
+    resolved = _resolve(ini.parent, location)
+    if resolved is None or resolved.is_dir() or root is None:
+        return ini.parent
+    from_root = _resolve(root, location)
+    return root if from_root is not None and from_root.is_dir() else ini.parent
+
+
+def _resolve(directory: Path, location: str) -> Path | None:
+    # A relative path is taken from where the service's Alembic runs (Alembic itself uses
+    # the working directory).
     if _RESOURCE.match(location) and not Path(location).exists():
         return None
     path = Path(location)
-    return (path if path.is_absolute() else ini.parent / path).resolve()
+    return (path if path.is_absolute() else directory / path).resolve()
 
 
 # -- Python sources, parsed -------------------------------------------------------------
