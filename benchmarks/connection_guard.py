@@ -1,6 +1,6 @@
 """What the connection guard adds to a connect: guarded against unguarded, same process.
 
-    python benchmarks/connection_guard.py [--connects 40] [--reps 5] [--checks 20000]
+    python benchmarks/connection_guard.py [--connects 40] [--reps 9] [--checks 20000]
 
 An in-memory embedded PostgreSQL stands in for the session's branch. For each driver
 (psycopg, psycopg2, asyncpg, SQLAlchemy on asyncpg), a round of `--connects` connects and
@@ -65,7 +65,7 @@ def _connectors(url: str) -> dict[str, Callable[[], None]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connects", type=int, default=40)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--checks", type=int, default=20000)
     args = parser.parse_args()
 
