@@ -363,6 +363,12 @@ def cmd_init(ctx: Context) -> int:
             ctx.progress.say(f"  {note}")
     for note in proposal.notes:
         ctx.progress.say(note)
+    for line in proposal.env.lines:
+        ctx.progress.say(f"env {line.name} = {line.template}: {line.where}")
+    if proposal.env.url_driver:
+        ctx.progress.say(f"url_driver {proposal.env.url_driver}: {proposal.env.driver_from}")
+    for note in proposal.env.notes:
+        ctx.progress.say(note)
     problem: HarnessError | None = None
     written: tuple[Path, str] | None = None
     try:

@@ -130,9 +130,14 @@ def _directory(raw: Any, key: str, root: Path, source: str) -> Path | None:
     return directory
 
 
+def plain_identifier(text: str) -> bool:
+    """What a service's schema must be: a SQL identifier that needs no quoting."""
+    return bool(_IDENT.match(text))
+
+
 def _check_schema(schema: Any, key: str, source: str, owners: dict[str, str]) -> None:
     """A plain SQL identifier no other service already claimed (`owners`: schema -> service)."""
-    if not isinstance(schema, str) or not _IDENT.match(schema):
+    if not isinstance(schema, str) or not plain_identifier(schema):
         raise ConfigError(f"schema {schema!r} is not a plain SQL identifier", key=key, source=source)
     if schema in owners:
         raise ConfigError(

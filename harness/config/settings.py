@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cathouse_harness.config.services import ServiceConfig, check_pool_budget, parse_services, parse_sources
-from cathouse_harness.config.values import parse_bool, parse_int, parse_ttl
+from cathouse_harness.config.values import check_postgres_bin, parse_bool, parse_int, parse_ttl
 from cathouse_harness.db.guard import AllowedTarget, parse_allowed
 from cathouse_harness.errors import ConfigError
 from cathouse_harness.support import env
@@ -70,7 +70,14 @@ _TOML_KEYS = {
     "worker_isolation",
     "allow_connections",
     "postgres_bin",
+    "env",
+    "url_driver",
 }
+URL_DRIVERS = ("asyncpg", "psycopg", "psycopg2", "libpq")
+# what a template in [tool.cathouse_harness.env] may name (issue #23)
+ENV_PLACEHOLDERS = frozenset({"host", "port", "user", "password", "database", "sslmode", "sslrootcert"})
+_URL_PLACEHOLDER = re.compile(r"^(url|direct_url)(?::(asyncpg|psycopg|psycopg2|libpq))?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,10 @@ class Settings:
     # which PostgreSQL the embedded default runs (cathouse_harness.local.pg_choice): a bin
     # directory, "wheel" or "system"; None is auto (a system one when installed)
     postgres_bin: str | None = None
+    # the project's own variable names -> templates over the branch ({host}, {url:psycopg}…);
+    # read here so that init's proposals load (the "appenv" branch gives them their meaning)
+    env: Mapping[str, str] = field(default_factory=dict)
+    url_driver: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
@@ -185,17 +196,21 @@ def _read_pyproject(root: Path) -> tuple[dict[str, Any], str]:
     except OSError as exc:
         raise ConfigError(f"cannot be read ({exc.strerror})", key=str(path)) from None
     table = data.get("tool", {}).get("cathouse_harness", {})
+    _check_table(table, str(path))
+    return table, f"{path} [{TOOL_TABLE}]"
+
+
+def _check_table(table: Any, source: str) -> None:
     if not isinstance(table, dict):
-        raise ConfigError("must be a table", key=f"[{TOOL_TABLE}]", source=str(path))
+        raise ConfigError("must be a table", key=f"[{TOOL_TABLE}]", source=source)
     unknown = sorted(set(table) - _TOML_KEYS)
     if unknown:
         raise ConfigError(
             f"unknown key {unknown[0]!r}",
             key=f"[{TOOL_TABLE}]",
-            source=str(path),
+            source=source,
             hint=f"known keys: {', '.join(sorted(_TOML_KEYS))}",
         )
-    return table, f"{path} [{TOOL_TABLE}]"
 
 
 def _read_dotenv(path: Path) -> dict[str, str]:
@@ -222,14 +237,21 @@ def load_settings(
     options: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     use_dotenv: bool = True,
+    table: tuple[dict[str, Any], str] | None = None,
 ) -> Settings:
-    """Read settings for the project at or above `start` (default: the working directory)."""
-    root = find_project_root(Path(start) if start else Path.cwd())
+    """Read settings for the project at or above `start` (default: the working directory).
+    `table` (the table, its source) stands in for the pyproject.toml's: `start` is then the
+    root (init checks what it proposes with this)."""
+    if table is not None:
+        _check_table(table[0], table[1])
+    start_dir = Path(start) if start else Path.cwd()
+    root = start_dir.resolve() if table else find_project_root(start_dir)
     raw = _RawValues.collect(
         root,
         options={k: v for k, v in (options or {}).items() if v is not None},
         environ=os.environ if environ is None else environ,
         use_dotenv=use_dotenv,
+        given=table,
     )
     values: dict[str, Any] = {"project_root": root, "sources": raw.sources}
     values.update(_connection_values(raw))
@@ -249,10 +271,12 @@ class _RawValues:
 
     @classmethod
     def collect(
-        cls, root: Path, *, options: Mapping[str, Any], environ: Mapping[str, str], use_dotenv: bool
+        cls, root: Path, *, options: Mapping[str, Any], environ: Mapping[str, str], use_dotenv: bool,
+        given: tuple[dict[str, Any], str] | None = None,
     ) -> _RawValues:
-        """The first place that sets each key, in precedence order."""
-        table, toml_source = _read_pyproject(root)
+        """The first place that sets each key, in precedence order; `given` stands in for
+        the pyproject.toml's table."""
+        table, toml_source = given or _read_pyproject(root)
         dotenv_path = root / ".env"
         dotenv = _read_dotenv(dotenv_path) if use_dotenv else {}
         raw: dict[str, Any] = {}
@@ -342,9 +366,7 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
             "worker_isolation", ("database", "branch"), "'database' or 'branch'"
         )
     if "postgres_bin" in raw:
-        from cathouse_harness.local.pg_choice import check_choice
-
-        values["postgres_bin"] = check_choice(
+        values["postgres_bin"] = check_postgres_bin(
             str(raw["postgres_bin"]), source=raw.src("postgres_bin"), base=root
         )
     if "migration_sources" in raw:
@@ -353,7 +375,31 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
         )
     if "allow_connections" in raw:
         values["allow_connections"] = _allowed_targets(raw["allow_connections"], raw.src("allow_connections"))
+    if "url_driver" in raw:
+        values["url_driver"] = raw.choice("url_driver", URL_DRIVERS, f"one of {', '.join(URL_DRIVERS)}")
+    if "env" in raw:
+        values["env"] = parse_env_table(raw["env"], "env", raw.src("env"))
     return values
+
+
+def parse_env_table(raw: Any, key: str, source: str) -> dict[str, str]:
+    """NAME = "template" pairs; each name an environment variable name, each template's
+    placeholders known ones."""
+    if not isinstance(raw, dict):
+        raise ConfigError("must be a table of NAME = \"template\"", key=key, source=source)
+    for name, template in raw.items():
+        if not _ENV_NAME.match(name):
+            raise ConfigError(f"{name!r} is not an environment variable name", key=key, source=source)
+        if not isinstance(template, str):
+            raise ConfigError(f"{name} must be a string", key=key, source=source)
+        for placeholder in re.findall(r"\{([^{}]*)\}", template):
+            if placeholder not in ENV_PLACEHOLDERS and not _URL_PLACEHOLDER.match(placeholder):
+                raise ConfigError(
+                    f"{name}: unknown placeholder {{{placeholder}}}", key=key, source=source,
+                    hint="known: {host} {port} {user} {password} {database} {sslmode} {sslrootcert} "
+                    "{url} {direct_url}, the URLs with :asyncpg, :psycopg, :psycopg2 or :libpq",
+                )
+    return dict(raw)
 
 
 def _allowed_targets(value: Any, source: str) -> tuple[AllowedTarget, ...]:

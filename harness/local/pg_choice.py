@@ -16,12 +16,16 @@ directory to remove; nothing here ever removes a cluster.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cathouse_harness.errors import ConfigError, LocalServerError
+# The value is checked where the settings are read (config.values), so loading the
+# settings never imports the embedded default.
+from cathouse_harness.config.values import POSTGRES_BIN_ENV as ENV_VAR
+from cathouse_harness.config.values import check_postgres_bin as check_choice
+from cathouse_harness.config.values import has_postgres_binaries as _has_binaries
+from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.pg_binaries import (
     OsUser,
     can_reach,
@@ -33,10 +37,7 @@ from cathouse_harness.support.log import get_logger
 
 log = get_logger("local.postgres")
 
-ENV_VAR = "CATHOUSE_POSTGRES_BIN"
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
-KEYWORDS = ("auto", "wheel", "system")
-_NEEDED = ("postgres", "initdb")
 _NAMED_BY = f"postgres_bin / {ENV_VAR}"
 
 Origin = Literal["wheel", "system", "named"]
@@ -64,10 +65,6 @@ class PgInstall:
         return f"PostgreSQL {self.version} from {self.bin_dir}"
 
 
-def _has_binaries(bin_dir: Path) -> bool:
-    return all(os.access(bin_dir / name, os.X_OK) for name in _NEEDED)
-
-
 def system_bin_dirs(root: Path = DEBIAN_ROOT) -> list[Path]:
     """Debian's PostgreSQL bin directories, newest major first."""
     try:
@@ -76,30 +73,6 @@ def system_bin_dirs(root: Path = DEBIAN_ROOT) -> list[Path]:
         return []
     found = [major / "bin" for major in majors if _has_binaries(major / "bin")]
     return sorted(found, key=lambda path: int(path.parent.name), reverse=True)
-
-
-def check_choice(value: str | None, *, source: str = ENV_VAR, base: Path | None = None) -> str | None:
-    """The choice normalised (a keyword, or a bin directory's absolute path), or None for
-    `auto`; a bad one is one line (ConfigError) naming where it came from. A relative
-    path is taken from `base` (the project's root, for pyproject.toml)."""
-    text = (value or "").strip()
-    if not text or text.lower() == "auto":
-        return None
-    if text.lower() in KEYWORDS:
-        return text.lower()
-    path = Path(text).expanduser()
-    if base is not None and not path.is_absolute():
-        path = base / path
-    if path.is_dir() and (path / "bin").is_dir() and not _has_binaries(path):
-        path = path / "bin"  # the installation's root given for its bin directory
-    if not path.is_absolute() or not path.is_dir() or not _has_binaries(path):
-        raise ConfigError(
-            f"{text!r} is not a PostgreSQL bin directory (one holding postgres and initdb)",
-            key="postgres_bin",
-            source=source,
-            hint="name one (e.g. /usr/lib/postgresql/15/bin), or 'wheel', 'system' or 'auto'",
-        )
-    return str(path.resolve())
 
 
 def data_major(data_dir: Path) -> str | None:
