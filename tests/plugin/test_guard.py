@@ -128,7 +128,7 @@ def test_without_the_mapping_the_run_is_red_with_one_line_and_reaches_nothing(
             "DATABASE__HOSTNAME/DATABASE__PORT) refused before it opened: it is not this "
             "session's branch (map the project's own variables onto the branch in "
             "[tool.cathouse_harness.env], or name this target in allow_connections if the "
-            "test means it (README 'Only the branch is reachable'))"
+            "test means it; README 'Only the branch is reachable')"
         ]
     assert DEV_PASSWORD not in output and "Traceback" not in output
     assert "psycopg" not in "\n".join(line for line in result.stdout.lines if line.startswith("E "))
