@@ -22,6 +22,7 @@ from cathouse_harness.db.urls import endpoint_of
 from cathouse_harness.errors import ConfigError, HarnessError
 from cathouse_harness.support import env
 from cathouse_harness.support.redact import redact_url
+from pytest_cathouse_harness.guard import also_allowed, guard_branch, unguard
 from pytest_cathouse_harness.state import HarnessState, state_key
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ def cathouse_branch_session(
     if error is not None:  # outside the except: its report is the one line, no chain
         session.finish()
         _stop_for_setup_error(request, state, error)
+    guard_branch(state, cathouse_settings, session.handle)
     try:
         yield session
     finally:
@@ -111,6 +113,8 @@ def cathouse_branch_session(
         except HarnessError as exc:
             # One line naming the branch and its cleanup command, not a traceback.
             pytest.fail(str(exc), pytrace=False)
+        finally:
+            unguard(state)
 
 
 def _stop_for_setup_error(request: pytest.FixtureRequest, state: HarnessState, exc: HarnessError) -> NoReturn:
@@ -170,7 +174,7 @@ def neon_branch(cathouse_branch_session: BranchSession) -> NeonBranch:
 
 @pytest.fixture
 def branch_per_test(
-    neon_branch: NeonBranch, cathouse_branch_session: BranchSession
+    request: pytest.FixtureRequest, neon_branch: NeonBranch, cathouse_branch_session: BranchSession
 ) -> Iterator[NeonBranch]:
     """A branch of this test's own, forked from the migrated template and deleted after
     it: for code that commits across connections, where db_session's rollback cannot
@@ -182,7 +186,8 @@ def branch_per_test(
     branch = _neon_branch(handle, session.report.backend)
     _point_env_at(branch)
     try:
-        yield branch
+        with also_allowed(_state(request.config), handle):
+            yield branch
     finally:
         _point_env_at(neon_branch)
         session.drop_test_branch(handle)

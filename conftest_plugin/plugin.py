@@ -29,6 +29,7 @@ from pytest_cathouse_harness.fixtures import (  # noqa: F401  (pytest finds fixt
     reset_branch,
     service_engine,
 )
+from pytest_cathouse_harness.guard import fail_on_refusal, unguard
 from pytest_cathouse_harness.options import (
     ENV_ISOLATED,
     add_options,
@@ -196,8 +197,21 @@ def _uses_branch(item: pytest.Item) -> bool:
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    state = item.config.stash.get(state_key, None)
+    if state is not None:
+        state.current_test = item.nodeid  # what a refused connection names
+    try:
+        return (yield)
+    finally:
+        if state is not None:
+            state.current_test = None
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
+    fail_on_refusal(item.config.stash.get(state_key, None), report)
     if not item.config.getoption("cathouse_show_secrets"):
         scrub_report(report)
     if report.failed and PLACEHOLDER_HOST in report.longreprtext:
@@ -227,6 +241,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if state is None:
         return
     _close_broker(state)  # when the session never finished (an internal error)
+    unguard(state)  # likewise: this process's drivers go back as they were
     for name, value in state.saved_env.items():
         if value is None:
             os.environ.pop(name, None)

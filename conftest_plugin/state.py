@@ -11,6 +11,7 @@ from cathouse_harness.db.rollback import KeptConnections
 
 if TYPE_CHECKING:
     from cathouse_harness.config.settings import Settings
+    from cathouse_harness.db.guard import BranchOnly
     from cathouse_harness.errors import ConfigError
     from cathouse_harness.session.branch_session import BranchSession
     from cathouse_harness.xdist.broker import BranchBroker
@@ -41,6 +42,10 @@ class HarnessState:
     saved_env: dict[str, str | None] = field(default_factory=dict)
     # db_session's engines and the connections it keeps between tests
     connections: KeptConnections = field(default_factory=KeptConnections)
+    # while the session holds a branch: the connection guard's policy, and the test
+    # running now (what a refusal names)
+    guard: BranchOnly | None = None
+    current_test: str | None = None
 
 
 state_key = pytest.StashKey[HarnessState]()

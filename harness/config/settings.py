@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from cathouse_harness.config.services import ServiceConfig, check_pool_budget, parse_services, parse_sources
 from cathouse_harness.config.values import check_postgres_bin, parse_bool, parse_int, parse_ttl
+from cathouse_harness.db.guard import AllowedTarget, parse_allowed
 from cathouse_harness.errors import ConfigError
 from cathouse_harness.support import env
 from cathouse_harness.support.redact import Secret
@@ -67,6 +68,7 @@ _TOML_KEYS = {
     "migration_sources",
     "local_storage",
     "worker_isolation",
+    "allow_connections",
     "postgres_bin",
     "env",
     "url_driver",
@@ -103,6 +105,9 @@ class Settings:
     # what an xdist worker gets of its own: a database on one branch the run's workers
     # share (one fork for the run), or a branch (a fork per worker)
     worker_isolation: WorkerIsolation = "database"
+    # PostgreSQL servers other than the branch that tests may reach on purpose
+    # (`cathouse_harness.db.guard` refuses every other one while a session holds a branch)
+    allow_connections: tuple[AllowedTarget, ...] = ()
     # which PostgreSQL the embedded default runs (cathouse_harness.local.pg_choice): a bin
     # directory, "wheel" or "system"; None is auto (a system one when installed)
     postgres_bin: str | None = None
@@ -368,6 +373,8 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
         values["migration_sources"] = parse_sources(
             raw["migration_sources"], root, raw.src("migration_sources")
         )
+    if "allow_connections" in raw:
+        values["allow_connections"] = _allowed_targets(raw["allow_connections"], raw.src("allow_connections"))
     if "url_driver" in raw:
         values["url_driver"] = raw.choice("url_driver", URL_DRIVERS, f"one of {', '.join(URL_DRIVERS)}")
     if "env" in raw:
@@ -393,6 +400,20 @@ def parse_env_table(raw: Any, key: str, source: str) -> dict[str, str]:
                     "{url} {direct_url}, the URLs with :asyncpg, :psycopg, :psycopg2 or :libpq",
                 )
     return dict(raw)
+
+
+def _allowed_targets(value: Any, source: str) -> tuple[AllowedTarget, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("must be a list of strings", key="allow_connections", source=source,
+                          hint='e.g. allow_connections = ["localhost:5433/reporting"]')
+    targets = []
+    for entry in value:
+        try:
+            targets.append(parse_allowed(entry))
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="allow_connections", source=source,
+                              hint="each entry is a PostgreSQL URL or host[:port][/database]") from None
+    return tuple(targets)
 
 
 def _backend(raw: _RawValues, values: Mapping[str, Any]) -> str:

@@ -1,0 +1,82 @@
+"""The plugin's side of the connection guard (`cathouse_harness.db.guard`): installed
+while the session holds a branch, and a refusal turned into the test's one-line failure.
+
+Called from the places that make or end the session's branch (the branch fixture, or a
+hook that makes it before the conftests load) and from the report hook; each call is
+cheap and safe to repeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import pytest
+from cathouse_harness.db.urls import endpoint_of
+from pytest_cathouse_harness.state import HarnessState
+
+if TYPE_CHECKING:
+    from cathouse_harness.branching.lifecycle import BranchHandle
+    from cathouse_harness.config.settings import Settings
+
+
+def guard_branch(state: HarnessState, settings: Settings, handle: BranchHandle | None) -> None:
+    """From now until `unguard`, connections reach this branch (its direct and pooled
+    endpoints, any database on them) and `allow_connections`, nothing else. Once per
+    session: whatever makes the branch first calls it."""
+    from cathouse_harness.db.guard import BranchOnly, install
+
+    if state.guard is not None or handle is None:
+        return
+    state.guard = BranchOnly(
+        endpoints(handle), settings.allow_connections,
+        who=lambda: state.current_test or "outside any test",
+        env_file=settings.project_root / ".env",
+    )
+    install(state.guard)
+
+
+def unguard(state: HarnessState) -> None:
+    guard, state.guard = state.guard, None
+    if guard is not None:
+        from cathouse_harness.db.guard import uninstall
+
+        uninstall(guard)
+
+
+@contextmanager
+def also_allowed(state: HarnessState, handle: BranchHandle) -> Iterator[None]:
+    """A branch a test gets of its own is reachable while it lives."""
+    guard, found = state.guard, endpoints(handle)
+    for endpoint in found if guard is not None else ():
+        guard.add_endpoint(endpoint)  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        for endpoint in found if guard is not None else ():
+            guard.remove_endpoint(endpoint)  # type: ignore[union-attr]
+
+
+def endpoints(handle: BranchHandle) -> list[tuple[str, int]]:
+    found = []
+    for url in (str(handle.direct_url), str(handle.pooled_url)):
+        endpoint = endpoint_of(url)
+        found.append((endpoint.host, endpoint.port))
+    return found
+
+
+def fail_on_refusal(state: HarnessState | None, report: pytest.TestReport) -> None:
+    """A test phase that met a refusal fails with the refusal's one line, not the driver's
+    traceback around it, whatever the test did with the error (caught it, skipped,
+    xfail): a silently green run is what the guard exists against."""
+    if state is None or state.guard is None:
+        return
+    refusals = state.guard.take_refusals()
+    if not refusals:
+        return
+    more = f" (and {len(refusals) - 1} more refused)" if len(refusals) > 1 else ""
+    report.outcome = "failed"
+    report.longrepr = f"{refusals[0]}{more}"
+    if hasattr(report, "wasxfail"):
+        del report.wasxfail
