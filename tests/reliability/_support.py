@@ -20,6 +20,7 @@ import httpx
 from cathouse_harness.branching.lifecycle import MARK, MARK_KIND, NAME_PREFIX
 from cathouse_harness.local.server import LocalServerInfo, ensure_local_server
 
+from tests._pins import SUITE_PINS
 from tests.plugin._support import copy_example
 
 REPO = Path(__file__).resolve().parents[2]
@@ -323,7 +324,7 @@ def make_project(directory: Path, tests: Mapping[str, str]) -> Path:
 def plugin_env(home: Path, run_id: str, **extra: str) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items()
-        if not k.startswith(("PYTEST_", "NEON_", "CATHOUSE_"))
+        if k in SUITE_PINS or not k.startswith(("PYTEST_", "NEON_", "CATHOUSE_"))
         and k not in ("DATABASE_URL", "MIGRATION_DATABASE_URL")
     }
     env.update({"CATHOUSE_HARNESS_HOME": str(home), "CATHOUSE_RUN_ID": run_id, "CI": "true"})

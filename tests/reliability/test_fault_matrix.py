@@ -26,6 +26,7 @@ import asyncpg
 import pytest
 from cathouse_harness.branching.lifecycle import MARK, MARK_KIND, MARK_RUN
 
+from tests._pins import SUITE_PINS
 from tests.reliability._cases import CRASH_FILE, TEST_FILE, add_revision
 from tests.reliability._support import (
     LocalNeon,
@@ -412,7 +413,7 @@ def _restart_with_new_key(lab: Lab) -> None:
     port = lab.neon.info.port
     stop_local_server(lab.home)
     (lab.home / "local-api-key").unlink()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CATHOUSE_")}
+    env = {k: v for k, v in os.environ.items() if k in SUITE_PINS or not k.startswith("CATHOUSE_")}
     subprocess.Popen(
         [sys.executable, "-m", "cathouse_harness.local.server", "--home", str(lab.home), "--port", str(port),
          "--daemon", "--idle-timeout", "900"],

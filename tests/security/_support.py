@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._pins import SUITE_PINS
+
 REPO = Path(__file__).resolve().parents[2]
 OTHER_UID = 65534  # nobody
 
@@ -45,7 +47,7 @@ def give_to_other_user(path: Path) -> None:
 def plugin_env(home: Path, **extra: str) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items()
-        if not k.startswith(("PYTEST_", "NEON_", "CATHOUSE_"))
+        if k in SUITE_PINS or not k.startswith(("PYTEST_", "NEON_", "CATHOUSE_"))
         and k not in ("DATABASE_URL", "MIGRATION_DATABASE_URL")
     }
     env.update({"CATHOUSE_HARNESS_HOME": str(home), "CI": "true"})
