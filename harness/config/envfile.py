@@ -48,10 +48,28 @@ def write_env_file(path: Path, values: dict[str, str], *, force: bool) -> None:
             key=str(path),
             hint="use --force to overwrite it, or --env-file to write elsewhere",
         )
-    lines = [ENV_MARK + " — holds passwords; keep it out of git", *(f"{k}={v}" for k, v in values.items())]
+    lines = [
+        ENV_MARK + " — holds passwords; keep it out of git",
+        *(f"{k}={_quoted(k, v, path)}" for k, v in values.items()),
+    ]
     # a temporary file made new (never a planted link), owner-only, renamed over the old
     write_private(path, "\n".join(lines) + "\n")
     ensure_gitignored(path)
+
+
+def _quoted(name: str, value: str, path: Path) -> str:
+    """`value` in single quotes: a shell that `source`s the file and python-dotenv then
+    read the same bytes (unquoted, a URL's `&` ends the shell's assignment; in double
+    quotes dotenv would expand `${...}`). They disagree on a backslash there and neither
+    takes a single quote, so a value holding one (or a line break) is refused, not mangled."""
+    if any(c in value for c in "'\\\n\r"):
+        raise ConfigError(
+            "holds a quote, backslash or line break, which a .env cannot carry for both the "
+            "shell and python-dotenv",
+            key=f"{path} {name}",
+            hint="map a placeholder without it in [tool.cathouse_harness.env]",
+        )
+    return f"'{value}'"
 
 
 def ensure_gitignored(path: Path) -> None:

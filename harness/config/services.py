@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cathouse_harness.config.app_env import AppEnv, parse_env
 from cathouse_harness.config.values import parse_bool, parse_int
 from cathouse_harness.errors import ConfigError
 
-_SERVICE_KEYS = {"name", "schema", "alembic_ini", "pool_size", "max_overflow", "read_only"}
+_SERVICE_KEYS = {"name", "schema", "alembic_ini", "pool_size", "max_overflow", "read_only", "env"}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -28,6 +29,9 @@ class ServiceConfig:
     pool_size: int = 2
     max_overflow: int = 1
     read_only: bool = False
+    # the names its migrations set from the branch's direct URL: its own `env` table over
+    # the top-level one (merged by `load_settings`)
+    env: AppEnv = AppEnv()
 
     @property
     def max_connections(self) -> int:
@@ -81,6 +85,7 @@ def parse_services(raw: Any, root: Path, source: str) -> tuple[ServiceConfig, ..
                 pool_size=pool_size,
                 max_overflow=max_overflow,
                 read_only=read_only,
+                env=parse_env(entry.get("env", {}), f"{where}.env", source),
             )
         )
     return tuple(services)

@@ -12,11 +12,12 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from cathouse_harness.config.app_env import DRIVERS, AppEnv, parse_env
 from cathouse_harness.config.services import ServiceConfig, check_pool_budget, parse_services, parse_sources
 from cathouse_harness.config.values import parse_bool, parse_int, parse_ttl
 from cathouse_harness.errors import ConfigError
@@ -66,6 +67,8 @@ _TOML_KEYS = {
     "migration_sources",
     "local_storage",
     "worker_isolation",
+    "env",
+    "url_driver",
 }
 
 
@@ -94,6 +97,11 @@ class Settings:
     # what an xdist worker gets of its own: a database on one branch the run's workers
     # share (one fork for the run), or a branch (a fork per worker)
     worker_isolation: WorkerIsolation = "database"
+    # the project's own variable names, set to the branch in the test process (and, with
+    # each service's own table, in its migrations): `cathouse_harness.config.app_env`
+    env: AppEnv = AppEnv()
+    # the driver form of DATABASE_URL / MIGRATION_DATABASE_URL; None: asyncpg's and plain
+    url_driver: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
@@ -323,8 +331,15 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
         values["keep_branch"] = raw.choice(
             "keep_branch", ("never", "on-failure", "always"), "one of never, on-failure, always"
         )
+    if "env" in raw:
+        values["env"] = parse_env(raw["env"], "env", raw.src("env"))
+    if "url_driver" in raw:
+        values["url_driver"] = raw.choice("url_driver", DRIVERS, f"one of {', '.join(DRIVERS)}")
     if "services" in raw:
-        values["services"] = parse_services(raw["services"], root, raw.src("services"))
+        services = parse_services(raw["services"], root, raw.src("services"))
+        # a service's migrations see the top-level names too, its own table winning
+        top = values.get("env", AppEnv())
+        values["services"] = tuple(replace(s, env=top.merged(s.env)) for s in services)
     if "local_storage" in raw:
         values["local_storage"] = raw.choice("local_storage", ("memory", "disk"), "'memory' or 'disk'")
     if "worker_isolation" in raw:

@@ -1,0 +1,115 @@
+"""The branch made before the project's conftest files are imported.
+
+pytest imports the initial conftests (and, through them, the application and its
+settings) from `pytest_load_initial_conftests`, before `pytest_configure`. A project that
+maps its own variables onto the branch (`[tool.cathouse_harness.env]`) reads them right
+there, so for such a project the plugin makes the session's branch in that hook (see
+`plugin.pytest_load_initial_conftests`) and sets the variables before the first import.
+A project without the table keeps the lazy path: no branch, no API call until a test asks
+for a fixture.
+
+Under xdist the controller runs no tests: its variables name a host that cannot resolve.
+Each worker asks the controller's broker for its own database (the handoff files) before
+its conftests load; xdist sets a worker's `workerinput` only after that hook, so the
+worker takes its id and run id from the variables xdist sets first, and the controller's
+owner token from `OWNER_VARIABLE`, which the controller's plugin sets for its workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cathouse_harness.config.app_env import runtime_variables
+from cathouse_harness.errors import HarnessError
+from cathouse_harness.support import env
+from pytest_cathouse_harness.state import HarnessState
+
+# "<run id> <owner token>": the run id keeps a pytest started inside a worker's test
+# (which inherits the variable) from taking itself for that worker
+OWNER_VARIABLE = "CATHOUSE_XDIST_OWNER"
+
+
+def maps_env(root: Path) -> bool:
+    """Whether pyproject.toml at `root` has a [tool.cathouse_harness.env] table (a cheap
+    look: the settings are read, and checked, only for a project that has one)."""
+    try:
+        with (root / "pyproject.toml").open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # the settings' own reading reports a broken file, with its line
+    table = data.get("tool", {}).get("cathouse_harness", {})
+    return isinstance(table, dict) and "env" in table
+
+
+def early_workerinput() -> dict[str, Any] | None:
+    """What xdist's `workerinput` will say, for a worker before it exists: its id and run
+    id, and whether its controller's plugin serves branches (and with which owner)."""
+    worker, run_id = env.read("PYTEST_XDIST_WORKER"), env.read("PYTEST_XDIST_TESTRUNUID")
+    if not worker or not run_id:
+        return None
+    found: dict[str, Any] = {"workerid": worker, "testrunuid": run_id}
+    owner_run, _, token = (env.read(OWNER_VARIABLE) or "").partition(" ")
+    if owner_run == run_id and token:
+        found["cathouse_owner"] = token
+        found["cathouse_broker"] = True
+    return found
+
+
+def owner_value(run_id: str, token: str) -> str:
+    return f"{run_id} {token}"
+
+
+def will_distribute(options: Any) -> bool:
+    """Whether this (not yet configured) process is going to be an xdist controller."""
+    if getattr(options, "numprocesses", None):
+        return True
+    dist = getattr(options, "dist", "no")
+    return bool(getattr(options, "distload", False)) or (dist != "no" and bool(getattr(options, "tx", None)))
+
+
+def set_variables(state: HarnessState, values: Mapping[str, str]) -> None:
+    """Set `values` for the run; the first value each name had is put back at its end."""
+    for name, value in values.items():
+        state.saved_env.setdefault(name, os.environ.get(name))
+        os.environ[name] = value
+
+
+def branch_before_conftests(state: HarnessState, placeholder_url: str, *, controller: bool) -> None:
+    """Point the project's names at a host that cannot resolve, then (but in an xdist
+    controller) make the session's branch and point them at it. A setup error is kept
+    for the first test to report (`state.early_error`): raising here would end pytest
+    with a traceback."""
+    settings = state.settings
+    assert settings is not None
+    set_variables(state, runtime_variables(settings.env, settings.url_driver, placeholder_url,
+                                           placeholder_url))
+    if controller:
+        return
+    from cathouse_harness.session.branch_session import BranchSession
+
+    session = BranchSession(settings, run_id=state.run_id, worker=state.worker, prepared=state.prepared)
+    try:
+        handle = session.start()
+    except HarnessError as exc:
+        state.early_error = exc
+        with contextlib.suppress(HarnessError):
+            session.finish()
+        return
+    state.session = session
+    set_variables(state, runtime_variables(
+        settings.env, settings.url_driver, str(handle.pooled_url), str(handle.direct_url)
+    ))
+
+
+def failed_import(state: HarnessState | None) -> pytest.UsageError | None:
+    """A conftest that failed to import after the branch's setup failed met the
+    placeholder: the setup's line is the error to show, not the import's traceback."""
+    if state is None or state.early_error is None:
+        return None
+    return pytest.UsageError(f"cathouse-harness: {state.early_error}")
