@@ -59,13 +59,14 @@ def write_env_file(path: Path, values: dict[str, str], *, force: bool) -> None:
 
 def _quoted(name: str, value: str, path: Path) -> str:
     """`value` in single quotes: a shell that `source`s the file and python-dotenv then
-    read the same bytes (unquoted, a URL's `&` ends the shell's assignment; in double
-    quotes dotenv would expand `${...}`). They disagree on a backslash there and neither
-    takes a single quote, so a value holding one (or a line break) is refused, not mangled."""
-    if any(c in value for c in "'\\\n\r"):
+    read the same bytes (unquoted, a URL's `&` ends the shell's assignment). Where the
+    two read a quoted value differently (a backslash, a `${...}`, which dotenv expands
+    even there) or cannot read it at all (a single quote, a line break), the value is
+    refused rather than written for one of them only."""
+    if any(c in value for c in "'\\\n\r") or "${" in value:
         raise ConfigError(
-            "holds a quote, backslash or line break, which a .env cannot carry for both the "
-            "shell and python-dotenv",
+            "holds a quote, backslash, ${ or line break, which a .env cannot carry the same "
+            "way for the shell and python-dotenv",
             key=f"{path} {name}",
             hint="map a placeholder without it in [tool.cathouse_harness.env]",
         )
