@@ -8,9 +8,9 @@ there, so for such a project the plugin makes the session's branch in that hook 
 A project without the table keeps the lazy path: no branch, no API call until a test asks
 for a fixture.
 
-Under xdist the controller runs no tests: its variables name a host that cannot resolve.
-Each worker asks the controller's broker for its own database (the handoff files) before
-its conftests load; xdist sets a worker's `workerinput` only after that hook, so the
+Under xdist each process (the controller, which imports the conftests too, and every
+worker) asks the controller's broker for a database of its own (the handoff files)
+before its conftests load; xdist sets a worker's `workerinput` only after that hook, so the
 worker takes its id and run id from the variables xdist sets first, and the controller's
 owner token from `OWNER_VARIABLE`, which the controller's plugin sets for its workers.
 """
@@ -33,6 +33,8 @@ from pytest_cathouse_harness.state import HarnessState
 # "<run id> <owner token>": the run id keeps a pytest started inside a worker's test
 # (which inherits the variable) from taking itself for that worker
 OWNER_VARIABLE = "CATHOUSE_XDIST_OWNER"
+# the xdist controller's own database, asked of its broker as a worker would
+CONTROLLER = "controller"
 
 
 def maps_env(root: Path) -> bool:
@@ -81,19 +83,26 @@ def set_variables(state: HarnessState, values: Mapping[str, str]) -> None:
 
 
 def branch_before_conftests(state: HarnessState, placeholder_url: str, *, controller: bool) -> None:
-    """Point the project's names at a host that cannot resolve, then (but in an xdist
-    controller) make the session's branch and point them at it. A setup error is kept
-    for the first test to report (`state.early_error`): raising here would end pytest
-    with a traceback."""
+    """Point the project's names at a host that cannot resolve, then make this process's
+    branch and point them at it. An xdist controller starts its broker now and takes a
+    database of its own from it like a worker (`CONTROLLER`): it runs no tests, but it
+    imports the same conftests, and one that connects at import must reach the branch
+    there too. A setup error is kept for the first test to report (`state.early_error`):
+    raising here would end pytest with a traceback."""
     settings = state.settings
     assert settings is not None
     set_variables(state, runtime_variables(settings.env, settings.url_driver, placeholder_url,
                                            placeholder_url))
-    if controller:
-        return
     from cathouse_harness.session.branch_session import BranchSession
 
-    session = BranchSession(settings, run_id=state.run_id, worker=state.worker, prepared=state.prepared)
+    worker, prepared = state.worker, state.prepared
+    if controller:
+        from cathouse_harness.xdist.broker import BranchBroker
+
+        state.broker = BranchBroker(settings, state.run_id)
+        state.broker.start()
+        worker, prepared = CONTROLLER, True
+    session = BranchSession(settings, run_id=state.run_id, worker=worker, prepared=prepared)
     try:
         handle = session.start()
     except HarnessError as exc:

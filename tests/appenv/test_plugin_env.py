@@ -114,18 +114,6 @@ def test_settings_read_at_import_see_the_branch(
     assert branches_of_run(project.path, run_id) == []
 
 
-def test_each_xdist_worker_sees_its_own_database_at_import(
-    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _postgres_project(project, monkeypatch)
-    for n in range(3):  # enough files that both workers get some
-        project.makepyfile(**{f"test_app_{n}": POSTGRES_TESTS})
-    result = run(project, "appenv-xdist", "-n", "2", "--dist", "loadfile")
-    result.assert_outcomes(passed=8)
-    result.stdout.fnmatch_lines(["*branch harness/appenv-xdist/workers (br-*"])
-    assert branches_of_run(project.path, "appenv-xdist") == []
-
-
 NESTED_MAPPING = """
 [tool.cathouse_harness.env]
 DATABASE__HOSTNAME = "{host}"
@@ -235,3 +223,26 @@ def test_a_bad_mapping_is_one_line_and_a_usage_error(
     result.stderr.fnmatch_lines([f"ERROR: cathouse-harness: {expected}"])
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
     assert not home.exists()
+
+
+@pytest.mark.parametrize("kind", ["engine at import", "connection at import"])
+def test_under_xdist_each_process_has_its_own_database_before_its_conftests(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The controller imports the conftests too: one that connects at import reaches a
+    database of the run's branch there as well, not a placeholder."""
+    if kind == "engine at import":
+        _postgres_project(project, monkeypatch)
+        tests = POSTGRES_TESTS
+    else:
+        add_toml(project, NESTED_MAPPING)
+        project.makeconftest(NESTED_CONFTEST)
+        tests = NESTED_TESTS
+    for n in range(3):  # files enough that both workers get some
+        project.makepyfile(**{f"test_app_{n}": tests})
+    run_id = f"appenv-xdist{len(kind)}"
+    result = run(project, run_id, "-n", "2", "--dist", "loadfile")
+    result.assert_outcomes(passed=2 * len(list(project.path.glob("test_*.py"))))
+    result.stdout.fnmatch_lines([f"*branch harness/{run_id}/workers (br-*"])
+    assert NO_BRANCH_LINE not in result.stdout.str()
+    assert branches_of_run(project.path, run_id) == []
