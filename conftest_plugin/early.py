@@ -37,6 +37,18 @@ OWNER_VARIABLE = "CATHOUSE_XDIST_OWNER"
 CONTROLLER = "controller"
 
 
+# without a mapping: what DATABASE_URL / MIGRATION_DATABASE_URL held before the plugin
+# hid them from the conftests (the state that restores them is made in pytest_configure)
+hidden_key = pytest.StashKey[dict[str, str | None]]()
+
+
+def hide(names: tuple[str, ...], placeholder_url: str) -> dict[str, str | None]:
+    """Set `names` to `placeholder_url`; what they held before, to put back at the end."""
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, placeholder_url))
+    return saved
+
+
 def maps_env(root: Path) -> bool:
     """Whether pyproject.toml at `root` has a [tool.cathouse_harness.env] table (a cheap
     look: the settings are read, and checked, only for a project that has one)."""

@@ -103,6 +103,14 @@ def _adopt_controller_owner(workerinput: dict[str, Any] | None) -> None:
         adopt_owner_token(str(workerinput["cathouse_owner"]))
 
 
+def _configured(config: pytest.Config, options: Any) -> bool:
+    """The project configures the harness, or the command line does."""
+    return project_configures_harness(config.rootpath) or any(
+        getattr(options, name, None) is not None
+        for name in ("cathouse_backend", "cathouse_parent", "cathouse_ttl", "cathouse_project")
+    )
+
+
 def _new_state(
     config: pytest.Config, workerinput: dict[str, Any] | None, options: Any, configured: bool
 ) -> HarnessState:
@@ -136,12 +144,18 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
     from pytest_cathouse_harness import early
 
     options = early_config.known_args_namespace
-    if not (options.help or options.version) and early.maps_env(early_config.rootpath):
+    if options.help or options.version:
+        pass
+    elif early.maps_env(early_config.rootpath):
         workerinput = early.early_workerinput()
         state = _new_state(early_config, workerinput, options, configured=True)
         early_config.stash[state_key] = state
         controller = workerinput is None and early.will_distribute(options)
         early.branch_before_conftests(state, PLACEHOLDER_URL, controller=controller)
+    elif _configured(early_config, options) and early_config.getini("cathouse_harness_isolate_env"):
+        # no branch until a test asks, but what the conftests read at import must not be
+        # the shell's database either
+        early_config.stash[early.hidden_key] = early.hide(ENV_ISOLATED, PLACEHOLDER_URL)
     try:
         return (yield)
     except Exception:
@@ -175,15 +189,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "cathouse_branch_per_test: run this test on a branch of its own (forked "
         "from the migrated template, deleted after it)"
     )
-    configured = project_configures_harness(config.rootpath) or any(
-        config.getoption(name) is not None
-        for name in ("cathouse_backend", "cathouse_parent", "cathouse_ttl", "cathouse_project")
-    )
+    configured = _configured(config, config.option)
     workerinput = getattr(config, "workerinput", None)
     state = config.stash.get(state_key, None)
     if state is None:
         state = _new_state(config, workerinput, config.option, configured)
         config.stash[state_key] = state
+        from pytest_cathouse_harness.early import hidden_key
+
+        for name, value in config.stash.get(hidden_key, {}).items():
+            state.saved_env.setdefault(name, value)  # what they held before the conftests
     elif hasattr(config.option, "testrunuid") and workerinput is None:
         config.option.testrunuid = state.run_id  # made before the conftests: xdist's too
     if state.settings is not None and state.is_controller:
@@ -267,11 +282,13 @@ def _terminate_as_interrupt() -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from pytest_cathouse_harness.early import hidden_key
+
     state = config.stash.get(state_key, None)
-    if state is None:
-        return
-    _close_broker(state)  # when the session never finished (an internal error)
-    for name, value in state.saved_env.items():
+    saved = state.saved_env if state is not None else config.stash.get(hidden_key, {})
+    if state is not None:
+        _close_broker(state)  # when the session never finished (an internal error)
+    for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
         else:

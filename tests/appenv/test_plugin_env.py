@@ -246,3 +246,22 @@ def test_under_xdist_each_process_has_its_own_database_before_its_conftests(
     result.stdout.fnmatch_lines([f"*branch harness/{run_id}/workers (br-*"])
     assert NO_BRANCH_LINE not in result.stdout.str()
     assert branches_of_run(project.path, run_id) == []
+
+
+def test_without_a_mapping_a_conftest_reads_no_shell_database_at_import(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, fresh_database_url: str
+) -> None:
+    """DATABASE_URL / MIGRATION_DATABASE_URL are hidden before the conftests load, not at
+    pytest_configure, which comes after them."""
+    project.makeconftest(
+        "import os\nSEEN = (os.environ.get('DATABASE_URL'), os.environ.get('MIGRATION_DATABASE_URL'))\n"
+        "import pytest\n\n@pytest.fixture\ndef seen():\n    return SEEN\n"
+    )
+    project.makepyfile(test_seen="""
+def test_the_conftest_saw_the_placeholder(seen):
+    assert all("branch-not-created-yet.invalid" in url for url in seen), seen
+""")
+    monkeypatch.setenv("DATABASE_URL", fresh_database_url)
+    monkeypatch.setenv("MIGRATION_DATABASE_URL", fresh_database_url)
+    result = run(project, "appenv-hidden")
+    result.assert_outcomes(passed=1)
