@@ -14,5 +14,5 @@ if ($LASTEXITCODE -ne 0) {
     Write-Error "branch-up: cathouse-harness is not installed for $python (pip install cathouse-harness)"
     exit 2
 }
-& $python -m harness up @args
+& $python -m cathouse_harness up @args
 exit $LASTEXITCODE

@@ -16,4 +16,4 @@ if ! "$PYTHON" -c "import cathouse_harness.cli.commands" >/dev/null 2>&1; then
   echo "branch-up: cathouse-harness is not installed for $PYTHON (pip install cathouse-harness, or -e . in its checkout)" >&2
   exit 2
 fi
-exec "$PYTHON" -m harness up "$@"
+exec "$PYTHON" -m cathouse_harness up "$@"

@@ -4,7 +4,7 @@
 #   cd examples\cathouse; ..\..\scripts\init-local-db.ps1 [--target head] [--url -]   (URL on stdin; a password never goes in argv)
 #
 # The database URL is MIGRATION_DATABASE_URL (the direct, non-pooled endpoint), from the
-# environment or from .\.env. Extra arguments go to `python -m harness migrate` (cathouse-branch migrate).
+# environment or from .\.env. Extra arguments go to `python -m cathouse_harness migrate` (cathouse-branch migrate).
 $ErrorActionPreference = 'Stop'
 
 $repoRoot = Split-Path -Parent $PSScriptRoot
@@ -35,11 +35,13 @@ if (-not $hasUrlArgument -and -not $env:MIGRATION_DATABASE_URL) {
     }
 }
 
-# Use the installed harness; from a source checkout, the checkout's.
+# The folder harness/ is imported as cathouse_harness only once installed (package-dir),
+# so a source checkout must be installed too: `pip install -e <checkout>`.
 & $python -c "import importlib.util as u, sys; sys.exit(u.find_spec('cathouse_harness.cli.commands') is None)" 2>$null | Out-Null
 if ($LASTEXITCODE -ne 0) {
-    $env:PYTHONPATH = if ($env:PYTHONPATH) { "$repoRoot;$env:PYTHONPATH" } else { $repoRoot }
+    [Console]::Error.WriteLine("init-local-db: cathouse-harness is not installed for $python (pip install -e $repoRoot, or set PYTHON to a python that has it)")
+    exit 2
 }
 
-& $python -m harness migrate --project-dir . @args
+& $python -m cathouse_harness migrate --project-dir . @args
 exit $LASTEXITCODE

@@ -5,7 +5,7 @@
 #   cd examples/cathouse && ../../scripts/init-local-db.sh [--target head] [--url -]   (URL on stdin; a password never goes in argv)
 #
 # The database URL is MIGRATION_DATABASE_URL (the direct, non-pooled endpoint), from the
-# environment or from ./.env. Extra arguments go to `python -m harness migrate` (cathouse-branch migrate).
+# environment or from ./.env. Extra arguments go to `python -m cathouse_harness migrate` (cathouse-branch migrate).
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,9 +38,11 @@ if [[ "$has_url_argument" == false && -z "${MIGRATION_DATABASE_URL:-}" ]]; then
     fi
 fi
 
-# Use the installed harness; from a source checkout, the checkout's.
+# The folder harness/ is imported as cathouse_harness only once installed (package-dir),
+# so a source checkout must be installed too: `pip install -e <checkout>`.
 if ! "$python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('cathouse_harness.cli.commands') is None)" >/dev/null 2>&1; then
-    export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
+    echo "init-local-db: cathouse-harness is not installed for $python (pip install -e $repo_root, or set PYTHON to a python that has it)" >&2
+    exit 2
 fi
 
-exec "$python" -m harness migrate --project-dir . "$@"
+exec "$python" -m cathouse_harness migrate --project-dir . "$@"

@@ -10,7 +10,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from cathouse_harness.errors import SafetyError
-from cathouse_harness.local.hosts import DEFAULT_PORT, loopback_addresses, pooled_seed
+from cathouse_harness.support.loopback import DEFAULT_PORT, loopback_addresses, pooled_seed
 
 # the local server's endpoints without addresses of their own: URLs on these hosts are
 # told apart only by their (kernel-picked) ports
@@ -29,7 +29,7 @@ def verify_urls_point_at(
 
     The pooled host is Neon's rule, the endpoint host with `-pooler` after the endpoint
     id; or, for an endpoint whose host is one of the local server's addresses for that
-    id, one of its pooled addresses (`cathouse_harness.local.hosts`). An
+    id, one of its pooled addresses (`cathouse_harness.support.loopback`). An
     endpoint on the local server's shared 127.0.0.1 (a machine where it cannot bind
     addresses of its own) names no ports: its URLs must be loopback, carry a port each,
     and differ — the one case where another endpoint's URLs could pass.

@@ -28,6 +28,16 @@ from cathouse_harness.branching.names import template_branch_name as template_br
 from cathouse_harness.cleanup.runs import owner_token
 from cathouse_harness.errors import ConfigError, NeonAPIError, SafetyError
 from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.marks import (
+    MARK,
+    MARK_FINGERPRINT,
+    MARK_HOST,
+    MARK_KIND,
+    MARK_OWNER,
+    MARK_PARENT,
+    MARK_PID,
+    MARK_RUN,
+)
 from cathouse_harness.support.redact import Secret, register_url
 
 if TYPE_CHECKING:
@@ -38,18 +48,6 @@ if TYPE_CHECKING:
 log = get_logger("branches")
 T = TypeVar("T")
 
-MARK = "cathouse-harness"
-MARK_RUN = "cathouse-harness.run"
-MARK_KIND = "cathouse-harness.kind"
-MARK_FINGERPRINT = "cathouse-harness.fingerprint"
-MARK_HOST = "cathouse-harness.host"
-MARK_PID = "cathouse-harness.pid"
-# Who may delete the branch by looking it up: the process (an xdist run: its controller
-# and workers) that created it. Two runs given the same run id have different tokens.
-MARK_OWNER = "cathouse-harness.owner"
-# The branch a schema-only branch was made from: as on Neon, it is a root branch and its
-# `parent_id` is empty, so the link the harness needs (whose template it is) lives here.
-MARK_PARENT = "cathouse-harness.parent"
 # a create or delete whose operation fails (not times out) is asked for again
 CREATE_ATTEMPTS = 3
 

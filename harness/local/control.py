@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-# the harness's own annotation: a dev branch keeps the server up (see idle_seconds)
-from cathouse_harness.branching.lifecycle import MARK_KIND
 from cathouse_harness.errors import ApiError
 from cathouse_harness.local import ids
 from cathouse_harness.local.core import DataPlaneLike
@@ -47,6 +45,9 @@ from cathouse_harness.local.state import (
     parse_time,
 )
 from cathouse_harness.support.log import get_logger
+
+# the harness's own annotation: a dev branch keeps the server up (see idle_seconds)
+from cathouse_harness.support.marks import MARK_KIND
 from cathouse_harness.support.redact import register_secret
 
 log = get_logger("local.control")

@@ -17,31 +17,13 @@ at start. `connection_uri` works everywhere.
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import secrets
 import socket
-from collections.abc import Iterator
 
-DEFAULT_PORT = 5432
-_CANDIDATES = 4
-
-
-def pooled_seed(endpoint_id: str) -> str:
-    """What the pooled address is derived from: the name Neon gives the pooled host."""
-    return f"{endpoint_id}-pooler"
-
-
-def loopback_addresses(endpoint_id: str) -> Iterator[str]:
-    """Addresses in 127.0.0.0/8 for `endpoint_id`, best first: never 127.0.0.1 (shared by
-    every listener of ours), nor a .0 or .255 last byte."""
-    seed = endpoint_id.encode()
-    for attempt in range(_CANDIDATES):
-        digest = hashlib.sha256(seed + bytes([attempt])).digest()
-        second, third, last = digest[0], digest[1], 1 + digest[2] % 254
-        if (second, third) == (0, 0):
-            second = 1
-        yield str(ipaddress.IPv4Address(bytes([127, second, third, last])))
+# the scheme lives in support/, since the engine's URL check reads it too
+from cathouse_harness.support.loopback import DEFAULT_PORT as DEFAULT_PORT
+from cathouse_harness.support.loopback import loopback_addresses as loopback_addresses
+from cathouse_harness.support.loopback import pooled_seed as pooled_seed
 
 
 def free_loopback_address(port: int = DEFAULT_PORT, tries: int = 50) -> str | None:

@@ -1,6 +1,10 @@
-"""Async Neon API v2 client: models, retries, operation waiting, call statistics.
+"""Async Neon API v2 client: models, retries, operation waiting, call statistics, and the
+choice of backend (`backend`: real Neon, or the embedded local server in
+`cathouse_harness.local`). The same client talks to both.
 
-The same client talks to real Neon and to the embedded local server (`cathouse_harness.local`).
+Names are imported from their modules (`cathouse_harness.neon.client`, `.models`, ...):
+importing the package costs nothing, so `backend` stays cheap for an xdist worker that
+needs no client of its own.
 """
 
 import sys
@@ -20,36 +24,3 @@ def _skip_httpx_cli() -> None:
 
 
 _skip_httpx_cli()
-
-from cathouse_harness.errors import NeonAPIError  # noqa: E402
-from cathouse_harness.neon.client import DEFAULT_API_HOST, UNSET, NeonClient, NeonOperationError  # noqa: E402
-from cathouse_harness.neon.models import (  # noqa: E402
-    Branch,
-    BranchCreated,
-    ConnectionInfo,
-    Database,
-    Endpoint,
-    Operation,
-    Project,
-    Role,
-)
-from cathouse_harness.neon.retry import RetryPolicy  # noqa: E402
-from cathouse_harness.neon.stats import ApiStats  # noqa: E402
-
-__all__ = [
-    "DEFAULT_API_HOST",
-    "UNSET",
-    "ApiStats",
-    "Branch",
-    "BranchCreated",
-    "ConnectionInfo",
-    "Database",
-    "Endpoint",
-    "NeonAPIError",
-    "NeonClient",
-    "NeonOperationError",
-    "Operation",
-    "Project",
-    "RetryPolicy",
-    "Role",
-]

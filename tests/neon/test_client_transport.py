@@ -13,7 +13,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from cathouse_harness.errors import ConfigError, NeonAPIError
-from cathouse_harness.neon import NeonClient, NeonOperationError, Operation, RetryPolicy
+from cathouse_harness.neon.client import NeonClient, NeonOperationError
+from cathouse_harness.neon.models import Operation
+from cathouse_harness.neon.retry import RetryPolicy
 
 from .fake_api import API_HOST, API_KEY, PASSWORD, PROJECT, FakeClock, FakeNeon, Faulty
 

@@ -14,8 +14,8 @@ from email.utils import formatdate
 import httpx
 import pytest
 from cathouse_harness.errors import NeonAPIError
-from cathouse_harness.neon import NeonClient, RetryPolicy
-from cathouse_harness.neon.retry import parse_retry_after
+from cathouse_harness.neon.client import NeonClient
+from cathouse_harness.neon.retry import RetryPolicy, parse_retry_after
 
 from .fake_api import API_HOST, API_KEY, PROJECT, FakeClock
 
