@@ -16,7 +16,7 @@ from cathouse_harness.db.urls import endpoint_of, url_for_driver
 from cathouse_harness.errors import ConfigError
 from cathouse_harness.migrate.environment import driver_scheme, service_command
 
-from tests.cli._support import cli
+from tests.cli._support import cli, error_lines
 from tests.plugin._support import copy_example
 
 NEON = (
@@ -157,3 +157,15 @@ def test_up_writes_the_mapped_names_in_the_drivers_form(tmp_path: Path) -> None:
             assert connection.execute("SELECT to_regclass('auth.users') IS NOT NULL").fetchone() == (True,)
     finally:
         assert cli("down", cwd=project)[0] == 0
+
+
+def test_the_cli_says_a_bad_mapping_in_one_line_with_exit_2(tmp_path: Path) -> None:
+    project = _project(tmp_path, 'env = { POSTGRES_SERVER = "{server}" }')
+    code, out, err = cli("up", "--name", "appenv-bad", cwd=project)
+    assert code == 2
+    assert error_lines(err) == [
+        f"cathouse-branch: error: env.POSTGRES_SERVER (from {project / 'pyproject.toml'} "
+        "[tool.cathouse_harness]): unknown placeholder {server} (placeholders: {host}, {port}, "
+        "{user}, {password}, {database}, {sslmode}, {sslrootcert}, {url}, {direct_url})"
+    ]
+    assert "Traceback" not in out + err and not (project / ".env").exists()
