@@ -49,11 +49,14 @@ def hide(names: tuple[str, ...], placeholder_url: str) -> dict[str, str | None]:
     return saved
 
 
-def maps_env(root: Path) -> bool:
-    """Whether pyproject.toml at `root` has a [tool.cathouse_harness.env] table (a cheap
-    look: the settings are read, and checked, only for a project that has one)."""
+def maps_env(rootpath: Path) -> bool:
+    """Whether the project's pyproject.toml (found from pytest's rootdir as the settings
+    find it) has a [tool.cathouse_harness.env] table: a cheap look, the settings are read
+    and checked here only for a project that has one."""
+    from cathouse_harness.config.settings import find_project_root
+
     try:
-        with (root / "pyproject.toml").open("rb") as handle:
+        with (find_project_root(rootpath) / "pyproject.toml").open("rb") as handle:
             data = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError):
         return False  # the settings' own reading reports a broken file, with its line
