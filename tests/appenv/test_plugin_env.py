@@ -265,3 +265,25 @@ def test_the_conftest_saw_the_placeholder(seen):
     monkeypatch.setenv("MIGRATION_DATABASE_URL", fresh_database_url)
     result = run(project, "appenv-hidden")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("conftest", ["reads", "connects"])
+def test_a_setup_that_fails_before_the_conftests_is_one_line(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, conftest: str
+) -> None:
+    """The first test reports it, as a fixture's failed setup does; a conftest that fails
+    on the placeholder meanwhile is not what the run ends with."""
+    add_toml(project, '[tool.cathouse_harness.env]\nPOSTGRES_SERVER = "{host}"\n')
+    body = "import os\nHOST = os.environ['POSTGRES_SERVER']\n"
+    if conftest == "connects":
+        body += "import socket\nsocket.getaddrinfo(HOST, 5432)\n"
+    project.makeconftest(body)
+    project.makepyfile(test_plain="def test_plain():\n    pass\n")
+    monkeypatch.setenv("CATHOUSE_PARENT_BRANCH", "no-such-parent")
+    result = run(project, f"appenv-fail-{conftest}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = result.stdout.str() + result.stderr.str()
+    lines = [line for line in text.splitlines() if "'no-such-parent' not found" in line]
+    assert len(lines) == 1 and "parent_branch (from environment" in lines[0], text
+    assert "Traceback" not in text and "getaddrinfo" not in text
+    assert branches_of_run(project.path, f"appenv-fail-{conftest}") == []
