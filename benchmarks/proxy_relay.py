@@ -44,6 +44,9 @@ class _Unused:
     async def perform(self, statement: Any, borrow: Any) -> None:
         raise AssertionError("the benchmark sends no CREATE/DROP DATABASE")
 
+    def feature_refusal(self, use: Any) -> str | None:
+        raise AssertionError("the benchmark creates no extension or collation")
+
 
 def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
     from cathouse_harness.local.proxy import Admission

@@ -22,6 +22,8 @@ hold on a noisy machine. Sections:
   migration, fresh process, no bytecode) and the next session (template reused);
 - naive baseline: a fresh database per session and each service's
   `alembic upgrade head` as its own process, in order;
+- idle plugin: `idle_plugin.measure`, a project without the harness run with the plugin
+  autoloaded and with it blocked (`-p no:cathouse_harness`), in turns;
 - at Neon's latencies: `neon_profile.measure` (cold, warm, -n 1/-n 4, naive) with the
   local server under `CATHOUSE_LOCAL_LATENCY=neon`.
 
@@ -51,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import api_latency
+import idle_plugin
 import neon_profile
 import per_test_branch
 import session_overhead
@@ -413,6 +416,18 @@ def table(r: dict[str, Any]) -> str:
             f"hot {r['ratios']['hot_vs_naive']:.1f}x",
         )
     )
+    if "idle_plugin" in r:
+        idle = r["idle_plugin"]
+        lines.append(
+            row(
+                "plugin in a project that does not use it: added",
+                idle["added_wall"],
+                "not measurable",
+                f"ratio enabled/disabled {idle['ratio_wall']:.3f} wall, {idle['ratio_cpu']:.3f} CPU "
+                f"(noise floor {idle['floor_wall']:.3f} / {idle['floor_cpu']:.3f}); importing it "
+                f"{fmt(idle['import_cpu']['median'])} CPU",
+            )
+        )
     if "neon_profile" in r:
         for label, seconds, target, path in neon_profile.rows(r["neon_profile"]):
             lines.append(
@@ -513,6 +528,8 @@ def main() -> int:
         r["synthetic"] = synthetic(warm_home, root, shapes)
         print("naive baseline …", file=sys.stderr)
         r["naive"] = naive(warm_home, EXAMPLE, 3 if quick else 5)
+        print("idle plugin …", file=sys.stderr)
+        r["idle_plugin"] = idle_plugin.measure(root, 9 if quick else 21)
         print("at Neon's latencies (CATHOUSE_LOCAL_LATENCY=neon) …", file=sys.stderr)
         r["neon_profile"] = neon_profile.measure("neon", 1 if quick else 2)
     finally:
@@ -551,6 +568,7 @@ def main() -> int:
     api_latency.print_result(r["api"])
     session_overhead.print_result(r["hot"], r["isolation"], None)
     per_test_branch.print_result(r["per_test_branch"])
+    idle_plugin.print_result(r["idle_plugin"])
     if not args.no_plot and plot(r, args.out.with_suffix(".png")):
         print(f"plot: {args.out.with_suffix('.png')}")
     print(f"results: {args.out} ({r['seconds']:.0f} s)")

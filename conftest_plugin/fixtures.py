@@ -218,7 +218,7 @@ def cathouse_test_branch(request: pytest.FixtureRequest, neon_branch: NeonBranch
     return neon_branch
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def _cathouse_branch_per_test_marker(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("cathouse_branch_per_test") is not None:
         request.getfixturevalue("branch_per_test")
@@ -310,7 +310,7 @@ def reset_branch(cathouse_branch_session: BranchSession) -> Iterator[Callable[[]
     cathouse_branch_session.reset()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def _cathouse_reset_marker(request: pytest.FixtureRequest) -> Iterator[None]:
     marker = request.node.get_closest_marker("cathouse_reset")
     if marker is None:
@@ -319,3 +319,37 @@ def _cathouse_reset_marker(request: pytest.FixtureRequest) -> Iterator[None]:
     session = request.getfixturevalue("cathouse_branch_session")
     yield
     session.reset()
+
+
+# Each marker's fixture, joined to the tests that carry the marker only (the plugin's
+# pytest_collection_modifyitems). As autouse fixtures they cost every test of every
+# project in the environment a setup and a teardown, ~0.3 ms of CPU a test where nothing
+# uses the harness (benchmarks/idle_plugin.py).
+MARKER_FIXTURES = {
+    "cathouse_branch_per_test": "_cathouse_branch_per_test_marker",
+    "cathouse_reset": "_cathouse_reset_marker",
+}
+
+
+def join_marker_fixtures(item: pytest.Item) -> None:
+    if not isinstance(item, pytest.Function):
+        return
+    marked = {mark.name for mark in item.iter_markers() if mark.name in MARKER_FIXTURES}
+    if not marked:
+        return
+    names = item.fixturenames
+    wanted = [f for m, f in MARKER_FIXTURES.items() if m in marked and f not in names]
+    if not wanted:
+        return
+    # where pytest put an autouse fixture of ours: first of the function-scoped ones,
+    # after the broader scopes it sets up before them (and tears down after them)
+    at = next((i for i, name in enumerate(names) if _scope(item, name) == "function"), len(names))
+    # a new list: parametrized tests share the old one, and pytest.param may mark only some
+    item.fixturenames = [*names[:at], *wanted, *names[at:]]
+
+
+def _scope(item: pytest.Function, name: str) -> str:
+    """The scope of fixture `name` as pytest resolved it for `item` (function when it
+    does not say: pytest has no public way to ask)."""
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).get(name)
+    return str(definitions[-1].scope) if definitions else "function"

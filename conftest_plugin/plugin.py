@@ -25,6 +25,7 @@ from pytest_cathouse_harness.fixtures import (  # noqa: F401  (pytest finds fixt
     database_url,
     db_session,
     finish_session,
+    join_marker_fixtures,
     migration_database_url,
     neon_branch,
     reset_branch,
@@ -236,6 +237,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         expect_branch(handoff_dir(state.settings, state.run_id), state.worker)
     except (OSError, HarnessError):
         pass  # the first test asks again, and reports what is wrong
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        join_marker_fixtures(item)
 
 
 def _uses_branch(item: pytest.Item) -> bool:

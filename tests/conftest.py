@@ -37,7 +37,16 @@ def harness_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     # `*.localhost` resolves) would let one of the parallel servers take 127.0.0.1:5432;
     # tests/local/test_names_mode.py forces names on a router address of its own.
     hosts = os.environ.get("CATHOUSE_LOCAL_HOSTS") or "addresses"
-    isolated = {"CATHOUSE_HARNESS_HOME": str(home), "NEON_API_KEY": None, "CATHOUSE_LOCAL_HOSTS": hosts}
+    # The wheel's PostgreSQL wherever the suite runs, whatever else is installed (a
+    # user's default, auto, takes a system one): the same server for every result. The
+    # tests of system PostgreSQL name theirs; CATHOUSE_POSTGRES_BIN=system runs it all there.
+    postgres = os.environ.get("CATHOUSE_POSTGRES_BIN") or "wheel"
+    isolated = {
+        "CATHOUSE_HARNESS_HOME": str(home),
+        "NEON_API_KEY": None,
+        "CATHOUSE_LOCAL_HOSTS": hosts,
+        "CATHOUSE_POSTGRES_BIN": postgres,
+    }
     with overridden(isolated):
         yield home
         # pytester runs start the embedded default as a daemon under this home; stop it.

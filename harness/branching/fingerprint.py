@@ -10,7 +10,6 @@ order of the services. Files are read, never imported, so computing it is cheap.
 from __future__ import annotations
 
 import configparser
-import contextlib
 import hashlib
 import os
 import re
@@ -40,11 +39,12 @@ class ServiceSources:
     toml_table: str
     script_dir: Path
     version_dirs: tuple[Path, ...]
+    workdir: Path | None = None  # the service's configured `directory`
 
     @property
     def directory(self) -> Path:
         """Where a user runs `alembic` for this service: relative paths start here."""
-        return (self.ini or self.toml or self.script_dir).parent
+        return self.workdir or (self.ini or self.toml or self.script_dir).parent
 
     @property
     def env_py(self) -> Path:
@@ -74,8 +74,6 @@ class ServiceSources:
 _SEPARATORS = {"space": " ", "newline": "\n", "os": os.pathsep, ":": ":", ";": ";"}
 # Without a separator Alembic splits version_locations on spaces and commas (legacy).
 _LEGACY_SPLIT = re.compile(r", *|(?: +)")
-# Resource names (`package:dir`) resolved to files stay valid until the process exits.
-_RESOURCE_FILES = contextlib.ExitStack()
 
 
 class _AlembicIniError(Exception):
@@ -127,19 +125,17 @@ def alembic_toml_for(config_file: Path) -> Path | None:
         return None
 
 
-def _to_path(location: str, base: Path) -> Path:
-    # Like Alembic: a relative name with a colon is a package resource (`pkg:dir/sub`).
-    # A plain relative path is taken from the service's directory, where its users run
-    # `alembic` (Alembic itself takes it from the current directory).
-    if not os.path.isabs(location) and ":" in location:
-        from importlib import resources  # rare, and ~5 ms of imports
+def _to_path(location: str, base: Path, prepend: list[str]) -> Path:
+    # Like Alembic: a relative name with a colon is a package resource (`pkg:dir/sub`),
+    # found where Python would find the package with the service's prepend_sys_path,
+    # without importing it (the service's directory is not on sys.path here). A plain
+    # relative path is taken from the service's directory, where its users run `alembic`.
+    from cathouse_harness.migrate.scan import package_bases, resolve_location
 
-        package, *parts = location.split(":")
-        ref = resources.files(package)
-        for part in parts:
-            ref = ref / part
-        return Path(_RESOURCE_FILES.enter_context(resources.as_file(ref)))
-    return (base / location).resolve()
+    found = resolve_location(location, base, package_bases(base, None, prepend))
+    if found is None:
+        raise ValueError(f"{location!r} names no package directory that can be found")
+    return found
 
 
 def _version_locations(parser: configparser.ConfigParser, table: dict[str, object]) -> list[str] | None:
@@ -176,18 +172,25 @@ def _read_service_sources(service: ServiceConfig) -> ServiceSources:
         if not location:
             where = "its [alembic] section" + (f" nor [tool.alembic] of {toml}" if toml else "")
             raise _AlembicIniError(f"no script_location in {where}")
-        base = config_file.parent
-        script_dir = _to_path(str(location), base)
+        # Relative paths are taken from where the service's Alembic runs (Alembic takes
+        # them from the working directory): its configured directory, else the ini's.
+        base = service.directory or config_file.parent
+        prepend = (parser.get("alembic", "prepend_sys_path", fallback=None)
+                   or str(table.get("prepend_sys_path") or "")).split()
+        script_dir = _to_path(str(location), base, prepend)
         configured = _version_locations(parser, table)
+        version_dirs = (
+            tuple(_to_path(v, base, prepend) for v in configured)
+            if configured else (script_dir / "versions",)
+        )
     except (_AlembicIniError, configparser.Error, OSError, ValueError, KeyError, ImportError) as exc:
         raise ConfigError(
             f"cannot read its Alembic configuration ({exc})",
             key=f"services[{service.name}].alembic_ini",
             source=str(service.alembic_ini),
         ) from None
-    version_dirs = tuple(_to_path(v, base) for v in configured) if configured else (script_dir / "versions",)
     toml_text = repr(sorted(table.items())) if table else ""
-    return ServiceSources(ini, toml, toml_text, script_dir, version_dirs)
+    return ServiceSources(ini, toml, toml_text, script_dir, version_dirs, service.directory)
 
 
 def migration_fingerprint(settings: Settings) -> str:
@@ -202,6 +205,8 @@ def migration_fingerprint(settings: Settings) -> str:
     for service in settings.migrating_services:
         add("service", service.name.encode())
         add("schema", (service.schema or "").encode())
+        if service.target is not None:  # a subset of the heads is another schema
+            add("target", "\0".join(service.target).encode())
         sources = service_sources(service)
         if sources.toml_table:
             add("tool.alembic", sources.toml_table.encode())

@@ -211,12 +211,12 @@ def _pending_names(marker_dir: Path) -> list[_Pending]:
 
 async def _heartbeat(api_host: str, api_key: str, marker_dir: Path, ttl: timedelta) -> None:
     from cathouse_harness.branching.lifecycle import extend_expiry
-    from cathouse_harness.neon.client import NeonClient
+    from cathouse_harness.neon.client import NeonClient, TransportOptions
 
     recorded = _recorded(marker_dir)
     if not recorded:
         return
-    async with NeonClient(api_key, api_host=api_host) as client:
+    async with NeonClient(api_key, TransportOptions(api_host=api_host)) as client:
         by_project: dict[str, list[str]] = {}
         for branch_id, project_id in recorded.items():
             by_project.setdefault(project_id, []).append(branch_id)
@@ -228,14 +228,14 @@ async def _clean_up(api_host: str, api_key: str, marker_dir: Path) -> int:
     import asyncio
 
     from cathouse_harness.branching.lifecycle import delete_owned_branch, find_own_branch
-    from cathouse_harness.neon.client import NeonClient
+    from cathouse_harness.neon.client import NeonClient, TransportOptions
 
     failures = 0
     recorded = _recorded(marker_dir, deleting=True)
     pending = _pending_names(marker_dir)
     if not recorded and not pending:
         return 0
-    async with NeonClient(api_key, api_host=api_host) as client:
+    async with NeonClient(api_key, TransportOptions(api_host=api_host)) as client:
         for attempt in range(3):
             # A create still in flight when the owner died lands a moment later.
             for item in list(pending):

@@ -127,7 +127,9 @@ def _add_project_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     migrate.add_argument("--url", default=None, help="direct URL without a password, or - to read "
                          "it from stdin (default: MIGRATION_DATABASE_URL)")
     migrate.add_argument("--env-file", type=Path, default=None)
-    migrate.add_argument("--target", default="head", help="revision to upgrade to (default: head)")
+    migrate.add_argument("--target", default=None,
+                         help="revision, branch label or heads to upgrade every service to "
+                         "(default: each service's target, head unless configured)")
 
     doctor = sub.add_parser("doctor", parents=[common], help="check configuration and setup")
     doctor.add_argument("--env-file", type=Path, default=None)

@@ -35,7 +35,7 @@ def _migration_rows(results: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def _run_migrations(ctx: Context, direct_url: str, report: Callable[[str], None],
-                    target: str = "head") -> list[Any]:
+                    target: str | None = None) -> list[Any]:
     """Migrate every service; `report` gets each service's line as soon as it is done."""
     from cathouse_harness.migrate.all_services import migrate_all
 
@@ -325,7 +325,7 @@ def cmd_migrate(ctx: Context) -> int:
     results = _run_migrations(ctx, url, report, ctx.args.target)
     ctx.emit(
         {"migrations": _migration_rows(results), "changed": any(r.changed for r in results)},
-        [summary_line(results, ctx.args.target, time.perf_counter() - started)],
+        [summary_line(results, time.perf_counter() - started)],
     )
     return 0
 
@@ -358,6 +358,12 @@ def cmd_init(ctx: Context) -> int:
         for note in service.notes:
             ctx.progress.say(f"  {note}")
     for note in proposal.notes:
+        ctx.progress.say(note)
+    for line in proposal.env.lines:
+        ctx.progress.say(f"env {line.name} = {line.template}: {line.where}")
+    if proposal.env.url_driver:
+        ctx.progress.say(f"url_driver {proposal.env.url_driver}: {proposal.env.driver_from}")
+    for note in proposal.env.notes:
         ctx.progress.say(note)
     problem: HarnessError | None = None
     written: tuple[Path, str] | None = None

@@ -84,21 +84,31 @@ def _malformed(url: str, key: str) -> Check | None:
 
 
 def check_revisions(settings: Settings, direct_url: str) -> Check:
-    from cathouse_harness.migrate.all_services import current_revisions, head_revisions
+    """Each service's revisions in the database against its target's (every head for a
+    history with several): at, behind, ahead or diverged, each with its own fix."""
+    from cathouse_harness.migrate.all_services import standings
 
     try:
-        current = current_revisions(settings, direct_url)
-        heads = head_revisions(settings)
+        found = standings(settings, direct_url)
     except HarnessError as exc:
-        return Check("revisions", "fail", exc.message, "check MIGRATION_DATABASE_URL and the branch")
+        return Check("revisions", "fail", exc.message,
+                     exc.hint or "check MIGRATION_DATABASE_URL and the branch")
     except Exception as exc:  # a connection failure: say so in one line
         return Check("revisions", "fail", f"{type(exc).__name__}: {exc}",
                      "check MIGRATION_DATABASE_URL; password errors mean a stale .env (cathouse-branch up)")
-    behind = [f"{name} at {current.get(name) or 'base'} (head {', '.join(heads[name])})"
-              for name in heads if current.get(name) not in heads[name]]
-    if behind:
-        return Check("revisions", "fail", "behind: " + "; ".join(behind), "cathouse-branch migrate")
-    return Check("revisions", "ok", f"{len(heads)} service(s) at head")
+    off = {name: s for name, s in found.items() if s.state != "at"}
+    if not off:
+        return Check("revisions", "ok", f"{len(found)} service(s) at their target")
+    detail = "; ".join(f"{name} {s.describe()}" for name, s in off.items())
+    states = {s.state for s in off.values()}
+    if states == {"behind"}:
+        fix = "cathouse-branch migrate"
+    elif states == {"ahead"}:
+        fix = ("the branch was migrated past these scripts or this target: check out that code, "
+               "set the service's target, or cathouse-branch reset")
+    else:
+        fix = "cathouse-branch reset makes the branch again from its parent and migrates it"
+    return Check("revisions", "fail", detail, fix)
 
 
 def run_checks(
@@ -160,7 +170,48 @@ def _check_embedded(settings: Settings) -> list[Check]:
     answer = probe(info.api_host, info.api_key.reveal())
     if answer is not None and "host_problem" in answer:
         checks.append(check_endpoint_hosts(answer["host_problem"], answer.get("names_problem")))
+    if answer is not None and isinstance(answer.get("features"), dict):
+        checks.append(check_neon_features(settings, answer["features"]))
     return checks
+
+
+def check_neon_features(settings: Settings, published: dict[str, object]) -> Check:
+    """What Neon has that the running server's PostgreSQL lacks: ICU, and the extensions
+    the project's migrations create (`cathouse_harness.migrate.features`); and what they
+    create that Neon does not offer."""
+    from cathouse_harness.local.neon_features import REMEDY, ServerFeatures, offered_by_neon
+    from cathouse_harness.migrate.features import ICU, features_used
+
+    names = published.get("extensions")
+    features = ServerFeatures(
+        frozenset(str(n) for n in names) if isinstance(names, list) else frozenset(),
+        bool(published.get("icu")),
+        str(published.get("postgres") or "the local server's PostgreSQL"),
+    )
+    used = features_used(settings)
+    root = settings.project_root
+
+    def where(name: str) -> str:
+        label = "ICU collations" if name == ICU else name
+        path = used.get(name)
+        if path is None:
+            return label
+        shown = path.relative_to(root) if path.is_relative_to(root) else path
+        return f"{label} ({shown})"
+
+    foreign = [where(n) for n in sorted(used) if n != ICU and not offered_by_neon(n)]
+    if foreign:
+        return Check("neon features", "fail",
+                     "migrations create extensions Neon does not offer: " + ", ".join(foreign),
+                     "use one Neon lists (if Neon offers it now: CATHOUSE_EXTRA_EXTENSIONS)")
+    missing = [ICU if gap == "ICU collations" else gap for gap in features.missing([*used, ICU])]
+    if not missing:
+        return Check("neon features", "ok",
+                     f"{features.postgres} has ICU and every extension the migrations create")
+    status: Status = "fail" if any(gap in used for gap in missing) else "warn"
+    shown = [where(gap) for gap in missing]
+    return Check("neon features", status,
+                 f"{features.postgres} lacks what Neon has: " + ", ".join(shown), REMEDY)
 
 
 def check_endpoint_hosts(problem: object, names_problem: object = None) -> Check:

@@ -1,11 +1,15 @@
 """`cathouse-branch init`: propose `[tool.cathouse_harness]` for a project that has
 Alembic setups but no harness configuration yet.
 
-Each alembic.ini under the project becomes a service: named after its directory, in the
-schema its env.py keeps the version table in (else the one its revision files create
-tables in, else public), ordered so that a service whose revisions hold a foreign key into
-another service's schema migrates after it. Every value carries a note saying where it
-came from, because a guess the user cannot check is worse than none.
+Each Alembic configuration under the project (an alembic.ini, or a pyproject.toml with
+`[tool.alembic]` and no alembic.ini beside it) becomes a service: named after its
+directory, in the schema its env.py keeps the version table in (else the one its revision
+files create tables in, else public), ordered so that a service whose revisions hold a
+foreign key into another service's schema migrates after it. A configuration whose
+revisions another one already reaches (through `version_locations`) is part of that one's
+service; histories that share a version table are one service, migrated to "heads". Every
+value carries a note saying where it came from, because a guess the user cannot check is
+worse than none.
 """
 
 from __future__ import annotations
@@ -18,10 +22,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cathouse_harness.cli.project_env import EnvProposal, propose_env
 from cathouse_harness.cli.pyproject_edit import Outcome, lookup, put_table
-from cathouse_harness.config.settings import TOOL_TABLE, check_pool_budget, parse_services
+from cathouse_harness.config.services import plain_identifier
+from cathouse_harness.config.settings import TOOL_TABLE, load_settings
 from cathouse_harness.errors import ConfigError
-from cathouse_harness.migrate.scan import AlembicSetup, Skipped, env_facts, read_setup, revision_facts
+from cathouse_harness.migrate.scan import (
+    AlembicSetup,
+    EnvFacts,
+    History,
+    Skipped,
+    env_facts,
+    read_history,
+    read_setup,
+    revision_facts,
+)
 
 DEFAULT_CONNECTION_LIMIT = 10
 DEFAULT_SCHEMA = "public"
@@ -41,6 +56,10 @@ class ServiceProposal:
     max_overflow: int
     after: tuple[str, ...]  # services it references, which therefore migrate first
     notes: tuple[str, ...]  # where each value came from
+    target: str = "head"  # "heads" where several histories share the version table
+    # where its Alembic runs from, relative to the project ("." for the root); None: the
+    # ini's own directory, the default
+    directory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,12 +68,14 @@ class Proposal:
     connection_limit: int
     services: tuple[ServiceProposal, ...]
     notes: tuple[str, ...]  # about the project as a whole: skipped files, order, pools
+    env: EnvProposal = EnvProposal()
 
     def toml(self) -> str:
         lines = [
             f"[{TOOL_TABLE}]",
             "# proposed by `cathouse-branch init`: services migrate in the order listed",
             f"connection_limit = {self.connection_limit}",
+            *self.env.driver_lines(),
         ]
         for service in self.services:
             lines += [
@@ -63,9 +84,15 @@ class Proposal:
                 f"name = {_toml_string(service.name)}",
                 f"schema = {_toml_string(service.schema)}",
                 f"alembic_ini = {_toml_string(service.alembic_ini)}",
+            ]
+            if service.directory is not None:
+                lines.append(f"directory = {_toml_string(service.directory)}")
+            lines += [
                 f"pool_size = {service.pool_size}",
                 f"max_overflow = {service.max_overflow}",
+                *_target_lines(service),
             ]
+        lines += self.env.table_lines(f"{TOOL_TABLE}.env")
         return "\n".join(lines) + "\n"
 
     def as_dict(self) -> dict[str, Any]:
@@ -75,13 +102,19 @@ class Proposal:
             "services": [
                 {
                     "name": s.name, "schema": s.schema, "alembic_ini": s.alembic_ini,
+                    "directory": s.directory,
                     "pool_size": s.pool_size, "max_overflow": s.max_overflow,
-                    "after": list(s.after), "notes": list(s.notes),
+                    "target": s.target, "after": list(s.after), "notes": list(s.notes),
                 }
                 for s in self.services
             ],
             "notes": list(self.notes),
+            **self.env.as_dict(),
         }
+
+
+def _target_lines(service: ServiceProposal) -> list[str]:
+    return [] if service.target == "head" else [f"target = {_toml_string(service.target)}"]
 
 
 def _toml_string(value: str) -> str:
@@ -101,30 +134,28 @@ def _skipped_dir(directory: Path, name: str) -> bool:
     )
 
 
-def find_alembic_inis(project_dir: Path) -> tuple[list[Path], list[str]]:
-    """Every alembic.ini under `project_dir`, sorted by directory (the root first), and
-    notes on pyproject.toml files that configure Alembic without an alembic.ini beside."""
-    inis: list[Path] = []
-    notes: list[str] = []
+def find_alembic_configs(project_dir: Path) -> list[Path]:
+    """Every Alembic configuration under `project_dir`, sorted by directory (the root
+    first): each alembic.ini, and each pyproject.toml whose [tool.alembic] names a
+    script_location with no alembic.ini beside it (Alembic runs from that file alone)."""
+    found: list[Path] = []
     for root, dirs, files in os.walk(project_dir):
         here = Path(root)
         dirs[:] = sorted(d for d in dirs if not _skipped_dir(here, d))
         if "alembic.ini" in files:
-            inis.append(here / "alembic.ini")
-        elif "pyproject.toml" in files and _has_tool_alembic(here / "pyproject.toml"):
-            notes.append(
-                f"{_relative(here / 'pyproject.toml', project_dir)} has [tool.alembic] but no "
-                "alembic.ini beside it; the harness needs one (alembic init -t pyproject writes both)"
-            )
-    inis.sort(key=lambda p: p.parent.relative_to(project_dir).parts)
-    return inis, notes
+            found.append(here / "alembic.ini")
+        elif "pyproject.toml" in files and _tool_alembic_location(here / "pyproject.toml"):
+            found.append(here / "pyproject.toml")
+    found.sort(key=lambda p: p.parent.relative_to(project_dir).parts)
+    return found
 
 
-def _has_tool_alembic(pyproject: Path) -> bool:
+def _tool_alembic_location(pyproject: Path) -> bool:
     try:
-        return lookup(tomllib.loads(pyproject.read_text(encoding="utf-8")), "tool.alembic") is not None
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return False
+    return isinstance(lookup(data, "tool.alembic.script_location"), str)
 
 
 def _relative(path: Path, project_dir: Path) -> str:
@@ -165,14 +196,20 @@ class _Candidate:
     alembic_ini: str
     references: Mapping[str, str]  # schema -> "auth.users.id in versions/0002_x.py", first seen
     notes: tuple[str, ...]
+    # (schema or None for the search path, table) where env.py keeps the version table;
+    # None when init cannot tell
+    version_table: tuple[str | None, str] | None = None
+    target: str = "head"
+    directory: str | None = None
 
 
-def _schema_of(setup: AlembicSetup, project_dir: Path) -> tuple[str, list[str], dict[str, str]]:
+def _schema_of(
+    setup: AlembicSetup, env: EnvFacts | None, history: History, project_dir: Path
+) -> tuple[str, list[str], dict[str, str]]:
     """The service's schema, the notes that explain it, and the schemas its FKs point at."""
     notes: list[str] = []
     env_py = setup.env_py
-    env = env_facts(env_py) if env_py else None
-    revisions = revision_facts(setup.version_dirs)
+    revisions = revision_facts(history.files)
     references: dict[str, str] = {}
     for ref in revisions.references:
         references.setdefault(ref.schema, f"{ref.target} in {_relative(ref.file, project_dir)}")
@@ -219,11 +256,47 @@ def _candidate(setup: AlembicSetup, project_dir: Path) -> _Candidate:
     location = _shown(setup.script_dir, project_dir) if setup.script_dir else setup.script_location
     notes = [f"name {name!r}: {name_from}", f"script_location {location} (from {setup.config_from})"]
     if setup.script_dir is None:
-        notes.append("script_location is a package resource: env.py and revisions not read")
+        notes.append("script_location is a package resource init cannot find: env.py and revisions not read")
     elif not setup.script_dir.is_dir():
         notes.append(f"script_location {setup.script_dir} does not exist")
-    schema, schema_notes, references = _schema_of(setup, project_dir)
-    return _Candidate(name, schema, alembic_ini, references, tuple(notes + schema_notes))
+    directory = None
+    if setup.directory is not None and setup.directory != setup.ini.parent:
+        directory = _relative(setup.directory, project_dir)  # "." for the root itself
+        notes.append(f"directory {directory!r}: script_location {setup.script_location} "
+                     f"resolves from there, not from {_relative(setup.ini.parent, project_dir)}/")
+    env = env_facts(setup.env_py) if setup.env_py else None
+    history = read_history(setup)
+    target, history_notes = _history_notes(setup, history, project_dir)
+    schema, schema_notes, references = _schema_of(setup, env, history, project_dir)
+    return _Candidate(
+        name, schema, alembic_ini, references, tuple(notes + history_notes + schema_notes),
+        version_table=env.version_table() if env else None, target=target,
+        directory=directory,
+    )
+
+
+def _history_notes(setup: AlembicSetup, history: History, project_dir: Path) -> tuple[str, list[str]]:
+    """The target to migrate to, and notes on what Alembic's ScriptDirectory found."""
+    notes = [f"version_locations entry {entry!r} names no directory init can find (not imported)"
+             for entry in setup.missing_versions]
+    if len(setup.version_dirs) > 1:
+        shown = ", ".join(_shown(d, project_dir) for d in setup.version_dirs)
+        notes.append(f"version_locations: {shown}")
+    for path in history.unreadable:
+        notes.append(f"{_shown(path, project_dir)}: no literal revision = ... read; not counted")
+    if history.error:
+        notes.append(f"Alembic cannot order its revisions: {history.error}")
+        return "head", notes
+    if not history.files:
+        return "head", notes
+    count = len(history.bases)
+    labels = f", branch labels {', '.join(history.branch_labels)}" if history.branch_labels else ""
+    notes.append(f"{len(history.files)} revision(s), {count} histor{'y' if count == 1 else 'ies'}{labels}")
+    if len(history.heads) > 1:
+        notes.append(f'target "heads": its revisions end in {len(history.heads)} heads '
+                     f"({', '.join(sorted(history.heads))}), all kept in one version table")
+        return "heads", notes
+    return "head", notes
 
 
 # -- the project -----------------------------------------------------------------------------
@@ -302,18 +375,22 @@ def propose(project_dir: Path) -> Proposal:
     project_dir = project_dir.resolve()
     if not project_dir.is_dir():
         raise ConfigError(f"{project_dir} is not a directory", key="--project-dir")
-    inis, notes = find_alembic_inis(project_dir)
-    candidates = []
-    for ini in inis:
-        setup = read_setup(ini)
+    notes: list[str] = []
+    setups = []
+    for config_file in find_alembic_configs(project_dir):
+        setup = read_setup(config_file, project_dir)
         if isinstance(setup, Skipped):
-            notes.append(f"skipped {_relative(ini, project_dir)}: it {setup.reason}")
+            notes.append(f"skipped {_relative(config_file, project_dir)}: it {setup.reason}")
             continue
-        candidates.append(_candidate(setup, project_dir))
+        setups.append(setup)
+    setups = _joined_histories(setups, project_dir, notes)
+    candidates = _one_per_version_table([_candidate(s, project_dir) for s in setups], notes)
+    candidates = _one_per_schema(candidates, notes)
     if not candidates:
         found = f" ({notes[0]})" if notes else ""
         raise ConfigError(
-            f"no Alembic configuration (alembic.ini with a script_location) under {project_dir}{found}",
+            f"no Alembic configuration (an alembic.ini or [tool.alembic] with a script_location) "
+            f"under {project_dir}{found}",
             key="--project-dir",
             hint="point --project-dir at the project, or run `alembic init` in each service first",
         )
@@ -335,9 +412,100 @@ def propose(project_dir: Path) -> Proposal:
         order_note = "order: " + ("; ".join(why) if why else "no foreign key into another service's schema")
         services.append(ServiceProposal(
             name=name, schema=c.schema, alembic_ini=c.alembic_ini, pool_size=size,
-            max_overflow=overflow, after=after, notes=(*c.notes, order_note),
+            max_overflow=overflow, after=after, notes=(*c.notes, order_note), target=c.target,
+            directory=c.directory,
         ))
-    return Proposal(project_dir, limit, tuple(services), tuple(notes))
+    env = propose_env(project_dir, [s.env_py for s in setups if s.env_py is not None], _skipped_dir)
+    return Proposal(project_dir, limit, tuple(services), tuple(notes), env)
+
+
+# -- histories that are one service ---------------------------------------------------------
+
+
+def _reaches(setup: AlembicSetup, directory: Path) -> bool:
+    return any(
+        directory == d or (setup.recursive and directory.is_relative_to(d)) for d in setup.version_dirs
+    )
+
+
+def _reads_all(setup: AlembicSetup, other: AlembicSetup) -> bool:
+    return all(_reaches(setup, d) for d in other.version_dirs)
+
+
+def _joined_histories(setups: list[AlembicSetup], project_dir: Path, notes: list[str]) -> list[AlembicSetup]:
+    """Setups without those whose every version directory another setup already reads
+    (a plugin's own alembic.ini, joined into the core's through version_locations): Alembic
+    run on the core migrates them, so they are the core's service, not one of their own."""
+    kept = []
+    for setup in setups:
+        dirs = setup.version_dirs
+        joined_into = next(
+            (other for other in setups
+             if other is not setup and dirs and all(_reaches(other, d) for d in dirs)
+             # of two setups reading the same directories, the first listed stays
+             and not (_reads_all(setup, other) and setups.index(other) > setups.index(setup))),
+            None,
+        )
+        if joined_into is None:
+            kept.append(setup)
+            continue
+        shown = ", ".join(_shown(d, project_dir) for d in dirs)
+        notes.append(
+            f"{_relative(setup.ini, project_dir)}: its revisions ({shown}) are read by "
+            f"{_relative(joined_into.ini, project_dir)} through version_locations; one service"
+        )
+    return kept
+
+
+def _shown_table(key: tuple[str | None, str]) -> str:
+    schema, table = key
+    return f"{schema}.{table}" if schema else f"{table} on the search path"
+
+
+def _one_per_version_table(candidates: list[_Candidate], notes: list[str]) -> list[_Candidate]:
+    """One service per version table: two Alembic setups writing the same one each stop at
+    the other's revision ("Can't locate revision"), so only the first is proposed."""
+    owner: dict[tuple[str | None, str], _Candidate] = {}
+    kept = []
+    for c in candidates:
+        key = c.version_table
+        first = owner.get(key) if key else None
+        if key is None or first is None:
+            if key:
+                owner[key] = c
+            kept.append(c)
+            continue
+        notes.append(
+            f"{c.alembic_ini} left out: it keeps its revisions in the same version table as "
+            f"{first.alembic_ini} ({_shown_table(key)}), so each would stop at the "
+            f"other's revisions; add its versions directory to {first.alembic_ini}'s "
+            'version_locations (that service then migrates to target "heads"), or give its '
+            "env.py a version_table_schema of its own"
+        )
+    return kept
+
+
+def _one_per_schema(candidates: list[_Candidate], notes: list[str]) -> list[_Candidate]:
+    """The harness gives each service a plain-named schema of its own; a second claim is
+    left out, as is a name it would have to quote."""
+    owner: dict[str, _Candidate] = {}
+    kept = []
+    for c in candidates:
+        if not plain_identifier(c.schema):
+            notes.append(
+                f"{c.alembic_ini} left out: its schema {c.schema!r} is not a plain SQL identifier "
+                "(letters, digits, _), which the harness needs; rename it, then run init again"
+            )
+            continue
+        if c.schema in owner:
+            notes.append(
+                f"{c.alembic_ini} left out: schema {c.schema!r} is already {owner[c.schema].alembic_ini}'s "
+                "(each service owns its own schema); give one of them another schema"
+            )
+            continue
+        owner[c.schema] = c
+        kept.append(c)
+    return kept
 
 
 def _existing_limit(project_dir: Path) -> int:
@@ -353,11 +521,12 @@ def _existing_limit(project_dir: Path) -> int:
 
 
 def check_proposal(proposal: Proposal) -> None:
-    """Raise the ConfigError the harness would raise on loading the proposed table."""
-    source = "the proposed table"
+    """Raise the ConfigError the harness would raise on loading the proposed table: the
+    settings loader itself reads it, as if it were the project's pyproject.toml table."""
     table = lookup(tomllib.loads(proposal.toml()), TOOL_TABLE)
-    services = parse_services(table["services"], proposal.project_dir, source)
-    check_pool_budget(services, table["connection_limit"], source)
+    load_settings(
+        proposal.project_dir, environ={}, use_dotenv=False, table=(table, "the proposed table")
+    )
 
 
 def write_proposal(proposal: Proposal, *, force: bool) -> tuple[Path, Outcome]:

@@ -15,7 +15,10 @@ from cathouse_harness.config.app_env import AppEnv, parse_env
 from cathouse_harness.config.values import parse_bool, parse_int
 from cathouse_harness.errors import ConfigError
 
-_SERVICE_KEYS = {"name", "schema", "alembic_ini", "pool_size", "max_overflow", "read_only", "env"}
+_SERVICE_KEYS = {
+    "name", "schema", "alembic_ini", "pool_size", "max_overflow", "read_only", "target", "directory",
+    "env",
+}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -29,6 +32,13 @@ class ServiceConfig:
     pool_size: int = 2
     max_overflow: int = 1
     read_only: bool = False
+    # What `alembic upgrade` is given: None is the default (`head`, or what a history with
+    # several heads needs, see `cathouse_harness.migrate.heads`); else one or more
+    # revisions, branch labels or `heads`, upgraded to in order.
+    target: tuple[str, ...] | None = None
+    # Where the service's Alembic runs from (its users' `alembic -c …` directory); None:
+    # the directory of its alembic.ini.
+    directory: Path | None = None
     # the names its migrations set from the branch's direct URL: its own `env` table over
     # the top-level one (merged by `load_settings`)
     env: AppEnv = AppEnv()
@@ -85,15 +95,55 @@ def parse_services(raw: Any, root: Path, source: str) -> tuple[ServiceConfig, ..
                 pool_size=pool_size,
                 max_overflow=max_overflow,
                 read_only=read_only,
+                target=_target(entry.get("target"), f"{where}.target", source),
+                directory=_directory(entry.get("directory"), f"{where}.directory", root, source),
                 env=parse_env(entry.get("env", {}), f"{where}.env", source),
             )
         )
     return tuple(services)
 
 
+def _target(raw: Any, key: str, source: str) -> tuple[str, ...] | None:
+    """`"heads"`, `"core@head"` or a list of such; None when the key is absent."""
+    if raw is None:
+        return None
+    items = [raw] if isinstance(raw, str) else raw
+    if (
+        not isinstance(items, list)
+        or not items
+        or not all(isinstance(item, str) and item.strip() and item == item.strip() for item in items)
+    ):
+        raise ConfigError(
+            f"{raw!r} is not a revision or a list of revisions",
+            key=key,
+            source=source,
+            hint='use "head", "heads", a branch label such as "core@head", or a list of them',
+        )
+    return tuple(items)
+
+
+def _directory(raw: Any, key: str, root: Path, source: str) -> Path | None:
+    if raw is None:
+        return None
+    directory = (root / raw).resolve() if isinstance(raw, str) and raw.strip() else None
+    if directory is None or not directory.is_dir():
+        raise ConfigError(
+            f"{raw!r} is not a directory (looked at {directory or root})",
+            key=key,
+            source=source,
+            hint="the directory Alembic runs from, relative to the pyproject.toml",
+        )
+    return directory
+
+
+def plain_identifier(text: str) -> bool:
+    """What a service's schema must be: a SQL identifier that needs no quoting."""
+    return bool(_IDENT.match(text))
+
+
 def _check_schema(schema: Any, key: str, source: str, owners: dict[str, str]) -> None:
     """A plain SQL identifier no other service already claimed (`owners`: schema -> service)."""
-    if not isinstance(schema, str) or not _IDENT.match(schema):
+    if not isinstance(schema, str) or not plain_identifier(schema):
         raise ConfigError(f"schema {schema!r} is not a plain SQL identifier", key=key, source=source)
     if schema in owners:
         raise ConfigError(

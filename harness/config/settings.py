@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from cathouse_harness.config.app_env import DRIVERS, AppEnv, parse_env
 from cathouse_harness.config.services import ServiceConfig, check_pool_budget, parse_services, parse_sources
-from cathouse_harness.config.values import parse_bool, parse_int, parse_ttl
+from cathouse_harness.config.values import check_postgres_bin, parse_bool, parse_int, parse_ttl
 from cathouse_harness.errors import ConfigError
 from cathouse_harness.support import env
 from cathouse_harness.support.redact import Secret
@@ -50,6 +50,7 @@ ENV_NAMES: dict[str, str] = {
     "keep_branch": "CATHOUSE_KEEP_BRANCH",
     "local_storage": "CATHOUSE_LOCAL_STORAGE",
     "worker_isolation": "CATHOUSE_WORKER_ISOLATION",
+    "postgres_bin": "CATHOUSE_POSTGRES_BIN",
 }
 
 _TOML_KEYS = {
@@ -67,6 +68,7 @@ _TOML_KEYS = {
     "migration_sources",
     "local_storage",
     "worker_isolation",
+    "postgres_bin",
     "env",
     "url_driver",
 }
@@ -97,6 +99,9 @@ class Settings:
     # what an xdist worker gets of its own: a database on one branch the run's workers
     # share (one fork for the run), or a branch (a fork per worker)
     worker_isolation: WorkerIsolation = "database"
+    # which PostgreSQL the embedded default runs (cathouse_harness.local.pg_choice): a bin
+    # directory, "wheel" or "system"; None is auto (a system one when installed)
+    postgres_bin: str | None = None
     # the project's own variable names, set to the branch in the test process (and, with
     # each service's own table, in its migrations): `cathouse_harness.config.app_env`
     env: AppEnv = AppEnv()
@@ -183,17 +188,21 @@ def _read_pyproject(root: Path) -> tuple[dict[str, Any], str]:
     except OSError as exc:
         raise ConfigError(f"cannot be read ({exc.strerror})", key=str(path)) from None
     table = data.get("tool", {}).get("cathouse_harness", {})
+    _check_table(table, str(path))
+    return table, f"{path} [{TOOL_TABLE}]"
+
+
+def _check_table(table: Any, source: str) -> None:
     if not isinstance(table, dict):
-        raise ConfigError("must be a table", key=f"[{TOOL_TABLE}]", source=str(path))
+        raise ConfigError("must be a table", key=f"[{TOOL_TABLE}]", source=source)
     unknown = sorted(set(table) - _TOML_KEYS)
     if unknown:
         raise ConfigError(
             f"unknown key {unknown[0]!r}",
             key=f"[{TOOL_TABLE}]",
-            source=str(path),
+            source=source,
             hint=f"known keys: {', '.join(sorted(_TOML_KEYS))}",
         )
-    return table, f"{path} [{TOOL_TABLE}]"
 
 
 def _read_dotenv(path: Path) -> dict[str, str]:
@@ -220,14 +229,21 @@ def load_settings(
     options: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     use_dotenv: bool = True,
+    table: tuple[dict[str, Any], str] | None = None,
 ) -> Settings:
-    """Read settings for the project at or above `start` (default: the working directory)."""
-    root = find_project_root(Path(start) if start else Path.cwd())
+    """Read settings for the project at or above `start` (default: the working directory).
+    `table` (the table, its source) stands in for the pyproject.toml's: `start` is then the
+    root (init checks what it proposes with this)."""
+    if table is not None:
+        _check_table(table[0], table[1])
+    start_dir = Path(start) if start else Path.cwd()
+    root = start_dir.resolve() if table else find_project_root(start_dir)
     raw = _RawValues.collect(
         root,
         options={k: v for k, v in (options or {}).items() if v is not None},
         environ=os.environ if environ is None else environ,
         use_dotenv=use_dotenv,
+        given=table,
     )
     values: dict[str, Any] = {"project_root": root, "sources": raw.sources}
     values.update(_connection_values(raw))
@@ -247,10 +263,12 @@ class _RawValues:
 
     @classmethod
     def collect(
-        cls, root: Path, *, options: Mapping[str, Any], environ: Mapping[str, str], use_dotenv: bool
+        cls, root: Path, *, options: Mapping[str, Any], environ: Mapping[str, str], use_dotenv: bool,
+        given: tuple[dict[str, Any], str] | None = None,
     ) -> _RawValues:
-        """The first place that sets each key, in precedence order."""
-        table, toml_source = _read_pyproject(root)
+        """The first place that sets each key, in precedence order; `given` stands in for
+        the pyproject.toml's table."""
+        table, toml_source = given or _read_pyproject(root)
         dotenv_path = root / ".env"
         dotenv = _read_dotenv(dotenv_path) if use_dotenv else {}
         raw: dict[str, Any] = {}
@@ -345,6 +363,10 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
     if "worker_isolation" in raw:
         values["worker_isolation"] = raw.choice(
             "worker_isolation", ("database", "branch"), "'database' or 'branch'"
+        )
+    if "postgres_bin" in raw:
+        values["postgres_bin"] = check_postgres_bin(
+            str(raw["postgres_bin"]), source=raw.src("postgres_bin"), base=root
         )
     if "migration_sources" in raw:
         values["migration_sources"] = parse_sources(

@@ -1,12 +1,15 @@
-"""Checking one configured value: a boolean, a whole number, a duration.
+"""Checking one configured value: a boolean, a whole number, a duration, a PostgreSQL
+bin directory.
 
 Each failure is one `ConfigError` naming the key and where the value came from.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from cathouse_harness.errors import ConfigError
@@ -66,3 +69,38 @@ def parse_int(value: Any, key: str, source: str, *, minimum: int) -> int:
     if number < minimum:
         raise ConfigError(f"must be at least {minimum}, got {number}", key=key, source=source)
     return number
+
+
+# postgres_bin: which PostgreSQL the embedded default runs (cathouse_harness.local.pg_choice)
+POSTGRES_BIN_ENV = "CATHOUSE_POSTGRES_BIN"
+POSTGRES_BIN_KEYWORDS = ("auto", "wheel", "system")
+
+
+def has_postgres_binaries(bin_dir: Path) -> bool:
+    return all(os.access(bin_dir / name, os.X_OK) for name in ("postgres", "initdb"))
+
+
+def check_postgres_bin(
+    value: str | None, *, source: str = POSTGRES_BIN_ENV, base: Path | None = None
+) -> str | None:
+    """The choice normalised (a keyword, or a bin directory's absolute path), or None for
+    `auto`; a bad one is one line (ConfigError) naming where it came from. A relative
+    path is taken from `base` (the project's root, for pyproject.toml)."""
+    text = (value or "").strip()
+    if not text or text.lower() == "auto":
+        return None
+    if text.lower() in POSTGRES_BIN_KEYWORDS:
+        return text.lower()
+    path = Path(text).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    if path.is_dir() and (path / "bin").is_dir() and not has_postgres_binaries(path):
+        path = path / "bin"  # the installation's root given for its bin directory
+    if not path.is_absolute() or not path.is_dir() or not has_postgres_binaries(path):
+        raise ConfigError(
+            f"{text!r} is not a PostgreSQL bin directory (one holding postgres and initdb)",
+            key="postgres_bin",
+            source=source,
+            hint="name one (e.g. /usr/lib/postgresql/15/bin), or 'wheel', 'system' or 'auto'",
+        )
+    return str(path.resolve())

@@ -135,6 +135,8 @@ async def get_requests(request: Request) -> Response:
 @api
 async def get_info(request: Request) -> Response:
     neon = neon_of(request)
+    features = getattr(neon.dataplane, "features", None)
+    install = getattr(neon.dataplane, "install", None)
     return ok(
         {
             "project_id": neon.state.project_id,
@@ -147,5 +149,9 @@ async def get_info(request: Request) -> Response:
             "host_problem": getattr(neon.dataplane, "host_problem", None),
             # why endpoints are addresses, not <id>.local.localhost names, if they are
             "names_problem": getattr(neon.dataplane, "names_problem", None),
+            # which PostgreSQL runs the cluster, and what it has of Neon's (doctor's list)
+            "postgres_bin": str(install.bin_dir) if install is not None else None,
+            "postgres_origin": install.origin if install is not None else None,
+            "features": features.as_info() if features is not None else None,
         }
     )

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from cathouse_harness.db.quoting import quote_ident
 from cathouse_harness.errors import LocalServerError
-from cathouse_harness.local.sql_databases import CreateDatabase, DropDatabase, SqlRefusal
+from cathouse_harness.local.neon_features import extension_refusal, icu_refusal
+from cathouse_harness.local.sql_databases import CreateDatabase, DropDatabase, FeatureUse, SqlRefusal
 from cathouse_harness.local.sql_relay import Borrow
 from cathouse_harness.local.state import BranchRecord, DatabaseRecord, database_id, iso, now
 from cathouse_harness.support.log import get_logger
@@ -78,6 +79,17 @@ class SqlConnection:
             await self.owner.create(self, branch, statement, borrow)
         else:
             await self.owner.drop(self, branch, statement)
+
+
+    def feature_refusal(self, use: FeatureUse) -> str | None:
+        """Why extensions or an ICU collation this connection asks for cannot be had
+        here (`cathouse_harness.local.neon_features`), or None."""
+        features = getattr(self.owner.neon.dataplane, "features", None)
+        for name in use.extensions:
+            why = extension_refusal(name, features)
+            if why is not None:
+                return why
+        return icu_refusal(features) if use.icu else None
 
 
 class BranchSql:

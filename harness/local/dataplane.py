@@ -24,17 +24,21 @@ from cathouse_harness.local.databases import Databases, list_databases
 from cathouse_harness.local.fencing import DEFAULT_FENCE_TIMEOUT, Fencer
 from cathouse_harness.local.listeners import EndpointAddress, Listeners
 from cathouse_harness.local.names import host_mode
+from cathouse_harness.local.neon_features import ServerFeatures
+from cathouse_harness.local.pg_choice import ENV_VAR as POSTGRES_BIN_ENV
+from cathouse_harness.local.pg_choice import PgInstall, check_choice, choose_install, system_alternative
 from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
 from cathouse_harness.local.postgres import (
     Cluster,
+    ClusterPaths,
     OsUser,
     cluster_root,
     prepare_root,
-    resolve_install,
     resolve_os_user,
 )
 from cathouse_harness.local.proxy import Fences, Gate, Upstream
 from cathouse_harness.local.tls import TlsMaterial, server_material
+from cathouse_harness.support import env
 from cathouse_harness.support.log import get_logger
 
 # re-exported: tests, benchmarks and the server import them from here
@@ -52,6 +56,10 @@ async def _rollback_only(connection: asyncpg.Connection) -> None:
         await connection.execute("ROLLBACK")
 
 
+class _RolledBack(Exception):
+    """Leaves a probe's transaction by rolling it back."""
+
+
 class DataPlane:
     """Databases and endpoint listeners on the embedded (or an external) PostgreSQL."""
 
@@ -62,8 +70,14 @@ class DataPlane:
         storage: Literal["memory", "disk"] = "memory",
         external_pg_url: str | None = None,
         fence_timeout: float = DEFAULT_FENCE_TIMEOUT,
+        postgres_bin: str | None = None,
     ) -> None:
         self.home = Path(home)
+        # which PostgreSQL runs the cluster (`pg_choice`); None: CATHOUSE_POSTGRES_BIN, else auto
+        self._postgres_bin = postgres_bin
+        self.install: PgInstall | None = None
+        # what the running PostgreSQL has of Neon's features; None before start()
+        self.features: ServerFeatures | None = None
         self.storage = storage
         self._fence_timeout = fence_timeout
         self._external_url = external_pg_url
@@ -118,10 +132,16 @@ class DataPlane:
             admin = self._external_url
         else:
             self._user = await asyncio.to_thread(resolve_os_user)
-            install = await asyncio.to_thread(resolve_install, self._user)
             root = cluster_root(self.home, self.storage, self._user)
+            self._postgres_bin = self._postgres_bin or env.read(POSTGRES_BIN_ENV)
+            self.install = await asyncio.to_thread(
+                choose_install,
+                self._postgres_bin,
+                data_dir=ClusterPaths.under(root).data,
+                user=self._user,
+            )
             self._cluster = Cluster(
-                root, storage=self.storage, user=self._user, install=install, home=self.home
+                root, storage=self.storage, user=self._user, install=self.install.root, home=self.home
             )
             warm = await self._cluster.start()
             self.timings["attach" if warm else "cold_start"] = time.perf_counter() - started
@@ -138,12 +158,43 @@ class DataPlane:
                 hint=self._where(),
             ) from None
         self._server_version = str(await self._pool.fetchval("SHOW server_version"))
+        self.features = await self._features(self._pool)
         await self._start_extras()
         self._build_parts(self._pool)
         assert self._listeners is not None
         await self._listeners.start_router(mode)
         self._started = True
         self.timings["start_total"] = time.perf_counter() - started
+
+    async def _features(self, pool: asyncpg.Pool) -> ServerFeatures:
+        """The extensions this PostgreSQL can create and whether it has ICU. ICU is
+        tried, not looked up: since PostgreSQL 16 initdb lists an ICU collation
+        (`unicode`) even in a build without ICU, which then cannot use it."""
+        async with pool.acquire() as connection:
+            names = await connection.fetchval("SELECT array(SELECT name FROM pg_available_extensions)")
+            try:
+                async with connection.transaction():
+                    await connection.execute(
+                        "CREATE COLLATION pg_temp.cathouse_icu_probe (provider = icu, locale = 'und')"
+                    )
+                    raise _RolledBack
+            except _RolledBack:
+                icu = True
+            except asyncpg.PostgresError:
+                icu = False
+        aside = ""
+        if self.install is not None:
+            postgres = self.install.describe()
+            # auto chose another: only an existing cluster's major keeps a home from it
+            other = None if check_choice(self._postgres_bin) else system_alternative(self.install)
+            if other is not None and self._cluster is not None:
+                aside = (
+                    f" ({other} is installed, but this home's cluster {self._cluster.paths.root} "
+                    f"stays on the PostgreSQL {self.install.major} that made it unless removed)"
+                )
+        else:
+            postgres = f"PostgreSQL {self._server_version} at CATHOUSE_PG_URL"
+        return ServerFeatures(frozenset(names), icu, postgres, aside)
 
     def _runtime_dir(self) -> Path:
         if self._cluster is not None:

@@ -37,6 +37,10 @@ class LocalServerInfo:
     pid: int
     port: int
     home: Path
+    # the bin directory of the PostgreSQL it runs and where that came from (wheel,
+    # system, named); None for a server started before they were published
+    postgres_bin: str | None = None
+    postgres_origin: str | None = None
 
 
 def resolve_home(home: Path | None) -> Path:
@@ -125,6 +129,8 @@ def info_from(home: Path, data: dict[str, Any], api_key: str) -> LocalServerInfo
         pid=int(data["pid"]),
         port=int(data["port"]),
         home=home,
+        postgres_bin=data.get("postgres_bin"),
+        postgres_origin=data.get("postgres_origin"),
     )
 
 
@@ -146,7 +152,8 @@ def live_server(home: Path, storage: str) -> LocalServerInfo | None:
     answer = probe(api_host, api_key)
     if not answer or answer.get("pid") != pid:
         return None
-    return info_from(home, {**data, "project_id": answer.get("project_id")}, api_key)
+    known = {key: answer.get(key) for key in ("project_id", "postgres_bin", "postgres_origin")}
+    return info_from(home, {**data, **known}, api_key)
 
 
 def running_server(home: Path | None = None, storage: str | None = None) -> LocalServerInfo | None:

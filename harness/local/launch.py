@@ -69,13 +69,19 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 def ensure_local_server(
-    home: Path | None = None, *, storage: str = "memory", idle_timeout: float = 900
+    home: Path | None = None,
+    *,
+    storage: str = "memory",
+    idle_timeout: float = 900,
+    postgres_bin: str | None = None,
 ) -> LocalServerInfo:
     """A running local server for `home`: the one already answering, or a new daemon.
     The daemon reads `CATHOUSE_LOCAL_LATENCY` and `CATHOUSE_LOCAL_HOSTS` /
     `CATHOUSE_LOCAL_ROUTER` itself; they are checked here too, so a bad value is the
     caller's one-line error rather than a daemon that exits while starting. (A server
-    already running keeps the settings it started with.)"""
+    already running keeps the settings it started with.) `postgres_bin` (a checked
+    choice, `cathouse_harness.local.pg_choice`) reaches a new daemon as
+    CATHOUSE_POSTGRES_BIN; None leaves that variable as it is."""
     check_storage(storage)
     parse_latency(env.read(LATENCY_ENV))
     host_mode(resolve=lambda: False)
@@ -88,8 +94,9 @@ def ensure_local_server(
         if info is not None:
             return info
         discovery_path(home, storage).unlink(missing_ok=True)
+        _check_binaries(home, storage, postgres_bin)
         logfile = log_path(home, storage)
-        process = _spawn_daemon(home, storage, idle_timeout, logfile)
+        process = _spawn_daemon(home, storage, idle_timeout, logfile, postgres_bin)
         found: list[LocalServerInfo] = []
 
         def answering() -> bool:
@@ -113,9 +120,25 @@ def ensure_local_server(
         )
 
 
-def _spawn_daemon(home: Path, storage: str, idle_timeout: float, logfile: Path) -> subprocess.Popen[bytes]:
+def _check_binaries(home: Path, storage: str, postgres_bin: str | None) -> None:
+    """A named PostgreSQL that cannot open the home's cluster is the caller's one line,
+    not a daemon's exit (`cathouse_harness.local.pg_choice`). Not with an external server."""
+    if env.read("CATHOUSE_PG_URL"):
+        return
+    from cathouse_harness.local.pg_choice import ENV_VAR, preflight
+    from cathouse_harness.local.postgres import ClusterPaths, cluster_root, resolve_os_user
+
+    root = cluster_root(home, storage, resolve_os_user())  # type: ignore[arg-type]
+    preflight(postgres_bin or env.read(ENV_VAR), ClusterPaths.under(root).data)
+
+
+def _spawn_daemon(
+    home: Path, storage: str, idle_timeout: float, logfile: Path, postgres_bin: str | None = None
+) -> subprocess.Popen[bytes]:
     """Start `python -m cathouse_harness.local.server --daemon` detached, logging to `logfile`."""
     child_env = dict(os.environ)
+    if postgres_bin is not None:
+        child_env["CATHOUSE_POSTGRES_BIN"] = postgres_bin
     package_root = str(Path(__file__).resolve().parents[2])
     child_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (package_root, child_env.get("PYTHONPATH")) if p

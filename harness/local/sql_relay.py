@@ -28,8 +28,10 @@ from cathouse_harness.local.proxy_auth import message, read_message
 from cathouse_harness.local.sql_databases import (
     CreateDatabase,
     DropDatabase,
+    FeatureUse,
     Refused,
     SqlRefusal,
+    Statement,
     classify,
     might_be_ours,
 )
@@ -59,6 +61,7 @@ class SqlSession(Protocol):
     def attach(self, end: Callable[[], None]) -> None: ...
     def detach(self) -> None: ...
     async def perform(self, statement: CreateDatabase | DropDatabase, borrow: Borrow) -> None: ...
+    def feature_refusal(self, use: FeatureUse) -> str | None: ...
 
 
 def error_message(sqlstate: str, text: str, *, severity: str = "ERROR", detail: str | None = None) -> bytes:
@@ -269,8 +272,19 @@ class Relay:
         elif kind in _EXTENDED:
             self._group_open = True
 
+    def _classify(self, text: bytes) -> CreateDatabase | DropDatabase | Refused | None:
+        """The statement of ours in a query's text; a FeatureUse is checked here and
+        becomes a Refused (rewritten into PostgreSQL's error, in order) or nothing."""
+        statement: Statement | None = (
+            classify(text.decode("utf-8", "replace")) if might_be_ours(text) else None
+        )
+        if isinstance(statement, FeatureUse):
+            why = self.session.feature_refusal(statement)
+            return Refused("0A000", why) if why is not None else None
+        return statement
+
     async def _query(self, body: bytes) -> bytes | None:
-        statement = classify(body[:-1].decode("utf-8", "replace")) if might_be_ours(body) else None
+        statement = self._classify(body[:-1])
         refusal = self._refusal(statement) if statement is not None else None
         self._group_open = False
         if statement is None or refusal is not None:
@@ -317,8 +331,7 @@ class Relay:
         name, pos = _cstr(body, 0)
         self._statements.pop(name, None)  # a new statement under that name
         query_end = body.index(b"\0", pos)
-        query = body[pos:query_end]
-        statement = classify(query.decode("utf-8", "replace")) if might_be_ours(query) else None
+        statement = self._classify(body[pos:query_end])
         refusal = self._refusal(statement) if statement is not None else None
         if statement is None or refusal is not None:
             self._group_open = True

@@ -23,6 +23,7 @@ from cathouse_harness.migrate.checks import (
 )
 from cathouse_harness.migrate.connection import run_with_connection
 from cathouse_harness.migrate.environment import script_directory
+from cathouse_harness.migrate.heads import HEAD_TARGETS, Standing, standing
 from cathouse_harness.migrate.run_memo import once_per_run
 from cathouse_harness.migrate.runner import (
     ServiceResult,
@@ -43,6 +44,7 @@ __all__ = [
     "head_revisions",
     "migrate_all",
     "migration_fingerprint",
+    "standings",
 ]
 
 ENV_URL = "MIGRATION_DATABASE_URL"
@@ -61,7 +63,7 @@ def head_revisions(settings: Settings) -> dict[str, tuple[str, ...]]:
     return heads
 
 
-def _migrate_on(connection: Connection, settings: Settings, target: str,
+def _migrate_on(connection: Connection, settings: Settings, target: str | Sequence[str] | None,
                 reporter: Callable[[str], None] | None,
                 heads: dict[str, tuple[str, ...]] | None) -> list[ServiceResult]:
     results = []
@@ -77,18 +79,18 @@ def migrate_all(
     settings: Settings,
     direct_url: str,
     *,
-    target: str = "head",
+    target: str | Sequence[str] | None = None,
     reporter: Callable[[str], None] | None = None,
 ) -> list[ServiceResult]:
-    """Upgrade every migrating service to `target`, in configured order, on one connection.
+    """Upgrade every migrating service to `target` (None: each service's own, see
+    `cathouse_harness.migrate.heads`), in configured order, on one connection.
 
     Stops at the first failing service with MigrationError(service=, revision=,
     db_error=). Safe to call from synchronous code, from a worker thread, or from a
     thread that runs an event loop (the work runs in a thread of its own).
     """
     with once_per_run():
-        heads = head_revisions(settings) if reporter is not None and target in ("head", "heads") \
-            else None
+        heads = head_revisions(settings) if reporter is not None else None
         return run_with_connection(
             direct_url, lambda connection: _migrate_on(connection, settings, target, reporter, heads)
         )
@@ -106,13 +108,36 @@ def current_revisions(settings: Settings, direct_url: str) -> dict[str, str | No
     return run_with_connection(direct_url, read)
 
 
+def standings(settings: Settings, direct_url: str) -> dict[str, Standing]:
+    """Each migrating service's database revisions against its target's revisions (every
+    head for `heads`): at, behind, ahead or diverged."""
+    from cathouse_harness.migrate.runner import upgrade_targets
+
+    def read(connection: Connection) -> dict[str, Standing]:
+        found = {}
+        for service in settings.migrating_services:
+            database = current_heads(connection, service)
+            script = script_directory(service)
+            found[service.name] = standing(script, database,
+                                           upgrade_targets(settings, service))
+        return found
+
+    return run_with_connection(direct_url, read)
+
+
 # --- the command line is `cathouse-branch migrate` (also `python -m harness migrate`) ---
 
 
-def summary_line(results: Sequence[ServiceResult], target: str, seconds: float) -> str:
+def summary_line(results: Sequence[ServiceResult], seconds: float) -> str:
     """`all services at head; migrated 2 of 3 services in 0.41 s` (or `…; nothing changed`)."""
     changed = sum(r.changed for r in results)
-    where = "at head" if target in ("head", "heads") else f"at {target}"
+    targets = {r.target for r in results}
+    if targets <= set(HEAD_TARGETS):
+        where = "at head"
+    elif len(targets) == 1:
+        where = f"at {', '.join(next(iter(targets)))}"
+    else:
+        where = "at their targets"
     if changed:
         return f"all services {where}; migrated {changed} of {len(results)} services in {seconds:.2f} s"
     return f"all services {where}; nothing changed"

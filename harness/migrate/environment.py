@@ -168,11 +168,19 @@ def alembic_config(service: ServiceConfig, connection: Connection | None = None,
 def script_directory(service: ServiceConfig) -> ScriptDirectory:
     """Alembic's view of the service's revisions (parsed lazily, on first use; one per
     migration run, see `cathouse_harness.migrate.run_memo`)."""
+    return remembered(("script_directory", service), lambda: _script_directory(service))
+
+
+def _script_directory(service: ServiceConfig) -> ScriptDirectory:
     from alembic.script import ScriptDirectory
 
-    return remembered(
-        ("script_directory", service), lambda: ScriptDirectory.from_config(alembic_config(service))
-    )
+    script = ScriptDirectory.from_config(alembic_config(service))
+    if script.version_locations:
+        # Alembic takes relative version_locations from the working directory when it
+        # reads them (lazily); ours is not the service's outside a command, so they go
+        # in as the absolute paths they name from there.
+        script.version_locations = [str(d) for d in service_sources(service).version_dirs]
+    return script
 
 
 @contextmanager

@@ -49,6 +49,33 @@ class ForeignDatabaseRefused(SafetyError):
         )
 
 
+# What SQLAlchemy's str(url) and repr(url) put where the password was.
+MASKED_PASSWORD = "***"
+
+
+class MaskedPasswordRefused(SafetyError):
+    """An env.py handed on a URL whose password is SQLAlchemy's mask, not the password."""
+
+    def __init__(self, env_py: Path | None, service: str | None = None) -> None:
+        where = str(env_py) if env_py else "a migration"
+        prefix = f"service {service}: " if service else ""
+        super().__init__(
+            f"{prefix}{where} connects with the password '{MASKED_PASSWORD}': str(url) of a "
+            "SQLAlchemy URL hides the password, so the server would refuse it",
+            hint="pass the URL object itself, or url.render_as_string(hide_password=False), "
+            "or read MIGRATION_DATABASE_URL",
+        )
+
+
+def _check_password(password: Any) -> None:
+    """Refuse SQLAlchemy's mask as a password, before the server answers with "password
+    authentication failed" (a branch's password, generated, is never the mask)."""
+    state = _active
+    if state is None or password != MASKED_PASSWORD:
+        return
+    raise MaskedPasswordRefused(state[1], state[2])
+
+
 _lock = threading.RLock()
 _active: tuple[Endpoint, Path | None, str | None] | None = None
 
@@ -86,10 +113,12 @@ def _check(host: Any, port: Any, database: Any, dsn: str | None = None) -> None:
 def _check_url_or_params(dsn: str | None, params: dict[str, Any], *, db_key: str) -> None:
     """asyncpg-style call: a URL and/or keyword arguments (keywords win, as in asyncpg)."""
     host, port, database = params.get("host"), params.get("port"), params.get(db_key)
+    password = params.get("password")
     if dsn and "://" in dsn:
         from urllib.parse import urlsplit
 
         parts = urlsplit(dsn)
+        password = password or (unquote(parts.password) if parts.password else None)
         host = host or parts.hostname
         try:
             port = port or parts.port
@@ -97,6 +126,7 @@ def _check_url_or_params(dsn: str | None, params: dict[str, Any], *, db_key: str
             port = "?"
         database = database or unquote(parts.path.lstrip("/"))
     _check(host, port, database, dsn)
+    _check_password(password)
 
 
 def _check_conninfo(conninfo: str, params: dict[str, Any]) -> None:
@@ -112,6 +142,7 @@ def _check_conninfo(conninfo: str, params: dict[str, Any]) -> None:
             return
     _check(merged.get("host"), merged.get("port"),
            merged.get("dbname") or merged.get("database"), conninfo)
+    _check_password(merged.get("password"))
 
 
 def _sqlalchemy_listener(dialect: Any, conn_rec: Any, cargs: tuple[Any, ...],
@@ -217,16 +248,16 @@ def only_connections_to(allowed: Endpoint, env_py: Path | None,
             _active = outer
 
 
-def refused_in(exc: BaseException) -> ForeignDatabaseRefused | None:
+def refused_in(exc: BaseException) -> SafetyError | None:
     """The refusal behind `exc` (SQLAlchemy and drivers may wrap or chain it)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ForeignDatabaseRefused):
+        if isinstance(current, ForeignDatabaseRefused | MaskedPasswordRefused):
             return current
         orig = getattr(current, "orig", None)
-        if isinstance(orig, ForeignDatabaseRefused):
+        if isinstance(orig, ForeignDatabaseRefused | MaskedPasswordRefused):
             return orig
         current = current.__cause__ or current.__context__
     return None

@@ -18,10 +18,11 @@ sees otherwise (URLs, directory, guard) is `cathouse_harness.migrate.environment
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from time import perf_counter
@@ -31,7 +32,13 @@ from alembic.config import Config
 from cathouse_harness.branching.fingerprint import service_sources
 from cathouse_harness.config.settings import ServiceConfig, Settings
 from cathouse_harness.db.quoting import quote_ident
-from cathouse_harness.errors import HarnessError, MigrationError, MigrationOrderError, SafetyError
+from cathouse_harness.errors import (
+    ConfigError,
+    HarnessError,
+    MigrationError,
+    MigrationOrderError,
+    SafetyError,
+)
 from cathouse_harness.migrate.connection import describe_exception, sqlstate_of
 from cathouse_harness.migrate.environment import (
     DIRECT_URL_KEY,
@@ -43,6 +50,12 @@ from cathouse_harness.migrate.environment import (
     version_locations,
 )
 from cathouse_harness.migrate.guard import README_SECTION, refused_in
+from cathouse_harness.migrate.heads import (
+    HEAD_TARGETS,
+    service_target,
+    several_heads_error,
+    standing,
+)
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
@@ -63,6 +76,9 @@ class ServiceResult:
     before: str | None
     after: str | None
     seconds: float
+    target: tuple[str, ...] = ("head",)
+    # how the database stands against the target when not at it (`ahead: …`), else None
+    standing: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -89,11 +105,17 @@ def current_heads(connection: Connection, service: ServiceConfig) -> tuple[str, 
     table (Alembic's `current`, which runs env.py without migrating). An env.py that
     cannot run leaves us `<schema>.alembic_version`, where most keep it."""
     try:
-        records = run_alembic(connection, service, lambda config: command.current(config),
-                              read_only=True)
+        records = run_alembic(connection, service, _quiet_current, read_only=True)
     except Exception:
         return _read_version_table(connection, service.schema or "public")
     return _heads_of(records, "after")
+
+
+def _quiet_current(config: Config) -> None:
+    # `current` prints the heads it found; ours come from the records, and the command
+    # line's stdout is for its own results
+    config.stdout = io.StringIO()
+    command.current(config)
 
 
 def _read_version_table(connection: Connection, schema: str) -> tuple[str, ...]:
@@ -264,6 +286,46 @@ def _env_py_error(service: ServiceConfig, exc: BaseException) -> MigrationError 
     )
 
 
+def _revision_error(settings: Settings, service: ServiceConfig, exc: BaseException,
+                    target: str, current: tuple[str, ...]) -> HarnessError | None:
+    """Alembic refusing the revisions themselves (several heads for `head`, a revision
+    nobody has): one line that says so, instead of a guess about env.py."""
+    from alembic.script.revision import MultipleHeads, ResolutionError
+
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, MultipleHeads) or "Multiple head revisions are present" in str(chain):
+            heads: Sequence[str] = ()
+            with suppress(Exception):
+                heads = script_directory(service).get_heads()
+            return several_heads_error(service, heads, settings.source_of("services"))
+        if isinstance(chain, ResolutionError) or "Can't locate revision" in str(chain):
+            return _unknown_revision_error(service, target, current)
+        chain = chain.__cause__ or chain.__context__
+    return None
+
+
+def _unknown_revision_error(service: ServiceConfig, target: str,
+                            database: tuple[str, ...]) -> MigrationError:
+    try:
+        script = script_directory(service)
+        known = {r.revision for r in script.walk_revisions()}
+    except Exception:
+        known = set()
+    unknown = [r for r in database if r not in known]
+    if unknown:
+        return MigrationError(
+            f"the database is at {', '.join(unknown)}, which none of its revision files has: "
+            "it is ahead of these scripts (migrated by other code)",
+            service=service.name,
+            hint="check out the code that has that revision, or start the branch again "
+            "(cathouse-branch reset)",
+        )
+    return MigrationError(f"target {target!r} names no revision of its scripts",
+                          service=service.name,
+                          hint="fix the target: head, heads, a branch label (label@head) or a revision")
+
+
 def _run_command(connection: Connection, settings: Settings, service: ServiceConfig,
                  target: str, *, downgrade: bool) -> list[VersionRecord]:
     """One Alembic upgrade or downgrade of one service; each run's version records.
@@ -281,6 +343,10 @@ def _run_command(connection: Connection, settings: Settings, service: ServiceCon
         with suppress(Exception):
             now = current_heads(connection, service)
         revision = failing_revision(service, exc, target, now, downgrade=downgrade)
+        if revision is None:
+            refused = _revision_error(settings, service, exc, target, now)
+            if refused is not None:
+                raise refused from None
         env_error = _env_py_error(service, exc) if revision is None else None
         if env_error is not None:
             raise env_error from None
@@ -289,28 +355,88 @@ def _run_command(connection: Connection, settings: Settings, service: ServiceCon
     return records
 
 
+def upgrade_targets(settings: Settings, service: ServiceConfig,
+                    target: str | Sequence[str] | None = None) -> tuple[str, ...]:
+    """What `alembic upgrade` is given, in order: `target` when the caller names one,
+    else the service's own (see `cathouse_harness.migrate.heads`)."""
+    if isinstance(target, str):
+        return (target,)
+    if target is not None:
+        return tuple(target)
+    if service.target is not None:
+        return service.target
+    try:
+        script = script_directory(service)
+    except Exception:
+        return ("head",)  # unreadable revisions: Alembic's own command says what is wrong
+    return service_target(settings, service, script)
+
+
+def _check_script_dir(settings: Settings, service: ServiceConfig) -> None:
+    """A script_location that does not exist from where the service's Alembic runs, but
+    does from a directory above it (an ini written for `alembic -c svc/alembic.ini` run
+    from the repository root): one line naming the `directory` to set."""
+    sources = service_sources(service)
+    if sources.script_dir.is_dir() or sources.ini is None or service.directory is not None:
+        return
+    try:
+        written = sources.script_dir.relative_to(sources.directory)
+    except ValueError:
+        return  # an absolute script_location: nothing another directory would change
+    root = settings.project_root.resolve()
+    for above in sources.directory.parents:
+        if not above.is_relative_to(root):
+            break
+        if (above / written).is_dir():
+            directory = above.relative_to(root).as_posix()
+            raise ConfigError(
+                f"script_location {written.as_posix()} does not exist from {sources.directory} "
+                f"but does from {above}",
+                key=f"services[{service.name}].directory",
+                source=settings.source_of("services"),
+                hint=f'set directory = "{directory}" in its [[tool.cathouse_harness.services]] entry',
+            )
+
+
 def upgrade_service(connection: Connection, settings: Settings, service: ServiceConfig,
-                    target: str = "head") -> ServiceResult:
-    """Create the schema if missing and upgrade one service to `target`."""
+                    target: str | Sequence[str] | None = None) -> ServiceResult:
+    """Create the schema if missing and upgrade one service to `target` (each of them,
+    in order; None: the service's configured target)."""
     assert service.schema is not None
     started = perf_counter()
+    _check_script_dir(settings, service)
+    targets = upgrade_targets(settings, service, target)
     end_transaction(connection)
     ensure_schema(connection, service.schema)
     for name in multidb_names(service_sources(service)):
         ensure_schema(connection, name)
-    records = _run_command(connection, settings, service, target, downgrade=False)
-    if target in ("head", "heads"):
-        _verify_at_head(service, records)
+    runs = [_run_command(connection, settings, service, item, downgrade=False) for item in targets]
+    if targets in HEAD_TARGETS:
+        _verify_at_head(service, runs[-1], targets[0])
+    after = _heads_of(runs[-1], "after")
     return ServiceResult(
         service=service.name,
         schema=service.schema,
-        before=join_heads(_heads_of(records, "before")),
-        after=join_heads(_heads_of(records, "after")),
+        before=join_heads(_heads_of(runs[0], "before")),
+        after=join_heads(after),
         seconds=perf_counter() - started,
+        target=targets,
+        standing=_standing_note(service, after, targets),
     )
 
 
-def _verify_at_head(service: ServiceConfig, records: list[VersionRecord]) -> None:
+def _standing_note(service: ServiceConfig, after: tuple[str, ...],
+                   targets: tuple[str, ...]) -> str | None:
+    """How the database stands against the target after upgrading to it, when it is
+    anything but at it (a database migrated past the target stays there)."""
+    try:
+        found = standing(script_directory(service), after, targets)
+    except Exception:
+        return None  # a relative target (+1) or an unreadable history: nothing to compare
+    return None if found.state == "at" else found.note()
+
+
+def _verify_at_head(service: ServiceConfig, records: list[VersionRecord], target: str) -> None:
     """Make sure the env.py really ran the migrations, into the branch, up to head."""
     heads = tuple(sorted(script_directory(service).get_heads()))
     if not records:
@@ -323,8 +449,8 @@ def _verify_at_head(service: ServiceConfig, records: list[VersionRecord]) -> Non
     behind = [r for r in records if r.after != heads]
     if behind:
         raise MigrationError(
-            f"upgrade to head left {version_locations(behind)} at "
-            f"{join_heads(behind[0].after) or 'base'} but head is {join_heads(heads) or 'base'}",
+            f"upgrade to {target} left {version_locations(behind)} at "
+            f"{join_heads(behind[0].after) or 'base'} but {target} is {join_heads(heads) or 'base'}",
             service=service.name,
         )
 
@@ -344,8 +470,10 @@ def describe_result(result: ServiceResult, heads: tuple[str, ...] | None = None)
         at_head = heads is not None and result.after is not None and \
             tuple(sorted(result.after.split(","))) == tuple(sorted(heads))
         where = "at head" if at_head else "at"
-        return f"{result.service}: {where} {result.after or 'base'}, nothing to do"
+        note = f" ({result.standing})" if result.standing else ""
+        return f"{result.service}: {where} {result.after or 'base'}, nothing to do{note}"
+    note = f"; {result.standing}" if result.standing else ""
     return (
         f"{result.service}: {result.before or 'base'} -> {result.after or 'base'} "
-        f"({result.seconds:.2f} s)"
+        f"({result.seconds:.2f} s{note})"
     )

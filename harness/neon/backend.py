@@ -48,11 +48,17 @@ def connect_backend(settings: Settings) -> BackendInfo:
     if info is None:
         from cathouse_harness.local.launch import ensure_local_server
 
-        info = ensure_local_server(settings.home, storage=settings.local_storage)
+        info = ensure_local_server(
+            settings.home, storage=settings.local_storage, postgres_bin=settings.postgres_bin
+        )
+    if settings.postgres_bin is not None:
+        from cathouse_harness.local.pg_choice import check_serves
+
+        check_serves(settings.postgres_bin, info.postgres_bin, info.postgres_origin, info.pid)
     return BackendInfo("embedded", info.api_host, Secret(str(info.api_key)), info.project_id)
 
 
 def open_client(backend: BackendInfo, **kwargs: Any) -> NeonClient:
-    from cathouse_harness.neon.client import NeonClient
+    from cathouse_harness.neon.client import NeonClient, TransportOptions
 
-    return NeonClient(str(backend.api_key), api_host=backend.api_host, **kwargs)
+    return NeonClient(str(backend.api_key), TransportOptions(api_host=backend.api_host, **kwargs))

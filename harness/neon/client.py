@@ -14,54 +14,35 @@ Secrets: the API key and every password or connection URI received are registere
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import httpx
 from cathouse_harness.config.settings import DEFAULT_API_HOST
 from cathouse_harness.neon.base import items, obj, q
 from cathouse_harness.neon.branches import UNSET
 from cathouse_harness.neon.create import CreateMixin
 from cathouse_harness.neon.models import Project
 from cathouse_harness.neon.operations import NeonOperationError
-from cathouse_harness.neon.retry import RetryPolicy
-from cathouse_harness.neon.transport import Sleep, Transport
+from cathouse_harness.neon.transport import Transport, TransportOptions
 
-__all__ = ["DEFAULT_API_HOST", "UNSET", "NeonClient", "NeonOperationError"]
+__all__ = ["DEFAULT_API_HOST", "UNSET", "NeonClient", "NeonOperationError", "TransportOptions"]
 
 
 class NeonClient(CreateMixin):
     """Async client for the subset of Neon API v2 the harness needs.
 
-    `sleep`, `clock` and `rng` exist so tests can run retries and polling without waiting.
+    `options` (host, retries, timeout, and the clock and sleep tests replace) go to its
+    `Transport`; the client waits on Neon's operations with the same clock and sleep.
     """
 
-    def __init__(
-        self,
-        api_key: str,
-        *,
-        api_host: str = DEFAULT_API_HOST,
-        retry: RetryPolicy | None = None,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-        user_agent: str = "cathouse-harness/0.1",
-        sleep: Sleep = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
-    ) -> None:
-        self._transport = Transport(
-            api_key, api_host=api_host, retry=retry, timeout=timeout, transport=transport,
-            user_agent=user_agent, sleep=sleep, clock=clock, rng=rng,
-            on_locked=self._wait_for_project,
-        )
+    def __init__(self, api_key: str, options: TransportOptions | None = None) -> None:
+        options = options or TransportOptions()
+        self._transport = Transport(api_key, options, on_locked=self._wait_for_project)
         self.api_host = self._transport.api_host
         self.retry = self._transport.retry
         self.stats = self._transport.stats
-        self._clock = clock
-        self._sleep = sleep
+        self._clock = options.clock
+        self._sleep = options.sleep
 
     def __repr__(self) -> str:
         return f"NeonClient(api_host={self.api_host!r}, api_key='***')"

@@ -1,10 +1,11 @@
 """Values parsed from Neon API v2 answers.
 
-Every model is a frozen dataclass with a `from_api(dict)` constructor that tolerates
-fields it does not know and optional fields that are missing, because Neon adds fields
-over time and the local server answers only the subset we use. Passwords and connection
-URIs are held as `Secret`, so reprs show `***`; every one is registered for scrubbing as
-soon as it is parsed.
+Every model is a frozen dataclass whose `from_api(dict)` reads it field by field with
+the one decoder (decode.py), which tolerates fields it does not know and optional fields
+that are missing, because Neon adds fields over time and the local server answers only
+the subset we use. A field's metadata says what its type does not (`api`).
+Passwords and connection URIs are held as `Secret`, so reprs show `***`; every one is
+registered for scrubbing as soon as it is parsed.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from cathouse_harness.neon.decode import NOT_IN_ANSWERS, api, decode
 from cathouse_harness.support.redact import Secret, register_secret
-from cathouse_harness.support.timestamps import parse_time
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -35,39 +36,35 @@ OPERATION_FAILED = frozenset({"failed", "error", "cancelled"})
 # An endpoint accepts connections in these states (idle ones wake on connect).
 ENDPOINT_USABLE = frozenset({"active", "idle"})
 
-def _str(data: Mapping[str, Any], key: str, default: str = "") -> str:
-    value = data.get(key)
-    return default if value is None else str(value)
 
-
-def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    return None if value is None or value == "" else str(value)
-
-
-def _bool(data: Mapping[str, Any], key: str, default: bool = False) -> bool:
-    value = data.get(key)
-    return default if value is None else bool(value)
-
-
-def _int(data: Mapping[str, Any], key: str, default: int = 0) -> int:
-    value = data.get(key)
-    try:
-        return int(value) if value is not None else default
-    except (TypeError, ValueError):
-        return default
-
-
-def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
-    value = data.get(key)
-    try:
-        return int(value) if value is not None and value != "" else None
-    except (TypeError, ValueError):
-        return None
+def _object(data: Any) -> Mapping[str, Any]:
+    return data if isinstance(data, Mapping) else _EMPTY
 
 
 def _frozen(data: Any) -> Mapping[str, Any]:
     return MappingProxyType(dict(data)) if isinstance(data, Mapping) else _EMPTY
+
+
+def _raw() -> Any:
+    """The field holding the answer's object itself, read-only, for what no field names."""
+    return field(default_factory=_empty, repr=False, compare=False, metadata=api(whole=True, read=_frozen))
+
+
+def _version_number(value: Any) -> int | None:
+    # a whole number, or one written in digits; anything else (17.1, "17beta") is no version
+    return int(value) if isinstance(value, int | str) and str(value).isdigit() else None
+
+
+def _whole_number(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+class ApiModel:
+    """A model `from_api` reads with the decoder."""
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Self:
+        return decode(cls, data)
 
 
 def annotation_values(entry: Any) -> Mapping[str, str]:
@@ -87,31 +84,18 @@ def annotation_values(entry: Any) -> Mapping[str, str]:
 
 
 @dataclass(frozen=True)
-class Project:
+class Project(ApiModel):
     id: str
     name: str
     region_id: str | None = None
-    pg_version: int | None = None
+    pg_version: int | None = field(default=None, metadata=api(read=_version_number))
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
-
-    @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> Project:
-        pg = data.get("pg_version")
-        return cls(
-            id=_str(data, "id"),
-            name=_str(data, "name"),
-            region_id=_opt_str(data, "region_id"),
-            pg_version=int(pg) if isinstance(pg, int | str) and str(pg).isdigit() else None,
-            created_at=parse_time(data.get("created_at")),
-            updated_at=parse_time(data.get("updated_at")),
-            raw=_frozen(data),
-        )
+    raw: Mapping[str, Any] = _raw()
 
 
 @dataclass(frozen=True)
-class Branch:
+class Branch(ApiModel):
     id: str
     name: str
     project_id: str
@@ -120,35 +104,19 @@ class Branch:
     parent_timestamp: datetime | None = None
     current_state: str | None = None
     pending_state: str | None = None
-    default: bool = False
+    default: bool = field(default=False, metadata=api(key=("default", "primary")))  # "primary": older name
     protected: bool = False
     expires_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    annotation: Mapping[str, str] = field(default_factory=_empty, hash=False)
-    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
+    # answers carry it beside the branch, not in it: `from_api`'s second argument
+    annotation: Mapping[str, str] = field(default_factory=_empty, hash=False, metadata=NOT_IN_ANSWERS)
+    raw: Mapping[str, Any] = _raw()
 
     @classmethod
-    def from_api(cls, data: Mapping[str, Any], annotation: Any = None) -> Branch:
+    def from_api(cls, data: Mapping[str, Any], annotation: Any = None) -> Self:
         """`annotation` is the branch's Neon annotation, which answers carry beside it."""
-        return cls(
-            id=_str(data, "id"),
-            name=_str(data, "name"),
-            project_id=_str(data, "project_id"),
-            parent_id=_opt_str(data, "parent_id"),
-            parent_lsn=_opt_str(data, "parent_lsn"),
-            parent_timestamp=parse_time(data.get("parent_timestamp")),
-            current_state=_opt_str(data, "current_state"),
-            pending_state=_opt_str(data, "pending_state"),
-            # "primary" is the older name of "default".
-            default=_bool(data, "default", _bool(data, "primary")),
-            protected=_bool(data, "protected"),
-            expires_at=parse_time(data.get("expires_at")),
-            created_at=parse_time(data.get("created_at")),
-            updated_at=parse_time(data.get("updated_at")),
-            annotation=annotation_values(annotation if annotation is not None else {}),
-            raw=_frozen(data),
-        )
+        return decode(cls, data, annotation=annotation_values(annotation))
 
     @property
     def ready(self) -> bool:
@@ -159,7 +127,7 @@ class Branch:
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class Endpoint(ApiModel):
     id: str
     branch_id: str
     project_id: str
@@ -173,26 +141,7 @@ class Endpoint:
     region_id: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
-
-    @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> Endpoint:
-        return cls(
-            id=_str(data, "id"),
-            branch_id=_str(data, "branch_id"),
-            project_id=_str(data, "project_id"),
-            host=_str(data, "host"),
-            type=_str(data, "type", "read_write"),
-            current_state=_opt_str(data, "current_state"),
-            pending_state=_opt_str(data, "pending_state"),
-            pooler_enabled=_bool(data, "pooler_enabled"),
-            pooler_mode=_opt_str(data, "pooler_mode"),
-            disabled=_bool(data, "disabled"),
-            region_id=_opt_str(data, "region_id"),
-            created_at=parse_time(data.get("created_at")),
-            updated_at=parse_time(data.get("updated_at")),
-            raw=_frozen(data),
-        )
+    raw: Mapping[str, Any] = _raw()
 
     @property
     def usable(self) -> bool:
@@ -200,7 +149,7 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
-class Operation:
+class Operation(ApiModel):
     id: str
     project_id: str
     action: str
@@ -211,23 +160,7 @@ class Operation:
     error: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
-
-    @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> Operation:
-        return cls(
-            id=_str(data, "id"),
-            project_id=_str(data, "project_id"),
-            action=_str(data, "action"),
-            status=_str(data, "status"),
-            branch_id=_opt_str(data, "branch_id"),
-            endpoint_id=_opt_str(data, "endpoint_id"),
-            failures_count=_int(data, "failures_count"),
-            error=_opt_str(data, "error"),
-            created_at=parse_time(data.get("created_at")),
-            updated_at=parse_time(data.get("updated_at")),
-            raw=_frozen(data),
-        )
+    raw: Mapping[str, Any] = _raw()
 
     @property
     def done(self) -> bool:
@@ -246,7 +179,7 @@ class Operation:
 
 
 @dataclass(frozen=True)
-class Role:
+class Role(ApiModel):
     name: str
     branch_id: str
     protected: bool = False
@@ -254,39 +187,15 @@ class Role:
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
-    @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> Role:
-        password = data.get("password")
-        return cls(
-            name=_str(data, "name"),
-            branch_id=_str(data, "branch_id"),
-            protected=_bool(data, "protected"),
-            password=Secret(str(password)) if password else None,
-            created_at=parse_time(data.get("created_at")),
-            updated_at=parse_time(data.get("updated_at")),
-        )
-
 
 @dataclass(frozen=True)
-class Database:
+class Database(ApiModel):
     name: str
     owner_name: str
     branch_id: str
-    id: int | None = None
+    id: int | None = field(default=None, metadata=api(read=_whole_number))
     created_at: datetime | None = None
     updated_at: datetime | None = None
-
-    @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> Database:
-        raw_id = data.get("id")
-        return cls(
-            name=_str(data, "name"),
-            owner_name=_str(data, "owner_name"),
-            branch_id=_str(data, "branch_id"),
-            id=raw_id if isinstance(raw_id, int) else None,
-            created_at=parse_time(data.get("created_at")),
-            updated_at=parse_time(data.get("updated_at")),
-        )
 
 
 def secret_uri(uri: str) -> Secret:
@@ -313,11 +222,28 @@ def replace_host(uri: str, host: str, port: int | None) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+_URI_PARTS = ("database", "role", "host", "password")
+
+
+def _uri_parts(uri: str) -> dict[str, str | None]:
+    """The `_URI_PARTS` of a connection URI, as connection_parameters would list them."""
+    try:
+        parts = urlsplit(uri)
+        return {
+            "database": unquote(parts.path.lstrip("/")),
+            "role": unquote(parts.username or ""),
+            "host": parts.hostname or "",
+            "password": unquote(parts.password) if parts.password else None,
+        }
+    except ValueError:
+        return {}
+
+
 @dataclass(frozen=True)
-class ConnectionInfo:
+class ConnectionInfo(ApiModel):
     """One way into the branch: a direct URI plus the parts Neon lists beside it."""
 
-    uri: Secret
+    uri: Secret = field(metadata=NOT_IN_ANSWERS)  # `from_api` registers it whole and its password
     database: str
     role: str
     host: str
@@ -328,31 +254,14 @@ class ConnectionInfo:
     pooler_port: int | None = None
 
     @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> ConnectionInfo:
-        uri = secret_uri(_str(data, "connection_uri"))
-        params = data.get("connection_parameters")
-        params = params if isinstance(params, Mapping) else {}
-        # The URI carries the same facts; it fills in whatever the parameters leave out.
-        try:
-            parts = urlsplit(uri.reveal())
-            from_uri = {
-                "database": unquote(parts.path.lstrip("/")),
-                "role": unquote(parts.username or ""),
-                "host": parts.hostname or "",
-                "password": unquote(parts.password) if parts.password else None,
-            }
-        except ValueError:
-            from_uri = {}
-        password = params.get("password") or from_uri.get("password")
-        return cls(
-            uri=uri,
-            database=_str(params, "database") or str(from_uri.get("database") or ""),
-            role=_str(params, "role") or str(from_uri.get("role") or ""),
-            host=_str(params, "host") or str(from_uri.get("host") or ""),
-            pooler_host=_opt_str(params, "pooler_host"),
-            password=Secret(str(password)) if password else None,
-            pooler_port=_opt_int(params, "pooler_port"),
-        )
+    def from_api(cls, data: Mapping[str, Any]) -> Self:
+        """Read from `connection_parameters`; the URI carries the same facts and fills in
+        whatever the parameters leave out."""
+        given_uri = data.get("connection_uri")
+        uri = secret_uri("" if given_uri is None else str(given_uri))
+        info = decode(cls, _object(data.get("connection_parameters")), uri=uri)
+        from_uri = decode(cls, _uri_parts(uri.reveal()), uri=uri)
+        return replace(info, **{k: getattr(from_uri, k) for k in _URI_PARTS if not getattr(info, k)})
 
     @property
     def pooled_uri(self) -> Secret | None:
@@ -368,33 +277,18 @@ class ConnectionInfo:
 
 
 @dataclass(frozen=True)
-class BranchCreated:
+class BranchCreated(ApiModel):
     """Everything a create answers. `recovered` is True when the client found the branch
     by name after an attempt whose answer was lost, instead of reading the answer."""
 
-    branch: Branch
+    # the create answer carries the branch's annotation beside it
+    branch: Branch = field(metadata=api(whole=True, read=lambda answer: Branch.from_api(
+        _object(answer.get("branch")), answer.get("annotation")
+    )))
     endpoints: tuple[Endpoint, ...] = ()
     operations: tuple[Operation, ...] = ()
     roles: tuple[Role, ...] = ()
     databases: tuple[Database, ...] = ()
     connection_uris: tuple[ConnectionInfo, ...] = ()
-    recovered: bool = False
+    recovered: bool = field(default=False, metadata=NOT_IN_ANSWERS)
 
-    @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> BranchCreated:
-        def items(key: str) -> list[Mapping[str, Any]]:
-            value = data.get(key)
-            return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
-
-        branch_data = data.get("branch")
-        return cls(
-            branch=Branch.from_api(
-                branch_data if isinstance(branch_data, Mapping) else {},
-                data.get("annotation"),
-            ),
-            endpoints=tuple(Endpoint.from_api(e) for e in items("endpoints")),
-            operations=tuple(Operation.from_api(o) for o in items("operations")),
-            roles=tuple(Role.from_api(r) for r in items("roles")),
-            databases=tuple(Database.from_api(d) for d in items("databases")),
-            connection_uris=tuple(ConnectionInfo.from_api(c) for c in items("connection_uris")),
-        )

@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -85,33 +85,42 @@ class Progress:
         self.may_have_acted = False
 
 
+@dataclass(frozen=True)
+class TransportOptions:
+    """How a `Transport` (and so a `NeonClient`) reaches the API, the key aside: the key
+    is passed on its own so that it is registered as a secret and no repr holds it.
+
+    `transport` swaps httpx's network layer (tests answer from a handler); `sleep`,
+    `clock` and `rng` exist so tests can run retries and polling without waiting."""
+
+    api_host: str = DEFAULT_API_HOST
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float = 30.0  # seconds one attempt may take
+    transport: httpx.AsyncBaseTransport | None = None
+    user_agent: str = "cathouse-harness/0.1"
+    sleep: Sleep = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random | None = None  # None: a generator of the transport's own
+
+
 class Transport:
-    """`sleep`, `clock` and `rng` exist so tests can run retries without waiting."""
+    """The HTTP side of one `NeonClient`: `options` say where and how, `on_locked` is the
+    client's wait on a project's operations after a 423."""
 
     def __init__(
-        self,
-        api_key: str,
-        *,
-        api_host: str = DEFAULT_API_HOST,
-        retry: RetryPolicy | None = None,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-        user_agent: str = "cathouse-harness/0.1",
-        sleep: Sleep = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
-        on_locked: OnLocked | None = None,
+        self, api_key: str, options: TransportOptions | None = None, *, on_locked: OnLocked | None = None
     ) -> None:
         if not api_key:
             raise ConfigError("is empty", key="NEON_API_KEY", hint="set it to a Neon API key")
         register_secret(api_key)
-        self.api_host = api_host.rstrip("/")
-        self.retry = retry or RetryPolicy()
-        self.timeout = timeout
+        options = options or TransportOptions()
+        self.api_host = options.api_host.rstrip("/")
+        self.retry = options.retry
+        self.timeout = options.timeout
         self.stats = ApiStats()
-        self._sleep = sleep
-        self._clock = clock
-        self._rng = rng or random.Random()
+        self._sleep = options.sleep
+        self._clock = options.clock
+        self._rng = options.rng or random.Random()
         self._on_locked = on_locked
         self._http = httpx.AsyncClient(
             base_url=self.api_host + "/",
@@ -121,10 +130,10 @@ class Transport:
             headers={
                 "Authorization": f"Bearer {api_key}",
                 "Accept": "application/json",
-                "User-Agent": user_agent,
+                "User-Agent": options.user_agent,
             },
-            timeout=timeout,
-            transport=transport,
+            timeout=options.timeout,
+            transport=options.transport,
             follow_redirects=False,
         )
 

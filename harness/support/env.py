@@ -28,9 +28,11 @@ VARIABLES: dict[str, str] = {
     "CATHOUSE_KEEP_BRANCH": "keep a session's branch: never, on-failure, always",
     "CATHOUSE_LOCAL_STORAGE": "embedded default's storage: memory or disk",
     "CATHOUSE_WORKER_ISOLATION": "an xdist worker's own: database (one fork per run) or branch",
+    "CATHOUSE_POSTGRES_BIN": "the embedded default's PostgreSQL: a bin directory, wheel, system or auto",
     # process-level switches
     "CATHOUSE_RUN_ID": "names a run's branches (CI jobs)",
     "CATHOUSE_PG_URL": "an existing PostgreSQL (superuser URL) for the embedded default",
+    "CATHOUSE_EXTRA_EXTENSIONS": "extensions the local server allows beyond Neon's pinned list (a, b)",
     "CATHOUSE_LOCAL_FAULTS": "fault injection for the local server",
     "CATHOUSE_LOCAL_LATENCY": "the local server's latency profile: `neon` or rtt=S,<operation>=S",
     "CATHOUSE_LOCAL_HOSTS": "endpoint hosts: auto, addresses (127.x.y.z) or names (ep-….local.localhost)",

@@ -30,6 +30,15 @@ def alembic_init(directory: Path, template: str, script_dir: str = "alembic") ->
     )
 
 
+def own_version_table(script_dir: Path, schema: str) -> None:
+    """Give a template's env.py a version table of its own: two Alembic setups sharing one
+    would each stop at the other's revisions, and init proposes only the first of them."""
+    env_py = script_dir / "env.py"
+    env_py.write_text(env_py.read_text().replace(
+        "context.configure(", f"context.configure(version_table_schema={schema!r}, "
+    ))
+
+
 def revision(versions: Path, rev: str, upgrade: str, down: str | None = None) -> None:
     """A revision file as `alembic revision` writes it, with `upgrade` as its body."""
     versions.mkdir(parents=True, exist_ok=True)
@@ -84,6 +93,8 @@ def test_one_service_at_the_root(tmp_path: Path, template: str) -> None:
 def test_two_service_directories(tmp_path: Path) -> None:
     alembic_init(tmp_path / "orders-service", "generic")
     alembic_init(tmp_path / "billing-service", "pyproject", "migrations")
+    own_version_table(tmp_path / "orders-service" / "alembic", "orders")
+    own_version_table(tmp_path / "billing-service" / "migrations", "billing")
     revision(tmp_path / "orders-service" / "alembic" / "versions", "o1", """
         op.create_table("orders", sa.Column("id", sa.Integer, primary_key=True), schema="orders")
     """)
@@ -224,6 +235,8 @@ ORIGINAL = '[project]\nname = "shop"\nversion = "0.1"\n\n# keep this\n[tool.ruff
 def test_yes_writes_a_table_the_harness_loads(tmp_path: Path) -> None:
     alembic_init(tmp_path / "orders-service", "generic")
     alembic_init(tmp_path / "billing-service", "async")
+    own_version_table(tmp_path / "orders-service" / "alembic", "orders")
+    own_version_table(tmp_path / "billing-service" / "alembic", "billing")
     revision(tmp_path / "orders-service" / "alembic" / "versions", "o1",
              'op.create_table("orders", sa.Column("id", sa.Integer), schema="orders")')
     revision(tmp_path / "billing-service" / "alembic" / "versions", "b1",
@@ -256,6 +269,7 @@ def test_yes_writes_a_table_the_harness_loads(tmp_path: Path) -> None:
     tail = '\n# pytest settings\n[tool.pytest.ini_options]\naddopts = "-q"\n'
     pyproject.write_text(written + tail)
     alembic_init(tmp_path / "audit-service", "generic")
+    own_version_table(tmp_path / "audit-service" / "alembic", "audit")
     code, out, err = cli("init", "--yes", "--force", cwd=tmp_path)
     assert code == 0, err
     assert pyproject.read_text() == ORIGINAL + "\n" + out + tail
@@ -296,14 +310,15 @@ def test_a_cycle_is_one_line_and_keeps_directory_order(tmp_path: Path) -> None:
                      "check the revisions"]
 
 
-def test_two_services_in_one_schema_print_the_proposal_and_write_nothing(tmp_path: Path) -> None:
+def test_two_templates_in_one_version_table_are_one_service(tmp_path: Path) -> None:
+    """Before #28, init proposed both in schema public, then refused its own proposal."""
     alembic_init(tmp_path / "one", "generic")
     alembic_init(tmp_path / "two", "generic")
     code, out, err = cli("init", "--yes", cwd=tmp_path)
-    assert code == 2
-    assert names(out) == ["one", "two"]  # still printed: it is what the user edits
-    assert len(error_lines(err)) == 1 and "schema 'public' is already owned by one" in err
-    assert not (tmp_path / "pyproject.toml").exists()
+    assert code == 0, err
+    assert names(out) == ["one"]
+    assert "two/alembic.ini left out: it keeps its revisions in the same version table" in err
+    assert [s.name for s in load_settings(tmp_path, environ={}).services] == ["one"]
 
 
 def test_no_alembic_ini_is_one_line(tmp_path: Path) -> None:

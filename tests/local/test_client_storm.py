@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from cathouse_harness.local.server import LocalServerInfo
-from cathouse_harness.neon.client import NeonClient
+from cathouse_harness.neon.client import NeonClient, TransportOptions
 from cathouse_harness.neon.retry import RetryPolicy
 
 from tests.local._server import start_test_server
@@ -32,9 +32,8 @@ def stormy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSer
 def test_fifty_create_delete_cycles_leak_and_duplicate_nothing(stormy_server: LocalServerInfo) -> None:
     async def storm() -> tuple[list[str], Counter[str], int, int]:
         policy = RetryPolicy(max_attempts=12, base_delay=0.01, max_delay=0.2, deadline=60)
-        async with NeonClient(
-            stormy_server.api_key.reveal(), api_host=stormy_server.api_host, retry=policy
-        ) as client:
+        options = TransportOptions(api_host=stormy_server.api_host, retry=policy)
+        async with NeonClient(stormy_server.api_key.reveal(), options) as client:
             project = stormy_server.project_id
             main = await client.resolve_branch(project, "main")
             for cycle in range(CYCLES):

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from cathouse_harness.local.control import DEFAULT_ROOT_BRANCHES_LIMIT
 from cathouse_harness.local.server import LocalServerInfo
-from cathouse_harness.neon.client import NeonClient
+from cathouse_harness.neon.client import NeonClient, TransportOptions
 from cathouse_harness.support.timestamps import parse_time
 
 from tests.local._server import (
@@ -77,7 +77,7 @@ def test_the_harness_client_retries_the_lock_for_real(
         client.put("/_local/faults", json={"spec": ""})
 
     async def create_while_locked() -> tuple[str, int]:
-        async with NeonClient(server.api_key.reveal(), api_host=server.api_host) as neon:
+        async with NeonClient(server.api_key.reveal(), TransportOptions(api_host=server.api_host)) as neon:
             made = await neon.create_branch(project, name=unique("waiter"))
             return made.branch.id, neon.stats.retries
 

