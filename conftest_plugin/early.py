@@ -56,9 +56,10 @@ def maps_env(rootpath: Path) -> bool:
     from cathouse_harness.config.settings import find_project_root
 
     try:
-        with (find_project_root(rootpath) / "pyproject.toml").open("rb") as handle:
-            data = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError):
+        text = (find_project_root(rootpath) / "pyproject.toml").read_text(encoding="utf-8")
+        # the plugin loads into every run of its environment: parse only our projects'
+        data = tomllib.loads(text) if "[tool.cathouse_harness" in text else {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return False  # the settings' own reading reports a broken file, with its line
     table = data.get("tool", {}).get("cathouse_harness", {})
     return isinstance(table, dict) and "env" in table
