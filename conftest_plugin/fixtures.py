@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 import pytest_asyncio
-from cathouse_harness.config.envfile import ssl_root_env
+from cathouse_harness.config.app_env import AppEnv, runtime_variables
 from cathouse_harness.config.settings import Settings
 from cathouse_harness.db.rollback import KeptConnections
 from cathouse_harness.db.urls import endpoint_of
@@ -41,8 +41,10 @@ class NeonBranch:
     project_id: str
     endpoint_id: str
     backend: str
-    database_url: str  # pooled, postgresql+asyncpg://, for the services at runtime
-    migration_database_url: str  # direct, postgresql://, for migrations
+    # pooled, for the services at runtime; direct, for migrations: in the `url_driver`
+    # form (without one, postgresql+asyncpg:// and postgresql://)
+    database_url: str
+    migration_database_url: str
     pooled_url: str  # pooled, exactly as the API handed it out
     direct_url: str  # direct, exactly as the API handed it out
     # the database the URLs name: under xdist each worker's own (`cathouse_gw0`, see
@@ -84,32 +86,30 @@ def cathouse_branch_session(
     from cathouse_harness.session.branch_session import BranchSession
 
     state = _state(request.config)
-    session = BranchSession(
-        cathouse_settings, run_id=state.run_id, worker=state.worker, prepared=state.prepared
-    )
-    state.session = session
-    error: HarnessError | None = None
-    try:
-        session.start()
-    except HarnessError as exc:
-        error = exc
-    if error is not None:  # outside the except: its report is the one line, no chain
-        session.finish()
-        _stop_for_setup_error(request, state, error)
+    if state.early_error is not None:
+        stop_for_setup_error(request.config, request.session, state, state.early_error)
+    if state.session is not None:  # made before the conftests were imported (`early`)
+        session = state.session
+    else:
+        session = BranchSession(
+            cathouse_settings, run_id=state.run_id, worker=state.worker, prepared=state.prepared
+        )
+        state.session = session
+        error: HarnessError | None = None
+        try:
+            session.start()
+        except HarnessError as exc:
+            error = exc
+        if error is not None:  # outside the except: its report is the one line, no chain
+            session.finish()
+            state.session_finished = True
+            stop_for_setup_error(request.config, request.session, state, error)
     guard_branch(state, cathouse_settings, session.handle)
     try:
         yield session
     finally:
-        failed = request.session.testsfailed > 0
-        policy = _keep_policy(cathouse_settings, session.report.backend)
-        keep = policy == "always" or (policy == "on-failure" and failed)
-        if keep and session.handle is not None:
-            session.kept_urls = {  # type: ignore[attr-defined]
-                "direct": str(session.handle.direct_url),
-                "pooled": str(session.handle.pooled_url),
-            }
         try:
-            session.finish(keep=keep)
+            finish_session(state, cathouse_settings, failed=request.session.testsfailed > 0)
         except HarnessError as exc:
             # One line naming the branch and its cleanup command, not a traceback.
             pytest.fail(str(exc), pytrace=False)
@@ -117,7 +117,27 @@ def cathouse_branch_session(
             unguard(state)
 
 
-def _stop_for_setup_error(request: pytest.FixtureRequest, state: HarnessState, exc: HarnessError) -> NoReturn:
+def finish_session(state: HarnessState, settings: Settings, *, failed: bool) -> None:
+    """The session's branch deleted, or kept by the keep policy; once (the fixture's
+    teardown, or the run's end for a branch made before the conftests that no fixture
+    asked for). A failed delete is a HarnessError, after the report notes it."""
+    session = state.session
+    if session is None or state.session_finished:
+        return
+    state.session_finished = True
+    policy = _keep_policy(settings, session.report.backend)
+    keep = policy == "always" or (policy == "on-failure" and failed)
+    if keep and session.handle is not None:
+        session.kept_urls = {  # type: ignore[attr-defined]
+            "direct": str(session.handle.direct_url),
+            "pooled": str(session.handle.pooled_url),
+        }
+    session.finish(keep=keep)
+
+
+def stop_for_setup_error(
+    config: pytest.Config, run: pytest.Session, state: HarnessState, exc: HarnessError
+) -> NoReturn:
     """End the run on a setup error with its one line and a usage-error or failure code.
 
     An xdist worker must not `pytest.exit`: xdist takes a worker that ends mid-test for a
@@ -126,20 +146,17 @@ def _stop_for_setup_error(request: pytest.FixtureRequest, state: HarnessState, e
     the exit code to the controller through its output."""
     line = f"cathouse-harness: {exc}" if isinstance(exc, ConfigError) else str(exc)
     code = pytest.ExitCode.USAGE_ERROR if isinstance(exc, ConfigError) or exc.exit_code == 2 else 3
-    if not hasattr(request.config, "workerinput"):
+    if not hasattr(config, "workerinput"):
         pytest.exit(line, returncode=code)
     state.setup_exit = int(code)
-    request.session.shouldstop = line
+    run.shouldstop = line
     pytest.fail(line, pytrace=False)
 
 
-def _asyncpg_url(url: str) -> str:
-    from cathouse_harness.db.urls import normalize_asyncpg_url
-
-    return normalize_asyncpg_url(url)
-
-
-def _neon_branch(handle: BranchHandle, backend: str) -> NeonBranch:
+def _neon_branch(handle: BranchHandle, backend: str, settings: Settings) -> NeonBranch:
+    variables = runtime_variables(
+        AppEnv(), settings.url_driver, str(handle.pooled_url), str(handle.direct_url)
+    )
     return NeonBranch(
         id=handle.id,
         name=handle.name,
@@ -147,28 +164,30 @@ def _neon_branch(handle: BranchHandle, backend: str) -> NeonBranch:
         project_id=handle.project_id,
         endpoint_id=handle.endpoint_id,
         backend=backend,
-        database_url=_asyncpg_url(str(handle.pooled_url)),
-        migration_database_url=str(handle.direct_url),
+        database_url=variables["DATABASE_URL"],
+        migration_database_url=variables["MIGRATION_DATABASE_URL"],
         pooled_url=str(handle.pooled_url),
         direct_url=str(handle.direct_url),
         database=endpoint_of(str(handle.direct_url)).database,
     )
 
 
-def _point_env_at(branch: NeonBranch) -> None:
-    # Application settings read these; they must name this branch, never a real database.
-    os.environ["DATABASE_URL"] = branch.database_url
-    os.environ["MIGRATION_DATABASE_URL"] = branch.migration_database_url
-    # the embedded default's CA, which DATABASE_URL (asyncpg's form) cannot carry
-    os.environ.update(ssl_root_env(branch.migration_database_url))
+def _point_env_at(branch: NeonBranch, settings: Settings) -> None:
+    # Application settings read these (and the project's own names, when it maps them);
+    # they must name this branch, never a real database. PGSSLROOTCERT: the embedded
+    # default's CA, which DATABASE_URL (asyncpg's form) cannot carry.
+    os.environ.update(
+        runtime_variables(settings.env, settings.url_driver, branch.pooled_url, branch.direct_url)
+    )
 
 
 @pytest.fixture(scope="session")
 def neon_branch(cathouse_branch_session: BranchSession) -> NeonBranch:
     handle = cathouse_branch_session.handle
     assert handle is not None
-    branch = _neon_branch(handle, cathouse_branch_session.report.backend)
-    _point_env_at(branch)
+    settings = cathouse_branch_session.settings
+    branch = _neon_branch(handle, cathouse_branch_session.report.backend, settings)
+    _point_env_at(branch, settings)
     return branch
 
 
@@ -183,13 +202,13 @@ def branch_per_test(
     the same without asking for the fixture."""
     session = cathouse_branch_session
     handle = session.fork_for_test()
-    branch = _neon_branch(handle, session.report.backend)
-    _point_env_at(branch)
+    branch = _neon_branch(handle, session.report.backend, session.settings)
+    _point_env_at(branch, session.settings)
     try:
         with also_allowed(_state(request.config), handle):
             yield branch
     finally:
-        _point_env_at(neon_branch)
+        _point_env_at(neon_branch, session.settings)
         session.drop_test_branch(handle)
 
 
@@ -212,7 +231,8 @@ def _cathouse_branch_per_test_marker(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="session")
 def database_url(neon_branch: NeonBranch) -> str:
-    """Pooled URL for asyncpg (`postgresql+asyncpg://…`), as the services use at runtime."""
+    """Pooled URL, as the services use at runtime: in the `url_driver` form, by default
+    asyncpg's (`postgresql+asyncpg://…`)."""
     return neon_branch.database_url
 
 

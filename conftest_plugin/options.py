@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +47,19 @@ def add_options(parser: pytest.Parser) -> None:
     )
 
 
-def cli_options(config: pytest.Config) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "backend": config.getoption("cathouse_backend"),
-        "parent_branch": config.getoption("cathouse_parent"),
-        "branch_ttl": config.getoption("cathouse_ttl"),
-        "project_id": config.getoption("cathouse_project"),
-        "keep_branch": config.getoption("cathouse_keep_branch"),
+def cli_options(options: argparse.Namespace) -> dict[str, Any]:
+    """Our options as settings: from `config.option`, or before pytest has parsed the
+    command line into it (the conftests are not imported yet) from its first reading."""
+    given = {
+        "backend": getattr(options, "cathouse_backend", None),
+        "parent_branch": getattr(options, "cathouse_parent", None),
+        "branch_ttl": getattr(options, "cathouse_ttl", None),
+        "project_id": getattr(options, "cathouse_project", None),
+        "keep_branch": getattr(options, "cathouse_keep_branch", None),
     }
-    if config.getoption("cathouse_no_template_reuse"):
-        options["template_reuse"] = False
-    return {k: v for k, v in options.items() if v is not None}
+    if getattr(options, "cathouse_no_template_reuse", False):
+        given["template_reuse"] = False
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def project_configures_harness(root: Path) -> bool:
@@ -67,5 +70,5 @@ def project_configures_harness(root: Path) -> bool:
         return False
 
 
-def read_settings(config: pytest.Config) -> Settings:
-    return load_settings(config.rootpath, options=cli_options(config))
+def read_settings(config: pytest.Config, options: argparse.Namespace | None = None) -> Settings:
+    return load_settings(config.rootpath, options=cli_options(options or config.option))

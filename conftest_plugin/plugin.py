@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
@@ -23,11 +24,13 @@ from pytest_cathouse_harness.fixtures import (  # noqa: F401  (pytest finds fixt
     cathouse_test_branch,
     database_url,
     db_session,
+    finish_session,
     join_marker_fixtures,
     migration_database_url,
     neon_branch,
     reset_branch,
     service_engine,
+    stop_for_setup_error,
 )
 from pytest_cathouse_harness.guard import fail_on_refusal, unguard
 from pytest_cathouse_harness.options import (
@@ -73,21 +76,19 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
             pluginmanager.register(asyncio_plugin, "asyncio")
 
 
-def _worker_id(config: pytest.Config) -> str:
-    workerinput = getattr(config, "workerinput", None)
+def _worker_id(workerinput: dict[str, Any] | None) -> str:
     return workerinput["workerid"] if workerinput else "main"
 
 
-def _run_id(config: pytest.Config) -> str:
+def _run_id(config: pytest.Config, workerinput: dict[str, Any] | None, options: Any) -> str:
     """One id for the whole run: the controller picks it and xdist hands it to workers.
 
     It names directories under the home, so a value that is not one plain name is a
     ConfigError (`CATHOUSE_RUN_ID=..` once meant the home itself).
     """
-    workerinput = getattr(config, "workerinput", None)
     if workerinput:
         return check_run_id(str(workerinput["testrunuid"]), key="testrunuid", source="xdist")
-    given = getattr(config.option, "testrunuid", None)
+    given = getattr(options, "testrunuid", None)
     if given:
         return check_run_id(str(given), key="--testrunuid", source="command line")
     from_env = env.read("CATHOUSE_RUN_ID")
@@ -97,13 +98,74 @@ def _run_id(config: pytest.Config) -> str:
     return run_id
 
 
-def _adopt_controller_owner(config: pytest.Config) -> None:
+def _adopt_controller_owner(workerinput: dict[str, Any] | None) -> None:
     """Workers carry their controller's owner token in their branches' annotation, so the
     controller's sweep removes this run's branches and never those of another run that
     was given the same run id."""
-    workerinput = getattr(config, "workerinput", None)
     if workerinput and workerinput.get("cathouse_owner"):
         adopt_owner_token(str(workerinput["cathouse_owner"]))
+
+
+def _configured(config: pytest.Config, options: Any) -> bool:
+    """The project configures the harness, or the command line does."""
+    return project_configures_harness(config.rootpath) or any(
+        getattr(options, name, None) is not None
+        for name in ("cathouse_backend", "cathouse_parent", "cathouse_ttl", "cathouse_project")
+    )
+
+
+def _new_state(
+    config: pytest.Config, workerinput: dict[str, Any] | None, options: Any, configured: bool
+) -> HarnessState:
+    """The run's state: settings (a bad one is a usage error when the project configures
+    the harness, else it keeps the plugin idle), run id, this process's part in xdist."""
+    settings: Settings | None = None
+    error: ConfigError | None = None
+    run_id = uuid.uuid4().hex[:12]  # stands in while a bad setting keeps the plugin idle
+    try:
+        settings = read_settings(config, options)
+        run_id = _run_id(config, workerinput, options)
+        _adopt_controller_owner(workerinput)
+    except ConfigError as exc:
+        if configured:
+            raise pytest.UsageError(f"cathouse-harness: {exc}") from None
+        settings, error = None, exc
+    return HarnessState(
+        settings=settings,
+        settings_error=error,
+        run_id=run_id,
+        worker=_worker_id(workerinput),
+        is_controller=workerinput is None,
+        prepared=bool((workerinput or {}).get("cathouse_broker")),
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
+    """A project that maps its own variables gets its branch here, before its conftests
+    (and the settings they import) are read (`pytest_cathouse_harness.early`)."""
+    from pytest_cathouse_harness import early
+
+    options = early_config.known_args_namespace
+    if options.help or options.version:
+        pass
+    elif early.maps_env(early_config.rootpath):
+        workerinput = early.early_workerinput()
+        state = _new_state(early_config, workerinput, options, configured=True)
+        early_config.stash[state_key] = state
+        controller = workerinput is None and early.will_distribute(options)
+        early.branch_before_conftests(state, PLACEHOLDER_URL, controller=controller)
+    elif _configured(early_config, options) and early_config.getini("cathouse_harness_isolate_env"):
+        # no branch until a test asks, but what the conftests read at import must not be
+        # the shell's database either
+        early_config.stash[early.hidden_key] = early.hide(ENV_ISOLATED, PLACEHOLDER_URL)
+    try:
+        return (yield)
+    except Exception:
+        replaced = early.failed_import(early_config.stash.get(state_key, None))
+        if replaced is not None:
+            raise replaced from None
+        raise
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -130,33 +192,28 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "cathouse_branch_per_test: run this test on a branch of its own (forked "
         "from the migrated template, deleted after it)"
     )
-    configured = project_configures_harness(config.rootpath) or any(
-        config.getoption(name) is not None
-        for name in ("cathouse_backend", "cathouse_parent", "cathouse_ttl", "cathouse_project")
-    )
-    settings: Settings | None = None
-    error: ConfigError | None = None
-    run_id = uuid.uuid4().hex[:12]  # stands in while a bad setting keeps the plugin idle
-    try:
-        settings = read_settings(config)
-        run_id = _run_id(config)
-        _adopt_controller_owner(config)
-    except ConfigError as exc:
-        if configured:
-            raise pytest.UsageError(f"cathouse-harness: {exc}") from None
-        settings, error = None, exc
-    state = HarnessState(
-        settings=settings,
-        settings_error=error,
-        run_id=run_id,
-        worker=_worker_id(config),
-        is_controller=not hasattr(config, "workerinput"),
-        prepared=bool(getattr(config, "workerinput", {}).get("cathouse_broker")),
-    )
-    config.stash[state_key] = state
+    configured = _configured(config, config.option)
+    workerinput = getattr(config, "workerinput", None)
+    state = config.stash.get(state_key, None)
+    if state is None:
+        state = _new_state(config, workerinput, config.option, configured)
+        config.stash[state_key] = state
+        from pytest_cathouse_harness.early import hidden_key
+
+        for name, value in config.stash.get(hidden_key, {}).items():
+            state.saved_env.setdefault(name, value)  # what they held before the conftests
+    elif hasattr(config.option, "testrunuid") and workerinput is None:
+        config.option.testrunuid = state.run_id  # made before the conftests: xdist's too
+    if state.settings is not None and state.is_controller:
+        # xdist's workers start after this; they need it before their conftests load
+        from pytest_cathouse_harness.early import OWNER_VARIABLE, owner_value, set_variables
+
+        set_variables(state, {OWNER_VARIABLE: owner_value(state.run_id, owner_token())})
     if configured and config.getini("cathouse_harness_isolate_env"):
         for name in ENV_ISOLATED:
-            state.saved_env[name] = os.environ.get(name)
+            if state.session is not None:
+                break  # they name the branch made before the conftests
+            state.saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = PLACEHOLDER_URL
     _terminate_as_interrupt()
 
@@ -172,7 +229,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     setup (client, parent, template) and this worker's fork run while xdist still waits
     for the other workers to collect."""
     state = session.config.stash.get(state_key, None)
-    if state is None or not state.prepared or state.settings is None:
+    if state is None or not state.prepared or state.settings is None or state.session is not None:
         return
     if session.config.option.collectonly or not any(_uses_branch(i) for i in session.items):
         return
@@ -194,6 +251,15 @@ def _uses_branch(item: pytest.Item) -> bool:
         return False
     names = getattr(item, "fixturenames", ())
     return _BRANCH_FIXTURE in names or any(item.get_closest_marker(m) for m in _BRANCH_MARKERS)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The branch made before the conftests failed: the first test reports why, and ends
+    the run, as a fixture's failed setup does."""
+    state = item.config.stash.get(state_key, None)
+    if state is not None and state.early_error is not None:
+        stop_for_setup_error(item.config, item.session, state, state.early_error)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -237,12 +303,14 @@ def _terminate_as_interrupt() -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from pytest_cathouse_harness.early import hidden_key
+
     state = config.stash.get(state_key, None)
-    if state is None:
-        return
-    _close_broker(state)  # when the session never finished (an internal error)
-    unguard(state)  # likewise: this process's drivers go back as they were
-    for name, value in state.saved_env.items():
+    saved = state.saved_env if state is not None else config.stash.get(hidden_key, {})
+    if state is not None:
+        _close_broker(state)  # when the session never finished (an internal error)
+        unguard(state)  # likewise: this process's drivers go back as they were
+    for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
         else:
@@ -270,6 +338,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = config.stash.get(state_key, None)
     if state is None:
         return
+    if state.session is not None and state.settings is not None:
+        # a branch made before the conftests that no fixture asked for (and so tore down)
+        with contextlib.suppress(HarnessError):  # the summary names a failed delete
+            finish_session(state, state.settings, failed=session.testsfailed > 0)
     if hasattr(config, "workeroutput") and state.session is not None:
         config.workeroutput["cathouse_harness"] = state.session.report.as_dict()
         config.workeroutput["cathouse_setup_exit"] = state.setup_exit
@@ -345,6 +417,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     reports = _reports(state)
     if not reports and not state.swept:
+        if _silently_green(config, state):
+            terminalreporter.write_line(report.NO_BRANCH_LINE)
         return
     show_secrets = bool(config.getoption("cathouse_show_secrets"))
     kept_urls = getattr(state.session, "kept_urls", None) if state.session else None
@@ -352,3 +426,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(line)
     if state.settings is not None and not state.settings.migrating_services:
         terminalreporter.write_line(f"  no service has migrations, so the branch has none: {INIT_HINT}")
+
+
+def _silently_green(config: pytest.Config, state: HarnessState) -> bool:
+    """A run of a project that configures the harness in which no test had a branch:
+    whatever its tests read from the environment named no database of ours."""
+    return (
+        state.is_controller and state.settings is not None and state.early_error is None
+        and state.setup_exit is None and not config.option.collectonly
+        and project_configures_harness(config.rootpath)
+    )

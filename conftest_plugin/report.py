@@ -15,6 +15,16 @@ _STEPS = (
 )
 
 
+# the end of a run of a configured project in which no test had a branch: without it
+# such a run is green while its tests never touched one (issue #23, "never silently green")
+NO_BRANCH_LINE = (
+    "cathouse-harness: no test used a branch: [tool.cathouse_harness] is configured, but "
+    "every test ran without one. Map the settings your app reads in "
+    "[tool.cathouse_harness.env], or ask for the neon_branch fixture "
+    '(README, "Your app reads its own settings")'
+)
+
+
 def header_line(settings: Settings) -> str:
     if settings.backend == "neon":
         where = f"Neon ({settings.api_host}), project {settings.project_id}"

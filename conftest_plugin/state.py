@@ -12,7 +12,7 @@ from cathouse_harness.db.rollback import KeptConnections
 if TYPE_CHECKING:
     from cathouse_harness.config.settings import Settings
     from cathouse_harness.db.guard import BranchOnly
-    from cathouse_harness.errors import ConfigError
+    from cathouse_harness.errors import ConfigError, HarnessError
     from cathouse_harness.session.branch_session import BranchSession
     from cathouse_harness.xdist.broker import BranchBroker
 
@@ -40,6 +40,11 @@ class HarnessState:
     # pytest.exit (xdist takes it for a crash), so the controller exits with it instead
     setup_exit: int | None = None
     saved_env: dict[str, str | None] = field(default_factory=dict)
+    # a project with [tool.cathouse_harness.env] gets its branch before its conftests are
+    # imported (`pytest_cathouse_harness.early`); what stopped that, reported by the
+    # first test. `session_finished`: its teardown ran (the fixture's, or the run's end)
+    early_error: HarnessError | None = None
+    session_finished: bool = False
     # db_session's engines and the connections it keeps between tests
     connections: KeptConnections = field(default_factory=KeptConnections)
     # while the session holds a branch: the connection guard's policy, and the test

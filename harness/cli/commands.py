@@ -112,25 +112,21 @@ def _migrated_dev_branch(ctx: Context, name: str, ttl: timedelta) -> tuple[Any, 
 
 
 def _write_dev_env(ctx: Context, handle: Any) -> tuple[str, str]:
-    """Write the branch's URLs into the .env file; (DATABASE_URL, MIGRATION_DATABASE_URL)."""
-    from cathouse_harness.config.envfile import ssl_root_env
-    from cathouse_harness.db.urls import normalize_asyncpg_url
+    """Write the branch's URLs, and the project's own names mapped in
+    [tool.cathouse_harness.env], into the .env file; (DATABASE_URL, MIGRATION_DATABASE_URL)."""
+    from cathouse_harness.config.app_env import runtime_variables
 
-    database_url = normalize_asyncpg_url(str(handle.pooled_url))
-    migration_url = str(handle.direct_url)
+    settings = ctx.settings
+    values = runtime_variables(
+        settings.env, settings.url_driver, str(handle.pooled_url), str(handle.direct_url)
+    )
     write_env_file(
         ctx.env_file,
-        {
-            "DATABASE_URL": database_url,
-            "MIGRATION_DATABASE_URL": migration_url,
-            "CATHOUSE_BRANCH_ID": handle.id,
-            "CATHOUSE_BRANCH_NAME": handle.name,
-            **ssl_root_env(migration_url),
-        },
+        {**values, "CATHOUSE_BRANCH_ID": handle.id, "CATHOUSE_BRANCH_NAME": handle.name},
         force=ctx.args.force,
     )
     ctx.progress.say(f"✓ wrote {ctx.env_file} (mode 0600)")
-    return database_url, migration_url
+    return values["DATABASE_URL"], values["MIGRATION_DATABASE_URL"]
 
 
 def cmd_down(ctx: Context) -> int:

@@ -48,10 +48,29 @@ def write_env_file(path: Path, values: dict[str, str], *, force: bool) -> None:
             key=str(path),
             hint="use --force to overwrite it, or --env-file to write elsewhere",
         )
-    lines = [ENV_MARK + " — holds passwords; keep it out of git", *(f"{k}={v}" for k, v in values.items())]
+    lines = [
+        ENV_MARK + " — holds passwords; keep it out of git",
+        *(f"{k}={_quoted(k, v, path)}" for k, v in values.items()),
+    ]
     # a temporary file made new (never a planted link), owner-only, renamed over the old
     write_private(path, "\n".join(lines) + "\n")
     ensure_gitignored(path)
+
+
+def _quoted(name: str, value: str, path: Path) -> str:
+    """`value` in single quotes: a shell that `source`s the file and python-dotenv then
+    read the same bytes (unquoted, a URL's `&` ends the shell's assignment). Where the
+    two read a quoted value differently (a backslash, a `${...}`, which dotenv expands
+    even there) or cannot read it at all (a single quote, a line break), the value is
+    refused rather than written for one of them only."""
+    if any(c in value for c in "'\\\n\r") or "${" in value:
+        raise ConfigError(
+            "holds a quote, backslash, ${ or line break, which a .env cannot carry the same "
+            "way for the shell and python-dotenv",
+            key=f"{path} {name}",
+            hint="map a placeholder without it in [tool.cathouse_harness.env]",
+        )
+    return f"'{value}'"
 
 
 def ensure_gitignored(path: Path) -> None:

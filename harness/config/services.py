@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cathouse_harness.config.app_env import AppEnv, parse_env
 from cathouse_harness.config.values import parse_bool, parse_int
 from cathouse_harness.errors import ConfigError
 
 _SERVICE_KEYS = {
     "name", "schema", "alembic_ini", "pool_size", "max_overflow", "read_only", "target", "directory",
+    "env",
 }
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -37,6 +39,9 @@ class ServiceConfig:
     # Where the service's Alembic runs from (its users' `alembic -c …` directory); None:
     # the directory of its alembic.ini.
     directory: Path | None = None
+    # the names its migrations set from the branch's direct URL: its own `env` table over
+    # the top-level one (merged by `load_settings`)
+    env: AppEnv = AppEnv()
 
     @property
     def max_connections(self) -> int:
@@ -92,6 +97,7 @@ def parse_services(raw: Any, root: Path, source: str) -> tuple[ServiceConfig, ..
                 read_only=read_only,
                 target=_target(entry.get("target"), f"{where}.target", source),
                 directory=_directory(entry.get("directory"), f"{where}.directory", root, source),
+                env=parse_env(entry.get("env", {}), f"{where}.env", source),
             )
         )
     return tuple(services)

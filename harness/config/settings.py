@@ -12,11 +12,12 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from cathouse_harness.config.app_env import DRIVERS, AppEnv, parse_env
 from cathouse_harness.config.services import ServiceConfig, check_pool_budget, parse_services, parse_sources
 from cathouse_harness.config.values import check_postgres_bin, parse_bool, parse_int, parse_ttl
 from cathouse_harness.db.guard import AllowedTarget, parse_allowed
@@ -73,11 +74,6 @@ _TOML_KEYS = {
     "env",
     "url_driver",
 }
-URL_DRIVERS = ("asyncpg", "psycopg", "psycopg2", "libpq")
-# what a template in [tool.cathouse_harness.env] may name (issue #23)
-ENV_PLACEHOLDERS = frozenset({"host", "port", "user", "password", "database", "sslmode", "sslrootcert"})
-_URL_PLACEHOLDER = re.compile(r"^(url|direct_url)(?::(asyncpg|psycopg|psycopg2|libpq))?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -111,9 +107,10 @@ class Settings:
     # which PostgreSQL the embedded default runs (cathouse_harness.local.pg_choice): a bin
     # directory, "wheel" or "system"; None is auto (a system one when installed)
     postgres_bin: str | None = None
-    # the project's own variable names -> templates over the branch ({host}, {url:psycopg}…);
-    # read here so that init's proposals load (the "appenv" branch gives them their meaning)
-    env: Mapping[str, str] = field(default_factory=dict)
+    # the project's own variable names, set to the branch in the test process (and, with
+    # each service's own table, in its migrations): `cathouse_harness.config.app_env`
+    env: AppEnv = AppEnv()
+    # the driver form of DATABASE_URL / MIGRATION_DATABASE_URL; None: asyncpg's and plain
     url_driver: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -357,8 +354,15 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
         values["keep_branch"] = raw.choice(
             "keep_branch", ("never", "on-failure", "always"), "one of never, on-failure, always"
         )
+    if "env" in raw:
+        values["env"] = parse_env(raw["env"], "env", raw.src("env"))
+    if "url_driver" in raw:
+        values["url_driver"] = raw.choice("url_driver", DRIVERS, f"one of {', '.join(DRIVERS)}")
     if "services" in raw:
-        values["services"] = parse_services(raw["services"], root, raw.src("services"))
+        services = parse_services(raw["services"], root, raw.src("services"))
+        # a service's migrations see the top-level names too, its own table winning
+        top = values.get("env", AppEnv())
+        values["services"] = tuple(replace(s, env=top.merged(s.env)) for s in services)
     if "local_storage" in raw:
         values["local_storage"] = raw.choice("local_storage", ("memory", "disk"), "'memory' or 'disk'")
     if "worker_isolation" in raw:
@@ -375,31 +379,7 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
         )
     if "allow_connections" in raw:
         values["allow_connections"] = _allowed_targets(raw["allow_connections"], raw.src("allow_connections"))
-    if "url_driver" in raw:
-        values["url_driver"] = raw.choice("url_driver", URL_DRIVERS, f"one of {', '.join(URL_DRIVERS)}")
-    if "env" in raw:
-        values["env"] = parse_env_table(raw["env"], "env", raw.src("env"))
     return values
-
-
-def parse_env_table(raw: Any, key: str, source: str) -> dict[str, str]:
-    """NAME = "template" pairs; each name an environment variable name, each template's
-    placeholders known ones."""
-    if not isinstance(raw, dict):
-        raise ConfigError("must be a table of NAME = \"template\"", key=key, source=source)
-    for name, template in raw.items():
-        if not _ENV_NAME.match(name):
-            raise ConfigError(f"{name!r} is not an environment variable name", key=key, source=source)
-        if not isinstance(template, str):
-            raise ConfigError(f"{name} must be a string", key=key, source=source)
-        for placeholder in re.findall(r"\{([^{}]*)\}", template):
-            if placeholder not in ENV_PLACEHOLDERS and not _URL_PLACEHOLDER.match(placeholder):
-                raise ConfigError(
-                    f"{name}: unknown placeholder {{{placeholder}}}", key=key, source=source,
-                    hint="known: {host} {port} {user} {password} {database} {sslmode} {sslrootcert} "
-                    "{url} {direct_url}, the URLs with :asyncpg, :psycopg, :psycopg2 or :libpq",
-                )
-    return dict(raw)
 
 
 def _allowed_targets(value: Any, source: str) -> tuple[AllowedTarget, ...]:

@@ -172,10 +172,25 @@ def libpq_url(url: str, scheme: str = "postgresql") -> str:
     return _join_query(scheme, base, kept, fragment)
 
 
-def url_for_driver(url: str, scheme: str) -> str:
-    """`url` in the form SQLAlchemy's dialect `scheme` takes (`postgresql+asyncpg`,
-    `postgresql+psycopg`, `postgresql`, ...): asyncpg gets `ssl=`, the rest libpq's `sslmode=`."""
-    if scheme.lower() == ASYNCPG_SCHEME:
+# `url_driver` names (config, `{url:<driver>}` in an env mapping) -> their SQLAlchemy scheme;
+# `libpq` is the plain form psycopg, psycopg2 and libpq itself all take.
+DRIVER_SCHEMES = {
+    "asyncpg": ASYNCPG_SCHEME,
+    "psycopg": "postgresql+psycopg",
+    "psycopg2": "postgresql+psycopg2",
+    "libpq": "postgresql",
+}
+
+
+def url_for_driver(url: str, driver: str) -> str:
+    """`url` in the form one driver takes: the one place that knows the forms.
+
+    `driver` is a `url_driver` name (asyncpg, psycopg, psycopg2, libpq) or a SQLAlchemy
+    scheme (`postgresql+asyncpg`, ...). asyncpg's form has `ssl=` for `sslmode` and no
+    `channel_binding` (`normalize_asyncpg_url`); every other form keeps libpq's query
+    (`libpq_url`). The rest of the URL is kept as written."""
+    scheme = DRIVER_SCHEMES.get(driver.strip().lower(), driver.strip().lower())
+    if scheme == ASYNCPG_SCHEME:
         return normalize_asyncpg_url(url)
     return libpq_url(url, scheme)
 

@@ -7,7 +7,8 @@ it where it is instead of asking for edits:
   = .`, a `.env` or settings file read relative to it all work as they do for the user);
 - the branch's direct URL arrives every way an env.py looks for one: `sqlalchemy.url`
   (in the driver form its alembic.ini or env.py uses), `DATABASE_URL`,
-  `MIGRATION_DATABASE_URL` and libpq's `PG*` variables, and the shared connection in
+  `MIGRATION_DATABASE_URL` and libpq's `PG*` variables, the project's own names mapped in
+  `[tool.cathouse_harness.env]` (and the service's `env`), and the shared connection in
   `config.attributes["connection"]` for env.py files that take it;
 - Alembic runs in a thread with no event loop, so an async env.py's `asyncio.run()` works;
 - modules the command imported from the service's tree are forgotten afterwards: every
@@ -306,7 +307,11 @@ def service_command(service: ServiceConfig, url: str) -> Iterator[list[VersionRe
         stack.enter_context(preserved_logging())
         stack.enter_context(_isolated_imports(sources.directory))
         stack.enter_context(_in_directory(sources.directory))
-        stack.enter_context(_environment(_branch_variables(url, driver_scheme(sources))))
+        scheme = driver_scheme(sources)
+        # the project's own names too ([tool.cathouse_harness.env] and the service's own),
+        # from the direct URL, `{url}` in the form this env.py takes
+        own = service.env.render(url, direct_url=url, driver=scheme)
+        stack.enter_context(_environment({**_branch_variables(url, scheme), **own}))
         stack.enter_context(only_connections_to(endpoint_of(url), sources.env_py, service.name))
         stack.enter_context(_recording_heads(records))
         yield records

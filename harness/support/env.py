@@ -47,6 +47,9 @@ VARIABLES: dict[str, str] = {
     "PGDATABASE": "libpq's default database, likewise",
     "PATH": "handed on to PostgreSQL's and PgBouncer's processes (their only inherited variable)",
     "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "pytest's own: then the plugin brings pytest-asyncio along",
+    "PYTEST_XDIST_WORKER": "xdist's: a worker's id, read before its conftests load (env mapping)",
+    "PYTEST_XDIST_TESTRUNUID": "xdist's: the run's id, likewise",
+    "CATHOUSE_XDIST_OWNER": "set by the plugin for its xdist workers: the run id and owner token",
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cathouse_harness.cleanup.gc import candidates as gc_candidates
+from cathouse_harness.config.envfile import read_env_file
 from cathouse_harness.config.settings import load_settings
 from cathouse_harness.migrate.all_services import current_revisions, head_revisions
 
@@ -35,8 +36,7 @@ def test_up_json_env_file_and_down(project: Path) -> None:
     assert result["database_url"].startswith("postgresql+asyncpg://") and ":***@" in result["database_url"]
     env_file = project / ".env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-    lines = env_file.read_text().splitlines()
-    values = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    values = read_env_file(env_file)
     assert values["CATHOUSE_BRANCH_ID"] == result["branch_id"]
     settings = load_settings(project)
     heads = head_revisions(settings)

@@ -8,7 +8,6 @@ connected would sit in its accept queue, so `accepted` tells whether anything di
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 from collections.abc import Iterator
 
@@ -134,17 +133,6 @@ def test_without_the_mapping_the_run_is_red_with_one_line_and_reaches_nothing(
     assert "psycopg" not in "\n".join(line for line in result.stdout.lines if line.startswith("E "))
 
 
-# The plugin's side of the mapping (the branch made and the names set before the
-# conftests load) is the appenv branch's `pytest_cathouse_harness.early`; main parses the
-# table already but sets nothing from it.
-MAPPING_APPLIED = importlib.util.find_spec("pytest_cathouse_harness.early") is not None
-
-
-@pytest.mark.xfail(
-    not MAPPING_APPLIED, strict=True,
-    reason="needs the plugin to apply [tool.cathouse_harness.env] (issue #23 part 1, helper "
-           "appenv's pytest_cathouse_harness.early), not on main yet",
-)
 def test_with_the_mapping_the_run_uses_the_branch_and_reaches_nothing_else(
     project: pytest.Pytester, other_postgresql: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
