@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextlib import suppress
 from functools import partial
+from typing import Any
 
 from alembic import command
 from cathouse_harness.config.settings import ServiceConfig, Settings
@@ -173,12 +174,18 @@ def _require_unmigrated(connection: Connection, settings: Settings, check: str) 
 
 
 def check_single_head(settings: Settings) -> dict[str, str]:
-    """Every migrating service has exactly one head. Returns service -> head."""
+    """Every migrating service has exactly one head, or, for a service whose `target`
+    names several on purpose (`heads`, or branch labels), each target exactly one.
+    Returns service -> head(s), comma-separated."""
     found: dict[str, str] = {}
     for service in settings.migrating_services:
-        heads = sorted(script_directory(service).get_heads())
+        script = script_directory(service)
+        heads = sorted(script.get_heads())
         if not heads:
             raise MigrationError("has no revisions", service=service.name)
+        if service.target and service.target != ("head",):
+            found[service.name] = ",".join(_one_head_per_target(script, service.name, service.target))
+            continue
         if len(heads) > 1:
             raise MigrationError(
                 f"has {len(heads)} heads ({', '.join(heads)})",
@@ -186,6 +193,29 @@ def check_single_head(settings: Settings) -> dict[str, str]:
                 hint=f"merge them: cd {service.name} && alembic merge heads -m merge",
             )
         found[service.name] = heads[0]
+    return found
+
+
+def _one_head_per_target(script: Any, service: str, targets: tuple[str, ...]) -> list[str]:
+    """`heads` is every head the history has; any other target (`label@head`, a
+    revision) must name exactly one, else that branch of the history has diverged."""
+    from alembic.script.revision import MultipleHeads
+
+    if "heads" in targets:
+        return sorted(script.get_heads())
+    found = []
+    for target in targets:
+        try:
+            revisions = [r.revision for r in script.get_revisions(target)]
+        except MultipleHeads as exc:
+            revisions = list(exc.heads)
+        if len(revisions) != 1:
+            raise MigrationError(
+                f"target {target!r} names {len(revisions)} heads ({', '.join(revisions)})",
+                service=service,
+                hint=f"merge them: cd {service} && alembic merge {target} -m merge",
+            )
+        found.append(revisions[0])
     return found
 
 

@@ -223,3 +223,23 @@ def test_plugin_with_several_heads_and_no_target_is_one_line(
     assert len(lines) == 1, "\n".join(output)
     assert 'set target = "heads"' in lines[0] and "Multiple head revisions" in lines[0]
     assert not any("env.py" in line for line in output), "\n".join(output)
+
+
+def test_the_one_head_check_follows_the_target(tmp_path: Path) -> None:
+    """check_single_head: several heads are the point of `target = "heads"` (every head
+    named); each branch label of a list must have one; the default target still wants one
+    head and says how to merge."""
+    from cathouse_harness.errors import MigrationError
+    from cathouse_harness.migrate.checks import check_single_head
+
+    with once_per_run():
+        heads = check_single_head(settings_of(host.build(tmp_path / "all", target='"heads"')))
+    assert heads == {"server": ALL_HEADS}
+    with once_per_run():
+        labels = check_single_head(
+            settings_of(host.build(tmp_path / "labels", target='["alpha@head", "core@head"]'))
+        )
+    assert labels == {"server": "a1a1a1a1a1a1,c2c2c2c2c2c2"}
+    with once_per_run(), pytest.raises(MigrationError) as caught:
+        check_single_head(settings_of(host.build(tmp_path / "default")))
+    assert "has 3 heads" in str(caught.value) and "alembic merge heads" in str(caught.value)
