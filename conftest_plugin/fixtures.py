@@ -22,7 +22,7 @@ from cathouse_harness.db.urls import endpoint_of
 from cathouse_harness.errors import ConfigError, HarnessError
 from cathouse_harness.support import env
 from cathouse_harness.support.redact import redact_url
-from pytest_cathouse_harness.guard import also_allowed, guard_branch, unguard
+from pytest_cathouse_harness.guard import also_allowed, guard_branch, suspend_for_setup, unguard
 from pytest_cathouse_harness.state import HarnessState, state_key
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ def cathouse_branch_session(
         )
         state.session = session
         error: HarnessError | None = None
+        suspend_for_setup(state)
         try:
             session.start()
         except HarnessError as exc:

@@ -19,21 +19,59 @@ from pytest_cathouse_harness.state import HarnessState
 if TYPE_CHECKING:
     from cathouse_harness.branching.lifecycle import BranchHandle
     from cathouse_harness.config.settings import Settings
+    from cathouse_harness.db.guard import BranchOnly
+
+
+def _policy(state: HarnessState, settings: Settings, found: list[tuple[str, int]]) -> BranchOnly:
+    from cathouse_harness.db.guard import BranchOnly
+
+    return BranchOnly(
+        found, settings.allow_connections,
+        who=lambda: state.current_test or "outside any test",
+        env_file=settings.project_root / ".env",
+    )
+
+
+def guard_before_branch(state: HarnessState, settings: Settings) -> None:
+    """A project configured for the harness reaches no PostgreSQL but `allow_connections`
+    from before its conftests load: a run whose tests ask for no branch fixture, and whose
+    app reads a database of its own from `.env`, must be red, not green on that database.
+    The branch's endpoints join when it exists (`guard_branch`)."""
+    from cathouse_harness.db.guard import install
+
+    if state.guard is not None:
+        return
+    state.guard, state.guard_waits = _policy(state, settings, []), True
+    install(state.guard)
+
+
+def suspend_for_setup(state: HarnessState) -> None:
+    """The session's own setup (its migrations' connection to the template, a worker's
+    copy) runs unguarded: the guard is for what tests and the app reach."""
+    from cathouse_harness.db.guard import uninstall
+
+    if state.guard is not None and state.guard_waits:
+        uninstall(state.guard)
 
 
 def guard_branch(state: HarnessState, settings: Settings, handle: BranchHandle | None) -> None:
     """From now until `unguard`, connections reach this branch (its direct and pooled
     endpoints, any database on them) and `allow_connections`, nothing else. Once per
     session: whatever makes the branch first calls it."""
-    from cathouse_harness.db.guard import BranchOnly, install
+    from cathouse_harness.db.guard import install
 
-    if state.guard is not None or handle is None:
+    if handle is None:
         return
-    state.guard = BranchOnly(
-        endpoints(handle), settings.allow_connections,
-        who=lambda: state.current_test or "outside any test",
-        env_file=settings.project_root / ".env",
-    )
+    if state.guard is not None and state.guard_waits:
+        # the guard since the conftests, with what it refused so far: now with the branch
+        for endpoint in endpoints(handle):
+            state.guard.add_endpoint(endpoint)
+        state.guard_waits = False
+        install(state.guard)
+        return
+    if state.guard is not None:
+        return
+    state.guard = _policy(state, settings, endpoints(handle))
     install(state.guard)
 
 

@@ -32,7 +32,7 @@ from pytest_cathouse_harness.fixtures import (  # noqa: F401  (pytest finds fixt
     service_engine,
     stop_for_setup_error,
 )
-from pytest_cathouse_harness.guard import fail_on_refusal, unguard
+from pytest_cathouse_harness.guard import fail_on_refusal, guard_before_branch, unguard
 from pytest_cathouse_harness.options import (
     ENV_ISOLATED,
     add_options,
@@ -155,10 +155,20 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
         early_config.stash[state_key] = state
         controller = workerinput is None and early.will_distribute(options)
         early.branch_before_conftests(state, PLACEHOLDER_URL, controller=controller)
-    elif _configured(early_config, options) and early_config.getini("cathouse_harness_isolate_env"):
-        # no branch until a test asks, but what the conftests read at import must not be
-        # the shell's database either
-        early_config.stash[early.hidden_key] = early.hide(ENV_ISOLATED, PLACEHOLDER_URL)
+    elif _configured(early_config, options):
+        workerinput = early.early_workerinput()
+        state = _new_state(early_config, workerinput, options, configured=True)
+        early_config.stash[state_key] = state
+        if early_config.getini("cathouse_harness_isolate_env"):
+            # no branch until a test asks, but what the conftests read at import must not
+            # be the shell's database either
+            hidden = early.hide(ENV_ISOLATED, PLACEHOLDER_URL)
+            early_config.stash[early.hidden_key] = hidden
+            for name, value in hidden.items():
+                state.saved_env.setdefault(name, value)
+        # an xdist controller runs no test, and its broker copies databases in this process
+        if state.settings is not None and not (workerinput is None and early.will_distribute(options)):
+            guard_before_branch(state, state.settings)
     try:
         return (yield)
     except Exception:

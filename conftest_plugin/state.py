@@ -50,6 +50,9 @@ class HarnessState:
     # while the session holds a branch: the connection guard's policy, and the test
     # running now (what a refusal names)
     guard: BranchOnly | None = None
+    # a configured run is guarded from before its conftests load, with no endpoint until
+    # the branch exists (`guard.guard_before_branch`)
+    guard_waits: bool = False
     current_test: str | None = None
 
 

@@ -94,9 +94,10 @@ def accepted(server: socket.socket) -> int:
 
 
 def _app_project(project: pytest.Pytester, server: socket.socket, monkeypatch: pytest.MonkeyPatch,
-                 *, mapping: bool) -> None:
+                 *, mapping: bool, uses_branch: bool = True) -> None:
     """A project configured for the harness whose settings (.env and shell alike) name the
-    developer's own server; its tests use the branch (`usefixtures`, as README says)."""
+    developer's own server; its tests use the branch (`usefixtures`, as README says), or
+    (`uses_branch=False`) ask for nothing of the harness at all."""
     port = server.getsockname()[1]
     dev = {"DATABASE__HOSTNAME": "127.0.0.1", "DATABASE__PORT": str(port),
            "DATABASE__USERNAME": "dev", "DATABASE__PASSWORD": DEV_PASSWORD, "DATABASE__DB": "app_dev"}
@@ -104,8 +105,10 @@ def _app_project(project: pytest.Pytester, server: socket.socket, monkeypatch: p
     for name, value in dev.items():
         monkeypatch.setenv(name, value)
     pyproject = project.path / "pyproject.toml"
-    text = pyproject.read_text().replace(
-        "[tool.pytest.ini_options]\n", '[tool.pytest.ini_options]\nusefixtures = ["neon_branch"]\n')
+    text = pyproject.read_text()
+    if uses_branch:
+        text = text.replace(
+            "[tool.pytest.ini_options]\n", '[tool.pytest.ini_options]\nusefixtures = ["neon_branch"]\n')
     pyproject.write_text(text + (MAPPING if mapping else ""))
     project.makepyfile(app=SETTINGS_APP, test_app=APP_TESTS)
 
@@ -200,3 +203,19 @@ def test_the_branch_its_databases_and_allowed_targets_stay_reachable(
     result = run(project, "guard3")
     result.assert_outcomes(passed=3)
     assert accepted(other_postgresql) == 1  # the allowed one, and only it
+
+
+def test_a_configured_run_that_asks_for_no_branch_is_red_too(
+    project: pytest.Pytester, other_postgresql: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No test asks for a harness fixture, so no branch is made: the app's own database is
+    still out of reach from the moment the conftests load, and the run says it used none."""
+    _app_project(project, other_postgresql, monkeypatch, mapping=False, uses_branch=False)
+    result = run(project, "guard-nobranch")
+    result.assert_outcomes(failed=3)
+    assert accepted(other_postgresql) == 0
+    port = other_postgresql.getsockname()[1]
+    refused = [line for line in result.stdout.lines if line.startswith("test_app.py::")
+               and f"connection to 127.0.0.1:{port}/app_dev" in line and "refused before it opened" in line]
+    assert len(refused) == 3, result.stdout.lines
+    assert DEV_PASSWORD not in result.stdout.str() and "Traceback" not in result.stdout.str()
