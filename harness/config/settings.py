@@ -180,12 +180,15 @@ def find_project_root(start: Path) -> Path:
     return first_pyproject or start
 
 
-def _read_table(root: Path, environ: Mapping[str, str]) -> tuple[dict[str, Any], str]:
-    """The harness's table: from the file CATHOUSE_CONFIG names when it is set, so that a
-    project we may not edit (or a developer's own setup) is configured from outside its
-    tracked files; else from the project's pyproject.toml. The file replaces the
+def read_harness_table(
+    root: Path, environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """The harness's table and where it came from: from the file CATHOUSE_CONFIG names
+    when it is set, so that a project we may not edit (or a developer's own setup) is
+    configured from outside its tracked files; else from the project's pyproject.toml. The file replaces the
     project's table whole (no merging: one place says what a run uses), and the paths it
-    holds stay relative to the project root."""
+    holds stay relative to the project root. Whatever asks whether the project configures
+    the harness (or maps its variables) reads through here, so both places agree."""
     named = env.read("CATHOUSE_CONFIG", environ)
     if named is None:
         return _read_pyproject(root)
@@ -303,7 +306,7 @@ class _RawValues:
     ) -> _RawValues:
         """The first place that sets each key, in precedence order; `given` stands in for
         the pyproject.toml's table."""
-        table, toml_source = given or _read_table(root, environ)
+        table, toml_source = given or read_harness_table(root, environ)
         dotenv_path = root / ".env"
         dotenv = _read_dotenv(dotenv_path) if use_dotenv else {}
         raw: dict[str, Any] = {}
