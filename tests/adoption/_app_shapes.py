@@ -226,8 +226,10 @@ _SYNC_TESTS = """
     def test_create_user(db):
         with db.begin() as connection:
             connection.execute(text("INSERT INTO users (email) VALUES ('cat@example.com')"))
-            count = connection.execute(text("SELECT count(*) FROM users")).scalar_one()
-        assert count == 2
+            count = connection.execute(
+                text("SELECT count(*) FROM users WHERE email = 'cat@example.com'")
+            ).scalar_one()
+        assert count == 1
 """
 
 _EXTENSION_TEST = """
@@ -383,6 +385,13 @@ _OWN_DATABASES_CONFTEST = """
     from app.core import database_session
     from app.core.config import PROJECT_DIR, get_settings
 
+    _FIRST_URI = []
+
+
+    @pytest.fixture(scope="session")
+    def first_database_uri(engine):
+        return _FIRST_URI[0]
+
 
     @pytest.fixture(scope="session")
     def loop():
@@ -405,6 +414,8 @@ _OWN_DATABASES_CONFTEST = """
             await database_session._ASYNC_ENGINE.dispose()
 
         loop.run_until_complete(recreate())
+        # the database the settings named before the switch, to show the tests left it alone
+        _FIRST_URI.append(get_settings().sqlalchemy_database_uri)
         patch = pytest.MonkeyPatch()
         patch.setenv("DATABASE__DB", test_db_name)
         get_settings.cache_clear()
@@ -423,9 +434,12 @@ _OWN_DATABASES_CONFTEST = """
 """
 
 _OWN_DATABASES_TESTS = """
+    import os
+
     import pytest
     import sqlalchemy
 
+    from app.core import database_session
     from app.core.config import get_settings
 
 
@@ -439,12 +453,17 @@ _OWN_DATABASES_TESTS = """
 
 
     @pytest.mark.parametrize("n", range(3))
-    def test_register_user(loop, engine, n):
-        run(loop, engine, "INSERT INTO users (email) VALUES (:e)", e=f"user{n}@example.com")
-        rows = run(loop, engine, "SELECT current_database(), count(*) FROM users WHERE email = :e",
-                   e=f"user{n}@example.com")
-        assert rows[0][0] == get_settings().database.db
-        assert rows[0][0].startswith("test_db_gw") and rows[0][1] == 1
+    def test_register_user(loop, engine, first_database_uri, n):
+        assert get_settings().database.db == "test_db_" + os.getenv("PYTEST_XDIST_WORKER", "gw0")
+        email = f"user{n}@example.com"
+        run(loop, engine, "INSERT INTO users (email) VALUES (:e)", e=email)
+        count = "SELECT count(*) FROM users WHERE email = :e"
+        assert run(loop, engine, count, e=email) == [(1,)]
+        first = database_session.new_async_engine(first_database_uri)
+        try:
+            assert run(loop, first, count, e=email) == [(0,)]
+        finally:
+            loop.run_until_complete(first.dispose())
 """
 
 NESTED_NAMES = {
