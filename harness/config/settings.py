@@ -185,10 +185,11 @@ def read_harness_table(
 ) -> tuple[dict[str, Any], str]:
     """The harness's table and where it came from: from the file CATHOUSE_CONFIG names
     when it is set, so that a project we may not edit (or a developer's own setup) is
-    configured from outside its tracked files; else from the project's pyproject.toml. The file replaces the
-    project's table whole (no merging: one place says what a run uses), and the paths it
-    holds stay relative to the project root. Whatever asks whether the project configures
-    the harness (or maps its variables) reads through here, so both places agree."""
+    configured from outside its tracked files; else from the project's pyproject.toml.
+    The file replaces the project's table whole (no merging: one place says what a run
+    uses), and the paths it holds stay relative to the project root. Whatever asks
+    whether the project configures the harness (or maps its variables) reads through
+    here, so both places agree."""
     named = env.read("CATHOUSE_CONFIG", environ)
     if named is None:
         return _read_pyproject(root)

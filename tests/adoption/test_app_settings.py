@@ -31,7 +31,14 @@ UNTOUCHED = {"public.precious"}
 
 
 def _maps_app_env() -> bool:
-    """Whether the installed harness accepts [tool.cathouse_harness.env]."""
+    """Whether the installed harness sets the app's own names before its conftests load:
+    its settings accept [tool.cathouse_harness.env] and its plugin acts in
+    pytest_load_initial_conftests (the settings alone, as `init` reads them, are not
+    enough: the names must reach the app's import-time settings)."""
+    import pytest_cathouse_harness.plugin as plugin
+
+    if not hasattr(plugin, "pytest_load_initial_conftests"):
+        return False
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         (root / "pyproject.toml").write_text('[tool.cathouse_harness.env]\nAPP_DB_HOST = "{host}"\n')
@@ -57,7 +64,9 @@ def _system_postgres_with(*extensions: str) -> bool:
 
 
 needs_mapping = pytest.mark.skipif(
-    not _maps_app_env(), reason="needs [tool.cathouse_harness.env] (the app's own names, #23 part 1)"
+    not _maps_app_env(),
+    reason="needs the app's own names set before its conftests load "
+    "([tool.cathouse_harness.env], #23 part 1)",
 )
 needs_system_postgres = pytest.mark.skipif(
     not (_maps_app_env() and _system_postgres_with("uuid-ossp", "pgcrypto")),
