@@ -53,8 +53,15 @@ def maps_env(rootpath: Path) -> bool:
     """Whether the project's pyproject.toml (found from pytest's rootdir as the settings
     find it) has a [tool.cathouse_harness.env] table: a cheap look, the settings are read
     and checked here only for a project that has one."""
-    from cathouse_harness.config.settings import find_project_root
+    from cathouse_harness.config.settings import find_project_root, read_harness_table
 
+    if env.read("CATHOUSE_CONFIG") is not None:
+        # a file outside the project stands in for its table: read it as the settings do
+        try:
+            table, _ = read_harness_table(find_project_root(rootpath))
+        except HarnessError:
+            return False  # the settings' own reading reports it, in one line
+        return "env" in table
     try:
         text = (find_project_root(rootpath) / "pyproject.toml").read_text(encoding="utf-8")
         # the plugin loads into every run of its environment: parse only our projects'

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from cathouse_harness.config.settings import Settings, load_settings
+from cathouse_harness.support import env
 
 GROUP = "cathouse-harness"
 ENV_ISOLATED = ("DATABASE_URL", "MIGRATION_DATABASE_URL")
@@ -63,6 +64,8 @@ def cli_options(options: argparse.Namespace) -> dict[str, Any]:
 
 
 def project_configures_harness(root: Path) -> bool:
+    if env.read("CATHOUSE_CONFIG") is not None:
+        return True  # load_settings reads that file in place of the pyproject.toml
     pyproject = root / "pyproject.toml"
     try:
         return "[tool.cathouse_harness" in pyproject.read_text(encoding="utf-8")

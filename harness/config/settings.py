@@ -1,7 +1,8 @@
 """One frozen settings object, read from every place a user may put a value.
 
 Precedence, highest first: explicit options (command line) > process environment >
-`.env` in the project root > `[tool.cathouse_harness]` in `pyproject.toml` > defaults.
+`.env` in the project root > `[tool.cathouse_harness]` in `pyproject.toml` (or in the
+file CATHOUSE_CONFIG names, which then stands in for it) > defaults.
 Each value remembers where it came from, so a bad one fails with one line that names
 the key and its source.
 """
@@ -179,8 +180,34 @@ def find_project_root(start: Path) -> Path:
     return first_pyproject or start
 
 
-def _read_pyproject(root: Path) -> tuple[dict[str, Any], str]:
-    path = root / "pyproject.toml"
+def read_harness_table(
+    root: Path, environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """The harness's table and where it came from: from the file CATHOUSE_CONFIG names
+    when it is set, so that a project we may not edit (or a developer's own setup) is
+    configured from outside its tracked files; else from the project's pyproject.toml.
+    The file replaces the project's table whole (no merging: one place says what a run
+    uses), and the paths it holds stay relative to the project root. Whatever asks
+    whether the project configures the harness (or maps its variables) reads through
+    here, so both places agree."""
+    named = env.read("CATHOUSE_CONFIG", environ)
+    if named is None:
+        return _read_pyproject(root)
+    path = Path(named).expanduser().absolute()
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} is not a file",
+            key="CATHOUSE_CONFIG",
+            source="environment",
+            hint=f"name a TOML file holding a [{TOOL_TABLE}] table, or unset CATHOUSE_CONFIG",
+        )
+    return _read_pyproject(path.parent, path, required=True)
+
+
+def _read_pyproject(
+    root: Path, path: Path | None = None, *, required: bool = False
+) -> tuple[dict[str, Any], str]:
+    path = path or root / "pyproject.toml"
     if not path.is_file():
         return {}, str(path)
     try:
@@ -192,6 +219,13 @@ def _read_pyproject(root: Path) -> tuple[dict[str, Any], str]:
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot be read ({exc.strerror})", key=str(path)) from None
+    if required and "cathouse_harness" not in data.get("tool", {}):
+        raise ConfigError(
+            f"has no [{TOOL_TABLE}] table",
+            key=str(path),
+            source="environment CATHOUSE_CONFIG",
+            hint=f"write the settings under [{TOOL_TABLE}], as in a pyproject.toml",
+        )
     table = data.get("tool", {}).get("cathouse_harness", {})
     _check_table(table, str(path))
     return table, f"{path} [{TOOL_TABLE}]"
@@ -273,7 +307,7 @@ class _RawValues:
     ) -> _RawValues:
         """The first place that sets each key, in precedence order; `given` stands in for
         the pyproject.toml's table."""
-        table, toml_source = given or _read_pyproject(root)
+        table, toml_source = given or read_harness_table(root, environ)
         dotenv_path = root / ".env"
         dotenv = _read_dotenv(dotenv_path) if use_dotenv else {}
         raw: dict[str, Any] = {}

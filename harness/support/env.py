@@ -30,6 +30,7 @@ VARIABLES: dict[str, str] = {
     "CATHOUSE_WORKER_ISOLATION": "an xdist worker's own: database (one fork per run) or branch",
     "CATHOUSE_POSTGRES_BIN": "the embedded default's PostgreSQL: a bin directory, wheel, system or auto",
     # process-level switches
+    "CATHOUSE_CONFIG": "a TOML file whose [tool.cathouse_harness] stands in for pyproject.toml's",
     "CATHOUSE_RUN_ID": "names a run's branches (CI jobs)",
     "CATHOUSE_PG_URL": "an existing PostgreSQL (superuser URL) for the embedded default",
     "CATHOUSE_EXTRA_EXTENSIONS": "extensions the local server allows beyond Neon's pinned list (a, b)",
