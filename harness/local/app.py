@@ -44,8 +44,13 @@ ROUTES = [
     Route(PREFIX + "/users/me", project.get_me, methods=["GET"]),
     Route(PREFIX + "/users/me/organizations", project.get_organizations, methods=["GET"]),
     Route(PREFIX + "/regions", project.get_regions, methods=["GET"]),
+    Route(PREFIX + "/api_keys", project.list_api_keys, methods=["GET"]),
     Route(PREFIX + "/projects", project.list_projects, methods=["GET"]),
+    # Before `{project_id}`, which would take "shared" for an id.
+    Route(PREFIX + "/projects/shared", project.list_shared_projects, methods=["GET"]),
     Route(P, project.get_project, methods=["GET"]),
+    Route(P, project.update_project, methods=["PATCH"]),
+    Route(P + "/permissions", project.list_permissions, methods=["GET"]),
     Route(P + "/operations", project.list_operations, methods=["GET"]),
     Route(P + "/operations/{operation_id}", project.get_operation, methods=["GET"]),
     Route(P + "/branches", branches.list_branches, methods=["GET"]),

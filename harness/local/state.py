@@ -168,6 +168,8 @@ class LocalState:
     # Insertion order is creation order; `prune_operations` keeps the newest.
     operations: dict[str, OperationRecord] = field(default_factory=dict)
     version: int = STATE_VERSION
+    # when PATCH /projects/{id} last changed the project (None: never, so created_at)
+    project_updated_at: str | None = None
 
     def __repr__(self) -> str:  # the dataclass repr would show the role passwords
         return (
