@@ -192,6 +192,9 @@ async def get_info(request: Request) -> Response:
     return ok(
         {
             "project_id": neon.state.project_id,
+            # what a client's configured database and role must be among (neon.backend)
+            "databases": list(neon.state.default_branch.databases),
+            "roles": list(neon.state.default_branch.roles),
             "pid": os.getpid(),
             "home": str(neon.home),
             "storage": neon.storage,
