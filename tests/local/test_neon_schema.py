@@ -132,6 +132,13 @@ def _walk(c: httpx.Client, project: str) -> None:
     _ok(c.get(f"{p}/branches/count"))
     _ok(c.patch(f"{p}/branches/{bare_id}", json={"branch": {"name": f"renamed-{tag}"}}))
 
+    # A branch's preview features (storage, functions) answer as Neon does in a region
+    # without them, which neonctl's `status` reads as "not here" and goes on.
+    for feature in ("buckets", "functions", "credentials"):
+        missing = c.get(f"{p}/branches/{child}/{feature}")
+        assert missing.status_code == 404 and "not available" in missing.json()["message"]
+    assert "not available" not in c.get(f"{p}/branches/{child}/nothing").json()["message"]
+
     # Refusals the reference describes.
     assert c.get(f"{p}/branches/br-none-none-00000000").status_code == 404
     assert c.delete(f"{p}/branches/br-none-none-00000000").status_code == 204
