@@ -36,7 +36,10 @@ def _start(home: Path) -> ServerHandle:
 
     def run() -> None:
         try:
-            asyncio.run(serve(home, ready=lambda _info: ready.set(), handle=handle))
+            asyncio.run(
+                serve(home, ready=lambda _info: ready.set(), handle=handle, database="cathouse",
+                      role="cathouse_owner")
+            )
         finally:
             ready.set()
 

@@ -392,7 +392,13 @@ def cmd_emulator(ctx: Context) -> int:
     from cathouse_harness.local.server import run_emulator
 
     home = ctx.args.home or Path(env.read("CATHOUSE_HARNESS_HOME") or default_home())
-    return run_emulator(ctx.args.port, home, ctx.args.storage or "memory", ctx.out)
+    # A new project gets the names configured here; none configured: Neon's neondb / neondb_owner.
+    names = {
+        key: getattr(ctx.settings, key)
+        for key in ("database", "role")
+        if ctx.settings.source_of(key) != "default"
+    }
+    return run_emulator(ctx.args.port, home, ctx.args.storage or "memory", ctx.out, **names)
 
 
 COMMANDS: dict[str, Callable[[Context], int]] = {

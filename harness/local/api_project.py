@@ -4,19 +4,25 @@ under `/_local/` (faults, server info)."""
 from __future__ import annotations
 
 import os
+import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 from cathouse_harness.local import api_validation as check
 from cathouse_harness.local.api_http import api, json_body, log, neon_of, ok, project_of
 from cathouse_harness.local.api_shapes import (
+    api_key_json,
     operation_json,
     project_item_json,
     project_json,
     regions_json,
     user_json,
 )
+from cathouse_harness.local.discovery import API_KEY_FILE
 from cathouse_harness.local.faults import FaultInjector, faults_from_json
+from cathouse_harness.local.history import HISTORY_RETENTION_SECONDS
 from cathouse_harness.local.journal import RequestJournal
+from cathouse_harness.local.state import iso, now
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -64,8 +70,54 @@ async def list_projects(request: Request) -> Response:
 
 
 @api
+async def list_shared_projects(request: Request) -> Response:
+    """Projects other accounts shared with this one: none, locally (the query is still
+    checked as Neon checks it)."""
+    check.limit(request.query_params, MAX_PROJECTS, 10)
+    cursor = request.query_params.get("cursor")
+    if cursor:
+        check.decode_cursor(cursor)
+    return ok({"projects": []})
+
+
+@api
 async def get_project(request: Request) -> Response:
     return ok({"project": project_json(project_of(request))})
+
+
+@api
+async def update_project(request: Request) -> Response:
+    """Renaming is all a local project has to update (`api_validation.project_update`);
+    like Neon, the answer is the project and the operations the change started (none)."""
+    neon = project_of(request)
+    name = check.project_update(await json_body(request), HISTORY_RETENTION_SECONDS)
+    if name is not None and name != neon.state.project_name:
+        neon.state.project_name = name
+        neon.state.project_updated_at = iso(now())
+        neon.save()
+    return ok({"project": project_json(neon), "operations": []})
+
+
+@api
+async def list_permissions(request: Request) -> Response:
+    """Who else may use the project: nobody; a local project is its developer's alone."""
+    project_of(request)
+    return ok({"project_permissions": []})
+
+
+@api
+async def list_api_keys(request: Request) -> Response:
+    """The home's one key, by its id, name and dates; never the key. This request used
+    it, from the caller's (loopback) address."""
+    neon = neon_of(request)
+    try:
+        made = os.stat(neon.home / API_KEY_FILE).st_mtime
+    except OSError:  # the server holds the key in memory; its file was moved away
+        made = datetime.fromisoformat(neon.state.created_at).timestamp()
+    created = datetime.fromtimestamp(int(made), UTC)
+    key_id = zlib.crc32(created.isoformat().encode()) & 0x7FFFFFFF
+    client = request.client.host if request.client else "127.0.0.1"
+    return ok([api_key_json(key_id, iso(created), iso(now()), client)])
 
 
 @api
@@ -140,6 +192,9 @@ async def get_info(request: Request) -> Response:
     return ok(
         {
             "project_id": neon.state.project_id,
+            # what a client's configured database and role must be among (neon.backend)
+            "databases": list(neon.state.default_branch.databases),
+            "roles": list(neon.state.default_branch.roles),
             "pid": os.getpid(),
             "home": str(neon.home),
             "storage": neon.storage,

@@ -78,7 +78,7 @@ def _project_base(neon: LocalNeon) -> dict[str, Any]:
         "creation_source": CREATION_SOURCE,
         "history_retention_seconds": HISTORY_RETENTION_SECONDS,
         "created_at": state.created_at,
-        "updated_at": state.created_at,
+        "updated_at": state.project_updated_at or state.created_at,
         "owner_id": ACCOUNT["id"],
     }
 
@@ -266,6 +266,40 @@ def user_json(neon: LocalNeon) -> dict[str, Any]:
             }
         ],
         "plan": "local",
+        "billing_account": billing_account_json(neon),
+    }
+
+
+def billing_account_json(neon: LocalNeon) -> dict[str, Any]:
+    """The account's billing record: Neon sends it on every `/users/me` and clients
+    (neon-api's `me()`) require it. Nothing is billed locally: no payment source or
+    method, a free subscription, an empty address; quotas reset with the project."""
+    return {
+        "state": "active",
+        "payment_source": {"type": ""},
+        "subscription_type": "free_v2",
+        "payment_method": "none",
+        "quota_reset_at_last": neon.state.created_at,
+        "name": ACCOUNT["name"],
+        "email": ACCOUNT["email"],
+        "address_city": "",
+        "address_country": "",
+        "address_line1": "",
+        "address_line2": "",
+        "address_postal_code": "",
+        "address_state": "",
+    }
+
+
+def api_key_json(key_id: int, created_at: str, last_used_at: str, client: str) -> dict[str, Any]:
+    """The home's one API key as `GET /api_keys` lists it: never the key itself."""
+    return {
+        "id": key_id,
+        "name": "local",
+        "created_at": created_at,
+        "created_by": {"id": ACCOUNT["id"], "name": f"{ACCOUNT['name']} {ACCOUNT['last_name']}", "image": ""},
+        "last_used_at": last_used_at,
+        "last_used_from_addr": client,
     }
 
 

@@ -257,6 +257,34 @@ def branch_update(body: Mapping[str, Any]) -> BranchUpdate:
     )
 
 
+PROJECT_NAME_MAX = 64
+
+
+def project_update(body: Mapping[str, Any], history_seconds: int) -> str | None:
+    """`PATCH /projects/{id}`: the new name (None: unchanged). Of the other fields Neon
+    takes, this server keeps a fixed history window and has no project-wide settings
+    to apply, so those are accepted only when they change nothing."""
+    spec = _object(body, "project", required=True)
+    if "name" in spec and not isinstance(spec["name"], str):
+        raise bad_request("name must be a string")
+    name = _string(spec, "name")
+    if name is not None and len(name) > PROJECT_NAME_MAX:
+        raise bad_request(f"name must be at most {PROJECT_NAME_MAX} characters")
+    retention = spec.get("history_retention_seconds")
+    if retention is not None:
+        if not isinstance(retention, int) or isinstance(retention, bool) or not 0 <= retention <= 2592000:
+            raise bad_request("history_retention_seconds must be an integer from 0 to 2592000")
+        if retention != history_seconds:
+            raise bad_request(
+                f"history_retention_seconds: the local server keeps a fixed {history_seconds} s "
+                "of history; it cannot be changed"
+            )
+    for key in ("settings", "default_endpoint_settings"):
+        if _object(spec, key):
+            raise bad_request(f"{key}: the local server has no project {key.replace('_', ' ')} to change")
+    return name
+
+
 @dataclass(frozen=True)
 class Restore:
     source_branch_id: str

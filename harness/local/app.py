@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import time
 
 from cathouse_harness.local import api_branches as branches
@@ -44,8 +45,13 @@ ROUTES = [
     Route(PREFIX + "/users/me", project.get_me, methods=["GET"]),
     Route(PREFIX + "/users/me/organizations", project.get_organizations, methods=["GET"]),
     Route(PREFIX + "/regions", project.get_regions, methods=["GET"]),
+    Route(PREFIX + "/api_keys", project.list_api_keys, methods=["GET"]),
     Route(PREFIX + "/projects", project.list_projects, methods=["GET"]),
+    # Before `{project_id}`, which would take "shared" for an id.
+    Route(PREFIX + "/projects/shared", project.list_shared_projects, methods=["GET"]),
     Route(P, project.get_project, methods=["GET"]),
+    Route(P, project.update_project, methods=["PATCH"]),
+    Route(P + "/permissions", project.list_permissions, methods=["GET"]),
     Route(P + "/operations", project.list_operations, methods=["GET"]),
     Route(P + "/operations/{operation_id}", project.get_operation, methods=["GET"]),
     Route(P + "/branches", branches.list_branches, methods=["GET"]),
@@ -259,11 +265,22 @@ async def drop_connection(send: Send, receive: Receive) -> None:
     raise ConnectionAbortedError("connection dropped (injected fault)")
 
 
+# A branch's preview features (object storage, functions and their credentials), which
+# Neon serves in a few regions only. Elsewhere it answers 404 saying the service is not
+# available for the region, and clients (neonctl's `status`, `pull`) then go on without
+# them; the local region is such a place.
+_REGIONAL = re.compile(
+    "^" + re.escape(PREFIX) + r"/projects/[^/]+/branches/[^/]+/(buckets|functions|credentials|storage)(/|$)"
+)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Unknown routes (404) and methods (405) answer in Neon's error shape too."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(status, "BAD_REQUEST")
     message = "no such API route" if status == 404 else str(getattr(exc, "detail", "error"))
+    if status == 404 and _REGIONAL.match(request.url.path):
+        message = "platform service not available for this region"
     return error_response(status, code, message, request_id_of(request))
 
 

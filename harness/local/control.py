@@ -76,7 +76,11 @@ class LocalNeon:
         reap_interval: float = 1.0,
         branches_limit: int = DEFAULT_BRANCHES_LIMIT,
         root_branches_limit: int = DEFAULT_ROOT_BRANCHES_LIMIT,
+        database: str | None = None,
+        role: str | None = None,
     ) -> None:
+        """`database` and `role` name what a new project is made with (None: Neon's
+        `neondb` / `neondb_owner`); a home's existing project keeps its own."""
         from cathouse_harness.local.branching import Branching
         from cathouse_harness.local.catalog import Catalog
         from cathouse_harness.local.computes import Computes
@@ -90,6 +94,9 @@ class LocalNeon:
         self.latency = latency
         self.branches_limit = branches_limit
         self.root_branches_limit = root_branches_limit
+        self._new_names = {
+            key: value for key, value in (("database_name", database), ("role_name", role)) if value
+        }
         self.last_activity = time.monotonic()
         self._state: LocalState | None = None
         self._addresses: dict[str, Any] = {}
@@ -118,8 +125,11 @@ class LocalNeon:
         state = load_state(self.home, self.storage)
         fresh = state is None
         if state is None:
-            state = new_state(storage=self.storage)
-            log.info("new local project %s in %s", state.project_id, self.home)
+            state = new_state(storage=self.storage, **self._new_names)
+            log.info(
+                "new local project %s in %s (database %s, role %s)",
+                state.project_id, self.home, state.database_name, state.role_name,
+            )
         self._state = state
         if self.catalog.adopt_passwords():
             log.info("branches' roles have passwords of their own now; internal passwords replaced")

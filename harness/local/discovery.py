@@ -41,6 +41,9 @@ class LocalServerInfo:
     # system, named); None for a server started before they were published
     postgres_bin: str | None = None
     postgres_origin: str | None = None
+    # the databases and roles of the project's default branch (None: not published)
+    databases: tuple[str, ...] | None = None
+    roles: tuple[str, ...] | None = None
 
 
 def resolve_home(home: Path | None) -> Path:
@@ -131,7 +134,13 @@ def info_from(home: Path, data: dict[str, Any], api_key: str) -> LocalServerInfo
         home=home,
         postgres_bin=data.get("postgres_bin"),
         postgres_origin=data.get("postgres_origin"),
+        databases=_names(data.get("databases")),
+        roles=_names(data.get("roles")),
     )
+
+
+def _names(raw: Any) -> tuple[str, ...] | None:
+    return tuple(str(name) for name in raw) if isinstance(raw, list) else None
 
 
 def live_server(home: Path, storage: str) -> LocalServerInfo | None:
@@ -152,7 +161,10 @@ def live_server(home: Path, storage: str) -> LocalServerInfo | None:
     answer = probe(api_host, api_key)
     if not answer or answer.get("pid") != pid:
         return None
-    known = {key: answer.get(key) for key in ("project_id", "postgres_bin", "postgres_origin")}
+    known = {
+        key: answer.get(key)
+        for key in ("project_id", "postgres_bin", "postgres_origin", "databases", "roles")
+    }
     return info_from(home, {**data, **known}, api_key)
 
 

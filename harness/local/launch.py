@@ -45,7 +45,11 @@ def check_storage(storage: str) -> None:
 
 
 
-def _daemon_command(home: Path, storage: str, idle_timeout: float) -> list[str]:
+def _daemon_command(
+    home: Path, storage: str, idle_timeout: float, names: tuple[str | None, str | None] = (None, None)
+) -> list[str]:
+    database, role = names
+    named = [*(["--database", database] if database else []), *(["--role", role] if role else [])]
     return [
         sys.executable,
         "-m",
@@ -57,6 +61,7 @@ def _daemon_command(home: Path, storage: str, idle_timeout: float) -> list[str]:
         "--idle-timeout",
         repr(float(idle_timeout)),
         "--daemon",
+        *named,
     ]
 
 
@@ -74,6 +79,8 @@ def ensure_local_server(
     storage: str = "memory",
     idle_timeout: float = 900,
     postgres_bin: str | None = None,
+    database: str | None = None,
+    role: str | None = None,
 ) -> LocalServerInfo:
     """A running local server for `home`: the one already answering, or a new daemon.
     The daemon reads `CATHOUSE_LOCAL_LATENCY` and `CATHOUSE_LOCAL_HOSTS` /
@@ -81,7 +88,9 @@ def ensure_local_server(
     caller's one-line error rather than a daemon that exits while starting. (A server
     already running keeps the settings it started with.) `postgres_bin` (a checked
     choice, `cathouse_harness.local.pg_choice`) reaches a new daemon as
-    CATHOUSE_POSTGRES_BIN; None leaves that variable as it is."""
+    CATHOUSE_POSTGRES_BIN; None leaves that variable as it is. `database` and `role`
+    are what a new daemon makes a new project with (None: `neondb` / `neondb_owner`);
+    a running server, or a home's existing project, keeps its own."""
     check_storage(storage)
     parse_latency(env.read(LATENCY_ENV))
     host_mode(resolve=lambda: False)
@@ -96,7 +105,7 @@ def ensure_local_server(
         discovery_path(home, storage).unlink(missing_ok=True)
         _check_binaries(home, storage, postgres_bin)
         logfile = log_path(home, storage)
-        process = _spawn_daemon(home, storage, idle_timeout, logfile, postgres_bin)
+        process = _spawn_daemon(home, storage, idle_timeout, logfile, postgres_bin, (database, role))
         found: list[LocalServerInfo] = []
 
         def answering() -> bool:
@@ -133,7 +142,12 @@ def _check_binaries(home: Path, storage: str, postgres_bin: str | None) -> None:
 
 
 def _spawn_daemon(
-    home: Path, storage: str, idle_timeout: float, logfile: Path, postgres_bin: str | None = None
+    home: Path,
+    storage: str,
+    idle_timeout: float,
+    logfile: Path,
+    postgres_bin: str | None = None,
+    names: tuple[str | None, str | None] = (None, None),
 ) -> subprocess.Popen[bytes]:
     """Start `python -m cathouse_harness.local.server --daemon` detached, logging to `logfile`."""
     child_env = dict(os.environ)
@@ -146,7 +160,7 @@ def _spawn_daemon(
     with open(logfile, "ab") as out:
         os.chmod(logfile, 0o600)
         return subprocess.Popen(
-            _daemon_command(home, storage, idle_timeout),
+            _daemon_command(home, storage, idle_timeout, names),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,

@@ -158,9 +158,12 @@ async def serve(
     stop_postgres: bool = True,
     dataplane: Any = None,
     branches_limit: int | None = None,
+    database: str | None = None,
+    role: str | None = None,
 ) -> None:
     """Start the data plane and the API, call `ready`, serve until stopped, shut down.
-    `branches_limit` overrides what /users/me advertises and creates are held to."""
+    `branches_limit` overrides what /users/me advertises and creates are held to;
+    `database` and `role` are what a new project is made with (`LocalNeon`)."""
     from cathouse_harness.local.control import LocalNeon
 
     check_storage(storage)
@@ -172,7 +175,8 @@ async def serve(
     if latency is not None:
         limits["latency"] = latency
     neon = LocalNeon(
-        home, dataplane or _make_dataplane(home, storage), storage=storage, faults=injector, **limits
+        home, dataplane or _make_dataplane(home, storage), storage=storage, faults=injector,
+        database=database, role=role, **limits,
     )
     if neon.latency.active:
         log.info("latency profile %s: %s", neon.latency.name or "custom", neon.latency.to_spec())
@@ -254,6 +258,8 @@ def run_server(
     idle_timeout: float | None = None,
     faults: FaultConfig | None = None,
     latency: LatencyProfile | None = None,
+    database: str | None = None,
+    role: str | None = None,
 ) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (or idle), then stop everything,
     PostgreSQL included. Faults default to `CATHOUSE_LOCAL_FAULTS`, the latency profile
@@ -289,6 +295,8 @@ def run_server(
             idle_timeout=idle_timeout,
             ready=started,
             handle=handle,
+            database=database,
+            role=role,
         )
 
     _run_loop(main)
@@ -341,7 +349,10 @@ def _unpublish(home: Path, storage: str) -> None:
 # ---------------------------------------------------------------------- emulator
 
 
-def run_emulator(port: int, home: Path, storage: str, out: TextIO) -> int:
+def run_emulator(
+    port: int, home: Path, storage: str, out: TextIO, *, database: str | None = None,
+    role: str | None = None,
+) -> int:
     """Foreground server for `cathouse-branch emulator`.
 
     Prints `NEON_API_HOST=…`, `NEON_API_KEY=…` and `NEON_PROJECT_ID=…` to `out` as soon
@@ -378,7 +389,7 @@ def run_emulator(port: int, home: Path, storage: str, out: TextIO) -> int:
         )
 
     try:
-        run_server(home, port=port, storage=storage, ready=ready)
+        run_server(home, port=port, storage=storage, ready=ready, database=database, role=role)
     except KeyboardInterrupt:
         pass
     finally:
@@ -398,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--idle-timeout", type=float, default=900.0)
     parser.add_argument("--daemon", action="store_true", help="publish the discovery file and exit when idle")
+    parser.add_argument("--database", default=None, help="a new project's database (default neondb)")
+    parser.add_argument("--role", default=None, help="a new project's role (default neondb_owner)")
     args = parser.parse_args(argv)
     import logging
 
@@ -426,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             ready=ready,
             idle_timeout=args.idle_timeout if args.daemon else None,
+            database=args.database,
+            role=args.role,
         )
     finally:
         _unpublish(home, args.storage)

@@ -155,8 +155,8 @@ class LocalState:
     project_id: str
     project_name: str
     created_at: str
-    # The project's first role and database (the harness's, configured), which every
-    # branch starts with, beside Neon's own `neondb` / `neondb_owner`.
+    # The role and database the project was created with (the harness's configured
+    # ones, or Neon's `neondb` / `neondb_owner`), which every branch starts with.
     role_name: str
     database_name: str
     storage: str
@@ -168,6 +168,8 @@ class LocalState:
     # Insertion order is creation order; `prune_operations` keeps the newest.
     operations: dict[str, OperationRecord] = field(default_factory=dict)
     version: int = STATE_VERSION
+    # when PATCH /projects/{id} last changed the project (None: never, so created_at)
+    project_updated_at: str | None = None
 
     def __repr__(self) -> str:  # the dataclass repr would show the role passwords
         return (
@@ -197,11 +199,11 @@ NEON_ROLE = "neondb_owner"
 
 
 def new_state(
-    *, storage: str, role_name: str = "cathouse_owner", database_name: str = "cathouse"
+    *, storage: str, role_name: str = NEON_ROLE, database_name: str = NEON_DATABASE
 ) -> LocalState:
-    """A fresh project with its default branch `main`: the configured role and database
-    (whose PostgreSQL database the caller makes), and `neondb` owned by `neondb_owner`,
-    as Neon makes every project."""
+    """A fresh project with its default branch `main` holding exactly one role and one
+    database it owns, as Neon's create-project makes them: the ones asked for, else
+    `neondb` owned by `neondb_owner`. The caller makes the PostgreSQL database."""
     stamp = iso(now())
     main_id = ids.branch_id()
     physical = ids.physical_name(main_id)
@@ -223,14 +225,11 @@ def new_state(
         state_changed_at=stamp,
         default=True,
     )
-    for role in dict.fromkeys((role_name, NEON_ROLE)):
-        state.passwords[role] = ids.role_password()
-        main.roles[role] = RoleRecord(role, stamp, stamp, password=ids.role_password())
+    state.passwords[role_name] = ids.role_password()
+    main.roles[role_name] = RoleRecord(role_name, stamp, stamp, password=ids.role_password())
     main.databases[database_name] = DatabaseRecord(
         database_id(main_id, database_name), database_name, role_name, stamp, stamp, physical
     )
-    neondb = DatabaseRecord(database_id(main_id, NEON_DATABASE), NEON_DATABASE, NEON_ROLE, stamp, stamp)
-    main.databases.setdefault(NEON_DATABASE, neondb)
     state.branches[main_id] = main
     return state
 

@@ -49,13 +49,38 @@ def connect_backend(settings: Settings) -> BackendInfo:
         from cathouse_harness.local.launch import ensure_local_server
 
         info = ensure_local_server(
-            settings.home, storage=settings.local_storage, postgres_bin=settings.postgres_bin
+            settings.home, storage=settings.local_storage, postgres_bin=settings.postgres_bin,
+            database=settings.database, role=settings.role,
         )
+    _check_names(settings, info.databases, info.roles)
     if settings.postgres_bin is not None:
         from cathouse_harness.local.pg_choice import check_serves
 
         check_serves(settings.postgres_bin, info.postgres_bin, info.postgres_origin, info.pid)
     return BackendInfo("embedded", info.api_host, Secret(str(info.api_key)), info.project_id)
+
+
+def _check_names(
+    settings: Settings, databases: tuple[str, ...] | None, roles: tuple[str, ...] | None
+) -> None:
+    """The local project is made once per home, with the names of the client that
+    started its server first; a later client configuring others would find no such
+    database on any branch. Say so now, in one line, rather than at the first branch."""
+    from cathouse_harness.errors import ConfigError
+
+    for key, have in (("database", databases), ("role", roles)):
+        wanted = getattr(settings, key)
+        if have is None or wanted in have:
+            continue
+        listed = ", ".join(have) or "none"
+        raise ConfigError(
+            f"{wanted!r} is not in the embedded default's project in {settings.home} "
+            f"(its {key}s: {listed})",
+            key=key,
+            source=settings.source_of(key),
+            hint=f"configure one of those, or use another CATHOUSE_HARNESS_HOME for a project "
+            f"made with {key} {wanted!r}",
+        )
 
 
 def open_client(backend: BackendInfo, **kwargs: Any) -> NeonClient:

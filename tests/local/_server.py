@@ -40,7 +40,11 @@ def start_test_server(
     storage: str = "memory",
     keep_data: bool = False,
     branches_limit: int | None = None,
+    database: str | None = "cathouse",
+    role: str | None = "cathouse_owner",
 ) -> Iterator[LocalServerInfo]:
+    """`database` / `role`: a new project's names, the harness's defaults unless a
+    test asks for others (None: the server's own, `neondb` / `neondb_owner`)."""
     handle = ServerHandle()
     ready = threading.Event()
     failure: list[BaseException] = []
@@ -56,6 +60,8 @@ def start_test_server(
                     ready=lambda _info: ready.set(),
                     handle=handle,
                     branches_limit=branches_limit,
+                    database=database,
+                    role=role,
                 )
             )
         except BaseException as exc:  # reported to the waiting test thread

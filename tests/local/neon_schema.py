@@ -271,6 +271,59 @@ AUTH_ACCOUNT = Obj(
     },
 )
 
+BILLING_ACCOUNT = Obj(
+    "BillingAccount",
+    required={
+        "state": enum("UNKNOWN", "active", "suspended", "deactivated", "deleted"),
+        "payment_source": Obj(
+            "PaymentSource",
+            required={"type": STR},
+            optional={"card": Obj("PaymentSourceBankCard", open=True)},
+        ),
+        "subscription_type": enum(
+            "UNKNOWN", "direct_sales", "aws_marketplace", "free_v2", "launch", "scale", "business",
+            "vercel_pg_legacy",
+        ),
+        "payment_method": enum(
+            "UNKNOWN", "none", "stripe", "direct_payment", "aws_mp", "azure_mp", "vercel_mp", "staff",
+            "trial", "sponsorship",
+        ),
+        "quota_reset_at_last": DATETIME,
+        "name": STR,
+        "email": STR,
+        "address_city": STR,
+        "address_country": STR,
+        "address_line1": STR,
+        "address_line2": STR,
+        "address_postal_code": STR,
+        "address_state": STR,
+    },
+    optional={
+        "address_country_name": STR,
+        "orb_portal_url": STR,
+        "tax_id": STR,
+        "tax_id_type": STR,
+    },
+)
+
+API_KEY_ITEM = Obj(
+    "ApiKeysListResponseItem",
+    required={
+        "id": INT,
+        "name": STR,
+        "created_at": DATETIME,
+        "created_by": Obj("ApiKeyCreatorData", required={"id": STR, "name": STR, "image": STR}),
+        "last_used_from_addr": STR,
+    },
+    optional={"last_used_at": DATETIME},
+)
+
+PROJECT_PERMISSION = Obj(
+    "ProjectPermission",
+    required={"id": STR, "granted_to_email": STR, "granted_at": DATETIME},
+    optional={"revoked_at": DATETIME},
+)
+
 CURRENT_USER = Obj(
     "CurrentUserInfoResponse",
     required={
@@ -286,9 +339,9 @@ CURRENT_USER = Obj(
         "max_autoscaling_limit": NUM,
         "auth_accounts": ListOf(AUTH_ACCOUNT),
         "plan": STR,
+        "billing_account": BILLING_ACCOUNT,
     },
-    # billing_account has thirteen required fields of its own; nothing local fills them.
-    optional={"billing_account": ANY_OBJECT, "compute_seconds_limit": INT},
+    optional={"compute_seconds_limit": INT},
 )
 
 CONNECTION_DETAILS = Obj(
@@ -356,7 +409,7 @@ E = P + "/endpoints/{endpoint_id}"
 @dataclass(frozen=True)
 class Route:
     status: int  # the success status
-    body: Obj
+    body: Obj | ListOf  # an object, or (`GET /api_keys`) a bare array
     # The reference's 204 "it doesn't exist or has already been deleted" (no body).
     gone_204: bool = False
 
@@ -386,7 +439,20 @@ ROUTES: dict[tuple[str, str], Route] = {
             integrations=MapOf(ListOf(STR)),
         ),
     ),
+    ("GET", "/projects/shared"): Route(
+        200,
+        answer(
+            "ListSharedProjects",
+            {"unavailable_project_ids": ListOf(STR), "pagination": PAGINATION},
+            projects=ListOf(PROJECT_LIST_ITEM),
+        ),
+    ),
+    ("GET", "/api_keys"): Route(200, ListOf(API_KEY_ITEM)),
     ("GET", P): Route(200, answer("ProjectResponse", project=PROJECT)),
+    ("PATCH", P): Route(200, answer("ProjectOperations", project=PROJECT, operations=_OPS)),
+    ("GET", P + "/permissions"): Route(
+        200, answer("ProjectPermissions", project_permissions=ListOf(PROJECT_PERMISSION))
+    ),
     ("GET", P + "/branches"): Route(
         200,
         answer(
@@ -448,6 +514,7 @@ ROUTES: dict[tuple[str, str], Route] = {
 # Query parameter ranges the reference states (lists).
 LIMITS = {
     "/projects": (1, 400),
+    "/projects/shared": (1, 400),
     P + "/branches": (1, 10000),
     P + "/operations": (1, 1000),
 }

@@ -103,12 +103,11 @@ def test_branch_lifecycle_data_isolation_restore_delete(client: httpx.Client, pr
     [endpoint] = created["endpoints"]
     assert endpoint["id"].startswith("ep-") and endpoint["type"] == "read_write"
     assert endpoint["branch_id"] == branch["id"]
-    role, _ = created["roles"]
-    database, _ = created["databases"]
+    # The project's one role and database (the configured ones), as Neon makes them.
+    [role] = created["roles"]
+    [database] = created["databases"]
     assert (role["name"], database["name"]) == ("cathouse_owner", "cathouse")
-    # One per database (with its owner); the configured database comes first.
-    conn, neondb = created["connection_uris"]
-    assert neondb["connection_parameters"]["database"] == "neondb"
+    [conn] = created["connection_uris"]
     params = conn["connection_parameters"]
     assert params["database"] == "cathouse" and params["role"] == "cathouse_owner"
     assert params["password"] == role["password"]
@@ -207,14 +206,12 @@ def test_roles_databases_endpoints_and_password(client: httpx.Client, project: s
     branch_id = created["branch"]["id"]
     base = f"/projects/{project}/branches/{branch_id}"
     roles = client.get(base + "/roles").json()["roles"]
-    # The configured role and database, beside the ones Neon makes in every project.
-    assert [r["name"] for r in roles] == ["cathouse_owner", "neondb_owner"]
+    # Exactly the configured role and database, as Neon's create-project makes them:
+    # a client that names neither (neonctl connection-string) finds the one there is.
+    assert [r["name"] for r in roles] == ["cathouse_owner"]
     assert all("password" not in r for r in roles)
     databases = client.get(base + "/databases").json()["databases"]
-    assert [(d["name"], d["owner_name"]) for d in databases] == [
-        ("cathouse", "cathouse_owner"),
-        ("neondb", "neondb_owner"),
-    ]
+    assert [(d["name"], d["owner_name"]) for d in databases] == [("cathouse", "cathouse_owner")]
     endpoints = client.get(base + "/endpoints").json()["endpoints"]
     assert [e["id"] for e in endpoints] == [created["endpoints"][0]["id"]]
     everything = client.get(f"/projects/{project}/endpoints").json()["endpoints"]

@@ -90,6 +90,19 @@ def _walk(c: httpx.Client, project: str) -> None:
     _ok(c.get("/projects", params={"limit": 1}))
     for bad in ("0", "401", "many"):
         assert c.get("/projects", params={"limit": bad}).status_code == 400
+        assert c.get("/projects/shared", params={"limit": bad}).status_code == 400
+    assert _ok(c.get("/projects/shared")) == {"projects": []}
+    keys = c.get("/api_keys")
+    [key] = _ok(keys)
+    assert key["name"] == "local" and key["created_by"]["id"] == _ok(c.get("/users/me"))["id"]
+    assert c.headers["Authorization"].split()[1] not in keys.text  # listed, never revealed
+    assert _ok(c.get(f"{p}/permissions")) == {"project_permissions": []}
+    renamed_project = _ok(c.patch(p, json={"project": {"name": f"local-{tag}"}}))
+    assert renamed_project["project"]["name"] == f"local-{tag}"
+    assert _ok(c.get(p))["project"]["name"] == f"local-{tag}"
+    for refused in ({}, {"project": {"name": 5}}, {"project": {"history_retention_seconds": -1}},
+                    {"project": {"settings": {"allowed_ips": {"ips": ["1.2.3.4"]}}}}):
+        assert c.patch(p, json=refused).status_code == 400, refused
 
     main = next(b for b in _ok(c.get(f"{p}/branches"))["branches"] if b["default"])
     created = _ok(
@@ -118,6 +131,13 @@ def _walk(c: httpx.Client, project: str) -> None:
     _ok(c.get(f"{p}/branches/{bare_id}"))
     _ok(c.get(f"{p}/branches/count"))
     _ok(c.patch(f"{p}/branches/{bare_id}", json={"branch": {"name": f"renamed-{tag}"}}))
+
+    # A branch's preview features (storage, functions) answer as Neon does in a region
+    # without them, which neonctl's `status` reads as "not here" and goes on.
+    for feature in ("buckets", "functions", "credentials"):
+        missing = c.get(f"{p}/branches/{child}/{feature}")
+        assert missing.status_code == 404 and "not available" in missing.json()["message"]
+    assert "not available" not in c.get(f"{p}/branches/{child}/nothing").json()["message"]
 
     # Refusals the reference describes.
     assert c.get(f"{p}/branches/br-none-none-00000000").status_code == 404

@@ -6,19 +6,21 @@ organizations."""
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from cathouse_harness.local.server import LocalServerInfo
 
 from tests.local._server import (
+    api_client,
     connection_uri,
     create_ready_branch,
     default_branch,
     delete_branch,
     sql,
+    start_test_server,
     wait_operations,
 )
 
@@ -262,16 +264,18 @@ def test_database_create_fork_rename_delete(client: httpx.Client, p: str, projec
     assert sql(_uri(client, p, child["id"], database=name), "SELECT v FROM kept")[0]["v"] == 7
 
     renamed = f"{name}_new"
-    update = {"database": {"name": renamed, "owner_name": "neondb_owner"}}
+    other = f"o_{secrets.token_hex(3)}"
+    _done(client, p, client.post(f"{base}/roles", json={"role": {"name": other}}), 201)
+    update = {"database": {"name": renamed, "owner_name": other}}
     after = _done(client, p, client.patch(f"{base}/databases/{name}", json=update))["database"]
-    assert (after["name"], after["owner_name"]) == (renamed, "neondb_owner")
+    assert (after["name"], after["owner_name"]) == (renamed, other)
     assert client.get(f"{base}/databases/{name}").status_code == 404
     new_uri = _uri(client, p, branch["id"], database=renamed)
     assert sql(new_uri, "SELECT v FROM kept")[0]["v"] == 7
     owner = sql(
         new_uri, "SELECT pg_get_userbyid(datdba) AS o FROM pg_database WHERE datname = current_database()"
     )
-    assert owner[0]["o"] == "neondb_owner"
+    assert owner[0]["o"] == other
     _refused(uri, "3D000")
 
     _done(client, p, client.delete(f"{base}/databases/{renamed}"))
@@ -281,28 +285,33 @@ def test_database_create_fork_rename_delete(client: httpx.Client, p: str, projec
     delete_branch(client, project, branch["id"])
 
 
-def test_neondb_is_there_and_made_on_first_use(
-    server: LocalServerInfo, client: httpx.Client, p: str, project: str
-) -> None:
-    main = default_branch(client, project)
-    names = {
-        d["name"]: d["owner_name"]
-        for d in client.get(f"{p}/branches/{main['id']}/databases").json()["databases"]
-    }
-    assert names["neondb"] == "neondb_owner" and names["cathouse"] == "cathouse_owner"
-    branch = create_ready_branch(client, project, name=f"neondb-{secrets.token_hex(3)}")
-    uris = {c["connection_parameters"]["database"]: c["connection_uri"] for c in branch["connection_uris"]}
-    assert set(uris) == {"cathouse", "neondb"}
-    assert sql(uris["neondb"], "SELECT current_user AS u")[0]["u"] == "neondb_owner"
-    sql(uris["neondb"], "CREATE TABLE hello AS SELECT 1 AS v")
-    # Once used, the database is copied to children like any other.
-    child = create_ready_branch(
-        client, project, name=f"neondb-child-{secrets.token_hex(3)}", parent_id=branch["branch"]["id"]
-    )
-    child_uri = _uri(client, p, child["branch"]["id"], database="neondb", role="neondb_owner")
-    assert sql(child_uri, "SELECT v FROM hello")[0]["v"] == 1
-    delete_branch(client, project, child["branch"]["id"])
-    delete_branch(client, project, branch["branch"]["id"])
+def test_a_new_project_has_exactly_the_names_it_was_made_with(tmp_path: Path) -> None:
+    """As Neon's create-project: one role and one database it owns, the ones asked for,
+    else `neondb` / `neondb_owner`; so a client naming neither (neonctl's
+    `connection-string`, `psql`) finds the one pair there is. A database made through
+    the API is a record until first used, then copied to children like any other."""
+    for asked, expected in ((None, ("neondb", "neondb_owner")), ("shop", ("shop", "shop_owner"))):
+        home = tmp_path / (asked or "unnamed")
+        names = {"database": asked, "role": f"{asked}_owner" if asked else None}
+        with start_test_server(home, **names) as info, api_client(info) as client:
+            project = info.project_id
+            p = f"/projects/{project}"
+            main = default_branch(client, project)
+            listed = client.get(f"{p}/branches/{main['id']}/databases").json()["databases"]
+            assert [(d["name"], d["owner_name"]) for d in listed] == [expected]
+            roles = client.get(f"{p}/branches/{main['id']}/roles").json()["roles"]
+            assert [r["name"] for r in roles] == [expected[1]]
+            branch = create_ready_branch(client, project, name="names")
+            [conn] = branch["connection_uris"]
+            params = conn["connection_parameters"]
+            assert (params["database"], params["role"]) == expected
+            assert sql(conn["connection_uri"], "SELECT current_user AS u")[0]["u"] == expected[1]
+    # the home keeps its project: started again with other names, it is unchanged
+    again = start_test_server(tmp_path / "shop", database="other", role="other_owner")
+    with again as info, api_client(info) as client:
+        main = default_branch(client, info.project_id)
+        listed = client.get(f"/projects/{info.project_id}/branches/{main['id']}/databases")
+        assert [d["name"] for d in listed.json()["databases"]] == ["shop"]
 
 
 def test_connection_uri_checks_the_catalog(client: httpx.Client, p: str, project: str) -> None:

@@ -14,12 +14,15 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from cathouse_harness.errors import LocalServerError
+from cathouse_harness.config.settings import Settings
+from cathouse_harness.errors import ConfigError, LocalServerError
 from cathouse_harness.local.discovery import LocalServerInfo, discovery_path, log_path, probe, running_server
 from cathouse_harness.local.launch import ensure_local_server, stop_local_server
 from cathouse_harness.local.postgres import memory_cluster_dirs
 from cathouse_harness.local.server import bind_socket
+from cathouse_harness.neon.backend import connect_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,6 +112,31 @@ def test_daemon_exits_when_idle(home: Path) -> None:
     )
     again = ensure_local_server(home)
     assert again.pid != info.pid and again.project_id == info.project_id
+
+
+def test_the_first_client_names_the_project_and_a_later_one_is_told(home: Path, tmp_path: Path) -> None:
+    """The harness's configured database and role reach the daemon that makes the
+    home's project; a later client configuring names the project lacks gets one line."""
+    shop = Settings(project_root=tmp_path, home=home, database="shop", role="shop_owner")
+    backend = connect_backend(shop)
+    headers = {"Authorization": f"Bearer {backend.api_key.reveal()}"}
+    with httpx.Client(base_url=backend.api_host, headers=headers, timeout=30) as client:
+        branches = client.get(f"/projects/{backend.project_id}/branches").json()["branches"]
+        [main] = [b["id"] for b in branches if b["default"]]
+        listed = client.get(f"/projects/{backend.project_id}/branches/{main}/databases").json()
+    assert [(d["name"], d["owner_name"]) for d in listed["databases"]] == [("shop", "shop_owner")]
+    assert connect_backend(shop).project_id == backend.project_id
+
+    other = Settings(
+        project_root=tmp_path, home=home, database="cathouse", role="shop_owner",
+        sources={"database": "env CATHOUSE_DATABASE"},
+    )
+    with pytest.raises(ConfigError) as refused:
+        connect_backend(other)
+    message = str(refused.value)
+    assert message.startswith("database (from env CATHOUSE_DATABASE): 'cathouse' is not in")
+    assert "(its databases: shop)" in message and "\n" not in message
+    assert "CATHOUSE_HARNESS_HOME" in (refused.value.hint or "")
 
 
 def test_emulator_prints_shell_lines_and_stops_on_ctrl_c(home: Path) -> None:

@@ -7,6 +7,7 @@ query), psycopg (extended, prepared after five runs), SQLAlchemy over asyncpg (e
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -274,8 +275,13 @@ def test_two_creates_of_one_name_make_one_database(
     that neither is in the other's way): one succeeds, the other finds it exists."""
     before = _cluster_databases(server)
 
+    side = f"side_{secrets.token_hex(3)}"  # a record until first used
+    body = {"database": {"name": side, "owner_name": "cathouse_owner"}}
+    made_side = client.post(f"/projects/{project}/branches/{branch['id']}/databases", json=body)
+    wait_operations(client, project, made_side.json()["operations"])
+
     async def script() -> list[object]:
-        conns = [await asyncpg.connect(_on(branch["direct"], "neondb")) for _ in range(2)]
+        conns = [await asyncpg.connect(_on(branch["direct"], side)) for _ in range(2)]
         try:
             return await asyncio.gather(
                 *(conn.execute("CREATE DATABASE gw11 TEMPLATE cathouse") for conn in conns),
@@ -289,4 +295,4 @@ def test_two_creates_of_one_name_make_one_database(
     assert sorted(type(o).__name__ for o in outcomes) == ["DuplicateDatabaseError", "str"], outcomes
     assert "gw11" in _listed(client, project, branch["id"])
     made = _cluster_databases(server) - before
-    assert len(made) == 2 and "gw11" not in made, made  # neondb, made on first connection, and gw11
+    assert len(made) == 2 and "gw11" not in made, made  # the side one, made on first connection, and gw11

@@ -39,7 +39,10 @@ class LocalNeon:
         self.refresh()
 
     def refresh(self) -> None:
-        info: LocalServerInfo = ensure_local_server(self.home)
+        # the project the harness's runs in this home ask for (its default names)
+        info: LocalServerInfo = ensure_local_server(
+            self.home, database="cathouse", role="cathouse_owner"
+        )
         self.info = info
         self.project = info.project_id
         self.key = info.api_key.reveal()

@@ -37,7 +37,8 @@ def idling_server(tmp_path: Path) -> Iterator[tuple[LocalServerInfo, threading.T
     def run() -> None:
         try:
             asyncio.run(serve(tmp_path / "home", idle_timeout=IDLE_TIMEOUT, handle=handle,
-                              ready=lambda _info: ready.set()))
+                              ready=lambda _info: ready.set(), database="cathouse",
+                              role="cathouse_owner"))
         finally:
             ready.set()
 
