@@ -145,7 +145,11 @@ def stop_for_setup_error(
     asks to stop (xdist's controller then ends the run, "Interrupted: <line>") and hands
     the exit code to the controller through its output."""
     line = f"cathouse-harness: {exc}" if isinstance(exc, ConfigError) else str(exc)
-    code = pytest.ExitCode.USAGE_ERROR if isinstance(exc, ConfigError) or exc.exit_code == 2 else 3
+    # pytest's own codes: a setting to fix is a usage error (4); anything else (a broken
+    # migration, an unreachable backend) failed the run (1), never 3, which says pytest
+    # itself broke
+    usage = isinstance(exc, ConfigError) or exc.exit_code == 2
+    code = pytest.ExitCode.USAGE_ERROR if usage else pytest.ExitCode.TESTS_FAILED
     if not hasattr(config, "workerinput"):
         pytest.exit(line, returncode=code)
     state.setup_exit = int(code)
@@ -183,6 +187,9 @@ def _point_env_at(branch: NeonBranch, settings: Settings) -> None:
 
 @pytest.fixture(scope="session")
 def neon_branch(cathouse_branch_session: BranchSession) -> NeonBranch:
+    """The session's migrated branch: id, name, parent, project, the pooled and direct
+    URLs and the `database` they name. While it lives, DATABASE_URL and
+    MIGRATION_DATABASE_URL point at it. The stable name to build your own fixtures on."""
     handle = cathouse_branch_session.handle
     assert handle is not None
     settings = cathouse_branch_session.settings
