@@ -65,6 +65,8 @@ def _state(config: pytest.Config) -> HarnessState:
 
 @pytest.fixture(scope="session")
 def cathouse_settings(pytestconfig: pytest.Config) -> Settings:
+    """The run's [tool.cathouse_harness] settings, with the environment's and the command
+    line's overrides; a bad one stops the run in one line (exit 4)."""
     state = _state(pytestconfig)
     if state.settings is None:
         raise pytest.UsageError(f"cathouse-harness: {state.settings_error}")
@@ -83,6 +85,9 @@ def _keep_policy(settings: Settings, backend: str) -> str:
 def cathouse_branch_session(
     request: pytest.FixtureRequest, cathouse_settings: Settings
 ) -> Iterator[BranchSession]:
+    """The machinery behind neon_branch: the session's branch set up (template, fork)
+    on first use and deleted, or kept by keep_branch, at the end. Tests ask for
+    neon_branch; this is for plugins that need the session itself."""
     from cathouse_harness.session.branch_session import BranchSession
 
     state = _state(request.config)
