@@ -65,6 +65,8 @@ def _state(config: pytest.Config) -> HarnessState:
 
 @pytest.fixture(scope="session")
 def cathouse_settings(pytestconfig: pytest.Config) -> Settings:
+    """The run's [tool.cathouse_harness] settings, with the environment's and the command
+    line's overrides; a bad one stops the run in one line (exit 4)."""
     state = _state(pytestconfig)
     if state.settings is None:
         raise pytest.UsageError(f"cathouse-harness: {state.settings_error}")
@@ -83,6 +85,9 @@ def _keep_policy(settings: Settings, backend: str) -> str:
 def cathouse_branch_session(
     request: pytest.FixtureRequest, cathouse_settings: Settings
 ) -> Iterator[BranchSession]:
+    """The machinery behind neon_branch: the session's branch set up (template, fork)
+    on first use and deleted, or kept by keep_branch, at the end. Tests ask for
+    neon_branch; this is for plugins that need the session itself."""
     from cathouse_harness.session.branch_session import BranchSession
 
     state = _state(request.config)
@@ -146,7 +151,11 @@ def stop_for_setup_error(
     asks to stop (xdist's controller then ends the run, "Interrupted: <line>") and hands
     the exit code to the controller through its output."""
     line = f"cathouse-harness: {exc}" if isinstance(exc, ConfigError) else str(exc)
-    code = pytest.ExitCode.USAGE_ERROR if isinstance(exc, ConfigError) or exc.exit_code == 2 else 3
+    # pytest's own codes: a setting to fix is a usage error (4); anything else (a broken
+    # migration, an unreachable backend) failed the run (1), never 3, which says pytest
+    # itself broke
+    usage = isinstance(exc, ConfigError) or exc.exit_code == 2
+    code = pytest.ExitCode.USAGE_ERROR if usage else pytest.ExitCode.TESTS_FAILED
     if not hasattr(config, "workerinput"):
         pytest.exit(line, returncode=code)
     state.setup_exit = int(code)
@@ -184,6 +193,9 @@ def _point_env_at(branch: NeonBranch, settings: Settings) -> None:
 
 @pytest.fixture(scope="session")
 def neon_branch(cathouse_branch_session: BranchSession) -> NeonBranch:
+    """The session's migrated branch: id, name, parent, project, the pooled and direct
+    URLs and the `database` they name. While it lives, DATABASE_URL and
+    MIGRATION_DATABASE_URL point at it. The stable name to build your own fixtures on."""
     handle = cathouse_branch_session.handle
     assert handle is not None
     settings = cathouse_branch_session.settings

@@ -12,7 +12,13 @@ from cathouse_harness.errors import ConfigError
 from cathouse_harness.support.redact import scrub
 
 PROG = "cathouse-branch"
+DISTRIBUTION = "cathouse-harness"
+EPILOG = (
+    f"Run '{PROG} COMMAND --help' for a command's options. Exit codes: 0 done, 1 failed "
+    "(the backend, a migration), 2 bad usage or configuration. README: \"The CLI\"."
+)
 DESCRIPTION = "cathouse-branch: a developer's own migrated branch, and the housekeeping around it."
+ENV_FILE_HELP = "the .env file the branch is recorded in (default ./.env)"
 NAME_HELP = (
     "the name given to up (X for harness/dev/X), the full name or the br- id "
     "(default: the one in .env)"
@@ -56,14 +62,53 @@ class UsageFailure(ConfigError):
 
 
 class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (a UsageFailure, exit 2) instead of argparse's usage block."""
+
     def error(self, message: str) -> Any:  # argparse would print usage and a traceback-free line
         raise UsageFailure(message, hint=f"see {PROG} --help")
 
 
+def version() -> str:
+    """The installed distribution's version, from its metadata (one source: pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+class VersionAsked(Exception):  # noqa: N818  (a request, not an error)
+    """--version was given: main prints it on its own stdout (argparse's action would
+    write to sys.stdout, past a caller's stream)."""
+
+
+class _ShowVersion(argparse.Action):
+    def __call__(self, *_: Any) -> None:
+        raise VersionAsked(f"{PROG} {version()}")
+
+
+class _Subcommands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Each subcommand's one-line help is also the description its own --help shows."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if "help" in kwargs and "description" not in kwargs:
+            kwargs["description"] = kwargs["help"][:1].upper() + kwargs["help"][1:] + "."
+        return super().add_parser(name, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
-    parser = _Parser(prog=PROG, description=DESCRIPTION)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument(
+        "--version", action=_ShowVersion, nargs=0, help=f"print '{PROG} <version>' and exit"
+    )
+    parser.register("action", "parsers", _Subcommands)
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="COMMAND",
+        title="commands",
+    )
     _add_branch_commands(sub, common)
     _add_project_commands(sub, common)
     return parser
@@ -75,7 +120,11 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--project-dir", type=Path, default=None, help="project to use (default: .)")
     common.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     common.add_argument("--show-secrets", action="store_true", help="print passwords in URLs")
-    common.add_argument("--backend", choices=("neon", "embedded"), default=None)
+    common.add_argument(
+        "--backend", choices=("neon", "embedded"), default=None,
+        help="neon (NEON_API_KEY and project_id) or embedded (a local server); default: "
+        "the configuration's, else neon with an API key and embedded without",
+    )
     common.add_argument(
         "--storage", choices=("memory", "disk"), default=None,
         help="embedded default only: memory (fast, the default) or disk (survives reboots)",
@@ -95,9 +144,12 @@ def _add_branch_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     down = sub.add_parser("down", parents=[common], help="delete a branch made by the harness")
     down.add_argument("name", nargs="?", default=None, help=NAME_HELP)
-    down.add_argument("--env-file", type=Path, default=None)
+    down.add_argument("--env-file", type=Path, default=None, help=ENV_FILE_HELP)
 
-    sub.add_parser("list", parents=[common], help="list the branches the harness made")
+    sub.add_parser(
+        "list", parents=[common],
+        help="list the branches the harness made (id, kind, expiry, name; --json for all fields)",
+    )
 
     url = sub.add_parser(
         "url", parents=[common],
@@ -110,11 +162,11 @@ def _add_branch_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "--database", default=None,
         help="another database of the branch (an xdist worker's, e.g. cathouse_gw0)",
     )
-    url.add_argument("--env-file", type=Path, default=None)
+    url.add_argument("--env-file", type=Path, default=None, help=ENV_FILE_HELP)
 
     reset = sub.add_parser("reset", parents=[common], help="restore a branch to its parent, migrate")
     reset.add_argument("name", nargs="?", default=None, help=NAME_HELP)
-    reset.add_argument("--env-file", type=Path, default=None)
+    reset.add_argument("--env-file", type=Path, default=None, help=ENV_FILE_HELP)
 
     gc = sub.add_parser("gc", parents=[common], help="remove expired or orphaned harness branches")
     gc.add_argument("--dry-run", action="store_true", help="only show what would be removed")
@@ -126,13 +178,13 @@ def _add_project_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     migrate = sub.add_parser("migrate", parents=[common], help="migrate the branch named by .env")
     migrate.add_argument("--url", default=None, help="direct URL without a password, or - to read "
                          "it from stdin (default: MIGRATION_DATABASE_URL)")
-    migrate.add_argument("--env-file", type=Path, default=None)
+    migrate.add_argument("--env-file", type=Path, default=None, help=ENV_FILE_HELP)
     migrate.add_argument("--target", default=None,
                          help="revision, branch label or heads to upgrade every service to "
                          "(default: each service's target, head unless configured)")
 
     doctor = sub.add_parser("doctor", parents=[common], help="check configuration and setup")
-    doctor.add_argument("--env-file", type=Path, default=None)
+    doctor.add_argument("--env-file", type=Path, default=None, help=ENV_FILE_HELP)
 
     init = sub.add_parser(
         "init", parents=[common],
@@ -144,5 +196,8 @@ def _add_project_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
     emulator = sub.add_parser("emulator", parents=[common], help="run the local Neon API server")
-    emulator.add_argument("--port", type=int, default=0)
-    emulator.add_argument("--home", type=Path, default=None)
+    emulator.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    emulator.add_argument(
+        "--home", type=Path, default=None,
+        help="where its state lives (default: CATHOUSE_HARNESS_HOME or the harness's home)",
+    )

@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from cathouse_harness.cli.args import PROG, UsageFailure, build_parser
+from cathouse_harness.cli.args import PROG, UsageFailure, VersionAsked, build_parser
 from cathouse_harness.cli.context import Context, branch_from_env, git_branch, with_client
 from cathouse_harness.config.envfile import read_env_file, write_env_file, written_by_us
 from cathouse_harness.config.settings import INIT_HINT, parse_ttl
@@ -173,9 +173,26 @@ def cmd_list(ctx: Context) -> int:
     with ctx.progress.step("list harness branches"):
         found = with_client(ctx, work)
     rows = [_branch_row(b) for b in found]
-    human = [f"{r['id']:<28} {r['kind']:<9} {r['expires_at'] or '-':<26} {r['name']}" for r in rows]
-    ctx.emit({"branches": rows}, human or ["no harness branches"])
+    ctx.emit({"branches": rows}, list_lines(rows))
     return 0
+
+
+LIST_COLUMNS = (("ID", "id", 28), ("KIND", "kind", 9), ("EXPIRES", "expires_at", 26), ("NAME", "name", 0))
+
+
+def list_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """`list`'s table: a header naming the columns, then a branch a line."""
+    if not rows:
+        return ["no harness branches"]
+
+    def line(cells: Sequence[str]) -> str:
+        return " ".join(
+            f"{cell:<{width}}" if width else cell
+            for cell, (_, _, width) in zip(cells, LIST_COLUMNS, strict=True)
+        ).rstrip()
+
+    header = line([title for title, _, _ in LIST_COLUMNS])
+    return [header] + [line([str(r[key] or "-") for _, key, _ in LIST_COLUMNS]) for r in rows]
 
 
 def cmd_url(ctx: Context) -> int:
@@ -422,6 +439,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         args = build_parser().parse_args(argv)
         ctx = Context(args, out, err)
         return COMMANDS[args.command](ctx)
+    except VersionAsked as asked:
+        print(asked, file=out)
+        return 0
     except HarnessError as exc:
         print(f"{PROG}: error: {exc}", file=err)
         return exc.exit_code

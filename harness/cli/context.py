@@ -67,6 +67,9 @@ def with_client(ctx: Context, work: Callable[[Any, str], Any]) -> Any:
 
     with ctx.progress.step("connect to backend"):
         backend = connect_backend(ctx.settings)
+        if backend.kind == "neon":
+            # the mark means what it says: the API's host accepted a connection
+            probe_api_host(backend.api_host)
 
     async def _main() -> Any:
         async with open_client(backend) as client:
@@ -82,6 +85,30 @@ def with_client(ctx: Context, work: Callable[[Any, str], Any]) -> Any:
         if refused is not None:
             raise refused from None
         raise
+
+
+PROBE_SECONDS = 10.0
+
+
+def probe_api_host(api_host: str, timeout: float = PROBE_SECONDS) -> None:
+    """Open (and close) a TCP connection to the API's host: a closed port or an unknown
+    name is one line at once, before any request. Only the handshake is tried here, once;
+    what can pass (a slow answer, 5xx, 429) is the transport's to retry."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from cathouse_harness.errors import NeonAPIError
+
+    parts = urlsplit(api_host)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise NeonAPIError(
+            f"cannot connect to {parts.hostname}:{port} ({reason})",
+            hint="check api_host / NEON_API_HOST and the network",
+        ) from None
 
 
 def git_branch(directory: Path) -> str | None:

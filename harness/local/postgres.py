@@ -100,17 +100,25 @@ class Cluster:
 
     def _run(self, args: Sequence[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = self._env()
-        return subprocess.run(  # type: ignore[call-overload, no-any-return]
-            list(args),
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-            cwd=str(self.paths.root),
-            env=env,
-            start_new_session=True,  # a Ctrl-C meant for the server must not stop PostgreSQL
-            **self.user.popen_kwargs(),
-        )
+        try:
+            return subprocess.run(  # type: ignore[call-overload, no-any-return]
+                list(args),
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=timeout,
+                cwd=str(self.paths.root),
+                env=env,
+                start_new_session=True,  # a Ctrl-C meant for the server must not stop PostgreSQL
+                **self.user.popen_kwargs(),
+            )
+        except PermissionError as exc:
+            # the binary or its directory is out of reach of the user who runs it: a
+            # setup problem to name in one line, not a traceback
+            raise LocalServerError(
+                f"{self.user.name} cannot run {args[0]} ({exc.strerror})",
+                hint="every directory above it must be searchable by that user",
+            ) from None
 
     def _fail(self, what: str, result: subprocess.CompletedProcess[str] | None = None) -> LocalServerError:
         detail = ""

@@ -231,7 +231,9 @@ def _skip_block_comment(text: str, pos: int) -> int:
 
 def _syntax(what: str) -> SqlRefusal:
     return SqlRefusal(
-        "0A000", f"the local server cannot read this {what} statement; see README's divergences"
+        "0A000",
+        f"the local server cannot read this {what} statement; see README's table of what "
+        '"still differs" under "The embedded default against Neon"',
     )
 
 

@@ -8,10 +8,12 @@ capped exponential backoff with full jitter bounded by an overall deadline.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -105,8 +107,34 @@ def status_may_have_acted(status: int) -> bool:
     return status >= 500
 
 
-def exception_is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, _TRANSIENT)
+def exception_is_retryable(exc: BaseException, api_host: str | None = None) -> bool:
+    """Transient transport failures, except a refused connection to a loopback API host:
+    nothing listens on that port of this machine (the local server stopped, or a wrong
+    port was configured), and no retry within seconds changes that. A refused connection
+    to a remote host (Neon's) can be a balancer changing hands, so it is still retried."""
+    if not isinstance(exc, _TRANSIENT):
+        return False
+    return not (api_host is not None and _on_loopback(api_host) and connection_refused(exc))
+
+
+def connection_refused(exc: BaseException) -> bool:
+    """True when the exception, or one it was raised from, is a refused TCP connection."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _on_loopback(api_host: str) -> bool:
+    host = (urlsplit(api_host).hostname or "").lower()
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")
 
 
 def exception_may_have_reached(exc: BaseException) -> bool:

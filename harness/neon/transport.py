@@ -21,6 +21,7 @@ from cathouse_harness.config.settings import DEFAULT_API_HOST
 from cathouse_harness.errors import ConfigError, NeonAPIError
 from cathouse_harness.neon.retry import (
     RetryPolicy,
+    connection_refused,
     exception_is_retryable,
     exception_may_have_reached,
     parse_retry_after,
@@ -103,6 +104,12 @@ class TransportOptions:
     rng: random.Random | None = None  # None: a generator of the transport's own
 
 
+def _refused_hint(exc: BaseException, api_host: str) -> str | None:
+    if not connection_refused(exc):
+        return None
+    return f"nothing accepts connections at {api_host}: check api_host / NEON_API_HOST"
+
+
 class Transport:
     """The HTTP side of one `NeonClient`: `options` say where and how, `on_locked` is the
     client's wait on a project's operations after a 423."""
@@ -170,8 +177,9 @@ class Transport:
                 message=f"{name}: {detail}" if detail else name,
                 method=method,
                 path=path,
-                retryable=exception_is_retryable(exc),
+                retryable=exception_is_retryable(exc, self.api_host),
                 may_have_acted=exception_may_have_reached(exc),
+                hint=_refused_hint(exc, self.api_host),
             )
         else:
             status = response.status_code

@@ -33,7 +33,7 @@ from cathouse_harness.branching.lifecycle import (
 from cathouse_harness.cleanup.runs import kept_ids, kept_marker, marker_dir, run_dir
 from cathouse_harness.cleanup.watchdog import WatchdogHandle, start_watchdog
 from cathouse_harness.config.settings import Settings
-from cathouse_harness.errors import ConfigError, HarnessError
+from cathouse_harness.errors import ConfigError, HarnessError, NeonAPIError
 from cathouse_harness.migrate.run_memo import once_per_run
 from cathouse_harness.neon.backend import BackendInfo, connect_backend, open_client
 from cathouse_harness.session.report import SessionReport as SessionReport
@@ -145,9 +145,15 @@ class BranchSession:
         except ConfigError:
             raise  # names the setting and its source already
         except HarnessError as exc:
-            raise SessionStepError(
-                "parent", exc, cleanup=f"check parent_branch ({settings.source_of('parent_branch')})"
-            ) from None
+            # parent_branch is the fix only when the API answered; with no answer at all
+            # the backend is what to look at
+            unreachable = isinstance(exc, NeonAPIError) and exc.status == 0
+            cleanup = (
+                f"check that the API at {self.backend.api_host} is reachable"
+                if unreachable
+                else f"check parent_branch ({settings.source_of('parent_branch')})"
+            )
+            raise SessionStepError("parent", exc, cleanup=cleanup) from None
         self._timed("parent", started)
 
         fork_from = parent.id

@@ -48,6 +48,11 @@ def test_up_json_env_file_and_down(project: Path) -> None:
     code, out, err = cli("list", "--json", cwd=project)
     assert code == 0
     assert result["branch_id"] in {b["id"] for b in json.loads(out)["branches"]}
+    code, out, err = cli("list", cwd=project)  # a person's table: a header, then a row each
+    assert code == 0, err
+    header, *rows = out.splitlines()
+    assert header.split() == ["ID", "KIND", "EXPIRES", "NAME"]
+    assert any(row.split()[0] == result["branch_id"] and row.endswith(result["name"]) for row in rows)
 
     code, out, err = cli("up", "--json", "--name", "cli-up", cwd=project)
     assert code == 0 and json.loads(out)["created"] is False, err

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from cathouse_harness.neon.models import ConnectionInfo
 
+from tests._pgbouncer import pooled_backends
 from tests.local._server import connection_uri, create_ready_branch, delete_branch, sql, unique
 
 
@@ -117,9 +118,9 @@ def test_urls_built_from_host_and_pooler_host_verify_full(client: httpx.Client, 
         direct = f"postgresql://{credentials}@{host}/{params['database']}?{query}"
         pooled = f"postgresql://{credentials}@{pooler_host}/{params['database']}?{query}"
         assert len(_backend_pids_psycopg(direct, 2)) == 2
-        assert len(_backend_pids_psycopg(pooled, 3)) == 1
+        assert len(_backend_pids_psycopg(pooled, 3)) == pooled_backends(3)
         assert len(asyncio.run(_backend_pids_asyncpg(direct, 2))) == 2
-        assert len(asyncio.run(_backend_pids_asyncpg(pooled, 3))) == 1
+        assert len(asyncio.run(_backend_pids_asyncpg(pooled, 3))) == pooled_backends(3)
         [[database]] = sql(pooled, "SELECT current_database()")
         [[expected]] = sql(direct, "SELECT current_database()")
         assert database == expected

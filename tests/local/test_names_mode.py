@@ -23,6 +23,7 @@ from cathouse_harness.errors import ConfigError
 from cathouse_harness.local.hosts import free_loopback_address
 from cathouse_harness.local.names import HOSTS_VAR, ROUTER_VAR, host_mode, route_of
 
+from tests._pgbouncer import pooled_backends
 from tests.local._server import (
     api_client,
     connection_uri,
@@ -94,7 +95,7 @@ def test_urls_built_from_a_named_host_reach_the_branch_and_its_pooler(
         handed_out = urlsplit(made["connection_uris"][0]["connection_uri"])
         assert (handed_out.hostname, handed_out.port) == (host, None)
         assert len(_pids(host, router, params, ca, 2)) == 2  # a backend per client
-        assert len(_pids(pooled_host, router, params, ca, 3)) == 1  # PgBouncer's one
+        assert len(_pids(pooled_host, router, params, ca, 3)) == pooled_backends(3)  # PgBouncer's one
         # SCRAM bound to the certificate the router served
         with _connect(host, router, params, ca, channel_binding="require") as conn:
             assert conn.execute("SELECT current_user").fetchone() == (params["role"],)
@@ -151,7 +152,7 @@ def test_without_a_server_name_the_router_routes_by_the_endpoint_option(
         # direct: a backend each, the other options kept
         assert len(pids(f"endpoint={ep} -c search_path=auth", 2, "auth")) == 2
         # pooled: PgBouncer's one backend (PgBouncer itself takes no other options)
-        assert len(pids(f"endpoint={ep}-pooler", 3, '"$user", public')) == 1
+        assert len(pids(f"endpoint={ep}-pooler", 3, '"$user", public')) == pooled_backends(3)
         for extra, said in (
             ({}, "options=endpoint%3D<endpoint id>"),
             ({"options": "endpoint=ep-nobody-00000000"}, "options=endpoint%3D<endpoint id>"),

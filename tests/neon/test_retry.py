@@ -15,7 +15,7 @@ import httpx
 import pytest
 from cathouse_harness.errors import NeonAPIError
 from cathouse_harness.neon.client import NeonClient
-from cathouse_harness.neon.retry import RetryPolicy, parse_retry_after
+from cathouse_harness.neon.retry import RetryPolicy, exception_is_retryable, parse_retry_after
 from cathouse_harness.neon.transport import TransportOptions
 
 from .fake_api import API_HOST, API_KEY, PROJECT, FakeClock
@@ -263,3 +263,29 @@ async def test_create_after_a_5xx_looks_up_before_resending(make):
     assert result.branch.id == "br-new-1"
     assert [m for m, _ in script.seen] == ["POST", "GET", "POST"]
     assert script.seen[1][1].endswith(f"/projects/{PROJECT}/branches")
+
+
+def _refused() -> httpx.ConnectError:
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError as cause:
+            raise httpx.ConnectError("All connection attempts failed") from cause
+    except httpx.ConnectError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("api_host", "retried"),
+    [
+        ("http://127.0.0.1:9/api/v2", False),
+        ("http://localhost:9/api/v2", False),
+        ("http://[::1]:9/api/v2", False),
+        ("https://console.neon.tech/api/v2", True),
+    ],
+)
+def test_a_refused_connection_is_retried_only_on_a_remote_host(api_host, retried):
+    """Nothing listening on a port of this machine does not change within a retry's wait;
+    a remote host's refusal can be a balancer changing hands."""
+    assert exception_is_retryable(_refused(), api_host) is retried
+    assert exception_is_retryable(httpx.ConnectError("timed out"), api_host) is True

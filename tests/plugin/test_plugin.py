@@ -345,3 +345,48 @@ def test_branch_per_test_marker_and_fixture(project: pytest.Pytester) -> None:
     result = run(project, "pertest1")
     result.assert_outcomes(passed=5)
     assert branches_of_run(project.path, "pertest1") == []
+
+
+BROKEN_REVISION = (
+    "from alembic import op\n\n"
+    "revision = 'ffff00000002'\ndown_revision = '8b4e6d0a5c21'\n"
+    "branch_labels = None\ndepends_on = None\n\n\n"
+    "def upgrade():\n    op.execute('SELECT no_such_function()')\n\n\n"
+    "def downgrade():\n    pass\n"
+)
+
+
+def test_a_broken_migration_fails_the_run_with_exit_1(project: pytest.Pytester) -> None:
+    """A migration that fails is a failure of the run (1), in one line naming the
+    revision, not pytest's internal error (3)."""
+    versions = project.path / "auth-service" / "alembic" / "versions"
+    (versions / "ffff00000002_broken.py").write_text(BROKEN_REVISION, encoding="utf-8")
+    project.makepyfile(test_one=BRANCH_TEST)
+    result = run(project, "brokenmig1")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output[-3000:]
+    assert "ffff00000002" in output and "INTERNALERROR" not in output
+    assert "Traceback" not in output
+
+
+def test_an_unreachable_backend_fails_the_run_with_exit_1(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listens at the API's (local) address: exit 1 at once, and the hint names
+    the backend, not parent_branch, which the API never got to judge."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("CATHOUSE_BACKEND", "neon")
+    monkeypatch.setenv("NEON_API_KEY", "test-key-unreachable")
+    monkeypatch.setenv("NEON_PROJECT_ID", "p-unreachable")
+    monkeypatch.setenv("NEON_API_HOST", f"http://127.0.0.1:{port}/api/v2")
+    project.makepyfile(test_one=BRANCH_TEST)
+    result = run(project, "unreach1")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output[-3000:]
+    assert f"127.0.0.1:{port}" in output and "parent_branch" not in output
+    assert "gave up after" not in output and "INTERNALERROR" not in output
+    assert "test-key-unreachable" not in output

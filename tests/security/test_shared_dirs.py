@@ -117,12 +117,13 @@ def test_our_shm_directory_open_to_others_is_refused(shared: dict[str, Path], tm
 def test_planted_socket_directory_link_is_not_followed(
     shared: dict[str, Path], victim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cathouse_harness.local import pg_binaries, pg_layout
+    from cathouse_harness.local import pg_layout
 
     # a home PostgreSQL's user can reach (so the data lives in it) and deep enough that
-    # the socket directory cannot live beside the data
-    for module in (pg_binaries, pg_layout):
-        monkeypatch.setattr(module, "can_reach", lambda *args, **kwargs: True)
+    # the socket directory cannot live beside the data. Only the home's layout is told so:
+    # whether that user can run the wheel's binaries stays real, or a clone in a 0700
+    # directory would have them run in place, out of its reach, instead of copied
+    monkeypatch.setattr(pg_layout, "can_reach", lambda *args, **kwargs: True)
     home = tmp_path / ("h" * 60) / ("o" * 60) / "home"
     home.mkdir(parents=True, mode=0o700)
     planted = shared["tmp"] / f"cathouse-harness-sock-{_tag(home / 'pg')}"
