@@ -147,4 +147,6 @@ def failed_import(state: HarnessState | None) -> pytest.UsageError | None:
     placeholder: the setup's line is the error to show, not the import's traceback."""
     if state is None or state.early_error is None:
         return None
-    return pytest.UsageError(f"cathouse-harness: {state.early_error}")
+    line = str(state.early_error)
+    # a failed step's line names the harness already ("cathouse-harness: template step …")
+    return pytest.UsageError(line if line.startswith("cathouse-harness:") else f"cathouse-harness: {line}")
