@@ -8,9 +8,9 @@ cheap and safe to repeat.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from cathouse_harness.db.urls import endpoint_of
@@ -32,17 +32,46 @@ def _policy(state: HarnessState, settings: Settings, found: list[tuple[str, int]
     )
 
 
-def guard_before_branch(state: HarnessState, settings: Settings) -> None:
+# the guard installed before the conftests load, until pytest_configure makes the state
+_early_guard = pytest.StashKey["tuple[BranchOnly, dict[str, Callable[[], str]]]"]()
+
+
+def guard_before_branch(config: pytest.Config, options: Any) -> None:
     """A project configured for the harness reaches no PostgreSQL but `allow_connections`
     from before its conftests load: a run whose tests ask for no branch fixture, and whose
     app reads a database of its own from `.env`, must be red, not green on that database.
-    The branch's endpoints join when it exists (`guard_branch`)."""
-    from cathouse_harness.db.guard import install
+    The branch's endpoints join when it exists (`guard_branch`). A setting that does not
+    read is left to pytest_configure, which reports it."""
+    from cathouse_harness.db.guard import BranchOnly, install
+    from cathouse_harness.errors import ConfigError
+    from pytest_cathouse_harness.options import read_settings
 
-    if state.guard is not None:
+    try:
+        settings = read_settings(config, options)
+    except ConfigError:
         return
-    state.guard, state.guard_waits = _policy(state, settings, []), True
-    install(state.guard)
+    # who is refused: the conftests' import, then the test the state names (adopt_early_guard)
+    holder: dict[str, Callable[[], str]] = {"who": lambda: "while the conftests load"}
+    policy = BranchOnly([], settings.allow_connections, who=lambda: holder["who"](),
+                        env_file=settings.project_root / ".env")
+    config.stash[_early_guard] = (policy, holder)
+    install(policy)
+
+
+def adopt_early_guard(config: pytest.Config, state: HarnessState) -> None:
+    """The state takes over the guard installed before the conftests, and its refusals."""
+    early = config.stash.get(_early_guard, None)
+    if early is None:
+        return
+    del config.stash[_early_guard]
+    policy, holder = early
+    if state.guard is not None:  # a branch made before the conftests has its own
+        from cathouse_harness.db.guard import uninstall
+
+        uninstall(policy)
+        return
+    holder["who"] = lambda: state.current_test or "outside any test"
+    state.guard, state.guard_waits = policy, True
 
 
 def suspend_for_setup(state: HarnessState) -> None:

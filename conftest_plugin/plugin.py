@@ -32,7 +32,7 @@ from pytest_cathouse_harness.fixtures import (  # noqa: F401  (pytest finds fixt
     service_engine,
     stop_for_setup_error,
 )
-from pytest_cathouse_harness.guard import fail_on_refusal, guard_before_branch, unguard
+from pytest_cathouse_harness.guard import adopt_early_guard, fail_on_refusal, guard_before_branch, unguard
 from pytest_cathouse_harness.options import (
     ENV_ISOLATED,
     add_options,
@@ -156,19 +156,13 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
         controller = workerinput is None and early.will_distribute(options)
         early.branch_before_conftests(state, PLACEHOLDER_URL, controller=controller)
     elif _configured(early_config, options):
-        workerinput = early.early_workerinput()
-        state = _new_state(early_config, workerinput, options, configured=True)
-        early_config.stash[state_key] = state
         if early_config.getini("cathouse_harness_isolate_env"):
             # no branch until a test asks, but what the conftests read at import must not
             # be the shell's database either
-            hidden = early.hide(ENV_ISOLATED, PLACEHOLDER_URL)
-            early_config.stash[early.hidden_key] = hidden
-            for name, value in hidden.items():
-                state.saved_env.setdefault(name, value)
+            early_config.stash[early.hidden_key] = early.hide(ENV_ISOLATED, PLACEHOLDER_URL)
         # an xdist controller runs no test, and its broker copies databases in this process
-        if state.settings is not None and not (workerinput is None and early.will_distribute(options)):
-            guard_before_branch(state, state.settings)
+        if not (early.early_workerinput() is None and early.will_distribute(options)):
+            guard_before_branch(early_config, options)
     try:
         return (yield)
     except Exception:
@@ -214,6 +208,7 @@ def pytest_configure(config: pytest.Config) -> None:
             state.saved_env.setdefault(name, value)  # what they held before the conftests
     elif hasattr(config.option, "testrunuid") and workerinput is None:
         config.option.testrunuid = state.run_id  # made before the conftests: xdist's too
+    adopt_early_guard(config, state)
     if state.settings is not None and state.is_controller:
         # xdist's workers start after this; they need it before their conftests load
         from pytest_cathouse_harness.early import OWNER_VARIABLE, owner_value, set_variables
