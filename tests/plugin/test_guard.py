@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests._listener import accepted, listening
 from tests.plugin._support import run
 
 SETTINGS_APP = """
@@ -74,23 +75,8 @@ DEV_PASSWORD = "DevOnly-Secret-31"
 
 @pytest.fixture
 def other_postgresql() -> Iterator[socket.socket]:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.setblocking(False)
-    yield server
-    server.close()
-
-
-def accepted(server: socket.socket) -> int:
-    count = 0
-    while True:
-        try:
-            connection, _ = server.accept()
-        except BlockingIOError:
-            return count
-        connection.close()
-        count += 1
+    with listening() as server:
+        yield server
 
 
 def _app_project(project: pytest.Pytester, server: socket.socket, monkeypatch: pytest.MonkeyPatch,

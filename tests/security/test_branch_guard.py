@@ -33,24 +33,13 @@ from psycopg import connect as psycopg_connect_imported_early
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests._listener import accepted, listening
+
 
 @pytest.fixture
 def listener() -> Iterator[socket.socket]:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    server.setblocking(False)
-    yield server
-    server.close()
-
-
-def accepted(server: socket.socket) -> bool:
-    try:
-        connection, _ = server.accept()
-    except BlockingIOError:
-        return False
-    connection.close()
-    return True
+    with listening() as server:
+        yield server
 
 
 def foreign(server: socket.socket, database: str = "app_dev") -> str:
