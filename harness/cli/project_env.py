@@ -44,8 +44,10 @@ _LIBPQ = {
 }
 # a URL meant for migrations goes to the direct endpoint, not the pooled one
 _DIRECT_TOKENS = frozenset({"migration", "migrations", "migrate", "alembic", "direct"})
-# pydantic types that are database URLs whatever the field is called
-_URL_TYPES = frozenset({"PostgresDsn", "PostgreSQLDsn", "AnyUrl", "AnyHttpUrl", "MultiHostUrl"})
+# pydantic types that are database URLs whatever the field is called; a generic URL type
+# (AnyUrl, AnyHttpUrl) is one only when the name says so (`BACKEND_CORS_ORIGINS: list[AnyUrl]`
+# in both public FastAPI templates tried is not)
+_URL_TYPES = frozenset({"PostgresDsn", "PostgreSQLDsn", "MultiHostUrl"})
 _SCHEME_DRIVER = {
     "postgresql+asyncpg": "asyncpg", "postgresql+psycopg": "psycopg", "postgresql+psycopg2": "psycopg2",
     "postgresql": "libpq", "postgres": "libpq",

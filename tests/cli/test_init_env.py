@@ -243,3 +243,25 @@ def test_the_proposal_is_checked_by_the_settings_loader(tmp_path: Path) -> None:
         check_proposal(bad_driver)
     code, out, err = cli("init", "--yes", cwd=tmp_path)  # the real one still writes
     assert code == 0, err
+
+
+def test_a_list_of_generic_urls_is_not_a_database_url(tmp_path: Path) -> None:
+    """`BACKEND_CORS_ORIGINS: list[AnyUrl]` (both public FastAPI templates tried have it)
+    is no database setting; a PostgresDsn is one whatever it is called, and a generic URL
+    type is one when its name says so."""
+    write(tmp_path / "alembic.ini", "[alembic]\nscript_location = %(here)s/alembic\n")
+    write(tmp_path / "alembic" / "env.py", "from alembic import context\n")
+    write(tmp_path / "app" / "config.py", '''\
+        from pydantic import AnyHttpUrl, AnyUrl, PostgresDsn
+        from pydantic_settings import BaseSettings
+
+
+        class Settings(BaseSettings):
+            BACKEND_CORS_ORIGINS: list[AnyUrl] = []
+            FRONTEND_HOST: AnyHttpUrl = "http://localhost:5173"
+            PRIMARY: PostgresDsn
+            DATABASE_URL: AnyUrl
+    ''')
+    code, out, err = cli("init", "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["env"] == {"PRIMARY": "{url}", "DATABASE_URL": "{url}"}
