@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import sys
 import tempfile
 import time
@@ -23,10 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from _common import interleaved  # noqa: F401  (puts the repository on sys.path)
+from _common import bench_plane, interleaved  # (also puts the repository on sys.path)
 from cathouse_harness.db import guard
-from cathouse_harness.local.dataplane import DataPlane
-from cathouse_harness.support.sync import LoopThread
 
 
 def _connectors(url: str) -> dict[str, Callable[[], None]]:
@@ -69,14 +66,9 @@ def main() -> int:
     parser.add_argument("--checks", type=int, default=20000)
     args = parser.parse_args()
 
-    loop = LoopThread("bench-loop")
     with tempfile.TemporaryDirectory() as tmp:
-        plane = DataPlane(Path(tmp) / "dataplane", storage="memory")
-        loop.run(plane.start())
+        loop, plane, password, _, _ = bench_plane(Path(tmp) / "dataplane", "bench")
         try:
-            password = secrets.token_urlsafe(12)
-            loop.run(plane.ensure_role("bench", password))
-            loop.run(plane.create_database("bench", owner="bench"))
             port = int(parse_qs(urlsplit(plane.admin_dsn()).query).get("port", ["5432"])[0])
             url = f"postgresql://bench:{password}@127.0.0.1:{port}/bench"
             policy = guard.BranchOnly([("127.0.0.1", port), ("127.0.0.2", 6432)],
