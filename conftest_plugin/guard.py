@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from cathouse_harness.db.urls import endpoint_of
-from pytest_cathouse_harness.state import HarnessState
+from pytest_cathouse_harness.state import HarnessState, state_key
 
 if TYPE_CHECKING:
     from cathouse_harness.branching.lifecycle import BranchHandle
@@ -22,18 +22,19 @@ if TYPE_CHECKING:
     from cathouse_harness.db.guard import BranchOnly
 
 
-def _policy(state: HarnessState, settings: Settings, found: list[tuple[str, int]]) -> BranchOnly:
+def _policy(settings: Settings, found: list[tuple[str, int]], who: Callable[[], str]) -> BranchOnly:
     from cathouse_harness.db.guard import BranchOnly
 
-    return BranchOnly(
-        found, settings.allow_connections,
-        who=lambda: state.current_test or "outside any test",
-        env_file=settings.project_root / ".env",
-    )
+    return BranchOnly(found, settings.allow_connections, who=who,
+                      env_file=settings.project_root / ".env")
+
+
+def _test_of(state: HarnessState) -> Callable[[], str]:
+    return lambda: state.current_test or "outside any test"
 
 
 # the guard installed before the conftests load, until pytest_configure makes the state
-_early_guard = pytest.StashKey["tuple[BranchOnly, dict[str, Callable[[], str]]]"]()
+_early_guard = pytest.StashKey["BranchOnly"]()
 
 
 def guard_before_branch(config: pytest.Config, options: Any) -> None:
@@ -42,7 +43,7 @@ def guard_before_branch(config: pytest.Config, options: Any) -> None:
     app reads a database of its own from `.env`, must be red, not green on that database.
     The branch's endpoints join when it exists (`guard_branch`). A setting that does not
     read is left to pytest_configure, which reports it."""
-    from cathouse_harness.db.guard import BranchOnly, install
+    from cathouse_harness.db.guard import install
     from cathouse_harness.errors import ConfigError
     from pytest_cathouse_harness.options import read_settings
 
@@ -50,27 +51,26 @@ def guard_before_branch(config: pytest.Config, options: Any) -> None:
         settings = read_settings(config, options)
     except ConfigError:
         return
-    # who is refused: the conftests' import, then the test the state names (adopt_early_guard)
-    holder: dict[str, Callable[[], str]] = {"who": lambda: "while the conftests load"}
-    policy = BranchOnly([], settings.allow_connections, who=lambda: holder["who"](),
-                        env_file=settings.project_root / ".env")
-    config.stash[_early_guard] = (policy, holder)
-    install(policy)
+
+    def who() -> str:  # the conftests' import, until the state names the test
+        state = config.stash.get(state_key, None)
+        return _test_of(state)() if state is not None else "while the conftests load"
+
+    config.stash[_early_guard] = _policy(settings, [], who)
+    install(config.stash[_early_guard])
 
 
 def adopt_early_guard(config: pytest.Config, state: HarnessState) -> None:
     """The state takes over the guard installed before the conftests, and its refusals."""
-    early = config.stash.get(_early_guard, None)
-    if early is None:
+    policy = config.stash.get(_early_guard, None)
+    if policy is None:
         return
     del config.stash[_early_guard]
-    policy, holder = early
     if state.guard is not None:  # a branch made before the conftests has its own
         from cathouse_harness.db.guard import uninstall
 
         uninstall(policy)
         return
-    holder["who"] = lambda: state.current_test or "outside any test"
     state.guard, state.guard_waits = policy, True
 
 
@@ -100,7 +100,7 @@ def guard_branch(state: HarnessState, settings: Settings, handle: BranchHandle |
         return
     if state.guard is not None:
         return
-    state.guard = _policy(state, settings, endpoints(handle))
+    state.guard = _policy(settings, endpoints(handle), _test_of(state))
     install(state.guard)
 
 
