@@ -95,7 +95,7 @@ def journal(home: Path, since: float) -> list[dict[str, Any]]:
 def settle(home: Path, timeout: float = 60.0) -> None:
     """Wait until the project runs no operation: a case measures a session started on an
     idle project, not one queued behind the deletes the previous case asked for (a
-    session's end does not wait for them; see README, "At Neon's latencies")."""
+    session's end does not wait for them; see docs/performance.md, "At Neon's latencies")."""
     from cathouse_harness.local.discovery import live_server
 
     info = live_server(home, "memory")

@@ -53,7 +53,7 @@ PLACEHOLDER_HINT = (
     f"DATABASE_URL / MIGRATION_DATABASE_URL still name {PLACEHOLDER_HOST}: no test in this "
     "process had asked for a harness fixture, so it had no branch yet. For code that reads "
     'them itself, add usefixtures = ["neon_branch"] to [tool.pytest.ini_options] '
-    '(README, "Fixtures").'
+    '(docs/fixtures.md, "Fixtures").'
 )
 
 

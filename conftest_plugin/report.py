@@ -21,7 +21,7 @@ NO_BRANCH_LINE = (
     "cathouse-harness: no test used a branch: [tool.cathouse_harness] is configured, but "
     "every test ran without one. Map the settings your app reads in "
     "[tool.cathouse_harness.env], or ask for the neon_branch fixture "
-    '(README, "Your app reads its own settings")'
+    '(docs/your-project.md, "Your app reads its own settings")'
 )
 
 

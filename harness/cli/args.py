@@ -15,7 +15,7 @@ PROG = "cathouse-branch"
 DISTRIBUTION = "cathouse-harness"
 EPILOG = (
     f"Run '{PROG} COMMAND --help' for a command's options. Exit codes: 0 done, 1 failed "
-    "(the backend, a migration), 2 bad usage or configuration. README: \"The CLI\"."
+    "(the backend, a migration), 2 bad usage or configuration. docs/cli.md: \"The CLI\"."
 )
 DESCRIPTION = "cathouse-branch: a developer's own migrated branch, and the housekeeping around it."
 ENV_FILE_HELP = "the .env file the branch is recorded in (default ./.env)"

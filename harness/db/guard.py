@@ -469,8 +469,8 @@ class NotTheBranch(GuardRefusal):
 
 # what a refusal tells a person to do
 FIX = ("map the project's own variables onto the branch in [tool.cathouse_harness.env], "
-       "or name this target in allow_connections if the test means it; README 'Only the "
-       "branch is reachable'")
+       "or name this target in allow_connections if the test means it; docs/fixtures.md "
+       "'Only the branch is reachable'")
 
 
 class BranchOnly:

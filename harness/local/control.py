@@ -56,7 +56,7 @@ log = get_logger("local.control")
 DEFAULT_BRANCHES_LIMIT = 5000
 # Root branches (the project's own and schema-only ones). Neon's reference names the
 # limit (`max_root_branches` in its Limits object) but not its value, and no route that
-# answers it; this figure is ours (README, divergences).
+# answers it; this figure is ours (docs/embedded.md, the table of what still differs).
 DEFAULT_ROOT_BRANCHES_LIMIT = 10
 
 

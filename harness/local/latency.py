@@ -18,8 +18,8 @@ name, `key=value` pairs, or a preset followed by pairs that override it:
     <action>=S         every operation of that action stays `running` S seconds before
                        its work; actions are Neon's operation actions (ACTIONS)
 
-The `neon` preset's figures and where each comes from are in README's Performance
-section; those without a public source are marked there as assumptions.
+The `neon` preset's figures and where each comes from are in docs/performance.md,
+"At Neon's latencies"; those without a public source are marked there as assumptions.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class LatencyProfile:
             await asyncio.sleep(total)
 
 
-# Figures and sources: README, "Performance", "The `neon` latency preset".
+# Figures and sources: docs/performance.md, "At Neon's latencies".
 PRESETS: MappingProxyType[str, LatencyProfile] = MappingProxyType(
     {
         "neon": LatencyProfile(

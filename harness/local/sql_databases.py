@@ -232,8 +232,8 @@ def _skip_block_comment(text: str, pos: int) -> int:
 def _syntax(what: str) -> SqlRefusal:
     return SqlRefusal(
         "0A000",
-        f"the local server cannot read this {what} statement; see README's table of what "
-        '"still differs" under "The embedded default against Neon"',
+        f"the local server cannot read this {what} statement; see the table of what still "
+        'differs in docs/embedded.md "The embedded default against Neon"',
     )
 
 

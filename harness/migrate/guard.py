@@ -26,7 +26,7 @@ from cathouse_harness.db.guard import GuardRefusal, Target, guarded_by
 from cathouse_harness.db.guard import refused_in as refused_in
 from cathouse_harness.db.urls import Endpoint
 
-README_SECTION = "README 'Using it on your project'"
+DOCS_SECTION = "docs/your-project.md 'Using it on your project'"
 
 
 class ForeignDatabaseRefused(GuardRefusal):
@@ -41,7 +41,7 @@ class ForeignDatabaseRefused(GuardRefusal):
             f"{prefix}{where} tried to connect to {attempted}, not the branch's direct endpoint "
             f"{allowed}; refused before any statement",
             hint="take the URL from sqlalchemy.url, MIGRATION_DATABASE_URL or "
-            f"config.attributes['connection'] ({README_SECTION})",
+            f"config.attributes['connection'] ({DOCS_SECTION})",
         )
 
 

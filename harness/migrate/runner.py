@@ -49,7 +49,7 @@ from cathouse_harness.migrate.environment import (
     service_command,
     version_locations,
 )
-from cathouse_harness.migrate.guard import README_SECTION, refused_in
+from cathouse_harness.migrate.guard import DOCS_SECTION, refused_in
 from cathouse_harness.migrate.heads import (
     HEAD_TARGETS,
     service_target,
@@ -282,7 +282,7 @@ def _env_py_error(service: ServiceConfig, exc: BaseException) -> MigrationError 
         hint="if it was looking for its database: the harness hands env.py the branch as "
         "sqlalchemy.url, MIGRATION_DATABASE_URL, DATABASE_URL, PG* and "
         "config.attributes['connection'], and the smallest edit is to use that connection "
-        f"when it is set ({README_SECTION})",
+        f"when it is set ({DOCS_SECTION})",
     )
 
 

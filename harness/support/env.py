@@ -2,7 +2,7 @@
 
 Settings that a variable can set (NEON_API_KEY, CATHOUSE_PARENT_BRANCH, ...) are read by
 `cathouse_harness.config.settings.load_settings` with its precedence and sources; the rest are read here
-by the code that needs them. README's configuration table lists the same names.
+by the code that needs them. docs/configuration.md's environment table lists the same names.
 """
 
 from __future__ import annotations

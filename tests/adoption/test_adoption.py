@@ -60,7 +60,7 @@ def test_env_py_with_a_url_of_its_own_is_refused_before_any_statement(
     assert "\n" not in text and password not in text
     assert str(project.root / "billing-service" / "alembic" / "env.py") in text
     assert f"{urlsplit(foreign_database_url).port}/{urlsplit(foreign_database_url).path[1:]}" in text
-    assert "refused before any statement" in text and "README" in text
+    assert "refused before any statement" in text and "docs/your-project.md" in text
     assert caught.value.exit_code == 2
     assert_untouched(project)
     assert not any(t.startswith("public.things") for t in tables_of(fresh_database_url))

@@ -1,4 +1,4 @@
-"""Where the local server knowingly differs from Neon: one test per row of the README's
+"""Where the local server knowingly differs from Neon: one test per row of docs/embedded.md's
 divergence table, so a row cannot go stale unnoticed (a fix makes its test fail, and
 the row and the test go together)."""
 

@@ -82,7 +82,7 @@ def other_postgresql() -> Iterator[socket.socket]:
 def _app_project(project: pytest.Pytester, server: socket.socket, monkeypatch: pytest.MonkeyPatch,
                  *, mapping: bool, uses_branch: bool = True) -> None:
     """A project configured for the harness whose settings (.env and shell alike) name the
-    developer's own server; its tests use the branch (`usefixtures`, as README says), or
+    developer's own server; its tests use the branch (`usefixtures`, as docs/fixtures.md says), or
     (`uses_branch=False`) ask for nothing of the harness at all."""
     port = server.getsockname()[1]
     dev = {"DATABASE__HOSTNAME": "127.0.0.1", "DATABASE__PORT": str(port),
@@ -116,7 +116,7 @@ def test_without_the_mapping_the_run_is_red_with_one_line_and_reaches_nothing(
             "DATABASE__HOSTNAME/DATABASE__PORT) refused before it opened: it is not this "
             "session's branch (map the project's own variables onto the branch in "
             "[tool.cathouse_harness.env], or name this target in allow_connections if the "
-            "test means it; README 'Only the branch is reachable')"
+            "test means it; docs/fixtures.md 'Only the branch is reachable')"
         ]
     assert DEV_PASSWORD not in output and "Traceback" not in output
     assert "psycopg" not in "\n".join(line for line in result.stdout.lines if line.startswith("E "))

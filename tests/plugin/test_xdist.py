@@ -325,7 +325,7 @@ def test_app_reads_database_url(n):
 def test_usefixtures_neon_branch_gives_env_only_tests_their_branch(project: pytest.Pytester) -> None:
     """Tests that use no harness fixture and only read DATABASE_URL (an app configured from
     the environment) get the worker's branch when the project lists `neon_branch` in
-    pytest's `usefixtures` ini option (README "Fixtures"); without it they see
+    pytest's `usefixtures` ini option (docs/fixtures.md "Fixtures"); without it they see
     the placeholder address."""
     project.makepyfile(test_env_only=ENV_ONLY)
     result = run(project, "xdb11", "-n", "2", "-o", "usefixtures=neon_branch")

@@ -1,47 +1,89 @@
-"""Every README section the code names in a message exists, and every public fixture of
-the plugin explains itself in `pytest --fixtures` and has a row in README's table."""
+"""Every README or docs/ section the code names in a message exists, every link between
+the pages lands on a file and heading that exist, the performance page shows what the
+benchmarks' results file holds, and every public fixture of the plugin explains itself in
+`pytest --fixtures` and has a row in the fixture tables."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# README then, within a few characters, a quoted title: README 'X', README "X",
-# (README, "X"), README's "X" / README "…" under "X"
-NAMED = re.compile(r"""README[^"'\n=]{0,40}?\\?["']([A-Z][^"'\\\n]{2,80})\\?["']""")
+# README or docs/<page>.md then, within a few characters, a quoted title: README 'X',
+# docs/fixtures.md "X", (docs/cli.md, "X"), README's "X" / README "…" under "X"
+NAMED = re.compile(r"""(README|docs/[a-z0-9-]+\.md)[^"'\n=]{0,40}?\\?["']([A-Z][^"'\\\n]{2,80})\\?["']""")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
-def _headings() -> list[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _headings(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
     return [line.lstrip("#").strip() for line in text.splitlines() if re.match(r"^#{1,4} \S", line)]
 
 
-def _named_sections() -> list[tuple[str, str]]:
+def _anchor(heading: str) -> str:
+    # GitHub's rule: lower case, punctuation but hyphens dropped, spaces become hyphens
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def _named_sections() -> list[tuple[str, str, str]]:
     found = []
     for package in ("harness", "conftest_plugin"):
         for path in sorted((ROOT / package).rglob("*.py")):
             # a title split over two literals ("…Only the " "branch is…") is joined first
             text = re.sub(r"""["']\s*\n\s*["']""", "", path.read_text(encoding="utf-8"))
-            found += [(str(path.relative_to(ROOT)), title) for title in NAMED.findall(text)]
+            found += [(str(path.relative_to(ROOT)), page, title) for page, title in NAMED.findall(text)]
     return found
 
 
-def test_messages_name_readme_sections_that_exist() -> None:
-    headings = _headings()
+def test_messages_name_sections_that_exist() -> None:
     named = _named_sections()
-    assert len(named) >= 4  # the scan still finds the hints it is meant to check
-    missing = [
-        f"{where}: {title!r}" for where, title in named
-        if not any(heading.startswith(title.rstrip()) for heading in headings)
-    ]
+    # the scan still finds the hints it is meant to check, those into docs/ among them
+    assert len(named) >= 4
+    assert any(page.startswith("docs/") for _, page, _ in named)
+    missing = []
+    for where, page, title in named:
+        path = ROOT / ("README.md" if page == "README" else page)
+        if not path.is_file() or not any(h.startswith(title.rstrip()) for h in _headings(path)):
+            missing.append(f"{where}: {page} {title!r}")
     assert missing == []
 
 
-def test_public_fixtures_have_docstrings_and_readme_rows() -> None:
+def test_links_between_pages_land() -> None:
+    broken = []
+    for page in _pages():
+        for target in LINK.findall(page.read_text(encoding="utf-8")):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            file_part, _, anchor = target.partition("#")
+            path = (page.parent / file_part).resolve() if file_part else page
+            if not path.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and path.suffix == ".md" and anchor not in map(_anchor, _headings(path)):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_performance_page_shows_the_latest_results() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "report.py"), "--check"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_readme_stays_short() -> None:
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 200
+
+
+def test_public_fixtures_have_docstrings_and_table_rows() -> None:
     from pytest_cathouse_harness import fixtures
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     public = {
         name: value for name, value in vars(fixtures).items()
         if not name.startswith("_") and type(value).__name__ == "FixtureFunctionDefinition"
@@ -49,13 +91,14 @@ def test_public_fixtures_have_docstrings_and_readme_rows() -> None:
     assert {"neon_branch", "branch_per_test", "db_session"} <= set(public)
     undocumented = [name for name, value in public.items() if not _doc(value)]
     assert undocumented == []
-    for name in ("neon_branch", "database_url", "migration_database_url", "service_engine",
-                 "db_session", "reset_branch", "branch_per_test"):
-        assert f"| `{name}`" in readme, name
+    for page in ("README.md", "docs/fixtures.md"):
+        text = (ROOT / page).read_text(encoding="utf-8")
+        for name in ("neon_branch", "database_url", "migration_database_url", "service_engine",
+                     "db_session", "reset_branch", "branch_per_test"):
+            assert f"| `{name}`" in text, (page, name)
 
 
 def _doc(value: object) -> str | None:
     inner = getattr(value, "_get_wrapped_function", None)
     function = inner() if callable(inner) else getattr(value, "__wrapped__", value)
     return getattr(function, "__doc__", None)
-
