@@ -366,6 +366,7 @@ def cmd_doctor(ctx: Context) -> int:
 def cmd_init(ctx: Context) -> int:
     """The proposal on stdout (TOML, or JSON), where each value came from on stderr."""
     from cathouse_harness.cli.project_init import check_proposal, propose, write_proposal
+    from cathouse_harness.cli.project_names import embedded_project_note
 
     if ctx.args.force and not ctx.args.yes:
         raise UsageFailure("--force only applies with --yes", hint="add --yes to write the table")
@@ -382,6 +383,8 @@ def cmd_init(ctx: Context) -> int:
         ctx.progress.say(f"url_driver {proposal.env.url_driver}: {proposal.env.driver_from}")
     for note in proposal.env.notes:
         ctx.progress.say(note)
+    if proposal.names is not None and (home_note := embedded_project_note(proposal.names)):
+        ctx.progress.say(home_note)
     problem: HarnessError | None = None
     written: tuple[Path, str] | None = None
     try:

@@ -58,7 +58,7 @@ _DRIVER_DEPENDENCY = (
     ("psycopg", re.compile(r"\bpsycopg(?![\w])(?!2)")),
 )
 _ASYNC_ENV = re.compile(r"\basync_engine_from_config\b|\bcreate_async_engine\b|\bAsyncEngine\b")
-_ENV_FILE = re.compile(r"^\.env(\..+)?$|^.+\.env$|^env\.(example|sample|template)$")
+ENV_FILE = re.compile(r"^\.env(\..+)?$|^.+\.env$|^env\.(example|sample|template)$")
 _ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PYTHON_HINTS = ("environ", "getenv", "Settings", "BaseModel")
@@ -158,7 +158,7 @@ def _template(role: str, driver: str | None) -> str:
 # -- where the project reads names ------------------------------------------------------------
 
 
-def _walk(project_dir: Path, skip: Callable[[Path, str], bool]) -> Iterator[Path]:
+def walk_files(project_dir: Path, skip: Callable[[Path, str], bool]) -> Iterator[Path]:
     for root, dirs, files in os.walk(project_dir):
         here = Path(root)
         dirs[:] = sorted(d for d in dirs if not skip(here, d))
@@ -470,7 +470,7 @@ def propose_env(project_dir: Path, env_pys: Sequence[Path], skip: Callable[[Path
     classes: dict[str, _Class] = {}
     dependency_files: list[Path] = []
     python_files = 0
-    for path in _walk(project_dir, skip):
+    for path in walk_files(project_dir, skip):
         shown = _shown(path, project_dir)
         if path.suffix == ".py" and python_files < MAX_PYTHON_FILES:
             python_files += 1
@@ -481,7 +481,7 @@ def propose_env(project_dir: Path, env_pys: Sequence[Path], skip: Callable[[Path
             for node in ast.walk(tree):
                 if isinstance(node, ast.ClassDef):
                     classes.setdefault(node.name, _Class(node, shown))
-        elif _ENV_FILE.match(path.name):
+        elif ENV_FILE.match(path.name):
             reads.extend(dotenv_reads(path, shown))
         elif path.name == "pyproject.toml" or re.match(r"^requirements.*\.(txt|in)$", path.name):
             dependency_files.append(path)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cathouse_harness.cli.project_env import EnvProposal, propose_env
+from cathouse_harness.cli.project_names import NamesProposal, propose_names
 from cathouse_harness.cli.pyproject_edit import Outcome, lookup, put_table
 from cathouse_harness.config.services import plain_identifier
 from cathouse_harness.config.settings import TOOL_TABLE, load_settings
@@ -69,12 +70,15 @@ class Proposal:
     services: tuple[ServiceProposal, ...]
     notes: tuple[str, ...]  # about the project as a whole: skipped files, order, pools
     env: EnvProposal = EnvProposal()
+    # None only for proposals built by hand; init always says which database and role
+    names: NamesProposal | None = None
 
     def toml(self) -> str:
         lines = [
             f"[{TOOL_TABLE}]",
             "# proposed by `cathouse-branch init`: services migrate in the order listed",
             f"connection_limit = {self.connection_limit}",
+            *self._names_lines(),
             *self.env.driver_lines(),
         ]
         for service in self.services:
@@ -95,10 +99,16 @@ class Proposal:
         lines += self.env.table_lines(f"{TOOL_TABLE}.env")
         return "\n".join(lines) + "\n"
 
+    def _names_lines(self) -> list[str]:
+        if self.names is None:
+            return []
+        return [f"database = {_toml_string(self.names.database)}", f"role = {_toml_string(self.names.role)}"]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "project_dir": str(self.project_dir),
             "connection_limit": self.connection_limit,
+            **({"database": self.names.database, "role": self.names.role} if self.names else {}),
             "services": [
                 {
                     "name": s.name, "schema": s.schema, "alembic_ini": s.alembic_ini,
@@ -377,7 +387,8 @@ def propose(project_dir: Path) -> Proposal:
         raise ConfigError(f"{project_dir} is not a directory", key="--project-dir")
     notes: list[str] = []
     setups = []
-    for config_file in find_alembic_configs(project_dir):
+    configs = find_alembic_configs(project_dir)
+    for config_file in configs:
         setup = read_setup(config_file, project_dir)
         if isinstance(setup, Skipped):
             notes.append(f"skipped {_relative(config_file, project_dir)}: it {setup.reason}")
@@ -416,7 +427,9 @@ def propose(project_dir: Path) -> Proposal:
             directory=c.directory,
         ))
     env = propose_env(project_dir, [s.env_py for s in setups if s.env_py is not None], _skipped_dir)
-    return Proposal(project_dir, limit, tuple(services), tuple(notes), env)
+    names = propose_names(project_dir, configs, _skipped_dir)
+    notes.append(names.note())
+    return Proposal(project_dir, limit, tuple(services), tuple(notes), env, names)
 
 
 # -- histories that are one service ---------------------------------------------------------

@@ -391,3 +391,33 @@ def test_the_written_table_migrates_the_example(tmp_path: Path) -> None:
     assert all(m["after"] for m in migrated)
     code, out, err = cli("down", "init-example", cwd=tmp_path)
     assert code == 0, err
+
+
+def test_database_and_role_come_from_the_project_not_the_example(tmp_path: Path) -> None:
+    """A fresh `alembic init` project names no database: init proposes Neon's names for a
+    new project, never the Cat House example's; a URL the project keeps gives its own."""
+    alembic_init(tmp_path / "fresh", "generic")  # its sqlalchemy.url is alembic's placeholder
+    code, out, err = cli("init", cwd=tmp_path / "fresh")
+    assert code == 0, err
+    table = tomllib.loads(out)["tool"]["cathouse_harness"]
+    assert (table["database"], table["role"]) == ("neondb", "neondb_owner")
+    assert "database 'neondb', role 'neondb_owner': no PostgreSQL URL in the project names its own" in err
+    assert "cathouse\"" not in out and "cathouse_owner" not in out
+
+    (tmp_path / "fresh" / ".env.example").write_text(
+        "# DATABASE_URL=postgresql://nobody:x@localhost/commented_out\n"
+        "DATABASE_URL='postgresql+psycopg://shop_app:s3cret-pw@localhost:5432/shop?sslmode=disable'\n"
+    )
+    code, out, err = cli("init", "--yes", cwd=tmp_path / "fresh")
+    assert code == 0, err
+    settings = load_settings(tmp_path / "fresh", environ={}, use_dotenv=False)
+    assert (settings.database, settings.role) == ("shop", "shop_app")
+    assert "database 'shop', role 'shop_app': the URL in .env.example (line 2)" in err
+    assert "s3cret-pw" not in out + err
+
+    ini = tmp_path / "fresh" / "alembic.ini"  # the migrations' own URL comes first
+    ini.write_text(ini.read_text().replace(
+        "driver://user:pass@localhost/dbname", "postgresql://billing_owner@db.internal/billing"))
+    code, out, err = cli("init", cwd=tmp_path / "fresh")
+    assert code == 0, err
+    assert "database 'billing', role 'billing_owner': the URL in alembic.ini (sqlalchemy.url)" in err

@@ -9,7 +9,8 @@ import json
 import textwrap
 from pathlib import Path
 
-from cathouse_harness.config.settings import load_settings
+import pytest
+from cathouse_harness.config.settings import Settings, load_settings
 
 from tests.cli._support import cli, error_lines
 from tests.cli.test_init import proposed, revision
@@ -112,7 +113,9 @@ with engine.connect() as connection:
 """
 
 
-def test_pyproject_tool_alembic_without_an_alembic_ini(tmp_path: Path) -> None:
+def test_pyproject_tool_alembic_without_an_alembic_ini(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pyproject = write(tmp_path / "pyproject.toml", """\
         [project]
         name = "shop"
@@ -136,6 +139,7 @@ def test_pyproject_tool_alembic_without_an_alembic_ini(tmp_path: Path) -> None:
     [service] = load_settings(tmp_path, environ={}).services
     assert service.alembic_ini == pyproject.resolve()
     # and the harness migrates it from there
+    suite_home_names(monkeypatch)
     code, out, err = cli("up", "--json", "--name", "init-pyproject", cwd=tmp_path)
     assert code == 0, err
     assert [(m["service"], m["before"], m["after"]) for m in json.loads(out)["migrations"]] == [
@@ -198,7 +202,7 @@ def test_histories_in_named_sections_of_one_ini_are_named(tmp_path: Path) -> Non
             "(`alembic --name …`)") in err
 
 
-def test_the_joined_histories_migrate_to_their_heads(tmp_path: Path) -> None:
+def test_the_joined_histories_migrate_to_their_heads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """init's one service with target "heads" is what `up` needs (with heads28's runner)."""
     core_with_plugins(tmp_path)
     for path in tmp_path.rglob("*.py"):  # Alembic imports what init only read
@@ -208,12 +212,20 @@ def test_the_joined_histories_migrate_to_their_heads(tmp_path: Path) -> None:
     (tmp_path / "migrations" / "env.py").write_text(MIGRATING_ENV)
     code, out, err = cli("init", "--yes", cwd=tmp_path)
     assert code == 0, err
+    suite_home_names(monkeypatch)
     code, out, err = cli("up", "--json", "--name", "init-heads", cwd=tmp_path)
     assert code == 0, err
     assert [(m["service"], m["before"], m["after"]) for m in json.loads(out)["migrations"]] == [
         ("hub", None, "a1,b2,c2")
     ]
     assert cli("down", "init-heads", cwd=tmp_path)[0] == 0
+
+
+def suite_home_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """init proposed Neon's names (the project names none); the suite's one home keeps the
+    project its first test made, with the harness's defaults, and a home holds one project."""
+    monkeypatch.setenv("CATHOUSE_DATABASE", Settings.database)
+    monkeypatch.setenv("CATHOUSE_ROLE", Settings.role)
 
 
 MIGRATING_ENV = """\
