@@ -17,9 +17,18 @@ from cathouse_harness.cleanup.gc import candidates as gc_candidates
 from cathouse_harness.config.envfile import read_env_file
 from cathouse_harness.config.settings import load_settings
 from cathouse_harness.migrate.all_services import current_revisions, head_revisions
+from dotenv import dotenv_values
 
 from tests.cli._support import cli, error_lines
 from tests.plugin._support import copy_example
+
+
+def sourced(env_file: Path) -> dict[str, str]:
+    """What `set -a; . ./.env` exports, for the names the file holds."""
+    out = subprocess.run(["bash", "-c", "set -a && . ./.env && env -0"], cwd=env_file.parent,
+                         env={"PATH": os.environ["PATH"]}, check=True, capture_output=True).stdout
+    exported = dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
+    return {name: exported[name] for name in read_env_file(env_file)}
 
 
 @pytest.fixture
@@ -38,6 +47,9 @@ def test_up_json_env_file_and_down(project: Path) -> None:
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     values = read_env_file(env_file)
     assert values["CATHOUSE_BRANCH_ID"] == result["branch_id"]
+    # a shell that sources it and python-dotenv read the same values, the URLs' `&` included
+    assert "&" in values["MIGRATION_DATABASE_URL"]
+    assert sourced(env_file) == dotenv_values(env_file) == values
     settings = load_settings(project)
     heads = head_revisions(settings)
     current = current_revisions(settings, values["MIGRATION_DATABASE_URL"])
