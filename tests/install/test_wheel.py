@@ -30,8 +30,9 @@ from packaging.utils import canonicalize_name
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-# what setuptools reads to build the wheel (pyproject.toml names README.md as the readme)
-SOURCES = ("pyproject.toml", "README.md", "harness", "conftest_plugin")
+# what setuptools reads to build the wheel (pyproject.toml names README.md as the readme;
+# LICENSE goes into the dist-info as license = "MIT" has setuptools find it)
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "harness", "conftest_plugin")
 
 # The user's project. Its `harness` has a `redact` module as ours had before the rename,
 # so a wheel that installed a top-level `harness` would hand the conftest ours.
@@ -209,6 +210,8 @@ def test_the_wheel_holds_our_import_names_only(wheel: Path) -> None:
         entry_text = archive.read(entry_points).decode()
     packages = {t for t in tops if not t.endswith(".dist-info")}
     assert packages == {"cathouse_harness", "pytest_cathouse_harness"}
+    with zipfile.ZipFile(wheel) as archive:
+        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in archive.namelist())
     assert re.search(r"^cathouse_harness = pytest_cathouse_harness\.plugin$", entry_text, re.M)
     assert re.search(r"^cathouse-branch = cathouse_harness\.cli\.commands:main$", entry_text, re.M)
 
