@@ -131,6 +131,14 @@ def test_every_shell_command_runs_or_says_why_not(tmp_path: Path) -> None:
     assert "[tool.cathouse_harness]" in (project / "pyproject.toml").read_text()
 
 
+def test_ci_runs_the_readme_test_command() -> None:
+    """.ci/run ends with the README's test command, exactly (the quick start's second line)."""
+    quick_start = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Quick start\n", 1)[1]
+    shown = [_command(line) for line in BLOCK.search(quick_start)[2].splitlines()]  # type: ignore[index]
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    assert ci[-1] == shown[-1]
+
+
 @cache
 def _help(command: str) -> str:
     done = subprocess.run([*_cli(), *([command] if command else []), "--help"],
