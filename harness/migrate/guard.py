@@ -26,7 +26,7 @@ from cathouse_harness.db.guard import GuardRefusal, Target, guarded_by
 from cathouse_harness.db.guard import refused_in as refused_in
 from cathouse_harness.db.urls import Endpoint
 
-DOCS_SECTION = "docs/your-project.md 'Using it on your project'"
+DOCS_SECTION = "docs/your-project.md 'What your env.py needs'"
 
 
 class ForeignDatabaseRefused(GuardRefusal):
