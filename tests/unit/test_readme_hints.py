@@ -102,3 +102,13 @@ def _doc(value: object) -> str | None:
     inner = getattr(value, "_get_wrapped_function", None)
     function = inner() if callable(inner) else getattr(value, "__wrapped__", value)
     return getattr(function, "__doc__", None)
+
+
+def test_toml_the_pages_show_parses() -> None:
+    import tomllib
+
+    blocks = [(page.name, body) for page in _pages()
+              for body in re.findall(r"^```toml\n(.*?)^```", page.read_text(encoding="utf-8"), re.M | re.S)]
+    assert len(blocks) >= 6
+    for name, body in blocks:
+        tomllib.loads(body)  # raises, naming the line, on a block a reader could not paste
