@@ -110,5 +110,10 @@ def test_toml_the_pages_show_parses() -> None:
     blocks = [(page.name, body) for page in _pages()
               for body in re.findall(r"^```toml\n(.*?)^```", page.read_text(encoding="utf-8"), re.M | re.S)]
     assert len(blocks) >= 6
+    broken = []
     for name, body in blocks:
-        tomllib.loads(body)  # raises, naming the line, on a block a reader could not paste
+        try:
+            tomllib.loads(body)
+        except tomllib.TOMLDecodeError as exc:  # a block a reader could not paste
+            broken.append(f"{name}: {exc}")
+    assert broken == []
