@@ -376,20 +376,25 @@ def _camel_tokens(name: str) -> list[str]:
 # -- .env files ----------------------------------------------------------------------------
 
 
-def dotenv_reads(path: Path, shown: str) -> Iterator[_Read]:
+def env_file_assignments(path: Path) -> Iterator[tuple[int, str, str]]:
+    """(line number, name, value) of each `NAME=value` line of a .env-style file; an
+    unreadable file has none."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return
     for number, line in enumerate(text.splitlines(), start=1):
         match = _ENV_LINE.match(line)
-        if not match:
-            continue
-        value = match[2].strip().strip("'\"")
+        if match:
+            yield number, match[1], match[2].strip().strip("'\"")
+
+
+def dotenv_reads(path: Path, shown: str) -> Iterator[_Read]:
+    for number, name, value in env_file_assignments(path):
         scheme = value.partition("://")[0].lower() if "://" in value else ""
         driver = _SCHEME_DRIVER.get(scheme)
         role = "url" if driver else None
-        yield _Read(match[1], f"{shown}:{number}", role=role, scheme_driver=driver)
+        yield _Read(name, f"{shown}:{number}", role=role, scheme_driver=driver)
 
 
 # -- the driver ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from cathouse_harness.cli.project_env import ENV_FILE, walk_files
+from cathouse_harness.cli.project_env import ENV_FILE, env_file_assignments, walk_files
 
 NEON_DATABASE = "neondb"
 NEON_ROLE = "neondb_owner"
@@ -56,14 +56,9 @@ def _from_urls(
             yield from _names(_ini_url(config), config, project_dir, "sqlalchemy.url")
     for path in walk_files(project_dir, skip):
         if ENV_FILE.match(path.name):
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            for number, line in enumerate(text.splitlines(), start=1):
-                match = _URL.search(line)
-                if match and not line.lstrip().startswith("#"):
-                    yield from _names(match[1], path, project_dir, f"line {number}")
+            for number, _, value in env_file_assignments(path):
+                if _URL.fullmatch(value):
+                    yield from _names(value, path, project_dir, f"line {number}")
 
 
 def _ini_url(path: Path) -> str | None:
