@@ -201,6 +201,16 @@ def test_the_tox_environments_the_docs_name_exist() -> None:
     assert sorted(named - set(done.stdout.split())) == []
 
 
+def test_every_plugin_option_the_pages_name_exists(tmp_path: Path) -> None:
+    text = "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
+    named = set(re.findall(r"--cathouse-[a-z-]*[a-z]", text))
+    assert {"--cathouse-backend", "--cathouse-keep-branch"} <= named
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "cathouse_harness", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(o for o in named if not re.search(rf"{o}(?![\w-])", done.stdout)) == []
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_paths_the_pages_name_exist(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
