@@ -117,3 +117,11 @@ def test_toml_the_pages_show_parses() -> None:
         except tomllib.TOMLDecodeError as exc:  # a block a reader could not paste
             broken.append(f"{name}: {exc}")
     assert broken == []
+
+
+def test_the_configuration_page_lists_every_variable_the_harness_reads() -> None:
+    from cathouse_harness.support.env import VARIABLES
+
+    table = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert sorted(name for name in VARIABLES if not any(f"`{name}`" in row for row in rows)) == []
