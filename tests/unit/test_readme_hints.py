@@ -125,3 +125,19 @@ def test_the_configuration_page_lists_every_variable_the_harness_reads() -> None
     table = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert sorted(name for name in VARIABLES if not any(f"`{name}`" in row for row in rows)) == []
+
+
+def test_the_configuration_page_shows_every_key_of_the_table() -> None:
+    import tomllib
+
+    from cathouse_harness.config.services import _SERVICE_KEYS
+    from cathouse_harness.config.settings import _TOML_KEYS
+
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    first_block = re.findall(r"^```toml\n(.*?)^```", page, re.M | re.S)[0]
+    table = tomllib.loads(first_block)["tool"]["cathouse_harness"]
+    assert sorted(set(_TOML_KEYS) - set(table) - {"env"}) == []  # env: its own section, below
+    assert "[tool.cathouse_harness.env]" in page
+    shown = set().union(*(service for service in table["services"]))
+    assert sorted(set(_SERVICE_KEYS) - shown - {"env", "read_only", "target", "directory"}) == []
+    assert all(f"{key} = " in page for key in ("read_only", "target", "directory"))
