@@ -429,6 +429,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     kept_urls = getattr(state.session, "kept_urls", None) if state.session else None
     for line in report.summary_lines(reports, state.run_id, state.swept, kept_urls, show_secrets):
         terminalreporter.write_line(line)
+    failures = (
+        getattr(r, "longreprtext", "")
+        for kind in ("failed", "error")
+        for r in terminalreporter.stats.get(kind, [])
+    )
+    hint = report.pooler_hint(reports, failures)
+    if hint is not None:
+        terminalreporter.write_line(hint)
     if state.settings is not None and not state.settings.migrating_services:
         terminalreporter.write_line(f"  no service has migrations, so the branch has none: {INIT_HINT}")
 

@@ -44,8 +44,12 @@ JOIN_TIMEOUT = 30.0
 
 
 class BranchBroker:
-    def __init__(self, settings: Settings, run_id: str, *, poll: float = POLL) -> None:
+    def __init__(
+        self, settings: Settings, run_id: str, *, poll: float = POLL, apart: bool = False
+    ) -> None:
         self.settings = settings
+        # migrate in a process of their own (BranchSession's `apart`)
+        self._apart = apart
         self.run_id = run_id
         self.session: BranchSession | None = None
         self._watched = handoff_path(settings, run_id)
@@ -82,7 +86,9 @@ class BranchBroker:
             return
         from cathouse_harness.session.branch_session import BranchSession
 
-        self.session = BranchSession(self.settings, run_id=self.run_id, worker="controller")
+        self.session = BranchSession(
+            self.settings, run_id=self.run_id, worker="controller", apart=self._apart
+        )
         try:
             self.session.setup()
         except BaseException as exc:  # every request gets the same answer
