@@ -1,8 +1,8 @@
 """A branch's instance from its parent's: a copy of the data directory, started.
 
 A stopped parent (an idle template, a suspended branch) is consistent on disk, so its
-data directory is copied as it is (`cp --reflink=auto`: a clone where the filesystem
-can share blocks, XFS or Btrfs, a plain copy elsewhere, as on ext4 and tmpfs).
+data directory is copied as it is (`copying`: a clone where the filesystem can share
+blocks, XFS or Btrfs, an in-kernel copy elsewhere, as on ext4 and tmpfs).
 
 A running parent is copied between `pg_backup_start` and `pg_backup_stop` in one admin
 session, as any online backup: the files may change while they are copied, and the WAL
@@ -16,15 +16,12 @@ Neon branch keeps its parent's history.
 
 from __future__ import annotations
 
-import os
-
 from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.compute.copying import copy_tree, overwrite_tree
 from cathouse_harness.local.compute.instance import (
     Instance,
     admin_session,
-    failure,
     remove,
-    run_as,
     running_pid,
     start,
 )
@@ -34,7 +31,6 @@ from cathouse_harness.support.safe_paths import write_private
 # what a copy of a running data directory leaves out: the postmaster's own lock files
 # (a copied postmaster.pid names a live process and would stop the child from starting)
 _NOT_COPIED = frozenset({"postmaster.pid", "postmaster.opts"})
-CP_CLONE = ("cp", "--reflink=auto", "-a")
 
 
 def _new_instance(parent: Instance, compute: ComputeHome, name: str) -> Instance:
@@ -45,18 +41,8 @@ def _new_instance(parent: Instance, compute: ComputeHome, name: str) -> Instance
     return Instance(name, paths, compute.user, parent.install, parent.superuser_password)
 
 
-def _copy(instance: Instance, sources: list[str], target: str, *, live: bool = False) -> None:
-    result = run_as(instance.user, [*CP_CLONE, *sources, target], cwd=instance.paths.root)
-    if result.returncode != 0 and not (live and _only_vanished(result.stderr)):
-        raise failure(f"copy into {instance.name}", result, instance.paths.log_file)
-
-
-def _only_vanished(stderr: str) -> bool:
-    """Whether every complaint of cp is about a file that went away while it copied: a
-    running PostgreSQL removes files (statistics, recycled WAL) that a backup must do
-    without, and the WAL replay restores what matters."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    return bool(lines) and all("No such file or directory" in line for line in lines)
+def owner_of(instance: Instance) -> tuple[int, int] | None:
+    return (instance.user.uid, instance.user.gid) if instance.user.switch else None
 
 
 def fork_stopped(parent: Instance, compute: ComputeHome, name: str, *, run: bool = True) -> Instance:
@@ -65,7 +51,7 @@ def fork_stopped(parent: Instance, compute: ComputeHome, name: str, *, run: bool
         raise LocalServerError(f"instance {parent.name} runs", hint="stop it first, or fork it live")
     child = _new_instance(parent, compute, name)
     try:
-        _copy(child, [str(parent.paths.data)], str(child.paths.data))
+        copy_tree(parent.paths.data, child.paths.data, owner=owner_of(child))
         if run:
             start(child)
     except BaseException:
@@ -93,17 +79,15 @@ def _copy_live(parent: Instance, child: Instance) -> None:
         # fast: an immediate checkpoint rather than one spread over checkpoint_timeout
         session.execute("SELECT pg_backup_start(%s, true)", (f"fork {child.name}",))
         try:
-            owned_dir(target, child.user)
-            entries = sorted(set(os.listdir(parent.paths.data)) - _NOT_COPIED)
-            _copy(child, [str(parent.paths.data / entry) for entry in entries], str(target), live=True)
+            copy_tree(parent.paths.data, target, owner=owner_of(child), vanishing=True, skip=_NOT_COPIED)
         finally:
             row = session.execute("SELECT labelfile, spcmapfile FROM pg_backup_stop(false)").fetchone()
     if row is None:
         raise LocalServerError(f"pg_backup_stop returned nothing on instance {parent.name}")
     labelfile, spcmapfile = row
     # the WAL written while the files were copied, up to the backup's end and beyond
-    _copy(child, [f"{parent.paths.data}/pg_wal/."], f"{target}/pg_wal/", live=True)
-    owner = (child.user.uid, child.user.gid) if child.user.switch else None
+    owner = owner_of(child)
+    overwrite_tree(parent.paths.data / "pg_wal", target / "pg_wal", owner=owner)
     write_private(target / "backup_label", labelfile, owner=owner)
     if spcmapfile:
         write_private(target / "tablespace_map", spcmapfile, owner=owner)

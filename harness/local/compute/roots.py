@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import psycopg
 from cathouse_harness.errors import LocalServerError
-from cathouse_harness.local.compute.fork import CP_CLONE
-from cathouse_harness.local.compute.instance import Instance, admin_session, failure, remove, run_as, start
+from cathouse_harness.local.compute.copying import copy_tree
+from cathouse_harness.local.compute.fork import owner_of
+from cathouse_harness.local.compute.instance import Instance, admin_session, remove, start
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, owned_dir
 from cathouse_harness.local.compute.template import ensure_template
 from cathouse_harness.local.pg_choice import PgInstall
@@ -58,9 +59,7 @@ def make_root(compute: ComputeHome, install: PgInstall, name: str, *, owner: str
     owned_dir(paths.root, compute.user)
     instance = Instance(name, paths, compute.user, install, template.superuser_password)
     try:
-        result = run_as(compute.user, [*CP_CLONE, str(template.data), str(paths.data)], cwd=paths.root)
-        if result.returncode != 0:
-            raise failure(f"copy of the template into {name}", result, paths.log_file)
+        copy_tree(template.data, paths.data, owner=owner_of(instance))
         start(instance)
         with admin_session(instance) as session:
             session.execute(sql.SQL("CREATE ROLE {} NOLOGIN CREATEDB CREATEROLE BYPASSRLS").format(
