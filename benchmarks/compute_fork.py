@@ -11,6 +11,7 @@ of `--reps` runs of
   in one shell command (pg_ctl looks for readiness every 100 ms), and a tight floor, the
   same copy and the postmaster started from the shell, polled at 2 ms;
 * our fork from the stopped (idle) root: the copy, and the start until ready;
+* the same with a spare copy made beforehand (`spares.prepare`, not timed): the start;
 * our fork from the running root while one of its sessions holds an uncommitted insert:
   pg_backup_start, the copy, pg_backup_stop, the WAL, the start (its recovery included);
 * start after suspend: a stopped child started again, until its first `SELECT 1` answers.
@@ -38,7 +39,7 @@ import psycopg
 from _common import fmt, interleaved
 from cathouse_harness.local.compute import fork as forks
 from cathouse_harness.local.compute import instance as instances
-from cathouse_harness.local.compute import layout, probe, roots, template, users
+from cathouse_harness.local.compute import layout, probe, roots, spares, template, users
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.pg_choice import choose_install, system_bin_dirs
 
@@ -118,6 +119,11 @@ class Bench:
         self.discard(child)
         return elapsed
 
+    def fork_spare(self) -> float:
+        instances.stop(self.root)
+        spares.prepare(self.root, self.compute, 1)
+        return self.fork_stopped()
+
     def fork_live(self) -> float:
         instances.start(self.root)
         with self._open_transaction():
@@ -171,13 +177,15 @@ def run_one(choice: str, reps: int, live: int) -> None:
                 "floor pg_ctl": lambda: bench.floor(tight=False),
                 "floor tight": lambda: bench.floor(tight=True),
                 "fork idle": bench.fork_stopped,
+                "fork spare": bench.fork_spare,
                 "fork live": bench.fork_live,
             }[side]()
 
-        medians = interleaved(["floor pg_ctl", "floor tight", "fork idle", "fork live"], reps, measure)
+        sides = ["floor pg_ctl", "floor tight", "fork idle", "fork spare", "fork live"]
+        medians = interleaved(sides, reps, measure)
         for side, value in medians.items():
             print(f"  {side:<13} median {fmt(value)}")
-        for side in ("fork idle", "fork live"):
+        for side in ("fork idle", "fork spare", "fork live"):
             print(f"  {side} / floor pg_ctl: {medians[side] / medians['floor pg_ctl']:.2f}x, "
                   f"/ tight floor: {medians[side] / medians['floor tight']:.2f}x (target <= 1.5x, <= 150 ms)")
 

@@ -2,7 +2,8 @@
 
 A stopped parent (an idle template, a suspended branch) is consistent on disk, so its
 data directory is copied as it is (`copying`: a clone where the filesystem can share
-blocks, XFS or Btrfs, an in-kernel copy elsewhere, as on ext4 and tmpfs).
+blocks, XFS or Btrfs, an in-kernel copy elsewhere, as on ext4 and tmpfs), or a spare
+copy made ahead of time takes its place (`spares`).
 
 A running parent is copied between `pg_backup_start` and `pg_backup_stop` in one admin
 session, as any online backup: the files may change while they are copied, and the WAL
@@ -17,6 +18,7 @@ Neon branch keeps its parent's history.
 from __future__ import annotations
 
 from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.compute import spares
 from cathouse_harness.local.compute.copying import copy_tree, overwrite_tree
 from cathouse_harness.local.compute.instance import (
     Instance,
@@ -41,17 +43,14 @@ def _new_instance(parent: Instance, compute: ComputeHome, name: str) -> Instance
     return Instance(name, paths, compute.user, parent.install, parent.superuser_password)
 
 
-def owner_of(instance: Instance) -> tuple[int, int] | None:
-    return (instance.user.uid, instance.user.gid) if instance.user.switch else None
-
-
 def fork_stopped(parent: Instance, compute: ComputeHome, name: str, *, run: bool = True) -> Instance:
     """Copy a stopped parent's data directory; start the child when `run`."""
     if running_pid(parent) is not None:
         raise LocalServerError(f"instance {parent.name} runs", hint="stop it first, or fork it live")
     child = _new_instance(parent, compute, name)
     try:
-        copy_tree(parent.paths.data, child.paths.data, owner=owner_of(child))
+        if not spares.take(parent, compute, child.paths.data):
+            copy_tree(parent.paths.data, child.paths.data, owner=child.owner)
         if run:
             start(child)
     except BaseException:
@@ -79,14 +78,14 @@ def _copy_live(parent: Instance, child: Instance) -> None:
         # fast: an immediate checkpoint rather than one spread over checkpoint_timeout
         session.execute("SELECT pg_backup_start(%s, true)", (f"fork {child.name}",))
         try:
-            copy_tree(parent.paths.data, target, owner=owner_of(child), vanishing=True, skip=_NOT_COPIED)
+            copy_tree(parent.paths.data, target, owner=child.owner, vanishing=True, skip=_NOT_COPIED)
         finally:
             row = session.execute("SELECT labelfile, spcmapfile FROM pg_backup_stop(false)").fetchone()
     if row is None:
         raise LocalServerError(f"pg_backup_stop returned nothing on instance {parent.name}")
     labelfile, spcmapfile = row
     # the WAL written while the files were copied, up to the backup's end and beyond
-    owner = owner_of(child)
+    owner = child.owner
     overwrite_tree(parent.paths.data / "pg_wal", target / "pg_wal", owner=owner)
     write_private(target / "backup_label", labelfile, owner=owner)
     if spcmapfile:

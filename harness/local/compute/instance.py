@@ -50,6 +50,11 @@ class Instance:
     def bin(self, name: str) -> str:
         return str(self.install.bin_dir / name)
 
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """Who the files we write for it belong to (None: to us, who run it)."""
+        return (self.user.uid, self.user.gid) if self.user.switch else None
+
 
 def run_as(
     user: OsUser, args: Sequence[str], *, cwd: Path, timeout: float = 120

@@ -13,7 +13,6 @@ from __future__ import annotations
 import psycopg
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.compute.copying import copy_tree
-from cathouse_harness.local.compute.fork import owner_of
 from cathouse_harness.local.compute.instance import Instance, admin_session, remove, start
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, owned_dir
 from cathouse_harness.local.compute.template import ensure_template
@@ -59,7 +58,7 @@ def make_root(compute: ComputeHome, install: PgInstall, name: str, *, owner: str
     owned_dir(paths.root, compute.user)
     instance = Instance(name, paths, compute.user, install, template.superuser_password)
     try:
-        copy_tree(template.data, paths.data, owner=owner_of(instance))
+        copy_tree(template.data, paths.data, owner=instance.owner)
         start(instance)
         with admin_session(instance) as session:
             session.execute(sql.SQL("CREATE ROLE {} NOLOGIN CREATEDB CREATEROLE BYPASSRLS").format(

@@ -13,7 +13,7 @@ import pytest
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.compute import fork as forks
 from cathouse_harness.local.compute import instance as instances
-from cathouse_harness.local.compute import layout, probe, roots, users
+from cathouse_harness.local.compute import layout, probe, roots, spares, users
 from cathouse_harness.local.pg_layout import SUPERUSER
 
 from tests.local.compute.conftest import DATABASE, OWNER, PASSWORD, Computes, connect
@@ -191,3 +191,20 @@ def test_each_home_has_an_os_user_of_its_own_as_root(tmp_path: Path, computes: C
             assert other.uid == computes.compute.user.uid == os.geteuid()
     finally:
         users.remove_home_user(other_home)
+
+
+def test_a_fork_takes_a_spare_made_ahead_and_never_a_stale_one(computes: Computes) -> None:
+    instances.stop(computes.root)
+    assert spares.prepare(computes.root, computes.compute, 2) == 2
+    first = computes.keep(forks.fork_stopped(computes.root, computes.compute, computes.name("sp")))
+    assert spares.prepare(computes.root, computes.compute, 0) == 1  # one taken, one left
+    with connect(first) as session:
+        assert session.execute("SELECT current_database()").fetchone() == (DATABASE,)
+    # the parent runs and changes: the spare left is of the state before, and must go
+    instances.start(computes.root)
+    with connect(computes.root) as session:
+        session.execute("CREATE TABLE after_the_spares (v int)")
+    instances.stop(computes.root)
+    second = computes.keep(forks.fork_stopped(computes.root, computes.compute, computes.name("sp")))
+    with connect(second) as session:
+        assert session.execute("SELECT to_regclass('after_the_spares') IS NOT NULL").fetchone() == (True,)
