@@ -9,7 +9,7 @@ of `--reps` runs of
 
 * the floor by hand: `cp -a` of the stopped root's data directory and `pg_ctl -w start`
   in one shell command (pg_ctl looks for readiness every 100 ms), and a tight floor, the
-  same copy and the postmaster started from the shell, polled at 2 ms;
+  same copy then the postmaster exec'd by the shell, its readiness polled at 2 ms;
 * our fork from the stopped (idle) root: the copy, and the start until ready;
 * the same with a spare copy made beforehand (`spares.prepare`, not timed): the start;
 * our fork from the running root while one of its sessions holds an uncommitted insert:
@@ -42,6 +42,7 @@ from cathouse_harness.local.compute import instance as instances
 from cathouse_harness.local.compute import layout, probe, roots, spares, template, users
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.pg_choice import choose_install, system_bin_dirs
+from cathouse_harness.support.polling import Backoff, wait_until
 
 _MIB = 1024 * 1024
 
@@ -86,7 +87,9 @@ class Bench:
     # --- the floor, by hand ------------------------------------------------------
 
     def floor(self, tight: bool) -> float:
-        """A copy and a start from the shell, as the instance's user."""
+        """A copy and a start from the shell, as the instance's user. `tight`: the shell
+        copies and execs the postmaster, and its readiness is polled here at 2 ms, as
+        ours is (pg_ctl -w looks every 100 ms)."""
         instances.stop(self.root)
         name = self.name("floor")
         paths = layout.instance_paths(self.compute, name)
@@ -94,19 +97,34 @@ class Bench:
         layout.owned_dir(paths.socket_dir, self.user)
         options = f"-c listen_addresses= -c unix_socket_directories={paths.socket_dir}"
         copy = f"cp -a {self.root.paths.data} {paths.data}"
+        started = time.perf_counter()
         if tight:
-            start = (f"{self.install.bin_dir}/postgres -D {paths.data} {options} "
-                     f">>{paths.log_file} 2>&1 </dev/null & "
-                     f"until grep -qs '^ready' {paths.data}/postmaster.pid; do sleep 0.002; done")
+            shell = f"{copy} && exec {self.install.bin_dir}/postgres -D {paths.data} {options}"
+            with open(paths.log_file, "ab") as log:
+                process = subprocess.Popen(["sh", "-c", shell], stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, cwd=paths.root, start_new_session=True,
+                                           **self.user.popen_kwargs())  # type: ignore[call-overload]
+            pid_file = paths.data / "postmaster.pid"
+
+            def ready() -> bool:
+                if process.poll() is not None:
+                    raise SystemExit(f"the floor by hand failed: see {paths.log_file}")
+                with contextlib.suppress(OSError, IndexError):
+                    return pid_file.read_text().splitlines()[7].strip() == "ready"
+                return False
+
+            wait_until(ready, timeout=60, backoff=Backoff(0.002))
+            elapsed = time.perf_counter() - started
         else:
             start = (f"{self.install.bin_dir}/pg_ctl -w -s -D {paths.data} -l {paths.log_file} "
                      f"-o '{options}' start")
-        started = time.perf_counter()
-        result = instances.run_as(self.user, ["sh", "-c", f"{copy} && {start}"], cwd=paths.root)
-        elapsed = time.perf_counter() - started
-        if result.returncode != 0:
-            raise SystemExit(f"the floor by hand failed: {result.stderr.strip()}")
+            result = instances.run_as(self.user, ["sh", "-c", f"{copy} && {start}"], cwd=paths.root)
+            elapsed = time.perf_counter() - started
+            if result.returncode != 0:
+                raise SystemExit(f"the floor by hand failed: {result.stderr.strip()}")
         self.discard(Instance(name, paths, self.user, self.install, self.root.superuser_password))
+        if tight:
+            process.wait(10)
         return elapsed
 
     # --- our forks ---------------------------------------------------------------
