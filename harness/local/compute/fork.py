@@ -17,6 +17,8 @@ Neon branch keeps its parent's history.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.compute import spares
 from cathouse_harness.local.compute.copying import copy_tree, overwrite_tree
@@ -47,23 +49,25 @@ def fork_stopped(parent: Instance, compute: ComputeHome, name: str, *, run: bool
     """Copy a stopped parent's data directory; start the child when `run`."""
     if running_pid(parent) is not None:
         raise LocalServerError(f"instance {parent.name} runs", hint="stop it first, or fork it live")
-    child = _new_instance(parent, compute, name)
-    try:
+
+    def fill(child: Instance) -> None:
         if not spares.take(parent, compute, child.paths.data):
             copy_tree(parent.paths.data, child.paths.data, owner=child.owner)
-        if run:
-            start(child)
-    except BaseException:
-        remove(child)
-        raise
-    return child
+
+    return _made(parent, compute, name, fill, run)
 
 
 def fork_live(parent: Instance, compute: ComputeHome, name: str, *, run: bool = True) -> Instance:
     """Copy a running parent through its backup functions; start the child when `run`."""
+    return _made(parent, compute, name, lambda child: _copy_live(parent, child), run)
+
+
+def _made(parent: Instance, compute: ComputeHome, name: str, fill: Callable[[Instance], None],
+          run: bool) -> Instance:
+    """A new instance `name` filled by `fill`, started when `run`; nothing left on failure."""
     child = _new_instance(parent, compute, name)
     try:
-        _copy_live(parent, child)
+        fill(child)
         if run:
             start(child)
     except BaseException:

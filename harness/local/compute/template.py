@@ -24,7 +24,7 @@ from cathouse_harness.local import locations
 from cathouse_harness.local.compute.instance import failure, run_as
 from cathouse_harness.local.compute.layout import ComputeHome, owned_dir
 from cathouse_harness.local.pg_choice import PgInstall
-from cathouse_harness.local.pg_layout import SUPERUSER, Storage
+from cathouse_harness.local.pg_layout import COMMON_SETTINGS, SUPERUSER, Storage, conf_text
 from cathouse_harness.support.locking import file_lock
 from cathouse_harness.support.redact import Secret
 from cathouse_harness.support.safe_paths import remove_tree, write_private
@@ -58,14 +58,7 @@ SMALL_INSTANCE: dict[str, str | int] = {
     "min_wal_size": "4MB",
     "max_wal_size": "64MB",
     "huge_pages": "off",
-    "password_encryption": "scram-sha-256",
-    "dynamic_shared_memory_type": "posix",
-    "logging_collector": "off",
-    "log_min_messages": "warning",
-    "log_min_error_statement": "panic",  # statements may carry secrets; never log them
-    "log_line_prefix": "%m [%p] %q%u@%d ",
-    "timezone": "UTC",
-    "jit": "off",
+    **COMMON_SETTINGS,
 }
 # PostgreSQL 18 reads through I/O worker processes by default: three more processes an
 # idle instance keeps; plain synchronous reads are enough for a test database
@@ -86,11 +79,7 @@ def settings_text(install: PgInstall, storage: Storage) -> str:
     settings.update(_BY_MAJOR.get(install.major, {}))
     if storage == "memory":
         settings.update(_IN_MEMORY)
-    lines = []
-    for key, value in settings.items():
-        text = str(value) if isinstance(value, int) else "'" + value.replace("'", "''") + "'"
-        lines.append(f"{key} = {text}\n")
-    return "".join(lines)
+    return conf_text(settings)
 
 
 def _key(compute: ComputeHome, install: PgInstall) -> str:

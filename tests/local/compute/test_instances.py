@@ -14,6 +14,7 @@ from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.compute import fork as forks
 from cathouse_harness.local.compute import instance as instances
 from cathouse_harness.local.compute import layout, probe, roots, spares, users
+from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.pg_layout import SUPERUSER
 
 from tests.local.compute.conftest import DATABASE, OWNER, PASSWORD, Computes, connect
@@ -23,10 +24,15 @@ def _running_root(computes: Computes) -> None:
     instances.start(computes.root)
 
 
-def test_a_password_changed_in_one_instance_leaves_the_others_alone(computes: Computes) -> None:
+def _two_children(computes: Computes) -> tuple[Instance, Instance]:
+    """Two branches of the stopped root, as two sibling branches of one parent."""
     instances.stop(computes.root)
-    a = computes.keep(forks.fork_stopped(computes.root, computes.compute, computes.name("a")))
-    b = computes.keep(forks.fork_stopped(computes.root, computes.compute, computes.name("b")))
+    return (computes.keep(forks.fork_stopped(computes.root, computes.compute, computes.name("a"))),
+            computes.keep(forks.fork_stopped(computes.root, computes.compute, computes.name("b"))))
+
+
+def test_a_password_changed_in_one_instance_leaves_the_others_alone(computes: Computes) -> None:
+    a, b = _two_children(computes)
     with connect(a) as session:
         session.execute("ALTER ROLE CURRENT_USER PASSWORD 'changed-in-a'")
     with connect(b) as session:
@@ -40,9 +46,7 @@ def test_a_password_changed_in_one_instance_leaves_the_others_alone(computes: Co
 
 
 def test_a_role_option_set_in_one_instance_does_not_reach_another(computes: Computes) -> None:
-    instances.stop(computes.root)
-    a = computes.keep(forks.fork_stopped(computes.root, computes.compute, computes.name("a")))
-    b = computes.keep(forks.fork_stopped(computes.root, computes.compute, computes.name("b")))
+    a, b = _two_children(computes)
     with connect(a) as session:
         session.execute("ALTER ROLE CURRENT_USER SET default_transaction_read_only = on")
     with connect(a) as session:
