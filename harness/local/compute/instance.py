@@ -87,7 +87,13 @@ def running_pid(instance: Instance) -> int | None:
         pid = int((instance.paths.data / "postmaster.pid").read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if pid_alive(pid) else None
+    if not pid_alive(pid):
+        return None
+    try:  # a pid file left by a crash may name a pid another program has since
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid
+    return pid if b"postgres" in command else None
 
 
 def _reap(process: subprocess.Popen[bytes]) -> None:

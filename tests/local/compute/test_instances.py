@@ -3,6 +3,7 @@ own files; forks copy committed data and never a parent's open transaction."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import stat
@@ -16,6 +17,7 @@ from cathouse_harness.local.compute import instance as instances
 from cathouse_harness.local.compute import layout, probe, roots, spares, users
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.pg_layout import SUPERUSER
+from cathouse_harness.support.redact import Secret
 
 from tests.local.compute.conftest import DATABASE, OWNER, PASSWORD, Computes, connect
 
@@ -212,3 +214,16 @@ def test_a_fork_takes_a_spare_made_ahead_and_never_a_stale_one(computes: Compute
     second = computes.keep(forks.fork_stopped(computes.root, computes.compute, computes.name("sp")))
     with connect(second) as session:
         assert session.execute("SELECT to_regclass('after_the_spares') IS NOT NULL").fetchone() == (True,)
+
+
+def test_the_superusers_password_never_shows(computes: Computes) -> None:
+    password = computes.root.superuser_password.reveal()
+    assert password not in repr(computes.root)
+    assert password not in repr(computes.compute)
+    broken = dataclasses.replace(computes.root, superuser_password=Secret(password + "-wrong"))
+    _running_root(computes)
+    with pytest.raises(LocalServerError) as refused, instances.admin_session(broken):
+        pass
+    assert password not in str(refused.value)
+    secret_files = list(computes.compute.state.glob("superuser-*.secret"))
+    assert secret_files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in secret_files)
