@@ -17,14 +17,16 @@ of `--reps` runs of
 * start after suspend: a stopped child started again, until its first `SELECT 1` answers.
 
 Then the memory of one idle running instance (PSS and USS of its processes, and what is
-beyond its shared memory segment), and `--live` instances running at once: their memory
-in total and a fork's time while they run. Every instance it made is removed, and the
-home's OS user with them.
+beyond its shared memory segment), today's PgBouncer in front of one instance's socket
+(its start and memory, logging in with the client's own SCRAM proof), and `--live`
+instances running at once: their memory in total and a fork's time while they run.
+Every instance it made is removed, and the home's OS user with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import shutil
 import statistics
@@ -42,6 +44,7 @@ from cathouse_harness.local.compute import instance as instances
 from cathouse_harness.local.compute import layout, probe, roots, spares, template, users
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.pg_choice import choose_install, system_bin_dirs
+from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
 from cathouse_harness.support.polling import Backoff, wait_until
 
 _MIB = 1024 * 1024
@@ -167,6 +170,36 @@ class Bench:
         return time.perf_counter() - started
 
 
+async def _pgbouncer_probe(bench: Bench, child: Instance) -> str:
+    """Today's PgBouncer (`cathouse_harness.local.pgbouncer`) in front of one instance's
+    socket: its start, its memory with one pooled session, and that it logs in to the
+    instance with the client's own SCRAM proof against PostgreSQL's stored verifier."""
+    binary = find_pgbouncer()
+    if binary is None:
+        return "  PgBouncer per instance: no pgbouncer installed"
+    bouncer = PgBouncer(binary, child.paths.root / "pgbouncer", user=bench.user,
+                        pg_host=str(child.paths.socket_dir), pg_port=layout.SOCKET_PORT)
+    started = time.perf_counter()
+    await bouncer.start([])
+    elapsed = time.perf_counter() - started
+    try:
+        with instances.admin_session(child) as session:
+            row = session.execute(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = 'neondb_owner'"
+            ).fetchone()
+        assert row is not None
+        await bouncer.set_user("neondb_owner", row[0])
+        with psycopg.connect(host="127.0.0.1", port=bouncer.port, user="neondb_owner", password="bench",
+                             dbname="neondb", sslmode="disable") as connection:
+            database = connection.execute("SELECT current_database()").fetchone()
+            memory = probe.memory(int(bouncer.pid_file.read_text().split()[0]))
+    finally:
+        await bouncer.stop()
+    name = database[0] if database else "?"
+    return (f"  PgBouncer per instance (pass-through login, current_database() {name}):"
+            f" start {fmt(elapsed)}, PSS {memory.pss / _MIB:.1f} MiB, USS {memory.uss / _MIB:.1f} MiB")
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -218,6 +251,7 @@ def run_one(choice: str, reps: int, live: int) -> None:
         pid = instances.running_pid(child)
         assert pid is not None
         print(_memory_line("one idle instance", probe.memory(pid)))
+        print(asyncio.run(_pgbouncer_probe(bench, child)))
 
         while len(bench.children) < live:
             bench.children.append(forks.fork(bench.root, bench.compute, bench.name("many")))
