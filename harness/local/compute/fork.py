@@ -45,8 +45,10 @@ def _new_instance(parent: Instance, compute: ComputeHome, name: str) -> Instance
     return Instance(name, paths, compute.user, parent.install, parent.superuser_password)
 
 
-def fork_stopped(parent: Instance, compute: ComputeHome, name: str, *, run: bool = True) -> Instance:
-    """Copy a stopped parent's data directory; start the child when `run`."""
+def fork_stopped(parent: Instance, compute: ComputeHome, name: str, *, run: bool = True,
+                 read_only: bool = False) -> Instance:
+    """Copy a stopped parent's data directory; start the child when `run` (as a standby
+    when `read_only`)."""
     if running_pid(parent) is not None:
         raise LocalServerError(f"instance {parent.name} runs", hint="stop it first, or fork it live")
 
@@ -54,20 +56,29 @@ def fork_stopped(parent: Instance, compute: ComputeHome, name: str, *, run: bool
         if not spares.take(parent, compute, child.paths.data):
             copy_tree(parent.paths.data, child.paths.data, owner=child.owner)
 
-    return _made(parent, compute, name, fill, run)
+    return _made(parent, compute, name, fill, run, read_only)
 
 
-def fork_live(parent: Instance, compute: ComputeHome, name: str, *, run: bool = True) -> Instance:
-    """Copy a running parent through its backup functions; start the child when `run`."""
-    return _made(parent, compute, name, lambda child: _copy_live(parent, child), run)
+def fork_live(parent: Instance, compute: ComputeHome, name: str, *, run: bool = True,
+              read_only: bool = False) -> Instance:
+    """Copy a running parent through its backup functions; start the child when `run`
+    (as a standby when `read_only`)."""
+    return _made(parent, compute, name, lambda child: _copy_live(parent, child), run, read_only)
 
 
 def _made(parent: Instance, compute: ComputeHome, name: str, fill: Callable[[Instance], None],
-          run: bool) -> Instance:
-    """A new instance `name` filled by `fill`, started when `run`; nothing left on failure."""
+          run: bool, read_only: bool) -> Instance:
+    """A new instance `name` filled by `fill`, started when `run`; nothing left on failure.
+
+    `read_only`: the child starts as a hot standby (`standby.signal`), as a Neon read
+    replica is one: it serves reads and refuses every write whatever a session sets,
+    since a standby cannot write at all. It follows nobody (no primary_conninfo): a
+    read replica that follows its branch needs a WAL sender on the primary."""
     child = _new_instance(parent, compute, name)
     try:
         fill(child)
+        if read_only:
+            write_private(child.paths.data / "standby.signal", "", owner=child.owner)
         if run:
             start(child)
     except BaseException:
@@ -96,8 +107,9 @@ def _copy_live(parent: Instance, child: Instance) -> None:
         write_private(target / "tablespace_map", spcmapfile, owner=owner)
 
 
-def fork(parent: Instance, compute: ComputeHome, name: str, *, run: bool = True) -> Instance:
+def fork(parent: Instance, compute: ComputeHome, name: str, *, run: bool = True,
+         read_only: bool = False) -> Instance:
     """The child of `parent` as it is now: copied stopped when it is stopped, else live."""
     if running_pid(parent) is None:
-        return fork_stopped(parent, compute, name, run=run)
-    return fork_live(parent, compute, name, run=run)
+        return fork_stopped(parent, compute, name, run=run, read_only=read_only)
+    return fork_live(parent, compute, name, run=run, read_only=read_only)

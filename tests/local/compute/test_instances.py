@@ -227,3 +227,24 @@ def test_the_superusers_password_never_shows(computes: Computes) -> None:
     assert password not in str(refused.value)
     secret_files = list(computes.compute.state.glob("superuser-*.secret"))
     assert secret_files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in secret_files)
+
+
+@pytest.mark.parametrize("parent_running", [False, True], ids=["stopped-parent", "running-parent"])
+def test_a_read_only_fork_refuses_writes_whatever_the_session_sets(
+    computes: Computes, parent_running: bool
+) -> None:
+    _running_root(computes)
+    with connect(computes.root) as session:
+        session.execute("CREATE TABLE IF NOT EXISTS replicated (v int)")
+        session.execute("INSERT INTO replicated VALUES (7)")
+    if not parent_running:
+        instances.stop(computes.root)
+    replica = computes.keep(forks.fork(computes.root, computes.compute, computes.name("ro"), read_only=True))
+    with connect(replica) as session:
+        assert session.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+        assert (7,) in session.execute("SELECT v FROM replicated").fetchall()
+        session.execute("SET default_transaction_read_only = off")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            session.execute("INSERT INTO replicated VALUES (8)")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            session.execute("CREATE DATABASE not_on_a_replica")
