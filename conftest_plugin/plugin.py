@@ -160,9 +160,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
             # no branch until a test asks, but what the conftests read at import must not
             # be the shell's database either
             early_config.stash[early.hidden_key] = early.hide(ENV_ISOLATED, PLACEHOLDER_URL)
-        # an xdist controller runs no test, and its broker copies databases in this process
-        if not (early.early_workerinput() is None and early.will_distribute(options)):
-            guard_before_branch(early_config, options)
+        # an xdist controller too: it runs no test, but imports the conftests (its broker's
+        # own connections are let through, `cathouse_harness.db.guard.harness_connections`)
+        guard_before_branch(early_config, options)
     try:
         return (yield)
     except Exception:

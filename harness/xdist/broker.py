@@ -64,6 +64,13 @@ class BranchBroker:
         self._thread.start()
 
     def _main(self) -> None:
+        from cathouse_harness.db.guard import harness_connections
+
+        # the controller's conftests are guarded meanwhile, in its main thread
+        with harness_connections():
+            self._serve_requests()
+
+    def _serve_requests(self) -> None:
         busy = False
         # after work, look again at once: more workers say so while the setup runs
         while not self._stop.wait(0 if busy else self._poll):
@@ -146,6 +153,12 @@ class BranchBroker:
 def _in_background(job: Callable[[str], None], worker: str) -> threading.Thread:
     # a thread each: the first forks the shared branch, the others wait for it and then
     # copy their databases, and neither the broker's thread nor xdist's waits for them
-    thread = threading.Thread(target=job, args=(worker,), name=f"cathouse-{worker}", daemon=True)
+    def harness_job(worker: str) -> None:
+        from cathouse_harness.db.guard import harness_connections
+
+        with harness_connections():
+            job(worker)
+
+    thread = threading.Thread(target=harness_job, args=(worker,), name=f"cathouse-{worker}", daemon=True)
     thread.start()
     return thread
