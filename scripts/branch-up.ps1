@@ -11,7 +11,7 @@ if ($cli) {
 $python = if ($env:PYTHON) { $env:PYTHON } elseif ($env:VIRTUAL_ENV) { Join-Path $env:VIRTUAL_ENV "Scripts/python.exe" } else { "python" }
 & $python -c "import cathouse_harness.cli.commands" 2>$null
 if ($LASTEXITCODE -ne 0) {
-    Write-Error "branch-up: cathouse-harness is not installed for $python (pip install cathouse-harness)"
+    Write-Error "branch-up: cathouse-harness is not installed for $python (pip install -e <its checkout>: it is on no package index)"
     exit 2
 }
 & $python -m cathouse_harness up @args

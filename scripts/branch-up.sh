@@ -13,7 +13,7 @@ if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
   PYTHON="$VIRTUAL_ENV/bin/python"
 fi
 if ! "$PYTHON" -c "import cathouse_harness.cli.commands" >/dev/null 2>&1; then
-  echo "branch-up: cathouse-harness is not installed for $PYTHON (pip install cathouse-harness, or -e . in its checkout)" >&2
+  echo "branch-up: cathouse-harness is not installed for $PYTHON (pip install -e <its checkout>: it is on no package index)" >&2
   exit 2
 fi
 exec "$PYTHON" -m cathouse_harness up "$@"
