@@ -33,6 +33,9 @@ from pytest_cathouse_harness.state import HarnessState
 # "<run id> <owner token>": the run id keeps a pytest started inside a worker's test
 # (which inherits the variable) from taking itself for that worker
 OWNER_VARIABLE = "CATHOUSE_XDIST_OWNER"
+# a worker's pid, set by the worker once configured: a process that inherits the worker's
+# variables (a pytest its tests start) sees another pid there and knows it is no worker
+WORKER_PID_VARIABLE = "CATHOUSE_XDIST_WORKER_PID"
 # the xdist controller's own database, asked of its broker as a worker would
 CONTROLLER = "controller"
 
@@ -76,7 +79,7 @@ def early_workerinput() -> dict[str, Any] | None:
     """What xdist's `workerinput` will say, for a worker before it exists: its id and run
     id, and whether its controller's plugin serves branches (and with which owner)."""
     worker, run_id = env.read("PYTEST_XDIST_WORKER"), env.read("PYTEST_XDIST_TESTRUNUID")
-    if not worker or not run_id:
+    if not worker or not run_id or env.read(WORKER_PID_VARIABLE) not in (None, str(os.getpid())):
         return None
     found: dict[str, Any] = {"workerid": worker, "testrunuid": run_id}
     owner_run, _, token = (env.read(OWNER_VARIABLE) or "").partition(" ")

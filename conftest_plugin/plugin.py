@@ -209,11 +209,13 @@ def pytest_configure(config: pytest.Config) -> None:
     elif hasattr(config.option, "testrunuid") and workerinput is None:
         config.option.testrunuid = state.run_id  # made before the conftests: xdist's too
     adopt_early_guard(config, state)
+    from pytest_cathouse_harness.early import OWNER_VARIABLE, WORKER_PID_VARIABLE, owner_value, set_variables
+
     if state.settings is not None and state.is_controller:
         # xdist's workers start after this; they need it before their conftests load
-        from pytest_cathouse_harness.early import OWNER_VARIABLE, owner_value, set_variables
-
         set_variables(state, {OWNER_VARIABLE: owner_value(state.run_id, owner_token())})
+    # a worker's, for the processes its tests start; none for this process's own workers
+    set_variables(state, {WORKER_PID_VARIABLE: str(os.getpid()) if workerinput is not None else ""})
     if configured and config.getini("cathouse_harness_isolate_env"):
         for name in ENV_ISOLATED:
             if state.session is not None:

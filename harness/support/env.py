@@ -53,6 +53,7 @@ VARIABLES: dict[str, str] = {
     "PYTEST_XDIST_WORKER": "xdist's: a worker's id, read before its conftests load (env mapping)",
     "PYTEST_XDIST_TESTRUNUID": "xdist's: the run's id, likewise",
     "CATHOUSE_XDIST_OWNER": "set by the plugin for its xdist workers: the run id and owner token",
+    "CATHOUSE_XDIST_WORKER_PID": "set by the plugin in an xdist worker: its pid (a nested pytest is none)",
 }
 
 

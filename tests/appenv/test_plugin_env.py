@@ -3,9 +3,11 @@ the branch's values before the project's conftest files are imported (issue #23)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from cathouse_harness.cleanup.runs import owner_token
 from pytest_cathouse_harness.report import NO_BRANCH_LINE
 
 from tests.appenv.conftest import add_toml, add_top_key
@@ -287,3 +289,21 @@ def test_a_setup_that_fails_before_the_conftests_is_one_line(
     assert len(lines) == 1 and "parent_branch (from environment" in lines[0], text
     assert "Traceback" not in text and "getaddrinfo" not in text
     assert branches_of_run(project.path, f"appenv-fail-{conftest}") == []
+
+
+def test_a_run_started_inside_an_xdist_workers_test_is_no_worker(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test that runs pytest in a subprocess under `-n 2` hands it the worker's
+    variables; that run has no controller and must make its own branch, not wait for one."""
+    _postgres_project(project, monkeypatch)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", "a-worker-s-run")
+    # and its controller's owner token (that controller's broker serves branches, not to
+    # it), and the worker's own pid, as a worker's plugin leaves them
+    monkeypatch.setenv("CATHOUSE_XDIST_OWNER", f"a-worker-s-run {owner_token()}")
+    monkeypatch.setenv("CATHOUSE_XDIST_WORKER_PID", str(os.getpid()))
+    monkeypatch.setenv("CATHOUSE_RUN_ID", "appenv-nested")
+    result = project.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*branch harness/appenv-nested/main (br-*"])
