@@ -209,6 +209,10 @@ def pytest_configure(config: pytest.Config) -> None:
     elif hasattr(config.option, "testrunuid") and workerinput is None:
         config.option.testrunuid = state.run_id  # made before the conftests: xdist's too
     adopt_early_guard(config, state)
+    if configured:
+        from pytest_cathouse_harness.progress import QuickInterrupt
+
+        config.pluginmanager.register(QuickInterrupt(config), "cathouse_harness_interrupt")
     if state.settings is not None and state.is_controller:
         # xdist's workers start after this; they need it before their conftests load
         from pytest_cathouse_harness.early import OWNER_VARIABLE, owner_value, set_variables

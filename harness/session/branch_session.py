@@ -39,6 +39,7 @@ from cathouse_harness.neon.backend import BackendInfo, connect_backend, open_cli
 from cathouse_harness.session.report import SessionReport as SessionReport
 from cathouse_harness.session.report import SessionStepError as SessionStepError
 from cathouse_harness.session.report import root_branch_refusal, teardown_error
+from cathouse_harness.support.interrupt import stop_all
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.sync import LoopThread
 from cathouse_harness.xdist.worker_databases import (
@@ -97,7 +98,18 @@ class BranchSession:
 
     def _run(self, coro):  # type: ignore[no-untyped-def]
         assert self._loop is not None
-        return self._loop.run(coro)
+        try:
+            return self._loop.run(coro)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                self.interrupt()
+            raise
+
+    def interrupt(self) -> None:
+        """Ctrl-C, or nobody waits for the setup any more: the migration running in a
+        thread of ours stops now instead of at the end of its statement, so that the
+        half-built branch is deleted and the process exits at once."""
+        stop_all()
 
     @property
     def client(self) -> NeonClient:
