@@ -255,6 +255,9 @@ class DataPlane:
             await self._cluster.stop()
         if self._cluster is not None:
             self._cluster.release()
+            if stop_postgres and self.storage == "memory":
+                # memory is the server's while it runs: nothing stays in /dev/shm
+                await asyncio.to_thread(self._cluster.discard)
         self._started = False
 
     @property
