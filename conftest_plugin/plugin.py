@@ -14,6 +14,7 @@ from cathouse_harness.config.settings import INIT_HINT, Settings
 from cathouse_harness.errors import ConfigError, HarnessError
 from cathouse_harness.support import env
 from pytest_cathouse_harness import report
+from pytest_cathouse_harness.asyncio_mode import adopt_asyncio_defaults
 from pytest_cathouse_harness.fixtures import (  # noqa: F401  (pytest finds fixtures by name here)
     _cathouse_branch_per_test_marker,
     _cathouse_reset_marker,
@@ -197,6 +198,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "from the migrated template, deleted after it)"
     )
     configured = _configured(config, config.option)
+    adopt_asyncio_defaults(config, configured=configured)
     workerinput = getattr(config, "workerinput", None)
     state = config.stash.get(state_key, None)
     if state is None:

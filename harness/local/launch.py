@@ -73,6 +73,10 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
+# the daemons this process started (see ensure_local_server)
+_DAEMONS: list[subprocess.Popen[bytes]] = []
+
+
 def ensure_local_server(
     home: Path | None = None,
     *,
@@ -106,6 +110,10 @@ def ensure_local_server(
         _check_binaries(home, storage, postgres_bin)
         logfile = log_path(home, storage)
         process = _spawn_daemon(home, storage, idle_timeout, logfile, postgres_bin, (database, role))
+        # The daemon outlives this call (and usually this process). A Popen dropped while
+        # its child runs warns (ResourceWarning) when collected, in whatever test runs
+        # then; held here, it never is while we run.
+        _DAEMONS.append(process)
         found: list[LocalServerInfo] = []
 
         def answering() -> bool:
