@@ -183,7 +183,7 @@ def pytest_configure_node(node: Any) -> None:
         # started with the first worker, idle until one asks for its branch
         from cathouse_harness.xdist.broker import BranchBroker
 
-        state.broker = BranchBroker(state.settings, state.run_id)
+        state.broker = BranchBroker(state.settings, state.run_id, progress=state.progress)
         state.broker.start()
     node.workerinput["cathouse_broker"] = True
 
@@ -212,9 +212,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.testrunuid = state.run_id  # made before the conftests: xdist's too
     adopt_early_guard(config, state)
     if configured:
-        from pytest_cathouse_harness.progress import QuickInterrupt
+        from pytest_cathouse_harness.progress import QuickInterrupt, live_line
 
         config.pluginmanager.register(QuickInterrupt(config), "cathouse_harness_interrupt")
+        if state.progress is None:
+            state.progress = live_line(config)
     if state.settings is not None and state.is_controller:
         # xdist's workers start after this; they need it before their conftests load
         from pytest_cathouse_harness.early import OWNER_VARIABLE, owner_value, set_variables
@@ -321,6 +323,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if state is not None:
         _close_broker(state)  # when the session never finished (an internal error)
         unguard(state)  # likewise: this process's drivers go back as they were
+        if state.progress is not None:
+            state.progress.close()
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)

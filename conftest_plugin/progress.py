@@ -78,7 +78,7 @@ class LiveLine:
         waited = time.monotonic() - self._since
         if self._what is None or waited < self._show_after:
             return
-        text = f"{PREFIX}{self._what} ({waited:.0f} s)"
+        text = f"{PREFIX}[{waited:.0f} s] {self._what}"  # the clock first: a long line is cut
         if len(text) > self._width:
             text = text[: self._width - 1] + "…"
         start = ""
@@ -99,7 +99,8 @@ class LiveLine:
             self._shown = False
 
     def _write(self, text: str) -> None:
-        assert self._fd is not None
+        if self._fd is None:
+            return
         try:
             os.write(self._fd, text.encode("utf-8", "replace"))
         except OSError:
@@ -108,12 +109,12 @@ class LiveLine:
     def close(self) -> None:
         with self._lock:
             self._end()
+            fd, self._fd = self._fd, None
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
             ticker.join(1.0)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if fd is not None:
+            os.close(fd)
 
 
 def live_line(config: pytest.Config) -> LiveLine:
@@ -126,11 +127,17 @@ def live_line(config: pytest.Config) -> LiveLine:
             out = sys.stdout.fileno()
             if os.isatty(out):
                 fd = os.dup(out)
-                width = os.get_terminal_size(out).columns
+                width = os.get_terminal_size(out).columns or width  # 0: a pty nobody sized
         except (AttributeError, OSError, ValueError):
             fd = None
-    writer = config.get_terminal_writer() if fd is not None else None
-    return LiveLine(fd, width, column=lambda: writer.width_of_current_line if writer else 0)
+
+    def column() -> int:
+        try:  # looked up when drawing: the terminal reporter comes after our configure
+            return config.get_terminal_writer().width_of_current_line
+        except AssertionError:
+            return 0
+
+    return LiveLine(fd, width, column=column)
 
 
 class QuickInterrupt:

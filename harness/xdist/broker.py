@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from cathouse_harness.cleanup.runs import check_run_id
 from cathouse_harness.errors import HarnessError
 from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.progress import Progress, tell
 from cathouse_harness.xdist.handoff import answer, answer_error, handoff_dir, handoff_path, scan
 
 if TYPE_CHECKING:
@@ -44,8 +45,10 @@ JOIN_TIMEOUT = 30.0
 
 
 class BranchBroker:
-    def __init__(self, settings: Settings, run_id: str, *, poll: float = POLL) -> None:
+    def __init__(self, settings: Settings, run_id: str, *, poll: float = POLL,
+                 progress: Progress | None = None) -> None:
         self.settings = settings
+        self.progress = progress
         self.run_id = run_id
         self.session: BranchSession | None = None
         self._watched = handoff_path(settings, run_id)
@@ -82,11 +85,13 @@ class BranchBroker:
             return
         from cathouse_harness.session.branch_session import BranchSession
 
-        self.session = BranchSession(self.settings, run_id=self.run_id, worker="controller")
+        self.session = BranchSession(self.settings, run_id=self.run_id, worker="controller",
+                                     progress=self.progress)
         try:
             self.session.setup()
         except BaseException as exc:  # every request gets the same answer
             self._setup_error = exc
+            tell(self.progress, None)
 
     def _serve(self, worker: str) -> None:
         check_run_id(worker, key="worker")
@@ -102,6 +107,8 @@ class BranchBroker:
         except BaseException as exc:
             self._answer_error(worker, exc)
             return
+        finally:
+            tell(self.progress, None)  # until the next fork or copy says otherwise
         answer(self._directory(), worker, handle, backend=self.session.report.backend)
 
     def release(self, worker: str) -> None:
