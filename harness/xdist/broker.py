@@ -132,8 +132,11 @@ class BranchBroker:
         session's report (None when no worker asked). A failed delete is in its
         `delete_failed`, for the summary and the sweep."""
         self._stop.set()
-        if self.session is not None and self._thread.is_alive():
-            # still setting up (a Ctrl-C, or every worker gone): no worker will use it
+        if self.session is not None and (
+            self._thread.is_alive() or any(job.is_alive() for job in self._jobs)
+        ):
+            # still setting up or copying (a Ctrl-C, or every worker gone): no worker will
+            # use it now
             self.session.interrupt()
         self._thread.join(JOIN_TIMEOUT)
         for job in self._jobs:
