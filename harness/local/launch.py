@@ -178,8 +178,15 @@ def _spawn_daemon(
         )
 
 
-def stop_local_server(home: Path | None = None, *, storage: str | None = None, timeout: float = 30.0) -> bool:
-    """Stop this home's local server(s); True when one was running."""
+# what `stop_local_server(restart=True)` sends: the server stops but keeps its in-memory
+# cluster, which any other stop removes (no cluster is left in /dev/shm)
+RESTART_SIGNAL = signal.SIGUSR1
+
+
+def stop_local_server(home: Path | None = None, *, storage: str | None = None, timeout: float = 30.0,
+                      restart: bool = False) -> bool:
+    """Stop this home's local server(s); True when one was running. `restart`: its
+    in-memory cluster stays, with its branches, for the server started next."""
     home = resolve_home(home)
     stopped = False
     for kind in (storage,) if storage else STORAGES:
@@ -194,7 +201,7 @@ def stop_local_server(home: Path | None = None, *, storage: str | None = None, t
         if live_server(home, kind) is None:
             discovery_path(home, kind).unlink(missing_ok=True)
             continue
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, RESTART_SIGNAL if restart else signal.SIGTERM)
         if not wait_until(partial(_gone, pid), timeout=timeout, backoff=_POLL):
             raise LocalServerError(f"the local Neon server (pid {pid}) did not stop in {timeout:.0f} s")
         discovery_path(home, kind).unlink(missing_ok=True)
