@@ -22,6 +22,9 @@ hold on a noisy machine. Sections:
   migration, fresh process, no bytecode) and the next session (template reused);
 - naive baseline: a fresh database per session and each service's
   `alembic upgrade head` as its own process, in order;
+- branch before the conftests: `early_branch.measure`, spawn → first test of a warm
+  session whose branch is made in pytest_load_initial_conftests (an env mapping) against
+  the same project whose branch is made at the fixture, in turns, with a noise floor;
 - idle plugin: `idle_plugin.measure`, a project without the harness run with the plugin
   autoloaded and with it blocked (`-p no:cathouse_harness`), in turns;
 - at Neon's latencies: `neon_profile.measure` (cold, warm, -n 1/-n 4, naive) with the
@@ -53,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import api_latency
+import early_branch
 import idle_plugin
 import neon_profile
 import per_test_branch
@@ -416,6 +420,18 @@ def table(r: dict[str, Any]) -> str:
             f"hot {r['ratios']['hot_vs_naive']:.1f}x",
         )
     )
+    if "early_branch" in r:
+        early = r["early_branch"]
+        lines.append(
+            row(
+                "warm session → first test, branch before the conftests",
+                early["medians"]["early"],
+                "within noise of the fixture's",
+                f"early/fixture {early['ratios']['early_vs_fixture']:.3f} "
+                f"(noise floor {early['ratios']['noise_floor']:.3f}; fixture "
+                f"{fmt(early['medians']['fixture'])})",
+            )
+        )
     if "idle_plugin" in r:
         idle = r["idle_plugin"]
         lines.append(
@@ -528,6 +544,8 @@ def main() -> int:
         r["synthetic"] = synthetic(warm_home, root, shapes)
         print("naive baseline …", file=sys.stderr)
         r["naive"] = naive(warm_home, EXAMPLE, 3 if quick else 5)
+        print("branch before the conftests (env mapping) vs at the fixture …", file=sys.stderr)
+        r["early_branch"] = early_branch.measure(5 if quick else 9)
         print("idle plugin …", file=sys.stderr)
         r["idle_plugin"] = idle_plugin.measure(root, 9 if quick else 21)
         print("at Neon's latencies (CATHOUSE_LOCAL_LATENCY=neon) …", file=sys.stderr)
@@ -551,6 +569,8 @@ def main() -> int:
         "api_calls_per_added_worker": slope,
         "api_calls_constant": calls[ns[0]] - slope * ns[0],
         **{f"neon_{k}": v for k, v in r["neon_profile"]["ratios"].items()},
+        "early_branch_vs_fixture": r["early_branch"]["ratios"]["early_vs_fixture"],
+        "early_branch_noise_floor": r["early_branch"]["ratios"]["noise_floor"],
     }
     r["seconds"] = time.perf_counter() - began
     args.out.parent.mkdir(parents=True, exist_ok=True)

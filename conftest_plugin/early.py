@@ -122,10 +122,12 @@ def branch_before_conftests(state: HarnessState, placeholder_url: str, *, contro
     if controller:
         from cathouse_harness.xdist.broker import BranchBroker
 
-        state.broker = BranchBroker(settings, state.run_id)
+        # the controller imports the project's conftests once its own database is made
+        state.broker = BranchBroker(settings, state.run_id, apart=True)
         state.broker.start()
         worker, prepared = CONTROLLER, True
-    session = BranchSession(settings, run_id=state.run_id, worker=worker, prepared=prepared)
+    # no conftest of the project is imported yet: its modules must not be either
+    session = BranchSession(settings, run_id=state.run_id, worker=worker, prepared=prepared, apart=True)
     try:
         handle = session.start()
     except HarnessError as exc:

@@ -161,9 +161,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
             # no branch until a test asks, but what the conftests read at import must not
             # be the shell's database either
             early_config.stash[early.hidden_key] = early.hide(ENV_ISOLATED, PLACEHOLDER_URL)
-        # an xdist controller runs no test, and its broker copies databases in this process
-        if not (early.early_workerinput() is None and early.will_distribute(options)):
-            guard_before_branch(early_config, options)
+        # an xdist controller too: it runs no test, but imports the conftests (its broker's
+        # own connections are let through, `cathouse_harness.db.guard.harness_connections`)
+        guard_before_branch(early_config, options)
     try:
         return (yield)
     except Exception:
@@ -439,6 +439,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     kept_urls = getattr(state.session, "kept_urls", None) if state.session else None
     for line in report.summary_lines(reports, state.run_id, state.swept, kept_urls, show_secrets):
         terminalreporter.write_line(line)
+    failures = (
+        getattr(r, "longreprtext", "")
+        for kind in ("failed", "error")
+        for r in terminalreporter.stats.get(kind, [])
+    )
+    hint = report.pooler_hint(reports, failures)
+    if hint is not None:
+        terminalreporter.write_line(hint)
     if state.settings is not None and not state.settings.migrating_services:
         terminalreporter.write_line(f"  no service has migrations, so the branch has none: {INIT_HINT}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,6 +24,25 @@ NO_BRANCH_LINE = (
     "[tool.cathouse_harness.env], or ask for the neon_branch fixture "
     '(README, "Your app reads its own settings")'
 )
+
+
+# psycopg's DuplicatePreparedStatement / InvalidSqlStatementName and asyncpg's
+# equivalents all quote PostgreSQL's own message
+_PREPARED_STATEMENT_FAILURE = re.compile(r'prepared statement "[^"]*" (?:already exists|does not exist)')
+
+
+def pooler_hint(reports: Iterable[Mapping[str, Any]], failures: Iterable[str]) -> str | None:
+    """One line for failures that a pooler without named prepared statements causes and
+    Neon's pooler would not, when this run's pooled endpoints have that gap."""
+    gaps = {str(r.get("pooler_gap")) for r in reports if r.get("pooler_gap")}
+    if not gaps or not any(_PREPARED_STATEMENT_FAILURE.search(text) for text in failures):
+        return None
+    return (
+        f"cathouse-harness: a test failed on a prepared statement: the pooled endpoints run "
+        f"{sorted(gaps)[0]}, which cannot carry named prepared statements as Neon's pooler "
+        "(PgBouncer 1.21+) does. Install PgBouncer 1.21 or newer, or set "
+        'pooler_mode = "session" in [tool.cathouse_harness] (README, "Your app reads its own settings")'
+    )
 
 
 def header_line(settings: Settings) -> str:

@@ -53,6 +53,7 @@ ENV_NAMES: dict[str, str] = {
     "local_storage": "CATHOUSE_LOCAL_STORAGE",
     "worker_isolation": "CATHOUSE_WORKER_ISOLATION",
     "postgres_bin": "CATHOUSE_POSTGRES_BIN",
+    "pooler_mode": "CATHOUSE_POOLER_MODE",
 }
 
 _TOML_KEYS = {
@@ -72,6 +73,7 @@ _TOML_KEYS = {
     "worker_isolation",
     "allow_connections",
     "postgres_bin",
+    "pooler_mode",
     "env",
     "url_driver",
 }
@@ -108,6 +110,10 @@ class Settings:
     # which PostgreSQL the embedded default runs (cathouse_harness.local.pg_choice): a bin
     # directory, "wheel" or "system"; None is auto (a system one when installed)
     postgres_bin: str | None = None
+    # the pool mode of the embedded default's PgBouncer (cathouse_harness.local.pgbouncer):
+    # None is Neon's transaction mode; "session" where an old PgBouncer cannot carry
+    # prepared statements in transaction mode
+    pooler_mode: Literal["transaction", "session"] | None = None
     # the project's own variable names, set to the branch in the test process (and, with
     # each service's own table, in its migrations): `cathouse_harness.config.app_env`
     env: AppEnv = AppEnv()
@@ -406,6 +412,10 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
     if "postgres_bin" in raw:
         values["postgres_bin"] = check_postgres_bin(
             str(raw["postgres_bin"]), source=raw.src("postgres_bin"), base=root
+        )
+    if "pooler_mode" in raw:
+        values["pooler_mode"] = raw.choice(
+            "pooler_mode", ("transaction", "session"), "'transaction' (Neon's) or 'session'"
         )
     if "migration_sources" in raw:
         values["migration_sources"] = parse_sources(

@@ -33,6 +33,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
 from pathlib import Path
@@ -127,6 +128,25 @@ def uninstall(policy: Policy) -> None:
         if not _policies and _unhook is not None:
             unhook, _unhook = _unhook, None
             unhook()
+
+
+# set where connections are the harness's own (`harness_connections`); a context
+# variable, so that the threads a migration runs in (started in a copy of the caller's
+# context) and the tasks of a loop carry it
+_harness_own: ContextVar[bool] = ContextVar("cathouse_harness_connections", default=False)
+
+
+@contextmanager
+def harness_connections() -> Iterator[None]:
+    """What this context connects to is the harness's own doing (an xdist controller's
+    broker: its forks, the workers' database copies), beside code that the tests' guard
+    watches in other threads of the same process (the controller's conftests). The
+    tests' guard (`BranchOnly`) lets it through; a migration's policy still judges it."""
+    token = _harness_own.set(True)
+    try:
+        yield
+    finally:
+        _harness_own.reset(token)
 
 
 @contextmanager
@@ -504,6 +524,8 @@ class BranchOnly:
             self._endpoints.pop(key, None)
 
     def check(self, target: Target) -> None:
+        if _harness_own.get():
+            return
         for host, port in target.endpoints():
             if (host, port) in self._endpoints:
                 continue

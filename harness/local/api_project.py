@@ -189,6 +189,7 @@ async def get_info(request: Request) -> Response:
     neon = neon_of(request)
     features = getattr(neon.dataplane, "features", None)
     install = getattr(neon.dataplane, "install", None)
+    pooler_info = getattr(neon.dataplane, "pooler_info", None)
     return ok(
         {
             "project_id": neon.state.project_id,
@@ -199,6 +200,8 @@ async def get_info(request: Request) -> Response:
             "home": str(neon.home),
             "storage": neon.storage,
             "pgbouncer": bool(getattr(neon.dataplane, "pgbouncer_available", False)),
+            # the pooled endpoints' PgBouncer: its mode, version and prepared statements
+            "pooler": pooler_info() if pooler_info is not None else None,
             "server_version": str(getattr(neon.dataplane, "server_version", "") or ""),
             # why a URL built from an endpoint's `host` alone does not connect here, if not
             "host_problem": getattr(neon.dataplane, "host_problem", None),

@@ -27,7 +27,7 @@ from cathouse_harness.local.names import host_mode
 from cathouse_harness.local.neon_features import ServerFeatures
 from cathouse_harness.local.pg_choice import ENV_VAR as POSTGRES_BIN_ENV
 from cathouse_harness.local.pg_choice import PgInstall, check_choice, choose_install, system_alternative
-from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
+from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer, pooler_mode
 from cathouse_harness.local.postgres import (
     Cluster,
     ClusterPaths,
@@ -222,6 +222,7 @@ class DataPlane:
             user=self._user,
             pg_host=self._pg_host,
             pg_port=self._pg_port,
+            mode=pooler_mode(),
         )
         try:
             await bouncer.start(await list_databases(self._admin()))
@@ -232,6 +233,17 @@ class DataPlane:
             return
         self._pgbouncer = bouncer
         self.pgbouncer_problem = None
+
+    def pooler_info(self) -> dict[str, object] | None:
+        """What the pooled endpoints run behind, for a client's hint (None: no PgBouncer)."""
+        bouncer = self._pgbouncer
+        if bouncer is None:
+            return None
+        return {
+            "mode": bouncer.mode,
+            "version": bouncer.version_text,
+            "prepared_statements": bouncer.prepared_statements,
+        }
 
     def _build_parts(self, pool: asyncpg.Pool) -> None:
         self._fencer = Fencer(pool, self._fences, self._pgbouncer, self._fence_timeout)

@@ -28,6 +28,15 @@ _MAX_ANSWER = 1 << 20
 
 
 @dataclass(frozen=True)
+class PoolerInfo:
+    """The PgBouncer behind a server's pooled endpoints (`cathouse_harness.local.pgbouncer`)."""
+
+    mode: str
+    version: str
+    prepared_statements: bool
+
+
+@dataclass(frozen=True)
 class LocalServerInfo:
     """How to reach a running local server. The repr never shows the key."""
 
@@ -44,6 +53,8 @@ class LocalServerInfo:
     # the databases and roles of the project's default branch (None: not published)
     databases: tuple[str, ...] | None = None
     roles: tuple[str, ...] | None = None
+    # None: no PgBouncer (pooled URLs reach PostgreSQL directly) or not published
+    pooler: PoolerInfo | None = None
 
 
 def resolve_home(home: Path | None) -> Path:
@@ -136,6 +147,15 @@ def info_from(home: Path, data: dict[str, Any], api_key: str) -> LocalServerInfo
         postgres_origin=data.get("postgres_origin"),
         databases=_names(data.get("databases")),
         roles=_names(data.get("roles")),
+        pooler=_pooler(data.get("pooler")),
+    )
+
+
+def _pooler(raw: Any) -> PoolerInfo | None:
+    if not isinstance(raw, dict):
+        return None
+    return PoolerInfo(
+        str(raw.get("mode")), str(raw.get("version")), bool(raw.get("prepared_statements"))
     )
 
 
@@ -163,7 +183,7 @@ def live_server(home: Path, storage: str) -> LocalServerInfo | None:
         return None
     known = {
         key: answer.get(key)
-        for key in ("project_id", "postgres_bin", "postgres_origin", "databases", "roles")
+        for key in ("project_id", "postgres_bin", "postgres_origin", "databases", "roles", "pooler")
     }
     return info_from(home, {**data, **known}, api_key)
 

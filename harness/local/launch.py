@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def ensure_local_server(
     postgres_bin: str | None = None,
     database: str | None = None,
     role: str | None = None,
+    pooler_mode: str | None = None,
 ) -> LocalServerInfo:
     """A running local server for `home`: the one already answering, or a new daemon.
     The daemon reads `CATHOUSE_LOCAL_LATENCY` and `CATHOUSE_LOCAL_HOSTS` /
@@ -92,7 +94,8 @@ def ensure_local_server(
     caller's one-line error rather than a daemon that exits while starting. (A server
     already running keeps the settings it started with.) `postgres_bin` (a checked
     choice, `cathouse_harness.local.pg_choice`) reaches a new daemon as
-    CATHOUSE_POSTGRES_BIN; None leaves that variable as it is. `database` and `role`
+    CATHOUSE_POSTGRES_BIN, and `pooler_mode` as CATHOUSE_POOLER_MODE; None leaves that
+    variable as it is. `database` and `role`
     are what a new daemon makes a new project with (None: `neondb` / `neondb_owner`);
     a running server, or a home's existing project, keeps its own."""
     check_storage(storage)
@@ -109,7 +112,10 @@ def ensure_local_server(
         discovery_path(home, storage).unlink(missing_ok=True)
         _check_binaries(home, storage, postgres_bin)
         logfile = log_path(home, storage)
-        process = _spawn_daemon(home, storage, idle_timeout, logfile, postgres_bin, (database, role))
+        process = _spawn_daemon(
+            home, storage, idle_timeout, logfile, (database, role),
+            {"CATHOUSE_POSTGRES_BIN": postgres_bin, "CATHOUSE_POOLER_MODE": pooler_mode},
+        )
         # The daemon outlives this call (and usually this process). A Popen dropped while
         # its child runs warns (ResourceWarning) when collected, in whatever test runs
         # then; held here, it never is while we run.
@@ -154,13 +160,13 @@ def _spawn_daemon(
     storage: str,
     idle_timeout: float,
     logfile: Path,
-    postgres_bin: str | None = None,
     names: tuple[str | None, str | None] = (None, None),
+    chosen: Mapping[str, str | None] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `python -m cathouse_harness.local.server --daemon` detached, logging to `logfile`."""
+    """Start `python -m cathouse_harness.local.server --daemon` detached, logging to
+    `logfile`; `chosen` are the settings it reads from its environment (None: as is)."""
     child_env = dict(os.environ)
-    if postgres_bin is not None:
-        child_env["CATHOUSE_POSTGRES_BIN"] = postgres_bin
+    child_env.update({name: value for name, value in (chosen or {}).items() if value is not None})
     package_root = str(Path(__file__).resolve().parents[2])
     child_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (package_root, child_env.get("PYTHONPATH")) if p

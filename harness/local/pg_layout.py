@@ -130,6 +130,20 @@ HBA_CONF = (
 )
 
 
+# what every PostgreSQL we run is told, whatever its size: SCRAM, quiet logs that never
+# carry a statement, UTC, no JIT (its compile time costs more than small queries gain)
+COMMON_SETTINGS: dict[str, str | int] = {
+    "password_encryption": "scram-sha-256",
+    "dynamic_shared_memory_type": "posix",
+    "logging_collector": "off",
+    "log_min_messages": "warning",
+    "log_min_error_statement": "panic",  # statements may carry secrets; never log them
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+    "timezone": "UTC",
+    "jit": "off",
+}
+
+
 def settings_text(port: int, socket_dir: Path, storage: Storage) -> str:
     """`cathouse.conf`: where the cluster listens and how it runs."""
     settings: dict[str, str | int] = {
@@ -140,15 +154,13 @@ def settings_text(port: int, socket_dir: Path, storage: Storage) -> str:
         # Many branches, each with a few service pools, on a small machine.
         "max_connections": 200,
         "shared_buffers": "64MB",
-        "password_encryption": "scram-sha-256",
-        "dynamic_shared_memory_type": "posix",
-        "logging_collector": "off",
-        "log_min_messages": "warning",
-        "log_min_error_statement": "panic",  # statements may carry secrets; never log them
-        "log_line_prefix": "%m [%p] %q%u@%d ",
-        "timezone": "UTC",
-        "jit": "off",
+        **COMMON_SETTINGS,
     }
     if storage == "memory":
         settings.update(_MEMORY_SETTINGS)
+    return conf_text(settings)
+
+
+def conf_text(settings: dict[str, str | int]) -> str:
+    """Settings as lines of a PostgreSQL configuration file."""
     return "".join(f"{key} = {_conf_value(value)}\n" for key, value in settings.items())

@@ -1,5 +1,12 @@
 """One PgBouncer in transaction mode behind every endpoint's pooled listener.
 
+Transaction mode is Neon's; so are protocol-level prepared statements, which PgBouncer
+carries only from 1.21 (`max_prepared_statements`). An older PgBouncer (Debian 12 has
+1.18) cannot, and a driver that prepares statements by name (psycopg 3 after a few runs
+of one query, asyncpg always) then fails with "prepared statement … already exists"
+where Neon would not: `CATHOUSE_POOLER_MODE=session` (the `pooler_mode` setting) trades
+that for session pooling, whose session state outlives a transaction as Neon's does not.
+
 It runs as the same unprivileged user as PostgreSQL, on its own loopback port, with a
 generated ini whose `[databases]` section has one fallback entry (`*`: any branch database
 by its own name, so creating a branch needs no reload) and an
@@ -14,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -33,6 +41,12 @@ from cathouse_harness.support.safe_paths import ensure_dir, write_private
 log = get_logger("local.pgbouncer")
 
 ADMIN_USER = "cathouse_pgbouncer_admin"
+POOLER_MODE_ENV = "CATHOUSE_POOLER_MODE"
+POOLER_MODES = ("transaction", "session")
+# the first PgBouncer that keeps track of protocol-level prepared statements
+PREPARED_STATEMENTS_SINCE = (1, 21)
+# as many as a pooled client may keep prepared at once (Neon's pooler allows this many)
+_MAX_PREPARED = 1000
 _SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin")
 _START_TIMEOUT = 15.0
 # how often a start tries the admin console, and a stop looks for the process's exit
@@ -65,6 +79,37 @@ def find_pgbouncer() -> Path | None:
     return None
 
 
+def pooler_mode() -> str:
+    """The pool mode the daemon gives PgBouncer: CATHOUSE_POOLER_MODE, else Neon's."""
+    chosen = (env.read(POOLER_MODE_ENV) or "transaction").strip().lower()
+    if chosen not in POOLER_MODES:
+        raise ConfigError(
+            f"{chosen!r} is not a pool mode", key=POOLER_MODE_ENV, source="environment",
+            hint="use transaction (Neon's) or session",
+        )
+    return chosen
+
+
+def pgbouncer_version(binary: Path) -> tuple[int, ...] | None:
+    """What `pgbouncer --version` says of itself ("PgBouncer 1.18.0"), None if unreadable."""
+    try:
+        done = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=10,
+            stdin=subprocess.DEVNULL, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"PgBouncer\s+(\d+)\.(\d+)(?:\.(\d+))?", done.stdout + done.stderr)
+    if found is None:
+        return None
+    return tuple(int(part) for part in found.groups(default="0"))
+
+
+def carries_prepared_statements(version: tuple[int, ...] | None, mode: str) -> bool:
+    """Whether named prepared statements survive this pooler as on Neon's."""
+    return mode == "session" or (version is not None and version[:2] >= PREPARED_STATEMENTS_SINCE)
+
+
 def _ini_quote(value: str) -> str:
     return value if value.replace("_", "").replace("-", "").isalnum() else f'"{value}"'
 
@@ -94,8 +139,13 @@ def stop_stale(directory: Path) -> int | None:
 class PgBouncer:
     """The pooler process, its configuration files and its admin console."""
 
-    def __init__(self, binary: Path, directory: Path, *, user: OsUser, pg_host: str, pg_port: int) -> None:
+    def __init__(
+        self, binary: Path, directory: Path, *, user: OsUser, pg_host: str, pg_port: int,
+        mode: str = "transaction",
+    ) -> None:
         self.binary = binary
+        self.mode = mode
+        self.version = pgbouncer_version(binary)
         self.directory = directory
         self.user = user
         self.pg_host = pg_host
@@ -125,6 +175,14 @@ class PgBouncer:
     @property
     def log_file(self) -> Path:
         return self.directory / "pgbouncer.log"
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version)) if self.version is not None else "unknown"
+
+    @property
+    def prepared_statements(self) -> bool:
+        return carries_prepared_statements(self.version, self.mode)
 
     def _fail(self, message: str) -> LocalServerError:
         return LocalServerError(message, hint=f"see {self.log_file}")
@@ -165,7 +223,7 @@ class PgBouncer:
             "auth_type": "scram-sha-256",
             "auth_file": str(self.auth_file),
             "admin_users": ADMIN_USER,
-            "pool_mode": "transaction",
+            "pool_mode": self.mode,
             "default_pool_size": "20",  # the services' whole budget (10) fits in one branch's pool
             "min_pool_size": "0",
             "reserve_pool_size": "0",
@@ -181,6 +239,8 @@ class PgBouncer:
             "log_disconnections": "0",
             "log_pooler_errors": "1",
         }
+        if self.version is not None and self.version[:2] >= PREPARED_STATEMENTS_SINCE:
+            settings["max_prepared_statements"] = str(_MAX_PREPARED)
         body = "".join(f"{key} = {value}\n" for key, value in settings.items())
         self._write(self.ini, f"[databases]\n{databases}\n[pgbouncer]\n{body}")
 

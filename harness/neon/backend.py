@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from cathouse_harness.config.settings import Settings
+from cathouse_harness.errors import LocalServerError
 from cathouse_harness.support.redact import Secret
 
 if TYPE_CHECKING:
@@ -23,6 +24,9 @@ class BackendInfo:
     api_host: str
     api_key: Secret
     project_id: str
+    # what the pooled endpoints cannot carry as Neon's pooler does ("PgBouncer 1.18 in
+    # transaction mode": no named prepared statements); None where nothing is known amiss
+    pooler_gap: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -50,14 +54,24 @@ def connect_backend(settings: Settings) -> BackendInfo:
 
         info = ensure_local_server(
             settings.home, storage=settings.local_storage, postgres_bin=settings.postgres_bin,
-            database=settings.database, role=settings.role,
+            database=settings.database, role=settings.role, pooler_mode=settings.pooler_mode,
         )
     _check_names(settings, info.databases, info.roles)
     if settings.postgres_bin is not None:
         from cathouse_harness.local.pg_choice import check_serves
 
         check_serves(settings.postgres_bin, info.postgres_bin, info.postgres_origin, info.pid)
-    return BackendInfo("embedded", info.api_host, Secret(str(info.api_key)), info.project_id)
+    pooler = info.pooler
+    if settings.pooler_mode is not None and pooler is not None and pooler.mode != settings.pooler_mode:
+        raise LocalServerError(
+            f"{settings.source_of('pooler_mode')} sets pooler_mode = {settings.pooler_mode!r} but "
+            f"this home's local server (pid {info.pid}) pools in {pooler.mode} mode",
+            hint=f"stop it (kill {info.pid}) and start again; it also stops by itself when unused",
+        )
+    gap = None
+    if pooler is not None and not pooler.prepared_statements:
+        gap = f"PgBouncer {pooler.version} in {pooler.mode} mode"
+    return BackendInfo("embedded", info.api_host, Secret(str(info.api_key)), info.project_id, gap)
 
 
 def _check_names(

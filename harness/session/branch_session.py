@@ -59,13 +59,16 @@ log = get_logger("session")
 class BranchSession:
     """Owns the branches of one test session: its own or, in an xdist controller, every
     worker's (`fork_worker`). A `prepared` session (an xdist worker's) receives its branch
-    from the controller, which deletes it at the end of the run."""
+    from the controller, which deletes it at the end of the run. A session made before
+    its process has imported the project's code migrates `apart`, in a process of its own
+    (`cathouse_harness.migrate.in_child` says why)."""
 
     def __init__(
         self, settings: Settings, *, run_id: str, worker: str = "main", prepared: bool = False,
-        progress: Progress | None = None,
+        apart: bool = False, progress: Progress | None = None,
     ) -> None:
         self.settings = settings
+        self.apart = apart
         # told what the setup waits for (server start, template build, fork, copy)
         self.progress = progress
         self.run_id = run_id
@@ -217,6 +220,7 @@ class BranchSession:
         except HarnessError as exc:
             raise SessionStepError("backend", exc) from None
         self.report.backend = self.backend.kind
+        self.report.pooler_gap = self.backend.pooler_gap or ""
         self.report.project_id = self.backend.project_id
         self._loop = LoopThread()
         self._client = self._run(self._open_client())
@@ -327,10 +331,16 @@ class BranchSession:
         return result.branch_id
 
     def _migrate(self, handle: BranchHandle) -> float:
-        from cathouse_harness.migrate.all_services import migrate_all
-
         started = time.perf_counter()
-        results = migrate_all(self.settings, str(handle.direct_url), progress=self.progress)
+        if self.apart:
+            from cathouse_harness.migrate.in_child import migrate_in_child
+
+            tell(self.progress, "migrating every service (in a process of its own)")
+            results = migrate_in_child(self.settings, str(handle.direct_url))
+        else:
+            from cathouse_harness.migrate.all_services import migrate_all
+
+            results = migrate_all(self.settings, str(handle.direct_url), progress=self.progress)
         self.report.migrated_services = len(results)
         return time.perf_counter() - started
 

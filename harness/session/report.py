@@ -45,6 +45,8 @@ class SessionReport:
     api_calls: int = 0
     api_retries: int = 0
     migrated_services: int = 0
+    # the embedded default's pooler lacks what Neon's has (`BackendInfo.pooler_gap`)
+    pooler_gap: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)

@@ -38,6 +38,7 @@ VARIABLES: dict[str, str] = {
     "CATHOUSE_LOCAL_LATENCY": "the local server's latency profile: `neon` or rtt=S,<operation>=S",
     "CATHOUSE_LOCAL_HOSTS": "endpoint hosts: auto, addresses (127.x.y.z) or names (ep-….local.localhost)",
     "CATHOUSE_PGBOUNCER": "the embedded default's PgBouncer: its binary's path, or off",
+    "CATHOUSE_POOLER_MODE": "the embedded default's PgBouncer pool mode: transaction (Neon's) or session",
     "CATHOUSE_LOCAL_ROUTER": "the loopback address of the names-mode router (default 127.0.0.1)",
     "CATHOUSE_DEBUG": "tracebacks from the CLI",
     "MIGRATION_DATABASE_URL": "direct URL for `migrate` when none is given",

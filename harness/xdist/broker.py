@@ -45,9 +45,13 @@ JOIN_TIMEOUT = 30.0
 
 
 class BranchBroker:
-    def __init__(self, settings: Settings, run_id: str, *, poll: float = POLL,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self, settings: Settings, run_id: str, *, poll: float = POLL, apart: bool = False,
+        progress: Progress | None = None,
+    ) -> None:
         self.settings = settings
+        # migrate in a process of their own (BranchSession's `apart`)
+        self._apart = apart
         self.progress = progress
         self.run_id = run_id
         self.session: BranchSession | None = None
@@ -63,6 +67,13 @@ class BranchBroker:
         self._thread.start()
 
     def _main(self) -> None:
+        from cathouse_harness.db.guard import harness_connections
+
+        # the controller's conftests are guarded meanwhile, in its main thread
+        with harness_connections():
+            self._serve_requests()
+
+    def _serve_requests(self) -> None:
         busy = False
         # after work, look again at once: more workers say so while the setup runs
         while not self._stop.wait(0 if busy else self._poll):
@@ -85,8 +96,10 @@ class BranchBroker:
             return
         from cathouse_harness.session.branch_session import BranchSession
 
-        self.session = BranchSession(self.settings, run_id=self.run_id, worker="controller",
-                                     progress=self.progress)
+        self.session = BranchSession(
+            self.settings, run_id=self.run_id, worker="controller", apart=self._apart,
+            progress=self.progress,
+        )
         try:
             self.session.setup()
         except BaseException as exc:  # every request gets the same answer
@@ -153,6 +166,12 @@ class BranchBroker:
 def _in_background(job: Callable[[str], None], worker: str) -> threading.Thread:
     # a thread each: the first forks the shared branch, the others wait for it and then
     # copy their databases, and neither the broker's thread nor xdist's waits for them
-    thread = threading.Thread(target=job, args=(worker,), name=f"cathouse-{worker}", daemon=True)
+    def harness_job(worker: str) -> None:
+        from cathouse_harness.db.guard import harness_connections
+
+        with harness_connections():
+            job(worker)
+
+    thread = threading.Thread(target=harness_job, args=(worker,), name=f"cathouse-{worker}", daemon=True)
     thread.start()
     return thread

@@ -9,7 +9,9 @@ project's own files are never told about the harness.
   level above the backend), builds a psycopg URL, and makes its engine at import; the
   conftest imports that engine at import and seeds a first user in a session fixture;
   env.py takes its URL from the same settings. Optionally its migration creates uuid-ossp
-  and pgcrypto and uses them, as templates that switched to UUID keys do.
+  and pgcrypto and uses them, as templates that switched to UUID keys do. Optionally its
+  models register their tables in an installed package's registry, which refuses a
+  table defined twice (as SQLModel's metadata does), and env.py imports them.
 - `nested_settings_own_databases`: an async backend whose settings are nested groups read
   from DATABASE__HOSTNAME/PORT/USERNAME/PASSWORD/DB (environment, then the developer's
   `.env` at the root); its conftest drops and creates `test_db_<worker>` through the
@@ -32,6 +34,8 @@ class AppProject:
     root: Path  # where pytest runs (its rootdir)
     config: Path  # the file CATHOUSE_CONFIG names, outside the project
     tests: int  # how many of the project's tests pass on the branch
+    # directories the developer's environment has on sys.path (an installed package)
+    pythonpath: tuple[Path, ...] = ()
 
 
 def _write(path: Path, text: str) -> None:
@@ -245,6 +249,23 @@ _EXTENSION_TEST = """
         assert len(row.digest) == 64
 """
 
+# an installed package with a registry for the whole process, as SQLModel's metadata is
+_TABLE_REGISTRY = """
+    TABLES = set()
+
+
+    def define(name):
+        if name in TABLES:
+            raise RuntimeError(f"Table {name!r} is already defined for this registry")
+        TABLES.add(name)
+"""
+
+_REGISTERED_MODELS = """
+    import tablereg
+
+    tablereg.define("users")
+"""
+
 POSTGRES_NAMES = {
     "POSTGRES_SERVER": "host",
     "POSTGRES_PORT": "port",
@@ -254,7 +275,12 @@ POSTGRES_NAMES = {
 }
 
 
-def postgres_vars_at_import(base: Path, foreign_url: str, *, extensions: bool = False) -> AppProject:
+def postgres_vars_at_import(
+    base: Path, foreign_url: str, *, extensions: bool = False, registry: str | None = None
+) -> AppProject:
+    """`registry` (a token that makes the migrations' fingerprint, and so the template,
+    this project's own): the models register in an installed registry, and both env.py
+    and the conftest import them."""
     repository = base / "project"
     backend = repository / "backend"
     _write(backend / "pyproject.toml", '[project]\nname = "app"\nversion = "0.1.0"\n')
@@ -263,17 +289,25 @@ def postgres_vars_at_import(base: Path, foreign_url: str, *, extensions: bool = 
     _write(backend / "app" / "core" / "__init__.py", "")
     _write(backend / "app" / "core" / "config.py", _POSTGRES_SETTINGS)
     _write(backend / "app" / "core" / "db.py", _SYNC_DB)
-    _write(backend / "app" / "alembic" / "env.py", _SYNC_ENV_PY)
+    env_py, conftest, pythonpath = _SYNC_ENV_PY, _SYNC_CONFTEST, ()
+    if registry is not None:
+        installed = base / "site-packages"
+        _write(installed / "tablereg" / "__init__.py", _TABLE_REGISTRY)
+        _write(backend / "app" / "models.py", _REGISTERED_MODELS)
+        env_py = f"import app.models  # noqa: F401  (build {registry})\n" + textwrap.dedent(env_py)
+        conftest = "import app.models  # noqa: F401\n" + textwrap.dedent(conftest)
+        pythonpath = (installed,)
+    _write(backend / "app" / "alembic" / "env.py", env_py)
     _revision(backend / "app" / "alembic" / "versions", _EXTENSION_USERS if extensions else _PLAIN_USERS)
     _write(backend / "tests" / "__init__.py", "")
-    _write(backend / "tests" / "conftest.py", _SYNC_CONFTEST)
+    _write(backend / "tests" / "conftest.py", conftest)
     _write(backend / "tests" / "test_users.py", _SYNC_TESTS)
     if extensions:
         _write(backend / "tests" / "test_extensions.py", _EXTENSION_TEST)
     parts = _parts(foreign_url)
     _write(repository / ".env", "".join(f"{name}={parts[p]}\n" for name, p in POSTGRES_NAMES.items()))
     config = _config(base / "elsewhere" / "cathouse.toml", POSTGRES_NAMES, "alembic.ini")
-    return AppProject(backend, config, tests=3 if extensions else 2)
+    return AppProject(backend, config, tests=3 if extensions else 2, pythonpath=pythonpath)
 
 
 # --- an async backend with nested settings and databases of its own -------------------

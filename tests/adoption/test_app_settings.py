@@ -13,7 +13,9 @@ here does not offer it (detected by asking the harness, not by a version).
 
 from __future__ import annotations
 
+import os
 import tempfile
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -94,6 +96,8 @@ def run_suite(
     monkeypatch.setenv("CATHOUSE_RUN_ID", f"app-{workers}-{project.root.name}")
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS", "DATABASE_URL", "MIGRATION_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
+    if project.pythonpath:
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(map(str, project.pythonpath)))
     return pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
                                          "-n", workers, *extra)
 
@@ -118,6 +122,23 @@ def test_sync_app_reading_postgres_vars_at_import(
     assert tables_of(foreign_database_url) == UNTOUCHED
     assert _databases_on(foreign_database_url) == databases
     assert _project_files(project.root) == before  # configuration only
+
+
+@needs_mapping
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_models_in_an_installed_registry_while_the_template_is_built(
+    workers: str, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, foreign_database_url: str
+) -> None:
+    """The template is built before the conftests load, and its env.py imports the models:
+    the conftest importing them again must not find them registered already (the public
+    full-stack template's SQLModel tables were "already defined" on a cold home)."""
+    project = postgres_vars_at_import(pytester.path, foreign_database_url, registry=uuid.uuid4().hex)
+
+    result = run_suite(project, pytester, monkeypatch, workers)
+
+    assert "built by this run" in result.stdout.str()
+    result.assert_outcomes(passed=project.tests)
+    assert tables_of(foreign_database_url) == UNTOUCHED
 
 
 @needs_mapping

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import psycopg
 import pytest
 import pytest_asyncio
 from cathouse_harness.errors import LocalServerError
@@ -519,3 +520,60 @@ async def test_fence_lets_open_transactions_finish_and_holds_new_connections(dp:
 async def test_no_password_reaches_the_postgres_log(dp: DataPlane) -> None:
     assert dp.log_path is not None
     assert PASSWORD not in dp.log_path.read_text()
+
+
+# --- the pooler's mode -----------------------------------------------------------------
+
+
+async def _prepare_twice(address: EndpointAddress) -> None:
+    """Two clients one after the other prepare a statement under the same name, through
+    the pooled endpoint: psycopg 3 names a connection's first one `_pg3_0`."""
+    for _ in range(2):
+        async with await psycopg.AsyncConnection.connect(
+            host=address.host, port=address.pooled_port, user=ROLE, password=PASSWORD,
+            dbname="cathouse", sslmode="require" if address.tls else "disable",
+            autocommit=True, connect_timeout=10,
+        ) as conn:
+            cursor = await conn.execute("SELECT 1 + %s", [1], prepare=True)
+            assert await cursor.fetchone() == (2,)
+
+
+async def test_prepared_statements_are_what_the_pooler_says(dp: DataPlane) -> None:
+    """The capability `pooler_info` publishes (and the plugin's hint relies on) is what a
+    client finds: named statements of two clients collide exactly when it says so."""
+    if find_pgbouncer() is None:
+        pytest.skip("prepared statements through the pooler need pgbouncer, which is not installed")
+    info = dp.pooler_info()
+    assert info is not None and info["mode"] == "transaction"
+    address = await dp.open_endpoint(fresh("ep"), databases={"cathouse": await parent_with_rows(dp)})
+    try:
+        if info["prepared_statements"]:
+            await _prepare_twice(address)
+        else:
+            with pytest.raises(psycopg.errors.DuplicatePreparedStatement):
+                await _prepare_twice(address)
+    finally:
+        await dp.close_endpoint(address.endpoint_id)
+
+
+async def test_session_mode_carries_prepared_statements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if find_pgbouncer() is None:
+        pytest.skip("a pool mode needs pgbouncer, which is not installed")
+    monkeypatch.setenv("CATHOUSE_POOLER_MODE", "session")
+    plane = DataPlane(tmp_path / "home", storage="memory")
+    with _cleanup(plane):
+        await plane.start()
+        try:
+            await plane.ensure_role(ROLE, PASSWORD)
+            assert plane.pooler_info() == {
+                "mode": "session", "version": plane.pooler_info()["version"], "prepared_statements": True,
+            }
+            address = await plane.open_endpoint(
+                fresh("ep"), databases={"cathouse": await parent_with_rows(plane)}
+            )
+            await _prepare_twice(address)
+            await plane.close_endpoint(address.endpoint_id)
+        finally:
+            await plane.stop()

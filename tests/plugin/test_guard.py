@@ -205,3 +205,29 @@ def test_a_configured_run_that_asks_for_no_branch_is_red_too(
                and f"connection to 127.0.0.1:{port}/app_dev" in line and "refused before it opened" in line]
     assert len(refused) == 3, result.stdout.lines
     assert DEV_PASSWORD not in result.stdout.str() and "Traceback" not in result.stdout.str()
+
+
+CONNECTS_AT_IMPORT = """
+from app import connect
+
+try:  # as a conftest that seeds the developer's database at import would
+    connect().close()
+except Exception:
+    pass
+"""
+
+
+def test_an_xdist_controller_is_guarded_before_any_branch(
+    project: pytest.Pytester, other_postgresql: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller imports the conftests too, before any worker has asked for a branch;
+    its broker's own forks and copies still go through (the tests get their databases)."""
+    _app_project(project, other_postgresql, monkeypatch, mapping=False)
+    project.makeconftest(CONNECTS_AT_IMPORT)
+    result = run(project, "guard-xdist", "-n", "2")
+    assert accepted(other_postgresql) == 0
+    # a worker's refusal at import is its first test's error; the test it gave a branch
+    # to (the broker forked and copied under the controller's guard) fails on its own
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 1 and outcomes.get("failed", 0) + outcomes.get("errors", 0) == 3
+    assert "refused before it opened" in result.stdout.str()

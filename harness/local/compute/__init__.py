@@ -1,0 +1,8 @@
+"""A PostgreSQL instance per branch, as Neon runs a compute per branch (#24, in progress).
+
+Each branch gets a data directory and a postmaster of its own, run by the home's OS user
+and reachable only through a unix socket in a 0700 directory; a fork copies a parent's
+data directory (stopped) or takes a consistent copy through PostgreSQL's backup
+functions (running). Not yet wired into the local server: ARCHITECTURE.md, "Compute per
+branch", says what comes next.
+"""
