@@ -20,7 +20,7 @@ from cathouse_harness.branching.lifecycle import MARK_RUN
 from tests.reliability._cases import TEST_FILE, add_revision
 from tests.reliability._support import LocalNeon, make_project, start_plugin_run, wait_for
 
-SLEEP = 30
+SLEEP = 60
 BOUND = SLEEP / 2
 # the watchdog's bound on what a dead run leaves (the fault matrix's)
 WATCHDOG_DEADLINE = 10.0
