@@ -97,7 +97,8 @@ def cathouse_branch_session(
         session = state.session
     else:
         session = BranchSession(
-            cathouse_settings, run_id=state.run_id, worker=state.worker, prepared=state.prepared
+            cathouse_settings, run_id=state.run_id, worker=state.worker, prepared=state.prepared,
+            progress=state.progress,
         )
         state.session = session
         error: HarnessError | None = None

@@ -14,6 +14,7 @@ from cathouse_harness.config.settings import INIT_HINT, Settings
 from cathouse_harness.errors import ConfigError, HarnessError
 from cathouse_harness.support import env
 from pytest_cathouse_harness import report
+from pytest_cathouse_harness.asyncio_mode import adopt_asyncio_defaults
 from pytest_cathouse_harness.fixtures import (  # noqa: F401  (pytest finds fixtures by name here)
     _cathouse_branch_per_test_marker,
     _cathouse_reset_marker,
@@ -182,7 +183,7 @@ def pytest_configure_node(node: Any) -> None:
         # started with the first worker, idle until one asks for its branch
         from cathouse_harness.xdist.broker import BranchBroker
 
-        state.broker = BranchBroker(state.settings, state.run_id)
+        state.broker = BranchBroker(state.settings, state.run_id, progress=state.progress)
         state.broker.start()
     node.workerinput["cathouse_broker"] = True
 
@@ -197,6 +198,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "from the migrated template, deleted after it)"
     )
     configured = _configured(config, config.option)
+    adopt_asyncio_defaults(config, configured=configured)
     workerinput = getattr(config, "workerinput", None)
     state = config.stash.get(state_key, None)
     if state is None:
@@ -211,6 +213,12 @@ def pytest_configure(config: pytest.Config) -> None:
     adopt_early_guard(config, state)
     from pytest_cathouse_harness.early import OWNER_VARIABLE, WORKER_PID_VARIABLE, owner_value, set_variables
 
+    if configured:
+        from pytest_cathouse_harness.progress import QuickInterrupt, live_line
+
+        config.pluginmanager.register(QuickInterrupt(config), "cathouse_harness_interrupt")
+        if state.progress is None:
+            state.progress = live_line(config)
     if state.settings is not None and state.is_controller:
         # xdist's workers start after this; they need it before their conftests load
         set_variables(state, {OWNER_VARIABLE: owner_value(state.run_id, owner_token())})
@@ -317,6 +325,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if state is not None:
         _close_broker(state)  # when the session never finished (an internal error)
         unguard(state)  # likewise: this process's drivers go back as they were
+        if state.progress is not None:
+            state.progress.close()
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)

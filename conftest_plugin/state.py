@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from cathouse_harness.errors import ConfigError, HarnessError
     from cathouse_harness.session.branch_session import BranchSession
     from cathouse_harness.xdist.broker import BranchBroker
+    from pytest_cathouse_harness.progress import LiveLine
 
 
 @dataclass
@@ -54,6 +55,8 @@ class HarnessState:
     # the branch exists (`guard.guard_before_branch`)
     guard_waits: bool = False
     current_test: str | None = None
+    # what the setup waits for, on the terminal (`progress`)
+    progress: LiveLine | None = None
 
 
 state_key = pytest.StashKey[HarnessState]()

@@ -29,6 +29,7 @@ from cathouse_harness.branching.lifecycle import (
 from cathouse_harness.errors import HarnessError, NeonAPIError
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.polling import Backoff, wait_until_async
+from cathouse_harness.support.progress import Progress, tell
 
 if TYPE_CHECKING:
     from cathouse_harness.neon.client import NeonClient
@@ -97,6 +98,7 @@ async def find_or_build_template(
     tracker: Tracker | None = None,
     listed: list[Branch] | None = None,
     prepare: Callable[[], object] | None = None,
+    progress: Progress | None = None,
 ) -> TemplateResult:
     """Return the ready template for `fingerprint`, building it if nobody has.
 
@@ -104,13 +106,14 @@ async def find_or_build_template(
     seconds it spent; it raises to abort the build (the building branch is then deleted).
     `listed`: the project's harness branches, when the caller already asked for them
     (with the parent's lookup: one round trip for both). `prepare` runs in a thread while
-    a build waits for its branch (e.g. the migrations' imports).
+    a build waits for its branch (e.g. the migrations' imports). `progress` hears whether
+    it builds or waits for another run's build.
     """
     name = template_branch_name(fingerprint, parent.name, schema_only=schema_only)
     builder = _Builder(
         client, project_id, parent=parent, name=name, fingerprint=fingerprint, run_id=run_id,
         database=database, role=role, migrate=migrate, schema_only=schema_only,
-        tracker=tracker, prepare=prepare,
+        tracker=tracker, prepare=prepare, progress=progress,
     )
     found: list[TemplateResult] = []
 
@@ -153,6 +156,7 @@ class _Builder:
     schema_only: bool
     tracker: Tracker | None
     prepare: Callable[[], object] | None
+    progress: Progress | None = None
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -179,6 +183,7 @@ class _Builder:
             log.warning("removing abandoned template build %s (%s)", branch.name, branch.id)
             await delete_owned_branch(self.client, self.project_id, branch.id)
         if any(b not in stale for b in builders):
+            tell(self.progress, f"waiting for another run to build {self.name}")
             return None
         return await self.build()
 
@@ -191,6 +196,7 @@ class _Builder:
         with the migration.
         """
         tracker = self.tracker
+        tell(self.progress, f"building {self.name}")
         if tracker:
             tracker.record_name(self.project_id, self.building)
         prepared = asyncio.create_task(_quietly(self.prepare)) if self.prepare else None

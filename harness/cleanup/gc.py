@@ -16,9 +16,11 @@ def candidates(found: Sequence[Any], *, current_fingerprint: str | None, run: st
     """Which harness branches gc removes, and why. Pure, so it is easy to test.
 
     A branch with children is never chosen (a template that sessions still fork from,
-    a parent a delete would fail on). A template is outdated when no session has used
-    it for TEMPLATE_IDLE, not when its fingerprint differs from this checkout's: other
-    checkouts (main, other CI refs) use theirs.
+    a parent a delete would fail on). A template of other migrations than this
+    checkout's is outdated when it was built on this machine (the checkout moved on: a
+    developer's afternoon of migration edits left one per edit) or, built elsewhere
+    (other checkouts: main, other CI refs, use theirs), when no session has used it for
+    TEMPLATE_IDLE.
     """
     now = now or datetime.now(UTC)
     host = socket.gethostname()[:60]
@@ -51,6 +53,14 @@ def candidates(found: Sequence[Any], *, current_fingerprint: str | None, run: st
             and marks.get(branches.MARK_FINGERPRINT) != current_fingerprint
         ):
             chosen.append((branch, f"template unused since {used:%Y-%m-%d %H:%M} UTC"))
+        elif (
+            kind == "template"
+            and current_fingerprint is not None
+            and not branch.name.endswith(".building")
+            and marks.get(branches.MARK_FINGERPRINT) != current_fingerprint
+            and marks.get(branches.MARK_HOST) == host
+        ):
+            chosen.append((branch, "template of older migrations, built on this machine"))
     return chosen
 
 

@@ -10,7 +10,12 @@
   (its server was SIGKILLed): no process holds the cluster's lease;
 - the cluster directories in /dev/shm, /var/tmp or `$XDG_RUNTIME_DIR` of homes that no
   longer exist (tens of MB of memory each);
-- half-made `initdb-*.tmp-<pid>` and `pginstall-*.tmp-<pid>` copies of dead processes.
+- half-made `initdb-*.tmp-<pid>` and `pginstall-*.tmp-<pid>` copies of dead processes;
+- initdb results kept for a fast first start (`initdb-*`, one per PostgreSQL install and
+  so per venv) beyond the `KEEP_INITDB` used last.
+
+`remove_all(home)` is `cathouse-branch gc --all`: the home itself and every directory of
+ours in the shared places, for a user who is done with the harness on this machine.
 
 It never touches a marker of a branch that may still exist (a watchdog may still be
 deleting it), a cluster a live process holds, or anything that is not ours.
@@ -37,6 +42,12 @@ log = get_logger("leftovers")
 
 _STAGING = re.compile(r"(initdb|pginstall)-.+\.tmp-(\d+)")
 _CLUSTER_NAMES = ("pg", "pg-memory")
+_INITDB = re.compile(r"initdb-[0-9a-f]+")
+# initdb results kept (~40 MB each): the venvs used last; an older one's first start
+# runs initdb again (a second or two)
+KEEP_INITDB = 2
+# what only a harness home holds: `remove_all` refuses a directory with none of it
+_HOME_MARKS = ("local-api-key", "runs", "logs", "local-state.json", "local-state-disk.json")
 
 
 def clean_leftovers(home: Path) -> list[str]:
@@ -49,6 +60,7 @@ def clean_leftovers(home: Path) -> list[str]:
     for root in _cluster_roots(home):
         done += _clean_cluster(root, owners)
     done += _clean_staging(owners)
+    done += _bound_initdb(owners)
     for line in done:
         log.info("%s", line)
     return done
@@ -123,18 +135,7 @@ def _clean_cluster(root: Path, owners: frozenset[int]) -> list[str]:
     if lease is None:
         return []
     try:
-        from cathouse_harness.local.pgbouncer import stop_stale
-        from cathouse_harness.local.postgres import Cluster, resolve_os_user
-
-        done = []
-        cluster = Cluster(root, storage="memory", user=resolve_os_user(), install=Path("/"))
-        pid = cluster.running_pid()
-        if pid is not None:
-            cluster.stop_blocking()
-            done.append(f"stopped PostgreSQL (pid {pid}) that no server used, in {root}")
-        bouncer = stop_stale(root / "pgbouncer")
-        if bouncer is not None:
-            done.append(f"stopped PgBouncer (pid {bouncer}) that no server used, in {root}")
+        done = _stop_orphans(root)
         home = _home_of(root)
         if home is not None and not home.is_dir() and home not in root.parents:
             remove_tree(root, owners=owners)
@@ -142,6 +143,23 @@ def _clean_cluster(root: Path, owners: frozenset[int]) -> list[str]:
         return done
     finally:
         os.close(lease)
+
+
+def _stop_orphans(root: Path) -> list[str]:
+    """A PostgreSQL and PgBouncer still running on a cluster whose lease the caller holds."""
+    from cathouse_harness.local.pgbouncer import stop_stale
+    from cathouse_harness.local.postgres import Cluster, resolve_os_user
+
+    done = []
+    cluster = Cluster(root, storage="memory", user=resolve_os_user(), install=Path("/"))
+    pid = cluster.running_pid()
+    if pid is not None:
+        cluster.stop_blocking()
+        done.append(f"stopped PostgreSQL (pid {pid}) that no server used, in {root}")
+    bouncer = stop_stale(root / "pgbouncer")
+    if bouncer is not None:
+        done.append(f"stopped PgBouncer (pid {bouncer}) that no server used, in {root}")
+    return done
 
 
 def _unused(root: Path) -> int | None:
@@ -178,3 +196,115 @@ def _clean_staging(owners: frozenset[int]) -> list[str]:
                 remove_tree(entry, owners=owners)
                 done.append(f"removed {entry}: half made by a process that is gone")
     return done
+
+
+def _bound_initdb(owners: frozenset[int]) -> list[str]:
+    """All but the `KEEP_INITDB` initdb results used last (a start touches the one it copies)."""
+    done = []
+    for base in _bases():
+        kept = sorted(
+            (entry for entry in _real_dirs(base) if _INITDB.fullmatch(entry.name)),
+            key=lambda entry: entry.stat().st_mtime, reverse=True,
+        )
+        for entry in kept[KEEP_INITDB:]:
+            remove_tree(entry, owners=owners)
+            done.append(f"removed {entry}: an initdb result not used lately")
+    return done
+
+
+# --------------------------------------------------------------------- gc --all
+
+
+def remove_all(home: Path, *, project_root: Path, dry_run: bool = False) -> list[str]:
+    """Everything the harness made on this machine: the local servers of `home` stopped,
+    the clusters no server uses, the caches in our shared directories, and `home`
+    itself; one line per removal (`dry_run`: per removal it would make). What another
+    running server (another home's) still uses stays, and is named. Never an OS user."""
+    from cathouse_harness.local.launch import stop_local_server
+    from cathouse_harness.local.pg_binaries import PG_SYSTEM_USER, resolve_os_user
+
+    verb = "would remove" if dry_run else "removed"
+    done: list[str] = []
+    home = home.expanduser().resolve()
+    if not dry_run and home.is_dir() and stop_local_server(home):
+        done.append(f"stopped the local server of {home}")
+    user = resolve_os_user()
+    owners = frozenset({os.geteuid(), user.uid})
+    bases = _bases()
+    in_use = False
+    for base in bases:
+        lines, used = _remove_clusters(base, owners, verb, dry_run=dry_run)
+        done += lines
+        in_use = in_use or used
+    for base in bases:
+        done += _remove_caches(base, owners, verb, dry_run=dry_run, in_use=in_use)
+    done += _remove_home(home, project_root, verb, dry_run=dry_run)
+    if user.switch and user.name == PG_SYSTEM_USER:
+        done.append(f"kept the system user {PG_SYSTEM_USER} (made to run PostgreSQL as root): "
+                    f"`userdel {PG_SYSTEM_USER}` removes it")
+    return done
+
+
+def _remove_clusters(base: Path, owners: frozenset[int], verb: str, *,
+                     dry_run: bool) -> tuple[list[str], bool]:
+    """The clusters in our directory `base` that no server uses; whether one is in use."""
+    done: list[str] = []
+    in_use = False
+    for entry in _real_dirs(base):
+        if not (entry / "lease").exists():
+            continue
+        lease = _unused(entry)
+        if lease is None:
+            in_use = True
+            done.append(f"kept {entry}: a running local server uses it")
+            continue
+        try:
+            if not dry_run:
+                done += _stop_orphans(entry)
+            done.append(_remove(entry, owners, verb, dry_run=dry_run))
+        finally:
+            os.close(lease)
+    return done, in_use
+
+
+def _remove_caches(base: Path, owners: frozenset[int], verb: str, *, dry_run: bool,
+                   in_use: bool) -> list[str]:
+    """The rest of `base`: initdb results, and unless a cluster still runs (on their
+    binaries, with their sockets) the PostgreSQL copies and socket directories."""
+    done = []
+    for entry in _real_dirs(base):
+        if (entry / "lease").exists() or (in_use and not _INITDB.fullmatch(entry.name)):
+            continue
+        done.append(_remove(entry, owners, verb, dry_run=dry_run))
+    if not dry_run and not in_use:
+        with contextlib.suppress(OSError):
+            base.rmdir()
+    return done
+
+
+def _remove(entry: Path, owners: frozenset[int], verb: str, *, dry_run: bool) -> str:
+    """Our directory gone; one of another user's (or a link) kept and named."""
+    try:
+        check_dir(entry, owners=owners)
+    except (OSError, UnsafePathError) as exc:
+        return f"kept {entry}: {exc}"
+    if not dry_run:
+        remove_tree(entry, owners=owners)
+    return f"{verb} {entry}"
+
+
+def _remove_home(home: Path, project_root: Path, verb: str, *, dry_run: bool) -> list[str]:
+    if not home.exists():
+        return []
+    if home in (Path.home().resolve(), Path("/")) or home in project_root.resolve().parents \
+            or home == project_root.resolve():
+        return [f"kept {home}: it is not a directory of the harness's own"]
+    try:
+        check_dir(home)
+    except (OSError, UnsafePathError) as exc:
+        return [f"kept {home}: {exc}"]
+    if not any((home / mark).exists() for mark in _HOME_MARKS):
+        return [f"kept {home}: nothing in it was made by the harness"]
+    if not dry_run:
+        remove_tree(home)
+    return [f"{verb} {home} (the harness home)"]

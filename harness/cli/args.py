@@ -171,6 +171,12 @@ def _add_branch_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     gc = sub.add_parser("gc", parents=[common], help="remove expired or orphaned harness branches")
     gc.add_argument("--dry-run", action="store_true", help="only show what would be removed")
     gc.add_argument("--run", default=None, help="only the branches of this test run id")
+    gc.add_argument(
+        "--all", action="store_true",
+        help="also remove everything the harness made on this machine: its home (the embedded "
+        "default's branches with it), in-memory clusters in /dev/shm, caches in /var/tmp; each is "
+        "named. A system user made as root stays (the command to remove it is printed)",
+    )
 
 
 def _add_project_commands(sub: Any, common: argparse.ArgumentParser) -> None:

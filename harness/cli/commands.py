@@ -261,6 +261,9 @@ def cmd_gc(ctx: Context) -> int:
     from cathouse_harness.branching import lifecycle as branches
     from cathouse_harness.cleanup import gc
 
+    if ctx.args.all and ctx.settings.backend == "embedded":
+        return _gc_machine(ctx)  # its branches live in the home, which goes
+
     fingerprint = None
     if ctx.settings.migrating_services:
         from cathouse_harness.migrate.all_services import migration_fingerprint
@@ -290,6 +293,11 @@ def cmd_gc(ctx: Context) -> int:
 
         # what finished runs and stopped servers left on this machine (files, processes)
         cleaned = clean_leftovers(ctx.settings.home)
+    if ctx.args.all:
+        from cathouse_harness.cleanup.leftovers import remove_all
+
+        cleaned += remove_all(ctx.settings.home, project_root=ctx.settings.project_root,
+                              dry_run=ctx.args.dry_run)
     verb = "would remove" if ctx.args.dry_run else "removed"
     rows = [{**_branch_row(b), "reason": why} for b, why in chosen]
     human = [f"{verb} {r['name']} ({r['id']}): {r['reason']}" for r in rows]
@@ -302,6 +310,18 @@ def cmd_gc(ctx: Context) -> int:
         human or ["nothing to remove"],
     )
     return 1 if failed else 0
+
+
+def _gc_machine(ctx: Context) -> int:
+    """`gc --all` on the embedded default: no API to ask, everything is on this machine."""
+    from cathouse_harness.cleanup.leftovers import remove_all
+
+    with ctx.progress.step("remove what the harness made on this machine"
+                           + (" (dry run)" if ctx.args.dry_run else "")):
+        cleaned = remove_all(ctx.settings.home, project_root=ctx.settings.project_root,
+                             dry_run=ctx.args.dry_run)
+    ctx.emit({"dry_run": ctx.args.dry_run, "cleaned": cleaned}, cleaned or ["nothing to remove"])
+    return 0
 
 
 def _check_url(url: str, key: str) -> None:

@@ -100,6 +100,8 @@ class DataPlane:
         self.timings: dict[str, float] = {}
         # called when a client connects to or leaves an endpoint (the control plane's touch)
         self.on_activity: Callable[[], None] | None = None
+        # a memory cluster outlives stop() only for a restart (`ServerHandle.restart`)
+        self.keep_cluster = False
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -267,6 +269,9 @@ class DataPlane:
             await self._cluster.stop()
         if self._cluster is not None:
             self._cluster.release()
+            if stop_postgres and self.storage == "memory" and not self.keep_cluster:
+                # memory is the server's while it runs: nothing stays in /dev/shm
+                await asyncio.to_thread(self._cluster.discard)
         self._started = False
 
     @property

@@ -74,6 +74,10 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
+# the daemons this process started (see ensure_local_server)
+_DAEMONS: list[subprocess.Popen[bytes]] = []
+
+
 def ensure_local_server(
     home: Path | None = None,
     *,
@@ -112,6 +116,10 @@ def ensure_local_server(
             home, storage, idle_timeout, logfile, (database, role),
             {"CATHOUSE_POSTGRES_BIN": postgres_bin, "CATHOUSE_POOLER_MODE": pooler_mode},
         )
+        # The daemon outlives this call (and usually this process). A Popen dropped while
+        # its child runs warns (ResourceWarning) when collected, in whatever test runs
+        # then; held here, it never is while we run.
+        _DAEMONS.append(process)
         found: list[LocalServerInfo] = []
 
         def answering() -> bool:
@@ -176,8 +184,15 @@ def _spawn_daemon(
         )
 
 
-def stop_local_server(home: Path | None = None, *, storage: str | None = None, timeout: float = 30.0) -> bool:
-    """Stop this home's local server(s); True when one was running."""
+# what `stop_local_server(restart=True)` sends: the server stops but keeps its in-memory
+# cluster, which any other stop removes (no cluster is left in /dev/shm)
+RESTART_SIGNAL = signal.SIGUSR1
+
+
+def stop_local_server(home: Path | None = None, *, storage: str | None = None, timeout: float = 30.0,
+                      restart: bool = False) -> bool:
+    """Stop this home's local server(s); True when one was running. `restart`: its
+    in-memory cluster stays, with its branches, for the server started next."""
     home = resolve_home(home)
     stopped = False
     for kind in (storage,) if storage else STORAGES:
@@ -192,7 +207,7 @@ def stop_local_server(home: Path | None = None, *, storage: str | None = None, t
         if live_server(home, kind) is None:
             discovery_path(home, kind).unlink(missing_ok=True)
             continue
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, RESTART_SIGNAL if restart else signal.SIGTERM)
         if not wait_until(partial(_gone, pid), timeout=timeout, backoff=_POLL):
             raise LocalServerError(f"the local Neon server (pid {pid}) did not stop in {timeout:.0f} s")
         discovery_path(home, kind).unlink(missing_ok=True)

@@ -33,6 +33,11 @@ from cathouse_harness.support.safe_paths import check_tree, remove_tree, set_mod
 log = get_logger("local.postgres")
 
 PG_SYSTEM_USER = "cathouse-pg"
+# said when root's first run creates it (README, "First tests, progress, Ctrl-C")
+CREATED_USER = (
+    f"cathouse-harness: created the system user {PG_SYSTEM_USER} to run PostgreSQL (it "
+    f"refuses to run as root); `userdel {PG_SYSTEM_USER}` removes it"
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ def resolve_os_user() -> OsUser:
                 timeout=30,
             )
         entry = _user_entry(PG_SYSTEM_USER)
+        if entry is not None:  # once: the next run finds it
+            log.warning("%s", CREATED_USER)
     if entry is None:
         entry = _user_entry("nobody")
     if entry is None:

@@ -171,6 +171,27 @@ class Cluster:
             os.close(self._lease)
             self._lease = None
 
+    def discard(self) -> bool:
+        """Remove the cluster's files when no process uses it and no postmaster runs on
+        it: an in-memory cluster holds tens of MB of memory that outlive its server
+        otherwise. True when removed."""
+        try:
+            fd = os.open(self.paths.lease_file, _LEASE_FLAGS)
+        except OSError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another process still uses it
+            if self.running_pid() is not None:
+                return False
+            if self.paths.socket_dir.parent != self.paths.root:
+                remove_tree(self.paths.socket_dir, owners=self._owners)
+            return remove_tree(self.paths.root, owners=self._owners)
+        finally:
+            os.close(fd)
+
     @property
     def _owners(self) -> frozenset[int]:
         """Who may own what is below our root: we, or PostgreSQL's user."""
@@ -205,6 +226,8 @@ class Cluster:
             check_dir(skeleton, owners=self._owners)
             if self._copy_tree(skeleton, data):
                 self.timings["initdb_cached"] = time.perf_counter() - started
+                with contextlib.suppress(OSError):
+                    os.utime(skeleton)  # used lately: the cache's bound keeps it (leftovers)
                 self._configure_new_cluster()
                 return
             remove_tree(data, owners=self._owners)

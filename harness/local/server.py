@@ -47,6 +47,7 @@ from cathouse_harness.local.faults import FaultConfig, FaultInjector, parse_faul
 from cathouse_harness.local.latency import ENV_VAR as LATENCY_ENV
 from cathouse_harness.local.latency import LatencyProfile, parse_latency
 from cathouse_harness.local.launch import (  # noqa: F401  (re-exported: callers import them from here)
+    RESTART_SIGNAL,
     START_TIMEOUT,
     check_storage,
     ensure_local_server,
@@ -113,6 +114,13 @@ class ServerHandle:
     def stop(self) -> None:
         if self.server is not None:
             self.server.should_exit = True
+
+    def stop_for_restart(self) -> None:
+        """Stop, keeping an in-memory cluster (which a stop removes) for the next start."""
+        dataplane = getattr(self.neon, "dataplane", None)
+        if dataplane is not None:
+            dataplane.keep_cluster = True
+        self.stop()
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -285,6 +293,7 @@ def run_server(
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, handle.stop)
+            loop.add_signal_handler(RESTART_SIGNAL, handle.stop_for_restart)
         await serve(
             home,
             host=host,

@@ -32,6 +32,7 @@ from cathouse_harness.migrate.runner import (
     join_heads,
     upgrade_service,
 )
+from cathouse_harness.support.progress import Progress, reporting, say
 from sqlalchemy.engine import Connection
 
 __all__ = [
@@ -68,6 +69,7 @@ def _migrate_on(connection: Connection, settings: Settings, target: str | Sequen
                 heads: dict[str, tuple[str, ...]] | None) -> list[ServiceResult]:
     results = []
     for service in settings.migrating_services:
+        say(f"migrating {service.name}")  # each revision then says its own step
         result = upgrade_service(connection, settings, service, target)
         results.append(result)
         if reporter is not None:
@@ -81,15 +83,17 @@ def migrate_all(
     *,
     target: str | Sequence[str] | None = None,
     reporter: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[ServiceResult]:
     """Upgrade every migrating service to `target` (None: each service's own, see
     `cathouse_harness.migrate.heads`), in configured order, on one connection.
+    `progress` hears which service and revision it is at (`cathouse_harness.support.progress`).
 
     Stops at the first failing service with MigrationError(service=, revision=,
     db_error=). Safe to call from synchronous code, from a worker thread, or from a
     thread that runs an event loop (the work runs in a thread of its own).
     """
-    with once_per_run():
+    with once_per_run(), reporting(progress):
         heads = head_revisions(settings) if reporter is not None else None
         return run_with_connection(
             direct_url, lambda connection: _migrate_on(connection, settings, target, reporter, heads)

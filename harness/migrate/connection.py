@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from cathouse_harness.db.urls import libpq_url
 from cathouse_harness.errors import HarnessError, MigrationError
 from cathouse_harness.migrate.environment import DIRECT_URL_KEY
+from cathouse_harness.support.interrupt import stop_all, stoppable
 from cathouse_harness.support.redact import redact_url, register_secret, scrub
 from sqlalchemy import NullPool, create_engine
 from sqlalchemy.engine import Connection
@@ -61,14 +62,22 @@ def run_with_connection(direct_url: str, work: Callable[[Connection], T]) -> T:
                     db_error=describe_exception(exc),
                 ) from None
             connection.info[DIRECT_URL_KEY] = direct_url
-            with connection:
+            raw = connection.connection.dbapi_connection
+            # Ctrl-C must not wait for the statement running now (stop_all)
+            with stoppable(lambda: raw.cancel_safe(timeout=1.0)), connection:  # type: ignore[union-attr]
                 return work(connection)
         finally:
             engine.dispose()
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cathouse-migrate") as pool:
         # in the caller's context: a migration run's memo (cathouse_harness.migrate.run_memo) reaches it
-        return pool.submit(contextvars.copy_context().run, main).result()
+        future = pool.submit(contextvars.copy_context().run, main)
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():  # Ctrl-C: the pool's exit would wait for the statement
+                stop_all()
+            raise
 
 
 def _root_cause(exc: BaseException) -> BaseException:

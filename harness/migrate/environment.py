@@ -41,6 +41,7 @@ from cathouse_harness.db.urls import endpoint_of, url_for_driver
 from cathouse_harness.migrate.guard import only_connections_to
 from cathouse_harness.migrate.run_memo import remembered
 from cathouse_harness.support import env
+from cathouse_harness.support.progress import say
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -184,7 +185,7 @@ def _script_directory(service: ServiceConfig) -> ScriptDirectory:
 
 
 @contextmanager
-def _recording_heads(records: list[VersionRecord]) -> Iterator[None]:
+def _recording_heads(records: list[VersionRecord], service: str) -> Iterator[None]:
     from alembic.runtime.environment import EnvironmentContext
 
     original = EnvironmentContext.run_migrations
@@ -192,6 +193,7 @@ def _recording_heads(records: list[VersionRecord]) -> Iterator[None]:
     def run_migrations(self: EnvironmentContext, **kw: Any) -> None:
         context = self.get_context()
         before = tuple(sorted(context.get_current_heads()))
+        _announce_steps(context, service)
         original(self, **kw)
         records.append(VersionRecord(
             table=context.version_table, schema=context.version_table_schema,
@@ -203,6 +205,31 @@ def _recording_heads(records: list[VersionRecord]) -> Iterator[None]:
         yield
     finally:
         EnvironmentContext.run_migrations = original  # type: ignore[method-assign]
+
+
+def _announce_steps(context: Any, service: str) -> None:
+    """Each revision says itself before it runs (`support.progress`): the step a slow
+    migration is on. Alembic has no public hook before a step (`on_version_apply` comes
+    after), so its steps' iterator is wrapped; without it the service alone is said."""
+    steps = getattr(context, "_migrations_fn", None)
+    if steps is None:
+        return
+
+    def announced(heads: Any, ctx: Any) -> Iterator[Any]:
+        for step in steps(heads, ctx):
+            say(f"migrating {service} {_step_text(step)}")
+            yield step
+
+    context._migrations_fn = announced
+
+
+def _step_text(step: Any) -> str:
+    """`to 51095109510a (a slow revision)`, or `down from …` for a downgrade."""
+    upgrade = getattr(step, "is_upgrade", True)
+    ids = getattr(step, "to_revisions_no_deps" if upgrade else "from_revisions_no_deps", ())
+    doc = getattr(step, "doc", None)
+    where = ("to " if upgrade else "down from ") + (", ".join(ids) or "base")
+    return f"{where} ({doc})" if doc else where
 
 
 def _branch_variables(url: str, scheme: str) -> dict[str, str]:
@@ -313,7 +340,7 @@ def service_command(service: ServiceConfig, url: str) -> Iterator[list[VersionRe
         own = service.env.render(url, direct_url=url, driver=scheme)
         stack.enter_context(_environment({**_branch_variables(url, scheme), **own}))
         stack.enter_context(only_connections_to(endpoint_of(url), sources.env_py, service.name))
-        stack.enter_context(_recording_heads(records))
+        stack.enter_context(_recording_heads(records, service.name))
         yield records
 
 

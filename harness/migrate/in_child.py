@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from cathouse_harness.config.settings import Settings
 from cathouse_harness.errors import HarnessError, MigrationError, RelayedError
 from cathouse_harness.migrate.runner import ServiceResult
+from cathouse_harness.support.interrupt import stoppable
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ def migrate_in_child(settings: Settings, direct_url: str) -> list[ServiceResult]
         os.close(write_end)
         raise MigrationError(f"could not start a Python process to migrate in: {exc}") from None
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as answers:
+    # stopped as Ctrl-C stops it (its running statement cancelled) when the caller gives up
+    with os.fdopen(read_end, "rb") as answers, stoppable(lambda: child.send_signal(signal.SIGINT)):
         assert child.stdin is not None
         try:
             child.stdin.write(request)
@@ -65,7 +68,7 @@ def migrate_in_child(settings: Settings, direct_url: str) -> list[ServiceResult]
         except BrokenPipeError:
             pass  # the child died at start; its exit code says so below
         answer = answers.read()
-    code = child.wait()
+        code = child.wait()
     if not answer:
         raise MigrationError(f"the Python process that ran the migrations exited with code {code}")
     outcome: _Outcome = pickle.loads(answer)

@@ -39,7 +39,9 @@ from cathouse_harness.neon.backend import BackendInfo, connect_backend, open_cli
 from cathouse_harness.session.report import SessionReport as SessionReport
 from cathouse_harness.session.report import SessionStepError as SessionStepError
 from cathouse_harness.session.report import root_branch_refusal, teardown_error
+from cathouse_harness.support.interrupt import stop_all
 from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.progress import Progress, tell
 from cathouse_harness.support.sync import LoopThread
 from cathouse_harness.xdist.worker_databases import (
     SharedBranch,
@@ -63,10 +65,12 @@ class BranchSession:
 
     def __init__(
         self, settings: Settings, *, run_id: str, worker: str = "main", prepared: bool = False,
-        apart: bool = False,
+        apart: bool = False, progress: Progress | None = None,
     ) -> None:
         self.settings = settings
         self.apart = apart
+        # told what the setup waits for (server start, template build, fork, copy)
+        self.progress = progress
         self.run_id = run_id
         self.worker = worker
         self.report = SessionReport(parent=settings.parent_branch)
@@ -101,7 +105,18 @@ class BranchSession:
 
     def _run(self, coro):  # type: ignore[no-untyped-def]
         assert self._loop is not None
-        return self._loop.run(coro)
+        try:
+            return self._loop.run(coro)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                self.interrupt()
+            raise
+
+    def interrupt(self) -> None:
+        """Ctrl-C, or nobody waits for the setup any more: the migration running in a
+        thread of ours stops now instead of at the end of its statement, so that the
+        half-built branch is deleted and the process exits at once."""
+        stop_all()
 
     @property
     def client(self) -> NeonClient:
@@ -112,22 +127,29 @@ class BranchSession:
         if self.handle is not None:
             return self.handle
         settings = self.settings
-        if self.prepared:
-            handle = self._receive()
-        else:
-            self.setup()
-            handle = self._fork_session_branch(self.worker)
-        if settings.migrating_services and not settings.template_reuse:
-            started = time.perf_counter()
-            try:
-                self._migrate(handle)
-            except Exception as exc:
-                raise SessionStepError(
-                    "migrate", exc, cleanup="the branch is deleted at teardown"
-                ) from None
-            self._timed("migrate", started)
+        try:
+            if self.prepared:
+                self._say("waiting for this worker's database from the xdist controller")
+                handle = self._receive()
+            else:
+                self.setup()
+                handle = self._fork_session_branch(self.worker)
+            if settings.migrating_services and not settings.template_reuse:
+                started = time.perf_counter()
+                try:
+                    self._migrate(handle)
+                except Exception as exc:
+                    raise SessionStepError(
+                        "migrate", exc, cleanup="the branch is deleted at teardown"
+                    ) from None
+                self._timed("migrate", started)
+        finally:
+            self._say(None)
         self.handle = handle
         return handle
+
+    def _say(self, text: str | None) -> None:
+        tell(self.progress, text)
 
     def setup(self) -> None:
         """What every fork needs, once: the backend, the parent, the watchdog and the
@@ -144,6 +166,7 @@ class BranchSession:
         assert self.backend is not None
         started = time.perf_counter()
         with_template = bool(settings.migrating_services and settings.template_reuse)
+        self._say(f"looking up the parent branch {settings.parent_branch}")
         try:
             parent, listed = self._run(self._parent_and_listing(with_template))
         except ConfigError:
@@ -190,6 +213,8 @@ class BranchSession:
         if self._client is not None:
             return
         started = time.perf_counter()
+        self._say("starting the embedded server" if self.settings.backend == "embedded"
+                  else "connecting to Neon")
         try:
             self.backend = connect_backend(self.settings)
         except HarnessError as exc:
@@ -222,6 +247,7 @@ class BranchSession:
             shared = self._shared.get()
             started = time.perf_counter()
             database = worker_database_name(self.settings.database, worker)
+            self._say(f"copying the migrated database for {worker}")
             copy_template(shared.direct_url, self.settings.database, database,
                 copy_lock(self.settings, self.run_id),
             )
@@ -237,6 +263,7 @@ class BranchSession:
         project_id = self.backend.project_id
         started = time.perf_counter()
         name = session_branch_name(self.run_id, worker)
+        self._say(f"forking {name}")
         watchdog = self._watching()
         watchdog.record_name(project_id, name)
         try:
@@ -288,7 +315,7 @@ class BranchSession:
                     database=self.settings.database, role=self.settings.role,
                     migrate=lambda handle: context.run(self._migrate, handle),
                     schema_only=self.settings.schema_only, tracker=tracker, listed=listed,
-                    prepare=_import_migrations,
+                    prepare=_import_migrations, progress=self.progress,
                 )
             )
         except HarnessError as exc:
@@ -308,11 +335,12 @@ class BranchSession:
         if self.apart:
             from cathouse_harness.migrate.in_child import migrate_in_child
 
+            tell(self.progress, "migrating every service (in a process of its own)")
             results = migrate_in_child(self.settings, str(handle.direct_url))
         else:
             from cathouse_harness.migrate.all_services import migrate_all
 
-            results = migrate_all(self.settings, str(handle.direct_url))
+            results = migrate_all(self.settings, str(handle.direct_url), progress=self.progress)
         self.report.migrated_services = len(results)
         return time.perf_counter() - started
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from cathouse_harness.cleanup.runs import check_run_id
 from cathouse_harness.errors import HarnessError
 from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.progress import Progress, tell
 from cathouse_harness.xdist.handoff import answer, answer_error, handoff_dir, handoff_path, scan
 
 if TYPE_CHECKING:
@@ -45,11 +46,13 @@ JOIN_TIMEOUT = 30.0
 
 class BranchBroker:
     def __init__(
-        self, settings: Settings, run_id: str, *, poll: float = POLL, apart: bool = False
+        self, settings: Settings, run_id: str, *, poll: float = POLL, apart: bool = False,
+        progress: Progress | None = None,
     ) -> None:
         self.settings = settings
         # migrate in a process of their own (BranchSession's `apart`)
         self._apart = apart
+        self.progress = progress
         self.run_id = run_id
         self.session: BranchSession | None = None
         self._watched = handoff_path(settings, run_id)
@@ -94,12 +97,14 @@ class BranchBroker:
         from cathouse_harness.session.branch_session import BranchSession
 
         self.session = BranchSession(
-            self.settings, run_id=self.run_id, worker="controller", apart=self._apart
+            self.settings, run_id=self.run_id, worker="controller", apart=self._apart,
+            progress=self.progress,
         )
         try:
             self.session.setup()
         except BaseException as exc:  # every request gets the same answer
             self._setup_error = exc
+            tell(self.progress, None)
 
     def _serve(self, worker: str) -> None:
         check_run_id(worker, key="worker")
@@ -115,6 +120,8 @@ class BranchBroker:
         except BaseException as exc:
             self._answer_error(worker, exc)
             return
+        finally:
+            tell(self.progress, None)  # until the next fork or copy says otherwise
         answer(self._directory(), worker, handle, backend=self.session.report.backend)
 
     def release(self, worker: str) -> None:
@@ -138,6 +145,12 @@ class BranchBroker:
         session's report (None when no worker asked). A failed delete is in its
         `delete_failed`, for the summary and the sweep."""
         self._stop.set()
+        if self.session is not None and (
+            self._thread.is_alive() or any(job.is_alive() for job in self._jobs)
+        ):
+            # still setting up or copying (a Ctrl-C, or every worker gone): no worker will
+            # use it now
+            self.session.interrupt()
         self._thread.join(JOIN_TIMEOUT)
         for job in self._jobs:
             job.join(JOIN_TIMEOUT)

@@ -27,6 +27,7 @@ from cathouse_harness.cleanup.runs import run_dir
 from cathouse_harness.db.quoting import quote_ident
 from cathouse_harness.db.urls import libpq_url, with_database
 from cathouse_harness.errors import WorkerDatabaseError
+from cathouse_harness.support.interrupt import stoppable
 from cathouse_harness.support.locking import file_lock
 from cathouse_harness.support.polling import Backoff, wait_until
 from cathouse_harness.support.redact import Secret, register_url
@@ -108,7 +109,8 @@ def copy_template(
         statements.insert(0, f"DROP DATABASE IF EXISTS {quote_ident(target)} WITH (FORCE)")
     with file_lock(lock):
         try:
-            with psycopg.connect(url, autocommit=True, application_name="cathouse-harness") as conn:
+            with psycopg.connect(url, autocommit=True, application_name="cathouse-harness") as conn, \
+                    stoppable(lambda: conn.cancel_safe(timeout=1.0)):  # a big copy ends on Ctrl-C
                 for statement in statements:
                     _execute_when_free(conn, statement)
         except psycopg.Error as exc:

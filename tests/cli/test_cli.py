@@ -231,6 +231,7 @@ def test_gc_candidates_rules() -> None:
     host = __import__("socket").gethostname()[:60]
     dead_pid = "999999999"
     mine = {b.MARK: "1", b.MARK_HOST: host}
+    theirs = {b.MARK: "1", b.MARK_HOST: "another-machine"}
     found = [
         _Branch("harness/r1/main", {**mine, b.MARK_KIND: "session", b.MARK_RUN: "r1", b.MARK_PID: dead_pid}),
         _Branch(
@@ -238,11 +239,15 @@ def test_gc_candidates_rules() -> None:
             {**mine, b.MARK_KIND: "session", b.MARK_RUN: "r2", b.MARK_PID: str(os.getpid())},
         ),
         _Branch("harness/dev/x", {**mine, b.MARK_KIND: "dev"}, expires_at=now - timedelta(seconds=1)),
-        # other checkouts' templates: one reused an hour ago stays, one idle for two days goes
-        _Branch("harness/template/main/other", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "other"},
+        # other machines' templates: one reused an hour ago stays, one idle for two days goes
+        _Branch("harness/template/main/other",
+                {**theirs, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "other"},
                 expires_at=now + TEMPLATE_TTL - timedelta(hours=1)),
-        _Branch("harness/template/main/old", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "old"},
+        _Branch("harness/template/main/old", {**theirs, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "old"},
                 expires_at=now + TEMPLATE_TTL - timedelta(days=2)),
+        # built here for migrations this checkout no longer has: outdated at once
+        _Branch("harness/template/main/edited", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "ed"},
+                updated_at=now - timedelta(minutes=5)),
         # this checkout's own template stays while it lives, however idle
         _Branch("harness/template/main/new", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "new"},
                 expires_at=now + TEMPLATE_TTL - timedelta(days=3)),
@@ -250,9 +255,9 @@ def test_gc_candidates_rules() -> None:
                 b.MARK_FINGERPRINT: "new"}, created_at=now - timedelta(hours=1)),
         # ready templates carry no expiry (Neon refuses children of an expiring branch):
         # they count from becoming ready (their last update)
-        _Branch("harness/template/ready/fresh", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "x"},
+        _Branch("harness/template/ready/fresh", {**theirs, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "x"},
                 updated_at=now - timedelta(hours=1)),
-        _Branch("harness/template/ready/stale", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "x"},
+        _Branch("harness/template/ready/stale", {**theirs, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "x"},
                 updated_at=now - timedelta(days=2)),
         # expired and idle, but a live session still forks from it
         _Branch("harness/template/main/busy", {**mine, b.MARK_KIND: "template", b.MARK_FINGERPRINT: "busy"},
@@ -266,6 +271,7 @@ def test_gc_candidates_rules() -> None:
         "harness/dev/x": "expired",
         "harness/template/main/old": chosen.get("harness/template/main/old", "missing"),
         "harness/template/main/new.building": "abandoned template build",
+        "harness/template/main/edited": "template of older migrations, built on this machine",
         "harness/template/ready/stale": chosen.get("harness/template/ready/stale", "missing"),
     }
     assert chosen["harness/template/main/old"].startswith("template unused since ")

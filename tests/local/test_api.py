@@ -402,20 +402,32 @@ def test_expired_branch_is_reaped(client: httpx.Client, project: str) -> None:
 # ---------------------------------------------------------------------- restart
 
 
-def test_state_survives_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["disk", "memory"])
+def test_state_survives_restart(tmp_path: Path, storage: str) -> None:
+    """On disk everything survives a restart. In memory the project, its key and names
+    do, but a stopped server leaves no cluster behind in /dev/shm (issue 26): its
+    branches, whose databases went with it, are forgotten."""
+    from cathouse_harness.local.postgres import memory_cluster_dirs
+
     home = tmp_path / "home"
     table = f"r_{secrets.token_hex(4)}"
-    with start_test_server(home, keep_data=True) as info, api_client(info) as client:
+    with start_test_server(home, keep_data=True, storage=storage) as info, api_client(info) as client:
         created = create_ready_branch(client, info.project_id, name="survivor", annotation={"k": "v"})
         branch_id = created["branch"]["id"]
         uri = connection_uri(client, info.project_id, branch_id, pooled=False)
         sql(uri, f"CREATE TABLE {table} AS SELECT 42 AS answer")
         first_project = info.project_id
         first_key = info.api_key.reveal()
-    with start_test_server(home) as info, api_client(info) as client:
+    if storage == "memory":
+        assert not memory_cluster_dirs(home)
+    with start_test_server(home, storage=storage) as info, api_client(info) as client:
         assert info.project_id == first_project
         assert info.api_key.reveal() == first_key
         listing = client.get(f"/projects/{info.project_id}/branches").json()
+        if storage == "memory":
+            assert branch_id not in {b["id"] for b in listing["branches"]}
+            assert [b["name"] for b in listing["branches"]] == ["main"]
+            return
         assert branch_id in {b["id"] for b in listing["branches"]}
         assert listing["annotations"][branch_id]["value"] == {"k": "v"}
         got = client.get(f"/projects/{info.project_id}/branches/{branch_id}").json()["branch"]

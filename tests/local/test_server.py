@@ -94,9 +94,11 @@ def test_daemon_is_shared_and_stops(home: Path) -> None:
     log_text = log_path(home).read_text()
     assert info.api_key.reveal() not in log_text
 
+    assert memory_cluster_dirs(home)  # in /dev/shm (or $XDG_RUNTIME_DIR) while it runs
     assert stop_local_server(home) is True
     _wait_dead(info.pid)
     assert not discovery_path(home).exists()
+    assert not memory_cluster_dirs(home), "a stopped server left its in-memory cluster"
     assert running_server(home) is None
     assert probe(info.api_host, info.api_key.reveal()) is None  # nothing listens now
     assert stop_local_server(home) is False

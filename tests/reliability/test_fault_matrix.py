@@ -412,7 +412,7 @@ def _restart_with_new_key(lab: Lab) -> None:
     from cathouse_harness.local.launch import stop_local_server
 
     port = lab.neon.info.port
-    stop_local_server(lab.home)
+    stop_local_server(lab.home, restart=True)  # the branches stay (as on Neon)
     (lab.home / "local-api-key").unlink()
     env = {k: v for k, v in os.environ.items() if k in SUITE_PINS or not k.startswith("CATHOUSE_")}
     subprocess.Popen(

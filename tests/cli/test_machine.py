@@ -1,0 +1,148 @@
+"""What the harness leaves on the machine outside the project (issue 26, part 6): the
+initdb cache stays bounded, `gc --all` removes the rest and names each removal, a
+cluster another server still uses stays, and the system user made as root is announced
+once and never removed silently.
+
+/dev/shm and /var/tmp are stood in for by directories of the test's (as in
+tests/security/test_shared_dirs.py), so nothing real of this machine's is touched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import pwd
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cathouse_harness.cleanup.leftovers import KEEP_INITDB, clean_leftovers
+from cathouse_harness.local import locations, pg_binaries
+
+from tests.cli._support import cli
+from tests.plugin._support import copy_example
+
+
+@pytest.fixture
+def shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Our per-user directories in stand-ins for /dev/shm and /var/tmp."""
+    mine = {}
+    for name, attribute in (("shm", "SHM_DIR"), ("var-tmp", "VAR_TMP_DIR")):
+        root = tmp_path / name
+        root.mkdir()
+        root.chmod(0o1777)
+        monkeypatch.setattr(locations, attribute, root)
+        mine[name] = root / f"{locations.PREFIX}{os.geteuid()}"
+        mine[name].mkdir(mode=0o700)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    return mine
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "home"
+    (path / "runs").mkdir(parents=True, mode=0o700)
+    path.chmod(0o700)
+    (path / "local-api-key").write_text("not a real key\n")
+    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(path))
+    return path
+
+
+def _cluster(parent: Path, name: str, home: Path) -> Path:
+    root = parent / name
+    (root / "data").mkdir(parents=True, mode=0o700)
+    root.chmod(0o700)
+    (root / "lease").write_text("")
+    (root / "home").write_text(str(home))
+    return root
+
+
+@pytest.fixture
+def in_use(shared: dict[str, Path], tmp_path: Path) -> Iterator[Path]:
+    """A cluster of another home whose server runs: its lease is held."""
+    root = _cluster(shared["shm"], "0123456789ab", tmp_path / "other-home")
+    fd = os.open(root / "lease", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    yield root
+    os.close(fd)
+
+
+def test_gc_all_removes_what_the_harness_made_and_names_it(
+    shared: dict[str, Path], home: Path, in_use: Path, tmp_path: Path
+) -> None:
+    project = copy_example(tmp_path / "project")
+    cluster = _cluster(shared["shm"], "ba9876543210", home)
+    initdb = shared["var-tmp"] / "initdb-abcdef123456"
+    initdb.mkdir()
+    binaries = shared["var-tmp"] / "pginstall-17.5"
+    binaries.mkdir()
+
+    code, out, err = cli("gc", "--all", "--dry-run", "--json", cwd=project)
+    assert code == 0, err
+    planned = json.loads(out)["cleaned"]
+    assert all(p.exists() for p in (home, cluster, initdb, binaries)), "a dry run removed something"
+    assert f"would remove {home} (the harness home)" in planned
+
+    code, out, err = cli("gc", "--all", cwd=project)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert f"removed {home} (the harness home)" in lines and not home.exists()
+    assert f"removed {cluster}" in lines and not cluster.exists()
+    assert f"removed {initdb}" in lines and not initdb.exists()
+    # another home's server still runs on its cluster, and so on the binaries it may use
+    assert f"kept {in_use}: a running local server uses it" in lines and in_use.exists()
+    assert binaries.exists()
+    assert project.exists() and (project / "pyproject.toml").exists()
+
+
+def test_gc_all_keeps_a_home_it_did_not_make(
+    shared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = copy_example(tmp_path / "project")
+    stranger = tmp_path / "not-a-harness-home"
+    stranger.mkdir(mode=0o700)
+    (stranger / "notes.txt").write_text("mine\n")
+    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(stranger))
+    code, out, err = cli("gc", "--all", cwd=project)
+    assert code == 0, err
+    assert f"kept {stranger}: nothing in it was made by the harness" in out.splitlines()
+    assert (stranger / "notes.txt").exists()
+
+
+def test_the_initdb_cache_keeps_the_ones_used_last(shared: dict[str, Path], home: Path) -> None:
+    made = []
+    for age, key in enumerate(("aaaa00000001", "aaaa00000002", "aaaa00000003", "aaaa00000004")):
+        skeleton = shared["var-tmp"] / f"initdb-{key}"
+        skeleton.mkdir()
+        stamp = time.time() - 3600 * (4 - age)  # the last made is the last used
+        os.utime(skeleton, (stamp, stamp))
+        made.append(skeleton)
+    clean_leftovers(home)
+    assert [s.exists() for s in made] == [False] * (4 - KEEP_INITDB) + [True] * KEEP_INITDB
+
+
+def test_root_is_told_once_about_the_system_user_it_gets(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """useradd itself is not run here (it would change this machine): the user appears
+    as it would after it."""
+    created: list[list[str]] = []
+    me = pwd.getpwuid(os.getuid())
+
+    def useradd(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        created.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(pg_binaries.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(pg_binaries.subprocess, "run", useradd)
+    monkeypatch.setattr(pg_binaries, "_user_entry", lambda name: me if created else None)
+    with caplog.at_level(logging.WARNING, logger="cathouse_harness"):
+        user = pg_binaries.resolve_os_user()
+        again = pg_binaries.resolve_os_user()
+    assert user == again and len(created) == 1 and "--system" in created[0]
+    said = [r.getMessage() for r in caplog.records if pg_binaries.PG_SYSTEM_USER in r.getMessage()]
+    assert said == [pg_binaries.CREATED_USER] and f"userdel {pg_binaries.PG_SYSTEM_USER}" in said[0]
