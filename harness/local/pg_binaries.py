@@ -33,7 +33,7 @@ from cathouse_harness.support.safe_paths import check_tree, remove_tree, set_mod
 log = get_logger("local.postgres")
 
 PG_SYSTEM_USER = "cathouse-pg"
-# said when root's first run creates it (README, "First tests, progress, Ctrl-C")
+# said when root's first run creates it (docs/safety.md, "What it leaves on this machine")
 CREATED_USER = (
     f"cathouse-harness: created the system user {PG_SYSTEM_USER} to run PostgreSQL (it "
     f"refuses to run as root); `userdel {PG_SYSTEM_USER}` removes it"
