@@ -40,7 +40,7 @@ from pytest_cathouse_harness.options import (
     read_settings,
 )
 from pytest_cathouse_harness.scrub import scrub_report
-from pytest_cathouse_harness.shadowing import shadowed_lines
+from pytest_cathouse_harness.shadowing import hand_to_controller, shadowed_lines, take_from_worker
 from pytest_cathouse_harness.state import HarnessState, state_key
 
 # A URL on a host that can never resolve (RFC 6761): whatever reads it before the branch
@@ -236,6 +236,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     setup (client, parent, template) and this worker's fork run while xdist still waits
     for the other workers to collect."""
     state = session.config.stash.get(state_key, None)
+    if state is not None and project_configures_harness(session.config.rootpath):
+        hand_to_controller(session.config, session.items)
     if state is None or not state.prepared or state.settings is None or state.session is not None:
         return
     if session.config.option.collectonly or not any(_uses_branch(i) for i in session.items):
@@ -416,12 +418,15 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     data = output.get("cathouse_harness")
     if data is not None:
         state.worker_reports.append(data)
+    take_from_worker(output, state.shadowed)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(state_key, None)
     if state is None:
         return
+    for line in state.shadowed:
+        terminalreporter.write_line(line)
     reports = _reports(state)
     if not reports and not state.swept:
         if _silently_green(config, state):

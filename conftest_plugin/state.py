@@ -32,6 +32,9 @@ class HarnessState:
     worker_reports: list[dict[str, Any]] = field(default_factory=list)
     broker_report: dict[str, Any] | None = None
     swept: list[str] = field(default_factory=list)
+    # xdist: the fixtures of ours the project shadows, as the workers found them (the
+    # controller collects nothing); printed once in the summary
+    shadowed: list[str] = field(default_factory=list)
     # xdist workers that came up, and those that finished normally (their own teardown
     # ran); the controller's sweep asks the API only when the two differ.
     workers_up: int = 0
