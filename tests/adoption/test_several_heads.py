@@ -189,21 +189,8 @@ def test_every_history_migrated(migration_database_url):
 '''
 
 
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_plugin_migrates_to_heads(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: str
-) -> None:
-    host.build(pytester.path, target='"heads"')
-    # under -n 2 two tests, so that each worker's own database is checked
-    test = PLUGIN_TEST.format(tables=host.TABLES, heads=list(host.HEADS))
-    pytester.makepyfile(test_plugin_host=test, test_plugin_host_again=test)
-    monkeypatch.setenv("CI", "true")
-    monkeypatch.setenv("CATHOUSE_RUN_ID", f"several-heads-n{workers}")
-    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
-    result = pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
-                                           "-n", workers)
-    result.assert_outcomes(passed=2)
+# through the plugin at -n 0 and -n 2 with `heads`: test_plugin_host_icu.py (the same shape
+# with its ICU collation, on a system PostgreSQL)
 
 
 def test_plugin_with_several_heads_and_no_target_is_one_line(
