@@ -237,7 +237,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for the other workers to collect."""
     state = session.config.stash.get(state_key, None)
     if state is not None and project_configures_harness(session.config.rootpath):
-        hand_to_controller(session.config, session.items)
+        hand_to_controller(session.config, _after_collection(session.config, session.items))
     if state is None or not state.prepared or state.settings is None or state.session is not None:
         return
     if session.config.option.collectonly or not any(_uses_branch(i) for i in session.items):
@@ -250,9 +250,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         pass  # the first test asks again, and reports what is wrong
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         join_marker_fixtures(item)
+    state = config.stash.get(state_key, None)
+    if state is not None and state.mapped:
+        from pytest_cathouse_harness.early import restore_removed
+
+        state.restored = restore_removed(state)
 
 
 def _uses_branch(item: pytest.Item) -> bool:
@@ -338,7 +343,19 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
     if not project_configures_harness(config.rootpath):
         return []
-    return shadowed_lines(items, config.rootpath)
+    return _after_collection(config, items)
+
+
+def _after_collection(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    """What is said once collection has ended: names of the branch's variables the
+    project had removed, and fixtures of ours it shadows."""
+    state = config.stash.get(state_key, None)
+    restored = []
+    if state is not None and state.restored:
+        from pytest_cathouse_harness.early import restored_line
+
+        restored.append(restored_line(state.restored))
+    return restored + shadowed_lines(items, config.rootpath)
 
 
 @pytest.hookimpl(trylast=True)

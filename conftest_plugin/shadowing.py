@@ -6,7 +6,8 @@ them; `neon_branch` is the name to feed theirs from.
 
 Without xdist the line is printed after collection. Under xdist the controller collects
 nothing: each worker works the lines out from its own collection and hands them over in
-`workeroutput`; the controller prints each distinct line once, in its summary.
+`workeroutput` (with the other lines said after collection: `early.restored_line`); the
+controller prints each distinct line once, in its summary.
 """
 
 from __future__ import annotations
@@ -72,12 +73,12 @@ def shadowed_lines(items: list[pytest.Item], root: Path) -> list[str]:
     ]
 
 
-def hand_to_controller(config: pytest.Config, items: list[pytest.Item]) -> None:
+def hand_to_controller(config: pytest.Config, lines: list[str]) -> None:
     """In an xdist worker: leave this worker's lines where its controller reads them when
     the worker finishes (`workeroutput` exists only in a worker)."""
     output = getattr(config, "workeroutput", None)
     if output is not None:
-        output[WORKER_KEY] = shadowed_lines(items, config.rootpath)
+        output[WORKER_KEY] = lines
 
 
 def take_from_worker(output: dict[str, Any], known: list[str]) -> None:
