@@ -230,3 +230,23 @@ def test_the_one_head_check_follows_the_target(tmp_path: Path) -> None:
     with once_per_run(), pytest.raises(MigrationError) as caught:
         check_single_head(settings_of(host.build(tmp_path / "default")))
     assert "has 3 heads" in str(caught.value) and "alembic merge heads" in str(caught.value)
+
+
+def test_init_joins_rather_than_clashes_a_plugin_ini_that_depends_on_the_core(tmp_path: Path) -> None:
+    """The core's alembic.ini lists only the core (the project joins its plugins at run
+    time, from entry points); a plugin keeps an alembic.ini of its own for making its
+    revisions, whose first depends on the core's. As a service of its own it would stop at
+    the core's revision: init leaves it out and says how to join it, not that its schema
+    clashes."""
+    from cathouse_harness.cli.project_init import propose
+
+    root = host.build(tmp_path / "server")
+    host.write(root / "alembic.ini", host.INI.replace(" plugins/alpha/versions plugins/beta/versions", ""))
+    host.write(root / "plugins" / "alpha" / "alembic.ini", "[alembic]\nscript_location = .\n")
+    (root / "pyproject.toml").write_text('[project]\nname = "plugin-host"\nversion = "0"\n')
+    proposal = propose(root)
+    assert [s.alembic_ini for s in proposal.services] == ["alembic.ini"]
+    [note] = [n for n in proposal.notes if n.startswith("plugins/alpha/alembic.ini left out")]
+    assert "its revision a1a1a1a1a1a1 depends on c1c1c1c1c1c1 of alembic.ini's history" in note
+    assert "add plugins/alpha/versions to alembic.ini's version_locations" in note
+    assert 'target = "heads"' in note and "schema" not in note
