@@ -121,3 +121,27 @@ def build(root: Path, *, target: str | None = None, icu: bool = False) -> Path:
         lines.append(f"target = {target}")
     write(root / "pyproject.toml", "\n".join(lines) + "\n")
     return root
+
+
+# A test file for a pytester project built here: every history migrated to its head in
+# the one version table; `check` is more of the test's body, inside the connection.
+PLUGIN_TEST = '''
+import uuid
+
+import psycopg
+
+
+def test_every_history_migrated(migration_database_url):
+    with psycopg.connect(migration_database_url) as connection:
+        rows = connection.execute(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables"
+        ).fetchall()
+        versions = connection.execute("SELECT version_num FROM app.alembic_version").fetchall()
+        {check}
+    assert {tables!r} <= {{row[0] for row in rows}}
+    assert sorted(row[0] for row in versions) == {heads!r}
+'''
+
+
+def plugin_test(check: str = "pass") -> str:
+    return PLUGIN_TEST.format(tables=TABLES, heads=list(HEADS), check=check)

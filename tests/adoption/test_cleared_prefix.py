@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from tests.adoption import _plugin_host as host
+from tests.adoption.conftest import run_plugin
 
 FIXTURES = '''
 import os
@@ -53,12 +54,7 @@ def test_a_mapped_name_the_project_clears_is_set_again_and_said_once(
         handle.write('\n[tool.cathouse_harness.env]\nAPP_TEST_DATABASE = "{url:libpq}"\n')
     pytester.makepyfile(app_fixtures=FIXTURES, test_app=TEST)
     pytester.makeconftest('pytest_plugins = ["app_fixtures"]\n')
-    monkeypatch.setenv("CI", "true")
-    monkeypatch.setenv("CATHOUSE_RUN_ID", f"cleared-prefix-n{workers}")
-    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
-    result = pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
-                                           "-n", workers)
+    result = run_plugin(pytester, monkeypatch, f"cleared-prefix-n{workers}", workers)
     result.assert_outcomes(passed=2)
     restored = [line for line in result.outlines if "had been removed" in line]
     assert len(restored) == 1, "\n".join(result.outlines)

@@ -22,24 +22,8 @@ from cathouse_harness.cli.commands import main as cli_main
 from cathouse_harness.local.pg_choice import system_bin_dirs
 
 from tests.adoption import _plugin_host as host
-from tests.adoption.conftest import tables_of
+from tests.adoption.conftest import run_plugin, tables_of
 
-PLUGIN_TEST = '''
-import uuid
-
-import psycopg
-
-
-def test_every_history_migrated_with_its_collation(migration_database_url):
-    with psycopg.connect(migration_database_url) as connection:
-        rows = connection.execute(
-            "SELECT table_schema || '.' || table_name FROM information_schema.tables"
-        ).fetchall()
-        versions = connection.execute("SELECT version_num FROM app.alembic_version").fetchall()
-        {check}
-    assert {tables!r} <= {{row[0] for row in rows}}
-    assert sorted(row[0] for row in versions) == {heads!r}
-'''
 # a title of this test's own, found again in capitals: the ICU collation ignores case
 # (the tests of one run share the branch, and so the table)
 COLLATION_CHECK = (
@@ -78,18 +62,6 @@ def on_system_postgres(system_home: tuple[Path, str], monkeypatch: pytest.Monkey
     monkeypatch.setenv("CATHOUSE_POSTGRES_BIN", bin_dir)
 
 
-def run_plugin(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, run_id: str,
-               workers: str, tests: int) -> pytest.RunResult:
-    test = PLUGIN_TEST.format(tables=host.TABLES, heads=list(host.HEADS), check=COLLATION_CHECK)
-    pytester.makepyfile(**{f"test_host_{n}": test for n in range(tests)})
-    monkeypatch.setenv("CI", "true")
-    monkeypatch.setenv("CATHOUSE_RUN_ID", run_id)
-    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
-    return pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
-                                         "-n", workers)
-
-
 @pytest.mark.usefixtures("on_system_postgres")
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_plugin_migrates_every_head_and_the_collation_on_system_postgres(
@@ -97,7 +69,9 @@ def test_plugin_migrates_every_head_and_the_collation_on_system_postgres(
 ) -> None:
     host.build(pytester.path, target='"heads"', icu=True)
     # under -n 2 two tests, so that each worker's own database is checked
-    result = run_plugin(pytester, monkeypatch, f"icu-host-n{workers}", workers, tests=2)
+    test = host.plugin_test(COLLATION_CHECK)
+    pytester.makepyfile(test_host_0=test, test_host_1=test)
+    result = run_plugin(pytester, monkeypatch, f"icu-host-n{workers}", workers)
     result.assert_outcomes(passed=2)
 
 

@@ -20,7 +20,7 @@ from cathouse_harness.migrate.environment import script_directory
 from cathouse_harness.migrate.run_memo import once_per_run
 
 from tests.adoption import _plugin_host as host
-from tests.adoption.conftest import tables_of
+from tests.adoption.conftest import run_plugin, tables_of
 
 ALL_HEADS = ",".join(host.HEADS)
 
@@ -174,21 +174,6 @@ def test_diverged_and_revisions_no_file_has(
     assert "which none of its revision files has" in lines[0] and "ahead" in lines[0]
 
 
-PLUGIN_TEST = '''
-import psycopg
-
-
-def test_every_history_migrated(migration_database_url):
-    with psycopg.connect(migration_database_url) as connection:
-        rows = connection.execute(
-            "SELECT table_schema || '.' || table_name FROM information_schema.tables"
-        ).fetchall()
-        versions = connection.execute("SELECT version_num FROM app.alembic_version").fetchall()
-    assert {tables!r} <= {{row[0] for row in rows}}
-    assert sorted(row[0] for row in versions) == {heads!r}
-'''
-
-
 # through the plugin at -n 0 and -n 2 with `heads`: test_plugin_host_icu.py (the same shape
 # with its ICU collation, on a system PostgreSQL)
 
@@ -197,13 +182,8 @@ def test_plugin_with_several_heads_and_no_target_is_one_line(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host.build(pytester.path)
-    pytester.makepyfile(test_plugin_host=PLUGIN_TEST.format(tables=host.TABLES,
-                                                             heads=list(host.HEADS)))
-    monkeypatch.setenv("CI", "true")
-    monkeypatch.setenv("CATHOUSE_RUN_ID", "several-heads-default")
-    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
-    result = pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
-                                           "-n", "0")
+    pytester.makepyfile(test_plugin_host=host.plugin_test())
+    result = run_plugin(pytester, monkeypatch, "several-heads-default", "0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.outlines + result.errlines
     lines = [line for line in output if "3 heads" in line]
