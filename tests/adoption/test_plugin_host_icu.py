@@ -4,9 +4,10 @@ collation. On Debian's PostgreSQL, which has ICU as Neon does, it runs through t
 at -n 0 and -n 2 and through `init --yes` then `up` with no edit; on the wheel's, built
 without ICU, it stops with the one line saying what is missing and how to get it.
 
-The system-PostgreSQL tests share one home (one server, one cluster, one template per
-fingerprint) for the whole module: a server started per test would cost more than the
-tests themselves."""
+The plugin's runs on the system PostgreSQL share one home (one server, one cluster, one
+template per fingerprint) for the whole module: a server started per test would cost more
+than the tests themselves. `init` + `up` takes a home of its own, since init proposes the
+database and role alembic.ini's URL names and a home keeps its first project's."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import io
 import json
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -35,24 +37,37 @@ COLLATION_CHECK = (
 )
 
 
-@pytest.fixture(scope="module")
-def system_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """A home whose server runs Debian's PostgreSQL, and that PostgreSQL's bin directory;
-    the server is stopped when the module's tests are done."""
+def _system_bin() -> str:
     dirs = system_bin_dirs()
     if not dirs:
         pytest.skip("no system PostgreSQL under /usr/lib/postgresql/<major>/bin "
                     "(apt-get install postgresql; .ci/run installs it)")
-    home = tmp_path_factory.mktemp("icu-home")
-    yield home, str(dirs[0])
+    return str(dirs[0])
+
+
+@contextmanager
+def _stopped_after(home: Path) -> Iterator[Path]:
+    """`home`, whose server (if one started) is stopped and its cluster removed after."""
     from cathouse_harness.local.postgres import memory_cluster_dirs
     from cathouse_harness.local.server import stop_local_server
 
     try:
-        stop_local_server(home)
+        yield home
     finally:
-        for path in memory_cluster_dirs(home):
-            shutil.rmtree(path, ignore_errors=True)
+        try:
+            stop_local_server(home)
+        finally:
+            for path in memory_cluster_dirs(home):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def system_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A home whose server runs Debian's PostgreSQL, and that PostgreSQL's bin directory;
+    the server is stopped when the module's tests are done."""
+    bin_dir = _system_bin()
+    with _stopped_after(tmp_path_factory.mktemp("icu-home")) as home:
+        yield home, bin_dir
 
 
 @pytest.fixture
@@ -75,8 +90,20 @@ def test_plugin_migrates_every_head_and_the_collation_on_system_postgres(
     result.assert_outcomes(passed=2)
 
 
-@pytest.mark.usefixtures("on_system_postgres")
-def test_init_yes_then_up_with_no_edit_on_system_postgres(tmp_path: Path) -> None:
+def test_init_yes_then_up_with_no_edit_on_system_postgres(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a home of its own, as init's note says: init takes the database and role from
+    # alembic.ini's URL (server, nobody), and a home keeps its first project's names
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(home))
+    monkeypatch.setenv("CATHOUSE_POSTGRES_BIN", _system_bin())
+    with _stopped_after(home):
+        _init_yes_then_up(tmp_path)
+
+
+def _init_yes_then_up(tmp_path: Path) -> None:
     root = host.build(tmp_path / "server", icu=True)
     # a project that has never heard of the harness
     (root / "pyproject.toml").write_text('[project]\nname = "plugin-host"\nversion = "0"\n')
