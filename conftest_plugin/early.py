@@ -142,9 +142,31 @@ def branch_before_conftests(state: HarnessState, placeholder_url: str, *, contro
     from pytest_cathouse_harness.guard import guard_branch
 
     guard_branch(state, settings, handle)
-    set_variables(state, runtime_variables(
+    state.mapped = runtime_variables(
         settings.env, settings.url_driver, str(handle.pooled_url), str(handle.direct_url)
-    ))
+    )
+    set_variables(state, state.mapped)
+
+
+def restore_removed(state: HarnessState) -> list[str]:
+    """Set again the names of the branch's variables that are gone by the end of
+    collection, and say which. A project may clear its own prefix from pytest_configure
+    so that a shell's settings stay out of its tests (quetz deletes every QUETZ_*); its
+    tests would then fall back to a default of its own (an SQLite file) and pass without
+    the branch. Only removed names come back: one the project set to a value of its own
+    is its choice, and a fixture that sets one later runs after this."""
+    removed = [name for name in state.mapped if name not in os.environ]
+    for name in removed:
+        os.environ[name] = state.mapped[name]
+    return removed
+
+
+def restored_line(names: list[str]) -> str:
+    return (
+        f"cathouse-harness: {', '.join(names)} (set for the branch from "
+        "[tool.cathouse_harness.env]) had been removed by the end of collection, by a "
+        "pytest_configure or conftest of the project's; set again for the tests"
+    )
 
 
 def failed_import(state: HarnessState | None) -> pytest.UsageError | None:

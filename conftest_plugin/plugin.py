@@ -41,7 +41,7 @@ from pytest_cathouse_harness.options import (
     read_settings,
 )
 from pytest_cathouse_harness.scrub import scrub_report
-from pytest_cathouse_harness.shadowing import shadowed_lines
+from pytest_cathouse_harness.shadowing import hand_to_controller, shadowed_lines, take_from_worker
 from pytest_cathouse_harness.state import HarnessState, state_key
 
 # A URL on a host that can never resolve (RFC 6761): whatever reads it before the branch
@@ -244,6 +244,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     setup (client, parent, template) and this worker's fork run while xdist still waits
     for the other workers to collect."""
     state = session.config.stash.get(state_key, None)
+    if state is not None and project_configures_harness(session.config.rootpath):
+        hand_to_controller(session.config, _after_collection(session.config, session.items))
     if state is None or not state.prepared or state.settings is None or state.session is not None:
         return
     if session.config.option.collectonly or not any(_uses_branch(i) for i in session.items):
@@ -256,9 +258,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         pass  # the first test asks again, and reports what is wrong
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         join_marker_fixtures(item)
+    state = config.stash.get(state_key, None)
+    if state is not None and state.mapped:
+        from pytest_cathouse_harness.early import restore_removed
+
+        state.restored = restore_removed(state)
 
 
 def _uses_branch(item: pytest.Item) -> bool:
@@ -346,7 +353,19 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
     if not project_configures_harness(config.rootpath):
         return []
-    return shadowed_lines(items, config.rootpath)
+    return _after_collection(config, items)
+
+
+def _after_collection(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    """What is said once collection has ended: names of the branch's variables the
+    project had removed, and fixtures of ours it shadows."""
+    state = config.stash.get(state_key, None)
+    restored = []
+    if state is not None and state.restored:
+        from pytest_cathouse_harness.early import restored_line
+
+        restored.append(restored_line(state.restored))
+    return restored + shadowed_lines(items, config.rootpath)
 
 
 @pytest.hookimpl(trylast=True)
@@ -426,12 +445,15 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     data = output.get("cathouse_harness")
     if data is not None:
         state.worker_reports.append(data)
+    take_from_worker(output, state.shadowed)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(state_key, None)
     if state is None:
         return
+    for line in state.shadowed:
+        terminalreporter.write_line(line)
     reports = _reports(state)
     if not reports and not state.swept:
         if _silently_green(config, state):

@@ -3,6 +3,11 @@
 A project often has a `database_url` or `db_session` fixture of its own. pytest then
 gives its tests theirs (as it should) and nothing says that the branch no longer reaches
 them; `neon_branch` is the name to feed theirs from.
+
+Without xdist the line is printed after collection. Under xdist the controller collects
+nothing: each worker works the lines out from its own collection and hands them over in
+`workeroutput` (with the other lines said after collection: `early.restored_line`); the
+controller prints each distinct line once, in its summary.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ PUBLIC_FIXTURES = (
     "branch_per_test",
 )
 _OURS = "pytest_cathouse_harness.fixtures"
+# the key of xdist's workeroutput a worker's lines travel under
+WORKER_KEY = "cathouse_shadowed"
 _FEED = {
     "database_url": "neon_branch.database_url",
     "migration_database_url": "neon_branch.migration_database_url",
@@ -64,3 +71,19 @@ def shadowed_lines(items: list[pytest.Item], root: Path) -> list[str]:
         "name the harness keeps stable"
         for name, where in found.items()
     ]
+
+
+def hand_to_controller(config: pytest.Config, lines: list[str]) -> None:
+    """In an xdist worker: leave this worker's lines where its controller reads them when
+    the worker finishes (`workeroutput` exists only in a worker)."""
+    output = getattr(config, "workeroutput", None)
+    if output is not None:
+        output[WORKER_KEY] = lines
+
+
+def take_from_worker(output: dict[str, Any], known: list[str]) -> None:
+    """In the controller: add a finished worker's lines to `known`, each once (workers
+    that collected the same tests find the same shadows)."""
+    for line in output.get(WORKER_KEY) or ():
+        if line not in known:
+            known.append(line)

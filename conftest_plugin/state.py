@@ -33,6 +33,9 @@ class HarnessState:
     worker_reports: list[dict[str, Any]] = field(default_factory=list)
     broker_report: dict[str, Any] | None = None
     swept: list[str] = field(default_factory=list)
+    # xdist: the fixtures of ours the project shadows, as the workers found them (the
+    # controller collects nothing); printed once in the summary
+    shadowed: list[str] = field(default_factory=list)
     # xdist workers that came up, and those that finished normally (their own teardown
     # ran); the controller's sweep asks the API only when the two differ.
     workers_up: int = 0
@@ -41,6 +44,10 @@ class HarnessState:
     # pytest.exit (xdist takes it for a crash), so the controller exits with it instead
     setup_exit: int | None = None
     saved_env: dict[str, str | None] = field(default_factory=dict)
+    # what the branch made before the conftests set for the run (`early`), and the names
+    # of it the project had removed by the end of collection (set again then)
+    mapped: dict[str, str] = field(default_factory=dict)
+    restored: list[str] = field(default_factory=list)
     # a project with [tool.cathouse_harness.env] gets its branch before its conftests are
     # imported (`pytest_cathouse_harness.early`); what stopped that, reported by the
     # first test. `session_finished`: its teardown ran (the fixture's, or the run's end)

@@ -32,11 +32,13 @@ from cathouse_harness.migrate.scan import (
     AlembicSetup,
     EnvFacts,
     History,
+    Links,
     Skipped,
     env_facts,
     read_history,
     read_setup,
     revision_facts,
+    revision_links,
 )
 
 DEFAULT_CONNECTION_LIMIT = 10
@@ -211,6 +213,8 @@ class _Candidate:
     version_table: tuple[str | None, str] | None = None
     target: str = "head"
     directory: str | None = None
+    links: Links = Links(frozenset(), ())
+    version_dirs: tuple[str, ...] = ()
 
 
 def _schema_of(
@@ -281,7 +285,8 @@ def _candidate(setup: AlembicSetup, project_dir: Path) -> _Candidate:
     return _Candidate(
         name, schema, alembic_ini, references, tuple(notes + history_notes + schema_notes),
         version_table=env.version_table() if env else None, target=target,
-        directory=directory,
+        directory=directory, links=revision_links(history.files),
+        version_dirs=tuple(_shown(d, project_dir) for d in setup.version_dirs),
     )
 
 
@@ -396,6 +401,7 @@ def propose(project_dir: Path) -> Proposal:
         setups.append(setup)
     setups = _joined_histories(setups, project_dir, notes)
     candidates = _one_per_version_table([_candidate(s, project_dir) for s in setups], notes)
+    candidates = _needing_another(candidates, notes)
     candidates = _one_per_schema(candidates, notes)
     if not candidates:
         found = f" ({notes[0]})" if notes else ""
@@ -494,6 +500,31 @@ def _one_per_version_table(candidates: list[_Candidate], notes: list[str]) -> li
             f"other's revisions; add its versions directory to {first.alembic_ini}'s "
             'version_locations (that service then migrates to target "heads"), or give its '
             "env.py a version_table_schema of its own"
+        )
+    return kept
+
+
+def _needing_another(candidates: list[_Candidate], notes: list[str]) -> list[_Candidate]:
+    """Setups whose revisions depend on another setup's (a plugin's own alembic.ini, for
+    making its revisions, whose first one depends on the core's): Alembic migrates them
+    only together with that history, in its version table, from one configuration that
+    lists both; as a service of their own they would stop at the revision they cannot
+    find. Left out, with how to join them (the project may join them at run time, from
+    its plugins' entry points, where init cannot see)."""
+    kept: list[_Candidate] = []
+    for c in candidates:
+        found = next(((rev, name, other) for rev, name in c.links.outside
+                      for other in candidates if other is not c and name in other.links.names), None)
+        if found is None:
+            kept.append(c)
+            continue
+        rev, name, other = found
+        dirs = ", ".join(c.version_dirs) or "its versions directory"
+        notes.append(
+            f"{c.alembic_ini} left out: its revision {rev} depends on {name} of "
+            f"{other.alembic_ini}'s history, so Alembic migrates both together in one version "
+            f"table; add {dirs} to {other.alembic_ini}'s version_locations (or to an ini of "
+            'your own that alembic_ini names) and set target = "heads"'
         )
     return kept
 

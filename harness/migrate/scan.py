@@ -333,6 +333,38 @@ def _header(path: Path) -> SimpleNamespace | None:
     return SimpleNamespace(**values) if "revision" in values else None
 
 
+@dataclass(frozen=True)
+class Links:
+    """What a history's revision files name: their own ids and branch labels, and each
+    (revision, name) whose down_revision or depends_on names none of them — a revision or
+    label of another history, in the same version table (a plugin's first revision that
+    depends on the core's)."""
+
+    names: frozenset[str]
+    outside: tuple[tuple[str, str], ...]
+
+
+def _named(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = (value,) if isinstance(value, str) else value if isinstance(value, (list, tuple)) else ()
+    # "core@head" names the branch label core
+    return tuple(str(item).partition("@")[0] for item in items)
+
+
+def revision_links(revision_files: Iterable[Path]) -> Links:
+    headers = [h for h in map(_header, revision_files) if h is not None]
+    names = {str(h.revision) for h in headers}
+    names.update(label for h in headers for label in _named(getattr(h, "branch_labels", None)))
+    outside = [
+        (str(h.revision), target)
+        for h in headers
+        for target in (*_named(h.down_revision), *_named(getattr(h, "depends_on", None)))
+        if target not in names
+    ]
+    return Links(frozenset(names), tuple(outside))
+
+
 def read_history(setup: AlembicSetup) -> History:
     """The setup's revisions as Alembic's ScriptDirectory sees them, each file's header read
     with ast (Alembic would import it, running whatever the file does at import)."""
@@ -377,6 +409,8 @@ def read_history(setup: AlembicSetup) -> History:
             bases = tuple(scripts.get_bases())
     except (CommandError, RevisionError, KeyError, ValueError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, KeyError) and exc.args:  # str() of a KeyError is the bare key
+            first = f"revision {exc.args[0]} is named by one of its revisions but is not among them"
         return History(tuple(files), (), (), (), tuple(unreadable), error=first)
     labels = sorted({label for rev in revisions for label in rev.branch_labels})
     return History(tuple(files), heads, bases, tuple(labels), tuple(unreadable))

@@ -6,7 +6,9 @@ under `plugins/<name>/versions`, all listed in `version_locations` (relative to 
 root, where its users run `alembic upgrade heads`). The plugins' histories start at
 base with a branch label each, so the project has three heads; alpha's first revision
 `depends_on` a core revision (its table points into the core's). Every revision keeps its
-tables in the schema `app`, where env.py also keeps the one version table.
+tables in the schema `app`, where env.py also keeps the one version table. With `icu`, the
+core's second revision also creates a case-insensitive ICU collation and types its
+column with it (as Neon allows and the wheel's PostgreSQL, built without ICU, cannot).
 """
 
 from __future__ import annotations
@@ -75,7 +77,18 @@ def revision(directory: Path, rev: str, upgrade: str, downgrade: str, *, down: s
     return path
 
 
-def build(root: Path, *, target: str | None = None) -> Path:
+# c2's upgrade and downgrade with the ICU collation
+ICU_UPGRADE = """
+op.execute("CREATE COLLATION app.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
+op.execute("ALTER TABLE app.core_items ADD COLUMN title text COLLATE app.ci")
+"""
+ICU_DOWNGRADE = """
+op.drop_column("core_items", "title", schema="app")
+op.execute("DROP COLLATION app.ci")
+"""
+
+
+def build(root: Path, *, target: str | None = None, icu: bool = False) -> Path:
     """The project at `root`; `target` is written as the service's TOML value when given
     (`'"heads"'`, `'["core@head"]'`)."""
     write(root / "alembic.ini", INI)
@@ -85,9 +98,12 @@ def build(root: Path, *, target: str | None = None) -> Path:
              'op.create_table("core_items", sa.Column("id", sa.Integer, primary_key=True), '
              'schema="app")',
              'op.drop_table("core_items", schema="app")', labels=("core",))
-    revision(core, "c2c2c2c2c2c2",
-             'op.add_column("core_items", sa.Column("title", sa.Text), schema="app")',
-             'op.drop_column("core_items", "title", schema="app")', down="c1c1c1c1c1c1")
+    if icu:
+        revision(core, "c2c2c2c2c2c2", ICU_UPGRADE, ICU_DOWNGRADE, down="c1c1c1c1c1c1")
+    else:
+        revision(core, "c2c2c2c2c2c2",
+                 'op.add_column("core_items", sa.Column("title", sa.Text), schema="app")',
+                 'op.drop_column("core_items", "title", schema="app")', down="c1c1c1c1c1c1")
     revision(root / "plugins" / "alpha" / "versions", "a1a1a1a1a1a1",
              'op.create_table("alpha_notes", sa.Column("id", sa.Integer, primary_key=True), '
              'sa.Column("item_id", sa.Integer, sa.ForeignKey("app.core_items.id")), schema="app")',
@@ -105,3 +121,27 @@ def build(root: Path, *, target: str | None = None) -> Path:
         lines.append(f"target = {target}")
     write(root / "pyproject.toml", "\n".join(lines) + "\n")
     return root
+
+
+# A test file for a pytester project built here: every history migrated to its head in
+# the one version table; `check` is more of the test's body, inside the connection.
+PLUGIN_TEST = '''
+import uuid
+
+import psycopg
+
+
+def test_every_history_migrated(migration_database_url):
+    with psycopg.connect(migration_database_url) as connection:
+        rows = connection.execute(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables"
+        ).fetchall()
+        versions = connection.execute("SELECT version_num FROM app.alembic_version").fetchall()
+        {check}
+    assert {tables!r} <= {{row[0] for row in rows}}
+    assert sorted(row[0] for row in versions) == {heads!r}
+'''
+
+
+def plugin_test(check: str = "pass") -> str:
+    return PLUGIN_TEST.format(tables=TABLES, heads=list(HEADS), check=check)

@@ -15,6 +15,18 @@ from cathouse_harness.support.sync import LoopThread
 from tests.conftest import TEST_ROLE, tcp_port
 
 
+def run_plugin(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, run_id: str,
+               workers: str) -> pytest.RunResult:
+    """`pytest -p cathouse_harness -n <workers>` on the pytester project, as run `run_id`,
+    with branches never kept (CI) and nothing of the outer run's xdist or options."""
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("CATHOUSE_RUN_ID", run_id)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    return pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
+                                         "-n", workers)
+
+
 def tables_of(url: str) -> set[str]:
     """`schema.table` of every table and of the version tables in the database at `url`."""
 

@@ -20,7 +20,7 @@ from cathouse_harness.errors import SafetyError
 from cathouse_harness.migrate.all_services import migrate_all
 
 from tests.adoption._projects import SHAPES, Project, own_variable
-from tests.adoption.conftest import tables_of
+from tests.adoption.conftest import run_plugin, tables_of
 
 UNTOUCHED = {"public.precious"}
 
@@ -99,12 +99,7 @@ def test_plugin_migrates_the_project(
 ) -> None:
     project = build(shape, pytester.path, foreign_database_url)
     pytester.makepyfile(test_adopted=PLUGIN_TEST.format(expected=project.expected))
-    monkeypatch.setenv("CI", "true")
-    monkeypatch.setenv("CATHOUSE_RUN_ID", f"adopt-{workers}-{shape}")
-    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
-    result = pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
-                                           "-n", workers)
+    result = run_plugin(pytester, monkeypatch, f"adopt-{workers}-{shape}", workers)
     result.assert_outcomes(passed=2)
     assert_untouched(project)
 

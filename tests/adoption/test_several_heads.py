@@ -20,7 +20,7 @@ from cathouse_harness.migrate.environment import script_directory
 from cathouse_harness.migrate.run_memo import once_per_run
 
 from tests.adoption import _plugin_host as host
-from tests.adoption.conftest import tables_of
+from tests.adoption.conftest import run_plugin, tables_of
 
 ALL_HEADS = ",".join(host.HEADS)
 
@@ -174,49 +174,16 @@ def test_diverged_and_revisions_no_file_has(
     assert "which none of its revision files has" in lines[0] and "ahead" in lines[0]
 
 
-PLUGIN_TEST = '''
-import psycopg
-
-
-def test_every_history_migrated(migration_database_url):
-    with psycopg.connect(migration_database_url) as connection:
-        rows = connection.execute(
-            "SELECT table_schema || '.' || table_name FROM information_schema.tables"
-        ).fetchall()
-        versions = connection.execute("SELECT version_num FROM app.alembic_version").fetchall()
-    assert {tables!r} <= {{row[0] for row in rows}}
-    assert sorted(row[0] for row in versions) == {heads!r}
-'''
-
-
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_plugin_migrates_to_heads(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: str
-) -> None:
-    host.build(pytester.path, target='"heads"')
-    # under -n 2 two tests, so that each worker's own database is checked
-    test = PLUGIN_TEST.format(tables=host.TABLES, heads=list(host.HEADS))
-    pytester.makepyfile(test_plugin_host=test, test_plugin_host_again=test)
-    monkeypatch.setenv("CI", "true")
-    monkeypatch.setenv("CATHOUSE_RUN_ID", f"several-heads-n{workers}")
-    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
-    result = pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
-                                           "-n", workers)
-    result.assert_outcomes(passed=2)
+# through the plugin at -n 0 and -n 2 with `heads`: test_plugin_host_icu.py (the same shape
+# with its ICU collation, on a system PostgreSQL)
 
 
 def test_plugin_with_several_heads_and_no_target_is_one_line(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host.build(pytester.path)
-    pytester.makepyfile(test_plugin_host=PLUGIN_TEST.format(tables=host.TABLES,
-                                                             heads=list(host.HEADS)))
-    monkeypatch.setenv("CI", "true")
-    monkeypatch.setenv("CATHOUSE_RUN_ID", "several-heads-default")
-    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
-    result = pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider",
-                                           "-n", "0")
+    pytester.makepyfile(test_plugin_host=host.plugin_test())
+    result = run_plugin(pytester, monkeypatch, "several-heads-default", "0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     output = result.outlines + result.errlines
     lines = [line for line in output if "3 heads" in line]
@@ -243,3 +210,23 @@ def test_the_one_head_check_follows_the_target(tmp_path: Path) -> None:
     with once_per_run(), pytest.raises(MigrationError) as caught:
         check_single_head(settings_of(host.build(tmp_path / "default")))
     assert "has 3 heads" in str(caught.value) and "alembic merge heads" in str(caught.value)
+
+
+def test_init_joins_rather_than_clashes_a_plugin_ini_that_depends_on_the_core(tmp_path: Path) -> None:
+    """The core's alembic.ini lists only the core (the project joins its plugins at run
+    time, from entry points); a plugin keeps an alembic.ini of its own for making its
+    revisions, whose first depends on the core's. As a service of its own it would stop at
+    the core's revision: init leaves it out and says how to join it, not that its schema
+    clashes."""
+    from cathouse_harness.cli.project_init import propose
+
+    root = host.build(tmp_path / "server")
+    host.write(root / "alembic.ini", host.INI.replace(" plugins/alpha/versions plugins/beta/versions", ""))
+    host.write(root / "plugins" / "alpha" / "alembic.ini", "[alembic]\nscript_location = .\n")
+    (root / "pyproject.toml").write_text('[project]\nname = "plugin-host"\nversion = "0"\n')
+    proposal = propose(root)
+    assert [s.alembic_ini for s in proposal.services] == ["alembic.ini"]
+    [note] = [n for n in proposal.notes if n.startswith("plugins/alpha/alembic.ini left out")]
+    assert "its revision a1a1a1a1a1a1 depends on c1c1c1c1c1c1 of alembic.ini's history" in note
+    assert "add plugins/alpha/versions to alembic.ini's version_locations" in note
+    assert 'target = "heads"' in note and "schema" not in note
