@@ -201,6 +201,7 @@ class _Candidate:
     version_table: tuple[str | None, str] | None = None
     target: str = "head"
     directory: str | None = None
+    needs_app: str | None = None  # see EnvFacts.needs_app
 
 
 def _schema_of(
@@ -271,7 +272,7 @@ def _candidate(setup: AlembicSetup, project_dir: Path) -> _Candidate:
     return _Candidate(
         name, schema, alembic_ini, references, tuple(notes + history_notes + schema_notes),
         version_table=env.version_table() if env else None, target=target,
-        directory=directory,
+        directory=directory, needs_app=env.needs_app if env else None,
     )
 
 
@@ -384,9 +385,10 @@ def propose(project_dir: Path) -> Proposal:
             continue
         setups.append(setup)
     setups = _joined_histories(setups, project_dir, notes)
-    candidates = _one_per_version_table([_candidate(s, project_dir) for s in setups], notes)
+    candidates, app_bound = _runnable([_candidate(s, project_dir) for s in setups], notes)
+    candidates = _one_per_version_table(candidates, notes)
     candidates = _one_per_schema(candidates, notes)
-    if not candidates:
+    if not candidates and not app_bound:
         found = f" ({notes[0]})" if notes else ""
         raise ConfigError(
             f"no Alembic configuration (an alembic.ini or [tool.alembic] with a script_location) "
@@ -402,7 +404,8 @@ def propose(project_dir: Path) -> Proposal:
         notes.append(f"foreign keys form a cycle ({cycle}): kept the directory order; check the revisions")
     limit = _existing_limit(project_dir)
     size, overflow, limit, pool_note = _pools(len(candidates), limit)
-    notes.append(pool_note)
+    if candidates:
+        notes.append(pool_note)
     by_name = {c.name: c for c in candidates}
     services = []
     for name in order:
@@ -417,6 +420,23 @@ def propose(project_dir: Path) -> Proposal:
         ))
     env = propose_env(project_dir, [s.env_py for s in setups if s.env_py is not None], _skipped_dir)
     return Proposal(project_dir, limit, tuple(services), tuple(notes), env)
+
+
+def _runnable(candidates: list[_Candidate], notes: list[str]) -> tuple[list[_Candidate], bool]:
+    """Candidates the harness can migrate, and whether any was left out because its
+    env.py only runs inside the app (Flask-Migrate's): proposed as a service it would stop
+    every run before the first test. Such an app migrates itself (flask_migrate.upgrade()
+    or db.create_all() in create_app or a fixture), so the branch it gets can start empty;
+    the env mapping still points the app at it."""
+    kept = [c for c in candidates if c.needs_app is None]
+    for c in candidates:
+        if c.needs_app is not None:
+            notes.append(
+                f"{c.alembic_ini}: not a service: its env.py reads {c.needs_app}, so it runs only "
+                f"inside the app (`flask db upgrade`), not under the harness's alembic; the "
+                f"app's own upgrade()/create_all() migrates the branch it is mapped to"
+            )
+    return kept, len(kept) < len(candidates)
 
 
 # -- histories that are one service ---------------------------------------------------------
