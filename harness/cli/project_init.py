@@ -215,6 +215,7 @@ class _Candidate:
     directory: str | None = None
     links: Links = Links(frozenset(), ())
     version_dirs: tuple[str, ...] = ()
+    needs_app: str | None = None  # see EnvFacts.needs_app
 
 
 def _schema_of(
@@ -287,6 +288,7 @@ def _candidate(setup: AlembicSetup, project_dir: Path) -> _Candidate:
         version_table=env.version_table() if env else None, target=target,
         directory=directory, links=revision_links(history.files),
         version_dirs=tuple(_shown(d, project_dir) for d in setup.version_dirs),
+        needs_app=env.needs_app if env else None,
     )
 
 
@@ -400,10 +402,11 @@ def propose(project_dir: Path) -> Proposal:
             continue
         setups.append(setup)
     setups = _joined_histories(setups, project_dir, notes)
-    candidates = _one_per_version_table([_candidate(s, project_dir) for s in setups], notes)
+    candidates, app_bound = _runnable([_candidate(s, project_dir) for s in setups], notes)
+    candidates = _one_per_version_table(candidates, notes)
     candidates = _needing_another(candidates, notes)
     candidates = _one_per_schema(candidates, notes)
-    if not candidates:
+    if not candidates and not app_bound:
         found = f" ({notes[0]})" if notes else ""
         raise ConfigError(
             f"no Alembic configuration (an alembic.ini or [tool.alembic] with a script_location) "
@@ -419,7 +422,8 @@ def propose(project_dir: Path) -> Proposal:
         notes.append(f"foreign keys form a cycle ({cycle}): kept the directory order; check the revisions")
     limit = _existing_limit(project_dir)
     size, overflow, limit, pool_note = _pools(len(candidates), limit)
-    notes.append(pool_note)
+    if candidates:
+        notes.append(pool_note)
     by_name = {c.name: c for c in candidates}
     services = []
     for name in order:
@@ -436,6 +440,23 @@ def propose(project_dir: Path) -> Proposal:
     names = propose_names(project_dir, configs, _skipped_dir)
     notes.append(names.note())
     return Proposal(project_dir, limit, tuple(services), tuple(notes), env, names)
+
+
+def _runnable(candidates: list[_Candidate], notes: list[str]) -> tuple[list[_Candidate], bool]:
+    """Candidates the harness can migrate, and whether any was left out because its
+    env.py only runs inside the app (Flask-Migrate's): proposed as a service it would stop
+    every run before the first test. Such an app migrates itself (flask_migrate.upgrade()
+    or db.create_all() in create_app or a fixture), so the branch it gets can start empty;
+    the env mapping still points the app at it."""
+    kept = [c for c in candidates if c.needs_app is None]
+    for c in candidates:
+        if c.needs_app is not None:
+            notes.append(
+                f"{c.alembic_ini}: not a service: its env.py reads {c.needs_app}, so it runs only "
+                f"inside the app (`flask db upgrade`), not under the harness's alembic; the "
+                f"app's own upgrade()/create_all() migrates the branch it is mapped to"
+            )
+    return kept, len(kept) < len(candidates)
 
 
 # -- histories that are one service ---------------------------------------------------------

@@ -72,6 +72,9 @@ class EnvFacts:
     version_tables: tuple[Found, ...] = ()  # every version_table= value, resolved
     unresolved_tables: tuple[str, ...] = ()
     configures: bool = False  # env.py itself calls context.configure (not code elsewhere)
+    # what env.py takes from a running web app, e.g. "flask.current_app" (Flask-Migrate's
+    # env.py): `alembic` run on its own has no app, so it fails before migrating anything
+    needs_app: str | None = None
 
     def version_table(self) -> tuple[str | None, str] | None:
         """(schema, table) of the version table, None for the connection's search path;
@@ -280,6 +283,20 @@ def _keyword(call: ast.Call, name: str) -> ast.expr | None:
     return next((k.value for k in call.keywords if k.arg == name), None)
 
 
+# (module, name) pairs that only resolve inside a running app: Flask-Migrate's env.py
+# template reads the URL and the metadata off flask.current_app
+_APP_BOUND = (("flask", "current_app"),)
+
+
+def _needs_app(tree: ast.Module) -> str | None:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                if (node.module, alias.name) in _APP_BOUND:
+                    return f"{node.module}.{alias.name}"
+    return None
+
+
 def env_facts(env_py: Path) -> EnvFacts:
     """Every `version_table_schema=` env.py passes to `context.configure`."""
     tree = _parse(env_py)
@@ -306,6 +323,7 @@ def env_facts(env_py: Path) -> EnvFacts:
         version_tables=tuple(found_by_key["version_table"]),
         unresolved_tables=tuple(unresolved_by_key["version_table"]),
         configures=configures,
+        needs_app=_needs_app(tree),
     )
 
 

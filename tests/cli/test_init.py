@@ -352,7 +352,7 @@ def test_plugin_summary_points_at_init_without_services(pytester: pytest.Pyteste
     pytester.makepyfile(test_branch="def test_branch(neon_branch):\n    assert neon_branch.id\n")
     result = pytester.runpytest_subprocess("-p", "cathouse_harness", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
-    expected = "*no service has migrations, so the branch has none: `cathouse-branch init` proposes*"
+    expected = "*no service has migrations, so the branch starts empty: `cathouse-branch init` proposes*"
     result.stdout.fnmatch_lines([expected])
 
 
