@@ -28,7 +28,7 @@ REAL_NEON_PROJECT_ID = os.environ.get("NEON_PROJECT_ID") or None
 pytest_plugins = ["pytester"]
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin has made the factory
 def pytest_configure(config: pytest.Config) -> None:
     """Where PYTHONDONTWRITEBYTECODE is set (this project's machines, some CI images), every
     Python the suite starts (hundreds: plugin runs in pytester, CLI calls, watchdogs) would
