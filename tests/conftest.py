@@ -28,6 +28,27 @@ REAL_NEON_PROJECT_ID = os.environ.get("NEON_PROJECT_ID") or None
 pytest_plugins = ["pytester"]
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin has made the factory
+def pytest_configure(config: pytest.Config) -> None:
+    """Where PYTHONDONTWRITEBYTECODE is set (this project's machines, some CI images), every
+    Python the suite starts (hundreds: plugin runs in pytester, CLI calls, watchdogs) would
+    compile our sources, and pytest would assert-rewrite every plugin it loads, again from
+    source: ~0.3 s of CPU each. They share one bytecode cache instead, under the run's
+    basetemp (rotated by pytest like the rest of it), so nothing is written beside any
+    source. The price: the cache hides the installed packages' own .pyc files, so each
+    run compiles what it imports once (measured: a net 10% less CPU on plugin-run tests).
+    Set once in the process that starts the others; xdist workers inherit it."""
+    if hasattr(config, "workerinput") or not os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is None or os.environ.get("PYTHONPYCACHEPREFIX"):
+        return
+    cache = factory.getbasetemp() / "pycache"
+    cache.mkdir(exist_ok=True)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(cache)
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def harness_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("harness-home")
