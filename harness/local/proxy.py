@@ -400,7 +400,7 @@ class EndpointProxy:
                 await writer.drain()
                 continue
             if code == CANCEL_REQUEST:
-                await forward_cancel(listener.upstream(), packet)
+                await self.cancel(listener, packet)
                 return None
             if code >> 16 != PROTOCOL_MAJOR_3:
                 writer.write(error_response("08P01", "unsupported frontend protocol"))
@@ -408,6 +408,10 @@ class EndpointProxy:
                 return None
             version, params = parse_startup(packet[4:])
             return Startup(version, params, tls_done)
+
+    async def cancel(self, listener: _Listener, packet: bytes) -> None:
+        """A cancel request that came to `listener`: to its upstream."""
+        await forward_cancel(listener.upstream(), packet)
 
     async def _without_endpoint_option(
         self, startup: Startup, writer: asyncio.StreamWriter
