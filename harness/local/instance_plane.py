@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -59,6 +61,7 @@ from cathouse_harness.support import env
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.polling import Backoff, wait_until_async
 from cathouse_harness.support.redact import register_url
+from cathouse_harness.support.safe_paths import write_private
 from psycopg import sql
 
 log = get_logger("local.instance_plane")
@@ -102,7 +105,7 @@ def _apply(instance: Instance, passwords: Mapping[str, str], gone: list[str],
            databases: list[tuple[str, str, str]]) -> None:
     """Bring the instance in line with its branch's record: roles with changed
     passwords (made when missing), roles the record dropped, databases (old name, name,
-    owner) renamed or made."""
+    owner) renamed or made, and their owners."""
     with admin_session(instance) as session:
         roles = {name for (name,) in session.execute("SELECT rolname FROM pg_roles")}
         for name, password in passwords.items():
@@ -116,15 +119,21 @@ def _apply(instance: Instance, passwords: Mapping[str, str], gone: list[str],
                 session.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
             except psycopg.Error as exc:  # it owns objects: left, as PostgreSQL would leave it
                 log.info("role %s stays on instance %s: %s", name, instance.name, exc.diag.message_primary)
-        names = {name for (name,) in session.execute("SELECT datname FROM pg_database")}
+        owners = dict(session.execute(
+            "SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba").fetchall())
         for old, new, owner in databases:
-            if old != new and old in names and new not in names:
+            if old != new and old in owners and new not in owners:
                 session.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                                 (old,))
                 session.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                     sql.Identifier(old), sql.Identifier(new)))
-            elif new not in names:
+                owners[new] = owners.pop(old)
+            elif new not in owners:
                 session.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(new), sql.Identifier(owner)))
+                owners[new] = owner
+            if owners[new] != owner:
+                session.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                     sql.Identifier(new), sql.Identifier(owner)))
 
 
@@ -172,14 +181,18 @@ class InstanceDataPlane:
         self._listeners: Listeners | None = None
         self._keys = CancelKeys()
         self._locks: dict[str, asyncio.Lock] = {}
-        # physical database -> (branch id, its name inside the branch's instance)
+        # physical database -> (instance, its name inside the instance)
         self._where: dict[str, tuple[str, str]] = {}
-        # (branch id, role) -> the record's password last set in the instance
+        # (instance, role) -> the record's password last set in the instance
         self._synced: dict[tuple[str, str], str] = {}
         # branches whose instance may differ from the record (synced at the next login)
         self._dirty: set[str] = set()
-        # a restore's refork: branch id -> (source branch id, physicals it answered)
+        # instances forked by a restore, synced at their first login (by instance name)
+        self._dirty_instances: set[str] = set()
+        # a restore's refork: instance -> (source instance, physicals it answered)
         self._reforked: dict[str, tuple[str, set[str]]] = {}
+        # a restore's new copies: source instance -> (the fork, templates it answered)
+        self._pending: dict[str, tuple[str, set[str]]] = {}
         self._last_used: dict[str, float] = {}
         self._lsn = "0/0"
         self._ticker: asyncio.Task[None] | None = None
@@ -219,6 +232,7 @@ class InstanceDataPlane:
         self.install = install = await asyncio.to_thread(
             choose_install, choice, data_dir=compute.base / "templates", user=user)
         template = await asyncio.to_thread(ensure_template, compute, install)
+        self._load_map()
         self._superuser = template.superuser_password
         self._tls = await asyncio.to_thread(server_material, self.home / "tls")
         nowhere = Upstream("127.0.0.1", 0)  # the relay goes to instances' sockets, not here
@@ -250,15 +264,21 @@ class InstanceDataPlane:
         compute_users.remove_home_user(self.home)
 
     # ------------------------------------------------------------------ instances
+    #
+    # Instances are named apart from branches: a restore that preserves the old state
+    # under a new branch moves the old databases (and so the old instance) to that new
+    # record, and gives the restored branch a fork of the source under a new name. The
+    # map physical -> (instance, name inside it) says which is whose; it is kept in
+    # the home (`instances.json`) so a restarted server finds the same.
 
-    def _lock(self, branch_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(branch_id, asyncio.Lock())
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
 
-    def _instance(self, branch_id: str) -> Instance:
+    def _instance(self, name: str) -> Instance:
         compute, install = self._compute, self.install
         if compute is None or install is None:
             raise LocalServerError("the data plane is not started")
-        return Instance(branch_id, instance_paths(compute, branch_id), compute.user, install, self._superuser)
+        return Instance(name, instance_paths(compute, name), compute.user, install, self._superuser)
 
     @staticmethod
     def _exists(instance: Instance) -> bool:
@@ -270,13 +290,44 @@ class InstanceDataPlane:
         names = sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
         return [self._instance(name) for name in names]
 
-    async def _running(self, branch_id: str) -> Instance:
-        """The branch's instance, started when it was suspended."""
-        instance = self._instance(branch_id)
-        async with self._lock(branch_id):
+    def _map_file(self) -> Path:
+        assert self._compute is not None
+        return self._compute.state / f"instances-{self.storage}.json"
+
+    def _load_map(self) -> None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            data = json.loads(self._map_file().read_text())
+            self._where = {str(k): (str(v[0]), str(v[1])) for k, v in data.items()}
+
+    def _place(self, physical: str, instance: str, name: str) -> None:
+        if self._where.get(physical) != (instance, name):
+            self._where[physical] = (instance, name)
+            self._save_map()
+
+    def _unplace(self, physical: str) -> tuple[str, str] | None:
+        found = self._where.pop(physical, None)
+        if found is not None:
+            self._save_map()
+        return found
+
+    def _save_map(self) -> None:
+        write_private(self._map_file(), json.dumps({k: list(v) for k, v in self._where.items()}))
+
+    def _instance_name(self, branch: Any) -> str:
+        """The instance holding `branch`'s databases (its id until one says otherwise)."""
+        for db in branch.databases.values():
+            placed = self._where.get(db.physical) if db.physical else None
+            if placed is not None:
+                return placed[0]
+        return str(branch.id)
+
+    async def _running(self, name: str) -> Instance:
+        """Instance `name`, started when it was suspended."""
+        instance = self._instance(name)
+        async with self._lock(name):
             if running_pid(instance) is None:
                 await asyncio.to_thread(start, instance)
-        self._last_used[branch_id] = time.monotonic()
+        self._last_used[name] = time.monotonic()
         return instance
 
     def _state(self) -> Any:
@@ -284,17 +335,21 @@ class InstanceDataPlane:
             raise LocalServerError("the instance data plane has no control plane attached")
         return self._neon.state
 
-    def _owner_of(self, physical: str) -> tuple[Any, str] | None:
-        """The branch record holding `physical`, and the database's name in its instance."""
-        state = self._state()
-        known = self._where.get(physical)
-        if known is not None and known[0] in state.branches:
-            return state.branches[known[0]], known[1]
-        for branch in state.branches.values():
+    def _branch_of(self, physical: str) -> tuple[Any, str] | None:
+        """The branch record naming `physical`, and its name for the database."""
+        for branch in self._state().branches.values():
             for db in branch.databases.values():
                 if db.physical == physical:
                     return branch, db.name
         return None
+
+    def _placed(self, physical: str) -> tuple[str, str] | None:
+        """(instance, database name inside it) of `physical`, placed or by its record."""
+        placed = self._where.get(physical)
+        if placed is not None:
+            return placed
+        found = self._branch_of(physical)
+        return (self._instance_name(found[0]), found[1]) if found is not None else None
 
     async def _learn(self, instance: Instance) -> None:
         if self.features is None:
@@ -307,6 +362,19 @@ class InstanceDataPlane:
         self._background.add(job)
         job.add_done_callback(self._background.discard)
 
+    async def _fork(self, source: str, target: str) -> None:
+        """Instance `target` as a fork of `source` now (a spare or a stopped copy when it
+        is suspended, through its backup functions when it runs)."""
+        compute = self._compute
+        assert compute is not None
+        parent = self._instance(source)
+        stopped = running_pid(parent) is None
+        async with self._lock(source):
+            await asyncio.to_thread(fork, parent, compute, target)
+        self._last_used[target] = time.monotonic()
+        if stopped:
+            self._spares_later(parent)
+
     # ------------------------------------------------------------------ databases
 
     async def ensure_role(self, role: str, password: str) -> None:
@@ -315,72 +383,77 @@ class InstanceDataPlane:
 
     async def create_database(self, physical: str, *, owner: str, template: str | None = None,
                               schema_only: bool = False, issued: Callable[[], None] | None = None) -> None:
-        found = self._owner_of(physical)
-        if found is None:
-            # a restore's copy for a database its branch will name later: the refork
-            # of the restore (`replace_database`) brings it along under its name
-            if issued is not None:
-                issued()
-            return
-        branch, name = found
         if schema_only:
             raise LocalServerError("schema-only branches are not made by the instance data plane yet",
                                    hint="unset CATHOUSE_LOCAL_COMPUTE")
-        instance = self._instance(branch.id)
-        async with self._lock(branch.id):
+        found = self._branch_of(physical)
+        if found is None:
+            # a restore's copy, for a branch record that names it only once the restore
+            # is done: a fork of the template's instance, made once for all its databases
+            if issued is not None:
+                issued()
+            if template is not None:
+                await self._copy_for_later(physical, template)
+            return
+        branch, name = found
+        target = self._instance_name(branch)
+        instance = self._instance(target)
+        async with self._lock(target):
             if issued is not None:
                 issued()
             if not self._exists(instance):
-                await self._make(branch, instance, name, owner, template)
+                await self._make(branch, target, name, owner, template)
             else:
-                await self._ensure_database(branch, instance, name, owner)
-        self._where[physical] = (branch.id, name)
+                if running_pid(instance) is None:  # the lock is ours: started here
+                    await asyncio.to_thread(start, instance)
+                self._last_used[target] = time.monotonic()
+                await asyncio.to_thread(_apply, instance, {}, [], [(name, name, owner)])
+        self._place(physical, target, name)
 
-    async def _make(self, branch: Any, instance: Instance, name: str, owner: str,
-                    template: str | None) -> None:
+    async def _copy_for_later(self, physical: str, template: str) -> None:
+        source = self._placed(template)
+        if source is None:
+            raise LocalServerError(f"no instance holds database {template}")
+        pending = self._pending.get(source[0])
+        if pending is None or template in pending[1]:
+            pending = (f"in-{secrets.token_hex(8)}", set())
+            self._pending[source[0]] = pending
+            await self._fork(source[0], pending[0])
+            self._dirty_instances.add(pending[0])
+        pending[1].add(template)
+        self._place(physical, pending[0], source[1])
+
+    async def _make(self, branch: Any, target: str, name: str, owner: str, template: str | None) -> None:
         compute, install = self._compute, self.install
         assert compute is not None and install is not None
-        parent = self._owner_of(template) if template is not None else None
-        if parent is not None:
-            source = self._instance(parent[0].id)
-            stopped = running_pid(source) is None
-            async with self._lock(parent[0].id):
-                await asyncio.to_thread(fork, source, compute, branch.id)
-            if stopped:
-                self._spares_later(source)
+        source = self._placed(template) if template is not None else None
+        if source is not None:
+            await self._fork(source[0], target)
         else:
             password = branch.roles[owner].password
-            await asyncio.to_thread(make_root, compute, install, branch.id, owner=owner, database=name,
+            await asyncio.to_thread(make_root, compute, install, target, owner=owner, database=name,
                                     owner_password=password)
-            self._synced[(branch.id, owner)] = password
+            self._synced[(target, owner)] = password
+            self._last_used[target] = time.monotonic()
         self._dirty.add(branch.id)
-        self._last_used[branch.id] = time.monotonic()
-        await self._learn(instance)
-
-    async def _ensure_database(self, branch: Any, instance: Instance, name: str, owner: str) -> None:
-        # the caller holds the branch's lock: started here, not through _running
-        if running_pid(instance) is None:
-            await asyncio.to_thread(start, instance)
-        self._last_used[branch.id] = time.monotonic()
-        await asyncio.to_thread(_apply, instance, {}, [], [(name, name, owner)])
+        await self._learn(self._instance(target))
 
     async def drop_database(self, physical: str) -> None:
-        found = self._owner_of(physical)
-        known = self._where.pop(physical, None)
-        where = (found[0].id, found[1]) if found is not None else known
-        if where is None:
+        found = self._branch_of(physical)
+        placed = self._unplace(physical) or self._placed(physical)
+        if placed is None:
             return
-        branch_id, name = where
-        instance = self._instance(branch_id)
-        branch = self._state().branches.get(branch_id)
-        async with self._lock(branch_id):
-            if branch is None or branch.deleting:
+        target, name = placed
+        instance = self._instance(target)
+        branch = found[0] if found is not None else None
+        async with self._lock(target):
+            if (branch is None or branch.deleting) and not self._holds_others(target):
                 await asyncio.to_thread(remove, instance)
-                self._forget(branch_id)
+                self._forget(target)
                 return
             if not self._exists(instance):
                 return
-        await self._running(branch_id)
+        await self._running(target)
 
         def drop() -> None:
             with admin_session(instance) as session:
@@ -389,50 +462,47 @@ class InstanceDataPlane:
 
         await asyncio.to_thread(drop)
 
-    def _forget(self, branch_id: str) -> None:
-        self._dirty.discard(branch_id)
-        self._last_used.pop(branch_id, None)
-        self._reforked.pop(branch_id, None)
-        for key in [key for key in self._synced if key[0] == branch_id]:
+    def _holds_others(self, target: str) -> bool:
+        """Whether a live branch still has a database in instance `target`."""
+        for branch in self._state().branches.values():
+            if not branch.deleting and any(
+                self._where.get(db.physical or "", ("",))[0] == target for db in branch.databases.values()
+            ):
+                return True
+        return False
+
+    def _forget(self, name: str) -> None:
+        self._last_used.pop(name, None)
+        self._dirty_instances.discard(name)
+        for key in [key for key in self._synced if key[0] == name]:
             del self._synced[key]
 
     async def replace_database(self, physical: str, *, template: str, owner: str) -> None:
-        """A restore: the branch's instance becomes a fork of the source's, once per
-        restore (every database of the branch is in that fork)."""
-        target, source = self._owner_of(physical), self._owner_of(template)
+        """A restore in place: the branch's instance becomes a fork of the source's, once
+        per restore (every database of the branch is in that fork)."""
+        target, source = self._placed(physical), self._placed(template)
         if target is None or source is None:
             raise LocalServerError(
                 "this restore needs a point in time the instance data plane keeps no copy of",
-                                   hint="restore from another branch, or unset CATHOUSE_LOCAL_COMPUTE")
-        branch, origin = target[0], source[0]
-        done = self._reforked.get(branch.id)
-        if done is None or done[0] != origin.id or physical in done[1]:
-            compute = self._compute
-            assert compute is not None
-            instance, parent = self._instance(branch.id), self._instance(origin.id)
-            async with self._lock(branch.id):
-                await asyncio.to_thread(remove, instance)
-                async with self._lock(origin.id):
-                    await asyncio.to_thread(fork, parent, compute, branch.id)
-            self._forget(branch.id)
-            self._dirty.add(branch.id)
-            done = (origin.id, set())
-            self._reforked[branch.id] = done
+                hint="restore from another branch, or unset CATHOUSE_LOCAL_COMPUTE")
+        done = self._reforked.get(target[0])
+        if done is None or done[0] != source[0] or physical in done[1]:
+            async with self._lock(target[0]):
+                await asyncio.to_thread(remove, self._instance(target[0]))
+                await self._fork(source[0], target[0])
+            self._forget(target[0])
+            self._dirty_instances.add(target[0])
+            done = (source[0], set())
+            self._reforked[target[0]] = done
         done[1].add(physical)
-        self._where[physical] = (branch.id, source[1])
+        self._place(physical, target[0], source[1])
 
     async def set_database_owner(self, physical: str, owner: str) -> None:
-        found = self._owner_of(physical)
-        if found is None:
-            return
-        instance = await self._running(found[0].id)
-
-        def alter() -> None:
-            with admin_session(instance) as session:
-                session.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
-                    sql.Identifier(found[1]), sql.Identifier(owner)))
-
-        await asyncio.to_thread(alter)
+        """The owner (and a rename the API made meanwhile) reach the instance at once."""
+        found = self._branch_of(physical)
+        if found is not None:
+            branch = found[0]
+            await self._sync(branch, await self._running(self._instance_name(branch)))
 
     async def end_sessions(self, physical: str, *, keep: int) -> None:
         """Only the shared plane's SQL interception asks for this."""
@@ -441,19 +511,19 @@ class InstanceDataPlane:
         """Only the shared plane's SQL interception tells of this."""
 
     async def list_databases(self) -> list[str]:
-        """The physical names of the databases whose branch has an instance."""
+        """The physical names of the databases in an instance that exists."""
         found: list[str] = []
         for branch in self._state().branches.values():
-            if self._exists(self._instance(branch.id)):
-                found += [db.physical for db in branch.databases.values() if db.physical]
+            for db in branch.databases.values():
+                placed = self._placed(db.physical) if db.physical else None
+                if placed is not None and self._exists(self._instance(placed[0])):
+                    found.append(db.physical)
         return found
 
     def admin_dsn(self, database: str = "postgres") -> str:
-        found = self._owner_of(database)
-        state = self._state()
-        branch_id = found[0].id if found is not None else state.default_branch.id
-        name = found[1] if found is not None else database
-        instance = self._instance(branch_id)
+        placed = self._placed(database)
+        target, name = placed or (self._instance_name(self._state().default_branch), database)
+        instance = self._instance(target)
         dsn = (f"postgresql://postgres:{self._superuser.reveal()}@/{name}"
                f"?host={instance.paths.socket_dir}&port=5432")
         register_url(dsn)
@@ -462,7 +532,7 @@ class InstanceDataPlane:
     async def current_lsn(self) -> str:
         """The default branch's instance's WAL position when it runs (the last one seen
         otherwise): one instance's LSNs, not a per-branch timeline yet."""
-        instance = self._instance(self._state().default_branch.id)
+        instance = self._instance(self._instance_name(self._state().default_branch))
         if running_pid(instance) is None:
             return self._lsn
 
@@ -477,10 +547,13 @@ class InstanceDataPlane:
     # ------------------------------------------------------------------ sync
 
     async def _sync(self, branch: Any, instance: Instance) -> None:
+        """Bring `instance` in line with `branch`'s record (see the module)."""
         self._dirty.discard(branch.id)
+        self._dirty_instances.discard(instance.name)
+        key = instance.name
         passwords = {name: role.password for name, role in branch.roles.items()
-                     if self._synced.get((branch.id, name)) != role.password}
-        gone = [name for (owner, name) in self._synced if owner == branch.id and name not in branch.roles]
+                     if self._synced.get((key, name)) != role.password}
+        gone = [name for (owner, name) in self._synced if owner == key and name not in branch.roles]
         databases: list[tuple[str, str, str]] = []
         assigned = False
         for db in branch.databases.values():
@@ -488,18 +561,18 @@ class InstanceDataPlane:
                 db.physical = self._neon.catalog.new_physical()
                 assigned = True
             before = self._where.get(db.physical)
-            old = before[1] if before is not None and before[0] == branch.id else db.name
+            old = before[1] if before is not None and before[0] == key else db.name
             databases.append((old, db.name, db.owner_name))
-            self._where[db.physical] = (branch.id, db.name)
+            self._place(db.physical, key, db.name)
         try:
             await asyncio.to_thread(_apply, instance, passwords, gone, databases)
         except BaseException:
             self._dirty.add(branch.id)
             raise
         for name, password in passwords.items():
-            self._synced[(branch.id, name)] = password
+            self._synced[(key, name)] = password
         for name in gone:
-            self._synced.pop((branch.id, name), None)
+            self._synced.pop((key, name), None)
         if assigned:
             self._neon.save()
 
@@ -513,16 +586,17 @@ class InstanceDataPlane:
             raise Refusal("08006", f"endpoint {endpoint_id} does not exist")
         if ep.disabled:
             raise Refusal("08006", f"endpoint {endpoint_id} is disabled")
-        instance = self._instance(branch.id)
-        if not self._exists(instance):  # a fork still copying: wait, as for a compute starting
-            await wait_until_async(lambda: self._exists(instance) or branch.deleting,
-                                   timeout=_MADE_WAIT, backoff=_MADE_POLL)
-            if branch.deleting or not self._exists(instance):
-                raise Refusal("08006", f"endpoint {endpoint_id} has no compute")
-        async with self._lock(branch.id):
-            pass  # a fork or restore of this branch in progress ends first
-        await self._running(branch.id)
-        if branch.id in self._dirty:
+
+        def made() -> bool:
+            return bool(branch.deleting) or self._exists(self._instance(self._instance_name(branch)))
+
+        if not made():  # a fork still copying: wait, as for a compute starting
+            await wait_until_async(made, timeout=_MADE_WAIT, backoff=_MADE_POLL)
+        name = self._instance_name(branch)
+        if branch.deleting or not self._exists(self._instance(name)):
+            raise Refusal("08006", f"endpoint {endpoint_id} has no compute")
+        instance = await self._running(name)  # waits for a fork or restore of it to end
+        if branch.id in self._dirty or name in self._dirty_instances:
             await self._sync(branch, instance)
         if ep.current_state == "idle":  # a suspended compute wakes on a connection
             ep.current_state, ep.started_at = "active", iso(now())
@@ -581,17 +655,18 @@ class InstanceDataPlane:
         moment = time.monotonic()
         for endpoint_id in self.endpoint_connections():
             ep = state.endpoints.get(endpoint_id)
-            if ep is not None:
-                self._last_used[ep.branch_id] = moment
-        for branch_id, used in list(self._last_used.items()):
+            branch = state.branches.get(ep.branch_id) if ep is not None else None
+            if branch is not None:
+                self._last_used[self._instance_name(branch)] = moment
+        for name, used in list(self._last_used.items()):
             if moment - used < self.suspend_after:
                 continue
-            lock = self._lock(branch_id)
+            lock = self._lock(name)
             if lock.locked():
                 continue
             async with lock:
-                instance = self._instance(branch_id)
+                instance = self._instance(name)
                 if running_pid(instance) is not None:
-                    log.info("instance %s idle for %.0f s: suspended", branch_id, moment - used)
+                    log.info("instance %s idle for %.0f s: suspended", name, moment - used)
                     await asyncio.to_thread(stop, instance)
-                self._last_used.pop(branch_id, None)
+                self._last_used.pop(name, None)
