@@ -162,10 +162,10 @@ class InstanceDataPlane:
     """Branches as PostgreSQL instances, endpoints as relays (see the module)."""
 
     def __init__(self, home: Path, *, storage: str = "memory", postgres_bin: str | None = None,
-                 suspend_after: float = SUSPEND_AFTER) -> None:
+                 suspend_after: float | None = None) -> None:
         self.home = Path(home)
         self.storage = storage
-        self.suspend_after = suspend_after
+        self.suspend_after = SUSPEND_AFTER if suspend_after is None else suspend_after
         self._postgres_bin = postgres_bin
         self.install: PgInstall | None = None
         self.features: ServerFeatures | None = None
