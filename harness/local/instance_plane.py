@@ -40,6 +40,7 @@ from typing import Any
 
 import psycopg
 from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.catalog import serving
 from cathouse_harness.local.compute import spares
 from cathouse_harness.local.compute import users as compute_users
 from cathouse_harness.local.compute.fork import fork
@@ -579,13 +580,7 @@ class InstanceDataPlane:
     # ------------------------------------------------------------------ endpoints
 
     async def _route(self, endpoint_id: str) -> Route:
-        state = self._state()
-        ep = state.endpoints.get(endpoint_id)
-        branch = state.branches.get(ep.branch_id) if ep is not None else None
-        if ep is None or branch is None or branch.deleting:
-            raise Refusal("08006", f"endpoint {endpoint_id} does not exist")
-        if ep.disabled:
-            raise Refusal("08006", f"endpoint {endpoint_id} is disabled")
+        ep, branch = serving(self._state(), endpoint_id)
 
         def made() -> bool:
             return bool(branch.deleting) or self._exists(self._instance(self._instance_name(branch)))

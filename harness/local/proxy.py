@@ -292,11 +292,7 @@ class EndpointProxy:
         writer: asyncio.StreamWriter,
         startup: Startup | None = None,
     ) -> None:
-        if startup is None:
-            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
-                startup = await self._read_startup(listener, reader, writer)
-        if startup is not None:
-            startup = await self._without_endpoint_option(startup, writer)
+        startup = await self._startup(listener, reader, writer, startup)
         if startup is None:
             return
         params = startup.params
@@ -330,6 +326,22 @@ class EndpointProxy:
                 await _relay(admission, (reader, writer), (up_reader, up_writer))
         finally:
             _close(up_writer)
+
+    async def _startup(
+        self,
+        listener: _Listener,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        startup: Startup | None,
+    ) -> Startup | None:
+        """The client's startup (read here unless a router did) without its endpoint
+        option; None once the client has been answered (a cancel, a refusal)."""
+        if startup is None:
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                startup = await self._read_startup(listener, reader, writer)
+        if startup is not None:
+            startup = await self._without_endpoint_option(startup, writer)
+        return startup
 
     async def _authenticate(
         self,

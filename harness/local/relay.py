@@ -138,11 +138,7 @@ class RelayEndpoint(EndpointProxy):
         writer: asyncio.StreamWriter,
         startup: Startup | None = None,
     ) -> None:
-        if startup is None:
-            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
-                startup = await self._read_startup(listener, reader, writer)
-        if startup is not None:
-            startup = await self._without_endpoint_option(startup, writer)
+        startup = await self._startup(listener, reader, writer, startup)
         if startup is None:
             return
         params = dict(startup.params)
