@@ -56,7 +56,7 @@ from cathouse_harness.local.pg_choice import PgInstall, choose_install
 from cathouse_harness.local.postgres import scram_verifier
 from cathouse_harness.local.proxy import Fences, Gate, Refusal, Upstream
 from cathouse_harness.local.relay import CancelKeys, RelayEndpoint, Route
-from cathouse_harness.local.state import iso, now
+from cathouse_harness.local.state import DatabaseRecord, database_id, iso, now
 from cathouse_harness.local.tls import TlsMaterial, server_material
 from cathouse_harness.support import env
 from cathouse_harness.support.log import get_logger
@@ -102,11 +102,17 @@ def _read_verifier(instance: Instance, role: str, database: str) -> str | None:
     return text if isinstance(text, str) and text.startswith("SCRAM-SHA-256$") else None
 
 
+# the instance's own databases, never a branch's
+_NOT_BRANCH_DATABASES = frozenset({"postgres", "template0", "template1"})
+
+
 def _apply(instance: Instance, passwords: Mapping[str, str], gone: list[str],
-           databases: list[tuple[str, str, str]]) -> None:
+           databases: list[tuple[str, str, str, bool]]) -> tuple[dict[str, str], list[str]]:
     """Bring the instance in line with its branch's record: roles with changed
     passwords (made when missing), roles the record dropped, databases (old name, name,
-    owner) renamed or made, and their owners."""
+    owner, whether the instance had it before) renamed or made, and their owners. A
+    database the instance had and a session dropped stays dropped. Returns the
+    instance's branch databases (name -> owner) and the record's names it dropped."""
     with admin_session(instance) as session:
         roles = {name for (name,) in session.execute("SELECT rolname FROM pg_roles")}
         for name, password in passwords.items():
@@ -122,13 +128,17 @@ def _apply(instance: Instance, passwords: Mapping[str, str], gone: list[str],
                 log.info("role %s stays on instance %s: %s", name, instance.name, exc.diag.message_primary)
         owners = dict(session.execute(
             "SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba").fetchall())
-        for old, new, owner in databases:
+        dropped: list[str] = []
+        for old, new, owner, known in databases:
             if old != new and old in owners and new not in owners:
                 session.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                                 (old,))
                 session.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                     sql.Identifier(old), sql.Identifier(new)))
                 owners[new] = owners.pop(old)
+            elif new not in owners and known:
+                dropped.append(new)
+                continue
             elif new not in owners:
                 session.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                     sql.Identifier(new), sql.Identifier(owner)))
@@ -136,6 +146,7 @@ def _apply(instance: Instance, passwords: Mapping[str, str], gone: list[str],
             if owners[new] != owner:
                 session.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                     sql.Identifier(new), sql.Identifier(owner)))
+    return {k: v for k, v in owners.items() if k not in _NOT_BRANCH_DATABASES}, dropped
 
 
 def _features(instance: Instance) -> tuple[ServerFeatures, str]:
@@ -408,7 +419,7 @@ class InstanceDataPlane:
                 if running_pid(instance) is None:  # the lock is ours: started here
                     await asyncio.to_thread(start, instance)
                 self._last_used[target] = time.monotonic()
-                await asyncio.to_thread(_apply, instance, {}, [], [(name, name, owner)])
+                await asyncio.to_thread(_apply, instance, {}, [], [(name, name, owner, False)])
         self._place(physical, target, name)
 
     async def _copy_for_later(self, physical: str, template: str) -> None:
@@ -430,6 +441,7 @@ class InstanceDataPlane:
         source = self._placed(template) if template is not None else None
         if source is not None:
             await self._fork(source[0], target)
+            await self._sync(branch, self._instance(target))
         else:
             password = branch.roles[owner].password
             await asyncio.to_thread(make_root, compute, install, target, owner=owner, database=name,
@@ -547,26 +559,34 @@ class InstanceDataPlane:
 
     # ------------------------------------------------------------------ sync
 
-    async def _sync(self, branch: Any, instance: Instance) -> None:
-        """Bring `instance` in line with `branch`'s record (see the module)."""
+    async def _sync(self, branch: Any, instance: Instance, *, only_marked: bool = False) -> None:
+        """Bring `instance` in line with `branch`'s record (see the module); then the
+        record learns the databases sessions made or dropped in SQL, as Neon's
+        control plane learns them from its compute. One at a time per instance: two
+        logins syncing at once would both set a password, and a second salt between
+        one login's verifier read and its upstream login fails that login."""
+        async with self._locks.setdefault(f"sync:{instance.name}", asyncio.Lock()):
+            if only_marked and branch.id not in self._dirty and instance.name not in self._dirty_instances:
+                return
+            await self._sync_now(branch, instance)
+
+    async def _sync_now(self, branch: Any, instance: Instance) -> None:
         self._dirty.discard(branch.id)
         self._dirty_instances.discard(instance.name)
         key = instance.name
         passwords = {name: role.password for name, role in branch.roles.items()
                      if self._synced.get((key, name)) != role.password}
         gone = [name for (owner, name) in self._synced if owner == key and name not in branch.roles]
-        databases: list[tuple[str, str, str]] = []
-        assigned = False
+        databases: list[tuple[str, str, str, bool]] = []
         for db in branch.databases.values():
             if db.physical is None:
                 db.physical = self._neon.catalog.new_physical()
-                assigned = True
             before = self._where.get(db.physical)
-            old = before[1] if before is not None and before[0] == key else db.name
-            databases.append((old, db.name, db.owner_name))
+            known = before is not None and before[0] == key
+            databases.append((before[1] if known and before else db.name, db.name, db.owner_name, known))
             self._place(db.physical, key, db.name)
         try:
-            await asyncio.to_thread(_apply, instance, passwords, gone, databases)
+            present, dropped = await asyncio.to_thread(_apply, instance, passwords, gone, databases)
         except BaseException:
             self._dirty.add(branch.id)
             raise
@@ -574,8 +594,21 @@ class InstanceDataPlane:
             self._synced[(key, name)] = password
         for name in gone:
             self._synced.pop((key, name), None)
-        if assigned:
-            self._neon.save()
+        self._learn_databases(branch, key, present, dropped)
+        self._neon.save()
+
+    def _learn_databases(self, branch: Any, key: str, present: Mapping[str, str], dropped: list[str]) -> None:
+        for name in dropped:
+            db = branch.databases.pop(name, None)
+            if db is not None and db.physical:
+                self._unplace(db.physical)
+        stamp = iso(now())
+        for name, owner in present.items():
+            if name not in branch.databases:
+                physical = self._neon.catalog.new_physical()
+                branch.databases[name] = DatabaseRecord(
+                    database_id(branch.id, name), name, owner, stamp, stamp, physical)
+                self._place(physical, key, name)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -592,7 +625,7 @@ class InstanceDataPlane:
             raise Refusal("08006", f"endpoint {endpoint_id} has no compute")
         instance = await self._running(name)  # waits for a fork or restore of it to end
         if branch.id in self._dirty or name in self._dirty_instances:
-            await self._sync(branch, instance)
+            await self._sync(branch, instance, only_marked=True)
         if ep.current_state == "idle":  # a suspended compute wakes on a connection
             ep.current_state, ep.started_at = "active", iso(now())
         extra = _READ_ONLY if ep.type == "read_only" else {}
