@@ -34,6 +34,8 @@ from cathouse_harness.local.proxy_auth import Credential
 from cathouse_harness.local.state import (
     BranchRecord,
     DatabaseRecord,
+    EndpointRecord,
+    LocalState,
     OperationRecord,
     RoleRecord,
     database_id,
@@ -64,6 +66,17 @@ class Copy(NamedTuple):
 
 def conflict(message: str) -> ApiError:
     return ApiError(409, "CONFLICT", message)
+
+
+def serving(state: LocalState, endpoint_id: str) -> tuple[EndpointRecord, BranchRecord]:
+    """The endpoint and its branch when it may take connections; a Refusal otherwise."""
+    ep = state.endpoints.get(endpoint_id)
+    branch = state.branches.get(ep.branch_id) if ep is not None else None
+    if ep is None or branch is None or branch.deleting:
+        raise Refusal("08006", f"endpoint {endpoint_id} does not exist")
+    if ep.disabled:
+        raise Refusal("08006", f"endpoint {endpoint_id} is disabled")
+    return ep, branch
 
 
 class Catalog:
@@ -162,13 +175,7 @@ class Catalog:
 
     def gate(self, endpoint_id: str) -> Gate:
         async def admit(user: str, logical: str) -> Admission:
-            state = self.neon.state
-            ep = state.endpoints.get(endpoint_id)
-            branch = state.branches.get(ep.branch_id) if ep is not None else None
-            if ep is None or branch is None or branch.deleting:
-                raise Refusal("08006", f"endpoint {endpoint_id} does not exist")
-            if ep.disabled:
-                raise Refusal("08006", f"endpoint {endpoint_id} is disabled")
+            ep, branch = serving(self.neon.state, endpoint_id)
             role = branch.roles.get(user)
             if role is None:
                 raise Refusal("28000", f'role "{user}" does not exist')

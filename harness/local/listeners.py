@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from cathouse_harness.errors import LocalServerError
@@ -69,6 +69,10 @@ class Listeners:
     # why endpoints are not named <id>.local.localhost (then a pooled host cannot be
     # made from `host` by inserting `-pooler`: `pooler_host` is the way), if they are not
     names_problem: str | None = None
+    # what serves an endpoint's connections (the relay of the instance data plane
+    # passes its own) and, with it, where cancel requests that name no endpoint go
+    make_proxy: Callable[..., EndpointProxy] = EndpointProxy
+    cancel: Callable[[bytes], Awaitable[None]] | None = None
 
     async def start_router(self, mode: HostMode) -> None:
         """In names mode, the router on the mode's address (and [::1] beside 127.0.0.1);
@@ -89,7 +93,7 @@ class Listeners:
         if self.tls is None:
             problem = "endpoints serve no TLS, and the router routes by its server name"
         else:
-            router = SniRouter(self.tls, self.proxies.get, self._upstreams)
+            router = SniRouter(self.tls, self.proxies.get, self._upstreams, self.cancel)
             optional = ("::1",) if mode.router_address == "127.0.0.1" else ()
             try:
                 await router.start(mode.router_address, optional=optional)
@@ -130,7 +134,7 @@ class Listeners:
         user and logical database, else `databases` maps logical to physical names."""
         if endpoint_id in self.proxies:
             await self.close(endpoint_id)
-        proxy = EndpointProxy(
+        proxy = self.make_proxy(
             endpoint_id, databases, fences=self.fences, tls=self.tls, on_activity=on_activity, gate=gate
         )
         try:

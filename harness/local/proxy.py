@@ -292,11 +292,7 @@ class EndpointProxy:
         writer: asyncio.StreamWriter,
         startup: Startup | None = None,
     ) -> None:
-        if startup is None:
-            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
-                startup = await self._read_startup(listener, reader, writer)
-        if startup is not None:
-            startup = await self._without_endpoint_option(startup, writer)
+        startup = await self._startup(listener, reader, writer, startup)
         if startup is None:
             return
         params = startup.params
@@ -330,6 +326,22 @@ class EndpointProxy:
                 await _relay(admission, (reader, writer), (up_reader, up_writer))
         finally:
             _close(up_writer)
+
+    async def _startup(
+        self,
+        listener: _Listener,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        startup: Startup | None,
+    ) -> Startup | None:
+        """The client's startup (read here unless a router did) without its endpoint
+        option; None once the client has been answered (a cancel, a refusal)."""
+        if startup is None:
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                startup = await self._read_startup(listener, reader, writer)
+        if startup is not None:
+            startup = await self._without_endpoint_option(startup, writer)
+        return startup
 
     async def _authenticate(
         self,
@@ -400,7 +412,7 @@ class EndpointProxy:
                 await writer.drain()
                 continue
             if code == CANCEL_REQUEST:
-                await forward_cancel(listener.upstream(), packet)
+                await self.cancel(listener, packet)
                 return None
             if code >> 16 != PROTOCOL_MAJOR_3:
                 writer.write(error_response("08P01", "unsupported frontend protocol"))
@@ -408,6 +420,10 @@ class EndpointProxy:
                 return None
             version, params = parse_startup(packet[4:])
             return Startup(version, params, tls_done)
+
+    async def cancel(self, listener: _Listener, packet: bytes) -> None:
+        """A cancel request that came to `listener`: to its upstream."""
+        await forward_cancel(listener.upstream(), packet)
 
     async def _without_endpoint_option(
         self, startup: Startup, writer: asyncio.StreamWriter

@@ -18,7 +18,13 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from cathouse_harness.local.scram import ClientExchange, ScramError, ServerExchange, Verifier
+from cathouse_harness.local.scram import (
+    ClientExchange,
+    KeyedClientExchange,
+    ScramError,
+    ServerExchange,
+    Verifier,
+)
 
 AUTH_OK = 0
 AUTH_CLEARTEXT = 3
@@ -76,9 +82,10 @@ async def authenticate_client(
     *,
     end_point: bytes | None,
     failure: bytes,
-) -> None:
-    """Run SCRAM with the client up to the server-final message; AuthFailed (carrying
-    `failure`, the ErrorResponse to send) when its proof is wrong or malformed."""
+) -> bytes:
+    """Run SCRAM with the client up to the server-final message; the ClientKey its proof
+    gave, or AuthFailed (carrying `failure`, the ErrorResponse to send) when its proof is
+    wrong or malformed."""
     exchange = ServerExchange(Verifier.parse(verifier), end_point=end_point)
     names = b"".join(m.encode() + b"\0" for m in exchange.mechanisms) + b"\0"
     writer.write(_auth(AUTH_SASL, names))
@@ -97,14 +104,21 @@ async def authenticate_client(
     except ScramError:
         raise AuthFailed(failure) from None
     writer.write(_auth(AUTH_SASL_FINAL, server_final.encode()))
+    return exchange.client_key
 
 
 async def login_upstream(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, user: str, password: str
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    user: str,
+    password: str,
+    *,
+    keys: tuple[bytes, bytes] | None = None,
 ) -> bytes:
     """Answer the upstream's authentication requests (the startup is already sent); the
     AuthenticationOk to pass on to the client. AuthFailed carries an ErrorResponse the
-    upstream sent, ScramError a request we could not answer."""
+    upstream sent, ScramError a request we could not answer. With `keys` (ClientKey,
+    ServerKey) SCRAM is answered from them, and nothing but SCRAM is."""
     scram: ClientExchange | None = None
     while True:
         kind, body = await read_message(reader)
@@ -117,7 +131,7 @@ async def login_upstream(
         if code == AUTH_OK:
             return message(kind, body)
         if code == AUTH_SASL:
-            scram = ClientExchange(password)
+            scram = ClientExchange(password) if keys is None else KeyedClientExchange(*keys)
             first = scram.first().encode()
             writer.write(message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
         elif code == AUTH_SASL_CONTINUE and scram is not None:
@@ -125,6 +139,8 @@ async def login_upstream(
         elif code == AUTH_SASL_FINAL and scram is not None:
             scram.check(data.decode())
             continue
+        elif keys is not None:
+            raise ScramError(f"the upstream asked for authentication method {code}, not SCRAM")
         elif code == AUTH_CLEARTEXT:  # an external server configured so: ours, on loopback
             writer.write(message(b"p", password.encode() + b"\0"))
         elif code == AUTH_MD5:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import ssl
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from cathouse_harness.local.hosts import DEFAULT_PORT
 from cathouse_harness.local.names import NAME_DOMAIN, POOLER_SUFFIX, route_of
@@ -53,9 +53,12 @@ class SniRouter:
         tls: TlsMaterial,
         find: Callable[[str], EndpointProxy | None],
         upstreams: Callable[[], Sequence[Upstream]],
+        cancel: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         self._find = find
         self._upstreams = upstreams
+        # where cancel requests go instead of every upstream (the relay routes them by key)
+        self._cancel = cancel
         # the server name each handshake asked for, by its TLS object
         self._names: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
         self._context = tls.server_context(sni_callback=self._on_sni)
@@ -143,6 +146,9 @@ class SniRouter:
             return proxy, "pooled" if route[1] else "direct", None
 
     async def _forward_cancel(self, packet: bytes) -> None:
+        if self._cancel is not None:
+            await self._cancel(packet)
+            return
         # a cancel names no endpoint: PostgreSQL and PgBouncer each ignore a key not theirs
         await asyncio.gather(*(forward_cancel(target, packet) for target in self._upstreams()))
 

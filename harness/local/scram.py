@@ -78,6 +78,9 @@ class ServerExchange:
         self.end_point = end_point
         self._first_bare = ""
         self._server_first = ""
+        # the client's ClientKey, recovered from a proof that held: what a relay logs
+        # in upstream with against the same verifier (PgBouncer's SCRAM pass-through)
+        self.client_key = b""
         self._header = ""
         self._nonce = ""
 
@@ -128,6 +131,7 @@ class ServerExchange:
         client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
         if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self.verifier.stored_key):
             raise ScramError("wrong password")
+        self.client_key = client_key
         return "v=" + _b64(_hmac(self.verifier.server_key, auth_message))
 
 
@@ -157,15 +161,32 @@ class ClientExchange:
             raise ScramError("malformed SCRAM server message") from None
         if not nonce.startswith(_attributes(self._bare)["r"]):
             raise ScramError("SCRAM server nonce does not extend ours")
-        salted = _salted(self.password, salt, iterations)
-        client_key = _hmac(salted, "Client Key")
+        client_key, server_key = self._keys(salt, iterations)
         without_proof = f"c={_b64(b'n,,')},r={nonce}"
         auth_message = f"{self._bare},{server_first},{without_proof}"
         signature = _hmac(hashlib.sha256(client_key).digest(), auth_message)
         proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-        self._server_signature = _hmac(_hmac(salted, "Server Key"), auth_message)
+        self._server_signature = _hmac(server_key, auth_message)
         return f"{without_proof},p={_b64(proof)}"
+
+    def _keys(self, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+        """(ClientKey, ServerKey) for the server's salt and iterations."""
+        salted = _salted(self.password, salt, iterations)
+        return _hmac(salted, "Client Key"), _hmac(salted, "Server Key")
 
     def check(self, server_final: str) -> None:
         if _attributes(server_final).get("v") != _b64(self._server_signature):
             raise ScramError("the server's SCRAM signature does not match")
+
+
+class KeyedClientExchange(ClientExchange):
+    """A client that holds the keys, not the password: a ClientKey recovered from a
+    client's proof and the ServerKey of the verifier it was checked against. It logs in
+    wherever that verifier is stored (the same salt and iterations)."""
+
+    def __init__(self, client_key: bytes, server_key: bytes) -> None:
+        super().__init__("")
+        self._held = (client_key, server_key)
+
+    def _keys(self, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+        return self._held

@@ -143,6 +143,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def _make_dataplane(home: Path, storage: str) -> Any:
+    from cathouse_harness.local.instance_plane import InstanceDataPlane, compute_choice
+
+    if compute_choice() == "instance":  # a PostgreSQL per branch (#24), not yet the default
+        return InstanceDataPlane(home, storage=storage)
     from cathouse_harness.local.dataplane import DataPlane
 
     return DataPlane(
@@ -186,6 +190,9 @@ async def serve(
         home, dataplane or _make_dataplane(home, storage), storage=storage, faults=injector,
         database=database, role=role, **limits,
     )
+    attach = getattr(neon.dataplane, "attach", None)
+    if attach is not None:  # the instance data plane reads the control plane's records
+        attach(neon)
     if neon.latency.active:
         log.info("latency profile %s: %s", neon.latency.name or "custom", neon.latency.to_spec())
     handle.neon = neon

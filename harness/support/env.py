@@ -37,6 +37,7 @@ VARIABLES: dict[str, str] = {
     "CATHOUSE_LOCAL_FAULTS": "fault injection for the local server",
     "CATHOUSE_LOCAL_LATENCY": "the local server's latency profile: `neon` or rtt=S,<operation>=S",
     "CATHOUSE_LOCAL_HOSTS": "endpoint hosts: auto, addresses (127.x.y.z) or names (ep-….local.localhost)",
+    "CATHOUSE_LOCAL_COMPUTE": "local data plane: shared (one PostgreSQL) or instance (one per branch, #24)",
     "CATHOUSE_PGBOUNCER": "the embedded default's PgBouncer: its binary's path, or off",
     "CATHOUSE_POOLER_MODE": "the embedded default's PgBouncer pool mode: transaction (Neon's) or session",
     "CATHOUSE_LOCAL_ROUTER": "the loopback address of the names-mode router (default 127.0.0.1)",

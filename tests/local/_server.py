@@ -85,6 +85,10 @@ def start_test_server(
         cluster = getattr(handle.neon.dataplane, "cluster_dir", None) if handle.neon else None
         if not keep_data and cluster is not None:
             shutil.rmtree(cluster, ignore_errors=True)
+            # the instance data plane's per-home OS user (made when run as root)
+            forget_user = getattr(handle.neon.dataplane, "remove_home_user", None) if handle.neon else None
+            if forget_user is not None:
+                forget_user()
         if failure:
             raise failure[0]
 

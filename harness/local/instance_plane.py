@@ -1,0 +1,700 @@
+"""The instance data plane: a PostgreSQL per branch (#24), behind `CATHOUSE_LOCAL_COMPUTE=instance`.
+
+It answers the control plane's calls (`cathouse_harness.local.core.DataPlaneLike`) with
+`cathouse_harness.local.compute`: the root branch's first database makes the root
+instance, a branch's first copy forks its parent's instance (a spare, or a stopped copy,
+when the parent is suspended; through the backup functions when it runs), a deleted
+branch's instance is removed, and endpoints are the byte relay's listeners
+(`cathouse_harness.local.relay`). The control plane still speaks in physical database
+names; a branch's databases keep their real names inside its instance, and this module
+maps the one to the other.
+
+Roles and databases the API changes reach the instance lazily: every change ends the
+branch's connections (`drop_connections`, as a Neon compute's config is applied), which
+marks the branch, and its next login first brings the instance's roles (passwords of the
+API's record) and databases in line with the record. A password is set only when the
+record's changed since it was last set, so a session's own `ALTER ROLE … PASSWORD`
+holds on its branch until the API resets it.
+
+An instance without connections for `suspend_after` seconds is stopped (Neon's
+suspend) and started by the next login (resume).
+
+Not yet (ARCHITECTURE.md, "Compute per branch"): PgBouncer per instance (pooled is
+direct here), read-only endpoints on standby forks (they are read-only sessions of the
+branch's instance, as on the shared plane), schema-only branches, restore to a point in
+time (a restore from another live branch's instance works), the xdist and history LSNs
+per instance (`current_lsn` is the root instance's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.catalog import serving
+from cathouse_harness.local.compute import spares
+from cathouse_harness.local.compute import users as compute_users
+from cathouse_harness.local.compute.fork import fork
+from cathouse_harness.local.compute.instance import Instance, admin_session, remove, running_pid, start, stop
+from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
+from cathouse_harness.local.compute.roots import create_branch_role, make_root
+from cathouse_harness.local.compute.template import ensure_template
+from cathouse_harness.local.listeners import EndpointAddress, Listeners
+from cathouse_harness.local.names import host_mode
+from cathouse_harness.local.neon_features import ServerFeatures
+from cathouse_harness.local.pg_choice import ENV_VAR as POSTGRES_BIN_ENV
+from cathouse_harness.local.pg_choice import PgInstall, choose_install
+from cathouse_harness.local.postgres import scram_verifier
+from cathouse_harness.local.proxy import Fences, Gate, Refusal, Upstream
+from cathouse_harness.local.relay import CancelKeys, RelayEndpoint, Route
+from cathouse_harness.local.state import DatabaseRecord, database_id, iso, now
+from cathouse_harness.local.tls import TlsMaterial, server_material
+from cathouse_harness.support import env
+from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.polling import Backoff, wait_until_async
+from cathouse_harness.support.redact import register_url
+from cathouse_harness.support.safe_paths import write_private
+from psycopg import sql
+
+log = get_logger("local.instance_plane")
+
+ENV_VAR = "CATHOUSE_LOCAL_COMPUTE"
+CHOICES = ("shared", "instance")
+SUSPEND_AFTER = 300.0
+_TICK = 1.0
+_MADE_POLL = Backoff(0.005, most=0.1)
+_MADE_WAIT = 120.0
+# what a read-only endpoint's sessions start with (as on the shared plane, `catalog`)
+_READ_ONLY = {"default_transaction_read_only": "on"}
+
+# the role's verifier when it may log in to the database: never a superuser's (the
+# control plane's bootstrap role), never one past its VALID UNTIL
+_VERIFIER_SQL = """
+SELECT a.rolpassword FROM pg_authid a
+ WHERE a.rolname = %s AND a.rolcanlogin AND NOT a.rolsuper
+   AND (a.rolvaliduntil IS NULL OR a.rolvaliduntil > now())
+   AND EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = %s AND d.datallowconn)
+"""
+
+
+def compute_choice() -> str:
+    """`shared` (today's one PostgreSQL) or `instance`; ConfigError-like one line otherwise."""
+    value = (env.read(ENV_VAR) or "shared").strip().lower()
+    if value not in CHOICES:
+        raise LocalServerError(f"{ENV_VAR}={value!r} is not one of {', '.join(CHOICES)}",
+                               hint=f"unset {ENV_VAR}, or set it to instance")
+    return value
+
+
+def _read_verifier(instance: Instance, role: str, database: str) -> str | None:
+    with admin_session(instance) as session:
+        row = session.execute(_VERIFIER_SQL, (role, database)).fetchone()
+    text = row[0] if row else None
+    return text if isinstance(text, str) and text.startswith("SCRAM-SHA-256$") else None
+
+
+# the instance's own databases, never a branch's
+_NOT_BRANCH_DATABASES = frozenset({"postgres", "template0", "template1"})
+
+
+def _apply(instance: Instance, passwords: Mapping[str, str], gone: list[str],
+           databases: list[tuple[str, str, str, bool]]) -> tuple[dict[str, str], list[str]]:
+    """Bring the instance in line with its branch's record: roles with changed
+    passwords (made when missing), roles the record dropped, databases (old name, name,
+    owner, whether the instance had it before) renamed or made, and their owners. A
+    database the instance had and a session dropped stays dropped. Returns the
+    instance's branch databases (name -> owner) and the record's names it dropped."""
+    with admin_session(instance) as session:
+        roles = {name for (name,) in session.execute("SELECT rolname FROM pg_roles")}
+        for name, password in passwords.items():
+            if name not in roles:
+                create_branch_role(session, name, password)
+            else:
+                session.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(name), sql.Literal(scram_verifier(password))))
+        for name in gone:
+            try:
+                session.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+            except psycopg.Error as exc:  # it owns objects: left, as PostgreSQL would leave it
+                log.info("role %s stays on instance %s: %s", name, instance.name, exc.diag.message_primary)
+        owners = dict(session.execute(
+            "SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba").fetchall())
+        dropped: list[str] = []
+        for old, new, owner, known in databases:
+            if old != new and old in owners and new not in owners:
+                session.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                                (old,))
+                session.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(old), sql.Identifier(new)))
+                owners[new] = owners.pop(old)
+            elif new not in owners and known:
+                dropped.append(new)
+                continue
+            elif new not in owners:
+                session.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(new), sql.Identifier(owner)))
+                owners[new] = owner
+            if owners[new] != owner:
+                session.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(new), sql.Identifier(owner)))
+    return {k: v for k, v in owners.items() if k not in _NOT_BRANCH_DATABASES}, dropped
+
+
+def _features(instance: Instance) -> tuple[ServerFeatures, str]:
+    with admin_session(instance) as session:
+        version = str(session.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+        names = session.execute("SELECT array(SELECT name FROM pg_available_extensions)").fetchone()
+        try:
+            with session.transaction():
+                session.execute(
+                    "CREATE COLLATION pg_temp.cathouse_icu_probe (provider = icu, locale = 'und')")
+                raise _RolledBack
+        except _RolledBack:
+            icu = True
+        except psycopg.Error:
+            icu = False
+    extensions = frozenset(names[0] if names else ())
+    return ServerFeatures(extensions, icu, instance.install.describe()), version
+
+
+class _RolledBack(Exception):
+    """Leaves a probe's transaction by rolling it back."""
+
+
+class InstanceDataPlane:
+    """Branches as PostgreSQL instances, endpoints as relays (see the module)."""
+
+    def __init__(self, home: Path, *, storage: str = "memory", postgres_bin: str | None = None,
+                 suspend_after: float | None = None) -> None:
+        self.home = Path(home)
+        self.storage = storage
+        self.suspend_after = SUSPEND_AFTER if suspend_after is None else suspend_after
+        self._postgres_bin = postgres_bin
+        self.install: PgInstall | None = None
+        self.features: ServerFeatures | None = None
+        self.server_version = ""
+        self.pgbouncer_available = False
+        self.pgbouncer_problem: str | None = "the instance data plane runs no PgBouncer yet: pooled is direct"
+        self.on_activity: Callable[[], None] | None = None
+        self.timings: dict[str, float] = {}
+        self._neon: Any = None
+        self._compute: ComputeHome | None = None
+        self._superuser: Any = None
+        self._tls: TlsMaterial | None = None
+        self._listeners: Listeners | None = None
+        self._keys = CancelKeys()
+        self._locks: dict[str, asyncio.Lock] = {}
+        # physical database -> (instance, its name inside the instance)
+        self._where: dict[str, tuple[str, str]] = {}
+        # (instance, role) -> the record's password last set in the instance
+        self._synced: dict[tuple[str, str], str] = {}
+        # branches whose instance may differ from the record (synced at the next login)
+        self._dirty: set[str] = set()
+        # instances forked by a restore, synced at their first login (by instance name)
+        self._dirty_instances: set[str] = set()
+        # a restore's refork: instance -> (source instance, physicals it answered)
+        self._reforked: dict[str, tuple[str, set[str]]] = {}
+        # a restore's new copies: source instance -> (the fork, templates it answered)
+        self._pending: dict[str, tuple[str, set[str]]] = {}
+        self._last_used: dict[str, float] = {}
+        self._lsn = "0/0"
+        self._ticker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+
+    # ------------------------------------------------------------------ life cycle
+
+    def attach(self, neon: Any) -> None:
+        """The control plane whose records say which branch a database or endpoint is."""
+        self._neon = neon
+
+    @property
+    def cluster_dir(self) -> Path | None:
+        return self._compute.base if self._compute is not None else None
+
+    @property
+    def ca_file(self) -> Path | None:
+        return self._tls.ca_file if self._tls is not None else None
+
+    @property
+    def host_problem(self) -> str | None:
+        return self._listeners.host_problem if self._listeners is not None else None
+
+    @property
+    def names_problem(self) -> str | None:
+        return self._listeners.names_problem if self._listeners is not None else None
+
+    def pooler_info(self) -> dict[str, object] | None:
+        return None
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        mode = await asyncio.to_thread(host_mode)
+        user = await asyncio.to_thread(compute_users.home_os_user, self.home)
+        self._compute = compute = await asyncio.to_thread(open_home, self.home, user, self.storage)  # type: ignore[arg-type]
+        choice = self._postgres_bin or env.read(POSTGRES_BIN_ENV)
+        self.install = install = await asyncio.to_thread(
+            choose_install, choice, data_dir=compute.base / "templates", user=user)
+        template = await asyncio.to_thread(ensure_template, compute, install)
+        self._load_map()
+        self._superuser = template.superuser_password
+        self._tls = await asyncio.to_thread(server_material, self.home / "tls")
+        nowhere = Upstream("127.0.0.1", 0)  # the relay goes to instances' sockets, not here
+        self._listeners = Listeners(
+            Fences(), self._tls, nowhere, nowhere, pooled_via_pgbouncer=False,
+            make_proxy=functools.partial(RelayEndpoint, resolve=self._route, keys=self._keys),
+            cancel=self._keys.cancel,
+        )
+        await self._listeners.start_router(mode)
+        self._ticker = asyncio.create_task(self._tick())
+        self.timings["start_total"] = time.perf_counter() - started
+
+    async def stop(self, *, stop_postgres: bool = True) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self._listeners is not None:
+            await self._listeners.close_all()
+        if self._background:
+            await asyncio.wait(self._background, timeout=30)
+        if stop_postgres and self._compute is not None:
+            for instance in self._all_instances():
+                await asyncio.to_thread(stop, instance)
+
+    def remove_home_user(self) -> None:
+        """Delete the home's per-home OS user (tests, once the files are gone)."""
+        compute_users.remove_home_user(self.home)
+
+    # ------------------------------------------------------------------ instances
+    #
+    # Instances are named apart from branches: a restore that preserves the old state
+    # under a new branch moves the old databases (and so the old instance) to that new
+    # record, and gives the restored branch a fork of the source under a new name. The
+    # map physical -> (instance, name inside it) says which is whose; it is kept in
+    # the home (`instances.json`) so a restarted server finds the same.
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _instance(self, name: str) -> Instance:
+        compute, install = self._compute, self.install
+        if compute is None or install is None:
+            raise LocalServerError("the data plane is not started")
+        return Instance(name, instance_paths(compute, name), compute.user, install, self._superuser)
+
+    @staticmethod
+    def _exists(instance: Instance) -> bool:
+        return (instance.paths.data / "PG_VERSION").exists()
+
+    def _all_instances(self) -> list[Instance]:
+        assert self._compute is not None
+        folder = self._compute.base / "instances"
+        names = sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
+        return [self._instance(name) for name in names]
+
+    def _map_file(self) -> Path:
+        assert self._compute is not None
+        return self._compute.state / f"instances-{self.storage}.json"
+
+    def _load_map(self) -> None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            data = json.loads(self._map_file().read_text())
+            self._where = {str(k): (str(v[0]), str(v[1])) for k, v in data.items()}
+
+    def _place(self, physical: str, instance: str, name: str) -> None:
+        if self._where.get(physical) != (instance, name):
+            self._where[physical] = (instance, name)
+            self._save_map()
+
+    def _unplace(self, physical: str) -> tuple[str, str] | None:
+        found = self._where.pop(physical, None)
+        if found is not None:
+            self._save_map()
+        return found
+
+    def _save_map(self) -> None:
+        write_private(self._map_file(), json.dumps({k: list(v) for k, v in self._where.items()}))
+
+    def _instance_name(self, branch: Any) -> str:
+        """The instance holding `branch`'s databases (its id until one says otherwise)."""
+        for db in branch.databases.values():
+            placed = self._where.get(db.physical) if db.physical else None
+            if placed is not None:
+                return placed[0]
+        return str(branch.id)
+
+    async def _running(self, name: str) -> Instance:
+        """Instance `name`, started when it was suspended."""
+        instance = self._instance(name)
+        async with self._lock(name):
+            if running_pid(instance) is None:
+                await asyncio.to_thread(start, instance)
+        self._last_used[name] = time.monotonic()
+        return instance
+
+    def _state(self) -> Any:
+        if self._neon is None:
+            raise LocalServerError("the instance data plane has no control plane attached")
+        return self._neon.state
+
+    def _branch_of(self, physical: str) -> tuple[Any, str] | None:
+        """The branch record naming `physical`, and its name for the database."""
+        for branch in self._state().branches.values():
+            for db in branch.databases.values():
+                if db.physical == physical:
+                    return branch, db.name
+        return None
+
+    def _placed(self, physical: str) -> tuple[str, str] | None:
+        """(instance, database name inside it) of `physical`, placed or by its record."""
+        placed = self._where.get(physical)
+        if placed is not None:
+            return placed
+        found = self._branch_of(physical)
+        return (self._instance_name(found[0]), found[1]) if found is not None else None
+
+    async def _learn(self, instance: Instance) -> None:
+        if self.features is None:
+            self.features, self.server_version = await asyncio.to_thread(_features, instance)
+
+    def _spares_later(self, parent: Instance) -> None:
+        compute = self._compute
+        assert compute is not None
+        job = asyncio.ensure_future(asyncio.to_thread(spares.prepare, parent, compute, 1))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _fork(self, source: str, target: str) -> None:
+        """Instance `target` as a fork of `source` now (a spare or a stopped copy when it
+        is suspended, through its backup functions when it runs)."""
+        compute = self._compute
+        assert compute is not None
+        parent = self._instance(source)
+        stopped = running_pid(parent) is None
+        async with self._lock(source):
+            await asyncio.to_thread(fork, parent, compute, target)
+        self._last_used[target] = time.monotonic()
+        if stopped:
+            self._spares_later(parent)
+
+    # ------------------------------------------------------------------ databases
+
+    async def ensure_role(self, role: str, password: str) -> None:
+        """The shared plane's internal upstream passwords: none here (the relay logs in
+        with the client's own proof)."""
+
+    async def create_database(self, physical: str, *, owner: str, template: str | None = None,
+                              schema_only: bool = False, issued: Callable[[], None] | None = None) -> None:
+        if schema_only:
+            raise LocalServerError("schema-only branches are not made by the instance data plane yet",
+                                   hint="unset CATHOUSE_LOCAL_COMPUTE")
+        found = self._branch_of(physical)
+        if found is None:
+            # a restore's copy, for a branch record that names it only once the restore
+            # is done: a fork of the template's instance, made once for all its databases
+            if issued is not None:
+                issued()
+            if template is not None:
+                await self._copy_for_later(physical, template)
+            return
+        branch, name = found
+        target = self._instance_name(branch)
+        instance = self._instance(target)
+        async with self._lock(target):
+            if issued is not None:
+                issued()
+            if not self._exists(instance):
+                await self._make(branch, target, name, owner, template)
+            else:
+                if running_pid(instance) is None:  # the lock is ours: started here
+                    await asyncio.to_thread(start, instance)
+                self._last_used[target] = time.monotonic()
+                await asyncio.to_thread(_apply, instance, {}, [], [(name, name, owner, False)])
+        self._place(physical, target, name)
+
+    async def _copy_for_later(self, physical: str, template: str) -> None:
+        source = self._placed(template)
+        if source is None:
+            raise LocalServerError(f"no instance holds database {template}")
+        pending = self._pending.get(source[0])
+        if pending is None or template in pending[1]:
+            pending = (f"in-{secrets.token_hex(8)}", set())
+            self._pending[source[0]] = pending
+            await self._fork(source[0], pending[0])
+            self._dirty_instances.add(pending[0])
+        pending[1].add(template)
+        self._place(physical, pending[0], source[1])
+
+    async def _make(self, branch: Any, target: str, name: str, owner: str, template: str | None) -> None:
+        compute, install = self._compute, self.install
+        assert compute is not None and install is not None
+        source = self._placed(template) if template is not None else None
+        if source is not None:
+            await self._fork(source[0], target)
+            await self._sync(branch, self._instance(target))
+        else:
+            password = branch.roles[owner].password
+            await asyncio.to_thread(make_root, compute, install, target, owner=owner, database=name,
+                                    owner_password=password)
+            self._synced[(target, owner)] = password
+            self._last_used[target] = time.monotonic()
+        self._dirty.add(branch.id)
+        await self._learn(self._instance(target))
+
+    async def drop_database(self, physical: str) -> None:
+        found = self._branch_of(physical)
+        placed = self._unplace(physical) or self._placed(physical)
+        if placed is None:
+            return
+        target, name = placed
+        instance = self._instance(target)
+        branch = found[0] if found is not None else None
+        async with self._lock(target):
+            if (branch is None or branch.deleting) and not self._holds_others(target):
+                await asyncio.to_thread(remove, instance)
+                self._forget(target)
+                return
+            if not self._exists(instance):
+                return
+        await self._running(target)
+
+        def drop() -> None:
+            with admin_session(instance) as session:
+                session.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)))
+
+        await asyncio.to_thread(drop)
+
+    def _holds_others(self, target: str) -> bool:
+        """Whether a live branch still has a database in instance `target`."""
+        for branch in self._state().branches.values():
+            if not branch.deleting and any(
+                self._where.get(db.physical or "", ("",))[0] == target for db in branch.databases.values()
+            ):
+                return True
+        return False
+
+    def _forget(self, name: str) -> None:
+        self._last_used.pop(name, None)
+        self._dirty_instances.discard(name)
+        for key in [key for key in self._synced if key[0] == name]:
+            del self._synced[key]
+
+    async def replace_database(self, physical: str, *, template: str, owner: str) -> None:
+        """A restore in place: the branch's instance becomes a fork of the source's, once
+        per restore (every database of the branch is in that fork)."""
+        target, source = self._placed(physical), self._placed(template)
+        if target is None or source is None:
+            raise LocalServerError(
+                "this restore needs a point in time the instance data plane keeps no copy of",
+                hint="restore from another branch, or unset CATHOUSE_LOCAL_COMPUTE")
+        done = self._reforked.get(target[0])
+        if done is None or done[0] != source[0] or physical in done[1]:
+            async with self._lock(target[0]):
+                await asyncio.to_thread(remove, self._instance(target[0]))
+                await self._fork(source[0], target[0])
+            self._forget(target[0])
+            self._dirty_instances.add(target[0])
+            done = (source[0], set())
+            self._reforked[target[0]] = done
+        done[1].add(physical)
+        self._place(physical, target[0], source[1])
+
+    async def set_database_owner(self, physical: str, owner: str) -> None:
+        """The owner (and a rename the API made meanwhile) reach the instance at once."""
+        found = self._branch_of(physical)
+        if found is not None:
+            branch = found[0]
+            await self._sync(branch, await self._running(self._instance_name(branch)))
+
+    async def end_sessions(self, physical: str, *, keep: int) -> None:
+        """Only the shared plane's SQL interception asks for this."""
+
+    async def database_added(self, physical: str) -> None:
+        """Only the shared plane's SQL interception tells of this."""
+
+    async def list_databases(self) -> list[str]:
+        """The physical names of the databases in an instance that exists."""
+        found: list[str] = []
+        for branch in self._state().branches.values():
+            for db in branch.databases.values():
+                placed = self._placed(db.physical) if db.physical else None
+                if placed is not None and self._exists(self._instance(placed[0])):
+                    found.append(db.physical)
+        return found
+
+    def admin_dsn(self, database: str = "postgres") -> str:
+        placed = self._placed(database)
+        target, name = placed or (self._instance_name(self._state().default_branch), database)
+        instance = self._instance(target)
+        dsn = (f"postgresql://postgres:{self._superuser.reveal()}@/{name}"
+               f"?host={instance.paths.socket_dir}&port=5432")
+        register_url(dsn)
+        return dsn
+
+    async def current_lsn(self) -> str:
+        """The default branch's instance's WAL position when it runs (the last one seen
+        otherwise): one instance's LSNs, not a per-branch timeline yet."""
+        instance = self._instance(self._instance_name(self._state().default_branch))
+        if running_pid(instance) is None:
+            return self._lsn
+
+        def read() -> str:
+            with admin_session(instance) as session:
+                return str(session.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
+
+        with contextlib.suppress(LocalServerError):
+            self._lsn = await asyncio.to_thread(read)
+        return self._lsn
+
+    # ------------------------------------------------------------------ sync
+
+    async def _sync(self, branch: Any, instance: Instance, *, only_marked: bool = False) -> None:
+        """Bring `instance` in line with `branch`'s record (see the module); then the
+        record learns the databases sessions made or dropped in SQL, as Neon's
+        control plane learns them from its compute. One at a time per instance: two
+        logins syncing at once would both set a password, and a second salt between
+        one login's verifier read and its upstream login fails that login."""
+        async with self._locks.setdefault(f"sync:{instance.name}", asyncio.Lock()):
+            if only_marked and branch.id not in self._dirty and instance.name not in self._dirty_instances:
+                return
+            await self._sync_now(branch, instance)
+
+    async def _sync_now(self, branch: Any, instance: Instance) -> None:
+        self._dirty.discard(branch.id)
+        self._dirty_instances.discard(instance.name)
+        key = instance.name
+        passwords = {name: role.password for name, role in branch.roles.items()
+                     if self._synced.get((key, name)) != role.password}
+        gone = [name for (owner, name) in self._synced if owner == key and name not in branch.roles]
+        databases: list[tuple[str, str, str, bool]] = []
+        for db in branch.databases.values():
+            if db.physical is None:
+                db.physical = self._neon.catalog.new_physical()
+            before = self._where.get(db.physical)
+            known = before is not None and before[0] == key
+            databases.append((before[1] if known and before else db.name, db.name, db.owner_name, known))
+            self._place(db.physical, key, db.name)
+        try:
+            present, dropped = await asyncio.to_thread(_apply, instance, passwords, gone, databases)
+        except BaseException:
+            self._dirty.add(branch.id)
+            raise
+        for name, password in passwords.items():
+            self._synced[(key, name)] = password
+        for name in gone:
+            self._synced.pop((key, name), None)
+        self._learn_databases(branch, key, present, dropped)
+        self._neon.save()
+
+    def _learn_databases(self, branch: Any, key: str, present: Mapping[str, str], dropped: list[str]) -> None:
+        for name in dropped:
+            db = branch.databases.pop(name, None)
+            if db is not None and db.physical:
+                self._unplace(db.physical)
+        stamp = iso(now())
+        for name, owner in present.items():
+            if name not in branch.databases:
+                physical = self._neon.catalog.new_physical()
+                branch.databases[name] = DatabaseRecord(
+                    database_id(branch.id, name), name, owner, stamp, stamp, physical)
+                self._place(physical, key, name)
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def _route(self, endpoint_id: str) -> Route:
+        ep, branch = serving(self._state(), endpoint_id)
+
+        def made() -> bool:
+            return bool(branch.deleting) or self._exists(self._instance(self._instance_name(branch)))
+
+        if not made():  # a fork still copying: wait, as for a compute starting
+            await wait_until_async(made, timeout=_MADE_WAIT, backoff=_MADE_POLL)
+        name = self._instance_name(branch)
+        if branch.deleting or not self._exists(self._instance(name)):
+            raise Refusal("08006", f"endpoint {endpoint_id} has no compute")
+        instance = await self._running(name)  # waits for a fork or restore of it to end
+        if branch.id in self._dirty or name in self._dirty_instances:
+            await self._sync(branch, instance, only_marked=True)
+        if ep.current_state == "idle":  # a suspended compute wakes on a connection
+            ep.current_state, ep.started_at = "active", iso(now())
+        extra = _READ_ONLY if ep.type == "read_only" else {}
+        return Route(socket_file(instance.paths), functools.partial(self._verifier, instance), extra)
+
+    async def _verifier(self, instance: Instance, role: str, database: str) -> str | None:
+        return await asyncio.to_thread(_read_verifier, instance, role, database)
+
+    @property
+    def listeners(self) -> Listeners:
+        if self._listeners is None:
+            raise LocalServerError("the data plane is not started")
+        return self._listeners
+
+    async def open_endpoint(self, endpoint_id: str, *, databases: Mapping[str, str], direct_port: int = 0,
+                            pooled_port: int = 0, gate: Gate | None = None) -> EndpointAddress:
+        """The relay's listeners; `gate` is the shared plane's and not used: the branch's
+        instance decides who may log in."""
+        self._mark(endpoint_id)
+        return await self.listeners.open(endpoint_id, databases=databases, direct_port=direct_port,
+                                         pooled_port=pooled_port, on_activity=self.on_activity)
+
+    def _mark(self, endpoint_id: str) -> None:
+        ep = self._state().endpoints.get(endpoint_id) if self._neon is not None else None
+        if ep is not None:
+            self._dirty.add(ep.branch_id)
+
+    def drop_connections(self, endpoint_id: str) -> None:
+        self._mark(endpoint_id)
+        if self._listeners is not None:
+            self._listeners.drop_connections(endpoint_id)
+
+    def endpoint_connections(self) -> dict[str, int]:
+        return self._listeners.connections() if self._listeners is not None else {}
+
+    def open_connections(self) -> int:
+        return self._listeners.open_connections() if self._listeners is not None else 0
+
+    async def close_endpoint(self, endpoint_id: str) -> None:
+        if self._listeners is not None:
+            await self._listeners.close(endpoint_id)
+
+    # ------------------------------------------------------------------ suspend
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK)
+            with contextlib.suppress(Exception):
+                await self._suspend_idle()
+
+    async def _suspend_idle(self) -> None:
+        state = self._state() if self._neon is not None else None
+        if state is None:
+            return
+        moment = time.monotonic()
+        for endpoint_id in self.endpoint_connections():
+            ep = state.endpoints.get(endpoint_id)
+            branch = state.branches.get(ep.branch_id) if ep is not None else None
+            if branch is not None:
+                self._last_used[self._instance_name(branch)] = moment
+        for name, used in list(self._last_used.items()):
+            if moment - used < self.suspend_after:
+                continue
+            lock = self._lock(name)
+            if lock.locked():
+                continue
+            async with lock:
+                instance = self._instance(name)
+                if running_pid(instance) is not None:
+                    log.info("instance %s idle for %.0f s: suspended", name, moment - used)
+                    await asyncio.to_thread(stop, instance)
+                self._last_used.pop(name, None)
