@@ -69,6 +69,8 @@ class Listeners:
     # why endpoints are not named <id>.local.localhost (then a pooled host cannot be
     # made from `host` by inserting `-pooler`: `pooler_host` is the way), if they are not
     names_problem: str | None = None
+    # names mode: a branch id's read-write endpoint id (time travel hosts name the branch)
+    branch_endpoint: Callable[[str], str | None] = lambda _branch_id: None
 
     async def start_router(self, mode: HostMode) -> None:
         """In names mode, the router on the mode's address (and [::1] beside 127.0.0.1);
@@ -89,7 +91,7 @@ class Listeners:
         if self.tls is None:
             problem = "endpoints serve no TLS, and the router routes by its server name"
         else:
-            router = SniRouter(self.tls, self.proxies.get, self._upstreams)
+            router = SniRouter(self.tls, self.proxies.get, self._upstreams, self._branch_proxy)
             optional = ("::1",) if mode.router_address == "127.0.0.1" else ()
             try:
                 await router.start(mode.router_address, optional=optional)
@@ -106,6 +108,10 @@ class Listeners:
             "endpoint host names (<id>.%s) are not served: %s; endpoints get loopback"
             " addresses of their own instead", NAME_DOMAIN, problem,
         )
+
+    def _branch_proxy(self, branch_id: str) -> EndpointProxy | None:
+        endpoint_id = self.branch_endpoint(branch_id)
+        return self.proxies.get(endpoint_id) if endpoint_id is not None else None
 
     def _upstreams(self) -> list[Upstream]:
         return list(dict.fromkeys((self.direct, self.pooled)))

@@ -42,6 +42,9 @@ PROTOCOL_MAJOR_3 = 3
 
 # The listeners whose upstream is the endpoint's PgBouncer (its port, its own address).
 POOLED_KINDS = ("pooled", "pooled-host")
+# What the router hands over for a branch's host name: the direct listener's, for time
+# travel connections only (what neonctl's `<branch>@<time>` URL reaches).
+TIME_TRAVEL = "time-travel"
 
 _MAX_STARTUP = 10_000
 _PIPE_CHUNK = 256 * 1024
@@ -252,8 +255,10 @@ class EndpointProxy:
     ) -> None:
         """Serve a connection another listener accepted (the names-mode router, after TLS
         told it the endpoint, or after the startup's options did: then with `startup`
-        already read) as if it had come to this endpoint's `kind` listener."""
-        await self._handle(self._listeners[kind], reader, writer, startup)
+        already read) as if it had come to this endpoint's `kind` listener (TIME_TRAVEL:
+        the direct one, for a time-travel connection only)."""
+        listener = self._listeners["direct" if kind == TIME_TRAVEL else kind]
+        await self._handle(listener, reader, writer, startup, time_travel=kind == TIME_TRAVEL)
 
     async def _handle(
         self,
@@ -261,6 +266,8 @@ class EndpointProxy:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         startup: Startup | None = None,
+        *,
+        time_travel: bool = False,
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -268,7 +275,7 @@ class EndpointProxy:
         listener.connections.add(task)
         self._active()
         try:
-            await self._serve(listener, reader, writer, startup, arrived)
+            await self._serve(listener, reader, writer, startup, arrived, time_travel)
         except (
             ConnectionError,
             asyncio.IncompleteReadError,
@@ -305,6 +312,7 @@ class EndpointProxy:
         writer: asyncio.StreamWriter,
         startup: Startup | None = None,
         arrived: float | None = None,
+        time_travel: bool = False,
     ) -> None:
         if startup is None:
             async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
@@ -317,6 +325,9 @@ class EndpointProxy:
         try:
             if startup.at is not None and listener.kind in POOLED_KINDS:
                 raise Refusal("08004", "time travel connections take the direct host; drop -pooler")
+            if time_travel and startup.at is None:
+                raise Refusal("08004", "a branch's host serves time travel connections only: add "
+                              "options=neon_timestamp:<time> or neon_lsn:<lsn>, or use the endpoint's host")
             at = startup.at if startup.at is None else replace(startup.at, arrived=arrived)
             admission = await self._admit(params, at)
         except Refusal as refusal:

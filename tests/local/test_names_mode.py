@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -162,6 +163,27 @@ def test_without_a_server_name_the_router_routes_by_the_endpoint_option(
             with pytest.raises(psycopg.OperationalError) as refused:
                 connect(**extra).close()
             assert said in str(refused.value), str(refused.value)
+    finally:
+        delete_branch(client, project, made["branch"]["id"])
+
+
+def test_a_branch_host_serves_time_travel_connections_only(
+    named: tuple[httpx.Client, str, str],
+) -> None:
+    """neonctl's `<branch>@<time>` URL names the branch where the endpoint id was
+    (`<branch-id>.local.localhost`, as on Neon): the router hands it to the branch's
+    read-write endpoint, for a time-travel connection only (#25 part 3)."""
+    client, project, router = named
+    made = create_ready_branch(client, project, name=unique("named-travel"))
+    try:
+        _endpoint, params, ca = _endpoint_of(made)
+        branch_host = f"{made['branch']['id']}.local.localhost"
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        with _connect(branch_host, router, params, ca, options=f"neon_timestamp:{now}") as conn:
+            assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        with pytest.raises(psycopg.OperationalError) as refused:
+            _connect(branch_host, router, params, ca).close()
+        assert "serves time travel connections only" in str(refused.value)
     finally:
         delete_branch(client, project, made["branch"]["id"])
 
