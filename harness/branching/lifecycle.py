@@ -116,12 +116,13 @@ async def find_own_branch(
 async def taken_by_another(
     client: NeonClient, project_id: str, name: str, exc: NeonAPIError, *, run_id: str
 ) -> bool:
-    """Whether a create of `name` failed because a branch of that name exists that this
-    run and process did not make (a 409 on a name that is ours is no reason to rename)."""
+    """Whether a create of `name` failed because another harness run's branch has that
+    name (a 409 on a name that is ours is no reason to rename, and a branch without the
+    harness's marks in the way stops the run: it is nobody's to work around)."""
     if exc.status != 409:
         return False
     found = await client.find_branch(project_id, name)
-    return found is not None and not owned_here(found, run_id)
+    return found is not None and is_harness_branch(found) and not owned_here(found, run_id)
 
 
 def marks(
