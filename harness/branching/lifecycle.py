@@ -113,6 +113,18 @@ async def find_own_branch(
     return found if found is not None and owned_here(found, run_id, owner) else None
 
 
+async def taken_by_another(
+    client: NeonClient, project_id: str, name: str, exc: NeonAPIError, *, run_id: str
+) -> bool:
+    """Whether a create of `name` failed because another harness run's branch has that
+    name (a 409 on a name that is ours is no reason to rename, and a branch without the
+    harness's marks in the way stops the run: it is nobody's to work around)."""
+    if exc.status != 409:
+        return False
+    found = await client.find_branch(project_id, name)
+    return found is not None and is_harness_branch(found) and not owned_here(found, run_id)
+
+
 def marks(
     kind: Kind, run_id: str, *, fingerprint: str | None = None, parent: str | None = None
 ) -> dict[str, str]:

@@ -25,6 +25,12 @@ def session_branch_name(run_id: str, worker: str) -> str:
     return f"{NAME_PREFIX}{clean_name_part(run_id)}/{clean_name_part(worker)}"
 
 
+def owners_name(name: str, owner: str) -> str:
+    """`name` with the random part of `owner`'s token: the name a run forks under when
+    another run given the same run id (a CI matrix sharing one) holds the plain one."""
+    return f"{name}-{owner.rsplit('-', 1)[-1]}"
+
+
 def run_prefix(run_id: str) -> str:
     return f"{NAME_PREFIX}{clean_name_part(run_id)}/"
 

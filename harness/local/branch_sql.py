@@ -54,8 +54,13 @@ def _in_use(what: str, others: int) -> SqlRefusal:
 class SqlConnection:
     """One admitted proxy connection: the branch, role and database it is on."""
 
-    def __init__(self, owner: BranchSql, endpoint_id: str, branch_id: str, user: str, physical: str) -> None:
+    def __init__(
+        self, owner: BranchSql, endpoint_id: str, branch_id: str, user: str, physical: str,
+        *, read_only: bool = False,
+    ) -> None:
         self.owner = owner
+        # a read-only endpoint's, or a time-travel connection's (a past state, never written)
+        self.read_only = read_only
         self.endpoint_id = endpoint_id
         self.branch_id = branch_id
         self.user = user
@@ -102,8 +107,10 @@ class BranchSql:
         # (branch, name) of databases being created, so two CREATEs make one
         self._creating: set[tuple[str, str]] = set()
 
-    def connection(self, endpoint_id: str, branch_id: str, user: str, physical: str) -> SqlConnection:
-        return SqlConnection(self, endpoint_id, branch_id, user, physical)
+    def connection(
+        self, endpoint_id: str, branch_id: str, user: str, physical: str, *, read_only: bool = False
+    ) -> SqlConnection:
+        return SqlConnection(self, endpoint_id, branch_id, user, physical, read_only=read_only)
 
     def others(self, physical: str | None, me: SqlConnection) -> list[SqlConnection]:
         if physical is None:
@@ -116,7 +123,7 @@ class BranchSql:
         branch = state.branches.get(me.branch_id)
         if ep is None or branch is None or branch.deleting:
             raise SqlRefusal("08006", f"endpoint {me.endpoint_id} does not exist any more")
-        if ep.type == "read_only":
+        if ep.type == "read_only" or me.read_only:
             raise SqlRefusal("25006", f"cannot execute {tag} in a read-only transaction")
         return branch
 

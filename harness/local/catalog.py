@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from cathouse_harness.errors import ApiError
 from cathouse_harness.local import ids
-from cathouse_harness.local.api_validation import DatabaseChange
+from cathouse_harness.local.api_validation import DatabaseChange, point_in_time
 from cathouse_harness.local.branch_sql import BranchSql
 from cathouse_harness.local.postgres import scram_verifier
 from cathouse_harness.local.proxy import Admission, Gate, Refusal
 from cathouse_harness.local.proxy_auth import Credential
+from cathouse_harness.local.startup_options import TimeTravel
 from cathouse_harness.local.state import (
     BranchRecord,
     DatabaseRecord,
@@ -174,22 +175,37 @@ class Catalog:
     # ------------------------------------------------------------------ the gate
 
     def gate(self, endpoint_id: str) -> Gate:
-        async def admit(user: str, logical: str) -> Admission:
+        async def admit(user: str, logical: str, at: TimeTravel | None) -> Admission:
             ep, branch = serving(self.neon.state, endpoint_id)
             role = branch.roles.get(user)
             if role is None:
                 raise Refusal("28000", f'role "{user}" does not exist')
-            db = branch.databases.get(logical)
+            source = branch if at is None else await self.as_of(branch, at)
+            db = source.databases.get(logical)
             if db is None:
                 raise Refusal("3D000", f'database "{logical}" does not exist')
-            physical = db.physical or await self.materialize(branch, db)
+            physical = db.physical or await self.materialize(source, db)
             if ep.current_state == "idle":  # a suspended compute wakes on a connection
                 ep.current_state, ep.started_at = "active", iso(now())
-            extra = READ_ONLY if ep.type == "read_only" else {}
-            sql = self.sql.connection(endpoint_id, branch.id, user, physical)
-            return Admission(physical, extra, self.credential(branch, role), sql)
+            read_only = ep.type == "read_only" or at is not None
+            sql = self.sql.connection(endpoint_id, source.id, user, physical, read_only=read_only)
+            return Admission(physical, READ_ONLY if read_only else {}, self.credential(branch, role), sql)
 
         return admit
+
+    async def as_of(self, branch: BranchRecord, at: TimeTravel) -> BranchRecord:
+        """The branch whose current databases hold `branch` as of a time-travel
+        connection's moment, as the local history has it (`cathouse_harness.local.history`,
+        the same rule as `parent_timestamp`); a Refusal with the history's line otherwise."""
+        try:
+            point = point_in_time(
+                {"neon_lsn": at.lsn, "neon_timestamp": at.timestamp}, "neon_lsn", "neon_timestamp"
+            )
+            assert point is not None
+            current = await self.neon.history.sample() if point.lsn else None
+            return self.neon.history.locate(branch, point, current, seen_at=at.arrived).source
+        except ApiError as refused:
+            raise Refusal("08004", str(refused)) from None
 
     async def materialize(self, branch: BranchRecord, db: DatabaseRecord) -> str:
         key = (branch.id, db.name)

@@ -121,6 +121,8 @@ class LocalNeon:
         self.writer.open()
         if hasattr(self.dataplane, "on_activity"):
             self.dataplane.on_activity = self._on_connection
+        if hasattr(self.dataplane, "branch_endpoint"):
+            self.dataplane.branch_endpoint = self._read_write_endpoint
         await self.dataplane.start()
         state = load_state(self.home, self.storage)
         fresh = state is None
@@ -283,6 +285,10 @@ class LocalNeon:
     def live_endpoints(self) -> list[EndpointRecord]:
         live = {b.id for b in self.live_branches()}
         return [ep for ep in self.state.endpoints.values() if ep.branch_id in live]
+
+    def _read_write_endpoint(self, branch_id: str) -> str | None:
+        found = [e.id for e in self.branch_endpoints(branch_id) if e.type == "read_write"]
+        return found[0] if found else None
 
     def branch_endpoints(self, branch_id: str) -> list[EndpointRecord]:
         return [e for e in self.state.endpoints.values() if e.branch_id == branch_id]

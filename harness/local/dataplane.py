@@ -102,6 +102,9 @@ class DataPlane:
         self.on_activity: Callable[[], None] | None = None
         # a memory cluster outlives stop() only for a restart (`ServerHandle.restart`)
         self.keep_cluster = False
+        # a branch id's read-write endpoint id (the control plane's; names mode routes a
+        # time-travel host, which names the branch, by it)
+        self.branch_endpoint: Callable[[str], str | None] = lambda _branch_id: None
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -251,7 +254,8 @@ class DataPlane:
         direct = Upstream(self._pg_host, self._pg_port)
         pooled = Upstream("127.0.0.1", self._pgbouncer.port) if self._pgbouncer is not None else direct
         self._listeners = Listeners(
-            self._fences, self._tls, direct, pooled, pooled_via_pgbouncer=self._pgbouncer is not None
+            self._fences, self._tls, direct, pooled, pooled_via_pgbouncer=self._pgbouncer is not None,
+            branch_endpoint=lambda branch_id: self.branch_endpoint(branch_id),
         )
 
     async def stop(self, *, stop_postgres: bool = True) -> None:

@@ -269,14 +269,20 @@ class History:
                 found.append((other, mark))
         return sorted(found, key=lambda item: item[1].copy_at)
 
-    def locate(self, branch: BranchRecord, point: PointInTime, current_lsn: int | None = None) -> Located:
+    def locate(
+        self, branch: BranchRecord, point: PointInTime, current_lsn: int | None = None,
+        *, seen_at: float | None = None,
+    ) -> Located:
+        """Where `branch`'s state at `point` is. `seen_at`: judge "unchanged since" up to
+        that moment instead of now (a time-travel connection's arrival: its own
+        connection, counted as a client of the branch, is not a change before it)."""
         if point.lsn is not None:
-            return self._at_lsn(branch, point.lsn, current_lsn)
+            return self._at_lsn(branch, point.lsn, current_lsn, seen_at)
         assert point.timestamp is not None
-        return self._at_time(branch, parse_time(point.timestamp).timestamp())
+        return self._at_time(branch, parse_time(point.timestamp).timestamp(), seen_at)
 
-    def _at_time(self, branch: BranchRecord, moment: float) -> Located:
-        now = self.clock()
+    def _at_time(self, branch: BranchRecord, moment: float, seen_at: float | None = None) -> Located:
+        now = self.clock() if seen_at is None else seen_at
         stamp = iso(datetime.fromtimestamp(moment, UTC))
         if moment > now + CLOCK_SLACK:
             raise _error(f"timestamp {stamp} is in the future")
@@ -292,13 +298,15 @@ class History:
                 return Located(copy, stamp, None, moment)
         raise _error(f"branch {branch.id} has no kept state at {stamp}: {self.describe(branch)}")
 
-    def _at_lsn(self, branch: BranchRecord, lsn: str, current_lsn: int | None) -> Located:
+    def _at_lsn(
+        self, branch: BranchRecord, lsn: str, current_lsn: int | None, seen_at: float | None = None
+    ) -> Located:
         wanted = lsn_value(lsn)
         if current_lsn is not None and wanted > current_lsn:
             raise _error(f"LSN {lsn} is in the future: PostgreSQL's WAL is not there yet")
         mark = self.mark(branch.id)
         settled = mark.settled_lsn is not None and wanted >= lsn_value(mark.settled_lsn)
-        if settled and self.quiet(branch, mark.settled_at, self.clock()):
+        if settled and self.quiet(branch, mark.settled_at, self.clock() if seen_at is None else seen_at):
             return Located(branch, None, lsn, mark.settled_at)
         for copy, copy_mark in self._copies(branch):
             if copy_mark.copy_lsn is not None and lsn_value(copy_mark.copy_lsn) == wanted:

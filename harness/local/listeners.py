@@ -73,6 +73,8 @@ class Listeners:
     # passes its own) and, with it, where cancel requests that name no endpoint go
     make_proxy: Callable[..., EndpointProxy] = EndpointProxy
     cancel: Callable[[bytes], Awaitable[None]] | None = None
+    # names mode: a branch id's read-write endpoint id (time travel hosts name the branch)
+    branch_endpoint: Callable[[str], str | None] = lambda _branch_id: None
 
     async def start_router(self, mode: HostMode) -> None:
         """In names mode, the router on the mode's address (and [::1] beside 127.0.0.1);
@@ -93,7 +95,9 @@ class Listeners:
         if self.tls is None:
             problem = "endpoints serve no TLS, and the router routes by its server name"
         else:
-            router = SniRouter(self.tls, self.proxies.get, self._upstreams, self.cancel)
+            router = SniRouter(
+                self.tls, self.proxies.get, self._upstreams, self.cancel, self._branch_proxy
+            )
             optional = ("::1",) if mode.router_address == "127.0.0.1" else ()
             try:
                 await router.start(mode.router_address, optional=optional)
@@ -110,6 +114,10 @@ class Listeners:
             "endpoint host names (<id>.%s) are not served: %s; endpoints get loopback"
             " addresses of their own instead", NAME_DOMAIN, problem,
         )
+
+    def _branch_proxy(self, branch_id: str) -> EndpointProxy | None:
+        endpoint_id = self.branch_endpoint(branch_id)
+        return self.proxies.get(endpoint_id) if endpoint_id is not None else None
 
     def _upstreams(self) -> list[Upstream]:
         return list(dict.fromkeys((self.direct, self.pooled)))

@@ -16,13 +16,19 @@ import asyncio
 import contextlib
 import ssl
 import struct
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cathouse_harness.local.proxy_auth import AuthFailed, Credential, authenticate_client, login_upstream
 from cathouse_harness.local.scram import ScramError
 from cathouse_harness.local.sql_relay import Relay, SqlSession, error_message
-from cathouse_harness.local.startup_options import EndpointOptionError, take_endpoint_option
+from cathouse_harness.local.startup_options import (
+    EndpointOptionError,
+    TimeTravel,
+    take_endpoint_option,
+    take_point_in_time,
+)
 from cathouse_harness.local.tls import TlsMaterial
 from cathouse_harness.support.log import get_logger
 
@@ -33,6 +39,12 @@ GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
 # Protocol 3.0 and 3.2 (PostgreSQL 18) share the startup layout; the minor is passed on.
 PROTOCOL_MAJOR_3 = 3
+
+# The listeners whose upstream is the endpoint's PgBouncer (its port, its own address).
+POOLED_KINDS = ("pooled", "pooled-host")
+# What the router hands over for a branch's host name: the direct listener's, for time
+# travel connections only (what neonctl's `<branch>@<time>` URL reaches).
+TIME_TRAVEL = "time-travel"
 
 _MAX_STARTUP = 10_000
 _PIPE_CHUNK = 256 * 1024
@@ -138,11 +150,14 @@ class Startup:
     version: int
     params: dict[str, str]
     tls: bool
+    # the moment a time-travel connection asks for (taken out of `params`' options)
+    at: TimeTravel | None = None
 
 
-# Decides each new connection from its user and logical database: an Admission, or a
-# Refusal raised. Without a gate, the endpoint's `databases` mapping decides alone.
-Gate = Callable[[str, str], Awaitable[Admission]]
+# Decides each new connection from its user, logical database and the moment it asks
+# for (None: now): an Admission, or a Refusal raised. Without a gate, the endpoint's
+# `databases` mapping decides alone (and no moment but now is served).
+Gate = Callable[[str, str, TimeTravel | None], Awaitable[Admission]]
 
 
 @dataclass
@@ -240,8 +255,10 @@ class EndpointProxy:
     ) -> None:
         """Serve a connection another listener accepted (the names-mode router, after TLS
         told it the endpoint, or after the startup's options did: then with `startup`
-        already read) as if it had come to this endpoint's `kind` listener."""
-        await self._handle(self._listeners[kind], reader, writer, startup)
+        already read) as if it had come to this endpoint's `kind` listener (TIME_TRAVEL:
+        the direct one, for a time-travel connection only)."""
+        listener = self._listeners["direct" if kind == TIME_TRAVEL else kind]
+        await self._handle(listener, reader, writer, startup, time_travel=kind == TIME_TRAVEL)
 
     async def _handle(
         self,
@@ -249,13 +266,16 @@ class EndpointProxy:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         startup: Startup | None = None,
+        *,
+        time_travel: bool = False,
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
+        arrived = time.time()  # before this connection counts as the branch's client
         listener.connections.add(task)
         self._active()
         try:
-            await self._serve(listener, reader, writer, startup)
+            await self._serve(listener, reader, writer, startup, arrived, time_travel)
         except (
             ConnectionError,
             asyncio.IncompleteReadError,
@@ -291,13 +311,21 @@ class EndpointProxy:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         startup: Startup | None = None,
+        arrived: float | None = None,
+        time_travel: bool = False,
     ) -> None:
         startup = await self._startup(listener, reader, writer, startup)
         if startup is None:
             return
         params = startup.params
         try:
-            admission = await self._admit(params)
+            if startup.at is not None and listener.kind in POOLED_KINDS:
+                raise Refusal("08004", "time travel connections take the direct host; drop -pooler")
+            if time_travel and startup.at is None:
+                raise Refusal("08004", "a branch's host serves time travel connections only: add "
+                              "options=neon_timestamp:<time> or neon_lsn:<lsn>, or use the endpoint's host")
+            at = startup.at if startup.at is None else replace(startup.at, arrived=arrived)
+            admission = await self._admit(params, at)
         except Refusal as refusal:
             writer.write(error_response(refusal.sqlstate, refusal.message))
             await writer.drain()
@@ -375,11 +403,13 @@ class EndpointProxy:
             await asyncio.gather(login, return_exceptions=True)
         return True
 
-    async def _admit(self, params: Mapping[str, str]) -> Admission:
+    async def _admit(self, params: Mapping[str, str], at: TimeTravel | None) -> Admission:
         user = params.get("user", "")
         logical = params.get("database") or user
         if self.gate is not None:
-            return await self.gate(user, logical)
+            return await self.gate(user, logical, at)
+        if at is not None:
+            raise Refusal("08004", "this endpoint keeps no history for time travel connections")
         physical = self.databases.get(logical)
         if physical is None:
             raise Refusal("3D000", f'database "{logical}" does not exist')
@@ -429,15 +459,17 @@ class EndpointProxy:
         self, startup: Startup, writer: asyncio.StreamWriter
     ) -> Startup | None:
         """`startup` once its endpoint option, if any, names this endpoint (None once a
-        refusal is sent): Neon's route for clients without SNI, which PostgreSQL would
-        take for a command-line word of its own and refuse."""
+        refusal is sent), and with the moment of a time-travel connection taken out of
+        its options: Neon's words, which PostgreSQL would take for command-line words of
+        its own and refuse."""
         try:
             params = take_endpoint_option(startup.params, self.endpoint_id)
+            at, params = take_point_in_time(params)
         except EndpointOptionError as refused:
             writer.write(error_response("08004", str(refused)))
             await writer.drain()
             return None
-        return Startup(startup.version, params, startup.tls)
+        return Startup(startup.version, params, startup.tls, at)
 
 
 async def forward_cancel(target: Upstream, packet: bytes) -> None:

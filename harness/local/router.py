@@ -27,6 +27,7 @@ from cathouse_harness.local.proxy import (
     GSSENC_REQUEST,
     PROTOCOL_MAJOR_3,
     SSL_REQUEST,
+    TIME_TRAVEL,
     EndpointProxy,
     Startup,
     Upstream,
@@ -54,11 +55,15 @@ class SniRouter:
         find: Callable[[str], EndpointProxy | None],
         upstreams: Callable[[], Sequence[Upstream]],
         cancel: Callable[[bytes], Awaitable[None]] | None = None,
+        find_branch: Callable[[str], EndpointProxy | None] = lambda _branch_id: None,
     ) -> None:
         self._find = find
         self._upstreams = upstreams
         # where cancel requests go instead of every upstream (the relay routes them by key)
         self._cancel = cancel
+        # a branch id's read-write endpoint: neonctl's time-travel URL names the branch
+        # (`<branch-id>.local.localhost`, Neon's host with the branch id for the endpoint's)
+        self._find_branch = find_branch
         # the server name each handshake asked for, by its TLS object
         self._names: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
         self._context = tls.server_context(sni_callback=self._on_sni)
@@ -140,10 +145,13 @@ class SniRouter:
                 return await self._route_by_options(reader, writer)
             route = route_of(name)
             proxy = self._find(route[0]) if route is not None else None
+            kind = "pooled" if route is not None and route[1] else "direct"
+            if route is not None and proxy is None and not route[1]:
+                proxy, kind = self._find_branch(route[0]), TIME_TRAVEL
             if route is None or proxy is None:
                 await _refuse(writer, f"no endpoint of this server is named '{name}'")
                 return None
-            return proxy, "pooled" if route[1] else "direct", None
+            return proxy, kind, None
 
     async def _forward_cancel(self, packet: bytes) -> None:
         if self._cancel is not None:

@@ -29,8 +29,10 @@ from cathouse_harness.branching.lifecycle import (
     resolve_parent,
     restore_owned_branch,
     session_branch_name,
+    taken_by_another,
 )
-from cathouse_harness.cleanup.runs import kept_ids, kept_marker, marker_dir, run_dir
+from cathouse_harness.branching.names import owners_name
+from cathouse_harness.cleanup.runs import kept_ids, kept_marker, marker_dir, owner_token, run_dir
 from cathouse_harness.cleanup.watchdog import WatchdogHandle, start_watchdog
 from cathouse_harness.config.settings import Settings
 from cathouse_harness.errors import ConfigError, HarnessError, NeonAPIError
@@ -260,35 +262,57 @@ class BranchSession:
     def _fork_session_branch(self, worker: str) -> BranchHandle:
         assert self.backend is not None
         assert self._fork_from is not None, "setup() comes first"
-        project_id = self.backend.project_id
         started = time.perf_counter()
         name = session_branch_name(self.run_id, worker)
         self._say(f"forking {name}")
-        watchdog = self._watching()
-        watchdog.record_name(project_id, name)
         try:
-            handle = self._run(
-                create_owned_branch(self.client, project_id, name=name, parent_id=self._fork_from,
-                    ttl=self.settings.branch_ttl, kind="session", run_id=self.run_id,
-                    database=self.settings.database, role=self.settings.role,
-                    schema_only=self._schema_only,
-                )
+            handle = self._create_session_branch(
+                name, self._fork_from,
+                schema_only=self._schema_only,
             )
-        except BaseException as exc:
-            self._cleanup_after_failed_create(name)
-            if isinstance(exc, Exception):
-                watchdog.forget_name(name)
-            # after Ctrl-C the create may still land on the server: the name marker stays,
-            # and the watchdog looks the name up again once this process is gone
-            if not isinstance(exc, Exception):
-                raise  # Ctrl-C stays an interruption (pytest's exit code 2), after cleanup
+        except Exception as exc:  # Ctrl-C stays an interruption (pytest's exit code 2)
             raise SessionStepError(
                 "fork", exc, cleanup=f"cathouse-branch gc --run {self.run_id}"
             ) from None
-        watchdog.record(project_id, handle.id, handle.name)
         self._timed("fork", started, slowest=True)
         self.report.branches.append(f"{handle.name} ({handle.id})")
         return handle
+
+    def _create_session_branch(
+        self, name: str, parent_id: str, *, schema_only: bool = False
+    ) -> BranchHandle:
+        """A session branch named `name`; when another run given the same run id holds that
+        name, the branch is made under `name` with this run's owner suffix instead, so both
+        runs go on. The watchdog knows each name before its create is asked for."""
+        assert self.backend is not None
+        project_id = self.backend.project_id
+        watchdog = self._watching()
+        for candidate in (name, owners_name(name, owner_token())):
+            watchdog.record_name(project_id, candidate)
+            try:
+                handle = self._run(
+                    create_owned_branch(self.client, project_id, name=candidate,
+                        parent_id=parent_id, ttl=self.settings.branch_ttl, kind="session",
+                        run_id=self.run_id, database=self.settings.database,
+                        role=self.settings.role, schema_only=schema_only,
+                    )
+                )
+            except BaseException as exc:
+                self._cleanup_after_failed_create(candidate)
+                # after Ctrl-C the create may still land on the server: the name marker
+                # stays, and the watchdog looks the name up again once this process is gone
+                if not isinstance(exc, Exception):
+                    raise
+                watchdog.forget_name(candidate)
+                if candidate == name and isinstance(exc, NeonAPIError) and self._run(
+                    taken_by_another(self.client, project_id, name, exc, run_id=self.run_id)
+                ):
+                    log.info("%s is another run's (same run id): forking under this run's suffix", name)
+                    continue
+                raise
+            watchdog.record(project_id, handle.id, handle.name)
+            return handle
+        raise AssertionError("unreachable: the last name returns or raises")
 
     async def _open_client(self):  # type: ignore[no-untyped-def]
         assert self.backend is not None
@@ -400,26 +424,11 @@ class BranchSession:
         self._refuse_without_parent("fork a branch per test from")
         self._connect()
         assert self.backend is not None
-        watchdog = self._watching()
-        project_id = self.backend.project_id
         self._per_test += 1
         # named after this process's session, not its branch: xdist workers share one
         name = f"{session_branch_name(self.run_id, self.worker)}/t{self._per_test}"
         started = time.perf_counter()
-        watchdog.record_name(project_id, name)
-        try:
-            handle = self._run(
-                create_owned_branch(self.client, project_id, name=name,
-                    parent_id=self.handle.parent_id or self.handle.id, ttl=self.settings.branch_ttl,
-                    kind="session", run_id=self.run_id, database=self.settings.database,
-                    role=self.settings.role,
-                )
-            )
-        except Exception:
-            self._cleanup_after_failed_create(name)
-            watchdog.forget_name(name)
-            raise
-        watchdog.record(project_id, handle.id, handle.name)
+        handle = self._create_session_branch(name, self.handle.parent_id or self.handle.id)
         self._timed("per-test fork", started)
         return handle
 

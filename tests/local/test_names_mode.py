@@ -2,16 +2,18 @@
 shaped, and a URL built from it, with `-pooler` inserted after the endpoint id for the
 pooled one, reaches the branch through one router on 5432 that routes by TLS SNI.
 
-`*.localhost` does not resolve on every machine (not here: nsswitch `files dns`), so the
+`*.localhost` does not resolve on every machine (Debian's nsswitch `files dns`), so most
 tests force names mode and put the router on a loopback address of its own; libpq's
 `hostaddr` dials it while `host` is the name it sends as SNI and verifies against the
-certificate (verify-full with the home's CA).
+certificate (verify-full with the home's CA). Where names resolve (CI: `.ci/run` adds
+nss-myhostname), the last test connects by the names alone, as Neon's clients do.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -21,7 +23,7 @@ import psycopg
 import pytest
 from cathouse_harness.errors import ConfigError
 from cathouse_harness.local.hosts import free_loopback_address
-from cathouse_harness.local.names import HOSTS_VAR, ROUTER_VAR, host_mode, route_of
+from cathouse_harness.local.names import HOSTS_VAR, ROUTER_VAR, host_mode, names_resolve, route_of
 
 from tests._pgbouncer import pooled_backends
 from tests.local._server import (
@@ -165,6 +167,27 @@ def test_without_a_server_name_the_router_routes_by_the_endpoint_option(
         delete_branch(client, project, made["branch"]["id"])
 
 
+def test_a_branch_host_serves_time_travel_connections_only(
+    named: tuple[httpx.Client, str, str],
+) -> None:
+    """neonctl's `<branch>@<time>` URL names the branch where the endpoint id was
+    (`<branch-id>.local.localhost`, as on Neon): the router hands it to the branch's
+    read-write endpoint, for a time-travel connection only (#25 part 3)."""
+    client, project, router = named
+    made = create_ready_branch(client, project, name=unique("named-travel"))
+    try:
+        _endpoint, params, ca = _endpoint_of(made)
+        branch_host = f"{made['branch']['id']}.local.localhost"
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        with _connect(branch_host, router, params, ca, options=f"neon_timestamp:{now}") as conn:
+            assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        with pytest.raises(psycopg.OperationalError) as refused:
+            _connect(branch_host, router, params, ca).close()
+        assert "serves time travel connections only" in str(refused.value)
+    finally:
+        delete_branch(client, project, made["branch"]["id"])
+
+
 def test_names_mode_falls_back_to_addresses_where_the_router_cannot_listen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -197,3 +220,58 @@ def test_host_settings_are_checked() -> None:
     assert route_of("ep-a-1.local.localhost") == ("ep-a-1", False)
     assert route_of("ep-a-1.localhost") is None
     assert route_of(None) is None
+
+
+# -- where `*.localhost` resolves (CI, through .ci/run; README "Endpoint hosts") --------
+
+
+@pytest.fixture(scope="module")
+def resolved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, str]]:
+    """A server in the mode `auto` picks where names resolve, its router on 127.0.0.1:5432
+    as a user's would be: nothing forced, nothing dialled by address."""
+    if not names_resolve():
+        pytest.skip("*.localhost does not resolve here (README: Endpoint hosts; .ci/run adds "
+                    "nss-myhostname as root)")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(HOSTS_VAR, "auto")
+        patch.delenv(ROUTER_VAR, raising=False)
+        with start_test_server(tmp_path_factory.mktemp("resolved-home")) as info, api_client(info) as client:
+            [endpoint] = client.get(f"/projects/{info.project_id}/endpoints").json()["endpoints"]
+            if not endpoint["host"].endswith(".local.localhost"):
+                pytest.skip("127.0.0.1:5432 is taken here: the server fell back to addresses")
+            yield client, info.project_id
+
+
+def test_where_names_resolve_urls_built_from_host_connect_by_name_alone(
+    resolved: tuple[httpx.Client, str],
+) -> None:
+    """What a client of Neon's does: a URL from `host` and one with `-pooler` inserted
+    after the endpoint id, resolved by the system and verified against the name."""
+    client, project = resolved
+    made = create_ready_branch(client, project, name=unique("resolved"))
+    try:
+        endpoint, params, ca = _endpoint_of(made)
+        ep, host = endpoint["id"], endpoint["host"]
+        pooled_host = host.replace(ep, f"{ep}-pooler", 1)
+
+        def url(built_from: str) -> str:
+            return (f"postgresql://{params['role']}:{params['password']}@{built_from}/"
+                    f"{params['database']}?sslmode=verify-full&sslrootcert={ca}")
+
+        def backends(built_from: str, times: int) -> set[int]:
+            found = set()
+            for _ in range(times):
+                with psycopg.connect(url(built_from), autocommit=True, connect_timeout=10) as conn:
+                    row = conn.execute("SELECT pg_backend_pid(), current_user").fetchone()
+                    assert row is not None and row[1] == params["role"]
+                    found.add(int(row[0]))
+            return found
+
+        assert len(backends(host, 2)) == 2  # the direct path: a backend per client
+        assert len(backends(pooled_host, 3)) == pooled_backends(3)  # PgBouncer's one
+        for handed_out in (made["connection_uris"][0]["connection_uri"],
+                           connection_uri(client, project, made["branch"]["id"], pooled=True)):
+            with psycopg.connect(handed_out, autocommit=True, connect_timeout=10) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        delete_branch(client, project, made["branch"]["id"])

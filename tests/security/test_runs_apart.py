@@ -1,8 +1,9 @@
 """Item 4: two runs given the same CATHOUSE_RUN_ID never delete each other's branches.
 
-Run B's fork of `harness/<run>/main` fails (409: run A's branch has that name); its
-cleanup after the failed create, its watchdog and an xdist controller's sweep must all
-leave run A's branch alone: they delete only what carries their own run id *and* owner
+Both pass (#25 part 5): the run whose fork of `harness/<run>/main` meets the other's
+branch of that name (409) forks under the name with its own owner's suffix. Its cleanup
+after the failed create, its watchdog and an xdist controller's sweep must all leave the
+other run's branch alone: they delete only what carries their own run id *and* owner
 token, and each run keeps its markers in a directory of its own.
 """
 
@@ -24,18 +25,19 @@ from cathouse_harness.cleanup.sweep import sweep_run
 from cathouse_harness.config.settings import Settings, load_settings
 from cathouse_harness.neon.backend import connect_backend, open_client
 
-from tests.security._support import minimal_project, plugin_env, run_pytest
+from tests.security._support import minimal_project, plugin_env
 
-WAITING_TEST = """
+# Each run says which branch it got and holds it until the outer test, which has seen
+# both runs' branches by then, lets it end: both names are taken at once.
+HOLDING_TEST = """
 import os, pathlib, time
 
-def test_a(neon_branch):
-    gate = pathlib.Path(os.environ["GATE"])
-    (gate / "a-ready").write_text(neon_branch.id)
-    while not (gate / "release").exists():  # the outer test says when run B is done
+def test_hold(neon_branch):
+    gate, me = pathlib.Path(os.environ["GATE"]), os.environ["ME"]
+    (gate / f"{me}-branch").write_text(f"{neon_branch.id} {neon_branch.name}")
+    while not (gate / f"{me}-release").exists():
         time.sleep(0.05)
 """
-QUICK_TEST = "def test_b(neon_branch):\n    assert neon_branch.id\n"
 FOREIGN_OWNER = "1-0123456789ab"  # another process's token
 
 
@@ -48,7 +50,7 @@ def _wait_for(path: Path, process: subprocess.Popen[str]) -> str:
     while not path.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise AssertionError(f"run A never got its branch: {process.communicate()[0]}")
+            raise AssertionError(f"the run never got its branch: {process.communicate()[0]}")
         time.sleep(0.05)
     return path.read_text()
 
@@ -65,28 +67,50 @@ def _branch_ids(project: Path, run_id: str) -> list[str]:
     return asyncio.run(listed())
 
 
-def test_second_run_with_the_same_run_id_leaves_the_first_runs_branch(tmp_path: Path) -> None:
+def _start(project: Path, run_id: str, gate: Path, me: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "cathouse_harness", "-p", "no:cacheprovider", "-q"],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=plugin_env(_home(), CATHOUSE_RUN_ID=run_id, GATE=str(gate), ME=me),
+    )
+
+
+def _finish(run: subprocess.Popen[str]) -> tuple[int, str]:
+    out, _ = run.communicate(timeout=180)
+    return run.returncode, out
+
+
+def test_two_runs_with_the_same_run_id_at_once_both_pass_and_keep_apart(tmp_path: Path) -> None:
+    """A CI matrix sharing one run id: both runs start together and hold their session
+    branches at the same time, so one of them finds `harness/<run>/main` taken by the
+    other's owner and forks under a name of its own. Run A ends first; run B's branch must
+    outlive A's sweep, and each run's end deletes its own branch."""
     run_id = f"same-{os.getpid()}"
     gate = tmp_path / "gate"
     gate.mkdir()
-    project_a = minimal_project(tmp_path / "a", {"test_a.py": WAITING_TEST})
-    project_b = minimal_project(tmp_path / "b", {"test_b.py": QUICK_TEST})
-    run_a = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "cathouse_harness", "-p", "no:cacheprovider", "-q"],
-        cwd=project_a, env=plugin_env(_home(), CATHOUSE_RUN_ID=run_id, GATE=str(gate)),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    project_a = minimal_project(tmp_path / "a", {"test_hold.py": HOLDING_TEST})
+    project_b = minimal_project(tmp_path / "b", {"test_hold.py": HOLDING_TEST})
+    run_a = _start(project_a, run_id, gate, "a")
+    run_b = _start(project_b, run_id, gate, "b")
     try:
-        branch_a = _wait_for(gate / "a-ready", run_a)
+        branch_a, name_a = _wait_for(gate / "a-branch", run_a).split()
+        branch_b, name_b = _wait_for(gate / "b-branch", run_b).split()
+        assert branch_a != branch_b
+        assert sorted((name_a, name_b))[0] == f"harness/{run_id}/main"  # one kept the plain name
+        assert {branch_a, branch_b} <= set(_branch_ids(project_a, run_id))
 
-        run_b = run_pytest(project_b, _home(), CATHOUSE_RUN_ID=run_id)
-
-        assert run_b.returncode != 0  # its fork met run A's branch name
-        assert branch_a in _branch_ids(project_a, run_id), run_b.stdout + run_b.stderr
+        (gate / "a-release").write_text("")
+        code_a, out_a = _finish(run_a)
+        assert code_a == 0, out_a
+        assert _branch_ids(project_a, run_id) == [branch_b], out_a  # A deleted its own only
     finally:
-        (gate / "release").write_text("")
-        out_a, _ = run_a.communicate(timeout=120)
-    assert run_a.returncode == 0, out_a
+        (gate / "a-release").write_text("")
+        (gate / "b-release").write_text("")
+        code_b, out_b = _finish(run_b)
+        if run_a.returncode is None:
+            run_a.kill()
+            run_a.communicate()
+    assert code_b == 0, out_b
     assert _branch_ids(project_a, run_id) == []
 
 

@@ -1,0 +1,281 @@
+"""A rerunnable fidelity check (#25 part 6): Neon's own clients, pointed at
+`cathouse-branch emulator` by configuration only, through every call that applies to one
+project; prints `works` / `fails` per call and the counts.
+
+    python -m tests.fidelity.check --install   # once: npm and PyPI, into the cache below
+    python -m tests.fidelity.check             # any time after: this machine only
+
+The clients are pinned (NEONCTL_VERSION, NEON_API_VERSION) and installed outside the
+repository, in `--cache` (default ~/.cache/cathouse-harness-fidelity): neonctl with npm,
+the Python SDK `neon-api` in a venv of its own. Running the check contacts no address
+outside this machine: neonctl runs with `--no-analytics` and a config directory of its
+own, against the emulator's loopback API. tests/fidelity/test_fidelity.py runs it when
+both clients are already installed there, and skips, saying how to install them,
+otherwise (the suite never installs from a registry).
+
+Exit status: 0 when every call works (or asks for what Neon's reference does not have,
+NOT_IN_REFERENCE), 1 when some fail, 2 when the clients are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+NEONCTL_VERSION = "5.0.1"
+NEON_API_VERSION = "0.3.0"
+DEFAULT_CACHE = Path.home() / ".cache" / "cathouse-harness-fidelity"
+SDK_DRIVER = Path(__file__).with_name("sdk_driver.py")
+_SECRET_IN_URL = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+# Calls that fail here because the client asks for what Neon's API v2 reference does not
+# have (the local server serves the reference, tests/local/neon_schema.py); each is
+# printed as `differs` with why, and is no failure of the check.
+NOT_IN_REFERENCE = {
+    ("neon-api", "role_password_reveal"):
+        "the SDK sends POST; the reference has GET .../roles/{role_name}/reveal_password",
+    ("neon-api", "branch_set_as_primary"):
+        "the SDK asks for .../set_as_primary; the reference has only .../set_as_default",
+}
+
+
+@dataclass(frozen=True)
+class Clients:
+    neonctl: Path
+    sdk_python: Path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    client: str
+    call: str
+    ok: bool
+    detail: str = ""
+
+
+def clients(cache: Path) -> Clients:
+    return Clients(
+        neonctl=cache / f"neonctl-{NEONCTL_VERSION}" / "node_modules" / ".bin" / "neonctl",
+        sdk_python=cache / f"neon-api-{NEON_API_VERSION}" / "bin" / "python",
+    )
+
+
+def missing(found: Clients) -> list[str]:
+    """What of the pinned clients is not installed (empty: the check can run)."""
+    gone = [f"neonctl {NEONCTL_VERSION}"] if not found.neonctl.exists() else []
+    if not found.sdk_python.exists() or subprocess.run(
+        [str(found.sdk_python), "-c", "import neon_api"], capture_output=True
+    ).returncode:
+        gone.append(f"neon-api {NEON_API_VERSION}")
+    return gone
+
+
+def install(cache: Path) -> None:
+    """The pinned clients from npm and PyPI into `cache` (the only step that uses a registry)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SystemExit("fidelity: npm is not installed; neonctl comes from npm")
+    target = cache / f"neonctl-{NEONCTL_VERSION}"
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [npm, "install", "--prefix", str(target), "--no-audit", "--no-fund", f"neonctl@{NEONCTL_VERSION}"],
+        check=True,
+    )
+    venv = cache / f"neon-api-{NEON_API_VERSION}"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, f"neon-api=={NEON_API_VERSION}"], check=True)
+
+
+@contextmanager
+def emulator(home: Path) -> Iterator[dict[str, str]]:
+    """`cathouse-branch emulator` in a home of its own: NEON_API_HOST, NEON_API_KEY and
+    NEON_PROJECT_ID as it prints them."""
+    env = {**os.environ, "CATHOUSE_HARNESS_HOME": str(home)}
+    for name in ("NEON_API_KEY", "NEON_PROJECT_ID", "NEON_API_HOST", "CATHOUSE_DATABASE", "CATHOUSE_ROLE"):
+        env.pop(name, None)
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from cathouse_harness.cli.commands import main; main()", "emulator"],
+        cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert process.stdout is not None
+    found: dict[str, str] = {}
+    try:
+        for line in process.stdout:
+            key, _, value = line.strip().partition("=")
+            if key in ("NEON_API_HOST", "NEON_API_KEY", "NEON_PROJECT_ID"):
+                found[key] = value
+            if len(found) == 3:
+                break
+        if len(found) < 3:
+            raise SystemExit("fidelity: the emulator did not start")
+        yield found
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _connects(url: str, *, statement: str = "SELECT 1") -> str:
+    """'' when `url` connects and runs `statement`; else why not (one line)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=10, autocommit=True) as conn:
+            conn.execute(statement)
+        return ""
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[-1]
+
+
+def run_neonctl(binary: Path, api: dict[str, str], work: Path) -> list[Outcome]:
+    config = work / "neon-config"
+    config.mkdir()
+    env = {**os.environ, "CI": "true", "NO_COLOR": "1", "NEON_API_KEY": api["NEON_API_KEY"]}
+    common = ["--api-host", api["NEON_API_HOST"], "--no-analytics", "--config-dir", str(config)]
+    project = ["--project-id", api["NEON_PROJECT_ID"]]
+    outcomes: list[Outcome] = []
+
+    def neonctl(call: str, args: Sequence[str], then: Callable[[str], str] | None = None,
+                scoped: bool = True, passed: Sequence[str] = ()) -> str:
+        argv = [str(binary), *args, *common, *(project if scoped else []), *passed]
+        done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        detail = "" if done.returncode == 0 else (done.stderr.strip() or done.stdout.strip())[-300:]
+        if not detail and then is not None:
+            detail = then(done.stdout.strip())
+        outcomes.append(Outcome("neonctl", call, not detail, _SECRET_IN_URL.sub(r"\1***@", detail)))
+        return done.stdout.strip()
+
+    def connects(url: str) -> str:
+        return _connects(url)
+
+    def first_connects(url: str) -> str:
+        """The first URL also says which endpoint hosts the emulator chose."""
+        host = urlsplit(url).hostname or ""
+        mode = "names" if host.endswith(".localhost") else "addresses"
+        outcomes.append(Outcome("emulator", f"endpoint hosts: {mode} ({host})", True))
+        return _connects(url)
+
+    soon = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    neonctl("me", ["me"], scoped=False)
+    neonctl("projects list", ["projects", "list"], scoped=False)
+    neonctl("projects get", ["projects", "get", api["NEON_PROJECT_ID"]], scoped=False)
+    neonctl("projects update --name", ["projects", "update", api["NEON_PROJECT_ID"], "--name", "fidelity"],
+            scoped=False)
+    neonctl("api-keys list", ["api-keys", "list"], scoped=False)
+    neonctl("branches list", ["branches", "list"])
+    neonctl("branches create", ["branches", "create", "--name", "fid-a"])
+    neonctl("branches get", ["branches", "get", "fid-a"])
+    neonctl("branches rename", ["branches", "rename", "fid-a", "fid-b"])
+    # before its expiry is set: an expiring branch cannot be the default, on Neon too
+    neonctl("branches set-default", ["branches", "set-default", "fid-b"])
+    neonctl("branches set-default (back)", ["branches", "set-default", "main"])
+    neonctl("branches set-expiration", ["branches", "set-expiration", "fid-b", "--expires-at", soon])
+    neonctl("branches add-compute --type read_only",
+            ["branches", "add-compute", "fid-b", "--type", "read_only"])
+    neonctl("branches reset --parent", ["branches", "reset", "fid-b", "--parent"])
+    neonctl("branches restore (from main)", ["branches", "restore", "fid-b", "main"])
+    neonctl("branches schema-diff", ["branches", "schema-diff", "main", "fid-b"])
+    neonctl("databases list", ["databases", "list", "--branch", "fid-b"])
+    neonctl("databases create", ["databases", "create", "--branch", "fid-b", "--name", "fid_db"])
+    neonctl("databases delete", ["databases", "delete", "fid_db", "--branch", "fid-b"])
+    neonctl("roles list", ["roles", "list", "--branch", "fid-b"])
+    neonctl("roles create", ["roles", "create", "--branch", "fid-b", "--name", "fid_role"])
+    neonctl("roles delete", ["roles", "delete", "fid_role", "--branch", "fid-b"])
+    neonctl("operations list", ["operations", "list"])
+    neonctl("connection-string", ["connection-string"], then=first_connects)
+    neonctl("connection-string --pooled", ["connection-string", "--pooled"], then=connects)
+    neonctl("connection-string <branch>", ["connection-string", "fid-b"], then=connects)
+    neonctl("connection-string --extended", ["connection-string", "--extended", "-o", "json"],
+            then=lambda out: connects(json.loads(out)["connection_string"]))
+    # a moment after the last client of main left (whole seconds, as neonctl takes them),
+    # and not in the future for neonctl
+    time.sleep(1.2)
+    past = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    time.sleep(1.2)
+    neonctl("connection-string main@<timestamp>", ["connection-string", f"main@{past}"], then=connects)
+    neonctl("psql", ["psql"], passed=["--", "-Atc", "SELECT 1"])
+    neonctl("status", ["status"])
+    neonctl("branches delete", ["branches", "delete", "fid-b"])
+    return outcomes
+
+
+def run_sdk(python: Path, api: dict[str, str]) -> list[Outcome]:
+    done = subprocess.run([str(python), str(SDK_DRIVER)], env={**os.environ, **api},
+                          capture_output=True, text=True, timeout=600)
+    outcomes = []
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            row = json.loads(line)
+            outcomes.append(Outcome("neon-api", row["call"], row["ok"], row["detail"]))
+    if done.returncode != 0:
+        outcomes.append(Outcome("neon-api", "the driver", False, done.stderr.strip()[-300:]))
+    return outcomes
+
+
+def check(cache: Path, out: Callable[[str], None] = print) -> list[Outcome]:
+    found = clients(cache)
+    with tempfile.TemporaryDirectory(prefix="cathouse-fidelity-") as scratch:
+        work = Path(scratch)
+        (work / "home").mkdir()
+        with emulator(work / "home") as api:
+            outcomes = run_neonctl(found.neonctl, api, work) + run_sdk(found.sdk_python, api)
+    for o in outcomes:
+        if o.client == "emulator":
+            out(o.call)
+            continue
+        why = NOT_IN_REFERENCE.get((o.client, o.call)) if not o.ok else None
+        word = "works" if o.ok else "differs" if why else "fails"
+        out(f"{word:7}  {o.client:8}  {o.call}" + (f": {why or o.detail}" if not o.ok else ""))
+    for name, version in (("neonctl", NEONCTL_VERSION), ("neon-api", NEON_API_VERSION)):
+        mine = [o for o in outcomes if o.client == name]
+        works = sum(o.ok for o in mine)
+        fails = len(failures(mine))
+        out(f"{name} {version}: {works} works / {fails} fails"
+            f" / {len(mine) - works - fails} not in Neon's reference")
+    return outcomes
+
+
+def failures(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """The calls that failed for a reason other than asking for what the reference lacks."""
+    return [o for o in outcomes if not o.ok and (o.client, o.call) not in NOT_IN_REFERENCE]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fidelity.check", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("--install", action="store_true", help="install the pinned clients first (npm, PyPI)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                        help=f"where they are (default {DEFAULT_CACHE})")
+    args = parser.parse_args(argv)
+    if args.install:
+        install(args.cache)
+    gone = missing(clients(args.cache))
+    if gone:
+        print(f"fidelity: {', '.join(gone)} not installed in {args.cache}; "
+              "run python -m tests.fidelity.check --install", file=sys.stderr)
+        return 2
+    outcomes = check(args.cache)
+    return 1 if failures(outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
