@@ -137,9 +137,18 @@ class RelayEndpoint(EndpointProxy):
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         startup: Startup | None = None,
+        arrived: float | None = None,
+        time_travel: bool = False,
     ) -> None:
         startup = await self._startup(listener, reader, writer, startup)
         if startup is None:
+            return
+        if startup.at is not None or time_travel:
+            # an instance keeps no history yet (#24's list of what is left)
+            writer.write(error_response(
+                "08004", "time travel connections are not served with CATHOUSE_LOCAL_COMPUTE=instance yet"
+            ))
+            await writer.drain()
             return
         params = dict(startup.params)
         user = params.get("user", "")
