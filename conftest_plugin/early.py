@@ -133,6 +133,11 @@ def branch_before_conftests(state: HarnessState, placeholder_url: str, *, contro
     session = BranchSession(settings, run_id=state.run_id, worker=worker, prepared=prepared, apart=True)
     try:
         handle = session.start()
+    except KeyboardInterrupt:
+        # what the start made goes now: no later hook runs for a run stopped here
+        with contextlib.suppress(Exception):
+            session.finish()
+        raise
     except HarnessError as exc:
         state.early_error = exc
         with contextlib.suppress(HarnessError):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from cathouse_harness.cleanup.runs import adopt_owner_token, check_run_id, owner_token
@@ -155,7 +156,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
         state = _new_state(early_config, workerinput, options, configured=True)
         early_config.stash[state_key] = state
         controller = workerinput is None and early.will_distribute(options)
-        early.branch_before_conftests(state, PLACEHOLDER_URL, controller=controller)
+        try:
+            early.branch_before_conftests(state, PLACEHOLDER_URL, controller=controller)
+        except KeyboardInterrupt:
+            _interrupted_before_configure(early_config)
     elif _configured(early_config, options):
         if early_config.getini("cathouse_harness_isolate_env"):
             # no branch until a test asks, but what the conftests read at import must not
@@ -166,11 +170,28 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
         guard_before_branch(early_config, options)
     try:
         return (yield)
+    except KeyboardInterrupt:
+        _interrupted_before_configure(early_config)
+        raise  # not reached
     except Exception:
         replaced = early.failed_import(early_config.stash.get(state_key, None))
         if replaced is not None:
             raise replaced from None
         raise
+
+
+def _interrupted_before_configure(config: pytest.Config) -> NoReturn:
+    """Ctrl-C before pytest is configured (the branch being made, the conftests being
+    imported): pytest would print the interrupt's whole traceback and run none of the
+    hooks that end a session. End it here, say so in one line, exit as interrupted."""
+    state = config.stash.get(state_key, None)
+    if state is not None and state.session is not None:
+        with contextlib.suppress(Exception):
+            state.session.finish()
+    pytest_unconfigure(config)
+    sys.stderr.write("cathouse-harness: interrupted before the tests began; "
+                     "the run's branches are deleted\n")
+    raise SystemExit(int(pytest.ExitCode.INTERRUPTED))
 
 
 @pytest.hookimpl(optionalhook=True)

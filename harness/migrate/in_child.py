@@ -93,8 +93,20 @@ def _serve(answer_fd: int) -> int:
     return 0 if outcome.results is not None else 1
 
 
+def _interrupt_once(signum: int, frame: object) -> None:
+    # Ctrl-C reaches this process twice (the terminal's, to the whole group, and the
+    # caller's when it gives up): the first interrupts, a second would break the
+    # cancelling of the statement that the first started
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
     # by the module's own name, so that what is pickled names it and not __main__
     from cathouse_harness.migrate.in_child import _serve as serve
 
-    raise SystemExit(serve(int(sys.argv[1])))
+    signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        raise SystemExit(serve(int(sys.argv[1])))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # the caller says it was interrupted

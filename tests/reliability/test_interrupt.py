@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 from cathouse_harness.branching.lifecycle import MARK_RUN
 
 from tests.reliability._cases import TEST_FILE, add_revision
@@ -62,12 +63,22 @@ def _processes_of(run_id: str) -> list[str]:
     return found
 
 
-def test_ctrl_c_under_xdist_during_a_slow_migration(neon: LocalNeon, tmp_path: Path) -> None:
+# with a mapping, the branch is made before the conftests load (before pytest is
+# configured) and the template's migrations run in a Python process of their own
+# (cathouse_harness.migrate.in_child)
+MAPPING = '\n[tool.cathouse_harness.env]\nAPP_DATABASE_URL = "{url}"\n'
+
+
+@pytest.mark.parametrize("when", ["at the fixture", "before the conftests"])
+def test_ctrl_c_under_xdist_during_a_slow_migration(neon: LocalNeon, tmp_path: Path, when: str) -> None:
     # without xdist the same case is the fault matrix's "SIGINT during migration"
     xdist = ["-n", "2"]
     project = make_project(tmp_path / "project", {"test_app.py": TEST_FILE})
     add_revision(project, "5eeb5eeb5eeb", f"SELECT pg_sleep({SLEEP})", "a slow migration")
-    run_id = "ctrl-c-xdist"
+    if when == "before the conftests":
+        pyproject = project / "pyproject.toml"
+        pyproject.write_text(pyproject.read_text() + MAPPING)
+    run_id = "ctrl-c-xdist" if when == "at the fixture" else "ctrl-c-xdist-early"
     process = start_plugin_run(project, neon.home, run_id, *xdist)
     try:
         wait_for(lambda: process.poll() is not None or _sleeping(neon), 90, "the migration's sleep",
@@ -80,8 +91,9 @@ def test_ctrl_c_under_xdist_during_a_slow_migration(neon: LocalNeon, tmp_path: P
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    print(f"\nCtrl-C under -n 2: pytest exited {took:.2f} s after SIGINT")
+    print(f"\nCtrl-C under -n 2, branch {when}: pytest exited {took:.2f} s after SIGINT")
     assert process.returncode == 2, out  # pytest's "interrupted"
+    assert "Traceback" not in out, out
     assert took < BOUND, f"exit {took:.1f} s after Ctrl-C: it waited for the statement\n{out}"
 
     def left() -> list[str]:
