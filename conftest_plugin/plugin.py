@@ -149,30 +149,28 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
     from pytest_cathouse_harness import early
 
     options = early_config.known_args_namespace
-    if options.help or options.version:
-        pass
-    elif early.maps_env(early_config.rootpath):
-        workerinput = early.early_workerinput()
-        state = _new_state(early_config, workerinput, options, configured=True)
-        early_config.stash[state_key] = state
-        controller = workerinput is None and early.will_distribute(options)
-        try:
-            early.branch_before_conftests(state, PLACEHOLDER_URL, controller=controller)
-        except KeyboardInterrupt:
-            _interrupted_before_configure(early_config)
-    elif _configured(early_config, options):
-        if early_config.getini("cathouse_harness_isolate_env"):
-            # no branch until a test asks, but what the conftests read at import must not
-            # be the shell's database either
-            early_config.stash[early.hidden_key] = early.hide(ENV_ISOLATED, PLACEHOLDER_URL)
-        # an xdist controller too: it runs no test, but imports the conftests (its broker's
-        # own connections are let through, `cathouse_harness.db.guard.harness_connections`)
-        guard_before_branch(early_config, options)
     try:
+        if options.help or options.version:
+            pass
+        elif early.maps_env(early_config.rootpath):
+            workerinput = early.early_workerinput()
+            state = _new_state(early_config, workerinput, options, configured=True)
+            early_config.stash[state_key] = state
+            controller = workerinput is None and early.will_distribute(options)
+            early.branch_before_conftests(state, PLACEHOLDER_URL, controller=controller)
+        elif _configured(early_config, options):
+            if early_config.getini("cathouse_harness_isolate_env"):
+                # no branch until a test asks, but what the conftests read at import must
+                # not be the shell's database either
+                early_config.stash[early.hidden_key] = early.hide(ENV_ISOLATED, PLACEHOLDER_URL)
+            # an xdist controller too: it runs no test, but imports the conftests (its
+            # broker's own connections are let through, `db.guard.harness_connections`)
+            guard_before_branch(early_config, options)
         return (yield)
     except KeyboardInterrupt:
+        if early_config.stash.get(state_key, None) is None:
+            raise  # no branch was made before the conftests: pytest's own interruption
         _interrupted_before_configure(early_config)
-        raise  # not reached
     except Exception:
         replaced = early.failed_import(early_config.stash.get(state_key, None))
         if replaced is not None:
@@ -184,8 +182,8 @@ def _interrupted_before_configure(config: pytest.Config) -> NoReturn:
     """Ctrl-C before pytest is configured (the branch being made, the conftests being
     imported): pytest would print the interrupt's whole traceback and run none of the
     hooks that end a session. End it here, say so in one line, exit as interrupted."""
-    state = config.stash.get(state_key, None)
-    if state is not None and state.session is not None:
+    state = config.stash[state_key]
+    if state.session is not None:
         with contextlib.suppress(Exception):
             state.session.finish()
     pytest_unconfigure(config)

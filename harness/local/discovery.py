@@ -35,6 +35,17 @@ class PoolerInfo:
     version: str
     prepared_statements: bool
 
+    @property
+    def gap(self) -> str | None:
+        """What it lacks of Neon's pooler, for a failure's hint; None when nothing."""
+        return None if self.prepared_statements else f"PgBouncer {self.version} in {self.mode} mode"
+
+
+def restart_hint(pid: int) -> str:
+    """How to get a setting the home's running server was not started with: every
+    session of the home shares it, and it keeps its start-time settings until it stops."""
+    return f"stop it (kill {pid}) and start again; it also stops by itself when unused"
+
 
 @dataclass(frozen=True)
 class LocalServerInfo:

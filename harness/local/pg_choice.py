@@ -26,6 +26,7 @@ from cathouse_harness.config.values import POSTGRES_BIN_ENV as ENV_VAR
 from cathouse_harness.config.values import check_postgres_bin as check_choice
 from cathouse_harness.config.values import has_postgres_binaries as _has_binaries
 from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.discovery import restart_hint
 from cathouse_harness.local.pg_binaries import (
     OsUser,
     can_reach,
@@ -201,5 +202,5 @@ def check_serves(choice: str | None, bin_dir: str | None, origin: str | None, pi
     raise LocalServerError(
         f"{_NAMED_BY} names {choice} but this home's local server (pid {pid}) runs PostgreSQL "
         f"from {bin_dir}",
-        hint=f"stop it (kill {pid}) and start again; it also stops by itself when unused",
+        hint=restart_hint(pid),
     )

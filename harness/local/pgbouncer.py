@@ -105,9 +105,14 @@ def pgbouncer_version(binary: Path) -> tuple[int, ...] | None:
     return tuple(int(part) for part in found.groups(default="0"))
 
 
+def tracks_prepared_statements(version: tuple[int, ...] | None) -> bool:
+    """Whether this PgBouncer can keep track of protocol-level prepared statements."""
+    return version is not None and version[:2] >= PREPARED_STATEMENTS_SINCE
+
+
 def carries_prepared_statements(version: tuple[int, ...] | None, mode: str) -> bool:
     """Whether named prepared statements survive this pooler as on Neon's."""
-    return mode == "session" or (version is not None and version[:2] >= PREPARED_STATEMENTS_SINCE)
+    return mode == "session" or tracks_prepared_statements(version)
 
 
 def _ini_quote(value: str) -> str:
@@ -239,7 +244,7 @@ class PgBouncer:
             "log_disconnections": "0",
             "log_pooler_errors": "1",
         }
-        if self.version is not None and self.version[:2] >= PREPARED_STATEMENTS_SINCE:
+        if tracks_prepared_statements(self.version):
             settings["max_prepared_statements"] = str(_MAX_PREPARED)
         body = "".join(f"{key} = {value}\n" for key, value in settings.items())
         self._write(self.ini, f"[databases]\n{databases}\n[pgbouncer]\n{body}")

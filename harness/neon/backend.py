@@ -44,7 +44,7 @@ def connect_backend(settings: Settings) -> BackendInfo:
     if settings.backend == "neon":
         assert settings.api_key is not None and settings.project_id is not None
         return BackendInfo("neon", settings.api_host, settings.api_key, settings.project_id)
-    from cathouse_harness.local.discovery import live_server, resolve_home
+    from cathouse_harness.local.discovery import live_server, resolve_home, restart_hint
 
     # Reusing a running server needs only the light discovery module; the
     # launcher loads only when one has to be started.
@@ -66,12 +66,12 @@ def connect_backend(settings: Settings) -> BackendInfo:
         raise LocalServerError(
             f"{settings.source_of('pooler_mode')} sets pooler_mode = {settings.pooler_mode!r} but "
             f"this home's local server (pid {info.pid}) pools in {pooler.mode} mode",
-            hint=f"stop it (kill {info.pid}) and start again; it also stops by itself when unused",
+            hint=restart_hint(info.pid),
         )
-    gap = None
-    if pooler is not None and not pooler.prepared_statements:
-        gap = f"PgBouncer {pooler.version} in {pooler.mode} mode"
-    return BackendInfo("embedded", info.api_host, Secret(str(info.api_key)), info.project_id, gap)
+    return BackendInfo(
+        "embedded", info.api_host, Secret(str(info.api_key)), info.project_id,
+        pooler.gap if pooler is not None else None,
+    )
 
 
 def _check_names(

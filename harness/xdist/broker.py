@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cathouse_harness.cleanup.runs import check_run_id
+from cathouse_harness.db.guard import harness_connections
 from cathouse_harness.errors import HarnessError
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.progress import Progress, tell
@@ -67,8 +68,6 @@ class BranchBroker:
         self._thread.start()
 
     def _main(self) -> None:
-        from cathouse_harness.db.guard import harness_connections
-
         # the controller's conftests are guarded meanwhile, in its main thread
         with harness_connections():
             self._serve_requests()
@@ -167,8 +166,6 @@ def _in_background(job: Callable[[str], None], worker: str) -> threading.Thread:
     # a thread each: the first forks the shared branch, the others wait for it and then
     # copy their databases, and neither the broker's thread nor xdist's waits for them
     def harness_job(worker: str) -> None:
-        from cathouse_harness.db.guard import harness_connections
-
         with harness_connections():
             job(worker)
 
