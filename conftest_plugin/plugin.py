@@ -490,7 +490,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     hint = report.pooler_hint(reports, failures)
     if hint is not None:
         terminalreporter.write_line(hint)
-    if state.settings is not None and not state.settings.migrating_services:
+    if state.settings is not None and not state.settings.migrates_or_seeds:
         # with a mapping and no service the app migrates itself (Flask-Migrate's
         # upgrade() in create_app): init has nothing more to propose, so say what happens
         hint = (f"its schema is what the tests create through {', '.join(state.settings.env.names)}"

@@ -4,7 +4,10 @@ It covers, in configured order, every migrating service's name and schema and th
 of its alembic.ini, env.py, script template and every file under its version
 directories, plus the files `migration_sources` names (code that env.py loads from
 outside the service's tree). Anything that could change the migrated schema changes it; so does the
-order of the services. Files are read, never imported, so computing it is cheap.
+order of the services. The `seed` counts too (each SQL file's bytes, each callable's
+name and its module's source), so a template carries the data it was built with; with no
+seed nothing is added, and templates built before the setting existed stay valid. Files
+are read, never imported, so computing it is cheap.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cathouse_harness.config.seed import missing_module, module_file
 from cathouse_harness.config.settings import ServiceConfig, Settings
 from cathouse_harness.errors import ConfigError
 from cathouse_harness.migrate.run_memo import remembered
@@ -213,8 +217,19 @@ def migration_fingerprint(settings: Settings) -> str:
         for label, path in sources.files():
             add(label, path.read_bytes())
     for path in settings.migration_sources:
-        label = path.relative_to(settings.project_root).as_posix() if path.is_relative_to(
-            settings.project_root
-        ) else path.name
-        add(f"extra/{label}", path.read_bytes())
+        add(f"extra/{_label(path, settings)}", path.read_bytes())
+    for path in settings.seed.sql:
+        add(f"seed/{_label(path, settings)}", path.read_bytes())
+    for call in settings.seed.calls:
+        found = module_file(call, settings.project_root)
+        if found is None:
+            raise missing_module(call, settings.source_of("seed"))
+        add(f"seed/{call}", found.read_bytes())
     return digest.hexdigest()[:FINGERPRINT_LENGTH]
+
+
+def _label(path: Path, settings: Settings) -> str:
+    """`path` as the fingerprint names it: from the project root, else its name alone."""
+    if path.is_relative_to(settings.project_root):
+        return path.relative_to(settings.project_root).as_posix()
+    return path.name

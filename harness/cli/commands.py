@@ -35,20 +35,25 @@ def _migration_rows(results: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def _run_migrations(ctx: Context, direct_url: str, report: Callable[[str], None],
-                    target: str | None = None) -> list[Any]:
-    """Migrate every service; `report` gets each service's line as soon as it is done."""
+                    target: str | None = None, *, seed: bool = False) -> list[Any]:
+    """Migrate every service (then, when `seed`, put the seed in); `report` gets each
+    service's line as soon as it is done."""
     from cathouse_harness.migrate.all_services import migrate_all
 
-    if not ctx.settings.migrating_services:
+    seed = seed and bool(ctx.settings.seed)
+    if not ctx.settings.migrating_services and not seed:
         ctx.progress.say(f"no service has migrations: nothing to migrate ({INIT_HINT})")
         return []
-    with ctx.progress.step(f"migrate {len(ctx.settings.migrating_services)} service(s)"):
-        return migrate_all(ctx.settings, direct_url, target=target, reporter=report)
+    step = f"migrate {len(ctx.settings.migrating_services)} service(s)" + (" and seed" if seed else "")
+    with ctx.progress.step(step):
+        return migrate_all(ctx.settings, direct_url, target=target, reporter=report, seed=seed)
 
 
-def _migrate(ctx: Context, direct_url: str) -> list[dict[str, Any]]:
-    """Migrate as part of up/reset: each service's line on stderr, the rows for --json."""
-    return _migration_rows(_run_migrations(ctx, direct_url, lambda line: ctx.progress.say(f"  {line}")))
+def _migrate(ctx: Context, direct_url: str, *, seed: bool = False) -> list[dict[str, Any]]:
+    """Migrate as part of up/reset: each service's line on stderr, the rows for --json.
+    `seed`: the branch is new (or back at its parent), so it gets the seed too."""
+    rows = _run_migrations(ctx, direct_url, lambda line: ctx.progress.say(f"  {line}"), seed=seed)
+    return _migration_rows(rows)
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -100,7 +105,7 @@ def _migrated_dev_branch(ctx: Context, name: str, ttl: timedelta) -> tuple[Any, 
     with ctx.progress.step(f"branch {name}"):
         handle, created = with_client(ctx, work)
     try:
-        return handle, created, _migrate(ctx, str(handle.direct_url))
+        return handle, created, _migrate(ctx, str(handle.direct_url), seed=created)
     except HarnessError:
         if created:
 
@@ -249,7 +254,7 @@ def cmd_reset(ctx: Context) -> int:
 
     with ctx.progress.step(f"restore {target} to its parent"):
         handle = with_client(ctx, work)
-    migrations = _migrate(ctx, str(handle.direct_url))
+    migrations = _migrate(ctx, str(handle.direct_url), seed=True)  # its parent has none
     ctx.emit(
         {"branch_id": handle.id, "name": handle.name, "migrations": migrations},
         [f"reset {handle.name} ({handle.id})"],
@@ -265,7 +270,7 @@ def cmd_gc(ctx: Context) -> int:
         return _gc_machine(ctx)  # its branches live in the home, which goes
 
     fingerprint = None
-    if ctx.settings.migrating_services:
+    if ctx.settings.migrates_or_seeds:
         from cathouse_harness.migrate.all_services import migration_fingerprint
 
         fingerprint = migration_fingerprint(ctx.settings)

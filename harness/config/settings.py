@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cathouse_harness.config.app_env import DRIVERS, AppEnv, parse_env
+from cathouse_harness.config.seed import Seed, parse_seed
 from cathouse_harness.config.services import ServiceConfig, check_pool_budget, parse_services, parse_sources
 from cathouse_harness.config.values import check_postgres_bin, parse_bool, parse_int, parse_ttl
 from cathouse_harness.db.guard import AllowedTarget, parse_allowed
@@ -76,6 +77,7 @@ _TOML_KEYS = {
     "pooler_mode",
     "env",
     "url_driver",
+    "seed",
 }
 
 
@@ -119,6 +121,8 @@ class Settings:
     env: AppEnv = AppEnv()
     # the driver form of DATABASE_URL / MIGRATION_DATABASE_URL; None: asyncpg's and plain
     url_driver: str | None = None
+    # reference data a new template gets after its migrations (`cathouse_harness.config.seed`)
+    seed: Seed = Seed()
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
@@ -155,6 +159,11 @@ class Settings:
     @property
     def migrating_services(self) -> tuple[ServiceConfig, ...]:
         return tuple(s for s in self.services if s.migrates)
+
+    @property
+    def migrates_or_seeds(self) -> bool:
+        """Whether a new branch needs work before tests use it (a template to build)."""
+        return bool(self.migrating_services or self.seed)
 
     @property
     def pool_budget(self) -> int:
@@ -421,6 +430,8 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
         values["migration_sources"] = parse_sources(
             raw["migration_sources"], root, raw.src("migration_sources")
         )
+    if "seed" in raw:
+        values["seed"] = parse_seed(raw["seed"], root, raw.src("seed"))
     if "allow_connections" in raw:
         values["allow_connections"] = _allowed_targets(raw["allow_connections"], raw.src("allow_connections"))
     return values

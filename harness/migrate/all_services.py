@@ -66,7 +66,7 @@ def head_revisions(settings: Settings) -> dict[str, tuple[str, ...]]:
 
 def _migrate_on(connection: Connection, settings: Settings, target: str | Sequence[str] | None,
                 reporter: Callable[[str], None] | None,
-                heads: dict[str, tuple[str, ...]] | None) -> list[ServiceResult]:
+                heads: dict[str, tuple[str, ...]] | None, seed: bool) -> list[ServiceResult]:
     results = []
     for service in settings.migrating_services:
         say(f"migrating {service.name}")  # each revision then says its own step
@@ -74,6 +74,10 @@ def _migrate_on(connection: Connection, settings: Settings, target: str | Sequen
         results.append(result)
         if reporter is not None:
             reporter(describe_result(result, heads.get(service.name) if heads else None))
+    if seed and settings.seed:
+        from cathouse_harness.migrate.seed import apply_seed
+
+        apply_seed(connection, settings)
     return results
 
 
@@ -84,10 +88,14 @@ def migrate_all(
     target: str | Sequence[str] | None = None,
     reporter: Callable[[str], None] | None = None,
     progress: Progress | None = None,
+    seed: bool = False,
 ) -> list[ServiceResult]:
     """Upgrade every migrating service to `target` (None: each service's own, see
-    `cathouse_harness.migrate.heads`), in configured order, on one connection.
-    `progress` hears which service and revision it is at (`cathouse_harness.support.progress`).
+    `cathouse_harness.migrate.heads`), in configured order, on one connection; then, when
+    `seed`, put the configured seed in (`cathouse_harness.migrate.seed`): a new branch's
+    (a template's, a dev branch's) only, as the seed is data, not revisions that know
+    whether they ran. `progress` hears which service and revision it is at
+    (`cathouse_harness.support.progress`).
 
     Stops at the first failing service with MigrationError(service=, revision=,
     db_error=). Safe to call from synchronous code, from a worker thread, or from a
@@ -96,7 +104,8 @@ def migrate_all(
     with once_per_run(), reporting(progress):
         heads = head_revisions(settings) if reporter is not None else None
         return run_with_connection(
-            direct_url, lambda connection: _migrate_on(connection, settings, target, reporter, heads)
+            direct_url,
+            lambda connection: _migrate_on(connection, settings, target, reporter, heads, seed),
         )
 
 

@@ -263,7 +263,7 @@ def _is_installed_code(path: str) -> bool:
 
 
 @contextmanager
-def _isolated_imports(directory: Path) -> Iterator[None]:
+def isolated_imports(directory: Path) -> Iterator[None]:
     """Put back sys.path and forget the modules the command imported from the service
     (or from a directory its `prepend_sys_path` added), as a process of its own would."""
     path_before = list(sys.path)
@@ -294,7 +294,7 @@ def _forget_relative_finders() -> None:
 
 
 @contextmanager
-def _in_directory(directory: Path) -> Iterator[None]:
+def in_directory(directory: Path) -> Iterator[None]:
     before = os.getcwd()
     os.chdir(directory)
     try:
@@ -332,8 +332,8 @@ def service_command(service: ServiceConfig, url: str) -> Iterator[list[VersionRe
     records: list[VersionRecord] = []
     with ExitStack() as stack:
         stack.enter_context(preserved_logging())
-        stack.enter_context(_isolated_imports(sources.directory))
-        stack.enter_context(_in_directory(sources.directory))
+        stack.enter_context(isolated_imports(sources.directory))
+        stack.enter_context(in_directory(sources.directory))
         scheme = driver_scheme(sources)
         # the project's own names too ([tool.cathouse_harness.env] and the service's own),
         # from the direct URL, `{url}` in the form this env.py takes

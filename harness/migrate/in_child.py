@@ -34,6 +34,7 @@ class _Request:
     settings: Settings
     direct_url: str
     sys_path: list[str]
+    seed: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ class _Outcome:
     exit_code: int = 1
 
 
-def migrate_in_child(settings: Settings, direct_url: str) -> list[ServiceResult]:
-    """`migrate_all(settings, direct_url)` in a new Python process (see the module's text)."""
-    request = pickle.dumps(_Request(settings, direct_url, list(sys.path)))
+def migrate_in_child(settings: Settings, direct_url: str, *, seed: bool = False) -> list[ServiceResult]:
+    """`migrate_all(settings, direct_url, seed=seed)` in a new Python process (see the
+    module's text): the seed's callables import project code too."""
+    request = pickle.dumps(_Request(settings, direct_url, list(sys.path), seed))
     read_end, write_end = os.pipe()
     try:
         child = subprocess.Popen(
@@ -83,7 +85,8 @@ def _serve(answer_fd: int) -> int:
     from cathouse_harness.migrate.all_services import migrate_all
 
     try:
-        outcome = _Outcome(results=migrate_all(request.settings, request.direct_url))
+        outcome = _Outcome(results=migrate_all(request.settings, request.direct_url,
+                                               seed=request.seed))
     except HarnessError as exc:
         outcome = _Outcome(error_line=str(exc), exit_code=exc.exit_code)
     except Exception as exc:  # an env.py's own failure that the runner did not explain

@@ -136,7 +136,7 @@ class BranchSession:
             else:
                 self.setup()
                 handle = self._fork_session_branch(self.worker)
-            if settings.migrating_services and not settings.template_reuse:
+            if settings.migrates_or_seeds and not settings.template_reuse:
                 started = time.perf_counter()
                 try:
                     self._migrate(handle)
@@ -167,7 +167,7 @@ class BranchSession:
         self._connect()
         assert self.backend is not None
         started = time.perf_counter()
-        with_template = bool(settings.migrating_services and settings.template_reuse)
+        with_template = settings.migrates_or_seeds and settings.template_reuse
         self._say(f"looking up the parent branch {settings.parent_branch}")
         try:
             parent, listed = self._run(self._parent_and_listing(with_template))
@@ -360,11 +360,12 @@ class BranchSession:
             from cathouse_harness.migrate.in_child import migrate_in_child
 
             tell(self.progress, "migrating every service (in a process of its own)")
-            results = migrate_in_child(self.settings, str(handle.direct_url))
+            results = migrate_in_child(self.settings, str(handle.direct_url), seed=True)
         else:
             from cathouse_harness.migrate.all_services import migrate_all
 
-            results = migrate_all(self.settings, str(handle.direct_url), progress=self.progress)
+            results = migrate_all(self.settings, str(handle.direct_url), progress=self.progress,
+                                  seed=True)
         self.report.migrated_services = len(results)
         return time.perf_counter() - started
 
