@@ -12,22 +12,9 @@ from cathouse_harness.branching.lifecycle import building_name, harness_branches
 from cathouse_harness.config.settings import load_settings
 from cathouse_harness.neon.backend import connect_backend, open_client
 
+from tests.plugin._seed import REFERENCE_SQL, SEEDING, configure_seed
 from tests.plugin._support import run
 
-SEED_SETTING = 'seed = ["sql/reference.sql", "seeding:load"]\n'
-REFERENCE_SQL = """
-INSERT INTO auth.users (email) VALUES ('sql-1@seed');
-INSERT INTO auth.users (email) VALUES ('sql-2@seed');
-"""
-# the callable runs after the SQL files: it sees their rows
-SEEDING = """
-from sqlalchemy import text
-
-def load(connection):
-    before = connection.execute(text("SELECT count(*) FROM auth.users")).scalar()
-    connection.execute(text("INSERT INTO auth.users (email) VALUES (:email)"),
-                       {{"email": f"call-after-{{before}}@seed{suffix}"}})
-"""
 SEES_THE_SEED = """
 import psycopg, pytest
 
@@ -38,15 +25,6 @@ def test_sees_the_seed(migration_database_url, n):
     assert emails == {expected!r}
 """
 SEEDED = ["call-after-2@seed", "sql-1@seed", "sql-2@seed"]
-
-
-def _configure(project: pytest.Pytester, setting: str = SEED_SETTING, *, suffix: str = "") -> None:
-    pyproject = project.path / "pyproject.toml"
-    text = pyproject.read_text()
-    pyproject.write_text(text.replace("[tool.cathouse_harness]\n", "[tool.cathouse_harness]\n" + setting, 1))
-    (project.path / "sql").mkdir(exist_ok=True)
-    (project.path / "sql" / "reference.sql").write_text(REFERENCE_SQL)
-    (project.path / "seeding.py").write_text(SEEDING.format(suffix=suffix))
 
 
 def _test_file(project: pytest.Pytester, expected: list[str], count: int = 1) -> None:
@@ -76,7 +54,7 @@ def _templates_of(project: pytest.Pytester) -> list[str]:
 def test_seed_is_in_every_session_and_an_edit_rebuilds_the_template_once(
     project: pytest.Pytester,
 ) -> None:
-    _configure(project)
+    configure_seed(project.path)
     _test_file(project, SEEDED)
     built = [_template_line(r) for r in (run(project, "seed1"), run(project, "seed2"))]
     assert built == ["built", "reused"]
@@ -100,7 +78,7 @@ def test_seed_is_in_every_session_and_an_edit_rebuilds_the_template_once(
 
 
 def test_xdist_workers_see_the_seed(project: pytest.Pytester) -> None:
-    _configure(project, suffix=".xdist")
+    configure_seed(project.path, suffix=".xdist")
     _test_file(project, ["call-after-2@seed.xdist", "sql-1@seed", "sql-2@seed"], count=4)
     run(project, "seedx1", "-n", "2").assert_outcomes(passed=4)
 
@@ -110,7 +88,7 @@ def test_a_session_made_before_the_conftests_gets_the_seed_from_the_child_proces
 ) -> None:
     # an env mapping makes the branch before the conftests load: the migrations, and the
     # seed's callable with them, run in a Python process of their own
-    _configure(project, suffix=".early")
+    configure_seed(project.path, suffix=".early")
     with (project.path / "pyproject.toml").open("a") as handle:
         handle.write('\n[tool.cathouse_harness.env]\nAPP_DATABASE_URL = "{url}"\n')
     _test_file(project, ["call-after-2@seed.early", "sql-1@seed", "sql-2@seed"])
@@ -120,7 +98,7 @@ def test_a_session_made_before_the_conftests_gets_the_seed_from_the_child_proces
 
 
 def test_a_failing_seed_is_one_line_and_leaves_no_template(project: pytest.Pytester) -> None:
-    _configure(project, suffix=".broken")
+    configure_seed(project.path, suffix=".broken")
     (project.path / "sql" / "reference.sql").write_text(
         REFERENCE_SQL + "INSERT INTO auth.no_such_table VALUES (1);\n")
     _test_file(project, SEEDED)
@@ -146,7 +124,7 @@ def test_a_failing_seed_is_one_line_and_leaves_no_template(project: pytest.Pytes
 def test_a_bad_seed_setting_is_one_line_and_a_usage_error(
     project: pytest.Pytester, setting: str, module: str | None, expected: str
 ) -> None:
-    _configure(project, setting)
+    configure_seed(project.path, setting)
     if module is not None:
         (project.path / "seeding.py").write_text(module)
     _test_file(project, SEEDED)
