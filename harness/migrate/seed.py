@@ -37,7 +37,7 @@ class SeedError(MigrationError):
         self.db_error = describe_exception(exc)
         # not MigrationError's "migration failed in …": the migrations went through
         HarnessError.__init__(self, f"seed {step} failed: {self.db_error}",
-                              hint="nothing of the seed is kept; fix it and run again")
+                              hint="fix it and run again")
 
 
 def apply_seed(connection: Connection, settings: Settings) -> None:
