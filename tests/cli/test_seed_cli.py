@@ -59,13 +59,21 @@ def test_up_with_a_failing_seed_is_one_line_and_keeps_no_branch(project: Path) -
     assert "harness/dev/seed-broken" not in _dev_branches(project)
 
 
-def test_up_with_an_unimportable_callable_exits_2(project: Path) -> None:
-    configure_seed(project, 'seed = ["seeding:load"]\n')
-    (project / "seeding.py").write_text("raise RuntimeError('no database for you')\n")
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("seeding:load", "cannot import seeding:load (RuntimeError: no database for you)"),
+        ("seeding:nothing", "seeding has no function 'nothing'"),
+    ],
+)
+def test_up_with_an_unusable_callable_exits_2(project: Path, setting: str, expected: str) -> None:
+    configure_seed(project, f'seed = ["{setting}"]\n')
+    (project / "seeding.py").write_text("raise RuntimeError('no database for you')\n"
+                                        if setting.endswith(":load") else "def load(c): pass\n")
     code, out, err = cli("up", "--name", "seed-unimportable", cwd=project)
     assert code == 2
     (line,) = error_lines(err)
     assert line.startswith("cathouse-branch: error: seed (from ")
     assert "pyproject.toml [tool.cathouse_harness]" in line
-    assert "cannot import seeding:load (RuntimeError: no database for you)" in line
+    assert expected in line
     assert "harness/dev/seed-unimportable" not in _dev_branches(project)
