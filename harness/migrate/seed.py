@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cathouse_harness.config.seed import KEY, SeedCall
@@ -45,7 +46,7 @@ def apply_seed(connection: Connection, settings: Settings) -> None:
     commit them together (nothing of them stays when one fails)."""
     seed = settings.seed
     end_transaction(connection)
-    # what a migration's env.py set on the shared session (search_path, role) is not the seed's
+    # settings an env.py left on the shared session (a search_path, say) are not the seed's
     connection.exec_driver_sql("RESET ALL")
     try:
         for path in seed.sql:
@@ -105,6 +106,6 @@ def _imported(call: SeedCall, settings: Settings) -> Callable[[Connection], Any]
     return function  # type: ignore[no-any-return]
 
 
-def _shown(path: Any, settings: Settings) -> str:
+def _shown(path: Path, settings: Settings) -> str:
     root = settings.project_root
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
