@@ -129,3 +129,12 @@ def test_a_bad_seed_setting_is_one_line_and_a_usage_error(
     assert "pyproject.toml [tool.cathouse_harness]" in matching[0]
     assert fnmatch(matching[0], expected), matching[0]
     assert "Traceback" not in "\n".join(output)
+
+
+def test_without_template_reuse_each_session_branch_is_seeded(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_seed(project.path, suffix=".noreuse")
+    monkeypatch.setenv("CATHOUSE_TEMPLATE_REUSE", "false")
+    _test_file(project, ["call-after-2@seed.noreuse", "sql-1@seed", "sql-2@seed"])
+    run(project, "seednoreuse1").assert_outcomes(passed=1)
