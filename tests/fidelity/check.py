@@ -1,20 +1,23 @@
-"""A rerunnable fidelity check (#25 part 6): Neon's own clients, pointed at
+"""A rerunnable fidelity check (#25): Neon's own clients and GitHub actions, pointed at
 `cathouse-branch emulator` by configuration only, through every call that applies to one
-project; prints `works` / `fails` per call and the counts.
+project; prints `works` / `fails` / `differs` per call and the counts.
 
-    python -m tests.fidelity.check --install   # once: npm and PyPI, into the cache below
+    python -m tests.fidelity.check --install   # once: npm, PyPI and GitHub, into the cache below
     python -m tests.fidelity.check             # any time after: this machine only
 
-The clients are pinned (NEONCTL_VERSION, NEON_API_VERSION) and installed outside the
-repository, in `--cache` (default ~/.cache/cathouse-harness-fidelity): neonctl with npm,
-the Python SDK `neon-api` in a venv of its own. Running the check contacts no address
-outside this machine: neonctl runs with `--no-analytics` and a config directory of its
-own, against the emulator's loopback API. tests/fidelity/test_fidelity.py runs it when
-both clients are already installed there, and skips, saying how to install them,
-otherwise (the suite never installs from a registry).
+The clients are pinned (NEONCTL_VERSION, NEON_API_VERSION, TS_SDK_VERSION) and installed
+outside the repository, in `--cache` (default ~/.cache/cathouse-harness-fidelity):
+neonctl and the TypeScript SDK `@neondatabase/api-client` with npm, the Python SDK
+`neon-api` in a venv of its own. Neon's actions (tests/fidelity/actions.py) are read from
+`--actions-dir` (default <cache>/actions), where --install clones them at pinned commits.
+Running the check contacts no address outside this machine: every neonctl runs with
+`--no-analytics` and a config directory of its own, against the emulator's loopback API.
+tests/fidelity/test_fidelity.py runs it when the clients are already installed there,
+and skips, saying how to install them, otherwise (the suite never installs anything).
 
-Exit status: 0 when every call works (or asks for what Neon's reference does not have,
-NOT_IN_REFERENCE), 1 when some fail, 2 when the clients are missing.
+Exit status: 0 when every call works or is a known difference (KNOWN: asks for what
+Neon's reference does not have, NOT_IN_REFERENCE, or for a feature the local server does
+not emulate, NOT_EMULATED), 1 when some fail, 2 when the clients are missing.
 """
 
 from __future__ import annotations
