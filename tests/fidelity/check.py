@@ -258,32 +258,24 @@ def run_neonctl(binary: Path, api: dict[str, str], work: Path) -> list[Outcome]:
     return outcomes
 
 
-def run_sdk(python: Path, api: dict[str, str]) -> list[Outcome]:
-    done = subprocess.run([str(python), str(SDK_DRIVER)], env={**os.environ, **api},
-                          capture_output=True, text=True, timeout=600)
-    outcomes = []
-    for line in done.stdout.splitlines():
-        if line.startswith("{"):
-            row = json.loads(line)
-            outcomes.append(Outcome("neon-api", row["call"], row["ok"], row["detail"]))
+def _run_driver(client: str, argv: list[str], env: dict[str, str]) -> tuple[list[Outcome], list[dict]]:
+    """A driver's JSON lines as outcomes of `client` (and the rows themselves)."""
+    done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    outcomes = [Outcome(client, row["call"], row["ok"], row["detail"]) for row in rows]
     if done.returncode != 0:
-        outcomes.append(Outcome("neon-api", "the driver", False, done.stderr.strip()[-300:]))
-    return outcomes
+        outcomes.append(Outcome(client, "the driver", False, done.stderr.strip()[-300:]))
+    return outcomes, rows if done.returncode == 0 else []
+
+
+def run_sdk(python: Path, api: dict[str, str]) -> list[Outcome]:
+    return _run_driver("neon-api", [str(python), str(SDK_DRIVER)], api)[0]
 
 
 def run_ts(found: Clients, api: dict[str, str]) -> list[Outcome]:
-    done = subprocess.run(["node", str(TS_DRIVER)], env={**os.environ, **api, "NODE_PATH": str(found.sdk_ts)},
-                          capture_output=True, text=True, timeout=600)
-    outcomes = []
-    for line in done.stdout.splitlines():
-        if line.startswith("{"):
-            row = json.loads(line)
-            outcomes.append(Outcome("ts-sdk", row["call"], row["ok"], row["detail"]))
-            checked = row["checked"]
-    if done.returncode != 0:
-        outcomes.append(Outcome("ts-sdk", "the driver", False, done.stderr.strip()[-300:]))
-    elif outcomes:
-        matched = f"ts-sdk answers matching the OpenAPI document the SDK ships: {checked}"
+    outcomes, rows = _run_driver("ts-sdk", ["node", str(TS_DRIVER)], {**api, "NODE_PATH": str(found.sdk_ts)})
+    if rows:
+        matched = f"ts-sdk answers matching the OpenAPI document the SDK ships: {rows[-1]['checked']}"
         outcomes.append(Outcome("emulator", matched, True))
     return outcomes
 
