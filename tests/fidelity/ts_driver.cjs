@@ -48,7 +48,9 @@ function schemaChecker() {
     const found = routes.find((r) => r.pattern.test(route));
     const op = found && found.ops[method];
     if (!op) return `${method.toUpperCase()} ${route}: not in the SDK's document`;
-    const answer = op.responses[String(status)] || op.responses.default;
+    let answer = op.responses[String(status)] || op.responses.default;
+    // a shared answer (`#/components/responses/…`) is named, not written out
+    if (answer && answer.$ref) answer = answer.$ref.slice(2).split('/').reduce((node, key) => node[key], doc);
     const schema = answer && answer.content && answer.content['application/json'];
     if (!schema) return null; // an answer without a body (none of the calls above)
     const key = `${method} ${found.pattern} ${status}`;
@@ -71,11 +73,15 @@ async function main() {
   const problems = schemaChecker();
   const basePath = new URL(base).pathname.replace(/\/+$/, '');
   let answers = [];
-  api.instance.interceptors.response.use((response) => {
+  const record = (response) => {
     const route = new URL(response.request.path, base).pathname.slice(basePath.length);
     answers.push({ method: response.config.method, route, status: response.status, body: response.data });
-    return response;
-  });
+  };
+  // error answers too: their body is the document's GeneralError
+  api.instance.interceptors.response.use(
+    (response) => { record(response); return response; },
+    (err) => { if (err.response) record(err.response); return Promise.reject(err); },
+  );
   let checked = 0;
 
   async function call(name, act) {
