@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Mapping
@@ -51,6 +52,8 @@ _RESET_LEFT_NO_TABLE = (
     "DO $$ BEGIN IF to_regclass('fidelity_pr') IS NOT NULL"
     " THEN RAISE 'the reset kept the table'; END IF; END $$"
 )
+# a step names each secret it prints to the runner, which masks it; we do the masking
+_ADD_MASK = re.compile(r"::add-mask::\S*")
 _NPM_NEONCTL = re.compile(r"npm i(?:nstall)? -g (?:--ignore-scripts )?neonctl@(\S+)")
 
 
@@ -85,7 +88,7 @@ def clone_actions(actions_dir: Path) -> list[str]:
                  ["git", "-C", str(target), "fetch", "-q", "--depth", "1", url, commit],
                  ["git", "-C", str(target), "checkout", "-q", "FETCH_HEAD"]]
         if any(subprocess.run(step, capture_output=True, timeout=300).returncode for step in steps):
-            subprocess.run(["rm", "-rf", str(target)], check=False)
+            shutil.rmtree(target, ignore_errors=True)
             failed.append(name)
     return failed
 
@@ -180,7 +183,8 @@ def _result(done: subprocess.CompletedProcess[str], output_file: Path, api_key: 
     outputs = _outputs(output_file)
     if done.returncode == 0:
         return StepResult(True, outputs)
-    text = (done.stderr.strip() or done.stdout.strip())[-300:].replace(api_key, "***")
+    text = _ADD_MASK.sub("::add-mask::***", done.stderr.strip() or done.stdout.strip())
+    text = text[-300:].replace(api_key, "***")
     return StepResult(False, outputs, text or f"exit status {done.returncode}")
 
 
