@@ -151,7 +151,10 @@ class Branching:
         await asyncio.wait({issued}, timeout=COPY_ISSUE_WAIT)
         try:
             # Listeners open now so the answer carries their ports; connections made
-            # before the copy ends find no database, as on a compute still starting.
+            # before the copy ends wait for it (the data plane fences a database from
+            # the moment its create is asked for), as Neon's proxy waits for a compute
+            # still starting. During an injected delay or a latency profile's wait
+            # before the copy, they still find no database.
             for ep in endpoints:
                 await neon.open_endpoint(ep)
         except BaseException:

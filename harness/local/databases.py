@@ -94,7 +94,22 @@ class Databases:
         issued: Callable[[], None] | None = None,
     ) -> None:
         """Create `physical` (a copy of `template`); `issued()` is called as the CREATE
-        DATABASE goes to PostgreSQL, after the checks that precede it."""
+        DATABASE goes to PostgreSQL, after the checks that precede it. New connections
+        to `physical` wait until it is made (or its create failed)."""
+        # A branch's endpoint listens before its copy is made (the create answers first);
+        # a client that connects at once waits, as on Neon while the compute starts,
+        # rather than finding no database.
+        self.fencer.fences.hold(physical)
+        try:
+            await self._create_announced(physical, owner=owner, template=template,
+                                         schema_only=schema_only, issued=issued)
+        finally:
+            self.fencer.fences.release(physical)
+
+    async def _create_announced(
+        self, physical: str, *, owner: str, template: str | None, schema_only: bool,
+        issued: Callable[[], None] | None,
+    ) -> None:
         async with self._serialised():
             # PgBouncer's list of databases is updated while the copy runs (no reload:
             # its fallback entry reaches a new database the moment a client asks).

@@ -1,20 +1,23 @@
-"""A rerunnable fidelity check (#25 part 6): Neon's own clients, pointed at
+"""A rerunnable fidelity check (#25): Neon's own clients and GitHub actions, pointed at
 `cathouse-branch emulator` by configuration only, through every call that applies to one
-project; prints `works` / `fails` per call and the counts.
+project; prints `works` / `fails` / `differs` per call and the counts.
 
-    python -m tests.fidelity.check --install   # once: npm and PyPI, into the cache below
+    python -m tests.fidelity.check --install   # once: npm, PyPI and GitHub, into the cache below
     python -m tests.fidelity.check             # any time after: this machine only
 
-The clients are pinned (NEONCTL_VERSION, NEON_API_VERSION) and installed outside the
-repository, in `--cache` (default ~/.cache/cathouse-harness-fidelity): neonctl with npm,
-the Python SDK `neon-api` in a venv of its own. Running the check contacts no address
-outside this machine: neonctl runs with `--no-analytics` and a config directory of its
-own, against the emulator's loopback API. tests/fidelity/test_fidelity.py runs it when
-both clients are already installed there, and skips, saying how to install them,
-otherwise (the suite never installs from a registry).
+The clients are pinned (NEONCTL_VERSION, NEON_API_VERSION, TS_SDK_VERSION) and installed
+outside the repository, in `--cache` (default ~/.cache/cathouse-harness-fidelity):
+neonctl and the TypeScript SDK `@neondatabase/api-client` with npm, the Python SDK
+`neon-api` in a venv of its own. Neon's actions (tests/fidelity/actions.py) are read from
+`--actions-dir` (default <cache>/actions), where --install clones them at pinned commits.
+Running the check contacts no address outside this machine: every neonctl runs with
+`--no-analytics` and a config directory of its own, against the emulator's loopback API.
+tests/fidelity/test_fidelity.py runs it when the clients are already installed there,
+and skips, saying how to install them, otherwise (the suite never installs anything).
 
-Exit status: 0 when every call works (or asks for what Neon's reference does not have,
-NOT_IN_REFERENCE), 1 when some fail, 2 when the clients are missing.
+Exit status: 0 when every call works or is a known difference (KNOWN: asks for what
+Neon's reference does not have, NOT_IN_REFERENCE, or for a feature the local server does
+not emulate, NOT_EMULATED), 1 when some fail, 2 when the clients are missing.
 """
 
 from __future__ import annotations
@@ -35,10 +38,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tests.fidelity import actions
+
 NEONCTL_VERSION = "5.0.1"
 NEON_API_VERSION = "0.3.0"
+TS_SDK_VERSION = "2.7.3"
+# installed next to the TypeScript SDK: a JSON Schema validator for the OpenAPI document
+# the SDK ships, and a YAML parser for that document and the actions' action.yml
+TS_SDK_HELPERS = ("ajv@8.20.0", "yaml@2.9.1")
 DEFAULT_CACHE = Path.home() / ".cache" / "cathouse-harness-fidelity"
 SDK_DRIVER = Path(__file__).with_name("sdk_driver.py")
+TS_DRIVER = Path(__file__).with_name("ts_driver.cjs")
 _SECRET_IN_URL = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
 
@@ -51,12 +61,28 @@ NOT_IN_REFERENCE = {
     ("neon-api", "branch_set_as_primary"):
         "the SDK asks for .../set_as_primary; the reference has only .../set_as_default",
 }
+# Calls for features of a Neon project the local server does not emulate (docs/embedded.md,
+# the divergence table): each answers 404, printed as `differs` with why.
+_NOT_EMULATED_WHY = {
+    "getAvailablePreloadLibraries": "compute settings: the local computes load no Neon libraries",
+    "getProjectJwks": "Neon RLS / JWKS: not emulated",
+    "listProjectVpcEndpoints": "private networking (VPC endpoints): not emulated",
+    "listSnapshots": "snapshots: not emulated",
+    "getSnapshotSchedule": "snapshots (backup schedule): not emulated",
+    "getProjectAdvisorSecurityIssues": "the project advisor: not emulated",
+    "getMaskingRules": "anonymized branches (masking rules): not emulated",
+    "getNeonAuth": "Neon Auth: not emulated",
+    "getProjectBranchDataApi": "the Data API: not emulated",
+}
+NOT_EMULATED = {("ts-sdk", call): why for call, why in _NOT_EMULATED_WHY.items()}
+KNOWN = {**NOT_IN_REFERENCE, **NOT_EMULATED}
 
 
 @dataclass(frozen=True)
 class Clients:
     neonctl: Path
     sdk_python: Path
+    sdk_ts: Path  # the node_modules holding @neondatabase/api-client
 
 
 @dataclass(frozen=True)
@@ -71,6 +97,7 @@ def clients(cache: Path) -> Clients:
     return Clients(
         neonctl=cache / f"neonctl-{NEONCTL_VERSION}" / "node_modules" / ".bin" / "neonctl",
         sdk_python=cache / f"neon-api-{NEON_API_VERSION}" / "bin" / "python",
+        sdk_ts=cache / f"api-client-{TS_SDK_VERSION}" / "node_modules",
     )
 
 
@@ -81,20 +108,34 @@ def missing(found: Clients) -> list[str]:
         [str(found.sdk_python), "-c", "import neon_api"], capture_output=True
     ).returncode:
         gone.append(f"neon-api {NEON_API_VERSION}")
+    if shutil.which("node") is None or not (found.sdk_ts / "@neondatabase" / "api-client").is_dir():
+        gone.append(f"@neondatabase/api-client {TS_SDK_VERSION} (and node)")
     return gone
 
 
-def install(cache: Path) -> None:
-    """The pinned clients from npm and PyPI into `cache` (the only step that uses a registry)."""
+def _npm_install(npm: str, target: Path, *packages: str) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run([npm, "install", "--prefix", str(target), "--no-audit", "--no-fund", *packages],
+                   check=True)
+
+
+def install(cache: Path, actions_dir: Path) -> None:
+    """The pinned clients from npm and PyPI into `cache` (the only step that uses a registry),
+    and Neon's actions from GitHub into `actions_dir` where GitHub can be reached."""
     npm = shutil.which("npm")
     if npm is None:
-        raise SystemExit("fidelity: npm is not installed; neonctl comes from npm")
-    target = cache / f"neonctl-{NEONCTL_VERSION}"
-    target.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [npm, "install", "--prefix", str(target), "--no-audit", "--no-fund", f"neonctl@{NEONCTL_VERSION}"],
-        check=True,
-    )
+        raise SystemExit("fidelity: npm is not installed; neonctl and the TypeScript SDK come from npm")
+    _npm_install(npm, cache / f"neonctl-{NEONCTL_VERSION}", f"neonctl@{NEONCTL_VERSION}")
+    _npm_install(npm, cache / f"api-client-{TS_SDK_VERSION}", f"@neondatabase/api-client@{TS_SDK_VERSION}",
+                 *TS_SDK_HELPERS)
+    # the neonctl each composite action's step installs; --ignore-scripts as the actions do
+    for version in sorted(set(actions.STEP_NEONCTL.values())):
+        _npm_install(npm, cache / f"neonctl-{version}", "--ignore-scripts", f"neonctl@{version}")
+    failed = actions.clone_actions(actions_dir)
+    if failed:
+        print(f"fidelity: could not fetch {', '.join(failed)} from GitHub; put a checkout of each at its"
+              f" commit in tests/fidelity/actions.py ACTIONS under {actions_dir} (or pass --actions-dir)",
+              file=sys.stderr)
     venv = cache / f"neon-api-{NEON_API_VERSION}"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
@@ -217,63 +258,93 @@ def run_neonctl(binary: Path, api: dict[str, str], work: Path) -> list[Outcome]:
     return outcomes
 
 
-def run_sdk(python: Path, api: dict[str, str]) -> list[Outcome]:
-    done = subprocess.run([str(python), str(SDK_DRIVER)], env={**os.environ, **api},
-                          capture_output=True, text=True, timeout=600)
-    outcomes = []
-    for line in done.stdout.splitlines():
-        if line.startswith("{"):
-            row = json.loads(line)
-            outcomes.append(Outcome("neon-api", row["call"], row["ok"], row["detail"]))
+def _run_driver(client: str, argv: list[str], env: dict[str, str]) -> tuple[list[Outcome], list[dict]]:
+    """A driver's JSON lines as outcomes of `client` (and the rows themselves)."""
+    done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    outcomes = [Outcome(client, row["call"], row["ok"], row["detail"]) for row in rows]
     if done.returncode != 0:
-        outcomes.append(Outcome("neon-api", "the driver", False, done.stderr.strip()[-300:]))
+        outcomes.append(Outcome(client, "the driver", False, done.stderr.strip()[-300:]))
+    return outcomes, rows if done.returncode == 0 else []
+
+
+def run_sdk(python: Path, api: dict[str, str]) -> list[Outcome]:
+    return _run_driver("neon-api", [str(python), str(SDK_DRIVER)], api)[0]
+
+
+def run_ts(found: Clients, api: dict[str, str]) -> list[Outcome]:
+    outcomes, rows = _run_driver("ts-sdk", ["node", str(TS_DRIVER)], {**api, "NODE_PATH": str(found.sdk_ts)})
+    if rows:
+        matched = f"ts-sdk answers matching the OpenAPI document the SDK ships: {rows[-1]['checked']}"
+        outcomes.append(Outcome("emulator", matched, True))
     return outcomes
 
 
-def check(cache: Path, out: Callable[[str], None] = print) -> list[Outcome]:
+def run_actions(found: Clients, api: dict[str, str], cache: Path, actions_dir: Path,
+                work: Path) -> list[Outcome]:
+    gone = actions.missing_actions(actions_dir, cache)
+    if gone:
+        return [Outcome("emulator", f"actions not run: {', '.join(gone)} missing in {actions_dir} / {cache}"
+                        " (python -m tests.fidelity.check --install, or --actions-dir)", True)]
+    rows = actions.drive(api, actions_dir=actions_dir, cache=cache, node_path=str(found.sdk_ts), work=work,
+                         connects=_connects)
+    return [Outcome("actions", call, ok, _SECRET_IN_URL.sub(r"\1***@", detail)) for call, ok, detail in rows]
+
+
+def check(cache: Path, out: Callable[[str], None] = print, actions_dir: Path | None = None) -> list[Outcome]:
     found = clients(cache)
     with tempfile.TemporaryDirectory(prefix="cathouse-fidelity-") as scratch:
         work = Path(scratch)
         (work / "home").mkdir()
         with emulator(work / "home") as api:
             outcomes = run_neonctl(found.neonctl, api, work) + run_sdk(found.sdk_python, api)
+            outcomes += run_ts(found, api)
+            outcomes += run_actions(found, api, cache, actions_dir or cache / "actions", work)
     for o in outcomes:
         if o.client == "emulator":
             out(o.call)
             continue
-        why = NOT_IN_REFERENCE.get((o.client, o.call)) if not o.ok else None
+        why = KNOWN.get((o.client, o.call)) if not o.ok else None
         word = "works" if o.ok else "differs" if why else "fails"
         out(f"{word:7}  {o.client:8}  {o.call}" + (f": {why or o.detail}" if not o.ok else ""))
-    for name, version in (("neonctl", NEONCTL_VERSION), ("neon-api", NEON_API_VERSION)):
+    for name, version in (("neonctl", NEONCTL_VERSION), ("neon-api", NEON_API_VERSION),
+                          ("ts-sdk", TS_SDK_VERSION), ("actions", "steps")):
         mine = [o for o in outcomes if o.client == name]
+        if not mine:
+            continue
         works = sum(o.ok for o in mine)
         fails = len(failures(mine))
         out(f"{name} {version}: {works} works / {fails} fails"
-            f" / {len(mine) - works - fails} not in Neon's reference")
+            f" / {len(mine) - works - fails} known differences")
     return outcomes
 
 
 def failures(outcomes: Sequence[Outcome]) -> list[Outcome]:
-    """The calls that failed for a reason other than asking for what the reference lacks."""
-    return [o for o in outcomes if not o.ok and (o.client, o.call) not in NOT_IN_REFERENCE]
+    """The calls that failed for a reason other than a known difference (asking for what
+    the reference lacks, or for a feature the local server does not emulate)."""
+    return [o for o in outcomes if not o.ok and (o.client, o.call) not in KNOWN]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.fidelity.check", description=(__doc__ or "").split("\n\n")[0]
     )
-    parser.add_argument("--install", action="store_true", help="install the pinned clients first (npm, PyPI)")
+    parser.add_argument("--install", action="store_true",
+                        help="install the pinned clients first (npm, PyPI) and fetch Neon's actions (GitHub)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help=f"where they are (default {DEFAULT_CACHE})")
+    parser.add_argument("--actions-dir", type=Path, default=None,
+                        help="where Neon's actions are, one directory each (default <cache>/actions)")
     args = parser.parse_args(argv)
+    actions_dir = args.actions_dir or args.cache / "actions"
     if args.install:
-        install(args.cache)
+        install(args.cache, actions_dir)
     gone = missing(clients(args.cache))
     if gone:
         print(f"fidelity: {', '.join(gone)} not installed in {args.cache}; "
               "run python -m tests.fidelity.check --install", file=sys.stderr)
         return 2
-    outcomes = check(args.cache)
+    outcomes = check(args.cache, actions_dir=actions_dir)
     return 1 if failures(outcomes) else 0
 
 

@@ -517,6 +517,38 @@ async def test_fence_lets_open_transactions_finish_and_holds_new_connections(dp:
         await dp.close_endpoint(address.endpoint_id)
 
 
+async def test_a_client_of_a_database_still_being_copied_waits_for_it(dp: DataPlane) -> None:
+    """A branch's endpoint listens before its copy is made (the create answers first, as
+    Neon's does while the compute starts), and Neon's create-branch-action hands its
+    `db_url` to the next step at once: a client that connects then waits for the copy
+    instead of finding no database (#25)."""
+    parent = await parent_with_rows(dp, rows=2)
+    parent_ep = await dp.open_endpoint(fresh("ep"), databases={"cathouse": parent})
+    child = fresh("fork")
+    child_ep = await dp.open_endpoint(fresh("ep"), databases={"cathouse": child})
+    dp.fence_timeout = 30.0  # the test, not the clock, ends the transaction holding the copy
+    try:
+        blocker = await client(parent_ep)
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("INSERT INTO app.items (note) VALUES ('committed during the copy')")
+        fork = asyncio.create_task(dp.create_database(child, owner=ROLE, template=parent))
+        early = asyncio.create_task(client(child_ep))
+        await asyncio.sleep(0.2)
+        assert not fork.done()  # the copy waits for `blocker`'s transaction
+        assert not early.done(), early.exception()  # held, not "database does not exist"
+        await tx.commit()
+        await fork
+        conn = await early
+        assert await conn.fetchval("SELECT count(*) FROM app.items") == 3
+        await conn.close()
+        blocker.terminate()
+    finally:
+        dp.fence_timeout = FENCE_TIMEOUT
+        await dp.close_endpoint(child_ep.endpoint_id)
+        await dp.close_endpoint(parent_ep.endpoint_id)
+
+
 async def test_no_password_reaches_the_postgres_log(dp: DataPlane) -> None:
     assert dp.log_path is not None
     assert PASSWORD not in dp.log_path.read_text()
