@@ -41,7 +41,7 @@ from typing import Any
 import psycopg
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.catalog import serving
-from cathouse_harness.local.compute import spares
+from cathouse_harness.local.compute import lease, spares
 from cathouse_harness.local.compute import users as compute_users
 from cathouse_harness.local.compute.fork import fork
 from cathouse_harness.local.compute.instance import Instance, admin_session, remove, running_pid, start, stop
@@ -209,6 +209,7 @@ class InstanceDataPlane:
         self._lsn = "0/0"
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        self._lease: int | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -240,6 +241,7 @@ class InstanceDataPlane:
         mode = await asyncio.to_thread(host_mode)
         user = await asyncio.to_thread(compute_users.home_os_user, self.home)
         self._compute = compute = await asyncio.to_thread(open_home, self.home, user, self.storage)  # type: ignore[arg-type]
+        self._lease = await asyncio.to_thread(lease.hold, compute)  # cleanup/leftovers reads it
         choice = self._postgres_bin or env.read(POSTGRES_BIN_ENV)
         self.install = install = await asyncio.to_thread(
             choose_install, choice, data_dir=compute.base / "templates", user=user)
@@ -270,6 +272,8 @@ class InstanceDataPlane:
         if stop_postgres and self._compute is not None:
             for instance in self._all_instances():
                 await asyncio.to_thread(stop, instance)
+        lease.release(self._lease)
+        self._lease = None
 
     def remove_home_user(self) -> None:
         """Delete the home's per-home OS user (tests, once the files are gone)."""
