@@ -371,3 +371,37 @@ def test_nothing_is_made_before_a_client_authenticates(branches: Branches) -> No
         asyncio.run(knock(url))
     assert _databases_and_roles(branches.a) == before
     assert "made_by_api" in before[0]
+
+
+# --------------------------------------------------------------------- roles made in SQL
+
+
+def test_a_role_made_in_sql_is_listed_by_the_api_from_the_next_sync(branches: Branches) -> None:
+    """A session's CREATE ROLE reaches GET …/roles when the branch is next brought in line
+    with its record (a login after an API change, or a fork): not at once. It logs in
+    with the password set in SQL, which the API never overwrites."""
+    client = api_client(branches.info)
+    project = branches.info.project_id
+    roles = f"/projects/{project}/branches/{branches.a_id}/roles"
+
+    def listed() -> set[str]:
+        return {role["name"] for role in client.get(roles).json()["roles"]}
+
+    with psycopg.connect(branches.a, autocommit=True) as session:
+        session.execute("CREATE ROLE made_in_sql LOGIN PASSWORD 'set-in-sql'")
+    assert "made_in_sql" not in listed()  # not at once
+    made = client.post(roles, json={"role": {"name": "made_by_api"}}).json()
+    wait_operations(client, project, made["operations"])
+    with psycopg.connect(branches.a) as session:  # the login that syncs the branch
+        session.execute("SELECT 1")
+    assert {"made_in_sql", "made_by_api"} <= listed()
+    parts = urlsplit(branches.a)
+    own = parts._replace(netloc=f"made_in_sql:set-in-sql@{parts.hostname}").geturl()
+    with psycopg.connect(own) as session:
+        assert session.execute("SELECT current_user").fetchone() == ("made_in_sql",)
+    # a child forked now carries it, and lists it at once
+    child = client.post(f"/projects/{project}/branches",
+                        json={"branch": {"parent_id": branches.a_id}}).json()
+    wait_operations(client, project, child["operations"])
+    child_roles = client.get(f"/projects/{project}/branches/{child['branch']['id']}/roles").json()["roles"]
+    assert "made_in_sql" in {role["name"] for role in child_roles}
