@@ -335,6 +335,26 @@ def test_a_huge_query_message_is_never_held_whole(branches: Branches) -> None:
     assert b"E" not in kinds and b"D" in kinds  # PostgreSQL read it all and answered 1
 
 
+def test_a_huge_message_before_authentication_is_refused_unread(branches: Branches) -> None:
+    """Finding 6, before the login: a SASL response that says it is 200 MiB long ends
+    the connection at its header; nothing waits for (or holds) its body."""
+
+    async def claim() -> bytes:
+        reader, writer = await tls_startup(branches.a)
+        try:
+            kind, _ = await read_message(reader)
+            assert kind == b"R"
+            writer.write(b"p" + struct.pack("!I", 200 * 1024 * 1024) + b"SCRAM-SHA-256\0")
+            await writer.drain()
+            async with asyncio.timeout(30):
+                return await reader.read()  # the endpoint's last words, then its close
+        finally:
+            writer.close()
+
+    answer = asyncio.run(claim())
+    assert answer[:1] in (b"", b"E"), answer[:80]
+
+
 # --------------------------------------------------------------------- finding 7
 
 
