@@ -1,7 +1,8 @@
 """What a SIGKILLed server of the instance data plane leaves (#24): a postmaster per
 branch still running, their data directories and, as root, the home's OS user.
 `clean_leftovers` (a server's start, `cathouse-branch gc`) stops the orphans while the
-home exists and removes the rest with the home; `gc --all` removes all of it.
+home exists and removes the rest with the home; `cathouse-branch gc --all` removes all
+of it.
 
 The server is a real process (it must be killed), run with /dev/shm and /var/tmp stood
 in for by directories of the test's, so `gc --all` touches nothing real of this
@@ -27,12 +28,14 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from cathouse_harness.cleanup.leftovers import clean_leftovers, remove_all
+from cathouse_harness.cleanup.leftovers import clean_leftovers
 from cathouse_harness.local import locations
 from cathouse_harness.local.compute.users import home_user_name
 from cathouse_harness.support.processes import pid_alive
 
+from tests.cli._support import cli
 from tests.local._server import wait_operations
+from tests.plugin._support import copy_example
 from tests.security._support import REPO
 
 _SERVE = """
@@ -159,13 +162,17 @@ def test_orphans_stop_while_the_home_lives_and_go_with_it(killed: Killed, tmp_pa
         assert f"deleted the OS user {home_user_name(killed.home)} of {killed.home}" in done
 
 
-def test_gc_all_stops_and_removes_instances_and_their_user(killed: Killed, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    planned = remove_all(killed.home, project_root=project, dry_run=True)
-    assert killed.base.is_dir() and all(pid_alive(pid) for pid in killed.postmasters), planned
-    done = remove_all(killed.home, project_root=project)
-    assert not any(pid_alive(pid) for pid in killed.postmasters), done
-    assert not killed.base.exists() and not killed.home.exists(), done
-    assert not _user_exists(killed.home), done
-    assert f"removed {killed.base}" in done
+def test_gc_all_stops_and_removes_instances_and_their_user(
+    killed: Killed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = copy_example(tmp_path / "project")
+    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(killed.home))
+    code, out, err = cli("gc", "--all", "--dry-run", cwd=project)
+    assert code == 0, err
+    assert killed.base.is_dir() and all(pid_alive(pid) for pid in killed.postmasters), out
+    code, out, err = cli("gc", "--all", cwd=project)
+    assert code == 0, err
+    assert not any(pid_alive(pid) for pid in killed.postmasters), out
+    assert not killed.base.exists() and not killed.home.exists(), out
+    assert f"removed {killed.base}" in out.splitlines()
+    assert not _user_exists(killed.home), out
