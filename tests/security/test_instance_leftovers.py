@@ -30,7 +30,8 @@ import psycopg
 import pytest
 from cathouse_harness.cleanup.leftovers import clean_leftovers
 from cathouse_harness.local import locations
-from cathouse_harness.local.compute.users import home_user_name
+from cathouse_harness.local.compute.users import home_user_name, remove_home_user
+from cathouse_harness.support.polling import wait_until
 from cathouse_harness.support.processes import pid_alive
 
 from tests.cli._support import cli
@@ -102,8 +103,11 @@ def _base_of(shm: Path, home: Path) -> Path:
 
 def _quit_all(shm: Path) -> None:
     """Whatever a failed test left running under the stand-in /dev/shm."""
-    for pid in _postmasters(shm / f"{locations.PREFIX}{os.geteuid()}", "*/instances/*"):
+    pids = _postmasters(shm / f"{locations.PREFIX}{os.geteuid()}", "*/instances/*")
+    for pid in pids:
         os.kill(pid, signal.SIGQUIT)
+    # gone before the user that ran them is deleted (userdel refuses a user with processes)
+    wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=30)
 
 
 @pytest.fixture
@@ -130,13 +134,15 @@ def killed(shared: tuple[Path, Path], tmp_path: Path) -> Iterator[Killed]:
     except BaseException:
         server.kill()
         _quit_all(shared[0])
+        remove_home_user(home)
         raise
     server.kill()
     server.wait()
     try:
         yield Killed(home, base, postmasters)
-    finally:
+    finally:  # what the test was to remove, when it failed
         _quit_all(shared[0])
+        remove_home_user(home)
 
 
 def _user_exists(home: Path) -> bool:
