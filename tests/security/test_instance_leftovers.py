@@ -31,7 +31,7 @@ import pytest
 from cathouse_harness.cleanup.leftovers import clean_leftovers
 from cathouse_harness.local import locations
 from cathouse_harness.local.compute.users import home_user_name, remove_home_user
-from cathouse_harness.support.polling import wait_until
+from cathouse_harness.support.polling import Backoff, wait_until
 from cathouse_harness.support.processes import pid_alive
 
 from tests.cli._support import cli
@@ -107,7 +107,7 @@ def _quit_all(shm: Path) -> None:
     for pid in pids:
         os.kill(pid, signal.SIGQUIT)
     # gone before the user that ran them is deleted (userdel refuses a user with processes)
-    wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=30)
+    wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=30, backoff=Backoff(0.02))
 
 
 @pytest.fixture
