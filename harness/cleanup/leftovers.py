@@ -7,9 +7,11 @@
   `kept-*` markers only ever served that run's own sweep) once no marker of a branch
   is left in them, and empty run directories;
 - a PostgreSQL (and its PgBouncer) still running on a cluster no server uses any more
-  (its server was SIGKILLed): no process holds the cluster's lease;
+  (its server was SIGKILLed): no process holds the cluster's lease; likewise every
+  instance of the instance data plane (`cathouse_harness.local.compute.lease`);
 - the cluster directories in /dev/shm, /var/tmp or `$XDG_RUNTIME_DIR` of homes that no
-  longer exist (tens of MB of memory each);
+  longer exist (tens of MB of memory each), and their instances' directories with,
+  as root, the per-home OS user that ran them (`local.compute.users`);
 - half-made `initdb-*.tmp-<pid>` and `pginstall-*.tmp-<pid>` copies of dead processes;
 - initdb results kept for a fast first start (`initdb-*`, one per PostgreSQL install and
   so per venv) beyond the `KEEP_INITDB` used last.
@@ -41,7 +43,7 @@ from cathouse_harness.support.safe_paths import check_dir, remove_tree
 log = get_logger("leftovers")
 
 _STAGING = re.compile(r"(initdb|pginstall)-.+\.tmp-(\d+)")
-_CLUSTER_NAMES = ("pg", "pg-memory")
+_CLUSTER_NAMES = ("pg", "pg-memory", "compute/pg", "compute/pg-memory")
 _INITDB = re.compile(r"initdb-[0-9a-f]+")
 # initdb results kept (~40 MB each): the venvs used last; an older one's first start
 # runs initdb again (a second or two)
@@ -138,28 +140,71 @@ def _clean_cluster(root: Path, owners: frozenset[int]) -> list[str]:
         done = _stop_orphans(root)
         home = _home_of(root)
         if home is not None and not home.is_dir() and home not in root.parents:
-            remove_tree(root, owners=owners)
+            user = _home_user(root, home)
+            remove_tree(root, owners=owners | _uids(user))
             done.append(f"removed {root}: its home {home} is gone")
+            done += _forget_user(home, user)
         return done
     finally:
         os.close(lease)
 
 
 def _stop_orphans(root: Path) -> list[str]:
-    """A PostgreSQL and PgBouncer still running on a cluster whose lease the caller holds."""
+    """A PostgreSQL and PgBouncer still running on a cluster whose lease the caller holds,
+    or on any instance of a compute base (each lays out `data/` and `pgbouncer/` alike)."""
     from cathouse_harness.local.pgbouncer import stop_stale
     from cathouse_harness.local.postgres import Cluster, resolve_os_user
 
     done = []
-    cluster = Cluster(root, storage="memory", user=resolve_os_user(), install=Path("/"))
-    pid = cluster.running_pid()
-    if pid is not None:
-        cluster.stop_blocking()
-        done.append(f"stopped PostgreSQL (pid {pid}) that no server used, in {root}")
-    bouncer = stop_stale(root / "pgbouncer")
-    if bouncer is not None:
-        done.append(f"stopped PgBouncer (pid {bouncer}) that no server used, in {root}")
+    for place in (root, *_real_dirs(root / "instances")):
+        cluster = Cluster(place, storage="memory", user=resolve_os_user(), install=Path("/"))
+        pid = cluster.running_pid()
+        if pid is not None:
+            cluster.stop_blocking()
+            done.append(f"stopped PostgreSQL (pid {pid}) that no server used, in {place}")
+        bouncer = stop_stale(place / "pgbouncer")
+        if bouncer is not None:
+            done.append(f"stopped PgBouncer (pid {bouncer}) that no server used, in {place}")
     return done
+
+
+def _home_user(root: Path, home: Path) -> int | None:
+    """The uid of `home`'s own OS user when it owns `root` (a compute base, as root):
+    who else may own the files to remove. A base whose `home` file names another home
+    is owned by another user, and gains nothing by it."""
+    from cathouse_harness.local.compute.users import home_user_uid
+
+    uid = home_user_uid(home)
+    try:
+        return uid if uid is not None and os.lstat(root).st_uid == uid else None
+    except OSError:
+        return None
+
+
+def _uids(uid: int | None) -> frozenset[int]:
+    return frozenset() if uid is None else frozenset({uid})
+
+
+def _forget_user(home: Path, uid: int | None, *, dry_run: bool = False) -> list[str]:
+    """Delete `home`'s OS user once nothing of ours it owns is left (its other storage's
+    base may still be there, removed by the next sweep)."""
+    from cathouse_harness.local.compute.users import home_user_name, remove_home_user
+
+    if uid is None:
+        return []
+    line = f"the OS user {home_user_name(home)} of {home}"
+    if dry_run:
+        return [f"would delete {line}"]
+    if any(_owned_by(entry, uid) for base in _bases() for entry in _real_dirs(base)):
+        return []
+    return [f"deleted {line}"] if remove_home_user(home) else []
+
+
+def _owned_by(path: Path, uid: int) -> bool:
+    try:
+        return os.lstat(path).st_uid == uid
+    except OSError:
+        return False
 
 
 def _unused(root: Path) -> int | None:
@@ -217,9 +262,10 @@ def _bound_initdb(owners: frozenset[int]) -> list[str]:
 
 def remove_all(home: Path, *, project_root: Path, dry_run: bool = False) -> list[str]:
     """Everything the harness made on this machine: the local servers of `home` stopped,
-    the clusters no server uses, the caches in our shared directories, and `home`
-    itself; one line per removal (`dry_run`: per removal it would make). What another
-    running server (another home's) still uses stays, and is named. Never an OS user."""
+    the clusters and instances no server uses (as root, with the per-home OS users that
+    ran those instances), the caches in our shared directories, and `home` itself; one
+    line per removal (`dry_run`: per removal it would make). What another running server
+    (another home's) still uses stays, and is named. Never the shared `cathouse-pg`."""
     from cathouse_harness.local.launch import stop_local_server
     from cathouse_harness.local.pg_binaries import PG_SYSTEM_USER, resolve_os_user
 
@@ -261,7 +307,11 @@ def _remove_clusters(base: Path, owners: frozenset[int], verb: str, *,
         try:
             if not dry_run:
                 done += _stop_orphans(entry)
-            done.append(_remove(entry, owners, verb, dry_run=dry_run))
+            home = _home_of(entry)
+            user = _home_user(entry, home) if home is not None else None
+            done.append(_remove(entry, owners | _uids(user), verb, dry_run=dry_run))
+            if home is not None:
+                done += _forget_user(home, user, dry_run=dry_run)
         finally:
             os.close(lease)
     return done, in_use

@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any, Final
 
 from cathouse_harness.errors import ApiError
+from cathouse_harness.local.compute.roots import CLUSTER_ROLES
 from cathouse_harness.local.history import LSN_PATTERN, PointInTime
 from cathouse_harness.local.state import iso, now, parse_time
 
@@ -327,7 +328,10 @@ def endpoint_update(body: Mapping[str, Any]) -> EndpointUpdate:
 
 
 def role_create(body: Mapping[str, Any]) -> str:
-    return pg_name(_string(_object(body, "role", required=True), "name"), "role")
+    name = pg_name(_string(_object(body, "role", required=True), "name"), "role")
+    if name in CLUSTER_ROLES:  # never a branch's: no API call yields a superuser session (#24)
+        raise bad_request(f"role name {name!r} is reserved")
+    return name
 
 
 @dataclass(frozen=True)

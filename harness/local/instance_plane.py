@@ -41,12 +41,12 @@ from typing import Any
 import psycopg
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.catalog import serving
-from cathouse_harness.local.compute import spares
+from cathouse_harness.local.compute import lease, spares
 from cathouse_harness.local.compute import users as compute_users
 from cathouse_harness.local.compute.fork import fork
 from cathouse_harness.local.compute.instance import Instance, admin_session, remove, running_pid, start, stop
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
-from cathouse_harness.local.compute.roots import create_branch_role, make_root
+from cathouse_harness.local.compute.roots import CLUSTER_ROLES, create_branch_role, make_root
 from cathouse_harness.local.compute.template import ensure_template
 from cathouse_harness.local.listeners import EndpointAddress, Listeners
 from cathouse_harness.local.names import host_mode
@@ -56,7 +56,7 @@ from cathouse_harness.local.pg_choice import PgInstall, choose_install
 from cathouse_harness.local.postgres import scram_verifier
 from cathouse_harness.local.proxy import Fences, Gate, Refusal, Upstream
 from cathouse_harness.local.relay import CancelKeys, RelayEndpoint, Route
-from cathouse_harness.local.state import DatabaseRecord, database_id, iso, now
+from cathouse_harness.local.state import DatabaseRecord, RoleRecord, database_id, iso, now
 from cathouse_harness.local.tls import TlsMaterial, server_material
 from cathouse_harness.support import env
 from cathouse_harness.support.log import get_logger
@@ -149,6 +149,15 @@ def _apply(instance: Instance, passwords: Mapping[str, str], gone: list[str],
     return {k: v for k, v in owners.items() if k not in _NOT_BRANCH_DATABASES}, dropped
 
 
+# roles as the API lists them: never the instance's own (superusers, `pg_*`, `neon_superuser`)
+_SQL_ROLES = "SELECT rolname FROM pg_roles WHERE NOT rolsuper AND rolname !~ '^pg_' AND NOT rolname = ANY(%s)"
+
+
+def _sql_roles(instance: Instance) -> set[str]:
+    with admin_session(instance) as session:
+        return {name for (name,) in session.execute(_SQL_ROLES, (list(CLUSTER_ROLES),))}
+
+
 def _features(instance: Instance) -> tuple[ServerFeatures, str]:
     with admin_session(instance) as session:
         version = str(session.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
@@ -209,6 +218,7 @@ class InstanceDataPlane:
         self._lsn = "0/0"
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        self._lease: int | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -240,6 +250,7 @@ class InstanceDataPlane:
         mode = await asyncio.to_thread(host_mode)
         user = await asyncio.to_thread(compute_users.home_os_user, self.home)
         self._compute = compute = await asyncio.to_thread(open_home, self.home, user, self.storage)  # type: ignore[arg-type]
+        self._lease = await asyncio.to_thread(lease.hold, compute)  # cleanup/leftovers reads it
         choice = self._postgres_bin or env.read(POSTGRES_BIN_ENV)
         self.install = install = await asyncio.to_thread(
             choose_install, choice, data_dir=compute.base / "templates", user=user)
@@ -270,6 +281,8 @@ class InstanceDataPlane:
         if stop_postgres and self._compute is not None:
             for instance in self._all_instances():
                 await asyncio.to_thread(stop, instance)
+        lease.release(self._lease)
+        self._lease = None
 
     def remove_home_user(self) -> None:
         """Delete the home's per-home OS user (tests, once the files are gone)."""
@@ -574,8 +587,9 @@ class InstanceDataPlane:
         self._dirty.discard(branch.id)
         self._dirty_instances.discard(instance.name)
         key = instance.name
+        # a role learnt from the instance has no password of ours (`_learn_roles`)
         passwords = {name: role.password for name, role in branch.roles.items()
-                     if self._synced.get((key, name)) != role.password}
+                     if role.password and self._synced.get((key, name)) != role.password}
         gone = [name for (owner, name) in self._synced if owner == key and name not in branch.roles]
         databases: list[tuple[str, str, str, bool]] = []
         for db in branch.databases.values():
@@ -595,7 +609,17 @@ class InstanceDataPlane:
         for name in gone:
             self._synced.pop((key, name), None)
         self._learn_databases(branch, key, present, dropped)
+        self._learn_roles(branch, key, await asyncio.to_thread(_sql_roles, instance))
         self._neon.save()
+
+    def _learn_roles(self, branch: Any, key: str, names: set[str]) -> None:
+        """Roles sessions made in SQL join the record (the API lists them), without a
+        password: theirs stays the one set in SQL, and the API never sets one it
+        does not know. One dropped in SQL stays listed until the API deletes it."""
+        stamp = iso(now())
+        for name in sorted(names - set(branch.roles)):
+            branch.roles[name] = RoleRecord(name, stamp, stamp)
+            self._synced[(key, name)] = ""
 
     def _learn_databases(self, branch: Any, key: str, present: Mapping[str, str], dropped: list[str]) -> None:
         for name in dropped:

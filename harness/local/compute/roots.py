@@ -22,6 +22,9 @@ from cathouse_harness.local.postgres import scram_verifier
 from psycopg import sql
 
 NEON_SUPERUSER = "neon_superuser"
+# the instance's own roles: a branch role of either name would be the bootstrap
+# superuser (whose password the control plane keeps) or the role that grants rights
+CLUSTER_ROLES = frozenset({SUPERUSER, NEON_SUPERUSER})
 # predefined roles Neon grants its role (PostgreSQL 14 and newer have both)
 _GRANTED = ("pg_read_all_data", "pg_write_all_data")
 _MAX_NAME = 63  # NAMEDATALEN - 1
@@ -32,7 +35,7 @@ def check_role_name(name: str) -> None:
     reserved `pg_` prefix, and the role that grants the owner its rights."""
     if not name or len(name.encode()) > _MAX_NAME:
         raise LocalServerError(f"role name {name!r} is empty or longer than {_MAX_NAME} bytes")
-    if name in (SUPERUSER, NEON_SUPERUSER) or name.startswith("pg_"):
+    if name in CLUSTER_ROLES or name.startswith("pg_"):
         raise LocalServerError(f"role name {name!r} is reserved", hint="choose another role name")
 
 

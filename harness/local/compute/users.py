@@ -79,6 +79,14 @@ def home_os_user(home: Path) -> OsUser:
     return OsUser(entry.pw_name, entry.pw_uid, entry.pw_gid, switch=True)
 
 
+def home_user_uid(home: Path) -> int | None:
+    """The uid of the home's OS user when one of ours exists (as root only)."""
+    if os.geteuid() != 0:
+        return None
+    entry = _entry(home_user_name(home))
+    return entry.pw_uid if entry is not None and _ours(entry) else None
+
+
 def remove_home_user(home: Path) -> bool:
     """Delete the home's OS user (as root, once its instances are gone): True when one
     of ours was removed. Its files must be removed first; nothing here removes them."""
