@@ -216,6 +216,26 @@ def spare_handle(
     )
 
 
+def forget_expired(home: Path, now: datetime | None = None) -> list[str]:
+    """Remove the records of spares past their expiry (Neon has deleted them); one line
+    each. For `cathouse-branch gc` (`cathouse_harness.cleanup.leftovers`)."""
+    directory = home / "spares"
+    if not directory.is_dir():
+        return []
+    now = now or datetime.now(UTC)
+    done: list[str] = []
+    for path in directory.glob("*.json"):
+        with file_lock(path.with_suffix(".lock")):
+            try:
+                expires = parse_time(json.loads(path.read_text()).get("expires_at"))
+            except (OSError, ValueError, AttributeError):
+                expires = None
+            if expires is None or expires <= now:
+                path.unlink(missing_ok=True)
+                done.append(f"removed {path} (its spare expired)")
+    return done
+
+
 # --------------------------------------------------------------------------- the refill
 
 
