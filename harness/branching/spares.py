@@ -41,6 +41,7 @@ from cathouse_harness.branching.lifecycle import (
     checked_handle,
     create_owned_branch,
     delete_owned_branch,
+    expiry,
     writable_endpoint,
 )
 from cathouse_harness.branching.names import NAME_PREFIX, clean_name_part
@@ -303,17 +304,17 @@ async def refill(client: NeonClient, job: Refill) -> SpareRecord | None:
         if not alone or recorded(slot) is not None:
             return None
         name = spare_name(slot.fingerprint)
+        # no later than the branch's own expires_at, which the create computes after this
+        expires = expiry(SPARE_TTL)
         handle = await create_owned_branch(
             client, slot.project_id, name=name, parent_id=job.template_id, ttl=SPARE_TTL,
             kind="spare", run_id="spare", database=slot.database, role=slot.role,
             fingerprint=slot.fingerprint,
         )
-        branch = await client.get_branch(slot.project_id, handle.id)
-        expires = branch.expires_at
         record = SpareRecord(
             branch_id=handle.id, name=handle.name, template_id=job.template_id,
             fingerprint=slot.fingerprint, project_id=slot.project_id,
-            expires_at=format_time(expires) if expires else "",
+            expires_at=format_time(expires),
         )
         if not _record(slot, record):  # cannot happen under the refill lock; be sure anyway
             await delete_owned_branch(client, slot.project_id, handle.id)

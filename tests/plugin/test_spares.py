@@ -33,9 +33,9 @@ LOOK = Backoff(0.05, most=0.5, growth=1.5)
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with pytest.MonkeyPatch.context() as patch:
-        with home_of_its_own(tmp_path_factory.mktemp("spares"), patch, CATHOUSE_SPARE="true") as made:
-            yield made
+    spares = tmp_path_factory.mktemp("spares")
+    with pytest.MonkeyPatch.context() as patch, home_of_its_own(spares, patch, CATHOUSE_SPARE="true") as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
