@@ -10,19 +10,24 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cathouse_harness.branching.lifecycle import MARK_KIND, harness_branches
-from cathouse_harness.branching.spares import SpareRecord, recorded
+from cathouse_harness.branching.lifecycle import harness_branches
+from cathouse_harness.branching.spares import SpareRecord, recorded, why_not_usable
+from cathouse_harness.cleanup import gc
 from cathouse_harness.config.settings import Settings, load_settings
 from cathouse_harness.neon.backend import connect_backend, open_client
 from cathouse_harness.neon.models import Branch
 from cathouse_harness.session.branch_session import BranchSession
+from cathouse_harness.support.marks import MARK, MARK_FINGERPRINT, MARK_HOST, MARK_KIND
 from cathouse_harness.support.polling import Backoff, wait_until
 
 from tests.cli._support import cli
@@ -237,3 +242,68 @@ def test_a_spare_of_other_migrations_is_never_used_and_gc_removes_it(
     # and the template it kept as a parent, in the same pass
     assert old.template_id in report["deleted"]
     assert [b.id for b in _spares(changed)] == [new.branch_id]
+
+
+# ----------------------------------------------------------------------------- pure policy
+
+
+NOW = datetime(2026, 12, 8, 12, 0, tzinfo=UTC)
+HOST = socket.gethostname()[:60]
+
+
+def _branch(name: str, *, kind: str, fingerprint: str = "f1", host: str = HOST,
+            parent_id: str | None = "br-template", expires: timedelta | None = timedelta(hours=1),
+            branch_id: str | None = None) -> Branch:
+    annotation = {MARK: "1", MARK_KIND: kind, MARK_FINGERPRINT: fingerprint, MARK_HOST: host}
+    return Branch(
+        id=branch_id or "br-" + name.replace("/", "-").replace(".", "-"), name=name,
+        project_id="p", parent_id=parent_id,
+        expires_at=NOW + expires if expires is not None else None, created_at=NOW,
+    ).with_annotation(annotation)
+
+
+def test_gc_chooses_only_this_machines_unclaimed_spares_of_other_migrations() -> None:
+    template = _branch("harness/template/main/f0", kind="template", fingerprint="f0",
+                       parent_id="br-main", expires=None, branch_id="br-template")
+    old = _branch("harness/spare/h/f0-aaaaaa", kind="spare", fingerprint="f0")
+    current = _branch("harness/spare/h/f1-bbbbbb", kind="spare", fingerprint="f1")
+    elsewhere = _branch("harness/spare/h/f0-cccccc", kind="spare", fingerprint="f0", host="other")
+    # claimed, renamed to its session's name: its run is alive, whatever its fingerprint
+    claimed = _branch("harness/run-1/main", kind="spare", fingerprint="f0")
+    found = [template, old, current, elsewhere, claimed]
+
+    chosen = gc.candidates(found, current_fingerprint="f1", run=None, now=NOW)
+    assert [b.id for b, _ in chosen] == [old.id]
+    # without the spares of other hosts and the claimed one, the template is free too
+    chosen = gc.candidates([template, old, current], current_fingerprint="f1", run=None, now=NOW)
+    assert [b.id for b, _ in chosen] == [old.id]  # `current` is still its child
+    chosen = gc.candidates([template, old], current_fingerprint="f1", run=None, now=NOW)
+    assert [b.id for b, _ in chosen] == [old.id, template.id]
+    # expired: gone whoever made it
+    late = _branch("harness/spare/h/f1-dddddd", kind="spare", host="other", expires=timedelta(0))
+    assert gc.candidates([late], current_fingerprint="f1", run=None, now=NOW) == [(late, "expired")]
+
+
+def test_a_claimed_spare_is_used_only_as_the_listing_shows_it() -> None:
+    spare = _branch("harness/spare/h/f1-aaaaaa", kind="spare")
+    record = SpareRecord(branch_id=spare.id, name=spare.name, template_id="br-template",
+                         fingerprint="f1", project_id="p", expires_at="2026-12-08T13:00:00Z")
+
+    def why(*listed: Branch, template_id: str = "br-template", fingerprint: str = "f1") -> str | None:
+        return why_not_usable(record, list(listed), template_id=template_id,
+                              fingerprint=fingerprint, now=NOW)
+
+    assert why(spare) is None
+    assert why() == "it is gone"
+    assert why_not_usable(record, None, template_id="br-template", fingerprint="f1") is not None
+    assert why(spare, template_id="br-rebuilt") == "its template changed"
+    assert why(replace(spare, parent_id="br-rebuilt")) == "its template changed"
+    assert why(spare, fingerprint="f2") == "it holds other migrations"
+    assert why(_branch(spare.name, kind="spare", host="other", branch_id=spare.id)) == (
+        "another machine made it"
+    )
+    assert why(_branch(spare.name, kind="spare", expires=timedelta(seconds=30),
+                       branch_id=spare.id)) == "it is about to expire"
+    assert why(_branch("harness/run-1/main", kind="spare", branch_id=spare.id)) == (
+        "it is no unclaimed spare"
+    )
