@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from cathouse_harness.branching.endpoint_check import verify_urls_point_at
-from cathouse_harness.branching.names import NAME_PREFIX, given_name_candidates
+from cathouse_harness.branching.names import NAME_PREFIX, SPARE_PREFIX, given_name_candidates
 
 # session.py and templates.py name these through this module
 from cathouse_harness.branching.names import building_name as building_name
@@ -186,6 +186,11 @@ def ensure_dev(branch: Branch, action: str, *, finished_sessions: bool = False) 
     ensure_owned(branch, action)
     kind = branch.annotation.get(MARK_KIND)
     if kind == "dev" or (finished_sessions and kind == "session" and _process_gone(branch)):
+        return
+    # A claimed spare (renamed from harness/spare/…) keeps the marks of the child that
+    # forked it, whose pid is gone: its session's own liveness is not on the branch, so
+    # it passes like a finished session's (kept on failure, the summary says `down` it).
+    if finished_sessions and kind == "spare" and not branch.name.startswith(SPARE_PREFIX):
         return
     raise SafetyError(
         f"refusing to {action} {branch.name} ({branch.id}): it is a {kind or 'harness'} branch, "

@@ -44,7 +44,7 @@ from cathouse_harness.branching.lifecycle import (
     expiry,
     writable_endpoint,
 )
-from cathouse_harness.branching.names import NAME_PREFIX, clean_name_part
+from cathouse_harness.branching.names import SPARE_PREFIX, clean_name_part
 from cathouse_harness.support.locking import file_lock
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.marks import MARK_FINGERPRINT, MARK_HOST, MARK_KIND
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 
 log = get_logger("spares")
 
-SPARE_PREFIX = f"{NAME_PREFIX}spare/"
 # An unclaimed spare's life: long enough for an afternoon's edit-run loop between
 # runs, short enough that a machine that stopped testing leaves nothing for long.
 SPARE_TTL = timedelta(hours=1)

@@ -186,6 +186,23 @@ def test_spare_false_makes_none_and_claims_none(
     assert [b.id for b in _spares(settings)] == [spare.branch_id]
 
 
+def test_a_kept_claimed_spare_is_removed_by_down(settings: Settings) -> None:
+    _, spare = _ready_spare(settings, "sp-g1")
+    session = BranchSession(settings, run_id="sp-g2")
+    try:
+        session.start()
+    finally:
+        session.finish(keep=True)  # as a failed run keeps its branch
+    assert session.report.spare == "claimed"
+    assert session.report.kept == [f"harness/sp-g2/main ({spare.branch_id})"]
+    refill = session.refill_process
+    assert refill is not None and refill.wait(timeout=120) == 0
+
+    code, _, err = cli("down", "harness/sp-g2/main", cwd=settings.project_root)
+    assert code == 0, err
+    assert spare.branch_id not in {b.id for b in _listed(settings)}
+
+
 TEST_INTERRUPTED = """
 import os
 import signal
