@@ -280,12 +280,12 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
             colds.append(session(home, f"cold-{rep}"))
             if rep < reps - 1:
                 stop_home(home)
-        print("warm sessions …", file=sys.stderr)
-        for rep in range(reps):
-            warms.append(session(home, f"warm-{rep}"))
-        print("warm sessions that claim the spare …", file=sys.stderr)
+        print("warm sessions, forking and claiming the spare in turns …", file=sys.stderr)
         session(home, "spare-prime", **SPARE_ON)  # its refill makes the first spare
-        spares = [spare_session(home, f"spare-{rep}") for rep in range(reps)]
+        spares: list[dict[str, Any]] = []
+        for rep in range(reps):  # in turns: a load that drifts weighs on both alike
+            warms.append(session(home, f"warm-{rep}"))
+            spares.append(spare_session(home, f"spare-{rep}"))
         naives = []
         for rep in range(reps):
             print(f"naive {rep + 1}/{reps} …", file=sys.stderr)
@@ -341,6 +341,8 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
             }
         r["ratios"] = {
             "warm_vs_naive": r["naive"]["setup"]["median"] / r["warm"]["spawn_to_ready"]["median"],
+            "spare_vs_warm": r["warm_spare"]["spawn_to_ready"]["median"]
+            / r["warm"]["spawn_to_ready"]["median"],
             "n4_vs_n1": r["xdist_4"]["every_worker_started"]["median"]
             / r["xdist_1"]["every_worker_started"]["median"],
             "n4_branch_vs_n1": r["xdist_4_branch"]["every_worker_started"]["median"]
@@ -411,6 +413,8 @@ def table(r: dict[str, Any]) -> str:
         f"-n 4 with a branch per worker / -n 1 {ratios['n4_branch_vs_n1']:.2f}; the harness's "
         f"part (time minus xdist alone): -n 1 {fmt(_overhead(r, '1'))}, -n 4 {fmt(_overhead(r, '4'))}, "
         f"-n 4 / -n 1 {ratios['overhead_n4_vs_n1']:.2f}"
+        + (f"; warm with the spare / forking {ratios['spare_vs_warm']:.2f}"
+           if "spare_vs_warm" in ratios else "")
     )
     for label, _, _, path in rows(r):
         lines.append(f"\n{label}:\n  " + "\n  ".join(path["steps"]))
