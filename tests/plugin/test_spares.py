@@ -15,13 +15,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cathouse_harness.branching.lifecycle import harness_branches
-from cathouse_harness.branching.spares import SpareRecord, recorded, why_not_usable
+from cathouse_harness.branching.spares import SpareRecord, forget_expired, recorded, why_not_usable
 from cathouse_harness.cleanup import gc
 from cathouse_harness.config.settings import Settings, load_settings
 from cathouse_harness.neon.backend import connect_backend, open_client
@@ -324,3 +324,15 @@ def test_a_claimed_spare_is_used_only_as_the_listing_shows_it() -> None:
     assert why(_branch("harness/run-1/main", kind="spare", branch_id=spare.id)) == (
         "it is no unclaimed spare"
     )
+
+
+def test_gc_forgets_the_records_of_expired_spares_only(tmp_path: Path) -> None:
+    spares = tmp_path / "spares"
+    spares.mkdir(mode=0o700)
+    for name, expires in (("old", "2026-12-08T11:59:00Z"), ("live", "2026-12-08T13:00:00Z")):
+        record = SpareRecord(branch_id=f"br-{name}", name=f"harness/spare/h/{name}",
+                             template_id="br-t", fingerprint="f1", project_id="p", expires_at=expires)
+        (spares / f"{name}.json").write_text(json.dumps(asdict(record)))
+
+    assert forget_expired(tmp_path, now=NOW) == [f"removed {spares / 'old.json'} (its spare expired)"]
+    assert sorted(p.name for p in spares.glob("*.json")) == ["live.json"]
