@@ -25,6 +25,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 EXAMPLE = REPO / "examples" / "cathouse"
 PROBE = REPO / "benchmarks" / "_probe.py"
+# Every row measures a session that forks its own branch, comparable with earlier runs
+# (and a refill child would compete for the CPU with the next measurement); the rows of
+# the spare (`neon_profile`, "spare claimed") turn it on for their own sessions.
+os.environ.setdefault("CATHOUSE_SPARE", "false")
 
 
 def compile_bytecode() -> None:
@@ -176,13 +180,14 @@ async def fork_session(
     )
 
 
-def probe(home: Path, project: Path, run_id: str) -> dict[str, Any]:
+def probe(home: Path, project: Path, run_id: str, **extra: str) -> dict[str, Any]:
     """One session in a fresh process (`_probe.py`): its report, `spawn_to_ready`, and the
-    wall-clock moments it was spawned and ready (`spawned_at`, `ready_at`, time.time())."""
+    wall-clock moments it was spawned and ready (`spawned_at`, `ready_at`, time.time());
+    `extra`: variables of its environment."""
     spawned_at, started = time.time(), time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, str(PROBE), str(project), run_id],
-        env=child_env(home),
+        env=child_env(home, **extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

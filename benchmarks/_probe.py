@@ -45,6 +45,7 @@ def main() -> int:
                 "api_calls": report.api_calls,
                 "template_reused": report.template_reused,
                 "migrated_services": report.migrated_services,
+                "spare": report.spare,
             }
         ),
         flush=True,

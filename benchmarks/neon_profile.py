@@ -9,7 +9,9 @@ read back from the server's request journal (`GET /_local/requests`), which give
 sequential round trips and operation waits on its critical path:
 
 - cold: fresh home, no server, no template (`_probe.py` in a fresh process);
-- warm: server up, template reused (`_probe.py` again);
+- warm: server up, template reused (`_probe.py` again), forking its branch (`spare =
+  false`); and warm with `spare = true`, claiming the spare the previous session's
+  refill made (`spare_session`);
 - xdist: `pytest -n 1` and `-n 4` on a copy of examples/cathouse with 8 trivial tests,
   time until every worker has started its first test; `-n 4` twice: a database per worker
   on one branch (the default) and a branch per worker (`worker_isolation = "branch"`);
@@ -150,11 +152,28 @@ def critical_path(entries: list[dict[str, Any]], start: float, end: float) -> di
 # ---------------------------------------------------------------------- sessions
 
 
-def session(home: Path, run_id: str) -> dict[str, Any]:
-    """A session in a fresh process (the server it starts inherits the profile from this
-    process's environment, set by `measure`), with its critical path."""
+SPARE_ON = {"CATHOUSE_SPARE": "true"}
+
+
+def spare_session(home: Path, run_id: str) -> dict[str, Any]:
+    """A warm session that claims this machine's spare (`spare = true`): the one the
+    previous such session's refill made, waited for first (its record in the home)."""
     settle(home)
-    result = probe(home, EXAMPLE, run_id)
+    deadline = time.monotonic() + 60
+    while not any((home / "spares").glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = session(home, run_id, **SPARE_ON)
+    if result.get("spare") != "claimed":
+        raise RuntimeError(f"{run_id} forked instead of claiming the spare")
+    return result
+
+
+def session(home: Path, run_id: str, **extra: str) -> dict[str, Any]:
+    """A session in a fresh process (the server it starts inherits the profile from this
+    process's environment, set by `measure`), with its critical path; `extra`: variables
+    of its environment."""
+    settle(home)
+    result = probe(home, EXAMPLE, run_id, **extra)
     start, end = result["spawned_at"], result["ready_at"]
     result["path"] = critical_path(journal(home, start), start, end)
     return result
@@ -261,9 +280,12 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
             colds.append(session(home, f"cold-{rep}"))
             if rep < reps - 1:
                 stop_home(home)
-        print("warm sessions …", file=sys.stderr)
-        for rep in range(reps):
+        print("warm sessions, forking and claiming the spare in turns …", file=sys.stderr)
+        session(home, "spare-prime", **SPARE_ON)  # its refill makes the first spare
+        spares: list[dict[str, Any]] = []
+        for rep in range(reps):  # in turns: a load that drifts weighs on both alike
             warms.append(session(home, f"warm-{rep}"))
+            spares.append(spare_session(home, f"spare-{rep}"))
         naives = []
         for rep in range(reps):
             print(f"naive {rep + 1}/{reps} …", file=sys.stderr)
@@ -299,6 +321,13 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
             "template_reused": all(w["template_reused"] for w in warms),
             "path": _median_path([w["path"] for w in warms]),
         }
+        r["warm_spare"] = {
+            "spawn_to_ready": summary([w["spawn_to_ready"] for w in spares]),
+            "import_to_ready": summary([w["import_to_ready"] for w in spares]),
+            "timings": [w["timings"] for w in spares],
+            "teardown": summary([w["teardown"] for w in spares]),
+            "path": _median_path([w["path"] for w in spares]),
+        }
         r["naive"] = {
             "setup": summary([n["setup"] for n in naives]),
             "path": _median_path([n["path"] for n in naives]),
@@ -312,6 +341,8 @@ def measure(profile: str, reps: int) -> dict[str, Any]:
             }
         r["ratios"] = {
             "warm_vs_naive": r["naive"]["setup"]["median"] / r["warm"]["spawn_to_ready"]["median"],
+            "spare_vs_warm": r["warm_spare"]["spawn_to_ready"]["median"]
+            / r["warm"]["spawn_to_ready"]["median"],
             "n4_vs_n1": r["xdist_4"]["every_worker_started"]["median"]
             / r["xdist_1"]["every_worker_started"]["median"],
             "n4_branch_vs_n1": r["xdist_4_branch"]["every_worker_started"]["median"]
@@ -342,6 +373,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, float, str, dict[str, Any]]]:
          r["cold"]["spawn_to_ready"]["median"], "overlap what can", r["cold"]["path"]),
         ("warm session → first test (fresh process, template reused)",
          r["warm"]["spawn_to_ready"]["median"], "fork + ≤ 2 round trips", r["warm"]["path"]),
+        *_spare_rows(r),
         ("pytest -n 1: until its worker's first test", r["xdist_1"]["every_worker_started"]["median"],
          "", r["xdist_1"]["path"]),
         ("pytest -n 4: until every worker's first test", r["xdist_4"]["every_worker_started"]["median"],
@@ -355,6 +387,15 @@ def rows(r: dict[str, Any]) -> list[tuple[str, float, str, dict[str, Any]]]:
         ("naive: fresh branch + alembic upgrade head per service", r["naive"]["setup"]["median"],
          "", r["naive"]["path"]),
     ]
+
+
+def _spare_rows(r: dict[str, Any]) -> list[tuple[str, float, str, dict[str, Any]]]:
+    """The warm session that claims the spare; none in results from before spares."""
+    if "warm_spare" not in r:
+        return []
+    return [("warm session → first test, this machine's spare claimed (spare = true)",
+             r["warm_spare"]["spawn_to_ready"]["median"], "≤ 1 round trip, ≤ 1.0 s",
+             r["warm_spare"]["path"])]
 
 
 def table(r: dict[str, Any]) -> str:
@@ -372,6 +413,8 @@ def table(r: dict[str, Any]) -> str:
         f"-n 4 with a branch per worker / -n 1 {ratios['n4_branch_vs_n1']:.2f}; the harness's "
         f"part (time minus xdist alone): -n 1 {fmt(_overhead(r, '1'))}, -n 4 {fmt(_overhead(r, '4'))}, "
         f"-n 4 / -n 1 {ratios['overhead_n4_vs_n1']:.2f}"
+        + (f"; warm with the spare / forking {ratios['spare_vs_warm']:.2f}"
+           if "spare_vs_warm" in ratios else "")
     )
     for label, _, _, path in rows(r):
         lines.append(f"\n{label}:\n  " + "\n  ".join(path["steps"]))

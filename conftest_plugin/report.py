@@ -87,6 +87,8 @@ def summary_lines(
     for report in reports:
         for branch in report.get("branches", []):
             lines.append(f"  branch {branch}")
+        if report.get("spare") == "claimed":
+            lines.append("  (the first of them: this machine's spare, claimed instead of a fork)")
     totals: dict[str, float] = {}
     for report in reports:
         for step, seconds in report.get("timings", {}).items():

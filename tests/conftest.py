@@ -67,6 +67,9 @@ def harness_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         "NEON_API_KEY": None,
         "CATHOUSE_LOCAL_HOSTS": hosts,
         "CATHOUSE_POSTGRES_BIN": postgres,
+        # No spare branch behind each session: the suite's tests count what runs leave
+        # (tests/plugin/test_spares.py turns it on for its own)
+        "CATHOUSE_SPARE": os.environ.get("CATHOUSE_SPARE") or "false",
     }
     with overridden(isolated):
         yield home

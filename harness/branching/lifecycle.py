@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from cathouse_harness.branching.endpoint_check import verify_urls_point_at
-from cathouse_harness.branching.names import NAME_PREFIX, given_name_candidates
+from cathouse_harness.branching.names import NAME_PREFIX, SPARE_PREFIX, given_name_candidates
 
 # session.py and templates.py name these through this module
 from cathouse_harness.branching.names import building_name as building_name
@@ -51,7 +51,7 @@ T = TypeVar("T")
 # a create or delete whose operation fails (not times out) is asked for again
 CREATE_ATTEMPTS = 3
 
-Kind = Literal["session", "template", "dev"]
+Kind = Literal["session", "template", "dev", "spare"]
 
 
 @dataclass(frozen=True)
@@ -186,6 +186,11 @@ def ensure_dev(branch: Branch, action: str, *, finished_sessions: bool = False) 
     ensure_owned(branch, action)
     kind = branch.annotation.get(MARK_KIND)
     if kind == "dev" or (finished_sessions and kind == "session" and _process_gone(branch)):
+        return
+    # A claimed spare (renamed from harness/spare/…) keeps the marks of the child that
+    # forked it, whose pid is gone: its session's own liveness is not on the branch, so
+    # it passes like a finished session's (kept on failure, the summary says `down` it).
+    if finished_sessions and kind == "spare" and not branch.name.startswith(SPARE_PREFIX):
         return
     raise SafetyError(
         f"refusing to {action} {branch.name} ({branch.id}): it is a {kind or 'harness'} branch, "
@@ -323,7 +328,7 @@ def _handle_from_created(
     `handle_for`; None when the answer lacks a usable endpoint or the URIs for
     `database` and `role` (then the caller asks the API)."""
     branch = created.branch
-    endpoint = _writable(created.endpoints)
+    endpoint = writable_endpoint(created.endpoints)
     if endpoint is None or not endpoint.usable:
         return None
     info = next(
@@ -332,7 +337,7 @@ def _handle_from_created(
     pooled = info.pooled_uri if info is not None else None
     if info is None or pooled is None:
         return None
-    return _checked_handle(
+    return checked_handle(
         project_id, branch.id, branch.name, branch.parent_id, endpoint, str(info.uri), str(pooled),
         kind,
     )
@@ -350,7 +355,7 @@ async def handle_for(
     parent_id: str | None = None,
 ) -> BranchHandle:
     """URLs for an existing branch, checked to point at that branch's own endpoint."""
-    endpoint = _writable(await client.list_branch_endpoints(project_id, branch_id))
+    endpoint = writable_endpoint(await client.list_branch_endpoints(project_id, branch_id))
     if endpoint is None:
         raise NeonAPIError(f"branch {branch_id} has no endpoint", status=0)
     _check_endpoint_branch(endpoint, branch_id)
@@ -362,12 +367,12 @@ async def handle_for(
     if name is None or parent_id is None:
         branch = await client.get_branch(project_id, branch_id)
         name, parent_id = branch.name, branch.parent_id
-    return _checked_handle(
+    return checked_handle(
         project_id, branch_id, name, parent_id, endpoint, str(direct), str(pooled), kind
     )
 
 
-def _writable(endpoints: Iterable[Endpoint]) -> Endpoint | None:
+def writable_endpoint(endpoints: Iterable[Endpoint]) -> Endpoint | None:
     """The branch's read-write endpoint (any endpoint when it has none)."""
     listed = list(endpoints)
     return next((e for e in listed if e.type == "read_write"), listed[0] if listed else None)
@@ -380,7 +385,7 @@ def _check_endpoint_branch(endpoint: Endpoint, branch_id: str) -> None:
         )
 
 
-def _checked_handle(
+def checked_handle(
     project_id: str,
     branch_id: str,
     name: str,

@@ -13,6 +13,8 @@ import re
 from cathouse_harness.errors import ConfigError
 
 NAME_PREFIX = "harness/"
+# an unclaimed spare's names (`cathouse_harness.branching.spares`); a claim renames it
+SPARE_PREFIX = f"{NAME_PREFIX}spare/"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._\-/]+")
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cathouse_harness.branching import lifecycle as branches
+from cathouse_harness.branching.spares import is_unclaimed_spare
 from cathouse_harness.branching.templates import STALE_BUILD, TEMPLATE_IDLE, last_used
 
 
@@ -20,14 +21,27 @@ def candidates(found: Sequence[Any], *, current_fingerprint: str | None, run: st
     checkout's is outdated when it was built on this machine (the checkout moved on: a
     developer's afternoon of migration edits left one per edit) or, built elsewhere
     (other checkouts: main, other CI refs, use theirs), when no session has used it for
-    TEMPLATE_IDLE.
+    TEMPLATE_IDLE. A spare (`cathouse_harness.branching.spares`) dies at its expiry;
+    an unclaimed one of other migrations, made on this machine, is removed at once
+    (before its template, which it would otherwise keep as a parent).
     """
     now = now or datetime.now(UTC)
     host = socket.gethostname()[:60]
-    parents = {b.parent_id for b in found if b.parent_id}
-    chosen: list[tuple[Any, str]] = []
+    # this machine's unclaimed spares of other migrations go first, so that the template
+    # they were forked from is no parent any more in the same pass
+    chosen: list[tuple[Any, str]] = [
+        (branch, "spare of other migrations, made on this machine")
+        for branch in found
+        if run is None
+        and current_fingerprint is not None
+        and is_unclaimed_spare(branch)
+        and branch.annotation.get(branches.MARK_HOST) == host
+        and branch.annotation.get(branches.MARK_FINGERPRINT) != current_fingerprint
+    ]
+    spares = {branch.id for branch, _ in chosen}
+    parents = {b.parent_id for b in found if b.parent_id and b.id not in spares}
     for branch in found:
-        if branch.id in parents:
+        if branch.id in parents or branch.id in spares:
             continue
         marks = branch.annotation
         if run is not None:

@@ -3,6 +3,7 @@
 `clean_leftovers(home)` runs when a local server starts and is meant for
 `cathouse-branch gc`. It removes, for the current user:
 
+- under `<home>/spares/`: the records of spares past their expiry;
 - under `<home>/runs/`: the directories of runs whose owner process is gone (their
   `kept-*` markers only ever served that run's own sweep) once no marker of a branch
   is left in them, and empty run directories;
@@ -32,6 +33,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from cathouse_harness.branching.spares import forget_expired
 from cathouse_harness.cleanup.runs import owned_files, owner_pid
 from cathouse_harness.errors import UnsafePathError
 from cathouse_harness.local import locations
@@ -59,6 +61,7 @@ def clean_leftovers(home: Path) -> list[str]:
     user = resolve_os_user()
     owners = frozenset({os.geteuid(), user.uid})
     done = _clean_runs(home / "runs")
+    done += forget_expired(home)  # records of spares past their expiry
     for root in _cluster_roots(home):
         done += _clean_cluster(root, owners)
     done += _clean_staging(owners)

@@ -50,6 +50,7 @@ ENV_NAMES: dict[str, str] = {
     "backend": "CATHOUSE_BACKEND",
     "home": "CATHOUSE_HARNESS_HOME",
     "template_reuse": "CATHOUSE_TEMPLATE_REUSE",
+    "spare": "CATHOUSE_SPARE",
     "keep_branch": "CATHOUSE_KEEP_BRANCH",
     "local_storage": "CATHOUSE_LOCAL_STORAGE",
     "worker_isolation": "CATHOUSE_WORKER_ISOLATION",
@@ -68,6 +69,7 @@ _TOML_KEYS = {
     "services",
     "api_host",
     "template_reuse",
+    "spare",
     "keep_branch",
     "migration_sources",
     "local_storage",
@@ -97,6 +99,9 @@ class Settings:
     backend: Backend = "embedded"
     home: Path = field(default_factory=lambda: default_home())
     template_reuse: bool = True
+    # keep one spare fork of the template ready for the next session on this machine
+    # (`cathouse_harness.branching.spares`): a warm session then skips its fork
+    spare: bool = True
     keep_branch: KeepPolicy | None = None
     # files outside the services' alembic trees that migrations load (shared env code)
     migration_sources: tuple[Path, ...] = ()
@@ -392,7 +397,7 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "branch_ttl" in raw:
         values["branch_ttl"] = parse_ttl(raw["branch_ttl"], source=raw.src("branch_ttl"))
-    for key in ("schema_only", "template_reuse"):
+    for key in ("schema_only", "template_reuse", "spare"):
         if key in raw:
             values[key] = parse_bool(raw[key], key, raw.src(key))
     if "connection_limit" in raw:

@@ -18,7 +18,8 @@ import asyncio
 import contextvars
 import threading
 import time
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from cathouse_harness.branching.lifecycle import (
     BranchHandle,
@@ -41,6 +42,7 @@ from cathouse_harness.neon.backend import BackendInfo, connect_backend, open_cli
 from cathouse_harness.session.report import SessionReport as SessionReport
 from cathouse_harness.session.report import SessionStepError as SessionStepError
 from cathouse_harness.session.report import root_branch_refusal, teardown_error
+from cathouse_harness.session.spare_claim import SessionSpares
 from cathouse_harness.support.interrupt import stop_all
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.progress import Progress, tell
@@ -95,6 +97,9 @@ class BranchSession:
         self._client: NeonClient | None = None
         self._watchdog: WatchdogHandle | None = None
         self._lock = threading.Lock()  # a controller forks from several threads at once
+        # the spare branch this machine keeps for the next session (branching.spares)
+        self._spares = SessionSpares(self)
+        self._spare: BranchHandle | None = None  # claimed in setup, used by the first fork
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -119,6 +124,16 @@ class BranchSession:
         thread of ours stops now instead of at the end of its statement, so that the
         half-built branch is deleted and the process exits at once."""
         stop_all()
+
+    def _submit(self, coro):  # type: ignore[no-untyped-def]
+        """`coro` on the session's loop, not waited for (what no test needs to wait for)."""
+        assert self._loop is not None
+        return self._loop.submit(coro)
+
+    @property
+    def refill_process(self):  # type: ignore[no-untyped-def]
+        """The child making the next session's spare (None: none started), for tests."""
+        return self._spares.started_refill()
 
     @property
     def client(self) -> NeonClient:
@@ -168,9 +183,11 @@ class BranchSession:
         assert self.backend is not None
         started = time.perf_counter()
         with_template = settings.migrates_or_seeds and settings.template_reuse
+        fingerprint = self._fingerprint() if with_template else None
+        spare = self._claim_spare(fingerprint)
         self._say(f"looking up the parent branch {settings.parent_branch}")
         try:
-            parent, listed = self._run(self._parent_and_listing(with_template))
+            parent, listed, spare_parts = self._run(self._parent_and_listing(with_template, spare))
         except ConfigError:
             raise  # names the setting and its source already
         except HarnessError as exc:
@@ -187,28 +204,52 @@ class BranchSession:
 
         fork_from = parent.id
         if with_template:
-            fork_from = self._template(parent, listed)
+            assert fingerprint is not None
+            fork_from = self._template(parent, listed, fingerprint)
+            if spare is not None:
+                self._spare = self._spares.adopt(spare, spare_parts, listed, fork_from, fingerprint)
+            self._spares.slot_for(fingerprint, fork_from)
         self._schema_only = settings.schema_only and fork_from == parent.id
         self._fork_from = fork_from
 
-    async def _parent_and_listing(self, with_template: bool):  # type: ignore[no-untyped-def]
-        """The parent and, when a template is to be found, the project's harness branches:
-        independent reads, sent together (on Neon one round trip instead of two). The
-        parent's error comes first: it names the setting to fix."""
+    def _fingerprint(self) -> str:
+        # branching.fingerprint, not migrate.all_services: a reused template needs no
+        # Alembic or SQLAlchemy (~0.9 s of imports).
+        from cathouse_harness.branching.fingerprint import migration_fingerprint
+
+        return migration_fingerprint(self.settings)
+
+    def _claim_spare(self, fingerprint: str | None):  # type: ignore[no-untyped-def]
+        """This machine's spare fork of the template, taken before the first round trip so
+        that its URIs come back with the parent's lookup (`SessionSpares.claim`)."""
+        if fingerprint is None or not self.settings.spare:
+            return None
+        return self._spares.claim(fingerprint, self._watching)
+
+    async def _parent_and_listing(self, with_template: bool, spare=None):  # type: ignore[no-untyped-def]
+        """The parent and, when a template is to be found, the project's harness branches
+        (and a claimed spare's endpoint and URIs): independent reads, sent together (on
+        Neon one round trip instead of two or three). The parent's error comes first: it
+        names the setting to fix; the spare's only costs the spare."""
         assert self.backend is not None
         parent = resolve_parent(self.client, self.backend.project_id, self.settings)
         if not with_template:
-            return await parent, None
-        found, listed = await asyncio.gather(
-            parent, harness_branches(self.client, self.backend.project_id), return_exceptions=True
-        )
+            return await parent, None, None
+        outcomes: list[Any] = list(await asyncio.gather(
+            parent, harness_branches(self.client, self.backend.project_id),
+            self._spares.parts(self.client, spare), return_exceptions=True,
+        ))
+        found, listed, parts = outcomes
         if isinstance(found, BaseException):
             raise found
+        for outcome in (listed, parts):  # Ctrl-C, cancellation, a bug: as they came
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome
         if isinstance(listed, HarnessError):
-            return found, None  # the template step lists again, and names its own error
-        if isinstance(listed, BaseException):
+            listed = None  # the template step lists again, and names its own error
+        elif isinstance(listed, BaseException):
             raise listed
-        return found, listed
+        return found, listed, parts
 
     def _connect(self) -> None:
         """The backend and its client, once (a prepared worker only when it needs the API)."""
@@ -264,6 +305,14 @@ class BranchSession:
         assert self._fork_from is not None, "setup() comes first"
         started = time.perf_counter()
         name = session_branch_name(self.run_id, worker)
+        spare, self._spare = self._spare, None
+        if spare is not None:  # claimed in setup: renamed to `name` behind the session
+            handle = self._spares.use(spare, name, self.run_id)
+            self._timed("fork", started, slowest=True)
+            self.report.branches.append(f"{handle.name} ({handle.id})")
+            self.report.spare = "claimed"
+            self._spares.refill()
+            return handle
         self._say(f"forking {name}")
         try:
             handle = self._create_session_branch(
@@ -276,6 +325,7 @@ class BranchSession:
             ) from None
         self._timed("fork", started, slowest=True)
         self.report.branches.append(f"{handle.name} ({handle.id})")
+        self._spares.refill()
         return handle
 
     def _create_session_branch(
@@ -319,15 +369,11 @@ class BranchSession:
         client = open_client(self.backend)
         return await client.__aenter__()
 
-    def _template(self, parent, listed) -> str:  # type: ignore[no-untyped-def]
-        # branching.fingerprint, not migrate.all_services: a reused template needs no
-        # Alembic or SQLAlchemy (~0.9 s of imports).
-        from cathouse_harness.branching.fingerprint import migration_fingerprint
+    def _template(self, parent, listed, fingerprint: str) -> str:  # type: ignore[no-untyped-def]
         from cathouse_harness.branching.templates import find_or_build_template
 
         assert self.backend is not None
         started = time.perf_counter()
-        fingerprint = migration_fingerprint(self.settings)
         # the migration runs in a thread of the loop's; it sees this run's memo through
         # this context (a task's context is the loop thread's, not the caller's)
         context = contextvars.copy_context()
@@ -462,6 +508,9 @@ class BranchSession:
         controller's to delete), and every worker's branch that its worker did not keep."""
         started = time.perf_counter()
         try:
+            renamed = self._spares.settle()
+            if renamed and self.handle is not None and renamed != self.handle.name:
+                self.handle = replace(self.handle, name=renamed)
             if self._dropped and self._watchdog is not None:
                 self._run(self._confirm_dropped())
                 for branch_id in self._dropped:
@@ -471,6 +520,9 @@ class BranchSession:
                 self._keep(self.handle)
             elif self.handle is not None and not self.prepared and self.backend is not None:
                 doomed.append(self.handle)
+            if self._spare is not None:  # claimed, but the session ended before its fork
+                doomed.append(self._spare)
+                self._spare = None
             with self._lock:
                 own = [h for h in self.worker_branches.values() if h.database is None]
                 self.worker_branches = {}

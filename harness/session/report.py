@@ -47,6 +47,8 @@ class SessionReport:
     migrated_services: int = 0
     # the embedded default's pooler lacks what Neon's has (`BackendInfo.pooler_gap`)
     pooler_gap: str = ""
+    # "claimed": the session's branch was this machine's spare, not a fork of its own
+    spare: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)

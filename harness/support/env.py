@@ -25,6 +25,7 @@ VARIABLES: dict[str, str] = {
     "CATHOUSE_BACKEND": "neon or embedded",
     "CATHOUSE_HARNESS_HOME": "the harness's home (state, markers, the embedded default)",
     "CATHOUSE_TEMPLATE_REUSE": "fork from a migrated template branch",
+    "CATHOUSE_SPARE": "keep a spare fork of the template for the next session (false: none)",
     "CATHOUSE_KEEP_BRANCH": "keep a session's branch: never, on-failure, always",
     "CATHOUSE_LOCAL_STORAGE": "embedded default's storage: memory or disk",
     "CATHOUSE_WORKER_ISOLATION": "an xdist worker's own: database (one fork per run) or branch",

@@ -104,3 +104,50 @@ def test_worker_databases_on_real_neon(neon_project: Path) -> None:
             assert connection.execute("SELECT count(*) FROM auth.users").fetchone() == (0,)
     finally:
         session.finish()
+
+
+def test_the_next_session_claims_a_spare_on_real_neon(
+    neon_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cathouse_harness.branching.lifecycle import delete_owned_branch
+    from cathouse_harness.branching.spares import claim
+    from cathouse_harness.neon.backend import connect_backend, open_client
+
+    monkeypatch.setenv("CATHOUSE_SPARE", "true")
+    settings = load_settings(neon_project, options={"branch_ttl": "10m"})
+    first = BranchSession(settings, run_id=f"live-{uuid.uuid4().hex[:8]}")
+    try:
+        first.start()
+    finally:
+        first.finish()
+    refill = first.refill_process
+    assert refill is not None and refill.wait(timeout=300) == 0
+    second = BranchSession(settings, run_id=f"live-{uuid.uuid4().hex[:8]}")
+    try:
+        handle = second.start()
+        assert second.report.spare == "claimed"
+
+        async def one() -> int:
+            connection = await asyncpg.connect(str(handle.direct_url))
+            try:
+                return int(await connection.fetchval("SELECT 1"))
+            finally:
+                await connection.close()
+
+        assert asyncio.run(one()) == 1
+    finally:
+        second.finish()
+    refill = second.refill_process
+    if refill is not None:
+        refill.wait(timeout=300)
+    slot = second._spares._slot
+    assert slot is not None
+    left = claim(slot)  # the refill's spare: this test's to remove
+
+    async def remove() -> None:
+        backend = connect_backend(settings)
+        async with open_client(backend) as client:
+            await delete_owned_branch(client, backend.project_id, left.branch_id)
+
+    if left is not None:
+        asyncio.run(remove())
