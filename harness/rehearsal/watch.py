@@ -1,0 +1,257 @@
+"""What each revision of a rehearsal did: its time, its locks and how long it held them,
+the rows it wrote.
+
+Two sources, because neither alone gives all of it:
+
+- the migration's own connection, inside each revision's transaction just before it
+  commits (Alembic's `on_version_apply`, through `migrate.environment.watching_steps`):
+  every relation lock the transaction holds then (a transaction keeps its table locks
+  to the end, so these are all it took) and `pg_stat_xact_user_tables`, the rows this
+  transaction inserted, updated and deleted so far;
+- a second connection (`LockSampler`) that reads `pg_locks` every `interval` seconds
+  while the migrations run: when a lock was first seen, hence how long it was held
+  until the commit. A lock no sample saw was held for less than the longest gap
+  between two samples, and is reported as at most that.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cathouse_harness.db.urls import libpq_url
+from cathouse_harness.support.log import get_logger
+
+log = get_logger("rehearsal")
+
+SAMPLE_INTERVAL = 0.02
+
+# The modes that stop other sessions' writes (and ACCESS EXCLUSIVE their reads too): what
+# a deploy's running application would wait on. ROW EXCLUSIVE (plain DML) and SHARE
+# UPDATE EXCLUSIVE (VACUUM, CREATE INDEX CONCURRENTLY, VALIDATE CONSTRAINT) block neither.
+BLOCKING_MODES = ("ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock")
+
+# the migration's own relation locks, without the catalogs its own queries read
+_OWN_LOCKS = """
+SELECT l.relation::bigint, l.mode, l.relation::regclass::text
+FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted
+  AND c.relnamespace <> 'pg_catalog'::regnamespace
+  AND c.relnamespace <> 'information_schema'::regnamespace
+"""
+_OWN_ROWS = """
+SELECT schemaname || '.' || relname, n_tup_ins + n_tup_upd + n_tup_del
+FROM pg_stat_xact_user_tables WHERE n_tup_ins + n_tup_upd + n_tup_del > 0
+"""
+# every other session's relation locks in this database (on a fork: the migration's)
+_OTHERS_LOCKS = """
+SELECT l.relation::bigint, l.mode FROM pg_locks l
+WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+@dataclass(frozen=True)
+class LockHeld:
+    """One relation lock a revision took: on what, in which mode, for how long.
+    `exact` False: no sample saw it, and `seconds` is the bound it stayed under."""
+
+    target: str
+    mode: str
+    seconds: float
+    exact: bool
+    # created by the same transaction: invisible to every other session until the
+    # commit, so nobody could have waited on it
+    new: bool = False
+
+    @property
+    def blocking(self) -> bool:
+        return self.mode in BLOCKING_MODES and not self.new
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "mode": self.mode, "seconds": round(self.seconds, 3),
+                "measured": self.exact, "new_relation": self.new}
+
+
+@dataclass(frozen=True)
+class RevisionReport:
+    """One revision's rehearsal: `error` set when it failed (its locks and rows then unknown)."""
+
+    service: str
+    revision: str
+    doc: str | None
+    seconds: float
+    locks: tuple[LockHeld, ...] = ()
+    rows: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    sqlstate: str | None = None
+
+    @property
+    def rows_total(self) -> int:
+        return sum(self.rows.values())
+
+    def longest(self, *, access_exclusive: bool = False) -> LockHeld | None:
+        """The blocking lock held longest (of ACCESS EXCLUSIVE ones only, if asked)."""
+        chosen = [lock for lock in self.locks if lock.blocking
+                  and (not access_exclusive or lock.mode == "AccessExclusiveLock")]
+        return max(chosen, key=lambda lock: lock.seconds, default=None)
+
+    def as_dict(self) -> dict[str, Any]:
+        longest = self.longest()
+        return {
+            "service": self.service, "revision": self.revision, "doc": self.doc,
+            "seconds": round(self.seconds, 3),
+            "locks": [lock.as_dict() for lock in self.locks],
+            "longest_blocking_lock": longest.as_dict() if longest else None,
+            "rows": dict(self.rows), "rows_total": self.rows_total,
+            "error": self.error, "sqlstate": self.sqlstate,
+        }
+
+
+class LockSampler:
+    """A thread reading the other sessions' relation locks on the branch every
+    `interval` seconds, over a connection of its own (opened before the migrations, so
+    the migrations' connection guard never sees it)."""
+
+    def __init__(self, direct_url: str, interval: float = SAMPLE_INTERVAL,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        import psycopg
+
+        self._clock = clock
+        self._interval = interval
+        self._connection = psycopg.connect(libpq_url(direct_url), autocommit=True,
+                                           application_name="cathouse-harness-rehearsal")
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._first_seen: dict[tuple[int, str], float] = {}
+        self._sample_times: list[float] = []
+        self._thread = threading.Thread(target=self._run, name="cathouse-lock-sampler", daemon=True)
+
+    def __enter__(self) -> LockSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self._connection.close()
+        except Exception as exc:  # closing a connection the branch has already lost
+            log.debug("closing the lock sampler's connection: %s", exc)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            # the lock was there somewhere between the query's start and its answer: the
+            # start makes the hold measured from it an upper bound, never a shortfall
+            now = self._clock()
+            try:
+                with self._lock:
+                    rows = self._connection.execute(_OTHERS_LOCKS).fetchall()
+            except Exception as exc:  # the branch going away under Ctrl-C, a lost network
+                log.debug("lock sample failed: %s", exc)
+                return
+            with self._lock:
+                self._sample_times.append(now)
+                seen = {(int(oid), mode) for oid, mode in rows}
+                # a lock that went away is forgotten: the next time it is seen, it is new
+                self._first_seen = {k: v for k, v in self._first_seen.items() if k in seen}
+                for key in seen:
+                    self._first_seen.setdefault(key, now)
+            self._stop.wait(self._interval)
+
+    def committed(self, oids: set[int]) -> set[int]:
+        """Which of `oids` are relations other sessions can see: the running
+        transaction's own new tables and indexes are not (nobody can wait on those)."""
+        if not oids:
+            return set()
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT oid::bigint FROM pg_class WHERE oid = ANY(%s::oid[])", [sorted(oids)]
+            ).fetchall()
+        return {int(oid) for (oid,) in rows}
+
+    def first_seen(self, key: tuple[int, str]) -> float | None:
+        with self._lock:
+            return self._first_seen.get(key)
+
+    def longest_gap(self, start: float, end: float) -> float:
+        """The longest stretch of [start, end] no sample fell in."""
+        with self._lock:
+            inside = [t for t in self._sample_times if start <= t <= end]
+        points = [start, *inside, end]
+        return max(b - a for a, b in zip(points, points[1:], strict=False))
+
+
+class RevisionWatcher:
+    """The `StepWatcher` of a rehearsal: a `RevisionReport` per applied revision, and
+    the revision that was running when a failure (or Ctrl-C) stopped it."""
+
+    def __init__(self, sampler: LockSampler | None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._sampler = sampler
+        self._clock = clock
+        self.reports: list[RevisionReport] = []
+        self.running: tuple[str, str, str | None, float] | None = None
+        # per transaction (its start time): what earlier revisions in it already reported
+        self._transaction: Any = None
+        self._reported_locks: set[tuple[int, str]] = set()
+        self._reported_rows: dict[str, int] = {}
+
+    def starting(self, service: str, revisions: tuple[str, ...], doc: str | None) -> None:
+        self.running = (service, ",".join(revisions), doc, self._clock())
+
+    def applied(self, service: str, revisions: tuple[str, ...], connection: Any) -> None:
+        from sqlalchemy import text
+
+        ended = self._clock()
+        started = self.running[3] if self.running else ended
+        transaction = connection.execute(text("SELECT now()")).scalar()
+        locks = connection.execute(text(_OWN_LOCKS)).all()
+        rows = {name: int(count) for name, count in connection.execute(text(_OWN_ROWS)).all()}
+        if transaction != self._transaction:  # a transaction of its own (the usual case)
+            self._transaction, self._reported_locks, self._reported_rows = transaction, set(), {}
+        existing = (self._sampler.committed({int(oid) for oid, _, _ in locks})
+                    if self._sampler is not None else {int(oid) for oid, _, _ in locks})
+        held = []
+        for oid, mode, name in locks:
+            key = (int(oid), mode)
+            if key in self._reported_locks:
+                continue  # an earlier revision of the same transaction took it
+            self._reported_locks.add(key)
+            lock = self._held(key, str(name), started, ended)
+            held.append(replace(lock, new=key[0] not in existing))
+        written = {
+            name: count - self._reported_rows.get(name, 0)
+            for name, count in rows.items()
+            if count > self._reported_rows.get(name, 0) and not name.endswith(".alembic_version")
+        }
+        self._reported_rows = rows
+        self.reports.append(RevisionReport(
+            service=service, revision=",".join(revisions), doc=self.running[2] if self.running else None,
+            seconds=ended - started, locks=tuple(sorted(held, key=lambda h: (h.target, h.mode))),
+            rows=written,
+        ))
+        self.running = None
+
+    def _held(self, key: tuple[int, str], name: str, started: float, ended: float) -> LockHeld:
+        first = self._sampler.first_seen(key) if self._sampler is not None else None
+        if first is not None and first >= started:
+            return LockHeld(name, key[1], max(0.0, ended - first), exact=True)
+        if first is not None:  # seen since an earlier revision: no sample fell between them
+            return LockHeld(name, key[1], ended - started, exact=False)
+        gap = self._sampler.longest_gap(started, ended) if self._sampler is not None else ended - started
+        return LockHeld(name, key[1], gap, exact=False)
+
+    def failed(self, error: str, sqlstate: str | None) -> RevisionReport | None:
+        """The report of the revision that was running when the migrations stopped."""
+        if self.running is None:
+            return None
+        service, revision, doc, started = self.running
+        report = RevisionReport(service, revision, doc, self._clock() - started,
+                                error=error, sqlstate=sqlstate)
+        self.reports.append(report)
+        self.running = None
+        return report
