@@ -74,6 +74,26 @@ def _production_revisions(project: Path) -> dict[str, str | None]:
     return current_revisions(load_settings(project), out.strip())
 
 
+def test_rehearse_human_report_names_the_lock(production: Path) -> None:
+    # the first whole second after production was loaded: the embedded default keeps no
+    # WAL history, only a branch's state since it was last connected to (this test comes
+    # first in the module so that nothing has since), and Neon's timestamps are whole seconds
+    moment = datetime.fromisoformat((production / "loaded-at").read_text())
+    moment = moment.replace(microsecond=0) + timedelta(seconds=1)
+    ahead = (moment - datetime.now(UTC)).total_seconds()
+    if ahead > 0:  # only when this test runs first: a moment ago is all it waits
+        time.sleep(ahead + 0.05)
+    at = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    code, out, err = cli("rehearse", "--parent", "production", "--at", at, cwd=production)
+    assert code == 0, err
+    assert out.splitlines()[0].endswith(f"a fork of production ({_production_id(production)}) "
+                                        f"as of {at.replace('Z', '+00:00')}")
+    line = next(line for line in out.splitlines() if line.startswith("auth-service 8b4e6d0a5c21"))
+    assert "longest blocking lock ACCESS EXCLUSIVE on auth.users" in line
+    assert "schema diff against production:" in out
+    assert _rehearsal_branches(production) == []
+
+
 def test_rehearse_reports_each_revision_its_locks_rows_and_the_diff(production: Path) -> None:
     before = _production_revisions(production)
     assert before["auth-service"] == "3f1a9c2b7d10"
@@ -104,25 +124,6 @@ def test_rehearse_reports_each_revision_its_locks_rows_and_the_diff(production: 
     # the fork is gone and the parent was only read
     assert _rehearsal_branches(production) == []
     assert _production_revisions(production) == before
-
-
-def test_rehearse_human_report_names_the_lock(production: Path) -> None:
-    # the first whole second after production was loaded: the embedded default keeps that
-    # state (it keeps no WAL history), and Neon's timestamps are whole seconds
-    moment = datetime.fromisoformat((production / "loaded-at").read_text())
-    moment = moment.replace(microsecond=0) + timedelta(seconds=1)
-    ahead = (moment - datetime.now(UTC)).total_seconds()
-    if ahead > 0:  # only when this test runs first: a moment ago is all it waits
-        time.sleep(ahead + 0.05)
-    at = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    code, out, err = cli("rehearse", "--parent", "production", "--at", at, cwd=production)
-    assert code == 0, err
-    assert out.splitlines()[0].endswith(f"a fork of production ({_production_id(production)}) "
-                                        f"as of {at.replace('Z', '+00:00')}")
-    line = next(line for line in out.splitlines() if line.startswith("auth-service 8b4e6d0a5c21"))
-    assert "longest blocking lock ACCESS EXCLUSIVE on auth.users" in line
-    assert "schema diff against production:" in out
-    assert _rehearsal_branches(production) == []
 
 
 def test_a_budget_exceeded_exits_1_and_says_which(production: Path) -> None:
