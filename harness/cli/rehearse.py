@@ -73,6 +73,11 @@ def cmd_rehearse(ctx: Context) -> int:
         with ctx.progress.step(f"schema diff against {fork.parent.name}"):
             diff = with_client(ctx, lambda client, project_id: run.schema_diff(
                 client, project_id, handle.id, database=settings.database, base=fork.parent.id, at=at))
+    except BaseException:
+        if args.keep and handle is not None:  # kept whatever stopped it: say where it is
+            for line in _kept_lines(handle, ttl):
+                ctx.progress.say(line)
+        raise
     finally:
         if forks and not (args.keep and handle is not None):
             _remove(ctx, forks[0], handle.id if handle is not None else None)

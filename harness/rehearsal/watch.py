@@ -23,7 +23,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cathouse_harness.db.urls import libpq_url
+from cathouse_harness.errors import MigrationError
+from cathouse_harness.migrate.connection import describe_exception
 from cathouse_harness.support.log import get_logger
+from cathouse_harness.support.redact import redact_url
 
 log = get_logger("rehearsal")
 
@@ -122,8 +125,12 @@ class LockSampler:
 
         self._clock = clock
         self._interval = interval
-        self._connection = psycopg.connect(libpq_url(direct_url), autocommit=True,
-                                           application_name="cathouse-harness-rehearsal")
+        try:
+            self._connection = psycopg.connect(libpq_url(direct_url), autocommit=True,
+                                               application_name="cathouse-harness-rehearsal")
+        except Exception as exc:  # the driver's text may hold the URL: describe it instead
+            raise MigrationError(f"cannot connect to {redact_url(direct_url)} to watch the locks",
+                                 db_error=describe_exception(exc)) from None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._first_seen: dict[tuple[int, str], float] = {}
@@ -208,9 +215,16 @@ class RevisionWatcher:
 
         ended = self._clock()
         started = self.running[3] if self.running else ended
-        transaction = connection.execute(text("SELECT now()")).scalar()
-        locks = connection.execute(text(_OWN_LOCKS)).all()
-        rows = {name: int(count) for name, count in connection.execute(text(_OWN_ROWS)).all()}
+        try:
+            # in a savepoint: whatever happens to these reads, the revision's own
+            # transaction goes on as if they had never run
+            with connection.begin_nested():
+                transaction = connection.execute(text("SELECT now()")).scalar()
+                locks = connection.execute(text(_OWN_LOCKS)).all()
+                rows = {name: int(count) for name, count in connection.execute(text(_OWN_ROWS)).all()}
+        except Exception as exc:
+            log.debug("could not read the revision's locks and rows: %s", exc)
+            transaction, locks, rows = object(), [], {}
         if transaction != self._transaction:  # a transaction of its own (the usual case)
             self._transaction, self._reported_locks, self._reported_rows = transaction, set(), {}
         existing = (self._sampler.committed({int(oid) for oid, _, _ in locks})

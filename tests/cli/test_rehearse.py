@@ -196,3 +196,22 @@ def test_ctrl_c_during_a_revision_leaves_no_branch(production: Path) -> None:
     assert child.returncode == 130, "".join(seen) + rest
     assert "Traceback" not in rest
     assert _rehearsal_branches(production) == []
+
+
+def test_budget_counts_only_locks_others_could_wait_on() -> None:
+    from cathouse_harness.rehearsal.run import Budget, mode_name
+    from cathouse_harness.rehearsal.watch import LockHeld, RevisionReport
+
+    report = RevisionReport("auth-service", "8b4e6d0a5c21", None, 2.0, locks=(
+        LockHeld("auth.users", "RowExclusiveLock", 1.9, exact=True),  # plain writes block nobody
+        LockHeld("auth.ix_new", "AccessExclusiveLock", 1.8, exact=True, new=True),  # not visible yet
+        LockHeld("auth.users", "ShareLock", 0.4, exact=False),
+    ))
+    assert report.longest() == report.locks[2]
+    assert report.longest(access_exclusive=True) is None
+    assert Budget(max_lock=0.5).exceeded([report]) == []
+    assert Budget(max_lock=0.3).exceeded([report]) == [
+        "auth-service 8b4e6d0a5c21 held SHARE on auth.users for up to 0.40 s (--max-lock 0.3 s)"]
+    assert Budget(max_duration=1.0).exceeded([report]) == [
+        "auth-service 8b4e6d0a5c21 took 2.00 s (--max-duration 1 s)"]
+    assert mode_name("ShareRowExclusiveLock") == "SHARE ROW EXCLUSIVE"
