@@ -10,8 +10,8 @@ Two sources, because neither alone gives all of it:
   transaction inserted, updated and deleted so far;
 - a second connection (`LockSampler`) that reads `pg_locks` every `interval` seconds
   while the migrations run: when a lock was first seen, hence how long it was held
-  until the commit. A lock no sample saw was held for less than the longest gap
-  between two samples, and is reported as at most that.
+  until the commit (to within one gap between samples). A lock no sample saw was held
+  for less than the longest gap between two samples, and is reported as at most that.
 """
 
 from __future__ import annotations
@@ -151,8 +151,8 @@ class LockSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            # the lock was there somewhere between the query's start and its answer: the
-            # start makes the hold measured from it an upper bound, never a shortfall
+            # a lock first seen now was taken since the previous sample: the hold measured
+            # from the query's start is off by at most one gap between samples
             now = self._clock()
             try:
                 with self._lock:
