@@ -12,6 +12,8 @@ Two sources, because neither alone gives all of it:
   while the migrations run: when a lock was first seen, hence how long it was held
   until the commit (to within one gap between samples). A lock no sample saw was held
   for less than the longest gap between two samples, and is reported as at most that.
+  The samples alone show the locks of statements outside the revision's transaction
+  (`autocommit_block()`) and of the tables it drops (gone from its own catalog).
 """
 
 from __future__ import annotations
@@ -49,11 +51,16 @@ _OWN_ROWS = """
 SELECT schemaname || '.' || relname, n_tup_ins + n_tup_upd + n_tup_del
 FROM pg_stat_xact_user_tables WHERE n_tup_ins + n_tup_upd + n_tup_del > 0
 """
-# every other session's relation locks in this database (on a fork: the migration's)
+# every other client's relation locks in this database (on a fork: the migration's; not
+# autovacuum's), without the catalogs; a relation created by a transaction not yet
+# committed has no pg_class row here, and stays in
 _OTHERS_LOCKS = """
-SELECT l.relation::bigint, l.mode FROM pg_locks l
+SELECT l.relation::bigint, l.mode FROM pg_locks l LEFT JOIN pg_class c ON c.oid = l.relation
 WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.pid IN (SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend')
+  AND (c.oid IS NULL OR c.relnamespace NOT IN ('pg_catalog'::regnamespace,
+                                               'information_schema'::regnamespace))
 """
 
 
@@ -134,6 +141,8 @@ class LockSampler:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._first_seen: dict[tuple[int, str], float] = {}
+        self._last_seen: dict[tuple[int, str], float] = {}
+        self._gone: list[tuple[tuple[int, str], float, float]] = []  # (lock, first, last seen)
         self._sample_times: list[float] = []
         self._thread = threading.Thread(target=self._run, name="cathouse-lock-sampler", daemon=True)
 
@@ -163,22 +172,34 @@ class LockSampler:
             with self._lock:
                 self._sample_times.append(now)
                 seen = {(int(oid), mode) for oid, mode in rows}
-                # a lock that went away is forgotten: the next time it is seen, it is new
-                self._first_seen = {k: v for k, v in self._first_seen.items() if k in seen}
+                # a lock that went away is closed: the next time it is seen, it is new
+                for key in [k for k in self._first_seen if k not in seen]:
+                    self._gone.append((key, self._first_seen.pop(key), self._last_seen.pop(key)))
                 for key in seen:
                     self._first_seen.setdefault(key, now)
+                    self._last_seen[key] = now
             self._stop.wait(self._interval)
 
-    def committed(self, oids: set[int]) -> set[int]:
-        """Which of `oids` are relations other sessions can see: the running
-        transaction's own new tables and indexes are not (nobody can wait on those)."""
+    def committed(self, oids: set[int]) -> dict[int, str]:
+        """The names of those of `oids` that are relations other sessions can see: the
+        running transaction's own new tables and indexes are not (nobody can wait on
+        those), the ones it drops still are."""
         if not oids:
-            return set()
+            return {}
         with self._lock:
             rows = self._connection.execute(
-                "SELECT oid::bigint FROM pg_class WHERE oid = ANY(%s::oid[])", [sorted(oids)]
+                "SELECT oid::bigint, oid::regclass::text FROM pg_class WHERE oid = ANY(%s::oid[])",
+                [sorted(oids)],
             ).fetchall()
-        return {int(oid) for (oid,) in rows}
+        return {int(oid): str(name) for oid, name in rows}
+
+    def seen_between(self, start: float, end: float) -> dict[tuple[int, str], tuple[float, float]]:
+        """The locks seen within [start, end]: when first and last seen. Two takings of one
+        lock that no sample fell between (a table one revision creates and the next
+        drops) are one span, which may begin before `start`."""
+        with self._lock:
+            spans = [*self._gone, *((k, f, self._last_seen[k]) for k, f in self._first_seen.items())]
+        return {key: (first, last) for key, first, last in spans if first <= end and last >= start}
 
     def first_seen(self, key: tuple[int, str]) -> float | None:
         with self._lock:
@@ -227,8 +248,14 @@ class RevisionWatcher:
             transaction, locks, rows = object(), [], {}
         if transaction != self._transaction:  # a transaction of its own (the usual case)
             self._transaction, self._reported_locks, self._reported_rows = transaction, set(), {}
-        existing = (self._sampler.committed({int(oid) for oid, _, _ in locks})
-                    if self._sampler is not None else {int(oid) for oid, _, _ in locks})
+        own = {(int(oid), mode) for oid, mode, _ in locks}
+        # what only the samples saw: locks of statements outside the revision's
+        # transaction (autocommit_block), and of tables it drops (gone from its catalog)
+        outside = ({key: span for key, span in self._sampler.seen_between(started, ended).items()
+                    if key not in own and key not in self._reported_locks}
+                   if self._sampler is not None else {})
+        oids = {oid for oid, _ in own | set(outside)}
+        existing = self._sampler.committed(oids) if self._sampler is not None else {o: "" for o in oids}
         held = []
         for oid, mode, name in locks:
             key = (int(oid), mode)
@@ -237,6 +264,15 @@ class RevisionWatcher:
             self._reported_locks.add(key)
             lock = self._held(key, str(name), started, ended)
             held.append(replace(lock, new=key[0] not in existing))
+        for (oid, mode), (first, last) in outside.items():
+            name = existing.get(oid, f"relation {oid}")
+            # seen since before the revision began: it took the lock again at some point
+            # in between, and its hold is at most the part after `started`
+            seconds = last - max(first, started)
+            exact = first >= started and last > first
+            if seconds <= 0:
+                seconds = self._sampler.longest_gap(started, ended) if self._sampler else 0.0
+            held.append(LockHeld(name, mode, seconds, exact=exact, new=oid not in existing))
         written = {
             name: count - self._reported_rows.get(name, 0)
             for name, count in rows.items()

@@ -126,6 +126,26 @@ def test_rehearse_reports_each_revision_its_locks_rows_and_the_diff(production: 
     assert _production_revisions(production) == before
 
 
+def test_a_dropped_table_s_lock_comes_from_the_samples(production: Path) -> None:
+    """A table the revision drops is gone from its own catalog by its end, so only the
+    pg_locks samples of the second connection see its ACCESS EXCLUSIVE lock; the
+    revision holds it long enough for several samples."""
+    _revision(production, SLEEP_REVISION, "8b4e6d0a5c21",
+              "DROP TABLE installation.installation_permissions; SELECT pg_sleep(0.3)")
+    try:
+        code, out, err = cli("rehearse", "--parent", "production", "--json", cwd=production)
+    finally:
+        (production / "auth-service/alembic/versions" / f"{SLEEP_REVISION}_rehearsal.py").unlink()
+    assert code == 0, err
+    dropping = json.loads(out)["revisions"][-1]
+    assert dropping["revision"] == SLEEP_REVISION
+    longest = dropping["longest_blocking_lock"]
+    assert (longest["target"], longest["mode"], longest["measured"]) == (
+        "installation.installation_permissions", "AccessExclusiveLock", True)
+    assert 0 < longest["seconds"] <= dropping["seconds"]
+    assert "-CREATE TABLE installation.installation_permissions (" in json.loads(out)["schema_diff"]
+
+
 def test_a_budget_exceeded_exits_1_and_says_which(production: Path) -> None:
     code, out, err = cli("rehearse", "--parent", "production", "--json", "--max-duration", "1ms",
                          cwd=production)
