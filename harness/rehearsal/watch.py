@@ -267,8 +267,9 @@ class RevisionWatcher:
         for (oid, mode), (first, last) in outside.items():
             name = existing.get(oid, f"relation {oid}")
             # seen since before the revision began: it took the lock again at some point
-            # in between, and its hold is at most the part after `started`
-            seconds = last - max(first, started)
+            # in between, and its hold is at most the part after `started`; a sample
+            # taken while the commit was under way counts up to the revision's end only
+            seconds = min(last, ended) - max(first, started)
             exact = first >= started and last > first
             if seconds <= 0:
                 seconds = self._sampler.longest_gap(started, ended) if self._sampler else 0.0
