@@ -87,7 +87,11 @@ def cmd_rehearse(ctx: Context) -> int:
         error=str(outcome.error) if outcome.error else None,
         over_budget=budget.exceeded(outcome.revisions),
     )
-    ctx.emit(report.as_dict(), report.lines() + (_kept_lines(handle, ttl) if args.keep else []))
+    payload = report.as_dict()
+    if args.keep:
+        payload["fork"]["connect"] = f"{PROG} url {handle.id}"
+        payload["fork"]["remove"] = f"{PROG} down {handle.id}"
+    ctx.emit(payload, report.lines() + (_kept_lines(handle, ttl) if args.keep else []))
     if outcome.error is not None:
         ctx.progress.say(f"{PROG}: error: {outcome.error}")
     for line in report.over_budget:

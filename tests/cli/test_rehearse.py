@@ -186,6 +186,7 @@ def test_keep_then_diff_shows_the_added_column_and_down_removes_it(production: P
     assert "password" not in out.lower() and "://" not in out
     kept = _rehearsal_branches(production)
     assert len(kept) == 1
+    assert "remove it with: cathouse-branch down br-" in out and 'psql "$(cathouse-branch url br-' in out
     code, out, err = cli("diff", kept[0], cwd=production)  # against its parent, production
     assert code == 0, err
     assert out.startswith("--- ") and "+    is_active boolean DEFAULT true NOT NULL" in out.splitlines()

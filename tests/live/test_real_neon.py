@@ -120,6 +120,7 @@ def test_rehearse_and_diff_on_real_neon(neon_project: Path) -> None:
     for revision in report["revisions"]:
         assert revision["seconds"] >= 0 and revision["error"] is None
     fork = report["fork"]["id"]
+    assert report["fork"]["remove"] == f"cathouse-branch down {fork}"
     try:
         code, out, err = cli("diff", fork, "--json", cwd=neon_project)
         assert code == 0, err
