@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,8 +31,12 @@ UPDATE_REVISION = "ffff00000027"
 SLEEP_REVISION = "ffff00000028"
 
 
-def _revision(project: Path, revision: str, down: str, body: str) -> None:
-    (project / "auth-service" / "alembic" / "versions" / f"{revision}_rehearsal.py").write_text(
+@contextmanager
+def pending(project: Path, revision: str, down: str, body: str) -> Iterator[None]:
+    """An auth-service revision after `down` whose upgrade executes `body`, there for the
+    block only (the module's project is shared)."""
+    path = project / "auth-service" / "alembic" / "versions" / f"{revision}_rehearsal.py"
+    path.write_text(
         f'"""{revision} for the rehearsal tests"""\n\nfrom alembic import op\n\n'
         f"revision = {revision!r}\ndown_revision = {down!r}\n"
         "branch_labels = None\ndepends_on = None\n\n\n"
@@ -39,6 +44,10 @@ def _revision(project: Path, revision: str, down: str, body: str) -> None:
         "def downgrade():\n    pass\n",
         encoding="utf-8",
     )
+    try:
+        yield
+    finally:
+        path.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +106,9 @@ def test_rehearse_human_report_names_the_lock(production: Path) -> None:
 def test_rehearse_reports_each_revision_its_locks_rows_and_the_diff(production: Path) -> None:
     before = _production_revisions(production)
     assert before["auth-service"] == "3f1a9c2b7d10"
-    _revision(production, UPDATE_REVISION, "8b4e6d0a5c21",
-              "UPDATE auth.users SET display_name = upper(display_name)")
-    try:
+    with pending(production, UPDATE_REVISION, "8b4e6d0a5c21",
+                 "UPDATE auth.users SET display_name = upper(display_name)"):
         code, out, err = cli("rehearse", "--parent", "production", "--json", cwd=production)
-    finally:
-        (production / "auth-service/alembic/versions" / f"{UPDATE_REVISION}_rehearsal.py").unlink()
     assert code == 0, err
     report = json.loads(out)
     assert report["ok"] and report["parent"]["name"] == "production"
@@ -130,12 +136,9 @@ def test_a_dropped_table_s_lock_comes_from_the_samples(production: Path) -> None
     """A table the revision drops is gone from its own catalog by its end, so only the
     pg_locks samples of the second connection see its ACCESS EXCLUSIVE lock; the
     revision holds it long enough for several samples."""
-    _revision(production, SLEEP_REVISION, "8b4e6d0a5c21",
-              "DROP TABLE installation.installation_permissions; SELECT pg_sleep(0.3)")
-    try:
+    with pending(production, SLEEP_REVISION, "8b4e6d0a5c21",
+                 "DROP TABLE installation.installation_permissions; SELECT pg_sleep(0.3)"):
         code, out, err = cli("rehearse", "--parent", "production", "--json", cwd=production)
-    finally:
-        (production / "auth-service/alembic/versions" / f"{SLEEP_REVISION}_rehearsal.py").unlink()
     assert code == 0, err
     dropping = json.loads(out)["revisions"][-1]
     assert dropping["revision"] == SLEEP_REVISION
@@ -169,11 +172,9 @@ def test_bad_input_is_one_line_exit_2(production: Path, args: tuple[str, ...]) -
 
 
 def test_a_failing_revision_is_reported_with_its_sqlstate_and_the_fork_removed(production: Path) -> None:
-    _revision(production, UPDATE_REVISION, "8b4e6d0a5c21", "SELECT no_such_function()")
-    try:
+    with pending(production, UPDATE_REVISION, "8b4e6d0a5c21",
+                 "SELECT no_such_function()"):
         code, out, err = cli("rehearse", "--parent", "production", "--json", cwd=production)
-    finally:
-        (production / "auth-service/alembic/versions" / f"{UPDATE_REVISION}_rehearsal.py").unlink()
     assert code == 1, err
     failed = json.loads(out)["revisions"][-1]
     assert (failed["revision"], failed["sqlstate"]) == (UPDATE_REVISION, "42883")
@@ -198,8 +199,7 @@ def test_keep_then_diff_shows_the_added_column_and_down_removes_it(production: P
 
 
 def test_ctrl_c_during_a_revision_leaves_no_branch(production: Path) -> None:
-    _revision(production, SLEEP_REVISION, "8b4e6d0a5c21", "SELECT pg_sleep(60)")
-    try:
+    with pending(production, SLEEP_REVISION, "8b4e6d0a5c21", "SELECT pg_sleep(60)"):
         child = subprocess.Popen(
             [sys.executable, "-m", "cathouse_harness", "rehearse", "--parent", "production",
              "--project-dir", str(production)],
@@ -215,8 +215,6 @@ def test_ctrl_c_during_a_revision_leaves_no_branch(production: Path) -> None:
             pytest.fail("".join(seen))
         child.send_signal(signal.SIGINT)
         _, rest = child.communicate(timeout=60)
-    finally:
-        (production / "auth-service/alembic/versions" / f"{SLEEP_REVISION}_rehearsal.py").unlink()
     assert child.returncode == 130, "".join(seen) + rest
     assert "Traceback" not in rest
     assert _rehearsal_branches(production) == []
