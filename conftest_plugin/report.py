@@ -106,6 +106,8 @@ def summary_lines(
         database = branch.partition(" database ")[2] or None
         lines.append(f"  kept for inspection: {branch} (delete: cathouse-branch down '{name}')")
         lines.append(f"  connect: {connect_command(name, database)}")
+        other = f" --database '{database}'" if database else ""
+        lines.append(f"  schema changes since its template: cathouse-branch diff '{name}'{other}")
     if kept_urls and show_secrets:
         lines.append(f"  direct URL: {kept_urls['direct']}")
         lines.append(f"  pooled URL: {kept_urls['pooled']}")

@@ -51,7 +51,8 @@ T = TypeVar("T")
 # a create or delete whose operation fails (not times out) is asked for again
 CREATE_ATTEMPTS = 3
 
-Kind = Literal["session", "template", "dev", "spare"]
+# "rehearsal": a fork of `cathouse-branch rehearse` (cathouse_harness.rehearsal)
+Kind = Literal["session", "template", "dev", "spare", "rehearsal"]
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,8 @@ def ensure_dev(branch: Branch, action: str, *, finished_sessions: bool = False) 
     (kept on failure, or left by a failed delete) passes too."""
     ensure_owned(branch, action)
     kind = branch.annotation.get(MARK_KIND)
-    if kind == "dev" or (finished_sessions and kind == "session" and _process_gone(branch)):
+    # a kept rehearsal fork is its developer's to remove, as a dev branch is
+    if kind in ("dev", "rehearsal") or (finished_sessions and kind == "session" and _process_gone(branch)):
         return
     # A claimed spare (renamed from harness/spare/…) keeps the marks of the child that
     # forked it, whose pid is gone: its session's own liveness is not on the branch, so
@@ -282,8 +284,10 @@ async def create_owned_branch(
     role: str,
     fingerprint: str | None = None,
     schema_only: bool = False,
+    parent_timestamp: datetime | None = None,
 ) -> BranchHandle:
-    """Create a marked branch with a read-write endpoint and hand out its URLs."""
+    """Create a marked branch with a read-write endpoint and hand out its URLs
+    (`parent_timestamp`: of the parent as it was then)."""
     started = time.perf_counter()
 
     async def create() -> BranchCreated:
@@ -296,6 +300,7 @@ async def create_owned_branch(
                 kind, run_id, fingerprint=fingerprint, parent=parent_id if schema_only else None
             ),
             init_source="schema-only" if schema_only else None,
+            parent_timestamp=parent_timestamp,
             wait=True,
         )
 

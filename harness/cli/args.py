@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_branch_commands(sub, common)
     _add_project_commands(sub, common)
+    _add_rehearsal_commands(sub, common)
     return parser
 
 
@@ -207,3 +208,36 @@ def _add_project_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "--home", type=Path, default=None,
         help="where its state lives (default: CATHOUSE_HARNESS_HOME or the harness's home)",
     )
+
+
+def _add_rehearsal_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """rehearse, diff: trying the migrations on a copy of a branch that holds data."""
+    rehearse = sub.add_parser(
+        "rehearse", parents=[common],
+        help="fork a branch with data, run the pending migrations there and report each "
+        "revision's time, locks and rows, then the schema diff",
+    )
+    rehearse.add_argument("--parent", default=None,
+                          help="the branch to fork, by name or br- id (default: the project's "
+                          "default branch); it is only read")
+    rehearse.add_argument("--at", default=None,
+                          help="fork the parent as it was then (RFC 3339, e.g. "
+                          "2026-12-07T18:00:00Z), within the backend's history")
+    rehearse.add_argument("--keep", action="store_true",
+                          help="keep the fork afterwards and print how to connect to it")
+    rehearse.add_argument("--ttl", default=None,
+                          help="with --keep: how long the fork lives (default 1h)")
+    rehearse.add_argument("--max-lock", default=None,
+                          help="exit 1 when a revision holds a lock that blocks writes longer "
+                          "(e.g. 500ms, 2s)")
+    rehearse.add_argument("--max-duration", default=None,
+                          help="exit 1 when a revision takes longer (e.g. 5s)")
+
+    diff = sub.add_parser("diff", parents=[common],
+                          help="print a branch's schema diff against its parent (or --against)")
+    diff.add_argument("name", nargs="?", default=None, help=NAME_HELP)
+    diff.add_argument("--against", default=None,
+                      help="the branch to compare with, by name or br- id (default: its parent)")
+    diff.add_argument("--database", default=None,
+                      help="the database to compare (default: the configured one)")
+    diff.add_argument("--env-file", type=Path, default=None, help=ENV_FILE_HELP)

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from cathouse_harness.cli.args import PROG, UsageFailure, VersionAsked, build_parser
 from cathouse_harness.cli.context import Context, branch_from_env, git_branch, with_client
+from cathouse_harness.cli.rehearse import cmd_diff, cmd_rehearse
 from cathouse_harness.config.envfile import read_env_file, write_env_file, written_by_us
 from cathouse_harness.config.settings import INIT_HINT, parse_ttl
 from cathouse_harness.db.urls import url_from_argument
@@ -457,6 +458,8 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "doctor": cmd_doctor,
     "init": cmd_init,
     "emulator": cmd_emulator,
+    "rehearse": cmd_rehearse,
+    "diff": cmd_diff,
 }
 
 

@@ -48,6 +48,22 @@ def parse_ttl(value: Any, *, key: str = "branch_ttl", source: str = "default") -
     return ttl
 
 
+_SECONDS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+_SECONDS_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0}
+
+
+def parse_seconds(value: str, *, key: str, source: str = "command line") -> float:
+    """A short duration such as a budget: '500ms', '2s', '1.5s', '1m' or bare seconds."""
+    match = _SECONDS.match(value)
+    if not match:
+        raise ConfigError(f"{value!r} is not a duration", key=key, source=source,
+                          hint="use a number with ms, s or m, e.g. '500ms' or '2s'")
+    seconds = float(match[1]) * _SECONDS_UNITS[match[2]]
+    if seconds <= 0:
+        raise ConfigError("must be longer than zero", key=key, source=source)
+    return seconds
+
+
 def parse_bool(value: Any, key: str, source: str) -> bool:
     if isinstance(value, bool):
         return value

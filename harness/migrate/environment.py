@@ -30,9 +30,10 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from cathouse_harness.branching.fingerprint import ServiceSources, service_sources
@@ -207,6 +208,30 @@ def _recording_heads(records: list[VersionRecord], service: str) -> Iterator[Non
         EnvironmentContext.run_migrations = original  # type: ignore[method-assign]
 
 
+class StepWatcher(Protocol):
+    """Told of each revision a command applies (`cathouse_harness.rehearsal` measures them)."""
+
+    def starting(self, service: str, revisions: tuple[str, ...], doc: str | None) -> None:
+        """Before the revision's transaction begins."""
+
+    def applied(self, service: str, revisions: tuple[str, ...], connection: Any) -> None:
+        """After its upgrade ran, still inside its transaction, on the migration's
+        own connection (what it locked and wrote is visible there until the commit)."""
+
+
+_watcher: ContextVar[StepWatcher | None] = ContextVar("cathouse_step_watcher", default=None)
+
+
+@contextmanager
+def watching_steps(watcher: StepWatcher) -> Iterator[None]:
+    """Tell `watcher` of every revision the commands run in this context apply."""
+    token = _watcher.set(watcher)
+    try:
+        yield
+    finally:
+        _watcher.reset(token)
+
+
 def _announce_steps(context: Any, service: str) -> None:
     """Each revision says itself before it runs (`support.progress`): the step a slow
     migration is on. Alembic has no public hook before a step (`on_version_apply` comes
@@ -214,13 +239,27 @@ def _announce_steps(context: Any, service: str) -> None:
     steps = getattr(context, "_migrations_fn", None)
     if steps is None:
         return
+    watcher = _watcher.get()
 
     def announced(heads: Any, ctx: Any) -> Iterator[Any]:
         for step in steps(heads, ctx):
             say(f"migrating {service} {_step_text(step)}")
+            if watcher is not None and getattr(step, "is_upgrade", True):
+                watcher.starting(service, _step_ids(step), getattr(step, "doc", None))
             yield step
 
     context._migrations_fn = announced
+    if watcher is not None:
+        def applied(*, ctx: Any, step: Any, **_: Any) -> None:
+            if step.is_upgrade:
+                watcher.applied(service, tuple(step.up_revision_ids), ctx.connection)
+
+        # Alembic calls these inside the step's transaction, before it commits
+        context.on_version_apply_callbacks = (*context.on_version_apply_callbacks, applied)
+
+
+def _step_ids(step: Any) -> tuple[str, ...]:
+    return tuple(getattr(step, "to_revisions_no_deps", ()) or ())
 
 
 def _step_text(step: Any) -> str:

@@ -151,3 +151,29 @@ def test_the_next_session_claims_a_spare_on_real_neon(
 
     if left is not None:
         asyncio.run(remove())
+
+
+def test_rehearse_and_diff_on_real_neon(neon_project: Path) -> None:
+    """A rehearsal forks the project's default branch (only read), reports every
+    revision it ran and removes its fork; `diff` of a kept fork shows the same diff."""
+    import json
+
+    from tests.cli._support import cli
+
+    code, out, err = cli("rehearse", "--json", "--keep", "--ttl", "10m", cwd=neon_project)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["ok"] and report["fork"]["kept"]
+    for revision in report["revisions"]:
+        assert revision["seconds"] >= 0 and revision["error"] is None
+    fork = report["fork"]["id"]
+    assert report["fork"]["remove"] == f"cathouse-branch down {fork}"
+    try:
+        code, out, err = cli("diff", fork, "--json", cwd=neon_project)
+        assert code == 0, err
+        assert json.loads(out)["diff"] == report["schema_diff"]
+    finally:
+        code, _, err = cli("down", fork, cwd=neon_project)
+        assert code == 0, err
+    code, out, err = cli("list", "--json", cwd=neon_project)
+    assert fork not in {b["id"] for b in json.loads(out)["branches"]}

@@ -42,6 +42,7 @@ EXAMPLE = REPO / "examples" / "cathouse"
 
 def copy_example(destination: Path) -> Path:
     """The Cat House example's configuration and migrations (not its tests) in `destination`."""
+    destination.mkdir(parents=True, exist_ok=True)  # a file may come first in the listing
     for item in EXAMPLE.iterdir():
         if item.name in ("tests", ".env", "__pycache__", ".pytest_cache"):
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -49,6 +50,12 @@ def test_failed_session_branch_kept_on_request_without_password(project: pytest.
     assert "kept for inspection: harness/keep1/main" in text
     connect = [line for line in text.splitlines() if "connect: psql" in line]
     assert connect == ['  connect: psql "$(cathouse-branch url \'harness/keep1/main\')"']
+    assert "  schema changes since its template: cathouse-branch diff 'harness/keep1/main'" in text
+    diff = subprocess.run(  # the test changed no schema: nothing against its template
+        [sys.executable, "-m", "cathouse_harness", "diff", "harness/keep1/main", "--json", "--quiet"],
+        cwd=project.path, check=True, capture_output=True, text=True,
+    ).stdout
+    assert json.loads(diff)["changed"] is False
     assert ":***@" in text  # the URL shown beside it is redacted
     url = subprocess.run(
         [sys.executable, "-m", "cathouse_harness", "url", "harness/keep1/main", "--quiet"],

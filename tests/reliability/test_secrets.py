@@ -113,7 +113,8 @@ def captured(api: LocalNeon, keyed_home: Path, project: Path, foreign: dict[str,
     out["plugin log file"] = logfile.read_text()
     commands = [
         ("up", "--json"), ("list", "--json"), ("doctor", "--json"), ("migrate", "--json"),
-        ("reset", "--json"), ("gc", "--dry-run", "--json"), ("gc", "--run", "sec", "--json"),
+        ("reset", "--json"), ("diff", "--json"), ("rehearse", "--json"),
+        ("gc", "--dry-run", "--json"), ("gc", "--run", "sec", "--json"),
         ("down", "--json"),
         # errors: exception text must be as clean as success
         ("down", foreign["default"]), ("reset", foreign["unmarked"]), ("down", "harness/nope"),
@@ -149,6 +150,10 @@ def test_no_secret_in_any_output(captured: dict[str, str], role_password: str) -
     assert "DEBUG" in captured["plugin log file"] and "failing on purpose" in captured["junit xml"]
     assert captured["cli up --json exit"] == "0", captured["cli up --json stderr"]
     assert json.loads(captured["cli up --json stdout"])["database_url"].count(":***@") == 1
+    # the rehearsal (a fork of the default branch, migrated) and the dev branch's diff (its
+    # migrated schema against the empty parent) ran
+    assert captured["cli rehearse --json exit"] == "0", captured["cli rehearse --json stderr"]
+    assert "CREATE TABLE" in json.loads(captured["cli diff --json stdout"])["diff"]
     assert "DEBUG" in captured["cli list --json stderr"]
     assert any(k.startswith("log ") for k in captured)
 
