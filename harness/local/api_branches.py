@@ -83,7 +83,7 @@ async def count_branches(request: Request) -> Response:
 async def create_branch(request: Request) -> Response:
     neon = project_of(request)
     spec = check.branch_create(await json_body(request))
-    current = await neon.history.sample() if spec.at and spec.at.lsn else None
+    current = await neon.history.sample(spec.parent_id) if spec.at and spec.at.lsn else None
     branch, eps, ops = await neon.branching.create(spec, current)
     return ok(created_branch_json(neon, branch, eps, ops), 201)
 
@@ -117,7 +117,7 @@ async def delete_branch(request: Request) -> Response:
 async def restore_branch(request: Request) -> Response:
     neon = project_of(request)
     spec = check.restore(await json_body(request))
-    current = await neon.history.sample() if spec.at and spec.at.lsn else None
+    current = await neon.history.sample(spec.source_branch_id) if spec.at and spec.at.lsn else None
     return _branch_operations(neon, *neon.branching.restore(request.path_params["branch_id"], spec, current))
 
 
@@ -140,7 +140,7 @@ async def _as_of(request: Request, neon: LocalNeon, branch_id: str, lsn_key: str
     point = check.point_in_time(request.query_params, lsn_key, time_key)
     if point is None:
         return branch_id
-    current = await neon.history.sample() if point.lsn else None
+    current = await neon.history.sample(branch_id) if point.lsn else None
     return str(neon.history.locate(neon.branch(branch_id), point, current).source.id)
 
 

@@ -202,7 +202,7 @@ class Catalog:
                 {"neon_lsn": at.lsn, "neon_timestamp": at.timestamp}, "neon_lsn", "neon_timestamp"
             )
             assert point is not None
-            current = await self.neon.history.sample() if point.lsn else None
+            current = await self.neon.history.sample(branch.id) if point.lsn else None
             return self.neon.history.locate(branch, point, current, seen_at=at.arrived).source
         except ApiError as refused:
             raise Refusal("08004", str(refused)) from None

@@ -212,27 +212,34 @@ class History:
 
         async def read() -> None:
             sent = self.clock()
+            source = self.neon.state.branches.get(mark.copy_of or "")
+            dataplane = self.neon.dataplane
             try:
-                lsn = await self.neon.dataplane.current_lsn()
+                lsn = copied_lsn = await dataplane.current_lsn(branch_id)
+                # with an instance per branch, each has its own WAL: the copied state is
+                # named by its source's position (unchanged since, when quiet)
+                if name_copy and source is not None and getattr(dataplane, "lsn_per_branch", False):
+                    copied_lsn = await dataplane.current_lsn(source.id)
             except Exception as exc:  # the history is only less complete
                 log.debug("no LSN for branch %s: %s", branch_id, exc.__class__.__name__)
                 return
             if self.marks.get(branch_id) is not mark or mark.generation != generation:
                 return
             mark.settled_lsn, mark.settled_at = lsn, sent
-            source = self.neon.state.branches.get(mark.copy_of or "")
             if name_copy and source is not None and self.quiet(source, mark.copy_at, self.clock()):
-                mark.copy_lsn = lsn
+                mark.copy_lsn = copied_lsn
                 if named is not None:
-                    named(lsn)
+                    named(copied_lsn)
 
         task = asyncio.get_running_loop().create_task(read())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def sample(self) -> int:
-        """PostgreSQL's WAL position now (a request naming an LSN is checked against it)."""
-        return lsn_value(await self.neon.dataplane.current_lsn())
+    async def sample(self, branch_id: str | None = None) -> int:
+        """PostgreSQL's WAL position now (a request naming an LSN is checked against it):
+        that of `branch_id`'s instance (the default branch's when None) on a data plane
+        with an instance per branch."""
+        return lsn_value(await self.neon.dataplane.current_lsn(branch_id))
 
     # ------------------------------------------------------------------ reading
 

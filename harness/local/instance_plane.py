@@ -44,9 +44,13 @@ from cathouse_harness.local.catalog import serving
 from cathouse_harness.local.compute import spares
 from cathouse_harness.local.compute import users as compute_users
 from cathouse_harness.local.compute.fork import fork
+from cathouse_harness.local.compute.history import Reads, lsn_of
 from cathouse_harness.local.compute.instance import Instance, admin_session, remove, running_pid, start, stop
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
+from cathouse_harness.local.compute.replicas import Replicas
+from cathouse_harness.local.compute.replicas import leftovers as replica_leftovers
 from cathouse_harness.local.compute.roots import create_branch_role, make_root
+from cathouse_harness.local.compute.standby import empty_databases, read_verifier
 from cathouse_harness.local.compute.template import ensure_template
 from cathouse_harness.local.listeners import EndpointAddress, Listeners
 from cathouse_harness.local.names import host_mode
@@ -56,6 +60,7 @@ from cathouse_harness.local.pg_choice import PgInstall, choose_install
 from cathouse_harness.local.postgres import scram_verifier
 from cathouse_harness.local.proxy import Fences, Gate, Refusal, Upstream
 from cathouse_harness.local.relay import CancelKeys, RelayEndpoint, Route
+from cathouse_harness.local.startup_options import TimeTravel
 from cathouse_harness.local.state import DatabaseRecord, database_id, iso, now
 from cathouse_harness.local.tls import TlsMaterial, server_material
 from cathouse_harness.support import env
@@ -73,18 +78,8 @@ SUSPEND_AFTER = 300.0
 _TICK = 1.0
 _MADE_POLL = Backoff(0.005, most=0.1)
 _MADE_WAIT = 120.0
-# what a read-only endpoint's sessions start with (as on the shared plane, `catalog`)
-_READ_ONLY = {"default_transaction_read_only": "on"}
-
-# the role's verifier when it may log in to the database: never a superuser's (the
-# control plane's bootstrap role), never one past its VALID UNTIL
-_VERIFIER_SQL = """
-SELECT a.rolpassword FROM pg_authid a
- WHERE a.rolname = %s AND a.rolcanlogin AND NOT a.rolsuper
-   AND (a.rolvaliduntil IS NULL OR a.rolvaliduntil > now())
-   AND EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = %s AND d.datallowconn)
-"""
-
+# a standby nobody used this long is removed (it is copied again when next asked for)
+REPLICA_IDLE = 60.0
 
 def compute_choice() -> str:
     """`shared` (today's one PostgreSQL) or `instance`; ConfigError-like one line otherwise."""
@@ -93,13 +88,6 @@ def compute_choice() -> str:
         raise LocalServerError(f"{ENV_VAR}={value!r} is not one of {', '.join(CHOICES)}",
                                hint=f"unset {ENV_VAR}, or set it to instance")
     return value
-
-
-def _read_verifier(instance: Instance, role: str, database: str) -> str | None:
-    with admin_session(instance) as session:
-        row = session.execute(_VERIFIER_SQL, (role, database)).fetchone()
-    text = row[0] if row else None
-    return text if isinstance(text, str) and text.startswith("SCRAM-SHA-256$") else None
 
 
 # the instance's own databases, never a branch's
@@ -185,6 +173,8 @@ class InstanceDataPlane:
         self.pgbouncer_available = False
         self.pgbouncer_problem: str | None = "the instance data plane runs no PgBouncer yet: pooled is direct"
         self.on_activity: Callable[[], None] | None = None
+        # names mode: a branch id's read-write endpoint id (a time-travel host names the branch)
+        self.branch_endpoint: Callable[[str], str | None] = lambda _branch_id: None
         self.timings: dict[str, float] = {}
         self._neon: Any = None
         self._compute: ComputeHome | None = None
@@ -206,9 +196,10 @@ class InstanceDataPlane:
         # a restore's new copies: source instance -> (the fork, templates it answered)
         self._pending: dict[str, tuple[str, set[str]]] = {}
         self._last_used: dict[str, float] = {}
-        self._lsn = "0/0"
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        self._replicas: Replicas | None = None
+        self._lsns: dict[str, str] = {}
 
     # ------------------------------------------------------------------ life cycle
 
@@ -246,12 +237,15 @@ class InstanceDataPlane:
         template = await asyncio.to_thread(ensure_template, compute, install)
         self._load_map()
         self._superuser = template.superuser_password
+        self._replicas = Replicas(compute, self._instance, self._lock)
+        for name in replica_leftovers(compute):  # standbys hold nothing of their own
+            await asyncio.to_thread(remove, self._instance(name))
         self._tls = await asyncio.to_thread(server_material, self.home / "tls")
         nowhere = Upstream("127.0.0.1", 0)  # the relay goes to instances' sockets, not here
         self._listeners = Listeners(
             Fences(), self._tls, nowhere, nowhere, pooled_via_pgbouncer=False,
             make_proxy=functools.partial(RelayEndpoint, resolve=self._route, keys=self._keys),
-            cancel=self._keys.cancel,
+            cancel=self._keys.cancel, branch_endpoint=lambda branch_id: self.branch_endpoint(branch_id),
         )
         await self._listeners.start_router(mode)
         self._ticker = asyncio.create_task(self._tick())
@@ -395,9 +389,6 @@ class InstanceDataPlane:
 
     async def create_database(self, physical: str, *, owner: str, template: str | None = None,
                               schema_only: bool = False, issued: Callable[[], None] | None = None) -> None:
-        if schema_only:
-            raise LocalServerError("schema-only branches are not made by the instance data plane yet",
-                                   hint="unset CATHOUSE_LOCAL_COMPUTE")
         found = self._branch_of(physical)
         if found is None:
             # a restore's copy, for a branch record that names it only once the restore
@@ -414,7 +405,7 @@ class InstanceDataPlane:
             if issued is not None:
                 issued()
             if not self._exists(instance):
-                await self._make(branch, target, name, owner, template)
+                await self._make(branch, target, name, owner, template, schema_only=schema_only)
             else:
                 if running_pid(instance) is None:  # the lock is ours: started here
                     await asyncio.to_thread(start, instance)
@@ -435,12 +426,15 @@ class InstanceDataPlane:
         pending[1].add(template)
         self._place(physical, pending[0], source[1])
 
-    async def _make(self, branch: Any, target: str, name: str, owner: str, template: str | None) -> None:
+    async def _make(self, branch: Any, target: str, name: str, owner: str, template: str | None,
+                    *, schema_only: bool = False) -> None:
         compute, install = self._compute, self.install
         assert compute is not None and install is not None
         source = self._placed(template) if template is not None else None
         if source is not None:
             await self._fork(source[0], target)
+            if schema_only:  # every object of the parent, none of its rows (`standby`)
+                await asyncio.to_thread(empty_databases, self._instance(target))
             await self._sync(branch, self._instance(target))
         else:
             password = branch.roles[owner].password
@@ -485,6 +479,11 @@ class InstanceDataPlane:
         return False
 
     def _forget(self, name: str) -> None:
+        if self._replicas is not None:  # its standbys hold a state that is gone
+            job = asyncio.ensure_future(self._replicas.drop_source(name))
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
+        self._lsns.pop(name, None)
         self._last_used.pop(name, None)
         self._dirty_instances.discard(name)
         for key in [key for key in self._synced if key[0] == name]:
@@ -542,20 +541,19 @@ class InstanceDataPlane:
         register_url(dsn)
         return dsn
 
-    async def current_lsn(self) -> str:
-        """The default branch's instance's WAL position when it runs (the last one seen
-        otherwise): one instance's LSNs, not a per-branch timeline yet."""
-        instance = self._instance(self._instance_name(self._state().default_branch))
-        if running_pid(instance) is None:
-            return self._lsn
+    # each instance has its own WAL (the history reads one per branch)
+    lsn_per_branch = True
 
-        def read() -> str:
-            with admin_session(instance) as session:
-                return str(session.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
-
-        with contextlib.suppress(LocalServerError):
-            self._lsn = await asyncio.to_thread(read)
-        return self._lsn
+    async def current_lsn(self, branch_id: str | None = None) -> str:
+        """The WAL position of `branch_id`'s instance (the default branch's when None):
+        where its next record goes while it runs, its last checkpoint when stopped."""
+        state = self._state()
+        branch = state.branches.get(branch_id) if branch_id else None
+        name = self._instance_name(branch if branch is not None else state.default_branch)
+        found = await asyncio.to_thread(lsn_of, self._instance(name))
+        if found is not None:
+            self._lsns[name] = found
+        return self._lsns.get(name, "0/0")
 
     # ------------------------------------------------------------------ sync
 
@@ -612,7 +610,7 @@ class InstanceDataPlane:
 
     # ------------------------------------------------------------------ endpoints
 
-    async def _route(self, endpoint_id: str) -> Route:
+    async def _route(self, endpoint_id: str, at: TimeTravel | None = None) -> Route:
         ep, branch = serving(self._state(), endpoint_id)
 
         def made() -> bool:
@@ -628,11 +626,19 @@ class InstanceDataPlane:
             await self._sync(branch, instance, only_marked=True)
         if ep.current_state == "idle":  # a suspended compute wakes on a connection
             ep.current_state, ep.started_at = "active", iso(now())
-        extra = _READ_ONLY if ep.type == "read_only" else {}
-        return Route(socket_file(instance.paths), functools.partial(self._verifier, instance), extra)
+        if at is not None:
+            return await self._reads().time_travel(branch, instance, at)
+        if ep.type == "read_only":
+            return await self._reads().read_only(endpoint_id, instance)
+        return Route(socket_file(instance.paths), functools.partial(self._verifier, instance))
 
     async def _verifier(self, instance: Instance, role: str, database: str) -> str | None:
-        return await asyncio.to_thread(_read_verifier, instance, role, database)
+        return await asyncio.to_thread(read_verifier, instance, role, database)
+
+    def _reads(self) -> Reads:
+        if self._replicas is None:
+            raise LocalServerError("the data plane is not started")
+        return Reads(self._neon, self._replicas, self._instance, self._instance_name, self._running)
 
     @property
     def listeners(self) -> Listeners:
@@ -667,6 +673,8 @@ class InstanceDataPlane:
     async def close_endpoint(self, endpoint_id: str) -> None:
         if self._listeners is not None:
             await self._listeners.close(endpoint_id)
+        if self._replicas is not None:
+            await self._replicas.drop(f"ep:{endpoint_id}")
 
     # ------------------------------------------------------------------ suspend
 
@@ -680,6 +688,8 @@ class InstanceDataPlane:
         state = self._state() if self._neon is not None else None
         if state is None:
             return
+        if self._replicas is not None:
+            await self._replicas.drop_idle(min(self.suspend_after, REPLICA_IDLE))
         moment = time.monotonic()
         for endpoint_id in self.endpoint_connections():
             ep = state.endpoints.get(endpoint_id)

@@ -5,6 +5,7 @@ the row and the test go together)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime
 
 import asyncpg
@@ -101,7 +102,9 @@ def test_computes_do_not_suspend_or_scale_by_themselves(client: httpx.Client, pr
 
 def test_read_only_endpoints_are_read_only_by_default_only(client: httpx.Client, project: str) -> None:
     """A read_only endpoint's sessions start with default_transaction_read_only, which a
-    session may turn off; Neon's read replicas cannot write at all."""
+    session may turn off; Neon's read replicas cannot write at all. With an instance per
+    branch (`CATHOUSE_LOCAL_COMPUTE=instance`) the endpoint is a hot standby, which
+    cannot either (tests/security/test_read_replicas.py)."""
     made = create_ready_branch(client, project, name=unique("reader"))
     branch_id = made["branch"]["id"]
     answer = client.post(
@@ -116,7 +119,13 @@ def test_read_only_endpoints_are_read_only_by_default_only(client: httpx.Client,
         "role_name": "cathouse_owner",
     }
     uri = client.get(f"/projects/{project}/connection_uri", params=params).json()["uri"]
-    asyncio.run(_script(uri, "SET default_transaction_read_only = off", "CREATE TABLE written (v int)"))
+    script = _script(uri, "SET default_transaction_read_only = off", "CREATE TABLE written (v int)")
+    if os.environ.get("CATHOUSE_LOCAL_COMPUTE") == "instance":
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            asyncio.run(script)
+        sql(connection_uri(client, project, branch_id, pooled=False), "CREATE TABLE written (v int)")
+    else:
+        asyncio.run(script)
     assert (
         sql(connection_uri(client, project, branch_id, pooled=False), "SELECT count(*) AS n FROM written")[0][
             "n"
