@@ -1,10 +1,11 @@
-"""#24's findings 1, 3 and 4, through the handed-out URLs, on the instance data plane
+"""#24's findings 1, 3, 4 and 7, through the handed-out URLs, on the instance data plane
 (`CATHOUSE_LOCAL_COMPUTE=instance`: a PostgreSQL per branch behind the byte relay).
 
 Each test fails on the shared plane (one PostgreSQL, one owner role for every branch),
 where it was reproduced: there `SHOW port` names PostgreSQL's own loopback port and a
 password set in SQL opens it, the proxy logs in upstream for every bare startup, and
-one role sees and ends every branch's sessions and carries its options to all of them.
+one role sees and ends every branch's sessions and carries its options to all of them,
+and a read-only endpoint's sessions are read-only only until they say otherwise.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import os
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import psycopg
 import psycopg.sql
 import pytest
 
-from tests.local._server import api_client, start_test_server, wait_operations
+from tests.local._server import api_client, default_branch, start_test_server, wait_operations
 
 ROLE = "cathouse_owner"
 DATABASE = "cathouse"
@@ -32,6 +35,7 @@ _SSL_REQUEST = struct.pack("!II", 8, 80877103)
 class Branches:
     a: str  # the default branch's URL
     b: str  # a child's URL
+    reader: str  # the URL of a read-only endpoint of the default branch
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,14 @@ def branches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Branches]:
             b = made["connection_uris"][0]["connection_uri"]
             with psycopg.connect(b, autocommit=True) as session:
                 session.execute("INSERT INTO secrets VALUES ('of the child only')")
-            yield Branches(a, b)
+            main = default_branch(client, project)["id"]
+            ro = client.post(f"/projects/{project}/endpoints",
+                             json={"endpoint": {"branch_id": main, "type": "read_only"}}).json()
+            wait_operations(client, project, ro["operations"])
+            reader = client.get(f"/projects/{project}/connection_uri", params={
+                "branch_id": main, "endpoint_id": ro["endpoint"]["id"], "database_name": DATABASE,
+                "role_name": ROLE}).json()["uri"]
+            yield Branches(a, b, reader)
     finally:
         if before is None:
             os.environ.pop("CATHOUSE_LOCAL_COMPUTE", None)
@@ -158,3 +169,63 @@ def test_unknown_role_and_database_answer_as_a_wrong_password(branches: Branches
     assert 'password authentication failed for user "nobody"' in no_role
     assert 'password authentication failed for user "cathouse_owner"' in no_database
 
+
+
+# what a session may try on a read replica; each is refused by PostgreSQL itself
+_WRITES = (
+    "INSERT INTO secrets VALUES ('through a replica')",
+    "CREATE TABLE through_a_replica (v int)",
+    "ALTER ROLE CURRENT_USER PASSWORD 'through-a-replica'",
+    "CREATE DATABASE through_a_replica",
+)
+
+
+def _refuses_every_write(session: psycopg.Connection) -> None:
+    session.execute("SET default_transaction_read_only = off")
+    with pytest.raises(psycopg.errors.FeatureNotSupported):  # "during recovery"
+        session.execute("SET transaction_read_only = off")
+    for statement in _WRITES:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            session.execute(statement)
+    assert session.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+
+
+def test_a_read_only_endpoint_refuses_writes_whatever_the_session_sets(branches: Branches) -> None:
+    """Finding 7: `SET default_transaction_read_only = off`, then a write, through a
+    read_only endpoint's URL: a hot standby of the branch refuses it, as a Neon read
+    replica does. It shows the branch as of its copy, copied again for a later
+    connection once the branch has changed (no WAL follows it meanwhile)."""
+    with psycopg.connect(branches.reader, autocommit=True) as session:
+        _refuses_every_write(session)
+        assert ("of the parent",) in session.execute("SELECT v FROM secrets").fetchall()
+        with psycopg.connect(branches.a, autocommit=True) as writer:
+            writer.execute("INSERT INTO secrets VALUES ('after the copy')")
+        # the open session keeps its copy
+        assert ("after the copy",) not in session.execute("SELECT v FROM secrets").fetchall()
+    try:
+        with psycopg.connect(branches.reader, autocommit=True) as session:
+            assert ("after the copy",) in session.execute("SELECT v FROM secrets").fetchall()
+    finally:
+        with psycopg.connect(branches.a, autocommit=True) as writer:
+            writer.execute("DELETE FROM secrets WHERE v = 'after the copy'")
+    with psycopg.connect(branches.a, autocommit=True) as session:  # nothing reached the branch
+        assert session.execute("SELECT v FROM secrets").fetchall() == [("of the parent",)]
+        assert session.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = 'through_a_replica'").fetchone() == (0,)
+
+
+def test_a_time_travel_connection_refuses_writes_whatever_the_session_sets(branches: Branches) -> None:
+    """Finding 7 for `options=neon_timestamp:…`: served by a standby as of the moment."""
+    deadline = time.monotonic() + 10
+    while True:  # until the server has seen the last writer leave (tests/local/test_history.py)
+        stamp = datetime.now(UTC).isoformat()
+        try:
+            session = psycopg.connect(branches.a, options=f"neon_timestamp:{stamp}", autocommit=True)
+            break
+        except psycopg.OperationalError as exc:
+            if "no kept state" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)
+    with session:
+        _refuses_every_write(session)
+        assert session.execute("SELECT v FROM secrets").fetchall() == [("of the parent",)]
