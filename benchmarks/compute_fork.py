@@ -14,7 +14,12 @@ of `--reps` runs of
 * the same with a spare copy made beforehand (`spares.prepare`, not timed): the start;
 * our fork from the running root while one of its sessions holds an uncommitted insert:
   pg_backup_start, the copy, pg_backup_stop, the WAL, the start (its recovery included);
-* start after suspend: a stopped child started again, until its first `SELECT 1` answers.
+* start after suspend: a stopped child started again, until its first `SELECT 1` answers;
+* the reads of #24 part B (`compute.standby`), each of the running root: a hot standby
+  (a read-only endpoint, a time-travel connection served by its own branch), a standby
+  that takes another branch's logins first (a time-travel connection served by another
+  branch's copy: a start, ALTER ROLE, a stop and a start as a standby), and a
+  schema-only child (a fork, then every database emptied).
 
 Then the memory of one idle running instance (PSS and USS of its processes, and what is
 beyond its shared memory segment), today's PgBouncer in front of one instance's socket
@@ -41,11 +46,12 @@ import psycopg
 from _common import fmt, interleaved
 from cathouse_harness.local.compute import fork as forks
 from cathouse_harness.local.compute import instance as instances
-from cathouse_harness.local.compute import layout, probe, roots, spares, template, users
+from cathouse_harness.local.compute import layout, probe, roots, spares, standby, template, users
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.pg_choice import choose_install, system_bin_dirs
 from cathouse_harness.local.pg_layout import Storage
 from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
+from cathouse_harness.local.postgres import scram_verifier
 from cathouse_harness.support.polling import Backoff, wait_until
 
 _MIB = 1024 * 1024
@@ -80,6 +86,8 @@ class Bench:
             connection.execute("CREATE TABLE items AS SELECT g AS id, md5(g::text) AS body "
                                "FROM generate_series(1, 10000) AS g")
         self.children: list[Instance] = []
+        # the owner's verifier on another branch (another password)
+        self.other_verifier = scram_verifier("of-another-branch")
 
     def name(self, prefix: str) -> str:
         self.count += 1
@@ -152,6 +160,24 @@ class Bench:
             started = time.perf_counter()
             child = forks.fork_live(self.root, self.compute, self.name("live"))
             elapsed = time.perf_counter() - started
+        self.discard(child)
+        return elapsed
+
+    def standby(self, *, logins: bool = False) -> float:
+        instances.start(self.root)
+        verifiers = {"neondb_owner": self.other_verifier} if logins else None
+        started = time.perf_counter()
+        child = standby.standby_of(self.root, self.compute, self.name("ro"), verifiers=verifiers)
+        elapsed = time.perf_counter() - started
+        self.discard(child)
+        return elapsed
+
+    def schema_only(self) -> float:
+        instances.start(self.root)
+        started = time.perf_counter()
+        child = forks.fork_live(self.root, self.compute, self.name("schema"))
+        standby.empty_databases(child)
+        elapsed = time.perf_counter() - started
         self.discard(child)
         return elapsed
 
@@ -231,9 +257,13 @@ def run_one(choice: str, reps: int, live: int, storage: Storage) -> None:
                 "fork idle": bench.fork_stopped,
                 "fork spare": bench.fork_spare,
                 "fork live": bench.fork_live,
+                "standby": bench.standby,
+                "standby+logins": lambda: bench.standby(logins=True),
+                "schema-only": bench.schema_only,
             }[side]()
 
-        sides = ["floor pg_ctl", "floor tight", "fork idle", "fork spare", "fork live"]
+        sides = ["floor pg_ctl", "floor tight", "fork idle", "fork spare", "fork live",
+                 "standby", "standby+logins", "schema-only"]
         medians = interleaved(sides, reps, measure)
         for side, value in medians.items():
             print(f"  {side:<13} median {fmt(value)}")
