@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cathouse_harness.errors import ApiError
 from cathouse_harness.local import api_validation as check
 from cathouse_harness.local.api_http import api, gone, json_body, ok, project_of, with_operations
 from cathouse_harness.local.api_shapes import annotation_json, branch_json, created_branch_json
@@ -141,7 +142,11 @@ async def _as_of(request: Request, neon: LocalNeon, branch_id: str, lsn_key: str
     if point is None:
         return branch_id
     current = await neon.history.sample(branch_id) if point.lsn else None
-    return str(neon.history.locate(neon.branch(branch_id), point, current).source.id)
+    located = neon.history.locate(neon.branch(branch_id), point, current)
+    if located.replay:  # no branch holds it: only a replay of the WAL would
+        raise ApiError(400, "BAD_REQUEST", f"the schema of branch {branch_id} at a point it no longer "
+                       "holds is not served locally: branch from that point, then ask that branch")
+    return str(located.source.id)
 
 
 @api

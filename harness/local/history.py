@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from cathouse_harness.errors import ApiError
 from cathouse_harness.local.state import BranchRecord, iso, parse_time
@@ -83,6 +83,9 @@ class Located:
     lsn: str | None
     # The moment of the branch asked about that this state is (epoch seconds).
     moment: float
+    # Not `source`'s current state: its state at the point, replayed from its WAL by a
+    # data plane that keeps one (an instance per branch, `compute.pitr`).
+    replay: bool = False
 
 
 @dataclass
@@ -103,6 +106,12 @@ class Mark:
     settled_lsn: str | None = None
     settled_at: float = math.inf
     generation: int = 0
+
+
+def replay_later(dataplane: object, physicals: list[str], moment: float, lsn: str | None) -> None:
+    """Tell a data plane that replays (it said `replayable`) that the copies `physicals`
+    are their templates as of the point, not as they are now."""
+    cast(Any, dataplane).replay_for(physicals, moment, lsn)
 
 
 def _error(message: str) -> ApiError:
@@ -303,7 +312,14 @@ class History:
         for copy, mark in self._copies(branch):
             if mark.copy_at >= moment and self.quiet(branch, moment, mark.copied):
                 return Located(copy, stamp, None, moment)
+        if self._replayable(branch, moment, None):
+            return Located(branch, stamp, None, moment, replay=True)
         raise _error(f"branch {branch.id} has no kept state at {stamp}: {self.describe(branch)}")
+
+    def _replayable(self, branch: BranchRecord, moment: float | None, lsn: int | None) -> bool:
+        """Whether the data plane can replay `branch` to the point (its WAL since a base)."""
+        replayable = getattr(self.neon.dataplane, "replayable", None)
+        return bool(replayable is not None and not branch.deleting and replayable(branch, moment, lsn))
 
     def _at_lsn(
         self, branch: BranchRecord, lsn: str, current_lsn: int | None, seen_at: float | None = None
@@ -318,6 +334,8 @@ class History:
         for copy, copy_mark in self._copies(branch):
             if copy_mark.copy_lsn is not None and lsn_value(copy_mark.copy_lsn) == wanted:
                 return Located(copy, None, lsn, copy_mark.copy_at)
+        if self._replayable(branch, None, wanted):
+            return Located(branch, None, lsn, self.clock(), replay=True)
         raise _error(f"branch {branch.id} has no kept state at LSN {lsn}: {self.describe(branch)}")
 
     def describe(self, branch: BranchRecord) -> str:
@@ -338,6 +356,10 @@ class History:
             if m.copy_at <= now
         ]
         also = f"; and copies of it as of {', '.join(kept)}" if kept else ""
+        since = getattr(self.neon.dataplane, "replayable_since", None)
+        wal = since(branch) if since is not None else None
+        if wal is not None:
+            return f"the local server keeps its WAL since {wal}, and {head}{also}"
         return (
             f"the local server keeps no WAL history, only {head}{also}; "
             "restore or branch from one of those moments"

@@ -35,6 +35,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,9 @@ from cathouse_harness.local.compute.fork import fork
 from cathouse_harness.local.compute.history import Reads, lsn_of
 from cathouse_harness.local.compute.instance import Instance, admin_session, remove, running_pid, start, stop
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
+from cathouse_harness.local.compute.pitr import PREFIX as BASE_PREFIX
+from cathouse_harness.local.compute.pitr import Base, Moment, moment_of, replay, take_base
+from cathouse_harness.local.compute.replicas import PREFIX as REPLICA_PREFIX
 from cathouse_harness.local.compute.replicas import Replicas
 from cathouse_harness.local.compute.replicas import leftovers as replica_leftovers
 from cathouse_harness.local.compute.roots import create_branch_role, make_root
@@ -200,6 +204,11 @@ class InstanceDataPlane:
         self._background: set[asyncio.Future[Any]] = set()
         self._replicas: Replicas | None = None
         self._lsns: dict[str, str] = {}
+        # instance -> its base (`compute.pitr`), and the base being taken
+        self._bases: dict[str, Base] = {}
+        self._basing: dict[str, asyncio.Future[None]] = {}
+        # physical -> the point its copy is a replay of its template at (`replay_for`)
+        self._replays: dict[str, Moment] = {}
 
     # ------------------------------------------------------------------ life cycle
 
@@ -238,7 +247,7 @@ class InstanceDataPlane:
         self._load_map()
         self._superuser = template.superuser_password
         self._replicas = Replicas(compute, self._instance, self._lock)
-        for name in replica_leftovers(compute):  # standbys hold nothing of their own
+        for name in replica_leftovers(compute, (REPLICA_PREFIX, BASE_PREFIX)):
             await asyncio.to_thread(remove, self._instance(name))
         self._tls = await asyncio.to_thread(server_material, self.home / "tls")
         nowhere = Upstream("127.0.0.1", 0)  # the relay goes to instances' sockets, not here
@@ -390,13 +399,14 @@ class InstanceDataPlane:
     async def create_database(self, physical: str, *, owner: str, template: str | None = None,
                               schema_only: bool = False, issued: Callable[[], None] | None = None) -> None:
         found = self._branch_of(physical)
+        moment = self._replays.pop(physical, None)
         if found is None:
             # a restore's copy, for a branch record that names it only once the restore
             # is done: a fork of the template's instance, made once for all its databases
             if issued is not None:
                 issued()
             if template is not None:
-                await self._copy_for_later(physical, template)
+                await self._copy_for_later(physical, template, moment)
             return
         branch, name = found
         target = self._instance_name(branch)
@@ -405,7 +415,8 @@ class InstanceDataPlane:
             if issued is not None:
                 issued()
             if not self._exists(instance):
-                await self._make(branch, target, name, owner, template, schema_only=schema_only)
+                await self._make(branch, target, name, owner, template, schema_only=schema_only,
+                                 moment=moment)
             else:
                 if running_pid(instance) is None:  # the lock is ours: started here
                     await asyncio.to_thread(start, instance)
@@ -413,7 +424,7 @@ class InstanceDataPlane:
                 await asyncio.to_thread(_apply, instance, {}, [], [(name, name, owner, False)])
         self._place(physical, target, name)
 
-    async def _copy_for_later(self, physical: str, template: str) -> None:
+    async def _copy_for_later(self, physical: str, template: str, moment: Moment | None = None) -> None:
         source = self._placed(template)
         if source is None:
             raise LocalServerError(f"no instance holds database {template}")
@@ -421,18 +432,18 @@ class InstanceDataPlane:
         if pending is None or template in pending[1]:
             pending = (f"in-{secrets.token_hex(8)}", set())
             self._pending[source[0]] = pending
-            await self._fork(source[0], pending[0])
+            await self._copy_as_of(source[0], pending[0], moment)
             self._dirty_instances.add(pending[0])
         pending[1].add(template)
         self._place(physical, pending[0], source[1])
 
     async def _make(self, branch: Any, target: str, name: str, owner: str, template: str | None,
-                    *, schema_only: bool = False) -> None:
+                    *, schema_only: bool = False, moment: Moment | None = None) -> None:
         compute, install = self._compute, self.install
         assert compute is not None and install is not None
         source = self._placed(template) if template is not None else None
         if source is not None:
-            await self._fork(source[0], target)
+            await self._copy_as_of(source[0], target, moment)
             if schema_only:  # every object of the parent, none of its rows (`standby`)
                 await asyncio.to_thread(empty_databases, self._instance(target))
             await self._sync(branch, self._instance(target))
@@ -442,6 +453,7 @@ class InstanceDataPlane:
                                     owner_password=password)
             self._synced[(target, owner)] = password
             self._last_used[target] = time.monotonic()
+            self._base_later(target)
         self._dirty.add(branch.id)
         await self._learn(self._instance(target))
 
@@ -454,12 +466,15 @@ class InstanceDataPlane:
         instance = self._instance(target)
         branch = found[0] if found is not None else None
         async with self._lock(target):
-            if (branch is None or branch.deleting) and not self._holds_others(target):
+            gone = (branch is None or branch.deleting) and not self._holds_others(target)
+            if gone:
                 await asyncio.to_thread(remove, instance)
                 self._forget(target)
+            elif not self._exists(instance):
                 return
-            if not self._exists(instance):
-                return
+        if gone:
+            await self._drop_base(target)
+            return
         await self._running(target)
 
         def drop() -> None:
@@ -497,12 +512,14 @@ class InstanceDataPlane:
             raise LocalServerError(
                 "this restore needs a point in time the instance data plane keeps no copy of",
                 hint="restore from another branch, or unset CATHOUSE_LOCAL_COMPUTE")
+        moment = self._replays.pop(physical, None)
         done = self._reforked.get(target[0])
         if done is None or done[0] != source[0] or physical in done[1]:
+            await self._drop_base(target[0])
             async with self._lock(target[0]):
                 await asyncio.to_thread(remove, self._instance(target[0]))
-                await self._fork(source[0], target[0])
             self._forget(target[0])
+            await self._copy_as_of(source[0], target[0], moment)
             self._dirty_instances.add(target[0])
             done = (source[0], set())
             self._reforked[target[0]] = done
@@ -622,6 +639,9 @@ class InstanceDataPlane:
         if branch.deleting or not self._exists(self._instance(name)):
             raise Refusal("08006", f"endpoint {endpoint_id} has no compute")
         instance = await self._running(name)  # waits for a fork or restore of it to end
+        basing = self._basing.get(name)
+        if basing is not None:  # its history starts with the base: no session before it
+            await asyncio.wait([basing])
         if branch.id in self._dirty or name in self._dirty_instances:
             await self._sync(branch, instance, only_marked=True)
         if ep.current_state == "idle":  # a suspended compute wakes on a connection
@@ -638,7 +658,84 @@ class InstanceDataPlane:
     def _reads(self) -> Reads:
         if self._replicas is None:
             raise LocalServerError("the data plane is not started")
-        return Reads(self._neon, self._replicas, self._instance, self._instance_name, self._running)
+        return Reads(self._neon, self._replicas, self._instance, self._instance_name, self._running,
+                     functools.partial(self._replay, promote=False))
+
+    # ------------------------------------------------------------------ points in time
+    #
+    # Every instance gets a base right after it is made (in the background; its first
+    # connection waits for it), and keeps its WAL since (`compute.pitr`): a moment of
+    # a branch at or after its base is its base and WAL replayed. The control plane's
+    # history asks `replayable` when no branch holds the moment as it is now.
+
+    def _base_later(self, name: str) -> None:
+        job = asyncio.ensure_future(self._take_base(name))
+        self._basing[name] = job
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _take_base(self, name: str) -> None:
+        compute = self._compute
+        assert compute is not None
+        instance = self._instance(name)
+        try:
+            base = await asyncio.to_thread(
+                take_base, instance, compute, f"{BASE_PREFIX}{secrets.token_hex(6)}")
+        except Exception as exc:  # the branch only has less history
+            log.info("no base for instance %s: %s", name, exc)
+            return
+        finally:
+            self._basing.pop(name, None)
+        old = self._bases.get(name)
+        if self._exists(instance):
+            self._bases[name] = base
+        else:  # removed meanwhile
+            old = base
+        if old is not None:
+            await asyncio.to_thread(remove, self._instance(old.name))
+
+    async def _drop_base(self, name: str) -> None:
+        job = self._basing.get(name)
+        if job is not None:
+            await asyncio.wait([job])
+        base = self._bases.pop(name, None)
+        if base is not None:
+            await asyncio.to_thread(remove, self._instance(base.name))
+
+    def replayable(self, branch: Any, moment: float | None, lsn: int | None) -> bool:
+        """Whether `branch`'s instance can be replayed to the point (its base is older)."""
+        base = self._bases.get(self._instance_name(branch))
+        if base is None:
+            return False
+        return base.lsn <= lsn if lsn is not None else moment is not None and base.taken_at <= moment
+
+    def replayable_since(self, branch: Any) -> str | None:
+        base = self._bases.get(self._instance_name(branch))
+        return datetime.fromtimestamp(base.taken_at, UTC).isoformat() if base is not None else None
+
+    def replay_for(self, physicals: list[str], moment: float, lsn: str | None) -> None:
+        """The copies `physicals` (a create's or a restore's) are their templates as of
+        the point, replayed, not as they are now."""
+        for physical in physicals:
+            self._replays[physical] = moment_of(moment, lsn)
+
+    def _replay(self, source: Instance, name: str, moment: Moment, *, promote: bool) -> Instance:
+        compute, base = self._compute, self._bases.get(source.name)
+        assert compute is not None
+        if base is None:
+            raise LocalServerError(f"instance {source.name} keeps no base to replay")
+        return replay(source, self._instance(base.name), compute, name, moment, promote=promote)
+
+    async def _copy_as_of(self, source: str, target: str, moment: Moment | None) -> None:
+        """Instance `target`: a fork of `source` now, or its replay to `moment`."""
+        if moment is None:
+            await self._fork(source, target)
+        else:
+            parent = await self._running(source)
+            async with self._lock(source):
+                await asyncio.to_thread(self._replay, parent, target, moment, promote=True)
+            self._last_used[target] = time.monotonic()
+        self._base_later(target)
 
     @property
     def listeners(self) -> Listeners:

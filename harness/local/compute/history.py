@@ -21,48 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cathouse_harness.local.compute.instance import Instance, admin_session, running_pid
+from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.compute.layout import socket_file
+from cathouse_harness.local.compute.pitr import Moment, moment_of
+from cathouse_harness.local.compute.pitr import lsn_of as lsn_of
 from cathouse_harness.local.compute.replicas import Replica, Replicas, state_token
 from cathouse_harness.local.compute.standby import differing, login_verifiers, read_verifier
 from cathouse_harness.local.relay import Route
 from cathouse_harness.local.startup_options import TimeTravel
 
-# ControlFileData begins with the system identifier (8 bytes), two versions (4 + 4),
-# the state (4, then 4 of padding), the time (8), and then the last checkpoint's LSN
-_CHECKPOINT_AT = struct.Struct("=Q")
-_CHECKPOINT_OFFSET = 32
 # what the sessions show, as on the shared plane; the standby is what refuses writes
 _READ_ONLY = {"default_transaction_read_only": "on"}
-
-
-def lsn_text(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
-def lsn_of(instance: Instance) -> str | None:
-    """`instance`'s WAL position: where the next record goes while it runs; the last
-    checkpoint (its shutdown checkpoint, after a clean stop) from pg_control when it is
-    stopped. None when neither can be read."""
-    if running_pid(instance) is not None:
-        try:
-            with admin_session(instance) as session:
-                return str(session.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
-        except Exception:  # stopped meanwhile: pg_control has it
-            pass
-    try:
-        head = (instance.paths.data / "global" / "pg_control").read_bytes()[:40]
-    except OSError:
-        return None
-    if len(head) < _CHECKPOINT_OFFSET + _CHECKPOINT_AT.size:
-        return None
-    return lsn_text(_CHECKPOINT_AT.unpack_from(head, _CHECKPOINT_OFFSET)[0])
 
 
 @dataclass(frozen=True)
@@ -74,6 +48,8 @@ class Reads:
     instance: Callable[[str], Instance]
     instance_name: Callable[[Any], str]  # a branch record -> its instance's name
     running: Callable[[str], Awaitable[Instance]]  # started when suspended
+    # (source instance, moment) -> a standby paused at the moment (`pitr.replay`)
+    replay: Callable[[Instance, str, Moment], Instance]
 
     def _route(self, replica: Replica) -> Route:
         instance = self.instance(replica.name)
@@ -93,9 +69,16 @@ class Reads:
     async def time_travel(self, branch: Any, primary: Instance, at: TimeTravel) -> Route:
         """A time-travel connection's route (see the module); a Refusal with the
         history's line when it has no state at that moment."""
-        source = await self.neon.catalog.as_of(branch, at)
+        located = await self.neon.catalog.located_at(branch, at)
+        source = located.source
         name = self.instance_name(source)
         holder = await self.running(name)
+        if located.replay:  # no copy holds it: the WAL replayed, paused at the moment
+            moment = moment_of(located.moment, located.lsn)
+            replica = await self.replicas.get(
+                f"tt:{name}:{moment.lsn or moment.timestamp}", name, fresh=_always,
+                make=lambda parent, child: self.replay(parent, child, moment))
+            return self._route(replica)
         verifiers = None
         if name != primary.name:  # a copy of another branch: it must take this branch's logins
             wanted, present = await asyncio.gather(
@@ -108,6 +91,10 @@ class Reads:
 
         replica = await self.replicas.get(f"tt:{name}:{primary.name}", name, fresh=fresh, verifiers=verifiers)
         return self._route(replica)
+
+
+async def _always(_replica: Replica) -> bool:
+    return True  # a moment's state never changes
 
 
 async def _verifier(instance: Instance, role: str, database: str) -> str | None:

@@ -20,8 +20,10 @@ commit makes sure every record up to it is in the files copied.
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.compute.copying import overwrite_tree
@@ -31,6 +33,11 @@ from cathouse_harness.local.compute.layout import ComputeHome
 from cathouse_harness.support.polling import Backoff, wait_until
 from cathouse_harness.support.safe_paths import write_private
 
+# ControlFileData begins with the system identifier (8 bytes), two versions (4 + 4),
+# the state (4, then 4 of padding), the time (8), and then the last checkpoint's LSN
+_CHECKPOINT_AT = struct.Struct("=Q")
+_CHECKPOINT_OFFSET = 32
+PREFIX = "bs-"
 _PAUSED_WAIT = 60.0
 _PAUSED_POLL = Backoff(0.005, most=0.05)
 
@@ -60,20 +67,48 @@ class Moment:
         return {"recovery_target_time": self.timestamp}
 
 
+def lsn_text(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def lsn_of(instance: Instance) -> str | None:
+    """`instance`'s WAL position: where the next record goes while it runs; the last
+    checkpoint (its shutdown checkpoint, after a clean stop) from pg_control when it is
+    stopped. None when neither can be read."""
+    if running_pid(instance) is not None:
+        try:
+            with admin_session(instance) as session:
+                return str(session.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
+        except Exception:  # stopped meanwhile: pg_control has it
+            pass
+    try:
+        head = (instance.paths.data / "global" / "pg_control").read_bytes()[:40]
+    except OSError:
+        return None
+    if len(head) < _CHECKPOINT_OFFSET + _CHECKPOINT_AT.size:
+        return None
+    return lsn_text(_CHECKPOINT_AT.unpack_from(head, _CHECKPOINT_OFFSET)[0])
+
+
+def moment_of(moment: float, lsn: str | None) -> Moment:
+    """The replay's target: the LSN when one was asked for, else the time (microseconds)."""
+    if lsn is not None:
+        return Moment(lsn=lsn)
+    return Moment(timestamp=datetime.fromtimestamp(moment, UTC).isoformat())
+
+
 def lsn_value(lsn: str) -> int:
     high, low = lsn.split("/")
     return (int(high, 16) << 32) | int(low, 16)
 
 
-def _insert_lsn(instance: Instance) -> int:
-    with admin_session(instance) as session:
-        return lsn_value(str(session.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]))  # type: ignore[index]
-
-
 def take_base(instance: Instance, compute: ComputeHome, name: str) -> Base:
-    """A base of the running `instance` (a live copy, never started)."""
+    """A base of `instance` (a copy, live when it runs, never started)."""
     fork(instance, compute, name, run=False)
-    return Base(name, instance.name, time.time(), _insert_lsn(instance))
+    lsn = lsn_of(instance)
+    if lsn is None:
+        raise LocalServerError(f"no WAL position for instance {instance.name}")
+    return Base(name, instance.name, time.time(), lsn_value(lsn))
 
 
 def _mark_end(source: Instance) -> None:

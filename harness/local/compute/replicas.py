@@ -51,6 +51,8 @@ def state_token(instance: Instance) -> str:
 
 
 Fresh = Callable[[Replica], Awaitable[bool]]
+# (source, name) -> the standby, made (a replay paused at a moment)
+Make = Callable[[Instance, str], object]
 Lock = Callable[[str], asyncio.Lock]
 
 
@@ -64,10 +66,11 @@ class Replicas:
     def __contains__(self, name: str) -> bool:
         return any(r.name == name for r in self._by_key.values())
 
-    async def get(self, key: str, source: str, *, fresh: Fresh,
-                  verifiers: Mapping[str, str] | None = None) -> Replica:
-        """The standby under `key` of instance `source`, made now unless the one kept is
-        `fresh`; counted as used until `release`."""
+    async def get(self, key: str, source: str, *, fresh: Fresh, verifiers: Mapping[str, str] | None = None,
+                  make: Make | None = None) -> Replica:
+        """The standby under `key` of instance `source`, made now (by `make`, a standby of
+        it as it is now otherwise) unless the one kept is `fresh`; counted as used until
+        `release`."""
         async with self._lock(f"replica:{key}"):
             kept = self._by_key.get(key)
             alive = kept is not None and running_pid(self._instance(kept.name)) is not None
@@ -76,19 +79,22 @@ class Replicas:
             else:
                 if kept is not None and kept.users == 0:
                     await self._remove(key)
-                replica = await self._make(source, verifiers)
+                replica = await self._make(source, verifiers, make)
                 # one still in use stays until its last session ends (`release`)
                 self._by_key[key] = replica
             replica.users += 1
             replica.last_used = time.monotonic()
             return replica
 
-    async def _make(self, source: str, verifiers: Mapping[str, str] | None) -> Replica:
+    async def _make(self, source: str, verifiers: Mapping[str, str] | None, make: Make | None) -> Replica:
         name = f"{PREFIX}{secrets.token_hex(6)}"
         parent = self._instance(source)
         made_at = time.time()
         async with self._lock(source):
-            await asyncio.to_thread(standby_of, parent, self._compute, name, verifiers=verifiers)
+            if make is not None:
+                await asyncio.to_thread(make, parent, name)
+            else:
+                await asyncio.to_thread(standby_of, parent, self._compute, name, verifiers=verifiers)
             token = await asyncio.to_thread(state_token, parent)
         return Replica(name, source, made_at, token)
 
@@ -132,7 +138,8 @@ class Replicas:
         return [r.name for r in self._by_key.values()]
 
 
-def leftovers(compute: ComputeHome) -> list[str]:
-    """Standbys a previous server left (they hold nothing of their own)."""
+def leftovers(compute: ComputeHome, prefixes: tuple[str, ...] = (PREFIX,)) -> list[str]:
+    """Instances a previous server left that hold nothing of their own (standbys, and
+    bases: the history starts again with the server, `cathouse_harness.local.history`)."""
     folder = compute.base / "instances"
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(PREFIX)) if folder.is_dir() else []
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(prefixes)) if folder.is_dir() else []
