@@ -19,7 +19,11 @@ of `--reps` runs of
   (a read-only endpoint, a time-travel connection served by its own branch), a standby
   that takes another branch's logins first (a time-travel connection served by another
   branch's copy: a start, ALTER ROLE, a stop and a start as a standby), and a
-  schema-only child (a fork, then every database emptied).
+  schema-only child (a fork, then every database emptied);
+* points in time (`compute.pitr`): a base of the running root (the copy every instance
+  gets after it is made), and a replay of the root to an LSN between two writes from
+  that base and the root's WAL, promoted (a branch at `parent_lsn`) and paused as a
+  hot standby (a time-travel connection).
 
 Then the memory of one idle running instance (PSS and USS of its processes, and what is
 beyond its shared memory segment), today's PgBouncer in front of one instance's socket
@@ -46,7 +50,7 @@ import psycopg
 from _common import fmt, interleaved
 from cathouse_harness.local.compute import fork as forks
 from cathouse_harness.local.compute import instance as instances
-from cathouse_harness.local.compute import layout, probe, roots, spares, standby, template, users
+from cathouse_harness.local.compute import layout, pitr, probe, roots, spares, standby, template, users
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.pg_choice import choose_install, system_bin_dirs
 from cathouse_harness.local.pg_layout import Storage
@@ -88,6 +92,8 @@ class Bench:
         self.children: list[Instance] = []
         # the owner's verifier on another branch (another password)
         self.other_verifier = scram_verifier("of-another-branch")
+        self.base: Instance | None = None  # the root's base for replays, and their point
+        self.point = pitr.Moment(lsn="0/0")
 
     def name(self, prefix: str) -> str:
         self.count += 1
@@ -171,6 +177,37 @@ class Bench:
         elapsed = time.perf_counter() - started
         self.discard(child)
         return elapsed
+
+    def take_base(self) -> float:
+        instances.start(self.root)
+        started = time.perf_counter()
+        base = pitr.take_base(self.root, self.compute, self.name("bs"))
+        elapsed = time.perf_counter() - started
+        self.discard(instances.Instance(base.name, layout.instance_paths(self.compute, base.name),
+                                        self.user, self.install, self.root.superuser_password))
+        return elapsed
+
+    def replay(self, *, promote: bool) -> float:
+        if self.base is None:
+            instances.start(self.root)
+            made = pitr.take_base(self.root, self.compute, self.name("bs"))
+            self.base = instances.Instance(made.name, layout.instance_paths(self.compute, made.name),
+                                           self.user, self.install, self.root.superuser_password)
+            with self._session() as connection:
+                connection.execute("UPDATE items SET body = 'first' WHERE id = 1")
+                self.point = pitr.Moment(lsn=str(connection.execute(
+                    "SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]))  # type: ignore[index]
+                connection.execute("UPDATE items SET body = 'second' WHERE id = 1")
+        instances.start(self.root)
+        started = time.perf_counter()
+        child = pitr.replay(self.root, self.base, self.compute, self.name("at"), self.point, promote=promote)
+        elapsed = time.perf_counter() - started
+        self.discard(child)
+        return elapsed
+
+    def _session(self) -> psycopg.Connection:
+        return psycopg.connect(host=str(self.root.paths.socket_dir), port=layout.SOCKET_PORT,
+                               user="neondb_owner", password="bench", dbname="neondb", autocommit=True)
 
     def schema_only(self) -> float:
         instances.start(self.root)
@@ -260,13 +297,16 @@ def run_one(choice: str, reps: int, live: int, storage: Storage) -> None:
                 "standby": bench.standby,
                 "standby+logins": lambda: bench.standby(logins=True),
                 "schema-only": bench.schema_only,
+                "base": bench.take_base,
+                "replay branch": lambda: bench.replay(promote=True),
+                "replay paused": lambda: bench.replay(promote=False),
             }[side]()
 
         sides = ["floor pg_ctl", "floor tight", "fork idle", "fork spare", "fork live",
-                 "standby", "standby+logins", "schema-only"]
+                 "standby", "standby+logins", "schema-only", "base", "replay branch", "replay paused"]
         medians = interleaved(sides, reps, measure)
         for side, value in medians.items():
-            print(f"  {side:<13} median {fmt(value)}")
+            print(f"  {side:<15} median {fmt(value)}")
         for side in ("fork idle", "fork spare", "fork live"):
             print(f"  {side} / floor pg_ctl: {medians[side] / medians['floor pg_ctl']:.2f}x, "
                   f"/ tight floor: {medians[side] / medians['floor tight']:.2f}x (target <= 1.5x, <= 150 ms)")
@@ -305,7 +345,7 @@ def run_one(choice: str, reps: int, live: int, storage: Storage) -> None:
               f"idle median {fmt(_median(idle_at_load))}")
     finally:
         if bench is not None:
-            for running in [*bench.children, bench.root]:
+            for running in [*bench.children, *([bench.base] if bench.base else []), bench.root]:
                 with contextlib.suppress(Exception):
                     instances.remove(running)
             shutil.rmtree(bench.compute.base, ignore_errors=True)

@@ -19,11 +19,14 @@ holds on its branch until the API resets it.
 An instance without connections for `suspend_after` seconds is stopped (Neon's
 suspend) and started by the next login (resume).
 
+Read-only endpoints and time-travel connections go to hot standbys
+(`compute.history`, `compute.replicas`); a schema-only branch is a fork with every row
+dropped (`compute.standby`); every instance gets a base right after it is made and
+keeps its WAL, so a point in time no branch holds as it is now is replayed
+(`compute.pitr`); LSNs are each instance's own.
+
 Not yet (ARCHITECTURE.md, "Compute per branch"): PgBouncer per instance (pooled is
-direct here), read-only endpoints on standby forks (they are read-only sessions of the
-branch's instance, as on the shared plane), schema-only branches, restore to a point in
-time (a restore from another live branch's instance works), the xdist and history LSNs
-per instance (`current_lsn` is the root instance's).
+direct here), moments before a branch's base (its parent's history is not followed).
 """
 
 from __future__ import annotations
