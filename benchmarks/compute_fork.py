@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -169,54 +169,52 @@ class Bench:
         self.discard(child)
         return elapsed
 
-    def standby(self, *, logins: bool = False) -> float:
+    def _timed_of_running_root(self, make: Callable[[], Instance]) -> float:
+        """`make`'s time, the root running; what it made is removed after."""
         instances.start(self.root)
-        verifiers = {"neondb_owner": self.other_verifier} if logins else None
         started = time.perf_counter()
-        child = standby.standby_of(self.root, self.compute, self.name("ro"), verifiers=verifiers)
+        child = make()
         elapsed = time.perf_counter() - started
         self.discard(child)
         return elapsed
 
+    def _instance(self, name: str) -> Instance:
+        return Instance(name, layout.instance_paths(self.compute, name), self.user, self.install,
+                        self.root.superuser_password)
+
+    def standby(self, *, logins: bool = False) -> float:
+        verifiers = {"neondb_owner": self.other_verifier} if logins else None
+        return self._timed_of_running_root(
+            lambda: standby.standby_of(self.root, self.compute, self.name("ro"), verifiers=verifiers))
+
     def take_base(self) -> float:
-        instances.start(self.root)
-        started = time.perf_counter()
-        base = pitr.take_base(self.root, self.compute, self.name("bs"))
-        elapsed = time.perf_counter() - started
-        self.discard(instances.Instance(base.name, layout.instance_paths(self.compute, base.name),
-                                        self.user, self.install, self.root.superuser_password))
-        return elapsed
+        return self._timed_of_running_root(
+            lambda: self._instance(pitr.take_base(self.root, self.compute, self.name("bs")).name))
 
     def replay(self, *, promote: bool) -> float:
         if self.base is None:
             instances.start(self.root)
-            made = pitr.take_base(self.root, self.compute, self.name("bs"))
-            self.base = instances.Instance(made.name, layout.instance_paths(self.compute, made.name),
-                                           self.user, self.install, self.root.superuser_password)
+            self.base = self._instance(pitr.take_base(self.root, self.compute, self.name("bs")).name)
             with self._session() as connection:
                 connection.execute("UPDATE items SET body = 'first' WHERE id = 1")
                 self.point = pitr.Moment(lsn=str(connection.execute(
                     "SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]))  # type: ignore[index]
                 connection.execute("UPDATE items SET body = 'second' WHERE id = 1")
-        instances.start(self.root)
-        started = time.perf_counter()
-        child = pitr.replay(self.root, self.base, self.compute, self.name("at"), self.point, promote=promote)
-        elapsed = time.perf_counter() - started
-        self.discard(child)
-        return elapsed
+        base = self.base
+        return self._timed_of_running_root(
+            lambda: pitr.replay(self.root, base, self.compute, self.name("at"), self.point, promote=promote))
 
     def _session(self) -> psycopg.Connection:
         return psycopg.connect(host=str(self.root.paths.socket_dir), port=layout.SOCKET_PORT,
                                user="neondb_owner", password="bench", dbname="neondb", autocommit=True)
 
     def schema_only(self) -> float:
-        instances.start(self.root)
-        started = time.perf_counter()
-        child = forks.fork_live(self.root, self.compute, self.name("schema"))
-        standby.empty_databases(child)
-        elapsed = time.perf_counter() - started
-        self.discard(child)
-        return elapsed
+        def make() -> Instance:
+            child = forks.fork_live(self.root, self.compute, self.name("schema"))
+            standby.empty_databases(child)
+            return child
+
+        return self._timed_of_running_root(make)
 
     @contextlib.contextmanager
     def _open_transaction(self) -> Iterator[None]:
