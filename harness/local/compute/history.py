@@ -26,12 +26,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.compute.layout import socket_file
 from cathouse_harness.local.compute.pitr import Moment, moment_of
 from cathouse_harness.local.compute.pitr import lsn_of as lsn_of
 from cathouse_harness.local.compute.replicas import Replica, Replicas, state_token
 from cathouse_harness.local.compute.standby import differing, login_verifiers, read_verifier
+from cathouse_harness.local.proxy import Refusal
 from cathouse_harness.local.relay import Route
 from cathouse_harness.local.startup_options import TimeTravel
 
@@ -75,9 +77,12 @@ class Reads:
         holder = await self.running(name)
         if located.replay:  # no copy holds it: the WAL replayed, paused at the moment
             moment = moment_of(located.moment, located.lsn)
-            replica = await self.replicas.get(
-                f"tt:{name}:{moment.lsn or moment.timestamp}", name, fresh=_always,
-                make=lambda parent, child: self.replay(parent, child, moment))
+            try:
+                replica = await self.replicas.get(
+                    f"tt:{name}:{moment.lsn or moment.timestamp}", name, fresh=_always,
+                    make=lambda parent, child: self.replay(parent, child, moment))
+            except LocalServerError as exc:  # one line for the client, as for a refusal
+                raise Refusal("08004", exc.message) from None
             return self._route(replica)
         verifiers = None
         if name != primary.name:  # a copy of another branch: it must take this branch's logins

@@ -112,11 +112,14 @@ def take_base(instance: Instance, compute: ComputeHome, name: str) -> Base:
 
 
 def _mark_end(source: Instance) -> None:
+    # A commit waits for its WAL only when it has an xid and wrote a record itself
+    # (synchronous_commit on): the restore point is that record, and the flush up to
+    # this commit writes every earlier record to the files a replay copies.
     with admin_session(source) as session:
         session.execute("SET synchronous_commit = on")
-        session.execute("SELECT pg_create_restore_point('cathouse-harness')")
         with session.transaction():
             session.execute("SELECT pg_current_xact_id()")
+            session.execute("SELECT pg_create_restore_point('cathouse-harness')")
 
 
 def replay(source: Instance, base: Instance, compute: ComputeHome, name: str, moment: Moment, *,
