@@ -314,7 +314,24 @@ class History:
                 return Located(copy, stamp, None, moment)
         if self._replayable(branch, moment, None):
             return Located(branch, stamp, None, moment, replay=True)
+        earlier = self._before_branch_point(branch, moment, now)
+        if earlier is not None:
+            return earlier
         raise _error(f"branch {branch.id} has no kept state at {stamp}: {self.describe(branch)}")
+
+    def _before_branch_point(self, branch: BranchRecord, moment: float, now: float) -> Located | None:
+        """On a data plane that replays: a moment at or before the branch point is the
+        parent's state then, as a Neon branch's history is its parent's up to there."""
+        if getattr(self.neon.dataplane, "replayable", None) is None:
+            return None
+        mark = self.mark(branch.id)
+        parent = self.neon.state.branches.get(mark.copy_of or "")
+        if parent is None or parent.deleting or moment > mark.copy_at:
+            return None
+        try:
+            return self._at_time(parent, moment, now)
+        except ApiError:
+            return None
 
     def _replayable(self, branch: BranchRecord, moment: float | None, lsn: int | None) -> bool:
         """Whether the data plane can replay `branch` to the point (its WAL since a base)."""

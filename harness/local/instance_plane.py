@@ -570,7 +570,8 @@ class InstanceDataPlane:
         state = self._state()
         branch = state.branches.get(branch_id) if branch_id else None
         name = self._instance_name(branch if branch is not None else state.default_branch)
-        found = await asyncio.to_thread(lsn_of, self._instance(name))
+        async with self._lock(name):  # never while a suspend stops it: pg_control is not final yet
+            found = await asyncio.to_thread(lsn_of, self._instance(name))
         if found is not None:
             self._lsns[name] = found
         return self._lsns.get(name, "0/0")
@@ -662,7 +663,7 @@ class InstanceDataPlane:
         if self._replicas is None:
             raise LocalServerError("the data plane is not started")
         return Reads(self._neon, self._replicas, self._instance, self._instance_name, self._running,
-                     functools.partial(self._replay, promote=False))
+                     self._replay)
 
     # ------------------------------------------------------------------ points in time
     #
@@ -722,7 +723,7 @@ class InstanceDataPlane:
         for physical in physicals:
             self._replays[physical] = moment_of(moment, lsn)
 
-    def _replay(self, source: Instance, name: str, moment: Moment, *, promote: bool) -> Instance:
+    def _replay(self, source: Instance, name: str, moment: Moment, promote: bool) -> Instance:
         compute, base = self._compute, self._bases.get(source.name)
         assert compute is not None
         if base is None:

@@ -135,7 +135,8 @@ def _values(url: str, options: str = "") -> list[object]:
 def test_any_moment_since_a_branch_s_base_is_replayed_from_its_wal(served: Served) -> None:
     """Between two writes no branch holds the state (the shared plane refuses it, see
     tests/local/test_divergences.py): here the branch's base and its WAL give it, for a
-    new branch at a time or an LSN, a restore, and a time-travel connection."""
+    new branch at a time or an LSN, a restore, and a time-travel connection; and for a
+    child made later, whose history before its branch point is its parent's."""
     client, project = served.client, served.project
     made = client.post(f"/projects/{project}/branches",
                        json={"branch": {"name": "moments"}, "endpoints": [{"type": "read_write"}]}).json()
@@ -163,6 +164,20 @@ def test_any_moment_since_a_branch_s_base_is_replayed_from_its_wal(served: Serve
             with psycopg.connect(child_url, autocommit=True) as session:  # a branch like any other
                 session.execute("INSERT INTO moments VALUES (3)")
             assert _values(child_url) == [1, 3]
+        # a child made now: before its branch point, its history is its parent's
+        child = client.post(f"/projects/{project}/branches", json={
+            "branch": {"parent_id": branch}, "endpoints": [{"type": "read_write"}]}).json()
+        wait_operations(client, project, child["operations"])
+        made_here.append(child["branch"]["id"])
+        child_url = child["connection_uris"][0]["connection_uri"]
+        assert _values(child_url, f"neon_timestamp:{between}") == [1]  # with the child's own password
+        grandchild = client.post(f"/projects/{project}/branches", json={
+            "branch": {"parent_id": child["branch"]["id"], "parent_timestamp": between},
+            "endpoints": [{"type": "read_write"}]})
+        assert grandchild.status_code == 201, grandchild.text
+        wait_operations(client, project, grandchild.json()["operations"])
+        made_here.insert(0, grandchild.json()["branch"]["id"])
+        assert _values(grandchild.json()["connection_uris"][0]["connection_uri"]) == [1]
         answer = restore(client, project, branch, source_branch_id=branch, source_timestamp=between,
                          preserve_under_name="moments-before")
         assert answer.status_code == 200, answer.text

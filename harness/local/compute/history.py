@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from cathouse_harness.local.compute.layout import socket_file
 from cathouse_harness.local.compute.pitr import Moment, moment_of
 from cathouse_harness.local.compute.pitr import lsn_of as lsn_of
 from cathouse_harness.local.compute.replicas import Replica, Replicas, state_token
-from cathouse_harness.local.compute.standby import differing, login_verifiers, read_verifier
+from cathouse_harness.local.compute.standby import as_standby_with, differing, login_verifiers, read_verifier
 from cathouse_harness.local.proxy import Refusal
 from cathouse_harness.local.relay import Route
 from cathouse_harness.local.startup_options import TimeTravel
@@ -50,8 +50,16 @@ class Reads:
     instance: Callable[[str], Instance]
     instance_name: Callable[[Any], str]  # a branch record -> its instance's name
     running: Callable[[str], Awaitable[Instance]]  # started when suspended
-    # (source instance, moment) -> a standby paused at the moment (`pitr.replay`)
-    replay: Callable[[Instance, str, Moment], Instance]
+    # (source instance, name, moment, promote) -> the source as of the moment (`pitr.replay`)
+    replay: Callable[[Instance, str, Moment, bool], Instance]
+
+    def _replayed(self, parent: Instance, name: str, *, moment: Moment,
+                  verifiers: Mapping[str, str] | None) -> Instance:
+        """A standby of `parent` as of `moment`: paused there, or, when it must take
+        other logins first (`standby`), promoted there and restarted as a standby."""
+        if not verifiers:
+            return self.replay(parent, name, moment, False)
+        return as_standby_with(self.replay(parent, name, moment, True), verifiers)
 
     def _route(self, replica: Replica) -> Route:
         instance = self.instance(replica.name)
@@ -75,20 +83,20 @@ class Reads:
         source = located.source
         name = self.instance_name(source)
         holder = await self.running(name)
-        if located.replay:  # no copy holds it: the WAL replayed, paused at the moment
-            moment = moment_of(located.moment, located.lsn)
-            try:
-                replica = await self.replicas.get(
-                    f"tt:{name}:{moment.lsn or moment.timestamp}", name, fresh=_always,
-                    make=lambda parent, child: self.replay(parent, child, moment))
-            except LocalServerError as exc:  # one line for the client, as for a refusal
-                raise Refusal("08004", exc.message) from None
-            return self._route(replica)
         verifiers = None
-        if name != primary.name:  # a copy of another branch: it must take this branch's logins
+        if name != primary.name:  # another branch's: it must take this branch's logins
             wanted, present = await asyncio.gather(
                 asyncio.to_thread(login_verifiers, primary), asyncio.to_thread(login_verifiers, holder))
             verifiers = differing(wanted, present) or None
+        if located.replay:  # nothing holds it as it is now: the WAL replayed to the moment
+            moment = moment_of(located.moment, located.lsn)
+            try:
+                replica = await self.replicas.get(
+                    f"tt:{name}:{moment.lsn or moment.timestamp}:{primary.name}", name, fresh=_always,
+                    make=functools.partial(self._replayed, moment=moment, verifiers=verifiers))
+            except LocalServerError as exc:  # one line for the client, as for a refusal
+                raise Refusal("08004", exc.message) from None
+            return self._route(replica)
         seen = at.arrived if at.arrived is not None else time.time()
 
         async def fresh(replica: Replica) -> bool:

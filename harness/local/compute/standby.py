@@ -104,7 +104,12 @@ def standby_of(parent: Instance, compute: ComputeHome, name: str, *,
     verifier): the logins it must accept where they differ from the parent's."""
     if not verifiers:
         return fork(parent, compute, name, read_only=True)
-    child = fork(parent, compute, name)
+    return as_standby_with(fork(parent, compute, name), verifiers)
+
+
+def as_standby_with(child: Instance, verifiers: Mapping[str, str]) -> Instance:
+    """The running, writable `child` (ours alone yet) takes `verifiers` and starts
+    again as a hot standby; removed on failure."""
     try:
         with admin_session(child) as session:
             present = {row[0] for row in session.execute("SELECT rolname FROM pg_roles")}
