@@ -210,6 +210,7 @@ class InstanceDataPlane:
         # instance -> its base (`compute.pitr`), and the base being taken
         self._bases: dict[str, Base] = {}
         self._basing: dict[str, asyncio.Future[None]] = {}
+        self._base_tried: set[str] = set()
         # physical -> the point its copy is a replay of its template at (`replay_for`)
         self._replays: dict[str, Moment] = {}
 
@@ -643,6 +644,8 @@ class InstanceDataPlane:
         if branch.deleting or not self._exists(self._instance(name)):
             raise Refusal("08006", f"endpoint {endpoint_id} has no compute")
         instance = await self._running(name)  # waits for a fork or restore of it to end
+        if name not in self._base_tried:  # made before this server started
+            self._base_later(name)
         basing = self._basing.get(name)
         if basing is not None:  # its history starts with the base: no session before it
             await asyncio.wait([basing])
@@ -673,6 +676,7 @@ class InstanceDataPlane:
     # history asks `replayable` when no branch holds the moment as it is now.
 
     def _base_later(self, name: str) -> None:
+        self._base_tried.add(name)  # a failure is not tried again at each connection
         job = asyncio.ensure_future(self._take_base(name))
         self._basing[name] = job
         self._background.add(job)
