@@ -37,8 +37,7 @@ import functools
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +46,13 @@ from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.catalog import serving
 from cathouse_harness.local.compute import spares
 from cathouse_harness.local.compute import users as compute_users
+from cathouse_harness.local.compute.bases import Bases
 from cathouse_harness.local.compute.fork import fork
 from cathouse_harness.local.compute.history import Reads, lsn_of
 from cathouse_harness.local.compute.instance import Instance, admin_session, remove, running_pid, start, stop
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
 from cathouse_harness.local.compute.pitr import PREFIX as BASE_PREFIX
-from cathouse_harness.local.compute.pitr import Base, Moment, moment_of, replay, take_base
+from cathouse_harness.local.compute.pitr import Moment
 from cathouse_harness.local.compute.replicas import PREFIX as REPLICA_PREFIX
 from cathouse_harness.local.compute.replicas import Replicas
 from cathouse_harness.local.compute.replicas import leftovers as replica_leftovers
@@ -207,12 +207,7 @@ class InstanceDataPlane:
         self._background: set[asyncio.Future[Any]] = set()
         self._replicas: Replicas | None = None
         self._lsns: dict[str, str] = {}
-        # instance -> its base (`compute.pitr`), and the base being taken
-        self._bases: dict[str, Base] = {}
-        self._basing: dict[str, asyncio.Future[None]] = {}
-        self._base_tried: set[str] = set()
-        # physical -> the point its copy is a replay of its template at (`replay_for`)
-        self._replays: dict[str, Moment] = {}
+        self._bases: Bases | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -251,6 +246,7 @@ class InstanceDataPlane:
         self._load_map()
         self._superuser = template.superuser_password
         self._replicas = Replicas(compute, self._instance, self._lock)
+        self._bases = Bases(compute, self._instance, self._spawn)
         for name in replica_leftovers(compute, (REPLICA_PREFIX, BASE_PREFIX)):
             await asyncio.to_thread(remove, self._instance(name))
         self._tls = await asyncio.to_thread(server_material, self.home / "tls")
@@ -403,7 +399,7 @@ class InstanceDataPlane:
     async def create_database(self, physical: str, *, owner: str, template: str | None = None,
                               schema_only: bool = False, issued: Callable[[], None] | None = None) -> None:
         found = self._branch_of(physical)
-        moment = self._replays.pop(physical, None)
+        moment = self._based().asked(physical)
         if found is None:
             # a restore's copy, for a branch record that names it only once the restore
             # is done: a fork of the template's instance, made once for all its databases
@@ -457,7 +453,7 @@ class InstanceDataPlane:
                                     owner_password=password)
             self._synced[(target, owner)] = password
             self._last_used[target] = time.monotonic()
-            self._base_later(target)
+            self._based().take_later(target)
         self._dirty.add(branch.id)
         await self._learn(self._instance(target))
 
@@ -477,7 +473,7 @@ class InstanceDataPlane:
             elif not self._exists(instance):
                 return
         if gone:
-            await self._drop_base(target)
+            await self._based().drop(target)
             return
         await self._running(target)
 
@@ -516,10 +512,10 @@ class InstanceDataPlane:
             raise LocalServerError(
                 "this restore needs a point in time the instance data plane keeps no copy of",
                 hint="restore from another branch, or unset CATHOUSE_LOCAL_COMPUTE")
-        moment = self._replays.pop(physical, None)
+        moment = self._based().asked(physical)
         done = self._reforked.get(target[0])
         if done is None or done[0] != source[0] or physical in done[1]:
-            await self._drop_base(target[0])
+            await self._based().drop(target[0])
             async with self._lock(target[0]):
                 await asyncio.to_thread(remove, self._instance(target[0]))
             self._forget(target[0])
@@ -644,11 +640,7 @@ class InstanceDataPlane:
         if branch.deleting or not self._exists(self._instance(name)):
             raise Refusal("08006", f"endpoint {endpoint_id} has no compute")
         instance = await self._running(name)  # waits for a fork or restore of it to end
-        if name not in self._base_tried:  # made before this server started
-            self._base_later(name)
-        basing = self._basing.get(name)
-        if basing is not None:  # its history starts with the base: no session before it
-            await asyncio.wait([basing])
+        await self._based().ready(name)  # its history starts with its base: no session before
         if branch.id in self._dirty or name in self._dirty_instances:
             await self._sync(branch, instance, only_marked=True)
         if ep.current_state == "idle":  # a suspended compute wakes on a connection
@@ -666,73 +658,34 @@ class InstanceDataPlane:
         if self._replicas is None:
             raise LocalServerError("the data plane is not started")
         return Reads(self._neon, self._replicas, self._instance, self._instance_name, self._running,
-                     self._replay)
+                     self._based().replay)
 
     # ------------------------------------------------------------------ points in time
     #
-    # Every instance gets a base right after it is made (in the background; its first
-    # connection waits for it), and keeps its WAL since (`compute.pitr`): a moment of
-    # a branch at or after its base is its base and WAL replayed. The control plane's
-    # history asks `replayable` when no branch holds the moment as it is now.
+    # Every instance gets a base and keeps its WAL since (`compute.bases`, `compute.pitr`):
+    # a moment of a branch at or after its base is its base and WAL replayed. The
+    # control plane's history asks `replayable` when no branch holds the moment as it is.
 
-    def _base_later(self, name: str) -> None:
-        self._base_tried.add(name)  # a failure is not tried again at each connection
-        job = asyncio.ensure_future(self._take_base(name))
-        self._basing[name] = job
+    def _spawn(self, work: Awaitable[None]) -> None:
+        job = asyncio.ensure_future(work)
         self._background.add(job)
         job.add_done_callback(self._background.discard)
 
-    async def _take_base(self, name: str) -> None:
-        compute = self._compute
-        assert compute is not None
-        instance = self._instance(name)
-        try:
-            base = await asyncio.to_thread(
-                take_base, instance, compute, f"{BASE_PREFIX}{secrets.token_hex(6)}")
-        except Exception as exc:  # the branch only has less history
-            log.info("no base for instance %s: %s", name, exc)
-            return
-        finally:
-            self._basing.pop(name, None)
-        old = self._bases.get(name)
-        if self._exists(instance):
-            self._bases[name] = base
-        else:  # removed meanwhile
-            old = base
-        if old is not None:
-            await asyncio.to_thread(remove, self._instance(old.name))
-
-    async def _drop_base(self, name: str) -> None:
-        job = self._basing.get(name)
-        if job is not None:
-            await asyncio.wait([job])
-        base = self._bases.pop(name, None)
-        if base is not None:
-            await asyncio.to_thread(remove, self._instance(base.name))
-
     def replayable(self, branch: Any, moment: float | None, lsn: int | None) -> bool:
-        """Whether `branch`'s instance can be replayed to the point (its base is older)."""
-        base = self._bases.get(self._instance_name(branch))
-        if base is None:
-            return False
-        return base.lsn <= lsn if lsn is not None else moment is not None and base.taken_at <= moment
+        return self._bases is not None and self._bases.replayable(self._instance_name(branch), moment, lsn)
 
     def replayable_since(self, branch: Any) -> str | None:
-        base = self._bases.get(self._instance_name(branch))
-        return datetime.fromtimestamp(base.taken_at, UTC).isoformat() if base is not None else None
+        return self._bases.since(self._instance_name(branch)) if self._bases is not None else None
 
     def replay_for(self, physicals: list[str], moment: float, lsn: str | None) -> None:
         """The copies `physicals` (a create's or a restore's) are their templates as of
         the point, replayed, not as they are now."""
-        for physical in physicals:
-            self._replays[physical] = moment_of(moment, lsn)
+        self._based().ask(physicals, moment, lsn)
 
-    def _replay(self, source: Instance, name: str, moment: Moment, promote: bool) -> Instance:
-        compute, base = self._compute, self._bases.get(source.name)
-        assert compute is not None
-        if base is None:
-            raise LocalServerError(f"instance {source.name} keeps no base to replay")
-        return replay(source, self._instance(base.name), compute, name, moment, promote=promote)
+    def _based(self) -> Bases:
+        if self._bases is None:
+            raise LocalServerError("the data plane is not started")
+        return self._bases
 
     async def _copy_as_of(self, source: str, target: str, moment: Moment | None) -> None:
         """Instance `target`: a fork of `source` now, or its replay to `moment`."""
@@ -741,9 +694,9 @@ class InstanceDataPlane:
         else:
             parent = await self._running(source)
             async with self._lock(source):
-                await asyncio.to_thread(self._replay, parent, target, moment, promote=True)
+                await asyncio.to_thread(self._based().replay, parent, target, moment, True)
             self._last_used[target] = time.monotonic()
-        self._base_later(target)
+        self._based().take_later(target)
 
     @property
     def listeners(self) -> Listeners:
