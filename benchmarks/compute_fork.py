@@ -14,7 +14,16 @@ of `--reps` runs of
 * the same with a spare copy made beforehand (`spares.prepare`, not timed): the start;
 * our fork from the running root while one of its sessions holds an uncommitted insert:
   pg_backup_start, the copy, pg_backup_stop, the WAL, the start (its recovery included);
-* start after suspend: a stopped child started again, until its first `SELECT 1` answers.
+* start after suspend: a stopped child started again, until its first `SELECT 1` answers;
+* the reads of #24 part B (`compute.standby`), each of the running root: a hot standby
+  (a read-only endpoint, a time-travel connection served by its own branch), a standby
+  that takes another branch's logins first (a time-travel connection served by another
+  branch's copy: a start, ALTER ROLE, a stop and a start as a standby), and a
+  schema-only child (a fork, then every database emptied);
+* points in time (`compute.pitr`): a base of the running root (the copy every instance
+  gets after it is made), and a replay of the root to an LSN between two writes from
+  that base and the root's WAL, promoted (a branch at `parent_lsn`) and paused as a
+  hot standby (a time-travel connection).
 
 Then the memory of one idle running instance (PSS and USS of its processes, and what is
 beyond its shared memory segment), today's PgBouncer in front of one instance's socket
@@ -34,18 +43,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 from _common import fmt, interleaved
 from cathouse_harness.local.compute import fork as forks
 from cathouse_harness.local.compute import instance as instances
-from cathouse_harness.local.compute import layout, probe, roots, spares, template, users
+from cathouse_harness.local.compute import layout, pitr, probe, roots, spares, standby, template, users
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.pg_choice import choose_install, system_bin_dirs
 from cathouse_harness.local.pg_layout import Storage
 from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
+from cathouse_harness.local.postgres import scram_verifier
 from cathouse_harness.support.polling import Backoff, wait_until
 
 _MIB = 1024 * 1024
@@ -80,6 +90,10 @@ class Bench:
             connection.execute("CREATE TABLE items AS SELECT g AS id, md5(g::text) AS body "
                                "FROM generate_series(1, 10000) AS g")
         self.children: list[Instance] = []
+        # the owner's verifier on another branch (another password)
+        self.other_verifier = scram_verifier("of-another-branch")
+        self.base: Instance | None = None  # the root's base for replays, and their point
+        self.point = pitr.Moment(lsn="0/0")
 
     def name(self, prefix: str) -> str:
         self.count += 1
@@ -154,6 +168,53 @@ class Bench:
             elapsed = time.perf_counter() - started
         self.discard(child)
         return elapsed
+
+    def _timed_of_running_root(self, make: Callable[[], Instance]) -> float:
+        """`make`'s time, the root running; what it made is removed after."""
+        instances.start(self.root)
+        started = time.perf_counter()
+        child = make()
+        elapsed = time.perf_counter() - started
+        self.discard(child)
+        return elapsed
+
+    def _instance(self, name: str) -> Instance:
+        return Instance(name, layout.instance_paths(self.compute, name), self.user, self.install,
+                        self.root.superuser_password)
+
+    def standby(self, *, logins: bool = False) -> float:
+        verifiers = {"neondb_owner": self.other_verifier} if logins else None
+        return self._timed_of_running_root(
+            lambda: standby.standby_of(self.root, self.compute, self.name("ro"), verifiers=verifiers))
+
+    def take_base(self) -> float:
+        return self._timed_of_running_root(
+            lambda: self._instance(pitr.take_base(self.root, self.compute, self.name("bs")).name))
+
+    def replay(self, *, promote: bool) -> float:
+        if self.base is None:
+            instances.start(self.root)
+            self.base = self._instance(pitr.take_base(self.root, self.compute, self.name("bs")).name)
+            with self._session() as connection:
+                connection.execute("UPDATE items SET body = 'first' WHERE id = 1")
+                self.point = pitr.Moment(lsn=str(connection.execute(
+                    "SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]))  # type: ignore[index]
+                connection.execute("UPDATE items SET body = 'second' WHERE id = 1")
+        base = self.base
+        return self._timed_of_running_root(
+            lambda: pitr.replay(self.root, base, self.compute, self.name("at"), self.point, promote=promote))
+
+    def _session(self) -> psycopg.Connection:
+        return psycopg.connect(host=str(self.root.paths.socket_dir), port=layout.SOCKET_PORT,
+                               user="neondb_owner", password="bench", dbname="neondb", autocommit=True)
+
+    def schema_only(self) -> float:
+        def make() -> Instance:
+            child = forks.fork_live(self.root, self.compute, self.name("schema"))
+            standby.empty_databases(child)
+            return child
+
+        return self._timed_of_running_root(make)
 
     @contextlib.contextmanager
     def _open_transaction(self) -> Iterator[None]:
@@ -231,12 +292,19 @@ def run_one(choice: str, reps: int, live: int, storage: Storage) -> None:
                 "fork idle": bench.fork_stopped,
                 "fork spare": bench.fork_spare,
                 "fork live": bench.fork_live,
+                "standby": bench.standby,
+                "standby+logins": lambda: bench.standby(logins=True),
+                "schema-only": bench.schema_only,
+                "base": bench.take_base,
+                "replay branch": lambda: bench.replay(promote=True),
+                "replay paused": lambda: bench.replay(promote=False),
             }[side]()
 
-        sides = ["floor pg_ctl", "floor tight", "fork idle", "fork spare", "fork live"]
+        sides = ["floor pg_ctl", "floor tight", "fork idle", "fork spare", "fork live",
+                 "standby", "standby+logins", "schema-only", "base", "replay branch", "replay paused"]
         medians = interleaved(sides, reps, measure)
         for side, value in medians.items():
-            print(f"  {side:<13} median {fmt(value)}")
+            print(f"  {side:<15} median {fmt(value)}")
         for side in ("fork idle", "fork spare", "fork live"):
             print(f"  {side} / floor pg_ctl: {medians[side] / medians['floor pg_ctl']:.2f}x, "
                   f"/ tight floor: {medians[side] / medians['floor tight']:.2f}x (target <= 1.5x, <= 150 ms)")
@@ -275,7 +343,7 @@ def run_one(choice: str, reps: int, live: int, storage: Storage) -> None:
               f"idle median {fmt(_median(idle_at_load))}")
     finally:
         if bench is not None:
-            for running in [*bench.children, bench.root]:
+            for running in [*bench.children, *([bench.base] if bench.base else []), bench.root]:
                 with contextlib.suppress(Exception):
                     instances.remove(running)
             shutil.rmtree(bench.compute.base, ignore_errors=True)

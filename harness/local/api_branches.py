@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cathouse_harness.errors import ApiError
 from cathouse_harness.local import api_validation as check
 from cathouse_harness.local.api_http import api, gone, json_body, ok, project_of, with_operations
 from cathouse_harness.local.api_shapes import annotation_json, branch_json, created_branch_json
@@ -83,7 +84,7 @@ async def count_branches(request: Request) -> Response:
 async def create_branch(request: Request) -> Response:
     neon = project_of(request)
     spec = check.branch_create(await json_body(request))
-    current = await neon.history.sample() if spec.at and spec.at.lsn else None
+    current = await neon.history.sample(spec.parent_id) if spec.at and spec.at.lsn else None
     branch, eps, ops = await neon.branching.create(spec, current)
     return ok(created_branch_json(neon, branch, eps, ops), 201)
 
@@ -117,7 +118,7 @@ async def delete_branch(request: Request) -> Response:
 async def restore_branch(request: Request) -> Response:
     neon = project_of(request)
     spec = check.restore(await json_body(request))
-    current = await neon.history.sample() if spec.at and spec.at.lsn else None
+    current = await neon.history.sample(spec.source_branch_id) if spec.at and spec.at.lsn else None
     return _branch_operations(neon, *neon.branching.restore(request.path_params["branch_id"], spec, current))
 
 
@@ -140,8 +141,12 @@ async def _as_of(request: Request, neon: LocalNeon, branch_id: str, lsn_key: str
     point = check.point_in_time(request.query_params, lsn_key, time_key)
     if point is None:
         return branch_id
-    current = await neon.history.sample() if point.lsn else None
-    return str(neon.history.locate(neon.branch(branch_id), point, current).source.id)
+    current = await neon.history.sample(branch_id) if point.lsn else None
+    located = neon.history.locate(neon.branch(branch_id), point, current)
+    if located.replay:  # no branch holds it: only a replay of the WAL would
+        raise ApiError(400, "BAD_REQUEST", f"the schema of branch {branch_id} at a point it no longer "
+                       "holds is not served locally: branch from that point, then ask that branch")
+    return str(located.source.id)
 
 
 @api

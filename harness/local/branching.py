@@ -21,6 +21,7 @@ from cathouse_harness.errors import ApiError
 from cathouse_harness.local import ids
 from cathouse_harness.local.api_validation import BranchCreate, BranchUpdate, Restore, _Unset
 from cathouse_harness.local.catalog import Copy
+from cathouse_harness.local.history import replay_later
 from cathouse_harness.local.operations import failure_reason, wake
 from cathouse_harness.local.state import (
     BranchRecord,
@@ -131,6 +132,8 @@ class Branching:
             branch.annotation = request.annotation
             branch.annotation_created_at = branch.annotation_updated_at = stamp
         copies = neon.catalog.copy_for(located.source if located else parent, branch, stamp)
+        if located is not None and located.replay:
+            replay_later(neon.dataplane, [c.target for c in copies], located.moment, located.lsn)
         state.branches[branch.id] = branch
         neon.history.begin(branch.id, None if schema_only else parent.id, located.moment if located else None)
         ops = [neon.ops.new("create_branch", branch.id)]

@@ -47,6 +47,7 @@ from cathouse_harness.support.redact import register_secret
 
 if TYPE_CHECKING:
     from cathouse_harness.local.core import NeonCore
+    from cathouse_harness.local.history import Located
 
 # What a connection to a read-only endpoint gets: PostgreSQL refuses writes in it.
 READ_ONLY = {"default_transaction_read_only": "on"}
@@ -197,13 +198,18 @@ class Catalog:
         """The branch whose current databases hold `branch` as of a time-travel
         connection's moment, as the local history has it (`cathouse_harness.local.history`,
         the same rule as `parent_timestamp`); a Refusal with the history's line otherwise."""
+        return (await self.located_at(branch, at)).source
+
+    async def located_at(self, branch: BranchRecord, at: TimeTravel) -> Located:
+        """Where the history has `branch` as of a time-travel connection's moment; a
+        Refusal with the history's line when nowhere."""
         try:
             point = point_in_time(
                 {"neon_lsn": at.lsn, "neon_timestamp": at.timestamp}, "neon_lsn", "neon_timestamp"
             )
             assert point is not None
-            current = await self.neon.history.sample() if point.lsn else None
-            return self.neon.history.locate(branch, point, current, seen_at=at.arrived).source
+            current = await self.neon.history.sample(branch.id) if point.lsn else None
+            return self.neon.history.locate(branch, point, current, seen_at=at.arrived)
         except ApiError as refused:
             raise Refusal("08004", str(refused)) from None
 

@@ -382,9 +382,10 @@ class DataPlane:
         """Restore: `physical` becomes a fresh copy of `template`; endpoints keep working."""
         await self._db().replace(physical, template=template, owner=owner)
 
-    async def current_lsn(self) -> str:
+    async def current_lsn(self, branch_id: str | None = None) -> str:
         """PostgreSQL's WAL position now (where the next record goes: with asynchronous
-        commit the write position lags), written as Neon writes LSNs (`0/16B3748`)."""
+        commit the write position lags), written as Neon writes LSNs (`0/16B3748`); one
+        for every branch, which all live in this one PostgreSQL."""
         return str(await self._admin().fetchval("SELECT pg_current_wal_insert_lsn()::text"))
 
     # --- endpoints (`cathouse_harness.local.listeners`) ----------------------------------------

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from cathouse_harness.errors import ApiError
 from cathouse_harness.local.state import BranchRecord, iso, parse_time
@@ -83,6 +83,9 @@ class Located:
     lsn: str | None
     # The moment of the branch asked about that this state is (epoch seconds).
     moment: float
+    # Not `source`'s current state: its state at the point, replayed from its WAL by a
+    # data plane that keeps one (an instance per branch, `compute.pitr`).
+    replay: bool = False
 
 
 @dataclass
@@ -103,6 +106,12 @@ class Mark:
     settled_lsn: str | None = None
     settled_at: float = math.inf
     generation: int = 0
+
+
+def replay_later(dataplane: object, physicals: list[str], moment: float, lsn: str | None) -> None:
+    """Tell a data plane that replays (it said `replayable`) that the copies `physicals`
+    are their templates as of the point, not as they are now."""
+    cast(Any, dataplane).replay_for(physicals, moment, lsn)
 
 
 def _error(message: str) -> ApiError:
@@ -212,27 +221,34 @@ class History:
 
         async def read() -> None:
             sent = self.clock()
+            source = self.neon.state.branches.get(mark.copy_of or "")
+            dataplane = self.neon.dataplane
             try:
-                lsn = await self.neon.dataplane.current_lsn()
+                lsn = copied_lsn = await dataplane.current_lsn(branch_id)
+                # with an instance per branch, each has its own WAL: the copied state is
+                # named by its source's position (unchanged since, when quiet)
+                if name_copy and source is not None and getattr(dataplane, "lsn_per_branch", False):
+                    copied_lsn = await dataplane.current_lsn(source.id)
             except Exception as exc:  # the history is only less complete
                 log.debug("no LSN for branch %s: %s", branch_id, exc.__class__.__name__)
                 return
             if self.marks.get(branch_id) is not mark or mark.generation != generation:
                 return
             mark.settled_lsn, mark.settled_at = lsn, sent
-            source = self.neon.state.branches.get(mark.copy_of or "")
             if name_copy and source is not None and self.quiet(source, mark.copy_at, self.clock()):
-                mark.copy_lsn = lsn
+                mark.copy_lsn = copied_lsn
                 if named is not None:
-                    named(lsn)
+                    named(copied_lsn)
 
         task = asyncio.get_running_loop().create_task(read())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def sample(self) -> int:
-        """PostgreSQL's WAL position now (a request naming an LSN is checked against it)."""
-        return lsn_value(await self.neon.dataplane.current_lsn())
+    async def sample(self, branch_id: str | None = None) -> int:
+        """PostgreSQL's WAL position now (a request naming an LSN is checked against it):
+        that of `branch_id`'s instance (the default branch's when None) on a data plane
+        with an instance per branch."""
+        return lsn_value(await self.neon.dataplane.current_lsn(branch_id))
 
     # ------------------------------------------------------------------ reading
 
@@ -296,7 +312,31 @@ class History:
         for copy, mark in self._copies(branch):
             if mark.copy_at >= moment and self.quiet(branch, moment, mark.copied):
                 return Located(copy, stamp, None, moment)
+        if self._replayable(branch, moment, None):
+            return Located(branch, stamp, None, moment, replay=True)
+        earlier = self._before_branch_point(branch, moment, now)
+        if earlier is not None:
+            return earlier
         raise _error(f"branch {branch.id} has no kept state at {stamp}: {self.describe(branch)}")
+
+    def _before_branch_point(self, branch: BranchRecord, moment: float, now: float) -> Located | None:
+        """On a data plane that replays: a moment at or before the branch point is the
+        parent's state then, as a Neon branch's history is its parent's up to there."""
+        if getattr(self.neon.dataplane, "replayable", None) is None:
+            return None
+        mark = self.mark(branch.id)
+        parent = self.neon.state.branches.get(mark.copy_of or "")
+        if parent is None or parent.deleting or moment > mark.copy_at:
+            return None
+        try:
+            return self._at_time(parent, moment, now)
+        except ApiError:
+            return None
+
+    def _replayable(self, branch: BranchRecord, moment: float | None, lsn: int | None) -> bool:
+        """Whether the data plane can replay `branch` to the point (its WAL since a base)."""
+        replayable = getattr(self.neon.dataplane, "replayable", None)
+        return bool(replayable is not None and not branch.deleting and replayable(branch, moment, lsn))
 
     def _at_lsn(
         self, branch: BranchRecord, lsn: str, current_lsn: int | None, seen_at: float | None = None
@@ -311,6 +351,8 @@ class History:
         for copy, copy_mark in self._copies(branch):
             if copy_mark.copy_lsn is not None and lsn_value(copy_mark.copy_lsn) == wanted:
                 return Located(copy, None, lsn, copy_mark.copy_at)
+        if self._replayable(branch, None, wanted):
+            return Located(branch, None, lsn, self.clock(), replay=True)
         raise _error(f"branch {branch.id} has no kept state at LSN {lsn}: {self.describe(branch)}")
 
     def describe(self, branch: BranchRecord) -> str:
@@ -331,6 +373,10 @@ class History:
             if m.copy_at <= now
         ]
         also = f"; and copies of it as of {', '.join(kept)}" if kept else ""
+        since = getattr(self.neon.dataplane, "replayable_since", None)
+        wal = since(branch) if since is not None else None
+        if wal is not None:
+            return f"the local server keeps its WAL since {wal}, and {head}{also}"
         return (
             f"the local server keeps no WAL history, only {head}{also}; "
             "restore or branch from one of those moments"

@@ -19,11 +19,14 @@ holds on its branch until the API resets it.
 An instance without connections for `suspend_after` seconds is stopped (Neon's
 suspend) and started by the next login (resume).
 
+Read-only endpoints and time-travel connections go to hot standbys
+(`compute.history`, `compute.replicas`); a schema-only branch is a fork with every row
+dropped (`compute.standby`); every instance gets a base right after it is made and
+keeps its WAL, so a point in time no branch holds as it is now is replayed
+(`compute.pitr`); LSNs are each instance's own.
+
 Not yet (ARCHITECTURE.md, "Compute per branch"): PgBouncer per instance (pooled is
-direct here), read-only endpoints on standby forks (they are read-only sessions of the
-branch's instance, as on the shared plane), schema-only branches, restore to a point in
-time (a restore from another live branch's instance works), the xdist and history LSNs
-per instance (`current_lsn` is the root instance's).
+direct here), moments before a branch's base (its parent's history is not followed).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import functools
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +46,18 @@ from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.catalog import serving
 from cathouse_harness.local.compute import lease, spares
 from cathouse_harness.local.compute import users as compute_users
+from cathouse_harness.local.compute.bases import Bases
 from cathouse_harness.local.compute.fork import fork
+from cathouse_harness.local.compute.history import Reads, lsn_of
 from cathouse_harness.local.compute.instance import Instance, admin_session, remove, running_pid, start, stop
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
+from cathouse_harness.local.compute.pitr import PREFIX as BASE_PREFIX
+from cathouse_harness.local.compute.pitr import Moment
+from cathouse_harness.local.compute.replicas import PREFIX as REPLICA_PREFIX
+from cathouse_harness.local.compute.replicas import Replicas
+from cathouse_harness.local.compute.replicas import leftovers as replica_leftovers
 from cathouse_harness.local.compute.roots import CLUSTER_ROLES, create_branch_role, make_root
+from cathouse_harness.local.compute.standby import empty_databases, read_verifier
 from cathouse_harness.local.compute.template import ensure_template
 from cathouse_harness.local.listeners import EndpointAddress, Listeners
 from cathouse_harness.local.names import host_mode
@@ -56,6 +67,7 @@ from cathouse_harness.local.pg_choice import PgInstall, choose_install
 from cathouse_harness.local.postgres import scram_verifier
 from cathouse_harness.local.proxy import Fences, Gate, Refusal, Upstream
 from cathouse_harness.local.relay import CancelKeys, RelayEndpoint, Route
+from cathouse_harness.local.startup_options import TimeTravel
 from cathouse_harness.local.state import DatabaseRecord, RoleRecord, database_id, iso, now
 from cathouse_harness.local.tls import TlsMaterial, server_material
 from cathouse_harness.support import env
@@ -73,18 +85,8 @@ SUSPEND_AFTER = 300.0
 _TICK = 1.0
 _MADE_POLL = Backoff(0.005, most=0.1)
 _MADE_WAIT = 120.0
-# what a read-only endpoint's sessions start with (as on the shared plane, `catalog`)
-_READ_ONLY = {"default_transaction_read_only": "on"}
-
-# the role's verifier when it may log in to the database: never a superuser's (the
-# control plane's bootstrap role), never one past its VALID UNTIL
-_VERIFIER_SQL = """
-SELECT a.rolpassword FROM pg_authid a
- WHERE a.rolname = %s AND a.rolcanlogin AND NOT a.rolsuper
-   AND (a.rolvaliduntil IS NULL OR a.rolvaliduntil > now())
-   AND EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = %s AND d.datallowconn)
-"""
-
+# a standby nobody used this long is removed (it is copied again when next asked for)
+REPLICA_IDLE = 60.0
 
 def compute_choice() -> str:
     """`shared` (today's one PostgreSQL) or `instance`; ConfigError-like one line otherwise."""
@@ -93,13 +95,6 @@ def compute_choice() -> str:
         raise LocalServerError(f"{ENV_VAR}={value!r} is not one of {', '.join(CHOICES)}",
                                hint=f"unset {ENV_VAR}, or set it to instance")
     return value
-
-
-def _read_verifier(instance: Instance, role: str, database: str) -> str | None:
-    with admin_session(instance) as session:
-        row = session.execute(_VERIFIER_SQL, (role, database)).fetchone()
-    text = row[0] if row else None
-    return text if isinstance(text, str) and text.startswith("SCRAM-SHA-256$") else None
 
 
 # the instance's own databases, never a branch's
@@ -194,6 +189,8 @@ class InstanceDataPlane:
         self.pgbouncer_available = False
         self.pgbouncer_problem: str | None = "the instance data plane runs no PgBouncer yet: pooled is direct"
         self.on_activity: Callable[[], None] | None = None
+        # names mode: a branch id's read-write endpoint id (a time-travel host names the branch)
+        self.branch_endpoint: Callable[[str], str | None] = lambda _branch_id: None
         self.timings: dict[str, float] = {}
         self._neon: Any = None
         self._compute: ComputeHome | None = None
@@ -215,10 +212,12 @@ class InstanceDataPlane:
         # a restore's new copies: source instance -> (the fork, templates it answered)
         self._pending: dict[str, tuple[str, set[str]]] = {}
         self._last_used: dict[str, float] = {}
-        self._lsn = "0/0"
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
         self._lease: int | None = None
+        self._replicas: Replicas | None = None
+        self._lsns: dict[str, str] = {}
+        self._bases: Bases | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -257,12 +256,16 @@ class InstanceDataPlane:
         template = await asyncio.to_thread(ensure_template, compute, install)
         self._load_map()
         self._superuser = template.superuser_password
+        self._replicas = Replicas(compute, self._instance, self._lock)
+        self._bases = Bases(compute, self._instance, self._spawn)
+        for name in replica_leftovers(compute, (REPLICA_PREFIX, BASE_PREFIX)):
+            await asyncio.to_thread(remove, self._instance(name))
         self._tls = await asyncio.to_thread(server_material, self.home / "tls")
         nowhere = Upstream("127.0.0.1", 0)  # the relay goes to instances' sockets, not here
         self._listeners = Listeners(
             Fences(), self._tls, nowhere, nowhere, pooled_via_pgbouncer=False,
             make_proxy=functools.partial(RelayEndpoint, resolve=self._route, keys=self._keys),
-            cancel=self._keys.cancel,
+            cancel=self._keys.cancel, branch_endpoint=lambda branch_id: self.branch_endpoint(branch_id),
         )
         await self._listeners.start_router(mode)
         self._ticker = asyncio.create_task(self._tick())
@@ -408,17 +411,15 @@ class InstanceDataPlane:
 
     async def create_database(self, physical: str, *, owner: str, template: str | None = None,
                               schema_only: bool = False, issued: Callable[[], None] | None = None) -> None:
-        if schema_only:
-            raise LocalServerError("schema-only branches are not made by the instance data plane yet",
-                                   hint="unset CATHOUSE_LOCAL_COMPUTE")
         found = self._branch_of(physical)
+        moment = self._based().asked(physical)
         if found is None:
             # a restore's copy, for a branch record that names it only once the restore
             # is done: a fork of the template's instance, made once for all its databases
             if issued is not None:
                 issued()
             if template is not None:
-                await self._copy_for_later(physical, template)
+                await self._copy_for_later(physical, template, moment)
             return
         branch, name = found
         target = self._instance_name(branch)
@@ -427,7 +428,8 @@ class InstanceDataPlane:
             if issued is not None:
                 issued()
             if not self._exists(instance):
-                await self._make(branch, target, name, owner, template)
+                await self._make(branch, target, name, owner, template, schema_only=schema_only,
+                                 moment=moment)
             else:
                 if running_pid(instance) is None:  # the lock is ours: started here
                     await asyncio.to_thread(start, instance)
@@ -435,7 +437,7 @@ class InstanceDataPlane:
                 await asyncio.to_thread(_apply, instance, {}, [], [(name, name, owner, False)])
         self._place(physical, target, name)
 
-    async def _copy_for_later(self, physical: str, template: str) -> None:
+    async def _copy_for_later(self, physical: str, template: str, moment: Moment | None = None) -> None:
         source = self._placed(template)
         if source is None:
             raise LocalServerError(f"no instance holds database {template}")
@@ -443,17 +445,20 @@ class InstanceDataPlane:
         if pending is None or template in pending[1]:
             pending = (f"in-{secrets.token_hex(8)}", set())
             self._pending[source[0]] = pending
-            await self._fork(source[0], pending[0])
+            await self._copy_as_of(source[0], pending[0], moment)
             self._dirty_instances.add(pending[0])
         pending[1].add(template)
         self._place(physical, pending[0], source[1])
 
-    async def _make(self, branch: Any, target: str, name: str, owner: str, template: str | None) -> None:
+    async def _make(self, branch: Any, target: str, name: str, owner: str, template: str | None,
+                    *, schema_only: bool = False, moment: Moment | None = None) -> None:
         compute, install = self._compute, self.install
         assert compute is not None and install is not None
         source = self._placed(template) if template is not None else None
         if source is not None:
-            await self._fork(source[0], target)
+            await self._copy_as_of(source[0], target, moment)
+            if schema_only:  # every object of the parent, none of its rows (`standby`)
+                await asyncio.to_thread(empty_databases, self._instance(target))
             await self._sync(branch, self._instance(target))
         else:
             password = branch.roles[owner].password
@@ -461,6 +466,7 @@ class InstanceDataPlane:
                                     owner_password=password)
             self._synced[(target, owner)] = password
             self._last_used[target] = time.monotonic()
+            self._based().take_later(target)
         self._dirty.add(branch.id)
         await self._learn(self._instance(target))
 
@@ -473,12 +479,15 @@ class InstanceDataPlane:
         instance = self._instance(target)
         branch = found[0] if found is not None else None
         async with self._lock(target):
-            if (branch is None or branch.deleting) and not self._holds_others(target):
+            gone = (branch is None or branch.deleting) and not self._holds_others(target)
+            if gone:
                 await asyncio.to_thread(remove, instance)
                 self._forget(target)
+            elif not self._exists(instance):
                 return
-            if not self._exists(instance):
-                return
+        if gone:
+            await self._based().drop(target)
+            return
         await self._running(target)
 
         def drop() -> None:
@@ -498,6 +507,11 @@ class InstanceDataPlane:
         return False
 
     def _forget(self, name: str) -> None:
+        if self._replicas is not None:  # its standbys hold a state that is gone
+            job = asyncio.ensure_future(self._replicas.drop_source(name))
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
+        self._lsns.pop(name, None)
         self._last_used.pop(name, None)
         self._dirty_instances.discard(name)
         for key in [key for key in self._synced if key[0] == name]:
@@ -511,12 +525,14 @@ class InstanceDataPlane:
             raise LocalServerError(
                 "this restore needs a point in time the instance data plane keeps no copy of",
                 hint="restore from another branch, or unset CATHOUSE_LOCAL_COMPUTE")
+        moment = self._based().asked(physical)
         done = self._reforked.get(target[0])
         if done is None or done[0] != source[0] or physical in done[1]:
+            await self._based().drop(target[0])
             async with self._lock(target[0]):
                 await asyncio.to_thread(remove, self._instance(target[0]))
-                await self._fork(source[0], target[0])
             self._forget(target[0])
+            await self._copy_as_of(source[0], target[0], moment)
             self._dirty_instances.add(target[0])
             done = (source[0], set())
             self._reforked[target[0]] = done
@@ -555,20 +571,20 @@ class InstanceDataPlane:
         register_url(dsn)
         return dsn
 
-    async def current_lsn(self) -> str:
-        """The default branch's instance's WAL position when it runs (the last one seen
-        otherwise): one instance's LSNs, not a per-branch timeline yet."""
-        instance = self._instance(self._instance_name(self._state().default_branch))
-        if running_pid(instance) is None:
-            return self._lsn
+    # each instance has its own WAL (the history reads one per branch)
+    lsn_per_branch = True
 
-        def read() -> str:
-            with admin_session(instance) as session:
-                return str(session.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
-
-        with contextlib.suppress(LocalServerError):
-            self._lsn = await asyncio.to_thread(read)
-        return self._lsn
+    async def current_lsn(self, branch_id: str | None = None) -> str:
+        """The WAL position of `branch_id`'s instance (the default branch's when None):
+        where its next record goes while it runs, its last checkpoint when stopped."""
+        state = self._state()
+        branch = state.branches.get(branch_id) if branch_id else None
+        name = self._instance_name(branch if branch is not None else state.default_branch)
+        async with self._lock(name):  # never while a suspend stops it: pg_control is not final yet
+            found = await asyncio.to_thread(lsn_of, self._instance(name))
+        if found is not None:
+            self._lsns[name] = found
+        return self._lsns.get(name, "0/0")
 
     # ------------------------------------------------------------------ sync
 
@@ -636,7 +652,7 @@ class InstanceDataPlane:
 
     # ------------------------------------------------------------------ endpoints
 
-    async def _route(self, endpoint_id: str) -> Route:
+    async def _route(self, endpoint_id: str, at: TimeTravel | None = None) -> Route:
         ep, branch = serving(self._state(), endpoint_id)
 
         def made() -> bool:
@@ -648,15 +664,63 @@ class InstanceDataPlane:
         if branch.deleting or not self._exists(self._instance(name)):
             raise Refusal("08006", f"endpoint {endpoint_id} has no compute")
         instance = await self._running(name)  # waits for a fork or restore of it to end
+        await self._based().ready(name)  # its history starts with its base: no session before
         if branch.id in self._dirty or name in self._dirty_instances:
             await self._sync(branch, instance, only_marked=True)
         if ep.current_state == "idle":  # a suspended compute wakes on a connection
             ep.current_state, ep.started_at = "active", iso(now())
-        extra = _READ_ONLY if ep.type == "read_only" else {}
-        return Route(socket_file(instance.paths), functools.partial(self._verifier, instance), extra)
+        if at is not None:
+            return await self._reads().time_travel(branch, instance, at)
+        if ep.type == "read_only":
+            return await self._reads().read_only(endpoint_id, instance)
+        return Route(socket_file(instance.paths), functools.partial(self._verifier, instance))
 
     async def _verifier(self, instance: Instance, role: str, database: str) -> str | None:
-        return await asyncio.to_thread(_read_verifier, instance, role, database)
+        return await asyncio.to_thread(read_verifier, instance, role, database)
+
+    def _reads(self) -> Reads:
+        if self._replicas is None:
+            raise LocalServerError("the data plane is not started")
+        return Reads(self._neon, self._replicas, self._instance, self._instance_name, self._running,
+                     self._based().replay)
+
+    # ------------------------------------------------------------------ points in time
+    #
+    # Every instance gets a base and keeps its WAL since (`compute.bases`, `compute.pitr`):
+    # a moment of a branch at or after its base is its base and WAL replayed. The
+    # control plane's history asks `replayable` when no branch holds the moment as it is.
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        job = asyncio.ensure_future(work)
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    def replayable(self, branch: Any, moment: float | None, lsn: int | None) -> bool:
+        return self._bases is not None and self._bases.replayable(self._instance_name(branch), moment, lsn)
+
+    def replayable_since(self, branch: Any) -> str | None:
+        return self._bases.since(self._instance_name(branch)) if self._bases is not None else None
+
+    def replay_for(self, physicals: list[str], moment: float, lsn: str | None) -> None:
+        """The copies `physicals` (a create's or a restore's) are their templates as of
+        the point, replayed, not as they are now."""
+        self._based().ask(physicals, moment, lsn)
+
+    def _based(self) -> Bases:
+        if self._bases is None:
+            raise LocalServerError("the data plane is not started")
+        return self._bases
+
+    async def _copy_as_of(self, source: str, target: str, moment: Moment | None) -> None:
+        """Instance `target`: a fork of `source` now, or its replay to `moment`."""
+        if moment is None:
+            await self._fork(source, target)
+        else:
+            parent = await self._running(source)
+            async with self._lock(source):
+                await asyncio.to_thread(self._based().replay, parent, target, moment, True)
+            self._last_used[target] = time.monotonic()
+        self._based().take_later(target)
 
     @property
     def listeners(self) -> Listeners:
@@ -691,6 +755,8 @@ class InstanceDataPlane:
     async def close_endpoint(self, endpoint_id: str) -> None:
         if self._listeners is not None:
             await self._listeners.close(endpoint_id)
+        if self._replicas is not None:
+            await self._replicas.drop(f"ep:{endpoint_id}")
 
     # ------------------------------------------------------------------ suspend
 
@@ -704,6 +770,8 @@ class InstanceDataPlane:
         state = self._state() if self._neon is not None else None
         if state is None:
             return
+        if self._replicas is not None:
+            await self._replicas.drop_idle(min(self.suspend_after, REPLICA_IDLE))
         moment = time.monotonic()
         for endpoint_id in self.endpoint_connections():
             ep = state.endpoints.get(endpoint_id)

@@ -160,6 +160,18 @@ class Startup:
 Gate = Callable[[str, str, TimeTravel | None], Awaitable[Admission]]
 
 
+def moment_asked(kind: str, startup: Startup, time_travel: bool, arrived: float | None) -> TimeTravel | None:
+    """The moment a connection asks for, stamped with its arrival; a Refusal when the
+    listener it came to does not serve it (a pooled one), or when it came to a branch's
+    host (names mode: `time_travel`) and asks for none."""
+    if startup.at is not None and kind in POOLED_KINDS:
+        raise Refusal("08004", "time travel connections take the direct host; drop -pooler")
+    if time_travel and startup.at is None:
+        raise Refusal("08004", "a branch's host serves time travel connections only: add "
+                      "options=neon_timestamp:<time> or neon_lsn:<lsn>, or use the endpoint's host")
+    return startup.at if startup.at is None else replace(startup.at, arrived=arrived)
+
+
 @dataclass
 class _Listener:
     kind: str
@@ -319,12 +331,7 @@ class EndpointProxy:
             return
         params = startup.params
         try:
-            if startup.at is not None and listener.kind in POOLED_KINDS:
-                raise Refusal("08004", "time travel connections take the direct host; drop -pooler")
-            if time_travel and startup.at is None:
-                raise Refusal("08004", "a branch's host serves time travel connections only: add "
-                              "options=neon_timestamp:<time> or neon_lsn:<lsn>, or use the endpoint's host")
-            at = startup.at if startup.at is None else replace(startup.at, arrived=arrived)
+            at = moment_asked(listener.kind, startup, time_travel, arrived)
             admission = await self._admit(params, at)
         except Refusal as refusal:
             writer.write(error_response(refusal.sqlstate, refusal.message))

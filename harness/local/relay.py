@@ -4,7 +4,8 @@ An endpoint keeps its addresses (listeners, the SNI router, `options=endpoint=`)
 with the home's CA and the bounded startup packet of `cathouse_harness.local.proxy`;
 what changes is everything after the startup:
 
-- the endpoint's instance is found and started when it is suspended;
+- the endpoint's instance is found and started when it is suspended (a read-only
+  endpoint's and a time-travel connection's: a hot standby, `compute.history`);
 - the client runs SCRAM (with channel binding over TLS) against the role's verifier read
   from that instance's `pg_authid` at this login, so `ALTER ROLE … PASSWORD` holds at
   once; an unknown role, a role that cannot log in, a superuser and an unknown database
@@ -39,6 +40,7 @@ from cathouse_harness.local.proxy import (
     _pipe_both,
     build_startup,
     error_response,
+    moment_asked,
 )
 from cathouse_harness.local.proxy_auth import (
     AuthFailed,
@@ -48,6 +50,7 @@ from cathouse_harness.local.proxy_auth import (
     read_message,
 )
 from cathouse_harness.local.scram import ScramError, Verifier
+from cathouse_harness.local.startup_options import TimeTravel
 from cathouse_harness.support.log import get_logger
 
 log = get_logger("local.relay")
@@ -66,10 +69,13 @@ class Route:
     # (role, database) -> the role's SCRAM verifier when it may log in to that database
     verifier: Callable[[str, str], Awaitable[str | None]]
     extra: Mapping[str, str] = field(default_factory=dict)
+    # called once the connection routed here has ended (a standby counts its users)
+    release: Callable[[], None] | None = None
 
 
-# endpoint id -> its route (the instance started); Refusal when it has none
-Resolver = Callable[[str], Awaitable[Route]]
+# endpoint id and the moment a time-travel connection asks for (None: now) -> its route
+# (the instance started); Refusal when it has none
+Resolver = Callable[[str, TimeTravel | None], Awaitable[Route]]
 
 
 def mock_verifier(user: str) -> str:
@@ -143,35 +149,34 @@ class RelayEndpoint(EndpointProxy):
         startup = await self._startup(listener, reader, writer, startup)
         if startup is None:
             return
-        if startup.at is not None or time_travel:
-            # an instance keeps no history yet (#24's list of what is left)
-            writer.write(error_response(
-                "08004", "time travel connections are not served with CATHOUSE_LOCAL_COMPUTE=instance yet"
-            ))
-            await writer.drain()
-            return
         params = dict(startup.params)
         user = params.get("user", "")
         params["database"] = database = params.get("database") or user
         failure = error_response("28P01", f'password authentication failed for user "{user}"')
         end_point = self.tls.end_point if startup.tls and self.tls is not None else None
+        route: Route | None = None
         try:
-            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
-                route = await self.resolve(self.endpoint_id)
-                verifier = await route.verifier(user, database) or mock_verifier(user)
-                client_key = await authenticate_client(
-                    reader, writer, verifier, end_point=end_point, failure=failure
-                )
-        except Refusal as refusal:
-            writer.write(error_response(refusal.sqlstate, refusal.message))
-            await writer.drain()
-            return
-        except AuthFailed as failed:
-            writer.write(failed.reply)
-            await writer.drain()
-            return
-        params.update(route.extra)
-        await self._relay(route, startup.version, params, verifier, client_key, reader, writer)
+            try:
+                async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                    route = await self.resolve(
+                        self.endpoint_id, moment_asked(listener.kind, startup, time_travel, arrived))
+                    verifier = await route.verifier(user, database) or mock_verifier(user)
+                    client_key = await authenticate_client(
+                        reader, writer, verifier, end_point=end_point, failure=failure
+                    )
+            except Refusal as refusal:
+                writer.write(error_response(refusal.sqlstate, refusal.message))
+                await writer.drain()
+                return
+            except AuthFailed as failed:
+                writer.write(failed.reply)
+                await writer.drain()
+                return
+            params.update(route.extra)
+            await self._relay(route, startup.version, params, verifier, client_key, reader, writer)
+        finally:
+            if route is not None and route.release is not None:
+                route.release()
 
     async def _relay(
         self,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from cathouse_harness.local.api_validation import Restore, bad_request
 from cathouse_harness.local.catalog import Copy
+from cathouse_harness.local.history import replay_later
 from cathouse_harness.local.operations import failure_reason
 from cathouse_harness.local.state import (
     BranchRecord,
@@ -43,6 +44,8 @@ class Copied:
     of: str
     at: float
     lsn: str | None
+    # the source's state at the point is replayed from its WAL (`history.Located.replay`)
+    replay: bool = False
 
 
 class Restoring:
@@ -103,7 +106,7 @@ class Restoring:
         neon.save()
         fail = neon.faults.operation_fails()
         moment = located.moment if located else neon.history.clock()
-        copy = Copied(source.id, moment, located.lsn if located else None)
+        copy = Copied(source.id, moment, located.lsn if located else None, bool(located and located.replay))
         data = located.source if located else source
         neon.ops.spawn(
             lambda: self._run_restore(branch, data, copy, preserved, eps, ops, fail), f"restore {branch.id}"
@@ -161,6 +164,8 @@ class Restoring:
         neon = self.neon
         stamp = iso(now())
         catalog, replace, copies, drop = self._restore_plan(branch, source, preserved is not None, stamp)
+        if copy.replay:
+            replay_later(neon.dataplane, [c.target for c in copies + replace], copy.at, copy.lsn)
         roles = neon.catalog.roles_like(source, stamp, keep=branch)
         try:
             neon.ops.begin(ops[0])

@@ -8,6 +8,7 @@ context stops it and, unless `keep_data`, removes the cluster's data directory.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import threading
@@ -140,6 +141,12 @@ def default_branch(client: httpx.Client, project: str) -> dict[str, Any]:
     """The project's default branch, found as Neon clients find it (`default: true`)."""
     branches = client.get(f"/projects/{project}/branches").json()["branches"]
     return next(b for b in branches if b["default"])
+
+
+def instance_per_branch() -> bool:
+    """Whether the servers these tests start run a PostgreSQL per branch
+    (`CATHOUSE_LOCAL_COMPUTE=instance`), which keeps each branch's WAL since its base."""
+    return os.environ.get("CATHOUSE_LOCAL_COMPUTE", "").strip().lower() == "instance"
 
 
 def unique(prefix: str) -> str:

@@ -29,7 +29,7 @@ class Clock:
 class Wal:
     position: int = 0x1000
 
-    async def current_lsn(self) -> str:
+    async def current_lsn(self, branch_id: str | None = None) -> str:
         self.position += 0x100
         return f"0/{self.position:X}"
 

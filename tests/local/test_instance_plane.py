@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from cathouse_harness.errors import LocalServerError
@@ -16,15 +18,29 @@ from cathouse_harness.local import instance_plane
 from cathouse_harness.support.polling import Backoff, wait_until
 from cathouse_harness.support.processes import pid_alive
 
-from tests.local._server import api_client, start_test_server, wait_operations
+from tests.local._server import api_client, connection_uri, delete_branch, start_test_server, wait_operations
+from tests.local.test_history import moment, restore
 
 SUSPEND_AFTER = 1.0
 
 
+@dataclass(frozen=True)
+class Served:
+    client: httpx.Client
+    project: str
+    urls: tuple[str, str]
+
+
 @pytest.fixture(scope="module")
-def urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """(the default branch's URL, a child's), on a server whose idle instances stop
-    after SUSPEND_AFTER seconds."""
+def urls(served: Served) -> tuple[str, str]:
+    """(the default branch's URL, a child's)."""
+    return served.urls
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A server whose idle instances stop after SUSPEND_AFTER seconds, its API and the
+    URLs of the default branch and of a child."""
     home = tmp_path_factory.mktemp("instance-plane")
     home.chmod(0o700)
     saved = os.environ.get(instance_plane.ENV_VAR), instance_plane.SUSPEND_AFTER
@@ -39,7 +55,7 @@ def urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
             made = client.post(f"/projects/{project}/branches",
                                json={"endpoints": [{"type": "read_write"}]}).json()
             wait_operations(client, project, made["operations"])
-            yield main, made["connection_uris"][0]["connection_uri"]
+            yield Served(client, project, (main, made["connection_uris"][0]["connection_uri"]))
     finally:
         instance_plane.SUSPEND_AFTER = saved[1]
         if saved[0] is None:
@@ -109,3 +125,67 @@ def test_an_idle_instance_is_suspended_and_resumed_by_a_login(urls: tuple[str, s
     with psycopg.connect(urls[1]) as session:
         assert _postmaster_of(session) != postmaster
         assert session.execute("SELECT count(*) FROM survives").fetchone() == (1,)
+
+
+def _values(url: str, options: str = "") -> list[object]:
+    with psycopg.connect(url, options=options) as session:
+        return [v for (v,) in session.execute("SELECT v FROM moments ORDER BY v").fetchall()]
+
+
+def test_any_moment_since_a_branch_s_base_is_replayed_from_its_wal(served: Served) -> None:
+    """Between two writes no branch holds the state (the shared plane refuses it, see
+    tests/local/test_divergences.py): here the branch's base and its WAL give it, for a
+    new branch at a time or an LSN, a restore, and a time-travel connection; and for a
+    child made later, whose history before its branch point is its parent's."""
+    client, project = served.client, served.project
+    made = client.post(f"/projects/{project}/branches",
+                       json={"branch": {"name": "moments"}, "endpoints": [{"type": "read_write"}]}).json()
+    wait_operations(client, project, made["operations"])
+    branch = made["branch"]["id"]
+    url = made["connection_uris"][0]["connection_uri"]
+    with psycopg.connect(url, autocommit=True) as session:
+        session.execute("CREATE TABLE moments (v int)")
+        session.execute("INSERT INTO moments VALUES (1)")
+        lsn = session.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
+        between = moment()
+        session.execute("INSERT INTO moments VALUES (2)")
+    made_here: list[str] = []
+    try:
+        assert _values(url, f"neon_timestamp:{between}") == [1]
+        assert _values(url, f"neon_lsn:{lsn}") == [1]
+        for point in ({"parent_timestamp": between}, {"parent_lsn": lsn}):
+            child = client.post(f"/projects/{project}/branches", json={
+                "branch": {"parent_id": branch, **point}, "endpoints": [{"type": "read_write"}]})
+            assert child.status_code == 201, child.text
+            wait_operations(client, project, child.json()["operations"])
+            made_here.append(child.json()["branch"]["id"])
+            child_url = child.json()["connection_uris"][0]["connection_uri"]
+            assert _values(child_url) == [1]
+            with psycopg.connect(child_url, autocommit=True) as session:  # a branch like any other
+                session.execute("INSERT INTO moments VALUES (3)")
+            assert _values(child_url) == [1, 3]
+        # a child made now: before its branch point, its history is its parent's
+        child = client.post(f"/projects/{project}/branches", json={
+            "branch": {"parent_id": branch}, "endpoints": [{"type": "read_write"}]}).json()
+        wait_operations(client, project, child["operations"])
+        made_here.append(child["branch"]["id"])
+        child_url = child["connection_uris"][0]["connection_uri"]
+        assert _values(child_url, f"neon_timestamp:{between}") == [1]  # with the child's own password
+        grandchild = client.post(f"/projects/{project}/branches", json={
+            "branch": {"parent_id": child["branch"]["id"], "parent_timestamp": between},
+            "endpoints": [{"type": "read_write"}]})
+        assert grandchild.status_code == 201, grandchild.text
+        wait_operations(client, project, grandchild.json()["operations"])
+        made_here.insert(0, grandchild.json()["branch"]["id"])
+        assert _values(grandchild.json()["connection_uris"][0]["connection_uri"]) == [1]
+        answer = restore(client, project, branch, source_branch_id=branch, source_timestamp=between,
+                         preserve_under_name="moments-before")
+        assert answer.status_code == 200, answer.text
+        wait_operations(client, project, answer.json()["operations"])
+        assert _values(connection_uri(client, project, branch, pooled=False)) == [1]
+    finally:
+        for made_id in made_here:
+            delete_branch(client, project, made_id)
+        listing = client.get(f"/projects/{project}/branches", params={"search": "moments"}).json()
+        for other in listing["branches"]:
+            delete_branch(client, project, other["id"])

@@ -20,8 +20,10 @@ import socket
 import ssl
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -46,6 +48,7 @@ class Branches:
     b: str  # a child's URL
     info: LocalServerInfo
     a_id: str  # the default branch's id
+    reader: str  # the URL of a read-only endpoint of the default branch
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,14 @@ def branches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Branches]:
             b = made["connection_uris"][0]["connection_uri"]
             with psycopg.connect(b, autocommit=True) as session:
                 session.execute("INSERT INTO secrets VALUES ('of the child only')")
-            yield Branches(a, b, info, default_branch(client, project)["id"])
+            main = default_branch(client, project)["id"]
+            ro = client.post(f"/projects/{project}/endpoints",
+                             json={"endpoint": {"branch_id": main, "type": "read_only"}}).json()
+            wait_operations(client, project, ro["operations"])
+            reader = client.get(f"/projects/{project}/connection_uri", params={
+                "branch_id": main, "endpoint_id": ro["endpoint"]["id"], "database_name": DATABASE,
+                "role_name": ROLE}).json()["uri"]
+            yield Branches(a, b, info, main, reader)
     finally:
         if before is None:
             os.environ.pop("CATHOUSE_LOCAL_COMPUTE", None)
@@ -425,3 +435,63 @@ def test_a_role_made_in_sql_is_listed_by_the_api_from_the_next_sync(branches: Br
     wait_operations(client, project, child["operations"])
     child_roles = client.get(f"/projects/{project}/branches/{child['branch']['id']}/roles").json()["roles"]
     assert "made_in_sql" in {role["name"] for role in child_roles}
+
+
+# what a session may try on a read replica; each is refused by PostgreSQL itself
+_WRITES = (
+    "INSERT INTO secrets VALUES ('through a replica')",
+    "CREATE TABLE through_a_replica (v int)",
+    "ALTER ROLE CURRENT_USER PASSWORD 'through-a-replica'",
+    "CREATE DATABASE through_a_replica",
+)
+
+
+def _refuses_every_write(session: psycopg.Connection) -> None:
+    session.execute("SET default_transaction_read_only = off")
+    with pytest.raises(psycopg.errors.FeatureNotSupported):  # "during recovery"
+        session.execute("SET transaction_read_only = off")
+    for statement in _WRITES:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            session.execute(statement)
+    assert session.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+
+
+def test_a_read_only_endpoint_refuses_writes_whatever_the_session_sets(branches: Branches) -> None:
+    """Finding 7: `SET default_transaction_read_only = off`, then a write, through a
+    read_only endpoint's URL: a hot standby of the branch refuses it, as a Neon read
+    replica does. It shows the branch as of its copy, copied again for a later
+    connection once the branch has changed (no WAL follows it meanwhile)."""
+    with psycopg.connect(branches.reader, autocommit=True) as session:
+        _refuses_every_write(session)
+        assert ("of the parent",) in session.execute("SELECT v FROM secrets").fetchall()
+        with psycopg.connect(branches.a, autocommit=True) as writer:
+            writer.execute("INSERT INTO secrets VALUES ('after the copy')")
+        # the open session keeps its copy
+        assert ("after the copy",) not in session.execute("SELECT v FROM secrets").fetchall()
+    try:
+        with psycopg.connect(branches.reader, autocommit=True) as session:
+            assert ("after the copy",) in session.execute("SELECT v FROM secrets").fetchall()
+    finally:
+        with psycopg.connect(branches.a, autocommit=True) as writer:
+            writer.execute("DELETE FROM secrets WHERE v = 'after the copy'")
+    with psycopg.connect(branches.a, autocommit=True) as session:  # nothing reached the branch
+        assert session.execute("SELECT v FROM secrets").fetchall() == [("of the parent",)]
+        assert session.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = 'through_a_replica'").fetchone() == (0,)
+
+
+def test_a_time_travel_connection_refuses_writes_whatever_the_session_sets(branches: Branches) -> None:
+    """Finding 7 for `options=neon_timestamp:…`: served by a standby as of the moment."""
+    deadline = time.monotonic() + 10
+    while True:  # until the server has seen the last writer leave (tests/local/test_history.py)
+        stamp = datetime.now(UTC).isoformat()
+        try:
+            session = psycopg.connect(branches.a, options=f"neon_timestamp:{stamp}", autocommit=True)
+            break
+        except psycopg.OperationalError as exc:
+            if "no kept state" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)
+    with session:
+        _refuses_every_write(session)
+        assert session.execute("SELECT v FROM secrets").fetchall() == [("of the parent",)]

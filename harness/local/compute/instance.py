@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,19 +101,22 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
     threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
 
 
-def start(instance: Instance) -> int:
-    """Start the instance (or find it running); its postmaster's pid once it is ready."""
+def start(instance: Instance, settings: Mapping[str, str] | None = None) -> int:
+    """Start the instance (or find it running); its postmaster's pid once it is ready.
+    `settings` hold for this run only (a replay's recovery target: the next start after
+    it, a resume, must not see them)."""
     pid = running_pid(instance)
     if pid is not None:
         return pid
     paths = instance.paths
+    once = [arg for name, value in (settings or {}).items() for arg in ("-c", f"{name}={value}")]
     owned_dir(paths.socket_dir, instance.user)
     log_fd = os.open(paths.log_file, _LOG_FLAGS, 0o600)
     try:
         process = subprocess.Popen(  # type: ignore[call-overload]
             [instance.bin("postgres"), "-D", str(paths.data),
              "-c", "listen_addresses=", "-c", f"unix_socket_directories={paths.socket_dir}",
-             "-c", f"port={SOCKET_PORT}"],
+             "-c", f"port={SOCKET_PORT}", *once],
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
             cwd=str(paths.root), env=minimal_env(paths.root), start_new_session=True,
             **instance.user.popen_kwargs(),

@@ -57,6 +57,9 @@ SMALL_INSTANCE: dict[str, str | int] = {
     "wal_level": "replica",
     "min_wal_size": "4MB",
     "max_wal_size": "64MB",
+    # the WAL a point in time is replayed from (`pitr`): what a branch wrote since its
+    # base stays this long in pg_wal, in the instance's own directory
+    "wal_keep_size": "128MB",
     "huge_pages": "off",
     **COMMON_SETTINGS,
 }

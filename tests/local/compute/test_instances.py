@@ -7,14 +7,16 @@ import dataclasses
 import os
 import socket
 import stat
+import subprocess
 from pathlib import Path
 
 import psycopg
 import pytest
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.compute import fork as forks
+from cathouse_harness.local.compute import history as compute_history
 from cathouse_harness.local.compute import instance as instances
-from cathouse_harness.local.compute import layout, probe, roots, spares, users
+from cathouse_harness.local.compute import layout, probe, roots, spares, standby, users
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.pg_layout import SUPERUSER
 from cathouse_harness.support.redact import Secret
@@ -248,3 +250,58 @@ def test_a_read_only_fork_refuses_writes_whatever_the_session_sets(
             session.execute("INSERT INTO replicated VALUES (8)")
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             session.execute("CREATE DATABASE not_on_a_replica")
+
+
+def test_a_schema_only_copy_keeps_every_object_and_no_row(computes: Computes) -> None:
+    """What `pg_dump --schema-only` into a fresh instance would leave, made in place."""
+    _running_root(computes)
+    child = computes.keep(forks.fork(computes.root, computes.compute, computes.name("schema")))
+    with connect(child) as session:
+        session.execute("CREATE TABLE parents (id serial PRIMARY KEY, v text)")
+        session.execute("CREATE TABLE kids (parent int REFERENCES parents,"
+                        " n int GENERATED ALWAYS AS IDENTITY)")
+        session.execute("INSERT INTO parents (v) VALUES ('a'), ('b')")
+        session.execute("INSERT INTO kids (parent) VALUES (1), (2)")
+        session.execute("CREATE SEQUENCE loose")
+        session.execute("SELECT nextval('loose'), nextval('loose')")
+        session.execute("CREATE MATERIALIZED VIEW counted AS SELECT count(*) AS n FROM parents")
+        session.execute("SELECT lo_from_bytea(0, 'large')")
+    assert DATABASE in standby.empty_databases(child)
+    with connect(child) as session:
+        assert session.execute("SELECT (SELECT count(*) FROM parents), (SELECT count(*) FROM kids),"
+                               " (SELECT count(*) FROM pg_largeobject_metadata)").fetchone() == (0, 0, 0)
+        assert session.execute("INSERT INTO parents (v) VALUES ('c') RETURNING id").fetchone() == (1,)
+        assert session.execute("SELECT nextval('loose')").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):  # not populated
+            session.execute("SELECT n FROM counted")
+
+
+def test_a_standby_takes_the_logins_of_the_branch_it_serves(computes: Computes) -> None:
+    """A time-travel connection served by another branch's copy logs in with its own
+    branch's password (the relay passes the client's proof on), never the copy's."""
+    _running_root(computes)
+    other = computes.keep(forks.fork(computes.root, computes.compute, computes.name("pw")))
+    with connect(other) as session:
+        session.execute("ALTER ROLE CURRENT_USER PASSWORD 'of-the-other-branch'")
+    wanted = standby.differing(standby.login_verifiers(other), standby.login_verifiers(computes.root))
+    assert list(wanted) == [OWNER]
+    copy = computes.keep(standby.standby_of(computes.root, computes.compute, computes.name("tt"),
+                                            verifiers=wanted))
+    with connect(copy, password="of-the-other-branch") as session:
+        assert session.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(copy).close()
+
+
+def test_an_instance_s_lsn_while_it_runs_and_once_stopped(computes: Computes) -> None:
+    child = computes.keep(forks.fork(computes.root, computes.compute, computes.name("lsn")))
+    with connect(child) as session:
+        session.execute("CREATE TABLE moved (v int)")
+        now = session.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+    assert compute_history.lsn_of(child) == now[0]  # type: ignore[index]
+    instances.stop(child)
+    control = subprocess.run([child.bin("pg_controldata"), str(child.paths.data)], capture_output=True,
+                             text=True, check=True, env={"LC_ALL": "C"}).stdout
+    [checkpoint] = [line.split(":", 1)[1].strip() for line in control.splitlines()
+                    if line.startswith("Latest checkpoint location")]
+    assert compute_history.lsn_of(child) == checkpoint
