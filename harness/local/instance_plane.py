@@ -46,6 +46,7 @@ from cathouse_harness.local.compute import users as compute_users
 from cathouse_harness.local.compute.fork import fork
 from cathouse_harness.local.compute.instance import Instance, admin_session, remove, running_pid, start, stop
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
+from cathouse_harness.local.compute.pooler import Poolers
 from cathouse_harness.local.compute.roots import create_branch_role, make_root
 from cathouse_harness.local.compute.template import ensure_template
 from cathouse_harness.local.listeners import EndpointAddress, Listeners
@@ -182,8 +183,7 @@ class InstanceDataPlane:
         self.install: PgInstall | None = None
         self.features: ServerFeatures | None = None
         self.server_version = ""
-        self.pgbouncer_available = False
-        self.pgbouncer_problem: str | None = "the instance data plane runs no PgBouncer yet: pooled is direct"
+        self._poolers: Poolers | None = None
         self.on_activity: Callable[[], None] | None = None
         self.timings: dict[str, float] = {}
         self._neon: Any = None
@@ -232,8 +232,16 @@ class InstanceDataPlane:
     def names_problem(self) -> str | None:
         return self._listeners.names_problem if self._listeners is not None else None
 
+    @property
+    def pgbouncer_available(self) -> bool:
+        return self._poolers is not None and self._poolers.available
+
+    @property
+    def pgbouncer_problem(self) -> str | None:
+        return self._poolers.problem if self._poolers is not None else None
+
     def pooler_info(self) -> dict[str, object] | None:
-        return None
+        return self._poolers.info() if self._poolers is not None else None
 
     async def start(self) -> None:
         started = time.perf_counter()
@@ -247,9 +255,10 @@ class InstanceDataPlane:
         self._load_map()
         self._superuser = template.superuser_password
         self._tls = await asyncio.to_thread(server_material, self.home / "tls")
+        self._poolers = Poolers()
         nowhere = Upstream("127.0.0.1", 0)  # the relay goes to instances' sockets, not here
         self._listeners = Listeners(
-            Fences(), self._tls, nowhere, nowhere, pooled_via_pgbouncer=False,
+            Fences(), self._tls, nowhere, nowhere, pooled_via_pgbouncer=self._poolers.available,
             make_proxy=functools.partial(RelayEndpoint, resolve=self._route, keys=self._keys),
             cancel=self._keys.cancel,
         )
@@ -267,6 +276,8 @@ class InstanceDataPlane:
             await self._listeners.close_all()
         if self._background:
             await asyncio.wait(self._background, timeout=30)
+        if self._poolers is not None:
+            await self._poolers.stop_all()
         if stop_postgres and self._compute is not None:
             for instance in self._all_instances():
                 await asyncio.to_thread(stop, instance)
@@ -461,6 +472,7 @@ class InstanceDataPlane:
         branch = found[0] if found is not None else None
         async with self._lock(target):
             if (branch is None or branch.deleting) and not self._holds_others(target):
+                await self._stop_pooler(instance)
                 await asyncio.to_thread(remove, instance)
                 self._forget(target)
                 return
@@ -501,6 +513,7 @@ class InstanceDataPlane:
         done = self._reforked.get(target[0])
         if done is None or done[0] != source[0] or physical in done[1]:
             async with self._lock(target[0]):
+                await self._stop_pooler(self._instance(target[0]))
                 await asyncio.to_thread(remove, self._instance(target[0]))
                 await self._fork(source[0], target[0])
             self._forget(target[0])
@@ -629,7 +642,13 @@ class InstanceDataPlane:
         if ep.current_state == "idle":  # a suspended compute wakes on a connection
             ep.current_state, ep.started_at = "active", iso(now())
         extra = _READ_ONLY if ep.type == "read_only" else {}
-        return Route(socket_file(instance.paths), functools.partial(self._verifier, instance), extra)
+        pooler = functools.partial(self._poolers.route, instance) if self._poolers is not None else None
+        return Route(socket_file(instance.paths), functools.partial(self._verifier, instance), extra, pooler)
+
+    async def _stop_pooler(self, instance: Instance) -> None:
+        """Before its instance stops or goes: PgBouncer's pooled sessions would break anyway."""
+        if self._poolers is not None:
+            await self._poolers.stop(instance)
 
     async def _verifier(self, instance: Instance, role: str, database: str) -> str | None:
         return await asyncio.to_thread(_read_verifier, instance, role, database)
@@ -696,5 +715,6 @@ class InstanceDataPlane:
                 instance = self._instance(name)
                 if running_pid(instance) is not None:
                     log.info("instance %s idle for %.0f s: suspended", name, moment - used)
+                    await self._stop_pooler(instance)
                     await asyncio.to_thread(stop, instance)
                 self._last_used.pop(name, None)
