@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -63,7 +64,7 @@ from cathouse_harness.support import env
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.polling import Backoff, wait_until_async
 from cathouse_harness.support.redact import register_url
-from cathouse_harness.support.safe_paths import write_private
+from cathouse_harness.support.safe_paths import remove_tree, write_private
 from psycopg import sql
 
 log = get_logger("local.instance_plane")
@@ -184,6 +185,8 @@ class InstanceDataPlane:
         self.features: ServerFeatures | None = None
         self.server_version = ""
         self._poolers: Poolers | None = None
+        # a restart (`stop_for_restart`) keeps an in-memory home's instances
+        self.keep_cluster = False
         self.on_activity: Callable[[], None] | None = None
         self.timings: dict[str, float] = {}
         self._neon: Any = None
@@ -281,6 +284,18 @@ class InstanceDataPlane:
         if stop_postgres and self._compute is not None:
             for instance in self._all_instances():
                 await asyncio.to_thread(stop, instance)
+            if self.storage == "memory" and not self.keep_cluster:
+                await asyncio.to_thread(self._discard_memory)
+
+    def _discard_memory(self) -> None:
+        """Memory is the server's while it runs (#26): the instances, spares and template
+        go with it, and the next start forgets the branches they held."""
+        compute = self._compute
+        assert compute is not None
+        remove_tree(compute.base, owners={compute.user.uid, os.geteuid()})
+        self._where.clear()
+        with contextlib.suppress(FileNotFoundError):
+            self._map_file().unlink()
 
     def remove_home_user(self) -> None:
         """Delete the home's per-home OS user (tests, once the files are gone)."""
@@ -537,14 +552,18 @@ class InstanceDataPlane:
         """Only the shared plane's SQL interception tells of this."""
 
     async def list_databases(self) -> list[str]:
-        """The physical names of the databases in an instance that exists."""
-        found: list[str] = []
+        """The physical names of the databases in an instance that exists: the records'
+        and those placed for no record (a refused create's copy, to be dropped)."""
+        found: dict[str, None] = {}
         for branch in self._state().branches.values():
             for db in branch.databases.values():
                 placed = self._placed(db.physical) if db.physical else None
                 if placed is not None and self._exists(self._instance(placed[0])):
-                    found.append(db.physical)
-        return found
+                    found[db.physical] = None
+        for physical, (name, _) in self._where.items():
+            if physical not in found and self._exists(self._instance(name)):
+                found[physical] = None
+        return list(found)
 
     def admin_dsn(self, database: str = "postgres") -> str:
         placed = self._placed(database)
@@ -615,13 +634,28 @@ class InstanceDataPlane:
             db = branch.databases.pop(name, None)
             if db is not None and db.physical:
                 self._unplace(db.physical)
+        # placed under a physical name the record no longer has: the API deleted it and
+        # its drop has not run yet, so it is not a database a session made
+        named = {db.physical for db in branch.databases.values()}
+        leaving = {placed[1] for physical, placed in self._where.items()
+                   if placed[0] == key and physical not in named}
         stamp = iso(now())
         for name, owner in present.items():
-            if name not in branch.databases:
+            if name not in branch.databases and name not in leaving:
                 physical = self._neon.catalog.new_physical()
                 branch.databases[name] = DatabaseRecord(
                     database_id(branch.id, name), name, owner, stamp, stamp, physical)
                 self._place(physical, key, name)
+
+    async def learn_databases(self, branch: Any) -> None:
+        """Tell `branch`'s record of the databases its sessions made or dropped in SQL
+        (the API's database routes ask first), when its instance runs: a suspended one
+        was asked before it stopped."""
+        if branch.deleting or self._neon is None:
+            return
+        instance = self._instance(self._instance_name(branch))
+        if self._exists(instance) and running_pid(instance) is not None:
+            await self._sync(branch, instance)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -644,6 +678,12 @@ class InstanceDataPlane:
         extra = _READ_ONLY if ep.type == "read_only" else {}
         pooler = functools.partial(self._poolers.route, instance) if self._poolers is not None else None
         return Route(socket_file(instance.paths), functools.partial(self._verifier, instance), extra, pooler)
+
+    async def _learn_before_suspend(self, state: Any, instance: Instance) -> None:
+        for branch in list(state.branches.values()):
+            if not branch.deleting and self._instance_name(branch) == instance.name:
+                with contextlib.suppress(LocalServerError, psycopg.Error):
+                    await self._sync(branch, instance)
 
     async def _stop_pooler(self, instance: Instance) -> None:
         """Before its instance stops or goes: PgBouncer's pooled sessions would break anyway."""
@@ -715,6 +755,7 @@ class InstanceDataPlane:
                 instance = self._instance(name)
                 if running_pid(instance) is not None:
                     log.info("instance %s idle for %.0f s: suspended", name, moment - used)
+                    await self._learn_before_suspend(state, instance)
                     await self._stop_pooler(instance)
                     await asyncio.to_thread(stop, instance)
                 self._last_used.pop(name, None)

@@ -101,3 +101,13 @@ def instance_paths(compute: ComputeHome, name: str) -> InstancePaths:
 
 def socket_file(paths: InstancePaths) -> Path:
     return paths.socket_dir / _SOCKET_NAME
+
+
+def memory_bases(home: Path) -> list[Path]:
+    """The existing directories where an in-memory home's instances may be (for tests
+    and cleaners; nothing is checked or made)."""
+    home = home.expanduser().resolve()
+    tag = locations.short_hash(str(home))
+    places = {place.parent / f"{tag}-compute" for place in locations.memory_candidates(home)}
+    places.add(home / "compute" / "pg-memory")
+    return sorted(place for place in places if place.is_dir() and not place.is_symlink())
