@@ -16,14 +16,18 @@ API's record) and databases in line with the record. A password is set only when
 record's changed since it was last set, so a session's own `ALTER ROLE … PASSWORD`
 holds on its branch until the API resets it.
 
-An instance without connections for `suspend_after` seconds is stopped (Neon's
-suspend) and started by the next login (resume).
+Databases sessions make or drop in SQL reach the record when the API's database
+routes ask (`learn_databases`), at a login that syncs, and before a suspend.
 
-Not yet (ARCHITECTURE.md, "Compute per branch"): PgBouncer per instance (pooled is
-direct here), read-only endpoints on standby forks (they are read-only sessions of the
-branch's instance, as on the shared plane), schema-only branches, restore to a point in
-time (a restore from another live branch's instance works), the xdist and history LSNs
-per instance (`current_lsn` is the root instance's).
+An instance without connections for `suspend_after` seconds is stopped (Neon's
+suspend) and started by the next login (resume). Pooled logins go to the instance's
+own PgBouncer (`cathouse_harness.local.compute.pooler`), which stops before it.
+
+Not yet (ARCHITECTURE.md, "Compute per branch"): read-only endpoints on standby forks
+(they are read-only sessions of the branch's instance, as on the shared plane),
+schema-only branches, restore to a point in time (a restore from another live branch's
+instance works), the xdist and history LSNs per instance (`current_lsn` is the root
+instance's).
 """
 
 from __future__ import annotations
