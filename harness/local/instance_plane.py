@@ -478,7 +478,7 @@ class InstanceDataPlane:
                                     owner_password=password)
             self._synced[(target, owner)] = password
             self._last_used[target] = time.monotonic()
-        self._dirty.add(branch.id)
+            self._dirty.add(branch.id)  # its other roles at the first login (a fork was synced above)
         await self._learn(self._instance(target))
 
     async def drop_database(self, physical: str) -> None:
