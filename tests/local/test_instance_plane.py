@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -177,6 +178,17 @@ def test_a_password_set_in_sql_holds_on_the_pooled_path(plane: Plane) -> None:
     assert _backend(plane.child_pooled, user=role, password="second-secret")[2] == "cathouse"
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         _backend(plane.child_pooled, user=role, password="first-secret")
+
+
+def test_a_pgbouncer_that_died_is_replaced_at_the_next_pooled_login(plane: Plane) -> None:
+    require_pgbouncer("PgBouncer per instance")
+    _backend(plane.child_pooled)
+    bouncer = _pgbouncer_of(plane.child_id)
+    assert bouncer is not None
+    os.kill(bouncer, signal.SIGKILL)
+    assert wait_until(lambda: _pgbouncer_of(plane.child_id) is None, timeout=30, backoff=Backoff(0.05))
+    assert _backend(plane.child_pooled)[2] == "cathouse"
+    assert _pgbouncer_of(plane.child_id) not in (None, bouncer)
 
 
 def test_pgbouncer_stops_with_its_suspended_instance(plane: Plane) -> None:

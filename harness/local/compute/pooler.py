@@ -96,6 +96,11 @@ class Poolers:
             return socket_file(instance.paths)
         async with self._lock(instance.name):
             bouncer = self._running.get(instance.name)
+            if bouncer is not None and bouncer.pid is None:  # it exited: a new one
+                log.warning("the PgBouncer of instance %s exited; starting another", instance.name)
+                del self._running[instance.name]
+                await bouncer.stop()
+                bouncer = None
             if bouncer is None:
                 bouncer = await self._start(instance, role, verifier)
                 if bouncer is None:
