@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.proxy import (
     POOLED_KINDS,
     EndpointProxy,
@@ -175,6 +176,12 @@ class RelayEndpoint(EndpointProxy):
                     socket = await route.pooler(user, verifier)
         except Refusal as refusal:
             writer.write(error_response(refusal.sqlstate, refusal.message))
+            await writer.drain()
+            return
+        except LocalServerError as exc:  # the instance or its PgBouncer would not start
+            log.warning("endpoint %s: %s", self.endpoint_id, exc)
+            line = f"the branch's database server is not available: {exc.message}"
+            writer.write(error_response("08006", line))
             await writer.drain()
             return
         except AuthFailed as failed:
