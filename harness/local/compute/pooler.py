@@ -94,6 +94,7 @@ class Poolers:
         instance's own socket without PgBouncer."""
         if self.binary is None:
             return socket_file(instance.paths)
+        await asyncio.to_thread(self._known_version)  # `pgbouncer --version`, once, off the loop
         async with self._lock(instance.name):
             bouncer = self._running.get(instance.name)
             if bouncer is not None and bouncer.pid is None:  # it exited: a new one
@@ -136,7 +137,3 @@ class Poolers:
         for name in list(self._running):
             bouncer = self._running.pop(name)
             await bouncer.stop()
-
-    def running(self) -> dict[str, int]:
-        """Instance name -> its PgBouncer's pid, for those that run."""
-        return {name: bouncer.pid for name, bouncer in self._running.items() if bouncer.pid is not None}
