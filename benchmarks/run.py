@@ -28,7 +28,10 @@ hold on a noisy machine. Sections:
 - idle plugin: `idle_plugin.measure`, a project without the harness run with the plugin
   autoloaded and with it blocked (`-p no:cathouse_harness`), in turns;
 - at Neon's latencies: `neon_profile.measure` (cold, warm, -n 1/-n 4, naive) with the
-  local server under `CATHOUSE_LOCAL_LATENCY=neon`.
+  local server under `CATHOUSE_LOCAL_LATENCY=neon`;
+- a PostgreSQL per branch: `instance_plane.measure` (`CATHOUSE_LOCAL_COMPUTE=instance`):
+  warm session against the shared plane's, per-worker fork and fork → first query
+  against the pg_ctl floor, the first and next pooled query (PgBouncer per instance).
 
 The package's and the example's bytecode is written first (see `compile_bytecode`), as
 an installed package has it, even where PYTHONDONTWRITEBYTECODE is set.
@@ -58,6 +61,7 @@ from typing import Any
 import api_latency
 import early_branch
 import idle_plugin
+import instance_plane
 import neon_profile
 import per_test_branch
 import session_overhead
@@ -550,6 +554,8 @@ def main() -> int:
         r["idle_plugin"] = idle_plugin.measure(root, 9 if quick else 21)
         print("at Neon's latencies (CATHOUSE_LOCAL_LATENCY=neon) …", file=sys.stderr)
         r["neon_profile"] = neon_profile.measure("neon", 1 if quick else 2)
+        print("a PostgreSQL per branch (CATHOUSE_LOCAL_COMPUTE=instance) …", file=sys.stderr)
+        r["instance_plane"] = instance_plane.measure(root, 3 if quick else 7, 5 if quick else 9)
     finally:
         for home in homes:
             stop_home(home)
@@ -571,6 +577,8 @@ def main() -> int:
         **{f"neon_{k}": v for k, v in r["neon_profile"]["ratios"].items()},
         "early_branch_vs_fixture": r["early_branch"]["ratios"]["early_vs_fixture"],
         "early_branch_noise_floor": r["early_branch"]["ratios"]["noise_floor"],
+        "instance_fork_vs_floor": r["instance_plane"]["fork_vs_floor"],
+        "instance_warm_vs_shared": r["instance_plane"]["warm_instance_vs_shared"],
     }
     r["seconds"] = time.perf_counter() - began
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -589,6 +597,7 @@ def main() -> int:
     session_overhead.print_result(r["hot"], r["isolation"], None)
     per_test_branch.print_result(r["per_test_branch"])
     idle_plugin.print_result(r["idle_plugin"])
+    instance_plane.print_result(r["instance_plane"])
     if not args.no_plot and plot(r, args.out.with_suffix(".png")):
         print(f"plot: {args.out.with_suffix('.png')}")
     print(f"results: {args.out} ({r['seconds']:.0f} s)")

@@ -16,6 +16,21 @@ def _branch(request: Request) -> tuple[LocalNeon, BranchRecord]:
     return neon, neon.branch(request.path_params["branch_id"])
 
 
+async def _branch_databases(request: Request) -> tuple[LocalNeon, BranchRecord]:
+    """The branch, its record first told of the databases sessions made or dropped in SQL
+    when its data plane learns them from the branch's own instance (Neon's control plane
+    learns them from the compute)."""
+    neon, branch = _branch(request)
+    await _learn_databases(neon, branch)
+    return neon, branch
+
+
+async def _learn_databases(neon: LocalNeon, branch: BranchRecord) -> None:
+    learn = getattr(neon.dataplane, "learn_databases", None)
+    if learn is not None:
+        await learn(branch)
+
+
 @api
 async def list_roles(request: Request) -> Response:
     _, branch = _branch(request)
@@ -64,27 +79,27 @@ async def reset_password(request: Request) -> Response:
 
 @api
 async def list_databases(request: Request) -> Response:
-    _, branch = _branch(request)
+    _, branch = await _branch_databases(request)
     return ok({"databases": [database_json(branch, db) for db in branch.databases.values()]})
 
 
 @api
 async def get_database(request: Request) -> Response:
-    neon, branch = _branch(request)
+    neon, branch = await _branch_databases(request)
     db = neon.catalog.database(branch, request.path_params["database_name"])
     return ok({"database": database_json(branch, db)})
 
 
 @api
 async def create_database(request: Request) -> Response:
-    neon, branch = _branch(request)
+    neon, branch = await _branch_databases(request)
     db, ops = neon.catalog.create_database(branch.id, check.database_create(await json_body(request)))
     return with_operations(neon, "database", database_json(branch, db), ops, 201)
 
 
 @api
 async def update_database(request: Request) -> Response:
-    neon, branch = _branch(request)
+    neon, branch = await _branch_databases(request)
     change = check.database_update(await json_body(request))
     db, ops = neon.catalog.update_database(branch.id, request.path_params["database_name"], change)
     return with_operations(neon, "database", database_json(branch, db), ops)
@@ -92,7 +107,7 @@ async def update_database(request: Request) -> Response:
 
 @api
 async def delete_database(request: Request) -> Response:
-    neon, branch = _branch(request)
+    neon, branch = await _branch_databases(request)
     deleted = neon.catalog.delete_database(branch.id, request.path_params["database_name"])
     if deleted is None:
         return gone()
@@ -104,6 +119,9 @@ async def delete_database(request: Request) -> Response:
 async def get_connection_uri(request: Request) -> Response:
     neon = project_of(request)
     q = request.query_params
+    if q.get("database_name"):  # one a session made in SQL (an xdist worker's) has a URI too
+        branch_id = q.get("branch_id")
+        await _learn_databases(neon, neon.branch(branch_id) if branch_id else neon.state.default_branch)
     uri = neon.connection_uri(
         branch_id=q.get("branch_id"),
         endpoint_id=q.get("endpoint_id"),

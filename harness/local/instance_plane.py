@@ -16,8 +16,12 @@ API's record) and databases in line with the record. A password is set only when
 record's changed since it was last set, so a session's own `ALTER ROLE … PASSWORD`
 holds on its branch until the API resets it.
 
+Databases sessions make or drop in SQL reach the record when the API's database
+routes ask (`learn_databases`), at a login that syncs, and before a suspend.
+
 An instance without connections for `suspend_after` seconds is stopped (Neon's
-suspend) and started by the next login (resume).
+suspend) and started by the next login (resume). Pooled logins go to the instance's
+own PgBouncer (`cathouse_harness.local.compute.pooler`), which stops before it.
 
 Read-only endpoints and time-travel connections go to hot standbys
 (`compute.history`, `compute.replicas`); a schema-only branch is a fork with every row
@@ -25,8 +29,8 @@ dropped (`compute.standby`); every instance gets a base right after it is made a
 keeps its WAL, so a point in time no branch holds as it is now is replayed
 (`compute.pitr`); LSNs are each instance's own.
 
-Not yet (ARCHITECTURE.md, "Compute per branch"): PgBouncer per instance (pooled is
-direct here), moments before a branch's base (its parent's history is not followed).
+Not yet (ARCHITECTURE.md, "Compute per branch"): moments before a branch's base (its
+parent's history is not followed).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -53,6 +58,7 @@ from cathouse_harness.local.compute.instance import Instance, admin_session, rem
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
 from cathouse_harness.local.compute.pitr import PREFIX as BASE_PREFIX
 from cathouse_harness.local.compute.pitr import Moment
+from cathouse_harness.local.compute.pooler import Poolers
 from cathouse_harness.local.compute.replicas import PREFIX as REPLICA_PREFIX
 from cathouse_harness.local.compute.replicas import Replicas
 from cathouse_harness.local.compute.replicas import leftovers as replica_leftovers
@@ -74,7 +80,7 @@ from cathouse_harness.support import env
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.polling import Backoff, wait_until_async
 from cathouse_harness.support.redact import register_url
-from cathouse_harness.support.safe_paths import write_private
+from cathouse_harness.support.safe_paths import remove_tree, write_private
 from psycopg import sql
 
 log = get_logger("local.instance_plane")
@@ -186,8 +192,9 @@ class InstanceDataPlane:
         self.install: PgInstall | None = None
         self.features: ServerFeatures | None = None
         self.server_version = ""
-        self.pgbouncer_available = False
-        self.pgbouncer_problem: str | None = "the instance data plane runs no PgBouncer yet: pooled is direct"
+        self._poolers: Poolers | None = None
+        # a restart (`stop_for_restart`) keeps an in-memory home's instances
+        self.keep_cluster = False
         self.on_activity: Callable[[], None] | None = None
         # names mode: a branch id's read-write endpoint id (a time-travel host names the branch)
         self.branch_endpoint: Callable[[str], str | None] = lambda _branch_id: None
@@ -241,8 +248,16 @@ class InstanceDataPlane:
     def names_problem(self) -> str | None:
         return self._listeners.names_problem if self._listeners is not None else None
 
+    @property
+    def pgbouncer_available(self) -> bool:
+        return self._poolers is not None and self._poolers.available
+
+    @property
+    def pgbouncer_problem(self) -> str | None:
+        return self._poolers.problem if self._poolers is not None else None
+
     def pooler_info(self) -> dict[str, object] | None:
-        return None
+        return self._poolers.info() if self._poolers is not None else None
 
     async def start(self) -> None:
         started = time.perf_counter()
@@ -261,9 +276,10 @@ class InstanceDataPlane:
         for name in replica_leftovers(compute, (REPLICA_PREFIX, BASE_PREFIX)):
             await asyncio.to_thread(remove, self._instance(name))
         self._tls = await asyncio.to_thread(server_material, self.home / "tls")
+        self._poolers = Poolers()
         nowhere = Upstream("127.0.0.1", 0)  # the relay goes to instances' sockets, not here
         self._listeners = Listeners(
-            Fences(), self._tls, nowhere, nowhere, pooled_via_pgbouncer=False,
+            Fences(), self._tls, nowhere, nowhere, pooled_via_pgbouncer=self._poolers.available,
             make_proxy=functools.partial(RelayEndpoint, resolve=self._route, keys=self._keys),
             cancel=self._keys.cancel, branch_endpoint=lambda branch_id: self.branch_endpoint(branch_id),
         )
@@ -281,11 +297,25 @@ class InstanceDataPlane:
             await self._listeners.close_all()
         if self._background:
             await asyncio.wait(self._background, timeout=30)
+        if self._poolers is not None:
+            await self._poolers.stop_all()
         if stop_postgres and self._compute is not None:
             for instance in self._all_instances():
                 await asyncio.to_thread(stop, instance)
+            if self.storage == "memory" and not self.keep_cluster:
+                await asyncio.to_thread(self._discard_memory)
         lease.release(self._lease)
         self._lease = None
+
+    def _discard_memory(self) -> None:
+        """Memory is the server's while it runs (#26): the instances, spares and template
+        go with it, and the next start forgets the branches they held."""
+        compute = self._compute
+        assert compute is not None
+        remove_tree(compute.base, owners={compute.user.uid, os.geteuid()})
+        self._where.clear()
+        with contextlib.suppress(FileNotFoundError):
+            self._map_file().unlink()
 
     def remove_home_user(self) -> None:
         """Delete the home's per-home OS user (tests, once the files are gone)."""
@@ -467,7 +497,7 @@ class InstanceDataPlane:
             self._synced[(target, owner)] = password
             self._last_used[target] = time.monotonic()
             self._based().take_later(target)
-        self._dirty.add(branch.id)
+            self._dirty.add(branch.id)  # its other roles at the first login (a fork was synced above)
         await self._learn(self._instance(target))
 
     async def drop_database(self, physical: str) -> None:
@@ -481,6 +511,7 @@ class InstanceDataPlane:
         async with self._lock(target):
             gone = (branch is None or branch.deleting) and not self._holds_others(target)
             if gone:
+                await self._stop_pooler(instance)
                 await asyncio.to_thread(remove, instance)
                 self._forget(target)
             elif not self._exists(instance):
@@ -530,6 +561,7 @@ class InstanceDataPlane:
         if done is None or done[0] != source[0] or physical in done[1]:
             await self._based().drop(target[0])
             async with self._lock(target[0]):
+                await self._stop_pooler(self._instance(target[0]))
                 await asyncio.to_thread(remove, self._instance(target[0]))
             self._forget(target[0])
             await self._copy_as_of(source[0], target[0], moment)
@@ -553,14 +585,18 @@ class InstanceDataPlane:
         """Only the shared plane's SQL interception tells of this."""
 
     async def list_databases(self) -> list[str]:
-        """The physical names of the databases in an instance that exists."""
-        found: list[str] = []
+        """The physical names of the databases in an instance that exists: the records'
+        and those placed for no record (a refused create's copy, to be dropped)."""
+        found: dict[str, None] = {}
         for branch in self._state().branches.values():
             for db in branch.databases.values():
                 placed = self._placed(db.physical) if db.physical else None
                 if placed is not None and self._exists(self._instance(placed[0])):
-                    found.append(db.physical)
-        return found
+                    found[db.physical] = None
+        for physical, (name, _) in self._where.items():
+            if physical not in found and self._exists(self._instance(name)):
+                found[physical] = None
+        return list(found)
 
     def admin_dsn(self, database: str = "postgres") -> str:
         placed = self._placed(database)
@@ -642,13 +678,28 @@ class InstanceDataPlane:
             db = branch.databases.pop(name, None)
             if db is not None and db.physical:
                 self._unplace(db.physical)
+        # placed under a physical name the record no longer has: the API deleted it and
+        # its drop has not run yet, so it is not a database a session made
+        named = {db.physical for db in branch.databases.values()}
+        leaving = {placed[1] for physical, placed in self._where.items()
+                   if placed[0] == key and physical not in named}
         stamp = iso(now())
         for name, owner in present.items():
-            if name not in branch.databases:
+            if name not in branch.databases and name not in leaving:
                 physical = self._neon.catalog.new_physical()
                 branch.databases[name] = DatabaseRecord(
                     database_id(branch.id, name), name, owner, stamp, stamp, physical)
                 self._place(physical, key, name)
+
+    async def learn_databases(self, branch: Any) -> None:
+        """Tell `branch`'s record of the databases its sessions made or dropped in SQL
+        (the API's database routes ask first), when its instance runs: a suspended one
+        was asked before it stopped."""
+        if branch.deleting or self._neon is None:
+            return
+        instance = self._instance(self._instance_name(branch))
+        if self._exists(instance) and running_pid(instance) is not None:
+            await self._sync(branch, instance)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -673,7 +724,19 @@ class InstanceDataPlane:
             return await self._reads().time_travel(branch, instance, at)
         if ep.type == "read_only":
             return await self._reads().read_only(endpoint_id, instance)
-        return Route(socket_file(instance.paths), functools.partial(self._verifier, instance))
+        pooler = functools.partial(self._poolers.route, instance) if self._poolers is not None else None
+        return Route(socket_file(instance.paths), functools.partial(self._verifier, instance), pooler=pooler)
+
+    async def _learn_before_suspend(self, state: Any, instance: Instance) -> None:
+        for branch in list(state.branches.values()):
+            if not branch.deleting and self._instance_name(branch) == instance.name:
+                with contextlib.suppress(LocalServerError, psycopg.Error):
+                    await self._sync(branch, instance)
+
+    async def _stop_pooler(self, instance: Instance) -> None:
+        """Before its instance stops or goes: PgBouncer's pooled sessions would break anyway."""
+        if self._poolers is not None:
+            await self._poolers.stop(instance)
 
     async def _verifier(self, instance: Instance, role: str, database: str) -> str | None:
         return await asyncio.to_thread(read_verifier, instance, role, database)
@@ -788,5 +851,7 @@ class InstanceDataPlane:
                 instance = self._instance(name)
                 if running_pid(instance) is not None:
                     log.info("instance %s idle for %.0f s: suspended", name, moment - used)
+                    await self._learn_before_suspend(state, instance)
+                    await self._stop_pooler(instance)
                     await asyncio.to_thread(stop, instance)
                 self._last_used.pop(name, None)

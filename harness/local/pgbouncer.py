@@ -52,6 +52,8 @@ _START_TIMEOUT = 15.0
 # how often a start tries the admin console, and a stop looks for the process's exit
 _POLL = Backoff(0.02)
 _ADMIN_ITERATIONS = 16
+# the port number in a unix socket's name (PostgreSQL's is 5432 in the same directory)
+SOCKET_PORT = 6432
 
 
 def find_pgbouncer() -> Path | None:
@@ -146,11 +148,15 @@ class PgBouncer:
 
     def __init__(
         self, binary: Path, directory: Path, *, user: OsUser, pg_host: str, pg_port: int,
-        mode: str = "transaction",
+        mode: str = "transaction", socket_dir: Path | None = None,
+        version: tuple[int, ...] | None = None,
     ) -> None:
         self.binary = binary
+        # a unix socket there instead of a loopback port (one PgBouncer per instance,
+        # reached only by the relay, inside the instance's 0700 directory)
+        self.socket_dir = socket_dir
         self.mode = mode
-        self.version = pgbouncer_version(binary)
+        self.version = version or pgbouncer_version(binary)
         self.directory = directory
         self.user = user
         self.pg_host = pg_host
@@ -189,6 +195,15 @@ class PgBouncer:
     def prepared_statements(self) -> bool:
         return carries_prepared_statements(self.version, self.mode)
 
+    @property
+    def socket_file(self) -> Path | None:
+        return self.socket_dir / f".s.PGSQL.{self.port}" if self.socket_dir is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
     def _fail(self, message: str) -> LocalServerError:
         return LocalServerError(message, hint=f"see {self.log_file}")
 
@@ -222,9 +237,9 @@ class PgBouncer:
         # pool when the first client asks for it.
         databases = f"* = host={self.pg_host} port={self.pg_port}\n"
         settings = {
-            "listen_addr": "127.0.0.1",
+            "listen_addr": "127.0.0.1" if self.socket_dir is None else "",
             "listen_port": str(self.port),
-            "unix_socket_dir": "",
+            "unix_socket_dir": str(self.socket_dir or ""),
             "auth_type": "scram-sha-256",
             "auth_file": str(self.auth_file),
             "admin_users": ADMIN_USER,
@@ -260,7 +275,7 @@ class PgBouncer:
         self._stop_stale()
         self._load_users()
         self._databases = set(databases)
-        self.port = free_port()
+        self.port = free_port() if self.socket_dir is None else SOCKET_PORT
         self._write_files()
         chown_to(self.log_file, self.user, 0o600, create=True)
         self._process = subprocess.Popen(  # type: ignore[call-overload]
@@ -312,7 +327,7 @@ class PgBouncer:
 
     async def _admin(self) -> asyncpg.Connection:
         return await asyncpg.connect(
-            host="127.0.0.1",
+            host=str(self.socket_dir or "127.0.0.1"),
             port=self.port,
             user=ADMIN_USER,
             password=self._admin_secret,
@@ -341,6 +356,10 @@ class PgBouncer:
             await self._command("RELOAD")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise self._fail(f"PgBouncer reload failed ({type(exc).__name__})") from None
+
+    def preset_user(self, user: str, verifier: str) -> None:
+        """A user for the auth file `start` writes (no reload: it is not running yet)."""
+        self._users[user] = verifier
 
     async def set_user(self, user: str, verifier: str) -> None:
         if self._users.get(user) == verifier:

@@ -15,6 +15,10 @@ what changes is everything after the startup:
   password is stored anywhere and nothing is opened upstream for an unproven client;
 - from then on bytes are copied both ways in fixed chunks; the session's BackendKeyData
   is remembered so a cancel request (which names no endpoint) reaches its instance.
+
+On the pooled listeners the login goes to the instance's PgBouncer instead
+(`cathouse_harness.local.compute.pooler`), with the same ClientKey; PgBouncer checks it
+against the same verifier and logs in to the instance with it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.proxy import (
+    POOLED_KINDS,
     EndpointProxy,
     Refusal,
     Startup,
@@ -71,6 +77,9 @@ class Route:
     extra: Mapping[str, str] = field(default_factory=dict)
     # called once the connection routed here has ended (a standby counts its users)
     release: Callable[[], None] | None = None
+    # (role, its verifier) -> the socket a pooled login goes to once the client proved
+    # it (the instance's PgBouncer, told that verifier); None: pooled is direct
+    pooler: Callable[[str, str], Awaitable[Path]] | None = None
 
 
 # endpoint id and the moment a time-travel connection asks for (None: now) -> its route
@@ -164,8 +173,17 @@ class RelayEndpoint(EndpointProxy):
                     client_key = await authenticate_client(
                         reader, writer, verifier, end_point=end_point, failure=failure
                     )
+                    socket = route.socket
+                    if listener.kind in POOLED_KINDS and route.pooler is not None:
+                        socket = await route.pooler(user, verifier)
             except Refusal as refusal:
                 writer.write(error_response(refusal.sqlstate, refusal.message))
+                await writer.drain()
+                return
+            except LocalServerError as exc:  # the instance or its PgBouncer would not start
+                log.warning("endpoint %s: %s", self.endpoint_id, exc)
+                line = f"the branch's database server is not available: {exc.message}"
+                writer.write(error_response("08006", line))
                 await writer.drain()
                 return
             except AuthFailed as failed:
@@ -173,14 +191,14 @@ class RelayEndpoint(EndpointProxy):
                 await writer.drain()
                 return
             params.update(route.extra)
-            await self._relay(route, startup.version, params, verifier, client_key, reader, writer)
+            await self._relay(socket, startup.version, params, verifier, client_key, reader, writer)
         finally:
             if route is not None and route.release is not None:
                 route.release()
 
     async def _relay(
         self,
-        route: Route,
+        socket: Path,
         version: int,
         params: dict[str, str],
         verifier: str,
@@ -189,7 +207,7 @@ class RelayEndpoint(EndpointProxy):
         writer: asyncio.StreamWriter,
     ) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_unix_connection(str(route.socket))
+            up_reader, up_writer = await asyncio.open_unix_connection(str(socket))
         except OSError:
             writer.write(error_response("08006", "the branch's database server is not reachable"))
             await writer.drain()
@@ -204,7 +222,7 @@ class RelayEndpoint(EndpointProxy):
                 key = await _until_ready(up_reader, writer)
             if not key:
                 return
-            self.keys.add(key, route.socket)
+            self.keys.add(key, socket)
             await _pipe_both(reader, writer, up_reader, up_writer)
         except AuthFailed as failed:  # the password changed between our read and its check
             writer.write(failed.reply)

@@ -32,6 +32,20 @@ START_TIMEOUT = 90.0
 FINAL = ("finished", "failed", "error", "cancelled", "skipped")
 
 
+def instance_compute() -> bool:
+    """Whether the servers these tests start run a PostgreSQL per branch
+    (`CATHOUSE_LOCAL_COMPUTE=instance`) rather than the shared cluster."""
+    from cathouse_harness.local.instance_plane import compute_choice
+
+    return compute_choice() == "instance"
+
+
+def unknown_login_sqlstate(shared: str) -> str:
+    """What a login naming a role or database the branch lacks gets: the shared plane's
+    proxy says which (`shared`); a branch's own instance answers as for a wrong password."""
+    return "28P01" if instance_compute() else shared
+
+
 @contextmanager
 def start_test_server(
     home: Path,

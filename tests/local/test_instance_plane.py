@@ -1,10 +1,13 @@
 """The instance data plane (`CATHOUSE_LOCAL_COMPUTE=instance`) as a client sees it through
 the relay: channel binding, cancel requests routed to the session's instance, suspend
-after idle and resume on the next login. The shared plane stays the default."""
+after idle and resume on the next login, the pooled path through the instance's own
+PgBouncer. The shared plane stays the default."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,9 +18,11 @@ import psycopg
 import pytest
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local import instance_plane
+from cathouse_harness.local.compute.probe import tcp_listeners
 from cathouse_harness.support.polling import Backoff, wait_until
 from cathouse_harness.support.processes import pid_alive
 
+from tests._pgbouncer import require_pgbouncer
 from tests.local._server import api_client, connection_uri, delete_branch, start_test_server, wait_operations
 from tests.local.test_history import moment, restore
 
@@ -25,22 +30,19 @@ SUSPEND_AFTER = 1.0
 
 
 @dataclass(frozen=True)
-class Served:
+class Plane:
     client: httpx.Client
     project: str
-    urls: tuple[str, str]
+    main: str
+    child: str
+    child_pooled: str
+    child_id: str
 
 
 @pytest.fixture(scope="module")
-def urls(served: Served) -> tuple[str, str]:
-    """(the default branch's URL, a child's)."""
-    return served.urls
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """A server whose idle instances stop after SUSPEND_AFTER seconds, its API and the
-    URLs of the default branch and of a child."""
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
+    """The default branch's URL and a child's (direct and pooled), on a server whose
+    idle instances stop after SUSPEND_AFTER seconds."""
     home = tmp_path_factory.mktemp("instance-plane")
     home.chmod(0o700)
     saved = os.environ.get(instance_plane.ENV_VAR), instance_plane.SUSPEND_AFTER
@@ -55,13 +57,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             made = client.post(f"/projects/{project}/branches",
                                json={"endpoints": [{"type": "read_write"}]}).json()
             wait_operations(client, project, made["operations"])
-            yield Served(client, project, (main, made["connection_uris"][0]["connection_uri"]))
+            child_id = made["branch"]["id"]
+            yield Plane(client, project, main, made["connection_uris"][0]["connection_uri"],
+                        connection_uri(client, project, child_id, pooled=True), child_id)
     finally:
         instance_plane.SUSPEND_AFTER = saved[1]
         if saved[0] is None:
             os.environ.pop(instance_plane.ENV_VAR, None)
         else:
             os.environ[instance_plane.ENV_VAR] = saved[0]
+
+
+@pytest.fixture
+def urls(plane: Plane) -> tuple[str, str]:
+    """(the default branch's URL, a child's)."""
+    return plane.main, plane.child
 
 
 def test_shared_is_the_default_and_a_bad_value_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,17 +137,86 @@ def test_an_idle_instance_is_suspended_and_resumed_by_a_login(urls: tuple[str, s
         assert session.execute("SELECT count(*) FROM survives").fetchone() == (1,)
 
 
+def _pgbouncer_of(branch_id: str) -> int | None:
+    """The pid of the PgBouncer in front of the branch's instance, if one runs."""
+    mark = f"/instances/{branch_id}/pgbouncer/".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"pgbouncer" in command and mark in command:
+                return int(entry.name)
+    return None
+
+
+def _backend(url: str, **kwargs: str) -> tuple[int, int, str]:
+    with psycopg.connect(url, **kwargs) as session:
+        pid, database = session.execute("SELECT pg_backend_pid(), current_database()").fetchone()  # type: ignore[misc]
+        return pid, _postmaster_of(session), database
+
+
+def test_pooled_logins_share_the_instances_own_pgbouncer(plane: Plane) -> None:
+    """Consecutive pooled clients share one server backend of the branch's own instance
+    (PgBouncer in transaction mode, one per instance); it listens on no TCP port."""
+    require_pgbouncer("sharing a server connection")
+    pooled = [_backend(plane.child_pooled) for _ in range(3)]
+    assert len({pid for pid, _, _ in pooled}) == 1, pooled
+    _, postmaster, database = _backend(plane.child)
+    assert {(master, name) for _, master, name in pooled} == {(postmaster, "cathouse")}
+    bouncer = _pgbouncer_of(plane.child_id)
+    assert bouncer is not None and tcp_listeners(bouncer) == []
+
+
+def test_a_password_set_in_sql_holds_on_the_pooled_path(plane: Plane) -> None:
+    """PgBouncer's auth file follows the instance's pg_authid at each login: a role made
+    in SQL logs in pooled, and after ALTER ROLE only its new password does."""
+    require_pgbouncer("the pooled path's auth file")
+    role = f"r_{secrets.token_hex(3)}"
+    with psycopg.connect(plane.child, autocommit=True) as session:
+        session.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'first-secret'")
+    assert _backend(plane.child_pooled, user=role, password="first-secret")[2] == "cathouse"
+    with psycopg.connect(plane.child, autocommit=True) as session:
+        session.execute(f"ALTER ROLE {role} PASSWORD 'second-secret'")
+    assert _backend(plane.child_pooled, user=role, password="second-secret")[2] == "cathouse"
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        _backend(plane.child_pooled, user=role, password="first-secret")
+
+
+def test_a_pgbouncer_that_died_is_replaced_at_the_next_pooled_login(plane: Plane) -> None:
+    require_pgbouncer("PgBouncer per instance")
+    _backend(plane.child_pooled)
+    bouncer = _pgbouncer_of(plane.child_id)
+    assert bouncer is not None
+    os.kill(bouncer, signal.SIGKILL)
+    assert wait_until(lambda: _pgbouncer_of(plane.child_id) is None, timeout=30, backoff=Backoff(0.05))
+    assert _backend(plane.child_pooled)[2] == "cathouse"
+    assert _pgbouncer_of(plane.child_id) not in (None, bouncer)
+
+
+def test_pgbouncer_stops_with_its_suspended_instance(plane: Plane) -> None:
+    require_pgbouncer("PgBouncer per instance")
+    _, postmaster, _ = _backend(plane.child_pooled)
+    bouncer = _pgbouncer_of(plane.child_id)
+    assert bouncer is not None
+    assert wait_until(lambda: not pid_alive(postmaster) and not pid_alive(bouncer),
+                      timeout=60, backoff=Backoff(0.1))
+    _, resumed, _ = _backend(plane.child_pooled)  # resume: the instance, then its PgBouncer
+    assert resumed != postmaster and _pgbouncer_of(plane.child_id) not in (None, bouncer)
+
+
 def _values(url: str, options: str = "") -> list[object]:
     with psycopg.connect(url, options=options) as session:
         return [v for (v,) in session.execute("SELECT v FROM moments ORDER BY v").fetchall()]
 
 
-def test_any_moment_since_a_branch_s_base_is_replayed_from_its_wal(served: Served) -> None:
+def test_any_moment_since_a_branch_s_base_is_replayed_from_its_wal(plane: Plane) -> None:
     """Between two writes no branch holds the state (the shared plane refuses it, see
     tests/local/test_divergences.py): here the branch's base and its WAL give it, for a
     new branch at a time or an LSN, a restore, and a time-travel connection; and for a
     child made later, whose history before its branch point is its parent's."""
-    client, project = served.client, served.project
+    client, project = plane.client, plane.project
     made = client.post(f"/projects/{project}/branches",
                        json={"branch": {"name": "moments"}, "endpoints": [{"type": "read_write"}]}).json()
     wait_operations(client, project, made["operations"])

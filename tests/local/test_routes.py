@@ -21,6 +21,7 @@ from tests.local._server import (
     delete_branch,
     sql,
     start_test_server,
+    unknown_login_sqlstate,
     wait_operations,
 )
 
@@ -222,7 +223,7 @@ def test_role_create_connect_reset_delete(client: httpx.Client, p: str, project:
     assert sql(uri, "SELECT current_user AS u")[0]["u"] == role
     # Roles belong to a branch: the sibling has no such role, and its endpoint says so.
     sibling_uri = _uri(client, p, sibling["id"]).replace("cathouse_owner", role, 1)
-    _refused(sibling_uri, "28000")
+    _refused(sibling_uri, unknown_login_sqlstate("28000"))
 
     reset = _done(client, p, client.post(f"{base}/roles/{role}/reset_password"))
     second = reset["role"]["password"]
@@ -237,7 +238,7 @@ def test_role_create_connect_reset_delete(client: httpx.Client, p: str, project:
     _done(client, p, client.delete(f"{base}/roles/{role}"))
     assert client.get(f"{base}/roles/{role}").status_code == 404
     assert client.delete(f"{base}/roles/{role}").status_code == 204
-    _refused(uri, "28000")
+    _refused(uri, unknown_login_sqlstate("28000"))
     for branch_id in (branch["id"], sibling["id"]):
         delete_branch(client, project, branch_id)
 
@@ -276,11 +277,11 @@ def test_database_create_fork_rename_delete(client: httpx.Client, p: str, projec
         new_uri, "SELECT pg_get_userbyid(datdba) AS o FROM pg_database WHERE datname = current_database()"
     )
     assert owner[0]["o"] == other
-    _refused(uri, "3D000")
+    _refused(uri, unknown_login_sqlstate("3D000"))
 
     _done(client, p, client.delete(f"{base}/databases/{renamed}"))
     assert client.delete(f"{base}/databases/{renamed}").status_code == 204
-    _refused(new_uri, "3D000")
+    _refused(new_uri, unknown_login_sqlstate("3D000"))
     delete_branch(client, project, child["id"])
     delete_branch(client, project, branch["id"])
 

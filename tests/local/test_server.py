@@ -18,6 +18,7 @@ import httpx
 import pytest
 from cathouse_harness.config.settings import Settings
 from cathouse_harness.errors import ConfigError, LocalServerError
+from cathouse_harness.local.compute.layout import memory_bases
 from cathouse_harness.local.discovery import LocalServerInfo, discovery_path, log_path, probe, running_server
 from cathouse_harness.local.launch import ensure_local_server, stop_local_server
 from cathouse_harness.local.postgres import memory_cluster_dirs
@@ -94,11 +95,12 @@ def test_daemon_is_shared_and_stops(home: Path) -> None:
     log_text = log_path(home).read_text()
     assert info.api_key.reveal() not in log_text
 
-    assert memory_cluster_dirs(home)  # in /dev/shm (or $XDG_RUNTIME_DIR) while it runs
+    # in /dev/shm (or $XDG_RUNTIME_DIR) while it runs: the cluster, or the home's instances
+    assert memory_cluster_dirs(home) + memory_bases(home)
     assert stop_local_server(home) is True
     _wait_dead(info.pid)
     assert not discovery_path(home).exists()
-    assert not memory_cluster_dirs(home), "a stopped server left its in-memory cluster"
+    assert not memory_cluster_dirs(home) + memory_bases(home), "a stopped server left its in-memory cluster"
     assert running_server(home) is None
     assert probe(info.api_host, info.api_key.reveal()) is None  # nothing listens now
     assert stop_local_server(home) is False

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -231,11 +232,39 @@ def failed_delete(lab: Lab) -> str:
 # ---------------------------------------------------------------------- the data plane
 
 
+def _restart_instances(home: Path) -> None:
+    """The instance data plane's `_restart_postgres`: `pg_ctl restart -m fast` on every
+    running instance of the home (pg_ctl reuses each postmaster's own options, its
+    socket directory included), as the home's OS user."""
+    from cathouse_harness.local.compute.layout import memory_bases
+    from cathouse_harness.local.compute.users import home_os_user
+
+    user = home_os_user(home)
+    restarted = 0
+    for base in memory_bases(home):
+        for data in sorted((base / "instances").glob("*/data")):
+            if not (data / "postmaster.pid").exists():
+                continue
+            postgres = shlex.split((data / "postmaster.opts").read_text())[0]
+            subprocess.run(
+                [str(Path(postgres).parent / "pg_ctl"), "restart", "-D", str(data), "-m", "fast", "-w",
+                 "-l", str(data.parent / "restart.log")],
+                check=True, capture_output=True, cwd=data.parent, **user.popen_kwargs(),  # type: ignore[arg-type]
+            )
+            restarted += 1
+    assert restarted, "no PostgreSQL instance runs for the local server"
+
+
 def _restart_postgres(home: Path) -> None:
     """`pg_ctl restart -m fast` on the local server's cluster, as its OS user: every
     session is ended and the server comes back on the same port, as after a crash-restart
     or a maintenance restart of a real server."""
+    from cathouse_harness.local.instance_plane import compute_choice
     from cathouse_harness.local.postgres import Cluster, cluster_root, resolve_install, resolve_os_user
+
+    if compute_choice() == "instance":
+        _restart_instances(home)
+        return
 
     user = resolve_os_user()
     install = resolve_install(user)

@@ -174,4 +174,7 @@ def admin_session(instance: Instance, database: str = "postgres") -> Iterator[ps
 def remove(instance: Instance) -> None:
     """Stop the instance and delete its files (a branch deleted, a failed fork)."""
     stop(instance)
-    remove_tree(instance.paths.root, owners={instance.user.uid, os.geteuid()})
+    owners = {instance.user.uid, os.geteuid()}
+    remove_tree(instance.paths.root, owners=owners)
+    if instance.paths.socket_dir.parent != instance.paths.root:  # a short one of its own
+        remove_tree(instance.paths.socket_dir, owners=owners)

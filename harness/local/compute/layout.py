@@ -11,7 +11,7 @@ stay in the home, which PostgreSQL's user never reads.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cathouse_harness.errors import LocalServerError
@@ -24,6 +24,8 @@ from cathouse_harness.support.safe_paths import ensure_dir, private_home
 SOCKET_PORT = 5432
 _MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 _SOCKET_NAME = f".s.PGSQL.{SOCKET_PORT}"
+# socket directories of instances whose own (`<name>/run`) makes too long a socket path
+_SHORT_SOCKETS = "sockets"
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def open_home(home: Path, user: OsUser, storage: Storage = "memory") -> ComputeH
     if base.parent == home / "compute":
         ensure_dir(base.parent, mode=0o700)
     owned_dir(base, user)
-    for sub in ("instances", "templates"):
+    for sub in ("instances", "templates", _SHORT_SOCKETS):
         owned_dir(base / sub, user)
     return ComputeHome(home=home, base=base, state=state, user=user, storage=storage)
 
@@ -92,6 +94,9 @@ def instance_paths(compute: ComputeHome, name: str) -> InstancePaths:
         raise LocalServerError(f"bad instance name {name!r}", hint="letters, digits, '-' and '_', at most 40")
     paths = InstancePaths.under(compute.instance_dir(name))
     if len(str(paths.socket_dir / _SOCKET_NAME)) > _MAX_SOCKET_PATH:
+        # a long branch id: the sockets go to a short directory of the instance's own
+        paths = replace(paths, socket_dir=compute.base / _SHORT_SOCKETS / locations.short_hash(name))
+    if len(str(paths.socket_dir / _SOCKET_NAME)) > _MAX_SOCKET_PATH:
         raise LocalServerError(
             f"the socket path under {compute.base} is too long for a unix socket",
             hint="use a shorter CATHOUSE_HARNESS_HOME or memory storage",
@@ -101,3 +106,13 @@ def instance_paths(compute: ComputeHome, name: str) -> InstancePaths:
 
 def socket_file(paths: InstancePaths) -> Path:
     return paths.socket_dir / _SOCKET_NAME
+
+
+def memory_bases(home: Path) -> list[Path]:
+    """The existing directories where an in-memory home's instances may be (for tests
+    and cleaners; nothing is checked or made)."""
+    home = home.expanduser().resolve()
+    tag = locations.short_hash(str(home))
+    places = {place.parent / f"{tag}-compute" for place in locations.memory_candidates(home)}
+    places.add(home / "compute" / "pg-memory")
+    return sorted(place for place in places if place.is_dir() and not place.is_symlink())

@@ -150,6 +150,26 @@ def test_a_stopped_instance_starts_again_with_its_data(computes: Computes) -> No
         assert session.execute("SELECT v FROM kept").fetchall() == [("before the stop",)]
 
 
+def test_a_long_branch_id_gets_a_short_socket_directory_removed_with_it(computes: Computes) -> None:
+    """Branch ids of Neon's shape can make `<base>/instances/<id>/run/.s.PGSQL.5432`
+    longer than a socket address holds (108 bytes): such an instance's sockets go to a
+    short directory of its own, which goes when the instance does."""
+    name = "br-" + "w" * (40 - 3)  # the longest name an instance may have
+    own = layout.InstancePaths.under(computes.compute.instance_dir(name)).socket_dir
+    paths = layout.instance_paths(computes.compute, name)
+    if len(str(own / ".s.PGSQL.5432")) <= 107:
+        pytest.skip(f"the home's base {computes.compute.base} is short enough for any name")
+    assert paths.socket_dir.parent != paths.root and len(str(layout.socket_file(paths))) <= 107
+    instances.stop(computes.root)
+    child = forks.fork_stopped(computes.root, computes.compute, name)
+    try:
+        with connect(child) as session:
+            assert session.execute("SELECT current_database()").fetchone() == (DATABASE,)
+    finally:
+        instances.remove(child)
+    assert not paths.socket_dir.exists() and not paths.root.exists()
+
+
 def test_the_postmaster_listens_on_its_socket_and_on_no_tcp_port(computes: Computes) -> None:
     _running_root(computes)
     pid = instances.running_pid(computes.root)
