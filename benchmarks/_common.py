@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -147,6 +148,37 @@ def connect_query_parser(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--query-reps", type=int, default=9)
     return parser
+
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def machine() -> dict[str, Any]:
+    """What a results file says of the machine (with `started_at`, as run.py writes it)."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def write_results(name: str, result: dict[str, Any], rows: list[list[str]], began: float,
+                  **arguments: Any) -> Path:
+    """`benchmarks/results/<name>.json`: a single-part benchmark's figures, in run.py's
+    frame (machine, start, duration), with the rows of its printed table, which
+    `benchmarks/report.py` renders into docs/performance.md as they are."""
+    seconds = time.perf_counter() - began
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds))
+    args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in arguments.items())
+    data = {
+        "benchmark": name,
+        "command": f"python benchmarks/{name}.py {args}".strip(),
+        "machine": machine(),
+        "started_at": started,
+        "seconds": seconds,
+        "rows": rows,
+        "result": result,
+    }
+    path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 def fmt(seconds: float | None) -> str:

@@ -186,6 +186,9 @@ def _interrupted_before_configure(config: pytest.Config) -> NoReturn:
     if state.session is not None:
         with contextlib.suppress(Exception):
             state.session.finish()
+    from pytest_cathouse_harness.progress import exit_quickly
+
+    exit_quickly(config)
     pytest_unconfigure(config)
     sys.stderr.write("cathouse-harness: interrupted before the tests began; "
                      "the run's branches are deleted\n")
@@ -393,6 +396,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = config.stash.get(state_key, None)
     if state is None:
         return
+    if exitstatus == pytest.ExitCode.INTERRUPTED and _configured(config, config.option):
+        from pytest_cathouse_harness.progress import exit_quickly
+
+        exit_quickly(config)  # a worker's too: the controller waits for it
     if state.session is not None and state.settings is not None:
         # a branch made before the conftests that no fixture asked for (and so tore down)
         with contextlib.suppress(HarnessError):  # the summary names a failed delete

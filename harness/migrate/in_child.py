@@ -107,6 +107,13 @@ if __name__ == "__main__":
 
     signal.signal(signal.SIGINT, _interrupt_once)
     try:
-        raise SystemExit(serve(int(sys.argv[1])))
+        code = serve(int(sys.argv[1]))
     except KeyboardInterrupt:
-        raise SystemExit(130) from None  # the caller says it was interrupted
+        code = 130  # the caller says it was interrupted
+    # The caller waits for this process to end (after a Ctrl-C, its run's exit does): an
+    # interpreter that has imported Alembic, SQLAlchemy and the project's env.py spends
+    # 0.3-0.9 s tearing its objects down. The answer is written and its pipe closed,
+    # nothing registered at exit here is anyone's but ours: end at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
