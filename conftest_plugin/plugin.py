@@ -156,6 +156,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
             workerinput = early.early_workerinput()
             state = _new_state(early_config, workerinput, options, configured=True)
             early_config.stash[state_key] = state
+            if workerinput is None:
+                from pytest_cathouse_harness.progress import live_line
+
+                state.progress = live_line(early_config, early=True)  # pytest_configure's too
             controller = workerinput is None and early.will_distribute(options)
             early.branch_before_conftests(state, PLACEHOLDER_URL, controller=controller)
         elif _configured(early_config, options):

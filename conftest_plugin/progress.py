@@ -121,12 +121,22 @@ class LiveLine:
             os.close(fd)
 
 
-def live_line(config: pytest.Config) -> LiveLine:
+def live_line(config: pytest.Config, *, early: bool = False) -> LiveLine:
     """The live line of this pytest process: on a copy of stdout's descriptor when pytest
-    writes to a terminal (and is not quiet about it), else one that writes nothing."""
+    writes to a terminal (and is not quiet about it), else one that writes nothing.
+
+    `early`: made in `pytest_load_initial_conftests` for the branch made before the
+    conftests (`pytest_cathouse_harness.early`), by the caller's check not an xdist
+    worker. The plugin's hook wraps pytest's capturing one there and runs first, so
+    stdout is still the terminal; were it captured already, it would be no terminal and
+    the line stays off. Only the options parsed so far are known: `-q` is among them."""
     fd: int | None = None
     width = 80
-    if getattr(config, "workerinput", None) is None and config.get_verbosity() >= 0:
+    if early:
+        shown = int(getattr(config.known_args_namespace, "verbose", 0) or 0) >= 0
+    else:
+        shown = getattr(config, "workerinput", None) is None and config.get_verbosity() >= 0
+    if shown:
         try:
             out = sys.stdout.fileno()
             if os.isatty(out):

@@ -360,7 +360,7 @@ class BranchSession:
             from cathouse_harness.migrate.in_child import migrate_in_child
 
             tell(self.progress, "migrating every service (in a process of its own)")
-            results = migrate_in_child(self.settings, str(handle.direct_url))
+            results = migrate_in_child(self.settings, str(handle.direct_url), self.progress)
         else:
             from cathouse_harness.migrate.all_services import migrate_all
 
