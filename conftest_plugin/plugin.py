@@ -486,7 +486,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(line)
     reports = _reports(state)
     if not reports and not state.swept:
-        if _silently_green(config, state):
+        if _silently_green(config, state) and exitstatus != pytest.ExitCode.INTERRUPTED:
             terminalreporter.write_line(report.NO_BRANCH_LINE)
         return
     show_secrets = bool(config.getoption("cathouse_show_secrets"))

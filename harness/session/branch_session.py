@@ -95,6 +95,7 @@ class BranchSession:
         self._client: NeonClient | None = None
         self._watchdog: WatchdogHandle | None = None
         self._lock = threading.Lock()  # a controller forks from several threads at once
+        self._interrupted = threading.Event()
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -117,7 +118,9 @@ class BranchSession:
     def interrupt(self) -> None:
         """Ctrl-C, or nobody waits for the setup any more: the migration running in a
         thread of ours stops now instead of at the end of its statement, so that the
-        half-built branch is deleted and the process exits at once."""
+        half-built branch is deleted and the process exits at once; a step that has
+        not begun yet does not (`_say`)."""
+        self._interrupted.set()
         stop_all()
 
     @property
@@ -151,6 +154,12 @@ class BranchSession:
         return handle
 
     def _say(self, text: str | None) -> None:
+        """Tell the progress that a step begins; every step of the setup says so first,
+        which makes this the place where an interrupted setup stops going on (a Ctrl-C
+        during the server's start found nothing to cancel, and the template's build
+        and migration would otherwise follow). What was made is deleted by `finish`."""
+        if text is not None and self._interrupted.is_set():
+            raise KeyboardInterrupt
         tell(self.progress, text)
 
     def setup(self) -> None:
