@@ -92,7 +92,8 @@ def projects(root: Path) -> dict[str, Path]:
         where = root / side.replace(" ", "-")
         shutil.copytree(EXAMPLE, where, ignore=shutil.ignore_patterns(
             "tests", ".env", "__pycache__", ".pytest_cache"))
-        (where / "test_branch.py").write_text(BRANCH_TEST)
+        (where / "tests").mkdir()
+        (where / "tests" / "test_branch.py").write_text(BRANCH_TEST)  # the example's testpaths
         versions = where / "installation-service" / "alembic" / "versions"
         (versions / "1e7e1e7e1e7e_slow.py").write_text(SLOW_REVISION)
         if side == "before the conftests":

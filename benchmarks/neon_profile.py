@@ -41,7 +41,6 @@ from typing import Any
 import httpx
 from _common import (
     EXAMPLE,
-    REPO,
     alembic_each,
     child_env,
     compile_bytecode,
@@ -50,6 +49,7 @@ from _common import (
     probe,
     stop_home,
     summary,
+    write_results,
 )
 
 LATENCY_ENV = "CATHOUSE_LOCAL_LATENCY"
@@ -382,12 +382,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="neon")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "neon_profile.json")
+    parser.add_argument("--out", type=Path, help="also write the raw figures here (JSON)")
+    parser.add_argument("--results", action="store_true",
+                        help="write benchmarks/results/neon_profile.json (for benchmarks/report.py)")
     args = parser.parse_args()
+    began = time.perf_counter()
     r = measure(args.profile, args.reps)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(r, indent=2) + "\n")
-    print(table(r))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(r, indent=2) + "\n")
+    shown = table(r)
+    print(shown)
+    if args.results:
+        path = write_results("neon_profile", r, [], began, printed=shown, profile=args.profile,
+                             reps=args.reps)
+        print(f"results: {path}")
     return 0
 
 
