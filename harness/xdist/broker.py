@@ -159,7 +159,6 @@ class BranchBroker:
             log.error("%s", exc)
         return self.session.report
 
-
     def _busy(self) -> threading.Thread | None:
         return next((t for t in (self._thread, *self._jobs) if t.is_alive()), None)
 
