@@ -195,7 +195,7 @@ def recorded(name: str, args: argparse.Namespace, began: float) -> Iterator[None
     print(f"results: {write_results(name, {}, [], began, printed=kept.getvalue(), **arguments)}")
 
 
-def write_results(name: str, result: dict[str, Any], rows: list[list[str]], began: float, *,
+def write_results(name: str, result: dict[str, Any], rows: list[list[str]], began: float, /, *,
                   printed: str | None = None, **arguments: Any) -> Path:
     """`benchmarks/results/<name>.json`: a single-part benchmark's figures, in run.py's
     frame (machine, start, duration), with the rows of its table (or, `printed`, the

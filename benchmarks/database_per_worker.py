@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
-from _common import EXAMPLE, fmt, home_env, stop_home, superuser_dsn, write_results
+from _common import EXAMPLE, add_results_option, fmt, home_env, stop_home, superuser_dsn, write_results
 from neon_profile import settle
 
 
@@ -86,8 +86,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--results", action="store_true",
-                        help="write benchmarks/results/database_per_worker.json (for benchmarks/report.py)")
+    add_results_option(parser, "database_per_worker")
     args = parser.parse_args()
     began = time.perf_counter()
     r = measure(args.workers, args.reps)

@@ -31,7 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import EXAMPLE, child_env, compile_bytecode, fmt, interleaved, stop_home, write_results
+from _common import (
+    EXAMPLE,
+    add_results_option,
+    child_env,
+    compile_bytecode,
+    fmt,
+    interleaved,
+    stop_home,
+    write_results,
+)
 
 SIDES = ("fixture", "early", "fixture again")
 
@@ -121,8 +130,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--results", action="store_true",
-                        help="write benchmarks/results/early_branch.json (for benchmarks/report.py)")
+    add_results_option(parser, "early_branch")
     args = parser.parse_args()
     began = time.perf_counter()
     compile_bytecode()

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from _common import REPO, timed, write_results  # noqa: F401  (puts the repository on sys.path)
+from _common import REPO, add_results_option, timed, write_results  # noqa: F401  (puts the repository on sys.path)
 from cathouse_harness.config.settings import load_settings
 from cathouse_harness.local.dataplane import DataPlane
 from cathouse_harness.migrate.all_services import migrate_all
@@ -61,8 +61,7 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=3)
     parser.add_argument("--revisions", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--results", action="store_true",
-                        help="write benchmarks/results/env_py_shapes.json (for benchmarks/report.py)")
+    add_results_option(parser, "env_py_shapes")
     args = parser.parse_args()
     began = time.perf_counter()
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import compile_bytecode, fmt, interleaved, summary, write_results
+from _common import add_results_option, compile_bytecode, fmt, interleaved, summary, write_results
 
 SIDES = ("enabled", "disabled", "disabled again")
 
@@ -221,8 +221,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--tests", type=int, default=40)
-    parser.add_argument("--results", action="store_true",
-                        help="write benchmarks/results/idle_plugin.json (for benchmarks/report.py)")
+    add_results_option(parser, "idle_plugin")
     args = parser.parse_args()
     began = time.perf_counter()
     compile_bytecode()

@@ -31,7 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import EXAMPLE, child_env, compile_bytecode, fmt, interleaved, stop_home, write_results
+from _common import (
+    EXAMPLE,
+    add_results_option,
+    child_env,
+    compile_bytecode,
+    fmt,
+    interleaved,
+    stop_home,
+    write_results,
+)
 
 SIDES = ("xdist alone", "at the fixture", "before the conftests")
 SLEEP = 60
@@ -195,8 +204,7 @@ def rows(result: dict[str, Any]) -> list[list[str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--results", action="store_true",
-                        help="write benchmarks/results/interrupt.json (for benchmarks/report.py)")
+    add_results_option(parser, "interrupt")
     args = parser.parse_args()
     began = time.perf_counter()
     compile_bytecode()

@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 from _common import (
     EXAMPLE,
+    add_results_option,
     alembic_each,
     child_env,
     compile_bytecode,
@@ -383,8 +384,7 @@ def main() -> int:
     parser.add_argument("--profile", default="neon")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, help="also write the raw figures here (JSON)")
-    parser.add_argument("--results", action="store_true",
-                        help="write benchmarks/results/neon_profile.json (for benchmarks/report.py)")
+    add_results_option(parser, "neon_profile")
     args = parser.parse_args()
     began = time.perf_counter()
     r = measure(args.profile, args.reps)

@@ -24,7 +24,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _common import EXAMPLE, fmt, fork_session, home_env, stop_home, summary, write_results
+from _common import (
+    EXAMPLE,
+    add_results_option,
+    fmt,
+    fork_session,
+    home_env,
+    stop_home,
+    summary,
+    write_results,
+)
 
 
 async def _fork(client: Any, project: str, parent_id: str, settings: Any, label: str) -> tuple[str, float]:
@@ -116,8 +125,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--results", action="store_true",
-                        help="write benchmarks/results/project_lock.json (for benchmarks/report.py)")
+    add_results_option(parser, "project_lock")
     args = parser.parse_args()
     began = time.perf_counter()
     home = Path(tempfile.mkdtemp(prefix="bench-home-lock-"))

@@ -37,7 +37,7 @@ def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
 
     loop, plane, internal, branch_pw, credential = bench_plane(home, ROLE)
 
-    async def gate(user: str, logical: str) -> Admission:
+    async def gate(user: str, logical: str, at: Any = None) -> Admission:  # at: no time travel here
         return Admission("bench", {}, credential)
 
     ca = f"sslmode=verify-full&sslrootcert={plane.ca_file}"

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import bench_plane, fmt, interleaved, write_results
+from _common import add_results_option, bench_plane, fmt, interleaved, write_results
 
 ROLE = "bench_owner"
 # `same` is a second endpoint exactly like `old`: same/old is this machine's noise floor
@@ -54,7 +54,7 @@ def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
     loop, plane, _internal, branch_pw, credential = bench_plane(home, ROLE)
 
     def gate_for(side: str) -> Any:
-        async def gate(user: str, logical: str) -> Admission:
+        async def gate(user: str, logical: str, at: Any = None) -> Admission:  # at: no time travel here
             return Admission("bench", {}, credential, _Unused() if side == "new" else None)
 
         return gate
@@ -169,8 +169,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--results", action="store_true",
-                        help="write benchmarks/results/proxy_relay.json (for benchmarks/report.py)")
+    add_results_option(parser, "proxy_relay")
     args = parser.parse_args()
     began = time.perf_counter()
     sides = list(SIDES)
