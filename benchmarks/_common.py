@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -151,6 +153,78 @@ def connect_query_parser(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--query-reps", type=int, default=9)
     return parser
+
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def machine() -> dict[str, Any]:
+    """What a results file says of the machine (with `started_at`, as run.py writes it)."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def add_results_option(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("--results", action="store_true",
+                        help=f"also write benchmarks/results/{name}.json (for benchmarks/report.py)")
+
+
+class _Tee:
+    """stdout that is also kept."""
+
+    def __init__(self, *streams: Any) -> None:
+        self._streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self._streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self._streams:
+            stream.flush()
+
+
+@contextlib.contextmanager
+def recorded(name: str, args: argparse.Namespace, began: float) -> Iterator[None]:
+    """With `--results`: what the block prints (still printed) is kept as the benchmark's
+    results file, for a benchmark whose figures are a printed table of its own."""
+    if not getattr(args, "results", False):
+        yield
+        return
+    kept = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, kept)):  # type: ignore[type-var]
+        yield
+    # a connection string may carry a password: never in a file that docs are made from
+    arguments = {k: v for k, v in vars(args).items() if k != "results" and "dsn" not in k and "url" not in k}
+    print(f"results: {write_results(name, {}, [], began, printed=kept.getvalue(), **arguments)}")
+
+
+def write_results(name: str, result: dict[str, Any], rows: list[list[str]], began: float, /, *,
+                  printed: str | None = None, **arguments: Any) -> Path:
+    """`benchmarks/results/<name>.json`: a single-part benchmark's figures, in run.py's
+    frame (machine, start, duration), with the rows of its table (or, `printed`, the
+    table as it printed it), which `benchmarks/report.py` renders into
+    docs/performance.md as they are."""
+    seconds = time.perf_counter() - began
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds))
+    args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in arguments.items())
+    data = {
+        "benchmark": name,
+        "command": f"python benchmarks/{name}.py {args}".strip(),
+        "machine": machine(),
+        "started_at": started,
+        "seconds": seconds,
+        # the machine is shared: a table's absolute times mean little without it
+        "load_average": round(os.getloadavg()[0], 1),
+        "rows": rows,
+        "result": result,
+    }
+    if printed is not None:
+        data["printed"] = printed
+    path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 def fmt(seconds: float | None) -> str:

@@ -22,7 +22,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _common import EXAMPLE, fmt, fork_session, home_env, stop_home, summary, superuser_dsn
+from _common import (
+    EXAMPLE,
+    add_results_option,
+    fmt,
+    fork_session,
+    home_env,
+    recorded,
+    stop_home,
+    summary,
+    superuser_dsn,
+)
 
 
 async def _measure(home: Path, template_id: str | None, reps: int) -> dict[str, Any]:
@@ -124,13 +134,16 @@ def print_result(result: dict[str, Any]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10)
+    add_results_option(parser, "api_latency")
     args = parser.parse_args()
+    began = time.perf_counter()
     home = Path(tempfile.mkdtemp(prefix="bench-home-api-"))
     try:
         result = measure(home, args.reps)
     finally:
         stop_home(home)
-    print_result(result)
+    with recorded("api_latency", args, began):
+        print_result(result)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
-from _common import fmt, interleaved
+from _common import add_results_option, fmt, interleaved, recorded
 from cathouse_harness.local.compute import fork as forks
 from cathouse_harness.local.compute import instance as instances
 from cathouse_harness.local.compute import layout, pitr, probe, roots, spares, standby, template, users
@@ -365,11 +365,14 @@ def main() -> int:
     parser.add_argument("--postgres", default="wheel,system", help="wheel, system, or both comma-separated")
     parser.add_argument("--storage", choices=("memory", "disk"), default="memory",
                         help="memory (/dev/shm, fsync off: the default) or disk (fsync on)")
+    add_results_option(parser, "compute_fork")
     args = parser.parse_args()
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"compute per branch ({args.storage}): medians of {args.reps} runs; machine load {' '.join(load)}")
-    for choice in _choices(args.postgres.split(",")):
-        run_one(choice, args.reps, args.live, args.storage)
+    with recorded("compute_fork", args, time.perf_counter()):
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        print(f"compute per branch ({args.storage}): medians of {args.reps} runs; "
+              f"machine load {' '.join(load)}")
+        for choice in _choices(args.postgres.split(",")):
+            run_one(choice, args.reps, args.live, args.storage)
     return 0
 
 

@@ -22,7 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from _common import bench_plane, interleaved  # (also puts the repository on sys.path)
+from _common import (  # (also puts the repository on sys.path)
+    add_results_option,
+    bench_plane,
+    interleaved,
+    recorded,
+)
 from cathouse_harness.db import guard
 
 
@@ -64,9 +69,10 @@ def main() -> int:
     parser.add_argument("--connects", type=int, default=40)
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--checks", type=int, default=20000)
+    add_results_option(parser, "connection_guard")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with recorded("connection_guard", args, time.perf_counter()), tempfile.TemporaryDirectory() as tmp:
         loop, plane, password, _, _ = bench_plane(Path(tmp) / "dataplane", "bench")
         try:
             port = int(parse_qs(urlsplit(plane.admin_dsn()).query).get("port", ["5432"])[0])

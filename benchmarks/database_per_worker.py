@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
-from _common import EXAMPLE, home_env, stop_home, superuser_dsn
+from _common import EXAMPLE, add_results_option, fmt, home_env, stop_home, superuser_dsn, write_results
 from neon_profile import settle
 
 
@@ -86,13 +86,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--reps", type=int, default=5)
+    add_results_option(parser, "database_per_worker")
     args = parser.parse_args()
+    began = time.perf_counter()
     r = measure(args.workers, args.reps)
     print(f"{args.workers} copies at once: {r['together'] * 1000:.1f} ms; one after another: "
           f"{r['in_turn'] * 1000:.1f} ms ({r['in_turn'] * 1000 / args.workers:.1f} ms each); "
           f"as the harness makes them, through the endpoint: {r['harness'] * 1000:.1f} ms "
           f"({r['harness'] / r['in_turn']:.2f}x one after another on the cluster); "
           f"medians of {args.reps}")
+    if args.results:
+        n = args.workers
+        rows = [
+            [f"{n} worker databases as the harness makes them (through the endpoint)", fmt(r["harness"]),
+             f"{r['harness'] / r['in_turn']:.2f}x the same on the cluster; median of {args.reps}"],
+            [f"{n} worker databases on the cluster, one after another", fmt(r["in_turn"]),
+             f"{fmt(r['in_turn'] / n)} each"],
+            [f"{n} worker databases on the cluster, all at once", fmt(r["together"]), ""],
+        ]
+        path = write_results("database_per_worker", r, rows, began, workers=n, reps=args.reps)
+        print(f"results: {path}")
     return 0
 
 

@@ -31,7 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import EXAMPLE, child_env, compile_bytecode, fmt, interleaved, stop_home
+from _common import (
+    EXAMPLE,
+    add_results_option,
+    child_env,
+    compile_bytecode,
+    fmt,
+    interleaved,
+    stop_home,
+    write_results,
+)
 
 SIDES = ("fixture", "early", "fixture again")
 
@@ -106,13 +115,28 @@ def measure(reps: int) -> dict[str, Any]:
     return {"medians": medians, "ratios": ratios, "reps": reps}
 
 
+def rows(result: dict[str, Any]) -> list[list[str]]:
+    """The figures a results file keeps (`write_results`)."""
+    medians, ratios = result["medians"], result["ratios"]
+    return [
+        ["spawn → first test, branch at the fixture (warm)", fmt(medians["fixture"]),
+         f"median of {result['reps']}"],
+        ["spawn → first test, branch before the conftests (env mapping)", fmt(medians["early"]),
+         f"{ratios['early_vs_fixture']:.3f}x at the fixture; noise floor {ratios['noise_floor']:.3f}"],
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--json", action="store_true")
+    add_results_option(parser, "early_branch")
     args = parser.parse_args()
+    began = time.perf_counter()
     compile_bytecode()
     result = measure(args.reps)
+    if args.results:
+        print(f"results: {write_results('early_branch', result, rows(result), began, reps=args.reps)}")
     if args.json:
         print(json.dumps(result))
         return 0

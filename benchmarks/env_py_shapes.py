@@ -19,10 +19,11 @@ import statistics
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from _common import REPO, timed  # noqa: F401  (puts the repository on sys.path)
+from _common import REPO, add_results_option, timed, write_results  # noqa: F401  (puts the repository on sys.path)
 from cathouse_harness.config.settings import load_settings
 from cathouse_harness.local.dataplane import DataPlane
 from cathouse_harness.migrate.all_services import migrate_all
@@ -60,7 +61,9 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=3)
     parser.add_argument("--revisions", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
+    add_results_option(parser, "env_py_shapes")
     args = parser.parse_args()
+    began = time.perf_counter()
 
     loop = LoopThread("bench-loop")
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,6 +94,17 @@ def main() -> int:
     print(f"  env.py on the shared connection:     {shared_ms:.1f} ms")
     print(f"  env.py with a connection of its own: {own_ms:.1f} ms")
     print(f"  own / shared: {own_ms / shared_ms:.2f}x (+{own_ms - shared_ms:.1f} ms per service)")
+    if args.results:
+        shape = f"{args.services} services x {args.revisions} revisions, median of {args.repeat}"
+        rows = [
+            ["migration per service: env.py on the harness's connection", f"{shared_ms:.1f} ms", shape],
+            ["migration per service: env.py opening its own", f"{own_ms:.1f} ms",
+             f"{own_ms / shared_ms:.2f}x the shared connection"],
+        ]
+        result = {"shared_ms": shared_ms, "own_ms": own_ms, "runs": runs}
+        path = write_results("env_py_shapes", result, rows, began, services=args.services,
+                             revisions=args.revisions, repeat=args.repeat)
+        print(f"results: {path}")
     return 0
 
 

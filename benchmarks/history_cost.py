@@ -25,6 +25,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from _common import add_results_option, recorded
 from cathouse_harness.local.server import ServerHandle, serve
 
 BLOCK = 10
@@ -96,19 +97,23 @@ async def _measure(handle: ServerHandle, uri: str, reps: int) -> dict[str, list[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=300)
+    add_results_option(parser, "history_cost")
     args = parser.parse_args()
+    began = time.perf_counter()
     handle = _start(Path(tempfile.mkdtemp(prefix="bench-home-history-")))
     result: dict[str, Any] = {}
     try:
-        for pooled in (False, True):
-            times = asyncio.run(_measure(handle, _uri(handle, pooled), args.reps))
-            label = "pooled" if pooled else "direct"
-            plain, history = statistics.median(times["plain"]), statistics.median(times["history"])
-            result[label] = {"plain_ms": plain * 1e3, "history_ms": history * 1e3, "ratio": history / plain}
-            print(
-                f"connect + SELECT 1 + leave, {label:<6}  before the history {plain * 1e3:6.2f} ms"
-                f"  with it {history * 1e3:6.2f} ms  ratio {history / plain:.3f}  ({args.reps // 2} each)"
-            )
+        with recorded("history_cost", args, began):
+            for pooled in (False, True):
+                times = asyncio.run(_measure(handle, _uri(handle, pooled), args.reps))
+                label = "pooled" if pooled else "direct"
+                plain, history = statistics.median(times["plain"]), statistics.median(times["history"])
+                result[label] = {"plain_ms": plain * 1e3, "history_ms": history * 1e3,
+                                 "ratio": history / plain}
+                print(
+                    f"connect + SELECT 1 + leave, {label:<6}  before the history {plain * 1e3:6.2f} ms"
+                    f"  with it {history * 1e3:6.2f} ms  ratio {history / plain:.3f}  ({args.reps // 2} each)"
+                )
     finally:
         handle.stop()
         time.sleep(1)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import connect_query_parser, fmt, interleaved
+from _common import add_results_option, connect_query_parser, fmt, interleaved, recorded
 
 ROLE = "bench_owner"
 ENDPOINT = "ep-bench-router-1"
@@ -87,7 +87,10 @@ def _query_latency(params: dict[str, Any], queries: int) -> float:
 
 
 def main() -> int:
-    args = connect_query_parser(__doc__).parse_args()
+    parser = connect_query_parser(__doc__)
+    add_results_option(parser, "hosts_router")
+    args = parser.parse_args()
+    began = time.perf_counter()
     sides = ["listener", "router"]
     with tempfile.TemporaryDirectory(prefix="cathouse-bench-router-") as tmp:
         home = Path(tmp) / "home"
@@ -111,12 +114,13 @@ def main() -> int:
         finally:
             loop.run(plane.stop())
             loop.close()
-    print(f"{'measure':<26} {'listener':>10} {'router':>10}   router/listener")
-    for name, row in results.items():
-        cells = " ".join(
-            f"{fmt(row[s]) if row[s] >= 1e-3 else f'{row[s] * 1e6:.0f} µs':>10}" for s in sides
-        )
-        print(f"{name:<26} {cells}   {row['router'] / row['listener']:6.2f}")
+    with recorded("hosts_router", args, began):
+        print(f"{'measure':<26} {'listener':>10} {'router':>10}   router/listener")
+        for name, row in results.items():
+            cells = " ".join(
+                f"{fmt(row[s]) if row[s] >= 1e-3 else f'{row[s] * 1e6:.0f} µs':>10}" for s in sides
+            )
+            print(f"{name:<26} {cells}   {row['router'] / row['listener']:6.2f}")
     print(json.dumps({"reps": args.reps, "queries": args.queries, "query_reps": args.query_reps,
                       "medians_s": results}))
     return 0

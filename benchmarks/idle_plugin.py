@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import compile_bytecode, fmt, interleaved, summary
+from _common import add_results_option, compile_bytecode, fmt, interleaved, summary, write_results
 
 SIDES = ("enabled", "disabled", "disabled again")
 
@@ -204,16 +204,34 @@ def print_result(result: dict[str, Any]) -> None:
     print(f"  files left in the home             {len(result['home_left'])} {result['home_left'] or ''}")
 
 
+def rows(result: dict[str, Any]) -> list[list[str]]:
+    """The figures a results file keeps (`write_results`), as docs/performance.md shows them."""
+    what = f"`python -m pytest`, {result['tests']} plain tests, no [tool.cathouse_harness]"
+    return [
+        ["idle plugin: added to the run (wall)", fmt(result["added_wall"]),
+         f"{what}; enabled / disabled {result['ratio_wall']:.3f}, noise floor {result['floor_wall']:.3f}"],
+        ["idle plugin: added to the run (CPU)", fmt(result["added_cpu"]),
+         f"enabled / disabled {result['ratio_cpu']:.3f}, noise floor {result['floor_cpu']:.3f}"],
+        ["idle plugin: importing it (fresh process, CPU)", fmt(result["import_cpu"]["median"]),
+         f"files left in the home: {len(result['home_left'])}"],
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--tests", type=int, default=40)
+    add_results_option(parser, "idle_plugin")
     args = parser.parse_args()
+    began = time.perf_counter()
     compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as root:
         result = measure(Path(root), args.reps, args.tests)
     print_result(result)
     print(json.dumps(result, indent=1))
+    if args.results:
+        path = write_results("idle_plugin", result, rows(result), began, reps=args.reps, tests=args.tests)
+        print(f"results: {path}")
     return 0
 
 

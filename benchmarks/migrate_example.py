@@ -30,6 +30,7 @@ import asyncpg
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _common import add_results_option, recorded  # noqa: E402
 from cathouse_harness.config.settings import load_settings  # noqa: E402
 from cathouse_harness.migrate.all_services import migrate_all  # noqa: E402
 
@@ -157,33 +158,35 @@ def main() -> int:
     parser.add_argument("--dsn", default=os.environ.get("BENCH_ADMIN_DSN",
                         "postgresql://postgres@127.0.0.1:55502/postgres"))
     parser.add_argument("--repeat", type=int, default=3)
+    add_results_option(parser, "migrate_example")
     args = parser.parse_args()
-    scratch = Scratch(args.dsn)
+    with recorded("migrate_example", args, time.perf_counter()):
+        scratch = Scratch(args.dsn)
 
-    runs_in, runs_base, runs_module = [], [], []
-    for _ in range(args.repeat):
-        with scratch as url:
-            runs_in.append(in_process(EXAMPLE, url))
-        with scratch as url:
-            runs_base.append(baseline(EXAMPLE, url))
-        with scratch as url:
-            runs_module.append(module_run(EXAMPLE, url))
-    print(f"cat house example, in process (migrate_all): {best(runs_in)}")
-    print(f"cat house example, python -m harness migrate: {best(runs_module)}")
-    print(f"baseline, alembic upgrade head per service: {best(runs_base)}")
-    print(f"ratio baseline / in process: {min(runs_base) / min(runs_in):.1f}x; "
-          f"baseline / module: {min(runs_base) / min(runs_module):.1f}x")
+        runs_in, runs_base, runs_module = [], [], []
+        for _ in range(args.repeat):
+            with scratch as url:
+                runs_in.append(in_process(EXAMPLE, url))
+            with scratch as url:
+                runs_base.append(baseline(EXAMPLE, url))
+            with scratch as url:
+                runs_module.append(module_run(EXAMPLE, url))
+        print(f"cat house example, in process (migrate_all): {best(runs_in)}")
+        print(f"cat house example, python -m harness migrate: {best(runs_module)}")
+        print(f"baseline, alembic upgrade head per service: {best(runs_base)}")
+        print(f"ratio baseline / in process: {min(runs_base) / min(runs_in):.1f}x; "
+              f"baseline / module: {min(runs_base) / min(runs_module):.1f}x")
 
-    runs_cold = []
-    for _ in range(args.repeat):
+        runs_cold = []
+        for _ in range(args.repeat):
+            with tempfile.TemporaryDirectory() as tmp, scratch as url:
+                project = synthetic_project(Path(tmp), services=3, revisions=100)
+                runs_cold.append(in_process(project, url))
+        print(f"3 services x 100 revisions, cold, in process: {best(runs_cold)}")
         with tempfile.TemporaryDirectory() as tmp, scratch as url:
             project = synthetic_project(Path(tmp), services=3, revisions=100)
-            runs_cold.append(in_process(project, url))
-    print(f"3 services x 100 revisions, cold, in process: {best(runs_cold)}")
-    with tempfile.TemporaryDirectory() as tmp, scratch as url:
-        project = synthetic_project(Path(tmp), services=3, revisions=100)
-        print(f"3 services x 100 revisions, cold, python -m harness migrate: "
-              f"{module_run(project, url):.3f} s")
+            print(f"3 services x 100 revisions, cold, python -m harness migrate: "
+                  f"{module_run(project, url):.3f} s")
     return 0
 
 

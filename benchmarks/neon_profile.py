@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 from _common import (
     EXAMPLE,
-    REPO,
+    add_results_option,
     alembic_each,
     child_env,
     compile_bytecode,
@@ -52,6 +52,7 @@ from _common import (
     probe,
     stop_home,
     summary,
+    write_results,
 )
 
 LATENCY_ENV = "CATHOUSE_LOCAL_LATENCY"
@@ -425,12 +426,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="neon")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "neon_profile.json")
+    parser.add_argument("--out", type=Path, help="also write the raw figures here (JSON)")
+    add_results_option(parser, "neon_profile")
     args = parser.parse_args()
+    began = time.perf_counter()
     r = measure(args.profile, args.reps)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(r, indent=2) + "\n")
-    print(table(r))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(r, indent=2) + "\n")
+    shown = table(r)
+    print(shown)
+    if args.results:
+        path = write_results("neon_profile", r, [], began, printed=shown, profile=args.profile,
+                             reps=args.reps)
+        print(f"results: {path}")
     return 0
 
 

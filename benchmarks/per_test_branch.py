@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from _common import EXAMPLE, home_env, stop_home, summary, superuser_dsn
+from _common import EXAMPLE, add_results_option, home_env, recorded, stop_home, summary, superuser_dsn
 
 
 def _raw_copy(loop: asyncio.AbstractEventLoop, admin: Any, source: str) -> float:
@@ -123,10 +123,14 @@ def print_result(result: dict[str, Any]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=30)
+    add_results_option(parser, "per_test_branch")
     args = parser.parse_args()
+    began = time.perf_counter()
     home = Path(tempfile.mkdtemp(prefix="bench-home-pt-"))
     try:
-        print_result(measure(home, args.reps))
+        result = measure(home, args.reps)
+        with recorded("per_test_branch", args, began):
+            print_result(result)
     finally:
         stop_home(home)
         shutil.rmtree(home, ignore_errors=True)

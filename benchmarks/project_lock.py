@@ -18,12 +18,22 @@ import asyncio
 import json
 import statistics
 import tempfile
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _common import EXAMPLE, fmt, fork_session, home_env, stop_home, summary
+from _common import (
+    EXAMPLE,
+    add_results_option,
+    fmt,
+    fork_session,
+    home_env,
+    stop_home,
+    summary,
+    write_results,
+)
 
 
 async def _fork(client: Any, project: str, parent_id: str, settings: Any, label: str) -> tuple[str, float]:
@@ -88,27 +98,36 @@ async def _measure(reps: int, workers: int) -> dict[str, Any]:
     return result
 
 
-def print_result(result: dict[str, Any]) -> None:
+def rows(result: dict[str, Any]) -> list[list[str]]:
+    """The printed table's rows, which a results file keeps (`write_results`)."""
     n = result["workers"]
-    print(f"project lock: {n} workers forking at once (medians; min)")
-    rows = [
+    timed_rows = [
         ("fork alone", result["fork_alone"]),
         (f"each of {n} concurrent forks", result["fork_concurrent"]),
         (f"slowest of the {n}", result["fork_slowest_of_round"]),
         (f"all {n} forked (wall)", result["round_wall"]),
         (f"all {n} deleted (wall)", result["teardown_wall"]),
     ]
-    for label, stats in rows:
-        print(f"  {label:<32} {fmt(stats['median']):>10}  (min {fmt(stats['min'])})")
-    print(f"  slowest / alone                  {result['slowest_vs_alone']:.2f}x")
-    print(f"  423s retried per round           {result['retries_per_round']:g}")
+    table = [[f"project lock: {label}", fmt(stats["median"]), f"min {fmt(stats['min'])}"]
+             for label, stats in timed_rows]
+    table.append([f"project lock: slowest of {n} / alone", f"{result['slowest_vs_alone']:.2f}x",
+                  f"{result['retries_per_round']:g} 423s retried per round"])
+    return table
+
+
+def print_result(result: dict[str, Any]) -> None:
+    print(f"project lock: {result['workers']} workers forking at once (medians; min)")
+    for label, value, note in rows(result):
+        print(f"  {label.removeprefix('project lock: '):<32} {value:>10}  ({note})")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--workers", type=int, default=4)
+    add_results_option(parser, "project_lock")
     args = parser.parse_args()
+    began = time.perf_counter()
     home = Path(tempfile.mkdtemp(prefix="bench-home-lock-"))
     try:
         with home_env(home):
@@ -117,6 +136,10 @@ def main() -> int:
         stop_home(home)
     print_result(result)
     print(json.dumps(result, indent=1))
+    if args.results:
+        path = write_results("project_lock", result, rows(result), began, reps=args.reps,
+                             workers=args.workers)
+        print(f"results: {path}")
     return 0
 
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import bench_plane, connect_query_parser, fmt, interleaved
+from _common import add_results_option, bench_plane, connect_query_parser, fmt, interleaved, recorded
 
 ROLE = "bench_owner"
 
@@ -37,7 +37,7 @@ def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
 
     loop, plane, internal, branch_pw, credential = bench_plane(home, ROLE)
 
-    async def gate(user: str, logical: str) -> Admission:
+    async def gate(user: str, logical: str, at: Any = None) -> Admission:  # at: no time travel here
         return Admission("bench", {}, credential)
 
     ca = f"sslmode=verify-full&sslrootcert={plane.ca_file}"
@@ -115,7 +115,10 @@ def _endpoint_open(loop: Any, plane: Any, with_host: bool) -> float:
 
 
 def main() -> int:
-    args = connect_query_parser(__doc__).parse_args()
+    parser = connect_query_parser(__doc__)
+    add_results_option(parser, "proxy_auth")
+    args = parser.parse_args()
+    began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cathouse-bench-proxy-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir(mode=0o700)
@@ -144,13 +147,15 @@ def main() -> int:
         finally:
             loop.run(plane.stop())
             loop.close()
-    print(f"{'measure':<26} " + " ".join(f"{s:>10}" for s in sides) + "   ca/old  new/old")
-    for name, row in results.items():
-        cells = " ".join(f"{fmt(row[s]) if row[s] >= 1e-3 else f'{row[s] * 1e6:.0f} µs':>10}" for s in sides)
-        print(f"{name:<26} {cells}   {row['ca'] / row['old']:6.2f}  {row['new'] / row['old']:6.2f}")
-    ratio = opened["with host"] / opened["two listeners"]
-    print(f"endpoint open: {fmt(opened['two listeners'])} with two listeners, "
-          f"{fmt(opened['with host'])} with its own address on 5432 too ({ratio:.2f})")
+    with recorded("proxy_auth", args, began):
+        print(f"{'measure':<26} " + " ".join(f"{s:>10}" for s in sides) + "   ca/old  new/old")
+        for name, row in results.items():
+            cells = " ".join(f"{fmt(row[s]) if row[s] >= 1e-3 else f'{row[s] * 1e6:.0f} µs':>10}"
+                             for s in sides)
+            print(f"{name:<26} {cells}   {row['ca'] / row['old']:6.2f}  {row['new'] / row['old']:6.2f}")
+        ratio = opened["with host"] / opened["two listeners"]
+        print(f"endpoint open: {fmt(opened['two listeners'])} with two listeners, "
+              f"{fmt(opened['with host'])} with its own address on 5432 too ({ratio:.2f})")
     print(json.dumps({"reps": args.reps, "queries": args.queries, "query_reps": args.query_reps,
                       "medians_s": results, "endpoint_open_s": opened}))
     return 0

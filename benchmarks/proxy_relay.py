@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import bench_plane, fmt, interleaved
+from _common import add_results_option, bench_plane, fmt, interleaved, write_results
 
 ROLE = "bench_owner"
 # `same` is a second endpoint exactly like `old`: same/old is this machine's noise floor
@@ -54,7 +54,7 @@ def _setup(home: Path) -> tuple[Any, Any, dict[str, dict[str, str]]]:
     loop, plane, _internal, branch_pw, credential = bench_plane(home, ROLE)
 
     def gate_for(side: str) -> Any:
-        async def gate(user: str, logical: str) -> Admission:
+        async def gate(user: str, logical: str, at: Any = None) -> Admission:  # at: no time travel here
             return Admission("bench", {}, credential, _Unused() if side == "new" else None)
 
         return gate
@@ -169,7 +169,9 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--rows", type=int, default=100_000)
+    add_results_option(parser, "proxy_relay")
     args = parser.parse_args()
+    began = time.perf_counter()
     sides = list(SIDES)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="cathouse-bench-relay-") as tmp:
@@ -205,17 +207,20 @@ def main() -> int:
         "the relay's own work, in process: "
         + ", ".join(f"{name} {seconds * 1e6:.1f} µs" for name, seconds in framing.items())
     )
-    print(
-        json.dumps(
-            {
-                "queries": args.queries,
-                "reps": args.reps,
-                "rows": args.rows,
-                "medians_s": results,
-                "framing_s": framing,
-            }
-        )
-    )
+    figures = {"queries": args.queries, "reps": args.reps, "rows": args.rows, "medians_s": results,
+               "framing_s": framing}
+    print(json.dumps(figures))
+    if args.results:
+        table = [
+            [f"relay: {name}", fmt(row["new"]),
+             f"new/old {row['new'] / row['old']:.2f}, noise floor (same/old) {row['same'] / row['old']:.2f}"]
+            for name, row in results.items()
+        ]
+        table.append(["relay: its own framing, in process",
+                      ", ".join(f"{name} {seconds * 1e6:.1f} µs" for name, seconds in framing.items()), ""])
+        path = write_results("proxy_relay", figures, table, began, queries=args.queries, reps=args.reps,
+                             rows=args.rows)
+        print(f"results: {path}")
     return 0
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import EXAMPLE, fmt, home_env, stop_home, summary
+from _common import EXAMPLE, add_results_option, fmt, home_env, recorded, stop_home, summary
 from cathouse_harness.db.rollback import KeptConnections
 
 # db_session's engines and kept connections, as the plugin holds them for a run
@@ -154,7 +154,9 @@ def print_result(hot: dict[str, Any], iso: dict[str, Any], fresh: float | None) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
+    add_results_option(parser, "session_overhead")
     args = parser.parse_args()
+    began = time.perf_counter()
     home = Path(tempfile.mkdtemp(prefix="bench-home-sess-"))
     try:
         hot_sessions(home, 1)  # builds the template and starts the server
@@ -162,7 +164,8 @@ def main() -> int:
         iso = isolation(home, 20, args.reps)
     finally:
         stop_home(home)
-    print_result(hot, iso, None)
+    with recorded("session_overhead", args, began):
+        print_result(hot, iso, None)
     print(json.dumps({"hot": hot, "isolation": iso}, indent=1))
     return 0
 

@@ -126,11 +126,13 @@ def branch_before_conftests(state: HarnessState, placeholder_url: str, *, contro
         from cathouse_harness.xdist.broker import BranchBroker
 
         # the controller imports the project's conftests once its own database is made
-        state.broker = BranchBroker(settings, state.run_id, apart=True)
+        state.broker = BranchBroker(settings, state.run_id, apart=True, progress=state.progress)
         state.broker.start()
         worker, prepared = CONTROLLER, True
-    # no conftest of the project is imported yet: its modules must not be either
-    session = BranchSession(settings, run_id=state.run_id, worker=worker, prepared=prepared, apart=True)
+    # no conftest of the project is imported yet: its modules must not be either; the
+    # broker's setup, when there is one, is what the live line follows
+    session = BranchSession(settings, run_id=state.run_id, worker=worker, prepared=prepared, apart=True,
+                            progress=None if controller else state.progress)
     try:
         handle = session.start()
     except KeyboardInterrupt:

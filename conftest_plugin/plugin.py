@@ -156,6 +156,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
             workerinput = early.early_workerinput()
             state = _new_state(early_config, workerinput, options, configured=True)
             early_config.stash[state_key] = state
+            if workerinput is None:
+                from pytest_cathouse_harness.progress import live_line
+
+                state.progress = live_line(early_config, early=True)  # pytest_configure's too
             controller = workerinput is None and early.will_distribute(options)
             early.branch_before_conftests(state, PLACEHOLDER_URL, controller=controller)
         elif _configured(early_config, options):
@@ -186,6 +190,9 @@ def _interrupted_before_configure(config: pytest.Config) -> NoReturn:
     if state.session is not None:
         with contextlib.suppress(Exception):
             state.session.finish()
+    from pytest_cathouse_harness.progress import exit_quickly
+
+    exit_quickly(config)
     pytest_unconfigure(config)
     sys.stderr.write("cathouse-harness: interrupted before the tests began; "
                      "the run's branches are deleted\n")
@@ -393,6 +400,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = config.stash.get(state_key, None)
     if state is None:
         return
+    if exitstatus == pytest.ExitCode.INTERRUPTED and _configured(config, config.option):
+        from pytest_cathouse_harness.progress import exit_quickly
+
+        exit_quickly(config)  # a worker's too: the controller waits for it
     if state.session is not None and state.settings is not None:
         # a branch made before the conftests that no fixture asked for (and so tore down)
         with contextlib.suppress(HarnessError):  # the summary names a failed delete
@@ -475,7 +486,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(line)
     reports = _reports(state)
     if not reports and not state.swept:
-        if _silently_green(config, state):
+        if _silently_green(config, state) and exitstatus != pytest.ExitCode.INTERRUPTED:
             terminalreporter.write_line(report.NO_BRANCH_LINE)
         return
     show_secrets = bool(config.getoption("cathouse_show_secrets"))

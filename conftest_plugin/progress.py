@@ -13,7 +13,11 @@ no thread has to toggle pytest's capturing.
 Ctrl-C: pytest renders the whole traceback of the KeyboardInterrupt (parsing each
 frame's source file) and, without `--full-trace`, prints one line of it. Under xdist
 every worker does so too, for output nobody sees: seconds on a busy machine. The
-traceback is cut to the frames that line comes from.
+traceback is cut to the frames that line comes from. Then each process, the controller
+after its workers, spends most of what is left in the cyclic garbage collector: pytest's
+search for unraisable exceptions (a full collection at unconfigure and another at its
+cleanup) and the interpreter's last pass, 0.3-0.6 s each with SQLAlchemy, Alembic and the
+drivers loaded, more under load. An interrupted run skips them (`exit_quickly`).
 """
 
 from __future__ import annotations
@@ -117,12 +121,22 @@ class LiveLine:
             os.close(fd)
 
 
-def live_line(config: pytest.Config) -> LiveLine:
+def live_line(config: pytest.Config, *, early: bool = False) -> LiveLine:
     """The live line of this pytest process: on a copy of stdout's descriptor when pytest
-    writes to a terminal (and is not quiet about it), else one that writes nothing."""
+    writes to a terminal (and is not quiet about it), else one that writes nothing.
+
+    `early`: made in `pytest_load_initial_conftests` for the branch made before the
+    conftests (`pytest_cathouse_harness.early`), by the caller's check not an xdist
+    worker. The plugin's hook wraps pytest's capturing one there and runs first, so
+    stdout is still the terminal; were it captured already, it would be no terminal and
+    the line stays off. Only the options parsed so far are known: `-q` is among them."""
     fd: int | None = None
     width = 80
-    if getattr(config, "workerinput", None) is None and config.get_verbosity() >= 0:
+    if early:
+        shown = int(getattr(config.known_args_namespace, "verbose", 0) or 0) >= 0
+    else:
+        shown = getattr(config, "workerinput", None) is None and config.get_verbosity() >= 0
+    if shown:
         try:
             out = sys.stdout.fileno()
             if os.isatty(out):
@@ -138,6 +152,22 @@ def live_line(config: pytest.Config) -> LiveLine:
             return 0
 
     return LiveLine(fd, width, column=column)
+
+
+def exit_quickly(config: pytest.Config) -> None:
+    """After Ctrl-C: no full garbage collection before this process exits. pytest's stash
+    key for the unraisable-exception plugin's passes is meant for overriding (pytester
+    does); an unraisable exception raised meanwhile is still reported, what a collection
+    would have found in the garbage of an interrupted run is not looked for."""
+    try:
+        from _pytest.unraisableexception import gc_collect_iterations_key
+    except ImportError:  # another pytest: its passes stay
+        pass
+    else:
+        config.stash[gc_collect_iterations_key] = 0
+    from cathouse_harness.support.interrupt import exit_quickly as interpreter_exits_quickly
+
+    interpreter_exits_quickly()
 
 
 class QuickInterrupt:

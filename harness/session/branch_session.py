@@ -100,6 +100,7 @@ class BranchSession:
         # the spare branch this machine keeps for the next session (branching.spares)
         self._spares = SessionSpares(self)
         self._spare: BranchHandle | None = None  # claimed in setup, used by the first fork
+        self._interrupted = threading.Event()
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -122,7 +123,9 @@ class BranchSession:
     def interrupt(self) -> None:
         """Ctrl-C, or nobody waits for the setup any more: the migration running in a
         thread of ours stops now instead of at the end of its statement, so that the
-        half-built branch is deleted and the process exits at once."""
+        half-built branch is deleted and the process exits at once; a step that has
+        not begun yet does not (`_say`)."""
+        self._interrupted.set()
         stop_all()
 
     def _submit(self, coro):  # type: ignore[no-untyped-def]
@@ -166,6 +169,12 @@ class BranchSession:
         return handle
 
     def _say(self, text: str | None) -> None:
+        """Tell the progress that a step begins; every step of the setup says so first,
+        which makes this the place where an interrupted setup stops going on (a Ctrl-C
+        during the server's start found nothing to cancel, and the template's build
+        and migration would otherwise follow). What was made is deleted by `finish`."""
+        if text is not None and self._interrupted.is_set():
+            raise KeyboardInterrupt
         tell(self.progress, text)
 
     def setup(self) -> None:
@@ -406,7 +415,7 @@ class BranchSession:
             from cathouse_harness.migrate.in_child import migrate_in_child
 
             tell(self.progress, "migrating every service (in a process of its own)")
-            results = migrate_in_child(self.settings, str(handle.direct_url), seed=True)
+            results = migrate_in_child(self.settings, str(handle.direct_url), self.progress, seed=True)
         else:
             from cathouse_harness.migrate.all_services import migrate_all
 

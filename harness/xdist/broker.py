@@ -21,6 +21,7 @@ A run whose tests use no branch makes no API call and starts no server.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +44,8 @@ POLL = 0.01
 # How long the end of the run waits for setups, forks and deletes still in flight; what
 # they leave is the watchdog's and the sweep's.
 JOIN_TIMEOUT = 30.0
+# how often the end of an interrupted run asks the work still running to stop
+STOP_AGAIN = 0.05
 
 
 class BranchBroker:
@@ -144,12 +147,7 @@ class BranchBroker:
         session's report (None when no worker asked). A failed delete is in its
         `delete_failed`, for the summary and the sweep."""
         self._stop.set()
-        if self.session is not None and (
-            self._thread.is_alive() or any(job.is_alive() for job in self._jobs)
-        ):
-            # still setting up or copying (a Ctrl-C, or every worker gone): no worker will
-            # use it now
-            self.session.interrupt()
+        self._stop_work()
         self._thread.join(JOIN_TIMEOUT)
         for job in self._jobs:
             job.join(JOIN_TIMEOUT)
@@ -160,6 +158,21 @@ class BranchBroker:
         except HarnessError as exc:
             log.error("%s", exc)
         return self.session.report
+
+    def _busy(self) -> threading.Thread | None:
+        return next((t for t in (self._thread, *self._jobs) if t.is_alive()), None)
+
+    def _stop_work(self) -> None:
+        """Still setting up or copying (a Ctrl-C, or every worker gone): no worker will
+        use it now. Asked again until the work has ended: a Ctrl-C between two steps of
+        the setup (the server's start, the template's create, Alembic's imports) finds
+        nothing to cancel yet, and the migration the setup starts next must be stopped
+        too. Asked once, the run waited out JOIN_TIMEOUT for a long statement (37.5 s)."""
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while (busy := self._busy()) is not None and time.monotonic() < deadline:
+            if self.session is not None:
+                self.session.interrupt()
+            busy.join(STOP_AGAIN)
 
 
 def _in_background(job: Callable[[str], None], worker: str) -> threading.Thread:

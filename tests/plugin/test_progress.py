@@ -74,6 +74,37 @@ def test_a_slow_setup_shows_what_it_waits_for_on_a_terminal(
     assert "\r\x1b[K" in out[last:] and "1 passed" in out[last:], out
 
 
+MAPPING = '\n[tool.cathouse_harness.env]\nAPP_DATABASE_URL = "{url}"\n'
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["one process", "-n 2"])
+def test_the_branch_made_before_the_conftests_shows_its_steps_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, xdist: bool
+) -> None:
+    """With an env mapping the branch is made before the conftests load, its migrations
+    in a process of their own (under xdist, by the controller's broker): the child's
+    revisions reach the same line, which is gone before pytest's header."""
+    project = copy_example(tmp_path / "project")
+    (project / "pyproject.toml").write_text((project / "pyproject.toml").read_text() + MAPPING)
+    (project / "tests").mkdir()
+    (project / "tests" / "test_slow.py").write_text(SLOW_TEST)
+    revision = "5109510951a2" if xdist else "5109510951a1"  # each run builds its template
+    add_revision(project, revision, "SELECT pg_sleep(2)", "a slow revision")
+    run_id = "live-early-n2" if xdist else "live-early"
+    monkeypatch.setenv("CATHOUSE_RUN_ID", run_id)
+    monkeypatch.setenv("CI", "true")
+    code, out = _on_a_terminal(project, *(["-n", "2"] if xdist else []), "tests/test_slow.py")
+    assert code == 0, out
+    drawn = [part.split("] ", 1)[-1] for part in out.split("\r\x1b[K") if part.startswith(PREFIX)]
+    assert f"migrating installation-service to {revision} (a slow revision)" in drawn, out
+    fork = f"forking harness/{run_id}/workers" if xdist else f"forking harness/{run_id}/main"
+    assert fork in drawn, out
+    # cleared before pytest's header, and never drawn again once the tests run
+    header = out.index("test session starts")
+    assert "\r\x1b[K" in out[out.rindex(f"{PREFIX}[", 0, header):header], out
+    assert f"{PREFIX}[" not in out[header:], out
+
+
 def test_the_line_is_drawn_after_a_second_and_cleared(tmp_path: Path) -> None:
     read, write = os.pipe()
     line = LiveLine(write, 80, show_after=0.3)
