@@ -15,12 +15,12 @@ of `--reps` runs of
 * our fork from the running root while one of its sessions holds an uncommitted insert:
   pg_backup_start, the copy, pg_backup_stop, the WAL, the start (its recovery included);
 * start after suspend: a stopped child started again, until its first `SELECT 1` answers;
-* the reads of #24 part B (`compute.standby`), each of the running root: a hot standby
+* the reads of #24 part B (`compute.moments.standby`), each of the running root: a hot standby
   (a read-only endpoint, a time-travel connection served by its own branch), a standby
   that takes another branch's logins first (a time-travel connection served by another
   branch's copy: a start, ALTER ROLE, a stop and a start as a standby), and a
   schema-only child (a fork, then every database emptied);
-* points in time (`compute.pitr`): a base of the running root (the copy every instance
+* points in time (`compute.moments.pitr`): a base of the running root (the copy every instance
   gets after it is made), and a replay of the root to an LSN between two writes from
   that base and the root's WAL, promoted (a branch at `parent_lsn`) and paused as a
   hot standby (a time-travel connection).
@@ -50,8 +50,9 @@ import psycopg
 from _common import add_results_option, fmt, interleaved, recorded
 from cathouse_harness.local.compute import fork as forks
 from cathouse_harness.local.compute import instance as instances
-from cathouse_harness.local.compute import layout, pitr, probe, roots, spares, standby, template, users
+from cathouse_harness.local.compute import layout, probe, roots, spares, template, users
 from cathouse_harness.local.compute.instance import Instance
+from cathouse_harness.local.compute.moments import pitr, standby
 from cathouse_harness.local.pg_choice import choose_install, system_bin_dirs
 from cathouse_harness.local.pg_layout import Storage
 from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer

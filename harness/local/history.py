@@ -84,7 +84,7 @@ class Located:
     # The moment of the branch asked about that this state is (epoch seconds).
     moment: float
     # Not `source`'s current state: its state at the point, replayed from its WAL by a
-    # data plane that keeps one (an instance per branch, `compute.pitr`).
+    # data plane that keeps one (an instance per branch, `compute.moments.pitr`).
     replay: bool = False
 
 

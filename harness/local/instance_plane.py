@@ -24,10 +24,10 @@ suspend) and started by the next login (resume). Pooled logins go to the instanc
 own PgBouncer (`cathouse_harness.local.compute.pooler`), which stops before it.
 
 Read-only endpoints and time-travel connections go to hot standbys
-(`compute.history`, `compute.replicas`); a schema-only branch is a fork with every row
-dropped (`compute.standby`); every instance gets a base right after it is made and
+(`compute.moments.reads`, `compute.moments.replicas`); a schema-only branch is a fork with every row
+dropped (`compute.moments.standby`); every instance gets a base right after it is made and
 keeps its WAL, so a point in time no branch holds as it is now is replayed
-(`compute.pitr`); LSNs are each instance's own.
+(`compute.moments.pitr`); LSNs are each instance's own.
 
 Not yet (ARCHITECTURE.md, "Compute per branch"): moments before a branch's base (its
 parent's history is not followed).
@@ -51,19 +51,19 @@ from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.catalog import serving
 from cathouse_harness.local.compute import lease, spares
 from cathouse_harness.local.compute import users as compute_users
-from cathouse_harness.local.compute.bases import Bases
 from cathouse_harness.local.compute.fork import fork
-from cathouse_harness.local.compute.history import Reads, lsn_of
 from cathouse_harness.local.compute.instance import Instance, admin_session, remove, running_pid, start, stop
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
-from cathouse_harness.local.compute.pitr import PREFIX as BASE_PREFIX
-from cathouse_harness.local.compute.pitr import Moment
+from cathouse_harness.local.compute.moments.bases import Bases
+from cathouse_harness.local.compute.moments.pitr import PREFIX as BASE_PREFIX
+from cathouse_harness.local.compute.moments.pitr import Moment
+from cathouse_harness.local.compute.moments.reads import Reads, lsn_of
+from cathouse_harness.local.compute.moments.replicas import PREFIX as REPLICA_PREFIX
+from cathouse_harness.local.compute.moments.replicas import Replicas
+from cathouse_harness.local.compute.moments.replicas import leftovers as replica_leftovers
+from cathouse_harness.local.compute.moments.standby import empty_databases, read_verifier
 from cathouse_harness.local.compute.pooler import Poolers
-from cathouse_harness.local.compute.replicas import PREFIX as REPLICA_PREFIX
-from cathouse_harness.local.compute.replicas import Replicas
-from cathouse_harness.local.compute.replicas import leftovers as replica_leftovers
 from cathouse_harness.local.compute.roots import CLUSTER_ROLES, create_branch_role, make_root
-from cathouse_harness.local.compute.standby import empty_databases, read_verifier
 from cathouse_harness.local.compute.template import ensure_template
 from cathouse_harness.local.listeners import EndpointAddress, Listeners
 from cathouse_harness.local.names import host_mode
@@ -749,7 +749,7 @@ class InstanceDataPlane:
 
     # ------------------------------------------------------------------ points in time
     #
-    # Every instance gets a base and keeps its WAL since (`compute.bases`, `compute.pitr`):
+    # Every instance gets a base and keeps its WAL since (`compute.moments.bases`, `compute.moments.pitr`):
     # a moment of a branch at or after its base is its base and WAL replayed. The
     # control plane's history asks `replayable` when no branch holds the moment as it is.
 

@@ -5,7 +5,7 @@ with the home's CA and the bounded startup packet of `cathouse_harness.local.pro
 what changes is everything after the startup:
 
 - the endpoint's instance is found and started when it is suspended (a read-only
-  endpoint's and a time-travel connection's: a hot standby, `compute.history`);
+  endpoint's and a time-travel connection's: a hot standby, `compute.moments.reads`);
 - the client runs SCRAM (with channel binding over TLS) against the role's verifier read
   from that instance's `pg_authid` at this login, so `ALTER ROLE … PASSWORD` holds at
   once; an unknown role, a role that cannot log in, a superuser and an unknown database

@@ -14,10 +14,11 @@ import psycopg
 import pytest
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.compute import fork as forks
-from cathouse_harness.local.compute import history as compute_history
 from cathouse_harness.local.compute import instance as instances
-from cathouse_harness.local.compute import layout, probe, roots, spares, standby, users
+from cathouse_harness.local.compute import layout, probe, roots, spares, users
 from cathouse_harness.local.compute.instance import Instance
+from cathouse_harness.local.compute.moments import reads as compute_history
+from cathouse_harness.local.compute.moments import standby
 from cathouse_harness.local.pg_layout import SUPERUSER
 from cathouse_harness.support.redact import Secret
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 from cathouse_harness.local.compute.instance import Instance, admin_session, remove, running_pid
 from cathouse_harness.local.compute.layout import ComputeHome
-from cathouse_harness.local.compute.standby import standby_of
+from cathouse_harness.local.compute.moments.standby import standby_of
 from cathouse_harness.support.log import get_logger
 
-log = get_logger("local.compute.replicas")
+log = get_logger("local.compute.moments.replicas")
 
 PREFIX = "ro-"
 

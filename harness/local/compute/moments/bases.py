@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.compute.instance import Instance, remove
 from cathouse_harness.local.compute.layout import ComputeHome
-from cathouse_harness.local.compute.pitr import PREFIX, Base, Moment, moment_of, replay, take_base
+from cathouse_harness.local.compute.moments.pitr import PREFIX, Base, Moment, moment_of, replay, take_base
 from cathouse_harness.support.log import get_logger
 
-log = get_logger("local.compute.bases")
+log = get_logger("local.compute.moments.bases")
 
 
 class Bases:

@@ -29,10 +29,15 @@ from typing import Any
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.compute.layout import socket_file
-from cathouse_harness.local.compute.pitr import Moment, moment_of
-from cathouse_harness.local.compute.pitr import lsn_of as lsn_of
-from cathouse_harness.local.compute.replicas import Replica, Replicas, state_token
-from cathouse_harness.local.compute.standby import as_standby_with, differing, login_verifiers, read_verifier
+from cathouse_harness.local.compute.moments.pitr import Moment, moment_of
+from cathouse_harness.local.compute.moments.pitr import lsn_of as lsn_of
+from cathouse_harness.local.compute.moments.replicas import Replica, Replicas, state_token
+from cathouse_harness.local.compute.moments.standby import (
+    as_standby_with,
+    differing,
+    login_verifiers,
+    read_verifier,
+)
 from cathouse_harness.local.proxy import Refusal
 from cathouse_harness.local.relay import Route
 from cathouse_harness.local.startup_options import TimeTravel
