@@ -103,6 +103,27 @@ def compute_choice() -> str:
     return value
 
 
+def keep_plane(home: Path, storage: str, choice: str) -> None:
+    """Record which data plane holds the home's branches on disk, and refuse the other:
+    each plane keeps its databases where the other does not look, so a server of the
+    other plane would forget every branch and leave its data behind. An in-memory home
+    keeps nothing past its server's stop, so there a switch only updates the record."""
+    record = home / f"data-plane-{storage}"
+    try:
+        before = record.read_text().strip()
+    except FileNotFoundError:
+        before = choice
+    if before != choice and storage != "memory":
+        raise LocalServerError(
+            f"the branches in {home} ({storage}) live on the {before} data plane, and "
+            f"{ENV_VAR}={choice} would forget them",
+            hint=f"set {ENV_VAR}={before}, or use another CATHOUSE_HARNESS_HOME, or remove "
+            "this home with `cathouse-branch gc --all`",
+        )
+    if before != choice or not record.exists():
+        write_private(record, choice + "\n")
+
+
 # the instance's own databases, never a branch's
 _NOT_BRANCH_DATABASES = frozenset({"postgres", "template0", "template1"})
 

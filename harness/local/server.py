@@ -143,9 +143,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def _make_dataplane(home: Path, storage: str) -> Any:
-    from cathouse_harness.local.instance_plane import InstanceDataPlane, compute_choice
+    from cathouse_harness.local.instance_plane import InstanceDataPlane, compute_choice, keep_plane
 
-    if compute_choice() == "instance":  # a PostgreSQL per branch (#24), not yet the default
+    choice = compute_choice()
+    keep_plane(home, storage, choice)
+    if choice == "instance":  # a PostgreSQL per branch (#24), not yet the default
         return InstanceDataPlane(home, storage=storage)
     from cathouse_harness.local.dataplane import DataPlane
 

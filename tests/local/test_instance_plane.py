@@ -84,6 +84,34 @@ def test_shared_is_the_default_and_a_bad_value_is_one_line(monkeypatch: pytest.M
     assert "\n" not in str(caught.value)
 
 
+def test_a_home_on_disk_keeps_its_data_plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server of the other plane would forget the home's branches and orphan their
+    data: it is refused in one line; an in-memory home keeps nothing past a stop."""
+    from cathouse_harness.local.server import _make_dataplane
+
+    monkeypatch.setenv(instance_plane.ENV_VAR, "instance")
+    assert type(_make_dataplane(tmp_path, "disk")).__name__ == "InstanceDataPlane"
+    monkeypatch.setenv(instance_plane.ENV_VAR, "shared")
+    with pytest.raises(LocalServerError) as caught:
+        _make_dataplane(tmp_path, "disk")
+    line = str(caught.value)
+    assert "live on the instance data plane" in line and "CATHOUSE_LOCAL_COMPUTE=instance" in line
+    assert "\n" not in line
+    monkeypatch.setenv(instance_plane.ENV_VAR, "instance")
+    _make_dataplane(tmp_path, "disk")  # the plane it was made on still serves it
+    _make_dataplane(tmp_path, "memory")
+    monkeypatch.setenv(instance_plane.ENV_VAR, "shared")
+    _make_dataplane(tmp_path, "memory")
+
+
+def test_an_instance_has_the_connection_slots_of_neon_s_smallest_compute(urls: tuple[str, str]) -> None:
+    """104 connections, seven kept for the superuser, as a 0.25 CU compute: suites that
+    keep an engine per test open dozens at once."""
+    with psycopg.connect(urls[1]) as session:
+        assert session.execute("SHOW max_connections").fetchone() == ("104",)
+        assert session.execute("SHOW superuser_reserved_connections").fetchone() == ("7",)
+
+
 def test_channel_binding_is_required_and_given(urls: tuple[str, str]) -> None:
     with psycopg.connect(urls[0], channel_binding="require") as session:
         assert session.execute("SELECT current_database(), current_user").fetchone() == (

@@ -47,7 +47,9 @@ HBA_CONF = (
 SMALL_INSTANCE: dict[str, str | int] = {
     "listen_addresses": "",
     "unix_socket_permissions": "0700",
-    "max_connections": 40,
+    # Neon's smallest compute (0.25 CU): 104, seven of them kept for its superuser
+    "max_connections": 104,
+    "superuser_reserved_connections": 7,
     "shared_buffers": "16MB",
     "wal_buffers": "1MB",
     "max_wal_senders": 0,
