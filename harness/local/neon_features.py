@@ -126,9 +126,13 @@ REMEDY = (
 )
 
 
+def extra_extensions() -> frozenset[str]:
+    """The names CATHOUSE_EXTRA_EXTENSIONS adds to Neon's list."""
+    return frozenset(part.strip() for part in (env.read(EXTRA_ENV) or "").split(",") if part.strip())
+
+
 def offered_by_neon(name: str) -> bool:
-    extra = {part.strip() for part in (env.read(EXTRA_ENV) or "").split(",")}
-    return name in NEON_EXTENSIONS or name in extra
+    return name in NEON_EXTENSIONS or name in extra_extensions()
 
 
 @dataclass(frozen=True)
