@@ -71,13 +71,13 @@ def prepare(root: Path, install: PgInstall) -> dict[str, str]:
     changed); the setting that points the instances at it, or {} before PostgreSQL 18."""
     if not supported(install):
         return {}
-    source = share_dir(install) / "extension"
     # a name becomes a file name here: only what an extension's name can be
     offered = sorted(name for name in NEON_EXTENSIONS | extra_extensions() if _NAME.fullmatch(name))
     folder = root / "extension"
-    stamp = locations.short_hash(f"{source}|{install.version}|{' '.join(offered)}")
+    stamp = locations.short_hash(f"{install.root.resolve()}|{install.version}|{' '.join(offered)}")
     if (folder / _MARKER).is_file() and (folder / _MARKER).read_text().strip() == stamp:
         return {SETTING: str(root)}
+    source = share_dir(install) / "extension"
     remove_tree(folder, owners={os.geteuid()})
     for made in (root.parent, root):  # ours, readable by the instances' user
         ensure_dir(made, mode=0o755, owners={os.geteuid()})
