@@ -49,7 +49,7 @@ from typing import Any
 import psycopg
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.catalog import serving
-from cathouse_harness.local.compute import lease, spares
+from cathouse_harness.local.compute import extensions, lease, spares
 from cathouse_harness.local.compute import users as compute_users
 from cathouse_harness.local.compute.bases import Bases
 from cathouse_harness.local.compute.extensions import STUB_COMMENT
@@ -271,6 +271,8 @@ class InstanceDataPlane:
         choice = self._postgres_bin or env.read(POSTGRES_BIN_ENV)
         self.install = install = await asyncio.to_thread(
             choose_install, choice, data_dir=compute.base / "templates", user=user)
+        # before PostgreSQL 18, a mirror of it that has only Neon's extensions
+        self.install = install = await asyncio.to_thread(extensions.mirror, compute.base, install)
         template = await asyncio.to_thread(ensure_template, compute, install)
         self._load_map()
         self._superuser = template.superuser_password

@@ -14,16 +14,22 @@ EXTENSION finds there only
   feature probe leaves out.
 
 Anything else is "not available", PostgreSQL's own words, which is what a Neon compute
-answers for an extension it has no files for. PostgreSQL 15-17 have no such setting:
-there, every extension of the installation stays available (a relocated copy of the
-installation could filter them too; not done, see ARCHITECTURE.md "Compute per branch").
+answers for an extension it has no files for.
+
+PostgreSQL 15-17 have no such setting, but an installation is relocatable: the
+postmaster finds its share directory relative to the real path of its own executable.
+So their instances run a per-home mirror (`mirror`): a copy of `postgres` (9 MiB, made
+once per home), links to every other program and to the library directory, and a share
+directory of links whose `extension/` is the directory above.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 from cathouse_harness.local import locations
@@ -47,16 +53,23 @@ def supported(install: PgInstall) -> bool:
     return int(install.major) >= 18
 
 
-def share_dir(install: PgInstall) -> Path:
-    """The installation's share directory, as its own pg_config computes it (relocated
-    for the wheel; /usr/share/postgresql/<major> for Debian's)."""
-    pg_config = install.bin_dir / "pg_config"
+def _config(install: PgInstall, *names: str) -> list[Path] | None:
+    """Directories as the installation's pg_config computes them (relocated for the
+    wheel's; /usr/share/postgresql/<major> and the like for Debian's); None without one."""
     try:
-        found = subprocess.run([str(pg_config), "--sharedir"], capture_output=True, text=True,
-                               check=True, timeout=30).stdout.strip()
+        found = subprocess.run([str(install.bin_dir / "pg_config"), *(f"--{name}" for name in names)],
+                               capture_output=True, text=True, check=True, timeout=30).stdout.split("\n")
     except (OSError, subprocess.SubprocessError):
-        found = ""
-    return Path(found) if found else install.root / "share"
+        return None
+    return [Path(line.strip()) for line in found[: len(names)]]
+
+
+def _ours(base: Path, path: Path) -> Path:
+    """`path` and every directory between `base` and it: ours, readable by the
+    instances' user, who cannot change what its postmaster is given."""
+    for made in [*reversed(path.relative_to(base).parents)][1:] + [path.relative_to(base)]:
+        ensure_dir(base / made, mode=0o755, owners={os.geteuid()})
+    return path
 
 
 def _stub_script(message: str) -> str:
@@ -66,22 +79,59 @@ def _stub_script(message: str) -> str:
     return f"DO $cathouse$ BEGIN RAISE EXCEPTION USING MESSAGE = {tag}{message}{tag}; END $cathouse$;\n"
 
 
-def prepare(root: Path, install: PgInstall) -> dict[str, str]:
+def mirror(base: Path, install: PgInstall) -> PgInstall:
+    """`install` itself from PostgreSQL 18 on (or without pg_config); before, a mirror
+    of it under `base` whose postmaster finds only Neon's extensions. Each start
+    refreshes what changed (a running postmaster keeps the file it was started from)."""
+    if supported(install) or install.source is not None:
+        return install
+    found = _config(install, "bindir", "sharedir", "pkglibdir")
+    if found is None:
+        return install
+    bindir, sharedir, pkglibdir = found
+    # the layout below the three's common prefix is what PostgreSQL relocates by
+    prefix = Path(os.path.commonpath([bindir, sharedir, pkglibdir]))
+    root = base / "mirrors" / locations.short_hash(f"{install.root.resolve()}|{install.version}")
+    share = _ours(base, root / sharedir.relative_to(prefix))
+    _fill(base, share, install, sharedir / "extension")
+    bin_mirror = _ours(base, root / bindir.relative_to(prefix))
+    library = root / pkglibdir.relative_to(prefix)
+    _ours(base, library.parent)
+    links = [(pkglibdir, library)]
+    links += [(entry, share / entry.name) for entry in sharedir.iterdir() if entry.name != "extension"]
+    links += [(entry, bin_mirror / entry.name) for entry in bindir.iterdir() if entry.name != "postgres"]
+    for target, link in links:
+        if not link.is_symlink():
+            os.symlink(target, link)
+    real, copy = (bindir / "postgres").stat(), bin_mirror / "postgres"
+    stamp = (real.st_size, real.st_mtime_ns)
+    if not copy.is_file() or (copy.stat().st_size, copy.stat().st_mtime_ns) != stamp:
+        # a copy, not a link: PostgreSQL resolves links of its executable
+        shutil.copy2(bindir / "postgres", bin_mirror / ".postgres.tmp")
+        os.replace(bin_mirror / ".postgres.tmp", copy)
+    return replace(install, root=bin_mirror.parent, source=install.root)
+
+
+def prepare(base: Path, root: Path, install: PgInstall) -> dict[str, str]:
     """Make `root`/extension for `install` (again when Neon's list or the extras
-    changed); the setting that points the instances at it, or {} before PostgreSQL 18."""
+    changed); the setting that points the instances at it, or {} before PostgreSQL 18
+    (their mirror has the directory in its place)."""
     if not supported(install):
         return {}
+    found = _config(install, "sharedir")
+    _fill(base, root, install, (found[0] if found else install.root / "share") / "extension")
+    return {SETTING: str(root)}
+
+
+def _fill(base: Path, root: Path, install: PgInstall, source: Path) -> None:
     # a name becomes a file name here: only what an extension's name can be
     offered = sorted(name for name in NEON_EXTENSIONS | extra_extensions() if _NAME.fullmatch(name))
     folder = root / "extension"
     stamp = locations.short_hash(f"{install.root.resolve()}|{install.version}|{' '.join(offered)}")
     if (folder / _MARKER).is_file() and (folder / _MARKER).read_text().strip() == stamp:
-        return {SETTING: str(root)}
-    source = share_dir(install) / "extension"
+        return
     remove_tree(folder, owners={os.geteuid()})
-    for made in (root.parent, root):  # ours, readable by the instances' user
-        ensure_dir(made, mode=0o755, owners={os.geteuid()})
-    ensure_dir(folder, mode=0o755, owners={os.geteuid()})
+    _ours(base, folder)
     present = {entry.name for entry in source.iterdir()} if source.is_dir() else set()
     have = frozenset(name[: -len(".control")] for name in present if name.endswith(".control"))
     features = ServerFeatures(have, icu=False, postgres=install.describe())
@@ -96,4 +146,3 @@ def prepare(root: Path, install: PgInstall) -> dict[str, str]:
             f"comment = '{STUB_COMMENT}'\ndefault_version = '{_STUB_VERSION}'\ntrusted = true\n"))
         write_private(folder / f"{name}--{_STUB_VERSION}.sql", _stub_script(message), mode=0o644)
     write_private(folder / _MARKER, stamp + "\n", mode=0o644)
-    return {SETTING: str(root)}

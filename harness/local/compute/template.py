@@ -89,10 +89,8 @@ def settings_text(install: PgInstall, storage: Storage, more: dict[str, str] | N
 
 def _key(compute: ComputeHome, install: PgInstall) -> str:
     return locations.short_hash(
-        f"{install.root.resolve()}|{install.version}|{compute.user.uid}|"
+        f"{install.original.resolve()}|{install.version}|{compute.user.uid}|"
         f"{' '.join(INITDB_ARGS)}|{compute.storage}"
-        # a template made before its instances had Neon's extensions only is made again
-        f"{'|' + extensions.SETTING if extensions.supported(install) else ''}"
     )
 
 
@@ -112,8 +110,12 @@ def ensure_template(compute: ComputeHome, install: PgInstall) -> Template:
     secret_file = compute.state / f"superuser-{key}.secret"
     with file_lock(compute.state / f"template-{key}.lock"):
         # refreshed on every start: CATHOUSE_EXTRA_EXTENSIONS may have changed
-        only_neons = extensions.prepare(compute.base / "extensions" / key, install)
+        only_neons = extensions.prepare(compute.base, compute.base / "extensions" / key, install)
         if (folder / "data" / "PG_VERSION").exists() and secret_file.exists():
+            # the settings as this version writes them (new instances copy them; a
+            # template made before extension_control_path gets it here)
+            write_private(folder / "data" / "cathouse.conf",
+                          settings_text(install, compute.storage, only_neons), owner=_owner(compute))
             return Template(key, folder / "data", install, Secret(secret_file.read_text().strip()))
         remove_tree(folder, owners={compute.user.uid, os.geteuid()})
         owned_dir(folder, compute.user)
