@@ -19,8 +19,11 @@ answers for an extension it has no files for.
 PostgreSQL 15-17 have no such setting, but an installation is relocatable: the
 postmaster finds its share directory relative to the real path of its own executable.
 So their instances run a per-home mirror (`mirror`): a copy of `postgres` (9 MiB, made
-once per home), links to every other program and to the library directory, and a share
-directory of links whose `extension/` is the directory above.
+once per home; a link would be resolved), links to every other program and to the
+library directory, and a share directory of links whose `extension/` is the directory
+above. Its cost (benchmarks/compute_fork.py, which runs its floors on the original):
+none measurable on a fork; ~1.5 MiB more PSS per idle instance, its binary's pages
+being shared within the home only.
 """
 
 from __future__ import annotations
