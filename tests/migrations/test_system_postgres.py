@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 from cathouse_harness.config.settings import load_settings
 from cathouse_harness.errors import MigrationError
@@ -21,6 +22,7 @@ from tests.local._server import (
     api_client,
     connection_uri,
     create_ready_branch,
+    instance_compute,
     sql,
     start_test_server,
     unique,
@@ -89,6 +91,15 @@ def test_revisions_needing_neon_features_migrate_on_a_system_postgresql(
         answer = probe(info.api_host, info.api_key.reveal())
         assert answer is not None and answer["postgres_bin"] == bin_dir
         assert answer["features"]["icu"] is True
+        # Debian's has file_fdw, Neon does not: on 15-17 an instance runs a mirror of the
+        # installation whose share directory has only Neon's extensions
+        with psycopg.connect(url) as conn, pytest.raises(psycopg.Error) as refused:
+            conn.execute("CREATE EXTENSION file_fdw")
+        said = refused.value.diag.message_primary or ""
+        if instance_compute():
+            assert said == 'extension "file_fdw" is not available'
+        else:
+            assert said.startswith('extension "file_fdw" is not offered by Neon')
 
 
 def test_the_same_revisions_on_the_wheel_fail_with_one_line(project: Path, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local import locations
+from cathouse_harness.local.compute import extensions
 from cathouse_harness.local.compute.instance import failure, run_as
 from cathouse_harness.local.compute.layout import ComputeHome, owned_dir
 from cathouse_harness.local.pg_choice import PgInstall
@@ -79,17 +80,18 @@ class Template:
     superuser_password: Secret
 
 
-def settings_text(install: PgInstall, storage: Storage) -> str:
+def settings_text(install: PgInstall, storage: Storage, more: dict[str, str] | None = None) -> str:
     settings = dict(SMALL_INSTANCE)
     settings.update(_BY_MAJOR.get(install.major, {}))
     if storage == "memory":
         settings.update(_IN_MEMORY)
+    settings.update(more or {})
     return conf_text(settings)
 
 
 def _key(compute: ComputeHome, install: PgInstall) -> str:
     return locations.short_hash(
-        f"{install.root.resolve()}|{install.version}|{compute.user.uid}|"
+        f"{install.original.resolve()}|{install.version}|{compute.user.uid}|"
         f"{' '.join(INITDB_ARGS)}|{compute.storage}"
     )
 
@@ -109,7 +111,13 @@ def ensure_template(compute: ComputeHome, install: PgInstall) -> Template:
     folder = compute.template_dir(key)
     secret_file = compute.state / f"superuser-{key}.secret"
     with file_lock(compute.state / f"template-{key}.lock"):
+        # refreshed on every start: CATHOUSE_EXTRA_EXTENSIONS may have changed
+        only_neons = extensions.prepare(compute.base, compute.base / "extensions" / key, install)
         if (folder / "data" / "PG_VERSION").exists() and secret_file.exists():
+            # the settings as this version writes them (new instances copy them; a
+            # template made before extension_control_path gets it here)
+            write_private(folder / "data" / "cathouse.conf",
+                          settings_text(install, compute.storage, only_neons), owner=_owner(compute))
             return Template(key, folder / "data", install, Secret(secret_file.read_text().strip()))
         remove_tree(folder, owners={compute.user.uid, os.geteuid()})
         owned_dir(folder, compute.user)
@@ -129,7 +137,8 @@ def ensure_template(compute: ComputeHome, install: PgInstall) -> Template:
         with os.fdopen(fd, encoding="utf-8") as handle:
             conf = handle.read()
         write_private(data / "postgresql.conf", conf + INCLUDE, owner=_owner(compute))
-        write_private(data / "cathouse.conf", settings_text(install, compute.storage), owner=_owner(compute))
+        settings = settings_text(install, compute.storage, only_neons)
+        write_private(data / "cathouse.conf", settings, owner=_owner(compute))
         write_private(data / "pg_hba.conf", HBA_CONF, owner=_owner(compute))
         # the secret last: its presence says the template is whole
         write_private(secret_file, password)
