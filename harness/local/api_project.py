@@ -105,6 +105,41 @@ async def list_permissions(request: Request) -> Response:
     return ok({"project_permissions": []})
 
 
+# Project features a fresh Neon project has none of, and a local one never gets: Neon
+# answers them with empty lists until the developer adds some, and the local server has
+# no way to add any (no JWKS route to POST, no private networking, no snapshot made).
+# Served so that a client listing them sees what it would see on a new Neon project.
+
+
+@api
+async def list_jwks(request: Request) -> Response:
+    """JWKS URLs (Neon RLS): none; adding one is not emulated."""
+    project_of(request)
+    return ok({"jwks": []})
+
+
+@api
+async def list_vpc_endpoints(request: Request) -> Response:
+    """VPC endpoint restrictions: none; a local project is reached on loopback only."""
+    project_of(request)
+    return ok({"endpoints": []})
+
+
+@api
+async def list_snapshots(request: Request) -> Response:
+    """Snapshots: none; taking one is not emulated, so the list stays empty."""
+    project_of(request)
+    return ok({"snapshots": []})
+
+
+@api
+async def list_available_preload_libraries(request: Request) -> Response:
+    """Shared preload libraries a project may enable: none here, because the local
+    computes start no Neon library (Neon lists its own, e.g. timescaledb, pg_cron)."""
+    project_of(request)
+    return ok({"libraries": []})
+
+
 @api
 async def list_api_keys(request: Request) -> Response:
     """The home's one key, by its id, name and dates; never the key. This request used

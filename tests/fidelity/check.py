@@ -64,13 +64,8 @@ NOT_IN_REFERENCE = {
 # Calls for features of a Neon project the local server does not emulate (docs/embedded.md,
 # the divergence table): each answers 404, printed as `differs` with why.
 _NOT_EMULATED_WHY = {
-    "getAvailablePreloadLibraries": "compute settings: the local computes load no Neon libraries",
-    "getProjectJwks": "Neon RLS / JWKS: not emulated",
-    "listProjectVpcEndpoints": "private networking (VPC endpoints): not emulated",
-    "listSnapshots": "snapshots: not emulated",
     "getSnapshotSchedule": "snapshots (backup schedule): not emulated",
     "getProjectAdvisorSecurityIssues": "the project advisor: not emulated",
-    "getMaskingRules": "anonymized branches (masking rules): not emulated",
     "getNeonAuth": "Neon Auth: not emulated",
     "getProjectBranchDataApi": "the Data API: not emulated",
 }
