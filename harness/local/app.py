@@ -71,6 +71,7 @@ ROUTES = [
     Route(B + "/compare_schema", branches.get_schema_comparison, methods=["GET"]),
     Route(B + "/endpoints", computes.branch_endpoints, methods=["GET"]),
     Route(B + "/masking_rules", branches.get_masking_rules, methods=["GET"]),
+    Route(B + "/backup_schedule", branches.get_backup_schedule, methods=["GET"]),
     Route(B + "/databases", catalog.list_databases, methods=["GET"]),
     Route(B + "/databases", catalog.create_database, methods=["POST"]),
     Route(B + "/databases/{database_name}", catalog.get_database, methods=["GET"]),

@@ -140,9 +140,9 @@ async function main() {
   await call('listProjectVpcEndpoints', () => api.listProjectVpcEndpoints(project));
   await call('listSnapshots', () => api.listSnapshots(project));
   await call('getMaskingRules', () => api.getMaskingRules(project, main.id));
+  await call('getSnapshotSchedule', () => api.getSnapshotSchedule(project, main.id));
   // Features of a project the local server does not have (check.py lists them as
   // NOT_EMULATED, each with why): asked all the same, so a change on either side shows.
-  await call('getSnapshotSchedule', () => api.getSnapshotSchedule(project, main.id));
   await call('getProjectAdvisorSecurityIssues', () => api.getProjectAdvisorSecurityIssues({ projectId: project }));
   await call('getNeonAuth', () => api.getNeonAuth(project, main.id));
   await call('getProjectBranchDataApi', () => api.getProjectBranchDataApi(project, main.id, own.name));

@@ -344,6 +344,7 @@ MASKING_RULE = Obj(
     required={"database_name": STR, "schema_name": STR, "table_name": STR, "column_name": STR},
     optional={"masking_function": STR, "masking_value": STR},
 )
+BACKUP_SCHEDULE_ITEM = Obj("BackupScheduleItem", required={"frequency": STR})
 PRELOAD_LIBRARY = Obj(
     "AvailablePreloadLibrary",
     required={"library_name": STR, "description": STR, "is_default": BOOL,
@@ -486,6 +487,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", P + "/snapshots"): Route(200, answer("ListSnapshots", snapshots=ListOf(SNAPSHOT))),
     ("GET", P + "/available_preload_libraries"): Route(
         200, answer("AvailablePreloadLibraries", {"libraries": ListOf(PRELOAD_LIBRARY)})
+    ),
+    ("GET", B + "/backup_schedule"): Route(
+        200, answer("BackupSchedule", schedule=ListOf(BACKUP_SCHEDULE_ITEM))
     ),
     ("GET", B + "/masking_rules"): Route(
         200, answer("MaskingRulesResponse", masking_rules=ListOf(MASKING_RULE))

@@ -137,6 +137,8 @@ def _walk(c: httpx.Client, project: str) -> None:
     _ok(c.get(f"{p}/branches/count"))
     assert _ok(c.get(f"{p}/branches/{child}/masking_rules")) == {"masking_rules": []}
     assert c.get(f"{p}/branches/br-nothing-here/masking_rules").status_code == 404
+    assert _ok(c.get(f"{p}/branches/{child}/backup_schedule")) == {"schedule": []}
+    assert c.get(f"{p}/branches/br-nothing-here/backup_schedule").status_code == 404
     _ok(c.patch(f"{p}/branches/{bare_id}", json={"branch": {"name": f"renamed-{tag}"}}))
 
     # A branch's preview features (storage, functions) answer as Neon does in a region
