@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cathouse_harness.local import api_validation as check
-from cathouse_harness.local.api_http import api, json_body, log, neon_of, ok, project_of
+from cathouse_harness.local.api_http import Handler, api, json_body, log, neon_of, ok, project_of
 from cathouse_harness.local.api_shapes import (
     api_key_json,
     operation_json,
@@ -105,39 +105,27 @@ async def list_permissions(request: Request) -> Response:
     return ok({"project_permissions": []})
 
 
-# Project features a fresh Neon project has none of, and a local one never gets: Neon
-# answers them with empty lists until the developer adds some, and the local server has
-# no way to add any (no JWKS route to POST, no private networking, no snapshot made).
-# Served so that a client listing them sees what it would see on a new Neon project.
+def _always_empty(key: str) -> Handler:
+    """A route answering `{key: []}` for the project: a list a new Neon project has
+    nothing in, and a local one never gets anything in (no route here adds to it)."""
+
+    @api
+    async def empty(request: Request) -> Response:
+        project_of(request)
+        return ok({key: []})
+
+    return empty
 
 
-@api
-async def list_jwks(request: Request) -> Response:
-    """JWKS URLs (Neon RLS): none; adding one is not emulated."""
-    project_of(request)
-    return ok({"jwks": []})
-
-
-@api
-async def list_vpc_endpoints(request: Request) -> Response:
-    """VPC endpoint restrictions: none; a local project is reached on loopback only."""
-    project_of(request)
-    return ok({"endpoints": []})
-
-
-@api
-async def list_snapshots(request: Request) -> Response:
-    """Snapshots: none; taking one is not emulated, so the list stays empty."""
-    project_of(request)
-    return ok({"snapshots": []})
-
-
-@api
-async def list_available_preload_libraries(request: Request) -> Response:
-    """Shared preload libraries a project may enable: none here, because the local
-    computes start no Neon library (Neon lists its own, e.g. timescaledb, pg_cron)."""
-    project_of(request)
-    return ok({"libraries": []})
+# JWKS URLs (Neon RLS): adding one is not emulated.
+list_jwks = _always_empty("jwks")
+# VPC endpoint restrictions: a local project is reached on loopback only.
+list_vpc_endpoints = _always_empty("endpoints")
+# Snapshots: taking one is not emulated.
+list_snapshots = _always_empty("snapshots")
+# Shared preload libraries a project may enable: the local computes start no Neon
+# library (Neon lists its own, e.g. timescaledb, pg_cron), so none can be.
+list_available_preload_libraries = _always_empty("libraries")
 
 
 @api
