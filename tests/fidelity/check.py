@@ -64,7 +64,7 @@ NOT_IN_REFERENCE = {
 # Calls for features of a Neon project the local server does not emulate (docs/embedded.md,
 # the divergence table): each answers 404, printed as `differs` with why.
 _NOT_EMULATED_WHY = {
-    "getProjectAdvisorSecurityIssues": "the project advisor: not emulated",
+    "getProjectAdvisorSecurityIssues": "the project advisor (it needs the Data API): not emulated",
     "getNeonAuth": "Neon Auth: not emulated",
     "getProjectBranchDataApi": "the Data API: not emulated",
 }
