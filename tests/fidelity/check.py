@@ -65,8 +65,10 @@ NOT_IN_REFERENCE = {
 # the divergence table): each answers 404, printed as `differs` with why.
 _NOT_EMULATED_WHY = {
     "getProjectAdvisorSecurityIssues": "the project advisor (it needs the Data API): not emulated",
-    "getNeonAuth": "Neon Auth: not emulated",
-    "getProjectBranchDataApi": "the Data API: not emulated",
+    # Neon answers these two with 404 as well on a branch where the feature is not
+    # enabled, the only state a local branch has; the message differs.
+    "getNeonAuth": "Neon Auth: not emulated (404, as on a Neon branch without it)",
+    "getProjectBranchDataApi": "the Data API: not emulated (404, as on a Neon branch without it)",
 }
 NOT_EMULATED = {("ts-sdk", call): why for call, why in _NOT_EMULATED_WHY.items()}
 KNOWN = {**NOT_IN_REFERENCE, **NOT_EMULATED}
