@@ -96,6 +96,24 @@ async def get_branch(request: Request) -> Response:
     return ok({"branch": branch_json(neon, branch), "annotation": annotation_json(branch)})
 
 
+@api
+async def get_masking_rules(request: Request) -> Response:
+    """Masking rules (anonymized branches): none, as for any branch Neon did not
+    anonymize; making an anonymized branch is not emulated."""
+    neon = project_of(request)
+    neon.branch(request.path_params["branch_id"])  # an unknown branch is Neon's 404
+    return ok({"masking_rules": []})
+
+
+@api
+async def get_backup_schedule(request: Request) -> Response:
+    """The branch's snapshot schedule: empty, the truth here, since the local server
+    takes no snapshots on a schedule (setting one is not emulated)."""
+    neon = project_of(request)
+    neon.branch(request.path_params["branch_id"])
+    return ok({"schedule": []})
+
+
 def _branch_operations(neon: LocalNeon, branch: BranchRecord, ops: list[OperationRecord]) -> Response:
     return with_operations(neon, "branch", branch_json(neon, branch), ops)
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cathouse_harness.local import api_validation as check
-from cathouse_harness.local.api_http import api, json_body, log, neon_of, ok, project_of
+from cathouse_harness.local.api_http import Handler, api, json_body, log, neon_of, ok, project_of
 from cathouse_harness.local.api_shapes import (
     api_key_json,
     operation_json,
@@ -103,6 +103,29 @@ async def list_permissions(request: Request) -> Response:
     """Who else may use the project: nobody; a local project is its developer's alone."""
     project_of(request)
     return ok({"project_permissions": []})
+
+
+def _always_empty(key: str) -> Handler:
+    """A route answering `{key: []}` for the project: a list a new Neon project has
+    nothing in, and a local one never gets anything in (no route here adds to it)."""
+
+    @api
+    async def empty(request: Request) -> Response:
+        project_of(request)
+        return ok({key: []})
+
+    return empty
+
+
+# JWKS URLs (Neon RLS): adding one is not emulated.
+list_jwks = _always_empty("jwks")
+# VPC endpoint restrictions: a local project is reached on loopback only.
+list_vpc_endpoints = _always_empty("endpoints")
+# Snapshots: taking one is not emulated.
+list_snapshots = _always_empty("snapshots")
+# Shared preload libraries a project may enable: the local computes start no Neon
+# library (Neon lists its own, e.g. timescaledb, pg_cron), so none can be.
+list_available_preload_libraries = _always_empty("libraries")
 
 
 @api

@@ -64,15 +64,11 @@ NOT_IN_REFERENCE = {
 # Calls for features of a Neon project the local server does not emulate (docs/embedded.md,
 # the divergence table): each answers 404, printed as `differs` with why.
 _NOT_EMULATED_WHY = {
-    "getAvailablePreloadLibraries": "compute settings: the local computes load no Neon libraries",
-    "getProjectJwks": "Neon RLS / JWKS: not emulated",
-    "listProjectVpcEndpoints": "private networking (VPC endpoints): not emulated",
-    "listSnapshots": "snapshots: not emulated",
-    "getSnapshotSchedule": "snapshots (backup schedule): not emulated",
-    "getProjectAdvisorSecurityIssues": "the project advisor: not emulated",
-    "getMaskingRules": "anonymized branches (masking rules): not emulated",
-    "getNeonAuth": "Neon Auth: not emulated",
-    "getProjectBranchDataApi": "the Data API: not emulated",
+    "getProjectAdvisorSecurityIssues": "the project advisor (it needs the Data API): not emulated",
+    # Neon answers these two with 404 as well on a branch where the feature is not
+    # enabled, the only state a local branch has; the message differs.
+    "getNeonAuth": "Neon Auth: not emulated (404, as on a Neon branch without it)",
+    "getProjectBranchDataApi": "the Data API: not emulated (404, as on a Neon branch without it)",
 }
 NOT_EMULATED = {("ts-sdk", call): why for call, why in _NOT_EMULATED_WHY.items()}
 KNOWN = {**NOT_IN_REFERENCE, **NOT_EMULATED}

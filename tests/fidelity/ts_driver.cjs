@@ -134,15 +134,16 @@ async function main() {
   await call('getProjectBranch', () => api.getProjectBranch(project, main.id));
   // the project's own database and its owner, whatever the emulator was configured with
   const { data: { databases: [own] } } = await api.listProjectBranchDatabases(project, main.id);
-  // Features of a project the local server does not have (check.py lists them as
-  // NOT_EMULATED, each with why): asked all the same, so a change on either side shows.
+  // Features a new Neon project has none of: empty lists, as Neon answers them.
   await call('getAvailablePreloadLibraries', () => api.getAvailablePreloadLibraries(project));
   await call('getProjectJwks', () => api.getProjectJwks(project));
   await call('listProjectVpcEndpoints', () => api.listProjectVpcEndpoints(project));
   await call('listSnapshots', () => api.listSnapshots(project));
-  await call('getSnapshotSchedule', () => api.getSnapshotSchedule(project, main.id));
-  await call('getProjectAdvisorSecurityIssues', () => api.getProjectAdvisorSecurityIssues({ projectId: project }));
   await call('getMaskingRules', () => api.getMaskingRules(project, main.id));
+  await call('getSnapshotSchedule', () => api.getSnapshotSchedule(project, main.id));
+  // Features of a project the local server does not have (check.py lists them as
+  // NOT_EMULATED, each with why): asked all the same, so a change on either side shows.
+  await call('getProjectAdvisorSecurityIssues', () => api.getProjectAdvisorSecurityIssues({ projectId: project }));
   await call('getNeonAuth', () => api.getNeonAuth(project, main.id));
   await call('getProjectBranchDataApi', () => api.getProjectBranchDataApi(project, main.id, own.name));
   const made = await call('createProjectBranch', () => api.createProjectBranch(project, {

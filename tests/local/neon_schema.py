@@ -324,6 +324,33 @@ PROJECT_PERMISSION = Obj(
     optional={"revoked_at": DATETIME},
 )
 
+# Items of lists the local server always answers empty (features a new project has
+# none of); their required fields, so an item would be checked if one ever appeared.
+JWKS = Obj(
+    "JWKS",
+    required={"id": STR, "project_id": STR, "jwks_url": STR, "provider_name": STR,
+              "created_at": DATETIME, "updated_at": DATETIME},
+    optional={"branch_id": STR, "jwt_audience": STR, "role_names": ListOf(STR)},
+)
+VPC_ENDPOINT = Obj("VPCEndpoint", required={"vpc_endpoint_id": STR, "label": STR})
+SNAPSHOT = Obj(
+    "Snapshot",
+    required={"id": STR, "name": STR, "created_at": DATETIME},
+    optional={"lsn": STR, "timestamp": DATETIME, "source_branch_id": STR,
+              "expires_at": DATETIME, "manual": BOOL, "full_size": INT, "diff_size": INT},
+)
+MASKING_RULE = Obj(
+    "MaskingRule",
+    required={"database_name": STR, "schema_name": STR, "table_name": STR, "column_name": STR},
+    optional={"masking_function": STR, "masking_value": STR},
+)
+BACKUP_SCHEDULE_ITEM = Obj("BackupScheduleItem", required={"frequency": STR})
+PRELOAD_LIBRARY = Obj(
+    "AvailablePreloadLibrary",
+    required={"library_name": STR, "description": STR, "is_default": BOOL,
+              "is_experimental": BOOL, "version": STR},
+)
+
 CURRENT_USER = Obj(
     "CurrentUserInfoResponse",
     required={
@@ -452,6 +479,20 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("PATCH", P): Route(200, answer("ProjectOperations", project=PROJECT, operations=_OPS)),
     ("GET", P + "/permissions"): Route(
         200, answer("ProjectPermissions", project_permissions=ListOf(PROJECT_PERMISSION))
+    ),
+    ("GET", P + "/jwks"): Route(200, answer("ProjectJWKSResponse", jwks=ListOf(JWKS))),
+    ("GET", P + "/vpc_endpoints"): Route(
+        200, answer("VPCEndpointsResponse", endpoints=ListOf(VPC_ENDPOINT))
+    ),
+    ("GET", P + "/snapshots"): Route(200, answer("ListSnapshots", snapshots=ListOf(SNAPSHOT))),
+    ("GET", P + "/available_preload_libraries"): Route(
+        200, answer("AvailablePreloadLibraries", {"libraries": ListOf(PRELOAD_LIBRARY)})
+    ),
+    ("GET", B + "/backup_schedule"): Route(
+        200, answer("BackupSchedule", schedule=ListOf(BACKUP_SCHEDULE_ITEM))
+    ),
+    ("GET", B + "/masking_rules"): Route(
+        200, answer("MaskingRulesResponse", masking_rules=ListOf(MASKING_RULE))
     ),
     ("GET", P + "/branches"): Route(
         200,

@@ -97,6 +97,11 @@ def _walk(c: httpx.Client, project: str) -> None:
     assert key["name"] == "local" and key["created_by"]["id"] == _ok(c.get("/users/me"))["id"]
     assert c.headers["Authorization"].split()[1] not in keys.text  # listed, never revealed
     assert _ok(c.get(f"{p}/permissions")) == {"project_permissions": []}
+    # Features a new Neon project has none of, and a local project cannot get.
+    assert _ok(c.get(f"{p}/jwks")) == {"jwks": []}
+    assert _ok(c.get(f"{p}/vpc_endpoints")) == {"endpoints": []}
+    assert _ok(c.get(f"{p}/snapshots")) == {"snapshots": []}
+    assert _ok(c.get(f"{p}/available_preload_libraries")) == {"libraries": []}
     renamed_project = _ok(c.patch(p, json={"project": {"name": f"local-{tag}"}}))
     assert renamed_project["project"]["name"] == f"local-{tag}"
     assert _ok(c.get(p))["project"]["name"] == f"local-{tag}"
@@ -130,6 +135,10 @@ def _walk(c: httpx.Client, project: str) -> None:
     _ok(c.get(f"{p}/branches/{child}"))
     _ok(c.get(f"{p}/branches/{bare_id}"))
     _ok(c.get(f"{p}/branches/count"))
+    assert _ok(c.get(f"{p}/branches/{child}/masking_rules")) == {"masking_rules": []}
+    assert c.get(f"{p}/branches/br-nothing-here/masking_rules").status_code == 404
+    assert _ok(c.get(f"{p}/branches/{child}/backup_schedule")) == {"schedule": []}
+    assert c.get(f"{p}/branches/br-nothing-here/backup_schedule").status_code == 404
     _ok(c.patch(f"{p}/branches/{bare_id}", json={"branch": {"name": f"renamed-{tag}"}}))
 
     # A branch's preview features (storage, functions) answer as Neon does in a region
