@@ -34,6 +34,13 @@ def add_options(parser: pytest.Parser) -> None:
         "the embedded default outside CI, never otherwise",
     )
     group.addoption(
+        "--cathouse-diff-kept",
+        action="store_true",
+        default=False,
+        help="print the schema diff of a branch kept for inspection against its parent "
+        "(the template: what the tests changed) in the run's summary",
+    )
+    group.addoption(
         "--cathouse-show-secrets",
         action="store_true",
         default=False,
@@ -58,6 +65,8 @@ def cli_options(options: argparse.Namespace) -> dict[str, Any]:
         "project_id": getattr(options, "cathouse_project", None),
         "keep_branch": getattr(options, "cathouse_keep_branch", None),
     }
+    if getattr(options, "cathouse_diff_kept", False):
+        given["diff_kept"] = True
     if getattr(options, "cathouse_no_template_reuse", False):
         given["template_reuse"] = False
     return {k: v for k, v in given.items() if v is not None}

@@ -108,6 +108,8 @@ def summary_lines(
         lines.append(f"  connect: {connect_command(name, database)}")
         other = f" --database '{database}'" if database else ""
         lines.append(f"  schema changes since its template: cathouse-branch diff '{name}'{other}")
+        lines.extend(_diff_lines(next((r["kept_diffs"][name] for r in reports
+                                       if name in r.get("kept_diffs", {})), None)))
     if kept_urls and show_secrets:
         lines.append(f"  direct URL: {kept_urls['direct']}")
         lines.append(f"  pooled URL: {kept_urls['pooled']}")
@@ -121,3 +123,20 @@ def summary_lines(
     if swept:
         lines.append(f"  removed {len(swept)} leftover branch(es) of this run: {', '.join(swept)}")
     return lines
+
+
+# a diff longer than this is cut: the command above prints it whole
+_DIFF_LINES = 40
+
+
+def _diff_lines(diff: str | None) -> list[str]:
+    """A kept branch's schema diff (`diff_kept`), indented under its branch."""
+    if diff is None:
+        return []
+    if not diff.strip():
+        return ["    (no schema change against its template)"]
+    body = diff.rstrip("\n").splitlines()
+    shown = [f"    {line}" for line in body[:_DIFF_LINES]]
+    if len(body) > _DIFF_LINES:
+        shown.append(f"    … {len(body) - _DIFF_LINES} more lines")
+    return shown

@@ -51,6 +51,7 @@ ENV_NAMES: dict[str, str] = {
     "home": "CATHOUSE_HARNESS_HOME",
     "template_reuse": "CATHOUSE_TEMPLATE_REUSE",
     "spare": "CATHOUSE_SPARE",
+    "diff_kept": "CATHOUSE_DIFF_KEPT",
     "keep_branch": "CATHOUSE_KEEP_BRANCH",
     "local_storage": "CATHOUSE_LOCAL_STORAGE",
     "worker_isolation": "CATHOUSE_WORKER_ISOLATION",
@@ -70,6 +71,7 @@ _TOML_KEYS = {
     "api_host",
     "template_reuse",
     "spare",
+    "diff_kept",
     "keep_branch",
     "migration_sources",
     "local_storage",
@@ -102,6 +104,9 @@ class Settings:
     # keep one spare fork of the template ready for the next session on this machine
     # (`cathouse_harness.branching.spares`): a warm session then skips its fork
     spare: bool = True
+    # print the schema diff of a branch kept for inspection against its parent (the
+    # template) in the run's summary: what the failed tests changed, one API call each
+    diff_kept: bool = False
     keep_branch: KeepPolicy | None = None
     # files outside the services' alembic trees that migrations load (shared env code)
     migration_sources: tuple[Path, ...] = ()
@@ -397,7 +402,7 @@ def _run_values(raw: _RawValues, root: Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "branch_ttl" in raw:
         values["branch_ttl"] = parse_ttl(raw["branch_ttl"], source=raw.src("branch_ttl"))
-    for key in ("schema_only", "template_reuse", "spare"):
+    for key in ("schema_only", "template_reuse", "spare", "diff_kept"):
         if key in raw:
             values[key] = parse_bool(raw[key], key, raw.src(key))
     if "connection_limit" in raw:

@@ -562,6 +562,17 @@ class BranchSession:
         kept_marker(self.settings, self.run_id, handle.id).write_text(handle.name)
         where = f" database {handle.database}" if handle.database else ""
         self.report.kept.append(f"{handle.name} ({handle.id}){where}")
+        if self.settings.diff_kept:
+            self.report.kept_diffs[handle.name] = self._kept_diff(handle)
+
+    def _kept_diff(self, handle: BranchHandle) -> str:
+        """Neon's schema diff of a kept branch against its parent; a failure to get it
+        is said in its place, since the branch is kept either way."""
+        database = handle.database or self.settings.database
+        try:
+            return self._run(self.client.compare_schema(handle.project_id, handle.id, db_name=database))
+        except HarnessError as exc:
+            return f"(no diff: {exc.one_line()})"
 
     def release_worker(self, worker: str) -> None:
         """In an xdist controller: `worker` is done. A branch of its own is deleted now,

@@ -49,6 +49,8 @@ class SessionReport:
     pooler_gap: str = ""
     # "claimed": the session's branch was this machine's spare, not a fork of its own
     spare: str = ""
+    # kept branch's name -> its schema diff against its parent (`diff_kept`)
+    kept_diffs: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)

@@ -26,6 +26,7 @@ VARIABLES: dict[str, str] = {
     "CATHOUSE_HARNESS_HOME": "the harness's home (state, markers, the embedded default)",
     "CATHOUSE_TEMPLATE_REUSE": "fork from a migrated template branch",
     "CATHOUSE_SPARE": "keep a spare fork of the template for the next session (false: none)",
+    "CATHOUSE_DIFF_KEPT": "print a kept branch's schema diff against its parent in the summary",
     "CATHOUSE_KEEP_BRANCH": "keep a session's branch: never, on-failure, always",
     "CATHOUSE_LOCAL_STORAGE": "embedded default's storage: memory or disk",
     "CATHOUSE_WORKER_ISOLATION": "an xdist worker's own: database (one fork per run) or branch",

@@ -26,6 +26,30 @@ def test_branch(neon_branch, database_url, migration_database_url):
 """
 
 
+def test_the_summary_prints_a_kept_branch_s_schema_diff_on_request(project: pytest.Pytester) -> None:
+    """`--cathouse-diff-kept`: what the failed run changed in the schema, printed under the
+    kept branch; without it, only the command that prints it."""
+    project.makepyfile(test_fail=(
+        "import psycopg\n\n"
+        "def test_fails(neon_branch):\n"
+        "    with psycopg.connect(str(neon_branch.direct_url), autocommit=True) as session:\n"
+        "        session.execute('CREATE TABLE left_by_the_failure (paws int)')\n"
+        "    assert False\n"
+    ))
+    result = run(project, "diffk", "--cathouse-keep-branch", "on-failure", "--cathouse-diff-kept")
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    lines = text.splitlines()
+    at = lines.index("  schema changes since its template: cathouse-branch diff 'harness/diffk/main'")
+    printed = "\n".join(line for line in lines[at + 1:] if line.startswith("    "))
+    assert "left_by_the_failure" in printed and "paws" in printed
+    subprocess.run(
+        [sys.executable, "-m", "cathouse_harness", "down", "harness/diffk/main", "--quiet"],
+        cwd=project.path, check=True, capture_output=True,
+    )
+    assert branches_of_run(project.path, "diffk") == []
+
+
 def test_passing_session_leaves_no_branch(project: pytest.Pytester) -> None:
     project.makepyfile(test_one=BRANCH_TEST)
     result = run(project, "pass1")
