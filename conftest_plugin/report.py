@@ -101,6 +101,7 @@ def summary_lines(
     if reports:
         lines.append(f"  API calls {calls}, retries {retries}")
     kept = [k for r in reports for k in r.get("kept", [])]
+    kept_diffs = {name: diff for r in reports for name, diff in r.get("kept_diffs", {}).items()}
     for branch in kept:
         name = branch.split(" ")[0]
         database = branch.partition(" database ")[2] or None
@@ -108,8 +109,7 @@ def summary_lines(
         lines.append(f"  connect: {connect_command(name, database)}")
         other = f" --database '{database}'" if database else ""
         lines.append(f"  schema changes since its template: cathouse-branch diff '{name}'{other}")
-        lines.extend(_diff_lines(next((r["kept_diffs"][name] for r in reports
-                                       if name in r.get("kept_diffs", {})), None)))
+        lines.extend(_diff_lines(kept_diffs.get(name)))
     if kept_urls and show_secrets:
         lines.append(f"  direct URL: {kept_urls['direct']}")
         lines.append(f"  pooled URL: {kept_urls['pooled']}")

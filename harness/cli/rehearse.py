@@ -71,8 +71,9 @@ def cmd_rehearse(ctx: Context) -> int:
             outcome = run.rehearse_migrations(settings, str(handle.direct_url),
                                               progress=_say_each(ctx))
         with ctx.progress.step(f"schema diff against {fork.parent.name}"):
-            diff = with_client(ctx, lambda client, project_id: run.schema_diff(
-                client, project_id, handle.id, database=settings.database, base=fork.parent.id, at=at))
+            diff = with_client(ctx, lambda client, project_id: client.compare_schema(
+                project_id, handle.id, db_name=settings.database, base_branch_id=fork.parent.id,
+                base_timestamp=at))
     except BaseException:
         if args.keep and handle is not None:  # kept whatever stopped it: say where it is
             for line in _kept_lines(handle, ttl):
@@ -132,7 +133,6 @@ def _kept_lines(handle: Any, ttl: Any) -> list[str]:
 
 def cmd_diff(ctx: Context) -> int:
     from cathouse_harness.branching import lifecycle as branches
-    from cathouse_harness.rehearsal.run import schema_diff
 
     target = branch_from_env(ctx, ctx.args.name)
     database = ctx.args.database or ctx.settings.database
@@ -146,7 +146,7 @@ def cmd_diff(ctx: Context) -> int:
         else:
             raise ConfigError(f"{branch.name} ({branch.id}) has no parent to compare with",
                               key="--against", hint="name the branch to compare with")
-        diff = await schema_diff(client, project_id, branch.id, database=database, base=base.id)
+        diff = await client.compare_schema(project_id, branch.id, db_name=database, base_branch_id=base.id)
         return branch, base, diff
 
     with ctx.progress.step(f"compare {target}'s schema"):

@@ -85,14 +85,6 @@ async def remove_fork(client: NeonClient, project_id: str, fork: Fork, branch_id
     return await branches.delete_owned_branch(client, project_id, branch_id)
 
 
-async def schema_diff(client: NeonClient, project_id: str, branch_id: str, *, database: str,
-                      base: str | None = None, at: datetime | None = None) -> str:
-    """Neon's `compare_schema`: the unified diff of `base`'s schema dump (default: the
-    branch's parent; at `at` if given) against the branch's."""
-    return await client.compare_schema(project_id, branch_id, db_name=database,
-                                       base_branch_id=base, base_timestamp=at)
-
-
 @dataclass(frozen=True)
 class MigrationOutcome:
     revisions: list[RevisionReport]
