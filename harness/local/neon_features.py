@@ -125,6 +125,9 @@ REMEDY = (
     "install Debian's PostgreSQL (apt-get install postgresql), which a new local server "
     "takes, or set postgres_bin (CATHOUSE_POSTGRES_BIN) to a PostgreSQL bin directory that has it"
 )
+ICU_REMEDY = REMEDY.replace(" that has it", " built with ICU")
+# where the list of Neon's extensions comes from, said when one is not on it
+NEON_LIST = f"its list as of {NEON_EXTENSIONS_AS_OF}, {NEON_EXTENSIONS_SOURCE}"
 
 
 def extra_extensions() -> frozenset[str]:
@@ -163,8 +166,8 @@ def extension_refusal(name: str, features: ServerFeatures | None) -> str | None:
     """Why CREATE EXTENSION `name` is refused here (one line), or None to let it run."""
     if not offered_by_neon(name):
         return (
-            f'extension "{name}" is not offered by Neon (its list as of {NEON_EXTENSIONS_AS_OF}, '
-            f"{NEON_EXTENSIONS_SOURCE}), so the local server refuses it too; if Neon offers it "
+            f'extension "{name}" is not offered by Neon ({NEON_LIST}), so the local server '
+            f"refuses it too; if Neon offers it "
             f"now, add it to {EXTRA_ENV}"
         )
     if features is not None and name not in features.extensions:
@@ -181,7 +184,7 @@ def icu_refusal(features: ServerFeatures | None) -> str | None:
         return None
     return (
         f"ICU collations work on Neon but the local server's PostgreSQL ({features.postgres}) "
-        f"was built without ICU: {REMEDY.replace(' that has it', ' built with ICU')}{features.aside}"
+        f"was built without ICU: {ICU_REMEDY}{features.aside}"
     )
 
 
@@ -194,14 +197,11 @@ def hint_for(db_error: str) -> str | None:
     feature, or None. An instance of its own answers with PostgreSQL's words (its relay
     reads no SQL); the harness adds this where it reports the error (a failed migration)."""
     if _NO_ICU in db_error:
-        return f"ICU collations work on Neon: {REMEDY.replace(' that has it', ' built with ICU')}"
+        return f"ICU collations work on Neon: {ICU_REMEDY}"
     found = _NOT_AVAILABLE.search(db_error)
     if found is None:
         return None
     name = found[1]
     if offered_by_neon(name):
         return f'Neon offers "{name}": {REMEDY}'
-    return (
-        f'Neon does not offer "{name}" either (its list as of {NEON_EXTENSIONS_AS_OF}, '
-        f"{NEON_EXTENSIONS_SOURCE}); if it does now, add it to {EXTRA_ENV}"
-    )
+    return f'Neon does not offer "{name}" either ({NEON_LIST}); if it does now, add it to {EXTRA_ENV}'
