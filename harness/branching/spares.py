@@ -21,16 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -280,26 +276,12 @@ def start_refill(refill: Refill, api_key: str) -> subprocess.Popen[bytes] | None
     return process
 
 
-@contextlib.contextmanager
-def _only_refill(slot: Slot) -> Iterator[bool]:
-    """True for the one refill of the slot on this machine; another one running: False."""
-    fd = os.open(slot._lock_path("refill"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
 async def refill(client: NeonClient, job: Refill) -> SpareRecord | None:
     """Fork the slot's spare from the template and record it; None when the slot holds
     one already or another refill is at it."""
     slot = job.slot
-    with _only_refill(slot) as alone:
+    # the one refill of the slot on this machine; another one running: nothing to do
+    with file_lock(slot._lock_path("refill"), wait=False) as alone:
         if not alone or recorded(slot) is not None:
             return None
         name = spare_name(slot.fingerprint)
