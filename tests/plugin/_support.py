@@ -60,8 +60,15 @@ def confirmed_deletes(settings: Settings, run_id: str | None = None, timeout: fl
     runs = settings.home.expanduser().resolve() / "runs"
     pattern = f"{run_id or '*'}/*/*/{DELETING}*"
     deadline = time.monotonic() + timeout
-    while any(runs.glob(pattern)) and time.monotonic() < deadline:
+    while _pending(runs, pattern) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def _pending(runs: Path, pattern: str) -> bool:
+    try:
+        return any(runs.glob(pattern))
+    except FileNotFoundError:  # a run's directory went away while it was read: look again
+        return True
 
 
 def branches_of_run(project_dir: Path, run_id: str | None = None) -> list[str]:
