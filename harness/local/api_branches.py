@@ -8,7 +8,13 @@ from typing import Any
 from cathouse_harness.errors import ApiError
 from cathouse_harness.local import api_validation as check
 from cathouse_harness.local.api_http import api, gone, json_body, ok, project_of, with_operations
-from cathouse_harness.local.api_shapes import annotation_json, branch_json, created_branch_json
+from cathouse_harness.local.api_shapes import (
+    annotation_json,
+    branch_json,
+    created_branch_json,
+    operations_json,
+    snapshot_json,
+)
 from cathouse_harness.local.control import LocalNeon
 from cathouse_harness.local.schema import branch_schema, compare_schema
 from cathouse_harness.local.state import BranchRecord, OperationRecord
@@ -138,6 +144,29 @@ async def restore_branch(request: Request) -> Response:
     spec = check.restore(await json_body(request))
     current = await neon.history.sample(spec.source_branch_id) if spec.at and spec.at.lsn else None
     return _branch_operations(neon, *neon.branching.restore(request.path_params["branch_id"], spec, current))
+
+
+@api
+async def create_snapshot(request: Request) -> Response:
+    """A snapshot of the branch now or at `lsn` / `timestamp` (query parameters, as the
+    reference has them), with `name` and `expires_at`."""
+    neon = project_of(request)
+    query = request.query_params
+    at = check.point_in_time(query, "lsn", "timestamp")
+    current = await neon.history.sample(request.path_params["branch_id"]) if at and at.lsn else None
+    snapshot, ops = neon.snapshots.create(
+        request.path_params["branch_id"], name=query.get("name"), at=at, expires_at=query.get("expires_at"),
+        current_lsn=current,
+    )
+    return ok({"snapshot": snapshot_json(snapshot), "operations": operations_json(neon, ops)})
+
+
+@api
+async def finalize_restore(request: Request) -> Response:
+    neon = project_of(request)
+    name = check.finalize_name(await json_body(request))
+    ops = neon.snapshots.finalize(request.path_params["branch_id"], name)
+    return ok({"operations": operations_json(neon, ops)})
 
 
 @api

@@ -9,13 +9,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cathouse_harness.local import api_validation as check
-from cathouse_harness.local.api_http import Handler, api, json_body, log, neon_of, ok, project_of
+from cathouse_harness.local.api_http import (
+    Handler,
+    api,
+    json_body,
+    log,
+    neon_of,
+    ok,
+    project_of,
+    with_operations,
+)
 from cathouse_harness.local.api_shapes import (
     api_key_json,
+    branch_json,
     operation_json,
+    operations_json,
     project_item_json,
     project_json,
     regions_json,
+    snapshot_json,
     user_json,
 )
 from cathouse_harness.local.discovery import API_KEY_FILE
@@ -121,11 +133,44 @@ def _always_empty(key: str) -> Handler:
 list_jwks = _always_empty("jwks")
 # VPC endpoint restrictions: a local project is reached on loopback only.
 list_vpc_endpoints = _always_empty("endpoints")
-# Snapshots: taking one is not emulated.
-list_snapshots = _always_empty("snapshots")
 # Shared preload libraries a project may enable: the local computes start no Neon
 # library (Neon lists its own, e.g. timescaledb, pg_cron), so none can be.
 list_available_preload_libraries = _always_empty("libraries")
+
+
+@api
+async def list_snapshots(request: Request) -> Response:
+    """The project's snapshots, newest first (`cathouse_harness.local.snapshots`)."""
+    neon = project_of(request)
+    return ok({"snapshots": [snapshot_json(s) for s in neon.snapshots.listed()]})
+
+
+@api
+async def update_snapshot(request: Request) -> Response:
+    neon = project_of(request)
+    name = check.snapshot_name(await json_body(request))
+    return ok({"snapshot": snapshot_json(neon.snapshots.rename(request.path_params["snapshot_id"], name))})
+
+
+@api
+async def delete_snapshot(request: Request) -> Response:
+    """Neon answers 202 with the operations removing it."""
+    neon = project_of(request)
+    ops = neon.snapshots.delete(request.path_params["snapshot_id"])
+    return ok({"operations": operations_json(neon, ops)}, 202)
+
+
+@api
+async def restore_snapshot(request: Request) -> Response:
+    """A new branch with the snapshot's data (answered while it is made, `init`), made
+    to replace its target at once when `finalize_restore` is true."""
+    neon = project_of(request)
+    spec = check.snapshot_restore(await json_body(request), request.query_params)
+    branch, ops = neon.snapshots.restore(
+        request.path_params["snapshot_id"], name=spec.name, target_branch_id=spec.target_branch_id,
+        finalize=spec.finalize,
+    )
+    return with_operations(neon, "branch", branch_json(neon, branch), ops)
 
 
 @api

@@ -20,6 +20,7 @@ from cathouse_harness.local.state import (
     EndpointRecord,
     OperationRecord,
     RoleRecord,
+    SnapshotRecord,
 )
 
 REGION = "local"
@@ -127,6 +128,26 @@ def branch_json(neon: LocalNeon, b: BranchRecord) -> dict[str, Any]:
             "last_reset_at": b.last_reset_at,
             # the project's own root has none; a schema-only root says what it is
             "init_source": b.init_source if b.parent_id or b.init_source == "schema-only" else None,
+            "restore_status": b.restore_status,
+            "restored_from": b.restored_from,
+            "restored_as": b.restored_as,
+        }
+    )
+
+
+def snapshot_json(s: SnapshotRecord) -> dict[str, Any]:
+    """A snapshot (Neon's Snapshot): sizes are left out, as Neon leaves them out of one
+    it has not measured or does not charge."""
+    return _drop_none(
+        {
+            "id": s.id,
+            "name": s.name,
+            "lsn": s.lsn,
+            "timestamp": s.timestamp,
+            "source_branch_id": s.source_branch_id,
+            "created_at": s.created_at,
+            "expires_at": s.expires_at,
+            "manual": True,
         }
     )
 

@@ -302,6 +302,33 @@ def restore(body: Mapping[str, Any]) -> Restore:
 
 
 @dataclass(frozen=True)
+class SnapshotRestore:
+    name: str | None
+    target_branch_id: str | None
+    finalize: bool
+
+
+def snapshot_restore(body: Mapping[str, Any], query: Mapping[str, Any]) -> SnapshotRestore:
+    """`POST /snapshots/{id}/restore`: the body's fields; `name` may still come in the
+    query, which the reference keeps as a deprecated form."""
+    name = branch_name(_string(body, "name") or _string(query, "name"))
+    return SnapshotRestore(name, _string(body, "target_branch_id"), bool(_bool(body, "finalize_restore")))
+
+
+def snapshot_name(body: Mapping[str, Any]) -> str | None:
+    """`PATCH /snapshots/{id}`: `{"snapshot": {"name": ...}}`, the new name (None: unchanged)."""
+    spec = _object(body, "snapshot", required=True)
+    if "name" in spec and not isinstance(spec["name"], str):
+        raise bad_request("snapshot.name must be a string")
+    return _string(spec, "name")
+
+
+def finalize_name(body: Mapping[str, Any]) -> str | None:
+    """`POST /branches/{id}/finalize_restore`: the replaced branch's new name, if given."""
+    return branch_name(_string(body, "name"))
+
+
+@dataclass(frozen=True)
 class EndpointCreate:
     branch_id: str
     settings: EndpointSettings

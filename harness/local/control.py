@@ -86,6 +86,7 @@ class LocalNeon:
         from cathouse_harness.local.computes import Computes
         from cathouse_harness.local.history import History
         from cathouse_harness.local.reaper import Reaper
+        from cathouse_harness.local.snapshots import Snapshots
 
         self.home = home
         self.dataplane = dataplane
@@ -106,6 +107,7 @@ class LocalNeon:
         self.computes = Computes(self)
         self.branching = Branching(self)
         self.history = History(self)
+        self.snapshots = Snapshots(self)
         self.reaper = Reaper(self, reap_interval)
 
     # ------------------------------------------------------------------ lifecycle
@@ -139,6 +141,7 @@ class LocalNeon:
             register_secret(password)
             await self.dataplane.ensure_role(role, password)
         await self._reconcile(fresh=fresh)
+        await self.snapshots.reconcile()
         self.flush()
         self.reaper.start()
 

@@ -64,6 +64,7 @@ class NeonCore(Protocol):
     catalog: Any
     branching: Any
     history: Any
+    snapshots: Any
 
     @property
     def state(self) -> LocalState: ...

@@ -120,6 +120,10 @@ def endpoint_id() -> str:
     return f"ep-{_words()}-{_tail()}"
 
 
+def snapshot_id() -> str:
+    return f"snap-{_words()}-{_tail()}"
+
+
 def operation_id() -> str:
     return str(uuid.uuid4())
 

@@ -57,7 +57,7 @@ from cathouse_harness.local.compute.instance import Instance, admin_session, rem
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
 from cathouse_harness.local.compute.moments.bases import Bases
 from cathouse_harness.local.compute.moments.pitr import PREFIX as BASE_PREFIX
-from cathouse_harness.local.compute.moments.pitr import Moment
+from cathouse_harness.local.compute.moments.pitr import Moment, moment_of
 from cathouse_harness.local.compute.moments.reads import Reads, lsn_of
 from cathouse_harness.local.compute.moments.replicas import PREFIX as REPLICA_PREFIX
 from cathouse_harness.local.compute.moments.replicas import Replicas
@@ -846,6 +846,54 @@ class InstanceDataPlane:
             await self._listeners.close(endpoint_id)
         if self._replicas is not None:
             await self._replicas.drop(f"ep:{endpoint_id}")
+
+    # ------------------------------------------------------------------ snapshots
+    #
+    # A snapshot is an instance of its own (`cathouse_harness.local.snapshots`), never
+    # started: a copy of the branch's instance as it was, which outlives the branch and
+    # its WAL. Its databases are placed in it like any, so a restore copies them as a
+    # create copies a parent's (a fork of a stopped instance).
+
+    async def take_snapshot(self, branch: Any, name: str, placed: Mapping[str, str],
+                            at: tuple[float, str | None] | None = None) -> str | None:
+        """Instance `name`: `branch`'s instance now, or replayed to the point `at` (epoch
+        seconds, LSN), stopped; `placed` (physical -> name inside) are its databases.
+        Returns the source's WAL position when the copy is of its head."""
+        compute = self._compute
+        assert compute is not None
+        source = self._instance_name(branch)
+        lsn = None
+        if at is None:
+            parent = self._instance(source)
+            async with self._lock(source):
+                # a running source is copied live: its first start (a restore's) recovers it
+                await asyncio.to_thread(fork, parent, compute, name, run=False)
+                lsn = await asyncio.to_thread(lsn_of, parent)
+        else:
+            parent = await self._running(source)
+            async with self._lock(source):
+                copy = await asyncio.to_thread(self._based().replay, parent, name, moment_of(*at), True)
+            await asyncio.to_thread(stop, copy)
+        for physical, database in placed.items():
+            self._place(physical, name, database)
+        return lsn
+
+    def snapshot_kept(self, name: str) -> bool:
+        return self._compute is not None and self._exists(self._instance(name))
+
+    async def drop_snapshot(self, name: str, physicals: list[str]) -> None:
+        """Snapshot instance `name` and the spares a restore's fork prepared of it go."""
+        compute = self._compute
+        assert compute is not None
+        for physical in physicals:
+            self._unplace(physical)
+        async with self._lock(name):
+            await asyncio.to_thread(remove, self._instance(name))
+            folder = compute.base / "spares"
+            for entry in (sorted(folder.iterdir()) if folder.is_dir() else []):
+                if entry.name.startswith(f"{name}."):
+                    await asyncio.to_thread(remove_tree, entry, owners={compute.user.uid, os.geteuid()})
+        self._forget(name)
 
     # ------------------------------------------------------------------ suspend
 

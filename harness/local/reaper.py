@@ -1,5 +1,5 @@
-"""The reaper: expired branches of the local server are deleted, as Neon's background
-job deletes them.
+"""The reaper: expired branches (and snapshots) of the local server are deleted, as
+Neon's background job deletes them.
 
 A branch is due once its `expires_at` has passed. The rules keep such a branch from
 being the default, protected or a parent (`branching`); a branch that became one anyway
@@ -61,7 +61,7 @@ class Reaper:
             log.info("branch %s (%s) expired at %s; deleting it", branch.id, branch.name, branch.expires_at)
             self.neon.branching.start_delete(branch)
             reaped.append(branch.id)
-        return reaped
+        return reaped + self.neon.snapshots.expire()
 
     async def _forever(self) -> None:
         while True:

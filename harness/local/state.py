@@ -107,6 +107,31 @@ class BranchRecord:
     annotation_updated_at: str | None = None
     databases: dict[str, DatabaseRecord] = field(default_factory=dict)
     roles: dict[str, RoleRecord] = field(default_factory=dict)
+    # A branch a snapshot was restored into (`cathouse_harness.local.snapshots`): the
+    # snapshot, the branch it is to replace, and `restored` until a finalize, then `finalized`.
+    restored_from: str | None = None
+    restored_as: str | None = None
+    restore_status: str | None = None
+
+
+@dataclass
+class SnapshotRecord:
+    """A snapshot of a branch (`cathouse_harness.local.snapshots`): its catalog then, and the
+    stopped instance `instance` holding its data. Its databases' `physical` names are
+    placed in that instance, so a restore copies them as a create copies a parent's."""
+
+    id: str
+    name: str
+    source_branch_id: str
+    created_at: str
+    instance: str
+    timestamp: str | None = None
+    lsn: str | None = None
+    expires_at: str | None = None
+    # being made (its operation runs), or made and ready to restore
+    ready: bool = False
+    databases: dict[str, DatabaseRecord] = field(default_factory=dict)
+    roles: dict[str, RoleRecord] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,6 +195,9 @@ class LocalState:
     version: int = STATE_VERSION
     # when PATCH /projects/{id} last changed the project (None: never, so created_at)
     project_updated_at: str | None = None
+    snapshots: dict[str, SnapshotRecord] = field(default_factory=dict)
+    # `settings.preload_libraries` as the project was last given it (None: never given)
+    preload_libraries: dict[str, Any] | None = None
 
     def __repr__(self) -> str:  # the dataclass repr would show the role passwords
         return (
@@ -243,8 +271,9 @@ def _records(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
     return {k: _record(cls, item) for k, item in raw.items()}
 
 
-def _branch(item: dict[str, Any]) -> BranchRecord:
-    branch: BranchRecord = _record(BranchRecord, item)
+def _branch(item: dict[str, Any], cls: type = BranchRecord) -> Any:
+    """A branch (or a snapshot: the same catalog of databases and roles) from its JSON."""
+    branch = _record(cls, item)
     branch.databases = _records(DatabaseRecord, item.get("databases") or {})
     branch.roles = _records(RoleRecord, item.get("roles") or {})
     return branch
@@ -302,6 +331,7 @@ def load_state(home: Path, storage: str = "memory") -> LocalState | None:
     scalars["branches"] = {k: _branch(v) for k, v in raw.get("branches", {}).items()}
     scalars["endpoints"] = _records(EndpointRecord, raw.get("endpoints", {}))
     scalars["operations"] = _records(OperationRecord, raw.get("operations", {}))
+    scalars["snapshots"] = {k: _branch(v, SnapshotRecord) for k, v in raw.get("snapshots", {}).items()}
     return LocalState(**scalars)
 
 
@@ -343,7 +373,7 @@ def _op_text(op: OperationRecord, cache: dict[str, tuple[tuple[Any, ...], str]])
     return text
 
 
-def _branch_data(branch: BranchRecord) -> dict[str, Any]:
+def _branch_data(branch: BranchRecord | SnapshotRecord) -> dict[str, Any]:
     data = dict(vars(branch))
     data["databases"] = {k: dict(vars(v)) for k, v in branch.databases.items()}
     data["roles"] = {k: dict(vars(v)) for k, v in branch.roles.items()}
@@ -356,9 +386,10 @@ def _state_text(state: LocalState) -> str:
     data: dict[str, str] = {
         f.name: _dump(getattr(state, f.name))
         for f in fields(LocalState)
-        if f.name not in ("branches", "endpoints", "operations")
+        if f.name not in ("branches", "endpoints", "operations", "snapshots")
     }
     data["branches"] = _dump({k: _branch_data(v) for k, v in state.branches.items()})
+    data["snapshots"] = _dump({k: _branch_data(v) for k, v in state.snapshots.items()})
     data["endpoints"] = _dump({k: dict(vars(v)) for k, v in state.endpoints.items()})
     finished = [k for k, op in state.operations.items() if not op.unfinished]
     dropped = set(finished[: max(0, len(finished) - PERSISTED_OPERATIONS)])

@@ -485,6 +485,13 @@ ROUTES: dict[tuple[str, str], Route] = {
         200, answer("VPCEndpointsResponse", endpoints=ListOf(VPC_ENDPOINT))
     ),
     ("GET", P + "/snapshots"): Route(200, answer("ListSnapshots", snapshots=ListOf(SNAPSHOT))),
+    ("POST", B + "/snapshot"): Route(200, answer("CreateSnapshot", snapshot=SNAPSHOT, operations=_OPS)),
+    ("PATCH", P + "/snapshots/{snapshot_id}"): Route(200, answer("UpdateSnapshot", snapshot=SNAPSHOT)),
+    ("DELETE", P + "/snapshots/{snapshot_id}"): Route(202, answer("OperationsResponse", operations=_OPS)),
+    ("POST", P + "/snapshots/{snapshot_id}/restore"): Route(
+        200, answer("RestoredSnapshot", {"endpoints": ListOf(ENDPOINT)}, branch=BRANCH, operations=_OPS)
+    ),
+    ("POST", B + "/finalize_restore"): Route(200, answer("OperationsResponse", operations=_OPS)),
     ("GET", P + "/available_preload_libraries"): Route(
         200, answer("AvailablePreloadLibraries", {"libraries": ListOf(PRELOAD_LIBRARY)})
     ),
