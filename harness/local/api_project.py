@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cathouse_harness.local import api_validation as check
+from cathouse_harness.local import neon_features
 from cathouse_harness.local.api_http import (
     Handler,
     api,
@@ -30,11 +31,13 @@ from cathouse_harness.local.api_shapes import (
     snapshot_json,
     user_json,
 )
+from cathouse_harness.local.control import LocalNeon
 from cathouse_harness.local.discovery import API_KEY_FILE
 from cathouse_harness.local.faults import FaultInjector, faults_from_json
 from cathouse_harness.local.history import HISTORY_RETENTION_SECONDS
 from cathouse_harness.local.journal import RequestJournal
-from cathouse_harness.local.state import iso, now
+from cathouse_harness.local.operations import failure_reason
+from cathouse_harness.local.state import OperationRecord, iso, now
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -99,15 +102,61 @@ async def get_project(request: Request) -> Response:
 
 @api
 async def update_project(request: Request) -> Response:
-    """Renaming is all a local project has to update (`api_validation.project_update`);
-    like Neon, the answer is the project and the operations the change started (none)."""
+    """A new name, and `settings.preload_libraries` (`preload`); the other fields Neon
+    takes are checked by `api_validation.project_update`. Like Neon, the answer is the
+    project and the operations the change started."""
     neon = project_of(request)
-    name = check.project_update(await json_body(request), HISTORY_RETENTION_SECONDS)
+    body = await json_body(request)
+    name = check.project_update(body, HISTORY_RETENTION_SECONDS)
+    preload = check.preload_libraries(body)
+    ops = await preload_change(neon, preload) if preload is not None else []
     if name is not None and name != neon.state.project_name:
         neon.state.project_name = name
+    if ops or name is not None:
         neon.state.project_updated_at = iso(now())
         neon.save()
-    return ok({"project": project_json(neon), "operations": []})
+    return ok({"project": project_json(neon), "operations": operations_json(neon, ops)})
+
+
+async def preload_change(neon: LocalNeon, kept: dict[str, Any]) -> list[OperationRecord]:
+    """Keep `settings.preload_libraries` and apply it to every branch's instance in an
+    operation per endpoint (Neon's `apply_config`), refusing a library the local list
+    (`available_preload_libraries`) lacks in one line."""
+    here_of = getattr(neon.dataplane, "preload_libraries_here", None)
+    if here_of is None:
+        raise check.bad_request(
+            "preload libraries need the instance data plane: set CATHOUSE_LOCAL_COMPUTE=instance")
+    here = await here_of()
+    postgres = neon.dataplane.install.describe()  # type: ignore[attr-defined]
+    for name in kept["enabled_libraries"]:
+        refusal = neon_features.preload_refusal(name, here, postgres)
+        if refusal is not None:
+            raise check.bad_request(refusal)
+    enabled = list(kept["enabled_libraries"])
+    if kept.get("use_defaults"):
+        offered = neon_features.NEON_PRELOAD_LIBRARIES
+        enabled += [lib.name for lib in offered if lib.default and lib.name in here]
+    neon.ops.check_unlocked()
+    neon.state.preload_libraries = kept
+    ops = [neon.ops.new("apply_config", ep.branch_id, ep.id) for ep in neon.live_endpoints()]
+    fail = neon.faults.operation_fails()
+
+    async def apply() -> None:
+        try:
+            for op in ops:
+                neon.ops.begin(op)
+            await neon.ops.preamble(fail, [op.action for op in ops])
+            await neon.dataplane.set_preload_libraries(list(dict.fromkeys(enabled)))  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.warning("applying preload libraries failed: %s", exc.__class__.__name__)
+            neon.ops.fail_all(ops, failure_reason(exc, "apply_config"))
+        else:
+            for op in ops:
+                neon.ops.end(op, "finished")
+        neon.save()
+
+    neon.ops.spawn(apply, "apply preload libraries")
+    return ops
 
 
 @api
@@ -133,9 +182,20 @@ def _always_empty(key: str) -> Handler:
 list_jwks = _always_empty("jwks")
 # VPC endpoint restrictions: a local project is reached on loopback only.
 list_vpc_endpoints = _always_empty("endpoints")
-# Shared preload libraries a project may enable: the local computes start no Neon
-# library (Neon lists its own, e.g. timescaledb, pg_cron), so none can be.
-list_available_preload_libraries = _always_empty("libraries")
+
+
+@api
+async def list_available_preload_libraries(request: Request) -> Response:
+    """Neon's shared preload libraries that the local PostgreSQL has (none on a plane
+    that cannot preload): what `settings.preload_libraries` may enable here."""
+    neon = project_of(request)
+    here_of = getattr(neon.dataplane, "preload_libraries_here", None)
+    here = await here_of() if here_of is not None else {}
+    return ok({"libraries": [
+        {"library_name": lib.name, "description": lib.description, "is_default": lib.default,
+         "is_experimental": False, "version": here[lib.name]}
+        for lib in neon_features.NEON_PRELOAD_LIBRARIES if lib.name in here
+    ]})
 
 
 @api

@@ -69,7 +69,7 @@ def _project_base(neon: LocalNeon) -> dict[str, Any]:
         "name": state.project_name,
         "provisioner": PROVISIONER,
         "default_endpoint_settings": {},
-        "settings": {},
+        "settings": {} if state.preload_libraries is None else {"preload_libraries": state.preload_libraries},
         "pg_version": int(major) if major.isdigit() else 18,
         "proxy_host": PROXY_HOST,
         "branch_logical_size_limit": 0,

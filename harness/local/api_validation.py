@@ -281,9 +281,32 @@ def project_update(body: Mapping[str, Any], history_seconds: int) -> str | None:
                 "of history; it cannot be changed"
             )
     for key in ("settings", "default_endpoint_settings"):
-        if _object(spec, key):
-            raise bad_request(f"{key}: the local server has no project {key.replace('_', ' ')} to change")
+        # of the settings, preload libraries are applied (`preload_libraries` reads them)
+        others = {k for k in _object(spec, key) if not (key == "settings" and k == "preload_libraries")}
+        if others:
+            raise bad_request(f"{key}: the local server has no project {key.replace('_', ' ')} to change "
+                              f"({', '.join(sorted(others))})")
     return name
+
+
+def preload_libraries(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`project.settings.preload_libraries` of a project update (Neon's PreloadLibraries:
+    `use_defaults`, `enabled_libraries`), as kept; None when not given."""
+    settings = _object(_object(body, "project"), "settings")
+    if "preload_libraries" not in settings:
+        return None
+    spec = _object(settings, "preload_libraries", required=True)
+    unknown = sorted(set(spec) - {"use_defaults", "enabled_libraries"})
+    if unknown:
+        raise bad_request(f"settings.preload_libraries has no field {unknown[0]!r}")
+    libraries = spec.get("enabled_libraries") or []
+    if not isinstance(libraries, list) or not all(isinstance(name, str) for name in libraries):
+        raise bad_request("settings.preload_libraries.enabled_libraries must be a list of strings")
+    kept: dict[str, Any] = {"enabled_libraries": list(dict.fromkeys(libraries))}
+    use_defaults = _bool(spec, "use_defaults")
+    if use_defaults is not None:
+        kept["use_defaults"] = use_defaults
+    return kept
 
 
 @dataclass(frozen=True)

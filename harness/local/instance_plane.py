@@ -48,6 +48,7 @@ from typing import Any
 
 import psycopg
 from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local import neon_features
 from cathouse_harness.local.catalog import serving
 from cathouse_harness.local.compute import extensions, lease, spares
 from cathouse_harness.local.compute import users as compute_users
@@ -198,6 +199,35 @@ def _features(instance: Instance) -> tuple[ServerFeatures, str]:
             icu = False
     extensions = frozenset(names[0] if names else ())
     return ServerFeatures(extensions, icu, instance.install.describe()), version
+
+
+def _preload_here(instance: Instance) -> dict[str, str]:
+    with admin_session(instance) as session:
+        row = session.execute("SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'").fetchone()
+        versions = dict(session.execute(
+            "SELECT name, default_version FROM pg_available_extensions WHERE comment IS DISTINCT FROM %s",
+            (STUB_COMMENT,)).fetchall())
+    folder = Path(row[0]) if row else None
+    return {
+        lib.name: str(versions.get(lib.extension) or "")
+        for lib in neon_features.NEON_PRELOAD_LIBRARIES
+        if folder is not None and all((folder / f"{file}.so").is_file() for file in lib.files)
+    }
+
+
+def _set_preload(instance: Instance, value: str) -> None:
+    """ALTER SYSTEM needs the instance running; the new value takes effect at its next start."""
+    was_running = running_pid(instance) is not None
+    start(instance)
+    with admin_session(instance) as session:
+        if value:
+            session.execute(
+                sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(sql.Literal(value)))
+        else:
+            session.execute("ALTER SYSTEM RESET shared_preload_libraries")
+    stop(instance)
+    if was_running:
+        start(instance)
 
 
 class _RolledBack(Exception):
@@ -894,6 +924,28 @@ class InstanceDataPlane:
                 if entry.name.startswith(f"{name}."):
                     await asyncio.to_thread(remove_tree, entry, owners={compute.user.uid, os.geteuid()})
         self._forget(name)
+
+    # ------------------------------------------------------------------ preload libraries
+
+    async def preload_libraries_here(self) -> dict[str, str]:
+        """Of Neon's shared preload libraries, those this PostgreSQL has: name -> the
+        version of its extension ("" when only the library is installed)."""
+        instance = await self._running(self._instance_name(self._state().default_branch))
+        return await asyncio.to_thread(_preload_here, instance)
+
+    async def set_preload_libraries(self, names: list[str]) -> None:
+        """`shared_preload_libraries` of every branch's instance, by ALTER SYSTEM (so the
+        forks made later have it too); a running instance restarts with it, as Neon
+        restarts a project's computes to apply the setting."""
+        value = ",".join(names)
+        state = self._state()
+        for name in sorted({self._instance_name(b) for b in state.branches.values() if not b.deleting}):
+            instance = self._instance(name)
+            if not self._exists(instance):
+                continue
+            async with self._lock(name):
+                await self._stop_pooler(instance)
+                await asyncio.to_thread(_set_preload, instance, value)
 
     # ------------------------------------------------------------------ suspend
 

@@ -205,3 +205,59 @@ def hint_for(db_error: str) -> str | None:
     if offered_by_neon(name):
         return f'Neon offers "{name}": {REMEDY}'
     return f'Neon does not offer "{name}" either ({NEON_LIST}); if it does now, add it to {EXTRA_ENV}'
+
+
+# ---------------------------------------------------------------------- preload libraries
+
+
+@dataclass(frozen=True)
+class PreloadLibrary:
+    """A shared preload library a Neon project may enable (`settings.preload_libraries`).
+    `name` is what `enabled_libraries` says; a comma-joined name loads several files."""
+
+    name: str
+    description: str
+    # enabled by `use_defaults: true`
+    default: bool
+    # the extension whose installed version the list shows
+    extension: str
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(self.name.split(","))
+
+
+# The libraries in the reference's example answer of getAvailablePreloadLibraries (Neon's
+# OpenAPI v2 document as shipped with @neondatabase/api-client 2.7.3, and Neon's page for
+# that route), with its `is_default`; the example does not show it for the pgrag pair,
+# taken here as not a default. The descriptions are ours.
+NEON_PRELOAD_LIBRARIES: tuple[PreloadLibrary, ...] = (
+    PreloadLibrary("timescaledb", "hypertables for time-series data and their background jobs", True,
+                   "timescaledb"),
+    PreloadLibrary("pg_cron", "a cron-style scheduler of SQL jobs", True, "pg_cron"),
+    PreloadLibrary("pg_partman_bgw", "the background worker that maintains pg_partman's partitions", True,
+                   "pg_partman"),
+    PreloadLibrary("rag_bge_small_en_v15,rag_jina_reranker_v1_tiny_en",
+                   "pgrag's embedding and reranking models", False, "rag_bge_small_en_v15"),
+)
+
+
+def preload_library(name: str) -> PreloadLibrary | None:
+    return next((lib for lib in NEON_PRELOAD_LIBRARIES if lib.name == name), None)
+
+
+def preload_refusal(name: str, here: Iterable[str], postgres: str) -> str | None:
+    """Why `enabled_libraries` may not name `name` here (one line), or None. `here`: the
+    libraries of Neon's list the local PostgreSQL has (`postgres` describes it). Neon
+    answers with the libraries a project may enable (`available_preload_libraries`); the
+    local list is Neon's less those this PostgreSQL lacks, and a name off it is refused."""
+    if preload_library(name) is None:
+        offered = ", ".join(lib.name for lib in NEON_PRELOAD_LIBRARIES)
+        return f"preload library {name!r} is not one Neon offers ({offered})"
+    if name not in set(here):
+        return (
+            f"preload library {name!r} is offered by Neon but not installed in the local server's "
+            f"PostgreSQL ({postgres}), so it cannot be preloaded here: leave it out of "
+            f"enabled_libraries locally, or {REMEDY}"
+        )
+    return None

@@ -197,6 +197,16 @@ def _walk(c: httpx.Client, project: str) -> None:
     _ok(c.get(f"{base}/compare_schema", params={"base_branch_id": main["id"], "db_name": "cathouse"}))
     restored = _ok(c.post(f"{base}/restore", json={"source_branch_id": main["id"]}))
     wait_operations(c, project, restored["operations"])
+    # Snapshots: take, list, rename, restore into a new branch, finalize, delete.
+    snap = _ok(c.post(f"{p}/branches/{bare_id}/snapshot", params={"name": f"snap-{tag}"}))
+    wait_operations(c, project, snap["operations"])
+    sid = snap["snapshot"]["id"]
+    assert [s["id"] for s in _ok(c.get(f"{p}/snapshots"))["snapshots"]] == [sid]
+    _ok(c.patch(f"{p}/snapshots/{sid}", json={"snapshot": {"name": f"snap2-{tag}"}}))
+    from_snap = _ok(c.post(f"{p}/snapshots/{sid}/restore", json={"name": f"from-{tag}"}))
+    wait_operations(c, project, from_snap["operations"])
+    _ok(c.post(f"{p}/branches/{from_snap['branch']['id']}/finalize_restore", json={}))
+    wait_operations(c, project, _ok(c.delete(f"{p}/snapshots/{sid}"), 202)["operations"])
     wait_operations(c, project, _ok(c.post(f"{p}/branches/{bare_id}/set_as_default"))["operations"])
     wait_operations(c, project, _ok(c.post(f"{p}/branches/{main['id']}/set_as_default"))["operations"])
     ops = _ok(c.get(f"{p}/operations", params={"limit": 2}))
