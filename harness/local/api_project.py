@@ -208,8 +208,8 @@ async def list_snapshots(request: Request) -> Response:
 @api
 async def update_snapshot(request: Request) -> Response:
     neon = project_of(request)
-    name = check.snapshot_name(await json_body(request))
-    return ok({"snapshot": snapshot_json(neon.snapshots.rename(request.path_params["snapshot_id"], name))})
+    changes = check.snapshot_update(await json_body(request))
+    return ok({"snapshot": snapshot_json(neon.snapshots.update(request.path_params["snapshot_id"], changes))})
 
 
 @api

@@ -338,12 +338,20 @@ def snapshot_restore(body: Mapping[str, Any], query: Mapping[str, Any]) -> Snaps
     return SnapshotRestore(name, _string(body, "target_branch_id"), bool(_bool(body, "finalize_restore")))
 
 
-def snapshot_name(body: Mapping[str, Any]) -> str | None:
-    """`PATCH /snapshots/{id}`: `{"snapshot": {"name": ...}}`, the new name (None: unchanged)."""
+def snapshot_update(body: Mapping[str, Any]) -> dict[str, Any]:
+    """`PATCH /snapshots/{id}`: `{"snapshot": {"name", "expires_at"}}`, the fields given
+    (`expires_at` null clears it; neonctl 5 sends it, a newer reference than 2.7.3's SDK)."""
     spec = _object(body, "snapshot", required=True)
-    if "name" in spec and not isinstance(spec["name"], str):
-        raise bad_request("snapshot.name must be a string")
-    return _string(spec, "name")
+    changes: dict[str, Any] = {}
+    if "name" in spec:
+        if not isinstance(spec["name"], str) or not spec["name"].strip():
+            raise bad_request("snapshot.name must be a non-empty string")
+        changes["name"] = spec["name"]
+    if "expires_at" in spec:
+        if spec["expires_at"] is not None and not isinstance(spec["expires_at"], str):
+            raise bad_request("snapshot.expires_at must be an RFC 3339 timestamp or null")
+        changes["expires_at"] = spec["expires_at"]
+    return changes
 
 
 def finalize_name(body: Mapping[str, Any]) -> str | None:

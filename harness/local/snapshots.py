@@ -162,13 +162,15 @@ class Snapshots:
 
     # ------------------------------------------------------------------ change, delete
 
-    def rename(self, snapshot_id: str, name: str | None) -> SnapshotRecord:
+    def update(self, snapshot_id: str, changes: dict[str, Any]) -> SnapshotRecord:
+        """A new `name`, and `expires_at` set (or cleared with None)."""
         record = self.get(snapshot_id)
-        if name is not None:
-            if not name.strip():
-                raise bad_request("name must not be empty")
-            record.name = name
-            self.neon.save()
+        expiry = snapshot_expiry(changes["expires_at"]) if changes.get("expires_at") else None
+        if "name" in changes:
+            record.name = changes["name"]
+        if "expires_at" in changes:
+            record.expires_at = expiry
+        self.neon.save()
         return record
 
     def delete(self, snapshot_id: str) -> list[OperationRecord]:

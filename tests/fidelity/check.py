@@ -250,6 +250,19 @@ def run_neonctl(binary: Path, api: dict[str, str], work: Path) -> list[Outcome]:
     neonctl("connection-string main@<timestamp>", ["connection-string", f"main@{past}"], then=connects)
     neonctl("psql", ["psql"], passed=["--", "-Atc", "SELECT 1"])
     neonctl("status", ["status"])
+    # snapshots of fid-b: restored un-finalized into a new branch, finalized, then onto fid-b at once
+    neonctl("snapshots create", ["snapshots", "create", "--branch", "fid-b", "--name", "fid-snap"])
+    neonctl("snapshots list", ["snapshots", "list"])
+    neonctl("snapshots get", ["snapshots", "get", "fid-snap"])
+    neonctl("snapshots update --name --expires-at",
+            ["snapshots", "update", "fid-snap", "--name", "fid-snap2", "--expires-at", soon])
+    neonctl("snapshots update --clear-expiration", ["snapshots", "update", "fid-snap2", "--clear-expiration"])
+    neonctl("snapshots restore", ["snapshots", "restore", "fid-snap2", "--name", "fid-restored"])
+    neonctl("snapshots finalize", ["snapshots", "finalize", "fid-restored", "--name", "fid-b-old"])
+    neonctl("snapshots restore --target-branch --finalize",
+            ["snapshots", "restore", "fid-snap2", "--target-branch", "fid-b", "--finalize"])
+    neonctl("snapshots schedule get", ["snapshots", "schedule", "get", "--branch", "fid-b"])
+    neonctl("snapshots delete", ["snapshots", "delete", "fid-snap2"])
     neonctl("branches delete", ["branches", "delete", "fid-b"])
     return outcomes
 

@@ -210,6 +210,24 @@ async function main() {
   }));
   await call('restoreProjectBranch', () => api.restoreProjectBranch(project, branch, { source_branch_id: main.id }));
   await settle();
+  // Snapshots: take one of the branch, restore it into a new branch, finalize that onto the branch.
+  let restoredId = null;
+  const snap = await call('createSnapshot', () => api.createSnapshot({ projectId: project, branchId: branch, name: 'fidelity-ts-snap' }));
+  await settle();
+  await call('listSnapshots (one)', () => api.listSnapshots(project));
+  if (snap) {
+    const id = snap.snapshot.id;
+    await call('updateSnapshot', () => api.updateSnapshot(project, id, { snapshot: { name: 'fidelity-ts-snap-2' } }));
+    const restored = await call('restoreSnapshot', () => api.restoreSnapshot({ projectId: project, snapshotId: id }, { name: 'fidelity-ts-restored' }));
+    await settle();
+    if (restored) {
+      restoredId = restored.branch.id;
+      await call('finalizeRestoreBranch', () => api.finalizeRestoreBranch(project, restoredId, {}));
+      await settle();
+    }
+    await call('deleteSnapshot', () => api.deleteSnapshot(project, id));
+    await settle();
+  }
   const ops = await call('listProjectOperations', () => api.listProjectOperations({ projectId: project }));
   if (ops) await call('getProjectOperation', () => api.getProjectOperation(project, ops.operations[0].id));
   if (await call('setDefaultProjectBranch', () => api.setDefaultProjectBranch(project, branch))) {
@@ -219,6 +237,10 @@ async function main() {
   }
   await call('deleteProjectBranch', () => api.deleteProjectBranch({ projectId: project, branchId: branch }));
   await settle();
+  if (restoredId) {
+    await call('deleteProjectBranch (restored)', () => api.deleteProjectBranch({ projectId: project, branchId: restoredId }));
+    await settle();
+  }
 }
 
 main().catch((err) => {

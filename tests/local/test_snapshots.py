@@ -195,6 +195,15 @@ def test_rename_delete_and_refusals(api: Api) -> None:
         api.url(f"/snapshots/{snapshot['id']}"), json={"snapshot": {"name": "renamed"}}
     )
     assert renamed.status_code == 200 and renamed.json()["snapshot"]["name"] == "renamed"
+    assert renamed.json()["snapshot"]["expires_at"] == "2099-01-01T00:00:00Z"
+    cleared = api.client.patch(
+        api.url(f"/snapshots/{snapshot['id']}"), json={"snapshot": {"expires_at": None}}
+    )
+    assert cleared.status_code == 200 and "expires_at" not in cleared.json()["snapshot"]
+    assert (
+        api.client.patch(api.url(f"/snapshots/{snapshot['id']}"), json={"snapshot": {"name": ""}}).status_code
+        == 400
+    )
     gone = api.client.delete(api.url(f"/snapshots/{snapshot['id']}"))
     assert gone.status_code == 202, gone.text
     wait_operations(api.client, api.project, gone.json()["operations"])
