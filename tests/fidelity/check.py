@@ -15,6 +15,12 @@ Running the check contacts no address outside this machine: every neonctl runs w
 tests/fidelity/test_fidelity.py runs it when the clients are already installed there,
 and skips, saying how to install them, otherwise (the suite never installs anything).
 
+Endpoint hosts: `--hosts names` or `--hosts addresses` runs the emulator in that mode
+(`CATHOUSE_LOCAL_HOSTS`; default: its own choice). Names mode needs 127.0.0.1:5432 for
+its router; where another server holds it, a network namespace of the check's own has
+a loopback of its own (as root: `unshare -n sh -c 'ip link set lo up && python -m
+tests.fidelity.check --hosts names'`).
+
 Exit status: 0 when every call works or is a known difference (KNOWN: asks for what
 Neon's reference does not have, NOT_IN_REFERENCE, or for a feature the local server does
 not emulate, NOT_EMULATED), 1 when some fail, 2 when the clients are missing.
@@ -344,7 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"where they are (default {DEFAULT_CACHE})")
     parser.add_argument("--actions-dir", type=Path, default=None,
                         help="where Neon's actions are, one directory each (default <cache>/actions)")
+    parser.add_argument("--hosts", choices=("auto", "addresses", "names"), default=None,
+                        help="the emulator's endpoint hosts (CATHOUSE_LOCAL_HOSTS; default: as set, or auto)")
     args = parser.parse_args(argv)
+    if args.hosts is not None:
+        os.environ["CATHOUSE_LOCAL_HOSTS"] = args.hosts
     actions_dir = args.actions_dir or args.cache / "actions"
     if args.install:
         install(args.cache, actions_dir)
