@@ -132,10 +132,7 @@ async def preload_change(neon: LocalNeon, kept: dict[str, Any]) -> list[Operatio
         refusal = neon_features.preload_refusal(name, here, postgres)
         if refusal is not None:
             raise check.bad_request(refusal)
-    enabled = list(kept["enabled_libraries"])
-    if kept.get("use_defaults"):
-        offered = neon_features.NEON_PRELOAD_LIBRARIES
-        enabled += [lib.name for lib in offered if lib.default and lib.name in here]
+    enabled = neon_features.preload_names(kept, here)
     neon.ops.check_unlocked()
     neon.state.preload_libraries = kept
     ops = [neon.ops.new("apply_config", ep.branch_id, ep.id) for ep in neon.live_endpoints()]
@@ -146,7 +143,7 @@ async def preload_change(neon: LocalNeon, kept: dict[str, Any]) -> list[Operatio
             for op in ops:
                 neon.ops.begin(op)
             await neon.ops.preamble(fail, [op.action for op in ops])
-            await neon.dataplane.set_preload_libraries(list(dict.fromkeys(enabled)))  # type: ignore[attr-defined]
+            await neon.dataplane.set_preload_libraries(enabled)  # type: ignore[attr-defined]
         except Exception as exc:
             log.warning("applying preload libraries failed: %s", exc.__class__.__name__)
             neon.ops.fail_all(ops, failure_reason(exc, "apply_config"))

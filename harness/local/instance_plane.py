@@ -933,13 +933,13 @@ class InstanceDataPlane:
         instance = await self._running(self._instance_name(self._state().default_branch))
         return await asyncio.to_thread(_preload_here, instance)
 
-    async def set_preload_libraries(self, names: list[str]) -> None:
-        """`shared_preload_libraries` of every branch's instance, by ALTER SYSTEM (so the
-        forks made later have it too); a running instance restarts with it, as Neon
-        restarts a project's computes to apply the setting."""
+    async def set_preload_libraries(self, names: list[str], branch: Any = None) -> None:
+        """`shared_preload_libraries` of every branch's instance (or `branch`'s), by ALTER
+        SYSTEM (so the forks made later have it too); a running instance restarts with
+        it, as Neon restarts a project's computes to apply the setting."""
         value = ",".join(names)
-        state = self._state()
-        for name in sorted({self._instance_name(b) for b in state.branches.values() if not b.deleting}):
+        branches = [branch] if branch is not None else list(self._state().branches.values())
+        for name in sorted({self._instance_name(b) for b in branches if not b.deleting}):
             instance = self._instance(name)
             if not self._exists(instance):
                 continue

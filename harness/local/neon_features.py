@@ -23,8 +23,9 @@ CATHOUSE_EXTRA_EXTENSIONS until the list is brought up to date.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cathouse_harness.support import env
 
@@ -261,3 +262,13 @@ def preload_refusal(name: str, here: Iterable[str], postgres: str) -> str | None
             f"enabled_libraries locally, or {REMEDY}"
         )
     return None
+
+
+def preload_names(kept: Mapping[str, Any], here: Iterable[str]) -> list[str]:
+    """What `shared_preload_libraries` is for a kept `settings.preload_libraries`: the
+    enabled libraries, and with `use_defaults` the defaults the local PostgreSQL has."""
+    present = set(here)
+    names = [str(name) for name in kept.get("enabled_libraries") or []]
+    if kept.get("use_defaults"):
+        names += [lib.name for lib in NEON_PRELOAD_LIBRARIES if lib.default and lib.name in present]
+    return list(dict.fromkeys(names))

@@ -24,6 +24,7 @@ from cathouse_harness.errors import ApiError
 from cathouse_harness.local import ids
 from cathouse_harness.local.api_validation import bad_request
 from cathouse_harness.local.history import PointInTime
+from cathouse_harness.local.neon_features import preload_names
 from cathouse_harness.local.operations import failure_reason
 from cathouse_harness.local.state import (
     BranchRecord,
@@ -122,8 +123,8 @@ class Snapshots:
             source_branch_id=branch.id,
             created_at=stamp,
             instance=f"sn-{secrets.token_hex(8)}",
-            timestamp=None if located is not None and located.timestamp is None else (
-                located.timestamp if located is not None else stamp),
+            # the point asked for (an LSN alone names no time), else now
+            timestamp=located.timestamp if located is not None else stamp,
             lsn=located.lsn if located is not None else None,
             expires_at=expiry,
         )
@@ -239,7 +240,7 @@ class Snapshots:
         the target branch (`finalize`)."""
         neon = self.neon
         record = self.get(snapshot_id)
-        self._plane()
+        plane = self._plane()
         if target_branch_id is not None:
             target: BranchRecord | None = neon.branch(target_branch_id)
         else:
@@ -250,6 +251,9 @@ class Snapshots:
                 f"snapshot {record.id}'s branch {record.source_branch_id} no longer exists: "
                 "give target_branch_id to restore onto, or restore without finalize_restore"
             )
+        if len(neon.live_branches()) >= neon.branches_limit:
+            raise ApiError(422, "BRANCHES_LIMIT_EXCEEDED",
+                           f"the project has reached its limit of {neon.branches_limit} branches")
         neon.ops.check_unlocked()
         if not record.ready:
             raise ApiError(423, "LOCKED", f"snapshot {record.id} is still being taken; please retry later")
@@ -278,6 +282,10 @@ class Snapshots:
                 neon.ops.begin(ops[0])
                 await neon.ops.preamble(fail, [ops[0].action])
                 await neon.branching.copy(copies)
+                kept = neon.state.preload_libraries
+                if kept is not None:  # the project's setting, not the one the snapshot had
+                    here = await plane.preload_libraries_here()
+                    await plane.set_preload_libraries(preload_names(kept, here), branch)
             except Exception as exc:
                 log.warning("restore of snapshot %s failed: %s", record.id, scrub(str(exc)))
                 neon.forget_branch(branch.id)

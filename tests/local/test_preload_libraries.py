@@ -101,3 +101,30 @@ def test_an_enabled_library_is_kept_applied_and_inherited(api: Api) -> None:
     cleared = _patch(api, {"enabled_libraries": []})
     wait_operations(api.client, api.project, cleared.json()["operations"])
     assert not _preloaded(api)
+
+
+@pytest.mark.usefixtures("with_statements")
+def test_a_branch_restored_from_a_snapshot_gets_the_project_s_setting(api: Api) -> None:
+    """The snapshot was taken before the library was enabled; the branch restored from it
+    is a compute of the project now, with the project's preload libraries."""
+    wait_operations(api.client, api.project, _patch(api, {"enabled_libraries": []}).json()["operations"])
+    main = next(
+        b["id"]
+        for b in api.client.get(f"/projects/{api.project}/branches").json()["branches"]
+        if b["default"]
+    )
+    taken = api.client.post(f"/projects/{api.project}/branches/{main}/snapshot")
+    wait_operations(api.client, api.project, taken.json()["operations"])
+    enabled = _patch(api, {"enabled_libraries": ["pg_stat_statements"]})
+    wait_operations(api.client, api.project, enabled.json()["operations"])
+    restored = api.client.post(f"/projects/{api.project}/snapshots/{taken.json()['snapshot']['id']}/restore")
+    wait_operations(api.client, api.project, restored.json()["operations"])
+    branch = restored.json()["branch"]["id"]
+    made = api.client.post(
+        f"/projects/{api.project}/endpoints", json={"endpoint": {"branch_id": branch, "type": "read_write"}}
+    )
+    wait_operations(api.client, api.project, made.json()["operations"])
+    try:
+        assert _preloaded(api, branch)
+    finally:
+        wait_operations(api.client, api.project, _patch(api, {"enabled_libraries": []}).json()["operations"])

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,22 @@ def test_a_snapshot_at_a_timestamp(api: Api) -> None:
     assert answer.json()["snapshot"]["timestamp"] == stamp[:19] + "Z"
     restored = _restore(api, answer.json()["snapshot"]["id"])
     assert _rows(_endpoint_url(api, restored["id"])) == ["early"]
+
+
+def test_a_snapshot_between_two_writes_is_replayed_from_the_branch_s_wal(api: Api) -> None:
+    """No branch holds the state between two writes: the snapshot is the branch's base
+    and WAL replayed to the point, at a timestamp and at an LSN alike."""
+    branch_id, url = _branch(api, "snap-replay")
+    with psycopg.connect(url, autocommit=True) as session:
+        session.execute("INSERT INTO t VALUES ('first')")
+        lsn = str(session.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
+        between = datetime.now(UTC).isoformat()
+        session.execute("INSERT INTO t VALUES ('second')")
+    for point in ({"timestamp": between}, {"lsn": lsn}):
+        snapshot = _snapshot(api, branch_id, **point)
+        assert snapshot.get("lsn", lsn) == lsn.upper()
+        restored = _restore(api, snapshot["id"])
+        assert _rows(_endpoint_url(api, restored["id"])) == ["first"], point
 
 
 def test_rename_delete_and_refusals(api: Api) -> None:
