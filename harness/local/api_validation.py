@@ -109,9 +109,9 @@ def annotation(raw: Any) -> dict[str, str] | None:
     return dict(raw)
 
 
-def expires_at(raw: Any) -> str | None:
-    """An `expires_at` value: RFC 3339 with a time zone, in the future, at most 30 days
-    ahead, stored to the second."""
+def expires_at(raw: Any, *, most: timedelta | None = MAX_EXPIRY) -> str | None:
+    """An `expires_at` value: RFC 3339 with a time zone, in the future, at most `most`
+    ahead (a branch's 30 days; None: no bound, a snapshot's), stored to the second."""
     if raw is None:
         return None
     if not isinstance(raw, str):
@@ -125,7 +125,7 @@ def expires_at(raw: Any) -> str | None:
     current = now()
     if moment <= current:
         raise bad_request("expires_at must be in the future")
-    if moment > current + MAX_EXPIRY:
+    if most is not None and moment > current + most:
         raise bad_request("expires_at must be at most 30 days in the future")
     return iso(moment)
 

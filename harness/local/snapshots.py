@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from cathouse_harness.errors import ApiError
 from cathouse_harness.local import ids
-from cathouse_harness.local.api_validation import bad_request
+from cathouse_harness.local.api_validation import bad_request, expires_at
 from cathouse_harness.local.history import PointInTime
 from cathouse_harness.local.neon_features import preload_names
 from cathouse_harness.local.operations import failure_reason
@@ -57,18 +57,9 @@ def _not_found(snapshot_id: str) -> ApiError:
 
 
 def snapshot_expiry(raw: str | None) -> str | None:
-    """A snapshot's `expires_at`: RFC 3339 with a time zone, in the future."""
-    if raw is None:
-        return None
-    try:
-        moment = parse_time(raw)
-    except ValueError:
-        raise bad_request(
-            "expires_at must be an RFC 3339 timestamp with a time zone, e.g. 2030-01-01T00:00:00Z"
-        ) from None
-    if moment <= now():
-        raise bad_request("expires_at must be in the future")
-    return iso(moment)
+    """A snapshot's `expires_at`: as a branch's, without the branch's 30-day bound (the
+    reference states none for snapshots)."""
+    return expires_at(raw, most=None)
 
 
 class Snapshots:

@@ -6,41 +6,24 @@ runs with pg_stat_statements (which it has) added to the list for this module.""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import psycopg
 import pytest
-from cathouse_harness.local import instance_plane, neon_features
+from cathouse_harness.local import neon_features
 from cathouse_harness.local.neon_features import PreloadLibrary
 
-from tests.local._server import api_client, connection_uri, start_test_server, wait_operations
+from tests.local._server import connection_uri, wait_operations
+from tests.local.test_snapshots import Api, instance_server
 
 STATEMENTS = PreloadLibrary("pg_stat_statements", "statement statistics", True, "pg_stat_statements")
 
 
-@dataclass(frozen=True)
-class Api:
-    client: httpx.Client
-    project: str
-
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    home = tmp_path_factory.mktemp("preload")
-    home.chmod(0o700)
-    saved = os.environ.get(instance_plane.ENV_VAR)
-    os.environ[instance_plane.ENV_VAR] = "instance"
-    try:
-        with start_test_server(home) as info, api_client(info) as client:
-            yield Api(client, info.project_id)
-    finally:
-        if saved is None:
-            os.environ.pop(instance_plane.ENV_VAR, None)
-        else:
-            os.environ[instance_plane.ENV_VAR] = saved
+    with instance_server(tmp_path_factory, "preload") as found:
+        yield found
 
 
 @pytest.fixture

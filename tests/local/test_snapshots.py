@@ -5,9 +5,9 @@ Neon's reference (`api_client`)."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,20 +40,21 @@ class Api:
         return f"/projects/{self.project}{path}"
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    home = tmp_path_factory.mktemp("snapshots")
+@contextmanager
+def instance_server(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Api]:
+    """A server of the instance data plane in a new home, and a checking client on it."""
+    home = tmp_path_factory.mktemp(name)
     home.chmod(0o700)
-    saved = os.environ.get(instance_plane.ENV_VAR)
-    os.environ[instance_plane.ENV_VAR] = "instance"
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(instance_plane.ENV_VAR, "instance")
         with start_test_server(home) as info, api_client(info) as client:
             yield Api(client, info.project_id, home)
-    finally:
-        if saved is None:
-            os.environ.pop(instance_plane.ENV_VAR, None)
-        else:
-            os.environ[instance_plane.ENV_VAR] = saved
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    with instance_server(tmp_path_factory, "snapshots") as found:
+        yield found
 
 
 def _branch(api: Api, name: str) -> tuple[str, str]:
@@ -260,3 +261,23 @@ def test_snapshot_records_survive_the_state_file(tmp_path: Path) -> None:
     path.write_text(text)
     loaded = load_state(tmp_path, "disk")
     assert loaded is not None and loaded.snapshots == {record.id: record}
+
+
+def test_a_snapshot_survives_a_restart_of_a_disk_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The record is in the project's state and its copy in the home's instances: a
+    restarted server lists it and restores it, its branch long deleted."""
+    home = tmp_path_factory.mktemp("snapshots-disk")
+    home.chmod(0o700)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(instance_plane.ENV_VAR, "instance")
+        with start_test_server(home, storage="disk", keep_data=True) as info, api_client(info) as client:
+            before = Api(client, info.project_id, home)
+            branch_id, url = _branch(before, "kept-on-disk")
+            _write(url, "kept")
+            snapshot = _snapshot(before, branch_id)
+            delete_branch(client, info.project_id, branch_id)
+        with start_test_server(home, storage="disk") as info, api_client(info) as client:
+            after = Api(client, info.project_id, home)
+            assert snapshot["id"] in _listed(after)
+            restored = _restore(after, snapshot["id"])
+            assert _rows(_endpoint_url(after, restored["id"])) == ["kept"]
