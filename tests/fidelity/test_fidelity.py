@@ -26,6 +26,7 @@ def test_neons_clients_work_against_the_emulator_unchanged() -> None:
     assert ("neonctl", "connection-string main@<timestamp>") in called, report
     assert ("neon-api", "branch_delete") in called, report  # the SDK's driver ran to its end
     assert ("ts-sdk", "deleteProjectBranch") in called, report
+    assert ("neonctl", "snapshots delete") in called and ("ts-sdk", "deleteSnapshot") in called, report
     if not actions.missing_actions(DEFAULT_CACHE / "actions", DEFAULT_CACHE):
         assert ("actions", "delete-branch-action") in called, report
     # a call that starts to work against the emulator leaves the known list
