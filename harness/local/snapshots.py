@@ -280,6 +280,8 @@ class Snapshots:
             except Exception as exc:
                 log.warning("restore of snapshot %s failed: %s", record.id, scrub(str(exc)))
                 neon.forget_branch(branch.id)
+                # a copy made before a later step failed: with no branch left, its instance goes
+                await neon.branching.drop_all([copy.target for copy in copies])
                 neon.ops.fail_all(ops, failure_reason(exc, "restore"))
                 neon.save()
                 return
@@ -330,12 +332,16 @@ class Snapshots:
             if kept is not None and kept.password:
                 role.password = kept.password
         ops = []
-        for ep in neon.branch_endpoints(target.id):
-            ep.branch_id = branch.id
+        # the endpoints change places (a branch has one read-write endpoint): the replaced
+        # branch's reach the restored one, any made to preview it reach the replaced one
+        moving = [(ep, branch) for ep in neon.branch_endpoints(target.id)]
+        moving += [(ep, target) for ep in neon.branch_endpoints(branch.id)]
+        for ep, owner in moving:
+            ep.branch_id = owner.id
             ep.updated_at = stamp
-            # its sessions end: the next connection reaches the restored branch's instance
+            # its sessions end: the next connection reaches its new branch's instance
             neon.dataplane.drop_connections(ep.id)
-            op = neon.ops.new(FINALIZE_ACTION, branch.id, ep.id)
+            op = neon.ops.new(FINALIZE_ACTION, owner.id, ep.id)
             neon.ops.end(op, "finished")
             ops.append(op)
         target.updated_at = branch.updated_at = stamp

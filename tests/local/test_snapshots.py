@@ -148,11 +148,16 @@ def test_finalize_moves_the_endpoints_and_the_name(api: Api) -> None:
     snapshot = _snapshot(api, branch_id)
     _write(url, "two")
     restored = _restore(api, snapshot["id"])
+    assert _rows(_endpoint_url(api, restored["id"])) == ["one"]  # a preview of its own
     answer = api.client.post(
         api.url(f"/branches/{restored['id']}/finalize_restore"), json={"name": "snap-final-old"}
     )
     assert answer.status_code == 200, answer.text
     assert _rows(url) == ["one"]  # the same URL reaches the restored branch now
+    # the endpoints changed places: one read-write endpoint each, the preview's on the old branch
+    for owner in (branch_id, restored["id"]):
+        assert len(api.client.get(api.url(f"/branches/{owner}/endpoints")).json()["endpoints"]) == 1
+    assert _rows(connection_uri(api.client, api.project, branch_id, pooled=False)) == ["one", "two"]
     names = {b["id"]: b for b in api.client.get(api.url("/branches")).json()["branches"]}
     assert (
         names[restored["id"]]["name"] == "snap-final"
