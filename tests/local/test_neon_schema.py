@@ -17,7 +17,7 @@ from cathouse_harness.local.app import PREFIX
 from cathouse_harness.local.app import ROUTES as SERVER_ROUTES
 from cathouse_harness.local.server import LocalServerInfo
 
-from tests.local._server import wait_operations
+from tests.local._server import instance_compute, wait_operations
 from tests.local.neon_schema import (
     ANNOTATION_MAX_PROPERTIES,
     ROUTES,
@@ -197,16 +197,7 @@ def _walk(c: httpx.Client, project: str) -> None:
     _ok(c.get(f"{base}/compare_schema", params={"base_branch_id": main["id"], "db_name": "cathouse"}))
     restored = _ok(c.post(f"{base}/restore", json={"source_branch_id": main["id"]}))
     wait_operations(c, project, restored["operations"])
-    # Snapshots: take, list, rename, restore into a new branch, finalize, delete.
-    snap = _ok(c.post(f"{p}/branches/{bare_id}/snapshot", params={"name": f"snap-{tag}"}))
-    wait_operations(c, project, snap["operations"])
-    sid = snap["snapshot"]["id"]
-    assert [s["id"] for s in _ok(c.get(f"{p}/snapshots"))["snapshots"]] == [sid]
-    _ok(c.patch(f"{p}/snapshots/{sid}", json={"snapshot": {"name": f"snap2-{tag}"}}))
-    from_snap = _ok(c.post(f"{p}/snapshots/{sid}/restore", json={"name": f"from-{tag}"}))
-    wait_operations(c, project, from_snap["operations"])
-    _ok(c.post(f"{p}/branches/{from_snap['branch']['id']}/finalize_restore", json={}))
-    wait_operations(c, project, _ok(c.delete(f"{p}/snapshots/{sid}"), 202)["operations"])
+    _walk_snapshots(c, project, bare_id, tag)
     wait_operations(c, project, _ok(c.post(f"{p}/branches/{bare_id}/set_as_default"))["operations"])
     wait_operations(c, project, _ok(c.post(f"{p}/branches/{main['id']}/set_as_default"))["operations"])
     ops = _ok(c.get(f"{p}/operations", params={"limit": 2}))
@@ -221,3 +212,26 @@ def _walk(c: httpx.Client, project: str) -> None:
     )
     for branch_id in (child, bare_id):
         wait_operations(c, project, _ok(c.delete(f"{p}/branches/{branch_id}"))["operations"])
+
+
+def _walk_snapshots(c: httpx.Client, project: str, branch_id: str, tag: str) -> None:
+    """Take, list, rename, restore into a new branch, finalize, delete; the shared data
+    plane keeps no snapshot and refuses them in one line."""
+    p = f"/projects/{project}"
+    if not instance_compute():
+        refused = c.post(f"{p}/branches/{branch_id}/snapshot")
+        assert refused.status_code == 400 and "CATHOUSE_LOCAL_COMPUTE=instance" in refused.json()["message"]
+        for method, path in (("PATCH", "/snapshots/snap-none"), ("DELETE", "/snapshots/snap-none"),
+                             ("POST", "/snapshots/snap-none/restore")):
+            assert c.request(method, p + path, json={"snapshot": {}}).status_code == 404
+        assert c.post(f"{p}/branches/{branch_id}/finalize_restore").status_code == 400
+        return
+    snap = _ok(c.post(f"{p}/branches/{branch_id}/snapshot", params={"name": f"snap-{tag}"}))
+    wait_operations(c, project, snap["operations"])
+    sid = snap["snapshot"]["id"]
+    assert [s["id"] for s in _ok(c.get(f"{p}/snapshots"))["snapshots"]] == [sid]
+    _ok(c.patch(f"{p}/snapshots/{sid}", json={"snapshot": {"name": f"snap2-{tag}"}}))
+    from_snap = _ok(c.post(f"{p}/snapshots/{sid}/restore", json={"name": f"from-{tag}"}))
+    wait_operations(c, project, from_snap["operations"])
+    _ok(c.post(f"{p}/branches/{from_snap['branch']['id']}/finalize_restore", json={}))
+    wait_operations(c, project, _ok(c.delete(f"{p}/snapshots/{sid}"), 202)["operations"])
