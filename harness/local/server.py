@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -105,15 +106,25 @@ def _server_class() -> type[uvicorn.Server]:
 
 @dataclass
 class ServerHandle:
-    """A server being run by `serve`; `stop()` asks it to shut down (from any thread)."""
+    """A server being run by `serve`; `stop()` asks it to shut down (from any thread),
+    while it starts too: the start ends after the step it is in, and what it made goes."""
 
     server: uvicorn.Server | None = None
     info: LocalServerInfo | None = None
     neon: LocalNeon | None = None
+    starting: asyncio.Task[None] | None = None
+    stopping: bool = False
+    # the loop's executor when `run_server` set it: a stopped start waits for its steps
+    executor: _SteppingExecutor | None = None
 
     def stop(self) -> None:
+        self.stopping = True
         if self.server is not None:
             self.server.should_exit = True
+        elif self.starting is not None:
+            # a client gave up on this start (launch.py's `_abandon`): ~1-9 s of initdb,
+            # PostgreSQL's start and the root branch are not waited out
+            self.starting.get_loop().call_soon_threadsafe(self.starting.cancel)
 
     def stop_for_restart(self) -> None:
         """Stop, keeping an in-memory cluster (which a stop removes) for the next start."""
@@ -199,11 +210,22 @@ async def serve(
         log.info("latency profile %s: %s", neon.latency.name or "custom", neon.latency.to_spec())
     handle.neon = neon
     try:
-        await neon.start()
-    except BaseException:
+        if handle.stopping:
+            raise asyncio.CancelledError
+        handle.starting = asyncio.ensure_future(neon.start())
+        await handle.starting
+    except BaseException as exc:
         sock.close()
+        # a cancelled step's thread still runs (asyncio.to_thread is not interruptible):
+        # what it makes (a PostgreSQL started, a directory) must exist before the stop
+        # looks for it, or it outlives the server
+        if handle.executor is not None:
+            await handle.executor.settled()
         with contextlib.suppress(Exception):
             await neon.stop(stop_postgres=stop_postgres)
+        if isinstance(exc, asyncio.CancelledError) and handle.stopping:
+            log.info("stopped while starting; what the start made is removed")
+            return
         raise
     try:
         await _serve_api(neon, api_key, injector, sock, host, home, handle, ready, idle_timeout)
@@ -237,6 +259,7 @@ async def _serve_api(
     )
     server = _server_class()(config)
     handle.server = server
+    server.should_exit = handle.stopping  # asked between the start's end and now
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     await wait_until_async(
         lambda: server.started or serving.done(), timeout=None, backoff=_STARTED_POLL
@@ -299,6 +322,8 @@ def run_server(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        handle.executor = _SteppingExecutor(thread_name_prefix="cathouse-server")
+        loop.set_default_executor(handle.executor)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, handle.stop)
@@ -318,6 +343,26 @@ def run_server(
         )
 
     _run_loop(main)
+
+
+class _SteppingExecutor(ThreadPoolExecutor):
+    """The loop's executor (`asyncio.to_thread`), keeping the work not done yet, so that
+    a start stopped half-way can wait for the step whose thread it cannot cancel."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pending: set[Future[Any]] = set()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        self.pending.add(future)
+        future.add_done_callback(self.pending.discard)
+        return future
+
+    async def settled(self) -> None:
+        """Until the work submitted so far has finished."""
+        if self.pending:
+            await asyncio.wait([asyncio.wrap_future(future) for future in list(self.pending)])
 
 
 def _clean_leftovers(home: Path) -> None:
