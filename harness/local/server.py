@@ -114,11 +114,13 @@ class ServerHandle:
     neon: LocalNeon | None = None
     starting: asyncio.Task[None] | None = None
     stopping: bool = False
+    stop_asked: float | None = None  # monotonic
     # the loop's executor when `run_server` set it: a stopped start waits for its steps
     executor: _SteppingExecutor | None = None
 
     def stop(self) -> None:
         self.stopping = True
+        self.stop_asked = self.stop_asked or time.monotonic()
         if self.server is not None:
             self.server.should_exit = True
         elif self.starting is not None:
@@ -224,7 +226,8 @@ async def serve(
         with contextlib.suppress(Exception):
             await neon.stop(stop_postgres=stop_postgres)
         if isinstance(exc, asyncio.CancelledError) and handle.stopping:
-            log.info("stopped while starting; what the start made is removed")
+            log.info("stopped while starting, %.2f s after it was asked; what the start made "
+                     "is removed", time.monotonic() - (handle.stop_asked or time.monotonic()))
             return
         raise
     try:

@@ -96,9 +96,12 @@ def test_ctrl_c_during_a_cold_server_start_under_xdist_leaves_nothing(
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
-        print(f"Ctrl-C during a cold server start under -n 2: the run ended {took:.2f} s later")
         assert process.returncode == pytest.ExitCode.INTERRUPTED, out
-        assert "stopped while starting" in log_path(home).read_text(), log_path(home).read_text()
+        logged = log_path(home).read_text()
+        stopped = [line for line in logged.splitlines() if "stopped while starting" in line]
+        assert stopped, logged
+        print(f"Ctrl-C during a cold server start under -n 2: the run ended {took:.2f} s later;"
+              f" the server {stopped[0].partition('stopped ')[2]}")
         assert running_server(home) is None
         assert _processes_naming(str(home), tag) == []
         assert _shared_dirs_of(home) == []
