@@ -345,7 +345,15 @@ def run_server(
             role=role,
         )
 
-    _run_loop(main)
+    from cathouse_harness.local.compute import lease
+    from cathouse_harness.local.pg_binaries import resolve_os_user
+
+    # from before its start (which copies the initdb cache) to its last stop
+    caches = lease.hold_caches(home, switch=resolve_os_user().switch)
+    try:
+        _run_loop(main)
+    finally:
+        lease.release(caches)
 
 
 class _SteppingExecutor(ThreadPoolExecutor):
