@@ -195,3 +195,66 @@ def test_a_running_server_holds_its_users_caches(tmp_path: Path, monkeypatch: py
         assert home.resolve() in lease.cache_users(base)
         stop_local_server(home)
         assert home.resolve() not in lease.cache_users(base)
+
+
+def test_gc_stop_others_stops_another_homes_server_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, home: Path
+) -> None:
+    """A real server of another home, on stand-ins for /dev/shm and /var/tmp that its
+    PostgreSQL's user can pass through (tmp_path's parents are closed to it)."""
+    import shutil
+    import sys
+    import tempfile
+
+    from cathouse_harness.local.discovery import live_server
+
+    root = Path(tempfile.mkdtemp(prefix="cg", dir="/tmp"))  # short: sockets live below it
+    try:
+        root.chmod(0o755)
+        stand_ins = {}
+        for attribute in ("SHM_DIR", "VAR_TMP_DIR"):
+            stand_ins[attribute] = root / attribute[0].lower()
+            stand_ins[attribute].mkdir()
+            stand_ins[attribute].chmod(0o1777)
+            monkeypatch.setattr(locations, attribute, stand_ins[attribute])
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        other = tmp_path / "other-home"
+        other.mkdir(mode=0o700)
+        serve = (
+            "import sys\nfrom pathlib import Path\nfrom cathouse_harness.local import locations\n"
+            f"locations.SHM_DIR = Path({str(stand_ins['SHM_DIR'])!r})\n"
+            f"locations.VAR_TMP_DIR = Path({str(stand_ins['VAR_TMP_DIR'])!r})\n"
+            "from cathouse_harness.local.server import main\n"
+            f"sys.exit(main(['--home', {str(other)!r}, '--daemon', '--idle-timeout', '300']))\n"
+        )
+        logged = tmp_path / "server.log"
+        with logged.open("wb") as log:
+            server = subprocess.Popen([sys.executable, "-c", serve], stdout=log, stderr=log,
+                                      start_new_session=True,
+                                      env={**os.environ, "CATHOUSE_LOCAL_COMPUTE": "instance"})
+        try:
+            deadline = time.monotonic() + 120
+            while live_server(other, "memory") is None:
+                assert server.poll() is None and time.monotonic() < deadline, logged.read_text()
+                time.sleep(0.05)
+            mine = stand_ins["VAR_TMP_DIR"] / f"{locations.PREFIX}{os.geteuid()}"
+            assert lease.cache_users(mine) == [other]
+            project = copy_example(tmp_path / "project")
+
+            code, out, err = cli("gc", "--all", cwd=project)
+            assert code == 0, err
+            assert any(line.startswith(f"kept {mine} (") and str(other) in line for line in out.splitlines())
+            assert live_server(other, "memory") is not None
+
+            code, out, err = cli("gc", "--stop-others", cwd=project)
+            assert code == 0, err
+            assert f"stopped the local server of {other}" in out.splitlines()
+            assert server.wait(30) == 0
+            left = [p for stand_in in stand_ins.values() for p in stand_in.rglob("*")]
+            assert left == [], out
+        finally:
+            if server.poll() is None:
+                server.terminate()
+                server.wait(30)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
