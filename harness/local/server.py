@@ -115,7 +115,7 @@ class ServerHandle:
     starting: asyncio.Task[None] | None = None
     stopping: bool = False
     stop_asked: float | None = None  # monotonic
-    # the loop's executor when `run_server` set it: a stopped start waits for its steps
+    # the loop's executor when `run_server` set it: how a start is stopped between steps
     executor: _SteppingExecutor | None = None
 
     def stop(self) -> None:
@@ -126,7 +126,21 @@ class ServerHandle:
         elif self.starting is not None:
             # a client gave up on this start (launch.py's `_abandon`): ~1-9 s of initdb,
             # PostgreSQL's start and the root branch are not waited out
-            self.starting.get_loop().call_soon_threadsafe(self.starting.cancel)
+            self.starting.get_loop().call_soon_threadsafe(self._end_start)
+
+    def _end_start(self) -> None:
+        """On the loop. A step in a thread (`asyncio.to_thread`: initdb, a PostgreSQL's
+        start) cannot be cancelled, and cancelling its awaiting coroutine would drop what
+        it returns (the instances' directory, a lease) where the stop looks for it: the
+        start ends when it asks for its next step instead. With none in flight, now."""
+        if self.starting is None or self.starting.done():
+            return
+        if self.executor is None:
+            self.starting.cancel()
+            return
+        self.executor.refusing = True
+        if not self.executor.pending:
+            self.starting.cancel()
 
     def stop_for_restart(self) -> None:
         """Stop, keeping an in-memory cluster (which a stop removes) for the next start."""
@@ -215,12 +229,15 @@ async def serve(
         if handle.stopping:
             raise asyncio.CancelledError
         handle.starting = asyncio.ensure_future(neon.start())
-        await handle.starting
+        try:
+            await handle.starting
+        finally:
+            if handle.executor is not None:
+                handle.executor.refusing = False  # the stop's own steps run in it
     except BaseException as exc:
         sock.close()
-        # a cancelled step's thread still runs (asyncio.to_thread is not interruptible):
-        # what it makes (a PostgreSQL started, a directory) must exist before the stop
-        # looks for it, or it outlives the server
+        # a step still in a thread (a start cancelled from outside) must have made what
+        # it makes before the stop looks for it, or that outlives the server
         if handle.executor is not None:
             await handle.executor.settled()
         with contextlib.suppress(Exception):
@@ -281,7 +298,7 @@ async def _serve_api(
         home=home,
     )
     handle.info = info
-    if ready is not None:
+    if ready is not None and not handle.stopping:  # a stopped start is never published
         ready(info)
     while not serving.done():
         await asyncio.wait({serving}, timeout=0.25)
@@ -357,14 +374,18 @@ def run_server(
 
 
 class _SteppingExecutor(ThreadPoolExecutor):
-    """The loop's executor (`asyncio.to_thread`), keeping the work not done yet, so that
-    a start stopped half-way can wait for the step whose thread it cannot cancel."""
+    """The loop's executor (`asyncio.to_thread`). It keeps the work not done yet, and
+    while `refusing` (a start being stopped) a new step ends the coroutine that asks for
+    it, as a cancellation at that point would."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pending: set[Future[Any]] = set()
+        self.refusing = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self.refusing:
+            raise asyncio.CancelledError
         future = super().submit(fn, *args, **kwargs)
         self.pending.add(future)
         future.add_done_callback(self.pending.discard)
