@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,60 +140,10 @@ def run_branches(home: Path, run_id: str) -> list[str]:
             if ((notes.get(b["id"]) or {}).get("value") or {}).get(MARK_RUN) == run_id]
 
 
-def made_for(home: Path) -> list[Path]:
-    """The home's cluster or instances in the shared places (named after its hash)."""
-    from cathouse_harness.local import locations
-
-    tag = locations.short_hash(str(home.resolve()))
-    parents = [locations.SHM_DIR / f"{locations.PREFIX}{os.geteuid()}",
-               locations.VAR_TMP_DIR / f"{locations.PREFIX}{os.geteuid()}"]
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        parents.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "cathouse-harness")
-    return [entry for parent in parents if parent.is_dir() for entry in parent.glob(f"{tag}*")]
-
-
-def cold_run(directory: Path, home: Path, run_id: str) -> float:
-    """Ctrl-C while `home`'s server starts; the seconds until pytest exited."""
-    from cathouse_harness.local.discovery import discovery_path, running_server
-
-    home.mkdir(mode=0o700)
-    env = child_env(home, CI="true", CATHOUSE_RUN_ID=run_id)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "cathouse_harness", "-p", "no:cacheprovider", "-q",
-         "-n", "2"],
-        cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not made_for(home):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"cold start: never started\n{process.communicate()[0][-3000:]}")
-            time.sleep(0.01)
-        if discovery_path(home).exists():
-            raise SystemExit("cold start: the server answered before the Ctrl-C")
-        sent = time.monotonic()
-        os.killpg(process.pid, signal.SIGINT)
-        out, _ = process.communicate(timeout=SLEEP)
-        took = time.monotonic() - sent
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    if process.returncode != 2:
-        raise SystemExit(f"cold start: pytest exited {process.returncode}, not 2\n{out[-3000:]}")
-    left = made_for(home)
-    if running_server(home) is not None or left:
-        stop_home(home)
-        raise SystemExit(f"cold start: the server or its files outlived the run: {left}")
-    return took
-
-
-def one_run(side: str, directory: Path, home: Path, run_id: str, timings: dict[str, list[float]]) -> float:
-    busy = directory / "busy.txt"
-    busy.unlink(missing_ok=True)
-    harness = side != "xdist alone"
-    plugin = ["-p", "cathouse_harness"] if harness else ["-p", "no:cathouse_harness"]
-    env = child_env(home, CI="true", CATHOUSE_RUN_ID=run_id, BENCH_BUSY_FILE=str(busy))
+def interrupted(side: str, directory: Path, env: dict[str, str], plugin: list[str],
+                busy: Callable[[], bool], pause: float) -> float:
+    """`pytest -n 2` in `directory`, Ctrl-C to its process group `pause` s after `busy()`
+    held; the seconds until it exited (as interrupted, else the benchmark fails)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest", *plugin, "-p", "no:cacheprovider", "-q", "-n", "2"],
         cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -200,11 +151,11 @@ def one_run(side: str, directory: Path, home: Path, run_id: str, timings: dict[s
     )
     try:
         deadline = time.monotonic() + 120
-        while not busy.exists():
+        while not busy():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"{side}: never got busy\n{process.communicate()[0][-3000:]}")
-            time.sleep(0.05)
-        time.sleep(0.3)  # inside the statement (or the sleep), not at its first instant
+            time.sleep(0.01)
+        time.sleep(pause)
         sent = time.monotonic()
         os.killpg(process.pid, signal.SIGINT)
         out, _ = process.communicate(timeout=SLEEP)
@@ -214,6 +165,36 @@ def one_run(side: str, directory: Path, home: Path, run_id: str, timings: dict[s
             os.killpg(process.pid, signal.SIGKILL)
     if process.returncode != 2:
         raise SystemExit(f"{side}: pytest exited {process.returncode}, not 2\n{out[-3000:]}")
+    return took
+
+
+def cold_run(directory: Path, home: Path, run_id: str) -> float:
+    """Ctrl-C while `home`'s server starts (it has made the home's cluster or instances
+    and does not answer yet); fails when the server or its files outlive the run."""
+    from cathouse_harness.local.discovery import running_server
+    from cathouse_harness.local.locations import shared_dirs_of
+
+    home.mkdir(mode=0o700)
+    env = child_env(home, CI="true", CATHOUSE_RUN_ID=run_id)
+    took = interrupted("cold start", directory, env, ["-p", "cathouse_harness"],
+                       lambda: bool(shared_dirs_of(home)), 0)
+    left = shared_dirs_of(home)
+    if running_server(home) is not None or left:
+        stop_home(home)
+        raise SystemExit(f"cold start: the server or its files outlived the run: {left}")
+    if "stopped while starting" not in (home / "local-server.log").read_text():
+        raise SystemExit("cold start: not stopped while starting:\n" + (home / "local-server.log").read_text())
+    return took
+
+
+def one_run(side: str, directory: Path, home: Path, run_id: str, timings: dict[str, list[float]]) -> float:
+    busy = directory / "busy.txt"
+    busy.unlink(missing_ok=True)
+    harness = side != "xdist alone"
+    plugin = ["-p", "cathouse_harness"] if harness else ["-p", "no:cathouse_harness"]
+    env = child_env(home, CI="true", CATHOUSE_RUN_ID=run_id, BENCH_BUSY_FILE=str(busy))
+    # inside the statement (or the sleep), not at its first instant
+    took = interrupted(side, directory, env, plugin, busy.exists, 0.3)
     if harness:
         ended = time.monotonic()
         while run_branches(home, run_id):

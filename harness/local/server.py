@@ -56,6 +56,7 @@ from cathouse_harness.local.launch import (  # noqa: F401  (re-exported: callers
 )
 from cathouse_harness.local.state import load_or_create_api_key
 from cathouse_harness.support import env
+from cathouse_harness.support.interrupt import stop_all
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.polling import Backoff, wait_until_async
 from cathouse_harness.support.redact import Secret
@@ -141,6 +142,8 @@ class ServerHandle:
         self.executor.refusing = True
         if not self.executor.pending:
             self.starting.cancel()
+        else:
+            stop_all(wait=0)  # what the step runs that may be killed (initdb), once
 
     def stop_for_restart(self) -> None:
         """Stop, keeping an in-memory cluster (which a stop removes) for the next start."""
@@ -234,7 +237,7 @@ async def serve(
         finally:
             if handle.executor is not None:
                 handle.executor.refusing = False  # the stop's own steps run in it
-    except BaseException as exc:
+    except BaseException:
         sock.close()
         # a step still in a thread (a start cancelled from outside) must have made what
         # it makes before the stop looks for it, or that outlives the server
@@ -242,7 +245,7 @@ async def serve(
             await handle.executor.settled()
         with contextlib.suppress(Exception):
             await neon.stop(stop_postgres=stop_postgres)
-        if isinstance(exc, asyncio.CancelledError) and handle.stopping:
+        if handle.stopping:  # cancelled, or a step failed because it was stopped
             log.info("stopped while starting, %.2f s after it was asked; what the start made "
                      "is removed", time.monotonic() - (handle.stop_asked or time.monotonic()))
             return

@@ -28,17 +28,6 @@ def test_on_a_branch(neon_branch):
 """
 
 
-def _shared_dirs_of(home: Path) -> list[Path]:
-    """What the home's server made in the shared places (clusters, instances): each is
-    named after the home's hash."""
-    tag = locations.short_hash(str(home.resolve()))
-    parents = [locations.SHM_DIR / f"{locations.PREFIX}{os.geteuid()}",
-               locations.VAR_TMP_DIR / f"{locations.PREFIX}{os.geteuid()}"]
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        parents.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "cathouse-harness")
-    return [entry for parent in parents if parent.is_dir() for entry in parent.glob(f"{tag}*")]
-
-
 def _processes_naming(*needles: str) -> list[str]:
     """Command lines of running processes that name any of `needles` (the server's names
     its home; a PostgreSQL's names its data directory, under the home's hash)."""
@@ -84,7 +73,7 @@ def test_ctrl_c_during_a_cold_server_start_under_xdist_leaves_nothing(
             # the start is under way once it makes the home's instances (its first step
             # with files of its own), and still is while nothing answers
             deadline = time.monotonic() + 120
-            while not _shared_dirs_of(home):
+            while not locations.shared_dirs_of(home):
                 assert process.poll() is None, process.communicate()[0].decode()
                 assert time.monotonic() < deadline, "the server's start never began"
                 time.sleep(0.01)
@@ -104,7 +93,7 @@ def test_ctrl_c_during_a_cold_server_start_under_xdist_leaves_nothing(
               f" the server {stopped[0].partition('stopped ')[2]}")
         assert running_server(home) is None
         assert _processes_naming(str(home), tag) == []
-        assert _shared_dirs_of(home) == []
+        assert locations.shared_dirs_of(home) == []
         assert _held_locks(home) == []
         # the in-memory branches went with the server, and the sweep started none to look
         assert not discovery_path(home).exists()
