@@ -131,19 +131,18 @@ class ServerHandle:
 
     def _end_start(self) -> None:
         """On the loop. A step in a thread (`asyncio.to_thread`: initdb, a PostgreSQL's
-        start) cannot be cancelled, and cancelling its awaiting coroutine would drop what
-        it returns (the instances' directory, a lease) where the stop looks for it: the
-        start ends when it asks for its next step instead. With none in flight, now."""
+        start) cannot be cancelled, and cancelling the coroutine that awaits it, or will
+        resume with its result, would drop what it returns (the instances' directory, a
+        lease) where the stop looks for it: the start ends when it asks for its next step
+        instead (the last one ends it anyway, and the server then stops unpublished).
+        What the step runs that may be killed (initdb) is killed."""
         if self.starting is None or self.starting.done():
             return
-        if self.executor is None:
+        if self.executor is None:  # `serve` run by other code than `run_server`
             self.starting.cancel()
             return
         self.executor.refusing = True
-        if not self.executor.pending:
-            self.starting.cancel()
-        else:
-            stop_all(wait=0)  # what the step runs that may be killed (initdb), once
+        stop_all(wait=0)
 
     def stop_for_restart(self) -> None:
         """Stop, keeping an in-memory cluster (which a stop removes) for the next start."""
@@ -239,8 +238,8 @@ async def serve(
                 handle.executor.refusing = False  # the stop's own steps run in it
     except BaseException:
         sock.close()
-        # a step still in a thread (a start cancelled from outside) must have made what
-        # it makes before the stop looks for it, or that outlives the server
+        # a step still in a thread (a start cancelled from outside, or failed while
+        # another ran) must have made what it makes before the stop looks for it
         if handle.executor is not None:
             await handle.executor.settled()
         with contextlib.suppress(Exception):
