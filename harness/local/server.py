@@ -365,10 +365,10 @@ def run_server(
         )
 
     from cathouse_harness.local.compute import lease
-    from cathouse_harness.local.pg_binaries import resolve_os_user
 
-    # from before its start (which copies the initdb cache) to its last stop
-    caches = lease.hold_caches(home, switch=resolve_os_user().switch)
+    # from before its start (which copies the initdb cache) to its last stop; as root,
+    # PostgreSQL runs as another user (`pg_binaries.resolve_os_user`), whatever the plane
+    caches = lease.hold_caches(home, switch=os.geteuid() == 0)
     try:
         _run_loop(main)
     finally:
