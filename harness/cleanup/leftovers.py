@@ -338,10 +338,12 @@ def _remove_caches(base: Path, owners: frozenset[int], verb: str, *, dry_run: bo
     if users:
         if not caches:
             return []
-        who = ", ".join(sorted(set(users)))
+        homes = sorted(set(users))
+        who = (f"the running local server of {homes[0]} uses" if len(homes) == 1
+               else f"the running local servers of {', '.join(homes)} use")
         names = ", ".join(sorted(entry.name for entry in caches))
-        return [f"kept {base} ({names}): the running local server of {who} uses it; "
-                "`cathouse-branch gc --all --stop-others` stops such servers first"]
+        return [f"kept {base} ({names}): {who} it; `cathouse-branch gc --stop-others` stops "
+                "them first"]
     done = [_remove(entry, owners, verb, dry_run=dry_run) for entry in caches]
     if not dry_run:
         with contextlib.suppress(OSError):

@@ -97,8 +97,7 @@ def test_gc_all_removes_what_the_harness_made_and_names_it(
     assert f"kept {in_use}: a running local server uses it" in lines and in_use.exists()
     other = tmp_path / "other-home"
     assert (f"kept {shared['var-tmp']} (initdb-abcdef123456, pginstall-17.5): the running local "
-            f"server of {other} uses it; `cathouse-branch gc --all --stop-others` stops such "
-            "servers first") in lines
+            f"server of {other} uses it; `cathouse-branch gc --stop-others` stops them first") in lines
     assert initdb.exists() and binaries.exists()
     assert project.exists() and (project / "pyproject.toml").exists()
 
@@ -122,7 +121,7 @@ def test_gc_all_leaves_the_caches_while_another_homes_server_holds_them(
         kept = [line for line in out.splitlines() if line.startswith(f"kept {shared['var-tmp']} ")]
         assert kept == [f"kept {shared['var-tmp']} (initdb-abcdef123456, pginstall-17.5, servers, "
                         f"sock-0a1b2c): the running local server of {other} uses it; "
-                        "`cathouse-branch gc --all --stop-others` stops such servers first"]
+                        "`cathouse-branch gc --stop-others` stops them first"]
         assert all(cache.exists() for cache in caches) and not home.exists()
     finally:
         lease.release(held)
