@@ -19,6 +19,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from cathouse_harness.errors import UnsafePathError
 from cathouse_harness.local import locations
 from cathouse_harness.local.compute.layout import ComputeHome
 from cathouse_harness.support.safe_paths import ensure_dir, write_private
@@ -49,12 +50,13 @@ def release(fd: int | None) -> None:
 
 def hold_caches(home: Path, *, switch: bool) -> int | None:
     """Say that `home`'s server uses its user's caches, until the descriptor is released;
-    None when there is no /var/tmp directory of ours (no caches there either)."""
+    None when there is no /var/tmp directory of ours (no caches there either: a directory
+    there that is not safely ours is refused where a cache would be made, not here)."""
     try:
         base = locations.per_user_dir(locations.VAR_TMP_DIR, switch=switch)
         folder = ensure_dir(base / SERVERS, mode=0o700)
         fd = os.open(folder / locations.short_hash(str(home)), _FLAGS | os.O_CREAT, 0o600)
-    except OSError:
+    except (OSError, UnsafePathError):
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
