@@ -182,8 +182,9 @@ def cold_run(directory: Path, home: Path, run_id: str) -> float:
     if running_server(home) is not None or left:
         stop_home(home)
         raise SystemExit(f"cold start: the server or its files outlived the run: {left}")
-    if "stopped while starting" not in (home / "local-server.log").read_text():
-        raise SystemExit("cold start: not stopped while starting:\n" + (home / "local-server.log").read_text())
+    logged = (home / "local-server.log").read_text()
+    if "stopped while starting" not in logged:
+        raise SystemExit(f"cold start: the server was not stopped while starting:\n{logged}")
     return took
 
 
