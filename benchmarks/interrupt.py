@@ -11,11 +11,16 @@ exit:
 - `at the fixture`: the Cat House example whose template build runs a slow revision
   (`pg_sleep(60)`), interrupted inside that statement;
 - `before the conftests`: the same with an env mapping, the branch made in
-  `pytest_load_initial_conftests`, its migration in a process of its own.
+  `pytest_load_initial_conftests`, its migration in a process of its own;
+- `cold start`: the example on a fresh home of its own, interrupted while its local server
+  starts (once that start has made the home's cluster or instances, before it answers);
+  the run must end with nothing of the server left (no process, no files in the shared
+  places), else the benchmark fails.
 
 Also timed, from the exit: until the run's branches are gone (the run's own teardown or
 the watchdog) — what a later `cathouse-branch list` would still show. The sides run in
-turns on one warm home, so the ratios hold on a busy machine; the absolute times do not.
+turns (the warm ones on one home), so the ratios hold on a busy machine; the absolute
+times do not. Run it with `CATHOUSE_LOCAL_COMPUTE=instance` for the instance data plane.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +48,8 @@ from _common import (
     write_results,
 )
 
-SIDES = ("xdist alone", "at the fixture", "before the conftests")
+SIDES = ("xdist alone", "at the fixture", "before the conftests", "cold start")
+WARM = SIDES[1:3]
 SLEEP = 60
 
 SLEEPING_TEST = f'''
@@ -97,7 +104,13 @@ def projects(root: Path) -> dict[str, Path]:
     bare.mkdir()
     (bare / "test_sleep.py").write_text(SLEEPING_TEST)
     made = {"xdist alone": bare}
-    for side in SIDES[1:]:
+    cold = root / "cold-start"
+    shutil.copytree(EXAMPLE, cold, ignore=shutil.ignore_patterns(
+        "tests", ".env", "__pycache__", ".pytest_cache"))
+    (cold / "tests").mkdir()
+    (cold / "tests" / "test_branch.py").write_text(BRANCH_TEST)
+    made["cold start"] = cold
+    for side in WARM:
         where = root / side.replace(" ", "-")
         shutil.copytree(EXAMPLE, where, ignore=shutil.ignore_patterns(
             "tests", ".env", "__pycache__", ".pytest_cache"))
@@ -127,12 +140,10 @@ def run_branches(home: Path, run_id: str) -> list[str]:
             if ((notes.get(b["id"]) or {}).get("value") or {}).get(MARK_RUN) == run_id]
 
 
-def one_run(side: str, directory: Path, home: Path, run_id: str, timings: dict[str, list[float]]) -> float:
-    busy = directory / "busy.txt"
-    busy.unlink(missing_ok=True)
-    harness = side != "xdist alone"
-    plugin = ["-p", "cathouse_harness"] if harness else ["-p", "no:cathouse_harness"]
-    env = child_env(home, CI="true", CATHOUSE_RUN_ID=run_id, BENCH_BUSY_FILE=str(busy))
+def interrupted(side: str, directory: Path, env: dict[str, str], plugin: list[str],
+                busy: Callable[[], bool], pause: float) -> float:
+    """`pytest -n 2` in `directory`, Ctrl-C to its process group `pause` s after `busy()`
+    held; the seconds until it exited (as interrupted, else the benchmark fails)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest", *plugin, "-p", "no:cacheprovider", "-q", "-n", "2"],
         cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -140,11 +151,11 @@ def one_run(side: str, directory: Path, home: Path, run_id: str, timings: dict[s
     )
     try:
         deadline = time.monotonic() + 120
-        while not busy.exists():
+        while not busy():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"{side}: never got busy\n{process.communicate()[0][-3000:]}")
-            time.sleep(0.05)
-        time.sleep(0.3)  # inside the statement (or the sleep), not at its first instant
+            time.sleep(0.01)
+        time.sleep(pause)
         sent = time.monotonic()
         os.killpg(process.pid, signal.SIGINT)
         out, _ = process.communicate(timeout=SLEEP)
@@ -154,6 +165,37 @@ def one_run(side: str, directory: Path, home: Path, run_id: str, timings: dict[s
             os.killpg(process.pid, signal.SIGKILL)
     if process.returncode != 2:
         raise SystemExit(f"{side}: pytest exited {process.returncode}, not 2\n{out[-3000:]}")
+    return took
+
+
+def cold_run(directory: Path, home: Path, run_id: str) -> float:
+    """Ctrl-C while `home`'s server starts (it has made the home's cluster or instances
+    and does not answer yet); fails when the server or its files outlive the run."""
+    from cathouse_harness.local.discovery import running_server
+    from cathouse_harness.local.locations import shared_dirs_of
+
+    home.mkdir(mode=0o700)
+    env = child_env(home, CI="true", CATHOUSE_RUN_ID=run_id)
+    took = interrupted("cold start", directory, env, ["-p", "cathouse_harness"],
+                       lambda: bool(shared_dirs_of(home)), 0)
+    left = shared_dirs_of(home)
+    if running_server(home) is not None or left:
+        stop_home(home)
+        raise SystemExit(f"cold start: the server or its files outlived the run: {left}")
+    logged = (home / "local-server.log").read_text()
+    if "stopped while starting" not in logged:
+        raise SystemExit(f"cold start: the server was not stopped while starting:\n{logged}")
+    return took
+
+
+def one_run(side: str, directory: Path, home: Path, run_id: str, timings: dict[str, list[float]]) -> float:
+    busy = directory / "busy.txt"
+    busy.unlink(missing_ok=True)
+    harness = side != "xdist alone"
+    plugin = ["-p", "cathouse_harness"] if harness else ["-p", "no:cathouse_harness"]
+    env = child_env(home, CI="true", CATHOUSE_RUN_ID=run_id, BENCH_BUSY_FILE=str(busy))
+    # inside the statement (or the sleep), not at its first instant
+    took = interrupted(side, directory, env, plugin, busy.exists, 0.3)
     if harness:
         ended = time.monotonic()
         while run_branches(home, run_id):
@@ -176,10 +218,13 @@ def measure(reps: int) -> dict[str, Any]:
         counter = iter(range(10_000))
         try:
             run_branches(home, "none")  # the server up before the first side
-            medians = interleaved(
-                list(SIDES), reps,
-                lambda side: one_run(side, made[side], home, f"bench-int-{next(counter)}", leftovers),
-            )
+            def measure_side(side: str) -> float:
+                run_id = f"bench-int-{next(counter)}"
+                if side == "cold start":
+                    return cold_run(made[side], root / run_id, run_id)
+                return one_run(side, made[side], home, run_id, leftovers)
+
+            medians = interleaved(list(SIDES), reps, measure_side)
         finally:
             stop_home(home)
     baseline = medians["xdist alone"]
@@ -189,15 +234,18 @@ def measure(reps: int) -> dict[str, Any]:
         "ratios": {side: medians[side] / baseline for side in SIDES[1:]},
         "branches_gone_after": {side: sorted(v)[len(v) // 2] for side, v in leftovers.items()},
         "load_average": os.getloadavg()[0],
+        "compute": os.environ.get("CATHOUSE_LOCAL_COMPUTE") or "default",
     }
 
 
 def rows(result: dict[str, Any]) -> list[list[str]]:
     medians, ratios, gone = result["medians"], result["ratios"], result["branches_gone_after"]
     table = [["Ctrl-C under -n 2: xdist alone (a sleeping test)", fmt(medians["xdist alone"]), "baseline"]]
-    for side in SIDES[1:]:
+    for side in WARM:
         table.append([f"Ctrl-C under -n 2: branch {side}, in a slow migration", fmt(medians[side]),
                       f"{ratios[side]:.2f}x xdist alone; the run's branches gone {fmt(gone[side])} later"])
+    table.append(["Ctrl-C under -n 2: during a cold server start", fmt(medians["cold start"]),
+                  f"{ratios['cold start']:.2f}x xdist alone; no server, PostgreSQL or cluster left"])
     return table
 
 

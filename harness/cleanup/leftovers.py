@@ -18,7 +18,9 @@
   so per venv) beyond the `KEEP_INITDB` used last.
 
 `remove_all(home)` is `cathouse-branch gc --all`: the home itself and every directory of
-ours in the shared places, for a user who is done with the harness on this machine.
+ours in the shared places, for a user who is done with the harness on this machine. The
+caches that other homes' running servers share (`local.compute.lease.hold_caches`) stay
+while one runs, unless asked to stop those servers first (`--stop-others`).
 
 It never touches a marker of a branch that may still exist (a watchdog may still be
 deleting it), a cluster a live process holds, or anything that is not ours.
@@ -263,12 +265,14 @@ def _bound_initdb(owners: frozenset[int]) -> list[str]:
 # --------------------------------------------------------------------- gc --all
 
 
-def remove_all(home: Path, *, project_root: Path, dry_run: bool = False) -> list[str]:
+def remove_all(home: Path, *, project_root: Path, dry_run: bool = False,
+               stop_others: bool = False) -> list[str]:
     """Everything the harness made on this machine: the local servers of `home` stopped,
     the clusters and instances no server uses (as root, with the per-home OS users that
     ran those instances), the caches in our shared directories, and `home` itself; one
     line per removal (`dry_run`: per removal it would make). What another running server
-    (another home's) still uses stays, and is named. Never the shared `cathouse-pg`."""
+    (another home's) still uses stays, and is named, unless `stop_others` stops those
+    servers first. Never the shared `cathouse-pg`."""
     from cathouse_harness.local.launch import stop_local_server
     from cathouse_harness.local.pg_binaries import PG_SYSTEM_USER, resolve_os_user
 
@@ -280,13 +284,15 @@ def remove_all(home: Path, *, project_root: Path, dry_run: bool = False) -> list
     user = resolve_os_user()
     owners = frozenset({os.geteuid(), user.uid})
     bases = _bases()
-    in_use = False
+    if stop_others and not dry_run:
+        done += _stop_others(bases)
+    users: list[str] = []
     for base in bases:
         lines, used = _remove_clusters(base, owners, verb, dry_run=dry_run)
         done += lines
-        in_use = in_use or used
+        users += used
     for base in bases:
-        done += _remove_caches(base, owners, verb, dry_run=dry_run, in_use=in_use)
+        done += _remove_caches(base, owners, verb, dry_run=dry_run, users=users)
     done += _remove_home(home, project_root, verb, dry_run=dry_run)
     if user.switch and user.name == PG_SYSTEM_USER:
         done.append(f"kept the system user {PG_SYSTEM_USER} (made to run PostgreSQL as root): "
@@ -295,16 +301,19 @@ def remove_all(home: Path, *, project_root: Path, dry_run: bool = False) -> list
 
 
 def _remove_clusters(base: Path, owners: frozenset[int], verb: str, *,
-                     dry_run: bool) -> tuple[list[str], bool]:
-    """The clusters in our directory `base` that no server uses; whether one is in use."""
+                     dry_run: bool) -> tuple[list[str], list[str]]:
+    """The clusters in our directory `base` that no server uses; who uses the others
+    (their homes, and the homes whose servers hold `base`'s caches)."""
+    from cathouse_harness.local.compute.lease import cache_users
+
     done: list[str] = []
-    in_use = False
+    users = [str(user) for user in cache_users(base)]
     for entry in _real_dirs(base):
         if not (entry / "lease").exists():
             continue
         lease = _unused(entry)
         if lease is None:
-            in_use = True
+            users.append(str(_home_of(entry) or entry))
             done.append(f"kept {entry}: a running local server uses it")
             continue
         try:
@@ -317,21 +326,48 @@ def _remove_clusters(base: Path, owners: frozenset[int], verb: str, *,
                 done += _forget_user(home, user, dry_run=dry_run)
         finally:
             os.close(lease)
-    return done, in_use
+    return done, users
 
 
 def _remove_caches(base: Path, owners: frozenset[int], verb: str, *, dry_run: bool,
-                   in_use: bool) -> list[str]:
-    """The rest of `base`: initdb results, and unless a cluster still runs (on their
-    binaries, with their sockets) the PostgreSQL copies and socket directories."""
-    done = []
-    for entry in _real_dirs(base):
-        if (entry / "lease").exists() or (in_use and not _INITDB.fullmatch(entry.name)):
-            continue
-        done.append(_remove(entry, owners, verb, dry_run=dry_run))
-    if not dry_run and not in_use:
+                   users: list[str]) -> list[str]:
+    """The rest of `base`: initdb results, PostgreSQL copies, socket directories. While
+    any server runs (`users`: the homes of those that do) they all stay: a running
+    cluster's binaries and sockets, the initdb result a starting one copies."""
+    caches = [entry for entry in _real_dirs(base) if not (entry / "lease").exists()]
+    if users:
+        if not caches:
+            return []
+        homes = sorted(set(users))
+        who = (f"the running local server of {homes[0]} uses" if len(homes) == 1
+               else f"the running local servers of {', '.join(homes)} use")
+        names = ", ".join(sorted(entry.name for entry in caches))
+        return [f"kept {base} ({names}): {who} it; `cathouse-branch gc --stop-others` stops "
+                "them first"]
+    done = [_remove(entry, owners, verb, dry_run=dry_run) for entry in caches]
+    if not dry_run:
         with contextlib.suppress(OSError):
             base.rmdir()
+    return done
+
+
+def _stop_others(bases: list[Path]) -> list[str]:
+    """Stop the local servers of other homes that use our shared directories (their
+    clusters or instances there, or the caches), so that nothing of ours stays."""
+    from cathouse_harness.errors import LocalServerError
+    from cathouse_harness.local.compute.lease import cache_users
+    from cathouse_harness.local.launch import stop_local_server
+
+    homes = {home for base in bases for home in cache_users(base)}
+    homes |= {home for base in bases for entry in _real_dirs(base)
+              if (home := _home_of(entry)) is not None and (entry / "lease").exists()}
+    done = []
+    for home in sorted(homes):
+        try:
+            if home.is_dir() and stop_local_server(home):
+                done.append(f"stopped the local server of {home}")
+        except LocalServerError as exc:
+            done.append(f"could not stop the local server of {home}: {exc}")
     return done
 
 

@@ -39,6 +39,9 @@ def sweep_run(settings: Settings, run_id: str, *, all_finished: bool = False) ->
     if all_finished and not owned_markers(directory):
         remove_run_dir(directory)
         return []
+    if _gone_with_its_server(settings):
+        remove_run_dir(directory)
+        return []
     from cathouse_harness.branching.lifecycle import delete_run_branches
     from cathouse_harness.branching.names import run_prefix
     from cathouse_harness.neon.backend import connect_backend, open_client
@@ -63,3 +66,14 @@ def sweep_run(settings: Settings, run_id: str, *, all_finished: bool = False) ->
     return deleted
 
 
+
+
+def _gone_with_its_server(settings: Settings) -> bool:
+    """The embedded default's in-memory branches go with its server: with none running
+    (a Ctrl-C stopped the start, or it stopped), there is nothing to delete, and starting
+    one only to find that out would take seconds and leave a server behind."""
+    if settings.backend != "embedded" or settings.local_storage != "memory":
+        return False
+    from cathouse_harness.local.discovery import live_server, resolve_home
+
+    return live_server(resolve_home(settings.home), "memory") is None

@@ -176,7 +176,12 @@ def _add_branch_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "--all", action="store_true",
         help="also remove everything the harness made on this machine: its home (the embedded "
         "default's branches with it), in-memory clusters in /dev/shm, caches in /var/tmp; each is "
-        "named. A system user made as root stays (the command to remove it is printed)",
+        "named. A system user made as root stays (the command to remove it is printed). The "
+        "caches other homes' running servers use stay while they run, and are named",
+    )
+    gc.add_argument(
+        "--stop-others", action="store_true",
+        help="--all, after stopping the local servers of other homes that use those directories",
     )
 
 

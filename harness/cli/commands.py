@@ -267,6 +267,7 @@ def cmd_gc(ctx: Context) -> int:
     from cathouse_harness.branching import lifecycle as branches
     from cathouse_harness.cleanup import gc
 
+    ctx.args.all = ctx.args.all or ctx.args.stop_others
     if ctx.args.all and ctx.settings.backend == "embedded":
         return _gc_machine(ctx)  # its branches live in the home, which goes
 
@@ -303,7 +304,7 @@ def cmd_gc(ctx: Context) -> int:
         from cathouse_harness.cleanup.leftovers import remove_all
 
         cleaned += remove_all(ctx.settings.home, project_root=ctx.settings.project_root,
-                              dry_run=ctx.args.dry_run)
+                              dry_run=ctx.args.dry_run, stop_others=ctx.args.stop_others)
     verb = "would remove" if ctx.args.dry_run else "removed"
     rows = [{**_branch_row(b), "reason": why} for b, why in chosen]
     human = [f"{verb} {r['name']} ({r['id']}): {r['reason']}" for r in rows]
@@ -325,7 +326,7 @@ def _gc_machine(ctx: Context) -> int:
     with ctx.progress.step("remove what the harness made on this machine"
                            + (" (dry run)" if ctx.args.dry_run else "")):
         cleaned = remove_all(ctx.settings.home, project_root=ctx.settings.project_root,
-                             dry_run=ctx.args.dry_run)
+                             dry_run=ctx.args.dry_run, stop_others=ctx.args.stop_others)
     ctx.emit({"dry_run": ctx.args.dry_run, "cleaned": cleaned}, cleaned or ["nothing to remove"])
     return 0
 

@@ -8,11 +8,13 @@ from the serving code so that a test process that only needs a server never impo
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -33,6 +35,7 @@ from cathouse_harness.local.latency import ENV_VAR as LATENCY_ENV
 from cathouse_harness.local.latency import parse_latency
 from cathouse_harness.local.names import host_mode
 from cathouse_harness.support import env
+from cathouse_harness.support.interrupt import stoppable
 from cathouse_harness.support.locking import file_lock
 from cathouse_harness.support.polling import Backoff, wait_until
 
@@ -78,6 +81,18 @@ def _tail(path: Path, lines: int = 5) -> str:
 _DAEMONS: list[subprocess.Popen[bytes]] = []
 
 
+@atexit.register
+def _let_daemons_run_on() -> None:
+    """The daemons run on after this process by design (their idle timeout stops them).
+    Collected at its exit, Popen would still warn that each "is still running" (a
+    ResourceWarning in the output of a `-X dev` or `python -W error` run); they are no
+    children of ours to wait for any more."""
+    for process in _DAEMONS:
+        if process.poll() is None:
+            process.returncode = 0  # what Popen's collection reads: nothing to wait for
+    _DAEMONS.clear()
+
+
 def ensure_local_server(
     home: Path | None = None,
     *,
@@ -121,8 +136,11 @@ def ensure_local_server(
         # then; held here, it never is while we run.
         _DAEMONS.append(process)
         found: list[LocalServerInfo] = []
+        given_up = threading.Event()
 
         def answering() -> bool:
+            if given_up.is_set():
+                raise KeyboardInterrupt  # what stopped the session's other steps too
             if process.poll() is not None:
                 raise LocalServerError(
                     f"the local Neon server exited with code {process.returncode} while "
@@ -134,13 +152,40 @@ def ensure_local_server(
                 found.extend(filter(None, [live_server(home, storage)]))
             return bool(found)
 
-        if wait_until(answering, timeout=START_TIMEOUT, backoff=_POLL):
-            return found[0]
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
+        # Ctrl-C reaches the main thread only; a session starting the server in a thread
+        # of its own (the xdist controller's broker) is told through `stop_all`
+        with stoppable(given_up.set):
+            try:
+                if wait_until(answering, timeout=START_TIMEOUT, backoff=_POLL):
+                    return found[0]
+            except BaseException:
+                _abandon(process)
+                raise
+        _abandon(process)
         raise LocalServerError(
             f"the local Neon server did not answer within {START_TIMEOUT:.0f} s; see {logfile}"
         )
+
+
+# how long an abandoned start may take to undo itself (finish its current step, stop the
+# PostgreSQL it started, remove its in-memory files) before its starter stops waiting
+ABANDON_WAIT = 10.0
+
+
+def _abandon(process: subprocess.Popen[bytes]) -> None:
+    """Nobody waits for this daemon's start any more (Ctrl-C, a timeout, a failure): stop
+    it rather than leave a server, its PostgreSQL and its in-memory cluster running for
+    `idle_timeout`. Its SIGTERM handler ends the start after the step it is in and
+    removes what the start made (server.py); waiting for that is what makes the run's
+    end mean nothing is left. A daemon that outlasts ABANDON_WAIT finishes on its own."""
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        process.wait(ABANDON_WAIT)
+    except subprocess.TimeoutExpired:
+        return
+    with contextlib.suppress(ValueError):
+        _DAEMONS.remove(process)  # reaped: nothing left to warn about
 
 
 def _check_binaries(home: Path, storage: str, postgres_bin: str | None) -> None:

@@ -78,6 +78,17 @@ def memory_candidates(home: Path) -> list[Path]:
     return candidates
 
 
+def shared_dirs_of(home: Path) -> list[Path]:
+    """What `home`'s servers have in the shared places now (clusters, instances: each
+    named after the home's hash), whichever plane and storage made them."""
+    tag = short_hash(str(home.expanduser().resolve()))
+    parents = [SHM_DIR / f"{PREFIX}{os.geteuid()}", VAR_TMP_DIR / f"{PREFIX}{os.geteuid()}"]
+    runtime = env.read("XDG_RUNTIME_DIR")
+    if runtime:
+        parents.append(Path(runtime) / "cathouse-harness")
+    return [entry for parent in parents if parent.is_dir() for entry in sorted(parent.glob(f"{tag}*"))]
+
+
 def socket_fallback(root: Path) -> Path:
     """A short socket directory for a cluster whose own path is too long for one."""
     return VAR_TMP_DIR / f"{PREFIX}{os.geteuid()}" / f"sock-{short_hash(str(root))}"

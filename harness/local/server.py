@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -55,6 +56,7 @@ from cathouse_harness.local.launch import (  # noqa: F401  (re-exported: callers
 )
 from cathouse_harness.local.state import load_or_create_api_key
 from cathouse_harness.support import env
+from cathouse_harness.support.interrupt import stop_all
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.polling import Backoff, wait_until_async
 from cathouse_harness.support.redact import Secret
@@ -105,15 +107,42 @@ def _server_class() -> type[uvicorn.Server]:
 
 @dataclass
 class ServerHandle:
-    """A server being run by `serve`; `stop()` asks it to shut down (from any thread)."""
+    """A server being run by `serve`; `stop()` asks it to shut down (from any thread),
+    while it starts too: the start ends after the step it is in, and what it made goes."""
 
     server: uvicorn.Server | None = None
     info: LocalServerInfo | None = None
     neon: LocalNeon | None = None
+    starting: asyncio.Task[None] | None = None
+    stopping: bool = False
+    stop_asked: float | None = None  # monotonic
+    # the loop's executor when `run_server` set it: how a start is stopped between steps
+    executor: _SteppingExecutor | None = None
 
     def stop(self) -> None:
+        self.stopping = True
+        self.stop_asked = self.stop_asked or time.monotonic()
         if self.server is not None:
             self.server.should_exit = True
+        elif self.starting is not None:
+            # a client gave up on this start (launch.py's `_abandon`): ~1-9 s of initdb,
+            # PostgreSQL's start and the root branch are not waited out
+            self.starting.get_loop().call_soon_threadsafe(self._end_start)
+
+    def _end_start(self) -> None:
+        """On the loop. A step in a thread (`asyncio.to_thread`: initdb, a PostgreSQL's
+        start) cannot be cancelled, and cancelling the coroutine that awaits it, or will
+        resume with its result, would drop what it returns (the instances' directory, a
+        lease) where the stop looks for it: the start ends when it asks for its next step
+        instead (the last one ends it anyway, and the server then stops unpublished).
+        What the step runs that may be killed (initdb) is killed."""
+        if self.starting is None or self.starting.done():
+            return
+        if self.executor is None:  # `serve` run by other code than `run_server`
+            self.starting.cancel()
+            return
+        self.executor.refusing = True
+        stop_all(wait=0)
 
     def stop_for_restart(self) -> None:
         """Stop, keeping an in-memory cluster (which a stop removes) for the next start."""
@@ -199,11 +228,26 @@ async def serve(
         log.info("latency profile %s: %s", neon.latency.name or "custom", neon.latency.to_spec())
     handle.neon = neon
     try:
-        await neon.start()
+        if handle.stopping:
+            raise asyncio.CancelledError
+        handle.starting = asyncio.ensure_future(neon.start())
+        try:
+            await handle.starting
+        finally:
+            if handle.executor is not None:
+                handle.executor.refusing = False  # the stop's own steps run in it
     except BaseException:
         sock.close()
+        # a step still in a thread (a start cancelled from outside, or failed while
+        # another ran) must have made what it makes before the stop looks for it
+        if handle.executor is not None:
+            await handle.executor.settled()
         with contextlib.suppress(Exception):
             await neon.stop(stop_postgres=stop_postgres)
+        if handle.stopping:  # cancelled, or a step failed because it was stopped
+            log.info("stopped while starting, %.2f s after it was asked; what the start made "
+                     "is removed", time.monotonic() - (handle.stop_asked or time.monotonic()))
+            return
         raise
     try:
         await _serve_api(neon, api_key, injector, sock, host, home, handle, ready, idle_timeout)
@@ -237,6 +281,7 @@ async def _serve_api(
     )
     server = _server_class()(config)
     handle.server = server
+    server.should_exit = handle.stopping  # asked between the start's end and now
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     await wait_until_async(
         lambda: server.started or serving.done(), timeout=None, backoff=_STARTED_POLL
@@ -255,7 +300,7 @@ async def _serve_api(
         home=home,
     )
     handle.info = info
-    if ready is not None:
+    if ready is not None and not handle.stopping:  # a stopped start is never published
         ready(info)
     while not serving.done():
         await asyncio.wait({serving}, timeout=0.25)
@@ -299,6 +344,8 @@ def run_server(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        handle.executor = _SteppingExecutor(thread_name_prefix="cathouse-server")
+        loop.set_default_executor(handle.executor)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, handle.stop)
@@ -317,7 +364,39 @@ def run_server(
             role=role,
         )
 
-    _run_loop(main)
+    from cathouse_harness.local.compute import lease
+
+    # from before its start (which copies the initdb cache) to its last stop; as root,
+    # PostgreSQL runs as another user (`pg_binaries.resolve_os_user`), whatever the plane
+    caches = lease.hold_caches(home, switch=os.geteuid() == 0)
+    try:
+        _run_loop(main)
+    finally:
+        lease.release(caches)
+
+
+class _SteppingExecutor(ThreadPoolExecutor):
+    """The loop's executor (`asyncio.to_thread`). It keeps the work not done yet, and
+    while `refusing` (a start being stopped) a new step ends the coroutine that asks for
+    it, as a cancellation at that point would."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pending: set[Future[Any]] = set()
+        self.refusing = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self.refusing:
+            raise asyncio.CancelledError
+        future = super().submit(fn, *args, **kwargs)
+        self.pending.add(future)
+        future.add_done_callback(self.pending.discard)
+        return future
+
+    async def settled(self) -> None:
+        """Until the work submitted so far has finished."""
+        if self.pending:
+            await asyncio.wait([asyncio.wrap_future(future) for future in list(self.pending)])
 
 
 def _clean_leftovers(home: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from cathouse_harness.cleanup.leftovers import KEEP_INITDB, clean_leftovers
 from cathouse_harness.local import locations, pg_binaries
+from cathouse_harness.local.compute import lease
 
 from tests.cli._support import cli
 from tests.plugin._support import copy_example
@@ -92,11 +93,43 @@ def test_gc_all_removes_what_the_harness_made_and_names_it(
     lines = out.splitlines()
     assert f"removed {home} (the harness home)" in lines and not home.exists()
     assert f"removed {cluster}" in lines and not cluster.exists()
-    assert f"removed {initdb}" in lines and not initdb.exists()
-    # another home's server still runs on its cluster, and so on the binaries it may use
+    # another home's server still runs on its cluster, and so on the caches it may use
     assert f"kept {in_use}: a running local server uses it" in lines and in_use.exists()
-    assert binaries.exists()
+    other = tmp_path / "other-home"
+    assert (f"kept {shared['var-tmp']} (initdb-abcdef123456, pginstall-17.5): the running local "
+            f"server of {other} uses it; `cathouse-branch gc --stop-others` stops them first") in lines
+    assert initdb.exists() and binaries.exists()
     assert project.exists() and (project / "pyproject.toml").exists()
+
+
+def test_gc_all_leaves_the_caches_while_another_homes_server_holds_them(
+    shared: dict[str, Path], home: Path, tmp_path: Path
+) -> None:
+    """A server whose clusters are not in the shared places (a disk cluster in its home)
+    uses the caches too: its hold (`lease.hold_caches`, taken by every server) keeps them."""
+    project = copy_example(tmp_path / "project")
+    caches = [shared["var-tmp"] / name for name in ("initdb-abcdef123456", "pginstall-17.5", "sock-0a1b2c")]
+    for cache in caches:
+        cache.mkdir()
+    other = tmp_path / "other-home"
+    held = lease.hold_caches(other, switch=False)
+    assert held is not None
+    try:
+        assert lease.cache_users(shared["var-tmp"]) == [other]
+        code, out, err = cli("gc", "--all", cwd=project)
+        assert code == 0, err
+        kept = [line for line in out.splitlines() if line.startswith(f"kept {shared['var-tmp']} ")]
+        assert kept == [f"kept {shared['var-tmp']} (initdb-abcdef123456, pginstall-17.5, servers, "
+                        f"sock-0a1b2c): the running local server of {other} uses it; "
+                        "`cathouse-branch gc --stop-others` stops them first"]
+        assert all(cache.exists() for cache in caches) and not home.exists()
+    finally:
+        lease.release(held)
+    # that server stopped: nothing of ours is left
+    code, out, err = cli("gc", "--all", cwd=project)
+    assert code == 0, err
+    assert not any(cache.exists() for cache in caches)
+    assert not shared["var-tmp"].exists() and lease.cache_users(shared["var-tmp"]) == []
 
 
 def test_gc_all_keeps_a_home_it_did_not_make(
@@ -146,3 +179,81 @@ def test_root_is_told_once_about_the_system_user_it_gets(
     assert user == again and len(created) == 1 and "--system" in created[0]
     said = [r.getMessage() for r in caplog.records if pg_binaries.PG_SYSTEM_USER in r.getMessage()]
     assert said == [pg_binaries.CREATED_USER] and f"userdel {pg_binaries.PG_SYSTEM_USER}" in said[0]
+
+
+def test_a_running_server_holds_its_users_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `gc --all` reads, as a real server holds it (in this machine's /var/tmp
+    directory of ours, only read here): from its start to its stop."""
+    from cathouse_harness.local.launch import ensure_local_server, stop_local_server
+
+    from tests.plugin._support import home_of_its_own
+
+    with home_of_its_own(tmp_path, monkeypatch, CATHOUSE_LOCAL_COMPUTE="instance") as home:
+        ensure_local_server(home)
+        base = locations.VAR_TMP_DIR / f"{locations.PREFIX}{os.geteuid()}"
+        assert home.resolve() in lease.cache_users(base)
+        stop_local_server(home)
+        assert home.resolve() not in lease.cache_users(base)
+
+
+def test_gc_stop_others_stops_another_homes_server_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, home: Path
+) -> None:
+    """A real server of another home, on stand-ins for /dev/shm and /var/tmp that its
+    PostgreSQL's user can pass through (tmp_path's parents are closed to it)."""
+    import shutil
+    import sys
+    import tempfile
+
+    from cathouse_harness.local.discovery import live_server
+
+    root = Path(tempfile.mkdtemp(prefix="cg", dir="/tmp"))  # short: sockets live below it
+    try:
+        root.chmod(0o755)
+        stand_ins = {}
+        for attribute in ("SHM_DIR", "VAR_TMP_DIR"):
+            stand_ins[attribute] = root / attribute[0].lower()
+            stand_ins[attribute].mkdir()
+            stand_ins[attribute].chmod(0o1777)
+            monkeypatch.setattr(locations, attribute, stand_ins[attribute])
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        other = tmp_path / "other-home"
+        other.mkdir(mode=0o700)
+        serve = (
+            "import sys\nfrom pathlib import Path\nfrom cathouse_harness.local import locations\n"
+            f"locations.SHM_DIR = Path({str(stand_ins['SHM_DIR'])!r})\n"
+            f"locations.VAR_TMP_DIR = Path({str(stand_ins['VAR_TMP_DIR'])!r})\n"
+            "from cathouse_harness.local.server import main\n"
+            f"sys.exit(main(['--home', {str(other)!r}, '--daemon', '--idle-timeout', '300']))\n"
+        )
+        logged = tmp_path / "server.log"
+        with logged.open("wb") as log:
+            server = subprocess.Popen([sys.executable, "-c", serve], stdout=log, stderr=log,
+                                      start_new_session=True,
+                                      env={**os.environ, "CATHOUSE_LOCAL_COMPUTE": "instance"})
+        try:
+            deadline = time.monotonic() + 120
+            while live_server(other, "memory") is None:
+                assert server.poll() is None and time.monotonic() < deadline, logged.read_text()
+                time.sleep(0.05)
+            mine = stand_ins["VAR_TMP_DIR"] / f"{locations.PREFIX}{os.geteuid()}"
+            assert lease.cache_users(mine) == [other]
+            project = copy_example(tmp_path / "project")
+
+            code, out, err = cli("gc", "--all", cwd=project)
+            assert code == 0, err
+            assert any(line.startswith(f"kept {mine} (") and str(other) in line for line in out.splitlines())
+            assert live_server(other, "memory") is not None
+
+            code, out, err = cli("gc", "--stop-others", cwd=project)
+            assert code == 0, err
+            assert f"stopped the local server of {other}" in out.splitlines()
+            assert server.wait(30) == 0
+            left = [p for stand_in in stand_ins.values() for p in stand_in.rglob("*")]
+            assert left == [], out
+        finally:
+            if server.poll() is None:
+                server.terminate()
+                server.wait(30)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -45,9 +45,11 @@ def test_first_tests_pass_as_written_with_warnings_as_errors(
 ) -> None:
     _without_asyncio_settings(project)
     (project.path / "tests" / "test_first.py").write_text(FIRST_TESTS)
-    with home_of_its_own(tmp_path, monkeypatch):
+    # every ResourceWarning shown, those after pytest's end too (its -W does not reach them)
+    with home_of_its_own(tmp_path, monkeypatch, PYTHONWARNINGS="always::ResourceWarning"):
         result = run(project, "first-tests", "-W", "error", "tests/test_first.py")
     assert result.ret == 0, result.stdout.str()
+    assert "ResourceWarning" not in result.stdout.str() + result.stderr.str(), result.stderr.str()
     result.assert_outcomes(passed=2)
     # pytest-asyncio's own header line says which mode it runs in
     assert "mode=auto" in result.stdout.str() or "mode=Mode.AUTO" in result.stdout.str()

@@ -73,3 +73,18 @@ def test_a_clean_run_keeps_only_the_deletes_its_watchdog_still_confirms(tmp_path
     assert [p.name for p in confirming.iterdir()] == [f"{DELETING}br-being-deleted"]
     assert not done.exists()
     assert running_server(settings.home) is None
+
+
+def test_an_interrupted_run_without_a_server_starts_none_to_sweep(tmp_path: Path, monkeypatch) -> None:
+    """The embedded default's in-memory branches go with its server (here: a Ctrl-C
+    stopped its start). Starting one only to find none took seconds and left it running."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("CATHOUSE_HARNESS_HOME", str(home))
+    settings = load_settings(copy_example(tmp_path / "project"))
+    directory = marker_dir(settings, "gone1", "gw0")
+    directory.mkdir(parents=True)
+    (directory / "br-gone-with-its-server").write_text(json.dumps({"project_id": "p"}))
+
+    assert sweep_run(settings, "gone1", all_finished=False) == []
+    assert running_server(home) is None
+    assert not (settings.home / "runs" / "gone1").exists()

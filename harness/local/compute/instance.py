@@ -11,6 +11,7 @@ milliseconds' pace, where `pg_ctl -w` looks only every 100 ms.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from cathouse_harness.local.compute.layout import SOCKET_PORT, InstancePaths, ow
 from cathouse_harness.local.pg_binaries import OsUser, minimal_env
 from cathouse_harness.local.pg_choice import PgInstall
 from cathouse_harness.local.pg_layout import SUPERUSER
+from cathouse_harness.support.interrupt import stoppable
 from cathouse_harness.support.polling import Backoff, wait_until
 from cathouse_harness.support.processes import pid_alive
 from cathouse_harness.support.redact import Secret
@@ -57,19 +59,41 @@ class Instance:
 
 
 def run_as(
-    user: OsUser, args: Sequence[str], *, cwd: Path, timeout: float = 120
+    user: OsUser, args: Sequence[str], *, cwd: Path, timeout: float = 120, interruptible: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command as the instances' user, with an environment of its own."""
+    """Run a command as the instances' user, with an environment of its own.
+    `interruptible`: `support.interrupt.stop_all` kills it (and what it started), for a
+    command that leaves nothing running and nothing the caller keeps half-made (initdb:
+    a server's stopped start does not wait out its second or more)."""
     try:
-        return subprocess.run(  # type: ignore[call-overload, no-any-return]
-            list(args), capture_output=True, text=True, check=False, timeout=timeout,
-            cwd=str(cwd), env=minimal_env(cwd), start_new_session=True, **user.popen_kwargs(),
-        )
+        if not interruptible:
+            return subprocess.run(  # type: ignore[call-overload, no-any-return]
+                list(args), capture_output=True, text=True, check=False, timeout=timeout,
+                cwd=str(cwd), env=minimal_env(cwd), start_new_session=True, **user.popen_kwargs(),
+            )
+        with subprocess.Popen(  # type: ignore[call-overload]
+            list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(cwd),
+            env=minimal_env(cwd), start_new_session=True, **user.popen_kwargs(),
+        ) as process, stoppable(functools.partial(_kill_group, process)):
+            try:
+                out, err = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                process.communicate()
+                raise
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
     except PermissionError as exc:
         raise LocalServerError(
             f"{user.name} cannot run {args[0]} ({exc.strerror})",
             hint="every directory above it must be searchable by that user",
         ) from None
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    """The command and its children (its own session), unless it has ended already."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def failure(what: str, result: subprocess.CompletedProcess[str] | None, log_file: Path) -> LocalServerError:

@@ -125,8 +125,11 @@ def ensure_template(compute: ComputeHome, install: PgInstall) -> Template:
         pwfile = folder / "pwfile"
         write_private(pwfile, password + "\n", owner=_owner(compute))
         try:
+            # interruptible: a stopped server start removes the half-made template's base
+            # (in memory), or the next start makes it again (no secret file yet)
             result = run_as(compute.user, [str(install.bin_dir / "initdb"), "-D", str(folder / "data"),
-                                           f"--pwfile={pwfile}", *INITDB_ARGS], cwd=folder)
+                                           f"--pwfile={pwfile}", *INITDB_ARGS], cwd=folder,
+                            interruptible=True)
         finally:
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
