@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 from cathouse_harness.local.compute.copying import copy_tree
@@ -46,9 +47,26 @@ def _discard_stale(compute: ComputeHome, parent: Instance, keep: str) -> None:
             remove_tree(entry, owners=_owners(compute))
 
 
+# parent instance -> held while spares of it are made (forks arriving together, as xdist
+# workers' do, each ask for a refill: one makes them, the others leave)
+_MAKING: dict[str, threading.Lock] = {}
+_MAKING_LOCK = threading.Lock()
+
+
 def prepare(parent: Instance, compute: ComputeHome, count: int) -> int:
     """Make spares of the stopped `parent` until `count` are ready (none while it runs);
-    the number ready."""
+    the number ready, or 0 when another thread is making them."""
+    with _MAKING_LOCK:
+        making = _MAKING.setdefault(str(parent.paths.data), threading.Lock())
+    if not making.acquire(blocking=False):
+        return 0
+    try:
+        return _prepare(parent, compute, count)
+    finally:
+        making.release()
+
+
+def _prepare(parent: Instance, compute: ComputeHome, count: int) -> int:
     state = digest(parent)
     if state is None or running_pid(parent) is not None:
         return 0
@@ -57,7 +75,7 @@ def prepare(parent: Instance, compute: ComputeHome, count: int) -> int:
     folder = _folder(compute)
     ready = [entry for entry in folder.iterdir() if entry.name.startswith(prefix)]
     for number in range(count - len(ready)):
-        staging = folder / f".staging.{parent.name}.{os.getpid()}.{number}"
+        staging = folder / f".staging.{parent.name}.{os.getpid()}.{number}.{os.urandom(4).hex()}"
         copy_tree(parent.paths.data, staging, owner=parent.owner)
         if running_pid(parent) is not None or digest(parent) != state:
             remove_tree(staging, owners=_owners(compute))  # the parent ran meanwhile
