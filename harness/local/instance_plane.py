@@ -3,9 +3,9 @@
 It answers the control plane's calls (`cathouse_harness.local.core.DataPlaneLike`) with
 `cathouse_harness.local.compute`: the root branch's first database makes the root
 instance, a branch's first copy forks its parent's instance (a spare, or a stopped copy,
-when the parent is suspended; through the backup functions when it runs), a deleted
-branch's instance is removed, and endpoints are the byte relay's listeners
-(`cathouse_harness.local.relay`). The control plane still speaks in physical database
+when the parent is suspended or no client uses it; through the backup functions when
+one does), a deleted branch's instance is removed, and endpoints are the byte relay's
+listeners (`cathouse_harness.local.relay`). The control plane still speaks in physical database
 names; a branch's databases keep their real names inside its instance, and this module
 maps the one to the other.
 

@@ -144,12 +144,12 @@ class Bases:
 
     async def _keep(self, name: str, base: Base) -> None:
         """`base` is instance `name`'s now (unless it was removed meanwhile)."""
+        if not (self._instance(name).paths.data / "PG_VERSION").exists():
+            await self._release(base.name)
+            return
         old = self._bases.get(name)
-        if (self._instance(name).paths.data / "PG_VERSION").exists():
-            self._bases[name] = base
-        else:
-            old = base
-        if old is not None and old.name != base.name or old is base:
+        self._bases[name] = base
+        if old is not None and old.name != base.name:
             await self._release(old.name)
 
     async def _release(self, copy: str) -> None:
