@@ -338,6 +338,8 @@ def test_forks_of_a_branch_nobody_uses_share_one_base_and_keep_their_history(pla
     finally:
         for made_id in [*kids, parent]:
             delete_branch(client, project, made_id)
+    # the shared copy goes once neither a branch nor its parent's stopped state needs it
+    assert wait_until(lambda: not _bases(plane.home) - before, timeout=30, backoff=Backoff(0.05))
 
 
 def test_a_fork_suspends_a_branch_its_clients_left(plane: Plane) -> None:
