@@ -528,9 +528,12 @@ class InstanceDataPlane:
         assert compute is not None and install is not None
         source = self._placed(template) if template is not None else None
         if source is not None:
-            await self._copy_as_of(source[0], target, moment)
+            await self._copy_as_of(source[0], target, moment, based=not schema_only)
             if schema_only:  # every object of the parent, none of its rows (`standby`)
                 await asyncio.to_thread(empty_databases, self._instance(target))
+                # its history starts without them: a base of the parent's rows would let
+                # a moment before the truncations show them
+                self._based().take_later(target)
             await self._sync(branch, self._instance(target))
         else:
             password = branch.roles[owner].password
@@ -832,8 +835,10 @@ class InstanceDataPlane:
             raise LocalServerError("the data plane is not started")
         return self._bases
 
-    async def _copy_as_of(self, source: str, target: str, moment: Moment | None) -> None:
-        """Instance `target`: a fork of `source` now, or its replay to `moment`."""
+    async def _copy_as_of(self, source: str, target: str, moment: Moment | None, *,
+                          based: bool = True) -> None:
+        """Instance `target`: a fork of `source` now, or its replay to `moment`; with its
+        base when `based` (else the caller takes it)."""
         stopped = None
         if moment is None:
             stopped = await self._fork(source, target)
@@ -842,6 +847,8 @@ class InstanceDataPlane:
             async with self._lock(source):
                 await asyncio.to_thread(self._based().replay, parent, target, moment, True)
             self._last_used[target] = time.monotonic()
+        if not based:
+            return
         if stopped is not None:  # it started from a copy of the stopped parent: so does its base
             self._based().share(target, *stopped)
         else:
