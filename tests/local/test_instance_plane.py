@@ -368,3 +368,16 @@ def test_a_fork_suspends_a_branch_its_clients_left(plane: Plane) -> None:
         for made_id in [kid, parent]:
             if made_id is not None:
                 delete_branch(client, project, made_id)
+
+
+def test_the_schema_of_a_suspended_branch_is_read_after_a_resume(plane: Plane) -> None:
+    """The schema routes read the instance's socket directly (pg_dump): a suspended
+    instance is started for them, as for a login."""
+    with psycopg.connect(plane.child, autocommit=True) as session:
+        session.execute("CREATE TABLE IF NOT EXISTS read_while_suspended (v int)")
+        postmaster = _postmaster_of(session)
+    assert wait_until(lambda: not pid_alive(postmaster), timeout=60, backoff=Backoff(0.05))
+    answer = plane.client.get(f"/projects/{plane.project}/branches/{plane.child_id}/schema",
+                              params={"db_name": "cathouse"})
+    assert answer.status_code == 200, answer.text
+    assert "read_while_suspended" in answer.json()["sql"]
