@@ -30,8 +30,9 @@ hold on a noisy machine. Sections:
 - at Neon's latencies: `neon_profile.measure` (cold, warm, -n 1/-n 4, naive) with the
   local server under `CATHOUSE_LOCAL_LATENCY=neon`;
 - a PostgreSQL per branch: `instance_plane.measure` (`CATHOUSE_LOCAL_COMPUTE=instance`):
-  warm session against the shared plane's, per-worker fork and fork → first query
-  against the pg_ctl floor, the first and next pooled query (PgBouncer per instance).
+  warm session, per-worker fork and fork → first query against the pg_ctl floor, the
+  first and next pooled query (PgBouncer per instance), one idle instance's memory and
+  20 live branches' (5 with --quick), a fork while they run.
 
 The package's and the example's bytecode is written first (see `compile_bytecode`), as
 an installed package has it, even where PYTHONDONTWRITEBYTECODE is set.
@@ -555,7 +556,8 @@ def main() -> int:
         print("at Neon's latencies (CATHOUSE_LOCAL_LATENCY=neon) …", file=sys.stderr)
         r["neon_profile"] = neon_profile.measure("neon", 1 if quick else 2)
         print("a PostgreSQL per branch (CATHOUSE_LOCAL_COMPUTE=instance) …", file=sys.stderr)
-        r["instance_plane"] = instance_plane.measure(root, 3 if quick else 7, 5 if quick else 9)
+        r["instance_plane"] = instance_plane.measure(root, 3 if quick else 7, 5 if quick else 9,
+                                                    5 if quick else 20)
     finally:
         for home in homes:
             stop_home(home)
@@ -578,7 +580,7 @@ def main() -> int:
         "early_branch_vs_fixture": r["early_branch"]["ratios"]["early_vs_fixture"],
         "early_branch_noise_floor": r["early_branch"]["ratios"]["noise_floor"],
         "instance_fork_vs_floor": r["instance_plane"]["fork_vs_floor"],
-        "instance_warm_vs_shared": r["instance_plane"]["warm_instance_vs_shared"],
+        "instance_fork_to_ready_vs_floor": r["instance_plane"]["fork_to_ready_vs_floor"],
     }
     r["seconds"] = time.perf_counter() - began
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -299,6 +299,10 @@ class DataPlane:
             return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
         raise LocalServerError("the data plane is not started")
 
+    async def admin_url(self, database: str) -> str:
+        """`admin_dsn`: this plane's one server runs whenever the plane does."""
+        return self.admin_dsn(database)
+
     def _admin(self) -> asyncpg.Pool:
         if self._pool is None:
             raise LocalServerError("the data plane is not started")

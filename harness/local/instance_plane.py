@@ -3,9 +3,9 @@
 It answers the control plane's calls (`cathouse_harness.local.core.DataPlaneLike`) with
 `cathouse_harness.local.compute`: the root branch's first database makes the root
 instance, a branch's first copy forks its parent's instance (a spare, or a stopped copy,
-when the parent is suspended; through the backup functions when it runs), a deleted
-branch's instance is removed, and endpoints are the byte relay's listeners
-(`cathouse_harness.local.relay`). The control plane still speaks in physical database
+when the parent is suspended or no client uses it; through the backup functions when
+one does), a deleted branch's instance is removed, and endpoints are the byte relay's
+listeners (`cathouse_harness.local.relay`). The control plane still speaks in physical database
 names; a branch's databases keep their real names inside its instance, and this module
 maps the one to the other.
 
@@ -58,7 +58,7 @@ from cathouse_harness.local.compute.instance import Instance, admin_session, rem
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
 from cathouse_harness.local.compute.moments.bases import Bases
 from cathouse_harness.local.compute.moments.pitr import PREFIX as BASE_PREFIX
-from cathouse_harness.local.compute.moments.pitr import Moment, moment_of
+from cathouse_harness.local.compute.moments.pitr import Moment, lsn_value, moment_of
 from cathouse_harness.local.compute.moments.reads import Reads, lsn_of
 from cathouse_harness.local.compute.moments.replicas import PREFIX as REPLICA_PREFIX
 from cathouse_harness.local.compute.moments.replicas import Replicas
@@ -131,12 +131,14 @@ _NOT_BRANCH_DATABASES = frozenset({"postgres", "template0", "template1"})
 
 
 def _apply(instance: Instance, passwords: Mapping[str, str], gone: list[str],
-           databases: list[tuple[str, str, str, bool]]) -> tuple[dict[str, str], list[str]]:
+           databases: list[tuple[str, str, str, bool]]) -> tuple[dict[str, str], list[str], set[str]]:
     """Bring the instance in line with its branch's record: roles with changed
     passwords (made when missing), roles the record dropped, databases (old name, name,
     owner, whether the instance had it before) renamed or made, and their owners. A
     database the instance had and a session dropped stays dropped. Returns the
-    instance's branch databases (name -> owner) and the record's names it dropped."""
+    instance's branch databases (name -> owner), the record's names it dropped, and
+    its roles as the API lists them (one admin session for all: a fork's sync is on
+    the way of every create)."""
     with admin_session(instance) as session:
         roles = {name for (name,) in session.execute("SELECT rolname FROM pg_roles")}
         for name, password in passwords.items():
@@ -170,16 +172,12 @@ def _apply(instance: Instance, passwords: Mapping[str, str], gone: list[str],
             if owners[new] != owner:
                 session.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                     sql.Identifier(new), sql.Identifier(owner)))
-    return {k: v for k, v in owners.items() if k not in _NOT_BRANCH_DATABASES}, dropped
+        listed = {name for (name,) in session.execute(_SQL_ROLES, (list(CLUSTER_ROLES),))}
+    return {k: v for k, v in owners.items() if k not in _NOT_BRANCH_DATABASES}, dropped, listed
 
 
 # roles as the API lists them: never the instance's own (superusers, `pg_*`, `neon_superuser`)
 _SQL_ROLES = "SELECT rolname FROM pg_roles WHERE NOT rolsuper AND rolname !~ '^pg_' AND NOT rolname = ANY(%s)"
-
-
-def _sql_roles(instance: Instance) -> set[str]:
-    with admin_session(instance) as session:
-        return {name for (name,) in session.execute(_SQL_ROLES, (list(CLUSTER_ROLES),))}
 
 
 def _features(instance: Instance) -> tuple[ServerFeatures, str]:
@@ -476,18 +474,36 @@ class InstanceDataPlane:
         self._background.add(job)
         job.add_done_callback(self._background.discard)
 
-    async def _fork(self, source: str, target: str) -> None:
-        """Instance `target` as a fork of `source` now (a spare or a stopped copy when it
-        is suspended, through its backup functions when it runs)."""
+    async def _fork(self, source: str, target: str) -> tuple[Instance, str, int] | None:
+        """Instance `target` as a fork of `source` now: a spare or a stopped copy when it
+        is suspended or runs for no client (suspended first, as its idle timeout would
+        do: a stopped copy costs a third of a live one, and the next forks of the same
+        state take spares), through its backup functions when a client uses it. Returns
+        the stopped parent, its state (`spares.digest`) and checkpoint, or None."""
         compute = self._compute
         assert compute is not None
         parent = self._instance(source)
-        stopped = running_pid(parent) is None
         async with self._lock(source):
+            if running_pid(parent) is not None and not self._in_use(source):
+                await self._suspend(parent)
+            state = spares.digest(parent) if running_pid(parent) is None else None
+            checkpoint = await asyncio.to_thread(lsn_of, parent) if state is not None else None
             await asyncio.to_thread(fork, parent, compute, target)
         self._last_used[target] = time.monotonic()
-        if stopped:
-            self._spares_later(parent)
+        if state is None or checkpoint is None:
+            return None
+        self._spares_later(parent)
+        return parent, state, lsn_value(checkpoint)
+
+    def _in_use(self, name: str) -> bool:
+        """Whether a client is connected (or logging in) to a branch instance `name` holds."""
+        state = self._state()
+        for endpoint_id in self.endpoint_connections():
+            ep = state.endpoints.get(endpoint_id)
+            branch = state.branches.get(ep.branch_id) if ep is not None else None
+            if branch is not None and self._instance_name(branch) == name:
+                return True
+        return False
 
     # ------------------------------------------------------------------ databases
 
@@ -542,9 +558,12 @@ class InstanceDataPlane:
         assert compute is not None and install is not None
         source = self._placed(template) if template is not None else None
         if source is not None:
-            await self._copy_as_of(source[0], target, moment)
+            await self._copy_as_of(source[0], target, moment, based=not schema_only)
             if schema_only:  # every object of the parent, none of its rows (`standby`)
                 await asyncio.to_thread(empty_databases, self._instance(target))
+                # its history starts without them: a base of the parent's rows would let
+                # a moment before the truncations show them
+                self._based().take_later(target)
             await self._sync(branch, self._instance(target))
         else:
             password = branch.roles[owner].password
@@ -663,6 +682,14 @@ class InstanceDataPlane:
         register_url(dsn)
         return dsn
 
+    async def admin_url(self, database: str) -> str:
+        """`admin_dsn`, its instance started when it is suspended (a fork suspends a
+        parent no client uses)."""
+        placed = self._placed(database)
+        if placed is not None:
+            await self._running(placed[0])
+        return self.admin_dsn(database)
+
     # each instance has its own WAL (the history reads one per branch)
     lsn_per_branch = True
 
@@ -708,7 +735,7 @@ class InstanceDataPlane:
             databases.append((before[1] if known and before else db.name, db.name, db.owner_name, known))
             self._place(db.physical, key, db.name)
         try:
-            present, dropped = await asyncio.to_thread(_apply, instance, passwords, gone, databases)
+            present, dropped, listed = await asyncio.to_thread(_apply, instance, passwords, gone, databases)
         except BaseException:
             self._dirty.add(branch.id)
             raise
@@ -717,7 +744,7 @@ class InstanceDataPlane:
         for name in gone:
             self._synced.pop((key, name), None)
         self._learn_databases(branch, key, present, dropped)
-        self._learn_roles(branch, key, await asyncio.to_thread(_sql_roles, instance))
+        self._learn_roles(branch, key, listed)
         self._neon.save()
 
     def _learn_roles(self, branch: Any, key: str, names: set[str]) -> None:
@@ -783,6 +810,14 @@ class InstanceDataPlane:
         pooler = functools.partial(self._poolers.route, instance) if self._poolers is not None else None
         return Route(socket_file(instance.paths), functools.partial(self._verifier, instance), pooler=pooler)
 
+    async def _suspend(self, instance: Instance) -> None:
+        """Stop `instance` (its lock held) once no base is being copied from it; its
+        branches' records learn first what sessions made, its PgBouncer stops before it."""
+        await self._based().settled(instance.name)
+        await self._learn_before_suspend(self._state(), instance)
+        await self._stop_pooler(instance)
+        await asyncio.to_thread(stop, instance)
+
     async def _learn_before_suspend(self, state: Any, instance: Instance) -> None:
         for branch in list(state.branches.values()):
             if not branch.deleting and self._instance_name(branch) == instance.name:
@@ -830,16 +865,24 @@ class InstanceDataPlane:
             raise LocalServerError("the data plane is not started")
         return self._bases
 
-    async def _copy_as_of(self, source: str, target: str, moment: Moment | None) -> None:
-        """Instance `target`: a fork of `source` now, or its replay to `moment`."""
+    async def _copy_as_of(self, source: str, target: str, moment: Moment | None, *,
+                          based: bool = True) -> None:
+        """Instance `target`: a fork of `source` now, or its replay to `moment`; with its
+        base when `based` (else the caller takes it)."""
+        stopped = None
         if moment is None:
-            await self._fork(source, target)
+            stopped = await self._fork(source, target)
         else:
             parent = await self._running(source)
             async with self._lock(source):
                 await asyncio.to_thread(self._based().replay, parent, target, moment, True)
             self._last_used[target] = time.monotonic()
-        self._based().take_later(target)
+        if not based:
+            return
+        if stopped is not None:  # it started from a copy of the stopped parent: so does its base
+            self._based().share(target, *stopped)
+        else:
+            self._based().take_later(target)
 
     @property
     def listeners(self) -> Listeners:
@@ -977,7 +1020,5 @@ class InstanceDataPlane:
                 instance = self._instance(name)
                 if running_pid(instance) is not None:
                     log.info("instance %s idle for %.0f s: suspended", name, moment - used)
-                    await self._learn_before_suspend(state, instance)
-                    await self._stop_pooler(instance)
-                    await asyncio.to_thread(stop, instance)
+                    await self._suspend(instance)
                 self._last_used.pop(name, None)

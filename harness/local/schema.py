@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 async def _dsn(neon: LocalNeon, branch: BranchRecord, db_name: str) -> str:
     db = neon.catalog.database(branch, db_name)
     physical = db.physical or await neon.catalog.materialize(branch, db)
-    return neon.dataplane.admin_dsn(physical)
+    return await neon.dataplane.admin_url(physical)
 
 
 async def branch_schema(neon: LocalNeon, branch_id: str, db_name: str, form: str) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import psycopg
 import pytest
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local import instance_plane
+from cathouse_harness.local.compute.layout import memory_bases
+from cathouse_harness.local.compute.moments.pitr import PREFIX as BASE_PREFIX
 from cathouse_harness.local.compute.probe import tcp_listeners
 from cathouse_harness.support.polling import Backoff, wait_until
 from cathouse_harness.support.processes import pid_alive
@@ -37,6 +39,7 @@ class Plane:
     child: str
     child_pooled: str
     child_id: str
+    home: Path
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
             wait_operations(client, project, made["operations"])
             child_id = made["branch"]["id"]
             yield Plane(client, project, main, made["connection_uris"][0]["connection_uri"],
-                        connection_uri(client, project, child_id, pooled=True), child_id)
+                        connection_uri(client, project, child_id, pooled=True), child_id, home)
     finally:
         instance_plane.SUSPEND_AFTER = saved[1]
         if saved[0] is None:
@@ -296,3 +299,85 @@ def test_any_moment_since_a_branch_s_base_is_replayed_from_its_wal(plane: Plane)
         listing = client.get(f"/projects/{project}/branches", params={"search": "moments"}).json()
         for other in listing["branches"]:
             delete_branch(client, project, other["id"])
+
+
+def _bases(home: Path) -> set[str]:
+    """The base copies (`compute.moments.bases`) the home's instances keep now."""
+    return {entry.name for base in memory_bases(home) for entry in (base / "instances").iterdir()
+            if entry.name.startswith(BASE_PREFIX)}
+
+
+def test_forks_of_a_branch_nobody_uses_share_one_base_and_keep_their_history(plane: Plane) -> None:
+    """Forks of a stopped branch share one base, a copy of that stopped state, and a
+    moment of each since its fork is that base and its own WAL replayed."""
+    client, project = plane.client, plane.project
+    made = client.post(f"/projects/{project}/branches", json={
+        "branch": {"name": "unused-parent"}, "endpoints": [{"type": "read_write"}]}).json()
+    wait_operations(client, project, made["operations"])
+    parent = made["branch"]["id"]
+    with psycopg.connect(made["connection_uris"][0]["connection_uri"], autocommit=True) as session:
+        session.execute("CREATE TABLE moments (v int)")
+        session.execute("INSERT INTO moments VALUES (1)")
+        postmaster = _postmaster_of(session)
+    assert wait_until(lambda: not pid_alive(postmaster), timeout=60, backoff=Backoff(0.05))  # suspended
+    before = _bases(plane.home)
+    kids: list[str] = []
+    try:
+        for _ in range(2):
+            kid = client.post(f"/projects/{project}/branches", json={
+                "branch": {"parent_id": parent}, "endpoints": [{"type": "read_write"}]}).json()
+            wait_operations(client, project, kid["operations"])
+            kids.append(kid["branch"]["id"])
+            url = kid["connection_uris"][0]["connection_uri"]
+            with psycopg.connect(url, autocommit=True) as session:  # its first login waits for its base
+                session.execute("INSERT INTO moments VALUES (2)")
+                between = moment()
+                session.execute("INSERT INTO moments VALUES (3)")
+            assert _values(url, f"neon_timestamp:{between}") == [1, 2]
+        assert len(_bases(plane.home) - before) == 1
+    finally:
+        for made_id in [*kids, parent]:
+            delete_branch(client, project, made_id)
+    # the shared copy goes once neither a branch nor its parent's stopped state needs it
+    assert wait_until(lambda: not _bases(plane.home) - before, timeout=30, backoff=Backoff(0.05))
+
+
+def test_a_fork_suspends_a_branch_its_clients_left(plane: Plane) -> None:
+    """A running branch no client uses is copied stopped, as its idle timeout would have
+    left it: the fork stops it first (sooner than this module's SUSPEND_AFTER)."""
+    client, project = plane.client, plane.project
+    made = client.post(f"/projects/{project}/branches", json={
+        "branch": {"name": "left-parent"}, "endpoints": [{"type": "read_write"}]}).json()
+    wait_operations(client, project, made["operations"])
+    parent = made["branch"]["id"]
+    kid = None
+    try:
+        with psycopg.connect(made["connection_uris"][0]["connection_uri"], autocommit=True) as session:
+            backend = session.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+            postmaster = _postmaster_of(session)
+        # the relay has let go of the session once its backend ended
+        assert wait_until(lambda: not pid_alive(backend), timeout=30, backoff=Backoff(0.005))
+        answer = client.post(f"/projects/{project}/branches", json={
+            "branch": {"parent_id": parent}, "endpoints": [{"type": "read_write"}]}).json()
+        kid = answer["branch"]["id"]
+        wait_operations(client, project, answer["operations"])
+        assert not pid_alive(postmaster)
+        with psycopg.connect(answer["connection_uris"][0]["connection_uri"]) as session:
+            assert session.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        for made_id in [kid, parent]:
+            if made_id is not None:
+                delete_branch(client, project, made_id)
+
+
+def test_the_schema_of_a_suspended_branch_is_read_after_a_resume(plane: Plane) -> None:
+    """The schema routes read the instance's socket directly (pg_dump): a suspended
+    instance is started for them, as for a login."""
+    with psycopg.connect(plane.child, autocommit=True) as session:
+        session.execute("CREATE TABLE IF NOT EXISTS read_while_suspended (v int)")
+        postmaster = _postmaster_of(session)
+    assert wait_until(lambda: not pid_alive(postmaster), timeout=60, backoff=Backoff(0.05))
+    answer = plane.client.get(f"/projects/{plane.project}/branches/{plane.child_id}/schema",
+                              params={"db_name": "cathouse"})
+    assert answer.status_code == 200, answer.text
+    assert "read_while_suspended" in answer.json()["sql"]

@@ -112,7 +112,7 @@ def _quit_all(shm: Path) -> None:
 
 @pytest.fixture
 def killed(shared: tuple[Path, Path], tmp_path: Path) -> Iterator[Killed]:
-    """A server with two running instances (the root branch's and a child's), SIGKILLed."""
+    """A server with two running instances (a child of the root branch and its child), SIGKILLed."""
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     env = {**os.environ, "CATHOUSE_LOCAL_COMPUTE": "instance", "PYTHONPATH": str(REPO)}
@@ -128,6 +128,11 @@ def killed(shared: tuple[Path, Path], tmp_path: Path) -> Iterator[Killed]:
         wait_operations(client, info["project"], made["operations"])
         with psycopg.connect(made["connection_uris"][0]["connection_uri"]) as session:
             assert session.execute("SELECT 1").fetchone() == (1,)
+            # the first fork suspended the root, which no client used; a fork of the
+            # child, which this session uses, copies it live and leaves both running
+            grandchild = client.post(f"/projects/{info['project']}/branches", json={
+                "branch": {"parent_id": made["branch"]["id"]}, "endpoints": [{"type": "read_write"}]}).json()
+            wait_operations(client, info["project"], grandchild["operations"])
         base = _base_of(shared[0], home)
         postmasters = _postmasters(base)
         assert len(postmasters) == 2, postmasters

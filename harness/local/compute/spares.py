@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 from cathouse_harness.local.compute.copying import copy_tree
@@ -24,7 +25,8 @@ from cathouse_harness.local.compute.layout import ComputeHome, owned_dir
 from cathouse_harness.support.safe_paths import remove_tree
 
 
-def _digest(parent: Instance) -> str | None:
+def digest(parent: Instance) -> str | None:
+    """What identifies a stopped instance's state: a digest of its pg_control."""
     try:
         return hashlib.sha256((parent.paths.data / "global" / "pg_control").read_bytes()).hexdigest()[:16]
     except OSError:
@@ -45,20 +47,37 @@ def _discard_stale(compute: ComputeHome, parent: Instance, keep: str) -> None:
             remove_tree(entry, owners=_owners(compute))
 
 
+# parent instance -> held while spares of it are made (forks arriving together, as xdist
+# workers' do, each ask for a refill: one makes them, the others leave)
+_MAKING: dict[str, threading.Lock] = {}
+_MAKING_LOCK = threading.Lock()
+
+
 def prepare(parent: Instance, compute: ComputeHome, count: int) -> int:
     """Make spares of the stopped `parent` until `count` are ready (none while it runs);
-    the number ready."""
-    digest = _digest(parent)
-    if digest is None or running_pid(parent) is not None:
+    the number ready, or 0 when another thread is making them."""
+    with _MAKING_LOCK:
+        making = _MAKING.setdefault(str(parent.paths.data), threading.Lock())
+    if not making.acquire(blocking=False):
         return 0
-    prefix = f"{parent.name}.{digest}."
+    try:
+        return _prepare(parent, compute, count)
+    finally:
+        making.release()
+
+
+def _prepare(parent: Instance, compute: ComputeHome, count: int) -> int:
+    state = digest(parent)
+    if state is None or running_pid(parent) is not None:
+        return 0
+    prefix = f"{parent.name}.{state}."
     _discard_stale(compute, parent, prefix)
     folder = _folder(compute)
     ready = [entry for entry in folder.iterdir() if entry.name.startswith(prefix)]
     for number in range(count - len(ready)):
-        staging = folder / f".staging.{parent.name}.{os.getpid()}.{number}"
+        staging = folder / f".staging.{parent.name}.{os.getpid()}.{number}.{os.urandom(4).hex()}"
         copy_tree(parent.paths.data, staging, owner=parent.owner)
-        if running_pid(parent) is not None or _digest(parent) != digest:
+        if running_pid(parent) is not None or digest(parent) != state:
             remove_tree(staging, owners=_owners(compute))  # the parent ran meanwhile
             break
         spare = folder / f"{prefix}{os.getpid()}.{number}.{os.urandom(4).hex()}"
@@ -69,11 +88,11 @@ def prepare(parent: Instance, compute: ComputeHome, count: int) -> int:
 
 def take(parent: Instance, compute: ComputeHome, target: Path) -> bool:
     """Move a valid spare of the stopped `parent` to `target`; False when none is ready."""
-    digest = _digest(parent)
+    state = digest(parent)
     folder = compute.base / "spares"
-    if digest is None or not folder.is_dir() or running_pid(parent) is not None:
+    if state is None or not folder.is_dir() or running_pid(parent) is not None:
         return False
-    prefix = f"{parent.name}.{digest}."
+    prefix = f"{parent.name}.{state}."
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(prefix):
             # another fork may take the same one first: rename is atomic, the loser moves on

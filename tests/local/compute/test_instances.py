@@ -8,6 +8,7 @@ import os
 import socket
 import stat
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -237,6 +238,19 @@ def test_a_fork_takes_a_spare_made_ahead_and_never_a_stale_one(computes: Compute
     second = computes.keep(forks.fork_stopped(computes.root, computes.compute, computes.name("sp")))
     with connect(second) as session:
         assert session.execute("SELECT to_regclass('after_the_spares') IS NOT NULL").fetchone() == (True,)
+
+
+def test_refills_asked_for_together_make_one_spare(computes: Computes) -> None:
+    """Forks arriving together (xdist workers) each ask for a refill: one makes it, the
+    others leave at once instead of copying the same parent side by side."""
+    _running_root(computes)
+    instances.stop(computes.root)  # a state no spare was made of yet
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda _: spares.prepare(computes.root, computes.compute, 1), range(4)))
+    assert set(made) <= {0, 1} and 1 in made, made  # 0: another was making it
+    assert spares.prepare(computes.root, computes.compute, 0) == 1  # one, not one each
+    assert not [entry for entry in (computes.compute.base / "spares").iterdir()
+                if entry.name.startswith(".staging")]
 
 
 def test_the_superusers_password_never_shows(computes: Computes) -> None:
