@@ -245,6 +245,10 @@ class Branching:
         # Neon's create time is waited after the copy, not before: the answer waits for
         # the copy to be issued (COPY_ISSUE_WAIT), and the child is the parent as of the
         # create, as on Neon.
+        if branch.parent_id is not None and branch.parent_lsn is None:
+            # an instance per branch knows the LSN its fork or replay holds the parent as of
+            copy_lsn = getattr(neon.dataplane, "copy_lsn", None)
+            branch.parent_lsn = copy_lsn(branch) if copy_lsn is not None else None
         neon.history.copied(branch.id, branch.parent_lsn, named=lambda lsn: self._named(branch, lsn))
         await neon.ops.latency.operation([op_branch.action])
         neon.ops.end(op_branch, "finished")

@@ -296,3 +296,44 @@ def test_any_moment_since_a_branch_s_base_is_replayed_from_its_wal(plane: Plane)
         listing = client.get(f"/projects/{project}/branches", params={"search": "moments"}).json()
         for other in listing["branches"]:
             delete_branch(client, project, other["id"])
+
+
+def test_every_child_has_its_parent_lsn_and_it_names_the_state_copied(plane: Plane) -> None:
+    """Neon's branch record carries `parent_lsn` for every child; here each fork and
+    replay names it, also when the parent was not quiet (a session open on it, a moment
+    between two writes), where the history's read after the copy names nothing."""
+    client, project = plane.client, plane.project
+
+    def child_of(parent: str, **point: str) -> dict[str, object]:
+        made = client.post(f"/projects/{project}/branches", json={
+            "branch": {"parent_id": parent, "name": f"lsns-{secrets.token_hex(3)}", **point},
+            "endpoints": [{"type": "read_write"}]})
+        assert made.status_code == 201, made.text
+        wait_operations(client, project, made.json()["operations"])
+        made_here.insert(0, made.json()["branch"]["id"])
+        return dict(client.get(f"/projects/{project}/branches/{made_here[0]}").json()["branch"])
+
+    def rows(branch: object) -> list[object]:
+        with psycopg.connect(connection_uri(client, project, str(branch), pooled=False)) as session:
+            return [v for (v,) in session.execute("SELECT v FROM lsns ORDER BY v").fetchall()]
+
+    made_here: list[str] = []
+    try:
+        base = str(child_of(plane.child_id)["id"])
+        url = connection_uri(client, project, base, pooled=False)
+        with psycopg.connect(url, autocommit=True) as session:
+            session.execute("CREATE TABLE lsns AS SELECT 1 AS v")
+            live = child_of(base)  # forked while this session is open
+            between = moment()
+            session.execute("INSERT INTO lsns VALUES (2)")
+            replayed = child_of(base, parent_timestamp=between)
+        session_gone = child_of(base)  # the parent quiet again, its instance running
+        for child, expected in ((live, [1]), (replayed, [1]), (session_gone, [1, 2])):
+            assert isinstance(child["parent_lsn"], str) and child["parent_lsn"] != "0/0", child
+            assert rows(child["id"]) == expected
+            # the LSN names that state of the parent: a branch at it holds the same rows
+            again = child_of(base, parent_lsn=child["parent_lsn"])
+            assert again["parent_lsn"] == child["parent_lsn"] and rows(again["id"]) == expected
+    finally:
+        for made_id in made_here:
+            delete_branch(client, project, made_id)
