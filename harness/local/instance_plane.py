@@ -332,6 +332,9 @@ class InstanceDataPlane:
                 await asyncio.to_thread(stop, instance)
             if self.storage == "memory" and not self.keep_cluster:
                 await asyncio.to_thread(self._discard_memory)
+                # as root, the home's own OS user owns nothing now (unless its disk
+                # instances exist): left, it would stay in /etc/passwd for good
+                await asyncio.to_thread(self._forget_user)
         lease.release(self._lease)
         self._lease = None
 
@@ -344,6 +347,12 @@ class InstanceDataPlane:
         self._where.clear()
         with contextlib.suppress(FileNotFoundError):
             self._map_file().unlink()
+
+    def _forget_user(self) -> None:
+        from cathouse_harness.cleanup.leftovers import forget_home_user
+
+        for line in forget_home_user(self.home):
+            log.info("%s", line)
 
     def remove_home_user(self) -> None:
         """Delete the home's per-home OS user (tests, once the files are gone)."""

@@ -337,3 +337,26 @@ def test_every_child_has_its_parent_lsn_and_it_names_the_state_copied(plane: Pla
     finally:
         for made_id in made_here:
             delete_branch(client, project, made_id)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a home has an OS user of its own only when run as root")
+def test_a_clean_stop_of_an_in_memory_home_deletes_its_os_user(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its instances are gone with the stop, so nothing is left for a sweep to find
+    the user by: left, every test home and every daemon restart added a line to
+    /etc/passwd and /etc/group for good."""
+    import grp
+    import pwd
+
+    from cathouse_harness.local.compute.users import home_user_name
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv(instance_plane.ENV_VAR, "instance")
+    name = home_user_name(home)
+    with start_test_server(home, keep_data=True):  # the test removes nothing itself
+        assert pwd.getpwnam(name).pw_gecos.endswith(str(home))
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name)
+    with pytest.raises(KeyError):
+        grp.getgrnam(name)
