@@ -135,7 +135,8 @@ class Branching:
         if located is not None and located.replay:
             replay_later(neon.dataplane, [c.target for c in copies], located.moment, located.lsn)
         state.branches[branch.id] = branch
-        neon.history.begin(branch.id, None if schema_only else parent.id, located.moment if located else None)
+        neon.history.begin(branch.id, None if schema_only else parent.id, located.moment if located else None,
+                           exact=located is not None and located.replay)
         ops = [neon.ops.new("create_branch", branch.id)]
         endpoints = self._new_endpoints(branch, request, stamp, ops)
         fail = neon.faults.operation_fails()

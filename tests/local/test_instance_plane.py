@@ -301,7 +301,8 @@ def test_any_moment_since_a_branch_s_base_is_replayed_from_its_wal(plane: Plane)
 def test_every_child_has_its_parent_lsn_and_it_names_the_state_copied(plane: Plane) -> None:
     """Neon's branch record carries `parent_lsn` for every child; here each fork and
     replay names it, also when the parent was not quiet (a session open on it, a moment
-    between two writes), where the history's read after the copy names nothing."""
+    between two writes), where the history's read after the copy names nothing; and a
+    replay holds its moment for the history whether the parent was quiet or not."""
     client, project = plane.client, plane.project
 
     def child_of(parent: str, **point: str) -> dict[str, object]:
@@ -327,6 +328,11 @@ def test_every_child_has_its_parent_lsn_and_it_names_the_state_copied(plane: Pla
             between = moment()
             session.execute("INSERT INTO lsns VALUES (2)")
             replayed = child_of(base, parent_timestamp=between)
+        # the replay holds the parent as of `between`, a session open or not: the
+        # history serves that moment from it (the schema route serves no replay)
+        schema = client.get(f"/projects/{project}/branches/{base}/schema",
+                            params={"db_name": "cathouse", "timestamp": between})
+        assert schema.status_code == 200 and "lsns" in schema.json()["sql"], schema.text
         session_gone = child_of(base)  # the parent quiet again, its instance running
         for child, expected in ((live, [1]), (replayed, [1]), (session_gone, [1, 2])):
             assert isinstance(child["parent_lsn"], str) and child["parent_lsn"] != "0/0", child
