@@ -205,6 +205,15 @@ def _forget_user(home: Path, uid: int | None, *, dry_run: bool = False) -> list[
     return [f"deleted {line}"] if remove_home_user(home) else []
 
 
+def forget_home_user(home: Path) -> list[str]:
+    """Delete `home`'s OS user (as root) when no base of any home holds anything it
+    owns: a server that removed its in-memory instances at a clean stop leaves nothing
+    for a later sweep to find the user by."""
+    from cathouse_harness.local.compute.users import home_user_uid
+
+    return _forget_user(home, home_user_uid(home))
+
+
 def _owned_by(path: Path, uid: int) -> bool:
     try:
         return os.lstat(path).st_uid == uid

@@ -135,7 +135,8 @@ class Branching:
         if located is not None and located.replay:
             replay_later(neon.dataplane, [c.target for c in copies], located.moment, located.lsn)
         state.branches[branch.id] = branch
-        neon.history.begin(branch.id, None if schema_only else parent.id, located.moment if located else None)
+        neon.history.begin(branch.id, None if schema_only else parent.id, located.moment if located else None,
+                           exact=located is not None and located.replay)
         ops = [neon.ops.new("create_branch", branch.id)]
         endpoints = self._new_endpoints(branch, request, stamp, ops)
         fail = neon.faults.operation_fails()
@@ -245,6 +246,10 @@ class Branching:
         # Neon's create time is waited after the copy, not before: the answer waits for
         # the copy to be issued (COPY_ISSUE_WAIT), and the child is the parent as of the
         # create, as on Neon.
+        if branch.parent_id is not None and branch.parent_lsn is None:
+            # an instance per branch knows the LSN its fork or replay holds the parent as of
+            copy_lsn = getattr(neon.dataplane, "copy_lsn", None)
+            branch.parent_lsn = copy_lsn(branch) if copy_lsn is not None else None
         neon.history.copied(branch.id, branch.parent_lsn, named=lambda lsn: self._named(branch, lsn))
         await neon.ops.latency.operation([op_branch.action])
         neon.ops.end(op_branch, "finished")

@@ -106,6 +106,9 @@ class Mark:
     settled_lsn: str | None = None
     settled_at: float = math.inf
     generation: int = 0
+    # The copy is the source replayed to `copy_at` (`Located.replay`): it holds that
+    # moment whatever the source did around it, not only while the source was quiet.
+    exact: bool = False
 
 
 def replay_later(dataplane: object, physicals: list[str], moment: float, lsn: str | None) -> None:
@@ -138,11 +141,15 @@ class History:
             found = self.marks[branch_id] = Mark(started=self.started)
         return found
 
-    def begin(self, branch_id: str, copy_of: str | None, copy_at: float | None = None) -> Mark:
-        """`branch_id`'s data is (being) replaced by a copy of `copy_of` as of `copy_at`."""
+    def begin(
+        self, branch_id: str, copy_of: str | None, copy_at: float | None = None, *, exact: bool = False
+    ) -> Mark:
+        """`branch_id`'s data is (being) replaced by a copy of `copy_of` as of `copy_at`
+        (`exact`: replayed to that moment)."""
         moment = self.clock()
         self.marks[branch_id] = mark = Mark(
-            started=moment, copy_of=copy_of, copy_at=moment if copy_at is None else copy_at
+            started=moment, copy_of=copy_of, copy_at=moment if copy_at is None else copy_at,
+            exact=exact and copy_at is not None,
         )
         return mark
 
@@ -310,7 +317,7 @@ class History:
         if self.quiet(branch, moment, now):
             return Located(branch, stamp, None, moment)
         for copy, mark in self._copies(branch):
-            if mark.copy_at >= moment and self.quiet(branch, moment, mark.copied):
+            if self._copy_holds(branch, mark, moment):
                 return Located(copy, stamp, None, moment)
         if self._replayable(branch, moment, None):
             return Located(branch, stamp, None, moment, replay=True)
@@ -318,6 +325,16 @@ class History:
         if earlier is not None:
             return earlier
         raise _error(f"branch {branch.id} has no kept state at {stamp}: {self.describe(branch)}")
+
+    def _copy_holds(self, branch: BranchRecord, mark: Mark, moment: float) -> bool:
+        """Whether the copy `mark` of `branch` holds its state at `moment`: copied as of
+        then or later, and `branch` unchanged from then until what the copy holds (the
+        moment a replay stopped at, else the end of the copy)."""
+        if mark.copy_at < moment:
+            return False
+        if mark.exact:
+            return moment == mark.copy_at or self.quiet(branch, moment, mark.copy_at)
+        return self.quiet(branch, moment, mark.copied)
 
     def _before_branch_point(self, branch: BranchRecord, moment: float, now: float) -> Located | None:
         """On a data plane that replays: a moment at or before the branch point is the

@@ -58,7 +58,7 @@ from cathouse_harness.local.compute.instance import Instance, admin_session, rem
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, open_home, socket_file
 from cathouse_harness.local.compute.moments.bases import Bases
 from cathouse_harness.local.compute.moments.pitr import PREFIX as BASE_PREFIX
-from cathouse_harness.local.compute.moments.pitr import Moment, lsn_value, moment_of
+from cathouse_harness.local.compute.moments.pitr import Moment, copied_lsn, lsn_value, moment_of
 from cathouse_harness.local.compute.moments.reads import Reads, lsn_of
 from cathouse_harness.local.compute.moments.replicas import PREFIX as REPLICA_PREFIX
 from cathouse_harness.local.compute.moments.replicas import Replicas
@@ -276,6 +276,8 @@ class InstanceDataPlane:
         self._lease: int | None = None
         self._replicas: Replicas | None = None
         self._lsns: dict[str, str] = {}
+        # instance -> its source's LSN when it was forked or replayed (`copy_lsn`)
+        self._copied_lsns: dict[str, str] = {}
         self._bases: Bases | None = None
 
     # ------------------------------------------------------------------ life cycle
@@ -358,6 +360,9 @@ class InstanceDataPlane:
                 await asyncio.to_thread(stop, instance)
             if self.storage == "memory" and not self.keep_cluster:
                 await asyncio.to_thread(self._discard_memory)
+                # as root, the home's own OS user owns nothing now (unless its disk
+                # instances exist): left, it would stay in /etc/passwd for good
+                await asyncio.to_thread(self._forget_user)
         lease.release(self._lease)
         self._lease = None
 
@@ -370,6 +375,12 @@ class InstanceDataPlane:
         self._where.clear()
         with contextlib.suppress(FileNotFoundError):
             self._map_file().unlink()
+
+    def _forget_user(self) -> None:
+        from cathouse_harness.cleanup.leftovers import forget_home_user
+
+        for line in forget_home_user(self.home):
+            log.info("%s", line)
 
     def remove_home_user(self) -> None:
         """Delete the home's per-home OS user (tests, once the files are gone)."""
@@ -618,6 +629,7 @@ class InstanceDataPlane:
             self._background.add(job)
             job.add_done_callback(self._background.discard)
         self._lsns.pop(name, None)
+        self._copied_lsns.pop(name, None)
         self._last_used.pop(name, None)
         self._dirty_instances.discard(name)
         for key in [key for key in self._synced if key[0] == name]:
@@ -781,8 +793,11 @@ class InstanceDataPlane:
         if branch.deleting or self._neon is None:
             return
         instance = self._instance(self._instance_name(branch))
-        if self._exists(instance) and running_pid(instance) is not None:
-            await self._sync(branch, instance)
+        # the instance's lock: a suspend stops it under that lock, and a session opened
+        # while it shuts down is refused ("the database system is shutting down")
+        async with self._lock(instance.name):
+            if self._exists(instance) and running_pid(instance) is not None:
+                await self._sync(branch, instance)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -877,12 +892,22 @@ class InstanceDataPlane:
             async with self._lock(source):
                 await asyncio.to_thread(self._based().replay, parent, target, moment, True)
             self._last_used[target] = time.monotonic()
+        # before its base checkpoints it; the history's read after the copy names a
+        # copy only while the source stays quiet, which a replay's source is not
+        found = await asyncio.to_thread(copied_lsn, self._instance(target))
+        if found is not None:
+            self._copied_lsns[target] = found
         if not based:
             return
         if stopped is not None:  # it started from a copy of the stopped parent: so does its base
             self._based().share(target, *stopped)
         else:
             self._based().take_later(target)
+
+    def copy_lsn(self, branch: Any) -> str | None:
+        """The source's LSN that `branch`'s instance was copied as of (its `parent_lsn`),
+        when this server made it."""
+        return self._copied_lsns.get(self._instance_name(branch))
 
     @property
     def listeners(self) -> Listeners:

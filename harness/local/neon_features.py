@@ -197,8 +197,8 @@ def hint_for(db_error: str) -> str | None:
     """What to do about PostgreSQL's own error `db_error` when it is about a Neon
     feature, or None. An instance of its own answers with PostgreSQL's words (its relay
     reads no SQL); the harness adds this where it reports the error (a failed migration)."""
-    if _NO_ICU in db_error:
-        return f"ICU collations work on Neon: {ICU_REMEDY}"
+    if _NO_ICU in db_error:  # PostgreSQL's words for a build without ICU: said as the shared plane does
+        return f"ICU collations work on Neon but this PostgreSQL was built without ICU: {ICU_REMEDY}"
     found = _NOT_AVAILABLE.search(db_error)
     if found is None:
         return None

@@ -195,7 +195,7 @@ class Restoring:
         if branch.ttl_interval_seconds:  # a reset starts the countdown again
             branch.expires_at = iso(moment + timedelta(seconds=branch.ttl_interval_seconds))
         neon.set_branch_state(branch, "ready")
-        neon.history.begin(branch.id, copy.of, copy.at)
+        neon.history.begin(branch.id, copy.of, copy.at, exact=copy.replay)
         neon.history.copied(branch.id, copy.lsn)
         for op in ops[1:]:
             neon.ops.end(op, "finished")

@@ -300,6 +300,8 @@ async def _serve_api(
         home=home,
     )
     handle.info = info
+    # idle counts from here: starting (a template's initdb, the data plane) is not idling
+    neon.touch()
     if ready is not None and not handle.stopping:  # a stopped start is never published
         ready(info)
     while not serving.done():

@@ -381,3 +381,73 @@ def test_the_schema_of_a_suspended_branch_is_read_after_a_resume(plane: Plane) -
                               params={"db_name": "cathouse"})
     assert answer.status_code == 200, answer.text
     assert "read_while_suspended" in answer.json()["sql"]
+
+
+def test_every_child_has_its_parent_lsn_and_it_names_the_state_copied(plane: Plane) -> None:
+    """Neon's branch record carries `parent_lsn` for every child; here each fork and
+    replay names it, also when the parent was not quiet (a session open on it, a moment
+    between two writes), where the history's read after the copy names nothing; and a
+    replay holds its moment for the history whether the parent was quiet or not."""
+    client, project = plane.client, plane.project
+
+    def child_of(parent: str, **point: str) -> dict[str, object]:
+        made = client.post(f"/projects/{project}/branches", json={
+            "branch": {"parent_id": parent, "name": f"lsns-{secrets.token_hex(3)}", **point},
+            "endpoints": [{"type": "read_write"}]})
+        assert made.status_code == 201, made.text
+        wait_operations(client, project, made.json()["operations"])
+        made_here.insert(0, made.json()["branch"]["id"])
+        return dict(client.get(f"/projects/{project}/branches/{made_here[0]}").json()["branch"])
+
+    def rows(branch: object) -> list[object]:
+        with psycopg.connect(connection_uri(client, project, str(branch), pooled=False)) as session:
+            return [v for (v,) in session.execute("SELECT v FROM lsns ORDER BY v").fetchall()]
+
+    made_here: list[str] = []
+    try:
+        base = str(child_of(plane.child_id)["id"])
+        url = connection_uri(client, project, base, pooled=False)
+        with psycopg.connect(url, autocommit=True) as session:
+            session.execute("CREATE TABLE lsns AS SELECT 1 AS v")
+            live = child_of(base)  # forked while this session is open
+            between = moment()
+            session.execute("INSERT INTO lsns VALUES (2)")
+            replayed = child_of(base, parent_timestamp=between)
+        # the replay holds the parent as of `between`, a session open or not: the
+        # history serves that moment from it (the schema route serves no replay)
+        schema = client.get(f"/projects/{project}/branches/{base}/schema",
+                            params={"db_name": "cathouse", "timestamp": between})
+        assert schema.status_code == 200 and "lsns" in schema.json()["sql"], schema.text
+        session_gone = child_of(base)  # the parent quiet again, its instance running
+        for child, expected in ((live, [1]), (replayed, [1]), (session_gone, [1, 2])):
+            assert isinstance(child["parent_lsn"], str) and child["parent_lsn"] != "0/0", child
+            assert rows(child["id"]) == expected
+            # the LSN names that state of the parent: a branch at it holds the same rows
+            again = child_of(base, parent_lsn=child["parent_lsn"])
+            assert again["parent_lsn"] == child["parent_lsn"] and rows(again["id"]) == expected
+    finally:
+        for made_id in made_here:
+            delete_branch(client, project, made_id)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a home has an OS user of its own only when run as root")
+def test_a_clean_stop_of_an_in_memory_home_deletes_its_os_user(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its instances are gone with the stop, so nothing is left for a sweep to find
+    the user by: left, every test home and every daemon restart added a line to
+    /etc/passwd and /etc/group for good."""
+    import grp
+    import pwd
+
+    from cathouse_harness.local.compute.users import home_user_name
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv(instance_plane.ENV_VAR, "instance")
+    name = home_user_name(home)
+    with start_test_server(home, keep_data=True):  # the test removes nothing itself
+        assert pwd.getpwnam(name).pw_gecos.endswith(str(home))
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name)
+    with pytest.raises(KeyError):
+        grp.getgrnam(name)

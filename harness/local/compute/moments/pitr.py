@@ -62,7 +62,10 @@ class Moment:
 
     def settings(self) -> dict[str, str]:
         if self.lsn is not None:
-            return {"recovery_target_lsn": self.lsn}
+            # an LSN names the state of every record before it: `pg_current_wal_insert_lsn()`
+            # (where the next record goes) and a replay's end (`copied_lsn`) are named so;
+            # inclusive, the replay would also apply the record starting there
+            return {"recovery_target_lsn": self.lsn, "recovery_target_inclusive": "off"}
         assert self.timestamp is not None
         return {"recovery_target_time": self.timestamp}
 
@@ -81,6 +84,11 @@ def lsn_of(instance: Instance) -> str | None:
                 return str(session.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
         except Exception:  # stopped meanwhile: pg_control has it
             pass
+    return _checkpoint_lsn(instance)
+
+
+def _checkpoint_lsn(instance: Instance) -> str | None:
+    """The last checkpoint's LSN, from pg_control (None when unreadable)."""
     try:
         head = (instance.paths.data / "global" / "pg_control").read_bytes()[:40]
     except OSError:
@@ -88,6 +96,20 @@ def lsn_of(instance: Instance) -> str | None:
     if len(head) < _CHECKPOINT_OFFSET + _CHECKPOINT_AT.size:
         return None
     return lsn_text(_CHECKPOINT_AT.unpack_from(head, _CHECKPOINT_OFFSET)[0])
+
+
+def copied_lsn(child: Instance) -> str | None:
+    """The position in its source's WAL that a fork or replay `child`, just made, holds
+    the source as of (a branch's `parent_lsn`): the end of the last record its startup
+    replayed (a live fork, a replay), which PostgreSQL keeps after recovery; a stopped
+    copy replayed nothing, and its pg_control still names the source's shutdown
+    checkpoint. Read before anything else checkpoints the child."""
+    if running_pid(child) is not None:
+        with admin_session(child) as session:
+            row = session.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()
+        if row is not None and row[0] is not None:
+            return str(row[0])
+    return _checkpoint_lsn(child)
 
 
 def moment_of(moment: float, lsn: str | None) -> Moment:
