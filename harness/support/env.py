@@ -34,12 +34,11 @@ VARIABLES: dict[str, str] = {
     # process-level switches
     "CATHOUSE_CONFIG": "a TOML file whose [tool.cathouse_harness] stands in for pyproject.toml's",
     "CATHOUSE_RUN_ID": "names a run's branches (CI jobs)",
-    "CATHOUSE_PG_URL": "an existing PostgreSQL (superuser URL) for the embedded default",
+    "CATHOUSE_PG_URL": "retired (an external server for the embedded default): read only to refuse it",
     "CATHOUSE_EXTRA_EXTENSIONS": "extensions the local server allows beyond Neon's pinned list (a, b)",
     "CATHOUSE_LOCAL_FAULTS": "fault injection for the local server",
     "CATHOUSE_LOCAL_LATENCY": "the local server's latency profile: `neon` or rtt=S,<operation>=S",
     "CATHOUSE_LOCAL_HOSTS": "endpoint hosts: auto, addresses (127.x.y.z) or names (ep-….local.localhost)",
-    "CATHOUSE_LOCAL_COMPUTE": "local data plane: shared (one PostgreSQL) or instance (one per branch, #24)",
     "CATHOUSE_PGBOUNCER": "the embedded default's PgBouncer: its binary's path, or off",
     "CATHOUSE_POOLER_MODE": "the embedded default's PgBouncer pool mode: transaction (Neon's) or session",
     "CATHOUSE_LOCAL_ROUTER": "the loopback address of the names-mode router (default 127.0.0.1)",
