@@ -71,9 +71,9 @@ from cathouse_harness.local.names import host_mode
 from cathouse_harness.local.neon_features import ServerFeatures
 from cathouse_harness.local.pg_choice import ENV_VAR as POSTGRES_BIN_ENV
 from cathouse_harness.local.pg_choice import PgInstall, choose_install
-from cathouse_harness.local.postgres import scram_verifier
-from cathouse_harness.local.proxy import Fences, Gate, Refusal, Upstream
+from cathouse_harness.local.proxy import Fences, Refusal, Upstream
 from cathouse_harness.local.relay import CancelKeys, RelayEndpoint, Route
+from cathouse_harness.local.scram import scram_verifier
 from cathouse_harness.local.startup_options import TimeTravel
 from cathouse_harness.local.state import DatabaseRecord, RoleRecord, database_id, iso, now
 from cathouse_harness.local.tls import TlsMaterial, server_material
@@ -429,10 +429,6 @@ class InstanceDataPlane:
 
     # ------------------------------------------------------------------ databases
 
-    async def ensure_role(self, role: str, password: str) -> None:
-        """The shared plane's internal upstream passwords: none here (the relay logs in
-        with the client's own proof)."""
-
     async def create_database(self, physical: str, *, owner: str, template: str | None = None,
                               schema_only: bool = False, issued: Callable[[], None] | None = None) -> None:
         found = self._branch_of(physical)
@@ -786,9 +782,8 @@ class InstanceDataPlane:
         return self._listeners
 
     async def open_endpoint(self, endpoint_id: str, *, databases: Mapping[str, str], direct_port: int = 0,
-                            pooled_port: int = 0, gate: Gate | None = None) -> EndpointAddress:
-        """The relay's listeners; `gate` is the shared plane's and not used: the branch's
-        instance decides who may log in."""
+                            pooled_port: int = 0) -> EndpointAddress:
+        """The relay's listeners: the branch's instance decides who may log in."""
         self._mark(endpoint_id)
         return await self.listeners.open(endpoint_id, databases=databases, direct_port=direct_port,
                                          pooled_port=pooled_port, on_activity=self.on_activity)

@@ -193,15 +193,12 @@ def ensure_local_server(
 
 
 def _check_binaries(home: Path, storage: str, postgres_bin: str | None) -> None:
-    """A named PostgreSQL that cannot open the home's cluster is the caller's one line,
-    not a daemon's exit (`cathouse_harness.local.pg_choice`). Not with an external server."""
-    if env.read("CATHOUSE_PG_URL"):
-        return
+    """A named PostgreSQL that cannot open the home's instances is the caller's one
+    line, not a daemon's exit (`cathouse_harness.local.pg_choice`)."""
+    from cathouse_harness.local.compute.layout import templates_dir
     from cathouse_harness.local.pg_choice import ENV_VAR, preflight
-    from cathouse_harness.local.postgres import ClusterPaths, cluster_root, resolve_os_user
 
-    root = cluster_root(home, storage, resolve_os_user())  # type: ignore[arg-type]
-    preflight(postgres_bin or env.read(ENV_VAR), ClusterPaths.under(root).data)
+    preflight(postgres_bin or env.read(ENV_VAR), templates_dir(home, storage))  # type: ignore[arg-type]
 
 
 def _spawn_daemon(

@@ -23,7 +23,6 @@ from cathouse_harness.support.safe_paths import check_dir, ensure_dir
 
 SHM_DIR = Path("/dev/shm")
 VAR_TMP_DIR = Path("/var/tmp")
-TMP_DIR = Path("/tmp")
 PREFIX = "cathouse-harness-"
 
 
@@ -76,8 +75,3 @@ def memory_candidates(home: Path) -> list[Path]:
     if runtime:
         candidates.append(Path(runtime) / "cathouse-harness" / tag)
     return candidates
-
-
-def socket_fallback(root: Path) -> Path:
-    """A short socket directory for a cluster whose own path is too long for one."""
-    return VAR_TMP_DIR / f"{PREFIX}{os.geteuid()}" / f"sock-{short_hash(str(root))}"

@@ -46,7 +46,7 @@ VARIABLES: dict[str, str] = {
     "MIGRATION_DATABASE_URL": "direct URL for `migrate` when none is given",
     "CI": "set by CI systems: branches are never kept by default",
     "XDG_CACHE_HOME": "where the default home lives",
-    "XDG_RUNTIME_DIR": "where in-memory clusters go when PostgreSQL runs as us",
+    "XDG_RUNTIME_DIR": "where in-memory instances go when PostgreSQL runs as us",
     "PGHOST": "libpq's default host: what a migration's connect without one reaches",
     "PGPORT": "libpq's default port, likewise",
     "PGDATABASE": "libpq's default database, likewise",
