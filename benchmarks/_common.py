@@ -86,12 +86,12 @@ def child_env(home: Path, **extra: str) -> dict[str, str]:
 
 def stop_home(home: Path) -> None:
     """Stop the home's local server and remove its in-memory cluster."""
-    from cathouse_harness.local.postgres import memory_cluster_dirs
+    from cathouse_harness.local.compute.layout import memory_bases
     from cathouse_harness.local.server import stop_local_server
 
     with contextlib.suppress(Exception):
         stop_local_server(home)
-    for path in memory_cluster_dirs(home):
+    for path in memory_bases(home):
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -121,8 +121,8 @@ def bench_plane(home: Path, role: str) -> tuple[Any, Any, str, str, Any]:
 
     from cathouse_harness.local.catalog import BRANCH_SCRAM_ITERATIONS
     from cathouse_harness.local.dataplane import DataPlane
-    from cathouse_harness.local.postgres import scram_verifier
     from cathouse_harness.local.proxy_auth import Credential
+    from cathouse_harness.local.scram import scram_verifier
     from cathouse_harness.support.sync import LoopThread
 
     loop = LoopThread("bench-dataplane")

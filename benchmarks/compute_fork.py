@@ -56,7 +56,7 @@ from cathouse_harness.local.compute.moments import pitr, standby
 from cathouse_harness.local.pg_choice import choose_install, system_bin_dirs
 from cathouse_harness.local.pg_layout import Storage
 from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
-from cathouse_harness.local.postgres import scram_verifier
+from cathouse_harness.local.scram import scram_verifier
 from cathouse_harness.support.polling import Backoff, wait_until
 
 _MIB = 1024 * 1024
@@ -247,7 +247,7 @@ async def _pgbouncer_probe(bench: Bench, child: Instance) -> str:
     bouncer = PgBouncer(binary, child.paths.root / "pgbouncer", user=bench.user,
                         pg_host=str(child.paths.socket_dir), pg_port=layout.SOCKET_PORT)
     started = time.perf_counter()
-    await bouncer.start([])
+    await bouncer.start()
     elapsed = time.perf_counter() - started
     try:
         with instances.admin_session(child) as session:

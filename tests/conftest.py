@@ -14,10 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
+import psycopg
+import psycopg.sql
 import pytest
-from cathouse_harness.local.dataplane import DataPlane
+from cathouse_harness.local.pg_binaries import resolve_install, resolve_os_user
+from cathouse_harness.local.scram import scram_verifier
 from cathouse_harness.support.env import overridden
 from cathouse_harness.support.sync import LoopThread
+
+from tests._cluster import Cluster, cluster_root
 
 TEST_ROLE = "harness_test"
 
@@ -74,14 +79,14 @@ def harness_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with overridden(isolated):
         yield home
         # pytester runs start the embedded default as a daemon under this home; stop it.
-        from cathouse_harness.local.postgres import memory_cluster_dirs
+        from cathouse_harness.local.compute.layout import memory_bases
         from cathouse_harness.local.server import stop_local_server
 
         try:
             stop_local_server(home)
         except Exception as exc:  # a stuck server must not hide the test results
             print(f"could not stop the test suite's local server: {exc}")
-        for directory in memory_cluster_dirs(home):
+        for directory in memory_bases(home):
             shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -93,26 +98,32 @@ def harness_loop() -> Iterator[LoopThread]:
 
 
 @pytest.fixture(scope="session")
-def dataplane(harness_home: Path, harness_loop: LoopThread) -> Iterator[DataPlane]:
-    """A started data plane (embedded PostgreSQL 18 in memory) for the whole session."""
-    plane = DataPlane(harness_home / "dataplane", storage="memory")
-    harness_loop.run(plane.start())
-    yield plane
-    harness_loop.run(plane.stop())
-    if plane.cluster_dir is not None:
-        shutil.rmtree(plane.cluster_dir, ignore_errors=True)
+def pg_cluster(harness_home: Path) -> Iterator[Cluster]:
+    """The session's plain PostgreSQL (the wheel's, in memory, on 127.0.0.1) for tests
+    that need a database and no local server."""
+    home = harness_home / "plain-postgres"
+    user = resolve_os_user()
+    cluster = Cluster(cluster_root(home, "memory", user), storage="memory", user=user,
+                      install=resolve_install(user), home=home)
+    cluster.start_blocking()
+    yield cluster
+    cluster.stop_blocking()
+    cluster.release()
+    shutil.rmtree(cluster.paths.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def pg_admin_dsn(dataplane: DataPlane) -> str:
+def pg_admin_dsn(pg_cluster: Cluster) -> str:
     """Superuser DSN (unix socket) of the session's PostgreSQL."""
-    return dataplane.admin_dsn()
+    return pg_cluster.superuser_dsn()
 
 
 @pytest.fixture(scope="session")
-def test_role_password(dataplane: DataPlane, harness_loop: LoopThread) -> str:
+def test_role_password(pg_admin_dsn: str) -> str:
     password = "pw-" + secrets.token_urlsafe(12)
-    harness_loop.run(dataplane.ensure_role(TEST_ROLE, password))
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+        admin.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+            psycopg.sql.Identifier(TEST_ROLE), psycopg.sql.Literal(scram_verifier(password))))
     return password
 
 
@@ -121,13 +132,23 @@ def tcp_port(dsn: str) -> int:
     return int(port)
 
 
+def create_database(admin_dsn: str, name: str, owner: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(psycopg.sql.SQL("CREATE DATABASE {} OWNER {}").format(
+            psycopg.sql.Identifier(name), psycopg.sql.Identifier(owner)))
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            psycopg.sql.Identifier(name)))
+
+
 @pytest.fixture
-def fresh_database_url(
-    dataplane: DataPlane, harness_loop: LoopThread, test_role_password: str
-) -> Iterator[str]:
+def fresh_database_url(pg_admin_dsn: str, test_role_password: str) -> Iterator[str]:
     """A new empty database owned by a password role: `postgresql://…@127.0.0.1:port/db`."""
     name = f"t_{secrets.token_hex(6)}"
-    harness_loop.run(dataplane.create_database(name, owner=TEST_ROLE))
-    port = tcp_port(dataplane.admin_dsn())
+    create_database(pg_admin_dsn, name, TEST_ROLE)
+    port = tcp_port(pg_admin_dsn)
     yield f"postgresql://{TEST_ROLE}:{quote(test_role_password, safe='')}@127.0.0.1:{port}/{name}"
-    harness_loop.run(dataplane.drop_database(name))
+    drop_database(pg_admin_dsn, name)

@@ -31,13 +31,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import pwd
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from cathouse_harness.branching.spares import forget_expired
 from cathouse_harness.cleanup.runs import owned_files, owner_pid
-from cathouse_harness.errors import UnsafePathError
+from cathouse_harness.errors import LocalServerError, UnsafePathError
 from cathouse_harness.local import locations
 from cathouse_harness.support import env
 from cathouse_harness.support.log import get_logger
@@ -58,10 +59,7 @@ _HOME_MARKS = ("local-api-key", "runs", "logs", "local-state.json", "local-state
 
 def clean_leftovers(home: Path) -> list[str]:
     """Remove what earlier runs and servers of this user left; one line per removal."""
-    from cathouse_harness.local.postgres import resolve_os_user
-
-    user = resolve_os_user()
-    owners = frozenset({os.geteuid(), user.uid})
+    owners = _owners()
     done = _clean_runs(home / "runs")
     done += forget_expired(home)  # records of spares past their expiry
     for root in _cluster_roots(home):
@@ -71,6 +69,24 @@ def clean_leftovers(home: Path) -> list[str]:
     for line in done:
         log.info("%s", line)
     return done
+
+
+def _owners() -> frozenset[int]:
+    """Who may own what we remove: us, and as root the shared `cathouse-pg` that ran
+    every home's PostgreSQL before each branch had its own (#24), when it exists."""
+    legacy = _legacy_user()
+    return frozenset({os.geteuid()} | ({legacy.pw_uid} if legacy is not None else set()))
+
+
+def _legacy_user() -> pwd.struct_passwd | None:
+    from cathouse_harness.local.pg_binaries import PG_SYSTEM_USER
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        return None
 
 
 # --------------------------------------------------------------------- runs
@@ -157,15 +173,17 @@ def _clean_cluster(root: Path, owners: frozenset[int]) -> list[str]:
 def _stop_orphans(root: Path) -> list[str]:
     """A PostgreSQL and PgBouncer still running on a cluster whose lease the caller holds,
     or on any instance of a compute base (each lays out `data/` and `pgbouncer/` alike)."""
+    from cathouse_harness.local.compute.instance import fast_stop, postmaster_pid
     from cathouse_harness.local.pgbouncer import stop_stale
-    from cathouse_harness.local.postgres import Cluster, resolve_os_user
 
     done = []
     for place in (root, *_real_dirs(root / "instances")):
-        cluster = Cluster(place, storage="memory", user=resolve_os_user(), install=Path("/"))
-        pid = cluster.running_pid()
+        pid = postmaster_pid(place / "data")
         if pid is not None:
-            cluster.stop_blocking()
+            stuck = fast_stop(place / "data")
+            if stuck is not None:
+                raise LocalServerError(
+                    f"PostgreSQL (pid {stuck}) in {place} still runs after a fast shutdown")
             done.append(f"stopped PostgreSQL (pid {pid}) that no server used, in {place}")
         bouncer = stop_stale(place / "pgbouncer")
         if bouncer is not None:
@@ -283,15 +301,13 @@ def remove_all(home: Path, *, project_root: Path, dry_run: bool = False,
     (another home's) still uses stays, and is named, unless `stop_others` stops those
     servers first. Never the shared `cathouse-pg`."""
     from cathouse_harness.local.launch import stop_local_server
-    from cathouse_harness.local.pg_binaries import PG_SYSTEM_USER, resolve_os_user
 
     verb = "would remove" if dry_run else "removed"
     done: list[str] = []
     home = home.expanduser().resolve()
     if not dry_run and home.is_dir() and stop_local_server(home):
         done.append(f"stopped the local server of {home}")
-    user = resolve_os_user()
-    owners = frozenset({os.geteuid(), user.uid})
+    owners = _owners()
     bases = _bases()
     if stop_others and not dry_run:
         done += _stop_others(bases)
@@ -303,9 +319,10 @@ def remove_all(home: Path, *, project_root: Path, dry_run: bool = False,
     for base in bases:
         done += _remove_caches(base, owners, verb, dry_run=dry_run, users=users)
     done += _remove_home(home, project_root, verb, dry_run=dry_run)
-    if user.switch and user.name == PG_SYSTEM_USER:
-        done.append(f"kept the system user {PG_SYSTEM_USER} (made to run PostgreSQL as root): "
-                    f"`userdel {PG_SYSTEM_USER}` removes it")
+    legacy = _legacy_user()
+    if legacy is not None:
+        done.append(f"kept the system user {legacy.pw_name} (made to run PostgreSQL as root "
+                    f"before each home had its own): `userdel {legacy.pw_name}` removes it")
     return done
 
 

@@ -1,15 +1,16 @@
-"""The embedded default: a local Neon-API-v2-compatible server over embedded PostgreSQL.
+"""The embedded default: a local Neon-API-v2-compatible server, a PostgreSQL per branch.
 
 Control plane: `app` (HTTP routes and the front door) with `api_*` (route modules,
 request validation, Neon's JSON shapes); `control` (state, lookups, endpoints) with
 `operations` (operation records, the project lock), `persist` (state writes),
-`branching`, `computes`, `catalog` (roles, databases, the connection gate), `reaper`,
-`schema`; `state` (persisted JSON), `faults` (fault injection), `server` (foreground
-server, shared daemon, `emulator`), `launch` (finding or starting that daemon). Data
-plane: `dataplane` (with `databases`, `fencing`, `listeners`) over `postgres`, `proxy`
-(with `proxy_auth` and `scram`: each branch's passwords checked at the proxy),
-`pgbouncer`, `tls` (the home's CA), `hosts` (an endpoint's own loopback addresses),
-`names` and `router` (names mode) and `introspect` (pg_dump).
+`branching`, `computes`, `catalog` (roles, databases), `reaper`, `schema`; `state`
+(persisted JSON), `faults` (fault injection), `server` (foreground server, shared
+daemon, `emulator`), `launch` (finding or starting that daemon). Data plane:
+`instance_plane` over `compute` (each branch's own PostgreSQL), `relay` (an endpoint's
+byte relay) with `proxy` (the connection's start), `proxy_auth` and `scram` (the
+client's SCRAM against the instance's verifier), `listeners`, `pgbouncer`, `tls` (the
+home's CA), `hosts` (an endpoint's own loopback addresses), `names` and `router` (names
+mode) and `introspect` (pg_dump).
 
 Names are imported lazily so that importing one submodule (say, the data plane) does
 not pull in the web server.

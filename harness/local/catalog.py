@@ -1,17 +1,13 @@
-"""Roles and databases of the local server's branches, and the gate of every connection.
+"""Roles and databases of the local server's branches.
 
 On Neon, roles and databases belong to a branch and are copied to its children. Here a
-branch's catalog is a record per role and per database; a database is a PostgreSQL
-database (`DatabaseRecord.physical`) once anybody connects to it or it holds data, and
-just a record before that: `neondb`, which Neon gives every project, or a database made
-through the API, costs no copy on every fork while nobody uses it.
+branch's catalog is a record per role and per database; the data plane brings the
+branch's own PostgreSQL instance in line with it (`cathouse_harness.local.instance_plane`).
+A database made through the API is a record until its branch's next sync or first use.
 
 Passwords: each branch's roles have their own (`RoleRecord.password`), new for every
 branch, where Neon copies a parent's to its children (except under a protected parent):
-a password handed out for one branch then opens that branch only. The gate gives the
-proxy the branch's SCRAM verifier to check the client with, and the role's internal
-password (`LocalState.passwords`, never handed out) to log in to PostgreSQL with, whose
-roles are cluster-wide. The gate turns away a user the branch does not have.
+a password handed out for one branch then opens that branch only.
 
 Like Neon's `apply_config`, a change of roles or databases ends the connections of the
 branch's endpoints.
@@ -27,10 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from cathouse_harness.errors import ApiError
 from cathouse_harness.local import ids
 from cathouse_harness.local.api_validation import DatabaseChange, point_in_time
-from cathouse_harness.local.branch_sql import BranchSql
-from cathouse_harness.local.postgres import scram_verifier
-from cathouse_harness.local.proxy import Admission, Gate, Refusal
-from cathouse_harness.local.proxy_auth import Credential
+from cathouse_harness.local.proxy import Refusal
 from cathouse_harness.local.startup_options import TimeTravel
 from cathouse_harness.local.state import (
     BranchRecord,
@@ -48,15 +41,6 @@ from cathouse_harness.support.redact import register_secret
 if TYPE_CHECKING:
     from cathouse_harness.local.core import NeonCore
     from cathouse_harness.local.history import Located
-
-# What a connection to a read-only endpoint gets: PostgreSQL refuses writes in it.
-READ_ONLY = {"default_transaction_read_only": "on"}
-# SCRAM iterations of a branch's verifier. Its passwords are 24 random letters and
-# digits (~143 bits), which no key stretching makes stronger; every client pays the
-# iterations on every connect (4096, PostgreSQL's default, cost ~2-4 ms of an ~9 ms
-# connect here), so a few do, as for PgBouncer's admin user.
-BRANCH_SCRAM_ITERATIONS = 16
-
 
 class Copy(NamedTuple):
     """One database to copy: the new PostgreSQL database, its template, its owner."""
@@ -86,10 +70,6 @@ class Catalog:
         self.neon = neon
         # Databases being made on first use, so two first connections make one.
         self._making: dict[tuple[str, str], asyncio.Future[str]] = {}
-        # (password, its verifier) by (branch, role): key stretching once, not per connection
-        self._verifiers: dict[tuple[str, str], tuple[str, str]] = {}
-        # CREATE / DROP DATABASE sent by the branches' clients
-        self.sql = BranchSql(neon)
 
     # ------------------------------------------------------------------ lookups
 
@@ -127,30 +107,6 @@ class Catalog:
             for n, r in source.roles.items()
         }
 
-    def adopt_passwords(self) -> bool:
-        """Roles of a state written before branches had passwords of their own keep the
-        shared one (URLs handed out stay valid); the internal passwords, which those URLs
-        carried, are then replaced. True when anything changed."""
-        state = self.neon.state
-        legacy = False
-        for branch in state.branches.values():
-            for role in branch.roles.values():
-                if not role.password:
-                    role.password = state.passwords.setdefault(role.name, ids.role_password())
-                    legacy = True
-                register_secret(role.password)
-        if legacy:
-            state.passwords = {name: ids.role_password() for name in state.passwords}
-        return legacy
-
-    def credential(self, branch: BranchRecord, role: RoleRecord) -> Credential:
-        key = (branch.id, role.name)
-        cached = self._verifiers.get(key)
-        if cached is None or cached[0] != role.password:
-            cached = (role.password, scram_verifier(role.password, iterations=BRANCH_SCRAM_ITERATIONS))
-            self._verifiers[key] = cached
-        return Credential(cached[1], self.neon.state.passwords[role.name])
-
     def new_physical(self) -> str:
         """A fresh PostgreSQL database name (short, safe, unused)."""
         return "db_" + secrets.token_hex(8)
@@ -173,26 +129,7 @@ class Catalog:
             )
         return copies
 
-    # ------------------------------------------------------------------ the gate
-
-    def gate(self, endpoint_id: str) -> Gate:
-        async def admit(user: str, logical: str, at: TimeTravel | None) -> Admission:
-            ep, branch = serving(self.neon.state, endpoint_id)
-            role = branch.roles.get(user)
-            if role is None:
-                raise Refusal("28000", f'role "{user}" does not exist')
-            source = branch if at is None else await self.as_of(branch, at)
-            db = source.databases.get(logical)
-            if db is None:
-                raise Refusal("3D000", f'database "{logical}" does not exist')
-            physical = db.physical or await self.materialize(source, db)
-            if ep.current_state == "idle":  # a suspended compute wakes on a connection
-                ep.current_state, ep.started_at = "active", iso(now())
-            read_only = ep.type == "read_only" or at is not None
-            sql = self.sql.connection(endpoint_id, source.id, user, physical, read_only=read_only)
-            return Admission(physical, READ_ONLY if read_only else {}, self.credential(branch, role), sql)
-
-        return admit
+    # ------------------------------------------------------------------ history
 
     async def as_of(self, branch: BranchRecord, at: TimeTravel) -> BranchRecord:
         """The branch whose current databases hold `branch` as of a time-travel
@@ -264,15 +201,8 @@ class Catalog:
         if name in branch.roles:
             raise conflict(f"role {name} already exists on branch {branch.id}")
         role = self.new_role(name, iso(now()))
-        # A role another branch has keeps its internal password: the PostgreSQL role is shared.
-        password = self.neon.state.passwords.setdefault(name, ids.role_password())
-        register_secret(password)
         branch.roles[name] = role
-
-        async def make() -> None:
-            await self.neon.dataplane.ensure_role(name, password)
-
-        return role, self._apply(branch, make, f"create role {name}")
+        return role, self._apply(branch, None, f"create role {name}")
 
     def delete_role(self, branch_id: str, name: str) -> tuple[RoleRecord, list[OperationRecord]] | None:
         branch = self.neon.branch(branch_id)

@@ -135,11 +135,9 @@ class LocalNeon:
                 state.project_id, self.home, state.database_name, state.role_name,
             )
         self._state = state
-        if self.catalog.adopt_passwords():
-            log.info("branches' roles have passwords of their own now; internal passwords replaced")
-        for role, password in state.passwords.items():
-            register_secret(password)
-            await self.dataplane.ensure_role(role, password)
+        for branch in state.branches.values():
+            for role in branch.roles.values():
+                register_secret(role.password)
         await self._reconcile(fresh=fresh)
         await self.snapshots.reconcile()
         self.flush()
@@ -233,14 +231,13 @@ class LocalNeon:
             self._addresses.pop(ep_id, None)
 
     async def open_endpoint(self, ep: EndpointRecord, *, reuse_ports: bool = False) -> None:
-        """Listeners for `ep`, on its old ports when asked and free; every connection
-        is admitted by the catalog's gate (roles, databases, disabled endpoints)."""
-        gate = self.catalog.gate(ep.id)
+        """Listeners for `ep`, on its old ports when asked and free (the branch's
+        instance decides who may log in)."""
         address = None
         if reuse_ports and ep.direct_port:
             try:
                 address = await self.dataplane.open_endpoint(
-                    ep.id, databases={}, direct_port=ep.direct_port, pooled_port=ep.pooled_port, gate=gate
+                    ep.id, databases={}, direct_port=ep.direct_port, pooled_port=ep.pooled_port
                 )
             except Exception as exc:  # the old port may be taken by now
                 log.warning(
@@ -250,7 +247,7 @@ class LocalNeon:
                     exc.__class__.__name__,
                 )
         if address is None:
-            address = await self.dataplane.open_endpoint(ep.id, databases={}, gate=gate)
+            address = await self.dataplane.open_endpoint(ep.id, databases={})
         self._addresses[ep.id] = address
         ep.direct_port = address.direct_port
         ep.pooled_port = address.pooled_port

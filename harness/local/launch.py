@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
-from cathouse_harness.errors import LocalServerError
+from cathouse_harness.errors import ConfigError, LocalServerError
 from cathouse_harness.local.discovery import (
     STORAGES,
     LocalServerInfo,
@@ -38,6 +38,7 @@ from cathouse_harness.support import env
 from cathouse_harness.support.interrupt import stoppable
 from cathouse_harness.support.locking import file_lock
 from cathouse_harness.support.polling import Backoff, wait_until
+from cathouse_harness.support.safe_paths import write_private
 
 START_TIMEOUT = 60.0
 _POLL = Backoff(0.02)
@@ -46,6 +47,53 @@ _POLL = Backoff(0.02)
 def check_storage(storage: str) -> None:
     if storage not in STORAGES:
         raise LocalServerError(f"storage must be memory or disk, got {storage!r}")
+
+
+# The data plane a home's branches live on (#24): `instance` (a PostgreSQL per branch)
+# now; `shared` (one PostgreSQL for every branch) was retired, and a server of today
+# would not see that home's branches and leave their data behind.
+PLANE = "instance"
+RETIRED_PLANE = "shared"
+
+
+def plane_record(home: Path, storage: str) -> Path:
+    return home / f"data-plane-{storage}"
+
+
+def check_data_plane(home: Path, storage: str) -> None:
+    """Refuse, in one line (exit code 2), what the retired shared data plane left:
+    `CATHOUSE_PG_URL` set, or a home on disk whose branches live on that plane. An
+    in-memory home keeps nothing past its server's stop, so there is nothing to lose."""
+    if env.read("CATHOUSE_PG_URL"):
+        raise ConfigError(
+            "is retired: the local server runs a PostgreSQL per branch, which one external "
+            "server cannot give",
+            key="CATHOUSE_PG_URL", source="the environment",
+            hint="unset it; to run the branches on an installed PostgreSQL set "
+            "CATHOUSE_POSTGRES_BIN (or postgres_bin) to its bin directory or to system",
+        )
+    if storage != "disk":
+        return
+    try:
+        recorded = plane_record(home, storage).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        # a home made before the record kept its shared cluster in <home>/pg
+        recorded = RETIRED_PLANE if (home / "pg" / "data").is_dir() else PLANE
+    if recorded != PLANE:
+        raise ConfigError(
+            f"the branches of {home} (disk storage) live on the retired {recorded} data "
+            "plane (one PostgreSQL for every branch), which this version cannot serve",
+            hint="remove them with `cathouse-branch gc --all`, or set "
+            "CATHOUSE_HARNESS_HOME to another directory",
+        )
+
+
+def keep_data_plane(home: Path, storage: str) -> None:
+    """`check_data_plane`, then record the plane so that a later version can tell."""
+    check_data_plane(home, storage)
+    record = plane_record(home, storage)
+    if not record.exists():
+        write_private(record, PLANE + "\n")
 
 
 
@@ -125,6 +173,7 @@ def ensure_local_server(
         if info is not None:
             return info
         discovery_path(home, storage).unlink(missing_ok=True)
+        check_data_plane(home, storage)
         _check_binaries(home, storage, postgres_bin)
         logfile = log_path(home, storage)
         process = _spawn_daemon(
@@ -189,15 +238,12 @@ def _abandon(process: subprocess.Popen[bytes]) -> None:
 
 
 def _check_binaries(home: Path, storage: str, postgres_bin: str | None) -> None:
-    """A named PostgreSQL that cannot open the home's cluster is the caller's one line,
-    not a daemon's exit (`cathouse_harness.local.pg_choice`). Not with an external server."""
-    if env.read("CATHOUSE_PG_URL"):
-        return
+    """A named PostgreSQL that cannot open the home's instances is the caller's one
+    line, not a daemon's exit (`cathouse_harness.local.pg_choice`)."""
+    from cathouse_harness.local.compute.layout import templates_dir
     from cathouse_harness.local.pg_choice import ENV_VAR, preflight
-    from cathouse_harness.local.postgres import ClusterPaths, cluster_root, resolve_os_user
 
-    root = cluster_root(home, storage, resolve_os_user())  # type: ignore[arg-type]
-    preflight(postgres_bin or env.read(ENV_VAR), ClusterPaths.under(root).data)
+    preflight(postgres_bin or env.read(ENV_VAR), templates_dir(home, storage))  # type: ignore[arg-type]
 
 
 def _spawn_daemon(

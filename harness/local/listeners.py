@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.hosts import DEFAULT_PORT, loopback_addresses, pooled_seed
 from cathouse_harness.local.names import HOSTS_VAR, NAME_DOMAIN, HostMode, endpoint_names
-from cathouse_harness.local.proxy import EndpointProxy, Fences, Gate, Upstream
+from cathouse_harness.local.proxy import EndpointProxy, Fences, Upstream
 from cathouse_harness.local.router import SniRouter
 from cathouse_harness.local.tls import TlsMaterial
 from cathouse_harness.support.log import get_logger
@@ -135,15 +135,13 @@ class Listeners:
         databases: Mapping[str, str],
         direct_port: int = 0,
         pooled_port: int = 0,
-        gate: Gate | None = None,
         on_activity: Callable[[], None] | None = None,
     ) -> EndpointAddress:
-        """Listeners for an endpoint; `gate` (when given) admits each connection by its
-        user and logical database, else `databases` maps logical to physical names."""
+        """Listeners for an endpoint (`make_proxy` serves their connections)."""
         if endpoint_id in self.proxies:
             await self.close(endpoint_id)
         proxy = self.make_proxy(
-            endpoint_id, databases, fences=self.fences, tls=self.tls, on_activity=on_activity, gate=gate
+            endpoint_id, databases, fences=self.fences, tls=self.tls, on_activity=on_activity
         )
         try:
             direct = await proxy.listen("direct", direct_port, self._direct_upstream)

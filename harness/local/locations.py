@@ -23,7 +23,6 @@ from cathouse_harness.support.safe_paths import check_dir, ensure_dir
 
 SHM_DIR = Path("/dev/shm")
 VAR_TMP_DIR = Path("/var/tmp")
-TMP_DIR = Path("/tmp")
 PREFIX = "cathouse-harness-"
 
 
@@ -88,7 +87,3 @@ def shared_dirs_of(home: Path) -> list[Path]:
         parents.append(Path(runtime) / "cathouse-harness")
     return [entry for parent in parents if parent.is_dir() for entry in sorted(parent.glob(f"{tag}*"))]
 
-
-def socket_fallback(root: Path) -> Path:
-    """A short socket directory for a cluster whose own path is too long for one."""
-    return VAR_TMP_DIR / f"{PREFIX}{os.geteuid()}" / f"sock-{short_hash(str(root))}"

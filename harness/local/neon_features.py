@@ -2,17 +2,10 @@
 
 Neon lets a project create only the extensions on its list, and its computes have ICU.
 The local server's PostgreSQL (the wheel's, or a system one: `pg_choice`) may have
-less, or more. The endpoint relay (`sql_relay`) asks `refusal` about every CREATE
-EXTENSION and ICU collation it sees, from migrations and tests alike, and answers with
-one line instead of PostgreSQL's: an extension Neon does not offer is refused here as
-Neon would refuse it, and one Neon offers that this PostgreSQL lacks says how to get a
-PostgreSQL that has it.
-
-Why the relay, not the migration runner or an event trigger: every statement of a
-migration and of a test passes through it, it already rewrites a statement it refuses
-into PostgreSQL's own error (in order, in the transaction's state), and it adds nothing
-to the user's databases; the runner sees migrations only, and an event trigger would be
-an object in every branch's schema that Neon's databases do not have.
+less, or more. Each instance finds only the extensions Neon offers, a stub with the
+remedy for one the installation lacks (`cathouse_harness.local.compute.extensions` asks
+`extension_refusal`), and a failed migration's report adds the remedy to PostgreSQL's
+own error (`hint_for`); nothing reads a client's SQL.
 
 NEON_EXTENSIONS is Neon's list as of NEON_EXTENSIONS_AS_OF (the names CREATE EXTENSION
 takes, which differ from the table's for pgvector, pgx_ulid, pg_roaringbitmap and
@@ -177,16 +170,6 @@ def extension_refusal(name: str, features: ServerFeatures | None) -> str | None:
             f"PostgreSQL ({features.postgres}): {REMEDY}{features.aside}"
         )
     return None
-
-
-def icu_refusal(features: ServerFeatures | None) -> str | None:
-    """Why an ICU collation cannot be made here (one line), or None."""
-    if features is None or features.icu:
-        return None
-    return (
-        f"ICU collations work on Neon but the local server's PostgreSQL ({features.postgres}) "
-        f"was built without ICU: {ICU_REMEDY}{features.aside}"
-    )
 
 
 _NOT_AVAILABLE = re.compile(r'extension "([^"]+)" is not available')

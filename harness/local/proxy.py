@@ -1,13 +1,10 @@
-"""The endpoint proxy: Neon-like listeners in front of one PostgreSQL cluster.
+"""An endpoint's listeners and the start of every connection they carry.
 
-Each endpoint gets its own loopback ports (direct and pooled). A client's startup
-message names a logical database ("cathouse"); the proxy rewrites it to the branch's
-physical database and then only copies bytes. It also plays the parts of the PostgreSQL
-handshake that happen before the startup message: SSL (terminated here with a
-self-signed certificate), GSS encryption (declined) and cancel requests (forwarded).
-
-New connections to a database under a fence (a template copy in progress) wait until
-the fence lifts, so a fork never fails a client that merely connects at that moment.
+Each endpoint gets its own loopback ports (direct and pooled). This module plays the
+parts of the PostgreSQL handshake that happen before and at the startup message: SSL
+(terminated here with the home's CA), GSS encryption (declined), cancel requests and
+the bounded startup packet with Neon's `options=endpoint=` and time-travel options.
+What follows the startup is the relay's (`cathouse_harness.local.relay.RelayEndpoint`).
 """
 
 from __future__ import annotations
@@ -17,12 +14,10 @@ import contextlib
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from cathouse_harness.local.proxy_auth import AuthFailed, Credential, authenticate_client, login_upstream
-from cathouse_harness.local.scram import ScramError
-from cathouse_harness.local.sql_relay import Relay, SqlSession, error_message
+from cathouse_harness.local.proxy_auth import message
 from cathouse_harness.local.startup_options import (
     EndpointOptionError,
     TimeTravel,
@@ -82,8 +77,10 @@ class Fences:
             await asyncio.wait_for(event.wait(), _FENCE_WAIT)
 
 
-def error_response(sqlstate: str, message: str) -> bytes:
-    return error_message(sqlstate, message, severity="FATAL")
+def error_response(sqlstate: str, text: str) -> bytes:
+    """A FATAL ErrorResponse, the one answer a connection gets before it is closed."""
+    fields = [(b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate), (b"M", text)]
+    return message(b"E", b"".join(code + value.encode() + b"\0" for code, value in fields) + b"\0")
 
 
 def parse_startup(body: bytes) -> tuple[int, dict[str, str]]:
@@ -132,32 +129,12 @@ class Refusal(Exception):
 
 
 @dataclass(frozen=True)
-class Admission:
-    """Where an admitted connection goes, and startup parameters to add on the way.
-    With a `credential` the proxy authenticates the client itself (`proxy_auth`);
-    without, PostgreSQL does, through the bytes the proxy copies. With `sql`, CREATE
-    and DROP DATABASE are taken over (`cathouse_harness.local.sql_relay`); without, every byte
-    after the startup is copied."""
-
-    physical: str
-    extra: Mapping[str, str] = field(default_factory=dict)
-    credential: Credential | None = None
-    sql: SqlSession | None = None
-
-
-@dataclass(frozen=True)
 class Startup:
     version: int
     params: dict[str, str]
     tls: bool
     # the moment a time-travel connection asks for (taken out of `params`' options)
     at: TimeTravel | None = None
-
-
-# Decides each new connection from its user, logical database and the moment it asks
-# for (None: now): an Admission, or a Refusal raised. Without a gate, the endpoint's
-# `databases` mapping decides alone (and no moment but now is served).
-Gate = Callable[[str, str, TimeTravel | None], Awaitable[Admission]]
 
 
 def moment_asked(kind: str, startup: Startup, time_travel: bool, arrived: float | None) -> TimeTravel | None:
@@ -192,7 +169,6 @@ class EndpointProxy:
         fences: Fences,
         tls: TlsMaterial | None,
         on_activity: Callable[[], None] | None = None,
-        gate: Gate | None = None,
     ) -> None:
         self.endpoint_id = endpoint_id
         self.databases = dict(databases)
@@ -205,7 +181,6 @@ class EndpointProxy:
         # told when a client connects or leaves: an app using its branch keeps the
         # local server from idling out just as API requests do
         self.on_activity = on_activity
-        self.gate = gate
         self._listeners: dict[str, _Listener] = {}
 
     def disconnect_all(self) -> None:
@@ -326,41 +301,8 @@ class EndpointProxy:
         arrived: float | None = None,
         time_travel: bool = False,
     ) -> None:
-        startup = await self._startup(listener, reader, writer, startup)
-        if startup is None:
-            return
-        params = startup.params
-        try:
-            at = moment_asked(listener.kind, startup, time_travel, arrived)
-            admission = await self._admit(params, at)
-        except Refusal as refusal:
-            writer.write(error_response(refusal.sqlstate, refusal.message))
-            await writer.drain()
-            return
-        physical = admission.physical
-        params["database"] = physical
-        params.update(admission.extra)
-        await self.fences.wait(physical)
-        target = listener.upstream()
-        try:
-            up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
-        except OSError:
-            writer.write(error_response("08006", "the local database server is not reachable"))
-            await writer.drain()
-            return
-        try:
-            up_writer.write(build_startup(startup.version, params))
-            await up_writer.drain()
-            if admission.credential is not None and not await self._authenticate(
-                startup, admission.credential, (reader, writer), (up_reader, up_writer)
-            ):
-                return
-            if admission.sql is None:
-                await _pipe_both(reader, writer, up_reader, up_writer)
-            else:
-                await _relay(admission, (reader, writer), (up_reader, up_writer))
-        finally:
-            _close(up_writer)
+        """A connection after its preamble: the relay's (`RelayEndpoint`)."""
+        raise NotImplementedError
 
     async def _startup(
         self,
@@ -377,50 +319,6 @@ class EndpointProxy:
         if startup is not None:
             startup = await self._without_endpoint_option(startup, writer)
         return startup
-
-    async def _authenticate(
-        self,
-        startup: Startup,
-        credential: Credential,
-        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    ) -> bool:
-        """The client's SCRAM against its branch's verifier while the proxy logs in
-        upstream; True once both succeeded and the client has its AuthenticationOk."""
-        user = startup.params.get("user", "")
-        writer = client[1]
-        login = asyncio.ensure_future(login_upstream(*upstream, user, credential.upstream_password))
-        end_point = self.tls.end_point if startup.tls and self.tls is not None else None
-        failure = error_response("28P01", f'password authentication failed for user "{user}"')
-        try:
-            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
-                await authenticate_client(*client, credential.verifier, end_point=end_point, failure=failure)
-                writer.write(await login)
-        except AuthFailed as failed:
-            writer.write(failed.reply)
-            await writer.drain()
-            return False
-        except ScramError as exc:
-            log.warning("the proxy could not log in upstream for %s: %s", self.endpoint_id, exc)
-            writer.write(error_response("08006", "the local database server refused the proxy's login"))
-            await writer.drain()
-            return False
-        finally:
-            login.cancel()
-            await asyncio.gather(login, return_exceptions=True)
-        return True
-
-    async def _admit(self, params: Mapping[str, str], at: TimeTravel | None) -> Admission:
-        user = params.get("user", "")
-        logical = params.get("database") or user
-        if self.gate is not None:
-            return await self.gate(user, logical, at)
-        if at is not None:
-            raise Refusal("08004", "this endpoint keeps no history for time travel connections")
-        physical = self.databases.get(logical)
-        if physical is None:
-            raise Refusal("3D000", f'database "{logical}" does not exist')
-        return Admission(physical)
 
     async def _read_startup(
         self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -491,27 +389,6 @@ async def forward_cancel(target: Upstream, packet: bytes) -> None:
             await up_reader.read()
     if up_writer is not None:
         _close(up_writer)
-
-
-async def _relay(
-    admission: Admission,
-    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-) -> None:
-    """The admitted connection's bytes, with CREATE/DROP DATABASE taken over; the
-    connection counts as on its database meanwhile (another's DROP ... FORCE ends it)."""
-    session = admission.sql
-    task = asyncio.current_task()
-    assert session is not None and task is not None
-
-    def end() -> None:
-        task.cancel()
-
-    session.attach(end)
-    try:
-        await Relay(client, upstream, session).run()
-    finally:
-        session.detach()
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

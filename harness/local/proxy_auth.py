@@ -1,22 +1,14 @@
-"""Authentication at the endpoint proxy: the client against its branch, the proxy upstream.
+"""Authentication at the relay: the client against the role's verifier, then upstream.
 
-Each branch has its own role passwords. PostgreSQL roles are cluster-wide, so PostgreSQL
-cannot tell branches apart; the proxy checks the client's SCRAM proof against the
-branch's verifier itself, then logs in to PostgreSQL (or PgBouncer) as the same role
-with the role's internal password, which is never handed out. A password given for one
-branch therefore opens that branch's endpoints only, and no handed-out password opens
-PostgreSQL's or PgBouncer's own port.
-
-Both exchanges run at once: the upstream login (two round trips on loopback) is under
-way while the client computes its proof.
+The relay (`cathouse_harness.local.relay`) checks the client's SCRAM proof against the
+verifier it read from the branch's instance, and logs in to the instance (or its
+PgBouncer) with the ClientKey that proof gave: no password is stored anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import struct
-from dataclasses import dataclass
 
 from cathouse_harness.local.scram import (
     ClientExchange,
@@ -27,20 +19,10 @@ from cathouse_harness.local.scram import (
 )
 
 AUTH_OK = 0
-AUTH_CLEARTEXT = 3
-AUTH_MD5 = 5
 AUTH_SASL = 10
 AUTH_SASL_CONTINUE = 11
 AUTH_SASL_FINAL = 12
 _MAX_AUTH_MESSAGE = 10_000
-
-
-@dataclass(frozen=True)
-class Credential:
-    """What the proxy checks a client against and what it logs in upstream with."""
-
-    verifier: str
-    upstream_password: str
 
 
 class AuthFailed(Exception):
@@ -139,14 +121,6 @@ async def login_upstream(
         elif code == AUTH_SASL_FINAL and scram is not None:
             scram.check(data.decode())
             continue
-        elif keys is not None:
-            raise ScramError(f"the upstream asked for authentication method {code}, not SCRAM")
-        elif code == AUTH_CLEARTEXT:  # an external server configured so: ours, on loopback
-            writer.write(message(b"p", password.encode() + b"\0"))
-        elif code == AUTH_MD5:
-            inner = hashlib.md5((password + user).encode()).hexdigest()  # noqa: S324 - the protocol's
-            outer = hashlib.md5(inner.encode() + data[:4]).hexdigest()  # noqa: S324
-            writer.write(message(b"p", b"md5" + outer.encode() + b"\0"))
         else:
             raise ScramError(f"the upstream asked for authentication method {code}")
         await writer.drain()

@@ -1,10 +1,9 @@
 """SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL speaks it, both sides, no I/O.
 
-The endpoint proxy is the server for clients (each branch has its own role passwords,
-checked against that branch's verifier) and the client of PostgreSQL or PgBouncer (with
-the role's internal password, which no client ever sees). `SCRAM-SHA-256-PLUS` with
-`tls-server-end-point` binds the exchange to the proxy's certificate, so
-`channel_binding=require` clients connect.
+The relay is the server for clients (against the verifier in the branch's instance's
+`pg_authid`) and the client of the instance or its PgBouncer (with the ClientKey the
+client's proof gave). `SCRAM-SHA-256-PLUS` with `tls-server-end-point` binds the exchange
+to the endpoint's certificate, so `channel_binding=require` clients connect.
 """
 
 from __future__ import annotations
@@ -190,3 +189,29 @@ class KeyedClientExchange(ClientExchange):
 
     def _keys(self, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
         return self._held
+
+
+_SCRAM_ITERATIONS = 4096
+
+
+def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS) -> str:
+    """A SCRAM-SHA-256 verifier as PostgreSQL stores it, so the password never travels as SQL."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    salt_b64, stored_b64, server_b64 = (base64.b64encode(v).decode() for v in (salt, stored_key, server_key))
+    return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
+
+
+def verifier_matches(verifier: str | None, password: str) -> bool:
+    if not verifier or not verifier.startswith("SCRAM-SHA-256$"):
+        return False
+    try:
+        head = verifier.split("$")[1]
+        iterations_text, salt_text = head.split(":")
+        expected = scram_verifier(password, salt=base64.b64decode(salt_text), iterations=int(iterations_text))
+    except (IndexError, ValueError):
+        return False
+    return hmac.compare_digest(expected, verifier)

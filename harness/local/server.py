@@ -50,8 +50,10 @@ from cathouse_harness.local.latency import LatencyProfile, parse_latency
 from cathouse_harness.local.launch import (  # noqa: F401  (re-exported: callers import them from here)
     RESTART_SIGNAL,
     START_TIMEOUT,
+    check_data_plane,
     check_storage,
     ensure_local_server,
+    keep_data_plane,
     stop_local_server,
 )
 from cathouse_harness.local.state import load_or_create_api_key
@@ -172,19 +174,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def _make_dataplane(home: Path, storage: str) -> Any:
-    from cathouse_harness.local.instance_plane import InstanceDataPlane, compute_choice, keep_plane
+    from cathouse_harness.local.instance_plane import InstanceDataPlane
 
-    choice = compute_choice()
-    keep_plane(home, storage, choice)
-    if choice == "instance":  # a PostgreSQL per branch (#24), not yet the default
-        return InstanceDataPlane(home, storage=storage)
-    from cathouse_harness.local.dataplane import DataPlane
-
-    return DataPlane(
-        home,
-        storage=storage,  # type: ignore[arg-type]
-        external_pg_url=env.read("CATHOUSE_PG_URL"),
-    )
+    keep_data_plane(home, storage)
+    return InstanceDataPlane(home, storage=storage)
 
 
 async def serve(
@@ -210,6 +203,8 @@ async def serve(
     from cathouse_harness.local.control import LocalNeon
 
     check_storage(storage)
+    if dataplane is None:
+        check_data_plane(home, storage)
     sock = bind_socket(host, port)
     handle = handle or ServerHandle()
     api_key = Secret(load_or_create_api_key(home))

@@ -67,9 +67,8 @@ class DatabaseRecord:
 
 @dataclass
 class RoleRecord:
-    """A role of one branch, with this branch's own password: the endpoint proxy checks
-    it (`cathouse_harness.local.proxy_auth`), so it opens this branch only. The PostgreSQL role
-    behind it is cluster-wide and logs in with `LocalState.passwords` (internal)."""
+    """A role of one branch, with this branch's own password, which its instance's
+    `pg_authid` holds (the data plane sets it there): it opens this branch only."""
 
     name: str
     created_at: str
@@ -185,9 +184,6 @@ class LocalState:
     role_name: str
     database_name: str
     storage: str
-    # The internal password of each PostgreSQL role (cluster-wide), with which the proxy
-    # logs in upstream; never handed out. Branches' passwords are on their RoleRecords.
-    passwords: dict[str, str] = field(default_factory=dict)
     branches: dict[str, BranchRecord] = field(default_factory=dict)
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
     # Insertion order is creation order; `prune_operations` keeps the newest.
@@ -253,7 +249,6 @@ def new_state(
         state_changed_at=stamp,
         default=True,
     )
-    state.passwords[role_name] = ids.role_password()
     main.roles[role_name] = RoleRecord(role_name, stamp, stamp, password=ids.role_password())
     main.databases[database_name] = DatabaseRecord(
         database_id(main_id, database_name), database_name, role_name, stamp, stamp, physical
@@ -283,7 +278,7 @@ def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
     """Version 1 had one role and one database for the whole project, and a
     `default_branch_id`; every branch gets them as its catalog."""
     role, database = raw["role_name"], raw["database_name"]
-    raw["passwords"] = {role: raw.pop("role_password")}
+    raw["passwords"] = {role: raw.pop("role_password")}  # taken by `_adopt_shared_passwords`
     default_id = raw.pop("default_branch_id", None)
     for branch_id, branch in raw.get("branches", {}).items():
         branch["default"] = branch.get("default") or branch_id == default_id
@@ -301,6 +296,17 @@ def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
         }
     raw["version"] = STATE_VERSION
     return raw
+
+
+def _adopt_shared_passwords(raw: dict[str, Any]) -> None:
+    """A state written before branches had passwords of their own kept one password per
+    role (`passwords`, the shared plane's): its roles keep it, so the URLs handed out
+    stay valid; the key itself is dropped."""
+    shared = raw.pop("passwords", None) or {}
+    for branch in raw.get("branches", {}).values():
+        for name, role in (branch.get("roles") or {}).items():
+            if not role.get("password") and shared.get(name):
+                role["password"] = shared[name]
 
 
 def state_path(home: Path, storage: str) -> Path:
@@ -327,6 +333,7 @@ def load_state(home: Path, storage: str = "memory") -> LocalState | None:
             f"local server state {path} has version {raw.get('version')!r}, expected {STATE_VERSION}",
             hint="move the file away to start with a fresh project",
         )
+    _adopt_shared_passwords(raw)
     scalars = {f.name: raw[f.name] for f in fields(LocalState) if f.name in raw}
     scalars["branches"] = {k: _branch(v) for k, v in raw.get("branches", {}).items()}
     scalars["endpoints"] = _records(EndpointRecord, raw.get("endpoints", {}))

@@ -9,10 +9,8 @@ from urllib.parse import quote
 
 import asyncpg
 import pytest
-from cathouse_harness.local.dataplane import DataPlane
-from cathouse_harness.support.sync import LoopThread
 
-from tests.conftest import TEST_ROLE, tcp_port
+from tests.conftest import TEST_ROLE, create_database, drop_database, tcp_port
 
 
 def run_plugin(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, run_id: str,
@@ -45,14 +43,12 @@ def tables_of(url: str) -> set[str]:
 
 
 @pytest.fixture
-def foreign_database_url(
-    dataplane: DataPlane, harness_loop: LoopThread, test_role_password: str
-) -> Iterator[str]:
+def foreign_database_url(pg_admin_dsn: str, test_role_password: str) -> Iterator[str]:
     """A real database that is not the branch, holding one table of its own: the
     "production" a project's alembic.ini, .env or env.py names."""
     name = f"prod_{secrets.token_hex(6)}"
-    harness_loop.run(dataplane.create_database(name, owner=TEST_ROLE))
-    port = tcp_port(dataplane.admin_dsn())
+    create_database(pg_admin_dsn, name, TEST_ROLE)
+    port = tcp_port(pg_admin_dsn)
     url = f"postgresql://{TEST_ROLE}:{quote(test_role_password, safe='')}@127.0.0.1:{port}/{name}"
 
     async def seed() -> None:
@@ -64,4 +60,4 @@ def foreign_database_url(
 
     asyncio.run(seed())
     yield url
-    harness_loop.run(dataplane.drop_database(name))
+    drop_database(pg_admin_dsn, name)

@@ -48,7 +48,7 @@ def _system_bin() -> str:
 @contextmanager
 def _stopped_after(home: Path) -> Iterator[Path]:
     """`home`, whose server (if one started) is stopped and its cluster removed after."""
-    from cathouse_harness.local.postgres import memory_cluster_dirs
+    from cathouse_harness.local.compute.layout import memory_bases
     from cathouse_harness.local.server import stop_local_server
 
     try:
@@ -57,7 +57,7 @@ def _stopped_after(home: Path) -> Iterator[Path]:
         try:
             stop_local_server(home)
         finally:
-            for path in memory_cluster_dirs(home):
+            for path in memory_bases(home):
                 shutil.rmtree(path, ignore_errors=True)
 
 

@@ -302,9 +302,9 @@ def test_emulator_prints_shell_lines_and_serves_a_plain_client(tmp_path: Path) -
         process.send_signal(signal.SIGINT)
         code = process.wait(30)
     assert code == 0
-    from cathouse_harness.local.postgres import memory_cluster_dirs
+    from cathouse_harness.local.compute.layout import memory_bases
 
-    for directory in memory_cluster_dirs(tmp_path / "emu"):
+    for directory in memory_bases(tmp_path / "emu"):
         __import__("shutil").rmtree(directory, ignore_errors=True)
 
 

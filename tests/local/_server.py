@@ -8,7 +8,6 @@ context stops it and, unless `keep_data`, removes the cluster's data directory.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import shutil
 import threading
@@ -33,17 +32,15 @@ FINAL = ("finished", "failed", "error", "cancelled", "skipped")
 
 
 def instance_compute() -> bool:
-    """Whether the servers these tests start run a PostgreSQL per branch
-    (`CATHOUSE_LOCAL_COMPUTE=instance`) rather than the shared cluster."""
-    from cathouse_harness.local.instance_plane import compute_choice
-
-    return compute_choice() == "instance"
+    """Whether the servers these tests start run a PostgreSQL per branch: always, since
+    the shared plane was retired (#24; the tests' other branches go next)."""
+    return True
 
 
 def unknown_login_sqlstate(shared: str) -> str:
-    """What a login naming a role or database the branch lacks gets: the shared plane's
-    proxy says which (`shared`); a branch's own instance answers as for a wrong password."""
-    return "28P01" if instance_compute() else shared
+    """What a login naming a role or database the branch lacks gets: a branch's own
+    instance answers as for a wrong password."""
+    return "28P01"
 
 
 @contextmanager
@@ -158,9 +155,9 @@ def default_branch(client: httpx.Client, project: str) -> dict[str, Any]:
 
 
 def instance_per_branch() -> bool:
-    """Whether the servers these tests start run a PostgreSQL per branch
-    (`CATHOUSE_LOCAL_COMPUTE=instance`), which keeps each branch's WAL since its base."""
-    return os.environ.get("CATHOUSE_LOCAL_COMPUTE", "").strip().lower() == "instance"
+    """Whether the servers these tests start keep each branch's WAL since its base: a
+    PostgreSQL per branch always does."""
+    return True
 
 
 def unique(prefix: str) -> str:

@@ -1,4 +1,4 @@
-"""The local Neon API v2 over plain HTTP, against real PostgreSQL through the real DataPlane."""
+"""The local Neon API v2 over plain HTTP, against real PostgreSQL through the real data plane."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from tests.local._server import (
     default_branch,
     delete_branch,
     in_future,
-    instance_compute,
     sql,
     start_test_server,
     unique,
@@ -342,25 +341,20 @@ def test_create_refused_after_its_copy_began_leaves_nothing(
     # create is refused and the copy, once done, is dropped: no branch, no database.
     from cathouse_harness.errors import LocalServerError
     from cathouse_harness.local.compute.layout import memory_bases
-    from cathouse_harness.local.dataplane import DataPlane
     from cathouse_harness.local.instance_plane import InstanceDataPlane
-    from cathouse_harness.local.postgres import home_superuser_dsn
 
     copies: list[tuple[str, bool]] = []
-    instance = instance_compute()
 
-    def databases() -> set[str]:
-        if instance:  # a branch's copy is its own instance
-            return {p.name for base in memory_bases(server.home) for p in (base / "instances").iterdir()}
-        return {r["datname"] for r in sql(home_superuser_dsn(server.home), "SELECT datname FROM pg_database")}
+    def databases() -> set[str]:  # a branch's copy is its own instance
+        return {p.name for base in memory_bases(server.home) for p in (base / "instances").iterdir()}
 
     existing = databases()
 
-    async def no_listener(self: DataPlane, endpoint_id: str, **_: Any) -> None:
+    async def no_listener(self: InstanceDataPlane, endpoint_id: str, **_: Any) -> None:
         # Refuse only once the copy has landed, so its clean-up is what this test sees.
         new: set[str] = set()
         for _attempt in range(600):
-            new = (databases() if instance else set(await self.list_databases())) - existing
+            new = databases() - existing
             if new:
                 break
             await asyncio.sleep(0.05)
@@ -373,7 +367,7 @@ def test_create_refused_after_its_copy_began_leaves_nothing(
 
     base = f"/projects/{project}/branches"
     before = {b["id"] for b in client.get(base).json()["branches"]}
-    monkeypatch.setattr(InstanceDataPlane if instance else DataPlane, "open_endpoint", no_listener)
+    monkeypatch.setattr(InstanceDataPlane, "open_endpoint", no_listener)
     body = {"branch": {"name": unique("refused")}, "endpoints": [{"type": "read_write"}]}
     answer = client.post(base, json=body)
     monkeypatch.undo()
@@ -414,7 +408,6 @@ def test_state_survives_restart(tmp_path: Path, storage: str) -> None:
     do, but a stopped server leaves no cluster behind in /dev/shm (issue 26): its
     branches, whose databases went with it, are forgotten."""
     from cathouse_harness.local.compute.layout import memory_bases
-    from cathouse_harness.local.postgres import memory_cluster_dirs
 
     home = tmp_path / "home"
     table = f"r_{secrets.token_hex(4)}"
@@ -426,7 +419,7 @@ def test_state_survives_restart(tmp_path: Path, storage: str) -> None:
         first_project = info.project_id
         first_key = info.api_key.reveal()
     if storage == "memory":
-        assert not memory_cluster_dirs(home) + memory_bases(home)
+        assert not memory_bases(home)
     with start_test_server(home, storage=storage) as info, api_client(info) as client:
         assert info.project_id == first_project
         assert info.api_key.reveal() == first_key

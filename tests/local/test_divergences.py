@@ -15,7 +15,6 @@ from tests.local._server import (
     connection_uri,
     create_ready_branch,
     delete_branch,
-    instance_per_branch,
     sql,
     unique,
     wait_operations,
@@ -33,11 +32,9 @@ async def _script(uri: str, *statements: str) -> None:
 
 
 def test_history_only_where_the_server_kept_it(client: httpx.Client, project: str) -> None:
-    """No WAL history: a moment at which a branch was being written, with no unchanged
-    copy made since, is refused (Neon has every moment of its retention window), for a
-    branch as for its schema. With an instance per branch, a branch's WAL since its
-    first moments is kept and replayed (tests/local/test_history.py); its schema at
-    such a moment is still refused."""
+    """A branch's WAL since its base is kept and replayed, so a branch at a moment
+    between two writes is served (tests/local/test_history.py has the rest); its schema
+    at such a moment is refused (Neon serves both for its whole retention window)."""
     base = f"/projects/{project}/branches"
     made = create_ready_branch(client, project, name=unique("written"))["branch"]
     uri = connection_uri(client, project, made["id"], pooled=False)
@@ -46,14 +43,11 @@ def test_history_only_where_the_server_kept_it(client: httpx.Client, project: st
     sql(uri, "INSERT INTO t VALUES (2)")
     answer = client.post(base, json={"branch": {"parent_id": made["id"], "parent_timestamp": between},
                                      "endpoints": [{"type": "read_write"}]})
-    if instance_per_branch():
-        assert answer.status_code == 201, answer.text
-        wait_operations(client, project, answer.json()["operations"])
-        child = answer.json()["branch"]["id"]
-        assert sql(connection_uri(client, project, child, pooled=False), "SELECT v FROM t")[0]["v"] == 1
-        delete_branch(client, project, child)
-    else:
-        assert answer.status_code == 400 and "no kept state" in answer.json()["message"]
+    assert answer.status_code == 201, answer.text
+    wait_operations(client, project, answer.json()["operations"])
+    child = answer.json()["branch"]["id"]
+    assert sql(connection_uri(client, project, child, pooled=False), "SELECT v FROM t")[0]["v"] == 1
+    delete_branch(client, project, child)
     params = {"db_name": "cathouse", "timestamp": between}
     assert client.get(f"{base}/{made['id']}/schema", params=params).status_code == 400
     delete_branch(client, project, made["id"])
@@ -110,11 +104,10 @@ def test_computes_do_not_suspend_or_scale_by_themselves(client: httpx.Client, pr
     delete_branch(client, project, made["branch"]["id"])
 
 
-def test_read_only_endpoints_are_read_only_by_default_only(client: httpx.Client, project: str) -> None:
-    """A read_only endpoint's sessions start with default_transaction_read_only, which a
-    session may turn off; Neon's read replicas cannot write at all. With an instance per
-    branch (`CATHOUSE_LOCAL_COMPUTE=instance`) the endpoint is a hot standby, which
-    cannot either (tests/security/test_read_replicas.py)."""
+def test_read_only_endpoints_are_standbys_of_a_copy(client: httpx.Client, project: str) -> None:
+    """A read_only endpoint is a hot standby: it refuses writes whatever a session sets,
+    as Neon's read replicas do, and shows its branch as of its copy (a Neon replica
+    follows its primary; tests/security/test_branch_instances.py has the rest)."""
     made = create_ready_branch(client, project, name=unique("reader"))
     branch_id = made["branch"]["id"]
     answer = client.post(
@@ -130,12 +123,9 @@ def test_read_only_endpoints_are_read_only_by_default_only(client: httpx.Client,
     }
     uri = client.get(f"/projects/{project}/connection_uri", params=params).json()["uri"]
     script = _script(uri, "SET default_transaction_read_only = off", "CREATE TABLE written (v int)")
-    if instance_per_branch():
-        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
-            asyncio.run(script)
-        sql(connection_uri(client, project, branch_id, pooled=False), "CREATE TABLE written (v int)")
-    else:
+    with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
         asyncio.run(script)
+    sql(connection_uri(client, project, branch_id, pooled=False), "CREATE TABLE written (v int)")
     assert (
         sql(connection_uri(client, project, branch_id, pooled=False), "SELECT count(*) AS n FROM written")[0][
             "n"

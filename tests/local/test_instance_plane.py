@@ -1,10 +1,11 @@
-"""The instance data plane (`CATHOUSE_LOCAL_COMPUTE=instance`) as a client sees it through
-the relay: channel binding, cancel requests routed to the session's instance, suspend
-after idle and resume on the next login, the pooled path through the instance's own
-PgBouncer. The shared plane stays the default."""
+"""The data plane (a PostgreSQL per branch) as a client sees it through the relay:
+channel binding, cancel requests routed to the session's instance, suspend after idle
+and resume on the next login, the pooled path through the instance's own PgBouncer; and
+what the retired shared plane left refused in one line."""
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import signal
@@ -16,11 +17,12 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from cathouse_harness.errors import LocalServerError
+from cathouse_harness.errors import ConfigError
 from cathouse_harness.local import instance_plane
 from cathouse_harness.local.compute.layout import memory_bases
 from cathouse_harness.local.compute.moments.pitr import PREFIX as BASE_PREFIX
 from cathouse_harness.local.compute.probe import tcp_listeners
+from cathouse_harness.local.launch import ensure_local_server
 from cathouse_harness.support.polling import Backoff, wait_until
 from cathouse_harness.support.processes import pid_alive
 
@@ -48,8 +50,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     idle instances stop after SUSPEND_AFTER seconds."""
     home = tmp_path_factory.mktemp("instance-plane")
     home.chmod(0o700)
-    saved = os.environ.get(instance_plane.ENV_VAR), instance_plane.SUSPEND_AFTER
-    os.environ[instance_plane.ENV_VAR] = "instance"
+    saved = instance_plane.SUSPEND_AFTER
     instance_plane.SUSPEND_AFTER = SUSPEND_AFTER
     try:
         with start_test_server(home) as info:
@@ -64,11 +65,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
             yield Plane(client, project, main, made["connection_uris"][0]["connection_uri"],
                         connection_uri(client, project, child_id, pooled=True), child_id, home)
     finally:
-        instance_plane.SUSPEND_AFTER = saved[1]
-        if saved[0] is None:
-            os.environ.pop(instance_plane.ENV_VAR, None)
-        else:
-            os.environ[instance_plane.ENV_VAR] = saved[0]
+        instance_plane.SUSPEND_AFTER = saved
 
 
 @pytest.fixture
@@ -77,34 +74,44 @@ def urls(plane: Plane) -> tuple[str, str]:
     return plane.main, plane.child
 
 
-def test_shared_is_the_default_and_a_bad_value_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(instance_plane.ENV_VAR, raising=False)
-    assert instance_plane.compute_choice() == "shared"
-    monkeypatch.setenv(instance_plane.ENV_VAR, "per-branch")
-    with pytest.raises(LocalServerError) as caught:
-        instance_plane.compute_choice()
-    assert "CATHOUSE_LOCAL_COMPUTE='per-branch'" in str(caught.value)
-    assert "\n" not in str(caught.value)
-
-
-def test_a_home_on_disk_keeps_its_data_plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A server of the other plane would forget the home's branches and orphan their
-    data: it is refused in one line; an in-memory home keeps nothing past a stop."""
+def test_a_home_on_disk_of_the_retired_shared_plane_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server of today would not see the branches a shared-plane home keeps on disk
+    and leave their data behind: refused (exit code 2 from the CLI), before anything
+    starts; an in-memory home keeps nothing past a stop, and a new home is recorded."""
+    from cathouse_harness.cli.commands import main
     from cathouse_harness.local.server import _make_dataplane
 
-    monkeypatch.setenv(instance_plane.ENV_VAR, "instance")
-    assert type(_make_dataplane(tmp_path, "disk")).__name__ == "InstanceDataPlane"
-    monkeypatch.setenv(instance_plane.ENV_VAR, "shared")
-    with pytest.raises(LocalServerError) as caught:
-        _make_dataplane(tmp_path, "disk")
-    line = str(caught.value)
-    assert "live on the instance data plane" in line and "CATHOUSE_LOCAL_COMPUTE=instance" in line
-    assert "\n" not in line
-    monkeypatch.setenv(instance_plane.ENV_VAR, "instance")
-    _make_dataplane(tmp_path, "disk")  # the plane it was made on still serves it
-    _make_dataplane(tmp_path, "memory")
-    monkeypatch.setenv(instance_plane.ENV_VAR, "shared")
-    _make_dataplane(tmp_path, "memory")
+    monkeypatch.delenv("CATHOUSE_PG_URL", raising=False)
+    fresh, shared, older = (tmp_path / name for name in ("fresh", "shared", "older"))
+    for home in (fresh, shared, older):
+        home.mkdir(mode=0o700)
+    assert type(_make_dataplane(fresh, "disk")).__name__ == "InstanceDataPlane"
+    assert (fresh / "data-plane-disk").read_text() == "instance\n"
+    (shared / "data-plane-disk").write_text("shared\n")
+    (older / "pg" / "data").mkdir(parents=True)  # before the record: the shared cluster's place
+    for home in (shared, older):
+        _make_dataplane(home, "memory")
+        err = io.StringIO()
+        assert main(["emulator", "--home", str(home), "--storage", "disk"], out=io.StringIO(), err=err) == 2
+        line = err.getvalue().strip()
+        assert "\n" not in line and str(home) in line, line
+        assert "retired shared data plane" in line and "cathouse-branch gc --all" in line, line
+        assert "CATHOUSE_HARNESS_HOME" in line, line
+
+
+def test_cathouse_pg_url_is_retired_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cathouse_harness.cli.commands import main
+
+    monkeypatch.setenv("CATHOUSE_PG_URL", "postgresql://postgres:pw-must-not-show@127.0.0.1/postgres")
+    err = io.StringIO()
+    assert main(["emulator", "--home", str(tmp_path)], out=io.StringIO(), err=err) == 2
+    line = err.getvalue().strip()
+    assert "\n" not in line and "pw-must-not-show" not in line, line
+    assert "CATHOUSE_PG_URL" in line and "retired" in line and "CATHOUSE_POSTGRES_BIN" in line, line
+    with pytest.raises(ConfigError):
+        ensure_local_server(tmp_path)
 
 
 def test_an_instance_has_the_connection_slots_of_neon_s_smallest_compute(urls: tuple[str, str]) -> None:

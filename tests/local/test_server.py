@@ -21,7 +21,6 @@ from cathouse_harness.errors import ConfigError, LocalServerError
 from cathouse_harness.local.compute.layout import memory_bases
 from cathouse_harness.local.discovery import LocalServerInfo, discovery_path, log_path, probe, running_server
 from cathouse_harness.local.launch import ensure_local_server, stop_local_server
-from cathouse_harness.local.postgres import memory_cluster_dirs
 from cathouse_harness.local.server import bind_socket
 from cathouse_harness.neon.backend import connect_backend
 
@@ -62,7 +61,7 @@ def home(tmp_path: Path) -> Iterator[Path]:
     yield path
     stop_local_server(path)
     # only this home's clusters: other processes' live clusters share the parent directory
-    for leftover in memory_cluster_dirs(path):
+    for leftover in memory_bases(path):
         shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -96,11 +95,11 @@ def test_daemon_is_shared_and_stops(home: Path) -> None:
     assert info.api_key.reveal() not in log_text
 
     # in /dev/shm (or $XDG_RUNTIME_DIR) while it runs: the cluster, or the home's instances
-    assert memory_cluster_dirs(home) + memory_bases(home)
+    assert memory_bases(home)
     assert stop_local_server(home) is True
     _wait_dead(info.pid)
     assert not discovery_path(home).exists()
-    assert not memory_cluster_dirs(home) + memory_bases(home), "a stopped server left its in-memory cluster"
+    assert not memory_bases(home), "a stopped server left its in-memory cluster"
     assert running_server(home) is None
     assert probe(info.api_host, info.api_key.reveal()) is None  # nothing listens now
     assert stop_local_server(home) is False

@@ -1,7 +1,7 @@
 """CREATE / DROP DATABASE sent through an endpoint act on that endpoint's branch, as on
-Neon: the new database is a copy in the branch's catalog (listed by the API, carried by
-forks, reached through the endpoint's direct and pooled listeners), never a database of
-that name on the shared cluster. Each driver's protocol: asyncpg's `execute` (simple
+Neon: the new database is PostgreSQL's own in the branch's instance (listed by the API,
+carried by forks, reached through the endpoint's direct and pooled listeners), and no
+other branch has it. Each driver's protocol: asyncpg's `execute` (simple
 query), psycopg (extended, prepared after five runs), SQLAlchemy over asyncpg (extended)."""
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from tests.local._server import (
     connection_uri,
     create_ready_branch,
     delete_branch,
-    instance_compute,
     sql,
     unique,
-    unknown_login_sqlstate,
     wait_operations,
 )
 
@@ -35,19 +33,8 @@ def _on(uri: str, database: str) -> str:
 
 
 def _cluster_databases(server: LocalServerInfo, branch: dict[str, Any]) -> set[str]:
-    """The databases of the PostgreSQL a branch lives on: the shared cluster (whose names
-    are physical), or the branch's own instance (real names)."""
-    if INSTANCE:
-        return {r["datname"] for r in sql(branch["direct"], "SELECT datname FROM pg_database")}
-    from cathouse_harness.local.postgres import home_superuser_dsn
-
-    return {r["datname"] for r in sql(home_superuser_dsn(server.home), "SELECT datname FROM pg_database")}
-
-
-INSTANCE = instance_compute()
-# what only the shared plane's interception of CREATE/DROP DATABASE does: in a branch's
-# own instance these statements are PostgreSQL's, with its rules
-shared_only = pytest.mark.skipif(INSTANCE, reason="the shared plane's SQL interception")
+    """The databases of the branch's own instance (real names)."""
+    return {r["datname"] for r in sql(branch["direct"], "SELECT datname FROM pg_database")}
 
 
 def _listed(client: httpx.Client, project: str, branch_id: str) -> set[str]:
@@ -92,16 +79,15 @@ def test_create_from_template_over_simple_query(
         assert [r["name"] for r in sql(_on(uri, "gw1"), "SELECT name FROM cats")] == ["tom"]
     assert _listed(client, project, branch["id"]) >= {"cathouse", "gw1"}
     new = _cluster_databases(server, branch) - before
-    assert new == {"gw1"} if INSTANCE else (len(new) == 1 and "gw1" not in new), new
+    assert new == {"gw1"}, new
     # another branch has no such database
     other = create_ready_branch(client, project, name=unique("other"))
     try:
         other_uri = connection_uri(client, project, other["branch"]["id"], pooled=False)
         with pytest.raises(asyncpg.PostgresError) as missing:
             sql(_on(other_uri, "gw1"), "SELECT 1")
-        assert missing.value.sqlstate == unknown_login_sqlstate("3D000")
-        if not INSTANCE:  # the proxy names what is missing; an instance says nothing before a password
-            assert 'database "gw1" does not exist' in str(missing.value)
+        # an instance says nothing of what it has before a password
+        assert missing.value.sqlstate == "28P01"
     finally:
         delete_branch(client, project, other["branch"]["id"])
 
@@ -171,7 +157,7 @@ def test_drop_with_force_ends_the_other_connections(branch: dict[str, Any]) -> N
     asyncio.run(script())
     with pytest.raises(asyncpg.PostgresError) as gone:
         sql(_on(branch["direct"], "gw4"), "SELECT 1")
-    assert gone.value.sqlstate == unknown_login_sqlstate("3D000")
+    assert gone.value.sqlstate == "28P01"
 
 
 @pytest.mark.parametrize(
@@ -186,14 +172,6 @@ def test_drop_with_force_ends_the_other_connections(branch: dict[str, Any]) -> N
         ("CREATE DATABASE gw5 OWNER nobody", asyncpg.UndefinedObjectError, 'role "nobody" does not exist'),
         ("DROP DATABASE nowhere", asyncpg.InvalidCatalogNameError, 'database "nowhere" does not exist'),
         ("DROP DATABASE cathouse", asyncpg.ObjectInUseError, "cannot drop the currently open database"),
-        pytest.param("SELECT 1; CREATE DATABASE gw5", asyncpg.FeatureNotSupportedError,
-                     "combined with other statements", marks=shared_only),
-        pytest.param("ALTER DATABASE cathouse RENAME TO x", asyncpg.FeatureNotSupportedError,
-                     "ALTER DATABASE", marks=shared_only),
-        pytest.param("CREATE DATABASE gw5 ENCODING 'UTF8'", asyncpg.FeatureNotSupportedError,
-                     "option ENCODING", marks=shared_only),
-        pytest.param("CREATE DATABASE gw5 TEMPLATE", asyncpg.FeatureNotSupportedError,
-                     "cannot read this CREATE DATABASE", marks=shared_only),
     ],
 )
 def test_refusals_carry_postgresql_sqlstates(
@@ -269,22 +247,6 @@ def test_a_fork_carries_the_new_database(client: httpx.Client, project: str, bra
         delete_branch(client, project, child["branch"]["id"])
 
 
-@shared_only
-def test_pipelined_behind_other_statements_is_refused_in_order(
-    server: LocalServerInfo, branch: dict[str, Any]
-) -> None:
-    """The relay answers a statement itself only once the server has answered all
-    before it; in a pipeline the refusal comes from PostgreSQL, after their results."""
-    before = _cluster_databases(server, branch)
-    with psycopg.connect(branch["direct"], autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="not pipelined"), conn.pipeline():
-            first = conn.execute("SELECT name FROM cats")
-            conn.execute("CREATE DATABASE gw10")
-        assert first.fetchall() == [("tom",)]
-        assert conn.execute("SELECT 1").fetchone() == (1,)
-    assert _cluster_databases(server, branch) == before
-
-
 def test_two_creates_of_one_name_make_one_database(
     server: LocalServerInfo, client: httpx.Client, project: str, branch: dict[str, Any]
 ) -> None:
@@ -309,13 +271,8 @@ def test_two_creates_of_one_name_make_one_database(
                 await conn.close()
 
     outcomes = asyncio.run(script())
-    # the shared plane's interception serialises the two; PostgreSQL's own catalog finds
-    # the second when it inserts, as on Neon
-    loser = "UniqueViolationError" if INSTANCE else "DuplicateDatabaseError"
-    assert sorted(type(o).__name__ for o in outcomes) == [loser, "str"], outcomes
+    # PostgreSQL's own catalog finds the second when it inserts, as on Neon
+    assert sorted(type(o).__name__ for o in outcomes) == ["UniqueViolationError", "str"], outcomes
     assert "gw11" in _listed(client, project, branch["id"])
     made = _cluster_databases(server, branch) - before
-    if INSTANCE:
-        assert made == {side, "gw11"}, made
-    else:
-        assert len(made) == 2 and "gw11" not in made, made  # the side one, made on first connection, and gw11
+    assert made == {side, "gw11"}, made

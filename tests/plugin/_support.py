@@ -120,7 +120,7 @@ def run(project: pytest.Pytester, run_id: str, *args: str) -> pytest.RunResult:
 def home_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **environ: str) -> Iterator[Path]:
     """A fresh home (no template, no server yet) with `environ` set; its server is
     stopped and its in-memory cluster removed at the end."""
-    from cathouse_harness.local.postgres import memory_cluster_dirs
+    from cathouse_harness.local.compute.layout import memory_bases
     from cathouse_harness.local.server import stop_local_server
 
     home = tmp_path / "home"
@@ -133,5 +133,5 @@ def home_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **environ: 
     finally:
         with contextlib.suppress(Exception):
             stop_local_server(home)
-        for path in memory_cluster_dirs(home):
+        for path in memory_bases(home):
             shutil.rmtree(path, ignore_errors=True)

@@ -20,7 +20,7 @@ MATRIX_FILE = "fault-matrix.json"
 @pytest.fixture(scope="module")
 def neon_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A home (and so a local server, cluster and project) for one test module."""
-    from cathouse_harness.local.postgres import memory_cluster_dirs
+    from cathouse_harness.local.compute.layout import memory_bases
     from cathouse_harness.local.server import stop_local_server
 
     home = tmp_path_factory.mktemp("neon-home")
@@ -28,7 +28,7 @@ def neon_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         stop_local_server(home)
     finally:
-        for directory in memory_cluster_dirs(home):
+        for directory in memory_bases(home):
             shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -232,10 +232,11 @@ def failed_delete(lab: Lab) -> str:
 # ---------------------------------------------------------------------- the data plane
 
 
-def _restart_instances(home: Path) -> None:
-    """The instance data plane's `_restart_postgres`: `pg_ctl restart -m fast` on every
+def _restart_postgres(home: Path) -> None:
+    """`pg_ctl restart -m fast` on every
     running instance of the home (pg_ctl reuses each postmaster's own options, its
-    socket directory included), as the home's OS user."""
+    socket directory included), as the home's OS user: every session is ended, as after
+    a crash-restart or a maintenance restart of a real server."""
     from cathouse_harness.local.compute.layout import memory_bases
     from cathouse_harness.local.compute.users import home_os_user
 
@@ -253,30 +254,6 @@ def _restart_instances(home: Path) -> None:
             )
             restarted += 1
     assert restarted, "no PostgreSQL instance runs for the local server"
-
-
-def _restart_postgres(home: Path) -> None:
-    """`pg_ctl restart -m fast` on the local server's cluster, as its OS user: every
-    session is ended and the server comes back on the same port, as after a crash-restart
-    or a maintenance restart of a real server."""
-    from cathouse_harness.local.instance_plane import compute_choice
-    from cathouse_harness.local.postgres import Cluster, cluster_root, resolve_install, resolve_os_user
-
-    if compute_choice() == "instance":
-        _restart_instances(home)
-        return
-
-    user = resolve_os_user()
-    install = resolve_install(user)
-    cluster = Cluster(cluster_root(home, "memory", user), storage="memory", user=user, install=install)
-    old = cluster.running_pid()
-    assert old is not None, "no PostgreSQL runs for the local server"
-    subprocess.run(
-        [str(install / "bin" / "pg_ctl"), "restart", "-D", str(cluster.paths.data), "-m", "fast",
-         "-w", "-l", str(cluster.paths.log_file)],
-        check=True, capture_output=True, cwd=cluster.paths.root, **user.popen_kwargs(),  # type: ignore[arg-type]
-    )
-    assert cluster.running_pid() not in (None, old)
 
 
 @case("PostgreSQL restarted mid-session")

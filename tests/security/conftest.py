@@ -11,7 +11,7 @@ import pytest
 
 @pytest.fixture
 def own_home(tmp_path: Path) -> Iterator[Path]:
-    from cathouse_harness.local.postgres import memory_cluster_dirs
+    from cathouse_harness.local.compute.layout import memory_bases
     from cathouse_harness.local.server import stop_local_server
 
     home = tmp_path / "home"
@@ -21,5 +21,5 @@ def own_home(tmp_path: Path) -> Iterator[Path]:
         stop_local_server(home)
     except Exception as exc:  # the test's own outcome matters more than this cleanup
         print(f"could not stop the local server of {home}: {exc}")
-    for directory in memory_cluster_dirs(home):
+    for directory in memory_bases(home):
         shutil.rmtree(directory, ignore_errors=True)

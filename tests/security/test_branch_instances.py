@@ -1,5 +1,5 @@
-"""#24's findings 1 to 7, through the handed-out URLs, on the instance data plane
-(`CATHOUSE_LOCAL_COMPUTE=instance`: a PostgreSQL per branch behind the byte relay).
+"""#24's findings 1 to 7, through the handed-out URLs, on the data plane of today (a
+PostgreSQL per branch behind the byte relay).
 
 Each test fails on the shared plane (one PostgreSQL, one owner role for every branch),
 where it was reproduced: there `SHOW port` names PostgreSQL's own loopback port and a
@@ -55,36 +55,28 @@ class Branches:
 def branches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Branches]:
     home = tmp_path_factory.mktemp("instances-home")
     home.chmod(0o700)
-    before = os.environ.get("CATHOUSE_LOCAL_COMPUTE")
-    os.environ["CATHOUSE_LOCAL_COMPUTE"] = "instance"
-    try:
-        with start_test_server(home) as info:
-            client = api_client(info)
-            project = info.project_id
-            a = client.get(f"/projects/{project}/connection_uri",
-                           params={"database_name": DATABASE, "role_name": ROLE}).json()["uri"]
-            with psycopg.connect(a, autocommit=True) as session:
-                session.execute("CREATE TABLE secrets (v text)")
-                session.execute("INSERT INTO secrets VALUES ('of the parent')")
-            made = client.post(f"/projects/{project}/branches",
-                               json={"endpoints": [{"type": "read_write"}]}).json()
-            wait_operations(client, project, made["operations"])
-            b = made["connection_uris"][0]["connection_uri"]
-            with psycopg.connect(b, autocommit=True) as session:
-                session.execute("INSERT INTO secrets VALUES ('of the child only')")
-            main = default_branch(client, project)["id"]
-            ro = client.post(f"/projects/{project}/endpoints",
-                             json={"endpoint": {"branch_id": main, "type": "read_only"}}).json()
-            wait_operations(client, project, ro["operations"])
-            reader = client.get(f"/projects/{project}/connection_uri", params={
-                "branch_id": main, "endpoint_id": ro["endpoint"]["id"], "database_name": DATABASE,
-                "role_name": ROLE}).json()["uri"]
-            yield Branches(a, b, info, main, reader)
-    finally:
-        if before is None:
-            os.environ.pop("CATHOUSE_LOCAL_COMPUTE", None)
-        else:
-            os.environ["CATHOUSE_LOCAL_COMPUTE"] = before
+    with start_test_server(home) as info:
+        client = api_client(info)
+        project = info.project_id
+        a = client.get(f"/projects/{project}/connection_uri",
+                       params={"database_name": DATABASE, "role_name": ROLE}).json()["uri"]
+        with psycopg.connect(a, autocommit=True) as session:
+            session.execute("CREATE TABLE secrets (v text)")
+            session.execute("INSERT INTO secrets VALUES ('of the parent')")
+        made = client.post(f"/projects/{project}/branches",
+                           json={"endpoints": [{"type": "read_write"}]}).json()
+        wait_operations(client, project, made["operations"])
+        b = made["connection_uris"][0]["connection_uri"]
+        with psycopg.connect(b, autocommit=True) as session:
+            session.execute("INSERT INTO secrets VALUES ('of the child only')")
+        main = default_branch(client, project)["id"]
+        ro = client.post(f"/projects/{project}/endpoints",
+                         json={"endpoint": {"branch_id": main, "type": "read_only"}}).json()
+        wait_operations(client, project, ro["operations"])
+        reader = client.get(f"/projects/{project}/connection_uri", params={
+            "branch_id": main, "endpoint_id": ro["endpoint"]["id"], "database_name": DATABASE,
+            "role_name": ROLE}).json()["uri"]
+        yield Branches(a, b, info, main, reader)
 
 
 def _with_password(url: str, password: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from cathouse_harness.branching.lifecycle import MARK, MARK_KIND, MARK_RUN
-from cathouse_harness.local.postgres import memory_cluster_dirs
+from cathouse_harness.local.compute.layout import memory_bases
 from cathouse_harness.local.server import LocalServerInfo, ServerHandle, serve
 from cathouse_harness.support.sync import LoopThread
 
@@ -49,7 +49,7 @@ def idling_server(tmp_path: Path) -> Iterator[tuple[LocalServerInfo, threading.T
     yield handle.info, thread
     handle.stop()
     thread.join(60)
-    for directory in memory_cluster_dirs(tmp_path / "home"):
+    for directory in memory_bases(tmp_path / "home"):
         shutil.rmtree(directory, ignore_errors=True)
 
 

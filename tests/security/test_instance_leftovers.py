@@ -115,7 +115,7 @@ def killed(shared: tuple[Path, Path], tmp_path: Path) -> Iterator[Killed]:
     """A server with two running instances (a child of the root branch and its child), SIGKILLed."""
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    env = {**os.environ, "CATHOUSE_LOCAL_COMPUTE": "instance", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     server = subprocess.Popen([sys.executable, "-c", _SERVE, str(home), *map(str, shared)],
                               stdout=subprocess.PIPE, env=env, text=True)
     try:

@@ -9,32 +9,32 @@ import sys
 from pathlib import Path
 
 import pytest
-from cathouse_harness.local.dataplane import DataPlane
 from cathouse_harness.support.safe_paths import write_private
 
+from tests._cluster import Cluster
 from tests.security._support import minimal_project, plugin_env
 
 SECRET_PASSWORD = "pw-doctor-SECRET-1f2e3d"
 
 
 def test_pgbouncer_gets_none_of_the_servers_environment(
-    dataplane: DataPlane, monkeypatch: pytest.MonkeyPatch
+    pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from cathouse_harness.local.pg_binaries import resolve_os_user
     from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
-    from cathouse_harness.local.postgres import resolve_os_user
 
     binary = find_pgbouncer()
-    if binary is None or dataplane.cluster_dir is None:
+    if binary is None:
         pytest.skip("pgbouncer is not installed")
     monkeypatch.setenv("NEON_API_KEY", "napi-must-not-travel")
     monkeypatch.setenv("CATHOUSE_PG_URL", "postgresql://postgres:pw@127.0.0.1/postgres")
     bouncer = PgBouncer(
-        binary, dataplane.cluster_dir / "pgbouncer-env-test", user=resolve_os_user(),
+        binary, pg_cluster.paths.root / "pgbouncer-env-test", user=resolve_os_user(),
         pg_host="127.0.0.1", pg_port=1,
     )
 
     async def started_environment() -> bytes:
-        await bouncer.start([])
+        await bouncer.start()
         try:
             assert bouncer._process is not None
             return Path(f"/proc/{bouncer._process.pid}/environ").read_bytes()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,9 +19,8 @@ import pytest
 from cathouse_harness.cleanup.leftovers import clean_leftovers
 from cathouse_harness.cleanup.runs import owner_token
 from cathouse_harness.local import locations
-from cathouse_harness.local.postgres import memory_cluster_dirs
+from cathouse_harness.local.compute.layout import memory_bases
 from cathouse_harness.local.server import ensure_local_server
-from cathouse_harness.support.processes import pid_alive
 
 
 def _dead_pid() -> int:
@@ -50,25 +48,6 @@ def _pgbouncer_pid(root: Path) -> int | None:
         return int((root / "pgbouncer" / "pgbouncer.pid").read_text().strip())
     except OSError:
         return None
-
-
-def test_killed_server_of_a_removed_home_leaves_no_process_and_no_memory(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    server = ensure_local_server(home)
-    [root] = memory_cluster_dirs(home)
-    postmaster, bouncer = _postmaster_pid(root), _pgbouncer_pid(root)
-    os.kill(server.pid, signal.SIGKILL)
-    # reaped, not just a zombie: its other threads (and so its open files) are gone too
-    os.waitpid(server.pid, 0)
-    assert pid_alive(postmaster)  # what a SIGKILLed server leaves running
-    shutil.rmtree(home)
-
-    done = clean_leftovers(tmp_path / "another-home")
-
-    assert not pid_alive(postmaster), done
-    assert bouncer is None or not pid_alive(bouncer), done
-    assert not root.exists(), done
 
 
 def test_finished_runs_and_half_made_copies_are_removed_at_server_start(
@@ -115,5 +94,5 @@ def test_server_start_runs_the_cleaner(tmp_path: Path) -> None:
         from cathouse_harness.local.server import stop_local_server
 
         stop_local_server(home)
-        for directory in memory_cluster_dirs(home):
+        for directory in memory_bases(home):
             shutil.rmtree(directory, ignore_errors=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 
 import pytest
-from cathouse_harness.local.postgres import scram_verifier
 from cathouse_harness.local.scram import (
     SCRAM,
     SCRAM_PLUS,
@@ -15,6 +14,7 @@ from cathouse_harness.local.scram import (
     ScramError,
     ServerExchange,
     Verifier,
+    scram_verifier,
 )
 
 END_POINT = bytes(range(32))

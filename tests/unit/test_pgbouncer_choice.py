@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from cathouse_harness.errors import ConfigError
+from cathouse_harness.local.pg_binaries import resolve_os_user
 from cathouse_harness.local.pgbouncer import (
     PgBouncer,
     carries_prepared_statements,
@@ -13,7 +14,6 @@ from cathouse_harness.local.pgbouncer import (
     pgbouncer_version,
     pooler_mode,
 )
-from cathouse_harness.local.postgres import resolve_os_user
 
 
 def test_off_runs_without_pgbouncer(monkeypatch: pytest.MonkeyPatch) -> None:

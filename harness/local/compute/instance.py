@@ -107,8 +107,13 @@ def failure(what: str, result: subprocess.CompletedProcess[str] | None, log_file
 
 def running_pid(instance: Instance) -> int | None:
     """The postmaster's pid when one runs on this instance's data directory."""
+    return postmaster_pid(instance.paths.data)
+
+
+def postmaster_pid(data: Path) -> int | None:
+    """The pid of a postmaster running on the data directory `data`, if one does."""
     try:
-        pid = int((instance.paths.data / "postmaster.pid").read_text().splitlines()[0])
+        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
         return None
     if not pid_alive(pid):
@@ -168,14 +173,20 @@ def start(instance: Instance, settings: Mapping[str, str] | None = None) -> int:
 def stop(instance: Instance) -> None:
     """Fast shutdown (what `pg_ctl -m fast` does): sessions end, a checkpoint, exit. The
     data directory is then consistent on its own and can be copied as it is."""
-    pid = running_pid(instance)
-    if pid is None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGINT)
-    if not wait_until(lambda: not pid_alive(pid), timeout=START_TIMEOUT, backoff=_POLL):
+    if fast_stop(instance.paths.data) is not None:
         raise LocalServerError(f"PostgreSQL instance {instance.name} still runs after a fast shutdown",
                                hint=f"see {instance.paths.log_file}")
+
+
+def fast_stop(data: Path) -> int | None:
+    """Fast shutdown of the postmaster on `data`, if one runs (also for the cleaners,
+    who have no `Instance`); its pid when it still runs after START_TIMEOUT."""
+    pid = postmaster_pid(data)
+    if pid is None:
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT)
+    return None if wait_until(lambda: not pid_alive(pid), timeout=START_TIMEOUT, backoff=_POLL) else pid
 
 
 @contextlib.contextmanager

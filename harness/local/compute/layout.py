@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local import locations
-from cathouse_harness.local.pg_binaries import OsUser, can_reach, chown_to
+from cathouse_harness.local.pg_binaries import OsUser, can_reach, chown_to, resolve_os_user
 from cathouse_harness.local.pg_layout import Storage
 from cathouse_harness.support.safe_paths import ensure_dir, private_home
 
@@ -66,6 +66,14 @@ def _base_for(home: Path, user: OsUser, storage: Storage) -> Path:
     if not user.switch and can_reach(home, user):
         return home / "compute" / ("pg" if storage == "disk" else "pg-memory")
     return locations.per_user_dir(locations.VAR_TMP_DIR, switch=user.switch) / f"{tag}-compute"
+
+
+def templates_dir(home: Path, storage: Storage) -> Path:
+    """Where `home`'s templates are, nothing made or checked (a client's preflight, before
+    any server made the home's OS user: as root only that one runs them matters here)."""
+    home = home.expanduser().resolve()
+    user = OsUser("", 0, 0, switch=True) if os.geteuid() == 0 else resolve_os_user()
+    return _base_for(home, user, storage) / "templates"
 
 
 def owned_dir(path: Path, user: OsUser) -> Path:

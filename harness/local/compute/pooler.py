@@ -115,7 +115,7 @@ class Poolers:
         bouncer = self._bouncer_for(instance)
         bouncer.preset_user(role, verifier)  # in the first auth file: no reload for the first login
         try:
-            await bouncer.start(())
+            await bouncer.start()
         except LocalServerError as exc:
             await bouncer.stop()
             self.problem = str(exc)

@@ -18,7 +18,7 @@ from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, o
 from cathouse_harness.local.compute.template import ensure_template
 from cathouse_harness.local.pg_choice import PgInstall
 from cathouse_harness.local.pg_layout import SUPERUSER
-from cathouse_harness.local.postgres import scram_verifier
+from cathouse_harness.local.scram import scram_verifier
 from psycopg import sql
 
 NEON_SUPERUSER = "neon_superuser"

@@ -1,4 +1,7 @@
-"""The embedded PostgreSQL cluster's life cycle: initialise, start, attach, stop.
+"""The test suite's own plain PostgreSQL (tests/conftest.py's `pg_cluster`): a cluster
+on 127.0.0.1 for the tests that need a database and no local server. Until #24 this was
+the local server's one shared cluster (`cathouse_harness.local.postgres`); the server
+now runs a PostgreSQL per branch (`cathouse_harness.local.compute`).
 
 We drive `initdb` and the postmaster ourselves rather than through the wheel's helper,
 which only listens on a unix socket and changes permissions of parent directories. Which
@@ -11,55 +14,80 @@ that a restarted server process finds the same cluster on the same port.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import fcntl
-import hashlib
-import hmac
 import os
-import secrets
 import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local import locations
-
-# the names below are imported from here by the data plane, the cleaners and the tests
-from cathouse_harness.local.pg_binaries import PG_SYSTEM_USER as PG_SYSTEM_USER
-from cathouse_harness.local.pg_binaries import OsUser as OsUser
-from cathouse_harness.local.pg_binaries import can_reach as can_reach
-from cathouse_harness.local.pg_binaries import chown_to as chown_to
-from cathouse_harness.local.pg_binaries import minimal_env as minimal_env
-from cathouse_harness.local.pg_binaries import resolve_install as resolve_install
-from cathouse_harness.local.pg_binaries import resolve_os_user as resolve_os_user
-from cathouse_harness.local.pg_binaries import wheel_install_dir as wheel_install_dir
-from cathouse_harness.local.pg_layout import HBA_CONF, INCLUDE_OURS, INITDB_ARGS, settings_text
-from cathouse_harness.local.pg_layout import SUPERUSER as SUPERUSER
-from cathouse_harness.local.pg_layout import ClusterPaths as ClusterPaths
-from cathouse_harness.local.pg_layout import Storage as Storage
-from cathouse_harness.local.pg_layout import cluster_root as cluster_root
-from cathouse_harness.local.pg_layout import memory_cluster_dirs as memory_cluster_dirs
-from cathouse_harness.local.pg_layout import prepare_root as prepare_root
+from cathouse_harness.local.pg_binaries import OsUser, can_reach, chown_to, minimal_env
+from cathouse_harness.local.pg_layout import COMMON_SETTINGS, SUPERUSER, Storage, conf_text
 from cathouse_harness.support.locking import file_lock
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.polling import Backoff, wait_until
 from cathouse_harness.support.processes import pid_alive
-from cathouse_harness.support.safe_paths import check_dir, ensure_dir, remove_tree, write_private
+from cathouse_harness.support.safe_paths import (
+    check_dir,
+    ensure_dir,
+    private_home,
+    remove_tree,
+    write_private,
+)
 
 log = get_logger("local.postgres")
 
-_SCRAM_ITERATIONS = 4096
-_START_TIMEOUT = 60.0
-# how often a start looks for the postmaster's "ready" (pg_ctl looks only every 100 ms)
-# and a stop for its exit
-_READY_POLL = Backoff(0.005)
-# the lease is never a link, and never passes to the postmaster (it would hold it forever)
-_LEASE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+# Unix socket paths are limited to 107 bytes; leave room for "/.s.PGSQL.65535".
+_MAX_SOCKET_DIR = 90
+INITDB_ARGS = (
+    "-U",
+    SUPERUSER,
+    "-A",
+    "trust",
+    "-E",
+    "UTF8",
+    "--locale=C",
+    "--no-sync",
+    "--no-instructions",
+)
+
+
+def cluster_root(home: Path, storage: Storage, user: OsUser) -> Path:
+    """Where the files for `home` live: in memory (/dev/shm) or durable under home.
+
+    Never loosens the permissions of the user's own directories: when our unprivileged
+    user cannot reach `home`, the data goes to /var/tmp instead.
+    """
+    home = home.expanduser().resolve()
+    tag = locations.short_hash(str(home))
+    if storage == "memory":
+        base = locations.memory_base(switch=user.switch)
+        if base is not None:
+            return base / tag
+    private_home(home)
+    if can_reach(home, user):
+        return home / ("pg" if storage == "disk" else "pg-memory")
+    base = locations.per_user_dir(locations.VAR_TMP_DIR, switch=user.switch)
+    return base / (tag if storage == "disk" else f"{tag}-memory")
+
+
+def prepare_root(root: Path, user: OsUser) -> Path:
+    """The cluster's root directory, made or verified (its parent is a verified
+    directory of ours: the home or our per-user shared directory)."""
+    return ensure_dir(root, mode=locations.dir_mode(user.switch))
+
+
+def _socket_fallback(root: Path) -> Path:
+    """A short socket directory for a cluster whose own path is too long for one."""
+    tag = locations.short_hash(str(root))
+    return locations.VAR_TMP_DIR / f"{locations.PREFIX}{os.geteuid()}" / f"sock-{tag}"
 
 
 def free_port(preferred: int = 0) -> int:
@@ -72,6 +100,84 @@ def free_port(preferred: int = 0) -> int:
                 continue
             return int(sock.getsockname()[1])
     raise LocalServerError("no free TCP port on 127.0.0.1")
+
+
+@dataclass(frozen=True)
+class ClusterPaths:
+    root: Path
+    data: Path
+    socket_dir: Path
+    log_file: Path
+    port_file: Path
+    lock_file: Path
+    # held (shared) by every process using the cluster; see Cluster._hold_lease
+    lease_file: Path
+    # the home this cluster serves, so that cathouse_harness.cleanup.leftovers can tell when it is gone
+    home_file: Path
+
+    @classmethod
+    def under(cls, root: Path) -> ClusterPaths:
+        socket_dir = root / "run"
+        if len(str(socket_dir)) > _MAX_SOCKET_DIR:
+            socket_dir = _socket_fallback(root)
+        return cls(
+            root=root,
+            data=root / "data",
+            socket_dir=socket_dir,
+            log_file=root / "log" / "postgresql.log",
+            port_file=root / "port",
+            lock_file=root / "lock",
+            lease_file=root / "lease",
+            home_file=root / "home",
+        )
+
+
+_MEMORY_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    # Without fsync a checkpoint is cheap; keep WAL small in memory.
+    "max_wal_size": "256MB",
+    "min_wal_size": "32MB",
+}
+
+
+# what a new cluster's postgresql.conf gains: our settings, rewritten at every start
+INCLUDE_OURS = (
+    "\n# cathouse-harness settings, rewritten at every start\ninclude_if_exists = 'cathouse.conf'\n"
+)
+HBA_CONF = (
+    "# cathouse-harness: the superuser only over the private socket, roles over loopback\n"
+    f"local   all  {SUPERUSER}  trust\n"
+    "host    all  all  127.0.0.1/32  scram-sha-256\n"
+)
+
+
+def settings_text(port: int, socket_dir: Path, storage: Storage) -> str:
+    """`cathouse.conf`: where the cluster listens and how it runs."""
+    settings: dict[str, str | int] = {
+        "listen_addresses": "127.0.0.1",
+        "port": port,
+        "unix_socket_directories": str(socket_dir),
+        "unix_socket_permissions": "0700",
+        # Many branches, each with a few service pools, on a small machine.
+        "max_connections": 200,
+        "shared_buffers": "64MB",
+        **COMMON_SETTINGS,
+    }
+    if storage == "memory":
+        settings.update(_MEMORY_SETTINGS)
+    return conf_text(settings)
+
+
+
+_SCRAM_ITERATIONS = 4096
+_START_TIMEOUT = 60.0
+# how often a start looks for the postmaster's "ready" (pg_ctl looks only every 100 ms)
+# and a stop for its exit
+_READY_POLL = Backoff(0.005)
+# the lease is never a link, and never passes to the postmaster (it would hold it forever)
+_LEASE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Cluster:
@@ -396,33 +502,3 @@ class Cluster:
 
 def _superuser_dsn(socket_dir: Path, port: int | str, database: str = "postgres") -> str:
     return f"postgresql://{SUPERUSER}@/{database}?host={socket_dir}&port={port}"
-
-
-def home_superuser_dsn(home: Path, storage: Storage = "memory") -> str:
-    """The superuser DSN (unix socket, trust) of the cluster under a home, as its server
-    left it: for benchmarks and tests that look at PostgreSQL behind the API's back."""
-    paths = ClusterPaths.under(cluster_root(home, storage, resolve_os_user()))
-    return _superuser_dsn(paths.socket_dir, paths.port_file.read_text().strip())
-
-
-def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS) -> str:
-    """A SCRAM-SHA-256 verifier as PostgreSQL stores it, so the password never travels as SQL."""
-    salt = salt if salt is not None else secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    salt_b64, stored_b64, server_b64 = (base64.b64encode(v).decode() for v in (salt, stored_key, server_key))
-    return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
-
-
-def verifier_matches(verifier: str | None, password: str) -> bool:
-    if not verifier or not verifier.startswith("SCRAM-SHA-256$"):
-        return False
-    try:
-        head = verifier.split("$")[1]
-        iterations_text, salt_text = head.split(":")
-        expected = scram_verifier(password, salt=base64.b64decode(salt_text), iterations=int(iterations_text))
-    except (IndexError, ValueError):
-        return False
-    return hmac.compare_digest(expected, verifier)
