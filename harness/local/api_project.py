@@ -122,11 +122,7 @@ async def preload_change(neon: LocalNeon, kept: dict[str, Any]) -> list[Operatio
     """Keep `settings.preload_libraries` and apply it to every branch's instance in an
     operation per endpoint (Neon's `apply_config`), refusing a library the local list
     (`available_preload_libraries`) lacks in one line."""
-    here_of = getattr(neon.dataplane, "preload_libraries_here", None)
-    if here_of is None:
-        raise check.bad_request(
-            "preload libraries need the instance data plane: set CATHOUSE_LOCAL_COMPUTE=instance")
-    here = await here_of()
+    here = await neon.dataplane.preload_libraries_here()  # type: ignore[attr-defined]
     postgres = neon.dataplane.install.describe()  # type: ignore[attr-defined]
     for name in kept["enabled_libraries"]:
         refusal = neon_features.preload_refusal(name, here, postgres)

@@ -67,14 +67,7 @@ class Snapshots:
         self.neon = neon
 
     def _plane(self) -> Any:
-        plane = self.neon.dataplane
-        if not hasattr(plane, "take_snapshot"):
-            raise ApiError(
-                400,
-                "BAD_REQUEST",
-                "snapshots need the instance data plane: set CATHOUSE_LOCAL_COMPUTE=instance",
-            )
-        return plane
+        return self.neon.dataplane
 
     def get(self, snapshot_id: str) -> SnapshotRecord:
         found = self.neon.state.snapshots.get(snapshot_id)

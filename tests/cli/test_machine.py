@@ -188,7 +188,7 @@ def test_a_running_server_holds_its_users_caches(tmp_path: Path, monkeypatch: py
 
     from tests.plugin._support import home_of_its_own
 
-    with home_of_its_own(tmp_path, monkeypatch, CATHOUSE_LOCAL_COMPUTE="instance") as home:
+    with home_of_its_own(tmp_path, monkeypatch) as home:
         ensure_local_server(home)
         base = locations.VAR_TMP_DIR / f"{locations.PREFIX}{os.geteuid()}"
         assert home.resolve() in lease.cache_users(base)
@@ -230,7 +230,7 @@ def test_gc_stop_others_stops_another_homes_server_and_leaves_nothing(
         with logged.open("wb") as log:
             server = subprocess.Popen([sys.executable, "-c", serve], stdout=log, stderr=log,
                                       start_new_session=True,
-                                      env={**os.environ, "CATHOUSE_LOCAL_COMPUTE": "instance"})
+                                      env=dict(os.environ))
         try:
             deadline = time.monotonic() + 120
             while live_server(other, "memory") is None:

@@ -60,7 +60,7 @@ def _held_locks(home: Path) -> list[Path]:
 def test_ctrl_c_during_a_cold_server_start_under_xdist_leaves_nothing(
     project: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with home_of_its_own(tmp_path, monkeypatch, CATHOUSE_LOCAL_COMPUTE="instance") as home:
+    with home_of_its_own(tmp_path, monkeypatch) as home:
         project.makepyfile(test_branch=BRANCH_TEST)
         tag = locations.short_hash(str(home.resolve()))
         process = subprocess.Popen(
