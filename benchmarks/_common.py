@@ -119,10 +119,10 @@ def bench_plane(home: Path, role: str) -> tuple[Any, Any, str, str, Any]:
     `Credential` the catalog's gate would give for it)."""
     import secrets
 
-    from cathouse_harness.local.catalog import BRANCH_SCRAM_ITERATIONS
+    from cathouse_harness.local.control.catalog import BRANCH_SCRAM_ITERATIONS
+    from cathouse_harness.local.data.proxy_auth import Credential
+    from cathouse_harness.local.data.scram import scram_verifier
     from cathouse_harness.local.dataplane import DataPlane
-    from cathouse_harness.local.proxy_auth import Credential
-    from cathouse_harness.local.scram import scram_verifier
     from cathouse_harness.support.sync import LoopThread
 
     loop = LoopThread("bench-dataplane")

@@ -39,7 +39,7 @@ async def _measure(home: Path, template_id: str | None, reps: int) -> dict[str, 
     import asyncpg
     from cathouse_harness.branching.lifecycle import delete_owned_branch
     from cathouse_harness.config.settings import load_settings
-    from cathouse_harness.local.ids import physical_name
+    from cathouse_harness.local.control.ids import physical_name
     from cathouse_harness.neon.backend import connect_backend, open_client
 
     settings = load_settings(EXAMPLE)

@@ -53,10 +53,10 @@ from cathouse_harness.local.compute import fork as forks
 from cathouse_harness.local.compute import instance as instances
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.compute.moments import pitr, standby
+from cathouse_harness.local.data.pgbouncer import PgBouncer, find_pgbouncer
+from cathouse_harness.local.data.scram import scram_verifier
 from cathouse_harness.local.pg_choice import choose_install, system_bin_dirs
 from cathouse_harness.local.pg_layout import Storage
-from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
-from cathouse_harness.local.scram import scram_verifier
 from cathouse_harness.support.polling import Backoff, wait_until
 
 _MIB = 1024 * 1024
@@ -238,7 +238,7 @@ class Bench:
 
 
 async def _pgbouncer_probe(bench: Bench, child: Instance) -> str:
-    """Today's PgBouncer (`cathouse_harness.local.pgbouncer`) in front of one instance's
+    """Today's PgBouncer (`cathouse_harness.local.data.pgbouncer`) in front of one instance's
     socket: its start, its memory with one pooled session, and that it logs in to the
     instance with the client's own SCRAM proof against PostgreSQL's stored verifier."""
     binary = find_pgbouncer()

@@ -1,4 +1,4 @@
-"""What the local history (`cathouse_harness.local.history`) costs a client's connection.
+"""What the local history (`cathouse_harness.local.control.history`) costs a client's connection.
 
     python benchmarks/history_cost.py [--reps 300]
 

@@ -35,8 +35,8 @@ ENDPOINT = "ep-bench-router-1"
 
 
 def _setup(home: Path, router: str) -> tuple[Any, Any, dict[str, dict[str, dict[str, Any]]]]:
+    from cathouse_harness.local.data.names import HOSTS_VAR, ROUTER_VAR, endpoint_names
     from cathouse_harness.local.dataplane import DataPlane
-    from cathouse_harness.local.names import HOSTS_VAR, ROUTER_VAR, endpoint_names
     from cathouse_harness.support.sync import LoopThread
 
     os.environ[HOSTS_VAR], os.environ[ROUTER_VAR] = "names", router
@@ -95,7 +95,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cathouse-bench-router-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir(mode=0o700)
-        from cathouse_harness.local.hosts import free_loopback_address
+        from cathouse_harness.local.data.hosts import free_loopback_address
 
         router = free_loopback_address()
         if router is None:

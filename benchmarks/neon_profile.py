@@ -264,7 +264,7 @@ def _median_path(paths: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(profile: str, reps: int) -> dict[str, Any]:
-    from cathouse_harness.local.latency import parse_latency
+    from cathouse_harness.local.sim.latency import parse_latency
 
     compile_bytecode()
     root = Path(tempfile.mkdtemp(prefix="cathouse-neon-profile-"))

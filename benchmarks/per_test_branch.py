@@ -69,7 +69,7 @@ def measure(home: Path, reps: int) -> dict[str, Any]:
     """Per-test cost of the three ways (see the module's text), `reps` times each."""
     import asyncpg
     from cathouse_harness.config.settings import load_settings
-    from cathouse_harness.local.ids import physical_name
+    from cathouse_harness.local.control.ids import physical_name
     from cathouse_harness.session.branch_session import BranchSession
 
     with home_env(home):

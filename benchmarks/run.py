@@ -110,7 +110,7 @@ def naive(home: Path, project: Path, reps: int) -> dict[str, Any]:
     import asyncpg
     from cathouse_harness.config.settings import load_settings
     from cathouse_harness.db.quoting import quote_ident, quote_literal
-    from cathouse_harness.local.scram import scram_verifier
+    from cathouse_harness.local.data.scram import scram_verifier
     from cathouse_harness.neon.backend import connect_backend
 
     with home_env(home):

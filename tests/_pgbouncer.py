@@ -5,7 +5,7 @@ is skipped with a reason naming it, and the rest of a pooled-path test still run
 from __future__ import annotations
 
 import pytest
-from cathouse_harness.local.pgbouncer import find_pgbouncer
+from cathouse_harness.local.data.pgbouncer import find_pgbouncer
 
 WHY = "pgbouncer is not installed (or CATHOUSE_PGBOUNCER=off)"
 

@@ -17,8 +17,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 import psycopg
 import psycopg.sql
 import pytest
+from cathouse_harness.local.data.scram import scram_verifier
 from cathouse_harness.local.pg_binaries import resolve_install, resolve_os_user
-from cathouse_harness.local.scram import scram_verifier
 from cathouse_harness.support.env import overridden
 from cathouse_harness.support.sync import LoopThread
 

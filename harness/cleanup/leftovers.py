@@ -174,7 +174,7 @@ def _stop_orphans(root: Path) -> list[str]:
     """A PostgreSQL and PgBouncer still running on a cluster whose lease the caller holds,
     or on any instance of a compute base (each lays out `data/` and `pgbouncer/` alike)."""
     from cathouse_harness.local.compute.instance import fast_stop, postmaster_pid
-    from cathouse_harness.local.pgbouncer import stop_stale
+    from cathouse_harness.local.data.pgbouncer import stop_stale
 
     done = []
     for place in (root, *_real_dirs(root / "instances")):

@@ -129,7 +129,7 @@ def run_checks(
     checks.extend(_check_backend(settings))
     if settings.backend == "embedded":
         # the server's own search, so doctor never says "not installed" for one it would use
-        from cathouse_harness.local.pgbouncer import find_pgbouncer
+        from cathouse_harness.local.data.pgbouncer import find_pgbouncer
 
         path = find_pgbouncer()
         checks.append(
@@ -179,7 +179,7 @@ def check_neon_features(settings: Settings, published: dict[str, object]) -> Che
     """What Neon has that the running server's PostgreSQL lacks: ICU, and the extensions
     the project's migrations create (`cathouse_harness.migrate.features`); and what they
     create that Neon does not offer."""
-    from cathouse_harness.local.neon_features import REMEDY, ServerFeatures, offered_by_neon
+    from cathouse_harness.local.sim.neon_features import REMEDY, ServerFeatures, offered_by_neon
     from cathouse_harness.migrate.features import ICU, features_used
 
     names = published.get("extensions")
@@ -217,8 +217,8 @@ def check_neon_features(settings: Settings, published: dict[str, object]) -> Che
 def check_endpoint_hosts(problem: object, names_problem: object = None) -> Check:
     """Whether a URL built from an endpoint's `host` or `pooler_host` alone (port 5432)
     connects, as the running server found when it opened its endpoints
-    (`cathouse_harness.local.hosts`), and whether a pooled host can be made from `host` by
-    inserting `-pooler` (names mode, `cathouse_harness.local.names`)."""
+    (`cathouse_harness.local.data.hosts`), and whether a pooled host can be made from `host` by
+    inserting `-pooler` (names mode, `cathouse_harness.local.data.names`)."""
     if not problem and names_problem:
         return Check(
             "endpoint hosts", "ok",

@@ -122,7 +122,7 @@ class Settings:
     # which PostgreSQL the embedded default runs (cathouse_harness.local.pg_choice): a bin
     # directory, "wheel" or "system"; None is auto (a system one when installed)
     postgres_bin: str | None = None
-    # the pool mode of the embedded default's PgBouncer (cathouse_harness.local.pgbouncer):
+    # the pool mode of the embedded default's PgBouncer (cathouse_harness.local.data.pgbouncer):
     # None is Neon's transaction mode; "session" where an old PgBouncer cannot carry
     # prepared statements in transaction mode
     pooler_mode: Literal["transaction", "session"] | None = None

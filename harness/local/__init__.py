@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cathouse_harness.local.discovery import LocalServerInfo, running_server
-    from cathouse_harness.local.faults import FaultConfig, parse_faults
     from cathouse_harness.local.launch import ensure_local_server, stop_local_server
     from cathouse_harness.local.server import run_emulator, run_server
+    from cathouse_harness.local.sim.faults import FaultConfig, parse_faults
 
 _EXPORTS = {
-    "FaultConfig": "cathouse_harness.local.faults",
-    "parse_faults": "cathouse_harness.local.faults",
+    "FaultConfig": "cathouse_harness.local.sim.faults",
+    "parse_faults": "cathouse_harness.local.sim.faults",
     "LocalServerInfo": "cathouse_harness.local.discovery",
     "ensure_local_server": "cathouse_harness.local.launch",
     "run_emulator": "cathouse_harness.local.server",

@@ -29,7 +29,7 @@ _MAX_ANSWER = 1 << 20
 
 @dataclass(frozen=True)
 class PoolerInfo:
-    """The PgBouncer behind a server's pooled endpoints (`cathouse_harness.local.pgbouncer`)."""
+    """The PgBouncer behind a server's pooled endpoints (`cathouse_harness.local.data.pgbouncer`)."""
 
     mode: str
     version: str

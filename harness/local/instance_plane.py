@@ -1,11 +1,11 @@
 """The data plane: a PostgreSQL per branch (#24).
 
-It answers the control plane's calls (`cathouse_harness.local.core.DataPlaneLike`) with
+It answers the control plane's calls (`cathouse_harness.local.control.core.DataPlaneLike`) with
 `cathouse_harness.local.compute`: the root branch's first database makes the root
 instance, a branch's first copy forks its parent's instance (a spare, or a stopped copy,
 when the parent is suspended or no client uses it; through the backup functions when
 one does), a deleted branch's instance is removed, and endpoints are the byte relay's
-listeners (`cathouse_harness.local.relay`). The control plane still speaks in physical database
+listeners (`cathouse_harness.local.data.relay`). The control plane still speaks in physical database
 names; a branch's databases keep their real names inside its instance, and this module
 maps the one to the other.
 
@@ -48,8 +48,6 @@ from typing import Any
 
 import psycopg
 from cathouse_harness.errors import LocalServerError
-from cathouse_harness.local import neon_features
-from cathouse_harness.local.catalog import serving
 from cathouse_harness.local.compute import extensions, lease, spares
 from cathouse_harness.local.compute import users as compute_users
 from cathouse_harness.local.compute.extensions import STUB_COMMENT
@@ -67,17 +65,19 @@ from cathouse_harness.local.compute.moments.standby import empty_databases, read
 from cathouse_harness.local.compute.pooler import Poolers
 from cathouse_harness.local.compute.roots import CLUSTER_ROLES, create_branch_role, make_root
 from cathouse_harness.local.compute.template import ensure_template
-from cathouse_harness.local.listeners import EndpointAddress, Listeners
-from cathouse_harness.local.names import host_mode
-from cathouse_harness.local.neon_features import ServerFeatures
+from cathouse_harness.local.control.catalog import serving
+from cathouse_harness.local.control.state import DatabaseRecord, RoleRecord, database_id, iso, now
+from cathouse_harness.local.data.listeners import EndpointAddress, Listeners
+from cathouse_harness.local.data.names import host_mode
+from cathouse_harness.local.data.proxy import Fences, Refusal, Upstream
+from cathouse_harness.local.data.relay import CancelKeys, RelayEndpoint, Route
+from cathouse_harness.local.data.scram import scram_verifier
+from cathouse_harness.local.data.startup_options import TimeTravel
+from cathouse_harness.local.data.tls import TlsMaterial, server_material
 from cathouse_harness.local.pg_choice import ENV_VAR as POSTGRES_BIN_ENV
 from cathouse_harness.local.pg_choice import PgInstall, choose_install
-from cathouse_harness.local.proxy import Fences, Refusal, Upstream
-from cathouse_harness.local.relay import CancelKeys, RelayEndpoint, Route
-from cathouse_harness.local.scram import scram_verifier
-from cathouse_harness.local.startup_options import TimeTravel
-from cathouse_harness.local.state import DatabaseRecord, RoleRecord, database_id, iso, now
-from cathouse_harness.local.tls import TlsMaterial, server_material
+from cathouse_harness.local.sim import neon_features
+from cathouse_harness.local.sim.neon_features import ServerFeatures
 from cathouse_harness.support import env
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.polling import Backoff, wait_until_async

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from cathouse_harness.errors import ConfigError, LocalServerError
+from cathouse_harness.local.data.names import host_mode
 from cathouse_harness.local.discovery import (
     STORAGES,
     LocalServerInfo,
@@ -31,9 +32,8 @@ from cathouse_harness.local.discovery import (
     read_discovery,
     resolve_home,
 )
-from cathouse_harness.local.latency import ENV_VAR as LATENCY_ENV
-from cathouse_harness.local.latency import parse_latency
-from cathouse_harness.local.names import host_mode
+from cathouse_harness.local.sim.latency import ENV_VAR as LATENCY_ENV
+from cathouse_harness.local.sim.latency import parse_latency
 from cathouse_harness.support import env
 from cathouse_harness.support.interrupt import stoppable
 from cathouse_harness.support.locking import file_lock

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from cathouse_harness.errors import LocalServerError
+from cathouse_harness.local.control.state import load_or_create_api_key
 from cathouse_harness.local.discovery import (
     STORAGES,
     LocalServerInfo,
@@ -43,10 +44,6 @@ from cathouse_harness.local.discovery import (
     resolve_home,
     running_server,
 )
-from cathouse_harness.local.faults import ENV_VAR as FAULTS_ENV
-from cathouse_harness.local.faults import FaultConfig, FaultInjector, parse_faults
-from cathouse_harness.local.latency import ENV_VAR as LATENCY_ENV
-from cathouse_harness.local.latency import LatencyProfile, parse_latency
 from cathouse_harness.local.launch import (  # noqa: F401  (re-exported: callers import them from here)
     RESTART_SIGNAL,
     START_TIMEOUT,
@@ -56,7 +53,10 @@ from cathouse_harness.local.launch import (  # noqa: F401  (re-exported: callers
     keep_data_plane,
     stop_local_server,
 )
-from cathouse_harness.local.state import load_or_create_api_key
+from cathouse_harness.local.sim.faults import ENV_VAR as FAULTS_ENV
+from cathouse_harness.local.sim.faults import FaultConfig, FaultInjector, parse_faults
+from cathouse_harness.local.sim.latency import ENV_VAR as LATENCY_ENV
+from cathouse_harness.local.sim.latency import LatencyProfile, parse_latency
 from cathouse_harness.support import env
 from cathouse_harness.support.interrupt import stop_all
 from cathouse_harness.support.log import get_logger
@@ -66,7 +66,7 @@ from cathouse_harness.support.safe_paths import write_private
 
 if TYPE_CHECKING:
     import uvicorn
-    from cathouse_harness.local.control import LocalNeon
+    from cathouse_harness.local.control.control import LocalNeon
 
 # uvicorn, the ASGI app and the control plane are imported only where the server runs;
 # a process that only needs a server running uses launch.py and never imports them.
@@ -200,7 +200,7 @@ async def serve(
     """Start the data plane and the API, call `ready`, serve until stopped, shut down.
     `branches_limit` overrides what /users/me advertises and creates are held to;
     `database` and `role` are what a new project is made with (`LocalNeon`)."""
-    from cathouse_harness.local.control import LocalNeon
+    from cathouse_harness.local.control.control import LocalNeon
 
     check_storage(storage)
     if dataplane is None:
@@ -264,7 +264,7 @@ async def _serve_api(
 ) -> None:
     """Serve the HTTP API on `sock` until asked to stop or idle for `idle_timeout` s."""
     import uvicorn
-    from cathouse_harness.local.app import create_app
+    from cathouse_harness.local.api.app import create_app
 
     config = uvicorn.Config(
         create_app(neon, api_key, injector),

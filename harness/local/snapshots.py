@@ -21,12 +21,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from cathouse_harness.errors import ApiError
-from cathouse_harness.local import ids
-from cathouse_harness.local.api_validation import bad_request, expires_at
-from cathouse_harness.local.history import PointInTime
-from cathouse_harness.local.neon_features import preload_names
-from cathouse_harness.local.operations import failure_reason
-from cathouse_harness.local.state import (
+from cathouse_harness.local.api.api_validation import bad_request, expires_at
+from cathouse_harness.local.control import ids
+from cathouse_harness.local.control.history import PointInTime
+from cathouse_harness.local.control.operations import failure_reason
+from cathouse_harness.local.control.state import (
     BranchRecord,
     OperationRecord,
     SnapshotRecord,
@@ -35,11 +34,12 @@ from cathouse_harness.local.state import (
     now,
     parse_time,
 )
+from cathouse_harness.local.sim.neon_features import preload_names
 from cathouse_harness.support.log import get_logger
 from cathouse_harness.support.redact import scrub
 
 if TYPE_CHECKING:
-    from cathouse_harness.local.core import NeonCore
+    from cathouse_harness.local.control.core import NeonCore
 
 log = get_logger("local.snapshots")
 

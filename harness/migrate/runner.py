@@ -39,7 +39,7 @@ from cathouse_harness.errors import (
     MigrationOrderError,
     SafetyError,
 )
-from cathouse_harness.local.neon_features import hint_for as neon_hint
+from cathouse_harness.local.sim.neon_features import hint_for as neon_hint
 from cathouse_harness.migrate.connection import describe_exception, sqlstate_of
 from cathouse_harness.migrate.environment import (
     DIRECT_URL_KEY,

@@ -1,7 +1,7 @@
 """Where the embedded default puts an endpoint on loopback: its own addresses in
 127.0.0.0/8, derived from its id, on PostgreSQL's port.
 
-The local server binds these (`cathouse_harness.local.hosts`) and the engine's check that
+The local server binds these (`cathouse_harness.local.data.hosts`) and the engine's check that
 handed-out URLs name the branch's own endpoint (`branching.endpoint_check`) recognises
 them: one scheme, read by both sides, so neither reaches into the other.
 """

@@ -13,8 +13,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from cathouse_harness.local import ids
-from cathouse_harness.local.hosts import DEFAULT_PORT, loopback_addresses
+from cathouse_harness.local.control import ids
+from cathouse_harness.local.data.hosts import DEFAULT_PORT, loopback_addresses
 from cathouse_harness.local.server import LocalServerInfo, publish
 
 from tests.cli._support import cli

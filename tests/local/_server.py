@@ -20,10 +20,10 @@ from typing import Any
 
 import asyncpg
 import httpx
-from cathouse_harness.local.app import PREFIX
-from cathouse_harness.local.faults import parse_faults
-from cathouse_harness.local.latency import parse_latency
+from cathouse_harness.local.api.app import PREFIX
 from cathouse_harness.local.server import LocalServerInfo, ServerHandle, serve
+from cathouse_harness.local.sim.faults import parse_faults
+from cathouse_harness.local.sim.latency import parse_latency
 
 from tests.local.neon_schema import answer_problems
 

@@ -12,7 +12,11 @@ from urllib.parse import quote
 import httpx
 import psycopg
 import pytest
-from cathouse_harness.local.startup_options import EndpointOptionError, split_options, take_endpoint_option
+from cathouse_harness.local.data.startup_options import (
+    EndpointOptionError,
+    split_options,
+    take_endpoint_option,
+)
 
 from tests.local._server import connection_uri, create_ready_branch, delete_branch, unique
 

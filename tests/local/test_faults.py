@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 from cathouse_harness.errors import ConfigError
-from cathouse_harness.local.faults import FaultConfig, FaultInjector, parse_faults
 from cathouse_harness.local.server import LocalServerInfo
+from cathouse_harness.local.sim.faults import FaultConfig, FaultInjector, parse_faults
 
 from tests.local._server import api_client, create_ready_branch, start_test_server, wait_operations
 

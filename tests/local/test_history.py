@@ -4,7 +4,7 @@ reference: `parent_timestamp` / `parent_lsn` on a create, `source_timestamp` /
 checked in real PostgreSQL (the rows and tables at the point).
 
 The server knows a branch's past through the connections to its endpoints
-(`cathouse_harness.local.history`); it learns that a client left a moment after the client did,
+(`cathouse_harness.local.control.history`); it learns that a client left a moment after the client did,
 so a request for "now" right after a write is polled until the server has seen the
 client go (`accepted`), as a client polls an operation."""
 

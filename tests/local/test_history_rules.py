@@ -1,4 +1,4 @@
-"""The local history's rules on a clock the test moves (`cathouse_harness.local.history`): which
+"""The local history's rules on a clock the test moves (`cathouse_harness.local.control.history`): which
 moments of a branch the server can still produce, and which it refuses. The data plane
 here only answers LSNs; `tests/local/test_history.py` drives the same rules through the
 HTTP API on real PostgreSQL."""
@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 from cathouse_harness.errors import ApiError
-from cathouse_harness.local.history import HISTORY_RETENTION_SECONDS, History, PointInTime
-from cathouse_harness.local.state import BranchRecord, DatabaseRecord, EndpointRecord, iso
+from cathouse_harness.local.control.history import HISTORY_RETENTION_SECONDS, History, PointInTime
+from cathouse_harness.local.control.state import BranchRecord, DatabaseRecord, EndpointRecord, iso
 
 START = 1_900_000_000.0
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 from cathouse_harness.errors import ConfigError
-from cathouse_harness.local import latency as latency_module
-from cathouse_harness.local.latency import ENV_VAR, NO_LATENCY, PRESETS, LatencyProfile, parse_latency
 from cathouse_harness.local.server import LocalServerInfo
+from cathouse_harness.local.sim import latency as latency_module
+from cathouse_harness.local.sim.latency import ENV_VAR, NO_LATENCY, PRESETS, LatencyProfile, parse_latency
 
 from tests.local._server import api_client, create_branch, start_test_server, wait_operations
 

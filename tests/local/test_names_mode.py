@@ -22,8 +22,8 @@ import httpx
 import psycopg
 import pytest
 from cathouse_harness.errors import ConfigError
-from cathouse_harness.local.hosts import free_loopback_address
-from cathouse_harness.local.names import HOSTS_VAR, ROUTER_VAR, host_mode, names_resolve, route_of
+from cathouse_harness.local.data.hosts import free_loopback_address
+from cathouse_harness.local.data.names import HOSTS_VAR, ROUTER_VAR, host_mode, names_resolve, route_of
 
 from tests._pgbouncer import pooled_backends
 from tests.local._server import (

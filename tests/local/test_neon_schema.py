@@ -4,7 +4,7 @@ A plain httpx client (not ours) walks every route the local server has, with goo
 bad requests, and an event hook checks each answer: the success status the reference
 gives the route, the body against the route's object (required fields, types, no
 field the reference lacks), errors against Neon's error body. The walk must cover every
-route in `cathouse_harness.local.app.ROUTES`, and every such route must be one of Neon's.
+route in `cathouse_harness.local.api.app.ROUTES`, and every such route must be one of Neon's.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import secrets
 from typing import Any
 
 import httpx
-from cathouse_harness.local.app import PREFIX
-from cathouse_harness.local.app import ROUTES as SERVER_ROUTES
+from cathouse_harness.local.api.app import PREFIX
+from cathouse_harness.local.api.app import ROUTES as SERVER_ROUTES
 from cathouse_harness.local.server import LocalServerInfo
 
 from tests.local._server import wait_operations

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import httpx
 import psycopg
 import pytest
-from cathouse_harness.local import neon_features
-from cathouse_harness.local.neon_features import PreloadLibrary
+from cathouse_harness.local.sim import neon_features
+from cathouse_harness.local.sim.neon_features import PreloadLibrary
 
 from tests.local._server import connection_uri, wait_operations
 from tests.local.test_snapshots import Api, instance_server

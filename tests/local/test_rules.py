@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from cathouse_harness.local.control import DEFAULT_ROOT_BRANCHES_LIMIT
+from cathouse_harness.local.control.control import DEFAULT_ROOT_BRANCHES_LIMIT
 from cathouse_harness.local.server import LocalServerInfo
 from cathouse_harness.neon.client import NeonClient, TransportOptions
 from cathouse_harness.support.timestamps import parse_time

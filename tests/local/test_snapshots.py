@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 from cathouse_harness.local import instance_plane
-from cathouse_harness.local.state import (
+from cathouse_harness.local.control.state import (
     DatabaseRecord,
     RoleRecord,
     SnapshotRecord,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cathouse_harness.local.state import STATE_VERSION, load_state, state_path
+from cathouse_harness.local.control.state import STATE_VERSION, load_state, state_path
 
 
 def test_a_version_1_state_loads_with_a_catalog_per_branch(tmp_path: Path) -> None:

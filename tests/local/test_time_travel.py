@@ -1,7 +1,7 @@
 """Neon's time-travel connections (#25 part 3): `options=neon_timestamp:<time>` or
 `neon_lsn:<lsn>` in the startup (what `neonctl connection-string <branch>@<time>` adds)
 connect read-only to the branch as of that moment where the local history has it
-(`cathouse_harness.local.history`, the rule `parent_timestamp` follows), and are refused
+(`cathouse_harness.local.control.history`, the rule `parent_timestamp` follows), and are refused
 in one FATAL line where it does not; the word never reaches PostgreSQL, which would
 refuse it as a command-line option of its own."""
 

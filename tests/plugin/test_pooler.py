@@ -5,7 +5,11 @@ mode) and, where it cannot, the failing run says why in one line and how to fix 
 from __future__ import annotations
 
 import pytest
-from cathouse_harness.local.pgbouncer import carries_prepared_statements, find_pgbouncer, pgbouncer_version
+from cathouse_harness.local.data.pgbouncer import (
+    carries_prepared_statements,
+    find_pgbouncer,
+    pgbouncer_version,
+)
 
 from tests._pgbouncer import require_pgbouncer
 

@@ -9,8 +9,8 @@ import struct
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from cathouse_harness.local.proxy import build_startup
-from cathouse_harness.local.proxy_auth import login_upstream, message, read_message
+from cathouse_harness.local.data.proxy import build_startup
+from cathouse_harness.local.data.proxy_auth import login_upstream, message, read_message
 
 _SSL_REQUEST = struct.pack("!II", 8, 80877103)
 PROTOCOL_3 = 196608

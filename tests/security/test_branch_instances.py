@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import psycopg
 import psycopg.sql
 import pytest
-from cathouse_harness.local.proxy_auth import read_message
+from cathouse_harness.local.data.proxy_auth import read_message
 from cathouse_harness.local.server import LocalServerInfo
 
 from tests.local._server import api_client, default_branch, start_test_server, wait_operations

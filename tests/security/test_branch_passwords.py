@@ -156,7 +156,7 @@ def test_channel_binding_require_connects(client: httpx.Client, server: LocalSer
 def test_a_home_from_before_keeps_its_urls_and_closes_the_door_they_opened(tmp_path: Path) -> None:
     """A state written when one password per role served every branch: its URLs keep
     working through the endpoints (nothing else listens: test_branch_instances)."""
-    from cathouse_harness.local.state import STATE_FILE
+    from cathouse_harness.local.control.state import STATE_FILE
 
     home = tmp_path / "legacy-home"
     home.mkdir(mode=0o700)

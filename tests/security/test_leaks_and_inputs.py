@@ -20,8 +20,8 @@ SECRET_PASSWORD = "pw-doctor-SECRET-1f2e3d"
 def test_pgbouncer_gets_none_of_the_servers_environment(
     pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from cathouse_harness.local.data.pgbouncer import PgBouncer, find_pgbouncer
     from cathouse_harness.local.pg_binaries import resolve_os_user
-    from cathouse_harness.local.pgbouncer import PgBouncer, find_pgbouncer
 
     binary = find_pgbouncer()
     if binary is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from cathouse_harness.local.scram import (
+from cathouse_harness.local.data.scram import (
     SCRAM,
     SCRAM_PLUS,
     ClientExchange,

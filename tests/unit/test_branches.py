@@ -7,7 +7,7 @@ from cathouse_harness.branching import endpoint_check as endpoint_urls
 from cathouse_harness.branching import lifecycle as branches
 from cathouse_harness.branching import names as branch_names
 from cathouse_harness.errors import SafetyError
-from cathouse_harness.local.hosts import loopback_addresses, pooled_seed
+from cathouse_harness.local.data.hosts import loopback_addresses, pooled_seed
 from cathouse_harness.neon.models import Branch
 
 

@@ -3,7 +3,7 @@ classifier that finds CREATE EXTENSION / ICU collations in a query's text."""
 
 from __future__ import annotations
 
-from cathouse_harness.local.neon_features import (
+from cathouse_harness.local.sim.neon_features import (
     NEON_EXTENSIONS,
     NEON_EXTENSIONS_AS_OF,
     ServerFeatures,

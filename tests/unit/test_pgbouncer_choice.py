@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 from cathouse_harness.errors import ConfigError
-from cathouse_harness.local.pg_binaries import resolve_os_user
-from cathouse_harness.local.pgbouncer import (
+from cathouse_harness.local.data.pgbouncer import (
     PgBouncer,
     carries_prepared_statements,
     find_pgbouncer,
     pgbouncer_version,
     pooler_mode,
 )
+from cathouse_harness.local.pg_binaries import resolve_os_user
 
 
 def test_off_runs_without_pgbouncer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,13 +36,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from cathouse_harness.local import locations
-from cathouse_harness.local.neon_features import (
+from cathouse_harness.local.pg_choice import PgInstall
+from cathouse_harness.local.sim.neon_features import (
     NEON_EXTENSIONS,
     ServerFeatures,
     extension_refusal,
     extra_extensions,
 )
-from cathouse_harness.local.pg_choice import PgInstall
 from cathouse_harness.support.safe_paths import ensure_dir, remove_tree, write_private
 
 SETTING = "extension_control_path"

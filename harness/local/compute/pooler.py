@@ -28,7 +28,7 @@ from pathlib import Path
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.compute.instance import Instance
 from cathouse_harness.local.compute.layout import SOCKET_PORT, owned_dir, socket_file
-from cathouse_harness.local.pgbouncer import (
+from cathouse_harness.local.data.pgbouncer import (
     PgBouncer,
     carries_prepared_statements,
     find_pgbouncer,

@@ -16,9 +16,9 @@ from cathouse_harness.local.compute.copying import copy_tree
 from cathouse_harness.local.compute.instance import Instance, admin_session, remove, start
 from cathouse_harness.local.compute.layout import ComputeHome, instance_paths, owned_dir
 from cathouse_harness.local.compute.template import ensure_template
+from cathouse_harness.local.data.scram import scram_verifier
 from cathouse_harness.local.pg_choice import PgInstall
 from cathouse_harness.local.pg_layout import SUPERUSER
-from cathouse_harness.local.scram import scram_verifier
 from psycopg import sql
 
 NEON_SUPERUSER = "neon_superuser"

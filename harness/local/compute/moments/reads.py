@@ -8,7 +8,7 @@ instance with a read-only session setting a client may turn off (#24, finding 7)
   nobody uses the old copy; it shows the branch as of that copy (a Neon replica
   follows its primary within moments; following here would need a WAL sender);
 - a time-travel connection (`options=neon_timestamp:…` / `neon_lsn:…`): the control
-  plane's history (`cathouse_harness.local.history`, the rule `parent_timestamp` follows)
+  plane's history (`cathouse_harness.local.control.history`, the rule `parent_timestamp` follows)
   names the branch whose current state is the moment asked for, and the connection goes
   to a standby of that branch's instance, kept while that branch stays unchanged and
   dropped when idle. A moment outside the history gets the history's refusal.
@@ -38,9 +38,9 @@ from cathouse_harness.local.compute.moments.standby import (
     login_verifiers,
     read_verifier,
 )
-from cathouse_harness.local.proxy import Refusal
-from cathouse_harness.local.relay import Route
-from cathouse_harness.local.startup_options import TimeTravel
+from cathouse_harness.local.data.proxy import Refusal
+from cathouse_harness.local.data.relay import Route
+from cathouse_harness.local.data.startup_options import TimeTravel
 
 # what the sessions show, as on the shared plane; the standby is what refuses writes
 _READ_ONLY = {"default_transaction_read_only": "on"}

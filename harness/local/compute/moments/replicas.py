@@ -140,6 +140,6 @@ class Replicas:
 
 def leftovers(compute: ComputeHome, prefixes: tuple[str, ...] = (PREFIX,)) -> list[str]:
     """Instances a previous server left that hold nothing of their own (standbys, and
-    bases: the history starts again with the server, `cathouse_harness.local.history`)."""
+    bases: the history starts again with the server, `cathouse_harness.local.control.history`)."""
     folder = compute.base / "instances"
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(prefixes)) if folder.is_dir() else []
