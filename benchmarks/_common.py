@@ -95,44 +95,91 @@ def stop_home(home: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def superuser_dsn(home: Path) -> str:
-    """The superuser DSN (unix socket, trust) of the home's in-memory cluster."""
-    from cathouse_harness.local.postgres import home_superuser_dsn
+# What a benchmark that measured against the local server's one shared cluster says now
+SHARED_CLUSTER_GONE = (
+    "this measurement used the local server's shared PostgreSQL, which #24 replaced with a "
+    "PostgreSQL per branch; it is to be repointed at instances (ARCHITECTURE.md, "
+    "\"Order of the remaining steps\")"
+)
 
-    return home_superuser_dsn(home)
+
+def superuser_dsn(home: Path) -> str:
+    """Was: the superuser DSN of the home's shared in-memory cluster (gone with #24)."""
+    raise SystemExit(SHARED_CLUSTER_GONE)
 
 
 def cluster_port(home: Path) -> int:
-    from cathouse_harness.local.postgres import ClusterPaths, cluster_root, resolve_os_user
+    """Was: the port of the home's shared in-memory cluster (gone with #24)."""
+    raise SystemExit(SHARED_CLUSTER_GONE)
 
-    root = cluster_root(home, "memory", resolve_os_user())
-    return int(ClusterPaths.under(root).port_file.read_text().strip())
+
+class PlainPostgres:
+    """A plain PostgreSQL on 127.0.0.1 (the test suite's, `tests/_cluster.py`) with the
+    calls the benchmarks that need only a database made: roles and databases by SQL."""
+
+    def __init__(self, home: Path) -> None:
+        from cathouse_harness.local.pg_binaries import resolve_install, resolve_os_user
+
+        from tests._cluster import Cluster, cluster_root
+
+        user = resolve_os_user()
+        self.cluster = Cluster(cluster_root(home, "memory", user), storage="memory", user=user,
+                               install=resolve_install(user), home=home)
+
+    async def start(self) -> None:
+        await self.cluster.start()
+
+    async def stop(self) -> None:
+        await self.cluster.stop()
+        self.cluster.release()
+        shutil.rmtree(self.cluster.paths.root, ignore_errors=True)
+
+    def admin_dsn(self, database: str = "postgres") -> str:
+        return self.cluster.superuser_dsn(database)
+
+    async def _admin(self, statement: Any) -> None:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(self.admin_dsn(), autocommit=True) as admin:
+            await admin.execute(statement)
+
+    async def ensure_role(self, role: str, password: str) -> None:
+        from cathouse_harness.local.data.scram import scram_verifier
+        from psycopg import sql
+
+        await self._admin(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(scram_verifier(password))))
+
+    async def create_database(self, name: str, *, owner: str) -> None:
+        from psycopg import sql
+
+        await self._admin(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name),
+                                                                       sql.Identifier(owner)))
+
+    async def drop_database(self, name: str) -> None:
+        from psycopg import sql
+
+        await self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def run_async(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def bench_plane(home: Path, role: str) -> tuple[Any, Any, str, str, Any]:
-    """A data plane on `home` on a loop thread of its own, with `role` owning database
-    `bench`: (loop, plane, the role's internal password, a branch password, the
-    `Credential` the catalog's gate would give for it)."""
+def bench_plane(home: Path, role: str) -> tuple[Any, PlainPostgres, str]:
+    """A plain PostgreSQL on `home` on a loop thread of its own, with `role` owning
+    database `bench`: (loop, the PostgreSQL, the role's password)."""
     import secrets
 
-    from cathouse_harness.local.control.catalog import BRANCH_SCRAM_ITERATIONS
-    from cathouse_harness.local.data.proxy_auth import Credential
-    from cathouse_harness.local.data.scram import scram_verifier
-    from cathouse_harness.local.dataplane import DataPlane
     from cathouse_harness.support.sync import LoopThread
 
-    loop = LoopThread("bench-dataplane")
-    plane = DataPlane(home, storage="memory")
+    loop = LoopThread("bench-postgres")
+    plane = PlainPostgres(home)
     loop.run(plane.start())
-    internal, branch_pw = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-    loop.run(plane.ensure_role(role, internal))
+    password = secrets.token_urlsafe(18)
+    loop.run(plane.ensure_role(role, password))
     loop.run(plane.create_database("bench", owner=role))
-    credential = Credential(scram_verifier(branch_pw, iterations=BRANCH_SCRAM_ITERATIONS), internal)
-    return loop, plane, internal, branch_pw, credential
+    return loop, plane, password
 
 
 def interleaved(sides: list[str], reps: int, measure: Callable[[str], float]) -> dict[str, float]:

@@ -73,7 +73,7 @@ def main() -> int:
     args = parser.parse_args()
 
     with recorded("connection_guard", args, time.perf_counter()), tempfile.TemporaryDirectory() as tmp:
-        loop, plane, password, _, _ = bench_plane(Path(tmp) / "dataplane", "bench")
+        loop, plane, password = bench_plane(Path(tmp) / "postgres", "bench")
         try:
             port = int(parse_qs(urlsplit(plane.admin_dsn()).query).get("port", ["5432"])[0])
             url = f"postgresql://bench:{password}@127.0.0.1:{port}/bench"

@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from _common import REPO, add_results_option, timed, write_results  # noqa: F401  (puts the repository on sys.path)
+from _common import REPO, PlainPostgres, add_results_option, timed, write_results  # noqa: F401  (puts the repository on sys.path)
 from cathouse_harness.config.settings import load_settings
-from cathouse_harness.local.dataplane import DataPlane
 from cathouse_harness.migrate.all_services import migrate_all
 from cathouse_harness.support.sync import LoopThread
 
@@ -67,7 +66,7 @@ def main() -> int:
 
     loop = LoopThread("bench-loop")
     with tempfile.TemporaryDirectory() as tmp:
-        plane = DataPlane(Path(tmp) / "dataplane", storage="memory")
+        plane = PlainPostgres(Path(tmp) / "postgres")
         loop.run(plane.start())
         try:
             password = secrets.token_urlsafe(12)

@@ -21,48 +21,22 @@ falls on both sides alike; ratio router / listener.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import add_results_option, connect_query_parser, fmt, interleaved, recorded
+from _common import SHARED_CLUSTER_GONE, add_results_option, connect_query_parser, fmt, interleaved, recorded
 
 ROLE = "bench_owner"
 ENDPOINT = "ep-bench-router-1"
 
 
 def _setup(home: Path, router: str) -> tuple[Any, Any, dict[str, dict[str, dict[str, Any]]]]:
-    from cathouse_harness.local.data.names import HOSTS_VAR, ROUTER_VAR, endpoint_names
-    from cathouse_harness.local.dataplane import DataPlane
-    from cathouse_harness.support.sync import LoopThread
-
-    os.environ[HOSTS_VAR], os.environ[ROUTER_VAR] = "names", router
-    loop = LoopThread("bench-dataplane")
-    plane = DataPlane(home, storage="memory")
-    loop.run(plane.start())
-    if plane.listeners.router is None:
-        raise SystemExit("the router did not start (see the log above)")
-    password = secrets.token_urlsafe(18)
-    loop.run(plane.ensure_role(ROLE, password))
-    loop.run(plane.create_database("bench", owner=ROLE))
-    address = loop.run(plane.open_endpoint(ENDPOINT, databases={"bench": "bench"}))
-    common = {"user": ROLE, "password": password, "dbname": "bench", "sslmode": "verify-full",
-              "sslrootcert": str(plane.ca_file), "autocommit": True,
-              # PgBouncer in transaction mode: no server-side prepared statements
-              "prepare_threshold": None}
-    names = dict(zip(("direct", "pooled"), endpoint_names(ENDPOINT), strict=True))
-    ports = {"direct": address.direct_port, "pooled": address.pooled_port}
-    targets = {
-        kind: {
-            "listener": {**common, "host": "127.0.0.1", "port": ports[kind]},
-            "router": {**common, "host": names[kind], "hostaddr": router, "port": 5432},
-        }
-        for kind in ("direct", "pooled")
-    }
-    return loop, plane, targets
+    """Was: the shared plane's `DataPlane` with one endpoint (its listeners and the
+    router in front of one database); gone with #24, to be repointed at a local server
+    (git history has the old setup)."""
+    raise SystemExit(SHARED_CLUSTER_GONE)
 
 
 def _connect(params: dict[str, Any]) -> float:
