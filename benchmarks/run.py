@@ -29,7 +29,7 @@ hold on a noisy machine. Sections:
   autoloaded and with it blocked (`-p no:cathouse_harness`), in turns;
 - at Neon's latencies: `neon_profile.measure` (cold, warm, -n 1/-n 4, naive) with the
   local server under `CATHOUSE_LOCAL_LATENCY=neon`;
-- a PostgreSQL per branch: `instance_plane.measure` (`CATHOUSE_LOCAL_COMPUTE=instance`):
+- a PostgreSQL per branch: `instance_plane.measure`:
   warm session, per-worker fork and fork → first query against the pg_ctl floor, the
   first and next pooled query (PgBouncer per instance), one idle instance's memory and
   20 live branches' (5 with --quick), a fork while they run.
@@ -555,7 +555,7 @@ def main() -> int:
         r["idle_plugin"] = idle_plugin.measure(root, 9 if quick else 21)
         print("at Neon's latencies (CATHOUSE_LOCAL_LATENCY=neon) …", file=sys.stderr)
         r["neon_profile"] = neon_profile.measure("neon", 1 if quick else 2)
-        print("a PostgreSQL per branch (CATHOUSE_LOCAL_COMPUTE=instance) …", file=sys.stderr)
+        print("a PostgreSQL per branch …", file=sys.stderr)
         r["instance_plane"] = instance_plane.measure(root, 3 if quick else 7, 5 if quick else 9,
                                                     5 if quick else 20)
     finally:
