@@ -1,4 +1,4 @@
-"""The instance data plane (`CATHOUSE_LOCAL_COMPUTE=instance`) through the API, next to
+"""The instance data plane (a PostgreSQL per branch) through the API, next to
 the pg_ctl floor (#24 part 4).
 
     python benchmarks/instance_plane.py [--reps 7] [--warm 9] [--live 20]
@@ -41,9 +41,6 @@ from pathlib import Path
 from typing import Any
 
 from _common import EXAMPLE, fmt, fork_session, home_env, probe, stop_home, summary
-from cathouse_harness.support.env import overridden
-
-_ENV = {"CATHOUSE_LOCAL_COMPUTE": "instance"}
 
 
 def _select_one(url: str) -> float:
@@ -168,12 +165,11 @@ def measure(root: Path, reps: int, warm: int, live: int = 20) -> dict[str, Any]:
     floor_home.mkdir(mode=0o700, parents=True)
     probes: list[dict[str, Any]] = []
     try:
-        with overridden(_ENV):  # the probe's process, and the server it starts, inherit it
-            probe(home, EXAMPLE, "bench-instance-prime")
-            for i in range(warm):
-                probes.append(probe(home, EXAMPLE, f"bench-instance-warm-{i}"))
-            with home_env(home):
-                result = asyncio.run(_forks(home, floor_home, reps, live))
+        probe(home, EXAMPLE, "bench-instance-prime")
+        for i in range(warm):
+            probes.append(probe(home, EXAMPLE, f"bench-instance-warm-{i}"))
+        with home_env(home):
+            result = asyncio.run(_forks(home, floor_home, reps, live))
     finally:
         stop_home(home)
         _discard_home_user(home)

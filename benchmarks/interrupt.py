@@ -20,7 +20,7 @@ exit:
 Also timed, from the exit: until the run's branches are gone (the run's own teardown or
 the watchdog) — what a later `cathouse-branch list` would still show. The sides run in
 turns (the warm ones on one home), so the ratios hold on a busy machine; the absolute
-times do not. Run it with `CATHOUSE_LOCAL_COMPUTE=instance` for the instance data plane.
+times do not.
 """
 
 from __future__ import annotations
@@ -234,7 +234,6 @@ def measure(reps: int) -> dict[str, Any]:
         "ratios": {side: medians[side] / baseline for side in SIDES[1:]},
         "branches_gone_after": {side: sorted(v)[len(v) // 2] for side, v in leftovers.items()},
         "load_average": os.getloadavg()[0],
-        "compute": os.environ.get("CATHOUSE_LOCAL_COMPUTE") or "default",
     }
 
 
