@@ -95,22 +95,29 @@ def stop_home(home: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# What a benchmark that measured against the local server's one shared cluster says now
-SHARED_CLUSTER_GONE = (
-    "this measurement used the local server's shared PostgreSQL, which #24 replaced with a "
-    "PostgreSQL per branch; it is to be repointed at instances (ARCHITECTURE.md, "
-    "\"Order of the remaining steps\")"
-)
+def instance_admin_dsn(home: Path, branch_id: str, database: str = "postgres") -> str:
+    """The superuser's DSN of branch `branch_id`'s instance on `home`'s running local
+    server: its socket and the lineage's password (`compute.template`), which no client
+    of the API is given. The instance must be running (a login through the branch's
+    endpoint resumes it), and stays so while a fork of it is not asked for: a fork
+    suspends a parent no endpoint client uses, which ends this DSN's sessions."""
+    from urllib.parse import quote
 
+    from cathouse_harness.local.compute import layout, users
+    from cathouse_harness.local.pg_layout import SUPERUSER
+    from cathouse_harness.support.redact import register_url
 
-def superuser_dsn(home: Path) -> str:
-    """Was: the superuser DSN of the home's shared in-memory cluster (gone with #24)."""
-    raise SystemExit(SHARED_CLUSTER_GONE)
-
-
-def cluster_port(home: Path) -> int:
-    """Was: the port of the home's shared in-memory cluster (gone with #24)."""
-    raise SystemExit(SHARED_CLUSTER_GONE)
+    compute = layout.open_home(home, users.home_os_user(home), "memory")
+    secrets_found = sorted(compute.state.glob("superuser-*.secret"))
+    paths = layout.instance_paths(compute, branch_id)
+    if len(secrets_found) != 1 or not (paths.data / "PG_VERSION").exists():
+        raise SystemExit(f"no single in-memory instance of branch {branch_id} under {home} "
+                         f"({len(secrets_found)} superuser secrets): is its local server running?")
+    password = quote(secrets_found[0].read_text().strip(), safe="")
+    dsn = (f"postgresql://{SUPERUSER}:{password}@/{database}"
+           f"?host={quote(str(paths.socket_dir), safe='')}&port={layout.SOCKET_PORT}")
+    register_url(dsn)
+    return dsn
 
 
 class PlainPostgres:

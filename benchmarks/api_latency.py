@@ -2,10 +2,14 @@
 
     python benchmarks/api_latency.py [--reps 10]
 
-Each repetition, on one running local server (own temporary home): a raw
-`CREATE DATABASE … TEMPLATE … STRATEGY FILE_COPY` of the template's database as
-superuser (the physical floor, data directory in memory) and its `DROP DATABASE`; then
-the same through the API: `create_branch` until its operations finished and the
+A branch is a PostgreSQL instance of its own (#24), so the physical floor of a create
+is copying a stopped instance's data directory and starting it: each repetition,
+`compute_fork.Bench.floor(tight=True)` on a home of its own with
+the same PostgreSQL (`cp -a`, the postmaster exec'd by the shell, its readiness polled
+at 2 ms as the plane's is; memory storage; its root holds
+10,000 rows, the example's template a few tables) and the floor of a delete (that copy's fast
+shutdown and its files removed); then, on one running local server (own temporary
+home), the same through the API: `create_branch` until its operations finished and the
 endpoint is usable, the harness's whole per-worker fork (`create_owned_branch`: the
 same plus the URL checks), and `delete_branch` until its operations finished.
 Issue 3's target: create-to-ready within 2x of the raw copy.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import tempfile
 import time
 import uuid
@@ -31,15 +36,12 @@ from _common import (
     recorded,
     stop_home,
     summary,
-    superuser_dsn,
 )
 
 
-async def _measure(home: Path, template_id: str | None, reps: int) -> dict[str, Any]:
-    import asyncpg
+async def _measure(home: Path, template_id: str | None, reps: int, bench: Any) -> dict[str, Any]:
     from cathouse_harness.branching.lifecycle import delete_owned_branch
     from cathouse_harness.config.settings import load_settings
-    from cathouse_harness.local.control.ids import physical_name
     from cathouse_harness.neon.backend import connect_backend, open_client
 
     settings = load_settings(EXAMPLE)
@@ -52,18 +54,11 @@ async def _measure(home: Path, template_id: str | None, reps: int) -> dict[str, 
     fork: list[float] = []
     fork_delete: list[float] = []
     calls_per_fork: list[int] = []
-    admin = await asyncpg.connect(superuser_dsn(home))
     async with open_client(backend) as client:
         parent_id = template_id or (await client.resolve_branch(project, settings.parent_branch)).id
-        source = physical_name(parent_id)
         for i in range(reps):
-            name = f"bench_raw_{uuid.uuid4().hex[:8]}"
-            started = time.perf_counter()
-            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}" STRATEGY FILE_COPY')
-            raw_create.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            await admin.execute(f'DROP DATABASE "{name}"')
-            raw_drop.append(time.perf_counter() - started)
+            raw_create.append(await asyncio.to_thread(bench.floor, True))
+            raw_drop.append(bench.last_removal)
 
             started = time.perf_counter()
             created = await client.create_branch(
@@ -91,7 +86,6 @@ async def _measure(home: Path, template_id: str | None, reps: int) -> dict[str, 
             started = time.perf_counter()
             await delete_owned_branch(client, project, handle.id)
             fork_delete.append(time.perf_counter() - started)
-    await admin.close()
     raw = summary(raw_create)
     result: dict[str, Any] = {
         "raw_copy": raw,
@@ -109,17 +103,27 @@ async def _measure(home: Path, template_id: str | None, reps: int) -> dict[str, 
 
 
 def measure(home: Path, reps: int, template_id: str | None = None) -> dict[str, Any]:
-    """Needs the home's server up (it is started when missing)."""
-    with home_env(home):
-        return asyncio.run(_measure(home, template_id, reps))
+    """Needs the home's server up (it is started when missing); the floor runs on a
+    home of its own beside `home`, removed after."""
+    import compute_fork
+    from instance_plane import discard_bench
+
+    floor_home = Path(tempfile.mkdtemp(prefix="bench-floor-api-", dir=home.parent))
+    bench = compute_fork.Bench(floor_home, "wheel", "memory")
+    try:
+        with home_env(home):
+            return asyncio.run(_measure(home, template_id, reps, bench))
+    finally:
+        discard_bench(bench, floor_home)
+        shutil.rmtree(floor_home, ignore_errors=True)
 
 
 def print_result(result: dict[str, Any]) -> None:
     rows = [
-        ("raw CREATE DATABASE … TEMPLATE (floor)", result["raw_copy"]),
+        ("raw copy + start of an instance (floor)", result["raw_copy"]),
         ("API create → ready", result["api_create_to_ready"]),
         ("per-worker fork (create_owned_branch)", result["fork"]),
-        ("raw DROP DATABASE", result["raw_drop"]),
+        ("raw stop + remove of an instance", result["raw_drop"]),
         ("API delete → finished", result["api_delete"]),
     ]
     print("issue 3 / 5: API latency against the raw copy (medians; min)")

@@ -82,6 +82,7 @@ class Bench:
         self.install = install = extensions.mirror(self.compute.base, install)
         self.mirror = time.perf_counter() - started
         self.count = 0
+        self.last_removal = 0.0
         started = time.perf_counter()
         template.ensure_template(self.compute, install)
         self.initdb = time.perf_counter() - started
@@ -145,7 +146,10 @@ class Bench:
             elapsed = time.perf_counter() - started
             if result.returncode != 0:
                 raise SystemExit(f"the floor by hand failed: {result.stderr.strip()}")
+        started = time.perf_counter()
         self.discard(Instance(name, paths, self.user, self.install, self.root.superuser_password))
+        # the floor of a delete (`api_latency`): a fast shutdown and the files removed
+        self.last_removal = time.perf_counter() - started
         if tight:
             process.wait(10)
         return elapsed

@@ -89,7 +89,7 @@ async def _forks(home: Path, floor_home: Path, reps: int, live: int) -> dict[str
             if live:
                 memory = await _memory(client, project, parent_id, settings, home, live, reps)
     finally:
-        await asyncio.to_thread(_discard_bench, bench, floor_home)
+        await asyncio.to_thread(discard_bench, bench, floor_home)
     result: dict[str, Any] = {key: summary(values) for key, values in runs.items()}
     if live:
         result.update(memory)
@@ -150,7 +150,8 @@ async def _memory(client: Any, project: str, parent_id: str, settings: Any, home
     }
 
 
-def _discard_bench(bench: Any, home: Path) -> None:
+def discard_bench(bench: Any, home: Path) -> None:
+    """Remove a `compute_fork.Bench`, its home's instances and OS user."""
     from cathouse_harness.local.compute import instance as instances
     from cathouse_harness.local.compute import users
 

@@ -7,12 +7,17 @@ Three ways to give one test a database of its own, cloned from the migrated temp
 timed as a test waits for them (its setup plus its teardown), interleaved rep by rep:
 
 - raw: `CREATE DATABASE … TEMPLATE <template> STRATEGY FILE_COPY` and `DROP DATABASE`
-  as the superuser (the floor: what any tool must at least do);
+  as the superuser (the floor: what any tool must at least do), in the instance of the
+  session's branch (a fork of the same migrated template, the same PostgreSQL), over its
+  socket (`_common.instance_admin_dsn`);
 - harness: `BranchSession.fork_for_test()` + `drop_test_branch()` (what the marker does:
   a fork through the API, answered once its copy is ready; a delete that does not wait);
 - pytest-postgresql: `DatabaseJanitor(template_dbname=<template>)` `init()` + `drop()`
-  (its `postgresql_noproc` + `load` style of per-test database), when installed
-  (`pip install pytest-postgresql`).
+  (its `postgresql_noproc` + `load` style of per-test database) in that same instance,
+  when installed (`pip install pytest-postgresql`).
+
+A per-test branch is a PostgreSQL instance of its own (#24): a fork of the template's
+instance, where the other two copy a database inside one running server.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from _common import EXAMPLE, add_results_option, home_env, recorded, stop_home, summary, superuser_dsn
+from _common import EXAMPLE, add_results_option, home_env, instance_admin_dsn, recorded, stop_home, summary
 
 
 def _raw_copy(loop: asyncio.AbstractEventLoop, admin: Any, source: str) -> float:
@@ -51,11 +56,13 @@ def _janitor(dsn: str) -> Any:
         return None
     parts = urlsplit(dsn)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    password = unquote(parts.password or "")
 
     def clone(source: str) -> float:
         janitor = DatabaseJanitor(
             user=parts.username or "postgres", host=query["host"], port=query["port"],
             version=18, dbname=f"bench_ppg_{uuid.uuid4().hex[:8]}", template_dbname=source,
+            password=password,
         )
         started = time.perf_counter()
         janitor.init()
@@ -68,17 +75,19 @@ def _janitor(dsn: str) -> Any:
 def measure(home: Path, reps: int) -> dict[str, Any]:
     """Per-test cost of the three ways (see the module's text), `reps` times each."""
     import asyncpg
+    import psycopg
     from cathouse_harness.config.settings import load_settings
-    from cathouse_harness.local.control.ids import physical_name
     from cathouse_harness.session.branch_session import BranchSession
 
     with home_env(home):
         session = BranchSession(load_settings(EXAMPLE), run_id=f"bench-pt-{time.time_ns() % 10**6}")
         handle = session.start()
         try:
-            assert handle.parent_id is not None
-            source = physical_name(handle.parent_id)
-            dsn = superuser_dsn(home)
+            # a login resumes the session branch's instance (a fork may have suspended
+            # it); its database's name inside it is the template's copy
+            with psycopg.connect(handle.direct_url.reveal()) as connection:
+                source = connection.execute("SELECT current_database()").fetchone()[0]
+            dsn = instance_admin_dsn(home, handle.id)
             clone = _janitor(dsn)
             loop = asyncio.new_event_loop()
             admin = loop.run_until_complete(asyncpg.connect(dsn))
