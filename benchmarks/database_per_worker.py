@@ -6,8 +6,9 @@ Forks one session branch of the Cat House example on a home of its own (the embe
 default, no latency profile), then times the workers' copies of its database three ways:
 as the harness makes them (`cathouse_harness.xdist.worker_databases.copy_template`: through the
 branch's endpoint, one after another, each on its own connection to the template), and
-as the floor, `CREATE DATABASE … TEMPLATE` on the cluster directly, one after another and
-all at once. Against it stand `workers - 1` more forks, 1.6 s each under the `neon`
+as the floor, `CREATE DATABASE … TEMPLATE` as the superuser of the branch's own instance
+over its socket (`_common.instance_admin_dsn`; "the cluster" below), one after another
+and all at once. Against it stand `workers - 1` more forks, 1.6 s each under the `neon`
 preset, one after another under Neon's project lock.
 """
 
@@ -23,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
-from _common import EXAMPLE, add_results_option, fmt, home_env, stop_home, superuser_dsn, write_results
+from _common import EXAMPLE, add_results_option, fmt, home_env, instance_admin_dsn, stop_home, write_results
 from neon_profile import settle
 
 
@@ -39,7 +40,7 @@ def measure(workers: int, reps: int) -> dict[str, float]:
             handle = session.start()
             with psycopg.connect(str(handle.direct_url)) as connection:
                 physical = connection.execute("SELECT current_database()").fetchone()[0]
-            dsn = superuser_dsn(home)
+            dsn = instance_admin_dsn(home, handle.id)  # running: the login above resumed it
 
             def copy(name: str) -> None:
                 with psycopg.connect(dsn, autocommit=True) as connection:
