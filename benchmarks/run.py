@@ -12,16 +12,16 @@ hold on a noisy machine. Sections:
   harness's plugin is imported, pytest already loaded (`import_to_ready`, what the
   harness adds to a test run; see `_probe.py`) and from spawn (`spawn_to_ready`);
 - hot session: `BranchSession` repeated in this process (server up, template reused);
-- API latency: per-worker fork and create/delete through the API next to a raw
-  `CREATE DATABASE … TEMPLATE … STRATEGY FILE_COPY` on the same in-memory cluster;
+- API latency: per-worker fork and create/delete through the API next to the raw
+  copy + start of an instance and its stop + removal (`api_latency`'s floor);
 - per-test isolation: db_session's work vs reset branch vs fresh branch per test;
 - scaling: real `pytest -p cathouse_harness -n N` subprocesses (N = 1, 2, 4) on a copy
   of examples/cathouse whose tests are 8 trivial tests using `neon_branch`, next to the
   same tests without the fixture; API calls read from the plugin's summary;
 - synthetic projects: 3/6/12 services x 10/100 revisions: template build (cold
   migration, fresh process, no bytecode) and the next session (template reused);
-- naive baseline: a fresh database per session and each service's
-  `alembic upgrade head` as its own process, in order;
+- naive baseline: a fresh database per session on a plain PostgreSQL and each
+  service's `alembic upgrade head` as its own process, in order;
 - branch before the conftests: `early_branch.measure`, spawn → first test of a warm
   session whose branch is made in pytest_load_initial_conftests (an env mapping) against
   the same project whose branch is made at the fixture, in turns, with a noise floor;
@@ -44,7 +44,6 @@ matplotlib is importable.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -70,15 +69,14 @@ from _common import (
     EXAMPLE,
     REPO,
     alembic_each,
+    bench_plane,
     child_env,
-    cluster_port,
     compile_bytecode,
     fmt,
     home_env,
     probe,
     stop_home,
     summary,
-    superuser_dsn,
 )
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -102,54 +100,32 @@ def sessions(probes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def naive(home: Path, project: Path, reps: int) -> dict[str, Any]:
-    """Fresh database + one `alembic upgrade head` process per service, in order, straight
-    on PostgreSQL's port as a password role of its own (a branch's passwords open only
-    its endpoints, not PostgreSQL)."""
-    import secrets
-
-    import asyncpg
+    """Fresh database + one `alembic upgrade head` process per service, in order, on a
+    plain PostgreSQL (`_common.PlainPostgres`, the suite's tests/_cluster.py: what a
+    project without the harness runs its tests on) as a password role of its own over
+    127.0.0.1. The server is this section's own, in a directory of `home`'s."""
     from cathouse_harness.config.settings import load_settings
-    from cathouse_harness.db.quoting import quote_ident, quote_literal
-    from cathouse_harness.local.data.scram import scram_verifier
-    from cathouse_harness.neon.backend import connect_backend
 
     with home_env(home):
         settings = load_settings(project)
-        connect_backend(settings)  # the home's server (and its PostgreSQL) runs
-    role, secret = "naive_bench", secrets.token_urlsafe(18)
-
-    async def make_role() -> None:
-        conn = await asyncpg.connect(superuser_dsn(home))
-        try:
-            verifier = quote_literal(scram_verifier(secret))
-            exists = await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role)
-            verb = "ALTER" if exists else "CREATE"
-            await conn.execute(f"{verb} ROLE {quote_ident(role)} LOGIN PASSWORD {verifier}")
-        finally:
-            await conn.close()
-
-    asyncio.run(make_role())
-    port = cluster_port(home)
+    role = "naive_bench"
+    loop, plane, secret = bench_plane(home / "naive-postgres", role)
     setups: list[float] = []
     drops: list[float] = []
-    for _ in range(reps):
-        name = f"naive_{uuid.uuid4().hex[:8]}"
-
-        async def admin(sql: str) -> None:
-            conn = await asyncpg.connect(superuser_dsn(home))
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-        started = time.perf_counter()
-        asyncio.run(admin(f'CREATE DATABASE "{name}" OWNER "{role}"'))
-        url = f"postgresql://{role}:{secret}@127.0.0.1:{port}/{name}"
-        alembic_each(home, settings, url)
-        setups.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        drops.append(time.perf_counter() - started)
+    try:
+        for _ in range(reps):
+            name = f"naive_{uuid.uuid4().hex[:8]}"
+            started = time.perf_counter()
+            loop.run(plane.create_database(name, owner=role))
+            url = f"postgresql://{role}:{secret}@127.0.0.1:{plane.cluster.port}/{name}"
+            alembic_each(home, settings, url)
+            setups.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            loop.run(plane.drop_database(name))
+            drops.append(time.perf_counter() - started)
+    finally:
+        loop.run(plane.stop())
+        loop.close()
     return {"setup": summary(setups), "teardown": summary(drops)}
 
 
@@ -350,7 +326,7 @@ def table(r: dict[str, Any]) -> str:
         )
     )
     a = r["api"]
-    lines.append(row("raw CREATE DATABASE … TEMPLATE (floor)", med(a["raw_copy"])))
+    lines.append(row("raw copy + start of an instance (floor)", med(a["raw_copy"])))
     lines.append(
         row(
             "per-worker fork through the API",
@@ -363,7 +339,7 @@ def table(r: dict[str, Any]) -> str:
         row("API create → ready", med(a["api_create_to_ready"]), "≤ 2x floor", f"{a['create_vs_raw']:.2f}x")
     )
     lines.append(
-        row("API delete → finished", med(a["api_delete"]), "", f"raw DROP {fmt(med(a['raw_drop']))}")
+        row("API delete → finished", med(a["api_delete"]), "", f"raw stop + remove {fmt(med(a['raw_drop']))}")
     )
     i = r["isolation"]
     lines.append(
