@@ -2,41 +2,102 @@
 
     python benchmarks/hosts_router.py [--reps 60] [--queries 500] [--query-reps 9]
 
-One embedded PostgreSQL (own temporary home) and its data plane in names mode
-(`CATHOUSE_LOCAL_HOSTS=names`, the router on a loopback address of its own) on a thread
-of their own; the client (psycopg, libpq) in the main thread. One endpoint, reached two
-ways with verify-full and the home's CA:
+A local server on a temporary home in names mode (`CATHOUSE_LOCAL_HOSTS=names`, the
+router on a loopback address of its own), and one branch forked from the example's
+parent with the example's role and database: a PostgreSQL instance of its own
+(#24) behind the data plane's listeners (`cathouse_harness.local.data`). The client
+(psycopg, libpq) in this process reaches the branch's endpoint two ways, with the
+branch's own role and verify-full against the home's CA:
 
-- `listener`: the endpoint's own listener (127.0.0.1 and its port), where the proxy
-  does the TLS handshake itself, as with an endpoint's own address on 5432;
-- `router`: `host=<endpoint-id>.local.localhost hostaddr=<router>` on 5432: the router
-  does the handshake, reads the server name (SNI) and hands the connection to the same
-  proxy.
+- `listener`: the endpoint's own listener (127.0.0.1 and its port, from the server's
+  state file), where the relay does the TLS handshake itself, as with an endpoint's own
+  address on 5432;
+- `router`: the URL the API gives (`host=<endpoint-id>.local.localhost`) with
+  `hostaddr=<router>`: the router does the handshake, reads the server name (SNI) and
+  hands the connection to the same relay.
 
-Connect time (direct, and pooled through PgBouncer when installed) and per-query
-latency (`SELECT 1` on an open connection), medians, interleaved so the machine's noise
-falls on both sides alike; ratio router / listener.
+Connect time (direct, and pooled through the instance's PgBouncer when installed) and
+per-query latency (`SELECT 1` on an open connection), medians, interleaved so the
+machine's noise falls on both sides alike; ratio router / listener.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import SHARED_CLUSTER_GONE, add_results_option, connect_query_parser, fmt, interleaved, recorded
+from _common import (
+    EXAMPLE,
+    add_results_option,
+    connect_query_parser,
+    fmt,
+    fork_session,
+    home_env,
+    interleaved,
+    recorded,
+    stop_home,
+)
 
-ROLE = "bench_owner"
-ENDPOINT = "ep-bench-router-1"
+
+def _ports(home: Path, endpoint_id: str) -> tuple[int, int]:
+    """The endpoint's (direct, pooled) listener ports, as the server's state file has
+    them (it is written a few milliseconds after a change)."""
+    from cathouse_harness.local.control.state import load_state
+    from cathouse_harness.support.polling import Backoff, wait_until
+
+    found: list[tuple[int, int]] = []
+
+    def written() -> bool:
+        state = load_state(home)
+        ep = state.endpoints.get(endpoint_id) if state is not None else None
+        if ep is not None and ep.direct_port and ep.pooled_port:
+            found.append((ep.direct_port, ep.pooled_port))
+        return bool(found)
+
+    if not wait_until(written, timeout=10, backoff=Backoff(0.01, most=0.2)):
+        raise SystemExit(f"endpoint {endpoint_id}'s ports are not in {home}'s state file")
+    return found[0]
 
 
-def _setup(home: Path, router: str) -> tuple[Any, Any, dict[str, dict[str, dict[str, Any]]]]:
-    """Was: the shared plane's `DataPlane` with one endpoint (its listeners and the
-    router in front of one database); gone with #24, to be repointed at a local server
-    (git history has the old setup)."""
-    raise SystemExit(SHARED_CLUSTER_GONE)
+async def _fork(home: Path) -> tuple[Any, Any]:
+    """A branch of the example's parent (kept until the end), and the client's backend."""
+    from cathouse_harness.config.settings import load_settings
+    from cathouse_harness.neon.backend import connect_backend, open_client
+
+    settings = load_settings(EXAMPLE)
+    backend = connect_backend(settings)
+    async with open_client(backend) as client:
+        parent_id = (await client.resolve_branch(backend.project_id, settings.parent_branch)).id
+        handle = await fork_session(client, backend.project_id, parent_id, settings,
+                                    "harness/bench-router/1", "bench-router")
+    return handle, backend
+
+
+async def _delete(backend: Any, branch_id: str) -> None:
+    from cathouse_harness.branching.lifecycle import delete_owned_branch
+    from cathouse_harness.neon.backend import open_client
+
+    async with open_client(backend) as client:
+        await delete_owned_branch(client, backend.project_id, branch_id)
+
+
+def _targets(home: Path, handle: Any, router: str) -> dict[str, dict[str, dict[str, Any]]]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    targets: dict[str, dict[str, dict[str, Any]]] = {}
+    ports = dict(zip(("direct", "pooled"), _ports(home, handle.endpoint_id), strict=True))
+    for kind, url in (("direct", handle.direct_url), ("pooled", handle.pooled_url)):
+        # PgBouncer in transaction mode: no server-side prepared statements
+        params = {**conninfo_to_dict(url.reveal()), "autocommit": True, "prepare_threshold": None}
+        targets[kind] = {
+            "listener": {**params, "host": "127.0.0.1", "port": ports[kind]},
+            "router": {**params, "hostaddr": router, "port": 5432},
+        }
+    return targets
 
 
 def _connect(params: dict[str, Any]) -> float:
@@ -66,28 +127,36 @@ def main() -> int:
     args = parser.parse_args()
     began = time.perf_counter()
     sides = ["listener", "router"]
+    from cathouse_harness.local.compute.users import remove_home_user
+    from cathouse_harness.local.data.hosts import free_loopback_address
+    from cathouse_harness.local.data.names import HOSTS_VAR, ROUTER_VAR
+    from cathouse_harness.local.data.pgbouncer import find_pgbouncer
+    from cathouse_harness.support.env import overridden
+
+    router = free_loopback_address()
+    if router is None:
+        raise SystemExit("no loopback address beyond 127.0.0.1 can listen on 5432 here")
+    names = {HOSTS_VAR: "names", ROUTER_VAR: router}
+    kinds = ["direct", "pooled"] if find_pgbouncer() is not None else ["direct"]
+    results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="cathouse-bench-router-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir(mode=0o700)
-        from cathouse_harness.local.data.hosts import free_loopback_address
-
-        router = free_loopback_address()
-        if router is None:
-            raise SystemExit("no loopback address beyond 127.0.0.1 can listen on 5432 here")
-        loop, plane, targets = _setup(home, router)
-        kinds = ["direct", "pooled"] if plane.pgbouncer_available else ["direct"]
-        results: dict[str, dict[str, float]] = {}
         try:
-            for kind in kinds:
-                results[f"psycopg connect, {kind}"] = interleaved(
-                    sides, args.reps, lambda s, k=kind: _connect(targets[k][s])
-                )
-                results[f"query latency, {kind}"] = interleaved(
-                    sides, args.query_reps, lambda s, k=kind: _query_latency(targets[k][s], args.queries)
-                )
+            with home_env(home), overridden(names):  # the server starts in names mode
+                handle, backend = asyncio.run(_fork(home))
+                targets = _targets(home, handle, router)
+                for kind in kinds:
+                    results[f"psycopg connect, {kind}"] = interleaved(
+                        sides, args.reps, lambda s, k=kind: _connect(targets[k][s])
+                    )
+                    results[f"query latency, {kind}"] = interleaved(
+                        sides, args.query_reps, lambda s, k=kind: _query_latency(targets[k][s], args.queries)
+                    )
+                asyncio.run(_delete(backend, handle.id))
         finally:
-            loop.run(plane.stop())
-            loop.close()
+            stop_home(home)
+            remove_home_user(home)
     with recorded("hosts_router", args, began):
         print(f"{'measure':<26} {'listener':>10} {'router':>10}   router/listener")
         for name, row in results.items():
