@@ -2,16 +2,16 @@
 
     python benchmarks/api_latency.py [--reps 10]
 
-A branch is a PostgreSQL instance of its own (#24), so the physical floor of a create
-is copying a stopped instance's data directory and starting it: each repetition,
-`compute_fork.Bench.floor(tight=True)` on a home of its own with
-the same PostgreSQL (`cp -a`, the postmaster exec'd by the shell, its readiness polled
-at 2 ms as the plane's is; memory storage; its root holds
-10,000 rows, the example's template a few tables) and the floor of a delete (that copy's fast
-shutdown and its files removed); then, on one running local server (own temporary
-home), the same through the API: `create_branch` until its operations finished and the
-endpoint is usable, the harness's whole per-worker fork (`create_owned_branch`: the
-same plus the URL checks), and `delete_branch` until its operations finished.
+A branch is a PostgreSQL instance of its own (#24), so the physical floor of a create is
+copying a stopped instance's data directory and starting it. Each repetition:
+`compute_fork.Bench.floor(tight=True)` on a home of its own with the same PostgreSQL
+(`cp -a`, the postmaster exec'd by the shell, its readiness polled at 2 ms as the
+plane's is; memory storage; its root holds 10,000 rows, the example's template a few
+tables), and the floor of a delete (that copy's fast shutdown and its files removed);
+then, on one running local server (own temporary home), the same through the API:
+`create_branch` until its operations finished and the endpoint is usable, the harness's
+whole per-worker fork (`create_owned_branch`: the same plus the URL checks), and
+`delete_branch` until its operations finished.
 Issue 3's target: create-to-ready within 2x of the raw copy.
 """
 

@@ -7,8 +7,7 @@ default, no latency profile), then times the workers' copies of its database thr
 as the harness makes them (`cathouse_harness.xdist.worker_databases.copy_template`: through the
 branch's endpoint, one after another, each on its own connection to the template), and
 as the floor, `CREATE DATABASE … TEMPLATE` as the superuser of the branch's own instance
-over its socket (`_common.instance_admin_dsn`; "the cluster" below), one after another
-and all at once. Against it stand `workers - 1` more forks, 1.6 s each under the `neon`
+over its socket (`_common.instance_admin_dsn`), one after another and all at once. Against it stand `workers - 1` more forks, 1.6 s each under the `neon`
 preset, one after another under Neon's project lock.
 """
 
@@ -94,16 +93,16 @@ def main() -> int:
     print(f"{args.workers} copies at once: {r['together'] * 1000:.1f} ms; one after another: "
           f"{r['in_turn'] * 1000:.1f} ms ({r['in_turn'] * 1000 / args.workers:.1f} ms each); "
           f"as the harness makes them, through the endpoint: {r['harness'] * 1000:.1f} ms "
-          f"({r['harness'] / r['in_turn']:.2f}x one after another on the cluster); "
+          f"({r['harness'] / r['in_turn']:.2f}x one after another on the instance); "
           f"medians of {args.reps}")
     if args.results:
         n = args.workers
         rows = [
             [f"{n} worker databases as the harness makes them (through the endpoint)", fmt(r["harness"]),
-             f"{r['harness'] / r['in_turn']:.2f}x the same on the cluster; median of {args.reps}"],
-            [f"{n} worker databases on the cluster, one after another", fmt(r["in_turn"]),
+             f"{r['harness'] / r['in_turn']:.2f}x the same on the instance; median of {args.reps}"],
+            [f"{n} worker databases on the instance directly, one after another", fmt(r["in_turn"]),
              f"{fmt(r['in_turn'] / n)} each"],
-            [f"{n} worker databases on the cluster, all at once", fmt(r["together"]), ""],
+            [f"{n} worker databases on the instance directly, all at once", fmt(r["together"]), ""],
         ]
         path = write_results("database_per_worker", r, rows, began, workers=n, reps=args.reps)
         print(f"results: {path}")
