@@ -99,6 +99,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=300)
     add_results_option(parser, "history_cost")
     args = parser.parse_args()
+    if args.reps < 2 * BLOCK:  # the sides take turns in blocks: fewer leaves one side empty
+        parser.error(f"--reps must be at least {2 * BLOCK} (two blocks of {BLOCK}, one a side)")
     began = time.perf_counter()
     handle = _start(Path(tempfile.mkdtemp(prefix="bench-home-history-")))
     result: dict[str, Any] = {}
