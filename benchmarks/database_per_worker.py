@@ -7,8 +7,9 @@ default, no latency profile), then times the workers' copies of its database thr
 as the harness makes them (`cathouse_harness.xdist.worker_databases.copy_template`: through the
 branch's endpoint, one after another, each on its own connection to the template), and
 as the floor, `CREATE DATABASE … TEMPLATE` as the superuser of the branch's own instance
-over its socket (`_common.instance_admin_dsn`), one after another and all at once. Against it stand `workers - 1` more forks, 1.6 s each under the `neon`
-preset, one after another under Neon's project lock.
+over its socket (`_common.instance_admin_dsn`), one after another and all at once.
+Against it stand `workers - 1` more forks, 1.6 s each under the `neon` preset, one after
+another under Neon's project lock.
 """
 
 from __future__ import annotations
