@@ -75,7 +75,7 @@ class Bench:
         self.home = home
         self.user = users.home_os_user(home)
         self.compute = layout.open_home(home, self.user, storage)
-        install = choose_install(choice, data_dir=self.compute.base / "none", user=self.user)
+        install = choose_install(choice, base=self.compute.base / "none", user=self.user)
         started = time.perf_counter()
         # what the plane runs: before PostgreSQL 18, a mirror with only Neon's extensions
         # (the floors by hand run the installation's own postgres: their ratio is its cost)

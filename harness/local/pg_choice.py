@@ -7,15 +7,18 @@ system PostgreSQL when one is installed and the wheel otherwise: Debian's build 
 Neon offers and the wheel lacks (ICU collations, uuid-ossp, pgcrypto), so a project's
 migrations behave as on Neon without configuration.
 
-A home's cluster is a shared daemon's data directory, and a data directory opens only
-under the major that made it (its PG_VERSION). So `auto` keeps an existing cluster on
-binaries of its own major (installing Debian's postgresql does not break a home that
-works), and a named choice of another major is refused with one line naming the
-directory to remove; nothing here ever removes a cluster.
+A home's instances (and the templates they are copied from) live under its compute
+base, and a data directory opens only under the major that made it (its PG_VERSION).
+The base keeps that major: the first start records it in `<base>/pg-major`, and a base
+made before the record is read from any instance's or template's PG_VERSION. So `auto`
+keeps an existing home on binaries of its own major (installing Debian's postgresql does
+not break a home that works), and a named choice of another major is refused with one
+line naming the base to remove; nothing here ever removes an instance.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -83,12 +86,48 @@ def system_bin_dirs(root: Path = DEBIAN_ROOT) -> list[Path]:
     return sorted(found, key=lambda path: int(path.parent.name), reverse=True)
 
 
+RECORD = "pg-major"
+
+
 def data_major(data_dir: Path) -> str | None:
     """The major version that made a data directory (its PG_VERSION), None when new."""
     try:
         return (data_dir / "PG_VERSION").read_text().strip() or None
     except OSError:
         return None
+
+
+def base_major(base: Path) -> str | None:
+    """The major the instances and templates under the compute base `base` were made
+    with: its record, else any of their data directories' PG_VERSION; None when new."""
+    try:
+        recorded = (base / RECORD).read_text().strip()
+    except OSError:
+        recorded = ""
+    if recorded.isdigit():
+        return recorded
+    for kind in ("instances", "templates"):
+        try:
+            folders = sorted((base / kind).iterdir())
+        except OSError:
+            continue
+        for folder in folders:
+            major = data_major(folder / "data")
+            if major is not None:
+                return major
+    return None
+
+
+def keep_major(base: Path, install: PgInstall) -> None:
+    """Record the major a base's instances are made with, once: a later start reads it
+    even when every instance and template has gone (a memory home's are discarded at a
+    clean stop, with the record)."""
+    record = base / RECORD
+    if record.exists():
+        return
+    staging = base / f"{RECORD}.tmp-{os.getpid()}"
+    staging.write_text(f"{install.major}\n", encoding="utf-8")
+    os.replace(staging, record)
 
 
 def _system(bin_dir: Path) -> PgInstall:
@@ -101,10 +140,11 @@ def _wheel(user: OsUser) -> PgInstall:
 
 
 def choose_install(
-    choice: str | None, *, data_dir: Path, user: OsUser, system_root: Path = DEBIAN_ROOT
+    choice: str | None, *, base: Path, user: OsUser, system_root: Path = DEBIAN_ROOT
 ) -> PgInstall:
-    """The installation the cluster in `data_dir` runs on, for this choice (None: auto)."""
-    existing = data_major(data_dir)
+    """The installation the instances under the compute base `base` run on, for this
+    choice (None: auto)."""
+    existing = base_major(base)
     choice = check_choice(choice)
     if choice is None:
         install = _auto(existing, user, system_root)
@@ -126,25 +166,25 @@ def choose_install(
             hint="make the directory readable by others, or set postgres_bin = 'wheel'",
         )
     if existing is not None and existing != install.major:
-        raise _cannot_open(data_dir, existing, install.describe())
+        raise _cannot_open(base, existing, install.describe())
     return install
 
 
-def _cannot_open(data_dir: Path, existing: str, binaries: str) -> LocalServerError:
+def _cannot_open(base: Path, existing: str, binaries: str) -> LocalServerError:
     return LocalServerError(
-        f"this home's PostgreSQL cluster ({data_dir}) was made by PostgreSQL {existing} and "
-        f"{binaries} cannot open it",
+        f"this home's PostgreSQL instances ({base}) were made by PostgreSQL {existing} and "
+        f"{binaries} cannot open them",
         hint=(
-            f"name binaries of PostgreSQL {existing} in {_NAMED_BY}, or remove "
-            f"{data_dir.parent} (the local server's branches go with it) to start a new cluster"
+            f"name binaries of PostgreSQL {existing} in {_NAMED_BY} (or 'auto'), or remove "
+            f"{base} (the local server's branches go with it) to start anew"
         ),
     )
 
 
-def preflight(choice: str | None, data_dir: Path) -> None:
+def preflight(choice: str | None, base: Path) -> None:
     """In the process about to start a server: the one line `choose_install` would end
-    the new daemon with when a named choice cannot open the home's cluster (auto adapts)."""
-    existing = data_major(data_dir)
+    the new daemon with when a named choice cannot open the home's instances (auto adapts)."""
+    existing = base_major(base)
     choice = check_choice(choice)
     if existing is None or choice is None:
         return
@@ -160,7 +200,7 @@ def preflight(choice: str | None, data_dir: Path) -> None:
     version = pg_version(root)
     if version.split(".")[0] != existing:
         origin: Origin = "wheel" if choice == "wheel" else "named"
-        raise _cannot_open(data_dir, existing, PgInstall(root, version, origin).describe())
+        raise _cannot_open(base, existing, PgInstall(root, version, origin).describe())
 
 
 def _auto(existing: str | None, user: OsUser, system_root: Path) -> PgInstall:
@@ -174,8 +214,8 @@ def _auto(existing: str | None, user: OsUser, system_root: Path) -> PgInstall:
     wheel = _wheel(user)
     if dirs and wheel.major == existing:
         log.info(
-            "this home's cluster was made by the wheel's PostgreSQL %s and stays on it; "
-            "remove it to start one on %s", existing, dirs[0],
+            "this home's instances were made by the wheel's PostgreSQL %s and stay on it; "
+            "remove them to start anew on %s", existing, dirs[0],
         )
     return wheel
 

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from cathouse_harness.local import instance_plane
 from cathouse_harness.local.control.state import (
     DatabaseRecord,
     RoleRecord,
@@ -45,10 +44,8 @@ def instance_server(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iter
     """A server of the instance data plane in a new home, and a checking client on it."""
     home = tmp_path_factory.mktemp(name)
     home.chmod(0o700)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(instance_plane.ENV_VAR, "instance")
-        with start_test_server(home) as info, api_client(info) as client:
-            yield Api(client, info.project_id, home)
+    with start_test_server(home) as info, api_client(info) as client:
+        yield Api(client, info.project_id, home)
 
 
 @pytest.fixture(scope="module")
@@ -273,16 +270,14 @@ def test_a_snapshot_survives_a_restart_of_a_disk_home(tmp_path_factory: pytest.T
     restarted server lists it and restores it, its branch long deleted."""
     home = tmp_path_factory.mktemp("snapshots-disk")
     home.chmod(0o700)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(instance_plane.ENV_VAR, "instance")
-        with start_test_server(home, storage="disk", keep_data=True) as info, api_client(info) as client:
-            before = Api(client, info.project_id, home)
-            branch_id, url = _branch(before, "kept-on-disk")
-            _write(url, "kept")
-            snapshot = _snapshot(before, branch_id)
-            delete_branch(client, info.project_id, branch_id)
-        with start_test_server(home, storage="disk") as info, api_client(info) as client:
-            after = Api(client, info.project_id, home)
-            assert snapshot["id"] in _listed(after)
-            restored = _restore(after, snapshot["id"])
-            assert _rows(_endpoint_url(after, restored["id"])) == ["kept"]
+    with start_test_server(home, storage="disk", keep_data=True) as info, api_client(info) as client:
+        before = Api(client, info.project_id, home)
+        branch_id, url = _branch(before, "kept-on-disk")
+        _write(url, "kept")
+        snapshot = _snapshot(before, branch_id)
+        delete_branch(client, info.project_id, branch_id)
+    with start_test_server(home, storage="disk") as info, api_client(info) as client:
+        after = Api(client, info.project_id, home)
+        assert snapshot["id"] in _listed(after)
+        restored = _restore(after, snapshot["id"])
+        assert _rows(_endpoint_url(after, restored["id"])) == ["kept"]

@@ -91,3 +91,32 @@ def test_connections_and_dev_branches_keep_the_server_up(
         delete_branch(api, info.project_id, dev["branch"]["id"])
     thread.join(60)
     assert not thread.is_alive(), "with nothing using it, the server should still idle out"
+
+
+def test_a_request_slower_than_the_idle_timeout_keeps_the_server_up(
+    idling_server: tuple[LocalServerInfo, threading.Thread]
+) -> None:
+    """Idle counted from a request's start: one that took longer than the timeout (a
+    fork or a compute starting on a loaded machine) had the server shut down under it,
+    and the client's next request found no server. Made slow here by the fault
+    injector's latency, which the admin routes (`/_local/`) do not get."""
+    info, thread = idling_server
+    with api_client(info) as api:
+        api.put("/_local/faults", json={"spec": f"latency={8 * IDLE_TIMEOUT}"}).raise_for_status()
+    answers: list[int] = []
+
+    def ask() -> None:
+        with api_client(info) as api:
+            answers.append(api.get(f"/projects/{info.project_id}/branches").status_code)
+
+    asking = threading.Thread(target=ask, name="slow-request")
+    asking.start()
+    try:
+        assert stays_up(thread), "the server stopped while answering a request"
+        with api_client(info) as api:  # it still takes requests, as it would have before
+            api.put("/_local/faults", json={"spec": ""}).raise_for_status()
+    finally:
+        asking.join(60)
+    assert answers == [200]
+    thread.join(60)
+    assert not thread.is_alive(), "with nothing using it, the server should still idle out"

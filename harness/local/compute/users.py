@@ -20,6 +20,7 @@ import pwd
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cathouse_harness.errors import LocalServerError
@@ -93,8 +94,43 @@ def remove_home_user(home: Path) -> bool:
     if os.geteuid() != 0:
         return False
     entry = _entry(home_user_name(home))
-    if entry is None or not _ours(entry):
-        return False
+    return entry is not None and _ours(entry) and _userdel(entry.pw_name)
+
+
+def _userdel(name: str) -> bool:
     userdel = shutil.which("userdel") or "/usr/sbin/userdel"
-    result = subprocess.run([userdel, entry.pw_name], check=False, capture_output=True, timeout=30)
+    result = subprocess.run([userdel, name], check=False, capture_output=True, timeout=30)
     return result.returncode == 0
+
+
+@dataclass(frozen=True)
+class HomeUser:
+    """One of our per-home OS users, and the home its comment names."""
+
+    name: str
+    uid: int
+    home: Path
+
+
+def orphaned_users() -> list[HomeUser]:
+    """Our users whose home no longer exists (as root; none otherwise): a home removed
+    without a clean stop of its server (a test's temporary directory, a killed server)
+    leaves its user, and system uids are few (SYS_UID_MIN..SYS_UID_MAX)."""
+    if os.geteuid() != 0:
+        return []
+    found = []
+    for entry in pwd.getpwall():
+        home = entry.pw_gecos.removeprefix(f"{_COMMENT} ")
+        if (entry.pw_name.startswith(f"{PG_SYSTEM_USER}-") and _ours(entry)
+                and home.startswith("/") and not Path(home).exists()):
+            found.append(HomeUser(entry.pw_name, entry.pw_uid, Path(home)))
+    return found
+
+
+def remove_orphaned_user(user: HomeUser) -> bool:
+    """Delete `user` (from `orphaned_users`) if it is still ours and its home still gone;
+    the caller has checked that it runs nothing and owns nothing of ours."""
+    entry = _entry(user.name)
+    if entry is None or not _ours(entry) or entry.pw_uid != user.uid or user.home.exists():
+        return False
+    return _userdel(user.name)

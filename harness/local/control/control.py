@@ -21,7 +21,9 @@ extend): they reach the direct listener.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -99,6 +101,7 @@ class LocalNeon:
             key: value for key, value in (("database_name", database), ("role_name", role)) if value
         }
         self.last_activity = time.monotonic()
+        self._answering = 0  # API requests being answered now
         self._state: LocalState | None = None
         self._addresses: dict[str, Any] = {}
         self.writer = StateWriter(home, lambda: self.state)
@@ -161,6 +164,19 @@ class LocalNeon:
     def touch(self) -> None:
         self.last_activity = time.monotonic()
 
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """An API request being answered: the server is in use until the answer is sent,
+        however long it takes (a fork copying an instance, a compute starting under load
+        can outlast a short idle timeout), and idle counts from its end, not its start."""
+        self._answering += 1
+        self.touch()
+        try:
+            yield
+        finally:
+            self._answering -= 1
+            self.touch()
+
     def _on_connection(self) -> None:
         """A client connected to or left an endpoint: the server is in use, and the
         branch's data may change while one is connected (`cathouse_harness.local.control.history`)."""
@@ -170,10 +186,11 @@ class LocalNeon:
 
     def idle_seconds(self) -> float:
         """How long nothing has used this server. API requests and client connections
-        to endpoints count; while a connection is open or an unexpired dev branch exists
-        (a developer's `.env` points at it) the server is never idle."""
+        to endpoints count; while a request is being answered, a connection is open or an
+        unexpired dev branch exists (a developer's `.env` points at it) the server is
+        never idle."""
         connections = getattr(self.dataplane, "open_connections", None)
-        if (connections is not None and connections()) or self._dev_branch_alive():
+        if self._answering or (connections is not None and connections()) or self._dev_branch_alive():
             self.touch()
         return time.monotonic() - self.last_activity
 

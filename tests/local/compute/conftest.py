@@ -52,7 +52,7 @@ def computes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Computes]:
     user = users.home_os_user(home)
     compute = layout.open_home(home, user, "memory")
     # the suite's PostgreSQL (tests/conftest.py pins the wheel unless told otherwise)
-    install = choose_install(os.environ.get(ENV_VAR) or "wheel", data_dir=compute.base / "none", user=user)
+    install = choose_install(os.environ.get(ENV_VAR) or "wheel", base=compute.base / "none", user=user)
     made: list[Instance] = []
     try:
         root = roots.make_root(compute, install, "root", owner=OWNER, database=DATABASE,
