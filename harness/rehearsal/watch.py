@@ -107,7 +107,10 @@ class RevisionReport:
         """The blocking lock held longest (of ACCESS EXCLUSIVE ones only, if asked)."""
         chosen = [lock for lock in self.locks if lock.blocking
                   and (not access_exclusive or lock.mode == "AccessExclusiveLock")]
-        return max(chosen, key=lambda lock: lock.seconds, default=None)
+        # a tie (two locks no sample saw, both at the same bound) goes to the stronger mode:
+        # taken in one transaction, the stronger one is what others wait on
+        return max(chosen, key=lambda lock: (lock.seconds, BLOCKING_MODES.index(lock.mode)),
+                   default=None)
 
     def as_dict(self) -> dict[str, Any]:
         longest = self.longest()
@@ -119,6 +122,90 @@ class RevisionReport:
             "rows": dict(self.rows), "rows_total": self.rows_total,
             "error": self.error, "sqlstate": self.sqlstate,
         }
+
+
+@dataclass(frozen=True)
+class Samples:
+    """What the sampler had seen at one moment. A revision's report reads it from one
+    snapshot: a sample landing between two of its reads (the sampler's thread runs on)
+    would make a lock taken later in the transaction look taken earlier than one before it."""
+
+    times: tuple[float, ...] = ()
+    # the locks still seen at the last sample: when first seen
+    open: dict[tuple[int, str], float] = field(default_factory=dict)
+    # every span, closed or open: (lock, first seen, last seen)
+    spans: tuple[tuple[tuple[int, str], float, float], ...] = ()
+
+    def seen_between(self, start: float, end: float) -> dict[tuple[int, str], tuple[float, float]]:
+        """The locks seen within [start, end]: when first and last seen. Two takings of one
+        lock that no sample fell between (a table one revision creates and the next
+        drops) are one span, which may begin before `start`."""
+        return {key: (first, last) for key, first, last in self.spans if first <= end and last >= start}
+
+    def first_seen(self, key: tuple[int, str]) -> float | None:
+        return self.open.get(key)
+
+    def longest_gap(self, start: float, end: float) -> float:
+        """The longest stretch of [start, end] no sample fell in."""
+        inside = [t for t in self.times if start <= t <= end]
+        points = [start, *inside, end]
+        return max(b - a for a, b in zip(points, points[1:], strict=False))
+
+
+class SampleLog:
+    """The samples as they come (one `record` per reading of pg_locks); not thread-safe
+    by itself, `LockSampler` guards it."""
+
+    def __init__(self) -> None:
+        self._first_seen: dict[tuple[int, str], float] = {}
+        self._last_seen: dict[tuple[int, str], float] = {}
+        self._gone: list[tuple[tuple[int, str], float, float]] = []  # (lock, first, last seen)
+        self._times: list[float] = []
+
+    def record(self, now: float, seen: set[tuple[int, str]]) -> None:
+        self._times.append(now)
+        # a lock that went away is closed: the next time it is seen, it is new
+        for key in [k for k in self._first_seen if k not in seen]:
+            self._gone.append((key, self._first_seen.pop(key), self._last_seen.pop(key)))
+        for key in seen:
+            self._first_seen.setdefault(key, now)
+            self._last_seen[key] = now
+
+    def snapshot(self) -> Samples:
+        return Samples(
+            times=tuple(self._times), open=dict(self._first_seen),
+            spans=(*self._gone, *((k, f, self._last_seen[k]) for k, f in self._first_seen.items())),
+        )
+
+
+def own_holds(locks: list[tuple[tuple[int, str], str]], samples: Samples | None,
+              started: float, ended: float) -> list[LockHeld]:
+    """How long the revision's transaction held each of its own `locks` ((oid, mode),
+    name), all kept to its commit at `ended`."""
+    held = [_held(key, name, samples, started, ended) for key, name in locks]
+    # A lock first seen earlier (or since before the revision) was taken no later than one
+    # first seen after it, and both last to the commit: its hold cannot be the shorter. A
+    # lock no sample saw was taken after every sighting, but is reported at its bound (the
+    # longest gap), which can exceed a measured hold: the earlier lock is then raised to
+    # that bound, and no longer exact.
+    order = [samples.first_seen(key) if samples is not None else None for key, _ in locks]
+    for i, (lock, first) in enumerate(zip(held, order, strict=True)):
+        later = [other.seconds for other, after in zip(held, order, strict=True)
+                 if first is not None and (after is None or after > first)]
+        if later and max(later) > lock.seconds:
+            held[i] = replace(lock, seconds=max(later), exact=False)
+    return held
+
+
+def _held(key: tuple[int, str], name: str, samples: Samples | None,
+          started: float, ended: float) -> LockHeld:
+    first = samples.first_seen(key) if samples is not None else None
+    if first is not None and first >= started:
+        return LockHeld(name, key[1], max(0.0, ended - first), exact=True)
+    if first is not None:  # seen since an earlier revision: no sample fell between them
+        return LockHeld(name, key[1], ended - started, exact=False)
+    gap = samples.longest_gap(started, ended) if samples is not None else ended - started
+    return LockHeld(name, key[1], gap, exact=False)
 
 
 class LockSampler:
@@ -140,10 +227,7 @@ class LockSampler:
                                  db_error=describe_exception(exc)) from None
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._first_seen: dict[tuple[int, str], float] = {}
-        self._last_seen: dict[tuple[int, str], float] = {}
-        self._gone: list[tuple[tuple[int, str], float, float]] = []  # (lock, first, last seen)
-        self._sample_times: list[float] = []
+        self._log = SampleLog()
         self._thread = threading.Thread(target=self._run, name="cathouse-lock-sampler", daemon=True)
 
     def __enter__(self) -> LockSampler:
@@ -170,14 +254,7 @@ class LockSampler:
                 log.debug("lock sample failed: %s", exc)
                 return
             with self._lock:
-                self._sample_times.append(now)
-                seen = {(int(oid), mode) for oid, mode in rows}
-                # a lock that went away is closed: the next time it is seen, it is new
-                for key in [k for k in self._first_seen if k not in seen]:
-                    self._gone.append((key, self._first_seen.pop(key), self._last_seen.pop(key)))
-                for key in seen:
-                    self._first_seen.setdefault(key, now)
-                    self._last_seen[key] = now
+                self._log.record(now, {(int(oid), mode) for oid, mode in rows})
             self._stop.wait(self._interval)
 
     def committed(self, oids: set[int]) -> dict[int, str]:
@@ -193,24 +270,10 @@ class LockSampler:
             ).fetchall()
         return {int(oid): str(name) for oid, name in rows}
 
-    def seen_between(self, start: float, end: float) -> dict[tuple[int, str], tuple[float, float]]:
-        """The locks seen within [start, end]: when first and last seen. Two takings of one
-        lock that no sample fell between (a table one revision creates and the next
-        drops) are one span, which may begin before `start`."""
+    def samples(self) -> Samples:
+        """Everything seen so far, as one consistent snapshot."""
         with self._lock:
-            spans = [*self._gone, *((k, f, self._last_seen[k]) for k, f in self._first_seen.items())]
-        return {key: (first, last) for key, first, last in spans if first <= end and last >= start}
-
-    def first_seen(self, key: tuple[int, str]) -> float | None:
-        with self._lock:
-            return self._first_seen.get(key)
-
-    def longest_gap(self, start: float, end: float) -> float:
-        """The longest stretch of [start, end] no sample fell in."""
-        with self._lock:
-            inside = [t for t in self._sample_times if start <= t <= end]
-        points = [start, *inside, end]
-        return max(b - a for a, b in zip(points, points[1:], strict=False))
+            return self._log.snapshot()
 
 
 class RevisionWatcher:
@@ -249,21 +312,23 @@ class RevisionWatcher:
         if transaction != self._transaction:  # a transaction of its own (the usual case)
             self._transaction, self._reported_locks, self._reported_rows = transaction, set(), {}
         own = {(int(oid), mode) for oid, mode, _ in locks}
+        samples = self._sampler.samples() if self._sampler is not None else None
         # what only the samples saw: locks of statements outside the revision's
         # transaction (autocommit_block), and of tables it drops (gone from its catalog)
-        outside = ({key: span for key, span in self._sampler.seen_between(started, ended).items()
+        outside = ({key: span for key, span in samples.seen_between(started, ended).items()
                     if key not in own and key not in self._reported_locks}
-                   if self._sampler is not None else {})
+                   if samples is not None else {})
         oids = {oid for oid, _ in own | set(outside)}
         existing = self._sampler.committed(oids) if self._sampler is not None else {o: "" for o in oids}
-        held = []
+        mine = []
         for oid, mode, name in locks:
             key = (int(oid), mode)
             if key in self._reported_locks:
                 continue  # an earlier revision of the same transaction took it
             self._reported_locks.add(key)
-            lock = self._held(key, str(name), started, ended)
-            held.append(replace(lock, new=key[0] not in existing))
+            mine.append((key, str(name)))
+        held = [replace(lock, new=key[0] not in existing)
+                for (key, _), lock in zip(mine, own_holds(mine, samples, started, ended), strict=True)]
         for (oid, mode), (first, last) in outside.items():
             name = existing.get(oid, f"relation {oid}")
             # seen since before the revision began: it took the lock again at some point
@@ -272,7 +337,7 @@ class RevisionWatcher:
             seconds = min(last, ended) - max(first, started)
             exact = first >= started and last > first
             if seconds <= 0:
-                seconds = self._sampler.longest_gap(started, ended) if self._sampler else 0.0
+                seconds = samples.longest_gap(started, ended) if samples is not None else 0.0
             held.append(LockHeld(name, mode, seconds, exact=exact, new=oid not in existing))
         written = {
             name: count - self._reported_rows.get(name, 0)
@@ -286,15 +351,6 @@ class RevisionWatcher:
             rows=written,
         ))
         self.running = None
-
-    def _held(self, key: tuple[int, str], name: str, started: float, ended: float) -> LockHeld:
-        first = self._sampler.first_seen(key) if self._sampler is not None else None
-        if first is not None and first >= started:
-            return LockHeld(name, key[1], max(0.0, ended - first), exact=True)
-        if first is not None:  # seen since an earlier revision: no sample fell between them
-            return LockHeld(name, key[1], ended - started, exact=False)
-        gap = self._sampler.longest_gap(started, ended) if self._sampler is not None else ended - started
-        return LockHeld(name, key[1], gap, exact=False)
 
     def failed(self, error: str, sqlstate: str | None) -> RevisionReport | None:
         """The report of the revision that was running when the migrations stopped."""
