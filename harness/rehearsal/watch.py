@@ -11,7 +11,9 @@ Two sources, because neither alone gives all of it:
 - a second connection (`LockSampler`) that reads `pg_locks` every `interval` seconds
   while the migrations run: when a lock was first seen, hence how long it was held
   until the commit (to within one gap between samples). A lock no sample saw was held
-  for less than the longest gap between two samples, and is reported as at most that.
+  for less than the longest gap between two samples, and is reported as at most that;
+  one the revision's transaction still holds at its end, as at most the time since the
+  last sample (it was taken after that one).
   The samples alone show the locks of statements outside the revision's transaction
   (`autocommit_block()`) and of the tables it drops (gone from its own catalog).
 """
@@ -151,6 +153,10 @@ class Samples:
         points = [start, *inside, end]
         return max(b - a for a, b in zip(points, points[1:], strict=False))
 
+    def since_last(self, start: float, end: float) -> float:
+        """How long before `end` the last sample of [start, end] was taken (all of it if none)."""
+        return end - max((t for t in self.times if start <= t <= end), default=start)
+
 
 class SampleLog:
     """The samples as they come (one `record` per reading of pg_locks); not thread-safe
@@ -182,19 +188,10 @@ def own_holds(locks: list[tuple[tuple[int, str], str]], samples: Samples | None,
               started: float, ended: float) -> list[LockHeld]:
     """How long the revision's transaction held each of its own `locks` ((oid, mode),
     name), all kept to its commit at `ended`."""
-    held = [_held(key, name, samples, started, ended) for key, name in locks]
     # A lock first seen earlier (or since before the revision) was taken no later than one
-    # first seen after it, and both last to the commit: its hold cannot be the shorter. A
-    # lock no sample saw was taken after every sighting, but is reported at its bound (the
-    # longest gap), which can exceed a measured hold: the earlier lock is then raised to
-    # that bound, and no longer exact.
-    order = [samples.first_seen(key) if samples is not None else None for key, _ in locks]
-    for i, (lock, first) in enumerate(zip(held, order, strict=True)):
-        later = [other.seconds for other, after in zip(held, order, strict=True)
-                 if first is not None and (after is None or after > first)]
-        if later and max(later) > lock.seconds:
-            held[i] = replace(lock, seconds=max(later), exact=False)
-    return held
+    # first seen after it (or never seen: taken after the last sample), and both last to
+    # the commit: the bounds below never make its hold the shorter.
+    return [_held(key, name, samples, started, ended) for key, name in locks]
 
 
 def _held(key: tuple[int, str], name: str, samples: Samples | None,
@@ -204,8 +201,9 @@ def _held(key: tuple[int, str], name: str, samples: Samples | None,
         return LockHeld(name, key[1], max(0.0, ended - first), exact=True)
     if first is not None:  # seen since an earlier revision: no sample fell between them
         return LockHeld(name, key[1], ended - started, exact=False)
-    gap = samples.longest_gap(started, ended) if samples is not None else ended - started
-    return LockHeld(name, key[1], gap, exact=False)
+    # kept to the commit, yet no sample saw it: taken after the last one
+    bound = samples.since_last(started, ended) if samples is not None else ended - started
+    return LockHeld(name, key[1], bound, exact=False)
 
 
 class LockSampler:
