@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cathouse_harness.cleanup.leftovers import clean_leftovers, forget_orphaned_users
+from cathouse_harness.cleanup.leftovers import clean_leftovers
 from cathouse_harness.local import locations
 from cathouse_harness.local.compute.users import home_os_user, home_user_name, remove_home_user
 
@@ -59,14 +59,14 @@ def test_a_user_whose_home_is_gone_is_deleted_one_that_is_used_is_kept(
         shutil.rmtree(homes["gone"])
         shutil.rmtree(homes["busy"])
         gone = home_user_name(homes["gone"])
-        assert f"would delete the OS user {gone}: its home {homes['gone']} is gone" in \
-            forget_orphaned_users(dry_run=True)
-        assert _exists(gone)
         sweeper = tmp_path / "sweeper"
         sweeper.mkdir()
         done = clean_leftovers(sweeper)
-        assert f"deleted the OS user {gone}: its home {homes['gone']} is gone" in done
+        # every server start runs this sweep, so another xdist worker's may have got there
+        # first: what holds either way is that the user and its half-removed base are gone
         assert not _exists(gone) and not half_removed.exists()
+        assert [line for line in done if gone in line] in (
+            [], [f"deleted the OS user {gone}: its home {homes['gone']} is gone"])
         assert _exists(home_user_name(homes["kept"]))
         assert _exists(busy_user.pw_name)
         assert not any(busy_user.pw_name in line for line in done)
