@@ -438,8 +438,7 @@ def test_every_child_has_its_parent_lsn_and_it_names_the_state_copied(plane: Pla
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a home has an OS user of its own only when run as root")
-def test_a_clean_stop_of_an_in_memory_home_deletes_its_os_user(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_clean_stop_of_an_in_memory_home_deletes_its_os_user(tmp_path: Path) -> None:
     """Its instances are gone with the stop, so nothing is left for a sweep to find
     the user by: left, every test home and every daemon restart added a line to
     /etc/passwd and /etc/group for good."""
@@ -450,7 +449,6 @@ def test_a_clean_stop_of_an_in_memory_home_deletes_its_os_user(tmp_path: Path,
 
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    monkeypatch.setenv(instance_plane.ENV_VAR, "instance")
     name = home_user_name(home)
     with start_test_server(home, keep_data=True):  # the test removes nothing itself
         assert pwd.getpwnam(name).pw_gecos.endswith(str(home))

@@ -107,7 +107,6 @@ class Poolers:
                 if bouncer is None:
                     return socket_file(instance.paths)
         await bouncer.set_user(role, verifier)
-        assert bouncer.socket_file is not None
         return bouncer.socket_file
 
     async def _start(self, instance: Instance, role: str, verifier: str) -> PgBouncer | None:

@@ -35,7 +35,7 @@ CANCEL_REQUEST = 80877102
 # Protocol 3.0 and 3.2 (PostgreSQL 18) share the startup layout; the minor is passed on.
 PROTOCOL_MAJOR_3 = 3
 
-# The listeners whose upstream is the endpoint's PgBouncer (its port, its own address).
+# The listeners whose logins go to the instance's PgBouncer (the relay's `Route.pooler`).
 POOLED_KINDS = ("pooled", "pooled-host")
 # What the router hands over for a branch's host name: the direct listener's, for time
 # travel connections only (what neonctl's `<branch>@<time>` URL reaches).
