@@ -274,10 +274,6 @@ class InstanceDataPlane:
     def pgbouncer_available(self) -> bool:
         return self._poolers is not None and self._poolers.available
 
-    @property
-    def pgbouncer_problem(self) -> str | None:
-        return self._poolers.problem if self._poolers is not None else None
-
     def pooler_info(self) -> dict[str, object] | None:
         return self._poolers.info() if self._poolers is not None else None
 
@@ -627,12 +623,6 @@ class InstanceDataPlane:
         if found is not None:
             branch = found[0]
             await self._sync(branch, await self._running(self._instance_name(branch)))
-
-    async def end_sessions(self, physical: str, *, keep: int) -> None:
-        """Only the shared plane's SQL interception asks for this."""
-
-    async def database_added(self, physical: str) -> None:
-        """Only the shared plane's SQL interception tells of this."""
 
     async def list_databases(self) -> list[str]:
         """The physical names of the databases in an instance that exists: the records'
