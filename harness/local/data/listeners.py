@@ -91,9 +91,7 @@ class Listeners:
         if self.tls is None:
             problem = "endpoints serve no TLS, and the router routes by its server name"
         else:
-            router = SniRouter(
-                self.tls, self.proxies.get, self.cancel, self._branch_proxy
-            )
+            router = SniRouter(self.tls, self.proxies.get, self.cancel, self._branch_proxy)
             optional = ("::1",) if mode.router_address == "127.0.0.1" else ()
             try:
                 await router.start(mode.router_address, optional=optional)
