@@ -249,7 +249,8 @@ async def _pgbouncer_probe(bench: Bench, child: Instance) -> str:
     if binary is None:
         return "  PgBouncer per instance: no pgbouncer installed"
     bouncer = PgBouncer(binary, child.paths.root / "pgbouncer", user=bench.user,
-                        pg_host=str(child.paths.socket_dir), pg_port=layout.SOCKET_PORT)
+                        pg_host=str(child.paths.socket_dir), pg_port=layout.SOCKET_PORT,
+                        socket_dir=child.paths.socket_dir)
     started = time.perf_counter()
     await bouncer.start()
     elapsed = time.perf_counter() - started
@@ -260,8 +261,8 @@ async def _pgbouncer_probe(bench: Bench, child: Instance) -> str:
             ).fetchone()
         assert row is not None
         await bouncer.set_user("neondb_owner", row[0])
-        with psycopg.connect(host="127.0.0.1", port=bouncer.port, user="neondb_owner", password="bench",
-                             dbname="neondb", sslmode="disable") as connection:
+        with psycopg.connect(host=str(bouncer.socket_dir), port=bouncer.port, user="neondb_owner",
+                             password="bench", dbname="neondb") as connection:
             database = connection.execute("SELECT current_database()").fetchone()
             memory = probe.memory(int(bouncer.pid_file.read_text().split()[0]))
     finally:

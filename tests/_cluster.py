@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -27,7 +28,6 @@ from pathlib import Path
 
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local import locations
-from cathouse_harness.local.data.pgbouncer import free_port
 from cathouse_harness.local.pg_binaries import OsUser, can_reach, chown_to, minimal_env
 from cathouse_harness.local.pg_layout import COMMON_SETTINGS, SUPERUSER, Storage, conf_text
 from cathouse_harness.support.locking import file_lock
@@ -57,6 +57,19 @@ INITDB_ARGS = (
     "--no-sync",
     "--no-instructions",
 )
+
+
+def free_port(preferred: int = 0) -> int:
+    """`preferred` (the cluster's port of a previous run, so URLs made then still connect)
+    when it can be bound on 127.0.0.1, else a port the kernel picks."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise LocalServerError("no free TCP port on 127.0.0.1")
 
 
 def cluster_root(home: Path, storage: Storage, user: OsUser) -> Path:

@@ -69,7 +69,7 @@ from cathouse_harness.local.control.catalog import serving
 from cathouse_harness.local.control.state import DatabaseRecord, RoleRecord, database_id, iso, now
 from cathouse_harness.local.data.listeners import EndpointAddress, Listeners
 from cathouse_harness.local.data.names import host_mode
-from cathouse_harness.local.data.proxy import Fences, Refusal, Upstream
+from cathouse_harness.local.data.proxy import Refusal
 from cathouse_harness.local.data.relay import CancelKeys, RelayEndpoint, Route
 from cathouse_harness.local.data.scram import scram_verifier
 from cathouse_harness.local.data.startup_options import TimeTravel
@@ -274,10 +274,6 @@ class InstanceDataPlane:
     def pgbouncer_available(self) -> bool:
         return self._poolers is not None and self._poolers.available
 
-    @property
-    def pgbouncer_problem(self) -> str | None:
-        return self._poolers.problem if self._poolers is not None else None
-
     def pooler_info(self) -> dict[str, object] | None:
         return self._poolers.info() if self._poolers is not None else None
 
@@ -302,9 +298,8 @@ class InstanceDataPlane:
             await asyncio.to_thread(remove, self._instance(name))
         self._tls = await asyncio.to_thread(server_material, self.home / "tls")
         self._poolers = Poolers()
-        nowhere = Upstream("127.0.0.1", 0)  # the relay goes to instances' sockets, not here
         self._listeners = Listeners(
-            Fences(), self._tls, nowhere, nowhere, pooled_via_pgbouncer=self._poolers.available,
+            self._tls, pooled_via_pgbouncer=self._poolers.available,
             make_proxy=functools.partial(RelayEndpoint, resolve=self._route, keys=self._keys),
             cancel=self._keys.cancel, branch_endpoint=lambda branch_id: self.branch_endpoint(branch_id),
         )
@@ -630,12 +625,6 @@ class InstanceDataPlane:
             branch = found[0]
             await self._sync(branch, await self._running(self._instance_name(branch)))
 
-    async def end_sessions(self, physical: str, *, keep: int) -> None:
-        """Only the shared plane's SQL interception asks for this."""
-
-    async def database_added(self, physical: str) -> None:
-        """Only the shared plane's SQL interception tells of this."""
-
     async def list_databases(self) -> list[str]:
         """The physical names of the databases in an instance that exists: the records'
         and those placed for no record (a refused create's copy, to be dropped)."""
@@ -880,11 +869,11 @@ class InstanceDataPlane:
             raise LocalServerError("the data plane is not started")
         return self._listeners
 
-    async def open_endpoint(self, endpoint_id: str, *, databases: Mapping[str, str], direct_port: int = 0,
+    async def open_endpoint(self, endpoint_id: str, *, direct_port: int = 0,
                             pooled_port: int = 0) -> EndpointAddress:
         """The relay's listeners: the branch's instance decides who may log in."""
         self._mark(endpoint_id)
-        return await self.listeners.open(endpoint_id, databases=databases, direct_port=direct_port,
+        return await self.listeners.open(endpoint_id, direct_port=direct_port,
                                          pooled_port=pooled_port, on_activity=self.on_activity)
 
     def _mark(self, endpoint_id: str) -> None:

@@ -12,6 +12,9 @@ nss-myhostname), the last test connects by the names alone, as Neon's clients do
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +27,7 @@ import pytest
 from cathouse_harness.errors import ConfigError
 from cathouse_harness.local.data.hosts import free_loopback_address
 from cathouse_harness.local.data.names import HOSTS_VAR, ROUTER_VAR, host_mode, names_resolve, route_of
+from cathouse_harness.support.polling import Backoff, wait_until
 
 from tests._pgbouncer import pooled_backends
 from tests.local._server import (
@@ -165,6 +169,79 @@ def test_without_a_server_name_the_router_routes_by_the_endpoint_option(
             assert said in str(refused.value), str(refused.value)
     finally:
         delete_branch(client, project, made["branch"]["id"])
+
+
+# libpq's old PQcancel: plain TCP, so the router's first packet is the cancel request.
+# Run in a process of its own: psycopg's binary PQcancel blocks holding the GIL, which
+# would stop the server's thread in this process from answering it.
+PLAIN_CANCEL = """
+import sys, threading, psycopg
+busy = psycopg.connect(sys.argv[1], autocommit=True)
+caught = []
+def sleep():
+    try:
+        busy.execute("SELECT pg_sleep(60)")
+    except BaseException as exc:
+        caught.append(exc)
+runner = threading.Thread(target=sleep)
+runner.start()
+with psycopg.connect(sys.argv[1], autocommit=True) as probe:
+    while probe.execute("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'"
+                        " AND state = 'active'").fetchone() != (1,):
+        pass
+busy.cancel()
+runner.join(70)
+print(type(caught[0]).__name__ if caught else "finished")
+"""
+
+
+def test_a_cancel_sent_to_the_router_reaches_the_sessions_instance(
+    named: tuple[httpx.Client, str, str],
+) -> None:
+    """A cancel request names no endpoint: in plain TCP the router hands it to the relay's
+    keys at once; over TLS (libpq 17+'s PQcancelCreate) the server name routes it to the
+    endpoint first. Direct and pooled (PgBouncer's key) both."""
+    client, project, router = named
+    made = create_ready_branch(client, project, name=unique("named-cancel"))
+    try:
+        endpoint, params, ca = _endpoint_of(made)
+        for name in (endpoint["host"], params["pooler_host"]):
+            with _connect(name, router, params, ca) as busy:
+                caught = _sleep_then_cancel(busy, lambda: _connect(endpoint["host"], router, params, ca))
+                assert isinstance(caught, psycopg.errors.QueryCanceled), (name, caught)
+            url = (f"postgresql://{params['role']}:{params['password']}@/{params['database']}?host={name}"
+                   f"&hostaddr={router}&port=5432&sslmode=verify-full&sslrootcert={ca}")
+            done = subprocess.run([sys.executable, "-c", PLAIN_CANCEL, url], capture_output=True, text=True,
+                                  timeout=120, check=False)
+            assert done.stdout.strip() == "QueryCanceled", (name, done.stdout, done.stderr[-2000:])
+    finally:
+        delete_branch(client, project, made["branch"]["id"])
+
+
+def _sleep_then_cancel(busy: psycopg.Connection, connect: Any) -> BaseException | None:
+    """What `busy`'s pg_sleep raised once `busy.cancel_safe()` was called while it ran."""
+    caught: list[BaseException] = []
+
+    def sleep() -> None:
+        try:
+            busy.execute("SELECT pg_sleep(60)")
+        except BaseException as exc:  # reported to the test thread
+            caught.append(exc)
+
+    def sleeping() -> bool:
+        with connect() as probe:
+            row = probe.execute("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'"
+                                " AND state = 'active'").fetchone()
+        return row == (1,)
+
+    runner = threading.Thread(target=sleep)
+    runner.start()
+    try:
+        assert wait_until(sleeping, timeout=30, backoff=Backoff(0.05))
+        busy.cancel_safe()
+    finally:
+        runner.join(70)
+    return caught[0] if caught else None
 
 
 def test_a_branch_host_serves_time_travel_connections_only(

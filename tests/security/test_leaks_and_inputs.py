@@ -28,9 +28,9 @@ def test_pgbouncer_gets_none_of_the_servers_environment(
         pytest.skip("pgbouncer is not installed")
     monkeypatch.setenv("NEON_API_KEY", "napi-must-not-travel")
     monkeypatch.setenv("CATHOUSE_PG_URL", "postgresql://postgres:pw@127.0.0.1/postgres")
+    directory = pg_cluster.paths.root / "pgbouncer-env-test"
     bouncer = PgBouncer(
-        binary, pg_cluster.paths.root / "pgbouncer-env-test", user=resolve_os_user(),
-        pg_host="127.0.0.1", pg_port=1,
+        binary, directory, user=resolve_os_user(), pg_host="127.0.0.1", pg_port=1, socket_dir=directory,
     )
 
     async def started_environment() -> bytes:

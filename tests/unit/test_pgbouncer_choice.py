@@ -69,7 +69,7 @@ def test_the_ini_turns_on_prepared_statements_where_pgbouncer_has_them(
 ) -> None:
     bouncer = PgBouncer(
         _binary_saying(tmp_path, says), tmp_path / "run", user=resolve_os_user(),
-        pg_host="127.0.0.1", pg_port=5432, mode="transaction",
+        pg_host="127.0.0.1", pg_port=5432, socket_dir=tmp_path / "run", mode="transaction",
     )
     (tmp_path / "run").mkdir(mode=0o700)
     bouncer._write_files()

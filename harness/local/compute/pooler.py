@@ -54,8 +54,6 @@ class Poolers:
     def __init__(self) -> None:
         self.binary = find_pgbouncer()
         self.mode = pooler_mode()
-        self.problem: str | None = None if self.binary is not None else (
-            "pgbouncer is not installed (or CATHOUSE_PGBOUNCER=off): pooled is direct")
         self._running: dict[str, PgBouncer] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._version: tuple[int, ...] | None = None
@@ -107,7 +105,6 @@ class Poolers:
                 if bouncer is None:
                     return socket_file(instance.paths)
         await bouncer.set_user(role, verifier)
-        assert bouncer.socket_file is not None
         return bouncer.socket_file
 
     async def _start(self, instance: Instance, role: str, verifier: str) -> PgBouncer | None:
@@ -118,7 +115,6 @@ class Poolers:
             await bouncer.start()
         except LocalServerError as exc:
             await bouncer.stop()
-            self.problem = str(exc)
             log.warning("pooled logins of instance %s bypass PgBouncer: %s", instance.name, exc)
             return None
         self._running[instance.name] = bouncer

@@ -155,8 +155,8 @@ class Branching:
         await asyncio.wait({issued}, timeout=COPY_ISSUE_WAIT)
         try:
             # Listeners open now so the answer carries their ports; connections made
-            # before the copy ends wait for it (the data plane fences a database from
-            # the moment its create is asked for), as Neon's proxy waits for a compute
+            # before the copy ends wait for it (the relay waits until the branch's
+            # instance exists), as Neon's proxy waits for a compute
             # still starting. During an injected delay or a latency profile's wait
             # before the copy, they still find no database.
             for ep in endpoints:

@@ -131,12 +131,6 @@ class Catalog:
 
     # ------------------------------------------------------------------ history
 
-    async def as_of(self, branch: BranchRecord, at: TimeTravel) -> BranchRecord:
-        """The branch whose current databases hold `branch` as of a time-travel
-        connection's moment, as the local history has it (`cathouse_harness.local.control.history`,
-        the same rule as `parent_timestamp`); a Refusal with the history's line otherwise."""
-        return (await self.located_at(branch, at)).source
-
     async def located_at(self, branch: BranchRecord, at: TimeTravel) -> Located:
         """Where the history has `branch` as of a time-travel connection's moment; a
         Refusal with the history's line when nowhere."""

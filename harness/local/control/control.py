@@ -254,7 +254,7 @@ class LocalNeon:
         if reuse_ports and ep.direct_port:
             try:
                 address = await self.dataplane.open_endpoint(
-                    ep.id, databases={}, direct_port=ep.direct_port, pooled_port=ep.pooled_port
+                    ep.id, direct_port=ep.direct_port, pooled_port=ep.pooled_port
                 )
             except Exception as exc:  # the old port may be taken by now
                 log.warning(
@@ -264,7 +264,7 @@ class LocalNeon:
                     exc.__class__.__name__,
                 )
         if address is None:
-            address = await self.dataplane.open_endpoint(ep.id, databases={})
+            address = await self.dataplane.open_endpoint(ep.id)
         self._addresses[ep.id] = address
         ep.direct_port = address.direct_port
         ep.pooled_port = address.pooled_port

@@ -4,7 +4,7 @@ other and from the data plane, as protocols: the parts depend on these, not on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ class DataPlaneLike(Protocol):
         self,
         endpoint_id: str,
         *,
-        databases: Mapping[str, str],
         direct_port: int = 0,
         pooled_port: int = 0,
     ) -> Any: ...

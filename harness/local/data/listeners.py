@@ -1,19 +1,18 @@
 """Endpoints on the data plane: each a set of loopback listeners (direct and pooled on
 127.0.0.1's kernel-picked ports, and 5432 on two addresses of its own, direct and
-pooled) whose proxy maps the logical database a client asks for to the branch's
-physical one."""
+pooled) served by the relay to the branch's own instance (`cathouse_harness.local.data.relay`)."""
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.data.hosts import DEFAULT_PORT, loopback_addresses, pooled_seed
 from cathouse_harness.local.data.names import HOSTS_VAR, NAME_DOMAIN, HostMode, endpoint_names
-from cathouse_harness.local.data.proxy import EndpointProxy, Fences, Upstream
+from cathouse_harness.local.data.proxy import EndpointProxy
 from cathouse_harness.local.data.router import SniRouter
 from cathouse_harness.local.data.tls import TlsMaterial
 from cathouse_harness.support.log import get_logger
@@ -55,12 +54,13 @@ class EndpointAddress:
 class Listeners:
     """The open endpoints' proxies, by endpoint id."""
 
-    fences: Fences
     tls: TlsMaterial | None
-    direct: Upstream
-    # PgBouncer's address, or the direct one where PgBouncer is not running
-    pooled: Upstream
+    # whether pooled listeners log in through the instance's PgBouncer (else they are direct)
     pooled_via_pgbouncer: bool
+    # (endpoint id, tls=, on_activity=) -> what serves that endpoint's connections
+    make_proxy: Callable[..., EndpointProxy]
+    # where cancel requests that name no endpoint (all that come to the router) go
+    cancel: Callable[[bytes], Awaitable[None]]
     proxies: dict[str, EndpointProxy] = field(default_factory=dict)
     # why endpoints have no loopback address of their own on 5432, if they have not
     host_problem: str | None = None
@@ -69,10 +69,6 @@ class Listeners:
     # why endpoints are not named <id>.local.localhost (then a pooled host cannot be
     # made from `host` by inserting `-pooler`: `pooler_host` is the way), if they are not
     names_problem: str | None = None
-    # what serves an endpoint's connections (the relay of the instance data plane
-    # passes its own) and, with it, where cancel requests that name no endpoint go
-    make_proxy: Callable[..., EndpointProxy] = EndpointProxy
-    cancel: Callable[[bytes], Awaitable[None]] | None = None
     # names mode: a branch id's read-write endpoint id (time travel hosts name the branch)
     branch_endpoint: Callable[[str], str | None] = lambda _branch_id: None
 
@@ -95,9 +91,7 @@ class Listeners:
         if self.tls is None:
             problem = "endpoints serve no TLS, and the router routes by its server name"
         else:
-            router = SniRouter(
-                self.tls, self.proxies.get, self._upstreams, self.cancel, self._branch_proxy
-            )
+            router = SniRouter(self.tls, self.proxies.get, self.cancel, self._branch_proxy)
             optional = ("::1",) if mode.router_address == "127.0.0.1" else ()
             try:
                 await router.start(mode.router_address, optional=optional)
@@ -119,20 +113,10 @@ class Listeners:
         endpoint_id = self.branch_endpoint(branch_id)
         return self.proxies.get(endpoint_id) if endpoint_id is not None else None
 
-    def _upstreams(self) -> list[Upstream]:
-        return list(dict.fromkeys((self.direct, self.pooled)))
-
-    def _direct_upstream(self) -> Upstream:
-        return self.direct
-
-    def _pooled_upstream(self) -> Upstream:
-        return self.pooled
-
     async def open(
         self,
         endpoint_id: str,
         *,
-        databases: Mapping[str, str],
         direct_port: int = 0,
         pooled_port: int = 0,
         on_activity: Callable[[], None] | None = None,
@@ -140,12 +124,10 @@ class Listeners:
         """Listeners for an endpoint (`make_proxy` serves their connections)."""
         if endpoint_id in self.proxies:
             await self.close(endpoint_id)
-        proxy = self.make_proxy(
-            endpoint_id, databases, fences=self.fences, tls=self.tls, on_activity=on_activity
-        )
+        proxy = self.make_proxy(endpoint_id, tls=self.tls, on_activity=on_activity)
         try:
-            direct = await proxy.listen("direct", direct_port, self._direct_upstream)
-            pooled = await proxy.listen("pooled", pooled_port, self._pooled_upstream)
+            direct = await proxy.listen("direct", direct_port)
+            pooled = await proxy.listen("pooled", pooled_port)
             host_address = pooled_host_address = None
             if self.router is None:  # names mode needs no addresses: the router serves it
                 host_address = await self.listen_on_host(proxy, endpoint_id)
@@ -179,10 +161,10 @@ class Listeners:
         from its `host` connects (`pooled`: a second address for its pooled listener,
         answered as `pooler_host`); None (said once) where this machine cannot."""
         problem = ""
-        kind, upstream = ("pooled-host", self._pooled_upstream) if pooled else ("host", self._direct_upstream)
+        kind = "pooled-host" if pooled else "host"
         for address in loopback_addresses(pooled_seed(endpoint_id) if pooled else endpoint_id):
             try:
-                await proxy.listen(kind, DEFAULT_PORT, upstream, host=address, exact=True)
+                await proxy.listen(kind, DEFAULT_PORT, host=address, exact=True)
                 return address
             except OSError as exc:
                 # asyncio's strerror repeats the address: the errno's own words are enough

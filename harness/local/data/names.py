@@ -39,8 +39,6 @@ class HostMode:
 
     names: bool
     router_address: str = "127.0.0.1"
-    # names were asked for by the setting, not found to resolve
-    forced: bool = False
     # addresses were asked for by the setting (names may resolve)
     addresses_asked: bool = False
 
@@ -89,7 +87,7 @@ def host_mode(resolve: Callable[[], bool] = names_resolve) -> HostMode:
             hint="give an address in 127.0.0.0/8 or ::1",
         )
     if mode == "names":
-        return HostMode(names=True, router_address=router, forced=True)
+        return HostMode(names=True, router_address=router)
     if mode == "addresses":
         return HostMode(names=False, router_address=router, addresses_asked=True)
     return HostMode(names=resolve(), router_address=router)

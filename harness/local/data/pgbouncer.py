@@ -7,13 +7,13 @@ of one query, asyncpg always) then fails with "prepared statement … already ex
 where Neon would not: `CATHOUSE_POOLER_MODE=session` (the `pooler_mode` setting) trades
 that for session pooling, whose session state outlives a transaction as Neon's does not.
 
-It runs as the same unprivileged user as PostgreSQL, on its own loopback port, with a
+One runs per instance, as the instance's unprivileged user, on a unix socket in the
+instance's 0700 socket directory (only the relay reaches it; it has no TCP port), with a
 generated ini whose `[databases]` section has one fallback entry (`*`: any branch database
 by its own name, so creating a branch needs no reload) and an
 auth file of SCRAM secrets (the same verifiers PostgreSQL stores, so PgBouncer can log
 in to PostgreSQL with the client's own proof and no password is kept anywhere).
-Changes are applied with `RELOAD` on its admin console; `PAUSE`/`RESUME` on one
-database are how a fence holds pooled traffic while its template is copied.
+Changes are applied with `RELOAD` on its admin console.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
@@ -41,17 +40,6 @@ from cathouse_harness.support.safe_paths import ensure_dir, write_private
 
 log = get_logger("local.pgbouncer")
 
-
-def free_port(preferred: int = 0) -> int:
-    """`preferred` when it can be bound on 127.0.0.1, else a port the kernel picks."""
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(sock.getsockname()[1])
-    raise LocalServerError("no free TCP port on 127.0.0.1")
 
 ADMIN_USER = "cathouse_pgbouncer_admin"
 POOLER_MODE_ENV = "CATHOUSE_POOLER_MODE"
@@ -130,10 +118,6 @@ def carries_prepared_statements(version: tuple[int, ...] | None, mode: str) -> b
     return mode == "session" or tracks_prepared_statements(version)
 
 
-def _ini_quote(value: str) -> str:
-    return value if value.replace("_", "").replace("-", "").isalnum() else f'"{value}"'
-
-
 def _auth_line(user: str, secret: str) -> str:
     def quote(text: str) -> str:
         return '"' + text.replace('"', '""') + '"'
@@ -161,12 +145,10 @@ class PgBouncer:
 
     def __init__(
         self, binary: Path, directory: Path, *, user: OsUser, pg_host: str, pg_port: int,
-        mode: str = "transaction", socket_dir: Path | None = None,
-        version: tuple[int, ...] | None = None,
+        socket_dir: Path, mode: str = "transaction", version: tuple[int, ...] | None = None,
     ) -> None:
         self.binary = binary
-        # a unix socket there instead of a loopback port (one PgBouncer per instance,
-        # reached only by the relay, inside the instance's 0700 directory)
+        # where its socket goes: the instance's 0700 directory, where only the relay reaches it
         self.socket_dir = socket_dir
         self.mode = mode
         self.version = version or pgbouncer_version(binary)
@@ -174,7 +156,7 @@ class PgBouncer:
         self.user = user
         self.pg_host = pg_host
         self.pg_port = pg_port
-        self.port = 0
+        self.port = SOCKET_PORT
         self._admin_secret = secrets.token_urlsafe(24)
         self._users: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
@@ -202,8 +184,8 @@ class PgBouncer:
         return carries_prepared_statements(self.version, self.mode)
 
     @property
-    def socket_file(self) -> Path | None:
-        return self.socket_dir / f".s.PGSQL.{self.port}" if self.socket_dir is not None else None
+    def socket_file(self) -> Path:
+        return self.socket_dir / f".s.PGSQL.{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -243,9 +225,9 @@ class PgBouncer:
         # pool when the first client asks for it.
         databases = f"* = host={self.pg_host} port={self.pg_port}\n"
         settings = {
-            "listen_addr": "127.0.0.1" if self.socket_dir is None else "",
+            "listen_addr": "",
             "listen_port": str(self.port),
-            "unix_socket_dir": str(self.socket_dir or ""),
+            "unix_socket_dir": str(self.socket_dir),
             "auth_type": "scram-sha-256",
             "auth_file": str(self.auth_file),
             "admin_users": ADMIN_USER,
@@ -280,7 +262,6 @@ class PgBouncer:
         chown_to(self.directory, self.user, 0o700)
         self._stop_stale()
         self._load_users()
-        self.port = free_port() if self.socket_dir is None else SOCKET_PORT
         self._write_files()
         chown_to(self.log_file, self.user, 0o600, create=True)
         self._process = subprocess.Popen(  # type: ignore[call-overload]
@@ -328,7 +309,7 @@ class PgBouncer:
 
     async def _admin(self) -> asyncpg.Connection:
         return await asyncpg.connect(
-            host=str(self.socket_dir or "127.0.0.1"),
+            host=str(self.socket_dir),
             port=self.port,
             user=ADMIN_USER,
             password=self._admin_secret,

@@ -35,7 +35,7 @@ CANCEL_REQUEST = 80877102
 # Protocol 3.0 and 3.2 (PostgreSQL 18) share the startup layout; the minor is passed on.
 PROTOCOL_MAJOR_3 = 3
 
-# The listeners whose upstream is the endpoint's PgBouncer (its port, its own address).
+# The listeners whose logins go to the instance's PgBouncer (the relay's `Route.pooler`).
 POOLED_KINDS = ("pooled", "pooled-host")
 # What the router hands over for a branch's host name: the direct listener's, for time
 # travel connections only (what neonctl's `<branch>@<time>` URL reaches).
@@ -43,38 +43,7 @@ TIME_TRAVEL = "time-travel"
 
 _MAX_STARTUP = 10_000
 _PIPE_CHUNK = 256 * 1024
-_FENCE_WAIT = 120.0
 _HANDSHAKE_TIMEOUT = 30.0
-
-
-class Fences:
-    """Physical databases whose new connections must wait (reference counted)."""
-
-    def __init__(self) -> None:
-        self._count: dict[str, int] = {}
-        self._lifted: dict[str, asyncio.Event] = {}
-
-    def hold(self, database: str) -> None:
-        self._count[database] = self._count.get(database, 0) + 1
-        self._lifted.setdefault(database, asyncio.Event()).clear()
-
-    def release(self, database: str) -> None:
-        remaining = self._count.get(database, 0) - 1
-        if remaining > 0:
-            self._count[database] = remaining
-            return
-        self._count.pop(database, None)
-        event = self._lifted.pop(database, None)
-        if event is not None:
-            event.set()
-
-    def held(self, database: str) -> bool:
-        return database in self._count
-
-    async def wait(self, database: str) -> None:
-        # Loop: a new fence may start between our wake-up and our connect.
-        while (event := self._lifted.get(database)) is not None and not event.is_set():
-            await asyncio.wait_for(event.wait(), _FENCE_WAIT)
 
 
 def error_response(sqlstate: str, text: str) -> bytes:
@@ -113,12 +82,6 @@ def build_startup(version: int, params: Mapping[str, str]) -> bytes:
     return struct.pack("!I", len(body) + 4) + body
 
 
-@dataclass(frozen=True)
-class Upstream:
-    host: str
-    port: int
-
-
 class Refusal(Exception):
     """A gate's refusal of a connection: sent to the client as a FATAL error."""
 
@@ -154,7 +117,6 @@ class _Listener:
     kind: str
     server: asyncio.Server
     port: int
-    upstream: Callable[[], Upstream]
     connections: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -164,15 +126,11 @@ class EndpointProxy:
     def __init__(
         self,
         endpoint_id: str,
-        databases: Mapping[str, str],
         *,
-        fences: Fences,
         tls: TlsMaterial | None,
         on_activity: Callable[[], None] | None = None,
     ) -> None:
         self.endpoint_id = endpoint_id
-        self.databases = dict(databases)
-        self.fences = fences
         self.tls = tls
         # hosts of the endpoint's own its certificate must name too (`TlsMaterial.for_hosts`),
         # signed at the first handshake, not when the endpoint opens: a fork's endpoint is
@@ -205,7 +163,6 @@ class EndpointProxy:
         self,
         kind: str,
         port: int,
-        upstream: Callable[[], Upstream],
         *,
         host: str = "127.0.0.1",
         exact: bool = False,
@@ -228,7 +185,7 @@ class EndpointProxy:
         if server is None:
             raise OSError(f"no free port on {host}")
         bound = int(server.sockets[0].getsockname()[1])
-        listener = _Listener(kind, server, bound, upstream)
+        listener = _Listener(kind, server, bound)
         holder["listener"] = listener
         self._listeners[kind] = listener
         return bound
@@ -306,7 +263,6 @@ class EndpointProxy:
 
     async def _startup(
         self,
-        listener: _Listener,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         startup: Startup | None,
@@ -315,13 +271,13 @@ class EndpointProxy:
         option; None once the client has been answered (a cancel, a refusal)."""
         if startup is None:
             async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
-                startup = await self._read_startup(listener, reader, writer)
+                startup = await self._read_startup(reader, writer)
         if startup is not None:
             startup = await self._without_endpoint_option(startup, writer)
         return startup
 
     async def _read_startup(
-        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> Startup | None:
         # a routed connection arrives with TLS done (the router read the server name)
         tls_done = writer.get_extra_info("ssl_object") is not None
@@ -347,7 +303,7 @@ class EndpointProxy:
                 await writer.drain()
                 continue
             if code == CANCEL_REQUEST:
-                await self.cancel(listener, packet)
+                await self.cancel(packet)
                 return None
             if code >> 16 != PROTOCOL_MAJOR_3:
                 writer.write(error_response("08P01", "unsupported frontend protocol"))
@@ -356,9 +312,9 @@ class EndpointProxy:
             version, params = parse_startup(packet[4:])
             return Startup(version, params, tls_done)
 
-    async def cancel(self, listener: _Listener, packet: bytes) -> None:
-        """A cancel request that came to `listener`: to its upstream."""
-        await forward_cancel(listener.upstream(), packet)
+    async def cancel(self, packet: bytes) -> None:
+        """A cancel request that came to one of the listeners (the relay's: by its key)."""
+        raise NotImplementedError
 
     async def _without_endpoint_option(
         self, startup: Startup, writer: asyncio.StreamWriter
@@ -375,20 +331,6 @@ class EndpointProxy:
             await writer.drain()
             return None
         return Startup(startup.version, params, startup.tls, at)
-
-
-async def forward_cancel(target: Upstream, packet: bytes) -> None:
-    up_writer = None
-    with contextlib.suppress(OSError, TimeoutError):
-        async with asyncio.timeout(5):
-            up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
-            up_writer.write(packet)
-            await up_writer.drain()
-            # Wait for the server to hang up, as libpq does: PgBouncer 1.18 crashes
-            # ("bad client state") when a cancel connection closes before it is done.
-            await up_reader.read()
-    if up_writer is not None:
-        _close(up_writer)
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

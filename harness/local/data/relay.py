@@ -33,7 +33,6 @@ import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cathouse_harness.errors import LocalServerError
 from cathouse_harness.local.data.proxy import (
@@ -57,6 +56,7 @@ from cathouse_harness.local.data.proxy_auth import (
 )
 from cathouse_harness.local.data.scram import ScramError, Verifier
 from cathouse_harness.local.data.startup_options import TimeTravel
+from cathouse_harness.local.data.tls import TlsMaterial
 from cathouse_harness.support.log import get_logger
 
 log = get_logger("local.relay")
@@ -133,17 +133,17 @@ class RelayEndpoint(EndpointProxy):
     def __init__(
         self,
         endpoint_id: str,
-        databases: Mapping[str, str],
         *,
         resolve: Resolver,
         keys: CancelKeys,
-        **kwargs: Any,
+        tls: TlsMaterial | None,
+        on_activity: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(endpoint_id, databases, **kwargs)
+        super().__init__(endpoint_id, tls=tls, on_activity=on_activity)
         self.resolve = resolve
         self.keys = keys
 
-    async def cancel(self, listener: _Listener, packet: bytes) -> None:
+    async def cancel(self, packet: bytes) -> None:
         await self.keys.cancel(packet)
 
     async def _serve(
@@ -155,7 +155,7 @@ class RelayEndpoint(EndpointProxy):
         arrived: float | None = None,
         time_travel: bool = False,
     ) -> None:
-        startup = await self._startup(listener, reader, writer, startup)
+        startup = await self._startup(reader, writer, startup)
         if startup is None:
             return
         params = dict(startup.params)

@@ -8,8 +8,8 @@ that sends no server name (an address dialled, an old libpq) may name the endpoi
 Neon, `options=endpoint%3D<id>` (or `<id>-pooler`) in its startup packet, which the
 router reads for it. A client without TLS, or naming no endpoint of this server, gets
 one FATAL line. Cancel
-requests come in plain TCP and name no endpoint: they go to PostgreSQL and PgBouncer
-both (each ignores a key it did not issue).
+requests come in plain TCP and name no endpoint: `cancel` finds the session by its key
+(the relay's `CancelKeys`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,7 @@ from cathouse_harness.local.data.proxy import (
     TIME_TRAVEL,
     EndpointProxy,
     Startup,
-    Upstream,
     error_response,
-    forward_cancel,
     parse_startup,
     read_preamble,
 )
@@ -53,13 +51,11 @@ class SniRouter:
         self,
         tls: TlsMaterial,
         find: Callable[[str], EndpointProxy | None],
-        upstreams: Callable[[], Sequence[Upstream]],
-        cancel: Callable[[bytes], Awaitable[None]] | None = None,
+        cancel: Callable[[bytes], Awaitable[None]],
         find_branch: Callable[[str], EndpointProxy | None] = lambda _branch_id: None,
     ) -> None:
         self._find = find
-        self._upstreams = upstreams
-        # where cancel requests go instead of every upstream (the relay routes them by key)
+        # where cancel requests go: they name no endpoint, the relay knows their keys
         self._cancel = cancel
         # a branch id's read-write endpoint: neonctl's time-travel URL names the branch
         # (`<branch-id>.local.localhost`, Neon's host with the branch id for the endpoint's)
@@ -132,7 +128,7 @@ class SniRouter:
                 await writer.drain()
                 continue
             if code == CANCEL_REQUEST:
-                await self._forward_cancel(packet)
+                await self._cancel(packet)
                 return None
             if code != SSL_REQUEST:
                 await _refuse(writer, f"connect with TLS to the endpoint's host name (ep-….{NAME_DOMAIN})")
@@ -153,13 +149,6 @@ class SniRouter:
                 return None
             return proxy, kind, None
 
-    async def _forward_cancel(self, packet: bytes) -> None:
-        if self._cancel is not None:
-            await self._cancel(packet)
-            return
-        # a cancel names no endpoint: PostgreSQL and PgBouncer each ignore a key not theirs
-        await asyncio.gather(*(forward_cancel(target, packet) for target in self._upstreams()))
-
     async def _route_by_options(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> tuple[EndpointProxy, str, Startup | None] | None:
@@ -169,7 +158,7 @@ class SniRouter:
             return None
         packet, code = read
         if code == CANCEL_REQUEST:
-            await self._forward_cancel(packet)
+            await self._cancel(packet)
             return None
         if code >> 16 != PROTOCOL_MAJOR_3:
             await _refuse(writer, "unsupported frontend protocol")

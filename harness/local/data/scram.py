@@ -204,14 +204,3 @@ def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int 
     salt_b64, stored_b64, server_b64 = (base64.b64encode(v).decode() for v in (salt, stored_key, server_key))
     return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
 
-
-def verifier_matches(verifier: str | None, password: str) -> bool:
-    if not verifier or not verifier.startswith("SCRAM-SHA-256$"):
-        return False
-    try:
-        head = verifier.split("$")[1]
-        iterations_text, salt_text = head.split(":")
-        expected = scram_verifier(password, salt=base64.b64decode(salt_text), iterations=int(iterations_text))
-    except (IndexError, ValueError):
-        return False
-    return hmac.compare_digest(expected, verifier)
