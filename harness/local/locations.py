@@ -64,26 +64,25 @@ def memory_base(*, switch: bool) -> Path | None:
     return None
 
 
+def _shared_parents() -> tuple[Path, Path, list[Path]]:
+    """This uid's directories of ours in /dev/shm and /var/tmp, and in the runtime
+    directory when one is set (not checked, not created)."""
+    runtime = env.read("XDG_RUNTIME_DIR")
+    return (SHM_DIR / f"{PREFIX}{os.geteuid()}", VAR_TMP_DIR / f"{PREFIX}{os.geteuid()}",
+            [Path(runtime) / "cathouse-harness"] if runtime else [])
+
+
 def memory_candidates(home: Path) -> list[Path]:
     """Every place an in-memory cluster of `home` may live (not checked, not created)."""
     tag = short_hash(str(home.expanduser().resolve()))
-    candidates = [
-        SHM_DIR / f"{PREFIX}{os.geteuid()}" / tag,
-        VAR_TMP_DIR / f"{PREFIX}{os.geteuid()}" / f"{tag}-memory",
-    ]
-    runtime = env.read("XDG_RUNTIME_DIR")
-    if runtime:
-        candidates.append(Path(runtime) / "cathouse-harness" / tag)
-    return candidates
+    shm, var_tmp, runtime = _shared_parents()
+    return [shm / tag, var_tmp / f"{tag}-memory", *(parent / tag for parent in runtime)]
 
 
 def shared_dirs_of(home: Path) -> list[Path]:
     """What `home`'s servers have in the shared places now (clusters, instances: each
     named after the home's hash), whichever plane and storage made them."""
     tag = short_hash(str(home.expanduser().resolve()))
-    parents = [SHM_DIR / f"{PREFIX}{os.geteuid()}", VAR_TMP_DIR / f"{PREFIX}{os.geteuid()}"]
-    runtime = env.read("XDG_RUNTIME_DIR")
-    if runtime:
-        parents.append(Path(runtime) / "cathouse-harness")
-    return [entry for parent in parents if parent.is_dir() for entry in sorted(parent.glob(f"{tag}*"))]
-
+    shm, var_tmp, runtime = _shared_parents()
+    return [entry for parent in (shm, var_tmp, *runtime) if parent.is_dir()
+            for entry in sorted(parent.glob(f"{tag}*"))]
