@@ -31,12 +31,6 @@ START_TIMEOUT = 90.0
 FINAL = ("finished", "failed", "error", "cancelled", "skipped")
 
 
-def instance_compute() -> bool:
-    """Whether the servers these tests start run a PostgreSQL per branch: always, since
-    the shared plane was retired (#24; the tests' other branches go next)."""
-    return True
-
-
 def unknown_login_sqlstate(shared: str) -> str:
     """What a login naming a role or database the branch lacks gets: a branch's own
     instance answers as for a wrong password."""

@@ -27,7 +27,6 @@ from tests.local._server import (
     connection_uri,
     create_ready_branch,
     delete_branch,
-    instance_compute,
     sql,
     start_test_server,
     unique,
@@ -88,12 +87,8 @@ def _installed(uri: str) -> set[str]:
 @pytest.mark.parametrize("send", [_simple_error, _extended_error], ids=["simple", "extended"])
 def test_an_extension_neon_does_not_offer_is_refused(direct: str, send: Any) -> None:
     message = send(direct, "CREATE EXTENSION IF NOT EXISTS file_fdw")
-    if instance_compute():
-        # the instance has no files for it: PostgreSQL's own words, as on a Neon compute
-        assert message.split("\n")[0] == 'extension "file_fdw" is not available'
-    else:
-        assert message.startswith('extension "file_fdw" is not offered by Neon (its list as of 2025-01-11')
-        assert "\n" not in message
+    # the instance has no files for it: PostgreSQL's own words, as on a Neon compute
+    assert message.split("\n")[0] == 'extension "file_fdw" is not available'
     assert "file_fdw" not in _installed(direct)
 
 
@@ -113,13 +108,9 @@ def test_an_icu_collation_on_a_build_without_icu_says_what_is_missing(direct: st
     message = send(
         direct, "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
     )
-    if instance_compute():
-        # the instance's own words (its relay reads no SQL); the remedy comes where the
-        # harness reports the error: test_a_failed_migration_says_what_neon_has
-        assert message.split("\n")[0] == "ICU is not supported in this build"
-        return
-    assert message.startswith("ICU collations work on Neon but the local server's PostgreSQL")
-    assert "built without ICU" in message and "apt-get install postgresql" in message
+    # the instance's own words (its relay reads no SQL); the remedy comes where the
+    # harness reports the error: test_a_failed_migration_says_what_neon_has
+    assert message.split("\n")[0] == "ICU is not supported in this build"
 
 
 def _caught(uri: str, statement: str) -> psycopg.Error:
@@ -140,12 +131,12 @@ def _caught(uri: str, statement: str) -> psycopg.Error:
 )
 def test_a_failed_migration_says_what_neon_has(direct: str, statement: str, said: str,
                                                instance_hint: bool) -> None:
-    """On either plane a failed migration's report carries the remedy: in PostgreSQL's
-    error (shared plane, the relay's refusal) or as the harness's hint (instance plane)."""
+    """A failed migration's report carries the remedy: in PostgreSQL's error (the
+    instance's stub for an extension the wheel lacks) or as the harness's hint."""
     settings = load_settings(EXAMPLE, environ={})
     error = migration_error(settings, settings.services[0], _caught(direct, statement), "c0ffee", "upgrade")
     assert said in f"{error} {error.hint or ''}"
-    assert (error.hint is not None) == (instance_hint and instance_compute())
+    assert (error.hint is not None) == instance_hint
 
 
 def test_an_extension_both_have_is_created(direct: str) -> None:

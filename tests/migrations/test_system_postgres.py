@@ -22,7 +22,6 @@ from tests.local._server import (
     api_client,
     connection_uri,
     create_ready_branch,
-    instance_compute,
     sql,
     start_test_server,
     unique,
@@ -96,10 +95,7 @@ def test_revisions_needing_neon_features_migrate_on_a_system_postgresql(
         with psycopg.connect(url) as conn, pytest.raises(psycopg.Error) as refused:
             conn.execute("CREATE EXTENSION file_fdw")
         said = refused.value.diag.message_primary or ""
-        if instance_compute():
-            assert said == 'extension "file_fdw" is not available'
-        else:
-            assert said.startswith('extension "file_fdw" is not offered by Neon')
+        assert said == 'extension "file_fdw" is not available'
 
 
 def test_the_same_revisions_on_the_wheel_fail_with_one_line(project: Path, tmp_path: Path) -> None:
